@@ -1,0 +1,1 @@
+"""medwidit.data."""
