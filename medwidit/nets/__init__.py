@@ -1,1 +1,26 @@
-"""medwidit.nets."""
+"""medwidit.nets: the WiDiT backbone (knows nothing about diffusion)."""
+
+from .attention import FactorizedAttention, WindowAttention
+from .blocks import WiDiTBlock, WiDiTFinalLayer
+from .embed import PatchEmbed, TimestepEmbedder, Unpatchify
+from .layers import Mlp, SwiGLU, WiDiTInputError, modulate
+from .widit import PRESETS, WiDiT, load_widit, save_widit, widit_preset
+
+__all__ = [
+    "PRESETS",
+    "FactorizedAttention",
+    "Mlp",
+    "PatchEmbed",
+    "SwiGLU",
+    "TimestepEmbedder",
+    "Unpatchify",
+    "WiDiT",
+    "WiDiTBlock",
+    "WiDiTFinalLayer",
+    "WiDiTInputError",
+    "WindowAttention",
+    "load_widit",
+    "modulate",
+    "save_widit",
+    "widit_preset",
+]

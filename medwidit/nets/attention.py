@@ -1,0 +1,190 @@
+"""Window attention on ``torch.nn.functional.scaled_dot_product_attention``.
+
+Position is relative: a learned bias per relative offset (Swin) or rotary embedding of the in-window coordinates.
+``WindowAttention`` with ``global_attention=True`` attends over the whole grid (one window, no shift).
+``FactorizedAttention`` attends in-plane, then through-plane, for anisotropic volumes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from monai.utils import look_up_option
+from torch import nn
+
+from .window import (
+    fit_window,
+    pad_tokens,
+    padded_grid,
+    relative_position_index,
+    roll_tokens,
+    window_attention_mask,
+    window_coordinates,
+    window_merge,
+    window_partition,
+)
+
+POSITIONS = ("relative", "rope")
+ROPE_THETA = 100.0  # windows span a few to a few tens of tokens; a small base spreads frequencies over them
+
+#################################################################################
+#                                Rotary position                                #
+#################################################################################
+
+
+@lru_cache(maxsize=64)
+def rope_angles(window: tuple[int, ...], table_window: tuple[int, ...], head_dim: int) -> torch.Tensor:
+    """(N, head_dim // 2) rotation angles of the tokens of ``window``.
+
+    The ``head_dim // 2`` frequency pairs are dealt in turn to the axes the configured ``table_window`` spans
+    (length > 1), so the assignment never depends on the grid; each axis gets frequencies ``ROPE_THETA ** -r/n``.
+    """
+    active = torch.tensor([a for a, w in enumerate(table_window) if w > 1] or [0])
+    pairs = torch.arange(head_dim // 2)
+    axis = active[pairs % len(active)]  # which axis each pair encodes
+    rank = (pairs // len(active)).double()  # its rank among that axis' pairs
+    per_axis = math.ceil((head_dim // 2) / len(active))
+    freq = ROPE_THETA ** (-rank / per_axis)  # (P,)
+    coords = window_coordinates(window).double()  # (N, nd)
+    return (coords[:, axis] * freq).float()  # (N, P)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (…, N, head_dim) by angles whose cos/sin are (N, head_dim // 2), rotate-half layout."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+#################################################################################
+#                               Window attention                                #
+#################################################################################
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside (optionally shifted) N-D windows of a token grid.
+
+    Tokens (B, T, C) on ``grid`` are padded to whole windows, rolled by half a window when ``shifted``,
+    partitioned, attended with Swin's mask (no attention across the roll's wrap, padded keys ignored), merged,
+    rolled back and cropped. ``global_attention`` makes the window the whole grid; relative offsets beyond the
+    bias table are then clipped to its edge.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, ...],
+        *,
+        shifted: bool = False,
+        position: str = "relative",
+        global_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_size = tuple(window_size)
+        self.shifted = shifted
+        self.position = look_up_option(position, POSITIONS)
+        self.global_attention = global_attention
+        axes = sum(w > 1 for w in self.window_size) or 1
+        if self.position == "rope" and (self.head_dim % 2 or self.head_dim < 2 * axes):
+            raise ValueError(
+                f"position='rope' needs an even head dimension of at least {2 * axes} (two per axis), got "
+                f"hidden_size // num_heads = {dim} // {num_heads} = {self.head_dim}."
+            )
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if self.position == "relative":
+            table = math.prod(2 * w - 1 for w in self.window_size)
+            self.relative_bias = nn.Parameter(torch.zeros(table, num_heads))  # (prod(2w-1), heads)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        if self.position == "relative":
+            nn.init.trunc_normal_(self.relative_bias, std=0.02)
+
+    def layout(self, grid: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(window, shift) used on ``grid``."""
+        if self.global_attention:
+            return tuple(grid), (0,) * len(grid)
+        return fit_window(grid, self.window_size, self.shifted)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        b, t, c = x.shape
+        grid = tuple(int(g) for g in grid)
+        window, shift = self.layout(grid)
+        padded = padded_grid(grid, window)
+        x = pad_tokens(x.reshape(b, *grid, c), padded)  # (B, *Gp, C)
+        x = roll_tokens(x, shift, -1)
+        x = window_partition(x, window)  # (B*nW, N, C)
+        x = self.attend(x, grid, window, shift)  # (B*nW, N, C)
+        x = roll_tokens(window_merge(x, window, padded), shift, +1)  # (B, *Gp, C)
+        x = x[(slice(None), *(slice(0, g) for g in grid))]  # crop the padding
+        return self.proj(x.reshape(b, t, c))
+
+    def attend(self, x: torch.Tensor, grid: tuple, window: tuple, shift: tuple) -> torch.Tensor:
+        """SDPA over windows (B*nW, N, C) with this layer's position encoding and Swin's mask."""
+        bw, n, c = x.shape
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B*nW, heads, N, head_dim)
+        allowed = window_attention_mask(grid, window, shift, x.device)  # (nW, N, N) bool or None
+        if self.position == "rope":
+            angles = rope_angles(window, self.window_size, self.head_dim).to(x.device)  # (N, head_dim/2)
+            cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            mask = None if allowed is None else allowed[:, None]  # (nW, 1, N, N) bool: SDPA keeps its fast paths
+        else:
+            index = relative_position_index(window, self.window_size).to(x.device)  # (N, N)
+            bias = self.relative_bias[index].permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
+            mask = bias if allowed is None else bias.masked_fill(~allowed[:, None], float("-inf"))  # (nW, h, N, N)
+        if mask is not None and mask.dim() == 4:
+            n_win = mask.shape[0]
+            mask = mask.expand(bw // n_win, *mask.shape).reshape(bw, *mask.shape[1:])  # (B*nW, h|1, N, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*nW, heads, N, head_dim)
+        return out.transpose(1, 2).reshape(bw, n, c)
+
+
+#################################################################################
+#                   Factorized in-plane / through-plane attention               #
+#################################################################################
+
+
+class FactorizedAttention(nn.Module):
+    """In-plane window attention over axes 1.. (e.g. H, W), then through-plane attention along axis 0 (e.g. D).
+
+    The through-plane branch reads the in-plane result and adds to it; its output projection starts at zero, so at
+    initialisation the layer is exactly its in-plane attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, ...],
+        *,
+        shifted: bool = False,
+        position: str = "relative",
+    ) -> None:
+        super().__init__()
+        in_plane = (1, *window_size[1:])
+        through = (window_size[0],) + (1,) * (len(window_size) - 1)
+        self.in_plane = WindowAttention(dim, num_heads, in_plane, shifted=shifted, position=position)
+        self.through_plane = WindowAttention(dim, num_heads, through, shifted=shifted, position=position)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        self.in_plane.init_weights()
+        self.through_plane.init_weights()
+        nn.init.zeros_(self.through_plane.proj.weight)
+        nn.init.zeros_(self.through_plane.proj.bias)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        y = self.in_plane(x, grid)  # (B, T, C)
+        return y + self.through_plane(x + y, grid)

@@ -1,0 +1,71 @@
+"""Token-wise layers: GELU MLP, SwiGLU, the norm factory, adaLN ``modulate``, and the nets' error class."""
+
+from __future__ import annotations
+
+import torch
+from monai.utils import look_up_option
+from torch import nn
+
+MLPS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+
+
+class WiDiTInputError(ValueError, AssertionError):
+    """Misuse the seed promises to reject with an assertion (e.g. conditioning); also a ValueError (DESIGN 8)."""
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, C) shift/scale over tokens (B, T, C)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def make_norm(norm: str, dim: int) -> nn.Module:
+    """Parameter-free LayerNorm or RMSNorm (adaLN supplies scale and shift, as in DiT)."""
+    norm = look_up_option(norm, NORMS)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-6, elementwise_affine=False)
+    return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU(tanh) -> Linear, DiT's feed-forward."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for linear in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU feed-forward ``w2(silu(w1 x) * w3 x)`` with ``int(2/3 * dim * mlp_ratio)`` hidden units, no biases."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = max(1, int(2 * dim * mlp_ratio / 3))
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for linear in (self.w1, self.w2, self.w3):
+            nn.init.xavier_uniform_(linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+def make_mlp(mlp: str, dim: int, mlp_ratio: float) -> nn.Module:
+    """The feed-forward named by ``mlp`` ("gelu" or "swiglu")."""
+    return SwiGLU(dim, mlp_ratio) if look_up_option(mlp, MLPS) == "swiglu" else Mlp(dim, mlp_ratio)

@@ -1,0 +1,247 @@
+"""WiDiT: a 2D/3D windowed diffusion transformer (DiT with Swin windows), its presets and checkpoints.
+
+No absolute position anywhere: position lives inside windows (relative bias or rotary), so a network trained on
+crops runs on any size divisible by its patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.utils import ensure_tuple_rep, look_up_option
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import POSITIONS
+from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
+from .embed import PatchEmbed, TimestepEmbedder, check_divisible
+from .layers import MLPS, NORMS, WiDiTInputError
+
+logger = logging.getLogger(__name__)
+
+#################################################################################
+#                                 Validation                                    #
+#################################################################################
+
+
+def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[int, ...]:
+    """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
+    if not isinstance(value, int) and len(value) != spatial_dim:
+        raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value}.")
+    out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dim))
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name} must be positive on every axis, got {value}.")
+    return out
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}.")
+
+
+#################################################################################
+#                                    WiDiT                                      #
+#################################################################################
+
+
+class WiDiT(nn.Module):
+    """Windowed diffusion transformer for (B, C, H, W) images or (B, C, D, H, W) volumes.
+
+    ``forward(x, t, conditioned=image)``: the noisy input and the conditioning image are patch-embedded to
+    ``hidden_size / 2`` each and concatenated; ``depth`` blocks alternate plain and shifted windows; the final layer
+    maps tokens back to voxels. ``timestep=None`` turns off adaLN everywhere (plain LayerNorm + residual).
+    """
+
+    def __init__(
+        self,
+        *,
+        spatial_dim: int,
+        patch_size: int | Sequence[int] = 2,
+        in_channels: int = 1,
+        hidden_size: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        window_size: int | Sequence[int] = 8,
+        mlp_ratio: float = 4.0,
+        learn_sigma: bool = True,
+        use_conditioning: bool = True,
+        cond_channels: int | None = None,
+        out_channels: int | None = None,
+        mlp: str = "gelu",
+        norm: str = "layernorm",
+        final: str = "linear",
+        position: str = "relative",
+        attention: str = "window",
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial_dim not in (2, 3):
+            raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
+        for name, value in (("in_channels", in_channels), ("depth", depth), ("num_heads", num_heads)):
+            _positive(name, value)
+        _positive("mlp_ratio", mlp_ratio)
+        if hidden_size <= 0 or hidden_size % 2:
+            raise ValueError(f"hidden_size must be positive and even, got {hidden_size}.")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size must be divisible by num_heads, got {hidden_size} and {num_heads}.")
+        if cond_channels is not None and not use_conditioning:
+            raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
+        cond_channels = (cond_channels or in_channels) if use_conditioning else None
+        out_channels = in_channels * (2 if learn_sigma else 1) if out_channels is None else out_channels
+        for name, value in (("cond_channels", cond_channels or 1), ("out_channels", out_channels)):
+            _positive(name, value)
+        self.config: dict[str, Any] = {
+            "spatial_dim": spatial_dim,
+            "patch_size": list(_per_axis("patch_size", patch_size, spatial_dim)),
+            "in_channels": in_channels,
+            "hidden_size": hidden_size,
+            "depth": depth,
+            "num_heads": num_heads,
+            "window_size": list(_per_axis("window_size", window_size, spatial_dim)),
+            "mlp_ratio": float(mlp_ratio),
+            "learn_sigma": bool(learn_sigma),
+            "use_conditioning": bool(use_conditioning),
+            "cond_channels": cond_channels,
+            "out_channels": out_channels,
+            "mlp": look_up_option(mlp, MLPS),
+            "norm": look_up_option(norm, NORMS),
+            "final": look_up_option(final, FINALS),
+            "position": look_up_option(position, POSITIONS),
+            "attention": look_up_option(attention, ATTENTIONS),
+            "grad_checkpointing": bool(grad_checkpointing),
+        }
+        self.spatial_dim = spatial_dim
+        self.patch_size = tuple(self.config["patch_size"])
+        self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
+        self.use_conditioning = bool(use_conditioning)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        self._build()
+
+    def _build(self) -> None:
+        cfg = self.config
+        hidden, embed = cfg["hidden_size"], cfg["hidden_size"] // (2 if self.use_conditioning else 1)
+        self.x_embedder = PatchEmbed(self.in_channels, embed, self.patch_size, self.spatial_dim)
+        self.c_embedder = (
+            PatchEmbed(self.cond_channels, embed, self.patch_size, self.spatial_dim) if self.use_conditioning else None
+        )
+        self.t_embedder = TimestepEmbedder(hidden)
+        options = {key: cfg[key] for key in ("mlp_ratio", "mlp", "norm", "position", "attention")}
+        self.blocks = nn.ModuleList(
+            WiDiTBlock(hidden, cfg["num_heads"], cfg["window_size"], shifted=i % 2 == 1, **options)
+            for i in range(cfg["depth"])
+        )
+        self.final_layer = WiDiTFinalLayer(
+            hidden, self.patch_size, self.out_channels, norm=cfg["norm"], final=cfg["final"]
+        )
+
+    def init_weights(self) -> None:
+        """Every component's own init: Xavier projections, Normal(0.02) timestep MLP, adaLN-Zero blocks and head."""
+        for module in (self.x_embedder, self.c_embedder, self.t_embedder, *self.blocks, self.final_layer):
+            if module is not None:
+                module.init_weights()
+
+    #############################################################################
+    #                                 Forward                                   #
+    #############################################################################
+
+    def _check_inputs(
+        self, x: torch.Tensor, timestep: torch.Tensor | None, conditioned: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        if x.dim() != self.spatial_dim + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input_tensor must be (B, {self.in_channels}, *spatial) with {self.spatial_dim} spatial axes, "
+                f"got {tuple(x.shape)}."
+            )
+        check_divisible("input_tensor", x.shape[2:], self.patch_size)
+        if self.use_conditioning and conditioned is None:
+            raise WiDiTInputError("conditioned is required: this WiDiT was built with use_conditioning=True.")
+        if not self.use_conditioning and conditioned is not None:
+            raise WiDiTInputError("conditioned was given, but this WiDiT was built with use_conditioning=False.")
+        if conditioned is not None:
+            expected = (x.shape[0], self.cond_channels, *x.shape[2:])
+            if tuple(conditioned.shape) != expected:
+                raise WiDiTInputError(f"conditioned must have shape {expected}, got {tuple(conditioned.shape)}.")
+        if timestep is None:
+            return None
+        timestep = torch.as_tensor(timestep, device=x.device)
+        if timestep.dim() == 0:
+            timestep = timestep.expand(x.shape[0])
+        if tuple(timestep.shape) != (x.shape[0],):
+            raise ValueError(f"timestep must be a scalar or have shape ({x.shape[0]},), got {tuple(timestep.shape)}.")
+        return timestep
+
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        timestep: torch.Tensor | None = None,
+        *,
+        conditioned: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, in_channels, *S), (B,) or None, conditioned (B, cond_channels, *S) -> (B, out_channels, *S)."""
+        timestep = self._check_inputs(input_tensor, timestep, conditioned)
+        grid = tuple(s // p for s, p in zip(input_tensor.shape[2:], self.patch_size, strict=True))  # token grid G
+        x = self.x_embedder(input_tensor)  # (B, T, C or C/2), T = prod(G)
+        if self.c_embedder is not None:
+            x = torch.cat([x, self.c_embedder(conditioned)], dim=-1)  # (B, T, C)
+        c = None if timestep is None else self.t_embedder(timestep)  # (B, C)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, grid, use_reentrant=False)
+            else:
+                x = block(x, c, grid)  # (B, T, C)
+        return self.final_layer(x, c, grid)  # (B, out_channels, *S)
+
+
+#################################################################################
+#                           Checkpoints: {state_dict, config}                   #
+#################################################################################
+
+
+def save_widit(model: WiDiT, path: str | os.PathLike) -> None:
+    """Write ``{"state_dict", "config", "version"}`` atomically (temporary file in the same folder, then rename)."""
+    from medwidit import __version__  # late: the top-level package may import the rooms above this one
+
+    path = os.fspath(path)
+    payload = {"state_dict": model.state_dict(), "config": dict(model.config), "version": __version__}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WiDiT:
+    """Rebuild a WiDiT from a :func:`save_widit` checkpoint alone (``torch.load(weights_only=True)``)."""
+    checkpoint_ = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint_, dict) or not {"state_dict", "config"} <= checkpoint_.keys():
+        raise ValueError(f"{path} is not a WiDiT checkpoint: expected a dict with 'state_dict' and 'config'.")
+    model = WiDiT(**checkpoint_["config"])
+    model.load_state_dict(checkpoint_["state_dict"])
+    logger.info("loaded WiDiT from %s (version %s)", path, checkpoint_.get("version"))
+    return model
+
+
+#################################################################################
+#                         Presets named after SiT's table                       #
+#################################################################################
+
+_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}  # depth, hidden, heads
+PRESETS: dict[str, dict[str, int]] = {
+    f"WiDiT-{size}/{patch}": {"depth": depth, "hidden_size": hidden, "num_heads": heads, "patch_size": patch}
+    for size, (depth, hidden, heads) in _SIZES.items()
+    for patch in (2, 4, 8)
+}
+
+
+def widit_preset(name: str, **overrides: Any) -> WiDiT:
+    """The preset ``name`` (e.g. "WiDiT-S/2") with ``overrides`` (``spatial_dim`` is required) on top."""
+    return WiDiT(**{**PRESETS[look_up_option(name, PRESETS)], **overrides})
