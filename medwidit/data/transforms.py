@@ -1,0 +1,108 @@
+"""The one definition of the pre-transforms shared by training and inference: load -> channel-first -> orientation ->
+spacing -> intensity.
+
+A model's checkpoint carries the JSON ``preprocessing`` dict these are built from, so inference replays exactly what
+training saw and then inverts the spatial part with MONAI ``Invertd``:
+
+    {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0] or null, "intensity": "zscore_nonzero", "num_modalities": 1}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.transforms import (
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+from monai.utils import look_up_option
+
+__all__ = [
+    "DEFAULT_PREPROCESSING",
+    "INTENSITY_MODES",
+    "check_preprocessing",
+    "default_preprocessing",
+    "preprocessing_transforms",
+]
+
+INTENSITY_MODES = ("zscore_nonzero", "scale_percentiles", "none")
+DEFAULT_PREPROCESSING = {"orientation": "RAS", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1}
+PERCENTILES = (0.5, 99.5)  # "scale_percentiles" maps these per-channel percentiles to [-1, 1] and clips
+
+
+def default_preprocessing(**overrides) -> dict:
+    """A checked copy of ``DEFAULT_PREPROCESSING`` with ``overrides`` applied."""
+    return check_preprocessing({**DEFAULT_PREPROCESSING, **overrides})
+
+
+def check_preprocessing(preprocessing: Mapping) -> dict:
+    """Validate a ``preprocessing`` dict and return a normalised copy with every key present."""
+    if not isinstance(preprocessing, Mapping):
+        raise TypeError(f"preprocessing must be a dict, got {type(preprocessing).__name__}.")
+    unknown = sorted(set(preprocessing) - set(DEFAULT_PREPROCESSING))
+    if unknown:
+        raise ValueError(f"preprocessing has unknown keys {unknown}; valid keys are {sorted(DEFAULT_PREPROCESSING)}.")
+    out = {**copy.deepcopy(DEFAULT_PREPROCESSING), **copy.deepcopy(dict(preprocessing))}
+    orientation = out["orientation"]
+    if orientation is not None and (
+        not isinstance(orientation, str) or not 2 <= len(orientation) <= 3 or set(orientation.upper()) - set("LRPAIS")
+    ):
+        raise ValueError(f"preprocessing['orientation'] must be axis codes such as 'RAS' or null, got {orientation!r}.")
+    out["orientation"] = orientation.upper() if orientation is not None else None
+    spacing = out["spacing"]
+    if spacing is not None:
+        if (
+            not isinstance(spacing, Sequence)
+            or not 2 <= len(spacing) <= 3
+            or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)
+        ):
+            raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
+        out["spacing"] = [float(s) for s in spacing]
+    out["intensity"] = look_up_option(out["intensity"], INTENSITY_MODES)
+    modalities = out["num_modalities"]
+    if not isinstance(modalities, int) or isinstance(modalities, bool) or modalities < 1:
+        raise ValueError(f"preprocessing['num_modalities'] must be a positive integer, got {modalities!r}.")
+    return out
+
+
+def _intensity(mode: str, key: str) -> list[MapTransform]:
+    if mode == "zscore_nonzero":
+        return [NormalizeIntensityd(key, nonzero=True, channel_wise=True)]
+    if mode == "scale_percentiles":
+        lower, upper = PERCENTILES
+        return [ScaleIntensityRangePercentilesd(key, lower, upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)]
+    return []
+
+
+def preprocessing_transforms(
+    preprocessing: Mapping, image_key: str = "image", label_key: str | None = None, *, load: bool = True
+) -> list[MapTransform]:
+    """MONAI dictionary transforms for ``preprocessing``: [load, channel-first,] orientation, spacing, intensity.
+
+    ``load=False`` starts from channel-first MetaTensors that already carry their affine (the predictor reads files
+    itself to keep their exact geometry). The label, if any, is resampled by nearest neighbour and cast to int64;
+    the image is float32. Orientation and spacing are invertible, so ``Invertd`` maps predictions back.
+    """
+    preprocessing = check_preprocessing(preprocessing)
+    keys = [image_key] + ([label_key] if label_key is not None else [])
+    transforms: list[MapTransform] = []
+    if load:
+        transforms += [LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
+    if preprocessing["orientation"] is not None:
+        transforms.append(Orientationd(keys, axcodes=preprocessing["orientation"], labels=None))
+    if preprocessing["spacing"] is not None:
+        modes = ["bilinear"] + (["nearest"] if label_key is not None else [])
+        transforms.append(Spacingd(keys, pixdim=preprocessing["spacing"], mode=modes))
+    transforms += _intensity(preprocessing["intensity"], image_key)
+    transforms.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=True))
+    if label_key is not None:
+        transforms.append(EnsureTyped(label_key, dtype=torch.int64, track_meta=True))
+    return transforms

@@ -1,0 +1,325 @@
+"""Read and write medical images with their exact geometry; atomic writes that never overwrite unless asked.
+
+Arrays follow MONAI's readers: spatial axes in voxel-index order (i, j, k) and a 4x4 ``affine`` from voxel index to
+RAS world millimetres (nibabel's convention). NIfTI goes through nibabel and keeps the input's header (qform, sform,
+units) verbatim; NRRD/MHA go through SimpleITK and keep spacing, origin and direction (ITK's LPS convention) verbatim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+from monai.utils import look_up_option
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageGeometry",
+    "InputError",
+    "OutputError",
+    "OutputImage",
+    "check_output_dir",
+    "geometry_from_affine",
+    "image_suffix",
+    "label_dtype",
+    "read_image",
+    "to_nibabel",
+    "write_image",
+    "write_images",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+KINDS = ("labels", "probabilities", "uncertainty", "image")
+LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS for the first three world axes
+
+
+class InputError(ValueError):
+    """An input image that cannot be used; the message is one line naming the file and the problem."""
+
+
+class OutputError(OSError):
+    """An output that cannot be written; the message is one line naming the path and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where an image's voxels sit in the world, kept exactly as read so that outputs can be written back onto it."""
+
+    shape: tuple[int, ...]  # spatial shape in voxel-index order (i, j, k)
+    affine: np.ndarray  # (4, 4) voxel index -> RAS world, float64
+    spacing: tuple[float, ...]  # ITK convention (as SimpleITK reports it)
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major (N*N), LPS world
+    header: nib.Nifti1Header | None = None  # NIfTI input: its header, written back verbatim
+    path: str | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.shape)
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The supported suffix ``path`` ends with (case-insensitive), or None."""
+    name = str(path).lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+######################################################################################################################
+# reading
+######################################################################################################################
+
+
+def geometry_from_affine(affine, shape: Sequence[int], *, header=None, path=None) -> ImageGeometry:
+    """ITK spacing/origin/direction derived from a RAS ``affine`` (nibabel's) for an image of spatial ``shape``."""
+    n = len(shape)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (n + 1, n + 1) and affine.shape != (4, 4):
+        raise ValueError(f"affine must be ({n + 1}, {n + 1}) or (4, 4) for a {n}D image, got shape {affine.shape}.")
+    full = np.eye(4)
+    full[: affine.shape[0] - 1, : affine.shape[1] - 1] = affine[:-1, :-1]
+    full[: affine.shape[0] - 1, 3] = affine[:-1, -1]
+    linear = LPS @ full[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / np.where(spacing > 0, spacing, 1.0)
+    origin = LPS @ full[:3, 3]
+    return ImageGeometry(
+        shape=tuple(int(s) for s in shape),
+        affine=full,
+        spacing=tuple(float(s) for s in spacing[:n]),
+        origin=tuple(float(o) for o in origin[:n]),
+        direction=tuple(float(d) for d in direction[:n, :n].ravel()),
+        header=header,
+        path=path,
+    )
+
+
+def _squeeze_to(data: np.ndarray, spatial_dims: int, path) -> np.ndarray:
+    """Drop trailing singleton axes beyond ``spatial_dims``; a wrong dimensionality is an InputError."""
+    while data.ndim > spatial_dims and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != spatial_dims:
+        raise InputError(
+            f"{path}: {data.ndim}D image of shape {tuple(data.shape)} where a {spatial_dims}D image is expected."
+        )
+    return data
+
+
+def _check_finite(data: np.ndarray, path) -> None:
+    bad = np.size(data) - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before segmenting.")
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    image = nib.load(str(path))
+    if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
+        raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(image).__name__}).")
+    return np.asanyarray(image.dataobj), image
+
+
+def _read_itk(path: Path):
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        components = image.GetNumberOfComponentsPerPixel()
+        raise InputError(f"{path}: {components} components per voxel where a scalar image is expected.")
+    data = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    return np.array(data.transpose(tuple(range(data.ndim))[::-1])), image
+
+
+def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a NIfTI/NRRD/MHA file -> (float32 array in (i, j, k) order, its geometry); one-line InputError otherwise."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file.")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file.")
+    if suffix is None:
+        raise InputError(f"{path}: not a supported image format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            data, image = _read_nifti(path)
+        else:
+            data, image = _read_itk(path)
+        data = np.asarray(data, dtype=np.float32)
+    except InputError:
+        raise
+    except Exception as e:  # nibabel/SimpleITK/zlib raise many types for truncated or non-image files
+        problem = f"cannot read the image, the file is truncated or not an image ({_one_line(e)})"
+        raise InputError(f"{path}: {problem}.") from e
+    data = _squeeze_to(data, spatial_dims, path)
+    _check_finite(data, path)
+    if suffix in NIFTI_SUFFIXES:
+        geometry = geometry_from_affine(image.affine, data.shape, header=image.header.copy(), path=str(path))
+    else:
+        geometry = _itk_geometry(image, data.shape, path)
+    return data, geometry
+
+
+def _itk_geometry(image, shape, path) -> ImageGeometry:
+    """Geometry of a SimpleITK image as read, plus the RAS affine MONAI's ITKReader would build."""
+    n = len(shape)
+    if image.GetDimension() != n:
+        raise InputError(f"{path}: {image.GetDimension()}D image where a {n}D image is expected.")
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(n, n)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    affine = np.eye(4)
+    affine[:n, :n] = direction * spacing
+    affine[:n, 3] = origin
+    affine[:3] = LPS @ affine[:3]
+    return ImageGeometry(
+        shape=tuple(int(s) for s in shape),
+        affine=affine,
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=image.GetDirection(),
+        path=str(path),
+    )
+
+
+######################################################################################################################
+# writing
+######################################################################################################################
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    """uint8 for labels up to 255, uint16 up to 65535."""
+    if max_label < 0 or max_label > np.iinfo(np.uint16).max:
+        raise ValueError(f"labels must lie in [0, 65535] to be written, got a maximum of {max_label}.")
+    return np.dtype(np.uint8) if max_label <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+
+
+def _prepare(array, geometry: ImageGeometry, kind: str, max_label: int | None) -> np.ndarray:
+    """Cast ``array`` for ``kind``; probabilities arrive channel-first (K, *S) and leave channel-last (*S, K)."""
+    kind = look_up_option(kind, KINDS)
+    array = np.asarray(array)
+    expected = geometry.spatial_dims + (1 if kind == "probabilities" else 0)
+    if array.ndim != expected:
+        raise ValueError(f"a {kind} array for a {geometry.spatial_dims}D image must be {expected}D, got {array.shape}.")
+    spatial = array.shape[1:] if kind == "probabilities" else array.shape
+    if tuple(spatial) != geometry.shape:
+        raise ValueError(f"array spatial shape {tuple(spatial)} differs from the image's {geometry.shape}.")
+    if kind == "labels":
+        return array.astype(label_dtype(int(array.max()) if max_label is None else max_label))
+    if kind == "probabilities":
+        array = np.moveaxis(array, 0, -1)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def to_nibabel(array, geometry: ImageGeometry, kind: str = "labels", *, max_label: int | None = None):
+    """A NIfTI image of ``array`` on ``geometry`` (the input's header verbatim where the input was NIfTI)."""
+    data = _prepare(array, geometry, kind, max_label)
+    if geometry.header is not None:
+        header = geometry.header.copy()
+        cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        image = cls(data, None, header=header)  # affine None: qform and sform stay as read
+    else:
+        image = nib.Nifti1Image(data, geometry.affine)
+        image.header.set_qform(geometry.affine, code=1)
+    image.header.set_slope_inter(None, None)
+    image.header.set_data_dtype(data.dtype)
+    return image
+
+
+def _to_itk(array, geometry: ImageGeometry, kind: str, max_label: int | None):
+    import SimpleITK as sitk
+
+    data = _prepare(array, geometry, kind, max_label)
+    n = geometry.spatial_dims
+    order = tuple(range(n))[::-1] + ((n,) if data.ndim > n else ())
+    image = sitk.GetImageFromArray(data.transpose(order), isVector=data.ndim > n)  # (k, j, i[, K])
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def check_output_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable; OutputError with one line otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".medwidit-write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{folder}: output folder is not writable ({e.strerror or _one_line(e)}).") from e
+    return folder
+
+
+def _temporary_name(path: Path) -> Path:
+    suffix = image_suffix(path) or path.suffix
+    stem = path.name[: len(path.name) - len(suffix)]
+    return path.with_name(f".{stem}.{secrets.token_hex(4)}.partial{suffix}")
+
+
+class OutputImage(NamedTuple):
+    """One image to write: ``array`` on ``geometry`` at ``path``; ``kind`` picks the dtype and layout."""
+
+    array: np.ndarray
+    geometry: ImageGeometry
+    path: Path
+    kind: str = "labels"
+    max_label: int | None = None
+
+
+def _save(item: OutputImage, target: Path) -> None:
+    if image_suffix(item.path) in NIFTI_SUFFIXES:
+        nib.save(to_nibabel(item.array, item.geometry, item.kind, max_label=item.max_label), str(target))
+    else:
+        import SimpleITK as sitk
+
+        sitk.WriteImage(_to_itk(item.array, item.geometry, item.kind, item.max_label), str(target), True)
+
+
+def write_images(items: Sequence[OutputImage], *, overwrite: bool = False) -> list[Path]:
+    """Write ``items`` all or nothing: every one to a temporary name in its folder first, then ``os.replace``."""
+    items = [item._replace(path=Path(item.path)) for item in items]
+    for item in items:
+        if image_suffix(item.path) is None:
+            raise ValueError(f"{item.path}: cannot write this format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+        if item.path.exists() and not overwrite:
+            raise OutputError(f"{item.path}: already exists; pass overwrite=True (--overwrite) to replace it.")
+    temporaries: dict[Path, Path] = {}
+    target = items[0].path if items else None
+    try:
+        for item in items:
+            target = item.path
+            temporaries[target] = _temporary_name(target)
+            _save(item, temporaries[target])
+        for target, temporary in temporaries.items():
+            os.replace(temporary, target)
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write ({e.strerror or _one_line(e)}).") from e
+    except RuntimeError as e:  # SimpleITK reports write failures as RuntimeError
+        raise OutputError(f"{target}: cannot write ({_one_line(e)}).") from e
+    finally:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
+    logger.debug("wrote %s", ", ".join(str(item.path) for item in items))
+    return [item.path for item in items]
+
+
+def write_image(array, geometry: ImageGeometry, path, kind: str = "labels", *, overwrite: bool = False,
+                max_label: int | None = None) -> Path:
+    """Write one image atomically on ``geometry``; ``kind`` is labels (uint8/uint16), probabilities or uncertainty."""
+    return write_images([OutputImage(array, geometry, Path(path), kind, max_label)], overwrite=overwrite)[0]
