@@ -1,0 +1,204 @@
+"""Per-step sliding-window denoising of a whole volume (DESIGN decision 5).
+
+``SlidingWindowDenoiser(net, roi_size)`` is a ``model_fn(x_t, t, cond) -> raw network output`` for
+``DiffusionSegmenter.sample``: the sampler keeps one noisy label map of the whole volume (one noise draw) and steps it
+with the scheduler; at every step this callable evaluates the network on it, window by window with MONAI's
+``SlidingWindowInferer`` (Gaussian blending, float32 accumulation) or on the whole volume at once where it fits the
+budget. Windows therefore never disagree and leave no seam -- unlike sampling each window to the end independently
+and averaging the results (Diff-UNet), which stitches unrelated samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import SlidingWindowInferer
+from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
+
+__all__ = ["SlidingWindowDenoiser", "network_patch_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def network_patch_size(net) -> int | tuple[int, ...]:
+    """The patch size a network's input must be divisible by: ``net.config["patch_size"]`` where it has one, else 1."""
+    config = getattr(net, "config", None)
+    if isinstance(config, dict) and config.get("patch_size") is not None:
+        return config["patch_size"]
+    return 1
+
+
+def _check_sizes(roi_size, patch_size) -> None:
+    """Every roi axis a positive multiple of the patch on that axis (int or per-axis sequences of equal length)."""
+    roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
+    n = max(len(roi), len(patch))
+    if len(roi) not in (1, n) or len(patch) not in (1, n):
+        raise ValueError(f"roi_size {roi_size!r} and patch_size {patch_size!r} have different numbers of axes.")
+    if not all(isinstance(p, int) and p >= 1 for p in patch):
+        raise ValueError(f"patch_size must be positive integers, got {patch_size!r}.")
+    roi, patch = (roi * n if len(roi) == 1 else roi), (patch * n if len(patch) == 1 else patch)
+    for r, p in zip(roi, patch, strict=True):
+        if not isinstance(r, int) or r < 1 or r % p:
+            raise ValueError(
+                f"roi_size must be positive integers divisible by the network's patch_size {patch_size!r} on every "
+                f"axis, got {roi_size!r}."
+            )
+
+
+class SlidingWindowDenoiser:
+    """``model_fn`` that runs ``net(x_t, t, conditioned=cond)`` on the whole volume or window by window.
+
+    Args:
+        net: the denoising network, called as ``net(x (B, K, *S), t (B,), conditioned=cond (B, C, *S) or None)``.
+        roi_size: window size, an int or one per spatial axis; each must be divisible by the network's patch size.
+        overlap: fraction of a window shared with its neighbour, in [0, 1), one value or one per axis.
+        sw_batch_size: windows per network call.
+        mode: window blending, "gaussian" (default) or "constant".
+        sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default 0.125).
+        max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this;
+            None means ``sw_batch_size * prod(roi_size)`` (never more per call than a batch of windows); 0 forces
+            windows.
+        patch_size: the network's patch size; None reads ``net.config["patch_size"]``. The whole volume is padded
+            up to a multiple of it and cropped back.
+        sw_device, device: where windows run and where the stitched volume is accumulated (MONAI's meaning);
+            None keeps the input's device.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., torch.Tensor],
+        roi_size: Sequence[int] | int,
+        *,
+        overlap: Sequence[float] | float = 0.5,
+        sw_batch_size: int = 4,
+        mode: str = "gaussian",
+        sigma_scale: Sequence[float] | float = 0.125,
+        max_whole_voxels: int | None = None,
+        patch_size: Sequence[int] | int | None = None,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.net = net
+        self.patch_size = network_patch_size(net) if patch_size is None else patch_size
+        self.roi_size = roi_size
+        _check_sizes(roi_size, self.patch_size)
+        for o in overlap if isinstance(overlap, Sequence) else (overlap,):
+            if not 0 <= o < 1:
+                raise ValueError(f"overlap must be >= 0 and < 1, got {overlap!r}.")
+        if not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
+        if max_whole_voxels is not None and max_whole_voxels < 0:
+            raise ValueError(f"max_whole_voxels must be >= 0 or None, got {max_whole_voxels!r}.")
+        self.overlap = overlap
+        self.sw_batch_size = sw_batch_size
+        self.mode = look_up_option(mode, BlendMode).value
+        self.sigma_scale = sigma_scale
+        self.max_whole_voxels = max_whole_voxels
+        self.sw_device = sw_device
+        self.device = device
+        self._inferers: dict[int, SlidingWindowInferer] = {}
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        """Zero the counters: ``num_calls`` network calls, ``num_windows`` window (or whole-volume) evaluations."""
+        self.num_calls = 0
+        self.num_windows = 0
+
+    ##################################################################################################################
+    # the model_fn
+    ##################################################################################################################
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw network output (B, C_out, *S) in float32 for noisy labels ``x_t`` (B, K, *S) at steps ``t`` (B,)."""
+        spatial_dims = x_t.ndim - 2
+        if spatial_dims < 1:
+            raise ValueError(f"x_t must be (B, K, *spatial), got shape {tuple(x_t.shape)}.")
+        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must have shape ({x_t.shape[0]},) to match x_t's batch, got {tuple(t.shape)}.")
+        if cond is not None and (cond.shape[0] != x_t.shape[0] or cond.shape[2:] != x_t.shape[2:]):
+            raise ValueError(
+                f"cond must be (B, C, *spatial) matching x_t {tuple(x_t.shape)} on batch and space, got "
+                f"{tuple(cond.shape)}."
+            )
+        if self.runs_whole(x_t.shape):
+            return self._whole(x_t, t, cond)
+        return self._windows(x_t, t, cond)
+
+    def runs_whole(self, shape: Sequence[int]) -> bool:
+        """Whether an input of ``shape`` (B, K, *S) fits the budget for one whole-volume network call."""
+        budget = self.max_whole_voxels
+        if budget is None:
+            budget = self.sw_batch_size * math.prod(self._roi_tuple(len(shape) - 2))
+        return math.prod(shape[:1]) * math.prod(shape[2:]) <= budget
+
+    def _whole(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """One network call on the volume padded at its far faces to a multiple of the patch, cropped back."""
+        spatial = x_t.shape[2:]
+        patch = ensure_tuple_rep(self.patch_size, len(spatial))
+        pad = [(-s) % p for s, p in zip(spatial, patch, strict=True)]
+        flat_pad = [v for extra in reversed(pad) for v in (0, extra)]  # F.pad order: last axis first
+        if any(pad):
+            x_t = F.pad(x_t, flat_pad)
+            cond = F.pad(cond, flat_pad) if cond is not None else None
+        out = self.net(x_t, t, conditioned=cond)  # (B, C_out, *S padded)
+        self.num_calls += 1
+        self.num_windows += x_t.shape[0]
+        crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
+        return out[crop].float()
+
+    def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """MONAI sliding windows over cat(x_t, cond); every window of a batch element gets that element's t."""
+        inputs = x_t.float() if cond is None else torch.cat([x_t.float(), cond.float()], dim=1)  # (B, K + C, *S)
+        num_classes = x_t.shape[1]
+        inferer = self._inferer(x_t.ndim - 2)
+        if bool((t == t[0]).all()):
+            return inferer(inputs, self._window_predictor(num_classes, t[:1]))
+        # different steps per batch element: one pass per element, so that windows never mix steps
+        outs = [inferer(inputs[b : b + 1], self._window_predictor(num_classes, t[b : b + 1])) for b in range(len(t))]
+        return torch.cat(outs, dim=0)
+
+    def _window_predictor(self, num_classes: int, t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def predict(window: torch.Tensor) -> torch.Tensor:  # (W, K + C, *roi) -> (W, C_out, *roi)
+            x, cond = window[:, :num_classes], window[:, num_classes:]
+            out = self.net(x, t.expand(window.shape[0]), conditioned=cond if cond.shape[1] else None)
+            self.num_calls += 1
+            self.num_windows += window.shape[0]
+            return out.float()  # accumulate in float32 whatever the autocast dtype
+
+        return predict
+
+    ##################################################################################################################
+    # helpers
+    ##################################################################################################################
+
+    def _roi_tuple(self, spatial_dims: int | None) -> tuple[int, ...]:
+        if isinstance(self.roi_size, Sequence):
+            roi = tuple(self.roi_size)
+            if spatial_dims is not None and len(roi) != spatial_dims:
+                raise ValueError(f"roi_size {roi} has {len(roi)} axes but the volume has {spatial_dims}.")
+            return roi
+        return ensure_tuple_rep(self.roi_size, spatial_dims or 1)
+
+    def _inferer(self, spatial_dims: int) -> SlidingWindowInferer:
+        if spatial_dims not in self._inferers:
+            self._inferers[spatial_dims] = SlidingWindowInferer(
+                roi_size=self._roi_tuple(spatial_dims),
+                sw_batch_size=self.sw_batch_size,
+                overlap=self.overlap,
+                mode=self.mode,
+                sigma_scale=self.sigma_scale,
+                sw_device=self.sw_device,
+                device=self.device,
+                cache_roi_weight_map=True,
+            )
+        return self._inferers[spatial_dims]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(roi_size={self.roi_size!r}, overlap={self.overlap!r}, "
+            f"sw_batch_size={self.sw_batch_size}, mode={self.mode!r}, max_whole_voxels={self.max_whole_voxels!r})"
+        )
