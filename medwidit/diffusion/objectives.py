@@ -1,0 +1,190 @@
+"""What the network predicts and what it is trained against (SiT's ``path`` + ``transport`` split).
+
+How x_t is made comes from MONAI's schedulers: ``DDPMScheduler/DDIMScheduler.add_noise`` (Ho et al. 2020, eq. 4:
+``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``) and ``RFlowScheduler.add_noise`` (the linear path of SiT / rectified
+flow: ``x_t = (1 - t/T) x0 + (t/T) eps``). The network sees ``t`` on the discrete-step scale [0, T] in both cases
+(DESIGN decision 7). Objectives:
+
+- ``sample``: predict x0; ``epsilon``: predict the noise; ``v_prediction``: predict
+  ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, eq. 8; MONAI ``get_velocity``);
+- ``flow``: predict the velocity ``x0 - eps`` of the linear path, integrated from t = T (noise) to 0 (data).
+
+With a learned variance the improved-DDPM hybrid loss adds ``lambda * L_vlb`` with the mean frozen
+(Nichol & Dhariwal 2021, sec. 3.1, eq. 15 for the interpolated log-variance).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.schedulers import Scheduler
+
+from .encoding import to_probabilities
+
+__all__ = [
+    "GAUSSIAN_OBJECTIVES",
+    "OBJECTIVES",
+    "aux_dice_ce",
+    "learned_log_variance",
+    "posterior_mean_variance",
+    "prediction_to_x0_eps",
+    "sample_training_timesteps",
+    "training_target",
+    "vlb_terms",
+    "x0_estimate",
+]
+
+GAUSSIAN_OBJECTIVES = ("sample", "epsilon", "v_prediction")
+OBJECTIVES = (*GAUSSIAN_OBJECTIVES, "flow")
+
+
+def _right(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1) with ``ndim`` axes in all (k-diffusion's ``append_dims``)."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def _alpha_bar(scheduler: Scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``abar_t`` for integer steps (B,), shaped to broadcast against ``like`` (B, K, *S)."""
+    abar = scheduler.alphas_cumprod.to(device=like.device, dtype=torch.float64)[t.long().to(like.device)]
+    return _right(abar, like.ndim)
+
+
+##################################################################################
+#                           Training: timesteps and targets                      #
+##################################################################################
+
+
+def sample_training_timesteps(
+    objective: str, num_train_timesteps: int, batch: int, *, generator=None, device=None
+) -> torch.Tensor:
+    """Training times (B,): integer steps uniform in [0, T) for Gaussian diffusion, continuous uniform t*T for flow."""
+    gen_device = generator.device if generator is not None else "cpu"
+    if objective == "flow":
+        t = torch.rand(batch, generator=generator, device=gen_device) * num_train_timesteps
+    else:
+        t = torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=gen_device)
+    return t.to(device)
+
+
+def training_target(
+    objective: str, scheduler: Scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The regression target of each objective for x_t made from ``x0`` and ``noise`` at ``t``."""
+    if objective == "sample":
+        return x0
+    if objective == "epsilon":
+        return noise
+    if objective == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+    if objective == "flow":
+        return x0 - noise  # d x_t / d(-t/T) on the linear path
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+
+
+##################################################################################
+#                      Converting a prediction into x0 and eps                   #
+##################################################################################
+
+
+def prediction_to_x0_eps(
+    prediction_type: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian prediction -> (x0, eps), from ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` (DDIM eq. 12 / 'v' eq. 8)."""
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64, device=x_t.device)
+    sa, sb = a.sqrt().to(x_t.dtype), (1 - a).sqrt().to(x_t.dtype)
+    if prediction_type == "sample":
+        return output, (x_t - sa * output) / sb
+    if prediction_type == "epsilon":
+        return (x_t - sb * output) / sa, output
+    if prediction_type == "v_prediction":
+        return sa * x_t - sb * output, sa * output + sb * x_t
+    raise ValueError(f"prediction_type must be one of {GAUSSIAN_OBJECTIVES}, got {prediction_type!r}.")
+
+
+def x0_estimate(
+    objective: str, scheduler: Scheduler, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The clean-label estimate implied by a prediction at per-sample times ``t`` (B,)."""
+    if objective == "flow":
+        return x_t + output * _right(t.to(x_t.dtype) / scheduler.num_train_timesteps, x_t.ndim)
+    x0, _ = prediction_to_x0_eps(objective, output, x_t, _alpha_bar(scheduler, t, x_t))
+    return x0
+
+
+def aux_dice_ce(x0_hat: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Dice + cross-entropy of ``to_probabilities(x0_hat)`` against the integer label (B, 1, *S).
+
+    MONAI's DiceCELoss takes logits; ``log p`` are logits whose softmax is ``p`` itself, so Dice is computed on p and
+    the cross-entropy is ``-log p[label]``.
+    """
+    p = to_probabilities(x0_hat)
+    logits = p.clamp_min(1e-6).log()
+    return DiceCELoss(to_onehot_y=True, softmax=True)(logits, label.long())
+
+
+##################################################################################
+#                   Learned variance: the improved-DDPM hybrid loss              #
+##################################################################################
+
+
+def posterior_mean_variance(
+    x0: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q(x_s | x_t, x0) for s < t on any (respaced) chain: mean, variance beta~ and beta' (DDPM eqs. 6-7).
+
+    ``beta' = 1 - abar_t / abar_s`` is the step's own beta (the respacing of improved DDPM, sec. 4);
+    ``beta~ = (1 - abar_s) / (1 - abar_t) * beta'``. Alphas may be tensors broadcasting against x (float64 is best).
+    """
+    beta = 1 - alpha_bar_t / alpha_bar_s
+    coef_x0 = alpha_bar_s.sqrt() * beta / (1 - alpha_bar_t)
+    coef_xt = (1 - beta).sqrt() * (1 - alpha_bar_s) / (1 - alpha_bar_t)
+    mean = coef_x0.to(x0.dtype) * x0 + coef_xt.to(x_t.dtype) * x_t
+    variance = (1 - alpha_bar_s) / (1 - alpha_bar_t) * beta
+    return mean, variance, beta
+
+
+def learned_log_variance(frac_output: torch.Tensor, beta: torch.Tensor, posterior_variance: torch.Tensor):
+    """Improved DDPM eq. 15: ``log Sigma = f log beta + (1 - f) log beta~`` with ``f = (v + 1) / 2`` from the net.
+
+    Unlike MONAI's ``learned_range`` (which mixes the variances linearly), the mix is in log space, as in the paper.
+    """
+    frac = (frac_output.float() + 1) / 2
+    max_log = beta.log().float()
+    min_log = posterior_variance.log().float()
+    return frac * max_log + (1 - frac) * min_log
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def vlb_terms(
+    scheduler: Scheduler,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    frac_output: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample L_t in bits per voxel (B,): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, and at t = 0 the
+    decoder NLL of the labels in {-1, +1}, discretised with one bin per sign: ``-log Phi(x0 * mu / sigma)``.
+
+    Callers pass ``x0_hat`` detached, so the term trains only the variance channels (improved DDPM, sec. 3.1).
+    """
+    t = t.long()
+    abar = scheduler.alphas_cumprod.to(device=x0.device, dtype=torch.float64)
+    abar_t = _right(abar[t], x0.ndim)
+    abar_s = _right(torch.where(t > 0, abar[(t - 1).clamp_min(0)], torch.ones_like(abar[t])), x0.ndim)
+    true_mean, post_var, beta = posterior_mean_variance(x0, x_t, abar_t, abar_s)
+    # at t = 0 beta~ is 0: clip its log to the value at t = 1, as improved DDPM does
+    var1 = (1 - abar[0]) / (1 - abar[1]) * (1 - abar[1] / abar[0])
+    post_var = torch.where(_right(t, x0.ndim) == 0, var1.expand_as(post_var), post_var)
+    model_mean, _, _ = posterior_mean_variance(x0_hat, x_t, abar_t, abar_s)
+    model_log_var = learned_log_variance(frac_output, beta, post_var)
+    kl = _normal_kl(true_mean.float(), post_var.log().float(), model_mean.float(), model_log_var)
+    nll = -torch.special.log_ndtr(x0.float() * model_mean.float() * torch.exp(-0.5 * model_log_var))
+    per_voxel = torch.where(_right(t, x0.ndim) == 0, nll, kl)
+    return per_voxel.flatten(1).mean(1) / math.log(2.0)
