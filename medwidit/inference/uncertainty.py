@@ -1,0 +1,46 @@
+"""Ensemble -> mean probability, labels, predictive entropy, variance and agreement, per voxel."""
+
+from __future__ import annotations
+
+import torch
+
+from medwidit.diffusion.encoding import to_labels
+
+__all__ = ["summarize_ensemble"]
+
+
+def summarize_ensemble(probabilities: torch.Tensor, *, atol: float = 1e-3) -> dict[str, torch.Tensor]:
+    """Per-sample probabilities (S, B, K, *S) -> summary maps (float32 unless said otherwise):
+
+    - ``mean_probability`` (B, K, *S): ``p_bar = mean_s p_s``;
+    - ``labels`` (B, 1, *S) int64: ``argmax_K p_bar``;
+    - ``entropy`` (B, 1, *S): predictive entropy ``-sum_K p_bar log p_bar`` in nats (0 .. log K);
+    - ``variance`` (B, 1, *S): ``mean_K var_s p_s`` (population variance over samples, 0 for one sample);
+    - ``agreement`` (B, 1, *S): fraction of samples whose argmax equals ``labels`` (1 where all agree).
+
+    Samples in diffusion space go through ``medwidit.diffusion.to_probabilities(samples, dim=2)`` first.
+    """
+    if probabilities.ndim not in (5, 6):
+        raise ValueError(
+            "probabilities must have shape (S, B, K, *spatial) with 2 or 3 spatial axes, "
+            f"got {tuple(probabilities.shape)}."
+        )
+    p = probabilities.float()
+    if p.numel() and (p.min() < -atol or (p.sum(dim=2) - 1).abs().max() > atol):
+        raise ValueError(
+            "probabilities must be >= 0 and sum to 1 over the class axis (dim 2); "
+            "convert diffusion-space samples with to_probabilities(samples, dim=2)."
+        )
+    mean = p.mean(dim=0)  # (B, K, *S)
+    labels = to_labels(mean, dim=1)  # (B, 1, *S)
+    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
+    variance = p.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
+    sample_labels = to_labels(p, dim=2)  # (S, B, 1, *S)
+    agreement = (sample_labels == labels.unsqueeze(0)).float().mean(dim=0)
+    return {
+        "mean_probability": mean,
+        "labels": labels,
+        "entropy": entropy,
+        "variance": variance,
+        "agreement": agreement,
+    }
