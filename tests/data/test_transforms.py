@@ -1,0 +1,94 @@
+"""data/transforms: the one pre-transform chain, checked values (spacing, orientation, intensity) and invertibility."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+
+from medwidit.data.transforms import check_preprocessing, default_preprocessing, preprocessing_transforms
+
+
+def _flipped_anisotropic(spatial_dims):
+    """RAS affine with the first axis flipped (L->R stored as R->L) and spacing 0.5, 2.0[, 3.0]."""
+    affine = np.diag([-0.5, 2.0, 3.0, 1.0])
+    if spatial_dims == 2:
+        affine[2, 2] = 1.0
+    affine[:3, 3] = [10.0, -5.0, 2.0]
+    return affine
+
+
+def _write(tmp_path, spatial_dims):
+    rng = np.random.default_rng(0)
+    shape = (16, 6, 5)[:spatial_dims]
+    image = (rng.random(shape) + 1.0).astype(np.float32)
+    image[:2] = 0.0  # background that zscore_nonzero leaves alone
+    label = (rng.random(shape) > 0.6).astype(np.uint8) * 2
+    nib.save(nib.Nifti1Image(image, _flipped_anisotropic(spatial_dims)), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label, _flipped_anisotropic(spatial_dims)), tmp_path / "label.nii.gz")
+    return {"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")}, image, label
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_chain_reorients_resamples_and_normalises(tmp_path, spatial_dims):
+    files, image, label = _write(tmp_path, spatial_dims)
+    prep = {"orientation": "RAS"[:spatial_dims], "spacing": [1.0, 1.0, 1.0][:spatial_dims]}
+    out = Compose(preprocessing_transforms(prep, label_key="label"))(files)
+    img, lab = out["image"], out["label"]
+    assert img.dtype == torch.float32 and lab.dtype == torch.int64
+    assert img.shape[0] == lab.shape[0] == 1
+    spacing = np.linalg.norm(img.affine.numpy()[:spatial_dims, :spatial_dims], axis=0)
+    np.testing.assert_allclose(spacing, 1.0, atol=1e-6)
+    assert (np.diag(img.affine.numpy())[:spatial_dims] > 0).all()  # RAS: the flipped axis is flipped back
+    assert tuple(img.shape[1:]) == (8, 11, 13)[:spatial_dims]  # MONAI keeps the extent: (n - 1) * ratio + 1
+    assert set(torch.unique(lab).tolist()) <= {0, 2}  # nearest neighbour keeps labels
+    foreground = img[img != 0]
+    assert abs(float(foreground.mean())) < 1e-4 and abs(float(foreground.std(unbiased=False)) - 1) < 1e-3
+
+
+def test_inverting_the_chain_returns_to_the_input_grid(tmp_path):
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (16, 6, 5)), indexing="ij")
+    image = (0.1 * i + 0.2 * j + 0.3 * k).astype(np.float32)  # linear: bilinear resampling keeps it
+    nib.save(nib.Nifti1Image(image, _flipped_anisotropic(3)), tmp_path / "ramp.nii.gz")
+    files = {"image": str(tmp_path / "ramp.nii.gz")}
+    pre = Compose(preprocessing_transforms({"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}))
+    data = pre({"image": files["image"]})
+    pred = MetaTensor(data["image"].as_tensor().clone(), affine=data["image"].affine)
+    data["pred"] = pred
+    back = Invertd("pred", pre, orig_keys="image", nearest_interp=False)(data)["pred"]
+    assert tuple(back.shape[1:]) == image.shape
+    np.testing.assert_allclose(back.affine.numpy(), _flipped_anisotropic(3), atol=1e-5)
+    # flip undone, 0.5 mm -> 1 mm -> 0.5 mm resampling of a linear ramp exact inside (the last 1 mm is extrapolated)
+    np.testing.assert_allclose(back[0, 1:14].numpy(), image[1:14], atol=1e-4)
+
+
+def test_in_memory_start_matches_loading(tmp_path):
+    files, image, _ = _write(tmp_path, 3)
+    prep = {"spacing": [1.0, 1.5, 2.0], "intensity": "scale_percentiles"}
+    loaded = Compose(preprocessing_transforms(prep))({"image": files["image"]})["image"]
+    start = MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(_flipped_anisotropic(3)))
+    in_memory = Compose(preprocessing_transforms(prep, load=False))({"image": start})["image"]
+    torch.testing.assert_close(in_memory.as_tensor(), loaded.as_tensor())
+    torch.testing.assert_close(in_memory.affine, loaded.affine)
+    assert float(loaded.min()) >= -1.0 and float(loaded.max()) <= 1.0
+
+
+def test_preprocessing_is_checked_and_normalised():
+    assert default_preprocessing() == {
+        "orientation": "RAS",
+        "spacing": None,
+        "intensity": "zscore_nonzero",
+        "num_modalities": 1,
+    }
+    assert check_preprocessing({"orientation": "las", "spacing": [1, 2, 3]})["spacing"] == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="unknown keys \\['spacings'\\]"):
+        check_preprocessing({"spacings": [1, 1, 1]})
+    with pytest.raises(ValueError, match="zscore_nonzero"):  # look_up_option names the valid choices
+        check_preprocessing({"intensity": "zscore"})
+    with pytest.raises(ValueError, match="spacing"):
+        check_preprocessing({"spacing": [1.0, -1.0, 1.0]})
+    with pytest.raises(ValueError, match="orientation"):
+        check_preprocessing({"orientation": "XYZ"})
+    with pytest.raises(ValueError, match="num_modalities"):
+        check_preprocessing({"num_modalities": 0})

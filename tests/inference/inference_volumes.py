@@ -1,0 +1,41 @@
+"""Helpers for the inference tests: oblique (rotated, flipped, anisotropic) images on disk."""
+
+import nibabel as nib
+import numpy as np
+
+
+def oblique_affine(spatial_dims: int = 3) -> np.ndarray:
+    """A RAS affine that rotates 30 degrees about two axes, flips one axis and has anisotropic spacing."""
+    a, b = np.deg2rad(30.0), np.deg2rad(-20.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag([-1.0, 1.0, 1.0]) @ np.diag([0.7, 1.3, 2.9])
+    affine[:3, 3] = [12.5, -40.25, 3.0]
+    if spatial_dims == 2:
+        affine[:3, :3] = np.diag([-0.7, 1.3, 1.0])
+    return affine
+
+
+def save_nifti(path, data, affine=None):
+    image = nib.Nifti1Image(np.asarray(data), oblique_affine(min(np.ndim(data), 3)) if affine is None else affine)
+    image.header.set_qform(image.affine, code=1)
+    nib.save(image, str(path))
+    return path
+
+
+def save_itk(path, data):
+    """``data`` in (i, j, k) order, written with an oblique LPS geometry through SimpleITK."""
+    import SimpleITK as sitk
+
+    data = np.asarray(data)
+    image = sitk.GetImageFromArray(data.transpose(tuple(range(data.ndim))[::-1]))
+    n = data.ndim
+    affine = oblique_affine(n)
+    direction = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
+    spacing = np.linalg.norm(direction, axis=0)
+    image.SetSpacing(tuple(spacing[:n]))
+    image.SetOrigin(tuple((np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3])[:n]))
+    image.SetDirection(tuple((direction / spacing)[:n, :n].ravel()))
+    sitk.WriteImage(image, str(path))
+    return path

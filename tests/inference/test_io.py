@@ -1,0 +1,160 @@
+"""inference/io: exact geometry through load -> identity -> save, atomic writes, one-line errors for bad files."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from inference_volumes import oblique_affine, save_itk, save_nifti
+from monai.transforms import LoadImage
+
+from medwidit.inference.io import (
+    InputError,
+    OutputError,
+    check_output_dir,
+    label_dtype,
+    read_image,
+    write_image,
+    write_images,
+)
+from medwidit.inference.io import OutputImage as Out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _itk_geometry(path):
+    """Spacing, origin, direction of the first three axes as SimpleITK reads them (a 4D NIfTI adds a fourth)."""
+    image = sitk.ReadImage(str(path))
+    direction = np.reshape(image.GetDirection(), (image.GetDimension(),) * 2)[:3, :3]
+    return image.GetSpacing()[:3], image.GetOrigin()[:3], tuple(direction.ravel())
+
+
+@pytest.mark.parametrize("kind", ["labels", "probabilities", "uncertainty"])
+def test_nifti_identity_round_trip_keeps_geometry_exactly(tmp_path, rng, kind):
+    data = rng.random((9, 7, 5)).astype(np.float32)
+    source = save_nifti(tmp_path / "in.nii.gz", data)
+    array, geometry = read_image(source)
+    np.testing.assert_array_equal(array, data)
+    out = {"labels": array > 0.5, "probabilities": np.stack([array, 1 - array]), "uncertainty": array}[kind]
+    write_image(out, geometry, tmp_path / "out.nii.gz", kind)
+    written, original = nib.load(tmp_path / "out.nii.gz"), nib.load(source)
+    np.testing.assert_array_equal(written.affine, original.affine)
+    np.testing.assert_array_equal(written.header.get_qform(), original.header.get_qform())
+    np.testing.assert_array_equal(written.header.get_sform(), original.header.get_sform())
+    assert _itk_geometry(tmp_path / "out.nii.gz") == _itk_geometry(source)  # spacing, origin, direction
+    expected = {"labels": np.uint8, "probabilities": np.float32, "uncertainty": np.float32}[kind]
+    assert written.get_data_dtype() == expected
+    assert written.shape == ((9, 7, 5, 2) if kind == "probabilities" else (9, 7, 5))
+    if kind == "probabilities":
+        np.testing.assert_array_equal(np.asanyarray(written.dataobj)[..., 0], data)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_itk_identity_round_trip_keeps_geometry(tmp_path, rng, suffix):
+    data = rng.random((9, 7, 5)).astype(np.float32)
+    source = save_itk(tmp_path / f"in{suffix}", data)
+    array, geometry = read_image(source)
+    np.testing.assert_array_equal(array, data)  # (i, j, k) order, as MONAI's readers
+    write_image(array > 0.5, geometry, tmp_path / f"labels{suffix}")
+    write_image(np.stack([array, 1 - array]), geometry, tmp_path / f"prob{suffix}", "probabilities")
+    for name in ("labels", "prob"):
+        spacing, origin, direction = _itk_geometry(tmp_path / f"{name}{suffix}")
+        ref_spacing, ref_origin, ref_direction = _itk_geometry(source)
+        if suffix == ".mha":  # spacing and direction stored apart: bit for bit
+            assert (spacing, origin, direction) == (ref_spacing, ref_origin, ref_direction)
+        else:  # NRRD stores spacing x direction products; SimpleITK splits them again to the last bit or so
+            np.testing.assert_allclose(spacing, ref_spacing, rtol=1e-14)
+            np.testing.assert_allclose(direction, ref_direction, rtol=0, atol=1e-14)
+            assert origin == ref_origin
+        np.testing.assert_allclose(read_image(tmp_path / f"labels{suffix}")[1].affine, geometry.affine, atol=1e-13)
+    np.testing.assert_allclose(geometry.affine, oblique_affine(), atol=1e-12)  # RAS, like MONAI's ITKReader
+
+
+def test_nifti_geometry_matches_monai_loader(tmp_path, rng):
+    source = save_nifti(tmp_path / "in.nii", rng.random((6, 5, 4)).astype(np.float32))
+    array, geometry = read_image(source)
+    loaded = LoadImage(image_only=True)(str(source))
+    np.testing.assert_array_equal(array, loaded.numpy())
+    np.testing.assert_array_equal(geometry.affine, loaded.affine.numpy())
+
+
+def test_trailing_singleton_axes_are_dropped(tmp_path, rng):
+    array, geometry = read_image(save_nifti(tmp_path / "x.nii.gz", rng.random((6, 5, 4, 1)).astype(np.float32)))
+    assert array.shape == geometry.shape == (6, 5, 4)
+
+
+def test_label_dtype_follows_the_largest_label(tmp_path):
+    assert label_dtype(255) == np.uint8 and label_dtype(256) == np.uint16
+    with pytest.raises(ValueError, match="65535"):
+        label_dtype(70000)
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    labels = np.zeros((4, 4, 4), np.int64)
+    labels[0, 0, 0] = 300
+    write_image(labels, geometry, tmp_path / "y.nii.gz")
+    assert nib.load(tmp_path / "y.nii.gz").get_data_dtype() == np.uint16
+    assert int(np.asanyarray(nib.load(tmp_path / "y.nii.gz").dataobj).max()) == 300
+
+
+def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    target = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "out.nii.gz")
+    with pytest.raises(OutputError, match="out.nii.gz: already exists"):
+        write_image(np.full((4, 4, 4), 2), geometry, target)
+    assert np.asanyarray(nib.load(target).dataobj).max() == 1
+    write_image(np.full((4, 4, 4), 2), geometry, target, overwrite=True)
+    assert np.asanyarray(nib.load(target).dataobj).max() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "x.nii.gz"]
+
+
+def test_a_failing_write_leaves_nothing_behind(tmp_path):
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    good = Out(np.ones((4, 4, 4)), geometry, tmp_path / "a.nii.gz")
+    bad = Out(np.ones((3, 3, 3)), geometry, tmp_path / "b.nii.gz")  # wrong shape: fails after `good` was staged
+    with pytest.raises(ValueError, match="differs"):
+        write_images([good, bad])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nii.gz"]
+
+
+def _truncated(path, rng):
+    save_nifti(path, rng.random((16, 16, 16)).astype(np.float32))
+    path.write_bytes(path.read_bytes()[:2000])
+    return path
+
+
+BAD_FILES = {
+    "missing": (lambda p, rng: p, "no such file"),
+    "truncated": (_truncated, "truncated or not an image"),
+    "not an image": (lambda p, rng: (p.write_bytes(gzip.compress(b"hello, not an image")), p)[1], "not an image"),
+    "2D": (lambda p, rng: save_nifti(p, rng.random((6, 5)).astype(np.float32)), "2D image .* where a 3D image"),
+    "4D": (lambda p, rng: save_nifti(p, rng.random((6, 5, 4, 2)).astype(np.float32)), "4D image .* where a 3D"),
+    "NaN": (lambda p, rng: save_nifti(p, np.full((4, 4, 4), np.nan, np.float32)), "64 voxel.* NaN or infinite"),
+    "inf": (lambda p, rng: save_nifti(p, np.where(np.eye(4)[..., None] > 0, np.inf, 0.0)), "4 voxel.* NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_FILES))
+def test_bad_input_files_get_one_line_naming_file_and_problem(tmp_path, rng, problem):
+    make, message = BAD_FILES[problem]
+    path = make(tmp_path / "case.nii.gz", rng)
+    with pytest.raises(InputError, match=message) as error:
+        read_image(path)
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_unsupported_suffix_and_2d_itk(tmp_path, rng):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="notes.txt: not a supported image format"):
+        read_image(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="2D image .* where a 3D image"):
+        read_image(save_itk(tmp_path / "flat.mha", rng.random((6, 5)).astype(np.float32)))
+
+
+def test_unwritable_output_folder_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="file/out: output folder is not writable"):
+        check_output_dir(tmp_path / "file" / "out")
+    assert check_output_dir(tmp_path / "new" / "out").is_dir()
