@@ -12,9 +12,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from monai.utils import look_up_option
 from torch import nn
 
+from .layers import choose
 from .window import (
     fit_window,
     pad_tokens,
@@ -87,7 +87,7 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window_size = tuple(window_size)
         self.shifted = shifted
-        self.position = look_up_option(position, POSITIONS)
+        self.position = choose("position", position, POSITIONS)
         self.global_attention = global_attention
         axes = sum(w > 1 for w in self.window_size) or 1
         if self.position == "rope" and (self.head_dim % 2 or self.head_dim < 2 * axes):

@@ -10,12 +10,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.utils import look_up_option
 from torch import nn
 
 from .attention import FactorizedAttention, WindowAttention
 from .embed import Unpatchify
-from .layers import make_mlp, make_norm, modulate
+from .layers import choose, make_mlp, make_norm, modulate
 
 ATTENTIONS = ("window", "global", "factorized")
 FINALS = ("linear", "conv")
@@ -38,7 +37,7 @@ class WiDiTBlock(nn.Module):
         attention: str = "window",
     ) -> None:
         super().__init__()
-        attention = look_up_option(attention, ATTENTIONS)
+        attention = choose("attention", attention, ATTENTIONS)
         window_size = tuple(window_size)
         self.norm1 = make_norm(norm, hidden_size)
         if attention == "factorized":
@@ -92,7 +91,7 @@ class WiDiTFinalLayer(nn.Module):
         super().__init__()
         self.patch_size = tuple(patch_size)
         self.out_channels = out_channels
-        self.final = look_up_option(final, FINALS)
+        self.final = choose("final", final, FINALS)
         self.norm_final = make_norm(norm, hidden_size)
         if self.final == "linear":
             self.linear = nn.Linear(hidden_size, math.prod(self.patch_size) * out_channels)

@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.utils import ensure_tuple_rep, look_up_option
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from .layers import WiDiTInputError
+from .layers import WiDiTInputError, choose
 
 UNPATCHIFY_INITS = ("default", "zeros", "fan_in")
 
@@ -82,7 +82,7 @@ class Unpatchify(nn.Module):
         self.stride = self.patch_size if stride is None else ensure_tuple_rep(stride, data_dim)
         if any(s < 1 or s > p for s, p in zip(self.stride, self.patch_size, strict=True)):
             raise ValueError(f"stride must be in [1, patch_size] per axis, got {self.stride} for {self.patch_size}.")
-        self.weight_init = look_up_option(weight_init, UNPATCHIFY_INITS)
+        self.weight_init = choose("weight_init", weight_init, UNPATCHIFY_INITS)
         deconv = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[data_dim - 1]
         self.deconv = deconv(in_features, out_features, self.patch_size, stride=self.stride, bias=bias)
         self.init_weights()

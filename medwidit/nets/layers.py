@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 import torch
 from monai.utils import look_up_option
 from torch import nn
@@ -14,6 +17,14 @@ class WiDiTInputError(ValueError, AssertionError):
     """Misuse the seed promises to reject with an assertion (e.g. conditioning); also a ValueError (DESIGN 8)."""
 
 
+def choose(argument: str, value: Any, choices: Collection) -> Any:
+    """``monai.utils.look_up_option`` whose error also names the argument (never falls back on a name)."""
+    try:
+        return look_up_option(value, choices)
+    except ValueError as err:
+        raise ValueError(f"{argument}: {str(err).strip()}") from None
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, C) shift/scale over tokens (B, T, C)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -21,7 +32,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def make_norm(norm: str, dim: int) -> nn.Module:
     """Parameter-free LayerNorm or RMSNorm (adaLN supplies scale and shift, as in DiT)."""
-    norm = look_up_option(norm, NORMS)
+    norm = choose("norm", norm, NORMS)
     if norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=1e-6, elementwise_affine=False)
     return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
@@ -68,4 +79,4 @@ class SwiGLU(nn.Module):
 
 def make_mlp(mlp: str, dim: int, mlp_ratio: float) -> nn.Module:
     """The feed-forward named by ``mlp`` ("gelu" or "swiglu")."""
-    return SwiGLU(dim, mlp_ratio) if look_up_option(mlp, MLPS) == "swiglu" else Mlp(dim, mlp_ratio)
+    return SwiGLU(dim, mlp_ratio) if choose("mlp", mlp, MLPS) == "swiglu" else Mlp(dim, mlp_ratio)

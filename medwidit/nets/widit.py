@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.utils import ensure_tuple_rep, look_up_option
+from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import POSITIONS
 from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
 from .embed import PatchEmbed, TimestepEmbedder, check_divisible
-from .layers import MLPS, NORMS, WiDiTInputError
+from .layers import MLPS, NORMS, WiDiTInputError, choose
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ class WiDiT(nn.Module):
             "use_conditioning": bool(use_conditioning),
             "cond_channels": cond_channels,
             "out_channels": out_channels,
-            "mlp": look_up_option(mlp, MLPS),
-            "norm": look_up_option(norm, NORMS),
-            "final": look_up_option(final, FINALS),
-            "position": look_up_option(position, POSITIONS),
-            "attention": look_up_option(attention, ATTENTIONS),
+            "mlp": choose("mlp", mlp, MLPS),
+            "norm": choose("norm", norm, NORMS),
+            "final": choose("final", final, FINALS),
+            "position": choose("position", position, POSITIONS),
+            "attention": choose("attention", attention, ATTENTIONS),
             "grad_checkpointing": bool(grad_checkpointing),
         }
         self.spatial_dim = spatial_dim
@@ -244,4 +244,4 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def widit_preset(name: str, **overrides: Any) -> WiDiT:
     """The preset ``name`` (e.g. "WiDiT-S/2") with ``overrides`` (``spatial_dim`` is required) on top."""
-    return WiDiT(**{**PRESETS[look_up_option(name, PRESETS)], **overrides})
+    return WiDiT(**{**choose("name", name, PRESETS), **overrides})
