@@ -1,1 +1,19 @@
-"""medwidit.training."""
+"""medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
+
+from .bundle import SegmentationNetwork, find_bundle_root
+from .data import SegmentationDataModule, load_data_list
+from .evaluation import dice_per_class, evaluate_files
+from .module import DiffusionSegmentationModule, ExportSegmenter, WarmupCosine, segmenter_state_from_checkpoint
+
+__all__ = [
+    "DiffusionSegmentationModule",
+    "ExportSegmenter",
+    "SegmentationDataModule",
+    "SegmentationNetwork",
+    "WarmupCosine",
+    "dice_per_class",
+    "evaluate_files",
+    "find_bundle_root",
+    "load_data_list",
+    "segmenter_state_from_checkpoint",
+]

@@ -1,0 +1,91 @@
+"""Glue that MONAI bundle configs reference: where the bundle lives, the network as MONAI's bundle tools see it.
+
+``bundle_root``: MONAI's ``monai.bundle run`` reads the config files but passes nothing about their location into
+the config (model-zoo bundles write ``"bundle_root": "."`` and must be run from inside the bundle folder). Here the
+default is found from the ``--config_file`` on the command line (``<bundle>/configs/<name>.json``), else from this
+checkout's ``bundles/<name>``; ``--bundle_root DIR`` overrides both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from medwidit.diffusion import DiffusionSegmenter, to_probabilities
+
+__all__ = ["SegmentationNetwork", "find_bundle_root"]
+
+logger = logging.getLogger(__name__)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def _config_files_in(argv: Sequence[str]) -> list[str]:
+    """Paths given to ``--config_file`` in a command line (one path, a list literal or a comma-separated list)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("--config_file="):
+            values.append(arg.split("=", 1)[1])
+    return [path for value in values for path in re.findall(r"[^\[\]'\",\s]+\.(?:json|yaml|yml)", value)]
+
+
+def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
+    """Absolute folder of bundle ``name``: the parent of the ``configs/`` folder of the first ``--config_file`` in
+    ``argv`` (default ``sys.argv``) that has a ``metadata.json`` beside it, else ``<repository>/bundles/<name>``."""
+    for config_file in _config_files_in(sys.argv if argv is None else argv):
+        configs = Path(config_file).resolve().parent
+        if configs.name == "configs" and (configs / "metadata.json").is_file():
+            return str(configs.parent)
+    candidate = REPOSITORY / "bundles" / name
+    if (candidate / "configs" / "metadata.json").is_file():
+        return str(candidate)
+    raise FileNotFoundError(
+        f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
+        f"--bundle_root <bundle folder> (looked for {candidate})."
+    )
+
+
+class SegmentationNetwork(nn.Module):
+    """The bundle's network as MONAI's tools see it: image (B, C_img, *S) -> class probabilities (B, K, *S).
+
+    ``forward`` draws ``num_samples`` DDIM samples of ``steps`` steps from a generator seeded with ``seed`` and
+    returns their mean probability, so that one call is one deterministic segmentation (``verify_net_in_out``,
+    ``ckpt_export``). The network's parameters are registered under the network's own names, so a medwidit
+    checkpoint's ``state_dict`` (the net's weights, see ``save_segmenter``) loads into it unchanged
+    (``ckpt_export --key_in_ckpt state_dict``).
+    """
+
+    def __init__(self, segmenter: DiffusionSegmenter, *, steps: int = 10, num_samples: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(segmenter, DiffusionSegmenter):
+            raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
+        if int(steps) < 1 or int(num_samples) < 1:
+            raise ValueError(f"steps and num_samples must be >= 1, got {steps} and {num_samples}.")
+        object.__setattr__(self, "segmenter", segmenter)  # not a child: its net's tensors are ours, by their names
+        for child_name, child in segmenter.net.named_children():
+            self.add_module(child_name, child)
+        for param_name, param in segmenter.net.named_parameters(recurse=False):
+            self.register_parameter(param_name, param)
+        transient = segmenter.net._non_persistent_buffers_set
+        for buffer_name, buffer in segmenter.net.named_buffers(recurse=False):
+            self.register_buffer(buffer_name, buffer, persistent=buffer_name not in transient)
+        self.steps, self.num_samples, self.seed = int(steps), int(num_samples), int(seed)
+
+    @property
+    def num_classes(self) -> int:
+        return self.segmenter.num_classes
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device=image.device).manual_seed(self.seed)
+        samples = self.segmenter.sample(  # (S, B, K, *S)
+            image.float(), steps=self.steps, num_samples=self.num_samples, generator=generator
+        )
+        return to_probabilities(samples, dim=2).mean(dim=0)  # (B, K, *S)

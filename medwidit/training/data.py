@@ -1,0 +1,254 @@
+"""LightningDataModule over decathlon-style data lists and MONAI dictionary transforms.
+
+Training crops come from the ONE shared pre-transform definition (`preprocessing_transforms`: load, channel first,
+orientation, spacing, intensity) followed by a foreground crop, `RandCropByPosNegLabeld` and augmentation;
+validation sees whole volumes through the same pre-transforms and nothing else, as inference will.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, load_decathlon_datalist
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    MapTransform,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+)
+from monai.utils import look_up_option
+
+from medwidit.data.transforms import preprocessing_transforms
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("memory", "disk", "none")
+KEYS = ("image", "label")
+
+
+def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Read one split of a decathlon-style data list and check that every file it names exists.
+
+    Raises FileNotFoundError naming the data list, the entry and the missing file, so that a bad list fails before
+    any training starts (not hours later when a worker first loads the file).
+    """
+    data_list = Path(data_list)
+    if not data_list.is_file():
+        raise FileNotFoundError(f"data_list {str(data_list)!r} does not exist.")
+    try:
+        items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
+    except ValueError as e:  # MONAI raises ValueError for a missing key
+        raise ValueError(f"data_list {str(data_list)!r} has no split {key!r}: {e}") from e
+    for index, item in enumerate(items):
+        for name in KEYS:
+            if name not in item:
+                raise ValueError(f"data_list {str(data_list)!r}, {key}[{index}] has no {name!r} entry: {item}.")
+            path = item[name]
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"data_list {str(data_list)!r}, {key}[{index}] names {name} file {str(path)!r}, "
+                    "which does not exist."
+                )
+    if not items:
+        raise ValueError(f"data_list {str(data_list)!r} has an empty split {key!r}.")
+    return items
+
+
+def _nonzero(x):
+    """Foreground of an intensity-normalised image: every voxel that is not exactly zero (z-scores go negative)."""
+    return x != 0
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Training crops and whole validation volumes from a decathlon-style data list.
+
+    Args:
+        data_list: JSON data list (`{"training": [{"image": ..., "label": ...}], "validation": [...]}`).
+        preprocessing: the shared pre-transform settings (see `medwidit.data.transforms.preprocessing_transforms`);
+            the same dict goes into the exported checkpoint so that inference preprocesses identically.
+        roi_size: training crop size per spatial axis (2 or 3 axes).
+        dataset_dir: folder that relative paths in the list refer to; default the data list's own folder.
+        train_key, val_key: the data list's split names.
+        batch_size: volumes per training batch; each gives `num_samples` crops, so a batch holds
+            `batch_size * num_samples` crops.
+        num_samples, pos, neg: `RandCropByPosNegLabeld` settings (crops per volume, foreground/background ratio).
+        foreground_margin: margin in voxels of the foreground crop (image > 0) done before cropping patches;
+            None disables the foreground crop.
+        flip_prob, rotate_prob, rotate_degrees, intensity_prob: augmentation (flip per axis, small rotations,
+            intensity scale and shift by up to 10 %); a probability of 0 removes the transform.
+        cache: "memory" (`CacheDataset`), "disk" (`PersistentDataset` in `cache_dir`) or "none".
+        cache_rate: fraction of volumes kept in memory with cache="memory".
+        num_workers: DataLoader workers (and CacheDataset's loading threads).
+        max_val_volumes: validate on the first N validation volumes only (sampling whole volumes is slow).
+    """
+
+    def __init__(
+        self,
+        *,
+        data_list: str | os.PathLike,
+        preprocessing: dict,
+        roi_size: Sequence[int],
+        dataset_dir: str | os.PathLike | None = None,
+        train_key: str = "training",
+        val_key: str = "validation",
+        batch_size: int = 2,
+        num_samples: int = 2,
+        pos: float = 1.0,
+        neg: float = 1.0,
+        foreground_margin: int | None = 8,
+        flip_prob: float = 0.5,
+        rotate_prob: float = 0.2,
+        rotate_degrees: float = 10.0,
+        intensity_prob: float = 0.3,
+        cache: str = "memory",
+        cache_dir: str | os.PathLike | None = None,
+        cache_rate: float = 1.0,
+        num_workers: int = 2,
+        max_val_volumes: int | None = None,
+    ) -> None:
+        super().__init__()
+        roi_size = [int(s) for s in roi_size]
+        if len(roi_size) not in (2, 3) or min(roi_size) < 1:
+            raise ValueError(f"roi_size must have 2 or 3 positive sizes, got {roi_size}.")
+        for name, value in (("batch_size", batch_size), ("num_samples", num_samples)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        for name, value in (("flip_prob", flip_prob), ("rotate_prob", rotate_prob), ("intensity_prob", intensity_prob)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        if int(num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        if max_val_volumes is not None and int(max_val_volumes) < 1:
+            raise ValueError(f"max_val_volumes must be >= 1 or None, got {max_val_volumes}.")
+        self.cache = look_up_option(cache, CACHE_MODES)
+        if self.cache == "disk" and cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir.")
+        self.data_list = Path(data_list)
+        self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
+        self.preprocessing = dict(preprocessing)
+        self.roi_size = roi_size
+        self.train_key, self.val_key = train_key, val_key
+        self.batch_size, self.num_samples = int(batch_size), int(num_samples)
+        self.pos, self.neg = float(pos), float(neg)
+        self.foreground_margin = foreground_margin
+        self.flip_prob, self.rotate_prob = float(flip_prob), float(rotate_prob)
+        self.intensity_prob = float(intensity_prob)
+        self.rotate_degrees = float(rotate_degrees)
+        self.cache_dir, self.cache_rate = cache_dir, float(cache_rate)
+        self.num_workers = int(num_workers)
+        self.max_val_volumes = max_val_volumes
+        self._datasets: dict[str, Dataset] = {}
+
+    ##################################################################################################################
+    # Transforms
+    ##################################################################################################################
+
+    def _deterministic(self) -> list[MapTransform]:
+        return [*preprocessing_transforms(self.preprocessing, image_key="image", label_key="label")]
+
+    def _augmentation(self) -> list[MapTransform]:
+        spatial_dims = len(self.roi_size)
+        out: list[MapTransform] = []
+        if self.flip_prob > 0:
+            out += [RandFlipd(KEYS, prob=self.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
+        if self.rotate_prob > 0 and self.rotate_degrees > 0:
+            angle = float(np.deg2rad(self.rotate_degrees))
+            ranges = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
+            out.append(RandRotated(KEYS, prob=self.rotate_prob, mode=("bilinear", "nearest"), **ranges))
+        if self.intensity_prob > 0:
+            out.append(RandScaleIntensityd("image", factors=0.1, prob=self.intensity_prob))
+            out.append(RandShiftIntensityd("image", offsets=0.1, prob=self.intensity_prob))
+        return out
+
+    def train_transforms(self) -> Compose:
+        """Pre-transforms, foreground crop, positive/negative patch sampling, augmentation."""
+        crop: list[MapTransform] = []
+        if self.foreground_margin is not None:
+            crop.append(
+                CropForegroundd(
+                    KEYS, source_key="image", select_fn=_nonzero, margin=int(self.foreground_margin),
+                    allow_smaller=True, start_coord_key=None, end_coord_key=None,
+                )
+            )
+        crop += [
+            SpatialPadd(KEYS, spatial_size=self.roi_size),
+            RandCropByPosNegLabeld(
+                KEYS, label_key="label", spatial_size=self.roi_size, pos=self.pos, neg=self.neg,
+                num_samples=self.num_samples, image_key="image", image_threshold=0.0,
+            ),
+        ]
+        return Compose([*self._deterministic(), *crop, *self._augmentation(), *self._finish()])
+
+    def val_transforms(self) -> Compose:
+        """Pre-transforms only: whole volumes, exactly as the predictor will see them."""
+        return Compose([*self._deterministic(), *self._finish()])
+
+    @staticmethod
+    def _finish() -> list[MapTransform]:
+        return [CastToTyped("label", dtype=np.int64), EnsureTyped(KEYS, track_meta=False)]
+
+    ##################################################################################################################
+    # Datasets and loaders
+    ##################################################################################################################
+
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            key = self.train_key if split == "train" else self.val_key
+            items = load_data_list(self.data_list, key, base_dir=self.dataset_dir)
+            if split == "val" and self.max_val_volumes is not None:
+                items = items[: int(self.max_val_volumes)]
+            transform = self.train_transforms() if split == "train" else self.val_transforms()
+            logger.info("%s split %r of %s: %d volumes, cache=%s", split, key, self.data_list, len(items), self.cache)
+            if self.cache == "memory":
+                dataset = CacheDataset(
+                    items, transform, cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False
+                )
+            elif self.cache == "disk":
+                dataset = PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / split)
+            else:
+                dataset = Dataset(items, transform)
+            self._datasets[split] = dataset
+        return self._datasets[split]
+
+    @property
+    def train_dataset(self) -> Dataset:
+        """The training dataset (built, its files checked and cached on first use)."""
+        return self._dataset("train")
+
+    @property
+    def val_dataset(self) -> Dataset:
+        """The validation dataset of whole volumes."""
+        return self._dataset("val")
+
+    def check_files(self) -> None:
+        """Check every file of both splits exists; raises FileNotFoundError naming the first missing one."""
+        load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir)
+        load_data_list(self.data_list, self.val_key, base_dir=self.dataset_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check_files()  # both splits, before anything is loaded or cached
+        if stage in (None, "fit"):
+            self._dataset("train")
+        if stage in (None, "fit", "validate"):
+            self._dataset("val")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=min(self.num_workers, 1))

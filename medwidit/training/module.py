@@ -1,0 +1,264 @@
+"""LightningModule: the segmenter's loss, AdamW with warm-up and cosine decay, an EMA of the weights, validation by
+sampling whole volumes, Dice per class, TensorBoard scalars and overlays, and the export of a medwidit checkpoint.
+
+Validation needs the stitched sliding-window sampler and the ensemble summary, which live in ``medwidit.inference``;
+training never imports inference (DESIGN's rooms), so the sampler is injected: ``validation_sampler(segmenter,
+image (1, C, *S), generator) -> {"labels" (1, 1, *S), "mean_probability" (1, K, *S), "entropy" (1, 1, *S), ...}``
+(what ``medwidit.inference.uncertainty.summarize_ensemble`` returns). The bundle builds it from its config.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from monai.metrics import DiceMetric
+
+from medwidit.data.transforms import check_preprocessing
+from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+
+from .visualize import log_validation_images
+
+__all__ = ["DiffusionSegmentationModule", "ExportSegmenter", "WarmupCosine", "segmenter_state_from_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+ValidationSampler = Callable[..., Mapping[str, torch.Tensor]]
+MONITOR = "val/mean_dice"
+
+
+class WarmupCosine:
+    """LR factor: linear warm-up from 1/warmup to 1 over ``warmup_steps``, then cosine decay to ``min_ratio``.
+
+    A plain object (not a lambda) so that ``LambdaLR.state_dict`` stores its numbers and checkpoints stay loadable
+    with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _tag(name: str) -> str:
+    """A class name as a TensorBoard tag part: 'cortical grey matter' -> 'cortical_grey_matter'."""
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower() or "class"
+
+
+class DiffusionSegmentationModule(L.LightningModule):
+    """Trains a :class:`~medwidit.diffusion.DiffusionSegmenter` and validates it by sampling whole volumes.
+
+    Args:
+        segmenter: the segmenter to train (its ``net`` is the WiDiT).
+        lr, weight_decay, betas: AdamW; no weight decay on biases and normalisation weights (tensors of rank < 2).
+        warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at the last step.
+        ema_decay: decay of the exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
+            added by :meth:`configure_callbacks`); validation runs on the EMA weights and checkpoints store them as
+            ``state_dict`` (the raw weights as ``current_model_state``). None or 0 disables the EMA.
+        ema_start_step: optimizer step from which the EMA follows the weights (before it, it holds a copy).
+        validation_sampler: see the module docstring; None skips validation metrics (the loss is still trained).
+        val_seed: seed of the generator for validation noise; volume i of every epoch uses ``val_seed + i``, so that
+            epochs are compared on the same noise.
+        class_names: one name per class (background first) for metric and image tags; default "class_k".
+        log_images: number of validation volumes per epoch drawn to TensorBoard (image, label, prediction,
+            uncertainty and overlays).
+        preprocessing: the data's pre-transform settings, stored in the exported checkpoint for the predictor.
+    """
+
+    def __init__(
+        self,
+        segmenter: DiffusionSegmenter,
+        *,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: Sequence[float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.01,
+        ema_decay: float | None = 0.999,
+        ema_start_step: int = 0,
+        validation_sampler: ValidationSampler | None = None,
+        val_seed: int = 0,
+        class_names: Sequence[str] | None = None,
+        log_images: int = 1,
+        preprocessing: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(segmenter, DiffusionSegmenter):
+            raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+        if int(warmup_steps) < 0 or int(ema_start_step) < 0 or int(log_images) < 0:
+            raise ValueError(
+                f"warmup_steps, ema_start_step and log_images must be >= 0, got {warmup_steps}, {ema_start_step}, "
+                f"{log_images}."
+            )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}.")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}.")
+        num_classes = segmenter.num_classes
+        class_names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}: {class_names}.")
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {betas}.")
+        preprocessing = check_preprocessing(preprocessing or {})
+        self.segmenter = segmenter
+        self.validation_sampler = validation_sampler
+        self.save_hyperparameters(
+            {
+                "lr": float(lr), "weight_decay": float(weight_decay), "betas": [float(b) for b in betas],
+                "warmup_steps": int(warmup_steps), "min_lr_ratio": float(min_lr_ratio),
+                "ema_decay": None if not ema_decay else float(ema_decay), "ema_start_step": int(ema_start_step),
+                "val_seed": int(val_seed), "class_names": class_names, "log_images": int(log_images),
+                "preprocessing": preprocessing,
+                "model_config": {"net": dict(getattr(segmenter.net, "config", {})), "segmenter": segmenter.config},
+            }
+        )
+        # ignore_empty=False: an empty ground truth scores 1 when the prediction is empty too and 0 otherwise, so
+        # that a structure absent from a volume (a crop, a lesion-free scan) is neither skipped nor a NaN.
+        self.dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False, num_classes=num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.segmenter.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.class_names)
+
+    ##################################################################################################################
+    # Training
+    ##################################################################################################################
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        image, label = batch["image"], batch["label"]  # (B, C_img, *S), (B, 1, *S) int64
+        losses = self.segmenter.loss(image, label)
+        self.log_dict(
+            {f"train/{name}": value.detach() for name, value in losses.items()},
+            on_step=True, on_epoch=True, batch_size=image.shape[0],
+        )
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for param in self.segmenter.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else hp.warmup_steps + 1
+        schedule = WarmupCosine(hp.warmup_steps, total, hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``)."""
+        if not self.hparams.ema_decay:
+            return []
+        start = self.hparams.ema_start_step or None
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start)]
+
+    ##################################################################################################################
+    # Validation: sample whole volumes (on the EMA weights, swapped in by the callback), Dice per class
+    ##################################################################################################################
+
+    def on_validation_epoch_start(self) -> None:
+        self.dice.reset()
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        if self.validation_sampler is None:
+            return
+        image, label = batch["image"], batch["label"]  # (1, C_img, *S), (1, 1, *S)
+        generator = torch.Generator(device=image.device).manual_seed(self.hparams.val_seed + batch_idx)
+        summary = self.validation_sampler(self.segmenter, image, generator=generator)
+        prediction = summary["labels"].to(label.device)  # (1, 1, *S)
+        self.dice(y_pred=prediction, y=label)
+        if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:
+            log_validation_images(
+                self.logger, self.global_step, image, label, prediction, summary.get("entropy"),
+                num_classes=self.num_classes, prefix="val" if self.hparams.log_images == 1 else f"val/{batch_idx}",
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.dice.get_buffer()
+        if self.validation_sampler is None or scores is None or not scores.numel():
+            return
+        scores = scores.float()  # (N, K) on this rank
+        if self.trainer.world_size > 1:
+            scores = self.all_gather(scores).reshape(-1, scores.shape[-1])  # (ranks * N, K)
+        per_class = scores.nanmean(dim=0)  # (K,)
+        metrics = {f"val/dice_{_tag(name)}": per_class[k] for k, name in enumerate(self.class_names)}
+        metrics[MONITOR] = per_class[1:].mean()  # foreground classes
+        self.log_dict(metrics, sync_dist=True)  # identical on every rank after the gather
+        self.dice.reset()
+
+    ##################################################################################################################
+    # Export
+    ##################################################################################################################
+
+    def export_segmenter(self, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
+        """Write a medwidit checkpoint ``{"state_dict", "config", "version"}`` (config holds "preprocessing" and
+        "class_names") with the weights of a Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the
+        EMA is on) or, when None, the module's current weights."""
+        segmenter = self.segmenter
+        if checkpoint is not None:
+            segmenter = copy.deepcopy(self.segmenter).cpu()
+            segmenter.load_state_dict(segmenter_state_from_checkpoint(checkpoint))
+        extra = {"preprocessing": dict(self.hparams.preprocessing), "class_names": self.class_names}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = save_segmenter(segmenter, path, extra_config=extra)
+        logger.info("exported segmenter to %s (weights from %s)", saved, checkpoint or "the current module")
+        return saved
+
+
+def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The segmenter's weights from a Lightning checkpoint of :class:`DiffusionSegmentationModule`, loaded with
+    ``weights_only=True`` (its ``state_dict`` holds the EMA weights when the EMA callback was on)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{checkpoint} is not a Lightning checkpoint (no 'state_dict').")
+    prefix = "segmenter."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{checkpoint} holds no '{prefix}*' weights; is it a DiffusionSegmentationModule checkpoint?")
+    return weights
+
+
+class ExportSegmenter(Callback):
+    """At the end of ``fit``, export the best checkpoint's weights (else the last one's, else the module's) as a
+    medwidit checkpoint at ``path`` -- what the predictor and ``inference.json`` load (``models/model.pt``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not isinstance(pl_module, DiffusionSegmentationModule):
+            return
+        source = None
+        callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        for attribute in ("best_model_path", "last_model_path"):
+            for callback in callbacks:
+                path = getattr(callback, attribute, "")
+                if source is None and path and os.path.exists(path):
+                    source = path
+        pl_module.export_segmenter(self.path, source)
