@@ -1,0 +1,106 @@
+"""Each objective trains against what MONAI's schedulers define, and the hybrid loss trains only the variance."""
+
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
+
+from medwidit.diffusion import DiffusionSegmenter, encode_labels
+from medwidit.diffusion.objectives import prediction_to_x0_eps, sample_training_timesteps, vlb_terms
+from medwidit.diffusion.samplers import randn_like
+
+
+class TargetNet(torch.nn.Module):
+    """Records x_t and t, and returns MONAI's own training target for that x_t, so the diffusion loss must be 0."""
+
+    def __init__(self, objective, x0, noise, t):
+        super().__init__()
+        self.objective, self.x0, self.noise, self.t = objective, x0, noise, t
+        self.seen = {}
+
+    def forward(self, x_t, t, conditioned=None):
+        self.seen.update(x_t=x_t, t=t, cond=conditioned)
+        if self.objective == "flow":
+            return self.x0 - self.noise  # MONAI RFlowScheduler docstring: loss against (inputs - noise)
+        if self.objective == "v_prediction":
+            return DDIMScheduler(1000, "scaled_linear_beta").get_velocity(self.x0, self.noise, self.t)
+        return self.x0 if self.objective == "sample" else self.noise
+
+
+@pytest.mark.parametrize("objective", ["sample", "epsilon", "v_prediction", "flow"])
+def test_training_pair_matches_monai(spatial_dim, objective):
+    shape = (3, 1) + (8,) * spatial_dim
+    label = torch.randint(0, 3, shape, generator=torch.Generator().manual_seed(1))
+    image = torch.randn(shape)
+    x0 = encode_labels(label, 3)
+    # replay the segmenter's draws: timesteps first, then the noise, from the same generator
+    g = torch.Generator().manual_seed(7)
+    t = sample_training_timesteps(objective, 1000, 3, generator=g)
+    noise = randn_like(x0, g)
+    net = TargetNet(objective, x0, noise, t)
+    segmenter = DiffusionSegmenter(net, num_classes=3, objective=objective, aux_weight=0.0)
+    parts = segmenter.loss(image, label, generator=torch.Generator().manual_seed(7))
+    if objective == "flow":
+        expected_x_t = RFlowScheduler(1000, use_discrete_timesteps=False).add_noise(x0, noise, t)
+        assert t.is_floating_point() and 0 <= t.min() and t.max() < 1000
+    else:
+        expected_x_t = DDIMScheduler(1000, "scaled_linear_beta").add_noise(x0, noise, t)
+        assert t.dtype == torch.int64
+    assert torch.allclose(net.seen["x_t"], expected_x_t, atol=1e-6)
+    assert net.seen["t"].dtype == torch.float32 and torch.equal(net.seen["t"], t.float())  # step scale, DESIGN 7
+    assert parts["diffusion"].item() == pytest.approx(0.0, abs=1e-10)
+    assert torch.equal(net.seen["cond"], image)
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
+def test_x0_from_prediction_matches_monai_ddim_step(prediction_type):
+    scheduler = DDIMScheduler(1000, "scaled_linear_beta", prediction_type=prediction_type, clip_sample=False)
+    scheduler.set_timesteps(10)
+    x_t, output = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    _, monai_x0 = scheduler.step(output, 500, x_t)
+    x0, _ = prediction_to_x0_eps(prediction_type, output, x_t, scheduler.alphas_cumprod[500])
+    assert torch.allclose(x0, monai_x0, atol=1e-5)
+
+
+def test_cond_dropout_replaces_the_image_by_zeros():
+    seen = []
+
+    def net(x, t, conditioned=None):
+        seen.append(conditioned.flatten(1).abs().sum(1) == 0)
+        return torch.zeros_like(x)
+
+    segmenter = DiffusionSegmenter(net, num_classes=2, cond_drop_prob=0.5)
+    image, label = torch.ones(64, 1, 4, 4), torch.zeros(64, 1, 4, 4, dtype=torch.long)
+    segmenter.loss(image, label, generator=torch.Generator().manual_seed(0))
+    dropped = seen[0].float().mean().item()
+    assert 0.25 < dropped < 0.75  # about half of the batch sees zeros, the rest the image
+
+
+def test_vlb_is_zero_for_the_true_posterior_and_trains_only_the_variance():
+    scheduler = DDIMScheduler(1000, "scaled_linear_beta")
+    x0 = encode_labels(torch.randint(0, 2, (4, 1, 6, 6), generator=torch.Generator().manual_seed(0)), 2)
+    t = torch.tensor([5, 100, 500, 999])
+    x_t = scheduler.add_noise(x0, torch.randn(x0.shape), t)
+    # frac = -1 selects the posterior variance beta~: with the true x0 the KL is exactly 0
+    kl = vlb_terms(scheduler, x0, x_t, t, x0, torch.full_like(x0, -1.0))
+    assert torch.allclose(kl, torch.zeros(4), atol=1e-5)
+    # at t = 0 the decoder NLL of a confident correct mean is ~0 and of a wrong one is large
+    t0 = torch.zeros(4, dtype=torch.long)
+    good = vlb_terms(scheduler, x0, x0, t0, x0, torch.full_like(x0, -1.0))
+    bad = vlb_terms(scheduler, x0, x0, t0, -x0, torch.full_like(x0, -1.0))
+    assert good.max() < 1e-3 and bad.min() > 10
+
+
+def test_hybrid_loss_gradient_reaches_variance_channels_only_through_vlb():
+    net = torch.nn.Conv2d(3, 4, 3, padding=1)  # [x_t (2), image (1)] -> [prediction (2), variance (2)]
+
+    def call(x, t, conditioned=None):
+        return net(torch.cat([x, conditioned], 1))
+
+    segmenter = DiffusionSegmenter(call, num_classes=2, learn_sigma=True, scheduler="ddpm")
+    image, label = torch.randn(4, 1, 8, 8), torch.randint(0, 2, (4, 1, 8, 8))
+    parts = segmenter.loss(image, label, generator=torch.Generator().manual_seed(3))
+    assert set(parts) == {"loss", "diffusion", "aux", "vlb"}
+    grad_vlb = torch.autograd.grad(parts["vlb"], net.weight, retain_graph=True)[0]
+    grad_simple = torch.autograd.grad(parts["diffusion"] + parts["aux"], net.weight)[0]
+    assert grad_vlb[:2].abs().max() == 0 and grad_vlb[2:].abs().max() > 0  # stop-gradient on the mean
+    assert grad_simple[2:].abs().max() == 0 and grad_simple[:2].abs().max() > 0

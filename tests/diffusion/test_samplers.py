@@ -1,0 +1,116 @@
+"""Samplers: a perfect predictor gives the label back in any step count; the update rules equal MONAI's where
+MONAI's own stepping is consistent (n = T); the timestep list is the one set_timesteps built."""
+
+import pytest
+import torch
+from diffusion_standins import OracleNet, random_labels
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from medwidit.diffusion import DiffusionSegmenter, ddim_sample, ddpm_sample, encode_labels, to_labels, to_probabilities
+
+
+def _oracle_segmenter(prediction, num_classes=3, **kwargs):
+    objective = "flow" if prediction == "flow" else prediction
+    net = OracleNet(num_classes, prediction, variance_channels=kwargs.get("learn_sigma", False))
+    segmenter = DiffusionSegmenter(net, num_classes=num_classes, objective=objective, **kwargs)
+    net.scheduler = segmenter.scheduler
+    return segmenter, net
+
+
+def _assert_recovers(segmenter, label, atol, **sample_kwargs):
+    image = label.float()  # the oracle reads the label from its conditioning image
+    samples = segmenter.sample(image, generator=torch.Generator().manual_seed(0), **sample_kwargs)
+    assert samples.shape == (1, *encode_labels(label, segmenter.num_classes).shape)
+    assert torch.equal(to_labels(to_probabilities(samples[0])), label)
+    assert torch.allclose(samples[0], encode_labels(label, segmenter.num_classes), atol=atol)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 10, 50, 1000])
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+def test_ddim_with_the_true_prediction_recovers_the_label(prediction, steps):
+    segmenter, _ = _oracle_segmenter(prediction)
+    _assert_recovers(segmenter, random_labels((2, 1, 8, 8), 3), atol=1e-3, steps=steps)
+
+
+def test_ddim_recovers_the_label_in_3d_with_eta():
+    segmenter, _ = _oracle_segmenter("sample")
+    _assert_recovers(segmenter, random_labels((1, 1, 6, 6, 6), 3), atol=0, steps=7, eta=1.0)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 25])
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_ddpm_with_the_true_x0_recovers_the_label(steps, learn_sigma):
+    segmenter, _ = _oracle_segmenter("sample", scheduler="ddpm", learn_sigma=learn_sigma)
+    _assert_recovers(segmenter, random_labels((2, 1, 8, 8), 3), atol=0, steps=steps)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10, 1000])
+def test_flow_euler_with_the_true_velocity_recovers_the_label(spatial_dim, steps):
+    segmenter, _ = _oracle_segmenter("flow")
+    _assert_recovers(segmenter, random_labels((1, 1) + (6,) * spatial_dim, 3), atol=1e-4, steps=steps)
+
+
+@pytest.mark.parametrize(
+    "prediction, steps, expected",
+    [
+        ("sample", 1, [999]),
+        ("sample", 2, [999, 0]),  # MONAI's DDIMScheduler.step would jump 999 -> 499 here
+        ("sample", 3, [999, 500, 0]),
+        ("flow", 4, [1000, 750, 500, 250]),  # RFlow: t in [0, T] with T = noise, seen on the step scale
+    ],
+)
+def test_network_sees_the_set_timesteps_list_as_float_steps(prediction, steps, expected):
+    segmenter, net = _oracle_segmenter(prediction)
+    segmenter.sample(torch.zeros(2, 1, 4, 4), steps=steps)
+    assert [call[1][0].item() for call in net.calls] == expected
+    assert all(call[1].dtype == torch.float32 and call[1].shape == (2,) for call in net.calls)
+
+
+@pytest.mark.parametrize("steps", [0, 1001, 2.0])
+def test_step_count_out_of_range_raises(steps):
+    segmenter, _ = _oracle_segmenter("sample")
+    with pytest.raises(ValueError, match="steps must be an int in 1..1000"):
+        segmenter.sample(torch.zeros(1, 1, 4, 4), steps=steps)
+
+
+def _contracting(prediction_type):
+    # a smooth, deterministic stand-in for a network, so that float32 differences do not grow along 1000 steps
+    def denoise(x, t):
+        return 0.5 * x if prediction_type == "sample" else 0.1 * torch.tanh(x)
+
+    return denoise
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
+def test_ddim_equals_monai_step_where_monai_stride_is_consistent(prediction_type, eta):
+    scheduler = DDIMScheduler(1000, "scaled_linear_beta", prediction_type=prediction_type)
+    scheduler.set_timesteps(1000)  # list 999..0, stride 1: MONAI's re-derived previous step agrees with the list
+    x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    ours = ddim_sample(
+        _contracting(prediction_type), x_T, scheduler, eta=eta, generator=torch.Generator().manual_seed(1)
+    )
+    x, g = x_T.clone(), torch.Generator().manual_seed(1)
+    for t in scheduler.timesteps:
+        x, _ = scheduler.step(_contracting(prediction_type)(x, t), int(t), x, eta=eta, generator=g)
+    assert torch.allclose(ours, x, atol=1e-3)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_ddpm_equals_monai_step_on_the_full_chain(variance_type):
+    scheduler = DDPMScheduler(1000, "scaled_linear_beta", variance_type=variance_type, prediction_type="sample")
+    scheduler.set_timesteps(1000)
+    x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    ours = ddpm_sample(_contracting("sample"), x_T, scheduler, generator=torch.Generator().manual_seed(1))
+    x, g = x_T.clone(), torch.Generator().manual_seed(1)
+    for t in scheduler.timesteps:
+        x, _ = scheduler.step(_contracting("sample")(x, t), int(t), x, generator=g)
+    assert torch.allclose(ours, x, atol=1e-3)
+
+
+def test_callback_reports_every_step():
+    segmenter, _ = _oracle_segmenter("sample")
+    seen = []
+    segmenter.sample(torch.zeros(1, 1, 4, 4), steps=4, num_samples=2, chunk_size=1, progress=seen.append)
+    assert [(info["chunk"], info["i"]) for info in seen] == [(c, i) for c in range(2) for i in range(4)]
+    assert seen[-1]["t"] == 0 and seen[-1]["x"].shape == (1, 3, 4, 4)

@@ -1,0 +1,188 @@
+"""DiffusionSegmenter: reproducible sampling, ensembles, guidance, the model_fn seam, options, checkpoints."""
+
+import pytest
+import torch
+from diffusion_standins import TinyConvNet
+
+from medwidit.diffusion import DiffusionSegmenter, load_segmenter, save_segmenter
+
+
+def _segmenter(spatial_dim=2, objective="sample", num_classes=3, learn_sigma=False, **kwargs):
+    torch.manual_seed(0)
+    out = num_classes * (2 if learn_sigma else 1)
+    net = TinyConvNet(spatial_dim, num_classes, out_channels=out)
+    return DiffusionSegmenter(net, num_classes=num_classes, objective=objective, learn_sigma=learn_sigma, **kwargs)
+
+
+def _image(spatial_dim, batch=2, size=8):
+    return torch.randn((batch, 1) + (size,) * spatial_dim, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize(
+    "objective, options", [("sample", {"eta": 0.0}), ("sample", {"eta": 1.0}), ("flow", {}), ("epsilon", {})]
+)
+def test_same_generator_same_samples_different_generator_different(spatial_dim, objective, options):
+    segmenter, image = _segmenter(spatial_dim, objective), _image(spatial_dim)
+
+    def draw(seed):
+        return segmenter.sample(image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(seed), **options)
+
+    first, again, other = draw(0), draw(0), draw(1)
+    assert first.shape == (2, 2, 3) + (8,) * spatial_dim
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+    assert not torch.allclose(first[0], first[1])  # ensemble members get different noise
+
+
+@pytest.mark.parametrize("sampler, options", [("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.7}), ("ddpm", {})])
+def test_batched_ensemble_equals_sequential_sampling(sampler, options):
+    segmenter, image = (
+        _segmenter(learn_sigma=sampler == "ddpm", scheduler="ddpm" if sampler == "ddpm" else None),
+        _image(2),
+    )
+
+    def draw(chunk_size):
+        generator = torch.Generator().manual_seed(3)
+        return segmenter.sample(image, steps=4, num_samples=5, generator=generator, chunk_size=chunk_size, **options)
+
+    batched, sequential, mixed = draw(None), draw(1), draw(2)
+    assert torch.allclose(batched, sequential, atol=1e-5)
+    assert torch.allclose(batched, mixed, atol=1e-5)
+
+
+class CountingModelFn:
+    """A model_fn whose output is known: ``a`` where the condition is the image, ``b`` where it is zeros."""
+
+    def __init__(self, num_classes, a=0.4, b=-0.2):
+        self.num_classes, self.a, self.b, self.batches = num_classes, a, b, []
+
+    def __call__(self, x, t, cond):
+        self.batches.append(x.shape[0])
+        unconditional = cond.flatten(1).abs().sum(1) == 0
+        value = torch.where(unconditional, torch.tensor(self.b), torch.tensor(self.a))
+        return value.reshape((-1,) + (1,) * (x.ndim - 1)).expand(-1, self.num_classes, *x.shape[2:]).clone()
+
+
+def test_guidance_scale_one_is_unguided_and_skips_the_unconditional_pass():
+    segmenter, image = _segmenter(cond_drop_prob=0.1), _image(2) + 3  # nonzero image
+    plain_fn, guided_fn = CountingModelFn(3), CountingModelFn(3)
+    plain = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0), model_fn=plain_fn)
+    one = segmenter.sample(
+        image, steps=3, generator=torch.Generator().manual_seed(0), guidance_scale=1.0, model_fn=guided_fn
+    )
+    assert torch.equal(plain, one)
+    assert plain_fn.batches == guided_fn.batches == [2, 2, 2]  # no doubled batch
+    real_plain = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0))
+    real_one = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0), guidance_scale=1.0)
+    assert torch.equal(real_plain, real_one)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.5, 3.0])
+def test_guidance_mixes_every_channel(scale):
+    segmenter, image = _segmenter(cond_drop_prob=0.1, clip_sample=False), _image(2) + 3
+    model_fn = CountingModelFn(3)
+    # one DDIM step from t = 999 returns the x0 prediction itself: uncond + w (cond - uncond) on all K channels
+    x0 = segmenter.sample(image, steps=1, guidance_scale=scale, model_fn=model_fn)
+    expected = model_fn.b + scale * (model_fn.a - model_fn.b)
+    assert torch.allclose(x0, torch.full_like(x0, expected), atol=1e-6)
+    assert model_fn.batches == [4]  # conditional and unconditional in one doubled batch
+
+
+def test_model_fn_replaces_the_network():
+    segmenter, image = _segmenter(), _image(2)
+    direct = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def model_fn(x, t, cond):
+        calls.append(t)
+        return segmenter.net(x, t, conditioned=cond)
+
+    seam = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0), model_fn=model_fn)
+    assert torch.equal(direct, seam) and len(calls) == 3
+
+
+def test_loss_parts_and_backward(spatial_dim):
+    segmenter = _segmenter(spatial_dim, learn_sigma=True, scheduler="ddpm")
+    image, label = _image(spatial_dim), torch.randint(0, 3, (2, 1) + (8,) * spatial_dim)
+    parts = segmenter.loss(image, label)
+    assert set(parts) == {"loss", "diffusion", "aux", "vlb"} and all(v.ndim == 0 for v in parts.values())
+    parts["loss"].backward()
+    assert all(p.grad is not None for p in segmenter.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"objective": "epsilonn"}, "epsilon"),
+        ({"objective": "flow", "scheduler": "ddim"}, "rflow"),
+        ({"objective": "sample", "scheduler": "rflow"}, "ddim"),
+        ({"objective": "flow", "learn_sigma": True}, "learn_sigma"),
+        ({"schedule": "cosinus"}, "cosine"),
+        ({"variance_type": "learned_range"}, "learn_sigma"),
+        ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
+        ({"num_classes": 1}, "num_classes"),
+    ],
+)
+def test_bad_options_raise(kwargs, match):
+    kwargs = {"num_classes": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        DiffusionSegmenter(TinyConvNet(2, 3), **kwargs)
+
+
+def test_bad_sampling_arguments_raise():
+    segmenter, image = _segmenter(), _image(2)
+    for kwargs, match in [
+        ({"sampler": "flow_euler"}, "does not fit"),
+        ({"sampler": "ddpm", "eta": 0.5}, "eta"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"sampler": "dddim"}, "ddim"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            segmenter.sample(image, **kwargs)
+
+
+def test_channel_mismatch_names_learn_sigma():
+    net = TinyConvNet(2, 3, out_channels=6)  # a learn_sigma net
+    segmenter = DiffusionSegmenter(net, num_classes=3)
+    with pytest.raises(ValueError, match="learn_sigma=False"):
+        segmenter.sample(_image(2), steps=1)
+    with pytest.raises(ValueError, match="learn_sigma=False"):
+        segmenter.loss(_image(2), torch.zeros(2, 1, 8, 8, dtype=torch.long))
+
+
+def test_config_rebuilds_and_checkpoint_round_trips(tmp_path):
+    segmenter = _segmenter(objective="v_prediction", cond_drop_prob=0.2, schedule="cosine")
+    assert DiffusionSegmenter(segmenter.net, **segmenter.config).config == segmenter.config
+    path = save_segmenter(segmenter, tmp_path / "model.pt", extra_config={"preprocessing": {"spacing": None}})
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+    loaded, config = load_segmenter(path, build_net=lambda cfg: TinyConvNet(**cfg))
+    assert config["segmenter"] == segmenter.config and config["preprocessing"] == {"spacing": None}
+    image = _image(2)
+    expected = segmenter.sample(image, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.sample(image, steps=2, generator=torch.Generator().manual_seed(0)), expected)
+    with pytest.raises(ValueError, match="must not override"):
+        save_segmenter(segmenter, tmp_path / "x.pt", extra_config={"net": {}})
+
+
+def test_checkpoint_with_widit_loads_without_a_builder(tmp_path):
+    from medwidit.nets import WiDiT
+
+    net = WiDiT(
+        spatial_dim=2,
+        in_channels=2,
+        cond_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
+    segmenter = DiffusionSegmenter(net, num_classes=2)
+    torch.save({"not": "a checkpoint"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_segmenter(tmp_path / "bad.pt")
+    loaded, _ = load_segmenter(save_segmenter(segmenter, tmp_path / "widit.pt"))
+    assert type(loaded.net) is WiDiT and loaded.net.config == net.config
+    for a, b in zip(loaded.state_dict().values(), segmenter.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

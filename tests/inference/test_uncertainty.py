@@ -1,0 +1,51 @@
+"""summarize_ensemble on hand-made ensembles whose summaries are known exactly."""
+
+import math
+
+import pytest
+import torch
+
+from medwidit.diffusion import encode_labels, to_probabilities
+from medwidit.inference.uncertainty import summarize_ensemble
+
+
+@pytest.mark.parametrize("spatial", [(3, 4), (2, 3, 4)], ids=["2d", "3d"])
+def test_shapes_and_uniform_distribution(spatial):
+    k = 5
+    uniform = torch.full((3, 2, k, *spatial), 1.0 / k)
+    summary = summarize_ensemble(uniform)
+    assert summary["mean_probability"].shape == (2, k, *spatial)
+    for name in ("labels", "entropy", "variance", "agreement"):
+        assert summary[name].shape == (2, 1, *spatial)
+    assert summary["labels"].dtype == torch.int64
+    assert torch.allclose(summary["entropy"], torch.full((2, 1, *spatial), math.log(k)))
+    assert torch.equal(summary["variance"], torch.zeros(2, 1, *spatial))
+
+
+def test_identical_samples_agree_fully_with_zero_variance_and_entropy():
+    labels = torch.randint(0, 3, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    one = to_probabilities(encode_labels(labels, 3))
+    summary = summarize_ensemble(one.expand(4, *one.shape))
+    assert torch.equal(summary["labels"], labels)
+    assert torch.equal(summary["agreement"], torch.ones(2, 1, 4, 4))
+    assert torch.equal(summary["variance"], torch.zeros(2, 1, 4, 4))
+    assert torch.allclose(summary["entropy"], torch.zeros(2, 1, 4, 4), atol=1e-6)
+
+
+def test_split_votes():
+    # 4 one-hot samples of one voxel, K = 2: classes 1, 1, 1, 0 -> p = (1/4, 3/4)
+    votes = torch.tensor([1, 1, 1, 0]).reshape(4, 1, 1, 1, 1)
+    samples = to_probabilities(torch.stack([encode_labels(v, 2) for v in votes]), dim=2)  # (4, 1, 2, 1, 1)
+    summary = summarize_ensemble(samples)
+    assert torch.allclose(summary["mean_probability"].flatten(), torch.tensor([0.25, 0.75]))
+    assert summary["labels"].item() == 1
+    assert summary["agreement"].item() == pytest.approx(0.75)
+    assert summary["variance"].item() == pytest.approx(0.25 * 0.75)  # Bernoulli variance, same for both classes
+    assert summary["entropy"].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), rel=1e-5)
+
+
+def test_rejects_diffusion_space_and_bad_shapes():
+    with pytest.raises(ValueError, match="to_probabilities"):
+        summarize_ensemble(encode_labels(torch.zeros(1, 1, 4, 4, dtype=torch.long), 2)[None])
+    with pytest.raises(ValueError, match=r"\(S, B, K, \*spatial\)"):
+        summarize_ensemble(torch.full((2, 4, 4), 0.5))
