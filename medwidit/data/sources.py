@@ -289,7 +289,9 @@ def build(cache: str | os.PathLike | None = None, tasks: tuple[str, ...] = ("bra
         "build_version": BUILD_VERSION,
         "packages": {n: {"version": p.version, "kind": p.kind, "sha256": p.sha256, "licence": p.licence}
                      for n, p in PACKAGES.items()},  # fmt: skip
-        "files": {k: {"package": FILES[k].package, "member": FILES[k].member, "sha256": FILES[k].sha256} for k in keys},
+        "files": dict(sorted({**manifest.get("files", {}), **{
+            k: {"package": FILES[k].package, "member": FILES[k].member, "sha256": FILES[k].sha256} for k in keys
+        }}.items())),  # fmt: skip
         "cases": dict(sorted(cases.items())),
     }
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", manifest_path)
