@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
 
-__all__ = ["SlidingWindowDenoiser", "network_patch_size"]
+__all__ = ["SlidingWindowDenoiser", "gaussian_weight_map", "network_patch_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,21 @@ def network_patch_size(net) -> int | tuple[int, ...]:
     if isinstance(config, dict) and config.get("patch_size") is not None:
         return config["patch_size"]
     return 1
+
+
+def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | float = 0.125) -> torch.Tensor:
+    """Window blending weights (*roi) float32: ``prod_i exp(-x_i^2 / (2 sigma_i^2))``, sigma_i = sigma_scale * roi_i.
+
+    MONAI's Gaussian map is the same product but clamped below at 1e-3. Along a face of the volume every covering
+    window then sits at that clamp, the blend there turns into a plain average, and the windows' own edges show as
+    seams on the volume's faces. Here the weights only stay positive (float32 accumulation divides them safely).
+    """
+    sigma_scale = ensure_tuple_rep(sigma_scale, len(roi_size))
+    weights = torch.ones(())
+    for size, scale in zip(roi_size, sigma_scale, strict=True):
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        weights = weights[..., None] * torch.exp(-(x**2) / (2 * (scale * size) ** 2))
+    return weights.clamp_min(1e-30).float()
 
 
 def _check_sizes(roi_size, patch_size) -> None:
@@ -193,8 +208,10 @@ class SlidingWindowDenoiser:
                 sigma_scale=self.sigma_scale,
                 sw_device=self.sw_device,
                 device=self.device,
-                cache_roi_weight_map=True,
             )
+            if self.mode == BlendMode.GAUSSIAN.value:  # our own map, without MONAI's 1e-3 clamp
+                weights = gaussian_weight_map(self._roi_tuple(spatial_dims), self.sigma_scale)
+                self._inferers[spatial_dims].roi_weight_map = weights.to(self.sw_device or "cpu")
         return self._inferers[spatial_dims]
 
     def __repr__(self) -> str:
