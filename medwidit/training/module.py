@@ -254,11 +254,8 @@ class ExportSegmenter(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not isinstance(pl_module, DiffusionSegmentationModule):
             return
-        source = None
         callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        for attribute in ("best_model_path", "last_model_path"):
-            for callback in callbacks:
-                path = getattr(callback, attribute, "")
-                if source is None and path and os.path.exists(path):
-                    source = path
+        candidates = [c.best_model_path for c in callbacks if c.monitor]  # best by the monitored metric first
+        candidates += [path for c in callbacks for path in (c.last_model_path, c.best_model_path)]
+        source = next((path for path in candidates if path and os.path.exists(path)), None)
         pl_module.export_segmenter(self.path, source)

@@ -1,0 +1,84 @@
+"""training/data: data lists are checked before anything loads, crops are what RandCropByPosNegLabeld promises,
+validation volumes are the shared pre-transforms' output and nothing else."""
+
+import json
+
+import pytest
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from training_volumes import PREPROCESSING_2D, PREPROCESSING_3D, write_dataset
+
+from medwidit.data.transforms import preprocessing_transforms
+from medwidit.training import SegmentationDataModule, load_data_list
+
+CASES = {2: ((24, 24), PREPROCESSING_2D, [16, 16]), 3: ((24, 24, 24), PREPROCESSING_3D, [16, 16, 16])}
+
+
+def _module(data_list, spatial_dims, **kwargs):
+    _, preprocessing, roi = CASES[spatial_dims]
+    options = {"batch_size": 2, "num_samples": 3, "num_workers": 0, **kwargs}
+    return SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=roi, **options)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_training_crops_are_foreground_centred_and_augmented_shapes_hold(tmp_path, spatial_dims):
+    shape, _, roi = CASES[spatial_dims]
+    data_list = write_dataset(tmp_path, shape=shape)
+    dm = _module(data_list, spatial_dims, pos=1.0, neg=0.0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (6, 1, *roi) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (6, 1, *roi) and batch["label"].dtype == torch.int64
+    # pos=1, neg=0: every crop is centred on a foreground voxel (flips of an even crop move the centre by one)
+    centre = tuple(slice(s // 2 - 1, s // 2 + 1) for s in roi)
+    assert all(bool((crop[0][centre] > 0).any()) for crop in batch["label"])
+    assert set(batch["label"].unique().tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_validation_volume_is_the_shared_pre_transforms_output(tmp_path, spatial_dims):
+    shape, preprocessing, _ = CASES[spatial_dims]
+    data_list = write_dataset(tmp_path, shape=shape)
+    dm = _module(data_list, spatial_dims)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    item = json.loads(data_list.read_text())["validation"][0]
+    expected = {"image": str(tmp_path / item["image"]), "label": str(tmp_path / item["label"])}
+    for transform in preprocessing_transforms(preprocessing, image_key="image", label_key="label"):
+        expected = transform(expected)
+    assert batch["image"].shape == (1, *expected["image"].shape)
+    assert torch.equal(batch["image"][0], expected["image"].as_tensor())
+    assert torch.equal(batch["label"][0], expected["label"].as_tensor().long())
+
+
+def test_missing_file_fails_at_setup_naming_it(tmp_path):
+    data_list = write_dataset(tmp_path)
+    listing = json.loads(data_list.read_text())
+    listing["validation"][0]["label"] = "nowhere_label.nii.gz"
+    data_list.write_text(json.dumps(listing))
+    dm = _module(data_list, 3)
+    with pytest.raises(FileNotFoundError, match="nowhere_label.nii.gz") as error:
+        dm.setup("fit")  # validation files are checked before the training set is built
+    assert "validation[0]" in str(error.value) and str(data_list) in str(error.value)
+    with pytest.raises(FileNotFoundError, match="no_such_list.json"):
+        load_data_list(tmp_path / "no_such_list.json", "training")
+
+
+def test_bad_split_and_options_are_named(tmp_path):
+    data_list = write_dataset(tmp_path)
+    with pytest.raises(ValueError, match="'testing'"):
+        load_data_list(data_list, "testing")
+    with pytest.raises(ValueError, match="memory"):
+        _module(data_list, 3, cache="memroy")
+    with pytest.raises(ValueError, match="roi_size"):
+        SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16, 16])
+    with pytest.raises(ValueError, match="cache_dir"):
+        _module(data_list, 3, cache="disk")
+
+
+@pytest.mark.parametrize(("cache", "kind"), [("memory", CacheDataset), ("disk", PersistentDataset), ("none", Dataset)])
+def test_cache_modes(tmp_path, cache, kind):
+    data_list = write_dataset(tmp_path, num_train=1)
+    dm = _module(data_list, 3, cache=cache, cache_dir=tmp_path / "cache")
+    assert type(dm.train_dataset) is kind
+    assert len(dm.train_dataset[0]) == 3  # num_samples crops per volume

@@ -1,0 +1,177 @@
+"""training/module: the schedule's values, Dice with empty truth, validation on the EMA weights, a tiny fit that
+writes TensorBoard scalars and images, weights-only checkpoints and an exported segmenter the loaders accept."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from training_volumes import PREPROCESSING_3D, tiny_segmenter, whole_volume_sampler, write_dataset
+
+from medwidit.diffusion import load_segmenter
+from medwidit.training import (
+    DiffusionSegmentationModule,
+    ExportSegmenter,
+    SegmentationDataModule,
+    WarmupCosine,
+    dice_per_class,
+    segmenter_state_from_checkpoint,
+)
+
+NAMES = ["background", "outer box", "inner box"]
+
+
+def test_warmup_cosine_values():
+    schedule = WarmupCosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule(4) == pytest.approx(1.0)
+    assert schedule(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule(14) == pytest.approx(0.1) and schedule(100) == pytest.approx(0.1)
+    decay = [schedule(s) for s in range(4, 15)]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+
+
+def test_dice_empty_truth_scores_one_when_predicted_empty_and_zero_otherwise():
+    label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    label[..., :2] = 1  # class 2 is absent from the truth
+    right = label.clone()
+    wrong = label.clone()
+    wrong[0, 0, 0, 0, 3] = 2  # one voxel of the absent class
+    assert dice_per_class(right, label, 3)[0].tolist() == [1.0, 1.0, 1.0]
+    scores = dice_per_class(wrong, label, 3)[0]
+    assert scores[2] == 0.0 and scores[1] == 1.0 and 0.9 < scores[0] < 1.0
+
+
+class Oracle:
+    """Validation stand-in: predicts a fixed label map and records the weights it was called with."""
+
+    def __init__(self, prediction=None):
+        self.prediction, self.seen = prediction, []
+
+    def __call__(self, segmenter, image, generator):
+        self.seen.append(next(segmenter.parameters()).detach().clone())
+        labels = self.prediction if self.prediction is not None else self.truth
+        return {"labels": labels, "entropy": torch.zeros_like(labels, dtype=torch.float32)}
+
+
+@pytest.mark.parametrize("mode", ["perfect", "background"])
+def test_validation_metrics_per_class_and_mean(mode):
+    label = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    label[..., 2:6, 2:6, 2:6] = 1
+    label[..., 3:5, 3:5, 3:5] = 2
+    oracle = Oracle(label if mode == "perfect" else torch.zeros_like(label))
+    module = DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=oracle, class_names=NAMES, log_images=0)
+    logged = {}
+    module.log_dict = lambda metrics, **kw: logged.update({k: float(v) for k, v in metrics.items()})
+    module._trainer = type("T", (), {"world_size": 1, "is_global_zero": True})()
+    module.on_validation_epoch_start()
+    module.validation_step({"image": torch.randn(1, 1, 8, 8, 8), "label": label}, 0)
+    module.on_validation_epoch_end()
+    expected = {"perfect": (1.0, 1.0, 1.0), "background": (logged["val/dice_background"], 0.0, 0.0)}[mode]
+    assert (logged["val/dice_background"], logged["val/dice_outer_box"], logged["val/dice_inner_box"]) == expected
+    assert logged["val/mean_dice"] == pytest.approx(sum(expected[1:]) / 2)
+
+
+class StepCounter(Callback):
+    def __init__(self):
+        self.steps, self.first_global_step = 0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.first_global_step = trainer.global_step if self.first_global_step is None else self.first_global_step
+        self.steps += 1
+
+
+def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None):
+    L.seed_everything(0, verbose=False)
+    dm = SegmentationDataModule(
+        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_samples=1,
+        num_workers=0,
+    )
+    module = DiffusionSegmentationModule(
+        tiny_segmenter(), lr=1e-2, warmup_steps=1, ema_decay=ema_decay, validation_sampler=sampler,
+        class_names=NAMES, preprocessing=PREPROCESSING_3D,
+    )
+    checkpoints = [
+        ModelCheckpoint(
+            dirpath=tmp_path / "ckpt", filename="last", save_on_train_epoch_end=True, enable_version_counter=False
+        ),
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/mean_dice", mode="max"),
+    ]
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="tb", version=0),
+        callbacks=[*checkpoints, ExportSegmenter(tmp_path / "model.pt"), *callbacks], gradient_clip_val=1.0,
+        log_every_n_steps=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+    return trainer, module
+
+
+@pytest.mark.slow
+def test_fit_logs_validates_on_ema_and_exports(tmp_path):
+    data_list = write_dataset(tmp_path / "data", num_train=2)
+    sampler = whole_volume_sampler(steps=1)
+    seen = []
+
+    def recording_sampler(segmenter, image, generator):
+        seen.append({k: v.detach().clone() for k, v in segmenter.state_dict().items()})
+        return sampler(segmenter, image, generator)
+
+    trainer, module = _fit(tmp_path, data_list, sampler=recording_sampler)
+
+    # checkpoints load with weights_only=True; state_dict holds the EMA, current_model_state the raw weights
+    best = torch.load(tmp_path / "ckpt" / "best.ckpt", weights_only=True)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4 and set(last["hyper_parameters"]["preprocessing"]) == set(PREPROCESSING_3D)
+    ema = {k.removeprefix("segmenter."): v for k, v in last["state_dict"].items()}
+    raw = {k.removeprefix("segmenter."): v for k, v in last["current_model_state"].items()}
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    # validation of the last epoch ran on the EMA weights, not the raw ones
+    assert all(torch.equal(seen[-1][k], ema[k]) for k in seen[-1])
+
+    # the exported medwidit checkpoint = the best checkpoint's EMA weights + preprocessing, loadable by the loaders
+    exported = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(exported) == {"state_dict", "config", "version"}
+    assert exported["config"]["preprocessing"]["intensity"] == "zscore_nonzero"
+    assert exported["config"]["class_names"] == NAMES
+    segmenter, _ = load_segmenter(tmp_path / "model.pt")
+    best_weights = segmenter_state_from_checkpoint(tmp_path / "ckpt" / "best.ckpt")
+    last_weights = segmenter_state_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert all(torch.equal(v, best_weights[k]) for k, v in segmenter.state_dict().items())
+    if best["global_step"] != last["global_step"]:
+        assert any(not torch.equal(v, last_weights[k]) for k, v in segmenter.state_dict().items())
+
+    # TensorBoard: scalars and images
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train/loss_step", "train/loss_epoch", "train/aux_epoch", "train/lr", "val/mean_dice"} <= scalars
+    assert {f"val/dice_{n}" for n in ("background", "outer_box", "inner_box")} <= scalars
+    assert {"val/overlay_label", "val/overlay_prediction", "val/overlay_uncertainty"} <= images
+    assert {f"val/{n}_HWD/image" for n in ("image", "label", "prediction", "uncertainty")} <= images
+    (tmp_path / "tags.json").write_text(json.dumps({"scalars": sorted(scalars), "images": sorted(images)}))
+
+
+def test_missing_file_fails_before_any_training_step(tmp_path):
+    data_list = write_dataset(tmp_path / "data")
+    listing = json.loads(data_list.read_text())
+    listing["training"][1]["image"] = "missing_image.nii.gz"
+    data_list.write_text(json.dumps(listing))
+    counter = StepCounter()
+    with pytest.raises(FileNotFoundError, match="missing_image.nii.gz"):
+        _fit(tmp_path, data_list, epochs=1, callbacks=[counter])
+    assert counter.steps == 0 and not (tmp_path / "ckpt").exists()
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="class_names"):
+        DiffusionSegmentationModule(tiny_segmenter(), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        DiffusionSegmentationModule(tiny_segmenter(), ema_decay=1.5)
+    with pytest.raises(TypeError, match="DiffusionSegmenter"):
+        DiffusionSegmentationModule(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="zscroe"):
+        DiffusionSegmentationModule(tiny_segmenter(), preprocessing={"intensity": "zscroe"})
