@@ -44,6 +44,18 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be positive, got {value}.")
 
 
+def _check_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive: float) -> None:
+    """The seed's size rules: 2D or 3D, hidden even and divisible by heads, and positive counts."""
+    if spatial_dim not in (2, 3):
+        raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
+    for name, value in {"num_heads": num_heads, **positive}.items():
+        _positive(name, value)
+    if hidden_size <= 0 or hidden_size % 2:
+        raise ValueError(f"hidden_size must be positive and even, got {hidden_size}.")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size must be divisible by num_heads, got {hidden_size} and {num_heads}.")
+
+
 #################################################################################
 #                                    WiDiT                                      #
 #################################################################################
@@ -80,21 +92,14 @@ class WiDiT(nn.Module):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if spatial_dim not in (2, 3):
-            raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
-        for name, value in (("in_channels", in_channels), ("depth", depth), ("num_heads", num_heads)):
-            _positive(name, value)
-        _positive("mlp_ratio", mlp_ratio)
-        if hidden_size <= 0 or hidden_size % 2:
-            raise ValueError(f"hidden_size must be positive and even, got {hidden_size}.")
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size must be divisible by num_heads, got {hidden_size} and {num_heads}.")
+        _check_sizes(spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio)
         if cond_channels is not None and not use_conditioning:
             raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
-        cond_channels = (cond_channels or in_channels) if use_conditioning else None
+        cond_channels = (in_channels if cond_channels is None else cond_channels) if use_conditioning else None
         out_channels = in_channels * (2 if learn_sigma else 1) if out_channels is None else out_channels
-        for name, value in (("cond_channels", cond_channels or 1), ("out_channels", out_channels)):
-            _positive(name, value)
+        _positive("out_channels", out_channels)
+        if cond_channels is not None:
+            _positive("cond_channels", cond_channels)
         self.config: dict[str, Any] = {
             "spatial_dim": spatial_dim,
             "patch_size": list(_per_axis("patch_size", patch_size, spatial_dim)),

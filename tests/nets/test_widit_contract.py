@@ -97,6 +97,8 @@ def test_unknown_keyword_is_type_error():
         ({"spatial_dim": 2, "final": "deconv"}, "final: By 'deconv', did you mean 'conv'"),
         ({"spatial_dim": 2, "use_conditioning": False, "cond_channels": 2}, "cond_channels=2 needs use_conditioning"),
         ({"spatial_dim": 2, "out_channels": 0}, "out_channels must be positive, got 0"),
+        ({"spatial_dim": 2, "cond_channels": 0}, "cond_channels must be positive, got 0"),
+        ({"spatial_dim": 2, "num_heads": 0}, "num_heads must be positive, got 0"),
         (
             {"spatial_dim": 3, "hidden_size": 30, "num_heads": 2, "position": "rope"},
             "even head dimension of at least 6",

@@ -201,3 +201,14 @@ def test_factorized_attention_isolates_borders_and_starts_in_plane(tiny, randomi
     low = _corner_gradient(model, (6, 10, 14), (0, 0, 0))
     assert low[:4, :6, :8].sum() > 0 and low[4:, 6:, 8:].sum() == 0
     assert low[2:4, :2, :2].sum() > 0  # the through-plane branch now reaches the next slices
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_batch_samples_stay_separate_with_masks(tiny, randomize, position):
+    """Shifted, padded windows on a batch of 3 give each sample what it gets alone (mask broadcast per window)."""
+    model = randomize(tiny(3, window_size=(2, 3, 4), position=position))
+    x, image = torch.randn(3, 1, 6, 10, 14), torch.randn(3, 1, 6, 10, 14)
+    t = torch.tensor([1.0, 400.0, 900.0])
+    batched = model(x, t, conditioned=image)
+    for i in range(3):
+        torch.testing.assert_close(batched[i : i + 1], model(x[i : i + 1], t[i : i + 1], conditioned=image[i : i + 1]))
