@@ -211,4 +211,5 @@ def test_batch_samples_stay_separate_with_masks(tiny, randomize, position):
     t = torch.tensor([1.0, 400.0, 900.0])
     batched = model(x, t, conditioned=image)
     for i in range(3):
-        torch.testing.assert_close(batched[i : i + 1], model(x[i : i + 1], t[i : i + 1], conditioned=image[i : i + 1]))
+        alone = model(x[i : i + 1], t[i : i + 1], conditioned=image[i : i + 1])
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-4)  # outputs are O(10) here
