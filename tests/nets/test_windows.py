@@ -9,7 +9,7 @@ import torch
 from medwidit.nets import WindowAttention
 from medwidit.nets import attention as attention_module
 from medwidit.nets.attention import apply_rope, rope_angles
-from medwidit.nets.window import window_attention_mask, window_merge, window_partition
+from medwidit.nets.window import relative_position_index, window_attention_mask, window_merge, window_partition
 
 POSITIONS = ["relative", "rope"]
 # (spatial shape in voxels, window in tokens) with patch 2: tiling grids and odd per-axis grids that need padding
@@ -68,6 +68,13 @@ def test_mask_separates_wrapped_tokens_and_padding():
     assert torch.equal(mask[1], expected)  # padded keys 6, 7 masked; 0, 1 never see the far end
     assert mask[0].all()  # originals 2..5: one region, all real
     assert window_attention_mask((4, 8), (4, 4), (0, 0), torch.device("cpu")) is None  # tiles, no shift: no mask
+
+
+def test_relative_index_inside_window_and_clipped_for_global():
+    index = relative_position_index((2, 3), (2, 3))  # table 3 x 5
+    assert index[0, 0] == (0 + 1) * 5 + (0 + 2) and index[5, 0] == (1 + 1) * 5 + (2 + 2)  # offsets (0,0), (1,2)
+    clipped = relative_position_index((6,), (2,))  # global attention over 6 tokens with a window-2 table
+    assert clipped[5, 0] == 2 and clipped[0, 5] == 0 and clipped[3, 3] == 1  # +-5 clipped to +-1
 
 
 def _reference_full_attention(layer, x, grid):
