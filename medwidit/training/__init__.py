@@ -1,6 +1,6 @@
 """medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
 
-from .bundle import SegmentationNetwork, find_bundle_root
+from .bundle import SegmentationNetwork, find_bundle_root, require_done
 from .data import SegmentationDataModule, load_data_list
 from .evaluation import dice_per_class, evaluate_files
 from .module import DiffusionSegmentationModule, ExportSegmenter, WarmupCosine, segmenter_state_from_checkpoint
@@ -15,5 +15,6 @@ __all__ = [
     "evaluate_files",
     "find_bundle_root",
     "load_data_list",
+    "require_done",
     "segmenter_state_from_checkpoint",
 ]

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from medwidit.diffusion import DiffusionSegmenter, to_probabilities
 
-__all__ = ["SegmentationNetwork", "find_bundle_root"]
+__all__ = ["SegmentationNetwork", "find_bundle_root", "require_done"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,19 @@ def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
         f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
         f"--bundle_root <bundle folder> (looked for {candidate})."
     )
+
+
+def require_done(results: Sequence) -> list:
+    """Raise RuntimeError naming every failed case of ``Predictor.predict_from_files``'s results (objects with
+    ``name``, ``status`` and ``message``), so that a bundle run with a failed case does not end as a success."""
+    results = list(results)
+    failed = [r for r in results if getattr(r, "status", None) == "failed"]
+    if failed:
+        lines = "\n".join(f"  {r.name}: {r.message}" for r in failed)
+        raise RuntimeError(f"{len(failed)} of {len(results)} case(s) failed:\n{lines}")
+    if not results:
+        raise RuntimeError("no case was segmented: the data list split is empty.")
+    return results
 
 
 class SegmentationNetwork(nn.Module):

@@ -186,7 +186,7 @@ class SegmentationDataModule(L.LightningDataModule):
             SpatialPadd(KEYS, spatial_size=self.roi_size),
             RandCropByPosNegLabeld(
                 KEYS, label_key="label", spatial_size=self.roi_size, pos=self.pos, neg=self.neg,
-                num_samples=self.num_samples, image_key="image", image_threshold=0.0,
+                num_samples=self.num_samples, image_key=None,  # negatives anywhere: z-scores go below 0
             ),
         ]
         return Compose([*self._deterministic(), *crop, *self._augmentation(), *self._finish()])

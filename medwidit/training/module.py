@@ -152,7 +152,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         losses = self.segmenter.loss(image, label)
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
-            on_step=True, on_epoch=True, batch_size=image.shape[0],
+            on_step=True, on_epoch=True, batch_size=image.shape[0], sync_dist=True,
         )
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return losses["loss"]
@@ -215,15 +215,19 @@ class DiffusionSegmentationModule(L.LightningModule):
     # Export
     ##################################################################################################################
 
-    def export_segmenter(self, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Path:
-        """Write a medwidit checkpoint ``{"state_dict", "config", "version"}`` (config holds "preprocessing" and
-        "class_names") with the weights of a Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the
-        EMA is on) or, when None, the module's current weights."""
+    def export_segmenter(
+        self, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None, extra_config: Mapping | None = None
+    ) -> Path:
+        """Write a medwidit checkpoint ``{"state_dict", "config", "version"}`` (config holds "preprocessing",
+        "class_names" and ``extra_config``, e.g. the training "roi_size" the predictor uses for its windows) with the
+        weights of a Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the EMA is on) or, when
+        None, the module's current weights."""
         segmenter = self.segmenter
         if checkpoint is not None:
             segmenter = copy.deepcopy(self.segmenter).cpu()
             segmenter.load_state_dict(segmenter_state_from_checkpoint(checkpoint))
         extra = {"preprocessing": dict(self.hparams.preprocessing), "class_names": self.class_names}
+        extra.update(extra_config or {})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         saved = save_segmenter(segmenter, path, extra_config=extra)
@@ -246,10 +250,15 @@ def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, 
 
 class ExportSegmenter(Callback):
     """At the end of ``fit``, export the best checkpoint's weights (else the last one's, else the module's) as a
-    medwidit checkpoint at ``path`` -- what the predictor and ``inference.json`` load (``models/model.pt``)."""
+    medwidit checkpoint at ``path`` -- what the predictor and ``inference.json`` load (``models/model.pt``).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    The config also records the datamodule's training crop as "roi_size" (the predictor's default window) unless
+    ``extra_config`` says otherwise.
+    """
+
+    def __init__(self, path: str | os.PathLike, extra_config: Mapping | None = None) -> None:
         self.path = Path(path)
+        self.extra_config = dict(extra_config or {})
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not isinstance(pl_module, DiffusionSegmentationModule):
@@ -258,4 +267,8 @@ class ExportSegmenter(Callback):
         candidates = [c.best_model_path for c in callbacks if c.monitor]  # best by the monitored metric first
         candidates += [path for c in callbacks for path in (c.last_model_path, c.best_model_path)]
         source = next((path for path in candidates if path and os.path.exists(path)), None)
-        pl_module.export_segmenter(self.path, source)
+        extra = {}
+        roi_size = getattr(trainer.datamodule, "roi_size", None)
+        if roi_size is not None:
+            extra["roi_size"] = [int(r) for r in roi_size]
+        pl_module.export_segmenter(self.path, source, {**extra, **self.extra_config})

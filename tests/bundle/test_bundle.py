@@ -1,0 +1,174 @@
+"""MONAI's own checks on the bundle, as the model zoo's unit tests run them: metadata against the schema (offline),
+the network's input/output, checkpoint export, and ConfigWorkflow in train, infer and eval mode with
+check_properties() on a few random 32^3 NIfTI files."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_data import (
+    BUNDLE,
+    LOGGING,
+    META,
+    NUM_CLASSES,
+    TINY_INFER,
+    TINY_NET,
+    TINY_TRAIN,
+    config,
+    write_random_cases,
+)
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+SCHEMA = BUNDLE / "docs" / "metadata_schema.json"
+
+
+def _workflow(files, workflow_type, run_id="run", **overrides):
+    workflow = ConfigWorkflow(
+        config_file=files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, run_id=run_id,
+        **overrides,
+    )
+    workflow.initialize()
+    missing = workflow.check_properties()
+    assert missing == [], f"check_properties: {missing}"
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train one epoch into a copy of the bundle (``--bundle_root`` moves every output there)."""
+    root = tmp_path_factory.mktemp("bundle")
+    data_list = write_random_cases(root / "data")
+    bundle = root / "bundle_copy"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("runs", "eval", "models"))
+    data = {"dataset_dir": str(root / "data"), "data_list": str(data_list)}
+    workflow = _workflow(config("train"), "train", run_id="training", bundle_root=str(bundle), **data, **TINY_TRAIN)
+    workflow.run()
+    workflow.finalize()
+    return {"root": root, "bundle": bundle, "data": data, "model": bundle / "models" / "model.pt"}
+
+
+def test_metadata_verifies_offline_against_the_kept_schema(tmp_path, monkeypatch):
+    import monai.bundle.scripts as scripts
+
+    def no_download(url, filepath, **kwargs):
+        raise AssertionError(f"verify_metadata tried to download {url}")
+
+    monkeypatch.setattr("monai.apps.utils.urlretrieve", no_download)
+    schema = tmp_path / "schema.json"
+    shutil.copy(SCHEMA, schema)
+    scripts.verify_metadata(meta_file=META, filepath=str(schema))  # the file exists: MONAI skips the download
+    metadata = json.loads(Path(META).read_text())
+    assert metadata["version"] in metadata["changelog"]
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == NUM_CLASSES
+    del metadata["task"]
+    broken = tmp_path / "metadata.json"
+    broken.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="task"):
+        verify_metadata(meta_file=str(broken), filepath=str(schema))
+
+
+def test_network_in_out():
+    # image (1, 1, 16, 16, 16) -> class probabilities (1, 5, 16, 16, 16) float32, as metadata.json declares
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=config("train"), device="cpu", **TINY_NET)
+
+
+@pytest.mark.slow
+def test_train_workflow_writes_checkpoints_logs_and_export(trained):
+    checkpoints = trained["bundle"] / "runs" / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        checkpoint = torch.load(checkpoints / name, weights_only=True)
+        assert checkpoint["global_step"] == 2 and "optimizer_states" in checkpoint
+    exported = torch.load(trained["model"], weights_only=True)
+    assert set(exported) == {"state_dict", "config", "version"}
+    assert exported["config"]["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
+    assert exported["config"]["roi_size"] == [16, 16, 16]
+    assert len(exported["config"]["class_names"]) == NUM_CLASSES
+    assert list((trained["bundle"] / "runs" / "tensorboard").rglob("events.out.tfevents.*"))  # under bundle_root
+
+
+@pytest.mark.slow
+def test_infer_workflow_segments_the_data_list_with_input_geometry(trained, tmp_path):
+    out = tmp_path / "out"
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(out)}
+    workflow = _workflow(config("inference"), "infer", **overrides)
+    workflow.run()
+    workflow.finalize()
+    source = nib.load(trained["root"] / "data" / "case3_image.nii.gz")
+    for name in ("case3_image.nii.gz", "case3_image_uncertainty.nii.gz"):
+        written = nib.load(out / name)
+        assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-5)
+    labels = np.asarray(nib.load(out / "case3_image.nii.gz").dataobj)
+    assert labels.min() >= 0 and labels.max() < NUM_CLASSES
+
+
+@pytest.mark.slow
+def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
+    workflow = _workflow([config("inference"), config("evaluate")], "eval", **overrides)
+    workflow.run()
+    workflow.finalize()
+    report = json.loads((tmp_path / "dice.json").read_text())
+    assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
+    assert all(0.0 <= v <= 1.0 for v in report["mean"].values())
+    assert (tmp_path / "predictions" / "case2_image.nii.gz").is_file()  # the validation split by default
+
+
+def test_inference_without_a_trained_model_says_so(tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=config("inference"), meta_file=META, logging_file=LOGGING, workflow_type="infer",
+        ckpt_path=str(tmp_path / "models" / "model.pt"), device="cpu",
+    )
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as error:
+        workflow.run()
+    assert "no such checkpoint file" in repr(error.value.__cause__)
+
+
+@pytest.mark.slow
+def test_checkpoint_export(trained, tmp_path):
+    """TorchScript by tracing (scripting fails on the sampler's Python control flow): the traced file replays one
+    fixed input shape and step count; the denoiser network itself exports exactly with torch.export."""
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def", filepath=str(exported), ckpt_file=str(trained["model"]), meta_file=META,
+        config_file=config("train"), key_in_ckpt="state_dict", use_trace=True, input_shape=[1, 1, 16, 16, 16],
+        **TINY_NET,
+    )
+    extra = {"metadata.json": "", "train.json": ""}
+    module = torch.jit.load(str(exported), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] and "network_def" in json.loads(extra["train.json"])
+    weights = torch.load(trained["model"], weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in weights.items())  # the weights did load
+    probabilities = module(torch.randn(1, 1, 16, 16, 16))
+    assert probabilities.shape == (1, NUM_CLASSES, 16, 16, 16)
+    assert torch.allclose(probabilities.sum(1), torch.ones(1, 16, 16, 16), atol=1e-5)
+
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser.update(TINY_NET)
+    net = parser.get_parsed_content("net").eval()
+    net.load_state_dict(weights)
+    x, t, image = torch.randn(1, NUM_CLASSES, 16, 16, 16), torch.full((1,), 500.0), torch.randn(1, 1, 16, 16, 16)
+    program = torch.export.export(net, (x, t), {"conditioned": image})
+    torch.export.save(program, tmp_path / "net.pt2")
+    with torch.no_grad():
+        reloaded = torch.export.load(tmp_path / "net.pt2").module()
+        assert torch.allclose(reloaded(x, t, conditioned=image), net(x, t, conditioned=image))
+
+
+def test_multi_gpu_config_merges_on_train(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    parser = ConfigParser()
+    parser.read_config([config("train"), config("multi_gpu_train")])
+    assert parser.get_parsed_content("train#trainer#strategy") == "ddp"
+    assert parser.get_parsed_content("train#trainer#devices") == 2
+    assert parser.get_parsed_content("train#trainer#num_nodes") == 2
+    if torch.cuda.is_available():
+        assert parser.get_parsed_content("device") == torch.device("cuda", 1)
+    assert parser.get("training") and parser.get("train#trainer#max_epochs") == "@epochs"

@@ -1,0 +1,93 @@
+"""training/bundle and training/evaluation: where a bundle lives, the network MONAI's tools see, case results, and
+Dice between files on the label's own grid."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from training_volumes import nested_cubes, tiny_segmenter
+
+from medwidit.diffusion import save_segmenter
+from medwidit.training import SegmentationNetwork, evaluate_files, find_bundle_root, require_done
+from medwidit.training.bundle import REPOSITORY
+
+NAME = "brain_widit_segmentation"
+
+
+def _bundle(tmp_path: Path) -> Path:
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    (tmp_path / "b" / "configs" / "metadata.json").write_text("{}")
+    return tmp_path / "b"
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["{c}", "['{c}', '{o}']", "[{c},{o}]", "={c}"],
+    ids=["path", "list", "bare-list", "equals"],
+)
+def test_bundle_root_follows_config_file(tmp_path, form):
+    bundle = _bundle(tmp_path)
+    config, other = bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"
+    value = form.format(c=config, o=other)
+    argv = ["monai.bundle", "run", "training", f"--config_file{value}"] if value.startswith("=") else [
+        "monai.bundle", "run", "training", "--config_file", value, "--epochs", "2"
+    ]
+    assert find_bundle_root(NAME, argv) == str(bundle.resolve())
+
+
+def test_bundle_root_falls_back_to_the_checkout_and_fails_clearly(tmp_path):
+    checkout = str(REPOSITORY / "bundles" / NAME)
+    assert find_bundle_root(NAME, ["pytest"]) == checkout
+    # a config file outside any bundle's configs/ folder does not count
+    assert find_bundle_root(NAME, ["x", "--config_file", str(tmp_path / "a.json")]) == checkout
+    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+        find_bundle_root("no_such_bundle", ["pytest"])
+
+
+def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
+    segmenter = tiny_segmenter(num_classes=3)
+    network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)
+    assert list(network.state_dict()) == list(segmenter.net.state_dict())
+    # a medwidit checkpoint's state_dict loads into it as is (ckpt_export --key_in_ckpt state_dict)
+    other = tiny_segmenter(num_classes=3)
+    torch.nn.init.normal_(other.net.final_layer.linear.weight)
+    save_segmenter(other, tmp_path / "model.pt")
+    network.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"])
+    assert torch.equal(segmenter.net.final_layer.linear.weight, other.net.final_layer.linear.weight)
+    image = torch.randn(1, 1, 8, 8, 8)
+    out = network(image)
+    assert out.shape == (1, 3, 8, 8, 8) and torch.allclose(out.sum(1), torch.ones(1, 8, 8, 8), atol=1e-5)
+    assert torch.equal(out, network(image))  # seeded: one call is one deterministic segmentation
+
+
+def test_require_done_names_failed_cases():
+    done = SimpleNamespace(name="a", status="done", message=None)
+    failed = SimpleNamespace(name="b", status="failed", message="b.nii.gz: truncated file")
+    assert require_done([done]) == [done]
+    with pytest.raises(RuntimeError, match=r"(?s)1 of 2 case.*b: b.nii.gz: truncated file"):
+        require_done([done, failed])
+    with pytest.raises(RuntimeError, match="empty"):
+        require_done([])
+
+
+def test_evaluate_files_on_the_label_grid(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    label = nested_cubes((16, 16, 16), 3)
+    prediction = label.copy()
+    prediction[label == 2] = 1  # class 2 missed entirely
+    for name, array, a in (("label", label, affine), ("pred", prediction, affine), ("moved", label, affine * 1.5)):
+        nib.save(nib.Nifti1Image(array, a), tmp_path / f"{name}.nii.gz")
+    names = ["background", "outer", "inner"]
+    report = evaluate_files(
+        [tmp_path / "label.nii.gz", tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"] * 2, num_classes=3,
+        class_names=names, output_file=tmp_path / "dice.json",
+    )
+    assert report["cases"][0]["dice"] == {"background": 1.0, "outer": 1.0, "inner": 1.0}
+    assert report["cases"][1]["dice"]["inner"] == 0.0 and report["cases"][1]["dice"]["background"] == 1.0
+    assert report["mean"]["inner"] == 0.5 and json.loads((tmp_path / "dice.json").read_text()) == report
+    with pytest.raises(ValueError, match="grid"):
+        evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)
