@@ -1,13 +1,17 @@
 """Backbone speed and memory: relative bias vs rotary position, windowed vs global attention, at three volume sizes.
 
 Time: for each size the four configurations are built in one process, warmed up once, then timed round-robin
-(``--repeats`` rounds, a slow configuration stops after ``--budget`` seconds), so a busy neighbour on a shared
-machine slows them alike; throughput is voxel tokens per second of forward+backward, ``tokens = prod(size /
-patch)`` per sample, from the best step (median also recorded). Memory: each (size, configuration) runs one step in
-a fresh subprocess; on CUDA the peak is ``torch.cuda.max_memory_allocated`` during the step minus what was
-allocated before it (parameters, inputs); on CPU it is the process' peak resident set size (VmHWM in
-/proc/self/status) minus its resident size just before the step: the extra memory one training step needs, allocator
-slack included. Ratios are against the reference (relative bias, windowed attention) at the same size, same run.
+(``--repeats`` rounds; a slow configuration stops after ``--budget`` seconds), so a busy neighbour on a shared
+machine slows them alike. Throughput is voxel tokens per second of forward+backward, ``tokens = prod(size / patch)``
+per sample, from the best step (median also recorded), in process CPU time on CPU (one thread by default, so a
+neighbour's load does not inflate it) and in synchronised wall time on CUDA.
+
+Memory: each (size, configuration) runs one step in a fresh subprocess. On CUDA the peak is
+``torch.cuda.max_memory_allocated`` during the step minus what was allocated before it (parameters, inputs); on CPU
+it is the process' peak resident set size (VmHWM in /proc/self/status) minus its resident size just before the
+step: the extra memory one training step needs, allocator slack included.
+
+Ratios are against the reference (relative bias, windowed attention) at the same size, measured in the same run.
 
     python benchmarks/backbone.py                      # CPU, sizes 16 24 32, about 2-4 minutes on 2 cores
     python benchmarks/backbone.py --device cuda --sizes 32 48 64 --window 8 --amp
@@ -108,18 +112,24 @@ def measure_memory(spec: dict, timeout: float) -> dict:
 
 
 def measure_time(spec: dict, repeats: int, budget: float) -> list[dict]:
-    """Time all configurations round-robin, so a busy neighbour slows them alike; best and median of the steps."""
-    steps, times = [], [[] for _ in CONFIGS]
+    """Time all configurations round-robin, so a busy neighbour slows them alike; best and median of the steps.
+
+    On CPU the clock is this process' CPU time (one intra-op thread by default), which a neighbour's load does not
+    inflate the way it inflates wall time; on CUDA it is wall time after synchronising.
+    """
+    clock = time.process_time if spec["device"] == "cpu" else time.perf_counter
+    steps, times, walls = [], [[] for _ in CONFIGS], [[] for _ in CONFIGS]
     for position, attention in CONFIGS:
         steps.append(build(spec, position, attention))
         steps[-1]()  # warm-up: lazy init, mask and index caches
     for _ in range(repeats):
         for i, step in enumerate(steps):
-            if times[i] and sum(times[i]) > budget:
+            if times[i] and sum(walls[i]) > budget:
                 continue  # slow configuration: enough samples within its budget
-            start = time.perf_counter()
+            start, wall = clock(), time.perf_counter()
             step()
-            times[i].append(time.perf_counter() - start)
+            times[i].append(clock() - start)
+            walls[i].append(time.perf_counter() - wall)
     tokens = spec["batch"] * (spec["size"] // spec["patch"]) ** 3
     return [
         {
@@ -127,9 +137,10 @@ def measure_time(spec: dict, repeats: int, budget: float) -> list[dict]:
             "steps": len(ts),
             "best_step_s": min(ts),
             "median_step_s": statistics.median(ts),
+            "median_wall_s": statistics.median(ws),
             "tokens_per_s": tokens / min(ts),
         }
-        for ts in times
+        for ts, ws in zip(times, walls, strict=True)
     ]
 
 
@@ -161,7 +172,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (CPU); 1 is steadiest when shared"
@@ -208,7 +219,8 @@ def main() -> None:
         "memory": "one forward+backward in a fresh process per configuration; CUDA: max_memory_allocated during the "
         "step minus allocated before it; CPU: peak RSS (VmHWM) minus RSS (VmRSS) just before the step",
         "throughput": "voxel tokens per second over forward+backward from the best timed step (median_step_s also "
-        "given), configurations of one size timed round-robin after one warm-up step each",
+        "given); clock: process CPU time on CPU (robust to a shared machine's load; median_wall_s also given), "
+        "synchronised wall time on CUDA; configurations of one size timed round-robin after one warm-up step each",
         "note": args.note,
         "results": rows,
     }
