@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
 
-__all__ = ["SlidingWindowDenoiser", "gaussian_weight_map", "network_patch_size"]
+__all__ = ["SlidingWindowDenoiser", "gaussian_weight_map", "network_alignment", "network_patch_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,19 @@ def network_patch_size(net) -> int | tuple[int, ...]:
     if isinstance(config, dict) and config.get("patch_size") is not None:
         return config["patch_size"]
     return 1
+
+
+def network_alignment(net) -> int | tuple[int, ...]:
+    """Voxels between equivalent positions of a network's grids: patch x attention window where ``net.config`` has
+    both (WiDiT), else the patch. Windows that start on multiples of it see the same patches and attention windows as
+    the whole volume does."""
+    config = getattr(net, "config", None)
+    patch = network_patch_size(net)
+    if not isinstance(config, dict) or config.get("window_size") is None:
+        return patch
+    window = config["window_size"]
+    n = max(len(ensure_tuple(patch)), len(ensure_tuple(window)), int(config.get("spatial_dim") or 1))
+    return tuple(p * w for p, w in zip(ensure_tuple_rep(patch, n), ensure_tuple_rep(window, n), strict=True))
 
 
 def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | float = 0.125) -> torch.Tensor:
@@ -45,6 +58,12 @@ def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | 
         x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
         weights = weights[..., None] * torch.exp(-(x**2) / (2 * (scale * size) ** 2))
     return weights.clamp_min(1e-30).float()
+
+
+def _pad_far_faces(x: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
+    """Zero-pad (B, C, *S) after the last voxel of each axis up to ``target``."""
+    pad = [v for size, goal in zip(reversed(x.shape[2:]), reversed(target), strict=True) for v in (0, goal - size)]
+    return F.pad(x, pad) if any(pad) else x
 
 
 def _check_sizes(roi_size, patch_size) -> None:
@@ -79,6 +98,11 @@ class SlidingWindowDenoiser:
             windows.
         patch_size: the network's patch size; None reads ``net.config["patch_size"]``. The whole volume is padded
             up to a multiple of it and cropped back.
+        align: windows start on multiples of this many voxels per axis, so that they cut the volume on the
+            network's own grid; None means :func:`network_alignment` (patch x attention window for WiDiT). Where
+            the overlap leaves less room than that between window starts, the patch is used, and the step between
+            windows is rounded down to a multiple (the overlap only grows). The volume is padded at its far faces so
+            that the last window is aligned too, and cropped back.
         sw_device, device: where windows run and where the stitched volume is accumulated (MONAI's meaning);
             None keeps the input's device.
     """
@@ -94,6 +118,7 @@ class SlidingWindowDenoiser:
         sigma_scale: Sequence[float] | float = 0.125,
         max_whole_voxels: int | None = None,
         patch_size: Sequence[int] | int | None = None,
+        align: Sequence[int] | int | None = None,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -101,6 +126,9 @@ class SlidingWindowDenoiser:
         self.patch_size = network_patch_size(net) if patch_size is None else patch_size
         self.roi_size = roi_size
         _check_sizes(roi_size, self.patch_size)
+        self.align = network_alignment(net) if align is None else align
+        if not all(isinstance(a, int) and a >= 1 for a in ensure_tuple(self.align)):
+            raise ValueError(f"align must be positive integers, got {align!r}.")
         for o in overlap if isinstance(overlap, Sequence) else (overlap,):
             if not 0 <= o < 1:
                 raise ValueError(f"overlap must be >= 0 and < 1, got {overlap!r}.")
@@ -115,7 +143,7 @@ class SlidingWindowDenoiser:
         self.max_whole_voxels = max_whole_voxels
         self.sw_device = sw_device
         self.device = device
-        self._inferers: dict[int, SlidingWindowInferer] = {}
+        self._inferers: dict[int, tuple[SlidingWindowInferer, tuple[int, ...]]] = {}
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -154,35 +182,54 @@ class SlidingWindowDenoiser:
         """One network call on the volume padded at its far faces to a multiple of the patch, cropped back."""
         spatial = x_t.shape[2:]
         patch = ensure_tuple_rep(self.patch_size, len(spatial))
-        pad = [(-s) % p for s, p in zip(spatial, patch, strict=True)]
-        flat_pad = [v for extra in reversed(pad) for v in (0, extra)]  # F.pad order: last axis first
-        if any(pad):
-            x_t = F.pad(x_t, flat_pad)
-            cond = F.pad(cond, flat_pad) if cond is not None else None
-        out = self.net(x_t, t, conditioned=cond)  # (B, C_out, *S padded)
+        target = [math.ceil(s / p) * p for s, p in zip(spatial, patch, strict=True)]
+        cond = _pad_far_faces(cond, target) if cond is not None else None
+        out = self.net(_pad_far_faces(x_t, target), t, conditioned=cond)  # (B, C_out, *S padded)
         self.num_calls += 1
         self.num_windows += x_t.shape[0]
-        crop = (slice(None), slice(None), *(slice(0, s) for s in spatial))
-        return out[crop].float()
+        return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))].float()
 
     def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """MONAI sliding windows over cat(x_t, cond); every window of a batch element gets that element's t."""
         inputs = x_t.float() if cond is None else torch.cat([x_t.float(), cond.float()], dim=1)  # (B, K + C, *S)
+        inferer, align = self._inferer(x_t.ndim - 2)
+        spatial = tuple(x_t.shape[2:])
+        # pad the far faces so that every window start, the last one included, is a multiple of `align`; windows
+        # are cropped back to the volume before the network sees them, so the padding itself is never evaluated
+        steps = zip(spatial, inferer.roi_size, align, strict=True)
+        inputs = _pad_far_faces(inputs, [r + math.ceil(max(s - r, 0) / a) * a for s, r, a in steps])
         num_classes = x_t.shape[1]
-        inferer = self._inferer(x_t.ndim - 2)
         if bool((t == t[0]).all()):
-            return inferer(inputs, self._window_predictor(num_classes, t[:1]))
-        # different steps per batch element: one pass per element, so that windows never mix steps
-        outs = [inferer(inputs[b : b + 1], self._window_predictor(num_classes, t[b : b + 1])) for b in range(len(t))]
-        return torch.cat(outs, dim=0)
+            out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial))
+        else:  # different steps per batch element: one pass per element, so that windows never mix steps
+            predictors = [self._window_predictor(num_classes, t[b : b + 1], spatial) for b in range(len(t))]
+            out = torch.cat([inferer(inputs[b : b + 1], predictors[b]) for b in range(len(t))])
+        return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
-    def _window_predictor(self, num_classes: int, t: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        def predict(window: torch.Tensor) -> torch.Tensor:  # (W, K + C, *roi) -> (W, C_out, *roi)
-            x, cond = window[:, :num_classes], window[:, num_classes:]
-            out = self.net(x, t.expand(window.shape[0]), conditioned=cond if cond.shape[1] else None)
-            self.num_calls += 1
-            self.num_windows += window.shape[0]
-            return out.float()  # accumulate in float32 whatever the autocast dtype
+    def _window_predictor(self, num_classes: int, t: torch.Tensor, spatial: tuple[int, ...]):
+        """MONAI predictor ``(windows (W, K + C, *roi), coordinates) -> (W, C_out, *roi)``: each window is cropped to
+        the volume (up to a multiple of the patch, as the whole-volume run pads) and its output padded back."""
+        patch = ensure_tuple_rep(self.patch_size, len(spatial))
+
+        def predict(windows: torch.Tensor, coordinates) -> torch.Tensor:
+            roi = windows.shape[2:]
+            valid = [  # per window: the part inside the volume, rounded up to the patch
+                tuple(min(math.ceil((min(c.stop, s) - c.start) / p) * p, r)
+                      for c, s, p, r in zip(coord[2:], spatial, patch, roi, strict=True))
+                for coord in coordinates
+            ]
+            outs: list[torch.Tensor | None] = [None] * len(valid)
+            for shape in dict.fromkeys(valid):  # one network call per distinct window shape, in order
+                index = [i for i, v in enumerate(valid) if v == shape]
+                crop = windows[(index, slice(None), *(slice(0, v) for v in shape))]  # (W', K + C, *shape)
+                x, cond = crop[:, :num_classes], crop[:, num_classes:]
+                out = self.net(x, t.expand(len(index)), conditioned=cond if cond.shape[1] else None).float()
+                out = _pad_far_faces(out, roi)  # float32 accumulation whatever the autocast dtype
+                self.num_calls += 1
+                for i, o in zip(index, out, strict=True):
+                    outs[i] = o
+            self.num_windows += len(valid)
+            return torch.stack(outs)
 
         return predict
 
@@ -198,20 +245,27 @@ class SlidingWindowDenoiser:
             return roi
         return ensure_tuple_rep(self.roi_size, spatial_dims or 1)
 
-    def _inferer(self, spatial_dims: int) -> SlidingWindowInferer:
+    def _inferer(self, spatial_dims: int) -> tuple[SlidingWindowInferer, tuple[int, ...]]:
+        """MONAI's inferer for ``spatial_dims`` axes, with the overlap that puts window starts on the alignment."""
         if spatial_dims not in self._inferers:
-            self._inferers[spatial_dims] = SlidingWindowInferer(
-                roi_size=self._roi_tuple(spatial_dims),
-                sw_batch_size=self.sw_batch_size,
-                overlap=self.overlap,
-                mode=self.mode,
-                sigma_scale=self.sigma_scale,
-                sw_device=self.sw_device,
-                device=self.device,
+            roi = self._roi_tuple(spatial_dims)
+            overlaps, aligns = [], []
+            for r, o, p, a in zip(
+                roi, ensure_tuple_rep(self.overlap, spatial_dims), ensure_tuple_rep(self.patch_size, spatial_dims),
+                ensure_tuple_rep(self.align, spatial_dims), strict=True,
+            ):
+                a = a if r * (1 - o) >= a else p if r * (1 - o) >= p else 1
+                interval = max(a, int(r * (1 - o)) // a * a)  # window step, a multiple of the alignment
+                overlaps.append(0.0 if interval >= r else 1 - (interval + 0.5) / r)  # MONAI: int(r * (1 - overlap))
+                aligns.append(a)
+            inferer = SlidingWindowInferer(
+                roi_size=roi, sw_batch_size=self.sw_batch_size, overlap=overlaps, mode=self.mode,
+                sigma_scale=self.sigma_scale, sw_device=self.sw_device, device=self.device, with_coord=True,
             )
             if self.mode == BlendMode.GAUSSIAN.value:  # our own map, without MONAI's 1e-3 clamp
-                weights = gaussian_weight_map(self._roi_tuple(spatial_dims), self.sigma_scale)
-                self._inferers[spatial_dims].roi_weight_map = weights.to(self.sw_device or "cpu")
+                inferer.roi_weight_map = gaussian_weight_map(roi, self.sigma_scale).to(self.sw_device or "cpu")
+            self._inferers[spatial_dims] = (inferer, tuple(aligns))
+            logger.debug("windows %s, overlap %s, starts on multiples of %s", roi, overlaps, aligns)
         return self._inferers[spatial_dims]
 
     def __repr__(self) -> str:
