@@ -1,1 +1,27 @@
-"""medwidit.inference."""
+"""medwidit.inference: whole volumes and files -- stitched sliding-window sampling, uncertainty, the predictor, I/O."""
+
+from .cases import Case, find_cases
+from .io import IMAGE_SUFFIXES, ImageGeometry, InputError, OutputError, read_image, write_image
+from .options import resolve_device
+from .predictor import CaseResult, Predictor, Segmentation, segment
+from .sliding import SlidingWindowDenoiser, gaussian_weight_map
+from .uncertainty import summarize_ensemble
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Case",
+    "CaseResult",
+    "ImageGeometry",
+    "InputError",
+    "OutputError",
+    "Predictor",
+    "Segmentation",
+    "SlidingWindowDenoiser",
+    "find_cases",
+    "gaussian_weight_map",
+    "read_image",
+    "resolve_device",
+    "segment",
+    "summarize_ensemble",
+    "write_image",
+]

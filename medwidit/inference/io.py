@@ -29,7 +29,9 @@ __all__ = [
     "geometry_from_affine",
     "image_suffix",
     "label_dtype",
+    "read_array",
     "read_image",
+    "read_nibabel",
     "to_nibabel",
     "write_image",
     "write_images",
@@ -174,6 +176,28 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
     return data, geometry
 
 
+def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
+    """A nibabel image in memory -> (float32 array, geometry, with its header when it is NIfTI)."""
+    name = image.get_filename() or "nibabel image"
+    data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
+    _check_finite(data, name)
+    header = image.header.copy() if isinstance(image, nib.Nifti1Image) else None
+    return data, geometry_from_affine(image.affine, data.shape, header=header, path=image.get_filename())
+
+
+def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
+    """An array or tensor (*S) or (C, *S) and its RAS affine (default identity) -> (float32 (C, *S), geometry)."""
+    data = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+    data = data.astype(np.float32)
+    if data.ndim == spatial_dims:
+        data = data[None]
+    if data.ndim != spatial_dims + 1:
+        raise InputError(f"array: shape {data.shape} is neither (*S) nor (C, *S) with {spatial_dims} spatial axes.")
+    _check_finite(data, "array")
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    return data, geometry_from_affine(affine, data.shape[1:])
+
+
 def _itk_geometry(image, shape, path) -> ImageGeometry:
     """Geometry of a SimpleITK image as read, plus the RAS affine MONAI's ITKReader would build."""
     n = len(shape)
@@ -231,7 +255,7 @@ def to_nibabel(array, geometry: ImageGeometry, kind: str = "labels", *, max_labe
     if geometry.header is not None:
         header = geometry.header.copy()
         cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        image = cls(data, None, header=header)  # affine None: qform and sform stay as read
+        image = cls(data, header.get_best_affine(), header=header)  # the header's own affine: qform, sform untouched
     else:
         image = nib.Nifti1Image(data, geometry.affine)
         image.header.set_qform(geometry.affine, code=1)
