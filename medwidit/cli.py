@@ -1,0 +1,162 @@
+"""``medwidit`` command line: ``segment`` files or folders with a checkpoint or a bundle; ``demo`` needs no data.
+
+The CLI is thin (nnU-Net style): it parses, sets process-wide flags (threads, cuDNN), configures logging, and calls
+``medwidit.inference.Predictor`` -- the same code a notebook calls. Errors are one line on stderr naming the file and
+the problem; one bad case never stops the others, and the exit status is non-zero when any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("medwidit.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medwidit", description="Segmentation of medical volumes by diffusion.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo}")
+    seg = commands.add_parser(
+        "segment",
+        help="segment image files or folders",
+        description="Segment images (NIfTI, NRRD, MHA) into label maps with the input's exact geometry. Multi-modal "
+        "cases are named nnU-Net style: case_0000.nii.gz, case_0001.nii.gz -> case.nii.gz.",
+    )
+    seg.add_argument("-i", "--input", nargs="+", required=True, metavar="PATH", help="image files and/or folders")
+    seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    model = seg.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
+    model.add_argument("--bundle", metavar="DIR", help="MONAI bundle folder with models/model.pt")
+    seg.add_argument("--steps", type=_positive_int, default=10, help="denoising steps per sample (default 10)")
+    seg.add_argument("--samples", type=_positive_int, default=4, help="ensemble size (default 4)")
+    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
+    seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
+    seg.add_argument("--max-whole-voxels", type=int, metavar="N",
+                     help="run the whole volume at once up to batch x voxels N (default: one batch of windows)")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    seg.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="network autocast on CUDA (default auto: bfloat16 where supported)")
+    seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
+    seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
+    seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
+    existing = seg.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    existing.add_argument("--continue", dest="resume", action="store_true", help="skip cases already done")
+    _common(seg)
+    demo = commands.add_parser(
+        "demo", help="run the whole pipeline on a synthetic phantom (no data needed)",
+        description="Write a seeded synthetic phantom, build and save a tiny untrained WiDiT segmenter, and segment "
+        "the phantom with it, whole-volume and with sliding windows. The model is untrained: its labels mean nothing.",
+    )
+    demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _common(demo)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _configure(args: argparse.Namespace) -> None:
+    """Process-wide settings live here only: logging, torch threads, cuDNN autotuning."""
+    import torch
+
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger("medwidit")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True  # windows have one fixed shape: autotuning pays off
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "medwidit: error: " if record.levelno >= logging.ERROR else "medwidit: "
+        if record.levelno == logging.WARNING:
+            prefix = "medwidit: warning: "
+        text = prefix + " ".join(record.getMessage().split())
+        if record.exc_info and logger.isEnabledFor(logging.DEBUG):
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from medwidit.inference import Predictor
+
+    options = {
+        "device": args.device, "precision": args.precision, "sw_batch_size": args.sw_batch_size,
+        "max_whole_voxels": args.max_whole_voxels,
+    }
+    if args.roi_size:
+        options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
+    if args.checkpoint:
+        predictor = Predictor.from_checkpoint(args.checkpoint, **options)
+    else:
+        predictor = Predictor.from_bundle(args.bundle, **options)
+    results = predictor.predict_from_files(
+        args.input, args.output, overwrite=args.overwrite, resume=args.resume,
+        save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
+        progress=not args.quiet, steps=args.steps, num_samples=args.samples, overlap=args.overlap, seed=args.seed,
+    )
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
+    logger.log(logging.WARNING if counts["failed"] else logging.INFO, "%s -> %s: %s", " ".join(args.input),
+               args.output, summary)
+    return EXIT_FAILED if counts["failed"] or not results else EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medwidit.inference.demo import run_demo
+
+    start = time.perf_counter()
+    report = run_demo(args.output, device=args.device, progress=not args.quiet)
+    print(report)
+    print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {Path(args.output).resolve()}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medwidit``; returns the exit status (0 ok, 1 a case or the run failed, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    _configure(args)
+    from medwidit.inference.io import InputError, OutputError
+
+    try:
+        return _segment(args) if args.command == "segment" else _demo(args)
+    except (InputError, OutputError, ValueError, TypeError) as e:  # bad input or options: one line, no traceback
+        logger.debug("failed", exc_info=True)
+        logger.error("%s", e)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        logger.error("interrupted; finished cases are complete, the case in progress left no output.")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
