@@ -30,17 +30,17 @@ def _rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _ellipsoid(rng: np.random.Generator, grid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Mask of a randomly rotated ellipsoid with radii 12-25% of the smallest side."""
-    radii = rng.uniform(0.12, 0.25, size=len(shape)) * min(shape)
+def _ellipsoid(rng: np.random.Generator, grid: np.ndarray, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """Mask of a randomly rotated ellipsoid with radii ``scale`` x 12-25% of the smallest side."""
+    radii = np.minimum(rng.uniform(0.12, 0.25, size=len(shape)) * scale, 0.45) * min(shape)
     center = np.array([rng.uniform(r, s - r) for r, s in zip(radii, shape, strict=True)])
     local = np.tensordot(_rotation(rng, len(shape)).T, grid - center.reshape((-1,) + (1,) * len(shape)), axes=1)
     return (((local / radii.reshape((-1,) + (1,) * len(shape))) ** 2).sum(0)) <= 1.0
 
 
-def _tube(rng: np.random.Generator, grid: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Mask of a straight tube (radius 5-9% of the smallest side, at least 1.5 voxels) between two random points."""
-    radius = max(1.5, rng.uniform(0.05, 0.09) * min(shape))
+def _tube(rng: np.random.Generator, grid: np.ndarray, shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """Mask of a straight tube (radius ``scale`` x 5-9% of the smallest side, >= 1.5 voxels) between random points."""
+    radius = max(1.5, rng.uniform(0.05, 0.09) * scale * min(shape))
     ends = [np.array([rng.uniform(0.15 * s, 0.85 * s) for s in shape]) for _ in range(2)]
     axis = ends[1] - ends[0]
     rel = grid - ends[0].reshape((-1,) + (1,) * len(shape))
@@ -67,19 +67,23 @@ def make_phantom(
     noise_std: float = 0.35,
     bias: float = 0.25,
     texture: float = 0.6,
+    object_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A phantom -> (image (1, *S) float32, label (1, *S) int64) with classes 0..num_classes-1.
 
     Class c >= 1 paints 1..max_objects objects: ellipsoids for odd c, tubes for even c, striped with
     ``1 + texture sin(2 pi x / 4)`` across a random direction; later objects cover earlier ones (a class may end up
     hidden). Intensity: objects 1 +- 0.15, background 0, plus a smooth bias field of amplitude ``bias``, a random
-    gain in [0.8, 1.2] and offset in [-0.2, 0.2], then Gaussian noise of ``noise_std``.
+    gain in [0.8, 1.2] and offset in [-0.2, 0.2], then Gaussian noise of ``noise_std``. ``object_scale`` multiplies
+    the object sizes (ellipsoid radii 12-25% of the smallest side, tube radii 5-9%; radii stay below 45%).
     """
     shape = _check_shape(shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}.")
+    if not object_scale > 0:
+        raise ValueError(f"object_scale must be > 0, got {object_scale}.")
     if noise_std < 0 or bias < 0 or texture < 0:
         raise ValueError(f"noise_std, bias and texture must be >= 0, got {noise_std}, {bias}, {texture}.")
     rng = np.random.default_rng(seed)
@@ -88,7 +92,7 @@ def make_phantom(
     image = np.zeros(shape)
     for c in range(1, num_classes):
         for _ in range(int(rng.integers(1, max_objects + 1))):
-            mask = (_ellipsoid if c % 2 else _tube)(rng, grid, shape)
+            mask = (_ellipsoid if c % 2 else _tube)(rng, grid, shape, object_scale)
             value = 1.0 + rng.uniform(-0.15, 0.15)
             if c % 2 == 0:
                 direction = _rotation(rng, len(shape))[0]
