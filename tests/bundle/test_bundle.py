@@ -136,7 +136,7 @@ def test_checkpoint_export(trained, tmp_path):
     ckpt_export(
         net_id="network_def", filepath=str(exported), ckpt_file=str(trained["model"]), meta_file=META,
         config_file=config("train"), key_in_ckpt="state_dict", use_trace=True, input_shape=[1, 1, 16, 16, 16],
-        **TINY_NET,
+        converter_kwargs={"check_trace": False}, **TINY_NET,  # the documented command (the check fails at depth 4)
     )
     extra = {"metadata.json": "", "train.json": ""}
     module = torch.jit.load(str(exported), _extra_files=extra)
