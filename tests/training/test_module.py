@@ -152,7 +152,6 @@ def test_fit_logs_validates_on_ema_and_exports(tmp_path):
     assert {f"val/dice_{n}" for n in ("background", "outer_box", "inner_box")} <= scalars
     assert {"val/overlay_label", "val/overlay_prediction", "val/overlay_uncertainty"} <= images
     assert {f"val/{n}_HWD/image" for n in ("image", "label", "prediction", "uncertainty")} <= images
-    (tmp_path / "tags.json").write_text(json.dumps({"scalars": sorted(scalars), "images": sorted(images)}))
 
 
 def test_missing_file_fails_before_any_training_step(tmp_path):
