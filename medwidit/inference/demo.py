@@ -28,7 +28,7 @@ DEMO_SHAPE = (40, 36, 28)
 NUM_CLASSES = 3
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.5, 1.5, 1.5], "intensity": "zscore_nonzero", "num_modalities": 1}
 ROI = [16, 16, 16]
-SAMPLING = {"steps": 5, "num_samples": 2, "overlap": 0.5, "seed": 0}
+SAMPLING = {"steps": 4, "num_samples": 2, "overlap": 0.5, "seed": 0}
 
 
 def build_demo_segmenter(seed: int = 0) -> DiffusionSegmenter:

@@ -156,7 +156,7 @@ class Predictor:
             raise InputError(f"{path}: no such checkpoint file.")
         try:
             segmenter, config = load_segmenter(path, map_location="cpu")
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # torch.load raises pickle, struct, zip and runtime errors on a bad file
             raise InputError(f"{path}: not a readable medwidit checkpoint ({' '.join(str(e).split())[:200]}).") from e
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)

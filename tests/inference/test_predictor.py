@@ -1,0 +1,222 @@
+"""inference/predictor: the training pre-transforms, the ensemble and Invertd back to the input's exact grid; every
+input kind; files with per-case status, never-overwrite, resume; a bundle; clear errors."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn as nn
+from inference_volumes import oblique_affine, save_itk, save_nifti
+
+from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.inference import InputError, OutputError, Predictor, resolve_device, segment
+from medwidit.nets import WiDiT
+
+PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
+FAST = {"steps": 2, "num_samples": 2}
+
+
+def tiny_segmenter(modalities=1, classes=3, scale=0.05):
+    net = WiDiT(spatial_dim=3, in_channels=classes, cond_channels=modalities, hidden_size=32, depth=1, num_heads=2,
+                window_size=4, learn_sigma=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():  # random everywhere, so that the maps are not the adaLN-Zero constant
+            p.copy_(scale * torch.randn(p.shape, generator=generator))
+    return DiffusionSegmenter(net, num_classes=classes)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    save_segmenter(tiny_segmenter(), path, extra_config={"preprocessing": PREPROCESSING, "roi_size": [16, 16, 16]})
+    return path
+
+
+@pytest.fixture
+def volume():
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (14, 12, 10)), indexing="ij")
+    return (np.sin(i / 3.0) + np.cos(j / 4.0) + k / 10.0 + 2.0).astype(np.float32)
+
+
+def test_segment_returns_maps_on_the_input_grid(tmp_path, checkpoint, volume):
+    source = save_nifti(tmp_path / "case_0000.nii.gz", volume)
+    result = Predictor.from_checkpoint(checkpoint, device="cpu").segment(source, **FAST)
+    original = nib.load(source)
+    for image in (result.labels, result.probabilities, result.uncertainty):
+        np.testing.assert_array_equal(image.affine, original.affine)
+        np.testing.assert_array_equal(image.header.get_qform(), original.header.get_qform())
+        assert image.shape[:3] == volume.shape
+    assert result.probabilities.shape == (*volume.shape, 3) and result.labels.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(result.probability.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(result.label_map, result.probability.argmax(0))
+    assert 0 <= result.entropy.min() and result.entropy.max() <= np.log(3) + 1e-5
+    assert result.probability.std() > 1e-3  # a real, varying map
+
+
+class ThresholdOracle(nn.Module):
+    """Predicts x0 = the encoding of (image > 0.5) exactly: the segmentation is known in the input space."""
+
+    config = {"spatial_dim": 3, "patch_size": [1, 1, 1], "cond_channels": 1}
+
+    def forward(self, x, t, conditioned=None):
+        foreground = torch.tanh(50 * (conditioned - 0.5))
+        return torch.cat([-foreground, foreground], dim=1)
+
+
+@pytest.mark.parametrize("max_whole_voxels", [None, 0])
+def test_oracle_labels_survive_reorientation_resampling_and_inversion(tmp_path, max_whole_voxels):
+    """Through RAS reorientation, 1 mm resampling of an oblique 0.7/1.3/2.9 mm grid, the ensemble and Invertd, a
+    perfect predictor's labels land back on the input's voxels (only boundary voxels may move by resampling)."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (24, 16, 8)), indexing="ij")
+    distance = np.sqrt(((i - 11) * 0.7) ** 2 + ((j - 8) * 1.3) ** 2 + ((k - 4) * 2.9) ** 2)
+    image = np.clip(1.5 - distance / 6.0, 0, 1).astype(np.float32)  # a ball, smooth edge at 0.5 (d = 6 mm)
+    source = save_nifti(tmp_path / "ball.nii.gz", image)
+    predictor = Predictor(
+        DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", roi_size=8,
+        preprocessing={**PREPROCESSING, "intensity": "none"}, max_whole_voxels=max_whole_voxels,
+    )
+    result = predictor.segment(source, **FAST)
+    expected = image > 0.5
+    agreement = float((result.label_map.astype(bool) == expected).mean())
+    assert agreement > 0.97, agreement
+    assert result.label_map[11, 8, 4] == 1 and result.label_map[0, 0, 0] == 0
+
+
+def test_every_input_kind_gives_the_same_result(tmp_path, checkpoint, volume):
+    source = save_nifti(tmp_path / "case_0000.nii.gz", volume)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    reference = predictor.segment(source, **FAST)
+    loaded = nib.load(source)
+    for image, affine in (
+        (loaded, None), ([source], None), (volume, loaded.affine), (torch.from_numpy(volume)[None], loaded.affine)
+    ):
+        result = predictor.segment(image, affine=affine, generator=torch.Generator().manual_seed(0), **FAST)
+        np.testing.assert_array_equal(result.label_map, reference.label_map)
+        np.testing.assert_allclose(result.probability, reference.probability, atol=1e-6)
+        np.testing.assert_allclose(result.labels.affine, loaded.affine, atol=1e-6)
+
+
+def test_two_modalities_are_stacked_in_order_and_checked(tmp_path, volume):
+    path = tmp_path / "two.pt"
+    save_segmenter(tiny_segmenter(modalities=2), path, extra_config={"preprocessing": {"num_modalities": 2}})
+    predictor = Predictor.from_checkpoint(path, device="cpu", roi_size=16)
+    a, b = save_nifti(tmp_path / "c_0000.nii.gz", volume), save_nifti(tmp_path / "c_0001.nii.gz", volume[::-1].copy())
+    assert predictor.segment([a, b], **FAST).probability.shape == (3, *volume.shape)
+    with pytest.raises(InputError, match="c_0000.nii.gz: 1 modality.* where the model expects 2"):
+        predictor.segment(a, **FAST)
+    other = save_nifti(tmp_path / "d_0001.nii.gz", volume, affine=np.diag([1.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(InputError, match="d_0001.nii.gz: grid differs from the first modality"):
+        predictor.segment([a, other], **FAST)
+
+
+def test_nrrd_in_nrrd_out_with_its_geometry(tmp_path, checkpoint, volume):
+    source = save_itk(tmp_path / "scan.nrrd", volume)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    (result,) = predictor.predict_from_files(source, tmp_path / "out", save_uncertainty=True, progress=False, **FAST)
+    assert result.status == "done" and [p.name for p in result.outputs] == ["scan.nrrd", "scan_uncertainty.nrrd"]
+    original = sitk.ReadImage(str(source))
+    for path in result.outputs:
+        written = sitk.ReadImage(str(path))
+        assert written.GetSize() == original.GetSize() and written.GetOrigin() == original.GetOrigin()
+        np.testing.assert_allclose(written.GetSpacing(), original.GetSpacing(), rtol=1e-14)
+        np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-14)
+
+
+def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    save_nifti(inputs / "good_0000.nii.gz", volume)
+    (inputs / "bad_0000.nii.gz").write_bytes(b"not an image at all")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    out = tmp_path / "out"
+    run = lambda **kw: {r.name: r for r in predictor.predict_from_files(inputs, out, progress=False, **FAST, **kw)}  # noqa: E731
+    first = run(save_probabilities=True)
+    assert first["good"].status == "done" and first["bad"].status == "failed"
+    assert "bad_0000.nii.gz: cannot read the image" in first["bad"].message
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_probabilities.nii.gz"]  # nothing partial
+    again = run()
+    assert again["good"].status == "failed" and "good.nii.gz: already exists" in again["good"].message
+    assert run(resume=True)["good"].status == "skipped"
+    assert run(resume=True, save_uncertainty=True)["good"].status == "failed"  # uncertainty missing, nothing replaced
+    assert run(overwrite=True, save_uncertainty=True)["good"].status == "done"
+    assert sorted(p.name for p in out.iterdir()) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
+    with pytest.raises(ValueError, match="exclude each other"):
+        run(overwrite=True, resume=True)
+
+
+def test_an_output_never_replaces_an_input(tmp_path, checkpoint, volume):
+    save_nifti(tmp_path / "scan.nii.gz", volume)
+    (result,) = Predictor.from_checkpoint(checkpoint, device="cpu").predict_from_files(
+        tmp_path, tmp_path, overwrite=True, progress=False, **FAST
+    )
+    assert result.status == "failed" and "would replace an input" in result.message
+
+
+def test_bundle_and_checkpoint_loading(tmp_path, checkpoint):
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"roi_size": [24, 24, 24], "steps": "@x"}))
+    (bundle / "configs" / "train.json").write_text(json.dumps({"roi_size": [8, 8, 8], "sw_batch_size": 2}))
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert predictor.roi_size == [24, 24, 24] and predictor.sw_batch_size == 2
+    assert predictor.preprocessing["spacing"] == [1.0, 1.0, 1.0] and predictor.num_modalities == 1
+    assert Predictor.from_checkpoint(checkpoint, device="cpu").roi_size == [16, 16, 16]
+    with pytest.raises(InputError, match="not a trained bundle"):
+        Predictor.from_bundle(tmp_path, device="cpu")
+    with pytest.raises(InputError, match="no such checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(InputError, match="junk.pt: not a readable medwidit checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "junk.pt")
+
+
+def test_options_are_checked(tmp_path, checkpoint):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="auto, cpu, cuda"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="bfloat16"):
+        Predictor.from_checkpoint(checkpoint, device="cpu", precision="half")
+    with pytest.raises(ValueError, match="divisible by the network's patch_size"):
+        Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=15)
+    with pytest.raises(ValueError, match="exactly one of"):
+        segment(tmp_path / "x.nii.gz")
+
+
+def test_segment_convenience_is_the_predictor(tmp_path, checkpoint, volume):
+    source = save_nifti(tmp_path / "case.nii.gz", volume)
+    result = segment(source, checkpoint=checkpoint, device="cpu", **FAST)
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu").segment(source, **FAST)
+    np.testing.assert_array_equal(result.label_map, reference.label_map)
+    with pytest.raises(OutputError, match="output folder is not writable"):
+        Predictor.from_checkpoint(checkpoint, device="cpu").predict_from_files(source, source / "out")
+    np.testing.assert_allclose(oblique_affine(), nib.load(source).affine, atol=1e-6)
+
+
+def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(tmp_path, checkpoint, volume):
+    """The CUDA autocast path, exercised with CPU bfloat16: the network's matmuls run in bf16, the windows blend and
+    the scheduler steps in float32, and the maps stay close to a float32 run."""
+    source = save_nifti(tmp_path / "case.nii.gz", volume)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0)
+    reference = predictor.segment(source, **FAST)
+    seen = []
+    net_forward = predictor.segmenter.net.forward
+
+    def spy(*args, **kwargs):
+        out = net_forward(*args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    predictor.segmenter.net.forward = spy
+    predictor.autocast_dtype = torch.bfloat16  # what precision="auto" picks on a bf16-capable GPU
+    result = predictor.segment(source, **FAST)
+    assert set(seen) == {torch.bfloat16}
+    assert result.probability.dtype == np.float32
+    np.testing.assert_allclose(result.probability, reference.probability, atol=0.05)

@@ -1,0 +1,160 @@
+"""medwidit CLI: segment files and folders, one clear stderr line per bad input while the others still run, a
+non-zero exit, no partial output; --overwrite/--continue; multi-modal naming; the demo on a fresh folder."""
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medwidit.cli import main
+from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.nets import WiDiT
+
+FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
+AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 1.1, 0.2, -5.0], [0.0, -0.1, 2.5, 3.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
+    logger = logging.getLogger("medwidit")
+    state = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
+
+
+def _checkpoint(path, modalities=1):
+    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=modalities, hidden_size=32, depth=1, num_heads=2,
+                window_size=4, learn_sigma=False)
+    extra = {"preprocessing": {"spacing": [1.5, 1.5, 1.5], "num_modalities": modalities}, "roi_size": [16, 16, 16]}
+    save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
+    return str(path)
+
+
+def _nifti(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+    return path
+
+
+def _volume(shape=(12, 10, 8)):
+    return np.random.default_rng(0).random(shape).astype(np.float32)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _nifti(inputs / "good_0000.nii.gz", _volume())
+    return tmp_path, inputs, _checkpoint(tmp_path / "model.pt")
+
+
+def _truncated(path):
+    _nifti(path, _volume((24, 24, 24)))
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+BAD = {  # problem -> (how to make it under in/, what the error line says)
+    "missing file": (None, "missing_0000.nii.gz: no such file"),
+    "truncated file": (_truncated, "bad_0000.nii.gz: cannot read the image, the file is truncated or not an image"),
+    "not an image": (lambda p: p.write_text("hello"), "bad_0000.nii.gz: cannot read the image"),
+    "2D image": (lambda p: _nifti(p, _volume((12, 10))), r"bad_0000.nii.gz: 2D image of shape \(12, 10\) where a 3D"),
+    "4D image": (lambda p: _nifti(p, _volume((12, 10, 8, 2))), r"bad_0000.nii.gz: 4D image of shape \(12, 10, 8, 2\)"),
+    "NaN voxels": (lambda p: _nifti(p, np.where(_volume() > 0.5, np.nan, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
+    "inf voxels": (lambda p: _nifti(p, np.where(_volume() > 0.9, -np.inf, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
+    "wrong modalities": (
+        lambda p: (_nifti(p, _volume()), _nifti(p.with_name("bad_0001.nii.gz"), _volume())),
+        "bad: 2 modality file.* where the model expects 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD))
+def test_a_bad_case_gets_one_line_and_the_others_still_run(setup, capsys, problem):
+    tmp_path, inputs, checkpoint = setup
+    make, message = BAD[problem]
+    extra = []
+    if make is None:
+        extra = [str(inputs / "missing_0000.nii.gz")]
+    else:
+        make(inputs / "bad_0000.nii.gz")
+    code = main(["segment", "-i", str(inputs), *extra, "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medwidit: error:")]
+    assert code == 1
+    assert len(errors) == 1, errors
+    assert re.search(message, errors[0]), errors[0]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]  # nothing partial, nothing else
+
+
+def test_unwritable_output_folder_is_one_line(setup, capsys):
+    tmp_path, inputs, checkpoint = setup
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "out"
+    code = main(["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err == [f"medwidit: error: {out}: output folder is not writable (Not a directory)."]
+
+
+def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
+    tmp_path, inputs, checkpoint = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
+    assert main([*args, "--save-probabilities", "--save-uncertainty"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["good.nii.gz", "good_probabilities.nii.gz", "good_uncertainty.nii.gz"]
+    for name in names:
+        np.testing.assert_array_equal(nib.load(out / name).affine, nib.load(inputs / "good_0000.nii.gz").affine)
+    assert main(args) == 1 and "good.nii.gz: already exists" in capsys.readouterr().err
+    assert main([*args, "--continue"]) == 0
+    assert main([*args, "--overwrite"]) == 0
+    with pytest.raises(SystemExit) as usage:
+        main([*args, "--overwrite", "--continue"])
+    assert usage.value.code == 2
+
+
+def test_multimodal_cases_are_named_nnunet_style(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for c in range(2):
+        _nifti(inputs / f"case_{c:04d}.nii.gz", _volume() + c)
+    checkpoint = _checkpoint(tmp_path / "two.pt", modalities=2)
+    files = [str(p) for p in sorted(inputs.iterdir())]  # files, not a folder, this time
+    assert main(["segment", "-i", *files, "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["case.nii.gz"]
+
+
+def test_bad_model_options_are_one_line(setup, capsys):
+    tmp_path, inputs, checkpoint = setup
+    base = ["segment", "-i", str(inputs), "-o", str(tmp_path / "out")]
+    assert main([*base, "--checkpoint", str(tmp_path / "none.pt"), *FAST]) == 1
+    assert capsys.readouterr().err.strip() == f"medwidit: error: {tmp_path / 'none.pt'}: no such checkpoint file."
+    assert main([*base, "--bundle", str(tmp_path), *FAST]) == 1
+    assert "not a trained bundle" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*base, "--checkpoint", checkpoint, "--steps", "1", "--device", "cuda"]) == 1
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_demo_runs_on_a_fresh_folder(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--quiet", "--device", "cpu"]) == 0
+    report = capsys.readouterr().out
+    assert "UNTRAINED" in report
+    for mode in ("whole", "sliding"):
+        names = sorted(p.name for p in (tmp_path / "demo" / mode).iterdir())
+        assert names == ["phantom.nii.gz", "phantom_probabilities.nii.gz", "phantom_uncertainty.nii.gz"]
+        labels = nib.load(tmp_path / "demo" / mode / "phantom.nii.gz")
+        image = nib.load(tmp_path / "demo" / "images" / "phantom_0000.nii.gz")
+        np.testing.assert_array_equal(labels.affine, image.affine)
+        assert labels.shape == image.shape
+
+
+def test_python_dash_m_is_the_cli():
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "medwidit", "segment", "--help"], capture_output=True, text=True,
+                         cwd=root, timeout=120)
+    assert run.returncode == 0 and "--save-uncertainty" in run.stdout and "case_0000.nii.gz" in run.stdout
