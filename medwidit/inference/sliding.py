@@ -6,6 +6,13 @@ with the scheduler; at every step this callable evaluates the network on it, win
 ``SlidingWindowInferer`` (Gaussian blending, float32 accumulation) or on the whole volume at once where it fits the
 budget. Windows therefore never disagree and leave no seam -- unlike sampling each window to the end independently
 and averaging the results (Diff-UNet), which stitches unrelated samples.
+
+Two details keep the stitched result close to a whole-volume run of the same network:
+
+- windows start on the network's own grid (multiples of patch x attention window), so that inside a window the
+  network cuts the same patches and attention windows as on the whole volume; windows that reach past the volume
+  are cropped to it before the network sees them, as the whole volume is (no padding voxels become tokens);
+- the Gaussian blending weights are not clamped at 1e-3 as MONAI's are (see :func:`gaussian_weight_map`).
 """
 
 from __future__ import annotations
