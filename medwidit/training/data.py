@@ -209,8 +209,8 @@ class SegmentationDataModule(L.LightningDataModule):
             items = load_data_list(self.data_list, key, base_dir=self.dataset_dir)
             if split == "val" and self.max_val_volumes is not None:
                 items = items[: int(self.max_val_volumes)]
-            # only image and label travel: MONAI's Spacingd takes every "<key>_*" entry (e.g. a list's extra
-            # "label_neuromorphometrics" path) for a meta dict of <key> and fails on it
+            # only image and label travel: a list's extra entries (template names, alternative labels) are not for
+            # the transforms, and MONAI's Spacingd would take any "<key>_*" entry for a meta dict of <key>
             items = [{name: item[name] for name in KEYS} for item in items]
             transform = self.train_transforms() if split == "train" else self.val_transforms()
             logger.info("%s split %r of %s: %d volumes, cache=%s", split, key, self.data_list, len(items), self.cache)

@@ -305,3 +305,13 @@ def test_shipped_example_is_reproduced_from_the_cache(cache, tmp_path):
     for name, spec in sources.EXAMPLES.items():
         for key in ("image", "label"):
             assert sources.content_hash(made[f"{name}/{key}"]) == sources.content_hash(sources.EXAMPLES_DIR / spec[key])
+
+
+@pytest.mark.parametrize("name", ["brain_extraction", "tissue_classes"])
+def test_data_list_keys_do_not_collide_with_monai_meta_keys(name):
+    """MONAI dictionary transforms read "<key>_<postfix>" as metadata of <key>: "label_atlas" broke Spacingd."""
+    listing = json.loads((sources.REPO_DATA_LISTS / f"{name}.json").read_text())
+    for split in ("training", "validation", "test"):
+        for item in listing[split]:
+            clashes = [k for k in item if k != "image" and k != "label" and k.startswith(("image_", "label_"))]
+            assert not clashes, f"{name}.json {split}: keys {clashes} would be taken for MONAI metadata"
