@@ -1,0 +1,191 @@
+"""Segmentation and uncertainty quality of one case: Dice and HD95 per class, AUROC of an uncertainty map for finding
+wrong voxels, expected calibration error, and the boundary band where those numbers mean something.
+
+Dice and HD95 are MONAI's (``DiceMetric``, ``compute_hausdorff_distance`` with ``percentile=95`` and the voxel
+spacing); calibration bins are MONAI's ``calibration_binning``. Two things MONAI lacks are here: a top-label ECE
+(MONAI's ``CalibrationErrorMetric`` is class-wise, one-vs-rest per channel; both are reported) and an AUROC that
+scales to millions of voxels (``monai.metrics.compute_roc_auc`` walks the sorted scores in a Python loop; ``auroc``
+computes the same Mann-Whitney statistic, ties as half, with one sort).
+
+Background dominates a whole-volume number: most voxels lie far from any edge, are right, and carry no uncertainty,
+so AUROC and ECE look good there whatever the model does. ``boundary_band`` selects the voxels within a few mm of
+either the predicted or the true boundary, where segmentations are actually wrong; report both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import CalibrationErrorMetric, DiceMetric, calibration_binning, compute_hausdorff_distance
+from monai.networks.utils import one_hot
+from monai.transforms.utils import distance_transform_edt
+
+__all__ = ["auroc", "boundary_band", "expected_calibration_error", "segmentation_metrics", "uncertainty_quality"]
+
+
+def _tensor(x, dtype=None) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return x if dtype is None else x.to(dtype)
+
+
+def _spacing(spacing, spatial_dims: int) -> tuple[float, ...]:
+    spacing = (1.0,) * spatial_dims if spacing is None else tuple(float(s) for s in np.atleast_1d(spacing))
+    if len(spacing) == 1:
+        spacing = spacing * spatial_dims
+    if len(spacing) != spatial_dims or min(spacing) <= 0:
+        raise ValueError(f"spacing must be one positive value or one per spatial axis ({spatial_dims}), got {spacing}.")
+    return spacing
+
+
+def auroc(score, target) -> float:
+    """Area under the ROC curve of ``score`` for the binary ``target`` (any equal shapes): the Mann-Whitney U over
+    ``n_pos * n_neg`` with mid-ranks for ties, ``(sum of positive ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``.
+    NaN when ``target`` has a single class."""
+    score, target = _tensor(score).flatten().double(), _tensor(target).flatten().bool()
+    if score.shape != target.shape:
+        raise ValueError(
+            f"score and target must have the same number of elements, got {score.numel()} and {target.numel()}."
+        )
+    n_pos = int(target.sum())
+    n_neg = target.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    sorted_score, order = score.sort()
+    _, inverse, counts = torch.unique_consecutive(sorted_score, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()  # 1-based rank of each tie group's last member
+    mid_rank = ends - (counts.double() - 1) / 2  # mean rank of the group
+    positive_ranks = mid_rank[inverse][target[order]].sum()
+    return float((positive_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def expected_calibration_error(probability, label, *, num_bins: int = 15) -> dict[str, float]:
+    """ECE of class probabilities (K, N...) against integer labels (N...), equal-width bins on [0, 1]:
+
+    - ``ece``: top-label ECE (Guo et al. 2017), ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|`` with confidence
+      ``max_K p`` and accuracy ``argmax_K p == label``;
+    - ``ece_classwise``: MONAI ``CalibrationErrorMetric`` (expected), each class's ``p_k`` against ``label == k``,
+      averaged over the classes.
+    """
+    probability, label = _tensor(probability).float(), _tensor(label).long()
+    if probability.ndim < 2 or tuple(probability.shape[1:]) != tuple(label.shape):
+        raise ValueError(
+            f"probability must be (K, *S) and label (*S), got {tuple(probability.shape)} and {tuple(label.shape)}."
+        )
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}.")
+    if label.numel() == 0:
+        return {"ece": float("nan"), "ece_classwise": float("nan")}
+    k = probability.shape[0]
+    probability = probability.reshape(k, -1).contiguous()  # (K, N)
+    confidence, prediction = probability.max(dim=0)
+    correct = (prediction == label.flatten()).float()
+    mean_p, mean_acc, counts = calibration_binning(confidence[None, None], correct[None, None], num_bins=num_bins)
+    ece = torch.nansum((mean_p - mean_acc).abs() * counts) / counts.sum()
+    classwise = CalibrationErrorMetric(num_bins=num_bins, include_background=True, metric_reduction="none")
+    truth = one_hot(label.flatten()[None, None], num_classes=k, dim=1)  # (1, K, N)
+    per_class = classwise(y_pred=probability[None], y=truth)  # (1, K)
+    return {"ece": float(ece), "ece_classwise": float(per_class.nanmean())}
+
+
+def _edges(label: torch.Tensor) -> torch.Tensor:
+    """Voxels of an integer map (*S) with a face neighbour of another label, on both sides of every interface."""
+    edges = torch.zeros_like(label, dtype=torch.bool)
+    for axis in range(label.ndim):
+        n = label.shape[axis]
+        differs = label.narrow(axis, 1, n - 1) != label.narrow(axis, 0, n - 1)
+        edges.narrow(axis, 1, n - 1).logical_or_(differs)
+        edges.narrow(axis, 0, n - 1).logical_or_(differs)
+    return edges
+
+
+def boundary_band(labels: Sequence, *, width_mm: float, spacing=None) -> torch.Tensor:
+    """Bool mask (*S) of voxels within ``width_mm`` (Euclidean, in mm with ``spacing``) of a boundary of any of the
+    integer label maps (*S), e.g. ``[prediction, truth]``. A boundary voxel has a face neighbour of another label;
+    the volume's own faces are not boundaries."""
+    if not labels:
+        raise ValueError("labels must hold at least one label map.")
+    if not width_mm >= 0:
+        raise ValueError(f"width_mm must be >= 0, got {width_mm}.")
+    maps = [_tensor(m).long() for m in labels]
+    if any(m.shape != maps[0].shape for m in maps):
+        raise ValueError(f"label maps must share one shape, got {[tuple(m.shape) for m in maps]}.")
+    edges = torch.zeros_like(maps[0], dtype=torch.bool)
+    for m in maps:
+        edges |= _edges(m)
+    if not edges.any():
+        return edges
+    sampling = list(_spacing(spacing, edges.ndim))
+    distance = distance_transform_edt((~edges)[None].numpy().astype(np.uint8), sampling=sampling)[0]  # mm
+    return torch.as_tensor(distance <= width_mm)
+
+
+def segmentation_metrics(prediction, truth, *, num_classes: int, spacing=None) -> dict[str, list[float]]:
+    """Dice and HD95 (mm) per class, background included, of integer label maps (*S) -> ``{"dice": [K], "hd95": [K]}``.
+
+    Dice: MONAI ``DiceMetric(ignore_empty=False)`` (1 when a class is absent from both). HD95: MONAI
+    ``compute_hausdorff_distance(percentile=95, spacing=spacing)``, symmetric; NaN when a class is absent from the
+    truth, inf when the prediction misses a class that the truth has.
+    """
+    prediction, truth = _tensor(prediction).long(), _tensor(truth).long()
+    if prediction.shape != truth.shape:
+        raise ValueError(
+            f"prediction and truth must have one shape, got {tuple(prediction.shape)} and {tuple(truth.shape)}."
+        )
+    for name, m in (("prediction", prediction), ("truth", truth)):
+        if m.numel() and (m.min() < 0 or m.max() >= num_classes):
+            raise ValueError(f"{name} holds labels outside 0..{num_classes - 1}: {int(m.min())}..{int(m.max())}.")
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False, num_classes=num_classes)
+    dice_k = dice(y_pred=prediction[None, None], y=truth[None, None])[0]  # (K,)
+    pred_1h = one_hot(prediction[None, None], num_classes=num_classes, dim=1)
+    truth_1h = one_hot(truth[None, None], num_classes=num_classes, dim=1)
+    hd = torch.full((num_classes,), math.nan)
+    spacing = _spacing(spacing, prediction.ndim)
+    for k in range(num_classes):  # MONAI warns on every empty class; absent classes are set here instead
+        has_truth, has_pred = bool(truth_1h[0, k].any()), bool(pred_1h[0, k].any())
+        if has_truth and not has_pred:
+            hd[k] = math.inf
+        elif has_truth:
+            hd[k] = compute_hausdorff_distance(
+                pred_1h[:, k : k + 1],
+                truth_1h[:, k : k + 1],
+                include_background=True,
+                percentile=95,
+                spacing=list(spacing),
+            )[0, 0]
+    return {"dice": [float(v) for v in dice_k], "hd95": [float(v) for v in hd]}
+
+
+def uncertainty_quality(probability, uncertainty, truth, *, band=None, num_bins: int = 15) -> dict[str, dict]:
+    """How well a probability map (K, *S) and an uncertainty map (*S) (e.g. predictive entropy) describe the errors
+    of ``argmax_K probability`` against ``truth`` (*S): ``{"volume": {...}, "band": {...}}`` (band only when a bool
+    ``band`` mask is given), each with ``voxels``, ``error_rate``, ``auroc`` (uncertainty ranking wrong voxels above
+    right ones), ``ece`` (top-label) and ``ece_classwise``."""
+    probability, uncertainty, truth = _tensor(probability).float(), _tensor(uncertainty).float(), _tensor(truth).long()
+    if tuple(probability.shape[1:]) != tuple(truth.shape) or uncertainty.shape != truth.shape:
+        raise ValueError(
+            f"probability (K, *S), uncertainty (*S) and truth (*S) must share *S, got {tuple(probability.shape)}, "
+            f"{tuple(uncertainty.shape)} and {tuple(truth.shape)}."
+        )
+    wrong = probability.argmax(dim=0) != truth
+    regions = {"volume": None}
+    if band is not None:
+        band = _tensor(band).bool()
+        if band.shape != truth.shape:
+            raise ValueError(f"band must have the shape of truth {tuple(truth.shape)}, got {tuple(band.shape)}.")
+        regions["band"] = band
+    out = {}
+    for name, mask in regions.items():
+        if mask is None:
+            p, u, t, w = probability, uncertainty, truth, wrong
+        else:
+            p, u, t, w = probability[:, mask], uncertainty[mask], truth[mask], wrong[mask]
+        out[name] = {
+            "voxels": int(t.numel()),
+            "error_rate": float(w.float().mean()) if t.numel() else float("nan"),
+            "auroc": auroc(u, w),
+            **expected_calibration_error(p, t, num_bins=num_bins),
+        }
+    return out
