@@ -14,7 +14,7 @@ BUNDLE = REPOSITORY / "bundles" / "brain_widit_segmentation"
 CONFIGS = BUNDLE / "configs"
 META = str(CONFIGS / "metadata.json")
 LOGGING = str(CONFIGS / "logging.conf")
-NUM_CLASSES = 5
+NUM_CLASSES = json.loads((CONFIGS / "train.json").read_text())["num_classes"]  # the bundle's own task
 
 # a network small enough for a 2-core CPU: 32^3 files resampled to 2 mm -> 16^3 volumes, 16^3 crops and windows
 TINY_NET = {"hidden_size": 32, "depth": 1, "num_heads": 2, "steps": 2}
