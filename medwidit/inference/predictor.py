@@ -321,6 +321,9 @@ class Predictor:
             if clash:
                 raise InputError(f"{clash[0]}: the output would replace an input; choose another output folder.")
             existing = [path for path in targets.values() if path.exists()]
+            if existing and resume:
+                missing = ", ".join(path.name for path in targets.values() if not path.exists())
+                raise OutputError(f"{existing[0]}: exists but {missing} does not; pass --overwrite to redo the case.")
             if existing and not overwrite:
                 raise OutputError(
                     f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it or resume=True "

@@ -141,7 +141,8 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     again = run()
     assert again["good"].status == "failed" and "good.nii.gz: already exists" in again["good"].message
     assert run(resume=True)["good"].status == "skipped"
-    assert run(resume=True, save_uncertainty=True)["good"].status == "failed"  # uncertainty missing, nothing replaced
+    partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
+    assert partial.status == "failed" and "good_uncertainty.nii.gz does not; pass --overwrite" in partial.message
     assert run(overwrite=True, save_uncertainty=True)["good"].status == "done"
     assert sorted(p.name for p in out.iterdir()) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
     with pytest.raises(ValueError, match="exclude each other"):
