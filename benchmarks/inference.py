@@ -128,7 +128,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192])
@@ -150,7 +150,11 @@ def main() -> None:
     parser.add_argument("--note", default="shared 2-core CPU machine with other jobs running: absolute numbers are "
                         "noisy, compare the ratios (same run); CPU seconds of one thread")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
