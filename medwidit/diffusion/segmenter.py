@@ -50,7 +50,8 @@ class DiffusionSegmenter(nn.Module):
         scheduler: ``ddim`` or ``ddpm`` for Gaussian objectives, ``rflow`` for flow; None picks ``ddim``/``rflow``.
             It also sets the default sampler (``ddim``, ``ddpm``, ``flow_euler``).
         num_train_timesteps: T; the network sees t in [0, T] for every objective (DESIGN decision 7).
-        schedule, schedule_args: MONAI noise schedule name and its arguments (Gaussian objectives only).
+        schedule, schedule_args: MONAI noise schedule name and its arguments, e.g. ``{"beta_end": 0.02}`` (Gaussian
+            objectives only; the schedule decides how much of training happens at low signal-to-noise).
         learn_sigma: the net returns 2K channels, the second K interpolate the log-variance (improved DDPM).
         variance_type: DDPM sampler variance; default ``learned_range`` with ``learn_sigma``, else ``fixed_small``.
         aux_weight: weight of Dice + CE on the x0 estimate.
@@ -92,6 +93,10 @@ class DiffusionSegmenter(nn.Module):
         if (scheduler == "rflow") != (objective == "flow"):
             raise ValueError(
                 f"objective {objective!r} runs on scheduler {default_scheduler!r}, got scheduler={scheduler!r}."
+            )
+        if objective == "flow" and schedule_args:
+            raise ValueError(
+                f"schedule_args apply to Gaussian objectives; flow's linear path takes none, got {schedule_args}."
             )
         if learn_sigma and objective == "flow":
             raise ValueError("learn_sigma=True needs a Gaussian objective (sample, epsilon, v_prediction), not flow.")

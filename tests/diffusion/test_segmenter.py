@@ -117,6 +117,7 @@ def test_loss_parts_and_backward(spatial_dim):
         ({"objective": "flow", "scheduler": "ddim"}, "rflow"),
         ({"objective": "sample", "scheduler": "rflow"}, "ddim"),
         ({"objective": "flow", "learn_sigma": True}, "learn_sigma"),
+        ({"objective": "flow", "schedule_args": {"beta_end": 0.01}}, "schedule_args"),
         ({"schedule": "cosinus"}, "cosine"),
         ({"variance_type": "learned_range"}, "learn_sigma"),
         ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
