@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
     seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
+    seg.add_argument("--save-figure", action="store_true",
+                     help="also write case_figure.png: three orthogonal slices, label overlay and uncertainty")
     existing = seg.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     existing.add_argument("--continue", dest="resume", action="store_true", help="skip cases already done")
@@ -122,6 +124,7 @@ def _segment(args: argparse.Namespace) -> int:
     results = predictor.predict_from_files(
         args.input, args.output, overwrite=args.overwrite, resume=args.resume,
         save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
+        save_figure=args.save_figure,
         progress=not args.quiet, steps=args.steps, num_samples=args.samples, overlap=args.overlap, seed=args.seed,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}

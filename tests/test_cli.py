@@ -117,6 +117,16 @@ def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
     assert usage.value.code == 2
 
 
+def test_save_figure_writes_a_png_beside_the_maps(setup):
+    tmp_path, inputs, checkpoint = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
+    assert main([*args, "--save-uncertainty", "--save-figure"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_figure.png", "good_uncertainty.nii.gz"]
+    assert (out / "good_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*args, "--save-uncertainty", "--save-figure", "--continue"]) == 0  # the figure counts as an output
+
+
 def test_multimodal_cases_are_named_nnunet_style(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -31,7 +31,9 @@ class Case:
         return image_suffix(self.files[0]) or ".nii.gz"
 
     def output_path(self, output_dir: str | os.PathLike, kind: str = "labels") -> Path:
-        """Where output ``kind`` (labels, probabilities, uncertainty) of this case goes in ``output_dir``."""
+        """Where output ``kind`` (labels, probabilities, uncertainty, figure) of this case goes in ``output_dir``."""
+        if kind == "figure":
+            return Path(output_dir) / f"{self.name}_figure.png"
         return Path(output_dir) / f"{self.name}{OUTPUT_KINDS[kind]}{self.suffix.lower()}"
 
     def check_modalities(self, expected: int) -> None:

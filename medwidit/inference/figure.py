@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
@@ -85,12 +86,26 @@ def overlay_figure(
     return fig
 
 
+def image_figure(
+    image: nib.Nifti1Image, labels: nib.Nifti1Image, uncertainty: nib.Nifti1Image | None = None, *, title: str = ""
+) -> Figure:
+    """:func:`overlay_figure` of nibabel images on one grid, reoriented to RAS so that every view comes out upright."""
+    ras = [nib.as_closest_canonical(img) if img is not None else None for img in (image, labels, uncertainty)]
+    arrays = [np.asanyarray(img.dataobj) if img is not None else None for img in ras]
+    arrays = [a[..., 0] if a is not None and a.ndim == 4 and a.shape[-1] == 1 else a for a in arrays]
+    return overlay_figure(
+        arrays[0].astype(np.float32), arrays[1], arrays[2], spacing=ras[0].header.get_zooms()[:3], title=title
+    )
+
+
 def save_overlay_figure(path: str | os.PathLike, *args, overwrite: bool = False, **kwargs) -> Path:
-    """Write :func:`overlay_figure` to a PNG atomically (temporary name in the same folder, then rename)."""
+    """Write :func:`overlay_figure` (arrays) or :func:`image_figure` (nibabel images) to a PNG atomically."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    fig = overlay_figure(*args, **kwargs)
+    fig = image_figure(*args, **kwargs) if isinstance(args[0], nib.spatialimages.SpatialImage) else overlay_figure(
+        *args, **kwargs
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:

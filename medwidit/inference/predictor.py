@@ -26,6 +26,7 @@ from medwidit.data.transforms import check_preprocessing, preprocessing_transfor
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 
 from .cases import Case, find_cases
+from .figure import save_overlay_figure
 from .io import (
     ImageGeometry,
     InputError,
@@ -282,6 +283,7 @@ class Predictor:
         resume: bool = False,
         save_probabilities: bool = False,
         save_uncertainty: bool = False,
+        save_figure: bool = False,
         progress: bool = True,
         steps: int = 10,
         num_samples: int = 4,
@@ -292,12 +294,14 @@ class Predictor:
 
         A case whose outputs exist fails unless ``overwrite`` (replace) or ``resume`` (skip it) is given. A bad case
         fails alone with a one-line message; outputs are written all or nothing per case. Each case's ensemble is
-        seeded with ``seed``, so results do not depend on the order or the subset of cases.
+        seeded with ``seed``, so results do not depend on the order or the subset of cases. ``save_figure`` adds
+        ``<case>_figure.png``: three orthogonal slices with the label overlay and the uncertainty.
         """
         if overwrite and resume:
             raise ValueError("overwrite and resume exclude each other: replace finished cases, or skip them.")
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * save_probabilities + ["uncertainty"] * save_uncertainty
+        kinds += ["figure"] * save_figure
         results = []
         for case in find_cases(inputs):
             start = time.perf_counter()
@@ -332,10 +336,15 @@ class Predictor:
             generator = torch.Generator().manual_seed(seed)
             result = self.segment(list(case.files), generator=generator, progress=progress, **options)
             arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
+            images = {k: path for k, path in targets.items() if k != "figure"}
             write_images(
-                [OutputImage(arrays[k], result.geometry, path, k, self.num_classes - 1) for k, path in targets.items()],
+                [OutputImage(arrays[k], result.geometry, path, k, self.num_classes - 1) for k, path in images.items()],
                 overwrite=overwrite,
             )
+            if "figure" in targets:
+                image, geometry = read_image(case.files[0])
+                save_overlay_figure(targets["figure"], to_nibabel(image, geometry, "uncertainty"), result.labels,
+                                    result.uncertainty, title=case.name, overwrite=overwrite)
         except (InputError, OSError) as e:
             logger.error("%s", e)
             return CaseResult(case.name, "failed", message=str(e))
