@@ -68,6 +68,7 @@ def make_phantom(
     bias: float = 0.25,
     texture: float = 0.6,
     object_scale: float = 1.0,
+    class_contrast: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A phantom -> (image (1, *S) float32, label (1, *S) int64) with classes 0..num_classes-1.
 
@@ -76,6 +77,8 @@ def make_phantom(
     hidden). Intensity: objects 1 +- 0.15, background 0, plus a smooth bias field of amplitude ``bias``, a random
     gain in [0.8, 1.2] and offset in [-0.2, 0.2], then Gaussian noise of ``noise_std``. ``object_scale`` multiplies
     the object sizes (ellipsoid radii 12-25% of the smallest side, tube radii 5-9%; radii stay below 45%).
+    ``class_contrast`` > 0 moves class c's mean intensity to ``1 + class_contrast (c - 1)``: the classes then differ
+    in mean but still overlap through texture, noise, bias, gain and offset.
     """
     shape = _check_shape(shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -93,7 +96,7 @@ def make_phantom(
     for c in range(1, num_classes):
         for _ in range(int(rng.integers(1, max_objects + 1))):
             mask = (_ellipsoid if c % 2 else _tube)(rng, grid, shape, object_scale)
-            value = 1.0 + rng.uniform(-0.15, 0.15)
+            value = 1.0 + class_contrast * (c - 1) + rng.uniform(-0.15, 0.15)
             if c % 2 == 0:
                 direction = _rotation(rng, len(shape))[0]
                 value = value * (1 + texture * np.sin(2 * np.pi * np.tensordot(direction, grid, axes=1) / 4.0))

@@ -47,3 +47,13 @@ def test_dataset_items_and_errors():
         make_phantom((4, 4), seed=0)
     with pytest.raises(ValueError, match="num_classes"):
         PhantomDataset(2, (16, 16), num_classes=1)
+
+
+def test_class_contrast_and_object_scale():
+    base = make_phantom((24, 24, 24), num_classes=3, seed=3)
+    bigger = make_phantom((24, 24, 24), num_classes=3, seed=3, object_scale=2.0)
+    assert (bigger[1] > 0).sum() > (base[1] > 0).sum()
+    image, label = make_phantom((24, 24, 24), num_classes=3, seed=3, class_contrast=0.8)
+    assert image[label == 2].mean() - image[label == 1].mean() > 0.5
+    with pytest.raises(ValueError, match="object_scale"):
+        make_phantom((16, 16), seed=0, object_scale=0.0)
