@@ -78,34 +78,10 @@ class DiffusionSegmenter(nn.Module):
         clip_sample: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2 (background counts), got {num_classes!r}.")
-        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}.")
-        for name, value in (("aux_weight", aux_weight), ("vlb_weight", vlb_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
-        objective = look_up_option(objective, OBJECTIVES)
-        default_scheduler = "rflow" if objective == "flow" else "ddim"
-        scheduler = look_up_option(scheduler or default_scheduler, SCHEDULERS)
-        if (scheduler == "rflow") != (objective == "flow"):
-            raise ValueError(
-                f"objective {objective!r} runs on scheduler {default_scheduler!r}, got scheduler={scheduler!r}."
-            )
-        if objective == "flow" and schedule_args:
-            raise ValueError(
-                f"schedule_args apply to Gaussian objectives; flow's linear path takes none, got {schedule_args}."
-            )
-        if learn_sigma and objective == "flow":
-            raise ValueError("learn_sigma=True needs a Gaussian objective (sample, epsilon, v_prediction), not flow.")
-        schedule = look_up_option(schedule, NoiseSchedules.names)
-        variance_type = look_up_option(
-            variance_type or ("learned_range" if learn_sigma else "fixed_small"), VARIANCE_TYPES
+        _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob)
+        objective, scheduler, schedule, variance_type = _resolve_options(
+            objective, scheduler, schedule, schedule_args, learn_sigma, variance_type
         )
-        if variance_type == "learned_range" and not learn_sigma:
-            raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
         self.net = net
         self.num_classes = num_classes
         self.objective = objective
@@ -282,6 +258,39 @@ class DiffusionSegmenter(nn.Module):
             return output.float()
 
         return denoise
+
+
+def _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob) -> None:
+    for name, value, low in (("num_classes", num_classes, 2), ("num_train_timesteps", num_train_timesteps, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+    for name, value in (("aux_weight", aux_weight), ("vlb_weight", vlb_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    if not 0.0 <= cond_drop_prob < 1.0:
+        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
+
+
+def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma, variance_type) -> tuple:
+    """Look the option names up (nearest valid name on a miss) and check that they fit together."""
+    objective = look_up_option(objective, OBJECTIVES)
+    default_scheduler = "rflow" if objective == "flow" else "ddim"
+    scheduler = look_up_option(scheduler or default_scheduler, SCHEDULERS)
+    if (scheduler == "rflow") != (objective == "flow"):
+        raise ValueError(
+            f"objective {objective!r} runs on scheduler {default_scheduler!r}, got scheduler={scheduler!r}."
+        )
+    if objective == "flow" and schedule_args:
+        raise ValueError(
+            f"schedule_args apply to Gaussian objectives; flow's linear path takes none, got {schedule_args}."
+        )
+    if learn_sigma and objective == "flow":
+        raise ValueError("learn_sigma=True needs a Gaussian objective (sample, epsilon, v_prediction), not flow.")
+    schedule = look_up_option(schedule, NoiseSchedules.names)
+    variance_type = look_up_option(variance_type or ("learned_range" if learn_sigma else "fixed_small"), VARIANCE_TYPES)
+    if variance_type == "learned_range" and not learn_sigma:
+        raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
+    return objective, scheduler, schedule, variance_type
 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:
