@@ -123,11 +123,12 @@ def boundary_band(labels: Sequence, *, width_mm: float, spacing=None) -> torch.T
 
 
 def segmentation_metrics(prediction, truth, *, num_classes: int, spacing=None) -> dict[str, list[float]]:
-    """Dice and HD95 (mm) per class, background included, of integer label maps (*S) -> ``{"dice": [K], "hd95": [K]}``.
+    """Dice and HD95 (mm) per class of integer label maps (*S) -> ``{"dice": [K], "hd95": [K]}``.
 
-    Dice: MONAI ``DiceMetric(ignore_empty=False)`` (1 when a class is absent from both). HD95: MONAI
-    ``compute_hausdorff_distance(percentile=95, spacing=spacing)``, symmetric; NaN when a class is absent from the
-    truth, inf when the prediction misses a class that the truth has.
+    Dice: MONAI ``DiceMetric(ignore_empty=False)``, background included (1 when a class is absent from both). HD95:
+    MONAI ``compute_hausdorff_distance(percentile=95, spacing=spacing)``, symmetric, for the foreground classes; NaN
+    for the background (its boundary is the union of the others') and for a class absent from the truth, inf when
+    the prediction misses a class that the truth has.
     """
     prediction, truth = _tensor(prediction).long(), _tensor(truth).long()
     if prediction.shape != truth.shape:
@@ -143,7 +144,7 @@ def segmentation_metrics(prediction, truth, *, num_classes: int, spacing=None) -
     truth_1h = one_hot(truth[None, None], num_classes=num_classes, dim=1)
     hd = torch.full((num_classes,), math.nan)
     spacing = _spacing(spacing, prediction.ndim)
-    for k in range(num_classes):  # MONAI warns on every empty class; absent classes are set here instead
+    for k in range(1, num_classes):  # MONAI warns on every empty class; absent classes are set here instead
         has_truth, has_pred = bool(truth_1h[0, k].any()), bool(pred_1h[0, k].any())
         if has_truth and not has_pred:
             hd[k] = math.inf

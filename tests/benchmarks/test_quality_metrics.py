@@ -126,7 +126,7 @@ def test_dice_and_hd95_with_spacing():
     assert out["dice"][2] == 0.0 and out["dice"][3] == 1.0  # class 3 absent from both
     assert out["hd95"][1] == pytest.approx(4.0)  # every surface point moved 0 or 2 voxels; the 95th: 4 mm
     assert out["hd95"][2] == pytest.approx(6.0)
-    assert math.isnan(out["hd95"][3])
+    assert math.isnan(out["hd95"][3]) and math.isnan(out["hd95"][0])  # absent class; background
     missed = segmentation_metrics(torch.zeros_like(truth), truth, num_classes=3, spacing=2.0)
     assert missed["hd95"][1] == math.inf
     with pytest.raises(ValueError, match="outside"):
