@@ -174,16 +174,25 @@ class SlidingWindowDenoiser:
                 f"cond must be (B, C, *spatial) matching x_t {tuple(x_t.shape)} on batch and space, got "
                 f"{tuple(cond.shape)}."
             )
-        if self.runs_whole(x_t.shape):
-            return self._whole(x_t, t, cond)
-        return self._windows(x_t, t, cond)
+        chunk = self.whole_chunk(x_t.shape)
+        if chunk == 0:
+            return self._windows(x_t, t, cond)
+        parts = [  # batch elements are independent: chunks keep each whole-volume call within the budget
+            self._whole(x_t[i : i + chunk], t[i : i + chunk], None if cond is None else cond[i : i + chunk])
+            for i in range(0, x_t.shape[0], chunk)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def runs_whole(self, shape: Sequence[int]) -> bool:
-        """Whether an input of ``shape`` (B, K, *S) fits the budget for one whole-volume network call."""
+        """Whether an input of ``shape`` (B, K, *S) runs on whole volumes (in one or several calls) or in windows."""
+        return self.whole_chunk(shape) > 0
+
+    def whole_chunk(self, shape: Sequence[int]) -> int:
+        """Batch elements per whole-volume call within the voxel budget (0: one volume alone exceeds it)."""
         budget = self.max_whole_voxels
         if budget is None:
             budget = self.sw_batch_size * math.prod(self._roi_tuple(len(shape) - 2))
-        return math.prod(shape[:1]) * math.prod(shape[2:]) <= budget
+        return min(int(shape[0]), budget // max(math.prod(shape[2:]), 1))
 
     def _whole(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """One network call on the volume padded at its far faces to a multiple of the patch, cropped back."""

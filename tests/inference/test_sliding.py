@@ -101,6 +101,18 @@ def test_whole_volume_path_pads_to_the_patch_and_crops_back():
     assert torch.equal(out, x * cond + 7.0)
 
 
+def test_an_ensemble_over_the_budget_runs_whole_volumes_in_chunks_not_windows():
+    """4 samples x 2717 voxels exceed a 6000-voxel budget, one sample does not: whole calls of 2 samples each."""
+    x, t, cond = _inputs(3)  # (19, 13, 11)
+    x, cond = x.repeat(2, 1, 1, 1, 1)[:4], cond.repeat(2, 1, 1, 1, 1)[:4]
+    t = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    denoiser = SlidingWindowDenoiser(affine_net, 8, patch_size=1, max_whole_voxels=6000)
+    assert denoiser.whole_chunk(x.shape) == 2 and denoiser.runs_whole(x.shape)
+    out = denoiser(x, t, cond)
+    assert denoiser.num_calls == 2 and denoiser.num_windows == 4
+    torch.testing.assert_close(out, affine_net(x, t, cond))
+
+
 class PatchMeanNet(nn.Module):
     """Phase-sensitive analytic stand-in: every 2^d patch of x * cond + t gets its mean, as a patch embedding would.
     Windows that start off the patch grid would average other patches than the whole volume does."""
