@@ -3,8 +3,8 @@ data for the same wall-clock budget, Dice against DDIM steps and ensemble size, 
 
 What is compared
   medwidit     the bundle's checkpoint (default ``bundles/brain_widit_segmentation/models/model.pt``), sampled with
-               the bundle's inference steps and ensemble size; the network runs on the whole volume at every step
-               when it has at most ``--max-whole-voxels`` voxels, else in stitched sliding windows.
+               the bundle's inference steps and ensemble size, windows and whole-volume budget as ``medwidit
+               segment`` runs them (``--max-whole-voxels`` overrides the Predictor's whole-volume budget).
   basic_unet   MONAI ``BasicUNet`` (default features), DiceCE loss.
   swin_unetr   MONAI ``SwinUNETR`` (``feature_size=--swin-feature-size``), DiceCE loss.
 The baselines train on the bundle's own data module (``datamodule`` of ``configs/train.json``: the same data list
@@ -100,8 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--max-whole-voxels",
         type=int,
-        default=2**22,
-        help="medwidit runs the network on the whole volume up to this many voxels; 0 forces stitched windows",
+        default=None,
+        help="medwidit's network runs on whole volumes of up to this many voxels per call (default: the "
+        "Predictor's, sw_batch_size x roi voxels); 0 forces stitched windows",
     )
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated: basic_unet, swin_unetr")
     p.add_argument("--swin-feature-size", type=int, default=12)
@@ -603,7 +604,7 @@ def main(argv=None) -> dict:
         "overlap": args.overlap if args.overlap is not None else float(inference.get("overlap", 0.5)),
         "roi_size": list(predictor.roi_size),
         "sw_batch_size": predictor.sw_batch_size,
-        "max_whole_voxels": args.max_whole_voxels,
+        "max_whole_voxels": predictor.max_whole_voxels,
         "band_mm": args.band_mm,
         "ece_bins": ECE_BINS,
         "steps_list": args.steps_list,
