@@ -146,7 +146,7 @@ class DiffusionSegmenter(nn.Module):
         prediction, frac = self._split(self.net(x_t, t.float(), conditioned=cond), x0)
         prediction = prediction.float()
         parts = {"diffusion": F.mse_loss(prediction, training_target(self.objective, self.scheduler, x0, noise, t))}
-        x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t)
+        x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t, bounded_gradient=True)
         parts["aux"] = aux_dice_ce(x0_hat, label.to(image.device)) if self.aux_weight > 0 else x0_hat.new_zeros(())
         total = parts["diffusion"] + self.aux_weight * parts["aux"]
         if self.learn_sigma:

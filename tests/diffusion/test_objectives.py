@@ -5,7 +5,12 @@ import torch
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
 
 from medwidit.diffusion import DiffusionSegmenter, encode_labels
-from medwidit.diffusion.objectives import prediction_to_x0_eps, sample_training_timesteps, vlb_terms
+from medwidit.diffusion.objectives import (
+    prediction_to_x0_eps,
+    sample_training_timesteps,
+    vlb_terms,
+    x0_estimate,
+)
 from medwidit.diffusion.samplers import randn_like
 
 
@@ -104,3 +109,19 @@ def test_hybrid_loss_gradient_reaches_variance_channels_only_through_vlb():
     grad_simple = torch.autograd.grad(parts["diffusion"] + parts["aux"], net.weight)[0]
     assert grad_vlb[:2].abs().max() == 0 and grad_vlb[2:].abs().max() > 0  # stop-gradient on the mean
     assert grad_simple[2:].abs().max() == 0 and grad_simple[:2].abs().max() > 0
+
+
+@pytest.mark.parametrize("objective", ["sample", "epsilon", "v_prediction", "flow"])
+def test_aux_x0_estimate_keeps_its_value_and_bounds_its_gradient(objective):
+    scheduler = (RFlowScheduler if objective == "flow" else DDIMScheduler)(1000)
+    t = torch.tensor([0, 500, 999])
+    x_t = torch.randn(3, 2, 4, 4)
+    output = torch.randn(3, 2, 4, 4, requires_grad=True)
+    plain = x0_estimate(objective, scheduler, output, x_t, t)
+    bounded = x0_estimate(objective, scheduler, output, x_t, t, bounded_gradient=True)
+    assert torch.equal(plain, bounded)
+    (grad,) = torch.autograd.grad(bounded.sum(), output)
+    assert grad.abs().max() <= 1.0 + 1e-6  # |d x0 / d prediction| <= 1 for every objective and time
+    if objective == "epsilon":  # without the bound the noisiest sample's gradient is ~100x
+        (raw,) = torch.autograd.grad(plain.sum(), output)
+        assert raw[2].abs().max() > 50
