@@ -59,6 +59,31 @@ def _tag(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower() or "class"
 
 
+def ema_warmup_avg_fn(decay: float):
+    """EMA update with warm-up, ``d_n = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=n)``), for ``torch.optim.swa_utils.AveragedModel(avg_fn=...)``."""
+
+    def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        return d * averaged + (1.0 - d) * current
+
+    return ema_update
+
+
+class WarmupEMA(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging`` with the EMA warm-up of :func:`ema_warmup_avg_fn`.
+
+    Lightning's own EMA keeps a fixed decay from the first step: with decay 0.995 a run of a few hundred steps still
+    carries 0.995^n of the initial, zero-output weights (0.64 after 90 steps), and validation and export saw a model
+    that predicted x0 = +-0.3 where the raw weights predicted +-1 (Dice 0.73 vs 0.92 on the brain task).
+    """
+
+    def __init__(self, decay: float = 0.999, **kwargs) -> None:
+        super().__init__(decay=decay, **kwargs)
+        self._kwargs["avg_fn"] = ema_warmup_avg_fn(decay)  # WeightAveraging hands _kwargs to AveragedModel
+
+
 class DiffusionSegmentationModule(L.LightningModule):
     """Trains a :class:`~medwidit.diffusion.DiffusionSegmenter` and validates it by sampling whole volumes.
 
@@ -175,7 +200,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         if not self.hparams.ema_decay:
             return []
         start = self.hparams.ema_start_step or None
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay, update_starting_at_step=start)]
+        return [WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start)]
 
     ##################################################################################################################
     # Validation: sample whole volumes (on the EMA weights, swapped in by the callback), Dice per class
