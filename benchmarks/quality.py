@@ -113,6 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help=f"result JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--num-workers", type=int, default=None, help="baselines' DataLoader workers (default: bundle's)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny budget, steps 1-2, samples 1-2")
     args = p.parse_args(argv)
     if args.quick:
@@ -166,6 +167,8 @@ def load_recipe(args) -> dict:
         task = by_file[bundle_list.name]
     data_list = sources.REPO_DATA_LISTS / TASKS[task]
     parser["data_list"] = str(data_list)
+    if args.num_workers is not None:  # loading only: the crops and augmentation stay the bundle's
+        parser["num_workers"] = args.num_workers
     listing = json.loads(data_list.read_text())
     datamodule = parser.get_parsed_content("datamodule")
     return {
