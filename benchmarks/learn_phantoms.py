@@ -1,0 +1,274 @@
+"""Proof that medwidit learns: a small WiDiT trained on seeded synthetic 3D phantoms on the CPU, per objective.
+
+Trains one model per objective (sample = x0, epsilon, v_prediction, flow) for a fixed budget of process CPU seconds
+each, on one thread (fair between models on a machine shared with others, where a second thread's spin-waits would
+inflate CPU time; the wall clock is recorded too), samples held-out phantoms
+with the EMA weights (DDIM 1/2/5/10/25 steps for the x0 model, 10 steps for the others) and prints Dice per class. A
+MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, and an intensity-threshold oracle
+(thresholds tuned on the test set itself) shows what intensity alone achieves. Writes
+benchmarks/results/learn_phantoms.json.
+
+Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
+striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),
+background 0; plus a smooth bias field (0.25), random gain (0.8..1.2) and offset (+-0.2) and Gaussian noise 0.35.
+
+    .venv/bin/python benchmarks/learn_phantoms.py            # about 520 CPU seconds on one thread: ~9 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from monai.networks.nets import BasicUNet
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from medwidit.data.phantoms import make_phantom  # noqa: E402
+from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
+from medwidit.nets import WiDiT  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "learn_phantoms.json"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=32, help="phantom side (voxels)")
+    parser.add_argument("--classes", type=int, default=3, help="K, background included")
+    parser.add_argument("--object-scale", type=float, default=2.0, help="phantom object size factor")
+    parser.add_argument("--class-contrast", type=float, default=0.8, help="mean intensity step between classes")
+    parser.add_argument("--train-pool", type=int, default=192, help="training phantoms (seeds 0..n-1)")
+    parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds 10^6 + i)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--x0-seconds", type=float, default=200.0, help="CPU-second budget of the x0 model and of the UNet"
+    )
+    parser.add_argument("--other-seconds", type=float, default=45.0, help="CPU-second budget of epsilon, v and flow")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--objectives", default="sample,epsilon,v_prediction,flow")
+    parser.add_argument("--x0-steps", default="1,2,5,10,25", help="DDIM step counts for the x0 model")
+    parser.add_argument("--aux-weight", type=float, default=1.0)
+    parser.add_argument("--ema", type=float, default=0.99, help="EMA decay of the diffusion models' weights")
+    parser.add_argument("--schedule", default="linear_beta", help="MONAI noise schedule (Gaussian objectives)")
+    parser.add_argument("--mlp-ratio", type=float, default=4.0)
+    parser.add_argument("--no-unet", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = work, no spin-waits)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def phantoms(seeds, args) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = [
+        make_phantom(
+            (args.size,) * 3,
+            num_classes=args.classes,
+            seed=s,
+            object_scale=args.object_scale,
+            class_contrast=args.class_contrast,
+        )
+        for s in seeds
+    ]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (N, 1, D, H, W)
+
+
+def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> list[float]:
+    """Mean over volumes of the Dice of each foreground class (argmax labels (N, 1, *S))."""
+    onehot = lambda x: F.one_hot(x[:, 0].long(), num_classes).movedim(-1, 1)  # noqa: E731
+    dice = compute_dice(onehot(pred), onehot(label), include_background=False)  # (N, K-1)
+    return [round(float(v), 4) for v in torch.nanmean(dice, dim=0)]
+
+
+def cosine_lr(optimizer, base_lr: float, fraction: float, warmup: float = 0.05) -> None:
+    lr = base_lr * min(1.0, fraction / warmup) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
+    for group in optimizer.param_groups:
+        group["lr"] = max(lr, base_lr * 0.02)
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """Exponential moving average of the weights, with the usual warm-up ``min(decay, (1 + n) / (10 + n))``."""
+    rate = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for averaged, current in zip(ema.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current, 1 - rate)
+
+
+def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -> dict:
+    """AdamW with warm-up and a cosine decay over the budget; batches drawn from the training pool.
+
+    The budget is process CPU time (all threads), so that models get the same compute on a machine shared with others;
+    wall-clock time is recorded beside it.
+    """
+    images, labels = data
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    losses, start, wall, step = [], time.process_time(), time.perf_counter(), 0
+    while (elapsed := time.process_time() - start) < seconds:
+        cosine_lr(optimizer, args.lr, elapsed / seconds)
+        index = torch.randint(0, images.shape[0], (args.batch,), generator=generator)
+        loss = loss_fn(images[index], labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if ema is not None:
+            update_ema(ema, model, step, args.ema)
+        losses.append(loss.item())
+        step += 1
+    head, tail = np.mean(losses[:10]), np.mean(losses[-10:])
+    return {
+        "steps": step,
+        "cpu_seconds": round(time.process_time() - start, 1),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+        "loss_first10": round(float(head), 4),
+        "loss_last10": round(float(tail), 4),
+    }
+
+
+def widit(args) -> WiDiT:
+    return WiDiT(
+        spatial_dim=3,
+        patch_size=args.patch,
+        in_channels=args.classes,
+        cond_channels=1,
+        hidden_size=args.hidden,
+        depth=args.depth,
+        num_heads=4,
+        window_size=args.window,
+        learn_sigma=False,
+    )
+
+
+def run_objective(objective: str, train, test, args) -> dict:
+    torch.manual_seed(args.seed)
+    segmenter = DiffusionSegmenter(
+        widit(args), num_classes=args.classes, objective=objective, aux_weight=args.aux_weight, schedule=args.schedule
+    )
+    ema = copy.deepcopy(segmenter).requires_grad_(False)
+    generator = torch.Generator().manual_seed(args.seed)
+    seconds = args.x0_seconds if objective == "sample" else args.other_seconds
+    record = train_for(
+        segmenter, lambda x, y: segmenter.loss(x, y, generator=generator)["loss"], train, seconds, args, generator, ema
+    )
+    step_counts = [int(s) for s in args.x0_steps.split(",")] if objective == "sample" else [10]
+    for name, model in (("dice", ema.eval()), ("dice_without_ema", segmenter.eval())):
+        record[name] = {}
+        for steps in step_counts if name == "dice" else [10]:
+            start = time.perf_counter()
+            samples = model.sample(test[0], steps=steps, generator=torch.Generator().manual_seed(1))[0]
+            record[name][str(steps)] = dice_per_class(to_labels(to_probabilities(samples)), test[1], args.classes)
+            if name == "dice":
+                record.setdefault("sample_seconds", {})[str(steps)] = round(time.perf_counter() - start, 2)
+    return record
+
+
+def run_unet(train, test, args) -> dict:
+    torch.manual_seed(args.seed)
+    net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=args.classes, features=(16, 16, 32, 64, 128, 16))
+    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    record = train_for(
+        net, lambda x, y: criterion(net(x), y), train, args.x0_seconds, args, torch.Generator().manual_seed(args.seed)
+    )
+    net.eval()
+    with torch.no_grad():
+        record["dice"] = dice_per_class(net(test[0]).argmax(1, keepdim=True), test[1], args.classes)
+    return record
+
+
+def threshold_oracle(test, args, candidates: int = 17) -> dict:
+    """Intensity alone, tuned on the test set itself: classes ordered by their mean intensity, K - 1 thresholds
+    chosen from quantiles of the image to maximise the mean Dice."""
+    images, labels = test
+    means = [float(images[labels == c].mean()) if (labels == c).any() else 0.0 for c in range(args.classes)]
+    order = torch.tensor(np.argsort(means))
+    grid = np.quantile(images.numpy(), np.linspace(0.02, 0.98, candidates))
+    best = None
+    for thresholds in itertools.combinations(grid, args.classes - 1):
+        pred = order[torch.bucketize(images, torch.tensor(thresholds, dtype=images.dtype))]
+        dice = dice_per_class(pred, labels, args.classes)
+        if best is None or np.nanmean(dice) > np.nanmean(best[1]):
+            best = ([round(float(t), 3) for t in thresholds], dice)
+    return {"thresholds": best[0], "dice": best[1]}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)  # a script may set threads; one thread keeps CPU time honest under load
+    torch.manual_seed(args.seed)
+    wall, cpu = time.perf_counter(), time.process_time()
+    train = phantoms(range(args.train_pool), args)
+    test = phantoms(range(10**6, 10**6 + args.test), args)
+    fractions = torch.bincount(test[1].flatten(), minlength=args.classes).float() / test[1].numel()
+    print(
+        f"data: {args.train_pool} train / {args.test} test phantoms {args.size}^3, class fractions "
+        f"{[round(float(f), 3) for f in fractions]}, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    results = {"objectives": {}}
+    for objective in args.objectives.split(","):
+        results["objectives"][objective] = run_objective(objective, train, test, args)
+        print(objective, json.dumps(results["objectives"][objective]), flush=True)
+    if not args.no_unet:
+        results["basic_unet_dice_ce"] = run_unet(train, test, args)
+        print("BasicUNet", json.dumps(results["basic_unet_dice_ce"]), flush=True)
+    results["intensity_threshold_oracle"] = threshold_oracle(test, args)
+    results["wall_clock_seconds"] = round(time.perf_counter() - wall, 1)
+    results["cpu_seconds"] = round(time.process_time() - cpu, 1)
+    results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results["machine"] = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "note": "shared machine: other engineers' jobs ran at the same time, so the wall clock is noisy",
+    }
+    print_table(results, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wall clock {results['wall_clock_seconds']} s, CPU {results['cpu_seconds']} s -> {args.out}")
+
+
+def print_table(results: dict, args) -> None:
+    classes = [f"class {c}" for c in range(1, args.classes)]
+    print(f"\n| model | steps | {' | '.join(classes)} | mean | train steps |")
+    print("|---|---|" + "---|" * (len(classes) + 2))
+    for objective, record in results["objectives"].items():
+        for steps, dice in record["dice"].items():
+            print(
+                f"| WiDiT {objective} | {steps} | {' | '.join(f'{d:.3f}' for d in dice)} | "
+                f"{np.nanmean(dice):.3f} | {record['steps']} |"
+            )
+    if "basic_unet_dice_ce" in results:
+        unet = results["basic_unet_dice_ce"]
+        print(
+            f"| BasicUNet DiceCE | - | {' | '.join(f'{d:.3f}' for d in unet['dice'])} | "
+            f"{np.nanmean(unet['dice']):.3f} | {unet['steps']} |"
+        )
+    oracle = results["intensity_threshold_oracle"]["dice"]
+    print(
+        f"| intensity threshold (oracle) | - | {' | '.join(f'{d:.3f}' for d in oracle)} | "
+        f"{np.nanmean(oracle):.3f} | - |"
+    )
+
+
+if __name__ == "__main__":
+    main()
