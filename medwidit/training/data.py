@@ -21,8 +21,11 @@ from monai.transforms import (
     CropForegroundd,
     EnsureTyped,
     MapTransform,
+    RandAdjustContrastd,
+    RandBiasFieldd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -87,7 +90,8 @@ class SegmentationDataModule(L.LightningDataModule):
         foreground_margin: margin in voxels of the foreground crop (image > 0) done before cropping patches;
             None disables the foreground crop.
         flip_prob, rotate_prob, rotate_degrees, intensity_prob: augmentation (flip per axis, small rotations,
-            intensity scale and shift by up to 10 %); a probability of 0 removes the transform.
+            intensity scale and shift by up to 10 %, gamma 0.7-1.5, bias field, Gaussian noise); a probability of 0
+            removes the transform.
         cache: "memory" (`CacheDataset`), "disk" (`PersistentDataset` in `cache_dir`) or "none".
         cache_rate: fraction of volumes kept in memory with cache="memory".
         num_workers: DataLoader workers (and CacheDataset's loading threads).
@@ -167,9 +171,12 @@ class SegmentationDataModule(L.LightningDataModule):
             angle = float(np.deg2rad(self.rotate_degrees))
             ranges = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
             out.append(RandRotated(KEYS, prob=self.rotate_prob, mode=("bilinear", "nearest"), **ranges))
-        if self.intensity_prob > 0:
+        if self.intensity_prob > 0:  # scanner differences: gain, offset, contrast curve, coil bias field, noise
             out.append(RandScaleIntensityd("image", factors=0.1, prob=self.intensity_prob))
             out.append(RandShiftIntensityd("image", offsets=0.1, prob=self.intensity_prob))
+            out.append(RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=self.intensity_prob))
+            out.append(RandBiasFieldd("image", coeff_range=(0.0, 0.2), prob=self.intensity_prob))
+            out.append(RandGaussianNoised("image", std=0.05, prob=self.intensity_prob))
         return out
 
     def train_transforms(self) -> Compose:
