@@ -150,17 +150,20 @@ def test_bad_model_options_are_one_line(setup, capsys):
         assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_demo_runs_on_a_fresh_folder(tmp_path, capsys):
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--quiet", "--device", "cpu"]) == 0
+def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--quiet", "--device", "cpu", "--steps", "2", "--samples", "1"]) == 0
     report = capsys.readouterr().out
-    assert "UNTRAINED" in report
-    for mode in ("whole", "sliding"):
-        names = sorted(p.name for p in (tmp_path / "demo" / mode).iterdir())
-        assert names == ["phantom.nii.gz", "phantom_probabilities.nii.gz", "phantom_uncertainty.nii.gz"]
-        labels = nib.load(tmp_path / "demo" / mode / "phantom.nii.gz")
-        image = nib.load(tmp_path / "demo" / "images" / "phantom_0000.nii.gz")
-        np.testing.assert_array_equal(labels.affine, image.affine)
-        assert labels.shape == image.shape
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["colin27_head_2mm_image.nii.gz", "colin27_head_2mm_image_figure.png",
+                     "colin27_head_2mm_image_uncertainty.nii.gz"]
+    dice = float(report.split("Dice")[1].split()[0])  # the shipped model's held-out quality is benchmark business
+    assert 0.0 <= dice <= 1.0 and "held out from training" in report, report
+    labels = nib.load(out / "colin27_head_2mm_image.nii.gz")
+    brain_ml = float((np.asanyarray(labels.dataobj) == 1).sum() * np.prod(labels.header.get_zooms()[:3]) / 1000)
+    assert f"brain      {brain_ml:.0f} mL" in report  # millilitres from the written label map's voxel spacing
+    assert main(["demo", "-o", str(out), "--quiet", "--device", "cpu", "--steps", "1", "--samples", "1"]) == 1
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_python_dash_m_is_the_cli():
