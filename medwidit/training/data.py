@@ -26,9 +26,12 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSharpend,
+    RandGaussianSmoothd,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandZoomd,
     SpatialPadd,
 )
 from monai.utils import look_up_option
@@ -89,9 +92,9 @@ class SegmentationDataModule(L.LightningDataModule):
         num_samples, pos, neg: `RandCropByPosNegLabeld` settings (crops per volume, foreground/background ratio).
         foreground_margin: margin in voxels of the foreground crop (image > 0) done before cropping patches;
             None disables the foreground crop.
-        flip_prob, rotate_prob, rotate_degrees, intensity_prob: augmentation (flip per axis, small rotations,
-            intensity scale and shift by up to 10 %, gamma 0.7-1.5, bias field, Gaussian noise); a probability of 0
-            removes the transform.
+        flip_prob, rotate_prob, rotate_degrees, zoom_prob, intensity_prob: augmentation (flip per axis, small
+            rotations, zoom 0.85-1.15, intensity scale and shift by up to 10 %, gamma 0.7-1.5, bias field, Gaussian
+            noise, smoothing or sharpening); a probability of 0 removes the transform.
         cache: "memory" (`CacheDataset`), "disk" (`PersistentDataset` in `cache_dir`) or "none".
         cache_rate: fraction of volumes kept in memory with cache="memory".
         num_workers: DataLoader workers (and CacheDataset's loading threads).
@@ -114,6 +117,7 @@ class SegmentationDataModule(L.LightningDataModule):
         foreground_margin: int | None = 8,
         flip_prob: float = 0.5,
         rotate_prob: float = 0.2,
+        zoom_prob: float = 0.2,
         rotate_degrees: float = 10.0,
         intensity_prob: float = 0.3,
         cache: str = "memory",
@@ -129,7 +133,9 @@ class SegmentationDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("num_samples", num_samples)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
-        for name, value in (("flip_prob", flip_prob), ("rotate_prob", rotate_prob), ("intensity_prob", intensity_prob)):
+        probabilities = {"flip_prob": flip_prob, "rotate_prob": rotate_prob, "zoom_prob": zoom_prob,
+                         "intensity_prob": intensity_prob}
+        for name, value in probabilities.items():
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
         if int(num_workers) < 0:
@@ -147,7 +153,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size, self.num_samples = int(batch_size), int(num_samples)
         self.pos, self.neg = float(pos), float(neg)
         self.foreground_margin = foreground_margin
-        self.flip_prob, self.rotate_prob = float(flip_prob), float(rotate_prob)
+        self.flip_prob, self.rotate_prob, self.zoom_prob = float(flip_prob), float(rotate_prob), float(zoom_prob)
         self.intensity_prob = float(intensity_prob)
         self.rotate_degrees = float(rotate_degrees)
         self.cache_dir, self.cache_rate = cache_dir, float(cache_rate)
@@ -171,12 +177,20 @@ class SegmentationDataModule(L.LightningDataModule):
             angle = float(np.deg2rad(self.rotate_degrees))
             ranges = {"range_x": angle} if spatial_dims == 2 else {"range_x": angle, "range_y": angle, "range_z": angle}
             out.append(RandRotated(KEYS, prob=self.rotate_prob, mode=("bilinear", "nearest"), **ranges))
+        if self.zoom_prob > 0:  # head and brain sizes differ between people
+            image_mode = "trilinear" if spatial_dims == 3 else "bilinear"
+            out.append(RandZoomd(KEYS, prob=self.zoom_prob, min_zoom=0.85, max_zoom=1.15, mode=(image_mode, "nearest"),
+                                 keep_size=True))
         if self.intensity_prob > 0:  # scanner differences: gain, offset, contrast curve, coil bias field, noise
             out.append(RandScaleIntensityd("image", factors=0.1, prob=self.intensity_prob))
             out.append(RandShiftIntensityd("image", offsets=0.1, prob=self.intensity_prob))
             out.append(RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=self.intensity_prob))
             out.append(RandBiasFieldd("image", coeff_range=(0.0, 0.2), prob=self.intensity_prob))
-            out.append(RandGaussianNoised("image", std=0.05, prob=self.intensity_prob))
+            out.append(RandGaussianNoised("image", std=0.1, prob=self.intensity_prob))
+            # templates are smooth averages, scans are sharper or blurrier than them
+            out.append(RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0),
+                                           prob=self.intensity_prob / 2))
+            out.append(RandGaussianSharpend("image", prob=self.intensity_prob / 2))
         return out
 
     def train_transforms(self) -> Compose:
