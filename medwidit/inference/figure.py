@@ -110,6 +110,7 @@ def save_overlay_figure(path: str | os.PathLike, *args, overwrite: bool = False,
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; the figure is as readable as the maps beside it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

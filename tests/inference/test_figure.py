@@ -21,6 +21,7 @@ def test_figure_is_a_png_with_both_rows(tmp_path):
     pixels = imread(path)
     assert pixels.shape[0] > 700 and pixels.shape[1] > 1000  # two rows of three panels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.png"]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
 
 
 def test_figure_never_overwrites_unless_asked(tmp_path):
