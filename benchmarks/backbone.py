@@ -24,10 +24,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 
 CONFIGS = [  # (position, attention); the first is the reference
     ("relative", "window"),
@@ -100,15 +101,7 @@ def memory_worker(spec: dict) -> dict:
 
 
 def measure_memory(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"memory run timed out after {timeout:.0f} s"}
-    if proc.returncode:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-        return {"error": "out of memory" if "out of memory" in proc.stderr.lower() else tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, spec, timeout)
 
 
 def measure_time(spec: dict, repeats: int, budget: float) -> list[dict]:

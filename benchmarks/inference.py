@@ -25,10 +25,11 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -100,15 +101,7 @@ def planned_windows(size: int, roi: int, overlap: float, align: int) -> int:
 
 
 def run(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-        return {"error": "out of memory" if "out of memory" in proc.stderr.lower() else tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, spec, timeout)
 
 
 def table(rows: list[dict]) -> str:
