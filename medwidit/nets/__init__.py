@@ -2,12 +2,13 @@
 
 from .attention import FactorizedAttention, WindowAttention
 from .blocks import WiDiTBlock, WiDiTFinalLayer
-from .embed import PatchEmbed, TimestepEmbedder, Unpatchify
+from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import Mlp, SwiGLU, WiDiTInputError, modulate
 from .widit import PRESETS, WiDiT, load_widit, save_widit, widit_preset
 
 __all__ = [
     "PRESETS",
+    "ConvPatchEmbed",
     "FactorizedAttention",
     "Mlp",
     "PatchEmbed",

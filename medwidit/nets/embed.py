@@ -1,4 +1,4 @@
-"""Embeddings in and out of token space: PatchEmbed, Unpatchify (transposed conv), TimestepEmbedder."""
+"""Embeddings in and out of token space: PatchEmbed, ConvPatchEmbed, Unpatchify (transposed conv), TimestepEmbedder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from .layers import WiDiTInputError, choose
 
 UNPATCHIFY_INITS = ("default", "zeros", "fan_in")
+EMBEDS = ("patch", "conv")  # WiDiT(embed=...): one linear projection per patch, or a stride-2 convolutional stem
 
 
 def check_divisible(name: str, spatial: Sequence[int], patch: Sequence[int]) -> None:
@@ -48,6 +49,63 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_divisible("input", x.shape[2:], self.patch_size)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, T, hidden)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each voxel of (B, C, *S): local statistics only, unlike batch or instance norm,
+    so a sliding window computes what the whole volume computes away from its border."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class ConvPatchEmbed(nn.Module):
+    """(B, C, *S) -> (B, T, hidden) tokens by an early-convolution stem (Xiao et al. 2021, "Early convolutions help
+    transformers see better") instead of one linear map per patch.
+
+    Each factor 2 of the patch is one stage: a 3^N convolution with stride 2 on the axes still to be reduced (1 on
+    the others), :class:`ChannelLayerNorm` and GELU, the width doubling up to ``hidden_size / 2``; a 1^N convolution
+    projects to ``hidden_size``. The token grid is the same as :class:`PatchEmbed`'s, but a token sees its patch's
+    neighbourhood through non-linear filters, not a single linear function of its own voxels' intensities. Patch
+    sizes must be powers of two (a patch of 1 is one stride-1 stage).
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: Sequence[int] | int, spatial_dim: int) -> None:
+        super().__init__()
+        self.patch_size = ensure_tuple_rep(patch_size, spatial_dim)
+        bad = [p for p in self.patch_size if p < 1 or p & (p - 1)]
+        if bad:
+            raise ValueError(f"embed='conv' needs power-of-two patch sizes, got patch_size {self.patch_size}.")
+        conv = (nn.Conv2d, nn.Conv3d)[spatial_dim - 2]
+        factors = [int(math.log2(p)) for p in self.patch_size]
+        num_stages = max(1, *factors)
+        layers: list[nn.Module] = []
+        width_in = in_channels
+        for stage in range(num_stages):
+            width = max(hidden_size // 2 ** (num_stages - stage), 8)
+            stride = tuple(2 if factor > stage else 1 for factor in factors)
+            layers += [conv(width_in, width, 3, stride=stride, padding=1), ChannelLayerNorm(width), nn.GELU()]
+            width_in = width
+        self.stem = nn.Sequential(*layers)
+        self.proj = conv(width_in, hidden_size, kernel_size=1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """PyTorch's default for the stem convolutions and unit norms; Xavier and zero bias on the projection."""
+        for module in self.stem.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.LayerNorm)):
+                module.reset_parameters()
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_divisible("input", x.shape[2:], self.patch_size)
+        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (B, T, hidden)
 
 
 #################################################################################

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import POSITIONS
 from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
-from .embed import PatchEmbed, TimestepEmbedder, check_divisible
+from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class WiDiT(nn.Module):
     """Windowed diffusion transformer for (B, C, H, W) images or (B, C, D, H, W) volumes.
 
     ``forward(x, t, conditioned=image)``: the noisy input and the conditioning image are patch-embedded to
-    ``hidden_size / 2`` each and concatenated; ``depth`` blocks alternate plain and shifted windows; the final layer
+    ``hidden_size / 2`` each (``embed="patch"``: one linear map per patch; ``"conv"``: a stride-2 convolutional stem,
+    :class:`ConvPatchEmbed`) and concatenated; ``depth`` blocks alternate plain and shifted windows; the final layer
     maps tokens back to voxels. ``timestep=None`` turns off adaLN everywhere (plain LayerNorm + residual).
     """
 
@@ -87,6 +88,7 @@ class WiDiT(nn.Module):
         mlp: str = "gelu",
         norm: str = "layernorm",
         final: str = "linear",
+        embed: str = "patch",
         position: str = "relative",
         attention: str = "window",
         grad_checkpointing: bool = False,
@@ -116,6 +118,7 @@ class WiDiT(nn.Module):
             "mlp": choose("mlp", mlp, MLPS),
             "norm": choose("norm", norm, NORMS),
             "final": choose("final", final, FINALS),
+            "embed": choose("embed", embed, EMBEDS),
             "position": choose("position", position, POSITIONS),
             "attention": choose("attention", attention, ATTENTIONS),
             "grad_checkpointing": bool(grad_checkpointing),
@@ -130,9 +133,10 @@ class WiDiT(nn.Module):
     def _build(self) -> None:
         cfg = self.config
         hidden, embed = cfg["hidden_size"], cfg["hidden_size"] // (2 if self.use_conditioning else 1)
-        self.x_embedder = PatchEmbed(self.in_channels, embed, self.patch_size, self.spatial_dim)
+        embedder = {"patch": PatchEmbed, "conv": ConvPatchEmbed}[cfg["embed"]]
+        self.x_embedder = embedder(self.in_channels, embed, self.patch_size, self.spatial_dim)
         self.c_embedder = (
-            PatchEmbed(self.cond_channels, embed, self.patch_size, self.spatial_dim) if self.use_conditioning else None
+            embedder(self.cond_channels, embed, self.patch_size, self.spatial_dim) if self.use_conditioning else None
         )
         self.t_embedder = TimestepEmbedder(hidden)
         options = {key: cfg[key] for key in ("mlp_ratio", "mlp", "norm", "position", "attention")}

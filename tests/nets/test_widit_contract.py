@@ -27,7 +27,13 @@ def test_output_shape_and_exact_zero_at_init(tiny, spatial_dim, learn_sigma):
 
 @pytest.mark.parametrize(
     "options",
-    [{"final": "conv"}, {"mlp": "swiglu", "norm": "rmsnorm"}, {"position": "rope"}, {"attention": "factorized"}],
+    [
+        {"final": "conv"},
+        {"mlp": "swiglu", "norm": "rmsnorm"},
+        {"position": "rope"},
+        {"attention": "factorized"},
+        {"embed": "conv"},
+    ],
 )
 def test_options_also_start_at_exact_zero(tiny, options):
     out = tiny(3, window_size=WINDOWS[3], **options)(_inputs(3), torch.tensor([5.0, 6.0]), conditioned=_inputs(3))
@@ -95,6 +101,8 @@ def test_unknown_keyword_is_type_error():
         ({"spatial_dim": 2, "position": "absolute"}, "position: Unsupported option 'absolute'"),
         ({"spatial_dim": 2, "attention": "windows"}, "did you mean 'window'"),
         ({"spatial_dim": 2, "final": "deconv"}, "final: By 'deconv', did you mean 'conv'"),
+        ({"spatial_dim": 2, "embed": "convs"}, "embed: By 'convs', did you mean 'conv'"),
+        ({"spatial_dim": 3, "embed": "conv", "patch_size": (2, 3, 2)}, r"power-of-two patch sizes, got .*\(2, 3, 2\)"),
         ({"spatial_dim": 2, "use_conditioning": False, "cond_channels": 2}, "cond_channels=2 needs use_conditioning"),
         ({"spatial_dim": 2, "out_channels": 0}, "out_channels must be positive, got 0"),
         ({"spatial_dim": 2, "cond_channels": 0}, "cond_channels must be positive, got 0"),
@@ -133,9 +141,12 @@ def test_forward_errors(tiny, spatial_dim):
 
 
 def test_config_is_json_and_rebuilds(tiny):
-    model = tiny(3, patch_size=(1, 2, 2), window_size=(2, 3, 4), mlp="swiglu", position="rope", final="conv")
+    model = tiny(
+        3, patch_size=(1, 2, 2), window_size=(2, 3, 4), mlp="swiglu", position="rope", final="conv", embed="conv"
+    )
     config = json.loads(json.dumps(model.config))
     assert config["patch_size"] == [1, 2, 2] and config["out_channels"] == 2 and config["cond_channels"] == 1
+    assert config["embed"] == "conv"
     rebuilt = WiDiT(**config)
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.config == model.config
