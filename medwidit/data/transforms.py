@@ -16,6 +16,7 @@ import torch
 from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
+    HistogramNormalized,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
@@ -33,9 +34,10 @@ __all__ = [
     "preprocessing_transforms",
 ]
 
-INTENSITY_MODES = ("zscore_nonzero", "scale_percentiles", "none")
+INTENSITY_MODES = ("zscore_nonzero", "scale_percentiles", "histogram", "none")
 DEFAULT_PREPROCESSING = {"orientation": "RAS", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1}
 PERCENTILES = (0.5, 99.5)  # "scale_percentiles" maps these per-channel percentiles to [-1, 1] and clips
+HISTOGRAM_BINS = 256  # "histogram" equalises each channel's histogram onto [-1, 1] with this many bins
 
 
 def default_preprocessing(**overrides) -> dict:
@@ -79,6 +81,8 @@ def _intensity(mode: str, key: str) -> list[MapTransform]:
     if mode == "scale_percentiles":
         lower, upper = PERCENTILES
         return [ScaleIntensityRangePercentilesd(key, lower, upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)]
+    if mode == "histogram":  # invariant to any monotone intensity curve: MR intensities have no physical scale
+        return [HistogramNormalized(key, num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)]
     return []
 
 

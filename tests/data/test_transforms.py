@@ -92,3 +92,23 @@ def test_preprocessing_is_checked_and_normalised():
         check_preprocessing({"orientation": "XYZ"})
     with pytest.raises(ValueError, match="num_modalities"):
         check_preprocessing({"num_modalities": 0})
+
+
+def test_histogram_mode_is_nearly_blind_to_a_monotone_intensity_curve():
+    """MR intensities have no unit: "histogram" maps a scan and any monotone re-mapping of it to almost the same
+    input, where "scale_percentiles" (a linear map) does not."""
+    rng = np.random.default_rng(0)
+    scan = rng.gamma(3.0, 1.0, size=(24, 24, 24)).astype(np.float32)
+    remapped = 50.0 * scan**1.5 + 7.0  # another contrast curve and gain (binning limits how steep a curve may be)
+    affine = torch.eye(4, dtype=torch.float64)
+
+    def run(intensity, image):
+        pre = Compose(preprocessing_transforms({"intensity": intensity, "orientation": None}, load=False))
+        return pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=affine)})["image"].as_tensor()
+
+    a, b = run("histogram", scan), run("histogram", remapped)
+    assert float(a.min()) == -1.0 and float(a.max()) == 1.0
+    assert abs(float(a.mean())) < 0.05  # equalised: uniform on [-1, 1]
+    assert float((a - b).abs().mean()) < 0.01
+    linear = (run("scale_percentiles", scan) - run("scale_percentiles", remapped)).abs().mean()
+    assert float(linear) > 5 * float((a - b).abs().mean())
