@@ -28,6 +28,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSharpend,
     RandGaussianSmoothd,
+    RandHistogramShiftd,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -185,6 +186,8 @@ class SegmentationDataModule(L.LightningDataModule):
             out.append(RandScaleIntensityd("image", factors=0.1, prob=self.intensity_prob))
             out.append(RandShiftIntensityd("image", offsets=0.1, prob=self.intensity_prob))
             out.append(RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=self.intensity_prob))
+            # MRI has no intensity scale: a random monotone curve stands in for another scanner's or sequence's contrast
+            out.append(RandHistogramShiftd("image", num_control_points=(5, 10), prob=self.intensity_prob))
             out.append(RandBiasFieldd("image", coeff_range=(0.0, 0.2), prob=self.intensity_prob))
             out.append(RandGaussianNoised("image", std=0.1, prob=self.intensity_prob))
             # templates are smooth averages, scans are sharper or blurrier than them
