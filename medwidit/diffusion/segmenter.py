@@ -337,6 +337,7 @@ def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | Non
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a model is shared like the data beside it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -221,6 +221,7 @@ def save_widit(model: WiDiT, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a model is shared like the data beside it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

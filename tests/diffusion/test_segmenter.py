@@ -157,6 +157,7 @@ def test_config_rebuilds_and_checkpoint_round_trips(tmp_path):
     assert DiffusionSegmenter(segmenter.net, **segmenter.config).config == segmenter.config
     path = save_segmenter(segmenter, tmp_path / "model.pt", extra_config={"preprocessing": {"spacing": None}})
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others like any file (mkstemp's are private)
     loaded, config = load_segmenter(path, build_net=lambda cfg: TinyConvNet(**cfg))
     assert config["segmenter"] == segmenter.config and config["preprocessing"] == {"spacing": None}
     image = _image(2)

@@ -157,6 +157,7 @@ def test_save_load_round_trip(tiny, randomize, tmp_path):
     path = tmp_path / "widit.pt"
     save_widit(model, path)
     assert [p.name for p in tmp_path.iterdir()] == ["widit.pt"]  # atomic: no temporary left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others like any file (mkstemp's are private)
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"state_dict", "config", "version"} and raw["config"] == model.config
     loaded = load_widit(path)
