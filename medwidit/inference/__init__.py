@@ -4,7 +4,7 @@ from .cases import Case, find_cases
 from .io import IMAGE_SUFFIXES, ImageGeometry, InputError, OutputError, read_image, write_image
 from .options import resolve_device
 from .predictor import CaseResult, Predictor, Segmentation, segment
-from .sliding import SlidingWindowDenoiser, gaussian_weight_map
+from .sliding import SlidingWindowDenoiser, gaussian_weight_map, sample_ensemble
 from .uncertainty import summarize_ensemble
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "gaussian_weight_map",
     "read_image",
     "resolve_device",
+    "sample_ensemble",
     "segment",
     "summarize_ensemble",
     "write_image",

@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
-from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
+from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 
 from .cases import Case, find_cases
 from .figure import save_overlay_figure
@@ -40,8 +40,7 @@ from .io import (
     write_images,
 )
 from .options import autocast_dtype, bundle_options, progress_callback, resolve_device
-from .sliding import SlidingWindowDenoiser, network_patch_size
-from .uncertainty import summarize_ensemble
+from .sliding import SlidingWindowDenoiser, network_patch_size, sample_ensemble
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 
@@ -202,18 +201,13 @@ class Predictor:
         pre = Compose(preprocessing_transforms(self.preprocessing, load=False))
         data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine))})
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
-        denoiser = SlidingWindowDenoiser(
-            self.segmenter.net, self.roi_size, overlap=overlap, sw_batch_size=self.sw_batch_size,
-            max_whole_voxels=self.max_whole_voxels,
-        )
-        logger.info("segmenting %s: grid %s, %s", geometry.path or "an array", tuple(condition.shape[2:]), denoiser)
-        samples = self.segmenter.sample(  # (S, 1, K, *S')
-            condition, steps=steps, num_samples=num_samples, model_fn=self._autocast(denoiser),
+        logger.info("segmenting %s: grid %s", geometry.path or "an array", tuple(condition.shape[2:]))
+        summary = sample_ensemble(
+            self.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=self.roi_size, overlap=overlap,
+            sw_batch_size=self.sw_batch_size, max_whole_voxels=self.max_whole_voxels, wrap_model_fn=self._autocast,
             generator=generator if generator is not None else torch.Generator().manual_seed(0),
             progress=progress_callback(progress, steps, f"{Path(geometry.path or 'array').name}"),
         )
-        summary = summarize_ensemble(to_probabilities(samples, dim=2))
-        logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
         probability, entropy = self._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")

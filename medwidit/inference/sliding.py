@@ -26,7 +26,17 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
 
-__all__ = ["SlidingWindowDenoiser", "gaussian_weight_map", "network_alignment", "network_patch_size"]
+from medwidit.diffusion import to_probabilities
+
+from .uncertainty import summarize_ensemble
+
+__all__ = [
+    "SlidingWindowDenoiser",
+    "gaussian_weight_map",
+    "network_alignment",
+    "network_patch_size",
+    "sample_ensemble",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +299,38 @@ class SlidingWindowDenoiser:
             f"{type(self).__name__}(roi_size={self.roi_size!r}, overlap={self.overlap!r}, "
             f"sw_batch_size={self.sw_batch_size}, mode={self.mode!r}, max_whole_voxels={self.max_whole_voxels!r})"
         )
+
+
+def sample_ensemble(
+    segmenter,
+    image: torch.Tensor,
+    *,
+    steps: int,
+    num_samples: int,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    max_whole_voxels: int | None = None,
+    generator: torch.Generator | None = None,
+    wrap_model_fn: Callable[[Callable], Callable] | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
+    summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
+    variance, agreement; each (B, ...) on ``image``'s grid).
+
+    ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so a model is
+    validated exactly as it will be used. ``wrap_model_fn`` wraps the denoiser (e.g. in autocast).
+    """
+    denoiser = SlidingWindowDenoiser(
+        segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
+    )
+    logger.info("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
+    samples = segmenter.sample(  # (S, B, K, *S')
+        image, steps=steps, num_samples=num_samples, generator=generator, progress=progress,
+        model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
+    )
+    summary = summarize_ensemble(to_probabilities(samples, dim=2))
+    logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
+    return summary
+

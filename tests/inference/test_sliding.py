@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medwidit.diffusion import DiffusionSegmenter, to_probabilities
-from medwidit.inference.sliding import SlidingWindowDenoiser, gaussian_weight_map
+from medwidit.inference.sliding import SlidingWindowDenoiser, gaussian_weight_map, sample_ensemble
+from medwidit.inference.uncertainty import summarize_ensemble
 from medwidit.nets import WiDiT
 
 SHAPES = {2: (37, 29), 3: (19, 13, 11)}
@@ -204,6 +205,25 @@ def test_one_window_covering_the_volume_equals_the_unwindowed_sampler(spatial_di
                                 model_fn=denoiser)
     assert denoiser.num_windows == 4 * 2  # one window per step and sample
     torch.testing.assert_close(windowed, plain, atol=1e-5, rtol=0)
+
+
+def test_sample_ensemble_is_the_stitched_sampler_summarised():
+    """The one path Predictor.segment and the bundle's validation share: windows, ensemble, summary."""
+    segmenter, image = _segmenter_and_image(2, (24, 16))
+    denoiser = SlidingWindowDenoiser(segmenter.net, (8, 8), overlap=0.25, max_whole_voxels=0)
+    samples = segmenter.sample(image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(4),
+                               model_fn=denoiser)
+    expected = summarize_ensemble(to_probabilities(samples, dim=2))
+    wrapped = []
+    out = sample_ensemble(
+        segmenter, image, steps=3, num_samples=2, roi_size=(8, 8), overlap=0.25, max_whole_voxels=0,
+        generator=torch.Generator().manual_seed(4), wrap_model_fn=lambda fn: wrapped.append(fn) or fn,
+    )
+    assert set(out) == set(expected) and isinstance(wrapped[0], SlidingWindowDenoiser)
+    for key, value in expected.items():
+        torch.testing.assert_close(out[key], value, msg=key)
+    with pytest.raises(ValueError, match="overlap"):
+        sample_ensemble(segmenter, image, steps=1, num_samples=1, roi_size=(8, 8), overlap=1.0)
 
 
 def _window_faces_mask(shape, roi, margin=2):
