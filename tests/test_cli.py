@@ -157,8 +157,10 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
     names = sorted(p.name for p in out.iterdir())
     assert names == ["colin27_head_2mm_image.nii.gz", "colin27_head_2mm_image_figure.png",
                      "colin27_head_2mm_image_uncertainty.nii.gz"]
-    dice = float(report.split("Dice")[1].split()[0])  # the shipped model's held-out quality is benchmark business
-    assert 0.0 <= dice <= 1.0 and "held out from training" in report, report
+    dice = float(report.split("Dice")[1].split()[0])
+    # a guard on the shipped weights and the whole path (checkpoint config, preprocessing, inversion), not a
+    # measurement: the benchmark has 0.897 for 2 steps x 1 sample at 1 mm
+    assert dice > 0.85 and "held out from training" in report, report
     labels = nib.load(out / "colin27_head_2mm_image.nii.gz")
     brain_ml = float((np.asanyarray(labels.dataobj) == 1).sum() * np.prod(labels.header.get_zooms()[:3]) / 1000)
     assert f"brain      {brain_ml:.0f} mL" in report  # millilitres from the written label map's voxel spacing

@@ -38,4 +38,4 @@ def test_quickstart_runs_and_reports_volumes_overlay_and_saved_files(tmp_path):
     segmented = float(volume_line.split()[1])
     assert segmented == pytest.approx((np.asanyarray(labels.dataobj) == 1).sum() * voxel_ml, abs=0.06), volume_line
     dice = float(text.split("Dice against the reference brain mask:")[1].split()[0])
-    assert 0.0 <= dice <= 1.0
+    assert dice > 0.85, text  # the shipped weights segment the held-out example (benchmark: 0.927 at 1 mm)
