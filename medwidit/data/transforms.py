@@ -16,7 +16,7 @@ import torch
 from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
-    HistogramNormalized,
+    HistogramNormalize,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
@@ -75,14 +75,31 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
     return out
 
 
+class ChannelwiseHistogramNormalized(MapTransform):
+    """MONAI ``HistogramNormalize`` (``HISTOGRAM_BINS`` equal-width bins between each channel's min and max, onto
+    [-1, 1]) applied to every channel on its own: MONAI's pools all channels into one histogram, which would let a
+    bright modality flatten a dark one."""
+
+    def __init__(self, keys) -> None:
+        super().__init__(keys)
+        self.normalize = HistogramNormalize(num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)
+
+    def __call__(self, data: Mapping) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            image = out[key]
+            out[key] = torch.cat([self.normalize(image[c : c + 1]) for c in range(image.shape[0])])
+        return out
+
+
 def _intensity(mode: str, key: str) -> list[MapTransform]:
     if mode == "zscore_nonzero":
         return [NormalizeIntensityd(key, nonzero=True, channel_wise=True)]
     if mode == "scale_percentiles":
         lower, upper = PERCENTILES
         return [ScaleIntensityRangePercentilesd(key, lower, upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)]
-    if mode == "histogram":  # invariant to any monotone intensity curve: MR intensities have no physical scale
-        return [HistogramNormalized(key, num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)]
+    if mode == "histogram":  # nearly blind to a monotone intensity curve: MR intensities have no physical scale
+        return [ChannelwiseHistogramNormalized(key)]
     return []
 
 

@@ -112,3 +112,17 @@ def test_histogram_mode_is_nearly_blind_to_a_monotone_intensity_curve():
     assert float((a - b).abs().mean()) < 0.01
     linear = (run("scale_percentiles", scan) - run("scale_percentiles", remapped)).abs().mean()
     assert float(linear) > 5 * float((a - b).abs().mean())
+
+
+def test_histogram_mode_equalises_each_modality_on_its_own():
+    rng = np.random.default_rng(1)
+    dark = rng.gamma(3.0, 1.0, size=(16, 16, 16)).astype(np.float32)
+    bright = 1000.0 * rng.gamma(2.0, 1.0, size=(16, 16, 16)).astype(np.float32)
+    pre = Compose(preprocessing_transforms({"intensity": "histogram", "orientation": None, "num_modalities": 2},
+                                           load=False))
+    both = pre({"image": MetaTensor(torch.from_numpy(np.stack([dark, bright])), affine=torch.eye(4))})["image"]
+    alone = pre({"image": MetaTensor(torch.from_numpy(dark)[None], affine=torch.eye(4))})["image"]
+    assert isinstance(both, MetaTensor) and both.shape == (2, 16, 16, 16) and both.dtype == torch.float32
+    torch.testing.assert_close(both[0].as_tensor(), alone[0].as_tensor())  # the bright channel does not flatten it
+    for channel in both:
+        assert float(channel.min()) == -1.0 and float(channel.max()) == 1.0 and abs(float(channel.mean())) < 0.05
