@@ -37,7 +37,7 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
-from medwidit.data.transforms import preprocessing_transforms
+from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +73,23 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
     return items
 
 
-def _nonzero(x):
-    """Foreground of an intensity-normalised image: every voxel that is not exactly zero (z-scores go negative)."""
+def _not_zero(x):
+    """z-scored over non-zero voxels: the background stays exactly 0 while tissue goes below it."""
     return x != 0
+
+
+def _above_floor(x):
+    """Percentile scaling and histogram equalisation put the background at their floor, -1."""
+    return x > -1.0
+
+
+def _above_minimum(x):
+    """Raw intensities: the background is the image's minimum (usually 0)."""
+    return x > x.min()
+
+
+FOREGROUND = {"zscore_nonzero": _not_zero, "scale_percentiles": _above_floor, "histogram": _above_floor,
+              "none": _above_minimum}  # module-level functions: DataLoader workers pickle them
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -91,8 +105,9 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: volumes per training batch; each gives `num_samples` crops, so a batch holds
             `batch_size * num_samples` crops.
         num_samples, pos, neg: `RandCropByPosNegLabeld` settings (crops per volume, foreground/background ratio).
-        foreground_margin: margin in voxels of the foreground crop (image > 0) done before cropping patches;
-            None disables the foreground crop.
+        foreground_margin: margin in voxels of the crop to the image's foreground (what is above the background
+            level of the intensity mode: 0 for z-scores, -1 for the [-1, 1] modes) before patches are cropped;
+            None disables it.
         flip_prob, rotate_prob, rotate_degrees, zoom_prob, intensity_prob: augmentation (flip per axis, small
             rotations, zoom 0.85-1.15, intensity scale and shift by up to 10 %, gamma 0.7-1.5, bias field, Gaussian
             noise, smoothing or sharpening); a probability of 0 removes the transform.
@@ -148,7 +163,7 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError("cache='disk' needs a cache_dir.")
         self.data_list = Path(data_list)
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
-        self.preprocessing = dict(preprocessing)
+        self.preprocessing = check_preprocessing(preprocessing)  # every key present, intensity mode known
         self.roi_size = roi_size
         self.train_key, self.val_key = train_key, val_key
         self.batch_size, self.num_samples = int(batch_size), int(num_samples)
@@ -202,7 +217,8 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.foreground_margin is not None:
             crop.append(
                 CropForegroundd(
-                    KEYS, source_key="image", select_fn=_nonzero, margin=int(self.foreground_margin),
+                    KEYS, source_key="image", select_fn=FOREGROUND[self.preprocessing["intensity"]],
+                    margin=int(self.foreground_margin),
                     allow_smaller=True, start_coord_key=None, end_coord_key=None,
                 )
             )

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose
 from training_volumes import PREPROCESSING_2D, PREPROCESSING_3D, write_dataset
 
 from medwidit.data.transforms import preprocessing_transforms
@@ -82,3 +83,19 @@ def test_cache_modes(tmp_path, cache, kind):
     dm = _module(data_list, 3, cache=cache, cache_dir=tmp_path / "cache")
     assert type(dm.train_dataset) is kind
     assert len(dm.train_dataset[0]) == 3  # num_samples crops per volume
+
+
+@pytest.mark.parametrize("intensity", ["zscore_nonzero", "scale_percentiles", "histogram", "none"])
+def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, intensity):
+    """The cases are zero outside a 2-voxel border: the crop must find that box after any intensity mode (it kept
+    the whole volume once the [-1, 1] modes moved the background to -1)."""
+    from monai.transforms import CropForegroundd
+
+    data_list = write_dataset(tmp_path, shape=(24, 24, 24))
+    preprocessing = {**PREPROCESSING_3D, "intensity": intensity}
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=[16, 16, 16],
+                                foreground_margin=1, num_workers=0)
+    crop = next(t for t in dm.train_transforms().transforms if isinstance(t, CropForegroundd))
+    case = load_data_list(data_list, "training")[0]
+    data = crop(Compose(preprocessing_transforms(preprocessing, label_key="label"))(case))
+    assert tuple(data["image"].shape[1:]) == (22, 22, 22)  # 20^3 foreground + 1 voxel of margin per side
