@@ -319,8 +319,9 @@ def sample_ensemble(
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
     variance, agreement; each (B, ...) on ``image``'s grid).
 
-    ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so a model is
-    validated exactly as it will be used. ``wrap_model_fn`` wraps the denoiser (e.g. in autocast).
+    ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
+    through the code path inference uses (with its own steps, samples and overlap, and no autocast).
+    ``wrap_model_fn`` wraps the denoiser (e.g. in autocast).
     """
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels

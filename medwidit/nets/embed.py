@@ -72,6 +72,11 @@ class ConvPatchEmbed(nn.Module):
     projects to ``hidden_size``. The token grid is the same as :class:`PatchEmbed`'s, but a token sees its patch's
     neighbourhood through non-linear filters, not a single linear function of its own voxels' intensities. Patch
     sizes must be powers of two (a patch of 1 is one stride-1 stage).
+
+    The neighbourhood is lopsided: with kernel 3, stride 2 and padding 1, a 4-voxel patch's token reads 3 voxels
+    before the patch and none after it (tested in ``test_conv_embed``); the attention that follows mixes in the
+    neighbours. A kernel of 4 would centre it; the shipped bundle's weights were trained with this stem, so changing
+    it means retraining them.
     """
 
     def __init__(self, in_channels: int, hidden_size: int, patch_size: Sequence[int] | int, spatial_dim: int) -> None:
