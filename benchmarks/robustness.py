@@ -1,5 +1,5 @@
-"""Robustness to acquisition shifts, measured without the held-out data: Dice of medwidit checkpoints on the data
-list's *validation* cases and on seeded, synthetically shifted copies of them.
+"""Robustness to acquisition shifts, measured without the held-out data: Dice (and HD95) of medwidit checkpoints on
+the data list's *validation* cases and on seeded, synthetically shifted copies of them.
 
 Why: only two whole-head anatomies exist in the package registries; one (Colin27) is the held-out test case, so it
 cannot steer model design. A model trained on one template must survive what differs between scanners: an
@@ -19,7 +19,8 @@ substitute for the held-out test (``benchmarks/quality.py``).
     python benchmarks/robustness.py                                   # the shipped bundle's model
     python benchmarks/robustness.py --checkpoint a.pt --checkpoint b.pt --shifts 8 --steps 5
 
-Writes ``benchmarks/results/robustness.json`` (``--output`` to change), with every per-case Dice.
+Writes ``benchmarks/results/robustness.json`` (``--output`` to change), with every per-case Dice and HD95 (MONAI's,
+through ``medwidit.inference.metrics``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from quality import environment, write_json  # noqa: E402
 
 from medwidit.data import sources  # noqa: E402
 from medwidit.inference import Predictor  # noqa: E402
+from medwidit.inference.metrics import segmentation_metrics  # noqa: E402
 from medwidit.training.data import load_data_list  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
@@ -73,16 +75,6 @@ def shift(image: np.ndarray, label: np.ndarray, seed: int) -> tuple[np.ndarray, 
     real, imaginary = x + sigma * torch.randn(x.shape, generator=g), sigma * torch.randn(x.shape, generator=g)
     x = torch.sqrt(real**2 + imaginary**2) * float(10 ** rng.uniform(1, 4))
     return np.asarray(x[0]), np.asarray(y[0]).astype(np.int64)
-
-
-def dice_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
-    """Foreground classes 1..K-1; an empty class in both scores 1."""
-    out = []
-    for k in range(1, num_classes):
-        p, t = prediction == k, truth == k
-        total = p.sum() + t.sum()
-        out.append(1.0 if total == 0 else float(2 * (p & t).sum() / total))
-    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,24 +109,29 @@ def main(argv=None) -> dict:
         for case in cases:
             image_file = nib.load(case["image"])
             image, label = np.asarray(image_file.dataobj, dtype=np.float32), np.asarray(nib.load(case["label"]).dataobj)
+            spacing = nib.affines.voxel_sizes(image_file.affine)  # array axis order, as segmentation_metrics wants
             variants = [("clean", image, label)] + [(f"shift{s}", *shift(image, label, s)) for s in range(args.shifts)]
             for name, x, y in variants:
                 start = time.perf_counter()
                 seg = predictor.segment(x, affine=image_file.affine, steps=args.steps, num_samples=args.samples)
-                dice = dice_per_class(np.asarray(seg.label_map), y, k)
-                per_case.append({"case": Path(case["image"]).name, "variant": name, "dice": dice,
+                scores = segmentation_metrics(np.asarray(seg.label_map), y, num_classes=k, spacing=spacing)
+                dice, hd95 = scores["dice"][1:], scores["hd95"][1:]  # foreground classes
+                per_case.append({"case": Path(case["image"]).name, "variant": name, "dice": dice, "hd95_mm": hd95,
                                  "seconds": time.perf_counter() - start})
                 print(f"{Path(checkpoint).parent.name}/{Path(checkpoint).name} {name}: dice {np.mean(dice):.3f}",
                       flush=True)
         clean = [np.mean(r["dice"]) for r in per_case if r["variant"] == "clean"]
         shifted = [np.mean(r["dice"]) for r in per_case if r["variant"] != "clean"]
+        shifted_hd95 = [np.mean(r["hd95_mm"]) for r in per_case if r["variant"] != "clean"]
         summary = {"clean_mean_dice": float(np.mean(clean)), "shifted_mean_dice": float(np.mean(shifted)),
-                   "shifted_min_dice": float(np.min(shifted)), "shifted_std_dice": float(np.std(shifted))}
+                   "shifted_min_dice": float(np.min(shifted)), "shifted_std_dice": float(np.std(shifted)),
+                   "shifted_median_hd95_mm": float(np.median(shifted_hd95))}
         result["checkpoints"][checkpoint] = {"summary": summary, "cases": per_case}
         rows.append((checkpoint, summary))
-    table = ["| checkpoint | clean Dice | shifted Dice (mean ± sd) | worst shifted |", "|---|---|---|---|"]
+    table = ["| checkpoint | clean Dice | shifted Dice (mean ± sd) | worst shifted | shifted HD95 median (mm) |",
+             "|---|---|---|---|---|"]
     table += [f"| {c} | {s['clean_mean_dice']:.3f} | {s['shifted_mean_dice']:.3f} ± {s['shifted_std_dice']:.3f} | "
-              f"{s['shifted_min_dice']:.3f} |" for c, s in rows]
+              f"{s['shifted_min_dice']:.3f} | {s['shifted_median_hd95_mm']:.1f} |" for c, s in rows]
     result["markdown"] = "\n".join(table)
     print(result["markdown"])
     write_json(result, args.output)

@@ -1,12 +1,11 @@
 """Metric helpers of benchmarks/quality.py (medwidit.inference.metrics): AUROC, ECE, boundary band, Dice and HD95."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from monai.metrics import compute_roc_auc
 
 from medwidit.inference.metrics import (
@@ -156,16 +155,8 @@ def test_uncertainty_quality_regions():
 #####################################################################################################################
 
 
-def _quality_script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("medwidit_quality_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_mean_over_cases_and_markdown_table():
-    quality = _quality_script()
+    quality = load_benchmark("quality")
     cases = [{"dice": [1.0, 3.0], "steps": 2, "case": "a"}, {"dice": [3.0, 5.0], "steps": 2, "case": "b"}]
     assert quality.mean_over_cases(cases) == {"dice": [2.0, 4.0], "steps": 2, "case": "a"}
     u = {"volume": {"auroc": 0.9, "ece": 0.01}, "band": {"auroc": 0.7, "ece": 0.1}}
@@ -204,7 +195,7 @@ def test_benchmark_sampling_path_equals_the_predictor(tmp_path):
     from medwidit.inference import Predictor
     from medwidit.nets import WiDiT
 
-    quality = _quality_script()
+    quality = load_benchmark("quality")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, hidden_size=32, depth=1,

@@ -1,20 +1,14 @@
 """benchmarks/robustness.py: the seeded acquisition shifts are reproducible, keep the label a label, and move both
 image and label alike."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def robustness():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
-    spec = importlib.util.spec_from_file_location("medwidit_robustness_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("robustness")
 
 
 def _head(shape=(40, 44, 36)):
@@ -39,9 +33,3 @@ def test_shift_is_seeded_and_moves_image_and_label_together(robustness):
     assert 0.9**3 - 0.05 < volume_ratio < 1.1**3 + 0.05  # scaled by 0.9-1.1 per axis, not destroyed
     inside, outside = a_image[a_label == 1].mean(), a_image[(a_label == 0)].mean()
     assert inside > outside  # the moved brain is where the moved label says
-
-
-def test_dice_per_class_scores_foreground_and_empty_classes(robustness):
-    truth = np.array([0, 1, 1, 2, 0])
-    assert robustness.dice_per_class(np.array([0, 1, 0, 2, 0]), truth, 3) == pytest.approx([2 / 3, 1.0])
-    assert robustness.dice_per_class(np.zeros(5, int), np.zeros(5, int), 2) == [1.0]
