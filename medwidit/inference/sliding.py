@@ -326,7 +326,7 @@ def sample_ensemble(
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
     )
-    logger.info("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
+    logger.debug("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
     samples = segmenter.sample(  # (S, B, K, *S')
         image, steps=steps, num_samples=num_samples, generator=generator, progress=progress,
         model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
@@ -334,4 +334,3 @@ def sample_ensemble(
     summary = summarize_ensemble(to_probabilities(samples, dim=2))
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary
-

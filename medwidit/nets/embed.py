@@ -82,8 +82,7 @@ class ConvPatchEmbed(nn.Module):
     def __init__(self, in_channels: int, hidden_size: int, patch_size: Sequence[int] | int, spatial_dim: int) -> None:
         super().__init__()
         self.patch_size = ensure_tuple_rep(patch_size, spatial_dim)
-        bad = [p for p in self.patch_size if p < 1 or p & (p - 1)]
-        if bad:
+        if any(p < 1 or p & (p - 1) for p in self.patch_size):
             raise ValueError(f"embed='conv' needs power-of-two patch sizes, got patch_size {self.patch_size}.")
         conv = (nn.Conv2d, nn.Conv3d)[spatial_dim - 2]
         factors = [int(math.log2(p)) for p in self.patch_size]
