@@ -73,6 +73,7 @@ from medwidit.diffusion import to_probabilities  # noqa: E402
 from medwidit.inference import Predictor, SlidingWindowDenoiser, resolve_device, summarize_ensemble  # noqa: E402
 from medwidit.inference.metrics import boundary_band, segmentation_metrics, uncertainty_quality  # noqa: E402
 from medwidit.inference.options import bundle_options  # noqa: E402
+from medwidit.utils import atomic_write  # noqa: E402
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -553,11 +554,7 @@ def environment(device) -> dict:
 
 def write_json(result: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as stream:
-        json.dump(_finite(result), stream, indent=1)
-        stream.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_finite(result), indent=1) + "\n"))
 
 
 #######################################################################################################################

@@ -9,12 +9,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medwidit"
 
 # room -> the medwidit rooms it may import
 ALLOWED = {
-    "data": set(),
-    "nets": set(),
-    "diffusion": {"nets", "data"},
-    "inference": {"nets", "diffusion", "data"},
-    "training": {"nets", "diffusion", "data"},
-    "cli": {"nets", "diffusion", "inference", "training", "data"},
+    "utils": set(),
+    "data": {"utils"},
+    "nets": {"utils"},
+    "diffusion": {"nets", "data", "utils"},
+    "inference": {"nets", "diffusion", "data", "utils"},
+    "training": {"nets", "diffusion", "data", "utils"},
+    "cli": {"nets", "diffusion", "inference", "training", "data", "utils"},
 }
 
 

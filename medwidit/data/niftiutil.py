@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medwidit.data.atlas import resample_nearest
+from medwidit.utils import atomic_write
 
 __all__ = ["atomic_save", "atomic_write_text", "nifti_like", "content_hash", "stored_array", "on_grid"]
 
@@ -18,29 +18,13 @@ __all__ = ["atomic_save", "atomic_write_text", "nifti_like", "content_hash", "st
 def atomic_save(image: nib.Nifti1Image, path: Path) -> None:
     """Save a NIfTI under a temporary name in the target folder, then `os.replace` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache files are plain readable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: nib.save(image, tmp))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
     """Write text under a temporary name in the target folder, then `os.replace` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def nifti_like(array: np.ndarray, reference: nib.Nifti1Image, affine: np.ndarray | None = None) -> nib.Nifti1Image:

@@ -7,8 +7,6 @@ seam so that sliding-window inference can evaluate each step window by window.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler
 from monai.utils import look_up_option
+
+from medwidit.utils import atomic_write
 
 from .encoding import encode_labels
 from .objectives import (
@@ -332,17 +332,7 @@ def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | Non
         "config": {"net": net_config, "segmenter": segmenter.config, **extra},
         "version": __version__,
     }
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a model is shared like the data beside it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_segmenter(

@@ -6,7 +6,6 @@ Built on matplotlib's object API (``Figure`` + Agg canvas) so that no global bac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+
+from medwidit.utils import atomic_write
 
 AXES = ("sagittal", "coronal", "axial")  # slicing axis 0, 1, 2 of a RAS-ordered (x, y, z) volume
 
@@ -106,13 +107,4 @@ def save_overlay_figure(path: str | os.PathLike, *args, overwrite: bool = False,
     fig = image_figure(*args, **kwargs) if isinstance(args[0], nib.spatialimages.SpatialImage) else overlay_figure(
         *args, **kwargs
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; the figure is as readable as the maps beside it
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite=overwrite)

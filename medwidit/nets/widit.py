@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,8 @@ import torch
 from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from medwidit.utils import atomic_write
 
 from .attention import POSITIONS
 from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
@@ -215,18 +216,8 @@ def save_widit(model: WiDiT, path: str | os.PathLike) -> None:
     """Write ``{"state_dict", "config", "version"}`` atomically (temporary file in the same folder, then rename)."""
     from medwidit import __version__  # late: the top-level package may import the rooms above this one
 
-    path = os.fspath(path)
     payload = {"state_dict": model.state_dict(), "config": dict(model.config), "version": __version__}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600: a model is shared like the data beside it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WiDiT:

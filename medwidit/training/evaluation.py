@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric
 from monai.transforms import LoadImage
+
+from medwidit.utils import atomic_write
 
 __all__ = ["dice_per_class", "evaluate_files"]
 
@@ -93,11 +94,4 @@ def _named(values: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
 
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))

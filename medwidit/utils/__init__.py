@@ -1,0 +1,9 @@
+"""Small helpers every room may use (the bottom room: imports nothing of medwidit's).
+
+``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
+"""
+
+from .checks import check_int, check_range
+from .files import atomic_write, temporary_path
+
+__all__ = ["atomic_write", "check_int", "check_range", "temporary_path"]

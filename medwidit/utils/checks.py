@@ -1,0 +1,21 @@
+"""Argument checks shared by every room: one message style, ``bool`` never taken for an int."""
+
+from __future__ import annotations
+
+__all__ = ["check_int", "check_range"]
+
+
+def check_int(name: str, value, *, low: int = 1, high: int | None = None, hint: str = "") -> int:
+    """``value`` as an int in ``low..high`` (``high`` None: unbounded), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an int {bounds}{hint}, got {value!r}.")
+    return value
+
+
+def check_range(name: str, value, low: float, high: float, *, closed_high: bool = False) -> float:
+    """``value`` as a float in ``[low, high)`` (``[low, high]`` with ``closed_high``), else a ValueError."""
+    ok = low <= value <= high if closed_high else low <= value < high
+    if isinstance(value, bool) or not ok:
+        raise ValueError(f"{name} must be in [{low}, {high}{']' if closed_high else ')'}, got {value!r}.")
+    return float(value)

@@ -1,0 +1,75 @@
+"""The one atomic-write helper: write under a temporary name in the target folder, then commit it in one step.
+
+Committing without ``overwrite`` uses ``os.link``, which fails if the target exists: the existence check and the
+commit are one system call, so two writers started at the same moment cannot both win (``os.replace`` after an
+``exists()`` check can). Where the file system has no hard links, an empty placeholder created with ``O_EXCL``
+reserves the name before ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["atomic_write", "commit", "temporary_path"]
+
+PARTIAL = ".partial"
+
+
+def temporary_path(path: str | os.PathLike, tag: str = "") -> Path:
+    """A hidden name beside ``path`` that keeps its suffixes (writers choose the format by them):
+    ``dir/.name.<random>.partial.nii.gz`` for ``dir/name.nii.gz``."""
+    path = Path(path)
+    stem, suffixes = _split_suffixes(path.name)
+    return path.with_name(f".{stem}.{tag}{secrets.token_hex(4)}{PARTIAL}{suffixes}")
+
+
+def _split_suffixes(name: str) -> tuple[str, str]:
+    for double in (".nii.gz", ".tar.gz"):
+        if name.endswith(double):
+            return name[: -len(double)], double
+    stem, dot, suffix = name.rpartition(".")
+    return (stem, dot + suffix) if dot and stem else (name, "")
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool) -> None:
+    """Move ``temporary`` onto ``path`` in one step; without ``overwrite`` a ``FileExistsError`` if ``path`` exists
+    (the temporary is then left for the caller to remove)."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "already exists; pass overwrite to replace it", str(path)) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no hard links here: reserve the name
+        os.close(fd)
+        os.replace(temporary, path)
+        return
+    os.unlink(temporary)
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], object],
+    *,
+    overwrite: bool = True,
+    mode: int = 0o644,
+) -> Path:
+    """``write(temporary)`` fills a temporary file beside ``path``; it is made ``mode`` and committed onto ``path``.
+    Nothing is left behind on any error; without ``overwrite`` an existing ``path`` is a ``FileExistsError``."""
+    path = Path(path)
+    temporary = temporary_path(path)
+    try:
+        write(temporary)
+        os.chmod(temporary, mode)  # outputs are shared like the data beside them, whatever the umask made them
+        commit(temporary, path, overwrite=overwrite)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

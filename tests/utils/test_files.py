@@ -1,0 +1,77 @@
+"""The atomic-write helper: all or nothing, mode 0644, and no overwrite unless asked, even between processes."""
+
+import multiprocessing as mp
+import os
+import stat
+
+import pytest
+
+from medwidit.utils import atomic_write, check_int, check_range, temporary_path
+
+
+def test_write_lands_whole_with_mode_0644_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "a.nii.gz"
+    atomic_write(target, lambda p: p.write_bytes(b"x" * 10))
+    assert target.read_bytes() == b"x" * 10
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["a.nii.gz"]
+
+
+def test_temporary_keeps_the_suffixes_and_is_hidden(tmp_path):
+    name = temporary_path(tmp_path / "scan.nii.gz").name
+    assert name.startswith(".scan.") and name.endswith(".partial.nii.gz")
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+
+    def fail(p):
+        p.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["x.json"]
+
+
+def test_no_overwrite_refuses_an_existing_file_and_cleans_up(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("first")
+    with pytest.raises(FileExistsError, match="x.txt"):
+        atomic_write(target, lambda p: p.write_text("second"), overwrite=False)
+    assert target.read_text() == "first" and os.listdir(tmp_path) == ["x.txt"]
+
+
+def _race(path, text, barrier, results):
+    barrier.wait()
+    try:
+        atomic_write(path, lambda p: p.write_text(text), overwrite=False)
+        results.put(text)
+    except FileExistsError:
+        results.put(None)
+
+
+def test_two_processes_never_both_win_without_overwrite(tmp_path):
+    ctx = mp.get_context("spawn")
+    for round_ in range(3):
+        target, barrier, results = tmp_path / f"r{round_}.txt", ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(target, t, barrier, results)) for t in ("a", "b")]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        winners = [w for w in (results.get(timeout=10), results.get(timeout=10)) if w is not None]
+        assert len(winners) == 1 and target.read_text() == winners[0]
+
+
+def test_checks_name_the_argument():
+    assert check_int("steps", 3) == 3
+    for bad in (0, True, 2.0, "3"):
+        with pytest.raises(ValueError, match="steps must be an int >= 1"):
+            check_int("steps", bad)
+    with pytest.raises(ValueError, match=r"steps must be an int in 1..10"):
+        check_int("steps", 11, high=10)
+    assert check_range("overlap", 0.5, 0, 1) == 0.5
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\)"):
+        check_range("overlap", 1.0, 0, 1)
