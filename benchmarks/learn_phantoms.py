@@ -1,12 +1,14 @@
-"""Proof that medwidit learns: a small WiDiT trained on seeded synthetic 3D phantoms on the CPU, per objective.
+"""Proof that medwidit learns: a small WiDiT trained on seeded synthetic 3D phantoms on the CPU, per objective and head.
 
 Trains one model per objective (sample = x0, epsilon, v_prediction, flow) for a fixed budget of process CPU seconds
 each, on one thread (fair between models on a machine shared with others, where a second thread's spin-waits would
 inflate CPU time; the wall clock is recorded too), samples held-out phantoms
 with the EMA weights (DDIM 1/2/5/10/25 steps for the x0 model, 10 steps for the others) and prints Dice per class. A
 MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, and an intensity-threshold oracle
-(thresholds tuned on the test set itself) shows what intensity alone achieves. Writes
-benchmarks/results/learn_phantoms.json.
+(thresholds tuned on the test set itself) shows what intensity alone achieves. ``--heads`` trains the x0 model once
+per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L), each
+for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only then
+read on the test split. Writes benchmarks/results/learn_phantoms.json.
 
 Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
 striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),
@@ -54,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--class-contrast", type=float, default=0.8, help="mean intensity step between classes")
     parser.add_argument("--train-pool", type=int, default=192, help="training phantoms (seeds 0..n-1)")
     parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds 10^6 + i)")
+    parser.add_argument("--val", type=int, default=8, help="validation phantoms for choosing a head (seeds 2*10^6 + i)")
+    parser.add_argument("--heads", default="patch,pixel-16-2", help="x0-model heads: patch, pixel-<dim>-<depth>")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
@@ -143,8 +147,19 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
     }
 
 
-def widit(args) -> WiDiT:
+def head_options(spec: str) -> dict:
+    """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2."""
+    if spec == "patch":
+        return {}
+    name, dim, depth = (spec.split("-") + ["", ""])[:3]
+    if name != "pixel" or not (dim.isdigit() and depth.isdigit()):
+        raise ValueError(f"--heads entries must be 'patch' or 'pixel-<dim>-<depth>', got {spec!r}.")
+    return {"head": "pixel", "pixel_dim": int(dim), "pixel_depth": int(depth)}
+
+
+def widit(args, head: str = "patch") -> WiDiT:
     return WiDiT(
+        **head_options(head),
         spatial_dim=3,
         patch_size=args.patch,
         in_channels=args.classes,
@@ -157,10 +172,11 @@ def widit(args) -> WiDiT:
     )
 
 
-def run_objective(objective: str, train, test, args) -> dict:
+def run_objective(objective: str, train, test, args, head: str = "patch", val=None) -> dict:
     torch.manual_seed(args.seed)
+    net = widit(args, head)
     segmenter = DiffusionSegmenter(
-        widit(args), num_classes=args.classes, objective=objective, aux_weight=args.aux_weight, schedule=args.schedule
+        net, num_classes=args.classes, objective=objective, aux_weight=args.aux_weight, schedule=args.schedule
     )
     ema = copy.deepcopy(segmenter).requires_grad_(False)
     generator = torch.Generator().manual_seed(args.seed)
@@ -177,7 +193,27 @@ def run_objective(objective: str, train, test, args) -> dict:
             record[name][str(steps)] = dice_per_class(to_labels(to_probabilities(samples)), test[1], args.classes)
             if name == "dice":
                 record.setdefault("sample_seconds", {})[str(steps)] = round(time.perf_counter() - start, 2)
+    if val is not None:
+        record["val_dice"] = {}
+        for steps in step_counts:
+            samples = ema.sample(val[0], steps=steps, generator=torch.Generator().manual_seed(2))[0]
+            record["val_dice"][str(steps)] = dice_per_class(to_labels(to_probabilities(samples)), val[1], args.classes)
+    record["parameters"] = sum(p.numel() for p in net.parameters())
     return record
+
+
+def select_on_validation(heads: dict) -> dict:
+    """The head and DDIM step count with the best mean validation Dice, and their test Dice (read only afterwards)."""
+    head, steps = max(
+        ((h, s) for h, record in heads.items() for s in record["val_dice"]),
+        key=lambda pair: np.nanmean(heads[pair[0]]["val_dice"][pair[1]]),
+    )
+    return {
+        "head": head,
+        "steps": int(steps),
+        "val_dice": heads[head]["val_dice"][steps],
+        "test_dice": heads[head]["dice"][steps],
+    }
 
 
 def run_unet(train, test, args) -> dict:
@@ -216,14 +252,19 @@ def main() -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     train = phantoms(range(args.train_pool), args)
     test = phantoms(range(10**6, 10**6 + args.test), args)
+    val = phantoms(range(2 * 10**6, 2 * 10**6 + args.val), args)
     fractions = torch.bincount(test[1].flatten(), minlength=args.classes).float() / test[1].numel()
     print(
         f"data: {args.train_pool} train / {args.test} test phantoms {args.size}^3, class fractions "
         f"{[round(float(f), 3) for f in fractions]}, torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    results = {"objectives": {}}
-    for objective in args.objectives.split(","):
+    results = {"objectives": {}, "heads": {}}
+    for head in args.heads.split(","):  # the x0 model once per head, all for the same budget
+        results["heads"][head] = run_objective("sample", train, test, args, head=head, val=val)
+        print("x0", head, json.dumps(results["heads"][head]), flush=True)
+    results["selected_on_validation"] = select_on_validation(results["heads"])
+    for objective in [o for o in args.objectives.split(",") if o and o != "sample"]:
         results["objectives"][objective] = run_objective(objective, train, test, args)
         print(objective, json.dumps(results["objectives"][objective]), flush=True)
     if not args.no_unet:
@@ -251,10 +292,12 @@ def print_table(results: dict, args) -> None:
     classes = [f"class {c}" for c in range(1, args.classes)]
     print(f"\n| model | steps | {' | '.join(classes)} | mean | train steps |")
     print("|---|---|" + "---|" * (len(classes) + 2))
-    for objective, record in results["objectives"].items():
+    rows = [(f"WiDiT x0, {head} head", r) for head, r in results["heads"].items()]
+    rows += [(f"WiDiT {objective}, patch head", r) for objective, r in results["objectives"].items()]
+    for name, record in rows:
         for steps, dice in record["dice"].items():
             print(
-                f"| WiDiT {objective} | {steps} | {' | '.join(f'{d:.3f}' for d in dice)} | "
+                f"| {name} | {steps} | {' | '.join(f'{d:.3f}' for d in dice)} | "
                 f"{np.nanmean(dice):.3f} | {record['steps']} |"
             )
     if "basic_unet_dice_ce" in results:

@@ -3,12 +3,14 @@
 Position is relative: a learned bias per relative offset (Swin) or rotary embedding of the in-window coordinates.
 ``WindowAttention`` with ``global_attention=True`` attends over the whole grid (one window, no shift).
 ``FactorizedAttention`` attends in-plane, then through-plane, for anisotropic volumes.
+The tables of the configured window are non-persistent buffers (not in the state dict, so old checkpoints load
+strictly); tables of other windows (clipped to a small grid, global attention) and the masks are computed in
+``forward``: no module-level cache, so ``torch.export``, tracing and eager calls never share tensors.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +37,21 @@ ROPE_THETA = 100.0  # windows span a few to a few tens of tokens; a small base s
 #################################################################################
 
 
-@lru_cache(maxsize=64)
-def rope_angles(window: tuple[int, ...], table_window: tuple[int, ...], head_dim: int) -> torch.Tensor:
+def rope_angles(
+    window: tuple[int, ...], table_window: tuple[int, ...], head_dim: int, device: torch.device | None = None
+) -> torch.Tensor:
     """(N, head_dim // 2) rotation angles of the tokens of ``window``.
 
     The ``head_dim // 2`` frequency pairs are dealt in turn to the axes the configured ``table_window`` spans
     (length > 1), so the assignment never depends on the grid; each axis gets frequencies ``ROPE_THETA ** -r/n``.
     """
-    active = torch.tensor([a for a, w in enumerate(table_window) if w > 1] or [0])
-    pairs = torch.arange(head_dim // 2)
+    active = torch.tensor([a for a, w in enumerate(table_window) if w > 1] or [0], device=device)
+    pairs = torch.arange(head_dim // 2, device=device)
     axis = active[pairs % len(active)]  # which axis each pair encodes
     rank = (pairs // len(active)).double()  # its rank among that axis' pairs
     per_axis = math.ceil((head_dim // 2) / len(active))
     freq = ROPE_THETA ** (-rank / per_axis)  # (P,)
-    coords = window_coordinates(window).double()  # (N, nd)
+    coords = window_coordinates(window, device).double()  # (N, nd)
     return (coords[:, axis] * freq).float()  # (N, P)
 
 
@@ -100,7 +103,25 @@ class WindowAttention(nn.Module):
         if self.position == "relative":
             table = math.prod(2 * w - 1 for w in self.window_size)
             self.relative_bias = nn.Parameter(torch.zeros(table, num_heads))  # (prod(2w-1), heads)
+            self.register_buffer("relative_index", self._relative_index(self.window_size), persistent=False)
+        else:
+            cos, sin = self._rope_tables(self.window_size)  # (N, head_dim/2) each
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
+
+    def _relative_index(self, window: tuple, device: torch.device | None = None) -> torch.Tensor:
+        """(N, N) index of ``window``'s offsets into the bias table; the buffer for the configured window."""
+        if window == self.window_size and hasattr(self, "relative_index"):
+            return self.relative_index
+        return relative_position_index(window, self.window_size, device)
+
+    def _rope_tables(self, window: tuple, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (N, head_dim/2) of ``window``'s rotary angles; the buffers when ``window`` is the configured one."""
+        if window == self.window_size and hasattr(self, "rope_cos"):
+            return self.rope_cos, self.rope_sin
+        angles = rope_angles(window, self.window_size, self.head_dim, device)  # (N, head_dim/2)
+        return angles.cos(), angles.sin()
 
     def init_weights(self) -> None:
         nn.init.xavier_uniform_(self.qkv.weight)
@@ -118,7 +139,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         b, t, c = x.shape
-        grid = tuple(int(g) for g in grid)
+        grid = tuple(grid)  # ints, or SymInts under dynamic-shape export: never int() them
         window, shift = self.layout(grid)
         padded = padded_grid(grid, window)
         x = pad_tokens(x.reshape(b, *grid, c), padded)  # (B, *Gp, C)
@@ -136,12 +157,11 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B*nW, heads, N, head_dim)
         allowed = window_attention_mask(grid, window, shift, x.device)  # (nW, N, N) bool or None
         if self.position == "rope":
-            angles = rope_angles(window, self.window_size, self.head_dim).to(x.device)  # (N, head_dim/2)
-            cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+            cos, sin = (table.to(q.dtype) for table in self._rope_tables(window, x.device))  # (N, head_dim/2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             mask = None if allowed is None else allowed[:, None]  # (nW, 1, N, N) bool: SDPA keeps its fast paths
         else:
-            index = relative_position_index(window, self.window_size).to(x.device)  # (N, N)
+            index = self._relative_index(window, x.device)  # (N, N)
             bias = self.relative_bias[index].permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
             mask = bias if allowed is None else bias.masked_fill(~allowed[:, None], float("-inf"))  # (nW, h, N, N)
         if mask is not None and mask.dim() == 4:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
@@ -199,15 +200,13 @@ class TimestepEmbedder(nn.Module):
 
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        """(B,) -> (B, dim) ``[cos(t f), sin(t f)]``, ``f_i = max_period ** (-i / half)`` (DiT), always float32."""
+        """(B,) -> (B, dim) ``[cos(t f), sin(t f)]``, ``f_i = max_period ** (-i / half)`` (DiT), always float32.
+
+        MONAI's ``get_timestep_embedding`` computes exactly this (tested bit for bit); autocast is off around it
+        (DESIGN 7) and the time is cast to float32 before it.
+        """
         with torch.autocast(device_type=t.device.type, enabled=False):
-            half = dim // 2
-            freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-            args = t.float()[:, None] * freqs[None]  # (B, half)
-            emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-            if dim % 2:
-                emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
+            return get_timestep_embedding(t.float(), dim, max_period=max_period)  # (B, dim) float32
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freq = self.timestep_embedding(t, self.frequency_embedding_size)  # (B, F) float32

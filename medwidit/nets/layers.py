@@ -1,4 +1,5 @@
-"""Token-wise layers: GELU MLP, SwiGLU, the norm factory, adaLN ``modulate``, and the nets' error class."""
+"""Token-wise layers: GELU MLP, SwiGLU, the norm factory, adaLN ``modulate``, PixelDiT's ``PixelMLP`` and
+``FinalLayer``, and the nets' error class."""
 
 from __future__ import annotations
 
@@ -80,3 +81,46 @@ class SwiGLU(nn.Module):
 def make_mlp(mlp: str, dim: int, mlp_ratio: float) -> nn.Module:
     """The feed-forward named by ``mlp`` ("gelu" or "swiglu")."""
     return SwiGLU(dim, mlp_ratio) if choose("mlp", mlp, MLPS) == "swiglu" else Mlp(dim, mlp_ratio)
+
+
+#################################################################################
+#                     PixelDiT's pixel-level layers (seed 001)                  #
+#################################################################################
+
+
+class PixelMLP(nn.Module):
+    """Linear(dim -> mlp_ratio * dim) -> exact GELU -> Linear(-> dim), both with biases (PixelDiT's pixel MLP)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = max(1, int(dim * mlp_ratio))
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact (erf), unlike DiT's tanh approximation in Mlp
+        self.fc2 = nn.Linear(hidden, dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for linear in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))  # (..., dim)
+
+
+class FinalLayer(nn.Module):
+    """RMSNorm, then a zero-initialised Linear(hidden -> out_channels): exactly the zero map at init (PixelDiT)."""
+
+    def __init__(self, hidden_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(hidden_size, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, out_channels)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        self.norm.reset_parameters()
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))  # (..., out_channels)

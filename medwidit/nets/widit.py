@@ -16,10 +16,10 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write
+from medwidit.utils import atomic_write, check_int
 
 from .attention import POSITIONS
-from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
+from .blocks import ATTENTIONS, FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
 
@@ -69,6 +69,10 @@ class WiDiT(nn.Module):
     ``hidden_size / 2`` each (``embed="patch"``: one linear map per patch; ``"conv"``: a stride-2 convolutional stem,
     :class:`ConvPatchEmbed`) and concatenated; ``depth`` blocks alternate plain and shifted windows; the final layer
     maps tokens back to voxels. ``timestep=None`` turns off adaLN everywhere (plain LayerNorm + residual).
+
+    ``head="pixel"`` replaces the final layer by :class:`PixelHead` (PixelDiT): a full-resolution pathway of width
+    ``pixel_dim`` and ``pixel_depth`` blocks, modulated per voxel by its patch's token, so outputs are not tied to the
+    patch grid; its modulation comes from the tokens even without a timestep.
     """
 
     def __init__(
@@ -93,6 +97,9 @@ class WiDiT(nn.Module):
         position: str = "relative",
         attention: str = "window",
         grad_checkpointing: bool = False,
+        head: str = "patch",
+        pixel_dim: int = 16,
+        pixel_depth: int = 2,
     ) -> None:
         super().__init__()
         _check_sizes(spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio)
@@ -123,6 +130,9 @@ class WiDiT(nn.Module):
             "position": choose("position", position, POSITIONS),
             "attention": choose("attention", attention, ATTENTIONS),
             "grad_checkpointing": bool(grad_checkpointing),
+            "head": choose("head", head, HEADS),
+            "pixel_dim": check_int("pixel_dim", pixel_dim),
+            "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
         }
         self.spatial_dim = spatial_dim
         self.patch_size = tuple(self.config["patch_size"])
@@ -145,13 +155,18 @@ class WiDiT(nn.Module):
             WiDiTBlock(hidden, cfg["num_heads"], cfg["window_size"], shifted=i % 2 == 1, **options)
             for i in range(cfg["depth"])
         )
-        self.final_layer = WiDiTFinalLayer(
-            hidden, self.patch_size, self.out_channels, norm=cfg["norm"], final=cfg["final"]
-        )
+        norm, channels = cfg["norm"], (self.in_channels, self.cond_channels, self.out_channels)
+        self.final_layer = self.pixel_head = None
+        if cfg["head"] == "pixel":
+            sizes = {"dim": cfg["pixel_dim"], "depth": cfg["pixel_depth"]}
+            self.pixel_head = PixelHead(hidden, self.patch_size, *channels, **sizes, norm=norm)
+        else:
+            self.final_layer = WiDiTFinalLayer(hidden, self.patch_size, channels[2], norm=norm, final=cfg["final"])
 
     def init_weights(self) -> None:
         """Every component's own init: Xavier projections, Normal(0.02) timestep MLP, adaLN-Zero blocks and head."""
-        for module in (self.x_embedder, self.c_embedder, self.t_embedder, *self.blocks, self.final_layer):
+        heads = (self.final_layer, self.pixel_head)  # one of them is None
+        for module in (self.x_embedder, self.c_embedder, self.t_embedder, *self.blocks, *heads):
             if module is not None:
                 module.init_weights()
 
@@ -204,6 +219,8 @@ class WiDiT(nn.Module):
                 x = checkpoint(block, x, c, grid, use_reentrant=False)
             else:
                 x = block(x, c, grid)  # (B, T, C)
+        if self.pixel_head is not None:
+            return self.pixel_head(input_tensor, conditioned, x, c, grid)  # (B, out_channels, *S)
         return self.final_layer(x, c, grid)  # (B, out_channels, *S)
 
 

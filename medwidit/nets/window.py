@@ -1,13 +1,15 @@
 """N-D windows: fit, pad, shift, partition/merge, Swin's shift mask with padded keys, relative-position index.
 
-Every function works on per-axis tuples, so 2D and 3D share one code path. Tokens live channels-last on their
+Every function works on per-axis tuples, so 2D and 3D share one code path. Nothing is cached at module level: a
+cache keyed by shape would hand fake tensors from ``torch.export`` to later eager calls; layers keep their fixed
+tables as non-persistent buffers and compute shape-dependent ones in ``forward``. Sizes may be symbolic (``SymInt``)
+under dynamic-shape export, so rounding is integer arithmetic. Tokens live channels-last on their
 grid, ``(B, *G, C)``; a window holds ``N = prod(window)`` tokens.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,7 @@ def fit_window(
 
 def padded_grid(grid: tuple[int, ...], window: tuple[int, ...]) -> tuple[int, ...]:
     """Smallest grid >= ``grid`` that the windows tile exactly."""
-    return tuple(math.ceil(g / w) * w for g, w in zip(grid, window, strict=True))
+    return tuple(-(-g // w) * w for g, w in zip(grid, window, strict=True))  # ceil without floats: SymInt-safe
 
 
 def pad_tokens(x: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
@@ -84,7 +86,6 @@ def roll_tokens(x: torch.Tensor, shift: tuple[int, ...], sign: int) -> torch.Ten
 #################################################################################
 
 
-@lru_cache(maxsize=64)
 def window_attention_mask(
     grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
 ) -> torch.Tensor | None:
@@ -122,22 +123,23 @@ def window_attention_mask(
 #################################################################################
 
 
-def window_coordinates(window: tuple[int, ...]) -> torch.Tensor:
+def window_coordinates(window: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
     """(N, nd) integer coordinates of the tokens of one window, row-major like :func:`window_partition`."""
-    axes = [torch.arange(w) for w in window]
+    axes = [torch.arange(w, device=device) for w in window]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(window))
 
 
-@lru_cache(maxsize=64)
-def relative_position_index(window: tuple[int, ...], table_window: tuple[int, ...]) -> torch.Tensor:
+def relative_position_index(
+    window: tuple[int, ...], table_window: tuple[int, ...], device: torch.device | None = None
+) -> torch.Tensor:
     """(N, N) index into a table of ``prod(2 * table_window - 1)`` relative offsets.
 
     Offsets are clipped to ``+-(table_window - 1)`` per axis; inside a window (``window <= table_window``) the clip
     never acts, it only matters for global attention over a grid larger than the table.
     """
-    coords = window_coordinates(window)  # (N, nd)
+    coords = window_coordinates(window, device)  # (N, nd)
     offset = coords[:, None, :] - coords[None, :, :]  # (N, N, nd)
-    index = torch.zeros(offset.shape[:2], dtype=torch.long)
+    index = torch.zeros(offset.shape[:2], dtype=torch.long, device=offset.device)
     for a, t in enumerate(table_window):
         index = index * (2 * t - 1) + offset[..., a].clamp(-(t - 1), t - 1) + (t - 1)
     return index

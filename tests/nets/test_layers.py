@@ -85,6 +85,29 @@ def test_timestep_embedder_init_and_float32():
     assert embedder(torch.tensor([1.0, 2.0])).shape == (2, 32)
 
 
+def _dit_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """The hand-written DiT embedding medwidit used before MONAI's (kept here as the reference)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
+
+
+@pytest.mark.parametrize("dim", [256, 64, 7])
+@pytest.mark.parametrize("t", [torch.tensor([0.0, 1.0, 499.5, 999.0]), torch.tensor([3, 250]), torch.tensor([0.25])])
+def test_timestep_sinusoid_is_monais_and_identical_to_the_hand_written_one(dim, t):
+    """MONAI's get_timestep_embedding replaces the hand-written one bit for bit (issue 16), in float32 (DESIGN 7)."""
+    from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+
+    ours = TimestepEmbedder.timestep_embedding(t, dim)
+    assert ours.dtype == torch.float32 and ours.shape == (t.shape[0], dim)
+    assert torch.equal(ours, _dit_sinusoid(t, dim))
+    assert torch.equal(ours, get_timestep_embedding(t.float(), dim))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(TimestepEmbedder.timestep_embedding(t, dim), ours)  # autocast does not reach it
+
+
 @pytest.mark.parametrize("final", ["linear", "conv"])
 def test_final_layer_linear_and_conv_agree_on_layout(final):
     """Same token values land on the same voxels with either head (a head made to copy channel 0 of each token)."""

@@ -1,0 +1,141 @@
+"""The pixel head (PixelDiT's pixel pathway, seed 001): exact zero at init, locality, config round trip; the seed's
+PixelMLP and FinalLayer; the default patch head unchanged for the shipped weights."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medwidit.nets import FinalLayer, PixelHead, PixelMLP, WiDiT, load_widit, save_widit
+
+SHAPES = {2: (8, 12), 3: (8, 4, 12)}
+BUNDLE_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation" / "models" / "model.pt"
+
+
+def _inputs(spatial_dim, channels=2, batch=2, seed=0):
+    return torch.randn(batch, channels, *SHAPES[spatial_dim], generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("spatial_dim", [2, 3])
+@pytest.mark.parametrize("timestep", [torch.tensor([0.0, 999.0]), None])
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_pixel_head_outputs_exact_zero_at_init(tiny, spatial_dim, timestep, learn_sigma):
+    model = tiny(spatial_dim, in_channels=2, head="pixel", pixel_dim=8, pixel_depth=2, learn_sigma=learn_sigma)
+    out = model(_inputs(spatial_dim), timestep, conditioned=_inputs(spatial_dim, seed=1))
+    assert out.shape == (2, 4 if learn_sigma else 2, *SHAPES[spatial_dim])
+    assert torch.equal(out, torch.zeros_like(out))  # the seed's FinalLayer: zero Linear, exactly zero
+
+
+def test_pixel_head_reads_the_voxel_neighbourhood(tiny, randomize):
+    """With nonzero weights a voxel's output depends on the input at that voxel and at each of its neighbours directly
+    (the pixel pathway), not only through its patch's token."""
+    model = randomize(tiny(2, in_channels=2, cond_channels=1, head="pixel", pixel_dim=8, pixel_depth=1))
+    x, image, t = _inputs(2), _inputs(2, channels=1, seed=1), torch.tensor([3.0, 4.0])
+    x.requires_grad_(True)
+    model(x, t, conditioned=image)[0, :, 4, 5].sum().backward()
+    assert float(x.grad[0, :, 4, 5].abs().sum()) > 0 and float(x.grad[0, :, 3:6, 4:7].abs().amin()) > 0
+
+
+def test_without_conditioning_and_with_per_axis_patch(tiny):
+    model = tiny(3, patch_size=(1, 2, 2), use_conditioning=False, head="pixel")
+    assert model.pixel_head.stem_c is None and model.final_layer is None
+    out = model(_inputs(3, channels=1), torch.tensor([1.0, 2.0]))
+    assert out.shape == (2, 2, *SHAPES[3]) and torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("spatial_dim", [2, 3])
+def test_pixel_head_is_local(randomize, spatial_dim):
+    """A voxel reads its 2-voxel neighbourhood (two depthwise 3^N convolutions) and, away from its patch's faces, only
+    its own patch's token: what makes sliding windows stitch it as they stitch the token path."""
+    patch, grid = (4,) * spatial_dim, (3,) * spatial_dim
+    head = randomize(PixelHead(16, patch, 2, 1, 2, dim=4, depth=2))
+    shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
+    x, image = torch.randn(1, 2, *shape, requires_grad=True), torch.randn(1, 1, *shape)
+    tokens, c = torch.randn(1, 3**spatial_dim, 16, requires_grad=True), torch.randn(1, 16)
+    voxel = (5,) * spatial_dim  # inside the middle patch, one voxel from its faces
+    head(x, image, tokens, c, grid)[(0, slice(None), *voxel)].sum().backward()
+    reach = x.grad.abs().sum(dim=(0, 1)) > 0  # (*S)
+    near = torch.ones(shape, dtype=torch.bool)
+    for axis, v in enumerate(voxel):
+        index = torch.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(spatial_dim)])
+        near = near & ((index - v).abs() <= 2)
+    assert torch.equal(reach, near)
+    token_reach = tokens.grad.abs().sum(dim=(0, 2)) > 0  # (T,)
+    assert token_reach.nonzero().flatten().tolist() == [(3**spatial_dim) // 2]  # the middle token only
+
+
+def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
+    model = randomize(
+        tiny(3, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=3, position="rope")
+    )
+    config = json.loads(json.dumps(model.config))
+    assert (config["head"], config["pixel_dim"], config["pixel_depth"]) == ("pixel", 4, 3)
+    assert len(model.pixel_head.blocks) == 3 and model.pixel_head.dim == 4
+    save_widit(model, tmp_path / "pixel.pt")
+    loaded = load_widit(tmp_path / "pixel.pt")
+    x, image, t = _inputs(3), _inputs(3, channels=1, seed=1), torch.tensor([4.0, 900.0])
+    assert torch.equal(loaded(x, t, conditioned=image), model(x, t, conditioned=image))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"head": "pixle"}, "head"),
+        ({"head": "pixel", "pixel_dim": 0}, "pixel_dim must be an int >= 1, got 0"),
+        ({"head": "pixel", "pixel_depth": 0}, "pixel_depth must be an int >= 1, got 0"),
+        ({"pixel_dim": 2.5}, "pixel_dim must be an int"),
+    ],
+)
+def test_pixel_options_are_checked(tiny, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(2, **kwargs)
+
+
+def test_pixel_mlp_is_exact_gelu_with_biases(randomize):
+    mlp = randomize(PixelMLP(6, mlp_ratio=2.0))
+    assert mlp.fc1.out_features == 12 and mlp.fc1.bias is not None and mlp.fc2.bias is not None
+    x = torch.randn(5, 6)
+    expected = F.linear(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+    assert torch.equal(mlp(x), expected)
+    tanh = F.linear(F.gelu(mlp.fc1(x), approximate="tanh"), mlp.fc2.weight, mlp.fc2.bias)
+    assert not torch.equal(mlp(x), tanh)  # not DiT's approximation
+
+
+def test_final_layer_is_zero_at_init_then_rmsnorm_linear(randomize):
+    layer = FinalLayer(8, 3)
+    x = torch.randn(4, 8) * 10
+    assert torch.equal(layer(x), torch.zeros(4, 3))
+    randomize(layer)
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.norm.weight
+    torch.testing.assert_close(layer(x), F.linear(normed, layer.linear.weight, layer.linear.bias))
+
+
+#################################################################################
+#                    The default head is the seed's, unchanged                   #
+#################################################################################
+
+
+def test_default_head_is_the_patch_head(tiny):
+    model = tiny(3)
+    assert model.config["head"] == "patch" and model.pixel_head is None
+    assert not any("pixel" in key for key in model.state_dict())
+
+
+def test_shipped_weights_load_strictly_and_give_the_same_outputs():
+    """The shipped bundle's weights (trained before position tables became buffers) load with strict key matching
+    and reproduce the outputs recorded with the code before this change (lru_cache tables, hand-written sinusoid)."""
+    checkpoint = torch.load(BUNDLE_WEIGHTS, weights_only=True)
+    net = WiDiT(**checkpoint["config"]["net"])
+    net.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert set(net.state_dict()) == set(checkpoint["state_dict"])  # the tables are non-persistent buffers
+    assert any(name.endswith("rope_cos") for name, _ in net.named_buffers())
+    g = torch.Generator().manual_seed(0)
+    x, image = torch.randn(1, 2, 32, 32, 48, generator=g), torch.randn(1, 1, 32, 32, 48, generator=g)
+    with torch.no_grad():
+        out = net.eval()(x, torch.tensor([500.0]), conditioned=image).double()
+    assert abs(float(out.sum()) - -1828.0093911006115) < 1e-6 * 86743  # recorded before the change
+    assert abs(float(out.abs().sum()) - 86743.23695765296) < 1e-6 * 86743
+    torch.testing.assert_close(out[0, :, 3, 17, 40].float(), torch.tensor([-0.6265223622322083, 0.541947603225708]))
+    torch.testing.assert_close(out[0, :, 30, 5, 9].float(), torch.tensor([-0.9321671724319458, 0.9890632629394531]))
