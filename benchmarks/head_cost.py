@@ -1,0 +1,168 @@
+"""Cost of WiDiT's pixel head (PixelDiT pathway, ``head="pixel"``) as a ratio to the patch head, in one run.
+
+For each model (default: the shipped bundle's network at its 64^3 training crop, and the phantom benchmark's network
+at 32^3) every head is built in one process, warmed up once, then timed round-robin (``--repeats`` rounds), so a
+busy neighbour slows them alike: one training step (forward + backward, batch ``--batch``) and one sampling call
+(DDIM ``--steps`` steps of one volume, no gradients, as the bundle validates). The clock is process CPU time on one
+thread. Memory: each (model, head, kind) runs once in a fresh subprocess; the extra peak resident memory over the
+resident memory just before it (VmHWM - VmRSS, as ``backbone.py``). Ratios are against the patch head of the same
+model, measured in the same run. Writes benchmarks/results/head_cost.json.
+
+    python benchmarks/head_cost.py            # about 2-4 CPU minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
+from backbone import _proc_status_mb
+from learn_phantoms import head_options  # one parser of "patch" / "pixel-<dim>-<depth>"
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+MODELS = {  # name -> (WiDiT arguments, cube edge, classes)
+    "bundle": (
+        {
+            "hidden_size": 64,
+            "depth": 4,
+            "num_heads": 4,
+            "patch_size": 4,
+            "window_size": 8,
+            "embed": "conv",
+            "position": "rope",
+        },
+        64,
+        2,
+    ),
+    "phantoms": ({"hidden_size": 128, "depth": 2, "num_heads": 4, "patch_size": 4, "window_size": 4}, 32, 3),
+}
+
+
+def build(spec: dict):
+    """(train_step, sample_call) closures for one model and head."""
+    import torch
+
+    from medwidit.diffusion import DiffusionSegmenter
+    from medwidit.nets import WiDiT
+
+    torch.set_num_threads(1)  # a benchmark script, not library code
+    torch.manual_seed(0)
+    options, size, classes = MODELS[spec["model"]]
+    net = WiDiT(
+        spatial_dim=3, in_channels=classes, cond_channels=1, learn_sigma=False, **options, **head_options(spec["head"])
+    )
+    segmenter = DiffusionSegmenter(net, num_classes=classes)
+    images = torch.randn(spec["batch"], 1, *(size,) * 3)
+    labels = torch.randint(0, classes, (spec["batch"], 1, *(size,) * 3))
+    generator = torch.Generator().manual_seed(0)
+
+    def train_step() -> None:
+        segmenter.loss(images, labels, generator=generator)["loss"].backward()
+        segmenter.zero_grad(set_to_none=True)
+
+    def sample() -> None:
+        with torch.no_grad():
+            segmenter.sample(images[:1], steps=spec["steps"], generator=generator)
+
+    return train_step, sample
+
+
+def memory_worker(spec: dict) -> dict:
+    train_step, sample = build(spec)
+    call = train_step if spec["kind"] == "train" else sample
+    before = _proc_status_mb("VmRSS")
+    call()
+    return {"peak_mem_mb": _proc_status_mb("VmHWM") - before}
+
+
+def measure_time(specs: list[dict], repeats: int) -> list[dict]:
+    """CPU seconds per training step and per sampling call, round-robin over the heads; best and median."""
+    calls = [build(spec) for spec in specs]
+    times = [{"train": [], "sample": []} for _ in specs]
+    for train_step, sample in calls:  # warm-up
+        train_step()
+        sample()
+    for _ in range(repeats):
+        for (train_step, sample), record in zip(calls, times, strict=True):
+            for kind, call in (("train", train_step), ("sample", sample)):
+                start = time.process_time()
+                call()
+                record[kind].append(time.process_time() - start)
+    return [
+        {
+            f"{kind}_{stat}_s": round(fn(ts), 4)
+            for kind, ts in record.items()
+            for stat, fn in (("best", min), ("median", statistics.median))
+        }
+        for record in times
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="bundle,phantoms")
+    parser.add_argument("--heads", default="patch,pixel-8-1,pixel-16-1,pixel-16-2", help="patch first: the reference")
+    parser.add_argument("--batch", type=int, default=2, help="training batch (the bundle: 2 crops of one volume)")
+    parser.add_argument("--steps", type=int, default=5, help="DDIM steps per sampling call (the bundle's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per memory subprocess")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "head_cost.json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(memory_worker(json.loads(args.worker))))
+        return
+    heads = args.heads.split(",")
+    if heads[0] != "patch":
+        raise ValueError(f"--heads must start with the reference 'patch', got {args.heads!r}.")
+    rows = []
+    for model in args.models.split(","):
+        specs = [{"model": model, "head": h, "batch": args.batch, "steps": args.steps} for h in heads]
+        for spec, timing in zip(specs, measure_time(specs, args.repeats), strict=True):
+            memory = {
+                f"{kind}_peak_mem_mb": run_worker(__file__, {**spec, "kind": kind}, args.timeout).get("peak_mem_mb")
+                for kind in ("train", "sample")
+            }
+            rows.append({"model": model, "head": spec["head"], **timing, **memory})
+        reference = rows[-len(heads)]
+        for row in rows[-len(heads) :]:
+            for key in ("train_best_s", "sample_best_s", "train_peak_mem_mb", "sample_peak_mem_mb"):
+                if row[key] is not None and reference[key]:
+                    row[key.replace("_best_s", "_time").replace("_peak_mem_mb", "_memory") + "_ratio"] = round(
+                        row[key] / reference[key], 3
+                    )
+            print(json.dumps(row), flush=True)
+    import torch
+
+    result = {
+        "benchmark": "pixel head vs patch head: training step (forward+backward) and DDIM sampling, CPU",
+        "models": {
+            name: {"widit": MODELS[name][0], "size": MODELS[name][1], "classes": MODELS[name][2]}
+            for name in args.models.split(",")
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
+        "clock": "process CPU time, one thread, best of the round-robin repeats (median also given)",
+        "memory": "fresh process per (model, head, kind): peak RSS (VmHWM) minus RSS just before the call",
+        "host": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "results": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
