@@ -16,8 +16,11 @@ def test_unet_checkpoint_segments_files_on_the_input_grid(tmp_path):
     net = DiffusionUNet(spatial_dim=3, in_channels=2, channels=[8, 16], norm_num_groups=4)
     path = tmp_path / "unet.pt"
     preprocessing = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
-    save_segmenter(DiffusionSegmenter(net, num_classes=2), path,
-                   extra_config={"preprocessing": preprocessing, "roi_size": [8, 8, 8]})
+    save_segmenter(
+        DiffusionSegmenter(net, num_classes=2),
+        path,
+        extra_config={"preprocessing": preprocessing, "roi_size": [8, 8, 8]},
+    )
     source = save_nifti(tmp_path / "scan.nii.gz", np.random.default_rng(0).normal(size=(13, 11, 9)).astype("f4"))
     predictor = Predictor.from_checkpoint(path, device="cpu", max_whole_voxels=0)  # force stitched windows
     assert predictor.roi_size == [8, 8, 8]

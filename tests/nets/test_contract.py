@@ -9,8 +9,16 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter, save_segmente
 from medwidit.nets import NETWORKS, DenoisingNetwork, DiffusionUNet, WiDiT, build_network, register_network
 
 BACKBONES = {
-    "widit": {"spatial_dim": 3, "in_channels": 2, "cond_channels": 1, "hidden_size": 32, "depth": 1, "num_heads": 2, "window_size": 4,
-              "learn_sigma": False},
+    "widit": {
+        "spatial_dim": 3,
+        "in_channels": 2,
+        "cond_channels": 1,
+        "hidden_size": 32,
+        "depth": 1,
+        "num_heads": 2,
+        "window_size": 4,
+        "learn_sigma": False,
+    },
     "diffusion_unet": {"spatial_dim": 3, "in_channels": 2, "channels": [8, 16], "norm_num_groups": 4},
 }
 
@@ -30,8 +38,16 @@ def test_backbones_satisfy_the_contract_and_rebuild_from_their_config(name):
 
 
 def test_widit_alignment_is_patch_times_window():
-    net = WiDiT(spatial_dim=3, in_channels=2, hidden_size=32, depth=1, num_heads=2, window_size=(4, 2, 4),
-                patch_size=(2, 4, 1), learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=2,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=(4, 2, 4),
+        patch_size=(2, 4, 1),
+        learn_sigma=False,
+    )
     assert net.size_multiple == (2, 4, 1) and net.alignment == (8, 8, 4)
 
 
