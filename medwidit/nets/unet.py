@@ -92,13 +92,7 @@ class DiffusionUNet(nn.Module):
         """Windows starting on multiples of the down-sampling factor pool the same voxels as the whole volume."""
         return self.size_multiple
 
-    def forward(
-        self,
-        input_tensor: torch.Tensor,
-        timestep: torch.Tensor | None = None,
-        *,
-        conditioned: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, input_tensor: torch.Tensor, timestep: torch.Tensor, *, conditioned: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, *S), (B,), conditioned (B, cond_channels, *S) -> (B, out_channels, *S)."""
         if conditioned is None:
             raise WiDiTInputError("conditioned is required: DiffusionUNet is conditioned on the image.")
