@@ -78,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = work, no spin-waits)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--add-to", type=Path, default=None, help="an earlier results file of the same settings: add these heads to it"
+    )
     return parser.parse_args()
 
 
@@ -259,7 +262,7 @@ def main() -> None:
         f"{[round(float(f), 3) for f in fractions]}, torch threads {torch.get_num_threads()}",
         flush=True,
     )
-    results = {"objectives": {}, "heads": {}}
+    results = {"objectives": {}, "heads": {}} if args.add_to is None else earlier_results(args)
     for head in args.heads.split(","):  # the x0 model once per head, all for the same budget
         results["heads"][head] = run_objective("sample", train, test, args, head=head, val=val)
         print("x0", head, json.dumps(results["heads"][head]), flush=True)
@@ -271,9 +274,12 @@ def main() -> None:
         results["basic_unet_dice_ce"] = run_unet(train, test, args)
         print("BasicUNet", json.dumps(results["basic_unet_dice_ce"]), flush=True)
     results["intensity_threshold_oracle"] = threshold_oracle(test, args)
-    results["wall_clock_seconds"] = round(time.perf_counter() - wall, 1)
-    results["cpu_seconds"] = round(time.process_time() - cpu, 1)
-    results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    run = {"heads": args.heads, "wall_clock_seconds": round(time.perf_counter() - wall, 1)}
+    results.setdefault("runs", []).append({**run, "cpu_seconds": round(time.process_time() - cpu, 1)})
+    results["wall_clock_seconds"] = sum(r["wall_clock_seconds"] for r in results["runs"])
+    results["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in results["runs"]), 1)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results["settings"] = {**settings, "heads": ",".join(results["heads"]), "add_to": None}
     results["machine"] = {
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -286,6 +292,22 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wall clock {results['wall_clock_seconds']} s, CPU {results['cpu_seconds']} s -> {args.out}")
+
+
+def earlier_results(args) -> dict:
+    """The results file ``--add-to`` names, checked to hold the same data, budget and model settings."""
+    results = json.loads(args.add_to.read_text())
+    ignored = {"heads", "objectives", "no_unet", "out", "add_to"}
+    different = {
+        k: (v, results["settings"].get(k))
+        for k, v in vars(args).items()
+        if k not in ignored and results["settings"].get(k) != v
+    }
+    if different:
+        raise ValueError(f"--add-to {args.add_to} was run with other settings (now, then): {different}.")
+    first = {k: results[k] for k in ("wall_clock_seconds", "cpu_seconds")}
+    results.setdefault("runs", [{"heads": results["settings"]["heads"], **first}])
+    return results
 
 
 def print_table(results: dict, args) -> None:
