@@ -9,16 +9,9 @@ import SimpleITK as sitk
 from inference_volumes import oblique_affine, save_itk, save_nifti
 from monai.transforms import LoadImage
 
-from medwidit.inference.io import (
-    InputError,
-    OutputError,
-    check_output_dir,
-    label_dtype,
-    read_image,
-    write_image,
-    write_images,
-)
+from medwidit.inference.io import InputError, OutputError, check_output_dir, label_dtype, read_image
 from medwidit.inference.io import OutputImage as Out
+from medwidit.inference.outputs import write_image, write_images
 
 
 @pytest.fixture
