@@ -75,14 +75,34 @@ def run_cli(args, env_extra=None, **kwargs):
 ######################################################################################################################
 
 
+BOTH_WRITING_BEFORE_EITHER_COMMITS = """
+import os, pathlib, sys, time
+import nibabel
+barrier, real = pathlib.Path(sys.argv[1]), nibabel.save
+def save(*args, **kwargs):
+    real(*args, **kwargs)
+    (barrier / str(os.getpid())).touch()
+    deadline = time.time() + 240
+    while len(list(barrier.iterdir())) < 2 and time.time() < deadline:  # the other run is writing too
+        time.sleep(0.02)
+nibabel.save = save
+from medwidit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
+    """Both runs pass every check and write their first file before either commits (a barrier in the writer makes
+    the race certain): the link-based commit lets exactly one win."""
     tmp_path, inputs, predictor = setup
-    out = tmp_path / "out"
-    base = ["-m", "medwidit", "segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
-            "--save-uncertainty", *CLI_FAST]
+    out, barrier = tmp_path / "out", tmp_path / "barrier"
+    barrier.mkdir()
+    base = ["-c", BOTH_WRITING_BEFORE_EITHER_COMMITS, str(barrier), "segment", "-i", str(inputs), "-o", str(out),
+            "--checkpoint", str(tmp_path / "model.pt"), "--save-uncertainty", *CLI_FAST]
     runs = [run_cli([*base, "--seed", str(seed)]) for seed in (1, 2)]
     codes = [run.wait(timeout=300) for run in runs]
     errors = [run.stderr.read() for run in runs]
+    assert len(list(barrier.iterdir())) == 2
     assert sorted(codes) == [0, 1], (codes, errors)
     loser = codes.index(1)
     assert "scan.nii.gz: already exists" in errors[loser], errors[loser]
