@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
     seg.add_argument("--max-whole-voxels", type=_non_negative_int, metavar="N",
                      help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
-                     "4 x 96^3, whatever --sw-batch-size is; 0 forces windows)")
+                     "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)")
     seg.add_argument("--sampler", help="sampler name (default: the model's, DDIM for DDPM-trained models)")
     seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
     seg.add_argument("--guidance-scale", type=float, default=1.0,

@@ -48,6 +48,15 @@ KINDS = ("labels", "probabilities", "uncertainty", "image")
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS for the first three world axes
 
 
+def __getattr__(name: str):
+    """``write_image`` / ``write_images`` live in ``outputs`` (which builds on this module); still importable here."""
+    if name in ("write_image", "write_images"):
+        from . import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class InputError(ValueError):
     """An input image that cannot be used; the message is one line naming the file and the problem."""
 

@@ -40,7 +40,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WHOLE_VOXELS = 4 * 96**3  # whole-volume budget (batch x voxels per call): a memory budget, not the batch size
+# whole-volume budget (batch x voxels per call), a memory budget whatever the batch size: 4 x 64^3, what the shipped
+# bundle's four 64^3 windows per call gave, so that its default runs are unchanged
+DEFAULT_WHOLE_VOXELS = 4 * 64**3
 
 
 def network_patch_size(net) -> int | tuple[int, ...]:
@@ -113,8 +115,8 @@ class SlidingWindowDenoiser:
         mode: window blending, "gaussian" (default) or "constant".
         sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default 0.125).
         max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this
-            memory budget; None means ``DEFAULT_WHOLE_VOXELS`` (four 96^3 windows' worth, whatever ``sw_batch_size``
-            is, so that the batch size never changes the result); 0 forces windows.
+            memory budget; None means ``DEFAULT_WHOLE_VOXELS`` (2^20 voxels, whatever ``sw_batch_size`` is, so that
+            the batch size never changes the result); 0 forces windows.
         patch_size: the network's patch size; None reads ``net.config["patch_size"]``. The whole volume is padded
             up to a multiple of it and cropped back.
         align: windows start on multiples of this many voxels per axis, so that they cut the volume on the
