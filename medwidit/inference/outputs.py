@@ -251,9 +251,10 @@ class CaseWriter:
             self._lock.__exit__(None, None, None)
 
 
-def finish_interrupted(plan: CasePlan, *, overwrite: bool) -> bool:
+def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
     """Complete the commit an interrupted run left for ``plan`` (its staging folder holds every planned file, and what
-    it committed is still in place) -> True; stale staging folders of the case are removed either way."""
+    it committed is still in place) -> True; stale staging folders of the case are removed either way (only removed,
+    without ``finish``). A staging folder whose run is alive (its flock held) is left alone."""
     finished = False
     for staging in sorted(plan.state_dir.glob(f"{glob_escape(plan.name)}.*.staging")):
         if _read_json(staging / MANIFEST).get("case") != plan.name:
@@ -263,7 +264,7 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool) -> bool:
                 continue  # a live run's
             names = sorted(f.name for f in plan.files)
             ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
-            if not finished and ours and _read_json(staging / MANIFEST).get("files") == names:
+            if finish and not finished and ours and _read_json(staging / MANIFEST).get("files") == names:
                 with _locked(plan.state_dir / "lock"):
                     _commit_staged(plan, staging, overwrite=overwrite, committed=[])
                 finished = True

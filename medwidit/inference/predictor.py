@@ -317,7 +317,7 @@ class Predictor:
         cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
         plans = {c.name: plan_case(output_dir, c.name, [c.output_path(output_dir, k) for k in kinds])
                  for c in cases if c.problem is None}
-        check_plan(list(plans.values()), [f for c in cases if c.problem is None for f in c.files])
+        check_plan(list(plans.values()), [f for c in cases for f in c.files])
         results: list[CaseResult] = []
         for case in cases:
             start = time.perf_counter()
@@ -326,8 +326,8 @@ class Predictor:
                                             {**options, "progress": progress, "force_grid": force_grid}, seed)
             except KeyboardInterrupt:
                 done = sum(r.status == "done" for r in results)
-                logger.error("interrupted during case %s; the %d case(s) finished before it are complete.",
-                             case.name, done)
+                logger.error("interrupted during case %s (what this run had written of it is removed); the %d case(s) "
+                             "finished before it are complete.", case.name, done)
                 raise
             result.seconds = time.perf_counter() - start
             results.append(result)
@@ -341,7 +341,7 @@ class Predictor:
             if resume and is_finished(plan):
                 logger.info("%s: done before, skipped", case.name)
                 return CaseResult(case.name, "skipped", outputs)
-            if resume and finish_interrupted(plan, overwrite=overwrite):
+            if (resume or overwrite) and finish_interrupted(plan, overwrite=overwrite, finish=resume):
                 return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
             case.check_modalities(self.num_modalities)
             existing = [path for path in plan.files if path.exists()]

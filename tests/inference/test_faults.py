@@ -205,6 +205,20 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
 
 
+def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(setup, tmp_path):
+    from medwidit.inference.outputs import CaseWriter, plan_case
+
+    _, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = plan_case(out, "scan", [out / "scan.nii.gz"])
+    writer = CaseWriter(plan, overwrite=False).__enter__()  # a run that staged and then vanished (no __exit__)
+    writer._lock.__exit__(None, None, None)  # its process is gone: the flock is released
+    assert len(hidden_leftovers(out)) == 1
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done" and result.message is None and hidden_leftovers(out) == []
+
+
 def _interrupt_second_commit(monkeypatch, error):
     from medwidit.inference import outputs as outputs_module
 
@@ -233,7 +247,7 @@ def test_sigint_between_commits_leaves_nothing_and_says_so(setup, monkeypatch, c
     assert code == 130 and len(calls) == 2
     assert visible(out) == [] and hidden_leftovers(out) == []  # what the message says below is true
     assert "scan: removed the 1 output file(s) this run had committed (scan.nii.gz)" in err, err
-    assert "interrupted during case scan; the 0 case(s) finished before it are complete" in err, err
+    assert "interrupted during case scan (what this run had written of it is removed); the 0 case(s)" in err, err
 
 
 def test_a_full_disk_while_the_figure_is_written_leaves_no_part_of_the_case(setup, monkeypatch):
