@@ -24,6 +24,7 @@ Offline without monai or nibabel: ``pip download --no-deps monai nibabel -d whee
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import json
@@ -65,16 +66,51 @@ except ImportError as e:
 
 EXAMPLE = ROOT / "medwidit" / "data" / "examples" / "colin27_head_2mm_image.nii.gz"
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched against torch's device name
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0,
-                    "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
-KERNELS = {"flash": "_scaled_dot_product_flash_attention", "efficient": "_scaled_dot_product_efficient_attention",
-           "cudnn": "_scaled_dot_product_cudnn_attention", "math": "_scaled_dot_product_attention_math"}
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
+KERNELS = {
+    "flash": "_scaled_dot_product_flash_attention",
+    "efficient": "_scaled_dot_product_efficient_attention",
+    "cudnn": "_scaled_dot_product_cudnn_attention",
+    "math": "_scaled_dot_product_attention_math",
+}
 SIZES = {  # full: the figures the issue asks for; quick: the same code on tiny sizes, seconds on a CPU
-    "full": {"tp_net": {}, "tp_size": 128, "tp_iters": 10, "ct_shape": (512, 512, 300), "ct_steps": None,
-             "ct_samples": None, "agree_steps": 10, "agree_samples": 4, "ddp_steps": 3, "windows": 4, "edge": 64},
-    "quick": {"tp_net": {"hidden_size": 64, "depth": 2, "num_heads": 2}, "tp_size": 32, "tp_iters": 2,
-              "ct_shape": (48, 48, 32), "ct_steps": 1, "ct_samples": 1, "agree_steps": 1, "agree_samples": 1,
-              "ddp_steps": 2, "windows": 1, "edge": 32},
+    "full": {
+        "tp_net": {},
+        "tp_size": 128,
+        "tp_iters": 10,
+        "ct_shape": (512, 512, 300),
+        "ct_steps": None,
+        "ct_samples": None,
+        "agree_steps": 10,
+        "agree_samples": 4,
+        "ddp_steps": 3,
+        "windows": 4,
+        "edge": 64,
+    },
+    "quick": {
+        "tp_net": {"hidden_size": 64, "depth": 2, "num_heads": 2},
+        "tp_size": 32,
+        "tp_iters": 2,
+        "ct_shape": (48, 48, 32),
+        "ct_steps": 1,
+        "ct_samples": 1,
+        "agree_steps": 1,
+        "agree_samples": 1,
+        "ddp_steps": 2,
+        "windows": 1,
+        "edge": 32,
+    },
 }
 
 
@@ -134,8 +170,9 @@ def _bundle_net(ctx: Context) -> WiDiT:
 
 def _widit_b4(ctx: Context) -> WiDiT:
     """WiDiT-B/4 for two classes and one image channel (shrunk in quick mode)."""
-    net = widit_preset("WiDiT-B/4", spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False,
-                       **ctx.sizes["tp_net"])
+    net = widit_preset(
+        "WiDiT-B/4", spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, **ctx.sizes["tp_net"]
+    )
     return net.to(ctx.device)
 
 
@@ -160,10 +197,16 @@ def environment(ctx: Context) -> dict:
     info = {"torch": torch.__version__, "device": str(ctx.device), "quick": ctx.quick}
     if ctx.cuda:
         name = torch.cuda.get_device_name(ctx.device)
-        info.update(name=name, cuda=torch.version.cuda, capability=list(torch.cuda.get_device_capability(ctx.device)),
-                    memory_gb=torch.cuda.get_device_properties(ctx.device).total_memory / 2**30,
-                    bf16_supported=torch.cuda.is_bf16_supported(), cudnn=torch.backends.cudnn.version(),
-                    matmul_tf32=torch.backends.cuda.matmul.allow_tf32, cudnn_tf32=torch.backends.cudnn.allow_tf32)
+        info.update(
+            name=name,
+            cuda=torch.version.cuda,
+            capability=list(torch.cuda.get_device_capability(ctx.device)),
+            memory_gb=torch.cuda.get_device_properties(ctx.device).total_memory / 2**30,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            cudnn=torch.backends.cudnn.version(),
+            matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_tf32=torch.backends.cudnn.allow_tf32,
+        )
         sheet = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
     else:
         info.update(name="cpu", threads=torch.get_num_threads())
@@ -210,30 +253,48 @@ def _default_kernel(q, k, v, mask) -> str:
     return found[0] if found else f"unknown ({sorted(n for n in names if 'attention' in n)})"
 
 
-def sdpa_kernels(ctx: Context) -> dict:
-    """Which kernels run on the window attention's own q/k/v, by default and forced one by one."""
+def _forced(ctx: Context, q, k, v, mask) -> dict:
+    """Each SDPA backend forced alone with ``sdpa_kernel``: ``{"ran": True, "ms"}`` or ``{"ran": False, "error"}``."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    attend = functools.partial(torch.nn.functional.scaled_dot_product_attention, q, k, v, attn_mask=mask)
+    results = {}
+    for name, backend in backends.items():
+        try:
+            with sdpa_kernel([backend]):
+                results[name] = {"ran": True, "ms": 1e3 * ctx.timed(attend, iters=3)}
+        except RuntimeError as e:  # "No available kernel": this backend does not take these inputs
+            results[name] = {"ran": False, "error": _error(e)}
+    return results
+
+
+def sdpa_kernels(ctx: Context) -> dict:
+    """Which kernels run on the window attention's own q/k/v, by default and forced one by one."""
     size = ctx.sizes["tp_size"]
-    models = {"bundle net, inference windows": (_bundle_net(ctx), ctx.sizes["windows"], ctx.sizes["edge"]),
-              f"WiDiT-B/4 at {size}^3": (_widit_b4(ctx), 1, size)}
+    models = {
+        "bundle net, inference windows": (_bundle_net(ctx), ctx.sizes["windows"], ctx.sizes["edge"]),
+        f"WiDiT-B/4 at {size}^3": (_widit_b4(ctx), 1, size),
+    }
     calls = []
     for label, (net, batch, edge) in models.items():
         for (shape, dtype, mask_kind, mask_shape), (q, k, v, mask) in _capture_sdpa(ctx, net, batch, edge):
-            call = {"model": label, "q_shape": list(shape), "dtype": dtype, "mask": mask_kind,
-                    "mask_shape": mask_shape and list(mask_shape), "default": _default_kernel(q, k, v, mask)}
-            for name, backend in backends.items():
-                try:
-                    with sdpa_kernel([backend]):
-                        ms = 1e3 * ctx.timed(lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: B023
-                            q, k, v, attn_mask=mask), iters=3)  # noqa: B023
-                    call[name] = {"ran": True, "ms": ms}
-                except RuntimeError as e:
-                    call[name] = {"ran": False, "error": _error(e)}
-            calls.append(call)
-        del net
+            calls.append(
+                {
+                    "model": label,
+                    "q_shape": list(shape),
+                    "dtype": dtype,
+                    "mask": mask_kind,
+                    "mask_shape": mask_shape and list(mask_shape),
+                    "default": _default_kernel(q, k, v, mask),
+                    **_forced(ctx, q, k, v, mask),
+                }
+            )
     return {"calls": calls, "defaults": sorted({c["default"] for c in calls})}
 
 
@@ -247,8 +308,9 @@ def bf16_agreement(ctx: Context) -> dict:
         if precision == "bfloat16" and not ctx.cuda:
             predictor.autocast_dtype = torch.bfloat16  # the Predictor autocasts on CUDA only; compare anyway
         start = time.perf_counter()
-        results[precision] = predictor.segment(str(EXAMPLE), steps=ctx.sizes["agree_steps"],
-                                               num_samples=ctx.sizes["agree_samples"])
+        results[precision] = predictor.segment(
+            str(EXAMPLE), steps=ctx.sizes["agree_steps"], num_samples=ctx.sizes["agree_samples"]
+        )
         results[precision + "_seconds"] = time.perf_counter() - start
     fp32, bf16 = results["float32"], results["bfloat16"]
     k = fp32.num_classes
@@ -256,12 +318,15 @@ def bf16_agreement(ctx: Context) -> dict:
     per_class = dice(y_pred=torch.as_tensor(bf16.label_map)[None, None], y=torch.as_tensor(fp32.label_map)[None, None])
     difference = np.abs(fp32.probability - bf16.probability)
     return {
-        "steps": ctx.sizes["agree_steps"], "num_samples": ctx.sizes["agree_samples"],
+        "steps": ctx.sizes["agree_steps"],
+        "num_samples": ctx.sizes["agree_samples"],
         "grid": list(fp32.label_map.shape),
-        "dice_foreground": per_class[0].tolist(), "max_prob_difference": float(difference.max()),
+        "dice_foreground": per_class[0].tolist(),
+        "max_prob_difference": float(difference.max()),
         "mean_prob_difference": float(difference.mean()),
         "labels_differing_fraction": float((fp32.label_map != bf16.label_map).mean()),
-        "float32_seconds": results["float32_seconds"], "bfloat16_seconds": results["bfloat16_seconds"],
+        "float32_seconds": results["float32_seconds"],
+        "bfloat16_seconds": results["bfloat16_seconds"],
     }
 
 
@@ -285,11 +350,19 @@ def throughput(ctx: Context) -> dict:
     seconds = ctx.timed(step, iters=ctx.sizes["tp_iters"])
     tflops = flops / seconds / 1e12
     return {
-        "model": "WiDiT-B/4" + (" (quick: shrunk)" if ctx.sizes["tp_net"] else ""), "size": size, "batch": 1,
-        "dtype": str(ctx.amp or torch.float32), "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "seconds_per_step": seconds, "steps_per_s": 1 / seconds, "voxels_per_s": size**3 / seconds,
-        "tflop_per_step": flops / 1e12, "achieved_tflops": tflops, "peak_tflops": ctx.peak_tflops,
-        "mfu": tflops / ctx.peak_tflops, "peak_memory_mb": ctx.peak_mb(),
+        "model": "WiDiT-B/4" + (" (quick: shrunk)" if ctx.sizes["tp_net"] else ""),
+        "size": size,
+        "batch": 1,
+        "dtype": str(ctx.amp or torch.float32),
+        "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
+        "seconds_per_step": seconds,
+        "steps_per_s": 1 / seconds,
+        "voxels_per_s": size**3 / seconds,
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": tflops,
+        "peak_tflops": ctx.peak_tflops,
+        "mfu": tflops / ctx.peak_tflops,
+        "peak_memory_mb": ctx.peak_mb(),
     }
 
 
@@ -312,8 +385,12 @@ def compile_speedup(ctx: Context) -> dict:
     compile_seconds = time.perf_counter() - start
     eager_s, compiled_s = ctx.timed(lambda: run(net), iters=5), ctx.timed(lambda: run(compiled), iters=5)
     return {
-        "backend": ctx.compile_backend, "input": list(x.shape), "compile_seconds": compile_seconds,
-        "eager_ms": 1e3 * eager_s, "compiled_ms": 1e3 * compiled_s, "speedup": eager_s / compiled_s,
+        "backend": ctx.compile_backend,
+        "input": list(x.shape),
+        "compile_seconds": compile_seconds,
+        "eager_ms": 1e3 * eager_s,
+        "compiled_ms": 1e3 * compiled_s,
+        "speedup": eager_s / compiled_s,
         "max_abs_difference": float((run(net).float() - out_compiled.float()).abs().max()),
         "graph_breaks": int(sum(torch._dynamo.utils.counters["graph_break"].values())),
     }
@@ -330,10 +407,21 @@ def _ddp_worker(rank: int, spec: dict) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device.index or 0)
         torch.manual_seed(0)
-        net = WiDiT(spatial_dim=3, patch_size=4, in_channels=2, cond_channels=1, hidden_size=64, depth=2,
-                    num_heads=4, window_size=4, learn_sigma=False)
-        model = DistributedDataParallel(DiffusionSegmenter(net, num_classes=2).to(device),
-                                        device_ids=[device.index or 0] if device.type == "cuda" else None)
+        net = WiDiT(
+            spatial_dim=3,
+            patch_size=4,
+            in_channels=2,
+            cond_channels=1,
+            hidden_size=64,
+            depth=2,
+            num_heads=4,
+            window_size=4,
+            learn_sigma=False,
+        )
+        model = DistributedDataParallel(
+            DiffusionSegmenter(net, num_classes=2).to(device),
+            device_ids=[device.index or 0] if device.type == "cuda" else None,
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         losses, start = [], time.perf_counter()
         for _ in range(spec["steps"]):
@@ -359,8 +447,13 @@ def ddp(ctx: Context) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"backend": "nccl" if ctx.cuda else "gloo", "port": port, "device": str(ctx.device),
-                "steps": ctx.sizes["ddp_steps"], "out": os.path.join(tmp, "ddp.json")}
+        spec = {
+            "backend": "nccl" if ctx.cuda else "gloo",
+            "port": port,
+            "device": str(ctx.device),
+            "steps": ctx.sizes["ddp_steps"],
+            "out": os.path.join(tmp, "ddp.json"),
+        }
         # CUDA needs a fresh interpreter (spawn); on CPU a fork skips re-importing torch and medwidit
         mp.start_processes(_ddp_worker, args=(spec,), nprocs=1, join=True, start_method="spawn" if ctx.cuda else "fork")
         result = json.loads(Path(spec["out"]).read_text())
@@ -383,15 +476,28 @@ def ct_volume(ctx: Context) -> dict:
     result = predictor.segment(volume, affine=np.diag([*spacing, 1.0]), steps=steps, num_samples=samples)
     ctx.sync()
     return {
-        "shape": list(shape), "spacing": list(spacing), "steps": steps, "num_samples": samples,
-        "roi_size": predictor.roi_size, "precision": str(predictor.autocast_dtype or torch.float32),
-        "seconds": time.perf_counter() - start, "peak_memory_mb": ctx.peak_mb(), "host_peak_mb": ctx.peak_mb(True),
+        "shape": list(shape),
+        "spacing": list(spacing),
+        "steps": steps,
+        "num_samples": samples,
+        "roi_size": predictor.roi_size,
+        "precision": str(predictor.autocast_dtype or torch.float32),
+        "seconds": time.perf_counter() - start,
+        "peak_memory_mb": ctx.peak_mb(),
+        "host_peak_mb": ctx.peak_mb(True),
         "foreground_fraction": float((result.label_map > 0).mean()),
     }
 
 
-SECTIONS = {"environment": environment, "sdpa_kernels": sdpa_kernels, "bf16_agreement": bf16_agreement,
-            "throughput": throughput, "compile": compile_speedup, "ddp": ddp, "ct_volume": ct_volume}
+SECTIONS = {
+    "environment": environment,
+    "sdpa_kernels": sdpa_kernels,
+    "bf16_agreement": bf16_agreement,
+    "throughput": throughput,
+    "compile": compile_speedup,
+    "ddp": ddp,
+    "ct_volume": ct_volume,
+}
 
 
 ##################################################################################
@@ -438,8 +544,10 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"{name}{'_quick' if args.quick else ''}.json"
     report = run_sections(Context(args), out, args.budget_s)
     failed = [name for name in SECTIONS if "error" in report[name]]
-    print(f"[gpu.py] wrote {out}; {len(SECTIONS) - len(failed)}/{len(SECTIONS)} sections ran"
-          + (f", failed: {failed}" if failed else ""))
+    print(
+        f"[gpu.py] wrote {out}; {len(SECTIONS) - len(failed)}/{len(SECTIONS)} sections ran"
+        + (f", failed: {failed}" if failed else "")
+    )
     return 1 if failed else 0
 
 

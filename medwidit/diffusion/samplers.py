@@ -221,10 +221,9 @@ def dpmpp_2m_sample(
     generator: Generators = None,
     callback: Callback = None,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2) on the data prediction: ``x_s = (sigma_s / sigma_t) x_t -
-    alpha_s (e^-h - 1) D`` with ``D = x0 + (x0 - x0_prev) / (2r)``, ``r = h_prev / h``, h the step in lambda = log(alpha
-    / sigma); the first step is DDIM's and a last step to sigma = 0 returns x0 (first order, as k-diffusion).
-    ``generator`` is unused: the solver is deterministic once x_T is drawn."""
+    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2) on the data prediction, first order on the first and a final step."""
+    # x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, h the step in lambda = log(alpha / sigma),
+    # D = x0 + (x0 - x0_prev) / (2r), r = h_prev / h; deterministic once x_T is drawn (``generator`` is unused)
     abar = alphas_cumprod.double().tolist()
     previous: tuple[torch.Tensor, float] | None = None  # (x0, h) of the step before
     for i, (t, s) in enumerate(_step_pairs(timesteps)):
@@ -264,8 +263,7 @@ def flow_euler_sample(
     generator: Generators = None,
     callback: Callback = None,
 ) -> torch.Tensor:
-    """Euler integration of the linear-path flow ODE from t = T (noise) to 0 (data): ``x <- x + v (t - t_next) / T``
-    (SiT's ODE sampler; MONAI ``RFlowScheduler.step``). ``generator`` is unused: deterministic once x_T is drawn."""
+    """Euler on the flow ODE from t = T to 0, ``x <- x + v (t - t_next) / T`` (SiT; MONAI RFlowScheduler.step)."""
     for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
         velocity, _ = _predict(denoise, x, t)
         x0 = x + velocity * t / num_train_timesteps
@@ -284,9 +282,9 @@ def heun_sample(
     generator: Generators = None,
     callback: Callback = None,
 ) -> torch.Tensor:
-    """Heun's second-order method on the flow's probability-flow ODE (SiT's ODE sampler; Karras et al. 2022, alg. 1):
-    ``x <- x + (v(x, t) + v(x_euler, t_next)) dt / 2``, Euler on the last step (at t = 0 the velocity is not
-    identifiable), so n steps make 2n - 1 network calls. ``generator`` is unused."""
+    """Heun's method on the flow ODE (SiT's ODE sampler; Karras et al. 2022, alg. 1, Euler on the last step)."""
+    # x <- x + (v(x, t) + v(x_euler, t_next)) dt / 2; at t = 0 the velocity is not identifiable, so n steps make
+    # 2n - 1 network calls; deterministic once x_T is drawn (``generator`` is unused)
     for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
         velocity, _ = _predict(denoise, x, t)
         dt = float(t - t_next) / num_train_timesteps
@@ -311,9 +309,9 @@ def euler_maruyama_sample(
     generator: Generators = None,
     callback: Callback = None,
 ) -> torch.Tensor:
-    """Euler–Maruyama on SiT's SDE (Ma et al. 2024; ``diffusion_form="sigma"``): ``dx = (v + w score) ds +
-    sqrt(2 w) dW`` with ``w = diffusion_norm * s``, ``s = t / T``, ``score = ((1 - s) v - x) / s``; the last step to
-    t = 0 is a noiseless Euler step (SiT's ``last_step="Euler"``), so the sample ends on the x0 estimate."""
+    """Euler–Maruyama on SiT's flow SDE (Ma et al. 2024; ``diffusion_form="sigma"``, ``last_step="Euler"``)."""
+    # dx = (v + w score) ds + sqrt(2 w) dW with s = t / T, w = diffusion_norm * s, score = ((1 - s) v - x) / s;
+    # the last step to t = 0 is a noiseless Euler step, so the sample ends on the x0 estimate
     check_range("diffusion_norm", diffusion_norm, 0.0, math.inf)
     for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
         velocity, _ = _predict(denoise, x, t)

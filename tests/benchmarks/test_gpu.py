@@ -33,7 +33,9 @@ def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu") / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())

@@ -101,7 +101,11 @@ def test_ddim_equals_monai_step_where_monai_stride_is_consistent(prediction_type
     scheduler.set_timesteps(1000)  # list 999..0, stride 1: MONAI's re-derived previous step agrees with the list
     x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
     ours = ddim_sample(
-        _contracting(prediction_type), x_T, scheduler.timesteps.tolist(), **schedule_arguments(scheduler), eta=eta,
+        _contracting(prediction_type),
+        x_T,
+        scheduler.timesteps.tolist(),
+        **schedule_arguments(scheduler),
+        eta=eta,
         generator=torch.Generator().manual_seed(1),
     )
     x, g = x_T.clone(), torch.Generator().manual_seed(1)
@@ -116,8 +120,12 @@ def test_ddpm_equals_monai_step_on_the_full_chain(variance_type):
     scheduler.set_timesteps(1000)
     x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
     ours = ddpm_sample(
-        _contracting("sample"), x_T, scheduler.timesteps.tolist(), **schedule_arguments(scheduler),
-        variance_type=variance_type, generator=torch.Generator().manual_seed(1),
+        _contracting("sample"),
+        x_T,
+        scheduler.timesteps.tolist(),
+        **schedule_arguments(scheduler),
+        variance_type=variance_type,
+        generator=torch.Generator().manual_seed(1),
     )
     x, g = x_T.clone(), torch.Generator().manual_seed(1)
     for t in scheduler.timesteps:

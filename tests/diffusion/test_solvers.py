@@ -74,8 +74,14 @@ def test_dpmpp_2m_is_second_order_where_ddim_is_first():
     errors = {}
     for name, solver in (("ddim", ddim_sample), ("dpmpp_2m", dpmpp_2m_sample)):
         for stride in (48, 24, 12):
-            out = solver(_gaussian_x0(abar), x, list(range(960, -1, -stride)), abar, prediction_type="sample",
-                         final_alpha_cumprod=abar[0].item())
+            out = solver(
+                _gaussian_x0(abar),
+                x,
+                list(range(960, -1, -stride)),
+                abar,
+                prediction_type="sample",
+                final_alpha_cumprod=abar[0].item(),
+            )
             errors[name, stride] = (out - exact).abs().max().item()
     assert 3.5 < errors["dpmpp_2m", 24] / errors["dpmpp_2m", 12] < 4.5  # halving the step quarters the error
     assert 1.8 < errors["ddim", 24] / errors["ddim", 12] < 2.2
@@ -110,8 +116,14 @@ def test_heun_is_second_order_where_euler_is_first():
 def test_euler_maruyama_keeps_the_data_marginal(diffusion_norm):
     x = torch.randn(1, 1, 20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     timesteps = timestep_list(RFlowScheduler(1000), 100)
-    out = euler_maruyama_sample(_gaussian_velocity, x, timesteps, 1000, diffusion_norm=diffusion_norm,
-                                generator=torch.Generator().manual_seed(1))
+    out = euler_maruyama_sample(
+        _gaussian_velocity,
+        x,
+        timesteps,
+        1000,
+        diffusion_norm=diffusion_norm,
+        generator=torch.Generator().manual_seed(1),
+    )
     ode = flow_euler_sample(_gaussian_velocity, x, timesteps, 1000)
     assert abs(out.std().item() - C) < 0.015 and abs(out.mean().item()) < 0.015  # N(0, C^2) again
     correlation = torch.corrcoef(torch.stack([out.flatten(), ode.flatten()]))[0, 1].item()
@@ -132,8 +144,9 @@ def test_euler_maruyama_reproduces_with_the_same_generators_per_member():
     timesteps = timestep_list(RFlowScheduler(1000), 5)
 
     def draw(seeds):
-        return euler_maruyama_sample(_gaussian_velocity, x, timesteps, 1000,
-                                     generator=[torch.Generator().manual_seed(s) for s in seeds])
+        return euler_maruyama_sample(
+            _gaussian_velocity, x, timesteps, 1000, generator=[torch.Generator().manual_seed(s) for s in seeds]
+        )
 
     assert torch.equal(draw([1, 2]), draw([1, 2]))
     assert torch.equal(draw([1, 2])[:2], draw([1, 3])[:2]) and not torch.equal(draw([1, 2]), draw([1, 3]))
