@@ -37,7 +37,7 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
-from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
+from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +71,6 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
     if not items:
         raise ValueError(f"data_list {str(data_list)!r} has an empty split {key!r}.")
     return items
-
-
-def _not_zero(x):
-    """z-scored over non-zero voxels: the background stays exactly 0 while tissue goes below it."""
-    return x != 0
-
-
-def _above_floor(x):
-    """Percentile scaling and histogram equalisation put the background at their floor, -1."""
-    return x > -1.0
-
-
-def _above_minimum(x):
-    """Raw intensities: the background is the image's minimum (usually 0)."""
-    return x > x.min()
-
-
-FOREGROUND = {"zscore_nonzero": _not_zero, "scale_percentiles": _above_floor, "histogram": _above_floor,
-              "none": _above_minimum}  # module-level functions: DataLoader workers pickle them
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -217,7 +198,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.foreground_margin is not None:
             crop.append(
                 CropForegroundd(
-                    KEYS, source_key="image", select_fn=FOREGROUND[self.preprocessing["intensity"]],
+                    KEYS, source_key="image", select_fn=INTENSITY_MODES[self.preprocessing["intensity"]].foreground,
                     margin=int(self.foreground_margin),
                     allow_smaller=True, start_coord_key=None, end_coord_key=None,
                 )
