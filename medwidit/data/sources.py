@@ -40,7 +40,7 @@ from medwidit.data.atlas import (
     ATLAS_TABLES,
     CSF,
     TISSUE_CLASSES,
-    dice_per_class,
+    atlas_dice,
     downsample_mean,
     map_labels,
     own_tissue_agreement,
@@ -243,7 +243,7 @@ def build_case(task: str, template_name: str, raw: dict[str, Path], out_dir: Pat
     entry["voxels_per_class"] = np.bincount(label.ravel(), minlength=len(TASKS[task]["labels"])).tolist()
     if task == "tissue":
         other = np.asarray(nib.load(paths["neuromorphometrics_label"]).dataobj)
-        entry["dice_desikan_vs_neuromorphometrics"] = dice_per_class(label, other, TISSUE_CLASSES)
+        entry["dice_desikan_vs_neuromorphometrics"] = atlas_dice(label, other, TISSUE_CLASSES)
         if template.tissue_maps is not None:
             gm, wm = (on_grid(nib.load(raw[key]), t1) for key in template.tissue_maps)
             entry["dice_vs_own_tissue_maps"] = own_tissue_agreement(label, gm, wm)

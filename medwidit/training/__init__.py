@@ -2,7 +2,6 @@
 
 from .bundle import SegmentationNetwork, find_bundle_root, require_done
 from .data import SegmentationDataModule, load_data_list
-from .evaluation import dice_per_class, evaluate_files
 from .module import DiffusionSegmentationModule, ExportSegmenter, WarmupCosine, segmenter_state_from_checkpoint
 
 __all__ = [
@@ -11,8 +10,6 @@ __all__ = [
     "SegmentationDataModule",
     "SegmentationNetwork",
     "WarmupCosine",
-    "dice_per_class",
-    "evaluate_files",
     "find_bundle_root",
     "load_data_list",
     "require_done",

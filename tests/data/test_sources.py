@@ -315,3 +315,20 @@ def test_data_list_keys_do_not_collide_with_monai_meta_keys(name):
         for item in listing[split]:
             clashes = [k for k in item if k != "image" and k != "label" and k.startswith(("image_", "label_"))]
             assert not clashes, f"{name}.json {split}: keys {clashes} would be taken for MONAI metadata"
+
+
+def test_atlas_dice_on_monai_equals_the_counting_formula_it_replaced():
+    def counted(a, b, names):  # the hand-written Dice this replaced
+        out = {}
+        for k, name in names.items():
+            both, total = np.count_nonzero((a == k) & (b == k)), np.count_nonzero(a == k) + np.count_nonzero(b == k)
+            out[name] = round(2.0 * both / total, 4) if total else float("nan")
+        return out
+
+    rng, names = np.random.default_rng(0), {1: "x", 2: "y", 3: "z", 4: "absent"}
+    for trial in range(30):
+        a = rng.integers(0, 4, (20, 17, 13))
+        b = np.where(rng.random(a.shape) < rng.random(), rng.integers(0, 4, a.shape), a)
+        if trial % 3 == 0:  # class 2 only in a: Dice 0; class 4 in neither: NaN
+            b[b == 2] = 1
+        assert json.dumps(atlas.atlas_dice(a, b, names)) == json.dumps(counted(a, b, names))
