@@ -68,3 +68,13 @@ def test_require_done_names_failed_cases():
         require_done([done, failed])
     with pytest.raises(RuntimeError, match="empty"):
         require_done([])
+
+
+def test_refuse_renamed_names_the_new_key_and_knows_its_keys():
+    from medwidit.training import refuse_renamed
+
+    refuse_renamed(steps=None)
+    with pytest.raises(ValueError, match="'steps' is now 'val_steps'"):
+        refuse_renamed(steps=3)
+    with pytest.raises(ValueError, match="knows"):
+        refuse_renamed(stpes=3)

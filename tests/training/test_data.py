@@ -17,7 +17,7 @@ CASES = {2: ((24, 24), PREPROCESSING_2D, [16, 16]), 3: ((24, 24, 24), PREPROCESS
 
 def _module(data_list, spatial_dims, **kwargs):
     _, preprocessing, roi = CASES[spatial_dims]
-    options = {"batch_size": 2, "num_samples": 3, "num_workers": 0, **kwargs}
+    options = {"batch_size": 2, "num_crops": 3, "num_workers": 0, **kwargs}
     return SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=roi, **options)
 
 
@@ -82,7 +82,7 @@ def test_cache_modes(tmp_path, cache, kind):
     data_list = write_dataset(tmp_path, num_train=1)
     dm = _module(data_list, 3, cache=cache, cache_dir=tmp_path / "cache")
     assert type(dm.train_dataset) is kind
-    assert len(dm.train_dataset[0]) == 3  # num_samples crops per volume
+    assert len(dm.train_dataset[0]) == 3  # num_crops crops per volume
 
 
 @pytest.mark.parametrize("intensity", list(INTENSITY_MODES))  # every mode, a new one included

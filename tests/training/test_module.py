@@ -77,7 +77,7 @@ class StepCounter(Callback):
 def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None):
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
-        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_samples=1,
+        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_crops=1,
         num_workers=0,
     )
     module = DiffusionSegmentationModule(
