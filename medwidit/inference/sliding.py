@@ -314,6 +314,7 @@ def sample_ensemble(
     generator: torch.Generator | None = None,
     wrap_model_fn: Callable[[Callable], Callable] | None = None,
     progress: Callable[[dict], None] | None = None,
+    return_members: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -321,7 +322,9 @@ def sample_ensemble(
 
     ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
     through the code path inference uses (with its own steps, samples and overlap, and no autocast).
-    ``wrap_model_fn`` wraps the denoiser (e.g. in autocast).
+    ``wrap_model_fn`` wraps the denoiser (e.g. in autocast). ``return_members`` adds ``"members"``, the
+    per-member probabilities (S, B, K, *S); members draw their noise in order, so its first n are the n-member
+    ensemble of the same generator.
     """
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
@@ -331,6 +334,9 @@ def sample_ensemble(
         image, steps=steps, num_samples=num_samples, generator=generator, progress=progress,
         model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
     )
-    summary = summarize_ensemble(to_probabilities(samples, dim=2))
+    probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
+    summary = summarize_ensemble(probabilities)
+    if return_members:
+        summary["members"] = probabilities
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary
