@@ -76,6 +76,15 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
     }
 
 
+def publish(result: dict, table: str, path: Path) -> dict:
+    """Print the markdown ``table``, store it as ``result["markdown"]`` and write ``result`` to ``path``."""
+    result["markdown"] = table
+    print(table)
+    write_json(result, path)
+    print(f"wrote {path}")
+    return result
+
+
 def write_json(result: dict, path: Path) -> None:
     """``result`` as indented JSON at ``path`` (folders made, written atomically, inf/NaN as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from _baselines import BASELINES, build_baseline, predict_baseline, train_baseline
 from _recipe import TASKS, held_out_cases, load_recipe, training_budget
-from _report import ROOT, environment, fmt, mean_over_cases, write_json
+from _report import ROOT, environment, fmt, mean_over_cases, publish
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, LoadImage
 from monai.utils import look_up_option, optional_import
@@ -399,11 +399,7 @@ def main(argv=None) -> dict:
         ],
     }
     result["wall_clock_seconds"] = time.perf_counter() - started
-    result["markdown"] = markdown(result)
-    print(result["markdown"])
-    write_json(result, args.out)
-    print(f"wrote {args.out}")
-    return result
+    return publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

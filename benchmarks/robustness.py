@@ -32,7 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from _report import ROOT, environment, write_json  # benchmarks/ is on sys.path when a script runs
+from _report import ROOT, environment, publish  # benchmarks/ is on sys.path when a script runs
 from monai.transforms import GaussianSmooth, RandAffined, RandBiasField, RandHistogramShift
 
 from medwidit.datasets.brain import sources
@@ -126,11 +126,7 @@ def main(argv=None) -> dict:
              "|---|---|---|---|---|"]
     table += [f"| {c} | {s['clean_mean_dice']:.3f} | {s['shifted_mean_dice']:.3f} ± {s['shifted_std_dice']:.3f} | "
               f"{s['shifted_min_dice']:.3f} | {s['shifted_median_hd95_mm']:.1f} |" for c, s in rows]
-    result["markdown"] = "\n".join(table)
-    print(result["markdown"])
-    write_json(result, args.output)
-    print(f"wrote {args.output}")
-    return result
+    return publish(result, "\n".join(table), args.output)
 
 
 if __name__ == "__main__":
