@@ -9,6 +9,7 @@ import time
 
 import lightning as L
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.transforms import Compose
 
@@ -113,3 +114,22 @@ def predict_baseline(net, image_path: str, pre: Compose, inferer, predictor: Pre
     entropy = -(probability * probability.clamp_min(1e-12).log()).sum(0, keepdim=True)  # (1, *S')
     probability, entropy = predictor._invert(data, pre, probability, entropy)  # the Predictor's own inversion
     return {"probability": probability, "entropy": entropy[0], "seconds": time.perf_counter() - start}
+
+
+def train_baselines(args, recipe: dict, predictor: Predictor, config: dict, budget: float, device) -> tuple:
+    """Each baseline built with the same seed and trained for ``budget`` seconds -> ({name: (net, inferer)},
+    {name: training record}); they predict with MONAI sliding windows of the training crop."""
+    dm = recipe["datamodule"]
+    inferer = SlidingWindowInferer(
+        dm.roi_size, sw_batch_size=predictor.sw_batch_size, overlap=config["overlap"], mode="gaussian"
+    )
+    methods, training = {}, {}
+    k, in_channels = len(recipe["class_names"]), predictor.num_modalities
+    for name in args.baselines:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            net = build_baseline(name, k, in_channels, args)
+        print(f"training {name} for {budget:.0f} s", flush=True)
+        training[name] = train_baseline(name, net, recipe, inferer, budget, args, device)
+        methods[name] = (net, inferer)
+    return methods, training

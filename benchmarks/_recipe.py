@@ -8,7 +8,9 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from medwidit.data.transforms import check_preprocessing
 from medwidit.datasets.brain import sources
+from medwidit.inference import Predictor
 from medwidit.inference.options import bundle_options
 
 TASKS = {"brain_extraction": "brain_extraction.json", "tissue_classes": "tissue_classes.json"}
@@ -81,3 +83,23 @@ def training_budget(args, recipe: dict) -> tuple[float, str, float | None]:
             '("training": {"wall_clock_seconds": ...}); pass --budget-seconds.'
         )
     return recorded, "bundle metadata training.wall_clock_seconds", recorded
+
+
+def load_predictor(args, recipe: dict, device) -> tuple[Predictor, Path]:
+    checkpoint = args.checkpoint or recipe["bundle"] / "models" / "model.pt"
+    options = {"device": device, "max_whole_voxels": args.max_whole_voxels}
+    if args.checkpoint is None:
+        predictor = Predictor.from_bundle(recipe["bundle"], **options)
+    else:
+        predictor = Predictor.from_checkpoint(checkpoint, **options)
+    if predictor.preprocessing != check_preprocessing(recipe["datamodule"].preprocessing):
+        raise SystemExit(
+            f"{checkpoint} was trained with preprocessing {predictor.preprocessing}, the bundle's recipe "
+            f"has {recipe['datamodule'].preprocessing}: the baselines would not see what it saw."
+        )
+    if predictor.num_classes != len(recipe["class_names"]):
+        raise SystemExit(
+            f"{checkpoint} has {predictor.num_classes} classes; task {recipe['task']} has "
+            f"{len(recipe['class_names'])} ({recipe['data_list']})."
+        )
+    return predictor, checkpoint

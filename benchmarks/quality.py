@@ -51,14 +51,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _baselines import BASELINES, build_baseline, predict_baseline, train_baseline
-from _recipe import TASKS, held_out_cases, load_recipe, training_budget
+from _baselines import BASELINES, predict_baseline, train_baselines
+from _recipe import TASKS, held_out_cases, load_predictor, load_recipe, training_budget
 from _report import ROOT, environment, fmt, mean_over_cases, publish
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, LoadImage
 from monai.utils import look_up_option, optional_import
 
-from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
+from medwidit.data.transforms import preprocessing_transforms
 from medwidit.inference import Predictor, resolve_device, sample_ensemble, summarize_ensemble
 from medwidit.inference.metrics import boundary_band, segmentation_metrics, uncertainty_quality
 
@@ -282,43 +281,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def load_predictor(args, recipe: dict, device) -> tuple[Predictor, Path]:
-    checkpoint = args.checkpoint or recipe["bundle"] / "models" / "model.pt"
-    options = {"device": device, "max_whole_voxels": args.max_whole_voxels}
-    if args.checkpoint is None:
-        predictor = Predictor.from_bundle(recipe["bundle"], **options)
-    else:
-        predictor = Predictor.from_checkpoint(checkpoint, **options)
-    if predictor.preprocessing != check_preprocessing(recipe["datamodule"].preprocessing):
-        raise SystemExit(
-            f"{checkpoint} was trained with preprocessing {predictor.preprocessing}, the bundle's recipe "
-            f"has {recipe['datamodule'].preprocessing}: the baselines would not see what it saw."
-        )
-    if predictor.num_classes != len(recipe["class_names"]):
-        raise SystemExit(
-            f"{checkpoint} has {predictor.num_classes} classes; task {recipe['task']} has "
-            f"{len(recipe['class_names'])} ({recipe['data_list']})."
-        )
-    return predictor, checkpoint
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # a benchmark script, not library code
-    started = time.perf_counter()
-    device = resolve_device(args.device)
-    env = environment(device, __file__)
-    if "swin_unetr" in args.baselines and not optional_import("einops")[1]:
-        raise SystemExit("SwinUNETR needs einops (pip install einops), or leave it out with --baselines basic_unet.")
-    recipe = load_recipe(args)
-    args.seed = recipe["seed"]
-    cases = held_out_cases(recipe)
-    budget, source, recorded = training_budget(args, recipe)
-    predictor, checkpoint = load_predictor(args, recipe, device)
-    inference = recipe["inference"]
-    dm = recipe["datamodule"]
-    config = {
+def run_config(args, recipe: dict, predictor: Predictor) -> dict:
+    """The settings of this run: medwidit's sampling (the bundle's unless overridden), the baselines', the data's."""
+    inference, dm = recipe["inference"], recipe["datamodule"]
+    return {
         "steps": args.steps or int(inference.get("steps", 10)),
         "samples": args.samples or int(inference.get("num_samples", 5)),
         "overlap": args.overlap if args.overlap is not None else float(inference.get("overlap", 0.5)),
@@ -341,6 +307,24 @@ def main(argv=None) -> dict:
         "class_names": recipe["class_names"],
         "quick": args.quick,
     }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a benchmark script, not library code
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    env = environment(device, __file__)
+    if "swin_unetr" in args.baselines and not optional_import("einops")[1]:
+        raise SystemExit("SwinUNETR needs einops (pip install einops), or leave it out with --baselines basic_unet.")
+    recipe = load_recipe(args)
+    args.seed = recipe["seed"]
+    cases = held_out_cases(recipe)
+    budget, source, recorded = training_budget(args, recipe)
+    predictor, checkpoint = load_predictor(args, recipe, device)
+    dm = recipe["datamodule"]
+    config = run_config(args, recipe, predictor)
     print(
         f"task {recipe['task']}: held out {[c['template'] for c in cases]}; budget {budget:.0f} s per baseline "
         f"({source}); checkpoint {checkpoint}",
@@ -350,18 +334,7 @@ def main(argv=None) -> dict:
     dm.setup("fit")  # cache the training and validation volumes once, outside the budgets
     data_setup = time.perf_counter() - t
     pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
-    inferer = SlidingWindowInferer(
-        dm.roi_size, sw_batch_size=predictor.sw_batch_size, overlap=config["overlap"], mode="gaussian"
-    )
-    methods, training = {}, {}
-    k, in_channels = len(recipe["class_names"]), predictor.num_modalities
-    for name in args.baselines:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            net = build_baseline(name, k, in_channels, args)
-        print(f"training {name} for {budget:.0f} s", flush=True)
-        training[name] = train_baseline(name, net, recipe, inferer, budget, args, device)
-        methods[name] = (net, inferer)
+    methods, training = train_baselines(args, recipe, predictor, config, budget, device)
     t = time.perf_counter()
     per_case = [evaluate_case(case, methods, predictor, pre, config, args) for case in cases]
     evaluation = time.perf_counter() - t
