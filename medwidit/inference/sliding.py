@@ -297,6 +297,7 @@ def sample_ensemble(
     sampler: str | None = None,
     eta: float = 0.0,
     guidance_scale: float = 1.0,
+    return_members: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -305,7 +306,8 @@ def sample_ensemble(
     ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
     through the code path inference uses (with its own steps, samples and overlap, and no autocast).
     ``wrap_model_fn`` wraps the denoiser (e.g. in autocast); ``sampler``, ``eta``, ``guidance_scale`` go to
-    ``segmenter.sample`` as they are.
+    ``segmenter.sample`` as they are. ``return_members`` adds ``"members"``, the per-member probabilities
+    (S, B, K, *S); members draw their noise in order, so its first n are the n-member ensemble of the same generator.
     """
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
@@ -315,6 +317,9 @@ def sample_ensemble(
         image, steps=steps, num_samples=num_samples, generator=generator, progress=progress, sampler=sampler, eta=eta,
         guidance_scale=guidance_scale, model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
     )
-    summary = summarize_ensemble(to_probabilities(samples, dim=2))
+    probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
+    summary = summarize_ensemble(probabilities)
+    if return_members:
+        summary["members"] = probabilities
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary
