@@ -197,10 +197,9 @@ class DiffusionSegmenter(nn.Module):
         w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
         """
-        spec, options = resolve_sampler(
-            sampler or DEFAULT_SAMPLER[self.scheduler_name], self.objective, eta=eta, variance_type=self.variance_type
+        spec, options = self.check_sampling(
+            image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
-        self._check_sampling(num_samples, guidance_scale, image)
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         timesteps, schedule = timestep_list(self.scheduler, steps), schedule_arguments(self.scheduler)
         model_fn = model_fn or (lambda x, t, c: self.net(x, t, conditioned=c))
@@ -217,14 +216,29 @@ class DiffusionSegmenter(nn.Module):
             samples.append(x.reshape(len(gens), *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
-    def _check_sampling(self, num_samples, guidance_scale, image) -> None:
-        """Validate the sampling arguments that are not the sampler's."""
+    def check_sampling(
+        self,
+        image: torch.Tensor,
+        *,
+        steps: int,
+        num_samples: int,
+        sampler: str | None,
+        eta: float,
+        guidance_scale: float,
+    ) -> tuple:
+        """Validate every sampling argument (ValueError naming it) -> (sampler spec, its options); only the rank of
+        ``image`` is looked at, so callers can check options before any data are read."""
+        spec, options = resolve_sampler(
+            sampler or DEFAULT_SAMPLER[self.scheduler_name], self.objective, eta=eta, variance_type=self.variance_type
+        )
+        check_int("steps", steps, high=self.num_train_timesteps, hint=" (num_train_timesteps)")
         check_int("num_samples", num_samples)
         check_range("guidance_scale", guidance_scale, 0.0, math.inf)
         if guidance_scale != 1 and self.cond_drop_prob == 0:
             logger.warning("guidance_scale=%s but the model was trained with cond_drop_prob=0.", guidance_scale)
         if image.ndim not in (4, 5):
             raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
+        return spec, options
 
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
         """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check."""
