@@ -2,16 +2,20 @@
 
 from .attention import FactorizedAttention, WindowAttention
 from .blocks import WiDiTBlock, WiDiTFinalLayer
+from .diffusers import DiffuserWiDiT, DiffuserWiDiTOutput
 from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import Mlp, SwiGLU, WiDiTInputError, modulate
-from .widit import PRESETS, WiDiT, load_widit, save_widit, widit_preset
+from .widit import PRESETS, SpacingEmbedder, WiDiT, load_widit, save_widit, widit_preset
 
 __all__ = [
     "PRESETS",
     "ConvPatchEmbed",
+    "DiffuserWiDiT",
+    "DiffuserWiDiTOutput",
     "FactorizedAttention",
     "Mlp",
     "PatchEmbed",
+    "SpacingEmbedder",
     "SwiGLU",
     "TimestepEmbedder",
     "Unpatchify",
