@@ -9,7 +9,7 @@ With diffusers installed (optional: the ``test`` extra) the wrapper is a ``Model
 from __future__ import annotations
 
 import inspect
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ except ImportError:  # optional dependency: the same call signature and output w
             return self.to_tuple()[index]
 
         def to_tuple(self) -> tuple:
-            return astuple(self)
+            return tuple(getattr(self, field.name) for field in fields(self))  # no deep copy, unlike astuple
 
     class ConfigMixin:
         """The part of diffusers' ConfigMixin this wrapper uses: ``register_to_config``, ``config``, ``from_config``."""
