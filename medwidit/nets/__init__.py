@@ -2,7 +2,6 @@
 
 from .attention import FactorizedAttention, WindowAttention
 from .blocks import WiDiTBlock, WiDiTFinalLayer
-from .diffusers import DiffuserWiDiT, DiffuserWiDiTOutput
 from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import Mlp, SwiGLU, WiDiTInputError, modulate
 from .widit import PRESETS, SpacingEmbedder, WiDiT, load_widit, save_widit, widit_preset
@@ -29,3 +28,12 @@ __all__ = [
     "save_widit",
     "widit_preset",
 ]
+
+
+def __getattr__(name: str):
+    """``DiffuserWiDiT`` and its output load on first use: importing diffusers costs seconds (PEP 562)."""
+    if name in ("DiffuserWiDiT", "DiffuserWiDiTOutput"):
+        from . import diffusers
+
+        return getattr(diffusers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
