@@ -47,7 +47,8 @@ except ImportError:  # optional dependency: the same call signature and output w
 
         @classmethod
         def from_config(cls, config: dict[str, Any]):
-            return cls(**config)
+            """Rebuild from ``config``, leaving out private ``_``-keys (a diffusers config.json), as diffusers does."""
+            return cls(**{key: value for key, value in config.items() if not key.startswith("_")})
 
     ModelMixin = nn.Module
 
