@@ -5,16 +5,17 @@ Part ``conditioning``: ``WiDiT(conditioning="embed")`` (image and noisy labels e
 the hidden dimension) vs ``"concat"`` (``torch.cat([x, image], dim=1)`` before one embedding, STDiT/SegDiT), trained
 and tested on the phantoms as ``learn_phantoms.py`` makes them (x0 objective, EMA weights, DDIM).
 
-Part ``spacing``: the images are re-acquired with thick slices (the random-resolution augmentation): with probability
-``--thick-prob`` a training image is averaged over slabs of ``f ~ U(1, --max-factor)`` voxels along a random axis
-(MONAI ``Zoom(mode="area")``, a box slice profile) and interpolated back to the grid (MONAI ``Resize``, trilinear).
-One model gets ``spacing`` (grid 1 mm per axis, then the acquisition's, ``f`` on the thick axis) through
-``WiDiT(spacing_conditioning=True)``, the other sees the same images without it. Both are tested on the held-out
-phantoms isotropic and with ``--test-factor``-thick slices along each axis.
+Part ``spacing``: the images are re-acquired with thick slices (the random-resolution augmentation of
+``medwidit.data.synth``: Gaussian slice profile with the thickness as FWHM, sampled every ``f`` voxels, linear
+interpolation back to the grid): with probability ``--thick-prob`` a training image gets ``f ~ U(1, --max-factor)``
+along a random axis. One model gets ``spacing`` (grid 1 mm per axis, then the acquisition's, ``f`` on the thick axis)
+through ``WiDiT(spacing_conditioning=True)``, the other sees the same images without it. Both are tested on the
+held-out phantoms isotropic and with ``--test-factor``-thick slices along each axis.
 
-Each pair shares its seeds (initial weights, batches, degradations), trains for ``--seconds`` of process CPU time on
-one thread, and is repeated for every ``--seeds``; the summary gives each option's mean Dice over seeds, the paired
-differences and the seed-to-seed spread. Writes benchmarks/results/conditioning.json and prints a table.
+Each pair shares its seeds (initial weights, batches, degradations) and trains one after the other (so that both meet
+about the same load on a shared machine) for ``--seconds`` of process CPU time on one thread, for every ``--seeds``;
+the summary gives each option's mean Dice over seeds, the paired differences and the seed-to-seed spread. Writes
+benchmarks/results/conditioning.json and prints a table.
 
     python benchmarks/conditioning.py        # 12 models x 45 CPU s + evaluation: about 10 CPU minutes on one thread
 """
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Resize, Zoom
 
 ROOT = Path(__file__).resolve().parents[1]
 for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; learn_phantoms' and quality's helpers
@@ -40,6 +40,7 @@ for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; learn
 import learn_phantoms as lp  # noqa: E402
 from quality import environment, write_json  # noqa: E402
 
+from medwidit.data.synth import _thick_slices  # noqa: E402 (the synthesis pipeline's thick-slice acquisition)
 from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
 from medwidit.nets import WiDiT  # noqa: E402
 
@@ -85,14 +86,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def thick_slices(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
-    """(C, *S) -> (C, *S) re-acquired with slabs ``factor`` voxels thick along ``axis`` (box profile), then
-    interpolated back to the grid."""
-    if factor == 1:
-        return image
-    zoom = [1.0] * (image.ndim - 1)
-    zoom[axis] = 1.0 / factor
-    low = Zoom(zoom=zoom, mode="area", keep_size=False)(image)  # (C, ..., S_axis / factor, ...)
-    return Resize(spatial_size=image.shape[1:], mode="trilinear")(low).as_tensor()
+    """(C, *S) -> (C, *S) re-acquired with slices ``factor`` voxels thick along ``axis`` (``factor`` 1: unchanged)."""
+    return image if factor == 1 else torch.as_tensor(_thick_slices(image, axis, factor))
 
 
 def spacing_of(axis: int, factor: float, spatial_dim: int = 3) -> list[float]:
@@ -248,8 +243,8 @@ def main() -> None:
     runs: dict = {}
     for part in parts:
         cases = all_cases if part == "spacing" else {"isotropic": all_cases["isotropic"]}
-        for name, options in VARIANTS[part].items():
-            for seed in seeds:
+        for seed in seeds:  # a pair one after the other: both meet about the same load
+            for name, options in VARIANTS[part].items():
                 record = run(part, options, seed, train, cases, test[1], args)
                 runs.setdefault(part, {}).setdefault(name, {})[str(seed)] = record
                 print(part, name, seed, json.dumps(record), flush=True)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler
 from monai.utils import look_up_option
 
+from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write
 
 from .encoding import encode_labels
@@ -331,40 +332,38 @@ def _member_generators(generator: torch.Generator | None, num_samples: int, devi
 
 
 def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | None = None) -> Path:
-    """Write ``{"state_dict": net weights, "config": {"net", "segmenter", **extra_config}, "version"}`` atomically."""
+    """Write ``{"state_dict": net weights, "config": {"network", "net", "segmenter", **extra_config}, "version"}``
+    atomically; ``network`` is the net's registered name (``medwidit.nets.register_network``)."""
     from medwidit import __version__
 
     net_config = getattr(segmenter.net, "config", None)
     if not isinstance(net_config, dict):
         raise ValueError(f"segmenter.net ({type(segmenter.net).__name__}) must expose a dict .config to be saved.")
     extra = dict(extra_config or {})
-    clash = {"net", "segmenter"} & set(extra)
+    clash = {"network", "net", "segmenter"} & set(extra)
     if clash:
         raise ValueError(f"extra_config must not override {sorted(clash)}.")
     checkpoint = {
         "state_dict": segmenter.net.state_dict(),
-        "config": {"net": net_config, "segmenter": segmenter.config, **extra},
+        "config": {"network": network_name(segmenter.net), "net": net_config, "segmenter": segmenter.config, **extra},
         "version": __version__,
     }
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_segmenter(
-    path, map_location="cpu", *, build_net: Callable[[dict], nn.Module] | None = None
-) -> tuple[DiffusionSegmenter, dict]:
-    """Rebuild a segmenter from :func:`save_segmenter`'s file -> (segmenter, config). The net is
-    ``medwidit.nets.WiDiT(**config["net"])`` unless ``build_net(config["net"])`` is given."""
+def load_segmenter(path, map_location="cpu") -> tuple[DiffusionSegmenter, dict]:
+    """Rebuild a segmenter from :func:`save_segmenter`'s file alone -> (segmenter, config); the net is the
+    registered ``config["network"]`` built from ``config["net"]`` (``"widit"`` where a checkpoint predates names)."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict) or not {"state_dict", "config"} <= set(checkpoint):
         raise ValueError(f"{path} is not a medwidit segmenter checkpoint (needs 'state_dict' and 'config').")
     config = checkpoint["config"]
     if not isinstance(config, dict) or not {"net", "segmenter"} <= set(config):
         raise ValueError(f"{path}: checkpoint config must hold 'net' and 'segmenter', got {sorted(config)}.")
-    if build_net is None:
-        from medwidit.nets import WiDiT
-
-        build_net = lambda cfg: WiDiT(**cfg)  # noqa: E731
-    net = build_net(config["net"])
+    try:
+        net = build_network(config.get("network", "widit"), config["net"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     net.load_state_dict(checkpoint["state_dict"])
     segmenter = DiffusionSegmenter(net, **config["segmenter"])
     if isinstance(map_location, (str, torch.device)):

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
+from monai.utils import ensure_tuple_rep
 
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
+from medwidit.nets.contract import network_size_multiple
 
 from .cases import Case, find_cases
 from .figure import save_overlay_figure
@@ -40,7 +42,7 @@ from .io import (
     write_images,
 )
 from .options import autocast_dtype, bundle_options, progress_callback, resolve_device
-from .sliding import SlidingWindowDenoiser, network_patch_size, sample_ensemble
+from .sliding import SlidingWindowDenoiser, sample_ensemble
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 
@@ -91,7 +93,7 @@ class Predictor:
     """Segments whole volumes with a :class:`DiffusionSegmenter` and the pre-transforms it was trained with.
 
     Args:
-        segmenter: the model; its net's ``config["patch_size"]`` sets the divisibility of windows.
+        segmenter: the model; its net's ``size_multiple`` (the network contract) sets the divisibility of windows.
         preprocessing: the checkpoint's ``"preprocessing"`` dict (see ``medwidit.data.transforms``).
         roi_size: sliding-window size (default: the training crop where known, else 96 per axis).
         sw_batch_size: windows per network call.
@@ -117,17 +119,15 @@ class Predictor:
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
         self.device = resolve_device(device)
         self.segmenter = segmenter.to(self.device).eval()
-        config = getattr(segmenter.net, "config", {})
-        self.spatial_dims = int(config.get("spatial_dim", 3))
-        cond_channels = config.get("cond_channels")
+        self.spatial_dims = int(getattr(segmenter.net, "spatial_dim", 3))
+        cond_channels = getattr(segmenter.net, "cond_channels", None)
         self.preprocessing = check_preprocessing({"num_modalities": cond_channels or 1, **(preprocessing or {})})
         if cond_channels is not None and cond_channels != self.preprocessing["num_modalities"]:
             raise ValueError(
                 f"preprocessing['num_modalities'] = {self.preprocessing['num_modalities']} but the network takes "
                 f"{cond_channels} image channel(s)."
             )
-        patch = network_patch_size(segmenter.net)
-        patch = tuple(patch) if isinstance(patch, Sequence) else (patch,) * self.spatial_dims
+        patch = ensure_tuple_rep(network_size_multiple(segmenter.net), self.spatial_dims)
         if roi_size is None:  # the smallest multiple of the patch from 96 up
             roi_size = [math.ceil(DEFAULT_ROI / p) * p for p in patch]
         self.roi_size = [int(roi_size)] * self.spatial_dims if isinstance(roi_size, int) else [int(r) for r in roi_size]

@@ -27,39 +27,17 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
 
 from medwidit.diffusion import to_probabilities
+from medwidit.nets.contract import network_alignment, network_size_multiple
 
 from .uncertainty import summarize_ensemble
 
 __all__ = [
     "SlidingWindowDenoiser",
     "gaussian_weight_map",
-    "network_alignment",
-    "network_patch_size",
     "sample_ensemble",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def network_patch_size(net) -> int | tuple[int, ...]:
-    """The patch size a network's input must be divisible by: ``net.config["patch_size"]`` where it has one, else 1."""
-    config = getattr(net, "config", None)
-    if isinstance(config, dict) and config.get("patch_size") is not None:
-        return config["patch_size"]
-    return 1
-
-
-def network_alignment(net) -> int | tuple[int, ...]:
-    """Voxels between equivalent positions of a network's grids: patch x attention window where ``net.config`` has
-    both (WiDiT), else the patch. Windows that start on multiples of it see the same patches and attention windows as
-    the whole volume does."""
-    config = getattr(net, "config", None)
-    patch = network_patch_size(net)
-    if not isinstance(config, dict) or config.get("window_size") is None:
-        return patch
-    window = config["window_size"]
-    n = max(len(ensure_tuple(patch)), len(ensure_tuple(window)), int(config.get("spatial_dim") or 1))
-    return tuple(p * w for p, w in zip(ensure_tuple_rep(patch, n), ensure_tuple_rep(window, n), strict=True))
 
 
 def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | float = 0.125) -> torch.Tensor:
@@ -113,10 +91,10 @@ class SlidingWindowDenoiser:
         max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this;
             None means ``sw_batch_size * prod(roi_size)`` (never more per call than a batch of windows); 0 forces
             windows.
-        patch_size: the network's patch size; None reads ``net.config["patch_size"]``. The whole volume is padded
-            up to a multiple of it and cropped back.
+        patch_size: the network's patch size; None reads the network's ``size_multiple`` (the contract). The whole
+            volume is padded up to a multiple of it and cropped back.
         align: windows start on multiples of this many voxels per axis, so that they cut the volume on the
-            network's own grid; None means :func:`network_alignment` (patch x attention window for WiDiT). Where
+            network's own grid; None means the network's ``alignment`` (patch x attention window for WiDiT). Where
             the overlap leaves less room than that between window starts, the patch is used, and the step between
             windows is rounded down to a multiple (the overlap only grows). The volume is padded at its far faces so
             that the last window is aligned too, and cropped back.
@@ -140,7 +118,7 @@ class SlidingWindowDenoiser:
         device: torch.device | str | None = None,
     ) -> None:
         self.net = net
-        self.patch_size = network_patch_size(net) if patch_size is None else patch_size
+        self.patch_size = network_size_multiple(net) if patch_size is None else patch_size
         self.roi_size = roi_size
         _check_sizes(roi_size, self.patch_size)
         self.align = network_alignment(net) if align is None else align

@@ -20,6 +20,7 @@ from medwidit.utils import atomic_write
 
 from .attention import POSITIONS
 from .blocks import ATTENTIONS, FINALS, WiDiTBlock, WiDiTFinalLayer
+from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
 
@@ -93,6 +94,7 @@ class SpacingEmbedder(nn.Module):
 #################################################################################
 
 
+@register_network("widit")
 class WiDiT(nn.Module):
     """Windowed diffusion transformer for (B, C, H, W) images or (B, C, D, H, W) volumes.
 
@@ -172,6 +174,16 @@ class WiDiT(nn.Module):
         self.use_conditioning = bool(use_conditioning)
         self.grad_checkpointing = bool(grad_checkpointing)
         self._build()
+
+    @property
+    def size_multiple(self) -> tuple[int, ...]:
+        """Every input axis must be a multiple of the patch."""
+        return self.patch_size
+
+    @property
+    def alignment(self) -> tuple[int, ...]:
+        """Patch x attention window: windows starting on its multiples see the whole volume's token windows."""
+        return tuple(p * w for p, w in zip(self.patch_size, self.config["window_size"], strict=True))
 
     def _build(self) -> None:
         cfg = self.config

@@ -6,10 +6,16 @@ import torch
 import torch.nn as nn
 
 from medwidit.diffusion import encode_labels
+from medwidit.nets import register_network
 
 
+@register_network("test_tiny_conv")
 class TinyConvNet(nn.Module):
-    """``net(x_t, t, conditioned=image)``: two convolutions over [x_t, image, t / 1000]."""
+    """``net(x_t, t, conditioned=image)``: two convolutions over [x_t, image, t / 1000]; registered so that
+    checkpoints rebuild it by name like any backbone."""
+
+    size_multiple = property(lambda self: (1,) * self.config["spatial_dim"])
+    alignment = size_multiple
 
     def __init__(self, spatial_dim: int, num_classes: int, cond_channels: int = 1, out_channels: int | None = None):
         super().__init__()

@@ -158,7 +158,8 @@ def test_config_rebuilds_and_checkpoint_round_trips(tmp_path):
     path = save_segmenter(segmenter, tmp_path / "model.pt", extra_config={"preprocessing": {"spacing": None}})
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
     assert path.stat().st_mode & 0o777 == 0o644  # readable by others like any file (mkstemp's are private)
-    loaded, config = load_segmenter(path, build_net=lambda cfg: TinyConvNet(**cfg))
+    loaded, config = load_segmenter(path)  # the registry rebuilds TinyConvNet from the name the checkpoint holds
+    assert config["network"] == "test_tiny_conv" and type(loaded.net) is TinyConvNet
     assert config["segmenter"] == segmenter.config and config["preprocessing"] == {"spacing": None}
     image = _image(2)
     expected = segmenter.sample(image, steps=2, generator=torch.Generator().manual_seed(0))

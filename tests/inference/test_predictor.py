@@ -60,7 +60,7 @@ def test_segment_returns_maps_on_the_input_grid(tmp_path, checkpoint, volume):
 class ThresholdOracle(nn.Module):
     """Predicts x0 = the encoding of (image > 0.5) exactly: the segmentation is known in the input space."""
 
-    config = {"spatial_dim": 3, "patch_size": [1, 1, 1], "cond_channels": 1}
+    spatial_dim, cond_channels, size_multiple, alignment = 3, 1, (1, 1, 1), (1, 1, 1)  # the network contract
 
     def forward(self, x, t, conditioned=None):
         foreground = torch.tanh(50 * (conditioned - 0.5))

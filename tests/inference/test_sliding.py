@@ -118,7 +118,7 @@ class PatchMeanNet(nn.Module):
     """Phase-sensitive analytic stand-in: every 2^d patch of x * cond + t gets its mean, as a patch embedding would.
     Windows that start off the patch grid would average other patches than the whole volume does."""
 
-    config = {"patch_size": [2, 2, 2]}
+    size_multiple = alignment = (2, 2, 2)  # the network contract: patch 2, no attention window
 
     def forward(self, x, t, conditioned=None):
         y = x * conditioned + _bcast(t, x)
@@ -133,7 +133,7 @@ class PatchMeanNet(nn.Module):
 def test_windows_start_on_the_patch_grid(spatial_dims):
     x, t, cond = _inputs(spatial_dims)  # odd sizes: the far faces need padding to keep the last window aligned
     net = PatchMeanNet()
-    net.config = {"patch_size": [2] * spatial_dims}
+    net.size_multiple = net.alignment = (2,) * spatial_dims
     whole = SlidingWindowDenoiser(net, 8, max_whole_voxels=10**9)(x, t, cond)
     for overlap in (0.25, 0.5, 0.75):
         stitched = SlidingWindowDenoiser(net, 8, overlap=overlap, max_whole_voxels=0)(x, t, cond)

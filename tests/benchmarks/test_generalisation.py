@@ -1,0 +1,69 @@
+"""benchmarks/generalisation.py: the acquisition variants are the files they claim to be, and the scores are
+MONAI's on the truth's grid (thick-slice masks brought back to it)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+from benchmark_scripts import load_benchmark
+
+generalisation = load_benchmark("generalisation")
+
+
+def _ball(shape=(30, 36, 24), spacing=(2.0, 2.0, 2.0)) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    grid = np.stack(np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 7.5]
+    image = np.where(r < 10, 100.0, np.where(r < 12, 300.0, 0.0)).astype(np.float32)  # brain inside a bright scalp
+    return nib.Nifti1Image(image, affine), nib.Nifti1Image((r < 10).astype(np.uint8), affine)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_thick_slices_keep_every_third_slice_in_place(axis):
+    image, _ = _ball()
+    thick = generalisation.variant(f"thick_{'xyz'[axis]}", image)
+    assert thick.shape[axis] == -(-image.shape[axis] // 3)
+    np.testing.assert_allclose(thick.affine[:3, axis], 3 * image.affine[:3, axis])
+    np.testing.assert_allclose(thick.affine[:3, 3], image.affine[:3, 3])  # slice 0 stays where it was
+
+
+def test_contrast_inverts_inside_the_head_only():
+    image, _ = _ball()
+    out = np.asarray(generalisation.variant("contrast", image).dataobj)
+    data = np.asarray(image.dataobj)
+    assert out[data == 0].max() == 0  # air stays dark
+    assert out[data == 100].mean() > out[data == 300].mean()  # the dark brain turns bright, the bright scalp dark
+
+
+def test_fov_cuts_the_top_and_the_truth_alike(tmp_path):
+    image, label = _ball()
+    image_path, label_path = tmp_path / "i.nii.gz", tmp_path / "l.nii.gz"
+    nib.save(image, str(image_path))
+    nib.save(label, str(label_path))
+    cases = {c["name"]: c for c in generalisation.build_cases(tmp_path, {"ball": (image_path, label_path)}, None)}
+    assert set(cases) == {"ball", *(f"ball_{v}" for v in generalisation.VARIANTS)}
+    fov_image, fov_truth = (nib.load(str(cases["ball_fov"][k])) for k in ("image", "truth"))
+    assert fov_image.shape == fov_truth.shape == (30, 36, 18)
+
+
+def test_scores_on_the_truth_grid(tmp_path):
+    image, label = _ball()
+    truth = tmp_path / "truth.nii.gz"
+    nib.save(label, str(truth))
+    assert generalisation.score(truth, truth) == {
+        "dice": 1.0,
+        "hd95_mm": 0.0,
+        "volume_ml": float(np.asarray(label.dataobj).sum()) * 8 / 1000,
+        "volume_error_ml": 0.0,
+    }
+    thick = generalisation.variant("thick_z", nib.Nifti1Image(np.asarray(label.dataobj, np.float32), label.affine))
+    mask = tmp_path / "thick_mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(thick.dataobj) > 0.5).astype(np.uint8), thick.affine), str(mask))
+    scored = generalisation.score(mask, truth)  # brought back to the 2 mm grid with nearest neighbours
+    assert 0.8 < scored["dice"] < 1.0 and scored["hd95_mm"] <= 6.0
+
+
+def test_unknown_variant_names_the_choices():
+    image, _ = _ball()
+    with pytest.raises(ValueError, match="thick_x"):
+        generalisation.variant("thin", image)

@@ -1,0 +1,89 @@
+"""Label-to-image synthesis: images follow the label map, draws differ, seeds repeat, acquisitions act as
+described, and a label map the generator cannot use fails naming the file and the label."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from medwidit.data.synth import (
+    RandFieldOfViewd,
+    RandLabelsToImaged,
+    RandSliceThicknessd,
+    SynthesisError,
+    synthesis_transforms,
+)
+
+
+def _head(shape=(32, 32, 32), name="head_labels.nii.gz") -> MetaTensor:
+    """Nested spheres: 0 air, 1 scalp, 2 skull, 3 CSF, 4 brain."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    label = np.select([r < 8, r < 10, r < 12, r < 14], [4, 3, 2, 1], 0)
+    return MetaTensor(torch.as_tensor(label[None], dtype=torch.float32), meta={"filename_or_obj": name})
+
+
+def test_labels_to_image_draws_one_gaussian_per_label():
+    label = _head()
+    t = RandLabelsToImaged(num_labels=5, std_range=(0.0, 0.0), air_prob=0.0)
+    t.set_random_state(1)
+    image = t({"label": label})["image"]
+    for value in range(5):
+        inside = image[label == value]
+        assert torch.allclose(inside, inside[0].expand_as(inside))  # zero std: one intensity per label
+    second = t({"label": label})["image"]
+    assert not torch.allclose(image, second)  # every draw is a new contrast
+
+
+def test_pipeline_is_seeded_and_maps_to_task_classes():
+    transforms = Compose(synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1]))
+    transforms.set_random_state(7)
+    first = transforms({"label": _head()})
+    transforms.set_random_state(7)
+    again = transforms({"label": _head()})
+    assert torch.equal(torch.as_tensor(first["image"]), torch.as_tensor(again["image"]))
+    assert set(torch.unique(torch.as_tensor(first["label"])).tolist()) <= {0, 1}
+    assert first["image"].shape == (1, 32, 32, 32) and float(first["image"].std()) > 0.05
+    brain = torch.as_tensor(first["label"]) == 1
+    assert 0.5 * (4 / 3 * np.pi * 8**3) < brain.sum() < 2 * (4 / 3 * np.pi * 8**3)  # deformed, not destroyed
+
+
+def test_thick_slices_keep_the_grid_and_blur_only_their_axis():
+    rng = np.random.default_rng(0)
+    image = MetaTensor(torch.as_tensor(rng.normal(size=(1, 32, 32, 32)), dtype=torch.float32))
+    t = RandSliceThicknessd(prob=1.0, thickness_range=(4.0, 4.0), axes=(2,))
+    out = t({"image": image})["image"]
+    assert out.shape == image.shape
+    along = torch.diff(out, dim=3).abs().mean()
+    across = torch.diff(out, dim=1).abs().mean()
+    assert along < 0.3 * across  # smooth through the slices, sharp within them
+
+
+def test_field_of_view_cuts_image_and_label_together():
+    label = _head()
+    d = {"image": label.clone() + 1, "label": label}
+    t = RandFieldOfViewd(prob=1.0, max_fraction=0.5, axes=(0,))
+    t.set_random_state(3)
+    out = t(d)
+    cut = (out["image"][0] == 0).all(dim=(1, 2))
+    assert cut.any() and (out["label"][0][cut] == 0).all() and not (out["label"][0][~cut] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("label", "match"),
+    [
+        (_head() * 2, "head_labels.nii.gz: label 8 is not one of the 5"),
+        (_head() - 1, "head_labels.nii.gz: label -1"),
+        (_head() + 0.5, "head_labels.nii.gz: the label map must hold integer labels"),
+        (MetaTensor(torch.zeros(1, 0, 4, 4), meta={"filename_or_obj": "empty.nii.gz"}), "empty.nii.gz"),
+    ],
+)
+def test_unusable_label_maps_name_the_file_and_the_label(label, match):
+    with pytest.raises(SynthesisError, match=match):
+        RandLabelsToImaged(num_labels=5)({"label": label})
+
+
+def test_target_labels_must_cover_every_generation_label():
+    with pytest.raises(ValueError, match="each of the 5 labels"):
+        synthesis_transforms(num_labels=5, target_labels=[0, 1])
