@@ -26,10 +26,14 @@ Metrics, on the test label's own grid (every method's probabilities go through t
   MONAI's class-wise ECE beside it) of the mean probability; over the whole volume, where right background
   dominates, and over the boundary band (voxels within ``--band-mm`` of the predicted or the true boundary);
 - wall clock per volume (read, pre-transform, infer, invert to the input grid; metrics excluded), with ratios
-  against BasicUNet in the same run. An n-sample medwidit time is the measured time of its first n members.
+  against BasicUNet in the same run. medwidit samples as the Predictor does (``sample_ensemble``, its autocast and
+  its ``Invertd``, every member in one batch); an n-sample time is the ensemble's sampling time times n / size.
 
     python benchmarks/quality.py --budget-seconds 3600      # baselines for one hour each, then the evaluation
     python benchmarks/quality.py --quick                     # smoke run: 20 s budgets, 1-2 steps, 1-2 samples
+
+The recipe, the baselines and the report's plumbing are the sibling modules ``_recipe``, ``_baselines`` and
+``_report`` (``benchmarks/`` is on ``sys.path`` when a script runs; ``medwidit`` is the installed package).
 
 Without ``--budget-seconds`` the budget is the bundle's recorded training time (``configs/metadata.json``:
 ``"training": {"wall_clock_seconds": ...}``). Writes ``benchmarks/results/quality.json`` (``--quick``: a file in the
@@ -39,49 +43,26 @@ temporary folder) with the configuration, versions, commit, timings, every numbe
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
-import json
-import math
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from _baselines import BASELINES, predict_baseline, train_baselines
+from _recipe import TASKS, held_out_cases, load_predictor, load_recipe, training_budget
+from _report import ROOT, environment, fmt, mean_over_cases, publish
+from monai.transforms import Compose, LoadImage
+from monai.utils import look_up_option, optional_import
 
-import lightning as L  # noqa: E402
-import monai  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
-from monai.inferers import SlidingWindowInferer  # noqa: E402
-from monai.losses import DiceCELoss  # noqa: E402
-from monai.metrics import DiceMetric  # noqa: E402
-from monai.transforms import Compose, Invertd, LoadImage  # noqa: E402
-from monai.utils import look_up_option, optional_import  # noqa: E402
-
-import medwidit  # noqa: E402
-from medwidit.data import sources  # noqa: E402
-from medwidit.data.transforms import check_preprocessing, preprocessing_transforms  # noqa: E402
-from medwidit.diffusion import to_probabilities  # noqa: E402
-from medwidit.inference import Predictor, SlidingWindowDenoiser, resolve_device, summarize_ensemble  # noqa: E402
-from medwidit.inference.metrics import boundary_band, segmentation_metrics, uncertainty_quality  # noqa: E402
-from medwidit.inference.options import bundle_options  # noqa: E402
-from medwidit.utils import atomic_write  # noqa: E402
+from medwidit.data.transforms import preprocessing_transforms
+from medwidit.inference import Predictor, resolve_device, sample_ensemble, summarize_ensemble
+from medwidit.inference.metrics import boundary_band, segmentation_metrics, uncertainty_quality
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
-TASKS = {"brain_extraction": "brain_extraction.json", "tissue_classes": "tissue_classes.json"}
-BASELINES = {  # name -> AdamW learning rate (fixed beforehand, not tuned here)
-    "basic_unet": 1e-3,
-    "swin_unetr": 5e-4,
-}
 ECE_BINS = 15
 
 
@@ -110,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-every", type=float, default=0.25, help="validate every this fraction of the budget")
     p.add_argument("--band-mm", type=float, default=3.0, help="boundary band half-width in mm")
     p.add_argument("--seed", type=int, default=None, help="default: the bundle's training seed")
-    p.add_argument("--cache", type=Path, default=None, help="data cache (default: medwidit.data.sources')")
+    p.add_argument("--cache", type=Path, default=None, help="data cache (default: medwidit.datasets.brain's)")
     p.add_argument("--out", type=Path, default=None, help=f"result JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -147,243 +128,44 @@ def _ints(text: str, name: str) -> list[int]:
 
 
 #######################################################################################################################
-# the recipe: the bundle's data module, the task, the held-out split, the budget
+# medwidit: one seeded ensemble through the Predictor's sampling path, every member kept
 #######################################################################################################################
-
-
-def load_recipe(args) -> dict:
-    """The bundle's training recipe, with the data list of ``args.task`` and the cache folder ``args.cache``."""
-    bundle = args.bundle.resolve()
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "train.json"))
-    parser["bundle_root"] = str(bundle)
-    cache = sources.default_cache_dir(args.cache)
-    parser["dataset_dir"] = str(cache)
-    bundle_list = Path(parser.get_parsed_content("data_list"))
-    task = args.task
-    if task == "auto":
-        by_file = {file: name for name, file in TASKS.items()}
-        if bundle_list.name not in by_file:
-            raise SystemExit(f"--task auto: the bundle's data list {bundle_list} is none of {sorted(TASKS.values())}.")
-        task = by_file[bundle_list.name]
-    data_list = sources.REPO_DATA_LISTS / TASKS[task]
-    parser["data_list"] = str(data_list)
-    if args.num_workers is not None:  # loading only: the crops and augmentation stay the bundle's
-        parser["num_workers"] = args.num_workers
-    listing = json.loads(data_list.read_text())
-    datamodule = parser.get_parsed_content("datamodule")
-    return {
-        "bundle": bundle,
-        "task": task,
-        "bundle_data_list": str(bundle_list),
-        "data_list": data_list,
-        "listing": listing,
-        "cache": cache,
-        "datamodule": datamodule,
-        "seed": int(parser.get_parsed_content("seed")) if args.seed is None else args.seed,
-        "class_names": [listing["labels"][str(k)] for k in range(len(listing["labels"]))],
-        "inference": bundle_options(bundle),
-        "metadata": json.loads((bundle / "configs" / "metadata.json").read_text()),
-    }
-
-
-def held_out_cases(recipe: dict) -> list[dict]:
-    """The test split as absolute paths, after checking that no test anatomy or file is in training or validation."""
-    listing, dm, base = recipe["listing"], recipe["datamodule"], recipe["cache"]
-    sources.check_split(listing)  # anatomies
-    seen = {
-        str((base / item[key]).resolve())
-        for split in (dm.train_key, dm.val_key)
-        for item in listing[split]
-        for key in ("image", "label")
-    }
-    cases = []
-    for item in listing["test"]:
-        case = {key: str((base / item[key]).resolve()) for key in ("image", "label")}
-        if {case["image"], case["label"]} & seen:
-            raise SystemExit(f"held-out file {case} is also in the {dm.train_key!r} or {dm.val_key!r} split.")
-        cases.append({**case, "template": item.get("template", Path(case["image"]).name)})
-    return cases
-
-
-def training_budget(args, recipe: dict) -> tuple[float, str, float | None]:
-    """(seconds per baseline, where the number came from, medwidit's recorded training seconds or None)."""
-    record = recipe["metadata"].get("training", {}).get("wall_clock_seconds")
-    recorded = float(record) if record is not None else None
-    if args.budget_seconds is not None:
-        return float(args.budget_seconds), "--quick" if args.quick else "--budget-seconds", recorded
-    if recorded is None:
-        raise SystemExit(
-            f"no --budget-seconds and no recorded training time in {recipe['bundle']}/configs/metadata.json "
-            '("training": {"wall_clock_seconds": ...}); pass --budget-seconds.'
-        )
-    return recorded, "bundle metadata training.wall_clock_seconds", recorded
-
-
-#######################################################################################################################
-# baselines: build, train for a wall-clock budget, select on validation
-#######################################################################################################################
-
-
-def build_baseline(name: str, num_classes: int, in_channels: int, args) -> torch.nn.Module:
-    from monai.networks.nets import BasicUNet, SwinUNETR
-
-    if name == "basic_unet":
-        return BasicUNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes)
-    return SwinUNETR(
-        in_channels=in_channels, out_channels=num_classes, feature_size=args.swin_feature_size, spatial_dims=3
-    )
-
-
-def validation_dice(net, datamodule, inferer, num_classes: int, device) -> float:
-    """Mean foreground Dice of ``net`` over the validation split (whole volumes, pre-transforms only)."""
-    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=False, num_classes=num_classes)
-    net.eval()
-    with torch.no_grad():
-        for item in datamodule.val_dataset:
-            logits = inferer(item["image"][None].to(device), net)  # (1, K, *S)
-            metric(y_pred=logits.argmax(1, keepdim=True).cpu(), y=item["label"][None])
-    net.train()
-    return float(metric.aggregate())
-
-
-def train_baseline(name: str, net, recipe: dict, inferer, budget: float, args, device) -> dict:
-    """Train ``net`` with DiceCE for ``budget`` seconds of wall clock, validations included; keep the weights of the
-    best validation Dice (validated every ``args.val_every`` of the budget and once at the end)."""
-    dm, k = recipe["datamodule"], len(recipe["class_names"])
-    lr = BASELINES[name]
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    amp = device.type == "cuda"
-    L.seed_everything(recipe["seed"], workers=True)  # the crop stream of the bundle's own training
-    loader = dm.train_dataloader()
-    history, best, best_state, steps, val_cost = [], -1.0, None, 0, 0.0
-    start = time.perf_counter()
-    next_val = args.val_every * budget
-
-    def validate() -> None:
-        nonlocal best, best_state, val_cost
-        t = time.perf_counter()
-        dice = validation_dice(net, dm, inferer, k, device)
-        val_cost = time.perf_counter() - t
-        history.append({"step": steps, "seconds": round(t - start, 1), "val_mean_dice": dice})
-        print(f"  {name}: step {steps}, {t - start:.0f} s, validation mean Dice {dice:.4f}", flush=True)
-        if dice > best:
-            best, best_state = dice, copy.deepcopy(net.state_dict())
-
-    net.to(device).train()
-    while time.perf_counter() - start + val_cost < budget:
-        for batch in loader:
-            elapsed = time.perf_counter() - start
-            if elapsed + val_cost >= budget:
-                break
-            for group in optimizer.param_groups:  # warm-up over 5 steps, cosine over the wall-clock budget
-                group["lr"] = lr * min(1.0, (steps + 1) / 5) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1)))
-            image, label = batch["image"].to(device), batch["label"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(net(image), label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            steps += 1
-            if time.perf_counter() - start >= next_val:
-                validate()
-                next_val += args.val_every * budget
-    if not history or history[-1]["step"] != steps:
-        validate()
-    del loader  # stops its workers
-    net.load_state_dict(best_state)
-    net.eval()
-    return {
-        "steps": steps,
-        "seconds": round(time.perf_counter() - start, 1),
-        "lr": lr,
-        "weight_decay": 0.01,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "best_val_mean_dice": best,
-        "best_step": max(history, key=lambda h: h["val_mean_dice"])["step"],
-        "validations": history,
-    }
-
-
-#######################################################################################################################
-# inference: every method -> probabilities and entropy on the test label's grid
-#######################################################################################################################
-
-
-def invert(data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(K, *S') and (1, *S') maps on the pre-transformed grid -> the input grid, as the Predictor does (``Invertd``,
-    linear interpolation, probabilities renormalised)."""
-    image = data["image"]
-    maps = {
-        "probability": monai.data.MetaTensor(probability.float().cpu(), affine=image.affine),
-        "entropy": monai.data.MetaTensor(entropy.float().cpu(), affine=image.affine),
-    }
-    out = Invertd(list(maps), transform=pre, orig_keys="image", nearest_interp=False)({**data, **maps})
-    p = out["probability"].as_tensor().clamp_(0, 1)
-    p /= p.sum(0, keepdim=True).clamp_min(1e-12)
-    return p, out["entropy"].as_tensor()[0].clamp_(min=0)
-
-
-def predict_baseline(net, image_path: str, pre: Compose, inferer, device) -> dict:
-    start = time.perf_counter()
-    data = pre({"image": image_path})
-    with torch.no_grad():
-        probability = torch.softmax(inferer(data["image"].as_tensor()[None].to(device), net).float(), 1)[0].cpu()
-    entropy = -(probability * probability.clamp_min(1e-12).log()).sum(0, keepdim=True)
-    probability, entropy = invert(data, pre, probability, entropy)
-    return {"probability": probability, "entropy": entropy, "seconds": time.perf_counter() - start}
 
 
 def sample_medwidit(predictor: Predictor, image_path: str, pre: Compose, *, steps, num_samples, overlap, seed) -> dict:
-    """Pre-transformed volume and per-member probabilities (S, K, *S') of one seeded ensemble, with the wall clock
-    at which each member finished (members sampled one at a time: the result does not depend on it)."""
+    """Pre-transformed volume and per-member probabilities (S, K, *S') of one seeded ensemble, sampled by
+    ``sample_ensemble`` with the Predictor's windows, whole-volume budget and autocast, and its sampling seconds."""
     start = time.perf_counter()
     data = pre({"image": image_path})
     condition = data["image"].as_tensor()[None].to(predictor.device)  # (1, C, *S')
-    denoiser = SlidingWindowDenoiser(
-        predictor.segmenter.net,
-        predictor.roi_size,
-        overlap=overlap,
-        sw_batch_size=predictor.sw_batch_size,
-        max_whole_voxels=predictor.max_whole_voxels,
-    )
-    model_fn = denoiser
-    if predictor.autocast_dtype is not None:
+    denoisers = []  # the SlidingWindowDenoiser that sample_ensemble builds, for its call counts
 
-        def model_fn(x, t, c):
-            with torch.autocast(predictor.device.type, dtype=predictor.autocast_dtype):
-                return denoiser(x, t, c)
+    def wrap(denoiser):
+        denoisers.append(denoiser)
+        return predictor._autocast(denoiser)
 
-    done: dict[int, float] = {}
-    samples = predictor.segmenter.sample(  # (S, 1, K, *S')
-        condition,
-        steps=steps,
-        num_samples=num_samples,
-        model_fn=model_fn,
-        chunk_size=1,
-        generator=torch.Generator().manual_seed(seed),  # a CPU generator, as the Predictor's
-        progress=lambda info: done.__setitem__(info["chunk"], time.perf_counter() - start),
-    )
-    probabilities = to_probabilities(samples, dim=2)[:, 0].cpu()  # (S, K, *S')
+    run = sample_ensemble(
+        predictor.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=predictor.roi_size,
+        overlap=overlap, sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
+        generator=torch.Generator().manual_seed(seed), wrap_model_fn=wrap, return_members=True,
+    )  # fmt: skip
     return {
         "data": data,
-        "probabilities": probabilities,
-        "member_done": [done[i] for i in range(num_samples)],
-        "network_calls": denoiser.num_calls,
-        "windows": denoiser.num_windows,
+        "probabilities": run["members"][:, 0].cpu(),  # (S, K, *S')
+        "seconds": time.perf_counter() - start,
+        "network_calls": denoisers[0].num_calls,
+        "windows": denoisers[0].num_windows,
     }
 
 
-def medwidit_maps(run: dict, pre: Compose, n: int) -> dict:
-    """The first ``n`` members of a sampled ensemble -> maps on the input grid, and the measured seconds of the
-    first n members plus this inversion."""
+def medwidit_maps(run: dict, predictor: Predictor, pre: Compose, n: int) -> dict:
+    """The first ``n`` members of a sampled ensemble (the n-member ensemble of the same seed) -> maps on the input
+    grid through the Predictor's inversion, and seconds: the ensemble's times n / size, plus this inversion."""
     start = time.perf_counter()
     summary = summarize_ensemble(run["probabilities"][:n, None])  # (1, K, *S')
-    probability, entropy = invert(run["data"], pre, summary["mean_probability"][0], summary["entropy"][0])
-    seconds = run["member_done"][n - 1] + time.perf_counter() - start
-    return {"probability": probability, "entropy": entropy, "seconds": seconds}
+    probability, entropy = predictor._invert(run["data"], pre, summary["mean_probability"][0], summary["entropy"][0])
+    seconds = run["seconds"] * n / len(run["probabilities"]) + time.perf_counter() - start
+    return {"probability": probability, "entropy": entropy[0], "seconds": seconds}
 
 
 #######################################################################################################################
@@ -414,16 +196,15 @@ def evaluate_case(case: dict, methods: dict, predictor: Predictor, pre: Compose,
     out = {"case": case["template"], "spacing_mm": spacing, "shape": list(truth.shape), "methods": {}}
     for name, (net, inferer) in methods.items():
         print(f"{case['template']}: {name}", flush=True)
-        out["methods"][name] = score(
-            predict_baseline(net, case["image"], pre, inferer, predictor.device), truth, spacing, k, band
-        )
+        maps = predict_baseline(net, case["image"], pre, inferer, predictor)
+        out["methods"][name] = score(maps, truth, spacing, k, band)
     steps, overlap = config["steps"], config["overlap"]
     size = max(args.samples_list + [config["samples"]])
     print(f"{case['template']}: medwidit, {size} samples x {steps} steps", flush=True)
     run = sample_medwidit(predictor, case["image"], pre, steps=steps, num_samples=size, overlap=overlap, seed=args.seed)
     out["medwidit_network_calls"] = {"calls": run["network_calls"], "windows": run["windows"], "samples": size}
     ensemble = {
-        n: {"samples": n, "steps": steps, **score(medwidit_maps(run, pre, n), truth, spacing, k, band)}
+        n: {"samples": n, "steps": steps, **score(medwidit_maps(run, predictor, pre, n), truth, spacing, k, band)}
         for n in sorted({*args.samples_list, config["samples"]})
     }
     out["methods"]["medwidit"] = {
@@ -433,37 +214,21 @@ def evaluate_case(case: dict, methods: dict, predictor: Predictor, pre: Compose,
     out["steps_sweep"] = []
     for s in args.steps_list:
         if s == steps:
-            maps, reused = medwidit_maps(run, pre, 1), True
+            maps, reused = medwidit_maps(run, predictor, pre, 1), True
         else:
             print(f"{case['template']}: medwidit, 1 sample x {s} steps", flush=True)
             one = sample_medwidit(
                 predictor, case["image"], pre, steps=s, num_samples=1, overlap=overlap, seed=args.seed
             )
-            maps, reused = medwidit_maps(one, pre, 1), False
+            maps, reused = medwidit_maps(one, predictor, pre, 1), False
         row = score(maps, truth, spacing, k, band, uncertainty=False)
         out["steps_sweep"].append({"steps": s, "samples": 1, "reused_from_ensemble": reused, **row})
     return out
 
 
-def mean_over_cases(values):
-    """Average matching numeric leaves of per-case results (dicts, lists, numbers); other leaves from the first."""
-    first = values[0]
-    if isinstance(first, dict):
-        return {key: mean_over_cases([v[key] for v in values]) for key in first}
-    if isinstance(first, list):
-        return [mean_over_cases(list(items)) for items in zip(*values, strict=True)]
-    if isinstance(first, (int, float)) and not isinstance(first, bool) and any(v != first for v in values):
-        return float(np.mean(values))
-    return first
-
-
 #######################################################################################################################
 # report
 #######################################################################################################################
-
-
-def _f(value, digits: int = 3) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def markdown(result: dict) -> str:
@@ -477,14 +242,14 @@ def markdown(result: dict) -> str:
         ratio = f" ({m['seconds_per_volume'] / reference:.1f}x)" if reference else ""
         lines.append(
             f"| {label} | "
-            + " | ".join(_f(d) for d in m["dice"][1:])
-            + f" | {_f(m['mean_fg_dice'])} | {_f(m['mean_fg_hd95'], 1)} | {m['seconds_per_volume']:.0f}{ratio} |"
+            + " | ".join(fmt(d) for d in m["dice"][1:])
+            + f" | {fmt(m['mean_fg_dice'])} | {fmt(m['mean_fg_hd95'], 1)} | {m['seconds_per_volume']:.0f}{ratio} |"
         )
     lines += [
         "",
         "| DDIM steps (1 sample) | " + " | ".join(str(r["steps"]) for r in mean["steps_sweep"]) + " |",
         "|" + " --- |" * (len(mean["steps_sweep"]) + 1),
-        "| mean Dice | " + " | ".join(_f(r["mean_fg_dice"]) for r in mean["steps_sweep"]) + " |",
+        "| mean Dice | " + " | ".join(fmt(r["mean_fg_dice"]) for r in mean["steps_sweep"]) + " |",
         "| s / volume | " + " | ".join(f"{r['seconds_per_volume']:.0f}" for r in mean["steps_sweep"]) + " |",
         "",
     ]
@@ -498,8 +263,8 @@ def markdown(result: dict) -> str:
     for label, r in rows:
         u = r["uncertainty"]
         lines.append(
-            f"| {label} | {_f(r['mean_fg_dice'])} | {_f(u['volume']['auroc'])} | {_f(u['band']['auroc'])} "
-            f"| {_f(u['volume']['ece'], 4)} | {_f(u['band']['ece'], 4)} | {r['seconds_per_volume']:.0f} |"
+            f"| {label} | {fmt(r['mean_fg_dice'])} | {fmt(u['volume']['auroc'])} | {fmt(u['band']['auroc'])} "
+            f"| {fmt(u['volume']['ece'], 4)} | {fmt(u['band']['ece'], 4)} | {r['seconds_per_volume']:.0f} |"
         )
     budget = result["budget"]
     lines += [
@@ -507,7 +272,7 @@ def markdown(result: dict) -> str:
         f"Held-out {result['task']} case(s): {', '.join(c['case'] for c in result['cases'])}; Dice and "
         f"HD95 (mm) on the label's own grid, background excluded from the means. Baselines trained "
         f"{budget['seconds']:.0f} s each ({budget['source']}); medwidit's recorded training: "
-        f"{_f(budget['medwidit_training_seconds'], 0)} s. AUROC: voxel entropy ranking wrong voxels; ECE: top-label, "
+        f"{fmt(budget['medwidit_training_seconds'], 0)} s. AUROC: voxel entropy ranking wrong voxels; ECE: top-label, "
         f"{ECE_BINS} bins, of the (ensemble) mean probability; 'band': voxels within {cfg['band_mm']} mm of the "
         "predicted or true boundary, 'volume': every voxel (right background dominates). Ensemble rows are "
         "prefixes of one seeded ensemble. Times are wall clock on a shared machine "
@@ -516,89 +281,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _finite(x):
-    """JSON has no inf/NaN: write them as null (HD95 of a class absent from the truth or the prediction)."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def environment(device) -> dict:
-    """Versions, machine, and the checkout as the run starts (commit, locally modified tracked files, this script's
-    hash: the tree is shared and may hold others' uncommitted edits)."""
-
-    def git(*cmd) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
+def run_config(args, recipe: dict, predictor: Predictor) -> dict:
+    """The settings of this run: medwidit's sampling (the bundle's unless overridden), the baselines', the data's."""
+    inference, dm = recipe["inference"], recipe["datamodule"]
     return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "lightning": L.__version__,
-        "numpy": np.__version__,
-        "medwidit": medwidit.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "commit": git("rev-parse", "HEAD"),
-        "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
-        "script_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
-        "load_average_start": os.getloadavg(),
-    }
-
-
-def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_finite(result), indent=1) + "\n"))
-
-
-#######################################################################################################################
-# main
-#######################################################################################################################
-
-
-def load_predictor(args, recipe: dict, device) -> tuple[Predictor, Path]:
-    checkpoint = args.checkpoint or recipe["bundle"] / "models" / "model.pt"
-    options = {"device": device, "max_whole_voxels": args.max_whole_voxels}
-    if args.checkpoint is None:
-        predictor = Predictor.from_bundle(recipe["bundle"], **options)
-    else:
-        predictor = Predictor.from_checkpoint(checkpoint, **options)
-    if predictor.preprocessing != check_preprocessing(recipe["datamodule"].preprocessing):
-        raise SystemExit(
-            f"{checkpoint} was trained with preprocessing {predictor.preprocessing}, the bundle's recipe "
-            f"has {recipe['datamodule'].preprocessing}: the baselines would not see what it saw."
-        )
-    if predictor.num_classes != len(recipe["class_names"]):
-        raise SystemExit(
-            f"{checkpoint} has {predictor.num_classes} classes; task {recipe['task']} has "
-            f"{len(recipe['class_names'])} ({recipe['data_list']})."
-        )
-    return predictor, checkpoint
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # a benchmark script, not library code
-    started = time.perf_counter()
-    device = resolve_device(args.device)
-    env = environment(device)
-    if "swin_unetr" in args.baselines and not optional_import("einops")[1]:
-        raise SystemExit("SwinUNETR needs einops (pip install einops), or leave it out with --baselines basic_unet.")
-    recipe = load_recipe(args)
-    args.seed = recipe["seed"]
-    cases = held_out_cases(recipe)
-    budget, source, recorded = training_budget(args, recipe)
-    predictor, checkpoint = load_predictor(args, recipe, device)
-    inference = recipe["inference"]
-    dm = recipe["datamodule"]
-    config = {
         "steps": args.steps or int(inference.get("steps", 10)),
         "samples": args.samples or int(inference.get("num_samples", 5)),
         "overlap": args.overlap if args.overlap is not None else float(inference.get("overlap", 0.5)),
@@ -616,11 +302,29 @@ def main(argv=None) -> dict:
         "preprocessing": predictor.preprocessing,
         "train_roi_size": dm.roi_size,
         "batch_size": dm.batch_size,
-        "crops_per_volume": dm.num_samples,
+        "crops_per_volume": dm.num_crops,
         "num_workers": dm.num_workers,
         "class_names": recipe["class_names"],
         "quick": args.quick,
     }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a benchmark script, not library code
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    env = environment(device, __file__)
+    if "swin_unetr" in args.baselines and not optional_import("einops")[1]:
+        raise SystemExit("SwinUNETR needs einops (pip install einops), or leave it out with --baselines basic_unet.")
+    recipe = load_recipe(args)
+    args.seed = recipe["seed"]
+    cases = held_out_cases(recipe)
+    budget, source, recorded = training_budget(args, recipe)
+    predictor, checkpoint = load_predictor(args, recipe, device)
+    dm = recipe["datamodule"]
+    config = run_config(args, recipe, predictor)
     print(
         f"task {recipe['task']}: held out {[c['template'] for c in cases]}; budget {budget:.0f} s per baseline "
         f"({source}); checkpoint {checkpoint}",
@@ -630,18 +334,7 @@ def main(argv=None) -> dict:
     dm.setup("fit")  # cache the training and validation volumes once, outside the budgets
     data_setup = time.perf_counter() - t
     pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
-    inferer = SlidingWindowInferer(
-        dm.roi_size, sw_batch_size=predictor.sw_batch_size, overlap=config["overlap"], mode="gaussian"
-    )
-    methods, training = {}, {}
-    k, in_channels = len(recipe["class_names"]), predictor.num_modalities
-    for name in args.baselines:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)
-            net = build_baseline(name, k, in_channels, args)
-        print(f"training {name} for {budget:.0f} s", flush=True)
-        training[name] = train_baseline(name, net, recipe, inferer, budget, args, device)
-        methods[name] = (net, inferer)
+    methods, training = train_baselines(args, recipe, predictor, config, budget, device)
     t = time.perf_counter()
     per_case = [evaluate_case(case, methods, predictor, pre, config, args) for case in cases]
     evaluation = time.perf_counter() - t
@@ -672,17 +365,14 @@ def main(argv=None) -> dict:
         "notes": [
             "Every method is scored on the test label's own grid after the same Invertd of its probabilities.",
             "medwidit ensemble sizes are prefixes of one seeded ensemble (identical to smaller ensembles with the "
-            "same seed); the steps sweep uses one sample per step count, its point at the ensemble's step count "
-            "is that ensemble's first member.",
+            "same seed), sampled as one batch: an n-member time is the ensemble's sampling time times n / size; "
+            "the steps sweep uses one sample per step count, its point at the ensemble's step count is that "
+            "ensemble's first member.",
             "HD95 null: the class is absent from the truth (or inf in the table: missed by the prediction).",
         ],
     }
     result["wall_clock_seconds"] = time.perf_counter() - started
-    result["markdown"] = markdown(result)
-    print(result["markdown"])
-    write_json(result, args.out)
-    print(f"wrote {args.out}")
-    return result
+    return publish(result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

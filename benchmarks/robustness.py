@@ -26,25 +26,19 @@ through ``medwidit.inference.metrics``).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; quality.py's helpers when imported by path
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+import nibabel as nib
+import numpy as np
+import torch
+from _report import ROOT, environment, publish  # benchmarks/ is on sys.path when a script runs
+from monai.transforms import GaussianSmooth, RandAffined, RandBiasField, RandHistogramShift
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from monai.transforms import GaussianSmooth, RandAffined, RandBiasField, RandHistogramShift  # noqa: E402
-from quality import environment, write_json  # noqa: E402
-
-from medwidit.data import sources  # noqa: E402
-from medwidit.inference import Predictor  # noqa: E402
-from medwidit.inference.metrics import segmentation_metrics  # noqa: E402
-from medwidit.training.data import load_data_list  # noqa: E402
+from medwidit.datasets.brain import sources
+from medwidit.inference import Predictor
+from medwidit.inference.metrics import segmentation_metrics
+from medwidit.training.data import load_data_list
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RESULTS = ROOT / "benchmarks" / "results" / "robustness.json"
@@ -100,7 +94,7 @@ def main(argv=None) -> dict:
     cases = load_data_list(args.data_list, "validation", base_dir=base)
     checkpoints = args.checkpoint or [str(args.bundle / "models" / "model.pt")]
     result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "environment": environment(torch.device("cpu")), "checkpoints": {}}
+              "environment": environment(torch.device("cpu"), __file__), "checkpoints": {}}
     rows = []
     for checkpoint in checkpoints:
         predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
@@ -132,11 +126,7 @@ def main(argv=None) -> dict:
              "|---|---|---|---|---|"]
     table += [f"| {c} | {s['clean_mean_dice']:.3f} | {s['shifted_mean_dice']:.3f} ± {s['shifted_std_dice']:.3f} | "
               f"{s['shifted_min_dice']:.3f} | {s['shifted_median_hd95_mm']:.1f} |" for c, s in rows]
-    result["markdown"] = "\n".join(table)
-    print(result["markdown"])
-    write_json(result, args.output)
-    print(f"wrote {args.output}")
-    return result
+    return publish(result, "\n".join(table), args.output)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
     seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
-    seg.add_argument("--max-whole-voxels", type=int, metavar="N",
-                     help="run the whole volume at once up to batch x voxels N (default: one batch of windows)")
+    seg.add_argument("--max-whole-voxels", type=_non_negative_int, metavar="N",
+                     help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
+                     "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)")
+    seg.add_argument("--sampler", help="sampler name (default: the model's, DDIM for DDPM-trained models)")
+    seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
+    seg.add_argument("--guidance-scale", type=float, default=1.0,
+                     help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     seg.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="network autocast on CUDA (default auto: bfloat16 where supported)")
@@ -48,9 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
     seg.add_argument("--save-figure", action="store_true",
                      help="also write case_figure.png: three orthogonal slices, label overlay and uncertainty")
-    existing = seg.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    existing.add_argument("--continue", dest="resume", action="store_true", help="skip cases already done")
+    seg.add_argument("--modality-pattern", default=r"_(\d{4})", metavar="REGEX",
+                     help="what ends a modality file's name, one group the number (default '_(\\d{4})': nnU-Net's "
+                     "case_0000); 'none': every file is its own case. With a one-channel model, ID-like names "
+                     "(patient_0001, patient_0002) are separate cases either way")
+    seg.add_argument("--force-grid", action="store_true",
+                     help="segment even when resampling to the model's spacing makes more than 64x the voxels")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument("--continue", dest="resume", action="store_true",
+                     help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
+                     "an unfinished case's files)")
     _common(seg)
     demo = commands.add_parser(
         "demo", help="segment the shipped example scan with the shipped pretrained bundle (no data needed)",
@@ -84,12 +96,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _configure(args: argparse.Namespace) -> None:
     """Process-wide settings live here only: logging, torch threads, cuDNN autotuning."""
     import torch
 
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AboveProgressBars()
     handler.setFormatter(_OneLine())
     root = logging.getLogger("medwidit")
     root.handlers[:] = [handler]
@@ -97,7 +119,23 @@ def _configure(args: argparse.Namespace) -> None:
     root.propagate = False
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.verbose:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints warnings on stderr itself, beside our lines
     torch.backends.cudnn.benchmark = True  # windows have one fixed shape: autotuning pays off
+
+
+class _AboveProgressBars(logging.Handler):
+    """Writes each line through ``tqdm.write``: above a progress bar that is running, never onto its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging's contract: a handler never raises
+            self.handleError(record)
 
 
 class _OneLine(logging.Formatter):
@@ -113,7 +151,12 @@ class _OneLine(logging.Formatter):
 
 def _segment(args: argparse.Namespace) -> int:
     from medwidit.inference import Predictor
+    from medwidit.inference.options import check_sampling
 
+    if not all(str(path).strip() for path in args.input):
+        raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
+    check_sampling(steps=args.steps, num_samples=args.samples, overlap=args.overlap, eta=args.eta,
+                   guidance_scale=args.guidance_scale)  # before the model loads; the sampler name once it has
     options = {
         "device": args.device, "precision": args.precision, "sw_batch_size": args.sw_batch_size,
         "max_whole_voxels": args.max_whole_voxels,
@@ -127,8 +170,10 @@ def _segment(args: argparse.Namespace) -> int:
     results = predictor.predict_from_files(
         args.input, args.output, overwrite=args.overwrite, resume=args.resume,
         save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
-        save_figure=args.save_figure,
-        progress=not args.quiet, steps=args.steps, num_samples=args.samples, overlap=args.overlap, seed=args.seed,
+        save_figure=args.save_figure, progress=not args.quiet, steps=args.steps, num_samples=args.samples,
+        overlap=args.overlap, sampler=args.sampler, eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed,
+        modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
+        force_grid=args.force_grid,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
@@ -160,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("failed", exc_info=True)
         logger.error("%s", e)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        logger.error("interrupted; finished cases are complete, the case in progress left no output.")
+    except KeyboardInterrupt:  # the predictor has said which case was cut short and what it removed
+        logger.error("interrupted.")
         return 130
 
 

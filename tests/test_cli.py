@@ -42,6 +42,11 @@ def _nifti(path, data, affine=AFFINE):
     return path
 
 
+def visible(folder):
+    """The files a user sees (the hidden .medwidit folder holds the per-case markers)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
 def _volume(shape=(12, 10, 8)):
     return np.random.default_rng(0).random(shape).astype(np.float32)
 
@@ -67,10 +72,7 @@ BAD = {  # problem -> (how to make it under in/, what the error line says)
     "4D image": (lambda p: _nifti(p, _volume((12, 10, 8, 2))), r"bad_0000.nii.gz: 4D image of shape \(12, 10, 8, 2\)"),
     "NaN voxels": (lambda p: _nifti(p, np.where(_volume() > 0.5, np.nan, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
     "inf voxels": (lambda p: _nifti(p, np.where(_volume() > 0.9, -np.inf, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
-    "wrong modalities": (
-        lambda p: (_nifti(p, _volume()), _nifti(p.with_name("bad_0001.nii.gz"), _volume())),
-        "bad: 2 modality file.* where the model expects 1",
-    ),
+    "empty folder": ("empty", "empty: no image files in this folder"),  # issue 15 (5): reported, the rest runs
 }
 
 
@@ -81,6 +83,9 @@ def test_a_bad_case_gets_one_line_and_the_others_still_run(setup, capsys, proble
     extra = []
     if make is None:
         extra = [str(inputs / "missing_0000.nii.gz")]
+    elif make == "empty":
+        (tmp_path / "empty").mkdir()
+        extra = [str(tmp_path / "empty")]
     else:
         make(inputs / "bad_0000.nii.gz")
     code = main(["segment", "-i", str(inputs), *extra, "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST])
@@ -88,7 +93,7 @@ def test_a_bad_case_gets_one_line_and_the_others_still_run(setup, capsys, proble
     assert code == 1
     assert len(errors) == 1, errors
     assert re.search(message, errors[0]), errors[0]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]  # nothing partial, nothing else
+    assert visible(tmp_path / "out") == ["good.nii.gz"]  # nothing partial, nothing else
 
 
 def test_unwritable_output_folder_is_one_line(setup, capsys):
@@ -105,16 +110,14 @@ def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
     out = tmp_path / "out"
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
     assert main([*args, "--save-probabilities", "--save-uncertainty"]) == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = visible(out)
     assert names == ["good.nii.gz", "good_probabilities.nii.gz", "good_uncertainty.nii.gz"]
     for name in names:
         np.testing.assert_array_equal(nib.load(out / name).affine, nib.load(inputs / "good_0000.nii.gz").affine)
     assert main(args) == 1 and "good.nii.gz: already exists" in capsys.readouterr().err
     assert main([*args, "--continue"]) == 0
     assert main([*args, "--overwrite"]) == 0
-    with pytest.raises(SystemExit) as usage:
-        main([*args, "--overwrite", "--continue"])
-    assert usage.value.code == 2
+    assert main([*args, "--overwrite", "--continue"]) == 0  # combinable: finished cases are skipped
 
 
 def test_save_figure_writes_a_png_beside_the_maps(setup):
@@ -122,7 +125,7 @@ def test_save_figure_writes_a_png_beside_the_maps(setup):
     out = tmp_path / "out"
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
     assert main([*args, "--save-uncertainty", "--save-figure"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_figure.png", "good_uncertainty.nii.gz"]
+    assert visible(out) == ["good.nii.gz", "good_figure.png", "good_uncertainty.nii.gz"]
     assert (out / "good_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*args, "--save-uncertainty", "--save-figure", "--continue"]) == 0  # the figure counts as an output
 
@@ -135,7 +138,7 @@ def test_multimodal_cases_are_named_nnunet_style(tmp_path):
     checkpoint = _checkpoint(tmp_path / "two.pt", modalities=2)
     files = [str(p) for p in sorted(inputs.iterdir())]  # files, not a folder, this time
     assert main(["segment", "-i", *files, "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST]) == 0
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["case.nii.gz"]
+    assert visible(tmp_path / "out") == ["case.nii.gz"]
 
 
 def test_bad_model_options_are_one_line(setup, capsys):
@@ -154,7 +157,7 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--quiet", "--device", "cpu", "--steps", "2", "--samples", "1"]) == 0
     report = capsys.readouterr().out
-    names = sorted(p.name for p in out.iterdir())
+    names = visible(out)
     assert names == ["colin27_head_2mm_image.nii.gz", "colin27_head_2mm_image_figure.png",
                      "colin27_head_2mm_image_uncertainty.nii.gz"]
     dice = float(report.split("Dice")[1].split()[0])

@@ -11,11 +11,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medwidit"
 ALLOWED = {
     "utils": set(),
     "data": {"utils"},
+    "datasets": {"data", "utils"},
     "nets": {"utils"},
     "diffusion": {"nets", "data", "utils"},
     "inference": {"nets", "diffusion", "data", "utils"},
     "training": {"nets", "diffusion", "data", "utils"},
-    "cli": {"nets", "diffusion", "inference", "training", "data", "utils"},
+    "cli": {"nets", "diffusion", "inference", "training", "data", "datasets", "utils"},
 }
 
 

@@ -10,7 +10,8 @@ training saw and then inverts the spatial part with MONAI ``Invertd``:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from monai.transforms import (
@@ -29,12 +30,12 @@ from monai.utils import look_up_option
 __all__ = [
     "DEFAULT_PREPROCESSING",
     "INTENSITY_MODES",
+    "IntensityMode",
     "check_preprocessing",
     "default_preprocessing",
     "preprocessing_transforms",
 ]
 
-INTENSITY_MODES = ("zscore_nonzero", "scale_percentiles", "histogram", "none")
 DEFAULT_PREPROCESSING = {"orientation": "RAS", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1}
 PERCENTILES = (0.5, 99.5)  # "scale_percentiles" maps these per-channel percentiles to [-1, 1] and clips
 HISTOGRAM_BINS = 256  # "histogram" equalises each channel's histogram onto [-1, 1] with this many bins
@@ -68,7 +69,7 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
         ):
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
-    out["intensity"] = look_up_option(out["intensity"], INTENSITY_MODES)
+    out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
     modalities = out["num_modalities"]
     if not isinstance(modalities, int) or isinstance(modalities, bool) or modalities < 1:
         raise ValueError(f"preprocessing['num_modalities'] must be a positive integer, got {modalities!r}.")
@@ -92,15 +93,52 @@ class ChannelwiseHistogramNormalized(MapTransform):
         return out
 
 
-def _intensity(mode: str, key: str) -> list[MapTransform]:
-    if mode == "zscore_nonzero":
-        return [NormalizeIntensityd(key, nonzero=True, channel_wise=True)]
-    if mode == "scale_percentiles":
-        lower, upper = PERCENTILES
-        return [ScaleIntensityRangePercentilesd(key, lower, upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)]
-    if mode == "histogram":  # nearly blind to a monotone intensity curve: MR intensities have no physical scale
-        return [ChannelwiseHistogramNormalized(key)]
+def _zscore_nonzero(key: str) -> list[MapTransform]:
+    return [NormalizeIntensityd(key, nonzero=True, channel_wise=True)]
+
+
+def _scale_percentiles(key: str) -> list[MapTransform]:
+    lower, upper = PERCENTILES
+    return [ScaleIntensityRangePercentilesd(key, lower, upper, b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)]
+
+
+def _histogram(key: str) -> list[MapTransform]:
+    return [ChannelwiseHistogramNormalized(key)]  # nearly blind to a monotone intensity curve: MR has no scale
+
+
+def _no_transform(key: str) -> list[MapTransform]:
     return []
+
+
+def _not_zero(x):
+    """z-scored over non-zero voxels: the background stays exactly 0 while tissue goes below it."""
+    return x != 0
+
+
+def _above_floor(x):
+    """Percentile scaling and histogram equalisation put the background at their floor, -1."""
+    return x > -1.0
+
+
+def _above_minimum(x):
+    """Raw intensities: the background is the image's minimum (usually 0)."""
+    return x > x.min()
+
+
+class IntensityMode(NamedTuple):
+    """One intensity mode: its transforms on the image key, and which voxels of its output are foreground (the
+    background rule of the training crop; module-level functions, since DataLoader workers pickle them)."""
+
+    transforms: Callable[[str], list[MapTransform]]
+    foreground: Callable
+
+
+INTENSITY_MODES: dict[str, IntensityMode] = {
+    "zscore_nonzero": IntensityMode(_zscore_nonzero, _not_zero),
+    "scale_percentiles": IntensityMode(_scale_percentiles, _above_floor),
+    "histogram": IntensityMode(_histogram, _above_floor),
+    "none": IntensityMode(_no_transform, _above_minimum),
+}
 
 
 def preprocessing_transforms(
@@ -122,7 +160,7 @@ def preprocessing_transforms(
     if preprocessing["spacing"] is not None:
         modes = ["bilinear"] + (["nearest"] if label_key is not None else [])
         transforms.append(Spacingd(keys, pixdim=preprocessing["spacing"], mode=modes))
-    transforms += _intensity(preprocessing["intensity"], image_key)
+    transforms += INTENSITY_MODES[preprocessing["intensity"]].transforms(image_key)
     transforms.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=True))
     if label_key is not None:
         transforms.append(EnsureTyped(label_key, dtype=torch.int64, track_meta=True))

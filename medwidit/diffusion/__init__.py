@@ -2,7 +2,18 @@
 
 from .encoding import encode_labels, to_labels, to_probabilities
 from .objectives import GAUSSIAN_OBJECTIVES, OBJECTIVES
-from .samplers import SAMPLERS, ddim_sample, ddpm_sample, flow_euler_sample, set_steps
+from .samplers import (
+    SAMPLERS,
+    SamplerSpec,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp_2m_sample,
+    euler_maruyama_sample,
+    flow_euler_sample,
+    heun_sample,
+    schedule_arguments,
+    timestep_list,
+)
 from .segmenter import DiffusionSegmenter, load_segmenter, save_segmenter
 
 __all__ = [
@@ -10,13 +21,18 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "DiffusionSegmenter",
+    "SamplerSpec",
     "ddim_sample",
     "ddpm_sample",
+    "dpmpp_2m_sample",
     "encode_labels",
+    "euler_maruyama_sample",
     "flow_euler_sample",
+    "heun_sample",
     "load_segmenter",
     "save_segmenter",
-    "set_steps",
+    "schedule_arguments",
+    "timestep_list",
     "to_labels",
     "to_probabilities",
 ]

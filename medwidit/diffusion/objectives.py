@@ -31,6 +31,7 @@ __all__ = [
     "posterior_mean_variance",
     "prediction_to_x0_eps",
     "sample_training_timesteps",
+    "split_output",
     "training_target",
     "vlb_terms",
     "x0_estimate",
@@ -86,6 +87,29 @@ def training_target(
 ##################################################################################
 #                      Converting a prediction into x0 and eps                   #
 ##################################################################################
+
+
+def split_output(
+    output: torch.Tensor, x: torch.Tensor, learn_sigma: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw network output -> (prediction (B, K, *S), variance channels (B, K, *S) or None) for x (B, K, *S).
+
+    The output must have K channels, or 2K with ``learn_sigma`` (improved DDPM's variance channels); None accepts
+    either. Anything else is a ValueError that says which setting to change.
+    """
+    k = x.shape[1]
+    allowed = (k, 2 * k) if learn_sigma is None else ((2 * k,) if learn_sigma else (k,))
+    if output.shape[0] != x.shape[0] or output.shape[2:] != x.shape[2:] or output.shape[1] not in allowed:
+        hint = " (build the net with out_channels=K or set learn_sigma to match)" if output.ndim == x.ndim else ""
+        expected = " or ".join(str((x.shape[0], c, *x.shape[2:])) for c in allowed)
+        raise ValueError(
+            f"net returned shape {tuple(output.shape)}, expected {expected} for num_classes={k}, "
+            f"learn_sigma={learn_sigma}{hint}."
+        )
+    if output.shape[1] == 2 * k:
+        prediction, frac = output.split(k, dim=1)
+        return prediction, frac
+    return output, None
 
 
 def prediction_to_x0_eps(

@@ -1,44 +1,97 @@
-"""How to sample: pure functions over a denoiser callable, k-diffusion style, on MONAI schedulers.
+"""How to sample: pure functions over a denoiser callable and a timestep list, k-diffusion style.
 
-Every sampler has the signature ``sampler(denoise, x, scheduler, *, generator=None, callback=None, **options)``:
+A Gaussian sampler is ``sampler(denoise, x, timesteps, alphas_cumprod, *, prediction_type, clip=None,
+final_alpha_cumprod=1.0, generator=None, callback=None, **options)``; a flow sampler is ``sampler(denoise, x, timesteps,
+num_train_timesteps, *, generator=None, callback=None, **options)``:
 
 - ``denoise(x_t (B, K, *S), t: int | float) -> raw network output`` (B, K, *S), or (B, 2K, *S) with a learned
-  variance; its meaning is ``scheduler.prediction_type`` (MONAI's convention: sample, epsilon, v_prediction);
+  variance; for Gaussian samplers its meaning is ``prediction_type`` (MONAI's names: sample, epsilon, v_prediction),
+  for flow samplers it is the velocity ``x0 - eps`` of the linear path ``x_t = (1 - t/T) x0 + (t/T) eps``;
 - ``x`` is the starting noise x_T; the result is the clean estimate (B, K, *S);
-- the timestep list is ``scheduler.timesteps`` as set by ``scheduler.set_timesteps(n)``: it is read once and indexed,
-  and the previous step is the next entry of that list. (MONAI's ``DDIMScheduler.step`` re-derives it as
-  ``t - T // n``, which disagrees with its own list: for n = 2 the list is [999, 0] but ``step`` jumps to 499; and
-  ``DDPMScheduler.step`` always goes to ``t - 1``. So the Gaussian updates below are written out from the papers, on
-  MONAI's noise schedule. The flow Euler step is MONAI's own ``RFlowScheduler.step`` with an explicit next step.)
+- ``timesteps`` is the list of network times, noisiest first, built once by :func:`timestep_list` (MONAI's
+  ``set_timesteps`` on a private copy of the scheduler) and indexed: the step after ``timesteps[i]`` is
+  ``timesteps[i + 1]``, and after the last one the data end (``final_alpha_cumprod``, or t = 0 for flow).
+  (MONAI's ``DDIMScheduler.step`` re-derives the previous step as ``t - T // n``, which disagrees with its own list:
+  for n = 2 the list is [999, 0] but ``step`` jumps to 499; ``DDPMScheduler.step`` always goes to ``t - 1``. So the
+  updates below are written out from the papers, on MONAI's noise schedule.)
+- ``clip`` is the (low, high) range x0 estimates are clamped to, or None;
 - ``generator`` is a ``torch.Generator`` or a sequence of them; a sequence splits the batch into equal blocks, one
-  generator each, so that an ensemble member gets the same noise whether it is sampled alone or batched.
+  generator each, so that an ensemble member gets the same noise whether it is sampled alone or batched;
+- ``callback`` receives ``{"i", "t", "x", "denoised"}`` once per step.
+
+:data:`SAMPLERS` is the one registry: name -> function, the objectives it fits and the options it takes.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-from monai.networks.schedulers import RFlowScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
 from monai.utils import look_up_option
 
-from .objectives import learned_log_variance, posterior_mean_variance, prediction_to_x0_eps
+from medwidit.utils import check_int, check_range
 
-__all__ = ["SAMPLERS", "VARIANCE_TYPES", "ddim_sample", "ddpm_sample", "flow_euler_sample", "randn_like", "set_steps"]
+from .objectives import (
+    GAUSSIAN_OBJECTIVES,
+    learned_log_variance,
+    posterior_mean_variance,
+    prediction_to_x0_eps,
+    split_output,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "VARIANCE_TYPES",
+    "SamplerSpec",
+    "ddim_sample",
+    "ddpm_sample",
+    "dpmpp_2m_sample",
+    "euler_maruyama_sample",
+    "flow_euler_sample",
+    "heun_sample",
+    "randn_like",
+    "resolve_sampler",
+    "schedule_arguments",
+    "timestep_list",
+]
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
+Callback = Callable[[dict], None] | None
 
 
-def set_steps(scheduler: Scheduler, steps: int) -> list:
-    """Validate ``steps`` in 1..T, call ``scheduler.set_timesteps(steps)`` and return the list it built."""
-    num_train = scheduler.num_train_timesteps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train:
-        raise ValueError(f"steps must be an int in 1..{num_train} (num_train_timesteps), got {steps!r}.")
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps.tolist()
+##################################################################################
+#                        The schedule, built once per call                       #
+##################################################################################
+
+
+def timestep_list(scheduler: Scheduler, steps: int) -> list:
+    """Network times, noisiest first, of ``steps`` in 1..T: MONAI's ``set_timesteps`` on a private copy (the caller's
+    scheduler is left as it was)."""
+    check_int("steps", steps, low=1, high=scheduler.num_train_timesteps, hint=" (num_train_timesteps)")
+    private = copy.deepcopy(scheduler)
+    private.set_timesteps(steps)
+    return private.timesteps.tolist()
+
+
+def schedule_arguments(scheduler: Scheduler) -> dict:
+    """What a sampler of ``scheduler``'s family takes beside the timesteps: the flow's T, or the Gaussian ``abar``
+    table (T,), prediction type, clip range and the value of ``abar`` after the last step."""
+    if isinstance(scheduler, RFlowScheduler):
+        return {"num_train_timesteps": scheduler.num_train_timesteps}
+    clip = tuple(scheduler.clip_sample_values) if getattr(scheduler, "clip_sample", False) else None
+    final = float(scheduler.final_alpha_cumprod) if isinstance(scheduler, DDIMScheduler) else 1.0
+    return {
+        "alphas_cumprod": scheduler.alphas_cumprod,
+        "prediction_type": scheduler.prediction_type,
+        "clip": clip,
+        "final_alpha_cumprod": final,
+    }
 
 
 def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
@@ -54,54 +107,55 @@ def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
     return torch.cat(draws)
 
 
-def _split_output(output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raw output -> (prediction, variance channels or None); (B, K) or (B, 2K) channels."""
-    k = x.shape[1]
-    if output.shape[0] != x.shape[0] or output.shape[2:] != x.shape[2:]:
-        raise ValueError(f"denoiser returned shape {tuple(output.shape)} for an input of shape {tuple(x.shape)}.")
-    if output.shape[1] == k:
-        return output.to(x.dtype), None
-    if output.shape[1] == 2 * k:
-        prediction, frac = output.to(x.dtype).split(k, dim=1)
-        return prediction, frac
-    raise ValueError(f"denoiser returned {output.shape[1]} channels, expected {k} or {2 * k} (learned variance).")
+def _predict(denoise: Denoiser, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``denoise(x, t)`` -> (prediction (B, K, *S) in x's dtype, variance channels or None)."""
+    prediction, frac = split_output(denoise(x, t), x)
+    return prediction.to(x.dtype), frac
 
 
-def _clip(scheduler: Scheduler, x0: torch.Tensor) -> torch.Tensor:
-    if getattr(scheduler, "clip_sample", False):
-        low, high = scheduler.clip_sample_values
-        return x0.clamp(low, high)
-    return x0
+def _step_pairs(timesteps: Sequence) -> list[tuple[int, int]]:
+    """[(t_i, t_{i+1})] with -1 after the last step: the data end."""
+    steps = [int(t) for t in timesteps]
+    return list(zip(steps, [*steps[1:], -1], strict=True))
 
 
-def _report(callback, i: int, t, x: torch.Tensor, denoised: torch.Tensor) -> None:
+def _clip(x0: torch.Tensor, clip: Sequence[float] | None) -> torch.Tensor:
+    return x0 if clip is None else x0.clamp(clip[0], clip[1])
+
+
+def _report(callback: Callback, i: int, t, x: torch.Tensor, denoised: torch.Tensor) -> None:
     if callback is not None:
         callback({"i": i, "t": t, "x": x, "denoised": denoised})
+
+
+##################################################################################
+#                 Gaussian diffusion: sample, epsilon, v_prediction              #
+##################################################################################
 
 
 @torch.no_grad()
 def ddim_sample(
     denoise: Denoiser,
     x: torch.Tensor,
-    scheduler: Scheduler,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
     *,
+    prediction_type: str,
+    clip: Sequence[float] | None = None,
+    final_alpha_cumprod: float = 1.0,
     eta: float = 0.0,
     generator: Generators = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): ``x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z`` (eq. 12), with
     ``sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)`` (eq. 16); eta = 0 is deterministic."""
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}.")
-    abar = scheduler.alphas_cumprod.double().tolist()
-    final = float(getattr(scheduler, "final_alpha_cumprod", 1.0))
-    steps = [int(t) for t in scheduler.timesteps.tolist()]
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        a_t, a_s = abar[t], (abar[s] if s >= 0 else final)
-        prediction, _ = _split_output(denoise(x, t), x)
-        x0, eps = prediction_to_x0_eps(scheduler.prediction_type, prediction, x, a_t)
-        x0 = _clip(scheduler, x0)
+    check_range("eta", eta, 0.0, math.inf)
+    abar = alphas_cumprod.double().tolist()
+    for i, (t, s) in enumerate(_step_pairs(timesteps)):
+        a_t, a_s = abar[t], (abar[s] if s >= 0 else final_alpha_cumprod)
+        prediction, _ = _predict(denoise, x, t)
+        x0, eps = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
+        x0 = _clip(x0, clip)
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -114,32 +168,31 @@ def ddim_sample(
 def ddpm_sample(
     denoise: Denoiser,
     x: torch.Tensor,
-    scheduler: Scheduler,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
     *,
-    variance_type: str | None = None,
+    prediction_type: str,
+    clip: Sequence[float] | None = None,
+    final_alpha_cumprod: float = 1.0,
+    variance_type: str = "fixed_small",
     generator: Generators = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, alg. 2) on the respaced chain of improved DDPM (sec. 4):
     ``x_s ~ N(mu~(x_t, x0), Sigma)``, Sigma = beta~ (``fixed_small``), beta' (``fixed_large``) or the learned
-    log-space mix of eq. 15 (``learned_range``, needs the variance channels). ``variance_type`` defaults to the
-    scheduler's own (MONAI ``DDPMScheduler.variance_type``), else ``fixed_small``."""
-    if variance_type is None:
-        variance_type = getattr(scheduler, "variance_type", "fixed_small")
-    variance_type = look_up_option(str(variance_type), VARIANCE_TYPES)
-    abar = scheduler.alphas_cumprod.double().to(x.device)
-    steps = [int(t) for t in scheduler.timesteps.tolist()]
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        a_t, a_s = abar[t], (abar[s] if s >= 0 else torch.ones_like(abar[t]))
-        prediction, frac = _split_output(denoise(x, t), x)
+    log-space mix of eq. 15 (``learned_range``, needs the variance channels); the last step adds no noise."""
+    variance_type = look_up_option(variance_type, VARIANCE_TYPES)
+    abar = alphas_cumprod.double().to(x.device)
+    for i, (t, s) in enumerate(_step_pairs(timesteps)):
+        a_t, a_s = abar[t], (abar[s] if s >= 0 else torch.full_like(abar[t], final_alpha_cumprod))
+        prediction, frac = _predict(denoise, x, t)
         if variance_type == "learned_range" and frac is None:
             raise ValueError("variance_type='learned_range' needs a denoiser that returns 2K channels (learn_sigma).")
-        x0, _ = prediction_to_x0_eps(scheduler.prediction_type, prediction, x, a_t)
-        x0 = _clip(scheduler, x0)
+        x0, _ = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
+        x0 = _clip(x0, clip)
         mean, post_var, beta = posterior_mean_variance(x0, x, a_t, a_s)
         if s < 0:
-            x = mean  # the last step adds no noise
+            x = mean
         else:
             if variance_type == "learned_range":
                 log_var = learned_log_variance(frac, beta, post_var).to(x.dtype)
@@ -150,25 +203,167 @@ def ddpm_sample(
     return x
 
 
+def _half_log_snr(alpha_bar: float) -> float:
+    """lambda = log(alpha / sigma) = log(abar / (1 - abar)) / 2 (DPM-Solver, sec. 3.1)."""
+    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
+
+
 @torch.no_grad()
-def flow_euler_sample(
+def dpmpp_2m_sample(
     denoise: Denoiser,
     x: torch.Tensor,
-    scheduler: RFlowScheduler,
+    timesteps: Sequence[int],
+    alphas_cumprod: torch.Tensor,
     *,
+    prediction_type: str,
+    clip: Sequence[float] | None = None,
+    final_alpha_cumprod: float = 1.0,
     generator: Generators = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback = None,
 ) -> torch.Tensor:
-    """Euler integration of the linear-path flow ODE from t = T (noise) to 0 (data): ``x <- x + v (t - t_next) / T``
-    (SiT's ODE sampler; MONAI ``RFlowScheduler.step`` with an explicit next step). ``generator`` is unused: the
-    sampler is deterministic once x_T is drawn."""
-    steps = scheduler.timesteps.tolist()
-    for i, t in enumerate(steps):
-        t_next = steps[i + 1] if i + 1 < len(steps) else 0
-        velocity, _ = _split_output(denoise(x, t), x)
-        x, x0 = scheduler.step(velocity, t, x, t_next)
+    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2) on the data prediction, first order on the first and a final step."""
+    # x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, h the step in lambda = log(alpha / sigma),
+    # D = x0 + (x0 - x0_prev) / (2r), r = h_prev / h; deterministic once x_T is drawn (``generator`` is unused)
+    abar = alphas_cumprod.double().tolist()
+    previous: tuple[torch.Tensor, float] | None = None  # (x0, h) of the step before
+    for i, (t, s) in enumerate(_step_pairs(timesteps)):
+        a_t, a_s = abar[t], (abar[s] if s >= 0 else final_alpha_cumprod)
+        prediction, _ = _predict(denoise, x, t)
+        x0, _ = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
+        x0 = _clip(x0, clip)
+        if a_s >= 1:  # sigma_s = 0: lambda is infinite and the step lands on the data estimate
+            x = math.sqrt(a_s) * x0
+        else:
+            h = _half_log_snr(a_s) - _half_log_snr(a_t)
+            d = x0 if previous is None else x0 + (x0 - previous[0]) * (h / (2 * previous[1]))
+            x = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
+            previous = (x0, h)
         _report(callback, i, t, x, x0)
     return x
 
 
-SAMPLERS = {"ddim": ddim_sample, "ddpm": ddpm_sample, "flow_euler": flow_euler_sample}
+##################################################################################
+#                Flow: velocity of the linear path, t = T noise -> 0 data         #
+##################################################################################
+
+
+def _flow_pairs(timesteps: Sequence) -> list[tuple]:
+    """[(t_i, t_{i+1})] with 0 (the data end) after the last step; times stay as given (int or float)."""
+    steps = list(timesteps)
+    return list(zip(steps, [*steps[1:], 0], strict=True))
+
+
+@torch.no_grad()
+def flow_euler_sample(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    timesteps: Sequence,
+    num_train_timesteps: int,
+    *,
+    generator: Generators = None,
+    callback: Callback = None,
+) -> torch.Tensor:
+    """Euler on the flow ODE from t = T to 0, ``x <- x + v (t - t_next) / T`` (SiT; MONAI RFlowScheduler.step)."""
+    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
+        velocity, _ = _predict(denoise, x, t)
+        x0 = x + velocity * t / num_train_timesteps
+        x = x + velocity * (float(t - t_next) / num_train_timesteps)
+        _report(callback, i, t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def heun_sample(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    timesteps: Sequence,
+    num_train_timesteps: int,
+    *,
+    generator: Generators = None,
+    callback: Callback = None,
+) -> torch.Tensor:
+    """Heun's method on the flow ODE (SiT's ODE sampler; Karras et al. 2022, alg. 1, Euler on the last step)."""
+    # x <- x + (v(x, t) + v(x_euler, t_next)) dt / 2; at t = 0 the velocity is not identifiable, so n steps make
+    # 2n - 1 network calls; deterministic once x_T is drawn (``generator`` is unused)
+    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
+        velocity, _ = _predict(denoise, x, t)
+        dt = float(t - t_next) / num_train_timesteps
+        x0 = x + velocity * t / num_train_timesteps
+        euler = x + velocity * dt
+        if t_next > 0:
+            corrector, _ = _predict(denoise, euler, t_next)
+            euler = x + (velocity + corrector) * (dt / 2)
+        x = euler
+        _report(callback, i, t, x, x0)
+    return x
+
+
+@torch.no_grad()
+def euler_maruyama_sample(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    timesteps: Sequence,
+    num_train_timesteps: int,
+    *,
+    diffusion_norm: float = 1.0,
+    generator: Generators = None,
+    callback: Callback = None,
+) -> torch.Tensor:
+    """Euler–Maruyama on SiT's flow SDE (Ma et al. 2024; ``diffusion_form="sigma"``, ``last_step="Euler"``)."""
+    # dx = (v + w score) ds + sqrt(2 w) dW with s = t / T, w = diffusion_norm * s, score = ((1 - s) v - x) / s;
+    # the last step to t = 0 is a noiseless Euler step, so the sample ends on the x0 estimate
+    check_range("diffusion_norm", diffusion_norm, 0.0, math.inf)
+    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
+        velocity, _ = _predict(denoise, x, t)
+        s, dt = t / num_train_timesteps, float(t - t_next) / num_train_timesteps
+        x0 = x + velocity * t / num_train_timesteps
+        if t_next > 0:
+            drift = velocity + diffusion_norm * ((1 - s) * velocity - x)  # v + w * score, the 1/s cancels
+            x = x + drift * dt + math.sqrt(2 * diffusion_norm * s * dt) * randn_like(x, generator)
+        else:
+            x = x + velocity * dt
+        _report(callback, i, t, x, x0)
+    return x
+
+
+##################################################################################
+#                                  The registry                                  #
+##################################################################################
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its function, the objectives whose predictions it integrates, the options it takes."""
+
+    fn: Callable[..., torch.Tensor]
+    objectives: tuple[str, ...]
+    options: tuple[str, ...] = ()
+
+
+SAMPLERS = {
+    "ddim": SamplerSpec(ddim_sample, GAUSSIAN_OBJECTIVES, ("eta",)),
+    "ddpm": SamplerSpec(ddpm_sample, GAUSSIAN_OBJECTIVES, ("variance_type",)),
+    "dpmpp_2m": SamplerSpec(dpmpp_2m_sample, GAUSSIAN_OBJECTIVES),
+    "flow_euler": SamplerSpec(flow_euler_sample, ("flow",)),
+    "heun": SamplerSpec(heun_sample, ("flow",)),
+    "euler_maruyama": SamplerSpec(euler_maruyama_sample, ("flow",)),
+}
+
+
+def resolve_sampler(
+    name: str, objective: str, *, eta: float = 0.0, variance_type: str | None = None
+) -> tuple[SamplerSpec, dict]:
+    """Look ``name`` up (nearest valid name on a miss) -> (its entry, the options it takes). It must fit
+    ``objective``; ``eta`` other than 0 is an error for a sampler without it; ``variance_type`` (the model's) goes
+    to the samplers that take it."""
+    name = look_up_option(name, tuple(SAMPLERS))
+    spec = SAMPLERS[name]
+    if objective not in spec.objectives:
+        fitting = [n for n, s in SAMPLERS.items() if objective in s.objectives]
+        raise ValueError(f"sampler {name!r} does not fit objective {objective!r}; samplers for it: {fitting}.")
+    eta = check_range("eta", eta, 0.0, math.inf)
+    if eta != 0 and "eta" not in spec.options:
+        takes = [n for n, s in SAMPLERS.items() if "eta" in s.options]
+        raise ValueError(f"eta is an option of {takes} only, got eta={eta} with sampler {name!r}.")
+    given = {"eta": eta, "variance_type": variance_type}
+    return spec, {key: given[key] for key in spec.options if given[key] is not None}

@@ -7,6 +7,7 @@ seam so that sliding-window inference can evaluate each step window by window.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,18 +19,19 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.utils import look_up_option
 
 from medwidit.nets import build_network, network_name
-from medwidit.utils import atomic_write
+from medwidit.utils import atomic_write, check_int, check_range
 
 from .encoding import encode_labels
 from .objectives import (
     OBJECTIVES,
     aux_dice_ce,
     sample_training_timesteps,
+    split_output,
     training_target,
     vlb_terms,
     x0_estimate,
 )
-from .samplers import SAMPLERS, VARIANCE_TYPES, randn_like, set_steps
+from .samplers import VARIANCE_TYPES, randn_like, resolve_sampler, schedule_arguments, timestep_list
 
 __all__ = ["DiffusionSegmenter", "load_segmenter", "save_segmenter"]
 
@@ -147,7 +149,7 @@ class DiffusionSegmenter(nn.Module):
         noise = randn_like(x0, generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
         cond = self._drop_condition(image, generator)
-        prediction, frac = self._split(_call_net(self.net, spacing, x_t, t.float(), cond), x0)
+        prediction, frac = split_output(_call_net(self.net, spacing, x_t, t.float(), cond), x0, self.learn_sigma)
         prediction = prediction.float()
         parts = {"diffusion": F.mse_loss(prediction, training_target(self.objective, self.scheduler, x0, noise, t))}
         x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t, bounded_gradient=True)
@@ -166,21 +168,6 @@ class DiffusionSegmenter(nn.Module):
         device = generator.device if generator is not None else image.device
         drop = torch.rand(image.shape[0], generator=generator, device=device).to(image.device) < self.cond_drop_prob
         return torch.where(drop.reshape((-1,) + (1,) * (image.ndim - 1)), torch.zeros_like(image), image)
-
-    def _split(self, output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw output -> (prediction (B, K, *S), variance channels (B, K, *S) or None), checking the channels."""
-        k = self.num_classes
-        expected = 2 * k if self.learn_sigma else k
-        if output.shape[0] != x.shape[0] or output.shape[2:] != x.shape[2:] or output.shape[1] != expected:
-            hint = " (build the net with out_channels=K or set learn_sigma to match)" if output.ndim == x.ndim else ""
-            raise ValueError(
-                f"net returned shape {tuple(output.shape)}, expected {(x.shape[0], expected, *x.shape[2:])} for "
-                f"num_classes={k}, learn_sigma={self.learn_sigma}{hint}."
-            )
-        if self.learn_sigma:
-            prediction, frac = output.split(k, dim=1)
-            return prediction, frac
-        return output, None
 
     ##################################################################################
     #                                    Sampling                                    #
@@ -205,6 +192,9 @@ class DiffusionSegmenter(nn.Module):
         """Draw ``num_samples`` segmentations of image (B, C_img, *S) -> (S, B, K, *S) clean estimates in diffusion
         space (``to_probabilities(samples, dim=2)`` turns them into probabilities).
 
+        ``sampler`` is a name in ``medwidit.diffusion.SAMPLERS`` that fits the objective (default: the scheduler's,
+        see the class); ``eta`` is DDIM's noise (an error with any other sampler unless 0); ``steps`` is the length of
+        the timestep list (Heun calls the network 2 * steps - 1 times).
         Ensemble members are sampled ``chunk_size`` at a time (default: all together) as one batch; each member draws
         its noise from its own generator, seeded from ``generator``, so chunking never changes the result.
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
@@ -212,11 +202,12 @@ class DiffusionSegmenter(nn.Module):
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
         ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass).
         """
-        sampler, options = self._check_sampling(sampler, eta, num_samples, guidance_scale, image)
-        chunk_size = num_samples if chunk_size is None else chunk_size
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1 or None, got {chunk_size!r}.")
-        set_steps(self.scheduler, steps)
+        spec, options = resolve_sampler(
+            sampler or DEFAULT_SAMPLER[self.scheduler_name], self.objective, eta=eta, variance_type=self.variance_type
+        )
+        self._check_sampling(num_samples, guidance_scale, image)
+        chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
+        timesteps, schedule = timestep_list(self.scheduler, steps), schedule_arguments(self.scheduler)
         if spacing is not None and model_fn is not None:
             raise ValueError("spacing goes to the net; a custom model_fn must pass it itself (got both).")
         model_fn = model_fn or partial(_call_net, self.net, spacing)
@@ -229,27 +220,18 @@ class DiffusionSegmenter(nn.Module):
             x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
             denoise = self._denoiser(model_fn, cond, guidance_scale)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
-            x = SAMPLERS[sampler](denoise, x, self.scheduler, generator=gens, callback=callback, **options)
+            x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
             samples.append(x.reshape(len(gens), *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
-    def _check_sampling(self, sampler, eta, num_samples, guidance_scale, image) -> tuple[str, dict]:
-        """Validate sampling arguments -> (sampler name, its options)."""
-        sampler = look_up_option(sampler or DEFAULT_SAMPLER[self.scheduler_name], tuple(SAMPLERS))
-        if (sampler == "flow_euler") != (self.objective == "flow"):
-            raise ValueError(f"sampler {sampler!r} does not fit objective {self.objective!r}.")
-        if eta != 0 and sampler != "ddim":
-            raise ValueError(f"eta is a DDIM option, got eta={eta} with sampler {sampler!r}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
-        if not guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+    def _check_sampling(self, num_samples, guidance_scale, image) -> None:
+        """Validate the sampling arguments that are not the sampler's."""
+        check_int("num_samples", num_samples)
+        check_range("guidance_scale", guidance_scale, 0.0, math.inf)
         if guidance_scale != 1 and self.cond_drop_prob == 0:
             logger.warning("guidance_scale=%s but the model was trained with cond_drop_prob=0.", guidance_scale)
         if image.ndim not in (4, 5):
             raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
-        options = {"ddim": {"eta": eta}, "ddpm": {"variance_type": self.variance_type}}.get(sampler, {})
-        return sampler, options
 
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
         """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check."""
@@ -262,7 +244,7 @@ class DiffusionSegmenter(nn.Module):
                 both = model_fn(torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([cond, torch.zeros_like(cond)]))
                 conditional, unconditional = both.float().chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
-            self._split(output, x)  # checks the channel count
+            split_output(output, x, self.learn_sigma)  # the channels must match learn_sigma
             return output.float()
 
         return denoise

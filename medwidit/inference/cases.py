@@ -1,8 +1,14 @@
 """Cases from files and folders, nnU-Net style: ``case_0000.nii.gz``, ``case_0001.nii.gz`` -> case ``case`` with two
-modalities, written back as ``case.nii.gz`` (plus ``case_probabilities`` / ``case_uncertainty`` when asked)."""
+modalities, written back as ``case.nii.gz`` (plus ``case_probabilities`` / ``case_uncertainty`` when asked).
+
+ID-like names (``patient_0001.nii.gz``, ``patient_0002.nii.gz``) look like modalities too: for a model that takes one
+channel, a group that is not exactly one ``_0000`` file is split into one case per file, named by its whole stem;
+``modality_pattern`` sets the regular expression that marks modalities (None: every file is its own case).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -11,9 +17,11 @@ from pathlib import Path
 
 from .io import IMAGE_SUFFIXES, InputError, image_suffix
 
-__all__ = ["Case", "find_cases"]
+__all__ = ["DEFAULT_MODALITY_PATTERN", "Case", "find_cases", "modality_regex"]
 
-MODALITY = re.compile(r"^(?P<name>.+)_(?P<index>\d{4})$")
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODALITY_PATTERN = r"_(\d{4})"
 OUTPUT_KINDS = {"labels": "", "probabilities": "_probabilities", "uncertainty": "_uncertainty"}
 
 
@@ -47,42 +55,81 @@ class Case:
             )
 
 
-def _split_name(path: Path) -> tuple[str, int | None]:
+def modality_regex(pattern: str | None) -> re.Pattern | None:
+    """The compiled ``<name><pattern>`` regular expression (one group: the modality number); None stays None."""
+    if pattern is None:
+        return None
+    try:
+        regex = re.compile(rf"^(?P<name>.+?){pattern}$")
+    except re.error as e:
+        raise ValueError(f"modality_pattern {pattern!r} is not a regular expression ({e}).") from e
+    if regex.groups != 2:
+        raise ValueError(f"modality_pattern must hold exactly one group, the modality number, got {pattern!r}.")
+    return regex
+
+
+def _split_name(path: Path, regex: re.Pattern | None) -> tuple[str, int | None]:
     """``case_0001.nii.gz`` -> ("case", 1); ``scan.nrrd`` -> ("scan", None)."""
     suffix = image_suffix(path) or ""
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    match = MODALITY.match(stem)
-    return (match["name"], int(match["index"])) if match else (stem, None)
+    match = regex.match(stem) if regex is not None else None
+    if match is None or not match[2].isdigit():
+        return stem, None
+    return match["name"], int(match[2])
 
 
-def _expand(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders as their image files (sorted; hidden files and other suffixes skipped)."""
+def _stem(path: Path) -> str:
+    return _split_name(path, None)[0]
+
+
+def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Case]]:
+    """Files as given, folders as their image files (sorted; hidden files and other suffixes skipped); a folder
+    without image files becomes a failed case, so that the rest still runs."""
     files: list[Path] = []
+    empty: list[Case] = []
     for item in inputs:
+        if not str(item).strip():
+            raise InputError("an input path is empty (''); give files or folders (use '.' for the current folder).")
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
             if not found:
-                raise InputError(f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)}).")
+                problem = f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})."
+                empty.append(Case(path.name or str(path), (path,), problem))
             files.extend(found)
         else:
             files.append(path)  # missing or non-image files fail when their case is read, with the file's name
-    return files
+    return files, empty
 
 
-def find_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Case]:
+def find_cases(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    num_modalities: int | None = None,
+    modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
+) -> list[Case]:
     """Group files (and the image files of folders) into cases by name; modality order from the ``_NNNN`` suffix.
 
-    A file without a ``_NNNN`` suffix is a case of one modality. A case with a gap in its modality numbers (``_0000``
-    and ``_0002``), a modality given twice or a name found in two folders carries a ``problem`` instead of failing
-    the others. A folder without image files is an InputError.
+    A file without a ``_NNNN`` suffix is a case of one modality. With ``num_modalities`` 1, a group other than one
+    ``_0000`` file is one case per file. A case with a gap in its modality numbers (``_0000`` and ``_0002``), a
+    modality given twice, a name found in two folders, or a folder without image files carries a ``problem`` instead
+    of failing the others.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    regex = modality_regex(modality_pattern)
+    files, empty = _expand(inputs)
     groups: dict[tuple[Path, str], dict[int, list[Path]]] = {}
-    for path in _expand(inputs):
-        name, index = _split_name(path)
+    for path in files:
+        name, index = _split_name(path, regex)
         groups.setdefault((path.parent, name), {}).setdefault(0 if index is None else index, []).append(path)
+    if num_modalities == 1:  # ID-like numbers, not modalities: each file is a case named by its whole stem
+        for key in [k for k, m in groups.items() if set(m) != {0} and all(len(p) == 1 for p in m.values())]:
+            split = [path for (path,) in groups.pop(key).values()]
+            logger.warning("%s: %s are %d cases (the model takes one image channel; --modality-pattern to change).",
+                           key[0] / key[1], ", ".join(p.name for p in split), len(split))
+            for path in split:
+                groups[(path.parent, _stem(path))] = {0: [path]}
     names = [name for _, name in groups]
     cases = []
     for (folder, name), modalities in groups.items():
@@ -97,4 +144,4 @@ def find_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
         elif names.count(name) > 1:
             problem = f"{folder / name}: a case of this name comes from another folder too; outputs would collide."
         cases.append(Case(name, files, problem))
-    return cases
+    return cases + empty

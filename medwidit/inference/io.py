@@ -1,4 +1,4 @@
-"""Read and write medical images with their exact geometry; atomic writes that never overwrite unless asked.
+"""Read and encode medical images with their exact geometry (``outputs`` commits them as cases, never overwriting).
 
 Arrays follow MONAI's readers: spatial axes in voxel-index order (i, j, k) and a 4x4 ``affine`` from voxel index to
 RAS world millimetres (nibabel's convention). NIfTI goes through nibabel and keeps the input's header (qform, sform,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ __all__ = [
     "geometry_from_affine",
     "image_suffix",
     "label_dtype",
+    "one_line",
     "read_array",
     "read_image",
+    "read_input",
     "read_nibabel",
+    "save_image",
     "to_nibabel",
-    "write_image",
-    "write_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 KINDS = ("labels", "probabilities", "uncertainty", "image")
 LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS for the first three world axes
+
+
+def __getattr__(name: str):
+    """``write_image`` / ``write_images`` live in ``outputs`` (which builds on this module); still importable here."""
+    if name in ("write_image", "write_images"):
+        from . import outputs
+
+        return getattr(outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class InputError(ValueError):
@@ -77,9 +88,25 @@ def image_suffix(path: str | os.PathLike) -> str | None:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+def one_line(error: BaseException) -> str:
+    """The error as one line: SimpleITK's text after its last ``ERROR:`` or ``[nrrd]`` tag (the source location
+    before it says nothing to a user), the exception's type where it has no text, at most 300 characters (the end)."""
+    text = " ".join(str(error).split())
+    text = re.split(r"sitk::ERROR:\s*|itk::ERROR:\s*|\[nrrd\] ", text)[-1]  # ITK's last line says what is wrong
+    text = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", text) or type(error).__name__  # no object addresses
+    return text if len(text) <= 300 else "..." + text[-297:]
+
+
+def _check_affine(affine: np.ndarray, path) -> None:
+    """An InputError unless the voxel-to-world matrix is finite and invertible (MONAI would fail later, vaguely)."""
+    linear = np.asarray(affine, dtype=np.float64)[:-1, :-1]
+    if not np.isfinite(affine).all():
+        raise InputError(f"{path}: the header's voxel-to-world affine holds NaN or infinite values; fix the header.")
+    if abs(np.linalg.det(linear)) < 1e-12 * max(np.abs(linear).max(), 1e-300) ** len(linear):
+        raise InputError(
+            f"{path}: the header's voxel-to-world affine is singular (a zero spacing or two parallel axes); fix the "
+            "header."
+        )
 
 
 ######################################################################################################################
@@ -139,6 +166,8 @@ def _read_itk(path: Path):
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(path))
+    while image.GetDimension() > 3 and image.GetSize()[-1] == 1:  # a 4D singleton, as NIfTI's are accepted
+        image = sitk.Extract(image, [*image.GetSize()[:-1], 0], [0] * image.GetDimension())
     if image.GetNumberOfComponentsPerPixel() != 1:
         components = image.GetNumberOfComponentsPerPixel()
         raise InputError(f"{path}: {components} components per voxel where a scalar image is expected.")
@@ -164,8 +193,12 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         data = np.asarray(data, dtype=np.float32)
     except InputError:
         raise
+    except PermissionError as e:
+        raise InputError(f"{path}: cannot read the file, permission denied.") from e
+    except MemoryError as e:
+        raise InputError(f"{path}: not enough memory to read the image.") from e
     except Exception as e:  # nibabel/SimpleITK/zlib raise many types for truncated or non-image files
-        problem = f"cannot read the image, the file is truncated or not an image ({_one_line(e)})"
+        problem = f"cannot read the image, the file is truncated or not an image ({one_line(e)})"
         raise InputError(f"{path}: {problem}.") from e
     data = _squeeze_to(data, spatial_dims, path)
     _check_finite(data, path)
@@ -173,6 +206,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         geometry = geometry_from_affine(image.affine, data.shape, header=image.header.copy(), path=str(path))
     else:
         geometry = _itk_geometry(image, data.shape, path)
+    _check_affine(geometry.affine, path)
     return data, geometry
 
 
@@ -181,12 +215,14 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     name = image.get_filename() or "nibabel image"
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
+    _check_affine(image.affine, name)
     header = image.header.copy() if isinstance(image, nib.Nifti1Image) else None
     return data, geometry_from_affine(image.affine, data.shape, header=header, path=image.get_filename())
 
 
 def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
-    """An array or tensor (*S) or (C, *S) and its RAS affine (default identity) -> (float32 (C, *S), geometry)."""
+    """An array or tensor (*S) or (C, *S) and its RAS affine -> (float32 (C, *S), geometry); without an affine, 1 mm
+    voxels at the origin are assumed with a warning (the grid is then resampled as if it were 1 mm)."""
     data = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
     data = data.astype(np.float32)
     if data.ndim == spatial_dims:
@@ -194,8 +230,41 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
     if data.ndim != spatial_dims + 1:
         raise InputError(f"array: shape {data.shape} is neither (*S) nor (C, *S) with {spatial_dims} spatial axes.")
     _check_finite(data, "array")
+    if affine is None:
+        logger.warning("array: no affine given, assuming 1 mm voxels; pass affine= (voxel -> RAS mm) for its spacing.")
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    _check_affine(affine, "array")
     return data, geometry_from_affine(affine, data.shape[1:])
+
+
+def read_input(
+    image, affine=None, *, spatial_dims: int = 3, num_modalities: int = 1
+) -> tuple[np.ndarray, ImageGeometry]:
+    """Any input ``Predictor.segment`` accepts (paths, nibabel images, lists of them, an array or tensor with its
+    ``affine``) -> (float32 (C, *S) array, geometry), checking modalities, dimensions, grids, finiteness, affines."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    if isinstance(image, np.ndarray) or hasattr(image, "detach"):
+        array, geometry = read_array(image, affine, spatial_dims=spatial_dims)
+        if array.shape[0] != num_modalities:
+            raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {num_modalities}.")
+        return array, geometry
+    if not items or not all(isinstance(i, (str, os.PathLike, nib.spatialimages.SpatialImage)) for i in items):
+        raise TypeError(
+            "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array, got "
+            f"{type(image).__name__}."
+        )
+    channels = [
+        read_image(i, spatial_dims=spatial_dims) if isinstance(i, (str, os.PathLike))
+        else read_nibabel(i, spatial_dims=spatial_dims) for i in items
+    ]
+    first = channels[0][1]
+    name = first.path or "image"
+    if len(channels) != num_modalities:
+        raise InputError(f"{name}: {len(channels)} modality(ies) where the model expects {num_modalities}.")
+    for array, geometry in channels[1:]:
+        if array.shape != first.shape or not np.allclose(geometry.affine, first.affine, atol=1e-4):
+            raise InputError(f"{geometry.path or 'image'}: grid differs from the first modality ({name}).")
+    return np.stack([array for array, _ in channels]), first
 
 
 def _itk_geometry(image, shape, path) -> ImageGeometry:
@@ -286,14 +355,8 @@ def check_output_dir(folder: str | os.PathLike) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise OutputError(f"{folder}: output folder is not writable ({e.strerror or _one_line(e)}).") from e
+        raise OutputError(f"{folder}: output folder is not writable ({e.strerror or one_line(e)}).") from e
     return folder
-
-
-def _temporary_name(path: Path) -> Path:
-    suffix = image_suffix(path) or path.suffix
-    stem = path.name[: len(path.name) - len(suffix)]
-    return path.with_name(f".{stem}.{secrets.token_hex(4)}.partial{suffix}")
 
 
 class OutputImage(NamedTuple):
@@ -306,44 +369,14 @@ class OutputImage(NamedTuple):
     max_label: int | None = None
 
 
-def _save(item: OutputImage, target: Path) -> None:
+def save_image(item: OutputImage, target: str | os.PathLike) -> None:
+    """Encode ``item`` into ``target`` (its format chosen by ``item.path``'s suffix); not atomic: ``target`` is a
+    staging path (``outputs.write_images`` and the predictor's case writer commit it)."""
+    if image_suffix(item.path) is None:
+        raise ValueError(f"{item.path}: cannot write this format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
     if image_suffix(item.path) in NIFTI_SUFFIXES:
         nib.save(to_nibabel(item.array, item.geometry, item.kind, max_label=item.max_label), str(target))
     else:
         import SimpleITK as sitk
 
         sitk.WriteImage(_to_itk(item.array, item.geometry, item.kind, item.max_label), str(target), True)
-
-
-def write_images(items: Sequence[OutputImage], *, overwrite: bool = False) -> list[Path]:
-    """Write ``items`` all or nothing: every one to a temporary name in its folder first, then ``os.replace``."""
-    items = [item._replace(path=Path(item.path)) for item in items]
-    for item in items:
-        if image_suffix(item.path) is None:
-            raise ValueError(f"{item.path}: cannot write this format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
-        if item.path.exists() and not overwrite:
-            raise OutputError(f"{item.path}: already exists; pass overwrite=True (--overwrite) to replace it.")
-    temporaries: dict[Path, Path] = {}
-    target = items[0].path if items else None
-    try:
-        for item in items:
-            target = item.path
-            temporaries[target] = _temporary_name(target)
-            _save(item, temporaries[target])
-        for target, temporary in temporaries.items():
-            os.replace(temporary, target)
-    except OSError as e:
-        raise OutputError(f"{target}: cannot write ({e.strerror or _one_line(e)}).") from e
-    except RuntimeError as e:  # SimpleITK reports write failures as RuntimeError
-        raise OutputError(f"{target}: cannot write ({_one_line(e)}).") from e
-    finally:
-        for temporary in temporaries.values():
-            temporary.unlink(missing_ok=True)
-    logger.debug("wrote %s", ", ".join(str(item.path) for item in items))
-    return [item.path for item in items]
-
-
-def write_image(array, geometry: ImageGeometry, path, kind: str = "labels", *, overwrite: bool = False,
-                max_label: int | None = None) -> Path:
-    """Write one image atomically on ``geometry``; ``kind`` is labels (uint8/uint16), probabilities or uncertainty."""
-    return write_images([OutputImage(array, geometry, Path(path), kind, max_label)], overwrite=overwrite)[0]

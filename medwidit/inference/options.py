@@ -1,23 +1,44 @@
-"""Runtime options of the predictor: device, autocast precision, progress bars, a bundle's plain inference settings."""
+"""Runtime options of the predictor: device, autocast precision, progress bars, a bundle's plain inference settings,
+and the sanity check of the grid the pre-transforms resample to."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.utils import look_up_option
 
-from .io import InputError
+from medwidit.utils import check_int, check_range
 
-__all__ = ["BUNDLE_OPTIONS", "PRECISIONS", "autocast_dtype", "bundle_options", "progress_callback", "resolve_device"]
+from .io import InputError, one_line
+
+__all__ = [
+    "BUNDLE_OPTIONS",
+    "MAX_GRID_GROWTH",
+    "MIN_GRID_SIZE",
+    "PRECISIONS",
+    "autocast_dtype",
+    "bundle_options",
+    "check_grid",
+    "check_sampling",
+    "checkpoint_problem",
+    "progress_callback",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap")
+MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
+MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -62,7 +83,49 @@ def progress_callback(progress, steps: int, description: str):
         if info.get("i") == steps - 1:
             bar.close()
 
+    update.close = bar.close  # the predictor closes it when a case ends early, so that messages get their own line
     return update
+
+
+def check_grid(shape: Sequence[int], affine, target_spacing: Sequence[float] | None, name: str, *,
+               force: bool = False) -> None:
+    """An InputError when resampling ``shape`` voxels of ``affine`` to ``target_spacing`` mm would leave fewer than
+    ``MIN_GRID_SIZE`` voxels along an axis, or (unless ``force``) more than ``MAX_GRID_GROWTH`` times the voxels."""
+    if target_spacing is None:
+        return
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : len(shape)], axis=0)  # mm per voxel axis
+    extent = np.asarray(shape) * spacing  # mm per axis (which target axis it meets depends on the orientation)
+    largest = extent / min(target_spacing)
+    if largest.min() < MIN_GRID_SIZE:
+        raise InputError(
+            f"{name}: resampling its {tuple(shape)} voxels of {_mm(spacing)} mm to the model's {_mm(target_spacing)} "
+            f"mm leaves {int(math.floor(largest.min()))} voxel(s) along an axis, too small to segment; check the "
+            "header's voxel spacing."
+        )
+    growth = float(np.prod(extent) / np.prod(target_spacing[: len(shape)]) / max(np.prod(shape), 1))
+    if growth > MAX_GRID_GROWTH and not force:
+        raise InputError(
+            f"{name}: resampling its {tuple(shape)} voxels of {_mm(spacing)} mm to the model's {_mm(target_spacing)} "
+            f"mm makes {growth:.0f} times as many voxels (more than {MAX_GRID_GROWTH:.0f}); check the header's voxel "
+            "spacing, or force it (--force-grid, force_grid=True)."
+        )
+    if growth > MAX_GRID_GROWTH:
+        logger.warning("%s: resampling makes %.0f times as many voxels (forced).", name, growth)
+
+
+def _mm(values) -> str:
+    return "x".join(f"{float(v):g}" for v in values)
+
+
+def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale) -> None:
+    """The numeric sampling options, checked once before any case is read (the sampler name and the pairing of eta
+    and sampler are the segmenter's to check)."""
+    check_int("steps", steps)
+    check_int("num_samples", num_samples)
+    check_range("overlap", overlap, 0.0, 1.0)
+    check_range("eta", eta, 0.0, 1.0, closed_high=True)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
+        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
 
 
 def bundle_options(bundle_dir: str | os.PathLike) -> dict:
@@ -77,8 +140,41 @@ def bundle_options(bundle_dir: str | os.PathLike) -> dict:
             config = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"{path}: not readable JSON ({e}).") from e
+        if not isinstance(config, dict):
+            raise InputError(f"{path}: a bundle config must be a JSON object, got {type(config).__name__}.")
         for key in BUNDLE_OPTIONS:
             value = config.get(key)
             if key not in found and value is not None and not (isinstance(value, str) and value[:1] in "$@%"):
-                found[key] = value
+                found[key] = _check_bundle_value(path, key, value)
     return found
+
+
+def _check_bundle_value(path: Path, key: str, value):
+    """A bundle's plain ``value`` of ``key`` in its JSON type (a string "64" is not the roi [6, 4]), else InputError."""
+    try:
+        if key == "roi_size":
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise ValueError(f"roi_size must be an int or a list of ints, got {value!r}.")
+            checked = [check_int("roi_size", v) for v in values]
+            return checked if isinstance(value, list) else checked[0]
+        if key == "overlap":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"overlap must be a number in [0, 1), got {value!r}.")
+            return check_range("overlap", value, 0.0, 1.0)
+        return check_int(key, value)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from e
+
+
+def checkpoint_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a checkpoint torch could not load, in one line that keeps what matters."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = " ".join(str(error).split())
+    refused = re.search(r"(Unsupported global: .*?)(?: This| Check|$)", text)
+    if "Weights only load failed" in text:
+        what = refused[1].rstrip(".") if refused else one_line(error)
+        return (f"refused: it holds Python objects, not only tensors ({what}); medwidit loads weights only, so "
+                "resave it with save_segmenter, and load others only from a source you trust")
+    return one_line(error)

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -26,8 +27,9 @@ from monai.utils import ensure_tuple_rep
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.nets.contract import network_size_multiple
+from medwidit.utils import check_int
 
-from .cases import Case, find_cases
+from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .figure import save_overlay_figure
 from .io import (
     ImageGeometry,
@@ -35,13 +37,22 @@ from .io import (
     OutputError,
     OutputImage,
     check_output_dir,
-    read_array,
+    one_line,
     read_image,
-    read_nibabel,
+    read_input,
+    save_image,
     to_nibabel,
-    write_images,
 )
-from .options import autocast_dtype, bundle_options, progress_callback, resolve_device
+from .options import (
+    autocast_dtype,
+    bundle_options,
+    check_grid,
+    check_sampling,
+    checkpoint_problem,
+    progress_callback,
+    resolve_device,
+)
+from .outputs import CasePlan, check_plan, finish_interrupted, is_finished, plan_case, write_case
 from .sliding import SlidingWindowDenoiser, sample_ensemble
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
@@ -97,8 +108,8 @@ class Predictor:
         preprocessing: the checkpoint's ``"preprocessing"`` dict (see ``medwidit.data.transforms``).
         roi_size: sliding-window size (default: the training crop where known, else 96 per axis).
         sw_batch_size: windows per network call.
-        max_whole_voxels: run the network on the whole volume when batch x voxels is at most this (default:
-            ``sw_batch_size * prod(roi_size)``); 0 forces windows.
+        max_whole_voxels: run the network on the whole volume when batch x voxels is at most this memory budget
+            (default ``sliding.DEFAULT_WHOLE_VOXELS``, independent of ``sw_batch_size``); 0 forces windows.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: network autocast dtype, ``auto`` (bfloat16 on CUDA where supported, else float16; float32 on
             CPU), ``float32``, ``bfloat16`` or ``float16``. Sampler arithmetic and window blending stay float32.
@@ -157,7 +168,7 @@ class Predictor:
         try:
             segmenter, config = load_segmenter(path, map_location="cpu")
         except Exception as e:  # torch.load raises pickle, struct, zip and runtime errors on a bad file
-            raise InputError(f"{path}: not a readable medwidit checkpoint ({' '.join(str(e).split())[:200]}).") from e
+            raise InputError(f"{path}: not a readable medwidit checkpoint ({checkpoint_problem(path, e)}).") from e
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)
         options.setdefault("roi_size", config.get("roi_size"))
@@ -190,24 +201,39 @@ class Predictor:
         overlap: float = 0.5,
         generator: torch.Generator | None = None,
         progress: bool | Callable[[dict], None] = False,
+        sampler: str | None = None,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        force_grid: bool = False,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
         ``image``: a file path, a list of modality paths, a nibabel image (or a list of them), or an array/tensor
-        (*S) or (C, *S) with ``affine`` (default identity). ``generator`` seeds the ensemble (default: seed 0, so
-        that a case always gets the same result).
+        (*S) or (C, *S) with ``affine`` (without one, 1 mm voxels and a warning). ``generator`` seeds the ensemble
+        (default: seed 0, so that a case always gets the same result). ``sampler``, ``eta``, ``guidance_scale`` go to
+        ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
+        than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``.
         """
-        array, geometry = self._read(image, affine)
+        array, geometry = read_input(
+            image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities
+        )
+        name = geometry.path or "array"
+        check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
         pre = Compose(preprocessing_transforms(self.preprocessing, load=False))
         data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine))})
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
-        logger.info("segmenting %s: grid %s", geometry.path or "an array", tuple(condition.shape[2:]))
-        summary = sample_ensemble(
-            self.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=self.roi_size, overlap=overlap,
-            sw_batch_size=self.sw_batch_size, max_whole_voxels=self.max_whole_voxels, wrap_model_fn=self._autocast,
-            generator=generator if generator is not None else torch.Generator().manual_seed(0),
-            progress=progress_callback(progress, steps, f"{Path(geometry.path or 'array').name}"),
-        )
+        logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
+        callback = progress_callback(progress, steps, Path(name).name)
+        try:
+            summary = sample_ensemble(
+                self.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=self.roi_size,
+                overlap=overlap, sw_batch_size=self.sw_batch_size, max_whole_voxels=self.max_whole_voxels,
+                wrap_model_fn=self._autocast, progress=callback, sampler=sampler, eta=eta,
+                guidance_scale=guidance_scale,
+                generator=generator if generator is not None else torch.Generator().manual_seed(0),
+            )
+        finally:
+            getattr(callback, "close", lambda: None)()
         probability, entropy = self._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
@@ -215,6 +241,13 @@ class Predictor:
             label_map=probability.argmax(0), probability=probability, entropy=entropy[0], geometry=geometry,
             num_samples=num_samples,
         )
+
+    def check_options(self, *, steps=10, num_samples=4, overlap=0.5, sampler=None, eta=0.0,
+                      guidance_scale=1.0) -> None:
+        """Every sampling option checked once, before any case is read (ValueError naming the option)."""
+        check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
+        probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
+        self.segmenter._check_sampling(sampler, eta, num_samples, guidance_scale, probe)
 
     def _autocast(self, model_fn):
         if self.autocast_dtype is None:
@@ -238,31 +271,6 @@ class Predictor:
         probability /= probability.sum(0, keepdim=True).clamp_min(1e-12)  # interpolation keeps sums, up to rounding
         return probability.numpy().astype(np.float32), inverted["entropy"].as_tensor().clamp_(min=0).numpy()
 
-    def _read(self, image, affine) -> tuple[np.ndarray, ImageGeometry]:
-        """Any accepted input -> (float32 (C, *S) array, geometry), checking modalities, dimensions, finiteness."""
-        items = list(image) if isinstance(image, (list, tuple)) else [image]
-        if isinstance(image, (np.ndarray, torch.Tensor)):
-            array, geometry = read_array(image, affine, spatial_dims=self.spatial_dims)
-            if array.shape[0] != self.num_modalities:
-                raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {self.num_modalities}.")
-            return array, geometry
-        if not items or not all(isinstance(i, (str, os.PathLike, nib.spatialimages.SpatialImage)) for i in items):
-            raise TypeError(
-                "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array, got "
-                f"{type(image).__name__}."
-            )
-        channels = [
-            read_image(i, spatial_dims=self.spatial_dims) if isinstance(i, (str, os.PathLike))
-            else read_nibabel(i, spatial_dims=self.spatial_dims) for i in items
-        ]
-        first = channels[0][1]
-        name = first.path or "image"
-        if len(channels) != self.num_modalities:
-            raise InputError(f"{name}: {len(channels)} modality(ies) where the model expects {self.num_modalities}.")
-        for array, geometry in channels[1:]:
-            if array.shape != first.shape or not np.allclose(geometry.affine, first.affine, atol=1e-4):
-                raise InputError(f"{geometry.path or 'image'}: grid differs from the first modality ({name}).")
-        return np.stack([array for array, _ in channels]), first
 
     ##################################################################################################################
     # files
@@ -282,80 +290,111 @@ class Predictor:
         steps: int = 10,
         num_samples: int = 4,
         overlap: float = 0.5,
+        sampler: str | None = None,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
         seed: int = 0,
+        modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
+        force_grid: bool = False,
     ) -> list[CaseResult]:
         """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
 
-        A case whose outputs exist fails unless ``overwrite`` (replace) or ``resume`` (skip it) is given. A bad case
-        fails alone with a one-line message; outputs are written all or nothing per case. Each case's ensemble is
-        seeded with ``seed``, so results do not depend on the order or the subset of cases. ``save_figure`` adds
-        ``<case>_figure.png``: three orthogonal slices with the label overlay and the uncertainty.
+        Each case is one unit (``outputs``): all its files appear, with a marker written last, or none. A case with
+        existing outputs fails unless ``overwrite`` (replace) or ``resume`` (skip finished cases, finish or redo
+        unfinished ones; with ``overwrite`` too, an unfinished case's files are replaced). Options (``steps``,
+        ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``) are checked, and every output path is
+        planned against every input, before the first case runs. A bad case fails alone with a one-line message.
+        Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
+        ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
         """
-        if overwrite and resume:
-            raise ValueError("overwrite and resume exclude each other: replace finished cases, or skip them.")
+        options = {"steps": steps, "num_samples": num_samples, "overlap": overlap, "sampler": sampler, "eta": eta,
+                   "guidance_scale": guidance_scale}
+        self.check_options(**options)
+        check_int("seed", seed, low=0)
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * save_probabilities + ["uncertainty"] * save_uncertainty
         kinds += ["figure"] * save_figure
-        results = []
-        for case in find_cases(inputs):
+        cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
+        plans = {c.name: plan_case(output_dir, c.name, [c.output_path(output_dir, k) for k in kinds])
+                 for c in cases if c.problem is None}
+        check_plan(list(plans.values()), [f for c in cases for f in c.files])
+        results: list[CaseResult] = []
+        for case in cases:
             start = time.perf_counter()
-            result = self._predict_case(case, output_dir, kinds, overwrite, resume, progress,
-                                        {"steps": steps, "num_samples": num_samples, "overlap": overlap}, seed)
+            try:
+                result = self._predict_case(case, plans.get(case.name), kinds, overwrite, resume,
+                                            {**options, "progress": progress, "force_grid": force_grid}, seed)
+            except KeyboardInterrupt:
+                done = sum(r.status == "done" for r in results)
+                logger.error("interrupted during case %s (what this run had written of it is removed); the %d case(s) "
+                             "finished before it are complete.", case.name, done)
+                raise
             result.seconds = time.perf_counter() - start
             results.append(result)
         return results
 
-    def _predict_case(self, case: Case, output_dir: Path, kinds, overwrite, resume, progress, options, seed):
-        targets = {kind: case.output_path(output_dir, kind) for kind in kinds}
-        if resume and all(path.exists() for path in targets.values()):
-            logger.info("%s: done before, skipped", case.name)
-            return CaseResult(case.name, "skipped", list(targets.values()))
+    def _predict_case(self, case: Case, plan: CasePlan | None, kinds, overwrite, resume, options, seed) -> CaseResult:
+        outputs = [case.output_path(plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
         try:
             if case.problem is not None:
                 raise InputError(case.problem)
+            if resume and is_finished(plan):
+                logger.info("%s: done before, skipped", case.name)
+                return CaseResult(case.name, "skipped", outputs)
+            if (resume or overwrite) and finish_interrupted(plan, overwrite=overwrite, finish=resume):
+                return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
             case.check_modalities(self.num_modalities)
-            inputs = {path.resolve() for path in case.files}
-            clash = [path for path in targets.values() if path.resolve() in inputs]
-            if clash:
-                raise InputError(f"{clash[0]}: the output would replace an input; choose another output folder.")
-            existing = [path for path in targets.values() if path.exists()]
-            if existing and resume:
-                missing = ", ".join(path.name for path in targets.values() if not path.exists())
-                raise OutputError(f"{existing[0]}: exists but {missing} does not; pass --overwrite to redo the case.")
+            existing = [path for path in plan.files if path.exists()]
             if existing and not overwrite:
-                raise OutputError(
-                    f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
-                    "(--continue) to skip finished cases."
-                )
-            generator = torch.Generator().manual_seed(seed)
-            result = self.segment(list(case.files), generator=generator, progress=progress, **options)
-            arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
-            images = {k: path for k, path in targets.items() if k != "figure"}
-            write_images(
-                [OutputImage(arrays[k], result.geometry, path, k, self.num_classes - 1) for k, path in images.items()],
-                overwrite=overwrite,
-            )
-            if "figure" in targets:
-                image, geometry = read_image(case.files[0])
-                save_overlay_figure(targets["figure"], to_nibabel(image, geometry, "uncertainty"), result.labels,
-                                    result.uncertainty, title=case.name, overwrite=overwrite)
+                hint = (" but the case is unfinished (no completion marker, or other outputs were asked for); pass "
+                        "--overwrite with --continue to redo it" if resume else
+                        "; pass overwrite=True (--overwrite) to replace it or resume=True (--continue) to skip "
+                        "finished cases")
+                raise OutputError(f"{existing[0]}: already exists{hint}.")
+            result = self.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
+            self._write_case(case, plan, kinds, result, overwrite)
         except (InputError, OSError) as e:
             logger.error("%s", e)
             return CaseResult(case.name, "failed", message=str(e))
         except Exception as e:  # one bad case must not stop the others; the traceback goes to the debug log
             logger.debug("case %s failed", case.name, exc_info=True)
-            message = f"{case.files[0]}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            message = f"{case.files[0]}: {type(e).__name__}: {one_line(e)}"
             logger.error("%s", message)
             return CaseResult(case.name, "failed", message=message)
-        logger.info("%s: wrote %s", case.name, ", ".join(path.name for path in targets.values()))
-        return CaseResult(case.name, "done", list(targets.values()))
+        logger.info("%s: wrote %s", case.name, ", ".join(path.name for path in plan.files))
+        return CaseResult(case.name, "done", outputs)
+
+    def _write_case(self, case: Case, plan: CasePlan, kinds, result: Segmentation, overwrite: bool) -> None:
+        """Stage every output of the case, then commit them and the marker last (``outputs.write_case``)."""
+        arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
+        writes = {}
+        for kind in kinds:
+            path = case.output_path(plan.state_dir.parent, kind)
+            if kind == "figure":
+                writes[path] = partial(self._figure, case, result)
+            else:
+                item = OutputImage(arrays[kind], result.geometry, path, kind, self.num_classes - 1)
+                writes[path] = partial(save_image, item)
+        write_case(plan, writes, overwrite=overwrite)
+
+    @staticmethod
+    def _figure(case: Case, result: Segmentation, staged: Path) -> None:
+        image, geometry = read_image(case.files[0])
+        save_overlay_figure(staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty,
+                            title=case.name)
 
 
-def segment(image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, **options) -> Segmentation:
-    """One-call segmentation for notebooks: ``segment("scan.nii.gz", checkpoint="model.pt", steps=10)``; the same
-    path as ``medwidit segment`` (``Predictor.from_checkpoint`` or ``from_bundle``, then ``Predictor.segment``)."""
+def segment(image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, seed: int | None = None,
+            **options) -> Segmentation:
+    """One-call segmentation for notebooks: ``segment("scan.nii.gz", checkpoint="model.pt", steps=10, seed=1)``; the
+    same path as ``medwidit segment`` (``Predictor.from_checkpoint`` or ``from_bundle``, then ``Predictor.segment``);
+    ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``)."""
     if (checkpoint is None) == (bundle is None):
         raise ValueError("give exactly one of checkpoint= (a .pt file) or bundle= (a bundle folder).")
+    if seed is not None and options.get("generator") is not None:
+        raise ValueError("give seed= or generator=, not both.")
+    if seed is not None:
+        options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
     predictor = Predictor.from_checkpoint(checkpoint, device=device) if bundle is None else Predictor.from_bundle(
         bundle, device=device
     )

@@ -39,6 +39,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# whole-volume budget (batch x voxels per call), a memory budget whatever the batch size: 4 x 64^3, what the shipped
+# bundle's four 64^3 windows per call gave, so that its default runs are unchanged
+DEFAULT_WHOLE_VOXELS = 4 * 64**3
+
 
 def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | float = 0.125) -> torch.Tensor:
     """Window blending weights (*roi) float32: ``prod_i exp(-x_i^2 / (2 sigma_i^2))``, sigma_i = sigma_scale * roi_i.
@@ -88,9 +92,9 @@ class SlidingWindowDenoiser:
         sw_batch_size: windows per network call.
         mode: window blending, "gaussian" (default) or "constant".
         sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default 0.125).
-        max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this;
-            None means ``sw_batch_size * prod(roi_size)`` (never more per call than a batch of windows); 0 forces
-            windows.
+        max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this
+            memory budget; None means ``DEFAULT_WHOLE_VOXELS`` (2^20 voxels, whatever ``sw_batch_size`` is, so that
+            the batch size never changes the result); 0 forces windows.
         patch_size: the network's patch size; None reads the network's ``size_multiple`` (the contract). The whole
             volume is padded up to a multiple of it and cropped back.
         align: windows start on multiples of this many voxels per axis, so that they cut the volume on the
@@ -177,9 +181,7 @@ class SlidingWindowDenoiser:
 
     def whole_chunk(self, shape: Sequence[int]) -> int:
         """Batch elements per whole-volume call within the voxel budget (0: one volume alone exceeds it)."""
-        budget = self.max_whole_voxels
-        if budget is None:
-            budget = self.sw_batch_size * math.prod(self._roi_tuple(len(shape) - 2))
+        budget = DEFAULT_WHOLE_VOXELS if self.max_whole_voxels is None else self.max_whole_voxels
         return min(int(shape[0]), budget // max(math.prod(shape[2:]), 1))
 
     def _whole(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -292,6 +294,10 @@ def sample_ensemble(
     generator: torch.Generator | None = None,
     wrap_model_fn: Callable[[Callable], Callable] | None = None,
     progress: Callable[[dict], None] | None = None,
+    sampler: str | None = None,
+    eta: float = 0.0,
+    guidance_scale: float = 1.0,
+    return_members: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -299,16 +305,21 @@ def sample_ensemble(
 
     ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
     through the code path inference uses (with its own steps, samples and overlap, and no autocast).
-    ``wrap_model_fn`` wraps the denoiser (e.g. in autocast).
+    ``wrap_model_fn`` wraps the denoiser (e.g. in autocast); ``sampler``, ``eta``, ``guidance_scale`` go to
+    ``segmenter.sample`` as they are. ``return_members`` adds ``"members"``, the per-member probabilities
+    (S, B, K, *S); members draw their noise in order, so its first n are the n-member ensemble of the same generator.
     """
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
     )
     logger.debug("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
     samples = segmenter.sample(  # (S, B, K, *S')
-        image, steps=steps, num_samples=num_samples, generator=generator, progress=progress,
-        model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
+        image, steps=steps, num_samples=num_samples, generator=generator, progress=progress, sampler=sampler, eta=eta,
+        guidance_scale=guidance_scale, model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
     )
-    summary = summarize_ensemble(to_probabilities(samples, dim=2))
+    probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
+    summary = summarize_ensemble(probabilities)
+    if return_members:
+        summary["members"] = probabilities
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary

@@ -1,19 +1,18 @@
 """medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
 
-from .bundle import SegmentationNetwork, find_bundle_root, require_done
+from .bundle import RENAMED_KEYS, SegmentationNetwork, find_bundle_root, refuse_renamed, require_done
 from .data import SegmentationDataModule, load_data_list
-from .evaluation import dice_per_class, evaluate_files
 from .module import DiffusionSegmentationModule, ExportSegmenter, WarmupCosine, segmenter_state_from_checkpoint
 
 __all__ = [
+    "RENAMED_KEYS",
     "DiffusionSegmentationModule",
     "ExportSegmenter",
     "SegmentationDataModule",
     "SegmentationNetwork",
     "WarmupCosine",
-    "dice_per_class",
-    "evaluate_files",
     "find_bundle_root",
+    "refuse_renamed",
     "load_data_list",
     "require_done",
     "segmenter_state_from_checkpoint",

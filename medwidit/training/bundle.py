@@ -19,11 +19,12 @@ import torch.nn as nn
 
 from medwidit.diffusion import DiffusionSegmenter, to_probabilities
 
-__all__ = ["SegmentationNetwork", "find_bundle_root", "require_done"]
+__all__ = ["RENAMED_KEYS", "SegmentationNetwork", "find_bundle_root", "refuse_renamed", "require_done"]
 
 logger = logging.getLogger(__name__)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+RENAMED_KEYS = {"steps": "val_steps"}  # train.json: old key -> new key (the old key stays, null, to catch overrides)
 
 
 def _config_files_in(argv: Sequence[str]) -> list[str]:
@@ -51,6 +52,18 @@ def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
         f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
         f"--bundle_root <bundle folder> (looked for {candidate})."
     )
+
+
+def refuse_renamed(**values) -> None:
+    """Raise ValueError naming the new key for every renamed ``train.json`` key (``RENAMED_KEYS``) that an override
+    set: an override of a key that nothing reads would otherwise be ignored without a word."""
+    given = {old: value for old, value in values.items() if value is not None}
+    unknown = sorted(set(values) - set(RENAMED_KEYS))
+    if unknown:
+        raise ValueError(f"refuse_renamed knows {sorted(RENAMED_KEYS)}, got {unknown}.")
+    if given:
+        hints = ", ".join(f"{k!r} is now {RENAMED_KEYS[k]!r} (--{RENAMED_KEYS[k]} {v})" for k, v in given.items())
+        raise ValueError(f"renamed bundle key(s): {hints}.")
 
 
 def require_done(results: Sequence) -> list:

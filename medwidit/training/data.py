@@ -37,7 +37,8 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
-from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
+from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
+from medwidit.utils import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -73,25 +74,6 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
     return items
 
 
-def _not_zero(x):
-    """z-scored over non-zero voxels: the background stays exactly 0 while tissue goes below it."""
-    return x != 0
-
-
-def _above_floor(x):
-    """Percentile scaling and histogram equalisation put the background at their floor, -1."""
-    return x > -1.0
-
-
-def _above_minimum(x):
-    """Raw intensities: the background is the image's minimum (usually 0)."""
-    return x > x.min()
-
-
-FOREGROUND = {"zscore_nonzero": _not_zero, "scale_percentiles": _above_floor, "histogram": _above_floor,
-              "none": _above_minimum}  # module-level functions: DataLoader workers pickle them
-
-
 class SegmentationDataModule(L.LightningDataModule):
     """Training crops and whole validation volumes from a decathlon-style data list.
 
@@ -102,9 +84,10 @@ class SegmentationDataModule(L.LightningDataModule):
         roi_size: training crop size per spatial axis (2 or 3 axes).
         dataset_dir: folder that relative paths in the list refer to; default the data list's own folder.
         train_key, val_key: the data list's split names.
-        batch_size: volumes per training batch; each gives `num_samples` crops, so a batch holds
-            `batch_size * num_samples` crops.
-        num_samples, pos, neg: `RandCropByPosNegLabeld` settings (crops per volume, foreground/background ratio).
+        batch_size: volumes per training batch; each gives `num_crops` crops, so a batch holds
+            `batch_size * num_crops` crops.
+        num_crops, pos, neg: `RandCropByPosNegLabeld` settings (crops per volume, its `num_samples`;
+            foreground/background ratio).
         foreground_margin: margin in voxels of the crop to the image's foreground (what is above the background
             level of the intensity mode: 0 for z-scores, -1 for the [-1, 1] modes) before patches are cropped;
             None disables it.
@@ -127,7 +110,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_key: str = "training",
         val_key: str = "validation",
         batch_size: int = 2,
-        num_samples: int = 2,
+        num_crops: int = 2,
         pos: float = 1.0,
         neg: float = 1.0,
         foreground_margin: int | None = 8,
@@ -146,9 +129,8 @@ class SegmentationDataModule(L.LightningDataModule):
         roi_size = [int(s) for s in roi_size]
         if len(roi_size) not in (2, 3) or min(roi_size) < 1:
             raise ValueError(f"roi_size must have 2 or 3 positive sizes, got {roi_size}.")
-        for name, value in (("batch_size", batch_size), ("num_samples", num_samples)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
+        check_int("batch_size", batch_size)
+        check_int("num_crops", num_crops)
         probabilities = {"flip_prob": flip_prob, "rotate_prob": rotate_prob, "zoom_prob": zoom_prob,
                          "intensity_prob": intensity_prob}
         for name, value in probabilities.items():
@@ -166,7 +148,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.preprocessing = check_preprocessing(preprocessing)  # every key present, intensity mode known
         self.roi_size = roi_size
         self.train_key, self.val_key = train_key, val_key
-        self.batch_size, self.num_samples = int(batch_size), int(num_samples)
+        self.batch_size, self.num_crops = batch_size, num_crops
         self.pos, self.neg = float(pos), float(neg)
         self.foreground_margin = foreground_margin
         self.flip_prob, self.rotate_prob, self.zoom_prob = float(flip_prob), float(rotate_prob), float(zoom_prob)
@@ -217,7 +199,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.foreground_margin is not None:
             crop.append(
                 CropForegroundd(
-                    KEYS, source_key="image", select_fn=FOREGROUND[self.preprocessing["intensity"]],
+                    KEYS, source_key="image", select_fn=INTENSITY_MODES[self.preprocessing["intensity"]].foreground,
                     margin=int(self.foreground_margin),
                     allow_smaller=True, start_coord_key=None, end_coord_key=None,
                 )
@@ -226,7 +208,7 @@ class SegmentationDataModule(L.LightningDataModule):
             SpatialPadd(KEYS, spatial_size=self.roi_size),
             RandCropByPosNegLabeld(
                 KEYS, label_key="label", spatial_size=self.roi_size, pos=self.pos, neg=self.neg,
-                num_samples=self.num_samples, image_key=None,  # negatives anywhere: z-scores go below 0
+                num_samples=self.num_crops, image_key=None,  # negatives anywhere: z-scores go below 0
             ),
         ]
         return Compose([*self._deterministic(), *crop, *self._augmentation(), *self._finish()])

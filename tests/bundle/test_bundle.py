@@ -172,3 +172,17 @@ def test_multi_gpu_config_merges_on_train(monkeypatch):
     if torch.cuda.is_available():
         assert parser.get_parsed_content("device") == torch.device("cuda", 1)
     assert parser.get("training") and parser.get("train#trainer#max_epochs") == "@epochs"
+
+
+def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
+    """train.json's validation ``steps`` is ``val_steps``: an old ``--steps 2`` must not be ignored without a word."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    assert parser.get_parsed_content("network_def#steps") == parser["val_steps"]
+    assert "$medwidit.training.refuse_renamed(steps=@steps)" in parser["initialize"]
+    parser["steps"] = 2
+    with pytest.raises(RuntimeError) as failed:  # MONAI wraps the expression's error; the traceback shows both
+        parser.get_parsed_content("initialize")
+    assert "'steps' is now 'val_steps' (--val_steps 2)" in str(failed.value.__cause__)
+    parser["steps"] = None
+    parser.get_parsed_content("initialize")  # the defaults pass

@@ -7,7 +7,13 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from medwidit.data.transforms import check_preprocessing, default_preprocessing, preprocessing_transforms
+from medwidit.data.transforms import (
+    INTENSITY_MODES,
+    IntensityMode,
+    check_preprocessing,
+    default_preprocessing,
+    preprocessing_transforms,
+)
 
 
 def _flipped_anisotropic(spatial_dims):
@@ -126,3 +132,15 @@ def test_histogram_mode_equalises_each_modality_on_its_own():
     torch.testing.assert_close(both[0].as_tensor(), alone[0].as_tensor())  # the bright channel does not flatten it
     for channel in both:
         assert float(channel.min()) == -1.0 and float(channel.max()) == 1.0 and abs(float(channel.mean())) < 0.05
+
+
+@pytest.mark.parametrize("mode", list(INTENSITY_MODES))
+def test_every_intensity_mode_has_a_background_rule_that_finds_the_head(mode):
+    """One table holds each mode's transforms and its background rule: after the mode, the rule selects exactly the
+    non-zero box of an image that is zero outside it (a new mode without a rule cannot be added)."""
+    assert isinstance(INTENSITY_MODES[mode], IntensityMode) and callable(INTENSITY_MODES[mode].foreground)
+    image = torch.zeros(1, 12, 10, 8)
+    image[:, 3:9, 2:8, 2:6] = 1.0 + torch.rand(1, 6, 6, 4, generator=torch.Generator().manual_seed(0))
+    pre = Compose(preprocessing_transforms({"intensity": mode, "orientation": None}, load=False))
+    out = pre({"image": MetaTensor(image.clone(), affine=torch.eye(4))})["image"]
+    assert torch.equal(INTENSITY_MODES[mode].foreground(out).as_tensor(), image > 0)

@@ -1,12 +1,25 @@
 """Samplers: a perfect predictor gives the label back in any step count; the update rules equal MONAI's where
-MONAI's own stepping is consistent (n = T); the timestep list is the one set_timesteps built."""
+MONAI's own stepping is consistent (n = T); the timestep list is the one set_timesteps built, on a private copy; the
+outputs are the ones recorded before the samplers took their schedule as arguments."""
 
 import pytest
 import torch
 from diffusion_standins import OracleNet, random_labels
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
+from sampler_reference import CASES, REFERENCE, run_case
 
-from medwidit.diffusion import DiffusionSegmenter, ddim_sample, ddpm_sample, encode_labels, to_labels, to_probabilities
+from medwidit.diffusion import (
+    SAMPLERS,
+    DiffusionSegmenter,
+    ddim_sample,
+    ddpm_sample,
+    encode_labels,
+    flow_euler_sample,
+    schedule_arguments,
+    timestep_list,
+    to_labels,
+    to_probabilities,
+)
 
 
 def _oracle_segmenter(prediction, num_classes=3, **kwargs):
@@ -88,7 +101,12 @@ def test_ddim_equals_monai_step_where_monai_stride_is_consistent(prediction_type
     scheduler.set_timesteps(1000)  # list 999..0, stride 1: MONAI's re-derived previous step agrees with the list
     x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
     ours = ddim_sample(
-        _contracting(prediction_type), x_T, scheduler, eta=eta, generator=torch.Generator().manual_seed(1)
+        _contracting(prediction_type),
+        x_T,
+        scheduler.timesteps.tolist(),
+        **schedule_arguments(scheduler),
+        eta=eta,
+        generator=torch.Generator().manual_seed(1),
     )
     x, g = x_T.clone(), torch.Generator().manual_seed(1)
     for t in scheduler.timesteps:
@@ -101,7 +119,14 @@ def test_ddpm_equals_monai_step_on_the_full_chain(variance_type):
     scheduler = DDPMScheduler(1000, "scaled_linear_beta", variance_type=variance_type, prediction_type="sample")
     scheduler.set_timesteps(1000)
     x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
-    ours = ddpm_sample(_contracting("sample"), x_T, scheduler, generator=torch.Generator().manual_seed(1))
+    ours = ddpm_sample(
+        _contracting("sample"),
+        x_T,
+        scheduler.timesteps.tolist(),
+        **schedule_arguments(scheduler),
+        variance_type=variance_type,
+        generator=torch.Generator().manual_seed(1),
+    )
     x, g = x_T.clone(), torch.Generator().manual_seed(1)
     for t in scheduler.timesteps:
         x, _ = scheduler.step(_contracting("sample")(x, t), int(t), x, generator=g)
@@ -114,3 +139,58 @@ def test_callback_reports_every_step():
     segmenter.sample(torch.zeros(1, 1, 4, 4), steps=4, num_samples=2, chunk_size=1, progress=seen.append)
     assert [(info["chunk"], info["i"]) for info in seen] == [(c, i) for c in range(2) for i in range(4)]
     assert seen[-1]["t"] == 0 and seen[-1]["x"].shape == (1, 3, 4, 4)
+
+
+def test_flow_euler_equals_monai_rflow_step_bit_for_bit():
+    scheduler = RFlowScheduler(1000, use_discrete_timesteps=True)
+    scheduler.set_timesteps(7)
+    x_T = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    ours = flow_euler_sample(_contracting("epsilon"), x_T, scheduler.timesteps.tolist(), 1000)
+    x, steps = x_T.clone(), scheduler.timesteps.tolist()
+    for t, t_next in zip(steps, [*steps[1:], 0], strict=True):
+        x, _ = scheduler.step(_contracting("epsilon")(x, t), t, x, t_next)
+    assert torch.equal(ours, x)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_outputs_equal_the_recorded_ones_bit_for_bit(name):
+    # recorded at commit 317c463, when the samplers read the segmenter's scheduler after set_timesteps mutated it
+    assert torch.equal(run_case(name), torch.load(REFERENCE)[name])
+
+
+@pytest.mark.parametrize("prediction", ["sample", "flow"])
+def test_sampling_leaves_the_segmenter_scheduler_untouched(prediction):
+    segmenter, _ = _oracle_segmenter(prediction)
+    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in vars(segmenter.scheduler).items()}
+    segmenter.sample(torch.zeros(1, 1, 4, 4), steps=3)
+    after = vars(segmenter.scheduler)
+    assert before.keys() == after.keys()  # no num_inference_steps / timesteps set by the call
+    assert all(torch.equal(v, after[k]) if torch.is_tensor(v) else v == after[k] for k, v in before.items())
+
+
+def test_timestep_list_uses_a_private_copy():
+    scheduler = DDIMScheduler(1000, "scaled_linear_beta")
+    scheduler.set_timesteps(10)
+    assert timestep_list(scheduler, 3) == [999, 500, 0]
+    assert len(scheduler.timesteps) == 10
+
+
+@pytest.mark.parametrize("objective", ["sample", "epsilon", "v_prediction", "flow"])
+def test_every_fitting_sampler_is_reachable_and_the_others_are_refused(objective):
+    segmenter, _ = _oracle_segmenter(objective)
+    label = random_labels((1, 1, 6, 6), 3)
+    for name, spec in SAMPLERS.items():
+        if objective in spec.objectives:
+            samples = segmenter.sample(label.float(), steps=4, sampler=name)
+            assert torch.allclose(samples[0], encode_labels(label, 3), atol=1e-3), name
+        else:
+            with pytest.raises(ValueError, match=f"sampler '{name}' does not fit objective '{objective}'"):
+                segmenter.sample(label.float(), steps=4, sampler=name)
+
+
+@pytest.mark.parametrize("objective, sampler", [("sample", "ddpm"), ("sample", "dpmpp_2m"), ("flow", "heun")])
+def test_eta_is_refused_where_it_means_nothing(objective, sampler):
+    segmenter, _ = _oracle_segmenter(objective)
+    with pytest.raises(ValueError, match=rf"eta is an option of \['ddim'\] only, got eta=0.5 with sampler '{sampler}'"):
+        segmenter.sample(torch.zeros(1, 1, 4, 4), sampler=sampler, eta=0.5)
+    segmenter.sample(torch.zeros(1, 1, 4, 4), sampler=sampler, eta=0.0)  # the neutral value is accepted

@@ -9,16 +9,9 @@ import SimpleITK as sitk
 from inference_volumes import oblique_affine, save_itk, save_nifti
 from monai.transforms import LoadImage
 
-from medwidit.inference.io import (
-    InputError,
-    OutputError,
-    check_output_dir,
-    label_dtype,
-    read_image,
-    write_image,
-    write_images,
-)
+from medwidit.inference.io import InputError, OutputError, check_output_dir, label_dtype, read_image
 from medwidit.inference.io import OutputImage as Out
+from medwidit.inference.outputs import write_image, write_images
 
 
 @pytest.fixture
@@ -158,3 +151,26 @@ def test_unwritable_output_folder_is_one_line(tmp_path):
     with pytest.raises(OutputError, match="file/out: output folder is not writable"):
         check_output_dir(tmp_path / "file" / "out")
     assert check_output_dir(tmp_path / "new" / "out").is_dir()
+
+
+@pytest.mark.parametrize(("suffix", "data"), [(".mhd", ".zraw"), (".nhdr", ".raw.gz")])
+def test_header_formats_are_written_with_their_final_data_file_name(tmp_path, rng, suffix, data):
+    """Issue 15 (2): the header names the data file it is committed beside, never a temporary."""
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", rng.random((4, 5, 6)).astype(np.float32)))[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    write_image(rng.random((4, 5, 6)) > 0.5, geometry, out / f"y{suffix}")
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"y{suffix}", f"y{data}"])  # no temporaries left
+    assert f"y{data}" in (out / f"y{suffix}").read_text(errors="replace") and "partial" not in (
+        out / f"y{suffix}").read_text(errors="replace")
+    with pytest.raises(OutputError, match=f"y{data}: already exists"):  # its data file counts as an output too
+        write_image(np.zeros((4, 5, 6)), geometry, out / f"y{suffix}")
+    assert read_image(out / f"y{suffix}")[0].shape == (4, 5, 6)
+
+
+def test_write_images_refuses_two_folders(tmp_path):
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ValueError, match="one folder"):
+        write_images([Out(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "y.nii.gz"),
+                      Out(np.ones((4, 4, 4)), geometry, tmp_path / "z.nii.gz")])

@@ -29,6 +29,11 @@ def tiny_segmenter(modalities=1, classes=3, scale=0.05):
     return DiffusionSegmenter(net, num_classes=classes)
 
 
+def visible(folder):
+    """The files a user sees (the hidden .medwidit folder holds the per-case markers)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     path = tmp_path / "model.pt"
@@ -137,24 +142,23 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     first = run(save_probabilities=True)
     assert first["good"].status == "done" and first["bad"].status == "failed"
     assert "bad_0000.nii.gz: cannot read the image" in first["bad"].message
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_probabilities.nii.gz"]  # nothing partial
+    assert visible(out) == ["good.nii.gz", "good_probabilities.nii.gz"]  # nothing partial
     again = run()
     assert again["good"].status == "failed" and "good.nii.gz: already exists" in again["good"].message
     assert run(resume=True)["good"].status == "skipped"
     partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
-    assert partial.status == "failed" and "good_uncertainty.nii.gz does not; pass --overwrite" in partial.message
-    assert run(overwrite=True, save_uncertainty=True)["good"].status == "done"
-    assert sorted(p.name for p in out.iterdir()) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
-    with pytest.raises(ValueError, match="exclude each other"):
-        run(overwrite=True, resume=True)
+    assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
+    assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"
+    assert visible(out) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
+    assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "skipped"
 
 
 def test_an_output_never_replaces_an_input(tmp_path, checkpoint, volume):
     save_nifti(tmp_path / "scan.nii.gz", volume)
-    (result,) = Predictor.from_checkpoint(checkpoint, device="cpu").predict_from_files(
-        tmp_path, tmp_path, overwrite=True, progress=False, **FAST
-    )
-    assert result.status == "failed" and "would replace an input" in result.message
+    with pytest.raises(OutputError, match="scan.nii.gz: this output of case 'scan' is also the input"):
+        Predictor.from_checkpoint(checkpoint, device="cpu").predict_from_files(
+            tmp_path, tmp_path, overwrite=True, progress=False, **FAST
+        )
 
 
 def test_bundle_and_checkpoint_loading(tmp_path, checkpoint):

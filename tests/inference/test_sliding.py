@@ -94,7 +94,7 @@ def test_whole_volume_path_pads_to_the_patch_and_crops_back():
         return affine_net(x, t, conditioned)
 
     x, t, cond = _inputs(3)  # (19, 13, 11): odd on every axis
-    denoiser = SlidingWindowDenoiser(patch2_net, 8, patch_size=2)  # budget 4 * 8^3 = 2048 < 2 * 2717 voxels
+    denoiser = SlidingWindowDenoiser(patch2_net, 8, patch_size=2, max_whole_voxels=2048)  # < 2 * 2717 voxels
     assert not denoiser.runs_whole(x.shape) and denoiser.runs_whole(x[:1, :, :10, :10, :10].shape)
     denoiser = SlidingWindowDenoiser(patch2_net, 8, patch_size=2, max_whole_voxels=10**6)
     out = denoiser(x, t, cond)

@@ -1,18 +1,14 @@
-"""training/bundle and training/evaluation: where a bundle lives, the network MONAI's tools see, case results, and
-Dice between files on the label's own grid."""
+"""training/bundle: where a bundle lives, the network MONAI's tools see, and case results."""
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from training_volumes import nested_cubes, tiny_segmenter
+from training_volumes import tiny_segmenter
 
 from medwidit.diffusion import save_segmenter
-from medwidit.training import SegmentationNetwork, evaluate_files, find_bundle_root, require_done
+from medwidit.training import SegmentationNetwork, find_bundle_root, require_done
 from medwidit.training.bundle import REPOSITORY
 
 NAME = "brain_widit_segmentation"
@@ -74,20 +70,11 @@ def test_require_done_names_failed_cases():
         require_done([])
 
 
-def test_evaluate_files_on_the_label_grid(tmp_path):
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    label = nested_cubes((16, 16, 16), 3)
-    prediction = label.copy()
-    prediction[label == 2] = 1  # class 2 missed entirely
-    for name, array, a in (("label", label, affine), ("pred", prediction, affine), ("moved", label, affine * 1.5)):
-        nib.save(nib.Nifti1Image(array, a), tmp_path / f"{name}.nii.gz")
-    names = ["background", "outer", "inner"]
-    report = evaluate_files(
-        [tmp_path / "label.nii.gz", tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"] * 2, num_classes=3,
-        class_names=names, output_file=tmp_path / "dice.json",
-    )
-    assert report["cases"][0]["dice"] == {"background": 1.0, "outer": 1.0, "inner": 1.0}
-    assert report["cases"][1]["dice"]["inner"] == 0.0 and report["cases"][1]["dice"]["background"] == 1.0
-    assert report["mean"]["inner"] == 0.5 and json.loads((tmp_path / "dice.json").read_text()) == report
-    with pytest.raises(ValueError, match="grid"):
-        evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)
+def test_refuse_renamed_names_the_new_key_and_knows_its_keys():
+    from medwidit.training import refuse_renamed
+
+    refuse_renamed(steps=None)
+    with pytest.raises(ValueError, match="'steps' is now 'val_steps'"):
+        refuse_renamed(steps=3)
+    with pytest.raises(ValueError, match="knows"):
+        refuse_renamed(stpes=3)

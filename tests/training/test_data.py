@@ -9,7 +9,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 from training_volumes import PREPROCESSING_2D, PREPROCESSING_3D, write_dataset
 
-from medwidit.data.transforms import preprocessing_transforms
+from medwidit.data.transforms import INTENSITY_MODES, preprocessing_transforms
 from medwidit.training import SegmentationDataModule, load_data_list
 
 CASES = {2: ((24, 24), PREPROCESSING_2D, [16, 16]), 3: ((24, 24, 24), PREPROCESSING_3D, [16, 16, 16])}
@@ -17,7 +17,7 @@ CASES = {2: ((24, 24), PREPROCESSING_2D, [16, 16]), 3: ((24, 24, 24), PREPROCESS
 
 def _module(data_list, spatial_dims, **kwargs):
     _, preprocessing, roi = CASES[spatial_dims]
-    options = {"batch_size": 2, "num_samples": 3, "num_workers": 0, **kwargs}
+    options = {"batch_size": 2, "num_crops": 3, "num_workers": 0, **kwargs}
     return SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=roi, **options)
 
 
@@ -82,10 +82,10 @@ def test_cache_modes(tmp_path, cache, kind):
     data_list = write_dataset(tmp_path, num_train=1)
     dm = _module(data_list, 3, cache=cache, cache_dir=tmp_path / "cache")
     assert type(dm.train_dataset) is kind
-    assert len(dm.train_dataset[0]) == 3  # num_samples crops per volume
+    assert len(dm.train_dataset[0]) == 3  # num_crops crops per volume
 
 
-@pytest.mark.parametrize("intensity", ["zscore_nonzero", "scale_percentiles", "histogram", "none"])
+@pytest.mark.parametrize("intensity", list(INTENSITY_MODES))  # every mode, a new one included
 def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, intensity):
     """The cases are zero outside a 2-voxel border: the crop must find that box after any intensity mode (it kept
     the whole volume once the [-1, 1] modes moved the background to -1)."""

@@ -1,4 +1,4 @@
-"""training/module: the schedule's values, Dice with empty truth, validation on the EMA weights, a tiny fit that
+"""training/module: the schedule's values, validation on the EMA weights, a tiny fit that
 writes TensorBoard scalars and images, weights-only checkpoints and an exported segmenter the loaders accept."""
 
 import json
@@ -18,7 +18,6 @@ from medwidit.training import (
     ExportSegmenter,
     SegmentationDataModule,
     WarmupCosine,
-    dice_per_class,
     segmenter_state_from_checkpoint,
 )
 from medwidit.training.module import WarmupEMA, ema_warmup_avg_fn
@@ -34,17 +33,6 @@ def test_warmup_cosine_values():
     assert schedule(14) == pytest.approx(0.1) and schedule(100) == pytest.approx(0.1)
     decay = [schedule(s) for s in range(4, 15)]
     assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
-
-
-def test_dice_empty_truth_scores_one_when_predicted_empty_and_zero_otherwise():
-    label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
-    label[..., :2] = 1  # class 2 is absent from the truth
-    right = label.clone()
-    wrong = label.clone()
-    wrong[0, 0, 0, 0, 3] = 2  # one voxel of the absent class
-    assert dice_per_class(right, label, 3)[0].tolist() == [1.0, 1.0, 1.0]
-    scores = dice_per_class(wrong, label, 3)[0]
-    assert scores[2] == 0.0 and scores[1] == 1.0 and 0.9 < scores[0] < 1.0
 
 
 class Oracle:
@@ -89,7 +77,7 @@ class StepCounter(Callback):
 def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None):
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
-        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_samples=1,
+        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_crops=1,
         num_workers=0,
     )
     module = DiffusionSegmentationModule(

@@ -14,7 +14,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from medwidit.data import atlas, fetch, sources
+from medwidit.data import example
+from medwidit.datasets.brain import atlas, fetch, sources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_example_case_loads_with_its_licence():
-    case = sources.example_case()
+    case = example.example_case()
     image, label = nib.load(case["image"]), nib.load(case["label"])
     assert case["task"] == "brain" and case["template"] == "colin27_1mm"
     assert image.shape == label.shape == (90, 108, 90)
@@ -46,16 +47,16 @@ def test_example_case_loads_with_its_licence():
 
 def test_example_case_unknown_name_names_the_choices():
     with pytest.raises(ValueError, match="colin27_head_2mm"):
-        sources.example_case("colin")
+        example.example_case("colin")
 
 
 def test_examples_are_small():
-    total = sum(p.stat().st_size for p in sources.EXAMPLES_DIR.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in example.EXAMPLES_DIR.rglob("*") if p.is_file())
     assert total < 5 * 2**20, total
 
 
 def test_example_through_monai_keeps_a_shared_grid():
-    case = sources.example_case()
+    case = example.example_case()
     load = Compose([LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]),
                     Orientationd(["image", "label"], axcodes="LPS")])  # fmt: skip
     data = load({"image": case["image"], "label": case["label"]})
@@ -304,7 +305,7 @@ def test_shipped_example_is_reproduced_from_the_cache(cache, tmp_path):
     made = sources.build_examples(cache, tmp_path)
     for name, spec in sources.EXAMPLES.items():
         for key in ("image", "label"):
-            assert sources.content_hash(made[f"{name}/{key}"]) == sources.content_hash(sources.EXAMPLES_DIR / spec[key])
+            assert sources.content_hash(made[f"{name}/{key}"]) == sources.content_hash(example.EXAMPLES_DIR / spec[key])
 
 
 @pytest.mark.parametrize("name", ["brain_extraction", "tissue_classes"])
@@ -315,3 +316,35 @@ def test_data_list_keys_do_not_collide_with_monai_meta_keys(name):
         for item in listing[split]:
             clashes = [k for k in item if k != "image" and k != "label" and k.startswith(("image_", "label_"))]
             assert not clashes, f"{name}.json {split}: keys {clashes} would be taken for MONAI metadata"
+
+
+def test_atlas_dice_on_monai_equals_the_counting_formula_it_replaced():
+    def counted(a, b, names):  # the hand-written Dice this replaced
+        out = {}
+        for k, name in names.items():
+            both, total = np.count_nonzero((a == k) & (b == k)), np.count_nonzero(a == k) + np.count_nonzero(b == k)
+            out[name] = round(2.0 * both / total, 4) if total else float("nan")
+        return out
+
+    rng, names = np.random.default_rng(0), {1: "x", 2: "y", 3: "z", 4: "absent"}
+    for trial in range(30):
+        a = rng.integers(0, 4, (20, 17, 13))
+        b = np.where(rng.random(a.shape) < rng.random(), rng.integers(0, 4, a.shape), a)
+        if trial % 3 == 0:  # class 2 only in a: Dice 0; class 4 in neither: NaN
+            b[b == 2] = 1
+        assert json.dumps(atlas.atlas_dice(a, b, names)) == json.dumps(counted(a, b, names))
+
+
+def test_the_old_module_name_keeps_example_case_and_names_the_new_command():
+    import subprocess
+    import sys
+
+    from medwidit.data import sources as old
+
+    assert old.example_case is example.example_case
+    run = subprocess.run([sys.executable, "-m", "medwidit.data.sources", "build", "--cache", "x"], capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert run.returncode == 1 and "python -m medwidit.datasets.brain build --cache x" in run.stderr
+    assert "usage: python -m medwidit.datasets.brain" in subprocess.run(
+        [sys.executable, "-m", "medwidit.datasets.brain", "--help"], capture_output=True, text=True, check=True
+    ).stdout

@@ -9,8 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medwidit.data.atlas import resample_nearest
 from medwidit.utils import atomic_write
+
+from .atlas import resample_nearest
 
 __all__ = ["atomic_save", "atomic_write_text", "nifti_like", "content_hash", "stored_array", "on_grid"]
 

@@ -1,16 +1,20 @@
-"""Metric helpers of benchmarks/quality.py (medwidit.inference.metrics): AUROC, ECE, boundary band, Dice and HD95."""
+"""inference/metrics: AUROC (torchmetrics) equal to the formula it replaced, ties included; ECE and its bins; the
+boundary band; the one Dice (MONAI) in memory and between files; HD95."""
 
+import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from benchmark_scripts import load_benchmark
 from monai.metrics import compute_roc_auc
 
 from medwidit.inference.metrics import (
     auroc,
     boundary_band,
+    dice_per_class,
+    evaluate_files,
     expected_calibration_error,
     segmentation_metrics,
     uncertainty_quality,
@@ -42,11 +46,30 @@ def test_auroc_ties_count_half_and_one_class_is_nan():
     assert math.isnan(auroc(torch.rand(5, generator=_generator()), torch.zeros(5)))
 
 
-def test_auroc_equals_monai_with_ties():
+def _mann_whitney(score: torch.Tensor, target: torch.Tensor) -> float:
+    """The hand-written AUROC that torchmetrics replaced: mid-ranks for ties, one sort, in float64."""
+    score, target = score.flatten().double(), target.flatten().bool()
+    n_pos = int(target.sum())
+    n_neg = target.numel() - n_pos
+    sorted_score, order = score.sort()
+    _, inverse, counts = torch.unique_consecutive(sorted_score, return_inverse=True, return_counts=True)
+    mid_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2
+    positive_ranks = mid_rank[inverse][target[order]].sum()
+    return float((positive_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.mark.parametrize("levels", [None, 2, 7, 50])  # continuous scores, then ever fewer ties
+def test_auroc_equals_the_mann_whitney_formula_and_monai_with_ties(levels):
     g = _generator(3)
-    score = torch.randint(0, 7, (500,), generator=g).float()  # many ties
-    target = (torch.rand(500, generator=g) < 0.2 + 0.1 * score).long()
-    assert auroc(score, target) == pytest.approx(compute_roc_auc(score, target), abs=1e-12)
+    for _ in range(20):
+        n = int(torch.randint(20, 3000, (1,), generator=g))
+        score = torch.rand(n, generator=g) if levels is None else torch.randint(0, levels, (n,), generator=g).float()
+        target = (torch.rand(n, generator=g) < 0.2 + 0.5 * score / score.max().clamp_min(1)).long()
+        if target.sum() in (0, n):
+            continue
+        # torchmetrics computes in float32: equal to float32 rounding (measured: at most 1.0e-7 over 200 cases)
+        assert auroc(score, target) == pytest.approx(_mann_whitney(score, target), abs=5e-7)
+        assert auroc(score, target) == pytest.approx(float(compute_roc_auc(score, target)), abs=5e-7)
 
 
 #####################################################################################################################
@@ -68,6 +91,14 @@ def test_ece_calibrated_is_near_zero_and_overconfident_is_the_gap():
     label = (torch.rand(400_000, generator=g) < 0.7).long()
     over = expected_calibration_error(_binary(torch.full((400_000,), 0.99)), label)
     assert over["ece"] == pytest.approx(0.29, abs=0.005)
+
+
+def test_top_label_ece_keeps_a_confidence_of_one_in_the_last_bin():
+    """Bins [b, b + 1/15) with 1 in the last: a sure wrong voxel and a right one at 0.95 share a bin, gap
+    |0.5 - 0.975| (torchmetrics' multiclass_calibration_error gives 1 a bin of its own: 0.5 * 1 + 0.5 * 0.05)."""
+    probability = torch.tensor([[1.0, 0.95], [0.0, 0.05]])  # (K, N): both predict class 0
+    label = torch.tensor([1, 0])  # the sure one is wrong
+    assert expected_calibration_error(probability, label)["ece"] == pytest.approx(0.475)
 
 
 def test_ece_one_hot_right_is_zero_and_errors_name_shapes():
@@ -150,69 +181,36 @@ def test_uncertainty_quality_regions():
     np.testing.assert_allclose(out["volume"]["ece"], expected_calibration_error(probability, truth)["ece"])
 
 
-#####################################################################################################################
-# the script's report helpers
-#####################################################################################################################
+def test_dice_empty_truth_scores_one_when_predicted_empty_and_zero_otherwise():
+    label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    label[..., :2] = 1  # class 2 is absent from the truth
+    right = label.clone()
+    wrong = label.clone()
+    wrong[0, 0, 0, 0, 3] = 2  # one voxel of the absent class
+    assert dice_per_class(right, label, 3)[0].tolist() == [1.0, 1.0, 1.0]
+    scores = dice_per_class(wrong, label, 3)[0]
+    assert scores[2] == 0.0 and scores[1] == 1.0 and 0.9 < scores[0] < 1.0
+    with pytest.raises(ValueError, match=r"\(B, 1, \*spatial\)"):
+        dice_per_class(right[0], label[0], 3)
 
 
-def test_mean_over_cases_and_markdown_table():
-    quality = load_benchmark("quality")
-    cases = [{"dice": [1.0, 3.0], "steps": 2, "case": "a"}, {"dice": [3.0, 5.0], "steps": 2, "case": "b"}]
-    assert quality.mean_over_cases(cases) == {"dice": [2.0, 4.0], "steps": 2, "case": "a"}
-    u = {"volume": {"auroc": 0.9, "ece": 0.01}, "band": {"auroc": 0.7, "ece": 0.1}}
-    row = {"dice": [0.9, 0.8], "hd95": [1.0, math.inf], "mean_fg_dice": 0.8, "mean_fg_hd95": math.inf}
-    row.update(seconds_per_volume=10.0, uncertainty=u)
-    result = {
-        "class_names": ["background", "brain"],
-        "task": "brain_extraction",
-        "cases": [{"case": "colin27_1mm"}],
-        "budget": {"seconds": 60.0, "source": "--budget-seconds", "medwidit_training_seconds": None},
-        "config": {"steps": 10, "samples": 5, "band_mm": 3.0},
-        "environment": {"device": "cpu"},
-        "mean": {
-            "methods": {"basic_unet": row, "medwidit": {**row, "seconds_per_volume": 40.0}},
-            "steps_sweep": [{"steps": 1, **row}, {"steps": 10, **row}],
-            "ensemble_sweep": [{"samples": 1, **row}],
-        },
-    }
-    text = quality.markdown(result)
-    assert "| medwidit (10 steps, 5 samples) | 0.800 | 0.800 | — | 40 (4.0x) |" in text
-    assert "| medwidit 1 | 0.800 | 0.900 | 0.700 | 0.0100 | 0.1000 | 10 |" in text
-    for table in text.split("\n\n")[:3]:  # every row of a table has its header's number of cells
-        counts = {line.count("|") for line in table.splitlines()}
-        assert len(counts) == 1, table
-    assert quality._finite({"hd95": [1.0, math.inf, math.nan]}) == {"hd95": [1.0, None, None]}
-
-
-def test_benchmark_sampling_path_equals_the_predictor(tmp_path):
-    """The script samples medwidit through public pieces (to keep every ensemble member); its maps must be the
-    Predictor's, through reorientation, resampling and Invertd."""
-    import nibabel as nib
-    from monai.transforms import Compose
-
-    from medwidit.data.transforms import preprocessing_transforms
-    from medwidit.diffusion import DiffusionSegmenter
-    from medwidit.inference import Predictor
-    from medwidit.nets import WiDiT
-
-    quality = load_benchmark("quality")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, hidden_size=32, depth=1,
-                    num_heads=2, patch_size=2, window_size=2)  # fmt: skip
-    preprocessing = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": "zscore_nonzero"}
-    predictor = Predictor(DiffusionSegmenter(net, num_classes=2), preprocessing=preprocessing, roi_size=16,
-                          device="cpu")  # fmt: skip
-    affine = np.diag([-1.5, 1.5, 1.25, 1.0])  # LAS, anisotropic: reoriented and resampled on the way in
-    image = torch.rand(20, 18, 16, generator=_generator(6)).numpy().astype(np.float32)
-    path = tmp_path / "case.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), path)
-    expected = predictor.segment(str(path), steps=2, num_samples=3, generator=_generator(7))
-    pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
-    run = quality.sample_medwidit(predictor, str(path), pre, steps=2, num_samples=3, overlap=0.5, seed=7)
-    maps = quality.medwidit_maps(run, pre, 3)
-    np.testing.assert_allclose(maps["probability"].numpy(), expected.probability, atol=1e-5)
-    np.testing.assert_allclose(maps["entropy"].numpy(), expected.entropy, atol=1e-5)
-    prefix = quality.medwidit_maps(run, pre, 2)  # the first two members are the 2-sample ensemble
-    two = predictor.segment(str(path), steps=2, num_samples=2, generator=_generator(7))
-    np.testing.assert_allclose(prefix["probability"].numpy(), two.probability, atol=1e-5)
+def test_evaluate_files_on_the_label_grid(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    label = np.zeros((16, 16, 16), np.int16)
+    label[4:12, 4:12, 4:12] = 1
+    label[7:9, 7:9, 7:9] = 2
+    prediction = label.copy()
+    prediction[label == 2] = 1  # class 2 missed entirely
+    for name, array, a in (("label", label, affine), ("pred", prediction, affine), ("moved", label, affine * 1.5)):
+        nib.save(nib.Nifti1Image(array, a), tmp_path / f"{name}.nii.gz")
+    names = ["background", "outer", "inner"]
+    report = evaluate_files(
+        [tmp_path / "label.nii.gz", tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"] * 2, num_classes=3,
+        class_names=names, output_file=tmp_path / "dice.json",
+    )  # fmt: skip
+    assert report["cases"][0]["dice"] == {"background": 1.0, "outer": 1.0, "inner": 1.0}
+    assert report["cases"][1]["dice"]["inner"] == 0.0 and report["cases"][1]["dice"]["background"] == 1.0
+    assert report["mean"]["inner"] == 0.5 and json.loads((tmp_path / "dice.json").read_text()) == report
+    assert (tmp_path / "dice.json").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="grid"):
+        evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)

@@ -1,0 +1,91 @@
+"""What every benchmark script writes beside its numbers: the environment of the run, per-case means, and the JSON
+file (atomically, with inf/NaN as null). Imported by the scripts as a sibling (``benchmarks/`` is on ``sys.path``
+when a script runs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import monai
+import numpy as np
+import torch
+
+import medwidit
+from medwidit.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A table cell: ``value`` to ``digits`` decimals, or an em dash for None, inf and NaN."""
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def mean_over_cases(values):
+    """Average matching numeric leaves of per-case results (dicts, lists, numbers); other leaves from the first."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: mean_over_cases([v[key] for v in values]) for key in first}
+    if isinstance(first, list):
+        return [mean_over_cases(list(items)) for items in zip(*values, strict=True)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool) and any(v != first for v in values):
+        return float(np.mean(values))
+    return first
+
+
+def finite(x):
+    """JSON has no inf/NaN: write them as null (HD95 of a class absent from the truth or the prediction)."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def environment(device: torch.device, script: str | os.PathLike) -> dict:
+    """Versions, machine, and the checkout as the run starts (commit, locally modified tracked files, the script's
+    hash: the tree is shared and may hold others' uncommitted edits)."""
+
+    def git(*cmd) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "lightning": L.__version__,
+        "numpy": np.__version__,
+        "medwidit": medwidit.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "commit": git("rev-parse", "HEAD"),
+        "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+        "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def publish(result: dict, table: str, path: Path) -> dict:
+    """Print the markdown ``table``, store it as ``result["markdown"]`` and write ``result`` to ``path``."""
+    result["markdown"] = table
+    print(table)
+    write_json(result, path)
+    print(f"wrote {path}")
+    return result
+
+
+def write_json(result: dict, path: Path) -> None:
+    """``result`` as indented JSON at ``path`` (folders made, written atomically, inf/NaN as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(finite(result), indent=1) + "\n"))

@@ -1,0 +1,5 @@
+"""``python -m medwidit.datasets.brain build|lists|examples|info``."""
+
+from .sources import main
+
+raise SystemExit(main())

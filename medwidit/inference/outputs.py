@@ -1,0 +1,326 @@
+"""Outputs written as one unit per case (design decision 10), never replacing anything unless asked.
+
+Every file of a case is staged in a private folder inside the output folder under its final name (so a ``.mhd`` or
+``.nhdr`` header names its final data file), then committed file by file with ``medwidit.utils.files.commit``
+(link-based: without overwrite an existing target is refused in one system call, so two runs never both win), and a
+per-case marker is written last. A case without its marker is unfinished: ``--continue`` completes the commit an
+interrupted run left, or redoes the case. The plan of every output path is checked against every input first.
+
+    out/.medwidit/<case>.json                the marker: the case's files, written after all of them
+    out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
+    out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import filecmp
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from medwidit.utils import atomic_write
+from medwidit.utils.files import commit
+
+from .io import OutputError, OutputImage, image_suffix, one_line, save_image
+
+__all__ = ["STATE_DIR", "CasePlan", "CaseWriter", "check_plan", "finish_interrupted", "image_files", "input_files",
+           "is_finished", "plan_case", "write_case", "write_image", "write_images"]
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".medwidit"
+DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
+MANIFEST = "manifest.json"
+DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
+
+
+######################################################################################################################
+# the plan
+######################################################################################################################
+
+
+def image_files(path: str | os.PathLike) -> list[Path]:
+    """The files an image written at ``path`` consists of: its data file first for ``.mhd`` / ``.nhdr``, then it."""
+    path = Path(path)
+    suffix = image_suffix(path) or ""
+    data = DATA_FILES.get(suffix.lower())
+    return [path] if data is None else [path.with_name(path.name[: -len(suffix)] + data), path]
+
+
+def input_files(path: str | os.PathLike) -> list[Path]:
+    """``path`` and, for a ``.mhd`` / ``.nhdr`` header, the data file it names (an output may replace neither)."""
+    path = Path(path)
+    if (image_suffix(path) or "").lower() not in DATA_FILES or not path.is_file():
+        return [path]
+    try:
+        with open(path, "rb") as f:
+            match = DATA_FILE_LINE.search(f.read(65536).decode("latin-1"))
+    except OSError:  # unreadable: reading the case reports it
+        return [path]
+    if match is None or match[1].upper() in ("LOCAL", "LIST") or "%" in match[1]:
+        return [path]
+    return [path, path.parent / match[1]]
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """Where one case goes: its files in commit order (data files before their headers) and its marker (None for a
+    plain write: no marker, no folder lock)."""
+
+    name: str
+    files: tuple[Path, ...]
+    marker: Path | None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.marker.parent if self.marker is not None else self.files[0].parent
+
+
+def plan_case(output_dir: str | os.PathLike, name: str, outputs: Sequence[str | os.PathLike]) -> CasePlan:
+    """The plan of case ``name`` writing ``outputs`` (main files) into ``output_dir``."""
+    files = tuple(f for path in outputs for f in image_files(path))
+    return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json")
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def check_plan(plans: Sequence[CasePlan], inputs: Sequence[str | os.PathLike]) -> None:
+    """An OutputError, before anything runs, if an output would replace an input or two cases share an output."""
+    owners = {_key(f): f"the input {f}" for path in inputs for f in input_files(path)}
+    for plan in plans:
+        for path in plan.files:
+            owner = owners.setdefault(_key(path), f"an output of case {plan.name!r}")
+            if owner != f"an output of case {plan.name!r}":
+                raise OutputError(
+                    f"{path}: this output of case {plan.name!r} is also {owner}; nothing was run (choose another "
+                    "output folder or rename the inputs)."
+                )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_finished(plan: CasePlan) -> bool:
+    """Whether the case's marker lists every planned file (it may list more) and all of them exist."""
+    written = _read_json(plan.marker).get("files")
+    return isinstance(written, list) and all(f.name in written and f.is_file() for f in plan.files)
+
+
+######################################################################################################################
+# staging and committing
+######################################################################################################################
+
+
+def _same(a: Path, b: Path) -> bool:
+    """``b`` is the file staged as ``a`` (one inode after a link; equal bytes where the file system copied)."""
+    try:
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        shutil.copy2(source, target)  # no hard links here: the staged copy stays to prove what was committed
+
+
+@contextmanager
+def _locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` while inside; yields False (and holds nothing) if not ``blocking`` and
+    taken. Advisory and per machine: correctness never depends on it, the link-based commit refuses existing files."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _write_marker(plan: CasePlan) -> None:
+    content = json.dumps({"case": plan.name, "files": [f.name for f in plan.files]}, indent=1)
+    atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
+
+
+def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed: list[Path]) -> None:
+    """Commit each staged file of ``plan`` not committed yet from ``staging``, then the marker (the last step)."""
+    if plan.marker is not None:
+        plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
+    for final in plan.files:
+        staged = staging / final.name
+        if final.exists() and _same(staged, final):
+            continue  # committed by the interrupted run whose staging folder this is
+        link = staging / f".commit-{final.name}"
+        try:
+            _link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
+            commit(link, final, overwrite=overwrite)
+        except FileExistsError as e:
+            raise OutputError(
+                f"{final}: already exists (written by another run meanwhile?); pass --overwrite to replace it."
+            ) from e
+        except OSError as e:
+            raise OutputError(f"{final}: cannot write ({e.strerror or one_line(e)}).") from e
+        finally:
+            link.unlink(missing_ok=True)
+        committed.append(final)
+    if plan.marker is not None:
+        _write_marker(plan)
+
+
+class CaseWriter:
+    """Stages one case's files (:meth:`write`), then :meth:`commit` puts them all in place and the marker last. On any
+    error, KeyboardInterrupt included, the files this writer committed and its staging folder are removed;
+    ``removed`` lists them and ``replaced`` the earlier files that ``overwrite`` had already replaced."""
+
+    def __init__(self, plan: CasePlan, *, overwrite: bool) -> None:
+        self.plan, self.overwrite = plan, overwrite
+        self.committed: list[Path] = []
+        self.removed: list[Path] = []
+        self.replaced: list[Path] = []
+        self.staging: Path | None = None
+        self._existed: set[Path] = set()
+        self._lock = None
+
+    def __enter__(self) -> CaseWriter:
+        self.plan.state_dir.mkdir(exist_ok=True)
+        prefix = f"{self.plan.name}." if self.plan.marker is not None else f".{self.plan.name}."
+        self.staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=self.plan.state_dir))
+        self._lock = _locked(self.staging / ".lock")  # held while this run lives: its staging is never taken as stale
+        self._lock.__enter__()
+        (self.staging / MANIFEST).write_text(json.dumps({"case": self.plan.name}))
+        return self
+
+    def write(self, final: str | os.PathLike, write_fn: Callable[[Path], object]) -> None:
+        """``write_fn(staged)`` writes ``final``'s content under its final name in the staging folder."""
+        try:
+            write_fn(self.staging / Path(final).name)
+        except OSError as e:
+            raise OutputError(f"{final}: cannot write ({e.strerror or one_line(e)}).") from e
+        except RuntimeError as e:  # SimpleITK reports write failures as RuntimeError
+            raise OutputError(f"{final}: cannot write ({one_line(e)}).") from e
+
+    def commit(self) -> list[Path]:
+        """Commit every staged file (data files before headers) and then the marker; returns the files."""
+        staged = {p.name for p in self.staging.iterdir()} - {".lock", MANIFEST}
+        planned = {f.name for f in self.plan.files}
+        if staged != planned:  # a writer named a file otherwise than planned: it would be lost or unchecked
+            raise OutputError(f"{self.plan.files[-1]}: wrote {sorted(staged)} where {sorted(planned)} were planned.")
+        manifest = json.dumps({"case": self.plan.name, "files": sorted(planned)})
+        atomic_write(self.staging / MANIFEST, lambda tmp: tmp.write_text(manifest))
+        self._existed = {f for f in self.plan.files if f.exists()}
+        if self.plan.marker is None:
+            _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
+        else:
+            with _locked(self.plan.state_dir / "lock"):
+                _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
+        return list(self.plan.files)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                for final in reversed(self.committed):
+                    if _same(self.staging / final.name, final):
+                        final.unlink(missing_ok=True)
+                        self.removed.append(final)
+                self.replaced = [f for f in self.removed if f in self._existed]
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self._lock.__exit__(None, None, None)
+
+
+def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
+    """Complete the commit an interrupted run left for ``plan`` (its staging folder holds every planned file, and what
+    it committed is still in place) -> True; stale staging folders of the case are removed either way (only removed,
+    without ``finish``). A staging folder whose run is alive (its flock held) is left alone."""
+    finished = False
+    for staging in sorted(plan.state_dir.glob(f"{glob_escape(plan.name)}.*.staging")):
+        if _read_json(staging / MANIFEST).get("case") != plan.name:
+            continue
+        with _locked(staging / ".lock", blocking=False) as stale:
+            if not stale:
+                continue  # a live run's
+            names = sorted(f.name for f in plan.files)
+            ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
+            if finish and not finished and ours and _read_json(staging / MANIFEST).get("files") == names:
+                with _locked(plan.state_dir / "lock"):
+                    _commit_staged(plan, staging, overwrite=overwrite, committed=[])
+                finished = True
+                logger.info("%s: finished the commit an interrupted run had begun", plan.name)
+            shutil.rmtree(staging, ignore_errors=True)
+    return finished
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def write_case(plan: CasePlan, writes: dict[Path, Callable[[Path], object]], *, overwrite: bool) -> None:
+    """``writes[final](staged)`` for every output of a case, then the commit; on any error the files this run
+    committed are removed again, and a line says so (and which earlier files ``overwrite`` had replaced)."""
+    writer = CaseWriter(plan, overwrite=overwrite)
+    try:
+        with writer:
+            for final, write_fn in writes.items():
+                writer.write(final, write_fn)
+            writer.commit()
+    except BaseException:
+        if writer.removed:
+            gone = f"; the earlier {', '.join(p.name for p in writer.replaced)} it replaced are gone" if (
+                writer.replaced) else ""
+            logger.error("%s: removed the %d output file(s) this run had committed (%s)%s.", plan.name,
+                         len(writer.removed), ", ".join(p.name for p in writer.removed), gone)
+        raise
+
+
+######################################################################################################################
+# plain writes
+######################################################################################################################
+
+
+def write_images(items: Sequence[OutputImage], *, overwrite: bool = False) -> list[Path]:
+    """Write ``items`` (one folder) all or nothing: staged, then committed; without ``overwrite`` an existing target
+    is an OutputError and nothing is left behind."""
+    items = [item._replace(path=Path(item.path)) for item in items]
+    if not items:
+        return []
+    if len({item.path.parent for item in items}) > 1:
+        raise ValueError(f"write_images writes into one folder, got {sorted({str(i.path.parent) for i in items})}.")
+    files = tuple(f for item in items for f in image_files(item.path))
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it.")
+    with CaseWriter(CasePlan(items[0].path.name, files, None), overwrite=overwrite) as writer:
+        for item in items:
+            writer.write(item.path, lambda staged, item=item: save_image(item, staged))
+        writer.commit()
+    logger.debug("wrote %s", ", ".join(str(item.path) for item in items))
+    return [item.path for item in items]
+
+
+def write_image(array, geometry, path, kind: str = "labels", *, overwrite: bool = False,
+                max_label: int | None = None) -> Path:
+    """Write one image atomically on ``geometry``; ``kind`` is labels (uint8/uint16), probabilities or uncertainty."""
+    return write_images([OutputImage(array, geometry, Path(path), kind, max_label)], overwrite=overwrite)[0]

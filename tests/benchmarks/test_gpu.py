@@ -1,0 +1,93 @@
+"""benchmarks/gpu.py in its CPU-sized mode: every section runs and reports finite numbers, the kernel section names
+the kernels that ran, a failing section records its error without stopping the others, missing dependencies are
+said in words."""
+
+import json
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from benchmark_scripts import BENCHMARKS, load_benchmark
+
+SECTIONS = ("environment", "sdpa_kernels", "bf16_agreement", "throughput", "compile", "ddp", "ct_volume")
+
+
+def _numbers(value, path="report"):
+    """Every number in a JSON value, with where it sits."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, (int, float)):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{path}.{key}")
+    else:
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_quick_mode_reports_every_section_with_finite_numbers(quick_report):
+    assert set(SECTIONS) <= set(quick_report)
+    for name in SECTIONS:
+        assert "error" not in quick_report[name], (name, quick_report[name])
+    bad = [(path, value) for path, value in _numbers(quick_report) if not math.isfinite(value)]
+    assert not bad
+    assert 0 < quick_report["throughput"]["mfu"] and quick_report["throughput"]["tflop_per_step"] > 0
+    assert quick_report["bf16_agreement"]["dice_foreground"][0] > 0.9  # bf16 barely moves the shipped model
+    assert quick_report["ddp"]["backend"] == "gloo" and len(quick_report["ddp"]["losses"]) == 2
+    assert quick_report["compile"]["max_abs_difference"] < 1e-4
+
+
+@pytest.mark.slow
+def test_kernel_section_says_what_ran(quick_report):
+    calls = quick_report["sdpa_kernels"]["calls"]
+    assert {call["model"].split(",")[0] for call in calls} >= {"bundle net", "WiDiT-B/4 at 32^3"}
+    for call in calls:
+        assert call["default"] in ("flash", "efficient", "cudnn", "math"), call
+        assert call[call["default"]]["ran"] and call[call["default"]]["ms"] > 0  # forcing the default works too
+        for backend in ("flash", "efficient", "cudnn", "math"):
+            entry = call[backend]
+            assert entry["ran"] == ("ms" in entry) != ("error" in entry), entry
+        assert call["math"]["ran"]  # the reference kernel runs everywhere
+    assert quick_report["sdpa_kernels"]["defaults"] == sorted({call["default"] for call in calls})
+
+
+def test_a_failing_section_records_its_error_and_the_others_still_run(tmp_path, monkeypatch):
+    gpu = load_benchmark("gpu")
+
+    def broken(ctx):
+        raise RuntimeError("CUDA out of memory (a stand-in)")
+
+    monkeypatch.setattr(gpu, "SECTIONS", {"first": broken, "second": lambda ctx: {"value": 1.5}})
+    report = gpu.run_sections(SimpleNamespace(cuda=False), tmp_path / "gpu.json", budget_s=60)
+    assert report["first"]["error"] == "RuntimeError: CUDA out of memory (a stand-in)"
+    assert report["second"]["value"] == 1.5
+    assert json.loads((tmp_path / "gpu.json").read_text())["first"] == report["first"]
+    report = gpu.run_sections(SimpleNamespace(cuda=False), tmp_path / "late.json", budget_s=-1)
+    assert all("time budget" in report[name]["error"] for name in ("first", "second"))
+
+
+def test_missing_dependencies_are_said_in_words():
+    code = (
+        "import sys, runpy; sys.modules['monai'] = None; sys.argv = ['gpu.py', '--device', 'cpu', '--quick']; "
+        f"runpy.run_path({str(BENCHMARKS / 'gpu.py')!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot run: monai not installed" in proc.stderr and "Traceback" not in proc.stderr

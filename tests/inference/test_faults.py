@@ -1,0 +1,401 @@
+"""Issue 15: no lost, mixed-up or half-written output. One test (or more) per numbered defect: concurrent runs (two
+real processes), multi-file formats, a kill between the commits of a case, SIGINT, a full disk, collisions, empty
+folders, ID-like names, grid checks, batch-size independence; the messages of defect 9 are in test_messages.py."""
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.figure
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from inference_volumes import save_itk
+
+from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.inference import InputError, OutputError, Predictor
+from medwidit.inference.io import OutputImage, read_image
+from medwidit.nets import WiDiT
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"steps": 1, "num_samples": 1}
+CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
+AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
+    logger = logging.getLogger("medwidit")
+    state = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
+
+
+def tiny_checkpoint(path, spacing=(1.5, 1.5, 1.5)):
+    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=4,
+                learn_sigma=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():  # random, so that different seeds give different maps
+            p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    extra = {"preprocessing": {"spacing": list(spacing), "num_modalities": 1}, "roi_size": [16, 16, 16]}
+    save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
+    return path
+
+
+def nifti(path, shape=(12, 10, 8), affine=AFFINE, seed=0):
+    data = np.random.default_rng(seed).random(shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def visible(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+
+
+def hidden_leftovers(folder):
+    """Anything under the hidden state folder besides markers and the lock: staging folders, temporaries."""
+    state = Path(folder) / ".medwidit"
+    return sorted(p.name for p in state.iterdir() if p.suffix != ".json" and p.name != "lock") if state.is_dir() else []
+
+
+@pytest.fixture
+def setup(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nifti(inputs / "scan.nii.gz")
+    return tmp_path, inputs, Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt"), device="cpu")
+
+
+def run_cli(args, env_extra=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+######################################################################################################################
+# 1. concurrent runs never both win
+######################################################################################################################
+
+
+BOTH_WRITING_BEFORE_EITHER_COMMITS = """
+import os, pathlib, sys, time
+import nibabel
+barrier, real = pathlib.Path(sys.argv[1]), nibabel.save
+def save(*args, **kwargs):
+    real(*args, **kwargs)
+    (barrier / str(os.getpid())).touch()
+    deadline = time.time() + 240
+    while len(list(barrier.iterdir())) < 2 and time.time() < deadline:  # the other run is writing too
+        time.sleep(0.02)
+nibabel.save = save
+from medwidit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
+    """Both runs pass every check and write their first file before either commits (a barrier in the writer makes
+    the race certain): the link-based commit lets exactly one win."""
+    tmp_path, inputs, predictor = setup
+    out, barrier = tmp_path / "out", tmp_path / "barrier"
+    barrier.mkdir()
+    base = ["-c", BOTH_WRITING_BEFORE_EITHER_COMMITS, str(barrier), "segment", "-i", str(inputs), "-o", str(out),
+            "--checkpoint", str(tmp_path / "model.pt"), "--save-uncertainty", *CLI_FAST]
+    runs = [run_cli([*base, "--seed", str(seed)]) for seed in (1, 2)]
+    codes = [run.wait(timeout=300) for run in runs]
+    errors = [run.stderr.read() for run in runs]
+    assert len(list(barrier.iterdir())) == 2
+    assert sorted(codes) == [0, 1], (codes, errors)
+    loser = codes.index(1)
+    assert "scan.nii.gz: already exists" in errors[loser], errors[loser]
+    winner_seed = (1, 2)[codes.index(0)]
+    reference = tmp_path / "reference"
+    predictor.predict_from_files(inputs, reference, save_uncertainty=True, progress=False, seed=winner_seed, **FAST)
+    assert visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"] and hidden_leftovers(out) == []
+    for name in visible(out):  # both files are the winner's: nothing mixed
+        np.testing.assert_array_equal(nib.load(out / name).get_fdata(), nib.load(reference / name).get_fdata())
+
+
+def test_the_commit_refuses_what_another_writer_committed_first(tmp_path):
+    """Two writers staged at once (the race window of defect 1): the second commit fails and leaves the first's."""
+    from medwidit.inference.io import save_image
+    from medwidit.inference.outputs import CaseWriter, plan_case
+
+    geometry = read_image(nifti(tmp_path / "x.nii.gz"))[1]
+    plan = plan_case(tmp_path / "out", "x", [tmp_path / "out" / "x.nii.gz", tmp_path / "out" / "x_uncertainty.nii.gz"])
+    (tmp_path / "out").mkdir()
+    with CaseWriter(plan, overwrite=False) as first, CaseWriter(plan, overwrite=False) as second:
+        for writer, value in ((first, 1), (second, 2)):
+            for path in plan.files:
+                item = OutputImage(np.full(geometry.shape, value), geometry, path, "labels")
+                writer.write(path, lambda staged, item=item: save_image(item, staged))
+        first.commit()
+        with pytest.raises(OutputError, match="x.nii.gz: already exists"):
+            second.commit()
+    assert visible(tmp_path / "out") == ["x.nii.gz", "x_uncertainty.nii.gz"]
+    assert {int(nib.load(p).get_fdata().max()) for p in plan.files} == {1}
+    assert hidden_leftovers(tmp_path / "out") == []
+
+
+######################################################################################################################
+# 2. multi-file formats name their final data file
+######################################################################################################################
+
+
+@pytest.mark.parametrize(("suffix", "data", "line"), [(".mhd", ".zraw", "ElementDataFile = "), (".nhdr", ".raw.gz",
+                                                                                                 "data file: ")])
+def test_header_formats_point_at_their_final_data_file(setup, suffix, data, line):
+    tmp_path, inputs, predictor = setup
+    save_itk(inputs / f"head{suffix}", np.random.default_rng(1).random((12, 10, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    results = {r.name: r for r in predictor.predict_from_files(inputs / f"head{suffix}", out, progress=False, **FAST)}
+    assert results["head"].status == "done" and results["head"].outputs == [out / f"head{suffix}"]
+    assert visible(out) == sorted([f"head{data}", f"head{suffix}"])
+    assert f"{line}head{data}" in (out / f"head{suffix}").read_text(errors="replace")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in visible(out):  # a copy of the visible files is a readable image
+        (copy / name).write_bytes((out / name).read_bytes())
+    assert sitk.ReadImage(str(copy / f"head{suffix}")).GetSize() == (12, 10, 8)
+
+
+######################################################################################################################
+# 3. a case is all or nothing: kill, SIGINT, full disk; --continue finishes; --overwrite --continue
+######################################################################################################################
+
+KILL_AFTER_FIRST_COMMIT = """
+import os, signal, sys
+from medwidit.inference import outputs
+real = outputs.commit
+def commit(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the power goes off between the commits of a case
+outputs.commit = commit
+from medwidit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
+            "--save-uncertainty", *CLI_FAST]
+    run = run_cli(["-c", KILL_AFTER_FIRST_COMMIT, *args])
+    assert run.wait(timeout=300) == -9, run.stderr.read()
+    assert visible(out) == ["scan.nii.gz"]  # one file committed, no marker: the case is unfinished
+    assert not (out / ".medwidit" / "scan.json").exists()
+    options = {"progress": False, "save_uncertainty": True, **FAST}
+    assert predictor.predict_from_files(inputs, out, **options)[0].status == "failed"  # exists, no --continue
+    (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
+    assert result.status == "done" and result.message == "finished an interrupted commit"
+    assert visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"] and hidden_leftovers(out) == []
+    reference = tmp_path / "reference"
+    predictor.predict_from_files(inputs, reference, **options)
+    for name in visible(out):
+        np.testing.assert_array_equal(nib.load(out / name).get_fdata(), nib.load(reference / name).get_fdata())
+    assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
+
+
+def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(setup, tmp_path):
+    from medwidit.inference.outputs import CaseWriter, plan_case
+
+    _, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = plan_case(out, "scan", [out / "scan.nii.gz"])
+    writer = CaseWriter(plan, overwrite=False).__enter__()  # a run that staged and then vanished (no __exit__)
+    writer._lock.__exit__(None, None, None)  # its process is gone: the flock is released
+    assert len(hidden_leftovers(out)) == 1
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done" and result.message is None and hidden_leftovers(out) == []
+
+
+def _interrupt_second_commit(monkeypatch, error):
+    from medwidit.inference import outputs as outputs_module
+
+    calls = []
+    real = outputs_module.commit
+
+    def commit(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise error
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs_module, "commit", commit)
+    return calls
+
+
+def test_sigint_between_commits_leaves_nothing_and_says_so(setup, monkeypatch, capsys):
+    from medwidit.cli import main
+
+    tmp_path, inputs, _ = setup
+    out = tmp_path / "out"
+    calls = _interrupt_second_commit(monkeypatch, KeyboardInterrupt())
+    code = main(["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
+                 "--save-uncertainty", "--save-figure", *CLI_FAST])
+    err = capsys.readouterr().err
+    assert code == 130 and len(calls) == 2
+    assert visible(out) == [] and hidden_leftovers(out) == []  # what the message says below is true
+    assert "scan: removed the 1 output file(s) this run had committed (scan.nii.gz)" in err, err
+    assert "interrupted during case scan (what this run had written of it is removed); the 0 case(s)" in err, err
+
+
+def test_a_full_disk_while_the_figure_is_written_leaves_no_part_of_the_case(setup, monkeypatch):
+    tmp_path, inputs, predictor = setup
+    nifti(inputs / "other.nii.gz", seed=3)
+    out = tmp_path / "out"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    results = predictor.predict_from_files(inputs, out, save_uncertainty=True, save_figure=True, progress=False,
+                                           **FAST)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert results[1].message == f"{out / 'scan_figure.png'}: cannot write (No space left on device)."
+    assert visible(out) == [] and hidden_leftovers(out) == []
+
+
+def test_overwrite_with_continue_redoes_unfinished_and_skips_finished(setup):
+    tmp_path, inputs, predictor = setup
+    nifti(inputs / "other.nii.gz", seed=3)
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs / "other.nii.gz", out, progress=False, **FAST)
+    (out / "scan.nii.gz").write_bytes(b"left by an older run, no marker")
+    marker = (out / ".medwidit" / "other.json").stat().st_mtime_ns
+    results = {r.name: r.status for r in predictor.predict_from_files(
+        inputs, out, overwrite=True, resume=True, progress=False, **FAST)}
+    assert results == {"other": "skipped", "scan": "done"}
+    assert (out / ".medwidit" / "other.json").stat().st_mtime_ns == marker
+    assert nib.load(out / "scan.nii.gz").shape == (12, 10, 8)
+
+
+######################################################################################################################
+# 4. the plan: no output replaces an input or another case's output
+######################################################################################################################
+
+
+def test_an_output_that_is_another_cases_input_stops_the_run_before_anything(setup):
+    tmp_path, inputs, predictor = setup
+    source = tmp_path / "src"
+    source.mkdir()
+    nifti(source / "scan.nii.gz")
+    nifti(inputs / "scan_uncertainty.nii.gz", seed=5)  # case "scan" writes its uncertainty map here: an input
+    before = (inputs / "scan_uncertainty.nii.gz").read_bytes()
+    with pytest.raises(OutputError, match="scan_uncertainty.nii.gz: this output of case 'scan' is also the input"):
+        predictor.predict_from_files([source / "scan.nii.gz", inputs / "scan_uncertainty.nii.gz"], inputs,
+                                     overwrite=True, save_uncertainty=True, progress=False, **FAST)
+    assert (inputs / "scan_uncertainty.nii.gz").read_bytes() == before
+
+
+def test_two_cases_whose_outputs_collide_are_an_error_before_the_first_runs(setup):
+    tmp_path, inputs, predictor = setup
+    nifti(inputs / "scan_uncertainty.nii.gz", seed=5)  # case "scan_uncertainty" and case "scan"'s uncertainty map
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="scan_uncertainty.nii.gz: this output of case 'scan_uncertainty' is also an "
+                                          "output of case 'scan'"):
+        predictor.predict_from_files(inputs, out, save_uncertainty=True, progress=False, **FAST)
+    assert visible(out) == []
+
+
+######################################################################################################################
+# 5, 6. empty folders; ID-like names
+######################################################################################################################
+
+
+def test_an_empty_folder_is_reported_and_the_rest_runs(setup):
+    tmp_path, inputs, predictor = setup
+    (tmp_path / "empty").mkdir()
+    results = predictor.predict_from_files([tmp_path / "empty", inputs], tmp_path / "out", progress=False, **FAST)
+    assert [r.status for r in results] == ["done", "failed"]
+    assert results[1].message.startswith(f"{tmp_path / 'empty'}: no image files in this folder")
+
+
+def test_id_like_names_are_single_cases_for_a_one_channel_model(setup, caplog):
+    tmp_path, inputs, predictor = setup
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    for i in (1, 2, 3):
+        nifti(ids / f"patient_{i:04d}.nii.gz", seed=i)
+    results = predictor.predict_from_files(ids, tmp_path / "out", progress=False, **FAST)
+    assert [(r.name, r.status) for r in results] == [(f"patient_{i:04d}", "done") for i in (1, 2, 3)]
+    assert "patient_0001.nii.gz, patient_0002.nii.gz, patient_0003.nii.gz are 3 cases" in caplog.text
+    (one,) = predictor.predict_from_files(inputs / "scan.nii.gz", tmp_path / "x", modality_pattern=None,
+                                          progress=False, **FAST)
+    assert one.outputs == [tmp_path / "x" / "scan.nii.gz"]
+    with pytest.raises(ValueError, match="exactly one group"):
+        predictor.predict_from_files(ids, tmp_path / "y", modality_pattern="_\\d{4}", progress=False, **FAST)
+
+
+######################################################################################################################
+# 7. grid sanity; an array without an affine
+######################################################################################################################
+
+
+def test_a_grid_that_resampling_collapses_or_explodes_is_refused(tmp_path):
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0)),
+                                          device="cpu")
+    tiny = nifti(tmp_path / "tiny.nii.gz", affine=np.diag([0.01, 0.01, 0.01, 1.0]))
+    with pytest.raises(InputError, match=r"tiny.nii.gz: resampling .* leaves 0 voxel\(s\) along an axis, too small"):
+        predictor.segment(tiny, **FAST)
+    huge = nifti(tmp_path / "huge.nii.gz", affine=np.diag([20.0, 20.0, 20.0, 1.0]))
+    with pytest.raises(InputError, match="huge.nii.gz: resampling .* makes 8000 times as many voxels .*--force-grid"):
+        predictor.segment(huge, **FAST)
+    five = nifti(tmp_path / "five.nii.gz", shape=(8, 6, 6), affine=np.diag([5.0, 5.0, 5.0, 1.0]))  # 125x
+    with pytest.raises(InputError, match="125 times"):
+        predictor.segment(five, **FAST)
+    assert predictor.segment(five, force_grid=True, **FAST).label_map.shape == (8, 6, 6)
+
+
+def test_an_array_without_an_affine_warns(setup, caplog):
+    _, _, predictor = setup
+    predictor.segment(np.ones((12, 10, 8), np.float32), **FAST)
+    assert "array: no affine given, assuming 1 mm voxels" in caplog.text
+
+
+######################################################################################################################
+# 8. results do not depend on --sw-batch-size
+######################################################################################################################
+
+
+def test_results_do_not_depend_on_the_window_batch_size(tmp_path):
+    """20^3 = 8000 voxels at 1 mm with 16^3 windows: the old budget (batch x window) ran windows with one window per
+    call and the whole volume with four; the budget is now voxels, so both give the same maps."""
+    checkpoint = tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0))
+    volume = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    maps = [
+        Predictor.from_checkpoint(checkpoint, device="cpu", sw_batch_size=batch).segment(
+            volume, affine=np.eye(4), steps=2, num_samples=2).probability
+        for batch in (1, 4)
+    ]
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+######################################################################################################################
+# markers
+######################################################################################################################
+
+
+def test_the_marker_lists_the_case_files_and_is_written_last(setup, monkeypatch):
+    from medwidit.inference import outputs as outputs_module
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    order = []
+    real_commit, real_marker = outputs_module.commit, outputs_module._write_marker
+    monkeypatch.setattr(outputs_module, "commit", lambda *a, **k: (order.append(Path(a[1]).name), real_commit(*a, **k)))
+    monkeypatch.setattr(outputs_module, "_write_marker", lambda plan: (order.append("marker"), real_marker(plan)))
+    predictor.predict_from_files(inputs, out, save_probabilities=True, progress=False, **FAST)
+    assert order == ["scan.nii.gz", "scan_probabilities.nii.gz", "marker"]
+    marker = json.loads((out / ".medwidit" / "scan.json").read_text())
+    assert marker == {"case": "scan", "files": ["scan.nii.gz", "scan_probabilities.nii.gz"]}
