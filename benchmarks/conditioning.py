@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; learn_phantoms' and quality's helpers
+for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; learn_phantoms and _report
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
 import learn_phantoms as lp  # noqa: E402
-from quality import environment, write_json  # noqa: E402
+from _report import environment, write_json  # noqa: E402
 
 from medwidit.data.synth import _thick_slices  # noqa: E402 (the synthesis pipeline's thick-slice acquisition)
 from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
@@ -236,7 +236,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}, choose from {sorted(VARIANTS)}.")
     wall, cpu = time.perf_counter(), time.process_time()
-    result = {"environment": environment(torch.device("cpu"))}
+    result = {"environment": environment(torch.device("cpu"), __file__)}
     train = lp.phantoms(range(args.train_pool), args)
     test = lp.phantoms(range(10**6, 10**6 + args.test), args)
     all_cases = test_cases(test, args)
