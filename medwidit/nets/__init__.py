@@ -6,17 +6,20 @@ from .contract import NETWORKS, DenoisingNetwork, build_network, network_name, r
 from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import Mlp, SwiGLU, WiDiTInputError, modulate
 from .unet import DiffusionUNet
-from .widit import PRESETS, WiDiT, load_widit, save_widit, widit_preset
+from .widit import PRESETS, SpacingEmbedder, WiDiT, load_widit, save_widit, widit_preset
 
 __all__ = [
     "NETWORKS",
     "PRESETS",
     "DenoisingNetwork",
     "ConvPatchEmbed",
+    "DiffuserWiDiT",
+    "DiffuserWiDiTOutput",
     "DiffusionUNet",
     "FactorizedAttention",
     "Mlp",
     "PatchEmbed",
+    "SpacingEmbedder",
     "SwiGLU",
     "TimestepEmbedder",
     "Unpatchify",
@@ -33,3 +36,12 @@ __all__ = [
     "save_widit",
     "widit_preset",
 ]
+
+
+def __getattr__(name: str):
+    """``DiffuserWiDiT`` and its output load on first use: importing diffusers costs seconds (PEP 562)."""
+    if name in ("DiffuserWiDiT", "DiffuserWiDiTOutput"):
+        from . import diffusers
+
+        return getattr(diffusers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
