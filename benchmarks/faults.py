@@ -35,7 +35,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
-from quality import environment, write_json  # noqa: E402
+from _report import environment, write_json  # noqa: E402
 
 from medwidit.cli import main as cli  # noqa: E402
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter  # noqa: E402
@@ -438,7 +438,7 @@ def main(argv=None) -> int:
     print(table(rows))
     held = sum(row["ok"] for row in rows)
     print(f"\n{held} of {len(rows)} faults handled as issue 15 asks")
-    result = {"environment": environment(torch.device("cpu")), "held": held, "cases": len(rows), "rows": rows}
+    result = {"environment": environment(torch.device("cpu"), __file__), "held": held, "cases": len(rows), "rows": rows}
     write_json(result, args.output)
     return 0 if held == len(rows) else 1
 

@@ -36,12 +36,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from _report import write_json  # benchmarks/ is on sys.path when a script runs
 from monai.transforms import RandBiasField
 from nibabel.processing import resample_from_to
 from scipy.ndimage import binary_closing, binary_fill_holes, gaussian_filter1d
 
 from medwidit.inference.metrics import segmentation_metrics
-from medwidit.utils import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "medwidit" / "data" / "examples"
@@ -203,8 +203,7 @@ def main(argv=None) -> dict:
         "rows": rows,
         "summary": summary(rows),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.output, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(record, args.output)
     return record
 
 

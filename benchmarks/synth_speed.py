@@ -10,18 +10,16 @@ Ratios are against MONAI's RandAffined measured in the same run. TorchIO and cor
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import environment, write_json  # benchmarks/ is on sys.path when a script runs
 from monai.data import MetaTensor
 from monai.transforms import Compose, Rand3DElasticd, RandAffined, RandBiasFieldd, RandTorchIOd
 
 from medwidit.data.synth import RandLabelsToImaged, RandSliceThicknessd, synthesis_transforms
-from medwidit.utils import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synth_speed.json"
 
@@ -130,16 +128,13 @@ def main() -> None:
         else:
             print(f"{name:48s} {'missing':>9s}  {row['error'][:60]}")
     record = {
+        "environment": environment(torch.device("cpu"), __file__),
         "size": args.size,
         "repeats": args.repeats,
-        "threads": 1,
         "clock": "process_time",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    write_json(record, RESULTS)
 
 
 if __name__ == "__main__":

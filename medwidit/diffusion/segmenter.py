@@ -131,13 +131,16 @@ class DiffusionSegmenter(nn.Module):
     #                                    Training                                    #
     ##################################################################################
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, *, generator=None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, label: torch.Tensor, *, spacing=None, generator=None) -> dict:
         """Same as :meth:`loss` (so that a DDP-wrapped segmenter trains through ``forward``)."""
-        return self.loss(image, label, generator=generator)
+        return self.loss(image, label, spacing=spacing, generator=generator)
 
-    def loss(self, image: torch.Tensor, label: torch.Tensor, *, generator=None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, image: torch.Tensor, label: torch.Tensor, *, spacing: torch.Tensor | None = None, generator=None
+    ) -> dict[str, torch.Tensor]:
         """Training loss for image (B, C_img, *S) and integer label (B, 1, *S): ``{"loss", "diffusion", "aux"[,
-        "vlb"]}``; ``loss = diffusion + aux_weight * aux + vlb_weight * T * vlb`` (vlb is L_t in bits/voxel)."""
+        "vlb"]}``; ``loss = diffusion + aux_weight * aux + vlb_weight * T * vlb`` (vlb is L_t in bits/voxel).
+        ``spacing`` (B, 2N), when given, goes to the net: ``net(..., spacing=spacing)`` (WiDiT spacing_conditioning)."""
         _check_pair(image, label)
         x0 = encode_labels(label, self.num_classes).to(image.device)  # (B, K, *S)
         t = sample_training_timesteps(
@@ -146,7 +149,7 @@ class DiffusionSegmenter(nn.Module):
         noise = randn_like(x0, generator)
         x_t = self.scheduler.add_noise(x0, noise, t)
         cond = self._drop_condition(image, generator)
-        prediction, frac = split_output(self.net(x_t, t.float(), conditioned=cond), x0, self.learn_sigma)
+        prediction, frac = split_output(_call_net(self.net, spacing, x_t, t.float(), cond), x0, self.learn_sigma)
         prediction = prediction.float()
         parts = {"diffusion": F.mse_loss(prediction, training_target(self.objective, self.scheduler, x0, noise, t))}
         x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t, bounded_gradient=True)
@@ -175,6 +178,7 @@ class DiffusionSegmenter(nn.Module):
         self,
         image: torch.Tensor,
         *,
+        spacing: torch.Tensor | None = None,
         steps: int = 10,
         num_samples: int = 1,
         generator: torch.Generator | None = None,
@@ -196,14 +200,16 @@ class DiffusionSegmenter(nn.Module):
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
         w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
+        ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass).
         """
-        spec, options = resolve_sampler(
-            sampler or DEFAULT_SAMPLER[self.scheduler_name], self.objective, eta=eta, variance_type=self.variance_type
+        spec, options = self.check_sampling(
+            image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
-        self._check_sampling(num_samples, guidance_scale, image)
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         timesteps, schedule = timestep_list(self.scheduler, steps), schedule_arguments(self.scheduler)
-        model_fn = model_fn or (lambda x, t, c: self.net(x, t, conditioned=c))
+        if spacing is not None and model_fn is not None:
+            raise ValueError("spacing goes to the net; a custom model_fn must pass it itself (got both).")
+        model_fn = model_fn or partial(_call_net, self.net, spacing)
         members = _member_generators(generator, num_samples, image.device)
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
         samples = []
@@ -217,14 +223,29 @@ class DiffusionSegmenter(nn.Module):
             samples.append(x.reshape(len(gens), *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
-    def _check_sampling(self, num_samples, guidance_scale, image) -> None:
-        """Validate the sampling arguments that are not the sampler's."""
+    def check_sampling(
+        self,
+        image: torch.Tensor,
+        *,
+        steps: int,
+        num_samples: int,
+        sampler: str | None,
+        eta: float,
+        guidance_scale: float,
+    ) -> tuple:
+        """Validate every sampling argument (ValueError naming it) -> (sampler spec, its options); only the rank of
+        ``image`` is looked at, so callers can check options before any data are read."""
+        spec, options = resolve_sampler(
+            sampler or DEFAULT_SAMPLER[self.scheduler_name], self.objective, eta=eta, variance_type=self.variance_type
+        )
+        check_int("steps", steps, high=self.num_train_timesteps, hint=" (num_train_timesteps)")
         check_int("num_samples", num_samples)
         check_range("guidance_scale", guidance_scale, 0.0, math.inf)
         if guidance_scale != 1 and self.cond_drop_prob == 0:
             logger.warning("guidance_scale=%s but the model was trained with cond_drop_prob=0.", guidance_scale)
         if image.ndim not in (4, 5):
             raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
+        return spec, options
 
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
         """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check."""
@@ -274,6 +295,13 @@ def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma,
     if variance_type == "learned_range" and not learn_sigma:
         raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
     return objective, scheduler, schedule, variance_type
+
+
+def _call_net(net: nn.Module, spacing: torch.Tensor | None, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+    """``net(x, t, conditioned=cond)``, plus ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
+    if spacing is None:
+        return net(x, t, conditioned=cond)
+    return net(x, t, conditioned=cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:

@@ -247,7 +247,9 @@ class Predictor:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
-        self.segmenter._check_sampling(sampler, eta, num_samples, guidance_scale, probe)
+        self.segmenter.check_sampling(
+            probe, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
+        )
 
     def _autocast(self, model_fn):
         if self.autocast_dtype is None:

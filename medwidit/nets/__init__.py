@@ -6,13 +6,15 @@ from .contract import NETWORKS, DenoisingNetwork, build_network, network_name, r
 from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import FinalLayer, Mlp, PixelMLP, SwiGLU, WiDiTInputError, modulate
 from .unet import DiffusionUNet
-from .widit import PRESETS, WiDiT, load_widit, save_widit, widit_preset
+from .widit import PRESETS, SpacingEmbedder, WiDiT, load_widit, save_widit, widit_preset
 
 __all__ = [
     "NETWORKS",
     "PRESETS",
     "DenoisingNetwork",
     "ConvPatchEmbed",
+    "DiffuserWiDiT",
+    "DiffuserWiDiTOutput",
     "DiffusionUNet",
     "FactorizedAttention",
     "FinalLayer",
@@ -21,6 +23,7 @@ __all__ = [
     "PixelBlock",
     "PixelHead",
     "PixelMLP",
+    "SpacingEmbedder",
     "SwiGLU",
     "TimestepEmbedder",
     "Unpatchify",
@@ -37,3 +40,12 @@ __all__ = [
     "save_widit",
     "widit_preset",
 ]
+
+
+def __getattr__(name: str):
+    """``DiffuserWiDiT`` and its output load on first use: importing diffusers costs seconds (PEP 562)."""
+    if name in ("DiffuserWiDiT", "DiffuserWiDiTOutput"):
+        from . import diffusers
+
+        return getattr(diffusers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

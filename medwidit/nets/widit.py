@@ -26,6 +26,8 @@ from .layers import MLPS, NORMS, WiDiTInputError, choose
 
 logger = logging.getLogger(__name__)
 
+CONDITIONINGS = ("embed", "concat")  # image embedded on its own (hidden split in two), or channels of the one input
+
 #################################################################################
 #                                 Validation                                    #
 #################################################################################
@@ -59,6 +61,35 @@ def _check_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive:
 
 
 #################################################################################
+#                          Acquisition conditioning                             #
+#################################################################################
+
+
+class SpacingEmbedder(nn.Module):
+    """Spacings (B, 2N) in mm (working grid's N axes, then the acquisition's original N) -> (B, hidden) added to the
+    timestep embedding: log-spacing, Linear -> SiLU -> Linear; the last layer starts at zero (adaLN-Zero's habit), so
+    a new model starts as one without it."""
+
+    def __init__(self, spatial_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.spatial_dim = spatial_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * spatial_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.mlp[0].weight, std=0.02)
+        nn.init.zeros_(self.mlp[0].bias)
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, spacing: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=spacing.device.type, enabled=False):  # log of mm in float32, as time is
+            return self.mlp(spacing.float().log())  # (B, hidden)
+
+
+#################################################################################
 #                                    WiDiT                                      #
 #################################################################################
 
@@ -71,6 +102,10 @@ class WiDiT(nn.Module):
     ``hidden_size / 2`` each (``embed="patch"``: one linear map per patch; ``"conv"``: a stride-2 convolutional stem,
     :class:`ConvPatchEmbed`) and concatenated; ``depth`` blocks alternate plain and shifted windows; the final layer
     maps tokens back to voxels. ``timestep=None`` turns off adaLN everywhere (plain LayerNorm + residual).
+    ``conditioning="concat"`` instead concatenates the image to the noisy input along channels before one embedding of
+    the full width (STDiT's ``cond_image``, SegDiT's ``segmentation``). ``spacing_conditioning=True`` makes
+    ``forward(..., spacing=(B, 2 * spatial_dim))`` required: :class:`SpacingEmbedder` adds it to the adaLN input
+    (to the timestep embedding, or alone when ``timestep=None``).
 
     ``head="pixel"`` replaces the final layer by :class:`PixelHead` (PixelDiT): a full-resolution pathway of width
     ``pixel_dim`` and ``pixel_depth`` blocks, modulated per voxel by its patch's token, so outputs are not tied to the
@@ -99,6 +134,8 @@ class WiDiT(nn.Module):
         position: str = "relative",
         attention: str = "window",
         grad_checkpointing: bool = False,
+        conditioning: str = "embed",
+        spacing_conditioning: bool = False,
         head: str = "patch",
         pixel_dim: int = 16,
         pixel_depth: int = 2,
@@ -107,6 +144,9 @@ class WiDiT(nn.Module):
         _check_sizes(spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio)
         if cond_channels is not None and not use_conditioning:
             raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
+        conditioning = choose("conditioning", conditioning, CONDITIONINGS)
+        if conditioning == "concat" and not use_conditioning:
+            raise ValueError("conditioning='concat' needs use_conditioning=True (there is no image to concatenate).")
         cond_channels = (in_channels if cond_channels is None else cond_channels) if use_conditioning else None
         out_channels = in_channels * (2 if learn_sigma else 1) if out_channels is None else out_channels
         _positive("out_channels", out_channels)
@@ -132,6 +172,8 @@ class WiDiT(nn.Module):
             "position": choose("position", position, POSITIONS),
             "attention": choose("attention", attention, ATTENTIONS),
             "grad_checkpointing": bool(grad_checkpointing),
+            "conditioning": conditioning,
+            "spacing_conditioning": bool(spacing_conditioning),
             "head": choose("head", head, HEADS),
             "pixel_dim": check_int("pixel_dim", pixel_dim),
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
@@ -155,13 +197,14 @@ class WiDiT(nn.Module):
 
     def _build(self) -> None:
         cfg = self.config
-        hidden, embed = cfg["hidden_size"], cfg["hidden_size"] // (2 if self.use_conditioning else 1)
+        split = self.use_conditioning and cfg["conditioning"] == "embed"  # else one embedding of [x, image] or x
+        hidden, embed = cfg["hidden_size"], cfg["hidden_size"] // (2 if split else 1)
         embedder = {"patch": PatchEmbed, "conv": ConvPatchEmbed}[cfg["embed"]]
-        self.x_embedder = embedder(self.in_channels, embed, self.patch_size, self.spatial_dim)
-        self.c_embedder = (
-            embedder(self.cond_channels, embed, self.patch_size, self.spatial_dim) if self.use_conditioning else None
-        )
+        x_channels = self.in_channels + (self.cond_channels if self.use_conditioning and not split else 0)
+        self.x_embedder = embedder(x_channels, embed, self.patch_size, self.spatial_dim)
+        self.c_embedder = embedder(self.cond_channels, embed, self.patch_size, self.spatial_dim) if split else None
         self.t_embedder = TimestepEmbedder(hidden)
+        self.s_embedder = SpacingEmbedder(self.spatial_dim, hidden) if cfg["spacing_conditioning"] else None
         options = {key: cfg[key] for key in ("mlp_ratio", "mlp", "norm", "position", "attention")}
         self.blocks = nn.ModuleList(
             WiDiTBlock(hidden, cfg["num_heads"], cfg["window_size"], shifted=i % 2 == 1, **options)
@@ -178,7 +221,7 @@ class WiDiT(nn.Module):
     def init_weights(self) -> None:
         """Every component's own init: Xavier projections, Normal(0.02) timestep MLP, adaLN-Zero blocks and head."""
         heads = (self.final_layer, self.pixel_head)  # one of them is None
-        for module in (self.x_embedder, self.c_embedder, self.t_embedder, *self.blocks, *heads):
+        for module in (self.x_embedder, self.c_embedder, self.t_embedder, self.s_embedder, *self.blocks, *heads):
             if module is not None:
                 module.init_weights()
 
@@ -212,27 +255,51 @@ class WiDiT(nn.Module):
             raise ValueError(f"timestep must be a scalar or have shape ({x.shape[0]},), got {tuple(timestep.shape)}.")
         return timestep
 
+    def _check_spacing(self, x: torch.Tensor, spacing: torch.Tensor | None) -> torch.Tensor | None:
+        if self.s_embedder is None:
+            if spacing is not None:
+                raise WiDiTInputError("spacing was given, but this WiDiT was built with spacing_conditioning=False.")
+            return None
+        expected = (x.shape[0], 2 * self.spatial_dim)  # working grid's spacing per axis, then the acquisition's
+        if spacing is None:
+            raise WiDiTInputError(f"spacing {expected} is required: this WiDiT has spacing_conditioning=True.")
+        spacing = torch.as_tensor(spacing, dtype=torch.float32, device=x.device)
+        if tuple(spacing.shape) != expected:
+            raise WiDiTInputError(f"spacing must have shape {expected} (grid, then acquisition), got {spacing.shape}.")
+        if not bool((spacing > 0).all()) or not bool(spacing.isfinite().all()):
+            raise WiDiTInputError(f"spacing must be positive finite mm, got {spacing.tolist()}.")
+        return spacing
+
     def forward(
         self,
         input_tensor: torch.Tensor,
         timestep: torch.Tensor | None = None,
         *,
         conditioned: torch.Tensor | None = None,
+        spacing: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, in_channels, *S), (B,) or None, conditioned (B, cond_channels, *S) -> (B, out_channels, *S)."""
+        """(B, in_channels, *S), (B,) or None, conditioned (B, cond_channels, *S), spacing (B, 2N) mm with
+        ``spacing_conditioning`` -> (B, out_channels, *S)."""
         timestep = self._check_inputs(input_tensor, timestep, conditioned)
+        spacing = self._check_spacing(input_tensor, spacing)
         grid = tuple(s // p for s, p in zip(input_tensor.shape[2:], self.patch_size, strict=True))  # token grid G
+        noisy = input_tensor  # the pixel head reads it alone, whatever the token path's conditioning
+        if self.use_conditioning and self.c_embedder is None:  # conditioning="concat"
+            input_tensor = torch.cat([input_tensor, conditioned], dim=1)  # (B, C_in + C_cond, *S)
         x = self.x_embedder(input_tensor)  # (B, T, C or C/2), T = prod(G)
         if self.c_embedder is not None:
             x = torch.cat([x, self.c_embedder(conditioned)], dim=-1)  # (B, T, C)
         c = None if timestep is None else self.t_embedder(timestep)  # (B, C)
+        if self.s_embedder is not None:
+            s = self.s_embedder(spacing)  # (B, C)
+            c = s if c is None else c + s
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, grid, use_reentrant=False)
             else:
                 x = block(x, c, grid)  # (B, T, C)
         if self.pixel_head is not None:
-            return self.pixel_head(input_tensor, conditioned, x, c, grid)  # (B, out_channels, *S)
+            return self.pixel_head(noisy, conditioned, x, c, grid)  # (B, out_channels, *S)
         return self.final_layer(x, c, grid)  # (B, out_channels, *S)
 
 

@@ -150,7 +150,7 @@ def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, messag
 @pytest.mark.parametrize(("option", "message"), [
     (["--overlap", "1.5"], r"overlap must be in \[0.0, 1.0\), got 1.5"),
     (["--sampler", "ddmi"], "ddmi"),
-    (["--eta", "0.5", "--sampler", "ddpm"], "eta is a DDIM option"),
+    (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
     (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
 ])
 def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint, capsys, monkeypatch, option,

@@ -139,3 +139,12 @@ def test_shipped_weights_load_strictly_and_give_the_same_outputs():
     assert abs(float(out.abs().sum()) - 86743.23695765296) < 1e-6 * 86743
     torch.testing.assert_close(out[0, :, 3, 17, 40].float(), torch.tensor([-0.6265223622322083, 0.541947603225708]))
     torch.testing.assert_close(out[0, :, 30, 5, 9].float(), torch.tensor([-0.9321671724319458, 0.9890632629394531]))
+
+
+def test_pixel_head_reads_the_noisy_input_alone_with_concat_conditioning(tiny, randomize):
+    """With conditioning="concat" the token path embeds [x, image]; the pixel head still gets x and the image apart."""
+    model = randomize(tiny(2, in_channels=2, cond_channels=1, conditioning="concat", head="pixel", pixel_dim=4))
+    x, image = _inputs(2), _inputs(2, channels=1, seed=1)
+    out = model(x, torch.tensor([3.0, 4.0]), conditioned=image)
+    assert out.shape == (2, 4, *SHAPES[2]) and model.pixel_head.stem_x.in_features == 2
+    assert float(out.abs().mean()) > 0

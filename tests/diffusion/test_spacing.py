@@ -1,0 +1,101 @@
+"""DiffusionSegmenter passes ``spacing`` to the net only when given, row for row with the image it belongs to."""
+
+import pytest
+import torch
+import torch.nn as nn
+from diffusion_standins import TinyConvNet, random_labels
+
+from medwidit.diffusion import DiffusionSegmenter
+from medwidit.nets import WiDiT, WiDiTInputError
+
+
+class SpacingRecorder(nn.Module):
+    """``net(x, t, conditioned=image, spacing=s)`` returning zeros; records every (conditioned, spacing) pair."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, conditioned=None, spacing=None):
+        self.calls.append((conditioned.clone(), spacing.clone()))
+        return x * self.weight
+
+
+def _image_and_spacing(batch=2):
+    image = torch.stack([torch.full((1, 4, 4, 4), float(i + 1)) for i in range(batch)])  # sample i is all i + 1
+    spacing = torch.tensor([[1.0, 1, 1, 1, 1, 3.0 * (i + 1)] for i in range(batch)])
+    return image, spacing
+
+
+def _rows_match(calls, image, spacing) -> None:
+    """Every row's spacing is its own image's: row j holds image j % B (or zeros, guidance's pass) and spacing j % B."""
+    for cond, given in calls:
+        assert given.shape == (cond.shape[0], spacing.shape[1])
+        for j in range(cond.shape[0]):
+            assert torch.equal(given[j], spacing[j % len(spacing)])
+            assert torch.equal(cond[j], image[j % len(image)]) or not cond[j].any()
+
+
+def test_loss_passes_spacing_to_the_net():
+    net = SpacingRecorder(3)
+    image, spacing = _image_and_spacing()
+    DiffusionSegmenter(net, num_classes=3).loss(image, random_labels((2, 1, 4, 4, 4), 3), spacing=spacing)
+    assert len(net.calls) == 1
+    _rows_match(net.calls, image, spacing)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_sample_tiles_spacing_as_it_tiles_the_image(guidance_scale):
+    net = SpacingRecorder(3)
+    image, spacing = _image_and_spacing()
+    segmenter = DiffusionSegmenter(net, num_classes=3, cond_drop_prob=0.1)
+    segmenter.sample(image, spacing=spacing, steps=2, num_samples=3, chunk_size=2, guidance_scale=guidance_scale)
+    batches = [cond.shape[0] for cond, _ in net.calls]
+    factor = 2 if guidance_scale != 1 else 1
+    assert batches == [4 * factor, 4 * factor, 2 * factor, 2 * factor]  # chunks of 2 members x B = 2, 2 steps each
+    _rows_match(net.calls, image, spacing)
+
+
+def test_nets_without_spacing_are_called_as_before():
+    """No spacing given: the net is called ``net(x, t, conditioned=image)`` (TinyConvNet takes no spacing)."""
+    segmenter = DiffusionSegmenter(TinyConvNet(3, 3), num_classes=3)
+    image = torch.randn(1, 1, 4, 4, 4)
+    assert torch.isfinite(segmenter.loss(image, random_labels((1, 1, 4, 4, 4), 3))["loss"])
+    assert segmenter.sample(image, steps=2).shape == (1, 1, 3, 4, 4, 4)
+
+
+def test_spacing_with_a_custom_model_fn_is_an_error():
+    segmenter = DiffusionSegmenter(TinyConvNet(3, 3), num_classes=3)
+    image, spacing = _image_and_spacing(1)
+    with pytest.raises(ValueError, match="model_fn must pass it itself"):
+        segmenter.sample(image, spacing=spacing, model_fn=lambda x, t, c: x)
+
+
+def test_widit_with_spacing_trains_and_samples_through_the_segmenter():
+    net = WiDiT(
+        spatial_dim=3,
+        patch_size=2,
+        in_channels=3,
+        cond_channels=1,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        window_size=2,
+        learn_sigma=False,
+        spacing_conditioning=True,
+    )
+    segmenter = DiffusionSegmenter(net, num_classes=3)
+    image, spacing = _image_and_spacing()
+    label = random_labels((2, 1, 4, 4, 4), 3)
+    with torch.no_grad():  # adaLN-Zero: open the gates so that spacing's gradient is not exactly zero
+        for block in net.blocks:
+            block.adaLN_modulation[-1].weight.normal_(std=0.02)
+        net.final_layer.adaLN_modulation[-1].weight.normal_(std=0.02)
+        net.final_layer.linear.weight.normal_(std=0.02)
+    segmenter.loss(image, label, spacing=spacing)["loss"].backward()
+    assert net.s_embedder.mlp[2].weight.grad.abs().sum() > 0
+    assert segmenter.sample(image, spacing=spacing, steps=2, num_samples=2).shape == (2, 2, 3, 4, 4, 4)
+    with pytest.raises(WiDiTInputError, match="spacing"):
+        segmenter.loss(image, label)
