@@ -78,8 +78,16 @@ class Lab:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.checkpoint = root / "model.pt"
-        net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2,
-                    window_size=4, learn_sigma=False)
+        net = WiDiT(
+            spatial_dim=3,
+            in_channels=2,
+            cond_channels=1,
+            hidden_size=32,
+            depth=1,
+            num_heads=2,
+            window_size=4,
+            learn_sigma=False,
+        )
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in net.parameters():
@@ -107,8 +115,9 @@ class Lab:
 
     def process(self, *args: str) -> subprocess.Popen:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     @staticmethod
     def left(folder: Path) -> list[str]:
@@ -134,8 +143,20 @@ def _error(text: str) -> str:
 def concurrent_runs(lab: Lab):
     inputs, out, barrier = lab.folder("in"), lab.root / "out", lab.folder("barrier")
     lab.nifti(inputs / "scan.nii.gz")
-    args = ["-c", BARRIER, str(barrier), "segment", "-i", str(inputs), "-o", str(out), "--checkpoint",
-            str(lab.checkpoint), "--save-uncertainty", *FAST]
+    args = [
+        "-c",
+        BARRIER,
+        str(barrier),
+        "segment",
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(lab.checkpoint),
+        "--save-uncertainty",
+        *FAST,
+    ]
     runs = [lab.process(*args, "--seed", str(seed)) for seed in (1, 2)]
     codes = [run.wait(timeout=600) for run in runs]
     loser = [_error(run.stderr.read()) for run in runs]
@@ -164,15 +185,30 @@ def header_data_file(suffix: str, data: str, key: str) -> Callable[[Lab], tuple]
 def kill_between_commits(lab: Lab):
     inputs, out = lab.folder("in"), lab.root / "out"
     lab.nifti(inputs / "scan.nii.gz")
-    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(lab.checkpoint), "--save-uncertainty",
-            *FAST]
+    args = [
+        "segment",
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(lab.checkpoint),
+        "--save-uncertainty",
+        *FAST,
+    ]
     code = lab.process("-c", KILL, *args).wait(timeout=600)
     after_kill = lab.left(out)  # the visible half, and the staging folder no process could remove
     again, err = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--continue")
-    ok = code == -9 and after_kill[0] == "scan.nii.gz" and len(after_kill) == 2 and again == 0 and lab.left(out) == [
-        "scan.nii.gz", "scan_uncertainty.nii.gz"]
-    shown = ", ".join(name.split(".staging")[0].rsplit(".", 1)[0] + ".*.staging" if "staging" in name else name
-                      for name in after_kill)
+    ok = (
+        code == -9
+        and after_kill[0] == "scan.nii.gz"
+        and len(after_kill) == 2
+        and again == 0
+        and lab.left(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+    )
+    shown = ", ".join(
+        name.split(".staging")[0].rsplit(".", 1)[0] + ".*.staging" if "staging" in name else name for name in after_kill
+    )
     return f"killed (signal {-code}) leaving {shown}, no marker; --continue exit {again}, finished the commit", out, ok
 
 
@@ -231,8 +267,9 @@ def output_is_another_input(lab: Lab):
     lab.nifti(source / "scan.nii.gz")
     victim = lab.nifti(inputs / "scan_uncertainty.nii.gz", seed=5)
     before = victim.read_bytes()
-    code, err = lab.cli("-i", str(source / "scan.nii.gz"), str(victim), "-o", str(inputs), "--overwrite",
-                        "--save-uncertainty")
+    code, err = lab.cli(
+        "-i", str(source / "scan.nii.gz"), str(victim), "-o", str(inputs), "--overwrite", "--save-uncertainty"
+    )
     ok = code == 1 and victim.read_bytes() == before and "is also the input" in err
     return f"exit {code}, input untouched: {victim.read_bytes() == before}; refused before any case ran", inputs, ok
 
@@ -292,8 +329,12 @@ def array_without_affine(lab: Lab):
 def batch_size_independence(lab: Lab):
     checkpoint = lab.root / "model.pt"
     volume = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
-    maps = [Predictor.from_checkpoint(checkpoint, device="cpu", sw_batch_size=b).segment(
-        volume, affine=np.diag([1.5, 1.5, 1.5, 1.0]), steps=2, num_samples=2).probability for b in (1, 4)]
+    maps = [
+        Predictor.from_checkpoint(checkpoint, device="cpu", sw_batch_size=b)
+        .segment(volume, affine=np.diag([1.5, 1.5, 1.5, 1.0]), steps=2, num_samples=2)
+        .probability
+        for b in (1, 4)
+    ]
     difference = float(np.abs(maps[0] - maps[1]).max())
     return f"max |p(batch 1) - p(batch 4)| = {difference:g}", lab.root / "none", difference == 0.0
 
@@ -322,8 +363,18 @@ def _checkpoint_file(content: Callable[[Path], object]) -> Callable[[Lab], tuple
         lab.nifti(lab.root / "scan.nii.gz")
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
-            code = cli(["segment", "-i", str(lab.root / "scan.nii.gz"), "-o", str(lab.root / "out"), "--checkpoint",
-                        str(lab.root / "bad.pt"), *FAST])
+            code = cli(
+                [
+                    "segment",
+                    "-i",
+                    str(lab.root / "scan.nii.gz"),
+                    "-o",
+                    str(lab.root / "out"),
+                    "--checkpoint",
+                    str(lab.root / "bad.pt"),
+                    *FAST,
+                ]
+            )
         return code, stderr.getvalue()
 
     return make
@@ -338,8 +389,18 @@ def _bundle_roi(lab: Lab) -> tuple[int, str]:
     lab.nifti(lab.root / "scan.nii.gz")
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        code = cli(["segment", "-i", str(lab.root / "scan.nii.gz"), "-o", str(lab.root / "out"), "--bundle",
-                    str(bundle), *FAST])
+        code = cli(
+            [
+                "segment",
+                "-i",
+                str(lab.root / "scan.nii.gz"),
+                "-o",
+                str(lab.root / "out"),
+                "--bundle",
+                str(bundle),
+                *FAST,
+            ]
+        )
     return code, stderr.getvalue()
 
 
@@ -386,19 +447,54 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("9", "NaN affine", message(lambda lab: _nifti_with_sform_row(lab, [np.nan, 0, 0, 0]), "NaN or infinite")),
     ("9", "singular affine", message(lambda lab: _nifti_with_sform_row(lab, [0, 0, 0, 0]), "singular")),
     ("9", "empty checkpoint", message(_checkpoint_file(lambda p: p.write_bytes(b"")), "the file is empty")),
-    ("9", "checkpoint holding a pickled object", message(_checkpoint_file(
-        lambda p: torch.save({"state_dict": {}, "config": {}, "x": _Thing()}, p)), "source you trust")),
+    (
+        "9",
+        "checkpoint holding a pickled object",
+        message(
+            _checkpoint_file(lambda p: torch.save({"state_dict": {}, "config": {}, "x": _Thing()}, p)),
+            "source you trust",
+        ),
+    ),
     ("9", 'bundle "roi_size": "64"', message(_bundle_roi, "inference.json: roi_size must be an int")),
-    ("9", "unreadable NRRD header (ITK error)", message(lambda lab: (
-        (lab.root / "bad.nrrd").write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n"),
-        lab.cli("-i", str(lab.root / "bad.nrrd"), "-o", str(lab.root / "out")))[1], "require endian info")),
+    (
+        "9",
+        "unreadable NRRD header (ITK error)",
+        message(
+            lambda lab: (
+                (lab.root / "bad.nrrd").write_text(
+                    "NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n"
+                ),
+                lab.cli("-i", str(lab.root / "bad.nrrd"), "-o", str(lab.root / "out")),
+            )[1],
+            "require endian info",
+        ),
+    ),
     ("9", "permission denied", message(_permission, "permission denied")),
-    ("9", "4D singleton NRRD", lambda lab: (lambda r: (f"exit {r[0]}", lab.root / "out", r[0] == 0))(
-        _four_d_nrrd(lab))),
-    ("9", "--overlap 1.5 with two cases", message(lambda lab: (
-        lab.nifti(lab.root / "a.nii.gz"), lab.nifti(lab.root / "b.nii.gz"),
-        lab.cli("-i", str(lab.root / "a.nii.gz"), str(lab.root / "b.nii.gz"), "-o", str(lab.root / "out"),
-                "--overlap", "1.5"))[2], "overlap must be in")),
+    (
+        "9",
+        "4D singleton NRRD",
+        lambda lab: (lambda r: (f"exit {r[0]}", lab.root / "out", r[0] == 0))(_four_d_nrrd(lab)),
+    ),
+    (
+        "9",
+        "--overlap 1.5 with two cases",
+        message(
+            lambda lab: (
+                lab.nifti(lab.root / "a.nii.gz"),
+                lab.nifti(lab.root / "b.nii.gz"),
+                lab.cli(
+                    "-i",
+                    str(lab.root / "a.nii.gz"),
+                    str(lab.root / "b.nii.gz"),
+                    "-o",
+                    str(lab.root / "out"),
+                    "--overlap",
+                    "1.5",
+                ),
+            )[2],
+            "overlap must be in",
+        ),
+    ),
     ("9", '-i ""', message(lambda lab: lab.cli("-i", "", "-o", str(lab.root / "out")), "an input path is empty")),
 ]
 
@@ -414,8 +510,16 @@ def run_catalogue(root: Path) -> list[dict]:
         except Exception as e:  # a crash is an outcome too: it goes in the table, the catalogue goes on
             outcome, folder, ok = f"crashed: {type(e).__name__}: {e}", lab_root / "out", False
         outcome = outcome.replace(f"{lab_root}/", "")
-        rows.append({"defect": int(defect), "case": name, "outcome": outcome, "files_left": Lab.left(folder),
-                     "ok": bool(ok), "seconds": round(time.perf_counter() - start, 2)})
+        rows.append(
+            {
+                "defect": int(defect),
+                "case": name,
+                "outcome": outcome,
+                "files_left": Lab.left(folder),
+                "ok": bool(ok),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
     return rows
 
 

@@ -439,6 +439,9 @@ def _ddp_worker(rank: int, spec: dict) -> None:
         dist.destroy_process_group()
 
 
+DDP_TIMEOUT_S = 180
+
+
 def ddp(ctx: Context) -> dict:
     """A one-process DDP training smoke run through ``torch.multiprocessing`` (a child process, as torchrun's)."""
     import torch.multiprocessing as mp
@@ -454,8 +457,14 @@ def ddp(ctx: Context) -> dict:
             "steps": ctx.sizes["ddp_steps"],
             "out": os.path.join(tmp, "ddp.json"),
         }
-        # CUDA needs a fresh interpreter (spawn); on CPU a fork skips re-importing torch and medwidit
-        mp.start_processes(_ddp_worker, args=(spec,), nprocs=1, join=True, start_method="spawn" if ctx.cuda else "fork")
+        # a fresh interpreter (spawn): a fork of this threaded process deadlocked in the child on CPU
+        workers = mp.start_processes(_ddp_worker, args=(spec,), nprocs=1, join=False, start_method="spawn")
+        deadline = time.monotonic() + DDP_TIMEOUT_S
+        while not workers.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in workers.processes:
+                    process.kill()
+                raise TimeoutError(f"the DDP worker did not finish within {DDP_TIMEOUT_S} s")
         result = json.loads(Path(spec["out"]).read_text())
     if not all(math.isfinite(v) for v in result["losses"]):
         raise RuntimeError(f"DDP losses are not finite: {result['losses']}")

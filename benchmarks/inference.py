@@ -55,13 +55,27 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])  # a benchmark script, not library code
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=spec["hidden"], depth=spec["depth"],
-                num_heads=spec["heads"], window_size=spec["window"], patch_size=spec["patch"], learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=2,
+        cond_channels=1,
+        hidden_size=spec["hidden"],
+        depth=spec["depth"],
+        num_heads=spec["heads"],
+        window_size=spec["window"],
+        patch_size=spec["patch"],
+        learn_sigma=False,
+    )
     segmenter = DiffusionSegmenter(net.to(device), num_classes=2).eval()
     image = torch.randn(1, 1, *(spec["size"],) * 3, device=device)
     whole = spec["overlap"] is None
-    denoiser = SlidingWindowDenoiser(net, spec["roi"], overlap=spec["overlap"] or 0.5, sw_batch_size=spec["sw_batch"],
-                                     max_whole_voxels=10**12 if whole else 0)
+    denoiser = SlidingWindowDenoiser(
+        net,
+        spec["roi"],
+        overlap=spec["overlap"] or 0.5,
+        sw_batch_size=spec["sw_batch"],
+        max_whole_voxels=10**12 if whole else 0,
+    )
     with torch.no_grad():  # warm-up on a small input: lazy initialisation, not the measured volume's caches
         net(image.new_zeros(1, 2, 16, 16, 16), torch.zeros(1, device=device), conditioned=image[..., :16, :16, :16])
     if device.type == "cuda":
@@ -105,8 +119,10 @@ def run(spec: dict, timeout: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'size':>5} {'mode':>14} {'steps':>5} {'s/volume':>9} {'s/step':>8} {'x whole':>7} {'peak MB':>8} "
-            f"{'x whole':>7} {'windows':>7} {'voxel evals':>11} {'x whole':>7}")
+    head = (
+        f"{'size':>5} {'mode':>14} {'steps':>5} {'s/volume':>9} {'s/step':>8} {'x whole':>7} {'peak MB':>8} "
+        f"{'x whole':>7} {'windows':>7} {'voxel evals':>11} {'x whole':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         mode = "whole" if r["overlap"] is None else f"sliding {r['overlap']:.2f}"
@@ -140,8 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 1 is steadiest when shared")
     parser.add_argument("--timeout", type=float, default=400.0, help="seconds per configuration")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "inference.json")
-    parser.add_argument("--note", default="shared 2-core CPU machine with other jobs running: absolute numbers are "
-                        "noisy, compare the ratios (same run); CPU seconds of one thread")
+    parser.add_argument(
+        "--note",
+        default="shared 2-core CPU machine with other jobs running: absolute numbers are "
+        "noisy, compare the ratios (same run); CPU seconds of one thread",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser
 
@@ -151,8 +170,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    model = {k: getattr(args, k) for k in ("patch", "window", "hidden", "depth", "heads", "sw_batch", "amp",
-                                           "threads", "roi", "device")}
+    model = {
+        k: getattr(args, k)
+        for k in ("patch", "window", "hidden", "depth", "heads", "sw_batch", "amp", "threads", "roi", "device")
+    }
     rows, start = [], time.perf_counter()
     for size in args.sizes:
         steps = args.large_steps if size >= 192 else args.steps

@@ -50,8 +50,13 @@ def shift(image: np.ndarray, label: np.ndarray, seed: int) -> tuple[np.ndarray, 
     x = torch.from_numpy(image.astype(np.float32) / max(float(np.percentile(image, 99.5)), 1e-6))[None]
     y = torch.from_numpy(label.astype(np.float32))[None]
     pose = RandAffined(
-        ["image", "label"], prob=1.0, rotate_range=[np.deg2rad(10)] * 3, scale_range=[0.1] * 3,
-        translate_range=[5] * 3, mode=["bilinear", "nearest"], padding_mode="zeros",
+        ["image", "label"],
+        prob=1.0,
+        rotate_range=[np.deg2rad(10)] * 3,
+        scale_range=[0.1] * 3,
+        translate_range=[5] * 3,
+        mode=["bilinear", "nearest"],
+        padding_mode="zeros",
     )
     pose.set_random_state(seed)
     moved = pose({"image": x, "label": y})
@@ -73,8 +78,12 @@ def shift(image: np.ndarray, label: np.ndarray, seed: int) -> tuple[np.ndarray, 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", default=None,
-                        help="a medwidit checkpoint (repeat to compare; default: the bundle's models/model.pt)")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        help="a medwidit checkpoint (repeat to compare; default: the bundle's models/model.pt)",
+    )
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--data-list", type=Path, default=sources.REPO_DATA_LISTS / "brain_extraction.json")
     parser.add_argument("--dataset-dir", type=Path, default=None, help="the data cache (default: medwidit's)")
@@ -93,8 +102,11 @@ def main(argv=None) -> dict:
     base = args.dataset_dir or sources.default_cache_dir()
     cases = load_data_list(args.data_list, "validation", base_dir=base)
     checkpoints = args.checkpoint or [str(args.bundle / "models" / "model.pt")]
-    result = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "environment": environment(torch.device("cpu"), __file__), "checkpoints": {}}
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": environment(torch.device("cpu"), __file__),
+        "checkpoints": {},
+    }
     rows = []
     for checkpoint in checkpoints:
         predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
@@ -110,22 +122,40 @@ def main(argv=None) -> dict:
                 seg = predictor.segment(x, affine=image_file.affine, steps=args.steps, num_samples=args.samples)
                 scores = segmentation_metrics(np.asarray(seg.label_map), y, num_classes=k, spacing=spacing)
                 dice, hd95 = scores["dice"][1:], scores["hd95"][1:]  # foreground classes
-                per_case.append({"case": Path(case["image"]).name, "variant": name, "dice": dice, "hd95_mm": hd95,
-                                 "seconds": time.perf_counter() - start})
-                print(f"{Path(checkpoint).parent.name}/{Path(checkpoint).name} {name}: dice {np.mean(dice):.3f}",
-                      flush=True)
+                per_case.append(
+                    {
+                        "case": Path(case["image"]).name,
+                        "variant": name,
+                        "dice": dice,
+                        "hd95_mm": hd95,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+                print(
+                    f"{Path(checkpoint).parent.name}/{Path(checkpoint).name} {name}: dice {np.mean(dice):.3f}",
+                    flush=True,
+                )
         clean = [np.mean(r["dice"]) for r in per_case if r["variant"] == "clean"]
         shifted = [np.mean(r["dice"]) for r in per_case if r["variant"] != "clean"]
         shifted_hd95 = [np.mean(r["hd95_mm"]) for r in per_case if r["variant"] != "clean"]
-        summary = {"clean_mean_dice": float(np.mean(clean)), "shifted_mean_dice": float(np.mean(shifted)),
-                   "shifted_min_dice": float(np.min(shifted)), "shifted_std_dice": float(np.std(shifted)),
-                   "shifted_median_hd95_mm": float(np.median(shifted_hd95))}
+        summary = {
+            "clean_mean_dice": float(np.mean(clean)),
+            "shifted_mean_dice": float(np.mean(shifted)),
+            "shifted_min_dice": float(np.min(shifted)),
+            "shifted_std_dice": float(np.std(shifted)),
+            "shifted_median_hd95_mm": float(np.median(shifted_hd95)),
+        }
         result["checkpoints"][checkpoint] = {"summary": summary, "cases": per_case}
         rows.append((checkpoint, summary))
-    table = ["| checkpoint | clean Dice | shifted Dice (mean ± sd) | worst shifted | shifted HD95 median (mm) |",
-             "|---|---|---|---|---|"]
-    table += [f"| {c} | {s['clean_mean_dice']:.3f} | {s['shifted_mean_dice']:.3f} ± {s['shifted_std_dice']:.3f} | "
-              f"{s['shifted_min_dice']:.3f} | {s['shifted_median_hd95_mm']:.1f} |" for c, s in rows]
+    table = [
+        "| checkpoint | clean Dice | shifted Dice (mean ± sd) | worst shifted | shifted HD95 median (mm) |",
+        "|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {c} | {s['clean_mean_dice']:.3f} | {s['shifted_mean_dice']:.3f} ± {s['shifted_std_dice']:.3f} | "
+        f"{s['shifted_min_dice']:.3f} | {s['shifted_median_hd95_mm']:.1f} |"
+        for c, s in rows
+    ]
     return publish(result, "\n".join(table), args.output)
 
 

@@ -38,34 +38,61 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
     seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
     seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
-    seg.add_argument("--max-whole-voxels", type=_non_negative_int, metavar="N",
-                     help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
-                     "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)")
+    seg.add_argument(
+        "--max-whole-voxels",
+        type=_non_negative_int,
+        metavar="N",
+        help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
+        "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)",
+    )
     seg.add_argument("--sampler", help="sampler name (default: the model's, DDIM for DDPM-trained models)")
     seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
-    seg.add_argument("--guidance-scale", type=float, default=1.0,
-                     help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)")
+    seg.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)",
+    )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    seg.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                     help="network autocast on CUDA (default auto: bfloat16 where supported)")
+    seg.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="network autocast on CUDA (default auto: bfloat16 where supported)",
+    )
     seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
     seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
-    seg.add_argument("--save-figure", action="store_true",
-                     help="also write case_figure.png: three orthogonal slices, label overlay and uncertainty")
-    seg.add_argument("--modality-pattern", default=r"_(\d{4})", metavar="REGEX",
-                     help="what ends a modality file's name, one group the number (default '_(\\d{4})': nnU-Net's "
-                     "case_0000); 'none': every file is its own case. With a one-channel model, ID-like names "
-                     "(patient_0001, patient_0002) are separate cases either way")
-    seg.add_argument("--force-grid", action="store_true",
-                     help="segment even when resampling to the model's spacing makes more than 64x the voxels")
+    seg.add_argument(
+        "--save-figure",
+        action="store_true",
+        help="also write case_figure.png: three orthogonal slices, label overlay and uncertainty",
+    )
+    seg.add_argument(
+        "--modality-pattern",
+        default=r"_(\d{4})",
+        metavar="REGEX",
+        help="what ends a modality file's name, one group the number (default '_(\\d{4})': nnU-Net's "
+        "case_0000); 'none': every file is its own case. With a one-channel model, ID-like names "
+        "(patient_0001, patient_0002) are separate cases either way",
+    )
+    seg.add_argument(
+        "--force-grid",
+        action="store_true",
+        help="segment even when resampling to the model's spacing makes more than 64x the voxels",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    seg.add_argument("--continue", dest="resume", action="store_true",
-                     help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
-                     "an unfinished case's files)")
+    seg.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
+        "an unfinished case's files)",
+    )
     _common(seg)
     demo = commands.add_parser(
-        "demo", help="segment the shipped example scan with the shipped pretrained bundle (no data needed)",
+        "demo",
+        help="segment the shipped example scan with the shipped pretrained bundle (no data needed)",
         description="Segment the shipped example (Colin27 whole-head T1, 2 mm; held out from training) with the "
         "shipped bundle bundles/brain_widit_segmentation, as `medwidit segment --save-uncertainty --save-figure` "
         "does, and report the brain volume and the Dice against the example's reference mask.",
@@ -155,10 +182,17 @@ def _segment(args: argparse.Namespace) -> int:
 
     if not all(str(path).strip() for path in args.input):
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
-    check_sampling(steps=args.steps, num_samples=args.samples, overlap=args.overlap, eta=args.eta,
-                   guidance_scale=args.guidance_scale)  # before the model loads; the sampler name once it has
+    check_sampling(
+        steps=args.steps,
+        num_samples=args.samples,
+        overlap=args.overlap,
+        eta=args.eta,
+        guidance_scale=args.guidance_scale,
+    )  # before the model loads; the sampler name once it has
     options = {
-        "device": args.device, "precision": args.precision, "sw_batch_size": args.sw_batch_size,
+        "device": args.device,
+        "precision": args.precision,
+        "sw_batch_size": args.sw_batch_size,
         "max_whole_voxels": args.max_whole_voxels,
     }
     if args.roi_size:
@@ -168,17 +202,33 @@ def _segment(args: argparse.Namespace) -> int:
     else:
         predictor = Predictor.from_bundle(args.bundle, **options)
     results = predictor.predict_from_files(
-        args.input, args.output, overwrite=args.overwrite, resume=args.resume,
-        save_probabilities=args.save_probabilities, save_uncertainty=args.save_uncertainty,
-        save_figure=args.save_figure, progress=not args.quiet, steps=args.steps, num_samples=args.samples,
-        overlap=args.overlap, sampler=args.sampler, eta=args.eta, guidance_scale=args.guidance_scale, seed=args.seed,
+        args.input,
+        args.output,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        save_probabilities=args.save_probabilities,
+        save_uncertainty=args.save_uncertainty,
+        save_figure=args.save_figure,
+        progress=not args.quiet,
+        steps=args.steps,
+        num_samples=args.samples,
+        overlap=args.overlap,
+        sampler=args.sampler,
+        eta=args.eta,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
         modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
         force_grid=args.force_grid,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
-    logger.log(logging.WARNING if counts["failed"] else logging.INFO, "%s -> %s: %s", " ".join(args.input),
-               args.output, summary)
+    logger.log(
+        logging.WARNING if counts["failed"] else logging.INFO,
+        "%s -> %s: %s",
+        " ".join(args.input),
+        args.output,
+        summary,
+    )
     return EXIT_FAILED if counts["failed"] or not results else EXIT_OK
 
 
@@ -186,8 +236,13 @@ def _demo(args: argparse.Namespace) -> int:
     from medwidit.inference.demo import SHIPPED_BUNDLE, run_demo
 
     report = run_demo(
-        args.output, bundle=args.bundle or SHIPPED_BUNDLE, device=args.device, steps=args.steps,
-        num_samples=args.samples, overwrite=args.overwrite, progress=not args.quiet,
+        args.output,
+        bundle=args.bundle or SHIPPED_BUNDLE,
+        device=args.device,
+        steps=args.steps,
+        num_samples=args.samples,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(report)
     return EXIT_OK

@@ -30,8 +30,16 @@ def restore_logging():
 
 
 def _checkpoint(path, modalities=1):
-    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=modalities, hidden_size=32, depth=1, num_heads=2,
-                window_size=4, learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=2,
+        cond_channels=modalities,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
     extra = {"preprocessing": {"spacing": [1.5, 1.5, 1.5], "num_modalities": modalities}, "roi_size": [16, 16, 16]}
     save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
     return str(path)
@@ -158,8 +166,11 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
     assert main(["demo", "-o", str(out), "--quiet", "--device", "cpu", "--steps", "2", "--samples", "1"]) == 0
     report = capsys.readouterr().out
     names = visible(out)
-    assert names == ["colin27_head_2mm_image.nii.gz", "colin27_head_2mm_image_figure.png",
-                     "colin27_head_2mm_image_uncertainty.nii.gz"]
+    assert names == [
+        "colin27_head_2mm_image.nii.gz",
+        "colin27_head_2mm_image_figure.png",
+        "colin27_head_2mm_image_uncertainty.nii.gz",
+    ]
     dice = float(report.split("Dice")[1].split()[0])
     # a guard on the shipped weights and the whole path (checkpoint config, preprocessing, inversion), not a
     # measurement: the benchmark has 0.897 for 2 steps x 1 sample at 1 mm
@@ -173,6 +184,7 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
 
 def test_python_dash_m_is_the_cli():
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-m", "medwidit", "segment", "--help"], capture_output=True, text=True,
-                         cwd=root, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "medwidit", "segment", "--help"], capture_output=True, text=True, cwd=root, timeout=120
+    )
     assert run.returncode == 0 and "--save-uncertainty" in run.stdout and "case_0000.nii.gz" in run.stdout

@@ -126,8 +126,12 @@ def find_cases(
     if num_modalities == 1:  # ID-like numbers, not modalities: each file is a case named by its whole stem
         for key in [k for k, m in groups.items() if set(m) != {0} and all(len(p) == 1 for p in m.values())]:
             split = [path for (path,) in groups.pop(key).values()]
-            logger.warning("%s: %s are %d cases (the model takes one image channel; --modality-pattern to change).",
-                           key[0] / key[1], ", ".join(p.name for p in split), len(split))
+            logger.warning(
+                "%s: %s are %d cases (the model takes one image channel; --modality-pattern to change).",
+                key[0] / key[1],
+                ", ".join(p.name for p in split),
+                len(split),
+            )
             for path in split:
                 groups[(path.parent, _stem(path))] = {0: [path]}
     names = [name for _, name in groups]

@@ -43,8 +43,14 @@ def run_demo(
     case = example_case()
     predictor = Predictor.from_bundle(bundle, device=device)
     (result,) = predictor.predict_from_files(
-        case["image"], output_dir, overwrite=overwrite, save_uncertainty=True, save_figure=True, progress=progress,
-        steps=steps, num_samples=num_samples,
+        case["image"],
+        output_dir,
+        overwrite=overwrite,
+        save_uncertainty=True,
+        save_figure=True,
+        progress=progress,
+        steps=steps,
+        num_samples=num_samples,
     )
     if result.status != "done":
         raise InputError(f"the demo case failed: {result.message}")

@@ -70,8 +70,14 @@ def overlay_figure(
         aspect = spacing[kept[1]] / spacing[kept[0]]
         ax = fig.add_subplot(rows, 3, col + 1)
         ax.imshow(_plane(image, axis, centre[axis]), cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
-        ax.imshow(_plane(labels, axis, centre[axis]), cmap=cmap, vmin=0, vmax=cmap.N - 1, aspect=aspect,
-                  interpolation="nearest")
+        ax.imshow(
+            _plane(labels, axis, centre[axis]),
+            cmap=cmap,
+            vmin=0,
+            vmax=cmap.N - 1,
+            aspect=aspect,
+            interpolation="nearest",
+        )
         ax.set_title(f"{AXES[axis]} {centre[axis]}")
         ax.axis("off")
         if uncertainty is not None:
@@ -104,7 +110,9 @@ def save_overlay_figure(path: str | os.PathLike, *args, overwrite: bool = False,
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    fig = image_figure(*args, **kwargs) if isinstance(args[0], nib.spatialimages.SpatialImage) else overlay_figure(
-        *args, **kwargs
+    fig = (
+        image_figure(*args, **kwargs)
+        if isinstance(args[0], nib.spatialimages.SpatialImage)
+        else overlay_figure(*args, **kwargs)
     )
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite=overwrite)

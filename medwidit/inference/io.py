@@ -254,8 +254,10 @@ def read_input(
             f"{type(image).__name__}."
         )
     channels = [
-        read_image(i, spatial_dims=spatial_dims) if isinstance(i, (str, os.PathLike))
-        else read_nibabel(i, spatial_dims=spatial_dims) for i in items
+        read_image(i, spatial_dims=spatial_dims)
+        if isinstance(i, (str, os.PathLike))
+        else read_nibabel(i, spatial_dims=spatial_dims)
+        for i in items
     ]
     first = channels[0][1]
     name = first.path or "image"

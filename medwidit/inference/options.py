@@ -87,8 +87,9 @@ def progress_callback(progress, steps: int, description: str):
     return update
 
 
-def check_grid(shape: Sequence[int], affine, target_spacing: Sequence[float] | None, name: str, *,
-               force: bool = False) -> None:
+def check_grid(
+    shape: Sequence[int], affine, target_spacing: Sequence[float] | None, name: str, *, force: bool = False
+) -> None:
     """An InputError when resampling ``shape`` voxels of ``affine`` to ``target_spacing`` mm would leave fewer than
     ``MIN_GRID_SIZE`` voxels along an axis, or (unless ``force``) more than ``MAX_GRID_GROWTH`` times the voxels."""
     if target_spacing is None:
@@ -175,6 +176,8 @@ def checkpoint_problem(path: Path, error: Exception) -> str:
     refused = re.search(r"(Unsupported global: .*?)(?: This| Check|$)", text)
     if "Weights only load failed" in text:
         what = refused[1].rstrip(".") if refused else one_line(error)
-        return (f"refused: it holds Python objects, not only tensors ({what}); medwidit loads weights only, so "
-                "resave it with save_segmenter, and load others only from a source you trust")
+        return (
+            f"refused: it holds Python objects, not only tensors ({what}); medwidit loads weights only, so "
+            "resave it with save_segmenter, and load others only from a source you trust"
+        )
     return one_line(error)

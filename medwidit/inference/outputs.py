@@ -32,8 +32,20 @@ from medwidit.utils.files import commit
 
 from .io import OutputError, OutputImage, image_suffix, one_line, save_image
 
-__all__ = ["STATE_DIR", "CasePlan", "CaseWriter", "check_plan", "finish_interrupted", "image_files", "input_files",
-           "is_finished", "plan_case", "write_case", "write_image", "write_images"]
+__all__ = [
+    "STATE_DIR",
+    "CasePlan",
+    "CaseWriter",
+    "check_plan",
+    "finish_interrupted",
+    "image_files",
+    "input_files",
+    "is_finished",
+    "plan_case",
+    "write_case",
+    "write_image",
+    "write_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -288,10 +300,18 @@ def write_case(plan: CasePlan, writes: dict[Path, Callable[[Path], object]], *, 
             writer.commit()
     except BaseException:
         if writer.removed:
-            gone = f"; the earlier {', '.join(p.name for p in writer.replaced)} it replaced are gone" if (
-                writer.replaced) else ""
-            logger.error("%s: removed the %d output file(s) this run had committed (%s)%s.", plan.name,
-                         len(writer.removed), ", ".join(p.name for p in writer.removed), gone)
+            gone = (
+                f"; the earlier {', '.join(p.name for p in writer.replaced)} it replaced are gone"
+                if (writer.replaced)
+                else ""
+            )
+            logger.error(
+                "%s: removed the %d output file(s) this run had committed (%s)%s.",
+                plan.name,
+                len(writer.removed),
+                ", ".join(p.name for p in writer.removed),
+                gone,
+            )
         raise
 
 
@@ -320,7 +340,8 @@ def write_images(items: Sequence[OutputImage], *, overwrite: bool = False) -> li
     return [item.path for item in items]
 
 
-def write_image(array, geometry, path, kind: str = "labels", *, overwrite: bool = False,
-                max_label: int | None = None) -> Path:
+def write_image(
+    array, geometry, path, kind: str = "labels", *, overwrite: bool = False, max_label: int | None = None
+) -> Path:
     """Write one image atomically on ``geometry``; ``kind`` is labels (uint8/uint16), probabilities or uncertainty."""
     return write_images([OutputImage(array, geometry, Path(path), kind, max_label)], overwrite=overwrite)[0]

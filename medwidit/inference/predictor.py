@@ -214,9 +214,7 @@ class Predictor:
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``.
         """
-        array, geometry = read_input(
-            image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities
-        )
+        array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
         pre = Compose(preprocessing_transforms(self.preprocessing, load=False))
@@ -226,9 +224,18 @@ class Predictor:
         callback = progress_callback(progress, steps, Path(name).name)
         try:
             summary = sample_ensemble(
-                self.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=self.roi_size,
-                overlap=overlap, sw_batch_size=self.sw_batch_size, max_whole_voxels=self.max_whole_voxels,
-                wrap_model_fn=self._autocast, progress=callback, sampler=sampler, eta=eta,
+                self.segmenter,
+                condition,
+                steps=steps,
+                num_samples=num_samples,
+                roi_size=self.roi_size,
+                overlap=overlap,
+                sw_batch_size=self.sw_batch_size,
+                max_whole_voxels=self.max_whole_voxels,
+                wrap_model_fn=self._autocast,
+                progress=callback,
+                sampler=sampler,
+                eta=eta,
                 guidance_scale=guidance_scale,
                 generator=generator if generator is not None else torch.Generator().manual_seed(0),
             )
@@ -238,12 +245,14 @@ class Predictor:
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
         return Segmentation(
-            label_map=probability.argmax(0), probability=probability, entropy=entropy[0], geometry=geometry,
+            label_map=probability.argmax(0),
+            probability=probability,
+            entropy=entropy[0],
+            geometry=geometry,
             num_samples=num_samples,
         )
 
-    def check_options(self, *, steps=10, num_samples=4, overlap=0.5, sampler=None, eta=0.0,
-                      guidance_scale=1.0) -> None:
+    def check_options(self, *, steps=10, num_samples=4, overlap=0.5, sampler=None, eta=0.0, guidance_scale=1.0) -> None:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
@@ -272,7 +281,6 @@ class Predictor:
         probability = inverted["probability"].as_tensor().clamp_(0, 1)
         probability /= probability.sum(0, keepdim=True).clamp_min(1e-12)  # interpolation keeps sums, up to rounding
         return probability.numpy().astype(np.float32), inverted["entropy"].as_tensor().clamp_(min=0).numpy()
-
 
     ##################################################################################################################
     # files
@@ -309,27 +317,47 @@ class Predictor:
         Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
         ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
         """
-        options = {"steps": steps, "num_samples": num_samples, "overlap": overlap, "sampler": sampler, "eta": eta,
-                   "guidance_scale": guidance_scale}
+        options = {
+            "steps": steps,
+            "num_samples": num_samples,
+            "overlap": overlap,
+            "sampler": sampler,
+            "eta": eta,
+            "guidance_scale": guidance_scale,
+        }
         self.check_options(**options)
         check_int("seed", seed, low=0)
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * save_probabilities + ["uncertainty"] * save_uncertainty
         kinds += ["figure"] * save_figure
         cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
-        plans = {c.name: plan_case(output_dir, c.name, [c.output_path(output_dir, k) for k in kinds])
-                 for c in cases if c.problem is None}
+        plans = {
+            c.name: plan_case(output_dir, c.name, [c.output_path(output_dir, k) for k in kinds])
+            for c in cases
+            if c.problem is None
+        }
         check_plan(list(plans.values()), [f for c in cases for f in c.files])
         results: list[CaseResult] = []
         for case in cases:
             start = time.perf_counter()
             try:
-                result = self._predict_case(case, plans.get(case.name), kinds, overwrite, resume,
-                                            {**options, "progress": progress, "force_grid": force_grid}, seed)
+                result = self._predict_case(
+                    case,
+                    plans.get(case.name),
+                    kinds,
+                    overwrite,
+                    resume,
+                    {**options, "progress": progress, "force_grid": force_grid},
+                    seed,
+                )
             except KeyboardInterrupt:
                 done = sum(r.status == "done" for r in results)
-                logger.error("interrupted during case %s (what this run had written of it is removed); the %d case(s) "
-                             "finished before it are complete.", case.name, done)
+                logger.error(
+                    "interrupted during case %s (what this run had written of it is removed); the %d case(s) "
+                    "finished before it are complete.",
+                    case.name,
+                    done,
+                )
                 raise
             result.seconds = time.perf_counter() - start
             results.append(result)
@@ -348,10 +376,13 @@ class Predictor:
             case.check_modalities(self.num_modalities)
             existing = [path for path in plan.files if path.exists()]
             if existing and not overwrite:
-                hint = (" but the case is unfinished (no completion marker, or other outputs were asked for); pass "
-                        "--overwrite with --continue to redo it" if resume else
-                        "; pass overwrite=True (--overwrite) to replace it or resume=True (--continue) to skip "
-                        "finished cases")
+                hint = (
+                    " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
+                    "--overwrite with --continue to redo it"
+                    if resume
+                    else "; pass overwrite=True (--overwrite) to replace it or resume=True (--continue) to skip "
+                    "finished cases"
+                )
                 raise OutputError(f"{existing[0]}: already exists{hint}.")
             result = self.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
             self._write_case(case, plan, kinds, result, overwrite)
@@ -382,12 +413,14 @@ class Predictor:
     @staticmethod
     def _figure(case: Case, result: Segmentation, staged: Path) -> None:
         image, geometry = read_image(case.files[0])
-        save_overlay_figure(staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty,
-                            title=case.name)
+        save_overlay_figure(
+            staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty, title=case.name
+        )
 
 
-def segment(image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, seed: int | None = None,
-            **options) -> Segmentation:
+def segment(
+    image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, seed: int | None = None, **options
+) -> Segmentation:
     """One-call segmentation for notebooks: ``segment("scan.nii.gz", checkpoint="model.pt", steps=10, seed=1)``; the
     same path as ``medwidit segment`` (``Predictor.from_checkpoint`` or ``from_bundle``, then ``Predictor.segment``);
     ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``)."""
@@ -397,7 +430,9 @@ def segment(image, *, checkpoint=None, bundle=None, device: str = "auto", affine
         raise ValueError("give seed= or generator=, not both.")
     if seed is not None:
         options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
-    predictor = Predictor.from_checkpoint(checkpoint, device=device) if bundle is None else Predictor.from_bundle(
-        bundle, device=device
+    predictor = (
+        Predictor.from_checkpoint(checkpoint, device=device)
+        if bundle is None
+        else Predictor.from_bundle(bundle, device=device)
     )
     return predictor.segment(image, affine=affine, **options)

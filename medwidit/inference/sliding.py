@@ -220,8 +220,10 @@ class SlidingWindowDenoiser:
         def predict(windows: torch.Tensor, coordinates) -> torch.Tensor:
             roi = windows.shape[2:]
             valid = [  # per window: the part inside the volume, rounded up to the patch
-                tuple(min(math.ceil((min(c.stop, s) - c.start) / p) * p, r)
-                      for c, s, p, r in zip(coord[2:], spatial, patch, roi, strict=True))
+                tuple(
+                    min(math.ceil((min(c.stop, s) - c.start) / p) * p, r)
+                    for c, s, p, r in zip(coord[2:], spatial, patch, roi, strict=True)
+                )
                 for coord in coordinates
             ]
             outs: list[torch.Tensor | None] = [None] * len(valid)
@@ -257,16 +259,25 @@ class SlidingWindowDenoiser:
             roi = self._roi_tuple(spatial_dims)
             overlaps, aligns = [], []
             for r, o, p, a in zip(
-                roi, ensure_tuple_rep(self.overlap, spatial_dims), ensure_tuple_rep(self.patch_size, spatial_dims),
-                ensure_tuple_rep(self.align, spatial_dims), strict=True,
+                roi,
+                ensure_tuple_rep(self.overlap, spatial_dims),
+                ensure_tuple_rep(self.patch_size, spatial_dims),
+                ensure_tuple_rep(self.align, spatial_dims),
+                strict=True,
             ):
                 a = a if r * (1 - o) >= a else p if r * (1 - o) >= p else 1
                 interval = max(a, int(r * (1 - o)) // a * a)  # window step, a multiple of the alignment
                 overlaps.append(0.0 if interval >= r else 1 - (interval + 0.5) / r)  # MONAI: int(r * (1 - overlap))
                 aligns.append(a)
             inferer = SlidingWindowInferer(
-                roi_size=roi, sw_batch_size=self.sw_batch_size, overlap=overlaps, mode=self.mode,
-                sigma_scale=self.sigma_scale, sw_device=self.sw_device, device=self.device, with_coord=True,
+                roi_size=roi,
+                sw_batch_size=self.sw_batch_size,
+                overlap=overlaps,
+                mode=self.mode,
+                sigma_scale=self.sigma_scale,
+                sw_device=self.sw_device,
+                device=self.device,
+                with_coord=True,
             )
             if self.mode == BlendMode.GAUSSIAN.value:  # our own map, without MONAI's 1e-3 clamp
                 inferer.roi_weight_map = gaussian_weight_map(roi, self.sigma_scale).to(self.sw_device or "cpu")
@@ -314,8 +325,15 @@ def sample_ensemble(
     )
     logger.debug("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
     samples = segmenter.sample(  # (S, B, K, *S')
-        image, steps=steps, num_samples=num_samples, generator=generator, progress=progress, sampler=sampler, eta=eta,
-        guidance_scale=guidance_scale, model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
+        image,
+        steps=steps,
+        num_samples=num_samples,
+        generator=generator,
+        progress=progress,
+        sampler=sampler,
+        eta=eta,
+        guidance_scale=guidance_scale,
+        model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
     )
     probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
     summary = summarize_ensemble(probabilities)

@@ -131,8 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"roi_size must have 2 or 3 positive sizes, got {roi_size}.")
         check_int("batch_size", batch_size)
         check_int("num_crops", num_crops)
-        probabilities = {"flip_prob": flip_prob, "rotate_prob": rotate_prob, "zoom_prob": zoom_prob,
-                         "intensity_prob": intensity_prob}
+        probabilities = {
+            "flip_prob": flip_prob,
+            "rotate_prob": rotate_prob,
+            "zoom_prob": zoom_prob,
+            "intensity_prob": intensity_prob,
+        }
         for name, value in probabilities.items():
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
@@ -177,8 +181,16 @@ class SegmentationDataModule(L.LightningDataModule):
             out.append(RandRotated(KEYS, prob=self.rotate_prob, mode=("bilinear", "nearest"), **ranges))
         if self.zoom_prob > 0:  # head and brain sizes differ between people
             image_mode = "trilinear" if spatial_dims == 3 else "bilinear"
-            out.append(RandZoomd(KEYS, prob=self.zoom_prob, min_zoom=0.85, max_zoom=1.15, mode=(image_mode, "nearest"),
-                                 keep_size=True))
+            out.append(
+                RandZoomd(
+                    KEYS,
+                    prob=self.zoom_prob,
+                    min_zoom=0.85,
+                    max_zoom=1.15,
+                    mode=(image_mode, "nearest"),
+                    keep_size=True,
+                )
+            )
         if self.intensity_prob > 0:  # scanner differences: gain, offset, contrast curve, coil bias field, noise
             out.append(RandScaleIntensityd("image", factors=0.1, prob=self.intensity_prob))
             out.append(RandShiftIntensityd("image", offsets=0.1, prob=self.intensity_prob))
@@ -188,8 +200,11 @@ class SegmentationDataModule(L.LightningDataModule):
             out.append(RandBiasFieldd("image", coeff_range=(0.0, 0.2), prob=self.intensity_prob))
             out.append(RandGaussianNoised("image", std=0.1, prob=self.intensity_prob))
             # templates are smooth averages, scans are sharper or blurrier than them
-            out.append(RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0),
-                                           prob=self.intensity_prob / 2))
+            out.append(
+                RandGaussianSmoothd(
+                    "image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=self.intensity_prob / 2
+                )
+            )
             out.append(RandGaussianSharpend("image", prob=self.intensity_prob / 2))
         return out
 
@@ -199,16 +214,25 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.foreground_margin is not None:
             crop.append(
                 CropForegroundd(
-                    KEYS, source_key="image", select_fn=INTENSITY_MODES[self.preprocessing["intensity"]].foreground,
+                    KEYS,
+                    source_key="image",
+                    select_fn=INTENSITY_MODES[self.preprocessing["intensity"]].foreground,
                     margin=int(self.foreground_margin),
-                    allow_smaller=True, start_coord_key=None, end_coord_key=None,
+                    allow_smaller=True,
+                    start_coord_key=None,
+                    end_coord_key=None,
                 )
             )
         crop += [
             SpatialPadd(KEYS, spatial_size=self.roi_size),
             RandCropByPosNegLabeld(
-                KEYS, label_key="label", spatial_size=self.roi_size, pos=self.pos, neg=self.neg,
-                num_samples=self.num_crops, image_key=None,  # negatives anywhere: z-scores go below 0
+                KEYS,
+                label_key="label",
+                spatial_size=self.roi_size,
+                pos=self.pos,
+                neg=self.neg,
+                num_samples=self.num_crops,
+                image_key=None,  # negatives anywhere: z-scores go below 0
             ),
         ]
         return Compose([*self._deterministic(), *crop, *self._augmentation(), *self._finish()])
@@ -271,8 +295,12 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            self.train_dataset, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=False,
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
         )
 
     def val_dataloader(self) -> DataLoader:

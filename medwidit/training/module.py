@@ -148,10 +148,16 @@ class DiffusionSegmentationModule(L.LightningModule):
         self.validation_sampler = validation_sampler
         self.save_hyperparameters(
             {
-                "lr": float(lr), "weight_decay": float(weight_decay), "betas": [float(b) for b in betas],
-                "warmup_steps": int(warmup_steps), "min_lr_ratio": float(min_lr_ratio),
-                "ema_decay": None if not ema_decay else float(ema_decay), "ema_start_step": int(ema_start_step),
-                "val_seed": int(val_seed), "class_names": class_names, "log_images": int(log_images),
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "betas": [float(b) for b in betas],
+                "warmup_steps": int(warmup_steps),
+                "min_lr_ratio": float(min_lr_ratio),
+                "ema_decay": None if not ema_decay else float(ema_decay),
+                "ema_start_step": int(ema_start_step),
+                "val_seed": int(val_seed),
+                "class_names": class_names,
+                "log_images": int(log_images),
                 "preprocessing": preprocessing,
                 "model_config": {"net": dict(getattr(segmenter.net, "config", {})), "segmenter": segmenter.config},
             }
@@ -177,7 +183,10 @@ class DiffusionSegmentationModule(L.LightningModule):
         losses = self.segmenter.loss(image, label)
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
-            on_step=True, on_epoch=True, batch_size=image.shape[0], sync_dist=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=image.shape[0],
+            sync_dist=True,
         )
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return losses["loss"]
@@ -219,8 +228,14 @@ class DiffusionSegmentationModule(L.LightningModule):
         self.dice(y_pred=prediction, y=label)
         if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:
             log_validation_images(
-                self.logger, self.global_step, image, label, prediction, summary.get("entropy"),
-                num_classes=self.num_classes, prefix="val" if self.hparams.log_images == 1 else f"val/{batch_idx}",
+                self.logger,
+                self.global_step,
+                image,
+                label,
+                prediction,
+                summary.get("entropy"),
+                num_classes=self.num_classes,
+                prefix="val" if self.hparams.log_images == 1 else f"val/{batch_idx}",
             )
 
     def on_validation_epoch_end(self) -> None:

@@ -18,8 +18,12 @@ def restore_logging():
 
 def test_in_process_fault_cases_hold_and_make_a_table(tmp_path):
     faults = load_benchmark("faults")
-    quick = [entry for entry in faults.CATALOGUE if entry[1] in (
-        "cases x and x_uncertainty collide", "an empty folder among the inputs", "empty checkpoint", '-i ""')]
+    quick = [
+        entry
+        for entry in faults.CATALOGUE
+        if entry[1]
+        in ("cases x and x_uncertainty collide", "an empty folder among the inputs", "empty checkpoint", '-i ""')
+    ]
     assert len(quick) == 4
     faults.CATALOGUE[:] = quick  # the module's own list: this test's copy of the module only
     rows = faults.run_catalogue(tmp_path)

@@ -19,8 +19,16 @@ NUM_CLASSES = json.loads((CONFIGS / "train.json").read_text())["num_classes"]  #
 # a network small enough for a 2-core CPU: 32^3 files resampled to 2 mm -> 16^3 volumes, 16^3 crops and windows
 TINY_NET = {"hidden_size": 32, "depth": 1, "num_heads": 2, "val_steps": 2}
 TINY_TRAIN = {
-    **TINY_NET, "roi_size": [16, 16, 16], "val_samples": 2, "epochs": 1, "val_interval": 1, "batch_size": 1,
-    "crops_per_volume": 1, "num_workers": 0, "warmup_steps": 1, "cache": "none",
+    **TINY_NET,
+    "roi_size": [16, 16, 16],
+    "val_samples": 2,
+    "epochs": 1,
+    "val_interval": 1,
+    "batch_size": 1,
+    "crops_per_volume": 1,
+    "num_workers": 0,
+    "warmup_steps": 1,
+    "cache": "none",
 }
 TINY_INFER = {"roi_size": [16, 16, 16], "steps": 2, "num_samples": 2, "device": "cpu"}
 

@@ -28,7 +28,11 @@ SCHEMA = BUNDLE / "docs" / "metadata_schema.json"
 
 def _workflow(files, workflow_type, run_id="run", **overrides):
     workflow = ConfigWorkflow(
-        config_file=files, meta_file=META, logging_file=LOGGING, workflow_type=workflow_type, run_id=run_id,
+        config_file=files,
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        run_id=run_id,
         **overrides,
     )
     workflow.initialize()
@@ -119,8 +123,12 @@ def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
 
 def test_inference_without_a_trained_model_says_so(tmp_path):
     workflow = ConfigWorkflow(
-        config_file=config("inference"), meta_file=META, logging_file=LOGGING, workflow_type="infer",
-        ckpt_path=str(tmp_path / "models" / "model.pt"), device="cpu",
+        config_file=config("inference"),
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type="infer",
+        ckpt_path=str(tmp_path / "models" / "model.pt"),
+        device="cpu",
     )
     workflow.initialize()
     with pytest.raises(RuntimeError) as error:
@@ -134,9 +142,16 @@ def test_checkpoint_export(trained, tmp_path):
     fixed input shape and step count; the denoiser network itself exports exactly with torch.export."""
     exported = tmp_path / "model.ts"
     ckpt_export(
-        net_id="network_def", filepath=str(exported), ckpt_file=str(trained["model"]), meta_file=META,
-        config_file=config("train"), key_in_ckpt="state_dict", use_trace=True, input_shape=[1, 1, 16, 16, 16],
-        converter_kwargs={"check_trace": False}, **TINY_NET,  # the documented command (the check fails at depth 4)
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(trained["model"]),
+        meta_file=META,
+        config_file=config("train"),
+        key_in_ckpt="state_dict",
+        use_trace=True,
+        input_shape=[1, 1, 16, 16, 16],
+        converter_kwargs={"check_trace": False},
+        **TINY_NET,  # the documented command (the check fails at depth 4)
     )
     extra = {"metadata.json": "", "train.json": ""}
     module = torch.jit.load(str(exported), _extra_files=extra)

@@ -22,8 +22,22 @@ def test_torchrun_ddp_on_two_processes(tmp_path):
     args += ["--train#trainer#enable_progress_bar=False"]
     files = f"['{config('train')}','{config('multi_gpu_train')}']"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run", "training", "--config_file", files, "--meta_file", META, "--logging_file", LOGGING,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        files,
+        "--meta_file",
+        META,
+        "--logging_file",
+        LOGGING,
         *args,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}

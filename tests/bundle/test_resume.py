@@ -68,9 +68,15 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
 
     steps = Steps()
     workflow = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.json"), workflow_type="train", run_id="training",
-        bundle_root=str(bundle), dataset_dir=str(tmp_path / "data"), data_list=str(data_list), resume="last",
-        extra_callbacks=[steps], **settings,
+        config_file=str(bundle / "configs" / "train.json"),
+        workflow_type="train",
+        run_id="training",
+        bundle_root=str(bundle),
+        dataset_dir=str(tmp_path / "data"),
+        data_list=str(data_list),
+        resume="last",
+        extra_callbacks=[steps],
+        **settings,
     )
     workflow.initialize()
     workflow.run()

@@ -124,8 +124,9 @@ def test_histogram_mode_equalises_each_modality_on_its_own():
     rng = np.random.default_rng(1)
     dark = rng.gamma(3.0, 1.0, size=(16, 16, 16)).astype(np.float32)
     bright = 1000.0 * rng.gamma(2.0, 1.0, size=(16, 16, 16)).astype(np.float32)
-    pre = Compose(preprocessing_transforms({"intensity": "histogram", "orientation": None, "num_modalities": 2},
-                                           load=False))
+    pre = Compose(
+        preprocessing_transforms({"intensity": "histogram", "orientation": None, "num_modalities": 2}, load=False)
+    )
     both = pre({"image": MetaTensor(torch.from_numpy(np.stack([dark, bright])), affine=torch.eye(4))})["image"]
     alone = pre({"image": MetaTensor(torch.from_numpy(dark)[None], affine=torch.eye(4))})["image"]
     assert isinstance(both, MetaTensor) and both.shape == (2, 16, 16, 16) and both.dtype == torch.float32

@@ -345,6 +345,9 @@ def test_the_old_module_name_keeps_example_case_and_names_the_new_command():
     run = subprocess.run([sys.executable, "-m", "medwidit.data.sources", "build", "--cache", "x"], capture_output=True,
                          text=True, check=False)  # fmt: skip
     assert run.returncode == 1 and "python -m medwidit.datasets.brain build --cache x" in run.stderr
-    assert "usage: python -m medwidit.datasets.brain" in subprocess.run(
-        [sys.executable, "-m", "medwidit.datasets.brain", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    assert (
+        "usage: python -m medwidit.datasets.brain"
+        in subprocess.run(
+            [sys.executable, "-m", "medwidit.datasets.brain", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+    )

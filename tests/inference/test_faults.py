@@ -39,8 +39,16 @@ def restore_logging():
 
 
 def tiny_checkpoint(path, spacing=(1.5, 1.5, 1.5)):
-    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=4,
-                learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=2,
+        cond_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in net.parameters():  # random, so that different seeds give different maps
@@ -76,8 +84,9 @@ def setup(tmp_path):
 
 def run_cli(args, env_extra=None, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 ######################################################################################################################
@@ -107,8 +116,20 @@ def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
     tmp_path, inputs, predictor = setup
     out, barrier = tmp_path / "out", tmp_path / "barrier"
     barrier.mkdir()
-    base = ["-c", BOTH_WRITING_BEFORE_EITHER_COMMITS, str(barrier), "segment", "-i", str(inputs), "-o", str(out),
-            "--checkpoint", str(tmp_path / "model.pt"), "--save-uncertainty", *CLI_FAST]
+    base = [
+        "-c",
+        BOTH_WRITING_BEFORE_EITHER_COMMITS,
+        str(barrier),
+        "segment",
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "model.pt"),
+        "--save-uncertainty",
+        *CLI_FAST,
+    ]
     runs = [run_cli([*base, "--seed", str(seed)]) for seed in (1, 2)]
     codes = [run.wait(timeout=300) for run in runs]
     errors = [run.stderr.read() for run in runs]
@@ -150,8 +171,9 @@ def test_the_commit_refuses_what_another_writer_committed_first(tmp_path):
 ######################################################################################################################
 
 
-@pytest.mark.parametrize(("suffix", "data", "line"), [(".mhd", ".zraw", "ElementDataFile = "), (".nhdr", ".raw.gz",
-                                                                                                 "data file: ")])
+@pytest.mark.parametrize(
+    ("suffix", "data", "line"), [(".mhd", ".zraw", "ElementDataFile = "), (".nhdr", ".raw.gz", "data file: ")]
+)
 def test_header_formats_point_at_their_final_data_file(setup, suffix, data, line):
     tmp_path, inputs, predictor = setup
     save_itk(inputs / f"head{suffix}", np.random.default_rng(1).random((12, 10, 8)).astype(np.float32))
@@ -187,8 +209,17 @@ sys.exit(main(sys.argv[1:]))
 def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     tmp_path, inputs, predictor = setup
     out = tmp_path / "out"
-    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
-            "--save-uncertainty", *CLI_FAST]
+    args = [
+        "segment",
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "model.pt"),
+        "--save-uncertainty",
+        *CLI_FAST,
+    ]
     run = run_cli(["-c", KILL_AFTER_FIRST_COMMIT, *args])
     assert run.wait(timeout=300) == -9, run.stderr.read()
     assert visible(out) == ["scan.nii.gz"]  # one file committed, no marker: the case is unfinished
@@ -241,8 +272,20 @@ def test_sigint_between_commits_leaves_nothing_and_says_so(setup, monkeypatch, c
     tmp_path, inputs, _ = setup
     out = tmp_path / "out"
     calls = _interrupt_second_commit(monkeypatch, KeyboardInterrupt())
-    code = main(["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
-                 "--save-uncertainty", "--save-figure", *CLI_FAST])
+    code = main(
+        [
+            "segment",
+            "-i",
+            str(inputs),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "model.pt"),
+            "--save-uncertainty",
+            "--save-figure",
+            *CLI_FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 130 and len(calls) == 2
     assert visible(out) == [] and hidden_leftovers(out) == []  # what the message says below is true
@@ -259,8 +302,7 @@ def test_a_full_disk_while_the_figure_is_written_leaves_no_part_of_the_case(setu
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
-    results = predictor.predict_from_files(inputs, out, save_uncertainty=True, save_figure=True, progress=False,
-                                           **FAST)
+    results = predictor.predict_from_files(inputs, out, save_uncertainty=True, save_figure=True, progress=False, **FAST)
     assert [r.status for r in results] == ["failed", "failed"]
     assert results[1].message == f"{out / 'scan_figure.png'}: cannot write (No space left on device)."
     assert visible(out) == [] and hidden_leftovers(out) == []
@@ -273,8 +315,10 @@ def test_overwrite_with_continue_redoes_unfinished_and_skips_finished(setup):
     predictor.predict_from_files(inputs / "other.nii.gz", out, progress=False, **FAST)
     (out / "scan.nii.gz").write_bytes(b"left by an older run, no marker")
     marker = (out / ".medwidit" / "other.json").stat().st_mtime_ns
-    results = {r.name: r.status for r in predictor.predict_from_files(
-        inputs, out, overwrite=True, resume=True, progress=False, **FAST)}
+    results = {
+        r.name: r.status
+        for r in predictor.predict_from_files(inputs, out, overwrite=True, resume=True, progress=False, **FAST)
+    }
     assert results == {"other": "skipped", "scan": "done"}
     assert (out / ".medwidit" / "other.json").stat().st_mtime_ns == marker
     assert nib.load(out / "scan.nii.gz").shape == (12, 10, 8)
@@ -293,8 +337,14 @@ def test_an_output_that_is_another_cases_input_stops_the_run_before_anything(set
     nifti(inputs / "scan_uncertainty.nii.gz", seed=5)  # case "scan" writes its uncertainty map here: an input
     before = (inputs / "scan_uncertainty.nii.gz").read_bytes()
     with pytest.raises(OutputError, match="scan_uncertainty.nii.gz: this output of case 'scan' is also the input"):
-        predictor.predict_from_files([source / "scan.nii.gz", inputs / "scan_uncertainty.nii.gz"], inputs,
-                                     overwrite=True, save_uncertainty=True, progress=False, **FAST)
+        predictor.predict_from_files(
+            [source / "scan.nii.gz", inputs / "scan_uncertainty.nii.gz"],
+            inputs,
+            overwrite=True,
+            save_uncertainty=True,
+            progress=False,
+            **FAST,
+        )
     assert (inputs / "scan_uncertainty.nii.gz").read_bytes() == before
 
 
@@ -302,8 +352,10 @@ def test_two_cases_whose_outputs_collide_are_an_error_before_the_first_runs(setu
     tmp_path, inputs, predictor = setup
     nifti(inputs / "scan_uncertainty.nii.gz", seed=5)  # case "scan_uncertainty" and case "scan"'s uncertainty map
     out = tmp_path / "out"
-    with pytest.raises(OutputError, match="scan_uncertainty.nii.gz: this output of case 'scan_uncertainty' is also an "
-                                          "output of case 'scan'"):
+    with pytest.raises(
+        OutputError,
+        match="scan_uncertainty.nii.gz: this output of case 'scan_uncertainty' is also an output of case 'scan'",
+    ):
         predictor.predict_from_files(inputs, out, save_uncertainty=True, progress=False, **FAST)
     assert visible(out) == []
 
@@ -330,8 +382,9 @@ def test_id_like_names_are_single_cases_for_a_one_channel_model(setup, caplog):
     results = predictor.predict_from_files(ids, tmp_path / "out", progress=False, **FAST)
     assert [(r.name, r.status) for r in results] == [(f"patient_{i:04d}", "done") for i in (1, 2, 3)]
     assert "patient_0001.nii.gz, patient_0002.nii.gz, patient_0003.nii.gz are 3 cases" in caplog.text
-    (one,) = predictor.predict_from_files(inputs / "scan.nii.gz", tmp_path / "x", modality_pattern=None,
-                                          progress=False, **FAST)
+    (one,) = predictor.predict_from_files(
+        inputs / "scan.nii.gz", tmp_path / "x", modality_pattern=None, progress=False, **FAST
+    )
     assert one.outputs == [tmp_path / "x" / "scan.nii.gz"]
     with pytest.raises(ValueError, match="exactly one group"):
         predictor.predict_from_files(ids, tmp_path / "y", modality_pattern="_\\d{4}", progress=False, **FAST)
@@ -343,8 +396,7 @@ def test_id_like_names_are_single_cases_for_a_one_channel_model(setup, caplog):
 
 
 def test_a_grid_that_resampling_collapses_or_explodes_is_refused(tmp_path):
-    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0)),
-                                          device="cpu")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0)), device="cpu")
     tiny = nifti(tmp_path / "tiny.nii.gz", affine=np.diag([0.01, 0.01, 0.01, 1.0]))
     with pytest.raises(InputError, match=r"tiny.nii.gz: resampling .* leaves 0 voxel\(s\) along an axis, too small"):
         predictor.segment(tiny, **FAST)
@@ -374,8 +426,9 @@ def test_results_do_not_depend_on_the_window_batch_size(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0))
     volume = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
     maps = [
-        Predictor.from_checkpoint(checkpoint, device="cpu", sw_batch_size=batch).segment(
-            volume, affine=np.eye(4), steps=2, num_samples=2).probability
+        Predictor.from_checkpoint(checkpoint, device="cpu", sw_batch_size=batch)
+        .segment(volume, affine=np.eye(4), steps=2, num_samples=2)
+        .probability
         for batch in (1, 4)
     ]
     np.testing.assert_array_equal(maps[0], maps[1])

@@ -162,7 +162,8 @@ def test_header_formats_are_written_with_their_final_data_file_name(tmp_path, rn
     write_image(rng.random((4, 5, 6)) > 0.5, geometry, out / f"y{suffix}")
     assert sorted(p.name for p in out.iterdir()) == sorted([f"y{suffix}", f"y{data}"])  # no temporaries left
     assert f"y{data}" in (out / f"y{suffix}").read_text(errors="replace") and "partial" not in (
-        out / f"y{suffix}").read_text(errors="replace")
+        out / f"y{suffix}"
+    ).read_text(errors="replace")
     with pytest.raises(OutputError, match=f"y{data}: already exists"):  # its data file counts as an output too
         write_image(np.zeros((4, 5, 6)), geometry, out / f"y{suffix}")
     assert read_image(out / f"y{suffix}")[0].shape == (4, 5, 6)
@@ -172,5 +173,9 @@ def test_write_images_refuses_two_folders(tmp_path):
     geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     (tmp_path / "a").mkdir()
     with pytest.raises(ValueError, match="one folder"):
-        write_images([Out(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "y.nii.gz"),
-                      Out(np.ones((4, 4, 4)), geometry, tmp_path / "z.nii.gz")])
+        write_images(
+            [
+                Out(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "y.nii.gz"),
+                Out(np.ones((4, 4, 4)), geometry, tmp_path / "z.nii.gz"),
+            ]
+        )

@@ -33,8 +33,16 @@ def restore_logging():
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=4,
-                learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=2,
+        cond_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in net.parameters():
@@ -127,11 +135,14 @@ def test_the_weights_only_refusal_names_the_object_and_the_caveat(tmp_path):
     assert "NotATensor" in message and "source you trust" in message, message
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"roi_size": "64"}, r"inference.json: roi_size must be an int >= 1, got '64'"),
-    ({"sw_batch_size": 0}, r"inference.json: sw_batch_size must be an int >= 1, got 0"),
-    ([1, 2], r"inference.json: a bundle config must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"roi_size": "64"}, r"inference.json: roi_size must be an int >= 1, got '64'"),
+        ({"sw_batch_size": 0}, r"inference.json: sw_batch_size must be an int >= 1, got 0"),
+        ([1, 2], r"inference.json: a bundle config must be a JSON object"),
+    ],
+)
 def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, message):
     bundle = tmp_path / "bundle"
     (bundle / "models").mkdir(parents=True)
@@ -147,19 +158,34 @@ def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, messag
 ######################################################################################################################
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    (["--overlap", "1.5"], r"overlap must be in \[0.0, 1.0\), got 1.5"),
-    (["--sampler", "ddmi"], "ddmi"),
-    (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
-    (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
-])
-def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint, capsys, monkeypatch, option,
-                                                            message):
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--overlap", "1.5"], r"overlap must be in \[0.0, 1.0\), got 1.5"),
+        (["--sampler", "ddmi"], "ddmi"),
+        (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
+        (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
+    ],
+)
+def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint, capsys, monkeypatch, option, message):
     for name in ("a", "b"):
         nifti(tmp_path / f"{name}.nii.gz")
     monkeypatch.setattr(predictor_module, "read_input", lambda *a, **k: pytest.fail("a case was read"))
-    code = main(["segment", "-i", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"), "-o", str(tmp_path / "out"),
-                 "--checkpoint", str(checkpoint), "--quiet", *CLI_FAST, *option])
+    code = main(
+        [
+            "segment",
+            "-i",
+            str(tmp_path / "a.nii.gz"),
+            str(tmp_path / "b.nii.gz"),
+            "-o",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(checkpoint),
+            "--quiet",
+            *CLI_FAST,
+            *option,
+        ]
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 1 and len(errors) == 1 and re.search(message, errors[0]), errors
 
@@ -182,8 +208,26 @@ def test_an_error_line_never_lands_on_the_progress_bar_line(tmp_path, checkpoint
         raise RuntimeError("the network broke")
 
     monkeypatch.setattr(predictor_module, "sample_ensemble", fails_mid_sampling)
-    assert main(["segment", "-i", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out"), "--checkpoint",
-                 str(checkpoint), "--steps", "4", "--samples", "1", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "segment",
+                "-i",
+                str(tmp_path / "a.nii.gz"),
+                "-o",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(checkpoint),
+                "--steps",
+                "4",
+                "--samples",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "the network broke" in err
     assert not re.search(r"[^\r\n]medwidit: ", err), repr(err)  # every line of ours starts a (cleared) line
@@ -199,7 +243,8 @@ def test_segment_takes_a_seed(tmp_path, checkpoint):
     one = medwidit.segment(path, checkpoint=checkpoint, device="cpu", seed=1, steps=2, num_samples=2)
     two = medwidit.segment(path, checkpoint=checkpoint, device="cpu", seed=2, steps=2, num_samples=2)
     again = Predictor.from_checkpoint(checkpoint, device="cpu").segment(
-        path, generator=torch.Generator().manual_seed(1), steps=2, num_samples=2)
+        path, generator=torch.Generator().manual_seed(1), steps=2, num_samples=2
+    )
     np.testing.assert_array_equal(one.probability, again.probability)
     assert not np.array_equal(one.probability, two.probability)
     with pytest.raises(ValueError, match="seed= or generator="):
@@ -221,6 +266,24 @@ def test_sampler_options_reach_the_sampler_and_defaults_are_unchanged(tmp_path, 
         return sample(self, *args, **kwargs)
 
     monkeypatch.setattr(DiffusionSegmenter, "sample", spy)
-    assert main(["segment", "-i", str(path), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--quiet",
-                 *CLI_FAST, "--sampler", "ddpm", "--guidance-scale", "1.5"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "-i",
+                str(path),
+                "-o",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(checkpoint),
+                "--quiet",
+                *CLI_FAST,
+                "--sampler",
+                "ddpm",
+                "--guidance-scale",
+                "1.5",
+            ]
+        )
+        == 0
+    )
     assert seen == [{"sampler": "ddpm", "eta": 0.0, "guidance_scale": 1.5}]

@@ -20,8 +20,16 @@ FAST = {"steps": 2, "num_samples": 2}
 
 
 def tiny_segmenter(modalities=1, classes=3, scale=0.05):
-    net = WiDiT(spatial_dim=3, in_channels=classes, cond_channels=modalities, hidden_size=32, depth=1, num_heads=2,
-                window_size=4, learn_sigma=False)
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=classes,
+        cond_channels=modalities,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in net.parameters():  # random everywhere, so that the maps are not the adaLN-Zero constant
@@ -81,8 +89,11 @@ def test_oracle_labels_survive_reorientation_resampling_and_inversion(tmp_path, 
     image = np.clip(1.5 - distance / 6.0, 0, 1).astype(np.float32)  # a ball, smooth edge at 0.5 (d = 6 mm)
     source = save_nifti(tmp_path / "ball.nii.gz", image)
     predictor = Predictor(
-        DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", roi_size=8,
-        preprocessing={**PREPROCESSING, "intensity": "none"}, max_whole_voxels=max_whole_voxels,
+        DiffusionSegmenter(ThresholdOracle(), num_classes=2),
+        device="cpu",
+        roi_size=8,
+        preprocessing={**PREPROCESSING, "intensity": "none"},
+        max_whole_voxels=max_whole_voxels,
     )
     result = predictor.segment(source, **FAST)
     expected = image > 0.5
@@ -97,7 +108,10 @@ def test_every_input_kind_gives_the_same_result(tmp_path, checkpoint, volume):
     reference = predictor.segment(source, **FAST)
     loaded = nib.load(source)
     for image, affine in (
-        (loaded, None), ([source], None), (volume, loaded.affine), (torch.from_numpy(volume)[None], loaded.affine)
+        (loaded, None),
+        ([source], None),
+        (volume, loaded.affine),
+        (torch.from_numpy(volume)[None], loaded.affine),
     ):
         result = predictor.segment(image, affine=affine, generator=torch.Generator().manual_seed(0), **FAST)
         np.testing.assert_array_equal(result.label_map, reference.label_map)

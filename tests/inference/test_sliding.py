@@ -201,8 +201,9 @@ def test_one_window_covering_the_volume_equals_the_unwindowed_sampler(spatial_di
     segmenter, image = _segmenter_and_image(spatial_dims, shape)
     plain = segmenter.sample(image, steps=4, num_samples=2, generator=torch.Generator().manual_seed(1))
     denoiser = SlidingWindowDenoiser(segmenter.net, shape, overlap=0.5, max_whole_voxels=0)
-    windowed = segmenter.sample(image, steps=4, num_samples=2, generator=torch.Generator().manual_seed(1),
-                                model_fn=denoiser)
+    windowed = segmenter.sample(
+        image, steps=4, num_samples=2, generator=torch.Generator().manual_seed(1), model_fn=denoiser
+    )
     assert denoiser.num_windows == 4 * 2  # one window per step and sample
     torch.testing.assert_close(windowed, plain, atol=1e-5, rtol=0)
 
@@ -211,13 +212,21 @@ def test_sample_ensemble_is_the_stitched_sampler_summarised():
     """The one path Predictor.segment and the bundle's validation share: windows, ensemble, summary."""
     segmenter, image = _segmenter_and_image(2, (24, 16))
     denoiser = SlidingWindowDenoiser(segmenter.net, (8, 8), overlap=0.25, max_whole_voxels=0)
-    samples = segmenter.sample(image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(4),
-                               model_fn=denoiser)
+    samples = segmenter.sample(
+        image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(4), model_fn=denoiser
+    )
     expected = summarize_ensemble(to_probabilities(samples, dim=2))
     wrapped = []
     out = sample_ensemble(
-        segmenter, image, steps=3, num_samples=2, roi_size=(8, 8), overlap=0.25, max_whole_voxels=0,
-        generator=torch.Generator().manual_seed(4), wrap_model_fn=lambda fn: wrapped.append(fn) or fn,
+        segmenter,
+        image,
+        steps=3,
+        num_samples=2,
+        roi_size=(8, 8),
+        overlap=0.25,
+        max_whole_voxels=0,
+        generator=torch.Generator().manual_seed(4),
+        wrap_model_fn=lambda fn: wrapped.append(fn) or fn,
     )
     assert set(out) == set(expected) and isinstance(wrapped[0], SlidingWindowDenoiser)
     for key, value in expected.items():
@@ -281,8 +290,17 @@ PIXEL = {"head": "pixel", "pixel_dim": 4, "pixel_depth": 1}  # PixelDiT's pixel 
 
 def _random_widit(spatial_dims, scale=0.2, **options):
     """A tiny WiDiT with random weights everywhere, so that its output is not the adaLN-Zero constant."""
-    net = WiDiT(spatial_dim=spatial_dims, in_channels=2, cond_channels=1, hidden_size=32, depth=2, num_heads=2,
-                window_size=4, learn_sigma=False, **options)
+    net = WiDiT(
+        spatial_dim=spatial_dims,
+        in_channels=2,
+        cond_channels=1,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+        **options,
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in net.parameters():
@@ -331,8 +349,9 @@ def test_one_window_covering_the_volume_equals_the_whole_pixel_widit(spatial_dim
     image = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(3))
     plain = segmenter.sample(image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(1))
     denoiser = SlidingWindowDenoiser(segmenter.net, shape, overlap=0.5, max_whole_voxels=0)
-    windowed = segmenter.sample(image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(1),
-                                model_fn=denoiser)
+    windowed = segmenter.sample(
+        image, steps=3, num_samples=2, generator=torch.Generator().manual_seed(1), model_fn=denoiser
+    )
     assert denoiser.num_windows == 3 * 2 and float(plain.std()) > 0.1
     torch.testing.assert_close(windowed, plain, atol=1e-5, rtol=0)
 

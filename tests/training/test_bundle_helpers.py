@@ -29,9 +29,11 @@ def test_bundle_root_follows_config_file(tmp_path, form):
     bundle = _bundle(tmp_path)
     config, other = bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"
     value = form.format(c=config, o=other)
-    argv = ["monai.bundle", "run", "training", f"--config_file{value}"] if value.startswith("=") else [
-        "monai.bundle", "run", "training", "--config_file", value, "--epochs", "2"
-    ]
+    argv = (
+        ["monai.bundle", "run", "training", f"--config_file{value}"]
+        if value.startswith("=")
+        else ["monai.bundle", "run", "training", "--config_file", value, "--epochs", "2"]
+    )
     assert find_bundle_root(NAME, argv) == str(bundle.resolve())
 
 

@@ -93,8 +93,9 @@ def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, in
 
     data_list = write_dataset(tmp_path, shape=(24, 24, 24))
     preprocessing = {**PREPROCESSING_3D, "intensity": intensity}
-    dm = SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=[16, 16, 16],
-                                foreground_margin=1, num_workers=0)
+    dm = SegmentationDataModule(
+        data_list=data_list, preprocessing=preprocessing, roi_size=[16, 16, 16], foreground_margin=1, num_workers=0
+    )
     crop = next(t for t in dm.train_transforms().transforms if isinstance(t, CropForegroundd))
     case = load_data_list(data_list, "training")[0]
     data = crop(Compose(preprocessing_transforms(preprocessing, label_key="label"))(case))

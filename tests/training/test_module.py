@@ -77,12 +77,21 @@ class StepCounter(Callback):
 def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None):
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
-        data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16], batch_size=1, num_crops=1,
+        data_list=data_list,
+        preprocessing=PREPROCESSING_3D,
+        roi_size=[16, 16, 16],
+        batch_size=1,
+        num_crops=1,
         num_workers=0,
     )
     module = DiffusionSegmentationModule(
-        tiny_segmenter(), lr=1e-2, warmup_steps=1, ema_decay=ema_decay, validation_sampler=sampler,
-        class_names=NAMES, preprocessing=PREPROCESSING_3D,
+        tiny_segmenter(),
+        lr=1e-2,
+        warmup_steps=1,
+        ema_decay=ema_decay,
+        validation_sampler=sampler,
+        class_names=NAMES,
+        preprocessing=PREPROCESSING_3D,
     )
     checkpoints = [
         ModelCheckpoint(
@@ -91,9 +100,16 @@ def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callback
         ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/mean_dice", mode="max"),
     ]
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=TensorBoardLogger(tmp_path, name="tb", version=0),
-        callbacks=[*checkpoints, ExportSegmenter(tmp_path / "model.pt"), *callbacks], gradient_clip_val=1.0,
-        log_every_n_steps=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=0),
+        callbacks=[*checkpoints, ExportSegmenter(tmp_path / "model.pt"), *callbacks],
+        gradient_clip_val=1.0,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     return trainer, module
@@ -186,8 +202,15 @@ def test_ema_warms_up_instead_of_holding_on_to_the_initial_weights(tmp_path):
     """A regression: Lightning's fixed-decay EMA stays by the weights of its first update (w = 0.05) for thousands of
     steps; on the brain task it held validation and the export at Dice 0.73 while the raw weights had 0.92."""
     ema = WarmupEMA(decay=0.999)
-    trainer = L.Trainer(max_steps=20, callbacks=[ema], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=20,
+        callbacks=[ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(_OneWeight())
     assert float(ema._average_model.module.w.detach()) > 0.6  # tracks w = 1 with a short lag; without warm-up: 0.06
     update = ema_warmup_avg_fn(0.99)

@@ -50,8 +50,16 @@ def write_dataset(root: Path, *, num_train=2, num_val=1, shape=(24, 24, 24), num
 
 def tiny_segmenter(num_classes: int = 3, spatial_dim: int = 3) -> DiffusionSegmenter:
     net = WiDiT(
-        spatial_dim=spatial_dim, patch_size=4, in_channels=num_classes, out_channels=num_classes, cond_channels=1,
-        hidden_size=32, depth=1, num_heads=2, window_size=4, learn_sigma=False,
+        spatial_dim=spatial_dim,
+        patch_size=4,
+        in_channels=num_classes,
+        out_channels=num_classes,
+        cond_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
     )
     return DiffusionSegmenter(net, num_classes=num_classes)
 

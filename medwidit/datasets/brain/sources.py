@@ -277,11 +277,21 @@ def build(cache: str | os.PathLike | None = None, tasks: tuple[str, ...] = ("bra
             cases[case] = build_case(task, name, raw, root)
     manifest = {
         "build_version": BUILD_VERSION,
-        "packages": {n: {"version": p.version, "kind": p.kind, "sha256": p.sha256, "licence": p.licence}
-                     for n, p in PACKAGES.items()},  # fmt: skip
-        "files": dict(sorted({**manifest.get("files", {}), **{
-            k: {"package": FILES[k].package, "member": FILES[k].member, "sha256": FILES[k].sha256} for k in keys
-        }}.items())),  # fmt: skip
+        "packages": {
+            n: {"version": p.version, "kind": p.kind, "sha256": p.sha256, "licence": p.licence}
+            for n, p in PACKAGES.items()
+        },  # fmt: skip
+        "files": dict(
+            sorted(
+                {
+                    **manifest.get("files", {}),
+                    **{
+                        k: {"package": FILES[k].package, "member": FILES[k].member, "sha256": FILES[k].sha256}
+                        for k in keys
+                    },
+                }.items()
+            )
+        ),  # fmt: skip
         "cases": dict(sorted(cases.items())),
     }
     atomic_write_text(json.dumps(manifest, indent=1) + "\n", manifest_path)
@@ -417,4 +427,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
