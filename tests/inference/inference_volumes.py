@@ -39,3 +39,28 @@ def save_itk(path, data):
     image.SetDirection(tuple((direction / spacing)[:n, :n].ravel()))
     sitk.WriteImage(image, str(path))
     return path
+
+
+def random_tiny_segmenter(modalities: int = 1, classes: int = 2, scale: float = 0.05):
+    """A one-block WiDiT segmenter with seeded random weights everywhere (not the adaLN-Zero constant at init), so
+    that maps vary in space and with the ensemble seed."""
+    import torch
+
+    from medwidit.diffusion import DiffusionSegmenter
+    from medwidit.nets import WiDiT
+
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=classes,
+        cond_channels=modalities,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=generator))
+    return DiffusionSegmenter(net, num_classes=classes)

@@ -15,13 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-from inference_volumes import save_itk
+from inference_volumes import random_tiny_segmenter, save_itk
 
-from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.diffusion import save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor
 from medwidit.inference.io import OutputImage, read_image
-from medwidit.nets import WiDiT
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"steps": 1, "num_samples": 1}
@@ -39,22 +37,8 @@ def restore_logging():
 
 
 def tiny_checkpoint(path, spacing=(1.5, 1.5, 1.5)):
-    net = WiDiT(
-        spatial_dim=3,
-        in_channels=2,
-        cond_channels=1,
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        window_size=4,
-        learn_sigma=False,
-    )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():  # random, so that different seeds give different maps
-            p.copy_(0.05 * torch.randn(p.shape, generator=generator))
     extra = {"preprocessing": {"spacing": list(spacing), "num_modalities": 1}, "roi_size": [16, 16, 16]}
-    save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
+    save_segmenter(random_tiny_segmenter(), path, extra_config=extra)
     return path
 
 

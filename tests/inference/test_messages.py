@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from inference_volumes import random_tiny_segmenter
 
 import medwidit
 from medwidit.cli import main
@@ -17,7 +18,6 @@ from medwidit.diffusion import DiffusionSegmenter, save_segmenter
 from medwidit.inference import InputError, Predictor
 from medwidit.inference import predictor as predictor_module
 from medwidit.inference.io import read_image
-from medwidit.nets import WiDiT
 
 FAST = {"steps": 1, "num_samples": 1}
 CLI_FAST = ["--steps", "1", "--samples", "1", "--device", "cpu"]
@@ -33,23 +33,9 @@ def restore_logging():
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    net = WiDiT(
-        spatial_dim=3,
-        in_channels=2,
-        cond_channels=1,
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        window_size=4,
-        learn_sigma=False,
-    )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=generator))
     path = tmp_path / "model.pt"
     extra = {"preprocessing": {"spacing": [1.5, 1.5, 1.5]}, "roi_size": [16, 16, 16]}
-    save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
+    save_segmenter(random_tiny_segmenter(), path, extra_config=extra)
     return path
 
 

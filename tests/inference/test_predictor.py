@@ -9,32 +9,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn as nn
-from inference_volumes import oblique_affine, save_itk, save_nifti
+from inference_volumes import oblique_affine, random_tiny_segmenter, save_itk, save_nifti
 
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor, resolve_device, segment
-from medwidit.nets import WiDiT
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
 FAST = {"steps": 2, "num_samples": 2}
 
 
 def tiny_segmenter(modalities=1, classes=3, scale=0.05):
-    net = WiDiT(
-        spatial_dim=3,
-        in_channels=classes,
-        cond_channels=modalities,
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        window_size=4,
-        learn_sigma=False,
-    )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():  # random everywhere, so that the maps are not the adaLN-Zero constant
-            p.copy_(scale * torch.randn(p.shape, generator=generator))
-    return DiffusionSegmenter(net, num_classes=classes)
+    return random_tiny_segmenter(modalities, classes, scale)
 
 
 def visible(folder):
