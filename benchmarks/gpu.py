@@ -92,6 +92,7 @@ SIZES = {  # full: the figures the issue asks for; quick: the same code on tiny 
         "ct_shape": (512, 512, 300),
         "ct_steps": None,
         "ct_samples": None,
+        "ct_sw_batch_size": 32,  # a GPU user's setting: the CLI's default of 4 windows per call leaves an H200 idle
         "agree_steps": 10,
         "agree_samples": 4,
         "ddp_steps": 3,
@@ -105,6 +106,7 @@ SIZES = {  # full: the figures the issue asks for; quick: the same code on tiny 
         "ct_shape": (48, 48, 32),
         "ct_steps": 1,
         "ct_samples": 1,
+        "ct_sw_batch_size": 4,
         "agree_steps": 1,
         "agree_samples": 1,
         "ddp_steps": 2,
@@ -363,7 +365,23 @@ def throughput(ctx: Context) -> dict:
         "peak_tflops": ctx.peak_tflops,
         "mfu": tflops / ctx.peak_tflops,
         "peak_memory_mb": ctx.peak_mb(),
+        "top_kernels": _top_kernels(ctx, step),
     }
+
+
+def _top_kernels(ctx: Context, fn, top: int = 12) -> list[dict]:
+    """Where one call of ``fn`` spends its time: the ``top`` ops (CUDA kernels on a GPU) by self time, in ms."""
+    activities = [torch.profiler.ProfilerActivity.CUDA if ctx.cuda else torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        ctx.sync()
+    attribute = "self_device_time_total" if ctx.cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attribute, 0.0), reverse=True)
+    return [
+        {"name": e.key[:120], "ms": getattr(e, attribute, 0.0) / 1e3, "calls": e.count}
+        for e in events[:top]
+        if getattr(e, attribute, 0.0) > 0
+    ]
 
 
 def compile_speedup(ctx: Context) -> dict:
@@ -473,7 +491,9 @@ def ddp(ctx: Context) -> dict:
 
 def ct_volume(ctx: Context) -> dict:
     """Seconds and peak memory of ``Predictor.segment`` (sample_ensemble) on a random CT-sized volume."""
-    predictor = Predictor.from_bundle(SHIPPED_BUNDLE, device=str(ctx.device))
+    predictor = Predictor.from_bundle(
+        SHIPPED_BUNDLE, device=str(ctx.device), sw_batch_size=ctx.sizes["ct_sw_batch_size"]
+    )
     defaults = inspect.signature(Predictor.segment).parameters
     steps = ctx.sizes["ct_steps"] or defaults["steps"].default
     samples = ctx.sizes["ct_samples"] or defaults["num_samples"].default
@@ -490,6 +510,7 @@ def ct_volume(ctx: Context) -> dict:
         "steps": steps,
         "num_samples": samples,
         "roi_size": predictor.roi_size,
+        "sw_batch_size": predictor.sw_batch_size,
         "precision": str(predictor.autocast_dtype or torch.float32),
         "seconds": time.perf_counter() - start,
         "peak_memory_mb": ctx.peak_mb(),
@@ -514,11 +535,12 @@ SECTIONS = {
 ##################################################################################
 
 
-def run_sections(ctx: Context, out: Path, budget_s: float) -> dict:
-    """Every section in turn, each in its own try; the JSON is rewritten after each."""
+def run_sections(ctx: Context, out: Path, budget_s: float, names=None) -> dict:
+    """The sections ``names`` (default all) in turn, each in its own try; the JSON is rewritten after each."""
     report = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     begin = time.perf_counter()
-    for name, section in SECTIONS.items():
+    for name in names or SECTIONS:
+        section = SECTIONS[name]
         start = time.perf_counter()
         if start - begin > budget_s:
             report[name] = {"error": f"not run: the time budget of {budget_s:.0f} s (--budget-s) was spent"}
@@ -546,15 +568,19 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak of the card for MFU (default: data sheet)")
     parser.add_argument("--compile-backend", help="torch.compile backend (default inductor on CUDA, aot_eager on CPU)")
     parser.add_argument("--budget-s", type=float, default=450.0, help="sections not started by then are skipped")
+    parser.add_argument("--sections", help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
     args = parser.parse_args(argv)
+    names = args.sections.split(",") if args.sections else list(SECTIONS)
+    if unknown := sorted(set(names) - set(SECTIONS)):
+        parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu --quick")
     name = "gpu" if args.device.startswith("cuda") and not args.quick else f"gpu_{args.device.split(':')[0]}"
     out = args.out or ROOT / "benchmarks" / "results" / f"{name}{'_quick' if args.quick else ''}.json"
-    report = run_sections(Context(args), out, args.budget_s)
-    failed = [name for name in SECTIONS if "error" in report[name]]
+    report = run_sections(Context(args), out, args.budget_s, names)
+    failed = [name for name in names if "error" in report[name]]
     print(
-        f"[gpu.py] wrote {out}; {len(SECTIONS) - len(failed)}/{len(SECTIONS)} sections ran"
+        f"[gpu.py] wrote {out}; {len(names) - len(failed)}/{len(names)} sections ran"
         + (f", failed: {failed}" if failed else "")
     )
     return 1 if failed else 0

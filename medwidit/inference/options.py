@@ -60,14 +60,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The network's autocast dtype for ``precision`` on ``device``; None means plain float32."""
-    precision = look_up_option(precision, PRECISIONS)
+    look_up_option(precision, PRECISIONS)  # the error names the choices; its return value is the dtype, not the name
     if device.type != "cuda":
         if precision in ("bfloat16", "float16"):
             logger.warning("precision %s is only used on CUDA; running float32 on %s.", precision, device)
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return PRECISIONS[precision] if precision != "float32" else None
+    return None if precision == "float32" else PRECISIONS[precision]
 
 
 def progress_callback(progress, steps: int, description: str):

@@ -162,9 +162,11 @@ class WindowAttention(nn.Module):
             mask = None if allowed is None else allowed[:, None]  # (nW, 1, N, N) bool: SDPA keeps its fast paths
         else:
             index = self._relative_index(window, x.device)  # (N, N)
-            bias = self.relative_bias[index].permute(2, 0, 1).to(q.dtype)  # (heads, N, N)
+            # (1, heads, N, N), row-major: CUDA's fused SDPA kernels take only 4-D masks with a unit last stride
+            # (the first GPU run found a permuted 3-D bias sending WiDiT-B/4 to the math kernel, 15x slower)
+            bias = self.relative_bias[index].permute(2, 0, 1).contiguous().to(q.dtype)[None]
             mask = bias if allowed is None else bias.masked_fill(~allowed[:, None], float("-inf"))  # (nW, h, N, N)
-        if mask is not None and mask.dim() == 4:
+        if mask is not None and mask.shape[0] > 1:  # one mask per window: repeat it for every batch element
             n_win = mask.shape[0]
             mask = mask.expand(bw // n_win, *mask.shape).reshape(bw, *mask.shape[1:])  # (B*nW, h|1, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*nW, heads, N, head_dim)

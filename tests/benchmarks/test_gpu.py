@@ -52,6 +52,19 @@ def test_quick_mode_reports_every_section_with_finite_numbers(quick_report):
     assert quick_report["bf16_agreement"]["dice_foreground"][0] > 0.9  # bf16 barely moves the shipped model
     assert quick_report["ddp"]["backend"] == "gloo" and len(quick_report["ddp"]["losses"]) == 2
     assert quick_report["compile"]["max_abs_difference"] < 1e-4
+    top = quick_report["throughput"]["top_kernels"]  # where the training step's time goes
+    assert top and all(k["ms"] > 0 and k["calls"] >= 1 and k["name"] for k in top)
+    assert [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)
+
+
+def test_sections_option_runs_only_those_and_rejects_unknown_names(tmp_path):
+    out = tmp_path / "some.json"
+    run = [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--quick", "--out", str(out)]
+    proc = subprocess.run([*run, "--sections", "environment"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(json.loads(out.read_text())) & set(SECTIONS) == {"environment"}
+    proc = subprocess.run([*run, "--sections", "environment,warp"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown ['warp']" in proc.stderr
 
 
 @pytest.mark.slow

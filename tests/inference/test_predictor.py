@@ -13,6 +13,7 @@ from inference_volumes import oblique_affine, random_tiny_segmenter, save_itk, s
 
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor, resolve_device, segment
+from medwidit.inference.options import autocast_dtype
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
 FAST = {"steps": 2, "num_samples": 2}
@@ -202,6 +203,26 @@ def test_segment_convenience_is_the_predictor(tmp_path, checkpoint, volume):
     with pytest.raises(OutputError, match="output folder is not writable"):
         Predictor.from_checkpoint(checkpoint, device="cpu").predict_from_files(source, source / "out")
     np.testing.assert_allclose(oblique_affine(), nib.load(source).affine, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "precision, bf16, expected",
+    [
+        ("auto", True, torch.bfloat16),
+        ("auto", False, torch.float16),
+        ("float32", True, None),
+        ("bfloat16", True, torch.bfloat16),
+        ("float16", True, torch.float16),
+    ],
+)
+def test_precision_names_map_to_autocast_dtypes_on_cuda(monkeypatch, precision, bf16, expected):
+    """Regression (first GPU run): on CUDA every name raised KeyError, because MONAI's look_up_option returns a dict's
+    value (the dtype), which was then used as a key. Only torch.cuda.is_bf16_supported is faked; no GPU is needed."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert autocast_dtype(torch.device("cuda"), precision) == expected
+    assert autocast_dtype(torch.device("cpu"), precision) is None
+    with pytest.raises(ValueError, match="bfloat16"):
+        autocast_dtype(torch.device("cuda"), "half")
 
 
 def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(tmp_path, checkpoint, volume):

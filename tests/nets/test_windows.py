@@ -153,6 +153,27 @@ def test_rope_gives_sdpa_no_float_mask(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("position", POSITIONS)
+def test_sdpa_masks_have_the_layout_cuda_fused_kernels_take(tiny, monkeypatch, position):
+    """Regression (first GPU run): the relative bias reached SDPA as a permuted 3-D (heads, N, N) tensor, which CUDA's
+    flash/efficient/cudnn kernels refuse, so WiDiT-B/4 ran on the math kernel. Every mask must be 4-D with a unit last
+    stride, its batch dimension 1 (broadcast) or one per (sample, window)."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append((q.shape[0], attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    x = torch.randn(2, 1, 8, 12, 16)  # windows tile the token grid: the unshifted blocks need no padding mask
+    tiny(3, position=position, window_size=(2, 3, 4))(x, torch.tensor([1.0, 2.0]), conditioned=x)
+    masks = [(batch, mask) for batch, mask in seen if mask is not None]
+    assert masks, "the shifted blocks must hand SDPA a mask"
+    for batch, mask in masks:
+        assert mask.dim() == 4 and mask.stride(-1) == 1 and mask.shape[0] in (1, batch), (mask.shape, mask.stride())
+
+
+@pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("spatial_dim", [2, 3])
 def test_equivariant_to_rolls_by_whole_windows(tiny, randomize, spatial_dim, position):
     """One unshifted block on a grid the windows tile: rolling by a window commutes with the network, exactly.
