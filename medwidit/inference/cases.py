@@ -4,6 +4,9 @@ modalities, written back as ``case.nii.gz`` (plus ``case_probabilities`` / ``cas
 ID-like names (``patient_0001.nii.gz``, ``patient_0002.nii.gz``) look like modalities too: for a model that takes one
 channel, a group that is not exactly one ``_0000`` file is split into one case per file, named by its whole stem;
 ``modality_pattern`` sets the regular expression that marks modalities (None: every file is its own case).
+
+A folder that holds DICOM files (given as input, or a subfolder of an input folder) is one case named after the folder,
+written as NIfTI (``dicom``: one series per folder; a folder with several series fails with a list of them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dicom import is_dicom_series
 from .io import IMAGE_SUFFIXES, InputError, image_suffix
 
 __all__ = ["DEFAULT_MODALITY_PATTERN", "Case", "find_cases", "modality_regex"]
@@ -35,8 +39,8 @@ class Case:
 
     @property
     def suffix(self) -> str:
-        """The image suffix of the first modality; outputs are written in the same format."""
-        return image_suffix(self.files[0]) or ".nii.gz"
+        """The image suffix of the first modality; outputs are written in the same format (NIfTI for DICOM)."""
+        return ".nii.gz" if self.files[0].is_dir() else image_suffix(self.files[0]) or ".nii.gz"
 
     def output_path(self, output_dir: str | os.PathLike, kind: str = "labels") -> Path:
         """Where output ``kind`` (labels, probabilities, uncertainty, figure) of this case goes in ``output_dir``."""
@@ -82,10 +86,12 @@ def _stem(path: Path) -> str:
     return _split_name(path, None)[0]
 
 
-def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Case]]:
-    """Files as given, folders as their image files (sorted; hidden files and other suffixes skipped); a folder
-    without image files becomes a failed case, so that the rest still runs."""
+def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Case]]:
+    """Files as given, folders as their image files (sorted; hidden files and other suffixes skipped) and as DICOM
+    series (the folder itself and its subfolders that hold DICOM files); a folder with neither becomes a failed case,
+    so that the rest still runs."""
     files: list[Path] = []
+    series: list[Path] = []
     empty: list[Case] = []
     for item in inputs:
         if not str(item).strip():
@@ -93,13 +99,19 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Case]
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
-            if not found:
-                problem = f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})."
+            folders = [path, *sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))]
+            dicom = [folder for folder in folders if is_dicom_series(folder)]
+            if not found and not dicom:
+                problem = (
+                    f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)}) and no DICOM "
+                    "series in it or its subfolders."
+                )
                 empty.append(Case(path.name or str(path), (path,), problem))
             files.extend(found)
+            series.extend(folder if folder.name not in ("", "..") else folder.resolve() for folder in dicom)
         else:
             files.append(path)  # missing or non-image files fail when their case is read, with the file's name
-    return files, empty
+    return files, series, empty
 
 
 def find_cases(
@@ -110,15 +122,15 @@ def find_cases(
 ) -> list[Case]:
     """Group files (and the image files of folders) into cases by name; modality order from the ``_NNNN`` suffix.
 
-    A file without a ``_NNNN`` suffix is a case of one modality. With ``num_modalities`` 1, a group other than one
-    ``_0000`` file is one case per file. A case with a gap in its modality numbers (``_0000`` and ``_0002``), a
-    modality given twice, a name found in two folders, or a folder without image files carries a ``problem`` instead
-    of failing the others.
+    A file without a ``_NNNN`` suffix, or a DICOM series folder, is a case of one modality. With ``num_modalities``
+    1, a group other than one ``_0000`` file is one case per file. A case with a gap in its modality numbers
+    (``_0000`` and ``_0002``), a modality given twice, a name found in two folders, or a folder without image files
+    carries a ``problem`` instead of failing the others.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     regex = modality_regex(modality_pattern)
-    files, empty = _expand(inputs)
+    files, series, empty = _expand(inputs)
     groups: dict[tuple[Path, str], dict[int, list[Path]]] = {}
     for path in files:
         name, index = _split_name(path, regex)
@@ -134,6 +146,8 @@ def find_cases(
             )
             for path in split:
                 groups[(path.parent, _stem(path))] = {0: [path]}
+    for folder in series:  # a DICOM series is one single-modality case named after its folder
+        groups.setdefault((folder.parent, folder.name), {}).setdefault(0, []).append(folder)
     names = [name for _, name in groups]
     cases = []
     for (folder, name), modalities in groups.items():

@@ -2,7 +2,8 @@
 
 Arrays follow MONAI's readers: spatial axes in voxel-index order (i, j, k) and a 4x4 ``affine`` from voxel index to
 RAS world millimetres (nibabel's convention). NIfTI goes through nibabel and keeps the input's header (qform, sform,
-units) verbatim; NRRD/MHA go through SimpleITK and keep spacing, origin and direction (ITK's LPS convention) verbatim.
+units) verbatim; NRRD/MHA and DICOM series folders (``dicom``) go through SimpleITK and keep spacing, origin and
+direction (ITK's LPS convention) verbatim; a DICOM series' outputs are NIfTI on that geometry.
 """
 
 from __future__ import annotations
@@ -176,15 +177,30 @@ def _read_itk(path: Path):
 
 
 def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a NIfTI/NRRD/MHA file -> (float32 array in (i, j, k) order, its geometry); one-line InputError otherwise."""
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder -> (float32 array in (i, j, k) order, its geometry);
+    one-line InputError otherwise."""
     path = Path(path)
     suffix = image_suffix(path)
     if not path.exists():
         raise InputError(f"{path}: no such file.")
+    if path.is_dir():
+        from .dicom import read_dicom_series  # builds on this module
+
+        data, image = read_dicom_series(path, spatial_dims=spatial_dims)
+        _check_finite(data, path)
+        geometry = _itk_geometry(image, data.shape, path)
+        _check_affine(geometry.affine, path)
+        return data, geometry
     if not path.is_file():
         raise InputError(f"{path}: not a file.")
     if suffix is None:
-        raise InputError(f"{path}: not a supported image format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+        from .dicom import is_dicom_file
+
+        hint = "; it is a DICOM file: give its series folder" if is_dicom_file(path) else ""
+        raise InputError(
+            f"{path}: not a supported image format (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series "
+            f"folder){hint}."
+        )
     try:
         if suffix in NIFTI_SUFFIXES:
             data, image = _read_nifti(path)
@@ -240,8 +256,9 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
 def read_input(
     image, affine=None, *, spatial_dims: int = 3, num_modalities: int = 1
 ) -> tuple[np.ndarray, ImageGeometry]:
-    """Any input ``Predictor.segment`` accepts (paths, nibabel images, lists of them, an array or tensor with its
-    ``affine``) -> (float32 (C, *S) array, geometry), checking modalities, dimensions, grids, finiteness, affines."""
+    """Any input ``Predictor.segment`` accepts (paths, DICOM series folders, nibabel images, lists of them, an array
+    or tensor with its ``affine``) -> (float32 (C, *S) array, geometry), checking modalities, dimensions, grids,
+    finiteness, affines."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if isinstance(image, np.ndarray) or hasattr(image, "detach"):
         array, geometry = read_array(image, affine, spatial_dims=spatial_dims)

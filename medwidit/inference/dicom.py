@@ -1,0 +1,136 @@
+"""DICOM series input: a folder that holds one series is one case, read with SimpleITK's ``ImageSeriesReader``.
+
+A folder holding several series is refused with a message that lists them (put each series in its own folder): a
+case is one volume, and guessing which series was meant would segment the wrong one without a word. Slices of
+different sizes, uneven slice positions (a missing slice) and a lone 2D slice are refused as well, naming the folder;
+ITK itself would only warn, or average the spacing and misplace every slice after a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError, one_line
+
+__all__ = ["dicom_files", "is_dicom_file", "is_dicom_series", "read_dicom_series"]
+
+logger = logging.getLogger(__name__)
+
+PREAMBLE_MAGIC = (128, b"DICM")  # DICOM Part 10: 128-byte preamble, then "DICM"
+SLICE_GAP_TOLERANCE = 0.01  # relative: slice steps may differ from their median by 1 % (rounded positions)
+SERIES_DESCRIPTION = "0008|103e"
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (its ``DICM`` magic, whatever its suffix)."""
+    offset, magic = PREAMBLE_MAGIC
+    try:
+        with open(path, "rb") as f:
+            head = f.read(offset + len(magic))
+    except OSError:
+        return False
+    return head[offset:] == magic
+
+
+def dicom_files(folder: str | os.PathLike) -> list[Path]:
+    """The DICOM Part 10 files directly in ``folder`` (found by their ``DICM`` magic, whatever their suffix)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_dicom_file(p))
+
+
+def is_dicom_series(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds DICOM files directly (whether they form one valid series is checked on reading)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return any(not p.name.startswith(".") and p.is_file() and is_dicom_file(p) for p in folder.iterdir())
+
+
+def _series_files(folder: Path) -> list[str]:
+    """The files of the one series in ``folder``, in slice order (GDCM sorts them by position)."""
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise InputError(f"{folder}: DICOM files but no image series in them (no pixel data?); expected one series.")
+    if len(ids) > 1:
+        listed = []
+        for uid in ids:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+            listed.append(f"{uid} {_description(files[0])!r} ({len(files)} file(s))")
+        raise InputError(
+            f"{folder}: {len(ids)} DICOM series in one folder ({'; '.join(listed)}); expected one series per folder: "
+            "move each series into its own folder (each is then a case)."
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
+def _description(path: str) -> str:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader.GetMetaData(SERIES_DESCRIPTION).strip() if reader.HasMetaDataKey(SERIES_DESCRIPTION) else ""
+
+
+def _check_slices(folder: Path, files: list[str]) -> None:
+    """InputError unless every slice has one size and the slices are evenly spaced along their normal."""
+    import SimpleITK as sitk
+
+    sizes, positions, normal = set(), [], None
+    reader = sitk.ImageFileReader()
+    for path in files:
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        sizes.add(tuple(reader.GetSize()[:2]))
+        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+        normal = direction[:, 2] if normal is None else normal
+        positions.append(float(np.dot(normal, reader.GetOrigin())))
+    if len(sizes) > 1:
+        shown = ", ".join("x".join(map(str, s)) for s in sorted(sizes))
+        raise InputError(f"{folder}: DICOM slices of different sizes ({shown}); expected one series of equal slices.")
+    steps = np.abs(np.diff(np.sort(positions)))  # (n - 1,) mm between neighbouring slices
+    median = float(np.median(steps))
+    if median <= 0 or np.abs(steps - median).max() > SLICE_GAP_TOLERANCE * median:
+        raise InputError(
+            f"{folder}: DICOM slice positions are not evenly spaced (steps from {steps.min():.4g} to {steps.max():.4g}"
+            " mm): a missing or repeated slice; expected one complete series."
+        )
+
+
+def read_dicom_series(folder: str | os.PathLike, *, spatial_dims: int = 3):
+    """A folder with one DICOM series -> (float32 array (i, j, k), ITK image) as ``io.read_image`` reads NRRD/MHA."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    if spatial_dims != 3:
+        raise InputError(f"{folder}: a DICOM series is a 3D volume where a {spatial_dims}D image is expected.")
+    if not is_dicom_series(folder):
+        raise InputError(f"{folder}: a folder without DICOM files; expected an image file or a DICOM series folder.")
+    try:
+        files = _series_files(folder)
+        if len(files) == 1:  # a multi-frame file holds the whole volume; a lone 2D slice does not
+            image = sitk.ReadImage(files[0])
+            if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+                raise InputError(f"{folder}: one DICOM file holding one 2D slice; expected a 3D series (2+ slices).")
+        else:
+            _check_slices(folder, files)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+            image = reader.Execute()
+    except InputError:
+        raise
+    except Exception as e:  # GDCM/ITK raise RuntimeError with a page of ITK context
+        raise InputError(f"{folder}: cannot read the DICOM series ({one_line(e)}).") from e
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{folder}: {image.GetNumberOfComponentsPerPixel()} components per voxel (colour DICOM?).")
+    logger.info("%s: DICOM series %r, %d file(s)", folder, _description(files[0]), len(files))
+    data = sitk.GetArrayViewFromImage(image)  # (k, j, i)
+    return np.array(data.transpose(2, 1, 0), dtype=np.float32), image
