@@ -21,21 +21,22 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medwidit", description="Segmentation of medical volumes by diffusion.")
+    parser.add_argument("--version", action="version", version=f"medwidit {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo}")
     seg = commands.add_parser(
         "segment",
         help="segment image files or folders",
-        description="Segment images (NIfTI, NRRD, MHA) into label maps with the input's exact geometry. Multi-modal "
-        "cases are named nnU-Net style: case_0000.nii.gz, case_0001.nii.gz -> case.nii.gz.",
+        description="Segment images (NIfTI, NRRD, MHA, DICOM series folders) into label maps with the input's exact "
+        "geometry. Multi-modal cases are named nnU-Net style: case_0000.nii.gz, case_0001.nii.gz -> case.nii.gz. A "
+        "folder holding one DICOM series (given, or a subfolder of a given folder) is a case named after the folder, "
+        "written as NIfTI. Without --bundle or --checkpoint the shipped brain-extraction bundle is used. The settings "
+        "of each run are recorded in OUTPUT/medwidit_run.json (then _2, _3, ...; earlier records are never replaced).",
     )
-    seg.add_argument("-i", "--input", nargs="+", required=True, metavar="PATH", help="image files and/or folders")
+    seg.add_argument(
+        "-i", "--input", nargs="+", required=True, metavar="PATH", help="image files, folders, DICOM series folders"
+    )
     seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
-    model = seg.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
-    model.add_argument("--bundle", metavar="DIR", help="MONAI bundle folder with models/model.pt")
-    seg.add_argument("--steps", type=_positive_int, default=10, help="denoising steps per sample (default 10)")
-    seg.add_argument("--samples", type=_positive_int, default=4, help="ensemble size (default 4)")
-    seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    _model_arguments(seg)
     seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
     seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
     seg.add_argument(
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)",
     )
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
     seg.add_argument(
         "--precision",
         default="auto",
@@ -98,13 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
         "does, and report the brain volume and the Dice against the example's reference mask.",
     )
     demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
-    demo.add_argument("--bundle", metavar="DIR", help="bundle to use (default: the shipped one)")
-    demo.add_argument("--steps", type=_positive_int, default=10, help="denoising steps per sample (default 10)")
-    demo.add_argument("--samples", type=_positive_int, default=4, help="ensemble size (default 4)")
+    demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
+    demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
+    demo.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
     _common(demo)
     return parser
+
+
+def _model_arguments(seg: argparse.ArgumentParser) -> None:
+    """The model (default: the shipped bundle) and the sampling options whose defaults the bundle sets."""
+    model = seg.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
+    model.add_argument(
+        "--bundle",
+        metavar="DIR|NAME",
+        help="MONAI bundle folder with models/model.pt, or the name of a shipped bundle (default: "
+        "brain_widit_segmentation, brain extraction from T1 MRI)",
+    )
+    seg.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
+    seg.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
+    seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's, 0.5)")
+
+
+def package_version() -> str:
+    """medwidit's installed version (importlib.metadata); a source checkout that is not installed: ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("medwidit")
+    except metadata.PackageNotFoundError:
+        from medwidit import __version__
+
+        return f"{__version__} (source checkout, not installed)"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -179,16 +207,20 @@ class _OneLine(logging.Formatter):
 def _segment(args: argparse.Namespace) -> int:
     from medwidit.inference import Predictor
     from medwidit.inference.options import check_sampling
+    from medwidit.inference.record import finish_record
 
     if not all(str(path).strip() for path in args.input):
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
-    check_sampling(
-        steps=args.steps,
-        num_samples=args.samples,
-        overlap=args.overlap,
-        eta=args.eta,
-        guidance_scale=args.guidance_scale,
-    )  # before the model loads; the sampler name once it has
+    model = _resolve_model(args)
+    sampling = {
+        "steps": args.steps,
+        "num_samples": args.samples,
+        "overlap": args.overlap,
+        "sampler": args.sampler,
+        "eta": args.eta,
+        "guidance_scale": args.guidance_scale,
+    }
+    check_sampling(**{k: v for k, v in sampling.items() if k != "sampler"})  # before the model loads
     options = {
         "device": args.device,
         "precision": args.precision,
@@ -200,44 +232,115 @@ def _segment(args: argparse.Namespace) -> int:
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
-        predictor = Predictor.from_bundle(args.bundle, **options)
-    results = predictor.predict_from_files(
-        args.input,
-        args.output,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        save_probabilities=args.save_probabilities,
-        save_uncertainty=args.save_uncertainty,
-        save_figure=args.save_figure,
-        progress=not args.quiet,
-        steps=args.steps,
-        num_samples=args.samples,
-        overlap=args.overlap,
-        sampler=args.sampler,
-        eta=args.eta,
-        guidance_scale=args.guidance_scale,
-        seed=args.seed,
-        modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
-        force_grid=args.force_grid,
-    )
+        predictor = Predictor.from_bundle(model["bundle"], **options)
+    predictor.check_options(**sampling)  # the sampler name too, before a record claims a name in the output folder
+    logger.info("%s", _model_line(args, model, predictor))
+    record_path, record = _start_run_record(args, model, predictor)
+    try:
+        results = predictor.predict_from_files(
+            args.input,
+            args.output,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            save_probabilities=args.save_probabilities,
+            save_uncertainty=args.save_uncertainty,
+            save_figure=args.save_figure,
+            progress=not args.quiet,
+            seed=args.seed,
+            modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
+            force_grid=args.force_grid,
+            **sampling,
+        )
+    except BaseException as e:  # the record says how the run ended, then the error goes on
+        finish_record(record_path, record, [], error=e)
+        raise
+    finish_record(record_path, record, results)
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
     logger.log(
         logging.WARNING if counts["failed"] else logging.INFO,
-        "%s -> %s: %s",
+        "%s -> %s: %s (settings in %s)",
         " ".join(args.input),
         args.output,
         summary,
+        record_path.name,
     )
     return EXIT_FAILED if counts["failed"] or not results else EXIT_OK
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from medwidit.inference.demo import SHIPPED_BUNDLE, run_demo
+######################################################################################################################
+# the model, its sampling defaults, and the record of a run
+######################################################################################################################
 
+
+def _resolve_model(args: argparse.Namespace) -> dict:
+    """The model's files (``--checkpoint``, ``--bundle DIR|NAME``, or the shipped default bundle); fills ``--steps``,
+    ``--samples``, ``--overlap`` left unset with the bundle's ``inference.json`` values (else the shared defaults)."""
+    from pathlib import Path
+
+    from medwidit.inference.options import DEFAULT_BUNDLE, resolve_bundle, sampling_defaults
+
+    bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
+    defaults = sampling_defaults(bundle)
+    for name, key in (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap")):
+        if getattr(args, name, None) is None:
+            setattr(args, name, defaults[key])
+    weights = Path(args.checkpoint) if bundle is None else bundle / "models" / "model.pt"
+    default = bundle is not None and args.bundle is None
+    return {"bundle": bundle, "weights": weights, "default": default, "name": DEFAULT_BUNDLE if default else None}
+
+
+def _model_line(args: argparse.Namespace, model: dict, predictor) -> str:
+    """One line: version, which model (saying when it is the shipped default), device, precision, sampling."""
+    if model["default"]:
+        what = f"the shipped default bundle {model['name']} (brain extraction, {model['bundle']})"
+    elif model["bundle"] is not None:
+        what = f"bundle {model['bundle']}"
+    else:
+        what = f"checkpoint {model['weights']}"
+    precision = str(predictor.autocast_dtype or "float32").removeprefix("torch.")
+    return (
+        f"model: {what} on {predictor.device} ({precision}); {args.steps} step(s) x {args.samples} sample(s), sampler "
+        f"{_sampler(args, predictor)}, seed {args.seed}; medwidit {package_version()}"
+    )
+
+
+def _sampler(args: argparse.Namespace, predictor) -> str:
+    from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
+
+    return args.sampler or DEFAULT_SAMPLER[predictor.segmenter.scheduler_name]
+
+
+def _start_run_record(args: argparse.Namespace, model: dict, predictor):
+    """Claim OUTPUT/medwidit_run[_N].json with every setting of this run -> (path, record)."""
+    import os
+    import shlex
+
+    from medwidit.inference.io import check_output_dir
+    from medwidit.inference.record import library_versions, model_settings, runtime_settings, start_record
+
+    sampling = {"steps": args.steps, "num_samples": args.samples, "sampler": _sampler(args, predictor)}
+    sampling |= {"eta": args.eta, "guidance_scale": args.guidance_scale, "overlap": args.overlap, "seed": args.seed}
+    record = {
+        "medwidit": package_version(),
+        "command": shlex.join(["medwidit", *args.argv]),
+        "cwd": os.getcwd(),
+        "model": model_settings(model["weights"], model["bundle"], model["default"]),
+        "sampling": sampling,
+        "runtime": runtime_settings(predictor),
+        "arguments": {k: v for k, v in vars(args).items() if k != "argv"},
+        "environment": library_versions(),
+    }
+    return start_record(check_output_dir(args.output), record)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medwidit.inference.demo import run_demo
+
+    model = _resolve_model(args)
     report = run_demo(
         args.output,
-        bundle=args.bundle or SHIPPED_BUNDLE,
+        bundle=model["bundle"],
         device=args.device,
         steps=args.steps,
         num_samples=args.samples,
@@ -251,6 +354,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medwidit``; returns the exit status (0 ok, 1 a case or the run failed, 2 bad usage)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run record
     _configure(args)
     from medwidit.inference.io import InputError, OutputError
 

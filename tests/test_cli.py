@@ -51,8 +51,8 @@ def _nifti(path, data, affine=AFFINE):
 
 
 def visible(folder):
-    """The files a user sees (the hidden .medwidit folder holds the per-case markers)."""
-    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+    """The files a user sees but the run records (the hidden .medwidit folder holds the per-case markers)."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith((".", "medwidit_run")))
 
 
 def _volume(shape=(12, 10, 8)):
@@ -188,3 +188,170 @@ def test_python_dash_m_is_the_cli():
         [sys.executable, "-m", "medwidit", "segment", "--help"], capture_output=True, text=True, cwd=root, timeout=120
     )
     assert run.returncode == 0 and "--save-uncertainty" in run.stdout and "case_0000.nii.gz" in run.stdout
+
+
+######################################################################################################################
+# issue 14: the shipped bundle by default, --version, the run record, mps, one source of sampling defaults
+######################################################################################################################
+
+
+def _small_head(path):
+    """A 2 mm head-sized ellipsoid, small enough for the shipped model to segment in a second."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 28, 24)], indexing="ij"))
+    data = (1000 * ((grid**2).sum(0) < 0.6) + 50 * _volume((24, 28, 24))).astype(np.float32)
+    return _nifti(path, data, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+def test_segment_without_a_model_uses_the_shipped_bundle_and_says_so(tmp_path, capsys):
+    from medwidit.inference.options import SHIPPED_BUNDLES
+
+    image = _small_head(tmp_path / "head.nii.gz")
+    assert main(["segment", "-i", str(image), "-o", str(tmp_path / "a"), "--steps", "1", "--samples", "1"]) == 0
+    log = capsys.readouterr().err
+    first = log.splitlines()[0]
+    shipped = SHIPPED_BUNDLES / "brain_widit_segmentation"
+    assert first.startswith(
+        f"medwidit: model: the shipped default bundle brain_widit_segmentation (brain extraction, {shipped})"
+    )
+    assert visible(tmp_path / "a") == ["head.nii.gz"]
+    by_name = ["segment", "-i", str(image), "-o", str(tmp_path / "b"), "--bundle", "brain_widit_segmentation"]
+    assert main([*by_name, "--steps", "1", "--samples", "1", "-q"]) == 0  # a shipped bundle's name, not a folder
+    same = [np.asarray(nib.load(tmp_path / out / "head.nii.gz").dataobj) for out in ("a", "b")]
+    np.testing.assert_array_equal(*same)
+
+
+def test_an_unknown_bundle_is_one_line_naming_it_and_the_shipped_ones(setup, capsys):
+    tmp_path, inputs, _ = setup
+    code = main(
+        ["segment", "-i", str(inputs), "-o", str(tmp_path / "out"), "--bundle", "brain_widit_segmentaton", *FAST]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert re.match(
+        r"medwidit: error: bundle 'brain_widit_segmentaton': no such folder and no shipped bundle of that name "
+        r"\(shipped in .*bundles: .*brain_widit_segmentation.*\); give --bundle DIR .* or --checkpoint FILE\.$",
+        err,
+    ), err
+    assert not (tmp_path / "out").exists()  # nothing was written, not even a record
+
+
+def test_version_comes_from_the_installed_metadata_or_the_source(capsys, monkeypatch):
+    from importlib import metadata
+
+    import medwidit
+    from medwidit.cli import package_version
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"medwidit {metadata.version('medwidit')}"
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert package_version() == f"{medwidit.__version__} (source checkout, not installed)"
+
+
+def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_record(setup):
+    import hashlib
+    import json
+
+    tmp_path, inputs, checkpoint = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST, "--seed", "3"]
+    assert main([*args, "--eta", "0.5"]) == 0
+    first = json.loads((out / "medwidit_run.json").read_text())
+    assert first["status"] == "done" and first["command"].startswith("medwidit segment -i ")
+    assert first["model"] == {
+        "bundle": None,
+        "shipped_default": False,
+        "weights": str(Path(checkpoint).resolve()),
+        "sha256": hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
+    }
+    assert first["sampling"] == {
+        "steps": 1,
+        "num_samples": 1,
+        "sampler": "ddim",
+        "eta": 0.5,
+        "guidance_scale": 1.0,
+        "overlap": 0.5,
+        "seed": 3,
+    }
+    assert first["runtime"]["device"] == "cpu" and first["runtime"]["roi_size"] == [16, 16, 16]
+    assert {"torch", "monai", "python"} <= set(first["environment"]) and first["medwidit"]
+    assert first["cases"] == [
+        {
+            "name": "good",
+            "status": "done",
+            "outputs": ["good.nii.gz"],
+            "seconds": pytest.approx(1, abs=60),
+            "message": None,
+        }
+    ]
+    assert first["started"] <= first["finished"]
+    assert main(args) == 1  # the output exists: the case fails, and the run gets its own record
+    assert json.loads((out / "medwidit_run.json").read_text()) == first
+    second = json.loads((out / "medwidit_run_2.json").read_text())
+    assert second["status"] == "failed" and "already exists" in second["cases"][0]["message"]
+    assert main([*args, "--overwrite"]) == 0  # --overwrite replaces outputs, not earlier records
+    assert json.loads((out / "medwidit_run_3.json").read_text())["status"] == "done"
+    assert json.loads((out / "medwidit_run.json").read_text()) == first
+
+
+def test_mps_is_accepted_where_torch_has_it_and_a_clear_error_where_not(monkeypatch):
+    from medwidit.inference.options import resolve_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device 'mps' was asked for but MPS is not available .*; use --device cpu"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+    with pytest.raises(ValueError, match=r"device 'mps:1' does not exist: MPS has one device"):
+        resolve_device("mps:1")
+    with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda, cuda:N or mps, got 'xpu'"):
+        resolve_device("xpu")
+
+
+def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_readme():
+    import inspect
+
+    from medwidit.inference import Predictor
+    from medwidit.inference.demo import run_demo
+    from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle, sampling_defaults
+
+    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS  # the shipped inference.json
+    for function in (Predictor.segment, Predictor.predict_from_files, run_demo):
+        parameters = inspect.signature(function).parameters
+        assert {k: parameters[k].default for k in SAMPLING_DEFAULTS if k in parameters} == {
+            k: v for k, v in SAMPLING_DEFAULTS.items() if k in parameters
+        }, function
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    steps, samples, overlap = SAMPLING_DEFAULTS.values()
+    assert f"**{steps} steps × {samples} samples, overlap {overlap}**" in readme
+
+
+def test_a_bundles_inference_json_sets_the_cli_defaults(tmp_path):
+    import json
+    import shutil
+
+    from medwidit.inference.options import resolve_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "steps": 1, "num_samples": 2}))
+    image = _small_head(tmp_path / "head.nii.gz")
+    assert main(["segment", "-i", str(image), "-o", str(tmp_path / "out"), "--bundle", str(bundle), "-q"]) == 0
+    record = json.loads((tmp_path / "out" / "medwidit_run.json").read_text())
+    assert (record["sampling"]["steps"], record["sampling"]["num_samples"]) == (1, 2)
+    assert record["model"]["bundle"] == str(bundle.resolve()) and not record["model"]["shipped_default"]
+
+
+def test_the_license_file_is_the_one_pyproject_names():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    license_text = (root / "LICENSE").read_text()
+    assert license_text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    assert (declared.get("text") if isinstance(declared, dict) else declared) == "Apache-2.0"

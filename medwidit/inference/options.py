@@ -21,40 +21,57 @@ from .io import InputError, one_line
 
 __all__ = [
     "BUNDLE_OPTIONS",
+    "DEFAULT_BUNDLE",
     "MAX_GRID_GROWTH",
     "MIN_GRID_SIZE",
     "PRECISIONS",
+    "SAMPLING_DEFAULTS",
+    "SHIPPED_BUNDLES",
     "autocast_dtype",
     "bundle_options",
     "check_grid",
     "check_sampling",
     "checkpoint_problem",
     "progress_callback",
+    "resolve_bundle",
     "resolve_device",
+    "sampling_defaults",
 ]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5}  # the shipped bundle's inference.json holds these
+SHIPPED_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"  # the checkout's bundles/ folder
+DEFAULT_BUNDLE = "brain_widit_segmentation"  # brain extraction, the model `medwidit segment` uses without --bundle
 BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap")
 MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
 MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    """``auto`` -> the first CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (Apple
+    silicon) as given, where torch has them. ``auto`` never picks MPS: ask for it (it runs float32)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}.") from e
+        raise ValueError(f"device must be {DEVICES}, got {device!r}.") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; use --device cpu.")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {str(device)!r}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {str(device)!r} was asked for but MPS is not available (it needs macOS on Apple silicon and a "
+            "torch built with MPS; torch.backends.mps.is_available() is False here); use --device cpu."
+        )
+    if device.type == "mps" and device.index:
+        raise ValueError(f"device {str(device)!r} does not exist: MPS has one device, 'mps'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be {DEVICES}, got {str(device)!r}.")
     return device
 
 
@@ -148,6 +165,29 @@ def bundle_options(bundle_dir: str | os.PathLike) -> dict:
             if key not in found and value is not None and not (isinstance(value, str) and value[:1] in "$@%"):
                 found[key] = _check_bundle_value(path, key, value)
     return found
+
+
+def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
+    """The folder of ``bundle``: None -> the shipped default (``DEFAULT_BUNDLE``); an existing folder -> itself; else
+    the name of a shipped bundle (a folder of ``SHIPPED_BUNDLES``); InputError, naming what was looked for, else."""
+    shipped = sorted(p.parent.name for p in SHIPPED_BUNDLES.glob("*/configs"))
+    if bundle is not None and Path(bundle).is_dir():
+        return Path(bundle)
+    name = DEFAULT_BUNDLE if bundle is None else str(bundle)
+    if name in shipped:
+        return SHIPPED_BUNDLES / name
+    given = "the default bundle" if bundle is None else f"bundle {name!r}"
+    raise InputError(
+        f"{given}: no such folder and no shipped bundle of that name (shipped in {SHIPPED_BUNDLES}: "
+        f"{', '.join(shipped) or 'none'}); give --bundle DIR (a MONAI bundle folder) or --checkpoint FILE."
+    )
+
+
+def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
+    """``steps``, ``num_samples``, ``overlap``: a bundle's plain values (``bundle_options``) over ``SAMPLING_DEFAULTS``;
+    the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's ``inference.json`` says."""
+    found = bundle_options(bundle_dir) if bundle_dir is not None else {}
+    return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}
 
 
 def _check_bundle_value(path: Path, key: str, value):
