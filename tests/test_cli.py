@@ -317,9 +317,11 @@ def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_
 
     from medwidit.inference import Predictor
     from medwidit.inference.demo import run_demo
-    from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle, sampling_defaults
+    from medwidit.inference.options import SAMPLING_DEFAULTS, bundle_options, resolve_bundle, sampling_defaults
 
-    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS  # the shipped inference.json
+    shipped = bundle_options(resolve_bundle())  # the shipped inference.json, read as the CLI reads it
+    assert {key: shipped.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
+    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS
     for function in (Predictor.segment, Predictor.predict_from_files, run_demo):
         parameters = inspect.signature(function).parameters
         assert {k: parameters[k].default for k in SAMPLING_DEFAULTS if k in parameters} == {

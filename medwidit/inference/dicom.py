@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, one_line
+from .io import InputError, image_suffix, one_line
 
 __all__ = ["dicom_files", "is_dicom_file", "is_dicom_series", "read_dicom_series"]
 
@@ -49,7 +49,8 @@ def is_dicom_series(folder: str | os.PathLike) -> bool:
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    return any(not p.name.startswith(".") and p.is_file() and is_dicom_file(p) for p in folder.iterdir())
+    candidates = (p for p in folder.iterdir() if not p.name.startswith(".") and image_suffix(p) is None)
+    return any(p.is_file() and is_dicom_file(p) for p in candidates)  # NIfTI/NRRD files are not opened
 
 
 def _series_files(folder: Path) -> list[str]:

@@ -2,6 +2,7 @@
 NIfTI on the series' exact geometry; bad series (mixed sizes, a lone slice, a gap, two series) are one line naming
 the folder."""
 
+import locale
 import logging
 import shutil
 
@@ -35,8 +36,17 @@ OBLIQUE = {
 }
 
 
-def write_series(folder, data, *, spacing, origin, direction, uid="1.2.826.0.1.3680043.2.1125.7", description="T1"):
-    """``data`` (i, j, k) int16 written as one DICOM file per k-slice with its position and orientation tags."""
+def write_series(folder, data, **geometry):
+    """``data`` (i, j, k) int16 written as one DICOM file per k-slice; GDCM's writer leaves the process in the C
+    locale (Python then reads text files as ASCII), so the locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_series(folder, data, **geometry)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_series(folder, data, *, spacing, origin, direction, uid="1.2.826.0.1.3680043.2.1125.7", description="T1"):
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(np.asarray(data, dtype=np.int16).transpose(2, 1, 0))  # (k, j, i)
     image.SetSpacing(spacing)
