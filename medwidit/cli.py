@@ -292,8 +292,10 @@ def _resolve_model(args: argparse.Namespace) -> dict:
 
 def _model_line(args: argparse.Namespace, model: dict, predictor) -> str:
     """One line: version, which model (saying when it is the shipped default), device, precision, sampling."""
+    from medwidit.inference.options import DEFAULT_BUNDLE_TASK
+
     if model["default"]:
-        what = f"the shipped default bundle {model['name']} (brain extraction, {model['bundle']})"
+        what = f"the shipped default bundle {model['name']} ({DEFAULT_BUNDLE_TASK}, {model['bundle']})"
     elif model["bundle"] is not None:
         what = f"bundle {model['bundle']}"
     else:

@@ -22,6 +22,7 @@ from .io import InputError, one_line
 __all__ = [
     "BUNDLE_OPTIONS",
     "DEFAULT_BUNDLE",
+    "DEFAULT_BUNDLE_TASK",
     "MAX_GRID_GROWTH",
     "MIN_GRID_SIZE",
     "PRECISIONS",
@@ -44,7 +45,8 @@ PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5}  # the shipped bundle's inference.json holds these
 SHIPPED_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"  # the checkout's bundles/ folder
-DEFAULT_BUNDLE = "brain_widit_segmentation"  # brain extraction, the model `medwidit segment` uses without --bundle
+DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
+DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line
 BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap")
 MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
 MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
