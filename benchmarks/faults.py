@@ -123,7 +123,7 @@ class Lab:
     def left(folder: Path) -> list[str]:
         if not folder.is_dir():
             return []
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith((".", "medwidit_run")))  # not records
         state = folder / ".medwidit"
         if state.is_dir():
             names += sorted(f".medwidit/{p.name}" for p in state.iterdir() if p.suffix != ".json" and p.name != "lock")

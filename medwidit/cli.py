@@ -251,8 +251,11 @@ def _segment(args: argparse.Namespace) -> int:
             force_grid=args.force_grid,
             **sampling,
         )
-    except BaseException as e:  # the record says how the run ended, then the error goes on
+    except KeyboardInterrupt as e:  # the record says how the run ended, then the interruption goes on
         finish_record(record_path, record, [], error=e)
+        raise
+    except BaseException:  # refused before any case ran (the plan is checked first): no outputs, so no record
+        record_path.unlink(missing_ok=True)
         raise
     finish_record(record_path, record, results)
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}

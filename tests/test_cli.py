@@ -357,3 +357,15 @@ def test_the_license_file_is_the_one_pyproject_names():
     assert license_text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
     assert (declared.get("text") if isinstance(declared, dict) else declared) == "Apache-2.0"
+
+
+def test_a_run_refused_before_any_case_leaves_no_record(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _nifti(inputs / "x.nii.gz", _volume())
+    _nifti(inputs / "x_uncertainty.nii.gz", _volume())
+    checkpoint = _checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST, "--save-uncertainty"]
+    assert main(args) == 1 and "also an output of case 'x'" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
