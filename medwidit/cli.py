@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
-    seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
+    seg.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write case_uncertainty (total predictive entropy, nats) and its parts case_aleatoric (expected "
+        "entropy) and case_epistemic (mutual information; 0 without --augment)",
+    )
     seg.add_argument(
         "--save-figure",
         action="store_true",
@@ -89,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
         "an unfinished case's files)",
     )
+    _trust_options(seg)
     _common(seg)
     demo = commands.add_parser(
         "demo",
@@ -105,6 +111,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _common(demo)
     return parser
+
+
+def _trust_options(parser: argparse.ArgumentParser) -> None:
+    """Epistemic members and the per-case quality warning (README, "Uncertainty")."""
+    parser.add_argument(
+        "--augment",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="test-time views per case, each with --samples members (N times the cost): flips, voxel shifts and an "
+        "intensity curve, undone before averaging; they make case_epistemic and the Dice estimate in "
+        "case_quality.json see more than noise (default 1: none)",
+    )
+    parser.add_argument(
+        "--save-quality",
+        action="store_true",
+        help="also write case_quality.json: predicted Dice and volume (mL) per class, uncertainty summary",
+    )
+    parser.add_argument(
+        "--warn-dice",
+        type=_unit_float,
+        default=0.9,
+        metavar="D",
+        help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
+        "below D (default 0.9; 0 never warns)",
+    )
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +261,9 @@ def _segment(args: argparse.Namespace) -> int:
         seed=args.seed,
         modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
         force_grid=args.force_grid,
+        augment=args.augment,
+        save_quality=args.save_quality,
+        warn_dice=args.warn_dice or None,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"

@@ -52,14 +52,26 @@ from .options import (
     progress_callback,
     resolve_device,
 )
-from .outputs import CasePlan, check_plan, finish_interrupted, is_finished, plan_case, write_case
+from .outputs import (
+    CasePlan,
+    check_plan,
+    finish_interrupted,
+    is_finished,
+    output_path,
+    plan_case,
+    write_case,
+    write_json,
+)
 from .sliding import SlidingWindowDenoiser, sample_ensemble
+from .trust import augmentation_views, quality_report
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
+DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
+DEFAULT_WARN_DICE = 0.9  # a case whose predicted Dice of a foreground class is below this gets a warning line
 
 
 @dataclass
@@ -71,6 +83,9 @@ class Segmentation:
     entropy: np.ndarray  # (*S) float32, predictive entropy in nats (0 .. log K)
     geometry: ImageGeometry
     num_samples: int
+    aleatoric: np.ndarray | None = None  # (*S) float32, expected entropy over the views' groups, nats
+    epistemic: np.ndarray | None = None  # (*S) float32, mutual information between prediction and view, nats
+    quality: dict = field(default_factory=dict)  # the per-case estimate (trust.quality_report), as in _quality.json
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +113,7 @@ class CaseResult:
     outputs: list[Path] = field(default_factory=list)
     message: str | None = None
     seconds: float = 0.0
+    quality: dict | None = None  # the case's quality estimate (Segmentation.quality), when it was segmented
 
 
 class Predictor:
@@ -205,6 +221,7 @@ class Predictor:
         eta: float = 0.0,
         guidance_scale: float = 1.0,
         force_grid: bool = False,
+        augment: int = 1,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -212,7 +229,9 @@ class Predictor:
         (*S) or (C, *S) with ``affine`` (without one, 1 mm voxels and a warning). ``generator`` seeds the ensemble
         (default: seed 0, so that a case always gets the same result). ``sampler``, ``eta``, ``guidance_scale`` go to
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
-        than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``.
+        than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
+        test-time views (``trust.augmentation_views``: flips, voxel shifts, intensity curve), each with ``num_samples``
+        members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
         """
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
@@ -221,7 +240,9 @@ class Predictor:
         data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine))})
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
-        callback = progress_callback(progress, steps, Path(name).name)
+        check_int("augment", augment)
+        views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
+        callback = progress_callback(progress, steps * augment, Path(name).name)
         try:
             summary = sample_ensemble(
                 self.segmenter,
@@ -233,23 +254,38 @@ class Predictor:
                 sw_batch_size=self.sw_batch_size,
                 max_whole_voxels=self.max_whole_voxels,
                 wrap_model_fn=self._autocast,
-                progress=callback,
+                progress=None if callback is None else partial(_view_steps, callback, steps),
                 sampler=sampler,
                 eta=eta,
                 guidance_scale=guidance_scale,
                 generator=generator if generator is not None else torch.Generator().manual_seed(0),
+                views=views,
             )
         finally:
             getattr(callback, "close", lambda: None)()
         probability, entropy = self._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
+        split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
+        label_map = probability.argmax(0)
+        maps = {"total": entropy[0], **split}
+        quality = quality_report(
+            label_map,
+            geometry.affine,
+            summary["estimated_dice"][0].tolist(),
+            maps,
+            views=augment,
+            num_samples=num_samples,
+        )
         return Segmentation(
-            label_map=probability.argmax(0),
+            label_map=label_map,
             probability=probability,
             entropy=entropy[0],
             geometry=geometry,
             num_samples=num_samples,
+            aleatoric=split["aleatoric"],
+            epistemic=split["epistemic"],
+            quality=quality,
         )
 
     def check_options(self, *, steps=10, num_samples=4, overlap=0.5, sampler=None, eta=0.0, guidance_scale=1.0) -> None:
@@ -296,6 +332,7 @@ class Predictor:
         save_probabilities: bool = False,
         save_uncertainty: bool = False,
         save_figure: bool = False,
+        save_quality: bool = False,
         progress: bool = True,
         steps: int = 10,
         num_samples: int = 4,
@@ -306,6 +343,8 @@ class Predictor:
         seed: int = 0,
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
+        augment: int = DEFAULT_AUGMENT,
+        warn_dice: float | None = DEFAULT_WARN_DICE,
     ) -> list[CaseResult]:
         """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
 
@@ -316,6 +355,10 @@ class Predictor:
         planned against every input, before the first case runs. A bad case fails alone with a one-line message.
         Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
         ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
+        ``save_quality`` adds ``<case>_quality.json`` (``Segmentation.quality``, also on each ``CaseResult``);
+        ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
+        parts. ``augment`` N > 1: N test-time views per case (``Predictor.segment``). A case whose predicted Dice of a
+        foreground class is below ``warn_dice`` (None: never) gets a warning line.
         """
         options = {
             "steps": steps,
@@ -327,12 +370,19 @@ class Predictor:
         }
         self.check_options(**options)
         check_int("seed", seed, low=0)
+        check_int("augment", augment)
+        if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
+            raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")
         output_dir = check_output_dir(output_dir)
-        kinds = ["labels"] + ["probabilities"] * save_probabilities + ["uncertainty"] * save_uncertainty
-        kinds += ["figure"] * save_figure
+        kinds = ["labels"] + ["probabilities"] * save_probabilities
+        kinds += (
+            ["uncertainty", "aleatoric", "epistemic"] * save_uncertainty
+            + ["figure"] * save_figure
+            + ["quality"] * save_quality
+        )
         cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
         plans = {
-            c.name: plan_case(output_dir, c.name, [c.output_path(output_dir, k) for k in kinds])
+            c.name: plan_case(output_dir, c.name, [output_path(c, output_dir, k) for k in kinds])
             for c in cases
             if c.problem is None
         }
@@ -347,9 +397,10 @@ class Predictor:
                     kinds,
                     overwrite,
                     resume,
-                    {**options, "progress": progress, "force_grid": force_grid},
+                    {**options, "progress": progress, "force_grid": force_grid, "augment": augment},
                     seed,
                 )
+                _warn_low_dice(result, warn_dice)
             except KeyboardInterrupt:
                 done = sum(r.status == "done" for r in results)
                 logger.error(
@@ -364,7 +415,7 @@ class Predictor:
         return results
 
     def _predict_case(self, case: Case, plan: CasePlan | None, kinds, overwrite, resume, options, seed) -> CaseResult:
-        outputs = [case.output_path(plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
+        outputs = [output_path(case, plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
         try:
             if case.problem is not None:
                 raise InputError(case.problem)
@@ -395,18 +446,22 @@ class Predictor:
             logger.error("%s", message)
             return CaseResult(case.name, "failed", message=message)
         logger.info("%s: wrote %s", case.name, ", ".join(path.name for path in plan.files))
-        return CaseResult(case.name, "done", outputs)
+        return CaseResult(case.name, "done", outputs, quality=result.quality)
 
     def _write_case(self, case: Case, plan: CasePlan, kinds, result: Segmentation, overwrite: bool) -> None:
         """Stage every output of the case, then commit them and the marker last (``outputs.write_case``)."""
         arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
+        arrays.update(aleatoric=result.aleatoric, epistemic=result.epistemic)
         writes = {}
         for kind in kinds:
-            path = case.output_path(plan.state_dir.parent, kind)
+            path = output_path(case, plan.state_dir.parent, kind)
             if kind == "figure":
                 writes[path] = partial(self._figure, case, result)
+            elif kind == "quality":
+                writes[path] = partial(write_json, result.quality)
             else:
-                item = OutputImage(arrays[kind], result.geometry, path, kind, self.num_classes - 1)
+                image_kind = "uncertainty" if kind in ("aleatoric", "epistemic") else kind  # float32 maps in nats
+                item = OutputImage(arrays[kind], result.geometry, path, image_kind, self.num_classes - 1)
                 writes[path] = partial(save_image, item)
         write_case(plan, writes, overwrite=overwrite)
 
@@ -416,6 +471,31 @@ class Predictor:
         save_overlay_figure(
             staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty, title=case.name
         )
+
+
+def _warn_low_dice(result: CaseResult, warn_dice: float | None) -> None:
+    """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``."""
+    if warn_dice is None or result.quality is None:
+        return
+    dice = result.quality["predicted_dice"]
+    low = {k: v for k, v in dice.items() if k != "0" and v < warn_dice} if len(dice) > 1 else {}
+    if low:
+        classes = ", ".join(f"class {k} {v:.3f}" for k, v in low.items())
+        logger.warning("%s: predicted Dice below %.2f (%s): check this case before using it.", result.name, warn_dice,
+                       classes)  # fmt: skip
+
+
+def _view_steps(callback: Callable[[dict], None], steps: int, info: dict) -> None:
+    """One progress bar over every view's steps: view g's step i is step g * steps + i."""
+    callback({**info, "i": info.get("view", 0) * steps + info.get("i", 0)})
+
+
+def _invert_maps(data: dict, pre: Compose, maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """(1, *S') maps on the model's grid -> (*S) float32 >= 0 on the input grid (MONAI ``Invertd``, linear)."""
+    affine = data["image"].affine
+    meta = {k: MetaTensor(v.float().cpu(), affine=affine) for k, v in maps.items()}
+    inverted = Invertd(list(meta), transform=pre, orig_keys="image", nearest_interp=False)({**data, **meta})
+    return {k: inverted[k].as_tensor().clamp_(min=0)[0].numpy().astype(np.float32) for k in maps}
 
 
 def segment(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_optio
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import network_alignment, network_size_multiple
 
+from .trust import View, apply_view, decompose_entropy, estimated_dice, invert_view
 from .uncertainty import summarize_ensemble
 
 __all__ = [
@@ -309,35 +311,56 @@ def sample_ensemble(
     eta: float = 0.0,
     guidance_scale: float = 1.0,
     return_members: bool = False,
+    views: Sequence[View] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
-    variance, agreement; each (B, ...) on ``image``'s grid).
+    variance, agreement; each (B, ...) on ``image``'s grid) and :mod:`~medwidit.inference.trust` (``aleatoric`` and
+    ``epistemic`` maps (B, 1, *S) in nats, ``estimated_dice`` (B, K)).
 
     ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
     through the code path inference uses (with its own steps, samples and overlap, and no autocast).
     ``wrap_model_fn`` wraps the denoiser (e.g. in autocast); ``sampler``, ``eta``, ``guidance_scale`` go to
-    ``segmenter.sample`` as they are. ``return_members`` adds ``"members"``, the per-member probabilities
-    (S, B, K, *S); members draw their noise in order, so its first n are the n-member ensemble of the same generator.
+    ``segmenter.sample`` as they are. ``views`` (default: the identity alone) are test-time augmentations: each view
+    draws ``num_samples`` members from the image seen through it, undone exactly before averaging, so the ensemble
+    has G = len(views) groups of S members and the entropy splits into aleatoric and epistemic parts over them
+    (without views, the epistemic map is 0). ``return_members`` adds ``"members"``, the per-member probabilities
+    (G*S, B, K, *S), group-major; members draw their noise in order, so its first n are the n-member ensemble of the
+    same generator (views included: the first view's members are those of a run without the others).
     """
+    views = [View()] if views is None else list(views)
+    if not views:
+        raise ValueError("views must hold at least one View (or be None for the identity alone).")
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
     )
-    logger.debug("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
-    samples = segmenter.sample(  # (S, B, K, *S')
-        image,
-        steps=steps,
-        num_samples=num_samples,
-        generator=generator,
-        progress=progress,
-        sampler=sampler,
-        eta=eta,
-        guidance_scale=guidance_scale,
-        model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
-    )
-    probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
+    logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
+    model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
+    groups = []
+    for g, view in enumerate(views):
+        view_progress = None if progress is None else partial(_with_view, progress, g)
+        samples = segmenter.sample(  # (S, B, K, *S' of the view)
+            apply_view(image, view),
+            steps=steps,
+            num_samples=num_samples,
+            generator=generator,
+            progress=view_progress,
+            sampler=sampler,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            model_fn=model_fn,
+        )
+        groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
+    probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     summary = summarize_ensemble(probabilities)
+    split = decompose_entropy(probabilities, groups=len(views))
+    summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
+    summary["estimated_dice"] = estimated_dice(probabilities)
     if return_members:
         summary["members"] = probabilities
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary
+
+
+def _with_view(progress: Callable[[dict], None], view: int, info: dict) -> None:
+    progress({**info, "view": view})

@@ -122,7 +122,12 @@ def test_nrrd_in_nrrd_out_with_its_geometry(tmp_path, checkpoint, volume):
     source = save_itk(tmp_path / "scan.nrrd", volume)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     (result,) = predictor.predict_from_files(source, tmp_path / "out", save_uncertainty=True, progress=False, **FAST)
-    assert result.status == "done" and [p.name for p in result.outputs] == ["scan.nrrd", "scan_uncertainty.nrrd"]
+    assert result.status == "done" and [p.name for p in result.outputs] == [
+        "scan.nrrd",
+        "scan_uncertainty.nrrd",
+        "scan_aleatoric.nrrd",
+        "scan_epistemic.nrrd",
+    ]
     original = sitk.ReadImage(str(source))
     for path in result.outputs:
         written = sitk.ReadImage(str(path))
@@ -149,7 +154,9 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
     assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"
-    assert visible(out) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
+    assert visible(out) == [
+        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_epistemic", "_probabilities", "_uncertainty")
+    ]
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "skipped"
 
 
