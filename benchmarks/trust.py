@@ -16,7 +16,8 @@ members each); the ensembles compared are prefixes of those members (the first v
 test-time augmentation, seed for seed), so their cost ratio is the number of views. Reported per ensemble: Spearman
 and mean absolute error between predicted (``trust.estimated_dice``) and true Dice of the brain, which cases a
 ``--warn-dice`` threshold flags, voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
-the head, and ECE inside the head (``medwidit.inference.metrics``).
+the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
+predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
 
     python benchmarks/trust.py                      # the shipped bundle, ~10 min of CPU
     python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
@@ -62,6 +63,8 @@ MAPS = ("total", "aleatoric", "epistemic")
 
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
     """(image, label) (*S) arrays -> the shifted copy at strength ``level`` (1..3) of ``family`` (see the module)."""
+    if family not in STRENGTHS:
+        raise ValueError(f"unknown shift family {family!r}; choose from {FAMILIES}.")
     x = image.astype(np.float32) / max(float(np.percentile(image, 99.5)), 1e-6)
     y = label.copy()
     strength = STRENGTHS[family][level - 1]
@@ -75,12 +78,10 @@ def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: 
     elif family == "noise":
         g = np.random.default_rng(seed)
         x = np.sqrt((x + strength * g.standard_normal(x.shape)) ** 2 + (strength * g.standard_normal(x.shape)) ** 2)
-    elif family == "bias":
+    else:  # bias
         field = RandBiasField(coeff_range=(strength, strength), prob=1.0)
         field.set_random_state(seed)
         x = np.asarray(field(torch.from_numpy(x)[None]))[0]
-    else:
-        raise ValueError(f"unknown shift family {family!r}; choose from {FAMILIES}.")
     return x.astype(np.float32), y
 
 
@@ -98,7 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=2, help="members per view")
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    parser.add_argument("--mni-levels", type=int, nargs="*", default=[2], help="strengths applied to MNI152 too")
+    parser.add_argument(
+        "--mni-shifts", nargs="*", default=["contrast2", "bias2"], help="shifts of MNI152 too (family + strength)"
+    )
     parser.add_argument("--warn-dice", type=float, default=0.9, help="flag threshold scored here")
     parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -118,17 +121,19 @@ def load_cases(args) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
         templates = [("colin27_2mm_crop", image[block], label[block], example.affine, [("fov", 3), ("contrast", 3)])]
     else:
         base = Path(args.dataset_dir or sources.default_cache_dir()) / "brain"
-        for name, levels in (("colin27_1mm", (1, 2, 3)), ("mni152nlin6asym_1mm", tuple(args.mni_levels))):
+        colin = [(f, level) for f in args.families for level in (1, 2, 3)]
+        mni = [(s[:-1], int(s[-1])) for s in args.mni_shifts]
+        for name, shifts in (("colin27_1mm", colin), ("mni152nlin6asym_1mm", mni)):
             image = nib.load(base / f"{name}_image.nii.gz")
             label = np.asarray(nib.load(base / f"{name}_label.nii.gz").dataobj)
-            shifts = [(f, level) for f in args.families for level in levels]
             templates.append((name, np.asarray(image.dataobj, np.float32), label, image.affine, shifts))
     cases = []
     for name, image, label, affine, shifts in templates:
-        cases.append((name, image, label.astype(np.int64), affine, head_mask(image)))
+        head = head_mask(image)  # the clean scan's head: a shift changes the image, not where the head is
+        cases.append((name, image, label.astype(np.int64), affine, head))
         for i, (family, level) in enumerate(shifts):
             shifted, truth = acquisition_shift(image, label.astype(np.int64), family, level, seed=i)
-            cases.append((f"{name}/{family}{level}", shifted, truth, affine, head_mask(image)))
+            cases.append((f"{name}/{family}{level}", shifted, truth, affine, head))
     return cases
 
 
@@ -148,7 +153,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
-    for v in sorted({1, min(2, args.views), args.views}):
+    for v in sorted({1, args.views}):
         members = run["members"][: v * args.samples]  # (v*S, 1, K, *S')
         summary = summarize_ensemble(members)
         split = decompose_entropy(members, groups=v)
@@ -159,7 +164,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
         out["ensembles"][str(v)] = {
             "true_dice": float(dice[1]),
-            "predicted_dice": float(estimated_dice(members)[0, 1]),
+            "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
+            "empty": not bool(labels.any()),
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
@@ -202,9 +208,18 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "flagged_of_those": int((pred[low] < warn_dice).sum()),
             "false_flags": int((pred[~low] < warn_dice).sum()),
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
+            "best_warn_threshold": _best_threshold(pred, low),
             "ece_mean": float(np.mean([r["ece"] for r in rows])),
         }
     return out
+
+
+def _best_threshold(pred: np.ndarray, low: np.ndarray) -> dict:
+    """The threshold on predicted Dice (0.80 .. 0.99 by 0.005) that flags every low case with the fewest false flags,
+    or, where none flags them all, the most low cases."""
+    rows = [(t, int((pred[low] < t).sum()), int((pred[~low] < t).sum())) for t in np.arange(0.8, 0.9901, 0.005)]
+    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2]))
+    return {"threshold": round(float(t), 3), "flagged": flagged, "of": int(low.sum()), "false_flags": false}
 
 
 def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:

@@ -477,12 +477,13 @@ def _warn_low_dice(result: CaseResult, warn_dice: float | None) -> None:
     """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``."""
     if warn_dice is None or result.quality is None:
         return
-    dice = result.quality["predicted_dice"]
-    low = {k: v for k, v in dice.items() if k != "0" and v < warn_dice} if len(dice) > 1 else {}
-    if low:
-        classes = ", ".join(f"class {k} {v:.3f}" for k, v in low.items())
-        logger.warning("%s: predicted Dice below %.2f (%s): check this case before using it.", result.name, warn_dice,
-                       classes)  # fmt: skip
+    dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
+    low = [f"class {k} {v:.3f}" for k, v in dice.items() if k != "0" and v < warn_dice]
+    problems = ([f"predicted Dice below {warn_dice:.2f} ({', '.join(low)})"] if low else []) + (
+        [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
+    )
+    if problems:
+        logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))
 
 
 def _view_steps(callback: Callable[[dict], None], steps: int, info: dict) -> None:

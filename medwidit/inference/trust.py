@@ -147,7 +147,8 @@ def quality_report(
 ) -> dict:
     """One case's quality estimate, JSON types: ``predicted_dice`` and ``volume_ml`` per class (label map (*S) on the
     grid of ``affine``), ``min_predicted_dice`` over the foreground classes, and per uncertainty map (*S) its mean over
-    the predicted foreground and over the volume, in nats."""
+    the predicted foreground and over the volume, in nats; ``empty_classes``: foreground classes with no voxel (their
+    Dice estimate is 1 where every member agrees on nothing, which says nothing about a missed structure)."""
     num_classes = len(predicted_dice)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
     counts = np.bincount(np.asarray(label_map).ravel().astype(np.int64), minlength=num_classes)
@@ -161,6 +162,7 @@ def quality_report(
     return {
         "predicted_dice": {str(k): dice[k] for k in range(num_classes)},
         "min_predicted_dice": min(dice[1:]) if num_classes > 1 else dice[0],
+        "empty_classes": [k for k in range(1, num_classes) if counts[k] == 0],  # members agreeing on nothing: Dice 1
         "volume_ml": {str(k): float(counts[k]) * voxel_ml for k in range(num_classes)},
         "uncertainty": summary,
         "views": views,

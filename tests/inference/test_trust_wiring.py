@@ -129,3 +129,17 @@ def test_the_cli_options_and_a_quiet_case(tmp_path, checkpoint, capsys):
         with pytest.raises(SystemExit):
             main([*base, "-o", str(tmp_path / "c"), *bad])
         assert "expected" in capsys.readouterr().err
+
+
+def test_a_case_where_nothing_is_found_is_warned_about_though_every_member_agrees(tmp_path, caplog):
+    source = save_nifti(tmp_path / "empty.nii.gz", np.zeros((12, 10, 8), np.float32))
+    predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", roi_size=8,
+                          preprocessing=PREPROCESSING)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        (result,) = predictor.predict_from_files(source, tmp_path / "out", progress=False, **FAST)
+    assert result.quality["predicted_dice"]["1"] == 1.0 and result.quality["empty_classes"] == [1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["empty: no voxel of class 1: check this case before using it."]
+    caplog.clear()
+    predictor.predict_from_files(source, tmp_path / "quiet", progress=False, warn_dice=None, **FAST)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
