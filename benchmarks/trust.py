@@ -39,7 +39,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, RandBiasField
 from scipy import ndimage, stats
 
-from medwidit.data.synth import _thick_slices
+from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
@@ -69,7 +69,7 @@ def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: 
     y = label.copy()
     strength = STRENGTHS[family][level - 1]
     if family == "thick":
-        x = np.asarray(_thick_slices(torch.from_numpy(x)[None], axis=2, thickness=strength)[0])
+        x = np.asarray(thick_slices(torch.from_numpy(x)[None], axis=2, thickness=strength)[0])
     elif family == "fov":
         cut = int(round(strength * x.shape[2]))
         x[..., x.shape[2] - cut :], y[..., y.shape[2] - cut :] = 0.0, 0
