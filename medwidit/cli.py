@@ -132,10 +132,11 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warn-dice",
         type=_unit_float,
-        default=0.9,
+        default=0.97,
         metavar="D",
         help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
-        "below D (default 0.9; 0 never warns)",
+        "below D, or that has no voxel of a foreground class (default 0.97: the estimate is optimistic, see "
+        "benchmarks/trust.py; 0 never warns)",
     )
 
 
