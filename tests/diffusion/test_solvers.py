@@ -28,7 +28,7 @@ C = 0.5  # the data: x0 ~ N(0, C^2) per voxel, whose ideal denoiser is linear in
 def _recovers(prediction, sampler, label, steps, atol):
     net = OracleNet(3, prediction)
     segmenter = DiffusionSegmenter(net, num_classes=3, objective=prediction)
-    net.scheduler = segmenter.scheduler
+    net.noise_scheduler = segmenter.noise_scheduler
     generator = torch.Generator().manual_seed(0)
     samples = segmenter.sample(label.float(), steps=steps, sampler=sampler, num_samples=2, generator=generator)
     assert all(torch.equal(to_labels(to_probabilities(member)), label) for member in samples)
