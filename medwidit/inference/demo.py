@@ -1,6 +1,6 @@
 """``medwidit demo``: the shipped pretrained bundle segments the shipped example scan, exactly as ``medwidit segment``.
 
-The example is Colin27's whole-head T1 at 2 mm (``medwidit.data.sources.example_case``), a brain the bundle never saw
+The example is Colin27's whole-head T1 at 2 mm (``medwidit.data.example.example_case``), a brain the bundle never saw
 in training or model selection. The demo writes the label map, the uncertainty map and a PNG figure, then reports the
 brain volume and the Dice against the example's reference brain mask.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medwidit.data.sources import example_case
+from medwidit.data.example import example_case
 
 from .io import InputError
 from .predictor import Predictor
