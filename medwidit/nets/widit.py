@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from medwidit.utils import atomic_write, check_int
 
-from .attention import POSITIONS
-from .blocks import ATTENTIONS, FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
+from .attention import ATTENTIONS, POSITIONS
+from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
