@@ -145,9 +145,9 @@ def sample_medwidit(predictor: Predictor, image_path: str, pre: Compose, *, step
         return predictor.wrap_model_fn(denoiser)
 
     run = sample_ensemble(
-        predictor.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=predictor.roi_size,
-        overlap=overlap, sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
-        generator=torch.Generator().manual_seed(seed), wrap_model_fn=wrap, return_members=True,
+        predictor.segmenter, condition, steps=steps, num_samples=num_samples, overlap=overlap,
+        **predictor.window_options, generator=torch.Generator().manual_seed(seed), wrap_model_fn=wrap,
+        return_members=True,
     )  # fmt: skip
     return {
         "data": data,

@@ -155,6 +155,11 @@ class Predictor:
     def num_classes(self) -> int:
         return self.segmenter.num_classes
 
+    @property
+    def window_options(self) -> dict:
+        """``sample_ensemble``'s ``roi_size``, ``sw_batch_size`` and ``max_whole_voxels``: this predictor's windows."""
+        return {name: getattr(self, name) for name in ("roi_size", "sw_batch_size", "max_whole_voxels")}
+
     ##################################################################################################################
     # loading
     ##################################################################################################################
@@ -228,10 +233,8 @@ class Predictor:
                 condition,
                 steps=steps,
                 num_samples=num_samples,
-                roi_size=self.roi_size,
                 overlap=overlap,
-                sw_batch_size=self.sw_batch_size,
-                max_whole_voxels=self.max_whole_voxels,
+                **self.window_options,
                 wrap_model_fn=self.wrap_model_fn,
                 progress=callback,
                 sampler=sampler,

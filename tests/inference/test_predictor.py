@@ -248,9 +248,10 @@ def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(t
 
 
 def test_public_wrap_and_invert_compose_to_segment(tmp_path):
-    """``segment`` is ``sample_ensemble(wrap_model_fn=predictor.wrap_model_fn)`` then ``predictor.invert``: a caller
-    that reads the file with MONAI's LoadImaged (as the benchmarks do) gets the Predictor's maps on the input grid,
-    through reorientation, resampling and Invertd; under autocast the wrapped denoiser runs the net in bfloat16."""
+    """``segment`` is ``sample_ensemble(**predictor.window_options, wrap_model_fn=predictor.wrap_model_fn)`` then
+    ``predictor.invert``: a caller that reads the file with MONAI's LoadImaged (as the benchmarks do) gets the
+    Predictor's maps on the input grid, through reorientation, resampling and Invertd; under autocast the wrapped
+    model function runs in bfloat16."""
     from monai.transforms import Compose
 
     from medwidit.data.transforms import preprocessing_transforms
@@ -263,7 +264,7 @@ def test_public_wrap_and_invert_compose_to_segment(tmp_path):
     expected = predictor.segment(path, **FAST, generator=torch.Generator().manual_seed(7))
     pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
     data = pre({"image": str(path)})
-    summary = sample_ensemble(predictor.segmenter, data["image"].as_tensor()[None], roi_size=predictor.roi_size,
+    summary = sample_ensemble(predictor.segmenter, data["image"].as_tensor()[None], **predictor.window_options,
                               wrap_model_fn=predictor.wrap_model_fn, generator=torch.Generator().manual_seed(7),
                               **FAST)  # fmt: skip
     probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
