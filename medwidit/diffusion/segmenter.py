@@ -269,9 +269,8 @@ class DiffusionSegmenter(nn.Module):
 
 
 def _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob) -> None:
-    for name, value, low in (("num_classes", num_classes, 2), ("num_train_timesteps", num_train_timesteps, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+    check_int("num_classes", num_classes, low=2)
+    check_int("num_train_timesteps", num_train_timesteps, low=2)
     for name, value in (("aux_weight", aux_weight), ("vlb_weight", vlb_weight)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}.")
