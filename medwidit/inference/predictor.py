@@ -306,6 +306,8 @@ class Predictor:
         seed: int = 0,
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
+        num_parts: int = 1,
+        part_id: int = 0,
     ) -> list[CaseResult]:
         """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
 
@@ -316,6 +318,9 @@ class Predictor:
         planned against every input, before the first case runs. A bad case fails alone with a one-line message.
         Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
         ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
+        ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
+        ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
+        share the work and each writes only its own cases; the plan is still checked over every case.
         """
         options = {
             "steps": steps,
@@ -327,6 +332,8 @@ class Predictor:
         }
         self.check_options(**options)
         check_int("seed", seed, low=0)
+        check_int("num_parts", num_parts)
+        check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * save_probabilities + ["uncertainty"] * save_uncertainty
         kinds += ["figure"] * save_figure
@@ -337,8 +344,9 @@ class Predictor:
             if c.problem is None
         }
         check_plan(list(plans.values()), [f for c in cases for f in c.files])
+        share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
         results: list[CaseResult] = []
-        for case in cases:
+        for case in (c for c in cases if id(c) in share):
             start = time.perf_counter()
             try:
                 result = self._predict_case(
