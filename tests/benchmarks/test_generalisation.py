@@ -67,3 +67,10 @@ def test_unknown_variant_names_the_choices():
     image, _ = _ball()
     with pytest.raises(ValueError, match="thick_x"):
         generalisation.variant("thin", image)
+
+
+def test_validation_bases_replace_the_test_scan_and_bad_ones_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="--no-colin27 needs at least one --base"):
+        generalisation.main(["--no-colin27", "--tools", "medwidit"])
+    with pytest.raises(SystemExit, match="--base mni: .*missing.nii.gz"):
+        generalisation.main(["--base", "mni", str(tmp_path / "missing.nii.gz"), str(tmp_path / "l.nii.gz")])
