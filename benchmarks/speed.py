@@ -7,7 +7,8 @@
 ``compare`` runs each tool once in its own process on the shipped example and reads that process's CPU seconds
 (user + system, ``RUSAGE_CHILDREN``) and wall seconds: medwidit's ``segment`` with its defaults and the shipped
 bundle (this checkout, and ``--reference``: another checkout, e.g. a ``git worktree`` of the issue's baseline, with
-its own defaults), one forward of MONAI's ``BasicUNet`` on the grid medwidit samples (padded to a multiple of 16),
+its own defaults; ``--same-flags``: both again with the same flags, which isolates what is not the defaults), one
+forward of MONAI's ``BasicUNet`` on the grid medwidit samples (padded to a multiple of 16),
 ``python -m medwidit segment --help`` and ``import medwidit.inference`` (start-up), and deepbet through
 ``benchmarks/tools/run_tool.py`` in the peers' environment. Dice of each mask against the example's reference, on
 its grid. ``curve`` measures Dice against CPU seconds (``time.process_time`` of ``Predictor.segment``, one
@@ -24,6 +25,7 @@ import itertools
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,12 @@ def compare(args, folder: Path) -> dict:
         if args.reference:
             ref = run_medwidit(Path(args.reference), image, model, extra, args.threads, folder)
             rows.setdefault("medwidit_reference", []).append(ref)
+    if args.same_flags:  # the encoding cache alone: both checkouts with the same explicit sampling flags
+        flags = [*extra, *shlex.split(args.same_flags)]
+        rows["medwidit_same_flags"] = [run_medwidit(ROOT, image, model, flags, args.threads, folder)]
+        if args.reference:
+            ref = run_medwidit(Path(args.reference), image, model, flags, args.threads, folder)
+            rows["medwidit_reference_same_flags"] = [ref]
     env = medwidit_env(ROOT, args.threads)
     rows["startup_help"] = [timed([sys.executable, "-m", "medwidit", "segment", "--help"], env)]
     rows["startup_import"] = [timed([sys.executable, "-c", "import medwidit.inference, medwidit.cli"], env)]
@@ -125,10 +133,14 @@ def ratios(runs: dict) -> dict:
     out = {}
     if "deepbet" in best:
         out["medwidit_over_deepbet_cpu"] = best["medwidit"]["cpu_seconds"] / best["deepbet"]["cpu_seconds"]
-    if "medwidit_reference" in best:
-        for key in ("cpu", "wall"):
-            ref, new = best["medwidit_reference"][f"{key}_seconds"], best["medwidit"][f"{key}_seconds"]
-            out[f"reference_over_medwidit_{key}"] = ref / new
+    for suffix in ("", "_same_flags"):
+        if f"medwidit_reference{suffix}" in best:
+            for key in ("cpu", "wall"):
+                ref, new = (
+                    best[f"medwidit_reference{suffix}"][f"{key}_seconds"],
+                    best[f"medwidit{suffix}"][f"{key}_seconds"],
+                )
+                out[f"reference_over_medwidit{suffix}_{key}"] = ref / new
     return out
 
 
@@ -229,6 +241,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model and volume (seconds)")
     parser.add_argument("--peers-python", help="interpreter with deepbet (e.g. /work/peers-venv/bin/python)")
     parser.add_argument("--reference", help="another medwidit checkout to time beside this one (its own defaults)")
+    parser.add_argument("--same-flags", help="also run both checkouts with these flags, e.g. '--steps 10 --samples 4'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="medwidit runs per checkout (the fastest counts)")
     parser.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp_2m"])

@@ -14,18 +14,30 @@ speed = load_benchmark("speed")
 
 def test_compare_quick(tmp_path):
     out = tmp_path / "speed.json"
-    command = [sys.executable, str(BENCHMARKS / "speed.py"), "--quick", "--reference", str(BENCHMARKS.parent)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "speed.py"),
+        "--quick",
+        "--reference",
+        str(BENCHMARKS.parent),
+        "--same-flags",
+        "--steps 1 --samples 1",
+    ]
     proc = subprocess.run([*command, "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text())
     runs = record["runs"]
-    assert set(runs) == {"medwidit", "medwidit_reference", "startup_help", "startup_import", "basicunet_forward"}
+    assert set(runs) == {
+        "medwidit", "medwidit_reference", "medwidit_same_flags", "medwidit_reference_same_flags",
+        "startup_help", "startup_import", "basicunet_forward",
+    }  # fmt: skip
     for name, (run,) in runs.items():
         assert "error" not in run, (name, run)
         assert run["cpu_seconds"] > 0 and run["wall_seconds"] > 0, name
     assert 0 <= runs["medwidit"][0]["dice"] <= 1
     assert runs["basicunet_forward"][0]["reported"]["grid"] == [32, 32, 32]  # 24^3 padded to a multiple of 16
     assert record["ratios"]["reference_over_medwidit_cpu"] > 0
+    assert record["ratios"]["reference_over_medwidit_same_flags_wall"] > 0
     assert "| medwidit |" in record["markdown"]
 
 
