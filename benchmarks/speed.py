@@ -67,7 +67,8 @@ def timed(command: list[str], env: dict) -> dict:
     """Run ``command``; its CPU seconds (user + system of the child) and wall seconds, and its last stdout line."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    # cwd outside every checkout: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH's checkout
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
