@@ -62,6 +62,8 @@ class DiffusionSegmenter(nn.Module):
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
         clip_sample: clip x0 estimates to [-1, 1] while sampling.
+
+    Attributes: ``noise_scheduler`` is the MONAI scheduler object that ``scheduler`` names (``scheduler_name``).
     """
 
     def __init__(
@@ -100,9 +102,9 @@ class DiffusionSegmenter(nn.Module):
         self.cond_drop_prob = float(cond_drop_prob)
         self.clip_sample = bool(clip_sample)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
-        object.__setattr__(self, "scheduler", self._build_scheduler())
+        object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
-    def _build_scheduler(self):
+    def _build_noise_scheduler(self):
         if self.scheduler_name == "rflow":
             return RFlowScheduler(num_train_timesteps=self.num_train_timesteps, use_discrete_timesteps=True)
         common = {"clip_sample": self.clip_sample, "prediction_type": self.objective, **self.schedule_args}
@@ -148,17 +150,19 @@ class DiffusionSegmenter(nn.Module):
             self.objective, self.num_train_timesteps, x0.shape[0], generator=generator, device=x0.device
         )
         noise = randn_like(x0, generator)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
         cond = self._drop_condition(image, generator)
         prediction, frac = split_output(_call_net(self.net, spacing, x_t, t.float(), cond), x0, self.learn_sigma)
         prediction = prediction.float()
-        parts = {"diffusion": F.mse_loss(prediction, training_target(self.objective, self.scheduler, x0, noise, t))}
-        x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t, bounded_gradient=True)
+        parts = {
+            "diffusion": F.mse_loss(prediction, training_target(self.objective, self.noise_scheduler, x0, noise, t))
+        }
+        x0_hat = x0_estimate(self.objective, self.noise_scheduler, prediction, x_t, t, bounded_gradient=True)
         parts["aux"] = aux_dice_ce(x0_hat, label.to(image.device)) if self.aux_weight > 0 else x0_hat.new_zeros(())
         total = parts["diffusion"] + self.aux_weight * parts["aux"]
         if self.learn_sigma:
-            frozen = x0_estimate(self.objective, self.scheduler, prediction.detach(), x_t, t)
-            parts["vlb"] = vlb_terms(self.scheduler, x0, x_t, t, frozen, frac).mean()
+            frozen = x0_estimate(self.objective, self.noise_scheduler, prediction.detach(), x_t, t)
+            parts["vlb"] = vlb_terms(self.noise_scheduler, x0, x_t, t, frozen, frac).mean()
             total = total + self.vlb_weight * self.num_train_timesteps * parts["vlb"]
         return {"loss": total, **parts}
 
@@ -209,7 +213,7 @@ class DiffusionSegmenter(nn.Module):
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
-        timesteps, schedule = timestep_list(self.scheduler, steps), schedule_arguments(self.scheduler)
+        timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
         if spacing is not None and model_fn is not None:
             raise ValueError("spacing goes to the net; a custom model_fn must pass it itself (got both).")
         model_fn = model_fn or partial(_call_cached, ConditionCache(self.net), spacing)

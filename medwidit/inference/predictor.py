@@ -160,6 +160,11 @@ class Predictor:
     def num_classes(self) -> int:
         return self.segmenter.num_classes
 
+    @property
+    def window_options(self) -> dict:
+        """``sample_ensemble``'s ``roi_size``, ``sw_batch_size`` and ``max_whole_voxels``: this predictor's windows."""
+        return {name: getattr(self, name) for name in ("roi_size", "sw_batch_size", "max_whole_voxels")}
+
     ##################################################################################################################
     # loading
     ##################################################################################################################
@@ -233,11 +238,9 @@ class Predictor:
                 condition,
                 steps=steps,
                 num_samples=num_samples,
-                roi_size=self.roi_size,
                 overlap=overlap,
-                sw_batch_size=self.sw_batch_size,
-                max_whole_voxels=self.max_whole_voxels,
-                wrap_model_fn=self._autocast,
+                **self.window_options,
+                wrap_model_fn=self.wrap_model_fn,
                 progress=callback,
                 sampler=sampler,
                 eta=eta,
@@ -246,7 +249,7 @@ class Predictor:
             )
         finally:
             getattr(callback, "close", lambda: None)()
-        probability, entropy = self._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
         return Segmentation(
@@ -274,7 +277,10 @@ class Predictor:
             probe, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
 
-    def _autocast(self, model_fn):
+    def wrap_model_fn(self, model_fn: Callable) -> Callable:
+        """``model_fn(x, t, cond)`` run under this predictor's autocast (``precision``); itself where that is float32.
+
+        ``sample_ensemble(..., wrap_model_fn=predictor.wrap_model_fn)`` samples as :meth:`segment` does."""
         if self.autocast_dtype is None:
             return model_fn
 
@@ -284,8 +290,13 @@ class Predictor:
 
         return autocast_model_fn
 
-    def _invert(self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor):
-        """Map (K, *S') and (1, *S') maps back onto the input grid with MONAI ``Invertd`` (linear interpolation)."""
+    def invert(
+        self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Undo the preprocessing: probability (K, *S') and entropy (1, *S') on the grid ``pre`` made for ``data``
+        (``data = pre(...)``, its ``"image"`` a MetaTensor carrying the applied transforms) -> float32 (K, *S) and
+        (1, *S) numpy arrays on the input's grid, by MONAI ``Invertd`` (linear interpolation); probabilities are
+        clamped to [0, 1] and renormalised, entropy clamped at 0."""
         image = data["image"]
         maps = {
             "probability": MetaTensor(probability.float().cpu(), affine=image.affine),

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .attention import FactorizedAttention, WindowAttention
+from .attention import make_attention
 from .embed import Unpatchify
 from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate
 
-ATTENTIONS = ("window", "global", "factorized")
 FINALS = ("linear", "conv")
 HEADS = ("patch", "pixel")  # WiDiT(head=...): tokens -> voxels by WiDiTFinalLayer, or by the PixelHead
 
@@ -39,20 +38,8 @@ class WiDiTBlock(nn.Module):
         attention: str = "window",
     ) -> None:
         super().__init__()
-        attention = choose("attention", attention, ATTENTIONS)
-        window_size = tuple(window_size)
         self.norm1 = make_norm(norm, hidden_size)
-        if attention == "factorized":
-            self.attn = FactorizedAttention(hidden_size, num_heads, window_size, shifted=shifted, position=position)
-        else:
-            self.attn = WindowAttention(
-                hidden_size,
-                num_heads,
-                window_size,
-                shifted=shifted,
-                position=position,
-                global_attention=attention == "global",
-            )
+        self.attn = make_attention(attention, hidden_size, num_heads, tuple(window_size), shifted, position)
         self.norm2 = make_norm(norm, hidden_size)
         self.mlp = make_mlp(mlp, hidden_size, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))

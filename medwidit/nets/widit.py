@@ -19,8 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from medwidit.utils import atomic_write, check_int
 
-from .attention import POSITIONS
-from .blocks import ATTENTIONS, FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
+from .attention import ATTENTIONS, POSITIONS
+from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
@@ -49,7 +49,7 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be positive, got {value}.")
 
 
-def _check_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive: float) -> None:
+def _check_widit_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive: float) -> None:
     """The seed's size rules: 2D or 3D, hidden even and divisible by heads, and positive counts."""
     if spatial_dim not in (2, 3):
         raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
@@ -142,7 +142,9 @@ class WiDiT(nn.Module):
         pixel_depth: int = 2,
     ) -> None:
         super().__init__()
-        _check_sizes(spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio)
+        _check_widit_sizes(
+            spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio
+        )
         if cond_channels is not None and not use_conditioning:
             raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
         conditioning = choose("conditioning", conditioning, CONDITIONINGS)
