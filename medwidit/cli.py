@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = seg.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
     model.add_argument("--bundle", metavar="DIR", help="MONAI bundle folder with models/model.pt")
+    # the Predictor's DEFAULT_STEPS / DEFAULT_SAMPLES (a test keeps them equal; literals keep --help import-free)
     seg.add_argument("--steps", type=_positive_int, default=10, help="denoising steps per sample (default 10)")
     seg.add_argument("--samples", type=_positive_int, default=4, help="ensemble size (default 4)")
     seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
         "an unfinished case's files)",
+    )
+    seg.add_argument("--num-parts", type=_positive_int, default=1, help="split the cases into N parts (nnU-Net)")
+    seg.add_argument(
+        "--part-id",
+        type=_non_negative_int,
+        default=0,
+        help="segment only part K of --num-parts, K in 0..N-1: every N-th case sorted by name from the K-th "
+        "(default 0)",
     )
     _common(seg)
     demo = commands.add_parser(
@@ -179,6 +188,10 @@ def _segment(args: argparse.Namespace) -> int:
     from medwidit.inference import Predictor
     from medwidit.inference.options import check_sampling
 
+    if args.part_id >= args.num_parts:  # before the model loads
+        raise ValueError(
+            f"--part-id must be in 0..{args.num_parts - 1} (--num-parts {args.num_parts}), got {args.part_id}."
+        )
     if not all(str(path).strip() for path in args.input):
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
     check_sampling(
@@ -218,6 +231,8 @@ def _segment(args: argparse.Namespace) -> int:
         seed=args.seed,
         modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
         force_grid=args.force_grid,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"

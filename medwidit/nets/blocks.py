@@ -193,6 +193,10 @@ class PixelHead(nn.Module):
             block.init_weights()
         self.final.init_weights()
 
+    def encode_condition(self, conditioned: torch.Tensor) -> torch.Tensor:
+        """The image's stem projection (B, cond, *S) -> (B, *S, D): it does not change across denoising steps."""
+        return self.stem_c(conditioned.movedim(1, -1))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -200,11 +204,13 @@ class PixelHead(nn.Module):
         tokens: torch.Tensor,
         c: torch.Tensor | None,
         grid: tuple[int, ...],
+        cond_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, in, *S), (B, cond, *S) or None, tokens (B, T, C), c (B, C) or None -> (B, out, *S)."""
+        """(B, in, *S), (B, cond, *S) or None, tokens (B, T, C), c (B, C) or None -> (B, out, *S);
+        ``cond_features`` = :meth:`encode_condition` (conditioned), when the caller kept it."""
         h = self.stem_x(x.movedim(1, -1))  # (B, *S, D)
         if self.stem_c is not None:
-            h = h + self.stem_c(conditioned.movedim(1, -1))
+            h = h + (self.encode_condition(conditioned) if cond_features is None else cond_features)
         h = h + _depthwise(self.stem_mix, h)
         if self.blocks:
             s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
