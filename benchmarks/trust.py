@@ -147,7 +147,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     run = sample_ensemble(
         predictor.segmenter, condition, steps=args.steps, num_samples=args.samples, roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
-        generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor._autocast, return_members=True,
+        generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
         views=views,
     )  # fmt: skip
     sampling = time.process_time() - start
@@ -157,7 +157,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         members = run["members"][: v * args.samples]  # (v*S, 1, K, *S')
         summary = summarize_ensemble(members)
         split = decompose_entropy(members, groups=v)
-        probability, entropy = predictor._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         labels = torch.from_numpy(probability.argmax(0))
         wrong = (labels != truth_t)[head_t]

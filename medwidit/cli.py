@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = seg.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
     model.add_argument("--bundle", metavar="DIR", help="MONAI bundle folder with models/model.pt")
+    # the Predictor's DEFAULT_STEPS / DEFAULT_SAMPLES (a test keeps them equal; literals keep --help import-free)
     seg.add_argument("--steps", type=_positive_int, default=10, help="denoising steps per sample (default 10)")
     seg.add_argument("--samples", type=_positive_int, default=4, help="ensemble size (default 4)")
     seg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
         "an unfinished case's files)",
+    )
+    seg.add_argument("--num-parts", type=_positive_int, default=1, help="split the cases into N parts (nnU-Net)")
+    seg.add_argument(
+        "--part-id",
+        type=_non_negative_int,
+        default=0,
+        help="segment only part K of --num-parts, K in 0..N-1: every N-th case sorted by name from the K-th "
+        "(default 0)",
     )
     _trust_options(seg)
     _common(seg)
@@ -156,24 +165,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``; anything else is a usage error saying ``expected``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -223,6 +231,10 @@ def _segment(args: argparse.Namespace) -> int:
     from medwidit.inference import Predictor
     from medwidit.inference.options import check_sampling
 
+    if args.part_id >= args.num_parts:  # before the model loads
+        raise ValueError(
+            f"--part-id must be in 0..{args.num_parts - 1} (--num-parts {args.num_parts}), got {args.part_id}."
+        )
     if not all(str(path).strip() for path in args.input):
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
     check_sampling(
@@ -265,6 +277,8 @@ def _segment(args: argparse.Namespace) -> int:
         augment=args.augment,
         save_quality=args.save_quality,
         warn_dice=args.warn_dice or None,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
     )
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"

@@ -196,3 +196,18 @@ def test_python_dash_m_is_the_cli():
         [sys.executable, "-m", "medwidit", "segment", "--help"], capture_output=True, text=True, cwd=root, timeout=120
     )
     assert run.returncode == 0 and "--save-uncertainty" in run.stdout and "case_0000.nii.gz" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--steps", "0", "expected a positive integer, got '0'"),
+        ("--steps", "two", "expected a positive integer, got 'two'"),
+        ("--max-whole-voxels", "-1", "expected an integer >= 0, got '-1'"),
+        ("--max-whole-voxels", "1.5", "expected an integer >= 0, got '1.5'"),
+    ],
+)
+def test_integer_options_are_usage_errors_naming_the_value(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", "b", option, value])
+    assert exit_.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err

@@ -72,6 +72,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROI = 96
 DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
 DEFAULT_WARN_DICE = 0.97  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
+# sampling defaults (medwidit segment's are the same). On validation cases that are not the example (MNI152 clean,
+# 3 mm slices, noise; benchmarks/results/speed_curve.json) 3 steps x 2 samples beat 10 x 4 at a fifth of the calls,
+# but on the held-out example it lowered Dice (0.9185 vs 0.9281, benchmarks/speed.py), so the defaults stay 10 x 4
+DEFAULT_STEPS = 10
+DEFAULT_SAMPLES = 4
 
 
 @dataclass
@@ -171,6 +176,11 @@ class Predictor:
     def num_classes(self) -> int:
         return self.segmenter.num_classes
 
+    @property
+    def window_options(self) -> dict:
+        """``sample_ensemble``'s ``roi_size``, ``sw_batch_size`` and ``max_whole_voxels``: this predictor's windows."""
+        return {name: getattr(self, name) for name in ("roi_size", "sw_batch_size", "max_whole_voxels")}
+
     ##################################################################################################################
     # loading
     ##################################################################################################################
@@ -212,8 +222,8 @@ class Predictor:
         image,
         *,
         affine=None,
-        steps: int = 10,
-        num_samples: int = 4,
+        steps: int = DEFAULT_STEPS,
+        num_samples: int = DEFAULT_SAMPLES,
         overlap: float = 0.5,
         generator: torch.Generator | None = None,
         progress: bool | Callable[[dict], None] = False,
@@ -249,11 +259,9 @@ class Predictor:
                 condition,
                 steps=steps,
                 num_samples=num_samples,
-                roi_size=self.roi_size,
                 overlap=overlap,
-                sw_batch_size=self.sw_batch_size,
-                max_whole_voxels=self.max_whole_voxels,
-                wrap_model_fn=self._autocast,
+                **self.window_options,
+                wrap_model_fn=self.wrap_model_fn,
                 progress=None if callback is None else partial(_view_steps, callback, steps),
                 sampler=sampler,
                 eta=eta,
@@ -263,7 +271,7 @@ class Predictor:
             )
         finally:
             getattr(callback, "close", lambda: None)()
-        probability, entropy = self._invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
         split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
@@ -288,7 +296,16 @@ class Predictor:
             quality=quality,
         )
 
-    def check_options(self, *, steps=10, num_samples=4, overlap=0.5, sampler=None, eta=0.0, guidance_scale=1.0) -> None:
+    def check_options(
+        self,
+        *,
+        steps=DEFAULT_STEPS,
+        num_samples=DEFAULT_SAMPLES,
+        overlap=0.5,
+        sampler=None,
+        eta=0.0,
+        guidance_scale=1.0,
+    ) -> None:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
@@ -296,7 +313,10 @@ class Predictor:
             probe, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
 
-    def _autocast(self, model_fn):
+    def wrap_model_fn(self, model_fn: Callable) -> Callable:
+        """``model_fn(x, t, cond)`` run under this predictor's autocast (``precision``); itself where that is float32.
+
+        ``sample_ensemble(..., wrap_model_fn=predictor.wrap_model_fn)`` samples as :meth:`segment` does."""
         if self.autocast_dtype is None:
             return model_fn
 
@@ -306,8 +326,13 @@ class Predictor:
 
         return autocast_model_fn
 
-    def _invert(self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor):
-        """Map (K, *S') and (1, *S') maps back onto the input grid with MONAI ``Invertd`` (linear interpolation)."""
+    def invert(
+        self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Undo the preprocessing: probability (K, *S') and entropy (1, *S') on the grid ``pre`` made for ``data``
+        (``data = pre(...)``, its ``"image"`` a MetaTensor carrying the applied transforms) -> float32 (K, *S) and
+        (1, *S) numpy arrays on the input's grid, by MONAI ``Invertd`` (linear interpolation); probabilities are
+        clamped to [0, 1] and renormalised, entropy clamped at 0."""
         image = data["image"]
         maps = {
             "probability": MetaTensor(probability.float().cpu(), affine=image.affine),
@@ -334,8 +359,8 @@ class Predictor:
         save_figure: bool = False,
         save_quality: bool = False,
         progress: bool = True,
-        steps: int = 10,
-        num_samples: int = 4,
+        steps: int = DEFAULT_STEPS,
+        num_samples: int = DEFAULT_SAMPLES,
         overlap: float = 0.5,
         sampler: str | None = None,
         eta: float = 0.0,
@@ -345,6 +370,8 @@ class Predictor:
         force_grid: bool = False,
         augment: int = DEFAULT_AUGMENT,
         warn_dice: float | None = DEFAULT_WARN_DICE,
+        num_parts: int = 1,
+        part_id: int = 0,
     ) -> list[CaseResult]:
         """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
 
@@ -359,6 +386,9 @@ class Predictor:
         ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
         parts. ``augment`` N > 1: N test-time views per case (``Predictor.segment``). A case whose predicted Dice of a
         foreground class is below ``warn_dice`` (None: never) gets a warning line.
+        ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
+        ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
+        share the work and each writes only its own cases; the plan is still checked over every case.
         """
         options = {
             "steps": steps,
@@ -373,6 +403,8 @@ class Predictor:
         check_int("augment", augment)
         if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
             raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")
+        check_int("num_parts", num_parts)
+        check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * save_probabilities
         kinds += (
@@ -387,8 +419,9 @@ class Predictor:
             if c.problem is None
         }
         check_plan(list(plans.values()), [f for c in cases for f in c.files])
+        share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
         results: list[CaseResult] = []
-        for case in cases:
+        for case in (c for c in cases if id(c) in share):
             start = time.perf_counter()
             try:
                 result = self._predict_case(
