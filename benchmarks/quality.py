@@ -83,8 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--max-whole-voxels",
         type=int,
         default=None,
-        help="medwidit's network runs on whole volumes of up to this many voxels per call (default: the "
-        "Predictor's, sw_batch_size x roi voxels); 0 forces stitched windows",
+        help="medwidit's whole-volume budget: the network runs on the whole volume when batch x voxels is at most "
+        "this (default sliding.DEFAULT_WHOLE_VOXELS, the Predictor's); 0 forces stitched windows",
     )
     p.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated: basic_unet, swin_unetr")
     p.add_argument("--swin-feature-size", type=int, default=12)
@@ -142,12 +142,12 @@ def sample_medwidit(predictor: Predictor, image_path: str, pre: Compose, *, step
 
     def wrap(denoiser):
         denoisers.append(denoiser)
-        return predictor._autocast(denoiser)
+        return predictor.wrap_model_fn(denoiser)
 
     run = sample_ensemble(
-        predictor.segmenter, condition, steps=steps, num_samples=num_samples, roi_size=predictor.roi_size,
-        overlap=overlap, sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
-        generator=torch.Generator().manual_seed(seed), wrap_model_fn=wrap, return_members=True,
+        predictor.segmenter, condition, steps=steps, num_samples=num_samples, overlap=overlap,
+        **predictor.window_options, generator=torch.Generator().manual_seed(seed), wrap_model_fn=wrap,
+        return_members=True,
     )  # fmt: skip
     return {
         "data": data,
@@ -163,7 +163,7 @@ def medwidit_maps(run: dict, predictor: Predictor, pre: Compose, n: int) -> dict
     grid through the Predictor's inversion, and seconds: the ensemble's times n / size, plus this inversion."""
     start = time.perf_counter()
     summary = summarize_ensemble(run["probabilities"][:n, None])  # (1, K, *S')
-    probability, entropy = predictor._invert(run["data"], pre, summary["mean_probability"][0], summary["entropy"][0])
+    probability, entropy = predictor.invert(run["data"], pre, summary["mean_probability"][0], summary["entropy"][0])
     seconds = run["seconds"] * n / len(run["probabilities"]) + time.perf_counter() - start
     return {"probability": probability, "entropy": entropy[0], "seconds": seconds}
 

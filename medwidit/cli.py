@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
-    seg.add_argument("--save-uncertainty", action="store_true", help="also write case_uncertainty (entropy, nats)")
+    seg.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write case_uncertainty (total predictive entropy, nats) and its parts case_aleatoric (expected "
+        "entropy) and case_epistemic (mutual information; 0 without --augment)",
+    )
     seg.add_argument(
         "--save-figure",
         action="store_true",
@@ -90,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
         "an unfinished case's files)",
     )
+    seg.add_argument("--num-parts", type=_positive_int, default=1, help="split the cases into N parts (nnU-Net)")
+    seg.add_argument(
+        "--part-id",
+        type=_non_negative_int,
+        default=0,
+        help="segment only part K of --num-parts, K in 0..N-1: every N-th case sorted by name from the K-th "
+        "(default 0)",
+    )
+    _trust_options(seg)
     _common(seg)
     demo = commands.add_parser(
         "demo",
@@ -135,30 +149,66 @@ def package_version() -> str:
         return f"{__version__} (source checkout, not installed)"
 
 
+def _trust_options(parser: argparse.ArgumentParser) -> None:
+    """Epistemic members and the per-case quality warning (README, "Uncertainty")."""
+    parser.add_argument(
+        "--augment",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="test-time views per case, each with --samples members (N times the cost): flips, voxel shifts and an "
+        "intensity curve, undone before averaging; they make case_epistemic and the Dice estimate in "
+        "case_quality.json see more than noise (default 1: none)",
+    )
+    parser.add_argument(
+        "--save-quality",
+        action="store_true",
+        help="also write case_quality.json: predicted Dice and volume (mL) per class, uncertainty summary",
+    )
+    parser.add_argument(
+        "--warn-dice",
+        type=_unit_float,
+        default=0.97,
+        metavar="D",
+        help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
+        "below D, or that has no voxel of a foreground class (default 0.97: the estimate is optimistic, see "
+        "benchmarks/trust.py; 0 never warns)",
+    )
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``; anything else is a usage error saying ``expected``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -209,6 +259,10 @@ def _segment(args: argparse.Namespace) -> int:
     from medwidit.inference.options import check_sampling
     from medwidit.inference.record import finish_record
 
+    if args.part_id >= args.num_parts:  # before the model loads
+        raise ValueError(
+            f"--part-id must be in 0..{args.num_parts - 1} (--num-parts {args.num_parts}), got {args.part_id}."
+        )
     if not all(str(path).strip() for path in args.input):
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
     model = _resolve_model(args)
@@ -249,6 +303,11 @@ def _segment(args: argparse.Namespace) -> int:
             seed=args.seed,
             modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
             force_grid=args.force_grid,
+            augment=args.augment,
+            save_quality=args.save_quality,
+            warn_dice=args.warn_dice or None,
+            num_parts=args.num_parts,
+            part_id=args.part_id,
             **sampling,
         )
     except KeyboardInterrupt as e:  # the record says how the run ended, then the interruption goes on

@@ -119,7 +119,7 @@ def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
     assert main([*args, "--save-probabilities", "--save-uncertainty"]) == 0
     names = visible(out)
-    assert names == ["good.nii.gz", "good_probabilities.nii.gz", "good_uncertainty.nii.gz"]
+    assert names == [f"good{s}.nii.gz" for s in ("", "_aleatoric", "_epistemic", "_probabilities", "_uncertainty")]
     for name in names:
         np.testing.assert_array_equal(nib.load(out / name).affine, nib.load(inputs / "good_0000.nii.gz").affine)
     assert main(args) == 1 and "good.nii.gz: already exists" in capsys.readouterr().err
@@ -133,7 +133,13 @@ def test_save_figure_writes_a_png_beside_the_maps(setup):
     out = tmp_path / "out"
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
     assert main([*args, "--save-uncertainty", "--save-figure"]) == 0
-    assert visible(out) == ["good.nii.gz", "good_figure.png", "good_uncertainty.nii.gz"]
+    assert visible(out) == [
+        "good.nii.gz",
+        "good_aleatoric.nii.gz",
+        "good_epistemic.nii.gz",
+        "good_figure.png",
+        "good_uncertainty.nii.gz",
+    ]
     assert (out / "good_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*args, "--save-uncertainty", "--save-figure", "--continue"]) == 0  # the figure counts as an output
 
@@ -168,6 +174,8 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
     names = visible(out)
     assert names == [
         "colin27_head_2mm_image.nii.gz",
+        "colin27_head_2mm_image_aleatoric.nii.gz",
+        "colin27_head_2mm_image_epistemic.nii.gz",
         "colin27_head_2mm_image_figure.png",
         "colin27_head_2mm_image_uncertainty.nii.gz",
     ]
@@ -369,3 +377,18 @@ def test_a_run_refused_before_any_case_leaves_no_record(tmp_path, capsys):
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST, "--save-uncertainty"]
     assert main(args) == 1 and "also an output of case 'x'" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--steps", "0", "expected a positive integer, got '0'"),
+        ("--steps", "two", "expected a positive integer, got 'two'"),
+        ("--max-whole-voxels", "-1", "expected an integer >= 0, got '-1'"),
+        ("--max-whole-voxels", "1.5", "expected an integer >= 0, got '1.5'"),
+    ],
+)
+def test_integer_options_are_usage_errors_naming_the_value(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", "b", option, value])
+    assert exit_.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medwidit.utils import check_int
+
 __all__ = ["PhantomDataset", "make_phantom"]
 
 
@@ -81,8 +83,7 @@ def make_phantom(
     in mean but still overlap through texture, noise, bias, gain and offset.
     """
     shape = _check_shape(shape)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}.")
+    check_int("num_classes", num_classes, low=2)
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}.")
     if not object_scale > 0:
@@ -112,9 +113,7 @@ class PhantomDataset(Dataset):
     ``seed * 1_000_003 + i``, so two datasets with different seeds share no phantom."""
 
     def __init__(self, length: int, shape: Sequence[int], *, num_classes: int = 3, seed: int = 0, **phantom_args):
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be an int >= 1, got {length!r}.")
-        self.length = length
+        self.length = check_int("length", length)
         self.shape = _check_shape(shape)
         self.num_classes = num_classes
         self.seed = seed

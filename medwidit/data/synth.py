@@ -40,6 +40,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
+from medwidit.utils import check_int
+
 __all__ = [
     "RandFieldOfViewd",
     "RandLabelsToImaged",
@@ -87,8 +89,7 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, [label_key])
         RandomizableTransform.__init__(self, prob=1.0)
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}.")
+        check_int("num_labels", num_labels)
         for name, (low, high) in (("mean_range", mean_range), ("std_range", std_range)):
             if not low <= high or (name == "std_range" and low < 0):
                 raise ValueError(f"{name} must be (low, high) with low <= high (std >= 0), got {(low, high)}.")

@@ -27,6 +27,8 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
+from medwidit.utils import check_int
+
 __all__ = [
     "DEFAULT_PREPROCESSING",
     "INTENSITY_MODES",
@@ -70,9 +72,7 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
     out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
-    modalities = out["num_modalities"]
-    if not isinstance(modalities, int) or isinstance(modalities, bool) or modalities < 1:
-        raise ValueError(f"preprocessing['num_modalities'] must be a positive integer, got {modalities!r}.")
+    check_int("preprocessing['num_modalities']", out["num_modalities"])
     return out
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medwidit.utils import check_int
+
 __all__ = ["encode_labels", "to_probabilities", "to_labels"]
 
 
 def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2 (background counts as a class), got {num_classes!r}.")
-    return num_classes
+    return check_int("num_classes", num_classes, low=2, hint=" (background counts as a class)")
 
 
 def encode_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -19,6 +19,8 @@ num_train_timesteps, *, generator=None, callback=None, **options)``:
   generator each, so that an ensemble member gets the same noise whether it is sampled alone or batched;
 - ``callback`` receives ``{"i", "t", "x", "denoised"}`` once per step.
 
+Each sampler is its update rule (``_ddim``, ``_heun``, ...: options checked once, then one step) wrapped by
+:func:`gaussian_sampler` or :func:`flow_sampler`, which hold the family's signature and loop once for all.
 :data:`SAMPLERS` is the one registry: name -> function, the objectives it fits and the options it takes.
 """
 
@@ -52,6 +54,8 @@ __all__ = [
     "dpmpp_2m_sample",
     "euler_maruyama_sample",
     "flow_euler_sample",
+    "flow_sampler",
+    "gaussian_sampler",
     "heun_sample",
     "randn_like",
     "resolve_sampler",
@@ -132,75 +136,87 @@ def _report(callback: Callback, i: int, t, x: torch.Tensor, denoised: torch.Tens
 #                 Gaussian diffusion: sample, epsilon, v_prediction              #
 ##################################################################################
 
+# step(x_t, x0, eps, variance channels or None, abar_t, abar_s, last) -> x_s; made once per call by an update rule
+GaussianStep = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float, float, bool], torch.Tensor
+]
 
-@torch.no_grad()
-def ddim_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
-    *,
-    prediction_type: str,
-    clip: Sequence[float] | None = None,
-    final_alpha_cumprod: float = 1.0,
-    eta: float = 0.0,
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+
+def gaussian_sampler(update: Callable[..., GaussianStep]) -> Callable[..., torch.Tensor]:
+    """A Gaussian sampler of the family signature from its update rule; the loop over the timestep list, the x0/eps
+    estimate of ``prediction_type`` (clipped), and the callback are this one, shared by every Gaussian sampler.
+
+    ``update(*, generator, **options)`` checks the sampler's options once, before the first network call, and
+    returns the ``GaussianStep`` of this call (its state, if any, lives in the closure)."""
+
+    @torch.no_grad()
+    def sample(
+        denoise: Denoiser,
+        x: torch.Tensor,
+        timesteps: Sequence[int],
+        alphas_cumprod: torch.Tensor,
+        *,
+        prediction_type: str,
+        clip: Sequence[float] | None = None,
+        final_alpha_cumprod: float = 1.0,
+        generator: Generators = None,
+        callback: Callback = None,
+        **options,
+    ) -> torch.Tensor:
+        step = update(generator=generator, **options)  # an unknown option is update's TypeError
+        abar = alphas_cumprod.double().tolist()
+        for i, (t, s) in enumerate(_step_pairs(timesteps)):
+            a_t, a_s = abar[t], (abar[s] if s >= 0 else final_alpha_cumprod)
+            prediction, frac = _predict(denoise, x, t)
+            x0, eps = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
+            x0 = _clip(x0, clip)
+            x = step(x, x0, eps, frac, a_t, a_s, s < 0)
+            _report(callback, i, t, x, x0)
+        return x
+
+    return _named(sample, update)
+
+
+def _named(sample: Callable, update: Callable) -> Callable:
+    """``sample`` named ``<rule>_sample`` and documented by its update rule's docstring."""
+    sample.__name__ = sample.__qualname__ = update.__name__.lstrip("_") + "_sample"
+    sample.__doc__ = update.__doc__
+    return sample
+
+
+def _ddim(*, eta: float = 0.0, generator: Generators = None) -> GaussianStep:
     """DDIM (Song et al. 2021): ``x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z`` (eq. 12), with
     ``sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)`` (eq. 16); eta = 0 is deterministic."""
     check_range("eta", eta, 0.0, math.inf)
-    abar = alphas_cumprod.double().tolist()
-    for i, (t, s) in enumerate(_step_pairs(timesteps)):
-        a_t, a_s = abar[t], (abar[s] if s >= 0 else final_alpha_cumprod)
-        prediction, _ = _predict(denoise, x, t)
-        x0, eps = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
-        x0 = _clip(x0, clip)
+
+    def step(x, x0, eps, frac, a_t, a_s, last):
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * randn_like(x, generator)
-        _report(callback, i, t, x, x0)
-    return x
+        return x + sigma * randn_like(x, generator) if sigma > 0 else x
+
+    return step
 
 
-@torch.no_grad()
-def ddpm_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
-    *,
-    prediction_type: str,
-    clip: Sequence[float] | None = None,
-    final_alpha_cumprod: float = 1.0,
-    variance_type: str = "fixed_small",
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+def _ddpm(*, variance_type: str = "fixed_small", generator: Generators = None) -> GaussianStep:
     """DDPM ancestral sampling (Ho et al. 2020, alg. 2) on the respaced chain of improved DDPM (sec. 4):
     ``x_s ~ N(mu~(x_t, x0), Sigma)``, Sigma = beta~ (``fixed_small``), beta' (``fixed_large``) or the learned
     log-space mix of eq. 15 (``learned_range``, needs the variance channels); the last step adds no noise."""
     variance_type = look_up_option(variance_type, VARIANCE_TYPES)
-    abar = alphas_cumprod.double().to(x.device)
-    for i, (t, s) in enumerate(_step_pairs(timesteps)):
-        a_t, a_s = abar[t], (abar[s] if s >= 0 else torch.full_like(abar[t], final_alpha_cumprod))
-        prediction, frac = _predict(denoise, x, t)
+
+    def step(x, x0, eps, frac, a_t, a_s, last):
         if variance_type == "learned_range" and frac is None:
             raise ValueError("variance_type='learned_range' needs a denoiser that returns 2K channels (learn_sigma).")
-        x0, _ = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
-        x0 = _clip(x0, clip)
+        a_t, a_s = (torch.tensor(a, dtype=torch.float64, device=x.device) for a in (a_t, a_s))
         mean, post_var, beta = posterior_mean_variance(x0, x, a_t, a_s)
-        if s < 0:
-            x = mean
+        if last:
+            return mean
+        if variance_type == "learned_range":
+            log_var = learned_log_variance(frac, beta, post_var).to(x.dtype)
         else:
-            if variance_type == "learned_range":
-                log_var = learned_log_variance(frac, beta, post_var).to(x.dtype)
-            else:
-                log_var = (post_var if variance_type == "fixed_small" else beta).log().to(x.dtype)
-            x = mean + torch.exp(0.5 * log_var) * randn_like(x, generator)
-        _report(callback, i, t, x, x0)
-    return x
+            log_var = (post_var if variance_type == "fixed_small" else beta).log().to(x.dtype)
+        return mean + torch.exp(0.5 * log_var) * randn_like(x, generator)
+
+    return step
 
 
 def _half_log_snr(alpha_bar: float) -> float:
@@ -208,43 +224,35 @@ def _half_log_snr(alpha_bar: float) -> float:
     return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
 
 
-@torch.no_grad()
-def dpmpp_2m_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence[int],
-    alphas_cumprod: torch.Tensor,
-    *,
-    prediction_type: str,
-    clip: Sequence[float] | None = None,
-    final_alpha_cumprod: float = 1.0,
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+def _dpmpp_2m(*, generator: Generators = None) -> GaussianStep:
     """DPM-Solver++(2M) (Lu et al. 2022, alg. 2) on the data prediction, first order on the first and a final step."""
     # x_s = (sigma_s / sigma_t) x_t - alpha_s (e^-h - 1) D, h the step in lambda = log(alpha / sigma),
     # D = x0 + (x0 - x0_prev) / (2r), r = h_prev / h; deterministic once x_T is drawn (``generator`` is unused)
-    abar = alphas_cumprod.double().tolist()
     previous: tuple[torch.Tensor, float] | None = None  # (x0, h) of the step before
-    for i, (t, s) in enumerate(_step_pairs(timesteps)):
-        a_t, a_s = abar[t], (abar[s] if s >= 0 else final_alpha_cumprod)
-        prediction, _ = _predict(denoise, x, t)
-        x0, _ = prediction_to_x0_eps(prediction_type, prediction, x, a_t)
-        x0 = _clip(x0, clip)
+
+    def step(x, x0, eps, frac, a_t, a_s, last):
+        nonlocal previous
         if a_s >= 1:  # sigma_s = 0: lambda is infinite and the step lands on the data estimate
-            x = math.sqrt(a_s) * x0
-        else:
-            h = _half_log_snr(a_s) - _half_log_snr(a_t)
-            d = x0 if previous is None else x0 + (x0 - previous[0]) * (h / (2 * previous[1]))
-            x = math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
-            previous = (x0, h)
-        _report(callback, i, t, x, x0)
-    return x
+            return math.sqrt(a_s) * x0
+        h = _half_log_snr(a_s) - _half_log_snr(a_t)
+        d = x0 if previous is None else x0 + (x0 - previous[0]) * (h / (2 * previous[1]))
+        previous = (x0, h)
+        return math.sqrt((1 - a_s) / (1 - a_t)) * x - math.sqrt(a_s) * math.expm1(-h) * d
+
+    return step
+
+
+ddim_sample = gaussian_sampler(_ddim)
+ddpm_sample = gaussian_sampler(_ddpm)
+dpmpp_2m_sample = gaussian_sampler(_dpmpp_2m)
 
 
 ##################################################################################
 #                Flow: velocity of the linear path, t = T noise -> 0 data         #
 ##################################################################################
+
+# step(denoise, x_t, velocity, t, t_next, T) -> x at t_next; made once per call by an update rule
+FlowStep = Callable[[Denoiser, torch.Tensor, torch.Tensor, float, float, int], torch.Tensor]
 
 
 def _flow_pairs(timesteps: Sequence) -> list[tuple]:
@@ -253,77 +261,76 @@ def _flow_pairs(timesteps: Sequence) -> list[tuple]:
     return list(zip(steps, [*steps[1:], 0], strict=True))
 
 
-@torch.no_grad()
-def flow_euler_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence,
-    num_train_timesteps: int,
-    *,
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+def flow_sampler(update: Callable[..., FlowStep]) -> Callable[..., torch.Tensor]:
+    """A flow sampler of the family signature from its update rule (see :func:`gaussian_sampler`); the loop, the
+    velocity at ``t``, the x0 estimate ``x + v t / T`` and the callback are shared."""
+
+    @torch.no_grad()
+    def sample(
+        denoise: Denoiser,
+        x: torch.Tensor,
+        timesteps: Sequence,
+        num_train_timesteps: int,
+        *,
+        generator: Generators = None,
+        callback: Callback = None,
+        **options,
+    ) -> torch.Tensor:
+        step = update(generator=generator, **options)
+        for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
+            velocity, _ = _predict(denoise, x, t)
+            x0 = x + velocity * t / num_train_timesteps
+            x = step(denoise, x, velocity, t, t_next, num_train_timesteps)
+            _report(callback, i, t, x, x0)
+        return x
+
+    return _named(sample, update)
+
+
+def _flow_euler(*, generator: Generators = None) -> FlowStep:
     """Euler on the flow ODE from t = T to 0, ``x <- x + v (t - t_next) / T`` (SiT; MONAI RFlowScheduler.step)."""
-    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
-        velocity, _ = _predict(denoise, x, t)
-        x0 = x + velocity * t / num_train_timesteps
-        x = x + velocity * (float(t - t_next) / num_train_timesteps)
-        _report(callback, i, t, x, x0)
-    return x
+
+    def step(denoise, x, velocity, t, t_next, num_train_timesteps):
+        return x + velocity * (float(t - t_next) / num_train_timesteps)
+
+    return step
 
 
-@torch.no_grad()
-def heun_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence,
-    num_train_timesteps: int,
-    *,
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+def _heun(*, generator: Generators = None) -> FlowStep:
     """Heun's method on the flow ODE (SiT's ODE sampler; Karras et al. 2022, alg. 1, Euler on the last step)."""
     # x <- x + (v(x, t) + v(x_euler, t_next)) dt / 2; at t = 0 the velocity is not identifiable, so n steps make
     # 2n - 1 network calls; deterministic once x_T is drawn (``generator`` is unused)
-    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
-        velocity, _ = _predict(denoise, x, t)
+
+    def step(denoise, x, velocity, t, t_next, num_train_timesteps):
         dt = float(t - t_next) / num_train_timesteps
-        x0 = x + velocity * t / num_train_timesteps
         euler = x + velocity * dt
         if t_next > 0:
             corrector, _ = _predict(denoise, euler, t_next)
             euler = x + (velocity + corrector) * (dt / 2)
-        x = euler
-        _report(callback, i, t, x, x0)
-    return x
+        return euler
+
+    return step
 
 
-@torch.no_grad()
-def euler_maruyama_sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    timesteps: Sequence,
-    num_train_timesteps: int,
-    *,
-    diffusion_norm: float = 1.0,
-    generator: Generators = None,
-    callback: Callback = None,
-) -> torch.Tensor:
+def _euler_maruyama(*, diffusion_norm: float = 1.0, generator: Generators = None) -> FlowStep:
     """Euler–Maruyama on SiT's flow SDE (Ma et al. 2024; ``diffusion_form="sigma"``, ``last_step="Euler"``)."""
     # dx = (v + w score) ds + sqrt(2 w) dW with s = t / T, w = diffusion_norm * s, score = ((1 - s) v - x) / s;
     # the last step to t = 0 is a noiseless Euler step, so the sample ends on the x0 estimate
     check_range("diffusion_norm", diffusion_norm, 0.0, math.inf)
-    for i, (t, t_next) in enumerate(_flow_pairs(timesteps)):
-        velocity, _ = _predict(denoise, x, t)
+
+    def step(denoise, x, velocity, t, t_next, num_train_timesteps):
         s, dt = t / num_train_timesteps, float(t - t_next) / num_train_timesteps
-        x0 = x + velocity * t / num_train_timesteps
-        if t_next > 0:
-            drift = velocity + diffusion_norm * ((1 - s) * velocity - x)  # v + w * score, the 1/s cancels
-            x = x + drift * dt + math.sqrt(2 * diffusion_norm * s * dt) * randn_like(x, generator)
-        else:
-            x = x + velocity * dt
-        _report(callback, i, t, x, x0)
-    return x
+        if t_next <= 0:
+            return x + velocity * dt
+        drift = velocity + diffusion_norm * ((1 - s) * velocity - x)  # v + w * score, the 1/s cancels
+        return x + drift * dt + math.sqrt(2 * diffusion_norm * s * dt) * randn_like(x, generator)
+
+    return step
+
+
+flow_euler_sample = flow_sampler(_flow_euler)
+heun_sample = flow_sampler(_heun)
+euler_maruyama_sample = flow_sampler(_euler_maruyama)
 
 
 ##################################################################################

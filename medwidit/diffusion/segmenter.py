@@ -19,6 +19,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.utils import look_up_option
 
 from medwidit.nets import build_network, network_name
+from medwidit.nets.contract import ConditionCache
 from medwidit.utils import atomic_write, check_int, check_range
 
 from .encoding import encode_labels
@@ -61,6 +62,8 @@ class DiffusionSegmenter(nn.Module):
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
         clip_sample: clip x0 estimates to [-1, 1] while sampling.
+
+    Attributes: ``noise_scheduler`` is the MONAI scheduler object that ``scheduler`` names (``scheduler_name``).
     """
 
     def __init__(
@@ -99,9 +102,9 @@ class DiffusionSegmenter(nn.Module):
         self.cond_drop_prob = float(cond_drop_prob)
         self.clip_sample = bool(clip_sample)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
-        object.__setattr__(self, "scheduler", self._build_scheduler())
+        object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
-    def _build_scheduler(self):
+    def _build_noise_scheduler(self):
         if self.scheduler_name == "rflow":
             return RFlowScheduler(num_train_timesteps=self.num_train_timesteps, use_discrete_timesteps=True)
         common = {"clip_sample": self.clip_sample, "prediction_type": self.objective, **self.schedule_args}
@@ -147,17 +150,19 @@ class DiffusionSegmenter(nn.Module):
             self.objective, self.num_train_timesteps, x0.shape[0], generator=generator, device=x0.device
         )
         noise = randn_like(x0, generator)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
         cond = self._drop_condition(image, generator)
         prediction, frac = split_output(_call_net(self.net, spacing, x_t, t.float(), cond), x0, self.learn_sigma)
         prediction = prediction.float()
-        parts = {"diffusion": F.mse_loss(prediction, training_target(self.objective, self.scheduler, x0, noise, t))}
-        x0_hat = x0_estimate(self.objective, self.scheduler, prediction, x_t, t, bounded_gradient=True)
+        parts = {
+            "diffusion": F.mse_loss(prediction, training_target(self.objective, self.noise_scheduler, x0, noise, t))
+        }
+        x0_hat = x0_estimate(self.objective, self.noise_scheduler, prediction, x_t, t, bounded_gradient=True)
         parts["aux"] = aux_dice_ce(x0_hat, label.to(image.device)) if self.aux_weight > 0 else x0_hat.new_zeros(())
         total = parts["diffusion"] + self.aux_weight * parts["aux"]
         if self.learn_sigma:
-            frozen = x0_estimate(self.objective, self.scheduler, prediction.detach(), x_t, t)
-            parts["vlb"] = vlb_terms(self.scheduler, x0, x_t, t, frozen, frac).mean()
+            frozen = x0_estimate(self.objective, self.noise_scheduler, prediction.detach(), x_t, t)
+            parts["vlb"] = vlb_terms(self.noise_scheduler, x0, x_t, t, frozen, frac).mean()
             total = total + self.vlb_weight * self.num_train_timesteps * parts["vlb"]
         return {"loss": total, **parts}
 
@@ -201,23 +206,27 @@ class DiffusionSegmenter(nn.Module):
         w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
         ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass).
+        A network with ``encode_condition`` (the contract) encodes the image once and every step reuses it, with
+        samples identical to a run without the cache; a custom ``model_fn`` does its own (SlidingWindowDenoiser does).
         """
         spec, options = self.check_sampling(
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
-        timesteps, schedule = timestep_list(self.scheduler, steps), schedule_arguments(self.scheduler)
+        timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
         if spacing is not None and model_fn is not None:
             raise ValueError("spacing goes to the net; a custom model_fn must pass it itself (got both).")
-        model_fn = model_fn or partial(_call_net, self.net, spacing)
+        model_fn = model_fn or partial(_call_cached, ConditionCache(self.net), spacing)
         members = _member_generators(generator, num_samples, image.device)
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
-        samples = []
+        samples, denoisers = [], {}  # one conditioning tensor per chunk length: its encoding is reused by the chunks
         for start in range(0, num_samples, chunk_size):
             gens = members[start : start + chunk_size]
-            cond = image.repeat(len(gens), *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
+            if len(gens) not in denoisers:
+                cond = image.repeat(len(gens), *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
+                denoisers[len(gens)] = self._denoiser(model_fn, cond, guidance_scale)
+            denoise = denoisers[len(gens)]
             x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
-            denoise = self._denoiser(model_fn, cond, guidance_scale)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
             x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
             samples.append(x.reshape(len(gens), *shape))
@@ -250,12 +259,14 @@ class DiffusionSegmenter(nn.Module):
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
         """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check."""
 
+        pair = None if guidance_scale == 1 else torch.cat([cond, torch.zeros_like(cond)])  # built once: cacheable
+
         def denoise(x: torch.Tensor, t) -> torch.Tensor:
             t_vec = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
             if guidance_scale == 1:
                 output = model_fn(x, t_vec, cond)
             else:
-                both = model_fn(torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([cond, torch.zeros_like(cond)]))
+                both = model_fn(torch.cat([x, x]), torch.cat([t_vec, t_vec]), pair)
                 conditional, unconditional = both.float().chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
             split_output(output, x, self.learn_sigma)  # the channels must match learn_sigma
@@ -265,9 +276,8 @@ class DiffusionSegmenter(nn.Module):
 
 
 def _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob) -> None:
-    for name, value, low in (("num_classes", num_classes, 2), ("num_train_timesteps", num_train_timesteps, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+    check_int("num_classes", num_classes, low=2)
+    check_int("num_train_timesteps", num_train_timesteps, low=2)
     for name, value in (("aux_weight", aux_weight), ("vlb_weight", vlb_weight)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value}.")
@@ -302,6 +312,12 @@ def _call_net(net: nn.Module, spacing: torch.Tensor | None, x: torch.Tensor, t, 
     if spacing is None:
         return net(x, t, conditioned=cond)
     return net(x, t, conditioned=cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
+
+
+def _call_cached(cache: ConditionCache, spacing: torch.Tensor | None, x: torch.Tensor, t, cond) -> torch.Tensor:
+    """:func:`_call_net` with the image encoded once per conditioning tensor (keyed by its rows' images)."""
+    kwargs = {} if spacing is None else {"spacing": spacing.repeat(x.shape[0] // spacing.shape[0], 1)}
+    return cache.call(cache.bind(cond), x, t, cond, **kwargs)
 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:

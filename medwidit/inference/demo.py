@@ -1,6 +1,6 @@
 """``medwidit demo``: the shipped pretrained bundle segments the shipped example scan, exactly as ``medwidit segment``.
 
-The example is Colin27's whole-head T1 at 2 mm (``medwidit.data.sources.example_case``), a brain the bundle never saw
+The example is Colin27's whole-head T1 at 2 mm (``medwidit.data.example.example_case``), a brain the bundle never saw
 in training or model selection. The demo writes the label map, the uncertainty map and a PNG figure, then reports the
 brain volume and the Dice against the example's reference brain mask.
 """
@@ -13,9 +13,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medwidit.data.sources import example_case
+from medwidit.data.example import example_case
 
 from .io import InputError
+from .metrics import evaluate_files
 from .predictor import Predictor
 
 __all__ = ["SHIPPED_BUNDLE", "run_demo"]
@@ -30,10 +31,11 @@ def run_demo(
     device: str = "auto",
     steps: int = 10,
     num_samples: int = 4,
-    overwrite: bool = False,
-    progress: bool = True,
+    **options,
 ) -> str:
-    """Segment the shipped example into ``output_dir`` and return a short report."""
+    """Segment the shipped example into ``output_dir`` as ``medwidit segment`` does (uncertainty map and figure
+    included) and return a short report; ``options`` are :meth:`Predictor.predict_from_files`'s (``overwrite``,
+    ``progress``, ``sampler``, ...), and the Dice is :func:`~medwidit.inference.metrics.evaluate_files`'."""
     bundle = Path(bundle)
     if not (bundle / "models" / "model.pt").is_file():
         raise InputError(
@@ -45,26 +47,24 @@ def run_demo(
     (result,) = predictor.predict_from_files(
         case["image"],
         output_dir,
-        overwrite=overwrite,
         save_uncertainty=True,
         save_figure=True,
-        progress=progress,
         steps=steps,
         num_samples=num_samples,
+        **options,
     )
     if result.status != "done":
         raise InputError(f"the demo case failed: {result.message}")
+    dice = evaluate_files(result.outputs[:1], [case["label"]], num_classes=predictor.num_classes)["mean"]["class_1"]
     labels_image = nib.load(result.outputs[0])
-    labels = np.asanyarray(labels_image.dataobj)
-    reference = np.asanyarray(nib.load(case["label"]).dataobj)
     voxel_ml = float(np.prod(labels_image.header.get_zooms()[:3])) / 1000.0
-    brain, truth = labels == 1, reference == 1
-    dice = 2.0 * np.logical_and(brain, truth).sum() / max(brain.sum() + truth.sum(), 1)
+    brain = int((np.asanyarray(labels_image.dataobj) == 1).sum())
+    truth = int((np.asanyarray(nib.load(case["label"]).dataobj) == 1).sum())
     lines = [f"input      {case['image']} ({case['template']}, held out from training)"]
     lines += [f"wrote      {path}" for path in result.outputs]
     lines += [
-        f"brain      {brain.sum() * voxel_ml:.0f} mL (reference mask {truth.sum() * voxel_ml:.0f} mL)",
+        f"brain      {brain * voxel_ml:.0f} mL (reference mask {truth * voxel_ml:.0f} mL)",
         f"Dice       {dice:.3f} against the example's reference brain mask "
-        f"({steps} DDIM steps x {num_samples} samples, {result.seconds:.0f} s)",
+        f"({steps} steps x {num_samples} samples, {result.seconds:.0f} s)",
     ]
     return "\n".join(lines)

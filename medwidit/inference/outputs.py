@@ -9,6 +9,9 @@ interrupted run left, or redoes the case. The plan of every output path is check
     out/.medwidit/<case>.json                the marker: the case's files, written after all of them
     out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
     out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
+
+A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
+``<case>_epistemic`` (the parts of the entropy, with ``--save-uncertainty``) and ``<case>_quality.json``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ __all__ = [
     "image_files",
     "input_files",
     "is_finished",
+    "output_path",
     "plan_case",
     "write_case",
     "write_image",
     "write_images",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".medwidit"
 DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
 MANIFEST = "manifest.json"
+ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic"}  # image kinds beside cases.OUTPUT_KINDS
+QUALITY_SUFFIX = "_quality.json"
 DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 
 
@@ -81,6 +88,21 @@ def input_files(path: str | os.PathLike) -> list[Path]:
     if match is None or match[1].upper() in ("LOCAL", "LIST") or "%" in match[1]:
         return [path]
     return [path, path.parent / match[1]]
+
+
+def output_path(case, output_dir: str | os.PathLike, kind: str) -> Path:
+    """Where output ``kind`` of ``case`` (a ``cases.Case``) goes: ``case.output_path``'s kinds, the entropy parts
+    (``aleatoric``, ``epistemic``: images in the case's format) and ``quality`` (``<case>_quality.json``)."""
+    if kind == "quality":
+        return Path(output_dir) / f"{case.name}{QUALITY_SUFFIX}"
+    if kind in ENTROPY_PARTS:
+        return Path(output_dir) / f"{case.name}{ENTROPY_PARTS[kind]}{case.suffix.lower()}"
+    return case.output_path(output_dir, kind)
+
+
+def write_json(content: dict, staged: Path) -> None:
+    """``content`` as indented JSON at ``staged`` (a staged file: the case's commit makes it appear)."""
+    staged.write_text(json.dumps(content, indent=1, allow_nan=False) + "\n")
 
 
 @dataclass(frozen=True)

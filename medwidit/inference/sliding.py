@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,9 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
 
 from medwidit.diffusion import to_probabilities
-from medwidit.nets.contract import network_alignment, network_size_multiple
+from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
 
+from .trust import View, apply_view, decompose_entropy, estimated_dice, invert_view
 from .uncertainty import summarize_ensemble
 
 __all__ = [
@@ -65,7 +67,14 @@ def _pad_far_faces(x: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
     return F.pad(x, pad) if any(pad) else x
 
 
-def _check_sizes(roi_size, patch_size) -> None:
+def _window_key(coordinate, rows: Sequence[int]) -> tuple:
+    """A window's place (its batch row's image class, then (start, stop) per spatial axis): hashable, as slices are
+    not before Python 3.12."""
+    row = coordinate[0].start or 0
+    return (rows[row] if rows else row, *((c.start, c.stop) for c in coordinate[2:]))
+
+
+def _check_roi_multiple_of_patch(roi_size, patch_size) -> None:
     """Every roi axis a positive multiple of the patch on that axis (int or per-axis sequences of equal length)."""
     roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
     n = max(len(roi), len(patch))
@@ -124,7 +133,7 @@ class SlidingWindowDenoiser:
         self.net = net
         self.patch_size = network_size_multiple(net) if patch_size is None else patch_size
         self.roi_size = roi_size
-        _check_sizes(roi_size, self.patch_size)
+        _check_roi_multiple_of_patch(roi_size, self.patch_size)
         self.align = network_alignment(net) if align is None else align
         if not all(isinstance(a, int) and a >= 1 for a in ensure_tuple(self.align)):
             raise ValueError(f"align must be positive integers, got {align!r}.")
@@ -143,6 +152,8 @@ class SlidingWindowDenoiser:
         self.sw_device = sw_device
         self.device = device
         self._inferers: dict[int, tuple[SlidingWindowInferer, tuple[int, ...]]] = {}
+        # the image's encoding per whole-volume chunk or window group, reused by every step (DESIGN decision 11)
+        self.condition_cache = ConditionCache(net)
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -166,11 +177,12 @@ class SlidingWindowDenoiser:
                 f"cond must be (B, C, *spatial) matching x_t {tuple(x_t.shape)} on batch and space, got "
                 f"{tuple(cond.shape)}."
             )
+        rows = self.condition_cache.bind(cond)  # each row's image class: members of one image share encodings
         chunk = self.whole_chunk(x_t.shape)
         if chunk == 0:
-            return self._windows(x_t, t, cond)
+            return self._windows(x_t, t, cond, rows)
         parts = [  # batch elements are independent: chunks keep each whole-volume call within the budget
-            self._whole(x_t[i : i + chunk], t[i : i + chunk], None if cond is None else cond[i : i + chunk])
+            self._whole(x_t[i : i + chunk], t[i : i + chunk], None if cond is None else cond[i : i + chunk], rows[i:])
             for i in range(0, x_t.shape[0], chunk)
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -184,18 +196,22 @@ class SlidingWindowDenoiser:
         budget = DEFAULT_WHOLE_VOXELS if self.max_whole_voxels is None else self.max_whole_voxels
         return min(int(shape[0]), budget // max(math.prod(shape[2:]), 1))
 
-    def _whole(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """One network call on the volume padded at its far faces to a multiple of the patch, cropped back."""
+    def _whole(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows: Sequence[int]
+    ) -> torch.Tensor:
+        """One network call on the volume padded at its far faces to a multiple of the patch, cropped back; ``rows``:
+        the image classes of ``cond``'s rows onwards (the encoding's key)."""
         spatial = x_t.shape[2:]
         patch = ensure_tuple_rep(self.patch_size, len(spatial))
         target = [math.ceil(s / p) * p for s, p in zip(spatial, patch, strict=True)]
         cond = _pad_far_faces(cond, target) if cond is not None else None
-        out = self.net(_pad_far_faces(x_t, target), t, conditioned=cond)  # (B, C_out, *S padded)
+        key = ("whole", tuple(rows[: x_t.shape[0]]))
+        out = self.condition_cache.call(key, _pad_far_faces(x_t, target), t, cond)  # (B, C_out, *S padded)
         self.num_calls += 1
         self.num_windows += x_t.shape[0]
         return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))].float()
 
-    def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows) -> torch.Tensor:
         """MONAI sliding windows over cat(x_t, cond); every window of a batch element gets that element's t."""
         inputs = x_t.float() if cond is None else torch.cat([x_t.float(), cond.float()], dim=1)  # (B, K + C, *S)
         inferer, align = self._inferer(x_t.ndim - 2)
@@ -206,15 +222,16 @@ class SlidingWindowDenoiser:
         inputs = _pad_far_faces(inputs, [r + math.ceil(max(s - r, 0) / a) * a for s, r, a in steps])
         num_classes = x_t.shape[1]
         if bool((t == t[0]).all()):
-            out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial))
+            out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial, rows))
         else:  # different steps per batch element: one pass per element, so that windows never mix steps
-            predictors = [self._window_predictor(num_classes, t[b : b + 1], spatial) for b in range(len(t))]
+            predictors = [self._window_predictor(num_classes, t[b : b + 1], spatial, rows[b:]) for b in range(len(t))]
             out = torch.cat([inferer(inputs[b : b + 1], predictors[b]) for b in range(len(t))])
         return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
-    def _window_predictor(self, num_classes: int, t: torch.Tensor, spatial: tuple[int, ...]):
+    def _window_predictor(self, num_classes: int, t: torch.Tensor, spatial: tuple[int, ...], rows: Sequence[int]):
         """MONAI predictor ``(windows (W, K + C, *roi), coordinates) -> (W, C_out, *roi)``: each window is cropped to
-        the volume (up to a multiple of the patch, as the whole-volume run pads) and its output padded back."""
+        the volume (up to a multiple of the patch, as the whole-volume run pads) and its output padded back. A group's
+        image encoding is keyed by its windows' image classes (``rows``, from the input's first row) and places."""
         patch = ensure_tuple_rep(self.patch_size, len(spatial))
 
         def predict(windows: torch.Tensor, coordinates) -> torch.Tensor:
@@ -231,7 +248,8 @@ class SlidingWindowDenoiser:
                 index = [i for i, v in enumerate(valid) if v == shape]
                 crop = windows[(index, slice(None), *(slice(0, v) for v in shape))]  # (W', K + C, *shape)
                 x, cond = crop[:, :num_classes], crop[:, num_classes:]
-                out = self.net(x, t.expand(len(index)), conditioned=cond if cond.shape[1] else None).float()
+                key = ("windows", shape, tuple(_window_key(coordinates[i], rows) for i in index))
+                out = self.condition_cache.call(key, x, t.expand(len(index)), cond if cond.shape[1] else None).float()
                 out = _pad_far_faces(out, roi)  # float32 accumulation whatever the autocast dtype
                 self.num_calls += 1
                 for i, o in zip(index, out, strict=True):
@@ -309,35 +327,56 @@ def sample_ensemble(
     eta: float = 0.0,
     guidance_scale: float = 1.0,
     return_members: bool = False,
+    views: Sequence[View] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
-    variance, agreement; each (B, ...) on ``image``'s grid).
+    variance, agreement; each (B, ...) on ``image``'s grid) and :mod:`~medwidit.inference.trust` (``aleatoric`` and
+    ``epistemic`` maps (B, 1, *S) in nats, ``estimated_dice`` (B, K)).
 
     ``Predictor.segment`` calls it for a case and the bundle's ``train.json`` for validation, so validation goes
     through the code path inference uses (with its own steps, samples and overlap, and no autocast).
     ``wrap_model_fn`` wraps the denoiser (e.g. in autocast); ``sampler``, ``eta``, ``guidance_scale`` go to
-    ``segmenter.sample`` as they are. ``return_members`` adds ``"members"``, the per-member probabilities
-    (S, B, K, *S); members draw their noise in order, so its first n are the n-member ensemble of the same generator.
+    ``segmenter.sample`` as they are. ``views`` (default: the identity alone) are test-time augmentations: each view
+    draws ``num_samples`` members from the image seen through it, undone exactly before averaging, so the ensemble
+    has G = len(views) groups of S members and the entropy splits into aleatoric and epistemic parts over them
+    (without views, the epistemic map is 0). ``return_members`` adds ``"members"``, the per-member probabilities
+    (G*S, B, K, *S), group-major; members draw their noise in order, so its first n are the n-member ensemble of the
+    same generator (views included: the first view's members are those of a run without the others).
     """
+    views = [View()] if views is None else list(views)
+    if not views:
+        raise ValueError("views must hold at least one View (or be None for the identity alone).")
     denoiser = SlidingWindowDenoiser(
         segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
     )
-    logger.debug("sampling grid %s: %s", tuple(image.shape[2:]), denoiser)
-    samples = segmenter.sample(  # (S, B, K, *S')
-        image,
-        steps=steps,
-        num_samples=num_samples,
-        generator=generator,
-        progress=progress,
-        sampler=sampler,
-        eta=eta,
-        guidance_scale=guidance_scale,
-        model_fn=denoiser if wrap_model_fn is None else wrap_model_fn(denoiser),
-    )
-    probabilities = to_probabilities(samples, dim=2)  # (S, B, K, *S')
+    logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
+    model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
+    groups = []
+    for g, view in enumerate(views):
+        view_progress = None if progress is None else partial(_with_view, progress, g)
+        samples = segmenter.sample(  # (S, B, K, *S' of the view)
+            apply_view(image, view),
+            steps=steps,
+            num_samples=num_samples,
+            generator=generator,
+            progress=view_progress,
+            sampler=sampler,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            model_fn=model_fn,
+        )
+        groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
+    probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     summary = summarize_ensemble(probabilities)
+    split = decompose_entropy(probabilities, groups=len(views))
+    summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
+    summary["estimated_dice"] = estimated_dice(probabilities)
     if return_members:
         summary["members"] = probabilities
     logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
     return summary
+
+
+def _with_view(progress: Callable[[dict], None], view: int, info: dict) -> None:
+    progress({**info, "view": view})

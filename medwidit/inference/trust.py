@@ -1,9 +1,10 @@
 """When not to trust a case: ensembles whose members differ by more than their noise draw, the split of the
 predictive entropy into what the data leave open and what the model does not know, and a per-case Dice estimate.
 
-Members come in G groups of S samples: a group is one *view* of the case (test-time augmentation: flips and an
-intensity curve, each undone exactly before averaging) or one set of weights; inside a group only the diffusion
-noise differs. With ``p_gs`` the members' class probabilities, ``p_g`` a group's mean and ``p`` the overall mean:
+Members come in G groups of S samples: a group is one *view* of the case (test-time augmentation: flips, an
+integer translation and an intensity curve, the spatial ones undone exactly before averaging) or one set of weights;
+inside a group only the diffusion noise differs. With ``p_gs`` the members' class probabilities, ``p_g`` a group's
+mean and ``p`` the overall mean:
 
     total      H(p)                    predictive entropy
     aleatoric  mean_g H(p_g)           what stays ambiguous when the model and the view are fixed (boundaries)
@@ -22,10 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medwidit.utils import check_int
 
-__all__ = ["View", "apply_view", "decompose_entropy", "estimated_dice", "invert_view", "augmentation_views"]
+__all__ = [
+    "View",
+    "apply_view",
+    "augmentation_views",
+    "decompose_entropy",
+    "estimated_dice",
+    "invert_view",
+    "quality_report",
+]
 
 
 def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
@@ -62,37 +72,99 @@ def estimated_dice(probabilities: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class View:
-    """One test-time view: the spatial axes flipped, and ``gamma`` applied to the image's [low, high] range."""
+    """One test-time view: ``gamma`` applied to the image's [low, high] range, ``shift`` voxels of air added before
+    each spatial axis (an integer translation: it moves the network's patch grid over the anatomy, and is undone
+    exactly by cropping), then the spatial axes ``flip_axes`` flipped."""
 
     flip_axes: tuple[int, ...] = ()
     gamma: float = 1.0
+    shift: tuple[int, ...] = ()
 
 
-def augmentation_views(count: int, spatial_dims: int = 3, *, seed: int = 0, max_log_gamma: float = 0.3) -> list[View]:
-    """``count`` views: the identity first, then flips of random axis subsets and gammas exp(U(-g, g))."""
+def augmentation_views(
+    count: int, spatial_dims: int = 3, *, seed: int = 0, max_log_gamma: float = 0.3, max_shift: int = 3
+) -> list[View]:
+    """``count`` views: the identity first, then flips of random axis subsets, gammas exp(U(-g, g)) and shifts of
+    0..``max_shift`` voxels per axis (below the shipped networks' patch of 4, so the patch grid moves)."""
     check_int("count", count)
+    check_int("max_shift", max_shift, low=0)
     rng = np.random.default_rng(seed)
     views = [View()]
     while len(views) < count:
         axes = tuple(int(a) for a in np.flatnonzero(rng.random(spatial_dims) < 0.5))
-        views.append(View(axes, float(np.exp(rng.uniform(-max_log_gamma, max_log_gamma)))))
+        gamma = float(np.exp(rng.uniform(-max_log_gamma, max_log_gamma)))
+        shift = tuple(int(s) for s in rng.integers(0, max_shift + 1, spatial_dims))
+        views.append(View(axes, gamma, shift if any(shift) else ()))
     return views
 
 
-def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] = (-1.0, 1.0)) -> torch.Tensor:
-    """(B, C, *S) -> the view of it: a monotone curve ``low + (high - low) u^gamma`` on ``u`` in [0, 1], then flips."""
+def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | None = None) -> torch.Tensor:
+    """(B, C, *S) -> the view of it (B, C, *S + shift): a monotone curve ``low + (high - low) u^gamma`` on ``u`` in
+    [0, 1], the shift padded with ``low`` (air), then flips; ``value_range`` None: each channel's own min and max."""
+    dims = tuple(range(2, image.ndim))
+    if value_range is None:
+        low, high = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)  # (B, C, 1...)
+    else:
+        low, high = (torch.full((1,) * image.ndim, float(v), dtype=image.dtype) for v in value_range)
     out = image
     if view.gamma != 1.0:
-        low, high = value_range
-        u = ((image - low) / (high - low)).clamp(0, 1)
+        u = ((image - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
         out = low + (high - low) * u.pow(view.gamma)
+    if any(view.shift):
+        pad = [v for s in reversed(_per_axis(view.shift, image.ndim - 2)) for v in (s, 0)]
+        out = F.pad(out - low, pad) + low  # constant padding with each channel's own floor
     return _flip(out, view.flip_axes)
 
 
 def invert_view(maps: torch.Tensor, view: View, spatial_start: int = 2) -> torch.Tensor:
-    """Undo a view's flips on maps whose spatial axes start at ``spatial_start`` (exact: a flip is its inverse)."""
-    return _flip(maps, view.flip_axes, spatial_start)
+    """Undo a view's flips and shift on maps whose spatial axes start at ``spatial_start`` (exact: a flip is its own
+    inverse, and the shift's padding is cropped off)."""
+    out = _flip(maps, view.flip_axes, spatial_start)
+    if any(view.shift):
+        shift = _per_axis(view.shift, maps.ndim - spatial_start)
+        out = out[(slice(None),) * spatial_start + tuple(slice(s, None) for s in shift)]
+    return out
+
+
+def _per_axis(shift: tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
+    if len(shift) != spatial_dims or any(s < 0 for s in shift):
+        raise ValueError(f"a view's shift must be {spatial_dims} voxel counts >= 0, got {shift}.")
+    return shift
 
 
 def _flip(x: torch.Tensor, axes: tuple[int, ...], spatial_start: int = 2) -> torch.Tensor:
     return torch.flip(x, dims=[spatial_start + a for a in axes]) if axes else x
+
+
+def quality_report(
+    label_map: np.ndarray,
+    affine: np.ndarray,
+    predicted_dice: Sequence[float],
+    maps: dict[str, np.ndarray],
+    *,
+    views: int,
+    num_samples: int,
+) -> dict:
+    """One case's quality estimate, JSON types: ``predicted_dice`` and ``volume_ml`` per class (label map (*S) on the
+    grid of ``affine``), ``min_predicted_dice`` over the foreground classes, and per uncertainty map (*S) its mean over
+    the predicted foreground and over the volume, in nats; ``empty_classes``: foreground classes with no voxel (their
+    Dice estimate is 1 where every member agrees on nothing, which says nothing about a missed structure)."""
+    num_classes = len(predicted_dice)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    counts = np.bincount(np.asarray(label_map).ravel().astype(np.int64), minlength=num_classes)
+    foreground = np.asarray(label_map) > 0
+    summary = {}
+    for name, values in maps.items():
+        values = np.asarray(values, dtype=np.float64)
+        inside = float(values[foreground].mean()) if foreground.any() else 0.0
+        summary[name] = {"mean_foreground_nats": inside, "mean_volume_nats": float(values.mean())}
+    dice = [float(d) for d in predicted_dice]
+    return {
+        "predicted_dice": {str(k): dice[k] for k in range(num_classes)},
+        "min_predicted_dice": min(dice[1:]) if num_classes > 1 else dice[0],
+        "empty_classes": [k for k in range(1, num_classes) if counts[k] == 0],  # members agreeing on nothing: Dice 1
+        "volume_ml": {str(k): float(counts[k]) * voxel_ml for k in range(num_classes)},
+        "uncertainty": summary,
+        "views": views,
+        "samples_per_view": num_samples,
+    }

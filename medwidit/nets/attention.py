@@ -29,6 +29,7 @@ from .window import (
     window_partition,
 )
 
+ATTENTIONS = ("window", "global", "factorized")
 POSITIONS = ("relative", "rope")
 ROPE_THETA = 100.0  # windows span a few to a few tens of tokens; a small base spreads frequencies over them
 
@@ -182,23 +183,13 @@ class FactorizedAttention(nn.Module):
     """In-plane window attention over axes 1.. (e.g. H, W), then through-plane attention along axis 0 (e.g. D).
 
     The through-plane branch reads the in-plane result and adds to it; its output projection starts at zero, so at
-    initialisation the layer is exactly its in-plane attention.
+    initialisation the layer is exactly its in-plane attention. :func:`make_attention` builds the two layers.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        window_size: tuple[int, ...],
-        *,
-        shifted: bool = False,
-        position: str = "relative",
-    ) -> None:
+    def __init__(self, in_plane: WindowAttention, through_plane: WindowAttention) -> None:
         super().__init__()
-        in_plane = (1, *window_size[1:])
-        through = (window_size[0],) + (1,) * (len(window_size) - 1)
-        self.in_plane = WindowAttention(dim, num_heads, in_plane, shifted=shifted, position=position)
-        self.through_plane = WindowAttention(dim, num_heads, through, shifted=shifted, position=position)
+        self.in_plane = in_plane
+        self.through_plane = through_plane
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -210,3 +201,18 @@ class FactorizedAttention(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         y = self.in_plane(x, grid)  # (B, T, C)
         return y + self.through_plane(x + y, grid)
+
+
+def make_attention(
+    attention: str, dim: int, num_heads: int, window_size: tuple[int, ...], shifted: bool, position: str
+) -> nn.Module:
+    """The attention named by ``attention``: shifted-window (Swin), one global window, or factorized."""
+    attention = choose("attention", attention, ATTENTIONS)
+    if attention != "factorized":
+        return WindowAttention(
+            dim, num_heads, window_size, shifted=shifted, position=position, global_attention=attention == "global"
+        )
+    in_plane = (1, *window_size[1:])
+    through = (window_size[0],) + (1,) * (len(window_size) - 1)
+    return FactorizedAttention(*(WindowAttention(dim, num_heads, w, shifted=shifted, position=position)
+                                 for w in (in_plane, through)))  # fmt: skip

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .attention import FactorizedAttention, WindowAttention
+from .attention import make_attention
 from .embed import Unpatchify
 from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate
 
-ATTENTIONS = ("window", "global", "factorized")
 FINALS = ("linear", "conv")
 HEADS = ("patch", "pixel")  # WiDiT(head=...): tokens -> voxels by WiDiTFinalLayer, or by the PixelHead
 
@@ -39,20 +38,8 @@ class WiDiTBlock(nn.Module):
         attention: str = "window",
     ) -> None:
         super().__init__()
-        attention = choose("attention", attention, ATTENTIONS)
-        window_size = tuple(window_size)
         self.norm1 = make_norm(norm, hidden_size)
-        if attention == "factorized":
-            self.attn = FactorizedAttention(hidden_size, num_heads, window_size, shifted=shifted, position=position)
-        else:
-            self.attn = WindowAttention(
-                hidden_size,
-                num_heads,
-                window_size,
-                shifted=shifted,
-                position=position,
-                global_attention=attention == "global",
-            )
+        self.attn = make_attention(attention, hidden_size, num_heads, tuple(window_size), shifted, position)
         self.norm2 = make_norm(norm, hidden_size)
         self.mlp = make_mlp(mlp, hidden_size, mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -206,6 +193,10 @@ class PixelHead(nn.Module):
             block.init_weights()
         self.final.init_weights()
 
+    def encode_condition(self, conditioned: torch.Tensor) -> torch.Tensor:
+        """The image's stem projection (B, cond, *S) -> (B, *S, D): it does not change across denoising steps."""
+        return self.stem_c(conditioned.movedim(1, -1))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -213,11 +204,13 @@ class PixelHead(nn.Module):
         tokens: torch.Tensor,
         c: torch.Tensor | None,
         grid: tuple[int, ...],
+        cond_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, in, *S), (B, cond, *S) or None, tokens (B, T, C), c (B, C) or None -> (B, out, *S)."""
+        """(B, in, *S), (B, cond, *S) or None, tokens (B, T, C), c (B, C) or None -> (B, out, *S);
+        ``cond_features`` = :meth:`encode_condition` (conditioned), when the caller kept it."""
         h = self.stem_x(x.movedim(1, -1))  # (B, *S, D)
         if self.stem_c is not None:
-            h = h + self.stem_c(conditioned.movedim(1, -1))
+            h = h + (self.encode_condition(conditioned) if cond_features is None else cond_features)
         h = h + _depthwise(self.stem_mix, h)
         if self.blocks:
             s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)

@@ -1,9 +1,12 @@
 """The network contract and the registry by name: what the diffusion and inference rooms may know of a backbone.
 
-A denoiser is called ``net(x_t (B, in_channels, *S), t (B,) float32, conditioned=image (B, cond_channels, *S))``
-and returns (B, out_channels, *S). Beside the call, the stitcher and the predictor read only the attributes of
-:class:`DenoisingNetwork`; checkpoints store the registered name beside ``config`` so that a checkpoint alone
-rebuilds its network, whatever the backbone (``build_network(name, config)``).
+A denoiser is called ``net(x_t (B, in_channels, *S), t (B,) float32, conditioned=image (B, cond_channels, *S))`` and
+returns (B, out_channels, *S). A network may also offer ``encode_condition(image) -> dict of tensors`` and take
+``forward(..., condition_cache=that dict)``: the image's features, computed once and reused by every denoising step
+(DESIGN decision 11); :class:`ConditionCache` does the bookkeeping, and networks without it keep working. Beside the
+call, the stitcher and the predictor read only the attributes of :class:`DenoisingNetwork`; checkpoints store the
+registered name beside ``config`` so that a checkpoint alone rebuilds its network, whatever the backbone
+(``build_network(name, config)``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
+from medwidit.utils import check_int
+
 __all__ = [
     "NETWORKS",
+    "ConditionCache",
     "DenoisingNetwork",
     "build_network",
     "network_alignment",
@@ -100,3 +106,54 @@ def network_size_multiple(net) -> int | tuple[int, ...]:
 def network_alignment(net) -> int | tuple[int, ...]:
     """``net.alignment`` for a contract network; 1 for a plain callable (analytic stand-ins)."""
     return tuple(net.alignment) if hasattr(net, "alignment") else 1
+
+
+class ConditionCache:
+    """Encodings of conditioning images, computed once and reused while the image stays the same (DESIGN 11).
+
+    ``bind(cond)`` starts a new cache whenever ``cond`` is a different tensor (or was modified in place) and returns
+    its rows' classes: row b's class is the first row holding the same image (``torch.equal``), so ensemble members
+    that repeat one image share keys. ``call(key, x, t, cond)`` runs ``net(x, t, conditioned=cond,
+    condition_cache=...)`` with the encoding stored under ``key``, encoding ``cond`` on the first call; the caller
+    makes keys such that equal keys mean equal ``cond`` tensors (same rows, same crop), so reuse is exact. Networks
+    without ``encode_condition`` are called as they are. Past ``max_bytes`` of stored encodings (per-voxel features
+    of many windows add up), further keys are encoded at every call and not stored.
+    """
+
+    def __init__(self, net: Callable[..., torch.Tensor], *, max_bytes: int = 2**31) -> None:
+        self.net = net
+        self.enabled = callable(getattr(net, "encode_condition", None))
+        self.max_bytes = check_int("max_bytes", max_bytes, low=0)
+        self.num_bytes = 0
+        self.source: tuple[torch.Tensor, int] | None = None  # the bound tensor and its version counter
+        self.rows: tuple[int, ...] = ()
+        self.entries: dict[Any, dict[str, torch.Tensor]] = {}
+        self.num_encoded = 0
+
+    def bind(self, cond: torch.Tensor | None) -> tuple[int, ...]:
+        """Row classes of ``cond`` (B, C, *S): equal images get the first one's index; a new tensor clears the cache."""
+        if cond is None:
+            return ()
+        if self.source is None or self.source[0] is not cond or self.source[1] != cond._version:
+            self.entries.clear()
+            self.num_bytes = 0
+            self.source = (cond, cond._version)
+            classes: list[int] = []
+            for b in range(cond.shape[0]):
+                classes.append(next((c for c in dict.fromkeys(classes) if torch.equal(cond[c], cond[b])), b))
+            self.rows = tuple(classes)
+        return self.rows
+
+    def call(self, key: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        """``net(x, t, conditioned=cond, **kwargs)`` with the encoding of ``cond`` stored under ``key`` (made on first
+        use); ``kwargs`` (e.g. ``spacing``) go to the net as they are."""
+        if not self.enabled or cond is None:
+            return self.net(x, t, conditioned=cond, **kwargs)
+        encoding = self.entries.get(key)
+        if encoding is None:
+            encoding = self.net.encode_condition(cond)
+            self.num_encoded += 1
+            size = sum(v.numel() * v.element_size() for v in encoding.values())
+            if self.num_bytes + size <= self.max_bytes:
+                self.entries[key], self.num_bytes = encoding, self.num_bytes + size
+        return self.net(x, t, conditioned=cond, condition_cache=encoding, **kwargs)

@@ -40,13 +40,14 @@ def make_norm(norm: str, dim: int) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU(tanh) -> Linear, DiT's feed-forward."""
+    """Linear(dim -> mlp_ratio * dim) -> GELU -> Linear(-> dim), both with biases: DiT's feed-forward (``approximate=
+    "tanh"``, the default) and PixelDiT's pixel MLP (exact GELU, :class:`PixelMLP`)."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, *, approximate: str = "tanh") -> None:
         super().__init__()
-        hidden = int(dim * mlp_ratio)
+        hidden = max(1, int(dim * mlp_ratio))
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=approximate)
         self.fc2 = nn.Linear(hidden, dim)
         self.init_weights()
 
@@ -56,7 +57,7 @@ class Mlp(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))  # (..., dim)
 
 
 class SwiGLU(nn.Module):
@@ -88,24 +89,11 @@ def make_mlp(mlp: str, dim: int, mlp_ratio: float) -> nn.Module:
 #################################################################################
 
 
-class PixelMLP(nn.Module):
-    """Linear(dim -> mlp_ratio * dim) -> exact GELU -> Linear(-> dim), both with biases (PixelDiT's pixel MLP)."""
+class PixelMLP(Mlp):
+    """PixelDiT's pixel MLP (seed 001): :class:`Mlp` with the exact (erf) GELU."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        hidden = max(1, int(dim * mlp_ratio))
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()  # exact (erf), unlike DiT's tanh approximation in Mlp
-        self.fc2 = nn.Linear(hidden, dim)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        for linear in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(linear.weight)
-            nn.init.zeros_(linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))  # (..., dim)
+        super().__init__(dim, mlp_ratio, approximate="none")
 
 
 class FinalLayer(nn.Module):

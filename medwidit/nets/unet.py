@@ -15,6 +15,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
+from medwidit.utils import check_int
+
 from .contract import register_network
 from .layers import WiDiTInputError
 
@@ -53,9 +55,8 @@ class DiffusionUNet(nn.Module):
         super().__init__()
         if spatial_dim not in (2, 3):
             raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
-        for name, value in (("in_channels", in_channels), ("cond_channels", cond_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        check_int("in_channels", in_channels)
+        check_int("cond_channels", cond_channels)
         out_channels = in_channels if out_channels is None else out_channels
         attention_levels = [False] * len(channels) if attention_levels is None else list(attention_levels)
         self.config: dict[str, Any] = {

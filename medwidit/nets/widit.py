@@ -7,6 +7,7 @@ crops runs on any size divisible by its patch.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from medwidit.utils import atomic_write, check_int
 
-from .attention import POSITIONS
-from .blocks import ATTENTIONS, FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
+from .attention import ATTENTIONS, POSITIONS
+from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose
@@ -48,7 +49,7 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be positive, got {value}.")
 
 
-def _check_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive: float) -> None:
+def _check_widit_sizes(spatial_dim: int, hidden_size: int, num_heads: int, **positive: float) -> None:
     """The seed's size rules: 2D or 3D, hidden even and divisible by heads, and positive counts."""
     if spatial_dim not in (2, 3):
         raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
@@ -141,7 +142,9 @@ class WiDiT(nn.Module):
         pixel_depth: int = 2,
     ) -> None:
         super().__init__()
-        _check_sizes(spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio)
+        _check_widit_sizes(
+            spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio
+        )
         if cond_channels is not None and not use_conditioning:
             raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
         conditioning = choose("conditioning", conditioning, CONDITIONINGS)
@@ -270,6 +273,37 @@ class WiDiT(nn.Module):
             raise WiDiTInputError(f"spacing must be positive finite mm, got {spacing.tolist()}.")
         return spacing
 
+    def encode_condition(self, conditioned: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parts of the forward pass that read only the image (B, cond_channels, *S), computed once and passed
+        back as ``forward(..., condition_cache=...)`` by every step: ``"tokens"`` (B, T, C/2) with
+        ``conditioning="embed"``, ``"pixel"`` (B, *S, pixel_dim) with ``head="pixel"`` (DESIGN decision 11)."""
+        if not self.use_conditioning:
+            raise WiDiTInputError("encode_condition needs a WiDiT built with use_conditioning=True.")
+        cache = {}
+        if self.c_embedder is not None:
+            cache["tokens"] = self.c_embedder(conditioned)  # (B, T, C/2)
+        if self.pixel_head is not None and self.pixel_head.stem_c is not None:
+            cache["pixel"] = self.pixel_head.encode_condition(conditioned)  # (B, *S, D)
+        return cache
+
+    def _check_cache(self, conditioned: torch.Tensor, cache: dict[str, torch.Tensor] | None) -> dict:
+        """``condition_cache`` must hold exactly what :meth:`encode_condition` makes for ``conditioned``'s shape."""
+        if cache is None:
+            return {}
+        b, spatial = conditioned.shape[0], tuple(conditioned.shape[2:])
+        tokens = math.prod(s // p for s, p in zip(spatial, self.patch_size, strict=True))
+        expected = {}
+        if self.c_embedder is not None:
+            expected["tokens"] = (b, tokens, self.config["hidden_size"] // 2)
+        if self.pixel_head is not None and self.pixel_head.stem_c is not None:
+            expected["pixel"] = (b, *spatial, self.config["pixel_dim"])
+        shapes = {key: tuple(value.shape) for key, value in cache.items()} if isinstance(cache, dict) else cache
+        if shapes != expected:
+            raise WiDiTInputError(
+                f"condition_cache must be encode_condition(conditioned), shapes {expected}, got {shapes}."
+            )
+        return cache
+
     def forward(
         self,
         input_tensor: torch.Tensor,
@@ -277,18 +311,24 @@ class WiDiT(nn.Module):
         *,
         conditioned: torch.Tensor | None = None,
         spacing: torch.Tensor | None = None,
+        condition_cache: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(B, in_channels, *S), (B,) or None, conditioned (B, cond_channels, *S), spacing (B, 2N) mm with
-        ``spacing_conditioning`` -> (B, out_channels, *S)."""
+        ``spacing_conditioning``, ``condition_cache`` = :meth:`encode_condition` (conditioned) -> (B, out_channels,
+        *S); the cache gives exactly the output computed without it."""
         timestep = self._check_inputs(input_tensor, timestep, conditioned)
         spacing = self._check_spacing(input_tensor, spacing)
+        if condition_cache is not None and conditioned is None:
+            raise WiDiTInputError("condition_cache was given without conditioned (the image it encodes).")
+        cache = self._check_cache(conditioned, condition_cache) if conditioned is not None else {}
         grid = tuple(s // p for s, p in zip(input_tensor.shape[2:], self.patch_size, strict=True))  # token grid G
         noisy = input_tensor  # the pixel head reads it alone, whatever the token path's conditioning
         if self.use_conditioning and self.c_embedder is None:  # conditioning="concat"
             input_tensor = torch.cat([input_tensor, conditioned], dim=1)  # (B, C_in + C_cond, *S)
         x = self.x_embedder(input_tensor)  # (B, T, C or C/2), T = prod(G)
         if self.c_embedder is not None:
-            x = torch.cat([x, self.c_embedder(conditioned)], dim=-1)  # (B, T, C)
+            image_tokens = cache["tokens"] if "tokens" in cache else self.c_embedder(conditioned)  # (B, T, C/2)
+            x = torch.cat([x, image_tokens], dim=-1)  # (B, T, C)
         c = None if timestep is None else self.t_embedder(timestep)  # (B, C)
         if self.s_embedder is not None:
             s = self.s_embedder(spacing)  # (B, C)
@@ -299,7 +339,7 @@ class WiDiT(nn.Module):
             else:
                 x = block(x, c, grid)  # (B, T, C)
         if self.pixel_head is not None:
-            return self.pixel_head(noisy, conditioned, x, c, grid)  # (B, out_channels, *S)
+            return self.pixel_head(noisy, conditioned, x, c, grid, cond_features=cache.get("pixel"))  # (B, out, *S)
         return self.final_layer(x, c, grid)  # (B, out_channels, *S)
 
 

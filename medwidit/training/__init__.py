@@ -1,7 +1,7 @@
 """medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
 
 from .bundle import RENAMED_KEYS, SegmentationNetwork, find_bundle_root, refuse_renamed, require_done
-from .data import SegmentationDataModule, load_data_list
+from .data import SegmentationDataModule, load_data_list, load_label_maps
 from .module import DiffusionSegmentationModule, ExportSegmenter, WarmupCosine, segmenter_state_from_checkpoint
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "find_bundle_root",
     "refuse_renamed",
     "load_data_list",
+    "load_label_maps",
     "require_done",
     "segmenter_state_from_checkpoint",
 ]

@@ -41,12 +41,33 @@ from torch.utils.data import ConcatDataset
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
 from medwidit.utils import check_int
 
-from .synthetic import check_label_maps, check_synthesis, load_label_maps, mixing_sampler, synthetic_train_transforms
+from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
 logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("memory", "disk", "none")
 KEYS = ("image", "label")
+
+
+def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str) -> tuple[Path, list[dict]]:
+    """MONAI's reading of one split (image and label paths resolved against ``base_dir``), errors naming the list."""
+    data_list = Path(data_list)
+    if not data_list.is_file():
+        raise FileNotFoundError(f"{argument} {str(data_list)!r} does not exist.")
+    try:
+        items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
+    except ValueError as e:  # MONAI raises ValueError for a missing key
+        raise ValueError(f"{argument} {str(data_list)!r} has no split {key!r}: {e}") from e
+    if not items:
+        raise ValueError(f"{argument} {str(data_list)!r} has an empty split {key!r}.")
+    return data_list, items
+
+
+def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist."
+        )
 
 
 def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -55,26 +76,29 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
     Raises FileNotFoundError naming the data list, the entry and the missing file, so that a bad list fails before
     any training starts (not hours later when a worker first loads the file).
     """
-    data_list = Path(data_list)
-    if not data_list.is_file():
-        raise FileNotFoundError(f"data_list {str(data_list)!r} does not exist.")
-    try:
-        items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    except ValueError as e:  # MONAI raises ValueError for a missing key
-        raise ValueError(f"data_list {str(data_list)!r} has no split {key!r}: {e}") from e
+    data_list, items = _read_split(data_list, key, base_dir, "data_list")
     for index, item in enumerate(items):
         for name in KEYS:
             if name not in item:
                 raise ValueError(f"data_list {str(data_list)!r}, {key}[{index}] has no {name!r} entry: {item}.")
-            path = item[name]
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"data_list {str(data_list)!r}, {key}[{index}] names {name} file {str(path)!r}, "
-                    "which does not exist."
-                )
-    if not items:
-        raise ValueError(f"data_list {str(data_list)!r} has an empty split {key!r}.")
+            _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
     return items
+
+
+def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every label map of one split of a data list for synthesis: each entry whose name ends in ``label``
+    (``label``, ``neuromorphometrics_label``, ...) is its own item ``{"label": path}``; missing files are errors."""
+    data_list, items = _read_split(data_list, key, base_dir, "synth_data_list")
+    maps = []
+    for index, item in enumerate(items):
+        names = [name for name in item if name.endswith("label")]
+        if not names:
+            raise ValueError(f"synth_data_list {str(data_list)!r}, {key}[{index}] names no label map: {item}.")
+        for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
+            path = item[name] if os.path.isabs(item[name]) else Path(base_dir or data_list.parent) / item[name]
+            _check_exists("synth_data_list", data_list, f"{key}[{index}]", name, path)
+            maps.append({"label": str(path)})
+    return maps
 
 
 class SegmentationDataModule(L.LightningDataModule):

@@ -8,14 +8,11 @@ the bundle's own intensity normalisation, exactly as a real image would, and is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import load_decathlon_datalist
 from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
@@ -31,35 +28,7 @@ from torch.utils.data import WeightedRandomSampler
 from medwidit.data.synth import SynthesisError, synthesis_transforms
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing
 
-__all__ = ["load_label_maps", "check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
-
-
-def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Every label map of one split: each entry whose name ends in ``label`` (``label``,
-    ``neuromorphometrics_label``, ...) becomes its own item ``{"label": path}``; missing files are errors."""
-    data_list = Path(data_list)
-    if not data_list.is_file():
-        raise FileNotFoundError(f"synth_data_list {str(data_list)!r} does not exist.")
-    try:
-        items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    except ValueError as e:  # MONAI raises ValueError for a missing key
-        raise ValueError(f"synth_data_list {str(data_list)!r} has no split {key!r}: {e}") from e
-    maps = []
-    for index, item in enumerate(items):
-        names = [name for name in item if name.endswith("label")]
-        if not names:
-            raise ValueError(f"synth_data_list {str(data_list)!r}, {key}[{index}] names no label map: {item}.")
-        for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
-            path = Path(base_dir or data_list.parent) / item[name] if not os.path.isabs(item[name]) else item[name]
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"synth_data_list {str(data_list)!r}, {key}[{index}] names {name} file {str(path)!r}, "
-                    "which does not exist."
-                )
-            maps.append({"label": str(path)})
-    if not maps:
-        raise ValueError(f"synth_data_list {str(data_list)!r} has an empty split {key!r}.")
-    return maps
+__all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
 
 
 def check_label_maps(maps: list[dict], num_labels: int) -> None:

@@ -1,16 +1,11 @@
-"""benchmarks/quality.py: its report (per-case means, the markdown tables, JSON without inf/NaN) and its medwidit
-sampling, which must give the Predictor's maps."""
+"""benchmarks/quality.py: its report (per-case means, the markdown tables, JSON without inf/NaN). Its medwidit
+sampling is the library's public path (``sample_ensemble``, ``Predictor.wrap_model_fn``, ``Predictor.invert``),
+tested in tests/inference/test_predictor.py."""
 
 import math
 import sys
 
-import numpy as np
-import torch
 from benchmark_scripts import load_benchmark
-
-
-def _generator(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def test_mean_over_cases_and_markdown_table():
@@ -41,39 +36,3 @@ def test_mean_over_cases_and_markdown_table():
         counts = {line.count("|") for line in table.splitlines()}
         assert len(counts) == 1, table
     assert report.finite({"hd95": [1.0, math.inf, math.nan]}) == {"hd95": [1.0, None, None]}
-
-
-def test_benchmark_sampling_path_equals_the_predictor(tmp_path):
-    """The script samples medwidit through sample_ensemble(return_members=True) and the Predictor's autocast and
-    inversion, but reads the file with LoadImaged (the Predictor with its own reader): its maps and the prefix
-    ensembles must be the Predictor's, through reorientation, resampling and Invertd."""
-    import nibabel as nib
-    from monai.transforms import Compose
-
-    from medwidit.data.transforms import preprocessing_transforms
-    from medwidit.diffusion import DiffusionSegmenter
-    from medwidit.inference import Predictor
-    from medwidit.nets import WiDiT
-
-    quality = load_benchmark("quality")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, hidden_size=32, depth=1,
-                    num_heads=2, patch_size=2, window_size=2)  # fmt: skip
-    preprocessing = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": "zscore_nonzero"}
-    predictor = Predictor(DiffusionSegmenter(net, num_classes=2), preprocessing=preprocessing, roi_size=16,
-                          device="cpu")  # fmt: skip
-    affine = np.diag([-1.5, 1.5, 1.25, 1.0])  # LAS, anisotropic: reoriented and resampled on the way in
-    image = torch.rand(20, 18, 16, generator=_generator(6)).numpy().astype(np.float32)
-    path = tmp_path / "case.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), path)
-    expected = predictor.segment(str(path), steps=2, num_samples=3, generator=_generator(7))
-    pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
-    run = quality.sample_medwidit(predictor, str(path), pre, steps=2, num_samples=3, overlap=0.5, seed=7)
-    maps = quality.medwidit_maps(run, predictor, pre, 3)
-    np.testing.assert_allclose(maps["probability"], expected.probability, atol=1e-5)
-    np.testing.assert_allclose(maps["entropy"], expected.entropy, atol=1e-5)
-    assert run["network_calls"] > 0 and run["probabilities"].shape[0] == 3
-    prefix = quality.medwidit_maps(run, predictor, pre, 2)  # the first two members are the 2-sample ensemble
-    two = predictor.segment(str(path), steps=2, num_samples=2, generator=_generator(7))
-    np.testing.assert_allclose(prefix["probability"], two.probability, atol=1e-5)

@@ -338,19 +338,9 @@ def test_atlas_dice_on_monai_equals_the_counting_formula_it_replaced():
         assert json.dumps(atlas.atlas_dice(a, b, names)) == json.dumps(counted(a, b, names))
 
 
-def test_the_old_module_name_keeps_example_case_and_names_the_new_command():
+def test_the_builder_runs_as_a_module_under_its_own_name():
     import subprocess
     import sys
 
-    from medwidit.data import sources as old
-
-    assert old.example_case is example.example_case
-    run = subprocess.run([sys.executable, "-m", "medwidit.data.sources", "build", "--cache", "x"], capture_output=True,
-                         text=True, check=False)  # fmt: skip
-    assert run.returncode == 1 and "python -m medwidit.datasets.brain build --cache x" in run.stderr
-    assert (
-        "usage: python -m medwidit.datasets.brain"
-        in subprocess.run(
-            [sys.executable, "-m", "medwidit.datasets.brain", "--help"], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    run = subprocess.run([sys.executable, "-m", "medwidit.datasets.brain", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "usage: python -m medwidit.datasets.brain" in run.stdout

@@ -40,12 +40,14 @@ class OracleNet(nn.Module):
     """Knows the truth: the conditioning image *is* the label map (float), so x0 = encode(image) exactly.
 
     ``prediction`` says what it returns for x_t at t: the true x0 ("sample"), the true noise ("epsilon"), the true
-    velocity ("v_prediction", with ``scheduler``'s alphas) or the flow velocity x0 - eps ("flow").
+    velocity ("v_prediction", with ``noise_scheduler``'s alphas) or the flow velocity x0 - eps ("flow").
     """
 
-    def __init__(self, num_classes: int, prediction: str = "sample", scheduler=None, variance_channels: bool = False):
+    def __init__(
+        self, num_classes: int, prediction: str = "sample", noise_scheduler=None, variance_channels: bool = False
+    ):
         super().__init__()
-        self.num_classes, self.prediction, self.scheduler = num_classes, prediction, scheduler
+        self.num_classes, self.prediction, self.noise_scheduler = num_classes, prediction, noise_scheduler
         self.variance_channels = variance_channels
         self.calls: list[tuple[tuple[int, ...], torch.Tensor]] = []
 
@@ -59,7 +61,7 @@ class OracleNet(nn.Module):
         elif self.prediction == "sample":
             out = x0
         else:
-            abar = self.scheduler.alphas_cumprod.double()[t.long()].reshape(tb.shape)
+            abar = self.noise_scheduler.alphas_cumprod.double()[t.long()].reshape(tb.shape)
             eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
             out = eps if self.prediction == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
         out = out.float()

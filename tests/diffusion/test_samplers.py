@@ -26,7 +26,7 @@ def _oracle_segmenter(prediction, num_classes=3, **kwargs):
     objective = "flow" if prediction == "flow" else prediction
     net = OracleNet(num_classes, prediction, variance_channels=kwargs.get("learn_sigma", False))
     segmenter = DiffusionSegmenter(net, num_classes=num_classes, objective=objective, **kwargs)
-    net.scheduler = segmenter.scheduler
+    net.noise_scheduler = segmenter.noise_scheduler
     return segmenter, net
 
 
@@ -161,9 +161,9 @@ def test_outputs_equal_the_recorded_ones_bit_for_bit(name):
 @pytest.mark.parametrize("prediction", ["sample", "flow"])
 def test_sampling_leaves_the_segmenter_scheduler_untouched(prediction):
     segmenter, _ = _oracle_segmenter(prediction)
-    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in vars(segmenter.scheduler).items()}
+    before = {k: v.clone() if torch.is_tensor(v) else v for k, v in vars(segmenter.noise_scheduler).items()}
     segmenter.sample(torch.zeros(1, 1, 4, 4), steps=3)
-    after = vars(segmenter.scheduler)
+    after = vars(segmenter.noise_scheduler)
     assert before.keys() == after.keys()  # no num_inference_steps / timesteps set by the call
     assert all(torch.equal(v, after[k]) if torch.is_tensor(v) else v == after[k] for k, v in before.items())
 

@@ -189,3 +189,16 @@ def test_checkpoint_with_widit_loads_without_a_builder(tmp_path):
     assert type(loaded.net) is WiDiT and loaded.net.config == net.config
     for a, b in zip(loaded.state_dict().values(), segmenter.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_shipped_checkpoint_names_its_scheduler_and_loads_the_object_as_noise_scheduler():
+    from pathlib import Path
+
+    from monai.networks.schedulers import Scheduler
+
+    path = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation" / "models" / "model.pt"
+    loaded, config = load_segmenter(path)
+    assert isinstance(config["segmenter"]["scheduler"], str)  # the name, as every checkpoint stores it
+    assert loaded.config["scheduler"] == config["segmenter"]["scheduler"]
+    assert isinstance(loaded.noise_scheduler, Scheduler)  # the object is no longer also called `scheduler`
+    assert not hasattr(loaded, "scheduler")

@@ -28,7 +28,7 @@ C = 0.5  # the data: x0 ~ N(0, C^2) per voxel, whose ideal denoiser is linear in
 def _recovers(prediction, sampler, label, steps, atol):
     net = OracleNet(3, prediction)
     segmenter = DiffusionSegmenter(net, num_classes=3, objective=prediction)
-    net.scheduler = segmenter.scheduler
+    net.noise_scheduler = segmenter.noise_scheduler
     generator = torch.Generator().manual_seed(0)
     samples = segmenter.sample(label.float(), steps=steps, sampler=sampler, num_samples=2, generator=generator)
     assert all(torch.equal(to_labels(to_probabilities(member)), label) for member in samples)
@@ -150,3 +150,28 @@ def test_euler_maruyama_reproduces_with_the_same_generators_per_member():
 
     assert torch.equal(draw([1, 2]), draw([1, 2]))
     assert torch.equal(draw([1, 2])[:2], draw([1, 3])[:2]) and not torch.equal(draw([1, 2]), draw([1, 3]))
+
+
+def test_an_update_rule_becomes_a_sampler_of_the_family():
+    """CONTRIBUTING's recipe: one update rule, wrapped by gaussian_sampler, is a sampler with the family's signature
+    (here the one-step jump to the x0 estimate, which an oracle makes exact); its options are checked once, by name."""
+    from medwidit.diffusion.samplers import gaussian_sampler
+
+    def _jump(*, scale: float = 1.0, generator=None):
+        """Jump to the (scaled) x0 estimate."""
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}.")
+        return lambda x, x0, eps, frac, a_t, a_s, last: scale * x0
+
+    jump_sample = gaussian_sampler(_jump)
+    assert jump_sample.__name__ == "jump_sample" and jump_sample.__doc__ == _jump.__doc__
+    scheduler = DDIMScheduler(1000, prediction_type="sample")
+    x0 = encode_labels(random_labels((1, 1, 4, 4), 3), 3)
+    steps = []
+    out = jump_sample(lambda x, t: x0, torch.randn(x0.shape), timestep_list(scheduler, 3),
+                      **schedule_arguments(scheduler), callback=steps.append)  # fmt: skip
+    assert torch.equal(out, x0) and [s["t"] for s in steps] == timestep_list(scheduler, 3)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        jump_sample(lambda x, t: x0, x0, [999], **schedule_arguments(scheduler), scale=0)
+    with pytest.raises(TypeError, match="scal"):
+        jump_sample(lambda x, t: x0, x0, [999], **schedule_arguments(scheduler), scal=2)

@@ -26,6 +26,8 @@ FAST = {"steps": 1, "num_samples": 1}
 CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
 AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
 
+UNCERTAINTY_OUTPUTS = ["scan.nii.gz", "scan_aleatoric.nii.gz", "scan_epistemic.nii.gz", "scan_uncertainty.nii.gz"]
+
 
 @pytest.fixture(autouse=True)
 def restore_logging():
@@ -124,7 +126,7 @@ def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
     winner_seed = (1, 2)[codes.index(0)]
     reference = tmp_path / "reference"
     predictor.predict_from_files(inputs, reference, save_uncertainty=True, progress=False, seed=winner_seed, **FAST)
-    assert visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"] and hidden_leftovers(out) == []
+    assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
     for name in visible(out):  # both files are the winner's: nothing mixed
         np.testing.assert_array_equal(nib.load(out / name).get_fdata(), nib.load(reference / name).get_fdata())
 
@@ -212,7 +214,7 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert predictor.predict_from_files(inputs, out, **options)[0].status == "failed"  # exists, no --continue
     (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
     assert result.status == "done" and result.message == "finished an interrupted commit"
-    assert visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"] and hidden_leftovers(out) == []
+    assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
     reference = tmp_path / "reference"
     predictor.predict_from_files(inputs, reference, **options)
     for name in visible(out):

@@ -122,7 +122,12 @@ def test_nrrd_in_nrrd_out_with_its_geometry(tmp_path, checkpoint, volume):
     source = save_itk(tmp_path / "scan.nrrd", volume)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     (result,) = predictor.predict_from_files(source, tmp_path / "out", save_uncertainty=True, progress=False, **FAST)
-    assert result.status == "done" and [p.name for p in result.outputs] == ["scan.nrrd", "scan_uncertainty.nrrd"]
+    assert result.status == "done" and [p.name for p in result.outputs] == [
+        "scan.nrrd",
+        "scan_uncertainty.nrrd",
+        "scan_aleatoric.nrrd",
+        "scan_epistemic.nrrd",
+    ]
     original = sitk.ReadImage(str(source))
     for path in result.outputs:
         written = sitk.ReadImage(str(path))
@@ -149,7 +154,9 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
     assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"
-    assert visible(out) == [f"good{s}.nii.gz" for s in ("", "_probabilities", "_uncertainty")]
+    assert visible(out) == [
+        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_epistemic", "_probabilities", "_uncertainty")
+    ]
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "skipped"
 
 
@@ -245,3 +252,36 @@ def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(t
     assert set(seen) == {torch.bfloat16}
     assert result.probability.dtype == np.float32
     np.testing.assert_allclose(result.probability, reference.probability, atol=0.05)
+
+
+def test_public_wrap_and_invert_compose_to_segment(tmp_path):
+    """``segment`` is ``sample_ensemble(**predictor.window_options, wrap_model_fn=predictor.wrap_model_fn)`` then
+    ``predictor.invert``: a caller that reads the file with MONAI's LoadImaged (as the benchmarks do) gets the
+    Predictor's maps on the input grid, through reorientation, resampling and Invertd; under autocast the wrapped
+    model function runs in bfloat16."""
+    from monai.transforms import Compose
+
+    from medwidit.data.transforms import preprocessing_transforms
+    from medwidit.inference import sample_ensemble
+
+    predictor = Predictor(tiny_segmenter(classes=2), preprocessing={**PREPROCESSING, "spacing": [2.0, 2.0, 2.0]},
+                          roi_size=16, device="cpu")  # fmt: skip
+    image = torch.rand(20, 18, 16, generator=torch.Generator().manual_seed(6)).numpy()
+    path = save_nifti(tmp_path / "case.nii.gz", image, affine=np.diag([-1.5, 1.5, 1.25, 1.0]))  # LAS, anisotropic
+    expected = predictor.segment(path, **FAST, generator=torch.Generator().manual_seed(7))
+    pre = Compose(preprocessing_transforms(predictor.preprocessing, image_key="image"))
+    data = pre({"image": str(path)})
+    summary = sample_ensemble(predictor.segmenter, data["image"].as_tensor()[None], **predictor.window_options,
+                              wrap_model_fn=predictor.wrap_model_fn, generator=torch.Generator().manual_seed(7),
+                              **FAST)  # fmt: skip
+    probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+    assert probability.shape == (2, *image.shape) and entropy.shape == (1, *image.shape)
+    np.testing.assert_allclose(probability, expected.probability, atol=1e-5)
+    np.testing.assert_allclose(entropy[0], expected.entropy, atol=1e-5)
+
+    def model_fn(x, t, cond):
+        return torch.ones(1, 1) @ torch.ones(1, 1)
+
+    assert predictor.wrap_model_fn(model_fn) is model_fn  # float32 on CPU: nothing to wrap
+    predictor.autocast_dtype = torch.bfloat16
+    assert predictor.wrap_model_fn(model_fn)(None, None, None).dtype == torch.bfloat16

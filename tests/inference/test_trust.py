@@ -1,13 +1,23 @@
 """inference/trust: the entropy decomposition and the Dice estimate on ensembles whose answers are known, and
 test-time views that undo exactly."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from medwidit.diffusion import encode_labels, to_probabilities
-from medwidit.inference.trust import apply_view, augmentation_views, decompose_entropy, estimated_dice, invert_view
+from medwidit.inference.trust import (
+    View,
+    apply_view,
+    augmentation_views,
+    decompose_entropy,
+    estimated_dice,
+    invert_view,
+    quality_report,
+)
 
 
 def _hard(labels: torch.Tensor, k: int = 2) -> torch.Tensor:
@@ -50,16 +60,46 @@ def test_estimated_dice_is_one_when_members_agree_and_exact_for_a_known_split():
 
 
 def test_views_start_with_the_identity_and_invert_exactly():
-    views = augmentation_views(4, 3, seed=1)
-    assert views[0].flip_axes == () and views[0].gamma == 1.0 and len(views) == 4
+    views = augmentation_views(6, 3, seed=1)
+    assert views[0] == View() and len(views) == 6
     assert any(v.flip_axes for v in views[1:]) and any(v.gamma != 1.0 for v in views[1:])
+    assert any(v.shift for v in views[1:]) and all(0 <= s <= 3 for v in views for s in v.shift)
     image = torch.rand(1, 1, 5, 6, 7) * 2 - 1
-    maps = torch.rand(2, 1, 3, 5, 6, 7)  # (S, B, K, *S)
     for view in views:
         seen = apply_view(image, view)
-        assert seen.shape == image.shape and seen.min() >= -1 and seen.max() <= 1
-        assert torch.equal(invert_view(invert_view(maps, view, 3), view, 3), maps)
-        if view.gamma == 1.0:
+        shift = view.shift or (0, 0, 0)
+        assert seen.shape[2:] == tuple(n + s for n, s in zip(image.shape[2:], shift, strict=True))
+        assert seen.min() >= image.min() and seen.max() <= image.max()  # the curve keeps the range, air is the floor
+        maps = torch.rand(2, *seen.shape[:2], *seen.shape[2:])  # (S, B, K, *S + shift) as the network sees them
+        back = invert_view(maps, view, 3)
+        assert back.shape[3:] == image.shape[2:]
+        if view.gamma == 1.0:  # the image itself goes through the views' spatial part and back exactly
             assert torch.equal(invert_view(seen, view), image)
         else:  # the curve is monotone: the order of intensities survives it
             assert torch.equal(invert_view(seen, view).flatten().argsort(), image.flatten().argsort())
+
+
+def test_a_shifted_view_pads_air_before_each_axis_and_crops_it_off():
+    image = torch.arange(24.0).reshape(1, 1, 2, 3, 4) + 5
+    view = View(flip_axes=(1,), shift=(1, 0, 2))
+    seen = apply_view(image, view)
+    assert seen.shape == (1, 1, 3, 3, 6)
+    unflipped = torch.flip(seen, dims=[3])
+    assert (unflipped[:, :, :1] == 5).all() and (unflipped[..., :2] == 5).all()  # each channel's floor
+    torch.testing.assert_close(unflipped[:, :, 1:, :, 2:], image)
+    assert torch.equal(invert_view(seen, view), image)
+    with pytest.raises(ValueError, match="shift must be 3 voxel counts"):
+        apply_view(image, View(shift=(1, 2)))
+
+
+def test_quality_report_counts_millilitres_on_the_grid_and_summarises_the_maps():
+    labels = np.zeros((4, 5, 6), dtype=np.int64)
+    labels[:2] = 1  # 60 voxels of class 1
+    affine = np.diag([2.0, 0.5, 3.0, 1.0])  # 3 mm^3 per voxel
+    total = np.where(labels == 1, 0.4, 0.0).astype(np.float32)
+    report = quality_report(labels, affine, [0.99, 0.8], {"total": total}, views=3, num_samples=2)
+    assert report["volume_ml"] == pytest.approx({"0": 60 * 3 / 1000, "1": 60 * 3 / 1000})
+    assert report["predicted_dice"] == pytest.approx({"0": 0.99, "1": 0.8}) and report["min_predicted_dice"] == 0.8
+    assert report["uncertainty"]["total"] == pytest.approx({"mean_foreground_nats": 0.4, "mean_volume_nats": 0.2})
+    assert report["views"] == 3 and report["samples_per_view"] == 2
+    json.dumps(report, allow_nan=False)  # JSON types only

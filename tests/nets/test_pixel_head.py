@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medwidit.nets import FinalLayer, PixelHead, PixelMLP, WiDiT, load_widit, save_widit
+from medwidit.nets import FinalLayer, Mlp, PixelHead, PixelMLP, WiDiT, load_widit, save_widit
 
 SHAPES = {2: (8, 12), 3: (8, 4, 12)}
 BUNDLE_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation" / "models" / "model.pt"
@@ -101,6 +101,10 @@ def test_pixel_mlp_is_exact_gelu_with_biases(randomize):
     assert torch.equal(mlp(x), expected)
     tanh = F.linear(F.gelu(mlp.fc1(x), approximate="tanh"), mlp.fc2.weight, mlp.fc2.bias)
     assert not torch.equal(mlp(x), tanh)  # not DiT's approximation
+    dit = Mlp(6, mlp_ratio=2.0)  # one implementation: PixelMLP is DiT's Mlp with the exact GELU
+    dit.load_state_dict(mlp.state_dict())
+    assert isinstance(mlp, Mlp) and dit.state_dict().keys() == mlp.state_dict().keys()
+    assert torch.equal(dit(x), tanh)
 
 
 def test_final_layer_is_zero_at_init_then_rmsnorm_linear(randomize):

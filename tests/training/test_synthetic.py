@@ -10,7 +10,8 @@ from training_volumes import PREPROCESSING_3D, write_dataset
 
 from medwidit.data.synth import SynthesisError
 from medwidit.training import SegmentationDataModule
-from medwidit.training.synthetic import load_label_maps, mixing_sampler
+from medwidit.training.data import load_label_maps
+from medwidit.training.synthetic import mixing_sampler
 
 TARGETS = [0, 1, 1, 0, 0]  # generation labels 0..4 -> background, brain, brain, scalp, skull
 

@@ -1,0 +1,291 @@
+"""Does the uncertainty know when it is wrong? The per-case Dice estimate and the decomposed entropy maps of the
+shipped model, checked against known truth over cases whose true Dice spans a range.
+
+Cases: the shipped Colin27 2 mm example, and 1 mm Colin27 (held out from training) and MNI152 (the training anatomy)
+from the brain cache, clean and under graded acquisition shifts (one family at a time, strength 1..3):
+
+    thick     thick slices along the superior axis, 3 / 6 / 10 mm (``medwidit.data.synth`` slice profile)
+    fov       the field of view ends inside the head: the top 20 / 35 / 50 % of the superior axis is air
+    contrast  the bright end of the intensity curve folded back at 80 / 60 / 40 % of the 99.5th percentile (tissue
+              order changes, which histogram equalisation cannot undo)
+    noise     Rician noise, sigma 5 / 10 / 20 % of the 99.5th percentile
+    bias      a multiplicative coil field (MONAI RandBiasField), coefficient 0.3 / 0.6 / 0.9
+
+Every case is sampled once, as ``Predictor.segment(augment=V)`` does (``sample_ensemble`` with V test-time views of S
+members each); the ensembles compared are prefixes of those members (the first view alone is exactly the run without
+test-time augmentation, seed for seed), so their cost ratio is the number of views. Reported per ensemble: Spearman
+and mean absolute error between predicted (``trust.estimated_dice``) and true Dice of the brain, which cases a
+``--warn-dice`` threshold flags, voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
+the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
+predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
+
+    python benchmarks/trust.py                      # the shipped bundle, ~10 min of CPU
+    python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
+
+Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png`` and ``trust_dice.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from _report import ROOT, environment, publish  # benchmarks/ is on sys.path when a script runs
+from monai.data import MetaTensor
+from monai.transforms import Compose, RandBiasField
+from scipy import ndimage, stats
+
+from medwidit.data.synth import thick_slices
+from medwidit.data.transforms import preprocessing_transforms
+from medwidit.datasets.brain import sources
+from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
+from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
+from medwidit.inference.predictor import _invert_maps
+from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice
+
+DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
+EXAMPLE = ROOT / "medwidit" / "data" / "examples" / "colin27_head_2mm_image.nii.gz"
+RESULTS = ROOT / "benchmarks" / "results" / "trust.json"
+FAMILIES = ("thick", "fov", "contrast", "noise", "bias")
+STRENGTHS = {
+    "thick": (3.0, 6.0, 10.0),
+    "fov": (0.2, 0.35, 0.5),
+    "contrast": (0.8, 0.6, 0.4),
+    "noise": (0.05, 0.1, 0.2),
+    "bias": (0.3, 0.6, 0.9),
+}
+MAPS = ("total", "aleatoric", "epistemic")
+
+
+def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
+    """(image, label) (*S) arrays -> the shifted copy at strength ``level`` (1..3) of ``family`` (see the module)."""
+    if family not in STRENGTHS:
+        raise ValueError(f"unknown shift family {family!r}; choose from {FAMILIES}.")
+    x = image.astype(np.float32) / max(float(np.percentile(image, 99.5)), 1e-6)
+    y = label.copy()
+    strength = STRENGTHS[family][level - 1]
+    if family == "thick":
+        x = np.asarray(thick_slices(torch.from_numpy(x)[None], axis=2, thickness=strength)[0])
+    elif family == "fov":
+        cut = int(round(strength * x.shape[2]))
+        x[..., x.shape[2] - cut :], y[..., y.shape[2] - cut :] = 0.0, 0
+    elif family == "contrast":
+        x = np.where(x > strength, np.clip(2 * strength - x, 0, None), x)
+    elif family == "noise":
+        g = np.random.default_rng(seed)
+        x = np.sqrt((x + strength * g.standard_normal(x.shape)) ** 2 + (strength * g.standard_normal(x.shape)) ** 2)
+    else:  # bias
+        field = RandBiasField(coeff_range=(strength, strength), prob=1.0)
+        field.set_random_state(seed)
+        x = np.asarray(field(torch.from_numpy(x)[None]))[0]
+    return x.astype(np.float32), y
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels inside the head of a clean scan: above 5 % of its 99.5th percentile, holes filled."""
+    mask = image > 0.05 * float(np.percentile(image, 99.5))
+    return ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--dataset-dir", type=Path, default=None, help="the brain cache (default: medwidit's)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=2, help="members per view")
+    parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument(
+        "--mni-shifts", nargs="*", default=["contrast2", "bias2"], help="shifts of MNI152 too (family + strength)"
+    )
+    parser.add_argument("--warn-dice", type=float, default=0.9, help="flag threshold scored here")
+    parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def load_cases(args) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name, image, label, affine) of every case: clean templates, then their shifted copies."""
+    example = nib.load(EXAMPLE)
+    label_path = EXAMPLE.with_name(EXAMPLE.name.replace("_image", "_label"))
+    templates = [("colin27_2mm", np.asarray(example.dataobj, np.float32), np.asarray(nib.load(label_path).dataobj),
+                  example.affine, [])]  # fmt: skip
+    if args.quick:  # a 48^3 block around the centre, with two families at the top strength
+        image, label = templates[0][1], templates[0][2]
+        centre = [s // 2 for s in image.shape]
+        block = tuple(slice(c - 24, c + 24) for c in centre)
+        templates = [("colin27_2mm_crop", image[block], label[block], example.affine, [("fov", 3), ("contrast", 3)])]
+    else:
+        base = Path(args.dataset_dir or sources.default_cache_dir()) / "brain"
+        colin = [(f, level) for f in args.families for level in (1, 2, 3)]
+        mni = [(s[:-1], int(s[-1])) for s in args.mni_shifts]
+        for name, shifts in (("colin27_1mm", colin), ("mni152nlin6asym_1mm", mni)):
+            image = nib.load(base / f"{name}_image.nii.gz")
+            label = np.asarray(nib.load(base / f"{name}_label.nii.gz").dataobj)
+            templates.append((name, np.asarray(image.dataobj, np.float32), label, image.affine, shifts))
+    cases = []
+    for name, image, label, affine, shifts in templates:
+        head = head_mask(image)  # the clean scan's head: a shift changes the image, not where the head is
+        cases.append((name, image, label.astype(np.int64), affine, head))
+        for i, (family, level) in enumerate(shifts):
+            shifted, truth = acquisition_shift(image, label.astype(np.int64), family, level, seed=i)
+            cases.append((f"{name}/{family}{level}", shifted, truth, affine, head))
+    return cases
+
+
+def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
+    """Sample one case with every view, then score each prefix ensemble (1, 2, .., V views)."""
+    name, image, truth, affine, head = case
+    start = time.process_time()
+    data = pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))})
+    condition = data["image"].as_tensor()[None]  # (1, 1, *S')
+    views = augmentation_views(args.views, predictor.spatial_dims)
+    run = sample_ensemble(
+        predictor.segmenter, condition, steps=args.steps, num_samples=args.samples, roi_size=predictor.roi_size,
+        sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
+        generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
+        views=views,
+    )  # fmt: skip
+    sampling = time.process_time() - start
+    truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
+    out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
+    for v in sorted({1, args.views}):
+        members = run["members"][: v * args.samples]  # (v*S, 1, K, *S')
+        summary = summarize_ensemble(members)
+        split = decompose_entropy(members, groups=v)
+        probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
+        labels = torch.from_numpy(probability.argmax(0))
+        wrong = (labels != truth_t)[head_t]
+        dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
+        out["ensembles"][str(v)] = {
+            "true_dice": float(dice[1]),
+            "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
+            "empty": not bool(labels.any()),
+            "wrong_in_head": float(wrong.float().mean()),
+            "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
+            "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
+            "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
+        }
+    out["cpu_seconds"] = time.process_time() - start
+    scores = [f"{v} view(s) true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}" for v, e in
+              out["ensembles"].items()]  # fmt: skip
+    print(f"{name} ({out['cpu_seconds']:.0f} s CPU): " + ", ".join(scores), flush=True)
+    return out
+
+
+def _reliability(probability: torch.Tensor, truth: torch.Tensor, bins: int = 10) -> list[list[float]]:
+    """Top-label [count, sum of confidence, sum of correct] per equal-width confidence bin (pooled across cases)."""
+    confidence, prediction = probability.max(dim=0)
+    index = (confidence * bins).long().clamp(max=bins - 1)
+    correct = (prediction == truth).double()
+    return [
+        [float((index == b).sum()), float(confidence[index == b].double().sum()), float(correct[index == b].sum())]
+        for b in range(bins)
+    ]
+
+
+def summarise(cases: list[dict], warn_dice: float) -> dict:
+    """Per ensemble size: Spearman, MAE, flags, mean AUROC per map and mean ECE over the cases."""
+    out = {}
+    for v in cases[0]["ensembles"]:
+        rows = [c["ensembles"][v] for c in cases]
+        true, pred = np.array([r["true_dice"] for r in rows]), np.array([r["predicted_dice"] for r in rows])
+        low = true < warn_dice
+        out[v] = {
+            "views": int(v),
+            "cost_ratio": int(v),
+            "cases": len(rows),
+            "spearman": float(stats.spearmanr(pred, true).statistic) if len(rows) > 2 else float("nan"),
+            "mae": float(np.abs(pred - true).mean()),
+            "bias": float((pred - true).mean()),
+            "true_dice_range": [float(true.min()), float(true.max())],
+            "cases_below_warn": int(low.sum()),
+            "flagged_of_those": int((pred[low] < warn_dice).sum()),
+            "false_flags": int((pred[~low] < warn_dice).sum()),
+            "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
+            "best_warn_threshold": _best_threshold(pred, low),
+            "ece_mean": float(np.mean([r["ece"] for r in rows])),
+        }
+    return out
+
+
+def _best_threshold(pred: np.ndarray, low: np.ndarray) -> dict:
+    """The threshold on predicted Dice (0.80 .. 0.99 by 0.005) that flags every low case with the fewest false flags,
+    or, where none flags them all, the most low cases."""
+    rows = [(t, int((pred[low] < t).sum()), int((pred[~low] < t).sum())) for t in np.arange(0.8, 0.9901, 0.005)]
+    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2]))
+    return {"threshold": round(float(t), 3), "flagged": flagged, "of": int(low.sum()), "false_flags": false}
+
+
+def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:
+    """Reliability diagram (pooled head voxels) and predicted-vs-true Dice scatter, one curve per ensemble size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [output.with_name(output.stem + "_reliability.png"), output.with_name(output.stem + "_dice.png")]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    for v in summary:
+        bins = np.sum([c["ensembles"][v]["reliability"] for c in cases], axis=0)  # (bins, 3)
+        keep = bins[:, 0] > 0
+        ax.plot(bins[keep, 1] / bins[keep, 0], bins[keep, 2] / bins[keep, 0], "o-", label=f"{v} view(s)")
+    ax.set(xlabel="confidence", ylabel="accuracy", title="reliability, voxels inside the head", xlim=(0, 1))
+    ax.legend()
+    fig.savefig(paths[0], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    every = [c["ensembles"][v][key] for c in cases for v in summary for key in ("true_dice", "predicted_dice")]
+    low = min(every) - 0.02
+    ax.plot([low, 1], [low, 1], "k:", lw=1)
+    for v, s in summary.items():
+        true = [c["ensembles"][v]["true_dice"] for c in cases]
+        pred = [c["ensembles"][v]["predicted_dice"] for c in cases]
+        ax.scatter(true, pred, s=14, label=f"{v} view(s): rho {s['spearman']:.2f}, MAE {s['mae']:.3f}")
+    ax.set(xlabel="true Dice (brain)", ylabel="predicted Dice", title="per-case Dice estimate")
+    ax.legend(fontsize=7)
+    fig.savefig(paths[1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [str(p) for p in paths]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.quick:
+        args.steps, args.samples, args.views = 1, 1, 2
+    predictor = Predictor.from_bundle(args.bundle, device="cpu")
+    pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
+    start = time.process_time()
+    cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
+    summary = summarise(cases, args.warn_dice)
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "environment": environment(torch.device("cpu"), __file__),
+        "cpu_seconds": time.process_time() - start,
+        "summary": summary,
+        "cases": cases,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result["figures"] = figures(cases, summary, args.output)
+    table = [
+        "| views (cost) | Spearman | MAE | bias | flagged < warn | false flags | AUROC total / alea. / epist. | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {s['views']} (x{s['cost_ratio']}) | {s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
+        f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
+        + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
+        + f" | {s['ece_mean']:.4f} |"
+        for s in summary.values()
+    ]
+    return publish(result, "\n".join(table), args.output)
+
+
+if __name__ == "__main__":
+    main()

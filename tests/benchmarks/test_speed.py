@@ -1,0 +1,62 @@
+"""benchmarks/speed.py in its quick mode (a tiny model on a 24^3 ball): every run is timed in its own process with
+positive CPU and wall seconds, medwidit's mask is scored, the curve covers every setting and its knee is the cheapest
+within tolerance of the best Dice."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from benchmark_scripts import BENCHMARKS, load_benchmark
+
+speed = load_benchmark("speed")
+
+
+def test_compare_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "speed.py"),
+        "--quick",
+        "--reference",
+        str(BENCHMARKS.parent),
+        "--same-flags",
+        "--steps 1 --samples 1",
+    ]
+    proc = subprocess.run([*command, "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    runs = record["runs"]
+    assert set(runs) == {
+        "medwidit", "medwidit_reference", "medwidit_same_flags", "medwidit_reference_same_flags",
+        "startup_help", "startup_import", "basicunet_forward",
+    }  # fmt: skip
+    for name, (run,) in runs.items():
+        assert "error" not in run, (name, run)
+        assert run["cpu_seconds"] > 0 and run["wall_seconds"] > 0, name
+    assert 0 <= runs["medwidit"][0]["dice"] <= 1
+    assert runs["basicunet_forward"][0]["reported"]["grid"] == [32, 32, 32]  # 24^3 padded to a multiple of 16
+    assert record["ratios"]["reference_over_medwidit_cpu"] > 0
+    assert record["ratios"]["reference_over_medwidit_same_flags_wall"] > 0
+    assert "| medwidit |" in record["markdown"]
+
+
+def test_curve_quick_and_its_knee(tmp_path):
+    args = speed.parse_args(["--section", "curve", "--quick", "--steps", "1", "2", "--samples", "1", "2"])
+    record = speed.curve(args, tmp_path)
+    assert len(record["rows"]) == 2 * 2 * 2 and len(record["means"]) == 8
+    assert all(r["cpu_seconds"] > 0 and 0 <= r["dice"] <= 1 for r in record["rows"])
+    best = max(m["dice"] for m in record["means"])
+    within = [m for m in record["means"] if m["dice"] >= best - args.tolerance]
+    assert record["knee"] == min(within, key=lambda m: m["cpu_seconds"])
+
+
+def test_a_failing_run_is_recorded_not_raised(tmp_path):
+    run = speed.timed([sys.executable, "-c", "import sys; sys.exit('no such tool')"], {})
+    assert run["error"] == "no such tool" and run["cpu_seconds"] >= 0
+
+
+@pytest.mark.parametrize("bad", [["--section", "nope"]])
+def test_bad_section_is_a_usage_error(bad):
+    with pytest.raises(SystemExit):
+        speed.parse_args(bad)

@@ -1,0 +1,76 @@
+"""benchmarks/trust.py: its shifts are graded and keep the label a label, and its quick mode (the shipped bundle on a
+cropped example, one step) writes every summary number, the per-case scores and both figures."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from benchmark_scripts import BENCHMARKS, load_benchmark
+
+
+@pytest.fixture(scope="module")
+def trust():
+    return load_benchmark("trust")
+
+
+def _head(shape=(40, 44, 36)):
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    brain = radius < 0.6
+    image = np.where(brain, 800.0, np.where(radius < 0.8, 1500.0, 0.0)).astype(np.float32)
+    return image, brain.astype(np.int64)
+
+
+@pytest.mark.parametrize("family", ["thick", "fov", "contrast", "noise", "bias"])
+def test_each_family_grows_with_its_strength_and_keeps_the_label(trust, family):
+    image, label = _head()
+    clean = image / np.percentile(image, 99.5)
+    change = []
+    for level in (1, 2, 3):
+        shifted, truth = trust.acquisition_shift(image, label, family, level, seed=0)
+        assert shifted.shape == image.shape and shifted.dtype == np.float32 and set(np.unique(truth)) <= {0, 1}
+        assert (truth == label).all() or family == "fov"  # only a cut field of view changes the truth
+        change.append(float(np.abs(shifted - clean).mean()))
+    assert change[0] < change[1] < change[2], change
+    with pytest.raises(ValueError, match="unknown shift family"):
+        trust.acquisition_shift(image, label, "blur", 1, seed=0)
+
+
+def test_the_head_mask_fills_the_skull(trust):
+    image, label = _head()
+    mask = trust.head_mask(image)
+    assert mask[label == 1].all() and not mask[0, 0, 0]
+
+
+@pytest.mark.slow
+def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
+    out = tmp_path / "trust.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "trust.py"), "--quick", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["summary"]) == {"1", "2"} and len(report["cases"]) == 3
+    for views, s in report["summary"].items():
+        assert s["cost_ratio"] == int(views) and s["cases"] == 3
+        assert (
+            0 <= s["mae"] <= 1
+            and math.isfinite(s["ece_mean"])
+            and set(s["auroc_mean"])
+            == {
+                "total",
+                "aleatoric",
+                "epistemic",
+            }
+        )
+    for case in report["cases"]:
+        for e in case["ensembles"].values():
+            assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1
+    assert report["summary"]["1"]["auroc_mean"]["epistemic"] == 0.5  # one view: no epistemic part, no ranking
+    assert all((tmp_path / name).stat().st_size > 1000 for name in ("trust_reliability.png", "trust_dice.png"))
