@@ -51,7 +51,8 @@ def nifti(path, shape=(12, 10, 8), affine=AFFINE, seed=0):
 
 
 def visible(folder):
-    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith("."))
+    """The outputs a user sees; the CLI's run records (medwidit_run*.json, one per run) are not outputs."""
+    return sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith((".", "medwidit_run")))
 
 
 def hidden_leftovers(folder):
@@ -127,6 +128,8 @@ def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
     reference = tmp_path / "reference"
     predictor.predict_from_files(inputs, reference, save_uncertainty=True, progress=False, seed=winner_seed, **FAST)
     assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
+    records = sorted(json.loads(p.read_text())["status"] for p in out.glob("medwidit_run*.json"))
+    assert records == ["done", "failed"]  # each process its own record, neither replaced
     for name in visible(out):  # both files are the winner's: nothing mixed
         np.testing.assert_array_equal(nib.load(out / name).get_fdata(), nib.load(reference / name).get_fdata())
 
