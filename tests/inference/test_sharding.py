@@ -40,7 +40,10 @@ def setup(tmp_path):
 
 
 def _written(folder):
-    return sorted(p.name.removesuffix(".nii.gz") for p in folder.iterdir() if not p.name.startswith("."))
+    """The outputs; the CLI's run records (medwidit_run*.json, one per part) are not outputs."""
+    return sorted(
+        p.name.removesuffix(".nii.gz") for p in folder.iterdir() if not p.name.startswith((".", "medwidit_run"))
+    )
 
 
 @pytest.mark.parametrize("num_parts", [2, 3])
@@ -68,6 +71,10 @@ def test_parts_share_one_folder_through_the_cli(setup):
         assert main([*base, "-o", str(tmp_path / "parts"), "--num-parts", "2", "--part-id", part]) == 0
     assert main([*base, "-o", str(tmp_path / "whole")]) == 0
     assert _written(tmp_path / "parts") == _written(tmp_path / "whole") == sorted(NAMES)
+    assert sorted(p.name for p in (tmp_path / "parts").glob("medwidit_run*")) == [
+        "medwidit_run.json",
+        "medwidit_run_2.json",
+    ]
     for name in NAMES:
         a, b = (nib.load(str(tmp_path / d / f"{name}.nii.gz")) for d in ("parts", "whole"))
         assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
