@@ -96,3 +96,16 @@ def test_version_floors_are_the_versions_that_have_what_medwidit_imports():
     assert floors["lightning"] >= (2, 6) and floors["monai"] >= (1, 6) and floors["torch"] >= (2, 8)
     from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: F401  the installed versions have them
     from monai.metrics import CalibrationErrorMetric  # noqa: F401
+
+
+def test_bundle_names_only_packages_an_index_has():
+    """medwidit is not on any index: metadata.json's required_packages_version leaves it out (the docs say to install
+    it from the repository) and names only medwidit's own dependencies, which pip resolves."""
+    import json
+
+    metadata = json.loads(
+        (REPOSITORY / "bundles" / "brain_widit_segmentation" / "configs" / "metadata.json").read_text()
+    )
+    required = metadata["required_packages_version"]
+    dependencies = {re.split(r"[\[<>=]", r)[0].strip() for r in PYPROJECT["project"]["dependencies"]}
+    assert "medwidit" not in required and set(required) <= dependencies
