@@ -40,7 +40,7 @@ for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; learn
 import learn_phantoms as lp  # noqa: E402
 from _report import environment, write_json  # noqa: E402
 
-from medwidit.data.synth import _thick_slices  # noqa: E402 (the synthesis pipeline's thick-slice acquisition)
+from medwidit.data.synth import thick_slices as acquire_thick  # noqa: E402 (the synthesis pipeline's thick-slice acquisition)
 from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
 from medwidit.nets import WiDiT  # noqa: E402
 
@@ -87,7 +87,7 @@ def parse_args() -> argparse.Namespace:
 
 def thick_slices(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
     """(C, *S) -> (C, *S) re-acquired with slices ``factor`` voxels thick along ``axis`` (``factor`` 1: unchanged)."""
-    return image if factor == 1 else torch.as_tensor(_thick_slices(image, axis, factor))
+    return image if factor == 1 else torch.as_tensor(acquire_thick(image, axis, factor))
 
 
 def spacing_of(axis: int, factor: float, spatial_dim: int = 3) -> list[float]:

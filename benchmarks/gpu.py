@@ -170,10 +170,15 @@ def _bundle_net(ctx: Context) -> WiDiT:
     return segmenter.net.to(ctx.device).eval()
 
 
-def _widit_b4(ctx: Context) -> WiDiT:
+def _widit_b4(ctx: Context, **overrides) -> WiDiT:
     """WiDiT-B/4 for two classes and one image channel (shrunk in quick mode)."""
     net = widit_preset(
-        "WiDiT-B/4", spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, **ctx.sizes["tp_net"]
+        "WiDiT-B/4",
+        spatial_dim=3,
+        in_channels=2,
+        cond_channels=1,
+        learn_sigma=False,
+        **{**ctx.sizes["tp_net"], **overrides},
     )
     return net.to(ctx.device)
 
@@ -333,25 +338,30 @@ def bf16_agreement(ctx: Context) -> dict:
 
 
 def throughput(ctx: Context) -> dict:
-    """WiDiT-B/4 forward + backward in bf16 autocast: steps/s, FLOPs (FlopCounterMode), TFLOP/s and MFU."""
+    """WiDiT-B/4 forward + backward in bf16 autocast: steps/s, FLOPs (FlopCounterMode), TFLOP/s and MFU, with the
+    relative-position bias (the preset's default) eager; then the same step with rotary positions (no float mask,
+    nothing to differentiate in the mask) and with ``torch.compile``, to show where the time goes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     size = ctx.sizes["tp_size"]
     net = _widit_b4(ctx)
     x, t, cond = _net_inputs(ctx, net, 1, size)
 
-    def step():
-        with ctx.autocast():
-            out = net(x, t, conditioned=cond)
-        out.float().square().mean().backward()
+    def train_step(model):
+        def step():
+            with ctx.autocast():
+                out = model(x, t, conditioned=cond)
+            out.float().square().mean().backward()
 
+        return step
+
+    step = train_step(net)
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
     ctx.reset_peak()
     seconds = ctx.timed(step, iters=ctx.sizes["tp_iters"])
-    tflops = flops / seconds / 1e12
-    return {
+    report = {
         "model": "WiDiT-B/4" + (" (quick: shrunk)" if ctx.sizes["tp_net"] else ""),
         "size": size,
         "batch": 1,
@@ -361,12 +371,32 @@ def throughput(ctx: Context) -> dict:
         "steps_per_s": 1 / seconds,
         "voxels_per_s": size**3 / seconds,
         "tflop_per_step": flops / 1e12,
-        "achieved_tflops": tflops,
+        "achieved_tflops": flops / seconds / 1e12,
         "peak_tflops": ctx.peak_tflops,
-        "mfu": tflops / ctx.peak_tflops,
+        "mfu": flops / seconds / 1e12 / ctx.peak_tflops,
         "peak_memory_mb": ctx.peak_mb(),
         "top_kernels": _top_kernels(ctx, step),
+        "variants": {},
     }
+    variants = {
+        "rope": lambda: train_step(_widit_b4(ctx, position="rope")),
+        "compiled": lambda: train_step(torch.compile(net, backend=ctx.compile_backend)),
+    }
+    for name, make in variants.items():
+        try:
+            start = time.perf_counter()
+            variant_step = make()
+            variant_step()  # compiles, for "compiled"
+            setup = time.perf_counter() - start
+            seconds = ctx.timed(variant_step, iters=ctx.sizes["tp_iters"])
+            report["variants"][name] = {
+                "seconds_per_step": seconds,
+                "mfu": flops / seconds / 1e12 / ctx.peak_tflops,
+                "setup_seconds": setup,
+            }
+        except Exception as e:  # a variant that fails must not hide the eager figures
+            report["variants"][name] = {"error": _error(e)}
+    return report
 
 
 def _top_kernels(ctx: Context, fn, top: int = 12) -> list[dict]:

@@ -46,6 +46,7 @@ __all__ = [
     "RandSliceThicknessd",
     "SynthesisError",
     "synthesis_transforms",
+    "thick_slices",
 ]
 
 
@@ -122,7 +123,11 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
 
 class RandSliceThicknessd(RandomizableTransform, MapTransform):
     """A thick-slice acquisition along a random axis: Gaussian slice profile (FWHM = thickness), sampling every
-    ``thickness`` voxels, linear interpolation back to the grid. ``thickness_range`` is in voxels of the grid."""
+    ``thickness`` voxels, linear interpolation back to the grid. ``thickness_range`` is in voxels of the grid.
+
+    ``spacing_key`` (optional) records what WiDiT's spacing conditioning reads: ``d[spacing_key]`` = (2N,) float32
+    mm, the grid's spacing (from the first key's affine) then the acquisition's (the grid's, times the thickness
+    along the thick axis; the grid's where no thick slices were drawn)."""
 
     def __init__(
         self,
@@ -131,25 +136,41 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         prob: float = 0.5,
         thickness_range: tuple[float, float] = (1.0, 8.0),
         axes: Sequence[int] = (0, 1, 2),
+        spacing_key: str | None = None,
     ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=prob)
         if not 1.0 <= thickness_range[0] <= thickness_range[1]:
             raise ValueError(f"thickness_range must be (low, high) with 1 <= low <= high, got {thickness_range}.")
         self.thickness_range, self.axes = tuple(thickness_range), tuple(int(a) for a in axes)
+        self.spacing_key = spacing_key
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         self.randomize(None)
-        if not self._do_transform:
-            return d
-        axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
-        for key in self.key_iterator(d):
-            d[key] = _thick_slices(d[key], axis, thickness)
+        grid = None if self.spacing_key is None else self._grid_spacing(d[self.first_key(d)])  # before any change
+        axis, thickness = None, 1.0
+        if self._do_transform:
+            axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
+            for key in self.key_iterator(d):
+                d[key] = thick_slices(d[key], axis, thickness)
+        if grid is not None:
+            acquisition = grid.clone()
+            if axis is not None:
+                acquisition[axis] *= thickness
+            d[self.spacing_key] = torch.cat([grid, acquisition])
         return d
 
+    def _grid_spacing(self, image) -> torch.Tensor:
+        if not isinstance(image, MetaTensor):
+            raise SynthesisError(
+                f"RandSliceThicknessd(spacing_key={self.spacing_key!r}) needs a MetaTensor image (its affine gives "
+                f"the grid spacing), got {type(image).__name__}; load images with LoadImaged."
+            )
+        return torch.as_tensor(image.pixdim, dtype=torch.float32)[: image.ndim - 1]
 
-def _thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tensor:
+
+def thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tensor:
     """(C, *S) -> (C, *S): profile along ``axis`` (0-based spatial), then ``S_axis / thickness`` slices and back."""
     sigma = [0.0] * (image.ndim - 1)
     sigma[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
@@ -213,6 +234,7 @@ def synthesis_transforms(
     fov_prob: float = 0.3,
     elastic_prob: float = 0.0,
     flip: bool = True,
+    spacing_key: str | None = None,
 ) -> list:
     """The generator as a list of MONAI dictionary transforms for a training pipeline (``train.json`` can list it):
     deformed label map -> random image -> acquisition -> task labels.
@@ -222,6 +244,7 @@ def synthesis_transforms(
     [0, 1] (0-99.5th percentile scaling) before gamma and noise, ahead of the bundle's own intensity preprocessing.
     ``elastic_prob`` adds MONAI's dense elastic field (``Rand3DElasticd``); it is off by default because a dense
     field costs 14-23x an affine per crop on a CPU in MONAI, TorchIO and cornucopia alike (synth_speed.json).
+    ``spacing_key`` records the grid and acquisition spacing for spacing conditioning (:class:`RandSliceThicknessd`).
     """
     if len(target_labels) != num_labels:
         raise ValueError(
@@ -247,7 +270,7 @@ def synthesis_transforms(
         ),
         RandLabelsToImaged(label_key, image_key, num_labels=num_labels),
         RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
-        RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range),
+        RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range, spacing_key=spacing_key),
         RandBiasFieldd(image_key, prob=0.5, coeff_range=(0.0, 0.3)),
         ScaleIntensityRangePercentilesd(image_key, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
         RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),

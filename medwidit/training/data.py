@@ -36,9 +36,12 @@ from monai.transforms import (
     SpatialPadd,
 )
 from monai.utils import look_up_option
+from torch.utils.data import ConcatDataset
 
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
 from medwidit.utils import check_int
+
+from .synthetic import check_label_maps, check_synthesis, load_label_maps, mixing_sampler, synthetic_train_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,12 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_rate: fraction of volumes kept in memory with cache="memory".
         num_workers: DataLoader workers (and CacheDataset's loading threads).
         max_val_volumes: validate on the first N validation volumes only (sampling whole volumes is slow).
+        synth_ratio: fraction of training volumes drawn synthetic (SynthSeg-style images painted from label maps;
+            ``medwidit.training.synthetic``): 0 trains on real images only, 1 on synthetic images only.
+        synth_data_list, synth_key: the label maps (every ``*label`` entry of the split is one map), e.g.
+            ``data_lists/head_labels.json``; relative paths resolve against ``dataset_dir`` as for ``data_list``.
+        synth_num_labels, synth_target_labels: generation labels 0..n-1 and the task class of each.
+        synth_options: keyword arguments of ``medwidit.data.synth.synthesis_transforms`` (thickness_range, ...).
     """
 
     def __init__(
@@ -124,6 +133,12 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_rate: float = 1.0,
         num_workers: int = 2,
         max_val_volumes: int | None = None,
+        synth_ratio: float = 0.0,
+        synth_data_list: str | os.PathLike | None = None,
+        synth_key: str = "training",
+        synth_num_labels: int | None = None,
+        synth_target_labels: Sequence[int] | None = None,
+        synth_options: dict | None = None,
     ) -> None:
         super().__init__()
         roi_size = [int(s) for s in roi_size]
@@ -162,6 +177,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.cache_dir, self.cache_rate = cache_dir, float(cache_rate)
         self.num_workers = int(num_workers)
         self.max_val_volumes = max_val_volumes
+        self.synth_ratio = check_synthesis(synth_ratio, synth_data_list, synth_num_labels, synth_target_labels)
+        self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
+        self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
+        self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
         self._datasets: dict[str, Dataset] = {}
 
     ##################################################################################################################
@@ -251,6 +270,11 @@ class SegmentationDataModule(L.LightningDataModule):
     ##################################################################################################################
 
     def _dataset(self, split: str) -> Dataset:
+        if split == "synth" and split not in self._datasets:
+            items = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
+            transform = Compose([*self._synthetic(), *self._finish()])
+            logger.info("synthetic split %r of %s: %d label maps", self.synth_key, self.synth_data_list, len(items))
+            self._datasets[split] = self._cached(items, transform, split)
         if split not in self._datasets:
             key = self.train_key if split == "train" else self.val_key
             items = load_data_list(self.data_list, key, base_dir=self.dataset_dir)
@@ -261,16 +285,30 @@ class SegmentationDataModule(L.LightningDataModule):
             items = [{name: item[name] for name in KEYS} for item in items]
             transform = self.train_transforms() if split == "train" else self.val_transforms()
             logger.info("%s split %r of %s: %d volumes, cache=%s", split, key, self.data_list, len(items), self.cache)
-            if self.cache == "memory":
-                dataset = CacheDataset(
-                    items, transform, cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False
-                )
-            elif self.cache == "disk":
-                dataset = PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / split)
-            else:
-                dataset = Dataset(items, transform)
-            self._datasets[split] = dataset
+            self._datasets[split] = self._cached(items, transform, split)
         return self._datasets[split]
+
+    def _cached(self, items: list[dict], transform: Compose, split: str) -> Dataset:
+        """``items`` through ``transform``, its deterministic prefix cached as ``cache`` says."""
+        if self.cache == "memory":
+            return CacheDataset(
+                items, transform, cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False
+            )
+        if self.cache == "disk":
+            return PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / split)
+        return Dataset(items, transform)
+
+    def _synthetic(self) -> list[MapTransform]:
+        return synthetic_train_transforms(
+            self.preprocessing,
+            self.roi_size,
+            num_crops=self.num_crops,
+            num_labels=self.synth_num_labels,
+            target_labels=self.synth_target_labels,
+            pos=self.pos,
+            neg=self.neg,
+            options=self.synth_options,
+        )
 
     @property
     def train_dataset(self) -> Dataset:
@@ -283,26 +321,31 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._dataset("val")
 
     def check_files(self) -> None:
-        """Check every file of both splits exists; raises FileNotFoundError naming the first missing one."""
-        load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir)
+        """Check every file of the splits in use exists; raises FileNotFoundError naming the first missing one."""
+        if self.synth_ratio < 1:
+            load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir)
         load_data_list(self.data_list, self.val_key, base_dir=self.dataset_dir)
+        if self.synth_ratio > 0:
+            maps = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
+            check_label_maps(maps, self.synth_num_labels)
 
     def setup(self, stage: str | None = None) -> None:
-        self.check_files()  # both splits, before anything is loaded or cached
+        self.check_files()  # every split in use, before anything is loaded or cached
         if stage in (None, "fit"):
-            self._dataset("train")
+            for split in ("train",) * (self.synth_ratio < 1) + ("synth",) * (self.synth_ratio > 0):
+                self._dataset(split)
         if stage in (None, "fit", "validate"):
             self._dataset("val")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
+        options = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "drop_last": False}
+        if self.synth_ratio == 0:
+            return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, **options)
+        if self.synth_ratio == 1:
+            return DataLoader(self._dataset("synth"), batch_size=self.batch_size, shuffle=True, **options)
+        real, synthetic = self.train_dataset, self._dataset("synth")
+        sampler = mixing_sampler(len(real), len(synthetic), self.synth_ratio)
+        return DataLoader(ConcatDataset([real, synthetic]), batch_size=self.batch_size, sampler=sampler, **options)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=min(self.num_workers, 1))

@@ -52,6 +52,8 @@ def test_quick_mode_reports_every_section_with_finite_numbers(quick_report):
     assert quick_report["bf16_agreement"]["dice_foreground"][0] > 0.9  # bf16 barely moves the shipped model
     assert quick_report["ddp"]["backend"] == "gloo" and len(quick_report["ddp"]["losses"]) == 2
     assert quick_report["compile"]["max_abs_difference"] < 1e-4
+    assert {"rope", "compiled"} <= set(quick_report["throughput"]["variants"])
+    assert all(v["mfu"] > 0 for v in quick_report["throughput"]["variants"].values()), quick_report["throughput"]
     top = quick_report["throughput"]["top_kernels"]  # where the training step's time goes
     assert top and all(k["ms"] > 0 and k["calls"] >= 1 and k["name"] for k in top)
     assert [k["ms"] for k in top] == sorted((k["ms"] for k in top), reverse=True)

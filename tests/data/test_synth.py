@@ -60,6 +60,18 @@ def test_thick_slices_keep_the_grid_and_blur_only_their_axis():
     assert along < 0.3 * across  # smooth through the slices, sharp within them
 
 
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_thick_slices_record_grid_and_acquisition_spacing(prob):
+    """What spacing conditioning trains on: (grid spacing, acquisition spacing) in mm, the thick axis scaled."""
+    image = MetaTensor(torch.rand(1, 16, 16, 16), affine=torch.diag(torch.tensor([1.5, 2.0, 2.5, 1.0])))
+    t = RandSliceThicknessd(prob=prob, thickness_range=(4.0, 4.0), axes=(1,), spacing_key="spacing")
+    spacing = t({"image": image})["spacing"]
+    expected = [1.5, 2.0, 2.5, 1.5, 2.0 * (4.0 if prob else 1.0), 2.5]
+    assert spacing.dtype == torch.float32 and spacing.tolist() == pytest.approx(expected)
+    with pytest.raises(SynthesisError, match="spacing_key='spacing'.*MetaTensor"):
+        t({"image": torch.rand(1, 16, 16, 16)})
+
+
 def test_field_of_view_cuts_image_and_label_together():
     label = _head()
     d = {"image": label.clone() + 1, "label": label}

@@ -15,7 +15,7 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from medwidit.data import example
-from medwidit.datasets.brain import atlas, fetch, sources
+from medwidit.datasets.brain import atlas, fetch, head, sources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -275,6 +275,9 @@ def test_built_cases_share_grids_and_label_ranges(cache):
             assert entry["label"]["content_sha256"] == sources.content_hash(cache / item["label"])
             if task == "tissue":  # the image is brain-extracted: zero exactly where the label is background
                 assert not np.asarray(image.dataobj)[values == 0].any(), item["image"]
+            if task == "head":  # its brain (labels 1-4) is exactly the brain task's mask of the same template
+                mask = np.asarray(nib.load(cache / "brain" / f"{item['template']}_label.nii.gz").dataobj)
+                np.testing.assert_array_equal(np.isin(values, head.BRAIN_LABELS), mask > 0, err_msg=item["label"])
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ Tasks (see data_lists/ for the splits):
   brain   whole-head T1 -> brain mask (0 background, 1 brain)
   tissue  brain-extracted T1 -> 0 background, 1 cortical GM, 2 WM, 3 deep GM, 4 ventricles/CSF
           (medwidit.datasets.brain.atlas documents the mapping from atlas labels to these classes)
+  head    whole-head T1 -> whole-head label map: the tissue classes inside the brain, three non-brain intensity
+          classes outside it (medwidit.datasets.brain.head): seeds for label-to-image synthesis, one map per atlas
 
 Templates (each a population average or one subject in MNI space; `anatomy` groups the files that show the
 same brain, and splits never put one anatomy on two sides):
@@ -49,6 +51,7 @@ from .atlas import (
     own_tissue_agreement,
 )
 from .fetch import FILES, PACKAGES, fetch_files
+from .head import HEAD_CLASSES, head_label_map
 from .niftiutil import atomic_save, atomic_write_text, content_hash, nifti_like, on_grid, stored_array
 
 __all__ = [
@@ -120,7 +123,14 @@ TASKS: dict[str, dict] = {
         "templates": ["mni152nlin6asym_1mm", "mni152nlin6asym_2mm", "icbm2009a_1mm", "icbm2009c_1mm"],
         "image": "brain-extracted T1 (T1 x template brain mask)",
     },
+    "head": {
+        "data_list": "head_labels.json",
+        "labels": HEAD_CLASSES,
+        "templates": ["mni152nlin6asym_1mm", "mni152nlin6asym_2mm", "colin27_1mm"],
+        "image": "whole-head T1",
+    },
 }
+ATLAS_TASKS = ("tissue", "head")  # the tasks whose labels come from the atlases
 TISSUE_ATLAS = "desikan_killiany"
 EXTRA_ATLASES = ("neuromorphometrics",)
 
@@ -152,6 +162,18 @@ SPLITS: dict[str, dict] = {
             "through MNI coordinates, so a model can score well by memorising position: train with spatial "
             "augmentation, and read the Desikan-Killiany vs Neuromorphometrics agreement in the cache MANIFEST.json "
             "as the ceiling of what these labels can confirm."
+        ),
+    },
+    "head": {
+        "training": ["mni152nlin6asym_1mm"],
+        "validation": ["mni152nlin6asym_2mm"],
+        "test": ["colin27_1mm"],
+        "rationale": (
+            "The brain task's split, for the same reason (two whole-head anatomies; Colin27 is the held-out "
+            "individual). Each case carries one head label map per atlas (Desikan-Killiany as `label`, "
+            "Neuromorphometrics as `neuromorphometrics_label`): two seeds per anatomy for a label-to-image "
+            "generator. The brain target is labels 1-4; Colin27's map exists only to score a model trained on "
+            "synthetic images, never to train one."
         ),
     },
 }
@@ -216,6 +238,14 @@ def build_case(task: str, template_name: str, raw: dict[str, Path], out_dir: Pat
     if task == "brain":
         atomic_save(nifti_like(stored_array(t1), t1), paths["image"])
         atomic_save(nifti_like(brain.astype(np.uint8), t1), paths["label"])
+    elif task == "head":
+        atomic_save(nifti_like(stored_array(t1), t1), paths["image"])
+        for atlas in (TISSUE_ATLAS, *EXTRA_ATLASES):
+            tissue = tissue_label(nib.load(raw[atlas]), ATLAS_TABLES[atlas], t1, brain, source=str(raw[atlas]))
+            label = head_label_map(stored_array(t1), tissue, name=f"{template_name} ({atlas})")
+            key = "label" if atlas == TISSUE_ATLAS else f"{atlas}_label"
+            paths[key] = out_dir / task / f"{template_name}_{key}.nii.gz"
+            atomic_save(nifti_like(label, t1), paths[key])
     else:
         image = stored_array(t1) * brain
         atomic_save(nifti_like(image.astype(stored_array(t1).dtype), t1), paths["image"])
@@ -240,7 +270,7 @@ def build_case(task: str, template_name: str, raw: dict[str, Path], out_dir: Pat
     return entry
 
 
-def build(cache: str | os.PathLike | None = None, tasks: tuple[str, ...] = ("brain", "tissue"), *,
+def build(cache: str | os.PathLike | None = None, tasks: tuple[str, ...] = tuple(TASKS), *,
           force: bool = False, apt_update: bool = True) -> Path:  # fmt: skip
     """Fetch the pinned sources and build the tasks into the cache; returns the cache folder.
 
@@ -263,7 +293,7 @@ def build(cache: str | os.PathLike | None = None, tasks: tuple[str, ...] = ("bra
             keys |= {TEMPLATES[name].t1, TEMPLATES[name].brain} - {None}
             if task == "tissue":
                 keys |= set(TEMPLATES[name].tissue_maps or ())
-    if "tissue" in tasks:
+    if set(ATLAS_TASKS) & set(tasks):
         keys |= {TISSUE_ATLAS, *EXTRA_ATLASES}
     keys = sorted(keys)
     raw = fetch_files(root / "raw", keys, apt_update=apt_update)
@@ -316,7 +346,7 @@ def data_list(task: str) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}.")
     spec, split = TASKS[task], SPLITS[task]
-    extra = [f"{a}_label" for a in EXTRA_ATLASES] if task == "tissue" else []
+    extra = [f"{a}_label" for a in EXTRA_ATLASES] if task in ATLAS_TASKS else []
 
     def item(name: str) -> dict:
         out = {"image": f"{task}/{name}_image.nii.gz", "label": f"{task}/{name}_label.nii.gz"}

@@ -1,0 +1,142 @@
+"""Synthetic training crops drawn from label maps, and their mixing with real crops (SynthSeg / SynthStrip).
+
+A label map (e.g. ``data_lists/head_labels.json``: the whole head in generation labels) is loaded, oriented and
+resampled to the working grid by nearest neighbour, then ``medwidit.data.synth.synthesis_transforms`` deforms it,
+paints a random image from it and maps the generation labels to the task's classes; the image then goes through
+the bundle's own intensity normalisation, exactly as a real image would, and is cropped like a real one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import load_decathlon_datalist
+from monai.transforms import (
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    Spacingd,
+    SpatialPadd,
+)
+from torch.utils.data import WeightedRandomSampler
+
+from medwidit.data.synth import SynthesisError, synthesis_transforms
+from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing
+
+__all__ = ["load_label_maps", "check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
+
+
+def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every label map of one split: each entry whose name ends in ``label`` (``label``,
+    ``neuromorphometrics_label``, ...) becomes its own item ``{"label": path}``; missing files are errors."""
+    data_list = Path(data_list)
+    if not data_list.is_file():
+        raise FileNotFoundError(f"synth_data_list {str(data_list)!r} does not exist.")
+    try:
+        items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
+    except ValueError as e:  # MONAI raises ValueError for a missing key
+        raise ValueError(f"synth_data_list {str(data_list)!r} has no split {key!r}: {e}") from e
+    maps = []
+    for index, item in enumerate(items):
+        names = [name for name in item if name.endswith("label")]
+        if not names:
+            raise ValueError(f"synth_data_list {str(data_list)!r}, {key}[{index}] names no label map: {item}.")
+        for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
+            path = Path(base_dir or data_list.parent) / item[name] if not os.path.isabs(item[name]) else item[name]
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"synth_data_list {str(data_list)!r}, {key}[{index}] names {name} file {str(path)!r}, "
+                    "which does not exist."
+                )
+            maps.append({"label": str(path)})
+    if not maps:
+        raise ValueError(f"synth_data_list {str(data_list)!r} has an empty split {key!r}.")
+    return maps
+
+
+def check_label_maps(maps: list[dict], num_labels: int) -> None:
+    """Before training starts: each map holds integer labels in 0..num_labels-1 and some foreground; the error
+    names the file and the label (the generator would otherwise fail in a worker, minutes into training)."""
+    for item in maps:
+        values = np.unique(np.asarray(nib.load(item["label"]).dataobj))
+        if not np.array_equal(values, np.round(values)):
+            raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")
+        unknown = [int(v) for v in values if not 0 <= v < num_labels]
+        if unknown:
+            raise SynthesisError(
+                f"{item['label']}: label {unknown[0]} is not one of the {num_labels} generation labels "
+                f"(0..{num_labels - 1}) given by synth_num_labels."
+            )
+        if values.max(initial=0) == 0:
+            raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
+
+
+def check_synthesis(ratio: float, data_list, num_labels, target_labels) -> float:
+    """The mixing ratio in [0, 1]; a positive one needs the label maps and the generation -> task label table."""
+    ratio = float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"synth_ratio must be in [0, 1] (the fraction of synthetic training volumes), got {ratio}.")
+    if ratio > 0:
+        missing = [n for n, v in (("synth_data_list", data_list), ("synth_num_labels", num_labels),
+                                  ("synth_target_labels", target_labels)) if v is None]  # fmt: skip
+        if missing:
+            raise ValueError(f"synth_ratio={ratio} needs {', '.join(missing)} (the label maps and their classes).")
+    return ratio
+
+
+def synthetic_train_transforms(
+    preprocessing: Mapping,
+    roi_size: Sequence[int],
+    *,
+    num_crops: int,
+    num_labels: int,
+    target_labels: Sequence[int],
+    pos: float = 1.0,
+    neg: float = 1.0,
+    options: Mapping | None = None,
+) -> list[MapTransform]:
+    """Label map file -> ``num_crops`` synthetic (image, label) crops on the working grid, intensity-normalised
+    like real images. ``options`` go to ``synthesis_transforms`` (thickness_range, fov_prob, elastic_prob, ...)."""
+    preprocessing = check_preprocessing(preprocessing)
+    load = [LoadImaged("label", image_only=True), EnsureChannelFirstd("label")]
+    if preprocessing["orientation"] is not None:
+        load.append(Orientationd("label", axcodes=preprocessing["orientation"], labels=None))
+    if preprocessing["spacing"] is not None:
+        load.append(Spacingd("label", pixdim=preprocessing["spacing"], mode="nearest"))
+    load.append(EnsureTyped("label", dtype=torch.int64, track_meta=True))
+    generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **dict(options or {}))
+    normalise = [
+        *INTENSITY_MODES[preprocessing["intensity"]].transforms("image"),
+        EnsureTyped("image", dtype=torch.float32, track_meta=True),
+    ]
+    crop = [
+        SpatialPadd(["image", "label"], spatial_size=list(roi_size)),
+        RandCropByPosNegLabeld(
+            ["image", "label"],
+            label_key="label",
+            spatial_size=list(roi_size),
+            pos=pos,
+            neg=neg,
+            num_samples=num_crops,
+            image_key=None,
+        ),
+    ]
+    return [*load, *generate, *normalise, *crop]
+
+
+def mixing_sampler(real: int, synthetic: int, ratio: float, seed: int | None = None) -> WeightedRandomSampler:
+    """A sampler over ``ConcatDataset([real, synthetic])`` that draws synthetic items with probability ``ratio``;
+    an epoch is ``real + synthetic`` draws (with replacement). torch draws; only the weights are ours."""
+    weights = np.concatenate(
+        [np.full(real, (1.0 - ratio) / max(real, 1)), np.full(synthetic, ratio / max(synthetic, 1))]
+    )
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(torch.as_tensor(weights), real + synthetic, replacement=True, generator=generator)

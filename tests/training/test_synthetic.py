@@ -1,0 +1,104 @@
+"""Synthetic training volumes from label maps, mixed with real ones in the data module."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from training_volumes import PREPROCESSING_3D, write_dataset
+
+from medwidit.data.synth import SynthesisError
+from medwidit.training import SegmentationDataModule
+from medwidit.training.synthetic import load_label_maps, mixing_sampler
+
+TARGETS = [0, 1, 1, 0, 0]  # generation labels 0..4 -> background, brain, brain, scalp, skull
+
+
+def _label_maps(root, values=(0, 1, 2, 3, 4)):
+    """A synthetic-head list with one case carrying two label maps (as head_labels.json does), relative paths."""
+    grid = np.stack(np.meshgrid(*(np.arange(24) - 12,) * 3, indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    maps = {}
+    for name, shift in (("label", 0.0), ("other_label", 1.0)):
+        label = np.zeros((24, 24, 24), np.uint8)
+        for value, outer in zip(values[:0:-1], (11, 9, 7, 4 + shift), strict=True):
+            label[radius < outer] = value
+        nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 2.0, 1.0])), root / f"head_{name}.nii.gz")
+        maps[name] = f"head_{name}.nii.gz"
+    path = root / "head_labels.json"
+    path.write_text(json.dumps({"training": [{"image": "unused.nii.gz", **maps, "template": "t"}]}))
+    return path
+
+
+def _module(tmp_path, ratio, **kwargs):
+    data_list = write_dataset(tmp_path / "real", shape=(24, 24, 24), num_classes=2)
+    options = {"synth_data_list": _label_maps(tmp_path / "real"), "synth_num_labels": 5, "synth_target_labels": TARGETS}
+    return SegmentationDataModule(
+        data_list=data_list,
+        preprocessing=PREPROCESSING_3D,
+        roi_size=[16, 16, 16],
+        batch_size=2,
+        num_crops=2,
+        num_workers=0,
+        synth_ratio=ratio,
+        **{**options, **kwargs},
+    )
+
+
+def test_every_label_entry_is_a_map_and_missing_files_are_named(tmp_path):
+    path = _label_maps(tmp_path)
+    maps = load_label_maps(path, "training", base_dir=tmp_path)
+    assert [m["label"] for m in maps] == [
+        str(tmp_path / "head_label.nii.gz"),
+        str(tmp_path / "head_other_label.nii.gz"),
+    ]
+    (tmp_path / "head_other_label.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="other_label file .*head_other_label.nii.gz"):
+        load_label_maps(path, "training", base_dir=tmp_path)
+
+
+def test_synthetic_only_crops_carry_task_classes_and_painted_images(tmp_path):
+    dm = _module(tmp_path, 1.0)
+    (tmp_path / "real" / "datalist.json").write_text(json.dumps({"validation": json.loads(
+        (tmp_path / "real" / "datalist.json").read_text())["validation"]}))  # fmt: skip
+    dm.setup("fit")  # no real training split needed at ratio 1
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 16, 16, 16) and batch["image"].dtype == torch.float32
+    assert set(batch["label"].unique().tolist()) <= {0, 1} and (batch["label"] == 1).any()
+    assert all(float(crop.std()) > 0 for crop in batch["image"])  # painted, then normalised like a real image
+
+
+def test_mixed_loader_draws_both_kinds(tmp_path):
+    dm = _module(tmp_path, 0.5)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert len(loader.dataset) == 2 + 2  # two real volumes, two label maps
+    assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
+    batch = next(iter(loader))
+    assert batch["image"].shape[1:] == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_sampler_draws_synthetic_items_at_the_ratio(ratio):
+    sampler = mixing_sampler(3, 5, ratio, seed=0)
+    draws = torch.as_tensor([i for _ in range(500) for i in sampler])
+    assert len(list(sampler)) == 8
+    assert abs(float((draws >= 3).float().mean()) - ratio) < 0.02
+
+
+def test_bad_synthesis_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"synth_ratio must be in \[0, 1\]"):
+        _module(tmp_path, 1.5)
+    with pytest.raises(ValueError, match="needs synth_num_labels, synth_target_labels"):
+        _module(tmp_path, 0.5, synth_num_labels=None, synth_target_labels=None)
+
+
+def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tmp_path):
+    dm = _module(tmp_path, 1.0, synth_num_labels=4, synth_target_labels=TARGETS[:4])
+    with pytest.raises(SynthesisError, match=r"head_label.nii.gz: label 4 is not one of the 4 generation labels"):
+        dm.setup("fit")  # at setup, before any worker or cache starts
+    dm = _module(tmp_path, 1.0)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp_path / "real" / "head_label.nii.gz")
+    with pytest.raises(SynthesisError, match=r"head_label.nii.gz: the label map is empty"):
+        dm.setup("fit")
