@@ -74,7 +74,7 @@ def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -
     """Apply the spec's MONAI array transforms to a label map (*S) -> (*S) of the same dtype."""
     if not spec:
         return label_map
-    labels = torch.from_numpy(np.ascontiguousarray(label_map))[None]  # (1, *S), channel-first as MONAI wants
+    labels = torch.from_numpy(np.array(label_map, copy=True))[None]  # (1, *S); a copy: MONAI's steps write in place
     for step in spec:
         labels = LABEL_STEPS[step["name"]][0](**_arguments(step))(labels)
     return np.asarray(labels[0], dtype=label_map.dtype)

@@ -25,7 +25,9 @@ def test_steps_keep_the_largest_component_and_fill_its_holes():
     labels[1:8, 1:8, 1:8] = 1
     labels[4, 4, 4] = 0  # a hole inside the big component
     labels[10:12, 10:12, 10:12] = 1  # a small island
+    given = labels.copy()
     out = apply_label_postprocessing(labels, BRAIN)
+    np.testing.assert_array_equal(labels, given)  # the caller's map is left alone
     expected = np.zeros_like(labels)
     expected[1:8, 1:8, 1:8] = 1
     np.testing.assert_array_equal(out, expected)
