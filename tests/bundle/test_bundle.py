@@ -216,10 +216,15 @@ def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
     parser = ConfigParser()
     parser.read_config(config("train"))
     assert parser.get_parsed_content("network_def#steps") == parser["val_steps"]
-    assert "$medwidit.training.refuse_renamed(steps=@steps)" in parser["initialize"]
+    assert "$medwidit.training.refuse_renamed(steps=@steps, model_path=@model_path)" in parser["initialize"]
     parser["steps"] = 2
     with pytest.raises(RuntimeError) as failed:  # MONAI wraps the expression's error; the traceback shows both
         parser.get_parsed_content("initialize")
     assert "'steps' is now 'val_steps' (--val_steps 2)" in str(failed.value.__cause__)
     parser["steps"] = None
+    parser["model_path"] = "bundles/brain_widit_segmentation/models/model.pt"  # training no longer writes there
+    with pytest.raises(RuntimeError) as failed:
+        parser.get_parsed_content("initialize")
+    assert "'model_path' is now 'export_dir'" in str(failed.value.__cause__)
+    parser["model_path"] = None
     parser.get_parsed_content("initialize")  # the defaults pass
