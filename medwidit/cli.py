@@ -22,7 +22,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medwidit", description="Segmentation of medical volumes by diffusion.")
     parser.add_argument("--version", action="version", version=f"medwidit {package_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo,export}")
     seg = commands.add_parser(
         "segment",
         help="segment image files or folders",
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
     _common(demo)
+    _add_export(commands)
     return parser
 
 
@@ -184,6 +185,23 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export a Lightning training checkpoint as a bundle's weights",
+        description="Write the model of a Lightning checkpoint of training (runs/checkpoints/best.ckpt: its EMA "
+        "weights) into BUNDLE_DIR/models/ as the MONAI model zoo lays it out: model.pt (the network's bare state "
+        "dict) and medwidit.json (architecture, preprocessing, classes), each written atomically. Training never "
+        "touches the shipped weights; this command is how they change.",
+    )
+    export.add_argument(
+        "checkpoint", metavar="CKPT", help="Lightning checkpoint (.ckpt) of DiffusionSegmentationModule"
+    )
+    export.add_argument("bundle", metavar="BUNDLE_DIR", help="bundle folder (models/ is created if needed)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing models/model.pt and medwidit.json")
+    _common(export)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -415,6 +433,23 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medwidit.inference.io import InputError, OutputError
+    from medwidit.training import export_checkpoint
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint file.")
+    try:
+        weights = export_checkpoint(checkpoint, Path(args.bundle) / "models", overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise OutputError(str(e)) from e
+    logger.info("%s -> %s (and %s)", checkpoint, weights, weights.with_name("medwidit.json"))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medwidit``; returns the exit status (0 ok, 1 a case or the run failed, 2 bad usage)."""
     args = build_parser().parse_args(argv)
@@ -423,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medwidit.inference.io import InputError, OutputError
 
     try:
-        return _segment(args) if args.command == "segment" else _demo(args)
+        return {"segment": _segment, "demo": _demo, "export": _export}[args.command](args)
     except (InputError, OutputError, ValueError, TypeError) as e:  # bad input or options: one line, no traceback
         logger.debug("failed", exc_info=True)
         logger.error("%s", e)

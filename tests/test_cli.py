@@ -211,13 +211,13 @@ def _small_head(path):
 
 
 def test_segment_without_a_model_uses_the_shipped_bundle_and_says_so(tmp_path, capsys):
-    from medwidit.inference.options import SHIPPED_BUNDLES
+    from medwidit.utils.resources import shipped_path
 
     image = _small_head(tmp_path / "head.nii.gz")
     assert main(["segment", "-i", str(image), "-o", str(tmp_path / "a"), "--steps", "1", "--samples", "1"]) == 0
     log = capsys.readouterr().err
     first = log.splitlines()[0]
-    shipped = SHIPPED_BUNDLES / "brain_widit_segmentation"
+    shipped = shipped_path("bundles", "brain_widit_segmentation")
     assert first.startswith(
         f"medwidit: model: the shipped default bundle brain_widit_segmentation (brain extraction, {shipped})"
     )
@@ -237,7 +237,7 @@ def test_an_unknown_bundle_is_one_line_naming_it_and_the_shipped_ones(setup, cap
     assert code == 1 and len(err.splitlines()) == 1
     assert re.match(
         r"medwidit: error: bundle 'brain_widit_segmentaton': no such folder and no shipped bundle of that name "
-        r"\(shipped in .*bundles: .*brain_widit_segmentation.*\); give --bundle DIR .* or --checkpoint FILE\.$",
+        r"\(shipped: .*brain_widit_segmentation.*, in .*bundles\); give --bundle DIR .* or --checkpoint FILE\.$",
         err,
     ), err
     assert not (tmp_path / "out").exists()  # nothing was written, not even a record

@@ -1,5 +1,14 @@
 """medwidit.diffusion: segmentation by conditional diffusion on MONAI schedulers (the net is only a callable)."""
 
+from .checkpoint import (
+    SIDECAR,
+    build_segmenter,
+    load_segmenter,
+    read_model_config,
+    save_bundle_weights,
+    save_segmenter,
+    segmenter_config,
+)
 from .encoding import encode_labels, to_labels, to_probabilities
 from .objectives import GAUSSIAN_OBJECTIVES, OBJECTIVES
 from .samplers import (
@@ -14,14 +23,16 @@ from .samplers import (
     schedule_arguments,
     timestep_list,
 )
-from .segmenter import DiffusionSegmenter, load_segmenter, save_segmenter
+from .segmenter import DiffusionSegmenter
 
 __all__ = [
     "GAUSSIAN_OBJECTIVES",
     "OBJECTIVES",
+    "SIDECAR",
     "SAMPLERS",
     "DiffusionSegmenter",
     "SamplerSpec",
+    "build_segmenter",
     "ddim_sample",
     "ddpm_sample",
     "dpmpp_2m_sample",
@@ -30,7 +41,10 @@ __all__ = [
     "flow_euler_sample",
     "heun_sample",
     "load_segmenter",
+    "read_model_config",
+    "save_bundle_weights",
     "save_segmenter",
+    "segmenter_config",
     "schedule_arguments",
     "timestep_list",
     "to_labels",

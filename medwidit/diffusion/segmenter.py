@@ -10,7 +10,6 @@ import logging
 import math
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -18,9 +17,8 @@ import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler
 from monai.utils import look_up_option
 
-from medwidit.nets import build_network, network_name
 from medwidit.nets.contract import ConditionCache
-from medwidit.utils import atomic_write, check_int, check_range
+from medwidit.utils import check_int, check_range
 
 from .encoding import encode_labels
 from .objectives import (
@@ -34,7 +32,7 @@ from .objectives import (
 )
 from .samplers import VARIANCE_TYPES, randn_like, resolve_sampler, schedule_arguments, timestep_list
 
-__all__ = ["DiffusionSegmenter", "load_segmenter", "save_segmenter"]
+__all__ = ["DiffusionSegmenter"]
 
 logger = logging.getLogger(__name__)
 
@@ -336,48 +334,3 @@ def _member_generators(generator: torch.Generator | None, num_samples: int, devi
     gen_device = generator.device if generator is not None else torch.device(device)
     seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device)
     return [torch.Generator(device=gen_device).manual_seed(int(seed)) for seed in seeds.tolist()]
-
-
-##################################################################################
-#                                 Checkpoints                                    #
-##################################################################################
-
-
-def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | None = None) -> Path:
-    """Write ``{"state_dict": net weights, "config": {"network", "net", "segmenter", **extra_config}, "version"}``
-    atomically; ``network`` is the net's registered name (``medwidit.nets.register_network``)."""
-    from medwidit import __version__
-
-    net_config = getattr(segmenter.net, "config", None)
-    if not isinstance(net_config, dict):
-        raise ValueError(f"segmenter.net ({type(segmenter.net).__name__}) must expose a dict .config to be saved.")
-    extra = dict(extra_config or {})
-    clash = {"network", "net", "segmenter"} & set(extra)
-    if clash:
-        raise ValueError(f"extra_config must not override {sorted(clash)}.")
-    checkpoint = {
-        "state_dict": segmenter.net.state_dict(),
-        "config": {"network": network_name(segmenter.net), "net": net_config, "segmenter": segmenter.config, **extra},
-        "version": __version__,
-    }
-    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-
-
-def load_segmenter(path, map_location="cpu") -> tuple[DiffusionSegmenter, dict]:
-    """Rebuild a segmenter from :func:`save_segmenter`'s file alone -> (segmenter, config); the net is the
-    registered ``config["network"]`` built from ``config["net"]`` (``"widit"`` where a checkpoint predates names)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or not {"state_dict", "config"} <= set(checkpoint):
-        raise ValueError(f"{path} is not a medwidit segmenter checkpoint (needs 'state_dict' and 'config').")
-    config = checkpoint["config"]
-    if not isinstance(config, dict) or not {"net", "segmenter"} <= set(config):
-        raise ValueError(f"{path}: checkpoint config must hold 'net' and 'segmenter', got {sorted(config)}.")
-    try:
-        net = build_network(config.get("network", "widit"), config["net"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    net.load_state_dict(checkpoint["state_dict"])
-    segmenter = DiffusionSegmenter(net, **config["segmenter"])
-    if isinstance(map_location, (str, torch.device)):
-        segmenter = segmenter.to(map_location)
-    return segmenter, config

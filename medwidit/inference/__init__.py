@@ -1,6 +1,7 @@
 """medwidit.inference: whole volumes and files -- stitched sliding-window sampling, uncertainty, the predictor, I/O."""
 
 from .cases import Case, find_cases
+from .inferer import DiffusionSamplingInferer
 from .io import IMAGE_SUFFIXES, ImageGeometry, InputError, OutputError, read_image
 from .options import resolve_device
 from .outputs import write_image, write_images
@@ -12,6 +13,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Case",
     "CaseResult",
+    "DiffusionSamplingInferer",
     "ImageGeometry",
     "InputError",
     "OutputError",

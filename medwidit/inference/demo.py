@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from medwidit.data.example import example_case
+from medwidit.utils.resources import shipped_path
 
 from .io import InputError
 from .metrics import evaluate_files
@@ -21,7 +22,7 @@ from .predictor import Predictor
 
 __all__ = ["SHIPPED_BUNDLE", "run_demo"]
 
-SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation"
+SHIPPED_BUNDLE = shipped_path("bundles", "brain_widit_segmentation")  # the checkout's, else the installed package's
 
 
 def run_demo(

@@ -16,6 +16,7 @@ import torch
 from monai.utils import look_up_option
 
 from medwidit.utils import check_int, check_range
+from medwidit.utils.resources import PACKAGE, shipped_path
 
 from .io import InputError, one_line
 
@@ -27,7 +28,6 @@ __all__ = [
     "MIN_GRID_SIZE",
     "PRECISIONS",
     "SAMPLING_DEFAULTS",
-    "SHIPPED_BUNDLES",
     "autocast_dtype",
     "bundle_options",
     "check_grid",
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5}  # the shipped bundle's inference.json holds these
-SHIPPED_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"  # the checkout's bundles/ folder
 DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
 DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line
 BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap")
@@ -171,17 +170,19 @@ def bundle_options(bundle_dir: str | os.PathLike) -> dict:
 
 def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
     """The folder of ``bundle``: None -> the shipped default (``DEFAULT_BUNDLE``); an existing folder -> itself; else
-    the name of a shipped bundle (a folder of ``SHIPPED_BUNDLES``); InputError, naming what was looked for, else."""
-    shipped = sorted(p.parent.name for p in SHIPPED_BUNDLES.glob("*/configs"))
+    the name of a shipped bundle (``utils.shipped_path``: the checkout's, else the installed package's); InputError,
+    naming what was looked for, else."""
     if bundle is not None and Path(bundle).is_dir():
         return Path(bundle)
     name = DEFAULT_BUNDLE if bundle is None else str(bundle)
+    places = [PACKAGE.parent / "bundles", PACKAGE / "bundles"]  # where shipped_path looks
+    shipped = sorted({p.parent.name for place in places for p in place.glob("*/configs")})
     if name in shipped:
-        return SHIPPED_BUNDLES / name
+        return shipped_path("bundles", name)
     given = "the default bundle" if bundle is None else f"bundle {name!r}"
     raise InputError(
-        f"{given}: no such folder and no shipped bundle of that name (shipped in {SHIPPED_BUNDLES}: "
-        f"{', '.join(shipped) or 'none'}); give --bundle DIR (a MONAI bundle folder) or --checkpoint FILE."
+        f"{given}: no such folder and no shipped bundle of that name (shipped: {', '.join(shipped) or 'none'}, in "
+        f"{' or '.join(map(str, places))}); give --bundle DIR (a MONAI bundle folder) or --checkpoint FILE."
     )
 
 

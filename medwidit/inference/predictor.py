@@ -62,6 +62,7 @@ from .outputs import (
     write_case,
     write_json,
 )
+from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
 from .sliding import SlidingWindowDenoiser, sample_ensemble
 from .trust import augmentation_views, quality_report
 
@@ -134,6 +135,8 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: network autocast dtype, ``auto`` (bfloat16 on CUDA where supported, else float16; float32 on
             CPU), ``float32``, ``bfloat16`` or ``float16``. Sampler arithmetic and window blending stay float32.
+        label_postprocessing: MONAI label-map steps applied after the argmax (``medwidit.inference.postprocess``; a
+            bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Predictor:
         max_whole_voxels: int | None = None,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        label_postprocessing: Sequence[Mapping] | None = None,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -167,6 +171,7 @@ class Predictor:
         SlidingWindowDenoiser(segmenter.net, self.roi_size, sw_batch_size=sw_batch_size, max_whole_voxels=0)  # checks
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
+        self.label_postprocessing = check_label_postprocessing(label_postprocessing)
 
     @property
     def num_modalities(self) -> int:
@@ -202,8 +207,9 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike, **options) -> Predictor:
-        """A predictor from a MONAI bundle folder: weights in ``models/model.pt``; ``roi_size`` and
-        ``sw_batch_size`` from ``configs/inference.json`` (else ``configs/train.json``) where they are plain values."""
+        """A predictor from a MONAI bundle folder: weights in ``models/model.pt`` (with ``models/medwidit.json``);
+        ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else ``configs/train.json``) where they
+        are plain values, and ``label_postprocessing`` from ``configs/inference.json``."""
         bundle_dir = Path(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
@@ -211,6 +217,10 @@ class Predictor:
         for key, value in bundle_options(bundle_dir).items():
             if key in ("roi_size", "sw_batch_size"):
                 options.setdefault(key, value)
+        try:
+            options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
+        except ValueError as e:
+            raise InputError(str(e)) from e
         return cls.from_checkpoint(checkpoint, **options)
 
     ##################################################################################################################
@@ -275,7 +285,7 @@ class Predictor:
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
         split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
-        label_map = probability.argmax(0)
+        label_map = apply_label_postprocessing(probability.argmax(0), self.label_postprocessing)  # volumes: as written
         maps = {"total": entropy[0], **split}
         quality = quality_report(
             label_map,

@@ -2,13 +2,15 @@
 
 ``bundle_root``: MONAI's ``monai.bundle run`` reads the config files but passes nothing about their location into
 the config (model-zoo bundles write ``"bundle_root": "."`` and must be run from inside the bundle folder). Here the
-default is found from the ``--config_file`` on the command line (``<bundle>/configs/<name>.json``), else from this
-checkout's ``bundles/<name>``; ``--bundle_root DIR`` overrides both.
+default is found from the ``--config_file`` on the command line (``<bundle>/configs/<name>.json``), else the shipped
+``bundles/<name>`` (of this checkout or the installed package, ``medwidit.utils.resources``); ``--bundle_root DIR``
+overrides both.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -16,15 +18,26 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from monai.data import load_decathlon_datalist
 
 from medwidit.diffusion import DiffusionSegmenter, to_probabilities
+from medwidit.utils.resources import shipped_path
 
-__all__ = ["RENAMED_KEYS", "SegmentationNetwork", "find_bundle_root", "refuse_renamed", "require_done"]
+__all__ = [
+    "RENAMED_KEYS",
+    "MissingDataError",
+    "SegmentationNetwork",
+    "bundle_datalist",
+    "find_bundle_root",
+    "refuse_renamed",
+    "require_done",
+]
 
 logger = logging.getLogger(__name__)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-RENAMED_KEYS = {"steps": "val_steps"}  # train.json: old key -> new key (the old key stays, null, to catch overrides)
+# train.json: old key -> new key (the old key stays, null, to catch overrides); model_path named the shipped
+# models/model.pt, which training no longer writes: it exports into export_dir (the run folder)
+RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir"}
 
 
 def _config_files_in(argv: Sequence[str]) -> list[str]:
@@ -40,18 +53,40 @@ def _config_files_in(argv: Sequence[str]) -> list[str]:
 
 def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
     """Absolute folder of bundle ``name``: the parent of the ``configs/`` folder of the first ``--config_file`` in
-    ``argv`` (default ``sys.argv``) that has a ``metadata.json`` beside it, else ``<repository>/bundles/<name>``."""
+    ``argv`` (default ``sys.argv``) that has a ``metadata.json`` beside it, else the shipped bundle ``name``."""
     for config_file in _config_files_in(sys.argv if argv is None else argv):
         configs = Path(config_file).resolve().parent
         if configs.name == "configs" and (configs / "metadata.json").is_file():
             return str(configs.parent)
-    candidate = REPOSITORY / "bundles" / name
-    if (candidate / "configs" / "metadata.json").is_file():
-        return str(candidate)
-    raise FileNotFoundError(
-        f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
-        f"--bundle_root <bundle folder> (looked for {candidate})."
-    )
+    try:
+        candidate = shipped_path("bundles", name)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
+            f"--bundle_root <bundle folder> ({e})"
+        ) from None
+    return str(candidate)
+
+
+class MissingDataError(SystemExit):
+    """A bundle's data list names files that are not there: a SystemExit whose message Python prints as one line
+    (exit status 1) instead of a traceback out of ``monai.bundle run``'s config parsing."""
+
+
+def bundle_datalist(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike) -> list[dict]:
+    """``monai.data.load_decathlon_datalist`` of split ``key``, or MissingDataError (one line: how to build the data
+    or how to segment other files) when the list or any of its images is missing."""
+    if not Path(data_list).is_file():
+        raise MissingDataError(f"medwidit: error: data list {data_list} not found; pass --data_list FILE.")
+    items = load_decathlon_datalist(str(data_list), is_segmentation=True, data_list_key=key, base_dir=str(base_dir))
+    missing = [item["image"] for item in items if not Path(item["image"]).exists()]
+    if missing:
+        raise MissingDataError(
+            f"medwidit: error: {len(missing)} of {len(items)} image(s) of {Path(data_list).name} [{key}] are not in "
+            f"{base_dir} (first: {missing[0]}); build them with `python -m medwidit.datasets.brain build`, or "
+            "segment your own files with --images \"['scan.nii.gz']\" (or medwidit segment)."
+        )
+    return items
 
 
 def refuse_renamed(**values) -> None:

@@ -190,6 +190,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
         self.preprocessing = check_preprocessing(preprocessing)  # every key present, intensity mode known
         self.roi_size = roi_size
+        self.save_hyperparameters({"roi_size": roi_size})  # in Lightning checkpoints: the export's default window
         self.train_key, self.val_key = train_key, val_key
         self.batch_size, self.num_crops = batch_size, num_crops
         self.pos, self.neg = float(pos), float(neg)

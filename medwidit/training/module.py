@@ -23,11 +23,17 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from monai.metrics import DiceMetric
 
 from medwidit.data.transforms import check_preprocessing
-from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 
 from .visualize import log_validation_images
 
-__all__ = ["DiffusionSegmentationModule", "ExportSegmenter", "WarmupCosine", "segmenter_state_from_checkpoint"]
+__all__ = [
+    "DiffusionSegmentationModule",
+    "ExportSegmenter",
+    "WarmupCosine",
+    "export_checkpoint",
+    "segmenter_state_from_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +93,13 @@ class WarmupEMA(EMAWeightAveraging):
 class DiffusionSegmentationModule(L.LightningModule):
     """Trains a :class:`~medwidit.diffusion.DiffusionSegmenter` and validates it by sampling whole volumes.
 
+    ``load_from_checkpoint(path)`` rebuilds the module from the checkpoint alone (the segmenter from the saved
+    ``model_config``; no ``validation_sampler``, so validation logs only the loss unless one is passed).
+
     Args:
-        segmenter: the segmenter to train (its ``net`` is the WiDiT).
+        segmenter: the segmenter to train (its ``net`` is the WiDiT); None builds it from ``model_config``.
+        model_config: ``medwidit.diffusion.segmenter_config`` of a segmenter (saved as a hyperparameter); given with
+            ``segmenter``, it must be that segmenter's.
         lr, weight_decay, betas: AdamW; no weight decay on biases and normalisation weights (tensors of rank < 2).
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at the last step.
         ema_decay: decay of the exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
@@ -106,8 +117,9 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def __init__(
         self,
-        segmenter: DiffusionSegmenter,
+        segmenter: DiffusionSegmenter | None = None,
         *,
+        model_config: Mapping | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
         betas: Sequence[float] = (0.9, 0.999),
@@ -122,8 +134,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         preprocessing: Mapping | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(segmenter, DiffusionSegmenter):
-            raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
+        segmenter = _segmenter_from(segmenter, model_config)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}.")
         if weight_decay < 0:
@@ -159,7 +170,7 @@ class DiffusionSegmentationModule(L.LightningModule):
                 "class_names": class_names,
                 "log_images": int(log_images),
                 "preprocessing": preprocessing,
-                "model_config": {"net": dict(getattr(segmenter.net, "config", {})), "segmenter": segmenter.config},
+                "model_config": segmenter_config(segmenter),
             }
         )
         # ignore_empty=False: an empty ground truth scores 1 when the prediction is empty too and 0 otherwise, so
@@ -189,6 +200,7 @@ class DiffusionSegmentationModule(L.LightningModule):
             sync_dist=True,
         )
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, on_step=True, batch_size=image.shape[0])
         return losses["loss"]
 
     def configure_optimizers(self):
@@ -249,6 +261,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         metrics = {f"val/dice_{_tag(name)}": per_class[k] for k, name in enumerate(self.class_names)}
         metrics[MONITOR] = per_class[1:].mean()  # foreground classes
         self.log_dict(metrics, sync_dist=True)  # identical on every rank after the gather
+        self.log("dice", metrics[MONITOR], prog_bar=True, logger=False, sync_dist=True)
         self.dice.reset()
 
     ##################################################################################################################
@@ -256,23 +269,54 @@ class DiffusionSegmentationModule(L.LightningModule):
     ##################################################################################################################
 
     def export_segmenter(
-        self, path: str | os.PathLike, checkpoint: str | os.PathLike | None = None, extra_config: Mapping | None = None
+        self,
+        models_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        extra_config: Mapping | None = None,
+        *,
+        overwrite: bool = False,
     ) -> Path:
-        """Write a medwidit checkpoint ``{"state_dict", "config", "version"}`` (config holds "preprocessing",
-        "class_names" and ``extra_config``, e.g. the training "roi_size" the predictor uses for its windows) with the
-        weights of a Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the EMA is on) or, when
-        None, the module's current weights."""
+        """Write bundle weights into ``models_dir`` (``model.pt``, the net's bare state dict, and ``medwidit.json``:
+        config with "preprocessing", "class_names" and ``extra_config``, e.g. the training "roi_size") from a
+        Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the EMA is on) or, when None, from the
+        module's current weights (``medwidit.diffusion.save_bundle_weights``)."""
         segmenter = self.segmenter
         if checkpoint is not None:
             segmenter = copy.deepcopy(self.segmenter).cpu()
             segmenter.load_state_dict(segmenter_state_from_checkpoint(checkpoint))
         extra = {"preprocessing": dict(self.hparams.preprocessing), "class_names": self.class_names}
         extra.update(extra_config or {})
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        saved = save_segmenter(segmenter, path, extra_config=extra)
+        saved = save_bundle_weights(segmenter, models_dir, extra_config=extra, overwrite=overwrite)
         logger.info("exported segmenter to %s (weights from %s)", saved, checkpoint or "the current module")
         return saved
+
+
+def _segmenter_from(segmenter: DiffusionSegmenter | None, model_config: Mapping | None) -> DiffusionSegmenter:
+    """The module's segmenter: the one given (checked against ``model_config`` if both) or one built from it."""
+    if segmenter is None:
+        if model_config is None:
+            raise ValueError("give segmenter= or model_config= (a checkpoint's hyperparameter) to build the model.")
+        return build_segmenter(model_config, "model_config")
+    if not isinstance(segmenter, DiffusionSegmenter):
+        raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
+    if model_config is not None and dict(model_config) != segmenter_config(segmenter):
+        raise ValueError("model_config does not describe the segmenter given; give one or the other.")
+    return segmenter
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """A Lightning checkpoint of :class:`DiffusionSegmentationModule` -> bundle weights in ``models_dir`` (the
+    ``medwidit export`` command); the training crop becomes the config's "roi_size" where the checkpoint has it."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model_config" not in state.get("hyper_parameters", {}):
+        raise ValueError(
+            f"{checkpoint} is not a Lightning checkpoint of DiffusionSegmentationModule (no hyper_parameters "
+            "'model_config'; checkpoints written before it was saved cannot be exported by this command)."
+        )
+    module = DiffusionSegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    roi_size = state.get("datamodule_hyper_parameters", {}).get("roi_size")
+    extra = {} if roi_size is None else {"roi_size": [int(r) for r in roi_size]}
+    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite)
 
 
 def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -289,16 +333,21 @@ def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, 
 
 
 class ExportSegmenter(Callback):
-    """At the end of ``fit``, export the best checkpoint's weights (else the last one's, else the module's) as a
-    medwidit checkpoint at ``path`` -- what the predictor and ``inference.json`` load (``models/model.pt``).
+    """At the end of ``fit``, export the best checkpoint's weights (else the last one's, else the module's) as bundle
+    weights in ``models_dir`` (``model.pt`` + ``medwidit.json``, what the predictor and the bundle configs load).
 
-    The config also records the datamodule's training crop as "roi_size" (the predictor's default window) unless
-    ``extra_config`` says otherwise.
+    train.json points it at the run folder (``runs/models``), never at the bundle's shipped ``models/``: those change
+    only by ``medwidit export``. ``overwrite`` (default True: the run folder is the run's own) replaces an earlier
+    export there. The config also records the datamodule's training crop as "roi_size" (the predictor's default
+    window) unless ``extra_config`` says otherwise.
     """
 
-    def __init__(self, path: str | os.PathLike, extra_config: Mapping | None = None) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, models_dir: str | os.PathLike, extra_config: Mapping | None = None, *, overwrite: bool = True
+    ) -> None:
+        self.models_dir = Path(models_dir)
         self.extra_config = dict(extra_config or {})
+        self.overwrite = bool(overwrite)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not isinstance(pl_module, DiffusionSegmentationModule):
@@ -311,4 +360,4 @@ class ExportSegmenter(Callback):
         roi_size = getattr(trainer.datamodule, "roi_size", None)
         if roi_size is not None:
             extra["roi_size"] = [int(r) for r in roi_size]
-        pl_module.export_segmenter(self.path, source, {**extra, **self.extra_config})
+        pl_module.export_segmenter(self.models_dir, source, {**extra, **self.extra_config}, overwrite=self.overwrite)

@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     workflow = _workflow(config("train"), "train", run_id="training", bundle_root=str(bundle), **data, **TINY_TRAIN)
     workflow.run()
     workflow.finalize()
-    return {"root": root, "bundle": bundle, "data": data, "model": bundle / "models" / "model.pt"}
+    return {"root": root, "bundle": bundle, "data": data, "model": bundle / "runs" / "models" / "model.pt"}
 
 
 def test_metadata_verifies_offline_against_the_kept_schema(tmp_path, monkeypatch):
@@ -86,11 +86,13 @@ def test_train_workflow_writes_checkpoints_logs_and_export(trained):
     for name in ("best.ckpt", "last.ckpt"):
         checkpoint = torch.load(checkpoints / name, weights_only=True)
         assert checkpoint["global_step"] == 2 and "optimizer_states" in checkpoint
-    exported = torch.load(trained["model"], weights_only=True)
-    assert set(exported) == {"state_dict", "config", "version"}
-    assert exported["config"]["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
-    assert exported["config"]["roi_size"] == [16, 16, 16]
-    assert len(exported["config"]["class_names"]) == NUM_CLASSES
+    assert not (trained["bundle"] / "models").exists()  # training never writes the shipped weights' folder
+    exported = torch.load(trained["model"], weights_only=True)  # the run folder's export: a bare state dict
+    assert all(isinstance(v, torch.Tensor) for v in exported.values())
+    config = json.loads((trained["model"].parent / "medwidit.json").read_text())["config"]
+    assert config["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
+    assert config["roi_size"] == [16, 16, 16]
+    assert len(config["class_names"]) == NUM_CLASSES
     assert list((trained["bundle"] / "runs" / "tensorboard").rglob("events.out.tfevents.*"))  # under bundle_root
 
 
@@ -121,6 +123,27 @@ def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
     assert (tmp_path / "predictions" / "case2_image.nii.gz").is_file()  # the validation split by default
 
 
+@pytest.mark.slow
+def test_train_and_evaluate_compose_as_in_the_model_zoo(trained, tmp_path):
+    """``monai.bundle run evaluating --config_file "['train.json','evaluate.json']"``: evaluate.json brings its own
+    predictor (the zoo's combination failed with "@predictor is not defined")."""
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
+    overrides["bundle_root"] = str(trained["bundle"])
+    workflow = ConfigWorkflow(
+        config_file=[config("train"), config("evaluate")],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=None,
+        run_id="evaluating",
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    report = json.loads((tmp_path / "dice.json").read_text())
+    assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
+
+
 def test_inference_without_a_trained_model_says_so(tmp_path):
     workflow = ConfigWorkflow(
         config_file=config("inference"),
@@ -147,7 +170,6 @@ def test_checkpoint_export(trained, tmp_path):
         ckpt_file=str(trained["model"]),
         meta_file=META,
         config_file=config("train"),
-        key_in_ckpt="state_dict",
         use_trace=True,
         input_shape=[1, 1, 16, 16, 16],
         converter_kwargs={"check_trace": False},
@@ -156,7 +178,7 @@ def test_checkpoint_export(trained, tmp_path):
     extra = {"metadata.json": "", "train.json": ""}
     module = torch.jit.load(str(exported), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] and "network_def" in json.loads(extra["train.json"])
-    weights = torch.load(trained["model"], weights_only=True)["state_dict"]
+    weights = torch.load(trained["model"], weights_only=True)  # the zoo's layout: no key_in_ckpt needed
     assert all(torch.equal(module.state_dict()[k], v) for k, v in weights.items())  # the weights did load
     probabilities = module(torch.randn(1, 1, 16, 16, 16))
     assert probabilities.shape == (1, NUM_CLASSES, 16, 16, 16)
@@ -194,10 +216,15 @@ def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
     parser = ConfigParser()
     parser.read_config(config("train"))
     assert parser.get_parsed_content("network_def#steps") == parser["val_steps"]
-    assert "$medwidit.training.refuse_renamed(steps=@steps)" in parser["initialize"]
+    assert "$medwidit.training.refuse_renamed(steps=@steps, model_path=@model_path)" in parser["initialize"]
     parser["steps"] = 2
     with pytest.raises(RuntimeError) as failed:  # MONAI wraps the expression's error; the traceback shows both
         parser.get_parsed_content("initialize")
     assert "'steps' is now 'val_steps' (--val_steps 2)" in str(failed.value.__cause__)
     parser["steps"] = None
+    parser["model_path"] = "bundles/brain_widit_segmentation/models/model.pt"  # training no longer writes there
+    with pytest.raises(RuntimeError) as failed:
+        parser.get_parsed_content("initialize")
+    assert "'model_path' is now 'export_dir'" in str(failed.value.__cause__)
+    parser["model_path"] = None
     parser.get_parsed_content("initialize")  # the defaults pass

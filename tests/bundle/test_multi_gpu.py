@@ -7,15 +7,13 @@ import sys
 
 import pytest
 import torch
-from bundle_data import LOGGING, META, TINY_TRAIN, config, write_random_cases
-
-from medwidit.training.bundle import REPOSITORY
+from bundle_data import LOGGING, META, REPOSITORY, TINY_TRAIN, config, write_random_cases
 
 
 @pytest.mark.slow
 def test_torchrun_ddp_on_two_processes(tmp_path):
     data_list = write_random_cases(tmp_path / "data", num_train=4, num_val=2)
-    outputs = {"output_dir": tmp_path / "runs", "model_path": tmp_path / "model.pt"}
+    outputs = {"output_dir": tmp_path / "runs", "export_dir": tmp_path / "models"}
     settings = {**TINY_TRAIN, "epochs": 1, "device": "cpu", **outputs}
     args = [f"--{key}={value}" for key, value in settings.items() if key != "roi_size"]
     args += ["--roi_size=[16,16,16]", f"--dataset_dir={tmp_path / 'data'}", f"--data_list={data_list}"]
@@ -45,4 +43,4 @@ def test_torchrun_ddp_on_two_processes(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     last = torch.load(tmp_path / "runs" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2  # 4 training volumes over 2 processes at batch size 1: 2 steps each
-    assert (tmp_path / "model.pt").is_file()  # exported once, by rank 0
+    assert (tmp_path / "models" / "model.pt").is_file()  # exported once, by rank 0

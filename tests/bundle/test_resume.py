@@ -11,11 +11,9 @@ import textwrap
 
 import pytest
 import torch
-from bundle_data import BUNDLE, TINY_TRAIN, write_random_cases
+from bundle_data import BUNDLE, REPOSITORY, TINY_TRAIN, write_random_cases
 from lightning.pytorch.callbacks import Callback
 from monai.bundle import ConfigWorkflow
-
-from medwidit.training.bundle import REPOSITORY
 
 KILLER = """
 import os, signal
@@ -83,4 +81,4 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     # resumed at the start of epoch 1 with the optimizer step count of the checkpoint: only the killed epoch reruns
     assert steps.global_steps[0] == (1, 4) and len(steps.global_steps) == 8
     final = torch.load(last, weights_only=True)
-    assert final["global_step"] == 12 and (bundle / "models" / "model.pt").is_file()
+    assert final["global_step"] == 12 and (bundle / "runs" / "models" / "model.pt").is_file()

@@ -9,7 +9,6 @@ from training_volumes import tiny_segmenter
 
 from medwidit.diffusion import save_segmenter
 from medwidit.training import SegmentationNetwork, find_bundle_root, require_done
-from medwidit.training.bundle import REPOSITORY
 
 NAME = "brain_widit_segmentation"
 
@@ -38,7 +37,7 @@ def test_bundle_root_follows_config_file(tmp_path, form):
 
 
 def test_bundle_root_falls_back_to_the_checkout_and_fails_clearly(tmp_path):
-    checkout = str(REPOSITORY / "bundles" / NAME)
+    checkout = str(Path(__file__).resolve().parents[2] / "bundles" / NAME)
     assert find_bundle_root(NAME, ["pytest"]) == checkout
     # a config file outside any bundle's configs/ folder does not count
     assert find_bundle_root(NAME, ["x", "--config_file", str(tmp_path / "a.json")]) == checkout

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from training_volumes import PREPROCESSING_3D, tiny_segmenter, whole_volume_sampler, write_dataset
 
+from medwidit.cli import main
 from medwidit.diffusion import load_segmenter
 from medwidit.training import (
     DiffusionSegmentationModule,
@@ -56,13 +57,14 @@ def test_validation_metrics_per_class_and_mean(mode):
     module = DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=oracle, class_names=NAMES, log_images=0)
     logged = {}
     module.log_dict = lambda metrics, **kw: logged.update({k: float(v) for k, v in metrics.items()})
+    module.log = lambda name, value, **kw: logged.update({name: float(value)})  # the progress bar's "dice"
     module._trainer = type("T", (), {"world_size": 1, "is_global_zero": True})()
     module.on_validation_epoch_start()
     module.validation_step({"image": torch.randn(1, 1, 8, 8, 8), "label": label}, 0)
     module.on_validation_epoch_end()
     expected = {"perfect": (1.0, 1.0, 1.0), "background": (logged["val/dice_background"], 0.0, 0.0)}[mode]
     assert (logged["val/dice_background"], logged["val/dice_outer_box"], logged["val/dice_inner_box"]) == expected
-    assert logged["val/mean_dice"] == pytest.approx(sum(expected[1:]) / 2)
+    assert logged["val/mean_dice"] == pytest.approx(sum(expected[1:]) / 2) == logged["dice"]
 
 
 class StepCounter(Callback):
@@ -74,7 +76,7 @@ class StepCounter(Callback):
         self.steps += 1
 
 
-def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None):
+def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None, progress_bar=False):
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
         data_list=data_list,
@@ -104,11 +106,11 @@ def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callback
         accelerator="cpu",
         devices=1,
         logger=TensorBoardLogger(tmp_path, name="tb", version=0),
-        callbacks=[*checkpoints, ExportSegmenter(tmp_path / "model.pt"), *callbacks],
+        callbacks=[*checkpoints, ExportSegmenter(tmp_path / "models"), *callbacks],
         gradient_clip_val=1.0,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
-        enable_progress_bar=False,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
@@ -137,17 +139,27 @@ def test_fit_logs_validates_on_ema_and_exports(tmp_path):
     # validation of the last epoch ran on the EMA weights, not the raw ones
     assert all(torch.equal(seen[-1][k], ema[k]) for k in seen[-1])
 
-    # the exported medwidit checkpoint = the best checkpoint's EMA weights + preprocessing, loadable by the loaders
-    exported = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert set(exported) == {"state_dict", "config", "version"}
-    assert exported["config"]["preprocessing"]["intensity"] == "zscore_nonzero"
-    assert exported["config"]["class_names"] == NAMES
-    segmenter, _ = load_segmenter(tmp_path / "model.pt")
+    # the export = the best checkpoint's EMA weights as a bare state dict + medwidit.json, loadable by the loaders
+    exported = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    config = json.loads((tmp_path / "models" / "medwidit.json").read_text())["config"]
+    assert set(exported) == set(module.segmenter.net.state_dict())
+    assert config["preprocessing"]["intensity"] == "zscore_nonzero" and config["roi_size"] == [16, 16, 16]
+    assert config["class_names"] == NAMES
+    segmenter, _ = load_segmenter(tmp_path / "models" / "model.pt")
     best_weights = segmenter_state_from_checkpoint(tmp_path / "ckpt" / "best.ckpt")
     last_weights = segmenter_state_from_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert all(torch.equal(v, best_weights[k]) for k, v in segmenter.state_dict().items())
     if best["global_step"] != last["global_step"]:
         assert any(not torch.equal(v, last_weights[k]) for k, v in segmenter.state_dict().items())
+
+    # load_from_checkpoint rebuilds the module from the file alone; `medwidit export` writes the same model
+    reloaded = DiffusionSegmentationModule.load_from_checkpoint(tmp_path / "ckpt" / "best.ckpt", weights_only=True)
+    assert reloaded.hparams.preprocessing == module.hparams.preprocessing and reloaded.class_names == NAMES
+    assert all(torch.equal(v, best_weights[k]) for k, v in reloaded.segmenter.state_dict().items())
+    assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle"), "-q"]) == 0
+    assert torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True).keys() == exported.keys()
+    assert json.loads((tmp_path / "bundle" / "models" / "medwidit.json").read_text())["config"] == config
+    assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle"), "-q"]) == 1  # exists
 
     # TensorBoard: scalars and images
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
@@ -179,6 +191,26 @@ def test_options_are_checked():
         DiffusionSegmentationModule(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="zscroe"):
         DiffusionSegmentationModule(tiny_segmenter(), preprocessing={"intensity": "zscroe"})
+    with pytest.raises(ValueError, match="model_config"):
+        DiffusionSegmentationModule()
+    with pytest.raises(ValueError, match="does not describe"):
+        DiffusionSegmentationModule(tiny_segmenter(), model_config={"net": {}, "segmenter": {}})
+
+
+def test_model_config_hyperparameter_rebuilds_the_segmenter():
+    """load_from_checkpoint calls the constructor with the saved hyperparameters only: model_config must suffice."""
+    module = DiffusionSegmentationModule(tiny_segmenter(), class_names=NAMES)
+    rebuilt = DiffusionSegmentationModule(**module.hparams)
+    assert rebuilt.segmenter.config == module.segmenter.config
+    assert rebuilt.segmenter.net.config == module.segmenter.net.config
+    assert type(rebuilt.segmenter.net) is type(module.segmenter.net)
+
+
+def test_progress_bar_shows_loss_and_dice(tmp_path, capsys):
+    data_list = write_dataset(tmp_path / "data", num_train=1)
+    trainer, _ = _fit(tmp_path, data_list, epochs=1, sampler=whole_volume_sampler(steps=1), progress_bar=True)
+    bar = trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)
+    assert {"loss", "dice"} <= set(bar)
 
 
 class _OneWeight(L.LightningModule):

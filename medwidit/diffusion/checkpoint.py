@@ -1,0 +1,164 @@
+"""Checkpoints of a :class:`DiffusionSegmenter`, in two layouts that both rebuild the model from files alone.
+
+- medwidit's single file (``save_segmenter``): ``{"state_dict": net weights, "config": {...}, "version"}``.
+- a MONAI bundle's ``models/`` folder (``save_bundle_weights``): ``model.pt`` is the net's bare state dict, as the
+  model zoo, ``monai.bundle.load``, ``ckpt_export`` and MONAI Label expect, and ``medwidit.json`` beside it holds the
+  same ``config`` and ``version`` (plus the weights' SHA-256, so that a torn pair is noticed).
+
+``load_segmenter`` reads either; checkpoints written before bundles used the second layout keep loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from medwidit.nets import build_network, network_name
+from medwidit.utils import atomic_write
+
+from .segmenter import DiffusionSegmenter
+
+__all__ = [
+    "SIDECAR",
+    "build_segmenter",
+    "load_segmenter",
+    "read_model_config",
+    "save_bundle_weights",
+    "save_segmenter",
+    "segmenter_config",
+]
+
+logger = logging.getLogger(__name__)
+
+SIDECAR = "medwidit.json"  # beside a bare state dict: the config that rebuilds its network and segmenter
+RESERVED = {"network", "net", "segmenter"}
+
+
+def segmenter_config(segmenter: DiffusionSegmenter, extra_config: Mapping | None = None) -> dict:
+    """``{"network": registered name, "net": net.config, "segmenter": segmenter.config, **extra_config}``."""
+    net_config = getattr(segmenter.net, "config", None)
+    if not isinstance(net_config, dict):
+        raise ValueError(f"segmenter.net ({type(segmenter.net).__name__}) must expose a dict .config to be saved.")
+    extra = dict(extra_config or {})
+    clash = RESERVED & set(extra)
+    if clash:
+        raise ValueError(f"extra_config must not override {sorted(clash)}.")
+    return {"network": network_name(segmenter.net), "net": net_config, "segmenter": segmenter.config, **extra}
+
+
+def build_segmenter(config: Mapping, source: str | os.PathLike = "config") -> DiffusionSegmenter:
+    """An untrained segmenter from a checkpoint config (``"widit"`` where a config predates network names)."""
+    if not isinstance(config, Mapping) or not {"net", "segmenter"} <= set(config):
+        found = sorted(config) if isinstance(config, Mapping) else type(config).__name__
+        raise ValueError(f"{source}: checkpoint config must hold 'net' and 'segmenter', got {found}.")
+    try:
+        net = build_network(config.get("network", "widit"), config["net"])
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+    return DiffusionSegmenter(net, **config["segmenter"])
+
+
+def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | None = None) -> Path:
+    """Write ``{"state_dict": net weights, "config": {"network", "net", "segmenter", **extra_config}, "version"}``
+    atomically; ``network`` is the net's registered name (``medwidit.nets.register_network``)."""
+    from medwidit import __version__
+
+    checkpoint = {
+        "state_dict": segmenter.net.state_dict(),
+        "config": segmenter_config(segmenter, extra_config),
+        "version": __version__,
+    }
+    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def save_bundle_weights(
+    segmenter: DiffusionSegmenter, models_dir, extra_config: dict | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write ``models_dir/model.pt`` (the net's bare state dict) and ``models_dir/medwidit.json`` (config, version,
+    weights' SHA-256), each atomically; without ``overwrite`` an existing file is a FileExistsError naming it."""
+    from medwidit import __version__
+
+    models_dir = Path(models_dir)
+    weights, sidecar = models_dir / "model.pt", models_dir / SIDECAR
+    existing = [str(p) for p in (weights, sidecar) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
+    config = segmenter_config(segmenter, extra_config)
+    state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
+    record = {"config": config, "version": __version__, "weights_sha256": _sha256(weights)}
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
+    return weights
+
+
+def read_model_config(path) -> dict:
+    """The config of a checkpoint file without its weights: the sidecar's for a bare state dict, else the file's."""
+    path = Path(path)
+    sidecar = path.parent / SIDECAR
+    if sidecar.is_file():
+        return _read_sidecar(sidecar)["config"]
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise ValueError(f"{path}: no 'config' in the file and no {SIDECAR} beside it.")
+    return checkpoint["config"]
+
+
+def load_segmenter(path, map_location="cpu") -> tuple[DiffusionSegmenter, dict]:
+    """Rebuild a segmenter -> (segmenter, config) from a medwidit checkpoint file, or from a bundle's bare state dict
+    and the ``medwidit.json`` beside it (:func:`save_bundle_weights`)."""
+    path = Path(path)
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
+        raise ValueError(
+            f"{path} is a Lightning training checkpoint, not a model: export it first with `medwidit export {path} "
+            "BUNDLE_DIR` (writes BUNDLE_DIR/models/model.pt and medwidit.json), then use --bundle BUNDLE_DIR."
+        )
+    if isinstance(checkpoint, dict) and {"state_dict", "config"} <= set(checkpoint):
+        config, state = checkpoint["config"], checkpoint["state_dict"]
+    elif isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        sidecar = path.parent / SIDECAR
+        if not sidecar.is_file():
+            raise ValueError(
+                f"{path} is a bare state dict (MONAI bundle weights) but {sidecar} is missing: it holds the config "
+                "that rebuilds the network (write both with `medwidit export`)."
+            )
+        record = _read_sidecar(sidecar)
+        if record.get("weights_sha256") not in (None, _sha256(path)):
+            logger.warning("%s: the weights differ from those %s was written with.", path, sidecar)
+        config, state = record["config"], checkpoint
+    else:
+        raise ValueError(
+            f"{path} is not a medwidit segmenter checkpoint (needs 'state_dict' and 'config', or a bare state dict "
+            f"with {SIDECAR} beside it)."
+        )
+    segmenter = build_segmenter(config, path)
+    segmenter.net.load_state_dict(state)
+    if isinstance(map_location, (str, torch.device)):
+        segmenter = segmenter.to(map_location)
+    return segmenter, config
+
+
+def _read_sidecar(sidecar: Path) -> dict:
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{sidecar}: not readable JSON ({e}).") from e
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{sidecar}: must be a JSON object with a 'config' object.")
+    return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

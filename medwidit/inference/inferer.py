@@ -1,0 +1,93 @@
+"""A MONAI ``Inferer`` that segments by diffusion sampling, for bundle configs and MONAI engines.
+
+``inferer(inputs, network)`` with inputs (B, C_img, *S) already pre-processed and ``network`` a
+``DiffusionSegmenter`` or a module holding one as ``.segmenter`` (the bundle's ``network_def``) returns the mean class
+probability (B, K, *S) of an ensemble sampled through :func:`~medwidit.inference.sliding.sample_ensemble` with the
+predictor's seeding and autocast, so that a MONAI pipeline and ``Predictor.segment`` give the same probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+
+from medwidit.diffusion import DiffusionSegmenter
+from medwidit.utils import check_int
+
+from .options import autocast_dtype, check_sampling
+from .sliding import sample_ensemble
+
+__all__ = ["DiffusionSamplingInferer"]
+
+
+class DiffusionSamplingInferer(Inferer):
+    """Ensemble diffusion sampling as a MONAI inferer; ``seed`` seeds a CPU generator per call, as the predictor does
+    for each case. ``precision`` is the predictor's (``auto``: bfloat16/float16 autocast on CUDA, float32 on CPU)."""
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        *,
+        sw_batch_size: int = 4,
+        overlap: float = 0.5,
+        steps: int = 10,
+        num_samples: int = 4,
+        seed: int = 0,
+        sampler: str | None = None,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        max_whole_voxels: int | None = None,
+        precision: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
+        self.roi_size = roi_size
+        self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
+        self.seed = check_int("seed", seed, low=0)
+        self.precision = precision
+        self.options = {
+            "steps": steps,
+            "num_samples": num_samples,
+            "overlap": overlap,
+            "sampler": sampler,
+            "eta": eta,
+            "guidance_scale": guidance_scale,
+            "max_whole_voxels": max_whole_voxels,
+        }
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs:
+            raise TypeError(f"DiffusionSamplingInferer takes (inputs, network), got extra {args} {sorted(kwargs)}.")
+        segmenter = getattr(network, "segmenter", network)
+        if not isinstance(segmenter, DiffusionSegmenter):
+            raise TypeError(f"network must be a DiffusionSegmenter or hold one as .segmenter, got {type(network)}.")
+        spatial_dims = inputs.ndim - 2
+        roi = [self.roi_size] * spatial_dims if isinstance(self.roi_size, int) else list(self.roi_size)
+        dtype = autocast_dtype(inputs.device, self.precision)
+
+        def wrap(model_fn):
+            if dtype is None:
+                return model_fn
+
+            def autocast_model_fn(x, t, cond):
+                with torch.autocast(inputs.device.type, dtype=dtype):
+                    return model_fn(x, t, cond)
+
+            return autocast_model_fn
+
+        summary = sample_ensemble(
+            segmenter,
+            (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float(),  # as the predictor passes it
+            roi_size=roi,
+            sw_batch_size=self.sw_batch_size,
+            generator=torch.Generator().manual_seed(self.seed),
+            wrap_model_fn=wrap,
+            **self.options,
+        )
+        probability = summary["mean_probability"]  # (B, K, *S)
+        if isinstance(inputs, MetaTensor):  # carry the image's meta and transforms, so that Invertd can map it back
+            return MetaTensor(probability).copy_meta_from(inputs)
+        return probability

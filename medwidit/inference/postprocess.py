@@ -1,0 +1,106 @@
+"""Label-map post-processing with MONAI transforms (``KeepLargestConnectedComponent``, ``FillHoles``), declared as
+plain data in a bundle's ``inference.json`` (``label_postprocessing``) so that ``medwidit segment --bundle`` and
+``python -m monai.bundle run`` apply the same steps, and the MONAI ``postprocessing`` chain of the bundle.
+
+A spec is a list of steps, applied in order on the label map of the input's grid::
+
+    [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    FillHoles,
+    FillHolesd,
+    Invertd,
+    KeepLargestConnectedComponent,
+    KeepLargestConnectedComponentd,
+)
+from monai.utils import look_up_option
+
+__all__ = [
+    "LABEL_STEPS",
+    "apply_label_postprocessing",
+    "bundle_label_postprocessing",
+    "check_label_postprocessing",
+    "postprocessing_transforms",
+]
+
+# step name -> (array transform, dictionary transform, the options it takes besides applied_labels)
+LABEL_STEPS = {
+    "keep_largest_component": (KeepLargestConnectedComponent, KeepLargestConnectedComponentd, {"connectivity"}),
+    "fill_holes": (FillHoles, FillHolesd, {"connectivity"}),
+}
+
+
+def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "label_postprocessing") -> list[dict]:
+    """Validate a spec -> a list of ``{"name", "applied_labels", ...}`` (ValueError naming ``source`` and the step)."""
+    if spec is None:
+        return []
+    if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
+        raise ValueError(f"{source} must be a list of steps like {{'name': 'fill_holes'}}, got {spec!r}.")
+    steps = []
+    for i, step in enumerate(spec):
+        if not isinstance(step, Mapping) or "name" not in step:
+            raise ValueError(f"{source}[{i}] must be an object with a 'name', got {step!r}.")
+        name = look_up_option(step["name"], tuple(LABEL_STEPS))  # a tuple: the name back, not the dict's value
+        unknown = set(step) - {"name", "applied_labels"} - LABEL_STEPS[name][2]
+        if unknown:
+            raise ValueError(f"{source}[{i}] ({name}) has unknown option(s) {sorted(unknown)}.")
+        labels = step.get("applied_labels")
+        if labels is not None and (
+            isinstance(labels, (str, bool)) or not all(isinstance(v, int) and v > 0 for v in labels)
+        ):
+            raise ValueError(
+                f"{source}[{i}] ({name}): applied_labels must be foreground labels (ints > 0), got {labels!r}."
+            )
+        steps.append({**step, "name": name})
+    return steps
+
+
+def _arguments(step: Mapping) -> dict:
+    return {k: v for k, v in step.items() if k != "name"}
+
+
+def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -> np.ndarray:
+    """Apply the spec's MONAI array transforms to a label map (*S) -> (*S) of the same dtype."""
+    if not spec:
+        return label_map
+    labels = torch.from_numpy(np.array(label_map, copy=True))[None]  # (1, *S); a copy: MONAI's steps write in place
+    for step in spec:
+        labels = LABEL_STEPS[step["name"]][0](**_arguments(step))(labels)
+    return np.asarray(labels[0], dtype=label_map.dtype)
+
+
+def postprocessing_transforms(
+    spec: Sequence[Mapping] | None, *, key: str = "pred", preprocessing: Compose | None = None, image_key: str = "image"
+) -> Compose:
+    """MONAI dictionary transforms for a bundle's ``postprocessing``: [``Invertd`` onto the input grid (linear, when
+    ``preprocessing`` is given),] ``AsDiscreted(argmax)``, then the spec's steps -- what the predictor does."""
+    transforms = []
+    if preprocessing is not None:
+        transforms.append(Invertd(key, transform=preprocessing, orig_keys=image_key, nearest_interp=False))
+    transforms.append(AsDiscreted(key, argmax=True))
+    for step in check_label_postprocessing(spec):
+        transforms.append(LABEL_STEPS[step["name"]][1](key, **_arguments(step)))
+    return Compose(transforms)
+
+
+def bundle_label_postprocessing(bundle_dir) -> list[dict]:
+    """The checked ``label_postprocessing`` of a bundle's ``configs/inference.json`` ([] where it has none)."""
+    path = Path(bundle_dir) / "configs" / "inference.json"
+    if not path.is_file():
+        return []
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}).") from e
+    return check_label_postprocessing(config.get("label_postprocessing"), f"{path}: label_postprocessing")

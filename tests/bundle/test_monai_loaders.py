@@ -1,0 +1,97 @@
+"""The shipped bundle as MONAI's own loaders see it: ``monai.bundle.load`` with default arguments, MONAI Label's
+``checkpoint.get("model", checkpoint)``, and inference.json's MONAI vocabulary (preprocessing, inferer, postprocessing,
+network_def); a run without the built data ends with one line saying how to build it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import monai.bundle
+import torch
+from bundle_data import BUNDLE, REPOSITORY, config
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.inferers import Inferer
+from monai.transforms import Compose, FillHolesd, KeepLargestConnectedComponentd
+
+from medwidit.diffusion import load_segmenter
+
+WEIGHTS = BUNDLE / "models" / "model.pt"
+
+
+def _shipped_weights() -> dict:
+    segmenter, _ = load_segmenter(WEIGHTS)
+    return segmenter.net.state_dict()
+
+
+def _assert_all_weights(network, expected):
+    loaded = network.state_dict()
+    assert loaded.keys() == expected.keys() and len(expected) == 68  # every weight of the shipped WiDiT
+    assert all(torch.equal(loaded[k].cpu(), v) for k, v in expected.items())
+
+
+def test_monai_bundle_load_with_default_arguments_gets_every_weight():
+    expected = _shipped_weights()
+    network = monai.bundle.load(BUNDLE.name, bundle_dir=str(BUNDLE.parent))  # default workflow_type="train"
+    _assert_all_weights(network, expected)
+    network = monai.bundle.load(BUNDLE.name, bundle_dir=str(BUNDLE.parent), workflow_type="inference")
+    _assert_all_weights(network, expected)
+
+
+def test_monai_label_style_loading_is_strict():
+    """MONAI Label's BundleInferTask: ``network.load_state_dict(checkpoint.get("model", checkpoint))``."""
+    parser = ConfigParser()
+    parser.read_config(config("inference"))
+    network = parser.get_parsed_content("network_def")
+    checkpoint = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)
+    _assert_all_weights(network, _shipped_weights())
+
+
+def test_inference_config_speaks_monai():
+    parser = ConfigParser()
+    parser.read_config(config("inference"))
+    assert isinstance(parser.get_parsed_content("preprocessing"), Compose)
+    assert isinstance(parser.get_parsed_content("inferer"), Inferer)
+    post = parser.get_parsed_content("postprocessing")
+    kinds = [type(t) for t in post.transforms]
+    assert KeepLargestConnectedComponentd in kinds and FillHolesd in kinds  # on by default for brain extraction
+    assert parser.get_parsed_content("label_postprocessing")[0]["name"] == "keep_largest_component"
+
+
+def test_default_inference_without_built_data_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "MEDWIDIT_CACHE": str(tmp_path / "no_cache")}
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config("inference")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("medwidit: error: 1 of 1 image(s) of brain_extraction.json [test] are not in")
+    assert "python -m medwidit.datasets.brain build" in last and "--images" in last
+
+
+def test_zoo_evaluation_runs_on_the_shipped_example_without_built_data(tmp_path):
+    """``run evaluating`` with train.json + evaluate.json (the zoo's combination) on ``data_lists/example.json``:
+    the shipped weights, their post-processing and the example give a real brain Dice (1 step, 1 sample here)."""
+    overrides = {
+        "data_list": str(REPOSITORY / "data_lists" / "example.json"),
+        "dataset_dir": str(REPOSITORY / "medwidit" / "data" / "examples"),
+        "output_dir": str(tmp_path),
+        "steps": 1,
+        "num_samples": 1,
+        "device": "cpu",
+    }
+    workflow = ConfigWorkflow(
+        config_file=[config("train"), config("evaluate")],
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        workflow_type=None,
+        run_id="evaluating",
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    report = json.loads((tmp_path / "dice.json").read_text())
+    assert report["num_cases"] == 1 and report["mean"]["brain"] > 0.85
+    assert (tmp_path / "predictions" / "colin27_head_2mm_image.nii.gz").is_file()

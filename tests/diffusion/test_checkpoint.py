@@ -1,0 +1,80 @@
+"""diffusion/checkpoint: the bundle layout (bare state dict + medwidit.json) beside medwidit's single file; both
+rebuild the same segmenter, and files that are neither get errors saying what they are and what to do."""
+
+import json
+import logging
+
+import pytest
+import torch
+from diffusion_standins import TinyConvNet
+
+from medwidit.diffusion import (
+    SIDECAR,
+    DiffusionSegmenter,
+    load_segmenter,
+    read_model_config,
+    save_bundle_weights,
+    save_segmenter,
+)
+
+EXTRA = {"preprocessing": {"spacing": None}, "roi_size": [8, 8]}
+
+
+def _segmenter():
+    torch.manual_seed(0)
+    return DiffusionSegmenter(TinyConvNet(2, 3, out_channels=3), num_classes=3, objective="v_prediction")
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bundle_weights_are_a_bare_state_dict_and_load_like_the_single_file(tmp_path):
+    segmenter = _segmenter()
+    weights = save_bundle_weights(segmenter, tmp_path / "models", EXTRA)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [SIDECAR, "model.pt"]  # no temporaries
+    state = torch.load(weights, weights_only=True)
+    assert _same_weights(state, segmenter.net.state_dict())  # what monai.bundle.load / MONAI Label copy
+    loaded, config = load_segmenter(weights)
+    single, single_config = load_segmenter(save_segmenter(segmenter, tmp_path / "single.pt", EXTRA))
+    assert config == single_config and config["roi_size"] == [8, 8] and config["network"] == "test_tiny_conv"
+    assert read_model_config(weights) == config == read_model_config(tmp_path / "single.pt")
+    assert _same_weights(loaded.state_dict(), single.state_dict())
+    assert loaded.config == segmenter.config
+
+
+def test_bundle_weights_never_overwrite_unless_asked(tmp_path):
+    save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    with pytest.raises(FileExistsError, match="model.pt already exists.*overwrite"):
+        save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    save_bundle_weights(_segmenter(), tmp_path, {**EXTRA, "roi_size": [4, 4]}, overwrite=True)
+    assert read_model_config(tmp_path / "model.pt")["roi_size"] == [4, 4]
+
+
+def test_bare_state_dict_without_its_sidecar_says_what_is_missing(tmp_path):
+    torch.save(_segmenter().net.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=f"bare state dict.*{SIDECAR} is missing.*medwidit export"):
+        load_segmenter(tmp_path / "model.pt")
+
+
+def test_weights_changed_behind_the_sidecar_warn(tmp_path, caplog):
+    weights = save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, weights)  # e.g. fine-tuned by MONAI tools
+    with caplog.at_level(logging.WARNING, logger="medwidit.diffusion.checkpoint"):
+        loaded, _ = load_segmenter(weights)
+    assert "differ from those" in caplog.text
+    assert torch.equal(next(iter(loaded.net.state_dict().values())), next(iter(state.values())) + 1)
+
+
+def test_lightning_checkpoint_points_to_medwidit_export(tmp_path):
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.6", "hyper_parameters": {}}, tmp_path / "b.ckpt")
+    with pytest.raises(ValueError, match=r"Lightning training checkpoint.*medwidit export .*b.ckpt BUNDLE_DIR"):
+        load_segmenter(tmp_path / "b.ckpt")
+
+
+def test_broken_sidecar_is_named(tmp_path):
+    weights = save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    (tmp_path / SIDECAR).write_text(json.dumps({"version": "0.1.0"}))
+    with pytest.raises(ValueError, match=f"{SIDECAR}: must be a JSON object with a 'config'"):
+        load_segmenter(weights)

@@ -1,0 +1,82 @@
+"""inference/postprocess and inferer: the bundle's label post-processing (MONAI KeepLargestConnectedComponent,
+FillHoles) and its MONAI pieces (preprocessing -> DiffusionSamplingInferer -> postprocessing) give the predictor's
+labels exactly; the predictor applies the steps to labels only."""
+
+import numpy as np
+import pytest
+import torch
+from inference_volumes import random_tiny_segmenter, save_nifti
+from monai.transforms import Compose
+
+from medwidit.data.transforms import preprocessing_transforms
+from medwidit.inference import DiffusionSamplingInferer, Predictor
+from medwidit.inference.postprocess import (
+    apply_label_postprocessing,
+    check_label_postprocessing,
+    postprocessing_transforms,
+)
+
+BRAIN = [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
+PREPROCESSING = {"orientation": "RAS", "spacing": [1.5, 1.5, 1.5], "intensity": "zscore_nonzero"}
+
+
+def test_steps_keep_the_largest_component_and_fill_its_holes():
+    labels = np.zeros((12, 12, 12), dtype=np.int64)
+    labels[1:8, 1:8, 1:8] = 1
+    labels[4, 4, 4] = 0  # a hole inside the big component
+    labels[10:12, 10:12, 10:12] = 1  # a small island
+    given = labels.copy()
+    out = apply_label_postprocessing(labels, BRAIN)
+    np.testing.assert_array_equal(labels, given)  # the caller's map is left alone
+    expected = np.zeros_like(labels)
+    expected[1:8, 1:8, 1:8] = 1
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == labels.dtype
+    np.testing.assert_array_equal(apply_label_postprocessing(labels, []), labels)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"name": "fill_holes"}, "must be a list"),
+        ([{"name": "fill_hols"}], "fill_holes"),  # look_up_option suggests the nearest name
+        ([{"applied_labels": [1]}], "with a 'name'"),
+        ([{"name": "fill_holes", "applied_label": [1]}], "unknown option"),
+        ([{"name": "keep_largest_component", "applied_labels": [0]}], "ints > 0"),
+    ],
+)
+def test_bad_specs_name_the_step(spec, match):
+    with pytest.raises(ValueError, match=match):
+        check_label_postprocessing(spec)
+
+
+def test_monai_pipeline_gives_the_predictor_labels(tmp_path):
+    """The bundle's MONAI pieces, chained as a MONAI evaluator would, reproduce ``Predictor.segment`` exactly."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (20, 18, 16)), indexing="ij")
+    volume = (np.sin(i / 3.0) + np.cos(j / 4.0) + k / 10.0 + 2.0).astype(np.float32)
+    source = save_nifti(tmp_path / "case.nii.gz", volume)
+    segmenter = random_tiny_segmenter(classes=2)
+    options = {"steps": 2, "num_samples": 2, "overlap": 0.5}
+    predictor = Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu", label_postprocessing=BRAIN)
+    expected = predictor.segment(source, generator=torch.Generator().manual_seed(3), **options)
+    plain = Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu").segment(
+        source, generator=torch.Generator().manual_seed(3), **options
+    )
+    np.testing.assert_array_equal(expected.probability, plain.probability)  # post-processing leaves these alone
+    np.testing.assert_array_equal(expected.entropy, plain.entropy)
+    np.testing.assert_array_equal(expected.label_map, apply_label_postprocessing(plain.label_map, BRAIN))
+
+    preprocessing = Compose(preprocessing_transforms({**PREPROCESSING, "num_modalities": 1}))
+    inferer = DiffusionSamplingInferer(16, seed=3, **options)
+    data = preprocessing({"image": str(source)})
+    data["pred"] = inferer(data["image"][None], segmenter)[0]  # (K, *S')
+    labels = postprocessing_transforms(BRAIN, preprocessing=preprocessing)(data)["pred"]  # (1, *S)
+    np.testing.assert_array_equal(np.asarray(labels[0]), expected.label_map)
+
+
+def test_inferer_checks_its_network():
+    inferer = DiffusionSamplingInferer(16, steps=1, num_samples=1)
+    with pytest.raises(TypeError, match="DiffusionSegmenter"):
+        inferer(torch.zeros(1, 1, 16, 16, 16), torch.nn.Identity())
+    with pytest.raises(ValueError, match="num_samples"):
+        DiffusionSamplingInferer(16, num_samples=0)
