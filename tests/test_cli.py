@@ -1,7 +1,6 @@
 """medwidit CLI: segment files and folders, one clear stderr line per bad input while the others still run, a
 non-zero exit, no partial output; --overwrite/--continue; multi-modal naming; the demo on a fresh folder."""
 
-import logging
 import re
 import subprocess
 import sys
@@ -18,15 +17,6 @@ from medwidit.nets import WiDiT
 
 FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
 AFFINE = np.array([[-0.8, 0.0, 0.0, 10.0], [0.0, 1.1, 0.2, -5.0], [0.0, -0.1, 2.5, 3.0], [0.0, 0.0, 0.0, 1.0]])
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def _checkpoint(path, modalities=1):

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from medwidit.nets import build_network, network_name
-from medwidit.utils import atomic_write
+from medwidit.utils import atomic_write, sha256_file
 
 from .segmenter import DiffusionSegmenter
 
@@ -93,7 +92,7 @@ def save_bundle_weights(
     state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
     models_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
-    record = {"config": config, "version": __version__, "weights_sha256": _sha256(weights)}
+    record = {"config": config, "version": __version__, "weights_sha256": sha256_file(weights)}
     text = json.dumps(record, indent=2) + "\n"
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
     return weights
@@ -131,7 +130,7 @@ def load_segmenter(path, map_location="cpu") -> tuple[DiffusionSegmenter, dict]:
                 "that rebuilds the network (write both with `medwidit export`)."
             )
         record = _read_sidecar(sidecar)
-        if record.get("weights_sha256") not in (None, _sha256(path)):
+        if record.get("weights_sha256") not in (None, sha256_file(path)):
             logger.warning("%s: the weights differ from those %s was written with.", path, sidecar)
         config, state = record["config"], checkpoint
     else:
@@ -154,11 +153,3 @@ def _read_sidecar(sidecar: Path) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise ValueError(f"{sidecar}: must be a JSON object with a 'config' object.")
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -17,7 +17,7 @@ from monai.inferers import Inferer
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.utils import check_int
 
-from .options import autocast_dtype, check_sampling
+from .options import autocast_dtype, sampling_options
 from .sliding import sample_ensemble
 
 __all__ = ["DiffusionSamplingInferer"]
@@ -43,20 +43,12 @@ class DiffusionSamplingInferer(Inferer):
         precision: str = "auto",
     ) -> None:
         super().__init__()
-        check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
+        options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale)
         self.roi_size = roi_size
         self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
         self.seed = check_int("seed", seed, low=0)
         self.precision = precision
-        self.options = {
-            "steps": steps,
-            "num_samples": num_samples,
-            "overlap": overlap,
-            "sampler": sampler,
-            "eta": eta,
-            "guidance_scale": guidance_scale,
-            "max_whole_voxels": max_whole_voxels,
-        }
+        self.options = {**options, "max_whole_voxels": max_whole_voxels}
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if args or kwargs:

@@ -136,6 +136,13 @@ def _mm(values) -> str:
     return "x".join(f"{float(v):g}" for v in values)
 
 
+def sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale) -> dict:
+    """The sampling options as one dict (what ``sample_ensemble`` takes), the numeric ones checked."""
+    check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
+    options = {"steps": steps, "num_samples": num_samples, "overlap": overlap, "sampler": sampler, "eta": eta}
+    return {**options, "guidance_scale": guidance_scale}
+
+
 def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale) -> None:
     """The numeric sampling options, checked once before any case is read (the sampler name and the pairing of eta
     and sampler are the segmenter's to check)."""

@@ -51,6 +51,7 @@ from .options import (
     checkpoint_problem,
     progress_callback,
     resolve_device,
+    sampling_options,
 )
 from .outputs import (
     CasePlan,
@@ -400,14 +401,7 @@ class Predictor:
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
-        options = {
-            "steps": steps,
-            "num_samples": num_samples,
-            "overlap": overlap,
-            "sampler": sampler,
-            "eta": eta,
-            "guidance_scale": guidance_scale,
-        }
+        options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale)
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)

@@ -8,18 +8,16 @@ Per-case statistics (class volumes) are not repeated here: they belong to the pe
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-from medwidit.utils import atomic_write
+from medwidit.utils import atomic_write, sha256_file
 
 __all__ = [
     "RECORD_NAME",
-    "file_sha256",
     "finish_record",
     "library_versions",
     "model_settings",
@@ -30,15 +28,6 @@ __all__ = [
 RECORD_NAME = "medwidit_run"
 MAX_RECORDS = 10_000  # names tried before giving up (a folder with this many runs is almost certainly a mistake)
 LIBRARIES = ("torch", "monai", "numpy", "nibabel", "SimpleITK", "lightning")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict:
@@ -83,7 +72,7 @@ def model_settings(weights: str | os.PathLike, bundle: str | os.PathLike | None,
         "bundle": None if bundle is None else str(Path(bundle).resolve()),
         "shipped_default": shipped_default,
         "weights": str(weights),
-        "sha256": file_sha256(weights),
+        "sha256": sha256_file(weights),
     }
 
 

@@ -4,6 +4,6 @@
 """
 
 from .checks import check_int, check_range
-from .files import atomic_write, commit, temporary_path
+from .files import atomic_write, commit, sha256_file, temporary_path
 
-__all__ = ["atomic_write", "check_int", "check_range", "commit", "temporary_path"]
+__all__ = ["atomic_write", "check_int", "check_range", "commit", "sha256_file", "temporary_path"]

@@ -9,12 +9,13 @@ reserves the name before ``os.replace``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "commit", "temporary_path"]
+__all__ = ["atomic_write", "commit", "sha256_file", "temporary_path"]
 
 PARTIAL = ".partial"
 
@@ -73,3 +74,12 @@ def atomic_write(
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,19 +1,7 @@
 """benchmarks/faults.py: the catalogue runs its in-process cases and the table shows case, outcome and files left
 (the whole catalogue, with its two subprocess cases, is the script's run; the tests of issue 15 assert each one)."""
 
-import logging
-
-import pytest
 from benchmark_scripts import load_benchmark
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def test_in_process_fault_cases_hold_and_make_a_table(tmp_path):

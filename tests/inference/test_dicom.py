@@ -3,7 +3,6 @@ NIfTI on the series' exact geometry; bad series (mixed sizes, a lone slice, a ga
 the folder."""
 
 import locale
-import logging
 import shutil
 
 import nibabel as nib
@@ -93,14 +92,6 @@ def _volume(shape=(14, 12, 10), seed=0):
 def checkpoint(tmp_path):
     extra = {"preprocessing": {"spacing": [1.5, 1.5, 1.5], "num_modalities": 1}, "roi_size": [16, 16, 16]}
     return str(save_segmenter(random_tiny_segmenter(), tmp_path / "model.pt", extra_config=extra))
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def test_a_series_reads_with_its_oblique_anisotropic_geometry(tmp_path):

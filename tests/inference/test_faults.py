@@ -4,7 +4,6 @@ folders, ID-like names, grid checks, batch-size independence; the messages of de
 
 import errno
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -27,15 +26,6 @@ CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
 AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
 
 UNCERTAINTY_OUTPUTS = ["scan.nii.gz", "scan_aleatoric.nii.gz", "scan_epistemic.nii.gz", "scan_uncertainty.nii.gz"]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 def tiny_checkpoint(path, spacing=(1.5, 1.5, 1.5)):

@@ -2,7 +2,6 @@
 and the sampler options reach the sampler (defaults unchanged)."""
 
 import json
-import logging
 import re
 
 import nibabel as nib
@@ -21,14 +20,6 @@ from medwidit.inference.io import read_image
 
 FAST = {"steps": 1, "num_samples": 1}
 CLI_FAST = ["--steps", "1", "--samples", "1", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 @pytest.fixture

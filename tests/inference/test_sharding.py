@@ -1,7 +1,6 @@
 """Inference split across processes (nnU-Net's --num-parts/--part-id): the parts cover every case exactly once, each
 writes only its own cases, the plan still sees every case's outputs, and bad values get a clear error."""
 
-import logging
 import re
 
 import nibabel as nib
@@ -16,15 +15,6 @@ from medwidit.inference.io import OutputError
 
 FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
 NAMES = ["e", "a", "d", "b", "c"]  # not in sorted order: the split is of the sorted list
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() configures the 'medwidit' logger for a terminal; give other tests theirs back."""
-    logger = logging.getLogger("medwidit")
-    state = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = state
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ build is byte-identical on its inputs whatever mirror or Debian point release se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from medwidit.utils import sha256_file
 from medwidit.utils.files import commit
 
 __all__ = ["Package", "SourceFile", "PACKAGES", "FILES", "sha256_file", "fetch_files"]
@@ -59,15 +59,6 @@ def _load_pins(path: Path) -> tuple[dict[str, Package], dict[str, SourceFile]]:
 
 
 PACKAGES, FILES = _load_pins(PINS)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _raw_path(raw_dir: Path, key: str) -> Path:
