@@ -1,6 +1,7 @@
 """medwidit CLI: segment files and folders, one clear stderr line per bad input while the others still run, a
 non-zero exit, no partial output; --overwrite/--continue; multi-modal naming; the demo on a fresh folder."""
 
+import json
 import re
 import subprocess
 import sys
@@ -311,20 +312,11 @@ def test_mps_is_accepted_where_torch_has_it_and_a_clear_error_where_not(monkeypa
 
 
 def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_readme():
-    import inspect
-
-    from medwidit.inference import Predictor
-    from medwidit.inference.demo import run_demo
     from medwidit.inference.options import SAMPLING_DEFAULTS, bundle_options, resolve_bundle, sampling_defaults
 
     shipped = bundle_options(resolve_bundle())  # the shipped inference.json, read as the CLI reads it
     assert {key: shipped.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
-    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS
-    for function in (Predictor.segment, Predictor.predict_from_files, run_demo):
-        parameters = inspect.signature(function).parameters
-        assert {k: parameters[k].default for k in SAMPLING_DEFAULTS if k in parameters} == {
-            k: v for k, v in SAMPLING_DEFAULTS.items() if k in parameters
-        }, function
+    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS  # the Predictor's (tests/inference/test_defaults)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     steps, samples, overlap = SAMPLING_DEFAULTS.values()
     assert f"**{steps} steps × {samples} samples, overlap {overlap}**" in readme
@@ -382,3 +374,41 @@ def test_integer_options_are_usage_errors_naming_the_value(capsys, option, value
     with pytest.raises(SystemExit) as exit_:
         main(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", "b", option, value])
     assert exit_.value.code == 2 and f"argument {option}: {message}" in capsys.readouterr().err
+
+
+def test_save_statistics_volumes_are_voxel_counts_times_the_written_voxel_volume(setup):
+    """--save-statistics: per class, voxels and mL of the written label map, on the input's (sheared) grid."""
+    tmp_path, inputs, checkpoint = setup
+    out = tmp_path / "out"
+    assert (
+        main(["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST, "--save-statistics"])
+        == 0
+    )
+    assert visible(out) == ["good.nii.gz", "good_statistics.json"]
+    statistics = json.loads((out / "good_statistics.json").read_text())
+    written = nib.load(out / "good.nii.gz")
+    labels = np.asanyarray(written.dataobj)
+    voxel_ml = abs(np.linalg.det(written.affine[:3, :3])) / 1000.0
+    assert statistics["voxel_volume_ml"] == pytest.approx(abs(np.linalg.det(AFFINE[:3, :3])) / 1000.0)
+    assert set(statistics["classes"]) == {"0", "1"}
+    for k, row in statistics["classes"].items():
+        assert row["voxels"] == int((labels == int(k)).sum())
+        assert row["volume_ml"] == pytest.approx(row["voxels"] * voxel_ml, rel=1e-6)
+    assert sum(row["voxels"] for row in statistics["classes"].values()) == labels.size
+
+
+def test_class_statistics_names_classes_and_refuses_labels_out_of_range():
+    from medwidit.inference.statistics import class_statistics
+
+    stats = class_statistics(np.array([[[0, 1, 1]]]), np.diag([2.0, 2.0, 2.5, 1.0]), 2, ["background", "brain"])
+    assert stats == {
+        "voxel_volume_ml": pytest.approx(0.01),
+        "classes": {
+            "0": {"name": "background", "voxels": 1, "volume_ml": pytest.approx(0.01)},
+            "1": {"name": "brain", "voxels": 2, "volume_ml": pytest.approx(0.02)},
+        },
+    }
+    with pytest.raises(ValueError, match=r"label map values must be in 0..1, got 0..2"):
+        class_statistics(np.array([0, 2]), np.eye(4), 2)
+    with pytest.raises(ValueError, match="class_names has 1 names for 2 classes"):
+        class_statistics(np.array([0, 1]), np.eye(4), 2, ["background"])

@@ -8,36 +8,36 @@ brain volume and the Dice against the example's reference brain mask.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medwidit.data.example import example_case
-from medwidit.utils.resources import shipped_path
 
 from .io import InputError
 from .metrics import evaluate_files
+from .options import resolve_bundle
 from .predictor import Predictor
 
 __all__ = ["SHIPPED_BUNDLE", "run_demo"]
 
-SHIPPED_BUNDLE = shipped_path("bundles", "brain_widit_segmentation")  # the checkout's, else the installed package's
+SHIPPED_BUNDLE = resolve_bundle()  # the default bundle: the checkout's, else the installed package's
 
 
 def run_demo(
     output_dir: str | os.PathLike,
     *,
-    bundle: str | os.PathLike = SHIPPED_BUNDLE,
+    bundle: str | os.PathLike | None = None,
     device: str = "auto",
-    steps: int = 10,
-    num_samples: int = 4,
+    steps: int | None = None,
+    num_samples: int | None = None,
     **options,
 ) -> str:
     """Segment the shipped example into ``output_dir`` as ``medwidit segment`` does (uncertainty map and figure
     included) and return a short report; ``options`` are :meth:`Predictor.predict_from_files`'s (``overwrite``,
-    ``progress``, ``sampler``, ...), and the Dice is :func:`~medwidit.inference.metrics.evaluate_files`'."""
-    bundle = Path(bundle)
+    ``progress``, ``sampler``, ...), and the Dice is :func:`~medwidit.inference.metrics.evaluate_files`'. ``bundle``:
+    a folder or a shipped bundle's name (default: the shipped one); ``steps`` and ``num_samples``: the bundle's."""
+    bundle = resolve_bundle(bundle)
     if not (bundle / "models" / "model.pt").is_file():
         raise InputError(
             f"{bundle}: no pretrained bundle here (models/model.pt); the demo runs from a medwidit checkout, "
@@ -54,6 +54,7 @@ def run_demo(
         num_samples=num_samples,
         **options,
     )
+    steps, num_samples, _ = predictor.resolve_sampling(steps, num_samples, None)
     if result.status != "done":
         raise InputError(f"the demo case failed: {result.message}")
     dice = evaluate_files(result.outputs[:1], [case["label"]], num_classes=predictor.num_classes)["mean"]["class_1"]

@@ -58,7 +58,7 @@ STATE_DIR = ".medwidit"
 DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
 MANIFEST = "manifest.json"
 ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic"}  # image kinds beside cases.OUTPUT_KINDS
-QUALITY_SUFFIX = "_quality.json"
+JSON_SUFFIXES = {"quality": "_quality.json", "statistics": "_statistics.json"}  # per-case JSON outputs
 DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 
 
@@ -92,9 +92,10 @@ def input_files(path: str | os.PathLike) -> list[Path]:
 
 def output_path(case, output_dir: str | os.PathLike, kind: str) -> Path:
     """Where output ``kind`` of ``case`` (a ``cases.Case``) goes: ``case.output_path``'s kinds, the entropy parts
-    (``aleatoric``, ``epistemic``: images in the case's format) and ``quality`` (``<case>_quality.json``)."""
-    if kind == "quality":
-        return Path(output_dir) / f"{case.name}{QUALITY_SUFFIX}"
+    (``aleatoric``, ``epistemic``: images in the case's format), ``quality`` (``<case>_quality.json``) and
+    ``statistics`` (``<case>_statistics.json``)."""
+    if kind in JSON_SUFFIXES:
+        return Path(output_dir) / f"{case.name}{JSON_SUFFIXES[kind]}"
     if kind in ENTROPY_PARTS:
         return Path(output_dir) / f"{case.name}{ENTROPY_PARTS[kind]}{case.suffix.lower()}"
     return case.output_path(output_dir, kind)

@@ -50,7 +50,9 @@ from .options import (
     check_sampling,
     checkpoint_problem,
     progress_callback,
+    resolve_bundle,
     resolve_device,
+    sampling_defaults,
     sampling_options,
 )
 from .outputs import (
@@ -65,6 +67,7 @@ from .outputs import (
 )
 from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
 from .sliding import SlidingWindowDenoiser, sample_ensemble
+from .statistics import class_statistics
 from .trust import augmentation_views, quality_report
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
@@ -74,11 +77,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROI = 96
 DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
 DEFAULT_WARN_DICE = 0.97  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
-# sampling defaults (medwidit segment's are the same). On validation cases that are not the example (MNI152 clean,
-# 3 mm slices, noise; benchmarks/results/speed_curve.json) 3 steps x 2 samples beat 10 x 4 at a fifth of the calls,
-# but on the held-out example it lowered Dice (0.9185 vs 0.9281, benchmarks/speed.py), so the defaults stay 10 x 4
-DEFAULT_STEPS = 10
-DEFAULT_SAMPLES = 4
 
 
 @dataclass
@@ -93,6 +91,12 @@ class Segmentation:
     aleatoric: np.ndarray | None = None  # (*S) float32, expected entropy over the views' groups, nats
     epistemic: np.ndarray | None = None  # (*S) float32, mutual information between prediction and view, nats
     quality: dict = field(default_factory=dict)  # the per-case estimate (trust.quality_report), as in _quality.json
+    class_names: list[str] | None = None  # the model's, background first (None: "class_k")
+
+    @property
+    def statistics(self) -> dict:
+        """Voxel count and volume (mL) per class of ``label_map`` on the input's grid, as in ``_statistics.json``."""
+        return class_statistics(self.label_map, self.geometry.affine, self.num_classes, self.class_names)
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +142,11 @@ class Predictor:
             CPU), ``float32``, ``bfloat16`` or ``float16``. Sampler arithmetic and window blending stay float32.
         label_postprocessing: MONAI label-map steps applied after the argmax (``medwidit.inference.postprocess``; a
             bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
+        class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).
+
+    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``) fill every sampling argument left at None:
+    ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's ``inference.json`` values over them, the
+    same values ``medwidit segment --bundle`` uses.
     """
 
     def __init__(
@@ -151,6 +160,7 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         label_postprocessing: Sequence[Mapping] | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -173,6 +183,15 @@ class Predictor:
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.label_postprocessing = check_label_postprocessing(label_postprocessing)
+        if class_names is not None and len(class_names) != segmenter.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {segmenter.num_classes} classes.")
+        self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.sampling_defaults = sampling_defaults()
+
+    def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
+        """``steps``, ``num_samples``, ``overlap`` with each None replaced by ``sampling_defaults``."""
+        given = {"steps": steps, "num_samples": num_samples, "overlap": overlap}
+        return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
     @property
     def num_modalities(self) -> int:
@@ -204,14 +223,17 @@ class Predictor:
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)
         options.setdefault("roi_size", config.get("roi_size"))
+        options.setdefault("class_names", config.get("class_names"))
         return cls(segmenter, preprocessing=config.get("preprocessing"), **options)
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | os.PathLike, **options) -> Predictor:
-        """A predictor from a MONAI bundle folder: weights in ``models/model.pt`` (with ``models/medwidit.json``);
-        ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else ``configs/train.json``) where they
-        are plain values, and ``label_postprocessing`` from ``configs/inference.json``."""
-        bundle_dir = Path(bundle_dir)
+    def from_bundle(cls, bundle_dir: str | os.PathLike | None = None, **options) -> Predictor:
+        """A predictor from a MONAI bundle: a folder, the name of a shipped bundle, or None for the shipped default
+        (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
+        ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
+        ``configs/train.json``) where they are plain values, ``label_postprocessing`` from ``configs/inference.json``,
+        and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files."""
+        bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
             raise InputError(f"{bundle_dir}: not a trained bundle (no models/model.pt).")
@@ -222,7 +244,9 @@ class Predictor:
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
         except ValueError as e:
             raise InputError(str(e)) from e
-        return cls.from_checkpoint(checkpoint, **options)
+        predictor = cls.from_checkpoint(checkpoint, **options)
+        predictor.sampling_defaults = sampling_defaults(bundle_dir)
+        return predictor
 
     ##################################################################################################################
     # one case
@@ -233,9 +257,9 @@ class Predictor:
         image,
         *,
         affine=None,
-        steps: int = DEFAULT_STEPS,
-        num_samples: int = DEFAULT_SAMPLES,
-        overlap: float = 0.5,
+        steps: int | None = None,
+        num_samples: int | None = None,
+        overlap: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool | Callable[[dict], None] = False,
         sampler: str | None = None,
@@ -248,12 +272,14 @@ class Predictor:
 
         ``image``: a file path, a list of modality paths, a nibabel image (or a list of them), or an array/tensor
         (*S) or (C, *S) with ``affine`` (without one, 1 mm voxels and a warning). ``generator`` seeds the ensemble
-        (default: seed 0, so that a case always gets the same result). ``sampler``, ``eta``, ``guidance_scale`` go to
+        (default: seed 0, so that a case always gets the same result). ``steps``, ``num_samples``, ``overlap`` left at
+        None take ``sampling_defaults``. ``sampler``, ``eta``, ``guidance_scale`` go to
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
         test-time views (``trust.augmentation_views``: flips, voxel shifts, intensity curve), each with ``num_samples``
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
         """
+        steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
@@ -305,19 +331,21 @@ class Predictor:
             aleatoric=split["aleatoric"],
             epistemic=split["epistemic"],
             quality=quality,
+            class_names=self.class_names,
         )
 
     def check_options(
         self,
         *,
-        steps=DEFAULT_STEPS,
-        num_samples=DEFAULT_SAMPLES,
-        overlap=0.5,
+        steps=None,
+        num_samples=None,
+        overlap=None,
         sampler=None,
         eta=0.0,
         guidance_scale=1.0,
     ) -> None:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
+        steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
         self.segmenter.check_sampling(
@@ -369,10 +397,11 @@ class Predictor:
         save_uncertainty: bool = False,
         save_figure: bool = False,
         save_quality: bool = False,
+        save_statistics: bool = False,
         progress: bool = True,
-        steps: int = DEFAULT_STEPS,
-        num_samples: int = DEFAULT_SAMPLES,
-        overlap: float = 0.5,
+        steps: int | None = None,
+        num_samples: int | None = None,
+        overlap: float | None = None,
         sampler: str | None = None,
         eta: float = 0.0,
         guidance_scale: float = 1.0,
@@ -394,6 +423,8 @@ class Predictor:
         Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
         ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
         ``save_quality`` adds ``<case>_quality.json`` (``Segmentation.quality``, also on each ``CaseResult``);
+        ``save_statistics`` adds ``<case>_statistics.json``: voxels and volume (mL) per class of the written label map
+        (``Segmentation.statistics``);
         ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
         parts. ``augment`` N > 1: N test-time views per case (``Predictor.segment``). A case whose predicted Dice of a
         foreground class is below ``warn_dice`` (None: never) gets a warning line.
@@ -401,7 +432,7 @@ class Predictor:
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
-        options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale)
+        options = sampling_options(*self.resolve_sampling(steps, num_samples, overlap), sampler, eta, guidance_scale)
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)
@@ -415,6 +446,7 @@ class Predictor:
             ["uncertainty", "aleatoric", "epistemic"] * save_uncertainty
             + ["figure"] * save_figure
             + ["quality"] * save_quality
+            + ["statistics"] * save_statistics
         )
         cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
         plans = {
@@ -494,8 +526,8 @@ class Predictor:
             path = output_path(case, plan.state_dir.parent, kind)
             if kind == "figure":
                 writes[path] = partial(self._figure, case, result)
-            elif kind == "quality":
-                writes[path] = partial(write_json, result.quality)
+            elif kind in ("quality", "statistics"):
+                writes[path] = partial(write_json, getattr(result, kind))
             else:
                 image_kind = "uncertainty" if kind in ("aleatoric", "epistemic") else kind  # float32 maps in nats
                 item = OutputImage(arrays[kind], result.geometry, path, image_kind, self.num_classes - 1)
@@ -539,18 +571,19 @@ def _invert_maps(data: dict, pre: Compose, maps: dict[str, torch.Tensor]) -> dic
 def segment(
     image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, seed: int | None = None, **options
 ) -> Segmentation:
-    """One-call segmentation for notebooks: ``segment("scan.nii.gz", checkpoint="model.pt", steps=10, seed=1)``; the
-    same path as ``medwidit segment`` (``Predictor.from_checkpoint`` or ``from_bundle``, then ``Predictor.segment``);
+    """One-call segmentation for notebooks: ``segment("scan.nii.gz", steps=10, seed=1)``; the same path as ``medwidit
+    segment`` (``Predictor.from_checkpoint``, or ``from_bundle`` with a bundle folder, a shipped bundle's name, or by
+    default the shipped brain-extraction bundle; then ``Predictor.segment``, whose sampling defaults are the bundle's);
     ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``)."""
-    if (checkpoint is None) == (bundle is None):
-        raise ValueError("give exactly one of checkpoint= (a .pt file) or bundle= (a bundle folder).")
+    if checkpoint is not None and bundle is not None:
+        raise ValueError("give checkpoint= (a .pt file) or bundle= (a bundle folder or name), not both.")
     if seed is not None and options.get("generator") is not None:
         raise ValueError("give seed= or generator=, not both.")
     if seed is not None:
         options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
     predictor = (
         Predictor.from_checkpoint(checkpoint, device=device)
-        if bundle is None
+        if checkpoint is not None
         else Predictor.from_bundle(bundle, device=device)
     )
     return predictor.segment(image, affine=affine, **options)

@@ -2,7 +2,7 @@
 into a folder, ``medwidit_run_2.json``, ``_3`` ... for the next ones. A run claims its name atomically when it starts
 (never replacing another run's record, with or without ``--overwrite``) and rewrites only its own record when it ends.
 
-Per-case statistics (class volumes) are not repeated here: they belong to the per-case quality JSON.
+Per-case class volumes are not repeated here: they belong to the per-case statistics and quality JSON files.
 """
 
 from __future__ import annotations

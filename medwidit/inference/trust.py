@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from medwidit.utils import check_int
 
+from .statistics import class_statistics
+
 __all__ = [
     "View",
     "apply_view",
@@ -150,8 +152,7 @@ def quality_report(
     the predicted foreground and over the volume, in nats; ``empty_classes``: foreground classes with no voxel (their
     Dice estimate is 1 where every member agrees on nothing, which says nothing about a missed structure)."""
     num_classes = len(predicted_dice)
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
-    counts = np.bincount(np.asarray(label_map).ravel().astype(np.int64), minlength=num_classes)
+    classes = class_statistics(label_map, affine, num_classes)["classes"]
     foreground = np.asarray(label_map) > 0
     summary = {}
     for name, values in maps.items():
@@ -162,8 +163,8 @@ def quality_report(
     return {
         "predicted_dice": {str(k): dice[k] for k in range(num_classes)},
         "min_predicted_dice": min(dice[1:]) if num_classes > 1 else dice[0],
-        "empty_classes": [k for k in range(1, num_classes) if counts[k] == 0],  # members agreeing on nothing: Dice 1
-        "volume_ml": {str(k): float(counts[k]) * voxel_ml for k in range(num_classes)},
+        "empty_classes": [k for k in range(1, num_classes) if classes[str(k)]["voxels"] == 0],  # agreeing on none
+        "volume_ml": {k: stats["volume_ml"] for k, stats in classes.items()},
         "uncertainty": summary,
         "views": views,
         "samples_per_view": num_samples,

@@ -1,21 +1,67 @@
 """The sampling defaults chosen by measurement (benchmarks/results/speed_curve.json) are one fact: ``medwidit
-segment``'s flags (literals, so that --help imports nothing heavy) equal the Predictor's."""
+segment``'s unset flags, ``Predictor``'s unset arguments, ``segment()`` and the demo all take the bundle's
+``inference.json`` values over ``options.SAMPLING_DEFAULTS``."""
 
 import inspect
+import json
+import shutil
+
+import numpy as np
+import pytest
 
 from medwidit.cli import build_parser
-from medwidit.inference import Predictor
-from medwidit.inference.predictor import DEFAULT_SAMPLES, DEFAULT_STEPS
+from medwidit.inference import Predictor, segment
+from medwidit.inference.demo import SHIPPED_BUNDLE, run_demo
+from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle
 
 
 def test_cli_and_predictor_defaults_are_the_same():
     from medwidit.cli import _resolve_model
-    from medwidit.inference.options import SAMPLING_DEFAULTS
 
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     _resolve_model(args)  # unset flags take the (shipped) bundle's inference.json values
-    assert (args.steps, args.samples) == (DEFAULT_STEPS, DEFAULT_SAMPLES)
-    assert (SAMPLING_DEFAULTS["steps"], SAMPLING_DEFAULTS["num_samples"]) == (DEFAULT_STEPS, DEFAULT_SAMPLES)
-    for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options):
+    assert (args.steps, args.samples, args.overlap) == tuple(SAMPLING_DEFAULTS.values())
+    assert Predictor.from_bundle(device="cpu").sampling_defaults == SAMPLING_DEFAULTS
+    for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options, run_demo):
         parameters = inspect.signature(method).parameters
-        assert parameters["steps"].default == DEFAULT_STEPS and parameters["num_samples"].default == DEFAULT_SAMPLES
+        unset = {k: parameters[k].default for k in SAMPLING_DEFAULTS if k in parameters}
+        assert set(unset.values()) == {None}, method  # None: the predictor's sampling_defaults
+
+
+def test_the_shipped_bundle_resolves_by_name_and_by_default():
+    assert resolve_bundle() == resolve_bundle("brain_widit_segmentation") == SHIPPED_BUNDLE
+    assert (SHIPPED_BUNDLE / "models" / "model.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def two_sample_bundle(tmp_path_factory):
+    """The shipped bundle whose inference.json asks for 1 step x 2 samples."""
+    bundle = tmp_path_factory.mktemp("bundle") / "b"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "steps": 1, "num_samples": 2}))
+    return bundle
+
+
+def _head():
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 28, 24)], indexing="ij"))
+    return (1000.0 * ((grid**2).sum(0) < 0.6)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def test_a_predictor_from_a_bundle_samples_as_its_inference_json_says(two_sample_bundle):
+    image, affine = _head()
+    predictor = Predictor.from_bundle(two_sample_bundle, device="cpu")
+    assert predictor.sampling_defaults == {**SAMPLING_DEFAULTS, "steps": 1, "num_samples": 2}
+    assert predictor.segment(image, affine=affine).num_samples == 2
+    assert predictor.segment(image, affine=affine, num_samples=1).num_samples == 1  # an argument still wins
+    assert segment(image, affine=affine, bundle=two_sample_bundle, device="cpu").num_samples == 2
+
+
+def test_segment_takes_a_bundle_name_and_refuses_two_models(tmp_path):
+    image, affine = _head()
+    result = segment(image, affine=affine, bundle="brain_widit_segmentation", steps=1, num_samples=1, device="cpu")
+    assert result.class_names == ["background", "brain"] and result.statistics["classes"]["1"]["name"] == "brain"
+    with pytest.raises(ValueError, match="not both"):
+        segment(image, affine=affine, bundle="brain_widit_segmentation", checkpoint=tmp_path / "model.pt")
+    with pytest.raises(Exception, match="no shipped bundle of that name"):
+        segment(image, affine=affine, bundle="no_such_bundle")

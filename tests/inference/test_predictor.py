@@ -198,8 +198,8 @@ def test_options_are_checked(tmp_path, checkpoint):
         Predictor.from_checkpoint(checkpoint, device="cpu", precision="half")
     with pytest.raises(ValueError, match="divisible by the network's patch_size"):
         Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=15)
-    with pytest.raises(ValueError, match="exactly one of"):
-        segment(tmp_path / "x.nii.gz")
+    with pytest.raises(ValueError, match="not both"):
+        segment(tmp_path / "x.nii.gz", checkpoint=checkpoint, bundle="brain_widit_segmentation")
 
 
 def test_segment_convenience_is_the_predictor(tmp_path, checkpoint, volume):

@@ -1,0 +1,224 @@
+"""``medwidit``'s argument parser: every subcommand's flags, their help and their argparse types (``medwidit.cli``
+runs the commands). Importing it imports nothing heavy, so that ``medwidit --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["build_parser", "package_version"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medwidit", description="Segmentation of medical volumes by diffusion.")
+    parser.add_argument("--version", action="version", version=f"medwidit {package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo,export}")
+    seg = commands.add_parser(
+        "segment",
+        help="segment image files or folders",
+        description="Segment images (NIfTI, NRRD, MHA, DICOM series folders) into label maps with the input's exact "
+        "geometry. Multi-modal cases are named nnU-Net style: case_0000.nii.gz, case_0001.nii.gz -> case.nii.gz. A "
+        "folder holding one DICOM series (given, or a subfolder of a given folder) is a case named after the folder, "
+        "written as NIfTI. Without --bundle or --checkpoint the shipped brain-extraction bundle is used. The settings "
+        "of each run are recorded in OUTPUT/medwidit_run.json (then _2, _3, ...; earlier records are never replaced).",
+    )
+    seg.add_argument(
+        "-i", "--input", nargs="+", required=True, metavar="PATH", help="image files, folders, DICOM series folders"
+    )
+    seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    _model_arguments(seg)
+    seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
+    seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
+    seg.add_argument(
+        "--max-whole-voxels",
+        type=_non_negative_int,
+        metavar="N",
+        help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
+        "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)",
+    )
+    seg.add_argument("--sampler", help="sampler name (default: the model's, DDIM for DDPM-trained models)")
+    seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
+    seg.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)",
+    )
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
+    seg.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="network autocast on CUDA (default auto: bfloat16 where supported)",
+    )
+    seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
+    seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
+    seg.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write case_uncertainty (total predictive entropy, nats) and its parts case_aleatoric (expected "
+        "entropy) and case_epistemic (mutual information; 0 without --augment)",
+    )
+    seg.add_argument(
+        "--save-figure",
+        action="store_true",
+        help="also write case_figure.png: three orthogonal slices, label overlay and uncertainty",
+    )
+    seg.add_argument(
+        "--save-statistics",
+        action="store_true",
+        help="also write case_statistics.json: voxel count and volume (mL) per class of the written label map",
+    )
+    seg.add_argument(
+        "--modality-pattern",
+        default=r"_(\d{4})",
+        metavar="REGEX",
+        help="what ends a modality file's name, one group the number (default '_(\\d{4})': nnU-Net's "
+        "case_0000); 'none': every file is its own case. With a one-channel model, ID-like names "
+        "(patient_0001, patient_0002) are separate cases either way",
+    )
+    seg.add_argument(
+        "--force-grid",
+        action="store_true",
+        help="segment even when resampling to the model's spacing makes more than 64x the voxels",
+    )
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
+        "an unfinished case's files)",
+    )
+    seg.add_argument("--num-parts", type=_positive_int, default=1, help="split the cases into N parts (nnU-Net)")
+    seg.add_argument(
+        "--part-id",
+        type=_non_negative_int,
+        default=0,
+        help="segment only part K of --num-parts, K in 0..N-1: every N-th case sorted by name from the K-th "
+        "(default 0)",
+    )
+    _trust_options(seg)
+    _common(seg)
+    demo = commands.add_parser(
+        "demo",
+        help="segment the shipped example scan with the shipped pretrained bundle (no data needed)",
+        description="Segment the shipped example (Colin27 whole-head T1, 2 mm; held out from training) with the "
+        "shipped bundle bundles/brain_widit_segmentation, as `medwidit segment --save-uncertainty --save-figure` "
+        "does, and report the brain volume and the Dice against the example's reference mask.",
+    )
+    demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
+    demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
+    demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
+    demo.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
+    _common(demo)
+    _add_export(commands)
+    return parser
+
+
+def _model_arguments(seg: argparse.ArgumentParser) -> None:
+    """The model (default: the shipped bundle) and the sampling options whose defaults the bundle sets."""
+    model = seg.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="FILE", help="medwidit checkpoint (.pt)")
+    model.add_argument(
+        "--bundle",
+        metavar="DIR|NAME",
+        help="MONAI bundle folder with models/model.pt, or the name of a shipped bundle (default: "
+        "brain_widit_segmentation, brain extraction from T1 MRI)",
+    )
+    seg.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
+    seg.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
+    seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's, 0.5)")
+
+
+def package_version() -> str:
+    """medwidit's installed version (importlib.metadata); a source checkout that is not installed: ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("medwidit")
+    except metadata.PackageNotFoundError:
+        from medwidit import __version__
+
+        return f"{__version__} (source checkout, not installed)"
+
+
+def _trust_options(parser: argparse.ArgumentParser) -> None:
+    """Epistemic members and the per-case quality warning (README, "Uncertainty")."""
+    parser.add_argument(
+        "--augment",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="test-time views per case, each with --samples members (N times the cost): flips, voxel shifts and an "
+        "intensity curve, undone before averaging; they make case_epistemic and the Dice estimate in "
+        "case_quality.json see more than noise (default 1: none)",
+    )
+    parser.add_argument(
+        "--save-quality",
+        action="store_true",
+        help="also write case_quality.json: predicted Dice and volume (mL) per class, uncertainty summary",
+    )
+    parser.add_argument(
+        "--warn-dice",
+        type=_unit_float,
+        default=0.97,
+        metavar="D",
+        help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
+        "below D, or that has no voxel of a foreground class (default 0.97: the estimate is optimistic, see "
+        "benchmarks/trust.py; 0 never warns)",
+    )
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export a Lightning training checkpoint as a bundle's weights",
+        description="Write the model of a Lightning checkpoint of training (runs/checkpoints/best.ckpt: its EMA "
+        "weights) into BUNDLE_DIR/models/ as the MONAI model zoo lays it out: model.pt (the network's bare state "
+        "dict) and medwidit.json (architecture, preprocessing, classes), each written atomically. Training never "
+        "touches the shipped weights; this command is how they change.",
+    )
+    export.add_argument(
+        "checkpoint", metavar="CKPT", help="Lightning checkpoint (.ckpt) of DiffusionSegmentationModule"
+    )
+    export.add_argument("bundle", metavar="BUNDLE_DIR", help="bundle folder (models/ is created if needed)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing models/model.pt and medwidit.json")
+    _common(export)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``; anything else is a usage error saying ``expected``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
