@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from monai.metrics import DiceMetric
 
 from medwidit.data.transforms import check_preprocessing
@@ -199,7 +199,6 @@ class DiffusionSegmentationModule(L.LightningModule):
             batch_size=image.shape[0],
             sync_dist=True,
         )
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, on_step=True, batch_size=image.shape[0])
         return losses["loss"]
 
@@ -209,19 +208,29 @@ class DiffusionSegmentationModule(L.LightningModule):
         for param in self.segmenter.parameters():
             if param.requires_grad:
                 (decay if param.ndim >= 2 else no_decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay, "name": "decay"},  # LearningRateMonitor's tag suffixes
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else hp.warmup_steps + 1
         schedule = WarmupCosine(hp.warmup_steps, total, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
 
     def configure_callbacks(self) -> list[Callback]:
-        """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``)."""
-        if not self.hparams.ema_decay:
-            return []
-        start = self.hparams.ema_start_step or None
-        return [WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start)]
+        """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``); with a
+        logger, Lightning's ``LearningRateMonitor`` logs ``train/lr/decay`` and ``train/lr/no_decay`` every step."""
+        callbacks: list[Callback] = []
+        if self._trainer is not None and self.trainer.loggers:  # the monitor refuses a trainer without a logger
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.hparams.ema_decay:
+            start = self.hparams.ema_start_step or None
+            callbacks.append(WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start))
+        return callbacks
 
     ##################################################################################################################
     # Validation: sample whole volumes (on the EMA weights, swapped in by the callback), Dice per class

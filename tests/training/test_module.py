@@ -165,7 +165,14 @@ def test_fit_logs_validates_on_ema_and_exports(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
-    assert {"train/loss_step", "train/loss_epoch", "train/aux_epoch", "train/lr", "val/mean_dice"} <= scalars
+    assert {
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/aux_epoch",
+        "train/lr/decay",
+        "train/lr/no_decay",
+        "val/mean_dice",
+    } <= scalars
     assert {f"val/dice_{n}" for n in ("background", "outer_box", "inner_box")} <= scalars
     assert {"val/overlay_label", "val/overlay_prediction", "val/overlay_uncertainty"} <= images
     assert {f"val/{n}_HWD/image" for n in ("image", "label", "prediction", "uncertainty")} <= images
