@@ -2,11 +2,13 @@
 install of it (outside the checkout) finds and runs them; pyproject's version floors are the versions that first
 have what medwidit imports."""
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,35 +56,61 @@ def test_wheel_holds_modules_bundle_and_data_lists(wheel):
     assert not [n for n in names if "/runs/" in n or "/eval/" in n]
 
 
+@pytest.fixture(scope="module")
+def fresh_venv(wheel, tmp_path_factory):
+    """A new venv holding only the wheel; its dependencies come from this environment's site-packages through a
+    ``.pth`` line (a path there is not a site dir, so the checkout's editable install stays invisible)."""
+    import site
+    import venv
+
+    root = tmp_path_factory.mktemp("venv") / "fresh"
+    venv.EnvBuilder(with_pip=False).create(root)
+    python = root / "bin" / "python"
+    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
+    (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q"]
+    subprocess.run([*install, str(wheel)], check=True, capture_output=True, timeout=300)
+    return root
+
+
 @pytest.mark.slow
-def test_installed_wheel_finds_and_runs_the_shipped_bundle(wheel, tmp_path):
-    """Installed outside the checkout (``pip install --target``), the demo's bundle, the configs' data list and the
-    bundle root resolve inside the installed package, and the shipped bundle segments the example."""
-    target = tmp_path / "site"
-    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
-    subprocess.run(install, check=True, capture_output=True, timeout=300)
-    script = (
-        "import medwidit, numpy as np\n"
-        "from medwidit.inference import Predictor\n"
+def test_a_wheel_in_a_fresh_venv_segments_the_example_with_no_bundle_argument(fresh_venv, tmp_path):
+    """``medwidit segment`` from the installed wheel, run outside the checkout, finds the shipped bundle and the
+    example inside the installed package, and writes a brain; the demo's bundle, the configs' data list and the
+    bundle root resolve there too."""
+    env = {"PATH": f"{fresh_venv / 'bin'}:/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    probe = (
+        "import medwidit\n"
+        "from medwidit.data.example import example_case\n"
         "from medwidit.inference.demo import SHIPPED_BUNDLE\n"
         "from medwidit.training import find_bundle_root\n"
         "from medwidit.utils.resources import shipped_path\n"
-        "from medwidit.data.example import example_case\n"
         "print(medwidit.__file__, SHIPPED_BUNDLE, find_bundle_root('brain_widit_segmentation', argv=[]))\n"
         "print(shipped_path('data_lists', 'brain_extraction.json'))\n"
-        "case = example_case()\n"
-        "result = Predictor.from_bundle(SHIPPED_BUNDLE, device='cpu').segment(case['image'], steps=1, num_samples=1)\n"
-        "print('brain voxels', int((result.label_map == 1).sum()))\n"
+        "print(example_case()['image'])\n"
     )
-    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    run = partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = run([fresh_venv / "bin" / "python", "-c", probe])
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert all(str(target) in part for part in lines[0].split()), lines[0]
-    assert lines[1].startswith(str(target / "medwidit" / "data_lists"))
-    assert int(lines[2].split()[-1]) > 10000  # a brain, not an empty map
+    paths, data_list, example = done.stdout.splitlines()
+    site_packages = str(fresh_venv / "lib")
+    assert all(part.startswith(site_packages) for part in paths.split()), paths
+    assert data_list.startswith(site_packages) and example.startswith(site_packages)
+
+    version = run([fresh_venv / "bin" / "medwidit", "--version"])
+    assert version.stdout.strip() == f"medwidit {PYPROJECT['project']['version']}", version.stdout + version.stderr
+    command = [fresh_venv / "bin" / "medwidit", "segment", "-i", example, "-o", "out", "--steps", "1", "--samples",
+               "1", "--save-statistics", "--device", "cpu"]  # fmt: skip
+    done = run(command)
+    assert done.returncode == 0, done.stderr
+    assert "the shipped default bundle brain_widit_segmentation" in done.stderr
+    out = tmp_path / "out"
+    record = json.loads((out / "medwidit_run.json").read_text())
+    assert record["model"]["shipped_default"] and record["model"]["bundle"].startswith(site_packages)
+    statistics = json.loads((out / "colin27_head_2mm_image_statistics.json").read_text())
+    assert 900 < statistics["classes"]["1"]["volume_ml"] < 2000  # an adult brain, not an empty map
+    assert (out / "colin27_head_2mm_image.nii.gz").is_file()
 
 
 def _floor(requirement: str) -> tuple[int, ...]:
