@@ -61,10 +61,10 @@ def gaussian_weight_map(roi_size: Sequence[int], sigma_scale: Sequence[float] | 
     return weights.clamp_min(1e-30).float()
 
 
-def _pad_far_faces(x: torch.Tensor, target: Sequence[int]) -> torch.Tensor:
-    """Zero-pad (B, C, *S) after the last voxel of each axis up to ``target``."""
+def _pad_far_faces(x: torch.Tensor, target: Sequence[int], mode: str = "constant") -> torch.Tensor:
+    """Pad (B, C, *S) after the last voxel of each axis up to ``target``: zeros, or ``"replicate"`` (the edge)."""
     pad = [v for size, goal in zip(reversed(x.shape[2:]), reversed(target), strict=True) for v in (0, goal - size)]
-    return F.pad(x, pad) if any(pad) else x
+    return F.pad(x, pad, mode=mode) if any(pad) else x
 
 
 def _window_key(coordinate, rows: Sequence[int]) -> tuple:
@@ -204,7 +204,9 @@ class SlidingWindowDenoiser:
         spatial = x_t.shape[2:]
         patch = ensure_tuple_rep(self.patch_size, len(spatial))
         target = [math.ceil(s / p) * p for s, p in zip(spatial, patch, strict=True)]
-        cond = _pad_far_faces(cond, target) if cond is not None else None
+        # the image is continued by its edge: zeros are mid-grey in [-1, 1] (the normalised intensity), a slab that no
+        # training crop holds, and a model trained on synthetic contrasts read it as tissue at the far faces
+        cond = _pad_far_faces(cond, target, mode="replicate") if cond is not None else None
         key = ("whole", tuple(rows[: x_t.shape[0]]))
         out = self.condition_cache.call(key, _pad_far_faces(x_t, target), t, cond)  # (B, C_out, *S padded)
         self.num_calls += 1

@@ -102,6 +102,27 @@ def test_whole_volume_path_pads_to_the_patch_and_crops_back():
     assert torch.equal(out, x * cond + 7.0)
 
 
+def test_whole_volume_padding_continues_the_image_instead_of_adding_a_grey_slab():
+    """The far faces are padded with the image's edge voxels: with zeros (mid-grey in the normalised [-1, 1]) a
+    dark background ended in a slab no training crop holds, and a synthetic-trained model segmented it as brain."""
+    seen = []
+
+    def spy(x, t, conditioned=None):
+        seen.append(conditioned.clone())
+        return x
+
+    x = torch.zeros(1, 2, 9, 10, 11)
+    cond = torch.full((1, 1, 9, 10, 11), -1.0)  # air everywhere
+    cond[..., -1] = 0.5  # the last slice of the image differs: padding along that axis repeats it
+    SlidingWindowDenoiser(spy, 8, patch_size=4, max_whole_voxels=10**6)(x, torch.zeros(1), cond)
+    (padded,) = seen
+    assert padded.shape[2:] == (12, 12, 12)
+    assert torch.equal(padded[..., :9, :10, :11], cond)
+    assert torch.equal(padded[..., 9:, :10, :11], cond[..., 8:9, :, :].expand(-1, -1, 3, -1, -1))  # edge repeated
+    assert torch.equal(padded[..., :, :, 11], padded[..., :, :, 10])  # never 0
+    assert set(padded.unique().tolist()) == {-1.0, 0.5}
+
+
 def test_an_ensemble_over_the_budget_runs_whole_volumes_in_chunks_not_windows():
     """4 samples x 2717 voxels exceed a 6000-voxel budget, one sample does not: whole calls of 2 samples each."""
     x, t, cond = _inputs(3)  # (19, 13, 11)
