@@ -2,8 +2,9 @@
 torch stays at the build on this disk (MONAI 1.6's floor, torch 2.8, exists on PyPI only as a multi-GB CUDA build)."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
 for requirement in project["dependencies"]:

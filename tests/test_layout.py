@@ -16,7 +16,7 @@ ALLOWED = {
     "diffusion": {"nets", "data", "utils"},
     "inference": {"nets", "diffusion", "data", "utils"},
     "training": {"nets", "diffusion", "data", "utils"},
-    "cli": {"nets", "diffusion", "inference", "training", "data", "datasets", "utils"},
+    "cli": {"cli_parser", "nets", "diffusion", "inference", "training", "data", "datasets", "utils"},
 }
 
 

@@ -92,9 +92,13 @@ def progress_callback(progress, steps: int, description: str):
     """``progress``: False (none), True (a tqdm bar over the denoising steps) or a callable given each step's dict."""
     if callable(progress) or not progress:
         return progress or None
+    from tqdm import tqdm as text_bar
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc=description, unit="step", leave=False)
+    try:
+        bar = tqdm(total=steps, desc=description, unit="step", leave=False)
+    except ImportError:  # a notebook without ipywidgets: older tqdm (4.60) raises here, newer falls back to text
+        bar = text_bar(total=steps, desc=description, unit="step", leave=False)
 
     def update(info: dict) -> None:
         bar.update(1)

@@ -65,3 +65,19 @@ def test_segment_takes_a_bundle_name_and_refuses_two_models(tmp_path):
         segment(image, affine=affine, bundle="brain_widit_segmentation", checkpoint=tmp_path / "model.pt")
     with pytest.raises(Exception, match="no shipped bundle of that name"):
         segment(image, affine=affine, bundle="no_such_bundle")
+
+
+def test_progress_falls_back_to_a_text_bar_where_the_notebook_bar_cannot_start(monkeypatch, capsys):
+    """tqdm 4.60 (the floor) raises ImportError in a notebook without ipywidgets; the steps still show, as text."""
+    import tqdm.auto
+
+    from medwidit.inference.options import progress_callback
+
+    def no_widgets(*args, **kwargs):
+        raise ImportError("IProgress not found. Please update jupyter and ipywidgets.")
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", no_widgets)
+    update = progress_callback(True, 2, "scan")
+    for i in range(2):
+        update({"i": i})
+    assert "scan" in capsys.readouterr().err
