@@ -16,6 +16,7 @@ ALLOWED = {
     "diffusion": {"nets", "data", "utils"},
     "inference": {"nets", "diffusion", "data", "utils"},
     "training": {"nets", "diffusion", "data", "utils"},
+    "cli_parser": set(),  # imports nothing of medwidit's: `medwidit --help` answers at once
     "cli": {"cli_parser", "nets", "diffusion", "inference", "training", "data", "datasets", "utils"},
 }
 

@@ -68,7 +68,8 @@ def fresh_venv(wheel, tmp_path_factory):
     python = root / "bin" / "python"
     purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
-    (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    here = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    (purelib / "dependencies.pth").write_text("\n".join(here) + "\n")
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q"]
     subprocess.run([*install, str(wheel)], check=True, capture_output=True, timeout=300)
     return root

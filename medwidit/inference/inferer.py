@@ -17,7 +17,7 @@ from monai.inferers import Inferer
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.utils import check_int
 
-from .options import autocast_dtype, sampling_options
+from .options import SAMPLING_DEFAULTS, autocast_dtype, sampling_options
 from .sliding import sample_ensemble
 
 __all__ = ["DiffusionSamplingInferer"]
@@ -32,9 +32,9 @@ class DiffusionSamplingInferer(Inferer):
         roi_size: Sequence[int] | int,
         *,
         sw_batch_size: int = 4,
-        overlap: float = 0.5,
-        steps: int = 10,
-        num_samples: int = 4,
+        overlap: float = SAMPLING_DEFAULTS["overlap"],
+        steps: int = SAMPLING_DEFAULTS["steps"],
+        num_samples: int = SAMPLING_DEFAULTS["num_samples"],
         seed: int = 0,
         sampler: str | None = None,
         eta: float = 0.0,

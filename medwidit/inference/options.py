@@ -158,11 +158,11 @@ def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale) -> None:
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
 
 
-def bundle_options(bundle_dir: str | os.PathLike) -> dict:
+def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inference.json", "train.json")) -> dict:
     """Plain (non-expression) ``roi_size``, ``sw_batch_size``, ``steps``, ``num_samples``, ``overlap`` from a bundle's
-    ``configs/inference.json``, falling back to ``configs/train.json`` key by key."""
+    ``configs/inference.json``, falling back to ``configs/train.json`` key by key (``configs``: the files, in order)."""
     found: dict = {}
-    for name in ("inference.json", "train.json"):
+    for name in configs:
         path = Path(bundle_dir) / "configs" / name
         if not path.is_file():
             continue
@@ -200,8 +200,8 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
     """``steps``, ``num_samples``, ``overlap``: a bundle's plain values (``bundle_options``) over ``SAMPLING_DEFAULTS``;
     the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's ``inference.json`` says."""
-    found = bundle_options(bundle_dir) if bundle_dir is not None else {}
-    return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}
+    found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are
+    return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}  # validation's (overlap 0.25)
 
 
 def _check_bundle_value(path: Path, key: str, value):

@@ -11,7 +11,8 @@ interrupted run left, or redoes the case. The plan of every output path is check
     out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
 
 A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
-``<case>_epistemic`` (the parts of the entropy, with ``--save-uncertainty``) and ``<case>_quality.json``.
+``<case>_epistemic`` (the parts of the entropy, with ``--save-uncertainty``), ``<case>_quality.json`` and
+``<case>_statistics.json``.
 """
 
 from __future__ import annotations

@@ -215,13 +215,16 @@ class SlidingWindowDenoiser:
 
     def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows) -> torch.Tensor:
         """MONAI sliding windows over cat(x_t, cond); every window of a batch element gets that element's t."""
-        inputs = x_t.float() if cond is None else torch.cat([x_t.float(), cond.float()], dim=1)  # (B, K + C, *S)
         inferer, align = self._inferer(x_t.ndim - 2)
         spatial = tuple(x_t.shape[2:])
         # pad the far faces so that every window start, the last one included, is a multiple of `align`; windows
-        # are cropped back to the volume before the network sees them, so the padding itself is never evaluated
+        # are cropped back to the volume rounded up to the patch before the network sees them, so up to patch - 1
+        # padded voxels are evaluated: the image is continued by its edge there, as in the whole-volume run
         steps = zip(spatial, inferer.roi_size, align, strict=True)
-        inputs = _pad_far_faces(inputs, [r + math.ceil(max(s - r, 0) / a) * a for s, r, a in steps])
+        target = [r + math.ceil(max(s - r, 0) / a) * a for s, r, a in steps]
+        inputs = _pad_far_faces(x_t.float(), target)
+        if cond is not None:
+            inputs = torch.cat([inputs, _pad_far_faces(cond.float(), target, mode="replicate")], dim=1)  # (B, K+C, *S)
         num_classes = x_t.shape[1]
         if bool((t == t[0]).all()):
             out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial, rows))

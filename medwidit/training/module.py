@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+PARAM_GROUPS = ("decay", "no_decay")  # AdamW groups: matrices with weight decay; norms and biases without
 
 ValidationSampler = Callable[..., Mapping[str, torch.Tensor]]
 MONITOR = "val/mean_dice"
@@ -209,8 +210,8 @@ class DiffusionSegmentationModule(L.LightningModule):
             if param.requires_grad:
                 (decay if param.ndim >= 2 else no_decay).append(param)
         groups = [
-            {"params": decay, "weight_decay": hp.weight_decay, "name": "decay"},  # LearningRateMonitor's tag suffixes
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+            {"params": decay, "weight_decay": hp.weight_decay, "name": PARAM_GROUPS[0]},  # LearningRateMonitor's
+            {"params": no_decay, "weight_decay": 0.0, "name": PARAM_GROUPS[1]},  # tag suffixes
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else hp.warmup_steps + 1
@@ -221,12 +222,22 @@ class DiffusionSegmentationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Name the AdamW groups of a checkpoint saved before they had names: torch's ``load_state_dict`` keeps the
+        saved group dicts, and a resumed run would log ``train/lr/pg1`` instead of ``train/lr/decay``."""
+        for state in checkpoint.get("optimizer_states", []):
+            for group, name in zip(state.get("param_groups", []), PARAM_GROUPS, strict=False):
+                group.setdefault("name", name)
+
     def configure_callbacks(self) -> list[Callback]:
         """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``); with a
-        logger, Lightning's ``LearningRateMonitor`` logs ``train/lr/decay`` and ``train/lr/no_decay`` every step."""
+        logger, Lightning's ``LearningRateMonitor`` logs ``train/lr/decay`` and ``train/lr/no_decay`` (every
+        ``log_every_n_steps``), unless the trainer has one already."""
         callbacks: list[Callback] = []
-        if self._trainer is not None and self.trainer.loggers:  # the monitor refuses a trainer without a logger
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        trainer = self._trainer
+        if trainer is not None and trainer.loggers:  # the monitor refuses a trainer without a logger
+            if not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.ema_decay:
             start = self.hparams.ema_start_step or None
             callbacks.append(WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start))

@@ -81,3 +81,15 @@ def test_progress_falls_back_to_a_text_bar_where_the_notebook_bar_cannot_start(m
     for i in range(2):
         update({"i": i})
     assert "scan" in capsys.readouterr().err
+
+
+def test_sampling_defaults_come_from_inference_json_not_the_training_validation(tmp_path):
+    """train.json's overlap (0.25) and steps are validation's; a bundle whose inference.json leaves them out samples at
+    SAMPLING_DEFAULTS, while roi_size may still come from train.json (the training crop)."""
+    from medwidit.inference.options import bundle_options, sampling_defaults
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.json").write_text(json.dumps({"num_samples": 3}))
+    (tmp_path / "configs" / "train.json").write_text(json.dumps({"overlap": 0.25, "steps": 5, "roi_size": [32] * 3}))
+    assert sampling_defaults(tmp_path) == {**SAMPLING_DEFAULTS, "num_samples": 3}
+    assert bundle_options(tmp_path)["roi_size"] == [32, 32, 32]

@@ -123,6 +123,23 @@ def test_whole_volume_padding_continues_the_image_instead_of_adding_a_grey_slab(
     assert set(padded.unique().tolist()) == {-1.0, 0.5}
 
 
+def test_windows_at_the_far_faces_see_the_image_continued_by_its_edge_too():
+    """A window is cropped to the volume rounded up to the patch, so up to patch - 1 padded voxels reach the network:
+    they repeat the image's edge, as in the whole-volume run, never zeros; the noisy labels are padded with zeros."""
+    seen = []
+
+    def spy(x, t, conditioned=None):
+        seen.append((x.clone(), conditioned.clone()))
+        return x
+
+    x = torch.ones(1, 2, 6, 10, 11)  # 6 voxels along the first axis: its windows evaluate 2 padded voxels
+    cond = torch.full((1, 1, 6, 10, 11), -1.0)
+    SlidingWindowDenoiser(spy, 8, patch_size=4, max_whole_voxels=0)(x, torch.zeros(1), cond)
+    assert seen and all(xs.shape[2] == 8 for xs, _ in seen)
+    assert all((xs[:, :, 6:] == 0).all() and (xs[:, :, :6] == 1).all() for xs, _ in seen)  # labels: zero-padded
+    assert all(set(c.unique().tolist()) == {-1.0} for _, c in seen)  # image: no grey slab in any window
+
+
 def test_an_ensemble_over_the_budget_runs_whole_volumes_in_chunks_not_windows():
     """4 samples x 2717 voxels exceed a 6000-voxel budget, one sample does not: whole calls of 2 samples each."""
     x, t, cond = _inputs(3)  # (19, 13, 11)

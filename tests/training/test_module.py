@@ -255,3 +255,12 @@ def test_ema_warms_up_instead_of_holding_on_to_the_initial_weights(tmp_path):
     update = ema_warmup_avg_fn(0.99)
     late = update(torch.zeros(()), torch.ones(()), torch.tensor(10**6))
     assert float(late) == pytest.approx(0.01)  # warm-up over: the configured decay holds
+
+
+def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr_tags():
+    """torch's Optimizer.load_state_dict keeps the saved group dicts: unnamed groups would log train/lr/pg1."""
+    from medwidit.training.module import PARAM_GROUPS, DiffusionSegmentationModule
+
+    checkpoint = {"optimizer_states": [{"param_groups": [{"lr": 1e-3}, {"lr": 1e-3, "name": "kept"}]}]}
+    DiffusionSegmentationModule.on_load_checkpoint(None, checkpoint)  # uses nothing of the module
+    assert [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == [PARAM_GROUPS[0], "kept"]
