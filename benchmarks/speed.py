@@ -100,16 +100,20 @@ def compare(args, folder: Path) -> dict:
         image, truth, model = quick_case(folder)
         extra, unet = ["--steps", "1", "--samples", "1", "--device", "cpu"], (4, 4, 8, 8, 16, 4)
     rows = {}
+    if args.reference and not args.quick:  # the reference's own bundle: its weights' file layout may differ
+        reference_model = ["--bundle", str(Path(args.reference) / BUNDLE.relative_to(ROOT))]
+    else:
+        reference_model = model
     for _ in range(args.repeats):  # medwidit and the reference alternate, so that both see the same load
         rows.setdefault("medwidit", []).append(run_medwidit(ROOT, image, model, extra, args.threads, folder))
         if args.reference:
-            ref = run_medwidit(Path(args.reference), image, model, extra, args.threads, folder)
+            ref = run_medwidit(Path(args.reference), image, reference_model, extra, args.threads, folder)
             rows.setdefault("medwidit_reference", []).append(ref)
     if args.same_flags:  # the encoding cache alone: both checkouts with the same explicit sampling flags
         flags = [*extra, *shlex.split(args.same_flags)]
         rows["medwidit_same_flags"] = [run_medwidit(ROOT, image, model, flags, args.threads, folder)]
         if args.reference:
-            ref = run_medwidit(Path(args.reference), image, model, flags, args.threads, folder)
+            ref = run_medwidit(Path(args.reference), image, reference_model, flags, args.threads, folder)
             rows["medwidit_reference_same_flags"] = [ref]
     env = medwidit_env(ROOT, args.threads)
     rows["startup_help"] = [timed([sys.executable, "-m", "medwidit", "segment", "--help"], env)]
@@ -130,12 +134,13 @@ def compare(args, folder: Path) -> dict:
 
 def ratios(runs: dict) -> dict:
     """The issue's targets as ratios of CPU (and wall) seconds measured in this run."""
-    best = {name: min(runs[name], key=lambda r: r["cpu_seconds"]) for name in runs if runs[name]}
+    done = {name: [r for r in found if "error" not in r] for name, found in runs.items()}  # a failed run is no time
+    best = {name: min(found, key=lambda r: r["cpu_seconds"]) for name, found in done.items() if found}
     out = {}
-    if "deepbet" in best:
+    if "deepbet" in best and "medwidit" in best:
         out["medwidit_over_deepbet_cpu"] = best["medwidit"]["cpu_seconds"] / best["deepbet"]["cpu_seconds"]
     for suffix in ("", "_same_flags"):
-        if f"medwidit_reference{suffix}" in best:
+        if f"medwidit_reference{suffix}" in best and f"medwidit{suffix}" in best:
             for key in ("cpu", "wall"):
                 ref, new = (
                     best[f"medwidit_reference{suffix}"][f"{key}_seconds"],
