@@ -3,7 +3,7 @@ image and label alike."""
 
 import numpy as np
 import pytest
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_benchmark, sphere_head
 
 
 @pytest.fixture(scope="module")
@@ -11,16 +11,8 @@ def robustness():
     return load_benchmark("robustness")
 
 
-def _head(shape=(40, 44, 36)):
-    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    brain = radius < 0.6
-    image = np.where(brain, 800.0, np.where(radius < 0.8, 1500.0, 0.0)).astype(np.float32)
-    return image, brain.astype(np.uint8)
-
-
 def test_shift_is_seeded_and_moves_image_and_label_together(robustness):
-    image, label = _head()
+    image, label = sphere_head(label_dtype=np.uint8)
     a_image, a_label = robustness.shift(image, label, seed=3)
     b_image, b_label = robustness.shift(image, label, seed=3)
     np.testing.assert_array_equal(a_image, b_image)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from benchmark_scripts import BENCHMARKS, load_benchmark
+from benchmark_scripts import BENCHMARKS, load_benchmark, sphere_head
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +16,9 @@ def trust():
     return load_benchmark("trust")
 
 
-def _head(shape=(40, 44, 36)):
-    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    brain = radius < 0.6
-    image = np.where(brain, 800.0, np.where(radius < 0.8, 1500.0, 0.0)).astype(np.float32)
-    return image, brain.astype(np.int64)
-
-
 @pytest.mark.parametrize("family", ["thick", "fov", "contrast", "noise", "bias"])
 def test_each_family_grows_with_its_strength_and_keeps_the_label(trust, family):
-    image, label = _head()
+    image, label = sphere_head()
     clean = image / np.percentile(image, 99.5)
     change = []
     for level in (1, 2, 3):
@@ -40,7 +32,7 @@ def test_each_family_grows_with_its_strength_and_keeps_the_label(trust, family):
 
 
 def test_the_head_mask_fills_the_skull(trust):
-    image, label = _head()
+    image, label = sphere_head()
     mask = trust.head_mask(image)
     assert mask[label == 1].all() and not mask[0, 0, 0]
 

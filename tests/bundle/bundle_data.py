@@ -57,3 +57,23 @@ def write_random_cases(root: Path, *, num_train: int = 2, num_val: int = 1, num_
     path = root / "datalist.json"
     path.write_text(json.dumps(listing))
     return path
+
+
+def run_evaluating(output_dir: Path, **overrides) -> dict:
+    """The zoo's ``monai.bundle run evaluating --config_file "['train.json','evaluate.json']"`` through MONAI's
+    ``ConfigWorkflow`` with ``overrides`` -> the ``dice.json`` report it writes into ``output_dir``."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[config("train"), config("evaluate")],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=None,
+        run_id="evaluating",
+        output_dir=str(output_dir),
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return json.loads((Path(output_dir) / "dice.json").read_text())

@@ -19,6 +19,7 @@ from bundle_data import (
     TINY_NET,
     TINY_TRAIN,
     config,
+    run_evaluating,
     write_random_cases,
 )
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
@@ -127,20 +128,8 @@ def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
 def test_train_and_evaluate_compose_as_in_the_model_zoo(trained, tmp_path):
     """``monai.bundle run evaluating --config_file "['train.json','evaluate.json']"``: evaluate.json brings its own
     predictor (the zoo's combination failed with "@predictor is not defined")."""
-    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
-    overrides["bundle_root"] = str(trained["bundle"])
-    workflow = ConfigWorkflow(
-        config_file=[config("train"), config("evaluate")],
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=None,
-        run_id="evaluating",
-        **overrides,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    report = json.loads((tmp_path / "dice.json").read_text())
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"])}
+    report = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides)
     assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
 
 

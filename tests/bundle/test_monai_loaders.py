@@ -2,15 +2,14 @@
 ``checkpoint.get("model", checkpoint)``, and inference.json's MONAI vocabulary (preprocessing, inferer, postprocessing,
 network_def); a run without the built data ends with one line saying how to build it."""
 
-import json
 import os
 import subprocess
 import sys
 
 import monai.bundle
 import torch
-from bundle_data import BUNDLE, REPOSITORY, config
-from monai.bundle import ConfigParser, ConfigWorkflow
+from bundle_data import BUNDLE, REPOSITORY, config, run_evaluating
+from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from monai.transforms import Compose, FillHolesd, KeepLargestConnectedComponentd
 
@@ -73,25 +72,13 @@ def test_default_inference_without_built_data_is_one_line(tmp_path):
 def test_zoo_evaluation_runs_on_the_shipped_example_without_built_data(tmp_path):
     """``run evaluating`` with train.json + evaluate.json (the zoo's combination) on ``data_lists/example.json``:
     the shipped weights, their post-processing and the example give a real brain Dice (1 step, 1 sample here)."""
-    overrides = {
-        "data_list": str(REPOSITORY / "data_lists" / "example.json"),
-        "dataset_dir": str(REPOSITORY / "medwidit" / "data" / "examples"),
-        "output_dir": str(tmp_path),
-        "steps": 1,
-        "num_samples": 1,
-        "device": "cpu",
-    }
-    workflow = ConfigWorkflow(
-        config_file=[config("train"), config("evaluate")],
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=None,
-        run_id="evaluating",
-        **overrides,
+    report = run_evaluating(
+        tmp_path,
+        data_list=str(REPOSITORY / "data_lists" / "example.json"),
+        dataset_dir=str(REPOSITORY / "medwidit" / "data" / "examples"),
+        steps=1,
+        num_samples=1,
+        device="cpu",
     )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    report = json.loads((tmp_path / "dice.json").read_text())
     assert report["num_cases"] == 1 and report["mean"]["brain"] > 0.85
     assert (tmp_path / "predictions" / "colin27_head_2mm_image.nii.gz").is_file()
