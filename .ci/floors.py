@@ -1,5 +1,5 @@
-"""Print pyproject's run-time dependencies pinned at their floors (``name==floor``), one per line, for .ci/oldest;
-torch stays at the build on this disk (MONAI 1.6's floor, torch 2.8, exists on PyPI only as a multi-GB CUDA build)."""
+"""Print pyproject's run-time dependencies pinned at their floors (``name==floor``), one per line, for .ci/oldest
+(torch's floor, 2.8, comes from PyPI as its CUDA build: about 3.5 GB, which runs on the CPU)."""
 
 import re
 from pathlib import Path
@@ -10,9 +10,4 @@ project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
 for requirement in project["dependencies"]:
     name = re.split(r"[<>=;\s]", requirement, maxsplit=1)[0]
     floor = re.search(r">=\s*([0-9][0-9.]*)", requirement)
-    if name == "torch":
-        print("torch==2.13.0")
-    elif floor:
-        print(f"{name}=={floor[1]}")
-    else:
-        print(name)
+    print(f"{name}=={floor[1]}" if floor else name)
