@@ -165,6 +165,7 @@ class PixelHead(nn.Module):
         *,
         dim: int = 16,
         depth: int = 2,
+        mlp_ratio: float = 4.0,
         norm: str = "layernorm",
     ) -> None:
         super().__init__()
@@ -177,7 +178,7 @@ class PixelHead(nn.Module):
         self.norm_tokens = make_norm(norm, hidden_size)
         # per token: a (shift, scale) pair of width D for each voxel of its patch and each block, in one matmul
         self.modulation = nn.Linear(hidden_size, math.prod(self.patch_size) * 2 * dim * depth)
-        self.blocks = nn.ModuleList(PixelBlock(dim) for _ in range(depth))
+        self.blocks = nn.ModuleList(PixelBlock(dim, mlp_ratio) for _ in range(depth))
         self.mix = conv(dim, dim, 3, padding=1, groups=dim)
         self.final = FinalLayer(dim, out_channels)
         self.init_weights()

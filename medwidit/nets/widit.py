@@ -109,7 +109,7 @@ class WiDiT(nn.Module):
     (to the timestep embedding, or alone when ``timestep=None``).
 
     ``head="pixel"`` replaces the final layer by :class:`PixelHead` (PixelDiT): a full-resolution pathway of width
-    ``pixel_dim`` and ``pixel_depth`` blocks, modulated per voxel by its patch's token, so outputs are not tied to the
+    ``pixel_dim`` and ``pixel_depth`` blocks (hidden width ``pixel_mlp_ratio * pixel_dim``), modulated per voxel by its patch's token, so outputs are not tied to the
     patch grid; its modulation comes from the tokens even without a timestep.
     """
 
@@ -140,6 +140,7 @@ class WiDiT(nn.Module):
         head: str = "patch",
         pixel_dim: int = 16,
         pixel_depth: int = 2,
+        pixel_mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         _check_widit_sizes(
@@ -155,6 +156,7 @@ class WiDiT(nn.Module):
         _positive("out_channels", out_channels)
         if cond_channels is not None:
             _positive("cond_channels", cond_channels)
+        _positive("pixel_mlp_ratio", pixel_mlp_ratio)
         self.config: dict[str, Any] = {
             "spatial_dim": spatial_dim,
             "patch_size": list(_per_axis("patch_size", patch_size, spatial_dim)),
@@ -180,6 +182,7 @@ class WiDiT(nn.Module):
             "head": choose("head", head, HEADS),
             "pixel_dim": check_int("pixel_dim", pixel_dim),
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
+            "pixel_mlp_ratio": float(pixel_mlp_ratio),
         }
         self.spatial_dim = spatial_dim
         self.patch_size = tuple(self.config["patch_size"])
@@ -216,7 +219,7 @@ class WiDiT(nn.Module):
         norm, channels = cfg["norm"], (self.in_channels, self.cond_channels, self.out_channels)
         self.final_layer = self.pixel_head = None
         if cfg["head"] == "pixel":
-            sizes = {"dim": cfg["pixel_dim"], "depth": cfg["pixel_depth"]}
+            sizes = {"dim": cfg["pixel_dim"], "depth": cfg["pixel_depth"], "mlp_ratio": cfg["pixel_mlp_ratio"]}
             self.pixel_head = PixelHead(hidden, self.patch_size, *channels, **sizes, norm=norm)
         else:
             self.final_layer = WiDiTFinalLayer(hidden, self.patch_size, channels[2], norm=norm, final=cfg["final"])

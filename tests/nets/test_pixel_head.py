@@ -68,11 +68,12 @@ def test_pixel_head_is_local(randomize, spatial_dim):
 
 def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
     model = randomize(
-        tiny(3, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=3, position="rope")
+        tiny(3, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=3, pixel_mlp_ratio=2, position="rope")
     )
     config = json.loads(json.dumps(model.config))
-    assert (config["head"], config["pixel_dim"], config["pixel_depth"]) == ("pixel", 4, 3)
+    assert (config["head"], config["pixel_dim"], config["pixel_depth"], config["pixel_mlp_ratio"]) == ("pixel", 4, 3, 2)
     assert len(model.pixel_head.blocks) == 3 and model.pixel_head.dim == 4
+    assert model.pixel_head.blocks[0].mlp.fc1.out_features == 8  # pixel_mlp_ratio x pixel_dim
     save_widit(model, tmp_path / "pixel.pt")
     loaded = load_widit(tmp_path / "pixel.pt")
     x, image, t = _inputs(3), _inputs(3, channels=1, seed=1), torch.tensor([4.0, 900.0])
@@ -86,6 +87,7 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
         ({"head": "pixel", "pixel_dim": 0}, "pixel_dim must be an int >= 1, got 0"),
         ({"head": "pixel", "pixel_depth": 0}, "pixel_depth must be an int >= 1, got 0"),
         ({"pixel_dim": 2.5}, "pixel_dim must be an int"),
+        ({"head": "pixel", "pixel_mlp_ratio": 0}, "pixel_mlp_ratio must be positive, got 0"),
     ],
 )
 def test_pixel_options_are_checked(tiny, kwargs, match):
