@@ -1,5 +1,7 @@
-"""Boundary quality of a segmentation model on the shipped example (Colin27, 2 mm): Dice, HD95, surface Dice at
-1 mm (MONAI ``compute_surface_dice``) and the fraction of predicted boundary faces on the network's patch grid.
+"""Boundary quality of a segmentation model on the shipped example (Colin27, 2 mm; or ``--image``/``--label``): Dice,
+HD95, surface Dice at 1 mm (MONAI ``compute_surface_dice``) and the fraction of predicted boundary faces on the
+network's patch grid. Sampling takes the bundle's ``inference.json`` settings (steps, samples, post-processing), as
+``medwidit segment`` does, unless ``--steps``/``--samples`` say otherwise.
 
 A boundary face lies between two face-neighbouring voxels of different labels; on axis a it sits at coordinate
 ``i + 1`` (between voxels i and i + 1) and is "on the grid" when ``(i + 1 - phase_a) % patch_a == 0``. The phase is the
@@ -8,7 +10,8 @@ one of the most faces on each axis, so a map that is not tied to any grid scores
 already at the preprocessing's 2 mm spacing, so the output grid is the network's grid up to a shift.
 
     python benchmarks/boundary.py                                   # the shipped bundle
-    python benchmarks/boundary.py --checkpoint run/model.pt --name pixel
+    python benchmarks/boundary.py --bundle CANDIDATE_BUNDLE --name pixel
+    python benchmarks/boundary.py --checkpoint run/model.pt --name pixel   # no post-processing, library defaults
 """
 
 from __future__ import annotations
@@ -58,16 +61,13 @@ def surface_dice(prediction: np.ndarray, truth: np.ndarray, spacing, tolerance_m
 
 
 def evaluate(predictor: Predictor, args) -> dict:
-    image = nib.load(EXAMPLE / "colin27_head_2mm_image.nii.gz")
-    truth = np.asarray(nib.load(EXAMPLE / "colin27_head_2mm_label.nii.gz").dataobj).astype(np.int64)
+    image = nib.load(args.image)
+    truth = np.asarray(nib.load(args.label).dataobj).astype(np.int64)
     truth = (truth > 0).astype(np.int64)
     spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
     start = time.process_time()
     result = predictor.segment(
-        EXAMPLE / "colin27_head_2mm_image.nii.gz",
-        steps=args.steps,
-        num_samples=args.samples,
-        generator=torch.Generator().manual_seed(0),
+        args.image, steps=args.steps, num_samples=args.samples, generator=torch.Generator().manual_seed(0)
     )
     seconds = time.process_time() - start
     prediction = result.label_map.numpy() if torch.is_tensor(result.label_map) else np.asarray(result.label_map)
@@ -90,8 +90,10 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "brain_widit_segmentation")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint instead of the bundle's weights")
     parser.add_argument("--name", default="shipped patch head")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--image", type=Path, default=EXAMPLE / "colin27_head_2mm_image.nii.gz")
+    parser.add_argument("--label", type=Path, default=EXAMPLE / "colin27_head_2mm_label.nii.gz", help="brain > 0")
+    parser.add_argument("--steps", type=int, default=None, help="default: the bundle's inference.json")
+    parser.add_argument("--samples", type=int, default=None, help="default: the bundle's inference.json")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -100,10 +102,13 @@ def main() -> None:
         predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
     else:
         predictor = Predictor.from_bundle(args.bundle, device="cpu")
+    args.steps, args.samples, _ = predictor.resolve_sampling(args.steps, args.samples, None)
     record = evaluate(predictor, args)
+    record.update(steps=args.steps, samples=args.samples, post_processing=bool(predictor.label_postprocessing))
     print(args.name, json.dumps(record), flush=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"models": {}}
-    results["models"][args.name] = {**record, "steps": args.steps, "samples": args.samples}
+    case = "" if args.image == EXAMPLE / "colin27_head_2mm_image.nii.gz" else f" on {args.image.name}"
+    results["models"][args.name + case] = record
     results["example"] = "Colin27 head, 2 mm (medwidit/data/examples), brain mask > 0 as the reference"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 from backbone import _proc_status_mb
-from learn_phantoms import head_options  # one parser of "patch" / "pixel-<dim>-<depth>"
+from learn_phantoms import HEAD_GRAMMAR, head_options  # one parser of the head specs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -59,7 +59,11 @@ def build(spec: dict):
     torch.manual_seed(0)
     options, size, classes = MODELS[spec["model"]]
     net = WiDiT(
-        spatial_dim=3, in_channels=classes, cond_channels=1, learn_sigma=False, **options, **head_options(spec["head"])
+        spatial_dim=3,
+        in_channels=classes,
+        cond_channels=1,
+        learn_sigma=False,
+        **{**options, **head_options(spec["head"])},
     )
     segmenter = DiffusionSegmenter(net, num_classes=classes)
     images = torch.randn(spec["batch"], 1, *(size,) * 3)
@@ -111,7 +115,9 @@ def measure_time(specs: list[dict], repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundle,phantoms")
-    parser.add_argument("--heads", default="patch,pixel-8-1,pixel-16-1,pixel-16-2", help="patch first: the reference")
+    parser.add_argument(
+        "--heads", default="patch,pixel-8-1,pixel-16-1,pixel-16-2", help=f"{HEAD_GRAMMAR}; patch first: the reference"
+    )
     parser.add_argument("--batch", type=int, default=2, help="training batch (the bundle: 2 crops of one volume)")
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps per sampling call (the bundle's)")
     parser.add_argument("--repeats", type=int, default=3)

@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-pool", type=int, default=192, help="training phantoms (seeds 0..n-1)")
     parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds 10^6 + i)")
     parser.add_argument("--val", type=int, default=8, help="validation phantoms for choosing a head (seeds 2*10^6 + i)")
-    parser.add_argument("--heads", default="patch,pixel-16-2", help="x0-model heads: patch, pixel-<dim>-<depth>")
+    parser.add_argument("--heads", default="patch,pixel-16-2", help=f"x0-model heads, comma-separated: {HEAD_GRAMMAR}")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
@@ -150,27 +150,42 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
     }
 
 
+HEAD_GRAMMAR = "patch or pixel-<dim>-<depth>[-r<mlp ratio>], optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1)"
+
+
 def head_options(spec: str) -> dict:
-    """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2."""
-    if spec == "patch":
-        return {}
-    name, dim, depth = (spec.split("-") + ["", ""])[:3]
-    if name != "pixel" or not (dim.isdigit() and depth.isdigit()):
-        raise ValueError(f"--heads entries must be 'patch' or 'pixel-<dim>-<depth>', got {spec!r}.")
-    return {"head": "pixel", "pixel_dim": int(dim), "pixel_depth": int(depth)}
+    """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
+    pixel_mlp_ratio=2; a ``p8w4:`` prefix also sets the token path's patch_size=8 and window_size=4."""
+    options, head = {}, spec
+    if ":" in spec:
+        prefix, head = spec.split(":", 1)
+        patch, _, window = prefix.partition("w")
+        if not (patch[:1] == "p" and patch[1:].isdigit() and window.isdigit()):
+            raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
+        options = {"patch_size": int(patch[1:]), "window_size": int(window)}
+    if head == "patch":
+        return options
+    parts = head.split("-")  # pixel, dim, depth[, r<ratio>]
+    ratio = parts[3][1:] if len(parts) == 4 and parts[3][:1] == "r" else None
+    numbers_ok = len(parts) in (3, 4) and parts[1].isdigit() and parts[2].isdigit()
+    if parts[0] != "pixel" or not numbers_ok or (len(parts) == 4 and not (ratio or "").replace(".", "", 1).isdigit()):
+        raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
+    options.update({"head": "pixel", "pixel_dim": int(parts[1]), "pixel_depth": int(parts[2])})
+    if ratio is not None:
+        options["pixel_mlp_ratio"] = float(ratio)
+    return options
 
 
 def widit(args, head: str = "patch") -> WiDiT:
+    sizes = {"patch_size": args.patch, "window_size": args.window}
     return WiDiT(
-        **head_options(head),
+        **{**sizes, **head_options(head)},
         spatial_dim=3,
-        patch_size=args.patch,
         in_channels=args.classes,
         cond_channels=1,
         hidden_size=args.hidden,
         depth=args.depth,
         num_heads=4,
-        window_size=args.window,
         learn_sigma=False,
     )
 

@@ -128,7 +128,10 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
 
     ``spacing_key`` (optional) records what WiDiT's spacing conditioning reads: ``d[spacing_key]`` = (2N,) float32
     mm, the grid's spacing (from the first key's affine) then the acquisition's (the grid's, times the thickness
-    along the thick axis; the grid's where no thick slices were drawn)."""
+    along the thick axis; the grid's where no thick slices were drawn). Where ``d[spacing_key]`` holds a record already
+    (:class:`~medwidit.data.transforms.RecordSpacingd`: a real scan's own acquisition, or the working grid recorded
+    before a random affine rescaled the label map's), its grid and acquisition are kept, and the thick axis gets the
+    larger of its own and the simulated slice spacing."""
 
     def __init__(
         self,
@@ -149,16 +152,21 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         self.randomize(None)
-        grid = None if self.spacing_key is None else self._grid_spacing(d[self.first_key(d)])  # before any change
+        known = None if self.spacing_key is None else d.get(self.spacing_key)  # a record made before, kept
+        grid = None
+        if self.spacing_key is not None:
+            grid = self._grid_spacing(d[self.first_key(d)]) if known is None else known[: len(known) // 2]
         axis, thickness = None, 1.0
         if self._do_transform:
             axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
             for key in self.key_iterator(d):
                 d[key] = thick_slices(d[key], axis, thickness)
         if grid is not None:
-            acquisition = grid.clone()
-            if axis is not None:
-                acquisition[axis] *= thickness
+            grid = torch.as_tensor(grid, dtype=torch.float32).clone()
+            acquisition = grid.clone() if known is None else torch.as_tensor(known[len(grid) :], dtype=torch.float32)
+            acquisition = acquisition.clone()
+            if axis is not None:  # the thicker of the scan's own slices and the simulated ones
+                acquisition[axis] = torch.maximum(acquisition[axis], grid[axis] * thickness)
             d[self.spacing_key] = torch.cat([grid, acquisition])
         return d
 

@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_PREPROCESSING",
     "INTENSITY_MODES",
     "IntensityMode",
+    "RecordSpacingd",
+    "acquisition_spacing",
     "check_preprocessing",
     "default_preprocessing",
     "preprocessing_transforms",
@@ -141,14 +143,60 @@ INTENSITY_MODES: dict[str, IntensityMode] = {
 }
 
 
+def acquisition_spacing(image) -> torch.Tensor:
+    """(2N,) float32 mm for a channel-first MetaTensor (C, *S): its grid's spacing per axis, then the spacing at
+    which it was acquired along each of those axes (from ``meta["original_affine"]``, the affine as read; for
+    each axis of the grid, the spacing of the original axis nearest in direction). Orientation and resampling change
+    the grid; thick slices keep their thickness as the acquisition's spacing (WiDiT's ``spacing_conditioning``)."""
+    ndim = image.ndim - 1
+    grid = torch.as_tensor(image.affine, dtype=torch.float64)[:ndim, :ndim]
+    original = image.meta.get("original_affine")
+    if original is None:
+        raise ValueError(
+            "acquisition_spacing needs the image's affine as read (meta['original_affine'], which LoadImaged "
+            "and the predictor set); this MetaTensor has none."
+        )
+    original = torch.as_tensor(original, dtype=torch.float64)[:ndim, :ndim]
+    grid_mm, original_mm = grid.norm(dim=0), original.norm(dim=0)  # column norms: mm per voxel step
+    alignment = (grid / grid_mm).T @ (original / original_mm)  # (grid axis, original axis) direction cosines
+    acquired = original_mm[alignment.abs().argmax(dim=1)]
+    return torch.cat([grid_mm, acquired]).float()
+
+
+class RecordSpacingd(MapTransform):
+    """``d[spacing_key]`` = :func:`acquisition_spacing` of the first key: the (2N,) vector WiDiT's spacing
+    conditioning reads, for training crops and inference alike (``preprocessing_transforms(spacing_key=...)``).
+    ``painted=True`` records the grid as the acquisition too: an image synthesised on the grid (a label map's)."""
+
+    def __init__(self, keys="image", spacing_key: str = "spacing", *, painted: bool = False) -> None:
+        super().__init__(keys)
+        self.spacing_key, self.painted = spacing_key, painted
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = d[self.first_key(d)]
+        if self.painted:
+            grid = torch.as_tensor(image.affine, dtype=torch.float64)[: image.ndim - 1, : image.ndim - 1].norm(dim=0)
+            d[self.spacing_key] = torch.cat([grid, grid]).float()
+        else:
+            d[self.spacing_key] = acquisition_spacing(image)
+        return d
+
+
 def preprocessing_transforms(
-    preprocessing: Mapping, image_key: str = "image", label_key: str | None = None, *, load: bool = True
+    preprocessing: Mapping,
+    image_key: str = "image",
+    label_key: str | None = None,
+    *,
+    load: bool = True,
+    spacing_key: str | None = None,
 ) -> list[MapTransform]:
     """MONAI dictionary transforms for ``preprocessing``: [load, channel-first,] orientation, spacing, intensity.
 
     ``load=False`` starts from channel-first MetaTensors that already carry their affine (the predictor reads files
     itself to keep their exact geometry). The label, if any, is resampled by nearest neighbour and cast to int64;
     the image is float32. Orientation and spacing are invertible, so ``Invertd`` maps predictions back.
+    ``spacing_key`` adds :class:`RecordSpacingd`: the grid's and the acquisition's spacing for spacing conditioning.
     """
     preprocessing = check_preprocessing(preprocessing)
     keys = [image_key] + ([label_key] if label_key is not None else [])
@@ -164,4 +212,6 @@ def preprocessing_transforms(
     transforms.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=True))
     if label_key is not None:
         transforms.append(EnsureTyped(label_key, dtype=torch.int64, track_meta=True))
+    if spacing_key is not None:
+        transforms.append(RecordSpacingd(image_key, spacing_key))
     return transforms

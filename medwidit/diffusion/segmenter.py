@@ -203,7 +203,8 @@ class DiffusionSegmenter(nn.Module):
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
         w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
-        ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass).
+        ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass); with a
+        ``model_fn``, as ``model_fn(x_t, t, cond, spacing=...)`` (SlidingWindowDenoiser takes it so).
         A network with ``encode_condition`` (the contract) encodes the image once and every step reuses it, with
         samples identical to a run without the cache; a custom ``model_fn`` does its own (SlidingWindowDenoiser does).
         """
@@ -212,9 +213,10 @@ class DiffusionSegmenter(nn.Module):
         )
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
-        if spacing is not None and model_fn is not None:
-            raise ValueError("spacing goes to the net; a custom model_fn must pass it itself (got both).")
-        model_fn = model_fn or partial(_call_cached, ConditionCache(self.net), spacing)
+        if model_fn is None:
+            model_fn = partial(_call_cached, ConditionCache(self.net), spacing)
+        elif spacing is not None:
+            model_fn = partial(_call_with_spacing, model_fn, spacing)
         members = _member_generators(generator, num_samples, image.device)
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
         samples, denoisers = [], {}  # one conditioning tensor per chunk length: its encoding is reused by the chunks
@@ -316,6 +318,11 @@ def _call_cached(cache: ConditionCache, spacing: torch.Tensor | None, x: torch.T
     """:func:`_call_net` with the image encoded once per conditioning tensor (keyed by its rows' images)."""
     kwargs = {} if spacing is None else {"spacing": spacing.repeat(x.shape[0] // spacing.shape[0], 1)}
     return cache.call(cache.bind(cond), x, t, cond, **kwargs)
+
+
+def _call_with_spacing(model_fn: ModelFn, spacing: torch.Tensor, x: torch.Tensor, t, cond) -> torch.Tensor:
+    """``model_fn(x, t, cond, spacing=...)`` with ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
+    return model_fn(x, t, cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:

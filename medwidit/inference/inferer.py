@@ -9,6 +9,7 @@ predictor's seeding and autocast, so that a MONAI pipeline and ``Predictor.segme
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from monai.data import MetaTensor
@@ -17,7 +18,7 @@ from monai.inferers import Inferer
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.utils import check_int
 
-from .options import SAMPLING_DEFAULTS, autocast_dtype, sampling_options
+from .options import SAMPLING_DEFAULTS, autocast_dtype, autocast_model_fn, sampling_options
 from .sliding import sample_ensemble
 
 __all__ = ["DiffusionSamplingInferer"]
@@ -60,23 +61,13 @@ class DiffusionSamplingInferer(Inferer):
         roi = [self.roi_size] * spatial_dims if isinstance(self.roi_size, int) else list(self.roi_size)
         dtype = autocast_dtype(inputs.device, self.precision)
 
-        def wrap(model_fn):
-            if dtype is None:
-                return model_fn
-
-            def autocast_model_fn(x, t, cond):
-                with torch.autocast(inputs.device.type, dtype=dtype):
-                    return model_fn(x, t, cond)
-
-            return autocast_model_fn
-
         summary = sample_ensemble(
             segmenter,
             (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float(),  # as the predictor passes it
             roi_size=roi,
             sw_batch_size=self.sw_batch_size,
             generator=torch.Generator().manual_seed(self.seed),
-            wrap_model_fn=wrap,
+            wrap_model_fn=partial(autocast_model_fn, device_type=inputs.device.type, dtype=dtype),
             **self.options,
         )
         probability = summary["mean_probability"]  # (B, K, *S)

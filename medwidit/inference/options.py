@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,18 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None if precision == "float32" else PRECISIONS[precision]
+
+
+def autocast_model_fn(model_fn: Callable, device_type: str, dtype: torch.dtype | None) -> Callable:
+    """``model_fn(x, t, cond, **kwargs)`` (e.g. ``spacing``) run under autocast to ``dtype``; itself for None."""
+    if dtype is None:
+        return model_fn
+
+    def run(x, t, cond, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return model_fn(x, t, cond, **kwargs)
+
+    return run
 
 
 def progress_callback(progress, steps: int, description: str):

@@ -45,6 +45,7 @@ from .io import (
 )
 from .options import (
     autocast_dtype,
+    autocast_model_fn,
     bundle_options,
     check_grid,
     check_sampling,
@@ -194,6 +195,12 @@ class Predictor:
         return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
     @property
+    def spacing_conditioning(self) -> bool:
+        """Whether the network reads the acquisition's spacing (WiDiT ``spacing_conditioning``): ``segment`` then
+        gives it the working grid's and the input's own spacing per axis."""
+        return bool(getattr(self.segmenter.net, "config", {}).get("spacing_conditioning", False))
+
+    @property
     def num_modalities(self) -> int:
         return self.preprocessing["num_modalities"]
 
@@ -283,9 +290,12 @@ class Predictor:
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
-        pre = Compose(preprocessing_transforms(self.preprocessing, load=False))
-        data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine))})
+        spacing_key = "spacing" if self.spacing_conditioning else None  # the grid's and the acquisition's mm
+        pre = Compose(preprocessing_transforms(self.preprocessing, load=False, spacing_key=spacing_key))
+        meta = {"original_affine": geometry.affine}  # as LoadImaged records it: the acquisition's own spacing
+        data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine), meta=meta)})
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
+        spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         check_int("augment", augment)
         views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
@@ -305,6 +315,7 @@ class Predictor:
                 guidance_scale=guidance_scale,
                 generator=generator if generator is not None else torch.Generator().manual_seed(0),
                 views=views,
+                spacing=spacing,
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -356,14 +367,7 @@ class Predictor:
         """``model_fn(x, t, cond)`` run under this predictor's autocast (``precision``); itself where that is float32.
 
         ``sample_ensemble(..., wrap_model_fn=predictor.wrap_model_fn)`` samples as :meth:`segment` does."""
-        if self.autocast_dtype is None:
-            return model_fn
-
-        def autocast_model_fn(x, t, cond):
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return model_fn(x, t, cond)
-
-        return autocast_model_fn
+        return autocast_model_fn(model_fn, self.device.type, self.autocast_dtype)
 
     def invert(
         self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor

@@ -74,6 +74,10 @@ def _window_key(coordinate, rows: Sequence[int]) -> tuple:
     return (rows[row] if rows else row, *((c.start, c.stop) for c in coordinate[2:]))
 
 
+def _rows_from(spacing: torch.Tensor | None, row: int) -> torch.Tensor | None:
+    return None if spacing is None else spacing[row:]
+
+
 def _check_roi_multiple_of_patch(roi_size, patch_size) -> None:
     """Every roi axis a positive multiple of the patch on that axis (int or per-axis sequences of equal length)."""
     roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
@@ -165,8 +169,16 @@ class SlidingWindowDenoiser:
     # the model_fn
     ##################################################################################################################
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw network output (B, C_out, *S) in float32 for noisy labels ``x_t`` (B, K, *S) at steps ``t`` (B,)."""
+    def __call__(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        spacing: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw network output (B, C_out, *S) in float32 for noisy labels ``x_t`` (B, K, *S) at steps ``t`` (B,);
+        ``spacing`` (B, 2N) mm (WiDiT's spacing conditioning) goes with each row to every window of that row."""
         spatial_dims = x_t.ndim - 2
         if spatial_dims < 1:
             raise ValueError(f"x_t must be (B, K, *spatial), got shape {tuple(x_t.shape)}.")
@@ -177,12 +189,23 @@ class SlidingWindowDenoiser:
                 f"cond must be (B, C, *spatial) matching x_t {tuple(x_t.shape)} on batch and space, got "
                 f"{tuple(cond.shape)}."
             )
+        if spacing is not None and tuple(spacing.shape) != (x_t.shape[0], 2 * spatial_dims):
+            raise ValueError(
+                f"spacing must be (B, 2 * spatial dims) = ({x_t.shape[0]}, {2 * spatial_dims}) mm, one row per x_t "
+                f"row, got {tuple(spacing.shape)}."
+            )
         rows = self.condition_cache.bind(cond)  # each row's image class: members of one image share encodings
         chunk = self.whole_chunk(x_t.shape)
         if chunk == 0:
-            return self._windows(x_t, t, cond, rows)
+            return self._windows(x_t, t, cond, rows, spacing)
         parts = [  # batch elements are independent: chunks keep each whole-volume call within the budget
-            self._whole(x_t[i : i + chunk], t[i : i + chunk], None if cond is None else cond[i : i + chunk], rows[i:])
+            self._whole(
+                x_t[i : i + chunk],
+                t[i : i + chunk],
+                None if cond is None else cond[i : i + chunk],
+                rows[i:],
+                None if spacing is None else spacing[i : i + chunk],
+            )
             for i in range(0, x_t.shape[0], chunk)
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -197,7 +220,7 @@ class SlidingWindowDenoiser:
         return min(int(shape[0]), budget // max(math.prod(shape[2:]), 1))
 
     def _whole(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows: Sequence[int]
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows: Sequence[int], spacing=None
     ) -> torch.Tensor:
         """One network call on the volume padded at its far faces to a multiple of the patch, cropped back; ``rows``:
         the image classes of ``cond``'s rows onwards (the encoding's key)."""
@@ -208,12 +231,15 @@ class SlidingWindowDenoiser:
         # training crop holds, and a model trained on synthetic contrasts read it as tissue at the far faces
         cond = _pad_far_faces(cond, target, mode="replicate") if cond is not None else None
         key = ("whole", tuple(rows[: x_t.shape[0]]))
-        out = self.condition_cache.call(key, _pad_far_faces(x_t, target), t, cond)  # (B, C_out, *S padded)
+        extra = {} if spacing is None else {"spacing": spacing}
+        out = self.condition_cache.call(key, _pad_far_faces(x_t, target), t, cond, **extra)  # (B, C_out, *S padded)
         self.num_calls += 1
         self.num_windows += x_t.shape[0]
         return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))].float()
 
-    def _windows(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows) -> torch.Tensor:
+    def _windows(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, rows, spacing=None
+    ) -> torch.Tensor:
         """MONAI sliding windows over cat(x_t, cond); every window of a batch element gets that element's t."""
         inferer, align = self._inferer(x_t.ndim - 2)
         spatial = tuple(x_t.shape[2:])
@@ -227,16 +253,22 @@ class SlidingWindowDenoiser:
             inputs = torch.cat([inputs, _pad_far_faces(cond.float(), target, mode="replicate")], dim=1)  # (B, K+C, *S)
         num_classes = x_t.shape[1]
         if bool((t == t[0]).all()):
-            out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial, rows))
+            out = inferer(inputs, self._window_predictor(num_classes, t[:1], spatial, rows, spacing))
         else:  # different steps per batch element: one pass per element, so that windows never mix steps
-            predictors = [self._window_predictor(num_classes, t[b : b + 1], spatial, rows[b:]) for b in range(len(t))]
+            predictors = [
+                self._window_predictor(num_classes, t[b : b + 1], spatial, rows[b:], _rows_from(spacing, b))
+                for b in range(len(t))
+            ]
             out = torch.cat([inferer(inputs[b : b + 1], predictors[b]) for b in range(len(t))])
         return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
-    def _window_predictor(self, num_classes: int, t: torch.Tensor, spatial: tuple[int, ...], rows: Sequence[int]):
+    def _window_predictor(
+        self, num_classes: int, t: torch.Tensor, spatial: tuple[int, ...], rows: Sequence[int], spacing=None
+    ):
         """MONAI predictor ``(windows (W, K + C, *roi), coordinates) -> (W, C_out, *roi)``: each window is cropped to
         the volume (up to a multiple of the patch, as the whole-volume run pads) and its output padded back. A group's
-        image encoding is keyed by its windows' image classes (``rows``, from the input's first row) and places."""
+        image encoding is keyed by its windows' image classes (``rows``, from the input's first row) and places;
+        ``spacing`` (rows from the input's first, 2N) goes with each window's row."""
         patch = ensure_tuple_rep(self.patch_size, len(spatial))
 
         def predict(windows: torch.Tensor, coordinates) -> torch.Tensor:
@@ -254,7 +286,12 @@ class SlidingWindowDenoiser:
                 crop = windows[(index, slice(None), *(slice(0, v) for v in shape))]  # (W', K + C, *shape)
                 x, cond = crop[:, :num_classes], crop[:, num_classes:]
                 key = ("windows", shape, tuple(_window_key(coordinates[i], rows) for i in index))
-                out = self.condition_cache.call(key, x, t.expand(len(index)), cond if cond.shape[1] else None).float()
+                extra = {}
+                if spacing is not None:  # MONAI's coordinates start with the window's batch row
+                    extra["spacing"] = spacing[[coordinates[i][0].start or 0 for i in index]]  # (W', 2N)
+                out = self.condition_cache.call(
+                    key, x, t.expand(len(index)), cond if cond.shape[1] else None, **extra
+                ).float()
                 out = _pad_far_faces(out, roi)  # float32 accumulation whatever the autocast dtype
                 self.num_calls += 1
                 for i, o in zip(index, out, strict=True):
@@ -333,6 +370,7 @@ def sample_ensemble(
     guidance_scale: float = 1.0,
     return_members: bool = False,
     views: Sequence[View] | None = None,
+    spacing: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -347,7 +385,9 @@ def sample_ensemble(
     has G = len(views) groups of S members and the entropy splits into aleatoric and epistemic parts over them
     (without views, the epistemic map is 0). ``return_members`` adds ``"members"``, the per-member probabilities
     (G*S, B, K, *S), group-major; members draw their noise in order, so its first n are the n-member ensemble of the
-    same generator (views included: the first view's members are those of a run without the others).
+    same generator (views included: the first view's members are those of a run without the others). ``spacing``
+    (B, 2N) mm, the grid's then the acquisition's per axis, goes to every window of every member (a network with
+    ``spacing_conditioning``; the views flip and shift, so it holds for each of them).
     """
     views = [View()] if views is None else list(views)
     if not views:
@@ -370,6 +410,7 @@ def sample_ensemble(
             eta=eta,
             guidance_scale=guidance_scale,
             model_fn=model_fn,
+            spacing=spacing,
         )
         groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')

@@ -109,8 +109,9 @@ class WiDiT(nn.Module):
     (to the timestep embedding, or alone when ``timestep=None``).
 
     ``head="pixel"`` replaces the final layer by :class:`PixelHead` (PixelDiT): a full-resolution pathway of width
-    ``pixel_dim`` and ``pixel_depth`` blocks (hidden width ``pixel_mlp_ratio * pixel_dim``), modulated per voxel by its patch's token, so outputs are not tied to the
-    patch grid; its modulation comes from the tokens even without a timestep.
+    ``pixel_dim`` and ``pixel_depth`` blocks (hidden width ``pixel_mlp_ratio * pixel_dim``), modulated per voxel by
+    its patch's token, so outputs are not tied to the patch grid; its modulation comes from the tokens even without
+    a timestep.
     """
 
     def __init__(

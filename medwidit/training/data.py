@@ -38,6 +38,7 @@ from monai.transforms import (
 from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
+from medwidit.data.synth import RandSliceThicknessd
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
 from medwidit.utils import check_int
 
@@ -131,6 +132,12 @@ class SegmentationDataModule(L.LightningDataModule):
             ``data_lists/head_labels.json``; relative paths resolve against ``dataset_dir`` as for ``data_list``.
         synth_num_labels, synth_target_labels: generation labels 0..n-1 and the task class of each.
         synth_options: keyword arguments of ``medwidit.data.synth.synthesis_transforms`` (thickness_range, ...).
+        thickness_prob, thickness_range: thick-slice acquisitions simulated on real training crops
+            (``medwidit.data.synth.RandSliceThicknessd``: along a random axis, ``thickness_range`` in voxels of the
+            working grid); probability 0 (the default) removes it.
+        spacing_conditioning: every item (training crops, real and synthetic, and validation volumes) carries
+            ``"spacing"`` (2N,) mm: the working grid's spacing, then the acquisition's per axis (the scan's own, or
+            the simulated slice thickness), for a network with ``spacing_conditioning=True`` (WiDiT).
     """
 
     def __init__(
@@ -163,6 +170,9 @@ class SegmentationDataModule(L.LightningDataModule):
         synth_num_labels: int | None = None,
         synth_target_labels: Sequence[int] | None = None,
         synth_options: dict | None = None,
+        thickness_prob: float = 0.0,
+        thickness_range: Sequence[float] = (1.0, 4.0),
+        spacing_conditioning: bool = False,
     ) -> None:
         super().__init__()
         roi_size = [int(s) for s in roi_size]
@@ -175,6 +185,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "rotate_prob": rotate_prob,
             "zoom_prob": zoom_prob,
             "intensity_prob": intensity_prob,
+            "thickness_prob": thickness_prob,
         }
         for name, value in probabilities.items():
             if not 0.0 <= float(value) <= 1.0:
@@ -205,6 +216,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
         self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
+        self.thickness_prob, self.thickness_range = float(thickness_prob), tuple(float(t) for t in thickness_range)
+        self.spacing_conditioning = bool(spacing_conditioning)
+        self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
 
     ##################################################################################################################
@@ -212,7 +226,16 @@ class SegmentationDataModule(L.LightningDataModule):
     ##################################################################################################################
 
     def _deterministic(self) -> list[MapTransform]:
-        return [*preprocessing_transforms(self.preprocessing, image_key="image", label_key="label")]
+        return preprocessing_transforms(self.preprocessing, "image", "label", spacing_key=self.spacing_key)
+
+    def _acquisition(self) -> list[MapTransform]:
+        """Thick slices on a crop, before the spatial augmentation changes its affine (the grid spacing it reads)."""
+        if self.thickness_prob == 0:
+            return []
+        thick = RandSliceThicknessd(
+            "image", prob=self.thickness_prob, thickness_range=self.thickness_range, spacing_key=self.spacing_key
+        )
+        return [thick]
 
     def _augmentation(self) -> list[MapTransform]:
         spatial_dims = len(self.roi_size)
@@ -279,7 +302,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 image_key=None,  # negatives anywhere: z-scores go below 0
             ),
         ]
-        return Compose([*self._deterministic(), *crop, *self._augmentation(), *self._finish()])
+        return Compose([*self._deterministic(), *crop, *self._acquisition(), *self._augmentation(), *self._finish()])
 
     def val_transforms(self) -> Compose:
         """Pre-transforms only: whole volumes, exactly as the predictor will see them."""
@@ -331,7 +354,7 @@ class SegmentationDataModule(L.LightningDataModule):
             target_labels=self.synth_target_labels,
             pos=self.pos,
             neg=self.neg,
-            options=self.synth_options,
+            options={**self.synth_options, "spacing_key": self.spacing_key},
         )
 
     @property

@@ -190,9 +190,25 @@ class DiffusionSegmentationModule(L.LightningModule):
     # Training
     ##################################################################################################################
 
+    @property
+    def spacing_conditioning(self) -> bool:
+        """Whether the network reads each item's ``"spacing"`` (WiDiT ``spacing_conditioning``)."""
+        return bool(getattr(self.segmenter.net, "config", {}).get("spacing_conditioning", False))
+
+    def _spacing(self, batch: Mapping[str, torch.Tensor]) -> dict:
+        """``{"spacing": (B, 2N)}`` for a spacing-conditioned network, else nothing."""
+        if not self.spacing_conditioning:
+            return {}
+        if "spacing" not in batch:
+            raise ValueError(
+                "the network has spacing_conditioning=True but the batch has no 'spacing' (grid and acquisition mm): "
+                "build the data module with spacing_conditioning=True (train.json: --spacing_conditioning true)."
+            )
+        return {"spacing": batch["spacing"].float()}
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image, label = batch["image"], batch["label"]  # (B, C_img, *S), (B, 1, *S) int64
-        losses = self.segmenter.loss(image, label)
+        losses = self.segmenter.loss(image, label, **self._spacing(batch))
         self.log_dict(
             {f"train/{name}": value.detach() for name, value in losses.items()},
             on_step=True,
@@ -255,7 +271,7 @@ class DiffusionSegmentationModule(L.LightningModule):
             return
         image, label = batch["image"], batch["label"]  # (1, C_img, *S), (1, 1, *S)
         generator = torch.Generator(device=image.device).manual_seed(self.hparams.val_seed + batch_idx)
-        summary = self.validation_sampler(self.segmenter, image, generator=generator)
+        summary = self.validation_sampler(self.segmenter, image, generator=generator, **self._spacing(batch))
         prediction = summary["labels"].to(label.device)  # (1, 1, *S)
         self.dice(y_pred=prediction, y=label)
         if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:

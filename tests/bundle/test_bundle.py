@@ -217,3 +217,16 @@ def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
     assert "'model_path' is now 'export_dir'" in str(failed.value.__cause__)
     parser["model_path"] = None
     parser.get_parsed_content("initialize")  # the defaults pass
+
+
+def test_one_override_turns_spacing_conditioning_on_in_net_and_data(tmp_path):
+    """``--spacing_conditioning true`` reaches both the network and the data module (each would fail without the
+    other), ``--thickness_prob`` the real crops' thick slices; the defaults leave both off."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    assert parser.get_parsed_content("net").config["spacing_conditioning"] is False
+    parser["spacing_conditioning"], parser["thickness_prob"] = True, 0.5
+    parser["dataset_dir"] = str(tmp_path)
+    assert parser.get_parsed_content("net").config["spacing_conditioning"] is True
+    datamodule = parser.get_parsed_content("datamodule", lazy=False)
+    assert datamodule.spacing_conditioning and datamodule.thickness_prob == 0.5

@@ -72,6 +72,20 @@ def test_thick_slices_record_grid_and_acquisition_spacing(prob):
         t({"image": torch.rand(1, 16, 16, 16)})
 
 
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_thick_slices_keep_a_real_scans_own_acquisition(prob):
+    """After RecordSpacingd: the scan's own 5 mm slices stay, and a simulated thickness only ever thickens an axis;
+    the record it started from is not changed in place (crops of one volume share it)."""
+    image = MetaTensor(torch.rand(1, 16, 16, 16), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    known = torch.tensor([2.0, 2.0, 2.0, 1.0, 5.0, 12.0])
+    t = RandSliceThicknessd(prob=prob, thickness_range=(4.0, 4.0), axes=(0,), spacing_key="spacing")
+    spacing = t({"image": image, "spacing": known})["spacing"]
+    assert spacing.tolist() == pytest.approx([2.0, 2.0, 2.0, 8.0 if prob else 1.0, 5.0, 12.0])
+    t = RandSliceThicknessd(prob=1.0, thickness_range=(4.0, 4.0), axes=(2,), spacing_key="spacing")
+    assert t({"image": image, "spacing": known})["spacing"][5] == 12.0  # 12 mm slices beat the simulated 8 mm
+    assert known.tolist() == [2.0, 2.0, 2.0, 1.0, 5.0, 12.0]
+
+
 def test_field_of_view_cuts_image_and_label_together():
     label = _head()
     d = {"image": label.clone() + 1, "label": label}

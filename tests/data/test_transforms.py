@@ -10,6 +10,7 @@ from monai.transforms import Compose, Invertd
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     IntensityMode,
+    RecordSpacingd,
     check_preprocessing,
     default_preprocessing,
     preprocessing_transforms,
@@ -145,3 +146,20 @@ def test_every_intensity_mode_has_a_background_rule_that_finds_the_head(mode):
     pre = Compose(preprocessing_transforms({"intensity": mode, "orientation": None}, load=False))
     out = pre({"image": MetaTensor(image.clone(), affine=torch.eye(4))})["image"]
     assert torch.equal(INTENSITY_MODES[mode].foreground(out).as_tensor(), image > 0)
+
+
+def test_spacing_record_follows_the_acquisition_through_orientation_and_resampling(tmp_path):
+    """A 6 mm slice axis stored first and flipped, ending up as the z axis in RAS at 2 mm: the record says
+    (2, 2, 2) for the grid and (1, 1.5, 6) mm for the acquisition, per RAS axis; loading and the predictor's
+    in-memory start (the affine as read in meta) agree."""
+    affine = np.array([[0, 0, -1.0, 90], [0, 1.5, 0, -120], [-6.0, 0, 0, 70], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((10, 40, 50)).astype("f4"), affine), tmp_path / "a.nii")
+    preprocessing = default_preprocessing(spacing=[2.0, 2.0, 2.0])
+    loaded = Compose(preprocessing_transforms(preprocessing, spacing_key="spacing"))({"image": str(tmp_path / "a.nii")})
+    assert loaded["spacing"].dtype == torch.float32
+    assert loaded["spacing"].tolist() == pytest.approx([2.0, 2.0, 2.0, 1.0, 1.5, 6.0])
+    image = MetaTensor(torch.rand(1, 10, 40, 50), affine=torch.as_tensor(affine), meta={"original_affine": affine})
+    pre = Compose(preprocessing_transforms(preprocessing, load=False, spacing_key="spacing"))
+    assert pre({"image": image})["spacing"].tolist() == pytest.approx(loaded["spacing"].tolist())
+    with pytest.raises(ValueError, match=r"needs the image's affine as read \(meta\['original_affine'\]"):
+        RecordSpacingd("image")({"image": MetaTensor(torch.rand(1, 4, 4, 4))})

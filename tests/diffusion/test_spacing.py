@@ -66,11 +66,19 @@ def test_nets_without_spacing_are_called_as_before():
     assert segmenter.sample(image, steps=2).shape == (1, 1, 3, 4, 4, 4)
 
 
-def test_spacing_with_a_custom_model_fn_is_an_error():
-    segmenter = DiffusionSegmenter(TinyConvNet(3, 3), num_classes=3)
-    image, spacing = _image_and_spacing(1)
-    with pytest.raises(ValueError, match="model_fn must pass it itself"):
-        segmenter.sample(image, spacing=spacing, model_fn=lambda x, t, c: x)
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_a_custom_model_fn_receives_spacing_tiled_as_the_image(guidance_scale):
+    """``model_fn(x, t, cond, spacing=...)``: a sliding-window denoiser gets each row's spacing as the net would."""
+    net = SpacingRecorder(3)
+    image, spacing = _image_and_spacing()
+
+    def model_fn(x, t, cond, *, spacing):
+        return net(x, t, conditioned=cond, spacing=spacing)
+
+    segmenter = DiffusionSegmenter(net, num_classes=3, cond_drop_prob=0.1)
+    segmenter.sample(image, spacing=spacing, steps=2, num_samples=3, guidance_scale=guidance_scale, model_fn=model_fn)
+    assert len(net.calls) == 2
+    _rows_match(net.calls, image, spacing)
 
 
 def test_widit_with_spacing_trains_and_samples_through_the_segmenter():

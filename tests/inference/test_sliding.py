@@ -416,3 +416,53 @@ def test_volume_faces_blend_without_monai_clamp():
     above = monai > 1e-3
     torch.testing.assert_close(weights[above], monai[above], atol=1e-6, rtol=1e-5)
     assert float(weights.min()) > 0
+
+
+def spacing_net(x, t, conditioned=None, spacing=None):
+    """Pointwise with a per-row spacing term: output = x * cond + t + sum(spacing) (issue 17's conditioning)."""
+    return affine_net(x, t, conditioned) + _bcast(spacing.sum(dim=1), x)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+@pytest.mark.parametrize("steps", [(7.0, 7.0), (3.0, 11.0)])
+def test_every_window_gets_its_rows_spacing(whole, steps):
+    """Whole-volume chunks and windows (one pass, or one per row when steps differ) carry each row's spacing."""
+    x, _, cond = _inputs(3)
+    spacing = torch.tensor([[2.0, 2, 2, 2, 2, 6], [1.0, 1, 1, 1, 5, 1]])
+    t = torch.tensor(steps)
+    denoiser = SlidingWindowDenoiser(spacing_net, 8, sw_batch_size=3, max_whole_voxels=None if whole else 0)
+    out = denoiser(x, t, cond, spacing=spacing)
+    torch.testing.assert_close(out, x * cond + _bcast(t + spacing.sum(dim=1), x), atol=1e-5, rtol=1e-5)
+    assert denoiser.runs_whole(x.shape) is whole
+
+
+def test_windowed_spacing_widit_equals_its_whole_volume_run():
+    """A WiDiT with spacing conditioning through sample_ensemble: one covering window = the whole-volume call, and
+    the spacing changes the samples (it reaches the network)."""
+    segmenter = _random_widit(3, spacing_conditioning=True)
+    shape = (8, 16, 8)
+    image = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(3))
+    spacing = torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0, 6.0]])
+
+    def run(max_whole_voxels, spacing):
+        return sample_ensemble(
+            segmenter,
+            image,
+            steps=3,
+            num_samples=2,
+            roi_size=shape,
+            max_whole_voxels=max_whole_voxels,
+            generator=torch.Generator().manual_seed(1),
+            spacing=spacing,
+        )["mean_probability"]
+
+    windowed = run(0, spacing)
+    torch.testing.assert_close(windowed, run(None, spacing), atol=1e-5, rtol=0)
+    assert float((run(None, torch.tensor([[2.0] * 6])) - windowed).abs().max()) > 1e-3
+
+
+def test_spacing_of_the_wrong_shape_is_refused():
+    x, t, cond = _inputs(3)
+    denoiser = SlidingWindowDenoiser(spacing_net, 8)
+    with pytest.raises(ValueError, match=r"spacing must be \(B, 2 \* spatial dims\) = \(2, 6\) mm.*got \(2, 3\)"):
+        denoiser(x, t, cond, spacing=torch.ones(2, 3))

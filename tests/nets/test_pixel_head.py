@@ -68,7 +68,16 @@ def test_pixel_head_is_local(randomize, spatial_dim):
 
 def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
     model = randomize(
-        tiny(3, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=3, pixel_mlp_ratio=2, position="rope")
+        tiny(
+            3,
+            in_channels=2,
+            cond_channels=1,
+            head="pixel",
+            pixel_dim=4,
+            pixel_depth=3,
+            pixel_mlp_ratio=2,
+            position="rope",
+        )
     )
     config = json.loads(json.dumps(model.config))
     assert (config["head"], config["pixel_dim"], config["pixel_depth"], config["pixel_mlp_ratio"]) == ("pixel", 4, 3, 2)

@@ -100,3 +100,22 @@ def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, in
     case = load_data_list(data_list, "training")[0]
     data = crop(Compose(preprocessing_transforms(preprocessing, label_key="label"))(case))
     assert tuple(data["image"].shape[1:]) == (22, 22, 22)  # 20^3 foreground + 1 voxel of margin per side
+
+
+def test_spacing_conditioning_items_carry_grid_and_acquisition_spacing(tmp_path):
+    """Training crops (every one with simulated thick slices here) and validation volumes carry "spacing" (2N,):
+    the 1 mm grid, then the acquisition, 1 mm except along the one thickened axis (2-3 voxels = 2-3 mm)."""
+    data_list = write_dataset(tmp_path, shape=(24, 24, 24))
+    dm = _module(data_list, 3, spacing_conditioning=True, thickness_prob=1.0, thickness_range=(2.0, 3.0))
+    dm.setup("fit")
+    spacing = next(iter(dm.train_dataloader()))["spacing"]
+    assert spacing.shape == (6, 6) and spacing.dtype == torch.float32
+    assert torch.equal(spacing[:, :3], torch.ones(6, 3))
+    thick = spacing[:, 3:] > 1.0
+    assert thick.sum(dim=1).tolist() == [1] * 6 and bool(
+        ((spacing[:, 3:][thick] >= 2) & (spacing[:, 3:][thick] <= 3)).all()
+    )
+    assert torch.equal(next(iter(dm.val_dataloader()))["spacing"], torch.ones(1, 6))
+    plain = _module(data_list, 3, thickness_prob=1.0)  # thick slices alone: no record
+    plain.setup("fit")
+    assert "spacing" not in next(iter(plain.train_dataloader()))

@@ -1,6 +1,7 @@
 """training/module: the schedule's values, validation on the EMA weights, a tiny fit that
 writes TensorBoard scalars and images, weights-only checkpoints and an exported segmenter the loaders accept."""
 
+import functools
 import json
 import math
 
@@ -13,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from training_volumes import PREPROCESSING_3D, tiny_segmenter, whole_volume_sampler, write_dataset
 
 from medwidit.cli import main
-from medwidit.diffusion import load_segmenter
+from medwidit.diffusion import DiffusionSegmenter, load_segmenter
+from medwidit.inference.sliding import sample_ensemble
 from medwidit.training import (
     DiffusionSegmentationModule,
     ExportSegmenter,
@@ -264,3 +266,48 @@ def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr
     checkpoint = {"optimizer_states": [{"param_groups": [{"lr": 1e-3}, {"lr": 1e-3, "name": "kept"}]}]}
     DiffusionSegmentationModule.on_load_checkpoint(None, checkpoint)  # uses nothing of the module
     assert [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == [PARAM_GROUPS[0], "kept"]
+
+
+def _spacing_segmenter():
+    net = tiny_segmenter().net
+    config = {**net.config, "spacing_conditioning": True}
+    return DiffusionSegmenter(type(net)(**config), num_classes=3)
+
+
+def _fit_spacing(tmp_path, *, data_spacing: bool):
+    """One epoch of a spacing-conditioned WiDiT, validated by the bundle's stitched sampler; the spacing rows every
+    network call received."""
+    seen = []
+    segmenter = _spacing_segmenter()
+    segmenter.net.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("spacing")), with_kwargs=True)
+    dm = SegmentationDataModule(
+        data_list=write_dataset(tmp_path / "data", num_train=1),
+        preprocessing=PREPROCESSING_3D,
+        roi_size=[16, 16, 16],
+        batch_size=1,
+        num_crops=2,
+        num_workers=0,
+        thickness_prob=1.0,
+        thickness_range=(3.0, 3.0),
+        spacing_conditioning=data_spacing,
+    )
+    sampler = functools.partial(sample_ensemble, steps=1, num_samples=1, roi_size=[16, 16, 16], max_whole_voxels=0)
+    module = DiffusionSegmentationModule(segmenter, validation_sampler=sampler, ema_decay=0.0, class_names=NAMES)
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    return seen
+
+
+def test_spacing_reaches_the_network_in_training_and_validation(tmp_path):
+    """Training crops: (1 mm grid, 1 mm acquisition but 3 mm along the thickened axis); validation windows: the
+    validation volume's own 1 mm record. Without the data module's spacing, the error says how to turn it on."""
+    seen = _fit_spacing(tmp_path, data_spacing=True)
+    training, validation = seen[0], torch.cat(seen[1:])
+    assert training.shape == (2, 6) and torch.equal(training[:, :3], torch.ones(2, 3))
+    assert sorted(training[0, 3:].tolist()) == [1.0, 1.0, 3.0]
+    assert len(seen) > 2 and torch.equal(validation, torch.ones_like(validation))
+    with pytest.raises(ValueError, match="batch has no 'spacing'.*spacing_conditioning=True"):
+        _fit_spacing(tmp_path / "again", data_spacing=False)

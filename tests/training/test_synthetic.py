@@ -103,3 +103,14 @@ def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tm
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp_path / "real" / "head_label.nii.gz")
     with pytest.raises(SynthesisError, match=r"head_label.nii.gz: the label map is empty"):
         dm.setup("fit")
+
+
+def test_synthetic_crops_carry_spacing_with_spacing_conditioning(tmp_path):
+    """The generator's thick slices are recorded for spacing conditioning: the 2 mm working grid (not the label map's
+    affine as the random scaling leaves it), and an acquisition at least as coarse along each axis."""
+    dm = _module(tmp_path, 1.0, spacing_conditioning=True)
+    dm.setup("fit")
+    spacing = next(iter(dm.train_dataloader()))["spacing"]
+    assert spacing.shape == (4, 6)
+    assert torch.equal(spacing[:, :3], torch.full((4, 3), 2.0))
+    assert bool((spacing[:, 3:] >= spacing[:, :3] - 1e-6).all())

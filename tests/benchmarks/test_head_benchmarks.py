@@ -1,0 +1,51 @@
+"""The voxel-head benchmarks' shared parts: the head-spec grammar of learn_phantoms.py / head_cost.py builds the
+networks it names (token path and pixel pathway), and boundary.py's patch-grid measure scores a map made of whole
+patches 1 and a map not tied to the grid near 1 / patch."""
+
+import numpy as np
+import pytest
+from benchmark_scripts import load_benchmark
+
+from medwidit.nets import WiDiT
+
+learn_phantoms = load_benchmark("learn_phantoms")
+boundary = load_benchmark("boundary")
+
+
+@pytest.mark.parametrize(
+    "spec, patch, window, head, dim, depth, hidden_units",
+    [
+        ("patch", 4, 2, "patch", None, None, None),
+        ("pixel-8-1", 4, 2, "pixel", 8, 1, 32),  # the seed's MLP ratio 4
+        ("pixel-8-2-r2", 4, 2, "pixel", 8, 2, 16),
+        ("p8w2:pixel-4-1-r1.5", 8, 2, "pixel", 4, 1, 6),
+        ("p8w2:patch", 8, 2, "patch", None, None, None),
+    ],
+)
+def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units):
+    options = {"patch_size": 4, "window_size": 2, **learn_phantoms.head_options(spec)}
+    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, **options)
+    config = net.config
+    assert (config["patch_size"], config["window_size"], config["head"]) == ([patch] * 3, [window] * 3, head)
+    if head == "pixel":
+        assert (net.pixel_head.dim, len(net.pixel_head.blocks)) == (dim, depth)
+        assert net.pixel_head.blocks[0].mlp.fc1.out_features == hidden_units
+
+
+@pytest.mark.parametrize("spec", ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch"])
+def test_bad_head_specs_name_the_grammar(spec):
+    with pytest.raises(ValueError, match=rf"--heads entries must be patch or pixel-.*got '{spec}'"):
+        learn_phantoms.head_options(spec)
+
+
+def test_grid_face_fraction_whole_patches_and_free_boundaries():
+    rng = np.random.default_rng(0)
+    blocks = np.kron(rng.integers(0, 2, (6, 6, 6)), np.ones((4, 4, 4), dtype=np.int64))  # whole 4^3 patches
+    assert boundary.grid_face_fraction(blocks, (4, 4, 4)) == 1.0
+    shifted = np.roll(blocks, 1, axis=0)  # the same patches off the origin: the phase is found per axis
+    assert boundary.grid_face_fraction(shifted, (4, 4, 4)) == 1.0
+    grid = np.stack(np.meshgrid(*(np.arange(48.0),) * 3, indexing="ij"))
+    ball = (np.sqrt(((grid - 23.3) ** 2).sum(0)) < 17.0).astype(np.int64)  # a smooth boundary: no grid
+    assert abs(boundary.grid_face_fraction(ball, (4, 4, 4)) - 0.25) < 0.06
+    assert abs(boundary.grid_face_fraction(ball, (8, 8, 8)) - 0.125) < 0.06
+    assert boundary.grid_face_fraction(np.zeros((8, 8, 8), dtype=np.int64), (4, 4, 4)) == 0.0
