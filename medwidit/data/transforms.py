@@ -146,8 +146,10 @@ INTENSITY_MODES: dict[str, IntensityMode] = {
 def acquisition_spacing(image) -> torch.Tensor:
     """(2N,) float32 mm for a channel-first MetaTensor (C, *S): its grid's spacing per axis, then the spacing at
     which it was acquired along each of those axes (from ``meta["original_affine"]``, the affine as read; for
-    each axis of the grid, the spacing of the original axis nearest in direction). Orientation and resampling change
-    the grid; thick slices keep their thickness as the acquisition's spacing (WiDiT's ``spacing_conditioning``)."""
+    each axis of the grid, the spacing of the original axis nearest in direction), never finer than the grid's:
+    detail finer than the working grid is gone after resampling, so a 1 mm and a 2 mm scan on a 2 mm grid get the
+    same record. Orientation and resampling change the grid; thick slices keep their thickness as the acquisition's
+    spacing (WiDiT's ``spacing_conditioning``)."""
     ndim = image.ndim - 1
     grid = torch.as_tensor(image.affine, dtype=torch.float64)[:ndim, :ndim]
     original = image.meta.get("original_affine")
@@ -159,7 +161,7 @@ def acquisition_spacing(image) -> torch.Tensor:
     original = torch.as_tensor(original, dtype=torch.float64)[:ndim, :ndim]
     grid_mm, original_mm = grid.norm(dim=0), original.norm(dim=0)  # column norms: mm per voxel step
     alignment = (grid / grid_mm).T @ (original / original_mm)  # (grid axis, original axis) direction cosines
-    acquired = original_mm[alignment.abs().argmax(dim=1)]
+    acquired = torch.maximum(original_mm[alignment.abs().argmax(dim=1)], grid_mm)
     return torch.cat([grid_mm, acquired]).float()
 
 

@@ -149,15 +149,17 @@ def test_every_intensity_mode_has_a_background_rule_that_finds_the_head(mode):
 
 
 def test_spacing_record_follows_the_acquisition_through_orientation_and_resampling(tmp_path):
-    """A 6 mm slice axis stored first and flipped, ending up as the z axis in RAS at 2 mm: the record says
-    (2, 2, 2) for the grid and (1, 1.5, 6) mm for the acquisition, per RAS axis; loading and the predictor's
-    in-memory start (the affine as read in meta) agree."""
+    """A 6 mm slice axis stored first and flipped, ending up as the z axis in RAS at 1 mm: the record says
+    (1, 1, 1) for the grid and (1, 1.5, 6) mm for the acquisition, per RAS axis; loading and the predictor's
+    in-memory start (the affine as read in meta) agree. On a 2 mm grid the acquisition is no finer than the grid."""
     affine = np.array([[0, 0, -1.0, 90], [0, 1.5, 0, -120], [-6.0, 0, 0, 70], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((10, 40, 50)).astype("f4"), affine), tmp_path / "a.nii")
-    preprocessing = default_preprocessing(spacing=[2.0, 2.0, 2.0])
+    preprocessing = default_preprocessing(spacing=[1.0, 1.0, 1.0])
     loaded = Compose(preprocessing_transforms(preprocessing, spacing_key="spacing"))({"image": str(tmp_path / "a.nii")})
     assert loaded["spacing"].dtype == torch.float32
-    assert loaded["spacing"].tolist() == pytest.approx([2.0, 2.0, 2.0, 1.0, 1.5, 6.0])
+    assert loaded["spacing"].tolist() == pytest.approx([1.0, 1.0, 1.0, 1.0, 1.5, 6.0])
+    coarse = Compose(preprocessing_transforms(default_preprocessing(spacing=[2.0] * 3), spacing_key="spacing"))
+    assert coarse({"image": str(tmp_path / "a.nii")})["spacing"].tolist() == pytest.approx([2.0] * 5 + [6.0])
     image = MetaTensor(torch.rand(1, 10, 40, 50), affine=torch.as_tensor(affine), meta={"original_affine": affine})
     pre = Compose(preprocessing_transforms(preprocessing, load=False, spacing_key="spacing"))
     assert pre({"image": image})["spacing"].tolist() == pytest.approx(loaded["spacing"].tolist())

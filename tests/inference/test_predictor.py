@@ -304,8 +304,8 @@ class SpacingOracle(ThresholdOracle):
 @pytest.mark.parametrize("max_whole_voxels", [None, 0])
 def test_spacing_conditioned_net_gets_the_grid_and_the_scans_own_spacing(tmp_path, max_whole_voxels):
     """A 1 x 1 x 6 mm acquisition stored z-first and resampled to 2 mm RAS: every network call, whole volume or
-    window, gets (2, 2, 2) for the grid and (1, 1, 6) mm along the RAS axes for the acquisition; the labels are
-    still right."""
+    window, gets (2, 2, 2) for the grid and (2, 2, 6) mm along the RAS axes for the acquisition (1 mm is no finer
+    than the grid once resampled); the labels are still right."""
     affine = np.array([[0, 0, 1.0, -8], [0, 1.0, 0, -8], [6.0, 0, 0, -12], [0, 0, 0, 1]])
     i, j, k = np.meshgrid(np.arange(5) * 6.0 - 12, np.arange(16.0) - 8, np.arange(16.0) - 8, indexing="ij")
     image = (np.sqrt(i**2 + j**2 + k**2) < 7).astype(np.float32)  # a ball in the scan's own axes (z, y, x)
@@ -322,5 +322,5 @@ def test_spacing_conditioned_net_gets_the_grid_and_the_scans_own_spacing(tmp_pat
     result = predictor.segment(source, **FAST)
     seen = torch.cat(net.seen)
     assert len(net.seen) >= 2 and seen.shape[1] == 6
-    assert torch.equal(seen, torch.tensor([[2.0, 2.0, 2.0, 1.0, 1.0, 6.0]]).expand_as(seen))
+    assert torch.equal(seen, torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0, 6.0]]).expand_as(seen))
     assert result.label_map[2, 8, 8] == 1 and result.label_map[0, 0, 0] == 0
