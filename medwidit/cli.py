@@ -83,6 +83,7 @@ def _segment(args: argparse.Namespace) -> int:
         "sampler": args.sampler,
         "eta": args.eta,
         "guidance_scale": args.guidance_scale,
+        "shared_steps": args.shared_steps,
     }
     check_sampling(**{k: v for k, v in sampling.items() if k != "sampler"})  # before the model loads
     options = {
@@ -196,6 +197,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
 
     sampling = {"steps": args.steps, "num_samples": args.samples, "sampler": _sampler(args, predictor)}
     sampling |= {"eta": args.eta, "guidance_scale": args.guidance_scale, "overlap": args.overlap, "seed": args.seed}
+    sampling["shared_steps"] = args.shared_steps
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),

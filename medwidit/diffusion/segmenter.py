@@ -191,6 +191,7 @@ class DiffusionSegmenter(nn.Module):
         model_fn: ModelFn | None = None,
         progress: Callable[[dict], None] | None = None,
         chunk_size: int | None = None,
+        shared_steps: int = 0,
     ) -> torch.Tensor:
         """Draw ``num_samples`` segmentations of image (B, C_img, *S) -> (S, B, K, *S) clean estimates in diffusion
         space (``to_probabilities(samples, dim=2)`` turns them into probabilities).
@@ -207,11 +208,17 @@ class DiffusionSegmenter(nn.Module):
         ``model_fn``, as ``model_fn(x_t, t, cond, spacing=...)`` (SlidingWindowDenoiser takes it so).
         A network with ``encode_condition`` (the contract) encodes the image once and every step reuses it, with
         samples identical to a run without the cache; a custom ``model_fn`` does its own (SlidingWindowDenoiser does).
+        ``shared_steps`` k in 0..steps-1 runs the first k steps once for the whole ensemble (a trunk from its own
+        noise), then each member re-noises the trunk's clean estimate to step k's noise level with its own noise
+        (the training noising, ``add_noise``) and runs the remaining steps alone: k + (steps - k) * num_samples
+        network calls instead of steps * num_samples; k = 0 is plain independent sampling. The trunk's progress
+        reports steps 0..k-1 and each chunk's k..steps-1.
         """
         spec, options = self.check_sampling(
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
+        check_int("shared_steps", shared_steps, low=0, high=steps - 1, hint=" (fewer than steps)")
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
         if model_fn is None:
             model_fn = partial(_call_cached, ConditionCache(self.net), spacing)
@@ -219,6 +226,15 @@ class DiffusionSegmenter(nn.Module):
             model_fn = partial(_call_with_spacing, model_fn, spacing)
         members = _member_generators(generator, num_samples, image.device)
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
+        trunk = None  # the shared steps' clean estimate (B, K, *S)
+        if shared_steps:
+            trunk_gen = _member_generators(generator, 1, image.device)  # drawn after the members': theirs unchanged
+            x = randn_like(image.new_empty(shape, dtype=torch.float32), trunk_gen)
+            callback = None if progress is None else partial(_with_chunk, progress, -1)
+            denoise = self._denoiser(model_fn, image, guidance_scale)
+            trunk = spec.fn(denoise, x, timesteps[:shared_steps], **schedule, generator=trunk_gen, callback=callback,
+                            **options)  # fmt: skip
+            branch = timesteps[shared_steps]
         samples, denoisers = [], {}  # one conditioning tensor per chunk length: its encoding is reused by the chunks
         for start in range(0, num_samples, chunk_size):
             gens = members[start : start + chunk_size]
@@ -228,7 +244,14 @@ class DiffusionSegmenter(nn.Module):
             denoise = denoisers[len(gens)]
             x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
-            x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
+            if trunk is None:
+                x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
+            else:  # each member branches from the trunk: its own noise at step k's level
+                t = torch.full((x.shape[0],), branch, device=x.device)
+                x = self.noise_scheduler.add_noise(trunk.repeat(len(gens), *([1] * (x.ndim - 1))), x, t)
+                callback = None if callback is None else partial(_offset_steps, callback, shared_steps)
+                x = spec.fn(denoise, x, timesteps[shared_steps:], **schedule, generator=gens, callback=callback,
+                            **options)  # fmt: skip
             samples.append(x.reshape(len(gens), *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
@@ -323,6 +346,10 @@ def _call_cached(cache: ConditionCache, spacing: torch.Tensor | None, x: torch.T
 def _call_with_spacing(model_fn: ModelFn, spacing: torch.Tensor, x: torch.Tensor, t, cond) -> torch.Tensor:
     """``model_fn(x, t, cond, spacing=...)`` with ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
     return model_fn(x, t, cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
+
+
+def _offset_steps(callback: Callable[[dict], None], offset: int, info: dict) -> None:
+    callback({**info, "i": info["i"] + offset})
 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:

@@ -42,9 +42,10 @@ class DiffusionSamplingInferer(Inferer):
         guidance_scale: float = 1.0,
         max_whole_voxels: int | None = None,
         precision: str = "auto",
+        shared_steps: int = 0,
     ) -> None:
         super().__init__()
-        options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale)
+        options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps)
         self.roi_size = roi_size
         self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
         self.seed = check_int("seed", seed, low=0)

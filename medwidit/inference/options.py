@@ -152,18 +152,19 @@ def _mm(values) -> str:
     return "x".join(f"{float(v):g}" for v in values)
 
 
-def sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale) -> dict:
+def sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps=0) -> dict:
     """The sampling options as one dict (what ``sample_ensemble`` takes), the numeric ones checked."""
-    check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
-    options = {"steps": steps, "num_samples": num_samples, "overlap": overlap, "sampler": sampler, "eta": eta}
-    return {**options, "guidance_scale": guidance_scale}
+    numbers = {"eta": eta, "guidance_scale": guidance_scale, "shared_steps": shared_steps}
+    check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, **numbers)
+    return {"steps": steps, "num_samples": num_samples, "overlap": overlap, "sampler": sampler, **numbers}
 
 
-def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale) -> None:
+def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale, shared_steps=0) -> None:
     """The numeric sampling options, checked once before any case is read (the sampler name and the pairing of eta
     and sampler are the segmenter's to check)."""
     check_int("steps", steps)
     check_int("num_samples", num_samples)
+    check_int("shared_steps", shared_steps, low=0, high=steps - 1, hint=" (fewer than steps)")
     check_range("overlap", overlap, 0.0, 1.0)
     check_range("eta", eta, 0.0, 1.0, closed_high=True)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:

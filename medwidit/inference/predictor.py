@@ -274,6 +274,7 @@ class Predictor:
         guidance_scale: float = 1.0,
         force_grid: bool = False,
         augment: int = 1,
+        shared_steps: int = 0,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -285,6 +286,8 @@ class Predictor:
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
         test-time views (``trust.augmentation_views``: flips, voxel shifts, intensity curve), each with ``num_samples``
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
+        ``shared_steps`` k < steps: the members share their first k steps, then branch (``DiffusionSegmenter.sample``):
+        k + (steps - k) x num_samples network calls per view instead of steps x num_samples.
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
@@ -316,6 +319,7 @@ class Predictor:
                 generator=generator if generator is not None else torch.Generator().manual_seed(0),
                 views=views,
                 spacing=spacing,
+                shared_steps=shared_steps,
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -354,10 +358,12 @@ class Predictor:
         sampler=None,
         eta=0.0,
         guidance_scale=1.0,
+        shared_steps=0,
     ) -> None:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
-        check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, eta=eta, guidance_scale=guidance_scale)
+        numbers = {"eta": eta, "guidance_scale": guidance_scale, "shared_steps": shared_steps}
+        check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, **numbers)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
         self.segmenter.check_sampling(
             probe, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
@@ -409,6 +415,7 @@ class Predictor:
         sampler: str | None = None,
         eta: float = 0.0,
         guidance_scale: float = 1.0,
+        shared_steps: int = 0,
         seed: int = 0,
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
@@ -422,8 +429,9 @@ class Predictor:
         Each case is one unit (``outputs``): all its files appear, with a marker written last, or none. A case with
         existing outputs fails unless ``overwrite`` (replace) or ``resume`` (skip finished cases, finish or redo
         unfinished ones; with ``overwrite`` too, an unfinished case's files are replaced). Options (``steps``,
-        ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``) are checked, and every output path is
-        planned against every input, before the first case runs. A bad case fails alone with a one-line message.
+        ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``) are checked, and
+        every output path is planned against every input, before the first case runs. A bad case fails alone with a
+        one-line message.
         Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
         ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
         ``save_quality`` adds ``<case>_quality.json`` (``Segmentation.quality``, also on each ``CaseResult``);
@@ -436,7 +444,8 @@ class Predictor:
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
-        options = sampling_options(*self.resolve_sampling(steps, num_samples, overlap), sampler, eta, guidance_scale)
+        sampling = self.resolve_sampling(steps, num_samples, overlap)
+        options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)

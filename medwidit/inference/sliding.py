@@ -371,6 +371,7 @@ def sample_ensemble(
     return_members: bool = False,
     views: Sequence[View] | None = None,
     spacing: torch.Tensor | None = None,
+    shared_steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -387,7 +388,8 @@ def sample_ensemble(
     (G*S, B, K, *S), group-major; members draw their noise in order, so its first n are the n-member ensemble of the
     same generator (views included: the first view's members are those of a run without the others). ``spacing``
     (B, 2N) mm, the grid's then the acquisition's per axis, goes to every window of every member (a network with
-    ``spacing_conditioning``; the views flip and shift, so it holds for each of them).
+    ``spacing_conditioning``; the views flip and shift, so it holds for each of them). ``shared_steps`` k: each
+    view's members share their first k steps (``DiffusionSegmenter.sample``).
     """
     views = [View()] if views is None else list(views)
     if not views:
@@ -411,6 +413,7 @@ def sample_ensemble(
             guidance_scale=guidance_scale,
             model_fn=model_fn,
             spacing=spacing,
+            shared_steps=shared_steps,
         )
         groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')

@@ -142,6 +142,7 @@ def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, messag
         (["--sampler", "ddmi"], "ddmi"),
         (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
         (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
+        (["--steps", "3", "--shared-steps", "3"], r"shared_steps must be an int in 0..2 \(fewer than steps\), got 3"),
     ],
 )
 def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint, capsys, monkeypatch, option, message):

@@ -324,3 +324,21 @@ def test_spacing_conditioned_net_gets_the_grid_and_the_scans_own_spacing(tmp_pat
     assert len(net.seen) >= 2 and seen.shape[1] == 6
     assert torch.equal(seen, torch.tensor([[2.0, 2.0, 2.0, 2.0, 2.0, 6.0]]).expand_as(seen))
     assert result.label_map[2, 8, 8] == 1 and result.label_map[0, 0, 0] == 0
+
+
+def test_shared_steps_reach_the_sampler_through_segment(tmp_path):
+    """``segment(shared_steps=2)`` with 4 steps x 3 samples: 2 trunk calls on one member, then 2 calls on all 3
+    (whole volume); the oracle's labels are unchanged."""
+    image = np.zeros((12, 12, 12), np.float32)
+    image[3:9, 3:9, 3:9] = 1.0
+    source = save_nifti(tmp_path / "cube.nii.gz", image, np.eye(4))
+    net = ThresholdOracle()
+    batches = []
+    net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    predictor = Predictor(
+        DiffusionSegmenter(net, num_classes=2), device="cpu", roi_size=12,
+        preprocessing={**PREPROCESSING, "intensity": "none"},
+    )  # fmt: skip
+    result = predictor.segment(source, steps=4, num_samples=3, shared_steps=2)
+    assert batches == [1, 1, 3, 3]
+    np.testing.assert_array_equal(result.label_map, image.astype(np.uint8))
