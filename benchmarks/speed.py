@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py --peers-python /work/peers-venv/bin/python --reference /tmp/medwidit-1ccc17a
     python benchmarks/speed.py --section curve         # Dice vs CPU seconds over steps x samples x sampler
+    python benchmarks/speed.py --section curve --samplers ddim --steps 10 --samples 4 --shared-steps 0 5 7 9
     python benchmarks/speed.py --quick                 # tiny model and volume: seconds (the test)
 
 ``compare`` runs each tool once in its own process on the shipped example and reads that process's CPU seconds
@@ -45,6 +46,7 @@ BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
 RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("dice", "cpu_seconds")
+SETTING = ("sampler", "steps", "samples", "shared_steps")
 BASICUNET = """
 import json, sys, time, torch
 from monai.networks.nets import BasicUNet
@@ -184,21 +186,26 @@ def curve(args, folder: Path) -> dict:
         predictor = Predictor.from_bundle(BUNDLE, device="cpu")
     cases = validation_cases(folder, args.quick)
     rows = []
-    for case, sampler, steps, samples in itertools.product(cases, args.samplers, args.steps, args.samples):
+    grid = itertools.product(cases, args.samplers, args.steps, args.samples, args.shared_steps)
+    for case, sampler, steps, samples, shared in grid:
+        if shared >= steps:
+            continue
         start = time.process_time()
-        result = predictor.segment(case["image"], steps=steps, num_samples=samples, sampler=sampler)
+        result = predictor.segment(
+            case["image"], steps=steps, num_samples=samples, sampler=sampler, shared_steps=shared
+        )
         cpu = time.process_time() - start
         mask = folder / "mask.nii.gz"
         nib.save(result.labels, str(mask))
-        row = {"case": case["name"], "sampler": sampler, "steps": steps, "samples": samples, "cpu_seconds": cpu}
-        rows.append({**row, "dice": score(mask, case["truth"])["dice"]})
-        print(f"{case['name']:16s} {sampler:9s} steps {steps:2d} samples {samples}  CPU {cpu:6.1f} s  "
+        row = {"case": case["name"], "sampler": sampler, "steps": steps, "samples": samples, "shared_steps": shared}
+        rows.append({**row, "cpu_seconds": cpu, "dice": score(mask, case["truth"])["dice"]})
+        print(f"{case['name']:16s} {sampler:9s} steps {steps:2d} samples {samples} shared {shared}  CPU {cpu:6.1f} s  "
               f"Dice {rows[-1]['dice']:.4f}", flush=True)  # fmt: skip
     settings = {}
     for row in rows:
-        settings.setdefault((row["sampler"], row["steps"], row["samples"]), []).append(row)
+        settings.setdefault(tuple(row[k] for k in SETTING), []).append(row)
     means = [
-        {"sampler": k[0], "steps": k[1], "samples": k[2], **{m: float(np.mean([r[m] for r in v])) for m in METRICS}}
+        {**dict(zip(SETTING, k, strict=True)), **{m: float(np.mean([r[m] for r in v])) for m in METRICS}}
         for k, v in settings.items()
     ]
     best = max(m["dice"] for m in means)
@@ -253,6 +260,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp_2m"])
     parser.add_argument("--steps", type=int, nargs="+", default=[3, 5, 10])
     parser.add_argument("--samples", type=int, nargs="+", default=[2, 4])
+    parser.add_argument(
+        "--shared-steps", type=int, nargs="+", default=[0], help="steps the ensemble shares before branching"
+    )
     parser.add_argument("--tolerance", type=float, default=0.005, help="knee: mean Dice within this of the best")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
@@ -276,9 +286,9 @@ def main(argv=None) -> dict:
                 lines.append(f"| {name} | " + " | ".join(cells) + (f" | {run['error']}" if "error" in run else "|"))
         lines += [f"\n{key}: {value:.2f}" for key, value in record["ratios"].items()]
     else:
-        lines = ["| sampler | steps | samples | mean CPU s | mean Dice |", "|---|---|---|---|---|"]
+        lines = ["| sampler | steps | samples | shared steps | mean CPU s | mean Dice |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {m['sampler']} | {m['steps']} | {m['samples']} | {fmt(m['cpu_seconds'], 1)} | {fmt(m['dice'], 4)} |"
+            f"| {' | '.join(str(m[k]) for k in SETTING)} | {fmt(m['cpu_seconds'], 1)} | {fmt(m['dice'], 4)} |"
             for m in record["means"]
         ]
         lines.append(f"\nknee (mean Dice within {args.tolerance} of the best, least CPU): {record['knee']}")

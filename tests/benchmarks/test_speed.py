@@ -51,6 +51,29 @@ def test_curve_quick_and_its_knee(tmp_path):
     assert record["knee"] == min(within, key=lambda m: m["cpu_seconds"])
 
 
+def test_curve_covers_shared_steps_below_the_step_count(tmp_path):
+    args = speed.parse_args(
+        [
+            "--section",
+            "curve",
+            "--quick",
+            "--samplers",
+            "ddim",
+            "--steps",
+            "1",
+            "2",
+            "--samples",
+            "2",
+            "--shared-steps",
+            "0",
+            "1",
+        ]
+    )
+    record = speed.curve(args, tmp_path)
+    settings = [(m["steps"], m["shared_steps"]) for m in record["means"]]
+    assert settings == [(1, 0), (2, 0), (2, 1)]  # shared 1 with 1 step is not a setting
+
+
 def test_a_failing_run_is_recorded_not_raised(tmp_path):
     run = speed.timed([sys.executable, "-c", "import sys; sys.exit('no such tool')"], {})
     assert run["error"] == "no such tool" and run["cpu_seconds"] >= 0
