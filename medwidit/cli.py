@@ -149,14 +149,15 @@ def _segment(args: argparse.Namespace) -> int:
 
 def _resolve_model(args: argparse.Namespace) -> dict:
     """The model's files (``--checkpoint``, ``--bundle DIR|NAME``, or the shipped default bundle); fills ``--steps``,
-    ``--samples``, ``--overlap`` left unset with the bundle's ``inference.json`` values (else the shared defaults)."""
+    ``--samples``, ``--overlap``, ``--shared-steps`` left unset with the bundle's ``inference.json`` values (else the
+    shared defaults)."""
     from pathlib import Path
 
     from medwidit.inference.options import DEFAULT_BUNDLE, resolve_bundle, sampling_defaults
 
     bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
     defaults = sampling_defaults(bundle)
-    for name, key in (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap")):
+    for name, key in (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2):
         if getattr(args, name, None) is None:
             setattr(args, name, defaults[key])
     weights = Path(args.checkpoint) if bundle is None else bundle / "models" / "model.pt"

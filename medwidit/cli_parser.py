@@ -47,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--shared-steps",
         type=int,
-        default=0,
         metavar="K",
         help="the ensemble shares its first K denoising steps, then each sample branches with its own noise: "
-        "K + (steps - K) x samples network calls instead of steps x samples (default 0: independent samples)",
+        "K + (steps - K) x samples network calls instead of steps x samples (default: the model's inference.json, "
+        "else 0: independent samples)",
     )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
     seg.add_argument(

@@ -42,7 +42,7 @@ class DiffusionSamplingInferer(Inferer):
         guidance_scale: float = 1.0,
         max_whole_voxels: int | None = None,
         precision: str = "auto",
-        shared_steps: int = 0,
+        shared_steps: int = SAMPLING_DEFAULTS["shared_steps"],
     ) -> None:
         super().__init__()
         options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps)

@@ -43,10 +43,11 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
-SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5}  # the shipped bundle's inference.json holds these
+# the shipped bundle's inference.json holds these
+SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0}
 DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
 DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line
-BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap")
+BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap", "shared_steps")
 MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
 MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
 
@@ -211,7 +212,8 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 
 
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
-    """``steps``, ``num_samples``, ``overlap``: a bundle's plain values (``bundle_options``) over ``SAMPLING_DEFAULTS``;
+    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``: a bundle's plain values (``bundle_options``) over
+    ``SAMPLING_DEFAULTS``;
     the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's ``inference.json`` says."""
     found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are
     return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}  # validation's (overlap 0.25)
@@ -230,7 +232,7 @@ def _check_bundle_value(path: Path, key: str, value):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"overlap must be a number in [0, 1), got {value!r}.")
             return check_range("overlap", value, 0.0, 1.0)
-        return check_int(key, value)
+        return check_int(key, value, low=0 if key == "shared_steps" else 1)
     except ValueError as e:
         raise InputError(f"{path}: {e}") from e
 

@@ -194,6 +194,10 @@ class Predictor:
         given = {"steps": steps, "num_samples": num_samples, "overlap": overlap}
         return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
+    def resolve_shared_steps(self, shared_steps: int | None) -> int:
+        """``shared_steps``, or ``sampling_defaults``'s when None."""
+        return self.sampling_defaults["shared_steps"] if shared_steps is None else shared_steps
+
     @property
     def spacing_conditioning(self) -> bool:
         """Whether the network reads the acquisition's spacing (WiDiT ``spacing_conditioning``): ``segment`` then
@@ -274,7 +278,7 @@ class Predictor:
         guidance_scale: float = 1.0,
         force_grid: bool = False,
         augment: int = 1,
-        shared_steps: int = 0,
+        shared_steps: int | None = None,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -286,10 +290,11 @@ class Predictor:
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
         test-time views (``trust.augmentation_views``: flips, voxel shifts, intensity curve), each with ``num_samples``
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
-        ``shared_steps`` k < steps: the members share their first k steps, then branch (``DiffusionSegmenter.sample``):
-        k + (steps - k) x num_samples network calls per view instead of steps x num_samples.
+        ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
+        (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
+        shared_steps = self.resolve_shared_steps(shared_steps)
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
@@ -358,11 +363,15 @@ class Predictor:
         sampler=None,
         eta=0.0,
         guidance_scale=1.0,
-        shared_steps=0,
+        shared_steps=None,
     ) -> None:
         """Every sampling option checked once, before any case is read (ValueError naming the option)."""
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
-        numbers = {"eta": eta, "guidance_scale": guidance_scale, "shared_steps": shared_steps}
+        numbers = {
+            "eta": eta,
+            "guidance_scale": guidance_scale,
+            "shared_steps": self.resolve_shared_steps(shared_steps),
+        }
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, **numbers)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
         self.segmenter.check_sampling(
@@ -415,7 +424,7 @@ class Predictor:
         sampler: str | None = None,
         eta: float = 0.0,
         guidance_scale: float = 1.0,
-        shared_steps: int = 0,
+        shared_steps: int | None = None,
         seed: int = 0,
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
@@ -445,7 +454,7 @@ class Predictor:
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
         sampling = self.resolve_sampling(steps, num_samples, overlap)
-        options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
+        options = sampling_options(*sampling, sampler, eta, guidance_scale, self.resolve_shared_steps(shared_steps))
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)

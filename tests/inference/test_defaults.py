@@ -20,7 +20,7 @@ def test_cli_and_predictor_defaults_are_the_same():
 
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     _resolve_model(args)  # unset flags take the (shipped) bundle's inference.json values
-    assert (args.steps, args.samples, args.overlap) == tuple(SAMPLING_DEFAULTS.values())
+    assert (args.steps, args.samples, args.overlap, args.shared_steps) == tuple(SAMPLING_DEFAULTS.values())
     assert Predictor.from_bundle(device="cpu").sampling_defaults == SAMPLING_DEFAULTS
     for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options, run_demo):
         parameters = inspect.signature(method).parameters
@@ -93,3 +93,26 @@ def test_sampling_defaults_come_from_inference_json_not_the_training_validation(
     (tmp_path / "configs" / "train.json").write_text(json.dumps({"overlap": 0.25, "steps": 5, "roi_size": [32] * 3}))
     assert sampling_defaults(tmp_path) == {**SAMPLING_DEFAULTS, "num_samples": 3}
     assert bundle_options(tmp_path)["roi_size"] == [32, 32, 32]
+
+
+@pytest.mark.parametrize(("value", "error"), [(1, None), (-1, r"shared_steps must be an int >= 0, got -1")])
+def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
+    """A bundle's ``shared_steps`` is the predictor's and the CLI's default (an argument still wins); a bad one is
+    an error naming the file."""
+    from medwidit.cli import _resolve_model
+    from medwidit.inference import InputError
+
+    bundle = tmp_path / "b"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "shared_steps": value}))
+    if error:
+        with pytest.raises(InputError, match=rf"inference.json: {error}"):
+            Predictor.from_bundle(bundle, device="cpu")
+        return
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert predictor.sampling_defaults["shared_steps"] == 1
+    assert predictor.resolve_shared_steps(None) == 1 and predictor.resolve_shared_steps(0) == 0
+    args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", str(bundle)])
+    _resolve_model(args)
+    assert args.shared_steps == 1
