@@ -65,6 +65,10 @@ def evaluate(predictor: Predictor, args) -> dict:
     truth = np.asarray(nib.load(args.label).dataobj).astype(np.int64)
     truth = (truth > 0).astype(np.int64)
     spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
+    working = predictor.preprocessing["spacing"]
+    if working is not None and not np.allclose(spacing, working):  # faces are counted on the input's grid
+        raise SystemExit(f"--image {args.image}: spacing {spacing} mm, not the model's grid {working}; the patch-grid "
+                         "measure needs an image on the model's own grid.")  # fmt: skip
     start = time.process_time()
     result = predictor.segment(
         args.image, steps=args.steps, num_samples=args.samples, generator=torch.Generator().manual_seed(0)
@@ -102,9 +106,11 @@ def main() -> None:
         predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
     else:
         predictor = Predictor.from_bundle(args.bundle, device="cpu")
-    args.steps, args.samples, _ = predictor.resolve_sampling(args.steps, args.samples, None)
+    args.steps, args.samples, overlap = predictor.resolve_sampling(args.steps, args.samples, None)
     record = evaluate(predictor, args)
-    record.update(steps=args.steps, samples=args.samples, post_processing=bool(predictor.label_postprocessing))
+    shared = predictor.resolve_shared_steps(None)
+    record.update(steps=args.steps, samples=args.samples, overlap=overlap, shared_steps=shared)
+    record["post_processing"] = bool(predictor.label_postprocessing)
     print(args.name, json.dumps(record), flush=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"models": {}}
     case = "" if args.image == EXAMPLE / "colin27_head_2mm_image.nii.gz" else f" on {args.image.name}"

@@ -157,9 +157,15 @@ def _resolve_model(args: argparse.Namespace) -> dict:
 
     bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
     defaults = sampling_defaults(bundle)
+    shared_by_model = getattr(args, "shared_steps", None) is None
     for name, key in (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2):
         if getattr(args, name, None) is None:
             setattr(args, name, defaults[key])
+    if shared_by_model and args.shared_steps >= args.steps:  # the model's default, not the user's flag
+        raise ValueError(
+            f"--steps {args.steps}: the model's inference.json shares its first {args.shared_steps} steps "
+            f"(shared_steps); give --shared-steps K with K < {args.steps}."
+        )
     weights = Path(args.checkpoint) if bundle is None else bundle / "models" / "model.pt"
     default = bundle is not None and args.bundle is None
     return {"bundle": bundle, "weights": weights, "default": default, "name": DEFAULT_BUNDLE if default else None}

@@ -318,6 +318,8 @@ def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_
     shipped = bundle_options(resolve_bundle())  # the shipped inference.json, read as the CLI reads it
     assert {key: shipped.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
     assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS  # the Predictor's (tests/inference/test_defaults)
+    evaluation = bundle_options(resolve_bundle(), ["evaluate.json"])  # run evaluating samples as inference does
+    assert {key: evaluation.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     steps, samples, overlap = (SAMPLING_DEFAULTS[k] for k in ("steps", "num_samples", "overlap"))
     assert f"**{steps} steps × {samples} samples, overlap {overlap}**" in readme

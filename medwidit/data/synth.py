@@ -40,6 +40,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
+from medwidit.data.transforms import RecordSpacingd
 from medwidit.utils import check_int
 
 __all__ = [
@@ -157,6 +158,9 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         if self.spacing_key is not None:
             grid = self._grid_spacing(d[self.first_key(d)]) if known is None else known[: len(known) // 2]
         axis, thickness = None, 1.0
+        spatial_dims = d[self.first_key(d)].ndim - 1
+        if max(self.axes) >= spatial_dims:
+            raise ValueError(f"RandSliceThicknessd axes {self.axes} must be spatial axes of a {spatial_dims}D image.")
         if self._do_transform:
             axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
             for key in self.key_iterator(d):
@@ -261,13 +265,11 @@ def synthesis_transforms(
         )
     angle = math.radians(rotate_degrees)
     keys = [image_key, label_key]
-    transforms = (
-        []
-        if elastic_prob == 0
-        else [
-            Rand3DElasticd(label_key, sigma_range=(5, 7), magnitude_range=(50, 150), prob=elastic_prob, mode="nearest")
-        ]
-    )
+    # the working grid's spacing, recorded before the random affine rescales the label map's affine
+    transforms = [] if spacing_key is None else [RecordSpacingd(label_key, spacing_key, painted=True)]
+    if elastic_prob:
+        elastic = Rand3DElasticd(label_key, (5, 7), (50, 150), prob=elastic_prob, mode="nearest")
+        transforms.append(elastic)
     transforms += [
         RandAffined(
             label_key,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
@@ -35,6 +36,7 @@ __all__ = [
     "IntensityMode",
     "RecordSpacingd",
     "acquisition_spacing",
+    "batch_spacing",
     "check_preprocessing",
     "default_preprocessing",
     "preprocessing_transforms",
@@ -163,6 +165,19 @@ def acquisition_spacing(image) -> torch.Tensor:
     alignment = (grid / grid_mm).T @ (original / original_mm)  # (grid axis, original axis) direction cosines
     acquired = torch.maximum(original_mm[alignment.abs().argmax(dim=1)], grid_mm)
     return torch.cat([grid_mm, acquired]).float()
+
+
+def batch_spacing(images) -> torch.Tensor:
+    """(B, 2N) :func:`acquisition_spacing` of each item of a batched MetaTensor (B, C, *S), as MONAI's loaders and
+    ``preprocessing_transforms`` give it (its affine and the affine as read); ValueError for anything else."""
+    if not isinstance(images, MetaTensor) or images.meta.get("original_affine") is None:
+        raise ValueError(
+            "a spacing-conditioned model needs its inputs as MetaTensors that carry their affine and the affine as "
+            "read (meta['original_affine'], which LoadImaged records), to give the network the grid's and the "
+            f"acquisition's spacing; got {type(images).__name__} without them. medwidit.inference.Predictor reads "
+            "files itself and gives it."
+        )
+    return torch.stack([acquisition_spacing(images[b]) for b in range(images.shape[0])])
 
 
 class RecordSpacingd(MapTransform):

@@ -49,6 +49,7 @@ __all__ = [
     "SAMPLERS",
     "VARIANCE_TYPES",
     "SamplerSpec",
+    "check_shared_steps",
     "ddim_sample",
     "ddpm_sample",
     "dpmpp_2m_sample",
@@ -72,6 +73,11 @@ Callback = Callable[[dict], None] | None
 ##################################################################################
 #                        The schedule, built once per call                       #
 ##################################################################################
+
+
+def check_shared_steps(shared_steps: int, steps: int) -> int:
+    """The steps an ensemble shares before it branches: an int in 0..steps-1 (ValueError naming it)."""
+    return check_int("shared_steps", shared_steps, low=0, high=steps - 1, hint=" (fewer than steps)")
 
 
 def timestep_list(scheduler: Scheduler, steps: int) -> list:

@@ -30,7 +30,14 @@ from .objectives import (
     vlb_terms,
     x0_estimate,
 )
-from .samplers import VARIANCE_TYPES, randn_like, resolve_sampler, schedule_arguments, timestep_list
+from .samplers import (
+    VARIANCE_TYPES,
+    check_shared_steps,
+    randn_like,
+    resolve_sampler,
+    schedule_arguments,
+    timestep_list,
+)
 
 __all__ = ["DiffusionSegmenter"]
 
@@ -38,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("ddim", "ddpm", "rflow")
 DEFAULT_SAMPLER = {"ddim": "ddim", "ddpm": "ddpm", "rflow": "flow_euler"}
-ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# model_fn(x_t, t, cond) -> raw output; called with spacing=(m * B, 2N) too when sample() is given spacing
+ModelFn = Callable[..., torch.Tensor]
 
 
 class DiffusionSegmenter(nn.Module):
@@ -109,6 +117,12 @@ class DiffusionSegmenter(nn.Module):
         if self.scheduler_name == "ddim":
             return DDIMScheduler(self.num_train_timesteps, self.schedule, **common)
         return DDPMScheduler(self.num_train_timesteps, self.schedule, variance_type=self.variance_type, **common)
+
+    @property
+    def spacing_conditioning(self) -> bool:
+        """Whether the network reads the grid's and the acquisition's spacing (WiDiT ``spacing_conditioning``):
+        ``loss`` and ``sample`` then need ``spacing`` (B, 2N)."""
+        return bool(getattr(self.net, "config", {}).get("spacing_conditioning", False))
 
     @property
     def config(self) -> dict:
@@ -212,13 +226,15 @@ class DiffusionSegmenter(nn.Module):
         noise), then each member re-noises the trunk's clean estimate to step k's noise level with its own noise
         (the training noising, ``add_noise``) and runs the remaining steps alone: k + (steps - k) * num_samples
         network calls instead of steps * num_samples; k = 0 is plain independent sampling. The trunk's progress
-        reports steps 0..k-1 and each chunk's k..steps-1.
+        reports steps 0..k-1 (``"chunk"`` -1; its last ``"x"`` is the trunk's clean estimate) and each chunk's
+        k..steps-1. The trunk's noise is seeded from the first member's seed, so the first n members of an ensemble
+        are the n-member ensemble, trunk included.
         """
         spec, options = self.check_sampling(
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
-        check_int("shared_steps", shared_steps, low=0, high=steps - 1, hint=" (fewer than steps)")
+        check_shared_steps(shared_steps, steps)
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
         if model_fn is None:
             model_fn = partial(_call_cached, ConditionCache(self.net), spacing)
@@ -228,7 +244,7 @@ class DiffusionSegmenter(nn.Module):
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
         trunk = None  # the shared steps' clean estimate (B, K, *S)
         if shared_steps:
-            trunk_gen = _member_generators(generator, 1, image.device)  # drawn after the members': theirs unchanged
+            trunk_gen = [_trunk_generator(members[0])]  # from member 0's seed: no draw, so n members stay a prefix
             x = randn_like(image.new_empty(shape, dtype=torch.float32), trunk_gen)
             callback = None if progress is None else partial(_with_chunk, progress, -1)
             denoise = self._denoiser(model_fn, image, guidance_scale)
@@ -334,18 +350,23 @@ def _call_net(net: nn.Module, spacing: torch.Tensor | None, x: torch.Tensor, t, 
     """``net(x, t, conditioned=cond)``, plus ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
     if spacing is None:
         return net(x, t, conditioned=cond)
-    return net(x, t, conditioned=cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
+    return net(x, t, conditioned=cond, spacing=_tile(spacing, x))
 
 
 def _call_cached(cache: ConditionCache, spacing: torch.Tensor | None, x: torch.Tensor, t, cond) -> torch.Tensor:
     """:func:`_call_net` with the image encoded once per conditioning tensor (keyed by its rows' images)."""
-    kwargs = {} if spacing is None else {"spacing": spacing.repeat(x.shape[0] // spacing.shape[0], 1)}
+    kwargs = {} if spacing is None else {"spacing": _tile(spacing, x)}
     return cache.call(cache.bind(cond), x, t, cond, **kwargs)
 
 
 def _call_with_spacing(model_fn: ModelFn, spacing: torch.Tensor, x: torch.Tensor, t, cond) -> torch.Tensor:
     """``model_fn(x, t, cond, spacing=...)`` with ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
-    return model_fn(x, t, cond, spacing=spacing.repeat(x.shape[0] // spacing.shape[0], 1))
+    return model_fn(x, t, cond, spacing=_tile(spacing, x))
+
+
+def _tile(spacing: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, 2N) spacing tiled to x's batch (m * B) as ``image.repeat`` tiles the image: row j is spacing[j % B]."""
+    return spacing.repeat(x.shape[0] // spacing.shape[0], 1)
 
 
 def _offset_steps(callback: Callable[[dict], None], offset: int, info: dict) -> None:
@@ -361,6 +382,12 @@ def _check_pair(image: torch.Tensor, label: torch.Tensor) -> None:
         raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
     if label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:] or label.shape[1] != 1:
         raise ValueError(f"label shape {tuple(label.shape)} does not fit image shape {tuple(image.shape)}.")
+
+
+def _trunk_generator(first: torch.Generator) -> torch.Generator:
+    """The shared trunk's generator, seeded from the first member's seed: the same for every ensemble size, and no
+    draw from the caller's generator (a view's or a smaller ensemble's members keep their seeds)."""
+    return torch.Generator(device=first.device).manual_seed(first.initial_seed() ^ 0x5DEECE66D)
 
 
 def _member_generators(generator: torch.Generator | None, num_samples: int, device) -> list[torch.Generator]:

@@ -15,6 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.utils import check_int
 
@@ -62,6 +63,7 @@ class DiffusionSamplingInferer(Inferer):
         roi = [self.roi_size] * spatial_dims if isinstance(self.roi_size, int) else list(self.roi_size)
         dtype = autocast_dtype(inputs.device, self.precision)
 
+        spacing = batch_spacing(inputs).to(inputs.device) if segmenter.spacing_conditioning else None
         summary = sample_ensemble(
             segmenter,
             (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float(),  # as the predictor passes it
@@ -69,6 +71,7 @@ class DiffusionSamplingInferer(Inferer):
             sw_batch_size=self.sw_batch_size,
             generator=torch.Generator().manual_seed(self.seed),
             wrap_model_fn=partial(autocast_model_fn, device_type=inputs.device.type, dtype=dtype),
+            spacing=spacing,
             **self.options,
         )
         probability = summary["mean_probability"]  # (B, K, *S)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.utils import look_up_option
 
+from medwidit.diffusion.samplers import check_shared_steps
 from medwidit.utils import check_int, check_range
 from medwidit.utils.resources import PACKAGE, shipped_path
 
@@ -165,7 +166,7 @@ def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale, shared_s
     and sampler are the segmenter's to check)."""
     check_int("steps", steps)
     check_int("num_samples", num_samples)
-    check_int("shared_steps", shared_steps, low=0, high=steps - 1, hint=" (fewer than steps)")
+    check_shared_steps(shared_steps, steps)
     check_range("overlap", overlap, 0.0, 1.0)
     check_range("eta", eta, 0.0, 1.0, closed_high=True)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
@@ -213,8 +214,8 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
     """``steps``, ``num_samples``, ``overlap``, ``shared_steps``: a bundle's plain values (``bundle_options``) over
-    ``SAMPLING_DEFAULTS``;
-    the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's ``inference.json`` says."""
+    ``SAMPLING_DEFAULTS``; the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's
+    ``inference.json`` says."""
     found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are
     return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}  # validation's (overlap 0.25)
 

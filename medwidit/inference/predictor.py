@@ -145,7 +145,8 @@ class Predictor:
             bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
         class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).
 
-    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``) fill every sampling argument left at None:
+    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``) fill every sampling argument
+    left at None:
     ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's ``inference.json`` values over them, the
     same values ``medwidit segment --bundle`` uses.
     """
@@ -197,12 +198,6 @@ class Predictor:
     def resolve_shared_steps(self, shared_steps: int | None) -> int:
         """``shared_steps``, or ``sampling_defaults``'s when None."""
         return self.sampling_defaults["shared_steps"] if shared_steps is None else shared_steps
-
-    @property
-    def spacing_conditioning(self) -> bool:
-        """Whether the network reads the acquisition's spacing (WiDiT ``spacing_conditioning``): ``segment`` then
-        gives it the working grid's and the input's own spacing per axis."""
-        return bool(getattr(self.segmenter.net, "config", {}).get("spacing_conditioning", False))
 
     @property
     def num_modalities(self) -> int:
@@ -298,7 +293,7 @@ class Predictor:
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
-        spacing_key = "spacing" if self.spacing_conditioning else None  # the grid's and the acquisition's mm
+        spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
         pre = Compose(preprocessing_transforms(self.preprocessing, load=False, spacing_key=spacing_key))
         meta = {"original_affine": geometry.affine}  # as LoadImaged records it: the acquisition's own spacing
         data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine), meta=meta)})

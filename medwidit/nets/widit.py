@@ -45,7 +45,7 @@ def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[
 
 
 def _positive(name: str, value: float) -> None:
-    if value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be positive, got {value}.")
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from monai.data import load_decathlon_datalist
 
+from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, to_probabilities
 from medwidit.utils.resources import shipped_path
 
@@ -146,7 +147,8 @@ class SegmentationNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device=image.device).manual_seed(self.seed)
+        spacing = batch_spacing(image).to(image.device) if self.segmenter.spacing_conditioning else None
         samples = self.segmenter.sample(  # (S, B, K, *S)
-            image.float(), steps=self.steps, num_samples=self.num_samples, generator=generator
+            image.float(), steps=self.steps, num_samples=self.num_samples, generator=generator, spacing=spacing
         )
         return to_probabilities(samples, dim=2).mean(dim=0)  # (B, K, *S)

@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, load_decathlon_datalist
+from monai.data.utils import json_hashing
 from monai.transforms import (
     CastToTyped,
     Compose,
@@ -217,6 +218,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
         self.thickness_prob, self.thickness_range = float(thickness_prob), tuple(float(t) for t in thickness_range)
+        if len(self.thickness_range) != 2 or not 1.0 <= self.thickness_range[0] <= self.thickness_range[1]:
+            raise ValueError(
+                f"thickness_range must be (low, high) voxels with 1 <= low <= high, got {thickness_range}."
+            )
         self.spacing_conditioning = bool(spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
@@ -232,10 +237,8 @@ class SegmentationDataModule(L.LightningDataModule):
         """Thick slices on a crop, before the spatial augmentation changes its affine (the grid spacing it reads)."""
         if self.thickness_prob == 0:
             return []
-        thick = RandSliceThicknessd(
-            "image", prob=self.thickness_prob, thickness_range=self.thickness_range, spacing_key=self.spacing_key
-        )
-        return [thick]
+        options = {"thickness_range": self.thickness_range, "axes": range(len(self.roi_size))}  # 2D or 3D crops
+        return [RandSliceThicknessd("image", prob=self.thickness_prob, spacing_key=self.spacing_key, **options)]
 
     def _augmentation(self) -> list[MapTransform]:
         spatial_dims = len(self.roi_size)
@@ -342,7 +345,10 @@ class SegmentationDataModule(L.LightningDataModule):
                 items, transform, cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False
             )
         if self.cache == "disk":
-            return PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / split)
+            # keyed by the transforms too: a cache made with other settings (e.g. without the spacing record) is not
+            # read back as if it were this one's
+            folder = Path(self.cache_dir) / split
+            return PersistentDataset(items, transform, cache_dir=folder, hash_transform=json_hashing)
         return Dataset(items, transform)
 
     def _synthetic(self) -> list[MapTransform]:

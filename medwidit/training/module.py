@@ -3,8 +3,9 @@ sampling whole volumes, Dice per class, TensorBoard scalars and overlays, and th
 
 Validation needs the stitched sliding-window sampler and the ensemble summary, which live in ``medwidit.inference``;
 training never imports inference (DESIGN's rooms), so the sampler is injected: ``validation_sampler(segmenter,
-image (1, C, *S), generator) -> {"labels" (1, 1, *S), "mean_probability" (1, K, *S), "entropy" (1, 1, *S), ...}``
-(what ``medwidit.inference.uncertainty.summarize_ensemble`` returns). The bundle builds it from its config.
+image (1, C, *S), generator[, spacing=(1, 2N)]) -> {"labels" (1, 1, *S), "mean_probability" (1, K, *S), "entropy"
+(1, 1, *S), ...}`` (what ``medwidit.inference.uncertainty.summarize_ensemble`` returns; ``spacing`` only for a
+spacing-conditioned network). The bundle builds it from its config.
 """
 
 from __future__ import annotations
@@ -190,14 +191,9 @@ class DiffusionSegmentationModule(L.LightningModule):
     # Training
     ##################################################################################################################
 
-    @property
-    def spacing_conditioning(self) -> bool:
-        """Whether the network reads each item's ``"spacing"`` (WiDiT ``spacing_conditioning``)."""
-        return bool(getattr(self.segmenter.net, "config", {}).get("spacing_conditioning", False))
-
     def _spacing(self, batch: Mapping[str, torch.Tensor]) -> dict:
         """``{"spacing": (B, 2N)}`` for a spacing-conditioned network, else nothing."""
-        if not self.spacing_conditioning:
+        if not self.segmenter.spacing_conditioning:
             return {}
         if "spacing" not in batch:
             raise ValueError(

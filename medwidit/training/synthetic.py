@@ -26,7 +26,7 @@ from monai.transforms import (
 from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
-from medwidit.data.transforms import INTENSITY_MODES, RecordSpacingd, check_preprocessing
+from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
 
@@ -81,10 +81,7 @@ def synthetic_train_transforms(
     if preprocessing["spacing"] is not None:
         load.append(Spacingd("label", pixdim=preprocessing["spacing"], mode="nearest"))
     load.append(EnsureTyped("label", dtype=torch.int64, track_meta=True))
-    options = dict(options or {})
-    if options.get("spacing_key"):  # the working grid, before the random affine rescales the map's affine
-        load.append(RecordSpacingd("label", options["spacing_key"], painted=True))
-    generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **options)
+    generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **dict(options or {}))
     normalise = [
         *INTENSITY_MODES[preprocessing["intensity"]].transforms("image"),
         EnsureTyped("image", dtype=torch.float32, track_meta=True),

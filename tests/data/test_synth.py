@@ -86,6 +86,12 @@ def test_thick_slices_keep_a_real_scans_own_acquisition(prob):
     assert known.tolist() == [2.0, 2.0, 2.0, 1.0, 5.0, 12.0]
 
 
+def test_thick_slice_axes_must_be_the_images():
+    t = RandSliceThicknessd(prob=1.0, axes=(0, 1, 2))
+    with pytest.raises(ValueError, match=r"axes \(0, 1, 2\) must be spatial axes of a 2D image"):
+        t({"image": torch.rand(1, 8, 8)})
+
+
 def test_field_of_view_cuts_image_and_label_together():
     label = _head()
     d = {"image": label.clone() + 1, "label": label}

@@ -1,7 +1,10 @@
-"""Helpers for the inference tests: oblique (rotated, flipped, anisotropic) images on disk."""
+"""Helpers for the inference tests: oblique (rotated, flipped, anisotropic) images on disk, a random tiny
+segmenter, and oracle networks whose segmentation is known."""
 
 import nibabel as nib
 import numpy as np
+import torch
+import torch.nn as nn
 
 
 def oblique_affine(spatial_dims: int = 3) -> np.ndarray:
@@ -64,3 +67,27 @@ def random_tiny_segmenter(modalities: int = 1, classes: int = 2, scale: float = 
         for p in net.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=generator))
     return DiffusionSegmenter(net, num_classes=classes)
+
+
+class ThresholdOracle(nn.Module):
+    """Predicts x0 = the encoding of (image > 0.5) exactly: the segmentation is known in the input space."""
+
+    spatial_dim, cond_channels, size_multiple, alignment = 3, 1, (1, 1, 1), (1, 1, 1)  # the network contract
+
+    def forward(self, x, t, conditioned=None):
+        foreground = torch.tanh(50 * (conditioned - 0.5))
+        return torch.cat([-foreground, foreground], dim=1)
+
+
+class SpacingOracle(ThresholdOracle):
+    """ThresholdOracle with spacing conditioning: records every spacing row it is given (issue 17)."""
+
+    config = {"spacing_conditioning": True}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t, conditioned=None, spacing=None):
+        self.seen.append(spacing.clone())
+        return super().forward(x, t, conditioned)

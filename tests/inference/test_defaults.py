@@ -116,3 +116,6 @@ def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", str(bundle)])
     _resolve_model(args)
     assert args.shared_steps == 1
+    few = build_parser().parse_args(["segment", "-i", "x", "-o", "out", "--bundle", str(bundle), "--steps", "1"])
+    with pytest.raises(ValueError, match=r"--steps 1: the model's inference.json shares its first 1 steps"):
+        _resolve_model(few)

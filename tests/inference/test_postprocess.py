@@ -5,7 +5,7 @@ labels exactly; the predictor applies the steps to labels only."""
 import numpy as np
 import pytest
 import torch
-from inference_volumes import random_tiny_segmenter, save_nifti
+from inference_volumes import SpacingOracle, random_tiny_segmenter, save_nifti
 from monai.transforms import Compose
 
 from medwidit.data.transforms import preprocessing_transforms
@@ -72,6 +72,31 @@ def test_monai_pipeline_gives_the_predictor_labels(tmp_path):
     data["pred"] = inferer(data["image"][None], segmenter)[0]  # (K, *S')
     labels = postprocessing_transforms(BRAIN, preprocessing=preprocessing)(data)["pred"]  # (1, *S)
     np.testing.assert_array_equal(np.asarray(labels[0]), expected.label_map)
+
+
+def test_inferer_gives_a_spacing_conditioned_net_each_items_spacing(tmp_path):
+    """The MONAI path (preprocessing -> DiffusionSamplingInferer) gives a spacing-conditioned network the grid's and
+    the acquisition's spacing, as the predictor does (the same rows in the same calls); a plain tensor is refused
+    with what it lacks."""
+    image = np.zeros((12, 12, 6), np.float32)
+    image[3:9, 3:9, 2:5] = 1.0
+    source = save_nifti(tmp_path / "thick.nii.gz", image, np.diag([1.5, 1.5, 3.0, 1.0]))
+    preprocessing = {**PREPROCESSING, "intensity": "none", "num_modalities": 1}
+    options = {"steps": 2, "num_samples": 2}
+    from medwidit.diffusion import DiffusionSegmenter
+
+    segmenter = DiffusionSegmenter(SpacingOracle(), num_classes=2)
+    predictor = Predictor(segmenter, device="cpu", roi_size=8, preprocessing=preprocessing)
+    expected = predictor.segment(source, generator=torch.Generator().manual_seed(3), **options)
+    seen = torch.cat(segmenter.net.seen)
+    segmenter.net.seen.clear()
+    data = Compose(preprocessing_transforms(preprocessing))({"image": str(source)})
+    probability = DiffusionSamplingInferer(8, seed=3, **options)(data["image"][None], segmenter)[0]
+    assert torch.equal(torch.cat(segmenter.net.seen), seen)
+    assert torch.equal(seen[0], torch.tensor([1.5, 1.5, 1.5, 1.5, 1.5, 3.0]))
+    assert probability.shape == (2, 12, 12, 11) and expected.label_map.shape == image.shape  # 1.5 mm vs the input
+    with pytest.raises(ValueError, match="needs its inputs as MetaTensors .* got Tensor"):
+        DiffusionSamplingInferer(8, seed=3, **options)(torch.zeros(1, 1, 8, 8, 8), segmenter)
 
 
 def test_inferer_checks_its_network():

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-import torch.nn as nn
-from inference_volumes import oblique_affine, random_tiny_segmenter, save_itk, save_nifti
+from inference_volumes import (
+    SpacingOracle,
+    ThresholdOracle,
+    oblique_affine,
+    random_tiny_segmenter,
+    save_itk,
+    save_nifti,
+)
 
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor, resolve_device, segment
@@ -54,16 +60,6 @@ def test_segment_returns_maps_on_the_input_grid(tmp_path, checkpoint, volume):
     np.testing.assert_array_equal(result.label_map, result.probability.argmax(0))
     assert 0 <= result.entropy.min() and result.entropy.max() <= np.log(3) + 1e-5
     assert result.probability.std() > 1e-3  # a real, varying map
-
-
-class ThresholdOracle(nn.Module):
-    """Predicts x0 = the encoding of (image > 0.5) exactly: the segmentation is known in the input space."""
-
-    spatial_dim, cond_channels, size_multiple, alignment = 3, 1, (1, 1, 1), (1, 1, 1)  # the network contract
-
-    def forward(self, x, t, conditioned=None):
-        foreground = torch.tanh(50 * (conditioned - 0.5))
-        return torch.cat([-foreground, foreground], dim=1)
 
 
 @pytest.mark.parametrize("max_whole_voxels", [None, 0])
@@ -287,20 +283,6 @@ def test_public_wrap_and_invert_compose_to_segment(tmp_path):
     assert predictor.wrap_model_fn(model_fn)(None, None, None).dtype == torch.bfloat16
 
 
-class SpacingOracle(ThresholdOracle):
-    """ThresholdOracle with spacing conditioning: records every spacing row it is given (issue 17)."""
-
-    config = {"spacing_conditioning": True}
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x, t, conditioned=None, spacing=None):
-        self.seen.append(spacing.clone())
-        return super().forward(x, t, conditioned)
-
-
 @pytest.mark.parametrize("max_whole_voxels", [None, 0])
 def test_spacing_conditioned_net_gets_the_grid_and_the_scans_own_spacing(tmp_path, max_whole_voxels):
     """A 1 x 1 x 6 mm acquisition stored z-first and resampled to 2 mm RAS: every network call, whole volume or
@@ -318,7 +300,7 @@ def test_spacing_conditioned_net_gets_the_grid_and_the_scans_own_spacing(tmp_pat
         preprocessing={**PREPROCESSING, "spacing": [2.0, 2.0, 2.0], "intensity": "none"},
         max_whole_voxels=max_whole_voxels,
     )
-    assert predictor.spacing_conditioning
+    assert predictor.segmenter.spacing_conditioning
     result = predictor.segment(source, **FAST)
     seen = torch.cat(net.seen)
     assert len(net.seen) >= 2 and seen.shape[1] == 6

@@ -97,6 +97,8 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
         ({"head": "pixel", "pixel_depth": 0}, "pixel_depth must be an int >= 1, got 0"),
         ({"pixel_dim": 2.5}, "pixel_dim must be an int"),
         ({"head": "pixel", "pixel_mlp_ratio": 0}, "pixel_mlp_ratio must be positive, got 0"),
+        ({"head": "pixel", "pixel_mlp_ratio": float("nan")}, "pixel_mlp_ratio must be positive, got nan"),
+        ({"head": "pixel", "pixel_mlp_ratio": True}, "pixel_mlp_ratio must be positive, got True"),
     ],
 )
 def test_pixel_options_are_checked(tiny, kwargs, match):

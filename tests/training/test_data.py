@@ -85,6 +85,15 @@ def test_cache_modes(tmp_path, cache, kind):
     assert len(dm.train_dataset[0]) == 3  # num_crops crops per volume
 
 
+def test_a_disk_cache_of_other_settings_is_not_read_back(tmp_path):
+    """The disk cache is keyed by the transforms too: turning spacing conditioning on with the same cache folder
+    gives items with the spacing record, not the old cached ones without it."""
+    data_list = write_dataset(tmp_path, num_train=1)
+    options = {"cache": "disk", "cache_dir": tmp_path / "cache"}
+    assert "spacing" not in _module(data_list, 3, **options).train_dataset[0][0]
+    assert "spacing" in _module(data_list, 3, spacing_conditioning=True, **options).train_dataset[0][0]
+
+
 @pytest.mark.parametrize("intensity", list(INTENSITY_MODES))  # every mode, a new one included
 def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, intensity):
     """The cases are zero outside a 2-voxel border: the crop must find that box after any intensity mode (it kept
@@ -119,3 +128,14 @@ def test_spacing_conditioning_items_carry_grid_and_acquisition_spacing(tmp_path)
     plain = _module(data_list, 3, thickness_prob=1.0)  # thick slices alone: no record
     plain.setup("fit")
     assert "spacing" not in next(iter(plain.train_dataloader()))
+    with pytest.raises(ValueError, match=r"thickness_range must be \(low, high\) voxels with 1 <= low <= high"):
+        _module(data_list, 3, thickness_range=(2.0, 3.0, 4.0))
+
+
+def test_thick_slices_on_2d_crops_stay_on_their_two_axes(tmp_path):
+    data_list = write_dataset(tmp_path, shape=(24, 24))
+    dm = _module(data_list, 2, spacing_conditioning=True, thickness_prob=1.0, thickness_range=(2.0, 2.0))
+    dm.setup("fit")
+    for _ in range(4):  # every crop thickened along axis 0 or 1 (a third axis would fail)
+        spacing = next(iter(dm.train_dataloader()))["spacing"]
+        assert spacing.shape == (6, 4) and sorted(spacing[0, 2:].tolist()) == [1.0, 2.0]

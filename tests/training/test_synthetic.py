@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.utils import set_determinism
 from training_volumes import PREPROCESSING_3D, write_dataset
 
 from medwidit.data.synth import SynthesisError
@@ -107,10 +108,19 @@ def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tm
 
 def test_synthetic_crops_carry_spacing_with_spacing_conditioning(tmp_path):
     """The generator's thick slices are recorded for spacing conditioning: the 2 mm working grid (not the label map's
-    affine as the random scaling leaves it), and an acquisition at least as coarse along each axis."""
-    dm = _module(tmp_path, 1.0, spacing_conditioning=True)
-    dm.setup("fit")
-    spacing = next(iter(dm.train_dataloader()))["spacing"]
-    assert spacing.shape == (4, 6)
-    assert torch.equal(spacing[:, :3], torch.full((4, 3), 2.0))
-    assert bool((spacing[:, 3:] >= spacing[:, :3] - 1e-6).all())
+    affine as the random scaling leaves it), and the drawn thickness (2-3 voxels) along the thick axis of the half
+    of the volumes that get one; the others' acquisition is the grid."""
+    set_determinism(seed=0)
+    try:
+        dm = _module(tmp_path, 1.0, spacing_conditioning=True, synth_options={"thickness_range": (2.0, 3.0)})
+        dm.setup("fit")
+        loader = dm.train_dataloader()  # one batch an epoch: two label maps, two crops each
+        spacing = torch.cat([next(iter(loader))["spacing"] for _ in range(6)])
+    finally:
+        set_determinism(seed=None)
+    assert spacing.shape == (24, 6) and torch.equal(spacing[:, :3], torch.full((24, 3), 2.0))
+    thick = (spacing[:, 3:] > 2.0).sum(dim=1)
+    assert set(thick.tolist()) == {0, 1}  # some volumes thick along one axis, some not thick at all
+    assert bool(
+        ((spacing[:, 3:].amax(dim=1)[thick == 1] >= 4.0) & (spacing[:, 3:].amax(dim=1)[thick == 1] <= 6.0)).all()
+    )
