@@ -18,7 +18,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.utils import look_up_option
 
 from medwidit.nets.contract import ConditionCache
-from medwidit.utils import check_int, check_range
+from medwidit.utils import check_bool, check_int, check_range
 
 from .encoding import encode_labels
 from .objectives import (
@@ -101,12 +101,12 @@ class DiffusionSegmenter(nn.Module):
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
         self.schedule_args = dict(schedule_args or {})
-        self.learn_sigma = bool(learn_sigma)
+        self.learn_sigma = check_bool("learn_sigma", learn_sigma)
         self.variance_type = variance_type
         self.aux_weight = float(aux_weight)
         self.vlb_weight = float(vlb_weight)
         self.cond_drop_prob = float(cond_drop_prob)
-        self.clip_sample = bool(clip_sample)
+        self.clip_sample = check_bool("clip_sample", clip_sample)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
         object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 

@@ -17,7 +17,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write, check_int
+from medwidit.utils import atomic_write, check_bool, check_int
 
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
@@ -147,6 +147,10 @@ class WiDiT(nn.Module):
         _check_widit_sizes(
             spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio
         )
+        use_conditioning, learn_sigma = (
+            check_bool("use_conditioning", use_conditioning),
+            check_bool("learn_sigma", learn_sigma),
+        )
         if cond_channels is not None and not use_conditioning:
             raise ValueError(f"cond_channels={cond_channels} needs use_conditioning=True.")
         conditioning = choose("conditioning", conditioning, CONDITIONINGS)
@@ -167,8 +171,8 @@ class WiDiT(nn.Module):
             "num_heads": num_heads,
             "window_size": list(_per_axis("window_size", window_size, spatial_dim)),
             "mlp_ratio": float(mlp_ratio),
-            "learn_sigma": bool(learn_sigma),
-            "use_conditioning": bool(use_conditioning),
+            "learn_sigma": learn_sigma,
+            "use_conditioning": use_conditioning,
             "cond_channels": cond_channels,
             "out_channels": out_channels,
             "mlp": choose("mlp", mlp, MLPS),
@@ -177,9 +181,9 @@ class WiDiT(nn.Module):
             "embed": choose("embed", embed, EMBEDS),
             "position": choose("position", position, POSITIONS),
             "attention": choose("attention", attention, ATTENTIONS),
-            "grad_checkpointing": bool(grad_checkpointing),
+            "grad_checkpointing": check_bool("grad_checkpointing", grad_checkpointing),
             "conditioning": conditioning,
-            "spacing_conditioning": bool(spacing_conditioning),
+            "spacing_conditioning": check_bool("spacing_conditioning", spacing_conditioning),
             "head": choose("head", head, HEADS),
             "pixel_dim": check_int("pixel_dim", pixel_dim),
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
@@ -188,8 +192,8 @@ class WiDiT(nn.Module):
         self.spatial_dim = spatial_dim
         self.patch_size = tuple(self.config["patch_size"])
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
-        self.use_conditioning = bool(use_conditioning)
-        self.grad_checkpointing = bool(grad_checkpointing)
+        self.use_conditioning = self.config["use_conditioning"]
+        self.grad_checkpointing = self.config["grad_checkpointing"]
         self._build()
 
     @property

@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import RandSliceThicknessd
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
-from medwidit.utils import check_int
+from medwidit.utils import check_bool, check_int
 
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
@@ -222,7 +222,7 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(
                 f"thickness_range must be (low, high) voxels with 1 <= low <= high, got {thickness_range}."
             )
-        self.spacing_conditioning = bool(spacing_conditioning)
+        self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
 

@@ -3,7 +3,7 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_int, check_range
+from .checks import check_bool, check_int, check_range
 from .files import atomic_write, commit, sha256_file, temporary_path
 
-__all__ = ["atomic_write", "check_int", "check_range", "commit", "sha256_file", "temporary_path"]
+__all__ = ["atomic_write", "check_bool", "check_int", "check_range", "commit", "sha256_file", "temporary_path"]

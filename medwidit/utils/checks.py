@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["check_int", "check_range"]
+__all__ = ["check_bool", "check_int", "check_range"]
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool: True/False, or the strings "true"/"false" in any case (a command-line override such as
+    ``--spacing_conditioning false`` arrives as the string, and ``bool("false")`` is True); else a ValueError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_int(name: str, value, *, low: int = 1, high: int | None = None, hint: str = "") -> int:
