@@ -1,0 +1,178 @@
+"""Embed vs concat conditioning, and spacing conditioning with vs without, on real anatomy: the brain bundle trained
+by its own ``training`` command once per option (same recipe, same 1200 steps, one after the other on this machine),
+each scored on validation scans with ``generalisation.py``. Colin27, the held-out test scan, is never looked at.
+
+Pairs (overrides of ``bundles/brain_widit_segmentation/configs/train.json``):
+    conditioning   embed (train.json as it is: the shipped recipe)  vs  concat (``--net#conditioning concat``)
+                   scored on the real MNI152 2 mm template and its acquisition variants (thick slices along each
+                   axis, contrast re-mapping, noise, bias, cropped field of view)
+    spacing        both trained with half their crops re-acquired with thick slices (``--thickness_prob 0.5``);
+                   without vs with ``--spacing_conditioning``; scored on the MNI152 template and two images painted
+                   from the head label map (``validation_cases.py``), each as it is and thick along each axis
+
+``--shipped-embed`` takes the shipped weights for ``embed`` instead of training them again (they are this recipe:
+the bundle's metadata names the command). A model already trained in ``--work`` is reused, so an interrupted run
+goes on where it stopped. Writes benchmarks/results/conditioning_real.json and prints a table.
+
+    python benchmarks/conditioning_real.py --work /tmp/conditioning_real --shipped-embed   # ~3 x 12 min training,
+                                                                                           # ~4 x 4 min scoring
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; validation_cases and _report
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+import validation_cases  # noqa: E402
+from _report import environment, write_json  # noqa: E402
+
+BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
+RESULTS = ROOT / "benchmarks" / "results" / "conditioning_real.json"
+THICK = ["thick_x", "thick_y", "thick_z"]
+PAIRS = {
+    "conditioning": {
+        "variants": {"embed": {}, "concat": {"net#conditioning": "concat"}},
+        "bases": ["mni152_2mm"],
+        "cases": ["mni152_2mm", *THICK, "contrast", "noise", "bias", "fov"],
+    },
+    "spacing": {
+        "variants": {
+            "without_spacing": {"thickness_prob": 0.5, "spacing_conditioning": False},
+            "with_spacing": {"thickness_prob": 0.5, "spacing_conditioning": True},
+        },
+        "bases": ["mni152_2mm", "painted_0", "painted_1"],
+        "cases": ["mni152_2mm", "painted_0", "painted_1", *THICK],
+    },
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for the trained bundles and the scans")
+    parser.add_argument("--pairs", default="conditioning,spacing", help=f"comma-separated, from {list(PAIRS)}")
+    parser.add_argument("--shipped-embed", action="store_true", help="score the shipped weights as 'embed'")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    unknown = sorted(set(args.pairs) - set(PAIRS))
+    if unknown:
+        parser.error(f"--pairs: unknown {unknown}; choose from {list(PAIRS)}.")
+    return args
+
+
+def train(name: str, overrides: dict, work: Path) -> Path:
+    """The bundle's own training command into ``work/name`` (its exported bundle files land in ``models/``)."""
+    out = work / name
+    if (out / "models" / "model.pt").is_file():
+        print(f"{name}: reusing {out}", flush=True)
+        return out
+    command = [sys.executable, "-m", "monai.bundle", "run", "training"]
+    command += ["--config_file", str(BUNDLE / "configs" / "train.json"), "--output_dir", str(out)]
+    for key, value in overrides.items():
+        command += [f"--{key}", str(value)]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: training, log {out / 'train.log'}", flush=True)
+    start = time.perf_counter()
+    with open(out / "train.log", "w") as log:
+        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    (out / "training_seconds.json").write_text(json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}))
+    return out
+
+
+def score(name: str, bundle: Path, pair: dict, scans: Path, work: Path, threads: int) -> dict:
+    output = work / f"{name}_scores.json"
+    if not output.is_file():
+        command = [sys.executable, str(ROOT / "benchmarks" / "generalisation.py"), "--no-colin27"]
+        command += ["--tools", "medwidit"]
+        command += ["--bundle", str(bundle), "--threads", str(threads), "--output", str(output)]
+        for base in pair["bases"]:
+            command += ["--base", base, str(scans / f"{base}_image.nii.gz"), str(scans / f"{base}_label.nii.gz")]
+        command += ["--cases", *pair["cases"]]
+        subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows = json.loads(output.read_text())["rows"]
+    failed = [f"{r['case']}: {r['error']}" for r in rows if "error" in r]
+    if failed:
+        raise SystemExit(f"{name}: medwidit failed on {failed}")
+    return {r["case"]: {k: r[k] for k in ("dice", "hd95_mm", "volume_error_ml", "cpu_seconds")} for r in rows}
+
+
+def compare(cases: dict[str, dict]) -> dict:
+    """Per variant: mean Dice and HD95, and the mean on thick-slice cases; the second variant minus the first."""
+    names = list(cases)
+    summary = {}
+    for name, rows in cases.items():
+        thick = [r["dice"] for case, r in rows.items() if any(case.endswith(t) for t in THICK)]
+        summary[name] = {
+            "mean_dice": float(np.mean([r["dice"] for r in rows.values()])),
+            "mean_hd95_mm": float(np.mean([r["hd95_mm"] for r in rows.values()])),
+            "thick_mean_dice": float(np.mean(thick)) if thick else None,
+        }
+    first, second = (cases[n] for n in names)
+    diffs = [second[c]["dice"] - first[c]["dice"] for c in first]
+    summary[f"{names[1]}_minus_{names[0]}"] = {
+        "mean_dice": float(np.mean(diffs)),
+        "cases_better": int(sum(d > 0 for d in diffs)),
+        "cases": len(diffs),
+    }
+    return summary
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    scans = args.work / "scans"
+    if not (scans / "painted_1_label.nii.gz").is_file():
+        validation_cases.main(["--out", str(scans)])
+    record = {"environment": environment(torch.device("cpu"), __file__), "work": str(args.work), "pairs": {}}
+    for pair_name in args.pairs:
+        pair = PAIRS[pair_name]
+        cases, bundles = {}, {}
+        for name, overrides in pair["variants"].items():
+            shipped = pair_name == "conditioning" and name == "embed" and args.shipped_embed
+            bundles[name] = BUNDLE if shipped else train(name, overrides, args.work)
+            cases[name] = score(name, bundles[name], pair, scans, args.work, args.threads)
+        record["pairs"][pair_name] = {
+            "overrides": pair["variants"],
+            "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
+            "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
+            "cases": cases,
+            "summary": compare(cases),
+        }
+        print_table(pair_name, cases)
+    write_json(record, args.output)
+    return record
+
+
+def _training_seconds(bundle: Path) -> float | None:
+    """The wall-clock seconds ``train`` measured (None for the shipped weights: their metadata has them)."""
+    path = bundle / "training_seconds.json"
+    return json.loads(path.read_text())["wall_seconds"] if path.is_file() else None
+
+
+def print_table(pair_name: str, cases: dict[str, dict]) -> None:
+    names = list(cases)
+    print(f"\n{pair_name}: Dice (HD95 mm)")
+    print(f"{'case':24s}" + "".join(f"{n:>22s}" for n in names))
+    for case in cases[names[0]]:
+        cells = "".join(f"{cases[n][case]['dice']:>14.3f} ({cases[n][case]['hd95_mm']:5.1f})" for n in names)
+        print(f"{case:24s}{cells}")
+    means = "".join(f"{np.mean([r['dice'] for r in cases[n].values()]):>22.3f}" for n in names)
+    print(f"{'mean':24s}{means}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
