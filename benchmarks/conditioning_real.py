@@ -10,6 +10,7 @@ Pairs (overrides of ``bundles/brain_widit_segmentation/configs/train.json``):
                    without vs with ``--spacing_conditioning``; scored on the MNI152 template and two images painted
                    from the head label map (``validation_cases.py``), each as it is and thick along each axis
 
+Every trained option is sampled with the shipped ``inference.json`` (steps, samples, post-processing).
 ``--shipped-embed`` takes the shipped weights for ``embed`` instead of training them again (they are this recipe:
 the bundle's metadata names the command). A model already trained in ``--work`` is reused, so an interrupted run
 goes on where it stopped. Writes benchmarks/results/conditioning_real.json and prints a table.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,7 +81,7 @@ def train(name: str, overrides: dict, work: Path) -> Path:
     out = work / name
     if (out / "models" / "model.pt").is_file():
         print(f"{name}: reusing {out}", flush=True)
-        return out
+        return _with_inference_config(out)
     command = [sys.executable, "-m", "monai.bundle", "run", "training"]
     command += ["--config_file", str(BUNDLE / "configs" / "train.json"), "--output_dir", str(out)]
     for key, value in overrides.items():
@@ -90,6 +92,14 @@ def train(name: str, overrides: dict, work: Path) -> Path:
     with open(out / "train.log", "w") as log:
         subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     (out / "training_seconds.json").write_text(json.dumps({"wall_seconds": round(time.perf_counter() - start, 1)}))
+    return _with_inference_config(out)
+
+
+def _with_inference_config(out: Path) -> Path:
+    """The shipped ``inference.json`` beside the trained weights: every option is sampled and post-processed as the
+    shipped bundle is (steps, samples, overlap, largest component and hole filling)."""
+    (out / "configs").mkdir(exist_ok=True)
+    shutil.copyfile(BUNDLE / "configs" / "inference.json", out / "configs" / "inference.json")
     return out
 
 
