@@ -108,7 +108,7 @@ def main() -> None:
         predictor = Predictor.from_bundle(args.bundle, device="cpu")
     args.steps, args.samples, overlap = predictor.resolve_sampling(args.steps, args.samples, None)
     record = evaluate(predictor, args)
-    shared = predictor.resolve_shared_steps(None)
+    shared = predictor.resolve_shared_steps(None, args.steps)
     record.update(steps=args.steps, samples=args.samples, overlap=overlap, shared_steps=shared)
     record["post_processing"] = bool(predictor.label_postprocessing)
     print(args.name, json.dumps(record), flush=True)

@@ -41,7 +41,7 @@ from monai.transforms import (
 )
 
 from medwidit.data.transforms import RecordSpacingd
-from medwidit.utils import check_int
+from medwidit.utils import check_bool, check_int
 
 __all__ = [
     "RandFieldOfViewd",
@@ -288,7 +288,7 @@ def synthesis_transforms(
         RandGaussianNoised(image_key, prob=0.5, std=0.03),
         RandFieldOfViewd(image_key, label_key, prob=fov_prob),
     ]
-    if flip:
+    if check_bool("flip", flip):
         transforms.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     transforms.append(
         MapLabelValued(label_key, list(range(num_labels)), [int(t) for t in target_labels], dtype=np.int64)

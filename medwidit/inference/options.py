@@ -16,7 +16,7 @@ import torch
 from monai.utils import look_up_option
 
 from medwidit.diffusion.samplers import check_shared_steps
-from medwidit.utils import check_int, check_range
+from medwidit.utils import check_bool, check_int, check_range
 from medwidit.utils.resources import PACKAGE, shipped_path
 
 from .io import InputError, one_line
@@ -104,8 +104,10 @@ def autocast_model_fn(model_fn: Callable, device_type: str, dtype: torch.dtype |
 
 def progress_callback(progress, steps: int, description: str):
     """``progress``: False (none), True (a tqdm bar over the denoising steps) or a callable given each step's dict."""
-    if callable(progress) or not progress:
-        return progress or None
+    if callable(progress):
+        return progress
+    if progress is None or not check_bool("progress", progress):
+        return None
     from tqdm import tqdm as text_bar
     from tqdm.auto import tqdm
 

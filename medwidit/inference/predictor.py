@@ -27,7 +27,7 @@ from monai.utils import ensure_tuple_rep
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.nets.contract import network_size_multiple
-from medwidit.utils import check_int
+from medwidit.utils import check_bool, check_int
 
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .figure import save_overlay_figure
@@ -195,9 +195,18 @@ class Predictor:
         given = {"steps": steps, "num_samples": num_samples, "overlap": overlap}
         return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
-    def resolve_shared_steps(self, shared_steps: int | None) -> int:
-        """``shared_steps``, or ``sampling_defaults``'s when None."""
-        return self.sampling_defaults["shared_steps"] if shared_steps is None else shared_steps
+    def resolve_shared_steps(self, shared_steps: int | None, steps: int) -> int:
+        """``shared_steps``, or ``sampling_defaults``'s when None (a default that ``steps`` cannot hold is named as
+        the model's, not as an argument the caller never gave)."""
+        if shared_steps is not None:
+            return shared_steps
+        default = self.sampling_defaults["shared_steps"]
+        if isinstance(default, int) and not isinstance(default, bool) and default >= steps:
+            raise ValueError(
+                f"steps={steps}: the model's sampling defaults share the first {default} steps (shared_steps); "
+                f"pass shared_steps=K with K < {steps}."
+            )
+        return default
 
     @property
     def num_modalities(self) -> int:
@@ -289,10 +298,11 @@ class Predictor:
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
-        shared_steps = self.resolve_shared_steps(shared_steps)
+        shared_steps = self.resolve_shared_steps(shared_steps, steps)
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
-        check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force_grid)
+        force = check_bool("force_grid", force_grid)
+        check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force)
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
         pre = Compose(preprocessing_transforms(self.preprocessing, load=False, spacing_key=spacing_key))
         meta = {"original_affine": geometry.affine}  # as LoadImaged records it: the acquisition's own spacing
@@ -365,7 +375,7 @@ class Predictor:
         numbers = {
             "eta": eta,
             "guidance_scale": guidance_scale,
-            "shared_steps": self.resolve_shared_steps(shared_steps),
+            "shared_steps": self.resolve_shared_steps(shared_steps, steps),
         }
         check_sampling(steps=steps, num_samples=num_samples, overlap=overlap, **numbers)
         probe = torch.zeros((1, self.num_modalities, *[1] * self.spatial_dims))  # only its rank is looked at
@@ -448,8 +458,23 @@ class Predictor:
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
+        # a bundle's command line hands these over as words ("false"), and bool("false") is True
+        overwrite, resume, force_grid = (
+            check_bool(n, v) for n, v in [("overwrite", overwrite), ("resume", resume), ("force_grid", force_grid)]
+        )
+        save_probabilities, save_uncertainty, save_figure, save_quality, save_statistics = (
+            check_bool(f"save_{kind}", value)
+            for kind, value in [
+                ("probabilities", save_probabilities),
+                ("uncertainty", save_uncertainty),
+                ("figure", save_figure),
+                ("quality", save_quality),
+                ("statistics", save_statistics),
+            ]
+        )
         sampling = self.resolve_sampling(steps, num_samples, overlap)
-        options = sampling_options(*sampling, sampler, eta, guidance_scale, self.resolve_shared_steps(shared_steps))
+        shared_steps = self.resolve_shared_steps(shared_steps, sampling[0])
+        options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)

@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from medwidit.utils import check_int
+from medwidit.utils import check_bool, check_int
 
 from .contract import register_network
 from .layers import WiDiTInputError
@@ -65,7 +65,7 @@ class DiffusionUNet(nn.Module):
             "cond_channels": cond_channels,
             "out_channels": out_channels,
             "channels": [int(c) for c in channels],
-            "attention_levels": [bool(a) for a in attention_levels],
+            "attention_levels": [check_bool(f"attention_levels[{i}]", a) for i, a in enumerate(attention_levels)],
             "num_res_blocks": num_res_blocks,
             "norm_num_groups": norm_num_groups,
             "num_head_channels": num_head_channels,

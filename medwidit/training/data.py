@@ -345,11 +345,17 @@ class SegmentationDataModule(L.LightningDataModule):
                 items, transform, cache_rate=self.cache_rate, num_workers=max(self.num_workers, 1), progress=False
             )
         if self.cache == "disk":
-            # keyed by the transforms too: a cache made with other settings (e.g. without the spacing record) is not
-            # read back as if it were this one's
+            # keyed by the settings too: a cache made with others (another intensity mode or spacing, without the
+            # spacing record) is not read back as if it were this one's
             folder = Path(self.cache_dir) / split
-            return PersistentDataset(items, transform, cache_dir=folder, hash_transform=json_hashing)
+            return PersistentDataset(items, transform, cache_dir=folder, hash_transform=self._cache_key)
         return Dataset(items, transform)
+
+    def _cache_key(self, transforms: Sequence) -> bytes:
+        """``PersistentDataset``'s key of the deterministic transforms: MONAI's ``json_hashing`` cannot serialise
+        transform objects and falls back to their class names alone, so the settings they were built from go in."""
+        names = [type(t).__name__ for t in transforms]
+        return json_hashing({"transforms": names, "preprocessing": self.preprocessing, "spacing_key": self.spacing_key})
 
     def _synthetic(self) -> list[MapTransform]:
         return synthetic_train_transforms(

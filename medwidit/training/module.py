@@ -25,6 +25,7 @@ from monai.metrics import DiceMetric
 
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
+from medwidit.utils import check_bool
 
 from .visualize import log_validation_images
 
@@ -379,7 +380,7 @@ class ExportSegmenter(Callback):
     ) -> None:
         self.models_dir = Path(models_dir)
         self.extra_config = dict(extra_config or {})
-        self.overwrite = bool(overwrite)
+        self.overwrite = check_bool("overwrite", overwrite)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not isinstance(pl_module, DiffusionSegmentationModule):

@@ -112,7 +112,9 @@ def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
         return
     predictor = Predictor.from_bundle(bundle, device="cpu")
     assert predictor.sampling_defaults["shared_steps"] == 1
-    assert predictor.resolve_shared_steps(None) == 1 and predictor.resolve_shared_steps(0) == 0
+    assert predictor.resolve_shared_steps(None, 10) == 1 and predictor.resolve_shared_steps(0, 10) == 0
+    with pytest.raises(ValueError, match=r"steps=1: the model's sampling defaults share the first 1 steps"):
+        predictor.resolve_shared_steps(None, 1)  # the model's default, named as such, not a "shared_steps" argument
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out", "--bundle", str(bundle)])
     _resolve_model(args)
     assert args.shared_steps == 1

@@ -147,6 +147,11 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     again = run()
     assert again["good"].status == "failed" and "good.nii.gz: already exists" in again["good"].message
     assert run(resume=True)["good"].status == "skipped"
+    # inference.json's options arrive from a bundle's command line as words: "false" must not overwrite (it did)
+    assert run(overwrite="false", save_uncertainty="false")["good"].status == "failed"
+    assert run(resume="true")["good"].status == "skipped"
+    with pytest.raises(ValueError, match="overwrite must be true or false, got 'no'"):
+        run(overwrite="no")
     partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
     assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"

@@ -94,6 +94,22 @@ def test_a_disk_cache_of_other_settings_is_not_read_back(tmp_path):
     assert "spacing" in _module(data_list, 3, spacing_conditioning=True, **options).train_dataset[0][0]
 
 
+def test_a_disk_cache_of_other_preprocessing_settings_is_not_read_back(tmp_path):
+    """Same transform classes, other settings (orientation LPS after RAS): MONAI's own key, the class names, read the
+    RAS volume back for the LPS module."""
+    data_list = write_dataset(tmp_path, num_train=1)
+
+    def validation_image(preprocessing, cache="disk"):
+        options = {"roi_size": [8, 8, 8], "num_crops": 1, "num_workers": 0, "cache_dir": tmp_path / "cache"}
+        dm = SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, cache=cache, **options)
+        return dm.val_dataset[0]["image"]
+
+    ras = validation_image(PREPROCESSING_3D)
+    lps = validation_image({**PREPROCESSING_3D, "orientation": "LPS"})
+    assert not torch.equal(ras, lps)
+    assert torch.equal(lps, validation_image({**PREPROCESSING_3D, "orientation": "LPS"}, cache="none"))
+
+
 @pytest.mark.parametrize("intensity", list(INTENSITY_MODES))  # every mode, a new one included
 def test_foreground_crop_finds_the_head_whatever_the_intensity_mode(tmp_path, intensity):
     """The cases are zero outside a 2-voxel border: the crop must find that box after any intensity mode (it kept
