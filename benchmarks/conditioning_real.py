@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -42,7 +43,7 @@ for folder in (ROOT, ROOT / "benchmarks"):  # the package from a checkout; valid
         sys.path.insert(0, str(folder))
 
 import validation_cases  # noqa: E402
-from _report import environment, write_json  # noqa: E402
+from _report import environment, fmt, write_json  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RESULTS = ROOT / "benchmarks" / "results" / "conditioning_real.json"
@@ -132,16 +133,23 @@ def _scores_of(output: Path, bundle: Path) -> bool:
     return same and output.stat().st_mtime > weights.stat().st_mtime
 
 
-def compare(cases: dict[str, dict]) -> dict:
-    """Per variant: mean Dice and HD95, and the mean on thick-slice cases; the second variant minus the first."""
+def compare(cases: dict[str, dict], bases: list[str]) -> dict:
+    """Per variant: mean Dice and HD95, the mean on thick-slice cases and per base scan (a painted image that one
+    option fails on does not hide the real template); the second variant minus the first."""
     names = list(cases)
     summary = {}
     for name, rows in cases.items():
+        by_base = {
+            b: float(np.mean([r["dice"] for c, r in rows.items() if c == b or c.startswith(f"{b}_")])) for b in bases
+        }
         thick = [r["dice"] for case, r in rows.items() if any(case.endswith(t) for t in THICK)]
+        hd95 = [r["hd95_mm"] for r in rows.values() if r["hd95_mm"] is not None and math.isfinite(r["hd95_mm"])]
         summary[name] = {
             "mean_dice": float(np.mean([r["dice"] for r in rows.values()])),
-            "mean_hd95_mm": float(np.mean([r["hd95_mm"] for r in rows.values()])),
+            "mean_hd95_mm": float(np.mean(hd95)) if hd95 else None,  # over the cases with a mask (empty: no HD95)
+            "empty_masks": len(rows) - len(hd95),
             "thick_mean_dice": float(np.mean(thick)) if thick else None,
+            "mean_dice_by_base": by_base,
         }
     first, second = (cases[n] for n in names)
     diffs = [second[c]["dice"] - first[c]["dice"] for c in first]
@@ -172,7 +180,7 @@ def main(argv=None) -> dict:
             "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
             "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
             "cases": cases,
-            "summary": compare(cases),
+            "summary": compare(cases, pair["bases"]),
         }
         print_table(pair_name, cases)
     write_json(record, args.output)
@@ -190,7 +198,7 @@ def print_table(pair_name: str, cases: dict[str, dict]) -> None:
     print(f"\n{pair_name}: Dice (HD95 mm)")
     print(f"{'case':24s}" + "".join(f"{n:>22s}" for n in names))
     for case in cases[names[0]]:
-        cells = "".join(f"{cases[n][case]['dice']:>14.3f} ({cases[n][case]['hd95_mm']:5.1f})" for n in names)
+        cells = "".join(f"{cases[n][case]['dice']:>14.3f} ({fmt(cases[n][case]['hd95_mm'], 1):>5s})" for n in names)
         print(f"{case:24s}{cells}")
     means = "".join(f"{np.mean([r['dice'] for r in cases[n].values()]):>22.3f}" for n in names)
     print(f"{'mean':24s}{means}", flush=True)
