@@ -200,8 +200,8 @@ class Predictor:
         the model's, not as an argument the caller never gave)."""
         if shared_steps is not None:
             return shared_steps
-        default = self.sampling_defaults["shared_steps"]
-        if isinstance(default, int) and not isinstance(default, bool) and default >= steps:
+        default = self.sampling_defaults["shared_steps"]  # checked when the defaults were read
+        if isinstance(steps, int) and default >= steps:  # a bad ``steps`` is check_sampling's to name
             raise ValueError(
                 f"steps={steps}: the model's sampling defaults share the first {default} steps (shared_steps); "
                 f"pass shared_steps=K with K < {steps}."
@@ -459,19 +459,18 @@ class Predictor:
         share the work and each writes only its own cases; the plan is still checked over every case.
         """
         # a bundle's command line hands these over as words ("false"), and bool("false") is True
-        overwrite, resume, force_grid = (
-            check_bool(n, v) for n, v in [("overwrite", overwrite), ("resume", resume), ("force_grid", force_grid)]
-        )
-        save_probabilities, save_uncertainty, save_figure, save_quality, save_statistics = (
-            check_bool(f"save_{kind}", value)
-            for kind, value in [
-                ("probabilities", save_probabilities),
-                ("uncertainty", save_uncertainty),
-                ("figure", save_figure),
-                ("quality", save_quality),
-                ("statistics", save_statistics),
-            ]
-        )
+        flags = {
+            "overwrite": overwrite,
+            "resume": resume,
+            "force_grid": force_grid,
+            "save_probabilities": save_probabilities,
+            "save_uncertainty": save_uncertainty,
+            "save_figure": save_figure,
+            "save_quality": save_quality,
+            "save_statistics": save_statistics,
+        }
+        flags = {name: check_bool(name, value) for name, value in flags.items()}
+        overwrite, resume, force_grid = flags["overwrite"], flags["resume"], flags["force_grid"]
         sampling = self.resolve_sampling(steps, num_samples, overlap)
         shared_steps = self.resolve_shared_steps(shared_steps, sampling[0])
         options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
@@ -483,12 +482,12 @@ class Predictor:
         check_int("num_parts", num_parts)
         check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
         output_dir = check_output_dir(output_dir)
-        kinds = ["labels"] + ["probabilities"] * save_probabilities
+        kinds = ["labels"] + ["probabilities"] * flags["save_probabilities"]
         kinds += (
-            ["uncertainty", "aleatoric", "epistemic"] * save_uncertainty
-            + ["figure"] * save_figure
-            + ["quality"] * save_quality
-            + ["statistics"] * save_statistics
+            ["uncertainty", "aleatoric", "epistemic"] * flags["save_uncertainty"]
+            + ["figure"] * flags["save_figure"]
+            + ["quality"] * flags["save_quality"]
+            + ["statistics"] * flags["save_statistics"]
         )
         cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
         plans = {
