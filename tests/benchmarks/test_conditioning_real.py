@@ -1,0 +1,28 @@
+"""conditioning_real.py's summary: a case where a model wrote an empty mask (HD95 null, as the results JSON stores
+inf) no longer breaks it (it raised a TypeError after four trainings), and each base scan gets its own mean."""
+
+import pytest
+from benchmark_scripts import load_benchmark
+
+conditioning_real = load_benchmark("conditioning_real")
+
+
+def _row(dice, hd95):
+    return {"dice": dice, "hd95_mm": hd95, "volume_error_ml": 0.0, "cpu_seconds": 1.0}
+
+
+def test_summary_with_an_empty_mask_and_per_base_means():
+    cases = {
+        "without": {"mni": _row(0.96, 4.0), "mni_thick_x": _row(0.94, 6.0), "painted_0": _row(0.0, None)},
+        "with": {"mni": _row(0.97, 5.0), "mni_thick_x": _row(0.95, 7.0), "painted_0": _row(0.3, 30.0)},
+    }
+    summary = conditioning_real.compare(cases, ["mni", "painted_0"])
+    assert summary["without"]["mean_hd95_mm"] == pytest.approx(5.0) and summary["without"]["empty_masks"] == 1
+    assert summary["with"]["mean_hd95_mm"] == pytest.approx(14.0) and summary["with"]["empty_masks"] == 0
+    assert summary["without"]["mean_dice_by_base"] == pytest.approx({"mni": 0.95, "painted_0": 0.0})
+    assert summary["without"]["thick_mean_dice"] == pytest.approx(0.94)
+    difference = summary["with_minus_without"]
+    assert difference["mean_dice"] == pytest.approx(0.32 / 3) and (difference["cases_better"], difference["cases"]) == (
+        3,
+        3,
+    )
