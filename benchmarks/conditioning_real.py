@@ -1,6 +1,7 @@
-"""Embed vs concat conditioning, and spacing conditioning with vs without, on real anatomy: the brain bundle trained
-by its own ``training`` command once per option (same recipe, same 1200 steps, one after the other on this machine),
-each scored on validation scans with ``generalisation.py``. Colin27, the held-out test scan, is never looked at.
+"""Embed vs concat conditioning, spacing conditioning with vs without, and the contrast-remap recipe vs the shipped
+weights, on real anatomy: the brain bundle trained by its own ``training`` command once per option (one after the
+other on this machine), each scored on validation scans with ``generalisation.py``. Colin27, the held-out test scan,
+is never looked at.
 
 Pairs (overrides of ``bundles/brain_widit_segmentation/configs/train.json``):
     conditioning   embed (train.json as it is: the shipped recipe)  vs  concat (``--net#conditioning concat``)
@@ -9,6 +10,10 @@ Pairs (overrides of ``bundles/brain_widit_segmentation/configs/train.json``):
     spacing        both trained with half their crops re-acquired with thick slices (``--thickness_prob 0.5``);
                    without vs with ``--spacing_conditioning``; scored on the MNI152 template and two images painted
                    from the head label map (``validation_cases.py``), each as it is and thick along each axis
+    contrast       the shipped weights  vs  a retrain with real crops under another sequence's contrast
+                   (``--contrast_prob 0.3``: ``medwidit.data.synth.RandContrastRemapd``) and thick slices
+                   (``--thickness_prob 0.5``) for 3400 steps (the CPU budget); scored on all three validation scans
+                   and all 7 acquisition variants of each
 
 What the scans measure: the MNI152 2 mm file is the training anatomy at another resolution (the data list's
 validation file) and the painted images come from that anatomy's label map, so the cases test acquisition and contrast,
@@ -16,8 +21,9 @@ not a new person. One training run per option: a difference of about 0.01 Dice i
 
 Every trained option is sampled with the shipped ``inference.json`` (steps, samples, post-processing).
 ``--shipped-embed`` takes the shipped weights for ``embed`` instead of training them again (the same recipe, trained
-by an earlier version of the code). A model already trained in ``--work``, and its scores, are reused, so an
-interrupted run goes on where it stopped. Writes benchmarks/results/conditioning_real.json and prints a table.
+by an earlier version of the code); a variant without overrides (None) is always the shipped weights. A model already
+trained in ``--work``, and its scores, are reused, so an interrupted run goes on where it stopped. Writes
+benchmarks/results/conditioning_real.json (the pairs not run this time are kept from the file) and prints a table.
 
     python benchmarks/conditioning_real.py --work /tmp/conditioning_real   # 4 x ~12 min training, 4 x ~5 min scoring
 """
@@ -61,6 +67,20 @@ PAIRS = {
         },
         "bases": ["mni152_2mm", "painted_0", "painted_1"],
         "cases": ["mni152_2mm", "painted_0", "painted_1", *THICK],
+    },
+    "contrast": {
+        "variants": {
+            "shipped": None,
+            "remap": {
+                "thickness_prob": 0.5,
+                "contrast_prob": 0.3,
+                "max_steps": 3400,
+                "epochs": 100000,
+                "val_interval": 680,
+            },
+        },
+        "bases": ["mni152_2mm", "painted_0", "painted_1"],
+        "cases": ["mni152_2mm", "painted_0", "painted_1", *THICK, "contrast", "noise", "bias", "fov"],
     },
 }
 
@@ -167,15 +187,17 @@ def main(argv=None) -> dict:
     scans = args.work / "scans"
     if not (scans / "painted_1_label.nii.gz").is_file():
         validation_cases.main(["--out", str(scans)])
-    record = {"environment": environment(torch.device("cpu"), __file__), "work": str(args.work), "pairs": {}}
+    here = environment(torch.device("cpu"), __file__)
+    record = {"environment": here, "work": str(args.work), "pairs": earlier_pairs(args.output, args.pairs)}
     for pair_name in args.pairs:
         pair = PAIRS[pair_name]
         cases, bundles = {}, {}
         for name, overrides in pair["variants"].items():
-            shipped = pair_name == "conditioning" and name == "embed" and args.shipped_embed
+            shipped = overrides is None or (pair_name == "conditioning" and name == "embed" and args.shipped_embed)
             bundles[name] = BUNDLE if shipped else train(name, overrides, args.work)
             cases[name] = score(name, bundles[name], pair, scans, args.work, args.threads)
         record["pairs"][pair_name] = {
+            "environment": here,
             "overrides": pair["variants"],
             "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
             "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
@@ -185,6 +207,19 @@ def main(argv=None) -> dict:
         print_table(pair_name, cases)
     write_json(record, args.output)
     return record
+
+
+def earlier_pairs(output: Path, running: list[str]) -> dict:
+    """The pairs of an earlier record at ``output`` that this run does not redo, each with the environment it ran in
+    (its own, or the earlier record's where the pair carries none)."""
+    if not output.is_file():
+        return {}
+    earlier = json.loads(output.read_text())
+    return {
+        name: {"environment": earlier["environment"], **pair}
+        for name, pair in earlier["pairs"].items()
+        if name not in running
+    }
 
 
 def _training_seconds(bundle: Path) -> float | None:

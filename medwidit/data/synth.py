@@ -12,7 +12,10 @@ here because no kept library does them the way synthesis needs (measured in ``be
   the slice thickness as FWHM) then sampling at the slice spacing and back. TorchIO's ``RandomAnisotropy`` samples
   with nearest neighbours and no profile, which models gaps between thin slices, not thick slices;
 - :class:`RandFieldOfViewd`: a scan that ends inside the head (the image is air and the label background beyond
-  a random plane near the top or bottom of an axis).
+  a random plane near the top or bottom of an axis);
+- :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
+  (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
+  signed range onto [min, 0]; neither re-equalises).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from monai.transforms import (
     Rand3DElasticd,
     RandAdjustContrastd,
     RandAffined,
+    RandBiasField,
     RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
@@ -40,10 +44,11 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from medwidit.data.transforms import RecordSpacingd
+from medwidit.data.transforms import ChannelwiseHistogramNormalized, RecordSpacingd
 from medwidit.utils import check_bool, check_int
 
 __all__ = [
+    "RandContrastRemapd",
     "RandFieldOfViewd",
     "RandLabelsToImaged",
     "RandSliceThicknessd",
@@ -233,6 +238,58 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
             d[key] = d[key].clone()
             d[key][(slice(None), *index)] = value
         return d
+
+
+class RandContrastRemapd(RandomizableTransform, MapTransform):
+    """Another scanner's or sequence's contrast on a crop the pipeline has histogram-equalised onto [-1, 1] already:
+    a random piecewise-linear intensity curve through ``num_control_points`` equally spaced knots whose values are
+    drawn independently, so the curve need not be monotone (T2-like inversions included) but the floor, air, stays
+    dark; then, with ``bias_prob``, a smooth coil field (MONAI's ``RandBiasField`` on the non-negative intensities,
+    so air stays 0); then the histogram equalisation again, so the crop is distributed as inference's input is.
+    Real anatomy with a random contrast: what label-to-image synthesis gives, without painting a label map."""
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        *,
+        prob: float = 0.3,
+        num_control_points: tuple[int, int] = (4, 8),
+        bias_prob: float = 0.5,
+        bias_coeff_range: tuple[float, float] = (0.1, 0.5),
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=prob)
+        low, high = (int(n) for n in num_control_points)
+        if not 3 <= low <= high:
+            raise ValueError(f"num_control_points must be (low, high) with 3 <= low <= high, got {num_control_points}.")
+        if not 0.0 <= float(bias_prob) <= 1.0:
+            raise ValueError(f"bias_prob must be in [0, 1], got {bias_prob}.")
+        self.num_control_points, self.bias_prob = (low, high), float(bias_prob)
+        self.bias_field = RandBiasField(coeff_range=tuple(bias_coeff_range), prob=1.0)
+        self.equalise = ChannelwiseHistogramNormalized(keys)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.bias_field.set_random_state(state=self.R)  # one stream: the same seed draws the same curve and field
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        knots = self.R.randint(self.num_control_points[0], self.num_control_points[1] + 1)
+        values = np.concatenate([[0.0], self.R.uniform(0.05, 1.0, knots - 1)])  # the floor (air) stays dark
+        with_bias = self.R.rand() < self.bias_prob
+        for key in self.key_iterator(d):
+            image = d[key]
+            level = np.interp((np.asarray(image, dtype=np.float32) + 1.0) / 2.0, np.linspace(0.0, 1.0, knots), values)
+            level = torch.as_tensor(level, dtype=torch.float32)
+            if with_bias:
+                level = torch.as_tensor(self.bias_field(level), dtype=torch.float32)
+            level = MetaTensor(level, meta=dict(image.meta)) if isinstance(image, MetaTensor) else level
+            d[key] = level
+        return self.equalise(d)
 
 
 def synthesis_transforms(

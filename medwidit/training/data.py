@@ -39,7 +39,7 @@ from monai.transforms import (
 from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
-from medwidit.data.synth import RandSliceThicknessd
+from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
 from medwidit.utils import check_bool, check_int
 
@@ -136,6 +136,9 @@ class SegmentationDataModule(L.LightningDataModule):
         thickness_prob, thickness_range: thick-slice acquisitions simulated on real training crops
             (``medwidit.data.synth.RandSliceThicknessd``: along a random axis, ``thickness_range`` in voxels of the
             working grid); probability 0 (the default) removes it.
+        contrast_prob: another sequence's contrast on real training crops (``medwidit.data.synth.RandContrastRemapd``:
+            a random, not necessarily monotone intensity curve, a coil field on half of them, then the histogram
+            equalisation again); needs the "histogram" intensity mode; probability 0 (the default) removes it.
         spacing_conditioning: every item (training crops, real and synthetic, and validation volumes) carries
             ``"spacing"`` (2N,) mm: the working grid's spacing, then the acquisition's per axis (the scan's own, or
             the simulated slice thickness), for a network with ``spacing_conditioning=True`` (WiDiT).
@@ -173,6 +176,7 @@ class SegmentationDataModule(L.LightningDataModule):
         synth_options: dict | None = None,
         thickness_prob: float = 0.0,
         thickness_range: Sequence[float] = (1.0, 4.0),
+        contrast_prob: float = 0.0,
         spacing_conditioning: bool = False,
     ) -> None:
         super().__init__()
@@ -187,6 +191,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "zoom_prob": zoom_prob,
             "intensity_prob": intensity_prob,
             "thickness_prob": thickness_prob,
+            "contrast_prob": contrast_prob,
         }
         for name, value in probabilities.items():
             if not 0.0 <= float(value) <= 1.0:
@@ -221,6 +226,12 @@ class SegmentationDataModule(L.LightningDataModule):
         if len(self.thickness_range) != 2 or not 1.0 <= self.thickness_range[0] <= self.thickness_range[1]:
             raise ValueError(
                 f"thickness_range must be (low, high) voxels with 1 <= low <= high, got {thickness_range}."
+            )
+        self.contrast_prob = float(contrast_prob)
+        if self.contrast_prob > 0 and self.preprocessing["intensity"] != "histogram":
+            raise ValueError(
+                f"contrast_prob > 0 re-equalises the remapped crop, so it needs preprocessing['intensity'] "
+                f"'histogram', got {self.preprocessing['intensity']!r}."
             )
         self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
@@ -276,6 +287,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
             )
             out.append(RandGaussianSharpend("image", prob=self.intensity_prob / 2))
+        if self.contrast_prob > 0:  # last: it re-equalises the crop as the pipeline's intensity step would
+            out.append(RandContrastRemapd("image", prob=self.contrast_prob))
         return out
 
     def train_transforms(self) -> Compose:

@@ -1,6 +1,8 @@
 """conditioning_real.py's summary: a case where a model wrote an empty mask (HD95 null, as the results JSON stores
 inf) no longer breaks it (it raised a TypeError after four trainings), and each base scan gets its own mean."""
 
+import json
+
 import pytest
 from benchmark_scripts import load_benchmark
 
@@ -26,3 +28,21 @@ def test_summary_with_an_empty_mask_and_per_base_means():
         3,
         3,
     )
+
+
+def test_a_run_of_one_pair_keeps_the_others_with_their_environment(tmp_path):
+    output = tmp_path / "conditioning_real.json"
+    assert conditioning_real.earlier_pairs(output, ["contrast"]) == {}  # nothing earlier
+    earlier = {
+        "environment": {"commit": "old"},
+        "pairs": {
+            "conditioning": {"cases": {}},
+            "spacing": {"environment": {"commit": "older"}, "cases": {}},
+            "contrast": {"cases": {}},
+        },
+    }
+    output.write_text(json.dumps(earlier))
+    kept = conditioning_real.earlier_pairs(output, ["contrast"])
+    assert sorted(kept) == ["conditioning", "spacing"]  # the pair run now is replaced, not kept
+    assert kept["conditioning"]["environment"] == {"commit": "old"}
+    assert kept["spacing"]["environment"] == {"commit": "older"}  # a pair's own environment wins

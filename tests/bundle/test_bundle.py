@@ -230,6 +230,9 @@ def test_one_override_turns_spacing_conditioning_on_in_net_and_data(tmp_path):
     assert parser.get_parsed_content("net").config["spacing_conditioning"] is True
     datamodule = parser.get_parsed_content("datamodule", lazy=False)
     assert datamodule.spacing_conditioning and datamodule.thickness_prob == 0.5
+    assert datamodule.contrast_prob == 0.0  # the contrast remap is its own override
+    parser["contrast_prob"] = 0.3
+    assert parser.get_parsed_content("datamodule", lazy=False).contrast_prob == 0.3
     parser["spacing_conditioning"] = "false"  # how a command-line override may arrive: it turned conditioning on
     assert parser.get_parsed_content("net", lazy=False).config["spacing_conditioning"] is False
     assert parser.get_parsed_content("datamodule", lazy=False).spacing_conditioning is False

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose
+from monai.transforms import Compose, HistogramNormalize
 
 from medwidit.data.synth import (
+    RandContrastRemapd,
     RandFieldOfViewd,
     RandLabelsToImaged,
     RandSliceThicknessd,
@@ -100,6 +101,32 @@ def test_field_of_view_cuts_image_and_label_together():
     out = t(d)
     cut = (out["image"][0] == 0).all(dim=(1, 2))
     assert cut.any() and (out["label"][0][cut] == 0).all() and not (out["label"][0][~cut] == 0).all()
+
+
+def test_contrast_remap_keeps_air_dark_and_leaves_an_equalised_crop():
+    label = _head()[0]
+    tissue = {0: 0.0, 1: 0.9, 2: 0.1, 3: 0.2, 4: 0.6}  # T1-like: air, bright scalp, dark skull and CSF, grey brain
+    raw = sum(value * (label == index).float() for index, value in tissue.items())[None]
+    image = HistogramNormalize(num_bins=256, min=-1.0, max=1.0)(raw)  # the pipeline's equalisation
+    t = RandContrastRemapd(prob=1.0, num_control_points=(3, 3), bias_prob=0.0)
+    means = []
+    for seed in range(8):
+        t.set_random_state(seed)
+        out = torch.as_tensor(t({"image": image})["image"])
+        assert out.shape == image.shape and float(out.min()) == -1.0 and float(out.max()) == 1.0
+        assert torch.equal(out[0][label == 0], torch.full_like(out[0][label == 0], -1.0))  # air stays the floor
+        means.append([float(out[0][label == k].mean()) for k in (3, 4)])
+        t.set_random_state(seed)
+        assert torch.equal(out, torch.as_tensor(t({"image": image})["image"]))  # seeded
+    order = {csf < brain for csf, brain in means}
+    assert order == {True, False}  # the curve need not be monotone: CSF brighter than brain in some draws (T2-like)
+
+
+def test_contrast_remap_options_are_checked():
+    with pytest.raises(ValueError, match="num_control_points"):
+        RandContrastRemapd(num_control_points=(2, 4))
+    with pytest.raises(ValueError, match="bias_prob"):
+        RandContrastRemapd(bias_prob=1.5)
 
 
 @pytest.mark.parametrize(

@@ -155,3 +155,20 @@ def test_thick_slices_on_2d_crops_stay_on_their_two_axes(tmp_path):
     for _ in range(4):  # every crop thickened along axis 0 or 1 (a third axis would fail)
         spacing = next(iter(dm.train_dataloader()))["spacing"]
         assert spacing.shape == (6, 4) and sorted(spacing[0, 2:].tolist()) == [1.0, 2.0]
+
+
+def test_contrast_remap_on_real_crops_needs_the_histogram_mode(tmp_path):
+    data_list = write_dataset(tmp_path)
+    for intensity in INTENSITY_MODES:
+        preprocessing = {**PREPROCESSING_3D, "intensity": intensity}
+        options = {"data_list": data_list, "preprocessing": preprocessing, "roi_size": [16, 16, 16]}
+        if intensity != "histogram":
+            with pytest.raises(ValueError, match="contrast_prob > 0 .* 'histogram'"):
+                SegmentationDataModule(**options, contrast_prob=0.5)
+            continue
+        dm = SegmentationDataModule(**options, contrast_prob=1.0, num_workers=0, batch_size=1, num_crops=2)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["image"].shape == (2, 1, 16, 16, 16) and float(batch["image"].max()) == 1.0
+    with pytest.raises(ValueError, match="contrast_prob"):
+        _module(data_list, 3, contrast_prob=1.5)
