@@ -198,6 +198,7 @@ def main(argv=None) -> dict:
             cases[name] = score(name, bundles[name], pair, scans, args.work, args.threads)
         record["pairs"][pair_name] = {
             "environment": here,
+            "work": str(args.work),
             "overrides": pair["variants"],
             "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
             "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
@@ -210,13 +211,13 @@ def main(argv=None) -> dict:
 
 
 def earlier_pairs(output: Path, running: list[str]) -> dict:
-    """The pairs of an earlier record at ``output`` that this run does not redo, each with the environment it ran in
-    (its own, or the earlier record's where the pair carries none)."""
+    """The pairs of an earlier record at ``output`` that this run does not redo, each with the environment and work
+    folder it ran in (its own, or the earlier record's where the pair carries none)."""
     if not output.is_file():
         return {}
     earlier = json.loads(output.read_text())
     return {
-        name: {"environment": earlier["environment"], **pair}
+        name: {"environment": earlier["environment"], "work": earlier["work"], **pair}
         for name, pair in earlier["pairs"].items()
         if name not in running
     }

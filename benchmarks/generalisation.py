@@ -38,12 +38,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from _report import write_json  # benchmarks/ is on sys.path when a script runs
+from _report import environment, write_json  # benchmarks/ is on sys.path when a script runs
 from monai.transforms import RandBiasField
 from nibabel.processing import resample_from_to
 from scipy.ndimage import binary_closing, binary_fill_holes, gaussian_filter1d
 
 from medwidit.inference.metrics import segmentation_metrics
+from medwidit.inference.options import resolve_bundle
+from medwidit.utils.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "medwidit" / "data" / "examples"
@@ -201,6 +203,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    started = environment(torch.device("cpu"), __file__)  # the checkout as the run starts
+    weights = sha256_file(resolve_bundle(args.bundle) / "models" / "model.pt")  # which weights medwidit ran
     bases = {"colin27_2mm": (EXAMPLE / "colin27_head_2mm_image.nii.gz", EXAMPLE / "colin27_head_2mm_label.nii.gz")}
     if args.colin27_1mm:
         bases["colin27_1mm"] = tuple(Path(p) for p in args.colin27_1mm)
@@ -232,8 +236,11 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print_row(row)
     record = {
+        "command": " ".join(["python", "benchmarks/generalisation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "environment": started,
         "bases": {name: [str(p) for p in paths] for name, paths in bases.items()},
         "bundle": args.bundle,
+        "bundle_weights_sha256": weights,
         "threads": args.threads,
         "tools": {t: PEERS.get(t, "medwidit (this checkout)") for t in args.tools},
         "restricted": restricted,

@@ -44,7 +44,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from medwidit.data.transforms import ChannelwiseHistogramNormalized, RecordSpacingd
+from medwidit.data.transforms import RecordSpacingd, equalise_channels
 from medwidit.utils import check_bool, check_int
 
 __all__ = [
@@ -245,8 +245,10 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
     a random piecewise-linear intensity curve through ``num_control_points`` equally spaced knots whose values are
     drawn independently, so the curve need not be monotone (T2-like inversions included) but the floor, air, stays
     dark; then, with ``bias_prob``, a smooth coil field (MONAI's ``RandBiasField`` on the non-negative intensities,
-    so air stays 0); then the histogram equalisation again, so the crop is distributed as inference's input is.
-    Real anatomy with a random contrast: what label-to-image synthesis gives, without painting a label map."""
+    so air stays 0); then the histogram equalisation again, on the crop (inference equalises the whole volume).
+    Real anatomy with a random contrast: what label-to-image synthesis gives, without painting a label map.
+    The floor must still be air: run it before augmentations that move intensities (gain, shift, bias, noise). Every
+    channel gets the same curve and field; a crop with one value only (all air) is left as it is."""
 
     def __init__(
         self,
@@ -259,14 +261,18 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=prob)
-        low, high = (int(n) for n in num_control_points)
-        if not 3 <= low <= high:
-            raise ValueError(f"num_control_points must be (low, high) with 3 <= low <= high, got {num_control_points}.")
+        knots = tuple(num_control_points) if isinstance(num_control_points, Sequence) else ()
+        if len(knots) != 2 or not all(isinstance(n, int) for n in knots) or not 3 <= knots[0] <= knots[1]:
+            raise ValueError(
+                f"num_control_points must be integers (low, high) with 3 <= low <= high, got {num_control_points!r}."
+            )
+        coeff = tuple(bias_coeff_range) if isinstance(bias_coeff_range, Sequence) else ()
+        if len(coeff) != 2 or not 0.0 <= coeff[0] <= coeff[1]:
+            raise ValueError(f"bias_coeff_range must be (low, high) with 0 <= low <= high, got {bias_coeff_range!r}.")
         if not 0.0 <= float(bias_prob) <= 1.0:
             raise ValueError(f"bias_prob must be in [0, 1], got {bias_prob}.")
-        self.num_control_points, self.bias_prob = (low, high), float(bias_prob)
-        self.bias_field = RandBiasField(coeff_range=tuple(bias_coeff_range), prob=1.0)
-        self.equalise = ChannelwiseHistogramNormalized(keys)
+        self.num_control_points, self.bias_prob = knots, float(bias_prob)
+        self.bias_field = RandBiasField(coeff_range=coeff, prob=1.0)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -283,13 +289,17 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         with_bias = self.R.rand() < self.bias_prob
         for key in self.key_iterator(d):
             image = d[key]
+            if float(image.max()) == float(image.min()):
+                continue  # all air: equalising it would make it mid-grey
             level = np.interp((np.asarray(image, dtype=np.float32) + 1.0) / 2.0, np.linspace(0.0, 1.0, knots), values)
             level = torch.as_tensor(level, dtype=torch.float32)
             if with_bias:
                 level = torch.as_tensor(self.bias_field(level), dtype=torch.float32)
-            level = MetaTensor(level, meta=dict(image.meta)) if isinstance(image, MetaTensor) else level
+            level = torch.as_tensor(equalise_channels(level))
+            if isinstance(image, MetaTensor):
+                level = MetaTensor(level, meta=dict(image.meta), applied_operations=list(image.applied_operations))
             d[key] = level
-        return self.equalise(d)
+        return d
 
 
 def synthesis_transforms(

@@ -39,6 +39,7 @@ __all__ = [
     "batch_spacing",
     "check_preprocessing",
     "default_preprocessing",
+    "equalise_channels",
     "preprocessing_transforms",
 ]
 
@@ -87,14 +88,18 @@ class ChannelwiseHistogramNormalized(MapTransform):
 
     def __init__(self, keys) -> None:
         super().__init__(keys)
-        self.normalize = HistogramNormalize(num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)
 
     def __call__(self, data: Mapping) -> dict:
         out = dict(data)
         for key in self.key_iterator(out):
-            image = out[key]
-            out[key] = torch.cat([self.normalize(image[c : c + 1]) for c in range(image.shape[0])])
+            out[key] = equalise_channels(out[key])
         return out
+
+
+def equalise_channels(image: torch.Tensor) -> torch.Tensor:
+    """(C, *S) -> (C, *S): the "histogram" intensity mode's equalisation onto [-1, 1], each channel on its own."""
+    normalize = HistogramNormalize(num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)
+    return torch.cat([normalize(image[c : c + 1]) for c in range(image.shape[0])])
 
 
 def _zscore_nonzero(key: str) -> list[MapTransform]:

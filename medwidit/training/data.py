@@ -254,6 +254,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def _augmentation(self) -> list[MapTransform]:
         spatial_dims = len(self.roi_size)
         out: list[MapTransform] = []
+        if self.contrast_prob > 0:  # first: its floor is the air the pipeline equalised, before anything moves it
+            out.append(RandContrastRemapd("image", prob=self.contrast_prob))
         if self.flip_prob > 0:
             out += [RandFlipd(KEYS, prob=self.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
         if self.rotate_prob > 0 and self.rotate_degrees > 0:
@@ -287,8 +289,6 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
             )
             out.append(RandGaussianSharpend("image", prob=self.intensity_prob / 2))
-        if self.contrast_prob > 0:  # last: it re-equalises the crop as the pipeline's intensity step would
-            out.append(RandContrastRemapd("image", prob=self.contrast_prob))
         return out
 
     def train_transforms(self) -> Compose:

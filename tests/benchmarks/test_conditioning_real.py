@@ -35,9 +35,10 @@ def test_a_run_of_one_pair_keeps_the_others_with_their_environment(tmp_path):
     assert conditioning_real.earlier_pairs(output, ["contrast"]) == {}  # nothing earlier
     earlier = {
         "environment": {"commit": "old"},
+        "work": "/old",
         "pairs": {
             "conditioning": {"cases": {}},
-            "spacing": {"environment": {"commit": "older"}, "cases": {}},
+            "spacing": {"environment": {"commit": "older"}, "work": "/older", "cases": {}},
             "contrast": {"cases": {}},
         },
     }
@@ -46,3 +47,4 @@ def test_a_run_of_one_pair_keeps_the_others_with_their_environment(tmp_path):
     assert sorted(kept) == ["conditioning", "spacing"]  # the pair run now is replaced, not kept
     assert kept["conditioning"]["environment"] == {"commit": "old"}
     assert kept["spacing"]["environment"] == {"commit": "older"}  # a pair's own environment wins
+    assert (kept["conditioning"]["work"], kept["spacing"]["work"]) == ("/old", "/older")

@@ -1,10 +1,16 @@
 """benchmarks/generalisation.py: the acquisition variants are the files they claim to be, and the scores are
 MONAI's on the truth's grid (thick-slice masks brought back to it)."""
 
+import hashlib
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pytest
 from benchmark_scripts import load_benchmark
+
+from medwidit.inference.options import resolve_bundle
+from medwidit.utils.files import sha256_file
 
 generalisation = load_benchmark("generalisation")
 
@@ -74,3 +80,39 @@ def test_validation_bases_replace_the_test_scan_and_bad_ones_are_named(tmp_path)
         generalisation.main(["--no-colin27", "--tools", "medwidit"])
     with pytest.raises(SystemExit, match="--base mni: .*missing.nii.gz"):
         generalisation.main(["--base", "mni", str(tmp_path / "missing.nii.gz"), str(tmp_path / "l.nii.gz")])
+
+
+def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
+    """A candidate scored with ``--bundle`` is told apart from the shipped weights by the record alone (a results file
+    once named only a scratch folder that no longer existed)."""
+    image, label = _ball()
+    image_path, label_path = tmp_path / "i.nii.gz", tmp_path / "l.nii.gz"
+    nib.save(image, str(image_path))
+    nib.save(label, str(label_path))
+    bundle = tmp_path / "candidate"
+    shutil.copytree(resolve_bundle(None), bundle)
+    (bundle / "models" / "model.pt").write_bytes(b"other weights")
+
+    def copy_truth(tool, python, image, mask, threads, bundle):  # no model runs: the truth is the mask
+        shutil.copyfile(label_path, mask)
+        return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0}
+
+    monkeypatch.setattr(generalisation, "run_tool", copy_truth)
+    arguments = [
+        "--no-colin27",
+        "--base",
+        "ball",
+        str(image_path),
+        str(label_path),
+        "--tools",
+        "medwidit",
+        "--cases",
+        "ball",
+    ]
+    record = generalisation.main([*arguments, "--bundle", str(bundle), "--output", str(tmp_path / "out.json")])
+    assert record["bundle_weights_sha256"] == hashlib.sha256(b"other weights").hexdigest()
+    assert record["command"].endswith("--output " + str(tmp_path / "out.json"))
+    assert {"commit", "modified_files", "script_sha256"} <= set(record["environment"])
+    assert [row["dice"] for row in record["rows"]] == [1.0]
+    shipped = generalisation.main([*arguments, "--output", str(tmp_path / "shipped.json")])
+    assert shipped["bundle_weights_sha256"] == sha256_file(resolve_bundle(None) / "models" / "model.pt")

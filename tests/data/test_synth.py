@@ -108,25 +108,40 @@ def test_contrast_remap_keeps_air_dark_and_leaves_an_equalised_crop():
     tissue = {0: 0.0, 1: 0.9, 2: 0.1, 3: 0.2, 4: 0.6}  # T1-like: air, bright scalp, dark skull and CSF, grey brain
     raw = sum(value * (label == index).float() for index, value in tissue.items())[None]
     image = HistogramNormalize(num_bins=256, min=-1.0, max=1.0)(raw)  # the pipeline's equalisation
-    t = RandContrastRemapd(prob=1.0, num_control_points=(3, 3), bias_prob=0.0)
     means = []
-    for seed in range(8):
-        t.set_random_state(seed)
-        out = torch.as_tensor(t({"image": image})["image"])
-        assert out.shape == image.shape and float(out.min()) == -1.0 and float(out.max()) == 1.0
-        assert torch.equal(out[0][label == 0], torch.full_like(out[0][label == 0], -1.0))  # air stays the floor
-        means.append([float(out[0][label == k].mean()) for k in (3, 4)])
-        t.set_random_state(seed)
-        assert torch.equal(out, torch.as_tensor(t({"image": image})["image"]))  # seeded
+    for bias_prob in (0.0, 1.0):
+        t = Compose([RandContrastRemapd(prob=1.0, num_control_points=(3, 3), bias_prob=bias_prob)])
+        for seed in range(8):
+            t.set_random_state(seed)
+            out = torch.as_tensor(t({"image": image})["image"])
+            assert out.shape == image.shape and float(out.min()) == -1.0 and float(out.max()) == 1.0
+            assert torch.equal(out[0][label == 0], torch.full_like(out[0][label == 0], -1.0))  # air stays the floor
+            means.append([float(out[0][label == k].mean()) for k in (3, 4)])
+            t.set_random_state(seed)
+            assert torch.equal(out, torch.as_tensor(t({"image": image})["image"]))  # seeded, the coil field too
+            t.set_random_state(seed + 100)
+            assert not torch.equal(out, torch.as_tensor(t({"image": image})["image"]))
     order = {csf < brain for csf, brain in means}
     assert order == {True, False}  # the curve need not be monotone: CSF brighter than brain in some draws (T2-like)
+    air = MetaTensor(torch.full((1, 8, 8, 8), -1.0))
+    assert torch.equal(RandContrastRemapd(prob=1.0)({"image": air})["image"], air)  # all air: nothing to remap
 
 
-def test_contrast_remap_options_are_checked():
-    with pytest.raises(ValueError, match="num_control_points"):
-        RandContrastRemapd(num_control_points=(2, 4))
-    with pytest.raises(ValueError, match="bias_prob"):
-        RandContrastRemapd(bias_prob=1.5)
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"num_control_points": (2, 4)}, "num_control_points"),
+        ({"num_control_points": 5}, "num_control_points"),
+        ({"num_control_points": (4, 5, 6)}, "num_control_points"),
+        ({"num_control_points": (3.9, 4.2)}, "num_control_points"),
+        ({"bias_coeff_range": (0.5,)}, "bias_coeff_range"),
+        ({"bias_coeff_range": (0.5, 0.1)}, "bias_coeff_range"),
+        ({"bias_prob": 1.5}, "bias_prob"),
+    ],
+)
+def test_contrast_remap_options_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        RandContrastRemapd(**options)
 
 
 @pytest.mark.parametrize(
