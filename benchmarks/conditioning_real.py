@@ -191,15 +191,17 @@ def main(argv=None) -> dict:
     record = {"environment": here, "work": str(args.work), "pairs": earlier_pairs(args.output, args.pairs)}
     for pair_name in args.pairs:
         pair = PAIRS[pair_name]
+        variants = dict(pair["variants"])
+        if pair_name == "conditioning" and args.shipped_embed:
+            variants["embed"] = None  # the shipped weights are the embed recipe
         cases, bundles = {}, {}
-        for name, overrides in pair["variants"].items():
-            shipped = overrides is None or (pair_name == "conditioning" and name == "embed" and args.shipped_embed)
-            bundles[name] = BUNDLE if shipped else train(name, overrides, args.work)
+        for name, overrides in variants.items():
+            bundles[name] = BUNDLE if overrides is None else train(name, overrides, args.work)
             cases[name] = score(name, bundles[name], pair, scans, args.work, args.threads)
         record["pairs"][pair_name] = {
             "environment": here,
             "work": str(args.work),
-            "overrides": pair["variants"],
+            "overrides": variants,
             "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
             "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
             "cases": cases,

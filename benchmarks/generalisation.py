@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -236,7 +237,7 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print_row(row)
     record = {
-        "command": " ".join(["python", "benchmarks/generalisation.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/generalisation.py", *(sys.argv[1:] if argv is None else argv)]),
         "environment": started,
         "bases": {name: [str(p) for p in paths] for name, paths in bases.items()},
         "bundle": args.bundle,
