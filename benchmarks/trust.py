@@ -11,9 +11,11 @@ from the brain cache, clean and under graded acquisition shifts (one family at a
     noise     Rician noise, sigma 5 / 10 / 20 % of the 99.5th percentile
     bias      a multiplicative coil field (MONAI RandBiasField), coefficient 0.3 / 0.6 / 0.9
 
-Every case is sampled once, as ``Predictor.segment(augment=V)`` does (``sample_ensemble`` with V test-time views of S
-members each); the ensembles compared are prefixes of those members (the first view alone is exactly the run without
-test-time augmentation, seed for seed), so their cost ratio is the number of views. Reported per ensemble: Spearman
+Every case is sampled once, as ``Predictor.segment(augment=V, weight_sets=W)`` does (``sample_ensemble`` with W sets
+of weights, each with V test-time views of S members): the shipped weights, then the bundle's ``extra_weights`` (or
+``--extra-weights``). The ensembles compared, "WxV", are subsets of those members (the first weights' first view
+alone is exactly the plain run, seed for seed), so their cost ratio is W x V. Reported per ensemble: mean true Dice,
+Spearman
 and mean absolute error between predicted (``trust.estimated_dice``) and true Dice of the brain, which cases a
 ``--warn-dice`` threshold flags, voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
 the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
@@ -44,8 +46,10 @@ from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
+from medwidit.inference.options import bundle_extra_weights
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice
+from medwidit.utils.files import sha256_file
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 EXAMPLE = ROOT / "medwidit" / "data" / "examples" / "colin27_head_2mm_image.nii.gz"
@@ -98,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2, help="members per view")
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
+    parser.add_argument(
+        "--extra-weights", nargs="*", type=Path, default=None, help="further checkpoints (default: the bundle's)"
+    )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument(
         "--mni-shifts", nargs="*", default=["contrast2", "bias2"], help="shifts of MNI152 too (family + strength)"
@@ -138,14 +145,15 @@ def load_cases(args) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
-    """Sample one case with every view, then score each prefix ensemble (1, 2, .., V views)."""
+    """Sample one case with every set of weights and view, then score each ensemble "WxV" (the first W weights'
+    first V views) for W in {1, all} and V in {1, all}."""
     name, image, truth, affine, head = case
     start = time.process_time()
     data = pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))})
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims)
     run = sample_ensemble(
-        predictor.segmenter, condition, steps=args.steps, num_samples=args.samples, roi_size=predictor.roi_size,
+        predictor.segmenters, condition, steps=args.steps, num_samples=args.samples, roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
         views=views,
@@ -153,16 +161,18 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
-    for v in sorted({1, args.views}):
-        members = run["members"][: v * args.samples]  # (v*S, 1, K, *S')
+    weights = len(predictor.segmenters)
+    for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
+        groups = [wi * args.views + vi for wi in range(w) for vi in range(v)]  # group-major, as sampled
+        members = torch.cat([run["members"][g * args.samples : (g + 1) * args.samples] for g in groups])
         summary = summarize_ensemble(members)
-        split = decompose_entropy(members, groups=v)
+        split = decompose_entropy(members, groups=len(groups))
         probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         labels = torch.from_numpy(probability.argmax(0))
         wrong = (labels != truth_t)[head_t]
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
-        out["ensembles"][str(v)] = {
+        out["ensembles"][f"{w}x{v}"] = {
             "true_dice": float(dice[1]),
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
             "empty": not bool(labels.any()),
@@ -172,7 +182,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
         }
     out["cpu_seconds"] = time.process_time() - start
-    scores = [f"{v} view(s) true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}" for v, e in
+    scores = [f"{v} true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}" for v, e in
               out["ensembles"].items()]  # fmt: skip
     print(f"{name} ({out['cpu_seconds']:.0f} s CPU): " + ", ".join(scores), flush=True)
     return out
@@ -190,16 +200,20 @@ def _reliability(probability: torch.Tensor, truth: torch.Tensor, bins: int = 10)
 
 
 def summarise(cases: list[dict], warn_dice: float) -> dict:
-    """Per ensemble size: Spearman, MAE, flags, mean AUROC per map and mean ECE over the cases."""
+    """Per ensemble "WxV": mean true Dice, Spearman, MAE, flags, mean AUROC per map and mean ECE over the cases."""
     out = {}
-    for v in cases[0]["ensembles"]:
-        rows = [c["ensembles"][v] for c in cases]
+    for key in cases[0]["ensembles"]:
+        rows = [c["ensembles"][key] for c in cases]
         true, pred = np.array([r["true_dice"] for r in rows]), np.array([r["predicted_dice"] for r in rows])
         low = true < warn_dice
-        out[v] = {
-            "views": int(v),
-            "cost_ratio": int(v),
+        w, v = (int(n) for n in key.split("x"))
+        out[key] = {
+            "weight_sets": w,
+            "views": v,
+            "cost_ratio": w * v,
             "cases": len(rows),
+            "mean_true_dice": float(true.mean()),
+            "worst_true_dice": float(true.min()),
             "spearman": float(stats.spearmanr(pred, true).statistic) if len(rows) > 2 else float("nan"),
             "mae": float(np.abs(pred - true).mean()),
             "bias": float((pred - true).mean()),
@@ -235,7 +249,7 @@ def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:
     for v in summary:
         bins = np.sum([c["ensembles"][v]["reliability"] for c in cases], axis=0)  # (bins, 3)
         keep = bins[:, 0] > 0
-        ax.plot(bins[keep, 1] / bins[keep, 0], bins[keep, 2] / bins[keep, 0], "o-", label=f"{v} view(s)")
+        ax.plot(bins[keep, 1] / bins[keep, 0], bins[keep, 2] / bins[keep, 0], "o-", label=f"{v} (weights x views)")
     ax.set(xlabel="confidence", ylabel="accuracy", title="reliability, voxels inside the head", xlim=(0, 1))
     ax.legend()
     fig.savefig(paths[0], dpi=100, bbox_inches="tight")
@@ -247,7 +261,7 @@ def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:
     for v, s in summary.items():
         true = [c["ensembles"][v]["true_dice"] for c in cases]
         pred = [c["ensembles"][v]["predicted_dice"] for c in cases]
-        ax.scatter(true, pred, s=14, label=f"{v} view(s): rho {s['spearman']:.2f}, MAE {s['mae']:.3f}")
+        ax.scatter(true, pred, s=14, label=f"{v}: rho {s['spearman']:.2f}, MAE {s['mae']:.3f}")
     ax.set(xlabel="true Dice (brain)", ylabel="predicted Dice", title="per-case Dice estimate")
     ax.legend(fontsize=7)
     fig.savefig(paths[1], dpi=100, bbox_inches="tight")
@@ -255,17 +269,31 @@ def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:
     return [str(p) for p in paths]
 
 
+def _plain(value):
+    """A config value in JSON types (paths as strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def extra_files(args) -> list[Path]:
+    """The files of the predictor's extra weights: ``--extra-weights``, else the bundle's ``extra_weights``."""
+    return list(args.extra_weights) if args.extra_weights is not None else bundle_extra_weights(args.bundle)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.quick:
         args.steps, args.samples, args.views = 1, 1, 2
-    predictor = Predictor.from_bundle(args.bundle, device="cpu")
+    extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
+    predictor = Predictor.from_bundle(args.bundle, device="cpu", **extra)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
     summary = summarise(cases, args.warn_dice)
     result = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": {k: _plain(v) for k, v in vars(args).items()},
+        "weights_sha256": [sha256_file(f) for f in [args.bundle / "models" / "model.pt", *extra_files(args)]],
         "environment": environment(torch.device("cpu"), __file__),
         "cpu_seconds": time.process_time() - start,
         "summary": summary,
@@ -274,15 +302,17 @@ def main(argv=None) -> dict:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result["figures"] = figures(cases, summary, args.output)
     table = [
-        "| views (cost) | Spearman | MAE | bias | flagged < warn | false flags | AUROC total / alea. / epist. | ECE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
+        "AUROC total / alea. / epist. | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     table += [
-        f"| {s['views']} (x{s['cost_ratio']}) | {s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
+        f"| {key} (x{s['cost_ratio']}) | {s['mean_true_dice']:.3f} / {s['worst_true_dice']:.3f} | "
+        f"{s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
         f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
         + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
         + f" | {s['ece_mean']:.4f} |"
-        for s in summary.values()
+        for key, s in summary.items()
     ]
     return publish(result, "\n".join(table), args.output)
 

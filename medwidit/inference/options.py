@@ -30,6 +30,7 @@ __all__ = [
     "PRECISIONS",
     "SAMPLING_DEFAULTS",
     "autocast_dtype",
+    "bundle_extra_weights",
     "bundle_options",
     "check_grid",
     "check_sampling",
@@ -194,6 +195,26 @@ def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inf
             if key not in found and value is not None and not (isinstance(value, str) and value[:1] in "$@%"):
                 found[key] = _check_bundle_value(path, key, value)
     return found
+
+
+def bundle_extra_weights(bundle_dir: str | os.PathLike) -> list[Path]:
+    """A bundle's further weights: ``configs/inference.json``'s ``extra_weights``, a list of files relative to the
+    bundle (e.g. ``["models/model_contrast.pt"]``; none where the key is absent), each checked to exist."""
+    path = Path(bundle_dir) / "configs" / "inference.json"
+    if not path.is_file():
+        return []
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not readable JSON ({e}).") from e
+    names = config.get("extra_weights", []) if isinstance(config, dict) else []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n and n[0] not in "$@%/" for n in names):
+        raise InputError(f"{path}: extra_weights must be a list of files relative to the bundle, got {names!r}.")
+    files = [Path(bundle_dir) / name for name in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"{path}: extra_weights names {', '.join(missing)}, which does not exist.")
+    return files
 
 
 def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:

@@ -46,6 +46,7 @@ from .io import (
 from .options import (
     autocast_dtype,
     autocast_model_fn,
+    bundle_extra_weights,
     bundle_options,
     check_grid,
     check_sampling,
@@ -144,6 +145,11 @@ class Predictor:
         label_postprocessing: MONAI label-map steps applied after the argmax (``medwidit.inference.postprocess``; a
             bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
         class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).
+        extra_segmenters: further independently trained segmenters of the same task (classes, image channels,
+            patch, spacing conditioning; the same ``preprocessing`` is the caller's to ensure, as
+            :meth:`from_checkpoint` does). ``segment(weight_sets=N)`` samples the first N of ``segmenters`` (this
+            one first), each as its own groups of the ensemble, so that the epistemic map and the quality estimate
+            see where independently trained weights disagree.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``) fill every sampling argument
     left at None:
@@ -163,11 +169,15 @@ class Predictor:
         precision: str = "auto",
         label_postprocessing: Sequence[Mapping] | None = None,
         class_names: Sequence[str] | None = None,
+        extra_segmenters: Sequence[DiffusionSegmenter] = (),
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
         self.device = resolve_device(device)
         self.segmenter = segmenter.to(self.device).eval()
+        self.segmenters = [self.segmenter] + [
+            _check_companion(segmenter, extra, i).to(self.device).eval() for i, extra in enumerate(extra_segmenters)
+        ]
         self.spatial_dims = int(getattr(segmenter.net, "spatial_dim", 3))
         cond_channels = getattr(segmenter.net, "cond_channels", None)
         self.preprocessing = check_preprocessing({"num_modalities": cond_channels or 1, **(preprocessing or {})})
@@ -226,20 +236,34 @@ class Predictor:
     ##################################################################################################################
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **options) -> Predictor:
-        """A predictor from a medwidit checkpoint (``save_segmenter``'s file, config holding ``"preprocessing"``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such checkpoint file.")
-        try:
-            segmenter, config = load_segmenter(path, map_location="cpu")
-        except Exception as e:  # torch.load raises pickle, struct, zip and runtime errors on a bad file
-            raise InputError(f"{path}: not a readable medwidit checkpoint ({checkpoint_problem(path, e)}).") from e
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, extra_checkpoints: Sequence[str | os.PathLike] = (), **options
+    ) -> Predictor:
+        """A predictor from a medwidit checkpoint (``save_segmenter``'s file, config holding ``"preprocessing"``);
+        ``extra_checkpoints``: further weights of the same task and preprocessing (``extra_segmenters``), an
+        InputError naming the file whose preprocessing differs."""
+        segmenter, config = _load_checkpoint(path)
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)
+        extras = []
+        for extra_path in extra_checkpoints:
+            extra, extra_config = _load_checkpoint(extra_path)
+            ours, theirs = (check_preprocessing(c.get("preprocessing") or {}) for c in (config, extra_config))
+            if ours != theirs:
+                changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                raise InputError(
+                    f"{extra_path}: its preprocessing differs from {path}'s in {', '.join(changed)}; the weights of "
+                    "one ensemble must see the same pre-processed image."
+                )
+            extras.append(extra)
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
-        return cls(segmenter, preprocessing=config.get("preprocessing"), **options)
+        try:
+            return cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
+        except ValueError as e:
+            if not extras:
+                raise
+            raise InputError(f"{path} with {', '.join(map(str, extra_checkpoints))}: {e}") from e
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike | None = None, **options) -> Predictor:
@@ -247,11 +271,14 @@ class Predictor:
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing`` from ``configs/inference.json``,
-        and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files."""
+        and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights``
+        (files relative to the bundle, e.g. ``models/model_contrast.pt``) from ``configs/inference.json``: the
+        bundle's further weights for ``segment(weight_sets=N)``."""
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
             raise InputError(f"{bundle_dir}: not a trained bundle (no models/model.pt).")
+        options.setdefault("extra_checkpoints", bundle_extra_weights(bundle_dir))
         for key, value in bundle_options(bundle_dir).items():
             if key in ("roi_size", "sw_batch_size"):
                 options.setdefault(key, value)
@@ -283,6 +310,7 @@ class Predictor:
         force_grid: bool = False,
         augment: int = 1,
         shared_steps: int | None = None,
+        weight_sets: int = 1,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -296,6 +324,8 @@ class Predictor:
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
         ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
+        ``weight_sets`` N: the first N of ``segmenters`` (independently trained weights) each sample every view
+        (N times the cost); 1 is this predictor's own weights alone.
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         shared_steps = self.resolve_shared_steps(shared_steps, steps)
@@ -311,11 +341,12 @@ class Predictor:
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         check_int("augment", augment)
+        segmenters = self.select_weights(weight_sets)
         views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
-        callback = progress_callback(progress, steps * augment, Path(name).name)
+        callback = progress_callback(progress, steps * augment * weight_sets, Path(name).name)
         try:
             summary = sample_ensemble(
-                self.segmenter,
+                segmenters,
                 condition,
                 steps=steps,
                 num_samples=num_samples,
@@ -346,6 +377,7 @@ class Predictor:
             maps,
             views=augment,
             num_samples=num_samples,
+            weight_sets=weight_sets,
         )
         return Segmentation(
             label_map=label_map,
@@ -358,6 +390,12 @@ class Predictor:
             quality=quality,
             class_names=self.class_names,
         )
+
+    def select_weights(self, count: int) -> list[DiffusionSegmenter]:
+        """The first ``count`` of ``segmenters``; a ValueError naming ``weight_sets`` where there are fewer."""
+        hint = f" (this model has {len(self.segmenters)} set(s) of weights)"
+        check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
+        return self.segmenters[:count]
 
     def check_options(
         self,
@@ -434,6 +472,7 @@ class Predictor:
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
         augment: int = DEFAULT_AUGMENT,
+        weight_sets: int = 1,
         warn_dice: float | None = DEFAULT_WARN_DICE,
         num_parts: int = 1,
         part_id: int = 0,
@@ -452,7 +491,8 @@ class Predictor:
         ``save_statistics`` adds ``<case>_statistics.json``: voxels and volume (mL) per class of the written label map
         (``Segmentation.statistics``);
         ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
-        parts. ``augment`` N > 1: N test-time views per case (``Predictor.segment``). A case whose predicted Dice of a
+        parts. ``augment`` N > 1: N test-time views per case, ``weight_sets`` N > 1: N sets of weights
+        (``Predictor.segment``). A case whose predicted Dice of a
         foreground class is below ``warn_dice`` (None: never) gets a warning line.
         ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
@@ -477,6 +517,7 @@ class Predictor:
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)
+        self.select_weights(weight_sets)
         if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
             raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")
         check_int("num_parts", num_parts)
@@ -507,7 +548,13 @@ class Predictor:
                     kinds,
                     overwrite,
                     resume,
-                    {**options, "progress": progress, "force_grid": force_grid, "augment": augment},
+                    {
+                        **options,
+                        "progress": progress,
+                        "force_grid": force_grid,
+                        "augment": augment,
+                        "weight_sets": weight_sets,
+                    },
                     seed,
                 )
                 _warn_low_dice(result, warn_dice)
@@ -581,6 +628,37 @@ class Predictor:
         save_overlay_figure(
             staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty, title=case.name
         )
+
+
+def _load_checkpoint(path: str | os.PathLike) -> tuple[DiffusionSegmenter, dict]:
+    """``load_segmenter`` on CPU; an InputError naming the file where it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file.")
+    try:
+        return load_segmenter(path, map_location="cpu")
+    except Exception as e:  # torch.load raises pickle, struct, zip and runtime errors on a bad file
+        raise InputError(f"{path}: not a readable medwidit checkpoint ({checkpoint_problem(path, e)}).") from e
+
+
+def _check_companion(primary: DiffusionSegmenter, extra, index: int) -> DiffusionSegmenter:
+    """``extra_segmenters[index]``, checked to sample the same task as ``primary`` on the same windows."""
+    if not isinstance(extra, DiffusionSegmenter):
+        raise TypeError(f"extra_segmenters[{index}] must be a DiffusionSegmenter, got {type(extra).__name__}.")
+    facts = {
+        "classes": lambda s: s.num_classes,
+        "image channels": lambda s: getattr(s.net, "cond_channels", None),
+        "spatial dims": lambda s: getattr(s.net, "spatial_dim", 3),
+        "size multiple": lambda s: network_size_multiple(s.net),
+        "spacing conditioning": lambda s: s.spacing_conditioning,
+    }
+    for what, fact in facts.items():
+        if fact(extra) != fact(primary):
+            raise ValueError(
+                f"extra_segmenters[{index}] has {what} {fact(extra)} where the predictor's segmenter has "
+                f"{fact(primary)}; an ensemble's weights must sample the same task on the same windows."
+            )
+    return extra
 
 
 def _warn_low_dice(result: CaseResult, warn_dice: float | None) -> None:

@@ -390,42 +390,61 @@ def sample_ensemble(
     (B, 2N) mm, the grid's then the acquisition's per axis, goes to every window of every member (a network with
     ``spacing_conditioning``; the views flip and shift, so it holds for each of them). ``shared_steps`` k: each
     view's members share their first k steps (``DiffusionSegmenter.sample``).
+
+    ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each
+    sampling every view, so that G = weights x views groups (weights-major: the first segmenter's groups come first,
+    and are exactly those of a run with it alone), and the epistemic map sees where the weights disagree.
     """
+    segmenters = _segmenters(segmenter)
     views = [View()] if views is None else list(views)
     if not views:
         raise ValueError("views must hold at least one View (or be None for the identity alone).")
-    denoiser = SlidingWindowDenoiser(
-        segmenter.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
-    )
-    logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
-    model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
-    groups = []
-    for g, view in enumerate(views):
-        view_progress = None if progress is None else partial(_with_view, progress, g)
-        samples = segmenter.sample(  # (S, B, K, *S' of the view)
-            apply_view(image, view),
-            steps=steps,
-            num_samples=num_samples,
-            generator=generator,
-            progress=view_progress,
-            sampler=sampler,
-            eta=eta,
-            guidance_scale=guidance_scale,
-            model_fn=model_fn,
-            spacing=spacing,
-            shared_steps=shared_steps,
+    groups, calls = [], []
+    for w, weights in enumerate(segmenters):
+        denoiser = SlidingWindowDenoiser(
+            weights.net, roi_size, overlap=overlap, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
         )
-        groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
+        logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
+        model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
+        for v, view in enumerate(views):
+            group = w * len(views) + v
+            view_progress = None if progress is None else partial(_with_view, progress, group)
+            samples = weights.sample(  # (S, B, K, *S' of the view)
+                apply_view(image, view),
+                steps=steps,
+                num_samples=num_samples,
+                generator=generator,
+                progress=view_progress,
+                sampler=sampler,
+                eta=eta,
+                guidance_scale=guidance_scale,
+                model_fn=model_fn,
+                spacing=spacing,
+                shared_steps=shared_steps,
+            )
+            groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
+        calls.append((denoiser.num_calls, denoiser.num_windows))
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     summary = summarize_ensemble(probabilities)
-    split = decompose_entropy(probabilities, groups=len(views))
+    split = decompose_entropy(probabilities, groups=len(groups))
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
     summary["estimated_dice"] = estimated_dice(probabilities)
     if return_members:
         summary["members"] = probabilities
-    logger.debug("%d network calls, %d window evaluations", denoiser.num_calls, denoiser.num_windows)
+    logger.debug("network calls, window evaluations per set of weights: %s", calls)
     return summary
 
 
-def _with_view(progress: Callable[[dict], None], view: int, info: dict) -> None:
-    progress({**info, "view": view})
+def _segmenters(segmenter) -> list:
+    """``sample_ensemble``'s ``segmenter``: one, or a non-empty sequence agreeing on the classes, as a list."""
+    segmenters = list(segmenter) if isinstance(segmenter, (list, tuple)) else [segmenter]
+    if not segmenters:
+        raise ValueError("segmenter must be a DiffusionSegmenter or a non-empty sequence of them.")
+    classes = {int(s.num_classes) for s in segmenters}
+    if len(classes) > 1:
+        raise ValueError(f"the segmenters of one ensemble must have the same classes, got {sorted(classes)}.")
+    return segmenters
+
+
+def _with_view(progress: Callable[[dict], None], group: int, info: dict) -> None:
+    progress({**info, "view": group})

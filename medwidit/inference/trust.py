@@ -146,6 +146,7 @@ def quality_report(
     *,
     views: int,
     num_samples: int,
+    weight_sets: int = 1,
 ) -> dict:
     """One case's quality estimate, JSON types: ``predicted_dice`` and ``volume_ml`` per class (label map (*S) on the
     grid of ``affine``), ``min_predicted_dice`` over the foreground classes, and per uncertainty map (*S) its mean over
@@ -167,5 +168,6 @@ def quality_report(
         "volume_ml": {k: stats["volume_ml"] for k, stats in classes.items()},
         "uncertainty": summary,
         "views": views,
+        "weight_sets": weight_sets,
         "samples_per_view": num_samples,
     }
