@@ -16,7 +16,8 @@ of weights, each with V test-time views of S members): the shipped weights, then
 ``--extra-weights``). The ensembles compared, "WxV", are subsets of those members (the first weights' first view
 alone is exactly the plain run, seed for seed), so their cost ratio is W x V. Reported per ensemble: mean true Dice,
 Spearman
-and mean absolute error between predicted (``trust.estimated_dice``) and true Dice of the brain, which cases a
+and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true Dice of the
+brain, which cases a
 ``--warn-dice`` threshold flags, voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
 the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
 predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
@@ -48,7 +49,7 @@ from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.options import bundle_extra_weights
 from medwidit.inference.predictor import _invert_maps
-from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice
+from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice, expected_dice
 from medwidit.utils.files import sha256_file
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
@@ -175,6 +176,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         out["ensembles"][f"{w}x{v}"] = {
             "true_dice": float(dice[1]),
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
+            "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
             "empty": not bool(labels.any()),
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
@@ -182,7 +184,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
         }
     out["cpu_seconds"] = time.process_time() - start
-    scores = [f"{v} true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}" for v, e in
+    scores = [f"{v} true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}/{e['expected_dice']:.3f}" for v, e in
               out["ensembles"].items()]  # fmt: skip
     print(f"{name} ({out['cpu_seconds']:.0f} s CPU): " + ", ".join(scores), flush=True)
     return out
@@ -223,9 +225,23 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "false_flags": int((pred[~low] < warn_dice).sum()),
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
+            "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
             "ece_mean": float(np.mean([r["ece"] for r in rows])),
         }
     return out
+
+
+def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> dict:
+    """Spearman, MAE, bias and flags of another per-case estimate (``trust.expected_dice``) against true Dice."""
+    low = true < warn_dice
+    return {
+        "spearman": float(stats.spearmanr(pred, true).statistic) if len(true) > 2 else float("nan"),
+        "mae": float(np.abs(pred - true).mean()),
+        "bias": float((pred - true).mean()),
+        "flagged_of_those": int((pred[low] < warn_dice).sum()),
+        "false_flags": int((pred[~low] < warn_dice).sum()),
+        "best_warn_threshold": _best_threshold(pred, low),
+    }
 
 
 def _best_threshold(pred: np.ndarray, low: np.ndarray) -> dict:

@@ -115,6 +115,7 @@ def _segment(args: argparse.Namespace) -> int:
             modality_pattern=None if args.modality_pattern.lower() == "none" else args.modality_pattern,
             force_grid=args.force_grid,
             augment=args.augment,
+            weight_sets=args.weight_sets,
             save_quality=args.save_quality,
             save_statistics=args.save_statistics,
             warn_dice=args.warn_dice or None,
@@ -200,7 +201,13 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     import shlex
 
     from medwidit.inference.io import check_output_dir
-    from medwidit.inference.record import library_versions, model_settings, runtime_settings, start_record
+    from medwidit.inference.record import (
+        extra_weight_settings,
+        library_versions,
+        model_settings,
+        runtime_settings,
+        start_record,
+    )
 
     sampling = {"steps": args.steps, "num_samples": args.samples, "sampler": _sampler(args, predictor)}
     sampling |= {"eta": args.eta, "guidance_scale": args.guidance_scale, "overlap": args.overlap, "seed": args.seed}
@@ -210,6 +217,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
         "command": shlex.join(["medwidit", *args.argv]),
         "cwd": os.getcwd(),
         "model": model_settings(model["weights"], model["bundle"], model["default"]),
+        "extra_weights": [extra_weight_settings(f) for f in predictor.extra_weight_files[: args.weight_sets - 1]],
         "sampling": sampling,
         "runtime": runtime_settings(predictor),
         "arguments": {k: v for k, v in vars(args).items() if k != "argv"},

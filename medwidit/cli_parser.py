@@ -165,6 +165,15 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         "case_quality.json see more than noise (default 1: none)",
     )
     parser.add_argument(
+        "--weight-sets",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="sets of independently trained weights per case: the model's own, then the bundle's extra_weights "
+        "(inference.json), each with every view (N times the cost); where they disagree, case_epistemic and the "
+        "Dice estimate see it (default 1: the model's own weights alone)",
+    )
+    parser.add_argument(
         "--save-quality",
         action="store_true",
         help="also write case_quality.json: predicted Dice and volume (mL) per class, uncertainty summary",

@@ -175,6 +175,7 @@ class Predictor:
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
         self.device = resolve_device(device)
         self.segmenter = segmenter.to(self.device).eval()
+        self.extra_weight_files: list[Path | None] = [None] * len(extra_segmenters)  # from_checkpoint: their files
         self.segmenters = [self.segmenter] + [
             _check_companion(segmenter, extra, i).to(self.device).eval() for i, extra in enumerate(extra_segmenters)
         ]
@@ -259,11 +260,13 @@ class Predictor:
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
         try:
-            return cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
+            predictor = cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
         except ValueError as e:
             if not extras:
                 raise
             raise InputError(f"{path} with {', '.join(map(str, extra_checkpoints))}: {e}") from e
+        predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
+        return predictor
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike | None = None, **options) -> Predictor:

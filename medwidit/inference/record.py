@@ -18,6 +18,7 @@ from medwidit.utils import atomic_write, sha256_file
 
 __all__ = [
     "RECORD_NAME",
+    "extra_weight_settings",
     "finish_record",
     "library_versions",
     "model_settings",
@@ -74,6 +75,12 @@ def model_settings(weights: str | os.PathLike, bundle: str | os.PathLike | None,
         "weights": str(weights),
         "sha256": sha256_file(weights),
     }
+
+
+def extra_weight_settings(weights: str | os.PathLike) -> dict:
+    """One of the further weights a run sampled (``--weight-sets``): its file and that file's SHA-256."""
+    weights = Path(weights).resolve()
+    return {"weights": str(weights), "sha256": sha256_file(weights)}
 
 
 def runtime_settings(predictor) -> dict:

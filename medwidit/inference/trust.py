@@ -35,6 +35,7 @@ __all__ = [
     "augmentation_views",
     "decompose_entropy",
     "estimated_dice",
+    "expected_dice",
     "invert_view",
     "quality_report",
 ]
@@ -70,6 +71,17 @@ def estimated_dice(probabilities: torch.Tensor) -> torch.Tensor:
         overlap, size = (a & b).sum(dims).double(), (a.sum(dims) + b.sum(dims)).double()  # (M, B)
         scores.append(torch.where(size > 0, 2 * overlap / size.clamp_min(1), torch.ones_like(size)).mean(dim=0))
     return torch.stack(scores, dim=1).float()  # (B, K)
+
+
+def expected_dice(probabilities: torch.Tensor) -> torch.Tensor:
+    """Members (M, B, K, *S) -> (B, K): the Dice of the final labels ``argmax p_bar`` expected when the truth is drawn
+    voxel by voxel from the mean probability ``p_bar``, ``2 sum(p_bar_k [final = k]) / (sum p_bar_k + sum [final = k])``
+    (the soft Dice of the answer against the ensemble's own belief); 1 where a class is absent from both."""
+    mean = probabilities.float().mean(dim=0)  # (B, K, *S)
+    final = F.one_hot(mean.argmax(dim=1), mean.shape[1]).movedim(-1, 1).to(mean.dtype)
+    dims = tuple(range(2, mean.ndim))
+    overlap, size = (mean * final).sum(dims).double(), (mean.sum(dims) + final.sum(dims)).double()
+    return torch.where(size > 0, 2 * overlap / size.clamp_min(1e-12), torch.ones_like(size)).float()
 
 
 @dataclass(frozen=True)

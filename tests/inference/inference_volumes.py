@@ -44,7 +44,7 @@ def save_itk(path, data):
     return path
 
 
-def random_tiny_segmenter(modalities: int = 1, classes: int = 2, scale: float = 0.05):
+def random_tiny_segmenter(modalities: int = 1, classes: int = 2, scale: float = 0.05, seed: int = 0):
     """A one-block WiDiT segmenter with seeded random weights everywhere (not the adaLN-Zero constant at init), so
     that maps vary in space and with the ensemble seed."""
     import torch
@@ -62,7 +62,7 @@ def random_tiny_segmenter(modalities: int = 1, classes: int = 2, scale: float = 
         window_size=4,
         learn_sigma=False,
     )
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=generator))
