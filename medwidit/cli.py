@@ -159,7 +159,8 @@ def _resolve_model(args: argparse.Namespace) -> dict:
     bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
     defaults = sampling_defaults(bundle)
     shared_by_model = getattr(args, "shared_steps", None) is None
-    for name, key in (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2):
+    names = (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2)
+    for name, key in (*names, ("weight_sets",) * 2):
         if getattr(args, name, None) is None:
             setattr(args, name, defaults[key])
     if shared_by_model and args.shared_steps >= args.steps:  # the model's default, not the user's flag

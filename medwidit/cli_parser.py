@@ -167,11 +167,11 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weight-sets",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
         help="sets of independently trained weights per case: the model's own, then the bundle's extra_weights "
         "(inference.json), each with every view (N times the cost); where they disagree, case_epistemic and the "
-        "Dice estimate see it (default 1: the model's own weights alone)",
+        "Dice estimate see it (default: the bundle's inference.json weight_sets, else 1: the model's own weights)",
     )
     parser.add_argument(
         "--save-quality",

@@ -46,10 +46,10 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 # the shipped bundle's inference.json holds these
-SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0}
+SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0, "weight_sets": 1}
 DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
 DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line
-BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap", "shared_steps")
+BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap", "shared_steps", "weight_sets")
 MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
 MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
 
@@ -236,7 +236,7 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 
 
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
-    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``: a bundle's plain values (``bundle_options``) over
+    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``: a bundle's plain values (``bundle_options``) over
     ``SAMPLING_DEFAULTS``; the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's
     ``inference.json`` says."""
     found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are

@@ -151,10 +151,9 @@ class Predictor:
             one first), each as its own groups of the ensemble, so that the epistemic map and the quality estimate
             see where independently trained weights disagree.
 
-    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``) fill every sampling argument
-    left at None:
-    ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's ``inference.json`` values over them, the
-    same values ``medwidit segment --bundle`` uses.
+    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``) fill every
+    sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
+    ``inference.json`` values over them, the same values ``medwidit segment --bundle`` uses.
     """
 
     def __init__(
@@ -313,7 +312,7 @@ class Predictor:
         force_grid: bool = False,
         augment: int = 1,
         shared_steps: int | None = None,
-        weight_sets: int = 1,
+        weight_sets: int | None = None,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -327,8 +326,8 @@ class Predictor:
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
         ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
-        ``weight_sets`` N: the first N of ``segmenters`` (independently trained weights) each sample every view
-        (N times the cost); 1 is this predictor's own weights alone.
+        ``weight_sets`` N (None: ``sampling_defaults``): the first N of ``segmenters`` (independently trained
+        weights) each sample every view (N times the cost); 1 is this predictor's own weights alone.
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         shared_steps = self.resolve_shared_steps(shared_steps, steps)
@@ -344,6 +343,7 @@ class Predictor:
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         check_int("augment", augment)
+        weight_sets = self.sampling_defaults["weight_sets"] if weight_sets is None else weight_sets
         segmenters = self.select_weights(weight_sets)
         views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
         callback = progress_callback(progress, steps * augment * weight_sets, Path(name).name)
@@ -475,7 +475,7 @@ class Predictor:
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
         augment: int = DEFAULT_AUGMENT,
-        weight_sets: int = 1,
+        weight_sets: int | None = None,
         warn_dice: float | None = DEFAULT_WARN_DICE,
         num_parts: int = 1,
         part_id: int = 0,
@@ -520,6 +520,7 @@ class Predictor:
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)
+        weight_sets = self.sampling_defaults["weight_sets"] if weight_sets is None else weight_sets
         self.select_weights(weight_sets)
         if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
             raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")

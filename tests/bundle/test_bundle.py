@@ -113,6 +113,24 @@ def test_infer_workflow_segments_the_data_list_with_input_geometry(trained, tmp_
 
 
 @pytest.mark.slow
+def test_infer_workflow_samples_the_extra_weights_it_is_given(trained, tmp_path):
+    """inference.json's ``extra_weights`` (files in the bundle) reach the predictor; ``weight_sets`` 2 samples both
+    as the CLI's ``--weight-sets 2`` does, and a count above what the bundle holds fails naming it."""
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
+    overrides |= {"extra_checkpoints": [str(trained["model"])], "weight_sets": 2}
+    workflow = _workflow(config("inference"), "infer", **overrides)
+    assert len(workflow.parser.get_parsed_content("predictor").segmenters) == 2
+    workflow.run()
+    workflow.finalize()
+    assert (tmp_path / "case3_image_epistemic.nii.gz").is_file()
+    overrides |= {"weight_sets": 3, "output_dir": str(tmp_path / "three")}
+    workflow = _workflow(config("inference"), "infer", **overrides)
+    with pytest.raises(RuntimeError) as failure:  # MONAI wraps the evaluator's error
+        workflow.run()
+    assert "weight_sets must be an int in 1..2" in str(failure.value.__cause__)
+
+
+@pytest.mark.slow
 def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
     workflow = _workflow([config("inference"), config("evaluate")], "eval", **overrides)
