@@ -27,7 +27,9 @@ __all__ = ["DiffusionSamplingInferer"]
 
 class DiffusionSamplingInferer(Inferer):
     """Ensemble diffusion sampling as a MONAI inferer; ``seed`` seeds a CPU generator per call, as the predictor does
-    for each case. ``precision`` is the predictor's (``auto``: bfloat16/float16 autocast on CUDA, float32 on CPU)."""
+    for each case. ``precision`` is the predictor's (``auto``: bfloat16/float16 autocast on CUDA, float32 on CPU).
+    ``extra_segmenters``: further weights sampled after the network's own (``Predictor.segment(weight_sets=...)``;
+    a bundle's ``extra_weights``), each moved to the inputs' device."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class DiffusionSamplingInferer(Inferer):
         max_whole_voxels: int | None = None,
         precision: str = "auto",
         shared_steps: int = SAMPLING_DEFAULTS["shared_steps"],
+        extra_segmenters: Sequence[DiffusionSegmenter] = (),
     ) -> None:
         super().__init__()
         options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps)
@@ -52,6 +55,10 @@ class DiffusionSamplingInferer(Inferer):
         self.seed = check_int("seed", seed, low=0)
         self.precision = precision
         self.options = {**options, "max_whole_voxels": max_whole_voxels}
+        self.extra_segmenters = list(extra_segmenters)
+        for i, extra in enumerate(self.extra_segmenters):
+            if not isinstance(extra, DiffusionSegmenter):
+                raise TypeError(f"extra_segmenters[{i}] must be a DiffusionSegmenter, got {type(extra).__name__}.")
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
         if args or kwargs:
@@ -64,8 +71,9 @@ class DiffusionSamplingInferer(Inferer):
         dtype = autocast_dtype(inputs.device, self.precision)
 
         spacing = batch_spacing(inputs).to(inputs.device) if segmenter.spacing_conditioning else None
+        extras = [extra.to(inputs.device).eval() for extra in self.extra_segmenters]
         summary = sample_ensemble(
-            segmenter,
+            [segmenter, *extras],
             (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float(),  # as the predictor passes it
             roi_size=roi,
             sw_batch_size=self.sw_batch_size,

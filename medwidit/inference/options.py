@@ -236,9 +236,9 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 
 
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
-    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``: a bundle's plain values (``bundle_options``) over
-    ``SAMPLING_DEFAULTS``; the CLI's defaults, so that ``medwidit segment --bundle B`` samples as B's
-    ``inference.json`` says."""
+    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``: a bundle's plain values
+    (``bundle_options``) over ``SAMPLING_DEFAULTS``; the CLI's defaults, so that ``medwidit segment --bundle B``
+    samples as B's ``inference.json`` says."""
     found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are
     return {key: found.get(key, value) for key, value in SAMPLING_DEFAULTS.items()}  # validation's (overlap 0.25)
 

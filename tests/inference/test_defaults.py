@@ -20,7 +20,8 @@ def test_cli_and_predictor_defaults_are_the_same():
 
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     _resolve_model(args)  # unset flags take the (shipped) bundle's inference.json values
-    assert (args.steps, args.samples, args.overlap, args.shared_steps, args.weight_sets) == tuple(SAMPLING_DEFAULTS.values())
+    resolved = (args.steps, args.samples, args.overlap, args.shared_steps, args.weight_sets)
+    assert resolved == tuple(SAMPLING_DEFAULTS.values())
     assert Predictor.from_bundle(device="cpu").sampling_defaults == SAMPLING_DEFAULTS
     for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options, run_demo):
         parameters = inspect.signature(method).parameters

@@ -105,3 +105,25 @@ def test_inferer_checks_its_network():
         inferer(torch.zeros(1, 1, 16, 16, 16), torch.nn.Identity())
     with pytest.raises(ValueError, match="num_samples"):
         DiffusionSamplingInferer(16, num_samples=0)
+
+
+def test_the_inferer_samples_extra_weights_as_the_predictor_does(tmp_path):
+    """``DiffusionSamplingInferer(extra_segmenters=...)`` (a bundle's extra_weights) gives the probabilities of
+    ``Predictor.segment(weight_sets=2)``: the network's own weights first, then the others, one generator."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (20, 18, 16)), indexing="ij")
+    volume = (np.sin(i / 3.0) + np.cos(j / 4.0) + k / 10.0 + 2.0).astype(np.float32)
+    source = save_nifti(tmp_path / "case.nii.gz", volume)
+    first, second = random_tiny_segmenter(seed=0), random_tiny_segmenter(seed=1)
+    options = {"steps": 2, "num_samples": 2, "overlap": 0.5}
+    predictor = Predictor(first, extra_segmenters=[second], preprocessing=PREPROCESSING, roi_size=16, device="cpu")
+    expected = predictor.segment(source, generator=torch.Generator().manual_seed(3), weight_sets=2, **options)
+    preprocessing = Compose(preprocessing_transforms({**PREPROCESSING, "num_modalities": 1}))
+    data = preprocessing({"image": str(source)})
+    inferer = DiffusionSamplingInferer(16, seed=3, extra_segmenters=[second], **options)
+    data["pred"] = inferer(data["image"][None], first)[0]
+    labels = postprocessing_transforms([], preprocessing=preprocessing)(data)["pred"]
+    np.testing.assert_array_equal(np.asarray(labels[0]), expected.label_map)
+    alone = DiffusionSamplingInferer(16, seed=3, **options)(data["image"][None], first)[0]
+    assert not torch.equal(alone.as_tensor(), data["pred"].as_tensor())
+    with pytest.raises(TypeError, match=r"extra_segmenters\[0\] must be a DiffusionSegmenter"):
+        DiffusionSamplingInferer(16, extra_segmenters=[torch.nn.Identity()])
