@@ -45,7 +45,7 @@ from nibabel.processing import resample_from_to
 from scipy.ndimage import binary_closing, binary_fill_holes, gaussian_filter1d
 
 from medwidit.inference.metrics import segmentation_metrics
-from medwidit.inference.options import resolve_bundle
+from medwidit.inference.options import bundle_extra_weights, resolve_bundle
 from medwidit.utils.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,6 +206,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = environment(torch.device("cpu"), __file__)  # the checkout as the run starts
     weights = sha256_file(resolve_bundle(args.bundle) / "models" / "model.pt")  # which weights medwidit ran
+    extra = [sha256_file(f) for f in bundle_extra_weights(resolve_bundle(args.bundle))]  # and its weight_sets
     bases = {"colin27_2mm": (EXAMPLE / "colin27_head_2mm_image.nii.gz", EXAMPLE / "colin27_head_2mm_label.nii.gz")}
     if args.colin27_1mm:
         bases["colin27_1mm"] = tuple(Path(p) for p in args.colin27_1mm)
@@ -242,6 +243,7 @@ def main(argv=None) -> dict:
         "bases": {name: [str(p) for p in paths] for name, paths in bases.items()},
         "bundle": args.bundle,
         "bundle_weights_sha256": weights,
+        "bundle_extra_weights_sha256": extra,
         "threads": args.threads,
         "tools": {t: PEERS.get(t, "medwidit (this checkout)") for t in args.tools},
         "restricted": restricted,

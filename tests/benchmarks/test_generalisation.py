@@ -2,6 +2,7 @@
 MONAI's on the truth's grid (thick-slice masks brought back to it)."""
 
 import hashlib
+import json
 import shutil
 
 import nibabel as nib
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from benchmark_scripts import load_benchmark
 
-from medwidit.inference.options import resolve_bundle
+from medwidit.inference.options import bundle_extra_weights, resolve_bundle
 from medwidit.utils.files import sha256_file
 
 generalisation = load_benchmark("generalisation")
@@ -92,6 +93,10 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     bundle = tmp_path / "candidate"
     shutil.copytree(resolve_bundle(None), bundle)
     (bundle / "models" / "model.pt").write_bytes(b"other weights")
+    (bundle / "models" / "model_second.pt").write_bytes(b"second weights")
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    inference["extra_weights"] = ["models/model_second.pt"]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
 
     def copy_truth(tool, python, image, mask, threads, bundle):  # no model runs: the truth is the mask
         shutil.copyfile(label_path, mask)
@@ -111,8 +116,12 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     ]
     record = generalisation.main([*arguments, "--bundle", str(bundle), "--output", str(tmp_path / "out.json")])
     assert record["bundle_weights_sha256"] == hashlib.sha256(b"other weights").hexdigest()
+    assert record["bundle_extra_weights_sha256"] == [hashlib.sha256(b"second weights").hexdigest()]
     assert record["command"].endswith("--output " + str(tmp_path / "out.json"))
     assert {"commit", "modified_files", "script_sha256"} <= set(record["environment"])
     assert [row["dice"] for row in record["rows"]] == [1.0]
     shipped = generalisation.main([*arguments, "--output", str(tmp_path / "shipped.json")])
     assert shipped["bundle_weights_sha256"] == sha256_file(resolve_bundle(None) / "models" / "model.pt")
+    assert shipped["bundle_extra_weights_sha256"] == [
+        sha256_file(f) for f in bundle_extra_weights(resolve_bundle(None))
+    ]
