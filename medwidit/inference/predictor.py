@@ -290,6 +290,12 @@ class Predictor:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)
         predictor.sampling_defaults = sampling_defaults(bundle_dir)
+        if predictor.sampling_defaults["weight_sets"] > len(predictor.segmenters):
+            raise InputError(
+                f"{bundle_dir / 'configs' / 'inference.json'}: weight_sets is "
+                f"{predictor.sampling_defaults['weight_sets']} but the bundle has {len(predictor.segmenters)} set(s) "
+                "of weights (models/model.pt and extra_weights)."
+            )
         return predictor
 
     ##################################################################################################################
@@ -343,8 +349,8 @@ class Predictor:
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         check_int("augment", augment)
-        weight_sets = self.sampling_defaults["weight_sets"] if weight_sets is None else weight_sets
         segmenters = self.select_weights(weight_sets)
+        weight_sets = len(segmenters)
         views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
         callback = progress_callback(progress, steps * augment * weight_sets, Path(name).name)
         try:
@@ -394,8 +400,10 @@ class Predictor:
             class_names=self.class_names,
         )
 
-    def select_weights(self, count: int) -> list[DiffusionSegmenter]:
-        """The first ``count`` of ``segmenters``; a ValueError naming ``weight_sets`` where there are fewer."""
+    def select_weights(self, count: int | None) -> list[DiffusionSegmenter]:
+        """The first ``count`` (None: ``sampling_defaults``'s ``weight_sets``) of ``segmenters``; a ValueError naming
+        ``weight_sets`` where there are fewer."""
+        count = self.sampling_defaults["weight_sets"] if count is None else count
         hint = f" (this model has {len(self.segmenters)} set(s) of weights)"
         check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
         return self.segmenters[:count]
@@ -520,8 +528,7 @@ class Predictor:
         self.check_options(**options)
         check_int("seed", seed, low=0)
         check_int("augment", augment)
-        weight_sets = self.sampling_defaults["weight_sets"] if weight_sets is None else weight_sets
-        self.select_weights(weight_sets)
+        weight_sets = len(self.select_weights(weight_sets))
         if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
             raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")
         check_int("num_parts", num_parts)

@@ -133,6 +133,11 @@ def test_a_bundle_declares_its_extra_weights_in_inference_json(bundle_with_extra
             bundle_extra_weights(bundle_with_extra)
     inference.write_text(json.dumps({k: v for k, v in config.items() if k != "extra_weights"}))
     assert bundle_extra_weights(bundle_with_extra) == []
+    inference.write_text(json.dumps({**config, "weight_sets": 3}))
+    with pytest.raises(InputError, match=r"inference.json: weight_sets is 3 but the bundle has 2 set\(s\) of weights"):
+        Predictor.from_bundle(bundle_with_extra, device="cpu")
+    inference.write_text(json.dumps({**config, "weight_sets": 2}))
+    assert len(Predictor.from_bundle(bundle_with_extra, device="cpu").select_weights(None)) == 2
 
 
 def test_the_cli_samples_two_weight_sets_and_records_both_files(tmp_path, bundle_with_extra, capsys):
