@@ -14,6 +14,9 @@ Pairs (overrides of ``bundles/brain_widit_segmentation/configs/train.json``):
                    (``--contrast_prob 0.3``: ``medwidit.data.synth.RandContrastRemapd``) and thick slices
                    (``--thickness_prob 0.5``) for 3400 steps (the CPU budget); scored on all three validation scans
                    and all 7 acquisition variants of each
+    weight_sets    the shipped weights (4 samples)  vs  the shipped bundle with the contrast pair's retrain as a
+                   second set of weights (``extra_weights``), 2 samples from each: the same network calls; the
+                   contrast pair's scans and cases
 
 What the scans measure: the MNI152 2 mm file is the training anatomy at another resolution (the data list's
 validation file) and the painted images come from that anatomy's label map, so the cases test acquisition and contrast,
@@ -82,6 +85,14 @@ PAIRS = {
         "bases": ["mni152_2mm", "painted_0", "painted_1"],
         "cases": ["mni152_2mm", "painted_0", "painted_1", *THICK, "contrast", "noise", "bias", "fov"],
     },
+    "weight_sets": {
+        "variants": {
+            "shipped": None,
+            "shipped_and_remap": {"weights_of": ["remap"], "inference": {"weight_sets": 2, "num_samples": 2}},
+        },
+        "bases": ["mni152_2mm", "painted_0", "painted_1"],
+        "cases": ["mni152_2mm", "painted_0", "painted_1", *THICK, "contrast", "noise", "bias", "fov"],
+    },
 }
 
 
@@ -119,6 +130,26 @@ def train(name: str, overrides: dict, work: Path) -> Path:
     return _with_inference_config(out)
 
 
+def with_extra_weights(name: str, spec: dict, work: Path) -> Path:
+    """The shipped bundle in ``work/name`` with the weights trained for the variants ``spec["weights_of"]`` (by the
+    contrast pair's overrides, reused where trained) as its ``extra_weights`` (self-contained checkpoints,
+    ``models/model_<variant>.pt``) and ``spec["inference"]`` over its ``inference.json``."""
+    from medwidit.diffusion import load_segmenter, save_segmenter
+
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(BUNDLE, out, ignore=shutil.ignore_patterns("eval", "runs"))
+    inference = json.loads((out / "configs" / "inference.json").read_text())
+    for variant in spec["weights_of"]:
+        trained = train(variant, PAIRS["contrast"]["variants"][variant], work) / "models" / "model.pt"
+        segmenter, config = load_segmenter(trained)
+        kept = {k: v for k, v in config.items() if k not in ("network", "segmenter", "net")}  # save_segmenter's own
+        save_segmenter(segmenter, out / "models" / f"model_{variant}.pt", extra_config=kept)
+        inference["extra_weights"] = [*inference.get("extra_weights", []), f"models/model_{variant}.pt"]
+    (out / "configs" / "inference.json").write_text(json.dumps({**inference, **spec["inference"]}, indent=4) + "\n")
+    return out
+
+
 def _with_inference_config(out: Path) -> Path:
     """The shipped ``inference.json`` beside the trained weights: every option is sampled and post-processed as the
     shipped bundle is (steps, samples, overlap, largest component and hole filling)."""
@@ -145,12 +176,12 @@ def score(name: str, bundle: Path, pair: dict, scans: Path, work: Path, threads:
 
 
 def _scores_of(output: Path, bundle: Path) -> bool:
-    """Whether ``output`` holds this bundle's scores: the same folder, written after its weights."""
+    """Whether ``output`` holds this bundle's scores: the same folder, written after all its weights."""
     if not output.is_file():
         return False
-    weights = bundle / "models" / "model.pt"
+    weights = max(f.stat().st_mtime for f in (bundle / "models").glob("*.pt"))  # model.pt and any extra weights
     same = json.loads(output.read_text()).get("bundle") == str(bundle)
-    return same and output.stat().st_mtime > weights.stat().st_mtime
+    return same and output.stat().st_mtime > weights
 
 
 def compare(cases: dict[str, dict], bases: list[str]) -> dict:
@@ -196,7 +227,12 @@ def main(argv=None) -> dict:
             variants["embed"] = None  # the shipped weights are the embed recipe
         cases, bundles = {}, {}
         for name, overrides in variants.items():
-            bundles[name] = BUNDLE if overrides is None else train(name, overrides, args.work)
+            if overrides is None:
+                bundles[name] = BUNDLE
+            elif "weights_of" in overrides:
+                bundles[name] = with_extra_weights(name, overrides, args.work)
+            else:
+                bundles[name] = train(name, overrides, args.work)
             cases[name] = score(name, bundles[name], pair, scans, args.work, args.threads)
         record["pairs"][pair_name] = {
             "environment": here,

@@ -2,8 +2,10 @@
 inf) no longer breaks it (it raised a TypeError after four trainings), and each base scan gets its own mean."""
 
 import json
+import shutil
 
 import pytest
+import torch
 from benchmark_scripts import load_benchmark
 
 conditioning_real = load_benchmark("conditioning_real")
@@ -48,3 +50,20 @@ def test_a_run_of_one_pair_keeps_the_others_with_their_environment(tmp_path):
     assert kept["conditioning"]["environment"] == {"commit": "old"}
     assert kept["spacing"]["environment"] == {"commit": "older"}  # a pair's own environment wins
     assert (kept["conditioning"]["work"], kept["spacing"]["work"]) == ("/old", "/older")
+
+
+def test_a_second_set_of_weights_joins_a_copy_of_the_shipped_bundle(tmp_path):
+    """The weight_sets pair: the shipped bundle with a trained variant (here the shipped weights standing in for the
+    contrast retrain, reused as trained) as its extra_weights, sampled as the pair's inference settings say."""
+    from medwidit.inference import Predictor
+
+    shutil.copytree(conditioning_real.BUNDLE / "models", tmp_path / "remap" / "models")  # "trained" before
+    spec = conditioning_real.PAIRS["weight_sets"]["variants"]["shipped_and_remap"]
+    bundle = conditioning_real.with_extra_weights("shipped_and_remap", spec, tmp_path)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["extra_weights"] == ["models/model_remap.pt"]
+    assert (inference["weight_sets"], inference["num_samples"]) == (2, 2)
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert len(predictor.select_weights(None)) == 2 and predictor.sampling_defaults["num_samples"] == 2
+    first, second = (s.net.state_dict() for s in predictor.segmenters)
+    assert all(torch.equal(first[k], second[k]) for k in first)
