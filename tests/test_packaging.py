@@ -15,6 +15,8 @@ import pytest
 import tomllib
 from setuptools import find_namespace_packages
 
+from medwidit.inference.options import bundle_extra_weights
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
 SHIPPED = ["bundles", "data_lists"]
@@ -50,6 +52,9 @@ def test_wheel_holds_modules_bundle_and_data_lists(wheel):
     for kind in ("configs/inference.json", "configs/train.json", "configs/evaluate.json", "configs/metadata.json"):
         assert bundle + kind in names
     assert {bundle + "models/model.pt", bundle + "models/medwidit.json", bundle + "configs/logging.conf"} <= names
+    shipped = REPOSITORY / "bundles" / "brain_widit_segmentation"
+    extra = {bundle + f.relative_to(shipped).as_posix() for f in bundle_extra_weights(shipped)}  # inference.json's
+    assert extra <= names
     data_lists = {f"medwidit/data_lists/{p.name}" for p in (REPOSITORY / "data_lists").glob("*.json")}
     assert data_lists and data_lists <= names
     assert "medwidit/data/examples/colin27_head_2mm_image.nii.gz" in names
