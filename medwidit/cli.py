@@ -258,7 +258,26 @@ def _export(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         raise OutputError(str(e)) from e
     logger.info("%s -> %s (and %s)", checkpoint, weights, weights.with_name("medwidit.json"))
+    _warn_other_weight_sets(Path(args.bundle))
     return EXIT_OK
+
+
+def _warn_other_weight_sets(bundle) -> None:
+    """After ``export``: a bundle whose inference.json samples further weights by default would now ensemble the
+    exported weights with ones trained separately; say so, and how to stop it."""
+    from medwidit.inference.options import bundle_extra_weights, sampling_defaults
+
+    if not (bundle / "configs" / "inference.json").is_file():
+        return
+    extra, sets = bundle_extra_weights(bundle), sampling_defaults(bundle)["weight_sets"]
+    if extra and sets > 1:
+        logger.warning(
+            "%s: its inference.json also samples %s by default (weight_sets %d), weights trained apart from the ones "
+            "just exported; set weight_sets to 1 there (or --weight-sets 1) unless you mean to ensemble them.",
+            bundle,
+            ", ".join(str(f.relative_to(bundle)) for f in extra[: sets - 1]),
+            sets,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -316,13 +316,13 @@ def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_
     from medwidit.inference.options import SAMPLING_DEFAULTS, bundle_options, resolve_bundle, sampling_defaults
 
     shipped = bundle_options(resolve_bundle())  # the shipped inference.json, read as the CLI reads it
-    assert {key: shipped.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
-    assert sampling_defaults(resolve_bundle()) == SAMPLING_DEFAULTS  # the Predictor's (tests/inference/test_defaults)
+    defaults = sampling_defaults(resolve_bundle())  # the Predictor's (tests/inference/test_defaults)
+    assert {key: shipped.get(key) for key in SAMPLING_DEFAULTS} == defaults  # it states every one of them
     evaluation = bundle_options(resolve_bundle(), ["evaluate.json"])  # run evaluating samples as inference does
-    assert {key: evaluation.get(key) for key in SAMPLING_DEFAULTS} == SAMPLING_DEFAULTS
+    assert {key: evaluation.get(key) for key in SAMPLING_DEFAULTS} == defaults
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    steps, samples, overlap = (SAMPLING_DEFAULTS[k] for k in ("steps", "num_samples", "overlap"))
-    assert f"**{steps} steps × {samples} samples, overlap {overlap}**" in readme
+    steps, samples, overlap, sets = (defaults[k] for k in ("steps", "num_samples", "overlap", "weight_sets"))
+    assert f"**{steps} steps × {samples} samples from each of {sets} sets of weights, overlap {overlap}**" in readme
 
 
 def test_a_bundles_inference_json_sets_the_cli_defaults(tmp_path):

@@ -30,7 +30,13 @@ TINY_TRAIN = {
     "warmup_steps": 1,
     "cache": "none",
 }
-TINY_INFER = {"roi_size": [16, 16, 16], "steps": 2, "num_samples": 2, "device": "cpu"}
+TINY_INFER = {
+    "roi_size": [16, 16, 16],
+    "steps": 2,
+    "num_samples": 2,
+    "device": "cpu",
+    "weight_sets": 1,
+}  # one trained set
 
 
 def config(name: str) -> str:

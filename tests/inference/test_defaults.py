@@ -12,7 +12,9 @@ import pytest
 from medwidit.cli import build_parser
 from medwidit.inference import Predictor, segment
 from medwidit.inference.demo import SHIPPED_BUNDLE, run_demo
-from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle
+from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle, sampling_defaults
+
+SHIPPED = sampling_defaults(resolve_bundle())  # the shipped inference.json over SAMPLING_DEFAULTS
 
 
 def test_cli_and_predictor_defaults_are_the_same():
@@ -21,12 +23,22 @@ def test_cli_and_predictor_defaults_are_the_same():
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     _resolve_model(args)  # unset flags take the (shipped) bundle's inference.json values
     resolved = (args.steps, args.samples, args.overlap, args.shared_steps, args.weight_sets)
-    assert resolved == tuple(SAMPLING_DEFAULTS.values())
-    assert Predictor.from_bundle(device="cpu").sampling_defaults == SAMPLING_DEFAULTS
+    assert resolved == tuple(SHIPPED.values())
+    assert Predictor.from_bundle(device="cpu").sampling_defaults == SHIPPED
     for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options, run_demo):
         parameters = inspect.signature(method).parameters
         unset = {k: parameters[k].default for k in SAMPLING_DEFAULTS if k in parameters}
         assert set(unset.values()) == {None}, method  # None: the predictor's sampling_defaults
+
+
+def test_the_shipped_bundle_samples_two_weight_sets_at_the_cost_of_one_four_sample_ensemble():
+    """A bare checkpoint samples SAMPLING_DEFAULTS (4 samples of its one set of weights); the shipped bundle 2 samples
+    from each of its 2 sets (benchmarks/results/conditioning_real.json, weight_sets): the same network calls."""
+    assert SHIPPED == {**SAMPLING_DEFAULTS, "num_samples": 2, "weight_sets": 2}
+    calls = {k: d["steps"] * d["num_samples"] * d["weight_sets"] for k, d in (("bare", SAMPLING_DEFAULTS),
+                                                                                ("shipped", SHIPPED))}  # fmt: skip
+    assert calls["bare"] == calls["shipped"]
+    assert len(Predictor.from_bundle(device="cpu").select_weights(None)) == 2
 
 
 def test_the_shipped_bundle_resolves_by_name_and_by_default():
@@ -52,7 +64,7 @@ def _head():
 def test_a_predictor_from_a_bundle_samples_as_its_inference_json_says(two_sample_bundle):
     image, affine = _head()
     predictor = Predictor.from_bundle(two_sample_bundle, device="cpu")
-    assert predictor.sampling_defaults == {**SAMPLING_DEFAULTS, "steps": 1, "num_samples": 2}
+    assert predictor.sampling_defaults == {**SHIPPED, "steps": 1, "num_samples": 2}
     assert predictor.segment(image, affine=affine).num_samples == 2
     assert predictor.segment(image, affine=affine, num_samples=1).num_samples == 1  # an argument still wins
     assert segment(image, affine=affine, bundle=two_sample_bundle, device="cpu").num_samples == 2
@@ -122,3 +134,11 @@ def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
     few = build_parser().parse_args(["segment", "-i", "x", "-o", "out", "--bundle", str(bundle), "--steps", "1"])
     with pytest.raises(ValueError, match=r"--steps 1: the model's inference.json shares its first 1 steps"):
         _resolve_model(few)
+
+
+def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice():
+    from medwidit.inference.predictor import DEFAULT_WARN_DICE
+
+    args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
+    default = inspect.signature(Predictor.predict_from_files).parameters["warn_dice"].default
+    assert args.warn_dice == DEFAULT_WARN_DICE == default

@@ -158,3 +158,23 @@ def test_the_cli_samples_two_weight_sets_and_records_both_files(tmp_path, bundle
     with pytest.raises(SystemExit):
         main([*base, "-o", str(tmp_path / "c"), "--weight-sets", "0"])
     assert "expected" in capsys.readouterr().err
+
+
+def test_export_into_a_bundle_with_other_weight_sets_says_they_will_be_ensembled(bundle_with_extra, caplog):
+    """``medwidit export`` replaces models/model.pt only; a bundle that samples its extra_weights by default would
+    ensemble the new weights with ones trained apart from them, and the command says so."""
+    import logging
+
+    from medwidit.cli import _warn_other_weight_sets
+
+    inference = bundle_with_extra / "configs" / "inference.json"
+    config = json.loads(inference.read_text())
+    inference.write_text(json.dumps({**config, "weight_sets": 2}))
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        _warn_other_weight_sets(bundle_with_extra)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "also samples models/model_second.pt by default (weight_sets 2)" in warning
+    caplog.clear()
+    inference.write_text(json.dumps({**config, "weight_sets": 1}))
+    _warn_other_weight_sets(bundle_with_extra)
+    assert not caplog.records
