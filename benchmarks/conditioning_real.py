@@ -22,9 +22,10 @@ What the scans measure: the MNI152 2 mm file is the training anatomy at another 
 validation file) and the painted images come from that anatomy's label map, so the cases test acquisition and contrast,
 not a new person. One training run per option: a difference of about 0.01 Dice is within run-to-run spread.
 
-Every trained option is sampled with the shipped ``inference.json`` (steps, samples, post-processing).
-``--shipped-embed`` takes the shipped weights for ``embed`` instead of training them again (the same recipe, trained
-by an earlier version of the code); a variant without overrides (None) is always the shipped weights. A model already
+Every trained option is sampled with the shipped ``inference.json`` (steps, post-processing) and its one set of
+weights at 4 samples, as the bundle sampled before 0.4.0. ``--shipped-embed`` takes the shipped weights for ``embed``
+instead of training them again (the same recipe, trained by an earlier version of the code); a variant without
+overrides (None) is always the shipped ``models/model.pt`` alone at 4 samples (``SHIPPED_ALONE``). A model already
 trained in ``--work``, and its scores, are reused, so an interrupted run goes on where it stopped. Writes
 benchmarks/results/conditioning_real.json (the pairs not run this time are kept from the file) and prints a table.
 
@@ -96,6 +97,11 @@ PAIRS = {
 }
 
 
+# a variant None: the shipped models/model.pt alone at 4 samples (the bundle's default until 0.4.0, which every pair
+# measured; since 0.4.0 the bundle samples 2 from each of its two sets of weights)
+SHIPPED_ALONE = {"weights_of": [], "inference": {"weight_sets": 1, "num_samples": 4}}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the trained bundles and the scans")
@@ -132,29 +138,32 @@ def train(name: str, overrides: dict, work: Path) -> Path:
 
 def with_extra_weights(name: str, spec: dict, work: Path) -> Path:
     """The shipped bundle in ``work/name`` with the weights trained for the variants ``spec["weights_of"]`` (by the
-    contrast pair's overrides, reused where trained) as its ``extra_weights`` (self-contained checkpoints,
+    contrast pair's overrides, reused where trained) as its only ``extra_weights`` (self-contained checkpoints,
     ``models/model_<variant>.pt``) and ``spec["inference"]`` over its ``inference.json``."""
     from medwidit.diffusion import load_segmenter, save_segmenter
 
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(BUNDLE, out, ignore=shutil.ignore_patterns("eval", "runs"))
-    inference = json.loads((out / "configs" / "inference.json").read_text())
+    inference = {**json.loads((out / "configs" / "inference.json").read_text()), "extra_weights": []}
     for variant in spec["weights_of"]:
         trained = train(variant, PAIRS["contrast"]["variants"][variant], work) / "models" / "model.pt"
         segmenter, config = load_segmenter(trained)
         kept = {k: v for k, v in config.items() if k not in ("network", "segmenter", "net")}  # save_segmenter's own
         save_segmenter(segmenter, out / "models" / f"model_{variant}.pt", extra_config=kept)
-        inference["extra_weights"] = [*inference.get("extra_weights", []), f"models/model_{variant}.pt"]
+        inference["extra_weights"] = [*inference["extra_weights"], f"models/model_{variant}.pt"]
     (out / "configs" / "inference.json").write_text(json.dumps({**inference, **spec["inference"]}, indent=4) + "\n")
     return out
 
 
 def _with_inference_config(out: Path) -> Path:
-    """The shipped ``inference.json`` beside the trained weights: every option is sampled and post-processed as the
-    shipped bundle is (steps, samples, overlap, largest component and hole filling)."""
+    """The shipped ``inference.json`` beside the trained weights, with their one set of weights (``SHIPPED_ALONE``):
+    every option is sampled and post-processed as the shipped model.pt alone is (steps, 4 samples, overlap, largest
+    component and hole filling)."""
     (out / "configs").mkdir(exist_ok=True)
-    shutil.copyfile(BUNDLE / "configs" / "inference.json", out / "configs" / "inference.json")
+    inference = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    inference.update(SHIPPED_ALONE["inference"], extra_weights=[])
+    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
     return out
 
 
@@ -227,8 +236,8 @@ def main(argv=None) -> dict:
             variants["embed"] = None  # the shipped weights are the embed recipe
         cases, bundles = {}, {}
         for name, overrides in variants.items():
-            if overrides is None:
-                bundles[name] = BUNDLE
+            if overrides is None:  # models/model.pt alone, as the bundle sampled it before 0.4.0
+                bundles[name] = with_extra_weights(name, SHIPPED_ALONE, args.work)
             elif "weights_of" in overrides:
                 bundles[name] = with_extra_weights(name, overrides, args.work)
             else:
@@ -238,7 +247,7 @@ def main(argv=None) -> dict:
             "environment": here,
             "work": str(args.work),
             "overrides": variants,
-            "bundles": {n: "shipped" if b == BUNDLE else str(b) for n, b in bundles.items()},
+            "bundles": {n: str(b) for n, b in bundles.items()},
             "training_wall_seconds": {n: _training_seconds(b) for n, b in bundles.items()},
             "cases": cases,
             "summary": compare(cases, pair["bases"]),

@@ -212,6 +212,7 @@ def test_segment_without_a_model_uses_the_shipped_bundle_and_says_so(tmp_path, c
     assert first.startswith(
         f"medwidit: model: the shipped default bundle brain_widit_segmentation (brain extraction, {shipped})"
     )
+    assert "1 step(s) x 1 sample(s) x 2 sets of weights, sampler" in first  # the bundle's weight_sets
     assert visible(tmp_path / "a") == ["head.nii.gz"]
     by_name = ["segment", "-i", str(image), "-o", str(tmp_path / "b"), "--bundle", "brain_widit_segmentation"]
     assert main([*by_name, "--steps", "1", "--samples", "1", "-q"]) == 0  # a shipped bundle's name, not a folder

@@ -48,9 +48,10 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["summary"]) == {"1", "2"} and len(report["cases"]) == 3
-    for views, s in report["summary"].items():
-        assert s["cost_ratio"] == int(views) and s["cases"] == 3
+    assert set(report["summary"]) == {"1x1", "1x2", "2x1", "2x2"} and len(report["cases"]) == 3  # the bundle's 2 sets
+    for key, s in report["summary"].items():
+        assert s["cost_ratio"] == s["weight_sets"] * s["views"] and key == f"{s['weight_sets']}x{s['views']}"
+        assert s["cases"] == 3 and 0 <= s["expected_dice"]["mae"] <= 1
         assert (
             0 <= s["mae"] <= 1
             and math.isfinite(s["ece_mean"])
@@ -64,5 +65,7 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     for case in report["cases"]:
         for e in case["ensembles"].values():
             assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1
-    assert report["summary"]["1"]["auroc_mean"]["epistemic"] == 0.5  # one view: no epistemic part, no ranking
+    assert report["summary"]["1x1"]["auroc_mean"]["epistemic"] == 0.5  # one group: no epistemic part, no ranking
+    assert report["summary"]["2x1"]["auroc_mean"]["epistemic"] != 0.5  # two sets of weights disagree somewhere
+    assert len(report["weights_sha256"]) == 2
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("trust_reliability.png", "trust_dice.png"))
