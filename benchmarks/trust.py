@@ -22,7 +22,7 @@ brain, which cases a
 the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
 predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
 
-    python benchmarks/trust.py                      # the shipped bundle, ~10 min of CPU
+    python benchmarks/trust.py                      # the shipped bundle's 2 sets of weights x 3 views, ~45 min of CPU
     python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
 
 Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png`` and ``trust_dice.png``.
