@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from medwidit.inference.metrics import segmentation_metrics  # noqa: E402
+from medwidit.inference.options import sampling_defaults  # noqa: E402
 from medwidit.inference.predictor import Predictor  # noqa: E402
 
 EXAMPLE = ROOT / "medwidit" / "data" / "examples"
@@ -105,7 +106,10 @@ def main() -> None:
     if args.checkpoint is not None:
         predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
     else:
-        predictor = Predictor.from_bundle(args.bundle, device="cpu")
+        # models/model.pt alone (the rows compare heads), at the member count of the bundle's default ensemble
+        defaults = sampling_defaults(args.bundle)
+        args.samples = args.samples or defaults["num_samples"] * defaults["weight_sets"]
+        predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=1)
     args.steps, args.samples, overlap = predictor.resolve_sampling(args.steps, args.samples, None)
     record = evaluate(predictor, args)
     shared = predictor.resolve_shared_steps(None, args.steps)

@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
         cases, bundles = {}, {}
         for name, overrides in variants.items():
             if overrides is None:  # models/model.pt alone, as the bundle sampled it before 0.4.0
-                bundles[name] = with_extra_weights(name, SHIPPED_ALONE, args.work)
+                bundles[name] = with_extra_weights("shipped_alone", SHIPPED_ALONE, args.work)  # not a trained name
             elif "weights_of" in overrides:
                 bundles[name] = with_extra_weights(name, overrides, args.work)
             else:

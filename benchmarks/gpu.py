@@ -311,7 +311,8 @@ def bf16_agreement(ctx: Context) -> dict:
 
     results = {}
     for precision in ("float32", "bfloat16"):
-        predictor = Predictor.from_bundle(SHIPPED_BUNDLE, device=str(ctx.device), precision=precision)
+        # models/model.pt alone: agreement of one network's float32 and bf16 runs (agree_samples members)
+        predictor = Predictor.from_bundle(SHIPPED_BUNDLE, device=str(ctx.device), precision=precision, weight_sets=1)
         if precision == "bfloat16" and not ctx.cuda:
             predictor.autocast_dtype = torch.bfloat16  # the Predictor autocasts on CUDA only; compare anyway
         start = time.perf_counter()
@@ -539,6 +540,7 @@ def ct_volume(ctx: Context) -> dict:
         "spacing": list(spacing),
         "steps": steps,
         "num_samples": samples,
+        "weight_sets": len(predictor.select_weights(None)),  # the bundle's default: num_samples from each set
         "roi_size": predictor.roi_size,
         "sw_batch_size": predictor.sw_batch_size,
         "precision": str(predictor.autocast_dtype or torch.float32),

@@ -198,6 +198,7 @@ def curve(args, folder: Path) -> dict:
         mask = folder / "mask.nii.gz"
         nib.save(result.labels, str(mask))
         row = {"case": case["name"], "sampler": sampler, "steps": steps, "samples": samples, "shared_steps": shared}
+        row["weight_sets"] = len(predictor.select_weights(None))  # samples are per set of weights
         rows.append({**row, "cpu_seconds": cpu, "dice": score(mask, case["truth"])["dice"]})
         print(f"{case['name']:16s} {sampler:9s} steps {steps:2d} samples {samples} shared {shared}  CPU {cpu:6.1f} s  "
               f"Dice {rows[-1]['dice']:.4f}", flush=True)  # fmt: skip

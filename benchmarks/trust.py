@@ -302,7 +302,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.steps, args.samples, args.views = 1, 1, 2
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
-    predictor = Predictor.from_bundle(args.bundle, device="cpu", **extra)
+    sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
+    predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]

@@ -97,8 +97,9 @@ def _segment(args: argparse.Namespace) -> int:
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
-        predictor = Predictor.from_bundle(model["bundle"], **options)
+        predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
     predictor.check_options(**sampling)  # the sampler name too, before a record claims a name in the output folder
+    predictor.select_weights(args.weight_sets)  # as many sets as asked for, before the record names them
     logger.info("%s", _model_line(args, model, predictor))
     record_path, record = _start_run_record(args, model, predictor)
     try:
@@ -214,6 +215,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling = {"steps": args.steps, "num_samples": args.samples, "sampler": _sampler(args, predictor)}
     sampling |= {"eta": args.eta, "guidance_scale": args.guidance_scale, "overlap": args.overlap, "seed": args.seed}
     sampling["shared_steps"] = args.shared_steps
+    sampling["weight_sets"] = args.weight_sets
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),
@@ -273,8 +275,9 @@ def _warn_other_weight_sets(bundle) -> None:
     extra, sets = bundle_extra_weights(bundle), sampling_defaults(bundle)["weight_sets"]
     if extra and sets > 1:
         logger.warning(
-            "%s: its inference.json also samples %s by default (weight_sets %d), weights trained apart from the ones "
-            "just exported; set weight_sets to 1 there (or --weight-sets 1) unless you mean to ensemble them.",
+            "%s: its inference.json (and evaluate.json) also samples %s by default (weight_sets %d), weights trained "
+            "apart from the ones just exported; set weight_sets to 1 in both (or --weight-sets 1) unless you mean to "
+            "ensemble them.",
             bundle,
             ", ".join(str(f.relative_to(bundle)) for f in extra[: sets - 1]),
             sets,

@@ -118,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
     demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
-    demo.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
+    demo.add_argument(
+        "--samples",
+        type=_positive_int,
+        help="ensemble members per set of weights (default: the bundle's; shipped: 2 from each of 2 sets)",
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA if any)")
     _common(demo)
@@ -137,7 +141,11 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "brain_widit_segmentation, brain extraction from T1 MRI)",
     )
     seg.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's, 10)")
-    seg.add_argument("--samples", type=_positive_int, help="ensemble size (default: the bundle's, 4)")
+    seg.add_argument(
+        "--samples",
+        type=_positive_int,
+        help="ensemble members per set of weights (default: the bundle's; shipped: 2 from each of 2 sets)",
+    )
     seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's, 0.5)")
 
 

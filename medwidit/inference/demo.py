@@ -55,6 +55,8 @@ def run_demo(
         **options,
     )
     steps, num_samples, _ = predictor.resolve_sampling(steps, num_samples, None)
+    weight_sets = len(predictor.select_weights(options.get("weight_sets")))
+    sets = f" x {weight_sets} sets of weights" if weight_sets > 1 else ""
     if result.status != "done":
         raise InputError(f"the demo case failed: {result.message}")
     dice = evaluate_files(result.outputs[:1], [case["label"]], num_classes=predictor.num_classes)["mean"]["class_1"]
@@ -67,6 +69,6 @@ def run_demo(
     lines += [
         f"brain      {brain * voxel_ml:.0f} mL (reference mask {truth * voxel_ml:.0f} mL)",
         f"Dice       {dice:.3f} against the example's reference brain mask "
-        f"({steps} steps x {num_samples} samples, {result.seconds:.0f} s)",
+        f"({steps} steps x {num_samples} samples{sets}, {result.seconds:.0f} s)",
     ]
     return "\n".join(lines)

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
-# the shipped bundle's inference.json holds these
+# a bare checkpoint's sampling, and a bundle's where its inference.json is silent (the shipped one: 2 samples x 2 sets)
 SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0, "weight_sets": 1}
 DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
 DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line

@@ -255,32 +255,47 @@ class Predictor:
                     f"{extra_path}: its preprocessing differs from {path}'s in {', '.join(changed)}; the weights of "
                     "one ensemble must see the same pre-processed image."
                 )
+            try:
+                _check_companion(segmenter, extra, len(extras))
+            except ValueError as e:
+                raise InputError(f"{extra_path} beside {path}: {e}") from e
             extras.append(extra)
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
-        try:
-            predictor = cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
-        except ValueError as e:
-            if not extras:
-                raise
-            raise InputError(f"{path} with {', '.join(map(str, extra_checkpoints))}: {e}") from e
+        predictor = cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
         return predictor
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | os.PathLike | None = None, **options) -> Predictor:
+    def from_bundle(
+        cls, bundle_dir: str | os.PathLike | None = None, *, weight_sets: int | None = None, **options
+    ) -> Predictor:
         """A predictor from a MONAI bundle: a folder, the name of a shipped bundle, or None for the shipped default
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing`` from ``configs/inference.json``,
         and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights``
-        (files relative to the bundle, e.g. ``models/model_contrast.pt``) from ``configs/inference.json``: the
-        bundle's further weights for ``segment(weight_sets=N)``."""
+        (files relative to the bundle, e.g. ``models/model_remap.pt``) from ``configs/inference.json``: the
+        bundle's further weights for ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded
+        (None: as many as the bundle's default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose
+        other sets do not fit its ``models/model.pt`` (e.g. after ``medwidit export``)."""
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
             raise InputError(f"{bundle_dir}: not a trained bundle (no models/model.pt).")
-        options.setdefault("extra_checkpoints", bundle_extra_weights(bundle_dir))
+        defaults = sampling_defaults(bundle_dir)
+        sets = defaults["weight_sets"] if weight_sets is None else check_int("weight_sets", weight_sets)
+        given = options.get("extra_checkpoints")  # a caller's own further weights replace the bundle's
+        extra = bundle_extra_weights(bundle_dir) if given is None else list(given)
+        if sets > len(extra) + 1:
+            where = (
+                f"{bundle_dir / 'configs' / 'inference.json'}: weight_sets" if weight_sets is None else "weight_sets"
+            )
+            raise InputError(
+                f"{where} is {sets} but there are {len(extra) + 1} set(s) of weights (models/model.pt and "
+                f"{'extra_weights' if given is None else 'extra_checkpoints'})."
+            )
+        options["extra_checkpoints"] = extra[: sets - 1]
         for key, value in bundle_options(bundle_dir).items():
             if key in ("roi_size", "sw_batch_size"):
                 options.setdefault(key, value)
@@ -289,13 +304,7 @@ class Predictor:
         except ValueError as e:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)
-        predictor.sampling_defaults = sampling_defaults(bundle_dir)
-        if predictor.sampling_defaults["weight_sets"] > len(predictor.segmenters):
-            raise InputError(
-                f"{bundle_dir / 'configs' / 'inference.json'}: weight_sets is "
-                f"{predictor.sampling_defaults['weight_sets']} but the bundle has {len(predictor.segmenters)} set(s) "
-                "of weights (models/model.pt and extra_weights)."
-            )
+        predictor.sampling_defaults = {**defaults, "weight_sets": min(sets, len(predictor.segmenters))}
         return predictor
 
     ##################################################################################################################
@@ -662,6 +671,7 @@ def _check_companion(primary: DiffusionSegmenter, extra, index: int) -> Diffusio
         "spatial dims": lambda s: getattr(s.net, "spatial_dim", 3),
         "size multiple": lambda s: network_size_multiple(s.net),
         "spacing conditioning": lambda s: s.spacing_conditioning,
+        "scheduler": lambda s: s.scheduler_name,  # one --sampler must suit every set
     }
     for what, fact in facts.items():
         if fact(extra) != fact(primary):
@@ -714,6 +724,6 @@ def segment(
     predictor = (
         Predictor.from_checkpoint(checkpoint, device=device)
         if checkpoint is not None
-        else Predictor.from_bundle(bundle, device=device)
+        else Predictor.from_bundle(bundle, device=device, weight_sets=options.get("weight_sets"))
     )
     return predictor.segment(image, affine=affine, **options)

@@ -67,7 +67,7 @@ def test_a_second_set_of_weights_joins_a_copy_of_the_shipped_bundle(tmp_path):
     assert len(predictor.select_weights(None)) == 2 and predictor.sampling_defaults["num_samples"] == 2
     first, second = (s.net.state_dict() for s in predictor.segmenters)
     assert all(torch.equal(first[k], second[k]) for k in first)
-    alone = conditioning_real.with_extra_weights("shipped", conditioning_real.SHIPPED_ALONE, tmp_path)
+    alone = conditioning_real.with_extra_weights("shipped_alone", conditioning_real.SHIPPED_ALONE, tmp_path)
     predictor = Predictor.from_bundle(alone, device="cpu")  # what every pair's None variant measured: 0.3.1's default
     assert len(predictor.segmenters) == 1 and predictor.sampling_defaults["num_samples"] == 4
     trained = json.loads((tmp_path / "remap" / "configs" / "inference.json").read_text())

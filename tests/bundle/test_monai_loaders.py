@@ -5,6 +5,7 @@ network_def); a run without the built data ends with one line saying how to buil
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import monai.bundle
 import torch
@@ -45,6 +46,22 @@ def test_monai_label_style_loading_is_strict():
     checkpoint = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)
     _assert_all_weights(network, _shipped_weights())
+
+
+def test_inference_config_loads_the_extra_weights_that_weight_sets_asks_for():
+    """The shipped inference.json's expressions as MONAI evaluates them: extra_weights up to weight_sets reach the
+    predictor and the inferer (both sets by default), none with weight_sets 1."""
+    parser = ConfigParser()
+    parser.read_config(config("inference"))
+    bundle = Path(parser.get_parsed_content("bundle_root"))
+    assert [Path(f) for f in parser.get_parsed_content("extra_checkpoints")] == [bundle / "models" / "model_remap.pt"]
+    assert len(parser.get_parsed_content("inferer").extra_segmenters) == 1
+    assert len(parser.get_parsed_content("predictor").segmenters) == 2
+    parser = ConfigParser()
+    parser.read_config(config("inference"))
+    parser["weight_sets"] = 1
+    assert parser.get_parsed_content("extra_checkpoints") == []
+    assert len(parser.get_parsed_content("predictor").segmenters) == 1
 
 
 def test_inference_config_speaks_monai():

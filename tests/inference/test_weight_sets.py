@@ -134,7 +134,7 @@ def test_a_bundle_declares_its_extra_weights_in_inference_json(bundle_with_extra
     inference.write_text(json.dumps({k: v for k, v in config.items() if k != "extra_weights"}))
     assert bundle_extra_weights(bundle_with_extra) == []
     inference.write_text(json.dumps({**config, "weight_sets": 3}))
-    with pytest.raises(InputError, match=r"inference.json: weight_sets is 3 but the bundle has 2 set\(s\) of weights"):
+    with pytest.raises(InputError, match=r"inference.json: weight_sets is 3 but there are 2 set\(s\) of weights"):
         Predictor.from_bundle(bundle_with_extra, device="cpu")
     inference.write_text(json.dumps({**config, "weight_sets": 2}))
     assert len(Predictor.from_bundle(bundle_with_extra, device="cpu").select_weights(None)) == 2
@@ -154,7 +154,7 @@ def test_the_cli_samples_two_weight_sets_and_records_both_files(tmp_path, bundle
     assert record["extra_weights"] == [{"weights": str(second.resolve()), "sha256": sha256_file(second)}]
     assert record["arguments"]["weight_sets"] == 2
     assert main([*base, "-o", str(tmp_path / "b"), "--weight-sets", "3"]) != 0
-    assert "weight_sets must be an int in 1..2" in capsys.readouterr().err
+    assert "weight_sets is 3 but there are 2 set(s) of weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "-o", str(tmp_path / "c"), "--weight-sets", "0"])
     assert "expected" in capsys.readouterr().err
@@ -178,3 +178,29 @@ def test_export_into_a_bundle_with_other_weight_sets_says_they_will_be_ensembled
     inference.write_text(json.dumps({**config, "weight_sets": 1}))
     _warn_other_weight_sets(bundle_with_extra)
     assert not caplog.records
+
+
+def test_a_second_set_that_does_not_fit_is_left_unloaded_when_one_set_is_asked_for(bundle_with_extra, tmp_path, capsys):
+    """After exporting weights of another preprocessing into a bundle, ``weight_sets`` 1 (argument, flag or
+    inference.json) still runs it: only the sets asked for are loaded and checked; the default names the file."""
+    other = {**PREPROCESSING, "spacing": [3.0, 3.0, 3.0]}
+    save_segmenter(random_tiny_segmenter(), bundle_with_extra / "models" / "model_second.pt",
+                   extra_config={"preprocessing": other})  # fmt: skip
+    with pytest.raises(InputError, match=r"model_second\.pt: its preprocessing differs from .*model\.pt's"):
+        Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=2)
+    predictor = Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=1)
+    assert len(predictor.segmenters) == 1 and predictor.sampling_defaults["weight_sets"] == 1
+    source = save_nifti(tmp_path / "scan.nii.gz", _ball((24, 24, 24)))
+    base = ["segment", "-i", str(source), "--bundle", str(bundle_with_extra), "--steps", "1", "--samples", "1",
+            "--quiet", "--device", "cpu", "--warn-dice", "0"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "one"), "--weight-sets", "1"]) == 0
+    assert main([*base, "-o", str(tmp_path / "two"), "--weight-sets", "2"]) != 0
+    assert "model_second.pt: its preprocessing differs" in capsys.readouterr().err
+    with pytest.raises(InputError, match="weight_sets is 3 but there are 2 set"):
+        Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=3)
+
+
+def test_an_unrelated_error_is_not_blamed_on_the_extra_weights(bundle_with_extra):
+    with pytest.raises(ValueError) as failure:
+        Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=2, sw_batch_size=0)
+    assert "model_second" not in str(failure.value) and "sw_batch_size" in str(failure.value)
