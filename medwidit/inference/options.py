@@ -36,6 +36,7 @@ __all__ = [
     "check_sampling",
     "checkpoint_problem",
     "progress_callback",
+    "read_inference_config",
     "resolve_bundle",
     "resolve_device",
     "sampling_defaults",
@@ -197,17 +198,23 @@ def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inf
     return found
 
 
-def bundle_extra_weights(bundle_dir: str | os.PathLike) -> list[Path]:
-    """A bundle's further weights: ``configs/inference.json``'s ``extra_weights``, a list of files relative to the
-    bundle (e.g. ``["models/model_contrast.pt"]``; none where the key is absent), each checked to exist."""
+def read_inference_config(bundle_dir: str | os.PathLike) -> tuple[Path, dict]:
+    """A bundle's ``configs/inference.json`` path and content ({} where there is none); InputError if unreadable."""
     path = Path(bundle_dir) / "configs" / "inference.json"
     if not path.is_file():
-        return []
+        return path, {}
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not readable JSON ({e}).") from e
-    names = config.get("extra_weights", []) if isinstance(config, dict) else []
+    return path, config if isinstance(config, dict) else {}
+
+
+def bundle_extra_weights(bundle_dir: str | os.PathLike) -> list[Path]:
+    """A bundle's further weights: ``configs/inference.json``'s ``extra_weights``, a list of files relative to the
+    bundle (e.g. ``["models/model_remap.pt"]``; none where the key is absent), each checked to exist."""
+    path, config = read_inference_config(bundle_dir)
+    names = config.get("extra_weights", [])
     if not isinstance(names, list) or not all(isinstance(n, str) and n and n[0] not in "$@%/" for n in names):
         raise InputError(f"{path}: extra_weights must be a list of files relative to the bundle, got {names!r}.")
     files = [Path(bundle_dir) / name for name in names]

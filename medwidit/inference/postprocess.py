@@ -9,9 +9,7 @@ A spec is a list of steps, applied in order on the label map of the input's grid
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +23,8 @@ from monai.transforms import (
     KeepLargestConnectedComponentd,
 )
 from monai.utils import look_up_option
+
+from .options import read_inference_config
 
 __all__ = [
     "LABEL_STEPS",
@@ -96,11 +96,5 @@ def postprocessing_transforms(
 
 def bundle_label_postprocessing(bundle_dir) -> list[dict]:
     """The checked ``label_postprocessing`` of a bundle's ``configs/inference.json`` ([] where it has none)."""
-    path = Path(bundle_dir) / "configs" / "inference.json"
-    if not path.is_file():
-        return []
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e}).") from e
+    path, config = read_inference_config(bundle_dir)
     return check_label_postprocessing(config.get("label_postprocessing"), f"{path}: label_postprocessing")
