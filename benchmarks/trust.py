@@ -47,7 +47,6 @@ from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
-from medwidit.inference.options import bundle_extra_weights
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice, expected_dice
 from medwidit.utils.files import sha256_file
@@ -292,9 +291,9 @@ def _plain(value):
     return str(value) if isinstance(value, Path) else value
 
 
-def extra_files(args) -> list[Path]:
-    """The files of the predictor's extra weights: ``--extra-weights``, else the bundle's ``extra_weights``."""
-    return list(args.extra_weights) if args.extra_weights is not None else bundle_extra_weights(args.bundle)
+def weights_sha256(bundle: Path, predictor: Predictor) -> list[str]:
+    """The sha256 of every set of weights the predictor samples: the bundle's model.pt, then its extra weights."""
+    return [sha256_file(f) for f in [bundle / "models" / "model.pt", *predictor.extra_weight_files]]
 
 
 def main(argv=None) -> dict:
@@ -310,7 +309,9 @@ def main(argv=None) -> dict:
     summary = summarise(cases, args.warn_dice)
     result = {
         "config": {k: _plain(v) for k, v in vars(args).items()},
-        "weights_sha256": [sha256_file(f) for f in [args.bundle / "models" / "model.pt", *extra_files(args)]],
+        "weights_sha256": [
+            sha256_file(f) for f in [args.bundle / "models" / "model.pt", *predictor.extra_weight_files]
+        ],
         "environment": environment(torch.device("cpu"), __file__),
         "cpu_seconds": time.process_time() - start,
         "summary": summary,

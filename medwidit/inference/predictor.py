@@ -304,7 +304,7 @@ class Predictor:
         except ValueError as e:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)
-        predictor.sampling_defaults = {**defaults, "weight_sets": min(sets, len(predictor.segmenters))}
+        predictor.sampling_defaults = {**defaults, "weight_sets": sets}  # the sets loaded: model.pt + sets - 1
         return predictor
 
     ##################################################################################################################
