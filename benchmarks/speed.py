@@ -37,7 +37,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from _report import environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
-from generalisation import score, variant
+from generalisation import build_cases, score, variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "medwidit" / "data" / "examples" / "colin27_head_2mm_image.nii.gz"
@@ -45,7 +45,7 @@ TRUTH = ROOT / "medwidit" / "data" / "examples" / "colin27_head_2mm_label.nii.gz
 BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
 RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
 RESULTS = ROOT / "benchmarks" / "results"
-METRICS = ("dice", "cpu_seconds")
+METRICS = ("dice", "cpu_seconds", "predicted_error")
 SETTING = ("sampler", "steps", "samples", "shared_steps")
 BASICUNET = """
 import json, sys, time, torch
@@ -157,11 +157,14 @@ def ratios(runs: dict) -> dict:
 #######################################################################################################################
 
 
-def validation_cases(folder: Path, quick: bool) -> list[dict]:
-    """MNI152 1 mm with its brain label: clean, 3 mm slices along z, Rician noise (generalisation's variants)."""
+def validation_cases(folder: Path, quick: bool, bases: list | None = None, variants: list | None = None) -> list[dict]:
+    """MNI152 1 mm with its brain label: clean, 3 mm slices along z, Rician noise (generalisation's variants); or
+    ``bases`` [(name, image, label)] (e.g. ``validation_cases.py``'s scans) with ``variants`` of each."""
     if quick:
         image, truth, _ = quick_case(folder)
         return [{"name": "quick_ball", "image": image, "truth": truth}]
+    if bases:
+        return build_cases(folder, {name: (Path(i), Path(t)) for name, i, t in bases}, variants)
     from medwidit.datasets.brain import default_cache_dir
 
     cache = default_cache_dir()
@@ -183,8 +186,8 @@ def curve(args, folder: Path) -> dict:
         _, _, model = quick_case(folder)
         predictor = Predictor.from_checkpoint(model[1], device="cpu")
     else:
-        predictor = Predictor.from_bundle(BUNDLE, device="cpu")
-    cases = validation_cases(folder, args.quick)
+        predictor = Predictor.from_bundle(args.bundle, device="cpu")
+    cases = validation_cases(folder, args.quick, args.base, args.variants)
     rows = []
     grid = itertools.product(cases, args.samplers, args.steps, args.samples, args.shared_steps)
     for case, sampler, steps, samples, shared in grid:
@@ -199,9 +202,12 @@ def curve(args, folder: Path) -> dict:
         nib.save(result.labels, str(mask))
         row = {"case": case["name"], "sampler": sampler, "steps": steps, "samples": samples, "shared_steps": shared}
         row["weight_sets"] = len(predictor.select_weights(None))  # samples are per set of weights
-        rows.append({**row, "cpu_seconds": cpu, "dice": score(mask, case["truth"])["dice"]})
+        predicted = result.quality["min_predicted_dice"]  # the case's own estimate, the CLI's warning's number
+        dice = score(mask, case["truth"])["dice"]
+        rows.append({**row, "cpu_seconds": cpu, "dice": dice, "predicted_dice": predicted})
+        rows[-1]["predicted_error"] = abs(predicted - dice)
         print(f"{case['name']:16s} {sampler:9s} steps {steps:2d} samples {samples} shared {shared}  CPU {cpu:6.1f} s  "
-              f"Dice {rows[-1]['dice']:.4f}", flush=True)  # fmt: skip
+              f"Dice {dice:.4f}  predicted {predicted:.4f}", flush=True)  # fmt: skip
     settings = {}
     for row in rows:
         settings.setdefault(tuple(row[k] for k in SETTING), []).append(row)
@@ -264,6 +270,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--shared-steps", type=int, nargs="+", default=[0], help="steps the ensemble shares before branching"
     )
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="curve: the bundle to sample (default: shipped)")
+    parser.add_argument(
+        "--base", nargs=3, action="append", metavar=("NAME", "IMAGE", "LABEL"),
+        help="curve: a validation scan and its brain mask instead of MNI152 1 mm (repeat; validation_cases.py)",
+    )  # fmt: skip
+    parser.add_argument("--variants", nargs="+", help="curve with --base: which cases (base names or variants)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="knee: mean Dice within this of the best")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
@@ -287,9 +299,11 @@ def main(argv=None) -> dict:
                 lines.append(f"| {name} | " + " | ".join(cells) + (f" | {run['error']}" if "error" in run else "|"))
         lines += [f"\n{key}: {value:.2f}" for key, value in record["ratios"].items()]
     else:
-        lines = ["| sampler | steps | samples | shared steps | mean CPU s | mean Dice |", "|---|---|---|---|---|---|"]
+        lines = ["| sampler | steps | samples | shared steps | mean CPU s | mean Dice | estimate MAE |"]
+        lines.append("|---|---|---|---|---|---|---|")
         lines += [
-            f"| {' | '.join(str(m[k]) for k in SETTING)} | {fmt(m['cpu_seconds'], 1)} | {fmt(m['dice'], 4)} |"
+            f"| {' | '.join(str(m[k]) for k in SETTING)} | {fmt(m['cpu_seconds'], 1)} | {fmt(m['dice'], 4)} "
+            f"| {fmt(m['predicted_error'], 3)} |"
             for m in record["means"]
         ]
         lines.append(f"\nknee (mean Dice within {args.tolerance} of the best, least CPU): {record['knee']}")

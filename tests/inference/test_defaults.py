@@ -1,10 +1,11 @@
-"""The sampling defaults chosen by measurement (benchmarks/results/speed_curve.json) are one fact: ``medwidit
+"""The sampling defaults chosen by measurement (benchmarks/results/speed_curve_sets.json) are one fact: ``medwidit
 segment``'s unset flags, ``Predictor``'s unset arguments, ``segment()`` and the demo all take the bundle's
 ``inference.json`` values over ``options.SAMPLING_DEFAULTS``."""
 
 import inspect
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from medwidit.inference import Predictor, segment
 from medwidit.inference.demo import SHIPPED_BUNDLE, run_demo
 from medwidit.inference.options import SAMPLING_DEFAULTS, resolve_bundle, sampling_defaults
 
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sampling_defaults(resolve_bundle())  # the shipped inference.json over SAMPLING_DEFAULTS
 
 
@@ -31,13 +33,19 @@ def test_cli_and_predictor_defaults_are_the_same():
         assert set(unset.values()) == {None}, method  # None: the predictor's sampling_defaults
 
 
-def test_the_shipped_bundle_samples_two_weight_sets_at_the_cost_of_one_four_sample_ensemble():
-    """A bare checkpoint samples SAMPLING_DEFAULTS (4 samples of its one set of weights); the shipped bundle 2 samples
-    from each of its 2 sets (benchmarks/results/conditioning_real.json, weight_sets): the same network calls."""
-    assert SHIPPED == {**SAMPLING_DEFAULTS, "num_samples": 2, "weight_sets": 2}
+def test_the_shipped_bundle_samples_two_weight_sets_at_the_knee_of_the_measured_curve():
+    """A bare checkpoint samples SAMPLING_DEFAULTS (10 steps x 4 samples of its one set of weights); the shipped bundle
+    2 samples from each of its 2 sets (benchmarks/results/conditioning_real.json, weight_sets) at the steps of the knee
+    of its Dice-vs-CPU curve on the validation scans (benchmarks/results/speed_curve_sets.json): 12 network calls
+    where the bare default makes 40."""
+    curve = json.loads((ROOT / "benchmarks" / "results" / "speed_curve_sets.json").read_text())
+    knee = curve["knee"]
+    assert {row["weight_sets"] for row in curve["rows"]} == {2}  # measured with both sets, as shipped
+    assert (knee["sampler"], knee["samples"], knee["shared_steps"]) == ("ddim", SHIPPED["num_samples"], 0)
+    assert SHIPPED == {**SAMPLING_DEFAULTS, "steps": knee["steps"], "num_samples": 2, "weight_sets": 2}
     calls = {k: d["steps"] * d["num_samples"] * d["weight_sets"] for k, d in (("bare", SAMPLING_DEFAULTS),
                                                                                 ("shipped", SHIPPED))}  # fmt: skip
-    assert calls["bare"] == calls["shipped"]
+    assert (calls["bare"], calls["shipped"]) == (40, 12)
     assert len(Predictor.from_bundle(device="cpu").select_weights(None)) == 2
 
 
