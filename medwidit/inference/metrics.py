@@ -34,6 +34,7 @@ from monai.transforms import LoadImage
 from monai.transforms.utils import distance_transform_edt
 from torchmetrics.functional.classification import binary_auroc
 
+from medwidit.diffusion.encoding import class_index
 from medwidit.utils import atomic_write, check_int
 
 __all__ = [
@@ -201,7 +202,7 @@ def uncertainty_quality(probability, uncertainty, truth, *, band=None, num_bins:
             f"probability (K, *S), uncertainty (*S) and truth (*S) must share *S, got {tuple(probability.shape)}, "
             f"{tuple(uncertainty.shape)} and {tuple(truth.shape)}."
         )
-    wrong = probability.argmax(dim=0) != truth
+    wrong = class_index(probability, 0) != truth
     regions = {"volume": None}
     if band is not None:
         band = _tensor(band).bool()

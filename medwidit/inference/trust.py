@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medwidit.diffusion.encoding import class_index
 from medwidit.utils import check_int
 
 from .statistics import class_statistics
@@ -62,8 +63,8 @@ def estimated_dice(probabilities: torch.Tensor) -> torch.Tensor:
     """Members (M, B, K, *S) -> (B, K): ``mean_m Dice_k(argmax p_bar, argmax p_m)``; 1 where a class is absent
     from both (nothing to disagree on)."""
     num_classes = probabilities.shape[2]
-    final = probabilities.float().mean(dim=0).argmax(dim=1)  # (B, *S)
-    member = probabilities.argmax(dim=2)  # (M, B, *S)
+    final = class_index(probabilities.float().mean(dim=0), 1)  # (B, *S)
+    member = class_index(probabilities, 2)  # (M, B, *S)
     dims = tuple(range(2, member.ndim))
     scores = []
     for k in range(num_classes):
@@ -78,7 +79,7 @@ def expected_dice(probabilities: torch.Tensor) -> torch.Tensor:
     voxel by voxel from the mean probability ``p_bar``, ``2 sum(p_bar_k [final = k]) / (sum p_bar_k + sum [final = k])``
     (the soft Dice of the answer against the ensemble's own belief); 1 where a class is absent from both."""
     mean = probabilities.float().mean(dim=0)  # (B, K, *S)
-    final = F.one_hot(mean.argmax(dim=1), mean.shape[1]).movedim(-1, 1).to(mean.dtype)
+    final = F.one_hot(class_index(mean, 1), mean.shape[1]).movedim(-1, 1).to(mean.dtype)
     dims = tuple(range(2, mean.ndim))
     overlap, size = (mean * final).sum(dims).double(), (mean.sum(dims) + final.sum(dims)).double()
     return torch.where(size > 0, 2 * overlap / size.clamp_min(1e-12), torch.ones_like(size)).float()

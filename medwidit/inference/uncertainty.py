@@ -34,7 +34,8 @@ def summarize_ensemble(probabilities: torch.Tensor, *, atol: float = 1e-3) -> di
     mean = p.mean(dim=0)  # (B, K, *S)
     labels = to_labels(mean, dim=1)  # (B, 1, *S)
     entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
-    variance = p.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
+    # the squared deviations' mean, not p.var(dim=0): torch's CPU var over the leading axis is ~10x slower here
+    variance = (p - mean).square().mean(dim=0).mean(dim=1, keepdim=True)
     sample_labels = to_labels(p, dim=2)  # (S, B, 1, *S)
     agreement = (sample_labels == labels.unsqueeze(0)).float().mean(dim=0)
     return {
