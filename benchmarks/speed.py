@@ -3,6 +3,8 @@
     python benchmarks/speed.py --peers-python /work/peers-venv/bin/python --reference /tmp/medwidit-1ccc17a
     python benchmarks/speed.py --section curve         # Dice vs CPU seconds over steps x samples x sampler
     python benchmarks/speed.py --section curve --samplers ddim --steps 10 --samples 4 --shared-steps 0 5 7 9
+    python benchmarks/speed.py --section curve --steps 2 3 5 10 --samples 2 \
+        --base mni152_2mm VAL/mni152_2mm_image.nii.gz VAL/mni152_2mm_label.nii.gz --variants mni152_2mm contrast
     python benchmarks/speed.py --quick                 # tiny model and volume: seconds (the test)
 
 ``compare`` runs each tool once in its own process on the shipped example and reads that process's CPU seconds
@@ -15,7 +17,10 @@ forward of MONAI's ``BasicUNet`` on the grid medwidit samples (padded to a multi
 its grid. ``curve`` measures Dice against CPU seconds (``time.process_time`` of ``Predictor.segment``, one
 process, model loaded once) on validation cases that are not the example: MNI152 (1 mm, from the brain-data cache,
 ``MEDWIDIT_CACHE``) with its brain label, clean, with 3 mm slices and with Rician noise; the knee is the cheapest
-setting whose mean Dice is within ``--tolerance`` of the best. Writes ``benchmarks/results/speed.json`` (compare) or
+setting whose mean Dice is within ``--tolerance`` of the best. ``--base NAME IMAGE LABEL`` (repeatable; VAL is
+``validation_cases.py``'s folder) replaces MNI152 1 mm with those scans and ``--variants`` of them
+(generalisation.py's); every row also records the case's own predicted Dice (``quality["min_predicted_dice"]``) and
+its error against the true Dice. Writes ``benchmarks/results/speed.json`` (compare) or
 ``speed_curve.json`` (curve) and prints a table; timings compared as ratios measured in the same run.
 """
 
