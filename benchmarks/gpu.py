@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -104,8 +103,8 @@ SIZES = {  # full: the figures the issue asks for; quick: the same code on tiny 
         "tp_size": 32,
         "tp_iters": 2,
         "ct_shape": (48, 48, 32),
-        "ct_steps": 1,
-        "ct_samples": 1,
+        "ct_steps": None,  # the bundle's defaults here too, so that the quick test covers how they are read
+        "ct_samples": None,
         "ct_sw_batch_size": 4,
         "agree_steps": 1,
         "agree_samples": 1,
@@ -525,9 +524,8 @@ def ct_volume(ctx: Context) -> dict:
     predictor = Predictor.from_bundle(
         SHIPPED_BUNDLE, device=str(ctx.device), sw_batch_size=ctx.sizes["ct_sw_batch_size"]
     )
-    defaults = inspect.signature(Predictor.segment).parameters
-    steps = ctx.sizes["ct_steps"] or defaults["steps"].default
-    samples = ctx.sizes["ct_samples"] or defaults["num_samples"].default
+    # None: the bundle's inference.json values, as the CLI samples (Predictor.segment's own defaults are None)
+    steps, samples, _ = predictor.resolve_sampling(ctx.sizes["ct_steps"], ctx.sizes["ct_samples"], None)
     shape = ctx.sizes["ct_shape"]
     spacing = predictor.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     volume = np.random.default_rng(0).normal(size=shape).astype(np.float32) * 300  # HU-like spread

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 from benchmark_scripts import BENCHMARKS, load_benchmark
 
+from medwidit.inference.options import resolve_bundle, sampling_defaults
+
 SECTIONS = ("environment", "sdpa_kernels", "bf16_agreement", "throughput", "compile", "ddp", "ct_volume")
 
 
@@ -52,6 +54,11 @@ def test_quick_mode_reports_every_section_with_finite_numbers(quick_report):
     assert quick_report["bf16_agreement"]["dice_foreground"][0] > 0.9  # bf16 barely moves the shipped model
     assert quick_report["ddp"]["backend"] == "gloo" and len(quick_report["ddp"]["losses"]) == 2
     assert quick_report["compile"]["max_abs_difference"] < 1e-4
+    shipped = sampling_defaults(resolve_bundle())  # the CT volume is segmented at the CLI's defaults, and says which
+    ct = quick_report["ct_volume"]
+    assert (ct["steps"], ct["num_samples"], ct["weight_sets"]) == tuple(
+        shipped[k] for k in ("steps", "num_samples", "weight_sets")
+    )
     assert {"rope", "compiled"} <= set(quick_report["throughput"]["variants"])
     assert all(v["mfu"] > 0 for v in quick_report["throughput"]["variants"].values()), quick_report["throughput"]
     top = quick_report["throughput"]["top_kernels"]  # where the training step's time goes
