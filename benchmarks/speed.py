@@ -284,6 +284,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.005, help="knee: mean Dice within this of the best")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
+    if args.section == "compare" and (args.base or args.variants or args.bundle != BUNDLE):
+        parser.error("--bundle, --base and --variants choose the curve's model and cases: give --section curve")
+    if args.variants and not args.base:
+        parser.error("--variants picks among the --base scans and their variants: give --base too")
     if args.quick and args.section == "curve" and argv is None:
         args.steps, args.samples = [1, 2], [1, 2]
     return args
@@ -294,7 +298,10 @@ def main(argv=None) -> dict:
     output = args.output or RESULTS / ("speed.json" if args.section == "compare" else "speed_curve.json")
     with tempfile.TemporaryDirectory() as folder:
         record = (compare if args.section == "compare" else curve)(args, Path(folder))
-    record = {"environment": environment(torch.device("cpu"), __file__), "threads": args.threads, **record}
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "benchmarks/speed.py", *map(str, given)])
+    record = {"command": command, "environment": environment(torch.device("cpu"), __file__), "threads": args.threads,
+              **record}  # fmt: skip
     if args.section == "compare":
         record["ratios"] = ratios(record["runs"])
         lines = ["| run | CPU s | wall s | Dice |", "|---|---|---|---|"]

@@ -117,11 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
-    demo.add_argument(
-        "--steps",
-        type=_positive_int,
-        help="denoising steps per sample (default: the bundle's, shipped 3; a bare checkpoint: 10)",
-    )
+    demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's: 3)")
     demo.add_argument(
         "--samples",
         type=_positive_int,

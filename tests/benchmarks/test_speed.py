@@ -51,6 +51,17 @@ def test_curve_quick_and_its_knee(tmp_path):
     assert record["knee"] == min(within, key=lambda m: m["cpu_seconds"])
 
 
+def test_curve_records_the_predicted_dice_and_case_options_are_checked(tmp_path, capsys):
+    args = speed.parse_args(["--section", "curve", "--quick", "--steps", "1", "--samples", "1"])
+    row = speed.curve(args, tmp_path)["rows"][0]
+    assert 0 <= row["predicted_dice"] <= 1 and row["predicted_error"] == abs(row["predicted_dice"] - row["dice"])
+    for bad, said in ((["--base", "a", "a.nii.gz", "b.nii.gz"], "--section curve"),
+                      (["--section", "curve", "--variants", "noise"], "give --base too")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            speed.parse_args(bad)
+        assert said in capsys.readouterr().err
+
+
 def test_curve_covers_shared_steps_below_the_step_count(tmp_path):
     args = speed.parse_args(
         [
