@@ -270,8 +270,6 @@ def _warn_other_weight_sets(bundle) -> None:
     exported weights with ones trained separately; say so, and how to stop it."""
     from medwidit.inference.options import bundle_extra_weights, sampling_defaults
 
-    if not (bundle / "configs" / "inference.json").is_file():
-        return
     extra, sets = bundle_extra_weights(bundle), sampling_defaults(bundle)["weight_sets"]
     if extra and sets > 1:
         logger.warning(
