@@ -136,6 +136,28 @@ def test_histogram_mode_equalises_each_modality_on_its_own():
         assert float(channel.min()) == -1.0 and float(channel.max()) == 1.0 and abs(float(channel.mean())) < 0.05
 
 
+def test_histogram_mode_is_not_squeezed_by_a_few_extreme_voxels():
+    """A coil field's bright corner (0.2 % of the voxels at 1000x the head's intensities, as MONAI's RandBiasField
+    makes at strength 0.6) must not change how the head is equalised: with bins of equal width up to the maximum, the
+    whole head fell into the first few bins, and the shipped model found no brain at all (histogram_clip.json)."""
+    rng = np.random.default_rng(2)
+    scan = np.zeros((32, 32, 32), np.float32)
+    scan[4:28, 4:28, 4:28] = rng.gamma(3.0, 1.0, size=(24, 24, 24))
+    spiked = scan.copy()
+    spiked[:4, :4, :4] = 1000.0 * scan.max()
+    head = torch.zeros(32, 32, 32, dtype=torch.bool)
+    head[4:28, 4:28, 4:28] = True
+    pre = Compose(preprocessing_transforms({"intensity": "histogram", "orientation": None}, load=False))
+
+    def run(image):
+        return pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.eye(4))})["image"][0]
+
+    a, b = run(scan), run(spiked)
+    assert float(b[head].std()) > 0.4  # spread over [-1, 1], not a few grey levels
+    assert float((a - b)[head].abs().mean()) < 0.02
+    assert float(b.max()) == 1.0 and float(b[:4, :4, :4].min()) == 1.0  # the spike clips to the top
+
+
 @pytest.mark.parametrize("mode", list(INTENSITY_MODES))
 def test_every_intensity_mode_has_a_background_rule_that_finds_the_head(mode):
     """One table holds each mode's transforms and its background rule: after the mode, the rule selects exactly the
