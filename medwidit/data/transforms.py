@@ -4,7 +4,8 @@ spacing -> intensity.
 A model's checkpoint carries the JSON ``preprocessing`` dict these are built from, so inference replays exactly what
 training saw and then inverts the spatial part with MONAI ``Invertd``:
 
-    {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0] or null, "intensity": "zscore_nonzero", "num_modalities": 1}
+    {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0] or null, "intensity": "zscore_nonzero", "num_modalities": 1,
+     "bias_correction": null or "n4"}
 """
 
 from __future__ import annotations
@@ -33,18 +34,31 @@ from medwidit.utils import check_int
 
 __all__ = [
     "DEFAULT_PREPROCESSING",
+    "BIAS_CORRECTIONS",
     "INTENSITY_MODES",
     "IntensityMode",
+    "N4BiasFieldCorrectiond",
     "RecordSpacingd",
     "acquisition_spacing",
     "batch_spacing",
     "check_preprocessing",
     "default_preprocessing",
     "equalise_channels",
+    "intensity_transforms",
+    "n4_bias_correct",
     "preprocessing_transforms",
 ]
 
-DEFAULT_PREPROCESSING = {"orientation": "RAS", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1}
+DEFAULT_PREPROCESSING = {
+    "orientation": "RAS",
+    "spacing": None,
+    "intensity": "zscore_nonzero",
+    "num_modalities": 1,
+    "bias_correction": None,
+}
+BIAS_CORRECTIONS = (None, "n4")  # "n4": SimpleITK's N4 on the working grid, before the intensity mode
+N4_SHRINK = 4  # the field is fitted on a copy shrunk by this factor per axis (8 mm voxels on a 2 mm grid)
+N4_ITERATIONS = (50, 50, 50)  # per fitting level (each level doubles the control-point mesh)
 PERCENTILES = (0.5, 99.5)  # "scale_percentiles" maps these per-channel percentiles to [-1, 1] and clips
 HISTOGRAM_BINS = 256  # "histogram" equalises each channel's histogram onto [-1, 1] with this many bins
 # ... between the channel's minimum and this percentile, above which it clips: MONAI's bins are of equal width up to
@@ -82,6 +96,10 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
     out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
+    if out["bias_correction"] not in BIAS_CORRECTIONS:
+        raise ValueError(
+            f"preprocessing['bias_correction'] must be one of {list(BIAS_CORRECTIONS)}, got {out['bias_correction']!r}."
+        )
     check_int("preprocessing['num_modalities']", out["num_modalities"])
     return out
 
@@ -113,6 +131,59 @@ def equalise_channels(image: torch.Tensor) -> torch.Tensor:
         top = float(np.percentile(np.asarray(channel.detach().cpu(), dtype=np.float32), HISTOGRAM_CLIP_PERCENTILE))
         channels.append(normalize(channel.clamp(max=top)))
     return torch.cat(channels)
+
+
+class N4BiasFieldCorrectiond(MapTransform):
+    """SimpleITK's N4 bias-field correction (Tustison et al. 2010) of every channel: the smooth multiplicative field
+    is fitted on the head and divided out of every voxel (``n4_bias_correct``). MONAI has none; SimpleITK is ITK's."""
+
+    def __init__(self, keys, shrink: int = N4_SHRINK, iterations: Sequence[int] = N4_ITERATIONS) -> None:
+        super().__init__(keys)
+        self.shrink, self.iterations = check_int("shrink", shrink), [int(i) for i in iterations]
+
+    def __call__(self, data: Mapping) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = n4_bias_correct(out[key], shrink=self.shrink, iterations=self.iterations)
+        return out
+
+
+def n4_bias_correct(
+    image: torch.Tensor, *, shrink: int = N4_SHRINK, iterations: Sequence[int] = N4_ITERATIONS
+) -> torch.Tensor:
+    """(C, *S) -> (C, *S), the same type and meta: each channel divided by its N4 bias field, fitted on a copy shrunk
+    by ``shrink`` (at least 16 voxels per axis) inside the head (voxels above 10 % of the 99th percentile, closed and
+    filled); the grid's spacing from a MetaTensor's affine. A channel with no head (all air) is left as it is."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    spacing = [float(v) for v in image.pixdim] if isinstance(image, MetaTensor) else [1.0] * (image.ndim - 1)
+    out = image.detach().clone().float()
+    for c in range(image.shape[0]):
+        values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
+        head = values > 0.1 * float(np.percentile(values, 99))
+        head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=3))
+        if not head.any() or float(values[head].min()) <= 0.0:
+            continue  # N4 fits the log of the intensities: nothing positive to fit
+        # SimpleITK orders axes x-fastest: reverse them so that the spacing follows its axis
+        itk_image = sitk.GetImageFromArray(np.ascontiguousarray(values.T))
+        itk_image.SetSpacing(spacing)
+        itk_mask = sitk.GetImageFromArray(np.ascontiguousarray(head.T).astype(np.uint8))
+        itk_mask.CopyInformation(itk_image)
+        factor = [max(1, min(shrink, n // 16)) for n in itk_image.GetSize()]
+        corrector = sitk.N4BiasFieldCorrectionImageFilter()
+        corrector.SetMaximumNumberOfIterations(list(iterations))
+        corrector.Execute(sitk.Shrink(itk_image, factor), sitk.Shrink(itk_mask, factor))
+        log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(itk_image)).T
+        out[c] = torch.from_numpy(values / np.exp(log_field).astype(np.float32))
+    return out
+
+
+def intensity_transforms(preprocessing: Mapping, key: str = "image") -> list[MapTransform]:
+    """The intensity part of ``preprocessing`` for ``key``: its bias correction, then its intensity mode (real and
+    synthetic training images and inference share it)."""
+    bias = [N4BiasFieldCorrectiond(key)] if preprocessing["bias_correction"] == "n4" else []
+    return bias + INTENSITY_MODES[preprocessing["intensity"]].transforms(key)
 
 
 def _zscore_nonzero(key: str) -> list[MapTransform]:
@@ -243,7 +314,7 @@ def preprocessing_transforms(
     if preprocessing["spacing"] is not None:
         modes = ["bilinear"] + (["nearest"] if label_key is not None else [])
         transforms.append(Spacingd(keys, pixdim=preprocessing["spacing"], mode=modes))
-    transforms += INTENSITY_MODES[preprocessing["intensity"]].transforms(image_key)
+    transforms += intensity_transforms(preprocessing, image_key)
     transforms.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=True))
     if label_key is not None:
         transforms.append(EnsureTyped(label_key, dtype=torch.int64, track_meta=True))

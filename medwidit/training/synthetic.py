@@ -26,7 +26,7 @@ from monai.transforms import (
 from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
-from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing
+from medwidit.data.transforms import check_preprocessing, intensity_transforms
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
 
@@ -83,7 +83,7 @@ def synthetic_train_transforms(
     load.append(EnsureTyped("label", dtype=torch.int64, track_meta=True))
     generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **dict(options or {}))
     normalise = [
-        *INTENSITY_MODES[preprocessing["intensity"]].transforms("image"),
+        *intensity_transforms(preprocessing, "image"),
         EnsureTyped("image", dtype=torch.float32, track_meta=True),
     ]
     crop = [

@@ -1,4 +1,5 @@
-"""benchmarks/histogram_clip.py: its rule, its quick mode, and the shipped clip is the one its recorded run chose."""
+"""benchmarks/histogram_clip.py: its rule, its quick mode, and the shipped clip and bias
+correction are the ones its recorded runs chose."""
 
 import json
 
@@ -19,20 +20,23 @@ def _row(case, **dice):
 
 def test_the_rule_takes_the_best_mean_unless_a_clean_scan_loses(clip):
     rows = [_row("a", **{"100": 0.96, "99": 0.955, "98": 0.96}), _row("a_bias", **{"100": 0.0, "99": 0.8, "98": 0.7})]
-    choice = clip.choose(rows, [100.0, 99.0, 98.0], clean=["a"])
-    assert choice["percentile"] == 98.0  # 99's mean is higher, but the clean scan loses 0.005 > 0.002
+    choices = clip.settings([100.0, 99.0, 98.0], [])
+    choice = clip.choose(rows, choices, clean=["a"])
+    assert (
+        choice["percentile"] == 98.0 and choice["bias_correction"] is None
+    )  # 99's mean is higher, but the clean scan loses 0.005 > 0.002
     assert choice["clean_loss"]["99.0"] == pytest.approx(0.005)
     rows[0]["runs"]["99.0"]["dice"] = 0.959
-    assert clip.choose(rows, [100.0, 99.0, 98.0], clean=["a"])["percentile"] == 99.0
+    assert clip.choose(rows, choices, clean=["a"])["setting"] == "99.0"
 
 
 def test_quick_mode_scores_every_setting_and_restores_the_clip(clip, tmp_path):
     before = transforms.HISTOGRAM_CLIP_PERCENTILE
-    result = clip.main(["--quick", "--percentiles", "100", "99", "--output", str(tmp_path / "clip.json")])
+    result = clip.main(["--quick", "--percentiles", "100", "99", "--n4", "99", "--output", str(tmp_path / "clip.json")])
     assert transforms.HISTOGRAM_CLIP_PERCENTILE == before
     assert [row["case"] for row in result["rows"]] == ["ball", "ball_spike"]
-    assert all(set(row["runs"]) == {"100.0", "99.0"} for row in result["rows"])
-    assert json.loads((tmp_path / "clip.json").read_text())["choice"]["percentile"] in (100.0, 99.0)
+    assert all(set(row["runs"]) == {"100.0", "99.0", "99.0+n4"} for row in result["rows"])
+    assert json.loads((tmp_path / "clip.json").read_text())["choice"]["setting"] in ("100.0", "99.0", "99.0+n4")
 
 
 def test_the_shipped_clip_is_the_recorded_choice():

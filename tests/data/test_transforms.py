@@ -10,9 +10,11 @@ from monai.transforms import Compose, Invertd
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     IntensityMode,
+    N4BiasFieldCorrectiond,
     RecordSpacingd,
     check_preprocessing,
     default_preprocessing,
+    n4_bias_correct,
     preprocessing_transforms,
 )
 
@@ -87,6 +89,7 @@ def test_preprocessing_is_checked_and_normalised():
         "spacing": None,
         "intensity": "zscore_nonzero",
         "num_modalities": 1,
+        "bias_correction": None,
     }
     assert check_preprocessing({"orientation": "las", "spacing": [1, 2, 3]})["spacing"] == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="unknown keys \\['spacings'\\]"):
@@ -99,6 +102,10 @@ def test_preprocessing_is_checked_and_normalised():
         check_preprocessing({"orientation": "XYZ"})
     with pytest.raises(ValueError, match="num_modalities"):
         check_preprocessing({"num_modalities": 0})
+    with pytest.raises(
+        ValueError, match=r"preprocessing\['bias_correction'\] must be one of \[None, 'n4'\], got 'N4ITK'"
+    ):
+        check_preprocessing({"bias_correction": "N4ITK"})
 
 
 def test_histogram_mode_is_nearly_blind_to_a_monotone_intensity_curve():
@@ -187,3 +194,43 @@ def test_spacing_record_follows_the_acquisition_through_orientation_and_resampli
     assert pre({"image": image})["spacing"].tolist() == pytest.approx(loaded["spacing"].tolist())
     with pytest.raises(ValueError, match=r"needs the image's affine as read \(meta\['original_affine'\]"):
         RecordSpacingd("image")({"image": MetaTensor(torch.rand(1, 4, 4, 4))})
+
+
+def _biased_head(shape=(40, 44, 36)):
+    """A head phantom (two tissues in a skull-like shell, air outside) and a copy under a smooth linear coil field
+    (x0.5 at one face to x1.5 at the other along the first axis)."""
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    head = np.where(radius < 0.5, 600.0, np.where(radius < 0.75, 900.0, np.where(radius < 0.85, 300.0, 0.0)))
+    head = head + np.random.default_rng(0).normal(0, 5, shape) * (radius < 0.85)
+    field = 1.0 + 0.5 * grid[0]
+    return head.astype(np.float32), (head * field).astype(np.float32), radius < 0.85
+
+
+def test_n4_removes_a_smooth_coil_field_and_keeps_the_meta():
+    """N4 (SimpleITK) divides the field out: inside the head the ratio to the unbiased image, which varied 0.5..1.5,
+    becomes nearly constant; the MetaTensor's affine and the air outside the head pass through."""
+    clean, biased, head = _biased_head()
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    image = MetaTensor(torch.from_numpy(biased)[None], affine=affine)
+    corrected = N4BiasFieldCorrectiond("image")({"image": image})["image"]
+    assert isinstance(corrected, MetaTensor) and torch.equal(corrected.affine, affine)
+    assert corrected.shape == image.shape and corrected.dtype == torch.float32
+    before, after = biased[head] / clean[head], corrected[0].numpy()[head] / clean[head]
+    assert np.std(before / before.mean()) > 0.15 and np.std(after / after.mean()) < 0.25 * np.std(
+        before / before.mean()
+    )
+    assert float(corrected[0].numpy()[~head].max()) == 0.0  # air stays air
+    torch.testing.assert_close(n4_bias_correct(image), corrected)  # deterministic
+
+
+def test_bias_correction_runs_before_the_intensity_mode_and_an_empty_channel_passes():
+    clean, biased, _ = _biased_head((24, 24, 24))
+    with_n4 = preprocessing_transforms(
+        {"intensity": "histogram", "orientation": None, "bias_correction": "n4"}, load=False
+    )
+    kinds = [type(t).__name__ for t in with_n4]
+    assert kinds.index("N4BiasFieldCorrectiond") < kinds.index("ChannelwiseHistogramNormalized")
+    assert "N4BiasFieldCorrectiond" not in [type(t).__name__ for t in preprocessing_transforms({}, load=False)]
+    air = torch.zeros(1, 16, 16, 16)
+    assert torch.equal(n4_bias_correct(air), air)  # nothing to fit: left as it is
