@@ -94,6 +94,8 @@ def _segment(args: argparse.Namespace) -> int:
     }
     if args.roi_size:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
+    if args.bias_correction is not None:
+        options["bias_correction"] = None if args.bias_correction == "none" else args.bias_correction
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
@@ -224,6 +226,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
         "extra_weights": [extra_weight_settings(f) for f in predictor.extra_weight_files[: args.weight_sets - 1]],
         "sampling": sampling,
         "runtime": runtime_settings(predictor),
+        "preprocessing": predictor.preprocessing,
         "arguments": {k: v for k, v in vars(args).items() if k != "argv"},
         "environment": library_versions(),
     }

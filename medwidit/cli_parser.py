@@ -151,6 +151,12 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         help="ensemble members per set of weights (default: the bundle's; shipped: 2 from each of 2 sets)",
     )
     seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's, 0.5)")
+    seg.add_argument(
+        "--bias-correction",
+        choices=("n4", "none"),
+        help="n4: SimpleITK's N4 bias-field correction before the intensity normalisation, for scans with a strong "
+        "coil field (default: the model's preprocessing; the shipped bundle's: none)",
+    )
 
 
 def package_version() -> str:

@@ -417,3 +417,35 @@ def test_class_statistics_names_classes_and_refuses_labels_out_of_range():
         class_statistics(np.array([0, 2]), np.eye(4), 2)
     with pytest.raises(ValueError, match="class_names has 1 names for 2 classes"):
         class_statistics(np.array([0, 1]), np.eye(4), 2, ["background"])
+
+
+def test_bias_correction_reaches_the_predictor_and_the_run_record(setup, capsys):
+    """--bias-correction n4 replaces the checkpoint's preprocessing['bias_correction'] for this run (N4 before the
+    intensity normalisation) and the record says so; the default keeps the model's; a wrong value names the option."""
+    import json
+
+    tmp_path, inputs, checkpoint = setup
+    head = np.zeros((24, 24, 24), np.float32)
+    head[4:20, 4:20, 4:20] = 100.0 + np.linspace(0, 100, 16)[:, None, None]  # a ramp: a coil field to remove
+    _nifti(inputs / "good_0000.nii.gz", head)
+    base = ["segment", "-i", str(inputs), "--checkpoint", checkpoint, *FAST]
+    assert main([*base, "-o", str(tmp_path / "n4"), "--bias-correction", "n4"]) == 0
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    n4 = json.loads((tmp_path / "n4" / "medwidit_run.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "medwidit_run.json").read_text())
+    assert n4["preprocessing"]["bias_correction"] == "n4" and plain["preprocessing"]["bias_correction"] is None
+    assert n4["preprocessing"]["spacing"] == plain["preprocessing"]["spacing"] == [1.5, 1.5, 1.5]  # the rest kept
+    with pytest.raises(SystemExit):
+        main([*base, "-o", str(tmp_path / "bad"), "--bias-correction", "N4ITK"])
+    assert "--bias-correction: invalid choice: 'N4ITK'" in capsys.readouterr().err
+
+
+def test_the_predictor_refuses_an_unknown_bias_correction_by_name(setup):
+    from medwidit.inference import Predictor
+    from medwidit.inference.io import InputError
+
+    _, _, checkpoint = setup
+    assert Predictor.from_checkpoint(checkpoint, bias_correction="n4").preprocessing["bias_correction"] == "n4"
+    assert Predictor.from_checkpoint(checkpoint).preprocessing["bias_correction"] is None
+    with pytest.raises(InputError, match=r"bias_correction: preprocessing\['bias_correction'\] must be one of"):
+        Predictor.from_checkpoint(checkpoint, bias_correction="N4ITK")

@@ -237,11 +237,18 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, extra_checkpoints: Sequence[str | os.PathLike] = (), **options
+        cls,
+        path: str | os.PathLike,
+        *,
+        extra_checkpoints: Sequence[str | os.PathLike] = (),
+        bias_correction: str | None = "model",
+        **options,
     ) -> Predictor:
         """A predictor from a medwidit checkpoint (``save_segmenter``'s file, config holding ``"preprocessing"``);
         ``extra_checkpoints``: further weights of the same task and preprocessing (``extra_segmenters``), an
-        InputError naming the file whose preprocessing differs."""
+        InputError naming the file whose preprocessing differs. ``bias_correction`` None or "n4" replaces the
+        checkpoint's ``preprocessing["bias_correction"]`` at inference ("model": keep it): N4 on a scan with a strong
+        coil field, for weights trained on scans without one."""
         segmenter, config = _load_checkpoint(path)
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)
@@ -262,7 +269,14 @@ class Predictor:
             extras.append(extra)
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
-        predictor = cls(segmenter, preprocessing=config.get("preprocessing"), extra_segmenters=extras, **options)
+        preprocessing = dict(config.get("preprocessing") or {})
+        if bias_correction != "model":
+            preprocessing["bias_correction"] = bias_correction
+        try:
+            check_preprocessing(preprocessing)
+        except ValueError as e:
+            raise InputError(f"bias_correction: {e}" if bias_correction != "model" else f"{path}: {e}") from e
+        predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
         return predictor
 
