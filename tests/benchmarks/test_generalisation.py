@@ -98,7 +98,7 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     inference["extra_weights"] = ["models/model_second.pt"]
     (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
 
-    def copy_truth(tool, python, image, mask, threads, bundle):  # no model runs: the truth is the mask
+    def copy_truth(tool, python, image, mask, threads, bundle, bias_correction):  # no model runs: the truth is the mask
         shutil.copyfile(label_path, mask)
         return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0}
 
@@ -125,3 +125,18 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     assert shipped["bundle_extra_weights_sha256"] == [
         sha256_file(f) for f in bundle_extra_weights(resolve_bundle(None))
     ]
+
+
+def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return type("Done", (), {"returncode": 1, "stderr": "stopped here", "stdout": ""})()
+
+    monkeypatch.setattr(generalisation.subprocess, "run", fake_run)
+    for tool in ("medwidit", "deepbet"):
+        run = generalisation.run_tool(tool, "python", tmp_path / "a.nii.gz", tmp_path / "m.nii.gz", 2, "B", "n4")
+        assert run == {"error": "stopped here"}
+    assert calls[0][-4:] == ["--bundle", "B", "--bias-correction", "n4"]
+    assert "--bias-correction" not in calls[1] and "--bundle" not in calls[1]
