@@ -152,8 +152,9 @@ def n4_bias_correct(
     image: torch.Tensor, *, shrink: int = N4_SHRINK, iterations: Sequence[int] = N4_ITERATIONS
 ) -> torch.Tensor:
     """(C, *S) -> (C, *S), the same type and meta: each channel divided by its N4 bias field, fitted on a copy shrunk
-    by ``shrink`` (at least 16 voxels per axis) inside the head (voxels above 10 % of the 99th percentile, closed and
-    filled); the grid's spacing from a MetaTensor's affine. A channel with no head (all air) is left as it is."""
+    by ``shrink`` (at least 16 voxels per axis) on the head's positive voxels (the head: voxels above 10 % of the 99th
+    percentile, closed and filled); the grid's spacing from a MetaTensor's affine. A channel with no head (all air) is
+    left as it is."""
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -163,8 +164,9 @@ def n4_bias_correct(
         values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
         head = values > 0.1 * float(np.percentile(values, 99))
         head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=3))
-        if not head.any() or float(values[head].min()) <= 0.0:
-            continue  # N4 fits the log of the intensities: nothing positive to fit
+        head &= values > 0  # N4 fits the log of the intensities: dark tissue inside the head is left out of the fit
+        if not head.any():
+            continue
         # SimpleITK orders axes x-fastest: reverse them so that the spacing follows its axis
         itk_image = sitk.GetImageFromArray(np.ascontiguousarray(values.T))
         itk_image.SetSpacing(spacing)
