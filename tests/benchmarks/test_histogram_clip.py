@@ -43,3 +43,14 @@ def test_the_shipped_clip_is_the_recorded_choice():
     record = json.loads((BENCHMARKS / "results" / "histogram_clip.json").read_text())
     assert "colin27" not in json.dumps(record["rows"]).lower()  # chosen on validation scans only
     assert record["choice"]["percentile"] == transforms.HISTOGRAM_CLIP_PERCENTILE
+
+
+def test_the_shipped_bundle_corrects_bias_only_if_its_recorded_run_chose_it():
+    from medwidit.utils.resources import shipped_path
+
+    record = json.loads((BENCHMARKS / "results" / "bias_correction.json").read_text())
+    assert set(record["choice"]["mean_dice"]) == {"99.0", "99.0+n4"}  # N4 scored beside the shipped clip alone
+    assert "colin27" not in json.dumps(record["rows"]).lower()
+    config = json.loads((shipped_path("bundles", "brain_widit_segmentation") / "models" / "medwidit.json").read_text())
+    shipped = transforms.check_preprocessing(config["preprocessing"])["bias_correction"]
+    assert shipped == record["choice"]["bias_correction"]
