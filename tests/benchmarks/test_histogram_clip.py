@@ -46,11 +46,12 @@ def test_the_shipped_clip_is_the_recorded_choice():
 
 
 def test_the_shipped_bundle_corrects_bias_only_if_its_recorded_run_chose_it():
+    from medwidit.diffusion import read_model_config
     from medwidit.utils.resources import shipped_path
 
     record = json.loads((BENCHMARKS / "results" / "bias_correction.json").read_text())
     assert set(record["choice"]["mean_dice"]) == {"99.0", "99.0+n4"}  # N4 scored beside the shipped clip alone
     assert "colin27" not in json.dumps(record["rows"]).lower()
-    config = json.loads((shipped_path("bundles", "brain_widit_segmentation") / "models" / "medwidit.json").read_text())
+    config = read_model_config(shipped_path("bundles", "brain_widit_segmentation") / "models" / "model.pt")
     shipped = transforms.check_preprocessing(config["preprocessing"])["bias_correction"]
     assert shipped == record["choice"]["bias_correction"]
