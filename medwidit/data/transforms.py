@@ -59,6 +59,7 @@ DEFAULT_PREPROCESSING = {
 BIAS_CORRECTIONS = (None, "n4")  # "n4": SimpleITK's N4 on the working grid, before the intensity mode
 N4_SHRINK = 4  # the field is fitted on a copy shrunk by this factor per axis (8 mm voxels on a 2 mm grid)
 N4_ITERATIONS = (50, 50, 50)  # per fitting level (each level doubles the control-point mesh)
+N4_FLOOR = 0.01  # N4 fits the head's voxels brighter than this fraction of the 99th percentile
 PERCENTILES = (0.5, 99.5)  # "scale_percentiles" maps these per-channel percentiles to [-1, 1] and clips
 HISTOGRAM_BINS = 256  # "histogram" equalises each channel's histogram onto [-1, 1] with this many bins
 # ... between the channel's minimum and this percentile, above which it clips: MONAI's bins are of equal width up to
@@ -152,9 +153,9 @@ def n4_bias_correct(
     image: torch.Tensor, *, shrink: int = N4_SHRINK, iterations: Sequence[int] = N4_ITERATIONS
 ) -> torch.Tensor:
     """(C, *S) -> (C, *S), the same type and meta: each channel divided by its N4 bias field, fitted on a copy shrunk
-    by ``shrink`` (at least 16 voxels per axis) on the head's positive voxels (the head: voxels above 10 % of the 99th
-    percentile, closed and filled); the grid's spacing from a MetaTensor's affine. A channel with no head (all air) is
-    left as it is."""
+    by ``shrink`` (at least 16 voxels per axis) on the head's voxels above ``N4_FLOOR`` of the 99th percentile (the
+    head: voxels above 10 % of it, closed and filled); the grid's spacing from a MetaTensor's affine. A channel with no
+    head (all air) is left as it is."""
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -162,9 +163,12 @@ def n4_bias_correct(
     out = image.detach().clone().float()
     for c in range(image.shape[0]):
         values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
-        head = values > 0.1 * float(np.percentile(values, 99))
+        top = float(np.percentile(values, 99))
+        head = values > 0.1 * top
         head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=3))
-        head &= values > 0  # N4 fits the log of the intensities: dark tissue inside the head is left out of the fit
+        # N4 fits a histogram of the log intensities between their extremes: near-zero voxels (black tissue, a
+        # resampled edge) would stretch it until the tissue peaks share a bin and the field came out flat
+        head &= values > N4_FLOOR * top
         if not head.any():
             continue
         # SimpleITK orders axes x-fastest: reverse them so that the spacing follows its axis

@@ -202,10 +202,13 @@ def _biased_head(shape=(40, 44, 36)):
     grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij"))
     radius = np.sqrt((grid**2).sum(0))
     head = np.where(radius < 0.5, 600.0, np.where(radius < 0.75, 900.0, np.where(radius < 0.85, 300.0, 0.0)))
-    head[radius < 0.15] = 0.0  # a tissue painted black inside the head: N4 must fit around it, not give up
     head = head + np.random.default_rng(0).normal(0, 5, shape) * (head > 0)
+    # black inside the head, as painted tissue, and the crumbs bilinear resampling leaves (1e-41 to 1e-27 inside
+    # Colin27's head at 2 mm): N4 must fit around them, neither give up on a zero nor let a near-zero value stretch its
+    # log histogram until the field comes out flat
+    head[radius < 0.15], head[radius < 0.08] = 1e-30, 0.0
     field = 1.0 + 0.5 * grid[0]
-    return head.astype(np.float32), (head * field).astype(np.float32), head > 0
+    return head.astype(np.float32), (head * field).astype(np.float32), head > 1
 
 
 def test_n4_removes_a_smooth_coil_field_and_keeps_the_meta():
@@ -221,7 +224,7 @@ def test_n4_removes_a_smooth_coil_field_and_keeps_the_meta():
     assert np.std(before / before.mean()) > 0.15 and np.std(after / after.mean()) < 0.25 * np.std(
         before / before.mean()
     )
-    assert float(corrected[0].numpy()[~head].max()) == 0.0  # air stays air
+    assert float(corrected[0].numpy()[biased == 0].max()) == 0.0  # air stays air
     torch.testing.assert_close(n4_bias_correct(image), corrected)  # deterministic
 
 
