@@ -308,7 +308,7 @@ def main(argv=None) -> dict:
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
     sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
     if args.bias_correction is not None:
-        extra["bias_correction"] = None if args.bias_correction == "none" else args.bias_correction
+        extra["bias_correction"] = args.bias_correction
     predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()

@@ -95,7 +95,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.roi_size:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
     if args.bias_correction is not None:
-        options["bias_correction"] = None if args.bias_correction == "none" else args.bias_correction
+        options["bias_correction"] = args.bias_correction
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:

@@ -97,6 +97,8 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
     out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
+    if out["bias_correction"] == "none":  # the word, as the CLI and a bundle override hand it over
+        out["bias_correction"] = None
     if out["bias_correction"] not in BIAS_CORRECTIONS:
         raise ValueError(
             f"preprocessing['bias_correction'] must be one of {list(BIAS_CORRECTIONS)}, got {out['bias_correction']!r}."
@@ -164,6 +166,7 @@ def n4_bias_correct(
     for c in range(image.shape[0]):
         values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
         top = float(np.percentile(values, 99))
+        # not datasets.brain.head.head_mask: Otsu's threshold lands above the head when a coil field lights a corner
         head = values > 0.1 * top
         head = ndimage.binary_fill_holes(ndimage.binary_closing(head, iterations=3))
         # N4 fits a histogram of the log intensities between their extremes: near-zero voxels (black tissue, a

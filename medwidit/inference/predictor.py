@@ -246,7 +246,7 @@ class Predictor:
     ) -> Predictor:
         """A predictor from a medwidit checkpoint (``save_segmenter``'s file, config holding ``"preprocessing"``);
         ``extra_checkpoints``: further weights of the same task and preprocessing (``extra_segmenters``), an
-        InputError naming the file whose preprocessing differs. ``bias_correction`` None or "n4" replaces the
+        InputError naming the file whose preprocessing differs. ``bias_correction`` None ("none") or "n4" replaces the
         checkpoint's ``preprocessing["bias_correction"]`` at inference ("model": keep it): N4 on a scan with a strong
         coil field, for weights trained on scans without one."""
         segmenter, config = _load_checkpoint(path)

@@ -106,6 +106,7 @@ def test_preprocessing_is_checked_and_normalised():
         ValueError, match=r"preprocessing\['bias_correction'\] must be one of \[None, 'n4'\], got 'N4ITK'"
     ):
         check_preprocessing({"bias_correction": "N4ITK"})
+    assert check_preprocessing({"bias_correction": "none"})["bias_correction"] is None  # the CLI's word
 
 
 def test_histogram_mode_is_nearly_blind_to_a_monotone_intensity_curve():
