@@ -157,7 +157,7 @@ def _resolve_model(args: argparse.Namespace) -> dict:
     shared defaults)."""
     from pathlib import Path
 
-    from medwidit.inference.options import DEFAULT_BUNDLE, resolve_bundle, sampling_defaults
+    from medwidit.inference.options import DEFAULT_BUNDLE, fit_shared_steps, resolve_bundle, sampling_defaults
 
     bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
     defaults = sampling_defaults(bundle)
@@ -166,11 +166,8 @@ def _resolve_model(args: argparse.Namespace) -> dict:
     for name, key in (*names, ("weight_sets",) * 2):
         if getattr(args, name, None) is None:
             setattr(args, name, defaults[key])
-    if shared_by_model and args.shared_steps >= args.steps:  # the model's default, not the user's flag
-        raise ValueError(
-            f"--steps {args.steps}: the model's inference.json shares its first {args.shared_steps} steps "
-            f"(shared_steps); give --shared-steps K with K < {args.steps}."
-        )
+    if shared_by_model:  # the model's default, not the user's flag: fitted to --steps (--steps 1 shares none)
+        args.shared_steps = fit_shared_steps(args.shared_steps, args.steps)
     weights = Path(args.checkpoint) if bundle is None else bundle / "models" / "model.pt"
     default = bundle is not None and args.bundle is None
     return {"bundle": bundle, "weights": weights, "default": default, "name": DEFAULT_BUNDLE if default else None}

@@ -323,8 +323,11 @@ def test_one_default_ensemble_size_for_the_cli_the_predictor_the_bundle_and_the_
     evaluation = bundle_options(resolve_bundle(), ["evaluate.json"])  # run evaluating samples as inference does
     assert {key: evaluation.get(key) for key in SAMPLING_DEFAULTS} == defaults
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    steps, samples, overlap, sets = (defaults[k] for k in ("steps", "num_samples", "overlap", "weight_sets"))
-    assert f"**{steps} steps × {samples} samples from each of {sets} sets of weights, overlap {overlap}**" in readme
+    steps, samples, overlap, sets, shared = (
+        defaults[k] for k in ("steps", "num_samples", "overlap", "weight_sets", "shared_steps")
+    )
+    line = f"**{steps} steps × {samples} samples from each of {sets} sets of weights, the first {shared} shared, "
+    assert line + f"overlap {overlap}**" in readme
 
 
 def test_a_bundles_inference_json_sets_the_cli_defaults(tmp_path):

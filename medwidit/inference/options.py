@@ -35,6 +35,7 @@ __all__ = [
     "check_grid",
     "check_sampling",
     "checkpoint_problem",
+    "fit_shared_steps",
     "progress_callback",
     "read_inference_config",
     "resolve_bundle",
@@ -175,6 +176,15 @@ def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale, shared_s
     check_range("eta", eta, 0.0, 1.0, closed_high=True)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
+
+
+def fit_shared_steps(default: int, steps) -> int:
+    """A model's default ``shared_steps`` for a run of ``steps`` steps: at most ``steps - 1`` (one step cannot be
+    shared, and the shipped bundle shares its first). Only a default is fitted; a caller's own value is checked."""
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= default:
+        logger.debug("%d steps: the model's default shares the first %d; sharing %d.", steps, default, steps - 1)
+        return steps - 1
+    return default  # a bad ``steps`` is check_sampling's to name
 
 
 def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inference.json", "train.json")) -> dict:

@@ -51,6 +51,7 @@ from .options import (
     check_grid,
     check_sampling,
     checkpoint_problem,
+    fit_shared_steps,
     progress_callback,
     resolve_bundle,
     resolve_device,
@@ -206,17 +207,11 @@ class Predictor:
         return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
     def resolve_shared_steps(self, shared_steps: int | None, steps: int) -> int:
-        """``shared_steps``, or ``sampling_defaults``'s when None (a default that ``steps`` cannot hold is named as
-        the model's, not as an argument the caller never gave)."""
+        """``shared_steps``, or ``sampling_defaults``'s when None, fitted to ``steps`` (``options.fit_shared_steps``:
+        the shipped default shares 1 step, and ``steps=1`` shares none)."""
         if shared_steps is not None:
             return shared_steps
-        default = self.sampling_defaults["shared_steps"]  # checked when the defaults were read
-        if isinstance(steps, int) and default >= steps:  # a bad ``steps`` is check_sampling's to name
-            raise ValueError(
-                f"steps={steps}: the model's sampling defaults share the first {default} steps (shared_steps); "
-                f"pass shared_steps=K with K < {steps}."
-            )
-        return default
+        return fit_shared_steps(self.sampling_defaults["shared_steps"], steps)  # checked when the defaults were read
 
     @property
     def num_modalities(self) -> int:

@@ -118,19 +118,29 @@ def require_done(results: Sequence) -> list:
 class SegmentationNetwork(nn.Module):
     """The bundle's network as MONAI's tools see it: image (B, C_img, *S) -> class probabilities (B, K, *S).
 
-    ``forward`` draws ``num_samples`` DDIM samples of ``steps`` steps from a generator seeded with ``seed`` and
-    returns their mean probability, so that one call is one deterministic segmentation (``verify_net_in_out``,
-    ``ckpt_export``). The network's parameters are registered under the network's own names, so a medwidit
-    checkpoint's ``state_dict`` (the net's weights, see ``save_segmenter``) loads into it unchanged
-    (``ckpt_export --key_in_ckpt state_dict``).
+    ``forward`` draws ``num_samples`` DDIM samples of ``steps`` steps (the first ``shared_steps`` run once for all of
+    them, as ``DiffusionSegmenter.sample``) from a generator seeded with ``seed`` and returns their mean probability,
+    so that one call is one deterministic segmentation (``verify_net_in_out``, ``ckpt_export``). The network's
+    parameters are registered under the network's own names, so a medwidit checkpoint's ``state_dict`` (the net's
+    weights, see ``save_segmenter``) loads into it unchanged (``ckpt_export --key_in_ckpt state_dict``).
     """
 
-    def __init__(self, segmenter: DiffusionSegmenter, *, steps: int = 10, num_samples: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        segmenter: DiffusionSegmenter,
+        *,
+        steps: int = 10,
+        num_samples: int = 1,
+        shared_steps: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
         if int(steps) < 1 or int(num_samples) < 1:
             raise ValueError(f"steps and num_samples must be >= 1, got {steps} and {num_samples}.")
+        if not 0 <= int(shared_steps) < int(steps):
+            raise ValueError(f"shared_steps must be in 0..{int(steps) - 1} (fewer than steps), got {shared_steps}.")
         object.__setattr__(self, "segmenter", segmenter)  # not a child: its net's tensors are ours, by their names
         for child_name, child in segmenter.net.named_children():
             self.add_module(child_name, child)
@@ -139,7 +149,8 @@ class SegmentationNetwork(nn.Module):
         transient = segmenter.net._non_persistent_buffers_set
         for buffer_name, buffer in segmenter.net.named_buffers(recurse=False):
             self.register_buffer(buffer_name, buffer, persistent=buffer_name not in transient)
-        self.steps, self.num_samples, self.seed = int(steps), int(num_samples), int(seed)
+        self.steps, self.num_samples, self.shared_steps = int(steps), int(num_samples), int(shared_steps)
+        self.seed = int(seed)
 
     @property
     def num_classes(self) -> int:
@@ -149,6 +160,11 @@ class SegmentationNetwork(nn.Module):
         generator = torch.Generator(device=image.device).manual_seed(self.seed)
         spacing = batch_spacing(image).to(image.device) if self.segmenter.spacing_conditioning else None
         samples = self.segmenter.sample(  # (S, B, K, *S)
-            image.float(), steps=self.steps, num_samples=self.num_samples, generator=generator, spacing=spacing
+            image.float(),
+            steps=self.steps,
+            num_samples=self.num_samples,
+            shared_steps=self.shared_steps,
+            generator=generator,
+            spacing=spacing,
         )
         return to_probabilities(samples, dim=2).mean(dim=0)  # (B, K, *S)

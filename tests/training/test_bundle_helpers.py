@@ -8,6 +8,7 @@ import torch
 from training_volumes import tiny_segmenter
 
 from medwidit.diffusion import save_segmenter
+from medwidit.diffusion.encoding import to_probabilities
 from medwidit.training import SegmentationNetwork, find_bundle_root, require_done
 
 NAME = "brain_widit_segmentation"
@@ -59,6 +60,24 @@ def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_p
     out = network(image)
     assert out.shape == (1, 3, 8, 8, 8) and torch.allclose(out.sum(1), torch.ones(1, 8, 8, 8), atol=1e-5)
     assert torch.equal(out, network(image))  # seeded: one call is one deterministic segmentation
+
+
+def test_segmentation_network_shares_steps_as_the_segmenter_does():
+    """inference.json's network_def (monai.bundle.load, MONAI Label) samples with the CLI's shared_steps: the same
+    probabilities as DiffusionSegmenter.sample(shared_steps=...) from the same seed, not independent samples."""
+    segmenter = tiny_segmenter(num_classes=2)
+    torch.nn.init.normal_(segmenter.net.final_layer.linear.weight, std=0.5)  # a network that reads its input
+    image = torch.randn(1, 1, 8, 8, 8)
+    network = SegmentationNetwork(segmenter, steps=3, num_samples=2, shared_steps=2, seed=5)
+    samples = segmenter.sample(
+        image, steps=3, num_samples=2, shared_steps=2, generator=torch.Generator().manual_seed(5)
+    )
+    expected = to_probabilities(samples, dim=2).mean(dim=0)
+    assert torch.allclose(network(image), expected)
+    independent = SegmentationNetwork(segmenter, steps=3, num_samples=2, seed=5)(image)
+    assert not torch.allclose(independent, expected)  # the option reaches the sampler
+    with pytest.raises(ValueError, match=r"shared_steps must be in 0..2 \(fewer than steps\), got 3"):
+        SegmentationNetwork(segmenter, steps=3, num_samples=2, shared_steps=3)
 
 
 def test_require_done_names_failed_cases():
