@@ -101,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dataset-dir", type=Path, default=None, help="the brain cache (default: medwidit's)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2, help="members per view")
+    parser.add_argument("--shared-steps", type=int, default=0, help="steps each view's members share (the CLI's)")
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
     parser.add_argument(
         "--extra-weights", nargs="*", type=Path, default=None, help="further checkpoints (default: the bundle's)"
@@ -158,7 +159,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims)
     run = sample_ensemble(
-        predictor.segmenters, condition, steps=args.steps, num_samples=args.samples, roi_size=predictor.roi_size,
+        predictor.segmenters, condition, steps=args.steps, num_samples=args.samples, shared_steps=args.shared_steps,
+        roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
         views=views,
