@@ -1,4 +1,4 @@
-"""The sampling defaults chosen by measurement (benchmarks/results/speed_curve_shared.json) are one fact: ``medwidit
+"""The sampling defaults chosen by measurement (benchmarks/results/speed_curve_sets.json) are one fact: ``medwidit
 segment``'s unset flags, ``Predictor``'s unset arguments, ``segment()`` and the demo all take the bundle's
 ``inference.json`` values over ``options.SAMPLING_DEFAULTS``."""
 
@@ -33,28 +33,40 @@ def test_cli_and_predictor_defaults_are_the_same():
         assert set(unset.values()) == {None}, method  # None: the predictor's sampling_defaults
 
 
-def test_the_shipped_bundle_samples_two_weight_sets_at_the_knee_of_the_measured_curve():
-    """A bare checkpoint samples SAMPLING_DEFAULTS (10 steps x 4 independent samples of its one set of weights); the
-    shipped bundle 2 samples from each of its 2 sets (benchmarks/results/conditioning_real.json, weight_sets) at the
-    steps and shared steps of the knee of its Dice-vs-CPU curve on the validation scans
-    (benchmarks/results/speed_curve_shared.json, bundle 0.4.3): 6 network calls where the bare default makes 40."""
-    curve = json.loads((ROOT / "benchmarks" / "results" / "speed_curve_shared.json").read_text())
-    knee = curve["knee"]
+def _calls(d: dict) -> int:
+    """Network calls of one segmentation: the shared trunk once, then every member's own steps, per set of weights."""
+    return (d["shared_steps"] + (d["steps"] - d["shared_steps"]) * d["num_samples"]) * d["weight_sets"]
+
+
+def _knee(curve: dict) -> dict:
     best = max(m["dice"] for m in curve["means"])  # the recorded knee is the rule's: cheapest within the tolerance
     within = [m for m in curve["means"] if m["dice"] >= best - curve["tolerance"]]
-    assert knee == min(within, key=lambda m: m["cpu_seconds"])
+    assert curve["knee"] == min(within, key=lambda m: m["cpu_seconds"])
     assert {row["weight_sets"] for row in curve["rows"]} == {2}  # measured with both sets, as shipped
-    assert (knee["sampler"], knee["samples"]) == ("ddim", SHIPPED["num_samples"])
-    expected = {"steps": knee["steps"], "shared_steps": knee["shared_steps"], "num_samples": 2, "weight_sets": 2}
-    assert SHIPPED == {**SAMPLING_DEFAULTS, **expected}
-    unshared = min(m["predicted_error"] for m in curve["means"] if m["shared_steps"] == 0)
-    assert knee["predicted_error"] <= unshared + 0.01  # the rule's second half: the Dice estimate no worse
+    return curve["knee"]
 
-    def calls(d):
-        return (d["shared_steps"] + (d["steps"] - d["shared_steps"]) * d["num_samples"]) * d["weight_sets"]
 
-    assert (calls(SAMPLING_DEFAULTS), calls(SHIPPED)) == (40, 6)
+def test_the_shipped_bundle_samples_two_weight_sets_at_the_knee_of_the_measured_curve():
+    """A bare checkpoint samples SAMPLING_DEFAULTS (10 steps x 4 samples of its one set of weights); the shipped bundle
+    2 samples from each of its 2 sets (benchmarks/results/conditioning_real.json, weight_sets) at the steps of the knee
+    of its Dice-vs-CPU curve on the validation scans (benchmarks/results/speed_curve_sets.json): 12 network calls
+    where the bare default makes 40."""
+    knee = _knee(json.loads((ROOT / "benchmarks" / "results" / "speed_curve_sets.json").read_text()))
+    assert (knee["sampler"], knee["samples"], knee["shared_steps"]) == ("ddim", SHIPPED["num_samples"], 0)
+    assert SHIPPED == {**SAMPLING_DEFAULTS, "steps": knee["steps"], "num_samples": 2, "weight_sets": 2}
+    assert (_calls(SAMPLING_DEFAULTS), _calls(SHIPPED)) == (40, 12)
     assert len(Predictor.from_bundle(device="cpu").select_weights(None)) == 2
+
+
+def test_the_shared_steps_knee_failed_the_held_out_test_and_is_not_the_default():
+    """speed_curve_shared.json's knee (2 steps, the first shared: 6 calls) was chosen on the validation scans by the
+    same rule, then lost 0.025 Dice on the held-out example (generalisation_shared.json), so the default stays."""
+    knee = _knee(json.loads((ROOT / "benchmarks" / "results" / "speed_curve_shared.json").read_text()))
+    assert (knee["steps"], knee["shared_steps"]) == (2, 1) and _calls({**SHIPPED, **knee, "num_samples": 2}) == 6
+    held_out = json.loads((ROOT / "benchmarks" / "results" / "generalisation_shared.json").read_text())
+    dice = {row["case"]: row["dice"] for row in held_out["rows"] if row["tool"] == "medwidit"}
+    assert dice["colin27_2mm"] < 0.91  # the shipped default: 0.9275 (generalisation_clip.json)
+    assert (SHIPPED["steps"], SHIPPED["shared_steps"]) == (3, 0)
 
 
 def test_the_shipped_bundle_resolves_by_name_and_by_default():
