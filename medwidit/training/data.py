@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
 from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
-from medwidit.utils import check_bool, check_int
+from medwidit.utils import check_bool, check_int, image_grid
 
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
@@ -73,10 +73,12 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
 
 
 def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Read one split of a decathlon-style data list and check that every file it names exists.
+    """Read one split of a decathlon-style data list and check that every file it names exists and that each label
+    lies on its image's grid (from the headers).
 
-    Raises FileNotFoundError naming the data list, the entry and the missing file, so that a bad list fails before
-    any training starts (not hours later when a worker first loads the file).
+    Raises FileNotFoundError naming the data list, the entry and the missing file, or ValueError naming the label
+    whose grid differs from its image's, so that a bad list fails before any training starts (not hours later when a
+    worker first loads the file; a label on another grid would otherwise be cropped beside the wrong voxels).
     """
     data_list, items = _read_split(data_list, key, base_dir, "data_list")
     for index, item in enumerate(items):
@@ -84,12 +86,25 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
             if name not in item:
                 raise ValueError(f"data_list {str(data_list)!r}, {key}[{index}] has no {name!r} entry: {item}.")
             _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
+        _check_same_grid("data_list", data_list, f"{key}[{index}]", item["image"], item["label"])
     return items
+
+
+def _check_same_grid(argument: str, data_list: Path, where: str, image, label, atol: float = 1e-3) -> None:
+    (image_shape, image_affine), (label_shape, label_affine) = image_grid(image), image_grid(label)
+    if image_shape != label_shape or not np.allclose(image_affine, label_affine, atol=atol):
+        raise ValueError(
+            f"{argument} {str(data_list)!r}, {where}: label {str(label)!r} (shape {label_shape}, affine "
+            f"{np.round(label_affine, 3).tolist()}) is not on the grid of image {str(image)!r} (shape {image_shape}, "
+            f"affine {np.round(image_affine, 3).tolist()}); resample the label onto its image (nearest neighbour)."
+        )
 
 
 def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
     """Every label map of one split of a data list for synthesis: each entry whose name ends in ``label``
-    (``label``, ``neuromorphometrics_label``, ...) is its own item ``{"label": path}``; missing files are errors."""
+    (``label``, ``neuromorphometrics_label``, ...) is its own item ``{"label": path}``; missing files are errors, and
+    so is a map off the grid of the item's ``image`` where it names one (the generator paints on the map's own grid,
+    but a map that does not fit its scan is a broken list)."""
     data_list, items = _read_split(data_list, key, base_dir, "synth_data_list")
     maps = []
     for index, item in enumerate(items):
@@ -99,6 +114,9 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
         for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
             path = item[name] if os.path.isabs(item[name]) else Path(base_dir or data_list.parent) / item[name]
             _check_exists("synth_data_list", data_list, f"{key}[{index}]", name, path)
+            if "image" in item:  # MONAI resolved it against base_dir
+                _check_exists("synth_data_list", data_list, f"{key}[{index}]", "image", item["image"])
+                _check_same_grid("synth_data_list", data_list, f"{key}[{index}] {name}", item["image"], path)
             maps.append({"label": str(path)})
     return maps
 

@@ -4,6 +4,15 @@
 """
 
 from .checks import check_bool, check_int, check_range
-from .files import atomic_write, commit, sha256_file, temporary_path
+from .files import atomic_write, commit, image_grid, sha256_file, temporary_path
 
-__all__ = ["atomic_write", "check_bool", "check_int", "check_range", "commit", "sha256_file", "temporary_path"]
+__all__ = [
+    "atomic_write",
+    "check_bool",
+    "check_int",
+    "check_range",
+    "commit",
+    "image_grid",
+    "sha256_file",
+    "temporary_path",
+]

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "commit", "sha256_file", "temporary_path"]
+__all__ = ["atomic_write", "commit", "image_grid", "sha256_file", "temporary_path"]
 
 PARTIAL = ".partial"
 
@@ -83,3 +83,39 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]]]:
+    """(spatial shape, RAS voxel-to-world affine) of an image from its header alone (NIfTI through nibabel, NRRD/MHA
+    through SimpleITK; a DICOM series folder is read whole), so that two files' grids can be compared before any
+    voxels are loaded. ValueError naming the file where it is not an image."""
+    import numpy as np
+
+    try:
+        if str(path).lower().endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            image = nib.load(str(path))
+            shape, affine = tuple(int(s) for s in image.shape), np.asarray(image.affine, dtype=np.float64)
+        else:
+            import SimpleITK as sitk
+
+            if os.path.isdir(path):
+                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+                info = sitk.ReadImage(list(names))
+            else:
+                info = sitk.ImageFileReader()
+                info.SetFileName(str(path))
+                info.ReadImageInformation()
+            shape = tuple(int(s) for s in info.GetSize())
+            n = min(len(shape), 3)
+            direction = np.asarray(info.GetDirection(), dtype=np.float64).reshape(len(shape), len(shape))[:n, :n]
+            affine = np.eye(4)
+            affine[:n, :n] = direction * np.asarray(info.GetSpacing()[:n])
+            affine[:n, 3] = info.GetOrigin()[:n]
+            affine[:3] = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # ITK's LPS world -> RAS, as nibabel and MONAI
+    except Exception as e:  # nibabel/SimpleITK raise many types for a truncated or non-image file
+        raise ValueError(f"{path}: cannot read the image header ({' '.join(str(e).split())[-200:]}).") from e
+    while len(shape) > spatial_dims and shape[-1] == 1:  # a 4D singleton, as the readers accept it
+        shape = shape[:-1]
+    return shape[:spatial_dims], affine.tolist()

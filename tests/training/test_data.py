@@ -65,6 +65,60 @@ def test_missing_file_fails_at_setup_naming_it(tmp_path):
         load_data_list(tmp_path / "no_such_list.json", "training")
 
 
+@pytest.mark.parametrize("change", ["shape", "affine", "nrrd"])
+def test_a_label_off_its_images_grid_fails_at_setup_naming_it(tmp_path, change):
+    """A label on another grid than its image was cropped beside the wrong voxels, silently; now setup names it."""
+    import nibabel as nib
+    import numpy as np
+    import SimpleITK as sitk
+
+    data_list = write_dataset(tmp_path)
+    listing = json.loads(data_list.read_text())
+    item = listing["training"][0]
+    image = nib.load(str(tmp_path / item["image"]))
+    label = np.asarray(nib.load(str(tmp_path / item["label"])).dataobj)
+    if change == "nrrd":  # the same grid in another format is fine; a shifted origin is not
+        same = sitk.ReadImage(str(tmp_path / item["label"]))
+        sitk.WriteImage(same, str(tmp_path / "same_label.nrrd"))
+        listing["training"][0]["label"] = "same_label.nrrd"
+        data_list.write_text(json.dumps(listing))
+        assert load_data_list(data_list, "training")[0]["label"].endswith("same_label.nrrd")
+        same.SetOrigin([o + 2.0 for o in same.GetOrigin()])
+        sitk.WriteImage(same, str(tmp_path / "moved_label.nrrd"))
+        name = "moved_label.nrrd"
+    else:
+        affine = image.affine.copy()
+        if change == "shape":
+            label = label[:-2]
+        else:
+            affine[:3, :3] *= 1.5  # the same voxels at another spacing
+        name = f"{change}_label.nii.gz"
+        nib.save(nib.Nifti1Image(label, affine), str(tmp_path / name))
+    listing["training"][0]["label"] = name
+    data_list.write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=rf"training\[0\]: label .*{name}.* is not on the grid of image") as error:
+        _module(data_list, 3).setup("fit")
+    assert str(data_list) in str(error.value) and item["image"] in str(error.value)
+
+
+def test_image_grid_reads_headers_alike_across_formats(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medwidit.utils import image_grid
+
+    affine = np.array([[-2.0, 0, 0, 10], [0, 2.0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.float32), affine), str(tmp_path / "a.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")), str(tmp_path / "a.mha"))
+    for name in ("a.nii.gz", "a.mha"):
+        shape, read = image_grid(tmp_path / name)
+        assert shape == (5, 6, 7) and np.allclose(read, affine), name
+    (tmp_path / "b.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"b.nii.gz: cannot read the image header"):
+        image_grid(tmp_path / "b.nii.gz")
+
+
 def test_bad_split_and_options_are_named(tmp_path):
     data_list = write_dataset(tmp_path)
     with pytest.raises(ValueError, match="'testing'"):

@@ -28,8 +28,10 @@ def _label_maps(root, values=(0, 1, 2, 3, 4)):
             label[radius < outer] = value
         nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 2.0, 1.0])), root / f"head_{name}.nii.gz")
         maps[name] = f"head_{name}.nii.gz"
+    image = (radius < 11).astype(np.float32) * 100  # the scan the maps label: the generator paints its own
+    nib.save(nib.Nifti1Image(image, np.diag([2.0, 2.0, 2.0, 1.0])), root / "head_image.nii.gz")
     path = root / "head_labels.json"
-    path.write_text(json.dumps({"training": [{"image": "unused.nii.gz", **maps, "template": "t"}]}))
+    path.write_text(json.dumps({"training": [{"image": "head_image.nii.gz", **maps, "template": "t"}]}))
     return path
 
 
@@ -57,6 +59,18 @@ def test_every_label_entry_is_a_map_and_missing_files_are_named(tmp_path):
     ]
     (tmp_path / "head_other_label.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="other_label file .*head_other_label.nii.gz"):
+        load_label_maps(path, "training", base_dir=tmp_path)
+
+
+def test_a_label_map_off_its_images_grid_is_named(tmp_path):
+    """A head-label list whose map does not fit the scan it names is broken: setup says which map and which image."""
+    path = _label_maps(tmp_path)
+    other = nib.load(str(tmp_path / "head_other_label.nii.gz"))
+    moved = other.affine.copy()
+    moved[:3, 3] += 4.0  # the same voxels 4 mm away
+    nib.save(nib.Nifti1Image(np.asarray(other.dataobj), moved), str(tmp_path / "head_other_label.nii.gz"))
+    with pytest.raises(ValueError, match=r"training\[0\] other_label: label .*head_other_label.nii.gz.* is not on "
+                                         r"the grid of image .*head_image.nii.gz"):  # fmt: skip
         load_label_maps(path, "training", base_dir=tmp_path)
 
 
@@ -101,7 +115,8 @@ def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tm
     with pytest.raises(SynthesisError, match=r"head_label.nii.gz: label 4 is not one of the 4 generation labels"):
         dm.setup("fit")  # at setup, before any worker or cache starts
     dm = _module(tmp_path, 1.0)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), tmp_path / "real" / "head_label.nii.gz")
+    empty = np.zeros((24, 24, 24), np.uint8)  # on its scan's grid: the emptiness is what is wrong
+    nib.save(nib.Nifti1Image(empty, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "real" / "head_label.nii.gz")
     with pytest.raises(SynthesisError, match=r"head_label.nii.gz: the label map is empty"):
         dm.setup("fit")
 
