@@ -107,9 +107,15 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
         d = dict(data)
         label = torch.as_tensor(d[self.label_key])
         index = label.long()
-        if label.numel() == 0 or not torch.equal(index.to(label.dtype), label):
+        if label.numel() == 0:
+            raise SynthesisError(
+                f"{_source(d, self.label_key)}: the label map has no voxels (shape {tuple(label.shape)})."
+            )
+        if not torch.equal(index.to(label.dtype), label):
             raise SynthesisError(f"{_source(d, self.label_key)}: the label map must hold integer labels.")
         low, high = int(index.min()), int(index.max())
+        if high == 0:  # nothing to paint but air: no anatomy, no target
+            raise SynthesisError(f"{_source(d, self.label_key)}: the label map is empty (every voxel is label 0).")
         if low < 0 or high >= self.num_labels:
             bad = low if low < 0 else high
             raise SynthesisError(

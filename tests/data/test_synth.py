@@ -150,7 +150,8 @@ def test_contrast_remap_options_are_checked(options, match):
         (_head() * 2, "head_labels.nii.gz: label 8 is not one of the 5"),
         (_head() - 1, "head_labels.nii.gz: label -1"),
         (_head() + 0.5, "head_labels.nii.gz: the label map must hold integer labels"),
-        (MetaTensor(torch.zeros(1, 0, 4, 4), meta={"filename_or_obj": "empty.nii.gz"}), "empty.nii.gz"),
+        (MetaTensor(torch.zeros(1, 0, 4, 4), meta={"filename_or_obj": "none.nii.gz"}), "none.nii.gz: .* no voxels"),
+        (MetaTensor(torch.zeros(1, 4, 4, 4), meta={"filename_or_obj": "air.nii.gz"}), "air.nii.gz: .* is empty"),
     ],
 )
 def test_unusable_label_maps_name_the_file_and_the_label(label, match):
