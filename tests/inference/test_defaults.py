@@ -168,6 +168,17 @@ def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
         predictor.segment(image, affine=affine, steps=1, shared_steps=1)  # a caller's own value is checked, not fitted
 
 
+@pytest.mark.parametrize(
+    ("default", "steps", "fitted"), [(1, 10, 1), (3, 2, 1), (2, 2, 1), (1, 1, 0), (0, 1, 0), (2, "x", 2), (2, 0, 2)]
+)
+def test_a_models_shared_steps_default_is_fitted_to_the_steps_asked_for(default, steps, fitted):
+    """At most steps - 1 steps are shared, the default where it fits; a bad ``steps`` is left for check_sampling to
+    name (the fitting must not hide it behind another error)."""
+    from medwidit.inference.options import fit_shared_steps
+
+    assert fit_shared_steps(default, steps) == fitted
+
+
 def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice():
     from medwidit.inference.predictor import DEFAULT_WARN_DICE
 
