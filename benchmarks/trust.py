@@ -22,7 +22,7 @@ brain, which cases a
 the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
 predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
 
-    python benchmarks/trust.py                      # the shipped bundle's 2 sets of weights x 3 views, ~45 min of CPU
+    python benchmarks/trust.py                      # the shipped bundle's 2 sets x 3 views at its CLI steps, ~40 min
     python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
 
 Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png`` and ``trust_dice.png``.
@@ -99,9 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--dataset-dir", type=Path, default=None, help="the brain cache (default: medwidit's)")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--samples", type=int, default=2, help="members per view")
-    parser.add_argument("--shared-steps", type=int, default=0, help="steps each view's members share (the CLI's)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the bundle's inference.json, as the CLI)")
+    parser.add_argument("--samples", type=int, help="members per view and set of weights (default: the bundle's)")
+    parser.add_argument("--shared-steps", type=int, help="steps each view's members share (default: the bundle's)")
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
     parser.add_argument(
         "--extra-weights", nargs="*", type=Path, default=None, help="further checkpoints (default: the bundle's)"
@@ -303,15 +303,25 @@ def weights_sha256(bundle: Path, predictor: Predictor) -> list[str]:
     return [sha256_file(f) for f in [bundle / "models" / "model.pt", *predictor.extra_weight_files]]
 
 
+def resolve_sampling(args, predictor: Predictor) -> None:
+    """Unset --steps, --samples and --shared-steps take the bundle's inference.json values, as ``medwidit segment``
+    samples it (a default shared_steps fitted to the steps, as there)."""
+    defaults = predictor.sampling_defaults
+    args.steps = defaults["steps"] if args.steps is None else args.steps
+    args.samples = defaults["num_samples"] if args.samples is None else args.samples
+    args.shared_steps = predictor.resolve_shared_steps(args.shared_steps, args.steps)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.quick:
-        args.steps, args.samples, args.views = 1, 1, 2
+        args.steps, args.samples, args.shared_steps, args.views = 1, 1, 0, 2
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
     sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
     if args.bias_correction is not None:
         extra["bias_correction"] = args.bias_correction
     predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
+    resolve_sampling(args, predictor)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]

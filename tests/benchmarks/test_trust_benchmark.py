@@ -37,11 +37,29 @@ def test_the_head_mask_fills_the_skull(trust):
     assert mask[label == 1].all() and not mask[0, 0, 0]
 
 
+def test_unset_sampling_options_are_the_bundles_as_the_cli_samples_it(trust):
+    from medwidit.inference import Predictor
+    from medwidit.inference.options import resolve_bundle, sampling_defaults
+
+    predictor = Predictor.from_bundle(device="cpu")
+    shipped = sampling_defaults(resolve_bundle())
+    args = trust.parse_args([])
+    trust.resolve_sampling(args, predictor)
+    assert (args.steps, args.samples, args.shared_steps) == (
+        shipped["steps"],
+        shipped["num_samples"],
+        shipped["shared_steps"],
+    )
+    args = trust.parse_args(["--steps", "7", "--samples", "3", "--shared-steps", "2"])
+    trust.resolve_sampling(args, predictor)
+    assert (args.steps, args.samples, args.shared_steps) == (7, 3, 2)  # given: kept
+
+
 @pytest.mark.slow
 def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     out = tmp_path / "trust.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "trust.py"), "--quick", "--output", str(out)],
+        [sys.executable, str(BENCHMARKS / "trust.py"), "--quick", "--shared-steps", "1", "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -68,4 +86,5 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     assert report["summary"]["1x1"]["auroc_mean"]["epistemic"] == 0.5  # one group: no epistemic part, no ranking
     assert report["summary"]["2x1"]["auroc_mean"]["epistemic"] != 0.5  # two sets of weights disagree somewhere
     assert len(report["weights_sha256"]) == 2
+    assert (report["config"]["steps"], report["config"]["shared_steps"]) == (1, 0)  # one step: nothing to share
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("trust_reliability.png", "trust_dice.png"))
