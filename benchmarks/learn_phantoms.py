@@ -48,7 +48,7 @@ from medwidit.nets import WiDiT  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "learn_phantoms.json"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32, help="phantom side (voxels)")
     parser.add_argument("--classes", type=int, default=3, help="K, background included")
@@ -81,7 +81,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--add-to", type=Path, default=None, help="an earlier results file of the same settings: add these heads to it"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def phantoms(seeds, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +186,7 @@ def widit(args, head: str = "patch") -> WiDiT:
         hidden_size=args.hidden,
         depth=args.depth,
         num_heads=4,
+        mlp_ratio=args.mlp_ratio,  # the token blocks' (the recorded runs used WiDiT's default, 4.0)
         learn_sigma=False,
     )
 

@@ -32,6 +32,13 @@ def test_head_specs_build_the_named_network(spec, patch, window, head, dim, dept
         assert net.pixel_head.blocks[0].mlp.fc1.out_features == hidden_units
 
 
+def test_the_mlp_ratio_option_reaches_the_token_blocks():
+    """--mlp-ratio was parsed and never passed on (the network kept WiDiT's 4.0 whatever was asked)."""
+    args = learn_phantoms.parse_args(["--mlp-ratio", "2", "--hidden", "32", "--depth", "1"])
+    net = learn_phantoms.widit(args, "patch")
+    assert net.config["mlp_ratio"] == 2.0 and net.blocks[0].mlp.fc1.out_features == 64
+
+
 @pytest.mark.parametrize("spec", ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch"])
 def test_bad_head_specs_name_the_grammar(spec):
     with pytest.raises(ValueError, match=rf"--heads entries must be patch or pixel-.*got '{spec}'"):
