@@ -11,6 +11,7 @@ strictly); tables of other windows (clipped to a small grid, global attention) a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,9 @@ class WindowAttention(nn.Module):
             return tuple(grid), (0,) * len(grid)
         return fit_window(grid, self.window_size, self.shifted)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...], masks: dict | None = None) -> torch.Tensor:
+        """Tokens (B, T, C) on ``grid`` -> (B, T, C). ``masks``: a table that lives for one network call, shared by
+        its layers (WiDiT.forward passes one), so that each window layout's mask is built once per call."""
         b, t, c = x.shape
         grid = tuple(grid)  # ints, or SymInts under dynamic-shape export: never int() them
         window, shift = self.layout(grid)
@@ -146,32 +149,59 @@ class WindowAttention(nn.Module):
         x = pad_tokens(x.reshape(b, *grid, c), padded)  # (B, *Gp, C)
         x = roll_tokens(x, shift, -1)
         x = window_partition(x, window)  # (B*nW, N, C)
-        x = self.attend(x, grid, window, shift)  # (B*nW, N, C)
+        x = self.attend(x, grid, window, shift, masks)  # (B*nW, N, C)
         x = roll_tokens(window_merge(x, window, padded), shift, +1)  # (B, *Gp, C)
         x = x[(slice(None), *(slice(0, g) for g in grid))]  # crop the padding
         return self.proj(x.reshape(b, t, c))
 
-    def attend(self, x: torch.Tensor, grid: tuple, window: tuple, shift: tuple) -> torch.Tensor:
-        """SDPA over windows (B*nW, N, C) with this layer's position encoding and Swin's mask."""
+    def attend(self, x: torch.Tensor, grid: tuple, window: tuple, shift: tuple, masks: dict | None = None):
+        """SDPA over windows (B*nW, N, C) with this layer's position encoding and Swin's mask; ``masks`` as in
+        :meth:`forward` (keyed by this layer's layout settings, which fix window and shift on one call's grid)."""
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B*nW, heads, N, head_dim)
-        allowed = window_attention_mask(grid, window, shift, x.device)  # (nW, N, N) bool or None
+        layout = (self.window_size, self.shifted, self.global_attention)  # plain values: SymInt grids do not hash
+        allowed = _shared(masks, ("allowed", *layout), lambda: window_attention_mask(grid, window, shift, x.device))
         if self.position == "rope":
             cos, sin = (table.to(q.dtype) for table in self._rope_tables(window, x.device))  # (N, head_dim/2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            mask = None if allowed is None else allowed[:, None]  # (nW, 1, N, N) bool: SDPA keeps its fast paths
+            key = ("sdpa", *layout, q.dtype)  # one call: one batch, so one B*nW per layout
+            mask = None if allowed is None else _shared(masks, key, lambda: _batched(sdpa_mask(allowed, q.dtype), bw))
         else:
             index = self._relative_index(window, x.device)  # (N, N)
             # (1, heads, N, N), row-major: CUDA's fused SDPA kernels take only 4-D masks with a unit last stride
             # (the first GPU run found a permuted 3-D bias sending WiDiT-B/4 to the math kernel, 15x slower)
             bias = self.relative_bias[index].permute(2, 0, 1).contiguous().to(q.dtype)[None]
             mask = bias if allowed is None else bias.masked_fill(~allowed[:, None], float("-inf"))  # (nW, h, N, N)
-        if mask is not None and mask.shape[0] > 1:  # one mask per window: repeat it for every batch element
-            n_win = mask.shape[0]
-            mask = mask.expand(bw // n_win, *mask.shape).reshape(bw, *mask.shape[1:])  # (B*nW, h|1, N, N)
+            mask = _batched(mask, bw)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*nW, heads, N, head_dim)
         return out.transpose(1, 2).reshape(bw, n, c)
+
+
+def sdpa_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Swin's boolean mask (nW, N, N) as SDPA's ``attn_mask`` (nW, 1, N, N): boolean off the CPU (CUDA's fused
+    kernels take it as it is), additive (0 / -inf in ``dtype``) on the CPU, whose flash kernel otherwise converts a
+    boolean mask with two ``where`` in every call (a quarter of its time on the shipped model's windows)."""
+    if allowed.device.type != "cpu":
+        return allowed[:, None]
+    return torch.where(allowed, 0.0, float("-inf")).to(dtype)[:, None]
+
+
+def _batched(mask: torch.Tensor | None, bw: int) -> torch.Tensor | None:
+    """A mask per window (nW, h|1, N, N) repeated for every batch element of B*nW windows."""
+    if mask is None or mask.shape[0] == 1:
+        return mask
+    n_win = mask.shape[0]
+    return mask.expand(bw // n_win, *mask.shape).reshape(bw, *mask.shape[1:])  # (B*nW, h|1, N, N)
+
+
+def _shared(masks: dict | None, key: tuple, build: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+    """``masks[key]``, built by ``build`` the first time; without a table, built every time."""
+    if masks is None:
+        return build()
+    if key not in masks:
+        masks[key] = build()
+    return masks[key]
 
 
 #################################################################################
@@ -198,9 +228,9 @@ class FactorizedAttention(nn.Module):
         nn.init.zeros_(self.through_plane.proj.weight)
         nn.init.zeros_(self.through_plane.proj.bias)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-        y = self.in_plane(x, grid)  # (B, T, C)
-        return y + self.through_plane(x + y, grid)
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...], masks: dict | None = None) -> torch.Tensor:
+        y = self.in_plane(x, grid, masks)  # (B, T, C)
+        return y + self.through_plane(x + y, grid, masks)
 
 
 def make_attention(

@@ -52,12 +52,16 @@ class WiDiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None, grid: tuple[int, ...]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None, grid: tuple[int, ...], masks: dict | None = None
+    ) -> torch.Tensor:
+        """``masks``: the attention masks' table of one network call (``WindowAttention.forward``)."""
         if c is None:  # no timestep: plain pre-norm transformer block
-            x = x + self.attn(self.norm1(x), grid)
+            x = x + self.attn(self.norm1(x), grid, masks)
             return x + self.mlp(self.norm2(x))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid)  # (B, T, C)
+        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), grid, masks)  # (B, T, C)
+        x = x + gate_msa.unsqueeze(1) * h
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (B, T, C)
 
 

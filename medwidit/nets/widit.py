@@ -341,11 +341,12 @@ class WiDiT(nn.Module):
         if self.s_embedder is not None:
             s = self.s_embedder(spacing)  # (B, C)
             c = s if c is None else c + s
+        masks = {}  # each window layout's attention mask, built once for this call's blocks (never kept after it)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, grid, use_reentrant=False)
+                x = checkpoint(block, x, c, grid, masks, use_reentrant=False)
             else:
-                x = block(x, c, grid)  # (B, T, C)
+                x = block(x, c, grid, masks)  # (B, T, C)
         if self.pixel_head is not None:
             return self.pixel_head(noisy, conditioned, x, c, grid, cond_features=cache.get("pixel"))  # (B, out, *S)
         return self.final_layer(x, c, grid)  # (B, out_channels, *S)

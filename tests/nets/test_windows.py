@@ -137,19 +137,38 @@ def test_rope_scores_depend_only_on_offsets():
     assert not torch.isclose(scores[0, 0, 0, 1, 2, 3], scores[0, 0, 0, 3, 2, 1])
 
 
-def test_rope_gives_sdpa_no_float_mask(tiny, monkeypatch):
+def test_rope_gives_sdpa_an_additive_mask_on_the_cpu_and_a_boolean_one_elsewhere(tiny, monkeypatch):
+    """CPU: 0 / -inf in the query's dtype, built once per layout and call (SDPA's CPU kernel would convert a boolean
+    mask with two ``where`` in every layer); elsewhere the boolean mask that CUDA's fused kernels take as it is."""
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, attn_mask=None, **kwargs):
-        seen.append(None if attn_mask is None else attn_mask.dtype)
+        seen.append(attn_mask)
         return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
 
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
-    tiny(3, position="rope", window_size=(2, 3, 4))(
+    tiny(3, position="rope", window_size=(2, 3, 4), depth=4)(
         torch.randn(1, 1, 6, 10, 14), torch.tensor([1.0]), conditioned=torch.randn(1, 1, 6, 10, 14)
     )
-    assert seen and set(seen) <= {None, torch.bool}
+    masks = [m for m in seen if m is not None]
+    assert len(masks) == 4 and all(m.dtype == torch.float32 for m in masks)  # the grid needs padding: every layer
+    assert all(bool(((m == 0) | (m == float("-inf"))).all()) for m in masks)
+    assert masks[0] is masks[2] and masks[1] is masks[3] and masks[0] is not masks[1]  # shared per layout
+    allowed = window_attention_mask((3, 5, 7), (2, 3, 4), (1, 1, 2), torch.device("cpu"))
+    additive = attention_module.sdpa_mask(allowed, torch.float32)
+    assert torch.equal(additive[:, 0] == 0, allowed)
+    assert attention_module.sdpa_mask(allowed.to("meta"), torch.bfloat16).dtype == torch.bool  # off the CPU
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_one_mask_table_per_call_changes_no_value(randomize, position):
+    """Layers sharing a call's mask table give exactly what each layer building its own masks gives."""
+    layer = randomize(WindowAttention(16, 2, (2, 3, 4), shifted=True, position=position))
+    x, grid = torch.randn(2, 3 * 5 * 7, 16), (3, 5, 7)
+    table = {}
+    assert torch.equal(layer(x, grid, table), layer(x, grid)) and table  # the table was used
+    assert torch.equal(layer(x, grid, table), layer(x, grid))  # and reused
 
 
 @pytest.mark.parametrize("position", POSITIONS)
