@@ -160,7 +160,9 @@ class WindowAttention(nn.Module):
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B*nW, heads, N, head_dim)
-        layout = (self.window_size, self.shifted, self.global_attention)  # plain values: SymInt grids do not hash
+        _check_table_grid(masks, grid)
+        # plain values (SymInt grids do not hash); the device, for a model split across devices
+        layout = (self.window_size, self.shifted, self.global_attention, x.device)
         allowed = _shared(masks, ("allowed", *layout), lambda: window_attention_mask(grid, window, shift, x.device))
         if self.position == "rope":
             cos, sin = (table.to(q.dtype) for table in self._rope_tables(window, x.device))  # (N, head_dim/2)
@@ -193,6 +195,19 @@ def _batched(mask: torch.Tensor | None, bw: int) -> torch.Tensor | None:
         return mask
     n_win = mask.shape[0]
     return mask.expand(bw // n_win, *mask.shape).reshape(bw, *mask.shape[1:])  # (B*nW, h|1, N, N)
+
+
+def _check_table_grid(masks: dict | None, grid: tuple) -> None:
+    """A mask table serves one call, so one token grid: a table reused on another grid would hand out masks of the
+    wrong layout (the same window count can hide it). Checked where the grid is plain ints (under export it is
+    symbolic, and one trace is one call)."""
+    if masks is None or not all(isinstance(g, int) for g in grid):
+        return
+    first = masks.setdefault("grid", tuple(grid))
+    if first != tuple(grid):
+        raise ValueError(
+            f"a mask table serves one network call's token grid {first}, not {tuple(grid)}: pass a new one."
+        )
 
 
 def _shared(masks: dict | None, key: tuple, build: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:

@@ -120,7 +120,9 @@ class SegmentationNetwork(nn.Module):
 
     ``forward`` draws ``num_samples`` DDIM samples of ``steps`` steps (the first ``shared_steps`` run once for all of
     them, as ``DiffusionSegmenter.sample``) from a generator seeded with ``seed`` and returns their mean probability,
-    so that one call is one deterministic segmentation (``verify_net_in_out``, ``ckpt_export``). The network's
+    so that one call is one deterministic segmentation (``verify_net_in_out``, ``ckpt_export``). It holds one set of
+    weights: inference.json's ``network_def`` samples ``num_samples x weight_sets`` members of model.pt, so a shared
+    trunk there serves all of them, where the CLI shares one trunk per set. The network's
     parameters are registered under the network's own names, so a medwidit checkpoint's ``state_dict`` (the net's
     weights, see ``save_segmenter``) loads into it unchanged (``ckpt_export --key_in_ckpt state_dict``).
     """

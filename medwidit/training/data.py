@@ -72,7 +72,9 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
         )
 
 
-def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+def load_data_list(
+    data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None, spatial_dims: int = 3
+) -> list[dict]:
     """Read one split of a decathlon-style data list and check that every file it names exists and that each label
     lies on its image's grid (from the headers).
 
@@ -86,18 +88,36 @@ def load_data_list(data_list: str | os.PathLike, key: str, base_dir: str | os.Pa
             if name not in item:
                 raise ValueError(f"data_list {str(data_list)!r}, {key}[{index}] has no {name!r} entry: {item}.")
             _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
-        _check_same_grid("data_list", data_list, f"{key}[{index}]", item["image"], item["label"])
+        where = ("data_list", data_list, f"{key}[{index}]")
+        _check_same_grid(where, item["image"], image_grid(item["image"], spatial_dims), item["label"], spatial_dims)
     return items
 
 
-def _check_same_grid(argument: str, data_list: Path, where: str, image, label, atol: float = 1e-3) -> None:
-    (image_shape, image_affine), (label_shape, label_affine) = image_grid(image), image_grid(label)
-    if image_shape != label_shape or not np.allclose(image_affine, label_affine, atol=atol):
-        raise ValueError(
-            f"{argument} {str(data_list)!r}, {where}: label {str(label)!r} (shape {label_shape}, affine "
-            f"{np.round(label_affine, 3).tolist()}) is not on the grid of image {str(image)!r} (shape {image_shape}, "
-            f"affine {np.round(image_affine, 3).tolist()}); resample the label onto its image (nearest neighbour)."
-        )
+def _check_same_grid(where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3) -> None:
+    """ValueError unless ``label`` has the spatial shape (``spatial_dims`` axes; the image may add channels) and,
+    within ``atol`` mm, the affine of ``image`` (whose ``image_grid`` the caller read once); ``where`` = (argument,
+    data list, entry) for the message."""
+    argument, data_list, entry = where
+    (image_shape, image_affine), (label_shape, label_affine) = image_geometry, image_grid(label, spatial_dims)
+    image_shape = image_shape[:spatial_dims]  # a channel axis after the spatial ones is the image's own
+    comparable = image_affine is not None and label_affine is not None  # pictures (PNG, ...) have no world grid
+    if image_shape == label_shape and (not comparable or np.allclose(image_affine, label_affine, rtol=0, atol=atol)):
+        return
+    if len(label_shape) != spatial_dims:
+        problem = f"has {len(label_shape)} axes {label_shape} where the task's images have {spatial_dims}"
+    else:
+
+        def grid(shape, affine) -> str:
+            return f"shape {shape}, affine {None if affine is None else np.round(affine, 3).tolist()}"
+
+        problem = f"({grid(label_shape, label_affine)}) is not on the grid of image {str(image)!r} "
+        problem += f"({grid(image_shape, image_affine)})"
+    nifti = {str(f).lower().endswith((".nii", ".nii.gz")) for f in (image, label)}
+    hint = "; a NIfTI's sform and qform may disagree (nibabel reads the sform, ITK the qform)" if len(nifti) > 1 else ""
+    raise ValueError(
+        f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r} {problem}; resample the label onto its image "
+        f"(nearest neighbour){hint}."
+    )
 
 
 def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
@@ -114,9 +134,12 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
         for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
             path = item[name] if os.path.isabs(item[name]) else Path(base_dir or data_list.parent) / item[name]
             _check_exists("synth_data_list", data_list, f"{key}[{index}]", name, path)
-            if "image" in item:  # MONAI resolved it against base_dir
-                _check_exists("synth_data_list", data_list, f"{key}[{index}]", "image", item["image"])
-                _check_same_grid("synth_data_list", data_list, f"{key}[{index}] {name}", item["image"], path)
+            if "image" in item:  # MONAI resolved it against base_dir; its header is read once for all its maps
+                if name == names[0]:
+                    _check_exists("synth_data_list", data_list, f"{key}[{index}]", "image", item["image"])
+                    geometry = image_grid(item["image"])
+                where = ("synth_data_list", data_list, f"{key}[{index}] {name}")
+                _check_same_grid(where, item["image"], geometry, path, 3)
             maps.append({"label": str(path)})
     return maps
 
@@ -358,7 +381,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self._datasets[split] = self._cached(items, transform, split)
         if split not in self._datasets:
             key = self.train_key if split == "train" else self.val_key
-            items = load_data_list(self.data_list, key, base_dir=self.dataset_dir)
+            items = load_data_list(self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
             if split == "val" and self.max_val_volumes is not None:
                 items = items[: int(self.max_val_volumes)]
             # only image and label travel: a list's extra entries (template names, alternative labels) are not for
@@ -413,8 +436,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def check_files(self) -> None:
         """Check every file of the splits in use exists; raises FileNotFoundError naming the first missing one."""
         if self.synth_ratio < 1:
-            load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir)
-        load_data_list(self.data_list, self.val_key, base_dir=self.dataset_dir)
+            load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
+        load_data_list(self.data_list, self.val_key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
         if self.synth_ratio > 0:
             maps = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
             check_label_maps(maps, self.synth_num_labels)

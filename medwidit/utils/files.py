@@ -18,6 +18,7 @@ from pathlib import Path
 __all__ = ["atomic_write", "commit", "image_grid", "sha256_file", "temporary_path"]
 
 PARTIAL = ".partial"
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # image_grid: files without world coordinates
 
 
 def temporary_path(path: str | os.PathLike, tag: str = "") -> Path:
@@ -85,12 +86,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]]]:
-    """(spatial shape, RAS voxel-to-world affine) of an image from its header alone (NIfTI through nibabel, NRRD/MHA
-    through SimpleITK; a DICOM series folder is read whole), so that two files' grids can be compared before any
-    voxels are loaded. ValueError naming the file where it is not an image."""
+def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]] | None]:
+    """(shape, RAS voxel-to-world affine of the first ``spatial_dims`` axes) of an image from its header alone (NIfTI
+    through nibabel, NRRD/MHA through SimpleITK; a DICOM series folder is read whole), so that two files' grids can be
+    compared before any voxels are loaded. The shape drops trailing singleton axes beyond ``spatial_dims`` and keeps
+    any other (channels, or a label with one axis too many); the affine is None for picture formats (PNG, JPEG, BMP),
+    which have no world coordinates. ValueError naming the file where it is not an image."""
     import numpy as np
 
+    if str(path).lower().endswith(PICTURE_SUFFIXES):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as picture:
+                return tuple(int(s) for s in picture.size), None  # (width, height), as ITK's (i, j)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the image header ({' '.join(str(e).split())[-200:]}).") from e
     try:
         if str(path).lower().endswith((".nii", ".nii.gz")):
             import nibabel as nib
@@ -118,4 +129,4 @@ def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[in
         raise ValueError(f"{path}: cannot read the image header ({' '.join(str(e).split())[-200:]}).") from e
     while len(shape) > spatial_dims and shape[-1] == 1:  # a 4D singleton, as the readers accept it
         shape = shape[:-1]
-    return shape[:spatial_dims], affine.tolist()
+    return shape, affine.tolist()

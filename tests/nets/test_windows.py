@@ -169,6 +169,8 @@ def test_one_mask_table_per_call_changes_no_value(randomize, position):
     table = {}
     assert torch.equal(layer(x, grid, table), layer(x, grid)) and table  # the table was used
     assert torch.equal(layer(x, grid, table), layer(x, grid))  # and reused
+    with pytest.raises(ValueError, match=r"a mask table serves one network call's token grid \(3, 5, 7\), not"):
+        layer(torch.randn(2, 3 * 5 * 8, 16), (3, 5, 8), table)  # same window count, other layout: refused
 
 
 @pytest.mark.parametrize("position", POSITIONS)

@@ -117,6 +117,41 @@ def test_image_grid_reads_headers_alike_across_formats(tmp_path):
     (tmp_path / "b.nii.gz").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"b.nii.gz: cannot read the image header"):
         image_grid(tmp_path / "b.nii.gz")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "c.png")  # 8 wide, 9 high
+    assert image_grid(tmp_path / "c.png", 2) == ((8, 9), None)  # a picture has no world grid to compare
+
+
+def test_the_grid_tolerance_is_absolute_and_axis_counts_are_named(tmp_path):
+    """1e-3 mm whatever the origin (numpy's default relative tolerance let 2.5e-3 mm pass at a 250 mm origin), and a
+    label with another number of axes says so."""
+    import nibabel as nib
+    import numpy as np
+
+    from medwidit.training.data import _check_same_grid
+    from medwidit.utils import image_grid
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = 250.0
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "image.nii.gz"))
+    where = ("data_list", tmp_path / "list.json", "training[0]")
+    for offset, fits in ((5e-4, True), (2.5e-3, False)):
+        moved = affine.copy()
+        moved[0, 3] += offset
+        nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), moved), str(tmp_path / "label.nii.gz"))
+        geometry = image_grid(tmp_path / "image.nii.gz")
+        if fits:
+            _check_same_grid(where, tmp_path / "image.nii.gz", geometry, tmp_path / "label.nii.gz", 3)
+        else:
+            with pytest.raises(ValueError, match="is not on the grid of image"):
+                _check_same_grid(where, tmp_path / "image.nii.gz", geometry, tmp_path / "label.nii.gz", 3)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5), np.float32), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    geometry = image_grid(tmp_path / "flat.nii.gz", 2)
+    with pytest.raises(
+        ValueError, match=r"label .*label.nii.gz' has 3 axes \(4, 5, 6\) where the task's images have 2"
+    ):
+        _check_same_grid(where, tmp_path / "flat.nii.gz", geometry, tmp_path / "label.nii.gz", 2)
 
 
 def test_bad_split_and_options_are_named(tmp_path):
