@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from monai.utils import look_up_option
 
+from medwidit.utils import itk_ras_affine
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageGeometry",
@@ -291,16 +293,9 @@ def _itk_geometry(image, shape, path) -> ImageGeometry:
     n = len(shape)
     if image.GetDimension() != n:
         raise InputError(f"{path}: {image.GetDimension()}D image where a {n}D image is expected.")
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(n, n)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    affine = np.eye(4)
-    affine[:n, :n] = direction * spacing
-    affine[:n, 3] = origin
-    affine[:3] = LPS @ affine[:3]
     return ImageGeometry(
         shape=tuple(int(s) for s in shape),
-        affine=affine,
+        affine=itk_ras_affine(image.GetSpacing(), image.GetOrigin(), image.GetDirection()),
         spacing=image.GetSpacing(),
         origin=image.GetOrigin(),
         direction=image.GetDirection(),

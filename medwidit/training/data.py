@@ -277,6 +277,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
+        self._items: dict[str, list[dict]] = {}  # each split's checked list, read once (check_files, then _dataset)
 
     ##################################################################################################################
     # Transforms
@@ -375,13 +376,13 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _dataset(self, split: str) -> Dataset:
         if split == "synth" and split not in self._datasets:
-            items = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
+            items = self._split_items("synth")
             transform = Compose([*self._synthetic(), *self._finish()])
             logger.info("synthetic split %r of %s: %d label maps", self.synth_key, self.synth_data_list, len(items))
             self._datasets[split] = self._cached(items, transform, split)
         if split not in self._datasets:
             key = self.train_key if split == "train" else self.val_key
-            items = load_data_list(self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
+            items = self._split_items(split)
             if split == "val" and self.max_val_volumes is not None:
                 items = items[: int(self.max_val_volumes)]
             # only image and label travel: a list's extra entries (template names, alternative labels) are not for
@@ -434,13 +435,21 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._dataset("val")
 
     def check_files(self) -> None:
-        """Check every file of the splits in use exists; raises FileNotFoundError naming the first missing one."""
-        if self.synth_ratio < 1:
-            load_data_list(self.data_list, self.train_key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
-        load_data_list(self.data_list, self.val_key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
-        if self.synth_ratio > 0:
-            maps = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
-            check_label_maps(maps, self.synth_num_labels)
+        """Check every file of the splits in use (existence, grids, label values); raises naming the first bad one."""
+        for split in ("train",) * (self.synth_ratio < 1) + ("val",) + ("synth",) * (self.synth_ratio > 0):
+            self._split_items(split)
+
+    def _split_items(self, split: str) -> list[dict]:
+        """The checked items of "train", "val" or "synth" (label maps), read and checked once per data module."""
+        if split not in self._items:
+            if split == "synth":
+                items = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
+                check_label_maps(items, self.synth_num_labels)
+            else:
+                key = self.train_key if split == "train" else self.val_key
+                items = load_data_list(self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
+            self._items[split] = items
+        return self._items[split]
 
     def setup(self, stage: str | None = None) -> None:
         self.check_files()  # every split in use, before anything is loaded or cached

@@ -15,7 +15,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "commit", "image_grid", "sha256_file", "temporary_path"]
+import numpy as np
+
+__all__ = ["atomic_write", "commit", "image_grid", "itk_ras_affine", "sha256_file", "temporary_path"]
 
 PARTIAL = ".partial"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # image_grid: files without world coordinates
@@ -86,24 +88,31 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def itk_ras_affine(spacing, origin, direction) -> np.ndarray:
+    """The (4, 4) RAS voxel-to-world affine of an ITK geometry (LPS world, ``direction`` row-major N*N), as MONAI's
+    ITKReader and nibabel build it; the one conversion the readers share."""
+    n = len(spacing)
+    affine = np.eye(4)
+    affine[:n, :n] = np.asarray(direction, dtype=np.float64).reshape(n, n) * np.asarray(spacing, dtype=np.float64)
+    affine[:n, 3] = origin
+    affine[:3] = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # LPS -> RAS on the first three world axes
+    return affine
+
+
 def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]] | None]:
-    """(shape, RAS voxel-to-world affine of the first ``spatial_dims`` axes) of an image from its header alone (NIfTI
-    through nibabel, NRRD/MHA through SimpleITK; a DICOM series folder is read whole), so that two files' grids can be
-    compared before any voxels are loaded. The shape drops trailing singleton axes beyond ``spatial_dims`` and keeps
-    any other (channels, or a label with one axis too many); the affine is None for picture formats (PNG, JPEG, BMP),
-    which have no world coordinates. ValueError naming the file where it is not an image."""
-    import numpy as np
+    """(shape, RAS voxel-to-world affine) of an image from its header alone (NIfTI through nibabel, NRRD/MHA through
+    SimpleITK; a DICOM series folder is read whole), so that two files' grids can be compared before any voxels are
+    loaded. The shape drops trailing singleton axes beyond ``spatial_dims`` and keeps any other (channels, or a label
+    with one axis too many); the affine is None for picture formats (PNG, JPEG, BMP), which have no world coordinates.
+    ValueError naming the file where it is not an image."""
+    name = str(path).lower()
+    try:
+        if name.endswith(PICTURE_SUFFIXES):
+            from PIL import Image
 
-    if str(path).lower().endswith(PICTURE_SUFFIXES):
-        from PIL import Image
-
-        try:
             with Image.open(path) as picture:
                 return tuple(int(s) for s in picture.size), None  # (width, height), as ITK's (i, j)
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read the image header ({' '.join(str(e).split())[-200:]}).") from e
-    try:
-        if str(path).lower().endswith((".nii", ".nii.gz")):
+        if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
             image = nib.load(str(path))
@@ -112,20 +121,16 @@ def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[in
             import SimpleITK as sitk
 
             if os.path.isdir(path):
-                names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-                info = sitk.ReadImage(list(names))
+                info = sitk.ReadImage(list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))))
             else:
                 info = sitk.ImageFileReader()
                 info.SetFileName(str(path))
                 info.ReadImageInformation()
             shape = tuple(int(s) for s in info.GetSize())
             n = min(len(shape), 3)
-            direction = np.asarray(info.GetDirection(), dtype=np.float64).reshape(len(shape), len(shape))[:n, :n]
-            affine = np.eye(4)
-            affine[:n, :n] = direction * np.asarray(info.GetSpacing()[:n])
-            affine[:n, 3] = info.GetOrigin()[:n]
-            affine[:3] = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]  # ITK's LPS world -> RAS, as nibabel and MONAI
-    except Exception as e:  # nibabel/SimpleITK raise many types for a truncated or non-image file
+            direction = np.asarray(info.GetDirection()).reshape(len(shape), len(shape))[:n, :n]
+            affine = itk_ras_affine(info.GetSpacing()[:n], info.GetOrigin()[:n], direction)
+    except Exception as e:  # nibabel/SimpleITK/PIL raise many types for a truncated or non-image file
         raise ValueError(f"{path}: cannot read the image header ({' '.join(str(e).split())[-200:]}).") from e
     while len(shape) > spatial_dims and shape[-1] == 1:  # a 4D singleton, as the readers accept it
         shape = shape[:-1]
