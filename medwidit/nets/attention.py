@@ -59,7 +59,9 @@ def rope_angles(
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (…, N, head_dim) by angles whose cos/sin are (N, head_dim // 2), rotate-half layout."""
-    x1, x2 = x.chunk(2, dim=-1)
+    # q and k arrive as strided views of the qkv projection; on the CPU the six elementwise passes below ran 3.5x
+    # slower on them than one copy plus the same passes on contiguous memory (the same values either way)
+    x1, x2 = x.contiguous().chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 

@@ -3,7 +3,9 @@
 A denoiser is called ``net(x_t (B, in_channels, *S), t (B,) float32, conditioned=image (B, cond_channels, *S))`` and
 returns (B, out_channels, *S). A network may also offer ``encode_condition(image) -> dict of tensors`` and take
 ``forward(..., condition_cache=that dict)``: the image's features, computed once and reused by every denoising step
-(DESIGN decision 11); :class:`ConditionCache` does the bookkeeping, and networks without it keep working. Beside the
+(DESIGN decision 11); a network whose forward takes ``attention_masks`` gets a table to keep its attention masks in
+across the calls of one input shape. :class:`ConditionCache` does the bookkeeping, and networks without either keep
+working. Beside the
 call, the stitcher and the predictor read only the attributes of :class:`DenoisingNetwork`; checkpoints store the
 registered name beside ``config`` so that a checkpoint alone rebuilds its network, whatever the backbone
 (``build_network(name, config)``).
@@ -11,6 +13,7 @@ registered name beside ``config`` so that a checkpoint alone rebuilds its networ
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -118,6 +121,10 @@ class ConditionCache:
     makes keys such that equal keys mean equal ``cond`` tensors (same rows, same crop), so reuse is exact. Networks
     without ``encode_condition`` are called as they are. Past ``max_bytes`` of stored encodings (per-voxel features
     of many windows add up), further keys are encoded at every call and not stored.
+
+    A network whose ``forward`` takes ``attention_masks`` (WiDiT) gets one table per input shape, kept while the
+    image stays bound: every denoising step and every window of one size reuses the masks of the first call, which
+    depend on the shape alone (rebuilt in each call, they cost the shipped model a tenth of its sampling time).
     """
 
     def __init__(self, net: Callable[..., torch.Tensor], *, max_bytes: int = 2**31) -> None:
@@ -129,6 +136,8 @@ class ConditionCache:
         self.rows: tuple[int, ...] = ()
         self.entries: dict[Any, dict[str, torch.Tensor]] = {}
         self.num_encoded = 0
+        self.keeps_masks = self.enabled and "attention_masks" in inspect.signature(net.forward).parameters
+        self.mask_tables: dict[tuple[int, ...], dict] = {}  # input shape -> the network's attention-mask table
 
     def bind(self, cond: torch.Tensor | None) -> tuple[int, ...]:
         """Row classes of ``cond`` (B, C, *S): equal images get the first one's index; a new tensor clears the cache."""
@@ -136,6 +145,7 @@ class ConditionCache:
             return ()
         if self.source is None or self.source[0] is not cond or self.source[1] != cond._version:
             self.entries.clear()
+            self.mask_tables.clear()
             self.num_bytes = 0
             self.source = (cond, cond._version)
             classes: list[int] = []
@@ -156,4 +166,6 @@ class ConditionCache:
             size = sum(v.numel() * v.element_size() for v in encoding.values())
             if self.num_bytes + size <= self.max_bytes:
                 self.entries[key], self.num_bytes = encoding, self.num_bytes + size
+        if self.keeps_masks:
+            kwargs["attention_masks"] = self.mask_tables.setdefault(tuple(x.shape), {})
         return self.net(x, t, conditioned=cond, condition_cache=encoding, **kwargs)

@@ -312,6 +312,19 @@ class WiDiT(nn.Module):
             )
         return cache
 
+    @staticmethod
+    def _mask_table(table: dict | None, batch: int) -> dict:
+        """The attention-mask table of a call: the caller's, or a new one without it or under a trace (its tensors
+        must not outlive the trace). A kept table serves one batch size (the layers check the token grid)."""
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if table is None or tracing:
+            return {}
+        if table.setdefault("batch", batch) != batch:
+            raise WiDiTInputError(
+                f"attention_masks holds the masks of batch size {table['batch']}, not {batch}: pass a new dict."
+            )
+        return table
+
     def forward(
         self,
         input_tensor: torch.Tensor,
@@ -320,10 +333,13 @@ class WiDiT(nn.Module):
         conditioned: torch.Tensor | None = None,
         spacing: torch.Tensor | None = None,
         condition_cache: dict[str, torch.Tensor] | None = None,
+        attention_masks: dict | None = None,
     ) -> torch.Tensor:
         """(B, in_channels, *S), (B,) or None, conditioned (B, cond_channels, *S), spacing (B, 2N) mm with
         ``spacing_conditioning``, ``condition_cache`` = :meth:`encode_condition` (conditioned) -> (B, out_channels,
-        *S); the cache gives exactly the output computed without it."""
+        *S); the cache gives exactly the output computed without it. ``attention_masks``: a dict, empty at first,
+        that keeps the attention masks for later calls of the same input shape (``ConditionCache`` passes one per
+        shape); without it they are built for this call alone, and a trace (export, compile, jit) never keeps them."""
         timestep = self._check_inputs(input_tensor, timestep, conditioned)
         spacing = self._check_spacing(input_tensor, spacing)
         if condition_cache is not None and conditioned is None:
@@ -341,7 +357,7 @@ class WiDiT(nn.Module):
         if self.s_embedder is not None:
             s = self.s_embedder(spacing)  # (B, C)
             c = s if c is None else c + s
-        masks = {}  # each window layout's attention mask, built once for this call's blocks (never kept after it)
+        masks = self._mask_table(attention_masks, input_tensor.shape[0])  # each window layout's mask, built once
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, grid, masks, use_reentrant=False)

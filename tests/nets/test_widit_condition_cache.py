@@ -103,3 +103,84 @@ def test_condition_cache_memory_budget_and_plain_callables(tiny):
     assert not plain.enabled and torch.equal(plain.call("k", x, t, cond), x * cond)
     with pytest.raises(ValueError, match="max_bytes"):
         ConditionCache(net, max_bytes=-1)
+
+
+def _count_mask_builds(monkeypatch) -> list:
+    """Patch window attention's mask builder to record each build."""
+    from medwidit.nets import attention
+
+    builds, build = [], attention.window_attention_mask
+
+    def counting(*args, **kwargs):
+        builds.append(args[:3])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "window_attention_mask", counting)
+    return builds
+
+
+@pytest.mark.parametrize("position", ["relative", "rope"])
+def test_kept_attention_masks_change_no_value_and_are_built_once(tiny, randomize, monkeypatch, position):
+    """A table kept across calls (every denoising step) gives exactly the per-call masks' output and builds each
+    window layout's mask once: (6, 10, 14) at patch 2 needs padding, so both layouts of 4 blocks are masked."""
+    builds = _count_mask_builds(monkeypatch)
+    model = randomize(tiny(3, cond_channels=1, position=position, window_size=(2, 3, 4), depth=4))
+    x, image = torch.randn(2, 1, 6, 10, 14), torch.randn(2, 1, 6, 10, 14)
+    table = {}
+    with torch.no_grad():
+        plain = [model(x, torch.tensor([t, t]), conditioned=image) for t in (900.0, 500.0, 100.0)]
+        assert len(builds) == 3 * 2  # without a table: each of the 2 layouts in every call
+        builds.clear()
+        kept = [model(x, torch.tensor([t, t]), conditioned=image, attention_masks=table) for t in (900.0, 500.0, 100.0)]
+    assert len(builds) == 2 and all(torch.equal(a, b) for a, b in zip(plain, kept, strict=True))
+    with pytest.raises(WiDiTInputError, match="attention_masks holds the masks of batch size 2, not 1"):
+        model(x[:1], torch.tensor([1.0]), conditioned=image[:1], attention_masks=table)
+    with pytest.raises(ValueError, match="a mask table serves one network call's token grid"):
+        model(
+            torch.randn(2, 1, 6, 10, 16),
+            torch.tensor([1.0, 1.0]),
+            conditioned=torch.randn(2, 1, 6, 10, 16),
+            attention_masks=table,
+        )
+
+
+def test_a_trace_never_keeps_masks_in_a_table(tiny, randomize):
+    """Regression guard for issue 11's defect: masks made while tracing are fake or traced tensors and must not
+    reach a table that outlives the trace."""
+    model = randomize(tiny(2, cond_channels=1))
+    x, image, t = _inputs(2, channels=1), _inputs(2, channels=1, seed=1), torch.tensor([3.0, 4.0])
+    table = {}
+
+    class KeepsTable(torch.nn.Module):  # a caller holding its table across calls, as ConditionCache does
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, t, image):
+            return self.model(x, t, conditioned=image, attention_masks=table)
+
+    torch.export.export(KeepsTable(), (x, t, image))
+    torch.jit.trace(KeepsTable(), (x, t, image), check_trace=False)
+    assert table == {}
+    eager = model(x, t, conditioned=image, attention_masks=table)
+    assert table and torch.equal(eager, model(x, t, conditioned=image))
+
+
+def test_condition_cache_keeps_one_mask_table_per_input_shape(tiny, randomize, monkeypatch):
+    """Every call of one shape reuses the first call's masks; a new image starts again; nets whose forward takes no
+    attention_masks are called without it."""
+    builds = _count_mask_builds(monkeypatch)
+    net = randomize(tiny(2, in_channels=2, cond_channels=1, window_size=(2, 4)))
+    cache = ConditionCache(net)
+    x, t, cond = _inputs(2), torch.full((2,), 5.0), _inputs(2, channels=1, seed=1)
+    with torch.no_grad():
+        cache.bind(cond)
+        outputs = [cache.call("all", x, t, cond) for _ in range(3)]
+        first = len(builds)
+        assert first == 2 and all(torch.equal(o, net(x, t, conditioned=cond)) for o in outputs)
+        assert list(cache.mask_tables) == [tuple(x.shape)]
+        cache.call("crop", x[..., :4], t, cond[..., :4])  # another shape: its own table
+        assert len(cache.mask_tables) == 2
+        cache.bind(cond.clone())
+        assert not cache.mask_tables
+    assert not ConditionCache(_Counting(net)).keeps_masks  # its forward takes no attention_masks
