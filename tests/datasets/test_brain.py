@@ -185,6 +185,21 @@ def test_fill_holes_closes_enclosed_ventricles_only():
     assert filled[4, 4, 4] and not filled[4, 4, 1]
 
 
+def test_brain_mask_squeezes_a_trailing_axis_of_length_one(tmp_path):
+    """ROBEX's head and mask are stored (X, Y, Z, 1): the case is 3-D, and the squeezed image (held in memory, no
+    scaling proxy) keeps its stored integer type."""
+    t1 = np.arange(6 * 7 * 5, dtype=np.int16).reshape(6, 7, 5, 1)
+    mask = np.zeros((6, 7, 5, 1), np.float32)
+    mask[1:5, 2:6, 1:4] = 1.0
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    nib.save(nib.Nifti1Image(t1, affine), tmp_path / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), tmp_path / "mask.nii.gz")
+    template = sources.Template("four_d", "four_d", "t1", "mask", True, "a 4-D pair")
+    image, brain = sources.brain_mask(template, {"t1": tmp_path / "t1.nii.gz", "mask": tmp_path / "mask.nii.gz"})
+    assert image.shape == (6, 7, 5) and brain.shape == (6, 7, 5) and brain.sum() == 4 * 4 * 3
+    assert sources.stored_array(image).dtype == np.int16
+
+
 #####################################################################################################
 # data lists and the held-out rule
 #####################################################################################################

@@ -50,7 +50,8 @@ def content_hash(path: str | os.PathLike) -> str:
 
 def stored_array(image: nib.Nifti1Image) -> np.ndarray:
     """Voxel values in their stored integer type when unscaled (keeps files small), else float32."""
-    slope, inter = image.dataobj.slope, image.dataobj.inter
+    # an image held in memory (e.g. nibabel's squeeze_image) has a plain array, never scaled
+    slope, inter = getattr(image.dataobj, "slope", None), getattr(image.dataobj, "inter", None)
     if slope in (1, None) and inter in (0, None) and np.issubdtype(image.get_data_dtype(), np.integer):
         return np.asarray(image.dataobj)
     return image.get_fdata(dtype=np.float32)
