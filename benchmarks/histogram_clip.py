@@ -1,5 +1,5 @@
-"""Where should the "histogram" intensity mode clip before it equalises, and does N4 bias-field correction before it
-help? The shipped bundle, on validation scans only.
+"""Where should the "histogram" intensity mode clip before it equalises, should it set the air outside the head to
+the minimum first, and does N4 bias-field correction before it help? The shipped bundle, on validation scans only.
 
 MONAI's ``HistogramNormalize`` bins each image between its minimum and maximum in bins of equal width. A coil field's
 bright corner (MONAI's ``RandBiasField`` at strength 0.6 makes a few voxels of air 270x the 99th percentile) then
@@ -7,11 +7,13 @@ squeezes the whole head into the first few bins, and the network sees a flat gre
 clips each channel at ``HISTOGRAM_CLIP_PERCENTILE`` first; this script scores the shipped bundle (``Predictor``'s
 defaults, seed 0) with the clip at each ``--percentiles`` value (100: no clip, the mode before bundle 0.4.2), and with
 ``preprocessing["bias_correction"] = "n4"`` at each ``--n4`` percentile (SimpleITK's N4 on the working grid before the
-equalisation; ``medwidit.data.transforms.n4_bias_correct``), on:
+equalisation; ``medwidit.data.transforms.n4_bias_correct``), and with the air outside the head set to the minimum at
+each ``--air`` threshold (``HISTOGRAM_AIR_THRESHOLD``; every other setting keeps the air, the mode before bundle
+0.4.3), on:
 
-    each --base scan (``validation_cases.py``: MNI152 at 2 mm and images painted from its label map), clean and as
-    generalisation.py's ``bias`` and ``contrast`` variants, and the base scans under trust.py's coil fields at its
-    three strengths (``bias1..3``)
+    each --base scan (``validation_cases.py``: MNI152 at 2 mm, images painted from its label map, ROBEX's real head),
+    clean and as generalisation.py's ``bias`` and ``contrast`` variants, and the base scans under trust.py's coil
+    fields at its three strengths (``bias1..3``); each --clean scan as it is
 
 Colin27 (the held-out test) is not looked at. The rule, fixed before the run: the setting with the highest mean
 Dice, provided no clean scan loses more than 0.002 against the first setting (no clip; for ``--n4`` alone, the
@@ -20,6 +22,8 @@ percentile without N4).
     python benchmarks/histogram_clip.py --base mni152_2mm VAL/mni152_2mm_image.nii.gz VAL/mni152_2mm_label.nii.gz \\
         --base painted_0 VAL/painted_0_image.nii.gz VAL/painted_0_label.nii.gz
     python benchmarks/histogram_clip.py --percentiles 99 --n4 99 --base ... --output results/bias_correction.json
+    python benchmarks/histogram_clip.py --percentiles 99 --air 0.1 --base ... --clean ... --output \
+        results/histogram_air.json
     python benchmarks/histogram_clip.py --quick --output /tmp/clip.json     # seconds: a tiny model and phantom
 
 Writes ``benchmarks/results/histogram_clip.json`` (or ``--output``).
@@ -75,15 +79,18 @@ def quick_cases() -> list[tuple[str, nib.Nifti1Image, np.ndarray]]:
     ]
 
 
-def settings(percentiles: list[float], n4: list[float]) -> dict[str, tuple[float, str | None]]:
-    """{label: (clip percentile, bias correction)}, the first the reference: "99.0", "99.0+n4", ..."""
-    out = {str(p): (p, None) for p in percentiles}
-    out.update({f"{p}+n4": (p, "n4") for p in n4})
+def settings(percentiles: list[float], n4: list[float], air: list[float]) -> dict[str, tuple]:
+    """{label: (clip percentile, bias correction, air threshold or None)}, the first the reference: "99.0",
+    "99.0+n4", "99.0+air0.1", ... (every --air threshold at every percentile)"""
+    out = {str(p): (p, None, None) for p in percentiles}
+    out.update({f"{p}+n4": (p, "n4", None) for p in n4})
+    out.update({f"{p}+air{a:g}": (p, None, a) for p in percentiles for a in air})
     return out
 
 
 def segment(predictor: Predictor, image: nib.Nifti1Image, truth: np.ndarray, setting: tuple, quick: bool) -> dict:
-    transforms.HISTOGRAM_CLIP_PERCENTILE = setting[0]  # read at every call of equalise_channels
+    # read at every call of equalise_channels
+    transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD = setting[0], setting[2]
     predictor.preprocessing = transforms.check_preprocessing({**predictor.preprocessing, "bias_correction": setting[1]})
     start = time.process_time()
     options = {"steps": 1, "num_samples": 1} if quick else {}
@@ -96,16 +103,16 @@ def segment(predictor: Predictor, image: nib.Nifti1Image, truth: np.ndarray, set
 
 
 def choose(rows: list[dict], choices: dict[str, tuple], clean: list[str]) -> dict:
-    """The rule of the module text -> {"setting", "percentile", "bias_correction", "mean_dice" and "clean_loss" per
-    setting}; the first of ``choices`` is the reference."""
+    """The rule of the module text -> {"setting", "percentile", "bias_correction", "air", "mean_dice" and
+    "clean_loss" per setting}; the first of ``choices`` is the reference."""
     labels = list(choices)
     means = {k: float(np.mean([r["runs"][k]["dice"] for r in rows])) for k in labels}
     loss = {
         k: max(r["runs"][labels[0]]["dice"] - r["runs"][k]["dice"] for r in rows if r["case"] in clean) for k in labels
     }
     best = max((k for k in labels if loss[k] <= TOLERANCE), key=lambda k: means[k])
-    return {"setting": best, "percentile": choices[best][0], "bias_correction": choices[best][1], "mean_dice": means,
-            "clean_loss": loss, "tolerance": TOLERANCE}  # fmt: skip
+    return {"setting": best, "percentile": choices[best][0], "bias_correction": choices[best][1],
+            "air": choices[best][2], "mean_dice": means, "clean_loss": loss, "tolerance": TOLERANCE}  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -114,6 +121,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--bundle", type=Path, default=None, help="default: the shipped bundle")
     parser.add_argument("--percentiles", type=float, nargs="+", default=[100.0, 99.9, 99.0])
     parser.add_argument("--n4", type=float, nargs="*", default=[], help="percentiles to run with N4 too")
+    parser.add_argument("--air", type=float, nargs="*", default=[], help="air thresholds to run at every percentile")
+    parser.add_argument(
+        "--clean",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "IMAGE", "LABEL"),
+        default=[],
+        help="a scan scored as it is, without variants (e.g. one whose label is a peer's mask)",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds: an untrained tiny model on a phantom")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -130,9 +146,11 @@ def main(argv=None) -> dict:
         todo = quick_cases()
     else:
         predictor = Predictor.from_bundle(args.bundle)
-        todo = cases(args.base)
-    choices = settings(args.percentiles, args.n4)
-    original, preprocessing = transforms.HISTOGRAM_CLIP_PERCENTILE, predictor.preprocessing
+        todo = cases(args.base) + [(name, nib.load(i), np.asarray(nib.load(t).dataobj).astype(np.int64))
+                                   for name, i, t in args.clean]  # fmt: skip
+    choices = settings(args.percentiles, args.n4, args.air)
+    original = transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD
+    preprocessing = predictor.preprocessing
     rows = []
     try:
         for name, image, truth in todo:
@@ -140,12 +158,16 @@ def main(argv=None) -> dict:
             rows.append({"case": name, "runs": runs})
             print(name, "  ".join(f"{k}: {r['dice']:.3f}" for k, r in runs.items()), flush=True)
     finally:
-        transforms.HISTOGRAM_CLIP_PERCENTILE, predictor.preprocessing = original, preprocessing
-    clean = [name for name, *_ in (args.base or [("ball",)])]
+        (transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD), predictor.preprocessing = (
+            original,
+            preprocessing,
+        )
+    clean = [name for name, *_ in (args.base + args.clean or [("ball",)])]
     choice = choose(rows, choices, clean)
 
-    def title(p, bias):
-        return (f"clip {p:g}" if p < 100 else "no clip") + (" + N4" if bias else "")
+    def title(p, bias, air):
+        clip = f"clip {p:g}" if p < 100 else "no clip"
+        return clip + (" + N4" if bias else "") + (f" + air {air:g}" if air else "")
 
     head = " | ".join(title(*setting) for setting in choices.values())
     lines = [f"| case | {head} |", "|---" * (len(choices) + 1) + "|"]
@@ -163,7 +185,7 @@ def main(argv=None) -> dict:
         "rule": f"highest mean Dice; no clean scan more than {TOLERANCE} below the first setting",
         "rows": rows,
         "choice": choice,
-        "in_use": {"percentile": original, "bias_correction": preprocessing["bias_correction"]},
+        "in_use": {"percentile": original[0], "air": original[1], "bias_correction": preprocessing["bias_correction"]},
     }
     return publish(result, "\n".join(lines) + f"\n\nchosen: {choice['setting']}", args.output)
 

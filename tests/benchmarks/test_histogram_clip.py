@@ -20,10 +20,10 @@ def _row(case, **dice):
 
 def test_the_rule_takes_the_best_mean_unless_a_clean_scan_loses(clip):
     rows = [_row("a", **{"100": 0.96, "99": 0.955, "98": 0.96}), _row("a_bias", **{"100": 0.0, "99": 0.8, "98": 0.7})]
-    choices = clip.settings([100.0, 99.0, 98.0], [])
+    choices = clip.settings([100.0, 99.0, 98.0], [], [])
     choice = clip.choose(rows, choices, clean=["a"])
     assert (
-        choice["percentile"] == 98.0 and choice["bias_correction"] is None
+        choice["percentile"] == 98.0 and choice["bias_correction"] is None and choice["air"] is None
     )  # 99's mean is higher, but the clean scan loses 0.005 > 0.002
     assert choice["clean_loss"]["99.0"] == pytest.approx(0.005)
     rows[0]["runs"]["99.0"]["dice"] = 0.959
@@ -31,12 +31,22 @@ def test_the_rule_takes_the_best_mean_unless_a_clean_scan_loses(clip):
 
 
 def test_quick_mode_scores_every_setting_and_restores_the_clip(clip, tmp_path):
-    before = transforms.HISTOGRAM_CLIP_PERCENTILE
-    result = clip.main(["--quick", "--percentiles", "100", "99", "--n4", "99", "--output", str(tmp_path / "clip.json")])
-    assert transforms.HISTOGRAM_CLIP_PERCENTILE == before
+    before = transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD
+    argv = ["--quick", "--percentiles", "100", "99", "--n4", "99", "--air", "0.1", "--output", str(tmp_path / "c.json")]
+    result = clip.main(argv)
+    assert (transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD) == before
     assert [row["case"] for row in result["rows"]] == ["ball", "ball_spike"]
-    assert all(set(row["runs"]) == {"100.0", "99.0", "99.0+n4"} for row in result["rows"])
-    assert json.loads((tmp_path / "clip.json").read_text())["choice"]["setting"] in ("100.0", "99.0", "99.0+n4")
+    settings = {"100.0", "99.0", "99.0+n4", "100.0+air0.1", "99.0+air0.1"}
+    assert all(set(row["runs"]) == settings for row in result["rows"])
+    assert json.loads((tmp_path / "c.json").read_text())["choice"]["setting"] in settings
+
+
+def test_settings_keep_the_air_unless_told():
+    """Every setting but the --air ones runs the mode as it was before bundle 0.4.3 (air kept): the first, the
+    reference, must be that mode whatever the module's constant says now."""
+    clip = load_benchmark("histogram_clip")
+    choices = clip.settings([99.0], [99.0], [0.1])
+    assert choices == {"99.0": (99.0, None, None), "99.0+n4": (99.0, "n4", None), "99.0+air0.1": (99.0, None, 0.1)}
 
 
 def test_the_shipped_clip_is_the_recorded_choice():

@@ -7,6 +7,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
+import medwidit.data.transforms as transforms_module
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     IntensityMode,
@@ -14,6 +15,8 @@ from medwidit.data.transforms import (
     RecordSpacingd,
     check_preprocessing,
     default_preprocessing,
+    equalise_channels,
+    head_mask,
     n4_bias_correct,
     preprocessing_transforms,
 )
@@ -164,6 +167,47 @@ def test_histogram_mode_is_not_squeezed_by_a_few_extreme_voxels():
     assert float(b[head].std()) > 0.4  # spread over [-1, 1], not a few grey levels
     assert float((a - b)[head].abs().mean()) < 0.02
     assert float(b.max()) == 1.0 and float(b[:4, :4, :4].min()) == 1.0  # the spike clips to the top
+
+
+def _noisy_air_head(low: float = 0.0):
+    """A 32^3 head (a box of tissue, a dark rim inside it) in clean air at ``low``, and the same head in a scanner's
+    noisy air (|N(0, 2 %)| of the tissue above ``low``, one air voxel at ``low`` so both share their minimum)."""
+    rng = np.random.default_rng(3)
+    clean = np.full((32, 32, 32), low, np.float32)
+    clean[6:26, 6:26, 6:26] = low + rng.uniform(40.0, 100.0, size=(20, 20, 20))
+    clean[6:26, 6:26, 6] = low + 15.0  # a dark tissue at the head's edge stays inside the head
+    noisy = clean.copy()
+    air = clean == low
+    noisy[air] = low + np.abs(rng.normal(0.0, 2.0, size=int(air.sum())))
+    noisy[0, 0, 0] = low
+    return clean, noisy, ~air
+
+
+@pytest.mark.parametrize("low", [0.0, -1000.0])
+def test_histogram_mode_sets_noisy_air_to_the_minimum(monkeypatch, low):
+    """Regression (ROBEX's and Slicer's real heads): a scanner's air is noise, which the equalisation spread over the
+    lower half of [-1, 1] around a washed-out head, and the shipped weights labelled whole heads as brain. The head
+    of a noisy scan must get exactly the values of the same head in clean air, with the air at -1; at a CT-like
+    floor of -1000 too (the threshold runs from the minimum, not from zero)."""
+    clean, noisy, head = _noisy_air_head(low)
+    monkeypatch.setattr(transforms_module, "HISTOGRAM_AIR_THRESHOLD", 0.1)
+
+    def run(image):
+        return equalise_channels(torch.from_numpy(image)[None])[0]
+
+    torch.testing.assert_close(run(noisy), run(clean), rtol=0, atol=0)
+    assert float(run(noisy)[~torch.from_numpy(head)].max()) == -1.0
+    monkeypatch.setattr(transforms_module, "HISTOGRAM_AIR_THRESHOLD", None)  # the mode before bundle 0.4.3
+    kept = run(noisy)[~torch.from_numpy(head)]
+    assert float(kept.mean()) > -0.8  # the air equalised into grey noise: what the step exists to prevent
+
+
+def test_head_mask_keeps_the_head_with_its_dark_parts_and_drops_specks():
+    clean, noisy, head = _noisy_air_head()
+    noisy[1, 1, 1] = 200.0  # a bright speck in the air: its own component
+    mask = head_mask(noisy, largest=True)
+    assert mask[head].all() and not mask[1, 1, 1] and mask.sum() == head.sum()
+    assert head_mask(noisy)[1, 1, 1]  # without largest, the speck stays
 
 
 @pytest.mark.parametrize("mode", list(INTENSITY_MODES))
