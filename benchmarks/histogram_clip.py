@@ -8,8 +8,8 @@ clips each channel at ``HISTOGRAM_CLIP_PERCENTILE`` first; this script scores th
 defaults, seed 0) with the clip at each ``--percentiles`` value (100: no clip, the mode before bundle 0.4.2), and with
 ``preprocessing["bias_correction"] = "n4"`` at each ``--n4`` percentile (SimpleITK's N4 on the working grid before the
 equalisation; ``medwidit.data.transforms.n4_bias_correct``), and with the air outside the head set to the minimum at
-each ``--air`` threshold (``HISTOGRAM_AIR_THRESHOLD``; every other setting keeps the air, the mode before bundle
-0.4.3), on:
+each ``--air`` threshold (``preprocessing["air_threshold"]``, ``medwidit.data.transforms.AirToMinimumd``; every other
+setting keeps the air), on:
 
     each --base scan (``validation_cases.py``: MNI152 at 2 mm, images painted from its label map, ROBEX's real head),
     clean and as generalisation.py's ``bias`` and ``contrast`` variants, and the base scans under trust.py's coil
@@ -89,9 +89,9 @@ def settings(percentiles: list[float], n4: list[float], air: list[float]) -> dic
 
 
 def segment(predictor: Predictor, image: nib.Nifti1Image, truth: np.ndarray, setting: tuple, quick: bool) -> dict:
-    # read at every call of equalise_channels
-    transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD = setting[0], setting[2]
-    predictor.preprocessing = transforms.check_preprocessing({**predictor.preprocessing, "bias_correction": setting[1]})
+    transforms.HISTOGRAM_CLIP_PERCENTILE = setting[0]  # read at every call of equalise_channels
+    options = {"bias_correction": setting[1], "air_threshold": setting[2]}
+    predictor.preprocessing = transforms.check_preprocessing({**predictor.preprocessing, **options})
     start = time.process_time()
     options = {"steps": 1, "num_samples": 1} if quick else {}
     result = predictor.segment(np.asarray(image.dataobj, np.float32), affine=image.affine,
@@ -149,8 +149,7 @@ def main(argv=None) -> dict:
         todo = cases(args.base) + [(name, nib.load(i), np.asarray(nib.load(t).dataobj).astype(np.int64))
                                    for name, i, t in args.clean]  # fmt: skip
     choices = settings(args.percentiles, args.n4, args.air)
-    original = transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD
-    preprocessing = predictor.preprocessing
+    original, preprocessing = transforms.HISTOGRAM_CLIP_PERCENTILE, predictor.preprocessing
     rows = []
     try:
         for name, image, truth in todo:
@@ -158,10 +157,7 @@ def main(argv=None) -> dict:
             rows.append({"case": name, "runs": runs})
             print(name, "  ".join(f"{k}: {r['dice']:.3f}" for k, r in runs.items()), flush=True)
     finally:
-        (transforms.HISTOGRAM_CLIP_PERCENTILE, transforms.HISTOGRAM_AIR_THRESHOLD), predictor.preprocessing = (
-            original,
-            preprocessing,
-        )
+        transforms.HISTOGRAM_CLIP_PERCENTILE, predictor.preprocessing = original, preprocessing
     clean = [name for name, *_ in (args.base + args.clean or [("ball",)])]
     choice = choose(rows, choices, clean)
 
@@ -185,7 +181,7 @@ def main(argv=None) -> dict:
         "rule": f"highest mean Dice; no clean scan more than {TOLERANCE} below the first setting",
         "rows": rows,
         "choice": choice,
-        "in_use": {"percentile": original[0], "air": original[1], "bias_correction": preprocessing["bias_correction"]},
+        "in_use": {"percentile": original, **{k: preprocessing[k] for k in ("bias_correction", "air_threshold")}},
     }
     return publish(result, "\n".join(lines) + f"\n\nchosen: {choice['setting']}", args.output)
 

@@ -5,7 +5,7 @@ A model's checkpoint carries the JSON ``preprocessing`` dict these are built fro
 training saw and then inverts the spatial part with MONAI ``Invertd``:
 
     {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0] or null, "intensity": "zscore_nonzero", "num_modalities": 1,
-     "bias_correction": null or "n4"}
+     "bias_correction": null or "n4", "air_threshold": null or a fraction (the air set to the minimum)}
 """
 
 from __future__ import annotations
@@ -36,14 +36,17 @@ __all__ = [
     "DEFAULT_PREPROCESSING",
     "BIAS_CORRECTIONS",
     "INTENSITY_MODES",
+    "AirToMinimumd",
     "IntensityMode",
     "N4BiasFieldCorrectiond",
     "RecordSpacingd",
     "acquisition_spacing",
+    "air_to_minimum",
     "batch_spacing",
     "check_preprocessing",
     "default_preprocessing",
     "equalise_channels",
+    "head_mask",
     "intensity_transforms",
     "n4_bias_correct",
     "preprocessing_transforms",
@@ -55,6 +58,7 @@ DEFAULT_PREPROCESSING = {
     "intensity": "zscore_nonzero",
     "num_modalities": 1,
     "bias_correction": None,
+    "air_threshold": None,
 }
 BIAS_CORRECTIONS = (None, "n4")  # "n4": SimpleITK's N4 on the working grid, before the intensity mode
 N4_SHRINK = 4  # the field is fitted on a copy shrunk by this factor per axis (8 mm voxels on a 2 mm grid)
@@ -66,11 +70,6 @@ HISTOGRAM_BINS = 256  # "histogram" equalises each channel's histogram onto [-1,
 # the maximum, so a few extreme voxels (a coil field's bright corner, a spike) squeezed the whole head into the first
 # bins (benchmarks/results/histogram_clip.json)
 HISTOGRAM_CLIP_PERCENTILE = 99.0
-# ... after setting the air outside the head to the channel's minimum: a scanner's air is noise, which the equalisation
-# spread into mid-grey around a washed-out head, and the shipped weights labelled whole heads as brain (ROBEX's and
-# Slicer's real heads; benchmarks/results/histogram_air.json). The head: voxels above this fraction of the way from
-# the minimum to the 99th percentile, closed, filled, its largest component (head_mask); None: the air is kept
-HISTOGRAM_AIR_THRESHOLD: float | None = None
 HEAD_THRESHOLD = 0.1  # head_mask's default: the fraction of the way from the minimum to the 99th percentile
 
 
@@ -110,6 +109,13 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
             f"preprocessing['bias_correction'] must be one of {list(BIAS_CORRECTIONS)}, got {out['bias_correction']!r}."
         )
     check_int("preprocessing['num_modalities']", out["num_modalities"])
+    air = out["air_threshold"]
+    if air is not None and (isinstance(air, bool) or not isinstance(air, (int, float)) or not 0 < air < 1):
+        raise ValueError(
+            "preprocessing['air_threshold'] must be null (the air kept) or a fraction in (0, 1) of the way from a "
+            f"channel's minimum to its 99th percentile, got {air!r}."
+        )
+    out["air_threshold"] = None if air is None else float(air)
     return out
 
 
@@ -130,22 +136,44 @@ class ChannelwiseHistogramNormalized(MapTransform):
 
 def equalise_channels(image: torch.Tensor) -> torch.Tensor:
     """(C, *S) -> (C, *S): the "histogram" intensity mode's equalisation onto [-1, 1], each channel on its own, after
-    setting the air outside its head to its minimum (``HISTOGRAM_AIR_THRESHOLD``) and clipping it at its
-    ``HISTOGRAM_CLIP_PERCENTILE``-th percentile."""
+    clipping it at its ``HISTOGRAM_CLIP_PERCENTILE``-th percentile."""
     normalize = HistogramNormalize(num_bins=HISTOGRAM_BINS, min=-1.0, max=1.0)
     channels = []
     for c in range(image.shape[0]):
         channel = image[c : c + 1]
-        values = np.asarray(channel.detach().cpu(), dtype=np.float32)[0]
-        if HISTOGRAM_AIR_THRESHOLD is not None:
-            head = head_mask(values, HISTOGRAM_AIR_THRESHOLD, largest=True)
-            if head.any():
-                channel = torch.where(torch.as_tensor(head, device=channel.device), channel, channel.min())
         # numpy's selection, not MONAI's ClipIntensityPercentiles: its torch.quantile sorts the whole volume (0.28 s
         # against 0.015 s for a 2 mm head)
         top = float(np.percentile(np.asarray(channel.detach().cpu(), dtype=np.float32), HISTOGRAM_CLIP_PERCENTILE))
         channels.append(normalize(channel.clamp(max=top)))
     return torch.cat(channels)
+
+
+class AirToMinimumd(MapTransform):
+    """``preprocessing["air_threshold"]``: every channel's air, outside :func:`head_mask` (``threshold``, largest
+    component), set to the channel's minimum. A scanner's air is noise; the histogram equalisation spread it into grey
+    noise around a washed-out head, and weights trained on templates (whose air is smooth) labelled whole real heads
+    as brain (benchmarks/results/histogram_air.json)."""
+
+    def __init__(self, keys, threshold: float = HEAD_THRESHOLD) -> None:
+        super().__init__(keys)
+        self.threshold = threshold
+
+    def __call__(self, data: Mapping) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = air_to_minimum(out[key], self.threshold)
+        return out
+
+
+def air_to_minimum(image: torch.Tensor, threshold: float = HEAD_THRESHOLD) -> torch.Tensor:
+    """(C, *S) -> a copy (same type and meta) whose air, outside each channel's head, is that channel's minimum."""
+    out = image.detach().clone()
+    for c in range(image.shape[0]):
+        values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
+        head = head_mask(values, threshold, largest=True)
+        if head.any():
+            out[c][torch.as_tensor(~head, device=out.device)] = float(values.min())
+    return out
 
 
 def head_mask(values: np.ndarray, threshold: float = HEAD_THRESHOLD, *, largest: bool = False) -> np.ndarray:
@@ -218,10 +246,12 @@ def n4_bias_correct(
 
 
 def intensity_transforms(preprocessing: Mapping, key: str = "image") -> list[MapTransform]:
-    """The intensity part of ``preprocessing`` for ``key``: its bias correction, then its intensity mode (real and
-    synthetic training images and inference share it)."""
+    """The intensity part of ``preprocessing`` for ``key``: its bias correction, its air step, then its intensity mode
+    (real and synthetic training images and inference share it)."""
     bias = [N4BiasFieldCorrectiond(key)] if preprocessing["bias_correction"] == "n4" else []
-    return bias + INTENSITY_MODES[preprocessing["intensity"]].transforms(key)
+    threshold = preprocessing["air_threshold"]
+    air = [] if threshold is None else [AirToMinimumd(key, threshold)]
+    return bias + air + INTENSITY_MODES[preprocessing["intensity"]].transforms(key)
 
 
 def _zscore_nonzero(key: str) -> list[MapTransform]:

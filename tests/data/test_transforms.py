@@ -7,15 +7,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-import medwidit.data.transforms as transforms_module
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     IntensityMode,
     N4BiasFieldCorrectiond,
     RecordSpacingd,
+    air_to_minimum,
     check_preprocessing,
     default_preprocessing,
-    equalise_channels,
     head_mask,
     n4_bias_correct,
     preprocessing_transforms,
@@ -93,6 +92,7 @@ def test_preprocessing_is_checked_and_normalised():
         "intensity": "zscore_nonzero",
         "num_modalities": 1,
         "bias_correction": None,
+        "air_threshold": None,
     }
     assert check_preprocessing({"orientation": "las", "spacing": [1, 2, 3]})["spacing"] == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="unknown keys \\['spacings'\\]"):
@@ -184,22 +184,32 @@ def _noisy_air_head(low: float = 0.0):
 
 
 @pytest.mark.parametrize("low", [0.0, -1000.0])
-def test_histogram_mode_sets_noisy_air_to_the_minimum(monkeypatch, low):
-    """Regression (ROBEX's and Slicer's real heads): a scanner's air is noise, which the equalisation spread over the
-    lower half of [-1, 1] around a washed-out head, and the shipped weights labelled whole heads as brain. The head
-    of a noisy scan must get exactly the values of the same head in clean air, with the air at -1; at a CT-like
-    floor of -1000 too (the threshold runs from the minimum, not from zero)."""
+def test_the_air_step_sets_noisy_air_to_the_minimum(low):
+    """Regression (ROBEX's and Slicer's real heads): a scanner's air is noise, which the histogram equalisation spread
+    over the lower half of [-1, 1] around a washed-out head, and the shipped weights labelled whole heads as brain.
+    With ``air_threshold`` the head of a noisy scan gets exactly the values of the same head in clean air, the air
+    -1; at a CT-like floor of -1000 too (the threshold runs from the minimum, not from zero)."""
     clean, noisy, head = _noisy_air_head(low)
-    monkeypatch.setattr(transforms_module, "HISTOGRAM_AIR_THRESHOLD", 0.1)
 
-    def run(image):
-        return equalise_channels(torch.from_numpy(image)[None])[0]
+    def run(image, air_threshold):
+        preprocessing = {"intensity": "histogram", "orientation": None, "air_threshold": air_threshold}
+        pre = Compose(preprocessing_transforms(preprocessing, load=False))
+        return pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.eye(4))})["image"][0]
 
-    torch.testing.assert_close(run(noisy), run(clean), rtol=0, atol=0)
-    assert float(run(noisy)[~torch.from_numpy(head)].max()) == -1.0
-    monkeypatch.setattr(transforms_module, "HISTOGRAM_AIR_THRESHOLD", None)  # the mode before bundle 0.4.3
-    kept = run(noisy)[~torch.from_numpy(head)]
+    torch.testing.assert_close(run(noisy, 0.1).as_tensor(), run(clean, 0.1).as_tensor(), rtol=0, atol=0)
+    assert float(run(noisy, 0.1)[~torch.from_numpy(head)].max()) == -1.0
+    kept = run(noisy, None)[~torch.from_numpy(head)]  # the default, and every bundle before 0.4.3
     assert float(kept.mean()) > -0.8  # the air equalised into grey noise: what the step exists to prevent
+    stepped = air_to_minimum(MetaTensor(torch.from_numpy(noisy)[None], affine=torch.eye(4)), 0.1)
+    assert isinstance(stepped, MetaTensor) and torch.equal(
+        stepped[0][torch.from_numpy(head)], torch.from_numpy(noisy[head])
+    )
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, "0.1", True])
+def test_air_threshold_must_be_a_fraction(value):
+    with pytest.raises(ValueError, match=r"preprocessing\['air_threshold'\] must be null .* or a fraction in \(0, 1\)"):
+        check_preprocessing({"air_threshold": value})
 
 
 def test_head_mask_keeps_the_head_with_its_dark_parts_and_drops_specks():
