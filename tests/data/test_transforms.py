@@ -206,6 +206,17 @@ def test_the_air_step_sets_noisy_air_to_the_minimum(low):
     )
 
 
+def test_the_air_step_leaves_a_channel_whose_head_mask_failed():
+    """A coil field that lights a corner of the air: the threshold finds that corner (a few % of the grid) instead of
+    the head, and setting everything else to the minimum would erase the brain; the channel is left as it is."""
+    clean, _, _ = _noisy_air_head()
+    lit = clean.copy()
+    lit[:4, :4, :4] = 1e6  # 0.2 % of the grid, far above the head: the 99th percentile stays in the head...
+    lit[:9, :9, :9] = np.maximum(lit[:9, :9, :9], 5e4)  # ... until the lit corner holds more than 1 % of the voxels
+    assert head_mask(lit, largest=True).mean() < 0.1
+    torch.testing.assert_close(air_to_minimum(torch.from_numpy(lit)[None], 0.1)[0], torch.from_numpy(lit))
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.1, "0.1", True])
 def test_air_threshold_must_be_a_fraction(value):
     with pytest.raises(ValueError, match=r"preprocessing\['air_threshold'\] must be null .* or a fraction in \(0, 1\)"):
