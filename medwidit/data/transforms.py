@@ -183,9 +183,8 @@ def air_to_minimum(image: torch.Tensor, threshold: float = HEAD_THRESHOLD) -> to
 def head_mask(values: np.ndarray, threshold: float = HEAD_THRESHOLD, *, largest: bool = False) -> np.ndarray:
     """The head of one channel (*S): voxels above ``threshold`` of the way from its minimum to its 99th percentile
     (MRI's air sits at the minimum; CT's too, at -1000 HU), closed (3 iterations, the faces continued outwards) and
-    filled; ``largest`` keeps its
-    largest connected component. Not datasets.brain.head's Otsu threshold, which lands above the head when a coil
-    field lights a corner."""
+    filled; ``largest`` keeps its largest connected component. Not datasets.brain.head's Otsu threshold, which lands
+    above the head when a coil field lights a corner."""
     from scipy import ndimage
 
     low = float(values.min())

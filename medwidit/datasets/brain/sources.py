@@ -7,8 +7,8 @@ Tasks (see data_lists/ for the splits):
   head    whole-head T1 -> whole-head label map: the tissue classes inside the brain, three non-brain intensity
           classes outside it (medwidit.datasets.brain.head): seeds for label-to-image synthesis, one map per atlas
 
-Templates (each a population average or one subject in MNI space; `anatomy` groups the files that show the
-same brain, and splits never put one anatomy on two sides):
+Templates (a population average or one subject, in MNI space unless said; `anatomy` groups the files that show
+the same brain, and splits never put one anatomy on two sides):
   colin27_1mm            Colin27, one man scanned 27 times (mricron-data); an individual in MNI space
   mni152nlin6asym_1mm    MNI152 nonlinear 6th generation (FSL; nimare), 152 ICBM subjects
   mni152nlin6asym_2mm    the same average at 2 mm
