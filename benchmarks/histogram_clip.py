@@ -90,8 +90,8 @@ def settings(percentiles: list[float], n4: list[float], air: list[float]) -> dic
 
 def segment(predictor: Predictor, image: nib.Nifti1Image, truth: np.ndarray, setting: tuple, quick: bool) -> dict:
     transforms.HISTOGRAM_CLIP_PERCENTILE = setting[0]  # read at every call of equalise_channels
-    options = {"bias_correction": setting[1], "air_threshold": setting[2]}
-    predictor.preprocessing = transforms.check_preprocessing({**predictor.preprocessing, **options})
+    steps = {"bias_correction": setting[1], "air_threshold": setting[2]}
+    predictor.preprocessing = transforms.check_preprocessing({**predictor.preprocessing, **steps})
     start = time.process_time()
     options = {"steps": 1, "num_samples": 1} if quick else {}
     result = predictor.segment(np.asarray(image.dataobj, np.float32), affine=image.affine,
