@@ -82,7 +82,7 @@ def test_default_inference_without_built_data_is_one_line(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("medwidit: error: 1 of 1 image(s) of brain_extraction.json [test] are not in")
+    assert last.startswith("medwidit: error: 2 of 2 image(s) of brain_extraction.json [test] are not in")
     assert "python -m medwidit.datasets.brain build" in last and "--images" in last
 
 
