@@ -52,11 +52,16 @@ SHIFTS = ("bias", "contrast")  # generalisation.py's variants; trust.py's coil f
 TOLERANCE = 0.002  # the most a clean scan may lose against no clip
 
 
+def scan(name: str, image_path: str, label_path: str) -> tuple[str, nib.Nifti1Image, np.ndarray]:
+    """(name, image, truth) of one scan as it is (a --clean scan, or a base before its shifts)."""
+    return name, nib.load(image_path), np.asarray(nib.load(label_path).dataobj).astype(np.int64)
+
+
 def cases(bases: list[tuple[str, str, str]]) -> list[tuple[str, nib.Nifti1Image, np.ndarray]]:
     """(name, image, truth) for every base scan and its shifted copies."""
     out = []
-    for name, image_path, label_path in bases:
-        image, truth = nib.load(image_path), np.asarray(nib.load(label_path).dataobj).astype(np.int64)
+    for base in bases:
+        name, image, truth = scan(*base)
         out.append((name, image, truth))
         out += [(f"{name}_{shift}", variant(shift, image), truth) for shift in SHIFTS]
         for level in (1, 2, 3):
@@ -146,8 +151,7 @@ def main(argv=None) -> dict:
         todo = quick_cases()
     else:
         predictor = Predictor.from_bundle(args.bundle)
-        todo = cases(args.base) + [(name, nib.load(i), np.asarray(nib.load(t).dataobj).astype(np.int64))
-                                   for name, i, t in args.clean]  # fmt: skip
+        todo = cases(args.base) + [scan(*clean) for clean in args.clean]
     choices = settings(args.percentiles, args.n4, args.air)
     original, preprocessing = transforms.HISTOGRAM_CLIP_PERCENTILE, predictor.preprocessing
     rows = []

@@ -5,10 +5,9 @@ returns (B, out_channels, *S). A network may also offer ``encode_condition(image
 ``forward(..., condition_cache=that dict)``: the image's features, computed once and reused by every denoising step
 (DESIGN decision 11); a network whose forward takes ``attention_masks`` gets a table to keep its attention masks in
 across the calls of one input shape. :class:`ConditionCache` does the bookkeeping, and networks without either keep
-working. Beside the
-call, the stitcher and the predictor read only the attributes of :class:`DenoisingNetwork`; checkpoints store the
-registered name beside ``config`` so that a checkpoint alone rebuilds its network, whatever the backbone
-(``build_network(name, config)``).
+working. Beside the call, the stitcher and the predictor read only the attributes of :class:`DenoisingNetwork`;
+checkpoints store the registered name beside ``config`` so that a checkpoint alone rebuilds its network, whatever
+the backbone (``build_network(name, config)``).
 """
 
 from __future__ import annotations
