@@ -181,14 +181,21 @@ def air_to_minimum(image: torch.Tensor, threshold: float = HEAD_THRESHOLD) -> to
 
 
 def head_mask(values: np.ndarray, threshold: float = HEAD_THRESHOLD, *, largest: bool = False) -> np.ndarray:
-    """The head of one channel (*S): voxels above ``threshold`` of the way from its minimum to its 99th percentile
-    (MRI's air sits at the minimum; CT's too, at -1000 HU), closed (3 iterations, the faces continued outwards) and
-    filled; ``largest`` keeps its largest connected component. Not datasets.brain.head's Otsu threshold, which lands
-    above the head when a coil field lights a corner."""
+    """The head of one channel (*S): voxels whose 3^3 median (or own value, beside such voxels) lies above
+    ``threshold`` of the way from the air's level (the medians' 1st percentile: MRI's air sits at the bottom; CT's
+    too, at -1000 HU) to the 99th percentile, closed (3 iterations, the faces continued outwards) and filled;
+    ``largest`` keeps its largest connected component. Not datasets.brain.head's Otsu threshold, which lands above
+    the head when a coil field lights a corner."""
     from scipy import ndimage
 
-    low = float(values.min())
-    head = values > low + threshold * (float(np.percentile(values, 99)) - low)
+    # a scanner's air is Rician noise: compared voxel by voxel from the minimum, 6 % noise put specks above 10 % that
+    # the closing joined into the whole grid; the median keeps a head's faces where they are, unlike a Gaussian, and
+    # the voxels next to them that pass on their own value give back the edges and corners the median rounds off
+    filtered = ndimage.median_filter(values, size=3, mode="nearest")
+    low = float(np.percentile(filtered, 1))
+    level = low + threshold * (float(np.percentile(values, 99)) - low)
+    head = filtered > level
+    head |= ndimage.binary_dilation(head, np.ones((3,) * head.ndim, bool)) & (values > level)
     # scipy's closing erodes from the grid's faces: a head cut by the field of view would lose 3 voxels there
     head = ndimage.binary_closing(np.pad(head, 3, mode="edge"), iterations=3)[(slice(3, -3),) * head.ndim]
     head = ndimage.binary_fill_holes(head)
