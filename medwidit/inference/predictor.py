@@ -71,7 +71,7 @@ from .outputs import (
 from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
 from .sliding import SlidingWindowDenoiser, sample_ensemble
 from .statistics import class_statistics
-from .trust import augmentation_views, quality_report
+from .trust import augmentation_views, bundle_expected_volumes, check_expected_volumes, quality_report
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 
@@ -151,6 +151,9 @@ class Predictor:
             :meth:`from_checkpoint` does). ``segment(weight_sets=N)`` samples the first N of ``segmenters`` (this
             one first), each as its own groups of the ensemble, so that the epistemic map and the quality estimate
             see where independently trained weights disagree.
+        expected_volume_ml: ``{class: [low, high]}`` in mL (``trust.check_expected_volumes``; a bundle's
+            ``inference.json`` declares it): a case whose class volume falls outside gets a warning line and is
+            listed in its quality JSON's ``unexpected_volumes``, whatever the members agree on.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``) fill every
     sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -170,6 +173,7 @@ class Predictor:
         label_postprocessing: Sequence[Mapping] | None = None,
         class_names: Sequence[str] | None = None,
         extra_segmenters: Sequence[DiffusionSegmenter] = (),
+        expected_volume_ml: Mapping | None = None,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -199,6 +203,7 @@ class Predictor:
         if class_names is not None and len(class_names) != segmenter.num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {segmenter.num_classes} classes.")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
+        self.expected_volume_ml = check_expected_volumes(expected_volume_ml, segmenter.num_classes)
         self.sampling_defaults = sampling_defaults()
 
     def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
@@ -282,7 +287,8 @@ class Predictor:
         """A predictor from a MONAI bundle: a folder, the name of a shipped bundle, or None for the shipped default
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
-        ``configs/train.json``) where they are plain values, ``label_postprocessing`` from ``configs/inference.json``,
+        ``configs/train.json``) where they are plain values, ``label_postprocessing`` and ``expected_volume_ml`` from
+        ``configs/inference.json``,
         and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights``
         (files relative to the bundle, e.g. ``models/model_remap.pt``) from ``configs/inference.json``: the
         bundle's further weights for ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded
@@ -310,6 +316,7 @@ class Predictor:
                 options.setdefault(key, value)
         try:
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
+            options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))
         except ValueError as e:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)
@@ -405,6 +412,7 @@ class Predictor:
             views=augment,
             num_samples=num_samples,
             weight_sets=weight_sets,
+            expected_volume_ml=self.expected_volume_ml,
         )
         return Segmentation(
             label_map=label_map,
@@ -586,7 +594,7 @@ class Predictor:
                     },
                     seed,
                 )
-                _warn_low_dice(result, warn_dice)
+                _warn_case(result, warn_dice)
             except KeyboardInterrupt:
                 done = sum(r.status == "done" for r in results)
                 logger.error(
@@ -691,8 +699,9 @@ def _check_companion(primary: DiffusionSegmenter, extra, index: int) -> Diffusio
     return extra
 
 
-def _warn_low_dice(result: CaseResult, warn_dice: float | None) -> None:
-    """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``."""
+def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
+    """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
+    has no voxel of a class, or whose class volume lies outside the expected range; ``warn_dice`` None: none."""
     if warn_dice is None or result.quality is None:
         return
     dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
@@ -700,6 +709,11 @@ def _warn_low_dice(result: CaseResult, warn_dice: float | None) -> None:
     problems = ([f"predicted Dice below {warn_dice:.2f} ({', '.join(low)})"] if low else []) + (
         [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
     )
+    problems += [
+        f"class {k} volume {v['volume_ml']:.0f} mL outside the expected {v['expected_ml'][0]:.0f}-"
+        f"{v['expected_ml'][1]:.0f} mL"
+        for k, v in result.quality.get("unexpected_volumes", {}).items()
+    ]
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))
 

@@ -14,11 +14,16 @@ mean and ``p`` the overall mean:
 The Dice estimate of class k is the expected Dice of the final labels ``argmax p`` against a member's labels,
 ``mean_gs Dice_k(argmax p, argmax p_gs)``: where members agree it is 1, and it falls with their disagreement
 (the ensemble's own view of how far the answer could be from the truth).
+
+An ensemble can agree on a wrong answer (a whole head labelled brain in every member). The expected volume of a
+class, a range in mL that a bundle declares for its task (``expected_volume_ml`` in ``inference.json``), is a check
+that does not rely on the members: a case whose class volume falls outside it is flagged as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +33,15 @@ import torch.nn.functional as F
 from medwidit.diffusion.encoding import class_index
 from medwidit.utils import check_int
 
+from .options import read_inference_config
 from .statistics import class_statistics
 
 __all__ = [
     "View",
     "apply_view",
     "augmentation_views",
+    "bundle_expected_volumes",
+    "check_expected_volumes",
     "decompose_entropy",
     "estimated_dice",
     "expected_dice",
@@ -151,6 +159,35 @@ def _flip(x: torch.Tensor, axes: tuple[int, ...], spatial_start: int = 2) -> tor
     return torch.flip(x, dims=[spatial_start + a for a in axes]) if axes else x
 
 
+def check_expected_volumes(
+    spec: Mapping | None, num_classes: int | None = None, source: str = "expected_volume_ml"
+) -> dict[str, list[float]]:
+    """``{class: [low, high]}`` in mL (class: a foreground index, as an int or a string) -> ``{"k": [low, high]}``;
+    None: {}. A ValueError naming ``source`` and the entry that is not a foreground class below ``num_classes`` or
+    not a range ``0 <= low < high``."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{source} must map foreground classes to [low, high] in mL, e.g. {{'1': [900, 2200]}}.")
+    out = {}
+    for key, bounds in spec.items():
+        text = str(key)
+        if isinstance(key, bool) or not text.isdigit() or int(text) < 1 or (num_classes and int(text) >= num_classes):
+            raise ValueError(f"{source}: {key!r} is not a foreground class (1 to {(num_classes or 0) - 1 or 'K-1'}).")
+        valid = isinstance(bounds, Sequence) and not isinstance(bounds, str) and len(bounds) == 2
+        valid = valid and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        if not valid or not 0 <= bounds[0] < bounds[1] or not math.isfinite(bounds[1]):
+            raise ValueError(f"{source}[{text!r}] must be [low, high] in mL with 0 <= low < high, got {bounds!r}.")
+        out[str(int(text))] = [float(bounds[0]), float(bounds[1])]
+    return out
+
+
+def bundle_expected_volumes(bundle_dir) -> dict[str, list[float]]:
+    """The checked ``expected_volume_ml`` of a bundle's ``configs/inference.json`` ({} where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_expected_volumes(config.get("expected_volume_ml"), source=f"{path}: expected_volume_ml")
+
+
 def quality_report(
     label_map: np.ndarray,
     affine: np.ndarray,
@@ -160,13 +197,22 @@ def quality_report(
     views: int,
     num_samples: int,
     weight_sets: int = 1,
+    expected_volume_ml: Mapping | None = None,
 ) -> dict:
     """One case's quality estimate, JSON types: ``predicted_dice`` and ``volume_ml`` per class (label map (*S) on the
     grid of ``affine``), ``min_predicted_dice`` over the foreground classes, and per uncertainty map (*S) its mean over
     the predicted foreground and over the volume, in nats; ``empty_classes``: foreground classes with no voxel (their
-    Dice estimate is 1 where every member agrees on nothing, which says nothing about a missed structure)."""
+    Dice estimate is 1 where every member agrees on nothing, which says nothing about a missed structure);
+    ``unexpected_volumes``: the classes whose volume lies outside ``expected_volume_ml`` (``check_expected_volumes``),
+    each with its volume and the range, the range itself as ``expected_volume_ml``."""
     num_classes = len(predicted_dice)
+    expected = check_expected_volumes(expected_volume_ml, num_classes)
     classes = class_statistics(label_map, affine, num_classes)["classes"]
+    unexpected = {
+        k: {"volume_ml": classes[k]["volume_ml"], "expected_ml": bounds}
+        for k, bounds in expected.items()
+        if not bounds[0] <= classes[k]["volume_ml"] <= bounds[1]
+    }
     foreground = np.asarray(label_map) > 0
     summary = {}
     for name, values in maps.items():
@@ -179,6 +225,8 @@ def quality_report(
         "min_predicted_dice": min(dice[1:]) if num_classes > 1 else dice[0],
         "empty_classes": [k for k in range(1, num_classes) if classes[str(k)]["voxels"] == 0],  # agreeing on none
         "volume_ml": {k: stats["volume_ml"] for k, stats in classes.items()},
+        "expected_volume_ml": expected,
+        "unexpected_volumes": unexpected,
         "uncertainty": summary,
         "views": views,
         "weight_sets": weight_sets,

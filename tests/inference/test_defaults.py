@@ -4,9 +4,11 @@ segment``'s unset flags, ``Predictor``'s unset arguments, ``segment()`` and the 
 
 import inspect
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -198,3 +200,28 @@ def test_the_warning_default_is_the_threshold_the_trust_run_at_the_default_setti
     found = trust["summary"]["2x1"]["best_warn_threshold"]
     assert found["flagged"] == found["of"] and DEFAULT_WARN_DICE == found["threshold"]
     assert build_parser().parse_args(["segment", "-i", "x", "-o", "y"]).warn_dice == DEFAULT_WARN_DICE
+
+
+def test_a_bundle_declares_the_expected_volume_that_flags_a_case(tmp_path, caplog):
+    """The shipped brain bundle flags a brain outside 900-2200 mL (the ensemble can agree on a whole head: ROBEX's
+    real head, 0.4.2, Dice 0.57, predicted Dice 0.94, 1713 mL too much); a bad range is an error naming the file."""
+    from medwidit.inference import InputError
+
+    assert Predictor.from_bundle(device="cpu").expected_volume_ml == {"1": [900.0, 2200.0]}
+    image, affine = _head()  # a ball of about 31 mL: whatever the weights find in it, far less than 900 mL
+    predictor = Predictor.from_bundle(device="cpu", weight_sets=1)
+    source = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), source)
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        (result,) = predictor.predict_from_files(source, tmp_path / "out", progress=False, steps=1, num_samples=1)
+    volume = result.quality["volume_ml"]["1"]
+    assert not 900 <= volume <= 2200
+    assert result.quality["unexpected_volumes"] == {"1": {"volume_ml": volume, "expected_ml": [900.0, 2200.0]}}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"class 1 volume {volume:.0f} mL outside the expected 900-2200 mL" in warnings[0]
+    bundle = tmp_path / "b"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "expected_volume_ml": {"1": [2, 1]}}))
+    with pytest.raises(InputError, match=r"inference.json: expected_volume_ml\['1'\] must be \[low, high\] in mL"):
+        Predictor.from_bundle(bundle, device="cpu")

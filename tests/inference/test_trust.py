@@ -13,6 +13,7 @@ from medwidit.inference.trust import (
     View,
     apply_view,
     augmentation_views,
+    check_expected_volumes,
     decompose_entropy,
     estimated_dice,
     invert_view,
@@ -102,4 +103,36 @@ def test_quality_report_counts_millilitres_on_the_grid_and_summarises_the_maps()
     assert report["predicted_dice"] == pytest.approx({"0": 0.99, "1": 0.8}) and report["min_predicted_dice"] == 0.8
     assert report["uncertainty"]["total"] == pytest.approx({"mean_foreground_nats": 0.4, "mean_volume_nats": 0.2})
     assert report["views"] == 3 and report["samples_per_view"] == 2
+    assert report["expected_volume_ml"] == {} and report["unexpected_volumes"] == {}
     json.dumps(report, allow_nan=False)  # JSON types only
+
+
+def test_a_class_volume_outside_the_expected_range_is_listed_with_its_range():
+    labels = np.zeros((10, 10, 10), dtype=np.int64)
+    labels[:5] = 1  # 500 voxels of 8 mm^3: 4 mL
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    report = quality_report(labels, affine, [1.0, 1.0], {}, views=1, num_samples=2, expected_volume_ml={1: [5, 9]})
+    assert report["expected_volume_ml"] == {"1": [5.0, 9.0]}
+    assert report["unexpected_volumes"] == {"1": {"volume_ml": pytest.approx(4.0), "expected_ml": [5.0, 9.0]}}
+    inside = quality_report(labels, affine, [1.0, 1.0], {}, views=1, num_samples=2, expected_volume_ml={"1": [3, 4]})
+    assert inside["unexpected_volumes"] == {}  # the bounds belong to the range
+    json.dumps(report, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([900, 2200], " must map foreground classes to \\[low, high\\]"),
+        ({"0": [1, 2]}, ": '0' is not a foreground class \\(1 to 1\\)"),
+        ({"2": [1, 2]}, ": '2' is not a foreground class"),
+        ({"brain": [1, 2]}, ": 'brain' is not a foreground class"),
+        ({"1": [2, 1]}, "\\['1'\\] must be \\[low, high\\] in mL with 0 <= low < high, got \\[2, 1\\]"),
+        ({"1": [-1, 1]}, ".*0 <= low < high"),
+        ({"1": [1]}, ".*0 <= low < high"),
+        ({"1": "1-2"}, ".*0 <= low < high"),
+        ({"1": [1, float("inf")]}, ".*0 <= low < high"),
+    ],
+)
+def test_expected_volumes_are_checked_with_their_source_named(spec, message):
+    with pytest.raises(ValueError, match=f"^where{message}"):
+        check_expected_volumes(spec, 2, source="where")
