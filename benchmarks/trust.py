@@ -15,10 +15,9 @@ Every case is sampled once, as ``Predictor.segment(augment=V, weight_sets=W)`` d
 of weights, each with V test-time views of S members): the shipped weights, then the bundle's ``extra_weights`` (or
 ``--extra-weights``). The ensembles compared, "WxV", are subsets of those members (the first weights' first view
 alone is exactly the plain run, seed for seed), so their cost ratio is W x V. Reported per ensemble: mean true Dice,
-Spearman
-and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true Dice of the
-brain, which cases a
-``--warn-dice`` threshold flags, voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
+Spearman and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true
+Dice of the brain, which cases a ``--warn-dice`` threshold flags (alone, and with the bundle's expected brain volume
+as the warning line has it), voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
 the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
 predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
 
@@ -167,6 +166,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     )  # fmt: skip
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    bounds = predictor.expected_volume_ml.get("1")  # the bundle's expected brain volume (inference.json)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
@@ -184,6 +185,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
             "empty": not bool(labels.any()),
+            "volume_ml": float(labels.eq(1).sum()) * voxel_ml,  # the argmax's, before the label post-processing
+            "volume_flag": bounds is not None and not bounds[0] <= float(labels.eq(1).sum()) * voxel_ml <= bounds[1],
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
@@ -214,6 +217,7 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
         rows = [c["ensembles"][key] for c in cases]
         true, pred = np.array([r["true_dice"] for r in rows]), np.array([r["predicted_dice"] for r in rows])
         low = true < warn_dice
+        volume = np.array([bool(r.get("volume_flag", False)) for r in rows])
         w, v = (int(n) for n in key.split("x"))
         out[key] = {
             "weight_sets": w,
@@ -229,6 +233,12 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "cases_below_warn": int(low.sum()),
             "flagged_of_those": int((pred[low] < warn_dice).sum()),
             "false_flags": int((pred[~low] < warn_dice).sum()),
+            # the warning line's rule: a predicted Dice below the threshold or a volume outside the expected range
+            "with_volume": {
+                "flagged_of_those": int(((pred < warn_dice) | volume)[low].sum()),
+                "false_flags": int(((pred < warn_dice) | volume)[~low].sum()),
+                "volume_flags": int(volume.sum()),
+            },
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
@@ -340,13 +350,14 @@ def main(argv=None) -> dict:
     result["figures"] = figures(cases, summary, args.output)
     table = [
         "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
-        "AUROC total / alea. / epist. | ECE |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "with the volume: flagged / false | AUROC total / alea. / epist. | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     table += [
         f"| {key} (x{s['cost_ratio']}) | {s['mean_true_dice']:.3f} / {s['worst_true_dice']:.3f} | "
         f"{s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
         f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
+        f"{s['with_volume']['flagged_of_those']}/{s['cases_below_warn']} / {s['with_volume']['false_flags']} | "
         + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
         + f" | {s['ece_mean']:.4f} |"
         for key, s in summary.items()

@@ -83,6 +83,13 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     for case in report["cases"]:
         for e in case["ensembles"].values():
             assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1
+            assert e["volume_flag"] == (not 900 <= e["volume_ml"] <= 2200)  # the shipped bundle's expected volume
+    for s in report["summary"].values():  # the warning line's rule flags at least what the Dice estimate flags
+        flags = sum(e["volume_flag"] for c in report["cases"] for k, e in c["ensembles"].items() if s is report[
+            "summary"][k])  # fmt: skip
+        assert s["with_volume"]["volume_flags"] == flags
+        assert s["with_volume"]["flagged_of_those"] >= s["flagged_of_those"]
+        assert s["with_volume"]["false_flags"] >= s["false_flags"]
     assert report["summary"]["1x1"]["auroc_mean"]["epistemic"] == 0.5  # one group: no epistemic part, no ranking
     assert report["summary"]["2x1"]["auroc_mean"]["epistemic"] != 0.5  # two sets of weights disagree somewhere
     assert len(report["weights_sha256"]) == 2
