@@ -288,12 +288,12 @@ class Predictor:
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing`` and ``expected_volume_ml`` from
-        ``configs/inference.json``,
-        and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights``
-        (files relative to the bundle, e.g. ``models/model_remap.pt``) from ``configs/inference.json``: the
-        bundle's further weights for ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded
-        (None: as many as the bundle's default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose
-        other sets do not fit its ``models/model.pt`` (e.g. after ``medwidit export``)."""
+        ``configs/inference.json``, and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same
+        files; ``extra_weights`` (files relative to the bundle, e.g. ``models/model_remap.pt``) from
+        ``configs/inference.json``: the bundle's further weights for ``segment(weight_sets=N)``, of which the first
+        ``weight_sets`` - 1 are loaded (None: as many as the bundle's default ``weight_sets`` uses), so that
+        ``weight_sets=1`` runs a bundle whose other sets do not fit its ``models/model.pt`` (e.g. after ``medwidit
+        export``)."""
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
