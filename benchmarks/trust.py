@@ -23,6 +23,7 @@ predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone g
 
     python benchmarks/trust.py                      # the shipped bundle's 2 sets x 3 views at its CLI steps, ~40 min
     python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
+    python benchmarks/trust.py --rescore results/trust_default.json --output results/trust_default.json  # no sampling
 
 Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png`` and ``trust_dice.png``.
 """
@@ -30,6 +31,7 @@ Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -116,6 +118,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="replace the bundle's (Predictor.from_bundle(bias_correction=))",
     )
     parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
+    parser.add_argument(
+        "--rescore",
+        type=Path,
+        help="a recorded trust.json: its summary, table and figures computed again from its cases, no sampling",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -238,6 +245,7 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
                 "flagged_of_those": int(((pred < warn_dice) | volume)[low].sum()),
                 "false_flags": int(((pred < warn_dice) | volume)[~low].sum()),
                 "volume_flags": int(volume.sum()),
+                "best_warn_threshold": _best_threshold(pred, low, volume),
             },
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
@@ -260,10 +268,14 @@ def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> di
     }
 
 
-def _best_threshold(pred: np.ndarray, low: np.ndarray) -> dict:
+def _best_threshold(pred: np.ndarray, low: np.ndarray, also: np.ndarray | None = None) -> dict:
     """The threshold on predicted Dice (0.80 .. 0.99 by 0.005) that flags every low case with the fewest false flags,
-    or, where none flags them all, the most low cases."""
-    rows = [(t, int((pred[low] < t).sum()), int((pred[~low] < t).sum())) for t in np.arange(0.8, 0.9901, 0.005)]
+    or, where none flags them all, the most low cases; ``also``: cases flagged whatever the threshold (the volume)."""
+    also = np.zeros_like(low) if also is None else also
+    rows = [
+        (t, int(((pred < t) | also)[low].sum()), int(((pred < t) | also)[~low].sum()))
+        for t in np.arange(0.8, 0.9901, 0.005)
+    ]
     t, flagged, false = max(rows, key=lambda r: (r[1], -r[2]))
     return {"threshold": round(float(t), 3), "flagged": flagged, "of": int(low.sum()), "false_flags": false}
 
@@ -322,8 +334,42 @@ def resolve_sampling(args, predictor: Predictor) -> None:
     args.shared_steps = predictor.resolve_shared_steps(args.shared_steps, args.steps)
 
 
+def rescore(args) -> dict:
+    """A recorded run scored again by this script's summary (new scores of the same members: the cases' per-ensemble
+    entries are kept as sampled), written to ``--output`` with the commit that rescored it."""
+    result = json.loads(args.rescore.read_text())
+    cases = result["cases"]
+    if any("volume_flag" not in e for c in cases for e in c["ensembles"].values()):
+        raise SystemExit(f"{args.rescore}: its cases predate the volume record; run the benchmark again instead.")
+    result["summary"] = summarise(cases, result["config"]["warn_dice"])
+    result["rescored"] = {"from": str(args.rescore), "environment": environment(torch.device("cpu"), __file__)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    result["figures"] = figures(cases, result["summary"], args.output)
+    return publish(result, table(result["summary"]), args.output)
+
+
+def table(summary: dict) -> str:
+    rows = [
+        "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
+        "with the volume: flagged / false | AUROC total / alea. / epist. | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {key} (x{s['cost_ratio']}) | {s['mean_true_dice']:.3f} / {s['worst_true_dice']:.3f} | "
+        f"{s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
+        f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
+        f"{s['with_volume']['flagged_of_those']}/{s['cases_below_warn']} / {s['with_volume']['false_flags']} | "
+        + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
+        + f" | {s['ece_mean']:.4f} |"
+        for key, s in summary.items()
+    ]
+    return "\n".join(rows)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rescore is not None:
+        return rescore(args)
     if args.quick:
         args.steps, args.samples, args.shared_steps, args.views = 1, 1, 0, 2
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
@@ -348,21 +394,7 @@ def main(argv=None) -> dict:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result["figures"] = figures(cases, summary, args.output)
-    table = [
-        "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
-        "with the volume: flagged / false | AUROC total / alea. / epist. | ECE |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    table += [
-        f"| {key} (x{s['cost_ratio']}) | {s['mean_true_dice']:.3f} / {s['worst_true_dice']:.3f} | "
-        f"{s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
-        f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
-        f"{s['with_volume']['flagged_of_those']}/{s['cases_below_warn']} / {s['with_volume']['false_flags']} | "
-        + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
-        + f" | {s['ece_mean']:.4f} |"
-        for key, s in summary.items()
-    ]
-    return publish(result, "\n".join(table), args.output)
+    return publish(result, table(summary), args.output)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
 DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
-DEFAULT_WARN_DICE = 0.95  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
+DEFAULT_WARN_DICE = 0.93  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
 
 
 @dataclass

@@ -95,3 +95,14 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     assert len(report["weights_sha256"]) == 2
     assert (report["config"]["steps"], report["config"]["shared_steps"]) == (1, 0)  # one step: nothing to share
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("trust_reliability.png", "trust_dice.png"))
+    again = tmp_path / "again.json"  # --rescore: the same members scored by the script again, no sampling
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "trust.py"), "--rescore", str(out), "--output", str(again)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rescored = json.loads(again.read_text())
+    assert rescored["summary"] == report["summary"] and rescored["cases"] == report["cases"]
+    assert rescored["rescored"]["from"] == str(out) and (tmp_path / "again_dice.png").is_file()

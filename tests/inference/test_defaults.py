@@ -191,14 +191,16 @@ def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice():
 
 def test_the_warning_default_is_the_threshold_the_trust_run_at_the_default_settings_found():
     """--warn-dice's default: the lowest threshold flagging every case below Dice 0.9 in trust.py at the shipped
-    bundle's own settings (benchmarks/results/trust_default.json, 2 sets x 1 view), which ran at those steps."""
+    bundle's own settings (benchmarks/results/trust_default.json, 2 sets x 1 view), which ran at those steps, together
+    with the bundle's expected volume, as the warning line flags a case (0.95 on the Dice estimate alone)."""
     from medwidit.inference.predictor import DEFAULT_WARN_DICE
 
     trust = json.loads((ROOT / "benchmarks" / "results" / "trust_default.json").read_text())
     ran = tuple(trust["config"].get(k, 0) for k in ("steps", "samples", "shared_steps"))
     assert ran == (SHIPPED["steps"], SHIPPED["num_samples"], SHIPPED["shared_steps"])
-    found = trust["summary"]["2x1"]["best_warn_threshold"]
+    found = trust["summary"]["2x1"]["with_volume"]["best_warn_threshold"]
     assert found["flagged"] == found["of"] and DEFAULT_WARN_DICE == found["threshold"]
+    assert trust["summary"]["2x1"]["best_warn_threshold"]["false_flags"] > found["false_flags"]  # what the volume buys
     assert build_parser().parse_args(["segment", "-i", "x", "-o", "y"]).warn_dice == DEFAULT_WARN_DICE
 
 
