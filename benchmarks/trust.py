@@ -187,13 +187,14 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         labels = torch.from_numpy(probability.argmax(0))
         wrong = (labels != truth_t)[head_t]
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
+        volume = float(labels.eq(1).sum()) * voxel_ml  # the argmax's, before the label post-processing
         out["ensembles"][f"{w}x{v}"] = {
             "true_dice": float(dice[1]),
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
             "empty": not bool(labels.any()),
-            "volume_ml": float(labels.eq(1).sum()) * voxel_ml,  # the argmax's, before the label post-processing
-            "volume_flag": bounds is not None and not bounds[0] <= float(labels.eq(1).sum()) * voxel_ml <= bounds[1],
+            "volume_ml": volume,
+            "volume_flag": bounds is not None and not bounds[0] <= volume <= bounds[1],
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
@@ -349,6 +350,7 @@ def rescore(args) -> dict:
 
 
 def table(summary: dict) -> str:
+    """The markdown table of a summary, one row per ensemble."""
     rows = [
         "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
         "with the volume: flagged / false | AUROC total / alea. / epist. | ECE |",
