@@ -49,7 +49,13 @@ from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.predictor import _invert_maps
-from medwidit.inference.trust import augmentation_views, decompose_entropy, estimated_dice, expected_dice
+from medwidit.inference.trust import (
+    augmentation_views,
+    decompose_entropy,
+    estimated_dice,
+    expected_dice,
+    outside_expected,
+)
 from medwidit.utils.files import sha256_file
 
 DEFAULT_BUNDLE = ROOT / "bundles" / "brain_widit_segmentation"
@@ -194,7 +200,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
             "empty": not bool(labels.any()),
             "volume_ml": volume,
-            "volume_flag": bounds is not None and not bounds[0] <= volume <= bounds[1],
+            "volume_flag": outside_expected(volume, bounds),
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from _report import environment, publish  # noqa: E402
 
 from medwidit.inference.options import resolve_bundle  # noqa: E402
-from medwidit.inference.trust import bundle_expected_volumes  # noqa: E402
+from medwidit.inference.trust import bundle_expected_volumes, outside_expected  # noqa: E402
 
 QUICK_ROWS = [
     {"case": "whole_head", "tool": "medwidit", "dice": 0.57, "volume_ml": 2938.0},
@@ -44,7 +44,7 @@ def score(rows: list[dict], bounds: list[float], below: float) -> dict:
     for row in rows:
         if row.get("tool") != "medwidit" or row.get("dice") is None or row.get("volume_ml") is None:
             continue
-        flagged = not bounds[0] <= row["volume_ml"] <= bounds[1]
+        flagged = outside_expected(row["volume_ml"], bounds)
         cases.append({"case": row["case"], "dice": row["dice"], "volume_ml": row["volume_ml"], "flagged": flagged})
     low = [c for c in cases if c["dice"] < below]
     return {

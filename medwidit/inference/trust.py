@@ -46,6 +46,7 @@ __all__ = [
     "estimated_dice",
     "expected_dice",
     "invert_view",
+    "outside_expected",
     "quality_report",
 ]
 
@@ -182,6 +183,11 @@ def check_expected_volumes(
     return out
 
 
+def outside_expected(volume_ml: float, bounds: Sequence[float] | None) -> bool:
+    """Whether a class volume lies outside its expected ``[low, high]`` mL (the bounds belong to it; None: never)."""
+    return bounds is not None and not bounds[0] <= volume_ml <= bounds[1]
+
+
 def bundle_expected_volumes(bundle_dir) -> dict[str, list[float]]:
     """The checked ``expected_volume_ml`` of a bundle's ``configs/inference.json`` ({} where it has none)."""
     path, config = read_inference_config(bundle_dir)
@@ -211,7 +217,7 @@ def quality_report(
     unexpected = {
         k: {"volume_ml": classes[k]["volume_ml"], "expected_ml": bounds}
         for k, bounds in expected.items()
-        if not bounds[0] <= classes[k]["volume_ml"] <= bounds[1]
+        if outside_expected(classes[k]["volume_ml"], bounds)
     }
     foreground = np.asarray(label_map) > 0
     summary = {}
