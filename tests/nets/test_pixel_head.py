@@ -2,6 +2,7 @@
 PixelMLP and FinalLayer; the default patch head unchanged for the shipped weights."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,49 @@ def test_final_layer_is_zero_at_init_then_rmsnorm_linear(randomize):
     randomize(layer)
     normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.norm.weight
     torch.testing.assert_close(layer(x), F.linear(normed, layer.linear.weight, layer.linear.bias))
+
+
+def _plain_head(head, x, image, tokens, c, grid):
+    """The pixel head written as the plain composition of its modules (the layers the seed describes), channels-last:
+    the reference the head's slab-wise, fewer-pass forward must reproduce."""
+    from medwidit.nets.blocks import _depthwise, patches_to_voxels
+
+    h = head.stem_x(x.movedim(1, -1))
+    if head.stem_c is not None:
+        h = h + F.linear(image.movedim(1, -1), head.stem_c.weight)
+    h = h + _depthwise(head.stem_mix, h)
+    s = head.norm_tokens(tokens) + c.unsqueeze(1)
+    s = patches_to_voxels(head.modulation(s), grid, head.patch_size).movedim(1, -1)
+    for block, pair in zip(head.blocks, s.chunk(len(head.blocks), dim=-1), strict=True):
+        shift, scale = pair.chunk(2, dim=-1)
+        h = h + block.mlp(block.norm(h) * (1 + scale) + shift)
+    h = h + _depthwise(head.mix, h)
+    return head.final(h).movedim(-1, 1)
+
+
+@pytest.mark.parametrize("spatial_dim", [2, 3])
+@pytest.mark.parametrize("conditioned", [True, False])
+@pytest.mark.parametrize("slab_voxels", [1, 1 << 40])  # a slab per token row (the CPU's path), and one slab
+def test_pixel_head_forward_equals_its_modules_composed(randomize, monkeypatch, spatial_dim, conditioned, slab_voxels):
+    """The head's forward (slabs of token rows, the stem's matmul, the channels-first final layer, the folded
+    modulation) computes the plain composition of its modules: values and gradients."""
+    import medwidit.nets.blocks as blocks
+
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", slab_voxels)
+    patch, grid = (2,) * spatial_dim, (3, 2, 4)[:spatial_dim]
+    head = randomize(PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2))
+    shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
+    x, image = torch.randn(2, 2, *shape, requires_grad=True), torch.randn(2, 1, *shape)
+    tokens, c = torch.randn(2, math.prod(grid), 16, requires_grad=True), torch.randn(2, 16)
+    out, expected = head(x, image, tokens, c, grid), _plain_head(head, x, image, tokens, c, grid)
+    assert out.shape == expected.shape == (2, 3, *shape)
+    torch.testing.assert_close(out, expected)
+    cached = head(x, image, tokens, c, grid, cond_features=head.encode_condition(image) if conditioned else None)
+    assert torch.equal(cached, out)
+    grads = torch.autograd.grad(out.square().sum(), (x, tokens, *head.parameters()))
+    plain = torch.autograd.grad(expected.square().sum(), (x, tokens, *head.parameters()))
+    for got, want in zip(grads, plain, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 #################################################################################
