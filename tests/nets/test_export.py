@@ -25,9 +25,13 @@ def test_export_first_then_eager_gives_real_tensors(tiny, randomize, position, h
     assert float(eager.abs().mean()) > 0.01  # random weights: not the init's zero
 
 
-def test_dynamic_shape_export_runs_at_other_sizes(tiny, randomize):
+def test_dynamic_shape_export_runs_at_other_sizes(tiny, randomize, monkeypatch):
     """Spatial sizes exported as multiples of patch x window (2 x 4 tokens); shifted windows, rope, the pixel head
-    (its token path is the patch head's; one export, ~20 CPU seconds, covers both)."""
+    (its token path is the patch head's; one export, ~20 CPU seconds, covers both). Eager calls run the pixel blocks
+    in slabs of one token row; the export, one slab at every size."""
+    import medwidit.nets.blocks as blocks
+
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
     model = randomize(tiny(2, in_channels=2, cond_channels=1, position="rope", head="pixel")).eval()
     k = [torch.export.Dim(f"k{axis}", min=2, max=16) for axis in range(2)]
     spatial = {2: 8 * k[0], 3: 8 * k[1]}
