@@ -1,14 +1,15 @@
 """Cost of WiDiT's pixel head (PixelDiT pathway, ``head="pixel"``) as a ratio to the patch head, in one run.
 
 For each model (default: the shipped bundle's network at its 64^3 training crop, and the phantom benchmark's network
-at 32^3) every head is built in one process, warmed up once, then timed round-robin (``--repeats`` rounds), so a
-busy neighbour slows them alike: one training step (forward + backward, batch ``--batch``) and one sampling call
-(DDIM ``--steps`` steps of one volume, no gradients, as the bundle validates). The clock is process CPU time on one
-thread. Memory: each (model, head, kind) runs once in a fresh subprocess; the extra peak resident memory over the
-resident memory just before it (VmHWM - VmRSS, as ``backbone.py``). Ratios are against the patch head of the same
-model, measured in the same run. Writes benchmarks/results/head_cost.json.
+at 32^3) every head is built in one fresh process, warmed up once, then timed round-robin (``--repeats`` rounds), so
+a busy neighbour slows them alike: one training step (forward + backward, batch ``--batch``) and one sampling call
+(DDIM ``--steps`` steps of one volume, no gradients, as the bundle validates). That is done in ``--processes``
+processes and their median counts (one process's memory layout alone moved a ratio by 10-15 percent on this VM).
+The clock is process CPU time on one thread. Memory: each (model, head, kind) runs once in a fresh subprocess; the
+extra peak resident memory over the resident memory just before it (VmHWM - VmRSS, as ``backbone.py``). Ratios are
+against the patch head of the same model, measured in the same run. Writes benchmarks/results/head_cost.json.
 
-    python benchmarks/head_cost.py            # about 2-4 CPU minutes
+    python benchmarks/head_cost.py            # about 10 CPU minutes
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def build(spec: dict):
 
 
 def memory_worker(spec: dict) -> dict:
+    if spec.get("kind") == "time":  # one fresh process times every head of a model
+        return {"rows": measure_time(spec["specs"], spec["repeats"])}
     train_step, sample = build(spec)
     call = train_step if spec["kind"] == "train" else sample
     before = _proc_status_mb("VmRSS")
@@ -112,15 +115,49 @@ def measure_time(specs: list[dict], repeats: int) -> list[dict]:
     ]
 
 
+def time_in_process(specs: list[dict], args: argparse.Namespace) -> list[dict]:
+    """:func:`measure_time` of every head of one model in a fresh process; the sample ratios to the first (patch)."""
+    timeout = args.timeout * len(specs) * args.repeats
+    result = run_worker(__file__, {"kind": "time", "specs": specs, "repeats": args.repeats}, timeout)
+    if "error" in result:
+        raise RuntimeError(f"timing {specs[0]['model']} failed: {result['error']}")
+    return result["rows"]
+
+
+def combine_processes(runs: list[list[dict]]) -> list[dict]:
+    """Per head: the median over processes of each best and median time, and the time ratios to the patch head
+    (the first), each taken within one process (round-robin, so alike conditions), then their median; the
+    per-process ratios are kept."""
+    rows = []
+    for index in range(len(runs[0])):
+        per_process = [run[index] for run in runs]
+        row = {key: round(statistics.median(r[key] for r in per_process), 4) for key in per_process[0]}
+        for kind in ("train", "sample"):
+            ratios = [r[f"{kind}_best_s"] / run[0][f"{kind}_best_s"] for r, run in zip(per_process, runs, strict=True)]
+            row[f"{kind}_time_ratio"] = round(statistics.median(ratios), 3)
+            row[f"{kind}_time_ratio_per_process"] = [round(v, 3) for v in ratios]
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundle,phantoms")
     parser.add_argument(
-        "--heads", default="patch,pixel-8-1,pixel-16-1,pixel-16-2", help=f"{HEAD_GRAMMAR}; patch first: the reference"
+        "--heads",
+        default="patch,pixel-4-1-r2,pixel-8-1,pixel-16-1,pixel-16-2",
+        help=f"{HEAD_GRAMMAR}; patch first: the reference",
     )
     parser.add_argument("--batch", type=int, default=2, help="training batch (the bundle: 2 crops of one volume)")
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps per sampling call (the bundle's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        help="fresh processes timing each model: the figures are the median of their bests (one process's memory "
+        "layout can move a ratio by 10-15 percent on a VM)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per memory subprocess")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "head_cost.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -134,7 +171,8 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         specs = [{"model": model, "head": h, "batch": args.batch, "steps": args.steps} for h in heads]
-        for spec, timing in zip(specs, measure_time(specs, args.repeats), strict=True):
+        runs = [time_in_process(specs, args) for _ in range(args.processes)]
+        for spec, timing in zip(specs, combine_processes(runs), strict=True):
             memory = {
                 f"{kind}_peak_mem_mb": run_worker(__file__, {**spec, "kind": kind}, args.timeout).get("peak_mem_mb")
                 for kind in ("train", "sample")
@@ -142,11 +180,9 @@ def main() -> None:
             rows.append({"model": model, "head": spec["head"], **timing, **memory})
         reference = rows[-len(heads)]
         for row in rows[-len(heads) :]:
-            for key in ("train_best_s", "sample_best_s", "train_peak_mem_mb", "sample_peak_mem_mb"):
+            for key in ("train_peak_mem_mb", "sample_peak_mem_mb"):  # the time ratios: combine_processes
                 if row[key] is not None and reference[key]:
-                    row[key.replace("_best_s", "_time").replace("_peak_mem_mb", "_memory") + "_ratio"] = round(
-                        row[key] / reference[key], 3
-                    )
+                    row[key.replace("_peak_mem_mb", "_memory") + "_ratio"] = round(row[key] / reference[key], 3)
             print(json.dumps(row), flush=True)
     import torch
 
@@ -157,7 +193,8 @@ def main() -> None:
             for name in args.models.split(",")
         },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
-        "clock": "process CPU time, one thread, best of the round-robin repeats (median also given)",
+        "clock": "process CPU time, one thread, best of the round-robin repeats (median also given) in each of "
+        "--processes fresh processes; the figures are the medians over processes",
         "memory": "fresh process per (model, head, kind): peak RSS (VmHWM) minus RSS just before the call",
         "host": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
