@@ -82,8 +82,9 @@ def build(spec: dict):
     return train_step, sample
 
 
-def memory_worker(spec: dict) -> dict:
-    if spec.get("kind") == "time":  # one fresh process times every head of a model
+def worker(spec: dict) -> dict:
+    """A fresh process's measurement: the times of every head of a model, or one call's peak memory."""
+    if spec.get("kind") == "time":
         return {"rows": measure_time(spec["specs"], spec["repeats"])}
     train_step, sample = build(spec)
     call = train_step if spec["kind"] == "train" else sample
@@ -116,7 +117,7 @@ def measure_time(specs: list[dict], repeats: int) -> list[dict]:
 
 
 def time_in_process(specs: list[dict], args: argparse.Namespace) -> list[dict]:
-    """:func:`measure_time` of every head of one model in a fresh process; the sample ratios to the first (patch)."""
+    """:func:`measure_time` of every head of one model in a fresh process: their times (best and median)."""
     timeout = args.timeout * len(specs) * args.repeats
     result = run_worker(__file__, {"kind": "time", "specs": specs, "repeats": args.repeats}, timeout)
     if "error" in result:
@@ -158,14 +159,21 @@ def main() -> None:
         help="fresh processes timing each model: the figures are the median of their bests (one process's memory "
         "layout can move a ratio by 10-15 percent on a VM)",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per memory subprocess")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds per memory subprocess, and per head and repeat of a timing process",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "head_cost.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(memory_worker(json.loads(args.worker))))
+        print(json.dumps(worker(json.loads(args.worker))))
         return
     heads = args.heads.split(",")
+    if args.processes < 1:
+        raise ValueError(f"--processes must be at least 1, got {args.processes}.")
     if heads[0] != "patch":
         raise ValueError(f"--heads must start with the reference 'patch', got {args.heads!r}.")
     rows = []

@@ -147,13 +147,24 @@ class PixelBlock(nn.Module):
         return self.modulated(x, shift, 1 + scale)  # (B, *S, D)
 
     def modulated(self, x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` given ``1 + scale`` (the head folds the 1 into its modulation's bias). The norm's mean of
-        squares over D channels is a matmul and the modulation one ``addcmul``: fewer passes over the voxels than
-        RMSNorm, a product and a sum (the same values)."""
-        d = x.shape[-1]
-        mean_square = torch.matmul(x * x, x.new_full((d, 1), 1 / d))  # (B, *S, 1)
-        u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps) * scale_plus_one)
+        """:meth:`forward` given ``1 + scale`` (the head folds the 1 into its modulation's bias). ``self.norm``'s
+        RMSNorm is written out (:func:`_mean_square`, then one ``addcmul`` for the modulation): fewer passes over the
+        voxels than RMSNorm, a product and a sum, at the same values."""
+        mean_square = _mean_square(x, dim=-1)  # (B, *S, 1)
+        u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps).to(x.dtype) * scale_plus_one)
         return x + self.mlp(u)  # (B, *S, D)
+
+
+def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of squares over the channel axis ``dim`` (-1: channels last; -2: channels first), kept: a matmul with a
+    1/D vector in float32 (about 2x a reduction over a few channels on the CPU); in float32 from half precision or
+    under autocast, as RMSNorm accumulates (half-precision squares overflow past about 256)."""
+    if x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type):
+        return x.float().square().mean(dim, keepdim=True)
+    d = x.shape[dim]
+    if dim == -1:
+        return torch.matmul(x * x, x.new_full((d, 1), 1 / d))
+    return torch.matmul(x.new_full((1, d), 1 / d), x * x)
 
 
 class PixelHead(nn.Module):
@@ -185,7 +196,8 @@ class PixelHead(nn.Module):
         self.patch_size, self.dim = tuple(patch_size), dim
         conv = (nn.Conv2d, nn.Conv3d)[len(self.patch_size) - 2]
         self.stem_x = nn.Linear(in_channels, dim)
-        # the image's own (bias-free) projection: it does not change across steps, so it can be encoded once
+        # the image's own projection (bias-free: encode_condition adds stem_x's bias): it does not change across
+        # steps, so it can be encoded once
         self.stem_c = None if cond_channels is None else nn.Linear(cond_channels, dim, bias=False)
         self.stem_mix = conv(dim, dim, 3, padding=1, groups=dim)
         self.norm_tokens = make_norm(norm, hidden_size)
@@ -208,7 +220,7 @@ class PixelHead(nn.Module):
         self.final.init_weights()
 
     def encode_condition(self, conditioned: torch.Tensor) -> torch.Tensor:
-        """The image's stem projection plus the stem's bias (B, cond, *S) -> (B, *S, D): it does not change across
+        """The image's stem projection plus ``stem_x``'s bias (B, cond, *S) -> (B, *S, D): it does not change across
         denoising steps."""
         return nn.functional.linear(conditioned.movedim(1, -1), self.stem_c.weight, self.stem_x.bias)
 
@@ -227,9 +239,10 @@ class PixelHead(nn.Module):
         h = h + _depthwise(self.stem_mix, h)
         if self.blocks:
             s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
-            rows = _slab_rows(h.shape, grid)
+            bias = self._modulation_bias()
+            rows = _slab_rows(h, grid)
             if rows >= grid[0]:
-                h = self._refine(h, s, grid)
+                h = self._refine(h, s, grid, bias)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
                 row = math.prod(grid[1:])  # tokens per row of the first grid axis
                 p0 = self.patch_size[0]
@@ -237,7 +250,7 @@ class PixelHead(nn.Module):
                 for g in range(0, grid[0], rows):
                     n = min(rows, grid[0] - g)
                     slab = (n, *grid[1:])
-                    slabs.append(self._refine(h[:, g * p0 : (g + n) * p0], s[:, g * row : (g + n) * row], slab))
+                    slabs.append(self._refine(h[:, g * p0 : (g + n) * p0], s[:, g * row : (g + n) * row], slab, bias))
                 h = torch.cat(slabs, dim=1)
         h = h + _depthwise(self.mix, h)  # (B, *S, D)
         return self._final(h)  # (B, out, *S)
@@ -264,17 +277,22 @@ class PixelHead(nn.Module):
         b, spatial = h.shape[0], h.shape[1:-1]
         flat = h.reshape(b, -1, self.dim).transpose(1, 2)  # (B, D, N)
         norm, linear = self.final.norm, self.final.linear
-        mean_square = torch.linalg.vector_norm(flat, dim=1, keepdim=True).square() / self.dim  # (B, 1, N)
+        mean_square = _mean_square(flat, dim=-2)  # (B, 1, N)
         out = torch.matmul(linear.weight * norm.weight, flat)  # (B, out, N)
-        out = torch.addcmul(linear.bias.view(1, -1, 1), out, torch.rsqrt(mean_square + norm.eps))
+        out = torch.addcmul(linear.bias.view(1, -1, 1), out, torch.rsqrt(mean_square + norm.eps).to(out.dtype))
         return out.view(b, -1, *spatial)
 
-    def _refine(self, h: torch.Tensor, s: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-        """The pixel blocks on voxels (B, *S, D) under their tokens' conditioning s (B, T, C), S = grid * patch."""
+    def _modulation_bias(self) -> torch.Tensor:
+        """The modulation's bias with 1 added to every scale: per token, voxel of its patch and block, the Linear
+        then gives (shift, 1 + scale)."""
+        bias = self.modulation.bias
+        one = torch.tensor([0.0, 1.0], dtype=bias.dtype, device=bias.device)
+        return (bias.view(-1, 2, self.dim) + one.view(1, 2, 1)).view(-1)
+
+    def _refine(self, h: torch.Tensor, s: torch.Tensor, grid: tuple[int, ...], bias: torch.Tensor) -> torch.Tensor:
+        """The pixel blocks on voxels (B, *S, D) under their tokens' conditioning s (B, T, C), S = grid * patch;
+        ``bias`` = :meth:`_modulation_bias`."""
         b, nd, pairs = h.shape[0], len(grid), 2 * len(self.blocks)
-        # per token, per voxel of its patch and per block: (shift, 1 + scale); the 1 rides on the bias
-        one = torch.tensor([0.0, 1.0], dtype=self.modulation.bias.dtype, device=self.modulation.bias.device)
-        bias = (self.modulation.bias.view(-1, 2, self.dim) + one.view(1, 2, 1)).view(-1)
         m = nn.functional.linear(s, self.modulation.weight, bias).view(b, *grid, *self.patch_size, pairs, self.dim)
         order = [2 * nd + 1, 0] + [v for a in range(nd) for v in (1 + a, 1 + nd + a)] + [2 * nd + 2]
         m = m.permute(order).reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
@@ -283,16 +301,17 @@ class PixelHead(nn.Module):
         return h
 
 
-SLAB_VOXELS = 1 << 15  # voxels per slab of the pixel blocks: their (voxels, 4 D) activations stay in the CPU's cache
+SLAB_VOXELS = 1 << 15  # voxels per CPU slab of the pixel blocks: their (voxels, mlp_ratio D) activations stay in cache
 
 
-def _slab_rows(shape: torch.Size, grid: tuple[int, ...]) -> int:
-    """Token rows (first grid axis) per slab of the pixel blocks for voxels of ``shape`` (B, *S, D): a slab of about
-    ``SLAB_VOXELS`` voxels runs about 2x faster on the CPU than the whole volume at once (its per-voxel MLP
-    activations stay in cache). A trace (export, compile, jit) gets one slab, so it holds at every size."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+def _slab_rows(h: torch.Tensor, grid: tuple[int, ...]) -> int:
+    """Token rows (first grid axis) per slab of the pixel blocks on voxels ``h`` (B, *S, D): on the CPU, as many as
+    fit in ``SLAB_VOXELS`` voxels, at least one (a slab runs about 2x faster than the whole volume at once: its
+    per-voxel MLP activations stay in cache). Other devices, and a trace (export, compile, jit) so that it holds at
+    every size, get one slab."""
+    if h.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return grid[0]
-    per_row = math.prod(shape[:-1]) // grid[0]  # voxels of one token row, the batch included
+    per_row = math.prod(h.shape[:-1]) // grid[0]  # voxels of one token row, the batch included
     return max(1, SLAB_VOXELS // per_row)
 
 

@@ -148,22 +148,35 @@ def _plain_head(head, x, image, tokens, c, grid):
     return head.final(h).movedim(-1, 1)
 
 
-@pytest.mark.parametrize("spatial_dim", [2, 3])
+def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0):
+    """A randomized head with its inputs on ``grid`` tokens of ``patch`` voxels (x and tokens require gradients)."""
+    torch.manual_seed(seed)
+    head = PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
+    x, image = torch.randn(batch, 2, *shape, requires_grad=True), torch.randn(batch, 1, *shape)
+    tokens, c = torch.randn(batch, math.prod(grid), 16, requires_grad=True), torch.randn(batch, 16)
+    return head, x, image, tokens, c
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [(2, 2), (2, 1), (2, 2, 2), (2, 1, 2), (1, 2, 2)],  # p0 differs from the last axis' size, both ways
+)
 @pytest.mark.parametrize("conditioned", [True, False])
-@pytest.mark.parametrize("slab_voxels", [1, 1 << 40])  # a slab per token row (the CPU's path), and one slab
-def test_pixel_head_forward_equals_its_modules_composed(randomize, monkeypatch, spatial_dim, conditioned, slab_voxels):
+@pytest.mark.parametrize("rows", [1, 2, None])  # slabs of 1 and 2 token rows (the last one short), and one slab
+def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, conditioned, rows):
     """The head's forward (slabs of token rows, the stem's matmul, the channels-first final layer, the folded
     modulation) computes the plain composition of its modules: values and gradients."""
     import medwidit.nets.blocks as blocks
 
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", slab_voxels)
-    patch, grid = (2,) * spatial_dim, (3, 2, 4)[:spatial_dim]
-    head = randomize(PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2))
-    shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
-    x, image = torch.randn(2, 2, *shape, requires_grad=True), torch.randn(2, 1, *shape)
-    tokens, c = torch.randn(2, math.prod(grid), 16, requires_grad=True), torch.randn(2, 16)
+    grid = (3, 2, 4)[: len(patch)]
+    head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid)
+    per_row = 2 * math.prod(x.shape[3:]) * patch[0]  # voxels of one token row, batch of 2
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", per_row * rows if rows else 1 << 40)
     out, expected = head(x, image, tokens, c, grid), _plain_head(head, x, image, tokens, c, grid)
-    assert out.shape == expected.shape == (2, 3, *shape)
+    assert out.shape == expected.shape == (2, 3, *x.shape[2:])
     torch.testing.assert_close(out, expected)
     cached = head(x, image, tokens, c, grid, cond_features=head.encode_condition(image) if conditioned else None)
     assert torch.equal(cached, out)
@@ -171,6 +184,45 @@ def test_pixel_head_forward_equals_its_modules_composed(randomize, monkeypatch, 
     plain = torch.autograd.grad(expected.square().sum(), (x, tokens, *head.parameters()))
     for got, want in zip(grads, plain, strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_pixel_head_in_half_precision_keeps_large_activations(monkeypatch):
+    """Voxel features of a few hundred: squared in float16 they overflow, so the head's norms accumulate in float32
+    as RMSNorm does (an overflowed mean of squares silently dropped the normalisation)."""
+    import medwidit.nets.blocks as blocks
+
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    patch, grid = (2, 2, 2), (3, 2, 2)
+    head, x, image, tokens, c = _head_case(3, True, patch, grid)
+    with torch.no_grad():
+        head.stem_x.weight.mul_(1000.0)  # features of about 300-1000 per channel
+        expected = _plain_head(head, x, image, tokens, c, grid)
+        half = head.half()(x.half(), image.half(), tokens.half(), c.half(), grid)
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))
+
+
+def test_pixel_head_traced_at_one_size_runs_at_another(tiny, randomize, monkeypatch):
+    """torch.jit.trace records one slab (a loop over slabs would fix the traced size's slab count and offsets)."""
+    import medwidit.nets.blocks as blocks
+
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    model = randomize(tiny(2, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=1)).eval()
+    t = torch.tensor([5.0])
+
+    class Denoise(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, image):
+            return self.model(x, t, conditioned=image)
+
+    # both sizes past the window on each axis (2 x 4 tokens), so the traced shifted windows hold at either
+    traced = torch.jit.trace(Denoise(), (torch.randn(1, 2, 16, 16), torch.randn(1, 1, 16, 16)), check_trace=False)
+    x, image = torch.randn(1, 2, 32, 16), torch.randn(1, 1, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x, image), model(x, t, conditioned=image))
 
 
 #################################################################################
