@@ -156,9 +156,9 @@ class PixelBlock(nn.Module):
 
 
 def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Mean of squares over the channel axis ``dim`` (-1: channels last; -2: channels first), kept: a matmul with a
-    1/D vector in float32 (about 2x a reduction over a few channels on the CPU); in float32 from half precision or
-    under autocast, as RMSNorm accumulates (half-precision squares overflow past about 256)."""
+    """Mean of squares over the channel axis ``dim`` (-1: channels last; -2: channels first), which stays as size 1:
+    a matmul with a 1/D vector (about 2x a reduction over a few channels on the CPU); from half precision or under
+    autocast, a float32 reduction, as RMSNorm accumulates (half-precision squares overflow past about 256)."""
     if x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type):
         return x.float().square().mean(dim, keepdim=True)
     d = x.shape[dim]
