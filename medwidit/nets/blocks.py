@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import make_attention
 from .embed import Unpatchify
-from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate
+from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate, tracing
 
 FINALS = ("linear", "conv")
 HEADS = ("patch", "pixel")  # WiDiT(head=...): tokens -> voxels by WiDiTFinalLayer, or by the PixelHead
@@ -309,7 +309,7 @@ def _slab_rows(h: torch.Tensor, grid: tuple[int, ...]) -> int:
     fit in ``SLAB_VOXELS`` voxels, at least one (a slab runs about 2x faster than the whole volume at once: its
     per-voxel MLP activations stay in cache). Other devices, and a trace (export, compile, jit) so that it holds at
     every size, get one slab."""
-    if h.device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if h.device.type != "cpu" or tracing():
         return grid[0]
     per_row = math.prod(h.shape[:-1]) // grid[0]  # voxels of one token row, the batch included
     return max(1, SLAB_VOXELS // per_row)

@@ -26,6 +26,12 @@ def choose(argument: str, value: Any, choices: Collection) -> Any:
         raise ValueError(f"{argument}: {str(err).strip()}") from None
 
 
+def tracing() -> bool:
+    """Whether a trace (torch.export, torch.compile, torch.jit.trace) records this call: per-call state (kept masks,
+    size-dependent loops) must not enter it."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, C) shift/scale over tokens (B, T, C)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

@@ -23,7 +23,7 @@ from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
-from .layers import MLPS, NORMS, WiDiTInputError, choose
+from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +316,7 @@ class WiDiT(nn.Module):
     def _mask_table(table: dict | None, batch: int) -> dict:
         """The attention-mask table of a call: the caller's, or a new one without it or under a trace (its tensors
         must not outlive the trace). A kept table serves one batch size (the layers check the token grid)."""
-        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        if table is None or tracing:
+        if table is None or tracing():
             return {}
         if table.setdefault("batch", batch) != batch:
             raise WiDiTInputError(
