@@ -199,12 +199,12 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warn-dice",
         type=_unit_float,
-        default=0.93,
+        default=0.955,
         metavar="D",
         help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
         "below D, that has no voxel of a foreground class, or whose class volume lies outside the bundle's "
-        "expected_volume_ml (default 0.93: with the shipped bundle's two sets of weights and its expected volume it "
-        "flags every benchmarked case below 0.9, and one above, see benchmarks/trust.py; 0 never warns)",
+        "expected_volume_ml (default 0.955: with the shipped bundle's two sets of weights and its expected volume it "
+        "flags every benchmarked case below 0.9 and none above, see benchmarks/trust.py; 0 never warns)",
     )
 
 

@@ -222,7 +222,7 @@ def read_inference_config(bundle_dir: str | os.PathLike) -> tuple[Path, dict]:
 
 def bundle_extra_weights(bundle_dir: str | os.PathLike) -> list[Path]:
     """A bundle's further weights: ``configs/inference.json``'s ``extra_weights``, a list of files relative to the
-    bundle (e.g. ``["models/model_remap.pt"]``; none where the key is absent), each checked to exist."""
+    bundle (e.g. ``["models/model_b.pt"]``; none where the key is absent), each checked to exist."""
     path, config = read_inference_config(bundle_dir)
     names = config.get("extra_weights", [])
     if not isinstance(names, list) or not all(isinstance(n, str) and n and n[0] not in "$@%/" for n in names):

@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
 DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
-DEFAULT_WARN_DICE = 0.93  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
+DEFAULT_WARN_DICE = 0.955  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
 
 
 @dataclass
@@ -289,7 +289,7 @@ class Predictor:
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing`` and ``expected_volume_ml`` from
         ``configs/inference.json``, and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same
-        files; ``extra_weights`` (files relative to the bundle, e.g. ``models/model_remap.pt``) from
+        files; ``extra_weights`` (files relative to the bundle, e.g. ``models/model_b.pt``) from
         ``configs/inference.json``: the bundle's further weights for ``segment(weight_sets=N)``, of which the first
         ``weight_sets`` - 1 are loaded (None: as many as the bundle's default ``weight_sets`` uses), so that
         ``weight_sets=1`` runs a bundle whose other sets do not fit its ``models/model.pt`` (e.g. after ``medwidit

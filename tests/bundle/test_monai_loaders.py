@@ -54,7 +54,7 @@ def test_inference_config_loads_the_extra_weights_that_weight_sets_asks_for():
     parser = ConfigParser()
     parser.read_config(config("inference"))
     bundle = Path(parser.get_parsed_content("bundle_root"))
-    assert [Path(f) for f in parser.get_parsed_content("extra_checkpoints")] == [bundle / "models" / "model_remap.pt"]
+    assert [Path(f) for f in parser.get_parsed_content("extra_checkpoints")] == [bundle / "models" / "model_b.pt"]
     assert len(parser.get_parsed_content("inferer").extra_segmenters) == 1
     assert len(parser.get_parsed_content("predictor").segmenters) == 2
     parser = ConfigParser()

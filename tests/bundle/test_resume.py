@@ -46,7 +46,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("runs", "eval", "models"))
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "killer.py").write_text(textwrap.dedent(KILLER))
-    settings = {**TINY_TRAIN, "epochs": 3, "val_interval": 2}
+    settings = {**TINY_TRAIN, "epochs": 3, "val_interval": 2, "max_steps": -1}
     args = [f"--{key}={value}" for key, value in settings.items() if key != "roi_size"]
     args += ["--roi_size=[16,16,16]", f"--dataset_dir={tmp_path / 'data'}", f"--data_list={data_list}"]
     args += ["--extra_callbacks=$[__import__('killer').KillAt(epoch=1, batch=1)]"]
