@@ -13,6 +13,8 @@ here because no kept library does them the way synthesis needs (measured in ``be
   with nearest neighbours and no profile, which models gaps between thin slices, not thick slices;
 - :class:`RandFieldOfViewd`: a scan that ends inside the head (the image is air and the label background beyond
   a random plane near the top or bottom of an axis);
+- :class:`RandNeckExtensiond`: a scan that goes on below the head the label map ends in (the neck of a real head
+  coil's field of view); MONAI's ``BorderPad`` extends the map and keeps its affine, the relabelling is ours;
 - :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
   (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
   signed range onto [min, 0]; neither re-equalises).
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
+    BorderPad,
     GaussianSmooth,
     MapLabelValued,
     MapTransform,
@@ -51,6 +54,7 @@ __all__ = [
     "RandContrastRemapd",
     "RandFieldOfViewd",
     "RandLabelsToImaged",
+    "RandNeckExtensiond",
     "RandSliceThicknessd",
     "SynthesisError",
     "synthesis_transforms",
@@ -246,6 +250,62 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandNeckExtensiond(RandomizableTransform, MapTransform):
+    """A scan that goes on below the anatomy of a label map: the map continues past its inferior face (world -z,
+    read from the affine) by a random ``length_mm``, copies of its last slice in which every ``relabel`` key becomes
+    its value (e.g. brain structures -> a non-brain tissue: the brainstem's cross-section becomes a cord-like column
+    that is not brain). Templates end a few mm below the cerebellum; real head scans go on into the neck, and a
+    model that never saw tissue there calls it brain. Apply before the random affine, so the column is deformed too.
+    """
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        *,
+        relabel: Mapping[int, int],
+        prob: float = 0.5,
+        length_mm: tuple[float, float] = (10.0, 80.0),
+    ) -> None:
+        MapTransform.__init__(self, [label_key])
+        RandomizableTransform.__init__(self, prob=prob)
+        if not 0.0 <= length_mm[0] <= length_mm[1]:
+            raise ValueError(f"length_mm must be (low, high) with 0 <= low <= high, got {tuple(length_mm)}.")
+        self.label_key, self.length_mm = label_key, (float(length_mm[0]), float(length_mm[1]))
+        self.relabel = {int(k): int(v) for k, v in dict(relabel).items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        label = d[self.label_key]
+        if not isinstance(label, MetaTensor):
+            raise SynthesisError(
+                f"RandNeckExtensiond needs a MetaTensor label map (its affine says where inferior is), got "
+                f"{type(label).__name__}; load label maps with LoadImaged."
+            )
+        spatial = label.ndim - 1
+        direction = label.affine[min(2, spatial - 1), :spatial].double()  # world z per step along each array axis
+        axis = int(direction.abs().argmax())
+        step_mm = float(torch.linalg.norm(label.affine[:spatial, axis].double()))
+        slices = int(round(self.R.uniform(*self.length_mm) / step_mm))
+        if slices == 0:
+            return d
+        low_end = bool(direction[axis] > 0)  # z grows with the index: the inferior face is index 0
+        border = [0] * (2 * spatial)
+        border[2 * axis + (0 if low_end else 1)] = slices
+        extended = BorderPad(spatial_border=border, mode="replicate")(label)  # BorderPad moves the affine's origin
+        index = [slice(None)] * spatial
+        index[axis] = slice(0, slices) if low_end else slice(-slices, None)
+        neck = extended[(slice(None), *index)]
+        mapped = neck.clone()
+        for source, target in self.relabel.items():
+            mapped[neck == source] = target
+        extended[(slice(None), *index)] = mapped
+        d[self.label_key] = extended
+        return d
+
+
 class RandContrastRemapd(RandomizableTransform, MapTransform):
     """Another scanner's or sequence's contrast on a crop the pipeline has histogram-equalised onto [-1, 1] already:
     a random piecewise-linear intensity curve through ``num_control_points`` equally spaced knots whose values are
@@ -319,6 +379,9 @@ def synthesis_transforms(
     thickness_range: tuple[float, float] = (1.0, 8.0),
     fov_prob: float = 0.3,
     elastic_prob: float = 0.0,
+    neck_prob: float = 0.0,
+    neck_length_mm: tuple[float, float] = (10.0, 80.0),
+    neck_label: int | None = None,
     flip: bool = True,
     spacing_key: str | None = None,
 ) -> list:
@@ -331,15 +394,25 @@ def synthesis_transforms(
     ``elastic_prob`` adds MONAI's dense elastic field (``Rand3DElasticd``); it is off by default because a dense
     field costs 14-23x an affine per crop on a CPU in MONAI, TorchIO and cornucopia alike (synth_speed.json).
     ``spacing_key`` records the grid and acquisition spacing for spacing conditioning (:class:`RandSliceThicknessd`).
+    ``neck_prob`` extends the map below its inferior face by ``neck_length_mm`` (:class:`RandNeckExtensiond`), the
+    target structures' cross-section relabelled ``neck_label`` (a generation label whose task class is 0).
     """
     if len(target_labels) != num_labels:
         raise ValueError(
             f"target_labels must give a class for each of the {num_labels} labels, got {len(target_labels)}."
         )
+    if neck_prob and (neck_label is None or not 0 <= neck_label < num_labels or target_labels[neck_label] != 0):
+        raise ValueError(
+            f"neck_prob {neck_prob} needs neck_label: a generation label in 0..{num_labels - 1} whose target class "
+            f"is 0 (what the target structures become below the map), got {neck_label!r}."
+        )
     angle = math.radians(rotate_degrees)
     keys = [image_key, label_key]
     # the working grid's spacing, recorded before the random affine rescales the label map's affine
     transforms = [] if spacing_key is None else [RecordSpacingd(label_key, spacing_key, painted=True)]
+    if neck_prob:
+        relabel = {label: neck_label for label, target in enumerate(target_labels) if target}
+        transforms.append(RandNeckExtensiond(label_key, relabel=relabel, prob=neck_prob, length_mm=neck_length_mm))
     if elastic_prob:
         elastic = Rand3DElasticd(label_key, (5, 7), (50, 150), prob=elastic_prob, mode="nearest")
         transforms.append(elastic)

@@ -254,3 +254,23 @@ def test_one_override_turns_spacing_conditioning_on_in_net_and_data(tmp_path):
     parser["spacing_conditioning"] = "false"  # how a command-line override may arrive: it turned conditioning on
     assert parser.get_parsed_content("net", lazy=False).config["spacing_conditioning"] is False
     assert parser.get_parsed_content("datamodule", lazy=False).spacing_conditioning is False
+
+
+def test_synth_options_reach_the_generator(tmp_path):
+    """``--synth_options`` (top level) reaches the data module's label-to-image generator, and a neck extension
+    whose label is brain fails naming the option."""
+    from medwidit.data.synth import synthesis_transforms
+
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser["dataset_dir"] = str(tmp_path)
+    parser["synth_options"] = {"neck_prob": 0.8, "neck_label": 6}
+    datamodule = parser.get_parsed_content("datamodule", lazy=False)
+    assert datamodule.synth_options == {"neck_prob": 0.8, "neck_label": 6}
+    targets = parser["synth_target_labels"]
+    names = [
+        type(t).__name__ for t in synthesis_transforms(num_labels=8, target_labels=targets, neck_prob=0.8, neck_label=6)
+    ]
+    assert names.index("RandNeckExtensiond") < names.index("RandAffined") < names.index("RandLabelsToImaged")
+    with pytest.raises(ValueError, match="neck_prob 0.8 needs neck_label"):
+        synthesis_transforms(num_labels=8, target_labels=targets, neck_prob=0.8, neck_label=2)

@@ -11,6 +11,7 @@ from medwidit.data.synth import (
     RandContrastRemapd,
     RandFieldOfViewd,
     RandLabelsToImaged,
+    RandNeckExtensiond,
     RandSliceThicknessd,
     SynthesisError,
     synthesis_transforms,
@@ -101,6 +102,57 @@ def test_field_of_view_cuts_image_and_label_together():
     out = t(d)
     cut = (out["image"][0] == 0).all(dim=(1, 2))
     assert cut.any() and (out["label"][0][cut] == 0).all() and not (out["label"][0][~cut] == 0).all()
+
+
+def _cut_head(z_sign: float) -> MetaTensor:
+    """The nested spheres cut through the brain at the bottom, 2 mm voxels; z_sign -1: the array runs downwards."""
+    label = _head()[..., 12:] if z_sign > 0 else _head()[..., 12:].flip(3)
+    label = MetaTensor(label.as_tensor(), meta={"filename_or_obj": "cut.nii.gz"})
+    label.affine = torch.diag(torch.tensor([2.0, 2.0, 2.0 * z_sign, 1.0], dtype=torch.float64))
+    return label
+
+
+@pytest.mark.parametrize("z_sign", [1.0, -1.0])
+def test_neck_extension_continues_the_map_below_its_inferior_face(z_sign):
+    label = _cut_head(z_sign)
+    bottom = label[..., 0] if z_sign > 0 else label[..., -1]
+    assert (bottom == 4).any()  # the brain reaches the map's inferior face
+    t = RandNeckExtensiond(relabel={4: 3}, prob=1.0, length_mm=(20.0, 20.0))
+    out = t({"label": label})["label"]
+    assert out.shape == (1, 32, 32, 30)  # 20 mm = 10 slices of 2 mm, below
+    neck, kept = (out[..., :10], out[..., 10:]) if z_sign > 0 else (out[..., 20:], out[..., :20])
+    assert torch.equal(kept.as_tensor(), label.as_tensor())  # the map itself is untouched
+    expected = torch.where(bottom == 4, 3, bottom).as_tensor()
+    assert all(torch.equal(neck[..., k].as_tensor(), expected) for k in range(10))  # its last slice, relabelled
+    # world coordinates of the map's voxels are unchanged: the origin moved down by the extension
+    first_kept = torch.tensor([0.0, 0.0, 10.0 if z_sign > 0 else 0.0, 1.0], dtype=torch.float64)
+    label_first = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(out.affine @ first_kept, label.affine @ label_first)
+    lowest = out.affine @ torch.tensor([0.0, 0.0, 0.0 if z_sign > 0 else 29.0, 1.0], dtype=torch.float64)
+    was = label.affine @ torch.tensor([0.0, 0.0, 0.0 if z_sign > 0 else 19.0, 1.0], dtype=torch.float64)
+    assert float(lowest[2]) == pytest.approx(float(was[2]) - 20.0)
+
+
+def test_neck_extension_in_the_pipeline_adds_tissue_that_is_not_target():
+    options = {"neck_prob": 1.0, "neck_label": 3, "rotate_degrees": 0.0, "scale_range": 0.0, "fov_prob": 0.0}
+    transforms = Compose(synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], flip=False, **options))
+    transforms.set_random_state(0)
+    out = transforms({"label": _cut_head(1.0)})
+    extra = out["label"].shape[3] - 20
+    assert extra > 0 and out["image"].shape == out["label"].shape
+    assert not (out["label"][..., :extra] == 1).any()  # below the map: no brain
+    assert (out["image"][..., :extra] != 0).any()  # but tissue
+
+
+@pytest.mark.parametrize("neck_label", [None, 4, 5])
+def test_neck_extension_needs_a_label_that_is_not_target(neck_label):
+    with pytest.raises(ValueError, match="neck_prob 0.5 needs neck_label"):
+        synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], neck_prob=0.5, neck_label=neck_label)
+
+
+def test_neck_extension_needs_an_affine():
+    with pytest.raises(SynthesisError, match="needs a MetaTensor label map"):
+        RandNeckExtensiond(relabel={4: 3}, prob=1.0)({"label": torch.zeros(1, 4, 4, 4)})
 
 
 def test_contrast_remap_keeps_air_dark_and_leaves_an_equalised_crop():
