@@ -285,7 +285,11 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
                 f"{type(label).__name__}; load label maps with LoadImaged."
             )
         spatial = label.ndim - 1
-        direction = label.affine[min(2, spatial - 1), :spatial].double()  # world z per step along each array axis
+        if spatial != 3:
+            raise SynthesisError(
+                f"{_source(d, self.label_key)}: RandNeckExtensiond needs a 3D label map, got {spatial}D."
+            )
+        direction = label.affine[2, :spatial].double()  # world z (superior) per step along each array axis
         axis = int(direction.abs().argmax())
         step_mm = float(torch.linalg.norm(label.affine[:spatial, axis].double()))
         slices = int(round(self.R.uniform(*self.length_mm) / step_mm))

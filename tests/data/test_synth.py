@@ -150,9 +150,12 @@ def test_neck_extension_needs_a_label_that_is_not_target(neck_label):
         synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], neck_prob=0.5, neck_label=neck_label)
 
 
-def test_neck_extension_needs_an_affine():
+def test_neck_extension_needs_an_affine_and_three_dimensions():
     with pytest.raises(SynthesisError, match="needs a MetaTensor label map"):
         RandNeckExtensiond(relabel={4: 3}, prob=1.0)({"label": torch.zeros(1, 4, 4, 4)})
+    flat = MetaTensor(torch.zeros(1, 4, 4), meta={"filename_or_obj": "slice.nii.gz"})
+    with pytest.raises(SynthesisError, match="slice.nii.gz: RandNeckExtensiond needs a 3D label map, got 2D"):
+        RandNeckExtensiond(relabel={4: 3}, prob=1.0)({"label": flat})
 
 
 def test_contrast_remap_keeps_air_dark_and_leaves_an_equalised_crop():
