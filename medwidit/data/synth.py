@@ -14,7 +14,8 @@ here because no kept library does them the way synthesis needs (measured in ``be
 - :class:`RandFieldOfViewd`: a scan that ends inside the head (the image is air and the label background beyond
   a random plane near the top or bottom of an axis);
 - :class:`RandNeckExtensiond`: a scan that goes on below the head the label map ends in (the neck of a real head
-  coil's field of view); MONAI's ``BorderPad`` extends the map and keeps its affine, the relabelling is ours;
+  coil's field of view); MONAI's ``BorderPad`` extends the map (keeping its affine) and ``MapLabelValue`` relabels
+  the extension; which face is inferior, read from the affine, is ours;
 - :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
   (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
   signed range onto [min, 0]; neither re-equalises).
@@ -33,6 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     BorderPad,
     GaussianSmooth,
+    MapLabelValue,
     MapLabelValued,
     MapTransform,
     Rand3DElasticd,
@@ -301,11 +303,8 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
         extended = BorderPad(spatial_border=border, mode="replicate")(label)  # BorderPad moves the affine's origin
         index = [slice(None)] * spatial
         index[axis] = slice(0, slices) if low_end else slice(-slices, None)
-        neck = extended[(slice(None), *index)]
-        mapped = neck.clone()
-        for source, target in self.relabel.items():
-            mapped[neck == source] = target
-        extended[(slice(None), *index)] = mapped
+        relabel = MapLabelValue(list(self.relabel), list(self.relabel.values()), dtype=extended.dtype)
+        extended[(slice(None), *index)] = relabel(extended[(slice(None), *index)])
         d[self.label_key] = extended
         return d
 

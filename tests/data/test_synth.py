@@ -142,6 +142,8 @@ def test_neck_extension_in_the_pipeline_adds_tissue_that_is_not_target():
     assert extra > 0 and out["image"].shape == out["label"].shape
     assert not (out["label"][..., :extra] == 1).any()  # below the map: no brain
     assert (out["image"][..., :extra] != 0).any()  # but tissue
+    names = [type(t).__name__ for t in synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], **options)]
+    assert names.index("RandNeckExtensiond") < names.index("RandAffined")  # the column is deformed with the head
 
 
 @pytest.mark.parametrize("neck_label", [None, 4, 5])
