@@ -150,12 +150,17 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
     }
 
 
-HEAD_GRAMMAR = "patch or pixel-<dim>-<depth>[-r<mlp ratio>], optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1)"
+HEAD_GRAMMAR = (
+    "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>], optionally after p<patch>w<window>: "
+    "(e.g. p8w4:pixel-8-1, pixel-16-1-i2)"
+)
+SUFFIXES = {"r": ("pixel_mlp_ratio", float), "i": ("pixel_image_depth", int)}
 
 
 def head_options(spec: str) -> dict:
     """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
-    pixel_mlp_ratio=2; a ``p8w4:`` prefix also sets the token path's patch_size=8 and window_size=4."""
+    pixel_mlp_ratio=2 and ``-i2`` pixel_image_depth=2; a ``p8w4:`` prefix also sets the token path's patch_size=8
+    and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
         prefix, head = spec.split(":", 1)
@@ -165,14 +170,16 @@ def head_options(spec: str) -> dict:
         options = {"patch_size": int(patch[1:]), "window_size": int(window)}
     if head == "patch":
         return options
-    parts = head.split("-")  # pixel, dim, depth[, r<ratio>]
-    ratio = parts[3][1:] if len(parts) == 4 and parts[3][:1] == "r" else None
-    numbers_ok = len(parts) in (3, 4) and parts[1].isdigit() and parts[2].isdigit()
-    if parts[0] != "pixel" or not numbers_ok or (len(parts) == 4 and not (ratio or "").replace(".", "", 1).isdigit()):
+    parts = head.split("-")  # pixel, dim, depth, then suffixes
+    if parts[0] != "pixel" or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
         raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
     options.update({"head": "pixel", "pixel_dim": int(parts[1]), "pixel_depth": int(parts[2])})
-    if ratio is not None:
-        options["pixel_mlp_ratio"] = float(ratio)
+    for part in parts[3:]:
+        key, kind = SUFFIXES.get(part[:1], (None, None))
+        value = part[1:]
+        if key is None or key in options or not value.replace(".", "", 1 if kind is float else 0).isdigit():
+            raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
+        options[key] = kind(value)
     return options
 
 

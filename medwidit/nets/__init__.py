@@ -1,7 +1,7 @@
 """medwidit.nets: the backbones (know nothing about diffusion), their contract and the registry by name."""
 
 from .attention import FactorizedAttention, WindowAttention
-from .blocks import PixelBlock, PixelHead, WiDiTBlock, WiDiTFinalLayer
+from .blocks import ImageBlock, PixelBlock, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import NETWORKS, DenoisingNetwork, build_network, network_name, register_network
 from .embed import ConvPatchEmbed, PatchEmbed, TimestepEmbedder, Unpatchify
 from .layers import FinalLayer, Mlp, PixelMLP, SwiGLU, WiDiTInputError, modulate
@@ -18,6 +18,7 @@ __all__ = [
     "DiffusionUNet",
     "FactorizedAttention",
     "FinalLayer",
+    "ImageBlock",
     "Mlp",
     "PatchEmbed",
     "PixelBlock",

@@ -167,12 +167,33 @@ def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.matmul(x.new_full((1, d), 1 / d), x * x)
 
 
+class ImageBlock(nn.Module):
+    """A residual depthwise-separable convolution on the image's voxel features (B, *S, D):
+    ``h + Linear(GELU(depthwise 3^N(h)))``, ConvNeXt's block without its norm and expansion. The pixel head stacks
+    them on the image alone, which is encoded once per volume, so they deepen what each voxel knows of its image
+    neighbourhood (texture, local contrast) at no cost per denoising step."""
+
+    def __init__(self, dim: int, spatial_dim: int) -> None:
+        super().__init__()
+        self.depthwise = (nn.Conv2d, nn.Conv3d)[spatial_dim - 2](dim, dim, 3, padding=1, groups=dim)
+        self.pointwise = nn.Linear(dim, dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        self.depthwise.reset_parameters()
+        self.pointwise.reset_parameters()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.pointwise(nn.functional.gelu(_depthwise(self.depthwise, h)))  # (B, *S, D)
+
+
 class PixelHead(nn.Module):
     """Tokens -> voxels through a full-resolution pathway (PixelDiT): a depthwise-separable stem (per-voxel Linear of
     the noisy input and the image, then a depthwise 3^N convolution) reads the voxels; each patch token (+ timestep)
     is projected to a shift and scale for every voxel of its patch and every block; ``depth`` :class:`PixelBlock`
     refine the voxels, a second depthwise 3^N convolution makes neighbours agree, and the seed's :class:`FinalLayer`
-    (RMSNorm + zero Linear) makes the output exactly zero at init.
+    (RMSNorm + zero Linear) makes the output exactly zero at init. ``image_depth`` :class:`ImageBlock` deepen the
+    image's stem features; they read the image alone, so they are part of :meth:`encode_condition` (once per volume).
 
     Everything is local: a voxel sees its patch's token and its 2-voxel neighbourhood, so sliding windows stitch it
     as they stitch the token path. Depthwise rather than full 3^N convolutions, run channels-last: on the CPU a full
@@ -191,14 +212,18 @@ class PixelHead(nn.Module):
         depth: int = 2,
         mlp_ratio: float = 4.0,
         norm: str = "layernorm",
+        image_depth: int = 0,
     ) -> None:
         super().__init__()
         self.patch_size, self.dim = tuple(patch_size), dim
+        if image_depth and cond_channels is None:
+            raise ValueError(f"image_depth={image_depth} needs a conditioning image (cond_channels is None).")
         conv = (nn.Conv2d, nn.Conv3d)[len(self.patch_size) - 2]
         self.stem_x = nn.Linear(in_channels, dim)
         # the image's own projection (bias-free: encode_condition adds stem_x's bias): it does not change across
         # steps, so it can be encoded once
         self.stem_c = None if cond_channels is None else nn.Linear(cond_channels, dim, bias=False)
+        self.image_blocks = nn.ModuleList(ImageBlock(dim, len(self.patch_size)) for _ in range(image_depth))
         self.stem_mix = conv(dim, dim, 3, padding=1, groups=dim)
         self.norm_tokens = make_norm(norm, hidden_size)
         # per token: a (shift, scale) pair of width D for each voxel of its patch and each block, in one matmul
@@ -215,14 +240,19 @@ class PixelHead(nn.Module):
                 layer.reset_parameters()
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
-        for block in self.blocks:
+        for block in (*self.image_blocks, *self.blocks):
             block.init_weights()
         self.final.init_weights()
 
     def encode_condition(self, conditioned: torch.Tensor) -> torch.Tensor:
-        """The image's stem projection plus ``stem_x``'s bias (B, cond, *S) -> (B, *S, D): it does not change across
-        denoising steps."""
-        return nn.functional.linear(conditioned.movedim(1, -1), self.stem_c.weight, self.stem_x.bias)
+        """The image's stem projection, through the image blocks, plus ``stem_x``'s bias (B, cond, *S) -> (B, *S, D):
+        it does not change across denoising steps."""
+        if not self.image_blocks:
+            return nn.functional.linear(conditioned.movedim(1, -1), self.stem_c.weight, self.stem_x.bias)
+        h = self.stem_c(conditioned.movedim(1, -1))  # (B, *S, D)
+        for block in self.image_blocks:
+            h = block(h)
+        return h + self.stem_x.bias
 
     def forward(
         self,

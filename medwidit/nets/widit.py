@@ -111,7 +111,9 @@ class WiDiT(nn.Module):
     ``head="pixel"`` replaces the final layer by :class:`PixelHead` (PixelDiT): a full-resolution pathway of width
     ``pixel_dim`` and ``pixel_depth`` blocks (hidden width ``pixel_mlp_ratio * pixel_dim``), modulated per voxel by
     its patch's token, so outputs are not tied to the patch grid; its modulation comes from the tokens even without
-    a timestep.
+    a timestep. ``pixel_image_depth`` N > 0 deepens the image's voxel features by N residual depthwise-separable
+    convolutions (:class:`ImageBlock`): they read the image alone, so :meth:`encode_condition` computes them once per
+    volume and no denoising step pays for them.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class WiDiT(nn.Module):
         pixel_dim: int = 16,
         pixel_depth: int = 2,
         pixel_mlp_ratio: float = 4.0,
+        pixel_image_depth: int = 0,
     ) -> None:
         super().__init__()
         _check_widit_sizes(
@@ -188,7 +191,13 @@ class WiDiT(nn.Module):
             "pixel_dim": check_int("pixel_dim", pixel_dim),
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
             "pixel_mlp_ratio": float(pixel_mlp_ratio),
+            "pixel_image_depth": check_int("pixel_image_depth", pixel_image_depth, low=0),
         }
+        if self.config["pixel_image_depth"] and (head != "pixel" or not use_conditioning):
+            raise ValueError(
+                f"pixel_image_depth={pixel_image_depth} needs head='pixel' and use_conditioning=True "
+                f"(got head={head!r}, use_conditioning={use_conditioning})."
+            )
         self.spatial_dim = spatial_dim
         self.patch_size = tuple(self.config["patch_size"])
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels
@@ -225,6 +234,7 @@ class WiDiT(nn.Module):
         self.final_layer = self.pixel_head = None
         if cfg["head"] == "pixel":
             sizes = {"dim": cfg["pixel_dim"], "depth": cfg["pixel_depth"], "mlp_ratio": cfg["pixel_mlp_ratio"]}
+            sizes["image_depth"] = cfg["pixel_image_depth"]
             self.pixel_head = PixelHead(hidden, self.patch_size, *channels, **sizes, norm=norm)
         else:
             self.final_layer = WiDiTFinalLayer(hidden, self.patch_size, channels[2], norm=norm, final=cfg["final"])

@@ -13,16 +13,18 @@ boundary = load_benchmark("boundary")
 
 
 @pytest.mark.parametrize(
-    "spec, patch, window, head, dim, depth, hidden_units",
+    "spec, patch, window, head, dim, depth, hidden_units, image_depth",
     [
-        ("patch", 4, 2, "patch", None, None, None),
-        ("pixel-8-1", 4, 2, "pixel", 8, 1, 32),  # the seed's MLP ratio 4
-        ("pixel-8-2-r2", 4, 2, "pixel", 8, 2, 16),
-        ("p8w2:pixel-4-1-r1.5", 8, 2, "pixel", 4, 1, 6),
-        ("p8w2:patch", 8, 2, "patch", None, None, None),
+        ("patch", 4, 2, "patch", None, None, None, None),
+        ("pixel-8-1", 4, 2, "pixel", 8, 1, 32, 0),  # the seed's MLP ratio 4
+        ("pixel-8-2-r2", 4, 2, "pixel", 8, 2, 16, 0),
+        ("p8w2:pixel-4-1-r1.5", 8, 2, "pixel", 4, 1, 6, 0),
+        ("p8w2:patch", 8, 2, "patch", None, None, None, None),
+        ("pixel-8-1-i2", 4, 2, "pixel", 8, 1, 32, 2),
+        ("pixel-8-1-i1-r2", 4, 2, "pixel", 8, 1, 16, 1),  # suffixes in either order
     ],
 )
-def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units):
+def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units, image_depth):
     options = {"patch_size": 4, "window_size": 2, **learn_phantoms.head_options(spec)}
     net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, **options)
     config = net.config
@@ -30,6 +32,7 @@ def test_head_specs_build_the_named_network(spec, patch, window, head, dim, dept
     if head == "pixel":
         assert (net.pixel_head.dim, len(net.pixel_head.blocks)) == (dim, depth)
         assert net.pixel_head.blocks[0].mlp.fc1.out_features == hidden_units
+        assert len(net.pixel_head.image_blocks) == config["pixel_image_depth"] == image_depth
 
 
 def test_the_mlp_ratio_option_reaches_the_token_blocks():
@@ -39,7 +42,11 @@ def test_the_mlp_ratio_option_reaches_the_token_blocks():
     assert net.config["mlp_ratio"] == 2.0 and net.blocks[0].mlp.fc1.out_features == 64
 
 
-@pytest.mark.parametrize("spec", ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch"])
+@pytest.mark.parametrize(
+    "spec",
+    ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch", "pixel-8-1-i1.5"]
+    + ["pixel-8-1-i1-i2", "pixel-8-1-r2-r3"],  # a non-integer block count, a suffix given twice
+)
 def test_bad_head_specs_name_the_grammar(spec):
     with pytest.raises(ValueError, match=rf"--heads entries must be patch or pixel-.*got '{spec}'"):
         learn_phantoms.head_options(spec)

@@ -67,6 +67,27 @@ def test_pixel_head_is_local(randomize, spatial_dim):
     assert token_reach.nonzero().flatten().tolist() == [(3**spatial_dim) // 2]  # the middle token only
 
 
+@pytest.mark.parametrize("image_depth", [1, 2])
+def test_image_blocks_widen_what_a_voxel_reads_of_the_image_alone(randomize, image_depth):
+    """Each image block adds one voxel of reach into the image (its depthwise 3^N convolution), none into the noisy
+    input: the image part is encoded once per volume, the per-step part keeps its 2-voxel neighbourhood."""
+    patch, grid = (4, 4, 4), (3, 3, 3)
+    head = randomize(PixelHead(16, patch, 2, 1, 2, dim=4, depth=1, image_depth=image_depth))
+    shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
+    x, image = torch.randn(1, 2, *shape, requires_grad=True), torch.randn(1, 1, *shape, requires_grad=True)
+    tokens, c = torch.randn(1, 27, 16), torch.randn(1, 16)
+    voxel = (5, 6, 5)
+    head(x, image, tokens, c, grid)[(0, slice(None), *voxel)].sum().backward()
+    index = [torch.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]) for axis, n in enumerate(shape)]
+
+    def within(radius):
+        near = [(i - v).abs() <= radius for i, v in zip(index, voxel, strict=True)]
+        return near[0] & near[1] & near[2]
+
+    assert torch.equal(x.grad.abs().sum(dim=(0, 1)) > 0, within(2))
+    assert torch.equal(image.grad.abs().sum(dim=(0, 1)) > 0, within(2 + image_depth))
+
+
 def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
     model = randomize(
         tiny(
@@ -77,11 +98,13 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
             pixel_dim=4,
             pixel_depth=3,
             pixel_mlp_ratio=2,
+            pixel_image_depth=2,
             position="rope",
         )
     )
     config = json.loads(json.dumps(model.config))
     assert (config["head"], config["pixel_dim"], config["pixel_depth"], config["pixel_mlp_ratio"]) == ("pixel", 4, 3, 2)
+    assert config["pixel_image_depth"] == 2 and len(model.pixel_head.image_blocks) == 2
     assert len(model.pixel_head.blocks) == 3 and model.pixel_head.dim == 4
     assert model.pixel_head.blocks[0].mlp.fc1.out_features == 8  # pixel_mlp_ratio x pixel_dim
     save_widit(model, tmp_path / "pixel.pt")
@@ -100,6 +123,12 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
         ({"head": "pixel", "pixel_mlp_ratio": 0}, "pixel_mlp_ratio must be positive, got 0"),
         ({"head": "pixel", "pixel_mlp_ratio": float("nan")}, "pixel_mlp_ratio must be positive, got nan"),
         ({"head": "pixel", "pixel_mlp_ratio": True}, "pixel_mlp_ratio must be positive, got True"),
+        ({"head": "pixel", "pixel_image_depth": -1}, "pixel_image_depth must be an int >= 0, got -1"),
+        ({"pixel_image_depth": 1}, r"pixel_image_depth=1 needs head='pixel' and use_conditioning=True \(got head="),
+        (
+            {"head": "pixel", "pixel_image_depth": 2, "use_conditioning": False},
+            "pixel_image_depth=2 needs .* use_conditioning=False",
+        ),
     ],
 )
 def test_pixel_options_are_checked(tiny, kwargs, match):
@@ -137,7 +166,10 @@ def _plain_head(head, x, image, tokens, c, grid):
 
     h = head.stem_x(x.movedim(1, -1))
     if head.stem_c is not None:
-        h = h + F.linear(image.movedim(1, -1), head.stem_c.weight)
+        features = F.linear(image.movedim(1, -1), head.stem_c.weight)
+        for block in head.image_blocks:  # ConvNeXt's block, no norm: h + pointwise(GELU(depthwise(h)))
+            features = features + block.pointwise(F.gelu(_depthwise(block.depthwise, features)))
+        h = h + features
     h = h + _depthwise(head.stem_mix, h)
     s = head.norm_tokens(tokens) + c.unsqueeze(1)
     s = patches_to_voxels(head.modulation(s), grid, head.patch_size).movedim(1, -1)
@@ -148,10 +180,10 @@ def _plain_head(head, x, image, tokens, c, grid):
     return head.final(h).movedim(-1, 1)
 
 
-def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0):
+def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0, image_depth=0):
     """A randomized head with its inputs on ``grid`` tokens of ``patch`` voxels (x and tokens require gradients)."""
     torch.manual_seed(seed)
-    head = PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2)
+    head = PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2, image_depth=image_depth)
     for p in head.parameters():
         torch.nn.init.normal_(p, std=0.2)
     shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
@@ -164,15 +196,18 @@ def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0):
     "patch",
     [(2, 2), (2, 1), (2, 2, 2), (2, 1, 2), (1, 2, 2)],  # p0 differs from the last axis' size, both ways
 )
-@pytest.mark.parametrize("conditioned", [True, False])
+@pytest.mark.parametrize(
+    ("conditioned", "image_depth"), [(True, 0), (False, 0), (True, 2)]
+)  # image blocks need an image
 @pytest.mark.parametrize("rows", [1, 2, None])  # slabs of 1 and 2 token rows (the last one short), and one slab
-def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, conditioned, rows):
+def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, conditioned, image_depth, rows):
     """The head's forward (slabs of token rows, the stem's matmul, the channels-first final layer, the folded
-    modulation) computes the plain composition of its modules: values and gradients."""
+    modulation, the image blocks inside the once-per-volume encoding) computes the plain composition of its modules:
+    values and gradients."""
     import medwidit.nets.blocks as blocks
 
     grid = (3, 2, 4)[: len(patch)]
-    head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid)
+    head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid, image_depth=image_depth)
     per_row = 2 * math.prod(x.shape[3:]) * patch[0]  # voxels of one token row, batch of 2
     monkeypatch.setattr(blocks, "SLAB_VOXELS", per_row * rows if rows else 1 << 40)
     out, expected = head(x, image, tokens, c, grid), _plain_head(head, x, image, tokens, c, grid)

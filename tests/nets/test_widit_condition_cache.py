@@ -15,12 +15,14 @@ def _inputs(spatial_dim, channels=2, batch=2, seed=0):
 
 
 @pytest.mark.parametrize("spatial_dim", [2, 3])
-@pytest.mark.parametrize("head", ["patch", "pixel"])
+@pytest.mark.parametrize("head", ["patch", "pixel", "pixel+image"])  # +image: image blocks in the pixel stem
 @pytest.mark.parametrize("conditioning", ["embed", "concat"])
 @pytest.mark.parametrize("embed", ["patch", "conv"])
 def test_cached_forward_is_exactly_the_plain_forward(tiny, randomize, spatial_dim, head, conditioning, embed):
+    head, _, image_blocks = head.partition("+")
+    options = {"pixel_image_depth": 2} if image_blocks else {}
     model = randomize(
-        tiny(spatial_dim, in_channels=2, cond_channels=1, head=head, conditioning=conditioning, embed=embed)
+        tiny(spatial_dim, in_channels=2, cond_channels=1, head=head, conditioning=conditioning, embed=embed, **options)
     )
     x, image, t = _inputs(spatial_dim), _inputs(spatial_dim, channels=1, seed=1), torch.tensor([3.0, 700.0])
     with torch.no_grad():
