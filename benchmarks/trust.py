@@ -111,6 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shared-steps", type=int, help="steps each view's members share (default: the bundle's)")
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
     parser.add_argument(
+        "--view-options",
+        type=json.loads,
+        default=None,
+        help="the views' augment_views as JSON, e.g. '{\"flip_axes\": [0]}' ({}: any flip or gamma; default: bundle's)",
+    )
+    parser.add_argument(
         "--extra-weights", nargs="*", type=Path, default=None, help="further checkpoints (default: the bundle's)"
     )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -169,7 +175,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     start = time.process_time()
     data = pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))})
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
-    views = augmentation_views(args.views, predictor.spatial_dims)
+    views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
     run = sample_ensemble(
         predictor.segmenters, condition, steps=args.steps, num_samples=args.samples, shared_steps=args.shared_steps,
         roi_size=predictor.roi_size,
@@ -384,7 +390,10 @@ def main(argv=None) -> dict:
     sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
     if args.bias_correction is not None:
         extra["bias_correction"] = args.bias_correction
+    if args.view_options is not None:
+        extra["view_options"] = args.view_options
     predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
+    args.view_options = predictor.view_options  # recorded as used
     resolve_sampling(args, predictor)
     pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
     start = time.process_time()

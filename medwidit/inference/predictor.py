@@ -71,7 +71,14 @@ from .outputs import (
 from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
 from .sliding import SlidingWindowDenoiser, sample_ensemble
 from .statistics import class_statistics
-from .trust import augmentation_views, bundle_expected_volumes, check_expected_volumes, quality_report
+from .trust import (
+    augmentation_views,
+    bundle_expected_volumes,
+    bundle_view_options,
+    check_expected_volumes,
+    check_view_options,
+    quality_report,
+)
 
 __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 
@@ -154,6 +161,8 @@ class Predictor:
         expected_volume_ml: ``{class: [low, high]}`` in mL (``trust.check_expected_volumes``; a bundle's
             ``inference.json`` declares it): a case whose class volume falls outside gets a warning line and is
             listed in its quality JSON's ``unexpected_volumes``, whatever the members agree on.
+        view_options: the test-time views' ``augmentation_views`` keywords (``flip_axes``, ``gamma_range``,
+            ``max_shift``; a bundle's ``inference.json`` declares them as ``augment_views``) for ``segment(augment=N)``.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``) fill every
     sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -174,6 +183,7 @@ class Predictor:
         class_names: Sequence[str] | None = None,
         extra_segmenters: Sequence[DiffusionSegmenter] = (),
         expected_volume_ml: Mapping | None = None,
+        view_options: Mapping | None = None,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -204,6 +214,7 @@ class Predictor:
             raise ValueError(f"class_names has {len(class_names)} names for {segmenter.num_classes} classes.")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.expected_volume_ml = check_expected_volumes(expected_volume_ml, segmenter.num_classes)
+        self.view_options = check_view_options(view_options, self.spatial_dims, source="view_options")
         self.sampling_defaults = sampling_defaults()
 
     def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
@@ -287,13 +298,13 @@ class Predictor:
         """A predictor from a MONAI bundle: a folder, the name of a shipped bundle, or None for the shipped default
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
-        ``configs/train.json``) where they are plain values, ``label_postprocessing`` and ``expected_volume_ml`` from
-        ``configs/inference.json``, and the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same
-        files; ``extra_weights`` (files relative to the bundle, e.g. ``models/model_b.pt``) from
-        ``configs/inference.json``: the bundle's further weights for ``segment(weight_sets=N)``, of which the first
-        ``weight_sets`` - 1 are loaded (None: as many as the bundle's default ``weight_sets`` uses), so that
-        ``weight_sets=1`` runs a bundle whose other sets do not fit its ``models/model.pt`` (e.g. after ``medwidit
-        export``)."""
+        ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``expected_volume_ml`` and the
+        test-time views' ``augment_views`` (``view_options``) from ``configs/inference.json``, and the sampling
+        defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files relative to
+        the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
+        ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
+        default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose other sets do not fit its
+        ``models/model.pt`` (e.g. after ``medwidit export``)."""
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
@@ -320,6 +331,11 @@ class Predictor:
         except ValueError as e:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)
+        if options.get("view_options") is None:  # checked against the network's spatial dimensions
+            try:
+                predictor.view_options = bundle_view_options(bundle_dir, predictor.spatial_dims)
+            except ValueError as e:
+                raise InputError(str(e)) from e
         predictor.sampling_defaults = {**defaults, "weight_sets": sets}  # the sets loaded: model.pt + sets - 1
         return predictor
 
@@ -353,7 +369,8 @@ class Predictor:
         None take ``sampling_defaults``. ``sampler``, ``eta``, ``guidance_scale`` go to
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
-        test-time views (``trust.augmentation_views``: flips, voxel shifts, intensity curve), each with ``num_samples``
+        test-time views (``trust.augmentation_views`` with ``view_options``: flips, voxel shifts, intensity curve),
+        each with ``num_samples``
         members (N times the cost), so that the ``epistemic`` map and the ``quality`` estimate see more than noise.
         ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
@@ -376,7 +393,7 @@ class Predictor:
         check_int("augment", augment)
         segmenters = self.select_weights(weight_sets)
         weight_sets = len(segmenters)
-        views = augmentation_views(augment, self.spatial_dims) if augment > 1 else None
+        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
         callback = progress_callback(progress, steps * augment * weight_sets, Path(name).name)
         try:
             summary = sample_ensemble(

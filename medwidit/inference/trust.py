@@ -41,7 +41,9 @@ __all__ = [
     "apply_view",
     "augmentation_views",
     "bundle_expected_volumes",
+    "bundle_view_options",
     "check_expected_volumes",
+    "check_view_options",
     "decompose_entropy",
     "estimated_dice",
     "expected_dice",
@@ -105,21 +107,89 @@ class View:
     shift: tuple[int, ...] = ()
 
 
+VIEW_OPTIONS = ("flip_axes", "gamma_range", "max_shift")  # what a bundle's ``augment_views`` may set
+
+
 def augmentation_views(
-    count: int, spatial_dims: int = 3, *, seed: int = 0, max_log_gamma: float = 0.3, max_shift: int = 3
+    count: int,
+    spatial_dims: int = 3,
+    *,
+    seed: int = 0,
+    max_log_gamma: float = 0.3,
+    max_shift: int = 3,
+    flip_axes: Sequence[int] | None = None,
+    gamma_range: Sequence[float] | None = None,
 ) -> list[View]:
     """``count`` views: the identity first, then flips of random axis subsets, gammas exp(U(-g, g)) and shifts of
-    0..``max_shift`` voxels per axis (below the shipped networks' patch of 4, so the patch grid moves)."""
+    0..``max_shift`` voxels per axis (below the shipped networks' patch of 4, so the patch grid moves).
+
+    ``flip_axes``: the only axes a view may flip (e.g. ``[0]``, left-right after RAS orientation: the views a
+    bilateral anatomy supports); the views then take the nonempty subsets of them in turn and then none, so the
+    second view already flips. ``gamma_range`` (low, high): gammas log-uniform in it instead (e.g. ``[1.0, 1.35]``:
+    only curves that darken the mid-range). Without either the draws are the same as before they existed."""
     check_int("count", count)
     check_int("max_shift", max_shift, low=0)
+    options = check_view_options({"flip_axes": flip_axes, "gamma_range": gamma_range}, spatial_dims)
+    log_low, log_high = (
+        (-max_log_gamma, max_log_gamma) if gamma_range is None else tuple(math.log(g) for g in options["gamma_range"])
+    )
+    allowed = options.get("flip_axes")
+    subsets = None if allowed is None else _flip_subsets(allowed)
     rng = np.random.default_rng(seed)
     views = [View()]
     while len(views) < count:
-        axes = tuple(int(a) for a in np.flatnonzero(rng.random(spatial_dims) < 0.5))
-        gamma = float(np.exp(rng.uniform(-max_log_gamma, max_log_gamma)))
+        axes = tuple(int(a) for a in np.flatnonzero(rng.random(spatial_dims) < 0.5))  # drawn always: same stream
+        if subsets is not None:
+            axes = subsets[(len(views) - 1) % len(subsets)]
+        gamma = float(np.exp(rng.uniform(log_low, log_high)))
         shift = tuple(int(s) for s in rng.integers(0, max_shift + 1, spatial_dims))
         views.append(View(axes, gamma, shift if any(shift) else ()))
     return views
+
+
+def _flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """The nonempty subsets of ``axes`` (by bit mask), then the empty one: [(0,), ()] for [0]."""
+    n = len(axes)
+    masks = [*range(1, 1 << n), 0]
+    return [tuple(a for i, a in enumerate(axes) if m >> i & 1) for m in masks]
+
+
+def check_view_options(spec: Mapping | None, spatial_dims: int, source: str = "augment_views") -> dict:
+    """A bundle's or a caller's ``augment_views`` -> the :func:`augmentation_views` keywords it sets (None values
+    dropped): ``flip_axes`` distinct spatial axes, ``gamma_range`` [low, high] with 0 < low <= high, ``max_shift`` an
+    int >= 0. A ValueError names ``source`` and the key."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{source} must be a mapping of {', '.join(VIEW_OPTIONS)}, got {spec!r}.")
+    unknown = sorted(set(spec) - set(VIEW_OPTIONS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; expected some of {', '.join(VIEW_OPTIONS)}.")
+    out = {}
+    axes = spec.get("flip_axes")
+    if axes is not None:
+        ok = isinstance(axes, Sequence) and not isinstance(axes, str) and len(set(axes)) == len(axes)
+        if not ok or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < spatial_dims for a in axes):
+            raise ValueError(
+                f"{source}: flip_axes must be distinct spatial axes 0..{spatial_dims - 1}, e.g. [0], got {axes!r}."
+            )
+        out["flip_axes"] = [int(a) for a in axes]
+    gammas = spec.get("gamma_range")
+    if gammas is not None:
+        ok = isinstance(gammas, Sequence) and not isinstance(gammas, str) and len(gammas) == 2
+        ok = ok and all(isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) for g in gammas)
+        if not ok or not 0 < gammas[0] <= gammas[1]:
+            raise ValueError(f"{source}: gamma_range must be [low, high] with 0 < low <= high, got {gammas!r}.")
+        out["gamma_range"] = [float(g) for g in gammas]
+    if spec.get("max_shift") is not None:
+        out["max_shift"] = check_int(f"{source}: max_shift", spec["max_shift"], low=0)
+    return out
+
+
+def bundle_view_options(bundle_dir, spatial_dims: int = 3) -> dict:
+    """The checked ``augment_views`` of a bundle's ``configs/inference.json`` ({} where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_view_options(config.get("augment_views"), spatial_dims, source=f"{path}: augment_views")
 
 
 def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from medwidit.inference.trust import (
     apply_view,
     augmentation_views,
     check_expected_volumes,
+    check_view_options,
     decompose_entropy,
     estimated_dice,
     invert_view,
@@ -58,6 +59,39 @@ def test_estimated_dice_is_one_when_members_agree_and_exact_for_a_known_split():
     dice = estimated_dice(members)  # final labels = majority = `labels`
     torch.testing.assert_close(dice[0, 1], torch.tensor((1 + 1 + 2 * 40 / 90) / 3))
     torch.testing.assert_close(dice[0, 0], torch.tensor((1 + 1 + 2 * 50 / 110) / 3))
+
+
+def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alone():
+    """``flip_axes`` cycles the allowed flips (the second view already flips), ``gamma_range`` bounds the curve, and
+    the shifts are the default views' own: both draw the same random stream as the unrestricted views."""
+    plain = augmentation_views(7, 3, seed=2)
+    restricted = augmentation_views(7, 3, seed=2, flip_axes=[0], gamma_range=[1.0, 1.35])
+    assert [v.flip_axes for v in restricted] == [(), (0,), (), (0,), (), (0,), ()]
+    assert all(1.0 <= v.gamma <= 1.35 for v in restricted) and len({v.gamma for v in restricted[1:]}) == 6
+    assert [v.shift for v in restricted] == [v.shift for v in plain]
+    two = augmentation_views(9, 3, flip_axes=[0, 2])  # the nonempty subsets in turn, then none
+    assert [v.flip_axes for v in two[1:5]] == [(0,), (2,), (0, 2), ()]
+    assert augmentation_views(4, 3, seed=2, flip_axes=None, gamma_range=None) == plain[:4]
+    assert all(v.shift == () for v in augmentation_views(5, 3, max_shift=0))
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"flip_axes": [3]}, r"augment_views: flip_axes must be distinct spatial axes 0\.\.2, e\.g\. \[0\], got \[3\]"),
+        ({"flip_axes": [0, 0]}, "flip_axes must be distinct"),
+        ({"flip_axes": "0"}, "flip_axes must be distinct"),
+        ({"gamma_range": [1.3, 1.0]}, r"gamma_range must be \[low, high\] with 0 < low <= high, got \[1.3, 1.0\]"),
+        ({"gamma_range": [0, 1]}, "gamma_range must be"),
+        ({"gamma_range": [1.0]}, "gamma_range must be"),
+        ({"max_shift": -1}, r"augment_views: max_shift must be an int >= 0, got -1"),
+        ({"flips": [0]}, r"augment_views: unknown key\(s\) \['flips'\]; expected some of flip_axes"),
+        ([0], "augment_views must be a mapping of flip_axes, gamma_range, max_shift"),
+    ],
+)
+def test_bad_view_options_name_the_key(spec, match):
+    with pytest.raises(ValueError, match=match):
+        check_view_options(spec, 3)
 
 
 def test_views_start_with_the_identity_and_invert_exactly():

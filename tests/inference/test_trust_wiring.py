@@ -143,3 +143,36 @@ def test_a_case_where_nothing_is_found_is_warned_about_though_every_member_agree
     caplog.clear()
     predictor.predict_from_files(source, tmp_path / "quiet", progress=False, warn_dice=None, **FAST)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_the_predictor_samples_the_views_its_options_allow(tmp_path, checkpoint, monkeypatch):
+    """``view_options`` (a bundle's ``augment_views``) reach the views ``segment(augment=N)`` samples: only left-right
+    flips, from the second view on, and gammas in the range; a bundle declaring them hands them to its predictor, and
+    a bad one is an error naming its inference.json."""
+    import medwidit.inference.predictor as predictor_module
+    from medwidit.inference import InputError
+
+    seen = []
+
+    def recording(*args, views=None, **kwargs):
+        seen.append(views)
+        return sample_ensemble(*args, views=views, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "sample_ensemble", recording)
+    source = save_nifti(tmp_path / "scan.nii.gz", _ball())
+    options = {"flip_axes": [0], "gamma_range": [1.0, 1.35]}
+    Predictor.from_checkpoint(checkpoint, device="cpu", view_options=options).segment(source, augment=4, **FAST)
+    assert [v.flip_axes for v in seen[0]] == [(), (0,), (), (0,)] and all(1 <= v.gamma <= 1.35 for v in seen[0])
+    Predictor.from_checkpoint(checkpoint, device="cpu").segment(source, augment=4, **FAST)
+    assert any(set(v.flip_axes) - {0} for v in seen[1])  # without options: any axis may flip
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"augment_views": options}))
+    assert Predictor.from_bundle(bundle, device="cpu").view_options == options
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"augment_views": {"flip_axes": [5]}}))
+    with pytest.raises(InputError, match=r"inference.json: augment_views: flip_axes must be distinct spatial axes"):
+        Predictor.from_bundle(bundle, device="cpu")
+    with pytest.raises(ValueError, match=r"view_options: gamma_range must be \[low, high\]"):
+        Predictor.from_checkpoint(checkpoint, device="cpu", view_options={"gamma_range": [2, 1]})
