@@ -195,9 +195,10 @@ class PixelHead(nn.Module):
     (RMSNorm + zero Linear) makes the output exactly zero at init. ``image_depth`` :class:`ImageBlock` deepen the
     image's stem features; they read the image alone, so they are part of :meth:`encode_condition` (once per volume).
 
-    Everything is local: a voxel sees its patch's token and its 2-voxel neighbourhood, so sliding windows stitch it
-    as they stitch the token path. Depthwise rather than full 3^N convolutions, run channels-last: on the CPU a full
-    convolution of a few channels at full resolution costs as much as the whole token path.
+    Everything is local: a voxel sees its patch's token and its 2-voxel neighbourhood (2 + ``image_depth`` voxels of
+    the image), so sliding windows stitch it as they stitch the token path. Depthwise rather than full 3^N
+    convolutions, run channels-last: on the CPU a full convolution of a few channels at full resolution costs as much
+    as the whole token path.
     """
 
     def __init__(

@@ -193,7 +193,7 @@ class WiDiT(nn.Module):
             "pixel_mlp_ratio": float(pixel_mlp_ratio),
             "pixel_image_depth": check_int("pixel_image_depth", pixel_image_depth, low=0),
         }
-        if self.config["pixel_image_depth"] and (head != "pixel" or not use_conditioning):
+        if self.config["pixel_image_depth"] and (self.config["head"] != "pixel" or not use_conditioning):
             raise ValueError(
                 f"pixel_image_depth={pixel_image_depth} needs head='pixel' and use_conditioning=True "
                 f"(got head={head!r}, use_conditioning={use_conditioning})."
