@@ -51,6 +51,7 @@ from medwidit.inference.metrics import auroc, dice_per_class, expected_calibrati
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import (
     augmentation_views,
+    check_view_options,
     decompose_entropy,
     estimated_dice,
     expected_dice,
@@ -102,6 +103,18 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
 
 
+def _view_options(text: str) -> dict:
+    """``--view-options``: a JSON object of ``augment_views`` keys, else an argparse error naming the flag."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); expected e.g. '{{\"flip_axes\": [0]}}'") from e
+    try:
+        return check_view_options(spec, 3)  # argparse names the flag, this the key
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
@@ -112,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--views", type=int, default=3, help="test-time views (the first is the identity)")
     parser.add_argument(
         "--view-options",
-        type=json.loads,
+        type=_view_options,
         default=None,
         help="the views' augment_views as JSON, e.g. '{\"flip_axes\": [0]}' ({}: any flip or gamma; default: bundle's)",
     )

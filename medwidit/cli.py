@@ -163,7 +163,7 @@ def _resolve_model(args: argparse.Namespace) -> dict:
     defaults = sampling_defaults(bundle)
     shared_by_model = getattr(args, "shared_steps", None) is None
     names = (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2)
-    for name, key in (*names, ("weight_sets",) * 2):
+    for name, key in (*names, ("weight_sets",) * 2, ("augment",) * 2):
         if getattr(args, name, None) is None:
             setattr(args, name, defaults[key])
     if shared_by_model:  # the model's default, not the user's flag: fitted to --steps (--steps 1 shares none)
@@ -216,6 +216,8 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling |= {"eta": args.eta, "guidance_scale": args.guidance_scale, "overlap": args.overlap, "seed": args.seed}
     sampling["shared_steps"] = args.shared_steps
     sampling["weight_sets"] = args.weight_sets
+    sampling["augment"] = args.augment
+    sampling["view_options"] = predictor.view_options  # the limits of the views when augment > 1
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),

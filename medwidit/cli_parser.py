@@ -176,11 +176,11 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
         help="test-time views per case, each with --samples members (N times the cost): flips, voxel shifts and an "
         "intensity curve, undone before averaging; they make case_epistemic and the Dice estimate in "
-        "case_quality.json see more than noise (default 1: none)",
+        "case_quality.json see more than noise (default: the bundle's inference.json augment, else 1: none)",
     )
     parser.add_argument(
         "--weight-sets",

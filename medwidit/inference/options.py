@@ -48,10 +48,20 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 # a bare checkpoint's sampling, and a bundle's where its inference.json is silent (the shipped one: 2 samples x 2 sets)
-SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0, "weight_sets": 1}
+# augment: test-time views per case, 1 = none (README, "Uncertainty"; benchmarks/trust.py)
+SAMPLING_DEFAULTS = {"steps": 10, "num_samples": 4, "overlap": 0.5, "shared_steps": 0, "weight_sets": 1, "augment": 1}
 DEFAULT_BUNDLE = "brain_widit_segmentation"  # the model `medwidit segment` uses without --bundle
 DEFAULT_BUNDLE_TASK = "brain extraction"  # what it does, for the CLI's log line
-BUNDLE_OPTIONS = ("roi_size", "sw_batch_size", "steps", "num_samples", "overlap", "shared_steps", "weight_sets")
+BUNDLE_OPTIONS = (
+    "roi_size",
+    "sw_batch_size",
+    "steps",
+    "num_samples",
+    "overlap",
+    "shared_steps",
+    "weight_sets",
+    "augment",
+)
 MAX_GRID_GROWTH = 64.0  # refuse (unless forced) a resampled grid with more than this many times the input's voxels
 MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along an axis: nothing left to segment
 
@@ -253,7 +263,7 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
 
 
 def sampling_defaults(bundle_dir: str | os.PathLike | None = None) -> dict:
-    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``: a bundle's plain values
+    """``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``: a bundle's plain values
     (``bundle_options``) over ``SAMPLING_DEFAULTS``; the CLI's defaults, so that ``medwidit segment --bundle B``
     samples as B's ``inference.json`` says."""
     found = bundle_options(bundle_dir, ["inference.json"]) if bundle_dir is not None else {}  # train.json's are

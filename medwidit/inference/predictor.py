@@ -85,7 +85,6 @@ __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
-DEFAULT_AUGMENT = 1  # test-time views per case: 1 = none (see README, "Uncertainty"; benchmarks/trust.py)
 DEFAULT_WARN_DICE = 0.955  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
 
 
@@ -164,8 +163,8 @@ class Predictor:
         view_options: the test-time views' ``augmentation_views`` keywords (``flip_axes``, ``gamma_range``,
             ``max_shift``; a bundle's ``inference.json`` declares them as ``augment_views``) for ``segment(augment=N)``.
 
-    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``) fill every
-    sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
+    ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
+    fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
     ``inference.json`` values over them, the same values ``medwidit segment --bundle`` uses.
     """
 
@@ -357,7 +356,7 @@ class Predictor:
         eta: float = 0.0,
         guidance_scale: float = 1.0,
         force_grid: bool = False,
-        augment: int = 1,
+        augment: int | None = None,
         shared_steps: int | None = None,
         weight_sets: int | None = None,
     ) -> Segmentation:
@@ -368,7 +367,8 @@ class Predictor:
         (default: seed 0, so that a case always gets the same result). ``steps``, ``num_samples``, ``overlap`` left at
         None take ``sampling_defaults``. ``sampler``, ``eta``, ``guidance_scale`` go to
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
-        than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 adds
+        than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 (None:
+        ``sampling_defaults``) adds
         test-time views (``trust.augmentation_views`` with ``view_options``: flips, voxel shifts, intensity curve),
         each with ``num_samples`` members (N times the cost), so that the ``epistemic`` map and the ``quality``
         estimate see more than noise.
@@ -390,7 +390,7 @@ class Predictor:
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
-        check_int("augment", augment)
+        augment = self.resolve_augment(augment)
         segmenters = self.select_weights(weight_sets)
         weight_sets = len(segmenters)
         views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
@@ -450,6 +450,11 @@ class Predictor:
         hint = f" (this model has {len(self.segmenters)} set(s) of weights)"
         check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
         return self.segmenters[:count]
+
+    def resolve_augment(self, augment: int | None) -> int:
+        """Test-time views per case: ``augment``, or ``sampling_defaults``'s when None (a ValueError unless an int
+        >= 1)."""
+        return check_int("augment", self.sampling_defaults["augment"] if augment is None else augment)
 
     def check_options(
         self,
@@ -525,7 +530,7 @@ class Predictor:
         seed: int = 0,
         modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
         force_grid: bool = False,
-        augment: int = DEFAULT_AUGMENT,
+        augment: int | None = None,
         weight_sets: int | None = None,
         warn_dice: float | None = DEFAULT_WARN_DICE,
         num_parts: int = 1,
@@ -570,7 +575,7 @@ class Predictor:
         options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
         self.check_options(**options)
         check_int("seed", seed, low=0)
-        check_int("augment", augment)
+        augment = self.resolve_augment(augment)
         weight_sets = len(self.select_weights(weight_sets))
         if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
             raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")

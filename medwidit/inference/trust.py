@@ -129,7 +129,9 @@ def augmentation_views(
     only curves that darken the mid-range). Without either the draws are the same as before they existed."""
     check_int("count", count)
     check_int("max_shift", max_shift, low=0)
-    options = check_view_options({"flip_axes": flip_axes, "gamma_range": gamma_range}, spatial_dims)
+    options = check_view_options(
+        {"flip_axes": flip_axes, "gamma_range": gamma_range}, spatial_dims, source="augmentation_views"
+    )
     log_low, log_high = (
         (-max_log_gamma, max_log_gamma) if gamma_range is None else tuple(math.log(g) for g in options["gamma_range"])
     )

@@ -235,7 +235,8 @@ class PixelHead(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """PyTorch's defaults for stem and convolutions, Xavier blocks, zero modulation (plain RMSNorm), zero output."""
+        """PyTorch's defaults for stem, convolutions and image blocks, Xavier blocks, zero modulation (plain RMSNorm),
+        zero output."""
         for layer in (self.stem_x, self.stem_c, self.stem_mix, self.mix):
             if layer is not None:
                 layer.reset_parameters()
@@ -248,8 +249,6 @@ class PixelHead(nn.Module):
     def encode_condition(self, conditioned: torch.Tensor) -> torch.Tensor:
         """The image's stem projection, through the image blocks, plus ``stem_x``'s bias (B, cond, *S) -> (B, *S, D):
         it does not change across denoising steps."""
-        if not self.image_blocks:
-            return nn.functional.linear(conditioned.movedim(1, -1), self.stem_c.weight, self.stem_x.bias)
         h = self.stem_c(conditioned.movedim(1, -1))  # (B, *S, D)
         for block in self.image_blocks:
             h = block(h)

@@ -106,3 +106,14 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
     rescored = json.loads(again.read_text())
     assert rescored["summary"] == report["summary"] and rescored["cases"] == report["cases"]
     assert rescored["rescored"]["from"] == str(out) and (tmp_path / "again_dice.png").is_file()
+
+
+def test_bad_view_options_are_an_argparse_error_naming_the_flag_and_the_key(trust, capsys):
+    assert trust.parse_args(["--view-options", '{"flip_axes": [0]}']).view_options == {"flip_axes": [0]}
+    for text, message in (
+        ('{"flip_axes": [4]}', "argument --view-options: augment_views: flip_axes must be distinct spatial axes"),
+        ("{flip", "argument --view-options: not JSON"),
+    ):
+        with pytest.raises(SystemExit):
+            trust.parse_args(["--view-options", text])
+        assert message in capsys.readouterr().err

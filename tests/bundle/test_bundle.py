@@ -24,6 +24,8 @@ from bundle_data import (
 )
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from medwidit.inference.trust import bundle_view_options, check_view_options
+
 SCHEMA = BUNDLE / "docs" / "metadata_schema.json"
 
 
@@ -120,6 +122,8 @@ def test_infer_workflow_samples_the_extra_weights_it_is_given(trained, tmp_path)
     overrides |= {"extra_checkpoints": [str(trained["model"])], "weight_sets": 2}
     workflow = _workflow(config("inference"), "infer", **overrides)
     assert len(workflow.parser.get_parsed_content("predictor").segmenters) == 2
+    views = check_view_options(json.loads(Path(config("inference")).read_text())["augment_views"], 3)
+    assert views and workflow.parser.get_parsed_content("predictor").view_options == views  # as the CLI's bundle
     workflow.run()
     workflow.finalize()
     assert (tmp_path / "case3_image_epistemic.nii.gz").is_file()
@@ -134,6 +138,8 @@ def test_infer_workflow_samples_the_extra_weights_it_is_given(trained, tmp_path)
 def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
     workflow = _workflow([config("inference"), config("evaluate")], "eval", **overrides)
+    predictor = workflow.parser.get_parsed_content("predictor")
+    assert predictor.view_options == bundle_view_options(trained["bundle"])  # the bundle's test-time views
     workflow.run()
     workflow.finalize()
     report = json.loads((tmp_path / "dice.json").read_text())

@@ -26,7 +26,7 @@ def test_cli_and_predictor_defaults_are_the_same():
 
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     _resolve_model(args)  # unset flags take the (shipped) bundle's inference.json values
-    resolved = (args.steps, args.samples, args.overlap, args.shared_steps, args.weight_sets)
+    resolved = (args.steps, args.samples, args.overlap, args.shared_steps, args.weight_sets, args.augment)
     assert resolved == tuple(SHIPPED.values())
     assert Predictor.from_bundle(device="cpu").sampling_defaults == SHIPPED
     for method in (Predictor.segment, Predictor.predict_from_files, Predictor.check_options, run_demo):

@@ -352,18 +352,18 @@ def _random_widit(spatial_dims, scale=0.2, **options):
 
 
 @pytest.mark.parametrize(
-    ("shape", "roi", "margin", "tolerance", "head"),
-    [
-        ((60, 52), 32, 8, 0.02, {}),
-        ((26, 22, 18), 16, 2, 0.1, {}),
-        ((60, 52), 32, 8, 0.02, PIXEL),
-        ((26, 22, 18), 16, 2, 0.25, PIXEL),
-        ((60, 52), 32, 8, 0.02, PIXEL_IMAGE),
-        ((26, 22, 18), 16, 2, 0.25, PIXEL_IMAGE),
+    ("shape", "roi", "margin", "tolerance", "min_std", "head"),
+    [  # min_std: about half the measured spread of the whole-volume map (0.23, 0.39, 0.056, 0.11, 0.049, 0.027)
+        ((60, 52), 32, 8, 0.02, 0.1, {}),
+        ((26, 22, 18), 16, 2, 0.1, 0.2, {}),
+        ((60, 52), 32, 8, 0.02, 0.03, PIXEL),
+        ((26, 22, 18), 16, 2, 0.25, 0.05, PIXEL),
+        ((60, 52), 32, 8, 0.02, 0.025, PIXEL_IMAGE),
+        ((26, 22, 18), 16, 2, 0.01, 0.015, PIXEL_IMAGE),
     ],
     ids=["patch-2d", "patch-3d", "pixel-2d", "pixel-3d", "pixel-image-2d", "pixel-image-3d"],
 )
-def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tolerance, head):
+def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tolerance, min_std, head):
     """A tiny random WiDiT attends across its attention windows, up to a whole roi in 3D here. Sizes off the
     network's grid exercise the aligned, cropped far-face windows. Measured: 2D max 4e-3 (mean 1e-4), 3D max 3e-2
     (mean 1e-3), on and off window faces alike; independent windows miss by up to 1 (mean 0.07 in 2D). The pixel
@@ -373,7 +373,7 @@ def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tol
     segmenter = _random_widit(len(shape), **head)
     image = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(2))
     whole, _, error = _stitched_vs_whole(segmenter, image, roi, steps=4 if len(shape) == 2 else 3)
-    assert float(whole[1].std()) > 0.02  # the maps are not trivially constant (std 0.03-0.11 in these cases)
+    assert float(whole[1].std()) > min_std  # the maps are not trivially constant
     faces = _window_faces_mask(shape, roi, margin=margin)  # 2D: attention reaches a window (8 voxels) past a face
     border, interior = float(error[faces].max()), float(error[~faces].max())
     assert max(border, interior) < tolerance, f"window faces {border:.2e}, elsewhere {interior:.2e}"

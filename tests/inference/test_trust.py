@@ -71,7 +71,11 @@ def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alon
     assert [v.shift for v in restricted] == [v.shift for v in plain]
     two = augmentation_views(9, 3, flip_axes=[0, 2])  # the nonempty subsets in turn, then none
     assert [v.flip_axes for v in two[1:5]] == [(0,), (2,), (0, 2), ()]
-    assert augmentation_views(4, 3, seed=2, flip_axes=None, gamma_range=None) == plain[:4]
+    # the unrestricted draws as they were before the limits existed (commit 9139547), pinned
+    assert [v.flip_axes for v in plain[:4]] == [(), (0, 1), (0, 1, 2), (0, 1)]
+    assert [v.shift for v in plain[:4]] == [(), (1, 2, 3), (2, 1, 2), (0, 2, 3)]
+    gammas = [1.0, 0.7828216124210138, 1.0990649896422682, 0.9547276179039966]
+    torch.testing.assert_close([v.gamma for v in plain[:4]], gammas, rtol=0, atol=1e-12)
     assert all(v.shift == () for v in augmentation_views(5, 3, max_shift=0))
 
 
@@ -92,6 +96,11 @@ def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alon
 def test_bad_view_options_name_the_key(spec, match):
     with pytest.raises(ValueError, match=match):
         check_view_options(spec, 3)
+
+
+def test_bad_view_limits_in_a_direct_call_name_the_function():
+    with pytest.raises(ValueError, match=r"^augmentation_views: flip_axes must be distinct spatial axes 0\.\.1"):
+        augmentation_views(3, 2, flip_axes=[2])
 
 
 def test_views_start_with_the_identity_and_invert_exactly():

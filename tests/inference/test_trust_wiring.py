@@ -171,6 +171,13 @@ def test_the_predictor_samples_the_views_its_options_allow(tmp_path, checkpoint,
     (bundle / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
     (bundle / "configs" / "inference.json").write_text(json.dumps({"augment_views": options}))
     assert Predictor.from_bundle(bundle, device="cpu").view_options == options
+    assert Predictor.from_bundle(bundle, device="cpu", view_options={}).view_options == {}  # the caller's win
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"augment_views": options, "augment": 2}))
+    cli = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]  # --augment: the bundle's 2
+    assert main(["segment", "-i", str(source), "-o", str(tmp_path / "out"), "--bundle", str(bundle), *cli]) == 0
+    record = json.loads((tmp_path / "out" / "medwidit_run.json").read_text())["sampling"]
+    assert (record["augment"], record["view_options"]) == (2, options)
+    assert [v.flip_axes for v in seen[-1]] == [(), (0,)]  # the views the bundle allows
     (bundle / "configs" / "inference.json").write_text(json.dumps({"augment_views": {"flip_axes": [5]}}))
     with pytest.raises(InputError, match=r"inference.json: augment_views: flip_axes must be distinct spatial axes"):
         Predictor.from_bundle(bundle, device="cpu")
