@@ -368,10 +368,9 @@ class Predictor:
         None take ``sampling_defaults``. ``sampler``, ``eta``, ``guidance_scale`` go to
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 (None:
-        ``sampling_defaults``) adds
-        test-time views (``trust.augmentation_views`` with ``view_options``: flips, voxel shifts, intensity curve),
-        each with ``num_samples`` members (N times the cost), so that the ``epistemic`` map and the ``quality``
-        estimate see more than noise.
+        ``sampling_defaults``) adds test-time views (``trust.augmentation_views`` with ``view_options``: flips, voxel
+        shifts, intensity curve), each with ``num_samples`` members (N times the cost), so that the ``epistemic`` map
+        and the ``quality`` estimate see more than noise.
         ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         ``weight_sets`` N (None: ``sampling_defaults``): the first N of ``segmenters`` (independently trained
