@@ -6,9 +6,10 @@ inflate CPU time; the wall clock is recorded too), samples held-out phantoms
 with the EMA weights (DDIM 1/2/5/10/25 steps for the x0 model, 10 steps for the others) and prints Dice per class. A
 MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, and an intensity-threshold oracle
 (thresholds tuned on the test set itself) shows what intensity alone achieves. ``--heads`` trains the x0 model once
-per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L), each
-for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only then
-read on the test split. Writes benchmarks/results/learn_phantoms.json.
+per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L; a
+``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones), each for the same budget; the
+best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only then read on the test split.
+Writes benchmarks/results/learn_phantoms.json.
 
 Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
 striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),
@@ -151,16 +152,18 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
 
 
 HEAD_GRAMMAR = (
-    "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>], optionally after p<patch>w<window>: "
-    "(e.g. p8w4:pixel-8-1, pixel-16-1-i2)"
+    "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>], either with [-t<location>] (logit-normal training "
+    "timesteps), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, pixel-16-1-i2, patch-t1)"
 )
-SUFFIXES = {"r": ("pixel_mlp_ratio", float), "i": ("pixel_image_depth", int)}
+SUFFIXES = {"r": ("pixel_mlp_ratio", float), "i": ("pixel_image_depth", int), "t": ("timestep_location", float)}
+TRAINING_OPTIONS = ("timestep_location",)  # the segmenter's, not the network's
 
 
 def head_options(spec: str) -> dict:
     """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
-    pixel_mlp_ratio=2 and ``-i2`` pixel_image_depth=2; a ``p8w4:`` prefix also sets the token path's patch_size=8
-    and window_size=4."""
+    pixel_mlp_ratio=2 and ``-i2`` pixel_image_depth=2; ``-t1`` (either head) timestep_location=1: the model trains
+    at logit-normal timesteps of that location (``DiffusionSegmenter(timestep_sampling="logit_normal")``); a ``p8w4:``
+    prefix also sets the token path's patch_size=8 and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
         prefix, head = spec.split(":", 1)
@@ -168,14 +171,16 @@ def head_options(spec: str) -> dict:
         if not (patch[:1] == "p" and patch[1:].isdigit() and window.isdigit()):
             raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
         options = {"patch_size": int(patch[1:]), "window_size": int(window)}
-    if head == "patch":
-        return options
-    parts = head.split("-")  # pixel, dim, depth, then suffixes
-    if parts[0] != "pixel" or len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+    parts = head.split("-")  # patch or pixel, dim, depth, then suffixes
+    if parts[0] == "patch":
+        suffixes, allowed = parts[1:], {"t"}
+    elif parts[0] == "pixel" and len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit():
+        options.update({"head": "pixel", "pixel_dim": int(parts[1]), "pixel_depth": int(parts[2])})
+        suffixes, allowed = parts[3:], set(SUFFIXES)
+    else:
         raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
-    options.update({"head": "pixel", "pixel_dim": int(parts[1]), "pixel_depth": int(parts[2])})
-    for part in parts[3:]:
-        key, kind = SUFFIXES.get(part[:1], (None, None))
+    for part in suffixes:
+        key, kind = SUFFIXES.get(part[:1], (None, None)) if part[:1] in allowed else (None, None)
         value = part[1:]
         if key is None or key in options or not value.replace(".", "", 1 if kind is float else 0).isdigit():
             raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
@@ -183,10 +188,19 @@ def head_options(spec: str) -> dict:
     return options
 
 
+def segmenter_options(head: str) -> dict:
+    """The DiffusionSegmenter arguments a head spec names (its ``-t`` suffix)."""
+    location = head_options(head).get("timestep_location")
+    if location is None:
+        return {}
+    return {"timestep_sampling": "logit_normal", "timestep_args": {"location": location, "scale": 1.0}}
+
+
 def widit(args, head: str = "patch") -> WiDiT:
     sizes = {"patch_size": args.patch, "window_size": args.window}
+    options = {k: v for k, v in head_options(head).items() if k not in TRAINING_OPTIONS}
     return WiDiT(
-        **{**sizes, **head_options(head)},
+        **{**sizes, **options},
         spatial_dim=3,
         in_channels=args.classes,
         cond_channels=1,
@@ -202,7 +216,12 @@ def run_objective(objective: str, train, test, args, head: str = "patch", val=No
     torch.manual_seed(args.seed)
     net = widit(args, head)
     segmenter = DiffusionSegmenter(
-        net, num_classes=args.classes, objective=objective, aux_weight=args.aux_weight, schedule=args.schedule
+        net,
+        num_classes=args.classes,
+        objective=objective,
+        aux_weight=args.aux_weight,
+        schedule=args.schedule,
+        **segmenter_options(head),
     )
     ema = copy.deepcopy(segmenter).requires_grad_(False)
     generator = torch.Generator().manual_seed(args.seed)

@@ -30,6 +30,8 @@ __all__ = [
     "learned_log_variance",
     "posterior_mean_variance",
     "prediction_to_x0_eps",
+    "TIMESTEP_SAMPLINGS",
+    "check_timestep_sampling",
     "sample_training_timesteps",
     "split_output",
     "training_target",
@@ -39,6 +41,8 @@ __all__ = [
 
 GAUSSIAN_OBJECTIVES = ("sample", "epsilon", "v_prediction")
 OBJECTIVES = (*GAUSSIAN_OBJECTIVES, "flow")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # the first is DiffusionSegmenter's default
+TIMESTEP_ARGS = {"uniform": {}, "logit_normal": {"location": 0.0, "scale": 1.0}}
 
 
 def _right(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -57,11 +61,50 @@ def _alpha_bar(scheduler: Scheduler, t: torch.Tensor, like: torch.Tensor) -> tor
 ##################################################################################
 
 
+def check_timestep_sampling(sampling: str = TIMESTEP_SAMPLINGS[0], args: dict | None = None) -> dict:
+    """``args`` of a training-timestep distribution with its defaults filled in; an error names the bad key."""
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {sampling!r}.")
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(TIMESTEP_ARGS[sampling]))
+    if unknown:
+        raise ValueError(
+            f"timestep_args for {sampling!r} takes {sorted(TIMESTEP_ARGS[sampling]) or 'nothing'}, got {unknown}."
+        )
+    for key, value in args.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"timestep_args[{key!r}] must be a finite number, got {value!r}.")
+    args = {**TIMESTEP_ARGS[sampling], **{k: float(v) for k, v in args.items()}}
+    if sampling == "logit_normal" and not args["scale"] > 0:
+        raise ValueError(f"timestep_args needs a scale > 0, got {args}.")
+    return args
+
+
 def sample_training_timesteps(
-    objective: str, num_train_timesteps: int, batch: int, *, generator=None, device=None
+    objective: str,
+    num_train_timesteps: int,
+    batch: int,
+    *,
+    generator=None,
+    device=None,
+    sampling: str = "uniform",
+    args: dict | None = None,
 ) -> torch.Tensor:
-    """Training times (B,): integer steps uniform in [0, T) for Gaussian diffusion, continuous uniform t*T for flow."""
+    """Training times (B,): integer steps in [0, T) for Gaussian diffusion, continuous t in [0, T) for flow.
+
+    ``sampling`` ``uniform``: t/T uniform. ``logit_normal``: t/T = sigmoid(location + scale * z), z ~ N(0, 1)
+    (Esser et al. 2024, SD3, sec. 3.1); a positive ``location`` spends training where the noise hides most of the
+    label, the steps a few-step sampler calls the network at (3 DDIM steps: t = 999, 500, 0). Hand-written: MONAI's
+    ``RFlowScheduler(sample_method="logit-normal")`` draws them for flow only and without a generator, and its DDPM
+    and DDIM schedulers leave training timesteps to the caller.
+    """
+    args = check_timestep_sampling(sampling, args)
     gen_device = generator.device if generator is not None else "cpu"
+    if sampling == "logit_normal":
+        u = torch.sigmoid(args["location"] + args["scale"] * torch.randn(batch, generator=generator, device=gen_device))
+        if objective == "flow":  # continuous, below T even where the sigmoid rounds to 1
+            return (u * num_train_timesteps).clamp(max=num_train_timesteps * (1 - 1e-6)).to(device)
+        return (u * num_train_timesteps).long().clamp(max=num_train_timesteps - 1).to(device)
     if objective == "flow":
         t = torch.rand(batch, generator=generator, device=gen_device) * num_train_timesteps
     else:

@@ -23,7 +23,9 @@ from medwidit.utils import check_bool, check_int, check_range
 from .encoding import encode_labels
 from .objectives import (
     OBJECTIVES,
+    TIMESTEP_SAMPLINGS,
     aux_dice_ce,
+    check_timestep_sampling,
     sample_training_timesteps,
     split_output,
     training_target,
@@ -68,6 +70,9 @@ class DiffusionSegmenter(nn.Module):
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
         clip_sample: clip x0 estimates to [-1, 1] while sampling.
+        timestep_sampling, timestep_args: the training timesteps' distribution, ``uniform`` (default) or
+            ``logit_normal`` with ``{"location": m, "scale": s}`` (SD3; m > 0 trains more where few-step samplers
+            call the network; ``medwidit.diffusion.objectives.sample_training_timesteps``).
 
     Attributes: ``noise_scheduler`` is the MONAI scheduler object that ``scheduler`` names (``scheduler_name``).
     """
@@ -88,6 +93,8 @@ class DiffusionSegmenter(nn.Module):
         vlb_weight: float = 0.001,
         cond_drop_prob: float = 0.0,
         clip_sample: bool = True,
+        timestep_sampling: str = TIMESTEP_SAMPLINGS[0],
+        timestep_args: dict | None = None,
     ) -> None:
         super().__init__()
         _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob)
@@ -107,6 +114,8 @@ class DiffusionSegmenter(nn.Module):
         self.vlb_weight = float(vlb_weight)
         self.cond_drop_prob = float(cond_drop_prob)
         self.clip_sample = check_bool("clip_sample", clip_sample)
+        self.timestep_sampling = timestep_sampling
+        self.timestep_args = check_timestep_sampling(timestep_sampling, timestep_args)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
         object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
@@ -140,6 +149,8 @@ class DiffusionSegmenter(nn.Module):
             "vlb_weight": self.vlb_weight,
             "cond_drop_prob": self.cond_drop_prob,
             "clip_sample": self.clip_sample,
+            "timestep_sampling": self.timestep_sampling,
+            "timestep_args": dict(self.timestep_args),
         }
 
     ##################################################################################
@@ -159,7 +170,13 @@ class DiffusionSegmenter(nn.Module):
         _check_pair(image, label)
         x0 = encode_labels(label, self.num_classes).to(image.device)  # (B, K, *S)
         t = sample_training_timesteps(
-            self.objective, self.num_train_timesteps, x0.shape[0], generator=generator, device=x0.device
+            self.objective,
+            self.num_train_timesteps,
+            x0.shape[0],
+            generator=generator,
+            device=x0.device,
+            sampling=self.timestep_sampling,
+            args=self.timestep_args,
         )
         noise = randn_like(x0, generator)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)

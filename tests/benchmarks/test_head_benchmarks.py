@@ -10,6 +10,7 @@ from medwidit.nets import WiDiT
 
 learn_phantoms = load_benchmark("learn_phantoms")
 boundary = load_benchmark("boundary")
+head_cost = load_benchmark("head_cost")
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,24 @@ def test_head_specs_build_the_named_network(spec, patch, window, head, dim, dept
         assert len(net.pixel_head.image_blocks) == config["pixel_image_depth"] == image_depth
 
 
+@pytest.mark.parametrize("spec, net_head", [("patch-t1", "patch"), ("pixel-8-1-t0.5-r2", "pixel")])
+def test_timestep_suffix_reaches_the_segmenter_not_the_network(spec, net_head):
+    args = learn_phantoms.parse_args(["--hidden", "32", "--depth", "1"])
+    assert learn_phantoms.widit(args, spec).config["head"] == net_head  # WiDiT never sees timestep_location
+    location = float(spec.split("-t")[1].split("-")[0])
+    assert learn_phantoms.segmenter_options(spec) == {
+        "timestep_sampling": "logit_normal",
+        "timestep_args": {"location": location, "scale": 1.0},
+    }
+    assert learn_phantoms.segmenter_options("pixel-8-1") == {}
+
+
+def test_head_cost_builds_a_spec_with_a_timestep_suffix():
+    """head_cost.py shares the grammar: a -t spec once reached WiDiT as an unknown keyword (TypeError)."""
+    train_step, _ = head_cost.build({"model": "phantoms", "head": "patch-t1", "batch": 1, "steps": 1})
+    train_step()
+
+
 def test_the_mlp_ratio_option_reaches_the_token_blocks():
     """--mlp-ratio was parsed and never passed on (the network kept WiDiT's 4.0 whatever was asked)."""
     args = learn_phantoms.parse_args(["--mlp-ratio", "2", "--hidden", "32", "--depth", "1"])
@@ -45,7 +64,8 @@ def test_the_mlp_ratio_option_reaches_the_token_blocks():
 @pytest.mark.parametrize(
     "spec",
     ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch", "pixel-8-1-i1.5"]
-    + ["pixel-8-1-i1-i2", "pixel-8-1-r2-r3"],  # a non-integer block count, a suffix given twice
+    + ["pixel-8-1-i1-i2", "pixel-8-1-r2-r3"]  # a non-integer block count, a suffix given twice
+    + ["patch-r2", "patch-t", "pixel-8-1-t1-t2"],  # the patch head takes only -t
 )
 def test_bad_head_specs_name_the_grammar(spec):
     with pytest.raises(ValueError, match=rf"--heads entries must be patch or pixel-.*got '{spec}'"):

@@ -56,6 +56,66 @@ def test_training_pair_matches_monai(spatial_dim, objective):
     assert torch.equal(net.seen["cond"], image)
 
 
+@pytest.mark.parametrize("objective", ["sample", "flow"])
+def test_logit_normal_timesteps_follow_their_distribution(objective):
+    """t/T = sigmoid(m + s z): its quantiles are the sigmoid of the normal's, inside [0, T) for either objective."""
+    g = torch.Generator().manual_seed(0)
+    args = {"location": 1.0, "scale": 0.5}
+    t = sample_training_timesteps(objective, 1000, 20000, generator=g, sampling="logit_normal", args=args)
+    assert t.dtype == (torch.float32 if objective == "flow" else torch.int64)
+    assert 0 <= t.min() and t.max() < 1000
+    normal = torch.distributions.Normal(1.0, 0.5)
+    for q in (0.1, 0.5, 0.9):
+        expected = 1000 * torch.sigmoid(normal.icdf(torch.tensor(q)))
+        assert torch.quantile(t.double(), q).item() == pytest.approx(expected.item(), abs=6.0)
+    # a location far out saturates at the first or last step instead of leaving the range
+    far = sample_training_timesteps(objective, 1000, 64, sampling="logit_normal", args={"location": 30.0})
+    assert far.max() < 1000 and far.min() > 999 - 1e-3
+    near = sample_training_timesteps(objective, 1000, 64, sampling="logit_normal", args={"location": -30.0})
+    assert near.min() >= 0 and near.max() < 1e-3  # floor, not round or ceil: t = 0 for the integer steps
+
+
+def test_uniform_timesteps_draw_as_before_the_option_existed():
+    """The default draws are torch's own on the generator, unchanged: seeded runs repeat across the option."""
+    t = sample_training_timesteps("sample", 1000, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(0)))
+    flow = sample_training_timesteps("flow", 1000, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(flow, torch.rand(8, generator=torch.Generator().manual_seed(0)) * 1000)
+
+
+@pytest.mark.parametrize("objective", ["sample", "flow"])
+def test_segmenter_trains_at_the_timesteps_its_sampling_draws(objective):
+    """The segmenter's loss sees exactly the draws of its configured distribution, on the same generator."""
+    shape = (4, 1, 8, 8)
+    label, image = torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(1)), torch.randn(shape)
+    options = {"timestep_sampling": "logit_normal", "timestep_args": {"location": 2.0}}
+    g = torch.Generator().manual_seed(5)
+    t = sample_training_timesteps(objective, 1000, 4, generator=g, sampling="logit_normal", args={"location": 2.0})
+    x0 = encode_labels(label, 2)
+    net = TargetNet(objective, x0, randn_like(x0, g), t)
+    segmenter = DiffusionSegmenter(net, num_classes=2, objective=objective, aux_weight=0.0, **options)
+    segmenter.loss(image, label, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(net.seen["t"], t.float())
+    assert segmenter.config["timestep_sampling"] == "logit_normal"
+    assert segmenter.config["timestep_args"] == {"location": 2.0, "scale": 1.0}  # defaults filled in
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"timestep_sampling": "lognormal"}, "timestep_sampling must be one of"),
+        ({"timestep_sampling": "logit_normal", "timestep_args": {"shift": 1.0}}, "timestep_args .*'shift'"),
+        ({"timestep_args": {"location": 1.0}}, "timestep_args for 'uniform' takes nothing"),
+        ({"timestep_sampling": "logit_normal", "timestep_args": {"scale": 0.0}}, "scale > 0"),
+        ({"timestep_sampling": "logit_normal", "timestep_args": {"location": "a"}}, r"timestep_args\['location'\]"),
+        ({"timestep_sampling": "logit_normal", "timestep_args": {"scale": float("inf")}}, "finite number"),
+    ],
+)
+def test_bad_timestep_sampling_names_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionSegmenter(lambda x, t, conditioned=None: x, num_classes=2, **options)
+
+
 @pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
 def test_x0_from_prediction_matches_monai_ddim_step(prediction_type):
     scheduler = DDIMScheduler(1000, "scaled_linear_beta", prediction_type=prediction_type, clip_sample=False)

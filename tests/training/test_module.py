@@ -215,6 +215,21 @@ def test_model_config_hyperparameter_rebuilds_the_segmenter():
     assert type(rebuilt.segmenter.net) is type(module.segmenter.net)
 
 
+def test_model_config_from_before_the_timestep_options_still_matches():
+    """A checkpoint config written before timestep_sampling existed describes a segmenter with the defaults."""
+    module = DiffusionSegmentationModule(tiny_segmenter(), class_names=NAMES)
+    old = json.loads(json.dumps(module.hparams["model_config"]))
+    for key in ("timestep_sampling", "timestep_args"):
+        del old["segmenter"][key]
+    DiffusionSegmentationModule(tiny_segmenter(), model_config=old, class_names=NAMES)  # no "does not describe"
+    partial = json.loads(json.dumps(module.hparams["model_config"]))
+    partial["segmenter"].update(timestep_sampling="logit_normal", timestep_args={"location": 1})
+    logit = tiny_segmenter(timestep_sampling="logit_normal", timestep_args={"location": 1.0})
+    DiffusionSegmentationModule(logit, model_config=partial, class_names=NAMES)  # defaults filled in as it does
+    with pytest.raises(ValueError, match="does not describe"):
+        DiffusionSegmentationModule(tiny_segmenter(timestep_sampling="logit_normal"), model_config=old)
+
+
 def test_progress_bar_shows_loss_and_dice(tmp_path, capsys):
     data_list = write_dataset(tmp_path / "data", num_train=1)
     trainer, _ = _fit(tmp_path, data_list, epochs=1, sampler=whole_volume_sampler(steps=1), progress_bar=True)

@@ -50,7 +50,7 @@ def write_dataset(root: Path, *, num_train=2, num_val=1, shape=(24, 24, 24), num
     return path
 
 
-def tiny_segmenter(num_classes: int = 3, spatial_dim: int = 3) -> DiffusionSegmenter:
+def tiny_segmenter(num_classes: int = 3, spatial_dim: int = 3, **options) -> DiffusionSegmenter:
     net = WiDiT(
         spatial_dim=spatial_dim,
         patch_size=4,
@@ -63,7 +63,7 @@ def tiny_segmenter(num_classes: int = 3, spatial_dim: int = 3) -> DiffusionSegme
         window_size=4,
         learn_sigma=False,
     )
-    return DiffusionSegmenter(net, num_classes=num_classes)
+    return DiffusionSegmenter(net, num_classes=num_classes, **options)
 
 
 def whole_volume_sampler(steps: int = 1, num_samples: int = 1):
