@@ -2,7 +2,8 @@
 predictive entropy into what the data leave open and what the model does not know, and a per-case Dice estimate.
 
 Members come in G groups of S samples: a group is one *view* of the case (test-time augmentation: flips, an
-integer translation and an intensity curve, the spatial ones undone exactly before averaging) or one set of weights;
+integer translation, an intensity curve and optionally a coil field, the spatial ones undone exactly before
+averaging) or one set of weights;
 inside a group only the diffusion noise differs. With ``p_gs`` the members' class probabilities, ``p_g`` a group's
 mean and ``p`` the overall mean:
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import RandBiasField
 
 from medwidit.diffusion.encoding import class_index
 from medwidit.utils import check_int
@@ -43,6 +45,7 @@ __all__ = [
     "bundle_expected_volumes",
     "bundle_view_options",
     "check_expected_volumes",
+    "coil_field",
     "check_view_options",
     "decompose_entropy",
     "estimated_dice",
@@ -98,16 +101,20 @@ def expected_dice(probabilities: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class View:
-    """One test-time view: ``gamma`` applied to the image's [low, high] range, ``shift`` voxels of air added before
-    each spatial axis (an integer translation: it moves the network's patch grid over the anatomy, and is undone
-    exactly by cropping), then the spatial axes ``flip_axes`` flipped."""
+    """One test-time view: ``gamma`` applied to the image's [low, high] range, then, where ``bias_range`` is set, a
+    smooth multiplicative coil field (MONAI's ``RandBiasField`` with that coefficient range, seeded by
+    ``bias_seed``), ``shift`` voxels of air added before each spatial axis (an integer translation: it moves the
+    network's patch grid over the anatomy, and is undone exactly by cropping), then the spatial axes ``flip_axes``
+    flipped."""
 
     flip_axes: tuple[int, ...] = ()
     gamma: float = 1.0
     shift: tuple[int, ...] = ()
+    bias_range: tuple[float, ...] = ()
+    bias_seed: int = 0
 
 
-VIEW_OPTIONS = ("flip_axes", "gamma_range", "max_shift")  # what a bundle's ``augment_views`` may set
+VIEW_OPTIONS = ("flip_axes", "gamma_range", "max_shift", "bias_range")  # what a bundle's ``augment_views`` may set
 
 
 def augmentation_views(
@@ -119,6 +126,7 @@ def augmentation_views(
     max_shift: int = 3,
     flip_axes: Sequence[int] | None = None,
     gamma_range: Sequence[float] | None = None,
+    bias_range: Sequence[float] | None = None,
 ) -> list[View]:
     """``count`` views: the identity first, then flips of random axis subsets, gammas exp(U(-g, g)) and shifts of
     0..``max_shift`` voxels per axis (below the shipped networks' patch of 4, so the patch grid moves).
@@ -126,11 +134,16 @@ def augmentation_views(
     ``flip_axes``: the only axes a view may flip (e.g. ``[0]``, left-right after RAS orientation: the views a
     bilateral anatomy supports); the views then take the nonempty subsets of them in turn and then none, so the
     second view already flips. ``gamma_range`` (low, high): gammas log-uniform in it instead (e.g. ``[1.0, 1.35]``:
-    only curves that darken the mid-range). Without either the draws are the same as before they existed."""
+    only curves that darken the mid-range). ``bias_range`` (low, high): every view but the identity also multiplies
+    the image by a coil field whose polynomial coefficients are uniform in it (``RandBiasField``; e.g. ``[0.0, 0.2]``,
+    the field the shipped weights were trained under), seeded from the same stream after the view's other draws.
+    Without any of them the draws are the same as before they existed."""
     check_int("count", count)
     check_int("max_shift", max_shift, low=0)
     options = check_view_options(
-        {"flip_axes": flip_axes, "gamma_range": gamma_range}, spatial_dims, source="augmentation_views"
+        {"flip_axes": flip_axes, "gamma_range": gamma_range, "bias_range": bias_range},
+        spatial_dims,
+        source="augmentation_views",
     )
     log_low, log_high = (
         (-max_log_gamma, max_log_gamma) if gamma_range is None else tuple(math.log(g) for g in options["gamma_range"])
@@ -145,7 +158,10 @@ def augmentation_views(
             axes = subsets[(len(views) - 1) % len(subsets)]
         gamma = float(np.exp(rng.uniform(log_low, log_high)))
         shift = tuple(int(s) for s in rng.integers(0, max_shift + 1, spatial_dims))
-        views.append(View(axes, gamma, shift if any(shift) else ()))
+        field = {}
+        if "bias_range" in options:  # drawn only when asked: the stream without it is unchanged
+            field = {"bias_range": tuple(options["bias_range"]), "bias_seed": int(rng.integers(0, 2**31 - 1))}
+        views.append(View(axes, gamma, shift if any(shift) else (), **field))
     return views
 
 
@@ -183,6 +199,18 @@ def check_view_options(spec: Mapping | None, spatial_dims: int, source: str = "a
         if not ok or not 0 < gammas[0] <= gammas[1]:
             raise ValueError(f"{source}: gamma_range must be [low, high] with 0 < low <= high, got {gammas!r}.")
         out["gamma_range"] = [float(g) for g in gammas]
+    coefficients = spec.get("bias_range")
+    if coefficients is not None:
+        ok = isinstance(coefficients, Sequence) and not isinstance(coefficients, str) and len(coefficients) == 2
+        ok = ok and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in coefficients
+        )
+        if not ok or not coefficients[0] <= coefficients[1]:
+            raise ValueError(
+                f"{source}: bias_range must be [low, high] coil-field coefficients with low <= high, e.g. [0.0, 0.2], "
+                f"got {coefficients!r}."
+            )
+        out["bias_range"] = [float(c) for c in coefficients]
     if spec.get("max_shift") is not None:
         out["max_shift"] = check_int(f"{source}: max_shift", spec["max_shift"], low=0)
     return out
@@ -196,20 +224,33 @@ def bundle_view_options(bundle_dir, spatial_dims: int = 3) -> dict:
 
 def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | None = None) -> torch.Tensor:
     """(B, C, *S) -> the view of it (B, C, *S + shift): a monotone curve ``low + (high - low) u^gamma`` on ``u`` in
-    [0, 1], the shift padded with ``low`` (air), then flips; ``value_range`` None: each channel's own min and max."""
+    [0, 1] and the coil field on ``u`` (clipped to [0, 1]), the shift padded with ``low`` (air), then flips;
+    ``value_range`` None: each channel's own min and max."""
     dims = tuple(range(2, image.ndim))
     if value_range is None:
         low, high = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)  # (B, C, 1...)
     else:
         low, high = (torch.full((1,) * image.ndim, float(v), dtype=image.dtype) for v in value_range)
     out = image
-    if view.gamma != 1.0:
+    if view.gamma != 1.0 or view.bias_range:
         u = ((image - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)
-        out = low + (high - low) * u.pow(view.gamma)
+        if view.gamma != 1.0:
+            u = u.pow(view.gamma)
+        if view.bias_range:
+            u = (u * coil_field(image.shape[2:], view).to(u)).clamp(0, 1)
+        out = low + (high - low) * u
     if any(view.shift):
         pad = [v for s in reversed(_per_axis(view.shift, image.ndim - 2)) for v in (s, 0)]
         out = F.pad(out - low, pad) + low  # constant padding with each channel's own floor
     return _flip(out, view.flip_axes)
+
+
+def coil_field(spatial_shape: Sequence[int], view: View) -> torch.Tensor:
+    """The multiplicative field (*S) of a view with ``bias_range``: MONAI's ``RandBiasField`` (degree 3, coefficients
+    uniform in the range, seeded by ``bias_seed``) applied to ones."""
+    field = RandBiasField(coeff_range=tuple(view.bias_range), prob=1.0)
+    field.set_random_state(view.bias_seed)
+    return torch.as_tensor(np.asarray(field(np.ones((1, *spatial_shape), dtype=np.float32)))[0])
 
 
 def invert_view(maps: torch.Tensor, view: View, spatial_start: int = 2) -> torch.Tensor:

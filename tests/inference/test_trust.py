@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.transforms import RandBiasField
 
 from medwidit.diffusion import encode_labels, to_probabilities
 from medwidit.inference.trust import (
@@ -89,6 +90,9 @@ def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alon
         ({"gamma_range": [0, 1]}, "gamma_range must be"),
         ({"gamma_range": [1.0]}, "gamma_range must be"),
         ({"max_shift": -1}, r"augment_views: max_shift must be an int >= 0, got -1"),
+        ({"bias_range": [0.2, 0.1]}, r"augment_views: bias_range must be \[low, high\] coil-field coefficients"),
+        ({"bias_range": [0.1, float("nan")]}, "bias_range must be"),
+        ({"bias_range": 0.2}, "bias_range must be"),
         ({"flips": [0]}, r"augment_views: unknown key\(s\) \['flips'\]; expected some of flip_axes"),
         ([0], "augment_views must be a mapping of flip_axes, gamma_range, max_shift"),
     ],
@@ -121,6 +125,34 @@ def test_views_start_with_the_identity_and_invert_exactly():
             assert torch.equal(invert_view(seen, view), image)
         else:  # the curve is monotone: the order of intensities survives it
             assert torch.equal(invert_view(seen, view).flatten().argsort(), image.flatten().argsort())
+
+
+def test_coil_field_views_multiply_by_monai_fields_and_leave_the_air_and_the_other_draws_alone():
+    """``bias_range`` gives every view but the identity its own seeded RandBiasField on the [0, 1] intensities; the
+    first view's flip, gamma and shift are those drawn without it, and the identity stays the identity."""
+    plain = augmentation_views(4, 3, seed=5, flip_axes=[0], gamma_range=[1.0, 1.35])
+    biased = augmentation_views(4, 3, seed=5, flip_axes=[0], gamma_range=[1.0, 1.35], bias_range=[0.0, 0.2])
+    assert biased[0] == View()
+    assert (biased[1].flip_axes, biased[1].gamma, biased[1].shift) == (
+        plain[1].flip_axes,
+        plain[1].gamma,
+        plain[1].shift,
+    )
+    assert all(v.bias_range == (0.0, 0.2) for v in biased[1:]) and len({v.bias_seed for v in biased[1:]}) == 3
+    image = torch.rand(2, 1, 6, 7, 8) * 3 - 1
+    image[..., 0, :, :] = -1.0  # a slab of air at each volume's floor
+    view = View(bias_range=(0.1, 0.3), bias_seed=11)
+    seen = apply_view(image, view, value_range=(-1.0, 2.0))
+    u = (image + 1) / 3
+    for b in range(2):  # MONAI's transform on each volume's [0, 1] intensities, seeded alike, then clipped
+        monai = RandBiasField(coeff_range=(0.1, 0.3), prob=1.0)
+        monai.set_random_state(11)
+        expected = -1 + 3 * torch.as_tensor(np.asarray(monai(u[b].numpy()))).clamp(0, 1)
+        torch.testing.assert_close(seen[b], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(seen, image) and (seen[..., 0, :, :] == -1.0).all()  # air stays air
+    assert seen.min() >= -1.0 and seen.max() <= 2.0
+    assert torch.equal(apply_view(image, view, value_range=(-1.0, 2.0)), seen)  # seeded: the same field every time
+    assert torch.equal(invert_view(seen, view), seen)  # nothing spatial to undo
 
 
 def test_a_shifted_view_pads_air_before_each_axis_and_crops_it_off():
