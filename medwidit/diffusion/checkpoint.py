@@ -21,6 +21,7 @@ import torch
 from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write, sha256_file
 
+from .objectives import TIMESTEP_SAMPLINGS, check_timestep_sampling
 from .segmenter import DiffusionSegmenter
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "save_bundle_weights",
     "save_segmenter",
     "segmenter_config",
+    "with_config_defaults",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,21 @@ def segmenter_config(segmenter: DiffusionSegmenter, extra_config: Mapping | None
     if clash:
         raise ValueError(f"extra_config must not override {sorted(clash)}.")
     return {"network": network_name(segmenter.net), "net": net_config, "segmenter": segmenter.config, **extra}
+
+
+def with_config_defaults(config: Mapping) -> dict:
+    """A checkpoint config with the training timesteps' keys filled in as the segmenter fills them (a config written
+    before they existed: the defaults), so that it compares equal to :func:`segmenter_config` of what it built."""
+    config = dict(config)
+    segmenter = config.get("segmenter")
+    if isinstance(segmenter, Mapping):
+        sampling = segmenter.get("timestep_sampling", TIMESTEP_SAMPLINGS[0])
+        try:
+            args = check_timestep_sampling(sampling, segmenter.get("timestep_args"))
+        except ValueError:
+            return config  # not a config of this segmenter: a comparison fails
+        config["segmenter"] = {**segmenter, "timestep_sampling": sampling, "timestep_args": args}
+    return config
 
 
 def build_segmenter(config: Mapping, source: str | os.PathLike = "config") -> DiffusionSegmenter:

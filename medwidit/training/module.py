@@ -25,7 +25,7 @@ from monai.metrics import DiceMetric
 
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
-from medwidit.diffusion.objectives import TIMESTEP_SAMPLINGS, check_timestep_sampling
+from medwidit.diffusion.checkpoint import with_config_defaults
 from medwidit.utils import check_bool
 
 from .visualize import log_validation_images
@@ -333,24 +333,9 @@ def _segmenter_from(segmenter: DiffusionSegmenter | None, model_config: Mapping 
         return build_segmenter(model_config, "model_config")
     if not isinstance(segmenter, DiffusionSegmenter):
         raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
-    if model_config is not None and _with_defaults(model_config) != segmenter_config(segmenter):
+    if model_config is not None and with_config_defaults(model_config) != segmenter_config(segmenter):
         raise ValueError("model_config does not describe the segmenter given; give one or the other.")
     return segmenter
-
-
-def _with_defaults(model_config: Mapping) -> dict:
-    """A checkpoint's config with the training timesteps' keys filled in as the segmenter fills them (a config
-    written before they existed: the defaults)."""
-    config = dict(model_config)
-    segmenter = config.get("segmenter")
-    if isinstance(segmenter, Mapping):
-        sampling = segmenter.get("timestep_sampling", TIMESTEP_SAMPLINGS[0])
-        try:
-            args = check_timestep_sampling(sampling, segmenter.get("timestep_args"))
-        except ValueError:
-            return config  # not a config of this segmenter: the comparison fails
-        config["segmenter"] = {**segmenter, "timestep_sampling": sampling, "timestep_args": args}
-    return config
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
