@@ -26,12 +26,12 @@ from .encoding import to_probabilities
 __all__ = [
     "GAUSSIAN_OBJECTIVES",
     "OBJECTIVES",
+    "TIMESTEP_SAMPLINGS",
     "aux_dice_ce",
+    "check_timestep_sampling",
     "learned_log_variance",
     "posterior_mean_variance",
     "prediction_to_x0_eps",
-    "TIMESTEP_SAMPLINGS",
-    "check_timestep_sampling",
     "sample_training_timesteps",
     "split_output",
     "training_target",
@@ -87,7 +87,7 @@ def sample_training_timesteps(
     *,
     generator=None,
     device=None,
-    sampling: str = "uniform",
+    sampling: str = TIMESTEP_SAMPLINGS[0],
     args: dict | None = None,
 ) -> torch.Tensor:
     """Training times (B,): integer steps in [0, T) for Gaussian diffusion, continuous t in [0, T) for flow.
