@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 from backbone import _proc_status_mb
-from learn_phantoms import HEAD_GRAMMAR, TRAINING_OPTIONS, head_options, segmenter_options  # one parser of the specs
+from learn_phantoms import HEAD_GRAMMAR, network_options, segmenter_options  # one parser of the head specs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -64,7 +64,7 @@ def build(spec: dict):
         in_channels=classes,
         cond_channels=1,
         learn_sigma=False,
-        **{**options, **{k: v for k, v in head_options(spec["head"]).items() if k not in TRAINING_OPTIONS}},
+        **{**options, **network_options(spec["head"])},
     )
     segmenter = DiffusionSegmenter(net, num_classes=classes, **segmenter_options(spec["head"]))
     images = torch.randn(spec["batch"], 1, *(size,) * 3)

@@ -188,6 +188,11 @@ def head_options(spec: str) -> dict:
     return options
 
 
+def network_options(head: str) -> dict:
+    """The WiDiT arguments a head spec names (:func:`head_options` less the segmenter's)."""
+    return {k: v for k, v in head_options(head).items() if k not in TRAINING_OPTIONS}
+
+
 def segmenter_options(head: str) -> dict:
     """The DiffusionSegmenter arguments a head spec names (its ``-t`` suffix)."""
     location = head_options(head).get("timestep_location")
@@ -198,9 +203,8 @@ def segmenter_options(head: str) -> dict:
 
 def widit(args, head: str = "patch") -> WiDiT:
     sizes = {"patch_size": args.patch, "window_size": args.window}
-    options = {k: v for k, v in head_options(head).items() if k not in TRAINING_OPTIONS}
     return WiDiT(
-        **{**sizes, **options},
+        **{**sizes, **network_options(head)},
         spatial_dim=3,
         in_channels=args.classes,
         cond_channels=1,

@@ -21,7 +21,6 @@ import torch
 from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write, sha256_file
 
-from .objectives import TIMESTEP_SAMPLINGS, check_timestep_sampling
 from .segmenter import DiffusionSegmenter
 
 __all__ = [
@@ -54,17 +53,14 @@ def segmenter_config(segmenter: DiffusionSegmenter, extra_config: Mapping | None
 
 
 def with_config_defaults(config: Mapping) -> dict:
-    """A checkpoint config with the training timesteps' keys filled in as the segmenter fills them (a config written
-    before they existed: the defaults), so that it compares equal to :func:`segmenter_config` of what it built."""
+    """A checkpoint config whose ``segmenter`` part is what the segmenter's constructor makes of it (a key the config
+    predates at its default, arguments normalised), so that it compares equal to :func:`segmenter_config` of what it
+    built; a part the constructor refuses is left as it is (the comparison then fails)."""
     config = dict(config)
-    segmenter = config.get("segmenter")
-    if isinstance(segmenter, Mapping):
-        sampling = segmenter.get("timestep_sampling", TIMESTEP_SAMPLINGS[0])
-        try:
-            args = check_timestep_sampling(sampling, segmenter.get("timestep_args"))
-        except ValueError:
-            return config  # not a config of this segmenter: a comparison fails
-        config["segmenter"] = {**segmenter, "timestep_sampling": sampling, "timestep_args": args}
+    try:
+        config["segmenter"] = DiffusionSegmenter(torch.nn.Identity(), **config["segmenter"]).config
+    except (KeyError, TypeError, ValueError):
+        pass
     return config
 
 
