@@ -25,7 +25,12 @@ from pathlib import Path
 
 from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 from backbone import _proc_status_mb
-from learn_phantoms import HEAD_GRAMMAR, network_options, segmenter_options  # one parser of the head specs
+from learn_phantoms import (  # one parser of the head specs
+    HEAD_GRAMMAR,
+    input_channels,
+    network_options,
+    segmenter_options,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -61,7 +66,8 @@ def build(spec: dict):
     options, size, classes = MODELS[spec["model"]]
     net = WiDiT(
         spatial_dim=3,
-        in_channels=classes,
+        in_channels=input_channels(spec["head"], classes),
+        out_channels=classes,
         cond_channels=1,
         learn_sigma=False,
         **{**options, **network_options(spec["head"])},

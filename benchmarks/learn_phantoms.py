@@ -7,7 +7,8 @@ with the EMA weights (DDIM 1/2/5/10/25 steps for the x0 model, 10 steps for the 
 MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, and an intensity-threshold oracle
 (thresholds tuned on the test set itself) shows what intensity alone achieves. ``--heads`` trains the x0 model once
 per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L; a
-``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones), each for the same budget; the
+``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning),
+each for the same budget; the
 best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only then read on the test split.
 Writes benchmarks/results/learn_phantoms.json.
 
@@ -153,16 +154,24 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
 
 HEAD_GRAMMAR = (
     "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>], either with [-t<location>] (logit-normal training "
-    "timesteps), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, pixel-16-1-i2, patch-t1)"
+    "timesteps) and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, "
+    "pixel-16-1-i2, patch-t1, pixel-16-2-s1)"
 )
-SUFFIXES = {"r": ("pixel_mlp_ratio", float), "i": ("pixel_image_depth", int), "t": ("timestep_location", float)}
-TRAINING_OPTIONS = ("timestep_location",)  # the segmenter's, not the network's
+SUFFIXES = {
+    "r": ("pixel_mlp_ratio", float),
+    "i": ("pixel_image_depth", int),
+    "t": ("timestep_location", float),
+    "s": ("self_condition", int),
+}
+TRAINING_OPTIONS = ("timestep_location", "self_condition")  # the segmenter's, not the network's
+SEGMENTER_SUFFIXES = {"t", "s"}  # allowed on either head
 
 
 def head_options(spec: str) -> dict:
     """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
     pixel_mlp_ratio=2 and ``-i2`` pixel_image_depth=2; ``-t1`` (either head) timestep_location=1: the model trains
-    at logit-normal timesteps of that location (``DiffusionSegmenter(timestep_sampling="logit_normal")``); a ``p8w4:``
+    at logit-normal timesteps of that location (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-s1``
+    (either head) self_condition=1 (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a ``p8w4:``
     prefix also sets the token path's patch_size=8 and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
@@ -173,7 +182,7 @@ def head_options(spec: str) -> dict:
         options = {"patch_size": int(patch[1:]), "window_size": int(window)}
     parts = head.split("-")  # patch or pixel, dim, depth, then suffixes
     if parts[0] == "patch":
-        suffixes, allowed = parts[1:], {"t"}
+        suffixes, allowed = parts[1:], SEGMENTER_SUFFIXES
     elif parts[0] == "pixel" and len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit():
         options.update({"head": "pixel", "pixel_dim": int(parts[1]), "pixel_depth": int(parts[2])})
         suffixes, allowed = parts[3:], set(SUFFIXES)
@@ -182,7 +191,8 @@ def head_options(spec: str) -> dict:
     for part in suffixes:
         key, kind = SUFFIXES.get(part[:1], (None, None)) if part[:1] in allowed else (None, None)
         value = part[1:]
-        if key is None or key in options or not value.replace(".", "", 1 if kind is float else 0).isdigit():
+        digits = value.replace(".", "", 1 if kind is float else 0).isdigit()
+        if key is None or key in options or not digits or (key == "self_condition" and value not in ("0", "1")):
             raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
         options[key] = kind(value)
     return options
@@ -194,11 +204,18 @@ def network_options(head: str) -> dict:
 
 
 def segmenter_options(head: str) -> dict:
-    """The DiffusionSegmenter arguments a head spec names (its ``-t`` suffix)."""
-    location = head_options(head).get("timestep_location")
-    if location is None:
-        return {}
-    return {"timestep_sampling": "logit_normal", "timestep_args": {"location": location, "scale": 1.0}}
+    """The DiffusionSegmenter arguments a head spec names (its ``-t`` and ``-s`` suffixes)."""
+    options = head_options(head)
+    segmenter = {"self_condition": True} if options.get("self_condition") else {}
+    location = options.get("timestep_location")
+    if location is not None:
+        segmenter.update(timestep_sampling="logit_normal", timestep_args={"location": location, "scale": 1.0})
+    return segmenter
+
+
+def input_channels(head: str, classes: int) -> int:
+    """The network's input channels for a head spec: the noisy label, and with ``-s1`` its previous estimate."""
+    return classes * (2 if segmenter_options(head).get("self_condition") else 1)
 
 
 def widit(args, head: str = "patch") -> WiDiT:
@@ -206,7 +223,8 @@ def widit(args, head: str = "patch") -> WiDiT:
     return WiDiT(
         **{**sizes, **network_options(head)},
         spatial_dim=3,
-        in_channels=args.classes,
+        in_channels=input_channels(head, args.classes),
+        out_channels=args.classes,
         cond_channels=1,
         hidden_size=args.hidden,
         depth=args.depth,

@@ -21,6 +21,7 @@ from medwidit.nets.contract import ConditionCache
 from medwidit.utils import check_bool, check_int, check_range
 
 from .encoding import encode_labels
+from .ensemble import call_cached, call_net, call_rows, call_with_spacing, member_generators, trunk_generator
 from .objectives import (
     OBJECTIVES,
     TIMESTEP_SAMPLINGS,
@@ -40,6 +41,7 @@ from .samplers import (
     schedule_arguments,
     timestep_list,
 )
+from .self_condition import SelfConditioned, check_self_condition, training_input
 
 __all__ = ["DiffusionSegmenter"]
 
@@ -73,6 +75,8 @@ class DiffusionSegmenter(nn.Module):
         timestep_sampling, timestep_args: the training timesteps' distribution, ``uniform`` (default) or
             ``logit_normal`` with ``{"location": m, "scale": s}`` (SD3; m > 0 trains more where few-step samplers
             call the network; ``medwidit.diffusion.objectives.sample_training_timesteps``).
+        self_condition: the network also reads its own previous clean estimate (Chen et al. 2022; the net takes 2K
+            input channels, ``cat(x_t, x0_prev)``; ``medwidit.diffusion.self_condition``).
 
     Attributes: ``noise_scheduler`` is the MONAI scheduler object that ``scheduler`` names (``scheduler_name``).
     """
@@ -95,6 +99,7 @@ class DiffusionSegmenter(nn.Module):
         clip_sample: bool = True,
         timestep_sampling: str = TIMESTEP_SAMPLINGS[0],
         timestep_args: dict | None = None,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob)
@@ -116,6 +121,7 @@ class DiffusionSegmenter(nn.Module):
         self.clip_sample = check_bool("clip_sample", clip_sample)
         self.timestep_sampling = timestep_sampling
         self.timestep_args = check_timestep_sampling(timestep_sampling, timestep_args)
+        self.self_condition = check_self_condition(self_condition, net, num_classes)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
         object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
@@ -151,6 +157,7 @@ class DiffusionSegmenter(nn.Module):
             "clip_sample": self.clip_sample,
             "timestep_sampling": self.timestep_sampling,
             "timestep_args": dict(self.timestep_args),
+            "self_condition": self.self_condition,
         }
 
     ##################################################################################
@@ -181,7 +188,11 @@ class DiffusionSegmenter(nn.Module):
         noise = randn_like(x0, generator)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
         cond = self._drop_condition(image, generator)
-        prediction, frac = split_output(_call_net(self.net, spacing, x_t, t.float(), cond), x0, self.learn_sigma)
+        inputs = x_t
+        if self.self_condition:  # the rows that read their own estimate run the net once more, without gradient
+            rows_call = partial(call_rows, self.net, spacing, t.float(), cond)
+            inputs = training_input(rows_call, x_t, t, self.objective, self.noise_scheduler, generator)
+        prediction, frac = split_output(call_net(self.net, spacing, inputs, t.float(), cond), x0, self.learn_sigma)
         prediction = prediction.float()
         parts = {
             "diffusion": F.mse_loss(prediction, training_target(self.objective, self.noise_scheduler, x0, noise, t))
@@ -254,17 +265,17 @@ class DiffusionSegmenter(nn.Module):
         check_shared_steps(shared_steps, steps)
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
         if model_fn is None:
-            model_fn = partial(_call_cached, ConditionCache(self.net), spacing)
+            model_fn = partial(call_cached, ConditionCache(self.net), spacing)
         elif spacing is not None:
-            model_fn = partial(_call_with_spacing, model_fn, spacing)
-        members = _member_generators(generator, num_samples, image.device)
+            model_fn = partial(call_with_spacing, model_fn, spacing)
+        members = member_generators(generator, num_samples, image.device)
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
         trunk = None  # the shared steps' clean estimate (B, K, *S)
         if shared_steps:
-            trunk_gen = [_trunk_generator(members[0])]  # from member 0's seed: no draw, so n members stay a prefix
+            trunk_gen = [trunk_generator(members[0])]  # from member 0's seed: no draw, so n members stay a prefix
             x = randn_like(image.new_empty(shape, dtype=torch.float32), trunk_gen)
             callback = None if progress is None else partial(_with_chunk, progress, -1)
-            denoise = self._denoiser(model_fn, image, guidance_scale)
+            denoise = self._self_conditioned(self._denoiser(model_fn, image, guidance_scale))
             trunk = spec.fn(denoise, x, timesteps[:shared_steps], **schedule, generator=trunk_gen, callback=callback,
                             **options)  # fmt: skip
             branch = timesteps[shared_steps]
@@ -274,7 +285,8 @@ class DiffusionSegmenter(nn.Module):
             if len(gens) not in denoisers:
                 cond = image.repeat(len(gens), *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
                 denoisers[len(gens)] = self._denoiser(model_fn, cond, guidance_scale)
-            denoise = denoisers[len(gens)]
+            start_estimate = None if trunk is None else trunk.repeat(len(gens), *([1] * (trunk.ndim - 1)))
+            denoise = self._self_conditioned(denoisers[len(gens)], start_estimate)
             x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
             if trunk is None:
@@ -317,7 +329,7 @@ class DiffusionSegmenter(nn.Module):
 
         pair = None if guidance_scale == 1 else torch.cat([cond, torch.zeros_like(cond)])  # built once: cacheable
 
-        def denoise(x: torch.Tensor, t) -> torch.Tensor:
+        def denoise(x: torch.Tensor, t, channels: int | None = None) -> torch.Tensor:
             t_vec = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
             if guidance_scale == 1:
                 output = model_fn(x, t_vec, cond)
@@ -325,10 +337,17 @@ class DiffusionSegmenter(nn.Module):
                 both = model_fn(torch.cat([x, x]), torch.cat([t_vec, t_vec]), pair)
                 conditional, unconditional = both.float().chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
-            split_output(output, x, self.learn_sigma)  # the channels must match learn_sigma
+            split_output(output, x[:, :channels], self.learn_sigma)  # the channels must match learn_sigma
             return output.float()
 
         return denoise
+
+    def _self_conditioned(self, denoise, start: torch.Tensor | None = None):
+        """``denoise`` itself, or with ``self_condition`` a fresh :class:`SelfConditioned` over it for one sampling
+        run (its first call reads ``start``, a shared trunk's clean estimate, or zeros)."""
+        if not self.self_condition:
+            return denoise
+        return SelfConditioned(denoise, self.objective, self.noise_scheduler, start)
 
 
 def _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob) -> None:
@@ -363,29 +382,6 @@ def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma,
     return objective, scheduler, schedule, variance_type
 
 
-def _call_net(net: nn.Module, spacing: torch.Tensor | None, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-    """``net(x, t, conditioned=cond)``, plus ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
-    if spacing is None:
-        return net(x, t, conditioned=cond)
-    return net(x, t, conditioned=cond, spacing=_tile(spacing, x))
-
-
-def _call_cached(cache: ConditionCache, spacing: torch.Tensor | None, x: torch.Tensor, t, cond) -> torch.Tensor:
-    """:func:`_call_net` with the image encoded once per conditioning tensor (keyed by its rows' images)."""
-    kwargs = {} if spacing is None else {"spacing": _tile(spacing, x)}
-    return cache.call(cache.bind(cond), x, t, cond, **kwargs)
-
-
-def _call_with_spacing(model_fn: ModelFn, spacing: torch.Tensor, x: torch.Tensor, t, cond) -> torch.Tensor:
-    """``model_fn(x, t, cond, spacing=...)`` with ``spacing`` (B, 2N) tiled to x's batch as the image is tiled."""
-    return model_fn(x, t, cond, spacing=_tile(spacing, x))
-
-
-def _tile(spacing: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B, 2N) spacing tiled to x's batch (m * B) as ``image.repeat`` tiles the image: row j is spacing[j % B]."""
-    return spacing.repeat(x.shape[0] // spacing.shape[0], 1)
-
-
 def _offset_steps(callback: Callable[[dict], None], offset: int, info: dict) -> None:
     callback({**info, "i": info["i"] + offset})
 
@@ -399,16 +395,3 @@ def _check_pair(image: torch.Tensor, label: torch.Tensor) -> None:
         raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
     if label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:] or label.shape[1] != 1:
         raise ValueError(f"label shape {tuple(label.shape)} does not fit image shape {tuple(image.shape)}.")
-
-
-def _trunk_generator(first: torch.Generator) -> torch.Generator:
-    """The shared trunk's generator, seeded from the first member's seed: the same for every ensemble size, and no
-    draw from the caller's generator (a view's or a smaller ensemble's members keep their seeds)."""
-    return torch.Generator(device=first.device).manual_seed(first.initial_seed() ^ 0x5DEECE66D)
-
-
-def _member_generators(generator: torch.Generator | None, num_samples: int, device) -> list[torch.Generator]:
-    """One generator per ensemble member, seeded from ``generator`` (or torch's global generator when None)."""
-    gen_device = generator.device if generator is not None else torch.device(device)
-    seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device)
-    return [torch.Generator(device=gen_device).manual_seed(int(seed)) for seed in seeds.tolist()]

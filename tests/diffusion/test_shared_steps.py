@@ -68,8 +68,8 @@ def test_shared_steps_must_be_fewer_than_steps(shared):
 def test_members_branch_from_the_trunk_at_step_k_and_smaller_ensembles_are_a_prefix():
     """Each member's first branch call sees add_noise(trunk, its own noise, t_k) at t_k = timesteps[k]; and the
     first 2 members of a 4-member run are the 2-member run (trunk included)."""
+    from medwidit.diffusion.ensemble import member_generators
     from medwidit.diffusion.samplers import randn_like, timestep_list
-    from medwidit.diffusion.segmenter import _member_generators
 
     torch.manual_seed(0)
     segmenter = DiffusionSegmenter(TinyConvNet(3, 3), num_classes=3).eval()
@@ -92,7 +92,7 @@ def test_members_branch_from_the_trunk_at_step_k_and_smaller_ensembles_are_a_pre
     x_branch, t_branch = calls[3]  # three trunk calls, then the members' first
     k_time = timestep_list(segmenter.noise_scheduler, 5)[3]
     assert torch.equal(t_branch, torch.full((4,), float(k_time)))
-    noise = randn_like(torch.empty(4, 3, 6, 6, 6), _member_generators(torch.Generator().manual_seed(11), 4, "cpu"))
+    noise = randn_like(torch.empty(4, 3, 6, 6, 6), member_generators(torch.Generator().manual_seed(11), 4, "cpu"))
     expected = segmenter.noise_scheduler.add_noise(trunk[0].repeat(4, 1, 1, 1, 1), noise, torch.full((4,), k_time))
     torch.testing.assert_close(x_branch, expected)
     assert torch.equal(run(2), four[:2])
