@@ -6,6 +6,7 @@ from .bundle import (
     SegmentationNetwork,
     bundle_datalist,
     find_bundle_root,
+    initial_weights,
     refuse_renamed,
     require_done,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "bundle_datalist",
     "export_checkpoint",
     "find_bundle_root",
+    "initial_weights",
     "refuse_renamed",
     "load_data_list",
     "load_label_maps",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import torch.nn as nn
 from monai.data import load_decathlon_datalist
 
 from medwidit.data.transforms import batch_spacing
-from medwidit.diffusion import DiffusionSegmenter, to_probabilities
+from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.utils.resources import shipped_path
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "SegmentationNetwork",
     "bundle_datalist",
     "find_bundle_root",
+    "initial_weights",
     "refuse_renamed",
     "require_done",
 ]
@@ -39,6 +41,34 @@ logger = logging.getLogger(__name__)
 # train.json: old key -> new key (the old key stays, null, to catch overrides); model_path named the shipped
 # models/model.pt, which training no longer writes: it exports into export_dir (the run folder)
 RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir"}
+
+
+def initial_weights(segmenter: DiffusionSegmenter, path: str | os.PathLike | None) -> DiffusionSegmenter:
+    """``segmenter`` with its network's weights from ``path`` (train.json ``init_weights``: a medwidit checkpoint or a
+    bundle's ``models/model.pt`` with its ``medwidit.json``), to fine-tune them; None leaves it as built. The file
+    must describe the same network and segmenter: a difference is a ValueError naming the file and the keys."""
+    if path is None:
+        return segmenter
+    try:
+        loaded, _ = load_segmenter(path)
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        raise ValueError(f"init_weights {path}: not a medwidit checkpoint or bundle weights ({e}).") from e
+    ours = {"net": segmenter.net.config, "segmenter": segmenter.config}
+    theirs = {"net": loaded.net.config, "segmenter": loaded.config}
+    different = sorted(
+        f"{part}.{key}"
+        for part in ours
+        for key in set(ours[part]) | set(theirs[part])
+        if ours[part].get(key) != theirs[part].get(key)
+    )
+    if type(loaded.net) is not type(segmenter.net) or different:
+        raise ValueError(
+            f"init_weights {path}: its model differs from train.json's in {different or 'the network type'}; "
+            "set those overrides to the checkpoint's values."
+        )
+    segmenter.net.load_state_dict(loaded.net.state_dict())
+    logger.info("Initial weights from %s.", path)
+    return segmenter
 
 
 def _config_files_in(argv: Sequence[str]) -> list[str]:

@@ -14,13 +14,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from training_volumes import PREPROCESSING_3D, tiny_segmenter, whole_volume_sampler, write_dataset
 
 from medwidit.cli import main
-from medwidit.diffusion import DiffusionSegmenter, load_segmenter
+from medwidit.diffusion import DiffusionSegmenter, load_segmenter, save_segmenter
 from medwidit.inference.sliding import sample_ensemble
 from medwidit.training import (
     DiffusionSegmentationModule,
     ExportSegmenter,
     SegmentationDataModule,
     WarmupCosine,
+    initial_weights,
     segmenter_state_from_checkpoint,
 )
 from medwidit.training.module import WarmupEMA, ema_warmup_avg_fn
@@ -216,10 +217,11 @@ def test_model_config_hyperparameter_rebuilds_the_segmenter():
 
 
 def test_model_config_from_before_the_timestep_options_still_matches():
-    """A checkpoint config written before timestep_sampling existed describes a segmenter with the defaults."""
+    """A checkpoint config written before timestep_sampling (or self_condition) existed describes a segmenter with
+    the defaults."""
     module = DiffusionSegmentationModule(tiny_segmenter(), class_names=NAMES)
     old = json.loads(json.dumps(module.hparams["model_config"]))
-    for key in ("timestep_sampling", "timestep_args"):
+    for key in ("timestep_sampling", "timestep_args", "self_condition"):
         del old["segmenter"][key]
     DiffusionSegmentationModule(tiny_segmenter(), model_config=old, class_names=NAMES)  # no "does not describe"
     partial = json.loads(json.dumps(module.hparams["model_config"]))
@@ -326,3 +328,24 @@ def test_spacing_reaches_the_network_in_training_and_validation(tmp_path):
     assert len(seen) > 2 and torch.equal(validation, torch.ones_like(validation))
     with pytest.raises(ValueError, match="batch has no 'spacing'.*spacing_conditioning=True"):
         _fit_spacing(tmp_path / "again", data_spacing=False)
+
+
+def test_init_weights_loads_a_matching_checkpoint_and_names_what_differs(tmp_path):
+    """train.json's init_weights: a medwidit checkpoint's weights go into the built network; another model, or a
+    file that is no checkpoint, is a ValueError naming the file (and the differing keys)."""
+    source = tiny_segmenter()
+    with torch.no_grad():
+        for p in source.net.parameters():
+            p.add_(1.0)
+    path = save_segmenter(source, tmp_path / "start.pt")
+    target = tiny_segmenter()
+    assert initial_weights(target, None) is target
+    assert initial_weights(target, path) is target
+    assert all(torch.equal(a, b) for a, b in zip(target.net.parameters(), source.net.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"start.pt: its model differs .*'net.in_channels'.*'segmenter.num_classes'"):
+        initial_weights(tiny_segmenter(num_classes=2), path)
+    with pytest.raises(ValueError, match="segmenter.timestep_sampling"):
+        initial_weights(tiny_segmenter(timestep_sampling="logit_normal"), path)
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(ValueError, match="init_weights .*notes.txt: not a medwidit checkpoint"):
+        initial_weights(tiny_segmenter(), tmp_path / "notes.txt")

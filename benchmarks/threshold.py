@@ -1,0 +1,129 @@
+"""The brain's probability threshold: Dice and volume error of a bundle's default ensemble when the foreground is
+``probability > t`` instead of the argmax (t = 0.5 for two classes), the bundle's label post-processing applied after.
+
+One sampling per case (``Predictor.from_bundle(...).segment``, the bundle's defaults, seed 0), every threshold read
+from the same mean probability, so the rows differ only by t. Meant for validation scans: the rule that would change
+the default is written before the run (bundle docs).
+
+    python benchmarks/threshold.py --case robex IMAGE LABEL --case s1 IMAGE LABEL ... [--bundle DIR]
+    python benchmarks/threshold.py --quick --output /tmp/threshold.json    # a random tiny model on a sphere head
+
+Writes ``benchmarks/results/validation_threshold.json`` (or ``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _report import environment, fmt, publish  # noqa: E402
+
+from medwidit.inference import Predictor  # noqa: E402
+from medwidit.inference.postprocess import apply_label_postprocessing  # noqa: E402
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def score(probability: np.ndarray, truth: np.ndarray, thresholds, steps, voxel_ml: float) -> dict:
+    """Foreground probability (*S) and true mask (*S) -> {t: {"dice", "volume_error_ml"}} after ``steps``."""
+    rows = {}
+    for t in thresholds:
+        mask = apply_label_postprocessing((probability > t).astype(np.int64), steps) > 0
+        total = mask.sum() + truth.sum()
+        dice = 2 * float((mask & truth).sum()) / total if total else 1.0
+        rows[str(t)] = {"dice": round(dice, 4), "volume_error_ml": round(float(mask.sum() - truth.sum()) * voxel_ml, 1)}
+    return rows
+
+
+def quick_case(folder: Path) -> tuple[Path, Path]:
+    """A sphere head (brain 800, scalp 1500, air 0) as NIfTI image and label files in ``folder``."""
+    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, 24),) * 3, indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    image = np.where(radius < 0.6, 800.0, np.where(radius < 0.8, 1500.0, 0.0)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = folder / "quick_image.nii.gz", folder / "quick_label.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), paths[0])
+    nib.save(nib.Nifti1Image((radius < 0.6).astype(np.uint8), affine), paths[1])
+    return paths
+
+
+def quick_predictor(folder: Path) -> Predictor:
+    """A one-block WiDiT with seeded random weights, saved as a checkpoint with 2 mm histogram preprocessing."""
+    from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+    from medwidit.nets import WiDiT
+
+    torch.manual_seed(0)
+    net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=4,
+                learn_sigma=False)  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.05 * torch.randn(p.shape))
+    preprocessing = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": "histogram", "num_modalities": 1}
+    path = save_segmenter(DiffusionSegmenter(net, num_classes=2), folder / "quick.pt",
+                          extra_config={"preprocessing": preprocessing, "roi_size": [16, 16, 16]})  # fmt: skip
+    return Predictor.from_checkpoint(path, device="cpu")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", nargs=3, action="append", default=[], metavar=("NAME", "IMAGE", "LABEL"))
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped one)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--quick", action="store_true", help="a random tiny model on a sphere head (CI)")
+    parser.add_argument("--output", type=Path, default=HERE / "results" / "validation_threshold.json")
+    args = parser.parse_args(argv)
+    if not args.quick and not args.case:
+        parser.error("give --case NAME IMAGE LABEL (one or more), or --quick")
+    if any(not 0 < t < 1 for t in args.thresholds):
+        parser.error(f"--thresholds must lie in (0, 1), got {args.thresholds}")
+    cases = [tuple(c) for c in args.case]
+    if args.quick:
+        folder = args.output.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        predictor = quick_predictor(folder)
+        cases = [("quick", *quick_case(folder))]
+        options = {"steps": 2, "num_samples": 2}
+    else:
+        predictor = Predictor.from_bundle(args.bundle, device="cpu")
+        options = {}
+    rows = {}
+    for name, image, label in cases:
+        start = time.process_time()
+        segmentation = predictor.segment(image, **options)
+        truth_image = nib.load(label)
+        truth = np.asarray(truth_image.dataobj) > 0
+        if truth.shape != segmentation.label_map.shape:
+            parser.error(f"{label}: shape {truth.shape} is not the image's grid {segmentation.label_map.shape}")
+        voxel_ml = float(np.prod(truth_image.header.get_zooms()[:3])) / 1000
+        steps = predictor.label_postprocessing
+        rows[name] = score(segmentation.probability[1], truth, args.thresholds, steps, voxel_ml)
+        rows[name]["cpu_seconds"] = round(time.process_time() - start, 1)
+    means = {str(t): float(np.mean([rows[n][str(t)]["dice"] for n in rows])) for t in args.thresholds}
+    header = "| case | " + " | ".join(f"t = {t}" for t in args.thresholds) + " |"
+    lines = [header, "|---" * (len(args.thresholds) + 1) + "|"]
+    for name, row in rows.items():
+        cells = [f"{fmt(row[str(t)]['dice'])} ({row[str(t)]['volume_error_ml']:+.0f})" for t in args.thresholds]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| mean Dice | " + " | ".join(fmt(means[str(t)], 4) for t in args.thresholds) + " |")
+    result = {
+        "command": "python benchmarks/threshold.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": environment(torch.device("cpu"), __file__),
+        "bundle": None if args.quick else str(args.bundle or "shipped"),
+        "thresholds": args.thresholds,
+        "cases": rows,
+        "mean_dice": means,
+    }
+    return publish(result, "Dice (volume error, mL) per brain threshold\n\n" + "\n".join(lines), args.output)
+
+
+if __name__ == "__main__":
+    main()
