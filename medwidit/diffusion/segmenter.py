@@ -325,7 +325,8 @@ class DiffusionSegmenter(nn.Module):
         return spec, options
 
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
-        """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check."""
+        """``denoise(x, t)`` for the samplers: network time (B,) float32 on the step scale, guidance, channel check
+        (against x's first ``channels``, the noisy label's K, when x also carries a self-conditioning estimate)."""
 
         pair = None if guidance_scale == 1 else torch.cat([cond, torch.zeros_like(cond)])  # built once: cacheable
 
