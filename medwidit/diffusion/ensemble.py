@@ -13,6 +13,7 @@ from torch import nn
 from medwidit.nets.contract import ConditionCache
 
 __all__ = [
+    "ModelFn",
     "call_cached",
     "call_net",
     "call_rows",
@@ -22,7 +23,8 @@ __all__ = [
     "trunk_generator",
 ]
 
-ModelFn = Callable[..., torch.Tensor]  # model_fn(x_t, t, cond[, spacing=]) -> raw output, as the segmenter takes it
+# model_fn(x_t, t, cond) -> raw output; called with spacing=(m * B, 2N) too when sample() is given spacing
+ModelFn = Callable[..., torch.Tensor]
 
 
 def call_net(net: nn.Module, spacing: torch.Tensor | None, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:

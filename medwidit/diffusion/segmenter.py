@@ -21,7 +21,15 @@ from medwidit.nets.contract import ConditionCache
 from medwidit.utils import check_bool, check_int, check_range
 
 from .encoding import encode_labels
-from .ensemble import call_cached, call_net, call_rows, call_with_spacing, member_generators, trunk_generator
+from .ensemble import (
+    ModelFn,
+    call_cached,
+    call_net,
+    call_rows,
+    call_with_spacing,
+    member_generators,
+    trunk_generator,
+)
 from .objectives import (
     OBJECTIVES,
     TIMESTEP_SAMPLINGS,
@@ -49,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("ddim", "ddpm", "rflow")
 DEFAULT_SAMPLER = {"ddim": "ddim", "ddpm": "ddpm", "rflow": "flow_euler"}
-# model_fn(x_t, t, cond) -> raw output; called with spacing=(m * B, 2N) too when sample() is given spacing
-ModelFn = Callable[..., torch.Tensor]
 
 
 class DiffusionSegmenter(nn.Module):
@@ -121,7 +127,7 @@ class DiffusionSegmenter(nn.Module):
         self.clip_sample = check_bool("clip_sample", clip_sample)
         self.timestep_sampling = timestep_sampling
         self.timestep_args = check_timestep_sampling(timestep_sampling, timestep_args)
-        self.self_condition = check_self_condition(self_condition, net, num_classes)
+        self.self_condition = check_self_condition(self_condition, net, num_classes, self.learn_sigma)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
         object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
@@ -285,15 +291,15 @@ class DiffusionSegmenter(nn.Module):
             if len(gens) not in denoisers:
                 cond = image.repeat(len(gens), *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
                 denoisers[len(gens)] = self._denoiser(model_fn, cond, guidance_scale)
-            start_estimate = None if trunk is None else trunk.repeat(len(gens), *([1] * (trunk.ndim - 1)))
-            denoise = self._self_conditioned(denoisers[len(gens)], start_estimate)
+            trunks = None if trunk is None else trunk.repeat(len(gens), *([1] * (trunk.ndim - 1)))  # (m*B, K, *S)
+            denoise = self._self_conditioned(denoisers[len(gens)], trunks)
             x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
             if trunk is None:
                 x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
             else:  # each member branches from the trunk: its own noise at step k's level
                 t = torch.full((x.shape[0],), branch, device=x.device)
-                x = self.noise_scheduler.add_noise(trunk.repeat(len(gens), *([1] * (x.ndim - 1))), x, t)
+                x = self.noise_scheduler.add_noise(trunks, x, t)
                 callback = None if callback is None else partial(_offset_steps, callback, shared_steps)
                 x = spec.fn(denoise, x, timesteps[shared_steps:], **schedule, generator=gens, callback=callback,
                             **options)  # fmt: skip

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from monai.networks.schedulers import Scheduler
+from torch import nn
 
 from medwidit.utils import check_bool
 
@@ -24,9 +25,10 @@ __all__ = ["SELF_CONDITION_PROB", "SelfConditioned", "check_self_condition", "tr
 SELF_CONDITION_PROB = 0.5  # the paper's: half the batch trains the first step (no estimate), half the refinement
 
 
-def check_self_condition(self_condition: bool, net, num_classes: int) -> bool:
+def check_self_condition(self_condition: bool, net: nn.Module, num_classes: int, learn_sigma: bool) -> bool:
     """``self_condition`` as a bool; a network that declares ``in_channels`` must read K (off) or 2K (on) channels,
-    else a ValueError naming both."""
+    and, self-conditioned, one that declares ``out_channels`` must return K (2K with ``learn_sigma``): else a
+    ValueError naming them (WiDiT's default ``out_channels`` follows ``in_channels``, so it must be given)."""
     self_condition = check_bool("self_condition", self_condition)
     declared = getattr(net, "in_channels", None)
     expected = num_classes * (2 if self_condition else 1)
@@ -35,6 +37,12 @@ def check_self_condition(self_condition: bool, net, num_classes: int) -> bool:
         raise ValueError(
             f"self_condition={self_condition} with num_classes={num_classes}: the network must read {reads}, "
             f"in_channels={expected}, got in_channels={declared}."
+        )
+    returned, outputs = getattr(net, "out_channels", None), num_classes * (2 if learn_sigma else 1)
+    if self_condition and isinstance(returned, int) and returned != outputs:
+        raise ValueError(
+            f"self_condition=True with num_classes={num_classes} and learn_sigma={learn_sigma}: the network must "
+            f"return out_channels={outputs} (its input has 2K channels, its output does not), got {returned}."
         )
     return self_condition
 
@@ -72,11 +80,13 @@ def training_input(
 
 class SelfConditioned:
     """A sampler's ``denoise(x, t)`` over ``denoise(cat(x, x0_prev), t)``: it keeps the clean estimate of its last
-    call (zeros, or ``start``, before the first). One per sampling run: the state must not cross runs."""
+    call (zeros, or ``start`` clamped to [-1, 1], before the first). One per sampling run: the state must not cross
+    runs."""
 
     def __init__(self, denoise, objective: str, scheduler: Scheduler, start: torch.Tensor | None = None) -> None:
         self.denoise, self.objective, self.scheduler = denoise, objective, scheduler
-        self.previous = start
+        # a trunk's clean estimate is unclipped for flow (and without clip_sample); training reads clamped ones
+        self.previous = None if start is None else start.clamp(-1, 1)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         previous = torch.zeros_like(x) if self.previous is None else self.previous.to(x.dtype)

@@ -46,15 +46,19 @@ RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir"}
 def initial_weights(segmenter: DiffusionSegmenter, path: str | os.PathLike | None) -> DiffusionSegmenter:
     """``segmenter`` with its network's weights from ``path`` (train.json ``init_weights``: a medwidit checkpoint or a
     bundle's ``models/model.pt`` with its ``medwidit.json``), to fine-tune them; None leaves it as built. The file
-    must describe the same network and segmenter: a difference is a ValueError naming the file and the keys."""
+    must describe the same network, and a segmenter whose outputs mean the same (``WEIGHT_DEFINING`` keys: the
+    training-only ones, such as ``aux_weight`` or ``timestep_sampling``, may change): a difference is a ValueError
+    naming the file and the keys."""
     if path is None:
         return segmenter
     try:
         loaded, _ = load_segmenter(path)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
-        raise ValueError(f"init_weights {path}: not a medwidit checkpoint or bundle weights ({e}).") from e
-    ours = {"net": segmenter.net.config, "segmenter": segmenter.config}
-    theirs = {"net": loaded.net.config, "segmenter": loaded.config}
+        raise ValueError(
+            f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
+        ) from e
+    ours = {"net": segmenter.net.config, "segmenter": _weight_defining(segmenter.config)}
+    theirs = {"net": loaded.net.config, "segmenter": _weight_defining(loaded.config)}
     different = sorted(
         f"{part}.{key}"
         for part in ours
@@ -69,6 +73,23 @@ def initial_weights(segmenter: DiffusionSegmenter, path: str | os.PathLike | Non
     segmenter.net.load_state_dict(loaded.net.state_dict())
     logger.info("Initial weights from %s.", path)
     return segmenter
+
+
+# the segmenter settings that give a network's output its meaning; the others only shape training
+WEIGHT_DEFINING = (
+    "num_classes",
+    "objective",
+    "scheduler",
+    "num_train_timesteps",
+    "schedule",
+    "schedule_args",
+    "learn_sigma",
+    "self_condition",
+)
+
+
+def _weight_defining(config: dict) -> dict:
+    return {key: config.get(key) for key in WEIGHT_DEFINING}
 
 
 def _config_files_in(argv: Sequence[str]) -> list[str]:

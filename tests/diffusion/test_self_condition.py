@@ -98,12 +98,20 @@ def test_runs_do_not_share_state_and_chunking_changes_nothing():
     assert torch.equal(whole, again)
 
 
-def test_a_branch_starts_from_the_trunks_estimate():
-    segmenter, image = _tiny(), torch.randn(1, 1, 6, 6, 6)
+@pytest.mark.parametrize("objective", ["sample", "flow"])
+def test_a_branch_starts_from_the_trunks_estimate_clamped(objective):
+    """The trunk's clean estimate is unclipped for flow (and without clip_sample): the branch reads it clamped to the
+    labels' range, as every other estimate it is trained on."""
+    segmenter, image = _tiny(objective), torch.randn(1, 1, 6, 6, 6)
+    with torch.no_grad():
+        for p in segmenter.net.parameters():
+            p.mul_(20.0)  # outputs far outside [-1, 1]
     seen = []
     segmenter.sample(image, steps=3, num_samples=2, shared_steps=1, progress=seen.append)
     trunk_estimate = seen[0]["x"]  # the trunk's last "x" is its clean estimate
     branch_input = segmenter.net.inputs[1]  # first call of the members: (2 members, 6, *S)
+    if objective == "flow":
+        assert float(trunk_estimate.abs().max()) > 1.5  # the clamp below has something to do
     torch.testing.assert_close(branch_input[:, 3:], trunk_estimate.repeat(2, 1, 1, 1, 1).clamp(-1, 1))
 
 
@@ -115,7 +123,7 @@ def test_stitched_sampling_matches_the_direct_net_and_keeps_the_cache_exact(wind
     denoiser = SlidingWindowDenoiser(segmenter.net, (8, 8, 8), overlap=0.5, max_whole_voxels=0 if windows else None)
     options = {"steps": 3, "num_samples": 2}
     stitched = segmenter.sample(image, generator=torch.Generator().manual_seed(7), model_fn=denoiser, **options)
-    assert denoiser.num_calls == 3 * (1 if not windows else denoiser.num_calls // 3)
+    assert denoiser.runs_whole((2, 4, 16, 8, 12)) is not windows
     if not windows:
         direct = segmenter.sample(image, generator=torch.Generator().manual_seed(7), **options)
         torch.testing.assert_close(stitched, direct, atol=1e-5, rtol=0)
@@ -123,6 +131,25 @@ def test_stitched_sampling_matches_the_direct_net_and_keeps_the_cache_exact(wind
         denoiser.condition_cache.enabled = False
         plain = segmenter.sample(image, generator=torch.Generator().manual_seed(7), model_fn=denoiser, **options)
         assert torch.equal(stitched, plain)
+
+
+class ReturnsEstimate(nn.Module):
+    """An analytic stand-in: returns the second half of its input (the self-conditioning estimate), unchanged."""
+
+    def forward(self, x, t, conditioned=None):
+        return x[:, x.shape[1] // 2 :] * 1.0
+
+
+def test_windows_split_the_estimate_from_the_noisy_label_exactly():
+    """Stitched over overlapping windows, a net that returns its input's estimate half gives that half back: the
+    windows carry the 2K channels and hand the net exactly them, the image apart."""
+    x = torch.randn(2, 4, 20, 12, 16, generator=torch.Generator().manual_seed(0))
+    image = torch.randn(2, 1, 20, 12, 16)
+    denoiser = SlidingWindowDenoiser(ReturnsEstimate(), (8, 8, 8), overlap=0.5, max_whole_voxels=0, patch_size=1,
+                                     align=1)  # fmt: skip
+    out = denoiser(x, torch.tensor([500.0, 500.0]), image)
+    assert denoiser.num_windows > 2
+    torch.testing.assert_close(out, x[:, 2:], atol=1e-5, rtol=0)
 
 
 def test_training_conditions_the_drawn_rows_on_their_own_estimate():
@@ -167,3 +194,11 @@ def test_the_networks_input_channels_must_fit(in_channels, on):
         DiffusionSegmenter(net, num_classes=2, self_condition=on)
     with pytest.raises(ValueError, match="self_condition"):
         DiffusionSegmenter(net, num_classes=2, self_condition="yes")
+
+
+def test_a_self_conditioned_net_must_return_k_channels():
+    """WiDiT's out_channels defaults to its in_channels: at 2K inputs the output must be given as K."""
+    net = WiDiT(spatial_dim=3, in_channels=4, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=2,
+                patch_size=2, learn_sigma=False)  # fmt: skip
+    with pytest.raises(ValueError, match="learn_sigma=False: the network must return out_channels=2 .* got 4"):
+        DiffusionSegmenter(net, num_classes=2, self_condition=True)

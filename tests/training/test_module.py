@@ -344,8 +344,10 @@ def test_init_weights_loads_a_matching_checkpoint_and_names_what_differs(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(target.net.parameters(), source.net.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"start.pt: its model differs .*'net.in_channels'.*'segmenter.num_classes'"):
         initial_weights(tiny_segmenter(num_classes=2), path)
-    with pytest.raises(ValueError, match="segmenter.timestep_sampling"):
-        initial_weights(tiny_segmenter(timestep_sampling="logit_normal"), path)
+    with pytest.raises(ValueError, match=r"differs .*\['segmenter.objective'\]"):
+        initial_weights(tiny_segmenter(objective="epsilon"), path)
+    fine_tune = initial_weights(tiny_segmenter(timestep_sampling="logit_normal", aux_weight=2.0), path)
+    assert torch.equal(next(fine_tune.net.parameters()), next(source.net.parameters()))  # training-only keys may differ
     (tmp_path / "notes.txt").write_text("not weights")
-    with pytest.raises(ValueError, match="init_weights .*notes.txt: not a medwidit checkpoint"):
+    with pytest.raises(ValueError, match="init_weights .*notes.txt: could not be read as a medwidit checkpoint"):
         initial_weights(tiny_segmenter(), tmp_path / "notes.txt")
