@@ -8,9 +8,8 @@ MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, 
 (thresholds tuned on the test set itself) shows what intensity alone achieves. ``--heads`` trains the x0 model once
 per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L; a
 ``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning),
-each for the same budget; the
-best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only then read on the test split.
-Writes benchmarks/results/learn_phantoms.json.
+each for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only
+then read on the test split. Writes benchmarks/results/learn_phantoms.json.
 
 Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
 striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),

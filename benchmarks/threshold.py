@@ -6,7 +6,7 @@ from the same mean probability, so the rows differ only by t. Meant for validati
 the default is written before the run (bundle docs).
 
     python benchmarks/threshold.py --case robex IMAGE LABEL --case s1 IMAGE LABEL ... [--bundle DIR]
-    python benchmarks/threshold.py --quick --output /tmp/threshold.json    # a random tiny model on a sphere head
+    python benchmarks/threshold.py --quick --output /tmp/threshold.json    # a random tiny model on a ball phantom
 
 Writes ``benchmarks/results/validation_threshold.json`` (or ``--output``; ``--quick`` needs one, so that a random
 model's numbers never replace the recorded ones). Each row also holds ``argmax_dice``, the Dice of the predictor's
@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _report import environment, fmt, publish  # noqa: E402
+from speed import quick_case  # noqa: E402
 
 from medwidit.inference import Predictor  # noqa: E402
 from medwidit.inference.postprocess import apply_label_postprocessing  # noqa: E402
@@ -66,21 +67,10 @@ def score_cases(predictor: Predictor, cases, options: dict, thresholds, parser) 
     return rows
 
 
-def quick_case(folder: Path) -> tuple[Path, Path]:
-    """A sphere head (brain 800, scalp 1500, air 0) as NIfTI image and label files in ``folder``."""
-    grid = np.stack(np.meshgrid(*(np.linspace(-1, 1, 24),) * 3, indexing="ij"))
-    radius = np.sqrt((grid**2).sum(0))
-    image = np.where(radius < 0.6, 800.0, np.where(radius < 0.8, 1500.0, 0.0)).astype(np.float32)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    paths = folder / "quick_image.nii.gz", folder / "quick_label.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), paths[0])
-    nib.save(nib.Nifti1Image((radius < 0.6).astype(np.uint8), affine), paths[1])
-    return paths
-
-
-def quick_predictor(folder: Path) -> Predictor:
-    """A one-block WiDiT with seeded random weights, saved as a checkpoint with 2 mm histogram preprocessing."""
-    from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+def quick_predictor() -> Predictor:
+    """A one-block WiDiT with seeded random weights (an untrained one outputs zero: every threshold would agree) and
+    2 mm histogram preprocessing, built in this process."""
+    from medwidit.diffusion import DiffusionSegmenter
     from medwidit.nets import WiDiT
 
     net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, window_size=4,
@@ -89,10 +79,8 @@ def quick_predictor(folder: Path) -> Predictor:
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(0.05 * torch.randn(p.shape, generator=generator))
-    preprocessing = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "intensity": "histogram", "num_modalities": 1}
-    path = save_segmenter(DiffusionSegmenter(net, num_classes=2), folder / "quick.pt",
-                          extra_config={"preprocessing": preprocessing, "roi_size": [16, 16, 16]})  # fmt: skip
-    return Predictor.from_checkpoint(path, device="cpu")
+    preprocessing = {"intensity": "histogram", "spacing": [2.0, 2.0, 2.0]}
+    return Predictor(DiffusionSegmenter(net, num_classes=2), preprocessing=preprocessing, roi_size=16, device="cpu")
 
 
 def main(argv=None) -> dict:
@@ -100,7 +88,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--case", nargs=3, action="append", default=[], metavar=("NAME", "IMAGE", "LABEL"))
     parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped one)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
-    parser.add_argument("--quick", action="store_true", help="a random tiny model on a sphere head (CI)")
+    parser.add_argument("--quick", action="store_true", help="a random tiny model on a ball phantom (CI)")
     parser.add_argument("--output", type=Path, default=None, help="default: results/validation_threshold.json")
     args = parser.parse_args(argv)
     if not args.quick and not args.case:
@@ -110,10 +98,11 @@ def main(argv=None) -> dict:
     output = args.output or HERE / "results" / "validation_threshold.json"
     if any(not 0 < t < 1 for t in args.thresholds):
         parser.error(f"--thresholds must lie in (0, 1), got {args.thresholds}")
-    with tempfile.TemporaryDirectory() as scratch:  # --quick's model and head live only for the run
+    with tempfile.TemporaryDirectory() as scratch:  # --quick's ball phantom lives only for the run
         if args.quick:
-            predictor = quick_predictor(Path(scratch))
-            cases, options = [("quick", *quick_case(Path(scratch)))], {"steps": 2, "num_samples": 2}
+            predictor = quick_predictor()
+            image, truth, _ = quick_case(Path(scratch))  # speed.py's 24^3 ball at 2 mm and its mask
+            cases, options = [("quick", image, truth)], {"steps": 2, "num_samples": 2}
         else:
             predictor = Predictor.from_bundle(args.bundle, device="cpu")
             cases, options = [tuple(c) for c in args.case], {}
