@@ -96,6 +96,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
     if args.bias_correction is not None:
         options["bias_correction"] = args.bias_correction
+    if args.no_localize:
+        options["localization"] = None
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
@@ -218,6 +220,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling["weight_sets"] = args.weight_sets
     sampling["augment"] = args.augment
     sampling["view_options"] = predictor.view_options  # the limits of the views when augment > 1
+    sampling["localization"] = predictor.localization
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),

@@ -157,6 +157,12 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         help="n4: SimpleITK's N4 bias-field correction before the intensity normalisation, for scans with a strong "
         "coil field (default: the model's preprocessing; the shipped bundle's: none)",
     )
+    seg.add_argument(
+        "--no-localize",
+        action="store_true",
+        help="skip the bundle's localization pass (inference.json localization: the case first sampled on a coarser "
+        "grid, foreground kept only near what that pass found; the shipped bundle's: 4 mm, 6 mm)",
+    )
 
 
 def package_version() -> str:

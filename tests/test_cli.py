@@ -283,6 +283,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "weight_sets": 1,
         "augment": 1,
         "view_options": {},
+        "localization": None,  # a bare checkpoint has none
     }
     assert first["runtime"]["device"] == "cpu" and first["runtime"]["roi_size"] == [16, 16, 16]
     assert {"torch", "monai", "python"} <= set(first["environment"]) and first["medwidit"]

@@ -43,6 +43,7 @@ from .io import (
     save_image,
     to_nibabel,
 )
+from .localize import bundle_localization, check_localization, foreground_region
 from .options import (
     autocast_dtype,
     autocast_model_fn,
@@ -162,6 +163,9 @@ class Predictor:
             listed in its quality JSON's ``unexpected_volumes``, whatever the members agree on.
         view_options: the test-time views' ``augmentation_views`` keywords (``flip_axes``, ``gamma_range``,
             ``max_shift``; a bundle's ``inference.json`` declares them as ``augment_views``) for ``segment(augment=N)``.
+        localization: ``{"spacing": mm, "margin_mm": mm}`` (``localize.check_localization``; a bundle's
+            ``inference.json`` declares it): each case is first sampled on that coarser grid, and the full-resolution
+            ensemble is background farther than ``margin_mm`` from the coarse foreground. None: off.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -183,6 +187,7 @@ class Predictor:
         extra_segmenters: Sequence[DiffusionSegmenter] = (),
         expected_volume_ml: Mapping | None = None,
         view_options: Mapping | None = None,
+        localization: Mapping | None = None,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -214,6 +219,7 @@ class Predictor:
         self.class_names = None if class_names is None else [str(name) for name in class_names]
         self.expected_volume_ml = check_expected_volumes(expected_volume_ml, segmenter.num_classes)
         self.view_options = check_view_options(view_options, self.spatial_dims, source="view_options")
+        self.localization = check_localization(localization, self.spatial_dims)
         self.sampling_defaults = sampling_defaults()
 
     def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
@@ -298,7 +304,8 @@ class Predictor:
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``expected_volume_ml`` and the
-        test-time views' ``augment_views`` (``view_options``) from ``configs/inference.json``, and the sampling
+        test-time views' ``augment_views`` (``view_options``) and ``localization`` from ``configs/inference.json``
+        (unless given), and the sampling
         defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files relative to
         the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
         ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
@@ -335,6 +342,11 @@ class Predictor:
                 predictor.view_options = bundle_view_options(bundle_dir, predictor.spatial_dims)
             except ValueError as e:
                 raise InputError(str(e)) from e
+        if "localization" not in options:  # a caller's own (None: off) replaces the bundle's
+            try:
+                predictor.localization = bundle_localization(bundle_dir, predictor.spatial_dims)
+            except ValueError as e:
+                raise InputError(str(e)) from e
         predictor.sampling_defaults = {**defaults, "weight_sets": sets}  # the sets loaded: model.pt + sets - 1
         return predictor
 
@@ -359,6 +371,7 @@ class Predictor:
         augment: int | None = None,
         shared_steps: int | None = None,
         weight_sets: int | None = None,
+        localize: bool = True,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -375,6 +388,8 @@ class Predictor:
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         ``weight_sets`` N (None: ``sampling_defaults``): the first N of ``segmenters`` (independently trained
         weights) each sample every view (N times the cost); 1 is this predictor's own weights alone.
+        ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one; its quality JSON
+        records ``localization``: the settings used, or None).
         """
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         shared_steps = self.resolve_shared_steps(shared_steps, steps)
@@ -382,35 +397,98 @@ class Predictor:
         name = geometry.path or "array"
         force = check_bool("force_grid", force_grid)
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force)
+        localize = check_bool("localize", localize)
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        sampling = {
+            "steps": steps,
+            "num_samples": num_samples,
+            "overlap": overlap,
+            "sampler": sampler,
+            "eta": eta,
+            "guidance_scale": guidance_scale,
+            "shared_steps": shared_steps,
+            "segmenters": self.select_weights(weight_sets),
+        }
+        region = None
+        if localize and self.localization is not None:
+            region = self._localization_region(array, geometry, generator, sampling)
+        augment = self.resolve_augment(augment)
+        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
+        return self._sample_case(
+            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
+        )
+
+    def _localization_region(self, array, geometry: ImageGeometry, generator, sampling: dict) -> np.ndarray | None:
+        """The coarse pass (``localization``): the case sampled on the coarser grid with the same weights, sampling
+        and post-processing (no test-time views), from a copy of ``generator``'s state (the full-resolution pass
+        draws exactly what it would without it) -> its foreground within ``margin_mm``, bool on the input grid; None
+        (with a warning) where the coarse grid is too small."""
+        name = geometry.path or "array"
+        spec = self.localization
+        coarse_grid = {**self.preprocessing, "spacing": spec["spacing"]}
+        try:
+            check_grid(array.shape[1:], geometry.affine, coarse_grid["spacing"], name, force=True)
+        except InputError as e:
+            logger.warning("%s: not localised (%s)", name, e)
+            return None
+        copy = torch.Generator(device=generator.device)
+        copy.set_state(generator.get_state())
+        coarse = self._sample_case(array, geometry, coarse_grid, sampling, copy, views=None, region=None)
+        return foreground_region(coarse.label_map, geometry.affine, spec["margin_mm"])  # empty: holds none
+
+    def _sample_case(
+        self,
+        array: np.ndarray,
+        geometry: ImageGeometry,
+        preprocessing: dict,
+        sampling: dict,
+        generator: torch.Generator,
+        *,
+        views,
+        region: np.ndarray | None,
+        progress: bool | Callable[[dict], None] = False,
+    ) -> Segmentation:
+        """One case (C, *S) on the grid ``preprocessing`` makes, every member background outside ``region`` (bool
+        (*S) on the input grid, resampled with the image by nearest neighbour) unless it holds less than
+        ``localization["min_kept"]`` of their foreground -> :class:`Segmentation` on the input's grid."""
+        name = geometry.path or "array"
+        sampling = dict(sampling)
+        segmenters = sampling.pop("segmenters")
+        steps, num_samples = sampling["steps"], sampling["num_samples"]
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
-        pre = Compose(preprocessing_transforms(self.preprocessing, load=False, spacing_key=spacing_key))
-        meta = {"original_affine": geometry.affine}  # as LoadImaged records it: the acquisition's own spacing
-        data = pre({"image": MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(geometry.affine), meta=meta)})
+        region_key = None if region is None else "region"  # resampled as a label: nearest neighbour
+        pre = Compose(
+            preprocessing_transforms(preprocessing, label_key=region_key, load=False, spacing_key=spacing_key)
+        )
+        arrays = {"image": torch.from_numpy(array)}
+        if region is not None:
+            arrays["region"] = torch.from_numpy(region[None].astype(np.uint8))
+        # "original_affine" as LoadImaged records it (the acquisition's own spacing), in a meta dict per key: a
+        # MetaTensor writes its affine into the dict it is given
+        inputs = {
+            key: MetaTensor(a, affine=torch.as_tensor(geometry.affine), meta={"original_affine": geometry.affine})
+            for key, a in arrays.items()
+        }
+        data = pre(inputs)
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
+        within = None if region is None else data["region"].as_tensor()[None].bool().to(self.device)  # (1, 1, *S')
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
-        augment = self.resolve_augment(augment)
-        segmenters = self.select_weights(weight_sets)
-        weight_sets = len(segmenters)
-        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
-        callback = progress_callback(progress, steps * augment * weight_sets, Path(name).name)
+        augment = 1 if views is None else len(views)
+        callback = progress_callback(progress, steps * augment * len(segmenters), Path(name).name)
         try:
             summary = sample_ensemble(
                 segmenters,
                 condition,
-                steps=steps,
-                num_samples=num_samples,
-                overlap=overlap,
+                **sampling,
                 **self.window_options,
                 wrap_model_fn=self.wrap_model_fn,
                 progress=None if callback is None else partial(_view_steps, callback, steps),
-                sampler=sampler,
-                eta=eta,
-                guidance_scale=guidance_scale,
-                generator=generator if generator is not None else torch.Generator().manual_seed(0),
+                generator=generator,
                 views=views,
                 spacing=spacing,
-                shared_steps=shared_steps,
+                region=within,
+                region_min_kept=0.0 if region is None else self.localization["min_kept"],
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -427,9 +505,22 @@ class Predictor:
             maps,
             views=augment,
             num_samples=num_samples,
-            weight_sets=weight_sets,
+            weight_sets=len(segmenters),
             expected_volume_ml=self.expected_volume_ml,
         )
+        quality["localization"] = None
+        if region is not None:
+            kept = float(summary["region_kept"][0])
+            applied = kept >= self.localization["min_kept"]
+            quality["localization"] = {**self.localization, "kept": kept, "applied": applied}
+            if not applied:
+                logger.warning(
+                    "%s: the coarse pass's region holds %.4f of the full-resolution foreground (min_kept %g): the "
+                    "passes disagree about where the structure is, so it is not localised; check this case.",
+                    name,
+                    kept,
+                    self.localization["min_kept"],
+                )
         return Segmentation(
             label_map=label_map,
             probability=probability,

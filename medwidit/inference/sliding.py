@@ -30,6 +30,7 @@ from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_optio
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
 
+from .localize import restrict_to_region
 from .trust import View, apply_view, decompose_entropy, estimated_dice, invert_view
 from .uncertainty import summarize_ensemble
 
@@ -372,6 +373,8 @@ def sample_ensemble(
     views: Sequence[View] | None = None,
     spacing: torch.Tensor | None = None,
     shared_steps: int = 0,
+    region: torch.Tensor | None = None,
+    region_min_kept: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -389,7 +392,9 @@ def sample_ensemble(
     same generator (views included: the first view's members are those of a run without the others). ``spacing``
     (B, 2N) mm, the grid's then the acquisition's per axis, goes to every window of every member (a network with
     ``spacing_conditioning``; the views flip and shift, so it holds for each of them). ``shared_steps`` k: each
-    view's members share their first k steps (``DiffusionSegmenter.sample``).
+    view's members share their first k steps (``DiffusionSegmenter.sample``). ``region`` (B, 1, *S) bool: every
+    member is background outside it (``localize.restrict_to_region``) before anything is summarised, unless the region
+    holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share.
 
     ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each
     sampling every view, so that G = weights x views groups (weights-major: the first segmenter's groups come first,
@@ -425,10 +430,13 @@ def sample_ensemble(
             groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
         calls.append((denoiser.num_calls, denoiser.num_windows))
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
+    probabilities, kept = restrict_to_region(probabilities, region, region_min_kept)
     summary = summarize_ensemble(probabilities)
     split = decompose_entropy(probabilities, groups=len(groups))
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
     summary["estimated_dice"] = estimated_dice(probabilities)
+    if kept is not None:
+        summary["region_kept"] = kept
     if return_members:
         summary["members"] = probabilities
     logger.debug("network calls, window evaluations per set of weights: %s", calls)

@@ -1,0 +1,107 @@
+"""Find the structure first, then segment it: a coarse pass of the same model on a coarser working grid gives the
+foreground, and the full-resolution pass keeps foreground only within ``margin_mm`` of it.
+
+deepbet and HD-BET localise the brain in a first stage before they segment it. Here the same weights do both: at a
+coarser grid each window sees more of the head, and what the full-resolution windows hallucinate far from the brain
+(a neck, a face, the edge of a tight field of view; shapes no training crop showed) does not survive the region.
+``configs/inference.json``'s ``localization`` declares it ({"spacing": [mm per axis], "margin_mm": mm, "min_kept":
+share}; null: off).
+
+A coarse pass that holds less than ``min_kept`` of the full-resolution foreground disagrees with it about where the
+structure is (an inverted contrast can send either pass to the scalp): then neither is trusted to cut the other, the
+case is left as the full-resolution pass saw it, and the predictor warns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .options import read_inference_config
+
+LOCALIZATION_KEYS = ("spacing", "margin_mm")  # required; "min_kept" is optional
+DEFAULT_MIN_KEPT = 0.5  # the coarse region must hold half of the full pass's foreground: README, "Localization"
+
+
+def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "localization") -> dict | None:
+    """A bundle's or a caller's ``localization`` -> ``{"spacing": [mm] * spatial_dims, "margin_mm": mm, "min_kept":
+    share}`` or None (off). ``spacing``: one positive number or one per axis; ``margin_mm`` >= 0; ``min_kept`` in
+    [0, 1] (default ``DEFAULT_MIN_KEPT``). A ValueError names ``source``."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{source} must be null or a mapping with {' and '.join(LOCALIZATION_KEYS)}, got {spec!r}.")
+    keys, allowed = set(spec), {*LOCALIZATION_KEYS, "min_kept"}
+    if not set(LOCALIZATION_KEYS) <= keys <= allowed:
+        missing, unknown = sorted(set(LOCALIZATION_KEYS) - keys), sorted(keys - allowed)
+        raise ValueError(
+            f"{source}: expected the keys {', '.join(LOCALIZATION_KEYS)} (and optionally min_kept)"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+            + "."
+        )
+    spacing = spec["spacing"]
+    spacing = [spacing] * spatial_dims if _is_number(spacing) else spacing
+    ok = isinstance(spacing, Sequence) and not isinstance(spacing, str) and len(spacing) == spatial_dims
+    if not ok or not all(_is_number(s) and s > 0 for s in spacing):
+        raise ValueError(
+            f"{source}: spacing must be a positive number of mm or {spatial_dims} of them, got {spec['spacing']!r}."
+        )
+    margin = spec["margin_mm"]
+    if not _is_number(margin) or margin < 0:
+        raise ValueError(f"{source}: margin_mm must be a number of mm >= 0, got {margin!r}.")
+    kept = spec.get("min_kept", DEFAULT_MIN_KEPT)
+    if not _is_number(kept) or not 0 <= kept <= 1:
+        raise ValueError(f"{source}: min_kept must be a share in [0, 1], got {kept!r}.")
+    return {"spacing": [float(s) for s in spacing], "margin_mm": float(margin), "min_kept": float(kept)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bundle_localization(bundle_dir, spatial_dims: int = 3) -> dict | None:
+    """The checked ``localization`` of a bundle's ``configs/inference.json`` (None where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_localization(config.get("localization"), spatial_dims, source=f"{path}: localization")
+
+
+def foreground_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
+    """The voxels of ``label_map`` (*S, on the grid of ``affine``) within ``margin_mm`` of a foreground voxel (label
+    > 0), as bool (*S): a Euclidean distance in mm (scipy's exact transform with the grid's voxel sizes, which a
+    voxel-count dilation would get wrong on thick slices)."""
+    foreground = np.asarray(label_map) > 0
+    if margin_mm == 0:
+        return foreground
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : foreground.ndim], axis=0)
+    return ndimage.distance_transform_edt(~foreground, sampling=spacing) <= margin_mm
+
+
+def restrict_to_region(
+    probabilities: torch.Tensor, region: torch.Tensor | None, min_kept: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Members' probabilities (M, B, K, *S) with every voxel outside ``region`` (B, 1, *S) bool set to background
+    (class 0 with probability 1), so that the mean, the entropies and the Dice estimate all describe the restricted
+    ensemble -> (probabilities, kept (B,)): the share of the members' mean foreground (argmax not 0) inside the region
+    (1 where there is none). An item whose share is below ``min_kept`` is left as it is. ``region`` None: unchanged,
+    kept None."""
+    if region is None:
+        return probabilities, None
+    if tuple(region.shape) != (probabilities.shape[1], 1, *probabilities.shape[3:]):
+        raise ValueError(
+            f"region must be (B, 1, *S) = {(probabilities.shape[1], 1, *probabilities.shape[3:])}, "
+            f"got {tuple(region.shape)}."
+        )
+    region = region.to(probabilities.device, torch.bool)
+    foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
+    dims = tuple(range(1, foreground.ndim))
+    total = foreground.sum(dims)
+    kept = torch.where(total > 0, (foreground & region).sum(dims) / total.clamp_min(1), torch.ones_like(total).float())
+    applied = (kept >= min_kept).view(-1, *([1] * (region.ndim - 1)))  # (B, 1, ...)
+    background = torch.zeros_like(probabilities[:1])
+    background[:, :, 0] = 1
+    return torch.where((region | ~applied)[None], probabilities, background), kept

@@ -1,0 +1,226 @@
+"""The localization pass: a coarse pass of the same weights finds the foreground, and the full-resolution ensemble is
+background farther than ``margin_mm`` from it; its settings, the bundle's ``inference.json`` entry, the CLI's
+``--no-localize``, and the cases it leaves alone."""
+
+import json
+import logging
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from inference_volumes import ThresholdOracle, save_nifti
+
+from medwidit.cli import main
+from medwidit.diffusion import DiffusionSegmenter
+from medwidit.inference import InputError, Predictor, sample_ensemble
+from medwidit.inference.localize import check_localization, foreground_region, restrict_to_region
+
+PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
+FAST = {"steps": 2, "num_samples": 2}
+
+
+def test_settings_are_checked_and_name_what_is_wrong():
+    assert check_localization(None, 3) is None
+    shipped = {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}
+    assert check_localization({"spacing": 4, "margin_mm": 6}, 3) == shipped
+    assert check_localization({"spacing": [3, 4], "margin_mm": 0, "min_kept": 1}, 2) == {
+        "spacing": [3.0, 4.0], "margin_mm": 0.0, "min_kept": 1.0,
+    }  # fmt: skip
+    bad = [
+        ([4, 4], r"spacing must be a positive number of mm or 3 of them, got \[4, 4\]"),
+        ("4", r"spacing must be a positive number"),
+        ([4, 0, 4], r"spacing must be a positive number"),
+        (True, r"spacing must be a positive number"),
+    ]
+    for spacing, message in bad:
+        with pytest.raises(ValueError, match=rf"^here: {message}"):
+            check_localization({"spacing": spacing, "margin_mm": 6}, 3, source="here")
+    with pytest.raises(ValueError, match=r"margin_mm must be a number of mm >= 0, got -1"):
+        check_localization({"spacing": 4, "margin_mm": -1}, 3)
+    with pytest.raises(ValueError, match=r"min_kept must be a share in \[0, 1\], got 1.5"):
+        check_localization({"spacing": 4, "margin_mm": 6, "min_kept": 1.5}, 3)
+    with pytest.raises(ValueError, match=r"missing \['margin_mm'\]; unknown \['margin'\]"):
+        check_localization({"spacing": 4, "margin": 6}, 3)
+    with pytest.raises(ValueError, match=r"must be null or a mapping"):
+        check_localization([4, 6], 3)
+
+
+def test_the_margin_is_in_mm_along_each_axis_of_an_anisotropic_grid():
+    labels = np.zeros((9, 9, 9), dtype=np.int64)
+    labels[4, 4, 4] = 1
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    region = foreground_region(labels, affine, margin_mm=3.0)
+    assert region[1, 4, 4] and region[7, 4, 4] and not region[0, 4, 4]  # 3 voxels of 1 mm
+    assert region[4, 4, 3] and region[4, 4, 5] and not region[4, 4, 2]  # 1 voxel of 3 mm (2 would be 6 mm)
+    assert region[6, 6, 4] and not region[7, 7, 4]  # 2.83 mm and 4.24 mm away in the x-y plane
+    assert np.array_equal(foreground_region(labels, affine, 0.0), labels > 0)
+
+
+def test_members_are_background_outside_the_region_and_untouched_inside():
+    members = torch.rand(3, 1, 2, 4, 4, 4)
+    members = members / members.sum(2, keepdim=True)
+    region = torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool)
+    region[..., :2, :, :] = True
+    out, kept = restrict_to_region(members, region)
+    assert torch.equal(out[..., :2, :, :], members[..., :2, :, :])
+    assert torch.equal(out[:, :, 0, 2:], torch.ones(3, 1, 2, 4, 4)) and not out[:, :, 1, 2:].any()
+    foreground = members.mean(0).argmax(1) > 0  # (1, 4, 4, 4)
+    assert torch.allclose(kept, foreground[:, :2].sum() / foreground.sum().float())
+    assert restrict_to_region(members, None) == (members, None)
+    # a region that holds less than min_kept of the foreground leaves the members as they are
+    untouched, share = restrict_to_region(members, region, min_kept=float(kept) + 0.01)
+    assert torch.equal(untouched, members) and torch.equal(share, kept)
+    with pytest.raises(ValueError, match=r"region must be \(B, 1, \*S\) = \(1, 1, 4, 4, 4\), got \(1, 4, 4, 4\)"):
+        restrict_to_region(members, region[0])
+
+
+def test_the_ensemble_summary_describes_the_restricted_members():
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    image = torch.zeros(1, 1, 8, 8, 8)
+    image[..., 1:7, 1:7, 1:7] = torch.linspace(0.3, 0.7, 6).view(6, 1, 1)  # a band of uncertain voxels
+    region = torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool)
+    region[..., :4, :, :] = True
+    free = sample_ensemble(segmenter, image, roi_size=(8, 8, 8), generator=torch.Generator().manual_seed(0), **FAST)
+    held = sample_ensemble(
+        segmenter, image, roi_size=(8, 8, 8), generator=torch.Generator().manual_seed(0), region=region, **FAST
+    )
+    assert torch.equal(held["mean_probability"][..., :4, :, :], free["mean_probability"][..., :4, :, :])
+    assert torch.equal(held["mean_probability"][:, 0, 4:], torch.ones(1, 4, 8, 8))
+    assert free["mean_probability"][:, 1, 4:].max() > 0.5 and not held["entropy"][..., 4:, :, :].any()
+
+
+def _scan_with_a_far_speck(tmp_path):
+    """A ball (the structure) and, 14 mm from its edge, one bright voxel: the full-resolution oracle calls it
+    foreground, while on a 4 mm grid the resampled speck is dim (it lies between the coarse grid's points)."""
+    shape = (40, 32, 32)
+    grid = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    distance = np.sqrt((grid[0] - 12) ** 2 + (grid[1] - 16) ** 2 + (grid[2] - 16) ** 2)
+    image = (distance <= 8).astype(np.float32)
+    image[34, 18, 18] = 1.0
+    return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4)), image
+
+
+def test_a_coarse_pass_that_disagrees_with_the_full_one_cuts_nothing_and_is_warned_about(tmp_path, caplog):
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    strict = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 1.0})  # the speck is outside
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        result = strict.segment(path, **FAST)
+    assert result.label_map[34, 18, 18] == 1
+    assert result.quality["localization"]["applied"] is False and result.quality["localization"]["kept"] < 1
+    assert np.array_equal(result.probability, _oracle_predictor(None).segment(path, **FAST).probability)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(re.search(r"scan\.nii\.gz: the coarse pass's region holds 0\.99\d\d of the full-resolution "
+                         r"foreground \(min_kept 1\): the passes disagree", w) for w in warnings)  # fmt: skip
+
+
+def _oracle_predictor(localization):
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    return Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu", localization=localization)
+
+
+def test_foreground_far_from_the_coarse_pass_is_removed_and_the_rest_is_untouched(tmp_path):
+    path, image = _scan_with_a_far_speck(tmp_path)
+    free = _oracle_predictor(None).segment(path, **FAST)
+    held = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0}).segment(path, **FAST)
+    assert free.label_map[34, 18, 18] == 1 and held.label_map[34, 18, 18] == 0
+    near = np.zeros(image.shape, dtype=bool)
+    near[:26] = True  # the ball and more than 4 mm around it
+    assert np.array_equal(held.label_map[near], free.label_map[near]) and held.label_map[12, 16, 16] == 1
+    assert np.array_equal(held.probability[:, near], free.probability[:, near])
+    assert held.probability[1, 34, 18, 18] == 0 and held.entropy[34, 18, 18] == 0
+    ball = int((image > 0.5).sum())
+    assert held.quality["localization"] == {
+        "spacing": [4.0, 4.0, 4.0], "margin_mm": 4.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + 1)),
+        "applied": True,
+    }  # fmt: skip
+    assert free.quality["localization"] is None
+    skipped = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0}).segment(path, localize=False, **FAST)
+    assert np.array_equal(skipped.probability, free.probability) and skipped.quality["localization"] is None
+
+
+class NoisyOracle(ThresholdOracle):
+    """ThresholdOracle whose estimate also follows the noisy input: its samples depend on the noise drawn."""
+
+    def forward(self, x, t, conditioned=None):
+        return super().forward(x, t, conditioned) + 0.5 * x
+
+
+def test_a_region_that_holds_everything_gives_exactly_the_unlocalised_result(tmp_path):
+    """The coarse pass draws from a copy of the generator: the full-resolution members draw what they would alone."""
+    image = np.random.default_rng(0).random((24, 20, 16)).astype(np.float32)
+    path = save_nifti(tmp_path / "scan.nii.gz", image, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    results = []
+    for localization in (None, {"spacing": 3.0, "margin_mm": 1000.0}):
+        predictor = Predictor(
+            DiffusionSegmenter(NoisyOracle(), num_classes=2), preprocessing={**PREPROCESSING, "spacing": [2.0] * 3},
+            roi_size=16, device="cpu", localization=localization,
+        )  # fmt: skip
+        results.append(predictor.segment(path, generator=torch.Generator().manual_seed(5), **FAST))
+    free, held = results
+    assert held.quality["localization"] is not None and (free.label_map > 0).any()
+    assert np.array_equal(held.probability, free.probability) and np.array_equal(held.entropy, free.entropy)
+    other = _oracle_predictor(None)
+    other.segmenter = other.segmenters[0] = DiffusionSegmenter(NoisyOracle(), num_classes=2)
+    other.preprocessing = {**other.preprocessing, "spacing": [2.0] * 3}
+    reseeded = other.segment(path, generator=torch.Generator().manual_seed(6), **FAST)
+    assert not np.array_equal(reseeded.probability, free.probability)  # the noise does reach the result
+
+
+def test_a_coarse_pass_that_finds_nothing_cuts_nothing_and_a_grid_too_small_skips_it_with_a_warning(tmp_path, caplog):
+    speck = np.zeros((40, 32, 32), dtype=np.float32)
+    speck[34, 18, 18] = 1.0
+    path = save_nifti(tmp_path / "speck.nii.gz", speck, affine=np.eye(4))
+    small = save_nifti(tmp_path / "small.nii.gz", np.ones((10, 12, 12), dtype=np.float32), affine=np.eye(4))
+    predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0})
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        found = predictor.segment(path, **FAST)
+        whole = predictor.segment(small, **FAST)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("speck.nii.gz: the coarse pass's region holds 0.0000 of the full-resolution foreground" in w
+               for w in warnings)  # fmt: skip
+    assert any("small.nii.gz: not localised" in w and "too small to segment" in w for w in warnings)
+    assert found.label_map[34, 18, 18] == 1 and found.quality["localization"]["applied"] is False
+    assert whole.label_map.all() and whole.quality["localization"] is None
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A copy of the shipped bundle (its weights and configs)."""
+    from medwidit.inference.options import resolve_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
+    return copy
+
+
+def _set_localization(bundle, value):
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config["localization"] = value
+    path.write_text(json.dumps(config))
+
+
+def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
+    shipped = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
+    assert shipped.localization == {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, localization=None).localization is None
+    _set_localization(bundle, None)
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).localization is None
+    _set_localization(bundle, {"spacing": 4.0})
+    with pytest.raises(InputError, match=r"inference\.json: localization: expected the keys .*missing \['margin_mm'\]"):
+        Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
+
+
+def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_it_off(tmp_path, bundle):
+    source = save_nifti(tmp_path / "scan.nii.gz", np.ones((24, 24, 24), dtype=np.float32), affine=np.eye(4) * 2)
+    base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
+            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert main([*base, "-o", str(tmp_path / "b"), "--no-localize"]) == 0
+    for out, expected in (("a", {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}), ("b", None)):
+        record = json.loads((tmp_path / out / "medwidit_run.json").read_text())
+        assert record["sampling"]["localization"] == expected
+    quality = json.loads((tmp_path / "b" / "scan_quality.json").read_text())
+    assert quality["localization"] is None
