@@ -14,7 +14,10 @@ from the brain cache, clean and under graded acquisition shifts (one family at a
 Every case is sampled once, as ``Predictor.segment(augment=V, weight_sets=W)`` does (``sample_ensemble`` with W sets
 of weights, each with V test-time views of S members): the shipped weights, then the bundle's ``extra_weights`` (or
 ``--extra-weights``). The ensembles compared, "WxV", are subsets of those members (the first weights' first view
-alone is exactly the plain run, seed for seed), so their cost ratio is W x V. Reported per ensemble: mean true Dice,
+alone is exactly the plain run, seed for seed), so their cost ratio is W x V. A bundle with a ``localization`` pass
+(``--no-localize``: without it) runs it first with every set of weights and the same seed, as ``Predictor.segment``
+does, and every subset's members are restricted to its region; each ensemble also records ``scale_dice``, the
+coarse pass's brain against its own, scored as one more per-case estimate. Reported per ensemble: mean true Dice,
 Spearman and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true
 Dice of the brain, which cases a ``--warn-dice`` threshold flags (alone, and with the bundle's expected brain volume
 as the warning line has it), voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
@@ -47,6 +50,7 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
+from medwidit.inference.localize import foreground_region
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import (
@@ -142,6 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("n4", "none"),
         help="replace the bundle's (Predictor.from_bundle(bias_correction=))",
     )
+    parser.add_argument(
+        "--no-localize", action="store_true", help="skip the bundle's localization pass (medwidit segment's flag)"
+    )
     parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
     parser.add_argument(
         "--rescore",
@@ -186,21 +193,34 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     first V views) for W in {1, all} and V in {1, all}."""
     name, image, truth, affine, head = case
     start = time.process_time()
-    data = pre({"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))})
+    sampling = {"steps": args.steps, "num_samples": args.samples, "shared_steps": args.shared_steps}
+    inputs = {"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))}
+    coarse = None  # the bundle's localization pass, as Predictor.segment runs it (same seed, no views)
+    if predictor.localization is not None:
+        coarse = predictor.localization_pass(image, affine=affine, generator=torch.Generator().manual_seed(0),
+                                             weight_sets=len(predictor.segmenters), **sampling)  # fmt: skip
+    if coarse is not None:
+        region = foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
+        inputs["region"] = MetaTensor(torch.from_numpy(region[None].astype(np.uint8)), affine=torch.as_tensor(affine))
+    data = pre(inputs)
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
     run = sample_ensemble(
-        predictor.segmenters, condition, steps=args.steps, num_samples=args.samples, shared_steps=args.shared_steps,
-        roi_size=predictor.roi_size,
+        predictor.segmenters, condition, **sampling, roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
-        views=views,
+        views=views, region=None if coarse is None else data["region"].as_tensor()[None].bool(),
+        region_min_kept=0.0 if coarse is None else predictor.localization["min_kept"],
     )  # fmt: skip
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
     bounds = predictor.expected_volume_ml.get("1")  # the bundle's expected brain volume (inference.json)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
+    if coarse is not None:
+        kept = float(run["region_kept"][0])
+        out["localization"] = {"kept": kept, "applied": kept >= predictor.localization["min_kept"]}
+    coarse_labels = None if coarse is None else torch.from_numpy(np.asarray(coarse.label_map))
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
         groups = [wi * args.views + vi for wi in range(w) for vi in range(v)]  # group-major, as sampled
@@ -217,6 +237,10 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "true_dice": float(dice[1]),
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
+            # the coarse pass's brain against this ensemble's: where the two grids disagree, one of them is wrong
+            "scale_dice": None
+            if coarse_labels is None
+            else float(dice_per_class(labels[None, None], coarse_labels[None, None], predictor.num_classes)[0, 1]),
             "empty": not bool(labels.any()),
             "volume_ml": volume,
             "volume_flag": outside_expected(volume, bounds),
@@ -276,6 +300,9 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
+            "scale_dice": None
+            if any(r.get("scale_dice") is None for r in rows)
+            else _estimate_scores(np.array([r["scale_dice"] for r in rows]), true, warn_dice),
             "ece_mean": float(np.mean([r["ece"] for r in rows])),
         }
     return out
@@ -408,7 +435,11 @@ def main(argv=None) -> dict:
     predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
     args.view_options = predictor.view_options  # recorded as used
     resolve_sampling(args, predictor)
-    pre = Compose(preprocessing_transforms(predictor.preprocessing, load=False))
+    if args.no_localize:
+        predictor.localization = None
+    args.localization = predictor.localization  # recorded as used
+    label = None if predictor.localization is None else "region"  # the coarse pass's region, resampled as a label
+    pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
     summary = summarise(cases, args.warn_dice)

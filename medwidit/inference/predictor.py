@@ -391,14 +391,60 @@ class Predictor:
         ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one; its quality JSON
         records ``localization``: the settings used, or None).
         """
+        array, geometry, sampling = self._case_input(
+            image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
+            weight_sets,
+        )  # fmt: skip
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        region = None
+        if check_bool("localize", localize) and self.localization is not None:
+            coarse = self._coarse_pass(array, geometry, generator, sampling)
+            if coarse is not None:
+                region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
+        augment = self.resolve_augment(augment)
+        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
+        return self._sample_case(
+            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
+        )
+
+    def localization_pass(
+        self,
+        image,
+        *,
+        affine=None,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        num_samples: int | None = None,
+        overlap: float | None = None,
+        sampler: str | None = None,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        shared_steps: int | None = None,
+        weight_sets: int | None = None,
+        force_grid: bool = False,
+    ) -> Segmentation | None:
+        """The coarse pass of :meth:`segment` alone, with the same arguments: the case sampled on ``localization``'s
+        grid -> :class:`Segmentation` on the input's grid, from which ``segment`` keeps the foreground within
+        ``margin_mm``; None without ``localization`` or where its grid is too small (with a warning)."""
+        array, geometry, sampling = self._case_input(
+            image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
+            weight_sets,
+        )  # fmt: skip
+        if self.localization is None:
+            return None
+        return self._coarse_pass(array, geometry, generator or torch.Generator().manual_seed(0), sampling)
+
+    def _case_input(
+        self, image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
+        weight_sets,
+    ) -> tuple[np.ndarray, ImageGeometry, dict]:  # fmt: skip
+        """The case read and its grid checked, and the sampling arguments resolved (None: ``sampling_defaults``)."""
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
         shared_steps = self.resolve_shared_steps(shared_steps, steps)
         array, geometry = read_input(image, affine, spatial_dims=self.spatial_dims, num_modalities=self.num_modalities)
         name = geometry.path or "array"
         force = check_bool("force_grid", force_grid)
         check_grid(array.shape[1:], geometry.affine, self.preprocessing["spacing"], name, force=force)
-        localize = check_bool("localize", localize)
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         sampling = {
             "steps": steps,
             "num_samples": num_samples,
@@ -409,23 +455,14 @@ class Predictor:
             "shared_steps": shared_steps,
             "segmenters": self.select_weights(weight_sets),
         }
-        region = None
-        if localize and self.localization is not None:
-            region = self._localization_region(array, geometry, generator, sampling)
-        augment = self.resolve_augment(augment)
-        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
-        return self._sample_case(
-            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
-        )
+        return array, geometry, sampling
 
-    def _localization_region(self, array, geometry: ImageGeometry, generator, sampling: dict) -> np.ndarray | None:
-        """The coarse pass (``localization``): the case sampled on the coarser grid with the same weights, sampling
-        and post-processing (no test-time views), from a copy of ``generator``'s state (the full-resolution pass
-        draws exactly what it would without it) -> its foreground within ``margin_mm``, bool on the input grid; None
-        (with a warning) where the coarse grid is too small."""
+    def _coarse_pass(self, array, geometry: ImageGeometry, generator, sampling: dict) -> Segmentation | None:
+        """The case sampled on ``localization``'s coarser grid with the same weights, sampling and post-processing
+        (no test-time views), from a copy of ``generator``'s state (the full-resolution pass then draws exactly what
+        it would without it); None (with a warning) where that grid is too small."""
         name = geometry.path or "array"
-        spec = self.localization
-        coarse_grid = {**self.preprocessing, "spacing": spec["spacing"]}
+        coarse_grid = {**self.preprocessing, "spacing": self.localization["spacing"]}
         try:
             check_grid(array.shape[1:], geometry.affine, coarse_grid["spacing"], name, force=True)
         except InputError as e:
@@ -433,8 +470,7 @@ class Predictor:
             return None
         copy = torch.Generator(device=generator.device)
         copy.set_state(generator.get_state())
-        coarse = self._sample_case(array, geometry, coarse_grid, sampling, copy, views=None, region=None)
-        return foreground_region(coarse.label_map, geometry.affine, spec["margin_mm"])  # empty: holds none
+        return self._sample_case(array, geometry, coarse_grid, sampling, copy, views=None, region=None)
 
     def _sample_case(
         self,

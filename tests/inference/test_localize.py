@@ -224,3 +224,18 @@ def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_
         assert record["sampling"]["localization"] == expected
     quality = json.loads((tmp_path / "b" / "scan_quality.json").read_text())
     assert quality["localization"] is None
+
+
+def test_the_localization_pass_alone_is_the_case_sampled_on_the_coarse_grid(tmp_path):
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    noisy = {"preprocessing": PREPROCESSING, "roi_size": 16, "device": "cpu"}
+    predictor = Predictor(DiffusionSegmenter(NoisyOracle(), num_classes=2), **noisy, localization={"spacing": 4.0,
+                          "margin_mm": 4.0})  # fmt: skip
+    coarse = predictor.localization_pass(path, generator=torch.Generator().manual_seed(2), **FAST)
+    noisy["preprocessing"] = {**PREPROCESSING, "spacing": [4.0] * 3}
+    direct = Predictor(DiffusionSegmenter(NoisyOracle(), num_classes=2), **noisy).segment(
+        path, generator=torch.Generator().manual_seed(2), **FAST
+    )
+    assert np.array_equal(coarse.probability, direct.probability) and np.array_equal(coarse.label_map, direct.label_map)
+    assert coarse.label_map[12, 16, 16] == 1 and coarse.label_map[34, 18, 18] == 0  # the speck is not found at 4 mm
+    assert _oracle_predictor(None).localization_pass(path, **FAST) is None
