@@ -219,7 +219,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
     if coarse is not None:
         kept = float(run["region_kept"][0])
-        out["localization"] = {"kept": kept, "applied": kept >= predictor.localization["min_kept"]}
+        out["localization"] = {"kept": kept, "applied": kept >= predictor.localization["min_kept"],
+                               "warn_kept": predictor.localization["warn_kept"]}  # fmt: skip
     coarse_labels = None if coarse is None else torch.from_numpy(np.asarray(coarse.label_map))
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
@@ -275,6 +276,7 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
         true, pred = np.array([r["true_dice"] for r in rows]), np.array([r["predicted_dice"] for r in rows])
         low = true < warn_dice
         volume = np.array([bool(r.get("volume_flag", False)) for r in rows])
+        kept = np.array([_kept_flag(c) for c in cases])  # the localization's share, as the CLI's warning line reads it
         w, v = (int(n) for n in key.split("x"))
         out[key] = {
             "weight_sets": w,
@@ -297,6 +299,13 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
                 "volume_flags": int(volume.sum()),
                 "best_warn_threshold": _best_threshold(pred, low, volume),
             },
+            # the whole warning line: also a localization region that held less than warn_kept (or was not applied)
+            "with_volume_and_kept": {
+                "flagged_of_those": int(((pred < warn_dice) | volume | kept)[low].sum()),
+                "false_flags": int(((pred < warn_dice) | volume | kept)[~low].sum()),
+                "kept_flags": int(kept.sum()),
+                "best_warn_threshold": _best_threshold(pred, low, volume | kept),
+            },
             "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
@@ -306,6 +315,13 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "ece_mean": float(np.mean([r["ece"] for r in rows])),
         }
     return out
+
+
+def _kept_flag(case: dict) -> bool:
+    """Whether the case's localization region held less than the bundle's ``warn_kept`` of the full-resolution
+    foreground (the CLI warns; a region not applied was warned about too); False without a localization pass."""
+    localized = case.get("localization")
+    return bool(localized) and (not localized["applied"] or localized["kept"] < localized["warn_kept"])
 
 
 def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> dict:

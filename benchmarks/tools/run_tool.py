@@ -20,15 +20,20 @@ import time
 from pathlib import Path
 
 
-def run_medwidit(source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None) -> None:
+def run_medwidit(source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None) -> dict:
+    """``medwidit segment`` with its defaults -> the case's quality JSON (``--save-quality``: predicted Dice,
+    volumes, the localization pass's share ``kept``), which costs nothing beyond the segmentation."""
     from medwidit.cli import main
 
     with tempfile.TemporaryDirectory(dir=mask.parent) as out:
-        args = ["segment", "-i", str(source), "-o", out, "-q"] + (["--bundle", bundle] if bundle else [])
+        args = ["segment", "-i", str(source), "-o", out, "-q", "--save-quality"]
+        args += ["--bundle", bundle] if bundle else []
         args += ["--bias-correction", bias_correction] if bias_correction else []
         if main(args) != 0:
             raise RuntimeError(f"medwidit segment failed on {source}")
         (Path(out) / source.name).replace(mask)  # the label map is named after the case, as the input
+        case = source.name.removesuffix(".gz").removesuffix(".nii")
+        return json.loads((Path(out) / f"{case}_quality.json").read_text())
 
 
 def run_deepbet(source: Path, mask: Path) -> None:
@@ -75,21 +80,21 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     wall = time.perf_counter()
+    quality = None
     if args.tool == "medwidit":
-        run_medwidit(args.input, args.mask, args.bundle, args.bias_correction)
+        quality = run_medwidit(args.input, args.mask, args.bundle, args.bias_correction)
     else:
         {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(
-        json.dumps(
-            {
-                "mask": str(args.mask),
-                "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                "wall_seconds": time.perf_counter() - wall,
-                "peak_memory_mb": usage.ru_maxrss / 1024,
-            }
-        )
-    )
+    report = {
+        "mask": str(args.mask),
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "wall_seconds": time.perf_counter() - wall,
+        "peak_memory_mb": usage.ru_maxrss / 1024,
+    }
+    if quality is not None:  # medwidit's own estimate of the case, and its localization pass
+        report["quality"] = {key: quality.get(key) for key in ("predicted_dice", "unexpected_volumes", "localization")}
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

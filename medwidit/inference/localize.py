@@ -5,11 +5,13 @@ deepbet and HD-BET localise the brain in a first stage before they segment it. H
 coarser grid each window sees more of the head, and what the full-resolution windows hallucinate far from the brain
 (a neck, a face, the edge of a tight field of view; shapes no training crop showed) does not survive the region.
 ``configs/inference.json``'s ``localization`` declares it ({"spacing": [mm per axis], "margin_mm": mm, "min_kept":
-share}; null: off).
+share, "warn_kept": share}; null: off).
 
 A coarse pass that holds less than ``min_kept`` of the full-resolution foreground disagrees with it about where the
 structure is (an inverted contrast can send either pass to the scalp): then neither is trusted to cut the other, the
-case is left as the full-resolution pass saw it, and the predictor warns.
+case is left as the full-resolution pass saw it, and the predictor warns. A region that holds more than that but
+less than ``warn_kept`` was applied, and the CLI's warning line names the case all the same: where the two grids
+disagree about much of the foreground, one of them is wrong.
 """
 
 from __future__ import annotations
@@ -23,23 +25,25 @@ from scipy import ndimage
 
 from .options import read_inference_config
 
-LOCALIZATION_KEYS = ("spacing", "margin_mm")  # required; "min_kept" is optional
-DEFAULT_MIN_KEPT = 0.5  # the coarse region must hold half of the full pass's foreground: README, "Localization"
+LOCALIZATION_KEYS = ("spacing", "margin_mm")  # required; "min_kept" and "warn_kept" are optional
+DEFAULT_MIN_KEPT = 0.5  # the coarse region must hold half of the full pass's foreground (bundle docs)
+DEFAULT_WARN_KEPT = 0.85  # below it the case gets a warning line: chosen on validation cases (bundle docs)
 
 
 def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "localization") -> dict | None:
     """A bundle's or a caller's ``localization`` -> ``{"spacing": [mm] * spatial_dims, "margin_mm": mm, "min_kept":
-    share}`` or None (off). ``spacing``: one positive number or one per axis; ``margin_mm`` >= 0; ``min_kept`` in
-    [0, 1] (default ``DEFAULT_MIN_KEPT``). A ValueError names ``source``."""
+    share, "warn_kept": share}`` or None (off). ``spacing``: one positive number or one per axis; ``margin_mm`` >= 0;
+    ``min_kept`` <= ``warn_kept`` in [0, 1] (defaults ``DEFAULT_MIN_KEPT``, ``DEFAULT_WARN_KEPT``). A ValueError
+    names ``source``."""
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
         raise ValueError(f"{source} must be null or a mapping with {' and '.join(LOCALIZATION_KEYS)}, got {spec!r}.")
-    keys, allowed = set(spec), {*LOCALIZATION_KEYS, "min_kept"}
+    keys, allowed = set(spec), {*LOCALIZATION_KEYS, "min_kept", "warn_kept"}
     if not set(LOCALIZATION_KEYS) <= keys <= allowed:
         missing, unknown = sorted(set(LOCALIZATION_KEYS) - keys), sorted(keys - allowed)
         raise ValueError(
-            f"{source}: expected the keys {', '.join(LOCALIZATION_KEYS)} (and optionally min_kept)"
+            f"{source}: expected the keys {', '.join(LOCALIZATION_KEYS)} (and optionally min_kept, warn_kept)"
             + (f"; missing {missing}" if missing else "")
             + (f"; unknown {unknown}" if unknown else "")
             + "."
@@ -54,10 +58,14 @@ def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "l
     margin = spec["margin_mm"]
     if not _is_number(margin) or margin < 0:
         raise ValueError(f"{source}: margin_mm must be a number of mm >= 0, got {margin!r}.")
-    kept = spec.get("min_kept", DEFAULT_MIN_KEPT)
-    if not _is_number(kept) or not 0 <= kept <= 1:
-        raise ValueError(f"{source}: min_kept must be a share in [0, 1], got {kept!r}.")
-    return {"spacing": [float(s) for s in spacing], "margin_mm": float(margin), "min_kept": float(kept)}
+    shares = {"min_kept": spec.get("min_kept", DEFAULT_MIN_KEPT), "warn_kept": spec.get("warn_kept", DEFAULT_WARN_KEPT)}
+    for key, value in shares.items():
+        if not _is_number(value) or not 0 <= value <= 1:
+            raise ValueError(f"{source}: {key} must be a share in [0, 1], got {value!r}.")
+    if shares["min_kept"] > shares["warn_kept"]:
+        raise ValueError(f"{source}: min_kept {shares['min_kept']} is above warn_kept {shares['warn_kept']}.")
+    out = {"spacing": [float(s) for s in spacing], "margin_mm": float(margin)}
+    return out | {key: float(value) for key, value in shares.items()}
 
 
 def _is_number(value) -> bool:

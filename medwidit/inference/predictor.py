@@ -849,7 +849,8 @@ def _check_companion(primary: DiffusionSegmenter, extra, index: int) -> Diffusio
 
 def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
-    has no voxel of a class, or whose class volume lies outside the expected range; ``warn_dice`` None: none."""
+    has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
+    less than ``warn_kept`` of the full-resolution foreground; ``warn_dice`` None: none."""
     if warn_dice is None or result.quality is None:
         return
     dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
@@ -862,6 +863,12 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
         f"{v['expected_ml'][1]:.0f} mL"
         for k, v in result.quality.get("unexpected_volumes", {}).items()
     ]
+    localized = result.quality.get("localization")
+    if localized and localized["applied"] and localized["kept"] < localized["warn_kept"]:  # not applied: said already
+        problems.append(
+            f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground "
+            f"(below {localized['warn_kept']:g}: the two grids disagree)"
+        )
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))
 

@@ -140,3 +140,22 @@ def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(m
         assert run == {"error": "stopped here"}
     assert calls[0][-4:] == ["--bundle", "B", "--bias-correction", "n4"]
     assert "--bias-correction" not in calls[1] and "--bundle" not in calls[1]
+
+
+@pytest.mark.slow
+def test_the_runner_reports_medwidits_own_quality_estimate_beside_its_mask(tmp_path):
+    """tools/run_tool.py runs ``medwidit segment`` with its defaults and reports the case's quality JSON: the
+    predicted Dice and the localization pass's share, which the recorded rows then hold."""
+    import subprocess
+    import sys
+
+    image, _ = _ball()
+    nib.save(image, str(tmp_path / "scan.nii.gz"))
+    command = [sys.executable, str(generalisation.RUNNER), "medwidit", str(tmp_path / "scan.nii.gz")]
+    proc = subprocess.run([*command, str(tmp_path / "m.nii.gz")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "m.nii.gz").is_file() and report["cpu_seconds"] > 0
+    assert set(report["quality"]) == {"predicted_dice", "unexpected_volumes", "localization"}
+    assert 0 <= report["quality"]["predicted_dice"]["1"] <= 1
+    assert report["quality"]["localization"]["warn_kept"] == 0.85  # the shipped bundle's pass ran

@@ -19,15 +19,19 @@ from medwidit.inference.localize import check_localization, foreground_region, r
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
 FAST = {"steps": 2, "num_samples": 2}
+SHIPPED = {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5, "warn_kept": 0.85}
 
 
 def test_settings_are_checked_and_name_what_is_wrong():
     assert check_localization(None, 3) is None
-    shipped = {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}
-    assert check_localization({"spacing": 4, "margin_mm": 6}, 3) == shipped
-    assert check_localization({"spacing": [3, 4], "margin_mm": 0, "min_kept": 1}, 2) == {
-        "spacing": [3.0, 4.0], "margin_mm": 0.0, "min_kept": 1.0,
+    assert check_localization({"spacing": 4, "margin_mm": 6}, 3) == SHIPPED  # the defaults are the shipped values
+    assert check_localization({"spacing": [3, 4], "margin_mm": 0, "min_kept": 1, "warn_kept": 1}, 2) == {
+        "spacing": [3.0, 4.0], "margin_mm": 0.0, "min_kept": 1.0, "warn_kept": 1.0,
     }  # fmt: skip
+    with pytest.raises(ValueError, match=r"min_kept 0.9 is above warn_kept 0.85"):
+        check_localization({"spacing": 4, "margin_mm": 6, "min_kept": 0.9}, 3)
+    with pytest.raises(ValueError, match=r"warn_kept must be a share in \[0, 1\], got -0.1"):
+        check_localization({"spacing": 4, "margin_mm": 6, "warn_kept": -0.1}, 3)
     bad = [
         ([4, 4], r"spacing must be a positive number of mm or 3 of them, got \[4, 4\]"),
         ("4", r"spacing must be a positive number"),
@@ -104,7 +108,7 @@ def _scan_with_a_far_speck(tmp_path):
 
 def test_a_coarse_pass_that_disagrees_with_the_full_one_cuts_nothing_and_is_warned_about(tmp_path, caplog):
     path, _ = _scan_with_a_far_speck(tmp_path)
-    strict = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 1.0})  # the speck is outside
+    strict = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 1.0, "warn_kept": 1.0})  # speck outside
     with caplog.at_level(logging.WARNING, logger="medwidit"):
         result = strict.segment(path, **FAST)
     assert result.label_map[34, 18, 18] == 1
@@ -132,7 +136,8 @@ def test_foreground_far_from_the_coarse_pass_is_removed_and_the_rest_is_untouche
     assert held.probability[1, 34, 18, 18] == 0 and held.entropy[34, 18, 18] == 0
     ball = int((image > 0.5).sum())
     assert held.quality["localization"] == {
-        "spacing": [4.0, 4.0, 4.0], "margin_mm": 4.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + 1)),
+        "spacing": [4.0, 4.0, 4.0], "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 0.85,
+        "kept": pytest.approx(ball / (ball + 1)),
         "applied": True,
     }  # fmt: skip
     assert free.quality["localization"] is None
@@ -204,7 +209,7 @@ def _set_localization(bundle, value):
 
 def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
     shipped = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
-    assert shipped.localization == {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}
+    assert shipped.localization == SHIPPED
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, localization=None).localization is None
     _set_localization(bundle, None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).localization is None
@@ -219,7 +224,7 @@ def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_
             "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
     assert main([*base, "-o", str(tmp_path / "a")]) == 0
     assert main([*base, "-o", str(tmp_path / "b"), "--no-localize"]) == 0
-    for out, expected in (("a", {"spacing": [4.0, 4.0, 4.0], "margin_mm": 6.0, "min_kept": 0.5}), ("b", None)):
+    for out, expected in (("a", SHIPPED), ("b", None)):
         record = json.loads((tmp_path / out / "medwidit_run.json").read_text())
         assert record["sampling"]["localization"] == expected
     quality = json.loads((tmp_path / "b" / "scan_quality.json").read_text())
@@ -239,3 +244,22 @@ def test_the_localization_pass_alone_is_the_case_sampled_on_the_coarse_grid(tmp_
     assert np.array_equal(coarse.probability, direct.probability) and np.array_equal(coarse.label_map, direct.label_map)
     assert coarse.label_map[12, 16, 16] == 1 and coarse.label_map[34, 18, 18] == 0  # the speck is not found at 4 mm
     assert _oracle_predictor(None).localization_pass(path, **FAST) is None
+
+
+def test_a_region_that_held_less_than_warn_kept_is_cut_and_named_in_the_cases_warning_line(tmp_path, caplog):
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 1.0})
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        (result,) = predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.5, **FAST)
+    localized = result.quality["localization"]
+    assert localized["applied"] and localized["kept"] < 1.0  # cut: the speck is gone
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and re.fullmatch(
+        r"scan: the localization pass's region held 0\.99\d\d of the full-resolution foreground \(below 1: the two "
+        r"grids disagree\): check this case before using it\.", warnings[0]
+    )  # fmt: skip
+    caplog.clear()
+    quiet = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0})  # the default warn_kept: 0.9995 held is fine
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        quiet.predict_from_files(path, tmp_path / "quiet", progress=False, warn_dice=0.5, **FAST)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
