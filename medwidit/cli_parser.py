@@ -208,8 +208,9 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         default=0.955,
         metavar="D",
         help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
-        "below D, that has no voxel of a foreground class, or whose class volume lies outside the bundle's "
-        "expected_volume_ml (default 0.955: with the shipped bundle's two sets of weights and its expected volume it "
+        "below D, that has no voxel of a foreground class, whose class volume lies outside the bundle's "
+        "expected_volume_ml, or whose localization region held less than the bundle's warn_kept of the foreground "
+        "(default 0.955: with the shipped bundle's two sets of weights, its expected volume and its warn_kept it "
         "flags every benchmarked case below 0.9 and none above, see benchmarks/trust.py; 0 never warns)",
     )
 

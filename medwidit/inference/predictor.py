@@ -163,9 +163,11 @@ class Predictor:
             listed in its quality JSON's ``unexpected_volumes``, whatever the members agree on.
         view_options: the test-time views' ``augmentation_views`` keywords (``flip_axes``, ``gamma_range``,
             ``max_shift``; a bundle's ``inference.json`` declares them as ``augment_views``) for ``segment(augment=N)``.
-        localization: ``{"spacing": mm, "margin_mm": mm}`` (``localize.check_localization``; a bundle's
-            ``inference.json`` declares it): each case is first sampled on that coarser grid, and the full-resolution
-            ensemble is background farther than ``margin_mm`` from the coarse foreground. None: off.
+        localization: ``{"spacing": mm, "margin_mm": mm, "min_kept": share, "warn_kept": share}``
+            (``localize.check_localization``; a bundle's ``inference.json`` declares it): each case is first sampled on
+            that coarser grid, and the full-resolution ensemble is background farther than ``margin_mm`` from the
+            coarse foreground, unless that region holds less than ``min_kept`` of the full pass's foreground (then
+            nothing is cut, with a warning); below ``warn_kept`` the CLI's warning line names the case. None: off.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -388,8 +390,9 @@ class Predictor:
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         ``weight_sets`` N (None: ``sampling_defaults``): the first N of ``segmenters`` (independently trained
         weights) each sample every view (N times the cost); 1 is this predictor's own weights alone.
-        ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one; its quality JSON
-        records ``localization``: the settings used, or None).
+        ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one). The quality
+        records ``localization``: None without the pass, else its settings, the share of the foreground its region
+        held (``kept``) and whether it was ``applied``.
         """
         array, geometry, sampling = self._case_input(
             image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
