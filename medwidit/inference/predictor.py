@@ -411,35 +411,21 @@ class Predictor:
         )
 
     def localization_pass(
-        self,
-        image,
-        *,
-        affine=None,
-        generator: torch.Generator | None = None,
-        steps: int | None = None,
-        num_samples: int | None = None,
-        overlap: float | None = None,
-        sampler: str | None = None,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
-        shared_steps: int | None = None,
-        weight_sets: int | None = None,
-        force_grid: bool = False,
+        self, image, *, affine=None, generator: torch.Generator | None = None, force_grid: bool = False, **sampling
     ) -> Segmentation | None:
-        """The coarse pass of :meth:`segment` alone, with the same arguments: the case sampled on ``localization``'s
-        grid -> :class:`Segmentation` on the input's grid, from which ``segment`` keeps the foreground within
-        ``margin_mm``; None without ``localization`` or where its grid is too small (with a warning)."""
-        array, geometry, sampling = self._case_input(
-            image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
-            weight_sets,
-        )  # fmt: skip
+        """The coarse pass of :meth:`segment` alone: the case sampled on ``localization``'s grid ->
+        :class:`Segmentation` on the input's grid, from which ``segment`` keeps the foreground within ``margin_mm``;
+        None without ``localization`` or where its grid is too small (with a warning). ``sampling``: ``segment``'s
+        ``steps``, ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``,
+        ``weight_sets``."""
+        array, geometry, sampling = self._case_input(image, affine, force_grid, **sampling)
         if self.localization is None:
             return None
         return self._coarse_pass(array, geometry, generator or torch.Generator().manual_seed(0), sampling)
 
     def _case_input(
-        self, image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
-        weight_sets,
+        self, image, affine, force_grid, steps=None, num_samples=None, overlap=None, sampler=None, eta=0.0,
+        guidance_scale=1.0, shared_steps=None, weight_sets=None,
     ) -> tuple[np.ndarray, ImageGeometry, dict]:  # fmt: skip
         """The case read and its grid checked, and the sampling arguments resolved (None: ``sampling_defaults``)."""
         steps, num_samples, overlap = self.resolve_sampling(steps, num_samples, overlap)
