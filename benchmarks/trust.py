@@ -16,7 +16,8 @@ of weights, each with V test-time views of S members): the shipped weights, then
 ``--extra-weights``). The ensembles compared, "WxV", are subsets of those members (the first weights' first view
 alone is exactly the plain run, seed for seed), so their cost ratio is W x V. A bundle with a ``localization`` pass
 (``--no-localize``: without it) runs it first with every set of weights and the same seed, as ``Predictor.segment``
-does, and every subset's members are restricted to its region; each ensemble also records ``scale_dice``, the
+does, and every subset's members are restricted to its region (so a one-set subset is cut by both sets' coarse
+pass and decision, where ``segment(weight_sets=1)`` would use its own); each ensemble also records ``scale_dice``, the
 coarse pass's brain against its own, scored as one more per-case estimate. Reported per ensemble: mean true Dice,
 Spearman and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true
 Dice of the brain, which cases a ``--warn-dice`` threshold flags (alone, and with the bundle's expected brain volume

@@ -3,7 +3,9 @@
 ``inferer(inputs, network)`` with inputs (B, C_img, *S) already pre-processed and ``network`` a
 ``DiffusionSegmenter`` or a module holding one as ``.segmenter`` (the bundle's ``network_def``) returns the mean class
 probability (B, K, *S) of an ensemble sampled through :func:`~medwidit.inference.sliding.sample_ensemble` with the
-predictor's seeding and autocast, so that a MONAI pipeline and ``Predictor.segment`` give the same probabilities.
+predictor's seeding and autocast, so that a MONAI pipeline and ``Predictor.segment`` give the same probabilities
+without a localization pass (``Predictor(localization=None)``, ``--no-localize``): that pass samples the whole case
+on a second grid first, which an inferer handed one pre-processed batch does not see.
 """
 
 from __future__ import annotations

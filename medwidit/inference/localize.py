@@ -83,10 +83,20 @@ def foreground_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: floa
     > 0), as bool (*S): a Euclidean distance in mm (scipy's exact transform with the grid's voxel sizes, which a
     voxel-count dilation would get wrong on thick slices)."""
     foreground = np.asarray(label_map) > 0
-    if margin_mm == 0:
+    if margin_mm == 0 or not foreground.any():  # no foreground: no region (a transform of nothing measures nothing)
         return foreground
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : foreground.ndim], axis=0)
-    return ndimage.distance_transform_edt(~foreground, sampling=spacing) <= margin_mm
+    # only the foreground's bounding box, grown by the margin, can be within it: the transform (about 20 bytes a
+    # voxel) runs there, not on the whole input grid
+    pad = np.ceil(margin_mm / spacing).astype(int) + 1
+    nonzero = np.nonzero(foreground)
+    box = tuple(
+        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n))
+        for i, p, n in zip(nonzero, pad, foreground.shape, strict=True)
+    )
+    region = np.zeros_like(foreground)
+    region[box] = ndimage.distance_transform_edt(~foreground[box], sampling=spacing) <= margin_mm
+    return region
 
 
 def restrict_to_region(
@@ -107,8 +117,8 @@ def restrict_to_region(
     region = region.to(probabilities.device, torch.bool)
     foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
     dims = tuple(range(1, foreground.ndim))
-    total = foreground.sum(dims)
-    kept = torch.where(total > 0, (foreground & region).sum(dims) / total.clamp_min(1), torch.ones_like(total).float())
+    total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
+    kept = torch.where(total > 0, (foreground & region).sum(dims).double() / total.clamp_min(1), torch.ones_like(total))
     applied = (kept >= min_kept).view(-1, *([1] * (region.ndim - 1)))  # (B, 1, ...)
     background = torch.zeros_like(probabilities[:1])
     background[:, :, 0] = 1

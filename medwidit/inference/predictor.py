@@ -399,13 +399,13 @@ class Predictor:
             weight_sets,
         )  # fmt: skip
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        augment = self.resolve_augment(augment)
+        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
         region = None
         if check_bool("localize", localize) and self.localization is not None:
             coarse = self._coarse_pass(array, geometry, generator, sampling)
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
-        augment = self.resolve_augment(augment)
-        views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
         return self._sample_case(
             array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
         )
@@ -538,14 +538,8 @@ class Predictor:
             kept = float(summary["region_kept"][0])
             applied = kept >= self.localization["min_kept"]
             quality["localization"] = {**self.localization, "kept": kept, "applied": applied}
-            if not applied:
-                logger.warning(
-                    "%s: the coarse pass's region holds %.4f of the full-resolution foreground (min_kept %g): the "
-                    "passes disagree about where the structure is, so it is not localised; check this case.",
-                    name,
-                    kept,
-                    self.localization["min_kept"],
-                )
+            if not applied:  # the case's warning line says it too (predict_from_files, the CLI)
+                logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
         return Segmentation(
             label_map=label_map,
             probability=probability,
@@ -853,7 +847,12 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
         for k, v in result.quality.get("unexpected_volumes", {}).items()
     ]
     localized = result.quality.get("localization")
-    if localized and localized["applied"] and localized["kept"] < localized["warn_kept"]:  # not applied: said already
+    if localized and not localized["applied"]:
+        problems.append(
+            f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground (below "
+            f"min_kept {localized['min_kept']:g}: the two grids disagree about where it is, so it was not localised)"
+        )
+    elif localized and localized["kept"] < localized["warn_kept"]:
         problems.append(
             f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground "
             f"(below {localized['warn_kept']:g}: the two grids disagree)"

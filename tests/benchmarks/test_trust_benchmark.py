@@ -101,11 +101,6 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
         assert 0 <= case["localization"]["kept"] <= 1 and isinstance(case["localization"]["applied"], bool)
         assert all(0 <= e["scale_dice"] <= 1 for e in case["ensembles"].values())
     assert all(0 <= s["scale_dice"]["mae"] <= 1 for s in report["summary"].values())
-    for s in report["summary"].values():  # the whole warning line flags at least what the volume's line flags
-        whole = s["with_volume_and_kept"]
-        assert whole["flagged_of_those"] >= s["with_volume"]["flagged_of_those"]
-        low_share = [not c["localization"]["applied"] or c["localization"]["kept"] < 0.85 for c in report["cases"]]
-        assert whole["kept_flags"] == sum(low_share)
     assert (report["config"]["steps"], report["config"]["shared_steps"]) == (1, 0)  # one step: nothing to share
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("trust_reliability.png", "trust_dice.png"))
     again = tmp_path / "again.json"  # --rescore: the same members scored by the script again, no sampling

@@ -189,18 +189,27 @@ def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice():
     assert args.warn_dice == DEFAULT_WARN_DICE == default
 
 
-def test_the_warning_default_is_the_threshold_the_trust_run_at_the_default_settings_found():
-    """--warn-dice's default: the lowest threshold flagging every case below Dice 0.9 in trust.py at the shipped
-    bundle's own settings (benchmarks/results/trust_default.json, 2 sets x 1 view), which ran at those steps, together
-    with the bundle's expected volume, as the warning line flags a case (0.95 on the Dice estimate alone)."""
+def test_the_warning_default_flags_every_trust_case_below_0_9_and_none_above_at_the_default_settings():
+    """--warn-dice's default with the rest of the warning line (the bundle's expected volume and its localization
+    region's warn_kept) flags every case below Dice 0.9 in trust.py at the shipped bundle's own settings
+    (benchmarks/results/trust_default.json, 2 sets x 1 view, which ran at those steps and that localization) and none
+    above; the Dice estimate and the volume alone do not."""
+    from medwidit.inference.localize import check_localization
     from medwidit.inference.predictor import DEFAULT_WARN_DICE
 
     trust = json.loads((ROOT / "benchmarks" / "results" / "trust_default.json").read_text())
     ran = tuple(trust["config"].get(k, 0) for k in ("steps", "samples", "shared_steps"))
     assert ran == (SHIPPED["steps"], SHIPPED["num_samples"], SHIPPED["shared_steps"])
-    found = trust["summary"]["2x1"]["with_volume"]["best_warn_threshold"]
-    assert found["flagged"] == found["of"] and DEFAULT_WARN_DICE == found["threshold"]
-    assert trust["summary"]["2x1"]["best_warn_threshold"]["false_flags"] > found["false_flags"]  # what the volume buys
+    shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())["localization"]
+    assert trust["config"]["localization"] == check_localization(shipped, 3)
+    flags, low = [], []
+    for case in trust["cases"]:
+        e, localized = case["ensembles"]["2x1"], case["localization"]
+        region = not localized["applied"] or localized["kept"] < localized["warn_kept"]
+        flags.append(e["predicted_dice"] < DEFAULT_WARN_DICE or e["volume_flag"] or region)
+        low.append(e["true_dice"] < 0.9)
+    assert any(low) and flags == low  # every case below 0.9 flagged, none above
+    assert trust["summary"]["2x1"]["with_volume"]["flagged_of_those"] < sum(low)  # what warn_kept buys
     assert build_parser().parse_args(["segment", "-i", "x", "-o", "y"]).warn_dice == DEFAULT_WARN_DICE
 
 

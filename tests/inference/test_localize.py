@@ -60,6 +60,18 @@ def test_the_margin_is_in_mm_along_each_axis_of_an_anisotropic_grid():
     assert region[4, 4, 3] and region[4, 4, 5] and not region[4, 4, 2]  # 1 voxel of 3 mm (2 would be 6 mm)
     assert region[6, 6, 4] and not region[7, 7, 4]  # 2.83 mm and 4.24 mm away in the x-y plane
     assert np.array_equal(foreground_region(labels, affine, 0.0), labels > 0)
+    assert not foreground_region(np.zeros_like(labels), affine, 3.0).any()  # nothing found: no region
+
+
+def test_the_region_computed_in_the_foregrounds_box_equals_the_whole_grids_transform():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((30, 24, 20), dtype=np.int64)
+    labels[8:14, 5:9, 12:15] = rng.integers(0, 3, (6, 4, 3))  # two classes, holes, near one face
+    affine = np.diag([0.8, 1.5, 2.5, 1.0])
+    whole = ndimage.distance_transform_edt(labels == 0, sampling=(0.8, 1.5, 2.5)) <= 5.0
+    assert np.array_equal(foreground_region(labels, affine, 5.0), whole) and whole.sum() > (labels > 0).sum()
 
 
 def test_members_are_background_outside_the_region_and_untouched_inside():
@@ -71,7 +83,7 @@ def test_members_are_background_outside_the_region_and_untouched_inside():
     assert torch.equal(out[..., :2, :, :], members[..., :2, :, :])
     assert torch.equal(out[:, :, 0, 2:], torch.ones(3, 1, 2, 4, 4)) and not out[:, :, 1, 2:].any()
     foreground = members.mean(0).argmax(1) > 0  # (1, 4, 4, 4)
-    assert torch.allclose(kept, foreground[:, :2].sum() / foreground.sum().float())
+    assert torch.allclose(kept, foreground[:, :2].sum() / foreground.sum().double())
     assert restrict_to_region(members, None) == (members, None)
     # a region that holds less than min_kept of the foreground leaves the members as they are
     untouched, share = restrict_to_region(members, region, min_kept=float(kept) + 0.01)
@@ -110,13 +122,40 @@ def test_a_coarse_pass_that_disagrees_with_the_full_one_cuts_nothing_and_is_warn
     path, _ = _scan_with_a_far_speck(tmp_path)
     strict = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 1.0, "warn_kept": 1.0})  # speck outside
     with caplog.at_level(logging.WARNING, logger="medwidit"):
-        result = strict.segment(path, **FAST)
+        (done,) = strict.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.5, **FAST)
+    result = strict.segment(path, **FAST)
     assert result.label_map[34, 18, 18] == 1
     assert result.quality["localization"]["applied"] is False and result.quality["localization"]["kept"] < 1
+    assert done.quality["localization"] == result.quality["localization"]
     assert np.array_equal(result.probability, _oracle_predictor(None).segment(path, **FAST).probability)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(re.search(r"scan\.nii\.gz: the coarse pass's region holds 0\.99\d\d of the full-resolution "
-                         r"foreground \(min_kept 1\): the passes disagree", w) for w in warnings)  # fmt: skip
+    assert len(warnings) == 1 and re.fullmatch(
+        r"scan: the localization pass's region held 0\.99\d\d of the full-resolution foreground \(below min_kept 1: "
+        r"the two grids disagree about where it is, so it was not localised\): check this case before using it\.",
+        warnings[0],
+    )  # fmt: skip
+
+
+def test_a_share_at_min_kept_is_applied_and_reported_applied():
+    """The share is float64, as Python compares it: 7 of 10 voxels held with min_kept 0.7 is applied, and so
+    reported (a float32 share of 0.7 lies above 0.7, the float64 one does not)."""
+    members = torch.zeros(1, 1, 2, 10, 1, 1)
+    members[:, :, 1] = 1  # every voxel foreground
+    region = torch.zeros(1, 1, 10, 1, 1, dtype=torch.bool)
+    region[:, :, :7] = True
+    out, kept = restrict_to_region(members, region, min_kept=0.7)
+    assert kept.dtype == torch.float64 and float(kept) >= 0.7 and not out[:, :, 1, 7:].any()
+
+
+def test_each_item_of_a_batch_is_cut_or_not_by_its_own_share():
+    members = torch.zeros(2, 2, 2, 4, 1, 1)
+    members[:, :, 1] = 1
+    region = torch.zeros(2, 1, 4, 1, 1, dtype=torch.bool)
+    region[0, :, :3] = True  # item 0 holds 3 of 4, item 1 holds 1 of 4
+    region[1, :, :1] = True
+    out, kept = restrict_to_region(members, region, min_kept=0.5)
+    assert kept.tolist() == [0.75, 0.25]
+    assert not out[:, 0, 1, 3:].any() and torch.equal(out[:, 1], members[:, 1])  # item 0 cut, item 1 left
 
 
 def _oracle_predictor(localization):
@@ -180,10 +219,11 @@ def test_a_coarse_pass_that_finds_nothing_cuts_nothing_and_a_grid_too_small_skip
     small = save_nifti(tmp_path / "small.nii.gz", np.ones((10, 12, 12), dtype=np.float32), affine=np.eye(4))
     predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0})
     with caplog.at_level(logging.WARNING, logger="medwidit"):
+        predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.5, **FAST)
         found = predictor.segment(path, **FAST)
         whole = predictor.segment(small, **FAST)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("speck.nii.gz: the coarse pass's region holds 0.0000 of the full-resolution foreground" in w
+    assert any("speck: the localization pass's region held 0.0000 of the full-resolution foreground" in w
                for w in warnings)  # fmt: skip
     assert any("small.nii.gz: not localised" in w and "too small to segment" in w for w in warnings)
     assert found.label_map[34, 18, 18] == 1 and found.quality["localization"]["applied"] is False
@@ -229,6 +269,8 @@ def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_
         assert record["sampling"]["localization"] == expected
     quality = json.loads((tmp_path / "b" / "scan_quality.json").read_text())
     assert quality["localization"] is None
+    localized = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["localization"]
+    assert {k: localized[k] for k in SHIPPED} == SHIPPED and 0 <= localized["kept"] <= 1
 
 
 def test_the_localization_pass_alone_is_the_case_sampled_on_the_coarse_grid(tmp_path):
