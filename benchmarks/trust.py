@@ -51,7 +51,7 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.localize import foreground_region
+from medwidit.inference.localize import foreground_region, kept_warning
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import (
@@ -194,12 +194,12 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     first V views) for W in {1, all} and V in {1, all}."""
     name, image, truth, affine, head = case
     start = time.process_time()
-    sampling = {"steps": args.steps, "num_samples": args.samples, "shared_steps": args.shared_steps}
+    options = {"steps": args.steps, "num_samples": args.samples, "shared_steps": args.shared_steps}
     inputs = {"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))}
     coarse = None  # the bundle's localization pass, as Predictor.segment runs it (same seed, no views)
     if predictor.localization is not None:
         coarse = predictor.localization_pass(image, affine=affine, generator=torch.Generator().manual_seed(0),
-                                             weight_sets=len(predictor.segmenters), **sampling)  # fmt: skip
+                                             weight_sets=len(predictor.segmenters), **options)  # fmt: skip
     if coarse is not None:
         region = foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
         inputs["region"] = MetaTensor(torch.from_numpy(region[None].astype(np.uint8)), affine=torch.as_tensor(affine))
@@ -207,7 +207,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
     run = sample_ensemble(
-        predictor.segmenters, condition, **sampling, roi_size=predictor.roi_size,
+        predictor.segmenters, condition, **options, roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
         views=views, region=None if coarse is None else data["region"].as_tensor()[None].bool(),
@@ -219,9 +219,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     bounds = predictor.expected_volume_ml.get("1")  # the bundle's expected brain volume (inference.json)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
     if coarse is not None:
-        kept = float(run["region_kept"][0])
-        out["localization"] = {"kept": kept, "applied": kept >= predictor.localization["min_kept"],
-                               "warn_kept": predictor.localization["warn_kept"]}  # fmt: skip
+        out["localization"] = {**predictor.localization, "kept": float(run["region_kept"][0]),
+                               "applied": bool(run["region_applied"][0])}  # fmt: skip
     coarse_labels = None if coarse is None else torch.from_numpy(np.asarray(coarse.label_map))
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
@@ -319,10 +318,9 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
 
 
 def _kept_flag(case: dict) -> bool:
-    """Whether the case's localization region held less than the bundle's ``warn_kept`` of the full-resolution
-    foreground (the CLI warns; a region not applied was warned about too); False without a localization pass."""
-    localized = case.get("localization")
-    return bool(localized) and (not localized["applied"] or localized["kept"] < localized["warn_kept"])
+    """Whether the CLI's warning line names the case for its localization region (``localize.kept_warning``: not
+    applied, or held less than ``warn_kept``); False without a localization pass."""
+    return kept_warning(case.get("localization")) is not None
 
 
 def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> dict:
@@ -409,6 +407,9 @@ def rescore(args) -> dict:
     entries are kept as sampled), written to ``--output`` with the commit that rescored it."""
     result = json.loads(args.rescore.read_text())
     cases = result["cases"]
+    for case in cases:  # a run recorded before the cases held the localization's settings: the run's own config
+        if case.get("localization"):
+            case["localization"] = {**result["config"]["localization"], **case["localization"]}
     if any("volume_flag" not in e for c in cases for e in c["ensembles"].values()):
         raise SystemExit(f"{args.rescore}: its cases predate the volume record; run the benchmark again instead.")
     result["summary"] = summarise(cases, result["config"]["warn_dice"])

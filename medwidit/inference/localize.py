@@ -101,14 +101,14 @@ def foreground_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: floa
 
 def restrict_to_region(
     probabilities: torch.Tensor, region: torch.Tensor | None, min_kept: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Members' probabilities (M, B, K, *S) with every voxel outside ``region`` (B, 1, *S) bool set to background
     (class 0 with probability 1), so that the mean, the entropies and the Dice estimate all describe the restricted
-    ensemble -> (probabilities, kept (B,)): the share of the members' mean foreground (argmax not 0) inside the region
-    (1 where there is none). An item whose share is below ``min_kept`` is left as it is. ``region`` None: unchanged,
-    kept None."""
+    ensemble -> (probabilities, kept (B,) float64, applied (B,) bool): ``kept`` is the share of the members' mean
+    foreground (argmax not 0) inside the region (1 where there is none); an item whose share is below ``min_kept`` is
+    left as it is (``applied`` False). ``region`` None: unchanged, kept and applied None."""
     if region is None:
-        return probabilities, None
+        return probabilities, None, None
     if tuple(region.shape) != (probabilities.shape[1], 1, *probabilities.shape[3:]):
         raise ValueError(
             f"region must be (B, 1, *S) = {(probabilities.shape[1], 1, *probabilities.shape[3:])}, "
@@ -119,7 +119,24 @@ def restrict_to_region(
     dims = tuple(range(1, foreground.ndim))
     total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
     kept = torch.where(total > 0, (foreground & region).sum(dims).double() / total.clamp_min(1), torch.ones_like(total))
-    applied = (kept >= min_kept).view(-1, *([1] * (region.ndim - 1)))  # (B, 1, ...)
+    applied = kept >= min_kept  # (B,)
     background = torch.zeros_like(probabilities[:1])
     background[:, :, 0] = 1
-    return torch.where((region | ~applied)[None], probabilities, background), kept
+    keep = region | ~applied.view(-1, *([1] * (region.ndim - 1)))  # (B, 1, *S)
+    return torch.where(keep[None], probabilities, background), kept, applied
+
+
+def kept_warning(localized: Mapping | None) -> str | None:
+    """The warning-line text for a case's quality ``localization`` (settings, ``kept``, ``applied``): the two grids
+    disagree where the region was not applied (below ``min_kept``) or held less than ``warn_kept``; else None."""
+    if not localized:
+        return None
+    held = f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground"
+    if not localized["applied"]:
+        return (
+            f"{held} (below min_kept {localized['min_kept']:g}: the two grids disagree about where it is, so it was "
+            "not localised)"
+        )
+    if localized["kept"] < localized["warn_kept"]:
+        return f"{held} (below {localized['warn_kept']:g}: the two grids disagree)"
+    return None

@@ -43,7 +43,7 @@ from .io import (
     save_image,
     to_nibabel,
 )
-from .localize import bundle_localization, check_localization, foreground_region
+from .localize import bundle_localization, check_localization, foreground_region, kept_warning
 from .options import (
     autocast_dtype,
     autocast_model_fn,
@@ -414,7 +414,8 @@ class Predictor:
         self, image, *, affine=None, generator: torch.Generator | None = None, force_grid: bool = False, **sampling
     ) -> Segmentation | None:
         """The coarse pass of :meth:`segment` alone: the case sampled on ``localization``'s grid ->
-        :class:`Segmentation` on the input's grid, from which ``segment`` keeps the foreground within ``margin_mm``;
+        :class:`Segmentation` on the input's grid (labels, probabilities and entropy; no aleatoric and epistemic maps
+        or quality estimate), from which ``segment`` keeps the foreground within ``margin_mm``;
         None without ``localization`` or where its grid is too small (with a warning). ``sampling``: ``segment``'s
         ``steps``, ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``,
         ``weight_sets``."""
@@ -459,7 +460,9 @@ class Predictor:
             return None
         copy = torch.Generator(device=generator.device)
         copy.set_state(generator.get_state())
-        return self._sample_case(array, geometry, coarse_grid, sampling, copy, views=None, region=None)
+        return self._sample_case(
+            array, geometry, coarse_grid, sampling, copy, views=None, region=None, uncertainty=False
+        )
 
     def _sample_case(
         self,
@@ -472,10 +475,13 @@ class Predictor:
         views,
         region: np.ndarray | None,
         progress: bool | Callable[[dict], None] = False,
+        uncertainty: bool = True,
     ) -> Segmentation:
         """One case (C, *S) on the grid ``preprocessing`` makes, every member background outside ``region`` (bool
         (*S) on the input grid, resampled with the image by nearest neighbour) unless it holds less than
-        ``localization["min_kept"]`` of their foreground -> :class:`Segmentation` on the input's grid."""
+        ``localization["min_kept"]`` of their foreground -> :class:`Segmentation` on the input's grid;
+        ``uncertainty`` False (the coarse pass, which only needs its labels): without the aleatoric and epistemic
+        maps and the quality estimate, whose inversion to the input grid would be thrown away."""
         name = geometry.path or "array"
         sampling = dict(sampling)
         segmenters = sampling.pop("segmenters")
@@ -520,8 +526,13 @@ class Predictor:
         probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
-        split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
         label_map = apply_label_postprocessing(probability.argmax(0), self.label_postprocessing)  # volumes: as written
+        if not uncertainty:
+            return Segmentation(
+                label_map=label_map, probability=probability, entropy=entropy[0], geometry=geometry,
+                num_samples=num_samples, class_names=self.class_names,
+            )  # fmt: skip
+        split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
         maps = {"total": entropy[0], **split}
         quality = quality_report(
             label_map,
@@ -535,8 +546,7 @@ class Predictor:
         )
         quality["localization"] = None
         if region is not None:
-            kept = float(summary["region_kept"][0])
-            applied = kept >= self.localization["min_kept"]
+            kept, applied = float(summary["region_kept"][0]), bool(summary["region_applied"][0])
             quality["localization"] = {**self.localization, "kept": kept, "applied": applied}
             if not applied:  # the case's warning line says it too (predict_from_files, the CLI)
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
@@ -846,17 +856,8 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
         f"{v['expected_ml'][1]:.0f} mL"
         for k, v in result.quality.get("unexpected_volumes", {}).items()
     ]
-    localized = result.quality.get("localization")
-    if localized and not localized["applied"]:
-        problems.append(
-            f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground (below "
-            f"min_kept {localized['min_kept']:g}: the two grids disagree about where it is, so it was not localised)"
-        )
-    elif localized and localized["kept"] < localized["warn_kept"]:
-        problems.append(
-            f"the localization pass's region held {localized['kept']:.4f} of the full-resolution foreground "
-            f"(below {localized['warn_kept']:g}: the two grids disagree)"
-        )
+    disagree = kept_warning(result.quality.get("localization"))
+    problems += [disagree] if disagree else []
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))
 

@@ -394,7 +394,8 @@ def sample_ensemble(
     ``spacing_conditioning``; the views flip and shift, so it holds for each of them). ``shared_steps`` k: each
     view's members share their first k steps (``DiffusionSegmenter.sample``). ``region`` (B, 1, *S) bool: every
     member is background outside it (``localize.restrict_to_region``) before anything is summarised, unless the region
-    holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share.
+    holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share and
+    ``"region_applied"`` (B,) whether the region cut.
 
     ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each
     sampling every view, so that G = weights x views groups (weights-major: the first segmenter's groups come first,
@@ -430,13 +431,13 @@ def sample_ensemble(
             groups.append(invert_view(to_probabilities(samples, dim=2), view, spatial_start=3))  # (S, B, K, *S')
         calls.append((denoiser.num_calls, denoiser.num_windows))
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
-    probabilities, kept = restrict_to_region(probabilities, region, region_min_kept)
+    probabilities, kept, applied = restrict_to_region(probabilities, region, region_min_kept)
     summary = summarize_ensemble(probabilities)
     split = decompose_entropy(probabilities, groups=len(groups))
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
     summary["estimated_dice"] = estimated_dice(probabilities)
     if kept is not None:
-        summary["region_kept"] = kept
+        summary.update(region_kept=kept, region_applied=applied)
     if return_members:
         summary["members"] = probabilities
     logger.debug("network calls, window evaluations per set of weights: %s", calls)

@@ -79,15 +79,15 @@ def test_members_are_background_outside_the_region_and_untouched_inside():
     members = members / members.sum(2, keepdim=True)
     region = torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool)
     region[..., :2, :, :] = True
-    out, kept = restrict_to_region(members, region)
-    assert torch.equal(out[..., :2, :, :], members[..., :2, :, :])
+    out, kept, applied = restrict_to_region(members, region)
+    assert applied.tolist() == [True] and torch.equal(out[..., :2, :, :], members[..., :2, :, :])
     assert torch.equal(out[:, :, 0, 2:], torch.ones(3, 1, 2, 4, 4)) and not out[:, :, 1, 2:].any()
     foreground = members.mean(0).argmax(1) > 0  # (1, 4, 4, 4)
     assert torch.allclose(kept, foreground[:, :2].sum() / foreground.sum().double())
-    assert restrict_to_region(members, None) == (members, None)
+    assert restrict_to_region(members, None) == (members, None, None)
     # a region that holds less than min_kept of the foreground leaves the members as they are
-    untouched, share = restrict_to_region(members, region, min_kept=float(kept) + 0.01)
-    assert torch.equal(untouched, members) and torch.equal(share, kept)
+    untouched, share, applied = restrict_to_region(members, region, min_kept=float(kept) + 0.01)
+    assert torch.equal(untouched, members) and torch.equal(share, kept) and applied.tolist() == [False]
     with pytest.raises(ValueError, match=r"region must be \(B, 1, \*S\) = \(1, 1, 4, 4, 4\), got \(1, 4, 4, 4\)"):
         restrict_to_region(members, region[0])
 
@@ -143,8 +143,8 @@ def test_a_share_at_min_kept_is_applied_and_reported_applied():
     members[:, :, 1] = 1  # every voxel foreground
     region = torch.zeros(1, 1, 10, 1, 1, dtype=torch.bool)
     region[:, :, :7] = True
-    out, kept = restrict_to_region(members, region, min_kept=0.7)
-    assert kept.dtype == torch.float64 and float(kept) >= 0.7 and not out[:, :, 1, 7:].any()
+    out, kept, applied = restrict_to_region(members, region, min_kept=0.7)
+    assert kept.dtype == torch.float64 and float(kept) >= 0.7 and bool(applied) and not out[:, :, 1, 7:].any()
 
 
 def test_each_item_of_a_batch_is_cut_or_not_by_its_own_share():
@@ -153,8 +153,8 @@ def test_each_item_of_a_batch_is_cut_or_not_by_its_own_share():
     region = torch.zeros(2, 1, 4, 1, 1, dtype=torch.bool)
     region[0, :, :3] = True  # item 0 holds 3 of 4, item 1 holds 1 of 4
     region[1, :, :1] = True
-    out, kept = restrict_to_region(members, region, min_kept=0.5)
-    assert kept.tolist() == [0.75, 0.25]
+    out, kept, applied = restrict_to_region(members, region, min_kept=0.5)
+    assert kept.tolist() == [0.75, 0.25] and applied.tolist() == [True, False]
     assert not out[:, 0, 1, 3:].any() and torch.equal(out[:, 1], members[:, 1])  # item 0 cut, item 1 left
 
 
