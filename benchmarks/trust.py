@@ -51,8 +51,10 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
+from medwidit.inference.calibration import apply_calibration
 from medwidit.inference.localize import foreground_region, kept_warning
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
+from medwidit.inference.postprocess import apply_label_postprocessing
 from medwidit.inference.predictor import _invert_maps
 from medwidit.inference.trust import (
     augmentation_views,
@@ -61,6 +63,7 @@ from medwidit.inference.trust import (
     estimated_dice,
     expected_dice,
     outside_expected,
+    quality_report,
 )
 from medwidit.utils.files import sha256_file
 
@@ -231,6 +234,12 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         labels = torch.from_numpy(probability.argmax(0))
+        written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
+        quality = quality_report(written, affine, estimated_dice(members)[0].tolist(), maps, views=v,
+                                 num_samples=args.samples, weight_sets=w,
+                                 expected_volume_ml=predictor.expected_volume_ml)  # fmt: skip
+        quality["localization"] = out.get("localization")  # the predictor's report, as the CLI writes it
+        calibrated = apply_calibration(quality, predictor.quality_calibration)["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
         volume = float(labels.eq(1).sum()) * voxel_ml  # the argmax's, before the label post-processing
@@ -238,6 +247,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "true_dice": float(dice[1]),
             "predicted_dice": float(estimated_dice(members)[0, 1]) if labels.any() else 0.0,  # see the module
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
+            # the bundle's quality_calibration of the report (None without one), what the warning line reads
+            "calibrated_dice": None if predictor.quality_calibration is None else float(calibrated),
             # the coarse pass's brain against this ensemble's: where the two grids disagree, one of them is wrong
             "scale_dice": None
             if coarse_labels is None
@@ -268,8 +279,10 @@ def _reliability(probability: torch.Tensor, truth: torch.Tensor, bins: int = 10)
     ]
 
 
-def summarise(cases: list[dict], warn_dice: float) -> dict:
-    """Per ensemble "WxV": mean true Dice, Spearman, MAE, flags, mean AUROC per map and mean ECE over the cases."""
+def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = None) -> dict:
+    """Per ensemble "WxV": mean true Dice, Spearman, MAE, flags, mean AUROC per map and mean ECE over the cases;
+    ``line_dice``: the bundle's ``warn_dice``, the threshold its warning line puts on the calibrated estimate
+    (default ``warn_dice``)."""
     out = {}
     for key in cases[0]["ensembles"]:
         rows = [c["ensembles"][key] for c in cases]
@@ -312,6 +325,11 @@ def summarise(cases: list[dict], warn_dice: float) -> dict:
             "scale_dice": None
             if any(r.get("scale_dice") is None for r in rows)
             else _estimate_scores(np.array([r["scale_dice"] for r in rows]), true, warn_dice),
+            "calibrated_dice": None
+            if any(r.get("calibrated_dice") is None for r in rows)
+            else _estimate_scores(
+                np.array([r["calibrated_dice"] for r in rows]), true, warn_dice, volume | kept, line_dice
+            ),
             "ece_mean": float(np.mean([r["ece"] for r in rows])),
         }
     return out
@@ -323,10 +341,14 @@ def _kept_flag(case: dict) -> bool:
     return kept_warning(case.get("localization")) is not None
 
 
-def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> dict:
-    """Spearman, MAE, bias and flags of another per-case estimate (``trust.expected_dice``) against true Dice."""
+def _estimate_scores(
+    pred: np.ndarray, true: np.ndarray, warn_dice: float, also: np.ndarray | None = None, line: float | None = None
+) -> dict:
+    """Spearman, MAE, bias and flags of another per-case estimate (``trust.expected_dice``) against true Dice;
+    ``also`` (the volume and localization flags): the whole warning line's flags with this estimate below ``line``
+    (default ``warn_dice``) as well."""
     low = true < warn_dice
-    return {
+    out = {
         "spearman": float(stats.spearmanr(pred, true).statistic) if len(true) > 2 else float("nan"),
         "mae": float(np.abs(pred - true).mean()),
         "bias": float((pred - true).mean()),
@@ -334,6 +356,13 @@ def _estimate_scores(pred: np.ndarray, true: np.ndarray, warn_dice: float) -> di
         "false_flags": int((pred[~low] < warn_dice).sum()),
         "best_warn_threshold": _best_threshold(pred, low),
     }
+    if also is not None:
+        line = warn_dice if line is None else line
+        flags = (pred < line) | also
+        out["with_volume_and_kept"] = {
+            "warn_dice": line, "flagged_of_those": int(flags[low].sum()), "false_flags": int(flags[~low].sum()),
+        }  # fmt: skip
+    return out
 
 
 def _best_threshold(pred: np.ndarray, low: np.ndarray, also: np.ndarray | None = None) -> dict:
@@ -367,13 +396,20 @@ def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:
     fig.savefig(paths[0], dpi=100, bbox_inches="tight")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    every = [c["ensembles"][v][key] for c in cases for v in summary for key in ("true_dice", "predicted_dice")]
+    keys = ("true_dice", "predicted_dice", "calibrated_dice")
+    every = [c["ensembles"][v][k] for c in cases for v in summary for k in keys if c["ensembles"][v].get(k) is not None]
     low = min(every) - 0.02
     ax.plot([low, 1], [low, 1], "k:", lw=1)
     for v, s in summary.items():
         true = [c["ensembles"][v]["true_dice"] for c in cases]
         pred = [c["ensembles"][v]["predicted_dice"] for c in cases]
         ax.scatter(true, pred, s=14, label=f"{v}: rho {s['spearman']:.2f}, MAE {s['mae']:.3f}")
+        if s.get("calibrated_dice"):
+            c = s["calibrated_dice"]
+            fitted = [c_["ensembles"][v]["calibrated_dice"] for c_ in cases]
+            ax.scatter(
+                true, fitted, s=18, marker="x", label=f"{v} calibrated: rho {c['spearman']:.2f}, MAE {c['mae']:.3f}"
+            )
     ax.set(xlabel="true Dice (brain)", ylabel="predicted Dice", title="per-case Dice estimate")
     ax.legend(fontsize=7)
     fig.savefig(paths[1], dpi=100, bbox_inches="tight")
@@ -412,7 +448,7 @@ def rescore(args) -> dict:
             case["localization"] = {**result["config"]["localization"], **case["localization"]}
     if any("volume_flag" not in e for c in cases for e in c["ensembles"].values()):
         raise SystemExit(f"{args.rescore}: its cases predate the volume record; run the benchmark again instead.")
-    result["summary"] = summarise(cases, result["config"]["warn_dice"])
+    result["summary"] = summarise(cases, result["config"]["warn_dice"], result["config"].get("bundle_warn_dice"))
     result["rescored"] = {"from": str(args.rescore), "environment": environment(torch.device("cpu"), __file__)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     result["figures"] = figures(cases, result["summary"], args.output)
@@ -435,6 +471,21 @@ def table(summary: dict) -> str:
         + f" | {s['ece_mean']:.4f} |"
         for key, s in summary.items()
     ]
+    calibrated = {key: s["calibrated_dice"] for key, s in summary.items() if s.get("calibrated_dice")}
+    if calibrated:
+        rows += [
+            "",
+            "| weights x views: calibrated estimate | Spearman | MAE | bias | flagged < warn | false flags | "
+            "whole warning line at the bundle's warn_dice: flagged / false |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows += [
+            f"| {key} | {c['spearman']:.3f} | {c['mae']:.3f} | {c['bias']:+.3f} | "
+            f"{c['flagged_of_those']}/{summary[key]['cases_below_warn']} | {c['false_flags']} | "
+            f"{c['with_volume_and_kept']['flagged_of_those']}/{summary[key]['cases_below_warn']} / "
+            f"{c['with_volume_and_kept']['false_flags']} |"
+            for key, c in calibrated.items()
+        ]
     return "\n".join(rows)
 
 
@@ -456,11 +507,13 @@ def main(argv=None) -> dict:
     if args.no_localize:
         predictor.localization = None
     args.localization = predictor.localization  # recorded as used
+    args.quality_calibration = predictor.quality_calibration
+    args.bundle_warn_dice = predictor.warn_dice  # the warning line's threshold on the calibrated estimate
     label = None if predictor.localization is None else "region"  # the coarse pass's region, resampled as a label
     pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
-    summary = summarise(cases, args.warn_dice)
+    summary = summarise(cases, args.warn_dice, args.bundle_warn_dice)
     result = {
         "config": {k: _plain(v) for k, v in vars(args).items()},
         "weights_sha256": [

@@ -123,7 +123,7 @@ def _segment(args: argparse.Namespace) -> int:
             weight_sets=args.weight_sets,
             save_quality=args.save_quality,
             save_statistics=args.save_statistics,
-            warn_dice=args.warn_dice or None,
+            warn_dice="predictor" if args.warn_dice is None else args.warn_dice or None,
             num_parts=args.num_parts,
             part_id=args.part_id,
             **sampling,

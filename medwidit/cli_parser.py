@@ -205,13 +205,13 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warn-dice",
         type=_unit_float,
-        default=0.955,
+        default=None,
         metavar="D",
         help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
         "below D, that has no voxel of a foreground class, whose class volume lies outside the bundle's "
         "expected_volume_ml, or whose localization region held less than the bundle's warn_kept of the foreground "
-        "(default 0.955: with the shipped bundle's two sets of weights, its expected volume and its warn_kept it "
-        "flags every benchmarked case below 0.9 and none above, see benchmarks/trust.py; 0 never warns)",
+        "(default: the bundle's warn_dice, which belongs to its calibrated Dice estimate, shipped 0.915; a bare "
+        "checkpoint's 0.955, for the ensemble's own estimate; 0 never warns)",
     )
 
 

@@ -92,8 +92,8 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - wall,
         "peak_memory_mb": usage.ru_maxrss / 1024,
     }
-    if quality is not None:  # medwidit's own estimate of the case, and its localization pass
-        report["quality"] = {key: quality.get(key) for key in ("predicted_dice", "unexpected_volumes", "localization")}
+    if quality is not None:  # medwidit's own estimate of the case (its whole quality JSON, localization included)
+        report["quality"] = quality
     print(json.dumps(report))
 
 

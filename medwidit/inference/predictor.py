@@ -29,6 +29,7 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
+from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .figure import save_overlay_figure
 from .io import (
@@ -168,6 +169,16 @@ class Predictor:
             that coarser grid, and the full-resolution ensemble is background farther than ``margin_mm`` from the
             coarse foreground, unless that region holds less than ``min_kept`` of the full pass's foreground (then
             nothing is cut, with a warning); below ``warn_kept`` the CLI's warning line names the case. None: off.
+        quality_calibration: ``{"intercept": a, "weights": {feature: w}}`` (``calibration.check_calibration``; a
+            bundle's ``inference.json`` declares it, fitted on validation cases): the quality report's
+            ``predicted_dice`` of each foreground class is ``exp(intercept + sum(weight * feature))`` of the case's
+            features (the ensemble's own estimate, the localization's share, the volume outside its range, the mean
+            epistemic and total entropy over the foreground; ``calibration.FEATURES``), which the warning line
+            reads; the ensemble's own estimate stays as ``ensemble_dice``. None: the ensemble's own estimate.
+        warn_dice: a case whose predicted Dice of a foreground class falls below it gets a warning line
+            (:meth:`predict_from_files`, the CLI; None: no warning line). The threshold belongs to the estimate: a
+            bundle's ``inference.json`` declares it beside its ``quality_calibration``; without one
+            ``DEFAULT_WARN_DICE``, chosen for the ensemble's own estimate.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -190,6 +201,8 @@ class Predictor:
         expected_volume_ml: Mapping | None = None,
         view_options: Mapping | None = None,
         localization: Mapping | None = None,
+        quality_calibration: Mapping | None = None,
+        warn_dice: float | None = DEFAULT_WARN_DICE,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -222,6 +235,8 @@ class Predictor:
         self.expected_volume_ml = check_expected_volumes(expected_volume_ml, segmenter.num_classes)
         self.view_options = check_view_options(view_options, self.spatial_dims, source="view_options")
         self.localization = check_localization(localization, self.spatial_dims)
+        self.quality_calibration = check_calibration(quality_calibration)
+        self.warn_dice = check_warn_dice(warn_dice)
         self.sampling_defaults = sampling_defaults()
 
     def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
@@ -306,8 +321,8 @@ class Predictor:
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``expected_volume_ml`` and the
-        test-time views' ``augment_views`` (``view_options``) and ``localization`` from ``configs/inference.json``
-        (unless given), and the sampling
+        test-time views' ``augment_views`` (``view_options``), ``localization``, ``quality_calibration`` and
+        ``warn_dice`` from ``configs/inference.json`` (unless given), and the sampling
         defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files relative to
         the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
         ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
@@ -349,6 +364,13 @@ class Predictor:
                 predictor.localization = bundle_localization(bundle_dir, predictor.spatial_dims)
             except ValueError as e:
                 raise InputError(str(e)) from e
+        try:  # a caller's own (None: the ensemble's estimate; never) replaces the bundle's
+            if "quality_calibration" not in options:
+                predictor.quality_calibration = bundle_calibration(bundle_dir)
+            if "warn_dice" not in options:
+                predictor.warn_dice = bundle_warn_dice(bundle_dir, predictor.warn_dice)
+        except ValueError as e:
+            raise InputError(str(e)) from e
         predictor.sampling_defaults = {**defaults, "weight_sets": sets}  # the sets loaded: model.pt + sets - 1
         return predictor
 
@@ -550,6 +572,7 @@ class Predictor:
             quality["localization"] = {**self.localization, "kept": kept, "applied": applied}
             if not applied:  # the case's warning line says it too (predict_from_files, the CLI)
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
+        quality = apply_calibration(quality, self.quality_calibration)  # reads the localization's share
         return Segmentation(
             label_map=label_map,
             probability=probability,
@@ -651,7 +674,7 @@ class Predictor:
         force_grid: bool = False,
         augment: int | None = None,
         weight_sets: int | None = None,
-        warn_dice: float | None = DEFAULT_WARN_DICE,
+        warn_dice: float | None | str = "predictor",
         num_parts: int = 1,
         part_id: int = 0,
     ) -> list[CaseResult]:
@@ -671,7 +694,8 @@ class Predictor:
         ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
         parts. ``augment`` N > 1: N test-time views per case, ``weight_sets`` N > 1: N sets of weights
         (``Predictor.segment``). A case whose predicted Dice of a
-        foreground class is below ``warn_dice`` (None: never) gets a warning line.
+        foreground class is below ``warn_dice`` (None: never; "predictor": the predictor's ``warn_dice``) gets a
+        warning line.
         ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
@@ -696,8 +720,7 @@ class Predictor:
         check_int("seed", seed, low=0)
         augment = self.resolve_augment(augment)
         weight_sets = len(self.select_weights(weight_sets))
-        if warn_dice is not None and not 0.0 <= warn_dice <= 1.0:
-            raise ValueError(f"warn_dice must be in [0, 1] or None, got {warn_dice!r}.")
+        warn_dice = self.warn_dice if warn_dice == "predictor" else check_warn_dice(warn_dice)
         check_int("num_parts", num_parts)
         check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
         output_dir = check_output_dir(output_dir)
@@ -848,7 +871,8 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
         return
     dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
     low = [f"class {k} {v:.3f}" for k, v in dice.items() if k != "0" and v < warn_dice]
-    problems = ([f"predicted Dice below {warn_dice:.2f} ({', '.join(low)})"] if low else []) + (
+    shown = f"{warn_dice:.2f}" if round(warn_dice, 2) == warn_dice else f"{warn_dice:.3f}"  # 0.915 not as 0.92
+    problems = ([f"predicted Dice below {shown} ({', '.join(low)})"] if low else []) + (
         [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
     )
     problems += [

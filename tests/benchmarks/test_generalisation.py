@@ -144,8 +144,9 @@ def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(m
 
 @pytest.mark.slow
 def test_the_runner_reports_medwidits_own_quality_estimate_beside_its_mask(tmp_path):
-    """tools/run_tool.py runs ``medwidit segment`` with its defaults and reports the case's quality JSON: the
-    predicted Dice and the localization pass's share, which the recorded rows then hold."""
+    """tools/run_tool.py runs ``medwidit segment`` with its defaults and reports the case's whole quality JSON (the
+    predicted Dice, the ensemble's own, the volumes, the localization pass's share...), which the recorded rows then
+    hold and benchmarks/quality_calibration.py fits on."""
     import subprocess
     import sys
 
@@ -156,6 +157,7 @@ def test_the_runner_reports_medwidits_own_quality_estimate_beside_its_mask(tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (tmp_path / "m.nii.gz").is_file() and report["cpu_seconds"] > 0
-    assert set(report["quality"]) == {"predicted_dice", "unexpected_volumes", "localization"}
+    assert {"predicted_dice", "ensemble_dice", "volume_ml", "uncertainty", "unexpected_volumes", "localization",
+            "calibration"} <= set(report["quality"])  # the whole report: quality_calibration.py fits on it  # fmt: skip
     assert 0 <= report["quality"]["predicted_dice"]["1"] <= 1
     assert report["quality"]["localization"]["warn_kept"] == 0.85  # the shipped bundle's pass ran

@@ -24,6 +24,7 @@ from bundle_data import (
 )
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
+from medwidit.inference.calibration import bundle_calibration, bundle_warn_dice, check_calibration
 from medwidit.inference.localize import bundle_localization, check_localization
 from medwidit.inference.trust import bundle_view_options, check_view_options
 
@@ -127,6 +128,10 @@ def test_infer_workflow_samples_the_extra_weights_it_is_given(trained, tmp_path)
     assert views and workflow.parser.get_parsed_content("predictor").view_options == views  # as the CLI's bundle
     localization = check_localization(json.loads(Path(config("inference")).read_text())["localization"], 3)
     assert localization and workflow.parser.get_parsed_content("predictor").localization == localization
+    declared = json.loads(Path(config("inference")).read_text())
+    predictor = workflow.parser.get_parsed_content("predictor")
+    assert predictor.quality_calibration == check_calibration(declared["quality_calibration"]) is not None
+    assert predictor.warn_dice == declared["warn_dice"]  # the calibrated estimate's threshold, as the CLI's
     workflow.run()
     workflow.finalize()
     assert (tmp_path / "case3_image_epistemic.nii.gz").is_file()
@@ -144,6 +149,8 @@ def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
     predictor = workflow.parser.get_parsed_content("predictor")
     assert predictor.view_options == bundle_view_options(trained["bundle"])  # the bundle's test-time views
     assert predictor.localization == bundle_localization(trained["bundle"]) and predictor.localization is not None
+    assert predictor.quality_calibration == bundle_calibration(trained["bundle"]) is not None
+    assert predictor.warn_dice == bundle_warn_dice(trained["bundle"], None) is not None
     workflow.run()
     workflow.finalize()
     report = json.loads((tmp_path / "dice.json").read_text())

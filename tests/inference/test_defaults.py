@@ -181,36 +181,62 @@ def test_a_models_shared_steps_default_is_fitted_to_the_steps_asked_for(default,
     assert fit_shared_steps(default, steps) == fitted
 
 
-def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice():
-    from medwidit.inference.predictor import DEFAULT_WARN_DICE
+def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice(tmp_path, capsys):
+    """Without --warn-dice the CLI leaves the threshold to the predictor, as predict_from_files does by default: the
+    bundle's warn_dice, which belongs to its calibrated estimate (a bare checkpoint's: DEFAULT_WARN_DICE)."""
+    from medwidit.cli import main
 
     args = build_parser().parse_args(["segment", "-i", "x.nii.gz", "-o", "out"])
     default = inspect.signature(Predictor.predict_from_files).parameters["warn_dice"].default
-    assert args.warn_dice == DEFAULT_WARN_DICE == default
+    assert args.warn_dice is None and default == "predictor"
+    shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())["warn_dice"]
+    assert Predictor.from_bundle(device="cpu", weight_sets=1).warn_dice == shipped
+    image, affine = _head()
+    source = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), source)
+    base = ["segment", "-i", str(source), "--steps", "1", "--samples", "1", "--weight-sets", "1", "--no-localize",
+            "--quiet", "--device", "cpu", "--save-quality"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    warned = capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "b"), "--warn-dice", "0"]) == 0
+    quality = json.loads((tmp_path / "a" / "head_quality.json").read_text())
+    assert quality["predicted_dice"]["1"] < shipped  # a 31 mL "brain": the calibration's volume term
+    assert f"head: predicted Dice below {shipped:.3f} (class 1 " in warned
+    assert "check this case" not in capsys.readouterr().err  # --warn-dice 0: no warning line
 
 
-def test_the_warning_default_flags_every_trust_case_below_0_9_and_none_above_at_the_default_settings():
-    """--warn-dice's default with the rest of the warning line (the bundle's expected volume and its localization
-    region's warn_kept) flags every case below Dice 0.9 in trust.py at the shipped bundle's own settings
-    (benchmarks/results/trust_default.json, 2 sets x 1 view, which ran at those steps and that localization) and none
-    above; the Dice estimate and the volume alone do not."""
+def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_settings():
+    """The whole warning line at the bundle's defaults (its calibrated Dice estimate below its warn_dice, the
+    expected volume, the localization region's warn_kept) flags every case below Dice 0.9 in trust.py at the shipped
+    bundle's own settings (benchmarks/results/trust_default.json, 2 sets x 1 view, which ran at those steps, that
+    localization, that calibration and that threshold); the ensemble's own estimate with the volume does not. The
+    calibrated estimate ranks the cases better than the ensemble's own and is nearer the truth."""
+    from medwidit.inference.calibration import check_calibration
     from medwidit.inference.localize import check_localization
-    from medwidit.inference.predictor import DEFAULT_WARN_DICE
 
     trust = json.loads((ROOT / "benchmarks" / "results" / "trust_default.json").read_text())
     ran = tuple(trust["config"].get(k, 0) for k in ("steps", "samples", "shared_steps"))
     assert ran == (SHIPPED["steps"], SHIPPED["num_samples"], SHIPPED["shared_steps"])
-    shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())["localization"]
-    assert trust["config"]["localization"] == check_localization(shipped, 3)
+    shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())
+    assert trust["config"]["localization"] == check_localization(shipped["localization"], 3)
+    assert trust["config"]["quality_calibration"] == check_calibration(shipped["quality_calibration"])
+    assert trust["config"]["bundle_warn_dice"] == shipped["warn_dice"]
     flags, low = [], []
     for case in trust["cases"]:
         e, localized = case["ensembles"]["2x1"], case["localization"]
         region = not localized["applied"] or localized["kept"] < localized["warn_kept"]
-        flags.append(e["predicted_dice"] < DEFAULT_WARN_DICE or e["volume_flag"] or region)
+        flags.append(e["calibrated_dice"] < shipped["warn_dice"] or e["volume_flag"] or region)
         low.append(e["true_dice"] < 0.9)
-    assert any(low) and flags == low  # every case below 0.9 flagged, none above
-    assert trust["summary"]["2x1"]["with_volume"]["flagged_of_those"] < sum(low)  # what warn_kept buys
-    assert build_parser().parse_args(["segment", "-i", "x", "-o", "y"]).warn_dice == DEFAULT_WARN_DICE
+    assert any(low) and all(f for f, b in zip(flags, low, strict=True) if b)  # every case below 0.9 flagged
+    summary = trust["summary"]["2x1"]
+    line = summary["calibrated_dice"]["with_volume_and_kept"]
+    assert line["flagged_of_those"] == sum(low) and line["false_flags"] == sum(flags) - sum(low)
+    assert summary["with_volume"]["flagged_of_those"] < sum(low)  # the ensemble's own estimate and the volume
+    assert (
+        summary["calibrated_dice"]["spearman"] > summary["spearman"]
+        and summary["calibrated_dice"]["mae"] < summary["mae"]
+    )
+    assert build_parser().parse_args(["segment", "-i", "x", "-o", "y"]).warn_dice is None  # the bundle's
 
 
 def test_a_bundle_declares_the_expected_volume_that_flags_a_case(tmp_path, caplog):

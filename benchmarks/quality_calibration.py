@@ -1,0 +1,177 @@
+"""Fit the per-case Dice estimate (``medwidit.inference.calibration``) on validation cases, and choose its features.
+
+Input: ``benchmarks/generalisation.py`` results whose medwidit rows carry the case's quality report
+(``tools/run_tool.py`` records it) and a true Dice: the validation cases of the bundle docs (MNI152 2 mm, images
+painted from held-out head label maps, ROBEX, two real heads scored against deepbet's masks, and their acquisition
+variants). Never Colin27: it and the trust benchmark's shifted cases are the test.
+
+The candidates: the product rule (``calibration.PRODUCT_RULE``, no parameter fitted: its error is its leave-one-out
+error), and every subset of at most ``--max-features`` features that holds ``log_ensemble_dice``, fitted
+(``calibration.fit_calibration``) and scored by leave-one-case-out: each case predicted by the model fitted on the
+others. The candidate with the lowest leave-one-out mean absolute error (candidates within ``--tie`` of it: the one
+whose leave-one-out estimates rank the cases best, Spearman) is fitted on all cases; ``--write-bundle``
+writes it into that bundle's ``configs/inference.json`` as ``quality_calibration``, with ``warn_dice``: the threshold
+on the held-out estimates at which the CLI's whole warning line (with the expected volume and the localization's
+``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false flags.
+
+    python benchmarks/quality_calibration.py runs/validation.json --write-bundle bundles/brain_widit_segmentation
+
+Writes ``benchmarks/results/quality_calibration.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+from _report import ROOT, fmt, write_json  # benchmarks/ is on sys.path when a script runs
+from scipy import stats
+
+from medwidit.inference.calibration import FEATURES, PRODUCT_RULE, calibrated_dice, case_features, fit_calibration
+from medwidit.inference.localize import kept_warning
+from medwidit.utils import atomic_write
+
+CLASS = "1"  # the foreground class scored by generalisation.py (brain)
+
+
+def load_rows(paths: list[Path]) -> list[dict]:
+    """The medwidit rows of the results at ``paths`` with a quality report: {case, true, features}."""
+    rows = []
+    for path in paths:
+        for row in json.loads(path.read_text())["rows"]:
+            if row.get("tool") != "medwidit" or not row.get("quality") or row.get("dice") is None:
+                continue
+            if "volume_ml" not in row["quality"]:
+                raise SystemExit(f"{path}: case {row['case']} has no whole quality report (rerun generalisation.py)")
+            quality = row["quality"]
+            other = bool(quality["unexpected_volumes"] or quality["empty_classes"]) or bool(
+                kept_warning(quality.get("localization"))
+            )  # the rest of the CLI's warning line: a volume outside its range, an empty class, a region held little
+            rows.append(
+                {"case": row["case"], "true": float(row["dice"]), "features": case_features(quality, CLASS),
+                 "other_flag": other}
+            )  # fmt: skip
+    if len(rows) < 5:
+        raise SystemExit(f"{len(rows)} validation case(s) with a quality report in {paths}: need at least 5.")
+    return rows
+
+
+def scores(pred: np.ndarray, true: np.ndarray, warn: float) -> dict:
+    return {
+        "mae": float(np.abs(pred - true).mean()),
+        "bias": float((pred - true).mean()),
+        "spearman": float(stats.spearmanr(pred, true).statistic),
+        "missed_below_warn": int(((true < warn) & (pred >= warn)).sum()),
+        "false_flags": int(((true >= warn) & (pred < warn)).sum()),
+    }
+
+
+def warn_threshold(pred: np.ndarray, true: np.ndarray, other: np.ndarray, warn: float) -> dict:
+    """The CLI's ``warn_dice`` for this estimate: the threshold (0.80 .. 0.99 by 0.005) at which the whole warning
+    line (the estimate below it, or ``other``) flags the most cases below ``warn``, then the fewest above it."""
+    low = true < warn
+    rows = []
+    for t in np.arange(0.8, 0.9901, 0.005):
+        line = (pred < t) | other
+        rows.append((round(float(t), 3), int(line[low].sum()), int(line[~low].sum())))
+    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
+    return {"warn_dice": t, "flagged": flagged, "of": int(low.sum()), "false_flags": false}
+
+
+def leave_one_out(rows: list[dict], names: tuple[str, ...]) -> np.ndarray:
+    """Each case's estimate from the model fitted on every other case."""
+    out = []
+    for i in range(len(rows)):
+        rest = rows[:i] + rows[i + 1 :]
+        model = fit_calibration([r["features"] for r in rest], [r["true"] for r in rest], names)
+        out.append(calibrated_dice(rows[i]["features"], model))
+    return np.array(out)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path, help="generalisation.py JSON(s) of validation cases")
+    parser.add_argument("--max-features", type=int, default=3)
+    parser.add_argument("--tie", type=float, default=0.005, help="leave-one-out MAEs this close rank by Spearman")
+    parser.add_argument("--low-dice", type=float, default=0.9, help="true Dice below which a case should be flagged")
+    parser.add_argument(
+        "--write-bundle", type=Path, help="write the chosen calibration into this bundle's inference.json"
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_calibration.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    rows = load_rows(args.results)
+    true = np.array([r["true"] for r in rows])
+    others = [f for f in FEATURES if f != "log_ensemble_dice"]
+    subsets = [
+        ("log_ensemble_dice", *extra) for n in range(args.max_features) for extra in itertools.combinations(others, n)
+    ]
+    product = np.array([calibrated_dice(r["features"], PRODUCT_RULE) for r in rows])
+    candidates = [{"features": "product rule", "leave_one_out": scores(product, true, args.low_dice)}]
+    for names in subsets:
+        if len(rows) <= len(names) + 2:  # leave-one-out needs more cases than parameters in every fold
+            continue
+        candidates.append(
+            {"features": list(names), "leave_one_out": scores(leave_one_out(rows, names), true, args.low_dice)}
+        )
+    own = np.exp([r["features"]["log_ensemble_dice"] for r in rows])
+    lowest = min(c["leave_one_out"]["mae"] for c in candidates)
+    tied = [c for c in candidates if c["leave_one_out"]["mae"] <= lowest + args.tie]  # then the best ranking
+    best = max(tied, key=lambda c: (c["leave_one_out"]["spearman"], -c["leave_one_out"]["mae"]))
+    if best["features"] == "product rule":
+        model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRODUCT_RULE.items()}
+    else:
+        model = fit_calibration([r["features"] for r in rows], true, best["features"])
+    fitted = np.array([calibrated_dice(r["features"], model) for r in rows])
+    if best["features"] == "product rule":
+        held_out = fitted  # nothing fitted: every case is held out
+    else:
+        held_out = leave_one_out(rows, tuple(best["features"]))
+    other = np.array([r["other_flag"] for r in rows])
+    threshold = warn_threshold(held_out, true, other, args.low_dice)
+    sources = ", ".join(str(p) for p in args.results)
+    model["chosen_on"] = f"{len(rows)} validation cases ({sources}); benchmarks/quality_calibration.py"
+    result = {
+        "cases": [{**r, "fitted": float(f)} for r, f in zip(rows, fitted, strict=True)],
+        "ensemble_dice": scores(own, true, args.low_dice),
+        "candidates": candidates,
+        "chosen": {
+            **best,
+            "in_sample": scores(fitted, true, args.low_dice),
+            "calibration": model,
+            "warning_line": threshold,
+        },  # fmt: skip
+    }
+    lines = ["| features | LOO MAE | LOO Spearman | LOO missed < warn | LOO false flags |", "|---|---|---|---|---|"]
+    line = "| {} | {} | {} | {} | {} |"
+    own_scores = result["ensemble_dice"]
+    lines.append(line.format("the ensemble's own (no fit)", fmt(own_scores["mae"]), fmt(own_scores["spearman"]),
+                             own_scores["missed_below_warn"], own_scores["false_flags"]))  # fmt: skip
+    for c in sorted(candidates, key=lambda c: c["leave_one_out"]["mae"]):
+        s = c["leave_one_out"]
+        name = c["features"] if isinstance(c["features"], str) else "fitted: " + " + ".join(c["features"])
+        lines.append(line.format(name, fmt(s["mae"]), fmt(s["spearman"]), s["missed_below_warn"],
+                                 s["false_flags"]))  # fmt: skip
+    table = "\n".join(lines) + f"\n\nchosen: {json.dumps(model)}\nwarning line: {json.dumps(threshold)}"
+    result["markdown"] = table
+    print(table)
+    write_json(result, args.output)
+    print(f"wrote {args.output}")
+    if args.write_bundle is not None:
+        path = args.write_bundle / "configs" / "inference.json"
+        config = json.loads(path.read_text())
+        config["quality_calibration"] = model
+        config["warn_dice"] = threshold["warn_dice"]
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(config, indent=4) + "\n"))
+        print(f"wrote quality_calibration into {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

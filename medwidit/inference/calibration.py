@@ -1,0 +1,188 @@
+"""A per-case Dice estimate fitted on validation cases with known truth.
+
+The ensemble's own estimate (``trust.estimated_dice``: how well the answer agrees with each member) sees only what
+the members disagree about. An ensemble that is wrong in the same way in every member (a scan unlike any the model
+saw) scores near 1 all the same: on the shifted cases of ``benchmarks/trust.py`` it stayed between 0.95 and 0.99
+while the true Dice fell to 0.57. What does move with the error is already in the case's quality report: how much of
+the full-resolution foreground the coarse pass's region held (``localization.kept``: the two grids disagree where
+one of them is wrong), how far a class volume lies outside the range the task expects, and the entropy over the
+foreground (the epistemic part: where sets of weights disagree). A multiplicative model over these,
+
+    predicted Dice = clip(exp(intercept + sum_i weight_i * feature_i), 0, 1)
+
+turns them into a Dice estimate. With intercept 0 and weights 1, 1, -1 on the first three features below
+(``PRODUCT_RULE``) it is the product ``ensemble Dice x kept x exp(-volume outside)``: a share of the foreground the
+two grids dispute, or a volume a factor e outside its range, scales the estimate down. ``fit_calibration`` fits the
+weights to validation cases whose truth is known (``benchmarks/quality_calibration.py`` chooses between the product
+rule and such fits by leave-one-case-out error; never on the test scans).
+
+A bundle declares it in ``configs/inference.json``::
+
+    "quality_calibration": {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0,
+                                                          "volume_outside": -1.0}}
+
+The features (per foreground class k, from ``trust.quality_report``'s dict):
+
+    log_ensemble_dice      log of the ensemble's own estimate of class k
+    log_kept               log of the share of the full-resolution foreground that the localization's region held,
+                           at least the pass's ``min_kept`` (below it nothing was cut: the share says the passes
+                           disagree, not by how much); 0 without the pass (no evidence either way)
+    volume_outside         log distance of the class volume outside ``expected_volume_ml``, at most log(1000)
+                           (0 inside the range, or where the bundle declares none)
+    epistemic_foreground   mean epistemic entropy over the predicted foreground, nats
+    total_foreground       mean predictive entropy over the predicted foreground, nats
+
+The background class keeps the ensemble's own figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .options import read_inference_config
+
+FEATURES = ("log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground")
+PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
+MIN_DICE = 1e-3  # log_ensemble_dice's floor: an ensemble estimate of 0 (members that never agree) stays finite
+MAX_VOLUME_OUTSIDE = math.log(1e3)  # an empty class lies "infinitely" far below its range: capped at a factor 1000
+
+__all__ = [
+    "FEATURES",
+    "PRODUCT_RULE",
+    "apply_calibration",
+    "bundle_calibration",
+    "calibrated_dice",
+    "case_features",
+    "check_calibration",
+    "check_warn_dice",
+    "bundle_warn_dice",
+    "fit_calibration",
+]
+
+
+def check_calibration(spec: Mapping | None, source: str = "quality_calibration") -> dict | None:
+    """A bundle's or a caller's ``quality_calibration`` -> ``{"intercept": float, "weights": {feature: float}}`` or
+    None (off: the ensemble's own estimate). A ValueError names ``source`` and what is wrong."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or set(spec) - {"intercept", "weights", "chosen_on"} or "weights" not in spec:
+        raise ValueError(
+            f"{source} must be null or a mapping with intercept and weights (and optionally chosen_on), got {spec!r}."
+        )
+    intercept, weights = spec.get("intercept", 0.0), spec["weights"]
+    if not _is_number(intercept):
+        raise ValueError(f"{source}: intercept must be a finite number, got {intercept!r}.")
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"{source}: weights must map features ({', '.join(FEATURES)}) to numbers, got {weights!r}.")
+    unknown = sorted(set(weights) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"{source}: unknown feature(s) {unknown}; known: {', '.join(FEATURES)}.")
+    bad = {k: v for k, v in weights.items() if not _is_number(v)}
+    if bad:
+        raise ValueError(f"{source}: weights must be finite numbers, got {bad!r}.")
+    out = {"intercept": float(intercept), "weights": {k: float(weights[k]) for k in FEATURES if k in weights}}
+    return out | ({"chosen_on": str(spec["chosen_on"])} if "chosen_on" in spec else {})
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bundle_calibration(bundle_dir) -> dict | None:
+    """The checked ``quality_calibration`` of a bundle's ``configs/inference.json`` (None where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_calibration(config.get("quality_calibration"), source=f"{path}: quality_calibration")
+
+
+def case_features(quality: Mapping, k: int | str) -> dict[str, float]:
+    """Class ``k``'s features (``FEATURES``) from a case's quality report (``trust.quality_report``, with the
+    predictor's ``localization`` entry where the pass ran; ``predicted_dice`` is the ensemble's own estimate unless
+    ``ensemble_dice`` records it)."""
+    key = str(k)
+    own = quality.get("ensemble_dice") or quality["predicted_dice"]
+    localized = quality.get("localization")
+    kept = 1.0 if not localized else max(float(localized["kept"]), float(localized.get("min_kept", 0.0)))
+    volume = float(quality["volume_ml"][key])
+    bounds = (quality.get("expected_volume_ml") or {}).get(key)
+    outside = 0.0
+    if bounds is not None:
+        low, high = bounds
+        below = math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE if low > 0 else 0.0
+        outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
+    maps = quality.get("uncertainty", {})
+    return {
+        "log_ensemble_dice": math.log(max(float(own[key]), MIN_DICE)),
+        "log_kept": math.log(max(kept, MIN_DICE)),
+        "volume_outside": outside,
+        "epistemic_foreground": float(maps.get("epistemic", {}).get("mean_foreground_nats", 0.0)),
+        "total_foreground": float(maps.get("total", {}).get("mean_foreground_nats", 0.0)),
+    }
+
+
+def calibrated_dice(features: Mapping[str, float], calibration: Mapping) -> float:
+    """``exp(intercept + sum(weight * feature))`` clipped to [0, 1]."""
+    value = calibration["intercept"] + sum(w * features[name] for name, w in calibration["weights"].items())
+    return float(min(1.0, math.exp(min(value, 0.0))))
+
+
+def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:
+    """A quality report whose ``predicted_dice`` of every foreground class is the calibrated estimate (and
+    ``min_predicted_dice`` with it); the ensemble's own figures move to ``ensemble_dice``, the calibration and
+    each class's features to ``calibration``; the report unchanged where ``calibration`` is None."""
+    if calibration is None:
+        return quality
+    own = dict(quality["predicted_dice"])
+    features = {k: case_features({**quality, "ensemble_dice": own}, k) for k in own if k != "0"}
+    predicted = {k: (calibrated_dice(features[k], calibration) if k in features else v) for k, v in own.items()}
+    foreground = [v for k, v in predicted.items() if k != "0"]
+    return {
+        **quality,
+        "predicted_dice": predicted,
+        "min_predicted_dice": min(foreground) if foreground else predicted["0"],
+        "ensemble_dice": own,
+        "calibration": {**calibration, "features": features},
+    }
+
+
+def fit_calibration(
+    features: Sequence[Mapping[str, float]], true_dice: Sequence[float], names: Sequence[str], f_scale: float = 0.05
+) -> dict:
+    """The intercept and the weights of ``names`` that fit ``true_dice`` (scipy's ``least_squares`` on the Dice
+    residuals with a soft-L1 loss of scale ``f_scale``: a few scans that fail completely do not pull every other
+    estimate down), started from ``PRODUCT_RULE`` -> a ``quality_calibration``."""
+    from scipy.optimize import least_squares
+
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown or not names:
+        raise ValueError(f"names must be a non-empty subset of {', '.join(FEATURES)}, got {list(names)!r}.")
+    if len(features) != len(true_dice) or len(features) <= len(names) + 1:
+        raise ValueError(f"need more cases ({len(features)}) than parameters ({len(names) + 1}), one Dice each.")
+    design = np.array([[1.0] + [float(f[n]) for n in names] for f in features])
+    true = np.asarray(true_dice, dtype=np.float64)
+    start = [0.0] + [PRODUCT_RULE["weights"].get(n, 0.0) for n in names]
+
+    def residuals(theta: np.ndarray) -> np.ndarray:  # unclipped: smooth, and equal to the clipped where it is < 1
+        return np.exp(design @ theta) - true
+
+    theta = least_squares(residuals, start, loss="soft_l1", f_scale=f_scale, xtol=1e-12, ftol=1e-12, gtol=1e-12).x
+    return {"intercept": float(theta[0]), "weights": {n: float(w) for n, w in zip(names, theta[1:], strict=True)}}
+
+
+def check_warn_dice(value, source: str = "warn_dice") -> float | None:
+    """A warning threshold on the predicted Dice: a number in [0, 1], or None (never); a ValueError names ``source``."""
+    if value is None:
+        return None
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{source} must be in [0, 1] or None, got {value!r}.")
+    return float(value)
+
+
+def bundle_warn_dice(bundle_dir, default: float | None) -> float | None:
+    """The checked ``warn_dice`` of a bundle's ``configs/inference.json`` (``default`` where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    if "warn_dice" not in config:
+        return default
+    return check_warn_dice(config["warn_dice"], source=f"{path}: warn_dice")

@@ -1,0 +1,72 @@
+"""benchmarks/quality_calibration.py: the features are chosen by leave-one-case-out error on validation rows, and
+the chosen model is written where the predictor reads it."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from benchmark_scripts import load_benchmark
+
+from medwidit.inference import Predictor
+from medwidit.inference.calibration import check_calibration
+
+
+def _rows(count=12):
+    """generalisation.py medwidit rows whose true Dice is a multiplicative model of the ensemble's estimate and the
+    localization's share, plus rows of other tools and one without a quality report (both skipped)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        own, kept = float(rng.uniform(0.93, 0.99)), float(rng.uniform(0.55, 1.0))
+        quality = {
+            "predicted_dice": {"0": 0.99, "1": own},
+            "volume_ml": {"0": 5000.0, "1": float(rng.uniform(1000, 2000))},
+            "expected_volume_ml": {"1": [900.0, 2200.0]},
+            "unexpected_volumes": {},
+            "empty_classes": [],
+            "uncertainty": {
+                "total": {"mean_foreground_nats": float(rng.uniform(0, 0.2))},
+                "epistemic": {"mean_foreground_nats": float(rng.uniform(0, 0.05))},
+            },  # fmt: skip
+            "localization": {"kept": kept, "applied": True, "min_kept": 0.5, "warn_kept": 0.5},
+        }
+        true = 0.95 * own * kept**1.5  # not the product rule: a fit with the share wins
+        rows.append({"case": f"case{i}", "tool": "medwidit", "dice": true, "quality": quality})
+    rows.append({"case": "case0", "tool": "deepbet", "dice": 0.97})
+    rows.append({"case": "old", "tool": "medwidit", "dice": 0.9})  # run before the report was recorded
+    return rows
+
+
+def test_the_true_features_win_by_leave_one_out_and_the_bundle_reads_the_written_model(tmp_path):
+    from medwidit.inference.options import resolve_bundle
+
+    script = load_benchmark("quality_calibration")
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": _rows()}))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    out = script.main([str(results), "--output", str(tmp_path / "q.json"), "--write-bundle", str(bundle)])
+    chosen = out["chosen"]
+    assert "log_kept" in chosen["features"] and chosen["leave_one_out"]["mae"] < 1e-6
+    assert chosen["calibration"]["intercept"] == pytest.approx(math.log(0.95), abs=1e-6)
+    assert chosen["calibration"]["weights"]["log_kept"] == pytest.approx(1.5, abs=1e-6)
+    assert len(out["cases"]) == 12  # the other tool's row and the row without a report are not validation cases
+    without = [c for c in out["candidates"] if c["features"] == ["log_ensemble_dice"]][0]
+    assert without["leave_one_out"]["mae"] > 0.01  # the ensemble's estimate alone cannot explain the truth
+    product = [c for c in out["candidates"] if c["features"] == "product rule"][0]
+    assert product["leave_one_out"]["mae"] > 0.01  # nor the product rule, whose exponents differ
+    written = json.loads((bundle / "configs" / "inference.json").read_text())["quality_calibration"]
+    assert written == chosen["calibration"] and "validation.json" in written["chosen_on"]
+    predictor = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
+    assert predictor.quality_calibration == check_calibration(written)
+    assert json.loads((tmp_path / "q.json").read_text())["chosen"]["calibration"] == written
+
+
+def test_too_few_validation_cases_stop_the_fit(tmp_path):
+    script = load_benchmark("quality_calibration")
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": _rows(4)}))
+    with pytest.raises(SystemExit, match=r"4 validation case\(s\) with a quality report .*need at least 5"):
+        script.main([str(results), "--output", str(tmp_path / "q.json")])

@@ -1,0 +1,192 @@
+"""The calibrated per-case Dice estimate: its settings, its features from a quality report, the least-squares fit,
+and the predictor, the bundle and the CLI's warning line using it."""
+
+import json
+import logging
+import math
+import shutil
+
+import numpy as np
+import pytest
+from inference_volumes import ThresholdOracle, save_nifti
+
+from medwidit.diffusion import DiffusionSegmenter
+from medwidit.inference import InputError, Predictor
+from medwidit.inference.calibration import (
+    FEATURES,
+    PRODUCT_RULE,
+    apply_calibration,
+    calibrated_dice,
+    case_features,
+    check_calibration,
+    fit_calibration,
+)
+from medwidit.inference.predictor import DEFAULT_WARN_DICE
+
+PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
+FAST = {"steps": 2, "num_samples": 2}
+
+
+def _quality(predicted=0.97, volume=1000.0, kept=0.6, epistemic=0.02, total=0.1, expected=(900.0, 2200.0)):
+    return {
+        "predicted_dice": {"0": 0.99, "1": predicted},
+        "min_predicted_dice": predicted,
+        "volume_ml": {"0": 5000.0, "1": volume},
+        "expected_volume_ml": {} if expected is None else {"1": list(expected)},
+        "uncertainty": {
+            "total": {"mean_foreground_nats": total, "mean_volume_nats": 0.01},
+            "epistemic": {"mean_foreground_nats": epistemic, "mean_volume_nats": 0.001},
+        },
+        "localization": None if kept is None else {"kept": kept, "applied": True},
+    }
+
+
+def test_settings_are_checked_and_name_what_is_wrong():
+    assert check_calibration(None) is None
+    spec = {"intercept": 0.1, "weights": {"log_kept": 0.3, "log_ensemble_dice": 0.8}, "chosen_on": "17 cases"}
+    assert check_calibration(spec) == {
+        "intercept": 0.1, "weights": {"log_ensemble_dice": 0.8, "log_kept": 0.3}, "chosen_on": "17 cases",
+    }  # fmt: skip
+    assert check_calibration(PRODUCT_RULE) == PRODUCT_RULE
+    bad = [
+        ({"intercept": 0.1}, r"must be null or a mapping with intercept and weights"),
+        ({"weights": {"log_ensemble_dice": 1}, "slope": 2}, r"must be null or a mapping with intercept and weights"),
+        ({"intercept": "0.1", "weights": {"log_ensemble_dice": 1}}, r"intercept must be a finite number, got '0.1'"),
+        ({"weights": {}}, r"weights must map features"),
+        ({"weights": {"dice": 1.0}}, r"unknown feature\(s\) \['dice'\]; known: " + ", ".join(FEATURES)),
+        ({"weights": {"log_kept": math.inf}}, r"weights must be finite numbers, got \{'log_kept': inf\}"),
+        ({"weights": {"log_kept": True}}, r"weights must be finite numbers"),
+    ]
+    for entry, message in bad:
+        with pytest.raises(ValueError, match=rf"^here:? {message}"):
+            check_calibration(entry, source="here")
+
+
+def test_the_features_come_from_the_quality_report():
+    features = case_features(_quality(volume=450.0, kept=0.6), 1)
+    assert features == {
+        "log_ensemble_dice": pytest.approx(math.log(0.97)),
+        "log_kept": pytest.approx(math.log(0.6)),
+        "volume_outside": pytest.approx(math.log(2.0)),  # half the low end of the range
+        "epistemic_foreground": 0.02,
+        "total_foreground": 0.1,
+    }
+    assert case_features(_quality(volume=4400.0), "1")["volume_outside"] == pytest.approx(math.log(2.0))
+    assert case_features(_quality(volume=1500.0), 1)["volume_outside"] == 0.0  # inside the range
+    assert case_features(_quality(volume=0.0), 1)["volume_outside"] == pytest.approx(math.log(1e3))  # capped
+    assert case_features(_quality(volume=50.0, expected=None), 1)["volume_outside"] == 0.0  # no range declared
+    assert case_features(_quality(kept=None), 1)["log_kept"] == 0.0  # no localization pass: no evidence
+    not_cut = _quality(kept=0.01)
+    not_cut["localization"]["min_kept"] = 0.5  # below it the region cut nothing: the passes disagree, by how much not
+    assert case_features(not_cut, 1)["log_kept"] == pytest.approx(math.log(0.5))
+    assert case_features(_quality(predicted=0.0), 1)["log_ensemble_dice"] == pytest.approx(math.log(1e-3))
+
+
+def test_the_product_rule_scales_the_ensembles_estimate_by_the_share_kept_and_the_volume_outside():
+    features = case_features(_quality(predicted=0.96, volume=450.0, kept=0.8), 1)
+    assert calibrated_dice(features, PRODUCT_RULE) == pytest.approx(0.96 * 0.8 / 2)  # half the range's low end
+
+
+def test_a_fit_recovers_a_multiplicative_model_exactly_and_needs_more_cases_than_parameters():
+    rng = np.random.default_rng(0)
+    features = [{"log_ensemble_dice": np.log(rng.uniform(0.9, 1)), "log_kept": np.log(rng.uniform(0.5, 1)),
+                 "volume_outside": rng.uniform(0, 0.5) * (i % 2)} for i in range(12)]  # fmt: skip
+    true = [math.exp(-0.05 + 0.8 * f["log_ensemble_dice"] + 1.5 * f["log_kept"]) for f in features]
+    model = fit_calibration(features, true, ["log_ensemble_dice", "log_kept", "volume_outside"])
+    assert model["intercept"] == pytest.approx(-0.05, abs=1e-6) and model["weights"] == {
+        "log_ensemble_dice": pytest.approx(0.8, abs=1e-5), "log_kept": pytest.approx(1.5, abs=1e-6),
+        "volume_outside": pytest.approx(0.0, abs=1e-6),
+    }  # fmt: skip
+    assert [calibrated_dice(f, model) for f in features] == pytest.approx(true)
+    with pytest.raises(ValueError, match=r"need more cases \(3\) than parameters \(3\)"):
+        fit_calibration(features[:3], true[:3], ["log_ensemble_dice", "log_kept"])
+    with pytest.raises(ValueError, match=r"names must be a non-empty subset of"):
+        fit_calibration(features, true, ["dice"])
+
+
+def test_the_estimate_is_clipped_to_a_dice():
+    model = {"intercept": 0.5, "weights": {"log_ensemble_dice": 1.0}}
+    assert calibrated_dice({"log_ensemble_dice": math.log(0.9)}, model) == 1.0
+    assert 0.0 <= calibrated_dice({"log_ensemble_dice": -1e6}, model) < 1e-300
+
+
+def test_applied_to_a_report_it_replaces_the_foreground_estimate_and_keeps_the_ensembles_own():
+    quality = _quality(kept=0.5)
+    assert apply_calibration(quality, None) is quality
+    model = check_calibration({"intercept": -0.1, "weights": {"log_ensemble_dice": 0.8, "log_kept": 0.5}})
+    out = apply_calibration(quality, model)
+    expected = math.exp(-0.1) * 0.97**0.8 * 0.5**0.5
+    assert out["predicted_dice"] == {"0": 0.99, "1": pytest.approx(expected)}  # the background keeps its own
+    assert out["min_predicted_dice"] == pytest.approx(expected)
+    assert out["ensemble_dice"] == quality["predicted_dice"] and quality["predicted_dice"]["1"] == 0.97
+    assert out["calibration"]["weights"] == model["weights"]
+    assert out["calibration"]["features"]["1"] == case_features(quality, 1)
+    assert json.loads(json.dumps(out)) == out  # written beside the outputs as it is
+
+
+def _ball(tmp_path):
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (24, 24, 24)), indexing="ij"))
+    image = (((grid - 12) ** 2).sum(0) < 36).astype(np.float32)
+    return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4))
+
+
+def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses_it(tmp_path, caplog):
+    path = _ball(tmp_path)
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    options = {"preprocessing": PREPROCESSING, "roi_size": 16, "device": "cpu"}
+    plain = Predictor(segmenter, **options).segment(path, **FAST)
+    assert "ensemble_dice" not in plain.quality and plain.quality["predicted_dice"]["1"] == 1.0  # the oracle agrees
+    calibration = {"intercept": math.log(0.7), "weights": {"log_ensemble_dice": 1.0}}
+    predictor = Predictor(segmenter, **options, quality_calibration=calibration, warn_dice=0.75)
+    calibrated = predictor.segment(path, **FAST)
+    assert calibrated.quality["predicted_dice"]["1"] == pytest.approx(0.7)
+    assert calibrated.quality["ensemble_dice"]["1"] == 1.0
+    assert np.array_equal(calibrated.label_map, plain.label_map)  # the estimate changes, the segmentation does not
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        (result,) = predictor.predict_from_files(path, tmp_path / "out", progress=False, **FAST)  # its own 0.75
+        predictor.predict_from_files(path, tmp_path / "low", progress=False, warn_dice=0.6, **FAST)
+        predictor.warn_dice = None
+        predictor.predict_from_files(path, tmp_path / "never", progress=False, **FAST)
+    assert result.quality == calibrated.quality
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["scan: predicted Dice below 0.75 (class 1 0.700): check this case before using it."]
+    with pytest.raises(ValueError, match=r"quality_calibration: unknown feature"):
+        Predictor(segmenter, **options, quality_calibration={"weights": {"x": 1.0}})
+    with pytest.raises(ValueError, match=r"warn_dice must be in \[0, 1\] or None, got 1.5"):
+        Predictor(segmenter, **options, warn_dice=1.5)
+    with pytest.raises(ValueError, match=r"warn_dice must be in \[0, 1\] or None, got 'bundle'"):
+        predictor.predict_from_files(path, tmp_path / "bad", progress=False, warn_dice="bundle", **FAST)
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A copy of the shipped bundle (its weights and configs)."""
+    from medwidit.inference.options import resolve_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
+    return copy
+
+
+def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    shipped = check_calibration(config["quality_calibration"])
+    assert shipped is not None and "chosen_on" in shipped  # the shipped bundle has one, fitted on validation
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).quality_calibration == shipped
+    assert (
+        Predictor.from_bundle(bundle, device="cpu", weight_sets=1, quality_calibration=None).quality_calibration is None
+    )
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).warn_dice == config["warn_dice"]
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, warn_dice=None).warn_dice is None
+    for key, value, message in (
+        ("quality_calibration", {"intercept": 1.0, "weights": {"dice": 1.0}}, r"unknown feature\(s\) \['dice'\]"),
+        ("warn_dice", 90, r"must be in \[0, 1\] or None, got 90"),
+    ):
+        path.write_text(json.dumps({**config, key: value}))
+        with pytest.raises(InputError, match=rf"inference\.json: {key}:? {message}"):
+            Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
+    del config["warn_dice"], config["quality_calibration"]
+    path.write_text(json.dumps(config))
+    bare = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)  # a bundle without them: the ensemble's own
+    assert bare.quality_calibration is None and bare.warn_dice == DEFAULT_WARN_DICE
