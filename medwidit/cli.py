@@ -98,6 +98,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["bias_correction"] = args.bias_correction
     if args.no_localize:
         options["localization"] = None
+    if args.no_calibration:
+        options["quality_calibration"] = None
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
@@ -221,6 +223,8 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling["augment"] = args.augment
     sampling["view_options"] = predictor.view_options  # the limits of the views when augment > 1
     sampling["localization"] = predictor.localization
+    sampling["quality_calibration"] = predictor.quality_calibration  # what the quality JSON's predicted Dice is
+    sampling["warn_dice"] = predictor.warn_dice if args.warn_dice is None else args.warn_dice or None
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),

@@ -163,6 +163,12 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         help="skip the bundle's localization pass (inference.json localization: the case first sampled on a coarser "
         "grid, foreground kept only near what that pass found; the shipped bundle's: 4 mm, 6 mm)",
     )
+    seg.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="report the ensemble's own Dice estimate instead of the bundle's quality_calibration (inference.json: a "
+        "model of the case's report fitted on validation scans), and warn below 0.955 unless --warn-dice is given",
+    )
 
 
 def package_version() -> str:

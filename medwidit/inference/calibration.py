@@ -38,6 +38,7 @@ The background class keeps the ensemble's own figure.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -88,7 +89,7 @@ def check_calibration(spec: Mapping | None, source: str = "quality_calibration")
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bundle_calibration(bundle_dir) -> dict | None:
@@ -110,7 +111,7 @@ def case_features(quality: Mapping, k: int | str) -> dict[str, float]:
     outside = 0.0
     if bounds is not None:
         low, high = bounds
-        below = math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE if low > 0 else 0.0
+        below = 0.0 if low <= 0 else math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE  # a range from 0
         outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
     maps = quality.get("uncertainty", {})
     return {
@@ -123,9 +124,10 @@ def case_features(quality: Mapping, k: int | str) -> dict[str, float]:
 
 
 def calibrated_dice(features: Mapping[str, float], calibration: Mapping) -> float:
-    """``exp(intercept + sum(weight * feature))`` clipped to [0, 1]."""
+    """``exp(intercept + sum(weight * feature))`` clipped to [0, 1]; 0 where a feature is not finite (a case whose
+    report cannot be read is one to check, never one to trust)."""
     value = calibration["intercept"] + sum(w * features[name] for name, w in calibration["weights"].items())
-    return float(min(1.0, math.exp(min(value, 0.0))))
+    return float(min(1.0, math.exp(min(value, 0.0)))) if math.isfinite(value) else 0.0
 
 
 def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:
@@ -134,7 +136,7 @@ def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:
     each class's features to ``calibration``; the report unchanged where ``calibration`` is None."""
     if calibration is None:
         return quality
-    own = dict(quality["predicted_dice"])
+    own = dict(quality.get("ensemble_dice") or quality["predicted_dice"])  # applied twice: the same report
     features = {k: case_features({**quality, "ensemble_dice": own}, k) for k in own if k != "0"}
     predicted = {k: (calibrated_dice(features[k], calibration) if k in features else v) for k, v in own.items()}
     foreground = [v for k, v in predicted.items() if k != "0"]
@@ -172,12 +174,13 @@ def fit_calibration(
 
 
 def check_warn_dice(value, source: str = "warn_dice") -> float | None:
-    """A warning threshold on the predicted Dice: a number in [0, 1], or None (never); a ValueError names ``source``."""
+    """A warning threshold on the predicted Dice: a number in (0, 1], or 0 or None (no warning line, as ``medwidit
+    segment --warn-dice 0``); a ValueError names ``source``."""
     if value is None:
         return None
     if not _is_number(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{source} must be in [0, 1] or None, got {value!r}.")
-    return float(value)
+    return float(value) or None
 
 
 def bundle_warn_dice(bundle_dir, default: float | None) -> float | None:

@@ -176,9 +176,10 @@ class Predictor:
             epistemic and total entropy over the foreground; ``calibration.FEATURES``), which the warning line
             reads; the ensemble's own estimate stays as ``ensemble_dice``. None: the ensemble's own estimate.
         warn_dice: a case whose predicted Dice of a foreground class falls below it gets a warning line
-            (:meth:`predict_from_files`, the CLI; None: no warning line). The threshold belongs to the estimate: a
-            bundle's ``inference.json`` declares it beside its ``quality_calibration``; without one
-            ``DEFAULT_WARN_DICE``, chosen for the ensemble's own estimate.
+            (:meth:`predict_from_files`, the CLI; 0 or None: no warning line). The threshold belongs to the
+            estimate: a bundle's ``inference.json`` declares it beside its ``quality_calibration``
+            (:meth:`from_bundle` keeps ``DEFAULT_WARN_DICE`` where the caller replaces that calibration); without
+            one ``DEFAULT_WARN_DICE``, chosen for the ensemble's own estimate.
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -364,10 +365,10 @@ class Predictor:
                 predictor.localization = bundle_localization(bundle_dir, predictor.spatial_dims)
             except ValueError as e:
                 raise InputError(str(e)) from e
-        try:  # a caller's own (None: the ensemble's estimate; never) replaces the bundle's
+        try:  # a caller's own (None: the ensemble's estimate; no warning line) replaces the bundle's
             if "quality_calibration" not in options:
                 predictor.quality_calibration = bundle_calibration(bundle_dir)
-            if "warn_dice" not in options:
+            if "warn_dice" not in options and "quality_calibration" not in options:  # the bundle's is for its own
                 predictor.warn_dice = bundle_warn_dice(bundle_dir, predictor.warn_dice)
         except ValueError as e:
             raise InputError(str(e)) from e
@@ -694,8 +695,8 @@ class Predictor:
         ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
         parts. ``augment`` N > 1: N test-time views per case, ``weight_sets`` N > 1: N sets of weights
         (``Predictor.segment``). A case whose predicted Dice of a
-        foreground class is below ``warn_dice`` (None: never; "predictor": the predictor's ``warn_dice``) gets a
-        warning line.
+        foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
+        line at all) gets a warning line.
         ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
         share the work and each writes only its own cases; the plan is still checked over every case.
@@ -720,6 +721,8 @@ class Predictor:
         check_int("seed", seed, low=0)
         augment = self.resolve_augment(augment)
         weight_sets = len(self.select_weights(weight_sets))
+        if isinstance(warn_dice, str) and warn_dice != "predictor":
+            raise ValueError(f"warn_dice must be a number in [0, 1], None or 'predictor', got {warn_dice!r}.")
         warn_dice = self.warn_dice if warn_dice == "predictor" else check_warn_dice(warn_dice)
         check_int("num_parts", num_parts)
         check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")

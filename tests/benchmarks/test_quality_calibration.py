@@ -59,8 +59,12 @@ def test_the_true_features_win_by_leave_one_out_and_the_bundle_reads_the_written
     assert product["leave_one_out"]["mae"] > 0.01  # nor the product rule, whose exponents differ
     written = json.loads((bundle / "configs" / "inference.json").read_text())["quality_calibration"]
     assert written == chosen["calibration"] and "validation.json" in written["chosen_on"]
+    threshold = json.loads((bundle / "configs" / "inference.json").read_text())["warn_dice"]
+    assert threshold == chosen["warning_line"]["warn_dice"] and chosen["warning_line"]["of"] == sum(
+        c["true"] < 0.9 for c in out["cases"]
+    )
     predictor = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
-    assert predictor.quality_calibration == check_calibration(written)
+    assert predictor.quality_calibration == check_calibration(written) and predictor.warn_dice == threshold
     assert json.loads((tmp_path / "q.json").read_text())["chosen"]["calibration"] == written
 
 

@@ -150,7 +150,8 @@ def test_evaluate_workflow_writes_dice_per_class(trained, tmp_path):
     assert predictor.view_options == bundle_view_options(trained["bundle"])  # the bundle's test-time views
     assert predictor.localization == bundle_localization(trained["bundle"]) and predictor.localization is not None
     assert predictor.quality_calibration == bundle_calibration(trained["bundle"]) is not None
-    assert predictor.warn_dice == bundle_warn_dice(trained["bundle"], None) is not None
+    declared = json.loads((trained["bundle"] / "configs" / "inference.json").read_text())["warn_dice"]
+    assert predictor.warn_dice == declared == bundle_warn_dice(trained["bundle"], None)
     workflow.run()
     workflow.finalize()
     report = json.loads((tmp_path / "dice.json").read_text())

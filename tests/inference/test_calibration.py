@@ -19,6 +19,7 @@ from medwidit.inference.calibration import (
     calibrated_dice,
     case_features,
     check_calibration,
+    check_warn_dice,
     fit_calibration,
 )
 from medwidit.inference.predictor import DEFAULT_WARN_DICE
@@ -48,6 +49,10 @@ def test_settings_are_checked_and_name_what_is_wrong():
         "intercept": 0.1, "weights": {"log_ensemble_dice": 0.8, "log_kept": 0.3}, "chosen_on": "17 cases",
     }  # fmt: skip
     assert check_calibration(PRODUCT_RULE) == PRODUCT_RULE
+    assert check_calibration({"weights": {"log_kept": np.float32(0.5)}})["weights"] == {"log_kept": 0.5}
+    assert check_warn_dice(np.float64(0.9)) == 0.9 and check_warn_dice(0) is None and check_warn_dice(None) is None
+    with pytest.raises(ValueError, match=r"^warn_dice must be in \[0, 1\] or None, got 1.5"):
+        check_warn_dice(1.5)
     bad = [
         ({"intercept": 0.1}, r"must be null or a mapping with intercept and weights"),
         ({"weights": {"log_ensemble_dice": 1}, "slope": 2}, r"must be null or a mapping with intercept and weights"),
@@ -75,6 +80,11 @@ def test_the_features_come_from_the_quality_report():
     assert case_features(_quality(volume=1500.0), 1)["volume_outside"] == 0.0  # inside the range
     assert case_features(_quality(volume=0.0), 1)["volume_outside"] == pytest.approx(math.log(1e3))  # capped
     assert case_features(_quality(volume=50.0, expected=None), 1)["volume_outside"] == 0.0  # no range declared
+    assert case_features(_quality(volume=50.0, expected=(0.0, 100.0)), 1)["volume_outside"] == 0.0  # a range from 0
+    assert case_features(_quality(volume=200.0, expected=(0.0, 100.0)), 1)["volume_outside"] == pytest.approx(
+        math.log(2)
+    )
+    assert case_features(_quality(volume=0.0, expected=(0.0, 100.0)), 1)["volume_outside"] == 0.0
     assert case_features(_quality(kept=None), 1)["log_kept"] == 0.0  # no localization pass: no evidence
     not_cut = _quality(kept=0.01)
     not_cut["localization"]["min_kept"] = 0.5  # below it the region cut nothing: the passes disagree, by how much not
@@ -108,6 +118,8 @@ def test_the_estimate_is_clipped_to_a_dice():
     model = {"intercept": 0.5, "weights": {"log_ensemble_dice": 1.0}}
     assert calibrated_dice({"log_ensemble_dice": math.log(0.9)}, model) == 1.0
     assert 0.0 <= calibrated_dice({"log_ensemble_dice": -1e6}, model) < 1e-300
+    assert calibrated_dice({"log_ensemble_dice": math.nan}, model) == 0.0  # an unreadable report: check the case
+    assert calibrated_dice({"log_ensemble_dice": math.inf}, model) == 0.0
 
 
 def test_applied_to_a_report_it_replaces_the_foreground_estimate_and_keeps_the_ensembles_own():
@@ -122,6 +134,7 @@ def test_applied_to_a_report_it_replaces_the_foreground_estimate_and_keeps_the_e
     assert out["calibration"]["weights"] == model["weights"]
     assert out["calibration"]["features"]["1"] == case_features(quality, 1)
     assert json.loads(json.dumps(out)) == out  # written beside the outputs as it is
+    assert apply_calibration(out, model) == out  # applied to its own output: the same report
 
 
 def _ball(tmp_path):
@@ -154,7 +167,7 @@ def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses
         Predictor(segmenter, **options, quality_calibration={"weights": {"x": 1.0}})
     with pytest.raises(ValueError, match=r"warn_dice must be in \[0, 1\] or None, got 1.5"):
         Predictor(segmenter, **options, warn_dice=1.5)
-    with pytest.raises(ValueError, match=r"warn_dice must be in \[0, 1\] or None, got 'bundle'"):
+    with pytest.raises(ValueError, match=r"warn_dice must be a number in \[0, 1\], None or 'predictor', got 'bundle'"):
         predictor.predict_from_files(path, tmp_path / "bad", progress=False, warn_dice="bundle", **FAST)
 
 
@@ -190,3 +203,23 @@ def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(
     path.write_text(json.dumps(config))
     bare = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)  # a bundle without them: the ensemble's own
     assert bare.quality_calibration is None and bare.warn_dice == DEFAULT_WARN_DICE
+
+
+def test_turning_the_calibration_off_also_leaves_its_threshold(tmp_path):
+    """The bundle's warn_dice was chosen for its calibrated estimate: a caller (or --no-calibration) who replaces the
+    calibration gets the ensemble's own estimate with the ensemble's threshold, and the run record says which."""
+    from medwidit.cli import main
+
+    off = Predictor.from_bundle(device="cpu", weight_sets=1, quality_calibration=None)
+    assert off.quality_calibration is None and off.warn_dice == DEFAULT_WARN_DICE
+    assert Predictor.from_bundle(device="cpu", weight_sets=1, quality_calibration=None, warn_dice=0.5).warn_dice == 0.5
+    source = save_nifti(tmp_path / "scan.nii.gz", np.ones((24, 24, 24), dtype=np.float32), affine=np.eye(4) * 2)
+    base = ["segment", "-i", str(source), "--steps", "1", "--samples", "1", "--weight-sets", "1", "--no-localize",
+            "--quiet", "--device", "cpu", "--save-quality"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "on")]) == 0
+    assert main([*base, "-o", str(tmp_path / "off"), "--no-calibration"]) == 0
+    for out, calibrated in (("on", True), ("off", False)):
+        quality = json.loads((tmp_path / out / "scan_quality.json").read_text())
+        record = json.loads((tmp_path / out / "medwidit_run.json").read_text())["sampling"]
+        assert ("ensemble_dice" in quality) == calibrated == (record["quality_calibration"] is not None)
+        assert record["warn_dice"] == (0.915 if calibrated else DEFAULT_WARN_DICE)

@@ -230,7 +230,7 @@ def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_set
     assert any(low) and all(f for f, b in zip(flags, low, strict=True) if b)  # every case below 0.9 flagged
     summary = trust["summary"]["2x1"]
     line = summary["calibrated_dice"]["with_volume_and_kept"]
-    assert line["flagged_of_those"] == sum(low) and line["false_flags"] == sum(flags) - sum(low)
+    assert line["flagged_of_those"] == sum(low) and line["false_flags"] == sum(flags) - sum(low) <= 3  # as recorded
     assert summary["with_volume"]["flagged_of_those"] < sum(low)  # the ensemble's own estimate and the volume
     assert (
         summary["calibrated_dice"]["spearman"] > summary["spearman"]
