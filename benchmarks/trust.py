@@ -42,7 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from _report import ROOT, environment, publish  # benchmarks/ is on sys.path when a script runs
+from _report import ROOT, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandBiasField
 from scipy import ndimage, stats
@@ -52,7 +52,7 @@ from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.calibration import apply_calibration
-from medwidit.inference.localize import foreground_region, kept_warning
+from medwidit.inference.localize import foreground_region, kept_warning, scale_disagreement
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.postprocess import apply_label_postprocessing
 from medwidit.inference.predictor import _invert_maps
@@ -78,7 +78,9 @@ STRENGTHS = {
     "noise": (0.05, 0.1, 0.2),
     "bias": (0.3, 0.6, 0.9),
 }
-MAPS = ("total", "aleatoric", "epistemic")
+MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement")
+# disagreement: the written _disagreement map (the localization pass against the ensemble); total_and_disagreement:
+# the total entropy in bits plus it (not written; the combination that ranked wrong voxels best on validation scans)
 
 
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
@@ -233,6 +235,10 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         split = decompose_entropy(members, groups=len(groups))
         probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
+        scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
+        if coarse is not None:
+            scored["disagreement"] = scale_disagreement(probability, coarse.probability)
+            scored["total_and_disagreement"] = entropy[0] / np.log(predictor.num_classes) + scored["disagreement"]
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
         quality = quality_report(written, affine, estimated_dice(members)[0].tolist(), maps, views=v,
@@ -257,7 +263,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "volume_ml": volume,
             "volume_flag": outside_expected(volume, bounds),
             "wrong_in_head": float(wrong.float().mean()),
-            "auroc": {k: auroc(torch.from_numpy(m)[head_t], wrong) for k, m in maps.items()},
+            "auroc": {k: auroc(torch.from_numpy(np.asarray(m))[head_t], wrong) for k, m in scored.items()},
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
             "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
         }
@@ -319,7 +325,7 @@ def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = Non
                 "kept_flags": int(kept.sum()),
                 "best_warn_threshold": _best_threshold(pred, low, volume | kept),
             },
-            "auroc_mean": {k: float(np.nanmean([r["auroc"][k] for r in rows])) for k in MAPS},
+            "auroc_mean": {k: float(np.nanmean([r["auroc"].get(k, np.nan) for r in rows])) for k in MAPS},
             "best_warn_threshold": _best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
             "scale_dice": None
@@ -459,7 +465,7 @@ def table(summary: dict) -> str:
     """The markdown table of a summary, one row per ensemble."""
     rows = [
         "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
-        "with the volume: flagged / false | AUROC total / alea. / epist. | ECE |",
+        "with the volume: flagged / false | AUROC total / alea. / epist. / disagreement / total + disagr. | ECE |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows += [
@@ -467,7 +473,7 @@ def table(summary: dict) -> str:
         f"{s['spearman']:.3f} | {s['mae']:.3f} | {s['bias']:+.3f} | "
         f"{s['flagged_of_those']}/{s['cases_below_warn']} | {s['false_flags']} | "
         f"{s['with_volume']['flagged_of_those']}/{s['cases_below_warn']} / {s['with_volume']['false_flags']} | "
-        + " / ".join(f"{s['auroc_mean'][k]:.3f}" for k in MAPS)
+        + " / ".join(fmt(s["auroc_mean"][k]) for k in MAPS)
         + f" | {s['ece_mean']:.4f} |"
         for key, s in summary.items()
     ]

@@ -110,7 +110,9 @@ def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
     assert main([*args, "--save-probabilities", "--save-uncertainty"]) == 0
     names = visible(out)
-    assert names == [f"good{s}.nii.gz" for s in ("", "_aleatoric", "_epistemic", "_probabilities", "_uncertainty")]
+    assert names == [
+        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_probabilities", "_uncertainty")
+    ]
     for name in names:
         np.testing.assert_array_equal(nib.load(out / name).affine, nib.load(inputs / "good_0000.nii.gz").affine)
     assert main(args) == 1 and "good.nii.gz: already exists" in capsys.readouterr().err
@@ -127,6 +129,7 @@ def test_save_figure_writes_a_png_beside_the_maps(setup):
     assert visible(out) == [
         "good.nii.gz",
         "good_aleatoric.nii.gz",
+        "good_disagreement.nii.gz",
         "good_epistemic.nii.gz",
         "good_figure.png",
         "good_uncertainty.nii.gz",
@@ -166,6 +169,7 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
     assert names == [
         "colin27_head_2mm_image.nii.gz",
         "colin27_head_2mm_image_aleatoric.nii.gz",
+        "colin27_head_2mm_image_disagreement.nii.gz",
         "colin27_head_2mm_image_epistemic.nii.gz",
         "colin27_head_2mm_image_figure.png",
         "colin27_head_2mm_image_uncertainty.nii.gz",
@@ -284,6 +288,8 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "augment": 1,
         "view_options": {},
         "localization": None,  # a bare checkpoint has none
+        "quality_calibration": None,  # nor a calibration: the ensemble's own estimate, with its threshold
+        "warn_dice": 0.955,
     }
     assert first["runtime"]["device"] == "cpu" and first["runtime"]["roi_size"] == [16, 16, 16]
     assert {"torch", "monai", "python"} <= set(first["environment"]) and first["medwidit"]

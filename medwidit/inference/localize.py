@@ -140,3 +140,13 @@ def kept_warning(localized: Mapping | None) -> str | None:
     if localized["kept"] < localized["warn_kept"]:
         return f"{held} (below {localized['warn_kept']:g}: the two grids disagree)"
     return None
+
+
+def scale_disagreement(probability: np.ndarray, coarse_probability: np.ndarray) -> np.ndarray:
+    """Where the localization pass and the full-resolution pass disagree, voxel by voxel: the total variation
+    distance between their class probabilities (K, *S), both on the input's grid, ``0.5 * sum_k |p_k - q_k|`` in
+    [0, 1] -> (*S) float32. The two grids fail differently, so it sees errors the members agree on (bundle docs)."""
+    if probability.shape != coarse_probability.shape:
+        raise ValueError(f"probabilities {probability.shape} and {coarse_probability.shape} are not on one grid.")
+    diff = np.abs(np.asarray(probability, np.float32) - np.asarray(coarse_probability, np.float32))
+    return (0.5 * diff.sum(axis=0)).astype(np.float32)

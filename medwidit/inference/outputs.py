@@ -11,8 +11,8 @@ interrupted run left, or redoes the case. The plan of every output path is check
     out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
 
 A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
-``<case>_epistemic`` (the parts of the entropy, with ``--save-uncertainty``), ``<case>_quality.json`` and
-``<case>_statistics.json``.
+``<case>_epistemic`` (the parts of the entropy) and ``<case>_disagreement`` (the localization pass against the full
+one), with ``--save-uncertainty``; ``<case>_quality.json`` and ``<case>_statistics.json``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".medwidit"
 DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
 MANIFEST = "manifest.json"
-ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic"}  # image kinds beside cases.OUTPUT_KINDS
+ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic", "disagreement": "_disagreement"}  # maps
 JSON_SUFFIXES = {"quality": "_quality.json", "statistics": "_statistics.json"}  # per-case JSON outputs
 DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 
@@ -92,9 +92,9 @@ def input_files(path: str | os.PathLike) -> list[Path]:
 
 
 def output_path(case, output_dir: str | os.PathLike, kind: str) -> Path:
-    """Where output ``kind`` of ``case`` (a ``cases.Case``) goes: ``case.output_path``'s kinds, the entropy parts
-    (``aleatoric``, ``epistemic``: images in the case's format), ``quality`` (``<case>_quality.json``) and
-    ``statistics`` (``<case>_statistics.json``)."""
+    """Where output ``kind`` of ``case`` (a ``cases.Case``) goes: ``case.output_path``'s kinds, the further maps
+    (``aleatoric``, ``epistemic``, ``disagreement``: images in the case's format), ``quality``
+    (``<case>_quality.json``) and ``statistics`` (``<case>_statistics.json``)."""
     if kind in JSON_SUFFIXES:
         return Path(output_dir) / f"{case.name}{JSON_SUFFIXES[kind]}"
     if kind in ENTROPY_PARTS:

@@ -44,7 +44,7 @@ from .io import (
     save_image,
     to_nibabel,
 )
-from .localize import bundle_localization, check_localization, foreground_region, kept_warning
+from .localize import bundle_localization, check_localization, foreground_region, kept_warning, scale_disagreement
 from .options import (
     autocast_dtype,
     autocast_model_fn,
@@ -61,6 +61,7 @@ from .options import (
     sampling_options,
 )
 from .outputs import (
+    ENTROPY_PARTS,
     CasePlan,
     check_plan,
     finish_interrupted,
@@ -101,6 +102,9 @@ class Segmentation:
     num_samples: int
     aleatoric: np.ndarray | None = None  # (*S) float32, expected entropy over the views' groups, nats
     epistemic: np.ndarray | None = None  # (*S) float32, mutual information between prediction and view, nats
+    # (*S) float32 in [0, 1]: the localization pass's class probabilities against these (total variation distance);
+    # None without the pass
+    disagreement: np.ndarray | None = None
     quality: dict = field(default_factory=dict)  # the per-case estimate (trust.quality_report), as in _quality.json
     class_names: list[str] | None = None  # the model's, background first (None: "class_k")
 
@@ -424,14 +428,17 @@ class Predictor:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         augment = self.resolve_augment(augment)
         views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
-        region = None
+        region, coarse = None, None
         if check_bool("localize", localize) and self.localization is not None:
             coarse = self._coarse_pass(array, geometry, generator, sampling)
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
-        return self._sample_case(
+        result = self._sample_case(
             array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
         )
+        if coarse is not None:
+            result.disagreement = scale_disagreement(result.probability, coarse.probability)
+        return result
 
     def localization_pass(
         self, image, *, affine=None, generator: torch.Generator | None = None, force_grid: bool = False, **sampling
@@ -692,10 +699,10 @@ class Predictor:
         ``save_quality`` adds ``<case>_quality.json`` (``Segmentation.quality``, also on each ``CaseResult``);
         ``save_statistics`` adds ``<case>_statistics.json``: voxels and volume (mL) per class of the written label map
         (``Segmentation.statistics``);
-        ``save_uncertainty`` writes the total entropy (``_uncertainty``) and its ``_aleatoric`` and ``_epistemic``
-        parts. ``augment`` N > 1: N test-time views per case, ``weight_sets`` N > 1: N sets of weights
-        (``Predictor.segment``). A case whose predicted Dice of a
-        foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
+        ``save_uncertainty`` writes the total entropy (``_uncertainty``), its ``_aleatoric`` and ``_epistemic``
+        parts and the localization pass's ``_disagreement`` (0 without the pass). ``augment`` N > 1: N test-time
+        views per case, ``weight_sets`` N > 1: N sets of weights (``Predictor.segment``). A case whose predicted Dice
+        of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
         line at all) gets a warning line.
         ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
         ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
@@ -729,7 +736,7 @@ class Predictor:
         output_dir = check_output_dir(output_dir)
         kinds = ["labels"] + ["probabilities"] * flags["save_probabilities"]
         kinds += (
-            ["uncertainty", "aleatoric", "epistemic"] * flags["save_uncertainty"]
+            ["uncertainty", *ENTROPY_PARTS] * flags["save_uncertainty"]
             + ["figure"] * flags["save_figure"]
             + ["quality"] * flags["save_quality"]
             + ["statistics"] * flags["save_statistics"]
@@ -813,6 +820,8 @@ class Predictor:
         """Stage every output of the case, then commit them and the marker last (``outputs.write_case``)."""
         arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
         arrays.update(aleatoric=result.aleatoric, epistemic=result.epistemic)
+        nothing = np.zeros_like(result.entropy)  # no localization pass: no disagreement, as one group has no epistemic
+        arrays["disagreement"] = nothing if result.disagreement is None else result.disagreement
         writes = {}
         for kind in kinds:
             path = output_path(case, plan.state_dir.parent, kind)
@@ -821,7 +830,7 @@ class Predictor:
             elif kind in ("quality", "statistics"):
                 writes[path] = partial(write_json, getattr(result, kind))
             else:
-                image_kind = "uncertainty" if kind in ("aleatoric", "epistemic") else kind  # float32 maps in nats
+                image_kind = "uncertainty" if kind in ENTROPY_PARTS else kind  # float32 maps
                 item = OutputImage(arrays[kind], result.geometry, path, image_kind, self.num_classes - 1)
                 writes[path] = partial(save_image, item)
         write_case(plan, writes, overwrite=overwrite)

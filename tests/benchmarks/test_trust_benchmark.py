@@ -74,15 +74,13 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
             0 <= s["mae"] <= 1
             and math.isfinite(s["ece_mean"])
             and set(s["auroc_mean"])
-            == {
-                "total",
-                "aleatoric",
-                "epistemic",
-            }
+            == {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement"}  # the bundle localizes
         )
+        assert 0 <= s["calibrated_dice"]["mae"] <= 1  # the bundle's calibration, scored beside its own estimate
     for case in report["cases"]:
         for e in case["ensembles"].values():
-            assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1
+            assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1 and 0 <= e["calibrated_dice"] <= 1
+            assert set(e["auroc"]) == {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement"}
             assert e["volume_flag"] == (not 900 <= e["volume_ml"] <= 2200)  # the shipped bundle's expected volume
     for s in report["summary"].values():  # the warning line's rule flags at least what the Dice estimate flags
         flags = sum(e["volume_flag"] for c in report["cases"] for k, e in c["ensembles"].items() if s is report[

@@ -305,3 +305,30 @@ def test_a_region_that_held_less_than_warn_kept_is_cut_and_named_in_the_cases_wa
     with caplog.at_level(logging.WARNING, logger="medwidit"):
         quiet.predict_from_files(path, tmp_path / "quiet", progress=False, warn_dice=0.5, **FAST)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_the_disagreement_map_is_the_two_passes_distance_and_zero_without_the_pass(tmp_path):
+    """``_disagreement``: the total variation distance between the localization pass's class probabilities and the
+    result's, voxel by voxel (the speck the 4 mm pass does not find: 1 there); written with the other maps, zeros
+    where no pass ran."""
+    import nibabel as nib
+
+    from medwidit.inference.localize import scale_disagreement
+
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 1000.0})  # the region holds everything: no cut
+    result = predictor.segment(path, generator=torch.Generator().manual_seed(3), **FAST)
+    coarse = predictor.localization_pass(path, generator=torch.Generator().manual_seed(3), **FAST)
+    expected = 0.5 * np.abs(result.probability - coarse.probability).sum(0)
+    assert np.allclose(result.disagreement, expected) and result.disagreement.dtype == np.float32
+    assert result.disagreement[34, 18, 18] == pytest.approx(1.0) and result.disagreement[12, 16, 16] == 0.0
+    assert 0.0 <= result.disagreement.min() and result.disagreement.max() <= 1.0
+    assert predictor.segment(path, localize=False, **FAST).disagreement is None
+    predictor.predict_from_files(path, tmp_path / "on", save_uncertainty=True, progress=False, **FAST)
+    written = np.asarray(nib.load(tmp_path / "on" / "scan_disagreement.nii.gz").dataobj)
+    assert written.shape == result.label_map.shape and written.max() == pytest.approx(1.0)
+    unlocalized = _oracle_predictor(None)
+    unlocalized.predict_from_files(path, tmp_path / "none", save_uncertainty=True, progress=False, **FAST)
+    assert not np.asarray(nib.load(tmp_path / "none" / "scan_disagreement.nii.gz").dataobj).any()
+    with pytest.raises(ValueError, match=r"not on one grid"):
+        scale_disagreement(result.probability, result.probability[:, :-1])

@@ -1,0 +1,85 @@
+"""Which uncertainty map finds the wrong voxels? Voxel AUROC for wrong voxels inside the head of each map the
+predictor gives, on validation scans only (never Colin27: trust.py's cases are the test).
+
+Cases: MNI152 2 mm (clean, and generalisation.py's coil field and inverted contrast), ROBEX's head (the same three),
+S1 (clean, coil field), MRHead and a head painted from a held-out label map; S1's and MRHead's truth is deepbet's
+mask (the validation convention of the bundle docs). Each is segmented as ``medwidit segment`` does, with the shipped
+bundle's defaults; the maps: the total entropy (``_uncertainty``), the epistemic part, the localization pass's
+``_disagreement``, and the total entropy in bits plus the disagreement.
+
+    python benchmarks/validation_maps.py --scans VAL --real REAL      # ~6 min of CPU
+
+Writes ``benchmarks/results/validation_maps.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from _report import ROOT, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
+from generalisation import variant
+from trust import head_mask
+
+from medwidit.datasets.brain import sources
+from medwidit.inference import Predictor
+from medwidit.inference.metrics import auroc
+
+BASES = {
+    "mni152_2mm": ("scans", "mni152_2mm_image.nii.gz", "mni152_2mm_label.nii.gz"),
+    "robex": ("cache", "robex_1.5mm_image.nii.gz", "robex_1.5mm_label.nii.gz"),
+    "s1": ("real", "s1_image.nii.gz", "s1_deepbet.nii.gz"),
+    "mrhead": ("real", "mrhead_image.nii.gz", "mrhead_deepbet.nii.gz"),
+    "painted_1": ("scans", "painted_1_image.nii.gz", "painted_1_label.nii.gz"),
+}
+CASES = [("mni152_2mm", None), ("mni152_2mm", "bias"), ("mni152_2mm", "contrast"), ("robex", None), ("robex", "bias"),
+         ("robex", "contrast"), ("s1", None), ("mrhead", None), ("painted_1", None), ("s1", "bias")]  # fmt: skip
+MAPS = ("total", "epistemic", "disagreement", "total_and_disagreement")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scans", type=Path, required=True, help="validation_cases.py's folder (MNI152, painted)")
+    parser.add_argument("--real", type=Path, required=True, help="S1's and MRHead's images and deepbet's masks")
+    parser.add_argument("--cache", type=Path, default=None, help="the brain cache, for ROBEX (default: medwidit's)")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "validation_maps.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cache = args.cache or Path(sources.default_cache_dir()) / "brain"
+    folders = {"scans": args.scans, "real": args.real, "cache": cache}
+    predictor = Predictor.from_bundle(device="cpu")
+    start, rows = time.process_time(), []
+    for base, shift in CASES:
+        where, image_name, truth_name = BASES[base]
+        clean = nib.load(folders[where] / image_name)
+        image = clean if shift is None else variant(shift, clean)
+        truth = np.asarray(nib.load(folders[where] / truth_name).dataobj) > 0
+        result = predictor.segment(np.asarray(image.dataobj, np.float32), affine=image.affine)
+        head = torch.from_numpy(head_mask(np.asarray(clean.dataobj, np.float32)))  # the clean scan's head
+        wrong = torch.from_numpy((result.label_map > 0) != truth)[head]
+        maps = {"total": result.entropy, "epistemic": result.epistemic, "disagreement": result.disagreement}
+        maps["total_and_disagreement"] = result.entropy / np.log(predictor.num_classes) + result.disagreement
+        found = result.label_map > 0
+        scores = {k: auroc(torch.from_numpy(np.asarray(m, np.float32))[head], wrong) for k, m in maps.items()}
+        dice = float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
+        row = {"case": base if shift is None else f"{base}_{shift}", "dice": dice, **scores}
+        print(row, flush=True)
+        rows.append(row)
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("dice", *MAPS)}
+    lines = ["| case | Dice | " + " | ".join(MAPS) + " |", "|---" * (2 + len(MAPS)) + "|"]
+    lines += [f"| {r['case']} | {fmt(r['dice'])} | " + " | ".join(fmt(r[k]) for k in MAPS) + " |" for r in rows]
+    lines.append("| **mean** | " + fmt(mean["dice"]) + " | " + " | ".join(fmt(mean[k]) for k in MAPS) + " |")
+    result = {"environment": environment(torch.device("cpu"), __file__), "cpu_seconds": time.process_time() - start,
+              "cases": rows, "mean": mean}  # fmt: skip
+    return publish(result, "\n".join(lines), args.output)
+
+
+if __name__ == "__main__":
+    main()
