@@ -55,11 +55,11 @@ __all__ = [
     "PRODUCT_RULE",
     "apply_calibration",
     "bundle_calibration",
+    "bundle_warn_dice",
     "calibrated_dice",
     "case_features",
     "check_calibration",
     "check_warn_dice",
-    "bundle_warn_dice",
     "fit_calibration",
 ]
 
