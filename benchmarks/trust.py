@@ -22,7 +22,10 @@ coarse pass's brain against its own, scored as one more per-case estimate. Repor
 Spearman and mean absolute error between predicted (``trust.estimated_dice``; also ``trust.expected_dice``) and true
 Dice of the brain, which cases a ``--warn-dice`` threshold flags (alone, and with the bundle's expected brain volume
 as the warning line has it), voxel AUROC of each map (total, aleatoric, epistemic entropy) for wrong voxels inside
-the head, and ECE inside the head (``medwidit.inference.metrics``). A case where no brain is found at all scores a
+the head (and, with the localization pass, of its ``_disagreement`` map and of the total entropy in bits plus it),
+and ECE inside the head (``medwidit.inference.metrics``). Where the bundle has a ``quality_calibration``, each
+ensemble also records ``calibrated_dice`` (the predictor's estimate of the same report) and the summary scores it
+with the whole warning line at the bundle's ``warn_dice``. A case where no brain is found at all scores a
 predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone gives 1: all members agree on nothing).
 
     python benchmarks/trust.py                      # the shipped bundle's 2 sets x 3 views at its CLI steps, ~40 min
