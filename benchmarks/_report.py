@@ -89,3 +89,17 @@ def write_json(result: dict, path: Path) -> None:
     """``result`` as indented JSON at ``path`` (folders made, written atomically, inf/NaN as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(finite(result), indent=1) + "\n"))
+
+
+def best_threshold(pred: np.ndarray, low: np.ndarray, also: np.ndarray | None = None) -> dict:
+    """The threshold on predicted Dice (0.80 .. 0.99 by 0.005) that flags every low case with the fewest false flags,
+    or, where none flags them all, the most low cases (ties: the lowest threshold); ``also``: cases flagged whatever
+    the threshold (the rest of the warning line: the volume, the localization's share). trust.py scores thresholds
+    with it, quality_calibration.py chooses a bundle's ``warn_dice`` with it."""
+    also = np.zeros_like(low) if also is None else also
+    rows = [
+        (t, int(((pred < t) | also)[low].sum()), int(((pred < t) | also)[~low].sum()))
+        for t in np.arange(0.8, 0.9901, 0.005)
+    ]
+    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2]))
+    return {"threshold": round(float(t), 3), "flagged": flagged, "of": int(low.sum()), "false_flags": false}

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _report import ROOT, fmt, write_json  # benchmarks/ is on sys.path when a script runs
+from _report import ROOT, best_threshold, fmt, write_json  # benchmarks/ is on sys.path when a script runs
 from scipy import stats
 
 from medwidit.inference.calibration import FEATURES, PRODUCT_RULE, calibrated_dice, case_features, fit_calibration
@@ -67,18 +67,6 @@ def scores(pred: np.ndarray, true: np.ndarray, warn: float) -> dict:
         "missed_below_warn": int(((true < warn) & (pred >= warn)).sum()),
         "false_flags": int(((true >= warn) & (pred < warn)).sum()),
     }
-
-
-def warn_threshold(pred: np.ndarray, true: np.ndarray, other: np.ndarray, warn: float) -> dict:
-    """The CLI's ``warn_dice`` for this estimate: the threshold (0.80 .. 0.99 by 0.005) at which the whole warning
-    line (the estimate below it, or ``other``) flags the most cases below ``warn``, then the fewest above it."""
-    low = true < warn
-    rows = []
-    for t in np.arange(0.8, 0.9901, 0.005):
-        line = (pred < t) | other
-        rows.append((round(float(t), 3), int(line[low].sum()), int(line[~low].sum())))
-    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2], -r[0]))
-    return {"warn_dice": t, "flagged": flagged, "of": int(low.sum()), "false_flags": false}
 
 
 def leave_one_out(rows: list[dict], names: tuple[str, ...]) -> np.ndarray:
@@ -134,7 +122,8 @@ def main(argv=None) -> dict:
     else:
         held_out = leave_one_out(rows, tuple(best["features"]))
     other = np.array([r["other_flag"] for r in rows])
-    threshold = warn_threshold(held_out, true, other, args.low_dice)
+    line = best_threshold(held_out, true < args.low_dice, other)  # the CLI's whole warning line
+    threshold = {"warn_dice": line.pop("threshold"), **line}
     sources = ", ".join(str(p) for p in args.results)
     model["chosen_on"] = f"{len(rows)} validation cases ({sources}); benchmarks/quality_calibration.py"
     result = {

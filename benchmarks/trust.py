@@ -45,7 +45,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from _report import ROOT, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
+from _report import ROOT, best_threshold, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
 from monai.data import MetaTensor
 from monai.transforms import Compose, RandBiasField
 from scipy import ndimage, stats
@@ -54,7 +54,6 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.calibration import apply_calibration
 from medwidit.inference.localize import foreground_region, kept_warning, scale_disagreement
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.postprocess import apply_label_postprocessing
@@ -66,7 +65,6 @@ from medwidit.inference.trust import (
     estimated_dice,
     expected_dice,
     outside_expected,
-    quality_report,
 )
 from medwidit.utils.files import sha256_file
 
@@ -244,11 +242,12 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             scored["total_and_disagreement"] = entropy[0] / np.log(predictor.num_classes) + scored["disagreement"]
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
-        quality = quality_report(written, affine, estimated_dice(members)[0].tolist(), maps, views=v,
-                                 num_samples=args.samples, weight_sets=w,
-                                 expected_volume_ml=predictor.expected_volume_ml)  # fmt: skip
-        quality["localization"] = out.get("localization")  # the predictor's report, as the CLI writes it
-        calibrated = apply_calibration(quality, predictor.quality_calibration)["predicted_dice"]["1"]
+        localized = out.get("localization") or {}
+        quality = predictor.case_quality(
+            written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
+            weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"),
+        )  # the predictor's report, as the CLI writes it  # fmt: skip
+        calibrated = quality["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
         volume = float(labels.eq(1).sum()) * voxel_ml  # the argmax's, before the label post-processing
@@ -319,17 +318,17 @@ def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = Non
                 "flagged_of_those": int(((pred < warn_dice) | volume)[low].sum()),
                 "false_flags": int(((pred < warn_dice) | volume)[~low].sum()),
                 "volume_flags": int(volume.sum()),
-                "best_warn_threshold": _best_threshold(pred, low, volume),
+                "best_warn_threshold": best_threshold(pred, low, volume),
             },
             # the whole warning line: also a localization region that held less than warn_kept (or was not applied)
             "with_volume_and_kept": {
                 "flagged_of_those": int(((pred < warn_dice) | volume | kept)[low].sum()),
                 "false_flags": int(((pred < warn_dice) | volume | kept)[~low].sum()),
                 "kept_flags": int(kept.sum()),
-                "best_warn_threshold": _best_threshold(pred, low, volume | kept),
+                "best_warn_threshold": best_threshold(pred, low, volume | kept),
             },
             "auroc_mean": {k: float(np.nanmean([r["auroc"].get(k, np.nan) for r in rows])) for k in MAPS},
-            "best_warn_threshold": _best_threshold(pred, low),
+            "best_warn_threshold": best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
             "scale_dice": None
             if any(r.get("scale_dice") is None for r in rows)
@@ -363,7 +362,7 @@ def _estimate_scores(
         "bias": float((pred - true).mean()),
         "flagged_of_those": int((pred[low] < warn_dice).sum()),
         "false_flags": int((pred[~low] < warn_dice).sum()),
-        "best_warn_threshold": _best_threshold(pred, low),
+        "best_warn_threshold": best_threshold(pred, low),
     }
     if also is not None:
         line = warn_dice if line is None else line
@@ -372,18 +371,6 @@ def _estimate_scores(
             "warn_dice": line, "flagged_of_those": int(flags[low].sum()), "false_flags": int(flags[~low].sum()),
         }  # fmt: skip
     return out
-
-
-def _best_threshold(pred: np.ndarray, low: np.ndarray, also: np.ndarray | None = None) -> dict:
-    """The threshold on predicted Dice (0.80 .. 0.99 by 0.005) that flags every low case with the fewest false flags,
-    or, where none flags them all, the most low cases; ``also``: cases flagged whatever the threshold (the volume)."""
-    also = np.zeros_like(low) if also is None else also
-    rows = [
-        (t, int(((pred < t) | also)[low].sum()), int(((pred < t) | also)[~low].sum()))
-        for t in np.arange(0.8, 0.9901, 0.005)
-    ]
-    t, flagged, false = max(rows, key=lambda r: (r[1], -r[2]))
-    return {"threshold": round(float(t), 3), "flagged": flagged, "of": int(low.sum()), "false_flags": false}
 
 
 def figures(cases: list[dict], summary: dict, output: Path) -> list[str]:

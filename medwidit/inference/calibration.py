@@ -38,10 +38,11 @@ The background class keeps the ensemble's own figure.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from medwidit.utils import is_finite_number
 
 from .options import read_inference_config
 
@@ -74,22 +75,18 @@ def check_calibration(spec: Mapping | None, source: str = "quality_calibration")
             f"{source} must be null or a mapping with intercept and weights (and optionally chosen_on), got {spec!r}."
         )
     intercept, weights = spec.get("intercept", 0.0), spec["weights"]
-    if not _is_number(intercept):
+    if not is_finite_number(intercept):
         raise ValueError(f"{source}: intercept must be a finite number, got {intercept!r}.")
     if not isinstance(weights, Mapping) or not weights:
         raise ValueError(f"{source}: weights must map features ({', '.join(FEATURES)}) to numbers, got {weights!r}.")
     unknown = sorted(set(weights) - set(FEATURES))
     if unknown:
         raise ValueError(f"{source}: unknown feature(s) {unknown}; known: {', '.join(FEATURES)}.")
-    bad = {k: v for k, v in weights.items() if not _is_number(v)}
+    bad = {k: v for k, v in weights.items() if not is_finite_number(v)}
     if bad:
         raise ValueError(f"{source}: weights must be finite numbers, got {bad!r}.")
     out = {"intercept": float(intercept), "weights": {k: float(weights[k]) for k in FEATURES if k in weights}}
     return out | ({"chosen_on": str(spec["chosen_on"])} if "chosen_on" in spec else {})
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bundle_calibration(bundle_dir) -> dict | None:
@@ -178,7 +175,7 @@ def check_warn_dice(value, source: str = "warn_dice") -> float | None:
     segment --warn-dice 0``); a ValueError names ``source``."""
     if value is None:
         return None
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
+    if not is_finite_number(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{source} must be in [0, 1] or None, got {value!r}.")
     return float(value) or None
 

@@ -16,12 +16,13 @@ disagree about much of the foreground, one of them is wrong.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from medwidit.utils import is_finite_number
 
 from .options import read_inference_config
 
@@ -49,27 +50,23 @@ def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "l
             + "."
         )
     spacing = spec["spacing"]
-    spacing = [spacing] * spatial_dims if _is_number(spacing) else spacing
+    spacing = [spacing] * spatial_dims if is_finite_number(spacing) else spacing
     ok = isinstance(spacing, Sequence) and not isinstance(spacing, str) and len(spacing) == spatial_dims
-    if not ok or not all(_is_number(s) and s > 0 for s in spacing):
+    if not ok or not all(is_finite_number(s) and s > 0 for s in spacing):
         raise ValueError(
             f"{source}: spacing must be a positive number of mm or {spatial_dims} of them, got {spec['spacing']!r}."
         )
     margin = spec["margin_mm"]
-    if not _is_number(margin) or margin < 0:
+    if not is_finite_number(margin) or margin < 0:
         raise ValueError(f"{source}: margin_mm must be a number of mm >= 0, got {margin!r}.")
     shares = {"min_kept": spec.get("min_kept", DEFAULT_MIN_KEPT), "warn_kept": spec.get("warn_kept", DEFAULT_WARN_KEPT)}
     for key, value in shares.items():
-        if not _is_number(value) or not 0 <= value <= 1:
+        if not is_finite_number(value) or not 0 <= value <= 1:
             raise ValueError(f"{source}: {key} must be a share in [0, 1], got {value!r}.")
     if shares["min_kept"] > shares["warn_kept"]:
         raise ValueError(f"{source}: min_kept {shares['min_kept']} is above warn_kept {shares['warn_kept']}.")
     out = {"spacing": [float(s) for s in spacing], "margin_mm": float(margin)}
     return out | {key: float(value) for key, value in shares.items()}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def bundle_localization(bundle_dir, spatial_dims: int = 3) -> dict | None:

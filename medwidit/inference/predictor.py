@@ -564,23 +564,15 @@ class Predictor:
             )  # fmt: skip
         split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
         maps = {"total": entropy[0], **split}
-        quality = quality_report(
-            label_map,
-            geometry.affine,
-            summary["estimated_dice"][0].tolist(),
-            maps,
-            views=augment,
-            num_samples=num_samples,
-            weight_sets=len(segmenters),
-            expected_volume_ml=self.expected_volume_ml,
-        )
-        quality["localization"] = None
+        kept = applied = None
         if region is not None:
             kept, applied = float(summary["region_kept"][0]), bool(summary["region_applied"][0])
-            quality["localization"] = {**self.localization, "kept": kept, "applied": applied}
             if not applied:  # the case's warning line says it too (predict_from_files, the CLI)
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
-        quality = apply_calibration(quality, self.quality_calibration)  # reads the localization's share
+        quality = self.case_quality(
+            label_map, geometry.affine, summary["estimated_dice"][0].tolist(), maps, views=augment,
+            num_samples=num_samples, weight_sets=len(segmenters), kept=kept, applied=applied,
+        )  # fmt: skip
         return Segmentation(
             label_map=label_map,
             probability=probability,
@@ -592,6 +584,20 @@ class Predictor:
             quality=quality,
             class_names=self.class_names,
         )
+
+    def case_quality(
+        self, label_map, affine, ensemble_dice, maps, *, views, num_samples, weight_sets, kept=None, applied=None
+    ) -> dict:
+        """A case's quality report as this predictor writes it: ``trust.quality_report`` of the written labels with
+        the ensemble's own Dice estimate per class, the localization entry (its settings, the share ``kept`` and
+        whether the region was ``applied``; None where no region was cut or offered), then ``quality_calibration``.
+        ``benchmarks/trust.py`` scores the same report."""
+        quality = quality_report(
+            label_map, affine, ensemble_dice, maps, views=views, num_samples=num_samples, weight_sets=weight_sets,
+            expected_volume_ml=self.expected_volume_ml,
+        )  # fmt: skip
+        localized = None if kept is None else {**self.localization, "kept": kept, "applied": applied}
+        return apply_calibration({**quality, "localization": localized}, self.quality_calibration)
 
     def select_weights(self, count: int | None) -> list[DiffusionSegmenter]:
         """The first ``count`` (None: ``sampling_defaults``'s ``weight_sets``) of ``segmenters``; a ValueError naming

@@ -3,7 +3,7 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_bool, check_int, check_range
+from .checks import check_bool, check_int, check_range, is_finite_number
 from .files import atomic_write, commit, image_grid, itk_ras_affine, sha256_file, temporary_path
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "check_range",
     "commit",
     "image_grid",
+    "is_finite_number",
     "itk_ras_affine",
     "sha256_file",
     "temporary_path",

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["check_bool", "check_int", "check_range"]
+import math
+import numbers
+
+__all__ = ["check_bool", "check_int", "check_range", "is_finite_number"]
+
+
+def is_finite_number(value) -> bool:
+    """A finite real number (numpy's too), never a bool: what a JSON config or a caller may give as a setting."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_bool(name: str, value) -> bool:
