@@ -7,12 +7,14 @@
         --base mni152_2mm VAL/mni152_2mm_image.nii.gz VAL/mni152_2mm_label.nii.gz --variants mni152_2mm contrast
     python benchmarks/speed.py --quick                 # tiny model and volume: seconds (the test)
 
-``compare`` runs each tool once in its own process on the shipped example and reads that process's CPU seconds
-(user + system, ``RUSAGE_CHILDREN``) and wall seconds: medwidit's ``segment`` with its defaults and the shipped
-bundle (this checkout, and ``--reference``: another checkout, e.g. a ``git worktree`` of the issue's baseline, with
-its own defaults; ``--same-flags``: both again with the same flags, which isolates what is not the defaults), one
+``compare`` runs each tool in its own process on the shipped example and reads that process's CPU seconds
+(user + system, ``RUSAGE_CHILDREN``) and wall seconds, ``--repeats`` rounds in which every timed tool runs once (the
+ratios are of the medians; ``_best`` of the fastest runs): medwidit's ``segment`` with its defaults and the shipped
+bundle, the same with ``--precision float32`` (what the default's CPU bf16 autocast gains), ``--reference``: another
+checkout, e.g. a ``git worktree`` of the issue's baseline, with its own defaults, and deepbet; once each:
+``--same-flags`` (both checkouts again with the same flags, which isolates what is not the defaults), one
 forward of MONAI's ``BasicUNet`` on the grid medwidit samples (padded to a multiple of 16),
-``python -m medwidit segment --help`` and ``import medwidit.inference`` (start-up), and deepbet through
+``python -m medwidit segment --help`` and ``import medwidit.inference`` (start-up). deepbet runs through
 ``benchmarks/tools/run_tool.py`` in the peers' environment. Dice of each mask against the example's reference, on
 its grid. ``curve`` measures Dice against CPU seconds (``time.process_time`` of ``Predictor.segment``, one
 process, model loaded once) on validation cases that are not the example: MNI152 (1 mm, from the brain-data cache,
@@ -111,11 +113,19 @@ def compare(args, folder: Path) -> dict:
         reference_model = ["--bundle", str(Path(args.reference) / BUNDLE.relative_to(ROOT))]
     else:
         reference_model = model
-    for _ in range(args.repeats):  # medwidit and the reference alternate, so that both see the same load
+    peers_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for repeat in range(args.repeats):  # every timed tool runs once per round, so that all see the same load
         rows.setdefault("medwidit", []).append(run_medwidit(ROOT, image, model, extra, args.threads, folder))
+        if not args.quick:  # the default's autocast (bf16 on a CPU with bf16 matmul hardware) against plain float32
+            row = run_medwidit(ROOT, image, model, [*extra, "--precision", "float32"], args.threads, folder)
+            rows.setdefault("medwidit_float32", []).append(row)
         if args.reference:
             ref = run_medwidit(Path(args.reference), image, reference_model, extra, args.threads, folder)
             rows.setdefault("medwidit_reference", []).append(ref)
+        if args.peers_python:
+            mask = folder / f"deepbet_mask_{repeat}.nii.gz"
+            command = [args.peers_python, str(RUNNER), "deepbet", str(image), str(mask), "--threads", str(args.threads)]
+            rows.setdefault("deepbet", []).append({**timed(command, peers_env), "mask": str(mask)})
     if args.same_flags:  # the encoding cache alone: both checkouts with the same explicit sampling flags
         flags = [*extra, *shlex.split(args.same_flags)]
         rows["medwidit_same_flags"] = [run_medwidit(ROOT, image, model, flags, args.threads, folder)]
@@ -127,10 +137,6 @@ def compare(args, folder: Path) -> dict:
     rows["startup_import"] = [timed([sys.executable, "-c", "import medwidit.inference, medwidit.cli"], env)]
     grid = [-(-s // 16) * 16 for s in nib.load(str(image)).shape[:3]]
     rows["basicunet_forward"] = [timed([sys.executable, "-c", BASICUNET, *map(str, grid), *map(str, unet)], env)]
-    if args.peers_python:
-        mask = folder / "deepbet_mask.nii.gz"
-        command = [args.peers_python, str(RUNNER), "deepbet", str(image), str(mask), "--threads", str(args.threads)]
-        rows["deepbet"] = [{**timed(command, {**os.environ, "OMP_NUM_THREADS": str(args.threads)}), "mask": str(mask)}]
     for runs in rows.values():
         for run in runs:
             if "mask" in run and "error" not in run:
@@ -140,20 +146,23 @@ def compare(args, folder: Path) -> dict:
 
 
 def ratios(runs: dict) -> dict:
-    """The issue's targets as ratios of CPU (and wall) seconds measured in this run."""
+    """The issue's targets as ratios of CPU (and wall) seconds measured in this run: of the medians over the rounds
+    (the figure to quote), and of the fastest runs (``_best``)."""
     done = {name: [r for r in found if "error" not in r] for name, found in runs.items()}  # a failed run is no time
-    best = {name: min(found, key=lambda r: r["cpu_seconds"]) for name, found in done.items() if found}
+    done = {name: found for name, found in done.items() if found}
     out = {}
-    if "deepbet" in best and "medwidit" in best:
-        out["medwidit_over_deepbet_cpu"] = best["medwidit"]["cpu_seconds"] / best["deepbet"]["cpu_seconds"]
+
+    def add(key: str, numerator: str, denominator: str, unit: str = "cpu") -> None:
+        if numerator in done and denominator in done:
+            seconds = {name: [r[f"{unit}_seconds"] for r in done[name]] for name in (numerator, denominator)}
+            out[key] = float(np.median(seconds[numerator]) / np.median(seconds[denominator]))
+            out[f"{key}_best"] = min(seconds[numerator]) / min(seconds[denominator])
+
+    add("medwidit_over_deepbet_cpu", "medwidit", "deepbet")
+    add("float32_over_medwidit_cpu", "medwidit_float32", "medwidit")
     for suffix in ("", "_same_flags"):
-        if f"medwidit_reference{suffix}" in best and f"medwidit{suffix}" in best:
-            for key in ("cpu", "wall"):
-                ref, new = (
-                    best[f"medwidit_reference{suffix}"][f"{key}_seconds"],
-                    best[f"medwidit{suffix}"][f"{key}_seconds"],
-                )
-                out[f"reference_over_medwidit{suffix}_{key}"] = ref / new
+        for unit in ("cpu", "wall"):
+            add(f"reference_over_medwidit{suffix}_{unit}", f"medwidit_reference{suffix}", f"medwidit{suffix}", unit)
     return out
 
 
@@ -268,7 +277,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference", help="another medwidit checkout to time beside this one (its own defaults)")
     parser.add_argument("--same-flags", help="also run both checkouts with these flags, e.g. '--steps 10 --samples 4'")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="medwidit runs per checkout (the fastest counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds: each timed tool runs once per round (ratios of the medians)"
+    )
     parser.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp_2m"])
     parser.add_argument("--steps", type=int, nargs="+", default=[3, 5, 10])
     parser.add_argument("--samples", type=int, nargs="+", default=[2, 4])

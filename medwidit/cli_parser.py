@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="auto",
         choices=("auto", "float32", "bfloat16", "float16"),
-        help="network autocast on CUDA (default auto: bfloat16 where supported)",
+        help="network autocast (default auto: bfloat16 on CUDA where supported, else float16; bfloat16 on a CPU with "
+        "bf16 matmul hardware, AMX or AVX512-BF16; float32 elsewhere)",
     )
     seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")

@@ -16,3 +16,14 @@ def restore_logging():
     state = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = state
+
+
+@pytest.fixture(autouse=True)
+def float32_on_any_cpu(monkeypatch):
+    """``precision="auto"`` autocasts to bfloat16 on a CPU with bf16 matmul hardware (AMX: this project's CI machine)
+    and runs float32 on others; in-process tests expect the same numbers on every host, so they see a CPU without it.
+    The tests of that choice fake the hardware query themselves; tests that run the CLI in a subprocess get the
+    host's choice."""
+    from medwidit.inference import options
+
+    monkeypatch.setattr(options, "cpu_has_bf16_matmul", lambda: False)

@@ -227,6 +227,27 @@ def test_segment_without_a_model_uses_the_shipped_bundle_and_says_so(tmp_path, c
     np.testing.assert_array_equal(*same)
 
 
+@pytest.mark.parametrize("hardware, dtype", [(True, "bfloat16"), (False, "float32")])
+def test_default_precision_on_a_cpu_follows_its_bf16_hardware_and_the_record_says_which(
+    setup, capsys, monkeypatch, hardware, dtype
+):
+    """``--precision auto`` (the default) on a CPU: bfloat16 autocast where the CPU multiplies bf16 in hardware,
+    float32 elsewhere; the first log line and the run record name what ran, and ``--precision float32`` overrides."""
+    from medwidit.inference import options
+
+    tmp_path, inputs, checkpoint = setup
+    monkeypatch.setattr(options, "cpu_has_bf16_matmul", lambda: hardware)
+    for name, extra, expected in (("auto", [], dtype), ("float32", ["--precision", "float32"], "float32")):
+        out = tmp_path / name
+        loud = [arg for arg in FAST if arg != "--quiet"]
+        assert main(["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *loud, *extra]) == 0
+        assert f"on cpu ({expected});" in capsys.readouterr().err.splitlines()[0]
+        runtime = json.loads((out / "medwidit_run.json").read_text())["runtime"]
+        assert runtime["precision"] == name
+        assert runtime["autocast_dtype"] == (None if expected == "float32" else expected)
+        assert visible(out) == ["good.nii.gz"]
+
+
 def test_an_unknown_bundle_is_one_line_naming_it_and_the_shipped_ones(setup, capsys):
     tmp_path, inputs, _ = setup
     code = main(

@@ -29,7 +29,8 @@ __all__ = ["DiffusionSamplingInferer"]
 
 class DiffusionSamplingInferer(Inferer):
     """Ensemble diffusion sampling as a MONAI inferer; ``seed`` seeds a CPU generator per call, as the predictor does
-    for each case. ``precision`` is the predictor's (``auto``: bfloat16/float16 autocast on CUDA, float32 on CPU).
+    for each case. ``precision`` is the predictor's (``auto``: bfloat16/float16 autocast on CUDA, bfloat16 on a CPU
+    with bf16 matmul hardware, float32 elsewhere; ``medwidit.inference.options.autocast_dtype``).
     ``extra_segmenters``: further weights sampled after the network's own (``Predictor.segment(weight_sets=...)``;
     a bundle's ``extra_weights``), each moved to the inputs' device."""
 

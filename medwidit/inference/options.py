@@ -30,6 +30,7 @@ __all__ = [
     "PRECISIONS",
     "SAMPLING_DEFAULTS",
     "autocast_dtype",
+    "cpu_has_bf16_matmul",
     "bundle_extra_weights",
     "bundle_options",
     "check_grid",
@@ -91,16 +92,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16), where oneDNN runs bf16 matmuls
+    faster than float32; elsewhere bf16 is emulated and slower. torch has no public query for it (torch.cpu's
+    ``_is_*_supported`` are private), so a torch without them reads as False."""
+    queries = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in queries)
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The network's autocast dtype for ``precision`` on ``device``; None means plain float32."""
+    """The network's autocast dtype for ``precision`` on ``device``; None means plain float32.
+
+    ``auto``: bfloat16 on CUDA where supported, else float16; on a CPU, bfloat16 where it has bf16 matmul hardware
+    (:func:`cpu_has_bf16_matmul`: 1.6-1.7x faster WiDiT forwards on this project's AMX CPU), else float32. float16
+    autocast is CUDA only; MPS runs float32.
+    """
     look_up_option(precision, PRECISIONS)  # the error names the choices; its return value is the dtype, not the name
-    if device.type != "cuda":
-        if precision in ("bfloat16", "float16"):
-            logger.warning("precision %s is only used on CUDA; running float32 on %s.", precision, device)
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None if precision == "float32" else PRECISIONS[precision]
+    if device.type == "cuda":
+        if precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None if precision == "float32" else PRECISIONS[precision]
+    if device.type == "cpu" and precision in ("auto", "bfloat16"):
+        return torch.bfloat16 if precision == "bfloat16" or cpu_has_bf16_matmul() else None
+    if precision in ("bfloat16", "float16"):
+        logger.warning("precision %s is not used on %s; running float32.", precision, device)
+    return None
 
 
 def autocast_model_fn(model_fn: Callable, device_type: str, dtype: torch.dtype | None) -> Callable:

@@ -153,8 +153,9 @@ class Predictor:
         max_whole_voxels: run the network on the whole volume when batch x voxels is at most this memory budget
             (default ``sliding.DEFAULT_WHOLE_VOXELS``, independent of ``sw_batch_size``); 0 forces windows.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: network autocast dtype, ``auto`` (bfloat16 on CUDA where supported, else float16; float32 on
-            CPU), ``float32``, ``bfloat16`` or ``float16``. Sampler arithmetic and window blending stay float32.
+        precision: network autocast dtype, ``auto`` (bfloat16 on CUDA where supported, else float16; bfloat16 on a
+            CPU with bf16 matmul hardware, AMX or AVX512-BF16, else float32), ``float32``, ``bfloat16`` (on CUDA or
+            any CPU) or ``float16`` (CUDA). Sampler arithmetic and window blending stay float32.
         label_postprocessing: MONAI label-map steps applied after the argmax (``medwidit.inference.postprocess``; a
             bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
         class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).

@@ -94,3 +94,20 @@ def test_a_failing_run_is_recorded_not_raised(tmp_path):
 def test_bad_section_is_a_usage_error(bad):
     with pytest.raises(SystemExit):
         speed.parse_args(bad)
+
+
+def test_ratios_are_of_the_medians_over_rounds_and_of_the_fastest_runs_without_failed_ones():
+    def run(cpu, wall=1.0, **extra):
+        return {"cpu_seconds": cpu, "wall_seconds": wall, **extra}
+
+    runs = {
+        "medwidit": [run(10.0), run(30.0), run(20.0)],
+        "medwidit_float32": [run(26.0), run(24.0), run(40.0)],
+        "deepbet": [run(5.0), run(1.0, error="crashed"), run(10.0)],
+        "startup_help": [run(0.1)],
+    }
+    ratios = speed.ratios(runs)
+    assert ratios["medwidit_over_deepbet_cpu"] == pytest.approx(20.0 / 7.5)  # a failed run is no time
+    assert ratios["medwidit_over_deepbet_cpu_best"] == pytest.approx(10.0 / 5.0)
+    assert ratios["float32_over_medwidit_cpu"] == pytest.approx(26.0 / 20.0)
+    assert not any(key.startswith("reference") for key in ratios)  # no reference was timed

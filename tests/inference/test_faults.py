@@ -22,7 +22,8 @@ from medwidit.inference.io import OutputImage, read_image
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"steps": 1, "num_samples": 1}
-CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
+# float32: the in-process references these runs are compared with see a CPU without bf16 hardware (conftest)
+CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu", "--precision", "float32"]
 AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
 
 UNCERTAINTY_OUTPUTS = ["scan.nii.gz", "scan_aleatoric.nii.gz", "scan_disagreement.nii.gz", "scan_epistemic.nii.gz",

@@ -18,8 +18,8 @@ from inference_volumes import (
 )
 
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
-from medwidit.inference import InputError, OutputError, Predictor, resolve_device, segment
-from medwidit.inference.options import autocast_dtype
+from medwidit.inference import InputError, OutputError, Predictor, options, resolve_device, segment
+from medwidit.inference.options import autocast_dtype, cpu_has_bf16_matmul
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
 FAST = {"steps": 2, "num_samples": 2}
@@ -229,9 +229,48 @@ def test_precision_names_map_to_autocast_dtypes_on_cuda(monkeypatch, precision, 
     value (the dtype), which was then used as a key. Only torch.cuda.is_bf16_supported is faked; no GPU is needed."""
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert autocast_dtype(torch.device("cuda"), precision) == expected
-    assert autocast_dtype(torch.device("cpu"), precision) is None
     with pytest.raises(ValueError, match="bfloat16"):
         autocast_dtype(torch.device("cuda"), "half")
+
+
+@pytest.mark.parametrize(
+    "device, precision, hardware, expected",
+    [
+        ("cpu", "auto", True, torch.bfloat16),
+        ("cpu", "auto", False, None),
+        ("cpu", "bfloat16", False, torch.bfloat16),
+        ("cpu", "float32", True, None),
+        ("cpu", "float16", True, None),
+        ("mps", "auto", True, None),
+        ("mps", "bfloat16", True, None),
+    ],
+)
+def test_cpu_autocasts_to_bfloat16_only_with_bf16_matmul_hardware_or_when_asked(
+    monkeypatch, caplog, device, precision, hardware, expected
+):
+    """``auto`` on a CPU: bfloat16 where it multiplies bf16 in hardware (AMX or AVX512-BF16; elsewhere bf16 is
+    emulated and slower), float32 otherwise; ``bfloat16`` is honoured on any CPU; float16 autocast is CUDA's only and
+    MPS runs float32, each saying so. Only the hardware query is faked."""
+    monkeypatch.setattr(options, "cpu_has_bf16_matmul", lambda: hardware)
+    with caplog.at_level("WARNING", logger=options.__name__):
+        assert autocast_dtype(torch.device(device), precision) == expected
+    said = [r.getMessage() for r in caplog.records]
+    if expected is None and precision in ("bfloat16", "float16"):
+        assert said == [f"precision {precision} is not used on {device}; running float32."]
+    else:
+        assert said == []
+
+
+def test_cpu_bf16_hardware_query_answers_a_bool_on_this_torch(monkeypatch):
+    """The query reads torch.cpu's private capability functions; a torch that renamed them must read as False (float32),
+    never raise. (The name imported at collection is the real query; conftest fakes the module's.)"""
+    assert isinstance(cpu_has_bf16_matmul(), bool)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_has_bf16_matmul() is True
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.delattr(torch.cpu, name)
+    assert cpu_has_bf16_matmul() is False
 
 
 def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(tmp_path, checkpoint, volume):
@@ -249,7 +288,7 @@ def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(t
         return out
 
     predictor.segmenter.net.forward = spy
-    predictor.autocast_dtype = torch.bfloat16  # what precision="auto" picks on a bf16-capable GPU
+    predictor.autocast_dtype = torch.bfloat16  # what precision="auto" picks on a bf16-capable GPU or CPU
     result = predictor.segment(source, **FAST)
     assert set(seen) == {torch.bfloat16}
     assert result.probability.dtype == np.float32
