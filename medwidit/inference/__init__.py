@@ -1,11 +1,12 @@
 """medwidit.inference: whole volumes and files -- stitched sliding-window sampling, uncertainty, the predictor, I/O."""
 
 from .cases import Case, find_cases
+from .files import CaseResult
 from .inferer import DiffusionSamplingInferer
 from .io import IMAGE_SUFFIXES, ImageGeometry, InputError, OutputError, read_image
 from .options import resolve_device
 from .outputs import write_image, write_images
-from .predictor import CaseResult, Predictor, Segmentation, segment
+from .predictor import Predictor, Segmentation, segment
 from .sliding import SlidingWindowDenoiser, gaussian_weight_map, sample_ensemble
 from .uncertainty import summarize_ensemble
 

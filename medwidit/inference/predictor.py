@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,21 +29,14 @@ from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
 from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
-from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
-from .figure import save_overlay_figure
+from .files import CaseResult, predict_from_files
 from .io import (
     ImageGeometry,
     InputError,
-    OutputError,
-    OutputImage,
-    check_output_dir,
-    one_line,
-    read_image,
     read_input,
-    save_image,
     to_nibabel,
 )
-from .localize import bundle_localization, check_localization, foreground_region, kept_warning, scale_disagreement
+from .localize import bundle_localization, check_localization, foreground_region, scale_disagreement
 from .options import (
     autocast_dtype,
     autocast_model_fn,
@@ -58,18 +50,6 @@ from .options import (
     resolve_bundle,
     resolve_device,
     sampling_defaults,
-    sampling_options,
-)
-from .outputs import (
-    ENTROPY_PARTS,
-    CasePlan,
-    check_plan,
-    finish_interrupted,
-    is_finished,
-    output_path,
-    plan_case,
-    write_case,
-    write_json,
 )
 from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
 from .sliding import SlidingWindowDenoiser, sample_ensemble
@@ -128,18 +108,6 @@ class Segmentation:
     @property
     def uncertainty(self) -> nib.Nifti1Image:
         return to_nibabel(self.entropy, self.geometry, "uncertainty")
-
-
-@dataclass
-class CaseResult:
-    """What ``predict_from_files`` did with one case: ``status`` is done, skipped or failed (with ``message``)."""
-
-    name: str
-    status: str
-    outputs: list[Path] = field(default_factory=list)
-    message: str | None = None
-    seconds: float = 0.0
-    quality: dict | None = None  # the case's quality estimate (Segmentation.quality), when it was segmented
 
 
 class Predictor:
@@ -664,190 +632,9 @@ class Predictor:
     # files
     ##################################################################################################################
 
-    def predict_from_files(
-        self,
-        inputs: str | os.PathLike | Sequence[str | os.PathLike],
-        output_dir: str | os.PathLike,
-        *,
-        overwrite: bool = False,
-        resume: bool = False,
-        save_probabilities: bool = False,
-        save_uncertainty: bool = False,
-        save_figure: bool = False,
-        save_quality: bool = False,
-        save_statistics: bool = False,
-        progress: bool = True,
-        steps: int | None = None,
-        num_samples: int | None = None,
-        overlap: float | None = None,
-        sampler: str | None = None,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
-        shared_steps: int | None = None,
-        seed: int = 0,
-        modality_pattern: str | None = DEFAULT_MODALITY_PATTERN,
-        force_grid: bool = False,
-        augment: int | None = None,
-        weight_sets: int | None = None,
-        warn_dice: float | None | str = "predictor",
-        num_parts: int = 1,
-        part_id: int = 0,
-    ) -> list[CaseResult]:
-        """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
-
-        Each case is one unit (``outputs``): all its files appear, with a marker written last, or none. A case with
-        existing outputs fails unless ``overwrite`` (replace) or ``resume`` (skip finished cases, finish or redo
-        unfinished ones; with ``overwrite`` too, an unfinished case's files are replaced). Options (``steps``,
-        ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``) are checked, and
-        every output path is planned against every input, before the first case runs. A bad case fails alone with a
-        one-line message.
-        Each case's ensemble is seeded with ``seed``, so results do not depend on the order or subset of cases.
-        ``save_figure`` adds ``<case>_figure.png``: three orthogonal slices with the label overlay and uncertainty.
-        ``save_quality`` adds ``<case>_quality.json`` (``Segmentation.quality``, also on each ``CaseResult``);
-        ``save_statistics`` adds ``<case>_statistics.json``: voxels and volume (mL) per class of the written label map
-        (``Segmentation.statistics``);
-        ``save_uncertainty`` writes the total entropy (``_uncertainty``), its ``_aleatoric`` and ``_epistemic``
-        parts and the localization pass's ``_disagreement`` (0 without the pass). ``augment`` N > 1: N test-time
-        views per case, ``weight_sets`` N > 1: N sets of weights (``Predictor.segment``). A case whose predicted Dice
-        of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
-        line at all) gets a warning line.
-        ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
-        ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
-        share the work and each writes only its own cases; the plan is still checked over every case.
-        """
-        # a bundle's command line hands these over as words ("false"), and bool("false") is True
-        flags = {
-            "overwrite": overwrite,
-            "resume": resume,
-            "force_grid": force_grid,
-            "save_probabilities": save_probabilities,
-            "save_uncertainty": save_uncertainty,
-            "save_figure": save_figure,
-            "save_quality": save_quality,
-            "save_statistics": save_statistics,
-        }
-        flags = {name: check_bool(name, value) for name, value in flags.items()}
-        overwrite, resume, force_grid = flags["overwrite"], flags["resume"], flags["force_grid"]
-        sampling = self.resolve_sampling(steps, num_samples, overlap)
-        shared_steps = self.resolve_shared_steps(shared_steps, sampling[0])
-        options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
-        self.check_options(**options)
-        check_int("seed", seed, low=0)
-        augment = self.resolve_augment(augment)
-        weight_sets = len(self.select_weights(weight_sets))
-        if isinstance(warn_dice, str) and warn_dice != "predictor":
-            raise ValueError(f"warn_dice must be a number in [0, 1], None or 'predictor', got {warn_dice!r}.")
-        warn_dice = self.warn_dice if warn_dice == "predictor" else check_warn_dice(warn_dice)
-        check_int("num_parts", num_parts)
-        check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
-        output_dir = check_output_dir(output_dir)
-        kinds = ["labels"] + ["probabilities"] * flags["save_probabilities"]
-        kinds += (
-            ["uncertainty", *ENTROPY_PARTS] * flags["save_uncertainty"]
-            + ["figure"] * flags["save_figure"]
-            + ["quality"] * flags["save_quality"]
-            + ["statistics"] * flags["save_statistics"]
-        )
-        cases = find_cases(inputs, num_modalities=self.num_modalities, modality_pattern=modality_pattern)
-        plans = {
-            c.name: plan_case(output_dir, c.name, [output_path(c, output_dir, k) for k in kinds])
-            for c in cases
-            if c.problem is None
-        }
-        check_plan(list(plans.values()), [f for c in cases for f in c.files])
-        share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
-        results: list[CaseResult] = []
-        for case in (c for c in cases if id(c) in share):
-            start = time.perf_counter()
-            try:
-                result = self._predict_case(
-                    case,
-                    plans.get(case.name),
-                    kinds,
-                    overwrite,
-                    resume,
-                    {
-                        **options,
-                        "progress": progress,
-                        "force_grid": force_grid,
-                        "augment": augment,
-                        "weight_sets": weight_sets,
-                    },
-                    seed,
-                )
-                _warn_case(result, warn_dice)
-            except KeyboardInterrupt:
-                done = sum(r.status == "done" for r in results)
-                logger.error(
-                    "interrupted during case %s (what this run had written of it is removed); the %d case(s) "
-                    "finished before it are complete.",
-                    case.name,
-                    done,
-                )
-                raise
-            result.seconds = time.perf_counter() - start
-            results.append(result)
-        return results
-
-    def _predict_case(self, case: Case, plan: CasePlan | None, kinds, overwrite, resume, options, seed) -> CaseResult:
-        outputs = [output_path(case, plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
-        try:
-            if case.problem is not None:
-                raise InputError(case.problem)
-            if resume and is_finished(plan):
-                logger.info("%s: done before, skipped", case.name)
-                return CaseResult(case.name, "skipped", outputs)
-            if (resume or overwrite) and finish_interrupted(plan, overwrite=overwrite, finish=resume):
-                return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
-            case.check_modalities(self.num_modalities)
-            existing = [path for path in plan.files if path.exists()]
-            if existing and not overwrite:
-                hint = (
-                    " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
-                    "--overwrite with --continue to redo it"
-                    if resume
-                    else "; pass overwrite=True (--overwrite) to replace it or resume=True (--continue) to skip "
-                    "finished cases"
-                )
-                raise OutputError(f"{existing[0]}: already exists{hint}.")
-            result = self.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
-            self._write_case(case, plan, kinds, result, overwrite)
-        except (InputError, OSError) as e:
-            logger.error("%s", e)
-            return CaseResult(case.name, "failed", message=str(e))
-        except Exception as e:  # one bad case must not stop the others; the traceback goes to the debug log
-            logger.debug("case %s failed", case.name, exc_info=True)
-            message = f"{case.files[0]}: {type(e).__name__}: {one_line(e)}"
-            logger.error("%s", message)
-            return CaseResult(case.name, "failed", message=message)
-        logger.info("%s: wrote %s", case.name, ", ".join(path.name for path in plan.files))
-        return CaseResult(case.name, "done", outputs, quality=result.quality)
-
-    def _write_case(self, case: Case, plan: CasePlan, kinds, result: Segmentation, overwrite: bool) -> None:
-        """Stage every output of the case, then commit them and the marker last (``outputs.write_case``)."""
-        arrays = {"labels": result.label_map, "probabilities": result.probability, "uncertainty": result.entropy}
-        arrays.update(aleatoric=result.aleatoric, epistemic=result.epistemic)
-        nothing = np.zeros_like(result.entropy)  # no localization pass: no disagreement, as one group has no epistemic
-        arrays["disagreement"] = nothing if result.disagreement is None else result.disagreement
-        writes = {}
-        for kind in kinds:
-            path = output_path(case, plan.state_dir.parent, kind)
-            if kind == "figure":
-                writes[path] = partial(self._figure, case, result)
-            elif kind in ("quality", "statistics"):
-                writes[path] = partial(write_json, getattr(result, kind))
-            else:
-                image_kind = "uncertainty" if kind in ENTROPY_PARTS else kind  # float32 maps
-                item = OutputImage(arrays[kind], result.geometry, path, image_kind, self.num_classes - 1)
-                writes[path] = partial(save_image, item)
-        write_case(plan, writes, overwrite=overwrite)
-
-    @staticmethod
-    def _figure(case: Case, result: Segmentation, staged: Path) -> None:
-        image, geometry = read_image(case.files[0])
-        save_overlay_figure(
-            staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty, title=case.name
-        )
+    # the case loop over files and folders is .files.predict_from_files, a function of the predictor (this class is
+    # about one image); bound here as the method users call, with its signature and docs
+    predict_from_files = predict_from_files
 
 
 def _load_checkpoint(path: str | os.PathLike) -> tuple[DiffusionSegmenter, dict]:
@@ -880,29 +667,6 @@ def _check_companion(primary: DiffusionSegmenter, extra, index: int) -> Diffusio
                 f"{fact(primary)}; an ensemble's weights must sample the same task on the same windows."
             )
     return extra
-
-
-def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
-    """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
-    has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
-    less than ``warn_kept`` of the full-resolution foreground; ``warn_dice`` None: none."""
-    if warn_dice is None or result.quality is None:
-        return
-    dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
-    low = [f"class {k} {v:.3f}" for k, v in dice.items() if k != "0" and v < warn_dice]
-    shown = f"{warn_dice:.2f}" if round(warn_dice, 2) == warn_dice else f"{warn_dice:.3f}"  # 0.915 not as 0.92
-    problems = ([f"predicted Dice below {shown} ({', '.join(low)})"] if low else []) + (
-        [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
-    )
-    problems += [
-        f"class {k} volume {v['volume_ml']:.0f} mL outside the expected {v['expected_ml'][0]:.0f}-"
-        f"{v['expected_ml'][1]:.0f} mL"
-        for k, v in result.quality.get("unexpected_volumes", {}).items()
-    ]
-    disagree = kept_warning(result.quality.get("localization"))
-    problems += [disagree] if disagree else []
-    if problems:
-        logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))
 
 
 def _view_steps(callback: Callable[[dict], None], steps: int, info: dict) -> None:
