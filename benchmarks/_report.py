@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import medwidit
+from medwidit.inference.options import cpu_has_bf16_matmul
 from medwidit.utils import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +70,8 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
         "medwidit": medwidit.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        # precision="auto" autocasts CPU predictors to bf16 on such a CPU (since 262a40a; float32 before)
+        "cpu_bf16_matmul": cpu_has_bf16_matmul(),
         "commit": git("rev-parse", "HEAD"),
         "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
         "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),

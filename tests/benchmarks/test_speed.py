@@ -39,6 +39,7 @@ def test_compare_quick(tmp_path):
     assert record["ratios"]["reference_over_medwidit_cpu"] > 0
     assert record["ratios"]["reference_over_medwidit_same_flags_wall"] > 0
     assert "| medwidit |" in record["markdown"]
+    assert isinstance(record["environment"]["cpu_bf16_matmul"], bool)  # whether "auto" ran bf16 on this CPU
 
 
 def test_curve_quick_and_its_knee(tmp_path):

@@ -233,52 +233,76 @@ def test_precision_names_map_to_autocast_dtypes_on_cuda(monkeypatch, precision, 
         autocast_dtype(torch.device("cuda"), "half")
 
 
+EMULATED = "precision bfloat16 on a CPU without bf16 matmul hardware: emulated, likely slower than float32."
+
+
 @pytest.mark.parametrize(
-    "device, precision, hardware, expected",
+    "device, precision, hardware, expected, said",
     [
-        ("cpu", "auto", True, torch.bfloat16),
-        ("cpu", "auto", False, None),
-        ("cpu", "bfloat16", False, torch.bfloat16),
-        ("cpu", "float32", True, None),
-        ("cpu", "float16", True, None),
-        ("mps", "auto", True, None),
-        ("mps", "bfloat16", True, None),
+        ("cpu", "auto", True, torch.bfloat16, None),
+        ("cpu", "auto", False, None, None),
+        ("cpu", "bfloat16", True, torch.bfloat16, None),
+        ("cpu", "bfloat16", False, torch.bfloat16, EMULATED),
+        ("cpu", "float32", True, None, None),
+        ("cpu", "float16", True, None, "precision float16 is not used on cpu; running float32."),
+        ("cpu", "float16", False, None, "precision float16 is not used on cpu; running float32."),
+        ("mps", "auto", True, None, None),
+        ("mps", "bfloat16", True, None, "precision bfloat16 is not used on mps; running float32."),
+        ("mps", "float16", True, None, "precision float16 is not used on mps; running float32."),
     ],
 )
 def test_cpu_autocasts_to_bfloat16_only_with_bf16_matmul_hardware_or_when_asked(
-    monkeypatch, caplog, device, precision, hardware, expected
+    monkeypatch, caplog, device, precision, hardware, expected, said
 ):
-    """``auto`` on a CPU: bfloat16 where it multiplies bf16 in hardware (AMX or AVX512-BF16; elsewhere bf16 is
-    emulated and slower), float32 otherwise; ``bfloat16`` is honoured on any CPU; float16 autocast is CUDA's only and
+    """``auto`` on a CPU: bfloat16 where it multiplies bf16 in hardware (AMX or AVX512-BF16), float32 otherwise;
+    ``bfloat16`` is honoured on any CPU, saying so where it is emulated (slower); float16 autocast is CUDA's only and
     MPS runs float32, each saying so. Only the hardware query is faked."""
     monkeypatch.setattr(options, "cpu_has_bf16_matmul", lambda: hardware)
     with caplog.at_level("WARNING", logger=options.__name__):
         assert autocast_dtype(torch.device(device), precision) == expected
-    said = [r.getMessage() for r in caplog.records]
-    if expected is None and precision in ("bfloat16", "float16"):
-        assert said == [f"precision {precision} is not used on {device}; running float32."]
-    else:
-        assert said == []
+    assert [r.getMessage() for r in caplog.records] == ([said] if said else [])
 
 
-def test_cpu_bf16_hardware_query_answers_a_bool_on_this_torch(monkeypatch):
-    """The query reads torch.cpu's private capability functions; a torch that renamed them must read as False (float32),
-    never raise. (The name imported at collection is the real query; conftest fakes the module's.)"""
+def test_cpu_bf16_hardware_query_reads_the_capabilities_and_never_raises(monkeypatch):
+    """The query reads ``torch.cpu.get_capabilities()`` (AMX-BF16 or AVX512-BF16; AMX tiles alone do not multiply
+    bf16), else torch.cpu's older private queries; no oneDNN, no query or a failing one reads as False (float32),
+    never an error. (The name imported at collection is the real query; conftest fakes the module's.)"""
     assert isinstance(cpu_has_bf16_matmul(), bool)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    for capabilities, expected in (
+        ({"amx_tile": True, "amx_bf16": False, "avx512_bf16": False}, False),
+        ({"amx_tile": True, "amx_bf16": True}, True),
+        ({"avx512_bf16": True}, True),
+        ({}, False),
+    ):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c, raising=False)
+        assert cpu_has_bf16_matmul() is expected, capabilities
+
+    def broken():
+        raise RuntimeError("cpuinfo failed")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", broken, raising=False)
+    assert cpu_has_bf16_matmul() is False
+    monkeypatch.delattr(torch.cpu, "get_capabilities")  # an older torch: the private queries
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert cpu_has_bf16_matmul() is True
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.delattr(torch.cpu, name)
     assert cpu_has_bf16_matmul() is False
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True}, raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert cpu_has_bf16_matmul() is False  # bf16 matmuls on a CPU are oneDNN's
 
 
 def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(tmp_path, checkpoint, volume):
-    """The CUDA autocast path, exercised with CPU bfloat16: the network's matmuls run in bf16, the windows blend and
-    the scheduler steps in float32, and the maps stay close to a float32 run."""
+    """``precision="bfloat16"`` on a CPU (what ``auto`` picks on a CPU with bf16 hardware or a bf16-capable GPU): the
+    network's matmuls run in bf16, the windows blend and the scheduler steps in float32, and the maps stay close to a
+    float32 run."""
     source = save_nifti(tmp_path / "case.nii.gz", volume)
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0)
-    reference = predictor.segment(source, **FAST)
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0).segment(source, **FAST)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0, precision="bfloat16")
+    assert predictor.autocast_dtype == torch.bfloat16
     seen = []
     net_forward = predictor.segmenter.net.forward
 
@@ -288,7 +312,6 @@ def test_autocast_runs_the_network_in_low_precision_and_the_sampler_in_float32(t
         return out
 
     predictor.segmenter.net.forward = spy
-    predictor.autocast_dtype = torch.bfloat16  # what precision="auto" picks on a bf16-capable GPU or CPU
     result = predictor.segment(source, **FAST)
     assert set(seen) == {torch.bfloat16}
     assert result.probability.dtype == np.float32
@@ -323,7 +346,7 @@ def test_public_wrap_and_invert_compose_to_segment(tmp_path):
     def model_fn(x, t, cond):
         return torch.ones(1, 1) @ torch.ones(1, 1)
 
-    assert predictor.wrap_model_fn(model_fn) is model_fn  # float32 on CPU: nothing to wrap
+    assert predictor.wrap_model_fn(model_fn) is model_fn  # float32 (conftest's CPU has no bf16 hardware): no wrap
     predictor.autocast_dtype = torch.bfloat16
     assert predictor.wrap_model_fn(model_fn)(None, None, None).dtype == torch.bfloat16
 
