@@ -1,15 +1,18 @@
 """Cost of WiDiT's pixel head (PixelDiT pathway, ``head="pixel"``) as a ratio to the patch head, in one run.
 
-For each model (default: the shipped bundle's network at its 64^3 training crop, and the phantom benchmark's network
-at 32^3) every head is built in one fresh process, warmed up once, then timed round-robin (``--repeats`` rounds), so
-a busy neighbour slows them alike: one training step (forward + backward, batch ``--batch``) and one sampling call
-(DDIM ``--steps`` steps of one volume, no gradients, as the bundle validates). That is done in ``--processes``
-processes and their median counts (one process's memory layout alone moved a ratio by 10-15 percent on this VM).
-The clock is process CPU time on one thread. Memory: each (model, head, kind) runs once in a fresh subprocess; the
-extra peak resident memory over the resident memory just before it (VmHWM - VmRSS, as ``backbone.py``). Ratios are
+For each model (default: the shipped bundle's network at its 64^3 training crop, and the phantom benchmark's network at
+32^3) every head is built in one fresh process, warmed up once, then timed round-robin (``--repeats`` rounds), so a busy
+neighbour slows them alike: one training step (forward + backward, batch ``--batch``) and one sampling call (DDIM
+``--steps`` steps of one volume, no gradients, as the bundle validates). That is done in ``--processes`` processes and
+their median counts (one process's memory layout alone moved a ratio by 10-15 percent on this VM). The clock is process
+CPU time on one thread. ``--precision bfloat16`` samples under CPU bf16 autocast, as ``precision="auto"`` does on a CPU
+with bf16 matmul hardware (training stays float32). Memory: each (model, head, kind) runs once in a fresh subprocess;
+the extra peak resident memory over the resident memory just before it (VmHWM - VmRSS, as ``backbone.py``). Ratios are
 against the patch head of the same model, measured in the same run. Writes benchmarks/results/head_cost.json.
 
     python benchmarks/head_cost.py            # about 10 CPU minutes
+    python benchmarks/head_cost.py --models bundle --heads patch,pixel-4-1-r2 --repeats 5 --precision bfloat16 \
+        --output benchmarks/results/head_cost_bf16.json
 """
 
 from __future__ import annotations
@@ -81,8 +84,12 @@ def build(spec: dict):
         segmenter.loss(images, labels, generator=generator)["loss"].backward()
         segmenter.zero_grad(set_to_none=True)
 
+    # sampling under the CPU autocast that precision="auto" picks on a CPU with bf16 matmul hardware (the network's
+    # ops run in bf16, the scheduler's stay float32 as in the predictor); training stays float32, as the bundle's
+    autocast = spec.get("precision", "float32") == "bfloat16"
+
     def sample() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             segmenter.sample(images[:1], steps=spec["steps"], generator=generator)
 
     return train_step, sample
@@ -159,6 +166,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps per sampling call (the bundle's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="sampling under CPU bf16 autocast (the default CLI's on a CPU with bf16 hardware); training float32",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=3,
@@ -184,7 +197,10 @@ def main() -> None:
         raise ValueError(f"--heads must start with the reference 'patch', got {args.heads!r}.")
     rows = []
     for model in args.models.split(","):
-        specs = [{"model": model, "head": h, "batch": args.batch, "steps": args.steps} for h in heads]
+        specs = [
+            {"model": model, "head": h, "batch": args.batch, "steps": args.steps, "precision": args.precision}
+            for h in heads
+        ]
         runs = [time_in_process(specs, args) for _ in range(args.processes)]
         for spec, timing in zip(specs, combine_processes(runs), strict=True):
             memory = {

@@ -54,6 +54,33 @@ def test_head_cost_builds_a_spec_with_a_timestep_suffix():
     train_step()
 
 
+@pytest.mark.parametrize("precision, autocast", [("bfloat16", True), ("float32", False)])
+def test_head_cost_samples_under_cpu_bf16_only_when_asked_and_always_trains_in_float32(precision, autocast):
+    """--precision bfloat16 times sampling as the default CLI runs it on a CPU with bf16 hardware: every network call
+    of the sampling call runs under CPU bf16 autocast; the training step never does."""
+    import torch
+    from torch.nn.modules.module import register_module_forward_hook
+
+    seen = []  # (autocast on, its dtype) at each WiDiT call
+
+    def hook(module, args, out):
+        if isinstance(module, WiDiT):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+
+    handle = register_module_forward_hook(hook)
+    try:
+        spec = {"model": "phantoms", "head": "pixel-4-1", "batch": 1, "steps": 2, "precision": precision}
+        train_step, sample = head_cost.build(spec)
+        train_step()
+        trained, seen[:] = list(seen), []
+        sample()
+    finally:
+        handle.remove()
+    assert [on for on, _ in trained] == [False]
+    assert len(seen) == 2 and all(on == autocast for on, _ in seen)
+    assert not autocast or {dtype for _, dtype in seen} == {torch.bfloat16}
+
+
 def test_the_mlp_ratio_option_reaches_the_token_blocks():
     """--mlp-ratio was parsed and never passed on (the network kept WiDiT's 4.0 whatever was asked)."""
     args = learn_phantoms.parse_args(["--mlp-ratio", "2", "--hidden", "32", "--depth", "1"])
