@@ -30,12 +30,7 @@ from medwidit.utils import check_bool, check_int
 
 from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
 from .files import CaseResult, predict_from_files
-from .io import (
-    ImageGeometry,
-    InputError,
-    read_input,
-    to_nibabel,
-)
+from .io import ImageGeometry, InputError, read_input, to_nibabel
 from .localize import bundle_localization, check_localization, foreground_region, scale_disagreement
 from .options import (
     autocast_dtype,
