@@ -72,11 +72,27 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         # precision="auto" autocasts CPU predictors to bf16 on such a CPU (since 262a40a; float32 before)
         "cpu_bf16_matmul": cpu_has_bf16_matmul(),
+        # CPU timings move with the processor, not only its core count (an AMD EPYC and an Intel Xeon of the same
+        # 2 cores ran the default CLI 1.7x apart)
+        "cpu_model": cpu_model(),
         "commit": git("rev-parse", "HEAD"),
         "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
         "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
         "load_average_start": os.getloadavg(),
     }
+
+
+def cpu_model() -> str:
+    """The processor's name as Linux reports it (``/proc/cpuinfo``'s first "model name"), else ``platform.processor()``
+    (which is often just the architecture)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def publish(result: dict, table: str, path: Path) -> dict:

@@ -301,6 +301,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--variants picks among the --base scans and their variants: give --base too")
     if args.quick and args.section == "curve" and argv is None:
         args.steps, args.samples = [1, 2], [1, 2]
+    # the tools run from a temporary folder (see `timed`): paths relative to the caller's folder would name nothing
+    # there; absolute, not resolved, so that a venv's interpreter link stays the venv's
+    for name in ("peers_python", "reference"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
     return args
 
 

@@ -40,6 +40,7 @@ def test_compare_quick(tmp_path):
     assert record["ratios"]["reference_over_medwidit_same_flags_wall"] > 0
     assert "| medwidit |" in record["markdown"]
     assert isinstance(record["environment"]["cpu_bf16_matmul"], bool)  # whether "auto" ran bf16 on this CPU
+    assert record["environment"]["cpu_model"]  # which processor: CPU timings differ between them
 
 
 def test_curve_quick_and_its_knee(tmp_path):
@@ -89,6 +90,19 @@ def test_curve_covers_shared_steps_below_the_step_count(tmp_path):
 def test_a_failing_run_is_recorded_not_raised(tmp_path):
     run = speed.timed([sys.executable, "-c", "import sys; sys.exit('no such tool')"], {})
     assert run["error"] == "no such tool" and run["cpu_seconds"] >= 0
+
+
+def test_relative_tool_paths_are_made_absolute_for_runs_from_a_temporary_folder(tmp_path, monkeypatch):
+    """Regression: `--peers-python .cache/peers-venv/bin/python` was run from the temporary folder, and deepbet's
+    first round raised FileNotFoundError there."""
+    venv_python = tmp_path / "peers" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)  # a venv's interpreter is a link: it must stay one, not be resolved
+    monkeypatch.chdir(tmp_path)
+    args = speed.parse_args(["--peers-python", "peers/bin/python", "--reference", "checkout"])
+    assert args.peers_python == str(venv_python)
+    assert args.reference == str(tmp_path / "checkout")
+    assert speed.parse_args([]).peers_python is None
 
 
 @pytest.mark.parametrize("bad", [["--section", "nope"]])
