@@ -72,8 +72,8 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         # precision="auto" autocasts CPU predictors to bf16 on such a CPU (since 262a40a; float32 before)
         "cpu_bf16_matmul": cpu_has_bf16_matmul(),
-        # CPU timings move with the processor, not only its core count (an AMD EPYC and an Intel Xeon of the same
-        # 2 cores ran the default CLI 1.7x apart)
+        # CPU timings move with the processor as well as the load, not only with the core count: results from
+        # different machines are not one series
         "cpu_model": cpu_model(),
         "commit": git("rev-parse", "HEAD"),
         "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),

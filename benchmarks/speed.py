@@ -302,10 +302,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick and args.section == "curve" and argv is None:
         args.steps, args.samples = [1, 2], [1, 2]
     # the tools run from a temporary folder (see `timed`): paths relative to the caller's folder would name nothing
-    # there; absolute, not resolved, so that a venv's interpreter link stays the venv's
+    # there; absolute, not resolved, so that a venv's interpreter link stays the venv's. A bare command name
+    # (`python3`) is left to the PATH lookup.
     for name in ("peers_python", "reference"):
-        if getattr(args, name):
-            setattr(args, name, os.path.abspath(getattr(args, name)))
+        value = getattr(args, name)
+        if value and (os.sep in value or (os.altsep and os.altsep in value)):
+            setattr(args, name, os.path.abspath(value))
     return args
 
 

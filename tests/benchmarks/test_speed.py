@@ -103,6 +103,7 @@ def test_relative_tool_paths_are_made_absolute_for_runs_from_a_temporary_folder(
     assert args.peers_python == str(venv_python)
     assert args.reference == str(tmp_path / "checkout")
     assert speed.parse_args([]).peers_python is None
+    assert speed.parse_args(["--peers-python", "python3"]).peers_python == "python3"  # a command on PATH stays one
 
 
 @pytest.mark.parametrize("bad", [["--section", "nope"]])
