@@ -302,12 +302,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick and args.section == "curve" and argv is None:
         args.steps, args.samples = [1, 2], [1, 2]
     # the tools run from a temporary folder (see `timed`): paths relative to the caller's folder would name nothing
-    # there; absolute, not resolved, so that a venv's interpreter link stays the venv's. A bare command name
-    # (`python3`) is left to the PATH lookup.
-    for name in ("peers_python", "reference"):
-        value = getattr(args, name)
-        if value and (os.sep in value or (os.altsep and os.altsep in value)):
-            setattr(args, name, os.path.abspath(value))
+    # there; absolute, not resolved, so that a venv's interpreter link stays the venv's. The reference is a folder;
+    # an interpreter given as a bare command name (`python3`) is left to the PATH lookup.
+    if args.reference:
+        args.reference = os.path.abspath(args.reference)
+    if args.peers_python and (os.sep in args.peers_python or (os.altsep and os.altsep in args.peers_python)):
+        args.peers_python = os.path.abspath(args.peers_python)
     return args
 
 
