@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -200,11 +199,12 @@ def main() -> None:
                 row["memory_ratio"] = row["peak_mem_mb"] / max(reference["peak_mem_mb"], 1e-9)
     print(table(rows))
     import torch
+    from _report import cpu_model  # here, not at the top: the workers import this module and need none of it
 
     result = {
         "benchmark": "backbone forward+backward, WiDiT 3D",
         "device": args.device,
-        "host": platform.processor() or platform.machine(),
+        "host": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "model": model,

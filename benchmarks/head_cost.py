@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -215,6 +214,7 @@ def main() -> None:
                     row[key.replace("_peak_mem_mb", "_memory") + "_ratio"] = round(row[key] / reference[key], 3)
             print(json.dumps(row), flush=True)
     import torch
+    from _report import cpu_model  # here, not at the top: the workers import this module and need none of it
 
     result = {
         "benchmark": "pixel head vs patch head: training step (forward+backward) and DDIM sampling, CPU",
@@ -226,7 +226,7 @@ def main() -> None:
         "clock": "process CPU time, one thread, best of the round-robin repeats (median also given) in each of "
         "--processes fresh processes; the figures are the medians over processes",
         "memory": "fresh process per (model, head, kind): peak RSS (VmHWM) minus RSS just before the call",
-        "host": platform.processor() or platform.machine(),
+        "host": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],

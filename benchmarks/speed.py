@@ -306,7 +306,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # an interpreter given as a bare command name (`python3`) is left to the PATH lookup.
     if args.reference:
         args.reference = os.path.abspath(args.reference)
-    if args.peers_python and (os.sep in args.peers_python or (os.altsep and os.altsep in args.peers_python)):
+    if args.peers_python and os.path.dirname(args.peers_python):
         args.peers_python = os.path.abspath(args.peers_python)
     return args
 
