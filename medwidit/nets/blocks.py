@@ -152,7 +152,12 @@ class PixelBlock(nn.Module):
         voxels than RMSNorm, a product and a sum, at the same values."""
         mean_square = _mean_square(x, dim=-1)  # (B, *S, 1)
         u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps).to(x.dtype) * scale_plus_one)
-        return x + self.mlp(u)  # (B, *S, D)
+        mlp = self.mlp
+        # fc1 read column-major: with as few input channels as the head's (4), the CPU's GEMM on the (out, in) row-major
+        # weight runs at half the speed (0.52 against 0.26 ms a slab on the benchmark's CPU); the same values up to
+        # rounding, and no change at 8 or more channels
+        hidden = mlp.act(nn.functional.linear(u, mlp.fc1.weight.t().contiguous().t(), mlp.fc1.bias))
+        return x + mlp.fc2(hidden)  # (B, *S, D)
 
 
 def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -269,10 +274,10 @@ class PixelHead(nn.Module):
         h = h + _depthwise(self.stem_mix, h)
         if self.blocks:
             s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
-            bias = self._modulation_bias()
+            modulation = self._modulation()
             rows = _slab_rows(h, grid)
             if rows >= grid[0]:
-                h = self._refine(h, s, grid, bias)
+                h = self._refine(h, s, grid, modulation)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
                 row = math.prod(grid[1:])  # tokens per row of the first grid axis
                 p0 = self.patch_size[0]
@@ -280,7 +285,8 @@ class PixelHead(nn.Module):
                 for g in range(0, grid[0], rows):
                     n = min(rows, grid[0] - g)
                     slab = (n, *grid[1:])
-                    slabs.append(self._refine(h[:, g * p0 : (g + n) * p0], s[:, g * row : (g + n) * row], slab, bias))
+                    part = h[:, g * p0 : (g + n) * p0]
+                    slabs.append(self._refine(part, s[:, g * row : (g + n) * row], slab, modulation))
                 h = torch.cat(slabs, dim=1)
         h = h + _depthwise(self.mix, h)  # (B, *S, D)
         return self._final(h)  # (B, out, *S)
@@ -312,19 +318,27 @@ class PixelHead(nn.Module):
         out = torch.addcmul(linear.bias.view(1, -1, 1), out, torch.rsqrt(mean_square + norm.eps).to(out.dtype))
         return out.view(b, -1, *spatial)
 
-    def _modulation_bias(self) -> torch.Tensor:
-        """The modulation's bias with 1 added to every scale: per token, voxel of its patch and block, the Linear
-        then gives (shift, 1 + scale)."""
-        bias = self.modulation.bias
-        one = torch.tensor([0.0, 1.0], dtype=bias.dtype, device=bias.device)
-        return (bias.view(-1, 2, self.dim) + one.view(1, 2, 1)).view(-1)
+    def _modulation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The modulation's (weight, bias), their outputs reordered from (voxel of the patch, pair, D) to (pair, voxel
+        of the patch, D), with 1 added to every scale's bias: per token the Linear then gives each block's shift and
+        1 + scale, and a voxel map's rows of D channels lie side by side along the patch's last axis, which makes
+        the permute to voxel order copy runs of p D values instead of D (about 9x faster; the same values)."""
+        nd, pairs, weight = len(self.patch_size), 2 * len(self.blocks), self.modulation.weight
+        order = [nd, *range(nd), nd + 1]
+        bias = self.modulation.bias.view(*self.patch_size, pairs // 2, 2, self.dim)
+        bias = bias + torch.tensor([0.0, 1.0], dtype=bias.dtype, device=bias.device).view(2, 1)
+        bias = bias.reshape(*self.patch_size, pairs, self.dim).permute(order).reshape(-1)
+        weight = weight.view(*self.patch_size, pairs, self.dim, -1).permute(*order, nd + 2).reshape(-1, weight.shape[1])
+        return weight, bias
 
-    def _refine(self, h: torch.Tensor, s: torch.Tensor, grid: tuple[int, ...], bias: torch.Tensor) -> torch.Tensor:
+    def _refine(
+        self, h: torch.Tensor, s: torch.Tensor, grid: tuple[int, ...], modulation: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """The pixel blocks on voxels (B, *S, D) under their tokens' conditioning s (B, T, C), S = grid * patch;
-        ``bias`` = :meth:`_modulation_bias`."""
+        ``modulation`` = :meth:`_modulation`."""
         b, nd, pairs = h.shape[0], len(grid), 2 * len(self.blocks)
-        m = nn.functional.linear(s, self.modulation.weight, bias).view(b, *grid, *self.patch_size, pairs, self.dim)
-        order = [2 * nd + 1, 0] + [v for a in range(nd) for v in (1 + a, 1 + nd + a)] + [2 * nd + 2]
+        m = nn.functional.linear(s, *modulation).view(b, *grid, pairs, *self.patch_size, self.dim)
+        order = [nd + 1, 0] + [v for a in range(nd) for v in (1 + a, nd + 2 + a)] + [2 * nd + 2]
         m = m.permute(order).reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
         for k, block in enumerate(self.blocks):
             h = block.modulated(h, m[2 * k], m[2 * k + 1])  # (B, *S, D)
