@@ -154,8 +154,8 @@ class PixelBlock(nn.Module):
         u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps).to(x.dtype) * scale_plus_one)
         mlp = self.mlp
         # fc1 read column-major: with as few input channels as the head's (4), the CPU's GEMM on the (out, in) row-major
-        # weight runs at half the speed (0.52 against 0.26 ms a slab on the benchmark's CPU); the same values up to
-        # rounding, and no change at 8 or more channels
+        # weight runs at half the speed (0.52 against 0.26 ms a slab on an AMD EPYC); the same values up to rounding,
+        # and no gain (nor loss beyond the timing noise) at 8 or 16 channels
         hidden = mlp.act(nn.functional.linear(u, mlp.fc1.weight.t().contiguous().t(), mlp.fc1.bias))
         return x + mlp.fc2(hidden)  # (B, *S, D)
 
@@ -322,7 +322,7 @@ class PixelHead(nn.Module):
         """The modulation's (weight, bias), their outputs reordered from (voxel of the patch, pair, D) to (pair, voxel
         of the patch, D), with 1 added to every scale's bias: per token the Linear then gives each block's shift and
         1 + scale, and a voxel map's rows of D channels lie side by side along the patch's last axis, which makes
-        the permute to voxel order copy runs of p D values instead of D (about 9x faster; the same values)."""
+        the permute to voxel order copy runs of p * D values instead of D (about 9x faster; the same values)."""
         nd, pairs, weight = len(self.patch_size), 2 * len(self.blocks), self.modulation.weight
         order = [nd, *range(nd), nd + 1]
         bias = self.modulation.bias.view(*self.patch_size, pairs // 2, 2, self.dim)
