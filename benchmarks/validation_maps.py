@@ -5,7 +5,10 @@ Cases: MNI152 2 mm (clean, and generalisation.py's coil field and inverted contr
 S1 (clean, coil field), MRHead and a head painted from a held-out label map; S1's and MRHead's truth is deepbet's
 mask (the validation convention of the bundle docs). Each is segmented as ``medwidit segment`` does, with the shipped
 bundle's defaults; the maps: the total entropy (``_uncertainty``), the epistemic part, the localization pass's
-``_disagreement``, and the total entropy in bits plus the disagreement.
+``_disagreement``, and the total entropy in bits plus the disagreement. Two more, not written by the CLI: the total
+entropy smoothed by a Gaussian of ``SMOOTH_MM`` (a candidate: a voxel near an ambiguous boundary is itself doubtful),
+and ``boundary_proximity``, minus the distance in mm to the predicted brain's surface, a reference that knows nothing
+but the label map's geometry: a map that ranks wrong voxels no better than it adds nothing to the label map.
 
     python benchmarks/validation_maps.py --scans VAL --real REAL      # ~6 min of CPU
 
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 from _report import ROOT, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
 from generalisation import variant
+from scipy import ndimage
 from trust import head_mask
 
 from medwidit.datasets.brain import sources
@@ -38,7 +42,8 @@ BASES = {
 }
 CASES = [("mni152_2mm", None), ("mni152_2mm", "bias"), ("mni152_2mm", "contrast"), ("robex", None), ("robex", "bias"),
          ("robex", "contrast"), ("s1", None), ("mrhead", None), ("painted_1", None), ("s1", "bias")]  # fmt: skip
-MAPS = ("total", "epistemic", "disagreement", "total_and_disagreement")
+MAPS = ("total", "epistemic", "disagreement", "total_and_disagreement", "total_smoothed", "boundary_proximity")
+SMOOTH_MM = 2.0  # total_smoothed's Gaussian sigma: the best of 1, 2, 4 and 8 mm, once on the 17 validation cases
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +72,9 @@ def main(argv=None) -> dict:
         maps = {"total": result.entropy, "epistemic": result.epistemic, "disagreement": result.disagreement}
         maps["total_and_disagreement"] = result.entropy / np.log(predictor.num_classes) + result.disagreement
         found = result.label_map > 0
+        spacing = [float(z) for z in image.header.get_zooms()[:3]]
+        maps["total_smoothed"] = ndimage.gaussian_filter(result.entropy, [SMOOTH_MM / z for z in spacing])
+        maps["boundary_proximity"] = -boundary_distance(found, spacing)
         scores = {k: auroc(torch.from_numpy(np.asarray(m, np.float32))[head], wrong) for k, m in maps.items()}
         dice = float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
         row = {"case": base if shift is None else f"{base}_{shift}", "dice": dice, **scores}
@@ -79,6 +87,15 @@ def main(argv=None) -> dict:
     result = {"environment": environment(torch.device("cpu"), __file__), "cpu_seconds": time.process_time() - start,
               "cases": rows, "mean": mean}  # fmt: skip
     return publish(result, "\n".join(lines), args.output)
+
+
+def boundary_distance(found: np.ndarray, spacing: list[float]) -> np.ndarray:
+    """(*S) bool -> (*S) float32: each voxel's distance in mm to the nearest voxel on the surface of ``found`` (its
+    voxels with a neighbour outside); the whole volume's distance to nothing (inf) where ``found`` is empty."""
+    surface = found & ~ndimage.binary_erosion(found)
+    if not surface.any():
+        return np.full(found.shape, np.inf, np.float32)
+    return ndimage.distance_transform_edt(~surface, sampling=spacing).astype(np.float32)
 
 
 if __name__ == "__main__":
