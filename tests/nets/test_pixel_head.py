@@ -162,7 +162,10 @@ def test_final_layer_is_zero_at_init_then_rmsnorm_linear(randomize):
 def _plain_head(head, x, image, tokens, c, grid):
     """The pixel head written as the plain composition of its modules (the layers the seed describes), channels-last:
     the reference the head's slab-wise, fewer-pass forward must reproduce."""
-    from medwidit.nets.blocks import _depthwise, patches_to_voxels
+    from medwidit.nets.blocks import patches_to_voxels
+
+    def _depthwise(conv, h):  # PyTorch's own convolution and backward, channels-last voxels
+        return conv(h.movedim(-1, 1)).movedim(1, -1)
 
     h = head.stem_x(x.movedim(1, -1))
     if head.stem_c is not None:
@@ -298,3 +301,58 @@ def test_pixel_head_reads_the_noisy_input_alone_with_concat_conditioning(tiny, r
     out = model(x, torch.tensor([3.0, 4.0]), conditioned=image)
     assert out.shape == (2, 4, *SHAPES[2]) and model.pixel_head.stem_x.in_features == 2
     assert float(out.abs().mean()) > 0
+
+
+@pytest.mark.parametrize(
+    ("spatial_dim", "kernel", "bias", "channels_last"),
+    [(3, 3, True, True), (3, 3, True, False), (3, 5, False, True), (2, 3, True, True), (2, 5, True, False)],
+)
+def test_depthwise_backward_equals_pytorchs(spatial_dim, kernel, bias, channels_last):
+    """The pixel head's depthwise convolution with its written-out backward: PyTorch's forward bit for bit, and the
+    gradients of input, kernel and bias equal to PyTorch's backward, 2-D and 3-D, odd kernels, with and without a
+    bias, on channels-last voxels (as the head calls it) and on a channels-first copy."""
+    from medwidit.nets.blocks import _depthwise, _DepthwiseSame
+
+    torch.manual_seed(0)
+    conv_type = (torch.nn.Conv2d, torch.nn.Conv3d)[spatial_dim - 2]
+    conv = conv_type(6, 6, kernel, padding=kernel // 2, groups=6, bias=bias)
+    shape = (2, *(9, 7, 8)[:spatial_dim], 6)
+    h = torch.randn(shape, requires_grad=True)
+    g = torch.randn(shape)
+    out = _depthwise(conv, h)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == f"{_DepthwiseSame.__name__}Backward"
+    params = (h, conv.weight) + ((conv.bias,) if bias else ())
+    got = torch.autograd.grad(out, params, g)
+    x = h.movedim(-1, 1) if channels_last else h.movedim(-1, 1).contiguous()
+    if not channels_last:  # the function on a channels-first input, against PyTorch on the same
+        out = _DepthwiseSame.apply(x, conv.weight, conv.bias).movedim(1, -1)
+        got = torch.autograd.grad(out, params, g)
+    want_out = conv(x).movedim(1, -1)
+    assert torch.equal(out, want_out)
+    for a, b in zip(got, torch.autograd.grad(want_out, params, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_depthwise_takes_pytorchs_own_path_where_its_backward_is_not_needed_or_not_written():
+    """No gradient, float64, CPU autocast, a stride, an unpadded or non-depthwise convolution: PyTorch's convolution
+    as it is (the written backward serves float32 CPU training only), with the same values."""
+    from medwidit.nets.blocks import _depthwise
+
+    depthwise = torch.nn.Conv3d(4, 4, 3, padding=1, groups=4)
+    h = torch.randn(1, 6, 6, 6, 4, requires_grad=True)
+
+    def takes_plain(conv, x):
+        out = _depthwise(conv, x)
+        names = [] if out.grad_fn is None else [type(f).__name__ for f, _ in out.grad_fn.next_functions if f]
+        return "_DepthwiseSameBackward" not in names
+
+    with torch.no_grad():
+        assert takes_plain(depthwise, h)
+    assert takes_plain(depthwise.double(), h.double())
+    depthwise.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert takes_plain(depthwise, h)
+    assert takes_plain(torch.nn.Conv3d(4, 4, 3, stride=2, padding=1, groups=4), h)
+    assert takes_plain(torch.nn.Conv3d(4, 4, 3, padding=0, groups=4), h)
+    assert takes_plain(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2), h)
+    assert not takes_plain(depthwise, h)
