@@ -393,7 +393,7 @@ class _DepthwiseSame(torch.autograd.Function):
     """A depthwise convolution, stride 1 and "same" zero padding, on (B, C, *S) with weight (C, 1, *k) and a bias (C)
     or None: PyTorch's own forward and kernel gradient, and the input's gradient written out as the same convolution
     of the output's gradient with the kernel flipped, which runs at the forward's speed. PyTorch's CPU backward
-    computes that gradient about 4x slower than its forward (11 ms against 2.5 ms for 16 channels on 2 x 32^3 voxels,
+    computes that gradient 4-10x slower than its forward (11 ms against 1-2.5 ms for 16 channels on 2 x 32^3 voxels,
     one thread), which made the pixel head's two convolutions a fifth of a phantom model's training step."""
 
     @staticmethod
