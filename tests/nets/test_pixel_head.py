@@ -356,3 +356,33 @@ def test_depthwise_takes_pytorchs_own_path_where_its_backward_is_not_needed_or_n
     assert takes_plain(torch.nn.Conv3d(4, 4, 3, padding=0, groups=4), h)
     assert takes_plain(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2), h)
     assert not takes_plain(depthwise, h)
+
+
+def test_a_segmenter_training_step_through_the_written_backward_equals_pytorchs(tiny, randomize, monkeypatch):
+    """The diffusion loss of a pixel-head WiDiT (image blocks too), differentiated with the depthwise convolutions'
+    written backward and with PyTorch's own: the same gradient for every parameter, so training is unchanged."""
+    import medwidit.nets.blocks as blocks
+    from medwidit.diffusion import DiffusionSegmenter
+
+    net = tiny(3, in_channels=2, out_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_image_depth=1)
+    randomize(net)
+    segmenter = DiffusionSegmenter(net, num_classes=2)
+    image, label = torch.randn(2, 1, 8, 8, 8), (torch.rand(2, 1, 8, 8, 8) > 0.5).long()
+
+    def gradients():
+        loss = segmenter.loss(image, label, generator=torch.Generator().manual_seed(0))["loss"]
+        return torch.autograd.grad(loss, list(net.parameters()), allow_unused=True)
+
+    calls = []
+    apply = blocks._DepthwiseSame.apply
+    monkeypatch.setattr(blocks._DepthwiseSame, "apply", lambda *args: calls.append(1) or apply(*args))
+    written = gradients()
+    assert len(calls) == 3  # the stem's mixing, the image block's and the last mixing
+    monkeypatch.setattr(blocks, "_fast_backward", lambda conv, x: False)
+    plain = gradients()
+    assert any(g is not None and g.abs().sum() > 0 for g in written)
+    for got, want in zip(written, plain, strict=True):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
