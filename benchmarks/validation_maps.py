@@ -7,9 +7,10 @@ mask (the validation convention of the bundle docs). Each is segmented as ``medw
 bundle's defaults; the maps: the total entropy (``_uncertainty``), the epistemic part, the localization pass's
 ``_disagreement``, and the total entropy in bits plus the disagreement. Two more, not written by the CLI: the total
 entropy smoothed by a Gaussian of ``SMOOTH_MM`` (a candidate: a voxel near an ambiguous boundary is itself doubtful),
-and ``boundary_proximity``, minus the distance in mm to the predicted brain's surface, a reference that knows nothing
-but the label map's geometry: a map that ranks wrong voxels no better than it adds nothing to the label map.
-``wrong_near_surface``: the share of the wrong voxels inside the head within ``NEAR_MM`` of that surface.
+and ``boundary_proximity``, minus the distance in mm to the predicted brain's surface (``metrics.boundary_distance``),
+a reference that knows nothing but the label map's geometry: a map that ranks wrong voxels no better than it adds
+nothing to the label map. ``wrong_near_surface``: the share of the wrong voxels inside the head within ``NEAR_MM``
+of that surface.
 
     python benchmarks/validation_maps.py --scans VAL --real REAL      # ~6 min of CPU
 
@@ -32,7 +33,7 @@ from trust import head_mask
 
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor
-from medwidit.inference.metrics import auroc
+from medwidit.inference.metrics import auroc, boundary_distance
 
 BASES = {
     "mni152_2mm": ("scans", "mni152_2mm_image.nii.gz", "mni152_2mm_label.nii.gz"),
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
         found = result.label_map > 0
         spacing = [float(z) for z in image.header.get_zooms()[:3]]
         maps["total_smoothed"] = ndimage.gaussian_filter(result.entropy, [SMOOTH_MM / z for z in spacing])
-        maps["boundary_proximity"] = -boundary_distance(found, spacing)
+        maps["boundary_proximity"] = -boundary_distance([found], spacing=spacing).numpy()
         scores = {k: auroc(torch.from_numpy(np.asarray(m, np.float32))[head], wrong) for k, m in maps.items()}
         dice = float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
         near = -maps["boundary_proximity"][head.numpy()][wrong.numpy()] <= NEAR_MM  # wrong voxels near the surface
@@ -92,15 +93,6 @@ def main(argv=None) -> dict:
     result = {"environment": environment(torch.device("cpu"), __file__), "cpu_seconds": time.process_time() - start,
               "cases": rows, "mean": mean}  # fmt: skip
     return publish(result, "\n".join(lines), args.output)
-
-
-def boundary_distance(found: np.ndarray, spacing: list[float]) -> np.ndarray:
-    """(*S) bool -> (*S) float32: each voxel's distance in mm to the nearest voxel on the surface of ``found`` (its
-    voxels with a neighbour outside); the whole volume's distance to nothing (inf) where ``found`` is empty."""
-    surface = found & ~ndimage.binary_erosion(found)
-    if not surface.any():
-        return np.full(found.shape, np.inf, np.float32)
-    return ndimage.distance_transform_edt(~surface, sampling=spacing).astype(np.float32)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from medwidit.utils import atomic_write, check_int
 __all__ = [
     "auroc",
     "boundary_band",
+    "boundary_distance",
     "dice_per_class",
     "evaluate_files",
     "expected_calibration_error",
@@ -121,14 +122,12 @@ def _edges(label: torch.Tensor) -> torch.Tensor:
     return edges
 
 
-def boundary_band(labels: Sequence, *, width_mm: float, spacing=None) -> torch.Tensor:
-    """Bool mask (*S) of voxels within ``width_mm`` (Euclidean, in mm with ``spacing``) of a boundary of any of the
-    integer label maps (*S), e.g. ``[prediction, truth]``. A boundary voxel has a face neighbour of another label;
-    the volume's own faces are not boundaries."""
+def boundary_distance(labels: Sequence, *, spacing=None) -> torch.Tensor:
+    """Float32 (*S): each voxel's Euclidean distance in mm (with ``spacing``) to the nearest boundary voxel of any of
+    the integer label maps (*S), e.g. ``[prediction, truth]``; inf everywhere where none has a boundary. A boundary
+    voxel has a face neighbour of another label; the volume's own faces are not boundaries."""
     if not labels:
         raise ValueError("labels must hold at least one label map.")
-    if not width_mm >= 0:
-        raise ValueError(f"width_mm must be >= 0, got {width_mm}.")
     maps = [_tensor(m).long() for m in labels]
     if any(m.shape != maps[0].shape for m in maps):
         raise ValueError(f"label maps must share one shape, got {[tuple(m.shape) for m in maps]}.")
@@ -136,10 +135,18 @@ def boundary_band(labels: Sequence, *, width_mm: float, spacing=None) -> torch.T
     for m in maps:
         edges |= _edges(m)
     if not edges.any():
-        return edges
+        return torch.full(edges.shape, float("inf"))
     sampling = list(_spacing(spacing, edges.ndim))
     distance = distance_transform_edt((~edges)[None].numpy().astype(np.uint8), sampling=sampling)[0]  # mm
-    return torch.as_tensor(distance <= width_mm)
+    return torch.as_tensor(np.asarray(distance, dtype=np.float32))
+
+
+def boundary_band(labels: Sequence, *, width_mm: float, spacing=None) -> torch.Tensor:
+    """Bool mask (*S) of voxels within ``width_mm`` (Euclidean, in mm with ``spacing``) of a boundary of any of the
+    integer label maps (*S) (:func:`boundary_distance`)."""
+    if not width_mm >= 0:
+        raise ValueError(f"width_mm must be >= 0, got {width_mm}.")
+    return boundary_distance(labels, spacing=spacing) <= width_mm
 
 
 def dice_per_class(prediction: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -375,9 +375,9 @@ def _fast_backward(conv: nn.Module, x: torch.Tensor) -> bool:
     without autocast, outside any trace (export and compile record PyTorch's own convolution), for a depthwise,
     stride-1, odd-kernel convolution padded to the same size."""
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-    if not wants_grad or x.device.type != "cpu" or x.dtype != torch.float32 or tracing():
+    if not wants_grad or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
-    if torch.is_autocast_enabled("cpu"):
+    if tracing() or torch.is_autocast_enabled("cpu"):
         return False
     kernel = conv.kernel_size
     return (

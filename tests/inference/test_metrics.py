@@ -13,6 +13,7 @@ from monai.metrics import compute_roc_auc
 from medwidit.inference.metrics import (
     auroc,
     boundary_band,
+    boundary_distance,
     dice_per_class,
     evaluate_files,
     expected_calibration_error,
@@ -214,3 +215,17 @@ def test_evaluate_files_on_the_label_grid(tmp_path):
     assert (tmp_path / "dice.json").stat().st_mode & 0o777 == 0o644
     with pytest.raises(ValueError, match="grid"):
         evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)
+
+
+def test_boundary_distance_is_millimetres_to_the_nearest_interface_on_an_anisotropic_grid():
+    """A cube's interface voxels (both sides of its faces) are at 0; elsewhere the Euclidean distance in mm with the
+    grid's spacing; no interface at all: inf everywhere."""
+    label = torch.zeros(20, 20, 20, dtype=torch.long)
+    label[5:15, 5:15, 5:15] = 1
+    distance = boundary_distance([label], spacing=(1.0, 1.0, 2.0))
+    assert distance.dtype == torch.float32 and distance.shape == label.shape
+    assert distance[5, 10, 10] == 0 and distance[4, 10, 10] == 0  # either side of the face
+    assert distance[7, 10, 10] == pytest.approx(2.0)  # two 1 mm voxels inside along the first axis
+    assert distance[10, 10, 2] == pytest.approx(4.0)  # two 2 mm voxels outside along the last
+    assert distance[10, 10, 10] == pytest.approx(4.0)  # the centre: 4 voxels of 1 mm in x and y (8 mm in z)
+    assert torch.isinf(boundary_distance([torch.ones(6, 6, 6, dtype=torch.long)])).all()
