@@ -144,8 +144,8 @@ def find_cases(
                 ", ".join(p.name for p in split),
                 len(split),
             )
-            for path in split:
-                groups[(path.parent, _stem(path))] = {0: [path]}
+            for path in split:  # a name another file already has (scan_0001_0000) is that case's modality twice
+                groups.setdefault((path.parent, _stem(path)), {}).setdefault(0, []).append(path)
     for folder in series:  # a DICOM series is one single-modality case named after its folder
         groups.setdefault((folder.parent, folder.name), {}).setdefault(0, []).append(folder)
     names = [name for _, name in groups]

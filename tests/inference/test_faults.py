@@ -18,6 +18,7 @@ from inference_volumes import random_tiny_segmenter, save_itk
 
 from medwidit.diffusion import save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor
+from medwidit.inference.cases import find_cases
 from medwidit.inference.io import OutputImage, read_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -369,6 +370,19 @@ def test_id_like_names_are_single_cases_for_a_one_channel_model(setup, caplog):
     assert one.outputs == [tmp_path / "x" / "scan.nii.gz"]
     with pytest.raises(ValueError, match="exactly one group"):
         predictor.predict_from_files(ids, tmp_path / "y", modality_pattern="_\\d{4}", progress=False, **FAST)
+
+
+def test_an_id_split_that_meets_a_case_of_its_name_fails_that_case_and_drops_no_file(tmp_path):
+    """scan_0001 / scan_0002 split into their own cases, beside scan_0001_0000 (case scan_0001's channel 0): the
+    split once replaced that case, so a file was never segmented nor named."""
+    for name in ("scan_0001", "scan_0002", "scan_0001_0000"):
+        nifti(tmp_path / f"{name}.nii.gz")
+    cases = {c.name: c for c in find_cases(tmp_path, num_modalities=1)}
+    assert sorted(cases) == ["scan_0001", "scan_0002"]
+    assert cases["scan_0002"].problem is None
+    assert cases["scan_0001"].problem == (
+        f"{tmp_path / 'scan_0001'}: one modality given twice (scan_0001_0000.nii.gz, scan_0001.nii.gz)."
+    )
 
 
 ######################################################################################################################
