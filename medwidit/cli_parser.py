@@ -91,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="segment even when resampling to the model's spacing makes more than 64x the voxels",
     )
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs; a case's outputs are one set: the earlier run's files this run does not write "
+        "are removed",
+    )
     seg.add_argument(
         "--continue",
         dest="resume",

@@ -46,6 +46,8 @@ __all__ = ["CaseResult", "predict_from_files"]
 
 logger = logging.getLogger(__name__)
 
+ALL_KINDS = ("labels", "probabilities", "uncertainty", *ENTROPY_PARTS, "figure", "quality", "statistics")  # every kind
+
 
 @dataclass
 class CaseResult:
@@ -144,8 +146,14 @@ def predict_from_files(
         + ["statistics"] * flags["save_statistics"]
     )
     cases = find_cases(inputs, num_modalities=predictor.num_modalities, modality_pattern=modality_pattern)
+    inputs_found = {os.path.realpath(f) for c in cases for f in c.files}  # never an earlier output to remove
+
+    def others(case: Case) -> list[Path]:
+        paths = [output_path(case, output_dir, k) for k in ALL_KINDS if k not in kinds]
+        return [p for p in paths if os.path.realpath(p) not in inputs_found]
+
     plans = {
-        c.name: plan_case(output_dir, c.name, [output_path(c, output_dir, k) for k in kinds])
+        c.name: plan_case(output_dir, c.name, [output_path(c, output_dir, k) for k in kinds], others(c))
         for c in cases
         if c.problem is None
     }

@@ -4,7 +4,9 @@ Every file of a case is staged in a private folder inside the output folder unde
 ``.nhdr`` header names its final data file), then committed file by file with ``medwidit.utils.files.commit``
 (link-based: without overwrite an existing target is refused in one system call, so two runs never both win), and a
 per-case marker is written last. A case without its marker is unfinished: ``--continue`` completes the commit an
-interrupted run left, or redoes the case. The plan of every output path is checked against every input first.
+interrupted run left, or redoes the case. The plan of every output path is checked against every input first. An
+overwriting commit replaces the case as one set: the earlier outputs its previous marker lists and this run does not
+write are removed before the new marker.
 
     out/.medwidit/<case>.json                the marker: the case's files, written after all of them
     out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
@@ -110,21 +112,31 @@ def write_json(content: dict, staged: Path) -> None:
 @dataclass(frozen=True)
 class CasePlan:
     """Where one case goes: its files in commit order (data files before their headers) and its marker (None for a
-    plain write: no marker, no folder lock)."""
+    plain write: no marker, no folder lock). ``earlier``: the case's outputs of other kinds, which this run does not
+    write; an overwriting commit removes those the case's previous marker lists, so that no earlier run's map or
+    report is left beside new labels."""
 
     name: str
     files: tuple[Path, ...]
     marker: Path | None
+    earlier: tuple[Path, ...] = ()
 
     @property
     def state_dir(self) -> Path:
         return self.marker.parent if self.marker is not None else self.files[0].parent
 
 
-def plan_case(output_dir: str | os.PathLike, name: str, outputs: Sequence[str | os.PathLike]) -> CasePlan:
-    """The plan of case ``name`` writing ``outputs`` (main files) into ``output_dir``."""
+def plan_case(
+    output_dir: str | os.PathLike,
+    name: str,
+    outputs: Sequence[str | os.PathLike],
+    others: Sequence[str | os.PathLike] = (),
+) -> CasePlan:
+    """The plan of case ``name`` writing ``outputs`` (main files) into ``output_dir``; ``others``: the case's outputs
+    of the kinds not written this time (``CasePlan.earlier``)."""
     files = tuple(f for path in outputs for f in image_files(path))
-    return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json")
+    earlier = tuple(f for path in others for f in image_files(path) if f not in files)
+    return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json", earlier)
 
 
 def _key(path: Path) -> str:
@@ -202,8 +214,13 @@ def _write_marker(plan: CasePlan) -> None:
 
 
 def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed: list[Path]) -> None:
-    """Commit each staged file of ``plan`` not committed yet from ``staging``, then the marker (the last step)."""
+    """Commit each staged file of ``plan`` not committed yet from ``staging``, then (with ``overwrite``) remove the
+    ``earlier`` outputs the previous marker lists, then write the marker (the last step)."""
+    previous = set()
     if plan.marker is not None:
+        if overwrite:
+            listed = _read_json(plan.marker).get("files")
+            previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
         plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
     for final in plan.files:
         staged = staging / final.name
@@ -222,6 +239,16 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
         finally:
             link.unlink(missing_ok=True)
         committed.append(final)
+    stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.warning(
+            "%s: removed the earlier run's %s, which this run does not write (--overwrite replaces a case's outputs "
+            "as one set).",
+            plan.name,
+            ", ".join(p.name for p in stale),
+        )
     if plan.marker is not None:
         _write_marker(plan)
 

@@ -232,6 +232,22 @@ def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(set
     assert result.status == "done" and result.message is None and hidden_leftovers(out) == []
 
 
+def test_overwrite_replaces_a_case_as_one_set_and_removes_no_file_of_the_user(setup, tmp_path, caplog):
+    """A run that saved the maps and the quality, then one with --overwrite and labels only: the earlier maps and
+    report (its marker lists them) went with the old labels; they once stayed, beside labels they did not describe.
+    A file of such a name the earlier run did not write stays."""
+    _, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, save_uncertainty=True, save_quality=True, progress=False, **FAST)
+    assert visible(out) == sorted([*UNCERTAINTY_OUTPUTS, "scan_quality.json"])
+    (out / "scan_statistics.json").write_text("{}")  # the user's, not in the marker
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, progress=False, seed=1, **FAST)
+    assert result.status == "done"
+    assert visible(out) == ["scan.nii.gz", "scan_statistics.json"]
+    assert json.loads((out / ".medwidit" / "scan.json").read_text())["files"] == ["scan.nii.gz"]
+    assert "removed the earlier run's scan_uncertainty.nii.gz, scan_aleatoric.nii.gz" in caplog.text
+
+
 def _interrupt_second_commit(monkeypatch, error):
     from medwidit.inference import outputs as outputs_module
 
