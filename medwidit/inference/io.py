@@ -158,10 +158,21 @@ def _check_finite(data: np.ndarray, path) -> None:
         raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before segmenting.")
 
 
+def _check_real_scalar(dtype, name) -> None:
+    """InputError for voxels that are not one real number: complex (numpy would drop the imaginary part, e.g. a
+    phase image's whole signal) or several components (RGB NIfTI)."""
+    dtype = np.dtype(dtype)
+    if dtype.fields is not None:
+        raise InputError(f"{name}: {len(dtype.fields)} components per voxel where a scalar image is expected.")
+    if dtype.kind == "c":
+        raise InputError(f"{name}: complex voxels ({dtype}) where a real image is expected; give its magnitude.")
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     image = nib.load(str(path))
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
         raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(image).__name__}).")
+    _check_real_scalar(image.get_data_dtype(), path)
     return np.asanyarray(image.dataobj), image
 
 
@@ -231,6 +242,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
 def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
     """A nibabel image in memory -> (float32 array, geometry, with its header when it is NIfTI)."""
     name = image.get_filename() or "nibabel image"
+    _check_real_scalar(image.get_data_dtype(), name)
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
     _check_affine(image.affine, name)
@@ -242,6 +254,7 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
     """An array or tensor (*S) or (C, *S) and its RAS affine -> (float32 (C, *S), geometry); without an affine, 1 mm
     voxels at the origin are assumed with a warning (the grid is then resampled as if it were 1 mm)."""
     data = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+    _check_real_scalar(data.dtype, "array")
     data = data.astype(np.float32)
     if data.ndim == spatial_dims:
         data = data[None]

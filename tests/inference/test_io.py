@@ -118,7 +118,16 @@ def _truncated(path, rng):
     return path
 
 
+def _rgb(path, rng):
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), path)
+    return path
+
+
 BAD_FILES = {
+    # once read as its real part (a warning and a blank image segmented) and as a "truncated" file
+    "complex": (lambda p, rng: save_nifti(p, (1j * rng.random((4, 4, 4))).astype(np.complex64)), "complex voxels"),
+    "RGB": (_rgb, "3 components per voxel where a scalar image is expected"),
     "missing": (lambda p, rng: p, "no such file"),
     "truncated": (_truncated, "truncated or not an image"),
     "not an image": (lambda p, rng: (p.write_bytes(gzip.compress(b"hello, not an image")), p)[1], "not an image"),
@@ -136,6 +145,16 @@ def test_bad_input_files_get_one_line_naming_file_and_problem(tmp_path, rng, pro
     with pytest.raises(InputError, match=message) as error:
         read_image(path)
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_a_complex_array_or_nibabel_image_is_refused_not_cast(rng):
+    from medwidit.inference.io import read_array, read_nibabel
+
+    phase = (1j * rng.random((4, 4, 4))).astype(np.complex64)
+    with pytest.raises(InputError, match="array: complex voxels"):
+        read_array(phase, np.eye(4))
+    with pytest.raises(InputError, match="nibabel image: complex voxels"):
+        read_nibabel(nib.Nifti1Image(phase, np.eye(4)))
 
 
 def test_unsupported_suffix_and_2d_itk(tmp_path, rng):
