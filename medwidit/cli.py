@@ -89,9 +89,10 @@ def _segment(args: argparse.Namespace) -> int:
     options = {
         "device": args.device,
         "precision": args.precision,
-        "sw_batch_size": args.sw_batch_size,
         "max_whole_voxels": args.max_whole_voxels,
     }
+    if args.sw_batch_size is not None:  # else the bundle's, as roi_size
+        options["sw_batch_size"] = args.sw_batch_size
     if args.roi_size:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
     if args.bias_correction is not None:

@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     _model_arguments(seg)
     seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
-    seg.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per network call (default 4)")
+    seg.add_argument(
+        "--sw-batch-size",
+        type=_positive_int,
+        default=None,
+        help="windows per network call (default: the bundle's inference.json, else 4)",
+    )
     seg.add_argument(
         "--max-whole-voxels",
         type=_non_negative_int,

@@ -373,11 +373,13 @@ def test_a_bundles_inference_json_sets_the_cli_defaults(tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
     config = json.loads((bundle / "configs" / "inference.json").read_text())
-    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "steps": 1, "num_samples": 2}))
+    settings = {"steps": 1, "num_samples": 2, "sw_batch_size": 1}  # the CLI's own default once replaced the last
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, **settings}))
     image = _small_head(tmp_path / "head.nii.gz")
     assert main(["segment", "-i", str(image), "-o", str(tmp_path / "out"), "--bundle", str(bundle), "-q"]) == 0
     record = json.loads((tmp_path / "out" / "medwidit_run.json").read_text())
     assert (record["sampling"]["steps"], record["sampling"]["num_samples"]) == (1, 2)
+    assert record["runtime"]["sw_batch_size"] == 1
     assert record["model"]["bundle"] == str(bundle.resolve()) and not record["model"]["shipped_default"]
 
 
