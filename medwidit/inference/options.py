@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -324,6 +325,10 @@ def checkpoint_problem(path: Path, error: Exception) -> str:
     """What is wrong with a checkpoint torch could not load, in one line that keeps what matters."""
     if path.stat().st_size == 0:
         return "the file is empty"
+    with open(path, "rb") as f:
+        start = f.read(2)
+    if not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before 1.6)
+        return f"not a PyTorch file: neither a zip archive nor a pickle (torch.load: {type(error).__name__})"
     text = " ".join(str(error).split())
     refused = re.search(r"(Unsupported global: .*?)(?: This| Check|$)", text)
     if "Weights only load failed" in text:

@@ -99,6 +99,21 @@ def test_an_empty_checkpoint_says_so(tmp_path):
         Predictor.from_checkpoint(tmp_path / "empty.pt")
 
 
+def test_a_file_that_is_no_checkpoint_says_so_for_segment_and_export(tmp_path, capsys):
+    """The text file once gave "(105)" (torch's KeyError) to segment and a traceback to export."""
+    (tmp_path / "notes.txt").write_text("hi\n")
+    expected = "notes.txt: not a readable {}checkpoint (not a PyTorch file: neither a zip archive nor a pickle"
+    with pytest.raises(InputError, match=re.escape(expected.format("medwidit "))):
+        Predictor.from_checkpoint(tmp_path / "notes.txt")
+    for name in ("notes.txt", "empty.ckpt"):
+        (tmp_path / "empty.ckpt").write_bytes(b"")
+        assert main(["export", str(tmp_path / name), str(tmp_path / "bundle")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"medwidit: error: {tmp_path / name}: not a readable checkpoint (")
+        assert "Traceback" not in err
+    assert "(the file is empty)." in err and not (tmp_path / "bundle").exists()
+
+
 class NotATensor:
     pass
 
