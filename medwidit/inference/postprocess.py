@@ -51,18 +51,26 @@ def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "la
     for i, step in enumerate(spec):
         if not isinstance(step, Mapping) or "name" not in step:
             raise ValueError(f"{source}[{i}] must be an object with a 'name', got {step!r}.")
-        name = look_up_option(step["name"], tuple(LABEL_STEPS))  # a tuple: the name back, not the dict's value
+        try:
+            name = look_up_option(step["name"], tuple(LABEL_STEPS))  # a tuple: the name back, not the dict's value
+        except ValueError as e:  # MONAI's line suggests the nearest name; this one says where
+            raise ValueError(f"{source}[{i}]: {e}") from e
         unknown = set(step) - {"name", "applied_labels"} - LABEL_STEPS[name][2]
         if unknown:
             raise ValueError(f"{source}[{i}] ({name}) has unknown option(s) {sorted(unknown)}.")
         labels = step.get("applied_labels")
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            labels = [labels]  # one label, as MONAI takes it
         if labels is not None and (
-            isinstance(labels, (str, bool)) or not all(isinstance(v, int) and v > 0 for v in labels)
+            not isinstance(labels, Sequence)
+            or isinstance(labels, str)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in labels)
         ):
             raise ValueError(
-                f"{source}[{i}] ({name}): applied_labels must be foreground labels (ints > 0), got {labels!r}."
+                f"{source}[{i}] ({name}): applied_labels must be foreground labels (ints > 0), got "
+                f"{step.get('applied_labels')!r}."
             )
-        steps.append({**step, "name": name})
+        steps.append({**step, "name": name} if labels is None else {**step, "name": name, "applied_labels": labels})
     return steps
 
 

@@ -39,15 +39,27 @@ def test_steps_keep_the_largest_component_and_fill_its_holes():
     ("spec", "match"),
     [
         ({"name": "fill_holes"}, "must be a list"),
-        ([{"name": "fill_hols"}], "fill_holes"),  # look_up_option suggests the nearest name
+        # look_up_option suggests the nearest name; the line once did not say where (the file, the step)
+        ([{"name": "fill_holes"}, {"name": "fill_hols"}], r"^label_postprocessing\[1\]: .*fill_holes"),
         ([{"applied_labels": [1]}], "with a 'name'"),
         ([{"name": "fill_holes", "applied_label": [1]}], "unknown option"),
         ([{"name": "keep_largest_component", "applied_labels": [0]}], "ints > 0"),
+        (
+            [{"name": "fill_holes", "applied_labels": 1.5}],
+            r"\[0\] \(fill_holes\): applied_labels .* got 1.5",
+        ),  # TypeError
+        ([{"name": "fill_holes", "applied_labels": True}], "ints > 0"),
     ],
 )
 def test_bad_specs_name_the_step(spec, match):
     with pytest.raises(ValueError, match=match):
         check_label_postprocessing(spec)
+
+
+def test_one_applied_label_may_be_an_int_as_monai_takes_it():
+    """It once raised TypeError ('int' object is not iterable), which no caller turned into a line naming the file."""
+    (step,) = check_label_postprocessing([{"name": "keep_largest_component", "applied_labels": 1}])
+    assert step == {"name": "keep_largest_component", "applied_labels": [1]}
 
 
 def test_monai_pipeline_gives_the_predictor_labels(tmp_path):
