@@ -369,7 +369,10 @@ def resolve_sampler(
     """Look ``name`` up (nearest valid name on a miss) -> (its entry, the options it takes). It must fit
     ``objective``; ``eta`` other than 0 is an error for a sampler without it; ``variance_type`` (the model's) goes
     to the samplers that take it."""
-    name = look_up_option(name, tuple(SAMPLERS))
+    try:
+        name = look_up_option(name, tuple(SAMPLERS))
+    except ValueError as e:  # MONAI's line gives the options and the nearest name; this one names the argument
+        raise ValueError(f"sampler: {e}") from e
     spec = SAMPLERS[name]
     if objective not in spec.objectives:
         fitting = [n for n, s in SAMPLERS.items() if objective in s.objectives]

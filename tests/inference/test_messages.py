@@ -154,7 +154,7 @@ def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, messag
     ("option", "message"),
     [
         (["--overlap", "1.5"], r"overlap must be in \[0.0, 1.0\), got 1.5"),
-        (["--sampler", "ddmi"], "ddmi"),
+        (["--sampler", "ddmi"], "sampler: By .ddmi., did you mean .ddim.?"),  # once without the argument's name
         (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
         (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
         (["--steps", "3", "--shared-steps", "3"], r"shared_steps must be an int in 0..2 \(fewer than steps\), got 3"),
