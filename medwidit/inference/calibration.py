@@ -157,7 +157,9 @@ def fit_calibration(
     unknown = sorted(set(names) - set(FEATURES))
     if unknown or not names:
         raise ValueError(f"names must be a non-empty subset of {', '.join(FEATURES)}, got {list(names)!r}.")
-    if len(features) != len(true_dice) or len(features) <= len(names) + 1:
+    if len(features) != len(true_dice):
+        raise ValueError(f"features and true_dice must be one per case, got {len(features)} and {len(true_dice)}.")
+    if len(features) <= len(names) + 1:
         raise ValueError(f"need more cases ({len(features)}) than parameters ({len(names) + 1}), one Dice each.")
     design = np.array([[1.0] + [float(f[n]) for n in names] for f in features])
     true = np.asarray(true_dice, dtype=np.float64)

@@ -64,6 +64,7 @@ def modality_regex(pattern: str | None) -> re.Pattern | None:
     if pattern is None:
         return None
     try:
+        re.compile(pattern)  # alone first, so that an error's position counts in the user's pattern
         regex = re.compile(rf"^(?P<name>.+?){pattern}$")
     except re.error as e:
         raise ValueError(f"modality_pattern {pattern!r} is not a regular expression ({e}).") from e

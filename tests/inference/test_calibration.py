@@ -110,6 +110,8 @@ def test_a_fit_recovers_a_multiplicative_model_exactly_and_needs_more_cases_than
     assert [calibrated_dice(f, model) for f in features] == pytest.approx(true)
     with pytest.raises(ValueError, match=r"need more cases \(3\) than parameters \(3\)"):
         fit_calibration(features[:3], true[:3], ["log_ensemble_dice", "log_kept"])
+    with pytest.raises(ValueError, match=r"one per case, got 10 and 9"):  # it said "need more cases (10) than (2)"
+        fit_calibration(features[:10], true[:9], ["log_ensemble_dice"])
     with pytest.raises(ValueError, match=r"names must be a non-empty subset of"):
         fit_calibration(features, true, ["dice"])
 

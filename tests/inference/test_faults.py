@@ -386,6 +386,8 @@ def test_id_like_names_are_single_cases_for_a_one_channel_model(setup, caplog):
     assert one.outputs == [tmp_path / "x" / "scan.nii.gz"]
     with pytest.raises(ValueError, match="exactly one group"):
         predictor.predict_from_files(ids, tmp_path / "y", modality_pattern="_\\d{4}", progress=False, **FAST)
+    with pytest.raises(ValueError, match=r"'\(' is not a regular expression .*at position 0\)"):  # once 14
+        predictor.predict_from_files(ids, tmp_path / "y", modality_pattern="(", progress=False, **FAST)
 
 
 def test_an_id_split_that_meets_a_case_of_its_name_fails_that_case_and_drops_no_file(tmp_path):
