@@ -261,7 +261,7 @@ def _add_export(commands) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="errors only, no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 

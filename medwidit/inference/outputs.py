@@ -36,7 +36,7 @@ from pathlib import Path
 from medwidit.utils import atomic_write
 from medwidit.utils.files import commit
 
-from .io import OutputError, OutputImage, image_suffix, one_line, save_image
+from .io import IMAGE_SUFFIXES, OutputError, OutputImage, check_output_dir, image_suffix, one_line, save_image
 
 __all__ = [
     "STATE_DIR",
@@ -379,6 +379,10 @@ def write_images(items: Sequence[OutputImage], *, overwrite: bool = False) -> li
         return []
     if len({item.path.parent for item in items}) > 1:
         raise ValueError(f"write_images writes into one folder, got {sorted({str(i.path.parent) for i in items})}.")
+    for item in items:  # before any folder is made
+        if image_suffix(item.path) is None:
+            raise ValueError(f"{item.path}: cannot write this format (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+    check_output_dir(items[0].path.parent)  # made with its parents, or one line saying why not
     files = tuple(f for item in items for f in image_files(item.path))
     existing = [f for f in files if f.exists()]
     if existing and not overwrite:

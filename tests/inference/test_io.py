@@ -103,6 +103,20 @@ def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz", "x.nii.gz"]
 
 
+def test_write_image_makes_missing_folders_and_refuses_a_format_before_making_any(tmp_path):
+    """Two missing levels raised a bare FileNotFoundError (one was made silently); a .png made its folder, then
+    failed."""
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    deep = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "b" / "c.nii.gz")
+    assert np.asanyarray(nib.load(deep).dataobj).max() == 1
+    with pytest.raises(ValueError, match=r"api/x.png: cannot write this format \(expected one of .nii.gz"):
+        write_image(np.ones((4, 4, 4)), geometry, tmp_path / "api" / "x.png")
+    assert not (tmp_path / "api").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="file/d: output folder is not writable"):
+        write_image(np.ones((4, 4, 4)), geometry, tmp_path / "file" / "d" / "x.nii.gz")
+
+
 def test_a_failing_write_leaves_nothing_behind(tmp_path):
     geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     good = Out(np.ones((4, 4, 4)), geometry, tmp_path / "a.nii.gz")
