@@ -27,6 +27,7 @@ from monai.transforms import (
     Orientationd,
     ScaleIntensityRangePercentilesd,
     Spacingd,
+    SpatialPadd,
 )
 from monai.utils import look_up_option
 
@@ -44,6 +45,7 @@ __all__ = [
     "air_to_minimum",
     "batch_spacing",
     "check_preprocessing",
+    "pad_to_crop",
     "default_preprocessing",
     "equalise_channels",
     "head_mask",
@@ -302,14 +304,22 @@ class IntensityMode(NamedTuple):
 
     transforms: Callable[[str], list[MapTransform]]
     foreground: Callable
+    background: float  # the value of air in its output: what a crop padded beyond the image is filled with
 
 
 INTENSITY_MODES: dict[str, IntensityMode] = {
-    "zscore_nonzero": IntensityMode(_zscore_nonzero, _not_zero),
-    "scale_percentiles": IntensityMode(_scale_percentiles, _above_floor),
-    "histogram": IntensityMode(_histogram, _above_floor),
-    "none": IntensityMode(_no_transform, _above_minimum),
+    "zscore_nonzero": IntensityMode(_zscore_nonzero, _not_zero, 0.0),
+    "scale_percentiles": IntensityMode(_scale_percentiles, _above_floor, -1.0),
+    "histogram": IntensityMode(_histogram, _above_floor, -1.0),
+    "none": IntensityMode(_no_transform, _above_minimum, 0.0),  # raw: usually 0
 }
+
+
+def pad_to_crop(preprocessing: dict, roi_size, image_key: str = "image", label_key: str = "label") -> list:
+    """Pad a normalised image and its label up to ``roi_size``: the image with its intensity mode's air (-1 after
+    percentile scaling or histogram equalisation; MONAI's default 0 is mid-grey there), the label with background."""
+    air = INTENSITY_MODES[preprocessing["intensity"]].background
+    return [SpatialPadd(image_key, spatial_size=list(roi_size), value=air), SpatialPadd(label_key, list(roi_size))]
 
 
 def acquisition_spacing(image) -> torch.Tensor:

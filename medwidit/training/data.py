@@ -7,6 +7,7 @@ validation sees whole volumes through the same pre-transforms and nothing else, 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
+    LoadImage,
     MapTransform,
     RandAdjustContrastd,
     RandBiasFieldd,
@@ -34,14 +36,13 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandZoomd,
-    SpatialPadd,
 )
 from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
-from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, preprocessing_transforms
-from medwidit.utils import check_bool, check_int, image_grid
+from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, pad_to_crop, preprocessing_transforms
+from medwidit.utils import check_bool, check_int, image_grid, label_values
 
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
@@ -57,30 +58,60 @@ def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str)
     if not data_list.is_file():
         raise FileNotFoundError(f"{argument} {str(data_list)!r} does not exist.")
     try:
+        listing = json.loads(data_list.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:  # a JSONDecodeError is a ValueError: not "no split"
+        raise ValueError(f"{argument} {str(data_list)!r} is not valid JSON ({e}).") from e
+    split = listing.get(key) if isinstance(listing, dict) else None
+    if isinstance(split, list) and not all(isinstance(item, dict) for item in split):
+        raise ValueError(
+            f"{argument} {str(data_list)!r}: split {key!r} must be a list of objects like "
+            f'{{"image": "...", "label": "..."}}, got {next(i for i in split if not isinstance(i, dict))!r}.'
+        )
+    try:
         items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
     except ValueError as e:  # MONAI raises ValueError for a missing key
         raise ValueError(f"{argument} {str(data_list)!r} has no split {key!r}: {e}") from e
+    except TypeError as e:  # a split that is not a list
+        raise ValueError(f"{argument} {str(data_list)!r}: split {key!r} must be a list of objects ({e}).") from e
     if not items:
         raise ValueError(f"{argument} {str(data_list)!r} has an empty split {key!r}.")
     return data_list, items
 
 
 def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -> None:
+    """The file exists, and MONAI's ``LoadImage`` here, which training loads it with, has a reader for its format."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{argument} {str(data_list)!r}, {where}: {name} must be one file path, got {path!r}.")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist."
         )
+    readers = LoadImage(image_only=True).readers
+    if not os.path.isdir(path) and not any(reader.verify_suffix(str(path)) for reader in readers):
+        raise ValueError(
+            f"{argument} {str(data_list)!r}, {where}: {name} {str(path)!r}: MONAI's image loader has no reader for "
+            f"this format here ({', '.join(type(r).__name__ for r in readers)}); convert it to NIfTI, or install "
+            "itk for NRRD and MHA."
+        )
 
 
 def load_data_list(
-    data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None, spatial_dims: int = 3
+    data_list: str | os.PathLike,
+    key: str,
+    base_dir: str | os.PathLike | None = None,
+    spatial_dims: int = 3,
+    *,
+    num_classes: int | None = None,
+    num_modalities: int | None = None,
 ) -> list[dict]:
-    """Read one split of a decathlon-style data list and check that every file it names exists and that each label
-    lies on its image's grid (from the headers).
+    """Read one split of a decathlon-style data list and check that every file it names exists, that each label
+    lies on its image's grid (from the headers) and holds whole class indices (in 0..``num_classes``-1 where given),
+    and that each image has ``num_modalities`` channels where given.
 
     Raises FileNotFoundError naming the data list, the entry and the missing file, or ValueError naming the label
-    whose grid differs from its image's, so that a bad list fails before any training starts (not hours later when a
-    worker first loads the file; a label on another grid would otherwise be cropped beside the wrong voxels).
+    whose grid or values are wrong, so that a bad list fails before any training starts (not hours later when a
+    worker first loads the file; a label on another grid would otherwise be cropped beside the wrong voxels, and a
+    fractional one, e.g. resampled linearly, cast to background).
     """
     data_list, items = _read_split(data_list, key, base_dir, "data_list")
     for index, item in enumerate(items):
@@ -89,8 +120,36 @@ def load_data_list(
                 raise ValueError(f"data_list {str(data_list)!r}, {key}[{index}] has no {name!r} entry: {item}.")
             _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
         where = ("data_list", data_list, f"{key}[{index}]")
-        _check_same_grid(where, item["image"], image_grid(item["image"], spatial_dims), item["label"], spatial_dims)
+        image_geometry = image_grid(item["image"], spatial_dims)
+        _check_same_grid(where, item["image"], image_geometry, item["label"], spatial_dims)
+        channels = int(np.prod(image_geometry[0][spatial_dims:], dtype=np.int64))
+        if num_modalities is not None and channels != num_modalities:
+            raise ValueError(
+                f"data_list {str(data_list)!r}, {key}[{index}]: image {str(item['image'])!r} has {channels} "
+                f"channel(s) where preprocessing['num_modalities'] is {num_modalities}."
+            )
+        _check_label_values(where, item["label"], num_classes)
     return items
+
+
+def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
+    """ValueError unless ``label`` holds whole class indices >= 0 (below ``num_classes`` where given)."""
+    argument, data_list, entry = where
+    values = label_values(label)
+    start = f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r}"
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        raise ValueError(
+            f"{start} holds non-integer values (e.g. {fractional[:3].tolist()}); a label map holds whole class "
+            "indices (resample labels with nearest neighbour, not linear interpolation)."
+        )
+    outside = values[(values < 0) | (values >= (num_classes if num_classes is not None else np.inf))]
+    if outside.size:
+        expected = "0 or more" if num_classes is None else f"0..{num_classes - 1} (num_classes={num_classes})"
+        raise ValueError(
+            f"{start} holds {[int(v) for v in outside[:8]]}, outside the class indices {expected}; map its values "
+            "to class indices first (e.g. 255 -> 1)."
+        )
 
 
 def _check_same_grid(where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3) -> None:
@@ -183,6 +242,8 @@ class SegmentationDataModule(L.LightningDataModule):
         spacing_conditioning: every item (training crops, real and synthetic, and validation volumes) carries
             ``"spacing"`` (2N,) mm: the working grid's spacing, then the acquisition's per axis (the scan's own, or
             the simulated slice thickness), for a network with ``spacing_conditioning=True`` (WiDiT).
+        num_classes: the task's classes (the bundle's ``num_classes``): every label of the data lists must lie in
+            0..num_classes-1, and so must ``synth_target_labels``, checked at setup; None checks whole indices >= 0.
     """
 
     def __init__(
@@ -219,11 +280,16 @@ class SegmentationDataModule(L.LightningDataModule):
         thickness_range: Sequence[float] = (1.0, 4.0),
         contrast_prob: float = 0.0,
         spacing_conditioning: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        roi_size = [int(s) for s in roi_size]
-        if len(roi_size) not in (2, 3) or min(roi_size) < 1:
+        if isinstance(roi_size, (str, bytes)) or not isinstance(roi_size, Sequence):  # "96" once gave [9, 6]
+            raise ValueError(f"roi_size must be a list of 2 or 3 sizes, e.g. [96, 96, 96], got {roi_size!r}.")
+        roi_size = [check_int("roi_size", s) for s in roi_size]
+        if len(roi_size) not in (2, 3):
             raise ValueError(f"roi_size must have 2 or 3 positive sizes, got {roi_size}.")
+        if num_classes is not None:
+            check_int("num_classes", num_classes, low=2)
         check_int("batch_size", batch_size)
         check_int("num_crops", num_crops)
         probabilities = {
@@ -259,7 +325,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.cache_dir, self.cache_rate = cache_dir, float(cache_rate)
         self.num_workers = int(num_workers)
         self.max_val_volumes = max_val_volumes
-        self.synth_ratio = check_synthesis(synth_ratio, synth_data_list, synth_num_labels, synth_target_labels)
+        self.num_classes = num_classes
+        self.synth_ratio = check_synthesis(
+            synth_ratio, synth_data_list, synth_num_labels, synth_target_labels, num_classes=num_classes
+        )
         self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
         self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
@@ -349,7 +418,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
             )
         crop += [
-            SpatialPadd(KEYS, spatial_size=self.roi_size),
+            *pad_to_crop(self.preprocessing, self.roi_size, *KEYS),
             RandCropByPosNegLabeld(
                 KEYS,
                 label_key="label",
@@ -447,7 +516,10 @@ class SegmentationDataModule(L.LightningDataModule):
                 check_label_maps(items, self.synth_num_labels)
             else:
                 key = self.train_key if split == "train" else self.val_key
-                items = load_data_list(self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size))
+                items = load_data_list(
+                    self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size),
+                    num_classes=self.num_classes, num_modalities=self.preprocessing.get("num_modalities"),
+                )  # fmt: skip
             self._items[split] = items
         return self._items[split]
 

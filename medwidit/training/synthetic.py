@@ -8,9 +8,9 @@ the bundle's own intensity normalisation, exactly as a real image would, and is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import (
@@ -21,12 +21,12 @@ from monai.transforms import (
     Orientationd,
     RandCropByPosNegLabeld,
     Spacingd,
-    SpatialPadd,
 )
 from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
-from medwidit.data.transforms import check_preprocessing, intensity_transforms
+from medwidit.data.transforms import check_preprocessing, intensity_transforms, pad_to_crop
+from medwidit.utils import label_values
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
 
@@ -35,7 +35,7 @@ def check_label_maps(maps: list[dict], num_labels: int) -> None:
     """Before training starts: each map holds integer labels in 0..num_labels-1 and some foreground; the error
     names the file and the label (the generator would otherwise fail in a worker, minutes into training)."""
     for item in maps:
-        values = np.unique(np.asarray(nib.load(item["label"]).dataobj))
+        values = label_values(item["label"])  # as the generator's LoadImaged reads it: NIfTI, NRRD, MHA
         if not np.array_equal(values, np.round(values)):
             raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")
         unknown = [int(v) for v in values if not 0 <= v < num_labels]
@@ -48,9 +48,21 @@ def check_label_maps(maps: list[dict], num_labels: int) -> None:
             raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
 
 
-def check_synthesis(ratio: float, data_list, num_labels, target_labels) -> float:
-    """The mixing ratio in [0, 1]; a positive one needs the label maps and the generation -> task label table."""
-    ratio = float(ratio)
+def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_classes: int | None = None) -> float:
+    """The mixing ratio in [0, 1]; a positive one needs the label maps and the generation -> task label table, whose
+    task labels must be class indices (below ``num_classes`` where given)."""
+    try:
+        ratio = float(ratio)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"synth_ratio must be a number in [0, 1], got {ratio!r}.") from e
+    if target_labels is not None:
+        if isinstance(target_labels, (str, bytes)) or not isinstance(target_labels, Sequence):
+            raise ValueError(f"synth_target_labels must be a list of task labels, got {target_labels!r}.")
+        top = num_classes if num_classes is not None else math.inf
+        bad = [v for v in target_labels if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < top]
+        if bad:
+            expected = "0 or more" if num_classes is None else f"0..{num_classes - 1} (num_classes={num_classes})"
+            raise ValueError(f"synth_target_labels must be task class indices {expected}, got {bad[0]!r}.")
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"synth_ratio must be in [0, 1] (the fraction of synthetic training volumes), got {ratio}.")
     if ratio > 0:
@@ -87,7 +99,7 @@ def synthetic_train_transforms(
         EnsureTyped("image", dtype=torch.float32, track_meta=True),
     ]
     crop = [
-        SpatialPadd(["image", "label"], spatial_size=list(roi_size)),
+        *pad_to_crop(preprocessing, roi_size),
         RandCropByPosNegLabeld(
             ["image", "label"],
             label_key="label",

@@ -4,7 +4,7 @@
 """
 
 from .checks import check_bool, check_int, check_range, is_finite_number
-from .files import atomic_write, commit, image_grid, itk_ras_affine, sha256_file, temporary_path
+from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
 
 __all__ = [
     "atomic_write",
@@ -13,6 +13,7 @@ __all__ = [
     "check_range",
     "commit",
     "image_grid",
+    "label_values",
     "is_finite_number",
     "itk_ras_affine",
     "sha256_file",

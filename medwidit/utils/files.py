@@ -99,6 +99,29 @@ def itk_ras_affine(spacing, origin, direction) -> np.ndarray:
     return affine
 
 
+def label_values(path: str | os.PathLike) -> np.ndarray:
+    """The distinct voxel values of a label file, sorted, read by the readers of :func:`image_grid` (NIfTI through
+    nibabel, with its scaling as MONAI's loader applies it; NRRD/MHA and DICOM through SimpleITK; pictures through
+    PIL). ValueError naming the file where it is not an image."""
+    name = str(path).lower()
+    try:
+        if name.endswith(PICTURE_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                return np.unique(np.asarray(picture))
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return np.unique(np.asanyarray(nib.load(str(path)).dataobj))
+        import SimpleITK as sitk
+
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))) if os.path.isdir(path) else str(path)
+        return np.unique(sitk.GetArrayFromImage(sitk.ReadImage(files)))  # a copy: a view dies with its image
+    except Exception as e:  # nibabel/SimpleITK/PIL raise many types for a truncated or non-image file
+        raise ValueError(f"{path}: cannot read the label map ({' '.join(str(e).split())[-200:]}).") from e
+
+
 def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]] | None]:
     """(shape, RAS voxel-to-world affine) of an image from its header alone (NIfTI through nibabel, NRRD/MHA through
     SimpleITK; a DICOM series folder is read whole), so that two files' grids can be compared before any voxels are

@@ -282,3 +282,14 @@ def test_synth_options_reach_the_generator(tmp_path):
     assert parser.get_parsed_content("datamodule", lazy=False).synth_options == {}
     parser["synth_options"] = {"neck_prob": 0.8, "neck_label": 6}
     assert parser.get_parsed_content("datamodule", lazy=False).synth_options == {"neck_prob": 0.8, "neck_label": 6}
+
+
+def test_the_bundles_classes_reach_the_data_module(tmp_path):
+    """Its ``num_classes`` bounds the data lists' label values at setup (a 0/255 mask failed at the first step, in a
+    ConfigExpression, naming no file) and the generator's task labels."""
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser["dataset_dir"] = str(tmp_path)
+    assert parser.get_parsed_content("datamodule", lazy=False).num_classes == parser["num_classes"] == 2
+    parser["num_classes"] = 3
+    assert parser.get_parsed_content("datamodule", lazy=False).num_classes == 3

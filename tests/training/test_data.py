@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose
+from monai.transforms import Compose, LoadImage
 from training_volumes import PREPROCESSING_2D, PREPROCESSING_3D, write_dataset
 
 from medwidit.data.transforms import INTENSITY_MODES, preprocessing_transforms
@@ -82,6 +82,10 @@ def test_a_label_off_its_images_grid_fails_at_setup_naming_it(tmp_path, change):
         sitk.WriteImage(same, str(tmp_path / "same_label.nrrd"))
         listing["training"][0]["label"] = "same_label.nrrd"
         data_list.write_text(json.dumps(listing))
+        if not any(reader.verify_suffix("x.nrrd") for reader in LoadImage().readers):  # no itk: training cannot
+            with pytest.raises(ValueError, match=r"label .*same_label.nrrd.*: MONAI's image loader has no reader"):
+                _module(data_list, 3).setup("fit")  # it once passed setup, then failed in the first batch
+            return
         assert load_data_list(data_list, "training")[0]["label"].endswith("same_label.nrrd")
         same.SetOrigin([o + 2.0 for o in same.GetOrigin()])
         sitk.WriteImage(same, str(tmp_path / "moved_label.nrrd"))
@@ -264,3 +268,101 @@ def test_contrast_remap_on_real_crops_needs_the_histogram_mode(tmp_path):
         assert all(kinds.index(name) > remap for name in ("RandFlipd", "RandScaleIntensityd", "RandBiasFieldd"))
     with pytest.raises(ValueError, match="contrast_prob"):
         _module(data_list, 3, contrast_prob=1.5)
+
+
+def _relabel(tmp_path, data_list, split, values, dtype):
+    """Replace ``split``[0]'s label by a copy whose classes 0, 1, 2 hold ``values``."""
+    import nibabel as nib
+    import numpy as np
+
+    listing = json.loads(data_list.read_text())
+    item = listing[split][0]
+    label = nib.load(str(tmp_path / item["label"]))
+    data = np.asarray(label.dataobj)
+    relabelled = np.select([data == k for k in range(3)], values).astype(dtype)
+    name = f"{split}_relabelled.nii.gz"
+    nib.save(nib.Nifti1Image(relabelled, label.affine), str(tmp_path / name))
+    item["label"] = name
+    data_list.write_text(json.dumps(listing))
+    return name
+
+
+@pytest.mark.parametrize(
+    ("split", "values", "dtype", "match"),
+    [  # a linearly resampled mask: cast to int, every 0.999 was background, silently
+        ("training", [0.0, 0.999, 1.999], "float32", r"holds non-integer values \(e.g. \[0.99"),
+        ("training", [0, 255, 255], "uint8", r"holds \[255\], outside the class indices 0..2 \(num_classes=3\)"),
+        # only validation wrong: training ran and scored Dice 0 on every validation volume
+        ("validation", [0, 1, 7], "int16", r"validation\[0\]: label .* holds \[7\], outside"),
+    ],
+)
+def test_label_values_are_checked_at_setup_naming_the_file(tmp_path, split, values, dtype, match):
+    data_list = write_dataset(tmp_path)
+    name = _relabel(tmp_path, data_list, split, values, dtype)
+    with pytest.raises(ValueError, match=match) as error:
+        _module(data_list, 3, num_classes=3).setup("fit")
+    assert name in str(error.value) and str(data_list) in str(error.value)
+    if split == "training" and dtype == "uint8":
+        _module(data_list, 3).setup("fit")  # without num_classes only whole indices >= 0 are asked for
+
+
+def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_path):
+    """histogram / scale_percentiles put air at -1; the pad was MONAI's default 0 there, mid-grey."""
+    data_list = write_dataset(tmp_path, shape=(12, 12, 12))
+    for intensity, air in (("histogram", -1.0), ("scale_percentiles", -1.0), ("zscore_nonzero", 0.0)):
+        preprocessing = {**PREPROCESSING_3D, "intensity": intensity}
+        dm = SegmentationDataModule(
+            data_list=data_list, preprocessing=preprocessing, roi_size=[20, 20, 20], num_workers=0, cache="none",
+            foreground_margin=None, flip_prob=0, rotate_prob=0, zoom_prob=0, intensity_prob=0, num_crops=1,
+        )  # fmt: skip
+        dm.setup("fit")
+        crop = dm.train_dataset[0][0]["image"]
+        pad = torch.ones(crop.shape[1:], dtype=torch.bool)
+        start = [(c - 12) // 2 for c in crop.shape[1:]]  # SpatialPadd centres the volume
+        pad[tuple(slice(s, s + 12) for s in start)] = False
+        assert torch.all(crop[0][pad] == air), intensity
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"roi_size": 16}, r"roi_size must be a list of 2 or 3 sizes, e.g. \[96, 96, 96\], got 16"),  # a TypeError
+        ({"roi_size": "96"}, "roi_size must be a list"),  # was read as [9, 6]
+        ({"synth_ratio": "0.5x"}, r"synth_ratio must be a number in \[0, 1\], got '0.5x'"),
+        ({"synth_target_labels": [0, 1, 2, 3, 0], "num_classes": 3}, r"task class indices 0..2 .* got 3"),
+        ({"synth_target_labels": [0, -1, 1]}, r"task class indices 0 or more, got -1"),
+    ],
+)
+def test_bad_overrides_are_one_line_naming_the_argument(tmp_path, options, match):
+    data_list = write_dataset(tmp_path)
+    arguments = {"data_list": data_list, "preprocessing": PREPROCESSING_3D, "roi_size": [16, 16, 16], **options}
+    with pytest.raises(ValueError, match=match):
+        SegmentationDataModule(**arguments)
+
+
+def test_a_data_list_that_is_not_json_or_not_a_list_of_cases_says_so(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{training: []}")
+    with pytest.raises(ValueError, match=r"bad.json' is not valid JSON \(Expecting property name"):  # "no split"
+        load_data_list(bad, "training")
+    bad.write_text(json.dumps({"training": ["a.nii.gz"]}))
+    with pytest.raises(ValueError, match=r"split 'training' must be a list of objects like .* got 'a.nii.gz'"):
+        load_data_list(bad, "training")
+    data_list = write_dataset(tmp_path)
+    listing = json.loads(data_list.read_text())
+    listing["training"][0]["label"] = None
+    data_list.write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=r"training\[0\]: label must be one file path, got None"):
+        load_data_list(data_list, "training")
+    listing = json.loads(data_list.read_text())
+    listing["training"][0]["label"] = "case1_label.nii.gz"
+    image = nib.load(str(tmp_path / "case0_image.nii.gz"))
+    two = np.stack([np.asarray(image.dataobj)] * 2, axis=-1)
+    nib.save(nib.Nifti1Image(two, image.affine), str(tmp_path / "two_image.nii.gz"))
+    listing["training"][0] = {"image": "two_image.nii.gz", "label": "case0_label.nii.gz"}
+    data_list.write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=r"two_image.nii.gz' has 2 channel\(s\) where .*'num_modalities'\] is 1"):
+        _module(data_list, 3).setup("fit")  # it failed in the network's first call, naming neither
