@@ -142,11 +142,14 @@ class ConditionCache:
         """Row classes of ``cond`` (B, C, *S): equal images get the first one's index; a new tensor clears the cache."""
         if cond is None:
             return ()
-        if self.source is None or self.source[0] is not cond or self.source[1] != cond._version:
+        # an inference tensor (made under torch.inference_mode, as Lightning's validate makes its batches) has no
+        # version counter: it is the same image while it is the same tensor
+        version = None if cond.is_inference() else cond._version
+        if self.source is None or self.source[0] is not cond or self.source[1] != version:
             self.entries.clear()
             self.mask_tables.clear()
             self.num_bytes = 0
-            self.source = (cond, cond._version)
+            self.source = (cond, version)
             classes: list[int] = []
             for b in range(cond.shape[0]):
                 classes.append(next((c for c in dict.fromkeys(classes) if torch.equal(cond[c], cond[b])), b))

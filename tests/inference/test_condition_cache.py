@@ -94,3 +94,23 @@ def test_a_new_image_is_encoded_again():
     assert torch.equal(
         again, segmenter.sample(second, steps=2, generator=torch.Generator().manual_seed(7), model_fn=fresh)
     )
+
+
+def test_sampling_under_inference_mode_equals_no_grad():
+    """Lightning's ``validate`` makes its batches under ``torch.inference_mode``: their tensors have no version
+    counter, which the cache read ("Inference tensors do not track version counter")."""
+    segmenter = _segmenter("patch")
+    with torch.no_grad():
+        reference = segmenter.sample(_image(), steps=2, num_samples=2, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        image = _image()
+        denoiser = SlidingWindowDenoiser(segmenter.net, (8, 8, 8), max_whole_voxels=0)
+        got = segmenter.sample(image, steps=2, num_samples=2, generator=torch.Generator().manual_seed(7))
+        windowed = segmenter.sample(image, steps=2, num_samples=2, generator=torch.Generator().manual_seed(7),
+                                    model_fn=denoiser)  # fmt: skip
+    with torch.no_grad():
+        fresh = SlidingWindowDenoiser(segmenter.net, (8, 8, 8), max_whole_voxels=0)
+        stitched = segmenter.sample(_image(), steps=2, num_samples=2, generator=torch.Generator().manual_seed(7),
+                                    model_fn=fresh)  # fmt: skip
+    assert torch.equal(got, reference) and torch.equal(windowed, stitched)
+    assert denoiser.condition_cache.num_encoded == fresh.condition_cache.num_encoded > 0
