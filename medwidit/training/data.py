@@ -83,8 +83,14 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{argument} {str(data_list)!r}, {where}: {name} must be one file path, got {path!r}.")
     if not os.path.exists(path):
+        hint = (
+            " (its paths are relative to --dataset_dir; to train without painted volumes pass --synth_ratio 0, or give "
+            "a synth_data_list of your label maps)"
+            if argument == "synth_data_list"
+            else ""
+        )
         raise FileNotFoundError(
-            f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist."
+            f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist{hint}."
         )
     readers = LoadImage(image_only=True).readers
     if not os.path.isdir(path) and not any(reader.verify_suffix(str(path)) for reader in readers):

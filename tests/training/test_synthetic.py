@@ -58,8 +58,10 @@ def test_every_label_entry_is_a_map_and_missing_files_are_named(tmp_path):
         str(tmp_path / "head_other_label.nii.gz"),
     ]
     (tmp_path / "head_other_label.nii.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="other_label file .*head_other_label.nii.gz"):
+    with pytest.raises(FileNotFoundError, match="other_label file .*head_other_label.nii.gz") as error:
         load_label_maps(path, "training", base_dir=tmp_path)
+    # the bundle's default paints from the brain cache: with a --dataset_dir of one's own, say how to go without
+    assert "relative to --dataset_dir; to train without painted volumes pass --synth_ratio 0" in str(error.value)
 
 
 def test_a_label_map_off_its_images_grid_is_named(tmp_path):
