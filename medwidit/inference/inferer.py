@@ -75,17 +75,21 @@ class DiffusionSamplingInferer(Inferer):
 
         spacing = batch_spacing(inputs).to(inputs.device) if segmenter.spacing_conditioning else None
         extras = [extra.to(inputs.device).eval() for extra in self.extra_segmenters]
-        summary = sample_ensemble(
-            [segmenter, *extras],
-            (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float(),  # as the predictor passes it
-            roi_size=roi,
-            sw_batch_size=self.sw_batch_size,
-            generator=torch.Generator().manual_seed(self.seed),
-            wrap_model_fn=partial(autocast_model_fn, device_type=inputs.device.type, dtype=dtype),
-            spacing=spacing,
-            **self.options,
-        )
-        probability = summary["mean_probability"]  # (B, K, *S)
+        images = (inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs).float()  # as the predictor's
+        probabilities = []
+        for b in range(images.shape[0]):  # each case alone, seeded alike: its result does not depend on the batch
+            summary = sample_ensemble(
+                [segmenter, *extras],
+                images[b : b + 1],
+                roi_size=roi,
+                sw_batch_size=self.sw_batch_size,
+                generator=torch.Generator().manual_seed(self.seed),
+                wrap_model_fn=partial(autocast_model_fn, device_type=inputs.device.type, dtype=dtype),
+                spacing=None if spacing is None else spacing[b : b + 1],
+                **self.options,
+            )
+            probabilities.append(summary["mean_probability"])
+        probability = torch.cat(probabilities)  # (B, K, *S)
         if isinstance(inputs, MetaTensor):  # carry the image's meta and transforms, so that Invertd can map it back
             return MetaTensor(probability).copy_meta_from(inputs)
         return probability

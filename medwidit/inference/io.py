@@ -246,14 +246,28 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
     _check_affine(image.affine, name)
-    header = image.header.copy() if isinstance(image, nib.Nifti1Image) else None
+    header = None
+    if isinstance(image, nib.Nifti1Image):  # its .affine may have changed since the header was: as nibabel saves it
+        header = type(image)(image.dataobj, image.affine, image.header).header.copy()
     return data, geometry_from_affine(image.affine, data.shape, header=header, path=image.get_filename())
 
 
 def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:
-    """An array or tensor (*S) or (C, *S) and its RAS affine -> (float32 (C, *S), geometry); without an affine, 1 mm
+    """An array or tensor (*S) or (C, *S) and its RAS affine -> (float32 (C, *S), geometry); a MONAI MetaTensor
+    without ``affine`` brings its own (RAS, as MONAI's loaders make it, or LPS where its meta says so); else 1 mm
     voxels at the origin are assumed with a warning (the grid is then resampled as if it were 1 mm)."""
-    data = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
+    if affine is None and getattr(array, "affine", None) is not None and hasattr(array, "meta"):  # a MetaTensor
+        affine = np.asarray(array.affine.detach().cpu(), dtype=np.float64)
+        if str(array.meta.get("space", "RAS")).upper() == "LPS":
+            flip = np.diag([-1.0, -1.0] + [1.0] * (affine.shape[0] - 2))
+            affine = flip @ affine
+    if hasattr(array, "detach"):
+        tensor = array.detach().cpu()
+        if tensor.is_floating_point() and tensor.element_size() < 4:  # numpy has no bfloat16
+            tensor = tensor.float()
+        data = tensor.numpy()
+    else:
+        data = np.asarray(array)
     _check_real_scalar(data.dtype, "array")
     data = data.astype(np.float32)
     if data.ndim == spatial_dims:
@@ -264,6 +278,11 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
     if affine is None:
         logger.warning("array: no affine given, assuming 1 mm voxels; pass affine= (voxel -> RAS mm) for its spacing.")
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape not in ((spatial_dims + 1, spatial_dims + 1), (4, 4)):
+        raise InputError(
+            f"affine: expected a {spatial_dims + 1}x{spatial_dims + 1} (or 4x4) voxel -> RAS mm matrix, got shape "
+            f"{affine.shape}."
+        )
     _check_affine(affine, "array")
     return data, geometry_from_affine(affine, data.shape[1:])
 
@@ -280,6 +299,11 @@ def read_input(
         if array.shape[0] != num_modalities:
             raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {num_modalities}.")
         return array, geometry
+    if affine is not None:  # it would be ignored: a file or a nibabel image carries its own
+        raise InputError(
+            f"affine: given with {type(image).__name__} input, which carries its own; affine= is for arrays and "
+            "tensors only."
+        )
     if not items or not all(isinstance(i, (str, os.PathLike, nib.spatialimages.SpatialImage)) for i in items):
         raise TypeError(
             "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array, got "

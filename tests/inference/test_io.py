@@ -212,3 +212,51 @@ def test_write_images_refuses_two_folders(tmp_path):
                 Out(np.ones((4, 4, 4)), geometry, tmp_path / "z.nii.gz"),
             ]
         )
+
+
+def test_a_metatensor_brings_its_own_affine_and_other_tensors_their_values(tmp_path, rng):
+    """A MONAI MetaTensor was read as a bare tensor: 1 mm identity voxels and a warning saying no affine was given,
+    so the volume (and the resampled grid) were wrong; a bfloat16 tensor failed in numpy."""
+    import torch
+
+    from medwidit.inference.io import read_input
+
+    affine = oblique_affine()
+    path = save_nifti(tmp_path / "x.nii.gz", rng.random((8, 7, 6)).astype(np.float32), affine)
+    loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    data, geometry = read_input(loaded)
+    expected, on_file = read_image(path)
+    np.testing.assert_allclose(geometry.affine, on_file.affine, atol=1e-5)
+    np.testing.assert_array_equal(data[0], expected)
+    half = torch.from_numpy(expected).bfloat16()
+    data, _ = read_input(half, affine=affine)
+    np.testing.assert_array_equal(data[0], half.float().numpy())
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (16,), (3, 3)])
+def test_a_malformed_affine_is_one_line_naming_it(rng, shape):
+    from medwidit.inference.io import read_input
+
+    with pytest.raises(InputError, match=rf"^affine: expected a 4x4 .* got shape \({shape[0]},"):  # LinAlgError, ...
+        read_input(rng.random((6, 5, 4)).astype(np.float32), affine=np.ones(shape))
+
+
+def test_affine_with_a_file_or_nibabel_image_is_refused_not_ignored(tmp_path, rng):
+    from medwidit.inference.io import read_input
+
+    path = save_nifti(tmp_path / "x.nii.gz", rng.random((6, 5, 4)).astype(np.float32))
+    for image in (path, str(path), nib.load(path)):
+        with pytest.raises(InputError, match="affine: given with .* which carries its own"):
+            read_input(image, affine=np.diag([5.0, 5.0, 5.0, 1.0]))
+
+
+def test_outputs_of_an_in_memory_image_use_its_affine_even_if_changed_after_its_header(rng):
+    """nibabel keeps .affine and the header apart until a save: the outputs took the stale header's."""
+    from medwidit.inference.io import read_nibabel, to_nibabel
+
+    image = nib.Nifti1Image(rng.random((6, 5, 4)).astype(np.float32), oblique_affine())
+    image.affine[:3, 3] += 10.0
+    _, geometry = read_nibabel(image)
+    out = to_nibabel(np.zeros((6, 5, 4), np.uint8), geometry, "labels", max_label=1)
+    np.testing.assert_allclose(out.affine, image.affine, atol=1e-5)
+    np.testing.assert_allclose(geometry.affine, image.affine, atol=1e-9)
