@@ -326,8 +326,8 @@ def checkpoint_problem(path: Path, error: Exception) -> str:
     if path.stat().st_size == 0:
         return "the file is empty"
     with open(path, "rb") as f:
-        start = f.read(2)
-    if not zipfile.is_zipfile(path) and start[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before 1.6)
+        first = f.read(1)
+    if not zipfile.is_zipfile(path) and first != b"\x80":  # torch.save writes a zip archive (a pickle before 1.6)
         return f"not a PyTorch file: neither a zip archive nor a pickle (torch.load: {type(error).__name__})"
     text = " ".join(str(error).split())
     refused = re.search(r"(Unsupported global: .*?)(?: This| Check|$)", text)

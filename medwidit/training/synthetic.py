@@ -35,7 +35,7 @@ def check_label_maps(maps: list[dict], num_labels: int) -> None:
     """Before training starts: each map holds integer labels in 0..num_labels-1 and some foreground; the error
     names the file and the label (the generator would otherwise fail in a worker, minutes into training)."""
     for item in maps:
-        values = label_values(item["label"])  # as the generator's LoadImaged reads it: NIfTI, NRRD, MHA
+        values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
         if not np.array_equal(values, np.round(values)):
             raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")
         unknown = [int(v) for v in values if not 0 <= v < num_labels]
