@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import medwidit
 from medwidit.cli import main
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+from medwidit.inference import InputError
 from medwidit.nets import WiDiT
 
 FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu"]
@@ -257,10 +259,13 @@ def test_an_unknown_bundle_is_one_line_naming_it_and_the_shipped_ones(setup, cap
     assert code == 1 and len(err.splitlines()) == 1
     assert re.match(
         r"medwidit: error: bundle 'brain_widit_segmentaton': no such folder and no shipped bundle of that name "
-        r"\(shipped: .*brain_widit_segmentation.*, in .*bundles\); give --bundle DIR .* or --checkpoint FILE\.$",
+        r"\(shipped: .*brain_widit_segmentation.*, in .*bundles\); give a MONAI bundle folder \(--bundle DIR; bundle= "
+        r"in Python\) or a checkpoint \(--checkpoint FILE; Predictor.from_checkpoint\)\.$",
         err,
     ), err
     assert not (tmp_path / "out").exists()  # nothing was written, not even a record
+    with pytest.raises(InputError, match=r"bundle= in Python"):  # the Python caller is told its argument too
+        medwidit.segment(str(inputs / "good_0000.nii.gz"), bundle="brain_widit_segmentaton")
 
 
 def test_version_comes_from_the_installed_metadata_or_the_source(capsys, monkeypatch):

@@ -291,7 +291,8 @@ def resolve_bundle(bundle: str | os.PathLike | None = None) -> Path:
     given = "the default bundle" if bundle is None else f"bundle {name!r}"
     raise InputError(
         f"{given}: no such folder and no shipped bundle of that name (shipped: {', '.join(shipped) or 'none'}, in "
-        f"{' or '.join(map(str, places))}); give --bundle DIR (a MONAI bundle folder) or --checkpoint FILE."
+        f"{' or '.join(map(str, places))}); give a MONAI bundle folder (--bundle DIR; bundle= in Python) or a "
+        "checkpoint (--checkpoint FILE; Predictor.from_checkpoint)."
     )
 
 
