@@ -7,6 +7,7 @@ validation sees whole volumes through the same pre-transforms and nothing else, 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -78,6 +79,12 @@ def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str)
     return data_list, items
 
 
+@functools.cache
+def _monai_readers() -> tuple:
+    """The readers MONAI's ``LoadImage`` has here (built once, not per file checked)."""
+    return tuple(LoadImage(image_only=True).readers)
+
+
 def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -> None:
     """The file exists, and MONAI's ``LoadImage`` here, which training loads it with, has a reader for its format."""
     if not isinstance(path, (str, os.PathLike)):
@@ -92,7 +99,7 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
         raise FileNotFoundError(
             f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist{hint}."
         )
-    readers = LoadImage(image_only=True).readers
+    readers = _monai_readers()
     if not os.path.isdir(path) and not any(reader.verify_suffix(str(path)) for reader in readers):
         raise ValueError(
             f"{argument} {str(data_list)!r}, {where}: {name} {str(path)!r}: MONAI's image loader has no reader for "
