@@ -261,12 +261,19 @@ def _demo(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from medwidit.inference.io import InputError, OutputError
+    from medwidit.inference.options import checkpoint_problem
     from medwidit.training import export_checkpoint
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file.")
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=True)  # here: training may not import inference
+    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError for other files
+        raise InputError(f"{checkpoint}: not a readable checkpoint ({checkpoint_problem(checkpoint, e)}).") from e
     try:
         weights = export_checkpoint(checkpoint, Path(args.bundle) / "models", overwrite=args.overwrite)
     except FileExistsError as e:

@@ -341,12 +341,7 @@ def _segmenter_from(segmenter: DiffusionSegmenter | None, model_config: Mapping 
 def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """A Lightning checkpoint of :class:`DiffusionSegmentationModule` -> bundle weights in ``models_dir`` (the
     ``medwidit export`` command); the training crop becomes the config's "roi_size" where the checkpoint has it."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError for other files
-        from medwidit.inference.options import checkpoint_problem
-
-        raise ValueError(f"{checkpoint}: not a readable checkpoint ({checkpoint_problem(Path(checkpoint), e)}).") from e
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "model_config" not in state.get("hyper_parameters", {}):
         raise ValueError(
             f"{checkpoint} is not a Lightning checkpoint of DiffusionSegmentationModule (no hyper_parameters "
