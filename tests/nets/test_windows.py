@@ -174,6 +174,41 @@ def test_one_mask_table_per_call_changes_no_value(randomize, position):
 
 
 @pytest.mark.parametrize("position", POSITIONS)
+def test_under_autocast_windows_move_tokens_in_its_dtype_with_the_same_values_and_gradients(
+    randomize, monkeypatch, position
+):
+    """The window shuffles (pad, roll, partition) get the tokens already in autocast's dtype, half the bytes of
+    float32 (on an H200 the float32 rolls were 3.5% of a WiDiT-B/4 step); outputs and gradients are those of casting
+    at the qkv projection, bit for bit."""
+    layer = randomize(WindowAttention(16, 2, (2, 3, 4), shifted=True, position=position))
+    grid = (3, 5, 7)  # shifted and padded
+    x = torch.randn(2, math.prod(grid), 16, generator=torch.Generator().manual_seed(5))
+
+    def run():
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(inputs, grid)
+        out.float().square().sum().backward()
+        grads = [inputs.grad] + [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad(set_to_none=True)
+        return out, grads
+
+    rolled = []
+    roll = attention_module.roll_tokens
+    monkeypatch.setattr(attention_module, "roll_tokens", lambda t, *a: rolled.append(t.dtype) or roll(t, *a))
+    out, grads = run()
+    assert rolled and set(rolled) == {torch.bfloat16}
+    monkeypatch.setattr(attention_module, "_autocast_input", lambda t: t)  # cast where qkv casts: float32 rolls
+    rolled.clear()
+    reference, reference_grads = run()
+    assert torch.float32 in rolled
+    assert out.dtype == reference.dtype and torch.equal(out, reference)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads, strict=True))
+    with torch.no_grad():  # without autocast nothing changes: float32 throughout
+        assert layer(x, grid).dtype == torch.float32
+
+
+@pytest.mark.parametrize("position", POSITIONS)
 def test_sdpa_masks_have_the_layout_cuda_fused_kernels_take(tiny, monkeypatch, position):
     """Regression (first GPU run): the relative bias reached SDPA as a permuted 3-D (heads, N, N) tensor, which CUDA's
     flash/efficient/cudnn kernels refuse, so WiDiT-B/4 ran on the math kernel. Every mask must be 4-D with a unit last
