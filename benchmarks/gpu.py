@@ -8,11 +8,15 @@ finished.
   ``torch.nn.attention.sdpa_kernel``, which of flash / efficient / cudnn / math run and how fast;
 - ``bf16_agreement``: the shipped bundle on the shipped example in float32 and bf16 autocast, same seed: Dice between
   the label maps, max and mean probability difference;
-- ``throughput``: WiDiT-B/4 at 128^3, forward + backward in bf16: steps/s, FLOPs (``FlopCounterMode``), TFLOP/s, MFU;
-- ``compile``: the bundle net's forward on a batch of inference windows, eager vs ``torch.compile``;
-- ``ddp``: a one-process DDP training smoke run of the segmenter (``torch.multiprocessing``; nccl, or gloo on CPU);
 - ``ct_volume``: seconds and peak memory of ``Predictor.segment`` (sample_ensemble) on a random 512x512x300 volume at
-  the model's spacing (the network sees the whole grid), with the default steps and samples.
+  the model's spacing (the network sees the whole grid), with the default steps and samples;
+- ``throughput``: WiDiT-B/4 at 128^3, forward + backward in bf16: steps/s, FLOPs (``FlopCounterMode``), TFLOP/s, MFU,
+  the top kernels; the same with rotary positions, compiled, and both;
+- ``ddp``: a one-process DDP training smoke run of the segmenter (``torch.multiprocessing``; nccl, or gloo on CPU);
+- ``compile``: the bundle net's forward on a batch of inference windows, eager vs ``torch.compile``.
+
+Every compile starts from a fresh dynamo with static shapes, and the report says whether a graph still had a symbolic
+size (``dynamic_shapes``).
 
     python benchmarks/gpu.py                        # CUDA: every section, under 8 minutes -> results/gpu.json
     python benchmarks/gpu.py --device cpu --quick   # tiny sizes, seconds -> results/gpu_cpu_quick.json
@@ -109,8 +113,8 @@ SIZES = {  # full: the figures the issue asks for; quick: the same code on tiny 
         "agree_steps": 1,
         "agree_samples": 1,
         "ddp_steps": 2,
-        "windows": 1,
-        "edge": 32,
+        "windows": 2,  # a shape other than throughput's, as in full mode: the compile section then sees a new shape
+        "edge": 16,
     },
 }
 
@@ -189,6 +193,27 @@ def _net_inputs(ctx: Context, net: WiDiT, batch: int, size: int) -> tuple:
     x = torch.randn(batch, net.in_channels, *(size,) * 3, generator=g).to(ctx.device)
     cond = torch.randn(batch, net.cond_channels, *(size,) * 3, generator=g).to(ctx.device)
     return x, torch.full((batch,), 500.0, device=ctx.device), cond
+
+
+def _compile(ctx: Context, module: torch.nn.Module, record: dict) -> torch.nn.Module:
+    """``torch.compile`` from a clean slate, with static shapes; ``record["dynamic_shapes"]`` says whether any graph
+    it compiles still has a symbolic size. Without the reset, the third compile of ``WiDiT.forward`` in one process
+    (throughput's two variants, then the compile section at another shape) went to dynamic shapes, and on the H200
+    (2026-12-04) its symbolic compile did not finish in four minutes: the run was killed there."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    inner = torch._dynamo.lookup_backend(ctx.compile_backend)
+    record["dynamic_shapes"] = False
+
+    def backend(gm, example_inputs):
+        symbolic = any(isinstance(v, torch.SymInt) for v in example_inputs) or any(
+            isinstance(size, torch.SymInt) for v in example_inputs if isinstance(v, torch.Tensor) for size in v.shape
+        )
+        record["dynamic_shapes"] = record["dynamic_shapes"] or symbolic
+        return inner(gm, example_inputs)
+
+    return torch.compile(module, backend=backend, dynamic=False)
 
 
 def _error(e: BaseException) -> str:
@@ -379,13 +404,14 @@ def throughput(ctx: Context) -> dict:
         "variants": {},
     }
     variants = {
-        "rope": lambda: train_step(_widit_b4(ctx, position="rope")),
-        "compiled": lambda: train_step(torch.compile(net, backend=ctx.compile_backend)),
+        "rope": lambda record: train_step(_widit_b4(ctx, position="rope")),
+        "compiled": lambda record: train_step(_compile(ctx, net, record)),
+        "compiled_rope": lambda record: train_step(_compile(ctx, _widit_b4(ctx, position="rope"), record)),
     }
     for name, make in variants.items():
         try:
-            start = time.perf_counter()
-            variant_step = make()
+            start, record = time.perf_counter(), {}
+            variant_step = make(record)
             variant_step()  # compiles, for "compiled"
             setup = time.perf_counter() - start
             seconds = ctx.timed(variant_step, iters=ctx.sizes["tp_iters"])
@@ -393,6 +419,8 @@ def throughput(ctx: Context) -> dict:
                 "seconds_per_step": seconds,
                 "mfu": flops / seconds / 1e12 / ctx.peak_tflops,
                 "setup_seconds": setup,
+                **record,
+                "top_kernels": _top_kernels(ctx, variant_step, top=8),
             }
         except Exception as e:  # a variant that fails must not hide the eager figures
             report["variants"][name] = {"error": _error(e)}
@@ -420,7 +448,8 @@ def compile_speedup(ctx: Context) -> dict:
 
     net = _bundle_net(ctx)
     x, t, cond = _net_inputs(ctx, net, ctx.sizes["windows"], ctx.sizes["edge"])
-    compiled = torch.compile(net, backend=ctx.compile_backend)
+    record = {}
+    compiled = _compile(ctx, net, record)
     torch._dynamo.utils.counters.clear()
 
     def run(model):
@@ -441,6 +470,7 @@ def compile_speedup(ctx: Context) -> dict:
         "speedup": eager_s / compiled_s,
         "max_abs_difference": float((run(net).float() - out_compiled.float()).abs().max()),
         "graph_breaks": int(sum(torch._dynamo.utils.counters["graph_break"].values())),
+        **record,
     }
 
 
@@ -549,14 +579,14 @@ def ct_volume(ctx: Context) -> dict:
     }
 
 
-SECTIONS = {
+SECTIONS = {  # the issue's two targets early: a lease can end before the last section (2026-12-04: in compile)
     "environment": environment,
     "sdpa_kernels": sdpa_kernels,
     "bf16_agreement": bf16_agreement,
-    "throughput": throughput,
-    "compile": compile_speedup,
-    "ddp": ddp,
     "ct_volume": ct_volume,
+    "throughput": throughput,
+    "ddp": ddp,
+    "compile": compile_speedup,
 }
 
 
@@ -603,6 +633,8 @@ def main(argv=None) -> int:
     names = args.sections.split(",") if args.sections else list(SECTIONS)
     if unknown := sorted(set(names) - set(SECTIONS)):
         parser.error(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+    if "environment" not in names:  # it sets the bf16 peak that MFU divides by (throughput failed without it)
+        names.insert(0, "environment")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu --quick")
     name = "gpu" if args.device.startswith("cuda") and not args.quick else f"gpu_{args.device.split(':')[0]}"
