@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--save-uncertainty",
         action="store_true",
-        help="also write case_uncertainty (total predictive entropy, nats) and its parts case_aleatoric (expected "
-        "entropy) and case_epistemic (mutual information; 0 without --augment)",
+        help="also write case_uncertainty (total predictive entropy, nats), its parts case_aleatoric (expected "
+        "entropy) and case_epistemic (mutual information between groups of members: sets of weights and --augment "
+        "views; 0 with one set and one view), and case_disagreement (the coarse localization pass against the "
+        "result; 0 without that pass)",
     )
     seg.add_argument(
         "--save-figure",

@@ -64,7 +64,7 @@ def run_demo(
     voxel_ml = float(np.prod(labels_image.header.get_zooms()[:3])) / 1000.0
     brain = int((np.asanyarray(labels_image.dataobj) == 1).sum())
     truth = int((np.asanyarray(nib.load(case["label"]).dataobj) == 1).sum())
-    lines = [f"input      {case['image']} ({case['template']}, held out from training)"]
+    lines = [f"input      {case['image']} (from the {case['template']} template, held out from training)"]
     lines += [f"wrote      {path}" for path in result.outputs]
     lines += [
         f"brain      {brain * voxel_ml:.0f} mL (reference mask {truth * voxel_ml:.0f} mL)",

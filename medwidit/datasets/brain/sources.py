@@ -1,4 +1,4 @@
-"""Real anatomy from installable templates: two segmentation tasks built reproducibly into a cache folder.
+"""Real anatomy from installable templates: three tasks built reproducibly into a cache folder.
 
 Tasks (see data_lists/ for the splits):
   brain   whole-head T1 -> brain mask (0 background, 1 brain)
