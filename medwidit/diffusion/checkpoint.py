@@ -102,6 +102,7 @@ def save_bundle_weights(
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
     config = segmenter_config(segmenter, extra_config)
+    json.dumps(config)  # a config JSON cannot hold fails here, before model.pt is written without its sidecar
     state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
     models_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
@@ -112,15 +113,17 @@ def save_bundle_weights(
 
 
 def read_model_config(path) -> dict:
-    """The config of a checkpoint file without its weights: the sidecar's for a bare state dict, else the file's."""
+    """The config of a checkpoint file: the file's own, else (a bare state dict) the sidecar's beside it, as
+    :func:`load_segmenter` reads them (a self-contained file beside a sidecar, as a bundle's ``model_b.pt``, is its
+    own model)."""
     path = Path(path)
-    sidecar = path.parent / SIDECAR
-    if sidecar.is_file():
-        return _read_sidecar(sidecar)["config"]
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+    if isinstance(checkpoint, dict) and "config" in checkpoint:
+        return checkpoint["config"]
+    sidecar = path.parent / SIDECAR
+    if not sidecar.is_file():
         raise ValueError(f"{path}: no 'config' in the file and no {SIDECAR} beside it.")
-    return checkpoint["config"]
+    return _read_sidecar(sidecar)["config"]
 
 
 def load_segmenter(path, map_location="cpu") -> tuple[DiffusionSegmenter, dict]:

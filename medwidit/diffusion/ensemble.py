@@ -18,6 +18,7 @@ __all__ = [
     "call_net",
     "call_rows",
     "call_with_spacing",
+    "case_generators",
     "member_generators",
     "tile_spacing",
     "trunk_generator",
@@ -63,6 +64,18 @@ def trunk_generator(first: torch.Generator) -> torch.Generator:
 
 def member_generators(generator: torch.Generator | None, num_samples: int, device) -> list[torch.Generator]:
     """One generator per ensemble member, seeded from ``generator`` (or torch's global generator when None)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+            "(for a seed: torch.Generator().manual_seed(seed))."
+        )
     gen_device = generator.device if generator is not None else torch.device(device)
     seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device)
     return [torch.Generator(device=gen_device).manual_seed(int(seed)) for seed in seeds.tolist()]
+
+
+def case_generators(generators: list[torch.Generator], batch: int) -> list[torch.Generator]:
+    """Each generator as ``batch`` fresh generators of its seed, member-major as ``image.repeat`` tiles the batch: row
+    ``j`` of the members' batch draws from member ``j // batch``'s seed alone, so a case gets the noise it would get
+    sampled alone, wherever it sits in the batch (one generator per member drew one block for the whole batch)."""
+    return [torch.Generator(device=g.device).manual_seed(g.initial_seed()) for g in generators for _ in range(batch)]

@@ -84,6 +84,12 @@ def timestep_list(scheduler: Scheduler, steps: int) -> list:
     """Network times, noisiest first, of ``steps`` in 1..T: MONAI's ``set_timesteps`` on a private copy (the caller's
     scheduler is left as it was)."""
     check_int("steps", steps, low=1, high=scheduler.num_train_timesteps, hint=" (num_train_timesteps)")
+    rflow = isinstance(scheduler, RFlowScheduler)
+    if rflow and scheduler.use_discrete_timesteps and not scheduler.use_timestep_transform:
+        # MONAI's list, without its pass through float16: that is exact only up to T = 2048 (T = 4000 repeated 976
+        # steps, T = 70000 gave a negative time)
+        total = scheduler.num_train_timesteps
+        return [int(round((1.0 - i / steps) * total)) + scheduler.steps_offset for i in range(steps)]
     private = copy.deepcopy(scheduler)
     private.set_timesteps(steps)
     return private.timesteps.tolist()

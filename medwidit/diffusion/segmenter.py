@@ -6,9 +6,11 @@ seam so that sliding-window inference can evaluate each step window by window.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import torch
@@ -27,6 +29,7 @@ from .ensemble import (
     call_net,
     call_rows,
     call_with_spacing,
+    case_generators,
     member_generators,
     trunk_generator,
 )
@@ -118,7 +121,7 @@ class DiffusionSegmenter(nn.Module):
         self.scheduler_name = scheduler
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
-        self.schedule_args = dict(schedule_args or {})
+        self.schedule_args = {k: float(v) for k, v in (schedule_args or {}).items()}  # plain floats: JSON, torch.load
         self.learn_sigma = check_bool("learn_sigma", learn_sigma)
         self.variance_type = variance_type
         self.aux_weight = float(aux_weight)
@@ -181,6 +184,7 @@ class DiffusionSegmenter(nn.Module):
         "vlb"]}``; ``loss = diffusion + aux_weight * aux + vlb_weight * T * vlb`` (vlb is L_t in bits/voxel).
         ``spacing`` (B, 2N), when given, goes to the net: ``net(..., spacing=spacing)`` (WiDiT spacing_conditioning)."""
         _check_pair(image, label)
+        image = _float_image(image, spacing)
         x0 = encode_labels(label, self.num_classes).to(image.device)  # (B, K, *S)
         t = sample_training_timesteps(
             self.objective,
@@ -248,7 +252,9 @@ class DiffusionSegmenter(nn.Module):
         see the class); ``eta`` is DDIM's noise (an error with any other sampler unless 0); ``steps`` is the length of
         the timestep list (Heun calls the network 2 * steps - 1 times).
         Ensemble members are sampled ``chunk_size`` at a time (default: all together) as one batch; each member draws
-        its noise from its own generator, seeded from ``generator``, so chunking never changes the result.
+        its noise from its own generator, seeded from ``generator``, so chunking never changes the result; a case of
+        a batch gets the samples it gets alone with the same ``generator``. The image may have any real dtype (it is
+        sampled in float32).
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
         w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
@@ -267,6 +273,7 @@ class DiffusionSegmenter(nn.Module):
         spec, options = self.check_sampling(
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
+        image = _float_image(image, spacing)
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         check_shared_steps(shared_steps, steps)
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
@@ -278,7 +285,7 @@ class DiffusionSegmenter(nn.Module):
         b, shape = image.shape[0], (image.shape[0], self.num_classes, *image.shape[2:])
         trunk = None  # the shared steps' clean estimate (B, K, *S)
         if shared_steps:
-            trunk_gen = [trunk_generator(members[0])]  # from member 0's seed: no draw, so n members stay a prefix
+            trunk_gen = case_generators([trunk_generator(members[0])], b)  # member 0's seed: n members stay a prefix
             x = randn_like(image.new_empty(shape, dtype=torch.float32), trunk_gen)
             callback = None if progress is None else partial(_with_chunk, progress, -1)
             denoise = self._self_conditioned(self._denoiser(model_fn, image, guidance_scale))
@@ -287,13 +294,14 @@ class DiffusionSegmenter(nn.Module):
             branch = timesteps[shared_steps]
         samples, denoisers = [], {}  # one conditioning tensor per chunk length: its encoding is reused by the chunks
         for start in range(0, num_samples, chunk_size):
-            gens = members[start : start + chunk_size]
-            if len(gens) not in denoisers:
-                cond = image.repeat(len(gens), *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
-                denoisers[len(gens)] = self._denoiser(model_fn, cond, guidance_scale)
-            trunks = None if trunk is None else trunk.repeat(len(gens), *([1] * (trunk.ndim - 1)))  # (m*B, K, *S)
-            denoise = self._self_conditioned(denoisers[len(gens)], trunks)
-            x = randn_like(image.new_empty((len(gens) * b, *shape[1:]), dtype=torch.float32), gens)
+            gens = case_generators(members[start : start + chunk_size], b)  # one per (member, case)
+            m = len(gens) // b
+            if m not in denoisers:
+                cond = image.repeat(m, *([1] * (image.ndim - 1)))  # (m*B, C_img, *S)
+                denoisers[m] = self._denoiser(model_fn, cond, guidance_scale)
+            trunks = None if trunk is None else trunk.repeat(m, *([1] * (trunk.ndim - 1)))  # (m*B, K, *S)
+            denoise = self._self_conditioned(denoisers[m], trunks)
+            x = randn_like(image.new_empty((m * b, *shape[1:]), dtype=torch.float32), gens)
             callback = None if progress is None else partial(_with_chunk, progress, start // chunk_size)
             if trunk is None:
                 x = spec.fn(denoise, x, timesteps, **schedule, generator=gens, callback=callback, **options)
@@ -303,7 +311,7 @@ class DiffusionSegmenter(nn.Module):
                 callback = None if callback is None else partial(_offset_steps, callback, shared_steps)
                 x = spec.fn(denoise, x, timesteps[shared_steps:], **schedule, generator=gens, callback=callback,
                             **options)  # fmt: skip
-            samples.append(x.reshape(len(gens), *shape))
+            samples.append(x.reshape(m, *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
     def check_sampling(
@@ -383,10 +391,30 @@ def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma,
     if learn_sigma and objective == "flow":
         raise ValueError("learn_sigma=True needs a Gaussian objective (sample, epsilon, v_prediction), not flow.")
     schedule = look_up_option(schedule, NoiseSchedules.names)
+    _check_schedule_args(schedule, schedule_args)
     variance_type = look_up_option(variance_type or ("learned_range" if learn_sigma else "fixed_small"), VARIANCE_TYPES)
     if variance_type == "learned_range" and not learn_sigma:
         raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
     return objective, scheduler, schedule, variance_type
+
+
+def _check_schedule_args(schedule: str, schedule_args: dict | None) -> None:
+    """``schedule_args`` are the noise schedule's own numbers: a scheduler option there (``prediction_type``,
+    ``clip_sample``) would override ``objective`` or ``clip_sample`` for sampling but not for training, and the
+    model's config would not say so."""
+    if schedule_args is None:
+        return
+    if not isinstance(schedule_args, Mapping):
+        raise ValueError(f"schedule_args must be a dict of {schedule!r}'s arguments, got {schedule_args!r}.")
+    allowed = [p for p in inspect.signature(NoiseSchedules[schedule]).parameters if p != "num_train_timesteps"]
+    for key, value in schedule_args.items():
+        if key not in allowed:
+            owner = {"prediction_type": " (set by objective)", "clip_sample": " (set by clip_sample)"}.get(key, "")
+            raise ValueError(
+                f"schedule_args: {key!r}{owner} is not an argument of schedule {schedule!r}; it takes {allowed}."
+            )
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"schedule_args[{key!r}] must be a finite number, got {value!r}.")
 
 
 def _offset_steps(callback: Callable[[dict], None], offset: int, info: dict) -> None:
@@ -395,6 +423,20 @@ def _offset_steps(callback: Callable[[dict], None], offset: int, info: dict) -> 
 
 def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> None:
     progress({**info, "chunk": chunk})
+
+
+def _float_image(image: torch.Tensor, spacing: torch.Tensor | None) -> torch.Tensor:
+    """The image in float32, the samplers' and the network's dtype (autocast lowers it inside), from any real dtype
+    (float64 from nibabel's get_fdata, integer CT); ``spacing`` checked to have one row per case, or one for all
+    (rows are tiled as the batch is, so another count would give cases each other's spacing)."""
+    if image.is_complex():
+        raise ValueError(f"image must be real-valued, got dtype {image.dtype}.")
+    if spacing is not None and (spacing.ndim != 2 or spacing.shape[0] not in (1, image.shape[0])):
+        raise ValueError(
+            f"spacing must have shape (B, 2N): one row per image of the batch (B = {image.shape[0]}) or one row "
+            f"for all, got {tuple(spacing.shape)}."
+        )
+    return image if image.dtype == torch.float32 else image.float()
 
 
 def _check_pair(image: torch.Tensor, label: torch.Tensor) -> None:

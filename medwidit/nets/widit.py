@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -34,10 +35,28 @@ CONDITIONINGS = ("embed", "concat")  # image embedded on its own (hidden split i
 #################################################################################
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _count(name: str, value) -> int:
+    """``value`` as a plain positive int (numpy's too: a config must save as JSON and load with ``weights_only``),
+    else a ValueError naming ``name`` (a float such as 2.0 is refused, not truncated)."""
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an int, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value}.")
+    return int(value)
+
+
 def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[int, ...]:
     """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
-    if not isinstance(value, int) and len(value) != spatial_dim:
-        raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value}.")
+    if not _is_int(value) and (
+        isinstance(value, (str, bool)) or not isinstance(value, Sequence) or len(value) != spatial_dim
+    ):
+        raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value!r}.")
+    if not all(_is_int(v) for v in ensure_tuple_rep(value, spatial_dim)):
+        raise ValueError(f"{name} must hold ints, got {value!r}.")
     out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dim))
     if any(v < 1 for v in out):
         raise ValueError(f"{name} must be positive on every axis, got {value}.")
@@ -147,6 +166,18 @@ class WiDiT(nn.Module):
         pixel_image_depth: int = 0,
     ) -> None:
         super().__init__()
+        spatial_dim, in_channels, hidden_size, depth, num_heads = (
+            _count(name, value)
+            for name, value in (
+                ("spatial_dim", spatial_dim),
+                ("in_channels", in_channels),
+                ("hidden_size", hidden_size),
+                ("depth", depth),
+                ("num_heads", num_heads),
+            )
+        )
+        cond_channels = None if cond_channels is None else _count("cond_channels", cond_channels)
+        out_channels = None if out_channels is None else _count("out_channels", out_channels)
         _check_widit_sizes(
             spatial_dim, hidden_size, num_heads, in_channels=in_channels, depth=depth, mlp_ratio=mlp_ratio
         )
@@ -287,6 +318,8 @@ class WiDiT(nn.Module):
         spacing = torch.as_tensor(spacing, dtype=torch.float32, device=x.device)
         if tuple(spacing.shape) != expected:
             raise WiDiTInputError(f"spacing must have shape {expected} (grid, then acquisition), got {spacing.shape}.")
+        if tracing():  # a check on values: export cannot guard on data (it failed to trace); eager calls check
+            return spacing
         if not bool((spacing > 0).all()) or not bool(spacing.isfinite().all()):
             raise WiDiTInputError(f"spacing must be positive finite mm, got {spacing.tolist()}.")
         return spacing
@@ -395,6 +428,11 @@ def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     checkpoint_ = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
     if not isinstance(checkpoint_, dict) or not {"state_dict", "config"} <= checkpoint_.keys():
         raise ValueError(f"{path} is not a WiDiT checkpoint: expected a dict with 'state_dict' and 'config'.")
+    if {"net", "segmenter"} <= set(checkpoint_["config"]):
+        raise ValueError(
+            f"{path} is a diffusion segmenter's checkpoint, not a bare WiDiT's: load it with "
+            "medwidit.diffusion.load_segmenter (its .net is the WiDiT)."
+        )
     model = WiDiT(**checkpoint_["config"])
     model.load_state_dict(checkpoint_["state_dict"])
     logger.info("loaded WiDiT from %s (version %s)", path, checkpoint_.get("version"))

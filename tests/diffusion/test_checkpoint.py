@@ -78,3 +78,36 @@ def test_broken_sidecar_is_named(tmp_path):
     (tmp_path / SIDECAR).write_text(json.dumps({"version": "0.1.0"}))
     with pytest.raises(ValueError, match=f"{SIDECAR}: must be a JSON object with a 'config'"):
         load_segmenter(weights)
+
+
+def test_read_model_config_of_a_self_contained_file_beside_a_sidecar_is_its_own(tmp_path):
+    """A bundle's models/ holds model.pt + medwidit.json and may hold model_b.pt, a single-file checkpoint of another
+    model: read_model_config returned the sidecar's config for it, where load_segmenter rebuilds its own."""
+    save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    torch.manual_seed(1)
+    other = DiffusionSegmenter(TinyConvNet(2, 2, out_channels=2), num_classes=2, objective="flow")
+    save_segmenter(other, tmp_path / "model_b.pt", EXTRA)
+    config = read_model_config(tmp_path / "model_b.pt")
+    assert config == load_segmenter(tmp_path / "model_b.pt")[1]
+    assert config["segmenter"]["num_classes"] == 2 and config["segmenter"]["objective"] == "flow"
+    assert read_model_config(tmp_path / "model.pt")["segmenter"]["objective"] == "v_prediction"  # the sidecar's
+
+
+def test_bundle_weights_with_a_config_json_cannot_hold_write_nothing(tmp_path):
+    """model.pt was written before the config failed to serialise: an orphan that the next try refused to replace."""
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_bundle_weights(_segmenter(), tmp_path / "models", {**EXTRA, "note": object()})
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    save_bundle_weights(_segmenter(), tmp_path / "models", EXTRA)  # and a corrected call needs no overwrite
+
+
+def test_numpy_schedule_args_save_as_plain_floats_and_load(tmp_path):
+    import numpy as np
+
+    torch.manual_seed(0)
+    schedule_args = {"beta_start": np.float32(1e-4), "beta_end": np.float64(0.035)}
+    segmenter = DiffusionSegmenter(TinyConvNet(2, 3, out_channels=3), num_classes=3, schedule_args=schedule_args)
+    assert all(type(v) is float for v in segmenter.schedule_args.values())
+    save_segmenter(segmenter, tmp_path / "s.pt")  # weights_only loading refused numpy scalars
+    assert load_segmenter(tmp_path / "s.pt")[1]["segmenter"]["schedule_args"] == segmenter.schedule_args
+    save_bundle_weights(segmenter, tmp_path / "models", EXTRA)  # json refused them, after writing model.pt

@@ -154,7 +154,8 @@ def test_flow_euler_equals_monai_rflow_step_bit_for_bit():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_outputs_equal_the_recorded_ones_bit_for_bit(name):
-    # recorded at commit 317c463, when the samplers read the segmenter's scheduler after set_timesteps mutated it
+    # recorded at commit 317c463 (samplers that read a mutated MONAI scheduler); re-recorded when each case of a batch
+    # got its own noise (sampler_reference.py's docstring)
     assert torch.equal(run_case(name), torch.load(REFERENCE)[name])
 
 
@@ -173,6 +174,21 @@ def test_timestep_list_uses_a_private_copy():
     scheduler.set_timesteps(10)
     assert timestep_list(scheduler, 3) == [999, 500, 0]
     assert len(scheduler.timesteps) == 10
+
+
+def test_flow_timesteps_are_monai_s_up_to_2048_and_distinct_beyond():
+    """MONAI's RFlowScheduler passes its list through float16: exact up to T = 2048; T = 4000 repeated 976 steps and
+    T = 70000 gave a negative time. timestep_list builds the same list in ints."""
+    for total in (1000, 2048):
+        scheduler = RFlowScheduler(num_train_timesteps=total, use_discrete_timesteps=True)
+        for steps in (1, 2, 3, 10, 333, total):
+            monai_list = scheduler.__class__(num_train_timesteps=total, use_discrete_timesteps=True)
+            monai_list.set_timesteps(steps)
+            assert timestep_list(scheduler, steps) == monai_list.timesteps.tolist(), (total, steps)
+    for total in (4000, 70000):
+        times = timestep_list(RFlowScheduler(num_train_timesteps=total, use_discrete_timesteps=True), 4000)
+        assert times[0] == total and min(times) > 0 and len(set(times)) == 4000
+        assert times == sorted(times, reverse=True)
 
 
 @pytest.mark.parametrize("objective", ["sample", "epsilon", "v_prediction", "flow"])

