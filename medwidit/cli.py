@@ -267,19 +267,24 @@ def _export(args: argparse.Namespace) -> int:
     from medwidit.inference.options import checkpoint_problem
     from medwidit.training import export_checkpoint
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint, bundle = Path(args.checkpoint), Path(args.bundle)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint file.")
     try:
         torch.load(checkpoint, map_location="cpu", weights_only=True)  # here: training may not import inference
     except Exception as e:  # torch raises KeyError, EOFError, RuntimeError, UnpicklingError for other files
         raise InputError(f"{checkpoint}: not a readable checkpoint ({checkpoint_problem(checkpoint, e)}).") from e
+    if not (bundle / "configs").is_dir():  # a mistyped bundle path "succeeded" into a new folder; a file, a traceback
+        raise InputError(
+            f"BUNDLE_DIR {bundle}: not a bundle folder (no configs/ in it); export into a bundle, e.g. a copy of the "
+            f"one you trained with (cp -r bundles/brain_widit_segmentation {bundle})."
+        )
     try:
-        weights = export_checkpoint(checkpoint, Path(args.bundle) / "models", overwrite=args.overwrite)
+        weights = export_checkpoint(checkpoint, bundle / "models", overwrite=args.overwrite)
     except FileExistsError as e:
         raise OutputError(str(e)) from e
     logger.info("%s -> %s (and %s)", checkpoint, weights, weights.with_name("medwidit.json"))
-    _warn_other_weight_sets(Path(args.bundle))
+    _warn_other_weight_sets(bundle)
     return EXIT_OK
 
 

@@ -256,7 +256,9 @@ def _add_export(commands) -> None:
     export.add_argument(
         "checkpoint", metavar="CKPT", help="Lightning checkpoint (.ckpt) of DiffusionSegmentationModule"
     )
-    export.add_argument("bundle", metavar="BUNDLE_DIR", help="bundle folder (models/ is created if needed)")
+    export.add_argument(
+        "bundle", metavar="BUNDLE_DIR", help="bundle folder, with its configs/ (models/ is created if needed)"
+    )
     export.add_argument("--overwrite", action="store_true", help="replace existing models/model.pt and medwidit.json")
     _common(export)
 

@@ -95,11 +95,14 @@ def test_a_wheel_in_a_fresh_venv_segments_the_example_with_no_bundle_argument(fr
         "print(medwidit.__file__, SHIPPED_BUNDLE, find_bundle_root('brain_widit_segmentation', argv=[]))\n"
         "print(shipped_path('data_lists', 'brain_extraction.json'))\n"
         "print(example_case()['image'])\n"
+        "from medwidit.datasets.brain import REPO_DATA_LISTS\n"  # where `lists` writes and `build` points
+        "print(REPO_DATA_LISTS == shipped_path('data_lists', 'brain_extraction.json').parent)\n"
     )
     run = partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     done = run([fresh_venv / "bin" / "python", "-c", probe])
     assert done.returncode == 0, done.stderr
-    paths, data_list, example = done.stdout.splitlines()
+    paths, data_list, example, same_lists = done.stdout.splitlines()
+    assert same_lists == "True"  # it was <site-packages>/data_lists, which nothing reads
     site_packages = str(fresh_venv / "lib")
     assert all(part.startswith(site_packages) for part in paths.split()), paths
     assert data_list.startswith(site_packages) and example.startswith(site_packages)

@@ -209,12 +209,16 @@ def _predict_case(
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
         if existing and not overwrite:
+            # each caller's spelling: Python's keywords, medwidit segment's flags, monai.bundle run's keys (a bundle run
+            # has no --continue: it took that for an unused key and failed again)
             hint = (
-                " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
-                "--overwrite with --continue to redo it"
+                " but the case is unfinished (no completion marker, or other outputs were asked for); pass overwrite "
+                "with resume to redo it (medwidit segment --overwrite --continue; monai.bundle run --overwrite true "
+                "--resume true)"
                 if resume
-                else "; pass overwrite=True (--overwrite) to replace it or resume=True (--continue) to skip "
-                "finished cases"
+                else "; pass overwrite to replace it or resume to skip finished cases (Python: overwrite=True or "
+                "resume=True; medwidit segment: --overwrite or --continue; monai.bundle run: --overwrite true or "
+                "--resume true)"
             )
             raise OutputError(f"{existing[0]}: already exists{hint}.")
         result = predictor.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)

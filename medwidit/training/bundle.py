@@ -2,9 +2,10 @@
 
 ``bundle_root``: MONAI's ``monai.bundle run`` reads the config files but passes nothing about their location into
 the config (model-zoo bundles write ``"bundle_root": "."`` and must be run from inside the bundle folder). Here the
-default is found from the ``--config_file`` on the command line (``<bundle>/configs/<name>.json``), else the shipped
+default is the bundle of the ``ConfigWorkflow`` parsing the config (``monai.bundle run``, ``run``/``load`` from
+Python), else of the ``--config_file`` on the command line (``<bundle>/configs/<name>.json``), else the shipped
 ``bundles/<name>`` (of this checkout or the installed package, ``medwidit.utils.resources``); ``--bundle_root DIR``
-overrides both.
+overrides them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 # train.json: old key -> new key (the old key stays, null, to catch overrides); model_path named the shipped
 # models/model.pt, which training no longer writes: it exports into export_dir (the run folder)
-RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir"}
+# keys an override may use that this bundle names otherwise: "max_epochs" is Lightning's and MONAI's TrainProperties'
+# name of "epochs" (an override of it was ignored without a word)
+RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir", "max_epochs": "epochs"}
 
 
 def initial_weights(segmenter: DiffusionSegmenter, path: str | os.PathLike | None) -> DiffusionSegmenter:
@@ -103,13 +106,37 @@ def _config_files_in(argv: Sequence[str]) -> list[str]:
     return [path for value in values for path in re.findall(r"[^\[\]'\",\s]+\.(?:json|yaml|yml)", value)]
 
 
+def _bundle_of(configs: Path) -> str | None:
+    """The bundle folder whose ``configs/`` folder is ``configs`` (it holds a ``metadata.json``), else None."""
+    configs = configs.resolve()
+    return str(configs.parent) if configs.name == "configs" and (configs / "metadata.json").is_file() else None
+
+
+def _running_workflow_configs() -> Path | None:
+    """``config_root_path`` of the MONAI ``ConfigWorkflow`` whose config is being parsed, from the call stack: how
+    ``monai.bundle.run``/``load`` called from Python, ``ConfigWorkflow`` and ``--args_file`` say which bundle they
+    run (MONAI passes nothing into the config, and ``sys.argv`` names no config file then)."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        workflow = frame.f_locals.get("self")
+        if isinstance(workflow, ConfigWorkflow) and getattr(workflow, "config_root_path", None) is not None:
+            return Path(workflow.config_root_path)
+        frame = frame.f_back
+    return None
+
+
 def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
-    """Absolute folder of bundle ``name``: the parent of the ``configs/`` folder of the first ``--config_file`` in
-    ``argv`` (default ``sys.argv``) that has a ``metadata.json`` beside it, else the shipped bundle ``name``."""
+    """Absolute folder of bundle ``name``: the bundle of the MONAI workflow parsing this config (call stack), else of
+    the first ``--config_file`` in ``argv`` (default ``sys.argv``) with a ``metadata.json`` beside it, else the
+    shipped bundle ``name``, with a warning that names it."""
+    configs = _running_workflow_configs()
+    if configs is not None and (found := _bundle_of(configs)):
+        return found
     for config_file in _config_files_in(sys.argv if argv is None else argv):
-        configs = Path(config_file).resolve().parent
-        if configs.name == "configs" and (configs / "metadata.json").is_file():
-            return str(configs.parent)
+        if found := _bundle_of(Path(config_file).parent):
+            return found
     try:
         candidate = shipped_path("bundles", name)
     except FileNotFoundError as e:
@@ -117,6 +144,13 @@ def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
             f"cannot locate bundle {name!r}: give its config as --config_file <bundle>/configs/<file>.json or pass "
             f"--bundle_root <bundle folder> ({e})"
         ) from None
+    if configs is not None:  # a workflow whose configs folder is not a bundle's (no metadata.json beside it)
+        logger.warning(
+            "bundle_root: %s is not a bundle's configs/ folder (no metadata.json); using the shipped bundle %s "
+            "(pass bundle_root to choose another).",
+            configs,
+            candidate,
+        )
     return str(candidate)
 
 

@@ -70,6 +70,14 @@ def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_c
                                   ("synth_target_labels", target_labels)) if v is None]  # fmt: skip
         if missing:
             raise ValueError(f"synth_ratio={ratio} needs {', '.join(missing)} (the label maps and their classes).")
+        if num_classes is not None and max(target_labels, default=0) < num_classes - 1:
+            raise ValueError(
+                f"synth_target_labels {list(target_labels)} reach classes up to {max(target_labels, default=0)} only, "
+                f"but the task has num_classes={num_classes}: the painted volumes would teach that classes "
+                f"{max(target_labels, default=0) + 1}..{num_classes - 1} never occur (with the shipped brain-only "
+                "label maps, every brain voxel would be class 1). Map the generation labels onto the task's classes "
+                "with --synth_target_labels, or train on the real volumes alone with --synth_ratio 0."
+            )
     return ratio
 
 

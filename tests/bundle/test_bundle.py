@@ -114,6 +114,19 @@ def test_infer_workflow_segments_the_data_list_with_input_geometry(trained, tmp_
         assert written.shape == source.shape and np.allclose(written.affine, source.affine, atol=1e-5)
     labels = np.asarray(nib.load(out / "case3_image.nii.gz").dataobj)
     assert labels.min() >= 0 and labels.max() < NUM_CLASSES
+    assert not (out / "case3_image_quality.json").exists()  # the --save-* outputs are off by default
+
+
+def test_infer_workflow_writes_the_outputs_the_cli_flags_write(trained, tmp_path):
+    """--save_quality, --save_statistics and --save_figure were read by nothing: the run wrote none of them."""
+    out = tmp_path / "out"
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(out)}
+    saves = {"save_quality": True, "save_statistics": True, "save_figure": True}
+    workflow = _workflow(config("inference"), "infer", **overrides, **saves)
+    workflow.run()
+    workflow.finalize()
+    for name in ("case3_image_quality.json", "case3_image_statistics.json", "case3_image_figure.png"):
+        assert (out / name).is_file(), sorted(p.name for p in out.iterdir())
 
 
 @pytest.mark.slow
@@ -241,7 +254,10 @@ def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
     parser = ConfigParser()
     parser.read_config(config("train"))
     assert parser.get_parsed_content("network_def#steps") == parser["val_steps"]
-    assert "$medwidit.training.refuse_renamed(steps=@steps, model_path=@model_path)" in parser["initialize"]
+    assert (
+        "$medwidit.training.refuse_renamed(steps=@steps, model_path=@model_path, max_epochs=@max_epochs)"
+        in parser["initialize"]
+    )
     parser["steps"] = 2
     with pytest.raises(RuntimeError) as failed:  # MONAI wraps the expression's error; the traceback shows both
         parser.get_parsed_content("initialize")
@@ -252,6 +268,11 @@ def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
         parser.get_parsed_content("initialize")
     assert "'model_path' is now 'export_dir'" in str(failed.value.__cause__)
     parser["model_path"] = None
+    parser["max_epochs"] = 1  # Lightning's name: it was ignored, and the run took its 1080 steps
+    with pytest.raises(RuntimeError) as failed:
+        parser.get_parsed_content("initialize")
+    assert "'max_epochs' is now 'epochs' (--epochs 1)" in str(failed.value.__cause__)
+    parser["max_epochs"] = None
     parser.get_parsed_content("initialize")  # the defaults pass
 
 

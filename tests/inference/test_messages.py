@@ -114,6 +114,21 @@ def test_a_file_that_is_no_checkpoint_says_so_for_segment_and_export(tmp_path, c
     assert "(the file is empty)." in err and not (tmp_path / "bundle").exists()
 
 
+def test_export_into_a_folder_that_is_not_a_bundle_says_so(tmp_path, capsys):
+    """A mistyped BUNDLE_DIR exited 0 and created it (the real bundle never got the weights); a file gave a traceback
+    (NotADirectoryError)."""
+    import torch
+
+    torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
+    (tmp_path / "list.json").write_text("{}")
+    for target in (tmp_path / "no_such_bundle", tmp_path / "list.json"):
+        assert main(["export", str(tmp_path / "x.ckpt"), str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"medwidit: error: BUNDLE_DIR {target}: not a bundle folder (no configs/ in it)"), err
+        assert "Traceback" not in err
+    assert not (tmp_path / "no_such_bundle").exists()
+
+
 class NotATensor:
     pass
 

@@ -147,6 +147,9 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     assert visible(out) == ["good.nii.gz", "good_probabilities.nii.gz"]  # nothing partial
     again = run()
     assert again["good"].status == "failed" and "good.nii.gz: already exists" in again["good"].message
+    # each caller's spelling: a bundle run has no --continue (it took it for an unused key and failed again)
+    assert "monai.bundle run: --overwrite true or --resume true" in again["good"].message
+    assert "medwidit segment: --overwrite or --continue" in again["good"].message
     assert run(resume=True)["good"].status == "skipped"
     # inference.json's options arrive from a bundle's command line as words: "false" must not overwrite (it did)
     assert run(overwrite="false", save_uncertainty="false")["good"].status == "failed"

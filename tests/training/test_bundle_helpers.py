@@ -46,6 +46,26 @@ def test_bundle_root_falls_back_to_the_checkout_and_fails_clearly(tmp_path):
         find_bundle_root("no_such_bundle", ["pytest"])
 
 
+def test_bundle_root_is_the_bundle_a_python_workflow_runs(tmp_path, capsys):
+    """monai.bundle.run / load from Python (and ConfigWorkflow, --args_file) put no --config_file in sys.argv: a
+    copied bundle's configs read the shipped bundle's weights and wrote into its eval/ folder."""
+    import shutil
+
+    import monai.bundle
+
+    shipped = Path(__file__).resolve().parents[2] / "bundles" / NAME
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped / "configs", copy / "configs")
+    monai.bundle.run(
+        run_id="show",
+        config_file=str(copy / "configs" / "inference.json"),
+        show="$print('ROOTS', @bundle_root, @ckpt_path, @output_dir)",
+    )
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ROOTS"))
+    root = str(copy.resolve())
+    assert line.split()[1:] == [root, root + "/models/model.pt", root + "/eval"]
+
+
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
     segmenter = tiny_segmenter(num_classes=3)
     network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)
@@ -98,3 +118,6 @@ def test_refuse_renamed_names_the_new_key_and_knows_its_keys():
         refuse_renamed(steps=3)
     with pytest.raises(ValueError, match="knows"):
         refuse_renamed(stpes=3)
+    # Lightning's name for train.json's "epochs": `--max_epochs 1` ran all 1080 steps without a word
+    with pytest.raises(ValueError, match=r"'max_epochs' is now 'epochs' \(--epochs 1\)"):
+        refuse_renamed(steps=None, max_epochs=1)

@@ -110,6 +110,11 @@ def test_bad_synthesis_options_are_named(tmp_path):
         _module(tmp_path, 1.5)
     with pytest.raises(ValueError, match="needs synth_num_labels, synth_target_labels"):
         _module(tmp_path, 0.5, synth_num_labels=None, synth_target_labels=None)
+    # the documented tissue command (5 classes) mixed in the brain-only painted heads: every brain voxel class 1
+    with pytest.raises(ValueError, match=r"up to 1 only, but the task has num_classes=5.*--synth_ratio 0"):
+        _module(tmp_path, 0.25, num_classes=5)
+    _module(tmp_path, 0.0, num_classes=5)  # real volumes alone
+    _module(tmp_path, 0.25, num_classes=5, synth_target_labels=[0, 1, 2, 3, 4])  # a table that covers the classes
 
 
 def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tmp_path):

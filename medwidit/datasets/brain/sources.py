@@ -43,6 +43,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medwidit.data.example import EXAMPLES, EXAMPLES_DIR
+from medwidit.utils.resources import shipped_path
 
 from .atlas import (
     ATLAS_TABLES,
@@ -80,7 +81,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUILD_VERSION = 2  # bump when a derived file would change; the manifest records it
-REPO_DATA_LISTS = Path(__file__).resolve().parents[3] / "data_lists"
+# the data lists the code reads (resources.shipped_path): the checkout's data_lists/, or an installed wheel's
+# medwidit/data_lists (parents[3] / "data_lists" was <site-packages>/data_lists there, which nothing reads)
+REPO_DATA_LISTS = shipped_path("data_lists", "brain_extraction.json").parent
 
 
 @dataclass(frozen=True)
