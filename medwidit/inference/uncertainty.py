@@ -33,7 +33,7 @@ def summarize_ensemble(probabilities: torch.Tensor, *, atol: float = 1e-3) -> di
         )
     mean = p.mean(dim=0)  # (B, K, *S)
     labels = to_labels(mean, dim=1)  # (B, 1, *S)
-    entropy = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
+    entropy = torch.special.entr(mean.clamp(0, 1)).sum(dim=1, keepdim=True)  # 0 .. log K: the check allows +-atol
     # the squared deviations' mean, not p.var(dim=0): torch's CPU var over the leading axis is ~10x slower here
     variance = (p - mean).square().mean(dim=0).mean(dim=1, keepdim=True)
     sample_labels = to_labels(p, dim=2)  # (S, B, 1, *S)

@@ -102,6 +102,24 @@ def test_top_label_ece_keeps_a_confidence_of_one_in_the_last_bin():
     assert expected_calibration_error(probability, label)["ece"] == pytest.approx(0.475)
 
 
+def test_ece_counts_whole_volumes_exactly():
+    """MONAI's bins accumulated in float32: 4M voxels, all 70 % sure and right 7 of 10 times (ECE 0 up to float32's
+    0.7), scored about 1e-3; the bins are now counted in float64."""
+    n = 4_000_000
+    label = (torch.arange(n) % 10 < 7).long()  # class 1 on 7 of every 10 voxels
+    probability = _binary(torch.full((n,), 0.7))
+    result = expected_calibration_error(probability, label)
+    assert result["ece"] < 1e-6 and result["ece_classwise"] < 1e-6, result
+
+
+def test_ece_bins_are_closed_on_the_left_as_documented():
+    """Bins [b, b + 1/n): with 4 bins, 0.5 opens the third bin with 0.625. MONAI's bucketize closed them on the right
+    (0.5 fell into the second bin alone): 0.5625 instead of 0.0625."""
+    probability = _binary(torch.tensor([0.5, 0.5, 0.625, 0.625]))
+    label = torch.tensor([0, 0, 0, 0])  # the 0.5 voxels right (a tie predicts class 0), the 0.625 ones wrong
+    assert expected_calibration_error(probability, label, num_bins=4)["ece"] == pytest.approx(0.0625)
+
+
 def test_ece_one_hot_right_is_zero_and_errors_name_shapes():
     label = torch.tensor([[0, 1], [2, 1]])
     probability = torch.nn.functional.one_hot(label, 3).permute(2, 0, 1).float()  # (K, *S)
@@ -215,6 +233,11 @@ def test_evaluate_files_on_the_label_grid(tmp_path):
     assert (tmp_path / "dice.json").stat().st_mode & 0o777 == 0o644
     with pytest.raises(ValueError, match="grid"):
         evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)
+    # a 0/255 mask: MONAI's Dice dropped the 255 voxels and scored a perfect prediction 0 without a word
+    nib.save(nib.Nifti1Image((label > 0).astype(np.uint8) * 255, affine), tmp_path / "mask255.nii.gz")
+    nib.save(nib.Nifti1Image((label > 0).astype(np.uint8), affine), tmp_path / "mask1.nii.gz")
+    with pytest.raises(ValueError, match=r"mask255.nii.gz: holds label 255, outside the class indices 0..1"):
+        evaluate_files([tmp_path / "mask1.nii.gz"], [tmp_path / "mask255.nii.gz"], num_classes=2)
 
 
 def test_boundary_distance_is_millimetres_to_the_nearest_interface_on_an_anisotropic_grid():

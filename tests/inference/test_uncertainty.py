@@ -32,6 +32,12 @@ def test_identical_samples_agree_fully_with_zero_variance_and_entropy():
     assert torch.allclose(summary["entropy"], torch.zeros(2, 1, 4, 4), atol=1e-6)
 
 
+def test_entropy_is_never_negative_on_the_probabilities_it_accepts():
+    """The check allows -1e-3; the entropy used the unclamped mean: [-0.0009, 1.0009] gave -0.026 nats."""
+    p = torch.tensor([-0.0009, 1.0009]).reshape(1, 1, 2, 1, 1, 1).expand(2, 1, 2, 2, 2, 2)
+    assert summarize_ensemble(p)["entropy"].min() >= 0
+
+
 def test_split_votes():
     # 4 one-hot samples of one voxel, K = 2: classes 1, 1, 1, 0 -> p = (1/4, 3/4)
     votes = torch.tensor([1, 1, 1, 0]).reshape(4, 1, 1, 1, 1)
