@@ -313,4 +313,8 @@ def test_the_bundles_classes_reach_the_data_module(tmp_path):
     parser["dataset_dir"] = str(tmp_path)
     assert parser.get_parsed_content("datamodule", lazy=False).num_classes == parser["num_classes"] == 2
     parser["num_classes"] = 3
+    with pytest.raises(RuntimeError) as failed:  # the brain-only painted heads cannot train a 3-class task
+        parser.get_parsed_content("datamodule", lazy=False)
+    assert "but the task has num_classes=3" in str(failed.value.__cause__)
+    parser["synth_ratio"] = 0
     assert parser.get_parsed_content("datamodule", lazy=False).num_classes == 3
