@@ -50,7 +50,7 @@ from monai.transforms import (
 )
 
 from medwidit.data.transforms import RecordSpacingd, equalise_channels
-from medwidit.utils import check_bool, check_int
+from medwidit.utils import check_bool, check_int, check_range
 
 __all__ = [
     "RandContrastRemapd",
@@ -62,6 +62,11 @@ __all__ = [
     "synthesis_transforms",
     "thick_slices",
 ]
+
+
+def _probability(name: str, value) -> float:
+    """A probability in [0, 1] (MONAI clips one outside to 0 or 1 without a word), else a ValueError naming it."""
+    return check_range(name, value, 0, 1, closed_high=True)
 
 
 class SynthesisError(ValueError):
@@ -105,9 +110,12 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
         for name, (low, high) in (("mean_range", mean_range), ("std_range", std_range)):
             if not low <= high or (name == "std_range" and low < 0):
                 raise ValueError(f"{name} must be (low, high) with low <= high (std >= 0), got {(low, high)}.")
+        bad = [b for b in background_labels if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_labels]
+        if bad:  # 9 of 5 labels was an IndexError; -1 painted the last label (the brain) as air
+            raise ValueError(f"background_labels must be labels in 0..{num_labels - 1} (num_labels), got {bad[0]!r}.")
         self.label_key, self.image_key, self.num_labels = label_key, image_key, num_labels
         self.mean_range, self.std_range = tuple(mean_range), tuple(std_range)
-        self.background_labels, self.air_prob = [int(b) for b in background_labels], float(air_prob)
+        self.background_labels, self.air_prob = [int(b) for b in background_labels], _probability("air_prob", air_prob)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -161,7 +169,9 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         spacing_key: str | None = None,
     ) -> None:
         MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=prob)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
+        if not isinstance(thickness_range, Sequence) or len(thickness_range) != 2:
+            raise ValueError(f"thickness_range must be (low, high) in voxels, got {thickness_range!r}.")
         if not 1.0 <= thickness_range[0] <= thickness_range[1]:
             raise ValueError(f"thickness_range must be (low, high) with 1 <= low <= high, got {thickness_range}.")
         self.thickness_range, self.axes = tuple(thickness_range), tuple(int(a) for a in axes)
@@ -182,6 +192,8 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
             axis, thickness = int(self.R.choice(self.axes)), float(self.R.uniform(*self.thickness_range))
             for key in self.key_iterator(d):
                 d[key] = thick_slices(d[key], axis, thickness)
+            size = d[self.first_key(d)].shape[axis + 1]
+            thickness = size / slice_count(size, thickness)  # the slice spacing the volume got
         if grid is not None:
             grid = torch.as_tensor(grid, dtype=torch.float32).clone()
             acquisition = grid.clone() if known is None else torch.as_tensor(known[len(grid) :], dtype=torch.float32)
@@ -200,17 +212,29 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         return torch.as_tensor(image.pixdim, dtype=torch.float32)[: image.ndim - 1]
 
 
+def slice_count(size: int, thickness: float) -> int:
+    """The slices :func:`thick_slices` keeps of ``size`` voxels: ``size / thickness``, rounded, at least 1."""
+    return max(1, round(size / thickness))
+
+
 def thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tensor:
-    """(C, *S) -> (C, *S): profile along ``axis`` (0-based spatial), then ``S_axis / thickness`` slices and back."""
+    """(C, *S) -> (C, *S): profile along ``axis`` (0-based spatial), then :func:`slice_count` slices spaced
+    ``S_axis / count`` voxels apart (cell centres) and back. The profile reads the edge slices beyond the faces: MONAI's
+    filter pads with zeros, which on a crop of air at -1 put -0.58 on the faces, 8 slices deep; and slices through the
+    first and last voxels (``align_corners``) spaced them (S - 1) / (n - 1) apart, up to 88% wider than asked."""
     sigma = [0.0] * (image.ndim - 1)
     sigma[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
-    blurred = GaussianSmooth(sigma=sigma)(image)
     shape = list(image.shape[1:])
+    reach = math.ceil(4.0 * sigma[axis])  # GaussianSmooth's kernel radius (truncated at 4 sigma)
+    pad = [0, 0] * len(shape)
+    pad[2 * (len(shape) - 1 - axis)] = pad[2 * (len(shape) - 1 - axis) + 1] = reach  # F.pad lists the last axis first
+    padded = F.pad(torch.as_tensor(image)[None].float(), pad, mode="replicate")[0]
+    blurred = GaussianSmooth(sigma=sigma)(padded).narrow(axis + 1, reach, shape[axis])
     slices = list(shape)
-    slices[axis] = max(1, round(shape[axis] / thickness))
+    slices[axis] = slice_count(shape[axis], thickness)
     mode = "bilinear" if len(shape) == 2 else "trilinear"
-    low = F.interpolate(torch.as_tensor(blurred)[None].float(), size=slices, mode=mode, align_corners=True)
-    back = F.interpolate(low, size=shape, mode=mode, align_corners=True)[0]
+    low = F.interpolate(torch.as_tensor(blurred)[None].float(), size=slices, mode=mode, align_corners=False)
+    back = F.interpolate(low, size=shape, mode=mode, align_corners=False)[0]
     return MetaTensor(back, meta=dict(image.meta)) if isinstance(image, MetaTensor) else back
 
 
@@ -230,7 +254,7 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         background: int = 0,
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key])
-        RandomizableTransform.__init__(self, prob=prob)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         if not 0.0 < max_fraction < 1.0:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
         self.image_key, self.label_key = image_key, label_key
@@ -269,7 +293,7 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
         length_mm: tuple[float, float] = (10.0, 80.0),
     ) -> None:
         MapTransform.__init__(self, [label_key])
-        RandomizableTransform.__init__(self, prob=prob)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         if not 0.0 <= length_mm[0] <= length_mm[1]:
             raise ValueError(f"length_mm must be (low, high) with 0 <= low <= high, got {tuple(length_mm)}.")
         self.label_key, self.length_mm = label_key, (float(length_mm[0]), float(length_mm[1]))
@@ -329,7 +353,7 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         bias_coeff_range: tuple[float, float] = (0.1, 0.5),
     ) -> None:
         MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=prob)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         knots = tuple(num_control_points) if isinstance(num_control_points, Sequence) else ()
         if len(knots) != 2 or not all(isinstance(n, int) for n in knots) or not 3 <= knots[0] <= knots[1]:
             raise ValueError(
@@ -404,6 +428,11 @@ def synthesis_transforms(
         raise ValueError(
             f"target_labels must give a class for each of the {num_labels} labels, got {len(target_labels)}."
         )
+    fov_prob, elastic_prob, neck_prob = (
+        _probability(name, value)  # a negative one added its transform at probability 0; 1.7 became 1
+        for name, value in (("fov_prob", fov_prob), ("elastic_prob", elastic_prob), ("neck_prob", neck_prob))
+    )
+    scale_range = check_range("scale_range", scale_range, 0, 1)  # 1.5 gave scales <= 0
     if neck_prob and (neck_label is None or not 0 <= neck_label < num_labels or target_labels[neck_label] != 0):
         raise ValueError(
             f"neck_prob {neck_prob} needs neck_label: a generation label in 0..{num_labels - 1} whose target class "

@@ -25,6 +25,7 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    Randomizable,
     ScaleIntensityRangePercentilesd,
     Spacingd,
     SpatialPadd,
@@ -38,6 +39,7 @@ __all__ = [
     "BIAS_CORRECTIONS",
     "INTENSITY_MODES",
     "AirToMinimumd",
+    "EdgePaddedd",
     "IntensityMode",
     "N4BiasFieldCorrectiond",
     "RecordSpacingd",
@@ -313,6 +315,37 @@ INTENSITY_MODES: dict[str, IntensityMode] = {
     "histogram": IntensityMode(_histogram, _above_floor, -1.0),
     "none": IntensityMode(_no_transform, _above_minimum, 0.0),  # raw: usually 0
 }
+
+
+class EdgePaddedd(Randomizable, MapTransform):
+    """``transform`` on ``keys`` extended by ``margin`` voxels of their own edge values on every side, then cropped
+    back: MONAI's Gaussian filters pad with zeros, which on a training crop (not a whole volume) put values far outside
+    the intensity range on its faces (``RandGaussianSharpend`` gave -44 where the crop was air at -1). Its random state
+    is the wrapped transform's, so seeding reaches it."""
+
+    def __init__(self, transform: MapTransform, keys, margin: int) -> None:
+        MapTransform.__init__(self, keys)
+        self.transform, self.margin = transform, check_int("margin", margin, low=0)
+
+    def set_random_state(self, seed: int | None = None, state=None) -> EdgePaddedd:
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data=None) -> None:  # the wrapped transform draws its own
+        pass
+
+    def __call__(self, data: Mapping) -> dict:
+        d, m, originals = dict(data), self.margin, {}
+        for key in self.key_iterator(d):
+            originals[key] = d[key]
+            pad = [m, m] * (d[key].ndim - 1)
+            d[key] = torch.nn.functional.pad(torch.as_tensor(d[key])[None], pad, mode="replicate")[0]
+        d = dict(self.transform(d))
+        for key, original in originals.items():
+            inner = torch.as_tensor(d[key])[(slice(None), *(slice(m, s - m) for s in d[key].shape[1:]))]
+            inner = inner.as_tensor() if isinstance(inner, MetaTensor) else inner
+            d[key] = MetaTensor(inner, meta=dict(original.meta)) if isinstance(original, MetaTensor) else inner
+        return d
 
 
 def pad_to_crop(preprocessing: dict, roi_size, image_key: str = "image", label_key: str = "label") -> list:

@@ -42,7 +42,13 @@ from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
-from medwidit.data.transforms import INTENSITY_MODES, check_preprocessing, pad_to_crop, preprocessing_transforms
+from medwidit.data.transforms import (
+    INTENSITY_MODES,
+    EdgePaddedd,
+    check_preprocessing,
+    pad_to_crop,
+    preprocessing_transforms,
+)
 from medwidit.utils import check_bool, check_int, image_grid, label_values
 
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
@@ -342,6 +348,15 @@ class SegmentationDataModule(L.LightningDataModule):
         self.synth_ratio = check_synthesis(
             synth_ratio, synth_data_list, synth_num_labels, synth_target_labels, num_classes=num_classes
         )
+        modalities = self.preprocessing.get("num_modalities") or 1
+        if self.synth_ratio > 0 and (modalities != 1 or len(self.roi_size) != 3):
+            # the generator paints one channel of a 3-D head: a 2-channel task failed at the first batch (stack of
+            # 1 and 2 channels), a 2-D one in RandSliceThicknessd's axes
+            raise ValueError(
+                f"synth_ratio={self.synth_ratio} paints one-channel 3-D volumes, but this task has {modalities} "
+                f"modalities (preprocessing['num_modalities']) and a {len(self.roi_size)}-D roi_size; train on the "
+                "real volumes alone with synth_ratio 0."
+            )
         self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
         self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
@@ -406,13 +421,13 @@ class SegmentationDataModule(L.LightningDataModule):
             out.append(RandHistogramShiftd("image", num_control_points=(5, 10), prob=self.intensity_prob))
             out.append(RandBiasFieldd("image", coeff_range=(0.0, 0.2), prob=self.intensity_prob))
             out.append(RandGaussianNoised("image", std=0.1, prob=self.intensity_prob))
-            # templates are smooth averages, scans are sharper or blurrier than them
-            out.append(
-                RandGaussianSmoothd(
-                    "image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=self.intensity_prob / 2
-                )
+            # templates are smooth averages, scans are sharper or blurrier than them; on the crop's own edge values
+            # (the filters' zero padding put up to -44 on the faces of a crop of air at -1): reach 4 sigma, twice
+            smooth = RandGaussianSmoothd(
+                "image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=self.intensity_prob / 2
             )
-            out.append(RandGaussianSharpend("image", prob=self.intensity_prob / 2))
+            out.append(EdgePaddedd(smooth, "image", margin=4))
+            out.append(EdgePaddedd(RandGaussianSharpend("image", prob=self.intensity_prob / 2), "image", margin=6))
         return out
 
     def train_transforms(self) -> Compose:
@@ -526,7 +541,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if split not in self._items:
             if split == "synth":
                 items = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
-                check_label_maps(items, self.synth_num_labels)
+                check_label_maps(items, self.synth_num_labels, self.synth_target_labels)
             else:
                 key = self.train_key if split == "train" else self.val_key
                 items = load_data_list(

@@ -31,9 +31,10 @@ from medwidit.utils import label_values
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis"]
 
 
-def check_label_maps(maps: list[dict], num_labels: int) -> None:
-    """Before training starts: each map holds integer labels in 0..num_labels-1 and some foreground; the error
-    names the file and the label (the generator would otherwise fail in a worker, minutes into training)."""
+def check_label_maps(maps: list[dict], num_labels: int, target_labels: Sequence[int] | None = None) -> None:
+    """Before training starts: each map holds integer labels in 0..num_labels-1 and, when ``target_labels`` are
+    given, a label of a task class other than 0; the error names the file and the label (the generator would
+    otherwise fail in a worker, minutes into training, or paint all-background crops)."""
     for item in maps:
         values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
         if not np.array_equal(values, np.round(values)):
@@ -46,6 +47,11 @@ def check_label_maps(maps: list[dict], num_labels: int) -> None:
             )
         if values.max(initial=0) == 0:
             raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
+        if target_labels is not None and not any(target_labels[int(v)] for v in values):
+            raise SynthesisError(
+                f"{item['label']}: none of its labels {[int(v) for v in values]} maps to a task class other than 0 "
+                f"through synth_target_labels {list(target_labels)}: every painted crop would be background."
+            )
 
 
 def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_classes: int | None = None) -> float:

@@ -88,6 +88,40 @@ def test_thick_slices_keep_a_real_scans_own_acquisition(prob):
     assert known.tolist() == [2.0, 2.0, 2.0, 1.0, 5.0, 12.0]
 
 
+@pytest.mark.parametrize("value", [-1.0, 0.5])
+def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_make(value):
+    """The profile was zero-padded: a crop of air at -1 became -0.58 on its faces, 8 slices deep (0.5 became 0.31);
+    slices through the first and last voxels were (S - 1) / (n - 1) apart, not the thickness recorded."""
+    image = MetaTensor(torch.full((1, 32, 32, 30), value), affine=torch.diag(torch.tensor([1.0, 1.0, 2.0, 1.0])))
+    t = RandSliceThicknessd(prob=1.0, thickness_range=(6.0, 6.0), axes=(2,), spacing_key="spacing")
+    out = t({"image": image})
+    assert torch.allclose(out["image"], torch.full_like(out["image"], value), atol=1e-3)
+    assert out["spacing"][5] == pytest.approx(2.0 * 30 / 5)  # 5 slices of 6 voxels: 12 mm apart (was 14.5)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: RandSliceThicknessd(prob=1.5), r"prob must be in \[0, 1\], got 1.5"),  # MONAI made it 1
+        (lambda: RandFieldOfViewd(prob=-0.3), r"prob must be in \[0, 1\], got -0.3"),  # and this 0
+        (lambda: RandContrastRemapd(prob=7), r"prob must be in \[0, 1\], got 7"),
+        (lambda: RandNeckExtensiond(relabel={4: 5}, prob=2), r"prob must be in \[0, 1\], got 2"),
+        (lambda: RandLabelsToImaged(num_labels=5, air_prob=5.0), r"air_prob must be in \[0, 1\], got 5.0"),
+        (lambda: RandSliceThicknessd(thickness_range=4), r"thickness_range must be \(low, high\) in voxels, got 4"),
+        (lambda: RandLabelsToImaged(num_labels=5, background_labels=(9,)), r"background_labels .* 0..4 .* got 9"),
+        (lambda: RandLabelsToImaged(num_labels=5, background_labels=(-1,)), r"background_labels .* got -1"),
+        (lambda: synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], fov_prob=1.7), "fov_prob"),
+        (lambda: synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], elastic_prob=-2), "elastic_prob"),
+        (lambda: synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], scale_range=1.5), "scale_range"),
+    ],
+)
+def test_probabilities_and_ranges_out_of_bounds_are_named(make, match):
+    """Accepted before: MONAI clips a probability into [0, 1] without a word; a scale range of 1.5 drew scales <= 0;
+    a background label 9 of 5 was an IndexError and -1 painted the brain as air."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 def test_thick_slice_axes_must_be_the_images():
     t = RandSliceThicknessd(prob=1.0, axes=(0, 1, 2))
     with pytest.raises(ValueError, match=r"axes \(0, 1, 2\) must be spatial axes of a 2D image"):

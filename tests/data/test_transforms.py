@@ -9,6 +9,7 @@ from monai.transforms import Compose, Invertd
 
 from medwidit.data.transforms import (
     INTENSITY_MODES,
+    EdgePaddedd,
     IntensityMode,
     N4BiasFieldCorrectiond,
     RecordSpacingd,
@@ -317,3 +318,29 @@ def test_bias_correction_runs_before_the_intensity_mode_and_an_empty_channel_pas
     assert "N4BiasFieldCorrectiond" not in [type(t).__name__ for t in preprocessing_transforms({}, load=False)]
     air = torch.zeros(1, 16, 16, 16)
     assert torch.equal(n4_bias_correct(air), air)  # nothing to fit: left as it is
+
+
+def test_edge_padded_filters_leave_a_uniform_crop_uniform_and_keep_seeds():
+    """MONAI's Gaussian filters pad with zeros: on a training crop of air at -1, RandGaussianSharpend put -3 on its
+    faces (up to -44 in the bundle's pipeline). On the crop's own edge values it stays -1; the wrapper passes its seed
+    to the filter, and returns the crop's shape and meta."""
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, RandGaussianSharpend, RandGaussianSmoothd
+
+    air = MetaTensor(torch.full((1, 12, 14, 16), -1.0), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    for filt, margin in ((RandGaussianSharpend("image", prob=1.0), 6), (RandGaussianSmoothd("image", prob=1.0), 4)):
+        out = EdgePaddedd(filt, "image", margin=margin)({"image": air})["image"]
+        assert isinstance(out, MetaTensor) and out.shape == air.shape and torch.equal(out.affine, air.affine)
+        assert torch.allclose(out, air, atol=2e-3), float(out.min())
+    assert float(RandGaussianSharpend("image", prob=1.0)({"image": air})["image"].min()) < -2  # the zero padding
+
+    image = MetaTensor(torch.rand(1, 12, 12, 12, generator=torch.Generator().manual_seed(0)))
+
+    def run(seed):
+        pipeline = Compose([EdgePaddedd(RandGaussianSmoothd("image", prob=0.5, sigma_x=(0.5, 1.0)), "image", 4)])
+        pipeline.set_random_state(seed)
+        return [pipeline({"image": image})["image"] for _ in range(6)]
+
+    first, again = run(3), run(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert any(torch.equal(a, image) for a in first) and not all(torch.equal(a, image) for a in first)

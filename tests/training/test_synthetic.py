@@ -117,6 +117,32 @@ def test_bad_synthesis_options_are_named(tmp_path):
     _module(tmp_path, 0.25, num_classes=5, synth_target_labels=[0, 1, 2, 3, 4])  # a table that covers the classes
 
 
+def test_synthesis_refuses_tasks_it_cannot_paint(tmp_path):
+    """The generator paints one channel of a 3-D head: two modalities failed at the first batch (a stack of 1 and 2
+    channels), a 2-D task in RandSliceThicknessd's axes."""
+    data_list = write_dataset(tmp_path / "real", shape=(24, 24, 24), num_classes=2)
+    options = {"synth_data_list": _label_maps(tmp_path / "real"), "synth_num_labels": 5, "synth_target_labels": TARGETS}
+
+    def module(ratio, preprocessing, roi_size):
+        return SegmentationDataModule(data_list=data_list, preprocessing=preprocessing, roi_size=roi_size,
+                                      synth_ratio=ratio, **options)  # fmt: skip
+
+    two = {**PREPROCESSING_3D, "num_modalities": 2}
+    with pytest.raises(ValueError, match=r"paints one-channel 3-D volumes, but this task has 2 modalities"):
+        module(0.5, two, [16, 16, 16])
+    with pytest.raises(ValueError, match=r"and a 2-D roi_size"):
+        module(0.5, PREPROCESSING_3D, [16, 16])
+    module(0.0, two, [16, 16, 16])  # real volumes alone
+
+
+def test_a_label_map_without_any_target_class_is_named(tmp_path):
+    """A map whose labels all map to background passed, and every painted crop was background."""
+    dm = _module(tmp_path, 1.0, synth_target_labels=[0, 0, 0, 1, 0])  # only label 3 is a task class
+    _label_maps(tmp_path / "real", values=(0, 1, 2, 4, 4))  # the same files, now without label 3
+    with pytest.raises(SynthesisError, match=r"none of its labels \[0, 1, 2, 4\] maps to a task class other than 0"):
+        dm.setup("fit")
+
+
 def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tmp_path):
     dm = _module(tmp_path, 1.0, synth_num_labels=4, synth_target_labels=TARGETS[:4])
     with pytest.raises(SynthesisError, match=r"head_label.nii.gz: label 4 is not one of the 4 generation labels"):
