@@ -11,6 +11,7 @@ training saw and then inverts the spatial part with MONAI ``Invertd``:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -92,17 +93,24 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
         raise ValueError(f"preprocessing has unknown keys {unknown}; valid keys are {sorted(DEFAULT_PREPROCESSING)}.")
     out = {**copy.deepcopy(DEFAULT_PREPROCESSING), **copy.deepcopy(dict(preprocessing))}
     orientation = out["orientation"]
+    pairs = ("LR", "PA", "IS")  # each axis once: "RRS" gave a singular affine and a 0 mm spacing record
     if orientation is not None and (
-        not isinstance(orientation, str) or not 2 <= len(orientation) <= 3 or set(orientation.upper()) - set("LRPAIS")
+        not isinstance(orientation, str)
+        or not 2 <= len(orientation) <= 3
+        or set(orientation.upper()) - set("LRPAIS")
+        or len({next(i for i, p in enumerate(pairs) if c in p) for c in orientation.upper()}) != len(orientation)
     ):
-        raise ValueError(f"preprocessing['orientation'] must be axis codes such as 'RAS' or null, got {orientation!r}.")
+        raise ValueError(
+            f"preprocessing['orientation'] must be 2 or 3 axis codes, at most one of each of L/R, P/A and I/S (e.g. "
+            f"'RAS'), or null, got {orientation!r}."
+        )
     out["orientation"] = orientation.upper() if orientation is not None else None
     spacing = out["spacing"]
     if spacing is not None:
         if (
             not isinstance(spacing, Sequence)
             or not 2 <= len(spacing) <= 3
-            or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf for s in spacing)
         ):
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]

@@ -10,6 +10,7 @@ overrides them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -159,12 +160,34 @@ class MissingDataError(SystemExit):
     (exit status 1) instead of a traceback out of ``monai.bundle run``'s config parsing."""
 
 
-def bundle_datalist(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike) -> list[dict]:
+def bundle_datalist(
+    data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike, *, labels: bool = False
+) -> list[dict]:
     """``monai.data.load_decathlon_datalist`` of split ``key``, or MissingDataError (one line: how to build the data
-    or how to segment other files) when the list or any of its images is missing."""
+    or how to segment other files) when the list, its split or any of its images is missing; with ``labels``
+    (evaluate.json) every case's label too, checked before any case is segmented (it failed after all of them)."""
     if not Path(data_list).is_file():
         raise MissingDataError(f"medwidit: error: data list {data_list} not found; pass --data_list FILE.")
+    try:
+        split = json.loads(Path(data_list).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        split = None  # load_decathlon_datalist says what is wrong with the file
+    if split == []:  # MONAI failed with an IndexError
+        raise MissingDataError(f"medwidit: error: split {key!r} of data list {data_list} is empty.")
     items = load_decathlon_datalist(str(data_list), is_segmentation=True, data_list_key=key, base_dir=str(base_dir))
+    if labels:
+        unlabelled = [item["image"] for item in items if not item.get("label")]
+        if unlabelled:
+            raise MissingDataError(
+                f'medwidit: error: {len(unlabelled)} case(s) of {Path(data_list).name} [{key}] have no "label" to '
+                f"evaluate against (first: {unlabelled[0]})."
+            )
+        absent = [str(item["label"]) for item in items if not Path(item["label"]).exists()]
+        if absent:
+            raise MissingDataError(
+                f"medwidit: error: {len(absent)} label file(s) of {Path(data_list).name} [{key}] are not in "
+                f"{base_dir} (first: {absent[0]})."
+            )
     missing = [item["image"] for item in items if not Path(item["image"]).exists()]
     if missing:
         raise MissingDataError(

@@ -104,6 +104,14 @@ def test_preprocessing_is_checked_and_normalised():
         check_preprocessing({"spacing": [1.0, -1.0, 1.0]})
     with pytest.raises(ValueError, match="orientation"):
         check_preprocessing({"orientation": "XYZ"})
+    # an axis twice passed: "RRS" gave a singular affine and a 0 mm spacing record; inf and True passed as spacing
+    for orientation in ("RRS", "RLA", "ss"):
+        with pytest.raises(ValueError, match=r"at most one of each of L/R, P/A and I/S .* got '" + orientation):
+            check_preprocessing({"orientation": orientation})
+    assert check_preprocessing({"orientation": "ra"})["orientation"] == "RA"  # 2-D
+    for spacing in ([float("inf"), 1, 1], [True, 1, 1], [float("nan"), 1, 1]):
+        with pytest.raises(ValueError, match=r"preprocessing\['spacing'\] must be 2 or 3 positive numbers"):
+            check_preprocessing({"spacing": spacing})
     with pytest.raises(ValueError, match="num_modalities"):
         check_preprocessing({"num_modalities": 0})
     with pytest.raises(

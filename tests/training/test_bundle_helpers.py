@@ -66,6 +66,31 @@ def test_bundle_root_is_the_bundle_a_python_workflow_runs(tmp_path, capsys):
     assert line.split()[1:] == [root, root + "/models/model.pt", root + "/eval"]
 
 
+def test_bundle_datalist_checks_labels_for_evaluation_and_names_an_empty_split(tmp_path):
+    """evaluate.json segmented every case, then failed on a missing "label" (KeyError naming nothing) or label file;
+    an empty split was an IndexError inside MONAI."""
+    import json
+
+    from medwidit.training import MissingDataError, bundle_datalist
+
+    (tmp_path / "scan.nii.gz").write_bytes(b"")
+    lists = {
+        "nolabel.json": {"test": [{"image": "scan.nii.gz"}]},
+        "missing.json": {"test": [{"image": "scan.nii.gz", "label": "gone.nii.gz"}]},
+        "empty.json": {"test": []},
+    }
+    for name, content in lists.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    assert len(bundle_datalist(tmp_path / "nolabel.json", "test", tmp_path)) == 1  # inference needs no label
+    for name, match in (
+        ("nolabel.json", r"1 case\(s\) of nolabel.json \[test\] have no \"label\" to evaluate against"),
+        ("missing.json", r"1 label file\(s\) of missing.json \[test\] are not in .*gone.nii.gz"),
+        ("empty.json", r"split 'test' of data list .*empty.json is empty"),
+    ):
+        with pytest.raises(MissingDataError, match=match):
+            bundle_datalist(tmp_path / name, "test", tmp_path, labels=True)
+
+
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
     segmenter = tiny_segmenter(num_classes=3)
     network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)
