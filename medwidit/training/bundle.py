@@ -25,6 +25,7 @@ from monai.data import load_decathlon_datalist
 
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
+from medwidit.utils import check_bool
 from medwidit.utils.resources import shipped_path
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDataError",
     "SegmentationNetwork",
     "bundle_datalist",
+    "check_run_folder",
     "find_bundle_root",
     "initial_weights",
     "refuse_renamed",
@@ -196,6 +198,26 @@ def bundle_datalist(
             "segment your own files with --images \"['scan.nii.gz']\" (or medwidit segment)."
         )
     return items
+
+
+def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -> None:
+    """A training run that does not resume starts in a checkpoint folder of its own. A new run in an earlier run's
+    folder replaced its ``last.ckpt`` after one epoch while its ``best.ckpt`` lived until the new run's first
+    validation: ``medwidit export .../best.ckpt`` in between exported the old weights. Such a folder is refused,
+    naming the three ways on; ``overwrite_run`` removes the earlier ``*.ckpt`` first."""
+    folder = Path(ckpt_dir)
+    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not earlier or resume is not None:
+        return
+    if not check_bool("overwrite_run", overwrite_run):
+        raise ValueError(
+            f"{folder} holds an earlier run's checkpoints ({', '.join(p.name for p in earlier)}): continue that run "
+            "with --resume last, train into another folder with --output_dir DIR, or replace them with "
+            "--overwrite_run true."
+        )
+    for path in earlier:
+        path.unlink(missing_ok=True)  # missing_ok: every DDP rank runs this
+    logger.warning("overwrite_run: removed the earlier run's checkpoints in %s.", folder)
 
 
 def refuse_renamed(**values) -> None:

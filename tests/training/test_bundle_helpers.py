@@ -91,6 +91,27 @@ def test_bundle_datalist_checks_labels_for_evaluation_and_names_an_empty_split(t
             bundle_datalist(tmp_path / name, "test", tmp_path, labels=True)
 
 
+def test_a_new_run_in_an_earlier_runs_checkpoint_folder_is_refused_unless_asked(tmp_path, caplog):
+    """It replaced last.ckpt after an epoch while the old best.ckpt lived on until the first validation, so an export
+    in between took the old weights; the bundle's initialize now refuses, naming --resume, --output_dir and
+    --overwrite_run."""
+    from medwidit.training import check_run_folder
+
+    folder = tmp_path / "checkpoints"
+    check_run_folder(folder, None)  # no folder yet
+    folder.mkdir()
+    (folder / "notes.txt").write_text("")
+    check_run_folder(folder, None)  # no checkpoint in it
+    for name in ("best.ckpt", "last.ckpt"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(ValueError, match=r"earlier run's checkpoints \(best.ckpt, last.ckpt\): .*--resume last"):
+        check_run_folder(folder, None, "false")
+    check_run_folder(folder, "last")  # resuming that run
+    assert (folder / "best.ckpt").exists()
+    check_run_folder(folder, None, "true")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and "removed" in caplog.text
+
+
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
     segmenter = tiny_segmenter(num_classes=3)
     network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)
