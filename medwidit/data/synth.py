@@ -382,13 +382,16 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         with_bias = self.R.rand() < self.bias_prob
         for key in self.key_iterator(d):
             image = d[key]
-            if float(image.max()) == float(image.min()):
-                continue  # all air: equalising it would make it mid-grey
+            flat = torch.as_tensor(image).reshape(image.shape[0], -1)
+            constant = flat.amax(dim=1) == flat.amin(dim=1)  # per channel: an all-air one would come back mid-grey
+            if bool(constant.all()):
+                continue
             level = np.interp((np.asarray(image, dtype=np.float32) + 1.0) / 2.0, np.linspace(0.0, 1.0, knots), values)
             level = torch.as_tensor(level, dtype=torch.float32)
             if with_bias:
                 level = torch.as_tensor(self.bias_field(level), dtype=torch.float32)
             level = torch.as_tensor(equalise_channels(level))
+            level[constant] = torch.as_tensor(image, dtype=torch.float32)[constant]  # left as they were
             if isinstance(image, MetaTensor):
                 level = MetaTensor(level, meta=dict(image.meta), applied_operations=list(image.applied_operations))
             d[key] = level

@@ -218,6 +218,16 @@ def test_contrast_remap_keeps_air_dark_and_leaves_an_equalised_crop():
     assert torch.equal(RandContrastRemapd(prob=1.0)({"image": air})["image"], air)  # all air: nothing to remap
 
 
+def test_contrast_remap_leaves_an_all_air_channel_as_it_is_beside_a_remapped_one():
+    """The all-air check looked at the whole image: beside a channel with tissue, an air channel at -1 came back 0."""
+    tissue = torch.linspace(-1, 1, 16**3).reshape(1, 16, 16, 16)
+    image = MetaTensor(torch.cat([torch.full((1, 16, 16, 16), -1.0), tissue]))
+    t = RandContrastRemapd(prob=1.0)
+    t.set_random_state(0)
+    out = t({"image": image})["image"]
+    assert torch.equal(out[0], image[0]) and not torch.equal(out[1], image[1])
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
