@@ -34,6 +34,7 @@ __all__ = [
     "SegmentationNetwork",
     "bundle_datalist",
     "check_run_folder",
+    "check_training_data",
     "find_bundle_root",
     "initial_weights",
     "refuse_renamed",
@@ -198,6 +199,26 @@ def bundle_datalist(
             "segment your own files with --images \"['scan.nii.gz']\" (or medwidit segment)."
         )
     return items
+
+
+def check_training_data(datamodule) -> None:
+    """train.json's first training step: ``datamodule.check_files()``, a problem as one line (MissingDataError) with
+    the build command when a shipped data list's files are missing. Raised inside ``trainer.fit`` the same error was
+    the middle of an 88-line traceback out of MONAI's config expression."""
+    try:
+        datamodule.check_files()
+    except (FileNotFoundError, ValueError) as e:
+        lists = [Path(p) for p in (datamodule.data_list, getattr(datamodule, "synth_data_list", None)) if p]
+        shipped = any(_is_shipped_list(p) for p in lists)
+        hint = "; build the shipped data with `python -m medwidit.datasets.brain build`" if shipped else ""
+        raise MissingDataError(f"medwidit: error: {' '.join(str(e).split()).rstrip('.')}{hint}.") from e
+
+
+def _is_shipped_list(path: Path) -> bool:
+    try:
+        return shipped_path("data_lists", path.name).resolve() == path.resolve()
+    except FileNotFoundError:
+        return False
 
 
 def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -> None:

@@ -1,5 +1,6 @@
 """training/bundle: where a bundle lives, the network MONAI's tools see, and case results."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -69,8 +70,6 @@ def test_bundle_root_is_the_bundle_a_python_workflow_runs(tmp_path, capsys):
 def test_bundle_datalist_checks_labels_for_evaluation_and_names_an_empty_split(tmp_path):
     """evaluate.json segmented every case, then failed on a missing "label" (KeyError naming nothing) or label file;
     an empty split was an IndexError inside MONAI."""
-    import json
-
     from medwidit.training import MissingDataError, bundle_datalist
 
     (tmp_path / "scan.nii.gz").write_bytes(b"")
@@ -110,6 +109,25 @@ def test_a_new_run_in_an_earlier_runs_checkpoint_folder_is_refused_unless_asked(
     assert (folder / "best.ckpt").exists()
     check_run_folder(folder, None, "true")
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and "removed" in caplog.text
+
+
+def test_missing_training_data_is_one_line_before_fit(tmp_path):
+    """The data module's check ran inside trainer.fit, inside MONAI's config expression: an 88-line traceback with
+    the useful line in its middle. train.json's first training step now raises it as one line (a SystemExit)."""
+    from training_volumes import PREPROCESSING_3D, write_dataset
+
+    from medwidit.training import MissingDataError, SegmentationDataModule, check_training_data
+
+    data_list = write_dataset(tmp_path, shape=(16, 16, 16), num_classes=2)
+    module = SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[8, 8, 8])
+    check_training_data(module)  # all there
+    next(tmp_path.glob("*_image.nii.gz")).unlink()
+    module = SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[8, 8, 8])
+    with pytest.raises(MissingDataError, match=r"^medwidit: error: data_list .* which does not exist\.$"):
+        check_training_data(module)
+    parser_training = json.loads((Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json")
+                                 .read_text())["training"]  # fmt: skip
+    assert parser_training[0] == "$medwidit.training.check_training_data(@datamodule)"
 
 
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
