@@ -320,12 +320,14 @@ def _fit_spacing(tmp_path, *, data_spacing: bool):
 
 
 def test_spacing_reaches_the_network_in_training_and_validation(tmp_path):
-    """Training crops: (1 mm grid, 1 mm acquisition but 3 mm along the thickened axis); validation windows: the
+    """Training crops: (1 mm grid, 1 mm acquisition but 3.2 mm along the thickened axis: 3 mm asked, 5 slices of a
+    16-voxel crop); validation windows: the
     validation volume's own 1 mm record. Without the data module's spacing, the error says how to turn it on."""
     seen = _fit_spacing(tmp_path, data_spacing=True)
     training, validation = seen[0], torch.cat(seen[1:])
     assert training.shape == (2, 6) and torch.equal(training[:, :3], torch.ones(2, 3))
-    assert sorted(training[0, 3:].tolist()) == [1.0, 1.0, 3.0]
+    # 3-voxel slices of a 16-voxel crop: round(16 / 3) = 5 slices, 3.2 voxels apart, what the crop got
+    assert sorted(training[0, 3:].tolist()) == pytest.approx([1.0, 1.0, 16 / 5])
     assert len(seen) > 2 and torch.equal(validation, torch.ones_like(validation))
     with pytest.raises(ValueError, match="batch has no 'spacing'.*spacing_conditioning=True"):
         _fit_spacing(tmp_path / "again", data_spacing=False)
