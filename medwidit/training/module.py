@@ -78,6 +78,8 @@ def ema_warmup_avg_fn(decay: float):
     ``ExponentialMovingAverage(num_updates=n)``), for ``torch.optim.swa_utils.AveragedModel(avg_fn=...)``."""
 
     def ema_update(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        if not averaged.is_floating_point():  # an index buffer (relative_index): averaged in float and written back
+            return current  # into int64 it drifted down by one, and validation ran another network
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         return d * averaged + (1.0 - d) * current
@@ -93,6 +95,19 @@ class WarmupEMA(EMAWeightAveraging):
         super().__init__(decay=decay, **kwargs)
         self._kwargs["avg_fn"] = ema_warmup_avg_fn(decay)  # WeightAveraging hands _kwargs to AveragedModel
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Before ``update_starting_at_step`` the average follows the weights; Lightning's kept the copy made at setup,
+        the initial weights, so validation scored the untrained network and a run that ended before the start
+        exported it. Its first update at the start copies them too (AveragedModel), then the EMA runs."""
+        start = self.update_starting_at_step
+        if start is not None and trainer.global_step - 1 < start and self._average_model is not None:
+            with torch.no_grad():
+                for averaged, current in zip(self._average_model.module.state_dict().values(),
+                                             pl_module.state_dict().values(), strict=True):  # fmt: skip
+                    averaged.copy_(current)
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
 
 class DiffusionSegmentationModule(L.LightningModule):
     """Trains a :class:`~medwidit.diffusion.DiffusionSegmenter` and validates it by sampling whole volumes.
@@ -105,11 +120,13 @@ class DiffusionSegmentationModule(L.LightningModule):
         model_config: ``medwidit.diffusion.segmenter_config`` of a segmenter (saved as a hyperparameter); given with
             ``segmenter``, it must be that segmenter's.
         lr, weight_decay, betas: AdamW; no weight decay on biases and normalisation weights (tensors of rank < 2).
-        warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``lr * min_lr_ratio`` at the last step.
+        warmup_steps, min_lr_ratio: linear warm-up, then cosine decay towards ``lr * min_lr_ratio``, which it would
+            reach one step after the last (a warm-up as long as the run is warned about: the rate never decays).
         ema_decay: decay of the exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
             added by :meth:`configure_callbacks`); validation runs on the EMA weights and checkpoints store them as
             ``state_dict`` (the raw weights as ``current_model_state``). None or 0 disables the EMA.
-        ema_start_step: optimizer step from which the EMA follows the weights (before it, it holds a copy).
+        ema_start_step: optimizer step from which the EMA averages the weights (before it, it is a copy of the
+            current weights).
         validation_sampler: see the module docstring; None skips validation metrics (the loss is still trained).
         val_seed: seed of the generator for validation noise; volume i of every epoch uses ``val_seed + i``, so that
             epochs are compared on the same noise.
@@ -228,13 +245,51 @@ class DiffusionSegmentationModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0, "name": PARAM_GROUPS[1]},  # tag suffixes
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else hp.warmup_steps + 1
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else hp.warmup_steps + 1
+        if not math.isfinite(total):  # a run bounded by max_time alone: int(inf) was an OverflowError naming nothing
+            raise ValueError(
+                "the cosine learning-rate schedule needs the run's length: set max_steps or epochs (max_epochs), not "
+                "max_time alone."
+            )
+        total = int(total)
+        if hp.warmup_steps >= total:
+            logger.warning(
+                "warmup_steps %d >= the run's %d optimizer steps: the learning rate never reaches lr and never decays.",
+                hp.warmup_steps,
+                total,
+            )
         schedule = WarmupCosine(hp.warmup_steps, total, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
+
+    def on_train_start(self) -> None:
+        """A fresh run whose first validation (every ``check_val_every_n_epoch`` epochs) would come after its
+        ``max_steps`` is refused: it ended without a validation, a ``best.ckpt`` or a word, and the documented export
+        of ``best.ckpt`` then failed (the bundle's 90-epoch interval is 270 steps with the shipped lists, more than
+        its 1080 with a data list of 36 volumes)."""
+        trainer = self.trainer
+        every, batches = trainer.check_val_every_n_epoch, trainer.num_training_batches
+        if (
+            self.validation_sampler is None
+            or trainer.global_step > 0
+            or not every
+            or trainer.max_steps is None
+            or trainer.max_steps <= 0
+            or not math.isfinite(batches)
+            or not trainer.limit_val_batches
+        ):
+            return
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        if every * per_epoch > trainer.max_steps:
+            raise ValueError(
+                f"this run would end after {trainer.max_steps} optimizer steps, before its first validation at epoch "
+                f"{every} ({every * per_epoch} steps at {per_epoch} a epoch): no best checkpoint would be chosen. "
+                f"Validate more often (train.json: --val_interval {max(1, trainer.max_steps // per_epoch)}) or train "
+                "longer."
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Name the AdamW groups of a checkpoint saved before they had names: torch's ``load_state_dict`` keeps the

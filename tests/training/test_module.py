@@ -277,6 +277,62 @@ def test_ema_warms_up_instead_of_holding_on_to_the_initial_weights(tmp_path):
     assert float(late) == pytest.approx(0.01)  # warm-up over: the configured decay holds
 
 
+class _OneWeightAndIndex(_OneWeight):
+    """_OneWeight with an int64 index buffer, as WiDiT's relative-position index (the EMA averages buffers too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("index", torch.arange(7, 107, dtype=torch.long), persistent=False)
+
+
+def test_ema_keeps_integer_buffers_and_follows_the_weights_before_its_start(tmp_path):
+    """Two regressions. The EMA averaged the int64 relative-position index in float and wrote it back truncated: after
+    80 steps 1767 of 4096 entries were one lower, so validation ran another network. With update_starting_at_step,
+    the average kept the initial weights until the start: validation scored, and a short run exported, them."""
+    ema = WarmupEMA(decay=0.995, update_starting_at_step=10)
+    trainer = L.Trainer(max_steps=8, callbacks=[ema], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    module = _OneWeightAndIndex()
+    trainer.fit(module)
+    averaged = ema._average_model.module
+    assert float(averaged.w) == pytest.approx(float(module.w)) and float(module.w) > 0.3  # not the initial 0
+    ema = WarmupEMA(decay=0.995)
+    trainer = L.Trainer(max_steps=30, callbacks=[ema], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(_OneWeightAndIndex())
+    assert torch.equal(ema._average_model.module.index, torch.arange(7, 107))
+    update = ema_warmup_avg_fn(0.9)
+    assert torch.equal(update(torch.arange(5), torch.arange(5), torch.tensor(3)), torch.arange(5))
+
+
+def test_a_run_that_would_end_before_its_first_validation_is_refused(tmp_path):
+    """max_steps ended it before epoch check_val_every_n_epoch: no validation, no best.ckpt, no word (the bundle's
+    90-epoch interval outlasts its 1080 steps with a data list of 36 volumes)."""
+    data_list = write_dataset(tmp_path, num_train=3, num_val=1)
+    module = DiffusionSegmentationModule(tiny_segmenter(), warmup_steps=1, validation_sampler=whole_volume_sampler,
+                                         class_names=NAMES, preprocessing=PREPROCESSING_3D)  # fmt: skip
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16],
+                                batch_size=1, num_crops=1, num_workers=0)  # fmt: skip
+    trainer = L.Trainer(max_steps=5, check_val_every_n_epoch=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"after 5 optimizer steps, before its first validation at epoch 3 \(9 steps"):
+        trainer.fit(module, datamodule=dm)
+
+
+def test_a_run_bounded_by_time_alone_names_what_the_schedule_needs(tmp_path):
+    """max_steps -1 and max_epochs -1 with max_time: int(inf) was an OverflowError in configure_optimizers."""
+    trainer = L.Trainer(max_steps=-1, max_epochs=-1, max_time={"seconds": 5}, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    data_list = write_dataset(tmp_path, num_train=2, num_val=1)
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 16, 16],
+                                batch_size=1, num_crops=1, num_workers=0)  # fmt: skip
+    module = DiffusionSegmentationModule(tiny_segmenter(), warmup_steps=1, preprocessing=PREPROCESSING_3D)
+    with pytest.raises(ValueError, match="needs the run's length: set max_steps or epochs"):
+        trainer.fit(module, datamodule=dm)
+
+
 def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr_tags():
     """torch's Optimizer.load_state_dict keeps the saved group dicts: unnamed groups would log train/lr/pg1."""
     from medwidit.training.module import PARAM_GROUPS, DiffusionSegmentationModule
