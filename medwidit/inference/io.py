@@ -105,7 +105,8 @@ def _check_affine(affine: np.ndarray, path) -> None:
     linear = np.asarray(affine, dtype=np.float64)[:-1, :-1]
     if not np.isfinite(affine).all():
         raise InputError(f"{path}: the header's voxel-to-world affine holds NaN or infinite values; fix the header.")
-    if abs(np.linalg.det(linear)) < 1e-12 * max(np.abs(linear).max(), 1e-300) ** len(linear):
+    scale = np.abs(linear).max()  # the determinant of linear / scale: scale ** 3 underflowed to 0 for a zero matrix
+    if scale == 0 or abs(np.linalg.det(linear / scale)) < 1e-12:
         raise InputError(
             f"{path}: the header's voxel-to-world affine is singular (a zero spacing or two parallel axes); fix the "
             "header."
@@ -381,7 +382,22 @@ def to_nibabel(array, geometry: ImageGeometry, kind: str = "labels", *, max_labe
         image.header.set_qform(geometry.affine, code=1)
     image.header.set_slope_inter(None, None)
     image.header.set_data_dtype(data.dtype)
+    _describe(image.header, kind, data, geometry.spatial_dims)
     return image
+
+
+def _describe(header, kind: str, data: np.ndarray, spatial_dims: int) -> None:
+    """The input header's fields that describe its own values, reset for ``kind``: its display window (a T1's
+    3000-8000 showed the 0/1 labels blank in MRIcroGL and FSLeyes), intent ("z score" on a label map), description,
+    and a time step on an axis after the spatial ones (a probability map's class axis was read as 2.5 s frames)."""
+    window = {"labels": float(data.max(initial=0)), "probabilities": 1.0}.get(kind, 0.0)  # 0, 0: the viewer's own
+    header["cal_min"], header["cal_max"] = 0.0, window
+    header.set_intent("label" if kind == "labels" else "none")
+    header["descrip"], header["aux_file"] = f"medwidit {kind}".encode(), b""
+    zooms = list(header.get_zooms())
+    if len(zooms) > spatial_dims:
+        header.set_zooms(zooms[:spatial_dims] + [1.0] * (len(zooms) - spatial_dims))
+    header.set_xyzt_units(header.get_xyzt_units()[0], "unknown")
 
 
 def _to_itk(array, geometry: ImageGeometry, kind: str, max_label: int | None):

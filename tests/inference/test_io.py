@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from inference_volumes import oblique_affine, save_itk, save_nifti
 from monai.transforms import LoadImage
 
-from medwidit.inference.io import InputError, OutputError, check_output_dir, label_dtype, read_image
+from medwidit.inference.io import InputError, OutputError, check_output_dir, label_dtype, read_image, to_nibabel
 from medwidit.inference.io import OutputImage as Out
 from medwidit.inference.outputs import write_image, write_images
 
@@ -260,3 +260,30 @@ def test_outputs_of_an_in_memory_image_use_its_affine_even_if_changed_after_its_
     out = to_nibabel(np.zeros((6, 5, 4), np.uint8), geometry, "labels", max_label=1)
     np.testing.assert_allclose(out.affine, image.affine, atol=1e-5)
     np.testing.assert_allclose(geometry.affine, image.affine, atol=1e-9)
+
+
+def test_outputs_reset_what_the_input_header_says_about_its_own_values(tmp_path):
+    """The input's display window (3000-8000 for MNI152's T1) showed the 0/1 labels and 0-1 probabilities blank in
+    MRIcroGL and FSLeyes; its intent ("z score"), description and a 2.5 s time step went into every output, the
+    probability map's class axis read as time. The geometry stays the input's, verbatim."""
+    image = nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 10, 1), dtype=np.float32) * 5000,
+                            np.diag([2.0, 2.0, 2.0, 1.0]))  # fmt: skip
+    header = image.header
+    header["cal_min"], header["cal_max"] = 3000, 8000
+    header.set_intent("z score")
+    header["descrip"] = b"CT head"
+    header.set_zooms((2.0, 2.0, 2.0, 2.5))
+    header.set_xyzt_units("mm", "sec")
+    nib.save(image, tmp_path / "x.nii.gz")
+    _, geometry = read_image(tmp_path / "x.nii.gz")
+    labels = to_nibabel(np.ones((8, 9, 10), np.uint8), geometry, "labels", max_label=1).header
+    assert (float(labels["cal_min"]), float(labels["cal_max"])) == (0.0, 1.0)
+    assert labels.get_intent()[0] == "label" and labels["descrip"].item() == b"medwidit labels"
+    probabilities = to_nibabel(np.full((2, 8, 9, 10), 0.5, np.float32), geometry, "probabilities").header
+    assert float(probabilities["cal_max"]) == 1.0 and probabilities.get_intent()[0] == "none"
+    assert probabilities.get_zooms() == (2.0, 2.0, 2.0, 1.0) and probabilities.get_xyzt_units() == ("mm", "unknown")
+    uncertainty = to_nibabel(np.full((8, 9, 10), 0.3, np.float32), geometry, "uncertainty").header
+    assert float(uncertainty["cal_max"]) == 0.0  # the viewer's own window
+    for out in (labels, probabilities, uncertainty):
+        np.testing.assert_array_equal(out.get_best_affine(), header.get_best_affine())
+        assert out.get_sform(coded=True)[1] == header.get_sform(coded=True)[1]

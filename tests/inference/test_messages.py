@@ -56,6 +56,17 @@ def test_a_nan_or_singular_affine_is_named_up_front(tmp_path, row, problem):
         read_image(path)
 
 
+def test_an_all_zero_affine_is_singular(tmp_path):
+    """The singularity test scaled by max|A| ** 3, which underflowed to 0 for an all-zero matrix: 0 < 0 passed it, and
+    a model without spacing then failed inside MONAI's Orientationd, naming no file."""
+    header = nib.Nifti1Header()
+    header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)  # a valid qform beside it
+    header.set_sform(np.diag([0.0, 0.0, 0.0, 1.0]), code=1)
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None, header=header), str(tmp_path / "zero.nii.gz"))
+    with pytest.raises(InputError, match="zero.nii.gz: the header's voxel-to-world affine is singular"):
+        read_image(tmp_path / "zero.nii.gz")
+
+
 def test_itk_errors_keep_the_part_that_says_what_is_wrong(tmp_path):
     path = tmp_path / "bad.nrrd"
     path.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n")
