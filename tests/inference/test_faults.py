@@ -411,8 +411,13 @@ def test_an_id_split_that_meets_a_case_of_its_name_fails_that_case_and_drops_no_
 def test_a_grid_that_resampling_collapses_or_explodes_is_refused(tmp_path):
     predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "model.pt", spacing=(1.0, 1.0, 1.0)), device="cpu")
     tiny = nifti(tmp_path / "tiny.nii.gz", affine=np.diag([0.01, 0.01, 0.01, 1.0]))
-    with pytest.raises(InputError, match=r"tiny.nii.gz: resampling .* leaves 0 voxel\(s\) along an axis, too small"):
+    with pytest.raises(InputError, match=r"tiny.nii.gz: resampling .* leaves 1 voxel\(s\) along an axis, too small"):
         predictor.segment(tiny, **FAST)
+    # one 8 mm slice: MONAI's Spacing keeps it one voxel (first to last voxel centre, plus one); counted as 8 voxels
+    # it passed, and the case came out empty, as done
+    slab = nifti(tmp_path / "slab.nii.gz", shape=(12, 10, 1), affine=np.diag([1.0, 1.0, 8.0, 1.0]))
+    with pytest.raises(InputError, match=r"slab.nii.gz: resampling .* leaves 1 voxel\(s\) along an axis"):
+        predictor.segment(slab, **FAST)
     huge = nifti(tmp_path / "huge.nii.gz", affine=np.diag([20.0, 20.0, 20.0, 1.0]))
     with pytest.raises(InputError, match="huge.nii.gz: resampling .* makes 8000 times as many voxels .*--force-grid"):
         predictor.segment(huge, **FAST)
