@@ -271,6 +271,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         of ``best.ckpt`` then failed (the bundle's 90-epoch interval is 270 steps with the shipped lists, more than
         its 1080 with a data list of 36 volumes)."""
         trainer = self.trainer
+        self._resize_schedule(trainer)
         every, batches = trainer.check_val_every_n_epoch, trainer.num_training_batches
         if (
             self.validation_sampler is None
@@ -290,6 +291,33 @@ class DiffusionSegmentationModule(L.LightningModule):
                 f"Validate more often (train.json: --val_interval {max(1, trainer.max_steps // per_epoch)}) or train "
                 "longer."
             )
+
+    @staticmethod
+    def _resize_schedule(trainer) -> None:
+        """A run resumed with another length keeps the checkpoint's schedule (LambdaLR restores its numbers): resumed
+        with a larger ``max_steps`` it trained every added step at the floor. The cosine is stretched to the run's
+        length from here on, with a warning, and the current rate set from it."""
+        total = trainer.estimated_stepping_batches
+        if trainer.global_step == 0 or not math.isfinite(total):
+            return
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            schedules = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)]
+            stale = [f for f in schedules if f.total_steps != max(int(total), f.warmup_steps + 1)]
+            for schedule in stale:
+                logger.warning(
+                    "resumed at step %d of a run of %d optimizer steps, where the checkpoint's schedule had %d: the "
+                    "cosine decays over %d from here.",
+                    trainer.global_step,
+                    int(total),
+                    schedule.total_steps,
+                    int(total),
+                )
+                schedule.total_steps = max(int(total), schedule.warmup_steps + 1)
+            if stale:
+                for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                           strict=True):  # fmt: skip
+                    group["lr"] = base * fn(scheduler.last_epoch)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Name the AdamW groups of a checkpoint saved before they had names: torch's ``load_state_dict`` keeps the

@@ -333,6 +333,21 @@ def test_a_run_bounded_by_time_alone_names_what_the_schedule_needs(tmp_path):
         trainer.fit(module, datamodule=dm)
 
 
+def test_a_run_resumed_with_more_steps_stretches_its_schedule(tmp_path, caplog):
+    """LambdaLR restored the checkpoint's WarmupCosine: a run resumed with a larger length trained every added step at
+    lr * min_lr_ratio. The cosine now spans the resumed run, as in a run of that length from the start."""
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    sampler = whole_volume_sampler(steps=1)
+    _fit(tmp_path / "a", data_list, epochs=2, sampler=sampler)
+    last = str(tmp_path / "a" / "ckpt" / "last.ckpt")
+    trainer, _ = _fit(tmp_path / "a", data_list, epochs=5, sampler=sampler, resume=last)
+    schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert schedule.total_steps == 10 and "the cosine decays over 10 from here" in caplog.text
+    straight, _ = _fit(tmp_path / "b", data_list, epochs=5, sampler=sampler)
+    lr = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert lr == pytest.approx([g["lr"] for g in straight.optimizers[0].param_groups])
+
+
 def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr_tags():
     """torch's Optimizer.load_state_dict keeps the saved group dicts: unnamed groups would log train/lr/pg1."""
     from medwidit.training.module import PARAM_GROUPS, DiffusionSegmentationModule
