@@ -298,7 +298,13 @@ def read_input(
     if isinstance(image, np.ndarray) or hasattr(image, "detach"):
         array, geometry = read_array(image, affine, spatial_dims=spatial_dims)
         if array.shape[0] != num_modalities:
-            raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {num_modalities}.")
+            shape = tuple(getattr(image, "shape", array.shape))
+            hint = (  # (X, Y, Z, 1) reads as 90 channels of (Y, Z, 1)
+                f"; shape {shape} looks channel-last: channels go first, (C, *S), or pass (*S) for one"
+                if len(shape) == spatial_dims + 1 and shape[-1] == num_modalities
+                else ""
+            )
+            raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {num_modalities}{hint}.")
         return array, geometry
     if affine is not None:  # it would be ignored: a file or a nibabel image carries its own
         raise InputError(

@@ -173,6 +173,11 @@ class DiffusionSegmentationModule(L.LightningModule):
         class_names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
         if len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}: {class_names}.")
+        if not all(isinstance(name, str) for name in class_names):  # a number failed at the first validation's end
+            raise ValueError(f"class_names must be strings, got {class_names}.")
+        tags = [_tag(name) for name in class_names]
+        if len(set(tags)) != len(tags):  # 'grey matter' and 'grey-matter' logged one Dice under one tag, dropping one
+            raise ValueError(f"class_names {class_names} give the same metric tag twice ({tags}): name them apart.")
         if len(betas) != 2:
             raise ValueError(f"betas must be two numbers, got {betas}.")
         preprocessing = check_preprocessing(preprocessing or {})

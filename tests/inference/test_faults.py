@@ -427,6 +427,14 @@ def test_a_grid_that_resampling_collapses_or_explodes_is_refused(tmp_path):
     assert predictor.segment(five, force_grid=True, **FAST).label_map.shape == (8, 6, 6)
 
 
+def test_a_channel_last_array_is_named_as_such(setup):
+    """(X, Y, Z, 1) reads as X channels of (Y, Z, 1): "90 channel(s) where the model expects 1" left the user to
+    guess why."""
+    _, _, predictor = setup
+    with pytest.raises(InputError, match=r"12 channel\(s\) .* expects 1; shape \(12, 10, 8, 1\) looks channel-last"):
+        predictor.segment(np.random.default_rng(0).random((12, 10, 8, 1), dtype=np.float32), **FAST)
+
+
 def test_an_array_without_an_affine_warns(setup, caplog):
     _, _, predictor = setup
     predictor.segment(np.ones((12, 10, 8), np.float32), **FAST)

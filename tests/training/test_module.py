@@ -196,6 +196,11 @@ def test_missing_file_fails_before_any_training_step(tmp_path):
 def test_options_are_checked():
     with pytest.raises(ValueError, match="class_names"):
         DiffusionSegmentationModule(tiny_segmenter(), class_names=["a", "b"])
+    # two names one tag: one class's Dice was dropped from the logs; a number failed at the first validation's end
+    with pytest.raises(ValueError, match=r"give the same metric tag twice .*'grey_matter', 'grey_matter'"):
+        DiffusionSegmentationModule(tiny_segmenter(), class_names=["background", "grey matter", "grey-matter"])
+    with pytest.raises(ValueError, match="class_names must be strings"):
+        DiffusionSegmentationModule(tiny_segmenter(), class_names=["background", "a", 3])
     with pytest.raises(ValueError, match="ema_decay"):
         DiffusionSegmentationModule(tiny_segmenter(), ema_decay=1.5)
     with pytest.raises(TypeError, match="DiffusionSegmenter"):
