@@ -233,7 +233,8 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
     data = _squeeze_to(data, spatial_dims, path)
     _check_finite(data, path)
     if suffix in NIFTI_SUFFIXES:
-        geometry = geometry_from_affine(image.affine, data.shape, header=image.header.copy(), path=str(path))
+        affine = _affine_in_mm(image.affine, image.header)
+        geometry = geometry_from_affine(affine, data.shape, header=image.header.copy(), path=str(path))
     else:
         geometry = _itk_geometry(image, data.shape, path)
     _check_affine(geometry.affine, path)
@@ -250,7 +251,22 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     header = None
     if isinstance(image, nib.Nifti1Image):  # its .affine may have changed since the header was: as nibabel saves it
         header = type(image)(image.dataobj, image.affine, image.header).header.copy()
-    return data, geometry_from_affine(image.affine, data.shape, header=header, path=image.get_filename())
+    affine = image.affine if header is None else _affine_in_mm(image.affine, header)
+    return data, geometry_from_affine(affine, data.shape, header=header, path=image.get_filename())
+
+
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}  # NIfTI's xyzt_units, spatial part
+
+
+def _affine_in_mm(affine, header) -> np.ndarray:
+    """A NIfTI affine in mm: nibabel's is in the header's spatial unit, which a file in microns or meters sets
+    (SimpleITK reads them as mm; a micron file was refused as 2000 mm voxels). Outputs keep the input's header."""
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"
+    scale = MM_PER_UNIT.get(unit, 1.0)
+    affine = np.array(affine, dtype=np.float64)
+    if scale != 1.0:
+        affine[:-1] *= scale
+    return affine
 
 
 def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeometry]:

@@ -287,3 +287,18 @@ def test_outputs_reset_what_the_input_header_says_about_its_own_values(tmp_path)
     for out in (labels, probabilities, uncertainty):
         np.testing.assert_array_equal(out.get_best_affine(), header.get_best_affine())
         assert out.get_sform(coded=True)[1] == header.get_sform(coded=True)[1]
+
+
+@pytest.mark.parametrize(("unit", "zoom"), [("micron", 2000.0), ("meter", 0.002)])
+def test_nifti_spatial_units_are_read_as_mm_and_outputs_keep_the_inputs(tmp_path, unit, zoom):
+    """nibabel's affine is in the header's unit: a 2 mm scan stored in microns was refused as 2000 mm voxels (in
+    meters, as leaving 0 voxels); SimpleITK reads both as 2 mm. The outputs keep the input's header and unit."""
+    image = nib.Nifti1Image(np.random.default_rng(0).random((8, 9, 10), dtype=np.float32), np.diag([zoom] * 3 + [1.0]))
+    image.header.set_xyzt_units(unit, "sec")
+    nib.save(image, tmp_path / "x.nii.gz")
+    _, geometry = read_image(tmp_path / "x.nii.gz")
+    np.testing.assert_allclose(geometry.spacing, (2.0, 2.0, 2.0), rtol=1e-6)
+    assert sitk.ReadImage(str(tmp_path / "x.nii.gz")).GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+    out = to_nibabel(np.zeros((8, 9, 10), np.uint8), geometry, "labels", max_label=1).header
+    np.testing.assert_allclose(out.get_best_affine(), image.header.get_best_affine())
+    assert out.get_xyzt_units()[0] == unit
