@@ -221,7 +221,8 @@ def thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tens
     """(C, *S) -> (C, *S): profile along ``axis`` (0-based spatial), then :func:`slice_count` slices spaced
     ``S_axis / count`` voxels apart (cell centres) and back. The profile reads the edge slices beyond the faces: MONAI's
     filter pads with zeros, which on a crop of air at -1 put -0.58 on the faces, 8 slices deep; and slices through the
-    first and last voxels (``align_corners``) spaced them (S - 1) / (n - 1) apart, up to 88% wider than asked."""
+    first and last voxels (``align_corners``) spaced them (S - 1) / (n - 1) apart (7.75 voxels for 6-voxel slices of
+    a 32-voxel crop)."""
     sigma = [0.0] * (image.ndim - 1)
     sigma[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
     shape = list(image.shape[1:])

@@ -11,7 +11,6 @@ training saw and then inverts the spatial part with MONAI ``Invertd``:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -33,7 +32,7 @@ from monai.transforms import (
 )
 from monai.utils import look_up_option
 
-from medwidit.utils import check_int
+from medwidit.utils import check_int, is_finite_number
 
 __all__ = [
     "DEFAULT_PREPROCESSING",
@@ -110,7 +109,7 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
         if (
             not isinstance(spacing, Sequence)
             or not 2 <= len(spacing) <= 3
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf for s in spacing)
+            or not all(is_finite_number(s) and s > 0 for s in spacing)
         ):
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]

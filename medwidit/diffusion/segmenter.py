@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -20,7 +19,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.utils import look_up_option
 
 from medwidit.nets.contract import ConditionCache
-from medwidit.utils import check_bool, check_int, check_range
+from medwidit.utils import check_bool, check_int, check_range, is_finite_number
 
 from .encoding import encode_labels
 from .ensemble import (
@@ -184,7 +183,7 @@ class DiffusionSegmenter(nn.Module):
         "vlb"]}``; ``loss = diffusion + aux_weight * aux + vlb_weight * T * vlb`` (vlb is L_t in bits/voxel).
         ``spacing`` (B, 2N), when given, goes to the net: ``net(..., spacing=spacing)`` (WiDiT spacing_conditioning)."""
         _check_pair(image, label)
-        image = _float_image(image, spacing)
+        image, spacing = _float_image(image, spacing)
         x0 = encode_labels(label, self.num_classes).to(image.device)  # (B, K, *S)
         t = sample_training_timesteps(
             self.objective,
@@ -273,7 +272,7 @@ class DiffusionSegmenter(nn.Module):
         spec, options = self.check_sampling(
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
-        image = _float_image(image, spacing)
+        image, spacing = _float_image(image, spacing)
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         check_shared_steps(shared_steps, steps)
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)
@@ -413,7 +412,7 @@ def _check_schedule_args(schedule: str, schedule_args: dict | None) -> None:
             raise ValueError(
                 f"schedule_args: {key!r}{owner} is not an argument of schedule {schedule!r}; it takes {allowed}."
             )
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise ValueError(f"schedule_args[{key!r}] must be a finite number, got {value!r}.")
 
 
@@ -425,10 +424,10 @@ def _with_chunk(progress: Callable[[dict], None], chunk: int, info: dict) -> Non
     progress({**info, "chunk": chunk})
 
 
-def _float_image(image: torch.Tensor, spacing: torch.Tensor | None) -> torch.Tensor:
-    """The image in float32, the samplers' and the network's dtype (autocast lowers it inside), from any real dtype
-    (float64 from nibabel's get_fdata, integer CT); ``spacing`` checked to have one row per case, or one for all
-    (rows are tiled as the batch is, so another count would give cases each other's spacing)."""
+def _float_image(image: torch.Tensor, spacing: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(image, spacing): the image in float32, the samplers' and the network's dtype (autocast lowers it inside), from
+    any real dtype (float64 from nibabel's get_fdata, integer CT); ``spacing`` with one row per case, one row for all
+    expanded (rows are tiled as the batch is, so another count gave cases each other's spacing)."""
     if image.is_complex():
         raise ValueError(f"image must be real-valued, got dtype {image.dtype}.")
     if spacing is not None and (spacing.ndim != 2 or spacing.shape[0] not in (1, image.shape[0])):
@@ -436,7 +435,9 @@ def _float_image(image: torch.Tensor, spacing: torch.Tensor | None) -> torch.Ten
             f"spacing must have shape (B, 2N): one row per image of the batch (B = {image.shape[0]}) or one row "
             f"for all, got {tuple(spacing.shape)}."
         )
-    return image if image.dtype == torch.float32 else image.float()
+    if spacing is not None:
+        spacing = spacing.expand(image.shape[0], -1)  # self-conditioning's rows index it per case
+    return (image if image.dtype == torch.float32 else image.float()), spacing
 
 
 def _check_pair(image: torch.Tensor, label: torch.Tensor) -> None:

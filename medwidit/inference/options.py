@@ -182,7 +182,7 @@ def check_grid(
     extent = np.asarray(shape) * spacing  # mm per axis (which target axis it meets depends on the orientation)
     # MONAI's Spacing spans first to last voxel centre, plus one: a single slice stays one voxel at any thickness
     # (shape x spacing passed one 8 mm slice as 4 voxels, and the case came out empty, as done)
-    largest = np.round((np.asarray(shape) - 1) * spacing / min(target_spacing)) + 1
+    largest = np.round((np.asarray(shape) - 1) * spacing / min(target_spacing) + 1)  # as MONAI rounds: 2.5 + 1 -> 4
     if largest.min() < MIN_GRID_SIZE:
         raise InputError(
             f"{name}: resampling its {tuple(shape)} voxels of {_mm(spacing)} mm to the model's {_mm(target_spacing)} "

@@ -51,6 +51,8 @@ def _count(name: str, value) -> int:
 
 def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[int, ...]:
     """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a numpy array or tensor of sizes
+        value = value.tolist()
     if not _is_int(value) and (
         isinstance(value, (str, bool)) or not isinstance(value, Sequence) or len(value) != spatial_dim
     ):

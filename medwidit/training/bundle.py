@@ -134,7 +134,7 @@ def _running_workflow_configs() -> Path | None:
 def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
     """Absolute folder of bundle ``name``: the bundle of the MONAI workflow parsing this config (call stack), else of
     the first ``--config_file`` in ``argv`` (default ``sys.argv``) with a ``metadata.json`` beside it, else the
-    shipped bundle ``name``, with a warning that names it."""
+    shipped bundle ``name`` (with a warning where a workflow runs configs that are not in a bundle's folder)."""
     configs = _running_workflow_configs()
     if configs is not None and (found := _bundle_of(configs)):
         return found

@@ -259,7 +259,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         total = int(total)
         if hp.warmup_steps >= total:
             logger.warning(
-                "warmup_steps %d >= the run's %d optimizer steps: the learning rate never reaches lr and never decays.",
+                "warmup_steps %d >= the run's %d optimizer steps: the learning rate never decays.",
                 hp.warmup_steps,
                 total,
             )
@@ -271,10 +271,11 @@ class DiffusionSegmentationModule(L.LightningModule):
         }
 
     def on_train_start(self) -> None:
-        """A fresh run whose first validation (every ``check_val_every_n_epoch`` epochs) would come after its
-        ``max_steps`` is refused: it ended without a validation, a ``best.ckpt`` or a word, and the documented export
-        of ``best.ckpt`` then failed (the bundle's 90-epoch interval is 270 steps with the shipped lists, more than
-        its 1080 with a data list of 36 volumes)."""
+        """A fresh run whose first validation (every ``check_val_every_n_epoch`` epochs) would come after its end
+        (``max_steps``, or ``max_epochs`` whole epochs) is refused: it ended without a validation, a ``best.ckpt`` or
+        a word, and the documented export of ``best.ckpt`` then failed (the bundle's 90-epoch interval is 270 steps
+        with the shipped lists, more than its 1080 with a data list of 36 volumes). Validation within an epoch
+        (``val_check_interval`` other than 1.0) is left to Lightning."""
         trainer = self.trainer
         self._resize_schedule(trainer)
         every, batches = trainer.check_val_every_n_epoch, trainer.num_training_batches
@@ -282,20 +283,26 @@ class DiffusionSegmentationModule(L.LightningModule):
             self.validation_sampler is None
             or trainer.global_step > 0
             or not every
-            or trainer.max_steps is None
-            or trainer.max_steps <= 0
+            or trainer.val_check_interval != 1.0
             or not math.isfinite(batches)
             or not trainer.limit_val_batches
         ):
             return
         per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-        if every * per_epoch > trainer.max_steps:
-            raise ValueError(
-                f"this run would end after {trainer.max_steps} optimizer steps, before its first validation at epoch "
-                f"{every} ({every * per_epoch} steps at {per_epoch} a epoch): no best checkpoint would be chosen. "
-                f"Validate more often (train.json: --val_interval {max(1, trainer.max_steps // per_epoch)}) or train "
-                "longer."
-            )
+        ends = [n for n in (trainer.max_steps, (trainer.max_epochs or 0) * per_epoch) if n is not None and n > 0]
+        if not ends or every * per_epoch <= min(ends):
+            return
+        end = min(ends)
+        fit = (
+            f"Validate more often (train.json: --val_interval {end // per_epoch})"
+            if end >= per_epoch
+            else f"Train at least one epoch ({per_epoch} steps) or validate within one (Lightning's val_check_interval)"
+        )
+        raise ValueError(
+            f"this run would end after {end} optimizer steps, before its first validation at epoch {every} "
+            f"({every * per_epoch} steps at {per_epoch} a epoch): no best checkpoint would be chosen. {fit}, or "
+            "train longer."
+        )
 
     @staticmethod
     def _resize_schedule(trainer) -> None:

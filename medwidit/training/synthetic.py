@@ -76,6 +76,11 @@ def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_c
                                   ("synth_target_labels", target_labels)) if v is None]  # fmt: skip
         if missing:
             raise ValueError(f"synth_ratio={ratio} needs {', '.join(missing)} (the label maps and their classes).")
+        if len(target_labels) != num_labels:  # checked here, before the label maps' check reads the table
+            raise ValueError(
+                f"synth_target_labels must give a class for each of the {num_labels} generation labels "
+                f"(synth_num_labels), got {len(target_labels)}."
+            )
         if num_classes is not None and max(target_labels, default=0) < num_classes - 1:
             raise ValueError(
                 f"synth_target_labels {list(target_labels)} reach classes up to {max(target_labels, default=0)} only, "

@@ -107,3 +107,23 @@ def test_widit_with_spacing_trains_and_samples_through_the_segmenter():
     assert segmenter.sample(image, spacing=spacing, steps=2, num_samples=2).shape == (2, 2, 3, 4, 4, 4)
     with pytest.raises(WiDiTInputError, match="spacing"):
         segmenter.loss(image, label)
+
+
+class _SelfConditionedRecorder(SpacingRecorder):
+    """Reads the noisy label and its estimate (2K channels), returns K."""
+
+    def forward(self, x, t, conditioned=None, spacing=None):
+        return super().forward(x, t, conditioned, spacing)[:, : self.num_classes]
+
+
+def test_one_spacing_row_serves_the_whole_batch_also_with_self_conditioning():
+    """One row for all cases is accepted; loss with self-conditioning indexed it per case (spacing[rows]): an
+    IndexError. It is expanded to one row per case first."""
+    torch.manual_seed(0)
+    net = _SelfConditionedRecorder(3)
+    image, spacing = _image_and_spacing(batch=4)
+    segmenter = DiffusionSegmenter(net, num_classes=3, self_condition=True)
+    for _ in range(4):  # half the rows, at random, read their own estimate: a second call with those rows
+        segmenter.loss(image, random_labels((4, 1, 4, 4, 4), 3), spacing=spacing[:1])
+    assert all(torch.equal(given, spacing[:1].expand(len(given), -1)) for _, given in net.calls)
+    assert any(len(given) < 4 for _, given in net.calls)  # the rows' own call ran

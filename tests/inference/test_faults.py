@@ -418,6 +418,9 @@ def test_a_grid_that_resampling_collapses_or_explodes_is_refused(tmp_path):
     slab = nifti(tmp_path / "slab.nii.gz", shape=(12, 10, 1), affine=np.diag([1.0, 1.0, 8.0, 1.0]))
     with pytest.raises(InputError, match=r"slab.nii.gz: resampling .* leaves 1 voxel\(s\) along an axis"):
         predictor.segment(slab, **FAST)
+    from medwidit.inference.options import check_grid
+
+    check_grid((6, 6, 6), np.eye(4), (2.0, 2.0, 2.0), "six")  # MONAI makes 4 voxels (round(2.5 + 1)), not 3
     huge = nifti(tmp_path / "huge.nii.gz", affine=np.diag([20.0, 20.0, 20.0, 1.0]))
     with pytest.raises(InputError, match="huge.nii.gz: resampling .* makes 8000 times as many voxels .*--force-grid"):
         predictor.segment(huge, **FAST)

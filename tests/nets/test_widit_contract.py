@@ -226,7 +226,7 @@ def test_numpy_integers_become_plain_ints_so_the_config_saves_and_loads(tmp_path
     weights_only torch.load refused the file (UnpicklingError)."""
     import numpy as np
 
-    model = WiDiT(spatial_dim=np.int64(2), patch_size=np.int64(2), hidden_size=np.int64(32), depth=np.int64(1),
+    model = WiDiT(spatial_dim=np.int64(2), patch_size=np.array([2, 2]), hidden_size=np.int64(32), depth=np.int64(1),
                   num_heads=np.int64(2), window_size=[np.int64(4), np.int64(4)], in_channels=np.int64(2))  # fmt: skip
     sizes = ("spatial_dim", "hidden_size", "depth", "num_heads", "in_channels", "out_channels")
     assert all(type(model.config[k]) is int for k in sizes), model.config

@@ -323,6 +323,16 @@ def test_a_run_that_would_end_before_its_first_validation_is_refused(tmp_path):
                         default_root_dir=tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match=r"after 5 optimizer steps, before its first validation at epoch 3 \(9 steps"):
         trainer.fit(module, datamodule=dm)
+    trainer = L.Trainer(max_epochs=2, check_val_every_n_epoch=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"after 6 optimizer steps, .*--val_interval 2\)"):  # an epoch-bounded run
+        trainer.fit(module, datamodule=dm)
+    trainer = L.Trainer(max_steps=2, check_val_every_n_epoch=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"Train at least one epoch \(3 steps\) or validate within one"):
+        trainer.fit(module, datamodule=dm)  # no --val_interval fits a run shorter than an epoch
 
 
 def test_a_run_bounded_by_time_alone_names_what_the_schedule_needs(tmp_path):

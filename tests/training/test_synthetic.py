@@ -114,6 +114,9 @@ def test_bad_synthesis_options_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"up to 1 only, but the task has num_classes=5.*--synth_ratio 0"):
         _module(tmp_path, 0.25, num_classes=5)
     _module(tmp_path, 0.0, num_classes=5)  # real volumes alone
+    # a short table: the label maps' check read it first, an IndexError out of check_files
+    with pytest.raises(ValueError, match="synth_target_labels must give a class for each of the 5 generation labels"):
+        _module(tmp_path, 0.5, synth_target_labels=[0, 1])
     _module(tmp_path, 0.25, num_classes=5, synth_target_labels=[0, 1, 2, 3, 4])  # a table that covers the classes
 
 
