@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write, check_bool, check_int
+from medwidit.utils import atomic_write, check_bool, check_int, is_integer
 
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
@@ -35,14 +34,10 @@ CONDITIONINGS = ("embed", "concat")  # image embedded on its own (hidden split i
 #################################################################################
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _count(name: str, value) -> int:
     """``value`` as a plain positive int (numpy's too: a config must save as JSON and load with ``weights_only``),
     else a ValueError naming ``name`` (a float such as 2.0 is refused, not truncated)."""
-    if not _is_int(value):
+    if not is_integer(value):
         raise ValueError(f"{name} must be an int, got {value!r}.")
     if value < 1:
         raise ValueError(f"{name} must be positive, got {value}.")
@@ -53,11 +48,11 @@ def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[
     """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a numpy array or tensor of sizes
         value = value.tolist()
-    if not _is_int(value) and (
+    if not is_integer(value) and (
         isinstance(value, (str, bool)) or not isinstance(value, Sequence) or len(value) != spatial_dim
     ):
         raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value!r}.")
-    if not all(_is_int(v) for v in ensure_tuple_rep(value, spatial_dim)):
+    if not all(is_integer(v) for v in ensure_tuple_rep(value, spatial_dim)):
         raise ValueError(f"{name} must hold ints, got {value!r}.")
     out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dim))
     if any(v < 1 for v in out):

@@ -3,7 +3,7 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_bool, check_int, check_range, is_finite_number
+from .checks import check_bool, check_int, check_range, is_finite_number, is_integer
 from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "image_grid",
     "label_values",
     "is_finite_number",
+    "is_integer",
     "itk_ras_affine",
     "sha256_file",
     "temporary_path",

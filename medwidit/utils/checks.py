@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_bool", "check_int", "check_range", "is_finite_number"]
+__all__ = ["check_bool", "check_int", "check_range", "is_finite_number", "is_integer"]
 
 
 def is_finite_number(value) -> bool:
     """A finite real number (numpy's too), never a bool: what a JSON config or a caller may give as a setting."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_integer(value) -> bool:
+    """An integer (numpy's too), never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_bool(name: str, value) -> bool:
