@@ -550,7 +550,11 @@ def ddp(ctx: Context) -> dict:
 
 
 def ct_volume(ctx: Context) -> dict:
-    """Seconds and peak memory of ``Predictor.segment`` (sample_ensemble) on a random CT-sized volume."""
+    """Seconds and peak memory of ``Predictor.segment`` (sample_ensemble) on a random CT-sized volume, and where the
+    host's seconds go (``top_functions``: cProfile's self time, empty under another profiler; on 2026-12-04 scipy on
+    one host core took about 74 of 122 s, which only a second call of the lease showed)."""
+    import cProfile
+
     predictor = Predictor.from_bundle(
         SHIPPED_BUNDLE, device=str(ctx.device), sw_batch_size=ctx.sizes["ct_sw_batch_size"]
     )
@@ -560,9 +564,17 @@ def ct_volume(ctx: Context) -> dict:
     spacing = predictor.preprocessing.get("spacing") or (1.0, 1.0, 1.0)
     volume = np.random.default_rng(0).normal(size=shape).astype(np.float32) * 300  # HU-like spread
     ctx.reset_peak()
+    profiler = cProfile.Profile()
     start = time.perf_counter()
+    try:
+        profiler.enable()
+    except ValueError:  # Python 3.12+: another profiler is active (gpu.py itself run under cProfile)
+        profiler = None
     result = predictor.segment(volume, affine=np.diag([*spacing, 1.0]), steps=steps, num_samples=samples)
     ctx.sync()
+    if profiler is not None:
+        profiler.disable()
+    seconds = time.perf_counter() - start
     return {
         "shape": list(shape),
         "spacing": list(spacing),
@@ -572,11 +584,24 @@ def ct_volume(ctx: Context) -> dict:
         "roi_size": predictor.roi_size,
         "sw_batch_size": predictor.sw_batch_size,
         "precision": str(predictor.autocast_dtype or torch.float32),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "peak_memory_mb": ctx.peak_mb(),
         "host_peak_mb": ctx.peak_mb(True),
         "foreground_fraction": float((result.label_map > 0).mean()),
+        "top_functions": [] if profiler is None else _top_functions(profiler),
     }
+
+
+def _top_functions(profiler, top: int = 12) -> list[dict]:
+    """The ``top`` functions of a cProfile run by self time (a CUDA kernel's time shows where the host waits for it)."""
+    import pstats
+
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive calls, self s, cumulative s, ...)}
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [
+        {"name": f"{Path(file).name}:{line}({name})", "self_s": own, "cumulative_s": total, "calls": calls}
+        for (file, line, name), (_, calls, own, total, _) in rows
+    ]
 
 
 SECTIONS = {  # the issue's two targets early: a lease can end before the last section (2026-12-04: in compile)

@@ -59,6 +59,9 @@ def test_quick_mode_reports_every_section_with_finite_numbers(quick_report):
     assert (ct["steps"], ct["num_samples"], ct["weight_sets"]) == tuple(
         shipped[k] for k in ("steps", "num_samples", "weight_sets")
     )
+    host = ct["top_functions"]  # where the host's seconds go (cProfile's self time), largest first
+    assert host and all(f["name"] and f["calls"] >= 1 and f["cumulative_s"] >= f["self_s"] >= 0 for f in host)
+    assert [f["self_s"] for f in host] == sorted((f["self_s"] for f in host), reverse=True)
     assert {"rope", "compiled", "compiled_rope"} <= set(quick_report["throughput"]["variants"])
     assert all(v["mfu"] > 0 for v in quick_report["throughput"]["variants"].values()), quick_report["throughput"]
     top = quick_report["throughput"]["top_kernels"]  # where the training step's time goes
