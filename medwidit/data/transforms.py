@@ -11,6 +11,7 @@ training saw and then inverts the spatial part with MONAI ``Invertd``:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -52,8 +53,10 @@ __all__ = [
     "equalise_channels",
     "head_mask",
     "intensity_transforms",
+    "median_filter3",
     "n4_bias_correct",
     "preprocessing_transforms",
+    "torch_median_filter3",
 ]
 
 DEFAULT_PREPROCESSING = {
@@ -164,45 +167,56 @@ class AirToMinimumd(MapTransform):
     """``preprocessing["air_threshold"]``: every channel's air, outside :func:`head_mask` (``threshold``, largest
     component), set to the channel's minimum. A scanner's air is noise; the histogram equalisation spread it into grey
     noise around a washed-out head, and weights trained on templates (whose air is smooth) labelled whole real heads
-    as brain (benchmarks/results/histogram_air.json)."""
+    as brain (benchmarks/results/histogram_air.json). ``device``: where the mask's median filter runs (None: scipy on
+    the CPU; the predictor gives its own device)."""
 
-    def __init__(self, keys, threshold: float = HEAD_THRESHOLD) -> None:
+    def __init__(self, keys, threshold: float = HEAD_THRESHOLD, device: torch.device | str | None = None) -> None:
         super().__init__(keys)
-        self.threshold = threshold
+        self.threshold, self.device = threshold, device
 
     def __call__(self, data: Mapping) -> dict:
         out = dict(data)
         for key in self.key_iterator(out):
-            out[key] = air_to_minimum(out[key], self.threshold)
+            out[key] = air_to_minimum(out[key], self.threshold, device=self.device)
         return out
 
 
-def air_to_minimum(image: torch.Tensor, threshold: float = HEAD_THRESHOLD) -> torch.Tensor:
+def air_to_minimum(
+    image: torch.Tensor, threshold: float = HEAD_THRESHOLD, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """(C, *S) -> a copy (same type and meta) whose air, outside each channel's head, is that channel's minimum. A
     head under ``MIN_HEAD_FRACTION`` of the grid is taken for a failed mask and the channel is left as it is: under a
     strong coil field the threshold, relative to a 99th percentile the field inflates, finds a bright corner of air
-    instead of the head (trust.py's bias3 on MNI152: 3 % of the grid, no brain in it)."""
+    instead of the head (trust.py's bias3 on MNI152: 3 % of the grid, no brain in it). ``device``: the
+    :func:`head_mask`'s."""
     out = image.detach().clone()
     for c in range(image.shape[0]):
         values = np.asarray(image[c].detach().cpu(), dtype=np.float32)
-        head = head_mask(values, threshold, largest=True)
+        head = head_mask(values, threshold, largest=True, device=device)
         if head.mean() >= MIN_HEAD_FRACTION:
             out[c][torch.as_tensor(~head, device=out.device)] = float(values.min())
     return out
 
 
-def head_mask(values: np.ndarray, threshold: float = HEAD_THRESHOLD, *, largest: bool = False) -> np.ndarray:
+def head_mask(
+    values: np.ndarray,
+    threshold: float = HEAD_THRESHOLD,
+    *,
+    largest: bool = False,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
     """The head of one channel (*S): voxels whose 3^3 median (or own value, beside such voxels) lies above
     ``threshold`` of the way from the air's level (the medians' 1st percentile: MRI's air sits at the bottom; CT's
     too, at -1000 HU) to the 99th percentile, closed (3 iterations, the faces continued outwards) and filled;
     ``largest`` keeps its largest connected component. Not datasets.brain.head's Otsu threshold, which lands above
-    the head when a coil field lights a corner."""
+    the head when a coil field lights a corner. ``device``: where the median filter runs (:func:`median_filter3`);
+    the mask is the same on every device."""
     from scipy import ndimage
 
     # a scanner's air is Rician noise: compared voxel by voxel from the minimum, 6 % noise put specks above 10 % that
     # the closing joined into the whole grid; the median keeps a head's faces where they are, unlike a Gaussian, and
     # the voxels next to them that pass on their own value give back the edges and corners the median rounds off
-    filtered = ndimage.median_filter(values, size=3, mode="nearest")
+    filtered = median_filter3(values, device)
     low = float(np.percentile(filtered, 1))
     level = low + threshold * (float(np.percentile(values, 99)) - low)
     head = filtered > level
@@ -215,6 +229,37 @@ def head_mask(values: np.ndarray, threshold: float = HEAD_THRESHOLD, *, largest:
         if count > 1:
             head = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
     return head
+
+
+def median_filter3(values: np.ndarray, device: torch.device | str | None = None) -> np.ndarray:
+    """scipy's ``median_filter(values, size=3, mode="nearest")`` (*S float32 -> *S). ``device`` None or a CPU: scipy
+    itself; any other device: the middle of torch's sort of the 3^N neighbourhoods there, a slab of the first axis at a
+    time (the same values: a median picks one of its inputs). scipy's rank filter runs on one core: 42 s of the
+    122 s that gpu.py's 512x512x300 volume took on the H200 machine (its two grids, 2026-12-04). On this 2-core CPU
+    torch's took 1.15-1.18x scipy's wall time at that size, on two cores where scipy uses one (host_steps.json), so
+    the CPU keeps scipy."""
+    if device is None or torch.device(device).type == "cpu":
+        from scipy import ndimage
+
+        return ndimage.median_filter(values, size=3, mode="nearest")
+    return torch_median_filter3(torch.as_tensor(np.ascontiguousarray(values)).to(device)).cpu().numpy()
+
+
+def torch_median_filter3(x: torch.Tensor, chunk: int = 1 << 23) -> torch.Tensor:
+    """:func:`median_filter3` in torch on ``x``'s device (*S -> *S): the middle of each voxel's sorted 3^N
+    neighbourhood, the grid's faces continued outwards, a slab of the first axis at a time (about ``chunk``
+    neighbourhood values a slab, at least one plane). The sort, not ``Tensor.median``: CUDA's median computes indices,
+    which ``torch.use_deterministic_algorithms`` refuses."""
+    padded = torch.nn.functional.pad(x[None, None], (1, 1) * x.ndim, mode="replicate")[0, 0]
+    out = torch.empty_like(x)
+    slab = max(1, chunk // (math.prod(x.shape[1:]) * 3**x.ndim))
+    for start in range(0, x.shape[0], slab):
+        block = padded[start : start + slab + 2]
+        for axis in range(x.ndim):
+            block = block.unfold(axis, 3, 1)
+        block = block.reshape(*block.shape[: x.ndim], -1)
+        out[start : start + slab] = block.sort(-1).values[..., block.shape[-1] // 2]
+    return out
 
 
 class N4BiasFieldCorrectiond(MapTransform):
@@ -266,12 +311,15 @@ def n4_bias_correct(
     return out
 
 
-def intensity_transforms(preprocessing: Mapping, key: str = "image") -> list[MapTransform]:
-    """The intensity part of ``preprocessing`` for ``key``: its bias correction, its air step, then its intensity mode
-    (real and synthetic training images and inference share it)."""
+def intensity_transforms(
+    preprocessing: Mapping, key: str = "image", *, device: torch.device | str | None = None
+) -> list[MapTransform]:
+    """The intensity part of ``preprocessing`` for ``key``: its bias correction, its air step (its median filter on
+    ``device``: :class:`AirToMinimumd`), then its intensity mode (real and synthetic training images and inference
+    share it)."""
     bias = [N4BiasFieldCorrectiond(key)] if preprocessing["bias_correction"] == "n4" else []
     threshold = preprocessing["air_threshold"]
-    air = [] if threshold is None else [AirToMinimumd(key, threshold)]
+    air = [] if threshold is None else [AirToMinimumd(key, threshold, device=device)]
     return bias + air + INTENSITY_MODES[preprocessing["intensity"]].transforms(key)
 
 
@@ -424,6 +472,7 @@ def preprocessing_transforms(
     *,
     load: bool = True,
     spacing_key: str | None = None,
+    device: torch.device | str | None = None,
 ) -> list[MapTransform]:
     """MONAI dictionary transforms for ``preprocessing``: [load, channel-first,] orientation, spacing, intensity.
 
@@ -431,6 +480,7 @@ def preprocessing_transforms(
     itself to keep their exact geometry). The label, if any, is resampled by nearest neighbour and cast to int64;
     the image is float32. Orientation and spacing are invertible, so ``Invertd`` maps predictions back.
     ``spacing_key`` adds :class:`RecordSpacingd`: the grid's and the acquisition's spacing for spacing conditioning.
+    ``device``: where the air step's median filter runs (:class:`AirToMinimumd`; the tensors stay where they are).
     """
     preprocessing = check_preprocessing(preprocessing)
     keys = [image_key] + ([label_key] if label_key is not None else [])
@@ -442,7 +492,7 @@ def preprocessing_transforms(
     if preprocessing["spacing"] is not None:
         modes = ["bilinear"] + (["nearest"] if label_key is not None else [])
         transforms.append(Spacingd(keys, pixdim=preprocessing["spacing"], mode=modes))
-    transforms += intensity_transforms(preprocessing, image_key)
+    transforms += intensity_transforms(preprocessing, image_key, device=device)
     transforms.append(EnsureTyped(image_key, dtype=torch.float32, track_meta=True))
     if label_key is not None:
         transforms.append(EnsureTyped(label_key, dtype=torch.int64, track_meta=True))

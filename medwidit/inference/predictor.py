@@ -483,7 +483,9 @@ class Predictor:
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
         region_key = None if region is None else "region"  # resampled as a label: nearest neighbour
         pre = Compose(
-            preprocessing_transforms(preprocessing, label_key=region_key, load=False, spacing_key=spacing_key)
+            preprocessing_transforms(
+                preprocessing, label_key=region_key, load=False, spacing_key=spacing_key, device=self.device
+            )
         )
         arrays = {"image": torch.from_numpy(array)}
         if region is not None:

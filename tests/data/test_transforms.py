@@ -17,8 +17,10 @@ from medwidit.data.transforms import (
     check_preprocessing,
     default_preprocessing,
     head_mask,
+    median_filter3,
     n4_bias_correct,
     preprocessing_transforms,
+    torch_median_filter3,
 )
 
 
@@ -251,6 +253,51 @@ def test_head_mask_holds_in_strong_rician_air():
     rician = np.hypot(clean + rng.normal(0, sigma, clean.shape), rng.normal(0, sigma, clean.shape)).astype(np.float32)
     mask = head_mask(rician, largest=True)
     assert mask.mean() < 0.3 and (mask == head).mean() > 0.99
+
+
+def test_the_median_filter_in_torch_is_scipys():
+    """The torch median (any device but the CPU: the CT volume's 42 s on the H200 machine) picks scipy's values,
+    ties and the grid's faces included, on grids of 2 and 3 axes, in one slab and in slabs of one and of several
+    planes that do not divide the first axis; the CPU path is scipy's own."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    for values in (
+        rng.normal(size=(37, 21, 19)).astype(np.float32),
+        rng.integers(0, 3, (9, 40, 30)).astype(np.float32),
+        rng.normal(size=(33, 17)).astype(np.float64),
+    ):
+        expected = ndimage.median_filter(values, size=3, mode="nearest")
+        plane = values[0].size * 3**values.ndim
+        for chunk in (1 << 23, 1, 3 * plane):  # one slab; one plane a slab; three planes a slab
+            assert np.array_equal(torch_median_filter3(torch.from_numpy(values), chunk).numpy(), expected)
+        assert np.array_equal(median_filter3(values, torch.device("cpu")), expected)
+
+
+def test_the_predictor_runs_the_air_steps_median_on_its_device(monkeypatch):
+    """The predictor hands its device to the air step (on a GPU the median runs there): every head mask of a case
+    is asked for the predictor's device."""
+    import medwidit.data.transforms as transforms
+    from medwidit.diffusion import DiffusionSegmenter
+    from medwidit.inference import Predictor
+
+    devices = []
+    real = transforms.median_filter3
+    monkeypatch.setattr(
+        transforms, "median_filter3", lambda values, device=None: devices.append(device) or real(values)
+    )
+    clean, noisy, _ = _noisy_air_head()
+    preprocessing = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "histogram", "air_threshold": 0.1}
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, conditioned=None, **_):
+            return torch.zeros_like(x)
+
+    predictor = Predictor(
+        DiffusionSegmenter(Zero(), num_classes=2), preprocessing=preprocessing, roi_size=16, device=torch.device("cpu")
+    )
+    predictor.segment(noisy, affine=np.eye(4), steps=1, num_samples=1)
+    assert devices and all(d == torch.device("cpu") for d in devices)
 
 
 @pytest.mark.parametrize("mode", list(INTENSITY_MODES))

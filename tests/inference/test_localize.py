@@ -14,7 +14,7 @@ from inference_volumes import ThresholdOracle, save_nifti
 
 from medwidit.cli import main
 from medwidit.diffusion import DiffusionSegmenter
-from medwidit.inference import InputError, Predictor, sample_ensemble
+from medwidit.inference import InputError, Predictor, localize, sample_ensemble
 from medwidit.inference.localize import check_localization, foreground_region, restrict_to_region
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
@@ -72,6 +72,29 @@ def test_the_region_computed_in_the_foregrounds_box_equals_the_whole_grids_trans
     affine = np.diag([0.8, 1.5, 2.5, 1.0])
     whole = ndimage.distance_transform_edt(labels == 0, sampling=(0.8, 1.5, 2.5)) <= 5.0
     assert np.array_equal(foreground_region(labels, affine, 5.0), whole) and whole.sum() > (labels > 0).sum()
+
+
+@pytest.mark.parametrize("shifts", [localize.MAX_BALL_SHIFTS, 0])
+def test_the_region_is_scipys_distance_transform_on_any_grid_and_margin(monkeypatch, shifts):
+    """The ball dilation is exact: the voxels within the margin by scipy's transform, for scattered, dense and single
+    foregrounds, thick slices, anisotropic voxels, margins on and off the lattice; 0 shifts allowed: the transform."""
+    from scipy import ndimage
+
+    monkeypatch.setattr(localize, "MAX_BALL_SHIFTS", shifts)
+    rng = np.random.default_rng(2)
+    spacings = ([2.0, 2.0, 2.0], [1.0, 1.0, 3.0], [0.7, 0.7, 5.0], [2.5, 1.3, 0.9], [0.65, 0.55, 0.65])
+    for shape in ((23, 19, 17), (10, 4, 10), (6, 2, 30)):  # grids thinner than the ball across an axis too
+        for spacing in spacings:
+            for margin in (0.5, 2.0, 4.55, 6.0, 6.5, 8.25):  # 4.55 = 7 x 0.65 and 8.25 = 15 x 0.55 mm, as floats
+                for density in (0.001, 0.05, 0.4):
+                    labels = (rng.random(shape) < density).astype(np.int64)
+                    labels.flat[rng.integers(labels.size)] = 1  # scipy's transform of no foreground measures nothing
+                    whole = ndimage.distance_transform_edt(labels == 0, sampling=spacing) <= margin
+                    assert np.array_equal(foreground_region(labels, np.diag([*spacing, 1.0]), margin), whole)
+    single = np.zeros((20, 3), np.int64)
+    single[10, 1] = 1  # a 2-D grid three voxels wide, a 12 mm ball
+    expected = ndimage.distance_transform_edt(single == 0) <= 12.0
+    assert np.array_equal(foreground_region(single, np.eye(4), 12.0), expected)
 
 
 def test_members_are_background_outside_the_region_and_untouched_inside():
