@@ -1,6 +1,7 @@
-"""The host's steps of a large volume on this CPU: the localization region beside scipy's exact distance transform
-in the foreground's box, which it replaced, and the air step's 3^3 median filter in torch beside scipy's (measured
-in the same run, on the same arrays; the outputs must be equal voxel for voxel). gpu.py's 512x512x300 volume
+"""The host's steps of a large volume on this CPU, each beside the code it replaced or kept, on the same arrays (the
+outputs must be equal voxel for voxel): the localization region beside scipy's exact distance transform in the
+foreground's box; the air step's 3^3 median filter in torch beside scipy's; the shipped label post-processing
+(MONAI's transforms) in the labels' bounding box beside the same over the whole grid. gpu.py's 512x512x300 volume
 (2026-12-04, H200) spent about 74 of its 122 s in scipy on one host core: the head mask 49 s (its median 42 s),
 MONAI's FillHoles 13 s, the distance transform 12 s (results/gpu_ct_profile.json).
 
@@ -25,8 +26,11 @@ from scipy import ndimage
 
 from medwidit.data.transforms import torch_median_filter3
 from medwidit.inference import localize
+from medwidit.inference.postprocess import apply_label_postprocessing, run_label_steps
 
 RESULTS = Path(__file__).resolve().parent / "results" / "host_steps.json"
+# the shipped bundle's label post-processing (inference.json)
+BRAIN_STEPS = [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
 
 
 def scipy_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -76,6 +80,11 @@ def run(shape, repeats: int) -> dict:
             new, seconds = timed(lambda f=foreground, a=affine: localize.foreground_region(f, a, 6.0), repeats)
             old, reference = timed(lambda f=foreground, a=affine: scipy_region(f, a, 6.0), repeats)
             rows.append(_row("region (6 mm)", f"{name}, {spacing:g} mm", seconds, reference, np.array_equal(new, old)))
+    for name, foreground in foregrounds.items():  # MONAI's steps in the labels' box vs over the whole grid
+        labels = foreground.astype(np.int64)
+        new, seconds = timed(lambda labels=labels: apply_label_postprocessing(labels, BRAIN_STEPS), repeats)
+        old, reference = timed(lambda labels=labels: run_label_steps(labels.copy(), BRAIN_STEPS), repeats)
+        rows.append(_row("post-processing", name, seconds, reference, np.array_equal(new, old)))
     return {"shape": list(shape), "repeats": repeats, "rows": rows}
 
 

@@ -236,8 +236,8 @@ def median_filter3(values: np.ndarray, device: torch.device | str | None = None)
     itself; any other device: the middle of torch's sort of the 3^N neighbourhoods there, a slab of the first axis at a
     time (the same values: a median picks one of its inputs). scipy's rank filter runs on one core: 42 s of the
     122 s that gpu.py's 512x512x300 volume took on the H200 machine (its two grids, 2026-12-04). On this 2-core CPU
-    torch's took 1.15-1.18x scipy's wall time at that size, on two cores where scipy uses one (host_steps.json), so
-    the CPU keeps scipy."""
+    torch's took 1.01-1.18x scipy's wall time at that size in two runs, on two cores where scipy uses one
+    (host_steps.json), so the CPU keeps scipy."""
     if device is None or torch.device(device).type == "cpu":
         from scipy import ndimage
 

@@ -13,6 +13,6 @@ def test_quick_run_writes_equal_outputs_and_their_times(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [r["step"] for r in rows] == ["median (torch)"] * 2 + ["region (6 mm)"] * 4
+    assert [r["step"] for r in rows] == ["median (torch)"] * 2 + ["region (6 mm)"] * 4 + ["post-processing"] * 2
     assert all(r["equal"] and r["seconds"] > 0 and r["scipy_seconds"] > 0 for r in rows)
     assert "region (6 mm)" in proc.stdout and "speed-up" in proc.stdout

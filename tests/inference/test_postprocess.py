@@ -14,6 +14,7 @@ from medwidit.inference.postprocess import (
     apply_label_postprocessing,
     check_label_postprocessing,
     postprocessing_transforms,
+    run_label_steps,
 )
 
 BRAIN = [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
@@ -33,6 +34,32 @@ def test_steps_keep_the_largest_component_and_fill_its_holes():
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == labels.dtype
     np.testing.assert_array_equal(apply_label_postprocessing(labels, []), labels)
+
+
+def test_steps_within_the_labels_box_equal_the_whole_grids():
+    """The steps run in the labels' box grown by a voxel: the same labels as over the whole grid, for a shell whose
+    cavity is a hole and one whose cavity opens at the box's face, labels touching the grid's faces, several labels,
+    each connectivity, 2-D, and no labels at all."""
+    specs = [
+        [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}],
+        [{"name": "fill_holes"}],
+        [{"name": "fill_holes", "connectivity": 1}],
+        [{"name": "keep_largest_component", "connectivity": 1}, {"name": "fill_holes", "applied_labels": [2]}],
+    ]
+    shell = np.zeros((30, 28, 26), np.int64)
+    shell[8:20, 9:19, 7:17] = 1
+    shell[10:18, 11:17, 9:15] = 0  # the cavity: a hole
+    opened = shell.copy()
+    opened[13, 13, 7:9] = 0  # a channel from the cavity to the box's face: open, not a hole
+    shell[3:5, 3:5, 3:5] = 2  # a second label, a second component
+    rng = np.random.default_rng(7)
+    cases = [shell, opened, np.zeros((9, 9, 9), np.int64), (rng.random((14, 30)) < 0.6) * rng.integers(1, 3, (14, 30))]
+    cases += [(rng.random((12, 11, 10)) < d) * rng.integers(1, 4, (12, 11, 10)) for d in (0.05, 0.5, 0.9)]
+    for labels in cases:
+        for spec in specs:
+            assert np.array_equal(apply_label_postprocessing(labels, spec), run_label_steps(labels.copy(), spec))
+    filled = apply_label_postprocessing(shell, specs[1])
+    assert filled[14, 14, 12] == 1 and apply_label_postprocessing(opened, specs[1])[14, 14, 12] == 0
 
 
 @pytest.mark.parametrize(
