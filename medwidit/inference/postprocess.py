@@ -71,6 +71,14 @@ def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "la
                 f"{source}[{i}] ({name}): applied_labels must be foreground labels (ints > 0), got "
                 f"{step.get('applied_labels')!r}."
             )
+        connectivity = step.get("connectivity")
+        if connectivity is not None and not (
+            isinstance(connectivity, int) and not isinstance(connectivity, bool) and 1 <= connectivity <= 3
+        ):
+            raise ValueError(
+                f"{source}[{i}] ({name}): connectivity must be null or the orthogonal hops of a neighbour, 1 to the "
+                f"grid's axes (at most 3), got {connectivity!r}."
+            )
         steps.append({**step, "name": name} if labels is None else {**step, "name": name, "applied_labels": labels})
     return steps
 
@@ -80,20 +88,26 @@ def _arguments(step: Mapping) -> dict:
 
 
 def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -> np.ndarray:
-    """Apply the spec's MONAI array transforms to a label map (*S) -> (*S) of the same dtype, within the labels'
-    bounding box grown by one voxel of background. Both steps only remove or fill inside that box, and the grown
-    face joins the box's open background to the outside as the whole grid's does, so the result is the whole grid's
-    (tested); MONAI's fill dilates to convergence over every voxel it is given (13 s of gpu.py's 512x512x300 volume
-    on the H200 machine's host)."""
+    """Apply the spec's MONAI array transforms (checked: ``check_label_postprocessing``) to a label map (*S) -> (*S)
+    of the same dtype, within the labels' bounding box. Both steps only remove or fill labelled voxels' components
+    inside it, and every background voxel on its faces lies next to the outside (or on the grid's face), so it is
+    open there as in the whole grid: the result is the whole grid's (tested). MONAI's fill dilates to convergence
+    over every voxel it is given (13 s of gpu.py's 512x512x300 volume on the H200 machine's host)."""
+    spec = check_label_postprocessing(spec)
     if not spec:
         return label_map
+    for step in spec:
+        if (step.get("connectivity") or 1) > np.ndim(label_map):  # MONAI's error, before an empty map skips the steps
+            raise ValueError(
+                f"{step['name']}: connectivity {step['connectivity']} exceeds the map's {np.ndim(label_map)} axes."
+            )
     labelled = np.asarray(label_map) != 0
     box = []
     for axis in range(labelled.ndim):
         hits = np.flatnonzero(labelled.any(axis=tuple(a for a in range(labelled.ndim) if a != axis)))
         if not hits.size:  # no labels: nothing to keep or fill
             return np.array(label_map, copy=True)
-        box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     box = tuple(box)
     if all(b.indices(n) == (0, n, 1) for b, n in zip(box, labelled.shape, strict=True)):
         return run_label_steps(label_map, spec)  # the box is the grid

@@ -36,30 +36,82 @@ def test_steps_keep_the_largest_component_and_fill_its_holes():
     np.testing.assert_array_equal(apply_label_postprocessing(labels, []), labels)
 
 
-def test_steps_within_the_labels_box_equal_the_whole_grids():
-    """The steps run in the labels' box grown by a voxel: the same labels as over the whole grid, for a shell whose
-    cavity is a hole and one whose cavity opens at the box's face, labels touching the grid's faces, several labels,
-    each connectivity, 2-D, and no labels at all."""
-    specs = [
-        [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}],
-        [{"name": "fill_holes"}],
-        [{"name": "fill_holes", "connectivity": 1}],
-        [{"name": "keep_largest_component", "connectivity": 1}, {"name": "fill_holes", "applied_labels": [2]}],
-    ]
+SPECS = [
+    [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}],
+    [{"name": "fill_holes"}],
+    [{"name": "fill_holes", "connectivity": 1}],
+    [{"name": "fill_holes", "connectivity": 2}, {"name": "keep_largest_component", "connectivity": 2}],
+    [{"name": "keep_largest_component", "connectivity": 1}, {"name": "fill_holes", "applied_labels": [2]}],
+]
+
+
+def _shells():
+    """Label maps whose labels' box is smaller than the grid: a shell with a cavity (a hole), the same opened by a
+    channel at the box's face, a shell cut by the grid's face (its cavity open there), a second label apart, a 2-D
+    ring beside the grid's edge."""
     shell = np.zeros((30, 28, 26), np.int64)
     shell[8:20, 9:19, 7:17] = 1
     shell[10:18, 11:17, 9:15] = 0  # the cavity: a hole
     opened = shell.copy()
     opened[13, 13, 7:9] = 0  # a channel from the cavity to the box's face: open, not a hole
+    cut = np.zeros((30, 28, 26), np.int64)
+    cut[0:10, 9:19, 7:17] = 1
+    cut[0:8, 11:17, 9:15] = 0  # the cavity reaches the grid's first face: open
+    cut[2, 13, 11] = 2  # another label inside the cavity
     shell[3:5, 3:5, 3:5] = 2  # a second label, a second component
+    ring = np.zeros((20, 24), np.int64)
+    ring[0:7, 5:12] = 1
+    ring[2:5, 7:10] = 0  # a hole in 2-D beside the edge
+    ring[1, 18] = 1
+    return {"shell": shell, "opened": opened, "cut": cut, "ring": ring}
+
+
+def test_steps_within_the_labels_box_equal_the_whole_grids():
+    """The steps run in the labels' bounding box: the same labels as over the whole grid, for every connectivity,
+    on maps whose box is smaller than the grid (holes, holes open at the box's face or the grid's, several labels,
+    2-D), on maps that fill the grid and on no labels at all."""
+    maps = _shells()
+    for name, labels in maps.items():
+        assert np.count_nonzero(labels.any(axis=tuple(range(1, labels.ndim)))) < labels.shape[0], name
     rng = np.random.default_rng(7)
-    cases = [shell, opened, np.zeros((9, 9, 9), np.int64), (rng.random((14, 30)) < 0.6) * rng.integers(1, 3, (14, 30))]
-    cases += [(rng.random((12, 11, 10)) < d) * rng.integers(1, 4, (12, 11, 10)) for d in (0.05, 0.5, 0.9)]
+    cases = [*maps.values(), np.zeros((9, 9, 9), np.int64), (rng.random((14, 30)) < 0.6) * rng.integers(1, 3, (14, 30))]
     for labels in cases:
-        for spec in specs:
-            assert np.array_equal(apply_label_postprocessing(labels, spec), run_label_steps(labels.copy(), spec))
-    filled = apply_label_postprocessing(shell, specs[1])
-    assert filled[14, 14, 12] == 1 and apply_label_postprocessing(opened, specs[1])[14, 14, 12] == 0
+        for spec in SPECS:
+            if (spec[0].get("connectivity") or 1) <= labels.ndim:
+                assert np.array_equal(apply_label_postprocessing(labels, spec), run_label_steps(labels, spec))
+    assert apply_label_postprocessing(maps["shell"], SPECS[1])[14, 14, 12] == 1  # the hole is filled ...
+    assert apply_label_postprocessing(maps["opened"], SPECS[1])[14, 14, 12] == 0  # ... the open cavity is not
+    assert apply_label_postprocessing(maps["cut"], SPECS[1])[4, 13, 11] == 0
+    assert apply_label_postprocessing(maps["ring"], SPECS[1])[3, 8] == 1
+
+
+def test_steps_within_the_box_equal_the_whole_grids_on_random_maps_in_a_corner():
+    """A seeded search: random labels (1-3, several densities, blocks with cavities) in a random sub-box of a larger
+    grid, possibly touching its faces, every spec and connectivity: the box gives the whole grid's labels."""
+    rng = np.random.default_rng(11)
+    for trial in range(150):
+        ndim = 2 if trial % 3 == 0 else 3
+        shape = tuple(int(n) for n in rng.integers(6, 14, ndim))
+        labels = np.zeros(shape, np.int64)
+        lo = [int(rng.integers(0, n - 3)) for n in shape]
+        hi = [int(rng.integers(a + 2, n + 1)) for a, n in zip(lo, shape, strict=True)]
+        inner = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        block = labels[inner]
+        block[...] = (rng.random(block.shape) < rng.uniform(0.3, 0.95)) * rng.integers(1, 4, block.shape)
+        for spec in SPECS:
+            if all((step.get("connectivity") or 1) <= ndim for step in spec):
+                assert np.array_equal(apply_label_postprocessing(labels, spec), run_label_steps(labels, spec)), trial
+
+
+def test_connectivity_is_checked_in_the_spec_and_against_the_maps_axes():
+    with pytest.raises(ValueError, match=r"\[0\] \(fill_holes\): connectivity must be null or .* got 4"):
+        check_label_postprocessing([{"name": "fill_holes", "connectivity": 4}])
+    with pytest.raises(ValueError, match="connectivity must be"):
+        check_label_postprocessing([{"name": "fill_holes", "connectivity": True}])
+    with pytest.raises(ValueError, match="connectivity 3 exceeds the map's 2 axes"):  # an empty map too
+        apply_label_postprocessing(np.zeros((5, 5), np.int64), [{"name": "fill_holes", "connectivity": 3}])
+    with pytest.raises(ValueError, match="unknown option"):  # MONAI's other options are not passed through
+        apply_label_postprocessing(np.ones((5, 5), np.int64), [{"name": "keep_largest_component", "independent": 0}])
 
 
 @pytest.mark.parametrize(
