@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.networks.layers.convutils import gaussian_1d
+from monai.networks.layers.simplelayers import separable_filtering
 from monai.transforms import (
     BorderPad,
-    GaussianSmooth,
     MapLabelValue,
     MapLabelValued,
     MapTransform,
@@ -50,7 +51,7 @@ from monai.transforms import (
 )
 
 from medwidit.data.transforms import RecordSpacingd, equalise_channels
-from medwidit.utils import check_bool, check_int, check_range
+from medwidit.utils import check_bool, check_int, check_range, is_integer
 
 __all__ = [
     "RandContrastRemapd",
@@ -110,7 +111,7 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
         for name, (low, high) in (("mean_range", mean_range), ("std_range", std_range)):
             if not low <= high or (name == "std_range" and low < 0):
                 raise ValueError(f"{name} must be (low, high) with low <= high (std >= 0), got {(low, high)}.")
-        bad = [b for b in background_labels if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_labels]
+        bad = [b for b in background_labels if not is_integer(b) or not 0 <= b < num_labels]
         if bad:  # 9 of 5 labels was an IndexError; -1 painted the last label (the brain) as air
             raise ValueError(f"background_labels must be labels in 0..{num_labels - 1} (num_labels), got {bad[0]!r}.")
         self.label_key, self.image_key, self.num_labels = label_key, image_key, num_labels
@@ -223,18 +224,15 @@ def thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tens
     filter pads with zeros, which on a crop of air at -1 put -0.58 on the faces, 8 slices deep; and slices through the
     first and last voxels (``align_corners``) spaced them (S - 1) / (n - 1) apart (7.75 voxels for 6-voxel slices of
     a 32-voxel crop)."""
-    sigma = [0.0] * (image.ndim - 1)
-    sigma[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
     shape = list(image.shape[1:])
-    reach = math.ceil(4.0 * sigma[axis])  # GaussianSmooth's kernel radius (truncated at 4 sigma)
-    pad = [0, 0] * len(shape)
-    pad[2 * (len(shape) - 1 - axis)] = pad[2 * (len(shape) - 1 - axis) + 1] = reach  # F.pad lists the last axis first
-    padded = F.pad(torch.as_tensor(image)[None].float(), pad, mode="replicate")[0]
-    blurred = GaussianSmooth(sigma=sigma)(padded).narrow(axis + 1, reach, shape[axis])
+    kernels = [torch.ones(1)] * len(shape)
+    kernels[axis] = gaussian_1d(thickness / (2 * math.sqrt(2 * math.log(2))), truncated=4.0)  # FWHM -> sigma
+    # MONAI's separable filter (GaussianSmooth's), padding with the edge values
+    blurred = separable_filtering(torch.as_tensor(image)[None].float(), kernels, mode="replicate")  # (1, C, *S)
     slices = list(shape)
     slices[axis] = slice_count(shape[axis], thickness)
     mode = "bilinear" if len(shape) == 2 else "trilinear"
-    low = F.interpolate(torch.as_tensor(blurred)[None].float(), size=slices, mode=mode, align_corners=False)
+    low = F.interpolate(blurred, size=slices, mode=mode, align_corners=False)
     back = F.interpolate(low, size=shape, mode=mode, align_corners=False)[0]
     return MetaTensor(back, meta=dict(image.meta)) if isinstance(image, MetaTensor) else back
 

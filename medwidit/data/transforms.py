@@ -95,12 +95,12 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
         raise ValueError(f"preprocessing has unknown keys {unknown}; valid keys are {sorted(DEFAULT_PREPROCESSING)}.")
     out = {**copy.deepcopy(DEFAULT_PREPROCESSING), **copy.deepcopy(dict(preprocessing))}
     orientation = out["orientation"]
-    pairs = ("LR", "PA", "IS")  # each axis once: "RRS" gave a singular affine and a 0 mm spacing record
     if orientation is not None and (
         not isinstance(orientation, str)
         or not 2 <= len(orientation) <= 3
         or set(orientation.upper()) - set("LRPAIS")
-        or len({next(i for i, p in enumerate(pairs) if c in p) for c in orientation.upper()}) != len(orientation)
+        # each axis once: "RRS" gave a singular affine and a 0 mm spacing record
+        or len(set(orientation.upper().translate(str.maketrans("LPI", "RAS")))) != len(orientation)
     ):
         raise ValueError(
             f"preprocessing['orientation'] must be 2 or 3 axis codes, at most one of each of L/R, P/A and I/S (e.g. "

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 from medwidit.utils import is_finite_number
@@ -91,11 +92,8 @@ def foreground_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: floa
     # only the foreground's bounding box, grown by the margin, can be within it: the work happens there, not on the
     # whole input grid
     pad = np.ceil(margin_mm / spacing).astype(int) + 1
-    nonzero = np.nonzero(foreground)
-    box = tuple(
-        slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n))
-        for i, p, n in zip(nonzero, pad, foreground.shape, strict=True)
-    )
+    start, end = generate_spatial_bounding_box(foreground[None], margin=[int(p) for p in pad], allow_smaller=True)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, end, strict=True))
     region = np.zeros_like(foreground)
     region[box] = _within(foreground[box], spacing, margin_mm)
     return region

@@ -113,10 +113,9 @@ def _binned_ece(confidence: torch.Tensor, hit: torch.Tensor, num_bins: int) -> f
     counted in float64 (see the module docstring for why not MONAI's bins): ``|sum_b p - sum_b hit| / N``."""
     p = confidence.double().flatten()
     index = (p * num_bins).long().clamp_(0, num_bins - 1)
-    count = torch.bincount(index, minlength=num_bins).double()
     sum_p = torch.bincount(index, weights=p, minlength=num_bins)
     sum_hit = torch.bincount(index, weights=hit.double().flatten(), minlength=num_bins)
-    return float((sum_p - sum_hit).abs().sum() / count.sum())
+    return float((sum_p - sum_hit).abs().sum() / p.numel())
 
 
 def _edges(label: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from monai.transforms import (
     KeepLargestConnectedComponent,
     KeepLargestConnectedComponentd,
 )
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import look_up_option
 
 from .options import read_inference_config
@@ -101,16 +102,12 @@ def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -
             raise ValueError(
                 f"{step['name']}: connectivity {step['connectivity']} exceeds the map's {np.ndim(label_map)} axes."
             )
-    labelled = np.asarray(label_map) != 0
-    box = []
-    for axis in range(labelled.ndim):
-        hits = np.flatnonzero(labelled.any(axis=tuple(a for a in range(labelled.ndim) if a != axis)))
-        if not hits.size:  # no labels: nothing to keep or fill
-            return np.array(label_map, copy=True)
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    box = tuple(box)
-    if all(b.indices(n) == (0, n, 1) for b, n in zip(box, labelled.shape, strict=True)):
+    start, end = generate_spatial_bounding_box((np.asarray(label_map) != 0)[None])
+    if not any(end):  # no labels: nothing to keep or fill
+        return np.array(label_map, copy=True)
+    if not any(start) and tuple(end) == np.shape(label_map):
         return run_label_steps(label_map, spec)  # the box is the grid
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, end, strict=True))
     out = np.array(label_map, copy=True)
     out[box] = run_label_steps(out[box], spec)
     return out
