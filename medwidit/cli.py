@@ -97,6 +97,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
     if args.bias_correction is not None:
         options["bias_correction"] = args.bias_correction
+    if args.anti_aliasing is not None:
+        options["anti_aliasing"] = args.anti_aliasing == "on"
     if args.no_localize:
         options["localization"] = None
     if args.no_calibration:

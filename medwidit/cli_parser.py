@@ -171,6 +171,13 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "coil field (default: the model's preprocessing; the shipped bundle's: none)",
     )
     seg.add_argument(
+        "--anti-aliasing",
+        choices=("on", "off"),
+        help="on: blur the image before resampling it to a coarser grid (sigma (f - 1) / 2 voxels for a factor f), "
+        "so that a 1 mm scan's noise and edges are averaged, not subsampled, onto the 2 mm grid and the 4 mm "
+        "localization grid (default: the model's preprocessing; the shipped bundle's: off)",
+    )
+    seg.add_argument(
         "--no-localize",
         action="store_true",
         help="skip the bundle's localization pass (inference.json localization: the case first sampled on a coarser "

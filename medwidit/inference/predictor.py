@@ -244,13 +244,16 @@ class Predictor:
         *,
         extra_checkpoints: Sequence[str | os.PathLike] = (),
         bias_correction: str | None = "model",
+        anti_aliasing: bool | str = "model",
         **options,
     ) -> Predictor:
         """A predictor from a medwidit checkpoint (``save_segmenter``'s file, config holding ``"preprocessing"``);
         ``extra_checkpoints``: further weights of the same task and preprocessing (``extra_segmenters``), an
         InputError naming the file whose preprocessing differs. ``bias_correction`` None ("none") or "n4" replaces the
         checkpoint's ``preprocessing["bias_correction"]`` at inference ("model": keep it): N4 on a scan with a strong
-        coil field, for weights trained on scans without one."""
+        coil field, for weights trained on scans without one. ``anti_aliasing`` True or False likewise replaces
+        ``preprocessing["anti_aliasing"]``: a blur before the resampling wherever it coarsens the grid (the coarse
+        localization pass's grid too)."""
         segmenter, config = _load_checkpoint(path)
         if "preprocessing" not in config:
             logger.warning("%s has no 'preprocessing' in its config; using the defaults.", path)
@@ -272,12 +275,17 @@ class Predictor:
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
         preprocessing = dict(config.get("preprocessing") or {})
-        if bias_correction != "model":
-            preprocessing["bias_correction"] = bias_correction
+        overrides = {
+            name: value
+            for name, value in (("bias_correction", bias_correction), ("anti_aliasing", anti_aliasing))
+            if not (isinstance(value, str) and value == "model")
+        }
+        preprocessing.update(overrides)
         try:
             check_preprocessing(preprocessing)
         except ValueError as e:
-            raise InputError(f"bias_correction: {e}" if bias_correction != "model" else f"{path}: {e}") from e
+            given = [name for name in overrides if f"['{name}']" in str(e)]
+            raise InputError(f"{given[0]}: {e}" if given else f"{path}: {e}") from e
         predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
         return predictor
