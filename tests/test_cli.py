@@ -73,6 +73,10 @@ BAD = {  # problem -> (how to make it under in/, what the error line says)
     "4D image": (lambda p: _nifti(p, _volume((12, 10, 8, 2))), r"bad_0000.nii.gz: 4D image of shape \(12, 10, 8, 2\)"),
     "NaN voxels": (lambda p: _nifti(p, np.where(_volume() > 0.5, np.nan, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
     "inf voxels": (lambda p: _nifti(p, np.where(_volume() > 0.9, -np.inf, 1.0)), "bad_0000.nii.gz: .* NaN or infinite"),
+    "blank image": (
+        lambda p: _nifti(p, np.zeros((24, 24, 24), np.float32)),
+        "bad_0000.nii.gz: every voxel is 0: a blank",
+    ),
     "empty folder": ("empty", "empty: no image files in this folder"),  # issue 15 (5): reported, the rest runs
 }
 
@@ -493,3 +497,39 @@ def test_the_predictor_refuses_an_unknown_bias_correction_by_name(setup):
     assert Predictor.from_checkpoint(checkpoint).preprocessing["bias_correction"] is None
     with pytest.raises(InputError, match=r"bias_correction: preprocessing\['bias_correction'\] must be one of"):
         Predictor.from_checkpoint(checkpoint, bias_correction="N4ITK")
+
+
+def test_anti_aliasing_reaches_the_predictor_and_the_run_record(setup, capsys, monkeypatch):
+    """--anti-aliasing on|off replaces the checkpoint's preprocessing['anti_aliasing'] for this run (the blur runs
+    on the case's image before the 1.5 mm grid); the default keeps the model's (off); a wrong value is named, from
+    the CLI and from Python."""
+    import json
+
+    from medwidit.data import transforms
+    from medwidit.inference import Predictor
+    from medwidit.inference.io import InputError
+
+    blurred = []
+    original = transforms.anti_alias
+    monkeypatch.setattr(
+        transforms, "anti_alias", lambda image, pixdim: blurred.append(pixdim) or original(image, pixdim)
+    )
+    tmp_path, inputs, checkpoint = setup
+    base = ["segment", "-i", str(inputs), "--checkpoint", checkpoint, *FAST]
+    runs, calls = {}, {}
+    for name, extra in (("on", ["--anti-aliasing", "on"]), ("off", ["--anti-aliasing", "off"]), ("plain", [])):
+        blurred.clear()
+        assert main([*base, "-o", str(tmp_path / name), *extra]) == 0
+        runs[name] = json.loads((tmp_path / name / "medwidit_run.json").read_text())["preprocessing"]
+        calls[name] = list(blurred)
+    assert (
+        runs["on"]["anti_aliasing"] is True and runs["off"]["anti_aliasing"] is runs["plain"]["anti_aliasing"] is False
+    )
+    assert runs["on"]["spacing"] == runs["plain"]["spacing"] == [1.5, 1.5, 1.5]  # the rest kept
+    assert calls == {"on": [[1.5, 1.5, 1.5]], "off": [], "plain": []}
+    with pytest.raises(SystemExit):
+        main([*base, "-o", str(tmp_path / "bad"), "--anti-aliasing", "yes"])
+    assert "--anti-aliasing: invalid choice: 'yes'" in capsys.readouterr().err
+    assert Predictor.from_checkpoint(checkpoint, anti_aliasing=True).preprocessing["anti_aliasing"] is True
+    with pytest.raises(InputError, match=r"anti_aliasing: preprocessing\['anti_aliasing'\] must be true or false"):
+        Predictor.from_checkpoint(checkpoint, anti_aliasing="on")

@@ -159,6 +159,13 @@ def _check_finite(data: np.ndarray, path) -> None:
         raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before segmenting.")
 
 
+def _check_not_blank(data: np.ndarray, path) -> None:
+    """An InputError for an image of one value (checked after its header): it carries nothing to segment, and a
+    model labels it anyway (the shipped one called most of a constant volume brain)."""
+    if np.size(data) and np.ptp(data) == 0:
+        raise InputError(f"{path}: every voxel is {float(data.flat[0]):g}: a blank image, nothing to segment.")
+
+
 def _check_real_scalar(dtype, name) -> None:
     """InputError for voxels that are not one real number: complex (numpy would drop the imaginary part, e.g. a
     phase image's whole signal) or several components (RGB NIfTI)."""
@@ -204,6 +211,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         _check_finite(data, path)
         geometry = _itk_geometry(image, data.shape, path)
         _check_affine(geometry.affine, path)
+        _check_not_blank(data, path)
         return data, geometry
     if not path.is_file():
         raise InputError(f"{path}: not a file.")
@@ -238,6 +246,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
     else:
         geometry = _itk_geometry(image, data.shape, path)
     _check_affine(geometry.affine, path)
+    _check_not_blank(data, path)
     return data, geometry
 
 
@@ -248,6 +257,7 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
     _check_affine(image.affine, name)
+    _check_not_blank(data, name)
     header = None
     if isinstance(image, nib.Nifti1Image):  # its .affine may have changed since the header was: as nibabel saves it
         header = type(image)(image.dataobj, image.affine, image.header).header.copy()
@@ -301,6 +311,7 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
             f"{affine.shape}."
         )
     _check_affine(affine, "array")
+    _check_not_blank(data, "array")
     return data, geometry_from_affine(affine, data.shape[1:])
 
 

@@ -98,7 +98,7 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     inference["extra_weights"] = ["models/model_second.pt"]
     (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
 
-    def copy_truth(tool, python, image, mask, threads, bundle, bias_correction):  # no model runs: the truth is the mask
+    def copy_truth(tool, python, image, mask, threads, bundle, bias_correction, anti_aliasing):  # the truth as the mask
         shutil.copyfile(label_path, mask)
         return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0}
 

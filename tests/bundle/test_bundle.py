@@ -182,6 +182,32 @@ def test_train_and_evaluate_compose_as_in_the_model_zoo(trained, tmp_path):
     assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
 
 
+@pytest.mark.slow
+def test_evaluate_names_the_classes_of_the_model_it_scores(trained, tmp_path):
+    """A model of other classes than the bundle's two (the documented tissue training) is scored under its own
+    names: evaluate.json's fixed [background, brain] failed with "class_names has 2 names for num_classes=3"."""
+    from medwidit.diffusion import DiffusionSegmenter, load_segmenter, save_segmenter
+    from medwidit.nets import WiDiT
+
+    _, config_of_trained = load_segmenter(trained["model"])
+    names = ["background", "brain", "scalp"]
+    net = WiDiT(
+        spatial_dim=3,
+        in_channels=3,
+        cond_channels=1,
+        hidden_size=32,
+        depth=1,
+        num_heads=2,
+        window_size=4,
+        learn_sigma=False,
+    )
+    extra = {"preprocessing": config_of_trained["preprocessing"], "roi_size": [16, 16, 16], "class_names": names}
+    checkpoint = save_segmenter(DiffusionSegmenter(net, num_classes=3), tmp_path / "three.pt", extra_config=extra)
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(checkpoint)}
+    report = run_evaluating(tmp_path / "eval", bundle_root=str(trained["bundle"]), **overrides)
+    assert report["class_names"] == names and list(report["mean"]) == names
+
+
 def test_inference_without_a_trained_model_says_so(tmp_path):
     workflow = ConfigWorkflow(
         config_file=config("inference"),

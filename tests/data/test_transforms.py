@@ -9,11 +9,13 @@ from monai.transforms import Compose, Invertd
 
 from medwidit.data.transforms import (
     INTENSITY_MODES,
+    AntiAliasd,
     EdgePaddedd,
     IntensityMode,
     N4BiasFieldCorrectiond,
     RecordSpacingd,
     air_to_minimum,
+    anti_alias,
     check_preprocessing,
     default_preprocessing,
     head_mask,
@@ -61,20 +63,71 @@ def test_chain_reorients_resamples_and_normalises(tmp_path, spatial_dims):
     assert abs(float(foreground.mean())) < 1e-4 and abs(float(foreground.std(unbiased=False)) - 1) < 1e-3
 
 
-def test_inverting_the_chain_returns_to_the_input_grid(tmp_path):
+@pytest.mark.parametrize("anti_aliasing", [False, True])
+def test_inverting_the_chain_returns_to_the_input_grid(tmp_path, anti_aliasing):
     i, j, k = np.meshgrid(*(np.arange(n) for n in (16, 6, 5)), indexing="ij")
     image = (0.1 * i + 0.2 * j + 0.3 * k).astype(np.float32)  # linear: bilinear resampling keeps it
     nib.save(nib.Nifti1Image(image, _flipped_anisotropic(3)), tmp_path / "ramp.nii.gz")
     files = {"image": str(tmp_path / "ramp.nii.gz")}
-    pre = Compose(preprocessing_transforms({"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}))
+    prep = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none", "anti_aliasing": anti_aliasing}
+    pre = Compose(preprocessing_transforms(prep))
     data = pre({"image": files["image"]})
     pred = MetaTensor(data["image"].as_tensor().clone(), affine=data["image"].affine)
     data["pred"] = pred
     back = Invertd("pred", pre, orig_keys="image", nearest_interp=False)(data)["pred"]
     assert tuple(back.shape[1:]) == image.shape
     np.testing.assert_allclose(back.affine.numpy(), _flipped_anisotropic(3), atol=1e-5)
-    # flip undone, 0.5 mm -> 1 mm -> 0.5 mm resampling of a linear ramp exact inside (the last 1 mm is extrapolated)
-    np.testing.assert_allclose(back[0, 1:14].numpy(), image[1:14], atol=1e-4)
+    # flip undone, 0.5 mm -> 1 mm -> 0.5 mm resampling of a linear ramp exact inside (the last 1 mm is extrapolated;
+    # the anti-aliasing blur, symmetric, keeps a ramp too, except within its 2 voxels of the edge-padded faces)
+    inside = slice(2, 14) if anti_aliasing else slice(1, 14)
+    np.testing.assert_allclose(back[0, inside].numpy(), image[inside], atol=1e-4)
+
+
+def test_anti_aliasing_blurs_only_the_axes_the_grid_coarsens():
+    """sigma (f - 1) / 2 input voxels along an axis whose spacing coarsens by f (MONAI Resize's rule), nothing along
+    one it keeps or refines; the image itself where nothing coarsens; the geometry kept."""
+    from monai.networks.layers.convutils import gaussian_1d
+
+    impulse = torch.zeros(1, 21, 21, 21, dtype=torch.float64)
+    impulse[0, 10, 10, 10] = 1.0
+    image = MetaTensor(impulse, affine=torch.diag(torch.tensor([1.0, 2.0, 1.0, 1.0], dtype=torch.float64)))
+    out = anti_alias(image, [3.0, 2.0, 0.5])  # f = 3 (sigma 1 voxel), kept, refined
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float64
+    torch.testing.assert_close(out.affine, image.affine)
+    kernel = gaussian_1d(torch.tensor(1.0), truncated=4.0).double()  # 9 taps
+    torch.testing.assert_close(out[0, 6:15, 10, 10], kernel)
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-4) and int((out != 0).sum()) == 9  # one axis spread
+    assert anti_alias(image, [1.0, 2.0, 1.0]) is image
+    assert anti_alias(image, [1.0005, 1.9, 1.0]) is image  # within 0.1% of the target: MONAI keeps such an axis
+    # a shorter pixdim repeats its last value, as MONAI Spacing: [3] -> [3, 3, 3], f = 3, 1.5 and 3
+    short = anti_alias(image, [3.0])
+    supports = [int((line != 0).sum()) for line in (short[0, :, 10, 10], short[0, 10, :, 10], short[0, 10, 10, :])]
+    assert supports == [9, 3, 9]  # sigma 1, 0.25 and 1 voxel
+    integer = MetaTensor(torch.full((1, 6, 6, 6), 3, dtype=torch.int16), affine=torch.eye(4, dtype=torch.float64))
+    constant = anti_alias(integer, [2.0, 2.0, 2.0])  # edge padding: a constant stays constant up to its faces
+    assert constant.dtype == torch.float32 and torch.allclose(constant.as_tensor(), torch.tensor(3.0))
+    with pytest.raises(TypeError, match="anti-aliasing needs a MetaTensor that carries its affine, got Tensor"):
+        anti_alias(impulse, [2.0, 2.0, 2.0])
+
+
+def test_anti_aliasing_averages_noise_that_spacing_alone_subsamples():
+    """MONAI Spacing from 1 mm to 2 mm keeps every second voxel: white noise passes at its full strength. With
+    ``anti_aliasing`` (before Spacingd, image only) it is averaged down; the label still goes by nearest neighbour."""
+    noise = torch.randn(1, 40, 40, 40, generator=torch.Generator().manual_seed(0))
+    affine = torch.eye(4, dtype=torch.float64)
+    label = MetaTensor((noise > 1).long(), affine=affine)
+    stds = {}
+    for on in (False, True):
+        chain = preprocessing_transforms(
+            {"spacing": [2.0, 2.0, 2.0], "intensity": "none", "anti_aliasing": on}, label_key="label", load=False
+        )
+        assert any(isinstance(t, AntiAliasd) for t in chain) is on
+        out = Compose(chain)({"image": MetaTensor(noise.clone(), affine=affine), "label": label.clone()})
+        assert tuple(out["image"].shape) == (1, 20, 20, 20) and out["label"].unique().tolist() == [0, 1]
+        torch.testing.assert_close(out["label"].as_tensor(), label.as_tensor()[:, ::2, ::2, ::2])
+        stds[on] = float(out["image"].std())
+    assert stds[False] == pytest.approx(float(noise.std()), rel=0.05)  # subsampled: the noise as it was
+    assert stds[True] < 0.5 * stds[False]  # sigma 0.5 voxel along each axis: std x ~0.4
 
 
 def test_in_memory_start_matches_loading(tmp_path):
@@ -96,6 +149,7 @@ def test_preprocessing_is_checked_and_normalised():
         "num_modalities": 1,
         "bias_correction": None,
         "air_threshold": None,
+        "anti_aliasing": False,
     }
     assert check_preprocessing({"orientation": "las", "spacing": [1, 2, 3]})["spacing"] == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="unknown keys \\['spacings'\\]"):
@@ -121,6 +175,9 @@ def test_preprocessing_is_checked_and_normalised():
     ):
         check_preprocessing({"bias_correction": "N4ITK"})
     assert check_preprocessing({"bias_correction": "none"})["bias_correction"] is None  # the CLI's word
+    for value in ("yes", 1, None):
+        with pytest.raises(ValueError, match=r"preprocessing\['anti_aliasing'\] must be true or false, got"):
+            check_preprocessing({"anti_aliasing": value})
 
 
 def test_histogram_mode_is_nearly_blind_to_a_monotone_intensity_curve():

@@ -215,7 +215,9 @@ def test_turning_the_calibration_off_also_leaves_its_threshold(tmp_path):
     off = Predictor.from_bundle(device="cpu", weight_sets=1, quality_calibration=None)
     assert off.quality_calibration is None and off.warn_dice == DEFAULT_WARN_DICE
     assert Predictor.from_bundle(device="cpu", weight_sets=1, quality_calibration=None, warn_dice=0.5).warn_dice == 0.5
-    source = save_nifti(tmp_path / "scan.nii.gz", np.ones((24, 24, 24), dtype=np.float32), affine=np.eye(4) * 2)
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
     base = ["segment", "-i", str(source), "--steps", "1", "--samples", "1", "--weight-sets", "1", "--no-localize",
             "--quiet", "--device", "cpu", "--save-quality"]  # fmt: skip
     assert main([*base, "-o", str(tmp_path / "on")]) == 0

@@ -440,7 +440,7 @@ def test_a_channel_last_array_is_named_as_such(setup):
 
 def test_an_array_without_an_affine_warns(setup, caplog):
     _, _, predictor = setup
-    predictor.segment(np.ones((12, 10, 8), np.float32), **FAST)
+    predictor.segment(np.linspace(0, 1, 960, dtype=np.float32).reshape(12, 10, 8), **FAST)
     assert "array: no affine given, assuming 1 mm voxels" in caplog.text
 
 

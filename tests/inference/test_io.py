@@ -84,7 +84,7 @@ def test_label_dtype_follows_the_largest_label(tmp_path):
     assert label_dtype(255) == np.uint8 and label_dtype(256) == np.uint16
     with pytest.raises(ValueError, match="65535"):
         label_dtype(70000)
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
     labels = np.zeros((4, 4, 4), np.int64)
     labels[0, 0, 0] = 300
     write_image(labels, geometry, tmp_path / "y.nii.gz")
@@ -93,7 +93,7 @@ def test_label_dtype_follows_the_largest_label(tmp_path):
 
 
 def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
     target = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "out.nii.gz")
     with pytest.raises(OutputError, match="out.nii.gz: already exists"):
         write_image(np.full((4, 4, 4), 2), geometry, target)
@@ -106,7 +106,7 @@ def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
 def test_write_image_makes_missing_folders_and_refuses_a_format_before_making_any(tmp_path):
     """Two missing levels raised a bare FileNotFoundError (one was made silently); a .png made its folder, then
     failed."""
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
     deep = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "b" / "c.nii.gz")
     assert np.asanyarray(nib.load(deep).dataobj).max() == 1
     with pytest.raises(ValueError, match=r"api/x.png: cannot write this format \(expected one of .nii.gz"):
@@ -118,7 +118,7 @@ def test_write_image_makes_missing_folders_and_refuses_a_format_before_making_an
 
 
 def test_a_failing_write_leaves_nothing_behind(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
     good = Out(np.ones((4, 4, 4)), geometry, tmp_path / "a.nii.gz")
     bad = Out(np.ones((3, 3, 3)), geometry, tmp_path / "b.nii.gz")  # wrong shape: fails after `good` was staged
     with pytest.raises(ValueError, match="differs"):
@@ -149,6 +149,9 @@ BAD_FILES = {
     "4D": (lambda p, rng: save_nifti(p, rng.random((6, 5, 4, 2)).astype(np.float32)), "4D image .* where a 3D"),
     "NaN": (lambda p, rng: save_nifti(p, np.full((4, 4, 4), np.nan, np.float32)), "64 voxel.* NaN or infinite"),
     "inf": (lambda p, rng: save_nifti(p, np.where(np.eye(4)[..., None] > 0, np.inf, 0.0)), "4 voxel.* NaN or inf"),
+    # once segmented, most of it as brain by the shipped model
+    "blank": (lambda p, rng: save_nifti(p, np.zeros((4, 4, 4), np.float32)), "every voxel is 0: a blank image"),
+    "constant": (lambda p, rng: save_itk(p.with_suffix(".mha"), np.full((4, 4, 4), 7, np.int16)), "every voxel is 7"),
 }
 
 
@@ -159,6 +162,18 @@ def test_bad_input_files_get_one_line_naming_file_and_problem(tmp_path, rng, pro
     with pytest.raises(InputError, match=message) as error:
         read_image(path)
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_a_blank_array_or_nibabel_image_is_refused(rng):
+    from medwidit.inference.io import read_array, read_nibabel
+
+    with pytest.raises(InputError, match=r"array: every voxel is -1.5: a blank image, nothing to segment"):
+        read_array(np.full((2, 4, 4, 4), -1.5, np.float32), np.eye(4))
+    with pytest.raises(InputError, match=r"nibabel image: every voxel is 0: a blank image"):
+        read_nibabel(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)))
+    varied = np.zeros((2, 4, 4, 4), np.float32)
+    varied[1, 0, 0, 0] = 1.0  # one voxel of one channel is enough: a blank channel beside a real one is read
+    assert read_array(varied, np.eye(4))[0].shape == (2, 4, 4, 4)
 
 
 def test_a_complex_array_or_nibabel_image_is_refused_not_cast(rng):
@@ -203,7 +218,7 @@ def test_header_formats_are_written_with_their_final_data_file_name(tmp_path, rn
 
 
 def test_write_images_refuses_two_folders(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
     (tmp_path / "a").mkdir()
     with pytest.raises(ValueError, match="one folder"):
         write_images(

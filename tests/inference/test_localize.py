@@ -239,7 +239,9 @@ def test_a_coarse_pass_that_finds_nothing_cuts_nothing_and_a_grid_too_small_skip
     speck = np.zeros((40, 32, 32), dtype=np.float32)
     speck[34, 18, 18] = 1.0
     path = save_nifti(tmp_path / "speck.nii.gz", speck, affine=np.eye(4))
-    small = save_nifti(tmp_path / "small.nii.gz", np.ones((10, 12, 12), dtype=np.float32), affine=np.eye(4))
+    small = save_nifti(
+        tmp_path / "small.nii.gz", np.linspace(1, 2, 1440, dtype=np.float32).reshape(10, 12, 12), affine=np.eye(4)
+    )
     predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0})
     with caplog.at_level(logging.WARNING, logger="medwidit"):
         predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.5, **FAST)
@@ -282,7 +284,9 @@ def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(
 
 
 def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_it_off(tmp_path, bundle):
-    source = save_nifti(tmp_path / "scan.nii.gz", np.ones((24, 24, 24), dtype=np.float32), affine=np.eye(4) * 2)
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
     base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
             "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
     assert main([*base, "-o", str(tmp_path / "a")]) == 0

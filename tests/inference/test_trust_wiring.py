@@ -132,7 +132,9 @@ def test_the_cli_options_and_a_quiet_case(tmp_path, checkpoint, capsys):
 
 
 def test_a_case_where_nothing_is_found_is_warned_about_though_every_member_agrees(tmp_path, caplog):
-    source = save_nifti(tmp_path / "empty.nii.gz", np.zeros((12, 10, 8), np.float32))
+    source = save_nifti(
+        tmp_path / "empty.nii.gz", np.linspace(0, 0.4, 960, dtype=np.float32).reshape(12, 10, 8)
+    )  # below 0.5
     predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", roi_size=8,
                           preprocessing=PREPROCESSING)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="medwidit"):

@@ -12,9 +12,9 @@ from medwidit.diffusion import DiffusionSegmenter, to_probabilities
 from medwidit.nets import WiDiT
 
 PREPROCESSING_3D = {"orientation": "RAS", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1,
-                    "bias_correction": None, "air_threshold": None}  # fmt: skip
+                    "bias_correction": None, "air_threshold": None, "anti_aliasing": False}  # fmt: skip
 PREPROCESSING_2D = {"orientation": "RA", "spacing": None, "intensity": "zscore_nonzero", "num_modalities": 1,
-                    "bias_correction": None, "air_threshold": None}  # fmt: skip
+                    "bias_correction": None, "air_threshold": None, "anti_aliasing": False}  # fmt: skip
 
 
 def nested_cubes(shape, num_classes: int, offset: int = 0) -> np.ndarray:
