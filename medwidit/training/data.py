@@ -485,6 +485,8 @@ class SegmentationDataModule(L.LightningDataModule):
             # only image and label travel: a list's extra entries (template names, alternative labels) are not for
             # the transforms, and MONAI's Spacingd would take any "<key>_*" entry for a meta dict of <key>
             items = [{name: item[name] for name in KEYS} for item in items]
+            if split == "val":  # each volume's place in the split: its noise seed and its one Dice under DDP
+                items = [{**item, "index": i} for i, item in enumerate(items)]
             transform = self.train_transforms() if split == "train" else self.val_transforms()
             logger.info("%s split %r of %s: %d volumes, cache=%s", split, key, self.data_list, len(items), self.cache)
             self._datasets[split] = self._cached(items, transform, split)

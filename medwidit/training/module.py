@@ -129,7 +129,8 @@ class DiffusionSegmentationModule(L.LightningModule):
             current weights).
         validation_sampler: see the module docstring; None skips validation metrics (the loss is still trained).
         val_seed: seed of the generator for validation noise; volume i of every epoch uses ``val_seed + i``, so that
-            epochs are compared on the same noise.
+            epochs are compared on the same noise (i: the batch's ``"index"``, the volume's place in the validation
+            split, on every rank of a distributed run; the batch's place in the loader where a batch has none).
         class_names: one name per class (background first) for metric and image tags; default "class_k".
         log_images: number of validation volumes per epoch drawn to TensorBoard (image, label, prediction,
             uncertainty and overlays).
@@ -202,6 +203,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         # ignore_empty=False: an empty ground truth scores 1 when the prediction is empty too and 0 otherwise, so
         # that a structure absent from a volume (a crop, a lesion-free scan) is neither skipped nor a NaN.
         self.dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False, num_classes=num_classes)
+        self._val_indices: list[int] = []  # the dataset index of each row of the Dice buffer (this rank's)
 
     @property
     def num_classes(self) -> int:
@@ -358,15 +360,19 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.dice.reset()
+        self._val_indices = []
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         if self.validation_sampler is None:
             return
         image, label = batch["image"], batch["label"]  # (1, C_img, *S), (1, 1, *S)
-        generator = torch.Generator(device=image.device).manual_seed(self.hparams.val_seed + batch_idx)
+        # the volume's own index: under DDP batch_idx counts this rank's share of the split
+        index = int(batch["index"][0]) if "index" in batch else batch_idx
+        generator = torch.Generator(device=image.device).manual_seed(self.hparams.val_seed + index)
         summary = self.validation_sampler(self.segmenter, image, generator=generator, **self._spacing(batch))
         prediction = summary["labels"].to(label.device)  # (1, 1, *S)
         self.dice(y_pred=prediction, y=label)
+        self._val_indices.append(index)
         if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:
             log_validation_images(
                 self.logger,
@@ -385,7 +391,13 @@ class DiffusionSegmentationModule(L.LightningModule):
             return
         scores = scores.float()  # (N, K) on this rank
         if self.trainer.world_size > 1:
+            indices = torch.as_tensor(self._val_indices, device=scores.device)
             scores = self.all_gather(scores).reshape(-1, scores.shape[-1])  # (ranks * N, K)
+            indices = self.all_gather(indices).reshape(-1)
+            # DistributedSampler pads the last ranks' shares with volumes from the start of the split: each once
+            seen: set[int] = set()
+            first = [row for row, i in enumerate(indices.tolist()) if not (i in seen or seen.add(i))]
+            scores = scores[first]
         per_class = scores.nanmean(dim=0)  # (K,)
         metrics = {f"val/dice_{_tag(name)}": per_class[k] for k, name in enumerate(self.class_names)}
         metrics[MONITOR] = per_class[1:].mean()  # foreground classes

@@ -50,6 +50,8 @@ def test_validation_volume_is_the_shared_pre_transforms_output(tmp_path, spatial
     assert batch["image"].shape == (1, *expected["image"].shape)
     assert torch.equal(batch["image"][0], expected["image"].as_tensor())
     assert torch.equal(batch["label"][0], expected["label"].as_tensor().long())
+    # each volume's place in the split travels with it: its validation noise seed and its one Dice under DDP
+    assert [int(b["index"][0]) for b in dm.val_dataloader()] == list(range(len(dm.val_dataset)))
 
 
 def test_missing_file_fails_at_setup_naming_it(tmp_path):

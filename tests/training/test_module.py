@@ -70,6 +70,52 @@ def test_validation_metrics_per_class_and_mean(mode):
     assert logged["val/mean_dice"] == pytest.approx(sum(expected[1:]) / 2) == logged["dice"]
 
 
+def test_two_ranks_score_each_validation_volume_once_on_its_own_noise():
+    """Under DDP, Lightning's DistributedSampler splits 3 volumes over 2 ranks as [0, 2] and [1, 0]: the padded
+    repeat of volume 0 was counted twice, and each volume drew the noise of its place in its rank's share. The
+    gathered Dice now equals a single process's, and every volume draws ``val_seed + its index`` on any rank."""
+    label = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    label[..., 2:6, 2:6, 2:6] = 1
+    label[..., 3:5, 3:5, 3:5] = 2
+    # foreground Dice (outer box, inner box): 1 and 1; 0 and 0; 2 x 56 / (56 + 64) and 0 (the inner box called outer)
+    predictions = [label, torch.zeros_like(label), label.clamp(max=1)]
+    seeds = []
+
+    def sampler(segmenter, image, generator):
+        seeds.append(generator.initial_seed())
+        return {"labels": predictions[int(image.flatten()[0])], "entropy": None}
+
+    def run(shares, world_size, others=None):
+        """One rank's validation epoch -> (what it logged, the tensors it handed to all_gather)."""
+        module = DiffusionSegmentationModule(
+            tiny_segmenter(), validation_sampler=sampler, class_names=NAMES, log_images=0, val_seed=10
+        )
+        logged, sent = {}, []
+
+        def all_gather(tensor):  # stacked by rank: rank 0's own, then the other's (rank 1's own result is unused)
+            sent.append(tensor)
+            return torch.stack([tensor, others.pop(0) if others else tensor])
+
+        module.log_dict = lambda metrics, **kw: logged.update({k: float(v) for k, v in metrics.items()})
+        module.log = lambda name, value, **kw: None
+        module.all_gather = all_gather
+        module._trainer = type("T", (), {"world_size": world_size, "is_global_zero": True})()
+        module.on_validation_epoch_start()
+        for batch_idx, i in enumerate(shares):
+            batch = {"image": torch.full((1, 1, 8, 8, 8), float(i)), "label": label, "index": torch.tensor([i])}
+            module.validation_step(batch, batch_idx)
+        module.on_validation_epoch_end()
+        return logged, sent
+
+    single, _ = run([0, 1, 2], 1)
+    assert seeds == [10, 11, 12] and single["val/mean_dice"] == pytest.approx((1 + 0 + 112 / 120 / 2) / 3)
+    seeds.clear()
+    _, rank1 = run([1, 0], 2)
+    rank0, _ = run([0, 2], 2, others=rank1)
+    assert sorted(seeds) == [10, 10, 11, 12]  # the repeat of volume 0 on rank 1 draws volume 0's noise
+    assert rank0 == pytest.approx(single)  # volume 0 once: counted twice, the mean Dice was 0.617, not 0.489
+
+
 class StepCounter(Callback):
     def __init__(self):
         self.steps, self.first_global_step = 0, None
