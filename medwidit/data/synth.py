@@ -31,8 +31,6 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.networks.layers.convutils import gaussian_1d
-from monai.networks.layers.simplelayers import separable_filtering
 from monai.transforms import (
     BorderPad,
     MapLabelValue,
@@ -50,7 +48,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from medwidit.data.transforms import RecordSpacingd, equalise_channels
+from medwidit.data.transforms import RecordSpacingd, equalise_channels, gaussian_blur
 from medwidit.utils import check_bool, check_int, check_range, is_integer
 
 __all__ = [
@@ -225,10 +223,10 @@ def thick_slices(image: torch.Tensor, axis: int, thickness: float) -> torch.Tens
     first and last voxels (``align_corners``) spaced them (S - 1) / (n - 1) apart (7.75 voxels for 6-voxel slices of
     a 32-voxel crop)."""
     shape = list(image.shape[1:])
-    kernels = [torch.ones(1)] * len(shape)
-    kernels[axis] = gaussian_1d(thickness / (2 * math.sqrt(2 * math.log(2))), truncated=4.0)  # FWHM -> sigma
-    # MONAI's separable filter (GaussianSmooth's), padding with the edge values
-    blurred = separable_filtering(torch.as_tensor(image)[None].float(), kernels, mode="replicate")  # (1, C, *S)
+    sigmas = [0.0] * len(shape)
+    sigmas[axis] = thickness / (2 * math.sqrt(2 * math.log(2)))  # FWHM -> sigma
+    plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    blurred = gaussian_blur(plain.float(), sigmas)[None]  # (1, C, *S)
     slices = list(shape)
     slices[axis] = slice_count(shape[axis], thickness)
     mode = "bilinear" if len(shape) == 2 else "trilinear"

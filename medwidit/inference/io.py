@@ -159,11 +159,12 @@ def _check_finite(data: np.ndarray, path) -> None:
         raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; fix or mask them before segmenting.")
 
 
-def _check_not_blank(data: np.ndarray, path) -> None:
-    """An InputError for an image of one value (checked after its header): it carries nothing to segment, and a
-    model labels it anyway (the shipped one called most of a constant volume brain)."""
-    if np.size(data) and np.ptp(data) == 0:
-        raise InputError(f"{path}: every voxel is {float(data.flat[0]):g}: a blank image, nothing to segment.")
+def _check_not_blank(channels: np.ndarray, names: Sequence[str]) -> None:
+    """An InputError naming the first channel (C, *S) of one value: a blank image or modality carries nothing to
+    segment, and a model labels it anyway (the shipped one called 99.4% of a constant volume brain)."""
+    for channel, name in zip(channels, names, strict=True):
+        if channel.size and np.ptp(channel) == 0:
+            raise InputError(f"{name}: every voxel is {float(channel.flat[0]):g}: a blank image, nothing to segment.")
 
 
 def _check_real_scalar(dtype, name) -> None:
@@ -211,7 +212,6 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         _check_finite(data, path)
         geometry = _itk_geometry(image, data.shape, path)
         _check_affine(geometry.affine, path)
-        _check_not_blank(data, path)
         return data, geometry
     if not path.is_file():
         raise InputError(f"{path}: not a file.")
@@ -246,7 +246,6 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
     else:
         geometry = _itk_geometry(image, data.shape, path)
     _check_affine(geometry.affine, path)
-    _check_not_blank(data, path)
     return data, geometry
 
 
@@ -257,7 +256,6 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
     _check_affine(image.affine, name)
-    _check_not_blank(data, name)
     header = None
     if isinstance(image, nib.Nifti1Image):  # its .affine may have changed since the header was: as nibabel saves it
         header = type(image)(image.dataobj, image.affine, image.header).header.copy()
@@ -311,7 +309,6 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
             f"{affine.shape}."
         )
     _check_affine(affine, "array")
-    _check_not_blank(data, "array")
     return data, geometry_from_affine(affine, data.shape[1:])
 
 
@@ -320,7 +317,7 @@ def read_input(
 ) -> tuple[np.ndarray, ImageGeometry]:
     """Any input ``Predictor.segment`` accepts (paths, DICOM series folders, nibabel images, lists of them, an array
     or tensor with its ``affine``) -> (float32 (C, *S) array, geometry), checking modalities, dimensions, grids,
-    finiteness, affines."""
+    finiteness, affines, and that no channel is blank (the readers themselves read a constant image, e.g. a mask)."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if isinstance(image, np.ndarray) or hasattr(image, "detach"):
         array, geometry = read_array(image, affine, spatial_dims=spatial_dims)
@@ -332,6 +329,7 @@ def read_input(
                 else ""
             )
             raise InputError(f"array: {array.shape[0]} channel(s) where the model expects {num_modalities}{hint}.")
+        _check_not_blank(array, ["array"] if len(array) == 1 else [f"array channel {c}" for c in range(len(array))])
         return array, geometry
     if affine is not None:  # it would be ignored: a file or a nibabel image carries its own
         raise InputError(
@@ -356,7 +354,9 @@ def read_input(
     for array, geometry in channels[1:]:
         if array.shape != first.shape or not np.allclose(geometry.affine, first.affine, atol=1e-4):
             raise InputError(f"{geometry.path or 'image'}: grid differs from the first modality ({name}).")
-    return np.stack([array for array, _ in channels]), first
+    stacked = np.stack([array for array, _ in channels])
+    _check_not_blank(stacked, [geometry.path or "nibabel image" for _, geometry in channels])
+    return stacked, first
 
 
 def _itk_geometry(image, shape, path) -> ImageGeometry:

@@ -94,11 +94,13 @@ def test_anti_aliasing_blurs_only_the_axes_the_grid_coarsens():
     out = anti_alias(image, [3.0, 2.0, 0.5])  # f = 3 (sigma 1 voxel), kept, refined
     assert isinstance(out, MetaTensor) and out.dtype == torch.float64
     torch.testing.assert_close(out.affine, image.affine)
+    assert out.meta is not image.meta and out.applied_operations is not image.applied_operations  # copies
     kernel = gaussian_1d(torch.tensor(1.0), truncated=4.0).double()  # 9 taps
     torch.testing.assert_close(out[0, 6:15, 10, 10], kernel)
     assert float(out.sum()) == pytest.approx(1.0, abs=1e-4) and int((out != 0).sum()) == 9  # one axis spread
     assert anti_alias(image, [1.0, 2.0, 1.0]) is image
-    assert anti_alias(image, [1.0005, 1.9, 1.0]) is image  # within 0.1% of the target: MONAI keeps such an axis
+    assert anti_alias(image, [1.0005, 1.9, 1.0]) is image  # within MONAI's AFFINE_TOL (0.001 mm): not resampled
+    assert anti_alias(image, [1.002, 2.0, 1.0]) is not image  # beyond it: blurred (by sigma 0.001 voxel)
     # a shorter pixdim repeats its last value, as MONAI Spacing: [3] -> [3, 3, 3], f = 3, 1.5 and 3
     short = anti_alias(image, [3.0])
     supports = [int((line != 0).sum()) for line in (short[0, :, 10, 10], short[0, 10, :, 10], short[0, 10, 10, :])]
@@ -175,6 +177,7 @@ def test_preprocessing_is_checked_and_normalised():
     ):
         check_preprocessing({"bias_correction": "N4ITK"})
     assert check_preprocessing({"bias_correction": "none"})["bias_correction"] is None  # the CLI's word
+    assert check_preprocessing({"anti_aliasing": "true"})["anti_aliasing"] is True  # a command line's word
     for value in ("yes", 1, None):
         with pytest.raises(ValueError, match=r"preprocessing\['anti_aliasing'\] must be true or false, got"):
             check_preprocessing({"anti_aliasing": value})
@@ -440,10 +443,12 @@ def test_edge_padded_filters_leave_a_uniform_crop_uniform_and_keep_seeds():
     from monai.transforms import Compose, RandGaussianSharpend, RandGaussianSmoothd
 
     air = MetaTensor(torch.full((1, 12, 14, 16), -1.0), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
-    for filt, margin in ((RandGaussianSharpend("image", prob=1.0), 6), (RandGaussianSmoothd("image", prob=1.0), 4)):
-        out = EdgePaddedd(filt, "image", margin=margin)({"image": air})["image"]
-        assert isinstance(out, MetaTensor) and out.shape == air.shape and torch.equal(out.affine, air.affine)
-        assert torch.allclose(out, air, atol=2e-3), float(out.min())
+    for seed in range(20):  # seeded: the filters drew from OS entropy, and 2e-3 failed 3% of the draws
+        for filt, margin in ((RandGaussianSharpend("image", prob=1.0), 6), (RandGaussianSmoothd("image", prob=1.0), 4)):
+            out = EdgePaddedd(filt, "image", margin=margin).set_random_state(seed)({"image": air})["image"]
+            assert isinstance(out, MetaTensor) and out.shape == air.shape and torch.equal(out.affine, air.affine)
+            # float32 rounding, amplified by the sharpening's alpha (up to 30), reaches 3.4e-3 at any margin
+            assert torch.allclose(out, air, atol=1e-2), float(out.min())
     assert float(RandGaussianSharpend("image", prob=1.0)({"image": air})["image"].min()) < -2  # the zero padding
 
     image = MetaTensor(torch.rand(1, 12, 12, 12, generator=torch.Generator().manual_seed(0)))

@@ -149,9 +149,6 @@ BAD_FILES = {
     "4D": (lambda p, rng: save_nifti(p, rng.random((6, 5, 4, 2)).astype(np.float32)), "4D image .* where a 3D"),
     "NaN": (lambda p, rng: save_nifti(p, np.full((4, 4, 4), np.nan, np.float32)), "64 voxel.* NaN or infinite"),
     "inf": (lambda p, rng: save_nifti(p, np.where(np.eye(4)[..., None] > 0, np.inf, 0.0)), "4 voxel.* NaN or inf"),
-    # once segmented, most of it as brain by the shipped model
-    "blank": (lambda p, rng: save_nifti(p, np.zeros((4, 4, 4), np.float32)), "every voxel is 0: a blank image"),
-    "constant": (lambda p, rng: save_itk(p.with_suffix(".mha"), np.full((4, 4, 4), 7, np.int16)), "every voxel is 7"),
 }
 
 
@@ -164,16 +161,27 @@ def test_bad_input_files_get_one_line_naming_file_and_problem(tmp_path, rng, pro
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
-def test_a_blank_array_or_nibabel_image_is_refused(rng):
-    from medwidit.inference.io import read_array, read_nibabel
+def test_a_blank_image_or_modality_is_refused_by_name_wherever_it_comes_from(tmp_path, rng):
+    """One value in every voxel of any channel: refused by ``read_input`` (what ``Predictor.segment`` reads with),
+    naming the file or the array's channel; it was segmented (the shipped model called most of one brain). The
+    readers themselves still read a constant image (a mask, for its geometry)."""
+    from medwidit.inference.io import read_input
 
-    with pytest.raises(InputError, match=r"array: every voxel is -1.5: a blank image, nothing to segment"):
-        read_array(np.full((2, 4, 4, 4), -1.5, np.float32), np.eye(4))
-    with pytest.raises(InputError, match=r"nibabel image: every voxel is 0: a blank image"):
-        read_nibabel(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)))
-    varied = np.zeros((2, 4, 4, 4), np.float32)
-    varied[1, 0, 0, 0] = 1.0  # one voxel of one channel is enough: a blank channel beside a real one is read
-    assert read_array(varied, np.eye(4))[0].shape == (2, 4, 4, 4)
+    blank = save_nifti(tmp_path / "blank.nii.gz", np.zeros((4, 4, 4), np.float32))
+    constant = save_itk(tmp_path / "seven.mha", np.full((4, 4, 4), 7, np.int16))
+    scan = save_nifti(tmp_path / "scan.nii.gz", rng.random((4, 4, 4)).astype(np.float32))
+    assert read_image(blank)[0].shape == (4, 4, 4)
+    for image, modalities, message in (
+        (blank, 1, "blank.nii.gz: every voxel is 0: a blank image, nothing to segment"),
+        (constant, 1, "seven.mha: every voxel is 7: a blank image"),
+        ([scan, blank], 2, "blank.nii.gz: every voxel is 0"),  # a blank modality beside a real one
+        (nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), 1, "nibabel image: every voxel is 0"),
+        (np.full((4, 4, 4), -1.5, np.float32), 1, r"array: every voxel is -1.5"),
+        (np.stack([rng.random((4, 4, 4)), np.full((4, 4, 4), 5.0)]), 2, r"array channel 1: every voxel is 5"),
+    ):
+        with pytest.raises(InputError, match=message):
+            read_input(image, np.eye(4) if isinstance(image, np.ndarray) else None, num_modalities=modalities)
+    assert read_input([scan, scan], num_modalities=2)[0].shape == (2, 4, 4, 4)
 
 
 def test_a_complex_array_or_nibabel_image_is_refused_not_cast(rng):
