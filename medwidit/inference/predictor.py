@@ -42,6 +42,7 @@ from .options import (
     checkpoint_problem,
     fit_shared_steps,
     progress_callback,
+    read_inference_config,
     resolve_bundle,
     resolve_device,
     sampling_defaults,
@@ -63,6 +64,8 @@ __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
+# the checkpoint's preprocessing a caller (from_checkpoint's arguments, the CLI, inference.json) may replace
+PREPROCESSING_OVERRIDES = ("bias_correction", "anti_aliasing")
 DEFAULT_WARN_DICE = 0.955  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
 
 
@@ -277,7 +280,7 @@ class Predictor:
         preprocessing = dict(config.get("preprocessing") or {})
         overrides = {
             name: value
-            for name, value in (("bias_correction", bias_correction), ("anti_aliasing", anti_aliasing))
+            for name, value in zip(PREPROCESSING_OVERRIDES, (bias_correction, anti_aliasing), strict=True)
             if not (isinstance(value, str) and value == "model")
         }
         preprocessing.update(overrides)
@@ -304,7 +307,9 @@ class Predictor:
         the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
         ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
         default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose other sets do not fit its
-        ``models/model.pt`` (e.g. after ``medwidit export``)."""
+        ``models/model.pt`` (e.g. after ``medwidit export``). ``bias_correction`` and ``anti_aliasing`` (unless given)
+        from ``configs/inference.json`` where it sets them to other than "model", as ``monai.bundle run`` reads them.
+        """
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
         if not checkpoint.is_file():
@@ -325,6 +330,17 @@ class Predictor:
         for key, value in bundle_options(bundle_dir).items():
             if key in ("roi_size", "sw_batch_size"):
                 options.setdefault(key, value)
+        path, declared = read_inference_config(bundle_dir)
+        for key in PREPROCESSING_OVERRIDES:  # inference.json's, as `monai.bundle run` hands it to from_checkpoint
+            value = declared.get(key, "model")
+            expression = isinstance(value, str) and value.startswith(("$", "@", "%"))
+            if key in options or expression or (isinstance(value, str) and value == "model"):
+                continue
+            try:
+                check_preprocessing({key: value})
+            except ValueError as e:
+                raise InputError(f"{path}: {key}: {e}") from e
+            options[key] = value
         try:
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
             options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))

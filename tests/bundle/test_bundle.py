@@ -130,6 +130,45 @@ def test_infer_workflow_writes_the_outputs_the_cli_flags_write(trained, tmp_path
 
 
 @pytest.mark.slow
+def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_path):
+    """``monai.bundle run --bias_correction n4 --anti_aliasing true`` replaces the checkpoint's preprocessing as the
+    CLI's ``--bias-correction n4 --anti-aliasing on`` does (neither could be set on the bundle path); an
+    inference.json that sets them is what the CLI reads too; a bad value names the file and the key."""
+    from medwidit.inference import Predictor
+    from medwidit.inference.io import InputError
+
+    overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
+    plain = _workflow(config("inference"), "infer", **overrides).parser.get_parsed_content("predictor")
+    assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, False)
+    changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="true")
+    predictor = changed.parser.get_parsed_content("predictor")
+    assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", True)
+    changed.run()
+    changed.finalize()
+    assert (tmp_path / "case3_image.nii.gz").is_file()
+
+    bundle = trained["bundle"]
+    (bundle / "models").mkdir(exist_ok=True)
+    shutil.copy(trained["model"], bundle / "models" / "model.pt")
+    shutil.copy(trained["model"].parent / "medwidit.json", bundle / "models" / "medwidit.json")
+    path = bundle / "configs" / "inference.json"
+    original = path.read_text()
+    try:
+        declared = {**json.loads(original), "bias_correction": "n4", "anti_aliasing": True, "extra_weights": []}
+        path.write_text(json.dumps(declared))
+        read = Predictor.from_bundle(bundle, weight_sets=1)
+        assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", True)
+        given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=False)  # the caller's own wins
+        assert given.preprocessing["anti_aliasing"] is False
+        path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))
+        with pytest.raises(InputError, match=r"inference.json: anti_aliasing: preprocessing\['anti_aliasing'\] must"):
+            Predictor.from_bundle(bundle, weight_sets=1)
+    finally:
+        path.write_text(original)
+        shutil.rmtree(bundle / "models")
+
+
+@pytest.mark.slow
 def test_infer_workflow_samples_the_extra_weights_it_is_given(trained, tmp_path):
     """inference.json's ``extra_weights`` (files in the bundle) reach the predictor; ``weight_sets`` 2 samples both
     as the CLI's ``--weight-sets 2`` does, and a count above what the bundle holds fails naming it."""
