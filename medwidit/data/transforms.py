@@ -125,7 +125,7 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
     out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
-    if out["bias_correction"] == "none":  # the word, as the CLI and a bundle override hand it over
+    if out["bias_correction"] in ("none", "null"):  # the words, as the CLI and a bundle override hand them over
         out["bias_correction"] = None
     if out["bias_correction"] not in BIAS_CORRECTIONS:
         raise ValueError(

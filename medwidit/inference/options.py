@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from monai.utils import look_up_option
 
+from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion.samplers import check_shared_steps
 from medwidit.utils import check_bool, check_int, check_range
 from medwidit.utils.resources import PACKAGE, shipped_path
@@ -250,6 +251,28 @@ def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inf
             value = config.get(key)
             if key not in found and value is not None and not (isinstance(value, str) and value[:1] in "$@%"):
                 found[key] = _check_bundle_value(path, key, value)
+    return found
+
+
+# the checkpoint's preprocessing a caller (from_checkpoint's arguments, the CLI, inference.json) may replace
+PREPROCESSING_OVERRIDES = ("bias_correction", "anti_aliasing")
+
+
+def bundle_preprocessing_overrides(bundle_dir: str | os.PathLike) -> dict:
+    """The ``bias_correction`` and ``anti_aliasing`` a bundle's ``configs/inference.json`` sets to other than "model"
+    (an expression is left to ``monai.bundle run``), checked: what ``Predictor.from_bundle`` and ``evaluate.json``
+    hand to ``from_checkpoint``, so that they sample what ``monai.bundle run`` with inference.json does."""
+    path, declared = read_inference_config(bundle_dir)
+    found = {}
+    for key in PREPROCESSING_OVERRIDES:
+        value = declared.get(key, "model")
+        if isinstance(value, str) and (value == "model" or value.startswith(("$", "@", "%"))):
+            continue
+        try:
+            check_preprocessing({key: value})
+        except ValueError as e:
+            raise InputError(f"{path}: {key}: {e}") from e
+        found[key] = value
     return found
 
 

@@ -33,16 +33,17 @@ from .files import CaseResult, predict_from_files
 from .io import ImageGeometry, InputError, read_input, to_nibabel
 from .localize import bundle_localization, check_localization, foreground_region, scale_disagreement
 from .options import (
+    PREPROCESSING_OVERRIDES,
     autocast_dtype,
     autocast_model_fn,
     bundle_extra_weights,
     bundle_options,
+    bundle_preprocessing_overrides,
     check_grid,
     check_sampling,
     checkpoint_problem,
     fit_shared_steps,
     progress_callback,
-    read_inference_config,
     resolve_bundle,
     resolve_device,
     sampling_defaults,
@@ -64,8 +65,6 @@ __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
-# the checkpoint's preprocessing a caller (from_checkpoint's arguments, the CLI, inference.json) may replace
-PREPROCESSING_OVERRIDES = ("bias_correction", "anti_aliasing")
 DEFAULT_WARN_DICE = 0.955  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
 
 
@@ -330,17 +329,8 @@ class Predictor:
         for key, value in bundle_options(bundle_dir).items():
             if key in ("roi_size", "sw_batch_size"):
                 options.setdefault(key, value)
-        path, declared = read_inference_config(bundle_dir)
-        for key in PREPROCESSING_OVERRIDES:  # inference.json's, as `monai.bundle run` hands it to from_checkpoint
-            value = declared.get(key, "model")
-            expression = isinstance(value, str) and value.startswith(("$", "@", "%"))
-            if key in options or expression or (isinstance(value, str) and value == "model"):
-                continue
-            try:
-                check_preprocessing({key: value})
-            except ValueError as e:
-                raise InputError(f"{path}: {key}: {e}") from e
-            options[key] = value
+        for key, value in bundle_preprocessing_overrides(bundle_dir).items():  # as `monai.bundle run` reads them
+            options.setdefault(key, value)
         try:
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
             options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))

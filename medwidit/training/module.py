@@ -373,7 +373,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         prediction = summary["labels"].to(label.device)  # (1, 1, *S)
         self.dice(y_pred=prediction, y=label)
         self._val_indices.append(index)
-        if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:
+        if index < self.hparams.log_images and self.trainer.is_global_zero:  # the split's first, by index
             log_validation_images(
                 self.logger,
                 self.global_step,
@@ -382,7 +382,7 @@ class DiffusionSegmentationModule(L.LightningModule):
                 prediction,
                 summary.get("entropy"),
                 num_classes=self.num_classes,
-                prefix="val" if self.hparams.log_images == 1 else f"val/{batch_idx}",
+                prefix="val" if self.hparams.log_images == 1 else f"val/{index}",
             )
 
     def on_validation_epoch_end(self) -> None:

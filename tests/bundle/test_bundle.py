@@ -160,6 +160,12 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
         assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", True)
         given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=False)  # the caller's own wins
         assert given.preprocessing["anti_aliasing"] is False
+        # the zoo's evaluation (train.json + evaluate.json) scores what inference.json samples
+        evaluation = _workflow(
+            [config("train"), config("evaluate")], None, bundle_root=str(bundle), **trained["data"], **TINY_INFER
+        )
+        scored = evaluation.parser.get_parsed_content("predictor")
+        assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", True)
         path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))
         with pytest.raises(InputError, match=r"inference.json: anti_aliasing: preprocessing\['anti_aliasing'\] must"):
             Predictor.from_bundle(bundle, weight_sets=1)

@@ -177,6 +177,7 @@ def test_preprocessing_is_checked_and_normalised():
     ):
         check_preprocessing({"bias_correction": "N4ITK"})
     assert check_preprocessing({"bias_correction": "none"})["bias_correction"] is None  # the CLI's word
+    assert check_preprocessing({"bias_correction": "null"})["bias_correction"] is None  # monai.bundle run's (fire)
     assert check_preprocessing({"anti_aliasing": "true"})["anti_aliasing"] is True  # a command line's word
     for value in ("yes", 1, None):
         with pytest.raises(ValueError, match=r"preprocessing\['anti_aliasing'\] must be true or false, got"):
