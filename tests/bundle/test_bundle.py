@@ -236,16 +236,7 @@ def test_evaluate_names_the_classes_of_the_model_it_scores(trained, tmp_path):
 
     _, config_of_trained = load_segmenter(trained["model"])
     names = ["background", "brain", "scalp"]
-    net = WiDiT(
-        spatial_dim=3,
-        in_channels=3,
-        cond_channels=1,
-        hidden_size=32,
-        depth=1,
-        num_heads=2,
-        window_size=4,
-        learn_sigma=False,
-    )
+    net = WiDiT(**{**config_of_trained["net"], "in_channels": 3, "out_channels": 3})  # the trained net, 3 classes
     extra = {"preprocessing": config_of_trained["preprocessing"], "roi_size": [16, 16, 16], "class_names": names}
     checkpoint = save_segmenter(DiffusionSegmenter(net, num_classes=3), tmp_path / "three.pt", extra_config=extra)
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(checkpoint)}
