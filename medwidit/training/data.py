@@ -54,6 +54,7 @@ from medwidit.utils import check_bool, check_int, image_grid, label_values
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
 logger = logging.getLogger(__name__)
+ANISOTROPY = 1.1  # a spacing ratio above which rotating voxel indices visibly shears the anatomy
 
 CACHE_MODES = ("memory", "disk", "none")
 KEYS = ("image", "label")
@@ -553,9 +554,41 @@ class SegmentationDataModule(L.LightningDataModule):
             self._items[split] = items
         return self._items[split]
 
+    def warn_voxel_rotations(self) -> str | None:
+        """A warning line (logged, and returned) where training will rotate an anisotropic grid: MONAI's
+        ``RandRotated`` (real crops) and ``RandAffined`` (the generator's label maps) rotate voxel indices, not mm,
+        so without ``preprocessing["spacing"]`` a 1 x 1 x 3 mm scan's anatomy is sheared, not turned. None where
+        the grid is resampled, the rotations are off, or every file's voxels are within ``ANISOTROPY`` of cubes."""
+        if self.preprocessing["spacing"] is not None:
+            return None
+        splits = (
+            [("train", "image")] if self.synth_ratio < 1 and self.rotate_prob > 0 and self.rotate_degrees > 0 else []
+        )
+        if self.synth_ratio > 0 and self.synth_options.get("rotate_degrees", 1.0) != 0:
+            splits.append(("synth", "label"))
+        for split, key in splits:
+            for item in self._split_items(split):
+                affine = image_grid(item[key], len(self.roi_size))[1]
+                if affine is None:  # a picture: its pixels are square
+                    continue
+                n = len(self.roi_size)
+                spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:n, :n], axis=0)
+                if spacing.max() > ANISOTROPY * spacing.min():
+                    line = (
+                        f"{item[key]}: voxels of {' x '.join(f'{v:g}' for v in spacing)} mm, and "
+                        "preprocessing['spacing'] is null: the training rotations act on voxel indices and will shear "
+                        "this anatomy. Set an "
+                        "isotropic preprocessing['spacing'], or turn the rotations off (rotate_prob 0; "
+                        "synth_options rotate_degrees 0)."
+                    )
+                    logger.warning("%s", line)
+                    return line
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         self.check_files()  # every split in use, before anything is loaded or cached
         if stage in (None, "fit"):
+            self.warn_voxel_rotations()
             for split in ("train",) * (self.synth_ratio < 1) + ("synth",) * (self.synth_ratio > 0):
                 self._dataset(split)
         if stage in (None, "fit", "validate"):

@@ -3,6 +3,7 @@ validation volumes are the shared pre-transforms' output and nothing else."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -52,6 +53,30 @@ def test_validation_volume_is_the_shared_pre_transforms_output(tmp_path, spatial
     assert torch.equal(batch["label"][0], expected["label"].as_tensor().long())
     # each volume's place in the split travels with it: its validation noise seed and its one Dice under DDP
     assert [int(b["index"][0]) for b in dm.val_dataloader()] == list(range(len(dm.val_dataset)))
+
+
+def test_rotating_an_anisotropic_grid_without_resampling_is_warned_about(tmp_path, caplog):
+    """MONAI's RandRotated turns voxel indices: on a 1 x 1 x 3 mm grid with preprocessing['spacing'] null it shears
+    the anatomy, silently. Training says so at setup, naming the file; not when the grid is resampled or isotropic,
+    or the rotations are off."""
+    import logging
+
+    import nibabel as nib
+
+    data_list = write_dataset(tmp_path)
+    first = tmp_path / json.loads(data_list.read_text())["training"][0]["image"]
+    cube = nib.load(first)
+    assert _module(data_list, 3).warn_voxel_rotations() is None  # 1 mm cubes
+    nib.save(nib.Nifti1Image(cube.get_fdata().astype("float32"), np.diag([1.0, 1.0, 3.0, 1.0])), first)
+    label = first.with_name(first.name.replace("image", "label"))
+    nib.save(nib.Nifti1Image(nib.load(label).get_fdata().astype("uint8"), np.diag([1.0, 1.0, 3.0, 1.0])), label)
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        _module(data_list, 3).setup("fit")
+    assert f"{first}: voxels of 1 x 1 x 3 mm, and preprocessing['spacing'] is null" in caplog.text
+    assert _module(data_list, 3, rotate_prob=0.0).warn_voxel_rotations() is None
+    resampled = {**PREPROCESSING_3D, "spacing": [2.0, 2.0, 2.0]}
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=resampled, roi_size=[16, 16, 16], num_workers=0)
+    assert dm.warn_voxel_rotations() is None
 
 
 def test_missing_file_fails_at_setup_naming_it(tmp_path):
