@@ -62,6 +62,8 @@ __all__ = [
     "thick_slices",
 ]
 
+ROTATE_DEGREES = 15.0  # synthesis_transforms' random rotation of the label map, at most this many degrees per axis
+
 
 def _probability(name: str, value) -> float:
     """A probability in [0, 1] (MONAI clips one outside to 0 or 1 without a word), else a ValueError naming it."""
@@ -401,7 +403,7 @@ def synthesis_transforms(
     target_labels: Sequence[int],
     image_key: str = "image",
     label_key: str = "label",
-    rotate_degrees: float = 15.0,
+    rotate_degrees: float = ROTATE_DEGREES,
     scale_range: float = 0.15,
     thickness_range: tuple[float, float] = (1.0, 8.0),
     fov_prob: float = 0.3,

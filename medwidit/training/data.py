@@ -41,6 +41,7 @@ from monai.transforms import (
 from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
+from medwidit.data.synth import ROTATE_DEGREES as SYNTH_ROTATE_DEGREES
 from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
 from medwidit.data.transforms import (
     INTENSITY_MODES,
@@ -123,10 +124,13 @@ def load_data_list(
     *,
     num_classes: int | None = None,
     num_modalities: int | None = None,
+    grids: dict | None = None,
 ) -> list[dict]:
     """Read one split of a decathlon-style data list and check that every file it names exists, that each label
     lies on its image's grid (from the headers) and holds whole class indices (in 0..``num_classes``-1 where given),
     and that each image has ``num_modalities`` channels where given.
+
+    ``grids``, where given, receives each image's ``image_grid`` (shape, affine) by its path, as read for the checks.
 
     Raises FileNotFoundError naming the data list, the entry and the missing file, or ValueError naming the label
     whose grid or values are wrong, so that a bad list fails before any training starts (not hours later when a
@@ -141,6 +145,8 @@ def load_data_list(
             _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
         where = ("data_list", data_list, f"{key}[{index}]")
         image_geometry = image_grid(item["image"], spatial_dims)
+        if grids is not None:
+            grids[str(item["image"])] = image_geometry
         _check_same_grid(where, item["image"], image_geometry, item["label"], spatial_dims)
         channels = int(np.prod(image_geometry[0][spatial_dims:], dtype=np.int64))
         if num_modalities is not None and channels != num_modalities:
@@ -376,6 +382,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
         self._items: dict[str, list[dict]] = {}  # each split's checked list, read once (check_files, then _dataset)
+        self._grids: dict[str, tuple] = {}  # each image's (shape, affine) as the checks read its header
 
     ##################################################################################################################
     # Transforms
@@ -550,40 +557,52 @@ class SegmentationDataModule(L.LightningDataModule):
                 items = load_data_list(
                     self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size),
                     num_classes=self.num_classes, num_modalities=self.preprocessing.get("num_modalities"),
+                    grids=self._grids,
                 )  # fmt: skip
             self._items[split] = items
         return self._items[split]
 
     def warn_voxel_rotations(self) -> str | None:
-        """A warning line (logged, and returned) where training will rotate an anisotropic grid: MONAI's
-        ``RandRotated`` (real crops) and ``RandAffined`` (the generator's label maps) rotate voxel indices, not mm,
-        so without ``preprocessing["spacing"]`` a 1 x 1 x 3 mm scan's anatomy is sheared, not turned. None where
-        the grid is resampled, the rotations are off, or every file's voxels are within ``ANISOTROPY`` of cubes."""
-        if self.preprocessing["spacing"] is not None:
-            return None
-        splits = (
-            [("train", "image")] if self.synth_ratio < 1 and self.rotate_prob > 0 and self.rotate_degrees > 0 else []
-        )
-        if self.synth_ratio > 0 and self.synth_options.get("rotate_degrees", 1.0) != 0:
+        """A warning line (logged on the first rank, and returned) where training will rotate an anisotropic grid:
+        MONAI's ``RandRotated`` (real crops) and ``RandAffined`` (the generator's label maps) rotate voxel indices,
+        not mm, so a 1 x 1 x 3 mm grid's anatomy is sheared, not turned: an uneven ``preprocessing["spacing"]``, or
+        none and a file whose voxels are not within ``ANISOTROPY`` of cubes. None where the rotations are off."""
+        rotates = self.rotate_prob > 0 and self.rotate_degrees > 0
+        splits = [("train", "image")] if self.synth_ratio < 1 and rotates else []
+        if self.synth_ratio > 0 and self.synth_options.get("rotate_degrees", SYNTH_ROTATE_DEGREES) != 0:
             splits.append(("synth", "label"))
-        for split, key in splits:
-            for item in self._split_items(split):
-                affine = image_grid(item[key], len(self.roi_size))[1]
-                if affine is None:  # a picture: its pixels are square
-                    continue
-                n = len(self.roi_size)
-                spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:n, :n], axis=0)
-                if spacing.max() > ANISOTROPY * spacing.min():
-                    line = (
-                        f"{item[key]}: voxels of {' x '.join(f'{v:g}' for v in spacing)} mm, and "
-                        "preprocessing['spacing'] is null: the training rotations act on voxel indices and will shear "
-                        "this anatomy. Set an "
-                        "isotropic preprocessing['spacing'], or turn the rotations off (rotate_prob 0; "
-                        "synth_options rotate_degrees 0)."
-                    )
-                    logger.warning("%s", line)
-                    return line
-        return None
+        if not splits:
+            return None
+        n, line = len(self.roi_size), None
+        target = self.preprocessing["spacing"]
+        if target is not None:
+            spacing = np.asarray(target[:n], dtype=np.float64)
+            if spacing.max() > ANISOTROPY * spacing.min():
+                line = f"preprocessing['spacing'] is {target}: "
+        else:
+            for split, key in splits:
+                for item in self._split_items(split):
+                    path = str(item[key])  # the images' headers were read by the checks; the maps' are read here
+                    affine = (self._grids.get(path) or image_grid(path, n))[1]
+                    if affine is None:  # a picture: its pixels are square
+                        continue
+                    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :n], axis=0)
+                    if spacing.max() > ANISOTROPY * spacing.min():
+                        line = f"{path}: voxels of {' x '.join(f'{v:g}' for v in spacing)} mm, and "
+                        line += "preprocessing['spacing'] is null: "
+                        break
+                if line:
+                    break
+        if line is None:
+            return None
+        line += (
+            "the training rotations act on voxel indices and will shear the anatomy. Set an isotropic "
+            "preprocessing['spacing'], or turn the rotations off (rotate_prob 0; synth_options rotate_degrees 0)."
+        )
+        trainer = getattr(self, "trainer", None)  # Lightning's, under fit: every rank runs setup
+        if trainer is None or trainer.is_global_zero:
+            logger.warning("%s", line)
+        return line
 
     def setup(self, stage: str | None = None) -> None:
         self.check_files()  # every split in use, before anything is loaded or cached

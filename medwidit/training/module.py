@@ -204,6 +204,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         # that a structure absent from a volume (a crop, a lesion-free scan) is neither skipped nor a NaN.
         self.dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False, num_classes=num_classes)
         self._val_indices: list[int] = []  # the dataset index of each row of the Dice buffer (this rank's)
+        self._val_unindexed = False  # a batch came without "index" (another data module): no rows are merged
 
     @property
     def num_classes(self) -> int:
@@ -360,7 +361,7 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.dice.reset()
-        self._val_indices = []
+        self._val_indices, self._val_unindexed = [], False
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         if self.validation_sampler is None:
@@ -368,12 +369,13 @@ class DiffusionSegmentationModule(L.LightningModule):
         image, label = batch["image"], batch["label"]  # (1, C_img, *S), (1, 1, *S)
         # the volume's own index: under DDP batch_idx counts this rank's share of the split
         index = int(batch["index"][0]) if "index" in batch else batch_idx
+        self._val_unindexed = self._val_unindexed or "index" not in batch
         generator = torch.Generator(device=image.device).manual_seed(self.hparams.val_seed + index)
         summary = self.validation_sampler(self.segmenter, image, generator=generator, **self._spacing(batch))
         prediction = summary["labels"].to(label.device)  # (1, 1, *S)
         self.dice(y_pred=prediction, y=label)
         self._val_indices.append(index)
-        if index < self.hparams.log_images and self.trainer.is_global_zero:  # the split's first, by index
+        if batch_idx < self.hparams.log_images and self.trainer.is_global_zero:  # rank 0's first, by their index
             log_validation_images(
                 self.logger,
                 self.global_step,
@@ -394,10 +396,12 @@ class DiffusionSegmentationModule(L.LightningModule):
             indices = torch.as_tensor(self._val_indices, device=scores.device)
             scores = self.all_gather(scores).reshape(-1, scores.shape[-1])  # (ranks * N, K)
             indices = self.all_gather(indices).reshape(-1)
-            # DistributedSampler pads the last ranks' shares with volumes from the start of the split: each once
-            seen: set[int] = set()
-            first = [row for row, i in enumerate(indices.tolist()) if not (i in seen or seen.add(i))]
-            scores = scores[first]
+            unindexed = self.all_gather(torch.tensor(self._val_unindexed, device=scores.device)).any()
+            if not unindexed:  # batch_idx counts a rank's share: only the split's own index names a volume
+                # DistributedSampler pads the last ranks' shares with volumes from the start of the split: each once
+                seen: set[int] = set()
+                first = [row for row, i in enumerate(indices.tolist()) if not (i in seen or seen.add(i))]
+                scores = scores[first]
         per_class = scores.nanmean(dim=0)  # (K,)
         metrics = {f"val/dice_{_tag(name)}": per_class[k] for k, name in enumerate(self.class_names)}
         metrics[MONITOR] = per_class[1:].mean()  # foreground classes

@@ -84,7 +84,7 @@ def test_label_dtype_follows_the_largest_label(tmp_path):
     assert label_dtype(255) == np.uint8 and label_dtype(256) == np.uint16
     with pytest.raises(ValueError, match="65535"):
         label_dtype(70000)
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     labels = np.zeros((4, 4, 4), np.int64)
     labels[0, 0, 0] = 300
     write_image(labels, geometry, tmp_path / "y.nii.gz")
@@ -93,7 +93,7 @@ def test_label_dtype_follows_the_largest_label(tmp_path):
 
 
 def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     target = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "out.nii.gz")
     with pytest.raises(OutputError, match="out.nii.gz: already exists"):
         write_image(np.full((4, 4, 4), 2), geometry, target)
@@ -106,7 +106,7 @@ def test_writes_never_overwrite_unless_asked_and_leave_no_temporary(tmp_path):
 def test_write_image_makes_missing_folders_and_refuses_a_format_before_making_any(tmp_path):
     """Two missing levels raised a bare FileNotFoundError (one was made silently); a .png made its folder, then
     failed."""
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     deep = write_image(np.ones((4, 4, 4)), geometry, tmp_path / "a" / "b" / "c.nii.gz")
     assert np.asanyarray(nib.load(deep).dataobj).max() == 1
     with pytest.raises(ValueError, match=r"api/x.png: cannot write this format \(expected one of .nii.gz"):
@@ -118,7 +118,7 @@ def test_write_image_makes_missing_folders_and_refuses_a_format_before_making_an
 
 
 def test_a_failing_write_leaves_nothing_behind(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     good = Out(np.ones((4, 4, 4)), geometry, tmp_path / "a.nii.gz")
     bad = Out(np.ones((3, 3, 3)), geometry, tmp_path / "b.nii.gz")  # wrong shape: fails after `good` was staged
     with pytest.raises(ValueError, match="differs"):
@@ -226,7 +226,7 @@ def test_header_formats_are_written_with_their_final_data_file_name(tmp_path, rn
 
 
 def test_write_images_refuses_two_folders(tmp_path):
-    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.arange(64, dtype=np.float32).reshape(4, 4, 4)))[1]
+    geometry = read_image(save_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.float32)))[1]
     (tmp_path / "a").mkdir()
     with pytest.raises(ValueError, match="one folder"):
         write_images(

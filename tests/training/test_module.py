@@ -85,7 +85,7 @@ def test_two_ranks_score_each_validation_volume_once_on_its_own_noise():
         seeds.append(generator.initial_seed())
         return {"labels": predictions[int(image.flatten()[0])], "entropy": None}
 
-    def run(shares, world_size, others=None):
+    def run(shares, world_size, others=None, indexed=True):
         """One rank's validation epoch -> (what it logged, the tensors it handed to all_gather)."""
         module = DiffusionSegmentationModule(
             tiny_segmenter(), validation_sampler=sampler, class_names=NAMES, log_images=0, val_seed=10
@@ -102,8 +102,8 @@ def test_two_ranks_score_each_validation_volume_once_on_its_own_noise():
         module._trainer = type("T", (), {"world_size": world_size, "is_global_zero": True})()
         module.on_validation_epoch_start()
         for batch_idx, i in enumerate(shares):
-            batch = {"image": torch.full((1, 1, 8, 8, 8), float(i)), "label": label, "index": torch.tensor([i])}
-            module.validation_step(batch, batch_idx)
+            batch = {"image": torch.full((1, 1, 8, 8, 8), float(i)), "label": label}
+            module.validation_step({**batch, "index": torch.tensor([i])} if indexed else batch, batch_idx)
         module.on_validation_epoch_end()
         return logged, sent
 
@@ -114,6 +114,11 @@ def test_two_ranks_score_each_validation_volume_once_on_its_own_noise():
     rank0, _ = run([0, 2], 2, others=rank1)
     assert sorted(seeds) == [10, 10, 11, 12]  # the repeat of volume 0 on rank 1 draws volume 0's noise
     assert rank0 == pytest.approx(single)  # volume 0 once: counted twice, the mean Dice was 0.617, not 0.489
+    # another data module's batches carry no index: batch_idx names a rank's share, so no row is merged (4 volumes
+    # on 2 ranks as [0, 2] and [1, 3] would otherwise lose rank 1's)
+    _, rank1 = run([1, 0], 2, indexed=False)
+    unindexed, _ = run([0, 2], 2, others=rank1, indexed=False)
+    assert unindexed["val/mean_dice"] == pytest.approx((1 + 112 / 120 / 2 + 0 + 1) / 4)
 
 
 class StepCounter(Callback):
