@@ -34,6 +34,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -142,16 +143,13 @@ def run_tool(
     mask: Path,
     threads: int,
     bundle: str | None,
-    bias_correction: str | None = None,
-    anti_aliasing: str | None = None,
+    segment_args: Sequence[str] = (),
 ) -> dict:
+    """One tool on one scan in its own process (``RUNNER``); ``bundle`` and ``segment_args`` (``medwidit segment``'s
+    own options) reach medwidit only."""
     command = [python, str(RUNNER), tool, str(image), str(mask), "--threads", str(threads)]
-    if tool == "medwidit" and bundle:
-        command += ["--bundle", bundle]
-    if tool == "medwidit" and bias_correction:
-        command += ["--bias-correction", bias_correction]
-    if tool == "medwidit" and anti_aliasing:
-        command += ["--anti-aliasing", anti_aliasing]
+    if tool == "medwidit":
+        command += (["--bundle", bundle] if bundle else []) + list(segment_args)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode or not mask.exists():
@@ -238,6 +236,8 @@ def main(argv=None) -> dict:
         peer = peers_python(args.peers_python)
         python.update({tool: peer for tool in args.tools if tool in PEERS})
     restricted = {tool: names for tool, *names in args.restrict}
+    segment_args = ["--bias-correction", args.bias_correction] if args.bias_correction else []
+    segment_args += ["--anti-aliasing", args.anti_aliasing] if args.anti_aliasing else []
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for case in build_cases(Path(folder), bases, args.cases):
@@ -246,16 +246,7 @@ def main(argv=None) -> dict:
                 if names is not None and not any(case["name"] == n or case["name"].endswith(f"_{n}") for n in names):
                     continue
                 mask = Path(folder) / f"{case['name']}_{tool}_mask.nii.gz"
-                run = run_tool(
-                    tool,
-                    python[tool],
-                    case["image"],
-                    mask,
-                    args.threads,
-                    args.bundle,
-                    args.bias_correction,
-                    args.anti_aliasing,
-                )
+                run = run_tool(tool, python[tool], case["image"], mask, args.threads, args.bundle, segment_args)
                 row = {"case": case["name"], "tool": tool, **run}
                 if "error" not in run:
                     row.update(score(mask, case["truth"]))

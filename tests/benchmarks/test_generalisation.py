@@ -98,7 +98,10 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     inference["extra_weights"] = ["models/model_second.pt"]
     (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
 
-    def copy_truth(tool, python, image, mask, threads, bundle, bias_correction, anti_aliasing):  # the truth as the mask
+    passed = []
+
+    def copy_truth(tool, python, image, mask, threads, bundle, segment_args):  # no model runs: the truth is the mask
+        passed.append(list(segment_args))
         shutil.copyfile(label_path, mask)
         return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0}
 
@@ -120,7 +123,10 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     assert record["command"].endswith("--output " + str(tmp_path / "out.json"))
     assert {"commit", "modified_files", "script_sha256"} <= set(record["environment"])
     assert [row["dice"] for row in record["rows"]] == [1.0]
-    shipped = generalisation.main([*arguments, "--output", str(tmp_path / "shipped.json")])
+    assert passed == [[]]  # medwidit segment's defaults
+    options = ["--bias-correction", "n4", "--anti-aliasing", "on"]
+    shipped = generalisation.main([*arguments, *options, "--output", str(tmp_path / "shipped.json")])
+    assert passed[-1] == options  # the script's options reach medwidit segment as its own
     assert shipped["bundle_weights_sha256"] == sha256_file(resolve_bundle(None) / "models" / "model.pt")
     assert shipped["bundle_extra_weights_sha256"] == [
         sha256_file(f) for f in bundle_extra_weights(resolve_bundle(None))
@@ -136,7 +142,9 @@ def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(m
 
     monkeypatch.setattr(generalisation.subprocess, "run", fake_run)
     for tool in ("medwidit", "deepbet"):
-        run = generalisation.run_tool(tool, "python", tmp_path / "a.nii.gz", tmp_path / "m.nii.gz", 2, "B", "n4")
+        run = generalisation.run_tool(
+            tool, "python", tmp_path / "a.nii.gz", tmp_path / "m.nii.gz", 2, "B", ["--bias-correction", "n4"]
+        )
         assert run == {"error": "stopped here"}
     assert calls[0][-4:] == ["--bundle", "B", "--bias-correction", "n4"]
     assert "--bias-correction" not in calls[1] and "--bundle" not in calls[1]
