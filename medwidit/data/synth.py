@@ -18,7 +18,10 @@ here because no kept library does them the way synthesis needs (measured in ``be
   the extension; which face is inferior, read from the affine, is ours;
 - :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
   (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
-  signed range onto [min, 0]; neither re-equalises).
+  signed range onto [min, 0]; neither re-equalises);
+- :class:`RandCoilFieldd`: a coil field under the intensity normalisation of a real crop that the pipeline has
+  normalised already (MONAI's ``RandBiasField`` multiplies the normalised values, so a dark region stays as bright
+  relative to the rest as before, which a field in front of the equalisation does not).
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ from medwidit.data.transforms import RecordSpacingd, equalise_channels, gaussian
 from medwidit.utils import check_bool, check_int, check_range, is_integer
 
 __all__ = [
+    "RandCoilFieldd",
     "RandContrastRemapd",
     "RandFieldOfViewd",
     "RandLabelsToImaged",
     "RandNeckExtensiond",
     "RandSliceThicknessd",
     "SynthesisError",
+    "check_coeff_range",
     "synthesis_transforms",
     "thick_slices",
 ]
@@ -68,6 +73,14 @@ ROTATE_DEGREES = 15.0  # synthesis_transforms' random rotation of the label map,
 def _probability(name: str, value) -> float:
     """A probability in [0, 1] (MONAI clips one outside to 0 or 1 without a word), else a ValueError naming it."""
     return check_range(name, value, 0, 1, closed_high=True)
+
+
+def check_coeff_range(name: str, value) -> tuple[float, float]:
+    """A ``RandBiasField`` coefficient range (low, high) with 0 <= low <= high, else a ValueError naming it."""
+    coeff = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    if len(coeff) != 2 or not all(isinstance(c, (int, float)) for c in coeff) or not 0.0 <= coeff[0] <= coeff[1]:
+        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value!r}.")
+    return float(coeff[0]), float(coeff[1])
 
 
 class SynthesisError(ValueError):
@@ -358,9 +371,7 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
             raise ValueError(
                 f"num_control_points must be integers (low, high) with 3 <= low <= high, got {num_control_points!r}."
             )
-        coeff = tuple(bias_coeff_range) if isinstance(bias_coeff_range, Sequence) else ()
-        if len(coeff) != 2 or not 0.0 <= coeff[0] <= coeff[1]:
-            raise ValueError(f"bias_coeff_range must be (low, high) with 0 <= low <= high, got {bias_coeff_range!r}.")
+        coeff = check_coeff_range("bias_coeff_range", bias_coeff_range)
         if not 0.0 <= float(bias_prob) <= 1.0:
             raise ValueError(f"bias_prob must be in [0, 1], got {bias_prob}.")
         self.num_control_points, self.bias_prob = knots, float(bias_prob)
@@ -397,6 +408,58 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandCoilFieldd(RandomizableTransform, MapTransform):
+    """A receive coil's smooth multiplicative field on a real crop that the pipeline has intensity-normalised
+    already, as it would be after the normalisation had seen it: MONAI's ``RandBiasField`` (degree 3, coefficients
+    uniform in ``coeff_range``) multiplies the crop's values above its floor (air, the minimum, stays the floor), and
+    the crop's own values are then handed back in the order of the product (each channel keeps its histogram). So
+    tissue under a weak part of the field takes the values of darker tissue elsewhere, which is what the "histogram"
+    equalisation (or a z-score) of a scan with a coil field gives. A field applied after the normalisation, as
+    ``intensity_prob``'s ``RandBiasFieldd`` is, also scales the air and keeps every region's rank in the crop. Every
+    channel gets the same field; a channel with one value only (all air) is left as it is. The floor must still be
+    the crop's minimum: run it before the augmentations that move intensities (gain, shift, bias, noise)."""
+
+    def __init__(
+        self, keys: KeysCollection = "image", *, prob: float = 0.3, coeff_range: tuple[float, float] = (0.0, 0.8)
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
+        self.bias_field = RandBiasField(coeff_range=check_coeff_range("coeff_range", coeff_range), prob=1.0)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.bias_field.set_random_state(state=self.R)  # one stream: the same seed draws the same field
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        field = None
+        for key in self.key_iterator(d):
+            image = d[key]
+            values = torch.as_tensor(image, dtype=torch.float32)
+            flat = values.reshape(values.shape[0], -1)
+            if field is None:  # one field for every key and channel
+                field = torch.as_tensor(self.bias_field(torch.ones_like(values[:1])), dtype=torch.float32)
+            out = values.clone()
+            for c in range(flat.shape[0]):
+                low, high = flat[c].min(), flat[c].max()
+                if low == high:
+                    continue
+                product = ((values[c] - low) * field[0]).reshape(-1)
+                # stable: the floor's voxels (product 0) keep their places among themselves
+                order = torch.argsort(product, stable=True)
+                channel = torch.empty_like(product)
+                channel[order] = torch.sort(flat[c]).values
+                out[c] = channel.reshape(values.shape[1:])
+            if isinstance(image, MetaTensor):
+                out = MetaTensor(out, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+            d[key] = out
+        return d
+
+
 def synthesis_transforms(
     *,
     num_labels: int,
@@ -412,6 +475,7 @@ def synthesis_transforms(
     neck_length_mm: tuple[float, float] = (10.0, 80.0),
     neck_label: int | None = None,
     flip: bool = True,
+    bias_coeff_range: tuple[float, float] = (0.0, 0.3),
     spacing_key: str | None = None,
 ) -> list:
     """The generator as a list of MONAI dictionary transforms for a training pipeline (``train.json`` can list it):
@@ -425,6 +489,8 @@ def synthesis_transforms(
     ``spacing_key`` records the grid and acquisition spacing for spacing conditioning (:class:`RandSliceThicknessd`).
     ``neck_prob`` extends the map below its inferior face by ``neck_length_mm`` (:class:`RandNeckExtensiond`), the
     target structures' cross-section relabelled ``neck_label`` (a generation label whose task class is 0).
+    ``bias_coeff_range``: the coil field's ``RandBiasField`` coefficients (on half of the images), before the
+    intensities are scaled.
     """
     if len(target_labels) != num_labels:
         raise ValueError(
@@ -462,7 +528,7 @@ def synthesis_transforms(
         RandLabelsToImaged(label_key, image_key, num_labels=num_labels),
         RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
         RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range, spacing_key=spacing_key),
-        RandBiasFieldd(image_key, prob=0.5, coeff_range=(0.0, 0.3)),
+        RandBiasFieldd(image_key, prob=0.5, coeff_range=check_coeff_range("bias_coeff_range", bias_coeff_range)),
         ScaleIntensityRangePercentilesd(image_key, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
         RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),
         RandGaussianNoised(image_key, prob=0.5, std=0.03),

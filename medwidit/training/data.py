@@ -42,7 +42,7 @@ from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import ROTATE_DEGREES as SYNTH_ROTATE_DEGREES
-from medwidit.data.synth import RandContrastRemapd, RandSliceThicknessd
+from medwidit.data.synth import RandCoilFieldd, RandContrastRemapd, RandSliceThicknessd, check_coeff_range
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     EdgePaddedd,
@@ -265,6 +265,10 @@ class SegmentationDataModule(L.LightningDataModule):
         contrast_prob: another sequence's contrast on real training crops (``medwidit.data.synth.RandContrastRemapd``:
             a random, not necessarily monotone intensity curve, a coil field on half of them, then the histogram
             equalisation again); needs the "histogram" intensity mode; probability 0 (the default) removes it.
+        coil_prob, coil_coeff_range: a coil field on real training crops as the scanner would have had it, in front
+            of the intensity normalisation (``medwidit.data.synth.RandCoilFieldd``: MONAI's ``RandBiasField`` with
+            these coefficients, then the crop's own values handed back in the order of the product); probability 0
+            (the default) removes it. ``intensity_prob``'s bias field multiplies the normalised values instead.
         spacing_conditioning: every item (training crops, real and synthetic, and validation volumes) carries
             ``"spacing"`` (2N,) mm: the working grid's spacing, then the acquisition's per axis (the scan's own, or
             the simulated slice thickness), for a network with ``spacing_conditioning=True`` (WiDiT).
@@ -305,6 +309,8 @@ class SegmentationDataModule(L.LightningDataModule):
         thickness_prob: float = 0.0,
         thickness_range: Sequence[float] = (1.0, 4.0),
         contrast_prob: float = 0.0,
+        coil_prob: float = 0.0,
+        coil_coeff_range: Sequence[float] = (0.0, 0.8),
         spacing_conditioning: bool = False,
         num_classes: int | None = None,
     ) -> None:
@@ -325,6 +331,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "intensity_prob": intensity_prob,
             "thickness_prob": thickness_prob,
             "contrast_prob": contrast_prob,
+            "coil_prob": coil_prob,
         }
         for name, value in probabilities.items():
             if not 0.0 <= float(value) <= 1.0:
@@ -378,6 +385,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"contrast_prob > 0 re-equalises the remapped crop, so it needs preprocessing['intensity'] "
                 f"'histogram', got {self.preprocessing['intensity']!r}."
             )
+        self.coil_prob = float(coil_prob)
+        self.coil_coeff_range = check_coeff_range("coil_coeff_range", coil_coeff_range)
         self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
@@ -403,6 +412,8 @@ class SegmentationDataModule(L.LightningDataModule):
         out: list[MapTransform] = []
         if self.contrast_prob > 0:  # first: its floor is the air the pipeline equalised, before anything moves it
             out.append(RandContrastRemapd("image", prob=self.contrast_prob))
+        if self.coil_prob > 0:  # as early: its floor is the crop's minimum, the air
+            out.append(RandCoilFieldd("image", prob=self.coil_prob, coeff_range=self.coil_coeff_range))
         if self.flip_prob > 0:
             out += [RandFlipd(KEYS, prob=self.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]
         if self.rotate_prob > 0 and self.rotate_degrees > 0:

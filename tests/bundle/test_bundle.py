@@ -352,6 +352,10 @@ def test_one_override_turns_spacing_conditioning_on_in_net_and_data(tmp_path):
     assert datamodule.contrast_prob == 0.0  # the contrast remap is its own override
     parser["contrast_prob"] = 0.3
     assert parser.get_parsed_content("datamodule", lazy=False).contrast_prob == 0.3
+    assert datamodule.coil_prob == 0.0 and datamodule.coil_coeff_range == (0.0, 0.8)  # and so is the coil field
+    parser["coil_prob"], parser["coil_coeff_range"] = 0.25, [0.0, 0.5]
+    datamodule = parser.get_parsed_content("datamodule", lazy=False)
+    assert datamodule.coil_prob == 0.25 and datamodule.coil_coeff_range == (0.0, 0.5)
     parser["spacing_conditioning"] = "false"  # how a command-line override may arrive: it turned conditioning on
     assert parser.get_parsed_content("net", lazy=False).config["spacing_conditioning"] is False
     assert parser.get_parsed_content("datamodule", lazy=False).spacing_conditioning is False

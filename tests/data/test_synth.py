@@ -8,6 +8,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, HistogramNormalize
 
 from medwidit.data.synth import (
+    RandCoilFieldd,
     RandContrastRemapd,
     RandFieldOfViewd,
     RandLabelsToImaged,
@@ -105,6 +106,13 @@ def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_m
         (lambda: RandSliceThicknessd(prob=1.5), r"prob must be in \[0, 1\], got 1.5"),  # MONAI made it 1
         (lambda: RandFieldOfViewd(prob=-0.3), r"prob must be in \[0, 1\], got -0.3"),  # and this 0
         (lambda: RandContrastRemapd(prob=7), r"prob must be in \[0, 1\], got 7"),
+        (lambda: RandCoilFieldd(prob=-1), r"prob must be in \[0, 1\], got -1"),
+        (lambda: RandCoilFieldd(coeff_range=(0.5, 0.1)), r"coeff_range must be \(low, high\) .* got \(0.5, 0.1\)"),
+        (lambda: RandCoilFieldd(coeff_range=0.4), r"coeff_range must be \(low, high\) .* got 0.4"),
+        (
+            lambda: synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], bias_coeff_range=(-0.1, 0.3)),
+            r"bias_coeff_range must be \(low, high\) with 0 <= low <= high, got \(-0.1, 0.3\)",
+        ),
         (lambda: RandNeckExtensiond(relabel={4: 5}, prob=2), r"prob must be in \[0, 1\], got 2"),
         (lambda: RandLabelsToImaged(num_labels=5, air_prob=5.0), r"air_prob must be in \[0, 1\], got 5.0"),
         (lambda: RandSliceThicknessd(thickness_range=4), r"thickness_range must be \(low, high\) in voxels, got 4"),
@@ -263,3 +271,61 @@ def test_unusable_label_maps_name_the_file_and_the_label(label, match):
 def test_target_labels_must_cover_every_generation_label():
     with pytest.raises(ValueError, match="each of the 5 labels"):
         synthesis_transforms(num_labels=5, target_labels=[0, 1])
+
+
+def _equalised_head() -> tuple[torch.Tensor, MetaTensor]:
+    """The head's labels and a T1-like image of it (a little texture, so that tissue is not one value),
+    equalised onto [-1, 1] as the pipeline does."""
+    label = _head()[0]
+    tissue = {0: 0.0, 1: 0.9, 2: 0.1, 3: 0.2, 4: 0.6}
+    texture = 0.02 * torch.rand(label.shape, generator=torch.Generator().manual_seed(0))
+    raw = sum(value * (label == index).float() for index, value in tissue.items()) + texture * (label > 0)
+    return label, HistogramNormalize(num_bins=256, min=-1.0, max=1.0)(raw[None])
+
+
+def test_coil_field_reorders_the_crops_own_values_by_the_field_and_keeps_the_air():
+    label, image = _equalised_head()
+    t = RandCoilFieldd(prob=1.0, coeff_range=(0.2, 0.6))  # a fixed coefficient would draw one field for every seed
+    t.set_random_state(0)
+    out = torch.as_tensor(t({"image": image})["image"])
+    assert out.shape == image.shape
+    assert torch.equal(torch.sort(out.flatten()).values, torch.sort(image.flatten()).values)  # its own values
+    assert torch.equal(out[0][label == 0], image[0][label == 0])  # the air, the crop's minimum, stays the floor
+    field = torch.as_tensor(t.bias_field(torch.ones_like(image), randomize=False))[0]
+    brain = label == 4
+
+    # the brain's values now follow the field: under its weak part the brain takes darker tissue's values
+    def spearman(a, b):
+        ranks = [torch.argsort(torch.argsort(x.flatten())).float() for x in (a, b)]
+        return float(torch.corrcoef(torch.stack(ranks))[0, 1])
+
+    head = label > 0
+    assert spearman(out[0][head], ((image[0] + 1) * field)[head]) > 0.999  # the order of the product
+    assert spearman(out[0][brain], field[brain]) > 0.8  # the brain's texture is small beside the field
+    assert float(out[0][brain].min()) < float(image[0][label == 3].max())  # as dark as CSF somewhere
+    t.set_random_state(0)
+    assert torch.equal(out, torch.as_tensor(t({"image": image})["image"]))  # seeded
+    t.set_random_state(1)
+    assert not torch.equal(out, torch.as_tensor(t({"image": image})["image"]))
+
+
+def test_coil_field_of_zero_coefficients_is_the_identity_and_channels_share_one_field():
+    _, image = _equalised_head()
+    flat = RandCoilFieldd(prob=1.0, coeff_range=(0.0, 0.0))  # exp(0): every voxel keeps its place
+    assert torch.equal(torch.as_tensor(flat({"image": image})["image"]), torch.as_tensor(image))
+    air = torch.full_like(image, -1.0)
+    two = MetaTensor(torch.cat([image, image, air]), meta={"filename_or_obj": "crop.nii.gz"})
+    t = RandCoilFieldd(prob=1.0)
+    t.set_random_state(3)
+    out = t({"image": two})["image"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "crop.nii.gz"
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], two[0])  # one field for both modalities
+    assert torch.equal(out[2], air[0])  # an all-air channel is left as it is
+    assert torch.equal(RandCoilFieldd(prob=0.0)({"image": two})["image"], two)
+
+
+def test_generator_coil_field_takes_its_coefficient_range():
+    options = {"num_labels": 5, "target_labels": [0, 0, 0, 0, 1]}
+    for extra, expected in (({}, (0.0, 0.3)), ({"bias_coeff_range": [0, 0.6]}, (0.0, 0.6))):  # the default as before
+        fields = [t for t in synthesis_transforms(**options, **extra) if type(t).__name__ == "RandBiasFieldd"]
+        assert [f.rand_bias_field.coeff_range for f in fields] == [expected]
