@@ -71,6 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--objectives", default="sample,epsilon,v_prediction,flow")
     parser.add_argument("--x0-steps", default="1,2,5,10,25", help="DDIM step counts for the x0 model")
+    parser.add_argument(
+        "--samples",
+        default="1",
+        help="ensemble sizes to score at each DDIM step count, comma-separated (the mean of the members' "
+        "probabilities; N > 1 is recorded under 'STEPSxN'; the members of one draw, so N = 1 is the first of them)",
+    )
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--ema", type=float, default=0.99, help="EMA decay of the diffusion models' weights")
     parser.add_argument("--schedule", default="linear_beta", help="MONAI noise schedule (Gaussian objectives)")
@@ -251,21 +257,50 @@ def run_objective(objective: str, train, test, args, head: str = "patch", val=No
         segmenter, lambda x, y: segmenter.loss(x, y, generator=generator)["loss"], train, seconds, args, generator, ema
     )
     step_counts = [int(s) for s in args.x0_steps.split(",")] if objective == "sample" else [10]
+    sizes = ensemble_sizes(args.samples)
     for name, model in (("dice", ema.eval()), ("dice_without_ema", segmenter.eval())):
         record[name] = {}
         for steps in step_counts if name == "dice" else [10]:
             start = time.perf_counter()
-            samples = model.sample(test[0], steps=steps, generator=torch.Generator().manual_seed(1))[0]
-            record[name][str(steps)] = dice_per_class(to_labels(to_probabilities(samples)), test[1], args.classes)
+            members = max(sizes) if name == "dice" else 1
+            noise = torch.Generator().manual_seed(1)
+            samples = model.sample(test[0], steps=steps, num_samples=members, generator=noise)
+            record[name].update(ensemble_dice(samples, test[1], steps, sizes if name == "dice" else [1], args.classes))
             if name == "dice":
-                record.setdefault("sample_seconds", {})[str(steps)] = round(time.perf_counter() - start, 2)
+                key = ensemble_key(steps, members)
+                record.setdefault("sample_seconds", {})[key] = round(time.perf_counter() - start, 2)
     if val is not None:
         record["val_dice"] = {}
         for steps in step_counts:
-            samples = ema.sample(val[0], steps=steps, generator=torch.Generator().manual_seed(2))[0]
-            record["val_dice"][str(steps)] = dice_per_class(to_labels(to_probabilities(samples)), val[1], args.classes)
+            noise = torch.Generator().manual_seed(2)
+            samples = ema.sample(val[0], steps=steps, num_samples=max(sizes), generator=noise)
+            record["val_dice"].update(ensemble_dice(samples, val[1], steps, sizes, args.classes))
     record["parameters"] = sum(p.numel() for p in net.parameters())
     return record
+
+
+def ensemble_sizes(text: str) -> list[int]:
+    """``--samples``: ensemble sizes >= 1, e.g. "1,4"."""
+    try:
+        sizes = sorted({int(n) for n in text.split(",")})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise SystemExit(f"--samples must be ensemble sizes >= 1, comma-separated (e.g. 1,4), got {text!r}.")
+    return sizes
+
+
+def ensemble_key(steps: int, members: int) -> str:
+    """A Dice record's key: the DDIM step count, and "xN" for an ensemble of N members."""
+    return str(steps) if members == 1 else f"{steps}x{members}"
+
+
+def ensemble_dice(samples: torch.Tensor, label: torch.Tensor, steps: int, sizes, num_classes: int) -> dict:
+    """Dice per class of the mean probabilities of the first N members of ``samples`` (S, B, K, *S), per N."""
+    probabilities = to_probabilities(samples, dim=2)
+    return {
+        ensemble_key(steps, n): dice_per_class(to_labels(probabilities[:n].mean(0)), label, num_classes) for n in sizes
+    }
 
 
 def select_on_validation(heads: dict) -> dict:
@@ -274,9 +309,11 @@ def select_on_validation(heads: dict) -> dict:
         ((h, s) for h, record in heads.items() for s in record["val_dice"]),
         key=lambda pair: np.nanmean(heads[pair[0]]["val_dice"][pair[1]]),
     )
+    step_count, _, members = steps.partition("x")
     return {
         "head": head,
-        "steps": int(steps),
+        "steps": int(step_count),
+        "samples": int(members or 1),
         "val_dice": heads[head]["val_dice"][steps],
         "test_dice": heads[head]["dice"][steps],
     }
@@ -361,10 +398,11 @@ def earlier_results(args) -> dict:
     """The results file ``--add-to`` names, checked to hold the same data, budget and model settings."""
     results = json.loads(args.add_to.read_text())
     ignored = {"heads", "objectives", "no_unet", "out", "add_to"}
+    defaults = vars(parse_args([]))  # a setting added since that file was written had its default then
     different = {
-        k: (v, results["settings"].get(k))
+        k: (v, results["settings"].get(k, defaults[k]))
         for k, v in vars(args).items()
-        if k not in ignored and results["settings"].get(k) != v
+        if k not in ignored and results["settings"].get(k, defaults[k]) != v
     }
     if different:
         raise ValueError(f"--add-to {args.add_to} was run with other settings (now, then): {different}.")

@@ -4,6 +4,7 @@ patches 1 and a map not tied to the grid near 1 / patch."""
 
 import numpy as np
 import pytest
+import torch
 from benchmark_scripts import load_benchmark
 
 from medwidit.nets import WiDiT
@@ -110,3 +111,22 @@ def test_grid_face_fraction_whole_patches_and_free_boundaries():
     assert abs(boundary.grid_face_fraction(ball, (4, 4, 4)) - 0.25) < 0.06
     assert abs(boundary.grid_face_fraction(ball, (8, 8, 8)) - 0.125) < 0.06
     assert boundary.grid_face_fraction(np.zeros((8, 8, 8), dtype=np.int64), (4, 4, 4)) == 0.0
+
+
+def test_phantom_ensembles_average_the_members_probabilities_and_are_chosen_with_their_size():
+    """``--samples``: the Dice of the mean of the first N members' probabilities, recorded as "STEPSxN"."""
+    label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    label[..., :2] = 1
+    right = torch.where(torch.nn.functional.one_hot(label[:, 0], 2).permute(0, 4, 1, 2, 3).bool(), 1.0, -1.0)
+    half = right.clone()
+    half[:, 0], half[:, 1] = 0.2, -0.2  # p(class 1) = 0.4: wrong alone, outvoted beside a confident right member
+    samples = torch.stack([half, right])  # (S, B, K, *S) in diffusion space
+    dice = learn_phantoms.ensemble_dice(samples, label, 5, [1, 2], 2)
+    assert dice == {"5": [0.0], "5x2": [1.0]}
+    heads = {"a": {"val_dice": {"5": [0.5], "5x2": [0.9]}, "dice": {"5": [0.4], "5x2": [0.8]}}}
+    chosen = learn_phantoms.select_on_validation(heads)
+    assert (chosen["steps"], chosen["samples"], chosen["test_dice"]) == (5, 2, [0.8])
+    assert learn_phantoms.ensemble_sizes("4,1,4") == [1, 4]
+    for bad in ("0", "two", ""):
+        with pytest.raises(SystemExit, match="--samples must be ensemble sizes"):
+            learn_phantoms.ensemble_sizes(bad)
