@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--samples",
         default="1",
         help="ensemble sizes to score at each DDIM step count, comma-separated (the mean of the members' "
-        "probabilities; N > 1 is recorded under 'STEPSxN'; the members of one draw, so N = 1 is the first of them)",
+        "probabilities; N > 1 is recorded under 'STEPSxN'; the members of one draw, so N = 1 is the first of them; "
+        "sample_seconds is the wall time of the whole draw, under 'STEPSxMAX')",
     )
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--ema", type=float, default=0.99, help="EMA decay of the diffusion models' weights")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from numbers import Real
 
 import numpy as np
 import torch
@@ -78,8 +79,9 @@ def _probability(name: str, value) -> float:
 def check_coeff_range(name: str, value) -> tuple[float, float]:
     """A ``RandBiasField`` coefficient range (low, high) with 0 <= low <= high, else a ValueError naming it."""
     coeff = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
-    if len(coeff) != 2 or not all(isinstance(c, (int, float)) for c in coeff) or not 0.0 <= coeff[0] <= coeff[1]:
-        raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value!r}.")
+    numbers = all(isinstance(c, Real) and not isinstance(c, bool) and math.isfinite(c) for c in coeff)
+    if len(coeff) != 2 or not numbers or not 0.0 <= coeff[0] <= coeff[1]:  # an infinite one made the air NaN
+        raise ValueError(f"{name} must be finite numbers (low, high) with 0 <= low <= high, got {value!r}.")
     return float(coeff[0]), float(coeff[1])
 
 
@@ -414,10 +416,12 @@ class RandCoilFieldd(RandomizableTransform, MapTransform):
     uniform in ``coeff_range``) multiplies the crop's values above its floor (air, the minimum, stays the floor), and
     the crop's own values are then handed back in the order of the product (each channel keeps its histogram). So
     tissue under a weak part of the field takes the values of darker tissue elsewhere, which is what the "histogram"
-    equalisation (or a z-score) of a scan with a coil field gives. A field applied after the normalisation, as
-    ``intensity_prob``'s ``RandBiasFieldd`` is, also scales the air and keeps every region's rank in the crop. Every
-    channel gets the same field; a channel with one value only (all air) is left as it is. The floor must still be
-    the crop's minimum: run it before the augmentations that move intensities (gain, shift, bias, noise)."""
+    equalisation of a scan with a coil field gives; a linear normalisation (a z-score, percentile scaling) would
+    change the histogram instead, and its air need not be the minimum, so the data module allows it with the
+    "histogram" mode only. A field applied after the normalisation, as ``intensity_prob``'s ``RandBiasFieldd`` is,
+    also scales the air and keeps every region's rank in the crop. Every channel gets the same field; a channel with
+    one value only (all air) is left as it is, one with a value that is not finite is an error. The floor must still
+    be the crop's minimum: run it before the augmentations that move intensities (gain, shift, bias, noise)."""
 
     def __init__(
         self, keys: KeysCollection = "image", *, prob: float = 0.3, coeff_range: tuple[float, float] = (0.0, 0.8)
@@ -444,6 +448,8 @@ class RandCoilFieldd(RandomizableTransform, MapTransform):
             if field is None:  # one field for every key and channel
                 field = torch.as_tensor(self.bias_field(torch.ones_like(values[:1])), dtype=torch.float32)
             out = values.clone()
+            if not bool(torch.isfinite(flat).all()):  # a NaN sorted as the identity: the channel came back a ramp
+                raise ValueError(f"RandCoilFieldd: {_source(d, key)} has values that are not finite (NaN or inf).")
             for c in range(flat.shape[0]):
                 low, high = flat[c].min(), flat[c].max()
                 if low == high:

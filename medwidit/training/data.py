@@ -267,8 +267,9 @@ class SegmentationDataModule(L.LightningDataModule):
             equalisation again); needs the "histogram" intensity mode; probability 0 (the default) removes it.
         coil_prob, coil_coeff_range: a coil field on real training crops as the scanner would have had it, in front
             of the intensity normalisation (``medwidit.data.synth.RandCoilFieldd``: MONAI's ``RandBiasField`` with
-            these coefficients, then the crop's own values handed back in the order of the product); probability 0
-            (the default) removes it. ``intensity_prob``'s bias field multiplies the normalised values instead.
+            these coefficients, then the crop's own values handed back in the order of the product); needs the
+            "histogram" intensity mode; probability 0 (the default) removes it. ``intensity_prob``'s bias field
+            multiplies the normalised values instead.
         spacing_conditioning: every item (training crops, real and synthetic, and validation volumes) carries
             ``"spacing"`` (2N,) mm: the working grid's spacing, then the acquisition's per axis (the scan's own, or
             the simulated slice thickness), for a network with ``spacing_conditioning=True`` (WiDiT).
@@ -387,6 +388,12 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         self.coil_prob = float(coil_prob)
         self.coil_coeff_range = check_coeff_range("coil_coeff_range", coil_coeff_range)
+        if self.coil_prob > 0 and self.preprocessing["intensity"] != "histogram":
+            # its rank hand-back is what equalisation does to a field; a z-score's air (0) is not the crop's minimum
+            raise ValueError(
+                f"coil_prob > 0 hands the crop's values back by rank, as the 'histogram' equalisation would, so it "
+                f"needs preprocessing['intensity'] 'histogram', got {self.preprocessing['intensity']!r}."
+            )
         self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}
@@ -412,7 +419,7 @@ class SegmentationDataModule(L.LightningDataModule):
         out: list[MapTransform] = []
         if self.contrast_prob > 0:  # first: its floor is the air the pipeline equalised, before anything moves it
             out.append(RandContrastRemapd("image", prob=self.contrast_prob))
-        if self.coil_prob > 0:  # as early: its floor is the crop's minimum, the air
+        if self.coil_prob > 0:  # as early: its floor is the crop's minimum, the equalised air
             out.append(RandCoilFieldd("image", prob=self.coil_prob, coeff_range=self.coil_coeff_range))
         if self.flip_prob > 0:
             out += [RandFlipd(KEYS, prob=self.flip_prob, spatial_axis=axis) for axis in range(spatial_dims)]

@@ -107,11 +107,13 @@ def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_m
         (lambda: RandFieldOfViewd(prob=-0.3), r"prob must be in \[0, 1\], got -0.3"),  # and this 0
         (lambda: RandContrastRemapd(prob=7), r"prob must be in \[0, 1\], got 7"),
         (lambda: RandCoilFieldd(prob=-1), r"prob must be in \[0, 1\], got -1"),
-        (lambda: RandCoilFieldd(coeff_range=(0.5, 0.1)), r"coeff_range must be \(low, high\) .* got \(0.5, 0.1\)"),
-        (lambda: RandCoilFieldd(coeff_range=0.4), r"coeff_range must be \(low, high\) .* got 0.4"),
+        (lambda: RandCoilFieldd(coeff_range=(0.5, 0.1)), r"coeff_range must be .* got \(0.5, 0.1\)"),
+        (lambda: RandCoilFieldd(coeff_range=0.4), r"coeff_range must be finite numbers \(low, high\) .* got 0.4"),
+        (lambda: RandCoilFieldd(coeff_range=(0.0, float("inf"))), r"coeff_range .* got \(0.0, inf\)"),  # NaN air
+        (lambda: RandCoilFieldd(coeff_range=(False, True)), r"coeff_range .* got \(False, True\)"),
         (
             lambda: synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], bias_coeff_range=(-0.1, 0.3)),
-            r"bias_coeff_range must be \(low, high\) with 0 <= low <= high, got \(-0.1, 0.3\)",
+            r"bias_coeff_range must be finite numbers \(low, high\) with 0 <= low <= high, got \(-0.1, 0.3\)",
         ),
         (lambda: RandNeckExtensiond(relabel={4: 5}, prob=2), r"prob must be in \[0, 1\], got 2"),
         (lambda: RandLabelsToImaged(num_labels=5, air_prob=5.0), r"air_prob must be in \[0, 1\], got 5.0"),
@@ -322,6 +324,19 @@ def test_coil_field_of_zero_coefficients_is_the_identity_and_channels_share_one_
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], two[0])  # one field for both modalities
     assert torch.equal(out[2], air[0])  # an all-air channel is left as it is
     assert torch.equal(RandCoilFieldd(prob=0.0)({"image": two})["image"], two)
+    assert RandCoilFieldd(coeff_range=(np.float32(0.1), np.float32(0.4))).bias_field.coeff_range == (
+        pytest.approx(0.1),
+        pytest.approx(0.4),
+    )
+
+
+def test_coil_field_refuses_values_that_are_not_finite_naming_the_file():
+    """One NaN made the crop's minimum NaN and the sort the identity: the channel came back as a ramp."""
+    _, image = _equalised_head()
+    broken = MetaTensor(image.clone(), meta={"filename_or_obj": "scan_7.nii.gz"})
+    broken[0, 3, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="RandCoilFieldd: scan_7.nii.gz has values that are not finite"):
+        RandCoilFieldd(prob=1.0)({"image": broken})
 
 
 def test_generator_coil_field_takes_its_coefficient_range():

@@ -306,22 +306,29 @@ def test_contrast_remap_on_real_crops_needs_the_histogram_mode(tmp_path):
         _module(data_list, 3, contrast_prob=1.5)
 
 
-def test_coil_field_on_real_crops_runs_before_the_intensity_augmentations(tmp_path):
+def test_coil_field_on_real_crops_needs_the_histogram_mode_and_runs_before_the_intensity_augmentations(tmp_path):
     data_list = write_dataset(tmp_path)
-    for intensity in INTENSITY_MODES:  # it reorders the crop's own values: any intensity mode
+    for intensity in INTENSITY_MODES:
         preprocessing = {**PREPROCESSING_3D, "intensity": intensity}
         options = {"data_list": data_list, "preprocessing": preprocessing, "roi_size": [16, 16, 16]}
-        dm = SegmentationDataModule(**options, coil_prob=1.0, num_workers=0, batch_size=1, num_crops=2)
+        if intensity != "histogram":  # a z-score's air (0) is not the crop's minimum: it took tissue values
+            with pytest.raises(ValueError, match="coil_prob > 0 .* 'histogram'"):
+                SegmentationDataModule(**options, coil_prob=0.5)
+            continue
+        dm = SegmentationDataModule(
+            **options, coil_prob=1.0, coil_coeff_range=[0.1, 0.5], num_workers=0, batch_size=1, num_crops=2
+        )
         dm.setup("fit")
         assert next(iter(dm.train_dataloader()))["image"].shape == (2, 1, 16, 16, 16)
-        kinds = [type(t).__name__ for t in dm.train_transforms().transforms]
+        transforms = dm.train_transforms().transforms
+        kinds = [type(t).__name__ for t in transforms]
         coil = kinds.index("RandCoilFieldd")  # while the crop's minimum is still its air
         assert all(kinds.index(name) > coil for name in ("RandScaleIntensityd", "RandBiasFieldd", "RandGaussianNoised"))
-        assert dm.coil_coeff_range == (0.0, 0.8)
+        assert transforms[coil].bias_field.coeff_range == (0.1, 0.5) and transforms[coil].prob == 1.0
     assert "RandCoilFieldd" not in [type(t).__name__ for t in _module(data_list, 3).train_transforms().transforms]
     with pytest.raises(ValueError, match="coil_prob must be in"):
         _module(data_list, 3, coil_prob=1.5)
-    with pytest.raises(ValueError, match=r"coil_coeff_range must be \(low, high\) .* got \[0.6, 0.2\]"):
+    with pytest.raises(ValueError, match=r"coil_coeff_range must be finite numbers \(low, high\) .* got \[0.6, 0.2\]"):
         _module(data_list, 3, coil_coeff_range=[0.6, 0.2])
 
 
