@@ -347,7 +347,22 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
         return d
 
 
-class RandContrastRemapd(RandomizableTransform, MapTransform):
+class _CoilFieldTransform(RandomizableTransform, MapTransform):
+    """A random dictionary transform that draws a MONAI ``RandBiasField`` (degree 3, coefficients uniform in the
+    range ``coeff_name`` names) from its own random stream, so that one seed draws the same field."""
+
+    def __init__(self, keys: KeysCollection, prob: float, coeff_range, coeff_name: str) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
+        self.bias_field = RandBiasField(coeff_range=check_coeff_range(coeff_name, coeff_range), prob=1.0)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.bias_field.set_random_state(state=self.R)  # one stream with the transform's own draws
+        return self
+
+
+class RandContrastRemapd(_CoilFieldTransform):
     """Another scanner's or sequence's contrast on a crop the pipeline has histogram-equalised onto [-1, 1] already:
     a random piecewise-linear intensity curve through ``num_control_points`` equally spaced knots whose values are
     drawn independently, so the curve need not be monotone (T2-like inversions included) but the floor, air, stays
@@ -366,23 +381,15 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         bias_prob: float = 0.5,
         bias_coeff_range: tuple[float, float] = (0.1, 0.5),
     ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
+        super().__init__(keys, prob, bias_coeff_range, "bias_coeff_range")
         knots = tuple(num_control_points) if isinstance(num_control_points, Sequence) else ()
         if len(knots) != 2 or not all(isinstance(n, int) for n in knots) or not 3 <= knots[0] <= knots[1]:
             raise ValueError(
                 f"num_control_points must be integers (low, high) with 3 <= low <= high, got {num_control_points!r}."
             )
-        coeff = check_coeff_range("bias_coeff_range", bias_coeff_range)
         if not 0.0 <= float(bias_prob) <= 1.0:
             raise ValueError(f"bias_prob must be in [0, 1], got {bias_prob}.")
         self.num_control_points, self.bias_prob = knots, float(bias_prob)
-        self.bias_field = RandBiasField(coeff_range=coeff, prob=1.0)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.bias_field.set_random_state(state=self.R)  # one stream: the same seed draws the same curve and field
-        return self
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -410,7 +417,7 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         return d
 
 
-class RandCoilFieldd(RandomizableTransform, MapTransform):
+class RandCoilFieldd(_CoilFieldTransform):
     """A receive coil's smooth multiplicative field on a real crop that the pipeline has intensity-normalised
     already, as it would be after the normalisation had seen it: MONAI's ``RandBiasField`` (degree 3, coefficients
     uniform in ``coeff_range``) multiplies the crop's values above its floor (air, the minimum, stays the floor), and
@@ -426,14 +433,7 @@ class RandCoilFieldd(RandomizableTransform, MapTransform):
     def __init__(
         self, keys: KeysCollection = "image", *, prob: float = 0.3, coeff_range: tuple[float, float] = (0.0, 0.8)
     ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
-        self.bias_field = RandBiasField(coeff_range=check_coeff_range("coeff_range", coeff_range), prob=1.0)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.bias_field.set_random_state(state=self.R)  # one stream: the same seed draws the same field
-        return self
+        super().__init__(keys, prob, coeff_range, "coeff_range")
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
