@@ -351,6 +351,7 @@ def threshold_oracle(test, args, candidates: int = 17) -> dict:
 
 def main() -> None:
     args = parse_args()
+    ensemble_sizes(args.samples)  # a bad --samples fails now, not after the training budget
     torch.set_num_threads(args.threads)  # a script may set threads; one thread keeps CPU time honest under load
     torch.manual_seed(args.seed)
     wall, cpu = time.perf_counter(), time.process_time()

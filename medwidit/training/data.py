@@ -380,20 +380,20 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(
                 f"thickness_range must be (low, high) voxels with 1 <= low <= high, got {thickness_range}."
             )
-        self.contrast_prob = float(contrast_prob)
-        if self.contrast_prob > 0 and self.preprocessing["intensity"] != "histogram":
-            raise ValueError(
-                f"contrast_prob > 0 re-equalises the remapped crop, so it needs preprocessing['intensity'] "
-                f"'histogram', got {self.preprocessing['intensity']!r}."
-            )
-        self.coil_prob = float(coil_prob)
+        self.contrast_prob, self.coil_prob = float(contrast_prob), float(coil_prob)
         self.coil_coeff_range = check_coeff_range("coil_coeff_range", coil_coeff_range)
-        if self.coil_prob > 0 and self.preprocessing["intensity"] != "histogram":
-            # its rank hand-back is what equalisation does to a field; a z-score's air (0) is not the crop's minimum
-            raise ValueError(
-                f"coil_prob > 0 hands the crop's values back by rank, as the 'histogram' equalisation would, so it "
-                f"needs preprocessing['intensity'] 'histogram', got {self.preprocessing['intensity']!r}."
-            )
+        # the coil field's rank hand-back is what equalisation does to a field; a z-score's air (0) is not the
+        # crop's minimum
+        equalising = {
+            "contrast_prob": "re-equalises the remapped crop",
+            "coil_prob": "hands the crop's values back by rank",
+        }
+        for name, what in equalising.items():
+            if getattr(self, name) > 0 and self.preprocessing["intensity"] != "histogram":
+                raise ValueError(
+                    f"{name} > 0 {what}, as the 'histogram' equalisation does, so it needs preprocessing['intensity'] "
+                    f"'histogram', got {self.preprocessing['intensity']!r}."
+                )
         self.spacing_conditioning = check_bool("spacing_conditioning", spacing_conditioning)
         self.spacing_key = "spacing" if self.spacing_conditioning else None
         self._datasets: dict[str, Dataset] = {}

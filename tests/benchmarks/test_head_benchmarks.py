@@ -2,6 +2,8 @@
 networks it names (token path and pixel pathway), and boundary.py's patch-grid measure scores a map made of whole
 patches 1 and a map not tied to the grid near 1 / patch."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,15 @@ def test_phantom_ensembles_average_the_members_probabilities_and_are_chosen_with
     for bad in ("0", "two", ""):
         with pytest.raises(SystemExit, match="--samples must be ensemble sizes"):
             learn_phantoms.ensemble_sizes(bad)
+
+
+def test_add_to_reads_a_setting_an_older_results_file_lacks_as_its_default(tmp_path):
+    """Files written before ``--samples`` existed have no such setting: they were scored on one sample."""
+    older = tmp_path / "older.json"
+    settings = {k: str(v) if k in ("out", "add_to") else v for k, v in vars(learn_phantoms.parse_args([])).items()}
+    del settings["samples"]
+    older.write_text(json.dumps({"settings": settings, "wall_clock_seconds": 1.0, "cpu_seconds": 1.0, "heads": {}}))
+    results = learn_phantoms.earlier_results(learn_phantoms.parse_args(["--add-to", str(older)]))
+    assert results["runs"][0]["cpu_seconds"] == 1.0
+    with pytest.raises(ValueError, match="'samples': \\('1,8', '1'\\)"):
+        learn_phantoms.earlier_results(learn_phantoms.parse_args(["--add-to", str(older), "--samples", "1,8"]))
