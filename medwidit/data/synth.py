@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from numbers import Real
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ from monai.transforms import (
 )
 
 from medwidit.data.transforms import RecordSpacingd, equalise_channels, gaussian_blur
-from medwidit.utils import check_bool, check_int, check_range, is_integer
+from medwidit.utils import check_bool, check_int, check_interval, check_range, is_integer
 
 __all__ = [
     "RandCoilFieldd",
@@ -63,7 +62,6 @@ __all__ = [
     "RandNeckExtensiond",
     "RandSliceThicknessd",
     "SynthesisError",
-    "check_coeff_range",
     "synthesis_transforms",
     "thick_slices",
 ]
@@ -74,15 +72,6 @@ ROTATE_DEGREES = 15.0  # synthesis_transforms' random rotation of the label map,
 def _probability(name: str, value) -> float:
     """A probability in [0, 1] (MONAI clips one outside to 0 or 1 without a word), else a ValueError naming it."""
     return check_range(name, value, 0, 1, closed_high=True)
-
-
-def check_coeff_range(name: str, value) -> tuple[float, float]:
-    """A ``RandBiasField`` coefficient range (low, high) with 0 <= low <= high, else a ValueError naming it."""
-    coeff = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
-    numbers = all(isinstance(c, Real) and not isinstance(c, bool) and math.isfinite(c) for c in coeff)
-    if len(coeff) != 2 or not numbers or not 0.0 <= coeff[0] <= coeff[1]:  # an infinite one made the air NaN
-        raise ValueError(f"{name} must be finite numbers (low, high) with 0 <= low <= high, got {value!r}.")
-    return float(coeff[0]), float(coeff[1])
 
 
 class SynthesisError(ValueError):
@@ -186,11 +175,8 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
-        if not isinstance(thickness_range, Sequence) or len(thickness_range) != 2:
-            raise ValueError(f"thickness_range must be (low, high) in voxels, got {thickness_range!r}.")
-        if not 1.0 <= thickness_range[0] <= thickness_range[1]:
-            raise ValueError(f"thickness_range must be (low, high) with 1 <= low <= high, got {thickness_range}.")
-        self.thickness_range, self.axes = tuple(thickness_range), tuple(int(a) for a in axes)
+        self.thickness_range = check_interval("thickness_range", thickness_range, low=1.0, unit=" in voxels")
+        self.axes = tuple(int(a) for a in axes)
         self.spacing_key = spacing_key
 
     def __call__(self, data: Mapping) -> dict:
@@ -308,9 +294,7 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, [label_key])
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
-        if not 0.0 <= length_mm[0] <= length_mm[1]:
-            raise ValueError(f"length_mm must be (low, high) with 0 <= low <= high, got {tuple(length_mm)}.")
-        self.label_key, self.length_mm = label_key, (float(length_mm[0]), float(length_mm[1]))
+        self.label_key, self.length_mm = label_key, check_interval("length_mm", length_mm, unit=" mm")
         self.relabel = {int(k): int(v) for k, v in dict(relabel).items()}
 
     def __call__(self, data: Mapping) -> dict:
@@ -354,7 +338,8 @@ class _CoilFieldTransform(RandomizableTransform, MapTransform):
     def __init__(self, keys: KeysCollection, prob: float, coeff_range, coeff_name: str) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
-        self.bias_field = RandBiasField(coeff_range=check_coeff_range(coeff_name, coeff_range), prob=1.0)
+        # an infinite coefficient made the air NaN
+        self.bias_field = RandBiasField(coeff_range=check_interval(coeff_name, coeff_range), prob=1.0)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
@@ -447,9 +432,9 @@ class RandCoilFieldd(_CoilFieldTransform):
             flat = values.reshape(values.shape[0], -1)
             if field is None:  # one field for every key and channel
                 field = torch.as_tensor(self.bias_field(torch.ones_like(values[:1])), dtype=torch.float32)
-            out = values.clone()
             if not bool(torch.isfinite(flat).all()):  # a NaN sorted as the identity: the channel came back a ramp
                 raise ValueError(f"RandCoilFieldd: {_source(d, key)} has values that are not finite (NaN or inf).")
+            out = values.clone()
             for c in range(flat.shape[0]):
                 low, high = flat[c].min(), flat[c].max()
                 if low == high:
@@ -534,7 +519,7 @@ def synthesis_transforms(
         RandLabelsToImaged(label_key, image_key, num_labels=num_labels),
         RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
         RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range, spacing_key=spacing_key),
-        RandBiasFieldd(image_key, prob=0.5, coeff_range=check_coeff_range("bias_coeff_range", bias_coeff_range)),
+        RandBiasFieldd(image_key, prob=0.5, coeff_range=check_interval("bias_coeff_range", bias_coeff_range)),
         ScaleIntensityRangePercentilesd(image_key, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
         RandAdjustContrastd(image_key, prob=0.5, gamma=(0.5, 2.0)),
         RandGaussianNoised(image_key, prob=0.5, std=0.03),

@@ -42,7 +42,7 @@ from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import ROTATE_DEGREES as SYNTH_ROTATE_DEGREES
-from medwidit.data.synth import RandCoilFieldd, RandContrastRemapd, RandSliceThicknessd, check_coeff_range
+from medwidit.data.synth import RandCoilFieldd, RandContrastRemapd, RandSliceThicknessd
 from medwidit.data.transforms import (
     INTENSITY_MODES,
     EdgePaddedd,
@@ -50,7 +50,7 @@ from medwidit.data.transforms import (
     pad_to_crop,
     preprocessing_transforms,
 )
-from medwidit.utils import check_bool, check_int, image_grid, label_values
+from medwidit.utils import check_bool, check_int, check_interval, image_grid, label_values
 
 from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
 
@@ -375,13 +375,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
         self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
-        self.thickness_prob, self.thickness_range = float(thickness_prob), tuple(float(t) for t in thickness_range)
-        if len(self.thickness_range) != 2 or not 1.0 <= self.thickness_range[0] <= self.thickness_range[1]:
-            raise ValueError(
-                f"thickness_range must be (low, high) voxels with 1 <= low <= high, got {thickness_range}."
-            )
+        self.thickness_prob = float(thickness_prob)
+        self.thickness_range = check_interval("thickness_range", thickness_range, low=1.0, unit=" voxels")
         self.contrast_prob, self.coil_prob = float(contrast_prob), float(coil_prob)
-        self.coil_coeff_range = check_coeff_range("coil_coeff_range", coil_coeff_range)
+        self.coil_coeff_range = check_interval("coil_coeff_range", coil_coeff_range)
         # the coil field's rank hand-back is what equalisation does to a field; a z-score's air (0) is not the
         # crop's minimum
         equalising = {

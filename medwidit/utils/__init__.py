@@ -3,13 +3,14 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_bool, check_int, check_range, is_finite_number, is_integer
+from .checks import check_bool, check_int, check_interval, check_range, is_finite_number, is_integer
 from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
 
 __all__ = [
     "atomic_write",
     "check_bool",
     "check_int",
+    "check_interval",
     "check_range",
     "commit",
     "image_grid",

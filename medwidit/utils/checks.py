@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
-__all__ = ["check_bool", "check_int", "check_range", "is_finite_number", "is_integer"]
+import numpy as np
+
+__all__ = ["check_bool", "check_int", "check_interval", "check_range", "is_finite_number", "is_integer"]
 
 
 def is_finite_number(value) -> bool:
@@ -42,3 +45,12 @@ def check_range(name: str, value, low: float, high: float, *, closed_high: bool 
     if isinstance(value, bool) or not ok:
         raise ValueError(f"{name} must be in [{low}, {high}{']' if closed_high else ')'}, got {value!r}.")
     return float(value)
+
+
+def check_interval(name: str, value, *, low: float = 0.0, unit: str = "") -> tuple[float, float]:
+    """``value`` as a pair of finite floats (a, b) with ``low`` <= a <= b (a range a transform draws from), else a
+    ValueError naming ``name``; ``unit`` (e.g. " mm") follows "(low, high)" in the message."""
+    pair = tuple(value) if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str) else ()
+    if len(pair) != 2 or not all(is_finite_number(v) for v in pair) or not low <= pair[0] <= pair[1]:
+        raise ValueError(f"{name} must be (low, high){unit} with {low:g} <= low <= high, finite, got {value!r}.")
+    return float(pair[0]), float(pair[1])

@@ -1,10 +1,11 @@
 """utils.check_bool: a command-line "false" is False (bool("false") is True, which once turned spacing conditioning
 on in a run meant to train without it); anything else that is not a boolean is named."""
 
+import numpy as np
 import pytest
 
 from medwidit.nets import WiDiT
-from medwidit.utils import check_bool
+from medwidit.utils import check_bool, check_interval
 
 
 @pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("false", False), (" True ", True)])
@@ -21,3 +22,14 @@ def test_anything_else_is_refused_by_name(value):
 def test_widit_reads_a_false_word_as_false():
     net = WiDiT(spatial_dim=2, hidden_size=16, depth=1, num_heads=2, window_size=2, spacing_conditioning="false")
     assert net.config["spacing_conditioning"] is False and net.s_embedder is None
+
+
+def test_check_interval_takes_a_finite_ordered_pair_above_its_floor_and_names_it():
+    """The (low, high) ranges transforms draw from (coil fields, slice thickness, neck length): one check for all."""
+    assert check_interval("r", [0, 0.6]) == (0.0, 0.6)
+    assert check_interval("r", np.array([1.0, 4.0]), low=1.0) == (1.0, 4.0)
+    for bad in ((0.5, 0.1), (-0.1, 0.3), (0.0, float("inf")), (False, True), 0.4, "ab", (1, 2, 3)):
+        with pytest.raises(ValueError, match=r"r must be \(low, high\) mm with 0 <= low <= high, finite, got"):
+            check_interval("r", bad, unit=" mm")
+    with pytest.raises(ValueError, match="with 1 <= low"):
+        check_interval("thickness_range", (0.5, 2.0), low=1.0)
