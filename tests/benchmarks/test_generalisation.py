@@ -133,6 +133,30 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     ]
 
 
+def test_keep_leaves_each_case_and_mask_in_a_new_folder_and_refuses_a_used_one(tmp_path, monkeypatch):
+    image, label = _ball()
+    image_path, label_path = tmp_path / "i.nii.gz", tmp_path / "l.nii.gz"
+    nib.save(image, str(image_path))
+    nib.save(label, str(label_path))
+
+    def copy_truth(tool, python, image, mask, threads, bundle, segment_args):
+        shutil.copyfile(label_path, mask)
+        return {"cpu_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_mb": 0.0}
+
+    monkeypatch.setattr(generalisation, "run_tool", copy_truth)
+    keep = tmp_path / "kept"
+    arguments = ["--no-colin27", "--base", "ball", str(image_path), str(label_path), "--tools", "medwidit"]
+    arguments += ["--cases", "ball", "fov", "--keep", str(keep), "--output", str(tmp_path / "out.json")]
+    record = generalisation.main(arguments)
+    assert sorted(p.name for p in keep.iterdir()) == sorted(
+        f"{case}_{kind}.nii.gz" for case in ("ball", "ball_fov") for kind in ("image", "truth", "medwidit_mask")
+    )
+    assert [row["case"] for row in record["rows"]] == ["ball", "ball_fov"]
+    with pytest.raises(SystemExit):  # argparse's error: the folder is not empty
+        generalisation.main(arguments)
+    assert len(list(keep.iterdir())) == 6  # nothing of the first run overwritten or added
+
+
 def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(monkeypatch, tmp_path):
     calls = []
 
