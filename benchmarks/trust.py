@@ -245,7 +245,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         localized = out.get("localization") or {}
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
-            weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"),
+            weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"), image=image[None],
         )  # the predictor's report, as the CLI writes it  # fmt: skip
         calibrated = quality["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]

@@ -6,7 +6,10 @@ saw) scores near 1 all the same: on the shifted cases of ``benchmarks/trust.py``
 while the true Dice fell to 0.57. What does move with the error is already in the case's quality report: how much of
 the full-resolution foreground the coarse pass's region held (``localization.kept``: the two grids disagree where
 one of them is wrong), how far a class volume lies outside the range the task expects, and the entropy over the
-foreground (the epistemic part: where sets of weights disagree). A multiplicative model over these,
+foreground (the epistemic part: where sets of weights disagree), and whether the image shows an edge where the
+class ends (``boundary_overlap``: members that agree on a boundary no edge supports, an inverted contrast
+segmented as a T1, leave the voxels just outside it looking like those just inside). A multiplicative model over
+these,
 
     predicted Dice = clip(exp(intercept + sum_i weight_i * feature_i), 0, 1)
 
@@ -31,6 +34,12 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
                            (0 inside the range, or where the bundle declares none)
     epistemic_foreground   mean epistemic entropy over the predicted foreground, nats
     total_foreground       mean predictive entropy over the predicted foreground, nats
+    log_boundary           log((1 - boundary_overlap) / (1 - BOUNDARY_KNEE)), at most 0: 0 while at most 80% of
+                           the voxels within 3 mm outside the class look like those within 3 mm inside it (every
+                           validation case above Dice 0.85 stayed below 0.68), falling as its boundary stops
+                           separating anything; 0 without the report's ``boundary_overlap`` (no evidence). Not in
+                           the shipped bundle's calibration: its fit lowered the validation error and raised the
+                           trust cases' (``benchmarks/results/trust_boundary.json``)
 
 The background class keeps the ensemble's own figure.
 """
@@ -46,10 +55,15 @@ from medwidit.utils import is_finite_number
 
 from .options import read_inference_config
 
-FEATURES = ("log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground")
+FEATURES = (
+    "log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground", "log_boundary"
+)  # fmt: skip
 PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
 MIN_DICE = 1e-3  # log_ensemble_dice's floor: an ensemble estimate of 0 (members that never agree) stays finite
 MAX_VOLUME_OUTSIDE = math.log(1e3)  # an empty class lies "infinitely" far below its range: capped at a factor 1000
+# the boundary overlap above which a class's edge counts as unsupported; chosen with the shells' depth on the 48
+# validation cases (benchmarks/boundary_overlap.py, results/boundary_overlap.json)
+BOUNDARY_KNEE = 0.8
 
 __all__ = [
     "FEATURES",
@@ -95,10 +109,11 @@ def bundle_calibration(bundle_dir) -> dict | None:
     return check_calibration(config.get("quality_calibration"), source=f"{path}: quality_calibration")
 
 
-def case_features(quality: Mapping, k: int | str) -> dict[str, float]:
+def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDARY_KNEE) -> dict[str, float]:
     """Class ``k``'s features (``FEATURES``) from a case's quality report (``trust.quality_report``, with the
     predictor's ``localization`` entry where the pass ran; ``predicted_dice`` is the ensemble's own estimate unless
-    ``ensemble_dice`` records it)."""
+    ``ensemble_dice`` records it). ``boundary_knee``: ``log_boundary``'s knee (``benchmarks/boundary_overlap.py``
+    compares others)."""
     key = str(k)
     own = quality.get("ensemble_dice") or quality["predicted_dice"]
     localized = quality.get("localization")
@@ -111,12 +126,17 @@ def case_features(quality: Mapping, k: int | str) -> dict[str, float]:
         below = 0.0 if low <= 0 else math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE  # a range from 0
         outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
     maps = quality.get("uncertainty", {})
+    overlap = (quality.get("boundary_overlap") or {}).get(key)
+    boundary = 0.0
+    if overlap is not None:  # 0 up to the knee, then log of how much less of the outside differs than at the knee
+        boundary = min(0.0, math.log(max(1.0 - float(overlap), MIN_DICE) / (1.0 - boundary_knee)))
     return {
         "log_ensemble_dice": math.log(max(float(own[key]), MIN_DICE)),
         "log_kept": math.log(max(kept, MIN_DICE)),
         "volume_outside": outside,
         "epistemic_foreground": float(maps.get("epistemic", {}).get("mean_foreground_nats", 0.0)),
         "total_foreground": float(maps.get("total", {}).get("mean_foreground_nats", 0.0)),
+        "log_boundary": boundary,
     }
 
 

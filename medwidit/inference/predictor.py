@@ -551,7 +551,7 @@ class Predictor:
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
         quality = self.case_quality(
             label_map, geometry.affine, summary["estimated_dice"][0].tolist(), maps, views=augment,
-            num_samples=num_samples, weight_sets=len(segmenters), kept=kept, applied=applied,
+            num_samples=num_samples, weight_sets=len(segmenters), kept=kept, applied=applied, image=array,
         )  # fmt: skip
         return Segmentation(
             label_map=label_map,
@@ -566,15 +566,27 @@ class Predictor:
         )
 
     def case_quality(
-        self, label_map, affine, ensemble_dice, maps, *, views, num_samples, weight_sets, kept=None, applied=None
+        self,
+        label_map,
+        affine,
+        ensemble_dice,
+        maps,
+        *,
+        views,
+        num_samples,
+        weight_sets,
+        kept=None,
+        applied=None,
+        image=None,
     ) -> dict:
         """A case's quality report as this predictor writes it: ``trust.quality_report`` of the written labels with
-        the ensemble's own Dice estimate per class, the localization entry (its settings, the share ``kept`` and
+        the ensemble's own Dice estimate per class (and ``boundary_overlap`` with ``image``, the case (C, *S) on the
+        labels' grid), the localization entry (its settings, the share ``kept`` and
         whether the region was ``applied``; None where no region was cut or offered), then ``quality_calibration``.
         ``benchmarks/trust.py`` scores the same report."""
         quality = quality_report(
             label_map, affine, ensemble_dice, maps, views=views, num_samples=num_samples, weight_sets=weight_sets,
-            expected_volume_ml=self.expected_volume_ml,
+            expected_volume_ml=self.expected_volume_ml, image=image,
         )  # fmt: skip
         localized = None if kept is None else {**self.localization, "kept": kept, "applied": applied}
         return apply_calibration({**quality, "localization": localized}, self.quality_calibration)

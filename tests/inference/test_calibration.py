@@ -13,6 +13,7 @@ from inference_volumes import ThresholdOracle, save_nifti
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
 from medwidit.inference.calibration import (
+    BOUNDARY_KNEE,
     FEATURES,
     PRODUCT_RULE,
     apply_calibration,
@@ -28,8 +29,11 @@ PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": 
 FAST = {"steps": 2, "num_samples": 2}
 
 
-def _quality(predicted=0.97, volume=1000.0, kept=0.6, epistemic=0.02, total=0.1, expected=(900.0, 2200.0)):
+def _quality(
+    predicted=0.97, volume=1000.0, kept=0.6, epistemic=0.02, total=0.1, expected=(900.0, 2200.0), overlap=None
+):
     return {
+        "boundary_overlap": {} if overlap is None else {"1": overlap},
         "predicted_dice": {"0": 0.99, "1": predicted},
         "min_predicted_dice": predicted,
         "volume_ml": {"0": 5000.0, "1": volume},
@@ -40,6 +44,21 @@ def _quality(predicted=0.97, volume=1000.0, kept=0.6, epistemic=0.02, total=0.1,
         },
         "localization": None if kept is None else {"kept": kept, "applied": True},
     }
+
+
+def test_a_boundary_the_image_does_not_show_lowers_the_feature_past_the_knee():
+    """0 while the outside shell differs from the inside as much as at an edge (up to the knee, 0.8), then the log of
+    how much less of it differs; a class without a boundary (None) is no evidence."""
+    assert case_features(_quality(overlap=0.4), 1)["log_boundary"] == 0.0
+    assert case_features(_quality(overlap=BOUNDARY_KNEE), 1)["log_boundary"] == pytest.approx(0.0)
+    assert case_features(_quality(overlap=0.9), 1)["log_boundary"] == pytest.approx(math.log(0.1 / 0.2))
+    assert case_features(_quality(overlap=1.0), 1)["log_boundary"] == pytest.approx(math.log(1e-3 / 0.2))  # finite
+    assert case_features(_quality(overlap=None), 1)["log_boundary"] == 0.0
+    quality = _quality(overlap=0.95)
+    quality["boundary_overlap"]["1"] = None  # an empty class
+    assert case_features(quality, 1)["log_boundary"] == 0.0
+    model = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_boundary": 0.5}}
+    assert calibrated_dice(case_features(_quality(overlap=0.95), 1), model) == pytest.approx(0.97 * 0.25**0.5)
 
 
 def test_settings_are_checked_and_name_what_is_wrong():
@@ -75,6 +94,7 @@ def test_the_features_come_from_the_quality_report():
         "volume_outside": pytest.approx(math.log(2.0)),  # half the low end of the range
         "epistemic_foreground": 0.02,
         "total_foreground": 0.1,
+        "log_boundary": 0.0,  # no boundary_overlap in the report: no evidence either way
     }
     assert case_features(_quality(volume=4400.0), "1")["volume_outside"] == pytest.approx(math.log(2.0))
     assert case_features(_quality(volume=1500.0), 1)["volume_outside"] == 0.0  # inside the range

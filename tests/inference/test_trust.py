@@ -14,6 +14,7 @@ from medwidit.inference.trust import (
     View,
     apply_view,
     augmentation_views,
+    boundary_overlap,
     check_expected_volumes,
     check_view_options,
     decompose_entropy,
@@ -180,6 +181,51 @@ def test_quality_report_counts_millilitres_on_the_grid_and_summarises_the_maps()
     assert report["views"] == 3 and report["samples_per_view"] == 2
     assert report["expected_volume_ml"] == {} and report["unexpected_volumes"] == {}
     json.dumps(report, allow_nan=False)  # JSON types only
+
+
+def _ball(shape=(24, 24, 24), radius=7.0) -> np.ndarray:
+    grid = np.indices(shape) - (np.array(shape) // 2)[:, None, None, None]
+    return (grid**2).sum(0) <= radius**2
+
+
+def test_boundary_overlap_is_low_on_an_edge_and_high_where_the_image_shows_none():
+    """A bright ball on dark air: its own mask's outside shell is air (0), whatever the sign of the contrast; a mask
+    cut 3 voxels inside the ball has tissue on both sides (1)."""
+    ball, rng = _ball(), np.random.default_rng(0)
+    image = np.where(ball, 100.0, 0.0) + rng.normal(0, 2.0, ball.shape)
+    affine = np.eye(4)
+    assert boundary_overlap(image[None], ball, affine) == 0.0
+    assert boundary_overlap(-image[None], ball, affine) == 0.0  # an inverted contrast's edge is an edge too
+    assert boundary_overlap(image[None], _ball(radius=4.0), affine) > 0.75  # 10th-90th percentile of the inside
+    assert boundary_overlap(image[None], np.zeros_like(ball), affine) is None  # no class, no boundary
+    assert boundary_overlap(image[None], np.ones_like(ball), affine) is None  # no outside
+    image[0, 0, 0] = np.nan  # a value that is not finite counts for neither side
+    assert boundary_overlap(image[None], ball, affine) == 0.0
+
+
+def test_boundary_overlap_measures_its_shells_in_mm_and_takes_the_clearest_channel():
+    """A mask that ends at x = 10 (the volume's other faces are not a boundary), one dark voxel slab after it and
+    tissue beyond: at 1 mm the 3 mm shell holds x = 10, 11, 12 (2 of 3 tissue-like); with 3 mm voxels along x only
+    x = 10 (dark). Of two channels the one where the boundary is clearer counts."""
+    mask = np.zeros((20, 6, 6), dtype=bool)
+    mask[:10] = True
+    image = np.full(mask.shape, 100.0)
+    image[10] = 0.0
+    assert boundary_overlap(image[None], mask, np.eye(4)) == pytest.approx(2 / 3)
+    assert boundary_overlap(image[None], mask, np.diag([3.0, 1.0, 1.0, 1.0])) == 0.0
+    assert boundary_overlap(image[None], mask, np.eye(4), depth_mm=1.0) == 0.0
+    flat = np.full(mask.shape, 100.0)
+    assert boundary_overlap(np.stack([flat, image]), mask, np.eye(4)) == pytest.approx(2 / 3)
+    assert boundary_overlap(flat[None], mask, np.eye(4)) == 1.0
+
+
+def test_quality_report_gives_each_foreground_class_its_boundary_overlap_with_the_image():
+    labels = np.where(_ball(), 1, 0).astype(np.int64)
+    image = np.where(labels == 1, 100.0, 0.0)[None]
+    report = quality_report(labels, np.eye(4), [1.0, 0.9, 1.0], {}, views=1, num_samples=2, image=image)
+    assert report["boundary_overlap"] == {"1": 0.0, "2": None}  # class 2 is empty
+    assert quality_report(labels, np.eye(4), [1.0, 0.9], {}, views=1, num_samples=2)["boundary_overlap"] == {}
+    json.dumps(report, allow_nan=False)
 
 
 def test_a_class_volume_outside_the_expected_range_is_listed_with_its_range():

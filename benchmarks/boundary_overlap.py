@@ -1,0 +1,109 @@
+"""Choose the depth of ``trust.boundary_overlap``'s shells and the knee of the calibration's ``log_boundary`` on
+validation cases, by the leave-one-case-out error of the per-case Dice estimate.
+
+Input: a ``generalisation.py --keep DIR`` run over validation cases (never Colin27): its JSON (the medwidit rows'
+quality reports and true Dice) and DIR (each case's image and medwidit's mask). No sampling: the overlap is computed
+here from the kept files at each ``--depths`` (mm), the feature at each ``--knees``, and each pair is scored by the
+leave-one-out MAE and Spearman of ``quality_calibration.py``'s chosen features (``--features``) with
+``log_boundary`` added, beside the same features without it.
+
+    python benchmarks/boundary_overlap.py runs/val48.json runs/val48 --depths 2 3 4 --knees 0.7 0.75 0.8 0.85
+
+Writes ``benchmarks/results/boundary_overlap.json`` and prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from _report import ROOT, environment, fmt, write_json  # benchmarks/ is on sys.path when a script runs
+from quality_calibration import CLASS, leave_one_out, scores
+
+from medwidit.inference.calibration import case_features
+from medwidit.inference.trust import boundary_overlap
+
+DEFAULT_FEATURES = ("log_ensemble_dice", "log_kept", "volume_outside")  # 0.6.1's calibration
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="generalisation.py --keep run's JSON")
+    parser.add_argument("kept", type=Path, help="its --keep folder")
+    parser.add_argument("--depths", type=float, nargs="+", default=[2.0, 3.0, 4.0])
+    parser.add_argument("--knees", type=float, nargs="+", default=[0.7, 0.75, 0.8, 0.85])
+    parser.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES))
+    parser.add_argument("--low-dice", type=float, default=0.9)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "boundary_overlap.json")
+    args = parser.parse_args(argv)
+    bad = [k for k in args.knees if not 0.0 < k < 1.0] + [d for d in args.depths if not d > 0]
+    if bad:
+        parser.error(f"knees must lie in (0, 1) and depths be positive mm, got {bad}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = environment(torch.device("cpu"), __file__)
+    rows = []
+    for row in json.loads(args.results.read_text())["rows"]:
+        if row.get("tool") != "medwidit" or row.get("dice") is None or not row.get("quality"):
+            continue
+        image_path = args.kept / f"{row['case']}_image.nii.gz"
+        mask_path = args.kept / f"{row['case']}_medwidit_mask.nii.gz"
+        if not image_path.is_file() or not mask_path.is_file():
+            raise SystemExit(f"{args.kept}: no {image_path.name} or {mask_path.name}; was it the run's --keep?")
+        image = nib.load(str(image_path))
+        data = np.asarray(image.dataobj, dtype=np.float32)[None]
+        mask = np.asarray(nib.load(str(mask_path)).dataobj) == int(CLASS)
+        overlaps = {d: boundary_overlap(data, mask, image.affine, depth_mm=d) for d in args.depths}
+        rows.append({"case": row["case"], "true": float(row["dice"]), "quality": row["quality"], "overlap": overlaps})
+    if len(rows) < 5:
+        raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {args.results}: need at least 5.")
+    true = np.array([r["true"] for r in rows])
+    names = tuple(args.features)
+    candidates = []
+    for depth in [None, *args.depths]:
+        for knee in [None] if depth is None else args.knees:
+            cases = []
+            for r in rows:
+                quality = {**r["quality"], "boundary_overlap": {} if depth is None else {CLASS: r["overlap"][depth]}}
+                features = case_features(quality, CLASS, **({} if knee is None else {"boundary_knee": knee}))
+                cases.append({"features": features, "true": r["true"]})
+            used = names if depth is None else (*names, "log_boundary")
+            held_out = leave_one_out(cases, used)
+            above = true > 0.85
+            candidates.append(
+                {"depth_mm": depth, "knee": knee, "features": list(used),
+                 "leave_one_out": scores(held_out, true, args.low_dice),
+                 "mae_above_0.85": float(np.abs(held_out - true)[above].mean()) if above.any() else None}
+            )  # fmt: skip
+    lines = ["| depth (mm) | knee | LOO MAE | LOO Spearman | MAE, cases above 0.85 |", "|---|---|---|---|---|"]
+    for c in candidates:
+        s = c["leave_one_out"]
+        lines.append(f"| {c['depth_mm'] or 'without'} | {c['knee'] or '—'} | {fmt(s['mae'])} | {fmt(s['spearman'])} "
+                     f"| {fmt(c['mae_above_0.85'])} |")  # fmt: skip
+    result = {
+        "command": shlex.join(["python", "benchmarks/boundary_overlap.py", *(sys.argv[1:] if argv is None else argv)]),
+        "environment": started,
+        "cases": [
+            {"case": r["case"], "true": r["true"], "overlap": {str(d): v for d, v in r["overlap"].items()}}
+            for r in rows
+        ],  # fmt: skip
+        "candidates": candidates,
+        "markdown": "\n".join(lines),
+    }
+    print(result["markdown"])
+    write_json(result, args.output)
+    print(f"wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
