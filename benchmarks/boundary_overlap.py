@@ -3,7 +3,8 @@ validation cases, by the leave-one-case-out error of the per-case Dice estimate.
 
 Input: a ``generalisation.py --keep DIR`` run over validation cases (never Colin27): its JSON (the medwidit rows'
 quality reports and true Dice) and DIR (each case's image and medwidit's mask). No sampling: the overlap is computed
-here from the kept files at each ``--depths`` (mm), the feature at each ``--knees``, and each pair is scored by the
+here from the kept files at each ``--depths`` (mm), with its CPU seconds beside the case's segmentation's, the
+feature at each ``--knees``, and each pair is scored by the
 leave-one-out MAE and Spearman of ``quality_calibration.py``'s chosen features (``--features``) with
 ``log_boundary`` added, beside the same features without it.
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +29,7 @@ import torch
 from _report import ROOT, environment, fmt, write_json  # benchmarks/ is on sys.path when a script runs
 from quality_calibration import CLASS, leave_one_out, scores
 
-from medwidit.inference.calibration import case_features
+from medwidit.inference.calibration import FEATURES, case_features
 from medwidit.inference.trust import boundary_overlap
 
 DEFAULT_FEATURES = ("log_ensemble_dice", "log_kept", "volume_outside")  # 0.6.1's calibration
@@ -42,9 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--low-dice", type=float, default=0.9)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "boundary_overlap.json")
     args = parser.parse_args(argv)
-    bad = [k for k in args.knees if not 0.0 < k < 1.0] + [d for d in args.depths if not d > 0]
-    if bad:
-        parser.error(f"knees must lie in (0, 1) and depths be positive mm, got {bad}")
+    if any(not 0.0 < k < 1.0 for k in args.knees) or len(set(args.knees)) < len(args.knees):
+        parser.error(f"--knees: distinct shares in (0, 1), got {args.knees}")
+    if any(not (math.isfinite(d) and d > 0) for d in args.depths) or len(set(args.depths)) < len(args.depths):
+        parser.error(f"--depths: distinct positive numbers of mm, got {args.depths}")
+    known = [f for f in FEATURES if f != "log_boundary"]
+    if unknown := [f for f in args.features if f not in known]:
+        parser.error(f"--features: {unknown} not among {', '.join(known)} (log_boundary is added here)")
+    if "log_ensemble_dice" not in args.features or len(set(args.features)) < len(args.features):
+        parser.error(f"--features: distinct names that hold log_ensemble_dice, got {args.features}")
     return args
 
 
@@ -62,8 +71,15 @@ def main(argv=None) -> dict:
         image = nib.load(str(image_path))
         data = np.asarray(image.dataobj, dtype=np.float32)[None]
         mask = np.asarray(nib.load(str(mask_path)).dataobj) == int(CLASS)
-        overlaps = {d: boundary_overlap(data, mask, image.affine, depth_mm=d) for d in args.depths}
-        rows.append({"case": row["case"], "true": float(row["dice"]), "quality": row["quality"], "overlap": overlaps})
+        overlaps, seconds = {}, {}
+        for d in args.depths:
+            started_cpu = time.process_time()
+            overlaps[d] = boundary_overlap(data, mask, image.affine, depth_mm=d)
+            seconds[d] = time.process_time() - started_cpu  # what the feature adds to a case's segmentation
+        rows.append(
+            {"case": row["case"], "true": float(row["dice"]), "quality": row["quality"], "overlap": overlaps,
+             "cpu_seconds": seconds, "shape": list(mask.shape), "segment_cpu_seconds": row.get("cpu_seconds")}
+        )  # fmt: skip
     if len(rows) < 5:
         raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {args.results}: need at least 5.")
     true = np.array([r["true"] for r in rows])
@@ -93,7 +109,14 @@ def main(argv=None) -> dict:
         "command": shlex.join(["python", "benchmarks/boundary_overlap.py", *(sys.argv[1:] if argv is None else argv)]),
         "environment": started,
         "cases": [
-            {"case": r["case"], "true": r["true"], "overlap": {str(d): v for d, v in r["overlap"].items()}}
+            {
+                "case": r["case"],
+                "true": r["true"],
+                "overlap": {str(d): v for d, v in r["overlap"].items()},
+                "cpu_seconds": {str(d): v for d, v in r["cpu_seconds"].items()},
+                "shape": r["shape"],
+                "segment_cpu_seconds": r["segment_cpu_seconds"],
+            }
             for r in rows
         ],  # fmt: skip
         "candidates": candidates,

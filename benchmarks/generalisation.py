@@ -221,8 +221,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
-        parser.error(f"--keep {args.keep}: the folder is not empty; name a new one")
+    if args.keep is not None and args.keep.exists() and (not args.keep.is_dir() or any(args.keep.iterdir())):
+        parser.error(f"--keep {args.keep}: a file or a folder that is not empty; name a new folder")
     return args
 
 

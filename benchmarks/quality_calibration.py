@@ -96,7 +96,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     rows = load_rows(args.results)
     true = np.array([r["true"] for r in rows])
-    others = [f for f in FEATURES if f != "log_ensemble_dice"]
+    # a feature with one value in every row carries nothing, and its fit would only differ in rounding (log_boundary
+    # in reports that predate boundary_overlap)
+    varying = [f for f in FEATURES if len({r["features"][f] for r in rows}) > 1]
+    others = [f for f in varying if f != "log_ensemble_dice"]
     subsets = [
         ("log_ensemble_dice", *extra) for n in range(args.max_features) for extra in itertools.combinations(others, n)
     ]

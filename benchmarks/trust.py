@@ -257,6 +257,9 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
             "expected_dice": float(expected_dice(members)[0, 1]) if labels.any() else 0.0,
             # the bundle's quality_calibration of the report (None without one), what the warning line reads
             "calibrated_dice": None if predictor.quality_calibration is None else float(calibrated),
+            # what the estimate was made of: the image's boundary share and the calibration's features (brain)
+            "boundary_overlap": quality["boundary_overlap"].get("1"),
+            "calibration_features": (quality.get("calibration") or {}).get("features", {}).get("1"),
             # the coarse pass's brain against this ensemble's: where the two grids disagree, one of them is wrong
             "scale_dice": None
             if coarse_labels is None

@@ -36,7 +36,7 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
     total_foreground       mean predictive entropy over the predicted foreground, nats
     log_boundary           log((1 - boundary_overlap) / (1 - BOUNDARY_KNEE)), at most 0: 0 while at most 80% of
                            the voxels within 3 mm outside the class look like those within 3 mm inside it (every
-                           validation case above Dice 0.85 stayed below 0.68), falling as its boundary stops
+                           validation case above Dice 0.85 stayed below 0.70), falling as its boundary stops
                            separating anything; 0 without the report's ``boundary_overlap`` (no evidence). Not in
                            the shipped bundle's calibration: its fit lowered the validation error and raised the
                            trust cases' (``benchmarks/results/trust_boundary.json``)
@@ -114,6 +114,8 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
     predictor's ``localization`` entry where the pass ran; ``predicted_dice`` is the ensemble's own estimate unless
     ``ensemble_dice`` records it). ``boundary_knee``: ``log_boundary``'s knee (``benchmarks/boundary_overlap.py``
     compares others)."""
+    if not is_finite_number(boundary_knee) or not 0.0 <= boundary_knee < 1.0:
+        raise ValueError(f"boundary_knee must be a share in [0, 1), got {boundary_knee!r}.")
     key = str(k)
     own = quality.get("ensemble_dice") or quality["predicted_dice"]
     localized = quality.get("localization")

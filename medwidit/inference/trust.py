@@ -37,7 +37,7 @@ from monai.transforms import RandBiasField
 from scipy.ndimage import distance_transform_edt
 
 from medwidit.diffusion.encoding import class_index
-from medwidit.utils import check_int
+from medwidit.utils import check_int, is_finite_number
 
 from .options import read_inference_config
 from .statistics import class_statistics
@@ -325,14 +325,21 @@ def boundary_overlap(
     ``affine``: the share of the voxels outside the mask within ``depth_mm`` of it whose intensity lies within the
     10th-90th percentile of the voxels inside it within ``depth_mm`` of its edge, in [0, 1]; with several channels
     the lowest share (the channel where the boundary is clearest). Well below 1 where the boundary lies on an edge
-    (brain against CSF and bone: 0.41-0.73 on the validation heads), near 1 where nothing changes across it. None
-    where the mask or its outside is empty, or no value is finite. The volume's own faces are not a boundary (a
+    (brain against CSF and bone: 0.41-0.69 on the validation cases above Dice 0.85), near 1 where nothing changes
+    across it. None where the mask or its outside is empty, where a shell holds no voxel (voxels coarser than
+    ``depth_mm`` across the boundary), or where no value is finite. A ValueError where ``image`` is not (C, *S) on the
+    mask's grid or ``depth_mm`` is not a positive number. The volume's own faces are not a boundary (a
     field of view that cuts the mask). Distances in mm (an anisotropic grid's shells are as deep along each axis);
     computed in the mask's bounding box grown by the depth. A mask that takes in part of a zero-filled region (a
     field of view cut inside the grid) brings the air's value into the inner range, and the share reads high though
     the boundary lies on an edge (0.93 on Colin27 cut by a third, Dice 0.85; 0.46 without the mask's zero voxels):
     the shipped calibration does not use it (bundle docs, "The boundary feature")."""
     mask = np.asarray(mask, dtype=bool)
+    image = np.asarray(image)
+    if image.shape[1:] != mask.shape:
+        raise ValueError(f"image {image.shape} must be (C, *S) on the mask's grid {mask.shape}.")
+    if not is_finite_number(depth_mm) or depth_mm <= 0:
+        raise ValueError(f"depth_mm must be a positive number of mm, got {depth_mm!r}.")
     if not mask.any() or mask.all():
         return None
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : mask.ndim], axis=0)[: mask.ndim]
@@ -345,10 +352,10 @@ def boundary_overlap(
     inside = mask[box]
     inner = inside & (distance_transform_edt(inside, sampling=spacing) <= depth_mm)
     outer = ~inside & (distance_transform_edt(~inside, sampling=spacing) <= depth_mm)
-    if not outer.any():  # the mask fills its box up to the volume's faces
+    if not outer.any() or not inner.any():  # the mask fills its box up to the faces, or voxels outgrow the depth
         return None
     shares = []
-    for channel in np.asarray(image).reshape(-1, *mask.shape):
+    for channel in image:
         values = np.asarray(channel[box], dtype=np.float64)
         inner_values, outer_values = values[inner], values[outer]
         inner_values, outer_values = inner_values[np.isfinite(inner_values)], outer_values[np.isfinite(outer_values)]

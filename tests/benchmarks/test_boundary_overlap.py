@@ -2,6 +2,7 @@
 that tells the failing cases apart lowers the leave-one-case-out error of the Dice estimate."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -48,13 +49,25 @@ def test_a_feature_that_sees_the_missing_edge_lowers_the_held_out_error(tmp_path
     overlaps = [case["overlap"]["2.0"] for case in record["cases"]]
     assert overlaps[0::2] == [0.0] * 4 and min(overlaps[1::2]) > 0.8  # the edge, then tissue on both sides
     assert [case["case"] for case in record["cases"]] == [f"case{i}" for i in range(8)]
+    assert all(case["cpu_seconds"]["2.0"] >= 0 and case["shape"] == [24, 24, 24] for case in record["cases"])
 
 
-def test_a_folder_without_the_runs_files_and_bad_settings_are_named(tmp_path):
+def test_bad_settings_and_a_folder_without_the_runs_files_are_named(tmp_path, capsys):
     results, folder = _kept_run(tmp_path)
+    out = ["--output", str(tmp_path / "o.json")]
+    bad = {
+        ("--knees", "1.0"): "--knees: distinct shares in",
+        ("--knees", "0.8", "0.8"): "--knees: distinct shares in",
+        ("--depths", "0"): "--depths: distinct positive numbers of mm",
+        ("--depths", "inf"): "--depths: distinct positive numbers of mm",
+        ("--features", "log_ensemble_dice", "bogus"): r"--features: \['bogus'\] not among",
+        ("--features", "log_kept"): "--features: distinct names that hold log_ensemble_dice",
+    }
+    for arguments, message in bad.items():
+        with pytest.raises(SystemExit):  # argparse's error, before any image is read
+            boundary.main([str(results), str(folder), *arguments, *out])
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o.json").exists()
     (folder / "case3_medwidit_mask.nii.gz").unlink()
     with pytest.raises(SystemExit, match="kept: no case3_image.nii.gz or case3_medwidit_mask.nii.gz"):
-        boundary.main([str(results), str(folder), "--output", str(tmp_path / "o.json")])
-    for bad in (["--knees", "1.0"], ["--depths", "0"]):
-        with pytest.raises(SystemExit):  # argparse's error
-            boundary.main([str(results), str(folder), *bad])
+        boundary.main([str(results), str(folder), *out])

@@ -152,9 +152,13 @@ def test_keep_leaves_each_case_and_mask_in_a_new_folder_and_refuses_a_used_one(t
         f"{case}_{kind}.nii.gz" for case in ("ball", "ball_fov") for kind in ("image", "truth", "medwidit_mask")
     )
     assert [row["case"] for row in record["rows"]] == ["ball", "ball_fov"]
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in keep.iterdir()}
     with pytest.raises(SystemExit):  # argparse's error: the folder is not empty
         generalisation.main(arguments)
-    assert len(list(keep.iterdir())) == 6  # nothing of the first run overwritten or added
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in keep.iterdir()} == before  # nothing rewritten
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit):
+        generalisation.main([*arguments[:-4], "--keep", str(tmp_path / "a_file"), *arguments[-2:]])
 
 
 def test_medwidit_runs_get_the_bundle_and_the_bias_correction_and_peers_do_not(monkeypatch, tmp_path):

@@ -55,6 +55,7 @@ def test_the_true_features_win_by_leave_one_out_and_the_bundle_reads_the_written
     assert len(out["cases"]) == 12  # the other tool's row and the row without a report are not validation cases
     without = [c for c in out["candidates"] if c["features"] == ["log_ensemble_dice"]][0]
     assert without["leave_one_out"]["mae"] > 0.01  # the ensemble's estimate alone cannot explain the truth
+    assert not any("log_boundary" in c["features"] for c in out["candidates"][1:])  # 0 in every report: left out
     product = [c for c in out["candidates"] if c["features"] == "product rule"][0]
     assert product["leave_one_out"]["mae"] > 0.01  # nor the product rule, whose exponents differ
     written = json.loads((bundle / "configs" / "inference.json").read_text())["quality_calibration"]

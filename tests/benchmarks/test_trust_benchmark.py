@@ -82,6 +82,8 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
             assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1 and 0 <= e["calibrated_dice"] <= 1
             assert set(e["auroc"]) == {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement"}
             assert e["volume_flag"] == (not 900 <= e["volume_ml"] <= 2200)  # the shipped bundle's expected volume
+            assert e["boundary_overlap"] is None or 0 <= e["boundary_overlap"] <= 1  # None: no brain in the crop
+            assert set(e["calibration_features"]) >= {"log_ensemble_dice", "log_kept", "volume_outside"}
     for s in report["summary"].values():  # the warning line's rule flags at least what the Dice estimate flags
         flags = sum(e["volume_flag"] for c in report["cases"] for k, e in c["ensembles"].items() if s is report[
             "summary"][k])  # fmt: skip

@@ -6,6 +6,7 @@ import logging
 import math
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 from inference_volumes import ThresholdOracle, save_nifti
@@ -24,6 +25,7 @@ from medwidit.inference.calibration import (
     fit_calibration,
 )
 from medwidit.inference.predictor import DEFAULT_WARN_DICE
+from medwidit.inference.trust import boundary_overlap
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
 FAST = {"steps": 2, "num_samples": 2}
@@ -57,6 +59,10 @@ def test_a_boundary_the_image_does_not_show_lowers_the_feature_past_the_knee():
     quality = _quality(overlap=0.95)
     quality["boundary_overlap"]["1"] = None  # an empty class
     assert case_features(quality, 1)["log_boundary"] == 0.0
+    assert case_features(_quality(overlap=0.9), 1, boundary_knee=0.5)["log_boundary"] == pytest.approx(math.log(0.2))
+    for bad in (1.0, 1.2, -0.1, math.nan, True):
+        with pytest.raises(ValueError, match=r"boundary_knee must be a share in \[0, 1\)"):
+            case_features(_quality(overlap=0.9), 1, boundary_knee=bad)
     model = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_boundary": 0.5}}
     assert calibrated_dice(case_features(_quality(overlap=0.95), 1), model) == pytest.approx(0.97 * 0.25**0.5)
 
@@ -163,6 +169,24 @@ def _ball(tmp_path):
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in (24, 24, 24)), indexing="ij"))
     image = (((grid - 12) ** 2).sum(0) < 36).astype(np.float32)
     return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4))
+
+
+def test_the_predictor_reports_the_boundary_overlap_of_its_labels_on_the_inputs_grid_and_a_fit_reads_it(tmp_path):
+    """The report's share is the image's own, from the written labels on the input's (oblique) grid; a calibration
+    that names log_boundary turns it into the estimate."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (24, 22, 20)), indexing="ij"))
+    path = save_nifti(tmp_path / "oblique.nii.gz", (((grid - 11) ** 2).sum(0) < 36).astype(np.float32))  # oblique
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    options = {"preprocessing": PREPROCESSING, "roi_size": 16, "device": "cpu"}
+    result = Predictor(segmenter, **options).segment(path, **FAST)
+    image = nib.load(str(path))
+    assert not np.allclose(image.affine[:3, :3], np.diag(np.diag(image.affine[:3, :3])))
+    expected = boundary_overlap(np.asarray(image.dataobj)[None], result.label_map == 1, image.affine)
+    assert expected is not None and result.quality["boundary_overlap"] == {"1": pytest.approx(expected)}
+    calibration = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_boundary": 1.0}}
+    calibrated = Predictor(segmenter, **options, quality_calibration=calibration).segment(path, **FAST)
+    feature = calibrated.quality["calibration"]["features"]["1"]["log_boundary"]
+    assert feature == pytest.approx(min(0.0, math.log(max(1 - expected, 1e-3) / (1 - BOUNDARY_KNEE))))
 
 
 def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses_it(tmp_path, caplog):

@@ -199,8 +199,19 @@ def test_boundary_overlap_is_low_on_an_edge_and_high_where_the_image_shows_none(
     assert boundary_overlap(image[None], _ball(radius=4.0), affine) > 0.75  # 10th-90th percentile of the inside
     assert boundary_overlap(image[None], np.zeros_like(ball), affine) is None  # no class, no boundary
     assert boundary_overlap(image[None], np.ones_like(ball), affine) is None  # no outside
-    image[0, 0, 0] = np.nan  # a value that is not finite counts for neither side
-    assert boundary_overlap(image[None], ball, affine) == 0.0
+    inner = _ball(radius=4.0)
+    share = boundary_overlap(image[None], inner, affine)
+    image[12, 12, 16] = np.nan  # on the inner shell (4 voxels from the centre): counts for neither side
+    image[12, 12, 17] = np.inf  # and one on the outer shell
+    assert boundary_overlap(image[None], inner, affine) == pytest.approx(share, abs=0.01)
+    with pytest.raises(
+        ValueError, match=r"image \(1, 24, 24, 24\) must be \(C, \*S\) on the mask's grid \(24, 24, 20\)"
+    ):
+        boundary_overlap(image[None], ball[..., :20], affine)
+    for depth in (0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="depth_mm must be a positive number of mm"):
+            boundary_overlap(image[None], ball, affine, depth_mm=depth)
+    assert boundary_overlap(image[None], ball, np.diag([4.0, 4.0, 4.0, 1.0])) is None  # no voxel within 3 mm
 
 
 def test_boundary_overlap_measures_its_shells_in_mm_and_takes_the_clearest_channel():
