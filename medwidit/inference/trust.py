@@ -352,7 +352,7 @@ def boundary_overlap(
     inside = mask[box]
     inner = inside & (distance_transform_edt(inside, sampling=spacing) <= depth_mm)
     outer = ~inside & (distance_transform_edt(~inside, sampling=spacing) <= depth_mm)
-    if not outer.any() or not inner.any():  # the mask fills its box up to the faces, or voxels outgrow the depth
+    if not outer.any():  # the mask fills its box up to the faces, or its voxels are coarser than the depth
         return None
     shares = []
     for channel in image:

@@ -202,12 +202,13 @@ def test_boundary_overlap_is_low_on_an_edge_and_high_where_the_image_shows_none(
     inner = _ball(radius=4.0)
     share = boundary_overlap(image[None], inner, affine)
     image[12, 12, 16] = np.nan  # on the inner shell (4 voxels from the centre): counts for neither side
-    image[12, 12, 17] = np.inf  # and one on the outer shell
     assert boundary_overlap(image[None], inner, affine) == pytest.approx(share, abs=0.01)
     with pytest.raises(
         ValueError, match=r"image \(1, 24, 24, 24\) must be \(C, \*S\) on the mask's grid \(24, 24, 20\)"
     ):
         boundary_overlap(image[None], ball[..., :20], affine)
+    with pytest.raises(ValueError, match="must be \\(C, \\*S\\) on the mask's grid"):  # as many voxels, another grid
+        boundary_overlap(np.zeros((1, 10, 20, 30)), np.ones((20, 10, 30), dtype=bool), affine)
     for depth in (0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="depth_mm must be a positive number of mm"):
             boundary_overlap(image[None], ball, affine, depth_mm=depth)
