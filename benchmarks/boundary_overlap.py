@@ -1,14 +1,15 @@
-"""Choose the depth of ``trust.boundary_overlap``'s shells and the knee of the calibration's ``log_boundary`` on
+"""Score the depth of ``trust.boundary_overlap``'s shells and the knee of the calibration's ``log_boundary`` on
 validation cases, by the leave-one-case-out error of the per-case Dice estimate.
 
-Input: a ``generalisation.py --keep DIR`` run over validation cases (never Colin27): its JSON (the medwidit rows'
-quality reports and true Dice) and DIR (each case's image and medwidit's mask). No sampling: the overlap is computed
-here from the kept files at each ``--depths`` (mm), with its CPU seconds beside the case's segmentation's, the
-feature at each ``--knees``, and each pair is scored by the
-leave-one-out MAE and Spearman of ``quality_calibration.py``'s chosen features (``--features``) with
-``log_boundary`` added, beside the same features without it.
+Input: ``generalisation.py --keep DIR`` runs over validation cases (never Colin27), each as its JSON (the medwidit
+rows' quality reports and true Dice) and DIR (each case's image and medwidit's mask). No sampling: the overlap is
+computed here from the kept files at each ``--depths`` (mm), with its CPU seconds beside the case's segmentation's,
+the feature at each ``--knees``, and each pair is scored by the leave-one-out MAE and Spearman of
+``quality_calibration.py``'s chosen features (``--features``) with ``log_boundary`` added, beside the same features
+without it.
 
-    python benchmarks/boundary_overlap.py runs/val48.json runs/val48 --depths 2 3 4 --knees 0.7 0.75 0.8 0.85
+    python benchmarks/boundary_overlap.py runs/val48.json runs/val48 [runs/more.json runs/more ...] \
+        --depths 2 3 4 --knees 0.7 0.75 0.8 0.85
 
 Writes ``benchmarks/results/boundary_overlap.json`` and prints one table.
 """
@@ -37,14 +38,22 @@ DEFAULT_FEATURES = ("log_ensemble_dice", "log_kept", "volume_outside")  # 0.6.1'
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="generalisation.py --keep run's JSON")
-    parser.add_argument("kept", type=Path, help="its --keep folder")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="JSON DIR",
+        help="generalisation.py --keep runs: each JSON, then its folder",
+    )
     parser.add_argument("--depths", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     parser.add_argument("--knees", type=float, nargs="+", default=[0.7, 0.75, 0.8, 0.85])
     parser.add_argument("--features", nargs="+", default=list(DEFAULT_FEATURES))
     parser.add_argument("--low-dice", type=float, default=0.9)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "boundary_overlap.json")
     args = parser.parse_args(argv)
+    if len(args.runs) % 2:
+        parser.error(f"runs: pairs of a generalisation.py JSON and its --keep folder, got {len(args.runs)} paths")
+    args.runs = list(zip(args.runs[::2], args.runs[1::2], strict=True))
     if any(not 0.0 < k < 1.0 for k in args.knees) or len(set(args.knees)) < len(args.knees):
         parser.error(f"--knees: distinct shares in (0, 1), got {args.knees}")
     if any(not (math.isfinite(d) and d > 0) for d in args.depths) or len(set(args.depths)) < len(args.depths):
@@ -61,13 +70,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     started = environment(torch.device("cpu"), __file__)
     rows = []
-    for row in json.loads(args.results.read_text())["rows"]:
+    runs = [(results, kept, row) for results, kept in args.runs for row in json.loads(results.read_text())["rows"]]
+    for results, kept, row in runs:
         if row.get("tool") != "medwidit" or row.get("dice") is None or not row.get("quality"):
             continue
-        image_path = args.kept / f"{row['case']}_image.nii.gz"
-        mask_path = args.kept / f"{row['case']}_medwidit_mask.nii.gz"
+        image_path = kept / f"{row['case']}_image.nii.gz"
+        mask_path = kept / f"{row['case']}_medwidit_mask.nii.gz"
         if not image_path.is_file() or not mask_path.is_file():
-            raise SystemExit(f"{args.kept}: no {image_path.name} or {mask_path.name}; was it the run's --keep?")
+            raise SystemExit(f"{kept}: no {image_path.name} or {mask_path.name}; was it {results.name}'s --keep?")
         image = nib.load(str(image_path))
         data = np.asarray(image.dataobj, dtype=np.float32)[None]
         mask = np.asarray(nib.load(str(mask_path)).dataobj) == int(CLASS)
@@ -81,7 +91,7 @@ def main(argv=None) -> dict:
              "cpu_seconds": seconds, "shape": list(mask.shape), "segment_cpu_seconds": row.get("cpu_seconds")}
         )  # fmt: skip
     if len(rows) < 5:
-        raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {args.results}: need at least 5.")
+        raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {args.runs}: need at least 5.")
     true = np.array([r["true"] for r in rows])
     names = tuple(args.features)
     candidates = []

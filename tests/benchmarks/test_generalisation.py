@@ -51,6 +51,11 @@ def test_fov_cuts_the_top_and_the_truth_alike(tmp_path):
     assert set(cases) == {"ball", *(f"ball_{v}" for v in generalisation.VARIANTS)}
     fov_image, fov_truth = (nib.load(str(cases["ball_fov"][k])) for k in ("image", "truth"))
     assert fov_image.shape == fov_truth.shape == (30, 36, 18)
+    zero_image, zero_truth = (np.asarray(nib.load(str(cases["ball_fov_zero"][k])).dataobj) for k in ("image", "truth"))
+    assert zero_image.shape == zero_truth.shape == (30, 36, 24)  # the grid kept, its top quarter filled
+    assert (zero_image[..., 18:] == 0).all() and (zero_truth[..., 18:] == 0).all()
+    np.testing.assert_array_equal(zero_image[..., :18], np.asarray(image.dataobj)[..., :18])
+    np.testing.assert_array_equal(zero_truth[..., :18], np.asarray(label.dataobj)[..., :18])
 
 
 def test_scores_on_the_truth_grid(tmp_path):
