@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(args.runs) % 2:
         parser.error(f"runs: pairs of a generalisation.py JSON and its --keep folder, got {len(args.runs)} paths")
     args.runs = list(zip(args.runs[::2], args.runs[1::2], strict=True))
+    for results, kept in args.runs:
+        if not results.is_file() or not kept.is_dir():
+            parser.error(f"runs: {results} must be a generalisation.py JSON and {kept} its --keep folder")
     if any(not 0.0 < k < 1.0 for k in args.knees) or len(set(args.knees)) < len(args.knees):
         parser.error(f"--knees: distinct shares in (0, 1), got {args.knees}")
     if any(not (math.isfinite(d) and d > 0) for d in args.depths) or len(set(args.depths)) < len(args.depths):
@@ -69,11 +72,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = environment(torch.device("cpu"), __file__)
-    rows = []
+    rows, seen = [], {}
     runs = [(results, kept, row) for results, kept in args.runs for row in json.loads(results.read_text())["rows"]]
     for results, kept, row in runs:
         if row.get("tool") != "medwidit" or row.get("dice") is None or not row.get("quality"):
             continue
+        if row["case"] in seen:  # its twin would stay in every leave-one-out fit of it
+            raise SystemExit(f"case {row['case']} is in {seen[row['case']]} and in {results}: one of each case.")
+        seen[row["case"]] = results
         image_path = kept / f"{row['case']}_image.nii.gz"
         mask_path = kept / f"{row['case']}_medwidit_mask.nii.gz"
         if not image_path.is_file() or not mask_path.is_file():
@@ -87,11 +93,16 @@ def main(argv=None) -> dict:
             overlaps[d] = boundary_overlap(data, mask, image.affine, depth_mm=d)
             seconds[d] = time.process_time() - started_cpu  # what the feature adds to a case's segmentation
         rows.append(
-            {"case": row["case"], "true": float(row["dice"]), "quality": row["quality"], "overlap": overlaps,
-             "cpu_seconds": seconds, "shape": list(mask.shape), "segment_cpu_seconds": row.get("cpu_seconds")}
+            {"case": row["case"], "run": str(results), "true": float(row["dice"]), "quality": row["quality"],
+             "overlap": overlaps, "cpu_seconds": seconds, "shape": list(mask.shape),
+             "segment_cpu_seconds": row.get("cpu_seconds"),
+             # the mask's voxels at the image's minimum: a zero-filled region taken in (trust_boundary.json's failure)
+             "mask_voxels_at_floor": int((mask & (data[0] <= np.nanmin(data[0]))).sum()),
+             "mask_voxels": int(mask.sum())}
         )  # fmt: skip
     if len(rows) < 5:
-        raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {args.runs}: need at least 5.")
+        named = ", ".join(str(results) for results, _ in args.runs)
+        raise SystemExit(f"{len(rows)} medwidit case(s) with a quality report in {named}: need at least 5.")
     true = np.array([r["true"] for r in rows])
     names = tuple(args.features)
     candidates = []
@@ -121,11 +132,14 @@ def main(argv=None) -> dict:
         "cases": [
             {
                 "case": r["case"],
+                "run": r["run"],
                 "true": r["true"],
                 "overlap": {str(d): v for d, v in r["overlap"].items()},
                 "cpu_seconds": {str(d): v for d, v in r["cpu_seconds"].items()},
                 "shape": r["shape"],
                 "segment_cpu_seconds": r["segment_cpu_seconds"],
+                "mask_voxels_at_floor": r["mask_voxels_at_floor"],
+                "mask_voxels": r["mask_voxels"],
             }
             for r in rows
         ],  # fmt: skip

@@ -14,9 +14,10 @@ Variants (deterministic; the truth is the base mask, on the base grid):
     contrast     intensities inverted inside the head (a T2-like proxy: fluid bright, white matter dark)
     noise        Rician noise, sigma 6 % of the 99th percentile (background becomes noise)
     bias         a smooth multiplicative coil field (MONAI RandBiasField, coefficients 0.4, seeded)
-    fov          the top quarter of the head cut off (a tight field of view); truth cut alike
-    fov_zero     the top quarter zero-filled (set to the image's minimum) inside the grid, as a scanner or a
-                 defacing tool pads what it did not keep; the truth's top quarter background
+    fov          the last quarter along the third voxel axis cut off (the top of the head in an axial, RAS-like
+                 scan: a tight field of view; S1's is anterior, MRHead's right); truth cut alike
+    fov_zero     that quarter filled with the image's minimum inside the grid, as a scanner or a defacing tool pads
+                 what it did not keep; the truth's quarter background
 
 Each tool runs in a fresh process (``benchmarks/tools/run_tool.py``) that reports its own CPU seconds, wall seconds
 and peak memory; CPU seconds are the comparison that a busy 2-core machine keeps honest. The peers run in their own

@@ -50,6 +50,8 @@ def test_a_feature_that_sees_the_missing_edge_lowers_the_held_out_error(tmp_path
     assert overlaps[0::2] == [0.0] * 4 and min(overlaps[1::2]) > 0.8  # the edge, then tissue on both sides
     assert [case["case"] for case in record["cases"]] == [f"case{i}" for i in range(8)]
     assert all(case["cpu_seconds"]["2.0"] >= 0 and case["shape"] == [24, 24, 24] for case in record["cases"])
+    assert {case["mask_voxels_at_floor"] for case in record["cases"]} == {0}  # no mask took in the floor (air < 0)
+    assert record["cases"][0]["run"] == str(results)
 
 
 def test_bad_settings_and_a_folder_without_the_runs_files_are_named(tmp_path, capsys):
@@ -68,6 +70,11 @@ def test_bad_settings_and_a_folder_without_the_runs_files_are_named(tmp_path, ca
             boundary.main([str(results), str(folder), *arguments, *out])
         assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "o.json").exists()
+    with pytest.raises(SystemExit):  # the folder first: not a JSON
+        boundary.main([str(folder), str(results), *out])
+    assert f"runs: {folder} must be a generalisation.py JSON and {results} its --keep folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"case case0 is in .*run.json and in .*run.json: one of each case"):
+        boundary.main([str(results), str(folder), str(results), str(folder), *out])  # a twin would leak into its fit
     (folder / "case3_medwidit_mask.nii.gz").unlink()
     with pytest.raises(SystemExit):  # a JSON without its folder
         boundary.main([str(results), *out])

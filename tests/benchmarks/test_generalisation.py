@@ -56,6 +56,8 @@ def test_fov_cuts_the_top_and_the_truth_alike(tmp_path):
     assert (zero_image[..., 18:] == 0).all() and (zero_truth[..., 18:] == 0).all()
     np.testing.assert_array_equal(zero_image[..., :18], np.asarray(image.dataobj)[..., :18])
     np.testing.assert_array_equal(zero_truth[..., :18], np.asarray(label.dataobj)[..., :18])
+    raised = generalisation.variant("fov_zero", nib.Nifti1Image(np.asarray(image.dataobj) + 5.0, image.affine))
+    assert (np.asarray(raised.dataobj)[..., 18:] == 5.0).all()  # the image's minimum, not 0
 
 
 def test_scores_on_the_truth_grid(tmp_path):
