@@ -87,11 +87,11 @@ def main(argv=None) -> dict:
         image = nib.load(str(image_path))
         data = np.asarray(image.dataobj, dtype=np.float32)[None]
         mask = np.asarray(nib.load(str(mask_path)).dataobj) == int(CLASS)
-        overlaps, seconds = {}, {}
+        overlaps, seconds = {}, {}  # keyed by the depth as JSON writes it
         for d in args.depths:
             started_cpu = time.process_time()
-            overlaps[d] = boundary_overlap(data, mask, image.affine, depth_mm=d)
-            seconds[d] = time.process_time() - started_cpu  # what the feature adds to a case's segmentation
+            overlaps[str(d)] = boundary_overlap(data, mask, image.affine, depth_mm=d)
+            seconds[str(d)] = time.process_time() - started_cpu  # what the feature adds to a case's segmentation
         rows.append(
             {"case": row["case"], "run": str(results), "true": float(row["dice"]), "quality": row["quality"],
              "overlap": overlaps, "cpu_seconds": seconds, "shape": list(mask.shape),
@@ -110,7 +110,10 @@ def main(argv=None) -> dict:
         for knee in [None] if depth is None else args.knees:
             cases = []
             for r in rows:
-                quality = {**r["quality"], "boundary_overlap": {} if depth is None else {CLASS: r["overlap"][depth]}}
+                quality = {
+                    **r["quality"],
+                    "boundary_overlap": {} if depth is None else {CLASS: r["overlap"][str(depth)]},
+                }
                 features = case_features(quality, CLASS, **({} if knee is None else {"boundary_knee": knee}))
                 cases.append({"features": features, "true": r["true"]})
             used = names if depth is None else (*names, "log_boundary")
@@ -129,20 +132,7 @@ def main(argv=None) -> dict:
     result = {
         "command": shlex.join(["python", "benchmarks/boundary_overlap.py", *(sys.argv[1:] if argv is None else argv)]),
         "environment": started,
-        "cases": [
-            {
-                "case": r["case"],
-                "run": r["run"],
-                "true": r["true"],
-                "overlap": {str(d): v for d, v in r["overlap"].items()},
-                "cpu_seconds": {str(d): v for d, v in r["cpu_seconds"].items()},
-                "shape": r["shape"],
-                "segment_cpu_seconds": r["segment_cpu_seconds"],
-                "mask_voxels_at_floor": r["mask_voxels_at_floor"],
-                "mask_voxels": r["mask_voxels"],
-            }
-            for r in rows
-        ],  # fmt: skip
+        "cases": [{k: v for k, v in r.items() if k != "quality"} for r in rows],
         "candidates": candidates,
         "markdown": "\n".join(lines),
     }

@@ -73,6 +73,11 @@ def _head(data: np.ndarray) -> np.ndarray:
     return binary_fill_holes(head)
 
 
+def _fov_slices(n: int) -> int:
+    """The slices along the third axis that the fov variants keep: the first three quarters."""
+    return int(round(0.75 * n))
+
+
 def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image:
     """One acquisition variant of ``image`` (see the module text); the grid changes only for thick_* and fov."""
     data = np.asarray(image.dataobj, dtype=np.float32)
@@ -94,9 +99,9 @@ def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image
         field.set_random_state(seed)
         data = np.asarray(field(torch.as_tensor(data[None] / p99)))[0] * p99
     elif name == "fov":
-        data = data[:, :, : int(round(0.75 * data.shape[2]))]
+        data = data[:, :, : _fov_slices(data.shape[2])]
     elif name == "fov_zero":
-        data[:, :, int(round(0.75 * data.shape[2])) :] = data.min()
+        data[:, :, _fov_slices(data.shape[2]) :] = data.min()
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}.")
     return nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
@@ -117,7 +122,7 @@ def build_cases(folder: Path, bases: dict[str, tuple[Path, Path]], names: list[s
                 truth = nib.Nifti1Image(np.asarray(label.dataobj)[:, :, : scan.shape[2]], label.affine)
             elif name.endswith("_fov_zero"):
                 cut = np.asarray(label.dataobj).copy()
-                cut[:, :, int(round(0.75 * cut.shape[2])) :] = 0
+                cut[:, :, _fov_slices(cut.shape[2]) :] = 0
                 truth = nib.Nifti1Image(cut, label.affine)
             paths = {key: folder / f"{name}_{key}.nii.gz" for key in ("image", "truth")}
             nib.save(scan, str(paths["image"]))

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import RandBiasField
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy.ndimage import distance_transform_edt
 
 from medwidit.diffusion.encoding import class_index
@@ -342,13 +343,10 @@ def boundary_overlap(
         raise ValueError(f"depth_mm must be a positive number of mm, got {depth_mm!r}.")
     if not mask.any() or mask.all():
         return None
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : mask.ndim], axis=0)[: mask.ndim]
-    pad = np.ceil(depth_mm / spacing).astype(int) + 1
-    where = np.argwhere(mask)
-    box = tuple(
-        slice(max(0, lo - p), min(n, hi + p + 1))
-        for lo, hi, p, n in zip(where.min(0), where.max(0), pad, mask.shape, strict=True)
-    )
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : mask.ndim], axis=0)
+    pad = np.ceil(depth_mm / spacing).astype(int) + 1  # the box holds both shells (as localize.foreground_region)
+    start, end = generate_spatial_bounding_box(mask[None], margin=[int(p) for p in pad], allow_smaller=True)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(start, end, strict=True))
     inside = mask[box]
     inner = inside & (distance_transform_edt(inside, sampling=spacing) <= depth_mm)
     outer = ~inside & (distance_transform_edt(~inside, sampling=spacing) <= depth_mm)
