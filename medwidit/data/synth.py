@@ -61,6 +61,7 @@ __all__ = [
     "RandLabelsToImaged",
     "RandNeckExtensiond",
     "RandSliceThicknessd",
+    "RandSubdivideLabelsd",
     "SynthesisError",
     "synthesis_transforms",
     "thick_slices",
@@ -331,6 +332,73 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
         return d
 
 
+class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
+    """Each of ``labels`` split into ``parts`` random blobs, each blob a generation label of its own, so that the
+    generator paints it with its own intensity (SynthStrip's non-brain: many classes of random shape, so a model
+    cannot tell brain from the rest by the rest being a few flat regions). A head template's non-brain classes are
+    a few intensity clusters, each one flat when painted; a scanner's scalp, muscle, marrow and neck are not.
+
+    The blobs are the argmax over ``parts`` smooth random fields (standard normal on a coarse grid of one node per
+    ``scale`` voxels, drawn per call from ``scale_range``, upsampled trilinearly), one partition of the volume that
+    each label is cut by: part 0 keeps the label, part j
+    of ``labels[i]`` becomes ``first_label + i * (parts - 1) + j - 1``. Apply after the spatial deformation and
+    before :class:`RandLabelsToImaged`, whose ``num_labels`` must count the new labels. A label map that already
+    holds a label at or above ``first_label`` is refused, naming the file and the label.
+    MONAI has no random partition of a label into shapes; its elastic and bias fields are the nearest, and neither
+    relabels."""
+
+    def __init__(
+        self,
+        label_key: str = "label",
+        *,
+        labels: Sequence[int],
+        first_label: int,
+        parts: int = 4,
+        scale_range: tuple[float, float] = (4.0, 16.0),
+        prob: float = 1.0,
+    ) -> None:
+        MapTransform.__init__(self, [label_key])
+        RandomizableTransform.__init__(self, prob=_probability("prob", prob))
+        check_int("first_label", first_label, low=1)
+        labels = list(labels)
+        bad = [v for v in labels if not is_integer(v) or not 0 <= v < first_label]
+        if bad or len(set(labels)) != len(labels):
+            raise ValueError(
+                f"labels must be distinct generation labels in 0..{first_label - 1} (below first_label), got "
+                f"{bad[0] if bad else labels!r}."
+            )
+        self.label_key, self.labels, self.first_label = label_key, [int(v) for v in labels], int(first_label)
+        self.parts = check_int("parts", parts, low=2)
+        self.scale_range = check_interval("scale_range", scale_range, low=1.0, unit=" voxels")
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        label = d[self.label_key]
+        top = int(torch.as_tensor(label).max()) if torch.as_tensor(label).numel() else 0
+        if top >= self.first_label:  # else the new labels' range would hide a label the config does not know
+            raise SynthesisError(
+                f"{_source(d, self.label_key)}: label {top} is not one of the {self.first_label} generation labels "
+                f"(0..{self.first_label - 1}) this generator was configured with."
+            )
+        if not self._do_transform or not self.labels:
+            return d
+        spatial = tuple(label.shape[1:])
+        if len(spatial) not in (2, 3):
+            raise SynthesisError(f"{_source(d, self.label_key)}: label maps must be 2D or 3D, got {len(spatial)}D.")
+        scale = self.R.uniform(*self.scale_range)
+        coarse = [max(2, math.ceil(n / scale) + 1) for n in spatial]
+        mode = "trilinear" if len(spatial) == 3 else "bilinear"
+        noise = torch.as_tensor(self.R.standard_normal((1, self.parts, *coarse)), dtype=torch.float32)
+        part = F.interpolate(noise, size=spatial, mode=mode, align_corners=True)[0].argmax(0)  # (*S), one partition
+        out = label.clone()
+        for i, value in enumerate(self.labels):
+            where = (label[0] == value) & (part > 0)
+            out[0][where] = (self.first_label + i * (self.parts - 1) - 1 + part[where]).to(out.dtype)
+        d[self.label_key] = out
+        return d
+
+
 class _CoilFieldTransform(RandomizableTransform, MapTransform):
     """A random dictionary transform that draws a MONAI ``RandBiasField`` (degree 3, coefficients uniform in the
     range ``coeff_name`` names) from its own random stream, so that one seed draws the same field."""
@@ -467,6 +535,9 @@ def synthesis_transforms(
     neck_label: int | None = None,
     flip: bool = True,
     bias_coeff_range: tuple[float, float] = (0.0, 0.3),
+    subdivide_labels: Sequence[int] = (),
+    subdivide_parts: int = 4,
+    subdivide_scale: tuple[float, float] = (4.0, 16.0),
     spacing_key: str | None = None,
 ) -> list:
     """The generator as a list of MONAI dictionary transforms for a training pipeline (``train.json`` can list it):
@@ -482,6 +553,8 @@ def synthesis_transforms(
     target structures' cross-section relabelled ``neck_label`` (a generation label whose task class is 0).
     ``bias_coeff_range``: the coil field's ``RandBiasField`` coefficients (on half of the images), before the
     intensities are scaled.
+    ``subdivide_labels`` split each of those generation labels into ``subdivide_parts`` random blobs of
+    ``subdivide_scale`` voxels, painted apart (:class:`RandSubdivideLabelsd`), each keeping its label's task class.
     """
     if len(target_labels) != num_labels:
         raise ValueError(
@@ -507,6 +580,10 @@ def synthesis_transforms(
     if elastic_prob:
         elastic = Rand3DElasticd(label_key, (5, 7), (50, 150), prob=elastic_prob, mode="nearest")
         transforms.append(elastic)
+    subdivide = RandSubdivideLabelsd(
+        label_key, labels=subdivide_labels, first_label=num_labels, parts=subdivide_parts, scale_range=subdivide_scale
+    )
+    target_labels = [*target_labels, *(target_labels[v] for v in subdivide.labels for _ in range(1, subdivide.parts))]
     transforms += [
         RandAffined(
             label_key,
@@ -516,7 +593,8 @@ def synthesis_transforms(
             mode="nearest",
             padding_mode="zeros",
         ),
-        RandLabelsToImaged(label_key, image_key, num_labels=num_labels),
+        *([subdivide] if subdivide.labels else []),
+        RandLabelsToImaged(label_key, image_key, num_labels=len(target_labels)),
         RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
         RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range, spacing_key=spacing_key),
         RandBiasFieldd(image_key, prob=0.5, coeff_range=check_interval("bias_coeff_range", bias_coeff_range)),
@@ -528,6 +606,6 @@ def synthesis_transforms(
     if check_bool("flip", flip):
         transforms.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     transforms.append(
-        MapLabelValued(label_key, list(range(num_labels)), [int(t) for t in target_labels], dtype=np.int64)
+        MapLabelValued(label_key, list(range(len(target_labels))), [int(t) for t in target_labels], dtype=np.int64)
     )
     return transforms

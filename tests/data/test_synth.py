@@ -14,6 +14,7 @@ from medwidit.data.synth import (
     RandLabelsToImaged,
     RandNeckExtensiond,
     RandSliceThicknessd,
+    RandSubdivideLabelsd,
     SynthesisError,
     synthesis_transforms,
 )
@@ -344,3 +345,47 @@ def test_generator_coil_field_takes_its_coefficient_range():
     for extra, expected in (({}, (0.0, 0.3)), ({"bias_coeff_range": [0, 0.6]}, (0.0, 0.6))):  # the default as before
         fields = [t for t in synthesis_transforms(**options, **extra) if type(t).__name__ == "RandBiasFieldd"]
         assert [f.rand_bias_field.coeff_range for f in fields] == [expected]
+
+
+def test_subdivision_cuts_only_the_chosen_labels_into_new_ones_and_repeats_with_its_seed():
+    label = _head()
+    t = RandSubdivideLabelsd(labels=[1, 2], first_label=5, parts=3, scale_range=(2.0, 2.0))
+    t.set_random_state(0)
+    out = t({"label": label})["label"]
+    t.set_random_state(0)
+    assert torch.equal(out, t({"label": label})["label"])
+    for value in (0, 3, 4):  # not chosen: unchanged
+        assert torch.equal(out[label == value], label[label == value])
+    assert set(out[label == 1].unique().tolist()) == {1, 5, 6}  # label 1 -> itself and 5, 6
+    assert set(out[label == 2].unique().tolist()) == {2, 7, 8}  # label 2 -> itself and 7, 8
+
+
+def test_subdivided_parts_are_painted_apart_and_keep_their_labels_task_class():
+    label = _head()
+    subdivide = RandSubdivideLabelsd(labels=[1], first_label=5, parts=4, scale_range=(2.0, 2.0))
+    paint = RandLabelsToImaged(num_labels=8, std_range=(0.0, 0.0), air_prob=0.0)
+    data = Compose([subdivide, paint]).set_random_state(3)({"label": label})
+    assert len(data["image"][label == 1].unique()) == 4  # one intensity per part: the scalp is no longer flat
+    options = {"rotate_degrees": 0.0, "scale_range": 0.0, "fov_prob": 0.0, "flip": False}
+    plain = Compose(synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], **options))
+    cut = Compose(
+        synthesis_transforms(
+            num_labels=5, target_labels=[0, 0, 0, 0, 1], subdivide_labels=[1, 2], subdivide_parts=4, **options
+        )
+    )
+    expected = plain.set_random_state(0)({"label": _head()})["label"]
+    assert torch.equal(cut.set_random_state(0)({"label": _head()})["label"], expected)  # the parts are not brain
+
+
+def test_subdivision_refuses_a_label_it_does_not_know_naming_the_file_and_its_bad_settings():
+    t = RandSubdivideLabelsd(labels=[1], first_label=5, prob=0.0)  # also when it draws no cut
+    with pytest.raises(SynthesisError, match="head_labels.nii.gz: label 8 is not one of the 5"):
+        t({"label": _head() * 2})
+    for options, match in (
+        ({"labels": [5]}, "labels must be distinct generation labels in 0..4"),
+        ({"labels": [1, 1]}, "labels must be distinct"),
+        ({"labels": [1], "parts": 1}, "parts must be an int >= 2"),
+        ({"labels": [1], "scale_range": (0.5, 2.0)}, "scale_range must be"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            RandSubdivideLabelsd(first_label=5, **options)
