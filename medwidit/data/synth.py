@@ -86,6 +86,26 @@ def _source(data: Mapping, key: Hashable) -> str:
     return str(meta.get("filename_or_obj") or f"item {key!r}")
 
 
+def _label_index(data: Mapping, key: Hashable, num_labels: int) -> torch.Tensor:
+    """The label map ``data[key]`` as int64 labels, else a SynthesisError naming the file: a map with no voxels,
+    labels that are not integers, only label 0 (nothing to paint but air), or a label outside 0..num_labels - 1."""
+    label = torch.as_tensor(data[key])
+    if label.numel() == 0:
+        raise SynthesisError(f"{_source(data, key)}: the label map has no voxels (shape {tuple(label.shape)}).")
+    index = label.long()
+    if not torch.equal(index.to(label.dtype), label):  # NaN and inf too
+        raise SynthesisError(f"{_source(data, key)}: the label map must hold integer labels.")
+    low, high = int(index.min()), int(index.max())
+    if high == 0:  # nothing to paint but air: no anatomy, no target
+        raise SynthesisError(f"{_source(data, key)}: the label map is empty (every voxel is label 0).")
+    if low < 0 or high >= num_labels:
+        raise SynthesisError(
+            f"{_source(data, key)}: label {low if low < 0 else high} is not one of the {num_labels} generation labels "
+            f"(0..{num_labels - 1}) this generator was configured with."
+        )
+    return index
+
+
 class RandLabelsToImaged(RandomizableTransform, MapTransform):
     """``image = mu[label] + sigma[label] * n``, ``mu_l ~ U(mean_range)``, ``sigma_l ~ U(std_range)`` per label and
     draw, n ~ N(0, 1) per voxel (SynthSeg's generative model). Labels must be in ``0..num_labels - 1``.
@@ -125,23 +145,7 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        label = torch.as_tensor(d[self.label_key])
-        index = label.long()
-        if label.numel() == 0:
-            raise SynthesisError(
-                f"{_source(d, self.label_key)}: the label map has no voxels (shape {tuple(label.shape)})."
-            )
-        if not torch.equal(index.to(label.dtype), label):
-            raise SynthesisError(f"{_source(d, self.label_key)}: the label map must hold integer labels.")
-        low, high = int(index.min()), int(index.max())
-        if high == 0:  # nothing to paint but air: no anatomy, no target
-            raise SynthesisError(f"{_source(d, self.label_key)}: the label map is empty (every voxel is label 0).")
-        if low < 0 or high >= self.num_labels:
-            bad = low if low < 0 else high
-            raise SynthesisError(
-                f"{_source(d, self.label_key)}: label {bad} is not one of the {self.num_labels} generation labels "
-                f"(0..{self.num_labels - 1}) this generator was configured with."
-            )
+        label, index = d[self.label_key], _label_index(d, self.label_key, self.num_labels)
         mean = torch.as_tensor(self.R.uniform(*self.mean_range, self.num_labels), dtype=torch.float32)
         std = torch.as_tensor(self.R.uniform(*self.std_range, self.num_labels), dtype=torch.float32)
         if self.R.rand() < self.air_prob:
@@ -333,8 +337,8 @@ class RandNeckExtensiond(RandomizableTransform, MapTransform):
 
 
 class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
-    """Each of ``labels`` split into ``parts`` random blobs, each blob a generation label of its own, so that the
-    generator paints it with its own intensity (SynthStrip's non-brain: many classes of random shape, so a model
+    """Each of ``labels`` split into ``parts`` generation labels (each one or more random blobs), so that the
+    generator paints each part with its own intensity (SynthStrip's non-brain: many classes of random shape, so a model
     cannot tell brain from the rest by the rest being a few flat regions). A head template's non-brain classes are
     a few intensity clusters, each one flat when painted; a scanner's scalp, muscle, marrow and neck are not.
 
@@ -342,8 +346,9 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
     ``scale`` voxels, drawn per call from ``scale_range``, upsampled trilinearly), one partition of the volume that
     each label is cut by: part 0 keeps the label, part j
     of ``labels[i]`` becomes ``first_label + i * (parts - 1) + j - 1``. Apply after the spatial deformation and
-    before :class:`RandLabelsToImaged`, whose ``num_labels`` must count the new labels. A label map that already
-    holds a label at or above ``first_label`` is refused, naming the file and the label.
+    before :class:`RandLabelsToImaged`, whose ``num_labels`` must count the new labels. A label map that
+    :class:`RandLabelsToImaged` would refuse with ``first_label`` labels is refused here, naming the file and the
+    label; the background, label 0, is not cut (it is the air that is painted black half of the time).
     MONAI has no random partition of a label into shapes; its elastic and bias fields are the nearest, and neither
     relabels."""
 
@@ -361,11 +366,11 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         check_int("first_label", first_label, low=1)
         labels = list(labels)
-        bad = [v for v in labels if not is_integer(v) or not 0 <= v < first_label]
-        if bad or len(set(labels)) != len(labels):
+        bad = [v for v in labels if not is_integer(v) or not 1 <= v < first_label]
+        if bad or len(set(labels)) != len(labels):  # label 0 is the air RandLabelsToImaged paints black
             raise ValueError(
-                f"labels must be distinct generation labels in 0..{first_label - 1} (below first_label), got "
-                f"{bad[0] if bad else labels!r}."
+                f"labels must be distinct generation labels in 1..{first_label - 1} (not the background 0, below "
+                f"first_label), got {bad[0] if bad else labels!r}."
             )
         self.label_key, self.labels, self.first_label = label_key, [int(v) for v in labels], int(first_label)
         self.parts = check_int("parts", parts, low=2)
@@ -375,12 +380,7 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
         d = dict(data)
         self.randomize(None)
         label = d[self.label_key]
-        top = int(torch.as_tensor(label).max()) if torch.as_tensor(label).numel() else 0
-        if top >= self.first_label:  # else the new labels' range would hide a label the config does not know
-            raise SynthesisError(
-                f"{_source(d, self.label_key)}: label {top} is not one of the {self.first_label} generation labels "
-                f"(0..{self.first_label - 1}) this generator was configured with."
-            )
+        _label_index(d, self.label_key, self.first_label)  # else the new labels' range would hide one it does not know
         if not self._do_transform or not self.labels:
             return d
         spatial = tuple(label.shape[1:])
@@ -391,7 +391,7 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
         mode = "trilinear" if len(spatial) == 3 else "bilinear"
         noise = torch.as_tensor(self.R.standard_normal((1, self.parts, *coarse)), dtype=torch.float32)
         part = F.interpolate(noise, size=spatial, mode=mode, align_corners=True)[0].argmax(0)  # (*S), one partition
-        out = label.clone()
+        out = label.clone() if label.is_floating_point() else label.long()  # a uint8 map would wrap at 256
         for i, value in enumerate(self.labels):
             where = (label[0] == value) & (part > 0)
             out[0][where] = (self.first_label + i * (self.parts - 1) - 1 + part[where]).to(out.dtype)

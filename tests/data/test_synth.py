@@ -367,22 +367,37 @@ def test_subdivided_parts_are_painted_apart_and_keep_their_labels_task_class():
     data = Compose([subdivide, paint]).set_random_state(3)({"label": label})
     assert len(data["image"][label == 1].unique()) == 4  # one intensity per part: the scalp is no longer flat
     options = {"rotate_degrees": 0.0, "scale_range": 0.0, "fov_prob": 0.0, "flip": False}
-    plain = Compose(synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], **options))
-    cut = Compose(
-        synthesis_transforms(
-            num_labels=5, target_labels=[0, 0, 0, 0, 1], subdivide_labels=[1, 2], subdivide_parts=4, **options
-        )
+    plain = synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1], **options)
+    cut = synthesis_transforms(
+        num_labels=5, target_labels=[0, 0, 0, 0, 1], subdivide_labels=[1, 4], subdivide_parts=4, **options
     )
-    expected = plain.set_random_state(0)({"label": _head()})["label"]
-    assert torch.equal(cut.set_random_state(0)({"label": _head()})["label"], expected)  # the parts are not brain
+    assert sum(isinstance(t, RandSubdivideLabelsd) for t in cut) == 1
+    assert not any(isinstance(t, RandSubdivideLabelsd) for t in plain)
+    expected = Compose(plain).set_random_state(0)({"label": _head()})["label"]
+    # the scalp's parts stay background and the brain's stay brain: the task labels are those of the uncut map
+    assert torch.equal(Compose(cut).set_random_state(0)({"label": _head()})["label"], expected)
+
+
+def test_subdivision_writes_new_labels_past_a_small_integer_type():
+    label = _head().to(torch.uint8)
+    out = RandSubdivideLabelsd(labels=[1], first_label=254, parts=4, scale_range=(2.0, 2.0))({"label": label})
+    assert set(out["label"][label == 1].unique().tolist()) == {1, 254, 255, 256}  # 256 did not wrap to 0
 
 
 def test_subdivision_refuses_a_label_it_does_not_know_naming_the_file_and_its_bad_settings():
     t = RandSubdivideLabelsd(labels=[1], first_label=5, prob=0.0)  # also when it draws no cut
-    with pytest.raises(SynthesisError, match="head_labels.nii.gz: label 8 is not one of the 5"):
-        t({"label": _head() * 2})
+    for label, match in (
+        (_head() * 2, "head_labels.nii.gz: label 8 is not one of the 5"),
+        (_head() + 0.5, "head_labels.nii.gz: the label map must hold integer labels"),
+        (_head() * float("nan"), "head_labels.nii.gz: the label map must hold integer labels"),
+        (_head() * 0, "head_labels.nii.gz: the label map is empty"),
+        (MetaTensor(torch.zeros(1, 0, 4, 4), meta={"filename_or_obj": "none.nii.gz"}), "none.nii.gz: .* no voxels"),
+    ):
+        with pytest.raises(SynthesisError, match=match):
+            t({"label": label})
     for options, match in (
-        ({"labels": [5]}, "labels must be distinct generation labels in 0..4"),
+        ({"labels": [5]}, "labels must be distinct generation labels in 1..4"),
+        ({"labels": [0]}, "not the background 0"),
         ({"labels": [1, 1]}, "labels must be distinct"),
         ({"labels": [1], "parts": 1}, "parts must be an int >= 2"),
         ({"labels": [1], "scale_range": (0.5, 2.0)}, "scale_range must be"),
