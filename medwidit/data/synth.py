@@ -2,7 +2,7 @@
 al. 2022): a label map becomes a new random image at every draw, with random anatomy deformation, contrast,
 resolution, slice thickness, bias, noise and field of view, so that a model trained on it meets no single scanner.
 
-The heavy parts are MONAI's (affine, bias field, gamma, smoothing, noise, flips, label mapping); three are written
+The heavy parts are MONAI's (affine, bias field, gamma, smoothing, noise, flips, label mapping); these are written
 here because no kept library does them the way synthesis needs (measured in ``benchmarks/synth_speed.py``):
 
 - :class:`RandLabelsToImaged`: one Gaussian per label, drawn per sample (SynthSeg's GMM). TorchIO's
@@ -19,6 +19,8 @@ here because no kept library does them the way synthesis needs (measured in ``be
 - :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
   (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
   signed range onto [min, 0]; neither re-equalises);
+- :class:`RandSubdivideLabelsd`: a label cut into random blobs painted apart (SynthStrip's many non-brain shapes;
+  no kept library partitions a label into random shapes);
 - :class:`RandCoilFieldd`: a coil field under the intensity normalisation of a real crop that the pipeline has
   normalised already (MONAI's ``RandBiasField`` multiplies the normalised values, so a dark region stays as bright
   relative to the rest as before, which a field in front of the equalisation does not).
@@ -391,7 +393,8 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
         mode = "trilinear" if len(spatial) == 3 else "bilinear"
         noise = torch.as_tensor(self.R.standard_normal((1, self.parts, *coarse)), dtype=torch.float32)
         part = F.interpolate(noise, size=spatial, mode=mode, align_corners=True)[0].argmax(0)  # (*S), one partition
-        out = label.clone() if label.is_floating_point() else label.long()  # a uint8 map would wrap at 256
+        # a copy, never the caller's map; integer maps widened, since a uint8 map would wrap at 256
+        out = label.clone() if label.is_floating_point() else label.to(torch.int64, copy=True)
         for i, value in enumerate(self.labels):
             where = (label[0] == value) & (part > 0)
             out[0][where] = (self.first_label + i * (self.parts - 1) - 1 + part[where]).to(out.dtype)

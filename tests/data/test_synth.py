@@ -378,10 +378,13 @@ def test_subdivided_parts_are_painted_apart_and_keep_their_labels_task_class():
     assert torch.equal(Compose(cut).set_random_state(0)({"label": _head()})["label"], expected)
 
 
-def test_subdivision_writes_new_labels_past_a_small_integer_type():
-    label = _head().to(torch.uint8)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32])
+def test_subdivision_writes_new_labels_past_a_small_integer_type_on_a_copy(dtype):
+    label = _head().to(dtype)
+    before = label.clone()
     out = RandSubdivideLabelsd(labels=[1], first_label=254, parts=4, scale_range=(2.0, 2.0))({"label": label})
     assert set(out["label"][label == 1].unique().tolist()) == {1, 254, 255, 256}  # 256 did not wrap to 0
+    assert torch.equal(label, before)  # the caller's (or a cache's) map is left as it was
 
 
 def test_subdivision_refuses_a_label_it_does_not_know_naming_the_file_and_its_bad_settings():
