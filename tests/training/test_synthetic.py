@@ -175,3 +175,18 @@ def test_synthetic_crops_carry_spacing_with_spacing_conditioning(tmp_path):
     assert bool(
         ((spacing[:, 3:].amax(dim=1)[thick == 1] >= 4.0) & (spacing[:, 3:].amax(dim=1)[thick == 1] <= 6.0)).all()
     )
+
+
+def test_synth_options_cut_the_non_target_labels_into_blobs_and_keep_the_task_classes(tmp_path):
+    """`train.json`'s synth_options reach RandSubdivideLabelsd: the painted crops still hold the task's classes only
+    (a cut part keeps its label's class), and the crops differ from those of the same seed without the cut."""
+    crops = {}
+    for name, options in (("plain", {}), ("cut", {"subdivide_labels": [3, 4], "subdivide_parts": 3})):
+        set_determinism(0)
+        dm = _module(tmp_path / name, 1.0, synth_options=options)
+        dm.setup("fit")
+        crops[name] = next(iter(dm.train_dataloader()))
+        set_determinism(None)
+    batch = crops["cut"]
+    assert set(batch["label"].unique().tolist()) <= {0, 1} and (batch["label"] == 1).any()
+    assert not torch.equal(batch["image"], crops["plain"]["image"])
