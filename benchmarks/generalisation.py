@@ -172,10 +172,12 @@ def run_tool(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def score(mask_path: Path, truth_path: Path) -> dict:
-    """Dice, HD95 (mm) and volume error (mL) of a brain mask against the truth, on the truth's grid."""
-    truth = nib.load(str(truth_path))
-    mask = nib.load(str(mask_path))
+def score(mask_path, truth_path) -> dict:
+    """Dice, HD95 (mm) and volume error (mL) of a brain mask against the truth, on the truth's grid (nearest
+    neighbours); each a file or a loaded nibabel image."""
+    truth, mask = (
+        p if isinstance(p, nib.spatialimages.SpatialImage) else nib.load(str(p)) for p in (truth_path, mask_path)
+    )
     if mask.shape[:3] != truth.shape[:3] or not np.allclose(mask.affine, truth.affine, atol=1e-4):
         mask = resample_from_to(mask, (truth.shape[:3], truth.affine), order=0)
     prediction = (np.asarray(mask.dataobj) > 0).astype(np.int64)

@@ -22,15 +22,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import generalisation  # benchmarks/ is on sys.path when a script runs
 import nibabel as nib
 import numpy as np
 import torch
-from _report import ROOT, environment, fmt, write_json  # benchmarks/ is on sys.path when a script runs
+from _report import ROOT, environment, fmt, write_json
 from monai.transforms import KeepLargestConnectedComponent
-from nibabel.processing import resample_from_to
 from scipy import ndimage
-
-from medwidit.inference.metrics import segmentation_metrics
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,12 +64,10 @@ def open_mask(mask: np.ndarray, spacing: np.ndarray, radius: float, margin: floa
 
 
 def score(mask: np.ndarray, affine: np.ndarray, truth_image) -> dict:
-    """Brain Dice and HD95 (mm) of ``mask`` (on the grid of ``affine``) on the truth's grid (nearest neighbours)."""
-    if mask.shape != truth_image.shape[:3] or not np.allclose(affine, truth_image.affine, atol=1e-4):
-        mask = np.asarray(resample_from_to(nib.Nifti1Image(mask.astype(np.uint8), affine), truth_image, 0).dataobj) > 0
-    truth = (np.asarray(truth_image.dataobj) > 0).astype(np.int64)
-    m = segmentation_metrics(mask.astype(np.int64), truth, num_classes=2, spacing=truth_image.header.get_zooms()[:3])
-    return {"dice": float(m["dice"][1]), "hd95_mm": float(m["hd95"][1])}
+    """Brain Dice and HD95 (mm) of ``mask`` (on the grid of ``affine``) on the truth's grid, as generalisation.py
+    scores its masks."""
+    scored = generalisation.score(nib.Nifti1Image(mask.astype(np.uint8), affine), truth_image)
+    return {"dice": float(scored["dice"]), "hd95_mm": float(scored["hd95_mm"])}
 
 
 def main(argv=None) -> dict:
