@@ -202,10 +202,13 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     start = time.process_time()
     options = {"steps": args.steps, "num_samples": args.samples, "shared_steps": args.shared_steps}
     inputs = {"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))}
-    coarse = None  # the bundle's localization pass, as Predictor.segment runs it (same seed, no views)
+    # the bundle's localization pass, as Predictor.segment runs it with every view (same seed; views x samples members
+    # per set, no views): one region for every ensemble scored
+    coarse = None
     if predictor.localization is not None:
         coarse = predictor.localization_pass(image, affine=affine, generator=torch.Generator().manual_seed(0),
-                                             weight_sets=len(predictor.segmenters), **options)  # fmt: skip
+                                             weight_sets=len(predictor.segmenters), augment=args.views,
+                                             **options)  # fmt: skip
     if coarse is not None:
         region = foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
         inputs["region"] = MetaTensor(torch.from_numpy(region[None].astype(np.uint8)), affine=torch.as_tensor(affine))

@@ -408,7 +408,7 @@ class Predictor:
         views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
         region, coarse = None, None
         if check_bool("localize", localize) and self.localization is not None:
-            coarse = self._coarse_pass(array, geometry, generator, sampling)
+            coarse = self._coarse_pass(array, geometry, generator, _coarse_sampling(sampling, augment))
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
         result = self._sample_case(
@@ -419,17 +419,26 @@ class Predictor:
         return result
 
     def localization_pass(
-        self, image, *, affine=None, generator: torch.Generator | None = None, force_grid: bool = False, **sampling
+        self,
+        image,
+        *,
+        affine=None,
+        generator: torch.Generator | None = None,
+        force_grid: bool = False,
+        augment: int | None = None,
+        **sampling,
     ) -> Segmentation | None:
         """The coarse pass of :meth:`segment` alone: the case sampled on ``localization``'s grid ->
         :class:`Segmentation` on the input's grid (labels, probabilities and entropy; no aleatoric and epistemic maps
         or quality estimate), from which ``segment`` keeps the foreground within ``margin_mm``;
         None without ``localization`` or where its grid is too small (with a warning). ``sampling``: ``segment``'s
         ``steps``, ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``,
-        ``weight_sets``."""
+        ``weight_sets``; ``augment`` as ``segment``'s (the pass has no views: it draws ``augment`` x ``num_samples``
+        members per set)."""
         array, geometry, sampling = self._case_input(image, affine, force_grid, **sampling)
         if self.localization is None:
             return None
+        sampling = _coarse_sampling(sampling, self.resolve_augment(augment))
         return self._coarse_pass(array, geometry, generator or torch.Generator().manual_seed(0), sampling)
 
     def _case_input(
@@ -456,9 +465,10 @@ class Predictor:
         return array, geometry, sampling
 
     def _coarse_pass(self, array, geometry: ImageGeometry, generator, sampling: dict) -> Segmentation | None:
-        """The case sampled on ``localization``'s coarser grid with the same weights, sampling and post-processing
-        (no test-time views), from a copy of ``generator``'s state (the full-resolution pass then draws exactly what
-        it would without it); None (with a warning) where that grid is too small."""
+        """The case sampled on ``localization``'s coarser grid with the same weights, sampling (``_coarse_sampling``'s
+        members) and post-processing (no test-time views), from a copy of ``generator``'s state (the
+        full-resolution pass then draws exactly what it would without it); None (with a warning) where that grid is
+        too small."""
         name = geometry.path or "array"
         coarse_grid = {**self.preprocessing, "spacing": self.localization["spacing"]}
         try:
@@ -703,6 +713,13 @@ def _invert_maps(data: dict, pre: Compose, maps: dict[str, torch.Tensor]) -> dic
     meta = {k: MetaTensor(v.float().cpu(), affine=affine) for k, v in maps.items()}
     inverted = Invertd(list(meta), transform=pre, orig_keys="image", nearest_interp=False)({**data, **meta})
     return {k: inverted[k].as_tensor().clamp_(min=0)[0].numpy().astype(np.float32) for k in maps}
+
+
+def _coarse_sampling(sampling: dict, augment: int) -> dict:
+    """The localization pass's sampling: it has no test-time views, so each set draws as many members as the full
+    pass's views give it (``augment`` x ``num_samples``): views that stand in for samples (the same network calls)
+    leave the region as it was."""
+    return {**sampling, "num_samples": sampling["num_samples"] * augment}
 
 
 def segment(

@@ -122,7 +122,8 @@ class View:
     bias_seed: int = 0
 
 
-VIEW_OPTIONS = ("flip_axes", "gamma_range", "max_shift", "bias_range")  # what a bundle's ``augment_views`` may set
+# what a bundle's ``augment_views`` may set
+VIEW_OPTIONS = ("flip_axes", "gamma_range", "max_shift", "bias_range", "spread_shifts")
 
 
 def augmentation_views(
@@ -135,6 +136,7 @@ def augmentation_views(
     flip_axes: Sequence[int] | None = None,
     gamma_range: Sequence[float] | None = None,
     bias_range: Sequence[float] | None = None,
+    spread_shifts: bool = False,
 ) -> list[View]:
     """``count`` views: the identity first, then flips of random axis subsets, gammas exp(U(-g, g)) and shifts of
     0..``max_shift`` voxels per axis (below the shipped networks' patch of 4, so the patch grid moves).
@@ -145,11 +147,14 @@ def augmentation_views(
     only curves that darken the mid-range). ``bias_range`` (low, high): every view but the identity also multiplies
     the image by a coil field whose polynomial coefficients are uniform in it (``RandBiasField``; e.g. ``[0.0, 0.2]``,
     the field the shipped weights were trained under), seeded from the same stream after the view's other draws.
+    ``spread_shifts``: view k is shifted ``k * (max_shift + 1) // count`` voxels along every axis instead of a random
+    amount, so the views' patch grids lie as far apart as they can: with a patch of ``max_shift + 1`` voxels, two
+    views are half a patch apart on every axis, four a quarter (a random draw can leave an axis' grid where it was).
     Without any of them the draws are the same as before they existed."""
     check_int("count", count)
     check_int("max_shift", max_shift, low=0)
     options = check_view_options(
-        {"flip_axes": flip_axes, "gamma_range": gamma_range, "bias_range": bias_range},
+        {"flip_axes": flip_axes, "gamma_range": gamma_range, "bias_range": bias_range, "spread_shifts": spread_shifts},
         spatial_dims,
         source="augmentation_views",
     )
@@ -165,7 +170,9 @@ def augmentation_views(
         if subsets is not None:
             axes = subsets[(len(views) - 1) % len(subsets)]
         gamma = float(np.exp(rng.uniform(log_low, log_high)))
-        shift = tuple(int(s) for s in rng.integers(0, max_shift + 1, spatial_dims))
+        shift = tuple(int(s) for s in rng.integers(0, max_shift + 1, spatial_dims))  # drawn always: same stream
+        if spread_shifts:
+            shift = (len(views) * (max_shift + 1) // count,) * spatial_dims
         field = {}
         if "bias_range" in options:  # drawn only when asked: the stream without it is unchanged
             field = {"bias_range": tuple(options["bias_range"]), "bias_seed": int(rng.integers(0, 2**31 - 1))}
@@ -183,7 +190,7 @@ def _flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 def check_view_options(spec: Mapping | None, spatial_dims: int, source: str = "augment_views") -> dict:
     """A bundle's or a caller's ``augment_views`` -> the :func:`augmentation_views` keywords it sets (None values
     dropped): ``flip_axes`` distinct spatial axes, ``gamma_range`` [low, high] with 0 < low <= high, ``max_shift`` an
-    int >= 0. A ValueError names ``source`` and the key."""
+    int >= 0, ``spread_shifts`` a bool (set only where true). A ValueError names ``source`` and the key."""
     if spec is None:
         return {}
     if not isinstance(spec, Mapping):
@@ -221,6 +228,12 @@ def check_view_options(spec: Mapping | None, spatial_dims: int, source: str = "a
         out["bias_range"] = [float(c) for c in coefficients]
     if spec.get("max_shift") is not None:
         out["max_shift"] = check_int(f"{source}: max_shift", spec["max_shift"], low=0)
+    spread = spec.get("spread_shifts")
+    if spread is not None:
+        if not isinstance(spread, bool):
+            raise ValueError(f"{source}: spread_shifts must be true or false, got {spread!r}.")
+        if spread:  # False is the default: left out, so that the keywords stay as they were without it
+            out["spread_shifts"] = True
     return out
 
 

@@ -315,6 +315,24 @@ def test_the_localization_pass_alone_is_the_case_sampled_on_the_coarse_grid(tmp_
     assert _oracle_predictor(None).localization_pass(path, **FAST) is None
 
 
+def test_views_that_stand_in_for_samples_leave_the_localization_pass_as_it_was(tmp_path):
+    """The pass has no views: with ``augment`` V it draws V x ``num_samples`` members per set, so 2 views x 1 sample
+    (the same network calls as 1 x 2) find the region 1 x 2 finds, and ``localization_pass(augment=V)`` is segment's."""
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    predictor = Predictor(
+        DiffusionSegmenter(NoisyOracle(), num_classes=2), preprocessing=PREPROCESSING, roi_size=16, device="cpu",
+        localization={"spacing": 4.0, "margin_mm": 1000.0}, view_options={"flip_axes": [], "gamma_range": [1, 1]},
+    )  # fmt: skip
+    pairs = predictor.localization_pass(path, generator=torch.Generator().manual_seed(4), **FAST)
+    viewed = predictor.localization_pass(path, generator=torch.Generator().manual_seed(4), steps=2, num_samples=1,
+                                         augment=2)  # fmt: skip
+    single = predictor.localization_pass(path, generator=torch.Generator().manual_seed(4), steps=2, num_samples=1)
+    assert np.array_equal(viewed.probability, pairs.probability)
+    assert not np.array_equal(single.probability, pairs.probability)  # one member per set draws another pass
+    result = predictor.segment(path, generator=torch.Generator().manual_seed(4), steps=2, num_samples=1, augment=2)
+    assert np.allclose(result.disagreement, 0.5 * np.abs(result.probability - pairs.probability).sum(0))
+
+
 def test_a_region_that_held_less_than_warn_kept_is_cut_and_named_in_the_cases_warning_line(tmp_path, caplog):
     path, _ = _scan_with_a_far_speck(tmp_path)
     predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 1.0})

@@ -81,6 +81,21 @@ def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alon
     assert all(v.shift == () for v in augmentation_views(5, 3, max_shift=0))
 
 
+def test_spread_shifts_put_the_views_patch_grids_evenly_apart_and_keep_the_other_draws():
+    """``spread_shifts``: view k moves k (max_shift + 1) / count voxels along every axis (two views half a 4-voxel
+    patch apart, four a quarter), where a random draw can leave an axis' grid in place; flips and gammas are the
+    random views' own."""
+    random = augmentation_views(4, 3, seed=0, flip_axes=[0], gamma_range=[1.0, 1.35])
+    spread = augmentation_views(4, 3, seed=0, flip_axes=[0], gamma_range=[1.0, 1.35], spread_shifts=True)
+    assert [v.shift for v in spread] == [(), (1, 1, 1), (2, 2, 2), (3, 3, 3)]
+    assert [v.shift for v in random][1] == (0, 3, 2)  # the first axis' grid stays where it was
+    assert [(v.flip_axes, v.gamma) for v in spread] == [(v.flip_axes, v.gamma) for v in random]
+    assert [v.shift for v in augmentation_views(2, 3, spread_shifts=True)] == [(), (2, 2, 2)]
+    assert [v.shift for v in augmentation_views(3, 2, max_shift=5, spread_shifts=True)] == [(), (2, 2), (4, 4)]
+    assert check_view_options({"spread_shifts": True}, 3) == {"spread_shifts": True}
+    assert check_view_options({"spread_shifts": False}, 3) == {}  # the default: the keywords as without it
+
+
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
@@ -94,6 +109,7 @@ def test_view_options_restrict_flips_and_gammas_and_leave_the_default_draws_alon
         ({"bias_range": [0.2, 0.1]}, r"augment_views: bias_range must be \[low, high\] coil-field coefficients"),
         ({"bias_range": [0.1, float("nan")]}, "bias_range must be"),
         ({"bias_range": 0.2}, "bias_range must be"),
+        ({"spread_shifts": 1}, r"augment_views: spread_shifts must be true or false, got 1"),
         ({"flips": [0]}, r"augment_views: unknown key\(s\) \['flips'\]; expected some of flip_axes"),
         ([0], "augment_views must be a mapping of flip_axes, gamma_range, max_shift"),
     ],
