@@ -9,10 +9,12 @@ The candidates: the product rule (``calibration.PRODUCT_RULE``, no parameter fit
 error), and every subset of at most ``--max-features`` features that holds ``log_ensemble_dice``, fitted
 (``calibration.fit_calibration``) and scored by leave-one-case-out: each case predicted by the model fitted on the
 others. The candidate with the lowest leave-one-out mean absolute error (candidates within ``--tie`` of it: the one
-whose leave-one-out estimates rank the cases best, Spearman) is fitted on all cases; ``--write-bundle``
-writes it into that bundle's ``configs/inference.json`` as ``quality_calibration``, with ``warn_dice``: the threshold
-on the held-out estimates at which the CLI's whole warning line (with the expected volume and the localization's
-``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false flags.
+whose leave-one-out estimates rank the cases best, Spearman) is fitted on all cases (``--features`` names one
+subset, fitted and chosen whatever the product rule scores: a bundle's feature set refitted to new members);
+``--write-bundle`` writes it into that bundle's ``configs/inference.json`` as ``quality_calibration``, with
+``warn_dice``: the threshold on the held-out estimates at which the CLI's whole warning line (with the expected
+volume and the localization's ``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false
+flags.
 
     python benchmarks/quality_calibration.py runs/validation.json --write-bundle bundles/brain_widit_segmentation
 
@@ -83,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="generalisation.py JSON(s) of validation cases")
     parser.add_argument("--max-features", type=int, default=3)
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        choices=FEATURES,
+        help="refit these features only (with log_ensemble_dice), no search: a bundle's feature set on new members",
+    )
     parser.add_argument("--tie", type=float, default=0.005, help="leave-one-out MAEs this close rank by Spearman")
     parser.add_argument("--low-dice", type=float, default=0.9, help="true Dice below which a case should be flagged")
     parser.add_argument(
@@ -103,6 +111,12 @@ def main(argv=None) -> dict:
     subsets = [
         ("log_ensemble_dice", *extra) for n in range(args.max_features) for extra in itertools.combinations(others, n)
     ]
+    if args.features:
+        named = ("log_ensemble_dice", *(f for f in FEATURES if f in args.features and f != "log_ensemble_dice"))
+        if any(f not in varying for f in named):
+            raise SystemExit(f"--features {' '.join(args.features)}: {[f for f in named if f not in varying]} take one "
+                             "value in every validation case (nothing to fit)")  # fmt: skip
+        subsets = [named]
     product = np.array([calibrated_dice(r["features"], PRODUCT_RULE) for r in rows])
     candidates = [{"features": "product rule", "leave_one_out": scores(product, true, args.low_dice)}]
     for names in subsets:
@@ -115,6 +129,8 @@ def main(argv=None) -> dict:
     lowest = min(c["leave_one_out"]["mae"] for c in candidates)
     tied = [c for c in candidates if c["leave_one_out"]["mae"] <= lowest + args.tie]  # then the best ranking
     best = max(tied, key=lambda c: (c["leave_one_out"]["spearman"], -c["leave_one_out"]["mae"]))
+    if args.features:  # refitted whatever the product rule scores: the table still shows it
+        best = candidates[-1]
     if best["features"] == "product rule":
         model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRODUCT_RULE.items()}
     else:

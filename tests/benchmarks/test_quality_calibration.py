@@ -69,6 +69,20 @@ def test_the_true_features_win_by_leave_one_out_and_the_bundle_reads_the_written
     assert json.loads((tmp_path / "q.json").read_text())["chosen"]["calibration"] == written
 
 
+def test_named_features_are_refitted_without_a_search(tmp_path):
+    """``--features``: the one subset named (log_ensemble_dice always in it) against the product rule, so a bundle's
+    feature set is refitted to new members even where another subset would win the search."""
+    script = load_benchmark("quality_calibration")
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": _rows()}))
+    out = script.main([str(results), "--output", str(tmp_path / "q.json"), "--features", "total_foreground"])
+    assert [c["features"] for c in out["candidates"]] == ["product rule", ["log_ensemble_dice", "total_foreground"]]
+    assert out["chosen"]["features"] == ["log_ensemble_dice", "total_foreground"]  # log_kept would have won
+    assert set(out["chosen"]["calibration"]["weights"]) == {"log_ensemble_dice", "total_foreground"}
+    with pytest.raises(SystemExit, match=r"--features log_boundary: \['log_boundary'\] take one value"):
+        script.main([str(results), "--output", str(tmp_path / "r.json"), "--features", "log_boundary"])
+
+
 def test_too_few_validation_cases_stop_the_fit(tmp_path):
     script = load_benchmark("quality_calibration")
     results = tmp_path / "validation.json"
