@@ -31,7 +31,7 @@ from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
 
 from .localize import restrict_to_region
-from .trust import View, apply_view, decompose_entropy, estimated_dice, invert_view
+from .trust import View, apply_view, decompose_entropy, estimated_dice, fit_view, invert_view
 from .uncertainty import summarize_ensemble
 
 __all__ = [
@@ -413,6 +413,7 @@ def sample_ensemble(
         logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
         model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
         for v, view in enumerate(views):
+            view = fit_view(image, view)  # a shift rolls the grid through its air where it can: same size, same cost
             group = w * len(views) + v
             view_progress = None if progress is None else partial(_with_view, progress, group)
             samples = weights.sample(  # (S, B, K, *S' of the view)

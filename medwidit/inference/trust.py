@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ __all__ = [
     "decompose_entropy",
     "estimated_dice",
     "expected_dice",
+    "fit_view",
     "invert_view",
     "outside_expected",
     "quality_report",
@@ -113,13 +114,16 @@ class View:
     smooth multiplicative coil field (MONAI's ``RandBiasField`` with that coefficient range, seeded by
     ``bias_seed``), ``shift`` voxels of air added before each spatial axis (an integer translation: it moves the
     network's patch grid over the anatomy, and is undone exactly by cropping), then the spatial axes ``flip_axes``
-    flipped."""
+    flipped. Along an axis where ``wrap`` is true the shift rolls the grid instead (:func:`fit_view`: its last
+    ``shift`` voxels are air, and come round to the front), so the grid keeps its size (a larger grid can cost more
+    windows: 128 -> 130 voxels takes 4 windows of 64 per axis instead of 3)."""
 
     flip_axes: tuple[int, ...] = ()
     gamma: float = 1.0
     shift: tuple[int, ...] = ()
     bias_range: tuple[float, ...] = ()
     bias_seed: int = 0
+    wrap: tuple[bool, ...] = ()
 
 
 # what a bundle's ``augment_views`` may set
@@ -261,9 +265,30 @@ def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | N
             u = (u * coil_field(image.shape[2:], view).to(u)).clamp(0, 1)
         out = low + (high - low) * u
     if any(view.shift):
-        pad = [v for s in reversed(_per_axis(view.shift, image.ndim - 2)) for v in (s, 0)]
-        out = F.pad(out - low, pad) + low  # constant padding with each channel's own floor
+        shift, wrap = _per_axis(view.shift, image.ndim - 2), _wrapped(view, image.ndim - 2)
+        pad = [v for s, w in zip(reversed(shift), reversed(wrap), strict=True) for v in ((0 if w else s), 0)]
+        if any(pad):
+            out = F.pad(out - low, pad) + low  # constant padding with each channel's own floor
+        rolled = [(s, 2 + a) for a, (s, w) in enumerate(zip(shift, wrap, strict=True)) if w and s]
+        if rolled:
+            out = torch.roll(out, [s for s, _ in rolled], [d for _, d in rolled])
     return _flip(out, view.flip_axes)
+
+
+def fit_view(image: torch.Tensor, view: View) -> View:
+    """``view`` with ``wrap`` set for ``image`` (B, C, *S): true along each axis whose last ``shift`` voxels are at
+    every channel's minimum (air, after the air step) in every case, so rolling them round to the front gives the
+    network what padding would, on a grid of the same size; false (padding) where the anatomy reaches that face."""
+    if not any(view.shift):
+        return view
+    shift = _per_axis(view.shift, image.ndim - 2)
+    floor = image.amin(dim=tuple(range(2, image.ndim)), keepdim=True)  # (B, C, 1...)
+    wrap = []
+    for axis, s in enumerate(shift):
+        size = image.shape[2 + axis]
+        far = image.narrow(2 + axis, size - s, s) if 0 < s < size else None
+        wrap.append(bool(far is not None and torch.equal(far, floor.expand_as(far))))
+    return replace(view, wrap=tuple(wrap))
 
 
 def coil_field(spatial_shape: Sequence[int], view: View) -> torch.Tensor:
@@ -276,11 +301,15 @@ def coil_field(spatial_shape: Sequence[int], view: View) -> torch.Tensor:
 
 def invert_view(maps: torch.Tensor, view: View, spatial_start: int = 2) -> torch.Tensor:
     """Undo a view's flips and shift on maps whose spatial axes start at ``spatial_start`` (exact: a flip is its own
-    inverse, and the shift's padding is cropped off)."""
+    inverse, the shift's padding is cropped off, and a wrapped axis is rolled back)."""
     out = _flip(maps, view.flip_axes, spatial_start)
     if any(view.shift):
-        shift = _per_axis(view.shift, maps.ndim - spatial_start)
-        out = out[(slice(None),) * spatial_start + tuple(slice(s, None) for s in shift)]
+        shift, wrap = _per_axis(view.shift, maps.ndim - spatial_start), _wrapped(view, maps.ndim - spatial_start)
+        rolled = [(-s, spatial_start + a) for a, (s, w) in enumerate(zip(shift, wrap, strict=True)) if w and s]
+        if rolled:
+            out = torch.roll(out, [s for s, _ in rolled], [d for _, d in rolled])
+        crop = tuple(slice(0 if w else s, None) for s, w in zip(shift, wrap, strict=True))
+        out = out[(slice(None),) * spatial_start + crop]
     return out
 
 
@@ -288,6 +317,15 @@ def _per_axis(shift: tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
     if len(shift) != spatial_dims or any(s < 0 for s in shift):
         raise ValueError(f"a view's shift must be {spatial_dims} voxel counts >= 0, got {shift}.")
     return shift
+
+
+def _wrapped(view: View, spatial_dims: int) -> tuple[bool, ...]:
+    """The view's ``wrap`` per axis (all false where it sets none: padding)."""
+    if not view.wrap:
+        return (False,) * spatial_dims
+    if len(view.wrap) != spatial_dims:
+        raise ValueError(f"a view's wrap must be {spatial_dims} flags, got {view.wrap}.")
+    return tuple(bool(w) for w in view.wrap)
 
 
 def _flip(x: torch.Tensor, axes: tuple[int, ...], spatial_start: int = 2) -> torch.Tensor:

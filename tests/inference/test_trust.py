@@ -19,6 +19,7 @@ from medwidit.inference.trust import (
     check_view_options,
     decompose_entropy,
     estimated_dice,
+    fit_view,
     invert_view,
     quality_report,
 )
@@ -183,6 +184,31 @@ def test_a_shifted_view_pads_air_before_each_axis_and_crops_it_off():
     assert torch.equal(invert_view(seen, view), image)
     with pytest.raises(ValueError, match="shift must be 3 voxel counts"):
         apply_view(image, View(shift=(1, 2)))
+
+
+def test_a_shift_through_air_rolls_the_grid_and_keeps_its_size_where_the_anatomy_reaches_a_face_it_pads():
+    """``fit_view``: along an axis whose last ``shift`` voxels are air (each channel's minimum, in every case) the
+    shift rolls the grid, so the network sees what padding shows it on a grid of the same size; where anatomy reaches
+    the far face it pads as before. Either way the inverse is exact, flips included."""
+    image = torch.zeros(2, 1, 7, 6, 9)  # air at 0
+    image[:, :, 1:5, 1:6, 2:6] = torch.rand(2, 1, 4, 5, 4) + 1  # the head; it reaches the far face of the 2nd axis
+    view = fit_view(image, View(flip_axes=(0,), shift=(2, 2, 3)))
+    assert view.wrap == (True, False, True) and view.shift == (2, 2, 3) and view.flip_axes == (0,)
+    seen = apply_view(image, view)
+    assert seen.shape == (2, 1, 7, 8, 9)  # only the axis without air at its far face grew
+    assert apply_view(image, View(flip_axes=(0,), shift=(2, 2, 3))).shape == (2, 1, 9, 8, 12)  # padding, unfitted
+    unflipped = seen.flip(2)
+    torch.testing.assert_close(unflipped[:, :, 2:, 2:, 3:], image[:, :, :5, :, :6])  # the content moved by the shift
+    assert (unflipped[:, :, :2] == 0).all() and (unflipped[..., :3] == 0).all()  # air came round to the front
+    assert torch.equal(invert_view(seen, view), image)
+    maps = torch.rand(3, *seen.shape)  # (S, B, K, *S of the view)
+    back = invert_view(maps, view, 3)
+    assert back.shape[3:] == image.shape[2:] and torch.equal(back, maps.flip(3).roll((-2, -3), (3, 5))[..., 2:, :])
+    image[1, 0, -1, 0, 0] = 3.0  # one case has anatomy at the far face of the first axis: no wrap there for the batch
+    assert fit_view(image, View(shift=(2, 0, 0))).wrap == (False, False, False)
+    assert fit_view(image, View()) == View() and fit_view(image, View(shift=(0, 0, 9))).wrap == (False, False, False)
+    with pytest.raises(ValueError, match=r"a view's wrap must be 3 flags"):
+        apply_view(image, View(shift=(1, 1, 1), wrap=(True,)))
 
 
 def test_quality_report_counts_millilitres_on_the_grid_and_summarises_the_maps():

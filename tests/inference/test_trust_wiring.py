@@ -81,6 +81,38 @@ def test_the_identity_view_is_exactly_the_run_without_views():
         sample_ensemble(segmenter, image, steps=1, num_samples=1, roi_size=(8, 8, 8), views=[])
 
 
+def test_a_shifted_view_samples_the_scans_own_grid_where_its_far_faces_are_air(monkeypatch):
+    """``sample_ensemble`` fits each view to the scan (``trust.fit_view``): with air at the far faces a shift rolls
+    the grid, so the network sees grids of the scan's size (no extra windows), and a voxel-wise network's result is
+    the padded view's, exactly."""
+    from inference_volumes import ThresholdOracle
+
+    import medwidit.inference.sliding as sliding
+
+    image = torch.zeros(1, 1, 12, 10, 8)
+    image[:, :, 2:8, 3:7, 1:5] = 1.0
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    shapes = []
+
+    def record(denoiser):
+        def model_fn(x, t, cond, **kw):
+            shapes.append(tuple(x.shape[2:]))
+            return denoiser(x, t, cond, **kw)
+
+        return model_fn
+
+    views = [View(), View(shift=(2, 2, 2))]
+    options = {"steps": 2, "num_samples": 1, "roi_size": (8, 8, 8), "views": views, "wrap_model_fn": record}
+    rolled = sample_ensemble(segmenter, image, generator=torch.Generator().manual_seed(0), **options)
+    assert set(shapes) == {(12, 10, 8)}
+    shapes.clear()
+    monkeypatch.setattr(sliding, "fit_view", lambda image, view: view)  # padding, as before views were fitted
+    padded = sample_ensemble(segmenter, image, generator=torch.Generator().manual_seed(0), **options)
+    assert set(shapes) == {(12, 10, 8), (14, 12, 10)}
+    assert torch.equal(rolled["mean_probability"], padded["mean_probability"])
+    assert rolled["mean_probability"][0, 1, 4, 5, 2] > 0.99 and rolled["mean_probability"][0, 1, 0, 0, 0] < 0.01
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     path = tmp_path / "model.pt"
