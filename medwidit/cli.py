@@ -194,6 +194,7 @@ def _model_line(args: argparse.Namespace, model: dict, predictor) -> str:
     return (
         f"model: {what} on {predictor.device} ({precision}); {args.steps} step(s) x {args.samples} sample(s)"
         f"{f' x {args.weight_sets} sets of weights' if args.weight_sets > 1 else ''}"
+        f"{f' x {args.augment} test-time views' if args.augment > 1 else ''}"
         f"{f' (the first {args.shared_steps} shared)' if args.shared_steps else ''}, sampler "
         f"{_sampler(args, predictor)}, seed {args.seed}; medwidit {package_version()}"
     )

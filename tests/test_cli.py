@@ -227,6 +227,9 @@ def test_segment_without_a_model_uses_the_shipped_bundle_and_says_so(tmp_path, c
     shared = ["segment", "-i", str(image), "-o", str(tmp_path / "c"), "--steps", "2", "--samples", "2"]
     assert main([*shared, "--shared-steps", "1", "--weight-sets", "1"]) == 0
     assert "2 step(s) x 2 sample(s) (the first 1 shared), sampler" in capsys.readouterr().err.splitlines()[0]
+    viewed = ["segment", "-i", str(image), "-o", str(tmp_path / "d"), "--steps", "1", "--samples", "1"]
+    assert main([*viewed, "--weight-sets", "1", "--augment", "2"]) == 0
+    assert "1 step(s) x 1 sample(s) x 2 test-time views, sampler" in capsys.readouterr().err.splitlines()[0]
     by_name = ["segment", "-i", str(image), "-o", str(tmp_path / "b"), "--bundle", "brain_widit_segmentation"]
     assert main([*by_name, "--steps", "1", "--samples", "1", "-q"]) == 0  # a shipped bundle's name, not a folder
     same = [np.asarray(nib.load(tmp_path / out / "head.nii.gz").dataobj) for out in ("a", "b")]
