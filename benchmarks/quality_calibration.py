@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--features",
         nargs="+",
         choices=FEATURES,
-        help="refit these features only (with log_ensemble_dice), no search: a bundle's feature set on new members",
+        help="refit these features only (with log_ensemble_dice), no search (--max-features and --tie then unused): "
+        "a bundle's feature set on new members",
     )
     parser.add_argument("--tie", type=float, default=0.005, help="leave-one-out MAEs this close rank by Spearman")
     parser.add_argument("--low-dice", type=float, default=0.9, help="true Dice below which a case should be flagged")
@@ -130,6 +131,10 @@ def main(argv=None) -> dict:
     tied = [c for c in candidates if c["leave_one_out"]["mae"] <= lowest + args.tie]  # then the best ranking
     best = max(tied, key=lambda c: (c["leave_one_out"]["spearman"], -c["leave_one_out"]["mae"]))
     if args.features:  # refitted whatever the product rule scores: the table still shows it
+        if candidates[-1]["features"] != list(subsets[0]):
+            raise SystemExit(f"--features {' '.join(args.features)}: {len(rows)} validation cases cannot fit "
+                             f"{len(subsets[0]) + 1} parameters by leave-one-case-out (need more than "
+                             f"{len(subsets[0]) + 2})")  # fmt: skip
         best = candidates[-1]
     if best["features"] == "product rule":
         model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRODUCT_RULE.items()}

@@ -203,7 +203,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     options = {"steps": args.steps, "num_samples": args.samples, "shared_steps": args.shared_steps}
     inputs = {"image": MetaTensor(torch.from_numpy(image)[None], affine=torch.as_tensor(affine))}
     # the bundle's localization pass, as Predictor.segment runs it with every view (same seed; views x samples members
-    # per set, no views): one region for every ensemble scored
+    # per set, no views): one region for every ensemble scored, so a 1-view row's region is the V-view run's, not what
+    # segment(augment=1) would draw (result files written before this line used the 1-view pass's)
     coarse = None
     if predictor.localization is not None:
         coarse = predictor.localization_pass(image, affine=affine, generator=torch.Generator().manual_seed(0),

@@ -133,7 +133,8 @@ class Predictor:
             ``inference.json`` declares it): a case whose class volume falls outside gets a warning line and is
             listed in its quality JSON's ``unexpected_volumes``, whatever the members agree on.
         view_options: the test-time views' ``augmentation_views`` keywords (``flip_axes``, ``gamma_range``,
-            ``max_shift``; a bundle's ``inference.json`` declares them as ``augment_views``) for ``segment(augment=N)``.
+            ``max_shift``, ``bias_range``, ``spread_shifts``; a bundle's ``inference.json`` declares them as
+            ``augment_views``) for ``segment(augment=N)``.
         localization: ``{"spacing": mm, "margin_mm": mm, "min_kept": share, "warn_kept": share}``
             (``localize.check_localization``; a bundle's ``inference.json`` declares it): each case is first sampled on
             that coarser grid, and the full-resolution ensemble is background farther than ``margin_mm`` from the
@@ -389,8 +390,9 @@ class Predictor:
         ``DiffusionSegmenter.sample``. A resampled grid too small to segment is an InputError, and so is one with more
         than ``options.MAX_GRID_GROWTH`` times the input's voxels unless ``force_grid``. ``augment`` N > 1 (None:
         ``sampling_defaults``) adds test-time views (``trust.augmentation_views`` with ``view_options``: flips, voxel
-        shifts, intensity curve), each with ``num_samples`` members (N times the cost), so that the ``epistemic`` map
-        and the ``quality`` estimate see more than noise.
+        shifts, intensity curve), each with ``num_samples`` members (N times the cost; the localization pass, which
+        has no views, draws N x ``num_samples`` members per set), so that the ``epistemic`` map and the ``quality``
+        estimate see more than noise.
         ``shared_steps`` k < steps (None: ``sampling_defaults``): the members share their first k steps, then branch
         (``DiffusionSegmenter.sample``): k + (steps - k) x num_samples network calls per view, not steps x num_samples.
         ``weight_sets`` N (None: ``sampling_defaults``): the first N of ``segmenters`` (independently trained

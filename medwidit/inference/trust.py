@@ -153,7 +153,8 @@ def augmentation_views(
     the field the shipped weights were trained under), seeded from the same stream after the view's other draws.
     ``spread_shifts``: view k is shifted ``k * (max_shift + 1) // count`` voxels along every axis instead of a random
     amount, so the views' patch grids lie as far apart as they can: with a patch of ``max_shift + 1`` voxels, two
-    views are half a patch apart on every axis, four a quarter (a random draw can leave an axis' grid where it was).
+    views are half a patch apart on every axis, four a quarter (a random draw can leave an axis' grid where it was);
+    more views than ``max_shift + 1`` repeat shifts (six views of a 4-voxel patch: 0, 0, 1, 2, 2, 3).
     Without any of them the draws are the same as before they existed."""
     check_int("count", count)
     check_int("max_shift", max_shift, low=0)
@@ -275,14 +276,20 @@ def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | N
     return _flip(out, view.flip_axes)
 
 
-def fit_view(image: torch.Tensor, view: View) -> View:
+def fit_view(image: torch.Tensor, view: View, value_range: Sequence[float] | None = None) -> View:
     """``view`` with ``wrap`` set for ``image`` (B, C, *S): true along each axis whose last ``shift`` voxels are at
-    every channel's minimum (air, after the air step) in every case, so rolling them round to the front gives the
-    network what padding would, on a grid of the same size; false (padding) where the anatomy reaches that face."""
+    the air's level in every channel and case (each channel's minimum, or ``value_range``'s low end as
+    :func:`apply_view` pads with it), so rolling them round to the front moves the anatomy as padding would, on a grid
+    of the same size: the network sees the padded grid's first voxels along that axis, without its last ``shift``
+    slices of air. False (padding) where anything but air reaches that face, e.g. without an air step that sets the
+    air to the minimum, where the view then costs the larger grid's windows."""
     if not any(view.shift):
         return view
     shift = _per_axis(view.shift, image.ndim - 2)
-    floor = image.amin(dim=tuple(range(2, image.ndim)), keepdim=True)  # (B, C, 1...)
+    if value_range is None:
+        floor = image.amin(dim=tuple(range(2, image.ndim)), keepdim=True)  # (B, C, 1...)
+    else:
+        floor = torch.full((1,) * image.ndim, float(value_range[0]), dtype=image.dtype, device=image.device)
     wrap = []
     for axis, s in enumerate(shift):
         size = image.shape[2 + axis]

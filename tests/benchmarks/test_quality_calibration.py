@@ -81,6 +81,12 @@ def test_named_features_are_refitted_without_a_search(tmp_path):
     assert set(out["chosen"]["calibration"]["weights"]) == {"log_ensemble_dice", "total_foreground"}
     with pytest.raises(SystemExit, match=r"--features log_boundary: \['log_boundary'\] take one value"):
         script.main([str(results), "--output", str(tmp_path / "r.json"), "--features", "log_boundary"])
+    searched = script.main([str(results), "--output", str(tmp_path / "s.json")])
+    assert "log_kept" in searched["chosen"]["features"]  # what the search picks on the same rows
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps({"rows": _rows(5)}))
+    with pytest.raises(SystemExit, match=r"--features log_kept total_foreground: 5 validation cases cannot fit 4"):
+        script.main([str(few), "--output", str(tmp_path / "f.json"), "--features", "log_kept", "total_foreground"])
 
 
 def test_too_few_validation_cases_stop_the_fit(tmp_path):

@@ -207,6 +207,11 @@ def test_a_shift_through_air_rolls_the_grid_and_keeps_its_size_where_the_anatomy
     image[1, 0, -1, 0, 0] = 3.0  # one case has anatomy at the far face of the first axis: no wrap there for the batch
     assert fit_view(image, View(shift=(2, 0, 0))).wrap == (False, False, False)
     assert fit_view(image, View()) == View() and fit_view(image, View(shift=(0, 0, 9))).wrap == (False, False, False)
+    two = torch.zeros(1, 2, 6, 5, 4)  # two channels: only the second reaches the far face of the last axis
+    two[:, 1, 2:4, 1:3, 1:] = 1.0
+    assert fit_view(two, View(shift=(1, 1, 1))).wrap == (True, True, False)
+    assert fit_view(two, View(shift=(1, 1, 1)), value_range=(-1.0, 2.0)).wrap == (False, False, False)  # air at -1
+    assert fit_view(two, View(shift=(1, 1, 1)), value_range=(0.0, 2.0)).wrap == (True, True, False)
     with pytest.raises(ValueError, match=r"a view's wrap must be 3 flags"):
         apply_view(image, View(shift=(1, 1, 1), wrap=(True,)))
 

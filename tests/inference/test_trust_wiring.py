@@ -84,7 +84,7 @@ def test_the_identity_view_is_exactly_the_run_without_views():
 def test_a_shifted_view_samples_the_scans_own_grid_where_its_far_faces_are_air(monkeypatch):
     """``sample_ensemble`` fits each view to the scan (``trust.fit_view``): with air at the far faces a shift rolls
     the grid, so the network sees grids of the scan's size (no extra windows), and a voxel-wise network's result is
-    the padded view's, exactly."""
+    the padded view's, exactly (the roll's direction itself: test_trust.py)."""
     from inference_volumes import ThresholdOracle
 
     import medwidit.inference.sliding as sliding
