@@ -107,6 +107,10 @@ def _segment(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
         predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
+    if args.augment_views is not None:  # the bundle's augment_views replaced, checked against the network's dims
+        from medwidit.inference.trust import check_view_options
+
+        predictor.view_options = check_view_options(args.augment_views, predictor.spatial_dims, "--augment-views")
     predictor.check_options(**sampling)  # the sampler name too, before a record claims a name in the output folder
     predictor.select_weights(args.weight_sets)  # as many sets as asked for, before the record names them
     logger.info("%s", _model_line(args, model, predictor))

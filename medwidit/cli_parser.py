@@ -216,6 +216,15 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         "case_quality.json see more than noise (default: the bundle's inference.json augment, else 1: none)",
     )
     parser.add_argument(
+        "--augment-views",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="the views --augment draws, as a bundle's inference.json augment_views: flip_axes, gamma_range, "
+        'max_shift, bias_range, spread_shifts, e.g. \'{"flip_axes": [], "gamma_range": [1, 1], "spread_shifts": '
+        "true}' for shifts half a patch apart with --augment 2 (default: the bundle's augment_views)",
+    )
+    parser.add_argument(
         "--weight-sets",
         type=_positive_int,
         default=None,
@@ -240,6 +249,19 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         "(default: the bundle's warn_dice, which belongs to its calibrated Dice estimate, shipped 0.915; a bare "
         "checkpoint's 0.955, for the ensemble's own estimate; 0 never warns)",
     )
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object (a mapping) given on the command line."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({e.msg})") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _unit_float(text: str) -> float:

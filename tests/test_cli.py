@@ -417,6 +417,27 @@ def test_a_run_refused_before_any_case_leaves_no_record(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
 
 
+def test_augment_views_replace_the_bundles_views_and_bad_ones_are_named(tmp_path, capsys):
+    """--augment-views: the views --augment draws instead of the bundle's augment_views (in the run record too);
+    text that is not a JSON object is a usage error, and a bad key an error naming the option and the key."""
+    image = _small_head(tmp_path / "head.nii.gz")
+    views = {"flip_axes": [], "gamma_range": [1, 1], "spread_shifts": True}
+    base = ["segment", "-i", str(image), "--steps", "1", "--samples", "1", "--weight-sets", "1", "--augment", "2"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--augment-views", json.dumps(views), "-q"]) == 0
+    record = json.loads((tmp_path / "a" / "medwidit_run.json").read_text())
+    assert record["sampling"]["view_options"] == {"flip_axes": [], "gamma_range": [1.0, 1.0], "spread_shifts": True}
+    assert main([*base, "-o", str(tmp_path / "b"), "-q"]) == 0
+    shipped = json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["view_options"]
+    assert shipped["flip_axes"] == [0] and "spread_shifts" not in shipped  # the bundle's own
+    for text in ("[1]", "{flip_axes: []}"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "-o", str(tmp_path / "c"), "--augment-views", text])
+        assert exit_.value.code == 2 and "argument --augment-views: expected a JSON object" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "d"), "--augment-views", '{"flips": [0]}']) == 1
+    assert "--augment-views: unknown key(s) ['flips']" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
 @pytest.mark.parametrize(
     "option, value, message",
     [
