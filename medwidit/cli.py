@@ -111,6 +111,8 @@ def _segment(args: argparse.Namespace) -> int:
         from medwidit.inference.trust import check_view_options
 
         predictor.view_options = check_view_options(args.augment_views, predictor.spatial_dims, "--augment-views")
+        if args.augment == 1:
+            logger.warning("--augment-views has no effect with --augment 1 (no test-time views are drawn).")
     predictor.check_options(**sampling)  # the sampler name too, before a record claims a name in the output folder
     predictor.select_weights(args.weight_sets)  # as many sets as asked for, before the record names them
     logger.info("%s", _model_line(args, model, predictor))

@@ -435,6 +435,11 @@ def test_augment_views_replace_the_bundles_views_and_bad_ones_are_named(tmp_path
         assert exit_.value.code == 2 and "argument --augment-views: expected a JSON object" in capsys.readouterr().err
     assert main([*base, "-o", str(tmp_path / "d"), "--augment-views", '{"flips": [0]}']) == 1
     assert "--augment-views: unknown key(s) ['flips']" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "e"), "--augment-views", '{"gamma_range": [2, 1]}']) == 1
+    assert "--augment-views: gamma_range must be [low, high] with 0 < low <= high" in capsys.readouterr().err
+    single = [*base[:-2], "--augment", "1", "-o", str(tmp_path / "f"), "--augment-views", json.dumps(views), "-q"]
+    assert main(single) == 0
+    assert "--augment-views has no effect with --augment 1" in capsys.readouterr().err
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
 
 
