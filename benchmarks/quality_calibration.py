@@ -117,6 +117,10 @@ def main(argv=None) -> dict:
         if any(f not in varying for f in named):
             raise SystemExit(f"--features {' '.join(args.features)}: {[f for f in named if f not in varying]} take one "
                              "value in every validation case (nothing to fit)")  # fmt: skip
+        if len(rows) <= len(named) + 2:  # the leave-one-out loop below would skip it
+            raise SystemExit(f"--features {' '.join(args.features)}: {len(rows)} validation cases cannot fit "
+                             f"{len(named) + 1} parameters by leave-one-case-out (need more than "
+                             f"{len(named) + 2})")  # fmt: skip
         subsets = [named]
     product = np.array([calibrated_dice(r["features"], PRODUCT_RULE) for r in rows])
     candidates = [{"features": "product rule", "leave_one_out": scores(product, true, args.low_dice)}]
@@ -131,10 +135,6 @@ def main(argv=None) -> dict:
     tied = [c for c in candidates if c["leave_one_out"]["mae"] <= lowest + args.tie]  # then the best ranking
     best = max(tied, key=lambda c: (c["leave_one_out"]["spearman"], -c["leave_one_out"]["mae"]))
     if args.features:  # refitted whatever the product rule scores: the table still shows it
-        if candidates[-1]["features"] != list(subsets[0]):
-            raise SystemExit(f"--features {' '.join(args.features)}: {len(rows)} validation cases cannot fit "
-                             f"{len(subsets[0]) + 1} parameters by leave-one-case-out (need more than "
-                             f"{len(subsets[0]) + 2})")  # fmt: skip
         best = candidates[-1]
     if best["features"] == "product rule":
         model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRODUCT_RULE.items()}

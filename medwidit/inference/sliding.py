@@ -405,6 +405,7 @@ def sample_ensemble(
     views = [View()] if views is None else list(views)
     if not views:
         raise ValueError("views must hold at least one View (or be None for the identity alone).")
+    views = [fit_view(image, view) for view in views]  # a shift rolls the grid through its air where it can: same cost
     groups, calls = [], []
     for w, weights in enumerate(segmenters):
         denoiser = SlidingWindowDenoiser(
@@ -413,7 +414,6 @@ def sample_ensemble(
         logger.debug("sampling grid %s: %s, %d view(s)", tuple(image.shape[2:]), denoiser, len(views))
         model_fn = denoiser if wrap_model_fn is None else wrap_model_fn(denoiser)
         for v, view in enumerate(views):
-            view = fit_view(image, view)  # a shift rolls the grid through its air where it can: same size, same cost
             group = w * len(views) + v
             view_progress = None if progress is None else partial(_with_view, progress, group)
             samples = weights.sample(  # (S, B, K, *S' of the view)
