@@ -99,6 +99,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["bias_correction"] = args.bias_correction
     if args.anti_aliasing is not None:
         options["anti_aliasing"] = args.anti_aliasing == "on"
+    if args.probability_smoothing is not None:
+        options["probability_smoothing"] = args.probability_smoothing
     if args.no_localize:
         options["localization"] = None
     if args.no_calibration:
@@ -197,11 +199,13 @@ def _model_line(args: argparse.Namespace, model: dict, predictor) -> str:
     else:
         what = f"checkpoint {model['weights']}"
     precision = str(predictor.autocast_dtype or "float32").removeprefix("torch.")
+    sigma = predictor.probability_smoothing
+    smoothing = f", probabilities smoothed (sigma {sigma:g} voxels)" if sigma else ""
     return (
         f"model: {what} on {predictor.device} ({precision}); {args.steps} step(s) x {args.samples} sample(s)"
         f"{f' x {args.weight_sets} sets of weights' if args.weight_sets > 1 else ''}"
         f"{f' x {args.augment} test-time views' if args.augment > 1 else ''}"
-        f"{f' (the first {args.shared_steps} shared)' if args.shared_steps else ''}, sampler "
+        f"{f' (the first {args.shared_steps} shared)' if args.shared_steps else ''}{smoothing}, sampler "
         f"{_sampler(args, predictor)}, seed {args.seed}; medwidit {package_version()}"
     )
 
@@ -233,6 +237,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling["augment"] = args.augment
     sampling["view_options"] = predictor.view_options  # the limits of the views when augment > 1
     sampling["localization"] = predictor.localization
+    sampling["probability_smoothing"] = predictor.probability_smoothing  # sigma, voxels of the model's grid
     sampling["quality_calibration"] = predictor.quality_calibration  # what the quality JSON's predicted Dice is
     sampling["warn_dice"] = predictor.warn_dice if args.warn_dice is None else args.warn_dice or None
     record = {

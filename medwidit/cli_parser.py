@@ -179,6 +179,15 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "the shipped bundle's: off)",
     )
     seg.add_argument(
+        "--probability-smoothing",
+        type=_non_negative_float,
+        metavar="SIGMA",
+        help="smooth the class probabilities with a Gaussian of SIGMA voxels of the model's grid before the argmax "
+        "(the probability map written too), so that the labels' edges leave the network's patch grid, e.g. 1.5; the "
+        "uncertainty maps stay the members' (default: the bundle's inference.json probability_smoothing; the "
+        "shipped bundle's: 0, none)",
+    )
+    seg.add_argument(
         "--no-localize",
         action="store_true",
         help="skip the bundle's localization pass (inference.json localization: the case first sampled on a coarser "
@@ -272,6 +281,16 @@ def _unit_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):  # NaN fails the comparison
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 

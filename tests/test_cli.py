@@ -321,6 +321,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "augment": 1,
         "view_options": {},
         "localization": None,  # a bare checkpoint has none
+        "probability_smoothing": 0.0,
         "quality_calibration": None,  # nor a calibration: the ensemble's own estimate, with its threshold
         "warn_dice": 0.955,
     }
@@ -441,6 +442,31 @@ def test_augment_views_replace_the_bundles_views_and_bad_ones_are_named(tmp_path
     assert main(single) == 0
     assert "--augment-views has no effect with --augment 1" in capsys.readouterr().err
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_probability_smoothing_reaches_the_run_and_a_bad_value_is_a_usage_error(tmp_path, capsys):
+    """--probability-smoothing SIGMA: named on the model line and in the run record, and the labels written are the
+    argmax of the probabilities written (post-processed); a negative or non-number value is a usage error."""
+    image = _small_head(tmp_path / "head.nii.gz")
+    base = ["segment", "-i", str(image), "--steps", "1", "--samples", "1", "--weight-sets", "1", "--no-localize"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--probability-smoothing", "1.5", "--save-probabilities"]) == 0
+    assert "probabilities smoothed (sigma 1.5 voxels)" in capsys.readouterr().err
+    record = json.loads((tmp_path / "a" / "medwidit_run.json").read_text())
+    assert record["sampling"]["probability_smoothing"] == 1.5
+    labels = np.asanyarray(nib.load(tmp_path / "a" / "head.nii.gz").dataobj)
+    probability = np.asanyarray(nib.load(tmp_path / "a" / "head_probabilities.nii.gz").dataobj)
+    from medwidit.inference.options import resolve_bundle
+    from medwidit.inference.postprocess import apply_label_postprocessing, bundle_label_postprocessing
+
+    steps = bundle_label_postprocessing(resolve_bundle())
+    np.testing.assert_array_equal(labels, apply_label_postprocessing(np.moveaxis(probability, -1, 0).argmax(0), steps))
+    assert main([*base, "-o", str(tmp_path / "b"), "-q"]) == 0
+    assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["probability_smoothing"] == 0
+    for value in ("-1", "nan", "inf", "wide"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, "-o", str(tmp_path / "c"), "--probability-smoothing", value])
+        assert exit_.value.code == 2
+        assert f"argument --probability-smoothing: expected a number >= 0, got '{value}'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

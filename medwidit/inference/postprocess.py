@@ -1,6 +1,7 @@
 """Label-map post-processing with MONAI transforms (``KeepLargestConnectedComponent``, ``FillHoles``), declared as
 plain data in a bundle's ``inference.json`` (``label_postprocessing``) so that ``medwidit segment --bundle`` and
-``python -m monai.bundle run`` apply the same steps, and the MONAI ``postprocessing`` chain of the bundle.
+``python -m monai.bundle run`` apply the same steps, and the MONAI ``postprocessing`` chain of the bundle; and the
+optional smoothing of the class probabilities on the model's grid before the argmax (``probability_smoothing``).
 
 A spec is a list of steps, applied in order on the label map of the input's grid::
 
@@ -9,18 +10,23 @@ A spec is a list of steps, applied in order on the label map of the input's grid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     AsDiscreted,
     Compose,
     FillHoles,
     FillHolesd,
+    GaussianSmooth,
     Invertd,
     KeepLargestConnectedComponent,
     KeepLargestConnectedComponentd,
+    Lambdad,
 )
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import look_up_option
@@ -33,9 +39,12 @@ __all__ = [
     "LABEL_STEPS",
     "apply_label_postprocessing",
     "bundle_label_postprocessing",
+    "bundle_probability_smoothing",
     "check_label_postprocessing",
+    "check_probability_smoothing",
     "postprocessing_transforms",
     "run_label_steps",
+    "smooth_probability",
 ]
 
 # step name -> (array transform, dictionary transform, the options it takes besides applied_labels)
@@ -121,12 +130,56 @@ def run_label_steps(label_map: np.ndarray, spec: Sequence[Mapping]) -> np.ndarra
     return np.asarray(labels[0], dtype=label_map.dtype)
 
 
+def check_probability_smoothing(value, source: str = "probability_smoothing") -> float:
+    """A Gaussian's sigma in voxels of the model's grid, a finite number >= 0 (None or 0: no smoothing) -> float;
+    ValueError naming ``source``."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{source} must be a Gaussian's sigma in voxels of the model's grid, a number >= 0 (0: none), got "
+            f"{value!r}."
+        )
+    return float(value)
+
+
+def bundle_probability_smoothing(bundle_dir) -> float:
+    """The checked ``probability_smoothing`` of a bundle's ``configs/inference.json`` (0.0 where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_probability_smoothing(config.get("probability_smoothing"), f"{path}: probability_smoothing")
+
+
+def smooth_probability(probability: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Class probabilities (K, *S) on the model's grid, each class smoothed by a Gaussian of ``sigma`` voxels (MONAI
+    ``GaussianSmooth``) and renormalised to sum to 1 over the classes -> (K, *S); the input itself where ``sigma`` is 0.
+
+    A patch-token network writes each p^3 block of voxels with one linear map, so its probabilities change from block
+    to block and their argmax follows the patch grid in steps; a Gaussian of a fraction of the patch lets the argmax
+    cross between the blocks. GaussianSmooth pads with zeros, which scales every class alike at a voxel (the classes
+    sum to 1 everywhere), so the renormalisation makes it the kernel's mean over the voxels inside the grid: a uniform
+    map stays uniform up to the grid's faces."""
+    sigma = check_probability_smoothing(sigma, "sigma")
+    if sigma == 0:
+        return probability
+    smoothed = GaussianSmooth(sigma=sigma)(probability.float())
+    if isinstance(smoothed, MetaTensor) and not isinstance(probability, MetaTensor):  # MONAI's output tracks meta
+        smoothed = smoothed.as_tensor()
+    return smoothed / smoothed.sum(0, keepdim=True).clamp_min(1e-12)
+
+
 def postprocessing_transforms(
-    spec: Sequence[Mapping] | None, *, key: str = "pred", preprocessing: Compose | None = None, image_key: str = "image"
+    spec: Sequence[Mapping] | None,
+    *,
+    key: str = "pred",
+    preprocessing: Compose | None = None,
+    image_key: str = "image",
+    probability_smoothing: float = 0.0,
 ) -> Compose:
-    """MONAI dictionary transforms for a bundle's ``postprocessing``: [``Invertd`` onto the input grid (linear, when
+    """MONAI dictionary transforms for a bundle's ``postprocessing``: [the probabilities smoothed on the model's grid
+    (``smooth_probability``, where ``probability_smoothing`` > 0),] [``Invertd`` onto the input grid (linear, when
     ``preprocessing`` is given),] ``AsDiscreted(argmax)``, then the spec's steps -- what the predictor does."""
-    transforms = []
+    sigma = check_probability_smoothing(probability_smoothing)
+    transforms = [] if sigma == 0 else [Lambdad(key, partial(smooth_probability, sigma=sigma))]
     if preprocessing is not None:
         transforms.append(Invertd(key, transform=preprocessing, orig_keys=image_key, nearest_interp=False))
     transforms.append(AsDiscreted(key, argmax=True))

@@ -48,7 +48,14 @@ from .options import (
     resolve_device,
     sampling_defaults,
 )
-from .postprocess import apply_label_postprocessing, bundle_label_postprocessing, check_label_postprocessing
+from .postprocess import (
+    apply_label_postprocessing,
+    bundle_label_postprocessing,
+    bundle_probability_smoothing,
+    check_label_postprocessing,
+    check_probability_smoothing,
+    smooth_probability,
+)
 from .sliding import SlidingWindowDenoiser, sample_ensemble
 from .statistics import class_statistics
 from .trust import (
@@ -123,6 +130,11 @@ class Predictor:
             any CPU) or ``float16`` (CUDA). Sampler arithmetic and window blending stay float32.
         label_postprocessing: MONAI label-map steps applied after the argmax (``medwidit.inference.postprocess``; a
             bundle's ``inference.json`` declares them); probabilities and uncertainty are left as sampled.
+        probability_smoothing: a Gaussian's sigma in voxels of the model's grid (0: none; a bundle's
+            ``inference.json`` may declare it): the full-resolution ensemble's mean class probabilities are smoothed
+            with it on the model's grid (``postprocess.smooth_probability``) before they are inverted to the input
+            grid and take the argmax, so the probability map written and the labels agree; the uncertainty maps, the
+            quality estimate and the localization pass (its region) stay the members' own.
         class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).
         extra_segmenters: further independently trained segmenters of the same task (classes, image channels,
             patch, spacing conditioning; the same ``preprocessing`` is the caller's to ensure, as
@@ -168,6 +180,7 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         label_postprocessing: Sequence[Mapping] | None = None,
+        probability_smoothing: float = 0.0,
         class_names: Sequence[str] | None = None,
         extra_segmenters: Sequence[DiffusionSegmenter] = (),
         expected_volume_ml: Mapping | None = None,
@@ -201,6 +214,7 @@ class Predictor:
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.label_postprocessing = check_label_postprocessing(label_postprocessing)
+        self.probability_smoothing = check_probability_smoothing(probability_smoothing)
         if class_names is not None and len(class_names) != segmenter.num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {segmenter.num_classes} classes.")
         self.class_names = None if class_names is None else [str(name) for name in class_names]
@@ -300,9 +314,9 @@ class Predictor:
         """A predictor from a MONAI bundle: a folder, the name of a shipped bundle, or None for the shipped default
         (``options.resolve_bundle``, as ``medwidit segment --bundle``). Weights in ``models/model.pt`` (with
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
-        ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``expected_volume_ml`` and the
-        test-time views' ``augment_views`` (``view_options``), ``localization``, ``quality_calibration`` and
-        ``warn_dice`` from ``configs/inference.json`` (unless given), and the sampling
+        ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``probability_smoothing``,
+        ``expected_volume_ml`` and the test-time views' ``augment_views`` (``view_options``), ``localization``,
+        ``quality_calibration`` and ``warn_dice`` from ``configs/inference.json`` (unless given), and the sampling
         defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files relative to
         the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
         ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
@@ -334,6 +348,7 @@ class Predictor:
             options.setdefault(key, value)
         try:
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
+            options.setdefault("probability_smoothing", bundle_probability_smoothing(bundle_dir))
             options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))
         except ValueError as e:
             raise InputError(str(e)) from e
@@ -481,7 +496,7 @@ class Predictor:
         copy = torch.Generator(device=generator.device)
         copy.set_state(generator.get_state())
         return self._sample_case(
-            array, geometry, coarse_grid, sampling, copy, views=None, region=None, uncertainty=False
+            array, geometry, coarse_grid, sampling, copy, views=None, region=None, uncertainty=False, smooth=False
         )
 
     def _sample_case(
@@ -496,12 +511,15 @@ class Predictor:
         region: np.ndarray | None,
         progress: bool | Callable[[dict], None] = False,
         uncertainty: bool = True,
+        smooth: bool = True,
     ) -> Segmentation:
         """One case (C, *S) on the grid ``preprocessing`` makes, every member background outside ``region`` (bool
         (*S) on the input grid, resampled with the image by nearest neighbour) unless it holds less than
         ``localization["min_kept"]`` of their foreground -> :class:`Segmentation` on the input's grid;
         ``uncertainty`` False (the coarse pass, which only needs its labels): without the aleatoric and epistemic
-        maps and the quality estimate, whose inversion to the input grid would be thrown away."""
+        maps and the quality estimate, whose inversion to the input grid would be thrown away; ``smooth`` False (the
+        coarse pass too): its probabilities as sampled, not ``probability_smoothing``'s, so that the region it gives is
+        the one without smoothing."""
         name = geometry.path or "array"
         sampling = dict(sampling)
         segmenters = sampling.pop("segmenters")
@@ -545,6 +563,9 @@ class Predictor:
             )
         finally:
             getattr(callback, "close", lambda: None)()
+        if smooth and self.probability_smoothing:  # on the model's grid, where the patches are
+            mean = summary["mean_probability"]
+            summary["mean_probability"] = smooth_probability(mean[0], self.probability_smoothing)[None].to(mean.dtype)
         probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")

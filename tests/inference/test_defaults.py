@@ -262,3 +262,21 @@ def test_a_bundle_declares_the_expected_volume_that_flags_a_case(tmp_path, caplo
     (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "expected_volume_ml": {"1": [2, 1]}}))
     with pytest.raises(InputError, match=r"inference.json: expected_volume_ml\['1'\] must be \[low, high\] in mL"):
         Predictor.from_bundle(bundle, device="cpu")
+
+
+def test_a_bundle_declares_its_probability_smoothing_and_a_bad_one_names_the_file(tmp_path):
+    """inference.json's probability_smoothing reaches the predictor (the shipped bundle's: 0, none), a caller's own
+    replaces it, and a bad value is an error naming the file and the key."""
+    from medwidit.inference import InputError
+
+    assert Predictor.from_bundle(device="cpu", weight_sets=1).probability_smoothing == 0.0
+    bundle = tmp_path / "b"
+    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "probability_smoothing": 1.5}))
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).probability_smoothing == 1.5
+    own = Predictor.from_bundle(bundle, device="cpu", weight_sets=1, probability_smoothing=0)
+    assert own.probability_smoothing == 0.0
+    (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "probability_smoothing": -2}))
+    with pytest.raises(InputError, match=r"inference.json: probability_smoothing must be a Gaussian's sigma"):
+        Predictor.from_bundle(bundle, device="cpu")

@@ -377,3 +377,27 @@ def test_the_disagreement_map_is_the_two_passes_distance_and_zero_without_the_pa
     assert not np.asarray(nib.load(tmp_path / "none" / "scan_disagreement.nii.gz").dataobj).any()
     with pytest.raises(ValueError, match=r"not on one grid"):
         scale_disagreement(result.probability, result.probability[:, :-1])
+
+
+def test_probability_smoothing_leaves_the_localization_pass_and_its_region_as_they_were(tmp_path, monkeypatch):
+    """``probability_smoothing`` smooths the full-resolution result only: the coarse pass's labels, from which the
+    region is drawn, are the unsmoothed pass's, so the region does not move with the smoothing."""
+    import medwidit.inference.predictor as predictor_module
+
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    seen = []
+    region = predictor_module.foreground_region
+    monkeypatch.setattr(
+        predictor_module, "foreground_region", lambda labels, *a: seen.append(labels) or region(labels, *a)
+    )
+    results = []
+    for sigma in (0.0, 2.0):
+        predictor = Predictor(
+            DiffusionSegmenter(NoisyOracle(), num_classes=2), preprocessing=PREPROCESSING, roi_size=16, device="cpu",
+            localization={"spacing": 4.0, "margin_mm": 4.0}, probability_smoothing=sigma,
+        )  # fmt: skip
+        results.append(predictor.segment(path, generator=torch.Generator().manual_seed(2), **FAST))
+    assert len(seen) == 2 and np.array_equal(seen[0], seen[1])
+    plain, smoothed = results
+    assert not np.array_equal(plain.probability, smoothed.probability)  # the result itself is smoothed
+    assert smoothed.label_map[34, 18, 18] == 0 and smoothed.label_map[12, 16, 16] == 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from inference_volumes import SpacingOracle, random_tiny_segmenter, save_nifti
+from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medwidit.data.transforms import preprocessing_transforms
@@ -13,8 +14,10 @@ from medwidit.inference import DiffusionSamplingInferer, Predictor
 from medwidit.inference.postprocess import (
     apply_label_postprocessing,
     check_label_postprocessing,
+    check_probability_smoothing,
     postprocessing_transforms,
     run_label_steps,
+    smooth_probability,
 )
 
 BRAIN = [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
@@ -229,3 +232,92 @@ def test_the_inferers_result_for_a_case_does_not_depend_on_its_batch():
     a, b = (torch.randn(1, 1, 16, 16, 16, generator=generator) for _ in range(2))
     together = inferer(torch.cat([a, b]), segmenter)
     assert torch.equal(together[0:1], inferer(a, segmenter)) and torch.equal(together[1:2], inferer(b, segmenter))
+
+
+######################################################################################################################
+# probability smoothing: the mean class probabilities smoothed on the model's grid before the argmax
+######################################################################################################################
+
+
+def _faces_on_grid(labels: np.ndarray, patch: int) -> float:
+    """Fraction of a map's boundary faces at each axis' most frequent phase of a ``patch`` grid (as boundary.py)."""
+    on_grid = total = 0
+    for axis in range(labels.ndim):
+        position = np.nonzero(np.diff(labels, axis=axis) != 0)[axis] + 1
+        counts = np.bincount(position % patch, minlength=patch)
+        on_grid, total = on_grid + int(counts.max()), total + int(counts.sum())
+    return on_grid / total
+
+
+def test_smoothing_keeps_a_uniform_map_up_to_the_faces_and_the_classes_sum_to_one():
+    """GaussianSmooth pads with zeros; renormalising over the classes makes that the kernel's mean over the grid's
+    voxels, so a uniform map stays uniform at the faces too; sigma 0 is the input itself."""
+    uniform = torch.tensor([0.2, 0.5, 0.3])[:, None, None, None].expand(3, 9, 8, 7).contiguous()
+    torch.testing.assert_close(smooth_probability(uniform, 1.5), uniform)
+    random = torch.rand(3, 9, 8, 7, generator=torch.Generator().manual_seed(0))
+    random /= random.sum(0, keepdim=True)
+    smoothed = smooth_probability(random, 1.0)
+    torch.testing.assert_close(smoothed.sum(0), torch.ones(9, 8, 7))
+    assert smoothed.std() < random.std() / 2  # it does smooth
+    assert smooth_probability(random, 0) is random
+
+
+def test_smoothing_lets_a_blocky_edge_leave_the_patch_grid():
+    """A patch head's output: an oblique plane's half-space written block by block (each 4^3 block one value, the
+    plane's side at the block's centre, softened). Its argmax is a staircase whose every face lies on the 4-voxel
+    grid; smoothed by 1.5 voxels the edge crosses between the blocks and follows the plane more closely."""
+    n, p = 32, 4
+    i, j, k = np.meshgrid(*(np.arange(n) + 0.5 for _ in range(3)), indexing="ij")
+    truth = (i + 0.6 * j + 0.3 * k > 28.0).astype(np.int64)
+    centre = [(np.floor(a / p) * p + p / 2) for a in (i, j, k)]
+    signed = centre[0] + 0.6 * centre[1] + 0.3 * centre[2] - 28.0
+    foreground = torch.as_tensor(1 / (1 + np.exp(-signed / 2.0)), dtype=torch.float32)
+    probability = torch.stack([1 - foreground, foreground])
+    blocky = probability.argmax(0).numpy()
+    smoothed = smooth_probability(probability, 1.5).argmax(0).numpy()
+    assert _faces_on_grid(blocky, p) == 1.0
+    assert _faces_on_grid(smoothed, p) < 0.6
+    assert (smoothed != truth).sum() < (blocky != truth).sum()
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1.5", [1.0]])
+def test_bad_probability_smoothing_is_named(value):
+    with pytest.raises(ValueError, match=r"inference.json: probability_smoothing must be a Gaussian's sigma in voxels"):
+        check_probability_smoothing(value, "inference.json: probability_smoothing")
+    with pytest.raises(ValueError, match="probability_smoothing must be"):
+        Predictor(random_tiny_segmenter(classes=2), device="cpu", probability_smoothing=value)
+    assert check_probability_smoothing(None) == 0.0 and check_probability_smoothing(2) == 2.0
+
+
+def test_monai_pipeline_smooths_as_the_predictor_does(tmp_path):
+    """With probability_smoothing the predictor writes the smoothed probabilities and their argmax (post-processed)
+    as the labels, the members' entropy as sampled; the bundle's MONAI pieces give the same labels."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in (20, 18, 16)), indexing="ij")
+    volume = (np.sin(i / 3.0) + np.cos(j / 4.0) + k / 10.0 + 2.0).astype(np.float32)
+    source = save_nifti(tmp_path / "case.nii.gz", volume)
+    segmenter = random_tiny_segmenter(classes=2)
+    options = {"steps": 2, "num_samples": 2, "overlap": 0.5}
+    common = {"preprocessing": PREPROCESSING, "roi_size": 16, "device": "cpu", "label_postprocessing": BRAIN}
+    smoothed = Predictor(segmenter, probability_smoothing=1.5, **common).segment(
+        source, generator=torch.Generator().manual_seed(3), **options
+    )
+    plain = Predictor(segmenter, **common).segment(source, generator=torch.Generator().manual_seed(3), **options)
+    np.testing.assert_array_equal(smoothed.entropy, plain.entropy)  # the members, as sampled
+    assert np.abs(smoothed.probability - plain.probability).max() > 0.01
+    np.testing.assert_array_equal(smoothed.label_map, apply_label_postprocessing(smoothed.probability.argmax(0), BRAIN))
+
+    preprocessing = Compose(preprocessing_transforms({**PREPROCESSING, "num_modalities": 1}))
+    inferer = DiffusionSamplingInferer(16, seed=3, **options)
+    data = preprocessing({"image": str(source)})
+    data["pred"] = inferer(data["image"][None], segmenter)[0]  # (K, *S')
+    post = postprocessing_transforms(BRAIN, preprocessing=preprocessing, probability_smoothing=1.5)
+    np.testing.assert_array_equal(np.asarray(post(data)["pred"][0]), smoothed.label_map)
+
+
+def test_smoothing_keeps_the_tensor_type():
+    """A plain tensor stays plain (the predictor wraps it in a MetaTensor with the grid's affine itself), a
+    MetaTensor keeps its affine (the bundle's MONAI chain inverts it)."""
+    probability = torch.full((2, 6, 6, 6), 0.5)
+    assert type(smooth_probability(probability, 1.0)) is torch.Tensor
+    meta = smooth_probability(MetaTensor(probability, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))), 1.0)
+    assert isinstance(meta, MetaTensor) and float(meta.affine[0, 0]) == 2.0
