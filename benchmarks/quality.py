@@ -163,7 +163,8 @@ def medwidit_maps(run: dict, predictor: Predictor, pre: Compose, n: int) -> dict
     grid through the Predictor's inversion, and seconds: the ensemble's times n / size, plus this inversion."""
     start = time.perf_counter()
     summary = summarize_ensemble(run["probabilities"][:n, None])  # (1, K, *S')
-    probability, entropy = predictor.invert(run["data"], pre, summary["mean_probability"][0], summary["entropy"][0])
+    mean = predictor.smooth(summary["mean_probability"][0])  # probability_smoothing, as the predictor writes it
+    probability, entropy = predictor.invert(run["data"], pre, mean, summary["entropy"][0])
     seconds = run["seconds"] * n / len(run["probabilities"]) + time.perf_counter() - start
     return {"probability": probability, "entropy": entropy[0], "seconds": seconds}
 

@@ -238,7 +238,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         members = torch.cat([run["members"][g * args.samples : (g + 1) * args.samples] for g in groups])
         summary = summarize_ensemble(members)
         split = decompose_entropy(members, groups=len(groups))
-        probability, entropy = predictor.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        mean = predictor.smooth(summary["mean_probability"][0])  # probability_smoothing, as the predictor writes it
+        probability, entropy = predictor.invert(data, pre, mean, summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
         if coarse is not None:

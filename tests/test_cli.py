@@ -460,8 +460,10 @@ def test_probability_smoothing_reaches_the_run_and_a_bad_value_is_a_usage_error(
 
     steps = bundle_label_postprocessing(resolve_bundle())
     np.testing.assert_array_equal(labels, apply_label_postprocessing(np.moveaxis(probability, -1, 0).argmax(0), steps))
-    assert main([*base, "-o", str(tmp_path / "b"), "-q"]) == 0
+    assert main([*base, "-o", str(tmp_path / "b"), "-q", "--save-probabilities"]) == 0
     assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["probability_smoothing"] == 0
+    plain = np.asanyarray(nib.load(tmp_path / "b" / "head_probabilities.nii.gz").dataobj)
+    assert np.abs(plain - probability).max() > 0.01  # the flag reached the probabilities written
     for value in ("-1", "nan", "inf", "wide"):
         with pytest.raises(SystemExit) as exit_:
             main([*base, "-o", str(tmp_path / "c"), "--probability-smoothing", value])

@@ -10,7 +10,6 @@ A spec is a list of steps, applied in order on the label map of the input's grid
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -31,7 +30,7 @@ from monai.transforms import (
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import look_up_option
 
-from medwidit.utils import is_integer
+from medwidit.utils import is_finite_number, is_integer
 
 from .options import read_inference_config
 
@@ -135,9 +134,9 @@ def check_probability_smoothing(value, source: str = "probability_smoothing") ->
     ValueError naming ``source``."""
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_finite_number(value) or value < 0:
         raise ValueError(
-            f"{source} must be a Gaussian's sigma in voxels of the model's grid, a number >= 0 (0: none), got "
+            f"{source} must be a Gaussian's sigma in voxels of the model's grid, a finite number >= 0 (0: none), got "
             f"{value!r}."
         )
     return float(value)

@@ -133,8 +133,11 @@ class Predictor:
         probability_smoothing: a Gaussian's sigma in voxels of the model's grid (0: none; a bundle's
             ``inference.json`` may declare it): the full-resolution ensemble's mean class probabilities are smoothed
             with it on the model's grid (``postprocess.smooth_probability``) before they are inverted to the input
-            grid and take the argmax, so the probability map written and the labels agree; the uncertainty maps, the
-            quality estimate and the localization pass (its region) stay the members' own.
+            grid and take the argmax, so the probability map written and the labels agree. The uncertainty maps and
+            the localization pass (its region) stay as sampled, and so does the ensemble's own Dice estimate
+            (``ensemble_dice``: the members against their unsmoothed argmax); the quality report's volumes and the
+            calibration's features (fitted without smoothing) are the written labels', and the disagreement map
+            compares the smoothed result with the unsmoothed coarse pass.
         class_names: one name per class, background first, for the statistics (a checkpoint's ``"class_names"``).
         extra_segmenters: further independently trained segmenters of the same task (classes, image channels,
             patch, spacing conditioning; the same ``preprocessing`` is the caller's to ensure, as
@@ -563,9 +566,8 @@ class Predictor:
             )
         finally:
             getattr(callback, "close", lambda: None)()
-        if smooth and self.probability_smoothing:  # on the model's grid, where the patches are
-            mean = summary["mean_probability"]
-            summary["mean_probability"] = smooth_probability(mean[0], self.probability_smoothing)[None].to(mean.dtype)
+        if smooth:  # on the model's grid, where the patches are
+            summary["mean_probability"] = self.smooth(summary["mean_probability"][0])[None]
         probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
@@ -661,6 +663,14 @@ class Predictor:
             probe, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
 
+    def smooth(self, probability: torch.Tensor) -> torch.Tensor:
+        """Mean class probabilities (K, *S') on the model's grid -> (K, *S') of the same dtype, smoothed as this
+        predictor writes them (``probability_smoothing``; the input itself where it is 0); :meth:`invert` then takes
+        them to the input's grid."""
+        if not self.probability_smoothing:
+            return probability
+        return smooth_probability(probability, self.probability_smoothing).to(probability.dtype)
+
     def wrap_model_fn(self, model_fn: Callable) -> Callable:
         """``model_fn(x, t, cond)`` run under this predictor's autocast (``precision``); itself where that is float32.
 
@@ -751,16 +761,19 @@ def segment(
     """One-call segmentation for notebooks: ``segment("scan.nii.gz", steps=10, seed=1)``; the same path as ``medwidit
     segment`` (``Predictor.from_checkpoint``, or ``from_bundle`` with a bundle folder, a shipped bundle's name, or by
     default the shipped brain-extraction bundle; then ``Predictor.segment``, whose sampling defaults are the bundle's);
-    ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``)."""
+    ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``); ``probability_smoothing`` (None: the
+    bundle's) goes to the predictor, as ``medwidit segment --probability-smoothing``."""
     if checkpoint is not None and bundle is not None:
         raise ValueError("give checkpoint= (a .pt file) or bundle= (a bundle folder or name), not both.")
     if seed is not None and options.get("generator") is not None:
         raise ValueError("give seed= or generator=, not both.")
     if seed is not None:
         options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    smoothing = options.pop("probability_smoothing", None)
+    built = {} if smoothing is None else {"probability_smoothing": smoothing}
     predictor = (
-        Predictor.from_checkpoint(checkpoint, device=device)
+        Predictor.from_checkpoint(checkpoint, device=device, **built)
         if checkpoint is not None
-        else Predictor.from_bundle(bundle, device=device, weight_sets=options.get("weight_sets"))
+        else Predictor.from_bundle(bundle, device=device, weight_sets=options.get("weight_sets"), **built)
     )
     return predictor.segment(image, affine=affine, **options)

@@ -270,6 +270,20 @@ def test_segment_takes_a_seed(tmp_path, checkpoint):
         medwidit.segment(path, checkpoint=checkpoint, seed=1, generator=torch.Generator())
 
 
+def test_segment_takes_the_probability_smoothing_as_the_cli_does(tmp_path, checkpoint):
+    """``medwidit.segment(..., probability_smoothing=s)`` builds the predictor with it (it is not a sampling option)."""
+    path = nifti(tmp_path / "a.nii.gz")
+    smoothed = medwidit.segment(
+        path, checkpoint=checkpoint, device="cpu", steps=2, num_samples=2, probability_smoothing=1
+    )
+    again = Predictor.from_checkpoint(checkpoint, device="cpu", probability_smoothing=1).segment(
+        path, steps=2, num_samples=2
+    )
+    plain = medwidit.segment(path, checkpoint=checkpoint, device="cpu", steps=2, num_samples=2)
+    np.testing.assert_array_equal(smoothed.probability, again.probability)
+    assert not np.array_equal(smoothed.probability, plain.probability)
+
+
 def test_sampler_options_reach_the_sampler_and_defaults_are_unchanged(tmp_path, checkpoint, monkeypatch):
     path = nifti(tmp_path / "a.nii.gz")
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")

@@ -321,3 +321,15 @@ def test_smoothing_keeps_the_tensor_type():
     assert type(smooth_probability(probability, 1.0)) is torch.Tensor
     meta = smooth_probability(MetaTensor(probability, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))), 1.0)
     assert isinstance(meta, MetaTensor) and float(meta.affine[0, 0]) == 2.0
+
+
+def test_numpy_numbers_are_sigmas_and_the_predictor_smooths_in_the_probabilities_dtype():
+    """A sigma read from numpy (a config built in Python) passes as a number; ``Predictor.smooth`` gives back the
+    dtype it was given (the sampler's mean may be bfloat16 on a GPU) and the input itself without smoothing."""
+    assert check_probability_smoothing(np.float32(1.5)) == 1.5 and check_probability_smoothing(np.int64(2)) == 2.0
+    with pytest.raises(ValueError, match="a finite number >= 0"):
+        check_probability_smoothing(np.float64("inf"))
+    probability = torch.rand(2, 8, 8, 8, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    smoothed = Predictor(random_tiny_segmenter(classes=2), device="cpu", probability_smoothing=1.0).smooth(probability)
+    assert smoothed.dtype == torch.bfloat16 and not torch.equal(smoothed, probability)
+    assert Predictor(random_tiny_segmenter(classes=2), device="cpu").smooth(probability) is probability
