@@ -99,15 +99,31 @@ def publish(result: dict, table: str, path: Path) -> dict:
     """Print the markdown ``table``, store it as ``result["markdown"]`` and write ``result`` to ``path``."""
     result["markdown"] = table
     print(table)
-    write_json(result, path)
-    print(f"wrote {path}")
+    print(f"wrote {write_json(result, path)}")
     return result
 
 
-def write_json(result: dict, path: Path) -> None:
-    """``result`` as indented JSON at ``path`` (folders made, written atomically, inf/NaN as null)."""
+def write_json(result: dict, path: Path) -> Path:
+    """``result`` as indented JSON at ``path`` (folders made, written atomically, inf/NaN as null) -> the path written.
+
+    A committed result that holds a ``decision`` (a rule written before the run and its verdict, added to the file by
+    hand) is evidence a rerun must not erase: a result without one goes to ``<name>.rerun.json`` beside it instead,
+    with a line that says so."""
+    path = Path(path)
+    if "decision" not in result and _holds_decision(path):
+        rerun = path.with_name(f"{path.stem}.rerun.json")
+        print(f"{path} holds a recorded decision and is left as it is; this run's result goes to {rerun}")
+        path = rerun
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(finite(result), indent=1) + "\n"))
+    return path
+
+
+def _holds_decision(path: Path) -> bool:
+    try:
+        return "decision" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):  # no file, not JSON, not an object: nothing recorded to keep
+        return False
 
 
 def best_threshold(pred: np.ndarray, low: np.ndarray, also: np.ndarray | None = None) -> dict:

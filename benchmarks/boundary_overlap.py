@@ -137,8 +137,7 @@ def main(argv=None) -> dict:
         "markdown": "\n".join(lines),
     }
     print(result["markdown"])
-    write_json(result, args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {write_json(result, args.output)}")
     return result
 
 

@@ -254,8 +254,8 @@ def main() -> None:
     result["cpu_seconds"] = round(time.process_time() - cpu, 1)
     result["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     print_table(result["summary"], seeds)
-    write_json(result, args.out)
-    print(f"wall clock {result['wall_clock_seconds']} s, CPU {result['cpu_seconds']} s -> {args.out}")
+    written = write_json(result, args.out)
+    print(f"wall clock {result['wall_clock_seconds']} s, CPU {result['cpu_seconds']} s -> {written}")
 
 
 if __name__ == "__main__":

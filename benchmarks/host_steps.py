@@ -104,8 +104,7 @@ def main(argv=None) -> int:
     for r in report["rows"]:
         print(f"{r['step']:<15} {r['case']:<24} {fmt(r['scipy_seconds'], 2):>9} {fmt(r['seconds'], 2):>9} "
               f"{fmt(r['speedup'], 2):>9} {r['equal']}")  # fmt: skip
-    write_json(report, args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {write_json(report, args.output)}")
     return 0 if all(r["equal"] for r in report["rows"]) else 1
 
 

@@ -174,8 +174,7 @@ def main(argv=None) -> dict:
     table = "\n".join(lines) + f"\n\nchosen: {json.dumps(model)}\nwarning line: {json.dumps(threshold)}"
     result["markdown"] = table
     print(table)
-    write_json(result, args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {write_json(result, args.output)}")
     if args.write_bundle is not None:
         path = args.write_bundle / "configs" / "inference.json"
         config = json.loads(path.read_text())
