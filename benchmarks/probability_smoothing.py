@@ -13,7 +13,8 @@ tensor of the case's model grid (median of 3).
 
     python benchmarks/probability_smoothing.py runs/val17.json runs/val17 --sigmas 0 1 1.5 2
 
-Writes ``benchmarks/results/validation_probability_smoothing.json`` and prints one table per sigma: the mean Dice over
+Writes ``benchmarks/results/validation_probability_smoothing.json`` (a file there that records a ``decision`` is kept:
+the result goes beside it) and prints one table, a row per sigma: the mean Dice over
 the cases, the cases it made better and worse than sigma 0 (by more than 0.001), the largest loss, the mean HD95 and
 the mean fraction of faces on the grid.
 """

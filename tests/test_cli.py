@@ -468,7 +468,8 @@ def test_probability_smoothing_reaches_the_run_and_a_bad_value_is_a_usage_error(
         with pytest.raises(SystemExit) as exit_:
             main([*base, "-o", str(tmp_path / "c"), "--probability-smoothing", value])
         assert exit_.value.code == 2
-        assert f"argument --probability-smoothing: expected a number >= 0, got '{value}'" in capsys.readouterr().err
+        message = f"argument --probability-smoothing: expected a finite number >= 0, got '{value}'"
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

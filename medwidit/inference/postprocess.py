@@ -156,7 +156,7 @@ def smooth_probability(probability: torch.Tensor, sigma: float) -> torch.Tensor:
     to block and their argmax follows the patch grid in steps; a Gaussian of a fraction of the patch lets the argmax
     cross between the blocks. GaussianSmooth pads with zeros, which scales every class alike at a voxel (the classes
     sum to 1 everywhere), so the renormalisation makes it the kernel's mean over the voxels inside the grid: a uniform
-    map stays uniform up to the grid's faces."""
+    map stays uniform, at the grid's faces too."""
     sigma = check_probability_smoothing(sigma, "sigma")
     if sigma == 0:
         return probability
