@@ -155,9 +155,11 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     original = path.read_text()
     try:
         declared = {**json.loads(original), "bias_correction": "n4", "anti_aliasing": True, "extra_weights": []}
+        declared["probability_smoothing"] = 1.5
         path.write_text(json.dumps(declared))
         read = Predictor.from_bundle(bundle, weight_sets=1)
         assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", True)
+        assert read.probability_smoothing == 1.5
         given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=False)  # the caller's own wins
         assert given.preprocessing["anti_aliasing"] is False
         # the zoo's evaluation (train.json + evaluate.json) scores what inference.json samples
@@ -166,6 +168,7 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
         )
         scored = evaluation.parser.get_parsed_content("predictor")
         assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", True)
+        assert scored.probability_smoothing == 1.5  # evaluate.json reads inference.json's, as from_bundle does
         path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))
         with pytest.raises(InputError, match=r"inference.json: anti_aliasing: preprocessing\['anti_aliasing'\] must"):
             Predictor.from_bundle(bundle, weight_sets=1)
