@@ -4,6 +4,7 @@ runs the commands). Importing it imports nothing heavy, so that ``medwidit --hel
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 __all__ = ["build_parser", "package_version"]
@@ -274,26 +275,6 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
-    if not value >= 0.0 or value == float("inf"):  # NaN fails the comparison
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def _add_export(commands) -> None:
     export = commands.add_parser(
         "export",
@@ -334,5 +315,23 @@ def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
     return parse
 
 
+def _float_where(accept: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a float that ``accept`` takes (never NaN); anything else is a usage error saying
+    ``expected``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
+_unit_float = _float_where(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_non_negative_float = _float_where(lambda v: 0.0 <= v < math.inf, "a finite number >= 0")
