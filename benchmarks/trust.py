@@ -54,7 +54,14 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.localize import foreground_region, kept_warning, scale_disagreement
+from medwidit.inference.atlas import atlas_region, atlas_warning
+from medwidit.inference.localize import (
+    decode_regions,
+    encode_regions,
+    foreground_region,
+    kept_warning,
+    scale_disagreement,
+)
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.postprocess import apply_label_postprocessing
 from medwidit.inference.predictor import _invert_maps
@@ -210,18 +217,28 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         coarse = predictor.localization_pass(image, affine=affine, generator=torch.Generator().manual_seed(0),
                                              weight_sets=len(predictor.segmenters), augment=args.views,
                                              **options)  # fmt: skip
-    if coarse is not None:
-        region = foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
-        inputs["region"] = MetaTensor(torch.from_numpy(region[None].astype(np.uint8)), affine=torch.as_tensor(affine))
+    region = (
+        None if coarse is None else foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
+    )
+    # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region)
+    prior = None if predictor.atlas_prior is None else atlas_region(image, affine, predictor.atlas_prior)
+    bits = encode_regions(image.shape, region, prior)
+    if bits is not None:
+        inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
     data = pre(inputs)
+    within = prior_within = None
+    if bits is not None:
+        within, prior_within = decode_regions(
+            data["region"].as_tensor()[None], region=region is not None, prior=prior is not None
+        )
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
     run = sample_ensemble(
         predictor.segmenters, condition, **options, roi_size=predictor.roi_size,
         sw_batch_size=predictor.sw_batch_size, max_whole_voxels=predictor.max_whole_voxels,
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
-        views=views, region=None if coarse is None else data["region"].as_tensor()[None].bool(),
-        region_min_kept=0.0 if coarse is None else predictor.localization["min_kept"],
+        views=views, region=within, region_min_kept=0.0 if coarse is None else predictor.localization["min_kept"],
+        prior=prior_within, prior_min_kept=0.0 if prior is None else predictor.atlas_prior["min_kept"],
     )  # fmt: skip
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
@@ -231,6 +248,10 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     if coarse is not None:
         out["localization"] = {**predictor.localization, "kept": float(run["region_kept"][0]),
                                "applied": bool(run["region_applied"][0])}  # fmt: skip
+    if prior is not None:
+        out["atlas_prior"] = {"margin_mm": predictor.atlas_prior["margin_mm"],
+                              "min_kept": predictor.atlas_prior["min_kept"], "kept": float(run["prior_kept"][0]),
+                              "applied": bool(run["prior_applied"][0])}  # fmt: skip
     coarse_labels = None if coarse is None else torch.from_numpy(np.asarray(coarse.label_map))
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
@@ -251,6 +272,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
             weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"), image=image[None],
+            atlas=out.get("atlas_prior"),
         )  # the predictor's report, as the CLI writes it  # fmt: skip
         calibrated = quality["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]
@@ -353,8 +375,9 @@ def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = Non
 
 def _kept_flag(case: dict) -> bool:
     """Whether the CLI's warning line names the case for its localization region (``localize.kept_warning``: not
-    applied, or held less than ``warn_kept``); False without a localization pass."""
-    return kept_warning(case.get("localization")) is not None
+    applied, or held less than ``warn_kept``) or its atlas prior (``atlas.atlas_warning``: not registered or not
+    applied); False without either."""
+    return kept_warning(case.get("localization")) is not None or atlas_warning(case.get("atlas_prior")) is not None
 
 
 def _estimate_scores(

@@ -103,6 +103,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["probability_smoothing"] = args.probability_smoothing
     if args.no_localize:
         options["localization"] = None
+    if args.no_atlas_prior:
+        options["atlas_prior"] = None
     if args.no_calibration:
         options["quality_calibration"] = None
     if args.checkpoint:
@@ -237,6 +239,10 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling["augment"] = args.augment
     sampling["view_options"] = predictor.view_options  # the limits of the views when augment > 1
     sampling["localization"] = predictor.localization
+    prior = predictor.atlas_prior  # its files as text, for the JSON record
+    sampling["atlas_prior"] = (
+        None if prior is None else {**prior, "image": str(prior["image"]), "label": str(prior["label"])}
+    )
     sampling["probability_smoothing"] = predictor.probability_smoothing  # sigma, voxels of the model's grid
     sampling["quality_calibration"] = predictor.quality_calibration  # what the quality JSON's predicted Dice is
     sampling["warn_dice"] = predictor.warn_dice if args.warn_dice is None else args.warn_dice or None

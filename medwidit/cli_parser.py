@@ -195,6 +195,12 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "grid, foreground kept only near what that pass found; the shipped bundle's: 4 mm, 6 mm)",
     )
     seg.add_argument(
+        "--no-atlas-prior",
+        action="store_true",
+        help="skip the bundle's atlas prior (inference.json atlas_prior: a template head registered to the case, "
+        "foreground kept only near its brain; the shipped bundle's: MNI152 at 2 mm, 5 mm)",
+    )
+    seg.add_argument(
         "--no-calibration",
         action="store_true",
         help="report the ensemble's own Dice estimate instead of the bundle's quality_calibration (inference.json: a "

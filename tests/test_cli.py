@@ -321,6 +321,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "augment": 1,
         "view_options": {},
         "localization": None,  # a bare checkpoint has none
+        "atlas_prior": None,  # nor an atlas prior
         "probability_smoothing": 0.0,
         "quality_calibration": None,  # nor a calibration: the ensemble's own estimate, with its threshold
         "warn_dice": 0.955,

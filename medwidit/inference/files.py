@@ -21,6 +21,7 @@ import torch
 
 from medwidit.utils import check_bool, check_int
 
+from .atlas import atlas_warning
 from .calibration import check_warn_dice
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .figure import save_overlay_figure
@@ -265,7 +266,8 @@ def _figure(case: Case, result: Segmentation, staged: Path) -> None:
 def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
     has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
-    less than ``warn_kept`` of the full-resolution foreground; ``warn_dice`` None: none."""
+    less than ``warn_kept`` of the full-resolution foreground, or whose atlas prior did not register or held less than
+    its ``min_kept`` (``atlas.atlas_warning``); ``warn_dice`` None: none."""
     if warn_dice is None or result.quality is None:
         return
     dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
@@ -281,5 +283,7 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     ]
     disagree = kept_warning(result.quality.get("localization"))
     problems += [disagree] if disagree else []
+    outside = atlas_warning(result.quality.get("atlas_prior"))
+    problems += [outside] if outside else []
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))

@@ -132,6 +132,24 @@ def _within(foreground: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np
     return region.view(bool)
 
 
+def encode_regions(shape, region: np.ndarray | None, prior: np.ndarray | None) -> np.ndarray | None:
+    """The localization's ``region`` and the atlas prior's ``prior`` (bool (*S) each, or None: everywhere) as one
+    uint8 label (*S), bit 0 the region's and bit 1 the prior's, to be resampled by nearest neighbour as one label;
+    None where both are None. :func:`decode_regions` splits it."""
+    if region is None and prior is None:
+        return None
+    everywhere = np.ones(tuple(shape), bool)
+    bits = (everywhere if region is None else np.asarray(region, bool)).astype(np.uint8)
+    return bits | ((everywhere if prior is None else np.asarray(prior, bool)).astype(np.uint8) << 1)
+
+
+def decode_regions(bits: torch.Tensor, *, region: bool, prior: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`encode_regions`'s label (any integer dtype, any shape) -> (region, prior) bool of the same shape, each
+    None where it was not given (``region``, ``prior`` False)."""
+    bits = bits.to(torch.uint8)
+    return (bits & 1).bool() if region else None, (bits & 2).bool() if prior else None
+
+
 def restrict_to_region(
     probabilities: torch.Tensor, region: torch.Tensor | None, min_kept: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

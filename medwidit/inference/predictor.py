@@ -28,10 +28,18 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
+from .atlas import atlas_region, bundle_atlas_prior, check_atlas_prior
 from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
 from .files import CaseResult, predict_from_files
 from .io import ImageGeometry, InputError, read_input, to_nibabel
-from .localize import bundle_localization, check_localization, foreground_region, scale_disagreement
+from .localize import (
+    bundle_localization,
+    check_localization,
+    decode_regions,
+    encode_regions,
+    foreground_region,
+    scale_disagreement,
+)
 from .options import (
     PREPROCESSING_OVERRIDES,
     autocast_dtype,
@@ -155,6 +163,12 @@ class Predictor:
             that coarser grid, and the full-resolution ensemble is background farther than ``margin_mm`` from the
             coarse foreground, unless that region holds less than ``min_kept`` of the full pass's foreground (then
             nothing is cut, with a warning); below ``warn_kept`` the CLI's warning line names the case. None: off.
+        atlas_prior: ``{"image": template head, "label": its mask, "margin_mm": mm, "min_kept": share}``
+            (``atlas.check_atlas_prior``; a bundle's ``inference.json`` declares it, its files in the bundle): the
+            template is registered to each case (affine, mutual information) and the full-resolution ensemble is
+            background farther than ``margin_mm`` from its registered mask, unless that region holds less than
+            ``min_kept`` of the members' foreground (then nothing is cut). The quality report records it as
+            ``atlas_prior``. None: off.
         quality_calibration: ``{"intercept": a, "weights": {feature: w}}`` (``calibration.check_calibration``; a
             bundle's ``inference.json`` declares it, fitted on validation cases): the quality report's
             ``predicted_dice`` of each foreground class is ``exp(intercept + sum(weight * feature))`` of the case's
@@ -189,6 +203,7 @@ class Predictor:
         expected_volume_ml: Mapping | None = None,
         view_options: Mapping | None = None,
         localization: Mapping | None = None,
+        atlas_prior: Mapping | None = None,
         quality_calibration: Mapping | None = None,
         warn_dice: float | None = DEFAULT_WARN_DICE,
     ) -> None:
@@ -224,6 +239,9 @@ class Predictor:
         self.expected_volume_ml = check_expected_volumes(expected_volume_ml, segmenter.num_classes)
         self.view_options = check_view_options(view_options, self.spatial_dims, source="view_options")
         self.localization = check_localization(localization, self.spatial_dims)
+        self.atlas_prior = check_atlas_prior(atlas_prior)
+        if self.atlas_prior is not None and self.spatial_dims != 3:
+            raise ValueError(f"atlas_prior needs a 3D model, got {self.spatial_dims} spatial dimensions.")
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
         self.sampling_defaults = sampling_defaults()
@@ -319,13 +337,14 @@ class Predictor:
         ``models/medwidit.json``); ``roi_size`` and ``sw_batch_size`` from ``configs/inference.json`` (else
         ``configs/train.json``) where they are plain values, ``label_postprocessing``, ``probability_smoothing``,
         ``expected_volume_ml`` and the test-time views' ``augment_views`` (``view_options``), ``localization``,
-        ``quality_calibration`` and ``warn_dice`` from ``configs/inference.json`` (unless given), and the sampling
-        defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files relative to
-        the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further weights for
-        ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as the bundle's
-        default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose other sets do not fit its
-        ``models/model.pt`` (e.g. after ``medwidit export``). ``bias_correction`` and ``anti_aliasing`` (unless given)
-        from ``configs/inference.json`` where it sets them to other than "model", as ``monai.bundle run`` reads them.
+        ``atlas_prior``, ``quality_calibration`` and ``warn_dice`` from ``configs/inference.json`` (unless given), and
+        the sampling defaults (``steps``, ``num_samples``, ``overlap``) from the same files; ``extra_weights`` (files
+        relative to the bundle, e.g. ``models/model_b.pt``) from ``configs/inference.json``: the bundle's further
+        weights for ``segment(weight_sets=N)``, of which the first ``weight_sets`` - 1 are loaded (None: as many as
+        the bundle's default ``weight_sets`` uses), so that ``weight_sets=1`` runs a bundle whose other sets do not fit
+        its ``models/model.pt`` (e.g. after ``medwidit export``). ``bias_correction`` and ``anti_aliasing`` (unless
+        given) from ``configs/inference.json`` where it sets them to other than "model", as ``monai.bundle run`` reads
+        them.
         """
         bundle_dir = resolve_bundle(bundle_dir)
         checkpoint = bundle_dir / "models" / "model.pt"
@@ -366,6 +385,11 @@ class Predictor:
                 predictor.localization = bundle_localization(bundle_dir, predictor.spatial_dims)
             except ValueError as e:
                 raise InputError(str(e)) from e
+        if "atlas_prior" not in options:  # likewise
+            try:
+                predictor.atlas_prior = bundle_atlas_prior(bundle_dir)
+            except ValueError as e:
+                raise InputError(str(e)) from e
         try:  # a caller's own (None: the ensemble's estimate; no warning line) replaces the bundle's
             if "quality_calibration" not in options:
                 predictor.quality_calibration = bundle_calibration(bundle_dir)
@@ -398,6 +422,7 @@ class Predictor:
         shared_steps: int | None = None,
         weight_sets: int | None = None,
         localize: bool = True,
+        atlas: bool = True,
     ) -> Segmentation:
         """Segment one case -> :class:`Segmentation` on the input's grid.
 
@@ -417,7 +442,8 @@ class Predictor:
         weights) each sample every view (N times the cost); 1 is this predictor's own weights alone.
         ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one). The quality
         records ``localization``: None without the pass, else its settings, the share of the foreground its region
-        held (``kept``) and whether it was ``applied``.
+        held (``kept``) and whether it was ``applied``. ``atlas`` False skips the ``atlas_prior`` (where the
+        predictor has one); the quality records ``atlas_prior`` as ``localization``.
         """
         array, geometry, sampling = self._case_input(
             image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
@@ -431,11 +457,21 @@ class Predictor:
             coarse = self._coarse_pass(array, geometry, generator, _coarse_sampling(sampling, augment))
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
+        prior, failed = None, False
+        if check_bool("atlas", atlas) and self.atlas_prior is not None:
+            try:
+                prior = atlas_region(array, geometry.affine, self.atlas_prior)
+            except RuntimeError as e:  # SimpleITK's: nothing to register (an empty image); the case goes on without
+                logger.warning("%s: no atlas prior: the template did not register (%s)", geometry.path or "array", e)
+                failed = True
         result = self._sample_case(
-            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, progress=progress
-        )
+            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, prior=prior,
+            progress=progress,
+        )  # fmt: skip
         if coarse is not None:
             result.disagreement = scale_disagreement(result.probability, coarse.probability)
+        if failed:
+            result.quality["atlas_prior"] = {**self._atlas_settings(), "kept": None, "applied": False}
         return result
 
     def localization_pass(
@@ -512,13 +548,15 @@ class Predictor:
         *,
         views,
         region: np.ndarray | None,
+        prior: np.ndarray | None = None,
         progress: bool | Callable[[dict], None] = False,
         uncertainty: bool = True,
         smooth: bool = True,
     ) -> Segmentation:
         """One case (C, *S) on the grid ``preprocessing`` makes, every member background outside ``region`` (bool
         (*S) on the input grid, resampled with the image by nearest neighbour) unless it holds less than
-        ``localization["min_kept"]`` of their foreground -> :class:`Segmentation` on the input's grid;
+        ``localization["min_kept"]`` of their foreground, then outside ``prior`` (the same, with
+        ``atlas_prior["min_kept"]``) -> :class:`Segmentation` on the input's grid;
         ``uncertainty`` False (the coarse pass, which only needs its labels): without the aleatoric and epistemic
         maps and the quality estimate, whose inversion to the input grid would be thrown away; ``smooth`` False (the
         coarse pass too): its probabilities as sampled, not ``probability_smoothing``'s, so that the region it gives is
@@ -528,15 +566,16 @@ class Predictor:
         segmenters = sampling.pop("segmenters")
         steps, num_samples = sampling["steps"], sampling["num_samples"]
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
-        region_key = None if region is None else "region"  # resampled as a label: nearest neighbour
+        bits = encode_regions(geometry.shape, region, prior)  # one label, resampled by nearest neighbour
+        region_key = None if bits is None else "region"
         pre = Compose(
             preprocessing_transforms(
                 preprocessing, label_key=region_key, load=False, spacing_key=spacing_key, device=self.device
             )
         )
         arrays = {"image": torch.from_numpy(array)}
-        if region is not None:
-            arrays["region"] = torch.from_numpy(region[None].astype(np.uint8))
+        if bits is not None:
+            arrays["region"] = torch.from_numpy(bits[None])
         # "original_affine" as LoadImaged records it (the acquisition's own spacing), in a meta dict per key: a
         # MetaTensor writes its affine into the dict it is given
         inputs = {
@@ -546,7 +585,11 @@ class Predictor:
         data = pre(inputs)
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
-        within = None if region is None else data["region"].as_tensor()[None].bool().to(self.device)  # (1, 1, *S')
+        within = prior_within = None  # (1, 1, *S')
+        if bits is not None:
+            within, prior_within = decode_regions(
+                data["region"].as_tensor()[None].to(self.device), region=region is not None, prior=prior is not None
+            )
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         augment = 1 if views is None else len(views)
         callback = progress_callback(progress, steps * augment * len(segmenters), Path(name).name)
@@ -563,6 +606,8 @@ class Predictor:
                 spacing=spacing,
                 region=within,
                 region_min_kept=0.0 if region is None else self.localization["min_kept"],
+                prior=prior_within,
+                prior_min_kept=0.0 if prior is None else self.atlas_prior["min_kept"],
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -584,9 +629,16 @@ class Predictor:
             kept, applied = float(summary["region_kept"][0]), bool(summary["region_applied"][0])
             if not applied:  # the case's warning line says it too (predict_from_files, the CLI)
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
+        atlas = None
+        if prior is not None:
+            atlas = {**self._atlas_settings(), "kept": float(summary["prior_kept"][0]),
+                     "applied": bool(summary["prior_applied"][0])}  # fmt: skip
+            if not atlas["applied"]:
+                logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
         quality = self.case_quality(
             label_map, geometry.affine, summary["estimated_dice"][0].tolist(), maps, views=augment,
             num_samples=num_samples, weight_sets=len(segmenters), kept=kept, applied=applied, image=array,
+            atlas=atlas,
         )  # fmt: skip
         return Segmentation(
             label_map=label_map,
@@ -599,6 +651,11 @@ class Predictor:
             quality=quality,
             class_names=self.class_names,
         )
+
+    def _atlas_settings(self) -> dict:
+        """The quality report's ``atlas_prior`` settings: the margin and ``min_kept`` (the template's files are the
+        bundle's, named in the run record)."""
+        return {key: self.atlas_prior[key] for key in ("margin_mm", "min_kept")}
 
     def case_quality(
         self,
@@ -613,18 +670,21 @@ class Predictor:
         kept=None,
         applied=None,
         image=None,
+        atlas=None,
     ) -> dict:
         """A case's quality report as this predictor writes it: ``trust.quality_report`` of the written labels with
         the ensemble's own Dice estimate per class (and ``boundary_overlap`` with ``image``, the case (C, *S) on the
         labels' grid), the localization entry (its settings, the share ``kept`` and
-        whether the region was ``applied``; None where no region was cut or offered), then ``quality_calibration``.
+        whether the region was ``applied``; None where no region was cut or offered), the ``atlas_prior`` entry
+        (``atlas``: its margin, ``min_kept``, ``kept`` and ``applied``; None without one), then
+        ``quality_calibration``.
         ``benchmarks/trust.py`` scores the same report."""
         quality = quality_report(
             label_map, affine, ensemble_dice, maps, views=views, num_samples=num_samples, weight_sets=weight_sets,
             expected_volume_ml=self.expected_volume_ml, image=image,
         )  # fmt: skip
         localized = None if kept is None else {**self.localization, "kept": kept, "applied": applied}
-        return apply_calibration({**quality, "localization": localized}, self.quality_calibration)
+        return apply_calibration({**quality, "localization": localized, "atlas_prior": atlas}, self.quality_calibration)
 
     def select_weights(self, count: int | None) -> list[DiffusionSegmenter]:
         """The first ``count`` (None: ``sampling_defaults``'s ``weight_sets``) of ``segmenters``; a ValueError naming
@@ -762,7 +822,9 @@ def segment(
     segment`` (``Predictor.from_checkpoint``, or ``from_bundle`` with a bundle folder, a shipped bundle's name, or by
     default the shipped brain-extraction bundle; then ``Predictor.segment``, whose sampling defaults are the bundle's);
     ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``); ``probability_smoothing`` (None: the
-    bundle's) goes to the predictor, as ``medwidit segment --probability-smoothing``."""
+    bundle's) goes to the predictor, as ``medwidit segment --probability-smoothing``; ``localize=False`` and
+    ``atlas=False`` skip the bundle's localization pass and atlas prior, as ``--no-localize`` and
+    ``--no-atlas-prior``."""
     if checkpoint is not None and bundle is not None:
         raise ValueError("give checkpoint= (a .pt file) or bundle= (a bundle folder or name), not both.")
     if seed is not None and options.get("generator") is not None:

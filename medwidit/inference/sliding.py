@@ -375,6 +375,8 @@ def sample_ensemble(
     shared_steps: int = 0,
     region: torch.Tensor | None = None,
     region_min_kept: float = 0.0,
+    prior: torch.Tensor | None = None,
+    prior_min_kept: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -395,7 +397,8 @@ def sample_ensemble(
     view's members share their first k steps (``DiffusionSegmenter.sample``). ``region`` (B, 1, *S) bool: every
     member is background outside it (``localize.restrict_to_region``) before anything is summarised, unless the region
     holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share and
-    ``"region_applied"`` (B,) whether the region cut.
+    ``"region_applied"`` (B,) whether the region cut. ``prior`` (B, 1, *S) bool (``atlas.atlas_region``): a second
+    region cut after ``region`` in the same way, with ``prior_min_kept``, ``"prior_kept"`` and ``"prior_applied"``.
 
     ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each
     sampling every view, so that G = weights x views groups (weights-major: the first segmenter's groups come first,
@@ -433,12 +436,15 @@ def sample_ensemble(
         calls.append((denoiser.num_calls, denoiser.num_windows))
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     probabilities, kept, applied = restrict_to_region(probabilities, region, region_min_kept)
+    probabilities, prior_kept, prior_applied = restrict_to_region(probabilities, prior, prior_min_kept)
     summary = summarize_ensemble(probabilities)
     split = decompose_entropy(probabilities, groups=len(groups))
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
     summary["estimated_dice"] = estimated_dice(probabilities)
     if kept is not None:
         summary.update(region_kept=kept, region_applied=applied)
+    if prior_kept is not None:
+        summary.update(prior_kept=prior_kept, prior_applied=prior_applied)
     if return_members:
         summary["members"] = probabilities
     logger.debug("network calls, window evaluations per set of weights: %s", calls)

@@ -140,6 +140,7 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
     plain = _workflow(config("inference"), "infer", **overrides).parser.get_parsed_content("predictor")
     assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, False)
+    assert plain.atlas_prior["margin_mm"] == 5.0 and plain.atlas_prior["image"].is_file()  # the bundle's own template
     changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="true")
     predictor = changed.parser.get_parsed_content("predictor")
     assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", True)
@@ -156,10 +157,11 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     try:
         declared = {**json.loads(original), "bias_correction": "n4", "anti_aliasing": True, "extra_weights": []}
         declared["probability_smoothing"] = 1.5
+        declared["atlas_prior"] = {**declared["atlas_prior"], "margin_mm": 7.0}
         path.write_text(json.dumps(declared))
         read = Predictor.from_bundle(bundle, weight_sets=1)
         assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", True)
-        assert read.probability_smoothing == 1.5
+        assert read.probability_smoothing == 1.5 and read.atlas_prior["margin_mm"] == 7.0
         given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=False)  # the caller's own wins
         assert given.preprocessing["anti_aliasing"] is False
         # the zoo's evaluation (train.json + evaluate.json) scores what inference.json samples
@@ -169,6 +171,7 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
         scored = evaluation.parser.get_parsed_content("predictor")
         assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", True)
         assert scored.probability_smoothing == 1.5  # evaluate.json reads inference.json's, as from_bundle does
+        assert scored.atlas_prior == read.atlas_prior
         path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))
         with pytest.raises(InputError, match=r"inference.json: anti_aliasing: preprocessing\['anti_aliasing'\] must"):
             Predictor.from_bundle(bundle, weight_sets=1)

@@ -71,6 +71,7 @@ __all__ = [
     "write_data_lists",
     "check_split",
     "build_examples",
+    "build_atlas",
     "brain_mask",
     "fill_holes",
     "tissue_label",
@@ -439,6 +440,29 @@ def build_examples(cache: str | os.PathLike | None = None, out_dir: str | os.Pat
     return out
 
 
+ATLAS = {
+    "template": "mni152nlin6asym_2mm",
+    "image": "mni152nlin6asym_2mm_head.nii.gz",
+    "label": "mni152nlin6asym_2mm_brain.nii.gz",
+}  # the brain bundle's atlas_prior (medwidit.inference.atlas)
+
+
+def build_atlas(cache: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> dict:
+    """Re-derive the brain bundle's atlas prior (into its ``atlas/`` folder unless ``out_dir``) from a built cache:
+    the MNI152 2 mm head rescaled to uint8 (mutual information needs no more) and its brain mask."""
+    root = default_cache_dir(cache)
+    out_dir = shipped_path("bundles", "brain_widit_segmentation") / "atlas" if out_dir is None else out_dir
+    image = nib.load(root / "brain" / f"{ATLAS['template']}_image.nii.gz")
+    label = nib.load(root / "brain" / f"{ATLAS['template']}_label.nii.gz")
+    array = np.clip(image.get_fdata(), 0, None)
+    array = np.rint(255 * array / array.max()).astype(np.uint8)
+    out = {}
+    for key, data in (("image", array), ("label", (np.asarray(label.dataobj) > 0).astype(np.uint8))):
+        out[key] = Path(out_dir) / ATLAS[key]
+        atomic_save(nifti_like(data, image, image.affine), out[key])
+    return out
+
+
 #####################################################################################################
 # command line
 #####################################################################################################
@@ -447,9 +471,10 @@ def build_examples(cache: str | os.PathLike | None = None, out_dir: str | os.Pat
 def main(argv: list[str] | None = None) -> int:
     """`python -m medwidit.datasets.brain build|lists|examples|info`."""
     parser = argparse.ArgumentParser(prog="python -m medwidit.datasets.brain", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["build", "lists", "examples", "info"],
+    parser.add_argument("command", choices=["build", "lists", "examples", "atlas", "info"],
                         help="build: fetch and build the cache; lists: write data_lists/*.json; examples: "
-                        "re-derive medwidit/data/examples from the cache; info: print the cache manifest")  # fmt: skip
+                        "re-derive medwidit/data/examples from the cache; atlas: re-derive the brain bundle's atlas "
+                        "prior from the cache; info: print the cache manifest")  # fmt: skip
     parser.add_argument("--cache", default=None, help="cache folder (default $MEDWIDIT_CACHE or ~/.cache/medwidit)")
     parser.add_argument("--task", action="append", choices=sorted(TASKS), help="task(s) to build (default: all)")
     parser.add_argument("--force", action="store_true", help="rebuild cases that are already current")
@@ -463,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {root} in {time.perf_counter() - start:.1f} s; data lists: {REPO_DATA_LISTS} (base_dir={root})")
     elif args.command == "lists":
         for path in write_data_lists(args.out or REPO_DATA_LISTS).values():
+            print(path)
+    elif args.command == "atlas":
+        for path in build_atlas(args.cache, args.out).values():
             print(path)
     elif args.command == "examples":
         for path in build_examples(args.cache, args.out or EXAMPLES_DIR).values():

@@ -1,0 +1,198 @@
+"""An atlas prior: a template head registered to the case, its structure mask carried onto the case's grid, and
+every member background farther than ``margin_mm`` from it.
+
+The network's 2 mm windows see 128 mm of a head at a time, and in a face, a neck or a scalp unlike any training crop
+they can see brain (MRHead: 760 mL too much, most of it below the skull base). A whole head says where the brain can
+be: classical brain extraction (ROBEX, BEaST, FreeSurfer's watershed) registers an atlas first for that reason. Here an
+affine registration (similarity first, then all 12 parameters) by Mattes mutual information, which holds for any
+contrast, carries the bundle's template onto the case; it costs a few CPU seconds. SimpleITK does the registration
+(a kept library); what is written here is only the choice of its settings and the geometry between nibabel's RAS
+arrays and ITK's LPS images.
+
+``configs/inference.json``'s ``atlas_prior`` declares it ({"image": template head, "label": its mask (> 0: the
+structure), both files relative to the bundle, "margin_mm": mm, "min_kept": share}; null: off). A region that holds
+less than ``min_kept`` of the members' foreground is not applied (a registration gone wrong, or a case that is not a
+head): the case is left as the members saw it, and its quality report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medwidit.utils import is_finite_number
+
+from .localize import foreground_region
+from .options import read_inference_config
+
+__all__ = [
+    "ATLAS_PRIOR_KEYS",
+    "atlas_mask",
+    "atlas_region",
+    "atlas_warning",
+    "bundle_atlas_prior",
+    "check_atlas_prior",
+    "register_template",
+    "sitk_image",
+]
+
+logger = logging.getLogger(__name__)
+
+ATLAS_PRIOR_KEYS = ("image", "label", "margin_mm")  # required; "min_kept" is optional
+DEFAULT_MIN_KEPT = 0.5
+REGISTRATION_SEED = 1  # the metric's fixed draw of voxels (SimpleITK's seed 0 is the wall clock: a new draw each run)
+REGISTRATION_MM = 4.0  # both images are smoothed and shrunk to about this voxel size before they are registered
+LPS = np.diag([-1.0, -1.0, 1.0])  # nibabel's RAS world -> ITK's LPS world
+
+
+def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = None, source: str = "atlas_prior"):
+    """A bundle's or a caller's ``atlas_prior`` -> ``{"image": Path, "label": Path, "margin_mm": mm, "min_kept":
+    share}`` or None (off). Relative paths are taken from ``root`` (a bundle's folder); both files must exist.
+    ``margin_mm`` >= 0; ``min_kept`` in [0, 1] (default ``DEFAULT_MIN_KEPT``). A ValueError names ``source``."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{source} must be null or a mapping with {', '.join(ATLAS_PRIOR_KEYS)}, got {spec!r}.")
+    keys, allowed = set(spec), {*ATLAS_PRIOR_KEYS, "min_kept"}
+    if not set(ATLAS_PRIOR_KEYS) <= keys <= allowed:
+        missing, unknown = sorted(set(ATLAS_PRIOR_KEYS) - keys), sorted(keys - allowed)
+        raise ValueError(
+            f"{source}: expected the keys {', '.join(ATLAS_PRIOR_KEYS)} (and optionally min_kept)"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+            + "."
+        )
+    files = {}
+    for key in ("image", "label"):
+        if not isinstance(spec[key], (str, os.PathLike)):
+            raise ValueError(f"{source}: {key} must be a file path, got {spec[key]!r}.")
+        path = Path(spec[key])
+        path = path if path.is_absolute() or root is None else Path(root) / path
+        if not path.is_file():
+            raise ValueError(f"{source}: {key} file {path} does not exist.")
+        files[key] = path
+    margin, min_kept = spec["margin_mm"], spec.get("min_kept", DEFAULT_MIN_KEPT)
+    if not is_finite_number(margin) or margin < 0:
+        raise ValueError(f"{source}: margin_mm must be a number of mm >= 0, got {margin!r}.")
+    if not is_finite_number(min_kept) or not 0 <= min_kept <= 1:
+        raise ValueError(f"{source}: min_kept must be a share in [0, 1], got {min_kept!r}.")
+    return {**files, "margin_mm": float(margin), "min_kept": float(min_kept)}
+
+
+def bundle_atlas_prior(bundle_dir) -> dict | None:
+    """The checked ``atlas_prior`` of a bundle's ``configs/inference.json``, its files relative to the bundle (None
+    where it has none)."""
+    path, config = read_inference_config(bundle_dir)
+    return check_atlas_prior(config.get("atlas_prior"), root=bundle_dir, source=f"{path}: atlas_prior")
+
+
+def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A 3D array (nibabel's voxel order) on the grid of a RAS ``affine`` -> a float32 SimpleITK image at the same
+    places in the world (ITK's LPS). A sheared affine keeps its nearest rotation (the polar factor): ITK's images
+    have orthonormal directions."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"an atlas prior needs a 3D image, got shape {array.shape}.")
+    affine = np.asarray(affine, dtype=np.float64)
+    linear = LPS @ affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    u, _, vt = np.linalg.svd(linear / spacing)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))  # ITK's arrays are (z, y, x)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(d) for d in (u @ vt).ravel()])
+    image.SetOrigin([float(o) for o in LPS @ affine[:3, 3]])
+    return image
+
+
+def _coarse(image: sitk.Image) -> sitk.Image:
+    """Smoothed and shrunk to about ``REGISTRATION_MM`` voxels: the registration's working images."""
+    factors = [max(1, round(REGISTRATION_MM / s)) for s in image.GetSpacing()]
+    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, REGISTRATION_MM / 2.5), factors)
+
+
+def _registration(initial: sitk.Transform) -> sitk.ImageRegistrationMethod:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.3, seed=REGISTRATION_SEED)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=300, relaxationFactor=0.7
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])  # 16, 8, 4 mm: a strong bias field trapped two levels (bundle docs)
+    method.SetSmoothingSigmasPerLevel([2, 1, 0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(initial, inPlace=False)
+    return method
+
+
+def register_template(case: sitk.Image, template: sitk.Image) -> sitk.Transform:
+    """The affine transform that carries ``case``'s world points to ``template``'s (ITK's resampling direction):
+    a similarity (rotation, translation, one scale) from the images' centres, then an affine from it."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # threads sum in any order, and the optimizer amplifies that
+    try:
+        return _register(sitk.Cast(case, sitk.sitkFloat32), sitk.Cast(template, sitk.sitkFloat32))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _register(case: sitk.Image, template: sitk.Image) -> sitk.Transform:
+    fixed, moving = _coarse(case), _coarse(template)
+    similarity = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    similarity = sitk.Similarity3DTransform(_single(_registration(similarity).Execute(fixed, moving)))
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(similarity.GetCenter())
+    affine.SetMatrix(similarity.GetMatrix())
+    affine.SetTranslation(similarity.GetTranslation())
+    return _single(_registration(affine).Execute(fixed, moving))
+
+
+def _single(transform: sitk.Transform) -> sitk.Transform:
+    """The one transform a registration returns (SimpleITK wraps it in a composite)."""
+    if transform.GetName() == "CompositeTransform":
+        transform = sitk.CompositeTransform(transform)
+        if transform.GetNumberOfTransforms() == 1:
+            return transform.GetNthTransform(0)
+    return transform
+
+
+def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarray:
+    """The template's structure (its label > 0) registered onto a case, as bool on the case's grid (the first
+    channel of a (C, *S) ``image``, or a 3D ``image``, on the grid of the RAS ``affine``). ``spec``: a checked
+    ``atlas_prior``."""
+    image = np.asarray(image)
+    case = sitk_image(image[0] if image.ndim == 4 else image, affine)
+    template = sitk.ReadImage(str(spec["image"]), sitk.sitkFloat32)
+    label = sitk.Cast(sitk.ReadImage(str(spec["label"])) > 0, sitk.sitkFloat32)
+    transform = register_template(case, template)
+    warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
+
+
+def atlas_region(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarray:
+    """The voxels within ``spec["margin_mm"]`` of :func:`atlas_mask` (bool, the case's grid): where the members may
+    keep foreground. A registration that SimpleITK cannot run (an image with nothing in it) is a RuntimeError."""
+    return foreground_region(atlas_mask(image, affine, spec).astype(np.uint8), affine, spec["margin_mm"])
+
+
+def atlas_warning(entry: Mapping | None) -> str | None:
+    """The warning-line text for a case's quality ``atlas_prior`` entry: the template did not register, or its region
+    held less than ``min_kept`` of the members' foreground (not applied: most of what the members call the structure
+    lies where a registered template does not put it); None otherwise."""
+    if entry is None or entry["applied"]:
+        return None
+    if entry["kept"] is None:
+        return "the atlas template did not register: no atlas prior"
+    return (
+        f"the atlas prior's region held {entry['kept']:.4f} of the foreground (below min_kept "
+        f"{entry['min_kept']:.2f}): not applied"
+    )

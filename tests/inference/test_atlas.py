@@ -1,0 +1,325 @@
+"""The atlas prior: a template head registered to the case (SimpleITK, mutual information), its mask carried onto the
+case's grid, and every member background farther than ``margin_mm`` from it; the geometry between nibabel's RAS
+arrays and ITK's LPS images, its settings, the bundle's ``inference.json`` entry and the CLI's ``--no-atlas-prior``."""
+
+import json
+import logging
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from inference_volumes import ThresholdOracle, save_nifti
+from nibabel.processing import resample_from_to
+from scipy.spatial.transform import Rotation
+
+import medwidit.inference.predictor as predictor_module
+from medwidit.cli import main
+from medwidit.diffusion import DiffusionSegmenter
+from medwidit.inference import InputError, Predictor
+from medwidit.inference.atlas import atlas_mask, check_atlas_prior, sitk_image
+from medwidit.inference.localize import decode_regions, encode_regions
+
+PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
+FAST = {"steps": 2, "num_samples": 2}
+
+
+def _dice(a, b) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _oblique_affine(spacing=(1.5, 1.2, 2.0), degrees=(10, -20, 30), origin=(-40.0, 25.0, -30.0)) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, 0] *= -1  # a left-handed voxel order too
+    affine[:3, 3] = origin
+    return affine
+
+
+def test_an_array_and_its_ras_affine_become_an_itk_image_at_the_same_places_in_the_world():
+    array = np.random.default_rng(0).random((7, 5, 6)).astype(np.float32)
+    affine = _oblique_affine()
+    image = sitk_image(array, affine)
+    assert np.array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), array)
+    for index in [(0, 0, 0), (6, 4, 5), (3, 1, 2)]:
+        ras = (affine @ [*index, 1])[:3]
+        lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
+        np.testing.assert_allclose(lps, ras * [-1, -1, 1], atol=1e-9)
+        assert image[index] == array[index]
+    # as ITK itself reads the same array and affine from a NIfTI file
+    assert sitk_image(array, np.diag([2.0, 3.0, 4.0, 1.0])).GetSpacing() == (2.0, 3.0, 4.0)
+    with pytest.raises(ValueError, match=r"needs a 3D image, got shape \(7, 5\)"):
+        sitk_image(array[..., 0], affine)
+
+
+def test_the_image_read_by_itk_from_a_nifti_file_is_the_one_built_from_nibabels_array(tmp_path):
+    array = np.random.default_rng(1).random((6, 5, 4)).astype(np.float32)
+    affine = _oblique_affine(degrees=(0, 0, 90))
+    path = save_nifti(tmp_path / "x.nii.gz", array, affine=affine)
+    read, built = sitk.ReadImage(str(path)), sitk_image(array, affine)
+    np.testing.assert_allclose(read.GetOrigin(), built.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(read.GetDirection(), built.GetDirection(), atol=1e-5)
+    np.testing.assert_allclose(read.GetSpacing(), built.GetSpacing(), atol=1e-5)
+
+
+def _template(tmp_path):
+    """A synthetic head at 2 mm: scalp, a dark skull, a brain with a dark core, an eye in front and a neck below; the
+    brain is the template's mask."""
+    shape = (48, 56, 52)
+    grid = np.stack(np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")).astype(np.float64) * 2.0
+
+    def inside(center, radii):
+        return (((grid - np.reshape(center, (3, 1, 1, 1))) / np.reshape(radii, (3, 1, 1, 1))) ** 2).sum(0) <= 1
+
+    head = inside((0, 0, 6), (36, 46, 40)) | (inside((0, 6, -40), (16, 18, 30)) & (grid[2] < -10))
+    skull = inside((0, 0, 8), (32, 42, 34))
+    brain = inside((0, 0, 9), (29, 38, 30))
+    image = np.where(head, 0.8, 0.0)
+    image[skull] = 0.15
+    image[brain] = 0.55
+    image[inside((0, 0, 10), (8, 14, 8))] = 0.25
+    image[inside((14, 40, -6), (6, 6, 6))] = 1.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -np.asarray(shape) + 1.0
+    files = {"image": save_nifti(tmp_path / "head.nii.gz", image.astype(np.float32), affine=affine),
+             "label": save_nifti(tmp_path / "brain.nii.gz", brain.astype(np.uint8), affine=affine)}  # fmt: skip
+    return files, image, brain, affine
+
+
+def _moved_case(template_image, brain, template_affine, *, invert=False):
+    """The template moved in the world (8 degrees, 5 mm, 6 % larger) and sampled on an oblique 1.5 mm grid."""
+    move = np.eye(4)
+    move[:3, :3] = 1.06 * Rotation.from_euler("xyz", (8, -5, 6), degrees=True).as_matrix()
+    move[:3, 3] = (5.0, -4.0, 6.0)
+    moved = nib.Nifti1Image(template_image.astype(np.float32), move @ template_affine)
+    shape, affine = (72, 80, 76), _oblique_affine((1.5, 1.5, 1.5), (0, 0, 180), (0.0, 0.0, 0.0))
+    affine[:3, 3] = -affine[:3, :3] @ (np.asarray(shape) - 1) / 2  # centred on the world's origin, as the head
+    grid = (shape, affine)
+    case = np.asarray(resample_from_to(moved, grid, order=1).dataobj)
+    truth = np.asarray(resample_from_to(nib.Nifti1Image(brain.astype(np.float32), moved.affine), grid, order=1).dataobj)
+    if invert:  # another contrast: the head's tissues in reverse order, the air still dark
+        case = np.where(case > 0.05, 1.1 - case, 0.0)
+    return case.astype(np.float32), truth >= 0.5, grid[1]
+
+
+@pytest.mark.parametrize("invert, least", [(False, 0.95), (True, 0.9)])
+def test_the_registered_template_mask_lands_on_the_moved_brain_whatever_the_contrast(tmp_path, invert, least):
+    files, image, brain, affine = _template(tmp_path)
+    case, truth, case_affine = _moved_case(image, brain, affine, invert=invert)
+    spec = check_atlas_prior({**files, "margin_mm": 0})
+    unregistered = np.asarray(
+        resample_from_to(nib.Nifti1Image(brain.astype(np.float32), affine), (case.shape, case_affine)).dataobj
+    )
+    mask = atlas_mask(case, case_affine, spec)
+    assert _dice(unregistered >= 0.5, truth) < 0.8  # the move matters
+    assert _dice(mask, truth) > least
+    assert np.array_equal(atlas_mask(case[None], case_affine, spec), mask)  # (C, *S): the first channel; and the same
+    # draw: a case registers the same way every time
+
+
+def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
+    files, *_ = _template(tmp_path)
+    assert check_atlas_prior(None) is None
+    spec = check_atlas_prior({"image": "head.nii.gz", "label": "brain.nii.gz", "margin_mm": 5}, root=tmp_path)
+    assert spec == {"image": files["image"], "label": files["label"], "margin_mm": 5.0, "min_kept": 0.5}
+    for bad, message in [
+        ([1], r"atlas_prior must be null or a mapping with image, label, margin_mm"),
+        ({"image": "head.nii.gz", "margin_mm": 5}, r"missing \['label'\]"),
+        ({**files, "margin_mm": 5, "kept": 1}, r"unknown \['kept'\]"),
+        ({**files, "image": 3, "margin_mm": 5}, r"image must be a file path, got 3"),
+        ({**files, "label": "none.nii.gz", "margin_mm": 5}, r"label file .*none\.nii\.gz does not exist"),
+        ({**files, "margin_mm": -1}, r"margin_mm must be a number of mm >= 0, got -1"),
+        ({**files, "margin_mm": 5, "min_kept": 1.5}, r"min_kept must be a share in \[0, 1\], got 1\.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_atlas_prior(bad, root=tmp_path)
+    flat = type("FlatOracle", (ThresholdOracle,), {"spatial_dim": 2, "size_multiple": (1, 1), "alignment": (1, 1)})
+    with pytest.raises(ValueError, match=r"atlas_prior needs a 3D model, got 2 spatial dimensions"):
+        Predictor(DiffusionSegmenter(flat(), num_classes=2), device="cpu", atlas_prior={**files, "margin_mm": 5})
+
+
+def test_the_two_regions_travel_as_one_label_and_come_back_apart():
+    rng = np.random.default_rng(0)
+    region, prior = rng.random((5, 6, 7)) > 0.5, rng.random((5, 6, 7)) > 0.3
+    assert encode_regions((5, 6, 7), None, None) is None
+    for a, b in [(region, prior), (region, None), (None, prior)]:
+        bits = torch.from_numpy(encode_regions((5, 6, 7), a, b).astype(np.int64))  # as the label comes back
+        back = decode_regions(bits, region=a is not None, prior=b is not None)
+        for given, got in zip((a, b), back, strict=True):
+            assert got is None if given is None else np.array_equal(got.numpy(), given)
+        assert all(np.array_equal(r.numpy(), np.ones((5, 6, 7), bool)) for r in decode_regions(
+            bits, region=a is None, prior=b is None) if r is not None)  # fmt: skip
+
+
+def _ball_and_a_far_blob(tmp_path):
+    """A ball (the structure) and, far from it, a blob the threshold oracle also calls foreground."""
+    shape = (40, 32, 32)
+    grid = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    distance = np.sqrt((grid[0] - 12) ** 2 + (grid[1] - 16) ** 2 + (grid[2] - 16) ** 2)
+    image = (distance <= 8).astype(np.float32)
+    image[33:37, 15:19, 15:19] = 1.0
+    return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4)), image
+
+
+def _prior_predictor(tmp_path, monkeypatch, region, **spec):
+    """A threshold-oracle predictor whose atlas prior's registered region is ``region`` (the registration is tested
+    above; here the cut)."""
+    files, *_ = _template(tmp_path)
+    monkeypatch.setattr(predictor_module, "atlas_region", lambda array, affine, spec: region)
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    return Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu",
+                     atlas_prior={**files, "margin_mm": 5.0, **spec})  # fmt: skip
+
+
+def test_foreground_outside_the_atlas_region_is_removed_and_the_rest_is_untouched(tmp_path, monkeypatch):
+    path, image = _ball_and_a_far_blob(tmp_path)
+    region = np.zeros(image.shape, bool)
+    region[:26] = True
+    free = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), preprocessing=PREPROCESSING, roi_size=16,
+                     device="cpu").segment(path, **FAST)  # fmt: skip
+    predictor = _prior_predictor(tmp_path, monkeypatch, region)
+    held = predictor.segment(path, **FAST)
+    assert free.label_map[34, 16, 16] == 1 and held.label_map[34, 16, 16] == 0
+    assert np.array_equal(held.label_map[region], free.label_map[region]) and held.label_map[12, 16, 16] == 1
+    assert np.array_equal(held.probability[:, region], free.probability[:, region])
+    assert held.probability[1, 34, 16, 16] == 0 and held.entropy[34, 16, 16] == 0
+    ball, blob = int((image[:26] > 0.5).sum()), int((image[26:] > 0.5).sum())
+    assert held.quality["atlas_prior"] == {
+        "margin_mm": 5.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + blob)), "applied": True
+    }  # fmt: skip
+    assert free.quality["atlas_prior"] is None
+    skipped = predictor.segment(path, atlas=False, **FAST)
+    assert np.array_equal(skipped.probability, free.probability) and skipped.quality["atlas_prior"] is None
+
+
+def test_an_atlas_region_that_holds_less_than_min_kept_cuts_nothing_and_says_so(tmp_path, monkeypatch, caplog):
+    path, image = _ball_and_a_far_blob(tmp_path)
+    region = np.zeros(image.shape, bool)
+    region[26:] = True  # a registration gone wrong: only the blob
+    free = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), preprocessing=PREPROCESSING, roi_size=16,
+                     device="cpu").segment(path, **FAST)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="medwidit"):
+        held = _prior_predictor(tmp_path, monkeypatch, region).segment(path, **FAST)
+    assert np.array_equal(held.probability, free.probability)
+    assert held.quality["atlas_prior"]["applied"] is False and held.quality["atlas_prior"]["kept"] < 0.5
+    assert any("no atlas prior: its region holds" in r.getMessage() for r in caplog.records)
+
+
+def test_the_localization_and_the_atlas_prior_each_cut_and_each_report_their_own_share(tmp_path, monkeypatch):
+    _, image = _ball_and_a_far_blob(tmp_path)
+    image[26:] = 0
+    image[34, 18, 18] = 1.0  # a speck the 4 mm pass does not see: the localization cuts it
+    path = save_nifti(tmp_path / "speck.nii.gz", image, affine=np.eye(4))
+    region = np.ones(image.shape, bool)
+    region[:, :, :14] = False  # the atlas region cuts the ball's side along the last axis
+    predictor = _prior_predictor(tmp_path, monkeypatch, region)
+    predictor.localization = {"spacing": [4.0] * 3, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 0.85}
+    held = predictor.segment(path, **FAST)
+    assert held.label_map[34, 18, 18] == 0 and not held.label_map[:, :, :14].any()  # both cuts hold
+    assert held.label_map[12, 16, 16] == 1
+    assert held.quality["localization"]["applied"] and held.quality["atlas_prior"]["applied"]
+    assert held.quality["localization"]["kept"] != held.quality["atlas_prior"]["kept"]
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A copy of the shipped bundle (its weights, configs and atlas)."""
+    from medwidit.inference.options import resolve_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
+    return copy
+
+
+def _set_atlas_prior(bundle, value):
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config["atlas_prior"] = value
+    path.write_text(json.dumps(config))
+
+
+def test_a_bundle_declares_it_with_its_own_files_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
+    shipped = Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior
+    assert shipped["image"].parent == shipped["label"].parent == bundle / "atlas"
+    assert shipped["image"].is_file() and shipped["label"].is_file()
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=None).atlas_prior is None
+    _set_atlas_prior(bundle, None)
+    assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior is None
+    _set_atlas_prior(bundle, {"image": "atlas/missing.nii.gz", "label": "atlas/missing.nii.gz", "margin_mm": 5})
+    with pytest.raises(InputError, match=r"inference\.json: atlas_prior: image file .*missing\.nii\.gz does not exist"):
+        Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
+
+
+def test_the_shipped_atlas_is_a_head_with_a_brain_mask_on_the_same_grid():
+    from medwidit.inference.options import resolve_bundle
+
+    spec = Predictor.from_bundle(resolve_bundle(), device="cpu", weight_sets=1).atlas_prior
+    head, brain = nib.load(spec["image"]), nib.load(spec["label"])
+    assert head.shape == brain.shape and np.allclose(head.affine, brain.affine)
+    mask = np.asarray(brain.dataobj) > 0
+    volume_ml = mask.sum() * abs(np.linalg.det(brain.affine[:3, :3])) / 1000
+    assert 1200 < volume_ml < 2000  # an adult brain
+    assert np.asarray(head.dataobj)[mask].mean() > 0 and (np.asarray(head.dataobj)[~mask] > 0).any()  # a whole head
+
+
+def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_prior_turns_it_off(tmp_path, bundle):
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
+    base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
+            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert main([*base, "-o", str(tmp_path / "b"), "--no-atlas-prior"]) == 0
+    record = json.loads((tmp_path / "a" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"]
+    assert record == {"image": str(bundle / "atlas" / "mni152nlin6asym_2mm_head.nii.gz"),
+                      "label": str(bundle / "atlas" / "mni152nlin6asym_2mm_brain.nii.gz"),
+                      "margin_mm": 5.0, "min_kept": 0.5}  # fmt: skip
+    assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"] is None
+    assert json.loads((tmp_path / "b" / "scan_quality.json").read_text())["atlas_prior"] is None
+    entry = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["atlas_prior"]
+    assert entry["margin_mm"] == 5.0 and 0 <= entry["kept"] <= 1 and isinstance(entry["applied"], bool)
+
+
+def test_a_case_whose_atlas_prior_was_not_applied_gets_a_warning_line(tmp_path, monkeypatch, caplog):
+    path, image = _ball_and_a_far_blob(tmp_path)
+    region = np.zeros(image.shape, bool)
+    region[26:] = True
+    predictor = _prior_predictor(tmp_path, monkeypatch, region)
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.01, **FAST)
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "scan: the atlas prior's region held 0.0" in line and "of the foreground (below min_kept 0.50): not applied"
+        in line and line.endswith("check this case before using it.") for line in lines
+    ), lines  # fmt: skip
+
+
+def test_a_template_that_cannot_register_leaves_the_case_uncut_and_says_so(tmp_path, caplog):
+    files, *_ = _template(tmp_path)
+    grid = np.meshgrid(*(np.arange(24),) * 3, indexing="ij")
+    ball = (sum((g - 12.0) ** 2 for g in grid) <= 36).astype(np.float32)
+    path = save_nifti(tmp_path / "small.nii.gz", ball, affine=np.eye(4))  # 24 mm: too small to register at 4 mm
+    segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
+    predictor = Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu",
+                          atlas_prior={**files, "margin_mm": 5.0})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        result = predictor.segment(path, **FAST)
+        predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.01, **FAST)
+    assert result.quality["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("small.nii.gz: no atlas prior: the template did not register" in line for line in lines), lines
+    assert any("small: " in line and "the atlas template did not register: no atlas prior" in line for line in lines)
+    assert result.label_map[12, 12, 12] == 1  # segmented all the same
+
+
+def test_the_notebook_call_takes_the_atlas_prior_off_as_the_cli_does(tmp_path, bundle):
+    from medwidit import segment
+
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
+    fast = {"steps": 1, "num_samples": 1, "weight_sets": 1, "device": "cpu", "bundle": bundle}
+    assert segment(source, **fast).quality["atlas_prior"]["margin_mm"] == 5.0
+    assert segment(source, atlas=False, **fast).quality["atlas_prior"] is None
