@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import monai
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 import medwidit
@@ -53,8 +54,8 @@ def finite(x):
 
 
 def environment(device: torch.device, script: str | os.PathLike) -> dict:
-    """Versions, machine, and the checkout as the run starts (commit, locally modified tracked files, the script's
-    hash: the tree is shared and may hold others' uncommitted edits)."""
+    """Versions, machine, and the checkout as the run starts (commit, locally modified and untracked files, the
+    script's hash: the tree is shared and may hold others' uncommitted edits)."""
 
     def git(*cmd) -> str:
         return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
@@ -67,6 +68,7 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
         "monai": monai.__version__,
         "lightning": L.__version__,
         "numpy": np.__version__,
+        "simpleitk": sitk.Version.VersionString(),  # the atlas prior's registration (0.7.0) and N4 depend on it
         "medwidit": medwidit.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -76,7 +78,8 @@ def environment(device: torch.device, script: str | os.PathLike) -> dict:
         # different machines are not one series
         "cpu_model": cpu_model(),
         "commit": git("rev-parse", "HEAD"),
-        "modified_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+        # tracked files changed, and new files not yet committed (a module the run imports may be one)
+        "modified_files": git("status", "--porcelain", "--untracked-files=all").splitlines(),
         "script_sha256": hashlib.sha256(Path(script).read_bytes()).hexdigest(),
         "load_average_start": os.getloadavg(),
     }

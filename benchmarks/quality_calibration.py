@@ -32,6 +32,7 @@ import numpy as np
 from _report import ROOT, best_threshold, fmt, write_json  # benchmarks/ is on sys.path when a script runs
 from scipy import stats
 
+from medwidit.inference.atlas import atlas_warning
 from medwidit.inference.calibration import FEATURES, PRODUCT_RULE, calibrated_dice, case_features, fit_calibration
 from medwidit.inference.localize import kept_warning
 from medwidit.utils import atomic_write
@@ -50,8 +51,9 @@ def load_rows(paths: list[Path]) -> list[dict]:
                 raise SystemExit(f"{path}: case {row['case']} has no whole quality report (rerun generalisation.py)")
             quality = row["quality"]
             other = bool(quality["unexpected_volumes"] or quality["empty_classes"]) or bool(
-                kept_warning(quality.get("localization"))
-            )  # the rest of the CLI's warning line: a volume outside its range, an empty class, a region held little
+                kept_warning(quality.get("localization")) or atlas_warning(quality.get("atlas_prior"))
+            )  # the rest of the CLI's warning line: a volume outside its range, an empty class, a region held little,
+            # an atlas prior that did not register or was not applied
             rows.append(
                 {"case": row["case"], "true": float(row["dice"]), "features": case_features(quality, CLASS),
                  "other_flag": other}

@@ -54,12 +54,13 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.atlas import atlas_region, atlas_warning
+from medwidit.inference.atlas import atlas_warning
 from medwidit.inference.localize import (
     decode_regions,
     encode_regions,
     foreground_region,
     kept_warning,
+    outside_to_background,
     scale_disagreement,
 )
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
@@ -163,6 +164,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--no-localize", action="store_true", help="skip the bundle's localization pass (medwidit segment's flag)"
     )
+    parser.add_argument(
+        "--no-atlas-prior", action="store_true", help="skip the bundle's atlas prior (medwidit segment's flag)"
+    )
     parser.add_argument("--quick", action="store_true", help="seconds: the 2 mm example, cropped, 1 step")
     parser.add_argument(
         "--rescore",
@@ -202,6 +206,13 @@ def load_cases(args) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     return cases
 
 
+def case_preprocessing(predictor: Predictor) -> Compose:
+    """The predictor's pre-processing of a case, with the coarse pass's region and the atlas prior resampled beside
+    the image as one label (``localize.encode_regions``) where the predictor has either."""
+    cut = predictor.localization is not None or predictor.atlas_prior is not None
+    return Compose(preprocessing_transforms(predictor.preprocessing, label_key="region" if cut else None, load=False))
+
+
 def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     """Sample one case with every set of weights and view, then score each ensemble "WxV" (the first W weights'
     first V views) for W in {1, all} and V in {1, all}."""
@@ -220,8 +231,9 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     region = (
         None if coarse is None else foreground_region(coarse.label_map, affine, predictor.localization["margin_mm"])
     )
-    # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region)
-    prior = None if predictor.atlas_prior is None else atlas_region(image, affine, predictor.atlas_prior)
+    # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region); like the region,
+    # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
+    prior, failed = predictor.prior_region(image, affine, name)
     bits = encode_regions(image.shape, region, prior)
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
@@ -248,11 +260,15 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     if coarse is not None:
         out["localization"] = {**predictor.localization, "kept": float(run["region_kept"][0]),
                                "applied": bool(run["region_applied"][0])}  # fmt: skip
-    if prior is not None:
-        out["atlas_prior"] = {"margin_mm": predictor.atlas_prior["margin_mm"],
-                              "min_kept": predictor.atlas_prior["min_kept"], "kept": float(run["prior_kept"][0]),
-                              "applied": bool(run["prior_applied"][0])}  # fmt: skip
-    coarse_labels = None if coarse is None else torch.from_numpy(np.asarray(coarse.label_map))
+    if prior is not None or failed:
+        out["atlas_prior"] = predictor.atlas_entry(
+            None if failed else float(run["prior_kept"][0]), not failed and bool(run["prior_applied"][0])
+        )
+    coarse_probability = coarse_labels = None
+    if coarse is not None:  # cut where the members were: the disagreement and scale_dice compare like with like
+        cut = bool(out.get("atlas_prior", {}).get("applied"))
+        coarse_probability = outside_to_background(coarse.probability, prior) if cut else coarse.probability
+        coarse_labels = torch.from_numpy(np.where(prior, coarse.label_map, 0) if cut else np.asarray(coarse.label_map))
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
         groups = [wi * args.views + vi for wi in range(w) for vi in range(v)]  # group-major, as sampled
@@ -264,7 +280,7 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
         if coarse is not None:
-            scored["disagreement"] = scale_disagreement(probability, coarse.probability)
+            scored["disagreement"] = scale_disagreement(probability, coarse_probability)
             scored["total_and_disagreement"] = entropy[0] / np.log(predictor.num_classes) + scored["disagreement"]
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
@@ -448,6 +464,8 @@ def _plain(value):
     """A config value in JSON types (paths as strings)."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return str(value) if isinstance(value, Path) else value
 
 
@@ -533,11 +551,13 @@ def main(argv=None) -> dict:
     resolve_sampling(args, predictor)
     if args.no_localize:
         predictor.localization = None
+    if args.no_atlas_prior:
+        predictor.atlas_prior = None
     args.localization = predictor.localization  # recorded as used
     args.quality_calibration = predictor.quality_calibration
     args.bundle_warn_dice = predictor.warn_dice  # the warning line's threshold on the calibrated estimate
-    label = None if predictor.localization is None else "region"  # the coarse pass's region, resampled as a label
-    pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
+    args.atlas_prior = predictor.atlas_prior  # recorded as used
+    pre = case_preprocessing(predictor)
     start = time.process_time()
     cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
     summary = summarise(cases, args.warn_dice, args.bundle_warn_dice)

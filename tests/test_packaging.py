@@ -52,6 +52,10 @@ def test_wheel_holds_modules_bundle_and_data_lists(wheel):
     for kind in ("configs/inference.json", "configs/train.json", "configs/evaluate.json", "configs/metadata.json"):
         assert bundle + kind in names
     assert {bundle + "models/model.pt", bundle + "models/medwidit.json", bundle + "configs/logging.conf"} <= names
+    atlas = {
+        bundle + f"atlas/{name}" for name in ("mni152nlin6asym_2mm_head.nii.gz", "mni152nlin6asym_2mm_brain.nii.gz")
+    }
+    assert atlas <= names  # inference.json's atlas_prior
     shipped = REPOSITORY / "bundles" / "brain_widit_segmentation"
     extra = {bundle + f.relative_to(shipped).as_posix() for f in bundle_extra_weights(shipped)}  # inference.json's
     assert extra <= names

@@ -17,6 +17,7 @@ head): the case is left as the members saw it, and its quality report says so.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -26,7 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from medwidit.utils import is_finite_number
+from medwidit.utils.checks import check_keys
 
+from .io import one_line
 from .localize import foreground_region
 from .options import read_inference_config
 
@@ -58,24 +61,25 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         return None
     if not isinstance(spec, Mapping):
         raise ValueError(f"{source} must be null or a mapping with {', '.join(ATLAS_PRIOR_KEYS)}, got {spec!r}.")
-    keys, allowed = set(spec), {*ATLAS_PRIOR_KEYS, "min_kept"}
-    if not set(ATLAS_PRIOR_KEYS) <= keys <= allowed:
-        missing, unknown = sorted(set(ATLAS_PRIOR_KEYS) - keys), sorted(keys - allowed)
-        raise ValueError(
-            f"{source}: expected the keys {', '.join(ATLAS_PRIOR_KEYS)} (and optionally min_kept)"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unknown {unknown}" if unknown else "")
-            + "."
-        )
+    check_keys(spec, ATLAS_PRIOR_KEYS, ("min_kept",), source)
     files = {}
     for key in ("image", "label"):
         if not isinstance(spec[key], (str, os.PathLike)):
-            raise ValueError(f"{source}: {key} must be a file path, got {spec[key]!r}.")
+            raise ValueError(f"{source}: {key} file must be a path, got {spec[key]!r}.")
         path = Path(spec[key])
         path = path if path.is_absolute() or root is None else Path(root) / path
         if not path.is_file():
             raise ValueError(f"{source}: {key} file {path} does not exist.")
+        try:
+            read = _read(str(path), path.stat().st_mtime_ns)
+        except RuntimeError as e:
+            raise ValueError(f"{source}: {key} file {path} is not an image SimpleITK reads ({one_line(e)}).") from e
+        if read.GetDimension() != 3:
+            raise ValueError(f"{source}: {key} file {path} must be a 3D image, got {read.GetDimension()}D.")
         files[key] = path
+    image, label = (_read(str(files[k]), files[k].stat().st_mtime_ns) for k in ("image", "label"))
+    if not _same_grid(image, label):
+        raise ValueError(f"{source}: label file {files['label']} is not on the grid of image file {files['image']}.")
     margin, min_kept = spec["margin_mm"], spec.get("min_kept", DEFAULT_MIN_KEPT)
     if not is_finite_number(margin) or margin < 0:
         raise ValueError(f"{source}: margin_mm must be a number of mm >= 0, got {margin!r}.")
@@ -89,6 +93,18 @@ def bundle_atlas_prior(bundle_dir) -> dict | None:
     where it has none)."""
     path, config = read_inference_config(bundle_dir)
     return check_atlas_prior(config.get("atlas_prior"), root=bundle_dir, source=f"{path}: atlas_prior")
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, mtime_ns: int) -> sitk.Image:
+    """A template file read once per version of it (``mtime_ns``): every case registers the same two images."""
+    return sitk.ReadImage(path)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return a.GetSize() == b.GetSize() and all(
+        np.allclose(getattr(a, f)(), getattr(b, f)(), atol=1e-4) for f in ("GetSpacing", "GetOrigin", "GetDirection")
+    )
 
 
 def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -134,7 +150,8 @@ def _registration(initial: sitk.Transform) -> sitk.ImageRegistrationMethod:
 
 def register_template(case: sitk.Image, template: sitk.Image) -> sitk.Transform:
     """The affine transform that carries ``case``'s world points to ``template``'s (ITK's resampling direction):
-    a similarity (rotation, translation, one scale) from the images' centres, then an affine from it."""
+    a similarity (rotation, translation, one scale) from the images' centres, then an affine from it. SimpleITK's
+    global thread count is 1 while it runs, and restored after, whatever happens."""
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # threads sum in any order, and the optimizer amplifies that
     try:
@@ -171,8 +188,8 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarr
     ``atlas_prior``."""
     image = np.asarray(image)
     case = sitk_image(image[0] if image.ndim == 4 else image, affine)
-    template = sitk.ReadImage(str(spec["image"]), sitk.sitkFloat32)
-    label = sitk.Cast(sitk.ReadImage(str(spec["label"])) > 0, sitk.sitkFloat32)
+    template, label = (_read(str(spec[k]), Path(spec[k]).stat().st_mtime_ns) for k in ("image", "label"))
+    label = sitk.Cast(label > 0, sitk.sitkFloat32)
     transform = register_template(case, template)
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
@@ -180,7 +197,8 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarr
 
 def atlas_region(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarray:
     """The voxels within ``spec["margin_mm"]`` of :func:`atlas_mask` (bool, the case's grid): where the members may
-    keep foreground. A registration that SimpleITK cannot run (an image with nothing in it) is a RuntimeError."""
+    keep foreground. A registration that SimpleITK cannot run (a field of view too small for the 16 mm level of the
+    pyramid, a slab a few voxels thick) is a RuntimeError."""
     return foreground_region(atlas_mask(image, affine, spec).astype(np.uint8), affine, spec["margin_mm"])
 
 

@@ -40,6 +40,9 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
                            separating anything; 0 without the report's ``boundary_overlap`` (no evidence). Not in
                            the shipped bundle's calibration: its fit lowered the validation error and raised the
                            trust cases' (``benchmarks/results/trust_boundary.json``)
+    log_atlas_kept         log of the share of the members' foreground the atlas prior's region held
+                           (``atlas_prior.kept``), at least its ``min_kept``; 0 without a prior or where the template
+                           did not register (no evidence)
 
 The background class keeps the ensemble's own figure.
 """
@@ -56,7 +59,8 @@ from medwidit.utils import is_finite_number
 from .options import read_inference_config
 
 FEATURES = (
-    "log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground", "log_boundary"
+    "log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground", "log_boundary",
+    "log_atlas_kept",
 )  # fmt: skip
 PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
 MIN_DICE = 1e-3  # log_ensemble_dice's floor: an ensemble estimate of 0 (members that never agree) stays finite
@@ -127,6 +131,8 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
         low, high = bounds
         below = 0.0 if low <= 0 else math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE  # a range from 0
         outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
+    atlas = quality.get("atlas_prior") or {}
+    atlas_kept = 1.0 if atlas.get("kept") is None else max(float(atlas["kept"]), float(atlas.get("min_kept", 0.0)))
     maps = quality.get("uncertainty", {})
     overlap = (quality.get("boundary_overlap") or {}).get(key)
     boundary = 0.0
@@ -139,6 +145,7 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
         "epistemic_foreground": float(maps.get("epistemic", {}).get("mean_foreground_nats", 0.0)),
         "total_foreground": float(maps.get("total", {}).get("mean_foreground_nats", 0.0)),
         "log_boundary": boundary,
+        "log_atlas_kept": math.log(max(atlas_kept, MIN_DICE)),
     }
 
 

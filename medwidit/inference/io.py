@@ -95,7 +95,8 @@ def one_line(error: BaseException) -> str:
     """The error as one line: SimpleITK's text after its last ``ERROR:`` or ``[nrrd]`` tag (the source location
     before it says nothing to a user), the exception's type where it has no text, at most 300 characters (the end)."""
     text = " ".join(str(error).split())
-    text = re.split(r"sitk::ERROR:\s*|itk::ERROR:\s*|\[nrrd\] ", text)[-1]  # ITK's last line says what is wrong
+    # ITK's last line says what is wrong (ITK 5.4's registration writes "ITK ERROR:")
+    text = re.split(r"sitk::ERROR:\s*|itk::ERROR:\s*|ITK ERROR:\s*|\[nrrd\] ", text)[-1]
     text = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", text) or type(error).__name__  # no object addresses
     return text if len(text) <= 300 else "..." + text[-297:]
 

@@ -26,6 +26,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 from medwidit.utils import is_finite_number
+from medwidit.utils.checks import check_keys
 
 from .options import read_inference_config
 
@@ -43,15 +44,7 @@ def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "l
         return None
     if not isinstance(spec, Mapping):
         raise ValueError(f"{source} must be null or a mapping with {' and '.join(LOCALIZATION_KEYS)}, got {spec!r}.")
-    keys, allowed = set(spec), {*LOCALIZATION_KEYS, "min_kept", "warn_kept"}
-    if not set(LOCALIZATION_KEYS) <= keys <= allowed:
-        missing, unknown = sorted(set(LOCALIZATION_KEYS) - keys), sorted(keys - allowed)
-        raise ValueError(
-            f"{source}: expected the keys {', '.join(LOCALIZATION_KEYS)} (and optionally min_kept, warn_kept)"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unknown {unknown}" if unknown else "")
-            + "."
-        )
+    check_keys(spec, LOCALIZATION_KEYS, ("min_kept", "warn_kept"), source)
     spacing = spec["spacing"]
     spacing = [spacing] * spatial_dims if is_finite_number(spacing) else spacing
     ok = isinstance(spacing, Sequence) and not isinstance(spacing, str) and len(spacing) == spatial_dims
@@ -148,6 +141,15 @@ def decode_regions(bits: torch.Tensor, *, region: bool, prior: bool) -> tuple[to
     None where it was not given (``region``, ``prior`` False)."""
     bits = bits.to(torch.uint8)
     return (bits & 1).bool() if region else None, (bits & 2).bool() if prior else None
+
+
+def outside_to_background(probability: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Class probabilities (K, *S) with every voxel outside ``region`` (bool (*S)) background (class 0 with
+    probability 1), as :func:`restrict_to_region` leaves the members: a new array."""
+    out = np.array(probability, copy=True)
+    out[:, ~np.asarray(region, bool)] = 0
+    out[0, ~np.asarray(region, bool)] = 1
+    return out
 
 
 def restrict_to_region(

@@ -31,13 +31,14 @@ from medwidit.utils import check_bool, check_int
 from .atlas import atlas_region, bundle_atlas_prior, check_atlas_prior
 from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
 from .files import CaseResult, predict_from_files
-from .io import ImageGeometry, InputError, read_input, to_nibabel
+from .io import ImageGeometry, InputError, one_line, read_input, to_nibabel
 from .localize import (
     bundle_localization,
     check_localization,
     decode_regions,
     encode_regions,
     foreground_region,
+    outside_to_background,
     scale_disagreement,
 )
 from .options import (
@@ -368,7 +369,12 @@ class Predictor:
                 options.setdefault(key, value)
         for key, value in bundle_preprocessing_overrides(bundle_dir).items():  # as `monai.bundle run` reads them
             options.setdefault(key, value)
-        try:
+        try:  # the bundle's atlas prior, or a caller's with its files relative to the bundle
+            given = options.get("atlas_prior")
+            options["atlas_prior"] = (
+                bundle_atlas_prior(bundle_dir) if "atlas_prior" not in options
+                else check_atlas_prior(given, root=bundle_dir)
+            )  # fmt: skip
             options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
             options.setdefault("probability_smoothing", bundle_probability_smoothing(bundle_dir))
             options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))
@@ -383,11 +389,6 @@ class Predictor:
         if "localization" not in options:  # a caller's own (None: off) replaces the bundle's
             try:
                 predictor.localization = bundle_localization(bundle_dir, predictor.spatial_dims)
-            except ValueError as e:
-                raise InputError(str(e)) from e
-        if "atlas_prior" not in options:  # likewise
-            try:
-                predictor.atlas_prior = bundle_atlas_prior(bundle_dir)
             except ValueError as e:
                 raise InputError(str(e)) from e
         try:  # a caller's own (None: the ensemble's estimate; no warning line) replaces the bundle's
@@ -457,22 +458,38 @@ class Predictor:
             coarse = self._coarse_pass(array, geometry, generator, _coarse_sampling(sampling, augment))
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
-        prior, failed = None, False
-        if check_bool("atlas", atlas) and self.atlas_prior is not None:
-            try:
-                prior = atlas_region(array, geometry.affine, self.atlas_prior)
-            except RuntimeError as e:  # SimpleITK's: nothing to register (an empty image); the case goes on without
-                logger.warning("%s: no atlas prior: the template did not register (%s)", geometry.path or "array", e)
-                failed = True
+        prior, failed = (
+            self.prior_region(array, geometry.affine, geometry.path) if check_bool("atlas", atlas) else (None, False)
+        )
         result = self._sample_case(
             array, geometry, self.preprocessing, sampling, generator, views=views, region=region, prior=prior,
             progress=progress,
         )  # fmt: skip
-        if coarse is not None:
-            result.disagreement = scale_disagreement(result.probability, coarse.probability)
         if failed:
-            result.quality["atlas_prior"] = {**self._atlas_settings(), "kept": None, "applied": False}
+            result.quality["atlas_prior"] = self.atlas_entry(None, False)
+        if coarse is not None:  # the coarse pass cut where the members were: the map shows where they disagree
+            cut = bool((result.quality["atlas_prior"] or {}).get("applied"))
+            reference = outside_to_background(coarse.probability, prior) if cut else coarse.probability
+            result.disagreement = scale_disagreement(result.probability, reference)
         return result
+
+    def prior_region(self, array: np.ndarray, affine: np.ndarray, name=None) -> tuple[np.ndarray | None, bool]:
+        """(the ``atlas_prior``'s region on the case's grid (bool (*S)), False), or (None, False) without a prior,
+        or (None, True) with a warning where the template does not register (a field of view too small for the
+        registration's coarsest level): the case is then segmented without the prior."""
+        if self.atlas_prior is None:
+            return None, False
+        try:
+            return atlas_region(array, affine, self.atlas_prior), False
+        except RuntimeError as e:  # SimpleITK's
+            logger.warning("%s: no atlas prior: the template did not register (%s)", name or "array", one_line(e))
+            return None, True
+
+    def atlas_entry(self, kept: float | None, applied: bool) -> dict:
+        """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
+        named in the run record), the share ``kept`` (None where the template did not register) and ``applied``."""
+        return {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
+                "applied": applied}  # fmt: skip
 
     def localization_pass(
         self,
@@ -631,8 +648,7 @@ class Predictor:
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
         atlas = None
         if prior is not None:
-            atlas = {**self._atlas_settings(), "kept": float(summary["prior_kept"][0]),
-                     "applied": bool(summary["prior_applied"][0])}  # fmt: skip
+            atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]))
             if not atlas["applied"]:
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
         quality = self.case_quality(
@@ -651,11 +667,6 @@ class Predictor:
             quality=quality,
             class_names=self.class_names,
         )
-
-    def _atlas_settings(self) -> dict:
-        """The quality report's ``atlas_prior`` settings: the margin and ``min_kept`` (the template's files are the
-        bundle's, named in the run record)."""
-        return {key: self.atlas_prior[key] for key in ("margin_mm", "min_kept")}
 
     def case_quality(
         self,

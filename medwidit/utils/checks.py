@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["check_bool", "check_int", "check_interval", "check_range", "is_finite_number", "is_integer"]
+__all__ = ["check_bool", "check_int", "check_keys", "check_interval", "check_range", "is_finite_number", "is_integer"]
 
 
 def is_finite_number(value) -> bool:
@@ -19,6 +19,21 @@ def is_finite_number(value) -> bool:
 def is_integer(value) -> bool:
     """An integer (numpy's too), never a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_keys(spec: Mapping, required: Sequence[str], optional: Sequence[str], source: str) -> None:
+    """A ValueError naming ``source`` unless ``spec`` holds every key of ``required`` and no key outside ``required``
+    and ``optional``: which are missing and which unknown."""
+    keys, allowed = set(spec), {*required, *optional}
+    if not set(required) <= keys <= allowed:
+        missing, unknown = sorted(set(required) - keys), sorted(keys - allowed)
+        raise ValueError(
+            f"{source}: expected the keys {', '.join(required)}"
+            + (f" (and optionally {', '.join(optional)})" if optional else "")
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+            + "."
+        )
 
 
 def check_bool(name: str, value) -> bool:

@@ -95,3 +95,17 @@ def test_too_few_validation_cases_stop_the_fit(tmp_path):
     results.write_text(json.dumps({"rows": _rows(4)}))
     with pytest.raises(SystemExit, match=r"4 validation case\(s\) with a quality report .*need at least 5"):
         script.main([str(results), "--output", str(tmp_path / "q.json")])
+
+
+def test_an_atlas_prior_not_applied_is_part_of_the_warning_line_and_its_share_a_feature(tmp_path):
+    """The CLI's warning line names a case whose atlas prior was not applied; the fit's whole-line flags must too."""
+    script = load_benchmark("quality_calibration")
+    rows = _rows()
+    atlas = {"margin_mm": 5.0, "min_kept": 0.5}
+    rows[0]["quality"]["atlas_prior"] = {**atlas, "kept": 0.3, "applied": False}
+    rows[1]["quality"]["atlas_prior"] = {**atlas, "kept": 0.8, "applied": True}
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": rows}))
+    loaded = script.load_rows([results])
+    assert [r["other_flag"] for r in loaded[:3]] == [True, False, False]
+    assert [r["features"]["log_atlas_kept"] for r in loaded[:3]] == pytest.approx([math.log(0.5), math.log(0.8), 0])

@@ -134,10 +134,8 @@ def test_trust_scores_the_labels_the_predictor_writes_with_probability_smoothing
 
     import nibabel as nib
     import torch
-    from monai.transforms import Compose
 
     from medwidit.data.example import example_case
-    from medwidit.data.transforms import preprocessing_transforms
     from medwidit.inference import Predictor
     from medwidit.inference.metrics import dice_per_class
 
@@ -149,7 +147,7 @@ def test_trust_scores_the_labels_the_predictor_writes_with_probability_smoothing
     scores = []
     for sigma in (0.0, 1.5):
         predictor = Predictor.from_bundle(device="cpu", weight_sets=1, localization=None, probability_smoothing=sigma)
-        pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=None, load=False))
+        pre = trust.case_preprocessing(predictor)
         args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
         case = ("crop", image, truth, image_file.affine, np.ones(truth.shape, dtype=bool))
         scored = trust.evaluate(predictor, pre, case, args)["ensembles"]["1x1"]["true_dice"]
@@ -159,3 +157,35 @@ def test_trust_scores_the_labels_the_predictor_writes_with_probability_smoothing
         assert scored == pytest.approx(dice, abs=1e-6)
         scores.append(scored)
     assert scores[0] != scores[1]  # the smoothing changes the labels on this crop
+
+
+def test_trust_cuts_with_the_atlas_prior_as_the_predictor_does_on_a_grid_other_than_the_models(trust):
+    """With the atlas prior and no localization pass, trust.py left the prior on the input grid: on a 1 mm case its
+    mask did not match the 2 mm members (a shape error), and on another orientation it would have cut the wrong side.
+    Its labels, Dice and the prior's share must be the predictor's."""
+    import argparse
+
+    import nibabel as nib
+    import torch
+
+    from medwidit.data.example import example_case
+    from medwidit.inference import Predictor
+    from medwidit.inference.metrics import dice_per_class
+
+    example = example_case()
+    box = (slice(0, 56), slice(24, 80), slice(20, 76))
+    image = np.asarray(nib.load(example["image"]).dataobj, dtype=np.float32)[box]
+    truth = (np.asarray(nib.load(example["label"]).dataobj)[box] > 0).astype(np.int64)
+    image, truth = (np.repeat(np.repeat(np.repeat(a, 2, 0), 2, 1), 2, 2)[::-1] for a in (image, truth))
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # 1 mm, the first axis flipped: LAS
+    predictor = Predictor.from_bundle(device="cpu", weight_sets=1, localization=None)
+    assert predictor.atlas_prior is not None
+    args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
+    case = ("crop", np.ascontiguousarray(image), np.ascontiguousarray(truth), affine, np.ones(truth.shape, bool))
+    scored = trust.evaluate(predictor, trust.case_preprocessing(predictor), case, args)
+    written = predictor.segment(case[1], affine=affine, steps=1, num_samples=1, weight_sets=1)
+    dice = dice_per_class(torch.from_numpy(written.probability.argmax(0))[None, None],
+                          torch.from_numpy(case[2])[None, None], 2)  # fmt: skip
+    assert scored["ensembles"]["1x1"]["true_dice"] == pytest.approx(float(dice[0, 1]), abs=1e-6)
+    assert written.quality["atlas_prior"]["kept"] is not None  # registered
+    assert scored["atlas_prior"] == pytest.approx(written.quality["atlas_prior"])

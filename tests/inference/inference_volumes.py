@@ -1,6 +1,8 @@
 """Helpers for the inference tests: oblique (rotated, flipped, anisotropic) images on disk, a random tiny
 segmenter, and oracle networks whose segmentation is known."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import torch
@@ -91,3 +93,11 @@ class SpacingOracle(ThresholdOracle):
     def forward(self, x, t, conditioned=None, spacing=None):
         self.seen.append(spacing.clone())
         return super().forward(x, t, conditioned)
+
+
+def set_inference_key(bundle, key: str, value) -> None:
+    """Set one key of a bundle copy's ``configs/inference.json``."""
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))

@@ -4,14 +4,13 @@ arrays and ITK's LPS images, its settings, the bundle's ``inference.json`` entry
 
 import json
 import logging
-import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from inference_volumes import ThresholdOracle, save_nifti
+from inference_volumes import ThresholdOracle, save_nifti, set_inference_key
 from nibabel.processing import resample_from_to
 from scipy.spatial.transform import Rotation
 
@@ -21,6 +20,7 @@ from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
 from medwidit.inference.atlas import atlas_mask, check_atlas_prior, sitk_image
 from medwidit.inference.localize import decode_regions, encode_regions
+from medwidit.utils import itk_ras_affine
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
 FAST = {"steps": 2, "num_samples": 2}
@@ -52,6 +52,13 @@ def test_an_array_and_its_ras_affine_become_an_itk_image_at_the_same_places_in_t
     assert sitk_image(array, np.diag([2.0, 3.0, 4.0, 1.0])).GetSpacing() == (2.0, 3.0, 4.0)
     with pytest.raises(ValueError, match=r"needs a 3D image, got shape \(7, 5\)"):
         sitk_image(array[..., 0], affine)
+
+
+def test_the_itk_geometry_converts_back_to_the_same_ras_affine():
+    affine = _oblique_affine()
+    image = sitk_image(np.zeros((3, 4, 5), np.float32), affine)
+    np.testing.assert_allclose(itk_ras_affine(image.GetSpacing(), image.GetOrigin(), image.GetDirection()), affine,
+                               atol=1e-9)  # fmt: skip
 
 
 def test_the_image_read_by_itk_from_a_nifti_file_is_the_one_built_from_nibabels_array(tmp_path):
@@ -128,7 +135,7 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ([1], r"atlas_prior must be null or a mapping with image, label, margin_mm"),
         ({"image": "head.nii.gz", "margin_mm": 5}, r"missing \['label'\]"),
         ({**files, "margin_mm": 5, "kept": 1}, r"unknown \['kept'\]"),
-        ({**files, "image": 3, "margin_mm": 5}, r"image must be a file path, got 3"),
+        ({**files, "image": 3, "margin_mm": 5}, r"image file must be a path, got 3"),
         ({**files, "label": "none.nii.gz", "margin_mm": 5}, r"label file .*none\.nii\.gz does not exist"),
         ({**files, "margin_mm": -1}, r"margin_mm must be a number of mm >= 0, got -1"),
         ({**files, "margin_mm": 5, "min_kept": 1.5}, r"min_kept must be a share in \[0, 1\], got 1\.5"),
@@ -223,31 +230,20 @@ def test_the_localization_and_the_atlas_prior_each_cut_and_each_report_their_own
     assert held.quality["localization"]["kept"] != held.quality["atlas_prior"]["kept"]
 
 
-@pytest.fixture
-def bundle(tmp_path):
-    """A copy of the shipped bundle (its weights, configs and atlas)."""
-    from medwidit.inference.options import resolve_bundle
-
-    copy = tmp_path / "bundle"
-    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
-    return copy
-
-
-def _set_atlas_prior(bundle, value):
-    path = bundle / "configs" / "inference.json"
-    config = json.loads(path.read_text())
-    config["atlas_prior"] = value
-    path.write_text(json.dumps(config))
-
-
 def test_a_bundle_declares_it_with_its_own_files_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
     shipped = Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior
     assert shipped["image"].parent == shipped["label"].parent == bundle / "atlas"
     assert shipped["image"].is_file() and shipped["label"].is_file()
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=None).atlas_prior is None
-    _set_atlas_prior(bundle, None)
+    own = {"image": "atlas/mni152nlin6asym_2mm_head.nii.gz", "label": "atlas/mni152nlin6asym_2mm_brain.nii.gz",
+           "margin_mm": 3}  # a caller's, its files relative to the bundle as the bundle's are  # fmt: skip
+    given = Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=own).atlas_prior
+    assert given == {**shipped, "margin_mm": 3.0}
+    set_inference_key(bundle, "atlas_prior", None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior is None
-    _set_atlas_prior(bundle, {"image": "atlas/missing.nii.gz", "label": "atlas/missing.nii.gz", "margin_mm": 5})
+    set_inference_key(
+        bundle, "atlas_prior", {"image": "atlas/missing.nii.gz", "label": "atlas/missing.nii.gz", "margin_mm": 5}
+    )
     with pytest.raises(InputError, match=r"inference\.json: atlas_prior: image file .*missing\.nii\.gz does not exist"):
         Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
 
@@ -310,6 +306,7 @@ def test_a_template_that_cannot_register_leaves_the_case_uncut_and_says_so(tmp_p
     assert result.quality["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("small.nii.gz: no atlas prior: the template did not register" in line for line in lines), lines
+    assert not any("\n" in line or "0x" in line or "ITK-prefix" in line for line in lines)  # one line, no addresses
     assert any("small: " in line and "the atlas template did not register: no atlas prior" in line for line in lines)
     assert result.label_map[12, 12, 12] == 1  # segmented all the same
 
@@ -323,3 +320,109 @@ def test_the_notebook_call_takes_the_atlas_prior_off_as_the_cli_does(tmp_path, b
     fast = {"steps": 1, "num_samples": 1, "weight_sets": 1, "device": "cpu", "bundle": bundle}
     assert segment(source, **fast).quality["atlas_prior"]["margin_mm"] == 5.0
     assert segment(source, atlas=False, **fast).quality["atlas_prior"] is None
+
+
+def test_the_localization_keeps_its_own_share_and_the_atlas_prior_its_share_of_what_is_left(tmp_path, monkeypatch):
+    _, image = _ball_and_a_far_blob(tmp_path)
+    image[26:] = 0
+    image[34, 18, 18] = 1.0
+    path = save_nifti(tmp_path / "speck.nii.gz", image, affine=np.eye(4))
+    region = np.ones(image.shape, bool)
+    region[:, :, :14] = False
+    predictor = _prior_predictor(tmp_path, monkeypatch, region)
+    predictor.localization = {"spacing": [4.0] * 3, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 0.85}
+    held, free = predictor.segment(path, **FAST), predictor.segment(path, atlas=False, **FAST)
+    assert held.quality["localization"] == free.quality["localization"]  # what the calibration reads: unchanged
+    ball = image[:26] > 0.5  # what the localization leaves: the ball without the speck
+    assert held.quality["atlas_prior"]["kept"] == pytest.approx(ball[:, :, 14:].sum() / ball.sum())
+
+
+def test_the_prior_cuts_where_it_lies_in_the_world_on_an_oblique_grid_resampled_to_the_models(tmp_path, monkeypatch):
+    """The region travels through the model's pre-processing (reorientation to RAS, 2 mm) and back: a world half-space
+    given on an oblique, left-handed 1.5 mm input grid must cut the same half of the written labels."""
+    image = np.zeros((40, 36, 32), np.float32)
+    image[6:34, 6:30, 6:26] = 1.0  # a box the oracle calls foreground
+    affine = _oblique_affine((1.5, 1.5, 1.5), (0, 0, 30), (10.0, -20.0, 5.0))
+    path = save_nifti(tmp_path / "oblique.nii.gz", image, affine=affine)
+    world = np.einsum("ij,j...->i...", affine[:3, :3], np.indices(image.shape)) + affine[:3, 3].reshape(3, 1, 1, 1)
+    plane = np.median(world[0][image > 0])
+    predictor = _prior_predictor(tmp_path, monkeypatch, world[0] > plane)
+    predictor.preprocessing = {**predictor.preprocessing, "spacing": [2.0, 2.0, 2.0]}
+    held, free = predictor.segment(path, **FAST), predictor.segment(path, atlas=False, **FAST)
+    assert free.label_map[world[0] < plane - 3].sum() > 2000  # there is foreground to cut
+    assert not held.label_map[world[0] < plane - 3].any()  # cut, beyond a 2 mm voxel's reach of the plane
+    far = world[0] > plane + 3
+    assert np.array_equal(held.label_map[far], free.label_map[far])  # and untouched on the other side
+    assert held.quality["atlas_prior"]["kept"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_simpleitks_thread_count_is_restored_even_when_the_registration_fails(monkeypatch):
+    import medwidit.inference.atlas as atlas
+
+    def fail(case, template):
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        raise RuntimeError("no")
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(3)
+    try:
+        monkeypatch.setattr(atlas, "_register", fail)
+        image = sitk.Image([8, 8, 8], sitk.sitkFloat32)
+        with pytest.raises(RuntimeError, match="no"):
+            atlas.register_template(image, image)
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 3
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
+def test_the_coarse_pass_is_never_cut_by_the_prior(tmp_path, monkeypatch):
+    path, image = _ball_and_a_far_blob(tmp_path)
+    predictor = _prior_predictor(tmp_path, monkeypatch, np.ones(image.shape, bool))
+    predictor.localization = {"spacing": [4.0] * 3, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 0.85}
+    calls, sample = [], Predictor._sample_case
+
+    def spy(self, *args, prior=None, **kwargs):
+        calls.append((kwargs["uncertainty"] if "uncertainty" in kwargs else True, prior is not None))
+        return sample(self, *args, prior=prior, **kwargs)
+
+    monkeypatch.setattr(Predictor, "_sample_case", spy)
+    predictor.segment(path, **FAST)
+    assert calls == [(False, False), (True, True)]  # the coarse pass (no uncertainty) without it, the full pass with
+
+
+def test_the_disagreement_map_compares_the_result_with_the_coarse_pass_cut_alike(tmp_path, monkeypatch):
+    """Where the prior removed what the 4 mm pass saw too (a blob), both say background: no disagreement there."""
+    path, image = _ball_and_a_far_blob(tmp_path)
+    region = np.zeros(image.shape, bool)
+    region[:26] = True
+    predictor = _prior_predictor(tmp_path, monkeypatch, region)
+    predictor.localization = {"spacing": [4.0] * 3, "margin_mm": 4.0, "min_kept": 0.5, "warn_kept": 0.85}
+    held, free = predictor.segment(path, **FAST), predictor.segment(path, atlas=False, **FAST)
+    assert free.label_map[34, 16, 16] == 1 and held.label_map[34, 16, 16] == 0
+    assert held.disagreement[34, 16, 16] == 0 and held.disagreement[~region].max() == 0
+    assert np.array_equal(held.disagreement[region], free.disagreement[region])
+
+
+def test_template_files_that_are_not_3d_images_on_one_grid_are_refused_by_name(tmp_path):
+    files, image, brain, affine = _template(tmp_path)
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    flat = save_nifti(tmp_path / "flat.nii.gz", image[:, :, 0].astype(np.float32), affine=affine)
+    moved = save_nifti(tmp_path / "moved.nii.gz", brain.astype(np.uint8), affine=affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    for given, message in [
+        ({"image": tmp_path / "junk.nii.gz"}, r"image file .*junk\.nii\.gz is not an image SimpleITK reads"),
+        ({"label": flat}, r"label file .*flat\.nii\.gz must be a 3D image, got 2D"),
+        ({"label": moved}, r"label file .*moved\.nii\.gz is not on the grid of image file .*head\.nii\.gz"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_atlas_prior({**files, **given, "margin_mm": 5})
+
+
+def test_a_registration_error_reads_as_its_last_line():
+    from medwidit.inference.io import one_line
+
+    raw = RuntimeError(
+        "Exception thrown in SimpleITK ImageRegistrationMethod_Execute: /tmp/SimpleITK-build/ITK-prefix/include/"
+        "ITK-5.4/itkImageToImageMetricv4.hxx:263:\nITK ERROR: MattesMutualInformationImageToImageMetricv4"
+        "(0x556791e8d790): VirtualSampledPointSet must have 1 or more points."
+    )
+    assert one_line(raw) == "VirtualSampledPointSet must have 1 or more points."

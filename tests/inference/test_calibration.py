@@ -4,7 +4,6 @@ and the predictor, the bundle and the CLI's warning line using it."""
 import json
 import logging
 import math
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -101,7 +100,15 @@ def test_the_features_come_from_the_quality_report():
         "epistemic_foreground": 0.02,
         "total_foreground": 0.1,
         "log_boundary": 0.0,  # no boundary_overlap in the report: no evidence either way
+        "log_atlas_kept": 0.0,  # no atlas prior: no evidence either way
     }
+    atlas = {"margin_mm": 5.0, "min_kept": 0.5}
+    for entry, expected in [
+        ({**atlas, "kept": 0.7, "applied": True}, math.log(0.7)),
+        ({**atlas, "kept": 0.2, "applied": False}, math.log(0.5)),  # not cut: at least min_kept
+        ({**atlas, "kept": None, "applied": False}, 0.0),
+    ]:  # did not register: no evidence
+        assert case_features({**_quality(), "atlas_prior": entry}, 1)["log_atlas_kept"] == pytest.approx(expected)
     assert case_features(_quality(volume=4400.0), "1")["volume_outside"] == pytest.approx(math.log(2.0))
     assert case_features(_quality(volume=1500.0), 1)["volume_outside"] == 0.0  # inside the range
     assert case_features(_quality(volume=0.0), 1)["volume_outside"] == pytest.approx(math.log(1e3))  # capped
@@ -215,16 +222,6 @@ def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses
         Predictor(segmenter, **options, warn_dice=1.5)
     with pytest.raises(ValueError, match=r"warn_dice must be a number in \[0, 1\], None or 'predictor', got 'bundle'"):
         predictor.predict_from_files(path, tmp_path / "bad", progress=False, warn_dice="bundle", **FAST)
-
-
-@pytest.fixture
-def bundle(tmp_path):
-    """A copy of the shipped bundle (its weights and configs)."""
-    from medwidit.inference.options import resolve_bundle
-
-    copy = tmp_path / "bundle"
-    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
-    return copy
 
 
 def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):

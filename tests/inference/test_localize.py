@@ -5,12 +5,11 @@ background farther than ``margin_mm`` from it; its settings, the bundle's ``infe
 import json
 import logging
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from inference_volumes import ThresholdOracle, save_nifti
+from inference_volumes import ThresholdOracle, save_nifti, set_inference_key
 
 from medwidit.cli import main
 from medwidit.diffusion import DiffusionSegmenter
@@ -255,30 +254,13 @@ def test_a_coarse_pass_that_finds_nothing_cuts_nothing_and_a_grid_too_small_skip
     assert whole.label_map.all() and whole.quality["localization"] is None
 
 
-@pytest.fixture
-def bundle(tmp_path):
-    """A copy of the shipped bundle (its weights and configs)."""
-    from medwidit.inference.options import resolve_bundle
-
-    copy = tmp_path / "bundle"
-    shutil.copytree(resolve_bundle(), copy, ignore=shutil.ignore_patterns("eval", "runs"))
-    return copy
-
-
-def _set_localization(bundle, value):
-    path = bundle / "configs" / "inference.json"
-    config = json.loads(path.read_text())
-    config["localization"] = value
-    path.write_text(json.dumps(config))
-
-
 def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
     shipped = Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
     assert shipped.localization == SHIPPED
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1, localization=None).localization is None
-    _set_localization(bundle, None)
+    set_inference_key(bundle, "localization", None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).localization is None
-    _set_localization(bundle, {"spacing": 4.0})
+    set_inference_key(bundle, "localization", {"spacing": 4.0})
     with pytest.raises(InputError, match=r"inference\.json: localization: expected the keys .*missing \['margin_mm'\]"):
         Predictor.from_bundle(bundle, device="cpu", weight_sets=1)
 
