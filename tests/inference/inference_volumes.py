@@ -101,3 +101,17 @@ def set_inference_key(bundle, key: str, value) -> None:
     config = json.loads(path.read_text())
     config[key] = value
     path.write_text(json.dumps(config))
+
+
+def run_cli_with_and_without(tmp_path, bundle, flag: str) -> None:
+    """``medwidit segment`` of a small ramp with ``bundle`` (1 step, 1 sample, one set, the quality JSON written), into
+    ``tmp_path / "a"`` as the bundle has it and ``tmp_path / "b"`` with ``flag``."""
+    from medwidit.cli import main
+
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
+    base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
+            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert main([*base, "-o", str(tmp_path / "b"), flag]) == 0

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from inference_volumes import ThresholdOracle, save_nifti, set_inference_key
+from inference_volumes import ThresholdOracle, run_cli_with_and_without, save_nifti, set_inference_key
 from nibabel.processing import resample_from_to
 from scipy.spatial.transform import Rotation
 
 import medwidit.inference.predictor as predictor_module
-from medwidit.cli import main
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
 from medwidit.inference.atlas import atlas_mask, check_atlas_prior, sitk_image
@@ -261,13 +260,7 @@ def test_the_shipped_atlas_is_a_head_with_a_brain_mask_on_the_same_grid():
 
 
 def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_prior_turns_it_off(tmp_path, bundle):
-    source = save_nifti(
-        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
-    )
-    base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
-            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
-    assert main([*base, "-o", str(tmp_path / "a")]) == 0
-    assert main([*base, "-o", str(tmp_path / "b"), "--no-atlas-prior"]) == 0
+    run_cli_with_and_without(tmp_path, bundle, "--no-atlas-prior")  # into a/ and b/
     record = json.loads((tmp_path / "a" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"]
     assert record == {"image": str(bundle / "atlas" / "mni152nlin6asym_2mm_head.nii.gz"),
                       "label": str(bundle / "atlas" / "mni152nlin6asym_2mm_brain.nii.gz"),

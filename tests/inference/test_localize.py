@@ -9,9 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from inference_volumes import ThresholdOracle, save_nifti, set_inference_key
+from inference_volumes import ThresholdOracle, run_cli_with_and_without, save_nifti, set_inference_key
 
-from medwidit.cli import main
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor, localize, sample_ensemble
 from medwidit.inference.localize import check_localization, foreground_region, restrict_to_region
@@ -266,13 +265,7 @@ def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(
 
 
 def test_the_cli_localises_with_the_bundle_and_records_it_and_no_localize_turns_it_off(tmp_path, bundle):
-    source = save_nifti(
-        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
-    )
-    base = ["segment", "-i", str(source), "--bundle", str(bundle), "--steps", "1", "--samples", "1",
-            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--warn-dice", "0"]  # fmt: skip
-    assert main([*base, "-o", str(tmp_path / "a")]) == 0
-    assert main([*base, "-o", str(tmp_path / "b"), "--no-localize"]) == 0
+    run_cli_with_and_without(tmp_path, bundle, "--no-localize")  # into a/ and b/
     for out, expected in (("a", SHIPPED), ("b", None)):
         record = json.loads((tmp_path / out / "medwidit_run.json").read_text())
         assert record["sampling"]["localization"] == expected
