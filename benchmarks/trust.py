@@ -235,6 +235,8 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
     prior, failed = predictor.prior_region(image, affine, name)
     bits = encode_regions(image.shape, region, prior)
+    if bits is None and (predictor.localization is not None or predictor.atlas_prior is not None):
+        bits = np.full(image.shape, 3, np.uint8)  # `pre` resamples a region beside the image: one that cuts nothing
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
     data = pre(inputs)

@@ -4,8 +4,9 @@
 ``DiffusionSegmenter`` or a module holding one as ``.segmenter`` (the bundle's ``network_def``) returns the mean class
 probability (B, K, *S) of an ensemble sampled through :func:`~medwidit.inference.sliding.sample_ensemble` with the
 predictor's seeding and autocast, so that a MONAI pipeline and ``Predictor.segment`` give the same probabilities
-without a localization pass (``Predictor(localization=None)``, ``--no-localize``): that pass samples the whole case
-on a second grid first, which an inferer handed one pre-processed batch does not see.
+without a localization pass and an atlas prior (``Predictor(localization=None, atlas_prior=None)``, ``--no-localize
+--no-atlas-prior``): the pass samples the whole case on a second grid first, and the prior registers a template to
+the case on its own grid, which an inferer handed one pre-processed batch does not see.
 """
 
 from __future__ import annotations

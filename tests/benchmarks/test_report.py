@@ -21,17 +21,17 @@ def test_a_result_with_a_recorded_decision_is_kept_and_the_rerun_written_beside_
     assert report.write_json({"summary": 5}, tmp_path / "new" / "a.json") == tmp_path / "new" / "a.json"
 
 
-def test_the_environment_names_simpleitk_and_files_not_yet_committed(tmp_path):
+def test_the_environment_names_simpleitk_and_files_not_yet_committed(tmp_path, monkeypatch):
     """The atlas prior's registration depends on SimpleITK, and a run may import a module not yet committed: both
     belong to what produced a result (a result of 0.7.0's first runs could not say either)."""
+    import subprocess
+
     import SimpleITK as sitk
     import torch
 
-    untracked = report.ROOT / "benchmarks" / f"_untracked_{tmp_path.name}.py"
-    untracked.write_text("")
-    try:
-        env = report.environment(torch.device("cpu"), __file__)
-    finally:
-        untracked.unlink()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "new_module.py").write_text("")
+    monkeypatch.setattr(report, "ROOT", tmp_path)  # a checkout of its own, not the shared tree
+    env = report.environment(torch.device("cpu"), __file__)
     assert env["simpleitk"] == sitk.Version.VersionString()
-    assert any(line.startswith("??") and untracked.name in line for line in env["modified_files"])
+    assert env["modified_files"] == ["?? new_module.py"]

@@ -189,3 +189,26 @@ def test_trust_cuts_with_the_atlas_prior_as_the_predictor_does_on_a_grid_other_t
     assert scored["ensembles"]["1x1"]["true_dice"] == pytest.approx(float(dice[0, 1]), abs=1e-6)
     assert written.quality["atlas_prior"]["kept"] is not None  # registered
     assert scored["atlas_prior"] == pytest.approx(written.quality["atlas_prior"])
+
+
+def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor_does(trust, monkeypatch):
+    """Without a localization pass, a failed registration left trust.py's pre-processing waiting for a region label
+    that was never given (MONAI's KeyError inside Orientationd)."""
+    import argparse
+
+    import nibabel as nib
+
+    from medwidit.data.example import example_case
+    from medwidit.inference import Predictor
+
+    example = example_case()
+    box = (slice(0, 40), slice(30, 70), slice(30, 70))
+    image = np.asarray(nib.load(example["image"]).dataobj, dtype=np.float32)[box]
+    truth = (np.asarray(nib.load(example["label"]).dataobj)[box] > 0).astype(np.int64)
+    predictor = Predictor.from_bundle(device="cpu", weight_sets=1, localization=None)
+    monkeypatch.setattr(predictor, "prior_region", lambda array, affine, name=None: (None, True))
+    args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
+    case = ("crop", image, truth, nib.load(example["image"]).affine, np.ones(truth.shape, bool))
+    scored = trust.evaluate(predictor, trust.case_preprocessing(predictor), case, args)
+    assert scored["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
+    assert trust._kept_flag(scored)  # the warning line names it

@@ -1,4 +1,4 @@
-"""``python -m medwidit.datasets.brain build|lists|examples|info``."""
+"""``python -m medwidit.datasets.brain build|lists|examples|atlas|info``."""
 
 from .sources import main
 

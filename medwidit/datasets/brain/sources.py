@@ -469,7 +469,7 @@ def build_atlas(cache: str | os.PathLike | None = None, out_dir: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m medwidit.datasets.brain build|lists|examples|info`."""
+    """`python -m medwidit.datasets.brain build|lists|examples|atlas|info`."""
     parser = argparse.ArgumentParser(prog="python -m medwidit.datasets.brain", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "lists", "examples", "atlas", "info"],
                         help="build: fetch and build the cache; lists: write data_lists/*.json; examples: "
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", action="append", choices=sorted(TASKS), help="task(s) to build (default: all)")
     parser.add_argument("--force", action="store_true", help="rebuild cases that are already current")
     parser.add_argument("--no-apt-update", action="store_true", help="never run `apt-get update`")
-    parser.add_argument("--out", default=None, help="output folder for `lists` / `examples`")
+    parser.add_argument("--out", default=None, help="output folder for `lists` / `examples` / `atlas`")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "build":
