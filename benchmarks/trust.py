@@ -206,14 +206,7 @@ def load_cases(args) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     return cases
 
 
-def case_preprocessing(predictor: Predictor) -> Compose:
-    """The predictor's pre-processing of a case, with the coarse pass's region and the atlas prior resampled beside
-    the image as one label (``localize.encode_regions``) where the predictor has either."""
-    cut = predictor.localization is not None or predictor.atlas_prior is not None
-    return Compose(preprocessing_transforms(predictor.preprocessing, label_key="region" if cut else None, load=False))
-
-
-def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
+def evaluate(predictor: Predictor, case, args) -> dict:
     """Sample one case with every set of weights and view, then score each ensemble "WxV" (the first W weights'
     first V views) for W in {1, all} and V in {1, all}."""
     name, image, truth, affine, head = case
@@ -234,11 +227,11 @@ def evaluate(predictor: Predictor, pre: Compose, case, args) -> dict:
     # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region); like the region,
     # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
     prior, failed = predictor.prior_region(image, affine, name)
-    bits = encode_regions(image.shape, region, prior)
-    if bits is None and (predictor.localization is not None or predictor.atlas_prior is not None):
-        bits = np.full(image.shape, 3, np.uint8)  # `pre` resamples a region beside the image: one that cuts nothing
+    bits = encode_regions(image.shape, region, prior)  # resampled beside the image as one label, as the predictor does
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
+    label = None if bits is None else "region"
+    pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
     data = pre(inputs)
     within = prior_within = None
     if bits is not None:
@@ -559,9 +552,8 @@ def main(argv=None) -> dict:
     args.quality_calibration = predictor.quality_calibration
     args.bundle_warn_dice = predictor.warn_dice  # the warning line's threshold on the calibrated estimate
     args.atlas_prior = predictor.atlas_prior  # recorded as used
-    pre = case_preprocessing(predictor)
     start = time.process_time()
-    cases = [evaluate(predictor, pre, case, args) for case in load_cases(args)]
+    cases = [evaluate(predictor, case, args) for case in load_cases(args)]
     summary = summarise(cases, args.warn_dice, args.bundle_warn_dice)
     result = {
         "config": {k: _plain(v) for k, v in vars(args).items()},

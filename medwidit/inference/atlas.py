@@ -62,7 +62,7 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     if not isinstance(spec, Mapping):
         raise ValueError(f"{source} must be null or a mapping with {', '.join(ATLAS_PRIOR_KEYS)}, got {spec!r}.")
     check_keys(spec, ATLAS_PRIOR_KEYS, ("min_kept",), source)
-    files = {}
+    files, images = {}, {}
     for key in ("image", "label"):
         if not isinstance(spec[key], (str, os.PathLike)):
             raise ValueError(f"{source}: {key} file must be a path, got {spec[key]!r}.")
@@ -71,14 +71,13 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         if not path.is_file():
             raise ValueError(f"{source}: {key} file {path} does not exist.")
         try:
-            read = _read(str(path), path.stat().st_mtime_ns)
+            images[key] = _load(path)
         except RuntimeError as e:
             raise ValueError(f"{source}: {key} file {path} is not an image SimpleITK reads ({one_line(e)}).") from e
-        if read.GetDimension() != 3:
-            raise ValueError(f"{source}: {key} file {path} must be a 3D image, got {read.GetDimension()}D.")
+        if images[key].GetDimension() != 3:
+            raise ValueError(f"{source}: {key} file {path} must be a 3D image, got {images[key].GetDimension()}D.")
         files[key] = path
-    image, label = (_read(str(files[k]), files[k].stat().st_mtime_ns) for k in ("image", "label"))
-    if not _same_grid(image, label):
+    if not _same_grid(images["image"], images["label"]):
         raise ValueError(f"{source}: label file {files['label']} is not on the grid of image file {files['image']}.")
     margin, min_kept = spec["margin_mm"], spec.get("min_kept", DEFAULT_MIN_KEPT)
     if not is_finite_number(margin) or margin < 0:
@@ -95,9 +94,13 @@ def bundle_atlas_prior(bundle_dir) -> dict | None:
     return check_atlas_prior(config.get("atlas_prior"), root=bundle_dir, source=f"{path}: atlas_prior")
 
 
+def _load(path: str | os.PathLike) -> sitk.Image:
+    """A template file, read once per version of it: every case registers the same two images."""
+    return _read(str(path), Path(path).stat().st_mtime_ns)
+
+
 @functools.lru_cache(maxsize=4)
 def _read(path: str, mtime_ns: int) -> sitk.Image:
-    """A template file read once per version of it (``mtime_ns``): every case registers the same two images."""
     return sitk.ReadImage(path)
 
 
@@ -188,8 +191,7 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarr
     ``atlas_prior``."""
     image = np.asarray(image)
     case = sitk_image(image[0] if image.ndim == 4 else image, affine)
-    template, label = (_read(str(spec[k]), Path(spec[k]).stat().st_mtime_ns) for k in ("image", "label"))
-    label = sitk.Cast(label > 0, sitk.sitkFloat32)
+    template, label = _load(spec["image"]), sitk.Cast(_load(spec["label"]) > 0, sitk.sitkFloat32)
     transform = register_template(case, template)
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5

@@ -147,10 +147,9 @@ def test_trust_scores_the_labels_the_predictor_writes_with_probability_smoothing
     scores = []
     for sigma in (0.0, 1.5):
         predictor = Predictor.from_bundle(device="cpu", weight_sets=1, localization=None, probability_smoothing=sigma)
-        pre = trust.case_preprocessing(predictor)
         args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
         case = ("crop", image, truth, image_file.affine, np.ones(truth.shape, dtype=bool))
-        scored = trust.evaluate(predictor, pre, case, args)["ensembles"]["1x1"]["true_dice"]
+        scored = trust.evaluate(predictor, case, args)["ensembles"]["1x1"]["true_dice"]
         written = predictor.segment(image, affine=image_file.affine, steps=1, num_samples=1, weight_sets=1)
         labels = torch.from_numpy(written.probability.argmax(0))
         dice = float(dice_per_class(labels[None, None], torch.from_numpy(truth)[None, None], 2)[0, 1])
@@ -182,7 +181,7 @@ def test_trust_cuts_with_the_atlas_prior_as_the_predictor_does_on_a_grid_other_t
     assert predictor.atlas_prior is not None
     args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
     case = ("crop", np.ascontiguousarray(image), np.ascontiguousarray(truth), affine, np.ones(truth.shape, bool))
-    scored = trust.evaluate(predictor, trust.case_preprocessing(predictor), case, args)
+    scored = trust.evaluate(predictor, case, args)
     written = predictor.segment(case[1], affine=affine, steps=1, num_samples=1, weight_sets=1)
     dice = dice_per_class(torch.from_numpy(written.probability.argmax(0))[None, None],
                           torch.from_numpy(case[2])[None, None], 2)  # fmt: skip
@@ -193,7 +192,8 @@ def test_trust_cuts_with_the_atlas_prior_as_the_predictor_does_on_a_grid_other_t
 
 def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor_does(trust, monkeypatch):
     """Without a localization pass, a failed registration left trust.py's pre-processing waiting for a region label
-    that was never given (MONAI's KeyError inside Orientationd)."""
+    that was never given (MONAI's KeyError inside Orientationd): each case's pre-processing now resamples a region
+    only where one was given, as the predictor's does."""
     import argparse
 
     import nibabel as nib
@@ -209,6 +209,6 @@ def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor
     monkeypatch.setattr(predictor, "prior_region", lambda array, affine, name=None: (None, True))
     args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
     case = ("crop", image, truth, nib.load(example["image"]).affine, np.ones(truth.shape, bool))
-    scored = trust.evaluate(predictor, trust.case_preprocessing(predictor), case, args)
+    scored = trust.evaluate(predictor, case, args)
     assert scored["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
     assert trust._kept_flag(scored)  # the warning line names it
