@@ -54,7 +54,7 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.atlas import atlas_warning
+from medwidit.inference.atlas import atlas_warning, template_dice
 from medwidit.inference.localize import (
     decode_regions,
     encode_regions,
@@ -226,7 +226,8 @@ def evaluate(predictor: Predictor, case, args) -> dict:
     )
     # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region); like the region,
     # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
-    prior, failed = predictor.prior_region(image, affine, name)
+    fit, failed = predictor.register_prior(image, affine, name)
+    prior = None if fit is None else fit.region
     bits = encode_regions(image.shape, region, prior)  # resampled beside the image as one label, as the predictor does
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
@@ -280,10 +281,13 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
         localized = out.get("localization") or {}
+        atlas = out.get("atlas_prior")  # with this ensemble's written labels' agreement with the template
+        if fit is not None:
+            atlas = {**atlas, "template_dice": template_dice(written, fit.mask)}
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
             weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"), image=image[None],
-            atlas=out.get("atlas_prior"),
+            atlas=atlas,
         )  # the predictor's report, as the CLI writes it  # fmt: skip
         calibrated = quality["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]
@@ -297,6 +301,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             "calibrated_dice": None if predictor.quality_calibration is None else float(calibrated),
             # what the estimate was made of: the image's boundary share and the calibration's features (brain)
             "boundary_overlap": quality["boundary_overlap"].get("1"),
+            "template_dice": (atlas or {}).get("template_dice"),  # the labels' Dice with the registered template
             "calibration_features": (quality.get("calibration") or {}).get("features", {}).get("1"),
             # the coarse pass's brain against this ensemble's: where the two grids disagree, one of them is wrong
             "scale_dice": None
@@ -310,6 +315,8 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
             "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
         }
+    if fit is not None:  # the whole ensemble's (the loop's last), as the CLI's report gives it
+        out["atlas_prior"] = atlas
     out["cpu_seconds"] = time.process_time() - start
     scores = [f"{v} true {e['true_dice']:.3f} predicted {e['predicted_dice']:.3f}/{e['expected_dice']:.3f}" for v, e in
               out["ensembles"].items()]  # fmt: skip

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,13 +36,15 @@ from .options import read_inference_config
 
 __all__ = [
     "ATLAS_PRIOR_KEYS",
+    "AtlasFit",
     "atlas_mask",
-    "atlas_region",
     "atlas_warning",
     "bundle_atlas_prior",
     "check_atlas_prior",
+    "fit_atlas",
     "register_template",
     "sitk_image",
+    "template_dice",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,11 +200,33 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarr
     return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
 
 
-def atlas_region(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarray:
-    """The voxels within ``spec["margin_mm"]`` of :func:`atlas_mask` (bool, the case's grid): where the members may
-    keep foreground. A registration that SimpleITK cannot run (a field of view too small for the 16 mm level of the
-    pyramid, a slab a few voxels thick) is a RuntimeError."""
-    return foreground_region(atlas_mask(image, affine, spec).astype(np.uint8), affine, spec["margin_mm"])
+class AtlasFit(NamedTuple):
+    """The template registered onto a case, both bool on the case's grid: its structure (``mask``) and the voxels
+    within ``margin_mm`` of it (``region``: where the members may keep foreground)."""
+
+    mask: np.ndarray
+    region: np.ndarray
+
+
+def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
+    """:func:`atlas_mask` and the voxels within ``spec["margin_mm"]`` of it. A registration that SimpleITK cannot
+    run (a field of view too small for the 16 mm level of the pyramid, a slab a few voxels thick) is a
+    RuntimeError."""
+    mask = atlas_mask(image, affine, spec)
+    return AtlasFit(mask, foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"]))
+
+
+def template_dice(label_map: np.ndarray, mask: np.ndarray) -> float:
+    """Dice between a written label map's foreground (every label > 0) and the registered template's structure
+    (``AtlasFit.mask``), on the same grid: two answers to where the structure lies, one from the network and one
+    from a registration that shares none of its failure modes (``calibration.case_features``'s ``log_atlas_dice``).
+    1.0 where both are empty."""
+    label_map, mask = np.asarray(label_map), np.asarray(mask, dtype=bool)
+    if label_map.shape != mask.shape:
+        raise ValueError(f"label map {label_map.shape} and template mask {mask.shape} must share one grid.")
+    foreground = label_map > 0
+    total = int(foreground.sum()) + int(mask.sum())
+    return 1.0 if total == 0 else 2.0 * int((foreground & mask).sum()) / total
 
 
 def atlas_warning(entry: Mapping | None) -> str | None:

@@ -43,6 +43,10 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
     log_atlas_kept         log of the share of the members' foreground the atlas prior's region held
                            (``atlas_prior.kept``), at least its ``min_kept``; 0 without a prior or where the template
                            did not register (no evidence)
+    log_atlas_dice         log of ``atlas_prior.template_dice``: the Dice of the written foreground with the
+                           registered template's mask (``atlas.template_dice``), an answer that shares none of the
+                           network's failure modes (a contrast it never saw, a coil field that hides brain from every
+                           member alike); 0 without a prior or where the template did not register (no evidence)
 
 The background class keeps the ensemble's own figure.
 """
@@ -60,7 +64,7 @@ from .options import read_inference_config
 
 FEATURES = (
     "log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground", "log_boundary",
-    "log_atlas_kept",
+    "log_atlas_kept", "log_atlas_dice",
 )  # fmt: skip
 PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
 MIN_DICE = 1e-3  # log_ensemble_dice's floor: an ensemble estimate of 0 (members that never agree) stays finite
@@ -133,6 +137,7 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
         outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
     atlas = quality.get("atlas_prior") or {}
     atlas_kept = 1.0 if atlas.get("kept") is None else max(float(atlas["kept"]), float(atlas.get("min_kept", 0.0)))
+    atlas_dice = 1.0 if atlas.get("template_dice") is None else float(atlas["template_dice"])
     maps = quality.get("uncertainty", {})
     overlap = (quality.get("boundary_overlap") or {}).get(key)
     boundary = 0.0
@@ -146,6 +151,7 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
         "total_foreground": float(maps.get("total", {}).get("mean_foreground_nats", 0.0)),
         "log_boundary": boundary,
         "log_atlas_kept": math.log(max(atlas_kept, MIN_DICE)),
+        "log_atlas_dice": math.log(max(atlas_dice, MIN_DICE)),
     }
 
 

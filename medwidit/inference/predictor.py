@@ -28,7 +28,7 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
-from .atlas import atlas_region, bundle_atlas_prior, check_atlas_prior
+from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, template_dice
 from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
 from .files import CaseResult, predict_from_files
 from .io import ImageGeometry, InputError, one_line, read_input, to_nibabel
@@ -459,7 +459,7 @@ class Predictor:
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
         prior, failed = (
-            self.prior_region(array, geometry.affine, geometry.path) if check_bool("atlas", atlas) else (None, False)
+            self.register_prior(array, geometry.affine, geometry.path) if check_bool("atlas", atlas) else (None, False)
         )
         result = self._sample_case(
             array, geometry, self.preprocessing, sampling, generator, views=views, region=region, prior=prior,
@@ -469,27 +469,30 @@ class Predictor:
             result.quality["atlas_prior"] = self.atlas_entry(None, False)
         if coarse is not None:  # the coarse pass cut where the members were: the map shows where they disagree
             cut = bool((result.quality["atlas_prior"] or {}).get("applied"))
-            reference = outside_to_background(coarse.probability, prior) if cut else coarse.probability
+            reference = outside_to_background(coarse.probability, prior.region) if cut else coarse.probability
             result.disagreement = scale_disagreement(result.probability, reference)
         return result
 
-    def prior_region(self, array: np.ndarray, affine: np.ndarray, name=None) -> tuple[np.ndarray | None, bool]:
-        """(the ``atlas_prior``'s region on the case's grid (bool (*S)), False), or (None, False) without a prior,
-        or (None, True) with a warning where the template does not register (a field of view too small for the
-        registration's coarsest level): the case is then segmented without the prior."""
+    def register_prior(self, array: np.ndarray, affine: np.ndarray, name=None) -> tuple[AtlasFit | None, bool]:
+        """(the ``atlas_prior``'s template registered onto the case's grid (``atlas.AtlasFit``: its mask and the
+        region within ``margin_mm``), False), or (None, False) without a prior, or (None, True) with a warning where
+        the template does not register (a field of view too small for the registration's coarsest level): the case
+        is then segmented without the prior."""
         if self.atlas_prior is None:
             return None, False
         try:
-            return atlas_region(array, affine, self.atlas_prior), False
+            return fit_atlas(array, affine, self.atlas_prior), False
         except RuntimeError as e:  # SimpleITK's
             logger.warning("%s: no atlas prior: the template did not register (%s)", name or "array", one_line(e))
             return None, True
 
-    def atlas_entry(self, kept: float | None, applied: bool) -> dict:
+    def atlas_entry(self, kept: float | None, applied: bool, dice: float | None = None) -> dict:
         """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
-        named in the run record), the share ``kept`` (None where the template did not register) and ``applied``."""
+        named in the run record), the share ``kept`` and the ``template_dice`` of the written labels with the
+        registered template's mask (``atlas.template_dice``; both None where the template did not register) and
+        ``applied``."""
         return {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
-                "applied": applied}  # fmt: skip
+                "template_dice": dice, "applied": applied}  # fmt: skip
 
     def localization_pass(
         self,
@@ -565,14 +568,14 @@ class Predictor:
         *,
         views,
         region: np.ndarray | None,
-        prior: np.ndarray | None = None,
+        prior: AtlasFit | None = None,
         progress: bool | Callable[[dict], None] = False,
         uncertainty: bool = True,
         smooth: bool = True,
     ) -> Segmentation:
         """One case (C, *S) on the grid ``preprocessing`` makes, every member background outside ``region`` (bool
         (*S) on the input grid, resampled with the image by nearest neighbour) unless it holds less than
-        ``localization["min_kept"]`` of their foreground, then outside ``prior`` (the same, with
+        ``localization["min_kept"]`` of their foreground, then outside ``prior``'s region (the same, with
         ``atlas_prior["min_kept"]``) -> :class:`Segmentation` on the input's grid;
         ``uncertainty`` False (the coarse pass, which only needs its labels): without the aleatoric and epistemic
         maps and the quality estimate, whose inversion to the input grid would be thrown away; ``smooth`` False (the
@@ -583,7 +586,8 @@ class Predictor:
         segmenters = sampling.pop("segmenters")
         steps, num_samples = sampling["steps"], sampling["num_samples"]
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
-        bits = encode_regions(geometry.shape, region, prior)  # one label, resampled by nearest neighbour
+        # one label, resampled by nearest neighbour
+        bits = encode_regions(geometry.shape, region, None if prior is None else prior.region)
         region_key = None if bits is None else "region"
         pre = Compose(
             preprocessing_transforms(
@@ -648,7 +652,8 @@ class Predictor:
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
         atlas = None
         if prior is not None:
-            atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]))
+            atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
+                                     template_dice(label_map, prior.mask))  # fmt: skip
             if not atlas["applied"]:
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
         quality = self.case_quality(

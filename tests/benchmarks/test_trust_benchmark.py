@@ -188,6 +188,7 @@ def test_trust_cuts_with_the_atlas_prior_as_the_predictor_does_on_a_grid_other_t
     assert scored["ensembles"]["1x1"]["true_dice"] == pytest.approx(float(dice[0, 1]), abs=1e-6)
     assert written.quality["atlas_prior"]["kept"] is not None  # registered
     assert scored["atlas_prior"] == pytest.approx(written.quality["atlas_prior"])
+    assert scored["ensembles"]["1x1"]["template_dice"] == pytest.approx(written.quality["atlas_prior"]["template_dice"])
 
 
 def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor_does(trust, monkeypatch):
@@ -206,9 +207,11 @@ def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor
     image = np.asarray(nib.load(example["image"]).dataobj, dtype=np.float32)[box]
     truth = (np.asarray(nib.load(example["label"]).dataobj)[box] > 0).astype(np.int64)
     predictor = Predictor.from_bundle(device="cpu", weight_sets=1, localization=None)
-    monkeypatch.setattr(predictor, "prior_region", lambda array, affine, name=None: (None, True))
+    monkeypatch.setattr(predictor, "register_prior", lambda array, affine, name=None: (None, True))
     args = argparse.Namespace(steps=1, samples=1, shared_steps=0, views=1)
     case = ("crop", image, truth, nib.load(example["image"]).affine, np.ones(truth.shape, bool))
     scored = trust.evaluate(predictor, case, args)
-    assert scored["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
+    assert scored["atlas_prior"] == {
+        "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
+    }  # fmt: skip
     assert trust._kept_flag(scored)  # the warning line names it

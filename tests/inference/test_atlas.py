@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 import medwidit.inference.predictor as predictor_module
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
-from medwidit.inference.atlas import atlas_mask, check_atlas_prior, sitk_image
+from medwidit.inference.atlas import AtlasFit, atlas_mask, check_atlas_prior, sitk_image, template_dice
 from medwidit.inference.localize import decode_regions, encode_regions
 from medwidit.utils import itk_ras_affine
 
@@ -169,11 +169,12 @@ def _ball_and_a_far_blob(tmp_path):
     return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4)), image
 
 
-def _prior_predictor(tmp_path, monkeypatch, region, **spec):
-    """A threshold-oracle predictor whose atlas prior's registered region is ``region`` (the registration is tested
-    above; here the cut)."""
+def _prior_predictor(tmp_path, monkeypatch, region, mask=None, **spec):
+    """A threshold-oracle predictor whose atlas prior's registered region is ``region`` and its template's mask
+    ``mask`` (default: the region; the registration is tested above; here the cut)."""
     files, *_ = _template(tmp_path)
-    monkeypatch.setattr(predictor_module, "atlas_region", lambda array, affine, spec: region)
+    fit = AtlasFit(region if mask is None else mask, region)
+    monkeypatch.setattr(predictor_module, "fit_atlas", lambda array, affine, spec: fit)
     segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
     return Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu",
                      atlas_prior={**files, "margin_mm": 5.0, **spec})  # fmt: skip
@@ -193,7 +194,8 @@ def test_foreground_outside_the_atlas_region_is_removed_and_the_rest_is_untouche
     assert held.probability[1, 34, 16, 16] == 0 and held.entropy[34, 16, 16] == 0
     ball, blob = int((image[:26] > 0.5).sum()), int((image[26:] > 0.5).sum())
     assert held.quality["atlas_prior"] == {
-        "margin_mm": 5.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + blob)), "applied": True
+        "margin_mm": 5.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + blob)),
+        "template_dice": pytest.approx(_dice(held.label_map > 0, region)), "applied": True,
     }  # fmt: skip
     assert free.quality["atlas_prior"] is None
     skipped = predictor.segment(path, atlas=False, **FAST)
@@ -296,7 +298,9 @@ def test_a_template_that_cannot_register_leaves_the_case_uncut_and_says_so(tmp_p
     with caplog.at_level(logging.WARNING, logger="medwidit"):
         result = predictor.segment(path, **FAST)
         predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.01, **FAST)
-    assert result.quality["atlas_prior"] == {"margin_mm": 5.0, "min_kept": 0.5, "kept": None, "applied": False}
+    assert result.quality["atlas_prior"] == {
+        "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
+    }  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("small.nii.gz: no atlas prior: the template did not register" in line for line in lines), lines
     assert not any("\n" in line or "0x" in line or "ITK-prefix" in line for line in lines)  # one line, no addresses
@@ -311,8 +315,12 @@ def test_the_notebook_call_takes_the_atlas_prior_off_as_the_cli_does(tmp_path, b
         tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
     )
     fast = {"steps": 1, "num_samples": 1, "weight_sets": 1, "device": "cpu", "bundle": bundle}
-    entry = segment(source, **fast).quality["atlas_prior"]
+    result = segment(source, **fast)
+    entry = result.quality["atlas_prior"]
     assert entry["margin_mm"] == 5.0 and entry["kept"] is not None  # registered and applied or not by its share
+    assert 0.0 <= entry["template_dice"] <= 1.0
+    features = result.quality["calibration"]["features"]["1"]  # what the bundle's calibration read
+    assert features["log_atlas_dice"] == pytest.approx(np.log(max(entry["template_dice"], 1e-3)))
     assert segment(source, atlas=False, **fast).quality["atlas_prior"] is None
 
 
@@ -420,3 +428,34 @@ def test_a_registration_error_reads_as_its_last_line():
         "(0x556791e8d790): VirtualSampledPointSet must have 1 or more points."
     )
     assert one_line(raw) == "VirtualSampledPointSet must have 1 or more points."
+
+
+def test_template_dice_is_the_dice_of_every_written_label_with_the_template_mask_on_one_grid():
+    labels = np.zeros((6, 6, 6), np.int64)
+    labels[:2], labels[2:3] = 1, 2  # two foreground classes: both count
+    mask = np.zeros((6, 6, 6), bool)
+    mask[1:4] = True
+    assert template_dice(labels, mask) == pytest.approx(2 * 2 * 36 / (3 * 36 + 3 * 36))
+    assert template_dice(np.zeros((6, 6, 6), np.int64), np.zeros((6, 6, 6), bool)) == 1.0  # both empty: agree
+    assert template_dice(labels, np.zeros((6, 6, 6), bool)) == 0.0
+    with pytest.raises(ValueError, match=r"label map \(6, 6, 6\) and template mask \(6, 6, 5\)"):
+        template_dice(labels, mask[..., :5])
+
+
+def test_the_report_gives_the_written_labels_dice_with_the_template_mask_whether_the_prior_cut_or_not(
+    tmp_path, monkeypatch
+):
+    """The agreement is measured against the template's structure, not the region a margin wider, and on the labels
+    as written: cut where the prior applied, as the members saw them where it did not."""
+    path, image = _ball_and_a_far_blob(tmp_path)
+    grid = np.meshgrid(*(np.arange(n) for n in image.shape), indexing="ij")
+    mask = np.sqrt((grid[0] - 14) ** 2 + (grid[1] - 16) ** 2 + (grid[2] - 16) ** 2) <= 7  # a template off by 2 voxels
+    region = np.zeros(image.shape, bool)
+    region[:26] = True
+    held = _prior_predictor(tmp_path, monkeypatch, region, mask=mask).segment(path, **FAST)
+    assert held.quality["atlas_prior"]["applied"] and not held.label_map[26:].any()
+    assert held.quality["atlas_prior"]["template_dice"] == pytest.approx(_dice(held.label_map > 0, mask))
+    assert held.quality["atlas_prior"]["template_dice"] != pytest.approx(_dice(held.label_map > 0, region), abs=0.05)
+    uncut = _prior_predictor(tmp_path, monkeypatch, ~region, mask=mask).segment(path, **FAST)  # holds only the blob
+    assert not uncut.quality["atlas_prior"]["applied"] and uncut.label_map[26:].any()
+    assert uncut.quality["atlas_prior"]["template_dice"] == pytest.approx(_dice(uncut.label_map > 0, mask))

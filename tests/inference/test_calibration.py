@@ -101,6 +101,7 @@ def test_the_features_come_from_the_quality_report():
         "total_foreground": 0.1,
         "log_boundary": 0.0,  # no boundary_overlap in the report: no evidence either way
         "log_atlas_kept": 0.0,  # no atlas prior: no evidence either way
+        "log_atlas_dice": 0.0,
     }
     atlas = {"margin_mm": 5.0, "min_kept": 0.5}
     for entry, expected in [
@@ -109,6 +110,11 @@ def test_the_features_come_from_the_quality_report():
         ({**atlas, "kept": None, "applied": False}, 0.0),
     ]:  # did not register: no evidence
         assert case_features({**_quality(), "atlas_prior": entry}, 1)["log_atlas_kept"] == pytest.approx(expected)
+    for dice, expected in [(0.9, math.log(0.9)), (0.0, math.log(1e-3)), (None, 0.0)]:  # floored; None: no evidence
+        entry = {**atlas, "kept": 0.7, "template_dice": dice, "applied": True}
+        assert case_features({**_quality(), "atlas_prior": entry}, 1)["log_atlas_dice"] == pytest.approx(expected)
+    older = {**atlas, "kept": 0.7, "applied": True}  # a report written before template_dice: no evidence
+    assert case_features({**_quality(), "atlas_prior": older}, 1)["log_atlas_dice"] == 0.0
     assert case_features(_quality(volume=4400.0), "1")["volume_outside"] == pytest.approx(math.log(2.0))
     assert case_features(_quality(volume=1500.0), 1)["volume_outside"] == 0.0  # inside the range
     assert case_features(_quality(volume=0.0), 1)["volume_outside"] == pytest.approx(math.log(1e3))  # capped
