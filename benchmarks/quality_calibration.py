@@ -16,6 +16,13 @@ subset, fitted and chosen whatever the product rule scores: a bundle's feature s
 volume and the localization's ``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false
 flags.
 
+``--reference BUNDLE`` scores that bundle's own ``quality_calibration`` on the same reports (fitted on other
+outputs, so held out from these) beside the chosen fit's leave-one-out estimates, on all cases and on each
+``--group NAME=PREFIX[,PREFIX...]`` (the cases whose name starts with one of them: a family whose truth a feature
+shares by construction is then judged apart), and states whether the chosen fit beats it everywhere: a lower MAE and
+a Spearman lower by at most ``--spearman-loss``. With ``--reference``, ``--write-bundle`` writes only a fit that
+beats it.
+
     python benchmarks/quality_calibration.py runs/validation.json --write-bundle bundles/brain_widit_segmentation
 
 Writes ``benchmarks/results/quality_calibration.json``.
@@ -83,6 +90,37 @@ def leave_one_out(rows: list[dict], names: tuple[str, ...]) -> np.ndarray:
     return np.array(out)
 
 
+def _group(text: str) -> tuple[str, tuple[str, ...]]:
+    name, _, prefixes = text.partition("=")
+    if not name or not prefixes or not all(prefixes.split(",")):
+        raise argparse.ArgumentTypeError(f"--group must be NAME=PREFIX[,PREFIX...], got {text!r}")
+    return name, tuple(prefixes.split(","))
+
+
+def against_reference(rows: list[dict], held_out: np.ndarray, args: argparse.Namespace) -> dict:
+    """The reference bundle's calibration and the chosen fit's held-out estimates, scored on all cases and on each
+    ``--group``; ``beats``: a lower MAE and a Spearman lower by at most ``--spearman-loss`` on every one."""
+    from medwidit.inference.calibration import bundle_calibration
+
+    reference = bundle_calibration(args.reference)
+    if reference is None:
+        raise SystemExit(f"--reference {args.reference}: its inference.json has no quality_calibration")
+    theirs = np.array([calibrated_dice(r["features"], reference) for r in rows])
+    true = np.array([r["true"] for r in rows])
+    groups = {"all": np.ones(len(rows), bool)}
+    for name, prefixes in args.group:
+        groups[name] = np.array([r["case"].startswith(prefixes) for r in rows])
+        if groups[name].sum() < 3:
+            raise SystemExit(f"--group {name}: {int(groups[name].sum())} case(s) start with {list(prefixes)}")
+    out = {"bundle": str(args.reference), "calibration": reference, "groups": {}}
+    for name, keep in groups.items():
+        ours, ref = scores(held_out[keep], true[keep], args.low_dice), scores(theirs[keep], true[keep], args.low_dice)
+        beats = ours["mae"] < ref["mae"] and ours["spearman"] >= ref["spearman"] - args.spearman_loss
+        out["groups"][name] = {"cases": int(keep.sum()), "chosen": ours, "reference": ref, "beats": bool(beats)}
+    out["beats"] = all(g["beats"] for g in out["groups"].values())
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="generalisation.py JSON(s) of validation cases")
@@ -99,6 +137,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--write-bundle", type=Path, help="write the chosen calibration into this bundle's inference.json"
     )
+    parser.add_argument("--reference", type=Path, help="a bundle whose quality_calibration the chosen fit must beat")
+    parser.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        type=_group,
+        metavar="NAME=PREFIX[,PREFIX...]",
+        help="also score the cases whose name starts with one of these prefixes (repeatable)",
+    )
+    parser.add_argument("--spearman-loss", type=float, default=0.02, help="the Spearman the chosen fit may lose")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_calibration.json")
     return parser.parse_args(argv)
 
@@ -174,10 +222,20 @@ def main(argv=None) -> dict:
         lines.append(line.format(name, fmt(s["mae"]), fmt(s["spearman"]), s["missed_below_warn"],
                                  s["false_flags"]))  # fmt: skip
     table = "\n".join(lines) + f"\n\nchosen: {json.dumps(model)}\nwarning line: {json.dumps(threshold)}"
+    if args.reference is not None:
+        result["reference"] = against_reference(rows, held_out, args)
+        table += "\n\n| cases | n | chosen MAE | reference MAE | chosen Spearman | reference Spearman | beats |\n"
+        table += "|---|---|---|---|---|---|---|"
+        for name, g in result["reference"]["groups"].items():
+            ours, ref = g["chosen"], g["reference"]
+            table += (f"\n| {name} | {g['cases']} | {fmt(ours['mae'])} | {fmt(ref['mae'])} | {fmt(ours['spearman'])} | "
+                      f"{fmt(ref['spearman'])} | {g['beats']} |")  # fmt: skip
     result["markdown"] = table
     print(table)
     print(f"wrote {write_json(result, args.output)}")
-    if args.write_bundle is not None:
+    if args.write_bundle is not None and not result.get("reference", {}).get("beats", True):
+        print(f"not written into {args.write_bundle}: the chosen fit does not beat --reference {args.reference}")
+    elif args.write_bundle is not None:
         path = args.write_bundle / "configs" / "inference.json"
         config = json.loads(path.read_text())
         config["quality_calibration"] = model

@@ -109,3 +109,40 @@ def test_an_atlas_prior_not_applied_is_part_of_the_warning_line_and_its_share_a_
     loaded = script.load_rows([results])
     assert [r["other_flag"] for r in loaded[:3]] == [True, False, False]
     assert [r["features"]["log_atlas_kept"] for r in loaded[:3]] == pytest.approx([math.log(0.5), math.log(0.8), 0])
+
+
+def test_a_fit_is_judged_against_a_reference_bundle_on_all_cases_and_each_group_and_written_only_if_it_wins(tmp_path):
+    """``--reference``: the bundle's own calibration scored on the same reports beside the chosen fit's leave-one-out
+    estimates, on every case and on each ``--group``; ``--write-bundle`` then writes only a fit that beats it."""
+    from medwidit.inference.options import resolve_bundle
+
+    script = load_benchmark("quality_calibration")
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": _rows()}))
+    shipped, exact = tmp_path / "shipped", tmp_path / "exact"
+    for bundle in (shipped, exact):
+        shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((exact / "configs" / "inference.json").read_text())
+    truth = {"intercept": math.log(0.95), "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.5}}  # _rows's model
+    (exact / "configs" / "inference.json").write_text(json.dumps({**config, "quality_calibration": truth}))
+    before = (shipped / "configs" / "inference.json").read_text()
+
+    group = ["--group", "first=case2,case3,case4"]
+    won = script.main([str(results), "--output", str(tmp_path / "a.json"), "--reference", str(shipped), *group])
+    assert won["reference"]["beats"] and set(won["reference"]["groups"]) == {"all", "first"}
+    assert won["reference"]["groups"]["first"]["cases"] == 3 and won["reference"]["groups"]["all"]["cases"] == 12
+    assert "| first | 3 |" in won["markdown"]
+
+    lost = script.main([str(results), "--output", str(tmp_path / "b.json"), "--reference", str(exact), "--features",
+                        "total_foreground", "--write-bundle", str(exact), *group])  # fmt: skip
+    assert not lost["reference"]["beats"] and lost["reference"]["groups"]["all"]["reference"]["mae"] < 1e-9
+    assert json.loads((exact / "configs" / "inference.json").read_text())["quality_calibration"] == truth  # unwritten
+    script.main([str(results), "--output", str(tmp_path / "c.json"), "--reference", str(exact),
+                 "--write-bundle", str(shipped)])  # fmt: skip
+    assert (shipped / "configs" / "inference.json").read_text() == before  # the exact reference cannot be beaten
+
+    with pytest.raises(SystemExit, match=r"--group none: 0 case\(s\) start with \['x'\]"):
+        script.main([str(results), "--output", str(tmp_path / "d.json"), "--reference", str(shipped),
+                     "--group", "none=x"])  # fmt: skip
+    with pytest.raises(SystemExit):  # argparse's usage error: NAME=PREFIX
+        script.main([str(results), "--group", "first"])
