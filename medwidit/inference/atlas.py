@@ -132,9 +132,25 @@ def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 
 def _coarse(image: sitk.Image) -> sitk.Image:
-    """Smoothed and shrunk to about ``REGISTRATION_MM`` voxels: the registration's working images."""
+    """Smoothed, shrunk to about ``REGISTRATION_MM`` voxels and ranked (:func:`_ranks`): the registration's working
+    images."""
     factors = [max(1, round(REGISTRATION_MM / s)) for s in image.GetSpacing()]
-    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, REGISTRATION_MM / 2.5), factors)
+    return _ranks(sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, REGISTRATION_MM / 2.5), factors))
+
+
+def _ranks(image: sitk.Image) -> sitk.Image:
+    """Each voxel replaced by its rank among the image's voxels, in [0, 1] (ties share their mean rank): a monotonic
+    map, which leaves mutual information's optimum where it was on a clean scan. Under a strong coil field the
+    intensities span decades; Mattes's equal-width bins then crowd most of the head into a few of them and the affine
+    ran away (a mask 3-4 times the brain on the validation heads, bundle docs "The calibrated Dice estimate (0.7.1)");
+    ranks fill every bin alike."""
+    from scipy.stats import rankdata
+
+    values = sitk.GetArrayViewFromImage(image)
+    ranks = (rankdata(values, method="average").reshape(values.shape) - 1) / max(values.size - 1, 1)
+    out = sitk.GetImageFromArray(ranks.astype(np.float32))
+    out.CopyInformation(image)
+    return out
 
 
 def _registration(initial: sitk.Transform) -> sitk.ImageRegistrationMethod:
