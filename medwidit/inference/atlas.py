@@ -4,10 +4,12 @@ every member background farther than ``margin_mm`` from it.
 The network's 2 mm windows see 128 mm of a head at a time, and in a face, a neck or a scalp unlike any training crop
 they can see brain (MRHead: 760 mL too much, most of it below the skull base). A whole head says where the brain can
 be: classical brain extraction (ROBEX, BEaST, FreeSurfer's watershed) registers an atlas first for that reason. Here an
-affine registration (similarity first, then all 12 parameters) by Mattes mutual information, which holds for any
-contrast, carries the bundle's template onto the case; it costs a few CPU seconds. SimpleITK does the registration
-(a kept library); what is written here is only the choice of its settings and the geometry between nibabel's RAS
-arrays and ITK's LPS images.
+affine registration (similarity first, then all 12 parameters) by Mattes mutual information on the images' ranks,
+which holds for any contrast and under a strong coil field, carries the bundle's template onto the case; it costs a
+few CPU seconds. How well the written labels agree with the registered mask (:func:`template_dice`) is evidence about
+the labels that shares none of the network's failure modes: the bundle's calibration reads it. SimpleITK does the
+registration (a kept library); what is written here is only the choice of its settings, the ranks and the geometry
+between nibabel's RAS arrays and ITK's LPS images.
 
 ``configs/inference.json``'s ``atlas_prior`` declares it ({"image": template head, "label": its mask (> 0: the
 structure), both files relative to the bundle, "margin_mm": mm, "min_kept": share}; null: off). A region that holds
@@ -142,8 +144,8 @@ def _ranks(image: sitk.Image) -> sitk.Image:
     """Each voxel replaced by its rank among the image's voxels, in [0, 1] (ties share their mean rank): a monotonic
     map, which leaves mutual information's optimum where it was on a clean scan. Under a strong coil field the
     intensities span decades; Mattes's equal-width bins then crowd most of the head into a few of them and the affine
-    ran away (a mask 3-4 times the brain on the validation heads, bundle docs "The calibrated Dice estimate (0.7.1)");
-    ranks fill every bin alike."""
+    ran away (a mask 3-4 times the brain on validation heads: bundle docs, "The template's agreement as the Dice
+    estimate", and ``benchmarks/registration.py``); ranks fill every bin alike."""
     from scipy.stats import rankdata
 
     values = sitk.GetArrayViewFromImage(image)
