@@ -264,7 +264,7 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         "below D, that has no voxel of a foreground class, whose class volume lies outside the bundle's "
         "expected_volume_ml, whose localization region held less than the bundle's warn_kept of the foreground, or "
         "whose atlas prior did not register or held less than its min_kept (not applied) (default: the bundle's "
-        "warn_dice, which belongs to its calibrated Dice estimate, shipped 0.915; a bare checkpoint's 0.955, for the "
+        "warn_dice, which belongs to its calibrated Dice estimate, shipped 0.84; a bare checkpoint's 0.955, for the "
         "ensemble's own estimate; 0 never warns)",
     )
 

@@ -144,7 +144,7 @@ def _ranks(image: sitk.Image) -> sitk.Image:
     """Each voxel replaced by its rank among the image's voxels, in [0, 1] (ties share their mean rank): a monotonic
     map, which leaves mutual information's optimum where it was on a clean scan. Under a strong coil field the
     intensities span decades; Mattes's equal-width bins then crowd most of the head into a few of them and the affine
-    ran away (a mask 3-4 times the brain on validation heads: bundle docs, "The template's agreement as the Dice
+    ran away (masks up to 7 times the brain on validation heads: bundle docs, "The template's agreement as the Dice
     estimate", and ``benchmarks/registration.py``); ranks fill every bin alike."""
     from scipy.stats import rankdata
 
