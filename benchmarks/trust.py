@@ -58,6 +58,7 @@ from medwidit.inference.atlas import atlas_warning, template_dice
 from medwidit.inference.localize import (
     decode_regions,
     encode_regions,
+    error_score,
     foreground_region,
     kept_warning,
     outside_to_background,
@@ -89,7 +90,8 @@ STRENGTHS = {
 }
 MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement")
 # disagreement: the written _disagreement map (the localization pass against the ensemble); total_and_disagreement:
-# the total entropy in bits plus it (not written; the combination that ranked wrong voxels best on validation scans)
+# the total entropy in bits plus it (<case>_error_score since 0.7.2; the combination that ranked wrong voxels best on
+# validation scans)
 
 
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
@@ -277,7 +279,8 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
         if coarse is not None:
             scored["disagreement"] = scale_disagreement(probability, coarse_probability)
-            scored["total_and_disagreement"] = entropy[0] / np.log(predictor.num_classes) + scored["disagreement"]
+            # <case>_error_score, as the CLI writes it
+            scored["total_and_disagreement"] = error_score(entropy[0], scored["disagreement"], predictor.num_classes)
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
         localized = out.get("localization") or {}

@@ -117,7 +117,8 @@ def test_segment_writes_labels_and_maps_with_the_input_geometry(setup, capsys):
     assert main([*args, "--save-probabilities", "--save-uncertainty"]) == 0
     names = visible(out)
     assert names == [
-        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_probabilities", "_uncertainty")
+        f"good{s}.nii.gz"
+        for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_error_score", "_probabilities", "_uncertainty")
     ]
     for name in names:
         np.testing.assert_array_equal(nib.load(out / name).affine, nib.load(inputs / "good_0000.nii.gz").affine)
@@ -137,6 +138,7 @@ def test_save_figure_writes_a_png_beside_the_maps(setup):
         "good_aleatoric.nii.gz",
         "good_disagreement.nii.gz",
         "good_epistemic.nii.gz",
+        "good_error_score.nii.gz",
         "good_figure.png",
         "good_uncertainty.nii.gz",
     ]
@@ -177,6 +179,7 @@ def test_demo_segments_the_shipped_example_with_the_shipped_bundle(tmp_path, cap
         "colin27_head_2mm_image_aleatoric.nii.gz",
         "colin27_head_2mm_image_disagreement.nii.gz",
         "colin27_head_2mm_image_epistemic.nii.gz",
+        "colin27_head_2mm_image_error_score.nii.gz",
         "colin27_head_2mm_image_figure.png",
         "colin27_head_2mm_image_uncertainty.nii.gz",
     ]

@@ -242,6 +242,7 @@ def _write_case(predictor: Predictor, case: Case, plan: CasePlan, kinds, result:
     arrays.update(aleatoric=result.aleatoric, epistemic=result.epistemic)
     nothing = np.zeros_like(result.entropy)  # no localization pass: no disagreement, as one group has no epistemic
     arrays["disagreement"] = nothing if result.disagreement is None else result.disagreement
+    arrays["error_score"] = result.error_score
     writes = {}
     for kind in kinds:
         path = output_path(case, plan.state_dir.parent, kind)

@@ -195,6 +195,22 @@ def kept_warning(localized: Mapping | None) -> str | None:
     return None
 
 
+def error_score(entropy: np.ndarray, disagreement: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """How likely each voxel's label is wrong, one map: the total predictive entropy in bits of ``num_classes``
+    (``entropy / ln K``, in [0, 1]) plus :func:`scale_disagreement` (0 without the localization pass), in [0, 2]
+    -> (*S) float32. The entropy sees where the members disagree, the disagreement where the two grids do; their sum
+    ranked wrong voxels inside the head best of the written maps and their smoothed or learned combinations on the
+    validation scans (``benchmarks/validation_maps.py``, ``benchmarks/error_map.py``; README, "Uncertainty")."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+    score = np.asarray(entropy, np.float32) / np.float32(np.log(num_classes))
+    if disagreement is not None:
+        if np.shape(disagreement) != score.shape:
+            raise ValueError(f"entropy {score.shape} and disagreement {np.shape(disagreement)} are not on one grid.")
+        score = score + np.asarray(disagreement, np.float32)
+    return score.astype(np.float32)
+
+
 def scale_disagreement(probability: np.ndarray, coarse_probability: np.ndarray) -> np.ndarray:
     """Where the localization pass and the full-resolution pass disagree, voxel by voxel: the total variation
     distance between their class probabilities (K, *S), both on the input's grid, ``0.5 * sum_k |p_k - q_k|`` in

@@ -13,8 +13,9 @@ write are removed before the new marker.
     out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
 
 A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
-``<case>_epistemic`` (the parts of the entropy) and ``<case>_disagreement`` (the localization pass against the full
-one), with ``--save-uncertainty``; ``<case>_quality.json`` and ``<case>_statistics.json``.
+``<case>_epistemic`` (the parts of the entropy), ``<case>_disagreement`` (the localization pass against the full
+one) and ``<case>_error_score`` (the entropy in bits plus the disagreement), with ``--save-uncertainty``;
+``<case>_quality.json`` and ``<case>_statistics.json``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".medwidit"
 DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
 MANIFEST = "manifest.json"
-ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic", "disagreement": "_disagreement"}  # maps
+ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic", "disagreement": "_disagreement",
+                 "error_score": "_error_score"}  # maps  # fmt: skip
 JSON_SUFFIXES = {"quality": "_quality.json", "statistics": "_statistics.json"}  # per-case JSON outputs
 DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
 

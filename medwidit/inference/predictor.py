@@ -37,6 +37,7 @@ from .localize import (
     check_localization,
     decode_regions,
     encode_regions,
+    error_score,
     foreground_region,
     outside_to_background,
     scale_disagreement,
@@ -121,6 +122,12 @@ class Segmentation:
     @property
     def uncertainty(self) -> nib.Nifti1Image:
         return to_nibabel(self.entropy, self.geometry, "uncertainty")
+
+    @property
+    def error_score(self) -> np.ndarray:
+        """(*S) float32 in [0, 2]: the entropy in bits plus the disagreement (``localize.error_score``), as
+        ``<case>_error_score``."""
+        return error_score(self.entropy, self.disagreement, self.num_classes)
 
 
 class Predictor:

@@ -258,6 +258,7 @@ def test_turning_the_calibration_off_also_leaves_its_threshold(tmp_path):
     """The bundle's warn_dice was chosen for its calibrated estimate: a caller (or --no-calibration) who replaces the
     calibration gets the ensemble's own estimate with the ensemble's threshold, and the run record says which."""
     from medwidit.cli import main
+    from medwidit.inference.options import resolve_bundle
 
     off = Predictor.from_bundle(device="cpu", weight_sets=1, quality_calibration=None)
     assert off.quality_calibration is None and off.warn_dice == DEFAULT_WARN_DICE
@@ -273,4 +274,5 @@ def test_turning_the_calibration_off_also_leaves_its_threshold(tmp_path):
         quality = json.loads((tmp_path / out / "scan_quality.json").read_text())
         record = json.loads((tmp_path / out / "medwidit_run.json").read_text())["sampling"]
         assert ("ensemble_dice" in quality) == calibrated == (record["quality_calibration"] is not None)
-        assert record["warn_dice"] == (0.915 if calibrated else DEFAULT_WARN_DICE)
+        shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())["warn_dice"]
+        assert record["warn_dice"] == (shipped if calibrated else DEFAULT_WARN_DICE)

@@ -28,7 +28,7 @@ CLI_FAST = ["--steps", "1", "--samples", "1", "--quiet", "--device", "cpu", "--p
 AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
 
 UNCERTAINTY_OUTPUTS = ["scan.nii.gz", "scan_aleatoric.nii.gz", "scan_disagreement.nii.gz", "scan_epistemic.nii.gz",
-                       "scan_uncertainty.nii.gz"]  # fmt: skip
+                       "scan_error_score.nii.gz", "scan_uncertainty.nii.gz"]  # fmt: skip
 
 
 def tiny_checkpoint(path, spacing=(1.5, 1.5, 1.5)):

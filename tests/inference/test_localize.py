@@ -354,6 +354,30 @@ def test_the_disagreement_map_is_the_two_passes_distance_and_zero_without_the_pa
         scale_disagreement(result.probability, result.probability[:, :-1])
 
 
+def test_the_error_score_is_the_entropy_in_bits_plus_the_disagreement_and_is_written_with_the_maps(tmp_path):
+    """``_error_score``: the map that ranked wrong voxels best on the validation scans, written by the CLI instead of
+    left for the user to add up: the entropy over ln K plus the disagreement (the entropy alone without the pass)."""
+    import nibabel as nib
+
+    from medwidit.inference.localize import error_score
+
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 1000.0})
+    result = predictor.segment(path, generator=torch.Generator().manual_seed(3), **FAST)
+    expected = result.entropy / np.log(2) + result.disagreement
+    assert np.allclose(result.error_score, expected) and result.error_score.dtype == np.float32
+    assert result.error_score[34, 18, 18] >= 1.0  # the speck the 4 mm pass missed
+    predictor.predict_from_files(path, tmp_path / "on", save_uncertainty=True, progress=False, **FAST)
+    written = np.asarray(nib.load(tmp_path / "on" / "scan_error_score.nii.gz").dataobj)
+    assert np.allclose(written, result.error_score)
+    alone = _oracle_predictor(None).segment(path, **FAST)
+    assert np.allclose(alone.error_score, alone.entropy / np.log(2))
+    with pytest.raises(ValueError, match=r"not on one grid"):
+        error_score(result.entropy, result.disagreement[:-1], 2)
+    with pytest.raises(ValueError, match=r"num_classes must be at least 2"):
+        error_score(result.entropy, None, 1)
+
+
 def test_probability_smoothing_leaves_the_localization_pass_and_its_region_as_they_were(tmp_path, monkeypatch):
     """``probability_smoothing`` smooths the full-resolution result only: the coarse pass's labels, from which the
     region is drawn, are the unsmoothed pass's, so the region does not move with the smoothing."""

@@ -124,6 +124,7 @@ def test_nrrd_in_nrrd_out_with_its_geometry(tmp_path, checkpoint, volume):
         "scan_aleatoric.nrrd",
         "scan_epistemic.nrrd",
         "scan_disagreement.nrrd",
+        "scan_error_score.nrrd",
     ]
     original = sitk.ReadImage(str(source))
     for path in result.outputs:
@@ -160,7 +161,7 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"
     assert visible(out) == [  # the earlier run's probabilities went with its labels: a case is one set
-        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_uncertainty")
+        f"good{s}.nii.gz" for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_error_score", "_uncertainty")
     ]
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "skipped"
 

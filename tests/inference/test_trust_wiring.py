@@ -130,7 +130,7 @@ def test_files_hold_the_decomposed_maps_and_the_quality_of_the_result(tmp_path, 
         )  # fmt: skip
     names = [p.name for p in result.outputs]
     assert names == ["scan.nii.gz", "scan_uncertainty.nii.gz", "scan_aleatoric.nii.gz", "scan_epistemic.nii.gz",
-                     "scan_disagreement.nii.gz", "scan_quality.json"]  # fmt: skip
+                     "scan_disagreement.nii.gz", "scan_error_score.nii.gz", "scan_quality.json"]  # fmt: skip
     maps = {k: np.asarray(nib.load(tmp_path / "out" / f"scan_{k}.nii.gz").dataobj)
             for k in ("uncertainty", "aleatoric", "epistemic")}  # fmt: skip
     assert all(m.shape == _ball().shape and m.dtype == np.float32 for m in maps.values())
