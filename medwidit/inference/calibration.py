@@ -84,6 +84,7 @@ __all__ = [
     "check_calibration",
     "check_warn_dice",
     "fit_calibration",
+    "missing_evidence",
 ]
 
 
@@ -162,13 +163,33 @@ def calibrated_dice(features: Mapping[str, float], calibration: Mapping) -> floa
     return float(min(1.0, math.exp(min(value, 0.0)))) if math.isfinite(value) else 0.0
 
 
+def missing_evidence(quality: Mapping, calibration: Mapping) -> list[str]:
+    """The features ``calibration`` weighs that ``quality`` holds no evidence for, where reading them as 0 would pass
+    for perfect evidence: ``log_atlas_dice`` without the atlas prior's ``template_dice`` (the prior off, or the
+    template not registered). A calibration made mostly of it (the brain bundle's, 0.7.1) would otherwise predict a
+    Dice near 1 for any case."""
+    atlas = quality.get("atlas_prior") or {}
+    return [name for name in calibration["weights"] if name == "log_atlas_dice" and atlas.get("template_dice") is None]
+
+
 def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:
     """A quality report whose ``predicted_dice`` of every foreground class is the calibrated estimate (and
     ``min_predicted_dice`` with it); the ensemble's own figures move to ``ensemble_dice``, the calibration and
-    each class's features to ``calibration``; the report unchanged where ``calibration`` is None."""
+    each class's features to ``calibration``; the report unchanged where ``calibration`` is None. Where the report
+    lacks evidence the calibration needs (:func:`missing_evidence`) the ensemble's own figures stay, and
+    ``calibration`` says which: ``{"skipped": [features]}``."""
     if calibration is None:
         return quality
     own = dict(quality.get("ensemble_dice") or quality["predicted_dice"])  # applied twice: the same report
+    missing = missing_evidence(quality, calibration)
+    if missing:
+        foreground = [v for k, v in own.items() if k != "0"]
+        return {
+            **quality,
+            "predicted_dice": own,
+            "min_predicted_dice": min(foreground) if foreground else own["0"],
+            "calibration": {"skipped": missing},
+        }
     features = {k: case_features({**quality, "ensemble_dice": own}, k) for k in own if k != "0"}
     predicted = {k: (calibrated_dice(features[k], calibration) if k in features else v) for k, v in own.items()}
     foreground = [v for k, v in predicted.items() if k != "0"]

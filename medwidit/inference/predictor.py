@@ -29,7 +29,14 @@ from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, template_dice
-from .calibration import apply_calibration, bundle_calibration, bundle_warn_dice, check_calibration, check_warn_dice
+from .calibration import (
+    apply_calibration,
+    bundle_calibration,
+    bundle_warn_dice,
+    check_calibration,
+    check_warn_dice,
+    missing_evidence,
+)
 from .files import CaseResult, predict_from_files
 from .io import ImageGeometry, InputError, one_line, read_input, to_nibabel
 from .localize import (
@@ -399,9 +406,15 @@ class Predictor:
             except ValueError as e:
                 raise InputError(str(e)) from e
         try:  # a caller's own (None: the ensemble's estimate; no warning line) replaces the bundle's
-            if "quality_calibration" not in options:
+            own = "quality_calibration" in options
+            if not own:
                 predictor.quality_calibration = bundle_calibration(bundle_dir)
-            if "warn_dice" not in options and "quality_calibration" not in options:  # the bundle's is for its own
+            calibration = predictor.quality_calibration
+            if not own and calibration and predictor.atlas_prior is None and missing_evidence({}, calibration):
+                message = "the bundle's quality_calibration reads the atlas prior's template_dice: without the prior"
+                logger.info("%s, the ensemble's own Dice estimate and warn_dice %s", message, predictor.warn_dice)
+                predictor.quality_calibration, own = None, True  # as --no-calibration
+            if "warn_dice" not in options and not own:  # the bundle's is for its own calibration
                 predictor.warn_dice = bundle_warn_dice(bundle_dir, predictor.warn_dice)
         except ValueError as e:
             raise InputError(str(e)) from e

@@ -276,3 +276,42 @@ def test_turning_the_calibration_off_also_leaves_its_threshold(tmp_path):
         assert ("ensemble_dice" in quality) == calibrated == (record["quality_calibration"] is not None)
         shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())["warn_dice"]
         assert record["warn_dice"] == (shipped if calibrated else DEFAULT_WARN_DICE)
+
+
+def test_a_calibration_that_reads_the_template_dice_is_not_applied_without_it():
+    """Read as 0 ("no evidence"), a missing template Dice would pass for perfect agreement: the shipped calibration,
+    made mostly of it, then predicted about 0.99 for an ensemble estimate of 0.80 and its warn_dice 0.84 never fired.
+    Without it the report keeps the ensemble's own estimate and says why."""
+    calibration = check_calibration({"intercept": 0.0, "weights": {"log_ensemble_dice": 0.05, "log_atlas_dice": 1.0}})
+    atlas = {"margin_mm": 5.0, "min_kept": 0.5, "kept": 0.9, "applied": True}
+    for entry in (None, {**atlas, "kept": None, "template_dice": None, "applied": False}):  # off; not registered
+        report = apply_calibration({**_quality(predicted=0.8), "atlas_prior": entry}, calibration)
+        assert report["predicted_dice"]["1"] == report["min_predicted_dice"] == pytest.approx(0.8)
+        assert report["calibration"] == {"skipped": ["log_atlas_dice"]}
+    held = apply_calibration({**_quality(predicted=0.8), "atlas_prior": {**atlas, "template_dice": 0.6}}, calibration)
+    assert held["predicted_dice"]["1"] == pytest.approx(0.8**0.05 * 0.6) and held["ensemble_dice"]["1"] == 0.8
+
+
+def test_without_the_atlas_prior_the_bundle_falls_back_to_the_ensembles_estimate_and_threshold(tmp_path):
+    """``--no-atlas-prior`` (``from_bundle(atlas_prior=None)``) takes away the evidence the shipped calibration reads:
+    the predictor then reports the ensemble's own estimate with its threshold, as ``--no-calibration`` does, and the
+    run record says so; a caller's own calibration or threshold still wins."""
+    from medwidit.cli import main
+
+    bare = Predictor.from_bundle(device="cpu", weight_sets=1, atlas_prior=None)
+    assert bare.quality_calibration is None and bare.warn_dice == DEFAULT_WARN_DICE
+    assert Predictor.from_bundle(device="cpu", weight_sets=1, atlas_prior=None, warn_dice=0.7).warn_dice == 0.7
+    own = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0}}
+    kept = Predictor.from_bundle(device="cpu", weight_sets=1, atlas_prior=None, quality_calibration=own)
+    assert kept.quality_calibration == check_calibration(own)
+    shipped = Predictor.from_bundle(device="cpu", weight_sets=1)
+    assert "log_atlas_dice" in shipped.quality_calibration["weights"] and shipped.warn_dice < DEFAULT_WARN_DICE
+    source = save_nifti(
+        tmp_path / "scan.nii.gz", np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3), affine=np.eye(4) * 2
+    )
+    args = ["segment", "-i", str(source), "-o", str(tmp_path / "out"), "--steps", "1", "--samples", "1",
+            "--weight-sets", "1", "--quiet", "--device", "cpu", "--save-quality", "--no-atlas-prior"]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((tmp_path / "out" / "medwidit_run.json").read_text())["sampling"]
+    assert record["quality_calibration"] is None and record["warn_dice"] == DEFAULT_WARN_DICE
+    assert "ensemble_dice" not in json.loads((tmp_path / "out" / "scan_quality.json").read_text())
