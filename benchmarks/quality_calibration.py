@@ -16,12 +16,12 @@ subset, fitted and chosen whatever the product rule scores: a bundle's feature s
 volume and the localization's ``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false
 flags.
 
-``--reference BUNDLE`` scores that bundle's own ``quality_calibration`` on the same reports (fitted on other
-outputs, so held out from these) beside the chosen fit's leave-one-out estimates, on all cases and on each
-``--group NAME=PREFIX[,PREFIX...]`` (the cases whose name starts with one of them: a family whose truth a feature
-shares by construction is then judged apart), and states whether the chosen fit beats it everywhere: a lower MAE and
-a Spearman lower by at most ``--spearman-loss``. With ``--reference``, ``--write-bundle`` writes only a fit that
-beats it.
+``--reference BUNDLE`` scores that bundle's own ``quality_calibration`` on the same reports (held out from them
+where it was fitted on other outputs) beside the chosen fit's leave-one-out estimates, on all cases and on each
+``--group NAME=BASE[,BASE...]`` (the cases named BASE or BASE_<variant>, as ``generalisation.py`` names them: a
+family whose truth a feature shares by construction is then judged apart), and states whether the chosen fit beats it
+everywhere: a lower MAE and a Spearman lower by at most ``--spearman-loss``. With ``--reference``,
+``--write-bundle`` writes only a fit that beats it.
 
     python benchmarks/quality_calibration.py runs/validation.json --write-bundle bundles/brain_widit_segmentation
 
@@ -93,7 +93,7 @@ def leave_one_out(rows: list[dict], names: tuple[str, ...]) -> np.ndarray:
 def _group(text: str) -> tuple[str, tuple[str, ...]]:
     name, _, prefixes = text.partition("=")
     if not name or not prefixes or not all(prefixes.split(",")):
-        raise argparse.ArgumentTypeError(f"--group must be NAME=PREFIX[,PREFIX...], got {text!r}")
+        raise argparse.ArgumentTypeError(f"--group must be NAME=BASE[,BASE...], got {text!r}")
     return name, tuple(prefixes.split(","))
 
 
@@ -109,9 +109,10 @@ def against_reference(rows: list[dict], held_out: np.ndarray, args: argparse.Nam
     true = np.array([r["true"] for r in rows])
     groups = {"all": np.ones(len(rows), bool)}
     for name, prefixes in args.group:
-        groups[name] = np.array([r["case"].startswith(prefixes) for r in rows])
+        groups[name] = np.array([r["case"] in prefixes or r["case"].startswith(tuple(f"{p}_" for p in prefixes))
+                                 for r in rows])  # fmt: skip
         if groups[name].sum() < 3:
-            raise SystemExit(f"--group {name}: {int(groups[name].sum())} case(s) start with {list(prefixes)}")
+            raise SystemExit(f"--group {name}: {int(groups[name].sum())} case(s) of {list(prefixes)}")
     out = {"bundle": str(args.reference), "calibration": reference, "groups": {}}
     for name, keep in groups.items():
         ours, ref = scores(held_out[keep], true[keep], args.low_dice), scores(theirs[keep], true[keep], args.low_dice)
@@ -143,8 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="append",
         default=[],
         type=_group,
-        metavar="NAME=PREFIX[,PREFIX...]",
-        help="also score the cases whose name starts with one of these prefixes (repeatable)",
+        metavar="NAME=BASE[,BASE...]",
+        help="also score the cases named BASE or BASE_<variant> (repeatable)",
     )
     parser.add_argument("--spearman-loss", type=float, default=0.02, help="the Spearman the chosen fit may lose")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_calibration.json")

@@ -30,20 +30,15 @@ from medwidit.inference.options import resolve_bundle
 
 
 def register(image: np.ndarray, affine: np.ndarray, truth: np.ndarray, spec: dict, raw: bool) -> dict:
-    """Dice with ``truth``, volume and CPU seconds of the template's mask registered to ``image``; ``raw``: without
-    the ranks (``atlas._ranks`` as the identity for this call)."""
-    ranks = atlas._ranks
-    if raw:
-        atlas._ranks = lambda image: image
+    """Dice with ``truth``, volume and CPU seconds of the template's mask registered to ``image``; ``raw``: on the
+    intensities, not their ranks (``atlas.atlas_mask(ranked=False)``)."""
     start = time.process_time()
     try:
-        mask = atlas.atlas_mask(image, affine, spec)
+        mask = atlas.atlas_mask(image, affine, spec, ranked=not raw)
     except RuntimeError as e:  # SimpleITK's: the field of view too small to register
         return {"dice": None, "volume_ml": None, "cpu_seconds": time.process_time() - start, "error": str(e)[-200:]}
-    finally:
-        atlas._ranks = ranks
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    dice = 2.0 * float((mask & truth).sum()) / max(float(mask.sum() + truth.sum()), 1.0)
+    dice = atlas.template_dice(truth, mask)
     return {"dice": dice, "volume_ml": float(mask.sum()) * voxel_ml, "cpu_seconds": time.process_time() - start}
 
 

@@ -286,7 +286,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         localized = out.get("localization") or {}
         atlas = out.get("atlas_prior")  # with this ensemble's written labels' agreement with the template
         if fit is not None:
-            atlas = {**atlas, "template_dice": template_dice(written, fit.mask)}
+            atlas = predictor.atlas_entry(atlas["kept"], atlas["applied"], template_dice(written, fit.mask))
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
             weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"), image=image[None],

@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
         head = torch.from_numpy(head_mask(np.asarray(clean.dataobj, np.float32)))  # the clean scan's head
         wrong = torch.from_numpy((result.label_map > 0) != truth)[head]
         maps = {"total": result.entropy, "epistemic": result.epistemic, "disagreement": result.disagreement}
-        maps["total_and_disagreement"] = result.entropy / np.log(predictor.num_classes) + result.disagreement
+        maps["total_and_disagreement"] = result.error_score  # <case>_error_score
         found = result.label_map > 0
         spacing = [float(z) for z in image.header.get_zooms()[:3]]
         maps["total_smoothed"] = ndimage.gaussian_filter(result.entropy, [SMOOTH_MM / z for z in spacing])

@@ -133,11 +133,12 @@ def sitk_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     return image
 
 
-def _coarse(image: sitk.Image) -> sitk.Image:
-    """Smoothed, shrunk to about ``REGISTRATION_MM`` voxels and ranked (:func:`_ranks`): the registration's working
-    images."""
+def _coarse(image: sitk.Image, ranked: bool = True) -> sitk.Image:
+    """Smoothed, shrunk to about ``REGISTRATION_MM`` voxels and (``ranked``) ranked (:func:`_ranks`): the
+    registration's working images."""
     factors = [max(1, round(REGISTRATION_MM / s)) for s in image.GetSpacing()]
-    return _ranks(sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, REGISTRATION_MM / 2.5), factors))
+    coarse = sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, REGISTRATION_MM / 2.5), factors)
+    return _ranks(coarse) if ranked else coarse
 
 
 def _ranks(image: sitk.Image) -> sitk.Image:
@@ -172,20 +173,21 @@ def _registration(initial: sitk.Transform) -> sitk.ImageRegistrationMethod:
     return method
 
 
-def register_template(case: sitk.Image, template: sitk.Image) -> sitk.Transform:
+def register_template(case: sitk.Image, template: sitk.Image, ranked: bool = True) -> sitk.Transform:
     """The affine transform that carries ``case``'s world points to ``template``'s (ITK's resampling direction):
-    a similarity (rotation, translation, one scale) from the images' centres, then an affine from it. SimpleITK's
-    global thread count is 1 while it runs, and restored after, whatever happens."""
+    a similarity (rotation, translation, one scale) from the images' centres, then an affine from it, on the images'
+    ranks (``ranked`` False: their intensities, the registration of 0.7.0-0.7.1, which ``benchmarks/registration.py
+    --raw`` scores). SimpleITK's global thread count is 1 while it runs, and restored after, whatever happens."""
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # threads sum in any order, and the optimizer amplifies that
     try:
-        return _register(sitk.Cast(case, sitk.sitkFloat32), sitk.Cast(template, sitk.sitkFloat32))
+        return _register(sitk.Cast(case, sitk.sitkFloat32), sitk.Cast(template, sitk.sitkFloat32), ranked)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _register(case: sitk.Image, template: sitk.Image) -> sitk.Transform:
-    fixed, moving = _coarse(case), _coarse(template)
+def _register(case: sitk.Image, template: sitk.Image, ranked: bool = True) -> sitk.Transform:
+    fixed, moving = _coarse(case, ranked), _coarse(template, ranked)
     similarity = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
@@ -206,14 +208,14 @@ def _single(transform: sitk.Transform) -> sitk.Transform:
     return transform
 
 
-def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> np.ndarray:
+def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: bool = True) -> np.ndarray:
     """The template's structure (its label > 0) registered onto a case, as bool on the case's grid (the first
     channel of a (C, *S) ``image``, or a 3D ``image``, on the grid of the RAS ``affine``). ``spec``: a checked
-    ``atlas_prior``."""
+    ``atlas_prior``; ``ranked``: :func:`register_template`'s."""
     image = np.asarray(image)
     case = sitk_image(image[0] if image.ndim == 4 else image, affine)
     template, label = _load(spec["image"]), sitk.Cast(_load(spec["label"]) > 0, sitk.sitkFloat32)
-    transform = register_template(case, template)
+    transform = register_template(case, template, ranked)
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
 

@@ -44,7 +44,8 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
                            (``atlas_prior.kept``), at least its ``min_kept``; 0 without a prior or where the template
                            did not register (no evidence)
     log_atlas_dice         log of ``atlas_prior.template_dice``: the Dice of the written foreground with the
-                           registered template's mask (``atlas.template_dice``), an answer that shares none of the
+                           registered template's mask (``atlas.template_dice``; the foreground as a whole, so every
+                           foreground class reads the same figure), an answer that shares none of the
                            network's failure modes (a contrast it never saw, a coil field that hides brain from every
                            member alike); 0 without a prior or where the template did not register (no evidence)
 

@@ -105,7 +105,8 @@ def predict_from_files(
     ``save_statistics`` adds ``<case>_statistics.json``: voxels and volume (mL) per class of the written label map
     (``Segmentation.statistics``);
     ``save_uncertainty`` writes the total entropy (``_uncertainty``), its ``_aleatoric`` and ``_epistemic``
-    parts and the localization pass's ``_disagreement`` (0 without the pass). ``augment`` N > 1: N test-time
+    parts, the localization pass's ``_disagreement`` (0 without the pass) and ``_error_score`` (the entropy
+    normalised by ln K plus the disagreement). ``augment`` N > 1: N test-time
     views per case, ``weight_sets`` N > 1: N sets of weights (``Predictor.segment``). A case whose predicted Dice
     of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
     line at all) gets a warning line.
@@ -242,7 +243,8 @@ def _write_case(predictor: Predictor, case: Case, plan: CasePlan, kinds, result:
     arrays.update(aleatoric=result.aleatoric, epistemic=result.epistemic)
     nothing = np.zeros_like(result.entropy)  # no localization pass: no disagreement, as one group has no epistemic
     arrays["disagreement"] = nothing if result.disagreement is None else result.disagreement
-    arrays["error_score"] = result.error_score
+    if "error_score" in kinds:  # computed, not stored: only where it is written
+        arrays["error_score"] = result.error_score
     writes = {}
     for kind in kinds:
         path = output_path(case, plan.state_dir.parent, kind)

@@ -196,8 +196,8 @@ def kept_warning(localized: Mapping | None) -> str | None:
 
 
 def error_score(entropy: np.ndarray, disagreement: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """How likely each voxel's label is wrong, one map: the total predictive entropy in bits of ``num_classes``
-    (``entropy / ln K``, in [0, 1]) plus :func:`scale_disagreement` (0 without the localization pass), in [0, 2]
+    """How likely each voxel's label is wrong, one map: the total predictive entropy over ln ``num_classes`` (in
+    [0, 1]; bits for two classes) plus :func:`scale_disagreement` (0 without the localization pass), in [0, 2]
     -> (*S) float32. The entropy sees where the members disagree, the disagreement where the two grids do; their sum
     ranked wrong voxels inside the head best of the written maps and their smoothed or learned combinations on the
     validation scans (``benchmarks/validation_maps.py``, ``benchmarks/error_map.py``; README, "Uncertainty")."""

@@ -14,7 +14,7 @@ write are removed before the new marker.
 
 A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
 ``<case>_epistemic`` (the parts of the entropy), ``<case>_disagreement`` (the localization pass against the full
-one) and ``<case>_error_score`` (the entropy in bits plus the disagreement), with ``--save-uncertainty``;
+one) and ``<case>_error_score`` (the entropy over ln K plus the disagreement), with ``--save-uncertainty``;
 ``<case>_quality.json`` and ``<case>_statistics.json``.
 """
 
@@ -97,7 +97,7 @@ def input_files(path: str | os.PathLike) -> list[Path]:
 
 def output_path(case, output_dir: str | os.PathLike, kind: str) -> Path:
     """Where output ``kind`` of ``case`` (a ``cases.Case``) goes: ``case.output_path``'s kinds, the further maps
-    (``aleatoric``, ``epistemic``, ``disagreement``: images in the case's format), ``quality``
+    (``aleatoric``, ``epistemic``, ``disagreement``, ``error_score``: images in the case's format), ``quality``
     (``<case>_quality.json``) and ``statistics`` (``<case>_statistics.json``)."""
     if kind in JSON_SUFFIXES:
         return Path(output_dir) / f"{case.name}{JSON_SUFFIXES[kind]}"

@@ -132,7 +132,7 @@ class Segmentation:
 
     @property
     def error_score(self) -> np.ndarray:
-        """(*S) float32 in [0, 2]: the entropy in bits plus the disagreement (``localize.error_score``), as
+        """(*S) float32 in [0, 2]: the entropy over ln K plus the disagreement (``localize.error_score``), as
         ``<case>_error_score``."""
         return error_score(self.entropy, self.disagreement, self.num_classes)
 
@@ -712,8 +712,9 @@ class Predictor:
         the ensemble's own Dice estimate per class (and ``boundary_overlap`` with ``image``, the case (C, *S) on the
         labels' grid), the localization entry (its settings, the share ``kept`` and
         whether the region was ``applied``; None where no region was cut or offered), the ``atlas_prior`` entry
-        (``atlas``: its margin, ``min_kept``, ``kept`` and ``applied``; None without one), then
-        ``quality_calibration``.
+        (``atlas``: its margin, ``min_kept``, ``kept``, ``template_dice`` and ``applied``; None without one), then
+        ``quality_calibration`` (not applied where the report lacks the evidence it reads:
+        ``calibration.missing_evidence``).
         ``benchmarks/trust.py`` scores the same report."""
         quality = quality_report(
             label_map, affine, ensemble_dice, maps, views=views, num_samples=num_samples, weight_sets=weight_sets,

@@ -397,7 +397,7 @@ def sample_ensemble(
     view's members share their first k steps (``DiffusionSegmenter.sample``). ``region`` (B, 1, *S) bool: every
     member is background outside it (``localize.restrict_to_region``) before anything is summarised, unless the region
     holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share and
-    ``"region_applied"`` (B,) whether the region cut. ``prior`` (B, 1, *S) bool (``atlas.atlas_region``): a second
+    ``"region_applied"`` (B,) whether the region cut. ``prior`` (B, 1, *S) bool (``atlas.fit_atlas``'s region): a second
     region cut after ``region`` in the same way, with ``prior_min_kept``, ``"prior_kept"`` and ``"prior_applied"``.
 
     ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each

@@ -125,11 +125,14 @@ def test_a_fit_is_judged_against_a_reference_bundle_on_all_cases_and_each_group_
     config = json.loads((exact / "configs" / "inference.json").read_text())
     truth = {"intercept": math.log(0.95), "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.5}}  # _rows's model
     (exact / "configs" / "inference.json").write_text(json.dumps({**config, "quality_calibration": truth}))
-    before = (shipped / "configs" / "inference.json").read_text()
-
     group = ["--group", "first=case2,case3,case4"]
-    won = script.main([str(results), "--output", str(tmp_path / "a.json"), "--reference", str(shipped), *group])
+    won = script.main([str(results), "--output", str(tmp_path / "a.json"), "--reference", str(shipped),
+                       "--write-bundle", str(shipped), *group])  # fmt: skip
     assert won["reference"]["beats"] and set(won["reference"]["groups"]) == {"all", "first"}
+    written = json.loads((shipped / "configs" / "inference.json").read_text())
+    assert written["quality_calibration"] == won["chosen"]["calibration"]  # it beat the bundle's own: written
+    assert written["warn_dice"] == won["chosen"]["warning_line"]["warn_dice"]
+    before = (shipped / "configs" / "inference.json").read_text()
     assert won["reference"]["groups"]["first"]["cases"] == 3 and won["reference"]["groups"]["all"]["cases"] == 12
     assert "| first | 3 |" in won["markdown"]
 
@@ -141,8 +144,8 @@ def test_a_fit_is_judged_against_a_reference_bundle_on_all_cases_and_each_group_
                  "--write-bundle", str(shipped)])  # fmt: skip
     assert (shipped / "configs" / "inference.json").read_text() == before  # the exact reference cannot be beaten
 
-    with pytest.raises(SystemExit, match=r"--group none: 0 case\(s\) start with \['x'\]"):
+    with pytest.raises(SystemExit, match=r"--group none: 0 case\(s\) of \['case'\]"):  # not a prefix of case2
         script.main([str(results), "--output", str(tmp_path / "d.json"), "--reference", str(shipped),
-                     "--group", "none=x"])  # fmt: skip
+                     "--group", "none=case"])  # fmt: skip
     with pytest.raises(SystemExit):  # argparse's usage error: NAME=PREFIX
         script.main([str(results), "--group", "first"])

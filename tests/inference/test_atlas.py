@@ -125,6 +125,19 @@ def test_the_registered_template_mask_lands_on_the_moved_brain_whatever_the_cont
     # draw: a case registers the same way every time
 
 
+def test_ranks_share_ties_span_zero_to_one_and_keep_the_images_geometry():
+    import medwidit.inference.atlas as atlas
+
+    image = sitk.GetImageFromArray(np.array([[[0.0, 0.0, 5.0, 2.0]]], np.float32))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    image.SetOrigin((1.0, 2.0, 3.0))
+    ranked = atlas._ranks(image)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(ranked).ravel(), [1 / 6, 1 / 6, 1.0, 2 / 3])  # ties: mean rank
+    assert ranked.GetSpacing() == image.GetSpacing() and ranked.GetOrigin() == image.GetOrigin()
+    one = sitk.GetImageFromArray(np.ones((1, 1, 1), np.float32))
+    assert sitk.GetArrayFromImage(atlas._ranks(one)).ravel().tolist() == [0.0]
+
+
 def test_the_registration_holds_under_a_strong_coil_field(tmp_path):
     """A multiplicative field that spans a factor 40 across the brain (MONAI's RandBiasField, coefficient 1.2): on raw
     intensities Mattes's equal-width bins crowd the head into a few of them and the mask slid off (Dice 0.913 on this
@@ -376,7 +389,7 @@ def test_the_prior_cuts_where_it_lies_in_the_world_on_an_oblique_grid_resampled_
 def test_simpleitks_thread_count_is_restored_even_when_the_registration_fails(monkeypatch):
     import medwidit.inference.atlas as atlas
 
-    def fail(case, template):
+    def fail(case, template, ranked=True):
         assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
         raise RuntimeError("no")
 
