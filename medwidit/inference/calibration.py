@@ -47,7 +47,9 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
                            registered template's mask (``atlas.template_dice``; the foreground as a whole, so every
                            foreground class reads the same figure), an answer that shares none of the
                            network's failure modes (a contrast it never saw, a coil field that hides brain from every
-                           member alike); 0 without a prior or where the template did not register (no evidence)
+                           member alike); 0 without a prior or where the template did not register, and a calibration
+                           that weighs it is then not applied (:func:`missing_evidence`: 0 here would read as
+                           perfect agreement)
 
 The background class keeps the ensemble's own figure.
 """
