@@ -61,12 +61,18 @@ def load_rows(paths: list[Path]) -> list[dict]:
                 kept_warning(quality.get("localization")) or atlas_warning(quality.get("atlas_prior"))
             )  # the rest of the CLI's warning line: a volume outside its range, an empty class, a region held little,
             # an atlas prior that did not register or was not applied
+            no_dice = (quality.get("atlas_prior") or {}).get("template_dice") is None
             rows.append(
                 {"case": row["case"], "true": float(row["dice"]), "features": case_features(quality, CLASS),
-                 "other_flag": other}
+                 "other_flag": other, "no_template_dice": no_dice}
             )  # fmt: skip
     if len(rows) < 5:
         raise SystemExit(f"{len(rows)} validation case(s) with a quality report in {paths}: need at least 5.")
+    without = [r["case"] for r in rows if r["no_template_dice"]]
+    if without and len(without) < len(rows):  # log_atlas_dice 0 would read as perfect agreement for those
+        raise SystemExit(f"{len(without)} of {len(rows)} validation cases have no atlas_prior.template_dice "
+                         f"({', '.join(without[:5])}): the predictor would not calibrate them; rerun them or leave "
+                         "them out")  # fmt: skip
     return rows
 
 

@@ -539,25 +539,31 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.rescore is not None:
-        return rescore(args)
-    if args.quick:
-        args.steps, args.samples, args.shared_steps, args.views = 1, 1, 0, 2
+def build_predictor(args: argparse.Namespace) -> Predictor:
+    """The bundle's predictor as ``medwidit segment`` builds it with the same flags (``--extra-weights``,
+    ``--bias-correction``, ``--view-options``, ``--no-localize``, ``--no-atlas-prior``)."""
     extra = {} if args.extra_weights is None else {"extra_checkpoints": args.extra_weights}
     sets = None if args.extra_weights is None else 1 + len(args.extra_weights)  # --extra-weights with none: 1 set
     if args.bias_correction is not None:
         extra["bias_correction"] = args.bias_correction
     if args.view_options is not None:
         extra["view_options"] = args.view_options
-    predictor = Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
+    if args.no_localize:
+        extra["localization"] = None
+    if args.no_atlas_prior:  # as medwidit segment --no-atlas-prior: a calibration that reads it goes with it
+        extra["atlas_prior"] = None
+    return Predictor.from_bundle(args.bundle, device="cpu", weight_sets=sets, **extra)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.rescore is not None:
+        return rescore(args)
+    if args.quick:
+        args.steps, args.samples, args.shared_steps, args.views = 1, 1, 0, 2
+    predictor = build_predictor(args)
     args.view_options = predictor.view_options  # recorded as used
     resolve_sampling(args, predictor)
-    if args.no_localize:
-        predictor.localization = None
-    if args.no_atlas_prior:
-        predictor.atlas_prior = None
     args.localization = predictor.localization  # recorded as used
     args.quality_calibration = predictor.quality_calibration
     args.bundle_warn_dice = predictor.warn_dice  # the warning line's threshold on the calibrated estimate

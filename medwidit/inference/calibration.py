@@ -70,6 +70,9 @@ FEATURES = (
     "log_atlas_kept", "log_atlas_dice",
 )  # fmt: skip
 PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
+# the warning threshold for the ensemble's own estimate (no calibration, or one skipped for missing evidence):
+# benchmarks/trust.py, README
+ENSEMBLE_WARN_DICE = 0.955
 MIN_DICE = 1e-3  # log_ensemble_dice's floor: an ensemble estimate of 0 (members that never agree) stays finite
 MAX_VOLUME_OUTSIDE = math.log(1e3)  # an empty class lies "infinitely" far below its range: capped at a factor 1000
 # the boundary overlap above which a class's edge counts as unsupported; chosen with the shells' depth on the 48
@@ -77,6 +80,7 @@ MAX_VOLUME_OUTSIDE = math.log(1e3)  # an empty class lies "infinitely" far below
 BOUNDARY_KNEE = 0.8
 
 __all__ = [
+    "ENSEMBLE_WARN_DICE",
     "FEATURES",
     "PRODUCT_RULE",
     "apply_calibration",
@@ -173,6 +177,14 @@ def missing_evidence(quality: Mapping, calibration: Mapping) -> list[str]:
     Dice near 1 for any case."""
     atlas = quality.get("atlas_prior") or {}
     return [name for name in calibration["weights"] if name == "log_atlas_dice" and atlas.get("template_dice") is None]
+
+
+def case_warn_dice(quality: Mapping | None, warn_dice: float | None) -> float | None:
+    """The threshold a case's predicted Dice is judged by, given the predictor's ``warn_dice`` (chosen for its
+    calibrated estimate): ``ENSEMBLE_WARN_DICE`` where the report's calibration was skipped (:func:`apply_calibration`:
+    the ensemble's own estimate, which stays near 1, at the calibration's threshold would never warn); None: none."""
+    skipped = ((quality or {}).get("calibration") or {}).get("skipped")
+    return ENSEMBLE_WARN_DICE if warn_dice is not None and skipped else warn_dice
 
 
 def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:

@@ -22,7 +22,7 @@ import torch
 from medwidit.utils import check_bool, check_int
 
 from .atlas import atlas_warning
-from .calibration import check_warn_dice
+from .calibration import case_warn_dice, check_warn_dice
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .figure import save_overlay_figure
 from .io import InputError, OutputError, OutputImage, check_output_dir, one_line, read_image, save_image, to_nibabel
@@ -108,8 +108,9 @@ def predict_from_files(
     parts, the localization pass's ``_disagreement`` (0 without the pass) and ``_error_score`` (the entropy
     normalised by ln K plus the disagreement). ``augment`` N > 1: N test-time
     views per case, ``weight_sets`` N > 1: N sets of weights (``Predictor.segment``). A case whose predicted Dice
-    of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``; 0 or None: no warning
-    line at all) gets a warning line.
+    of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``, or where the case's
+    calibration was skipped for missing evidence ``calibration.ENSEMBLE_WARN_DICE``; 0 or None: no warning line at
+    all) gets a warning line.
     ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
     ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
     share the work and each writes only its own cases; the plan is still checked over every case.
@@ -136,7 +137,8 @@ def predict_from_files(
     weight_sets = len(predictor.select_weights(weight_sets))
     if isinstance(warn_dice, str) and warn_dice != "predictor":
         raise ValueError(f"warn_dice must be a number in [0, 1], None or 'predictor', got {warn_dice!r}.")
-    warn_dice = predictor.warn_dice if warn_dice == "predictor" else check_warn_dice(warn_dice)
+    own_threshold = warn_dice == "predictor"  # then a case whose calibration was skipped is judged as uncalibrated
+    warn_dice = predictor.warn_dice if own_threshold else check_warn_dice(warn_dice)
     check_int("num_parts", num_parts)
     check_int("part_id", part_id, low=0, high=num_parts - 1, hint=f" (num_parts={num_parts})")
     output_dir = check_output_dir(output_dir)
@@ -181,7 +183,7 @@ def predict_from_files(
                 },
                 seed,
             )
-            _warn_case(result, warn_dice)
+            _warn_case(result, case_warn_dice(result.quality, warn_dice) if own_threshold else warn_dice)
         except KeyboardInterrupt:
             done = sum(r.status == "done" for r in results)
             logger.error(

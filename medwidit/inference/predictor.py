@@ -30,6 +30,7 @@ from medwidit.utils import check_bool, check_int
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, template_dice
 from .calibration import (
+    ENSEMBLE_WARN_DICE,
     apply_calibration,
     bundle_calibration,
     bundle_warn_dice,
@@ -89,7 +90,7 @@ __all__ = ["CaseResult", "Predictor", "Segmentation", "segment"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROI = 96
-DEFAULT_WARN_DICE = 0.955  # a foreground class predicted below this gets a warning line: benchmarks/trust.py, README
+DEFAULT_WARN_DICE = ENSEMBLE_WARN_DICE  # a foreground class predicted below it gets a warning line
 
 
 @dataclass

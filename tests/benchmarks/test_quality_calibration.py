@@ -149,3 +149,19 @@ def test_a_fit_is_judged_against_a_reference_bundle_on_all_cases_and_each_group_
                      "--group", "none=case"])  # fmt: skip
     with pytest.raises(SystemExit):  # argparse's usage error: NAME=PREFIX
         script.main([str(results), "--group", "first"])
+
+
+def test_reports_with_and_without_the_template_dice_are_not_fitted_together(tmp_path):
+    """A report without ``atlas_prior.template_dice`` reads log_atlas_dice 0, perfect agreement, where the predictor
+    would not calibrate it at all (``calibration.missing_evidence``): mixed with reports that have it, the fit would
+    learn from a figure the product never uses. All without it (reports before 0.7.1) is fine: the feature is constant
+    and left out."""
+    script = load_benchmark("quality_calibration")
+    rows = _rows()
+    atlas = {"margin_mm": 5.0, "min_kept": 0.5, "kept": 0.9, "applied": True}
+    for i, row in enumerate(r for r in rows if r.get("quality")):
+        row["quality"]["atlas_prior"] = {**atlas, "template_dice": None if i == 3 else 0.9}
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": rows}))
+    with pytest.raises(SystemExit, match=r"1 of 12 validation cases have no atlas_prior.template_dice \(case3\)"):
+        script.main([str(results), "--output", str(tmp_path / "q.json")])

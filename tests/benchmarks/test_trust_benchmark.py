@@ -215,3 +215,16 @@ def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor
         "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
     }  # fmt: skip
     assert trust._kept_flag(scored)  # the warning line names it
+
+
+def test_no_atlas_prior_builds_the_predictor_the_cli_builds_without_the_calibration_that_reads_it(trust):
+    """``trust.py --no-atlas-prior`` set the predictor's prior to None after ``from_bundle``: it kept the bundle's
+    calibration (then skipped case by case) and its warn_dice 0.84, so the summary judged the ensemble's own estimate
+    at the calibration's threshold. It now builds what ``medwidit segment --no-atlas-prior`` builds."""
+    from medwidit.inference.calibration import ENSEMBLE_WARN_DICE
+
+    off = trust.build_predictor(trust.parse_args(["--no-atlas-prior", "--no-localize"]))
+    assert off.atlas_prior is None and off.localization is None
+    assert off.quality_calibration is None and off.warn_dice == ENSEMBLE_WARN_DICE
+    on = trust.build_predictor(trust.parse_args([]))
+    assert on.atlas_prior is not None and "log_atlas_dice" in on.quality_calibration["weights"]

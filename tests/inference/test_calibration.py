@@ -315,3 +315,27 @@ def test_without_the_atlas_prior_the_bundle_falls_back_to_the_ensembles_estimate
     record = json.loads((tmp_path / "out" / "medwidit_run.json").read_text())["sampling"]
     assert record["quality_calibration"] is None and record["warn_dice"] == DEFAULT_WARN_DICE
     assert "ensemble_dice" not in json.loads((tmp_path / "out" / "scan_quality.json").read_text())
+
+
+def test_a_case_whose_calibration_was_skipped_is_judged_at_the_ensembles_threshold(tmp_path, monkeypatch):
+    """A predictor built with a calibration that reads the template Dice but no atlas prior (``monai.bundle run`` with
+    ``atlas_prior`` null passes the bundle's calibration and its warn_dice 0.84 straight to ``from_checkpoint``): each
+    case keeps the ensemble's own estimate, and the warning line judges it at ``ENSEMBLE_WARN_DICE``, not at the
+    calibration's 0.84, below which the ensemble's estimate never falls. A caller's own threshold still wins."""
+    import medwidit.inference.files as files
+    from medwidit.inference.calibration import ENSEMBLE_WARN_DICE, case_warn_dice
+
+    assert case_warn_dice({"calibration": {"skipped": ["log_atlas_dice"]}}, 0.84) == ENSEMBLE_WARN_DICE
+    assert case_warn_dice({"calibration": {"skipped": ["log_atlas_dice"]}}, None) is None  # warnings off stay off
+    assert case_warn_dice({"calibration": {"intercept": 0.0, "weights": {}}}, 0.84) == 0.84
+    assert case_warn_dice({}, 0.84) == 0.84 and case_warn_dice(None, 0.84) == 0.84
+    path = _ball(tmp_path)
+    calibration = {"intercept": 0.0, "weights": {"log_ensemble_dice": 0.05, "log_atlas_dice": 1.0}}
+    predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), preprocessing=PREPROCESSING,
+                          roi_size=16, device="cpu", quality_calibration=calibration, warn_dice=0.84)  # fmt: skip
+    judged = []
+    monkeypatch.setattr(files, "_warn_case", lambda result, warn_dice: judged.append(warn_dice))
+    (result,) = predictor.predict_from_files(path, tmp_path / "a", progress=False, **FAST)
+    predictor.predict_from_files(path, tmp_path / "b", progress=False, warn_dice=0.5, **FAST)
+    assert result.quality["calibration"] == {"skipped": ["log_atlas_dice"]}
+    assert judged == [ENSEMBLE_WARN_DICE, 0.5]
