@@ -39,9 +39,15 @@ import numpy as np
 from _report import ROOT, best_threshold, fmt, write_json  # benchmarks/ is on sys.path when a script runs
 from scipy import stats
 
-from medwidit.inference.atlas import atlas_warning
-from medwidit.inference.calibration import FEATURES, PRODUCT_RULE, calibrated_dice, case_features, fit_calibration
-from medwidit.inference.localize import kept_warning
+from medwidit.inference.calibration import (
+    FEATURES,
+    PRODUCT_RULE,
+    bundle_calibration,
+    calibrated_dice,
+    case_features,
+    fit_calibration,
+)
+from medwidit.inference.files import warning_causes
 from medwidit.utils import atomic_write
 
 CLASS = "1"  # the foreground class scored by generalisation.py (brain)
@@ -57,10 +63,7 @@ def load_rows(paths: list[Path]) -> list[dict]:
             if "volume_ml" not in row["quality"]:
                 raise SystemExit(f"{path}: case {row['case']} has no whole quality report (rerun generalisation.py)")
             quality = row["quality"]
-            other = bool(quality["unexpected_volumes"] or quality["empty_classes"]) or bool(
-                kept_warning(quality.get("localization")) or atlas_warning(quality.get("atlas_prior"))
-            )  # the rest of the CLI's warning line: a volume outside its range, an empty class, a region held little,
-            # an atlas prior that did not register or was not applied
+            other = bool(warning_causes(quality))  # the rest of the CLI's warning line
             no_dice = (quality.get("atlas_prior") or {}).get("template_dice") is None
             rows.append(
                 {"case": row["case"], "true": float(row["dice"]), "features": case_features(quality, CLASS),
@@ -106,8 +109,6 @@ def _group(text: str) -> tuple[str, tuple[str, ...]]:
 def against_reference(rows: list[dict], held_out: np.ndarray, args: argparse.Namespace) -> dict:
     """The reference bundle's calibration and the chosen fit's held-out estimates, scored on all cases and on each
     ``--group``; ``beats``: a lower MAE and a Spearman lower by at most ``--spearman-loss`` on every one."""
-    from medwidit.inference.calibration import bundle_calibration
-
     reference = bundle_calibration(args.reference)
     if reference is None:
         raise SystemExit(f"--reference {args.reference}: its inference.json has no quality_calibration")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,7 +43,7 @@ from .outputs import (
 if TYPE_CHECKING:
     from .predictor import Predictor, Segmentation
 
-__all__ = ["CaseResult", "predict_from_files"]
+__all__ = ["CaseResult", "predict_from_files", "warning_causes"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +268,22 @@ def _figure(case: Case, result: Segmentation, staged: Path) -> None:
     )
 
 
+def warning_causes(quality: Mapping) -> list[str]:
+    """What a case's warning line names besides a low predicted Dice, from its quality report: a class with no voxel,
+    a class volume outside the expected range, a localization region that held less than ``warn_kept``
+    (``localize.kept_warning``), an atlas prior that did not register or was not applied (``atlas.atlas_warning``).
+    ``benchmarks/quality_calibration.py`` counts the same causes when it chooses ``warn_dice``."""
+    empty = quality["empty_classes"]
+    causes = [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
+    causes += [
+        f"class {k} volume {v['volume_ml']:.0f} mL outside the expected {v['expected_ml'][0]:.0f}-"
+        f"{v['expected_ml'][1]:.0f} mL"
+        for k, v in quality.get("unexpected_volumes", {}).items()
+    ]
+    regions = (kept_warning(quality.get("localization")), atlas_warning(quality.get("atlas_prior")))
+    return causes + [text for text in regions if text]
+
+
 def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
     has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
@@ -275,20 +291,10 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     its ``min_kept`` (``atlas.atlas_warning``); ``warn_dice`` None: none."""
     if warn_dice is None or result.quality is None:
         return
-    dice, empty = result.quality["predicted_dice"], result.quality["empty_classes"]
+    dice = result.quality["predicted_dice"]
     low = [f"class {k} {v:.3f}" for k, v in dice.items() if k != "0" and v < warn_dice]
     shown = f"{warn_dice:.2f}" if round(warn_dice, 2) == warn_dice else f"{warn_dice:.3f}"  # 0.915 not as 0.92
-    problems = ([f"predicted Dice below {shown} ({', '.join(low)})"] if low else []) + (
-        [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
-    )
-    problems += [
-        f"class {k} volume {v['volume_ml']:.0f} mL outside the expected {v['expected_ml'][0]:.0f}-"
-        f"{v['expected_ml'][1]:.0f} mL"
-        for k, v in result.quality.get("unexpected_volumes", {}).items()
-    ]
-    disagree = kept_warning(result.quality.get("localization"))
-    problems += [disagree] if disagree else []
-    outside = atlas_warning(result.quality.get("atlas_prior"))
-    problems += [outside] if outside else []
+    problems = [f"predicted Dice below {shown} ({', '.join(low)})"] if low else []
+    problems += warning_causes(result.quality)
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))

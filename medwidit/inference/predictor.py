@@ -411,6 +411,7 @@ class Predictor:
             if not own:
                 predictor.quality_calibration = bundle_calibration(bundle_dir)
             calibration = predictor.quality_calibration
+            # what a report without an atlas prior lacks: the calibration reads evidence only the prior gives
             if not own and calibration and predictor.atlas_prior is None and missing_evidence({}, calibration):
                 message = "the bundle's quality_calibration reads the atlas prior's template_dice: without the prior"
                 logger.info("%s, the ensemble's own Dice estimate and warn_dice %s", message, predictor.warn_dice)
