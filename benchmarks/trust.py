@@ -229,17 +229,17 @@ def evaluate(predictor: Predictor, case, args) -> dict:
     # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region); like the region,
     # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
     fit, failed = predictor.register_prior(image, affine, name)
-    prior = None if fit is None else fit.region
-    bits = encode_regions(image.shape, region, prior)  # resampled beside the image as one label, as the predictor does
+    prior, core = (None, None) if fit is None else (fit.region, fit.core)
+    bits = encode_regions(image.shape, region, prior, core)  # resampled beside the image as one label, as predicted
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
     label = None if bits is None else "region"
     pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
     data = pre(inputs)
-    within = prior_within = None
+    within = prior_within = core_within = None
     if bits is not None:
-        within, prior_within = decode_regions(
-            data["region"].as_tensor()[None], region=region is not None, prior=prior is not None
+        within, prior_within, core_within = decode_regions(
+            data["region"].as_tensor()[None], region=region is not None, prior=prior is not None, core=core is not None
         )
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
@@ -249,6 +249,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         generator=torch.Generator().manual_seed(0), wrap_model_fn=predictor.wrap_model_fn, return_members=True,
         views=views, region=within, region_min_kept=0.0 if coarse is None else predictor.localization["min_kept"],
         prior=prior_within, prior_min_kept=0.0 if prior is None else predictor.atlas_prior["min_kept"],
+        core=core_within, core_label=1 if prior is None else predictor.atlas_prior["core_label"],
     )  # fmt: skip
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
@@ -260,13 +261,21 @@ def evaluate(predictor: Predictor, case, args) -> dict:
                                "applied": bool(run["region_applied"][0])}  # fmt: skip
     if prior is not None or failed:
         out["atlas_prior"] = predictor.atlas_entry(
-            None if failed else float(run["prior_kept"][0]), not failed and bool(run["prior_applied"][0])
+            None if failed else float(run["prior_kept"][0]),
+            not failed and bool(run["prior_applied"][0]),
+            filled=float(run["core_filled"][0]) if "core_filled" in run else None,
         )
     coarse_probability = coarse_labels = None
     if coarse is not None:  # cut where the members were: the disagreement and scale_dice compare like with like
         cut = bool(out.get("atlas_prior", {}).get("applied"))
-        coarse_probability = outside_to_background(coarse.probability, prior) if cut else coarse.probability
-        coarse_labels = torch.from_numpy(np.where(prior, coarse.label_map, 0) if cut else np.asarray(coarse.label_map))
+        coarse_probability = (
+            outside_to_background(coarse.probability, prior, core, predictor.atlas_prior["core_label"])
+            if cut else coarse.probability
+        )  # fmt: skip
+        coarse_labels = np.where(prior, coarse.label_map, 0) if cut else np.asarray(coarse.label_map)
+        if cut and core is not None:
+            coarse_labels = np.where(core, predictor.atlas_prior["core_label"], coarse_labels)
+        coarse_labels = torch.from_numpy(coarse_labels)
     weights = len(predictor.segmenters)
     for w, v in [(w, v) for w in sorted({1, weights}) for v in sorted({1, args.views})]:
         groups = [wi * args.views + vi for wi in range(w) for vi in range(v)]  # group-major, as sampled
@@ -286,7 +295,9 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         localized = out.get("localization") or {}
         atlas = out.get("atlas_prior")  # with this ensemble's written labels' agreement with the template
         if fit is not None:
-            atlas = predictor.atlas_entry(atlas["kept"], atlas["applied"], template_dice(written, fit.mask))
+            atlas = predictor.atlas_entry(
+                atlas["kept"], atlas["applied"], template_dice(written, fit.mask), atlas.get("core_filled")
+            )
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,
             weight_sets=w, kept=localized.get("kept"), applied=localized.get("applied"), image=image[None],

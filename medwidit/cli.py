@@ -111,6 +111,8 @@ def _segment(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
         predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
+    if args.no_atlas_core and predictor.atlas_prior is not None:  # the cut stays, the core goes
+        predictor.atlas_prior = {**predictor.atlas_prior, "core_mm": None}
     if args.augment_views is not None:  # the bundle's augment_views replaced, checked against the network's dims
         from medwidit.inference.trust import check_view_options
 

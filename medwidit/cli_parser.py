@@ -199,7 +199,15 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "--no-atlas-prior",
         action="store_true",
         help="skip the bundle's atlas prior (inference.json atlas_prior: a template head registered to the case, "
-        "foreground kept only near its brain; the shipped bundle's: MNI152 at 2 mm, 5 mm)",
+        "foreground kept only near its brain and its brain's core filled; the shipped bundle's: MNI152 at 2 mm, "
+        "within 2 mm, deeper than 1 mm)",
+    )
+    seg.add_argument(
+        "--no-atlas-core",
+        action="store_true",
+        help="keep the atlas prior's cut but not its core (inference.json atlas_prior core_mm: the registered "
+        "template's brain deeper than core_mm is brain in every member): for a resection cavity, a large lesion or "
+        "any case whose structure is not where a template's is",
     )
     seg.add_argument(
         "--no-calibration",

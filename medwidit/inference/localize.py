@@ -125,30 +125,45 @@ def _within(foreground: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np
     return region.view(bool)
 
 
-def encode_regions(shape, region: np.ndarray | None, prior: np.ndarray | None) -> np.ndarray | None:
-    """The localization's ``region`` and the atlas prior's ``prior`` (bool (*S) each, or None: everywhere) as one
-    uint8 label (*S), bit 0 the region's and bit 1 the prior's, to be resampled by nearest neighbour as one label;
-    None where both are None. :func:`decode_regions` splits it."""
-    if region is None and prior is None:
+def encode_regions(
+    shape, region: np.ndarray | None, prior: np.ndarray | None, core: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The localization's ``region``, the atlas prior's ``prior`` (bool (*S) each, or None: everywhere) and its
+    ``core`` (bool (*S), or None: nowhere) as one uint8 label (*S), bit 0 the region's, bit 1 the prior's and bit 2
+    the core's, to be resampled by nearest neighbour as one label; None where all three are None.
+    :func:`decode_regions` splits it."""
+    if region is None and prior is None and core is None:
         return None
     everywhere = np.ones(tuple(shape), bool)
     bits = (everywhere if region is None else np.asarray(region, bool)).astype(np.uint8)
-    return bits | ((everywhere if prior is None else np.asarray(prior, bool)).astype(np.uint8) << 1)
+    bits |= (everywhere if prior is None else np.asarray(prior, bool)).astype(np.uint8) << 1
+    return bits if core is None else bits | (np.asarray(core, bool).astype(np.uint8) << 2)
 
 
-def decode_regions(bits: torch.Tensor, *, region: bool, prior: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """:func:`encode_regions`'s label (any integer dtype, any shape) -> (region, prior) bool of the same shape, each
-    None where it was not given (``region``, ``prior`` False)."""
+def decode_regions(
+    bits: torch.Tensor, *, region: bool, prior: bool, core: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`encode_regions`'s label (any integer dtype, any shape) -> (region, prior, core) bool of the same shape,
+    each None where it was not given (``region``, ``prior``, ``core`` False)."""
     bits = bits.to(torch.uint8)
-    return (bits & 1).bool() if region else None, (bits & 2).bool() if prior else None
+    return (
+        (bits & 1).bool() if region else None,
+        (bits & 2).bool() if prior else None,
+        (bits & 4).bool() if core else None,
+    )
 
 
-def outside_to_background(probability: np.ndarray, region: np.ndarray) -> np.ndarray:
+def outside_to_background(
+    probability: np.ndarray, region: np.ndarray, core: np.ndarray | None = None, label: int = 1
+) -> np.ndarray:
     """Class probabilities (K, *S) with every voxel outside ``region`` (bool (*S)) background (class 0 with
-    probability 1), as :func:`restrict_to_region` leaves the members: a new array."""
+    probability 1) and every voxel of ``core`` (bool (*S), or None) class ``label``, as :func:`restrict_to_region`
+    and :func:`fill_core` leave the members: a new array."""
     out = np.array(probability, copy=True)
-    out[:, ~np.asarray(region, bool)] = 0
-    out[0, ~np.asarray(region, bool)] = 1
+    for voxels, cls in ((~np.asarray(region, bool), 0), (None if core is None else np.asarray(core, bool), label)):
+        if voxels is not None:
+            out[:, voxels] = 0
+            out[cls, voxels] = 1
     return out
 
 
@@ -177,6 +192,34 @@ def restrict_to_region(
     background[:, :, 0] = 1
     keep = region | ~applied.view(-1, *([1] * (region.ndim - 1)))  # (B, 1, *S)
     return torch.where(keep[None], probabilities, background), kept, applied
+
+
+def fill_core(
+    probabilities: torch.Tensor, core: torch.Tensor | None, label: int, applied: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Members' probabilities (M, B, K, *S) with every voxel of ``core`` (B, 1, *S) bool set to class ``label``
+    with probability 1 in every member, in the items where ``applied`` (B,) bool (default: all), so that the mean,
+    the entropies and the Dice estimate describe the filled ensemble -> (probabilities, filled (B,) float64): the
+    share of the filled ensemble's foreground (argmax not 0) that the members' mean had called background (0 where
+    there is no foreground or the core was not applied). ``core`` None: unchanged, filled None."""
+    if core is None:
+        return probabilities, None
+    batch, classes = probabilities.shape[1], probabilities.shape[2]
+    if tuple(core.shape) != (batch, 1, *probabilities.shape[3:]):
+        raise ValueError(f"core must be (B, 1, *S) = {(batch, 1, *probabilities.shape[3:])}, got {tuple(core.shape)}.")
+    if not 1 <= label < classes:
+        raise ValueError(f"core label must be a foreground class in [1, {classes - 1}], got {label}.")
+    core = core.to(probabilities.device, torch.bool)
+    if applied is not None:
+        core = core & applied.to(core.device).view(-1, *([1] * (core.ndim - 1)))
+    before = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
+    dims = tuple(range(1, before.ndim))
+    added = (core & ~before).sum(dims).double()
+    total = (core | before).sum(dims).double()
+    onehot = torch.zeros_like(probabilities[:1])
+    onehot[:, :, label] = 1
+    filled = torch.where(total > 0, added / total.clamp_min(1), torch.zeros_like(total))
+    return torch.where(core[None], onehot, probabilities), filled
 
 
 def kept_warning(localized: Mapping | None) -> str | None:

@@ -258,6 +258,12 @@ class Predictor:
         self.atlas_prior = check_atlas_prior(atlas_prior)
         if self.atlas_prior is not None and self.spatial_dims != 3:
             raise ValueError(f"atlas_prior needs a 3D model, got {self.spatial_dims} spatial dimensions.")
+        if self.atlas_prior is not None and self.atlas_prior["core_mm"] is not None:
+            if self.atlas_prior["core_label"] >= segmenter.num_classes:
+                raise ValueError(
+                    f"atlas_prior: core_label {self.atlas_prior['core_label']} is not a foreground class of a model "
+                    f"with {segmenter.num_classes} classes (1 to {segmenter.num_classes - 1})."
+                )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
         self.sampling_defaults = sampling_defaults()
@@ -491,7 +497,10 @@ class Predictor:
             result.quality["atlas_prior"] = self.atlas_entry(None, False)
         if coarse is not None:  # the coarse pass cut where the members were: the map shows where they disagree
             cut = bool((result.quality["atlas_prior"] or {}).get("applied"))
-            reference = outside_to_background(coarse.probability, prior.region) if cut else coarse.probability
+            reference = (
+                outside_to_background(coarse.probability, prior.region, prior.core, self.atlas_prior["core_label"])
+                if cut else coarse.probability
+            )  # fmt: skip
             result.disagreement = scale_disagreement(result.probability, reference)
         return result
 
@@ -508,13 +517,20 @@ class Predictor:
             logger.warning("%s: no atlas prior: the template did not register (%s)", name or "array", one_line(e))
             return None, True
 
-    def atlas_entry(self, kept: float | None, applied: bool, dice: float | None = None) -> dict:
+    def atlas_entry(
+        self, kept: float | None, applied: bool, dice: float | None = None, filled: float | None = None
+    ) -> dict:
         """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
         named in the run record), the share ``kept`` and the ``template_dice`` of the written labels with the
         registered template's mask (``atlas.template_dice``; both None where the template did not register) and
-        ``applied``."""
-        return {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
-                "template_dice": dice, "applied": applied}  # fmt: skip
+        ``applied``; with a ``core_mm``, it, ``core_filled``, the share of the foreground the core added
+        (``localize.fill_core``; None where the template did not register), and ``warn_filled``."""
+        entry = {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
+                 "template_dice": dice, "applied": applied}  # fmt: skip
+        if self.atlas_prior["core_mm"] is not None:
+            entry.update(core_mm=self.atlas_prior["core_mm"], core_filled=filled,
+                         warn_filled=self.atlas_prior["warn_filled"])  # fmt: skip
+        return entry
 
     def localization_pass(
         self,
@@ -609,7 +625,8 @@ class Predictor:
         steps, num_samples = sampling["steps"], sampling["num_samples"]
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
         # one label, resampled by nearest neighbour
-        bits = encode_regions(geometry.shape, region, None if prior is None else prior.region)
+        prior_core = None if prior is None else prior.core
+        bits = encode_regions(geometry.shape, region, None if prior is None else prior.region, prior_core)
         region_key = None if bits is None else "region"
         pre = Compose(
             preprocessing_transforms(
@@ -628,11 +645,12 @@ class Predictor:
         data = pre(inputs)
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
-        within = prior_within = None  # (1, 1, *S')
+        within = prior_within = core_within = None  # (1, 1, *S')
         if bits is not None:
-            within, prior_within = decode_regions(
-                data["region"].as_tensor()[None].to(self.device), region=region is not None, prior=prior is not None
-            )
+            within, prior_within, core_within = decode_regions(
+                data["region"].as_tensor()[None].to(self.device), region=region is not None, prior=prior is not None,
+                core=prior_core is not None,
+            )  # fmt: skip
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         augment = 1 if views is None else len(views)
         callback = progress_callback(progress, steps * augment * len(segmenters), Path(name).name)
@@ -651,6 +669,8 @@ class Predictor:
                 region_min_kept=0.0 if region is None else self.localization["min_kept"],
                 prior=prior_within,
                 prior_min_kept=0.0 if prior is None else self.atlas_prior["min_kept"],
+                core=core_within,
+                core_label=1 if self.atlas_prior is None else self.atlas_prior["core_label"],
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -674,8 +694,9 @@ class Predictor:
                 logger.info("%s: not localised: the coarse pass's region holds %.4f of the foreground", name, kept)
         atlas = None
         if prior is not None:
+            filled = float(summary["core_filled"][0]) if "core_filled" in summary else None
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
-                                     template_dice(label_map, prior.mask))  # fmt: skip
+                                     template_dice(label_map, prior.mask), filled)  # fmt: skip
             if not atlas["applied"]:
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
         quality = self.case_quality(

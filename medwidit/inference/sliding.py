@@ -30,7 +30,7 @@ from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_optio
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
 
-from .localize import restrict_to_region
+from .localize import fill_core, restrict_to_region
 from .trust import View, apply_view, decompose_entropy, estimated_dice, fit_view, invert_view
 from .uncertainty import summarize_ensemble
 
@@ -377,6 +377,8 @@ def sample_ensemble(
     region_min_kept: float = 0.0,
     prior: torch.Tensor | None = None,
     prior_min_kept: float = 0.0,
+    core: torch.Tensor | None = None,
+    core_label: int = 1,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -399,6 +401,9 @@ def sample_ensemble(
     holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share and
     ``"region_applied"`` (B,) whether the region cut. ``prior`` (B, 1, *S) bool (``atlas.fit_atlas``'s region): a second
     region cut after ``region`` in the same way, with ``prior_min_kept``, ``"prior_kept"`` and ``"prior_applied"``.
+    ``core`` (B, 1, *S) bool (``atlas.fit_atlas``'s core): after the cuts every member is ``core_label`` there
+    (``localize.fill_core``), in the items where the prior was applied (all, without ``prior``); ``"core_filled"`` (B,)
+    records the share of the foreground it added.
 
     ``segmenter`` may also be a sequence of segmenters with the same classes: independently trained weights, each
     sampling every view, so that G = weights x views groups (weights-major: the first segmenter's groups come first,
@@ -437,6 +442,7 @@ def sample_ensemble(
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     probabilities, kept, applied = restrict_to_region(probabilities, region, region_min_kept)
     probabilities, prior_kept, prior_applied = restrict_to_region(probabilities, prior, prior_min_kept)
+    probabilities, core_filled = fill_core(probabilities, core, core_label, prior_applied)
     summary = summarize_ensemble(probabilities)
     split = decompose_entropy(probabilities, groups=len(groups))
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
@@ -445,6 +451,8 @@ def sample_ensemble(
         summary.update(region_kept=kept, region_applied=applied)
     if prior_kept is not None:
         summary.update(prior_kept=prior_kept, prior_applied=prior_applied)
+    if core_filled is not None:
+        summary["core_filled"] = core_filled
     if return_members:
         summary["members"] = probabilities
     logger.debug("network calls, window evaluations per set of weights: %s", calls)

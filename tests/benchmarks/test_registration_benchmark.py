@@ -2,41 +2,18 @@
 under coil fields, with the ranked and (``--raw``) the raw-intensity registration."""
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
-from benchmark_scripts import load_benchmark, sphere_head
+from benchmark_scripts import bundle_with_template, load_benchmark
 
 import medwidit.inference.atlas as atlas
-from medwidit.inference.options import resolve_bundle
-
-
-def _bundle_with_template(tmp_path):
-    """A copy of the shipped bundle whose atlas_prior is a small synthetic head (2 mm), and a case: the same head
-    moved by 6 mm, with its brain as the truth."""
-    image, brain = sphere_head((40, 44, 36))
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    nib.save(nib.Nifti1Image(image, affine), tmp_path / "head.nii.gz")
-    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), tmp_path / "brain.nii.gz")
-    bundle = tmp_path / "bundle"
-    shutil.copytree(resolve_bundle(), bundle, ignore=shutil.ignore_patterns("eval", "runs", "models", "atlas"))
-    path = bundle / "configs" / "inference.json"
-    config = json.loads(path.read_text())
-    config["atlas_prior"] = {"image": str(tmp_path / "head.nii.gz"), "label": str(tmp_path / "brain.nii.gz"),
-                             "margin_mm": 5.0}  # fmt: skip
-    path.write_text(json.dumps(config))
-    moved = affine.copy()
-    moved[:3, 3] = (6.0, -4.0, 2.0)
-    nib.save(nib.Nifti1Image(image, moved), tmp_path / "case.nii.gz")
-    nib.save(nib.Nifti1Image(brain.astype(np.uint8), moved), tmp_path / "case_brain.nii.gz")
-    return bundle
 
 
 def test_each_head_and_coil_field_gets_the_registered_masks_dice_with_its_brain_in_both_arms(tmp_path, monkeypatch):
     script = load_benchmark("registration")
-    bundle = _bundle_with_template(tmp_path)
+    bundle = bundle_with_template(tmp_path)
     ranks, calls = atlas._ranks, []
     monkeypatch.setattr(atlas, "_ranks", lambda image: calls.append(1) or ranks(image))
     case = ["moved", str(tmp_path / "case.nii.gz"), str(tmp_path / "case_brain.nii.gz")]
@@ -54,7 +31,7 @@ def test_each_head_and_coil_field_gets_the_registered_masks_dice_with_its_brain_
 
 def test_a_head_too_small_to_register_is_a_row_without_a_dice(tmp_path):
     script = load_benchmark("registration")
-    bundle = _bundle_with_template(tmp_path)
+    bundle = bundle_with_template(tmp_path)
     small = np.zeros((6, 6, 6), np.float32)
     small[2:4, 2:4, 2:4] = 1.0
     nib.save(nib.Nifti1Image(small, np.eye(4)), tmp_path / "small.nii.gz")

@@ -212,7 +212,8 @@ def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor
     case = ("crop", image, truth, nib.load(example["image"]).affine, np.ones(truth.shape, bool))
     scored = trust.evaluate(predictor, case, args)
     assert scored["atlas_prior"] == {
-        "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
+        "margin_mm": 2.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False, "core_mm": 1.0,
+        "core_filled": None, "warn_filled": 0.25,
     }  # fmt: skip
     assert trust._kept_flag(scored)  # the warning line names it
 

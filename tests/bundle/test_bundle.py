@@ -140,7 +140,8 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
     plain = _workflow(config("inference"), "infer", **overrides).parser.get_parsed_content("predictor")
     assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, False)
-    assert plain.atlas_prior["margin_mm"] == 5.0 and plain.atlas_prior["image"].is_file()  # the bundle's own template
+    assert (plain.atlas_prior["margin_mm"], plain.atlas_prior["core_mm"]) == (2.0, 1.0)  # the bundle's own prior
+    assert plain.atlas_prior["image"].is_file()
     changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="true")
     predictor = changed.parser.get_parsed_content("predictor")
     assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", True)

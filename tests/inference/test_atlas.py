@@ -17,8 +17,16 @@ from scipy.spatial.transform import Rotation
 import medwidit.inference.predictor as predictor_module
 from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
-from medwidit.inference.atlas import AtlasFit, atlas_mask, check_atlas_prior, sitk_image, template_dice
-from medwidit.inference.localize import decode_regions, encode_regions
+from medwidit.inference.atlas import (
+    AtlasFit,
+    atlas_mask,
+    atlas_warning,
+    check_atlas_prior,
+    core_of,
+    sitk_image,
+    template_dice,
+)
+from medwidit.inference.localize import decode_regions, encode_regions, fill_core, foreground_region
 from medwidit.utils import itk_ras_affine
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
@@ -157,7 +165,10 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
     files, *_ = _template(tmp_path)
     assert check_atlas_prior(None) is None
     spec = check_atlas_prior({"image": "head.nii.gz", "label": "brain.nii.gz", "margin_mm": 5}, root=tmp_path)
-    assert spec == {"image": files["image"], "label": files["label"], "margin_mm": 5.0, "min_kept": 0.5}
+    assert spec == {"image": files["image"], "label": files["label"], "margin_mm": 5.0, "min_kept": 0.5,
+                    "core_mm": None, "core_label": 1, "warn_filled": None}  # fmt: skip
+    with_core = check_atlas_prior({**files, "margin_mm": 5, "core_mm": 4, "core_label": np.int64(2)})
+    assert (with_core["core_mm"], with_core["core_label"]) == (4.0, 2) and type(with_core["core_label"]) is int
     for bad, message in [
         ([1], r"atlas_prior must be null or a mapping with image, label, margin_mm"),
         ({"image": "head.nii.gz", "margin_mm": 5}, r"missing \['label'\]"),
@@ -166,25 +177,53 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ({**files, "label": "none.nii.gz", "margin_mm": 5}, r"label file .*none\.nii\.gz does not exist"),
         ({**files, "margin_mm": -1}, r"margin_mm must be a number of mm >= 0, got -1"),
         ({**files, "margin_mm": 5, "min_kept": 1.5}, r"min_kept must be a share in \[0, 1\], got 1\.5"),
+        ({**files, "margin_mm": 5, "core_mm": -2}, r"core_mm must be null or a number of mm >= 0, got -2"),
+        ({**files, "margin_mm": 5, "core_mm": float("nan")}, r"core_mm must be null or a number of mm >= 0, got nan"),
+        ({**files, "margin_mm": 5, "core_label": 0}, r"core_label must be a class index >= 1, got 0"),
+        ({**files, "margin_mm": 5, "core_label": True}, r"core_label must be a class index >= 1, got True"),
+        ({**files, "margin_mm": 5, "core_label": 1.5}, r"core_label must be a class index >= 1, got 1\.5"),
+        ({**files, "margin_mm": 5, "warn_filled": 2}, r"warn_filled must be null or a share in \[0, 1\], got 2"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_atlas_prior(bad, root=tmp_path)
     flat = type("FlatOracle", (ThresholdOracle,), {"spatial_dim": 2, "size_multiple": (1, 1), "alignment": (1, 1)})
     with pytest.raises(ValueError, match=r"atlas_prior needs a 3D model, got 2 spatial dimensions"):
         Predictor(DiffusionSegmenter(flat(), num_classes=2), device="cpu", atlas_prior={**files, "margin_mm": 5})
+    core = {**files, "margin_mm": 5, "core_mm": 4, "core_label": 2}
+    with pytest.raises(ValueError, match=r"core_label 2 is not a foreground class of a model with 2 classes \(1 to 1"):
+        Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", atlas_prior=core)
+    assert Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=3), device="cpu", atlas_prior=core).atlas_prior
 
 
-def test_the_two_regions_travel_as_one_label_and_come_back_apart():
+def test_the_two_regions_and_the_core_travel_as_one_label_and_come_back_apart():
     rng = np.random.default_rng(0)
-    region, prior = rng.random((5, 6, 7)) > 0.5, rng.random((5, 6, 7)) > 0.3
-    assert encode_regions((5, 6, 7), None, None) is None
-    for a, b in [(region, prior), (region, None), (None, prior)]:
-        bits = torch.from_numpy(encode_regions((5, 6, 7), a, b).astype(np.int64))  # as the label comes back
-        back = decode_regions(bits, region=a is not None, prior=b is not None)
-        for given, got in zip((a, b), back, strict=True):
+    region, prior, core = rng.random((5, 6, 7)) > 0.5, rng.random((5, 6, 7)) > 0.3, rng.random((5, 6, 7)) > 0.7
+    assert encode_regions((5, 6, 7), None, None) is None and encode_regions((5, 6, 7), None, None, None) is None
+    for a, b, c in [(region, prior, None), (region, None, None), (None, prior, None), (region, prior, core),
+                    (None, prior, core), (None, None, core)]:  # fmt: skip
+        bits = torch.from_numpy(encode_regions((5, 6, 7), a, b, c).astype(np.int64))  # as the label comes back
+        back = decode_regions(bits, region=a is not None, prior=b is not None, core=c is not None)
+        for given, got in zip((a, b, c), back, strict=True):
             assert got is None if given is None else np.array_equal(got.numpy(), given)
-        assert all(np.array_equal(r.numpy(), np.ones((5, 6, 7), bool)) for r in decode_regions(
-            bits, region=a is None, prior=b is None) if r is not None)  # fmt: skip
+        absent = decode_regions(bits, region=a is None, prior=b is None)  # an absent region: everywhere
+        assert all(np.array_equal(r.numpy(), np.ones((5, 6, 7), bool)) for r in absent[:2] if r is not None)
+
+
+def test_the_core_is_the_mask_eroded_by_a_ball_in_mm_and_the_grids_faces_are_not_an_outside():
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((30, 24, 12), bool)
+    mask[3:27, 2:20, 2:12] = True  # touches the last axis' far face
+    mask &= rng.random(mask.shape) > 0.02  # pinholes: each is an outside
+    affine = np.diag([1.0, 1.5, 3.0, 1.0])  # thick slices erode by their own spacing
+    for core_mm in (0.0, 2.0, 3.0, 4.5):
+        expected = distance_transform_edt(mask, sampling=(1.0, 1.5, 3.0)) > core_mm
+        assert np.array_equal(core_of(mask, affine, core_mm), expected)
+    solid = np.zeros((20, 20, 20), bool)
+    solid[5:15, 5:15, 10:] = True
+    core = core_of(solid, np.eye(4), 2.0)
+    assert core[10, 10, 19] and not core[10, 10, 11] and not core[6, 10, 15]  # not eroded at the grid's face
 
 
 def _ball_and_a_far_blob(tmp_path):
@@ -197,11 +236,11 @@ def _ball_and_a_far_blob(tmp_path):
     return save_nifti(tmp_path / "scan.nii.gz", image, affine=np.eye(4)), image
 
 
-def _prior_predictor(tmp_path, monkeypatch, region, mask=None, **spec):
-    """A threshold-oracle predictor whose atlas prior's registered region is ``region`` and its template's mask
-    ``mask`` (default: the region; the registration is tested above; here the cut)."""
+def _prior_predictor(tmp_path, monkeypatch, region, mask=None, core=None, **spec):
+    """A threshold-oracle predictor whose atlas prior's registered region is ``region``, its template's mask
+    ``mask`` (default: the region) and its core ``core`` (the registration is tested above; here the cut)."""
     files, *_ = _template(tmp_path)
-    fit = AtlasFit(region if mask is None else mask, region)
+    fit = AtlasFit(region if mask is None else mask, region, core)
     monkeypatch.setattr(predictor_module, "fit_atlas", lambda array, affine, spec: fit)
     segmenter = DiffusionSegmenter(ThresholdOracle(), num_classes=2)
     return Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu",
@@ -228,6 +267,80 @@ def test_foreground_outside_the_atlas_region_is_removed_and_the_rest_is_untouche
     assert free.quality["atlas_prior"] is None
     skipped = predictor.segment(path, atlas=False, **FAST)
     assert np.array_equal(skipped.probability, free.probability) and skipped.quality["atlas_prior"] is None
+
+
+def _hollow_ball(tmp_path):
+    """A ball (the structure) whose inside is dark (a lobe under a coil field): the threshold oracle calls a shell."""
+    shape = (32, 32, 32)
+    grid = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    distance = np.sqrt(sum((g - 16) ** 2 for g in grid))
+    image = ((distance <= 10) & (distance > 6)).astype(np.float32)
+    return save_nifti(tmp_path / "hollow.nii.gz", image, affine=np.eye(4)), distance <= 10
+
+
+def test_the_core_makes_every_member_the_structure_deep_inside_the_template_and_reports_what_it_added(
+    tmp_path, monkeypatch
+):
+    path, ball = _hollow_ball(tmp_path)
+    region = foreground_region(ball.astype(np.uint8), np.eye(4), 5.0)
+    core = core_of(ball, np.eye(4), 3.0)  # the ball deeper than 3 mm: radius 7, so the dark inside (radius 6) is in it
+    plain = _prior_predictor(tmp_path, monkeypatch, region, mask=ball).segment(path, **FAST)
+    filled = _prior_predictor(tmp_path, monkeypatch, region, mask=ball, core=core, core_mm=3.0).segment(path, **FAST)
+    assert plain.label_map[16, 16, 16] == 0 and filled.label_map[16, 16, 16] == 1  # the members' hole is filled
+    assert np.array_equal(filled.label_map[~core], plain.label_map[~core])  # the band is the members' own
+    assert np.array_equal(filled.label_map > 0, ball)
+    assert (filled.probability[1][core] == 1).all() and (filled.entropy[core] == 0).all()
+    added = int((core & (plain.label_map == 0)).sum())
+    entry = filled.quality["atlas_prior"]
+    assert entry["core_mm"] == 3.0 and entry["core_filled"] == pytest.approx(added / int(ball.sum()), rel=1e-6)
+    assert entry["warn_filled"] is None and atlas_warning(entry) is None
+    assert entry["template_dice"] == pytest.approx(1.0) and "core_mm" not in plain.quality["atlas_prior"]
+    # a region that held less than min_kept (a registration gone wrong) fills nothing either
+    far = np.zeros(ball.shape, bool)
+    far[:4] = True
+    wrong = _prior_predictor(tmp_path, monkeypatch, far, mask=far, core=core, core_mm=3.0).segment(path, **FAST)
+    assert wrong.label_map[16, 16, 16] == 0 and not wrong.quality["atlas_prior"]["applied"]
+    assert wrong.quality["atlas_prior"]["core_filled"] == 0.0
+
+
+def test_a_case_whose_core_made_more_than_warn_filled_of_the_brain_gets_a_warning_line(tmp_path, monkeypatch, caplog):
+    path, ball = _hollow_ball(tmp_path)
+    region = foreground_region(ball.astype(np.uint8), np.eye(4), 5.0)
+    core = core_of(ball, np.eye(4), 3.0)
+    lines = []
+    for warn_filled in (0.5, 0.05):  # the core adds about 0.2 of the ball
+        predictor = _prior_predictor(tmp_path, monkeypatch, region, mask=ball, core=core, core_mm=3.0,
+                                     warn_filled=warn_filled)  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medwidit"):
+            out = predictor.predict_from_files(path, tmp_path / f"out{warn_filled}", progress=False, warn_dice=0.01,
+                                               **FAST)  # fmt: skip
+        assert out[0].quality["atlas_prior"]["warn_filled"] == warn_filled
+        lines.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+    assert lines[0] == []
+    assert any(
+        "hollow: the atlas prior's core made 0.2" in line and "of the foreground (above warn_filled 0.05): there the "
+        "answer is the registered template's, not the network's" in line for line in lines[1]
+    ), lines[1]  # fmt: skip
+
+
+def test_fill_core_sets_the_members_one_hot_where_applied_and_counts_the_share_it_added():
+    probabilities = torch.full((2, 2, 3, 4, 4, 4), 0.1)
+    probabilities[:, :, 0, :2] = 0.8  # background in the first half, class 1 in the second
+    probabilities[:, :, 1, 2:] = 0.8
+    core = torch.zeros(2, 1, 4, 4, 4, dtype=torch.bool)
+    core[:, :, 1:3] = True
+    out, filled = fill_core(probabilities, core, 2, applied=torch.tensor([True, False]))
+    assert torch.equal(out[:, 1], probabilities[:, 1])  # not applied: as sampled
+    assert (out[:, 0, 2][:, core[0, 0]] == 1).all() and (out[:, 0, :2][:, :, core[0, 0]] == 0).all()
+    assert torch.equal(out[:, 0][:, :, ~core[0, 0]], probabilities[:, 0][:, :, ~core[0, 0]])
+    # the core's 16 voxels in slice 1 were background; the foreground is now slices 1-3, 48 voxels
+    assert filled.tolist() == [pytest.approx(16 / 48), 0.0]
+    assert fill_core(probabilities, None, 1) == (probabilities, None)
+    with pytest.raises(ValueError, match=r"core label must be a foreground class in \[1, 2\], got 3"):
+        fill_core(probabilities, core, 3)
+    with pytest.raises(ValueError, match=r"core must be \(B, 1, \*S\) = \(2, 1, 4, 4, 4\), got \(1, 1, 4, 4, 4\)"):
+        fill_core(probabilities, core[:1], 1)
 
 
 def test_an_atlas_region_that_holds_less_than_min_kept_cuts_nothing_and_says_so(tmp_path, monkeypatch, caplog):
@@ -267,7 +380,7 @@ def test_a_bundle_declares_it_with_its_own_files_and_a_caller_or_a_bad_entry_ove
     own = {"image": "atlas/mni152nlin6asym_2mm_head.nii.gz", "label": "atlas/mni152nlin6asym_2mm_brain.nii.gz",
            "margin_mm": 3}  # a caller's, its files relative to the bundle as the bundle's are  # fmt: skip
     given = Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=own).atlas_prior
-    assert given == {**shipped, "margin_mm": 3.0}
+    assert given == {**shipped, "margin_mm": 3.0, "core_mm": None, "warn_filled": None}  # no core unless given
     set_inference_key(bundle, "atlas_prior", None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior is None
     set_inference_key(
@@ -294,11 +407,21 @@ def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_pri
     record = json.loads((tmp_path / "a" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"]
     assert record == {"image": str(bundle / "atlas" / "mni152nlin6asym_2mm_head.nii.gz"),
                       "label": str(bundle / "atlas" / "mni152nlin6asym_2mm_brain.nii.gz"),
-                      "margin_mm": 5.0, "min_kept": 0.5}  # fmt: skip
+                      "margin_mm": 2.0, "min_kept": 0.5, "core_mm": 1.0, "core_label": 1,
+                      "warn_filled": 0.25}  # fmt: skip
     assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"] is None
     assert json.loads((tmp_path / "b" / "scan_quality.json").read_text())["atlas_prior"] is None
     entry = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["atlas_prior"]
-    assert entry["margin_mm"] == 5.0 and 0 <= entry["kept"] <= 1 and isinstance(entry["applied"], bool)
+    assert entry["margin_mm"] == 2.0 and 0 <= entry["kept"] <= 1 and isinstance(entry["applied"], bool)
+    assert entry["core_mm"] == 1.0 and 0 <= entry["core_filled"] <= 1
+
+
+def test_no_atlas_core_keeps_the_cut_and_drops_the_core_in_the_record_and_the_report(tmp_path, bundle):
+    run_cli_with_and_without(tmp_path, bundle, "--no-atlas-core")  # into a/ and b/
+    records = [json.loads((tmp_path / d / "medwidit_run.json").read_text())["sampling"]["atlas_prior"] for d in "ab"]
+    assert records[0]["core_mm"] == 1.0 and records[1] == {**records[0], "core_mm": None}
+    entries = [json.loads((tmp_path / d / "scan_quality.json").read_text())["atlas_prior"] for d in "ab"]
+    assert "core_filled" in entries[0] and "core_filled" not in entries[1] and entries[1]["margin_mm"] == 2.0
 
 
 def test_a_case_whose_atlas_prior_was_not_applied_gets_a_warning_line(tmp_path, monkeypatch, caplog):
@@ -345,7 +468,7 @@ def test_the_notebook_call_takes_the_atlas_prior_off_as_the_cli_does(tmp_path, b
     fast = {"steps": 1, "num_samples": 1, "weight_sets": 1, "device": "cpu", "bundle": bundle}
     result = segment(source, **fast)
     entry = result.quality["atlas_prior"]
-    assert entry["margin_mm"] == 5.0 and entry["kept"] is not None  # registered and applied or not by its share
+    assert entry["margin_mm"] == 2.0 and entry["kept"] is not None  # registered and applied or not by its share
     assert 0.0 <= entry["template_dice"] <= 1.0
     features = result.quality["calibration"]["features"]["1"]  # what the bundle's calibration read
     assert features["log_atlas_dice"] == pytest.approx(np.log(max(entry["template_dice"], 1e-3)))
