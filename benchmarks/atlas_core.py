@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from _report import ROOT, environment, fmt, publish  # benchmarks/ is on sys.path when a script runs
 from nibabel.processing import resample_from_to
+from registration import bundle_prior
 
 import medwidit.inference.atlas as atlas
 from medwidit.inference.localize import foreground_region
-from medwidit.inference.options import read_inference_config, resolve_bundle
+from medwidit.inference.options import read_inference_config
 from medwidit.inference.postprocess import apply_label_postprocessing
 
 RULE = (
@@ -120,10 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    bundle = resolve_bundle(args.bundle)
-    spec = atlas.bundle_atlas_prior(bundle)
-    if spec is None:
-        raise SystemExit(f"{bundle}: its inference.json declares no atlas_prior")
+    bundle, spec = bundle_prior(args.bundle)
     postprocessing = read_inference_config(bundle)[1].get("label_postprocessing")
     prefixes = [p for p in args.template_truth.split(",") if p]
     rows = []

@@ -54,12 +54,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    bundle = resolve_bundle(args.bundle)
+def bundle_prior(path: Path | None) -> tuple[Path, dict]:
+    """The bundle at ``path`` (default: the shipped one) and its checked ``atlas_prior``; a bundle without one stops
+    the script, naming it."""
+    bundle = resolve_bundle(path)
     spec = atlas.bundle_atlas_prior(bundle)
     if spec is None:
         raise SystemExit(f"{bundle}: its inference.json declares no atlas_prior")
+    return bundle, spec
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    bundle, spec = bundle_prior(args.bundle)
     arms = ["ranks", "raw"] if args.raw else ["ranks"]
     rows = []
     for name, image_path, label_path in args.base:

@@ -113,6 +113,8 @@ def _segment(args: argparse.Namespace) -> int:
         predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
     if args.no_atlas_core and predictor.atlas_prior is not None:  # the cut stays, the core goes
         predictor.atlas_prior = {**predictor.atlas_prior, "core_mm": None}
+    elif args.no_atlas_core:
+        logger.warning("--no-atlas-core has no effect: the model has no atlas prior (or --no-atlas-prior took it off).")
     if args.augment_views is not None:  # the bundle's augment_views replaced, checked against the network's dims
         from medwidit.inference.trust import check_view_options
 

@@ -20,8 +20,9 @@ report says so. The core: where a coil field darkens a lobe or the contrast is o
 call the inside of the brain background (a Dice of 0.1 on an inverted validation head) while an affine template,
 registered on ranks, still puts the brain within millimetres (0.93-0.96 on the validation heads); so the voxels deeper
 than ``core_mm`` inside the registered mask are ``core_label`` in every member, and the network decides the band
-between ``core_mm`` inside and ``margin_mm`` outside the template's edge, where its voxel-level detail is. The core is
-applied only with the region (not where the region held less than ``min_kept``).
+between ``core_mm`` inside and ``margin_mm`` outside the template's edge, where its voxel-level detail is. Depth is
+measured between voxel centres on the case's grid, so on a grid coarser than ``core_mm`` the core is the whole mask.
+The core is applied only with the region (not where the region held less than ``min_kept``).
 """
 
 from __future__ import annotations
@@ -267,9 +268,10 @@ def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
 
 def core_of(mask: np.ndarray, affine: np.ndarray, core_mm: float) -> np.ndarray:
     """The voxels of ``mask`` (bool, on the grid of ``affine``) farther than ``core_mm`` from every voxel outside it:
-    the erosion by a ball of ``core_mm`` in mm (the complement of the outside's :func:`foreground_region`), so thick
-    slices erode by their own spacing. The grid's faces are not an outside: a structure cut by the field of view
-    continues past it."""
+    the erosion by a ball of ``core_mm`` in mm (the complement of the outside's :func:`foreground_region`), distances
+    between voxel centres: along an axis whose spacing exceeds ``core_mm`` nothing is eroded (on a 2 mm grid a 1 mm
+    core is the whole mask). The grid's faces are not an outside: a structure cut by the field of view continues past
+    it."""
     mask = np.asarray(mask, dtype=bool)
     return mask & ~foreground_region((~mask).astype(np.uint8), affine, core_mm)
 

@@ -26,7 +26,13 @@ from medwidit.inference.atlas import (
     sitk_image,
     template_dice,
 )
-from medwidit.inference.localize import decode_regions, encode_regions, fill_core, foreground_region
+from medwidit.inference.localize import (
+    decode_regions,
+    encode_regions,
+    fill_core,
+    foreground_region,
+    outside_to_background,
+)
 from medwidit.utils import itk_ras_affine
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "none"}
@@ -216,7 +222,7 @@ def test_the_core_is_the_mask_eroded_by_a_ball_in_mm_and_the_grids_faces_are_not
     mask = np.zeros((30, 24, 12), bool)
     mask[3:27, 2:20, 2:12] = True  # touches the last axis' far face
     mask &= rng.random(mask.shape) > 0.02  # pinholes: each is an outside
-    affine = np.diag([1.0, 1.5, 3.0, 1.0])  # thick slices erode by their own spacing
+    affine = np.diag([1.0, 1.5, 3.0, 1.0])  # distances between voxel centres: an axis coarser than core_mm erodes none
     for core_mm in (0.0, 2.0, 3.0, 4.5):
         expected = distance_transform_edt(mask, sampling=(1.0, 1.5, 3.0)) > core_mm
         assert np.array_equal(core_of(mask, affine, core_mm), expected)
@@ -224,6 +230,8 @@ def test_the_core_is_the_mask_eroded_by_a_ball_in_mm_and_the_grids_faces_are_not
     solid[5:15, 5:15, 10:] = True
     core = core_of(solid, np.eye(4), 2.0)
     assert core[10, 10, 19] and not core[10, 10, 11] and not core[6, 10, 15]  # not eroded at the grid's face
+    assert np.array_equal(core_of(solid, np.diag([2.0, 2.0, 2.0, 1.0]), 1.0), solid)  # 2 mm voxels: 1 mm erodes none
+    assert not core_of(solid, np.diag([2.0, 2.0, 2.0, 1.0]), 2.0)[5].any()  # 2 mm: the outermost voxel goes
 
 
 def _ball_and_a_far_blob(tmp_path):
@@ -324,6 +332,19 @@ def test_a_case_whose_core_made_more_than_warn_filled_of_the_brain_gets_a_warnin
     ), lines[1]  # fmt: skip
 
 
+def test_the_coarse_reference_is_cut_and_filled_as_the_members_are():
+    probability = np.full((3, 4, 4, 4), 1 / 3, np.float32)
+    region, core = np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)
+    region[:3], core[1] = True, True
+    out = outside_to_background(probability, region, core, 2)
+    assert (out[:, 3] == np.array([1, 0, 0])[:, None, None]).all()  # outside the region: background
+    assert (out[:, 1] == np.array([0, 0, 1])[:, None, None]).all()  # the core: class 2
+    assert np.array_equal(out[:, [0, 2]], probability[:, [0, 2]]) and out is not probability
+    assert np.array_equal(
+        outside_to_background(probability, region), np.concatenate([probability[:, :3], out[:, 3:]], 1)
+    )
+
+
 def test_fill_core_sets_the_members_one_hot_where_applied_and_counts_the_share_it_added():
     probabilities = torch.full((2, 2, 3, 4, 4, 4), 0.1)
     probabilities[:, :, 0, :2] = 0.8  # background in the first half, class 1 in the second
@@ -337,6 +358,8 @@ def test_fill_core_sets_the_members_one_hot_where_applied_and_counts_the_share_i
     # the core's 16 voxels in slice 1 were background; the foreground is now slices 1-3, 48 voxels
     assert filled.tolist() == [pytest.approx(16 / 48), 0.0]
     assert fill_core(probabilities, None, 1) == (probabilities, None)
+    everywhere, _ = fill_core(probabilities, core, 1)  # without a prior's decision: every item
+    assert (everywhere[:, :, 1][:, :, core[0, 0]] == 1).all()
     with pytest.raises(ValueError, match=r"core label must be a foreground class in \[1, 2\], got 3"):
         fill_core(probabilities, core, 3)
     with pytest.raises(ValueError, match=r"core must be \(B, 1, \*S\) = \(2, 1, 4, 4, 4\), got \(1, 1, 4, 4, 4\)"):
@@ -422,6 +445,20 @@ def test_no_atlas_core_keeps_the_cut_and_drops_the_core_in_the_record_and_the_re
     assert records[0]["core_mm"] == 1.0 and records[1] == {**records[0], "core_mm": None}
     entries = [json.loads((tmp_path / d / "scan_quality.json").read_text())["atlas_prior"] for d in "ab"]
     assert "core_filled" in entries[0] and "core_filled" not in entries[1] and entries[1]["margin_mm"] == 2.0
+    assert entries[0]["core_filled"] > 0.1 and entries[1]["template_dice"] < entries[0]["template_dice"]
+    labels = [np.asarray(nib.load(tmp_path / d / "scan.nii.gz").dataobj) for d in "ab"]
+    assert (labels[0] > 0).sum() > (labels[1] > 0).sum() and ((labels[1] > 0) <= (labels[0] > 0)).all()
+
+
+def test_no_atlas_core_without_a_prior_says_it_does_nothing(tmp_path, bundle, capsys):
+    from medwidit.cli import main
+
+    ramp = np.linspace(1, 2, 24**3, dtype=np.float32).reshape((24,) * 3)
+    source = save_nifti(tmp_path / "scan.nii.gz", ramp, affine=np.eye(4) * 2)
+    assert main(["segment", "-i", str(source), "-o", str(tmp_path / "out"), "--bundle", str(bundle), "--steps", "1",
+                 "--samples", "1", "--weight-sets", "1", "--quiet", "--device", "cpu", "--no-atlas-prior",
+                 "--no-atlas-core"]) == 0  # fmt: skip
+    assert "--no-atlas-core has no effect: the model has no atlas prior" in capsys.readouterr().err
 
 
 def test_a_case_whose_atlas_prior_was_not_applied_gets_a_warning_line(tmp_path, monkeypatch, caplog):
