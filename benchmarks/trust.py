@@ -229,18 +229,19 @@ def evaluate(predictor: Predictor, case, args) -> dict:
     # the bundle's atlas prior, as Predictor.segment cuts with it (after the localization's region); like the region,
     # one decision for every ensemble scored: a 1x1 row is cut where the whole run's members were
     fit, failed = predictor.register_prior(image, affine, name)
-    prior, core = (None, None) if fit is None else (fit.region, fit.core)
-    bits = encode_regions(image.shape, region, prior, core)  # resampled beside the image as one label, as predicted
+    prior, core, guard = (None, None, None) if fit is None else (fit.region, fit.core, fit.guard)
+    bits = encode_regions(image.shape, region, prior, core, guard)  # resampled with the image as one label
     if bits is not None:
         inputs["region"] = MetaTensor(torch.from_numpy(bits[None]), affine=torch.as_tensor(affine))
     label = None if bits is None else "region"
     pre = Compose(preprocessing_transforms(predictor.preprocessing, label_key=label, load=False))
     data = pre(inputs)
-    within = prior_within = core_within = None
+    within = prior_within = core_within = guard_within = None
     if bits is not None:
-        within, prior_within, core_within = decode_regions(
-            data["region"].as_tensor()[None], region=region is not None, prior=prior is not None, core=core is not None
-        )
+        within, prior_within, core_within, guard_within = decode_regions(
+            data["region"].as_tensor()[None], region=region is not None, prior=prior is not None,
+            core=core is not None, guard=guard is not None,
+        )  # fmt: skip
     condition = data["image"].as_tensor()[None]  # (1, 1, *S')
     views = augmentation_views(args.views, predictor.spatial_dims, **predictor.view_options)
     run = sample_ensemble(
@@ -250,6 +251,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         views=views, region=within, region_min_kept=0.0 if coarse is None else predictor.localization["min_kept"],
         prior=prior_within, prior_min_kept=0.0 if prior is None else predictor.atlas_prior["min_kept"],
         core=core_within, core_label=1 if prior is None else predictor.atlas_prior["core_label"],
+        prior_guard=guard_within,
     )  # fmt: skip
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
@@ -264,6 +266,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             None if failed else float(run["prior_kept"][0]),
             not failed and bool(run["prior_applied"][0]),
             filled=float(run["core_filled"][0]) if "core_filled" in run else None,
+            guard_kept=float(run["prior_guard_kept"][0]) if "prior_guard_kept" in run else None,
         )
     coarse_probability = coarse_labels = None
     if coarse is not None:  # cut where the members were: the disagreement and scale_dice compare like with like
@@ -296,7 +299,11 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         atlas = out.get("atlas_prior")  # with this ensemble's written labels' agreement with the template
         if fit is not None:
             atlas = predictor.atlas_entry(
-                atlas["kept"], atlas["applied"], template_dice(written, fit.mask), atlas.get("core_filled")
+                atlas["kept"],
+                atlas["applied"],
+                template_dice(written, fit.mask),
+                atlas.get("core_filled"),
+                atlas.get("guard_kept"),
             )
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,

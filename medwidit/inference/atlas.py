@@ -61,7 +61,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ATLAS_PRIOR_KEYS = ("image", "label", "margin_mm")  # required; the others are optional
-ATLAS_PRIOR_OPTIONAL = ("min_kept", "core_mm", "core_label", "warn_filled")
+ATLAS_PRIOR_OPTIONAL = ("min_kept", "core_mm", "core_label", "warn_filled", "kept_margin_mm")
 DEFAULT_MIN_KEPT = 0.5
 REGISTRATION_SEED = 1  # the metric's fixed draw of voxels (SimpleITK's seed 0 is the wall clock: a new draw each run)
 REGISTRATION_MM = 4.0  # both images are smoothed and shrunk to about this voxel size before they are registered
@@ -74,8 +74,10 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     paths are taken from ``root`` (a bundle's folder); both files must exist. ``margin_mm`` >= 0; ``min_kept`` in [0,
     1] (default ``DEFAULT_MIN_KEPT``); ``core_mm`` >= 0 or null (default: no core); ``core_label`` an integer >= 1
     (default 1; the predictor checks it against its classes); ``warn_filled`` in [0, 1] or null (default: no
-    warning): the warning line names a case whose core added more than that share of its foreground. A ValueError
-    names ``source``."""
+    warning): the warning line names a case whose core added more than that share of its foreground;
+    ``kept_margin_mm`` >= 0 or null (default: ``margin_mm``): ``min_kept`` judges the share of the members'
+    foreground within that distance of the template's structure, so a tight cut does not switch the prior off where a
+    looser one applied. A ValueError names ``source``."""
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
@@ -111,10 +113,14 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     warn_filled = spec.get("warn_filled")
     if warn_filled is not None and (not is_finite_number(warn_filled) or not 0 <= warn_filled <= 1):
         raise ValueError(f"{source}: warn_filled must be null or a share in [0, 1], got {warn_filled!r}.")
+    kept_margin = spec.get("kept_margin_mm")
+    if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < 0):
+        raise ValueError(f"{source}: kept_margin_mm must be null or a number of mm >= 0, got {kept_margin!r}.")
     return {
         **files, "margin_mm": float(margin), "min_kept": float(min_kept),
         "core_mm": None if core is None else float(core), "core_label": int(core_label),
         "warn_filled": None if warn_filled is None else float(warn_filled),
+        "kept_margin_mm": None if kept_margin is None else float(kept_margin),
     }  # fmt: skip
 
 
@@ -248,22 +254,27 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: boo
 
 class AtlasFit(NamedTuple):
     """The template registered onto a case, bool on the case's grid: its structure (``mask``), the voxels within
-    ``margin_mm`` of it (``region``: where the members may keep foreground) and those deeper than ``core_mm`` inside
-    it (``core``: where every member is ``core_label``; None without ``core_mm``)."""
+    ``margin_mm`` of it (``region``: where the members may keep foreground), those deeper than ``core_mm`` inside
+    it (``core``: where every member is ``core_label``; None without ``core_mm``) and those within
+    ``kept_margin_mm`` of it (``guard``: where ``min_kept``'s share is counted; None: the region)."""
 
     mask: np.ndarray
     region: np.ndarray
     core: np.ndarray | None = None
+    guard: np.ndarray | None = None
 
 
 def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
-    """:func:`atlas_mask`, the voxels within ``spec["margin_mm"]`` of it and (``spec["core_mm"]`` not None) its
-    voxels farther than ``core_mm`` from every voxel outside it (:func:`core_of`). A registration that SimpleITK
+    """:func:`atlas_mask`, the voxels within ``spec["margin_mm"]`` of it, (``spec["core_mm"]`` not None) its
+    voxels farther than ``core_mm`` from every voxel outside it (:func:`core_of`) and (``spec["kept_margin_mm"]`` not
+    None) the voxels within that of it. A registration that SimpleITK
     cannot run (a field of view too small for the 16 mm level of the pyramid, a slab a few voxels thick) is a
     RuntimeError."""
     mask = atlas_mask(image, affine, spec)
     core = None if spec.get("core_mm") is None else core_of(mask, affine, spec["core_mm"])
-    return AtlasFit(mask, foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"]), core)
+    kept_margin = spec.get("kept_margin_mm")
+    guard = None if kept_margin is None else foreground_region(mask.astype(np.uint8), affine, kept_margin)
+    return AtlasFit(mask, foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"]), core, guard)
 
 
 def core_of(mask: np.ndarray, affine: np.ndarray, core_mm: float) -> np.ndarray:
@@ -300,6 +311,11 @@ def atlas_warning(entry: Mapping | None) -> str | None:
     if not entry["applied"]:
         if entry["kept"] is None:
             return "the atlas template did not register: no atlas prior"
+        if entry.get("guard_kept") is not None:
+            return (
+                f"the atlas prior's region within {entry['kept_margin_mm']:g} mm held {entry['guard_kept']:.4f} of the "
+                f"foreground (below min_kept {entry['min_kept']:.2f}): not applied"
+            )
         return (
             f"the atlas prior's region held {entry['kept']:.4f} of the foreground (below min_kept "
             f"{entry['min_kept']:.2f}): not applied"

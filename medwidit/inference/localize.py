@@ -126,31 +126,34 @@ def _within(foreground: np.ndarray, spacing: np.ndarray, margin_mm: float) -> np
 
 
 def encode_regions(
-    shape, region: np.ndarray | None, prior: np.ndarray | None, core: np.ndarray | None = None
+    shape,
+    region: np.ndarray | None,
+    prior: np.ndarray | None,
+    core: np.ndarray | None = None,
+    guard: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """The localization's ``region``, the atlas prior's ``prior`` (bool (*S) each, or None: everywhere) and its
-    ``core`` (bool (*S), or None: nowhere) as one uint8 label (*S), bit 0 the region's, bit 1 the prior's and bit 2
-    the core's, to be resampled by nearest neighbour as one label; None where all three are None.
-    :func:`decode_regions` splits it."""
-    if region is None and prior is None and core is None:
+    """The localization's ``region``, the atlas prior's ``prior`` (bool (*S) each, or None: everywhere), its ``core``
+    (bool (*S), or None: nowhere) and its ``guard`` (bool (*S), or None: the prior's region) as one uint8 label (*S),
+    bit 0 the region's, bit 1 the prior's, bit 2 the core's and bit 3 the guard's, to be resampled by nearest
+    neighbour as one label; None where all four are None. :func:`decode_regions` splits it."""
+    if region is None and prior is None and core is None and guard is None:
         return None
     everywhere = np.ones(tuple(shape), bool)
     bits = (everywhere if region is None else np.asarray(region, bool)).astype(np.uint8)
     bits |= (everywhere if prior is None else np.asarray(prior, bool)).astype(np.uint8) << 1
-    return bits if core is None else bits | (np.asarray(core, bool).astype(np.uint8) << 2)
+    for mask, bit in ((core, 2), (guard, 3)):
+        if mask is not None:
+            bits |= np.asarray(mask, bool).astype(np.uint8) << bit
+    return bits
 
 
 def decode_regions(
-    bits: torch.Tensor, *, region: bool, prior: bool, core: bool = False
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """:func:`encode_regions`'s label (any integer dtype, any shape) -> (region, prior, core) bool of the same shape,
-    each None where it was not given (``region``, ``prior``, ``core`` False)."""
+    bits: torch.Tensor, *, region: bool, prior: bool, core: bool = False, guard: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`encode_regions`'s label (any integer dtype, any shape) -> (region, prior, core, guard) bool of the same
+    shape, each None where it was not given (``region``, ``prior``, ``core``, ``guard`` False)."""
     bits = bits.to(torch.uint8)
-    return (
-        (bits & 1).bool() if region else None,
-        (bits & 2).bool() if prior else None,
-        (bits & 4).bool() if core else None,
-    )
+    return tuple((bits & (1 << i)).bool() if given else None for i, given in enumerate((region, prior, core, guard)))
 
 
 def outside_to_background(
@@ -167,29 +170,35 @@ def outside_to_background(
     return out
 
 
+def foreground_share(probabilities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The share (B,) float64 of the members' mean foreground (argmax not 0; probabilities (M, B, K, *S)) inside
+    ``mask`` (B, 1, *S) bool; 1 where there is no foreground."""
+    expected = (probabilities.shape[1], 1, *probabilities.shape[3:])
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"region must be (B, 1, *S) = {expected}, got {tuple(mask.shape)}.")
+    foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
+    dims = tuple(range(1, foreground.ndim))
+    total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
+    inside = (foreground & mask.to(foreground.device, torch.bool)).sum(dims).double()
+    return torch.where(total > 0, inside / total.clamp_min(1), torch.ones_like(total))
+
+
 def restrict_to_region(
-    probabilities: torch.Tensor, region: torch.Tensor | None, min_kept: float = 0.0
+    probabilities: torch.Tensor, region: torch.Tensor | None, min_kept: float = 0.0, guard: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Members' probabilities (M, B, K, *S) with every voxel outside ``region`` (B, 1, *S) bool set to background
     (class 0 with probability 1), so that the mean, the entropies and the Dice estimate all describe the restricted
     ensemble -> (probabilities, kept (B,) float64, applied (B,) bool): ``kept`` is the share of the members' mean
-    foreground (argmax not 0) inside the region (1 where there is none); an item whose share is below ``min_kept`` is
-    left as it is (``applied`` False). ``region`` None: unchanged, kept and applied None."""
+    foreground inside the region (:func:`foreground_share`); an item whose share is below ``min_kept`` is left as it
+    is (``applied`` False), the share inside ``guard`` (B, 1, *S) bool where given: a looser region that decides
+    whether the tight one cuts. ``region`` None: unchanged, kept and applied None."""
     if region is None:
         return probabilities, None, None
-    if tuple(region.shape) != (probabilities.shape[1], 1, *probabilities.shape[3:]):
-        raise ValueError(
-            f"region must be (B, 1, *S) = {(probabilities.shape[1], 1, *probabilities.shape[3:])}, "
-            f"got {tuple(region.shape)}."
-        )
-    region = region.to(probabilities.device, torch.bool)
-    foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
-    dims = tuple(range(1, foreground.ndim))
-    total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
-    kept = torch.where(total > 0, (foreground & region).sum(dims).double() / total.clamp_min(1), torch.ones_like(total))
-    applied = kept >= min_kept  # (B,)
+    kept = foreground_share(probabilities, region)
+    applied = (kept if guard is None else foreground_share(probabilities, guard)) >= min_kept  # (B,)
     background = torch.zeros_like(probabilities[:1])
     background[:, :, 0] = 1
+    region = region.to(probabilities.device, torch.bool)
     keep = region | ~applied.view(-1, *([1] * (region.ndim - 1)))  # (B, 1, *S)
     return torch.where(keep[None], probabilities, background), kept, applied
 

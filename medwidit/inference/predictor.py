@@ -518,18 +518,26 @@ class Predictor:
             return None, True
 
     def atlas_entry(
-        self, kept: float | None, applied: bool, dice: float | None = None, filled: float | None = None
+        self,
+        kept: float | None,
+        applied: bool,
+        dice: float | None = None,
+        filled: float | None = None,
+        guard_kept: float | None = None,
     ) -> dict:
         """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
         named in the run record), the share ``kept`` and the ``template_dice`` of the written labels with the
         registered template's mask (``atlas.template_dice``; both None where the template did not register) and
         ``applied``; with a ``core_mm``, it, ``core_filled``, the share of the foreground the core added
-        (``localize.fill_core``; None where the template did not register), and ``warn_filled``."""
+        (``localize.fill_core``; None where the template did not register), and ``warn_filled``; with a
+        ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged."""
         entry = {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
                  "template_dice": dice, "applied": applied}  # fmt: skip
         if self.atlas_prior["core_mm"] is not None:
             entry.update(core_mm=self.atlas_prior["core_mm"], core_filled=filled,
                          warn_filled=self.atlas_prior["warn_filled"])  # fmt: skip
+        if self.atlas_prior["kept_margin_mm"] is not None:
+            entry.update(kept_margin_mm=self.atlas_prior["kept_margin_mm"], guard_kept=guard_kept)
         return entry
 
     def localization_pass(
@@ -625,8 +633,8 @@ class Predictor:
         steps, num_samples = sampling["steps"], sampling["num_samples"]
         spacing_key = "spacing" if self.segmenter.spacing_conditioning else None  # the grid's and the acquisition's mm
         # one label, resampled by nearest neighbour
-        prior_core = None if prior is None else prior.core
-        bits = encode_regions(geometry.shape, region, None if prior is None else prior.region, prior_core)
+        prior_core, prior_guard = (None, None) if prior is None else (prior.core, prior.guard)
+        bits = encode_regions(geometry.shape, region, None if prior is None else prior.region, prior_core, prior_guard)
         region_key = None if bits is None else "region"
         pre = Compose(
             preprocessing_transforms(
@@ -645,11 +653,11 @@ class Predictor:
         data = pre(inputs)
         condition = data["image"].as_tensor()[None].to(self.device)  # (1, C, *S')
         spacing = None if spacing_key is None else data[spacing_key][None].to(self.device)  # (1, 2N)
-        within = prior_within = core_within = None  # (1, 1, *S')
+        within = prior_within = core_within = guard_within = None  # (1, 1, *S')
         if bits is not None:
-            within, prior_within, core_within = decode_regions(
+            within, prior_within, core_within, guard_within = decode_regions(
                 data["region"].as_tensor()[None].to(self.device), region=region is not None, prior=prior is not None,
-                core=prior_core is not None,
+                core=prior_core is not None, guard=prior_guard is not None,
             )  # fmt: skip
         logger.info("segmenting %s: grid %s", name, tuple(condition.shape[2:]))
         augment = 1 if views is None else len(views)
@@ -671,6 +679,7 @@ class Predictor:
                 prior_min_kept=0.0 if prior is None else self.atlas_prior["min_kept"],
                 core=core_within,
                 core_label=1 if self.atlas_prior is None else self.atlas_prior["core_label"],
+                prior_guard=guard_within,
             )
         finally:
             getattr(callback, "close", lambda: None)()
@@ -695,8 +704,9 @@ class Predictor:
         atlas = None
         if prior is not None:
             filled = float(summary["core_filled"][0]) if "core_filled" in summary else None
+            guarded = float(summary["prior_guard_kept"][0]) if "prior_guard_kept" in summary else None
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
-                                     template_dice(label_map, prior.mask), filled)  # fmt: skip
+                                     template_dice(label_map, prior.mask), filled, guarded)  # fmt: skip
             if not atlas["applied"]:
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
         quality = self.case_quality(

@@ -30,7 +30,7 @@ from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_optio
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
 
-from .localize import fill_core, restrict_to_region
+from .localize import fill_core, foreground_share, restrict_to_region
 from .trust import View, apply_view, decompose_entropy, estimated_dice, fit_view, invert_view
 from .uncertainty import summarize_ensemble
 
@@ -379,6 +379,7 @@ def sample_ensemble(
     prior_min_kept: float = 0.0,
     core: torch.Tensor | None = None,
     core_label: int = 1,
+    prior_guard: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The one stitched sampling path: ``segmenter.sample`` over a :class:`SlidingWindowDenoiser` of its network,
     summarised by :func:`~medwidit.inference.uncertainty.summarize_ensemble` (mean probability, labels, entropy,
@@ -400,7 +401,9 @@ def sample_ensemble(
     member is background outside it (``localize.restrict_to_region``) before anything is summarised, unless the region
     holds less than ``region_min_kept`` of the ensemble's foreground; ``"region_kept"`` (B,) records that share and
     ``"region_applied"`` (B,) whether the region cut. ``prior`` (B, 1, *S) bool (``atlas.fit_atlas``'s region): a second
-    region cut after ``region`` in the same way, with ``prior_min_kept``, ``"prior_kept"`` and ``"prior_applied"``.
+    region cut after ``region`` in the same way, with ``prior_min_kept``, ``"prior_kept"`` and ``"prior_applied"``;
+    ``prior_guard`` (B, 1, *S) bool (``atlas.fit_atlas``'s guard): where given, the share that ``prior_min_kept``
+    judges is the one inside it, not inside ``prior``, recorded as ``"prior_guard_kept"`` (B,).
     ``core`` (B, 1, *S) bool (``atlas.fit_atlas``'s core): after the cuts every member is ``core_label`` there
     (``localize.fill_core``), in the items where the prior was applied (all, without ``prior``); ``"core_filled"`` (B,)
     records the share of the foreground it added.
@@ -441,7 +444,8 @@ def sample_ensemble(
         calls.append((denoiser.num_calls, denoiser.num_windows))
     probabilities = groups[0] if len(groups) == 1 else torch.cat(groups)  # (G*S, B, K, *S')
     probabilities, kept, applied = restrict_to_region(probabilities, region, region_min_kept)
-    probabilities, prior_kept, prior_applied = restrict_to_region(probabilities, prior, prior_min_kept)
+    guard_kept = None if prior is None or prior_guard is None else foreground_share(probabilities, prior_guard)
+    probabilities, prior_kept, prior_applied = restrict_to_region(probabilities, prior, prior_min_kept, prior_guard)
     probabilities, core_filled = fill_core(probabilities, core, core_label, prior_applied)
     summary = summarize_ensemble(probabilities)
     split = decompose_entropy(probabilities, groups=len(groups))
@@ -451,6 +455,8 @@ def sample_ensemble(
         summary.update(region_kept=kept, region_applied=applied)
     if prior_kept is not None:
         summary.update(prior_kept=prior_kept, prior_applied=prior_applied)
+    if guard_kept is not None:
+        summary["prior_guard_kept"] = guard_kept
     if core_filled is not None:
         summary["core_filled"] = core_filled
     if return_members:

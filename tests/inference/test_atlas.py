@@ -32,6 +32,7 @@ from medwidit.inference.localize import (
     fill_core,
     foreground_region,
     outside_to_background,
+    restrict_to_region,
 )
 from medwidit.utils import itk_ras_affine
 
@@ -172,7 +173,7 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
     assert check_atlas_prior(None) is None
     spec = check_atlas_prior({"image": "head.nii.gz", "label": "brain.nii.gz", "margin_mm": 5}, root=tmp_path)
     assert spec == {"image": files["image"], "label": files["label"], "margin_mm": 5.0, "min_kept": 0.5,
-                    "core_mm": None, "core_label": 1, "warn_filled": None}  # fmt: skip
+                    "core_mm": None, "core_label": 1, "warn_filled": None, "kept_margin_mm": None}  # fmt: skip
     with_core = check_atlas_prior({**files, "margin_mm": 5, "core_mm": 4, "core_label": np.int64(2)})
     assert (with_core["core_mm"], with_core["core_label"]) == (4.0, 2) and type(with_core["core_label"]) is int
     for bad, message in [
@@ -189,6 +190,7 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ({**files, "margin_mm": 5, "core_label": True}, r"core_label must be a class index >= 1, got True"),
         ({**files, "margin_mm": 5, "core_label": 1.5}, r"core_label must be a class index >= 1, got 1\.5"),
         ({**files, "margin_mm": 5, "warn_filled": 2}, r"warn_filled must be null or a share in \[0, 1\], got 2"),
+        ({**files, "margin_mm": 5, "kept_margin_mm": -1}, r"kept_margin_mm must be null or a number of mm >= 0, got -"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_atlas_prior(bad, root=tmp_path)
@@ -201,18 +203,53 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
     assert Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=3), device="cpu", atlas_prior=core).atlas_prior
 
 
-def test_the_two_regions_and_the_core_travel_as_one_label_and_come_back_apart():
+def test_the_regions_the_core_and_the_guard_travel_as_one_label_and_come_back_apart():
     rng = np.random.default_rng(0)
-    region, prior, core = rng.random((5, 6, 7)) > 0.5, rng.random((5, 6, 7)) > 0.3, rng.random((5, 6, 7)) > 0.7
-    assert encode_regions((5, 6, 7), None, None) is None and encode_regions((5, 6, 7), None, None, None) is None
-    for a, b, c in [(region, prior, None), (region, None, None), (None, prior, None), (region, prior, core),
-                    (None, prior, core), (None, None, core)]:  # fmt: skip
-        bits = torch.from_numpy(encode_regions((5, 6, 7), a, b, c).astype(np.int64))  # as the label comes back
-        back = decode_regions(bits, region=a is not None, prior=b is not None, core=c is not None)
-        for given, got in zip((a, b, c), back, strict=True):
-            assert got is None if given is None else np.array_equal(got.numpy(), given)
-        absent = decode_regions(bits, region=a is None, prior=b is None)  # an absent region: everywhere
+    masks = [rng.random((5, 6, 7)) > share for share in (0.5, 0.3, 0.7, 0.4)]  # region, prior, core, guard
+    assert encode_regions((5, 6, 7), None, None) is None and encode_regions((5, 6, 7), None, None, None, None) is None
+    for given in [(1, 1, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (1, 1, 1, 0), (0, 1, 1, 1), (0, 0, 1, 0), (1, 1, 1, 1)]:
+        chosen = [m if g else None for m, g in zip(masks, given, strict=True)]
+        bits = torch.from_numpy(encode_regions((5, 6, 7), *chosen).astype(np.int64))  # as the label comes back
+        back = decode_regions(
+            bits, **{k: bool(g) for k, g in zip(("region", "prior", "core", "guard"), given, strict=True)}
+        )
+        for mask, got in zip(chosen, back, strict=True):
+            assert got is None if mask is None else np.array_equal(got.numpy(), mask)
+        absent = decode_regions(bits, region=not given[0], prior=not given[1])  # an absent region: everywhere
         assert all(np.array_equal(r.numpy(), np.ones((5, 6, 7), bool)) for r in absent[:2] if r is not None)
+
+
+def test_min_kept_judges_the_share_inside_the_guard_and_the_cut_stays_the_region():
+    probabilities = torch.zeros(1, 1, 2, 1, 1, 10)
+    probabilities[:, :, 1] = 1  # the members call all ten voxels foreground
+    region, guard = torch.zeros(1, 1, 1, 1, 10, dtype=torch.bool), torch.zeros(1, 1, 1, 1, 10, dtype=torch.bool)
+    region[..., :4], guard[..., :6] = True, True
+    _, kept, applied = restrict_to_region(probabilities, region, 0.5)
+    assert kept.tolist() == [0.4] and applied.tolist() == [False]  # the tight region alone: not applied
+    cut, kept, applied = restrict_to_region(probabilities, region, 0.5, guard)
+    assert kept.tolist() == [0.4] and applied.tolist() == [True]  # kept is the region's; judged within the guard
+    assert cut[0, 0, 1, 0, 0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # cut to the region
+    with pytest.raises(ValueError, match=r"region must be \(B, 1, \*S\) = \(1, 1, 1, 1, 10\), got \(1, 1, 1, 10\)"):
+        restrict_to_region(probabilities, region, 0.5, guard[0])
+
+
+def test_a_tight_cut_whose_region_holds_too_little_still_applies_when_the_guard_holds_enough(tmp_path, monkeypatch):
+    path, ball = _hollow_ball(tmp_path)
+    shell_out = foreground_region(ball.astype(np.uint8), np.eye(4), 2.0)
+    small = core_of(ball, np.eye(4), 3.0)  # a template smaller than the members' shell: its region misses much of it
+    region = foreground_region(small.astype(np.uint8), np.eye(4), 1.0)
+    plain = _prior_predictor(tmp_path, monkeypatch, region, mask=small, core=small, core_mm=1.0).segment(path, **FAST)
+    assert not plain.quality["atlas_prior"]["applied"]
+    guarded = _prior_predictor(tmp_path, monkeypatch, region, mask=small, core=small, core_mm=1.0, kept_margin_mm=5.0)
+    monkeypatch.setattr(predictor_module, "fit_atlas", lambda array, affine, spec: AtlasFit(small, region, small,
+                                                                                          shell_out))  # fmt: skip
+    held = guarded.segment(path, **FAST)
+    entry = held.quality["atlas_prior"]
+    assert entry["applied"] and entry["kept_margin_mm"] == 5.0 and entry["guard_kept"] > 0.5 > entry["kept"]
+    assert entry["kept"] == pytest.approx(plain.quality["atlas_prior"]["kept"])  # the region's share, as before
+    assert not held.label_map[~region].any() and held.label_map[small].all()  # cut to the tight region, core filled
+    words = atlas_warning({**entry, "applied": False})  # as the warning line words a guard's share
+    assert words.startswith("the atlas prior's region within 5 mm held 1.0000 of the") and "min_kept 0.50" in words
 
 
 def test_the_core_is_the_mask_eroded_by_a_ball_in_mm_and_the_grids_faces_are_not_an_outside():
@@ -403,7 +440,7 @@ def test_a_bundle_declares_it_with_its_own_files_and_a_caller_or_a_bad_entry_ove
     own = {"image": "atlas/mni152nlin6asym_2mm_head.nii.gz", "label": "atlas/mni152nlin6asym_2mm_brain.nii.gz",
            "margin_mm": 3}  # a caller's, its files relative to the bundle as the bundle's are  # fmt: skip
     given = Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=own).atlas_prior
-    assert given == {**shipped, "margin_mm": 3.0, "core_mm": None, "warn_filled": None}  # no core unless given
+    assert given == {**shipped, "margin_mm": 3.0, "core_mm": None, "warn_filled": None, "kept_margin_mm": None}
     set_inference_key(bundle, "atlas_prior", None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior is None
     set_inference_key(
@@ -431,7 +468,7 @@ def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_pri
     assert record == {"image": str(bundle / "atlas" / "mni152nlin6asym_2mm_head.nii.gz"),
                       "label": str(bundle / "atlas" / "mni152nlin6asym_2mm_brain.nii.gz"),
                       "margin_mm": 2.0, "min_kept": 0.5, "core_mm": 1.0, "core_label": 1,
-                      "warn_filled": 0.25}  # fmt: skip
+                      "warn_filled": 0.25, "kept_margin_mm": 5.0}  # fmt: skip
     assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"] is None
     assert json.loads((tmp_path / "b" / "scan_quality.json").read_text())["atlas_prior"] is None
     entry = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["atlas_prior"]

@@ -227,7 +227,7 @@ def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_set
     prior = check_atlas_prior(shipped["atlas_prior"], root=resolve_bundle())  # the files by name: run elsewhere
     ran_prior = trust["config"]["atlas_prior"]
     assert {k: Path(ran_prior[k]).name for k in ("image", "label")} == {k: prior[k].name for k in ("image", "label")}
-    settings = ("margin_mm", "min_kept", "core_mm", "core_label", "warn_filled")
+    settings = ("margin_mm", "min_kept", "core_mm", "core_label", "warn_filled", "kept_margin_mm")
     assert {k: ran_prior[k] for k in settings} == {k: prior[k] for k in settings}
     flags, low = [], []
     for case in trust["cases"]:
