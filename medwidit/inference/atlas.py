@@ -14,15 +14,16 @@ between nibabel's RAS arrays and ITK's LPS images.
 
 ``configs/inference.json``'s ``atlas_prior`` declares it ({"image": template head, "label": its mask (> 0: the
 structure), both files relative to the bundle, "margin_mm": mm, "min_kept": share, optionally "core_mm": mm and
-"core_label": class}; null: off). A region that holds less than ``min_kept`` of the members' foreground is not applied
-(a registration gone wrong, or a case that is not a head): the case is left as the members saw it, and its quality
-report says so. The core: where a coil field darkens a lobe or the contrast is one the network never saw, its members
-call the inside of the brain background (a Dice of 0.1 on an inverted validation head) while an affine template,
-registered on ranks, still puts the brain within millimetres (0.93-0.96 on the validation heads); so the voxels deeper
-than ``core_mm`` inside the registered mask are ``core_label`` in every member, and the network decides the band
-between ``core_mm`` inside and ``margin_mm`` outside the template's edge, where its voxel-level detail is. Depth is
-measured between voxel centres on the case's grid, so on a grid coarser than ``core_mm`` the core is the whole mask.
-The core is applied only with the region (not where the region held less than ``min_kept``).
+"core_label": class, "warn_filled": share, "kept_margin_mm": mm}; null: off). A region (within ``kept_margin_mm``,
+default ``margin_mm``) that holds less than ``min_kept`` of the members' foreground is not applied (a registration gone
+wrong, or a case that is not a head): the case is left as the members saw it, and its quality report says so. The core:
+where a coil field darkens a lobe or the contrast is one the network never saw, its members call the inside of the brain
+background (a Dice of 0.1 on an inverted validation head) while an affine template, registered on ranks, still puts the
+brain within millimetres (0.93-0.96 on the validation heads); so the voxels deeper than ``core_mm`` inside the
+registered mask are ``core_label`` in every member, and the network decides the band between ``core_mm`` inside and
+``margin_mm`` outside the template's edge, where its voxel-level detail is. Depth is measured between voxel centres on
+the case's grid, so on a grid coarser than ``core_mm`` the core is the whole mask. The core is applied only with the
+region (not where the region held less than ``min_kept``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     1] (default ``DEFAULT_MIN_KEPT``); ``core_mm`` >= 0 or null (default: no core); ``core_label`` an integer >= 1
     (default 1; the predictor checks it against its classes); ``warn_filled`` in [0, 1] or null (default: no
     warning): the warning line names a case whose core added more than that share of its foreground;
-    ``kept_margin_mm`` >= 0 or null (default: ``margin_mm``): ``min_kept`` judges the share of the members'
+    ``kept_margin_mm`` >= ``margin_mm`` or null (default: ``margin_mm``): ``min_kept`` judges the share of the members'
     foreground within that distance of the template's structure, so a tight cut does not switch the prior off where a
     looser one applied. A ValueError names ``source``."""
     if spec is None:
@@ -114,8 +115,10 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     if warn_filled is not None and (not is_finite_number(warn_filled) or not 0 <= warn_filled <= 1):
         raise ValueError(f"{source}: warn_filled must be null or a share in [0, 1], got {warn_filled!r}.")
     kept_margin = spec.get("kept_margin_mm")
-    if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < 0):
-        raise ValueError(f"{source}: kept_margin_mm must be null or a number of mm >= 0, got {kept_margin!r}.")
+    if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < margin):
+        raise ValueError(
+            f"{source}: kept_margin_mm must be null or a number of mm >= margin_mm ({margin}), got {kept_margin!r}."
+        )
     return {
         **files, "margin_mm": float(margin), "min_kept": float(min_kept),
         "core_mm": None if core is None else float(core), "core_label": int(core_label),

@@ -170,12 +170,12 @@ def outside_to_background(
     return out
 
 
-def foreground_share(probabilities: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def foreground_share(probabilities: torch.Tensor, mask: torch.Tensor, name: str = "region") -> torch.Tensor:
     """The share (B,) float64 of the members' mean foreground (argmax not 0; probabilities (M, B, K, *S)) inside
-    ``mask`` (B, 1, *S) bool; 1 where there is no foreground."""
+    ``mask`` (B, 1, *S) bool (``name`` in the shape error); 1 where there is no foreground."""
     expected = (probabilities.shape[1], 1, *probabilities.shape[3:])
     if tuple(mask.shape) != expected:
-        raise ValueError(f"region must be (B, 1, *S) = {expected}, got {tuple(mask.shape)}.")
+        raise ValueError(f"{name} must be (B, 1, *S) = {expected}, got {tuple(mask.shape)}.")
     foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
     dims = tuple(range(1, foreground.ndim))
     total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
@@ -195,7 +195,7 @@ def restrict_to_region(
     if region is None:
         return probabilities, None, None
     kept = foreground_share(probabilities, region)
-    applied = (kept if guard is None else foreground_share(probabilities, guard)) >= min_kept  # (B,)
+    applied = (kept if guard is None else foreground_share(probabilities, guard, "guard")) >= min_kept  # (B,)
     background = torch.zeros_like(probabilities[:1])
     background[:, :, 0] = 1
     region = region.to(probabilities.device, torch.bool)

@@ -179,12 +179,13 @@ class Predictor:
             that coarser grid, and the full-resolution ensemble is background farther than ``margin_mm`` from the
             coarse foreground, unless that region holds less than ``min_kept`` of the full pass's foreground (then
             nothing is cut, with a warning); below ``warn_kept`` the CLI's warning line names the case. None: off.
-        atlas_prior: ``{"image": template head, "label": its mask, "margin_mm": mm, "min_kept": share}``
-            (``atlas.check_atlas_prior``; a bundle's ``inference.json`` declares it, its files in the bundle): the
-            template is registered to each case (affine, mutual information) and the full-resolution ensemble is
-            background farther than ``margin_mm`` from its registered mask, unless that region holds less than
-            ``min_kept`` of the members' foreground (then nothing is cut). The quality report records it as
-            ``atlas_prior``. None: off.
+        atlas_prior: ``{"image": template head, "label": its mask, "margin_mm": mm, "min_kept": share, ...}``
+            (``atlas.check_atlas_prior``, which names the optional ``core_mm``, ``core_label``, ``warn_filled`` and
+            ``kept_margin_mm``; a bundle's ``inference.json`` declares it, its files in the bundle): the template is
+            registered to each case (affine, mutual information) and the full-resolution ensemble is background
+            farther than ``margin_mm`` from its registered mask and ``core_label`` deeper than ``core_mm`` inside it,
+            unless the region within ``kept_margin_mm`` holds less than ``min_kept`` of the members' foreground (then
+            nothing is cut or filled). The quality report records it as ``atlas_prior``. None: off.
         quality_calibration: ``{"intercept": a, "weights": {feature: w}}`` (``calibration.check_calibration``; a
             bundle's ``inference.json`` declares it, fitted on validation cases): the quality report's
             ``predicted_dice`` of each foreground class is ``exp(intercept + sum(weight * feature))`` of the case's
@@ -708,7 +709,8 @@ class Predictor:
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
                                      template_dice(label_map, prior.mask), filled, guarded)  # fmt: skip
             if not atlas["applied"]:
-                logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, atlas["kept"])
+                share = atlas["kept"] if atlas.get("guard_kept") is None else atlas["guard_kept"]
+                logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, share)
         quality = self.case_quality(
             label_map, geometry.affine, summary["estimated_dice"][0].tolist(), maps, views=augment,
             num_samples=num_samples, weight_sets=len(segmenters), kept=kept, applied=applied, image=array,

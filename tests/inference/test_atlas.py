@@ -23,6 +23,7 @@ from medwidit.inference.atlas import (
     atlas_warning,
     check_atlas_prior,
     core_of,
+    fit_atlas,
     sitk_image,
     template_dice,
 )
@@ -153,6 +154,20 @@ def test_ranks_share_ties_span_zero_to_one_and_keep_the_images_geometry():
     assert sitk.GetArrayFromImage(atlas._ranks(one)).ravel().tolist() == [0.0]
 
 
+def test_fit_atlas_builds_the_region_the_core_and_the_guard_from_one_registered_mask(tmp_path):
+    files, image, brain, affine = _template(tmp_path)
+    case, _, case_affine = _moved_case(image, brain, affine)
+    spec = check_atlas_prior({**files, "margin_mm": 2, "core_mm": 3, "kept_margin_mm": 5})
+    fit = fit_atlas(case, case_affine, spec)
+    assert np.array_equal(fit.region, foreground_region(fit.mask.astype(np.uint8), case_affine, 2.0))
+    assert np.array_equal(fit.guard, foreground_region(fit.mask.astype(np.uint8), case_affine, 5.0))
+    assert np.array_equal(fit.core, core_of(fit.mask, case_affine, 3.0))
+    assert (fit.core <= fit.mask).all() and (fit.mask <= fit.region).all() and (fit.region <= fit.guard).all()
+    assert fit.guard.sum() > fit.region.sum() > fit.mask.sum() > fit.core.sum() > 0
+    plain = fit_atlas(case, case_affine, check_atlas_prior({**files, "margin_mm": 2}))
+    assert plain.core is None and plain.guard is None and np.array_equal(plain.mask, fit.mask)
+
+
 def test_the_registration_holds_under_a_strong_coil_field(tmp_path):
     """A multiplicative field that spans a factor 40 across the brain (MONAI's RandBiasField, coefficient 1.2): on raw
     intensities Mattes's equal-width bins crowd the head into a few of them and the mask slid off (Dice 0.913 on this
@@ -190,7 +205,7 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ({**files, "margin_mm": 5, "core_label": True}, r"core_label must be a class index >= 1, got True"),
         ({**files, "margin_mm": 5, "core_label": 1.5}, r"core_label must be a class index >= 1, got 1\.5"),
         ({**files, "margin_mm": 5, "warn_filled": 2}, r"warn_filled must be null or a share in \[0, 1\], got 2"),
-        ({**files, "margin_mm": 5, "kept_margin_mm": -1}, r"kept_margin_mm must be null or a number of mm >= 0, got -"),
+        ({**files, "margin_mm": 5, "kept_margin_mm": 2}, r"kept_margin_mm must be null or a number of mm >= margin_mm"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_atlas_prior(bad, root=tmp_path)
@@ -229,7 +244,7 @@ def test_min_kept_judges_the_share_inside_the_guard_and_the_cut_stays_the_region
     cut, kept, applied = restrict_to_region(probabilities, region, 0.5, guard)
     assert kept.tolist() == [0.4] and applied.tolist() == [True]  # kept is the region's; judged within the guard
     assert cut[0, 0, 1, 0, 0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # cut to the region
-    with pytest.raises(ValueError, match=r"region must be \(B, 1, \*S\) = \(1, 1, 1, 1, 10\), got \(1, 1, 1, 10\)"):
+    with pytest.raises(ValueError, match=r"guard must be \(B, 1, \*S\) = \(1, 1, 1, 1, 10\), got \(1, 1, 1, 10\)"):
         restrict_to_region(probabilities, region, 0.5, guard[0])
 
 
@@ -474,6 +489,7 @@ def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_pri
     entry = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["atlas_prior"]
     assert entry["margin_mm"] == 2.0 and 0 <= entry["kept"] <= 1 and isinstance(entry["applied"], bool)
     assert entry["core_mm"] == 1.0 and 0 <= entry["core_filled"] <= 1
+    assert entry["kept_margin_mm"] == 5.0 and (entry["kept"] is None or entry["kept"] <= entry["guard_kept"] <= 1)
 
 
 def test_no_atlas_core_keeps_the_cut_and_drops_the_core_in_the_record_and_the_report(tmp_path, bundle):
