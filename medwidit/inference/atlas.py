@@ -76,9 +76,9 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     1] (default ``DEFAULT_MIN_KEPT``); ``core_mm`` >= 0 or null (default: no core); ``core_label`` an integer >= 1
     (default 1; the predictor checks it against its classes); ``warn_filled`` in [0, 1] or null (default: no
     warning): the warning line names a case whose core added more than that share of its foreground;
-    ``kept_margin_mm`` >= ``margin_mm`` or null (default: ``margin_mm``): ``min_kept`` judges the share of the members'
-    foreground within that distance of the template's structure, so a tight cut does not switch the prior off where a
-    looser one applied. A ValueError names ``source``."""
+    ``kept_margin_mm`` >= 0 or null (default: ``margin_mm``; below ``margin_mm`` it is ``margin_mm``): ``min_kept``
+    judges the share of the members' foreground within that distance of the template's structure, so a tight cut does
+    not switch the prior off where a looser one applied. A ValueError names ``source``."""
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
@@ -115,15 +115,14 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     if warn_filled is not None and (not is_finite_number(warn_filled) or not 0 <= warn_filled <= 1):
         raise ValueError(f"{source}: warn_filled must be null or a share in [0, 1], got {warn_filled!r}.")
     kept_margin = spec.get("kept_margin_mm")
-    if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < margin):
-        raise ValueError(
-            f"{source}: kept_margin_mm must be null or a number of mm >= margin_mm ({margin}), got {kept_margin!r}."
-        )
+    if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < 0):
+        raise ValueError(f"{source}: kept_margin_mm must be null or a number of mm >= 0, got {kept_margin!r}.")
     return {
         **files, "margin_mm": float(margin), "min_kept": float(min_kept),
         "core_mm": None if core is None else float(core), "core_label": int(core_label),
         "warn_filled": None if warn_filled is None else float(warn_filled),
-        "kept_margin_mm": None if kept_margin is None else float(kept_margin),
+        # never tighter than the cut (a tighter guard would switch a prior on whose cut holds too little)
+        "kept_margin_mm": None if kept_margin is None else float(max(kept_margin, margin)),
     }  # fmt: skip
 
 

@@ -191,6 +191,7 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
                     "core_mm": None, "core_label": 1, "warn_filled": None, "kept_margin_mm": None}  # fmt: skip
     with_core = check_atlas_prior({**files, "margin_mm": 5, "core_mm": 4, "core_label": np.int64(2)})
     assert (with_core["core_mm"], with_core["core_label"]) == (4.0, 2) and type(with_core["core_label"]) is int
+    assert check_atlas_prior({**files, "margin_mm": 5, "kept_margin_mm": 2})["kept_margin_mm"] == 5.0  # never tighter
     for bad, message in [
         ([1], r"atlas_prior must be null or a mapping with image, label, margin_mm"),
         ({"image": "head.nii.gz", "margin_mm": 5}, r"missing \['label'\]"),
@@ -205,7 +206,10 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ({**files, "margin_mm": 5, "core_label": True}, r"core_label must be a class index >= 1, got True"),
         ({**files, "margin_mm": 5, "core_label": 1.5}, r"core_label must be a class index >= 1, got 1\.5"),
         ({**files, "margin_mm": 5, "warn_filled": 2}, r"warn_filled must be null or a share in \[0, 1\], got 2"),
-        ({**files, "margin_mm": 5, "kept_margin_mm": 2}, r"kept_margin_mm must be null or a number of mm >= margin_mm"),
+        (
+            {**files, "margin_mm": 5, "kept_margin_mm": -1},
+            r"kept_margin_mm must be null or a number of mm >= 0, got -1",
+        ),
     ]:
         with pytest.raises(ValueError, match=message):
             check_atlas_prior(bad, root=tmp_path)
