@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusion_standins import OracleNet, random_labels
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler
-from sampler_reference import CASES, REFERENCE, run_case
+from sampler_reference import CASES, REFERENCE, VECTOR_EXP_CASES, run_case
 
 from medwidit.diffusion import (
     SAMPLERS,
@@ -155,8 +155,13 @@ def test_flow_euler_equals_monai_rflow_step_bit_for_bit():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_outputs_equal_the_recorded_ones_bit_for_bit(name):
     # recorded at commit 317c463 (samplers that read a mutated MONAI scheduler); re-recorded when each case of a batch
-    # got its own noise (sampler_reference.py's docstring)
-    assert torch.equal(run_case(name), torch.load(REFERENCE)[name])
+    # got its own noise (sampler_reference.py's docstring); a per-voxel exp is held to float32 rounding, since CPUs'
+    # vector units round it differently by an ulp (VECTOR_EXP_CASES)
+    actual, recorded = run_case(name), torch.load(REFERENCE)[name]
+    if name in VECTOR_EXP_CASES:
+        torch.testing.assert_close(actual, recorded, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(actual, recorded)
 
 
 @pytest.mark.parametrize("prediction", ["sample", "flow"])
