@@ -88,10 +88,10 @@ STRENGTHS = {
     "noise": (0.05, 0.1, 0.2),
     "bias": (0.3, 0.6, 0.9),
 }
-MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement")
+MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement", "error_score")
 # disagreement: the written _disagreement map (the localization pass against the ensemble); total_and_disagreement:
-# the total entropy in bits plus it (<case>_error_score since 0.7.2; the combination that ranked wrong voxels best on
-# validation scans)
+# the total entropy in bits plus it (<case>_error_score in 0.7.2-0.8.0); error_score: that plus the nearness to the
+# written labels' surface (<case>_error_score since; localize.error_score)
 
 
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
@@ -256,6 +256,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)  # mm per array axis
     bounds = predictor.expected_volume_ml.get("1")  # the bundle's expected brain volume (inference.json)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
     if coarse is not None:
@@ -289,12 +290,15 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         probability, entropy = predictor.invert(data, pre, mean, summary["entropy"][0])
         maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
         scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
-        if coarse is not None:
-            scored["disagreement"] = scale_disagreement(probability, coarse_probability)
-            # <case>_error_score, as the CLI writes it
-            scored["total_and_disagreement"] = error_score(entropy[0], scored["disagreement"], predictor.num_classes)
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)
+        if coarse is not None:
+            scored["disagreement"] = scale_disagreement(probability, coarse_probability)
+            scored["total_and_disagreement"] = error_score(entropy[0], scored["disagreement"], predictor.num_classes)
+            # <case>_error_score, as the CLI writes it (its surface term: the written labels')
+            scored["error_score"] = error_score(
+                entropy[0], scored["disagreement"], predictor.num_classes, written, spacing=spacing
+            )
         localized = out.get("localization") or {}
         atlas = out.get("atlas_prior")  # with this ensemble's written labels' agreement with the template
         if fit is not None:

@@ -9,8 +9,9 @@ bundle's defaults; the maps: the total entropy (``_uncertainty``), the epistemic
 entropy smoothed by a Gaussian of ``SMOOTH_MM`` (a candidate: a voxel near an ambiguous boundary is itself doubtful),
 and ``boundary_proximity``, minus the distance in mm to the predicted brain's surface (``metrics.boundary_distance``),
 a reference that knows nothing but the label map's geometry: a map that ranks wrong voxels no better than it adds
-nothing to the label map. ``wrong_near_surface``: the share of the wrong voxels inside the head within ``NEAR_MM``
-of that surface.
+nothing to the label map. ``error_score_surface_2mm`` / ``_4mm`` (candidates for 0.8.0, whose core's voxels have no
+entropy): the error score plus ``exp(-d / L)``, d that distance, L 2 or 4 mm. ``wrong_near_surface``: the share of
+the wrong voxels inside the head within ``NEAR_MM`` of that surface.
 
     python benchmarks/validation_maps.py --scans VAL --real REAL      # ~6 min of CPU
 
@@ -33,6 +34,7 @@ from trust import head_mask
 
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor
+from medwidit.inference.localize import SURFACE_MM, error_score
 from medwidit.inference.metrics import auroc, boundary_distance
 
 BASES = {
@@ -44,7 +46,17 @@ BASES = {
 }
 CASES = [("mni152_2mm", None), ("mni152_2mm", "bias"), ("mni152_2mm", "contrast"), ("robex", None), ("robex", "bias"),
          ("robex", "contrast"), ("s1", None), ("mrhead", None), ("painted_1", None), ("s1", "bias")]  # fmt: skip
-MAPS = ("total", "epistemic", "disagreement", "total_and_disagreement", "total_smoothed", "boundary_proximity")
+MAPS = (
+    "total",
+    "epistemic",
+    "disagreement",
+    "total_and_disagreement",
+    "total_smoothed",
+    "boundary_proximity",
+    "error_score_surface_2mm",
+    "error_score_surface_4mm",
+)
+LENGTHS_MM = (2.0, SURFACE_MM)  # candidates (0.8.0): the error score plus exp(-d / L), d the distance to the surface
 NEAR_MM = 4.0  # wrong_near_surface: the share of wrong voxels (in the head) within this of the predicted surface
 SMOOTH_MM = 2.0  # total_smoothed's Gaussian sigma: the best of 1, 2, 4 and 8 mm, once on the 17 validation cases
 
@@ -73,11 +85,15 @@ def main(argv=None) -> dict:
         head = torch.from_numpy(head_mask(np.asarray(clean.dataobj, np.float32)))  # the clean scan's head
         wrong = torch.from_numpy((result.label_map > 0) != truth)[head]
         maps = {"total": result.entropy, "epistemic": result.epistemic, "disagreement": result.disagreement}
-        maps["total_and_disagreement"] = result.error_score  # <case>_error_score
+        # <case>_error_score in 0.7.2-0.8.0; since, the CLI writes error_score_surface_4mm (localize.SURFACE_MM)
+        maps["total_and_disagreement"] = error_score(result.entropy, result.disagreement, result.num_classes)
         found = result.label_map > 0
         spacing = [float(z) for z in image.header.get_zooms()[:3]]
         maps["total_smoothed"] = ndimage.gaussian_filter(result.entropy, [SMOOTH_MM / z for z in spacing])
-        maps["boundary_proximity"] = -boundary_distance([found], spacing=spacing).numpy()
+        distance = boundary_distance([found], spacing=spacing).numpy()
+        maps["boundary_proximity"] = -distance
+        for length in LENGTHS_MM:
+            maps[f"error_score_surface_{length:g}mm"] = maps["total_and_disagreement"] + np.exp(-distance / length)
         scores = {k: auroc(torch.from_numpy(np.asarray(m, np.float32))[head], wrong) for k, m in maps.items()}
         dice = float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
         near = -maps["boundary_proximity"][head.numpy()][wrong.numpy()] <= NEAR_MM  # wrong voxels near the surface

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "entropy) and case_epistemic (mutual information between groups of members: sets of weights and --augment "
         "views; 0 with one set and one view), case_disagreement (the coarse localization pass against the "
         "result; 0 without that pass) and case_error_score (the entropy over ln K, bits for two classes, plus the "
-        "disagreement: the map that ranks wrong voxels best)",
+        "disagreement, plus exp(-d / 4 mm), d the distance to the written labels' surface: the map that ranks "
+        "wrong voxels best)",
     )
     seg.add_argument(
         "--save-figure",

@@ -106,7 +106,7 @@ def predict_from_files(
     (``Segmentation.statistics``);
     ``save_uncertainty`` writes the total entropy (``_uncertainty``), its ``_aleatoric`` and ``_epistemic``
     parts, the localization pass's ``_disagreement`` (0 without the pass) and ``_error_score`` (the entropy
-    normalised by ln K plus the disagreement). ``augment`` N > 1: N test-time
+    normalised by ln K plus the disagreement plus the nearness to the labels' surface). ``augment`` N > 1: N test-time
     views per case, ``weight_sets`` N > 1: N sets of weights (``Predictor.segment``). A case whose predicted Dice
     of a foreground class is below ``warn_dice`` ("predictor": the predictor's ``warn_dice``, or where the case's
     calibration was skipped for missing evidence ``calibration.ENSEMBLE_WARN_DICE``; 0 or None: no warning line at

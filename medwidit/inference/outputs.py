@@ -14,7 +14,8 @@ write are removed before the new marker.
 
 A case's own files besides ``Case.output_path``'s kinds (:func:`output_path`): ``<case>_aleatoric`` and
 ``<case>_epistemic`` (the parts of the entropy), ``<case>_disagreement`` (the localization pass against the full
-one) and ``<case>_error_score`` (the entropy over ln K plus the disagreement), with ``--save-uncertainty``;
+one) and ``<case>_error_score`` (the entropy over ln K plus the disagreement plus the nearness to the written
+labels' surface), with ``--save-uncertainty``;
 ``<case>_quality.json`` and ``<case>_statistics.json``.
 """
 

@@ -133,9 +133,11 @@ class Segmentation:
 
     @property
     def error_score(self) -> np.ndarray:
-        """(*S) float32 in [0, 2]: the entropy over ln K plus the disagreement (``localize.error_score``), as
-        ``<case>_error_score``."""
-        return error_score(self.entropy, self.disagreement, self.num_classes)
+        """(*S) float32 in [0, 3]: the entropy over ln K plus the disagreement plus the nearness to the label map's
+        surface (``localize.error_score``), as ``<case>_error_score``."""
+        return error_score(
+            self.entropy, self.disagreement, self.num_classes, self.label_map, spacing=self.geometry.spacing
+        )
 
 
 class Predictor:

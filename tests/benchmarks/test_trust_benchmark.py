@@ -74,13 +74,27 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
             0 <= s["mae"] <= 1
             and math.isfinite(s["ece_mean"])
             and set(s["auroc_mean"])
-            == {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement"}  # the bundle localizes
+            == {
+                "total",
+                "aleatoric",
+                "epistemic",
+                "disagreement",
+                "total_and_disagreement",
+                "error_score",
+            }  # the bundle localizes
         )
         assert 0 <= s["calibrated_dice"]["mae"] <= 1  # the bundle's calibration, scored beside its own estimate
     for case in report["cases"]:
         for e in case["ensembles"].values():
             assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1 and 0 <= e["calibrated_dice"] <= 1
-            assert set(e["auroc"]) == {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement"}
+            assert set(e["auroc"]) == {
+                "total",
+                "aleatoric",
+                "epistemic",
+                "disagreement",
+                "total_and_disagreement",
+                "error_score",
+            }
             assert e["volume_flag"] == (not 900 <= e["volume_ml"] <= 2200)  # the shipped bundle's expected volume
             assert e["boundary_overlap"] is None or 0 <= e["boundary_overlap"] <= 1  # None: no brain in the crop
             assert set(e["calibration_features"]) >= {"log_ensemble_dice", "log_kept", "volume_outside"}

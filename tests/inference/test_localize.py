@@ -354,28 +354,51 @@ def test_the_disagreement_map_is_the_two_passes_distance_and_zero_without_the_pa
         scale_disagreement(result.probability, result.probability[:, :-1])
 
 
-def test_the_error_score_is_the_entropy_in_bits_plus_the_disagreement_and_is_written_with_the_maps(tmp_path):
+def test_the_error_score_is_the_entropy_in_bits_plus_the_disagreement_plus_the_surface_and_is_written(tmp_path):
     """``_error_score``: the map that ranked wrong voxels best on the validation scans, written by the CLI instead of
-    left for the user to add up: the entropy over ln K plus the disagreement (the entropy alone without the pass)."""
+    left for the user to add up: the entropy over ln K plus the disagreement (none without the pass) plus
+    ``exp(-d / SURFACE_MM)``, d the distance in mm to the written labels' surface."""
     import nibabel as nib
 
-    from medwidit.inference.localize import error_score
+    from medwidit.inference.localize import SURFACE_MM, error_score
+    from medwidit.inference.metrics import boundary_distance
 
     path, _ = _scan_with_a_far_speck(tmp_path)
     predictor = _oracle_predictor({"spacing": 4.0, "margin_mm": 1000.0})
     result = predictor.segment(path, generator=torch.Generator().manual_seed(3), **FAST)
-    expected = result.entropy / np.log(2) + result.disagreement
+    spacing = result.geometry.spacing
+    surface = np.exp(-boundary_distance([result.label_map], spacing=spacing).numpy() / SURFACE_MM)
+    expected = result.entropy / np.log(2) + result.disagreement + surface
     assert np.allclose(result.error_score, expected) and result.error_score.dtype == np.float32
     assert result.error_score[34, 18, 18] >= 1.0  # the speck the 4 mm pass missed
     predictor.predict_from_files(path, tmp_path / "on", save_uncertainty=True, progress=False, **FAST)
     written = np.asarray(nib.load(tmp_path / "on" / "scan_error_score.nii.gz").dataobj)
     assert np.allclose(written, result.error_score)
     alone = _oracle_predictor(None).segment(path, **FAST)
-    assert np.allclose(alone.error_score, alone.entropy / np.log(2))
+    assert np.allclose(alone.error_score, alone.entropy / np.log(2) + surface)
     with pytest.raises(ValueError, match=r"not on one grid"):
         error_score(result.entropy, result.disagreement[:-1], 2)
+    with pytest.raises(ValueError, match=r"label map .* not on one grid"):
+        error_score(result.entropy, None, 2, result.label_map[:-1])
     with pytest.raises(ValueError, match=r"num_classes must be at least 2"):
         error_score(result.entropy, None, 1)
+
+
+def test_the_error_score_surface_term_is_one_on_the_surface_and_falls_with_distance_in_mm():
+    """The surface term is exp(-d / SURFACE_MM) with d in mm on the label map's own spacing: 1 on both sides of a
+    boundary, exp(-1) SURFACE_MM away, and nothing where the map has no boundary."""
+    from medwidit.inference.localize import SURFACE_MM, error_score
+
+    labels = np.zeros((40, 4, 4), np.int64)
+    labels[20:] = 1  # a boundary between x = 19 and 20
+    zero = np.zeros(labels.shape, np.float32)
+    score = error_score(zero, None, 2, labels, spacing=(0.5, 1.0, 1.0))
+    assert score[19, 0, 0] == pytest.approx(1.0) and score[20, 0, 0] == pytest.approx(1.0)
+    steps = round(SURFACE_MM / 0.5)  # SURFACE_MM away on a 0.5 mm axis
+    assert score[20 + steps, 0, 0] == pytest.approx(np.exp(-1.0), rel=1e-5)
+    assert score[0, 0, 0] < score[10, 0, 0] < score[19, 0, 0]
+    assert not error_score(zero, None, 2, np.ones_like(labels)).any()  # no boundary: no term
+    assert np.array_equal(error_score(zero, None, 2), zero)  # without the label map: the 0.7.2-0.8.0 map
 
 
 def test_probability_smoothing_leaves_the_localization_pass_and_its_region_as_they_were(tmp_path, monkeypatch):
