@@ -55,6 +55,7 @@ from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
 from medwidit.inference.atlas import atlas_warning, template_dice
+from medwidit.inference.io import geometry_from_affine
 from medwidit.inference.localize import (
     decode_regions,
     encode_regions,
@@ -256,7 +257,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
     sampling = time.process_time() - start
     truth_t, head_t = torch.from_numpy(truth), torch.from_numpy(head)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)  # mm per array axis
+    spacing = geometry_from_affine(affine, truth.shape).spacing  # mm per array axis, as the CLI's geometry has it
     bounds = predictor.expected_volume_ml.get("1")  # the bundle's expected brain volume (inference.json)
     out = {"case": name, "sampling_cpu_seconds": sampling, "ensembles": {}}
     if coarse is not None:
@@ -316,6 +317,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         )  # the predictor's report, as the CLI writes it  # fmt: skip
         calibrated = quality["predicted_dice"]["1"]
         wrong = (labels != truth_t)[head_t]
+        written_wrong = torch.from_numpy(np.asarray(written) != truth)[head_t]  # what the written map is about
         dice = dice_per_class(labels[None, None], truth_t[None, None], predictor.num_classes)[0]
         volume = float(labels.eq(1).sum()) * voxel_ml  # the argmax's, before the label post-processing
         out["ensembles"][f"{w}x{v}"] = {
@@ -337,6 +339,12 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             "volume_flag": outside_expected(volume, bounds),
             "wrong_in_head": float(wrong.float().mean()),
             "auroc": {k: auroc(torch.from_numpy(np.asarray(m))[head_t], wrong) for k, m in scored.items()},
+            # the written error score against the written (post-processed) labels' errors, as a user meets both
+            "auroc_written": {
+                k: auroc(torch.from_numpy(np.asarray(scored[k]))[head_t], written_wrong)
+                for k in ("total_and_disagreement", "error_score")
+                if k in scored
+            },
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
             "reliability": _reliability(torch.from_numpy(probability)[:, head_t], truth_t[head_t]),
         }
@@ -401,6 +409,10 @@ def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = Non
                 "best_warn_threshold": best_threshold(pred, low, volume | kept),
             },
             "auroc_mean": {k: float(np.nanmean([r["auroc"].get(k, np.nan) for r in rows])) for k in MAPS},
+            "auroc_written_mean": {
+                k: float(np.nanmean([r["auroc_written"].get(k, np.nan) for r in rows]))
+                for k in ("total_and_disagreement", "error_score")
+            },
             "best_warn_threshold": best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),
             "scale_dice": None
@@ -531,7 +543,8 @@ def table(summary: dict) -> str:
     """The markdown table of a summary, one row per ensemble."""
     rows = [
         "| weights x views (cost) | mean / worst Dice | Spearman | MAE | bias | flagged < warn | false flags | "
-        "with the volume: flagged / false | AUROC total / alea. / epist. / disagreement / total + disagr. | ECE |",
+        "with the volume: flagged / false | AUROC total / alea. / epist. / disagreement / total + disagr. / error "
+        "score | ECE |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows += [

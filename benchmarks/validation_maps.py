@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         found = result.label_map > 0
         spacing = [float(z) for z in image.header.get_zooms()[:3]]
         maps["total_smoothed"] = ndimage.gaussian_filter(result.entropy, [SMOOTH_MM / z for z in spacing])
-        distance = boundary_distance([found], spacing=spacing).numpy()
+        distance = boundary_distance([found], spacing=result.geometry.spacing).numpy()  # as the written map's
         maps["boundary_proximity"] = -distance
         for length in LENGTHS_MM:
             maps[f"error_score_surface_{length:g}mm"] = maps["total_and_disagreement"] + np.exp(-distance / length)

@@ -134,7 +134,8 @@ class Segmentation:
     @property
     def error_score(self) -> np.ndarray:
         """(*S) float32 in [0, 3]: the entropy over ln K plus the disagreement plus the nearness to the label map's
-        surface (``localize.error_score``), as ``<case>_error_score``."""
+        surface (``localize.error_score``), as ``<case>_error_score``; computed on each access (a distance
+        transform of the input's grid), so keep the array where it is used twice."""
         return error_score(
             self.entropy, self.disagreement, self.num_classes, self.label_map, spacing=self.geometry.spacing
         )

@@ -375,11 +375,12 @@ def test_the_error_score_is_the_entropy_in_bits_plus_the_disagreement_plus_the_s
     written = np.asarray(nib.load(tmp_path / "on" / "scan_error_score.nii.gz").dataobj)
     assert np.allclose(written, result.error_score)
     alone = _oracle_predictor(None).segment(path, **FAST)
-    assert np.allclose(alone.error_score, alone.entropy / np.log(2) + surface)
+    alone_surface = np.exp(-boundary_distance([alone.label_map], spacing=spacing).numpy() / SURFACE_MM)
+    assert np.allclose(alone.error_score, alone.entropy / np.log(2) + alone_surface)
     with pytest.raises(ValueError, match=r"not on one grid"):
         error_score(result.entropy, result.disagreement[:-1], 2)
     with pytest.raises(ValueError, match=r"label map .* not on one grid"):
-        error_score(result.entropy, None, 2, result.label_map[:-1])
+        error_score(result.entropy, None, 2, result.label_map[:-1], spacing=spacing)
     with pytest.raises(ValueError, match=r"num_classes must be at least 2"):
         error_score(result.entropy, None, 1)
 
@@ -397,8 +398,35 @@ def test_the_error_score_surface_term_is_one_on_the_surface_and_falls_with_dista
     steps = round(SURFACE_MM / 0.5)  # SURFACE_MM away on a 0.5 mm axis
     assert score[20 + steps, 0, 0] == pytest.approx(np.exp(-1.0), rel=1e-5)
     assert score[0, 0, 0] < score[10, 0, 0] < score[19, 0, 0]
-    assert not error_score(zero, None, 2, np.ones_like(labels)).any()  # no boundary: no term
-    assert np.array_equal(error_score(zero, None, 2), zero)  # without the label map: the 0.7.2-0.8.0 map
+    assert not error_score(zero, None, 2, np.ones_like(labels), spacing=(1.0, 1.0, 1.0)).any()  # no boundary
+    assert np.array_equal(error_score(zero, None, 2), zero)  # without the label map: the map before the term
+    with pytest.raises(ValueError, match=r"spacing .* is required with label_map"):
+        error_score(zero, None, 2, labels)  # the term is in mm: no silent 1 mm
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_a_written_error_score_measures_the_surface_in_mm_on_each_axis_of_the_file(tmp_path, suffix):
+    """The CLI's map takes each axis' own spacing from the file: on 1 x 2 x 3 mm voxels a voxel 4 mm from a face
+    across the 2 mm axis (2 voxels) scores exp(-1), one 2 mm away across the 1 mm axis exp(-0.5), one 3 mm away across
+    the 3 mm axis exp(-0.75)."""
+    import SimpleITK as sitk
+
+    from medwidit.inference.io import read_image
+    from medwidit.inference.predictor import Segmentation
+
+    labels = np.zeros((12, 12, 12), np.int64)
+    labels[6:, 6:, 6:] = 1  # a cube's corner: faces at i = 5|6, j = 5|6 and k = 5|6
+    image = sitk.GetImageFromArray(labels.transpose(2, 1, 0).astype(np.int16))  # ITK arrays are (k, j, i)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(tmp_path / f"case{suffix}"))
+    _, geometry = read_image(tmp_path / f"case{suffix}")
+    zero = np.zeros(labels.shape, np.float32)
+    probability = np.stack([1.0 - labels, labels]).astype(np.float32)
+    result = Segmentation(labels, probability, zero, geometry, num_samples=1)
+    score = result.error_score
+    assert score[11, 8, 11] == pytest.approx(np.exp(-4.0 / 4.0), rel=1e-5)  # 2 voxels from j = 6: 4 mm
+    assert score[8, 11, 11] == pytest.approx(np.exp(-2.0 / 4.0), rel=1e-5)  # 2 voxels from i = 6: 2 mm
+    assert score[11, 11, 7] == pytest.approx(np.exp(-3.0 / 4.0), rel=1e-5)  # 1 voxel from k = 6: 3 mm
 
 
 def test_probability_smoothing_leaves_the_localization_pass_and_its_region_as_they_were(tmp_path, monkeypatch):
