@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from benchmark_scripts import BENCHMARKS, load_benchmark, sphere_head
 
+# the maps trust.py scores where the bundle localizes; the last two: the error score without and with its surface term
+LOCALIZED_MAPS = {"total", "aleatoric", "epistemic", "disagreement", "total_and_disagreement", "error_score"}
+
 
 @pytest.fixture(scope="module")
 def trust():
@@ -73,28 +76,15 @@ def test_quick_mode_reports_every_ensemble_and_writes_the_figures(tmp_path):
         assert (
             0 <= s["mae"] <= 1
             and math.isfinite(s["ece_mean"])
-            and set(s["auroc_mean"])
-            == {
-                "total",
-                "aleatoric",
-                "epistemic",
-                "disagreement",
-                "total_and_disagreement",
-                "error_score",
-            }  # the bundle localizes
+            and set(s["auroc_mean"]) == LOCALIZED_MAPS  # the bundle localizes
+            and set(s["auroc_written_mean"]) == {"total_and_disagreement", "error_score"}
         )
         assert 0 <= s["calibrated_dice"]["mae"] <= 1  # the bundle's calibration, scored beside its own estimate
     for case in report["cases"]:
         for e in case["ensembles"].values():
             assert 0 <= e["true_dice"] <= 1 and 0 <= e["predicted_dice"] <= 1 and 0 <= e["calibrated_dice"] <= 1
-            assert set(e["auroc"]) == {
-                "total",
-                "aleatoric",
-                "epistemic",
-                "disagreement",
-                "total_and_disagreement",
-                "error_score",
-            }
+            assert set(e["auroc"]) == LOCALIZED_MAPS
+            assert set(e["auroc_written"]) == {"total_and_disagreement", "error_score"}
             assert e["volume_flag"] == (not 900 <= e["volume_ml"] <= 2200)  # the shipped bundle's expected volume
             assert e["boundary_overlap"] is None or 0 <= e["boundary_overlap"] <= 1  # None: no brain in the crop
             assert set(e["calibration_features"]) >= {"log_ensemble_dice", "log_kept", "volume_outside"}
