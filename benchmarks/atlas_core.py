@@ -51,11 +51,6 @@ RULE = (
 )
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def score_case(mask, template, affine, truth_of, cores, margins, postprocessing) -> dict:
     """Dice with the truth of the written ``mask``, of the registered ``template`` alone and of every (core,
     margin) candidate (``c<core>m<margin>``), each bool on the case's grid; ``truth_of(array)`` scores an array on
@@ -139,7 +134,7 @@ def main(argv=None) -> dict:
             if array.shape != truth.shape or not np.allclose(image.affine, truth_image.affine, atol=1e-4):
                 moved = resample_from_to(nib.Nifti1Image(array.astype(np.uint8), image.affine), truth_image, order=0)
                 array = np.asarray(moved.dataobj) > 0
-            return _dice(array, truth)
+            return atlas.template_dice(array, truth)  # the Dice of two masks, 1 where both are empty
 
         start = time.process_time()
         template = atlas.atlas_mask(np.asarray(image.dataobj, dtype=np.float32), image.affine, spec)

@@ -93,6 +93,7 @@ MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreeme
 # disagreement: the written _disagreement map (the localization pass against the ensemble); total_and_disagreement:
 # the total entropy in bits plus it (<case>_error_score in 0.7.2-0.8.0); error_score: that plus the nearness to the
 # written labels' surface (<case>_error_score since; localize.error_score)
+WRITTEN_MAPS = ("total_and_disagreement", "error_score")  # also scored against the written labels' errors
 
 
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
@@ -342,7 +343,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             # the written error score against the written (post-processed) labels' errors, as a user meets both
             "auroc_written": {
                 k: auroc(torch.from_numpy(np.asarray(scored[k]))[head_t], written_wrong)
-                for k in ("total_and_disagreement", "error_score")
+                for k in WRITTEN_MAPS
                 if k in scored
             },
             "ece": expected_calibration_error(torch.from_numpy(probability)[:, head_t], truth_t[head_t])["ece"],
@@ -410,8 +411,7 @@ def summarise(cases: list[dict], warn_dice: float, line_dice: float | None = Non
             },
             "auroc_mean": {k: float(np.nanmean([r["auroc"].get(k, np.nan) for r in rows])) for k in MAPS},
             "auroc_written_mean": {
-                k: float(np.nanmean([r["auroc_written"].get(k, np.nan) for r in rows]))
-                for k in ("total_and_disagreement", "error_score")
+                k: float(np.nanmean([r["auroc_written"].get(k, np.nan) for r in rows])) for k in WRITTEN_MAPS
             },
             "best_warn_threshold": best_threshold(pred, low),
             "expected_dice": _estimate_scores(np.array([r["expected_dice"] for r in rows]), true, warn_dice),

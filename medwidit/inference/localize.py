@@ -164,10 +164,13 @@ def outside_to_background(
     probability 1) and every voxel of ``core`` (bool (*S), or None) class ``label``, as :func:`restrict_to_region`
     and :func:`fill_core` leave the members: a new array."""
     out = np.array(probability, copy=True)
-    for voxels, cls in ((~np.asarray(region, bool), 0), (None if core is None else np.asarray(core, bool), label)):
-        if voxels is not None:
-            out[:, voxels] = 0
-            out[cls, voxels] = 1
+    outside = ~np.asarray(region, bool)
+    out[:, outside] = 0
+    out[0, outside] = 1
+    if core is not None:
+        core = np.asarray(core, bool)
+        out[:, core] = 0
+        out[label, core] = 1
     return out
 
 
