@@ -81,6 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--ema", type=float, default=0.99, help="EMA decay of the diffusion models' weights")
     parser.add_argument("--schedule", default="linear_beta", help="MONAI noise schedule (Gaussian objectives)")
+    parser.add_argument(
+        "--schedule-args",
+        type=schedule_arguments,
+        default={},
+        help="the schedule's arguments as JSON, e.g. '{\"beta_end\": 0.035}' (the brain bundle's)",
+    )
     parser.add_argument("--mlp-ratio", type=float, default=4.0)
     parser.add_argument("--no-unet", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,6 +96,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--add-to", type=Path, default=None, help="an earlier results file of the same settings: add these heads to it"
     )
     return parser.parse_args(argv)
+
+
+def schedule_arguments(text: str) -> dict:
+    """``--schedule-args``: a JSON object of numbers."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--schedule-args must be a JSON object, got {text!r} ({error}).") from None
+    numbers = isinstance(value, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    )
+    if not numbers:
+        raise argparse.ArgumentTypeError(f"--schedule-args must be a JSON object of numbers, got {text!r}.")
+    return value
 
 
 def phantoms(seeds, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,6 +269,7 @@ def run_objective(objective: str, train, test, args, head: str = "patch", val=No
         objective=objective,
         aux_weight=args.aux_weight,
         schedule=args.schedule,
+        schedule_args=args.schedule_args,
         **segmenter_options(head),
     )
     ema = copy.deepcopy(segmenter).requires_grad_(False)

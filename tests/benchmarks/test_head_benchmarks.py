@@ -144,3 +144,25 @@ def test_add_to_reads_a_setting_an_older_results_file_lacks_as_its_default(tmp_p
     assert results["runs"][0]["cpu_seconds"] == 1.0
     with pytest.raises(ValueError, match="'samples': \\('1,8', '1'\\)"):
         learn_phantoms.earlier_results(learn_phantoms.parse_args(["--add-to", str(older), "--samples", "1,8"]))
+
+
+def test_schedule_args_reach_the_segmenters_noise_scheduler(monkeypatch, capsys):
+    """``--schedule-args``: the schedule's arguments (the brain bundle's beta_end 0.035) build the scheduler the
+    phantom model trains with; anything but a JSON object of numbers is refused by name."""
+    built, segmenter = {}, learn_phantoms.DiffusionSegmenter
+
+    def capture(net, **options):  # the segmenter run_objective builds, stopped before training
+        built["segmenter"] = segmenter(net, **options)
+        raise StopIteration
+
+    monkeypatch.setattr(learn_phantoms, "DiffusionSegmenter", capture)
+    args = learn_phantoms.parse_args(["--hidden", "32", "--depth", "1", "--schedule-args", '{"beta_end": 0.035}'])
+    with pytest.raises(StopIteration):
+        learn_phantoms.run_objective("sample", None, None, args)
+    betas = built["segmenter"].noise_scheduler.betas
+    assert float(betas[-1]) == pytest.approx(0.035) and float(betas[0]) == pytest.approx(1e-4)
+    assert learn_phantoms.parse_args([]).schedule_args == {}
+    for bad in ("[0.035]", '{"beta_end": "high"}', '{"beta_end": true}', "beta_end=0.035"):
+        with pytest.raises(SystemExit):
+            learn_phantoms.parse_args(["--schedule-args", bad])
+        assert "--schedule-args must be a JSON object" in capsys.readouterr().err
