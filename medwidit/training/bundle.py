@@ -50,36 +50,58 @@ logger = logging.getLogger(__name__)
 RENAMED_KEYS = {"steps": "val_steps", "model_path": "export_dir", "max_epochs": "epochs"}
 
 
-def initial_weights(segmenter: DiffusionSegmenter, path: str | os.PathLike | None) -> DiffusionSegmenter:
+def initial_weights(
+    segmenter: DiffusionSegmenter, path: str | os.PathLike | None, new_head: bool = False
+) -> DiffusionSegmenter:
     """``segmenter`` with its network's weights from ``path`` (train.json ``init_weights``: a medwidit checkpoint or a
     bundle's ``models/model.pt`` with its ``medwidit.json``), to fine-tune them; None leaves it as built. The file
     must describe the same network, and a segmenter whose outputs mean the same (``WEIGHT_DEFINING`` keys: the
     training-only ones, such as ``aux_weight`` or ``timestep_sampling``, may change): a difference is a ValueError
-    naming the file and the keys."""
+    naming the file and the keys.
+
+    ``new_head`` (train.json ``init_new_head``): the network may differ in its output head (``HEAD_OPTIONS``, e.g. a
+    patch head's checkpoint fine-tuned with ``head="pixel"``); everything but the file's head is loaded (the token
+    path: embedders, blocks, timestep embedding) and the built network's head keeps its initialisation (the pixel
+    head's zero FinalLayer: the model starts at output zero)."""
     if path is None:
         return segmenter
+    new_head = check_bool("init_new_head", new_head)
     try:
         loaded, _ = load_segmenter(path)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         raise ValueError(
             f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
         ) from e
+    ignored = HEAD_OPTIONS if new_head else ()
     ours = {"net": segmenter.net.config, "segmenter": _weight_defining(segmenter.config)}
     theirs = {"net": loaded.net.config, "segmenter": _weight_defining(loaded.config)}
     different = sorted(
         f"{part}.{key}"
         for part in ours
         for key in set(ours[part]) | set(theirs[part])
-        if ours[part].get(key) != theirs[part].get(key)
+        if ours[part].get(key) != theirs[part].get(key) and not (part == "net" and key in ignored)
     )
     if type(loaded.net) is not type(segmenter.net) or different:
+        hint = "" if new_head else " (init_new_head true lets only the output head differ)"
         raise ValueError(
             f"init_weights {path}: its model differs from train.json's in {different or 'the network type'}; "
-            "set those overrides to the checkpoint's values."
+            f"set those overrides to the checkpoint's values{hint}."
         )
-    segmenter.net.load_state_dict(loaded.net.state_dict())
-    logger.info("Initial weights from %s.", path)
+    if not new_head:
+        segmenter.net.load_state_dict(loaded.net.state_dict())
+        logger.info("Initial weights from %s.", path)
+        return segmenter
+    heads = tuple(f"{name}." for name in HEAD_MODULES)
+    body = {k: v for k, v in loaded.net.state_dict().items() if not k.startswith(heads)}
+    own_head = {k: v for k, v in segmenter.net.state_dict().items() if k.startswith(heads)}
+    segmenter.net.load_state_dict({**body, **own_head})  # strict: every other tensor must be there, same shape
+    logger.info("Initial weights from %s except its output head (%d head tensors as built).", path, len(own_head))
     return segmenter
+
+
+# WiDiT's output-head options and modules: the part init_new_head leaves as built
+HEAD_OPTIONS = ("head", "pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth", "final")
+HEAD_MODULES = ("final_layer", "pixel_head")
 
 
 # the segmenter settings that give a network's output its meaning; the others only shape training

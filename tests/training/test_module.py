@@ -491,3 +491,35 @@ def test_init_weights_loads_a_matching_checkpoint_and_names_what_differs(tmp_pat
     (tmp_path / "notes.txt").write_text("not weights")
     with pytest.raises(ValueError, match="init_weights .*notes.txt: could not be read as a medwidit checkpoint"):
         initial_weights(tiny_segmenter(), tmp_path / "notes.txt")
+
+
+def test_init_new_head_loads_the_token_path_and_leaves_the_new_head_as_built(tmp_path):
+    """train.json's init_new_head: a patch head's checkpoint starts a pixel-head network; every tensor but the head
+    comes from the file, the pixel head keeps its initialisation (the model outputs exactly zero), and a network
+    that differs beyond its head is still refused."""
+    from medwidit.nets import WiDiT
+
+    def segmenter(**net_options):
+        sizes = {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2, "window_size": 4, **net_options}
+        net = WiDiT(spatial_dim=3, in_channels=3, out_channels=3, cond_channels=1, learn_sigma=False, **sizes)
+        return DiffusionSegmenter(net, num_classes=3)
+
+    source = segmenter()
+    with torch.no_grad():
+        for p in source.net.parameters():
+            p.add_(1.0)
+    path = save_segmenter(source, tmp_path / "patch.pt")
+    with pytest.raises(ValueError, match=r"differs .*'net.head'.*init_new_head true lets only the output head"):
+        initial_weights(segmenter(head="pixel", pixel_dim=4, pixel_depth=1), path)
+    built = segmenter(head="pixel", pixel_dim=4, pixel_depth=1)
+    head = {k: v.clone() for k, v in built.net.state_dict().items() if k.startswith("pixel_head.")}
+    target = initial_weights(built, path, new_head=True)
+    theirs = source.net.state_dict()
+    for key, value in target.net.state_dict().items():
+        assert torch.equal(value, head[key] if key.startswith("pixel_head.") else theirs[key]), key
+    x, image = torch.randn(1, 3, 8, 8, 8), torch.randn(1, 1, 8, 8, 8)
+    assert torch.count_nonzero(target.net(x, torch.tensor([500]), conditioned=image)) == 0  # the zero FinalLayer
+    with pytest.raises(ValueError, match=r"differs .*\['net.depth'\]"):
+        initial_weights(segmenter(head="pixel", depth=2), path, new_head=True)
+    with pytest.raises(ValueError, match="init_new_head"):
+        initial_weights(segmenter(), path, new_head="yes")
