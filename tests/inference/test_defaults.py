@@ -209,7 +209,7 @@ def test_the_cli_and_the_predictor_warn_below_the_same_predicted_dice(tmp_path, 
 def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_settings():
     """The whole warning line at the bundle's defaults (its calibrated Dice estimate below its warn_dice, the
     expected volume, the localization region's warn_kept, the atlas prior not applied or its core too large) flags
-    every case below Dice 0.9 in trust.py at the shipped bundle's own settings (benchmarks/results/trust_core.json, 2
+    every case below Dice 0.9 in trust.py at the shipped bundle's own settings (benchmarks/results/trust_pixel.json, 2
     sets x 1 view, which ran at those steps, that localization, that atlas prior and core, that calibration and that
     threshold); the ensemble's own estimate with the volume does not. The calibrated estimate ranks the cases better
     than the ensemble's own and is nearer the truth."""
@@ -217,7 +217,7 @@ def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_set
     from medwidit.inference.calibration import check_calibration
     from medwidit.inference.localize import check_localization
 
-    trust = json.loads((ROOT / "benchmarks" / "results" / "trust_core.json").read_text())
+    trust = json.loads((ROOT / "benchmarks" / "results" / "trust_pixel.json").read_text())
     ran = tuple(trust["config"].get(k, 0) for k in ("steps", "samples", "shared_steps"))
     assert ran == (SHIPPED["steps"], SHIPPED["num_samples"], SHIPPED["shared_steps"])
     shipped = json.loads((resolve_bundle() / "configs" / "inference.json").read_text())
@@ -239,7 +239,7 @@ def test_the_warning_default_flags_every_trust_case_below_0_9_at_the_default_set
     assert any(low) and all(f for f, b in zip(flags, low, strict=True) if b)  # every case below 0.9 flagged
     summary = trust["summary"]["2x1"]
     line = summary["calibrated_dice"]["with_volume_and_kept"]
-    assert line["flagged_of_those"] == sum(low) and line["false_flags"] == sum(flags) - sum(low) <= 4  # as recorded
+    assert line["flagged_of_those"] == sum(low) and line["false_flags"] == sum(flags) - sum(low) <= 5  # as recorded
     assert summary["with_volume"]["flagged_of_those"] < sum(low)  # the ensemble's own estimate and the volume
     assert (
         summary["calibrated_dice"]["spearman"] > summary["spearman"]
