@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,10 @@ def against_reference(rows: list[dict], held_out: np.ndarray, args: argparse.Nam
     out = {"bundle": str(args.reference), "calibration": reference, "groups": {}}
     for name, keep in groups.items():
         ours, ref = scores(held_out[keep], true[keep], args.low_dice), scores(theirs[keep], true[keep], args.low_dice)
-        beats = ours["mae"] < ref["mae"] and ours["spearman"] >= ref["spearman"] - args.spearman_loss
+        # a reference whose estimates are all alike on the group (clipped at 1, say) ranks nothing: its Spearman is
+        # NaN, and there is no ranking to lose against it
+        ranks = math.isnan(ref["spearman"]) or ours["spearman"] >= ref["spearman"] - args.spearman_loss
+        beats = ours["mae"] < ref["mae"] and ranks
         out["groups"][name] = {"cases": int(keep.sum()), "chosen": ours, "reference": ref, "beats": bool(beats)}
     out["beats"] = all(g["beats"] for g in out["groups"].values())
     return out

@@ -151,6 +151,25 @@ def test_a_fit_is_judged_against_a_reference_bundle_on_all_cases_and_each_group_
         script.main([str(results), "--group", "first"])
 
 
+def test_a_reference_whose_estimates_are_all_alike_ranks_nothing_and_is_beaten_by_a_lower_mae(tmp_path):
+    """A reference calibration with a negative weight on the ensemble's estimate clips every case at 1 (bundle 0.9.0's
+    on these rows): its Spearman is NaN, which made every comparison False, so no fit could beat it."""
+    from medwidit.inference.options import resolve_bundle
+
+    script = load_benchmark("quality_calibration")
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": _rows()}))
+    flat = tmp_path / "flat"
+    shutil.copytree(resolve_bundle(), flat, ignore=shutil.ignore_patterns("eval", "runs"))
+    config = json.loads((flat / "configs" / "inference.json").read_text())
+    clipped = {"intercept": 0.0, "weights": {"log_ensemble_dice": -1.0}}  # exp(-log own) > 1: clipped to 1
+    (flat / "configs" / "inference.json").write_text(json.dumps({**config, "quality_calibration": clipped}))
+    won = script.main([str(results), "--output", str(tmp_path / "a.json"), "--reference", str(flat)])
+    reference = won["reference"]["groups"]["all"]["reference"]
+    assert math.isnan(reference["spearman"]) and won["reference"]["groups"]["all"]["chosen"]["mae"] < reference["mae"]
+    assert won["reference"]["beats"]
+
+
 def test_reports_with_and_without_the_template_dice_are_not_fitted_together(tmp_path):
     """A report without ``atlas_prior.template_dice`` reads log_atlas_dice 0, perfect agreement, where the predictor
     would not calibrate it at all (``calibration.missing_evidence``): mixed with reports that have it, the fit would

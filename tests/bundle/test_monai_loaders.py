@@ -26,7 +26,7 @@ def _shipped_weights() -> dict:
 
 def _assert_all_weights(network, expected):
     loaded = network.state_dict()
-    assert loaded.keys() == expected.keys() and len(expected) == 68  # every weight of the shipped WiDiT
+    assert loaded.keys() == expected.keys() and len(expected) == 80  # every weight of the shipped WiDiT (0.9.0)
     assert all(torch.equal(loaded[k].cpu(), v) for k, v in expected.items())
 
 

@@ -278,7 +278,7 @@ def test_shipped_weights_load_strictly_and_give_the_same_outputs():
     """The shipped bundle's weights load with strict key matching (the position tables are non-persistent buffers)
     and reproduce recorded outputs. Bundle 0.4.x's weights were recorded with the code before the tables became
     buffers (lru_cache tables, hand-written sinusoid) and matched it; since 0.5.0's weights, the values below are
-    theirs, recorded with the current code."""
+    theirs, recorded with the current code (since 0.9.0: the pixel head's weights)."""
     state = torch.load(BUNDLE_WEIGHTS, weights_only=True)  # the bundle's bare state dict; its config beside it
     net = WiDiT(**json.loads(BUNDLE_WEIGHTS.with_name("medwidit.json").read_text())["config"]["net"])
     net.load_state_dict(state, strict=True)
@@ -288,10 +288,10 @@ def test_shipped_weights_load_strictly_and_give_the_same_outputs():
     x, image = torch.randn(1, 2, 32, 32, 48, generator=g), torch.randn(1, 1, 32, 32, 48, generator=g)
     with torch.no_grad():
         out = net.eval()(x, torch.tensor([500.0]), conditioned=image).double()
-    assert abs(float(out.sum()) - -382.781999471219) < 1e-6 * 59557
-    assert abs(float(out.abs().sum()) - 59556.73667158568) < 1e-6 * 59557
-    torch.testing.assert_close(out[0, :, 3, 17, 40].float(), torch.tensor([0.040429070591926575, -0.0314839743077755]))
-    torch.testing.assert_close(out[0, :, 30, 5, 9].float(), torch.tensor([-0.02215802, -0.04229641]))
+    assert abs(float(out.sum()) - -6756.936107697838) < 1e-6 * 71988
+    assert abs(float(out.abs().sum()) - 71987.88211333039) < 1e-6 * 71988
+    torch.testing.assert_close(out[0, :, 3, 17, 40].float(), torch.tensor([-0.8117995858192444, 0.6759336590766907]))
+    torch.testing.assert_close(out[0, :, 30, 5, 9].float(), torch.tensor([-0.44296613335609436, 0.30422186851501465]))
 
 
 def test_pixel_head_reads_the_noisy_input_alone_with_concat_conditioning(tiny, randomize):
