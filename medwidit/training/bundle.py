@@ -55,17 +55,20 @@ def initial_weights(
 ) -> DiffusionSegmenter:
     """``segmenter`` with its network's weights from ``path`` (train.json ``init_weights``: a medwidit checkpoint or a
     bundle's ``models/model.pt`` with its ``medwidit.json``), to fine-tune them; None leaves it as built. The file
-    must describe the same network, and a segmenter whose outputs mean the same (``WEIGHT_DEFINING`` keys: the
-    training-only ones, such as ``aux_weight`` or ``timestep_sampling``, may change): a difference is a ValueError
-    naming the file and the keys.
+    must describe the same network (the options of a head it does not use aside: a patch head's ``pixel_*``), and a
+    segmenter whose outputs mean the same (``WEIGHT_DEFINING`` keys: the training-only ones, such as ``aux_weight`` or
+    ``timestep_sampling``, may change): a difference is a ValueError naming the file and the keys.
 
-    ``new_head`` (train.json ``init_new_head``): the network may differ in its output head (``HEAD_OPTIONS``, e.g. a
-    patch head's checkpoint fine-tuned with ``head="pixel"``); everything but the file's head is loaded (the token
-    path: embedders, blocks, timestep embedding) and the built network's head keeps its initialisation (the pixel
-    head's zero FinalLayer: the model starts at output zero)."""
-    if path is None:
-        return segmenter
+    ``new_head`` (train.json ``init_new_head``): the network's output head differs from the file's (``HEAD_OPTIONS``,
+    e.g. a patch head's checkpoint fine-tuned with ``head="pixel"``); everything but the file's head is loaded (the
+    token path: embedders, blocks, timestep embedding) and the built network's head keeps its initialisation (the
+    pixel head's zero FinalLayer: the model starts at output zero). A file whose head is the network's own is refused
+    then (its trained head would be thrown away), and so is ``new_head`` without a file."""
     new_head = check_bool("init_new_head", new_head)
+    if path is None:
+        if new_head:
+            raise ValueError("init_new_head true needs init_weights: the checkpoint whose token path to start from.")
+        return segmenter
     try:
         loaded, _ = load_segmenter(path)
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
@@ -73,8 +76,8 @@ def initial_weights(
             f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
         ) from e
     ignored = HEAD_OPTIONS if new_head else ()
-    ours = {"net": segmenter.net.config, "segmenter": _weight_defining(segmenter.config)}
-    theirs = {"net": loaded.net.config, "segmenter": _weight_defining(loaded.config)}
+    ours = {"net": _used_options(segmenter.net.config), "segmenter": _weight_defining(segmenter.config)}
+    theirs = {"net": _used_options(loaded.net.config), "segmenter": _weight_defining(loaded.config)}
     different = sorted(
         f"{part}.{key}"
         for part in ours
@@ -91,6 +94,12 @@ def initial_weights(
         segmenter.net.load_state_dict(loaded.net.state_dict())
         logger.info("Initial weights from %s.", path)
         return segmenter
+    head = {k: v for k, v in ours["net"].items() if k in HEAD_OPTIONS}
+    if head == {k: v for k, v in theirs["net"].items() if k in HEAD_OPTIONS}:
+        raise ValueError(
+            f"init_weights {path}: its output head is train.json's own ({head}); init_new_head true would throw its "
+            "trained head away: set init_new_head false to load all of it."
+        )
     heads = tuple(f"{name}." for name in HEAD_MODULES)
     body = {k: v for k, v in loaded.net.state_dict().items() if not k.startswith(heads)}
     own_head = {k: v for k, v in segmenter.net.state_dict().items() if k.startswith(heads)}
@@ -100,8 +109,16 @@ def initial_weights(
 
 
 # WiDiT's output-head options and modules: the part init_new_head leaves as built
-HEAD_OPTIONS = ("head", "pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth", "final")
+PIXEL_OPTIONS = ("pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth")
+HEAD_OPTIONS = ("head", "final", *PIXEL_OPTIONS)
 HEAD_MODULES = ("final_layer", "pixel_head")
+
+
+def _used_options(config: dict) -> dict:
+    """A WiDiT config less the options of the head it does not use (a patch head's ``pixel_*``, a pixel head's
+    ``final``): they build nothing, and a bundle may set them for the other head."""
+    unused = PIXEL_OPTIONS if config.get("head", "patch") == "patch" else ("final",)
+    return {k: v for k, v in config.items() if k not in unused}
 
 
 # the segmenter settings that give a network's output its meaning; the others only shape training

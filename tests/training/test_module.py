@@ -523,3 +523,34 @@ def test_init_new_head_loads_the_token_path_and_leaves_the_new_head_as_built(tmp
         initial_weights(segmenter(head="pixel", depth=2), path, new_head=True)
     with pytest.raises(ValueError, match="init_new_head"):
         initial_weights(segmenter(), path, new_head="yes")
+
+
+def test_init_new_head_refuses_a_file_with_the_same_head_and_a_head_option_the_network_does_not_use_is_ignored(
+    tmp_path,
+):
+    """init_new_head with a file whose head is the network's own would throw its trained head away (bundle 0.9.0's
+    models/model.pt is already the pixel head): refused, as init_new_head without a file; a patch head's pixel_*
+    options build nothing, so a patch checkpoint recorded with other pixel_* values still loads (0.8.0's model.pt
+    into train.json's --head patch)."""
+    from medwidit.nets import WiDiT
+
+    def segmenter(**net_options):
+        sizes = {"patch_size": 4, "hidden_size": 32, "depth": 1, "num_heads": 2, "window_size": 4, **net_options}
+        net = WiDiT(spatial_dim=3, in_channels=3, out_channels=3, cond_channels=1, learn_sigma=False, **sizes)
+        return DiffusionSegmenter(net, num_classes=3)
+
+    pixel = save_segmenter(segmenter(head="pixel", pixel_dim=4, pixel_depth=1), tmp_path / "pixel.pt")
+    with pytest.raises(ValueError, match=r"pixel.pt: its output head is train.json's own .*init_new_head false"):
+        initial_weights(segmenter(head="pixel", pixel_dim=4, pixel_depth=1), pixel, new_head=True)
+    assert initial_weights(segmenter(head="pixel", pixel_dim=4, pixel_depth=1), pixel) is not None  # loads whole
+    with pytest.raises(ValueError, match="init_new_head true needs init_weights"):
+        initial_weights(segmenter(), None, new_head=True)
+    source = segmenter(pixel_dim=16, pixel_depth=2)  # a patch head: the pixel_* build nothing
+    with torch.no_grad():
+        for p in source.net.parameters():
+            p.add_(1.0)
+    patch = save_segmenter(source, tmp_path / "patch.pt")
+    target = initial_weights(segmenter(pixel_dim=4, pixel_depth=1), patch)
+    assert all(torch.equal(a, b) for a, b in zip(target.net.parameters(), source.net.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"differs .*\['net.pixel_dim'\]"):  # a pixel head's own options still count
+        initial_weights(segmenter(head="pixel", pixel_dim=8, pixel_depth=1), pixel)
