@@ -28,6 +28,10 @@ from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
 logger = logging.getLogger(__name__)
 
 CONDITIONINGS = ("embed", "concat")  # image embedded on its own (hidden split in two), or channels of the one input
+# per head (HEADS): the WiDiT options only it reads, and the module (attribute) that is it; what a fine-tune under a
+# new head (medwidit.training.initial_weights(new_head=True)) leaves as built
+HEAD_OPTIONS = {"patch": ("final",), "pixel": ("pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth")}
+HEAD_MODULES = {"patch": "final_layer", "pixel": "pixel_head"}
 
 #################################################################################
 #                                 Validation                                    #

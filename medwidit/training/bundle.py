@@ -10,6 +10,7 @@ overrides them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from monai.data import load_decathlon_datalist
 
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
+from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
 from medwidit.utils import check_bool
 from medwidit.utils.resources import shipped_path
 
@@ -59,7 +61,7 @@ def initial_weights(
     segmenter whose outputs mean the same (``WEIGHT_DEFINING`` keys: the training-only ones, such as ``aux_weight`` or
     ``timestep_sampling``, may change): a difference is a ValueError naming the file and the keys.
 
-    ``new_head`` (train.json ``init_new_head``): the network's output head differs from the file's (``HEAD_OPTIONS``,
+    ``new_head`` (train.json ``init_new_head``): the network's output head differs from the file's (``HEAD_KEYS``,
     e.g. a patch head's checkpoint fine-tuned with ``head="pixel"``); everything but the file's head is loaded (the
     token path: embedders, blocks, timestep embedding) and the built network's head keeps its initialisation (the
     pixel head's zero FinalLayer: the model starts at output zero). A file whose head is the network's own is refused
@@ -75,7 +77,7 @@ def initial_weights(
         raise ValueError(
             f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
         ) from e
-    ignored = HEAD_OPTIONS if new_head else ()
+    ignored = HEAD_KEYS if new_head else ()
     ours = {"net": _used_options(segmenter.net.config), "segmenter": _weight_defining(segmenter.config)}
     theirs = {"net": _used_options(loaded.net.config), "segmenter": _weight_defining(loaded.config)}
     different = sorted(
@@ -94,13 +96,13 @@ def initial_weights(
         segmenter.net.load_state_dict(loaded.net.state_dict())
         logger.info("Initial weights from %s.", path)
         return segmenter
-    head = {k: v for k, v in ours["net"].items() if k in HEAD_OPTIONS}
-    if head == {k: v for k, v in theirs["net"].items() if k in HEAD_OPTIONS}:
+    head = {k: v for k, v in ours["net"].items() if k in HEAD_KEYS}
+    if head == {k: v for k, v in theirs["net"].items() if k in HEAD_KEYS}:
         raise ValueError(
             f"init_weights {path}: its output head is train.json's own ({head}); init_new_head true would throw its "
             "trained head away: set init_new_head false to load all of it."
         )
-    heads = tuple(f"{name}." for name in HEAD_MODULES)
+    heads = tuple(f"{name}." for name in HEAD_MODULES.values())
     body = {k: v for k, v in loaded.net.state_dict().items() if not k.startswith(heads)}
     own_head = {k: v for k, v in segmenter.net.state_dict().items() if k.startswith(heads)}
     segmenter.net.load_state_dict({**body, **own_head})  # strict: every other tensor must be there, same shape
@@ -108,16 +110,15 @@ def initial_weights(
     return segmenter
 
 
-# WiDiT's output-head options and modules: the part init_new_head leaves as built
-PIXEL_OPTIONS = ("pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth")
-HEAD_OPTIONS = ("head", "final", *PIXEL_OPTIONS)
-HEAD_MODULES = ("final_layer", "pixel_head")
+# every WiDiT option that belongs to an output head, "head" itself included
+HEAD_KEYS = ("head", *itertools.chain.from_iterable(HEAD_OPTIONS.values()))
 
 
 def _used_options(config: dict) -> dict:
-    """A WiDiT config less the options of the head it does not use (a patch head's ``pixel_*``, a pixel head's
+    """A WiDiT config less the options of the heads it does not use (a patch head's ``pixel_*``, a pixel head's
     ``final``): they build nothing, and a bundle may set them for the other head."""
-    unused = PIXEL_OPTIONS if config.get("head", "patch") == "patch" else ("final",)
+    head = config.get("head", "patch")
+    unused = {k for name, keys in HEAD_OPTIONS.items() if name != head for k in keys}
     return {k: v for k, v in config.items() if k not in unused}
 
 

@@ -554,3 +554,19 @@ def test_init_new_head_refuses_a_file_with_the_same_head_and_a_head_option_the_n
     assert all(torch.equal(a, b) for a, b in zip(target.net.parameters(), source.net.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"differs .*\['net.pixel_dim'\]"):  # a pixel head's own options still count
         initial_weights(segmenter(head="pixel", pixel_dim=8, pixel_depth=1), pixel)
+
+
+def test_head_options_name_every_head_and_the_module_that_is_it():
+    """medwidit.nets.widit.HEAD_OPTIONS / HEAD_MODULES (what init_new_head leaves as built) cover WiDiT's heads, and
+    each head's module is the one its network builds."""
+    from medwidit.nets import WiDiT
+    from medwidit.nets.blocks import HEADS
+    from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
+
+    assert set(HEAD_OPTIONS) == set(HEAD_MODULES) == set(HEADS)
+    for head in HEADS:
+        net = WiDiT(spatial_dim=3, patch_size=4, in_channels=2, hidden_size=32, depth=1, num_heads=2, window_size=2,
+                    cond_channels=1, learn_sigma=False, head=head)  # fmt: skip
+        assert all(key in net.config for key in HEAD_OPTIONS[head])
+        built = {name: getattr(net, module) is not None for name, module in HEAD_MODULES.items()}
+        assert built == {name: name == head for name in HEADS}
