@@ -16,6 +16,9 @@ subset, fitted and chosen whatever the product rule scores: a bundle's feature s
 volume and the localization's ``warn_kept``) flags every validation case below ``--low-dice`` with the fewest false
 flags.
 
+``--monotone`` holds each weight to its feature's sign (``calibration.FEATURE_SIGNS``: better evidence never lowers
+the estimate); by default a weight takes either sign.
+
 ``--reference BUNDLE`` scores that bundle's own ``quality_calibration`` on the same reports (held out from them
 where it was fitted on other outputs) beside the chosen fit's leave-one-out estimates, on all cases and on each
 ``--group NAME=BASE[,BASE...]`` (the cases named BASE or BASE_<variant>, as ``generalisation.py`` names them: a
@@ -90,12 +93,12 @@ def scores(pred: np.ndarray, true: np.ndarray, warn: float) -> dict:
     }
 
 
-def leave_one_out(rows: list[dict], names: tuple[str, ...]) -> np.ndarray:
+def leave_one_out(rows: list[dict], names: tuple[str, ...], monotone: bool = False) -> np.ndarray:
     """Each case's estimate from the model fitted on every other case."""
     out = []
     for i in range(len(rows)):
         rest = rows[:i] + rows[i + 1 :]
-        model = fit_calibration([r["features"] for r in rest], [r["true"] for r in rest], names)
+        model = fit_calibration([r["features"] for r in rest], [r["true"] for r in rest], names, monotone=monotone)
         out.append(calibrated_dice(rows[i]["features"], model))
     return np.array(out)
 
@@ -144,6 +147,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="refit these features only (with log_ensemble_dice), no search (--max-features and --tie then unused): "
         "a bundle's feature set on new members",
     )
+    parser.add_argument(
+        "--monotone",
+        action="store_true",
+        help="hold each weight to its feature's sign (calibration.FEATURE_SIGNS): better evidence never lowers the "
+        "estimate (default: either sign)",
+    )
     parser.add_argument("--tie", type=float, default=0.005, help="leave-one-out MAEs this close rank by Spearman")
     parser.add_argument("--low-dice", type=float, default=0.9, help="true Dice below which a case should be flagged")
     parser.add_argument(
@@ -166,6 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     rows = load_rows(args.results)
+    monotone = args.monotone
     true = np.array([r["true"] for r in rows])
     # a feature with one value in every row carries nothing, and its fit would only differ in rounding (log_boundary
     # in reports that predate boundary_overlap)
@@ -190,7 +200,10 @@ def main(argv=None) -> dict:
         if len(rows) <= len(names) + 2:  # leave-one-out needs more cases than parameters in every fold
             continue
         candidates.append(
-            {"features": list(names), "leave_one_out": scores(leave_one_out(rows, names), true, args.low_dice)}
+            {
+                "features": list(names),
+                "leave_one_out": scores(leave_one_out(rows, names, monotone), true, args.low_dice),
+            }
         )
     own = np.exp([r["features"]["log_ensemble_dice"] for r in rows])
     lowest = min(c["leave_one_out"]["mae"] for c in candidates)
@@ -201,18 +214,20 @@ def main(argv=None) -> dict:
     if best["features"] == "product rule":
         model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRODUCT_RULE.items()}
     else:
-        model = fit_calibration([r["features"] for r in rows], true, best["features"])
+        model = fit_calibration([r["features"] for r in rows], true, best["features"], monotone=monotone)
     fitted = np.array([calibrated_dice(r["features"], model) for r in rows])
     if best["features"] == "product rule":
         held_out = fitted  # nothing fitted: every case is held out
     else:
-        held_out = leave_one_out(rows, tuple(best["features"]))
+        held_out = leave_one_out(rows, tuple(best["features"]), monotone)
     other = np.array([r["other_flag"] for r in rows])
     line = best_threshold(held_out, true < args.low_dice, other)  # the CLI's whole warning line
     threshold = {"warn_dice": line.pop("threshold"), **line}
     sources = ", ".join(str(p) for p in args.results)
-    model["chosen_on"] = f"{len(rows)} validation cases ({sources}); benchmarks/quality_calibration.py"
+    fit = " --monotone" if monotone else ""
+    model["chosen_on"] = f"{len(rows)} validation cases ({sources}); benchmarks/quality_calibration.py{fit}"
     result = {
+        "monotone": monotone,
         "cases": [{**r, "fitted": float(f)} for r, f in zip(rows, fitted, strict=True)],
         "ensemble_dice": scores(own, true, args.low_dice),
         "candidates": candidates,

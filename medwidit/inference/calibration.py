@@ -69,6 +69,13 @@ FEATURES = (
     "log_ensemble_dice", "log_kept", "volume_outside", "epistemic_foreground", "total_foreground", "log_boundary",
     "log_atlas_kept", "log_atlas_dice",
 )  # fmt: skip
+# each feature's natural direction: +1 where a larger value is evidence of a better answer (agreement, share kept,
+# boundary support), -1 where it is evidence of trouble (volume outside its range, entropy); fit_calibration's
+# monotone fit holds every weight to it
+FEATURE_SIGNS = {
+    "log_ensemble_dice": 1, "log_kept": 1, "volume_outside": -1, "epistemic_foreground": -1, "total_foreground": -1,
+    "log_boundary": 1, "log_atlas_kept": 1, "log_atlas_dice": 1,
+}  # fmt: skip
 PRODUCT_RULE = {"intercept": 0.0, "weights": {"log_ensemble_dice": 1.0, "log_kept": 1.0, "volume_outside": -1.0}}
 # the warning threshold for the ensemble's own estimate (no calibration, or one skipped for missing evidence):
 # benchmarks/trust.py, README
@@ -82,6 +89,7 @@ BOUNDARY_KNEE = 0.8
 __all__ = [
     "ENSEMBLE_WARN_DICE",
     "FEATURES",
+    "FEATURE_SIGNS",
     "PRODUCT_RULE",
     "apply_calibration",
     "bundle_calibration",
@@ -218,11 +226,18 @@ def apply_calibration(quality: dict, calibration: Mapping | None) -> dict:
 
 
 def fit_calibration(
-    features: Sequence[Mapping[str, float]], true_dice: Sequence[float], names: Sequence[str], f_scale: float = 0.05
+    features: Sequence[Mapping[str, float]],
+    true_dice: Sequence[float],
+    names: Sequence[str],
+    f_scale: float = 0.05,
+    monotone: bool = False,
 ) -> dict:
     """The intercept and the weights of ``names`` that fit ``true_dice`` (scipy's ``least_squares`` on the Dice
     residuals with a soft-L1 loss of scale ``f_scale``: a few scans that fail completely do not pull every other
-    estimate down), started from ``PRODUCT_RULE`` -> a ``quality_calibration``."""
+    estimate down), started from ``PRODUCT_RULE`` -> a ``quality_calibration``. ``monotone``: each weight bounded to
+    its feature's sign (``FEATURE_SIGNS``), so better evidence never lowers the estimate. Unbounded, two correlated
+    features can take opposite weights (0.9.0's fit weighs the ensemble's own estimate at -0.49); the brain bundle's
+    validation cases chose the unbounded fit all the same (``benchmarks/results/quality_calibration_monotone.json``)."""
     from scipy.optimize import least_squares
 
     unknown = sorted(set(names) - set(FEATURES))
@@ -234,12 +249,17 @@ def fit_calibration(
         raise ValueError(f"need more cases ({len(features)}) than parameters ({len(names) + 1}), one Dice each.")
     design = np.array([[1.0] + [float(f[n]) for n in names] for f in features])
     true = np.asarray(true_dice, dtype=np.float64)
-    start = [0.0] + [PRODUCT_RULE["weights"].get(n, 0.0) for n in names]
+    start = [0.0] + [PRODUCT_RULE["weights"].get(n, 0.0) for n in names]  # within the bounds below
+    bounds = (-np.inf, np.inf)
+    if monotone:
+        bounds = ([-np.inf] + [0.0 if FEATURE_SIGNS[n] > 0 else -np.inf for n in names],
+                  [np.inf] + [np.inf if FEATURE_SIGNS[n] > 0 else 0.0 for n in names])  # fmt: skip
 
     def residuals(theta: np.ndarray) -> np.ndarray:  # unclipped: smooth, and equal to the clipped where it is < 1
         return np.exp(design @ theta) - true
 
-    theta = least_squares(residuals, start, loss="soft_l1", f_scale=f_scale, xtol=1e-12, ftol=1e-12, gtol=1e-12).x
+    tolerances = {"xtol": 1e-12, "ftol": 1e-12, "gtol": 1e-12}
+    theta = least_squares(residuals, start, bounds=bounds, loss="soft_l1", f_scale=f_scale, **tolerances).x
     return {"intercept": float(theta[0]), "weights": {n: float(w) for n, w in zip(names, theta[1:], strict=True)}}
 
 

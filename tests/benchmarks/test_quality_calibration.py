@@ -10,7 +10,7 @@ import pytest
 from benchmark_scripts import load_benchmark
 
 from medwidit.inference import Predictor
-from medwidit.inference.calibration import check_calibration
+from medwidit.inference.calibration import FEATURE_SIGNS, check_calibration
 
 
 def _rows(count=12):
@@ -184,3 +184,24 @@ def test_reports_with_and_without_the_template_dice_are_not_fitted_together(tmp_
     results.write_text(json.dumps({"rows": rows}))
     with pytest.raises(SystemExit, match=r"1 of 12 validation cases have no atlas_prior.template_dice \(case3\)"):
         script.main([str(results), "--output", str(tmp_path / "q.json")])
+
+
+def test_monotone_fits_hold_every_weight_to_its_features_sign_and_say_so(tmp_path):
+    """``--monotone``: the truth here falls as the ensemble's estimate rises, which a free fit follows with a negative
+    weight; the monotone search holds it at 0 or leaves it, records the choice and names it in ``chosen_on``."""
+    script = load_benchmark("quality_calibration")
+    rows = _rows()
+    for row in rows:
+        if row.get("quality"):
+            row["dice"] = row["dice"] * (0.96 / float(row["quality"]["predicted_dice"]["1"])) ** 2
+    results = tmp_path / "validation.json"
+    results.write_text(json.dumps({"rows": rows}))
+    free = script.main([str(results), "--output", str(tmp_path / "free.json")])
+    assert free["monotone"] is False and free["chosen"]["calibration"]["weights"]["log_ensemble_dice"] < -0.5
+    out = script.main([str(results), "--output", str(tmp_path / "m.json"), "--monotone"])
+    assert out["monotone"] is True and out["chosen"]["calibration"]["chosen_on"].endswith("--monotone")
+    weights = out["chosen"]["calibration"]["weights"]
+    assert weights["log_ensemble_dice"] >= 0 and all(
+        w * FEATURE_SIGNS[name] >= 0 for name, w in weights.items()
+    )  # fmt: skip
+    assert out["chosen"]["leave_one_out"]["mae"] > free["chosen"]["leave_one_out"]["mae"]  # the bound costs fit here

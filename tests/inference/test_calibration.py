@@ -14,6 +14,7 @@ from medwidit.diffusion import DiffusionSegmenter
 from medwidit.inference import InputError, Predictor
 from medwidit.inference.calibration import (
     BOUNDARY_KNEE,
+    FEATURE_SIGNS,
     FEATURES,
     PRODUCT_RULE,
     apply_calibration,
@@ -153,6 +154,30 @@ def test_a_fit_recovers_a_multiplicative_model_exactly_and_needs_more_cases_than
         fit_calibration(features[:10], true[:9], ["log_ensemble_dice"])
     with pytest.raises(ValueError, match=r"names must be a non-empty subset of"):
         fit_calibration(features, true, ["dice"])
+
+
+def test_a_monotone_fit_holds_every_weight_to_its_features_sign_where_a_free_fit_crosses_it():
+    """Two correlated features whose truth weighs one negatively (0.9.0's validation fit: the ensemble's own estimate
+    at -0.49): the free fit recovers the negative weight; the monotone fit keeps it at 0, so a case with better
+    evidence on every feature never gets a lower estimate."""
+    assert set(FEATURE_SIGNS) == set(FEATURES) and set(FEATURE_SIGNS.values()) == {-1, 1}
+    rng = np.random.default_rng(0)
+    atlas = np.log(rng.uniform(0.7, 1.0, 16))
+    own = 0.5 * atlas + np.log(rng.uniform(0.97, 1.0, 16))  # agrees with the atlas, up to noise
+    features = [{"log_ensemble_dice": o, "log_atlas_dice": a, "total_foreground": 0.1 * i % 0.3}
+                for i, (o, a) in enumerate(zip(own, atlas, strict=True))]  # fmt: skip
+    true = [math.exp(-0.02 - 0.5 * f["log_ensemble_dice"] + 1.2 * f["log_atlas_dice"]) for f in features]
+    names = ["log_ensemble_dice", "log_atlas_dice", "total_foreground"]
+    free = fit_calibration(features, true, names)
+    assert free["weights"]["log_ensemble_dice"] == pytest.approx(-0.5, abs=1e-4)
+    monotone = fit_calibration(features, true, names, monotone=True)
+    weights = monotone["weights"]
+    assert weights["log_ensemble_dice"] >= 0 and weights["log_atlas_dice"] > 0 and weights["total_foreground"] <= 0
+    assert weights["log_ensemble_dice"] == pytest.approx(0.0, abs=1e-6)  # held at its bound
+    worse, better = dict(features[0]), dict(features[0])
+    better["log_ensemble_dice"] += 0.05  # more agreement, all else equal
+    assert calibrated_dice(better, monotone) >= calibrated_dice(worse, monotone)
+    assert calibrated_dice(better, free) < calibrated_dice(worse, free)  # what the free fit does with it
 
 
 def test_the_estimate_is_clipped_to_a_dice():
