@@ -131,20 +131,21 @@ def test_infer_workflow_writes_the_outputs_the_cli_flags_write(trained, tmp_path
 
 @pytest.mark.slow
 def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_path):
-    """``monai.bundle run --bias_correction n4 --anti_aliasing true`` replaces the checkpoint's preprocessing as the
-    CLI's ``--bias-correction n4 --anti-aliasing on`` does (neither could be set on the bundle path); an
+    """``monai.bundle run --bias_correction n4 --anti_aliasing false`` replaces the bundle's preprocessing as the
+    CLI's ``--bias-correction n4 --anti-aliasing off`` does (neither could be set on the bundle path); an
     inference.json that sets them is what the CLI reads too; a bad value names the file and the key."""
     from medwidit.inference import Predictor
     from medwidit.inference.io import InputError
 
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"]), "output_dir": str(tmp_path)}
     plain = _workflow(config("inference"), "infer", **overrides).parser.get_parsed_content("predictor")
-    assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, False)
+    # the checkpoint has no blur; inference.json turns it on (0.9.1's default)
+    assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, True)
     assert (plain.atlas_prior["margin_mm"], plain.atlas_prior["core_mm"]) == (2.0, 1.0)  # the bundle's own prior
     assert plain.atlas_prior["image"].is_file()
-    changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="true")
+    changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="false")
     predictor = changed.parser.get_parsed_content("predictor")
-    assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", True)
+    assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", False)
     changed.run()
     changed.finalize()
     assert (tmp_path / "case3_image.nii.gz").is_file()

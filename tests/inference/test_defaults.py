@@ -60,6 +60,21 @@ def test_the_shipped_bundle_samples_two_weight_sets_at_the_knee_of_the_measured_
     assert len(Predictor.from_bundle(device="cpu").select_weights(None)) == 2
 
 
+def test_the_shipped_bundle_blurs_before_resampling_as_its_validation_chose():
+    """0.9.1: inference.json's anti_aliasing is on over checkpoints trained without it, because the 72 validation
+    cases' rule adopted it (validation_anti_aliasing_72.json); the CLI and Predictor.from_bundle read it there, and a
+    caller's own value still wins."""
+    decided = json.loads((ROOT / "benchmarks" / "results" / "validation_anti_aliasing_72.json").read_text())
+    assert decided["decision"].startswith("adopted") and all(
+        decided["comparison"][k] for k in ("a_mean_higher", "b_better_on_half_changed", "c_no_clean_drop_over_0.01")
+    )
+    shipped = Predictor.from_bundle(device="cpu", weight_sets=1)
+    assert shipped.preprocessing["anti_aliasing"] is True
+    assert Predictor.from_checkpoint(SHIPPED_BUNDLE / "models" / "model.pt").preprocessing["anti_aliasing"] is False
+    own = Predictor.from_bundle(device="cpu", weight_sets=1, anti_aliasing=False)
+    assert own.preprocessing["anti_aliasing"] is False
+
+
 def test_the_shared_steps_knee_failed_the_held_out_test_and_is_not_the_default():
     """speed_curve_shared.json's knee (2 steps, the first shared: 6 calls) was chosen on the validation scans by the
     same rule, then lost 0.025 Dice on the held-out example (generalisation_shared.json), so the default stays."""
