@@ -178,8 +178,8 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         choices=("on", "off"),
         help="on: blur the image before resampling it to a coarser grid (sigma (f - 1) / 2 voxels for a factor f), "
         "so that a 1 mm scan's noise and edges are averaged, not subsampled, onto the 2 mm grid and the 4 mm "
-        "localization grid; nothing for a model without a working spacing (default: the model's preprocessing; "
-        "the shipped bundle's: off)",
+        "localization grid; nothing for a model without a working spacing (default: the bundle's inference.json, "
+        "else the model's preprocessing; the shipped bundle's: on since 0.9.1)",
     )
     seg.add_argument(
         "--probability-smoothing",

@@ -157,21 +157,22 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     path = bundle / "configs" / "inference.json"
     original = path.read_text()
     try:
-        declared = {**json.loads(original), "bias_correction": "n4", "anti_aliasing": True, "extra_weights": []}
+        # anti_aliasing false: not the shipped file's value, so reading it shows the file is what is read
+        declared = {**json.loads(original), "bias_correction": "n4", "anti_aliasing": False, "extra_weights": []}
         declared["probability_smoothing"] = 1.5
         declared["atlas_prior"] = {**declared["atlas_prior"], "margin_mm": 7.0}
         path.write_text(json.dumps(declared))
         read = Predictor.from_bundle(bundle, weight_sets=1)
-        assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", True)
+        assert (read.preprocessing["bias_correction"], read.preprocessing["anti_aliasing"]) == ("n4", False)
         assert read.probability_smoothing == 1.5 and read.atlas_prior["margin_mm"] == 7.0
-        given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=False)  # the caller's own wins
-        assert given.preprocessing["anti_aliasing"] is False
+        given = Predictor.from_bundle(bundle, weight_sets=1, anti_aliasing=True)  # the caller's own wins
+        assert given.preprocessing["anti_aliasing"] is True
         # the zoo's evaluation (train.json + evaluate.json) scores what inference.json samples
         evaluation = _workflow(
             [config("train"), config("evaluate")], None, bundle_root=str(bundle), **trained["data"], **TINY_INFER
         )
         scored = evaluation.parser.get_parsed_content("predictor")
-        assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", True)
+        assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", False)
         assert scored.probability_smoothing == 1.5  # evaluate.json reads inference.json's, as from_bundle does
         assert scored.atlas_prior == read.atlas_prior
         path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))

@@ -161,6 +161,8 @@ def test_a_monotone_fit_holds_every_weight_to_its_features_sign_where_a_free_fit
     at -0.49): the free fit recovers the negative weight; the monotone fit keeps it at 0, so a case with better
     evidence on every feature never gets a lower estimate."""
     assert set(FEATURE_SIGNS) == set(FEATURES) and set(FEATURE_SIGNS.values()) == {-1, 1}
+    # the fit starts from the product rule, which must lie within the monotone bounds
+    assert all(w * FEATURE_SIGNS[name] > 0 for name, w in PRODUCT_RULE["weights"].items())
     rng = np.random.default_rng(0)
     atlas = np.log(rng.uniform(0.7, 1.0, 16))
     own = 0.5 * atlas + np.log(rng.uniform(0.97, 1.0, 16))  # agrees with the atlas, up to noise
