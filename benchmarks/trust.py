@@ -96,6 +96,12 @@ MAPS = ("total", "aleatoric", "epistemic", "disagreement", "total_and_disagreeme
 WRITTEN_MAPS = ("total_and_disagreement", "error_score")  # also scored against the written labels' errors
 
 
+def fold_bright_end(x: np.ndarray, turn: float) -> np.ndarray:
+    """Intensities above ``turn`` folded back below it (``2 turn - x``, at least 0): tissue brighter than the turn
+    turns darker, a contrast between T1 and an inversion (trust.py's contrast family, generalisation.py's folds)."""
+    return np.where(x > turn, np.clip(2 * turn - x, 0, None), x)
+
+
 def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: int, seed: int):
     """(image, label) (*S) arrays -> the shifted copy at strength ``level`` (1..3) of ``family`` (see the module)."""
     if family not in STRENGTHS:
@@ -109,7 +115,7 @@ def acquisition_shift(image: np.ndarray, label: np.ndarray, family: str, level: 
         cut = int(round(strength * x.shape[2]))
         x[..., x.shape[2] - cut :], y[..., y.shape[2] - cut :] = 0.0, 0
     elif family == "contrast":
-        x = np.where(x > strength, np.clip(2 * strength - x, 0, None), x)
+        x = fold_bright_end(x, strength)
     elif family == "noise":
         g = np.random.default_rng(seed)
         x = np.sqrt((x + strength * g.standard_normal(x.shape)) ** 2 + (strength * g.standard_normal(x.shape)) ** 2)
