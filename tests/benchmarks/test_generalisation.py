@@ -78,9 +78,11 @@ def test_the_stronger_variants_are_built_only_where_named_and_do_what_they_say(t
         turn = share * top
         np.testing.assert_allclose(out[data == 300], max(0.0, 2 * turn - 300), atol=1e-3)  # folded back
         np.testing.assert_array_equal(out[data == 100], 100.0)  # below the turn: kept
-    variants = ("noise", "noise_strong", "bias", "bias_strong")
+    variants = ("noise", "noise_strong", "bias", "bias_mid", "bias_high", "bias_strong")
     spread = {v: np.asarray(generalisation.variant(v, image).dataobj)[data == 100].std() for v in variants}
-    assert spread["noise_strong"] > 2 * spread["noise"] and spread["bias_strong"] > 1.5 * spread["bias"]
+    assert spread["noise_strong"] > 2 * spread["noise"]
+    assert spread["bias"] < spread["bias_mid"] < spread["bias_high"] < spread["bias_strong"]  # the fields in order
+    assert spread["bias_strong"] > 1.5 * spread["bias"]
 
 
 def test_scores_on_the_truth_grid(tmp_path):
