@@ -254,7 +254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--no-colin27", action="store_true", help="leave out the held-out test scan (choosing a recipe on validation)"
     )
     parser.add_argument("--bundle", help="medwidit bundle (default: the CLI's default)")
-    parser.add_argument("--bias-correction", choices=("n4", "none"), help="medwidit segment --bias-correction")
+    parser.add_argument("--bias-correction", choices=("n4", "none", "retry"), help="medwidit segment --bias-correction")
     parser.add_argument("--anti-aliasing", choices=("on", "off"), help="medwidit segment --anti-aliasing")
     parser.add_argument(
         "--seed", type=int, help="medwidit segment --seed (default: the CLI's, 0): another noise draw of one ensemble"

@@ -168,7 +168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warn-dice", type=float, default=0.9, help="flag threshold scored here")
     parser.add_argument(
         "--bias-correction",
-        choices=("n4", "none"),
+        choices=("n4", "none", "retry"),
         help="replace the bundle's (Predictor.from_bundle(bias_correction=))",
     )
     parser.add_argument(

@@ -97,6 +97,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["roi_size"] = args.roi_size[0] if len(args.roi_size) == 1 else args.roi_size
     if args.bias_correction is not None:
         options["bias_correction"] = args.bias_correction
+    if args.warn_dice is not None:  # the predictor's too: a case below it is retried with N4 under "retry"
+        options["warn_dice"] = args.warn_dice or None
     if args.anti_aliasing is not None:
         options["anti_aliasing"] = args.anti_aliasing == "on"
     if args.probability_smoothing is not None:
@@ -250,6 +252,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     sampling["probability_smoothing"] = predictor.probability_smoothing  # sigma, voxels of the model's grid
     sampling["quality_calibration"] = predictor.quality_calibration  # what the quality JSON's predicted Dice is
     sampling["warn_dice"] = predictor.warn_dice if args.warn_dice is None else args.warn_dice or None
+    sampling["bias_retry"] = predictor.bias_retry  # N4 again where the predicted Dice warns
     record = {
         "medwidit": package_version(),
         "command": shlex.join(["medwidit", *args.argv]),

@@ -169,9 +169,12 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's, 0.5)")
     seg.add_argument(
         "--bias-correction",
-        choices=("n4", "none"),
+        choices=("n4", "none", "retry"),
         help="n4: SimpleITK's N4 bias-field correction before the intensity normalisation, for scans with a strong "
-        "coil field (default: the model's preprocessing; the shipped bundle's: none)",
+        "coil field; retry: none, and a case whose predicted Dice is below the warning threshold (--warn-dice) is "
+        "segmented again with N4, keeping whichever of the two has the higher predicted Dice (recorded in its "
+        "quality JSON) (default: the bundle's inference.json, else the model's preprocessing; the shipped bundle's: "
+        "none)",
     )
     seg.add_argument(
         "--anti-aliasing",

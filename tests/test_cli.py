@@ -563,6 +563,93 @@ def test_the_predictor_refuses_an_unknown_bias_correction_by_name(setup):
         Predictor.from_checkpoint(checkpoint, bias_correction="N4ITK")
 
 
+def _image_reading_checkpoint(path):
+    """The tiny checkpoint with its zero output layer drawn at random, so that its labels follow the image."""
+    from medwidit.diffusion import load_segmenter
+
+    segmenter, config = load_segmenter(_checkpoint(path))
+    torch.manual_seed(0)
+    for parameter in segmenter.net.final_layer.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    save_segmenter(segmenter, path, extra_config={k: config[k] for k in ("preprocessing", "roi_size")})
+    return str(path)
+
+
+def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_estimate(tmp_path):
+    """bias_correction="retry": no N4 first; where the predicted Dice is below warn_dice the case is segmented again
+    with N4 from the same random state, and the result with the higher minimum predicted Dice is kept, both estimates
+    recorded. Each pass is exactly what a predictor with that preprocessing gives; a case that does not warn is the
+    plain run's, with nothing recorded."""
+    from medwidit.inference import Predictor
+
+    checkpoint = _image_reading_checkpoint(tmp_path / "model.pt")
+    head = np.zeros((24, 24, 24), np.float32)
+    head[4:20, 4:20, 4:20] = 100.0 * np.exp(np.linspace(0, 1.5, 16))[:, None, None]  # a strong coil field
+    image = _nifti(tmp_path / "head.nii.gz", head)
+    fast = {"steps": 1, "num_samples": 2}
+    options = {"device": "cpu", "warn_dice": 1.0}  # every case below it: each one is retried
+    plain = Predictor.from_checkpoint(checkpoint, **options).segment(image, **fast)
+    n4 = Predictor.from_checkpoint(checkpoint, bias_correction="n4", **options).segment(image, **fast)
+    assert not np.array_equal(plain.label_map, n4.label_map)  # the correction changes the answer here
+    first, second = plain.quality["min_predicted_dice"], n4.quality["min_predicted_dice"]
+    assert first < 1.0 and first != second
+
+    predictor = Predictor.from_checkpoint(checkpoint, bias_correction="retry", **options)
+    assert predictor.bias_retry and predictor.preprocessing["bias_correction"] is None
+    result = predictor.segment(image, **fast)
+    better = n4 if second > first else plain
+    np.testing.assert_array_equal(result.label_map, better.label_map)
+    np.testing.assert_array_equal(result.probability, better.probability)
+    assert result.quality["bias_retry"] == {
+        "correction": "n4",
+        "first_predicted_dice": first,
+        "retry_predicted_dice": second,
+        "kept": "retry" if second > first else "first",
+    }
+
+    quiet = Predictor.from_checkpoint(checkpoint, bias_correction="retry", device="cpu", warn_dice=None)
+    unwarned = quiet.segment(image, **fast)  # no threshold: never retried
+    np.testing.assert_array_equal(unwarned.label_map, plain.label_map)
+    assert "bias_retry" not in unwarned.quality
+
+
+def test_bias_retry_needs_a_first_pass_without_n4(setup):
+    from medwidit.inference import Predictor
+    from medwidit.inference.io import InputError
+
+    _, _, checkpoint = setup
+    with pytest.raises(ValueError, match="bias_retry retries a case with 'n4' bias correction, but the preprocessing"):
+        Predictor(Predictor.from_checkpoint(checkpoint).segmenter, preprocessing={"bias_correction": "n4"},
+                  bias_retry=True)  # fmt: skip
+    message = r"must be one of \[None, 'n4'\], got 'Retry'. It also takes 'retry' \(N4 only where a case warns\)"
+    with pytest.raises(InputError, match=message):
+        Predictor.from_checkpoint(checkpoint, bias_correction="Retry")
+
+
+def test_bias_retry_from_the_cli_is_recorded_and_named_in_the_warning_line(setup, capsys):
+    """--bias-correction retry: the run record says so, and a case still warned after the retry says it was retried
+    and which result it kept."""
+    import json
+
+    tmp_path, inputs, _ = setup
+    checkpoint = _image_reading_checkpoint(tmp_path / "random.pt")
+    # two members: one alone agrees with itself (predicted Dice 1), so nothing falls below --warn-dice 1
+    base = ["segment", "-i", str(inputs), "--checkpoint", checkpoint, *FAST, "--samples", "2", "--save-quality"]
+    assert main([*base, "-o", str(tmp_path / "retry"), "--bias-correction", "retry", "--warn-dice", "1"]) == 0
+    warned = capsys.readouterr().err
+    record = json.loads((tmp_path / "retry" / "medwidit_run.json").read_text())
+    assert record["sampling"]["bias_retry"] is True and record["preprocessing"]["bias_correction"] is None
+    quality = json.loads((tmp_path / "retry" / "good_quality.json").read_text())
+    retry = quality["bias_retry"]
+    assert retry["kept"] in ("first", "retry")
+    kept = "N4's" if retry["kept"] == "retry" else "the first"
+    first, second = retry["first_predicted_dice"], retry["retry_predicted_dice"]
+    assert f"retried with N4 (predicted Dice {first:.3f} without, {second:.3f} with; {kept} kept)" in warned
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "medwidit_run.json").read_text())
+    assert plain["sampling"]["bias_retry"] is False
+
+
 def test_anti_aliasing_reaches_the_predictor_and_the_run_record(setup, capsys, monkeypatch):
     """--anti-aliasing on|off replaces the checkpoint's preprocessing['anti_aliasing'] for this run (the blur runs
     on the case's image before the 1.5 mm grid); the default keeps the model's (off); a wrong value is named, from

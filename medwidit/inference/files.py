@@ -288,7 +288,8 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
     has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
     less than ``warn_kept`` of the full-resolution foreground, or whose atlas prior did not register or held less than
-    its ``min_kept`` (``atlas.atlas_warning``); ``warn_dice`` None: none."""
+    its ``min_kept`` (``atlas.atlas_warning``); ``warn_dice`` None: none. A case the predictor segmented again with
+    N4 (``bias_retry``) says so and which result it kept."""
     if warn_dice is None or result.quality is None:
         return
     dice = result.quality["predicted_dice"]
@@ -296,5 +297,10 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     shown = f"{warn_dice:.2f}" if round(warn_dice, 2) == warn_dice else f"{warn_dice:.3f}"  # 0.915 not as 0.92
     problems = [f"predicted Dice below {shown} ({', '.join(low)})"] if low else []
     problems += warning_causes(result.quality)
+    retry = result.quality.get("bias_retry")
+    if problems and retry:  # what the retry tried is not a cause: it says N4 did not clear the warning
+        first, second = retry["first_predicted_dice"], retry["retry_predicted_dice"]
+        kept = "N4's" if retry["kept"] == "retry" else "the first"
+        problems.append(f"retried with N4 (predicted Dice {first:.3f} without, {second:.3f} with; {kept} kept)")
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))

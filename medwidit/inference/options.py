@@ -256,17 +256,24 @@ def bundle_options(bundle_dir: str | os.PathLike, configs: Sequence[str] = ("inf
 
 # the checkpoint's preprocessing a caller (from_checkpoint's arguments, the CLI, inference.json) may replace
 PREPROCESSING_OVERRIDES = ("bias_correction", "anti_aliasing")
+# bias_correction's third value beside "n4" and none: none, then N4 again where the case warns (Predictor's bias_retry)
+BIAS_RETRY = "retry"
+BIAS_RETRY_CORRECTION = "n4"
 
 
 def bundle_preprocessing_overrides(bundle_dir: str | os.PathLike) -> dict:
-    """The ``bias_correction`` and ``anti_aliasing`` a bundle's ``configs/inference.json`` sets to other than "model"
-    (an expression is left to ``monai.bundle run``), checked: what ``Predictor.from_bundle`` and ``evaluate.json``
-    hand to ``from_checkpoint``, so that they sample what ``monai.bundle run`` with inference.json does."""
+    """The ``bias_correction`` (None, "n4" or "retry") and ``anti_aliasing`` a bundle's ``configs/inference.json`` sets
+    to other than "model" (an expression is left to ``monai.bundle run``), checked: what ``Predictor.from_bundle`` and
+    ``evaluate.json`` hand to ``from_checkpoint``, so that they sample what ``monai.bundle run`` with inference.json
+    does."""
     path, declared = read_inference_config(bundle_dir)
     found = {}
     for key in PREPROCESSING_OVERRIDES:
         value = declared.get(key, "model")
         if isinstance(value, str) and (value == "model" or value.startswith(("$", "@", "%"))):
+            continue
+        if key == "bias_correction" and value == BIAS_RETRY:
+            found[key] = value
             continue
         try:
             check_preprocessing({key: value})

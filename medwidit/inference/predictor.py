@@ -34,6 +34,7 @@ from .calibration import (
     apply_calibration,
     bundle_calibration,
     bundle_warn_dice,
+    case_warn_dice,
     check_calibration,
     check_warn_dice,
     missing_evidence,
@@ -51,6 +52,8 @@ from .localize import (
     scale_disagreement,
 )
 from .options import (
+    BIAS_RETRY,
+    BIAS_RETRY_CORRECTION,
     PREPROCESSING_OVERRIDES,
     autocast_dtype,
     autocast_model_fn,
@@ -200,6 +203,13 @@ class Predictor:
             estimate: a bundle's ``inference.json`` declares it beside its ``quality_calibration``
             (:meth:`from_bundle` keeps ``DEFAULT_WARN_DICE`` where the caller replaces that calibration); without
             one ``DEFAULT_WARN_DICE``, chosen for the ensemble's own estimate.
+        bias_retry: a case whose predicted Dice of a foreground class falls below ``warn_dice`` (the threshold the
+            warning line uses) is segmented again from the same random state with N4 bias-field correction in front
+            of the intensity normalisation (``preprocessing["bias_correction"]`` "n4"), and whichever of the two has
+            the higher minimum predicted Dice is kept (ties: the first); the quality report records both estimates
+            as ``bias_retry``. For weights whose first pass runs without N4 (``preprocessing`` without it): a strong
+            coil field breaks them where N4 would have rescued it, and N4 on every case costs where it is not
+            needed (``from_checkpoint(bias_correction="retry")``, ``medwidit segment --bias-correction retry``).
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -226,6 +236,7 @@ class Predictor:
         atlas_prior: Mapping | None = None,
         quality_calibration: Mapping | None = None,
         warn_dice: float | None = DEFAULT_WARN_DICE,
+        bias_retry: bool = False,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -270,6 +281,12 @@ class Predictor:
                 )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
+        self.bias_retry = check_bool("bias_retry", bias_retry)
+        if self.bias_retry and self.preprocessing["bias_correction"] is not None:
+            raise ValueError(
+                f"bias_retry retries a case with {BIAS_RETRY_CORRECTION!r} bias correction, but the preprocessing "
+                f"already applies {self.preprocessing['bias_correction']!r} to every case."
+            )
         self.sampling_defaults = sampling_defaults()
 
     def resolve_sampling(self, steps, num_samples, overlap) -> tuple[int, int, float]:
@@ -315,7 +332,8 @@ class Predictor:
         ``extra_checkpoints``: further weights of the same task and preprocessing (``extra_segmenters``), an
         InputError naming the file whose preprocessing differs. ``bias_correction`` None ("none") or "n4" replaces the
         checkpoint's ``preprocessing["bias_correction"]`` at inference ("model": keep it): N4 on a scan with a strong
-        coil field, for weights trained on scans without one. ``anti_aliasing`` True or False likewise replaces
+        coil field, for weights trained on scans without one; "retry": none, and N4 again where the case's estimate
+        warns (``bias_retry``). ``anti_aliasing`` True or False likewise replaces
         ``preprocessing["anti_aliasing"]``: a blur before the resampling wherever it coarsens the grid (the coarse
         localization pass's grid too)."""
         segmenter, config = _load_checkpoint(path)
@@ -338,6 +356,8 @@ class Predictor:
             extras.append(extra)
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
+        if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:
+            bias_correction, options["bias_retry"] = None, True  # the first pass without; the retry adds it
         preprocessing = dict(config.get("preprocessing") or {})
         overrides = {
             name: value
@@ -349,7 +369,8 @@ class Predictor:
             check_preprocessing(preprocessing)
         except ValueError as e:
             given = [name for name in overrides if f"['{name}']" in str(e)]
-            raise InputError(f"{given[0]}: {e}" if given else f"{path}: {e}") from e
+            retry = f" It also takes {BIAS_RETRY!r} (N4 only where a case warns)." if "bias_correction" in given else ""
+            raise InputError(f"{given[0]}: {e}{retry}" if given else f"{path}: {e}") from e
         predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
         return predictor
@@ -484,17 +505,48 @@ class Predictor:
         )  # fmt: skip
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         augment = self.resolve_augment(augment)
+        localize, atlas = check_bool("localize", localize), check_bool("atlas", atlas)
+        start = generator.get_state() if self.bias_retry else None
+        prior = self.register_prior(array, geometry.affine, geometry.path) if atlas else (None, False)
+        case = (array, geometry, sampling, generator, augment, localize, prior, progress)
+        result = self._segment_case(self.preprocessing, *case)
+        if start is None or not self._warns(result):
+            return result
+        logger.info("%s: predicted Dice below %s: segmenting again with N4", geometry.path or "array", self.warn_dice)
+        generator.set_state(start)  # the retry draws what a run with N4 from the first would
+        retry = self._segment_case({**self.preprocessing, "bias_correction": BIAS_RETRY_CORRECTION}, *case)
+        first, second = (r.quality["min_predicted_dice"] for r in (result, retry))
+        kept = retry if second > first else result
+        kept.quality["bias_retry"] = {
+            "correction": BIAS_RETRY_CORRECTION,
+            "first_predicted_dice": first,
+            "retry_predicted_dice": second,
+            "kept": "retry" if kept is retry else "first",
+        }
+        return kept
+
+    def _warns(self, result: Segmentation) -> bool:
+        """Whether ``result``'s quality report would get the warning line for its predicted Dice (``warn_dice``,
+        or ``ENSEMBLE_WARN_DICE`` where its calibration was skipped: ``calibration.case_warn_dice``)."""
+        threshold = case_warn_dice(result.quality, self.warn_dice)
+        return threshold is not None and result.quality["min_predicted_dice"] < threshold
+
+    def _segment_case(
+        self, preprocessing: dict, array, geometry, sampling: dict, generator, augment: int, localize: bool,
+        registered: tuple[AtlasFit | None, bool], progress,
+    ) -> Segmentation:  # fmt: skip
+        """One pass of :meth:`segment` under ``preprocessing`` (the predictor's, or the retry's with N4): the
+        localization pass, the full-resolution ensemble under the ``registered`` atlas prior (:meth:`register_prior`'s
+        pair: it reads the case, not its preprocessing) and its disagreement with the coarse pass."""
         views = augmentation_views(augment, self.spatial_dims, **self.view_options) if augment > 1 else None
         region, coarse = None, None
-        if check_bool("localize", localize) and self.localization is not None:
-            coarse = self._coarse_pass(array, geometry, generator, _coarse_sampling(sampling, augment))
+        if localize and self.localization is not None:
+            coarse = self._coarse_pass(array, geometry, preprocessing, generator, _coarse_sampling(sampling, augment))
             if coarse is not None:
                 region = foreground_region(coarse.label_map, geometry.affine, self.localization["margin_mm"])
-        prior, failed = (
-            self.register_prior(array, geometry.affine, geometry.path) if check_bool("atlas", atlas) else (None, False)
-        )
+        prior, failed = registered
         result = self._sample_case(
-            array, geometry, self.preprocessing, sampling, generator, views=views, region=region, prior=prior,
+            array, geometry, preprocessing, sampling, generator, views=views, region=region, prior=prior,
             progress=progress,
         )  # fmt: skip
         if failed:
@@ -565,7 +617,8 @@ class Predictor:
         if self.localization is None:
             return None
         sampling = _coarse_sampling(sampling, self.resolve_augment(augment))
-        return self._coarse_pass(array, geometry, generator or torch.Generator().manual_seed(0), sampling)
+        generator = generator or torch.Generator().manual_seed(0)
+        return self._coarse_pass(array, geometry, self.preprocessing, generator, sampling)
 
     def _case_input(
         self, image, affine, force_grid, steps=None, num_samples=None, overlap=None, sampler=None, eta=0.0,
@@ -590,13 +643,15 @@ class Predictor:
         }
         return array, geometry, sampling
 
-    def _coarse_pass(self, array, geometry: ImageGeometry, generator, sampling: dict) -> Segmentation | None:
+    def _coarse_pass(
+        self, array, geometry: ImageGeometry, preprocessing: dict, generator, sampling: dict
+    ) -> Segmentation | None:
         """The case sampled on ``localization``'s coarser grid with the same weights, sampling (``_coarse_sampling``'s
         members) and post-processing (no test-time views), from a copy of ``generator``'s state (the
         full-resolution pass then draws exactly what it would without it); None (with a warning) where that grid is
         too small."""
         name = geometry.path or "array"
-        coarse_grid = {**self.preprocessing, "spacing": self.localization["spacing"]}
+        coarse_grid = {**preprocessing, "spacing": self.localization["spacing"]}
         try:
             check_grid(array.shape[1:], geometry.affine, coarse_grid["spacing"], name, force=True)
         except InputError as e:

@@ -149,6 +149,9 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     changed.run()
     changed.finalize()
     assert (tmp_path / "case3_image.nii.gz").is_file()
+    retry = _workflow(config("inference"), "infer", **overrides, bias_correction="retry")
+    retried = retry.parser.get_parsed_content("predictor")  # none first, N4 where a case warns
+    assert retried.bias_retry and retried.preprocessing["bias_correction"] is None and not plain.bias_retry
 
     bundle = trained["bundle"]
     (bundle / "models").mkdir(exist_ok=True)
@@ -175,6 +178,8 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
         assert (scored.preprocessing["bias_correction"], scored.preprocessing["anti_aliasing"]) == ("n4", False)
         assert scored.probability_smoothing == 1.5  # evaluate.json reads inference.json's, as from_bundle does
         assert scored.atlas_prior == read.atlas_prior
+        path.write_text(json.dumps({**declared, "bias_correction": "retry"}))
+        assert Predictor.from_bundle(bundle, weight_sets=1).bias_retry  # the CLI reads inference.json's retry too
         path.write_text(json.dumps({**declared, "anti_aliasing": "yes"}))
         with pytest.raises(InputError, match=r"inference.json: anti_aliasing: preprocessing\['anti_aliasing'\] must"):
             Predictor.from_bundle(bundle, weight_sets=1)
