@@ -75,6 +75,21 @@ def test_the_shipped_bundle_blurs_before_resampling_as_its_validation_chose():
     assert own.preprocessing["anti_aliasing"] is False
 
 
+def test_the_shipped_bundle_retries_a_warned_case_with_n4_as_its_validation_chose():
+    """0.9.2: inference.json's bias_correction "retry" (none, then N4 where the predicted Dice warns), because the 84
+    validation cases' rule adopted it (validation_bias_retry_84.json); the checkpoint alone does not retry, and a
+    caller's own bias_correction replaces the bundle's."""
+    decided = json.loads((ROOT / "benchmarks" / "results" / "validation_bias_retry_84.json").read_text())
+    clauses = ("a_mean_higher", "b_no_loss_over_0.01", "c_clean_within_0.001")
+    assert decided["decision"].startswith("adopted") and all(decided["comparison"][k] for k in clauses)
+    shipped = Predictor.from_bundle(device="cpu", weight_sets=1)
+    assert shipped.bias_retry and shipped.preprocessing["bias_correction"] is None
+    assert not Predictor.from_checkpoint(SHIPPED_BUNDLE / "models" / "model.pt").bias_retry
+    for own, correction in ((None, None), ("n4", "n4")):
+        given = Predictor.from_bundle(device="cpu", weight_sets=1, bias_correction=own)
+        assert not given.bias_retry and given.preprocessing["bias_correction"] == correction
+
+
 def test_the_shared_steps_knee_failed_the_held_out_test_and_is_not_the_default():
     """speed_curve_shared.json's knee (2 steps, the first shared: 6 calls) was chosen on the validation scans by the
     same rule, then lost 0.025 Dice on the held-out example (generalisation_shared.json), so the default stays."""
