@@ -174,7 +174,7 @@ def _model_arguments(seg: argparse.ArgumentParser) -> None:
         "coil field; retry: none, and a case whose predicted Dice is below the warning threshold (--warn-dice) is "
         "segmented again with N4, keeping whichever of the two has the higher predicted Dice (recorded in its "
         "quality JSON) (default: the bundle's inference.json, else the model's preprocessing; the shipped bundle's: "
-        "none)",
+        "retry since 0.9.2)",
     )
     seg.add_argument(
         "--anti-aliasing",

@@ -328,6 +328,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "probability_smoothing": 0.0,
         "quality_calibration": None,  # nor a calibration: the ensemble's own estimate, with its threshold
         "warn_dice": 0.955,
+        "bias_retry": False,  # a bare checkpoint segments each case once
     }
     assert first["runtime"]["device"] == "cpu" and first["runtime"]["roi_size"] == [16, 16, 16]
     assert {"torch", "monai", "python"} <= set(first["environment"]) and first["medwidit"]

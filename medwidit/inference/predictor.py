@@ -497,7 +497,8 @@ class Predictor:
         ``localize`` False skips the coarse pass of ``localization`` (where the predictor has one). The quality
         records ``localization``: None without the pass, else its settings, the share of the foreground its region
         held (``kept``) and whether it was ``applied``. ``atlas`` False skips the ``atlas_prior`` (where the
-        predictor has one); the quality records ``atlas_prior`` as ``localization``.
+        predictor has one); the quality records ``atlas_prior`` as ``localization``. With ``bias_retry``, a case
+        whose predicted Dice is below ``warn_dice`` is segmented once more with N4 (the quality's ``bias_retry``).
         """
         array, geometry, sampling = self._case_input(
             image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
