@@ -168,8 +168,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warn-dice", type=float, default=0.9, help="flag threshold scored here")
     parser.add_argument(
         "--bias-correction",
-        choices=("n4", "none", "retry"),
-        help="replace the bundle's (Predictor.from_bundle(bias_correction=))",
+        choices=("n4", "none"),
+        help="replace the bundle's (Predictor.from_bundle(bias_correction=)); the bundle's \"retry\" is not run here: "
+        "each case is sampled once without N4, and the config records bias_retry_not_run",
     )
     parser.add_argument(
         "--no-localize", action="store_true", help="skip the bundle's localization pass (medwidit segment's flag)"
@@ -609,6 +610,11 @@ def main(argv=None) -> dict:
     args.quality_calibration = predictor.quality_calibration
     args.bundle_warn_dice = predictor.warn_dice  # the warning line's threshold on the calibrated estimate
     args.atlas_prior = predictor.atlas_prior  # recorded as used
+    # each case is sampled once, as segment's first pass: a case the bundle would segment again with N4 (0.9.2's
+    # bias_correction "retry") is one whose calibrated estimate is below bundle_warn_dice
+    args.bias_retry_not_run = predictor.bias_retry
+    if predictor.bias_retry:
+        print("trust.py: the bundle's bias_correction retry is not run here (each case sampled once without N4)")
     start = time.process_time()
     cases = [evaluate(predictor, case, args) for case in load_cases(args)]
     summary = summarise(cases, args.warn_dice, args.bundle_warn_dice)

@@ -280,7 +280,8 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         "whose atlas core made "
         "more than the bundle's warn_filled of the foreground (default: the bundle's "
         "warn_dice, which belongs to its calibrated Dice estimate, shipped 0.80; a bare checkpoint's 0.955, for the "
-        "ensemble's own estimate; 0 never warns)",
+        "ensemble's own estimate; 0 never warns); also the threshold below which --bias-correction retry "
+        "segments a case again with N4 (0: never)",
     )
 
 

@@ -576,7 +576,7 @@ def _image_reading_checkpoint(path):
     return str(path)
 
 
-def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_estimate(tmp_path):
+def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_estimate(tmp_path, monkeypatch):
     """bias_correction="retry": no N4 first; where the predicted Dice is below warn_dice the case is segmented again
     with N4 from the same random state, and the result with the higher minimum predicted Dice is kept, both estimates
     recorded. Each pass is exactly what a predictor with that preprocessing gives; a case that does not warn is the
@@ -584,23 +584,31 @@ def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_es
     from medwidit.inference import Predictor
 
     checkpoint = _image_reading_checkpoint(tmp_path / "model.pt")
-    head = np.zeros((24, 24, 24), np.float32)
-    head[4:20, 4:20, 4:20] = 100.0 * np.exp(np.linspace(0, 1.5, 16))[:, None, None]  # a strong coil field
-    image = _nifti(tmp_path / "head.nii.gz", head)
+    head = np.zeros((48, 48, 48), np.float32)
+    head[8:40, 8:40, 8:40] = 100.0 * np.exp(np.linspace(0, 1.5, 32))[:, None, None]  # a strong coil field
+    image = _nifti(tmp_path / "head.nii.gz", head, np.eye(4))
     fast = {"steps": 1, "num_samples": 2}
-    options = {"device": "cpu", "warn_dice": 1.0}  # every case below it: each one is retried
+    # every case below warn_dice 1: each one is retried; the coarse pass on a 3 mm grid runs under each preprocessing
+    options = {"device": "cpu", "warn_dice": 1.0, "localization": {"spacing": 3.0, "margin_mm": 0.0, "min_kept": 0.0}}
     plain = Predictor.from_checkpoint(checkpoint, **options).segment(image, **fast)
     n4 = Predictor.from_checkpoint(checkpoint, bias_correction="n4", **options).segment(image, **fast)
     assert not np.array_equal(plain.label_map, n4.label_map)  # the correction changes the answer here
+    assert plain.quality["localization"]["applied"] and n4.quality["localization"]["applied"]
     first, second = plain.quality["min_predicted_dice"], n4.quality["min_predicted_dice"]
     assert first < 1.0 and first != second
 
     predictor = Predictor.from_checkpoint(checkpoint, bias_correction="retry", **options)
     assert predictor.bias_retry and predictor.preprocessing["bias_correction"] is None
+    coarse, original = [], Predictor._coarse_pass
+    monkeypatch.setattr(  # the localization pass of each try runs under that try's preprocessing
+        Predictor, "_coarse_pass", lambda self, a, g, pre, *rest: coarse.append(pre) or original(self, a, g, pre, *rest)
+    )
     result = predictor.segment(image, **fast)
+    assert [pre["bias_correction"] for pre in coarse] == [None, "n4"]
     better = n4 if second > first else plain
     np.testing.assert_array_equal(result.label_map, better.label_map)
     np.testing.assert_array_equal(result.probability, better.probability)
+    assert {k: v for k, v in result.quality.items() if k != "bias_retry"} == better.quality  # its coarse pass too
     assert result.quality["bias_retry"] == {
         "correction": "n4",
         "first_predicted_dice": first,
@@ -608,10 +616,37 @@ def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_es
         "kept": "retry" if second > first else "first",
     }
 
-    quiet = Predictor.from_checkpoint(checkpoint, bias_correction="retry", device="cpu", warn_dice=None)
-    unwarned = quiet.segment(image, **fast)  # no threshold: never retried
-    np.testing.assert_array_equal(unwarned.label_map, plain.label_map)
-    assert "bias_retry" not in unwarned.quality
+    for threshold in (None, first / 2):  # none, or one the first pass's estimate clears: never retried
+        quiet = Predictor.from_checkpoint(checkpoint, bias_correction="retry", **{**options, "warn_dice": threshold})
+        unwarned = quiet.segment(image, **fast)
+        np.testing.assert_array_equal(unwarned.probability, plain.probability)
+        assert "bias_retry" not in unwarned.quality
+    own = Predictor.from_checkpoint(checkpoint, bias_correction="retry", bias_retry=False, **options)
+    assert not own.bias_retry  # a caller's own bias_retry wins over the "retry" a bundle hands over
+
+
+def test_a_retry_whose_n4_fails_keeps_the_first_result(tmp_path, monkeypatch, capsys):
+    from medwidit.data import transforms
+    from medwidit.inference import Predictor
+
+    checkpoint = _image_reading_checkpoint(tmp_path / "model.pt")
+    image = _nifti(tmp_path / "head.nii.gz", _volume((24, 24, 24)))
+    options = {"device": "cpu", "warn_dice": 1.0}
+    plain = Predictor.from_checkpoint(checkpoint, **options).segment(image, steps=1, num_samples=2)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("N4 could not fit")
+
+    monkeypatch.setattr(transforms, "n4_bias_correct", fail)
+    result = Predictor.from_checkpoint(checkpoint, bias_correction="retry", **options).segment(
+        image, steps=1, num_samples=2
+    )
+    np.testing.assert_array_equal(result.probability, plain.probability)
+    assert result.quality["bias_retry"] == {"correction": "n4", "failed": "N4 could not fit"}
+    base = ["segment", "-i", str(image), "--checkpoint", checkpoint, *FAST, "--samples", "2", "--warn-dice", "1"]
+    assert main([*base, "-o", str(tmp_path / "out"), "--bias-correction", "retry"]) == 0
+    assert "the retry with N4 failed (N4 could not fit)" in capsys.readouterr().err
+    assert (tmp_path / "out" / "head.nii.gz").is_file()  # the first result written
 
 
 def test_bias_retry_needs_a_first_pass_without_n4(setup):
@@ -646,9 +681,13 @@ def test_bias_retry_from_the_cli_is_recorded_and_named_in_the_warning_line(setup
     kept = "N4's" if retry["kept"] == "retry" else "the first"
     first, second = retry["first_predicted_dice"], retry["retry_predicted_dice"]
     assert f"retried with N4 (predicted Dice {first:.3f} without, {second:.3f} with; {kept} kept)" in warned
+    assert record["cases"][0]["bias_retry"] == retry  # the record names a retried case without --save-quality too
     assert main([*base, "-o", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "medwidit_run.json").read_text())
-    assert plain["sampling"]["bias_retry"] is False
+    assert plain["sampling"]["bias_retry"] is False and "bias_retry" not in plain["cases"][0]
+    assert main([*base, "-o", str(tmp_path / "never"), "--bias-correction", "retry", "--warn-dice", "0"]) == 0
+    never = json.loads((tmp_path / "never" / "medwidit_run.json").read_text())
+    assert never["sampling"]["bias_retry"] is False  # no threshold: nothing is retried, and the record says so
 
 
 def test_anti_aliasing_reaches_the_predictor_and_the_run_record(setup, capsys, monkeypatch):

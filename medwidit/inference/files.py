@@ -298,7 +298,9 @@ def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
     problems = [f"predicted Dice below {shown} ({', '.join(low)})"] if low else []
     problems += warning_causes(result.quality)
     retry = result.quality.get("bias_retry")
-    if problems and retry:  # what the retry tried is not a cause: it says N4 did not clear the warning
+    if problems and retry and "failed" in retry:
+        problems.append(f"the retry with N4 failed ({retry['failed']})")
+    elif problems and retry:  # what the retry tried is not a cause: it says N4 did not clear the warning
         first, second = retry["first_predicted_dice"], retry["retry_predicted_dice"]
         kept = "N4's" if retry["kept"] == "retry" else "the first"
         problems.append(f"retried with N4 (predicted Dice {first:.3f} without, {second:.3f} with; {kept} kept)")

@@ -203,13 +203,16 @@ class Predictor:
             estimate: a bundle's ``inference.json`` declares it beside its ``quality_calibration``
             (:meth:`from_bundle` keeps ``DEFAULT_WARN_DICE`` where the caller replaces that calibration); without
             one ``DEFAULT_WARN_DICE``, chosen for the ensemble's own estimate.
-        bias_retry: a case whose predicted Dice of a foreground class falls below ``warn_dice`` (the threshold the
-            warning line uses) is segmented again from the same random state with N4 bias-field correction in front
-            of the intensity normalisation (``preprocessing["bias_correction"]`` "n4"), and whichever of the two has
-            the higher minimum predicted Dice is kept (ties: the first); the quality report records both estimates
-            as ``bias_retry``. For weights whose first pass runs without N4 (``preprocessing`` without it): a strong
-            coil field breaks them where N4 would have rescued it, and N4 on every case costs where it is not
-            needed (``from_checkpoint(bias_correction="retry")``, ``medwidit segment --bias-correction retry``).
+        bias_retry: a case whose predicted Dice of a foreground class falls below ``warn_dice`` is segmented again
+            from the same random state with N4 bias-field correction in front of the intensity normalisation
+            (``preprocessing["bias_correction"]`` "n4"), and whichever of the two has the higher minimum predicted
+            Dice is kept (ties: the first); the quality report records both estimates as ``bias_retry`` (or the N4
+            pass's error, which keeps the first). The threshold is the warning line's for the predictor's own
+            estimate (``calibration.case_warn_dice``: ``ENSEMBLE_WARN_DICE`` where a case's calibration was
+            skipped); ``warn_dice`` None retries nothing. For weights whose first pass runs without N4
+            (``preprocessing`` without it): a strong coil field breaks them where N4 would have rescued it, and N4
+            on every case costs where it is not needed (``from_checkpoint(bias_correction="retry")``,
+            ``medwidit segment --bias-correction retry``).
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -357,7 +360,8 @@ class Predictor:
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
         if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:
-            bias_correction, options["bias_retry"] = None, True  # the first pass without; the retry adds it
+            bias_correction = None  # the first pass without; the retry adds it
+            options.setdefault("bias_retry", True)  # a caller's own bias_retry=False wins over a bundle's "retry"
         preprocessing = dict(config.get("preprocessing") or {})
         overrides = {
             name: value
@@ -511,11 +515,21 @@ class Predictor:
         prior = self.register_prior(array, geometry.affine, geometry.path) if atlas else (None, False)
         case = (array, geometry, sampling, generator, augment, localize, prior, progress)
         result = self._segment_case(self.preprocessing, *case)
-        if start is None or not self._warns(result):
+        threshold = case_warn_dice(result.quality, self.warn_dice)
+        if start is None or threshold is None or result.quality["min_predicted_dice"] >= threshold:
             return result
-        logger.info("%s: predicted Dice below %s: segmenting again with N4", geometry.path or "array", self.warn_dice)
+        name = geometry.path or "array"
+        logger.info("%s: predicted Dice below %s: segmenting again with N4", name, threshold)
         generator.set_state(start)  # the retry draws what a run with N4 from the first would
-        retry = self._segment_case({**self.preprocessing, "bias_correction": BIAS_RETRY_CORRECTION}, *case)
+        try:
+            retry = self._segment_case({**self.preprocessing, "bias_correction": BIAS_RETRY_CORRECTION}, *case)
+        except RuntimeError as e:  # SimpleITK's, inside MONAI's "applying transform": the first result stands
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            logger.warning("%s: the retry with N4 failed (%s); the first result is kept", name, one_line(cause))
+            result.quality["bias_retry"] = {"correction": BIAS_RETRY_CORRECTION, "failed": one_line(cause)}
+            return result
         first, second = (r.quality["min_predicted_dice"] for r in (result, retry))
         kept = retry if second > first else result
         kept.quality["bias_retry"] = {
@@ -525,12 +539,6 @@ class Predictor:
             "kept": "retry" if kept is retry else "first",
         }
         return kept
-
-    def _warns(self, result: Segmentation) -> bool:
-        """Whether ``result``'s quality report would get the warning line for its predicted Dice (``warn_dice``,
-        or ``ENSEMBLE_WARN_DICE`` where its calibration was skipped: ``calibration.case_warn_dice``)."""
-        threshold = case_warn_dice(result.quality, self.warn_dice)
-        return threshold is not None and result.quality["min_predicted_dice"] < threshold
 
     def _segment_case(
         self, preprocessing: dict, array, geometry, sampling: dict, generator, augment: int, localize: bool,

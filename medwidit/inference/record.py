@@ -116,6 +116,8 @@ def finish_record(path: str | os.PathLike, record: dict, results: list, error: B
             "outputs": [Path(p).name for p in r.outputs],
             "seconds": round(r.seconds, 3),
             "message": r.message,
+            # a case segmented again with N4 (bias_retry): both estimates and which result was written
+            **({"bias_retry": r.quality["bias_retry"]} if r.quality and "bias_retry" in r.quality else {}),
         }
         for r in results
     ]
