@@ -251,7 +251,7 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     )
     sampling["probability_smoothing"] = predictor.probability_smoothing  # sigma, voxels of the model's grid
     sampling["quality_calibration"] = predictor.quality_calibration  # what the quality JSON's predicted Dice is
-    sampling["warn_dice"] = predictor.warn_dice if args.warn_dice is None else args.warn_dice or None
+    sampling["warn_dice"] = predictor.warn_dice  # --warn-dice's, given one (the predictor holds it for the retry)
     # N4 again where the predicted Dice warns; without a threshold (--warn-dice 0) nothing is retried
     sampling["bias_retry"] = predictor.bias_retry and predictor.warn_dice is not None
     record = {

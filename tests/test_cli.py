@@ -569,9 +569,9 @@ def _image_reading_checkpoint(path):
     from medwidit.diffusion import load_segmenter
 
     segmenter, config = load_segmenter(_checkpoint(path))
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     for parameter in segmenter.net.final_layer.parameters():
-        torch.nn.init.normal_(parameter, std=0.5)
+        torch.nn.init.normal_(parameter, std=0.5, generator=generator)
     save_segmenter(segmenter, path, extra_config={k: config[k] for k in ("preprocessing", "roi_size")})
     return str(path)
 
