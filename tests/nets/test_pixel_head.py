@@ -386,3 +386,54 @@ def test_a_segmenter_training_step_through_the_written_backward_equals_pytorchs(
             assert got is None
         else:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("spatial_dim", "grad"), [(3, True), (3, False), (2, True)])
+def test_depthwise_residual_folds_the_identity_into_the_kernel(spatial_dim, grad):
+    """``_depthwise(conv, h, residual=True)`` is ``h + conv(h)``: in float32 one convolution with the identity added
+    to the centre tap (the same values and gradients up to rounding, through the written backward and PyTorch's);
+    in bfloat16 the sum itself, bit for bit (a centre tap plus one would lose the tap's low bits there)."""
+    from medwidit.nets.blocks import _depthwise
+
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d, torch.nn.Conv3d)[spatial_dim - 2](4, 4, 3, padding=1, groups=4)
+    h = torch.randn(2, *(6, 5, 7)[:spatial_dim], 4, requires_grad=grad)
+
+    def plain(conv, h):
+        return h + conv(h.movedim(-1, 1)).movedim(1, -1)
+
+    with torch.set_grad_enabled(grad):
+        out, want = _depthwise(conv, h, residual=True), plain(conv, h)
+    torch.testing.assert_close(out, want)
+    assert not torch.equal(out, _depthwise(conv, h).detach())  # the residual is there
+    if grad:
+        g = torch.randn_like(want)
+        params = (h, conv.weight, conv.bias)
+        got, expected = torch.autograd.grad(out, params, g), torch.autograd.grad(want, params, g)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
+    half, h16 = conv.bfloat16(), h.detach().bfloat16()
+    assert torch.equal(_depthwise(half, h16, residual=True), plain(half, h16))
+    with pytest.raises(ValueError, match="residual=True needs a depthwise"):
+        _depthwise(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2), torch.randn(1, 4, 4, 4, 4), residual=True)
+
+
+def test_pixel_head_runs_in_float32_under_a_cpu_autocast(monkeypatch):
+    """Under CPU bf16 autocast the head (and its image encoding) computes in float32, its output too: exactly the
+    float32 head on the same inputs (bf16 tokens, as the token path gives them, taken as they are)."""
+    import medwidit.nets.blocks as blocks
+
+    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    patch, grid = (2, 2, 2), (3, 2, 2)
+    head, x, image, tokens, c = _head_case(3, True, patch, grid)
+    tokens16, c16 = tokens.detach().bfloat16(), c.bfloat16()
+    with torch.no_grad():
+        expected = head(x, image, tokens16.float(), c16.float(), grid)
+        features = head.encode_condition(image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoded = head.encode_condition(image)
+            got = head(x, image, tokens16, c16, grid)
+            cached = head(x, image, tokens16, c16, grid, cond_features=encoded)
+    assert encoded.dtype == got.dtype == torch.float32
+    assert torch.equal(encoded, features)
+    assert torch.equal(got, expected) and torch.equal(cached, expected)
