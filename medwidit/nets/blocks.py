@@ -365,8 +365,11 @@ class PixelHead(nn.Module):
         m = nn.functional.linear(s, *modulation).view(b, *grid, pairs, *self.patch_size, self.dim)
         order = [nd + 1, 0] + [v for a in range(nd) for v in (1 + a, nd + 2 + a)] + [2 * nd + 2]
         m = m.permute(order).reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
+        # unbind, not m[i]: each index's backward would fill a zero tensor of m's whole size (a fifth of a phantom
+        # model's training step went to those fills and their sum); unbind's backward stacks the gradients once
+        maps = m.unbind(0)
         for k, block in enumerate(self.blocks):
-            h = block.modulated(h, m[2 * k], m[2 * k + 1])  # (B, *S, D)
+            h = block.modulated(h, maps[2 * k], maps[2 * k + 1])  # (B, *S, D)
         return h
 
 
