@@ -157,16 +157,19 @@ class PixelBlock(nn.Module):
         # weight runs at half the speed (0.52 against 0.26 ms a slab on an AMD EPYC, with the bias in the GEMM); the
         # same values up to rounding, and no gain (nor loss beyond the timing noise) at 8 or 16 channels
         hidden = mlp.act(_linear(u, mlp.fc1.weight.t().contiguous().t(), mlp.fc1.bias))
-        return _linear(hidden, mlp.fc2.weight, mlp.fc2.bias).add_(x)  # (B, *S, D)
+        out = _linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
+        return out.add_(x) if out.dtype == x.dtype else x + out  # (B, *S, D); under autocast, x's float32 sum
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.functional.linear(x, weight, bias)`` on voxels (B, *S, in) as the bias-free product, then the bias added
-    in place: the same values, and on the CPU with the head's few channels (4 -> 8 -> 4) about 2x faster than one GEMM
-    with a bias (0.16 against 0.37 ms for 32768 voxels, one thread, Intel Xeon; bit for bit the same there), whose
-    broadcast bias takes a slow path."""
-    out = nn.functional.linear(x, weight)
-    return out if bias is None else out.add_(bias)
+    """``nn.functional.linear(x, weight, bias)`` on voxels (B, *S, in). On the CPU in float32, the bias-free product
+    and then the bias added in place: with the head's few channels (4 -> 8 -> 4) about 2x faster than one GEMM with a
+    bias, whose broadcast bias takes a slow path (0.16 against 0.37 ms for 32768 voxels, one thread, Intel Xeon; bit
+    for bit the same values there). Elsewhere (other devices, half precision, autocast: not measured; a rounding
+    between product and bias in half precision) the plain call."""
+    if not _cpu_float32(x) or bias is None:
+        return nn.functional.linear(x, weight, bias)
+    return nn.functional.linear(x, weight).add_(bias)
 
 
 def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -319,8 +322,8 @@ class PixelHead(nn.Module):
     # channels) costs several times its arithmetic on the CPU. Tests hold them to the plain modules' values.
 
     def _stem(self, x: torch.Tensor, conditioned: torch.Tensor | None, features: torch.Tensor | None) -> torch.Tensor:
-        """``stem_x`` of the noisy input (B, in, *S), read channels-first, added to the image's encoding in one
-        batched matmul -> (B, *S, D)."""
+        """``stem_x`` of the noisy input (B, in, *S), read channels-first by a batched matmul, plus the image's
+        encoding -> (B, *S, D)."""
         b, spatial = x.shape[0], x.shape[2:]
         if self.stem_c is None:
             base = self.stem_x.bias.view(1, 1, -1)
@@ -328,9 +331,10 @@ class PixelHead(nn.Module):
             base = self.encode_condition(conditioned) if features is None else features
             base = base.reshape(b, -1, self.dim)
         weight = self.stem_x.weight.t().expand(b, -1, -1)  # (B, in, D)
-        # the product, then base added in place: baddbmm's accumulate into base is ~4x slower here (as _linear's bias)
-        out = torch.bmm(x.reshape(b, x.shape[1], -1).transpose(1, 2), weight).add_(base)
-        return out.view(b, *spatial, self.dim)
+        noisy = x.reshape(b, x.shape[1], -1).transpose(1, 2)  # (B, N, in)
+        if _cpu_float32(x):  # the product, then base added in place: on the CPU ~4x faster than baddbmm (_linear)
+            return torch.bmm(noisy, weight).add_(base).view(b, *spatial, self.dim)
+        return torch.baddbmm(base, noisy, weight).view(b, *spatial, self.dim)
 
     def _final(self, h: torch.Tensor) -> torch.Tensor:
         """The seed's FinalLayer (RMSNorm with its gain, then Linear) on voxels (B, *S, D), written channels-first:
@@ -365,8 +369,8 @@ class PixelHead(nn.Module):
         m = nn.functional.linear(s, *modulation).view(b, *grid, pairs, *self.patch_size, self.dim)
         order = [nd + 1, 0] + [v for a in range(nd) for v in (1 + a, nd + 2 + a)] + [2 * nd + 2]
         m = m.permute(order).reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
-        # unbind, not m[i]: each index's backward would fill a zero tensor of m's whole size (a fifth of a phantom
-        # model's training step went to those fills and their sum); unbind's backward stacks the gradients once
+        # unbind, not m[i]: each index's backward would fill a zero tensor of m's whole size (24 of a phantom model's
+        # 278 ms training step went to those fills); unbind's backward stacks the gradients once
         maps = m.unbind(0)
         for k, block in enumerate(self.blocks):
             h = block.modulated(h, maps[2 * k], maps[2 * k + 1])  # (B, *S, D)
@@ -376,6 +380,11 @@ class PixelHead(nn.Module):
 def _cpu_autocast(x: torch.Tensor) -> bool:
     """Whether ``x`` is on the CPU under an enabled CPU autocast."""
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32 CPU tensor outside autocast: where the head's faster CPU forms were measured."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 SLAB_VOXELS = 1 << 15  # voxels per CPU slab of the pixel blocks: their (voxels, mlp_ratio D) activations stay in cache
@@ -396,15 +405,15 @@ def _depthwise(conv: nn.Module, h: torch.Tensor, residual: bool = False) -> torc
     """``conv`` on channels-last voxels (B, *S, D): the moved view is channels_last memory, PyTorch's fast layout for
     depthwise convolutions on the CPU (about 5x the default's speed); no copy either way. Where a CPU backward will
     follow (eager, float32, no autocast), :class:`_DepthwiseSame` computes the same convolution with the input's
-    gradient at the forward's speed. ``residual``: ``h + conv(h)``; in float32 as one convolution whose kernel has the
-    identity added to its centre tap (the same values up to rounding, without a separate pass to add h: 2.6 against
-    3.3 ms at 64^3 with 4 channels on one CPU thread); in half precision, where the centre tap plus one would lose
-    the tap's low bits, as the sum."""
+    gradient at the forward's speed. ``residual``: ``h + conv(h)`` (a depthwise "same" ``conv``); on the CPU in float32
+    as one convolution whose kernel has the identity added to its centre tap (the same values up to rounding, without
+    a separate pass to add h: 2.6 against 3.3 ms at 64^3 with 4 channels on one thread); elsewhere as the sum (in
+    half precision the centre tap plus one would lose the tap's low bits; other devices not measured)."""
+    if residual and not _same_depthwise(conv):
+        raise ValueError(f"residual=True needs a depthwise, stride-1 'same' convolution, got {conv}.")
     x = h.movedim(-1, 1)  # (B, D, *S)
     weight = conv.weight
-    folded = residual and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
-    if folded and not _same_depthwise(conv):
-        raise ValueError(f"residual=True needs a depthwise, stride-1 'same' convolution, got {conv}.")
+    folded = residual and _cpu_float32(x) and weight.dtype == torch.float32
     if folded:
         weight = weight + _centre_tap(conv)
     if _fast_backward(conv, x):

@@ -388,24 +388,31 @@ def test_a_segmenter_training_step_through_the_written_backward_equals_pytorchs(
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("spatial_dim", "grad"), [(3, True), (3, False), (2, True)])
-def test_depthwise_residual_folds_the_identity_into_the_kernel(spatial_dim, grad):
-    """``_depthwise(conv, h, residual=True)`` is ``h + conv(h)``: in float32 one convolution with the identity added
-    to the centre tap (the same values and gradients up to rounding, through the written backward and PyTorch's);
-    in bfloat16 the sum itself, bit for bit (a centre tap plus one would lose the tap's low bits there)."""
-    from medwidit.nets.blocks import _depthwise
+@pytest.mark.parametrize(
+    ("spatial_dim", "grad", "written"), [(3, True, True), (3, True, False), (3, False, False), (2, True, True)]
+)
+def test_depthwise_residual_folds_the_identity_into_the_kernel(monkeypatch, spatial_dim, grad, written):
+    """``_depthwise(conv, h, residual=True)`` is ``h + conv(h)``: on the CPU in float32 one convolution whose kernel is
+    conv's plus one at the centre tap (values and gradients up to rounding, through the written backward and through
+    PyTorch's own); in bfloat16 the sum itself, bit for bit (a centre tap plus one would lose the tap's low bits)."""
+    import medwidit.nets.blocks as blocks
 
     torch.manual_seed(0)
     conv = (torch.nn.Conv2d, torch.nn.Conv3d)[spatial_dim - 2](4, 4, 3, padding=1, groups=4)
     h = torch.randn(2, *(6, 5, 7)[:spatial_dim], 4, requires_grad=grad)
+    if not written:
+        monkeypatch.setattr(blocks, "_fast_backward", lambda conv, x: False)
+    kernels, conv_nd = [], blocks._conv_nd  # the kernel each convolution ran with (the written backward's forward too)
+    monkeypatch.setattr(blocks, "_conv_nd", lambda x, w, b: kernels.append(w.detach()) or conv_nd(x, w, b))
 
     def plain(conv, h):
         return h + conv(h.movedim(-1, 1)).movedim(1, -1)
 
     with torch.set_grad_enabled(grad):
-        out, want = _depthwise(conv, h, residual=True), plain(conv, h)
+        out, want = blocks._depthwise(conv, h, residual=True), plain(conv, h)
+    centre = (slice(None), 0, *(1,) * spatial_dim)
+    assert len(kernels) == 1 and torch.equal(kernels[0][centre], conv.weight.detach()[centre] + 1)  # one, folded
     torch.testing.assert_close(out, want)
-    assert not torch.equal(out, _depthwise(conv, h).detach())  # the residual is there
     if grad:
         g = torch.randn_like(want)
         params = (h, conv.weight, conv.bias)
@@ -413,9 +420,11 @@ def test_depthwise_residual_folds_the_identity_into_the_kernel(spatial_dim, grad
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b)
     half, h16 = conv.bfloat16(), h.detach().bfloat16()
-    assert torch.equal(_depthwise(half, h16, residual=True), plain(half, h16))
-    with pytest.raises(ValueError, match="residual=True needs a depthwise"):
-        _depthwise(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2), torch.randn(1, 4, 4, 4, 4), residual=True)
+    assert torch.equal(blocks._depthwise(half, h16, residual=True), plain(half, h16))
+    assert len(kernels) == 1 + (grad and written)  # + the written backward's; bf16 took PyTorch's own conv
+    for wrong in (torch.nn.Conv3d(4, 4, 3, padding=1, groups=2), torch.nn.Conv3d(4, 4, 3, padding=0, groups=4)):
+        with pytest.raises(ValueError, match="residual=True needs a depthwise"):  # whatever the dtype
+            blocks._depthwise(wrong.bfloat16(), torch.randn(1, 4, 4, 4, 4).bfloat16(), residual=True)
 
 
 def test_pixel_head_runs_in_float32_under_a_cpu_autocast(monkeypatch):
@@ -437,3 +446,26 @@ def test_pixel_head_runs_in_float32_under_a_cpu_autocast(monkeypatch):
     assert encoded.dtype == got.dtype == torch.float32
     assert torch.equal(encoded, features)
     assert torch.equal(got, expected) and torch.equal(cached, expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training under autocast (backward outside, as PyTorch asks)
+        loss = head(x, image, tokens16, c16, grid).square().sum()
+    grads = torch.autograd.grad(loss, (x, *head.parameters()))  # the float32 head's gradients
+    want = torch.autograd.grad(
+        head(x, image, tokens16.float(), c16.float(), grid).square().sum(), (x, *head.parameters())
+    )
+    for a, b in zip(grads, want, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_pixel_block_alone_under_cpu_autocast_keeps_a_float32_residual():
+    """Called on its own under CPU autocast, a PixelBlock adds its bf16 MLP output to the float32 stream and returns
+    float32, as ``x + mlp(...)`` does (the head's faster in-place sum would have cast the stream to bf16)."""
+    from medwidit.nets import PixelBlock
+
+    torch.manual_seed(0)
+    block = PixelBlock(8, mlp_ratio=2.0)
+    x, shift, scale = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x, shift, scale)
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(out, block(x, shift, scale), rtol=0.05, atol=0.05)
