@@ -305,14 +305,14 @@ class PixelHead(nn.Module):
             if rows >= grid[0]:
                 h = self._refine(h, s, grid, modulation)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
-                row = math.prod(grid[1:])  # tokens per row of the first grid axis
-                p0 = self.patch_size[0]
-                slabs = []
-                for g in range(0, grid[0], rows):
-                    n = min(rows, grid[0] - g)
-                    slab = (n, *grid[1:])
-                    part = h[:, g * p0 : (g + n) * p0]
-                    slabs.append(self._refine(part, s[:, g * row : (g + n) * row], slab, modulation))
+                # split, not h[:, a:b]: each slice's backward would fill a zero tensor of h's whole size (16 of them
+                # at 64^3: the bundle network's training step 0.73 against 0.71 CPU-s); split's backward concatenates
+                parts = h.split(rows * self.patch_size[0], dim=1)
+                conditioning = s.split(rows * math.prod(grid[1:]), dim=1)
+                slabs = [
+                    self._refine(part, cond, (cond.shape[1] // math.prod(grid[1:]), *grid[1:]), modulation)
+                    for part, cond in zip(parts, conditioning, strict=True)
+                ]
                 h = torch.cat(slabs, dim=1)
         h = _depthwise(self.mix, h, residual=True)  # h + mix(h): (B, *S, D)
         return self._final(h)  # (B, out, *S)
