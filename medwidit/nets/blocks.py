@@ -306,7 +306,7 @@ class PixelHead(nn.Module):
                 h = self._refine(h, s, grid, modulation)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
                 # split, not h[:, a:b]: each slice's backward would fill a zero tensor of h's whole size (16 of them
-                # at 64^3: the bundle network's training step 0.73 against 0.71 CPU-s); split's backward concatenates
+                # at 64^3: the bundle network's training step 0.71 against 0.73 CPU-s); split's backward concatenates
                 parts = h.split(rows * self.patch_size[0], dim=1)
                 conditioning = s.split(rows * math.prod(grid[1:]), dim=1)
                 slabs = [
