@@ -307,10 +307,10 @@ class PixelHead(nn.Module):
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
                 # split, not h[:, a:b]: each slice's backward would fill a zero tensor of h's whole size (16 of them
                 # at 64^3: the bundle network's training step 0.71 against 0.73 CPU-s); split's backward concatenates
-                parts = h.split(rows * self.patch_size[0], dim=1)
-                conditioning = s.split(rows * math.prod(grid[1:]), dim=1)
+                row = math.prod(grid[1:])  # tokens per row of the first grid axis
+                parts, conditioning = h.split(rows * self.patch_size[0], dim=1), s.split(rows * row, dim=1)
                 slabs = [
-                    self._refine(part, cond, (cond.shape[1] // math.prod(grid[1:]), *grid[1:]), modulation)
+                    self._refine(part, cond, (cond.shape[1] // row, *grid[1:]), modulation)
                     for part, cond in zip(parts, conditioning, strict=True)
                 ]
                 h = torch.cat(slabs, dim=1)
@@ -436,11 +436,7 @@ def _fast_backward(conv: nn.Module, x: torch.Tensor) -> bool:
     without autocast, outside any trace (export and compile record PyTorch's own convolution), for a depthwise,
     stride-1, odd-kernel convolution padded to the same size."""
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-    if not wants_grad or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if tracing() or torch.is_autocast_enabled("cpu"):
-        return False
-    return _same_depthwise(conv)
+    return wants_grad and _cpu_float32(x) and not tracing() and _same_depthwise(conv)
 
 
 def _same_depthwise(conv: nn.Module) -> bool:
