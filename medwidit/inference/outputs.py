@@ -220,11 +220,12 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
     """Commit each staged file of ``plan`` not committed yet from ``staging``, then (with ``overwrite``) remove the
     ``earlier`` outputs the previous marker lists, then write the marker (the last step)."""
     previous = set()
-    if plan.marker is not None:
-        if overwrite:
-            listed = _read_json(plan.marker).get("files")
-            previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
+    if plan.marker is not None and overwrite:
+        listed = _read_json(plan.marker).get("files")
+        previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
         plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
+    # without overwrite an existing marker stays: this commit can only add missing files, and a run that loses the race
+    # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     for final in plan.files:
         staged = staging / final.name
         if final.exists() and _same(staged, final):

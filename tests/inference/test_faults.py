@@ -121,6 +121,8 @@ def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
     reference = tmp_path / "reference"
     predictor.predict_from_files(inputs, reference, save_uncertainty=True, progress=False, seed=winner_seed, **FAST)
     assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
+    marker = json.loads((out / ".medwidit" / "scan.json").read_text())  # the loser left the winner's marker
+    assert sorted(marker["files"]) == UNCERTAINTY_OUTPUTS
     records = sorted(json.loads(p.read_text())["status"] for p in out.glob("medwidit_run*.json"))
     assert records == ["done", "failed"]  # each process its own record, neither replaced
     for name in visible(out):  # both files are the winner's: nothing mixed
@@ -130,7 +132,7 @@ def test_two_processes_into_one_folder_one_wins_the_other_fails_cleanly(setup):
 def test_the_commit_refuses_what_another_writer_committed_first(tmp_path):
     """Two writers staged at once (the race window of defect 1): the second commit fails and leaves the first's."""
     from medwidit.inference.io import save_image
-    from medwidit.inference.outputs import CaseWriter, plan_case
+    from medwidit.inference.outputs import CaseWriter, is_finished, plan_case
 
     geometry = read_image(nifti(tmp_path / "x.nii.gz"))[1]
     plan = plan_case(tmp_path / "out", "x", [tmp_path / "out" / "x.nii.gz", tmp_path / "out" / "x_uncertainty.nii.gz"])
@@ -146,6 +148,7 @@ def test_the_commit_refuses_what_another_writer_committed_first(tmp_path):
     assert visible(tmp_path / "out") == ["x.nii.gz", "x_uncertainty.nii.gz"]
     assert {int(nib.load(p).get_fdata().max()) for p in plan.files} == {1}
     assert hidden_leftovers(tmp_path / "out") == []
+    assert is_finished(plan)  # the refused commit left the first writer's marker: its case still reads as finished
 
 
 ######################################################################################################################
