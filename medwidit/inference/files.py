@@ -150,17 +150,17 @@ def predict_from_files(
         + ["statistics"] * flags["save_statistics"]
     )
     cases = find_cases(inputs, num_modalities=predictor.num_modalities, modality_pattern=modality_pattern)
-    inputs_found = {os.path.realpath(f) for c in cases for f in c.files}  # never an earlier output to remove
+    outputs = {c.name: [output_path(c, output_dir, k) for k in kinds] for c in cases if c.problem is None}
+    # never an earlier output to remove: an input, or what this run writes for any case (case "scan_uncertainty"'s
+    # labels are case "scan"'s uncertainty map by name)
+    kept = {os.path.realpath(f) for c in cases for f in c.files}
+    kept |= {os.path.realpath(p) for paths in outputs.values() for p in paths}
 
     def others(case: Case) -> list[Path]:
         paths = [output_path(case, output_dir, k) for k in ALL_KINDS if k not in kinds]
-        return [p for p in paths if os.path.realpath(p) not in inputs_found]
+        return [p for p in paths if os.path.realpath(p) not in kept]
 
-    plans = {
-        c.name: plan_case(output_dir, c.name, [output_path(c, output_dir, k) for k in kinds], others(c))
-        for c in cases
-        if c.problem is None
-    }
+    plans = {c.name: plan_case(output_dir, c.name, outputs[c.name], others(c)) for c in cases if c.problem is None}
     check_plan(list(plans.values()), [f for c in cases for f in c.files])
     share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
     results: list[CaseResult] = []

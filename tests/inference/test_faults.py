@@ -251,6 +251,30 @@ def test_overwrite_replaces_a_case_as_one_set_and_removes_no_file_of_the_user(se
     assert "removed the earlier run's scan_uncertainty.nii.gz, scan_aleatoric.nii.gz" in caplog.text
 
 
+def test_overwrite_removes_no_output_of_another_case_of_the_same_run(setup, tmp_path):
+    """Case "scan_uncertainty"'s labels are case "scan"'s uncertainty map by name: an --overwrite run, labels only,
+    that writes both cases once removed the first's labels as "scan"'s earlier map (the earlier run's marker lists
+    that name), leaving a case reported done without its output."""
+    _, inputs, predictor = setup
+    other, reference = tmp_path / "other", tmp_path / "reference"
+    other.mkdir()
+    nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    predictor.predict_from_files(other, reference, progress=False, **FAST)
+    for k, order in enumerate(([other, inputs], [inputs, other])):  # either case first
+        out = tmp_path / f"out{k}"
+        predictor.predict_from_files(inputs, out, save_uncertainty=True, progress=False, **FAST)
+        results = predictor.predict_from_files(order, out, overwrite=True, progress=False, **FAST)
+        assert sorted(r.name for r in results if r.status == "done") == ["scan", "scan_uncertainty"]
+        assert visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+        for name in ("scan", "scan_uncertainty"):
+            marker = json.loads((out / ".medwidit" / f"{name}.json").read_text())
+            assert marker["files"] == [f"{name}.nii.gz"]
+        np.testing.assert_array_equal(  # the file is the second case's labels, not the first's removed map
+            nib.load(out / "scan_uncertainty.nii.gz").get_fdata(),
+            nib.load(reference / "scan_uncertainty.nii.gz").get_fdata(),
+        )
+
+
 def _interrupt_second_commit(monkeypatch, error):
     from medwidit.inference import outputs as outputs_module
 
