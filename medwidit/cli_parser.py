@@ -304,7 +304,8 @@ def _add_export(commands) -> None:
         help="export a Lightning training checkpoint as a bundle's weights",
         description="Write the model of a Lightning checkpoint of training (runs/checkpoints/best.ckpt: its EMA "
         "weights) into BUNDLE_DIR/models/ as the MONAI model zoo lays it out: model.pt (the network's bare state "
-        "dict) and medwidit.json (architecture, preprocessing, classes), each written atomically. Training never "
+        "dict) and medwidit.json (architecture, preprocessing, classes), as one pair: each written atomically, and "
+        "model.pt put back as it was if medwidit.json cannot be written. Training never "
         "touches the shipped weights; this command is how they change.",
     )
     export.add_argument(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write, sha256_file
+from medwidit.utils.files import locked, temporary_path
 
 from .segmenter import DiffusionSegmenter
 
@@ -93,22 +95,38 @@ def save_bundle_weights(
     segmenter: DiffusionSegmenter, models_dir, extra_config: dict | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write ``models_dir/model.pt`` (the net's bare state dict) and ``models_dir/medwidit.json`` (config, version,
-    weights' SHA-256), each atomically; without ``overwrite`` an existing file is a FileExistsError naming it."""
+    weights' SHA-256) as one pair: each atomically, exports into one folder taking turns (a lock on the folder), and
+    if the sidecar cannot be written model.pt goes back to what it was (removed if new). Without ``overwrite`` an
+    existing file is a FileExistsError naming it."""
     from medwidit import __version__
 
     models_dir = Path(models_dir)
     weights, sidecar = models_dir / "model.pt", models_dir / SIDECAR
-    existing = [str(p) for p in (weights, sidecar) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
     config = segmenter_config(segmenter, extra_config)
     json.dumps(config)  # a config JSON cannot hold fails here, before model.pt is written without its sidecar
     state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
     models_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
-    record = {"config": config, "version": __version__, "weights_sha256": sha256_file(weights)}
-    text = json.dumps(record, indent=2) + "\n"
-    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
+    with locked(models_dir):  # a concurrent export's sidecar never lands beside this one's weights
+        existing = [str(p) for p in (weights, sidecar) if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
+        previous, written = temporary_path(weights, "previous."), False
+        if weights.exists():  # the weights before this export, to restore if the sidecar fails
+            shutil.copy2(weights, previous)
+        try:
+            atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
+            written = True
+            record = {"config": config, "version": __version__, "weights_sha256": sha256_file(weights)}
+            text = json.dumps(record, indent=2) + "\n"
+            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
+        except BaseException:
+            if written and previous.exists():
+                os.replace(previous, weights)
+            elif written:
+                weights.unlink(missing_ok=True)
+            raise
+        finally:
+            previous.unlink(missing_ok=True)
     return weights
 
 

@@ -22,7 +22,6 @@ labels' surface), with ``--save-uncertainty``;
 from __future__ import annotations
 
 import errno
-import fcntl
 import filecmp
 import json
 import logging
@@ -30,13 +29,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from medwidit.utils import atomic_write
-from medwidit.utils.files import commit
+from medwidit.utils.files import commit, locked
 
 from .io import IMAGE_SUFFIXES, OutputError, OutputImage, check_output_dir, image_suffix, one_line, save_image
 
@@ -195,22 +193,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)  # no hard links here: the staged copy stays to prove what was committed
 
 
-@contextmanager
-def _locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` while inside; yields False (and holds nothing) if not ``blocking`` and
-    taken. Advisory and per machine: correctness never depends on it, the link-based commit refuses existing files."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def _write_marker(plan: CasePlan) -> None:
     content = json.dumps({"case": plan.name, "files": [f.name for f in plan.files]}, indent=1)
     atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
@@ -275,7 +257,7 @@ class CaseWriter:
         self.plan.state_dir.mkdir(exist_ok=True)
         prefix = f"{self.plan.name}." if self.plan.marker is not None else f".{self.plan.name}."
         self.staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".staging", dir=self.plan.state_dir))
-        self._lock = _locked(self.staging / ".lock")  # held while this run lives: its staging is never taken as stale
+        self._lock = locked(self.staging / ".lock")  # held while this run lives: its staging is never taken as stale
         self._lock.__enter__()
         (self.staging / MANIFEST).write_text(json.dumps({"case": self.plan.name}))
         return self
@@ -301,7 +283,7 @@ class CaseWriter:
         if self.plan.marker is None:
             _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
         else:
-            with _locked(self.plan.state_dir / "lock"):
+            with locked(self.plan.state_dir / "lock"):
                 _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
         return list(self.plan.files)
 
@@ -326,13 +308,13 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
     for staging in sorted(plan.state_dir.glob(f"{glob_escape(plan.name)}.*.staging")):
         if _read_json(staging / MANIFEST).get("case") != plan.name:
             continue
-        with _locked(staging / ".lock", blocking=False) as stale:
+        with locked(staging / ".lock", blocking=False) as stale:
             if not stale:
                 continue  # a live run's
             names = sorted(f.name for f in plan.files)
             ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
             if finish and not finished and ours and _read_json(staging / MANIFEST).get("files") == names:
-                with _locked(plan.state_dir / "lock"):
+                with locked(plan.state_dir / "lock"):
                     _commit_staged(plan, staging, overwrite=overwrite, committed=[])
                 finished = True
                 logger.info("%s: finished the commit an interrupted run had begun", plan.name)

@@ -9,15 +9,17 @@ reserves the name before ``os.replace``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "commit", "image_grid", "itk_ras_affine", "sha256_file", "temporary_path"]
+__all__ = ["atomic_write", "commit", "image_grid", "itk_ras_affine", "locked", "sha256_file", "temporary_path"]
 
 PARTIAL = ".partial"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # image_grid: files without world coordinates
@@ -77,6 +79,23 @@ def atomic_write(
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def locked(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (a file, created if missing, or a folder) while inside; yields False (and
+    holds nothing) if not ``blocking`` and taken. Advisory and per machine: it makes writers of one machine take
+    turns; correctness across machines rests on the link-based :func:`commit`."""
+    fd = os.open(path, os.O_RDONLY if Path(path).is_dir() else os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

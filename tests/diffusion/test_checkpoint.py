@@ -3,6 +3,8 @@ rebuild the same segmenter, and files that are neither get errors saying what th
 
 import json
 import logging
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +51,48 @@ def test_bundle_weights_never_overwrite_unless_asked(tmp_path):
         save_bundle_weights(_segmenter(), tmp_path, EXTRA)
     save_bundle_weights(_segmenter(), tmp_path, {**EXTRA, "roi_size": [4, 4]}, overwrite=True)
     assert read_model_config(tmp_path / "model.pt")["roi_size"] == [4, 4]
+
+
+def test_bundle_weights_are_one_pair_when_the_sidecar_fails(tmp_path, monkeypatch):
+    """model.pt, then medwidit.json: a sidecar that cannot be written once left the new weights beside the old
+    config. Now model.pt goes back to the earlier export's (or is removed where there was none)."""
+    from medwidit.diffusion import checkpoint
+
+    real = checkpoint.atomic_write
+
+    def failing_sidecar(path, write, **kwargs):
+        if Path(path).name == SIDECAR:
+            raise OSError(28, "No space left on device")
+        return real(path, write, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", failing_sidecar)
+    with pytest.raises(OSError, match="No space"):
+        save_bundle_weights(_segmenter(), tmp_path / "new", EXTRA)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == []
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    weights = save_bundle_weights(_segmenter(), tmp_path, EXTRA)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    monkeypatch.setattr(checkpoint, "atomic_write", failing_sidecar)
+    other = _segmenter()
+    for p in other.net.parameters():
+        p.data.add_(1)
+    with pytest.raises(OSError, match="No space"):
+        save_bundle_weights(other, tmp_path, {**EXTRA, "roi_size": [4, 4]}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing else left
+    load_segmenter(weights)
+
+
+def test_bundle_weights_exports_into_one_folder_take_turns(tmp_path):
+    """An export waits while another holds the folder's lock, so two exports' files never mix."""
+    from medwidit.utils.files import locked
+
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (save_bundle_weights(_segmenter(), tmp_path, EXTRA), done.set()))
+    with locked(tmp_path):
+        thread.start()
+        assert not done.wait(0.5) and not (tmp_path / "model.pt").exists()
+    thread.join(60)
+    assert done.is_set() and read_model_config(tmp_path / "model.pt")["roi_size"] == EXTRA["roi_size"]
 
 
 def test_bare_state_dict_without_its_sidecar_says_what_is_missing(tmp_path):
