@@ -262,7 +262,9 @@ class Predictor:
             roi_size = [math.ceil(DEFAULT_ROI / p) * p for p in patch]
         self.roi_size = [int(roi_size)] * self.spatial_dims if isinstance(roi_size, int) else [int(r) for r in roi_size]
         self.sw_batch_size, self.max_whole_voxels = sw_batch_size, max_whole_voxels
-        SlidingWindowDenoiser(segmenter.net, self.roi_size, sw_batch_size=sw_batch_size, max_whole_voxels=0)  # checks
+        SlidingWindowDenoiser(
+            segmenter.net, self.roi_size, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
+        )  # checks
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.label_postprocessing = check_label_postprocessing(label_postprocessing)

@@ -29,6 +29,7 @@ from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_optio
 
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
+from medwidit.utils import check_int, is_finite_number
 
 from .localize import fill_core, foreground_share, restrict_to_region
 from .trust import View, apply_view, decompose_entropy, estimated_dice, fit_view, invert_view
@@ -143,12 +144,12 @@ class SlidingWindowDenoiser:
         if not all(isinstance(a, int) and a >= 1 for a in ensure_tuple(self.align)):
             raise ValueError(f"align must be positive integers, got {align!r}.")
         for o in overlap if isinstance(overlap, Sequence) else (overlap,):
-            if not 0 <= o < 1:
+            if not is_finite_number(o) or not 0 <= o < 1:
                 raise ValueError(f"overlap must be >= 0 and < 1, got {overlap!r}.")
         if not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
-        if max_whole_voxels is not None and max_whole_voxels < 0:
-            raise ValueError(f"max_whole_voxels must be >= 0 or None, got {max_whole_voxels!r}.")
+        if max_whole_voxels is not None:
+            check_int("max_whole_voxels", max_whole_voxels, low=0, hint=" or None")
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.mode = look_up_option(mode, BlendMode).value

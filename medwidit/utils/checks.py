@@ -56,8 +56,9 @@ def check_int(name: str, value, *, low: int = 1, high: int | None = None, hint: 
 
 def check_range(name: str, value, low: float, high: float, *, closed_high: bool = False) -> float:
     """``value`` as a float in ``[low, high)`` (``[low, high]`` with ``closed_high``), else a ValueError."""
-    ok = low <= value <= high if closed_high else low <= value < high
-    if isinstance(value, bool) or not ok:
+    number = is_finite_number(value)
+    ok = number and (low <= value <= high if closed_high else low <= value < high)
+    if not ok:
         raise ValueError(f"{name} must be in [{low}, {high}{']' if closed_high else ')'}, got {value!r}.")
     return float(value)
 

@@ -84,6 +84,15 @@ def test_oracle_labels_survive_reorientation_resampling_and_inversion(tmp_path, 
     assert result.label_map[11, 8, 4] == 1 and result.label_map[0, 0, 0] == 0
 
 
+def test_the_window_budget_is_checked_when_the_predictor_is_made(checkpoint):
+    """max_whole_voxels was stored unchecked: "x" failed every case of a run, one at a time, with a TypeError naming
+    the input file instead of the argument."""
+    for bad in (-1, "x", 2.5):
+        with pytest.raises(ValueError, match=rf"max_whole_voxels must be an int >= 0 or None, got {bad!r}"):
+            Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=bad)
+    assert Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0).max_whole_voxels == 0
+
+
 def test_every_input_kind_gives_the_same_result(tmp_path, checkpoint, volume):
     source = save_nifti(tmp_path / "case_0000.nii.gz", volume)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")

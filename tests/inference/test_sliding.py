@@ -201,6 +201,11 @@ def test_arguments_are_checked_with_clear_messages():
         SlidingWindowDenoiser(affine_net, 8, mode="gausian")
     with pytest.raises(ValueError, match="sw_batch_size"):
         SlidingWindowDenoiser(affine_net, 8, sw_batch_size=0)
+    for bad in (-1, "x", 2.5):  # "x" and 2.5 passed and failed later, on the volume, with a TypeError or not at all
+        with pytest.raises(ValueError, match=rf"max_whole_voxels must be an int >= 0 or None, got {bad!r}"):
+            SlidingWindowDenoiser(affine_net, 8, max_whole_voxels=bad)
+    with pytest.raises(ValueError, match=r"overlap must be >= 0 and < 1, got '0.5'"):
+        SlidingWindowDenoiser(affine_net, 8, overlap="0.5")
     x, t, cond = _inputs(3)
     with pytest.raises(ValueError, match="roi_size \\(8, 8\\) has 2 axes but the volume has 3"):
         SlidingWindowDenoiser(affine_net, (8, 8), max_whole_voxels=0)(x, t, cond)

@@ -75,3 +75,6 @@ def test_checks_name_the_argument():
     assert check_range("overlap", 0.5, 0, 1) == 0.5
     with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\)"):
         check_range("overlap", 1.0, 0, 1)
+    for bad in ("0.5", None, [0.5], float("nan"), True):  # not numbers: a raw TypeError named no argument
+        with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got"):
+            check_range("overlap", bad, 0, 1)
