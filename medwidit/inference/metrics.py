@@ -256,13 +256,19 @@ def evaluate_files(
     class_names: Sequence[str] | None = None,
     output_file: str | os.PathLike | None = None,
     atol: float = 1e-3,
+    overwrite: bool = False,
 ) -> dict:
     """Dice per class between predicted and ground-truth label files, case by case, on the label's own grid.
 
     A prediction must have its label's shape and affine (within ``atol``: predictions are written with the input's
     geometry). Returns ``{"num_cases", "class_names", "mean": {name: dice}, "mean_foreground", "cases": [...]}``
-    and writes it as JSON to ``output_file`` (atomically) when given.
+    and writes it as JSON to ``output_file`` (atomically) when given; an existing ``output_file`` is a
+    FileExistsError naming it, before anything is scored, unless ``overwrite``.
     """
+    if output_file is not None and not overwrite and Path(output_file).exists():
+        raise FileExistsError(
+            f"{output_file}: already exists; pass overwrite (the bundle: --overwrite true) to replace it."
+        )
     if len(predictions) != len(labels) or not labels:
         raise ValueError(
             f"need as many predictions as labels (at least one), got {len(predictions)} and {len(labels)}."
@@ -300,7 +306,12 @@ def evaluate_files(
     if output_file is not None:
         path = Path(output_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        try:
+            atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
+        except FileExistsError:  # written by another run meanwhile
+            raise FileExistsError(
+                f"{path}: already exists; pass overwrite (the bundle: --overwrite true) to replace it."
+            ) from None
         logger.info("wrote Dice of %d cases to %s (mean foreground %.4f)", len(cases), output_file, mean[1:].mean())
     return report
 

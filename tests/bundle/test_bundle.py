@@ -3,6 +3,7 @@ the network's input/output, checkpoint export, and ConfigWorkflow in train, infe
 check_properties() on a few random 32^3 NIfTI files."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -240,6 +241,14 @@ def test_train_and_evaluate_compose_as_in_the_model_zoo(trained, tmp_path):
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"])}
     report = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides)
     assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
+    # run again into the same folder: refused (evaluate.json replaced predictions and dice.json), unless asked
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and ".medwidit" not in p.parts}
+    with pytest.raises(RuntimeError) as refused:
+        run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides)
+    assert re.search(r"1 of 1 case\(s\) failed:.*already exists.*--overwrite", repr(refused.value.__cause__), re.S)
+    assert {p: p.read_bytes() for p in before} == before
+    again = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides, overwrite=True)
+    assert again["num_cases"] == 1
 
 
 @pytest.mark.slow

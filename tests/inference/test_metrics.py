@@ -231,6 +231,13 @@ def test_evaluate_files_on_the_label_grid(tmp_path):
     assert report["cases"][1]["dice"]["inner"] == 0.0 and report["cases"][1]["dice"]["background"] == 1.0
     assert report["mean"]["inner"] == 0.5 and json.loads((tmp_path / "dice.json").read_text()) == report
     assert (tmp_path / "dice.json").stat().st_mode & 0o777 == 0o644
+    # a second report into the same file is refused (it was replaced without a word), unless asked
+    again = {"num_classes": 3, "output_file": tmp_path / "dice.json"}
+    with pytest.raises(FileExistsError, match=r"dice.json: already exists; pass overwrite"):
+        evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"], **again)
+    assert json.loads((tmp_path / "dice.json").read_text()) == report
+    second = evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"], **again, overwrite=True)
+    assert json.loads((tmp_path / "dice.json").read_text()) == second != report
     with pytest.raises(ValueError, match="grid"):
         evaluate_files([tmp_path / "moved.nii.gz"], [tmp_path / "label.nii.gz"], num_classes=3)
     # a 0/255 mask: MONAI's Dice dropped the 255 voxels and scored a perfect prediction 0 without a word
