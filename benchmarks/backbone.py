@@ -199,7 +199,10 @@ def main() -> None:
                 row["memory_ratio"] = row["peak_mem_mb"] / max(reference["peak_mem_mb"], 1e-9)
     print(table(rows))
     import torch
-    from _report import cpu_model  # here, not at the top: the workers import this module and need none of it
+    from _report import (  # here, not at the top: the workers import this module and need none of it
+        cpu_model,
+        write_json,
+    )
 
     result = {
         "benchmark": "backbone forward+backward, WiDiT 3D",
@@ -217,9 +220,7 @@ def main() -> None:
         "note": args.note,
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_json(result, args.output)}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
+from _report import write_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from medwidit.inference.metrics import segmentation_metrics  # noqa: E402
 from medwidit.inference.options import sampling_defaults  # noqa: E402
 from medwidit.inference.predictor import Predictor  # noqa: E402
@@ -120,8 +122,7 @@ def main() -> None:
     case = "" if args.image == EXAMPLE / "colin27_head_2mm_image.nii.gz" else f" on {args.image.name}"
     results["models"][args.name + case] = record
     results["example"] = "Colin27 head, 2 mm (medwidit/data/examples), brain mask > 0 as the reference"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
 
 
 if __name__ == "__main__":

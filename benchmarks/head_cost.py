@@ -214,7 +214,10 @@ def main() -> None:
                     row[key.replace("_peak_mem_mb", "_memory") + "_ratio"] = round(row[key] / reference[key], 3)
             print(json.dumps(row), flush=True)
     import torch
-    from _report import cpu_model  # here, not at the top: the workers import this module and need none of it
+    from _report import (  # here, not at the top: the workers import this module and need none of it
+        cpu_model,
+        write_json,
+    )
 
     result = {
         "benchmark": "pixel head vs patch head: training step (forward+backward) and DDIM sampling, CPU",
@@ -232,9 +235,7 @@ def main() -> None:
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "results": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_json(result, args.output)}")
 
 
 if __name__ == "__main__":

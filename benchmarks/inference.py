@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
+from _report import write_json  # benchmarks/ is on sys.path when a script runs
+from _worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -204,10 +205,9 @@ def main() -> None:
         "machine": platform.machine(),
         "rows": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    written = write_json(result, args.output)
     print(table(rows))
-    print(f"wrote {args.output} in {result['total_wall_seconds']:.0f} s")
+    print(f"wrote {written} in {result['total_wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
+from _report import write_json  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from medwidit.data.phantoms import make_phantom  # noqa: E402
 from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
 from medwidit.nets import WiDiT  # noqa: E402
@@ -412,9 +414,8 @@ def main() -> None:
         "note": "shared machine: other engineers' jobs ran at the same time, so the wall clock is noisy",
     }
     print_table(results, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wall clock {results['wall_clock_seconds']} s, CPU {results['cpu_seconds']} s -> {args.out}")
+    written = write_json(results, args.out)
+    print(f"wall clock {results['wall_clock_seconds']} s, CPU {results['cpu_seconds']} s -> {written}")
 
 
 def earlier_results(args) -> dict:
