@@ -210,14 +210,16 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
     (``label``, ``neuromorphometrics_label``, ...) is its own item ``{"label": path}``; missing files are errors, and
     so is a map off the grid of the item's ``image`` where it names one (the generator paints on the map's own grid,
     but a map that does not fit its scan is a broken list)."""
-    data_list, items = _read_split(data_list, key, base_dir, "synth_data_list")
+    # absolute, so that what MONAI resolved reads as resolved: a relative base_dir ("data") made "data/data/x.nii.gz"
+    base = Path(base_dir or Path(data_list).parent).absolute()
+    data_list, items = _read_split(data_list, key, base, "synth_data_list")
     maps = []
     for index, item in enumerate(items):
         names = [name for name in item if name.endswith("label")]
         if not names:
             raise ValueError(f"synth_data_list {str(data_list)!r}, {key}[{index}] names no label map: {item}.")
-        for name in names:  # MONAI resolved "label" against base_dir; the other maps are resolved the same way here
-            path = item[name] if os.path.isabs(item[name]) else Path(base_dir or data_list.parent) / item[name]
+        for name in names:  # MONAI resolved "label" (and other maps it found) against base; the rest here
+            path = item[name] if os.path.isabs(item[name]) else base / item[name]
             _check_exists("synth_data_list", data_list, f"{key}[{index}]", name, path)
             if "image" in item:  # MONAI resolved it against base_dir; its header is read once for all its maps
                 if name == names[0]:

@@ -64,6 +64,17 @@ def test_every_label_entry_is_a_map_and_missing_files_are_named(tmp_path):
     assert "relative to --dataset_dir; to train without painted volumes pass --synth_ratio 0" in str(error.value)
 
 
+def test_label_maps_of_a_list_given_by_relative_paths(tmp_path, monkeypatch):
+    """--dataset_dir data (or a relative cache folder) once joined MONAI's already resolved "label" to it again:
+    "d/d/head_label.nii.gz", not found, and training stopped; the list's own folder, relative, the same."""
+    (tmp_path / "d").mkdir()
+    _label_maps(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    expected = [str(tmp_path / "d" / "head_label.nii.gz"), str(tmp_path / "d" / "head_other_label.nii.gz")]
+    for base_dir in ("d", None):
+        assert [m["label"] for m in load_label_maps("d/head_labels.json", "training", base_dir=base_dir)] == expected
+
+
 def test_a_label_map_off_its_images_grid_is_named(tmp_path):
     """A head-label list whose map does not fit the scan it names is broken: setup says which map and which image."""
     path = _label_maps(tmp_path)
