@@ -52,7 +52,13 @@ from medwidit.data.transforms import (
 )
 from medwidit.utils import check_bool, check_int, check_interval, image_grid, label_values
 
-from .synthetic import check_label_maps, check_synthesis, mixing_sampler, synthetic_train_transforms
+from .synthetic import (
+    check_label_maps,
+    check_synth_options,
+    check_synthesis,
+    mixing_sampler,
+    synthetic_train_transforms,
+)
 
 logger = logging.getLogger(__name__)
 ANISOTROPY = 1.5  # a spacing ratio above which rotating voxel indices visibly shears the anatomy (10 deg: ~9%)
@@ -375,7 +381,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 "real volumes alone with synth_ratio 0."
             )
         self.synth_data_list = None if synth_data_list is None else Path(synth_data_list)
-        self.synth_key, self.synth_options = synth_key, dict(synth_options or {})
+        self.synth_key, self.synth_options = synth_key, check_synth_options(synth_options)
         self.synth_num_labels, self.synth_target_labels = synth_num_labels, synth_target_labels
         self.thickness_prob = float(thickness_prob)
         self.thickness_range = check_interval("thickness_range", thickness_range, low=1.0, unit=" voxels")

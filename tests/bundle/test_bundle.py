@@ -392,7 +392,12 @@ def test_synth_options_reach_the_generator(tmp_path):
     parser["dataset_dir"] = str(tmp_path)
     assert parser.get_parsed_content("datamodule", lazy=False).synth_options == {}
     parser["synth_options"] = {"neck_prob": 0.8, "neck_label": 6}
-    assert parser.get_parsed_content("datamodule", lazy=False).synth_options == {"neck_prob": 0.8, "neck_label": 6}
+    datamodule = parser.get_parsed_content("datamodule", lazy=False)
+    assert datamodule.synth_options == {"neck_prob": 0.8, "neck_label": 6}
+    from medwidit.data.synth import RandNeckExtensiond
+
+    (neck,) = [t for t in datamodule._synthetic() if isinstance(t, RandNeckExtensiond)]  # the generator built with it
+    assert neck.prob == 0.8
 
 
 def test_the_bundles_classes_reach_the_data_module(tmp_path):

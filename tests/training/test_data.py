@@ -393,6 +393,13 @@ def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_
         ({"synth_ratio": "0.5x"}, r"synth_ratio must be a number in \[0, 1\], got '0.5x'"),
         ({"synth_target_labels": [0, 1, 2, 3, 0], "num_classes": 3}, r"task class indices 0..2 .* got 3"),
         ({"synth_target_labels": [0, -1, 1]}, r"task class indices 0 or more, got -1"),
+        # a misspelt generator option failed inside trainer.fit, a TypeError naming no argument
+        (
+            {"synth_options": {"neck_prb": 0.8}},
+            r"synth_options has 'neck_prb', not an option of the generator; .*neck_prob",
+        ),
+        ({"synth_options": {"image_key": "img"}}, r"synth_options has 'image_key'"),  # accepted, broke later steps
+        ({"synth_options": [("neck_prob", 0.8)]}, r"synth_options must be a dict"),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_argument(tmp_path, options, match):

@@ -104,6 +104,9 @@ def test_mixed_loader_draws_both_kinds(tmp_path):
     loader = dm.train_dataloader()
     assert len(loader.dataset) == 2 + 2  # two real volumes, two label maps
     assert isinstance(loader.sampler, torch.utils.data.WeightedRandomSampler)
+    torch.manual_seed(0)  # the sampler draws from torch's generator, which Lightning seeds
+    draws = torch.as_tensor([i for _ in range(1000) for i in loader.sampler])  # indices 2, 3: the label maps
+    assert set(draws.tolist()) == {0, 1, 2, 3} and abs(float((draws >= 2).float().mean()) - 0.5) < 0.04  # 5 sigma
     batch = next(iter(loader))
     assert batch["image"].shape[1:] == (1, 16, 16, 16)
 
