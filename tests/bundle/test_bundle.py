@@ -144,9 +144,18 @@ def test_the_bundle_and_the_cli_replace_the_preprocessing_alike(trained, tmp_pat
     assert (plain.preprocessing["bias_correction"], plain.preprocessing["anti_aliasing"]) == (None, True)
     assert (plain.atlas_prior["margin_mm"], plain.atlas_prior["core_mm"]) == (2.0, 1.0)  # the bundle's own prior
     assert plain.atlas_prior["image"].is_file()
+    # MONAI's own chain (preprocessing -> inferer -> postprocessing) pre-processes as the predictor: its preprocessing
+    # read the checkpoint's settings and left out inference.json's anti-aliasing
+    from medwidit.data.transforms import AntiAliasd, N4BiasFieldCorrectiond
+
+    def steps(workflow):
+        return [type(t) for t in workflow.parser.get_parsed_content("preprocessing").transforms]
+
+    assert AntiAliasd in steps(_workflow(config("inference"), "infer", **overrides))
     changed = _workflow(config("inference"), "infer", **overrides, bias_correction="n4", anti_aliasing="false")
     predictor = changed.parser.get_parsed_content("predictor")
     assert (predictor.preprocessing["bias_correction"], predictor.preprocessing["anti_aliasing"]) == ("n4", False)
+    assert AntiAliasd not in steps(changed) and N4BiasFieldCorrectiond in steps(changed)
     assert not predictor.bias_retry  # n4 on every case: nothing to retry
     changed.run()
     changed.finalize()

@@ -144,23 +144,26 @@ def test_one_applied_label_may_be_an_int_as_monai_takes_it():
     assert step == {"name": "keep_largest_component", "applied_labels": [1]}
 
 
-def test_monai_pipeline_gives_the_predictor_labels(tmp_path):
-    """The bundle's MONAI pieces, chained as a MONAI evaluator would, reproduce ``Predictor.segment`` exactly."""
+@pytest.mark.parametrize("anti_aliasing", [False, True])
+def test_monai_pipeline_gives_the_predictor_labels(tmp_path, anti_aliasing):
+    """The bundle's MONAI pieces, chained as a MONAI evaluator would, reproduce ``Predictor.segment`` exactly; with
+    the blur before a coarser grid too (the shipped inference.json's anti_aliasing; its voxels are 1 mm here)."""
     i, j, k = np.meshgrid(*(np.arange(n) for n in (20, 18, 16)), indexing="ij")
     volume = (np.sin(i / 3.0) + np.cos(j / 4.0) + k / 10.0 + 2.0).astype(np.float32)
     source = save_nifti(tmp_path / "case.nii.gz", volume)
     segmenter = random_tiny_segmenter(classes=2)
     options = {"steps": 2, "num_samples": 2, "overlap": 0.5}
-    predictor = Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu", label_postprocessing=BRAIN)
+    settings = {**PREPROCESSING, "anti_aliasing": anti_aliasing}
+    predictor = Predictor(segmenter, preprocessing=settings, roi_size=16, device="cpu", label_postprocessing=BRAIN)
     expected = predictor.segment(source, generator=torch.Generator().manual_seed(3), **options)
-    plain = Predictor(segmenter, preprocessing=PREPROCESSING, roi_size=16, device="cpu").segment(
+    plain = Predictor(segmenter, preprocessing=settings, roi_size=16, device="cpu").segment(
         source, generator=torch.Generator().manual_seed(3), **options
     )
     np.testing.assert_array_equal(expected.probability, plain.probability)  # post-processing leaves these alone
     np.testing.assert_array_equal(expected.entropy, plain.entropy)
     np.testing.assert_array_equal(expected.label_map, apply_label_postprocessing(plain.label_map, BRAIN))
 
-    preprocessing = Compose(preprocessing_transforms({**PREPROCESSING, "num_modalities": 1}))
+    preprocessing = Compose(preprocessing_transforms(predictor.preprocessing))  # as inference.json builds it
     inferer = DiffusionSamplingInferer(16, seed=3, **options)
     data = preprocessing({"image": str(source)})
     data["pred"] = inferer(data["image"][None], segmenter)[0]  # (K, *S')
