@@ -23,15 +23,26 @@ BACKBONES = {
 }
 
 
+def randomized(net: nn.Module, seed: int = 0) -> nn.Module:
+    """``net`` with every weight drawn at random: both backbones output exactly zero at initialisation (zero output
+    layers), where any twin equals any other and a comparison proves nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return net
+
+
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbones_satisfy_the_contract_and_rebuild_from_their_config(name):
-    net = build_network(name, BACKBONES[name])
+    net = randomized(build_network(name, BACKBONES[name]))
     assert isinstance(net, DenoisingNetwork) and type(net) is NETWORKS[name]
     twin = build_network(name, net.config)
     assert twin.config == net.config
-    twin.load_state_dict(net.state_dict())
     x, image = torch.randn(1, 2, 16, 16, 16), torch.randn(1, 1, 16, 16, 16)
     t = torch.tensor([500.0])
+    assert not torch.equal(net(x, t, conditioned=image), twin(x, t, conditioned=image))  # not loaded yet
+    twin.load_state_dict(net.state_dict())
     assert torch.equal(net(x, t, conditioned=image), twin(x, t, conditioned=image))
     assert all(s % m == 0 for s, m in zip((16, 16, 16), net.size_multiple, strict=True))
     assert all(a % m == 0 for a, m in zip(net.alignment, net.size_multiple, strict=True))
@@ -52,13 +63,36 @@ def test_widit_alignment_is_patch_times_window():
 
 
 def test_unet_checkpoint_rebuilds_by_name_and_samples_identically(tmp_path):
-    segmenter = DiffusionSegmenter(DiffusionUNet(**BACKBONES["diffusion_unet"]), num_classes=2)
+    segmenter = DiffusionSegmenter(randomized(DiffusionUNet(**BACKBONES["diffusion_unet"])), num_classes=2)
     path = save_segmenter(segmenter, tmp_path / "unet.pt")
     loaded, config = load_segmenter(path)
     assert config["network"] == "diffusion_unet" and type(loaded.net) is DiffusionUNet
     image = torch.randn(1, 1, 8, 8, 8)
     first = segmenter.sample(image, steps=2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(loaded.sample(image, steps=2, generator=torch.Generator().manual_seed(3)), first)
+    fresh = DiffusionSegmenter(DiffusionUNet(**BACKBONES["diffusion_unet"]), num_classes=2)  # its weights unread
+    assert not torch.equal(fresh.sample(image, steps=2, generator=torch.Generator().manual_seed(3)), first)
+
+
+def test_a_config_key_the_network_does_not_take_names_the_file_and_the_key(tmp_path):
+    """A checkpoint or medwidit.json written by a newer version (or edited) raised a TypeError naming neither."""
+    from medwidit.nets.widit import load_widit, save_widit
+
+    with pytest.raises(ValueError, match=r"net config: WiDiT takes no 'new_option' .*its options are spatial_dim"):
+        build_network("widit", {**BACKBONES["widit"], "new_option": 1})
+    segmenter = DiffusionSegmenter(WiDiT(**BACKBONES["widit"]), num_classes=2)
+    path = save_segmenter(segmenter, tmp_path / "m.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    for part, key in (("net", "new_option"), ("segmenter", "new_loss")):
+        edited = {**checkpoint, "config": {**checkpoint["config"], part: {**checkpoint["config"][part], key: 1}}}
+        torch.save(edited, tmp_path / "edited.pt")
+        with pytest.raises(ValueError, match=rf"edited.pt: {part} config: \w+ takes no '{key}'"):
+            load_segmenter(tmp_path / "edited.pt")
+    save_widit(WiDiT(**BACKBONES["widit"]), tmp_path / "w.pt")
+    bare = torch.load(tmp_path / "w.pt", weights_only=True)
+    torch.save({**bare, "config": {**bare["config"], "new_option": 1}}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match=r"w.pt: config: WiDiT takes no 'new_option'"):
+        load_widit(tmp_path / "w.pt")
 
 
 def test_checkpoint_without_a_network_name_is_a_widit(tmp_path):
