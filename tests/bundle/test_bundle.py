@@ -344,6 +344,16 @@ def test_multi_gpu_config_merges_on_train(monkeypatch):
     assert parser.get("training") and parser.get("train#trainer#max_epochs") == "@epochs"
 
 
+def test_the_training_device_is_the_one_named(tmp_path):
+    """--device cuda:1 trained on GPU 0 without a word (the trainer's devices were 1, whatever the index)."""
+    for device, expected in (("cuda:1", ("gpu", [1])), ("cuda", ("gpu", [0])), ("cpu", ("cpu", 1))):
+        parser = ConfigParser()
+        parser.read_config(config("train"))
+        parser["device"] = device
+        found = tuple(parser.get_parsed_content(f"train#trainer#{key}") for key in ("accelerator", "devices"))
+        assert found == expected
+
+
 def test_an_override_of_a_renamed_key_fails_naming_the_new_key(tmp_path):
     """train.json's validation ``steps`` is ``val_steps``: an old ``--steps 2`` must not be ignored without a word."""
     parser = ConfigParser()
