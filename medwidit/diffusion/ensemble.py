@@ -62,13 +62,19 @@ def trunk_generator(first: torch.Generator) -> torch.Generator:
     return torch.Generator(device=first.device).manual_seed(first.initial_seed() ^ 0x5DEECE66D)
 
 
-def member_generators(generator: torch.Generator | None, num_samples: int, device) -> list[torch.Generator]:
-    """One generator per ensemble member, seeded from ``generator`` (or torch's global generator when None)."""
+def check_generator(generator) -> torch.Generator | None:
+    """``generator`` if it is a torch.Generator or None, else a ValueError saying how to pass a seed."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__} "
             "(for a seed: torch.Generator().manual_seed(seed))."
         )
+    return generator
+
+
+def member_generators(generator: torch.Generator | None, num_samples: int, device) -> list[torch.Generator]:
+    """One generator per ensemble member, seeded from ``generator`` (or torch's global generator when None)."""
+    check_generator(generator)
     gen_device = generator.device if generator is not None else torch.device(device)
     seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=gen_device)
     return [torch.Generator(device=gen_device).manual_seed(int(seed)) for seed in seeds.tolist()]

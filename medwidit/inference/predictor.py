@@ -25,6 +25,7 @@ from monai.utils import ensure_tuple_rep
 
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
+from medwidit.diffusion.ensemble import check_generator
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
@@ -510,7 +511,7 @@ class Predictor:
             image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
             weight_sets,
         )  # fmt: skip
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        generator = torch.Generator().manual_seed(0) if check_generator(generator) is None else generator
         augment = self.resolve_augment(augment)
         localize, atlas = check_bool("localize", localize), check_bool("atlas", atlas)
         start = generator.get_state() if self.bias_retry else None
@@ -624,11 +625,11 @@ class Predictor:
         ``steps``, ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``,
         ``weight_sets``; ``augment`` as ``segment``'s (the pass has no views: it draws ``augment`` x ``num_samples``
         members per set)."""
+        generator = torch.Generator().manual_seed(0) if check_generator(generator) is None else generator
         array, geometry, sampling = self._case_input(image, affine, force_grid, **sampling)
         if self.localization is None:
             return None
         sampling = _coarse_sampling(sampling, self.resolve_augment(augment))
-        generator = generator or torch.Generator().manual_seed(0)
         return self._coarse_pass(array, geometry, self.preprocessing, generator, sampling)
 
     def _case_input(

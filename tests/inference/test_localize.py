@@ -290,6 +290,19 @@ def test_the_localization_pass_alone_is_the_case_sampled_on_the_coarse_grid(tmp_
     assert _oracle_predictor(None).localization_pass(path, **FAST) is None
 
 
+def test_a_seed_given_as_the_generator_is_refused_with_how_to_pass_one(tmp_path):
+    """generator=0 raised a raw AttributeError under the shipped bundle's localization and bias retry (before the
+    ensemble's own check), and localization_pass(generator=0) sampled with the default seed without a word."""
+    path, _ = _scan_with_a_far_speck(tmp_path)
+    segmenter = DiffusionSegmenter(NoisyOracle(), num_classes=2)
+    options = {"preprocessing": PREPROCESSING, "roi_size": 16, "device": "cpu"}
+    for extra in ({"localization": {"spacing": 4.0, "margin_mm": 4.0}}, {"bias_retry": True}):
+        predictor = Predictor(segmenter, **options, **extra)
+        for call in (predictor.segment, predictor.localization_pass):
+            with pytest.raises(ValueError, match=r"generator must be a torch.Generator or None, got int .*manual_seed"):
+                call(path, generator=0, **FAST)
+
+
 def test_views_that_stand_in_for_samples_leave_the_localization_pass_as_it_was(tmp_path):
     """The pass has no views: with ``augment`` V it draws V x ``num_samples`` members per set, so 2 views x 1 sample
     (the same network calls as 1 x 2) find the region 1 x 2 finds, and ``localization_pass(augment=V)`` is segment's."""
