@@ -33,6 +33,10 @@ def _checkpoint(path, modalities=1):
         window_size=4,
         learn_sigma=False,
     )
+    generator = torch.Generator().manual_seed(0)  # random weights: at initialisation the net outputs 0 everywhere,
+    with torch.no_grad():  # and every label map would be background, so checks of the labels would check nothing
+        for parameter in net.parameters():
+            parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
     extra = {"preprocessing": {"spacing": [1.5, 1.5, 1.5], "num_modalities": modalities}, "roi_size": [16, 16, 16]}
     save_segmenter(DiffusionSegmenter(net, num_classes=2), path, extra_config=extra)
     return str(path)
@@ -509,6 +513,7 @@ def test_save_statistics_volumes_are_voxel_counts_times_the_written_voxel_volume
     voxel_ml = abs(np.linalg.det(written.affine[:3, :3])) / 1000.0
     assert statistics["voxel_volume_ml"] == pytest.approx(abs(np.linalg.det(AFFINE[:3, :3])) / 1000.0)
     assert set(statistics["classes"]) == {"0", "1"}
+    assert set(np.unique(labels)) == {0, 1}  # both classes written: the counts below are of something
     for k, row in statistics["classes"].items():
         assert row["voxels"] == int((labels == int(k)).sum())
         assert row["volume_ml"] == pytest.approx(row["voxels"] * voxel_ml, rel=1e-6)

@@ -19,6 +19,7 @@ from inference_volumes import (
 
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter
 from medwidit.inference import InputError, OutputError, Predictor, options, resolve_device, segment
+from medwidit.inference.cases import find_cases
 from medwidit.inference.options import autocast_dtype, cpu_has_bf16_matmul
 
 PREPROCESSING = {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0], "intensity": "zscore_nonzero"}
@@ -115,7 +116,17 @@ def test_two_modalities_are_stacked_in_order_and_checked(tmp_path, volume):
     save_segmenter(tiny_segmenter(modalities=2), path, extra_config={"preprocessing": {"num_modalities": 2}})
     predictor = Predictor.from_checkpoint(path, device="cpu", roi_size=16)
     a, b = save_nifti(tmp_path / "c_0000.nii.gz", volume), save_nifti(tmp_path / "c_0001.nii.gz", volume[::-1].copy())
-    assert predictor.segment([a, b], **FAST).probability.shape == (3, *volume.shape)
+    given = predictor.segment([a, b], generator=torch.Generator().manual_seed(0), **FAST)
+    assert given.probability.shape == (3, *volume.shape)
+    # in order: the files are the channels of the stacked array, in the order given (the shape alone held either way)
+    stacked = np.stack([volume, volume[::-1]])
+    direct = predictor.segment(stacked, affine=nib.load(a).affine, generator=torch.Generator().manual_seed(0), **FAST)
+    np.testing.assert_allclose(given.probability, direct.probability, atol=1e-6)
+    swapped = predictor.segment([b, a], generator=torch.Generator().manual_seed(0), **FAST)
+    assert np.abs(swapped.probability - given.probability).max() > 1e-3  # the network tells the channels apart
+    # a folder of a case's modalities gives them by their _NNNN index, whatever the order they are listed in
+    (case,) = find_cases(tmp_path, num_modalities=2)
+    assert [f.name for f in case.files] == ["c_0000.nii.gz", "c_0001.nii.gz"]
     with pytest.raises(InputError, match="c_0000.nii.gz: 1 modality.* where the model expects 2"):
         predictor.segment(a, **FAST)
     other = save_nifti(tmp_path / "d_0001.nii.gz", volume, affine=np.diag([1.0, 1.0, 1.0, 1.0]))

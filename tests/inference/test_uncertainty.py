@@ -60,21 +60,20 @@ def test_rejects_diffusion_space_and_bad_shapes():
 def test_sample_ensemble_returns_members_whose_prefix_is_the_smaller_ensemble():
     """``return_members``: the members average to the summary, and the first n are the n-member ensemble of the same
     generator (what benchmarks/quality.py reads its ensemble sweep from)."""
-    from medwidit.diffusion import DiffusionSegmenter
-    from medwidit.inference import sample_ensemble
-    from medwidit.nets import WiDiT
+    from inference_volumes import random_tiny_segmenter
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, learn_sigma=False, hidden_size=32, depth=1,
-                    num_heads=2, patch_size=2, window_size=2)  # fmt: skip
-    segmenter = DiffusionSegmenter(net, num_classes=2)
-    image = torch.rand(1, 1, 12, 12, 8, generator=torch.Generator().manual_seed(1))
+    from medwidit.inference import sample_ensemble
+
+    segmenter = random_tiny_segmenter()  # random weights: at initialisation every member is 0.5 everywhere
+    image = torch.rand(1, 1, 16, 16, 8, generator=torch.Generator().manual_seed(1))
     options = {"steps": 2, "roi_size": [8, 8, 8], "overlap": 0.5}
     three = sample_ensemble(segmenter, image, num_samples=3, generator=torch.Generator().manual_seed(7),
                             return_members=True, **options)  # fmt: skip
-    assert three["members"].shape == (3, 1, 2, 12, 12, 8)
+    assert three["members"].shape == (3, 1, 2, 16, 16, 8)
+    assert not torch.equal(three["members"][0], three["members"][1])  # members differ, so the prefix is a finding
+    other = sample_ensemble(segmenter, image, num_samples=2, generator=torch.Generator().manual_seed(99), **options)
     torch.testing.assert_close(three["members"].mean(0), three["mean_probability"])
     two = sample_ensemble(segmenter, image, num_samples=2, generator=torch.Generator().manual_seed(7), **options)
     assert "members" not in two
     torch.testing.assert_close(summarize_ensemble(three["members"][:2])["mean_probability"], two["mean_probability"])
+    assert not torch.allclose(other["mean_probability"], two["mean_probability"])  # another seed, other members
