@@ -127,6 +127,7 @@ def _segment(args: argparse.Namespace) -> int:
     predictor.select_weights(args.weight_sets)  # as many sets as asked for, before the record names them
     logger.info("%s", _model_line(args, model, predictor))
     record_path, record = _start_run_record(args, model, predictor)
+    ended = []  # the cases that ended, for the record of an interrupted run
     try:
         results = predictor.predict_from_files(
             args.input,
@@ -147,10 +148,11 @@ def _segment(args: argparse.Namespace) -> int:
             warn_dice="predictor" if args.warn_dice is None else args.warn_dice or None,
             num_parts=args.num_parts,
             part_id=args.part_id,
+            on_case=ended.append,
             **sampling,
         )
-    except KeyboardInterrupt as e:  # the record says how the run ended, then the interruption goes on
-        finish_record(record_path, record, [], error=e)
+    except KeyboardInterrupt as e:  # the record says how the run ended and what it finished; the interruption goes on
+        finish_record(record_path, record, ended, error=e)
         raise
     except BaseException:  # refused before any case ran (the plan is checked first): no outputs, so no record
         record_path.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,6 +90,7 @@ def predict_from_files(
     warn_dice: float | None | str = "predictor",
     num_parts: int = 1,
     part_id: int = 0,
+    on_case: Callable[[CaseResult], object] | None = None,
 ) -> list[CaseResult]:
     """Segment every case in ``inputs`` (files and folders, nnU-Net modality naming) into ``output_dir``.
 
@@ -114,6 +115,8 @@ def predict_from_files(
     ``num_parts``, ``part_id`` (nnU-Net's names): this process segments only its share of the cases, every
     ``num_parts``-th case of the list sorted by name starting at ``part_id``, so that ``num_parts`` processes
     share the work and each writes only its own cases; the plan is still checked over every case.
+    ``on_case`` is called with each case's result as it ends (the CLI's run record keeps the cases an interruption
+    leaves finished).
     """
     # a bundle's command line hands these over as words ("false"), and bool("false") is True
     flags = {
@@ -195,6 +198,8 @@ def predict_from_files(
             raise
         result.seconds = time.perf_counter() - start
         results.append(result)
+        if on_case is not None:
+            on_case(result)
     return results
 
 

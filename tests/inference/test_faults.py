@@ -318,6 +318,23 @@ def test_sigint_between_commits_leaves_nothing_and_says_so(setup, monkeypatch, c
     assert "interrupted during case scan (what this run had written of it is removed); the 0 case(s)" in err, err
 
 
+def test_an_interrupted_runs_record_lists_the_cases_it_finished(setup, monkeypatch):
+    """Interrupted in its second case: the record said "interrupted" with no case, though the first was complete
+    (the message said so, the README says the record holds each case's status and outputs)."""
+    from medwidit.cli import main
+
+    tmp_path, inputs, _ = setup
+    nifti(inputs / "zeta.nii.gz", seed=3)  # after "scan" by name
+    out = tmp_path / "out"
+    calls = _interrupt_second_commit(monkeypatch, KeyboardInterrupt())
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    assert main(args) == 130 and [Path(c).name for c in calls] == ["scan.nii.gz", "zeta.nii.gz"]
+    record = json.loads((out / "medwidit_run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert [(c["name"], c["status"], c["outputs"]) for c in record["cases"]] == [("scan", "done", ["scan.nii.gz"])]
+    assert visible(out) == ["scan.nii.gz"]
+
+
 def test_a_full_disk_while_the_figure_is_written_leaves_no_part_of_the_case(setup, monkeypatch):
     tmp_path, inputs, predictor = setup
     nifti(inputs / "other.nii.gz", seed=3)
