@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
         "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)",
     )
-    seg.add_argument("--sampler", help="sampler name (default: the model's, DDIM for DDPM-trained models)")
+    seg.add_argument("--sampler", help="sampler name (default: the model's scheduler's own: ddim, ddpm or flow_euler)")
     seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
     seg.add_argument(
         "--guidance-scale",
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--shared-steps",
-        type=int,
+        type=_non_negative_int,
         metavar="K",
         help="the ensemble shares its first K denoising steps, then each sample branches with its own noise: "
         "K + (steps - K) x samples network calls instead of steps x samples (default: the model's inference.json, "
@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="network autocast (default auto: bfloat16 on CUDA where supported, else float16; bfloat16 on a CPU with "
         "bf16 matmul hardware, AMX or AVX512-BF16; float32 elsewhere)",
     )
-    seg.add_argument("--seed", type=int, default=0, help="seed of every case's ensemble (default 0)")
+    seg.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of every case's ensemble, >= 0 (default 0)"
+    )
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
     seg.add_argument(
         "--save-uncertainty",

@@ -490,6 +490,8 @@ def test_probability_smoothing_reaches_the_run_and_a_bad_value_is_a_usage_error(
         ("--steps", "two", "expected a positive integer, got 'two'"),
         ("--max-whole-voxels", "-1", "expected an integer >= 0, got '-1'"),
         ("--max-whole-voxels", "1.5", "expected an integer >= 0, got '1.5'"),
+        ("--seed", "-1", "expected an integer >= 0, got '-1'"),  # checked after the model loaded, as "seed"
+        ("--shared-steps", "-1", "expected an integer >= 0, got '-1'"),
     ],
 )
 def test_integer_options_are_usage_errors_naming_the_value(capsys, option, value, message):
