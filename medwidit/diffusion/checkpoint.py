@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from medwidit.nets import build_network, network_name
-from medwidit.nets.contract import constructor_options
-from medwidit.utils import atomic_write, sha256_file
+from medwidit.utils import atomic_write, check_options, sha256_file
 from medwidit.utils.files import locked, temporary_path
 
 from .segmenter import DiffusionSegmenter
@@ -74,7 +73,7 @@ def build_segmenter(config: Mapping, source: str | os.PathLike = "config") -> Di
         raise ValueError(f"{source}: checkpoint config must hold 'net' and 'segmenter', got {found}.")
     try:
         net = build_network(config.get("network", "widit"), config["net"])
-        options = constructor_options(DiffusionSegmenter, config["segmenter"], "segmenter config")
+        options = check_options(DiffusionSegmenter, config["segmenter"], "segmenter config", exclude=("net",))
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from e
     return DiffusionSegmenter(net, **options)

@@ -6,10 +6,9 @@ seam so that sliding-window inference can evaluate each step window by window.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -19,7 +18,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.utils import look_up_option
 
 from medwidit.nets.contract import ConditionCache
-from medwidit.utils import check_bool, check_int, check_range, is_finite_number
+from medwidit.utils import check_bool, check_int, check_options, check_range, is_finite_number
 
 from .encoding import encode_labels
 from .ensemble import (
@@ -403,15 +402,12 @@ def _check_schedule_args(schedule: str, schedule_args: dict | None) -> None:
     model's config would not say so."""
     if schedule_args is None:
         return
-    if not isinstance(schedule_args, Mapping):
-        raise ValueError(f"schedule_args must be a dict of {schedule!r}'s arguments, got {schedule_args!r}.")
-    allowed = [p for p in inspect.signature(NoiseSchedules[schedule]).parameters if p != "num_train_timesteps"]
+    owners = {"prediction_type": " (set by objective)", "clip_sample": " (set by clip_sample)"}
+    check_options(
+        NoiseSchedules[schedule], schedule_args, "schedule_args", exclude=("num_train_timesteps",), notes=owners,
+        name=f"schedule {schedule!r}",
+    )  # fmt: skip
     for key, value in schedule_args.items():
-        if key not in allowed:
-            owner = {"prediction_type": " (set by objective)", "clip_sample": " (set by clip_sample)"}.get(key, "")
-            raise ValueError(
-                f"schedule_args: {key!r}{owner} is not an argument of schedule {schedule!r}; it takes {allowed}."
-            )
         if not is_finite_number(value):
             raise ValueError(f"schedule_args[{key!r}] must be a finite number, got {value!r}.")
 

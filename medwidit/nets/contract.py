@@ -20,7 +20,7 @@ import torch
 from monai.utils import look_up_option
 from torch import nn
 
-from medwidit.utils import check_int
+from medwidit.utils import check_int, check_options
 
 __all__ = [
     "NETWORKS",
@@ -86,27 +86,9 @@ def register_network(name: str) -> Callable[[N], N]:
 
 def build_network(name: str, config: dict[str, Any], source: str = "net config") -> nn.Module:
     """``NETWORKS[name](**config)``; an unknown name is an error that lists the registered ones, and so is a config
-    key the network does not take (:func:`constructor_options`, naming ``source``)."""
+    key the network does not take (``check_options``, naming ``source``)."""
     network = look_up_option(name, NETWORKS)
-    return network(**constructor_options(network, config, source))
-
-
-def constructor_options(cls: type, config, source: str) -> dict[str, Any]:
-    """``config`` as keyword arguments of ``cls``; not a dict, or a key its constructor does not take, is a ValueError
-    naming ``source`` and the keys (a config written by a newer version, or edited by hand, raised a TypeError that
-    named neither)."""
-    if not isinstance(config, dict):
-        raise ValueError(f"{source}: must be a dict of {cls.__name__}'s options, got {type(config).__name__}.")
-    parameters = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(config)
-    unknown = sorted(str(key) for key in config if key not in parameters)
-    if unknown:
-        raise ValueError(
-            f"{source}: {cls.__name__} takes no {', '.join(map(repr, unknown))} (written by a newer medwidit, or "
-            f"edited?); its options are {', '.join(parameters)}."
-        )
-    return dict(config)
+    return network(**check_options(network, config, source))
 
 
 def network_name(net: nn.Module) -> str:

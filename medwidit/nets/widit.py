@@ -17,11 +17,11 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write, check_bool, check_int, is_integer
+from medwidit.utils import atomic_write, check_bool, check_int, check_options, is_integer
 
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
-from .contract import constructor_options, register_network
+from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible
 from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
 
@@ -434,7 +434,7 @@ def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"{path} is a diffusion segmenter's checkpoint, not a bare WiDiT's: load it with "
             "medwidit.diffusion.load_segmenter (its .net is the WiDiT)."
         )
-    model = WiDiT(**constructor_options(WiDiT, checkpoint_["config"], f"{path}: config"))
+    model = WiDiT(**check_options(WiDiT, checkpoint_["config"], f"{path}: config"))
     model.load_state_dict(checkpoint_["state_dict"])
     logger.info("loaded WiDiT from %s (version %s)", path, checkpoint_.get("version"))
     return model

@@ -8,7 +8,6 @@ the bundle's own intensity normalisation, exactly as a real image would, and is 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -27,7 +26,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
 from medwidit.data.transforms import check_preprocessing, intensity_transforms, pad_to_crop
-from medwidit.utils import label_values
+from medwidit.utils import check_options, label_values
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis", "check_synth_options"]
 
@@ -62,18 +61,11 @@ def check_synth_options(options) -> dict:
     """``synth_options`` as a dict of :func:`~medwidit.data.synth.synthesis_transforms`' keyword arguments, less those
     the data module sets itself; anything else is a ValueError naming the key (a misspelt one failed inside
     ``trainer.fit`` with a TypeError that named no argument, and ``image_key`` broke the later steps)."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise ValueError(f"synth_options must be a dict of the generator's options, got {options!r}.")
-    allowed = [n for n in inspect.signature(synthesis_transforms).parameters if n not in SET_BY_THE_DATA_MODULE]
-    unknown = sorted(str(k) for k in options if k not in allowed)
-    if unknown:
-        raise ValueError(
-            f"synth_options has {', '.join(map(repr, unknown))}, not an option of the generator; expected some of "
-            f"{', '.join(allowed)} (medwidit.data.synth.synthesis_transforms)."
-        )
-    return dict(options)
+    return (
+        {}
+        if options is None
+        else check_options(synthesis_transforms, options, "synth_options", exclude=SET_BY_THE_DATA_MODULE)
+    )
 
 
 def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_classes: int | None = None) -> float:

@@ -3,7 +3,7 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_bool, check_int, check_interval, check_range, is_finite_number, is_integer
+from .checks import check_bool, check_int, check_interval, check_options, check_range, is_finite_number, is_integer
 from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "check_bool",
     "check_int",
     "check_interval",
+    "check_options",
     "check_range",
     "commit",
     "image_grid",

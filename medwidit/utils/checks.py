@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["check_bool", "check_int", "check_keys", "check_interval", "check_range", "is_finite_number", "is_integer"]
+__all__ = [
+    "check_bool",
+    "check_int",
+    "check_keys",
+    "check_interval",
+    "check_options",
+    "check_range",
+    "is_finite_number",
+    "is_integer",
+]
 
 
 def is_finite_number(value) -> bool:
@@ -34,6 +44,38 @@ def check_keys(spec: Mapping, required: Sequence[str], optional: Sequence[str], 
             + (f"; unknown {unknown}" if unknown else "")
             + "."
         )
+
+
+def check_options(
+    fn: Callable,
+    options,
+    source: str,
+    *,
+    exclude: Sequence[str] = (),
+    notes: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> dict:
+    """``options`` as keyword arguments of ``fn`` (a function or a class; ``name`` in messages, default its own)
+    less ``exclude`` (those its caller sets): not a mapping, or a key outside them, is a ValueError naming ``source``
+    and the key, with ``notes[key]`` after it where given, and what ``fn`` takes. A ``fn`` with ``**kwargs``, or
+    whose signature cannot be read, takes any key. One check for every dict of options a config hands to a
+    constructor (a wrong key raised a TypeError naming neither the file nor the argument)."""
+    name = name or getattr(fn, "__name__", repr(fn))
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{source} must be a dict of the options of {name}, got {options!r}.")
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return dict(options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    allowed = [p for p in parameters if p not in exclude]
+    unknown = [key for key in options if key not in allowed]
+    if unknown:
+        notes = notes or {}
+        keys = ", ".join(f"{key!r}{notes.get(key, '')}" for key in unknown)
+        raise ValueError(f"{source}: {keys} is not an option of {name}; it takes {', '.join(allowed)}.")
+    return dict(options)
 
 
 def check_bool(name: str, value) -> bool:

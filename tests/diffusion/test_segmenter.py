@@ -120,11 +120,14 @@ def test_loss_parts_and_backward(spatial_dim):
         ({"objective": "flow", "schedule_args": {"beta_end": 0.01}}, "schedule_args"),
         # a scheduler option here overrode objective / clip_sample for sampling only (garbage samples, a config
         # that did not say so); any key but the schedule's own is refused, naming it
-        ({"schedule_args": {"prediction_type": "epsilon"}}, r"'prediction_type' \(set by objective\) is not an arg"),
+        ({"schedule_args": {"prediction_type": "epsilon"}}, r"'prediction_type' \(set by objective\) is not an option"),
         ({"schedule_args": {"clip_sample": False}}, r"'clip_sample' \(set by clip_sample\)"),
-        ({"schedule": "cosine", "schedule_args": {"beta_end": 0.02}}, r"schedule 'cosine'; it takes \['s'\]"),
+        (
+            {"schedule": "cosine", "schedule_args": {"beta_end": 0.02}},
+            r"'beta_end' is not an option of schedule 'cosine'; it takes s\.",
+        ),
         ({"schedule_args": {"beta_end": float("nan")}}, r"schedule_args\['beta_end'\] must be a finite number"),
-        ({"schedule_args": [("beta_end", 0.02)]}, "schedule_args must be a dict"),
+        ({"schedule_args": [("beta_end", 0.02)]}, "schedule_args must be a dict of the options of schedule"),
         ({"schedule": "cosinus"}, "cosine"),
         ({"variance_type": "learned_range"}, "learn_sigma"),
         ({"cond_drop_prob": 1.0}, "cond_drop_prob"),

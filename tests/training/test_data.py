@@ -396,9 +396,12 @@ def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_
         # a misspelt generator option failed inside trainer.fit, a TypeError naming no argument
         (
             {"synth_options": {"neck_prb": 0.8}},
-            r"synth_options has 'neck_prb', not an option of the generator; .*neck_prob",
+            r"synth_options: 'neck_prb' is not an option of synthesis_transforms; it takes .*neck_prob",
         ),
-        ({"synth_options": {"image_key": "img"}}, r"synth_options has 'image_key'"),  # accepted, broke later steps
+        (
+            {"synth_options": {"image_key": "img"}},
+            r"synth_options: 'image_key' is not an option",
+        ),  # accepted, broke later steps
         ({"synth_options": [("neck_prob", 0.8)]}, r"synth_options must be a dict"),
     ],
 )

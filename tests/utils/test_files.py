@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from medwidit.utils import atomic_write, check_int, check_range, temporary_path
+from medwidit.utils import atomic_write, check_int, check_options, check_range, temporary_path
 
 
 def test_write_lands_whole_with_mode_0644_and_leaves_no_temporary(tmp_path):
@@ -78,3 +78,24 @@ def test_checks_name_the_argument():
     for bad in ("0.5", None, [0.5], float("nan"), True):  # not numbers: a raw TypeError named no argument
         with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got"):
             check_range("overlap", bad, 0, 1)
+
+
+def test_options_of_a_constructor_name_the_key_and_what_it_takes():
+    """One check for every dict of options a config hands to a constructor (a network's, the generator's, a noise
+    schedule's): the key and the source named; keys the caller sets are refused too; **kwargs take anything."""
+    from types import MappingProxyType
+
+    def build(size, depth=1, device="cpu"):
+        return size
+
+    assert check_options(build, MappingProxyType({"size": 2}), "net") == {"size": 2}  # any mapping
+    with pytest.raises(
+        ValueError, match=r"^net: 'sise' \(a typo\?\) is not an option of build; it takes size, depth\.$"
+    ):
+        check_options(build, {"sise": 2}, "net", exclude=("device",), notes={"sise": " (a typo?)"})
+    with pytest.raises(ValueError, match=r"net: 'device' is not an option of the model"):
+        check_options(build, {"device": "cuda"}, "net", exclude=("device",), name="the model")
+    with pytest.raises(ValueError, match=r"^net must be a dict of the options of build, got \[\('size', 2\)\]\.$"):
+        check_options(build, [("size", 2)], "net")
+    assert check_options(lambda **kwargs: None, {"anything": 1}, "net") == {"anything": 1}
+    assert check_options(max, {"key": len}, "net") == {"key": len}  # a signature inspect cannot read: not checked
