@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write, check_options, sha256_file
-from medwidit.utils.files import locked, temporary_path
+from medwidit.utils.files import folder_lock, link_or_copy, locked, temporary_path
 
 from .segmenter import DiffusionSegmenter
 
@@ -96,9 +95,9 @@ def save_bundle_weights(
     segmenter: DiffusionSegmenter, models_dir, extra_config: dict | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write ``models_dir/model.pt`` (the net's bare state dict) and ``models_dir/medwidit.json`` (config, version,
-    weights' SHA-256) as one pair: each atomically, exports into one folder taking turns (a lock on the folder), and
-    if the sidecar cannot be written model.pt goes back to what it was (removed if new). Without ``overwrite`` an
-    existing file is a FileExistsError naming it."""
+    weights' SHA-256) as one pair: each atomically, exports into one folder taking turns (``folder_lock``: a lock
+    file in the temporary folder), and if the sidecar cannot be written model.pt goes back to what it was (removed
+    if new). Without ``overwrite`` an existing file is a FileExistsError naming it."""
     from medwidit import __version__
 
     models_dir = Path(models_dir)
@@ -107,14 +106,15 @@ def save_bundle_weights(
     json.dumps(config)  # a config JSON cannot hold fails here, before model.pt is written without its sidecar
     state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
     models_dir.mkdir(parents=True, exist_ok=True)
-    with locked(models_dir):  # a concurrent export's sidecar never lands beside this one's weights
+    # exports into one folder take turns: a concurrent export's sidecar never lands beside this one's weights
+    with locked(folder_lock(models_dir, "export"), required=False):
         existing = [str(p) for p in (weights, sidecar) if p.exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
         previous, written = temporary_path(weights, "previous."), False
-        if weights.exists():  # the weights before this export, to restore if the sidecar fails
-            shutil.copy2(weights, previous)
         try:
+            if weights.exists():  # the weights before this export, to restore if the sidecar fails
+                link_or_copy(weights, previous)  # a second name: no space needed on a full disk
             atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
             written = True
             record = {"config": config, "version": __version__, "weights_sha256": sha256_file(weights)}

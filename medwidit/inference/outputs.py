@@ -21,7 +21,6 @@ labels' surface), with ``--save-uncertainty``;
 
 from __future__ import annotations
 
-import errno
 import filecmp
 import json
 import logging
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medwidit.utils import atomic_write
-from medwidit.utils.files import commit, locked
+from medwidit.utils.files import commit, link_or_copy, locked
 
 from .io import IMAGE_SUFFIXES, OutputError, OutputImage, check_output_dir, image_suffix, one_line, save_image
 
@@ -184,15 +183,6 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        shutil.copy2(source, target)  # no hard links here: the staged copy stays to prove what was committed
-
-
 def _write_marker(plan: CasePlan) -> None:
     content = json.dumps({"case": plan.name, "files": [f.name for f in plan.files]}, indent=1)
     atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
@@ -214,7 +204,7 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
             continue  # committed by the interrupted run whose staging folder this is
         link = staging / f".commit-{final.name}"
         try:
-            _link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
+            link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
             commit(link, final, overwrite=overwrite)
         except FileExistsError as e:
             raise OutputError(

@@ -9,17 +9,28 @@ reserves the name before ``os.replace``.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "commit", "image_grid", "itk_ras_affine", "locked", "sha256_file", "temporary_path"]
+__all__ = [
+    "atomic_write",
+    "commit",
+    "folder_lock",
+    "image_grid",
+    "itk_ras_affine",
+    "link_or_copy",
+    "locked",
+    "sha256_file",
+    "temporary_path",
+]
 
 PARTIAL = ".partial"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # image_grid: files without world coordinates
@@ -52,7 +63,7 @@ def commit(temporary: str | os.PathLike, path: str | os.PathLike, *, overwrite: 
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, "already exists; pass overwrite to replace it", str(path)) from None
     except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        if e.errno not in NO_LINKS:
             raise
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no hard links here: reserve the name
         os.close(fd)
@@ -81,21 +92,59 @@ def atomic_write(
     return path
 
 
+NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)  # no hard link possible there
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``target`` as a second name of ``source`` (no space needed, and ``source`` stays), else, where the file system
+    has no hard links, a copy; any other error (``target`` exists) is raised."""
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in NO_LINKS:
+            raise
+        shutil.copy2(source, target)
+
+
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)  # flock not supported by the file system
+
+
 @contextmanager
-def locked(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` (a file, created if missing, or a folder) while inside; yields False (and
-    holds nothing) if not ``blocking`` and taken. Advisory and per machine: it makes writers of one machine take
-    turns; correctness across machines rests on the link-based :func:`commit`."""
-    fd = os.open(path, os.O_RDONLY if Path(path).is_dir() else os.O_CREAT | os.O_RDWR, 0o644)
+def locked(path: str | os.PathLike, *, blocking: bool = True, required: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on the file ``path`` (created if missing) while inside; yields False (and holds
+    nothing) if not ``blocking`` and taken. Advisory and per machine: it makes writers of one machine take turns;
+    correctness across machines rests on the link-based :func:`commit`. Not ``required``: where the lock cannot be
+    had (a file system without ``flock``, some NFS and FUSE mounts; a lock file another user made) go on without it,
+    yielding True."""
+    import fcntl  # POSIX only: imported where a lock is taken, so the package imports elsewhere
+
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError:
+        if required:
+            raise
+        yield True  # nothing to take turns with here
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            held = True
         except BlockingIOError:
-            yield False
-            return
-        yield True
+            held = False
+        except OSError as e:
+            if required or e.errno not in NO_LOCKS:
+                raise
+            held = True  # nothing to take turns with here
+        yield held
     finally:
         os.close(fd)
+
+
+def folder_lock(folder: str | os.PathLike, purpose: str) -> Path:
+    """A lock file for writers of ``folder`` (:func:`locked`), in the system's temporary folder so that ``folder``
+    holds only what is written there: one per ``purpose`` and folder (its resolved path, hashed)."""
+    key = hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"medwidit-{purpose}-{key}.lock"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -1,8 +1,10 @@
 """diffusion/checkpoint: the bundle layout (bare state dict + medwidit.json) beside medwidit's single file; both
 rebuild the same segmenter, and files that are neither get errors saying what they are and what to do."""
 
+import errno
 import json
 import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -82,17 +84,31 @@ def test_bundle_weights_are_one_pair_when_the_sidecar_fails(tmp_path, monkeypatc
     load_segmenter(weights)
 
 
-def test_bundle_weights_exports_into_one_folder_take_turns(tmp_path):
-    """An export waits while another holds the folder's lock, so two exports' files never mix."""
-    from medwidit.utils.files import locked
+def test_bundle_weights_exports_into_one_folder_take_turns(tmp_path, monkeypatch):
+    """An export waits while another holds the folder's lock, so two exports' files never mix; where the file system
+    has no flock (some NFS and FUSE mounts) it goes on without one instead of failing at the end of training."""
+    import fcntl
+
+    from medwidit.utils.files import folder_lock, locked
 
     done = threading.Event()
     thread = threading.Thread(target=lambda: (save_bundle_weights(_segmenter(), tmp_path, EXTRA), done.set()))
-    with locked(tmp_path):
+    with locked(folder_lock(tmp_path, "export")):
         thread.start()
         assert not done.wait(0.5) and not (tmp_path / "model.pt").exists()
     thread.join(60)
     assert done.is_set() and read_model_config(tmp_path / "model.pt")["roi_size"] == EXTRA["roi_size"]
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    save_bundle_weights(_segmenter(), tmp_path / "nfs", EXTRA)
+    assert read_model_config(tmp_path / "nfs" / "model.pt")["roi_size"] == EXTRA["roi_size"]
+    with pytest.raises(OSError, match="No locks"), locked(tmp_path / "required.lock"):  # the outputs' lock is required
+        pass
+    assert folder_lock(tmp_path / "nfs", "export").parent == Path(tempfile.gettempdir())  # nothing left in the folder
+    assert sorted(p.name for p in (tmp_path / "nfs").iterdir()) == [SIDECAR, "model.pt"]
 
 
 def test_bare_state_dict_without_its_sidecar_says_what_is_missing(tmp_path):
