@@ -35,12 +35,13 @@ from monai.transforms.utils import distance_transform_edt
 from torchmetrics.functional.classification import binary_auroc
 
 from medwidit.diffusion.encoding import class_index
-from medwidit.utils import atomic_write, check_int
+from medwidit.utils import atomic_write, check_bool, check_int
 
 __all__ = [
     "auroc",
     "boundary_band",
     "boundary_distance",
+    "check_report",
     "dice_per_class",
     "evaluate_files",
     "expected_calibration_error",
@@ -248,6 +249,19 @@ def _load(path: str | os.PathLike) -> tuple[torch.Tensor, np.ndarray]:
     return image.as_tensor().round().long(), np.asarray(image.affine, dtype=np.float64)
 
 
+def check_report(output_file: str | os.PathLike | None, overwrite) -> bool:
+    """``overwrite`` as a bool (a bundle's command line gives "false"); a FileExistsError naming ``output_file`` if it
+    exists and may not be replaced: :func:`evaluate_files` calls it, and the bundle's evaluate.json at its start, so
+    that a second evaluation into one report is refused before it samples."""
+    overwrite = check_bool("overwrite", overwrite)
+    if output_file is not None and not overwrite and Path(output_file).exists():
+        raise FileExistsError(
+            f"{output_file}: already exists; pass overwrite (the bundle: --overwrite true, or another --metrics_file) "
+            "to replace it."
+        )
+    return overwrite
+
+
 def evaluate_files(
     predictions: Sequence[str | os.PathLike],
     labels: Sequence[str | os.PathLike],
@@ -265,10 +279,7 @@ def evaluate_files(
     and writes it as JSON to ``output_file`` (atomically) when given; an existing ``output_file`` is a
     FileExistsError naming it, before anything is scored, unless ``overwrite``.
     """
-    if output_file is not None and not overwrite and Path(output_file).exists():
-        raise FileExistsError(
-            f"{output_file}: already exists; pass overwrite (the bundle: --overwrite true) to replace it."
-        )
+    overwrite = check_report(output_file, overwrite)
     if len(predictions) != len(labels) or not labels:
         raise ValueError(
             f"need as many predictions as labels (at least one), got {len(predictions)} and {len(labels)}."

@@ -250,13 +250,19 @@ def test_train_and_evaluate_compose_as_in_the_model_zoo(trained, tmp_path):
     overrides = {**trained["data"], **TINY_INFER, "ckpt_path": str(trained["model"])}
     report = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides)
     assert report["num_cases"] == 1 and len(report["mean"]) == NUM_CLASSES
-    # run again into the same folder: refused (evaluate.json replaced predictions and dice.json), unless asked
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and ".medwidit" not in p.parts}
-    with pytest.raises(RuntimeError) as refused:
-        run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides)
-    assert re.search(r"1 of 1 case\(s\) failed:.*already exists.*--overwrite", repr(refused.value.__cause__), re.S)
-    assert {p: p.read_bytes() for p in before} == before
-    again = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides, overwrite=True)
+
+    def files():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and ".medwidit" not in p.parts}
+
+    # again into the same report, the same split or the test split: refused before it samples (evaluate.json
+    # replaced the predictions and dice.json; then, the test split's cases were segmented before dice.json refused)
+    before = files()
+    for split in ("validation", "test"):
+        with pytest.raises(RuntimeError) as refused:
+            run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides, data_list_key=split)
+        assert re.search(r"dice.json: already exists; pass overwrite", repr(refused.value.__cause__))
+        assert files() == before  # nothing sampled, nothing replaced
+    again = run_evaluating(tmp_path, bundle_root=str(trained["bundle"]), **overrides, overwrite="true")
     assert again["num_cases"] == 1
 
 

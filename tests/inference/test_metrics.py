@@ -236,6 +236,8 @@ def test_evaluate_files_on_the_label_grid(tmp_path):
     with pytest.raises(FileExistsError, match=r"dice.json: already exists; pass overwrite"):
         evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"], **again)
     assert json.loads((tmp_path / "dice.json").read_text()) == report
+    with pytest.raises(FileExistsError, match="dice.json: already exists"):  # a bundle's "false" is false
+        evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"], **again, overwrite="false")
     second = evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "label.nii.gz"], **again, overwrite=True)
     assert json.loads((tmp_path / "dice.json").read_text()) == second != report
     with pytest.raises(ValueError, match="grid"):
