@@ -9,7 +9,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +259,21 @@ PREPROCESSING_OVERRIDES = ("bias_correction", "anti_aliasing")
 # bias_correction's third value beside "n4" and none: none, then N4 again where the case warns (Predictor's bias_retry)
 BIAS_RETRY = "retry"
 BIAS_RETRY_CORRECTION = "n4"
+
+
+def inference_preprocessing(preprocessing: Mapping | None, bias_correction="model", anti_aliasing="model") -> dict:
+    """A checkpoint's ``preprocessing`` with a caller's ``bias_correction`` and ``anti_aliasing`` (the CLI's,
+    ``inference.json``'s; "model" keeps the checkpoint's): what ``Predictor.from_checkpoint`` pre-processes with, and
+    what ``inference.json``'s MONAI ``preprocessing`` builds, one rule for both. ``bias_correction`` "retry" is its
+    first pass, without N4 (the predictor adds N4 where a case warns). Unchecked: the caller checks and says whose
+    value is wrong."""
+    out = dict(preprocessing or {})
+    for name, value in zip(PREPROCESSING_OVERRIDES, (bias_correction, anti_aliasing), strict=True):
+        if isinstance(value, str) and value == BIAS_RETRY and name == "bias_correction":
+            out[name] = None
+        elif not (isinstance(value, str) and value == "model"):
+            out[name] = value
+    return out
 
 
 def bundle_preprocessing_overrides(bundle_dir: str | os.PathLike) -> dict:

@@ -65,6 +65,7 @@ from .options import (
     check_sampling,
     checkpoint_problem,
     fit_shared_steps,
+    inference_preprocessing,
     progress_callback,
     resolve_bundle,
     resolve_device,
@@ -362,16 +363,14 @@ class Predictor:
             extras.append(extra)
         options.setdefault("roi_size", config.get("roi_size"))
         options.setdefault("class_names", config.get("class_names"))
-        if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:
-            bias_correction = None  # the first pass without; the retry adds it
+        if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:  # the first pass without N4
             options.setdefault("bias_retry", True)  # a caller's own bias_retry=False wins over a bundle's "retry"
-        preprocessing = dict(config.get("preprocessing") or {})
-        overrides = {
-            name: value
+        preprocessing = inference_preprocessing(config.get("preprocessing"), bias_correction, anti_aliasing)
+        overrides = [
+            name
             for name, value in zip(PREPROCESSING_OVERRIDES, (bias_correction, anti_aliasing), strict=True)
             if not (isinstance(value, str) and value == "model")
-        }
-        preprocessing.update(overrides)
+        ]
         try:
             check_preprocessing(preprocessing)
         except ValueError as e:
