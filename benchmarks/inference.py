@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _report import write_json  # benchmarks/ is on sys.path when a script runs
-from _worker import run_worker
+from _worker import run_worker  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
@@ -205,6 +204,8 @@ def main() -> None:
         "machine": platform.machine(),
         "rows": rows,
     }
+    from _report import write_json  # here, not at the top: the workers import this module and need none of it
+
     written = write_json(result, args.output)
     print(table(rows))
     print(f"wrote {written} in {result['total_wall_seconds']:.0f} s")

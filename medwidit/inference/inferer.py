@@ -23,7 +23,7 @@ from medwidit.diffusion import DiffusionSegmenter
 from medwidit.utils import check_int
 
 from .options import SAMPLING_DEFAULTS, autocast_dtype, autocast_model_fn, sampling_options
-from .sliding import sample_ensemble
+from .sliding import check_max_whole_voxels, sample_ensemble
 
 __all__ = ["DiffusionSamplingInferer"]
 
@@ -58,7 +58,7 @@ class DiffusionSamplingInferer(Inferer):
         self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
         self.seed = check_int("seed", seed, low=0)
         self.precision = precision
-        self.options = {**options, "max_whole_voxels": max_whole_voxels}
+        self.options = {**options, "max_whole_voxels": check_max_whole_voxels(max_whole_voxels)}
         self.extra_segmenters = list(extra_segmenters)
         for i, extra in enumerate(self.extra_segmenters):
             if not isinstance(extra, DiffusionSegmenter):

@@ -97,6 +97,11 @@ def _check_roi_multiple_of_patch(roi_size, patch_size) -> None:
             )
 
 
+def check_max_whole_voxels(value: int | None) -> int | None:
+    """The whole-volume budget (batch x voxels): an int >= 0 or None (the default), else a ValueError naming it."""
+    return None if value is None else check_int("max_whole_voxels", value, low=0, hint=" or None")
+
+
 class SlidingWindowDenoiser:
     """``model_fn`` that runs ``net(x_t, t, conditioned=cond)`` on the whole volume or window by window.
 
@@ -148,8 +153,7 @@ class SlidingWindowDenoiser:
                 raise ValueError(f"overlap must be >= 0 and < 1, got {overlap!r}.")
         if not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}.")
-        if max_whole_voxels is not None:
-            check_int("max_whole_voxels", max_whole_voxels, low=0, hint=" or None")
+        check_max_whole_voxels(max_whole_voxels)
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.mode = look_up_option(mode, BlendMode).value

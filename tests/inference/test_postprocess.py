@@ -202,6 +202,9 @@ def test_inferer_checks_its_network():
         inferer(torch.zeros(1, 1, 16, 16, 16), torch.nn.Identity())
     with pytest.raises(ValueError, match="num_samples"):
         DiffusionSamplingInferer(16, num_samples=0)
+    for bad in (-1, "x"):  # stored unchecked: it failed per batch, at the first call
+        with pytest.raises(ValueError, match=rf"max_whole_voxels must be an int >= 0 or None, got {bad!r}"):
+            DiffusionSamplingInferer(16, max_whole_voxels=bad)
 
 
 def test_the_inferer_samples_extra_weights_as_the_predictor_does(tmp_path):

@@ -125,8 +125,9 @@ def test_two_modalities_are_stacked_in_order_and_checked(tmp_path, volume):
     swapped = predictor.segment([b, a], generator=torch.Generator().manual_seed(0), **FAST)
     assert np.abs(swapped.probability - given.probability).max() > 1e-3  # the network tells the channels apart
     # a folder of a case's modalities gives them by their _NNNN index, whatever the order they are listed in
-    (case,) = find_cases(tmp_path, num_modalities=2)
-    assert [f.name for f in case.files] == ["c_0000.nii.gz", "c_0001.nii.gz"]
+    for listed in ([tmp_path], [b, a]):  # a folder, or the files named in the other order
+        (case,) = find_cases(listed, num_modalities=2)
+        assert [f.name for f in case.files] == ["c_0000.nii.gz", "c_0001.nii.gz"]
     with pytest.raises(InputError, match="c_0000.nii.gz: 1 modality.* where the model expects 2"):
         predictor.segment(a, **FAST)
     other = save_nifti(tmp_path / "d_0001.nii.gz", volume, affine=np.diag([1.0, 1.0, 1.0, 1.0]))
