@@ -510,7 +510,7 @@ class Predictor:
             image, affine, force_grid, steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps,
             weight_sets,
         )  # fmt: skip
-        generator = torch.Generator().manual_seed(0) if check_generator(generator) is None else generator
+        generator = _case_generator(generator)
         augment = self.resolve_augment(augment)
         localize, atlas = check_bool("localize", localize), check_bool("atlas", atlas)
         start = generator.get_state() if self.bias_retry else None
@@ -624,7 +624,7 @@ class Predictor:
         ``steps``, ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``,
         ``weight_sets``; ``augment`` as ``segment``'s (the pass has no views: it draws ``augment`` x ``num_samples``
         members per set)."""
-        generator = torch.Generator().manual_seed(0) if check_generator(generator) is None else generator
+        generator = _case_generator(generator)
         array, geometry, sampling = self._case_input(image, affine, force_grid, **sampling)
         if self.localization is None:
             return None
@@ -947,6 +947,11 @@ def _invert_maps(data: dict, pre: Compose, maps: dict[str, torch.Tensor]) -> dic
     meta = {k: MetaTensor(v.float().cpu(), affine=affine) for k, v in maps.items()}
     inverted = Invertd(list(meta), transform=pre, orig_keys="image", nearest_interp=False)({**data, **meta})
     return {k: inverted[k].as_tensor().clamp_(min=0)[0].numpy().astype(np.float32) for k in maps}
+
+
+def _case_generator(generator: torch.Generator | None) -> torch.Generator:
+    """A case's generator: the caller's, checked, or seed 0 (a case samples the same whatever ran before it)."""
+    return torch.Generator().manual_seed(0) if check_generator(generator) is None else generator
 
 
 def _coarse_sampling(sampling: dict, augment: int) -> dict:
