@@ -20,7 +20,7 @@ import torch
 
 from medwidit.nets import build_network, network_name
 from medwidit.utils import atomic_write, check_options, sha256_file
-from medwidit.utils.files import folder_lock, link_or_copy, locked, temporary_path
+from medwidit.utils.files import link_or_copy, locked, temporary_path
 
 from .segmenter import DiffusionSegmenter
 
@@ -91,13 +91,25 @@ def save_segmenter(segmenter: DiffusionSegmenter, path, extra_config: dict | Non
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
+EXPORT_LOCK = ".medwidit-export.lock"  # beside model.pt (NFS locks a file opened read-write, not a folder)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode), None if there is none: a commit replaces it by another."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def save_bundle_weights(
     segmenter: DiffusionSegmenter, models_dir, extra_config: dict | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write ``models_dir/model.pt`` (the net's bare state dict) and ``models_dir/medwidit.json`` (config, version,
-    weights' SHA-256) as one pair: each atomically, exports into one folder taking turns (``folder_lock``: a lock
-    file in the temporary folder), and if the sidecar cannot be written model.pt goes back to what it was (removed
-    if new). Without ``overwrite`` an existing file is a FileExistsError naming it."""
+    weights' SHA-256) as one pair: each atomically, exports into one folder taking turns (on ``EXPORT_LOCK``, a hidden
+    file beside them), and if the sidecar is not written (an error, an interrupt) model.pt goes back to what it was
+    (removed if new). Without ``overwrite`` an existing file is a FileExistsError naming it."""
     from medwidit import __version__
 
     models_dir = Path(models_dir)
@@ -107,27 +119,33 @@ def save_bundle_weights(
     state = {k: v.detach().cpu().contiguous() for k, v in segmenter.net.state_dict().items()}
     models_dir.mkdir(parents=True, exist_ok=True)
     # exports into one folder take turns: a concurrent export's sidecar never lands beside this one's weights
-    with locked(folder_lock(models_dir, "export"), required=False):
+    with locked(models_dir / EXPORT_LOCK, required=False):
         existing = [str(p) for p in (weights, sidecar) if p.exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{existing[0]} already exists; pass overwrite (--overwrite) to replace it.")
-        previous, written = temporary_path(weights, "previous."), False
+        before = _identity(weights), _identity(sidecar)
+        previous, keep_previous = temporary_path(weights, "previous."), False
         try:
-            if weights.exists():  # the weights before this export, to restore if the sidecar fails
+            if before[0] is not None:  # the weights before this export, to restore if the sidecar is not written
                 link_or_copy(weights, previous)  # a second name: no space needed on a full disk
             atomic_write(weights, lambda tmp: torch.save(state, tmp), overwrite=overwrite)
-            written = True
             record = {"config": config, "version": __version__, "weights_sha256": sha256_file(weights)}
             text = json.dumps(record, indent=2) + "\n"
             atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text), overwrite=overwrite)
         except BaseException:
-            if written and previous.exists():
-                os.replace(previous, weights)
-            elif written:
-                weights.unlink(missing_ok=True)
+            # by the files, not by how far the code got (an interrupt may fall between a commit and the next line):
+            # new weights beside the old sidecar go back; a new pair, or nothing new, stays as it is
+            if _identity(weights) != before[0] and _identity(sidecar) == before[1]:
+                keep_previous = True  # until the weights are back: kept if restoring them fails
+                if before[0] is None:
+                    weights.unlink(missing_ok=True)
+                else:
+                    os.replace(previous, weights)
+                keep_previous = False
             raise
         finally:
-            previous.unlink(missing_ok=True)
+            if not keep_previous:
+                previous.unlink(missing_ok=True)
     return weights
 
 

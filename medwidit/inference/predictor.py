@@ -365,16 +365,14 @@ class Predictor:
         options.setdefault("class_names", config.get("class_names"))
         if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:  # the first pass without N4
             options.setdefault("bias_retry", True)  # a caller's own bias_retry=False wins over a bundle's "retry"
-        preprocessing = inference_preprocessing(config.get("preprocessing"), bias_correction, anti_aliasing)
-        overrides = [
-            name
-            for name, value in zip(PREPROCESSING_OVERRIDES, (bias_correction, anti_aliasing), strict=True)
-            if not (isinstance(value, str) and value == "model")
-        ]
+        stored = config.get("preprocessing") or {}
+        preprocessing = inference_preprocessing(stored, bias_correction, anti_aliasing)
         try:
             check_preprocessing(preprocessing)
-        except ValueError as e:
-            given = [name for name in overrides if f"['{name}']" in str(e)]
+        except ValueError as e:  # the caller's value where it replaced the checkpoint's, else the checkpoint's
+            given = [
+                n for n in PREPROCESSING_OVERRIDES if preprocessing.get(n) != stored.get(n) and f"['{n}']" in str(e)
+            ]
             retry = f" It also takes {BIAS_RETRY!r} (N4 only where a case warns)." if "bias_correction" in given else ""
             raise InputError(f"{given[0]}: {e}{retry}" if given else f"{path}: {e}") from e
         predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)

@@ -57,20 +57,21 @@ def check_options(
 ) -> dict:
     """``options`` as keyword arguments of ``fn`` (a function or a class; ``name`` in messages, default its own)
     less ``exclude`` (those its caller sets): not a mapping, or a key outside them, is a ValueError naming ``source``
-    and the key, with ``notes[key]`` after it where given, and what ``fn`` takes. A ``fn`` with ``**kwargs``, or
-    whose signature cannot be read, takes any key. One check for every dict of options a config hands to a
-    constructor (a wrong key raised a TypeError naming neither the file nor the argument)."""
+    and the key, with ``notes[key]`` after it where given, and what ``fn`` takes (by keyword: not a positional-only
+    parameter, nor ``*args``' name). A ``fn`` with ``**kwargs``, or whose signature cannot be read, takes any key but
+    ``exclude``. One check for every dict of options a config hands to a constructor (a wrong key raised a TypeError
+    naming neither the file nor the argument)."""
     name = name or getattr(fn, "__name__", repr(fn))
     if not isinstance(options, Mapping):
         raise ValueError(f"{source} must be a dict of the options of {name}, got {options!r}.")
     try:
-        parameters = inspect.signature(fn).parameters
+        parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
-        return dict(options)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(options)
-    allowed = [p for p in parameters if p not in exclude]
-    unknown = [key for key in options if key not in allowed]
+        parameters = None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)  # what a keyword can set
+    anything = parameters is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    allowed = [] if parameters is None else [p.name for p in parameters if p.kind in named and p.name not in exclude]
+    unknown = [key for key in options if key in exclude or not (anything or key in allowed)]
     if unknown:
         notes = notes or {}
         keys = ", ".join(f"{key!r}{notes.get(key, '')}" for key in unknown)

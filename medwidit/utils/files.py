@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +23,6 @@ import numpy as np
 __all__ = [
     "atomic_write",
     "commit",
-    "folder_lock",
     "image_grid",
     "itk_ras_affine",
     "link_or_copy",
@@ -31,6 +30,8 @@ __all__ = [
     "sha256_file",
     "temporary_path",
 ]
+
+logger = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # image_grid: files without world coordinates
@@ -113,38 +114,32 @@ NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)  # flock 
 def locked(path: str | os.PathLike, *, blocking: bool = True, required: bool = True) -> Iterator[bool]:
     """An exclusive ``flock`` on the file ``path`` (created if missing) while inside; yields False (and holds
     nothing) if not ``blocking`` and taken. Advisory and per machine: it makes writers of one machine take turns;
-    correctness across machines rests on the link-based :func:`commit`. Not ``required``: where the lock cannot be
-    had (a file system without ``flock``, some NFS and FUSE mounts; a lock file another user made) go on without it,
-    yielding True."""
+    correctness across machines rests on the link-based :func:`commit`. Not ``required``: where no lock can be had
+    (a file system without ``flock``, some NFS and FUSE mounts; a lock file that cannot be opened) go on without one,
+    with a warning, yielding True."""
     import fcntl  # POSIX only: imported where a lock is taken, so the package imports elsewhere
 
+    fd, held, problem = None, True, None
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
-    except OSError:
-        if required:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        held = False
+    except OSError as e:
+        if required or (fd is not None and e.errno not in NO_LOCKS):
+            if fd is not None:
+                os.close(fd)
             raise
-        yield True  # nothing to take turns with here
-        return
+        problem = e  # handled outside the except, so that the body's own errors are not chained to it
+    if problem is not None:
+        logger.warning(
+            "%s: no lock here (%s); writers of this folder do not take turns.", path, problem.strerror or problem
+        )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            held = True
-        except BlockingIOError:
-            held = False
-        except OSError as e:
-            if required or e.errno not in NO_LOCKS:
-                raise
-            held = True  # nothing to take turns with here
         yield held
     finally:
-        os.close(fd)
-
-
-def folder_lock(folder: str | os.PathLike, purpose: str) -> Path:
-    """A lock file for writers of ``folder`` (:func:`locked`), in the system's temporary folder so that ``folder``
-    holds only what is written there: one per ``purpose`` and folder (its resolved path, hashed)."""
-    key = hashlib.sha256(os.path.realpath(folder).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"medwidit-{purpose}-{key}.lock"
+        if fd is not None:
+            os.close(fd)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

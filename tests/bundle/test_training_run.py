@@ -11,6 +11,7 @@ import pytest
 from bundle_data import BUNDLE, REPOSITORY, TINY_TRAIN, write_random_cases
 
 from medwidit.cli import main
+from medwidit.diffusion.checkpoint import EXPORT_LOCK
 
 
 def _override(value) -> str:
@@ -43,7 +44,7 @@ def test_each_lightning_line_is_printed_once(run):
 def test_training_exports_into_its_run_folder_and_leaves_the_shipped_weights(run):
     bundle = run["bundle"]
     assert {p.name: p.read_bytes() for p in (bundle / "models").iterdir()} == run["shipped"]
-    assert {p.name for p in (bundle / "runs" / "models").iterdir()} == {"model.pt", "medwidit.json"}
+    assert {p.name for p in (bundle / "runs" / "models").iterdir()} == {"model.pt", "medwidit.json", EXPORT_LOCK}
 
 
 @pytest.mark.slow

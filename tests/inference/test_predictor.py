@@ -94,6 +94,32 @@ def test_the_window_budget_is_checked_when_the_predictor_is_made(checkpoint):
     assert Predictor.from_checkpoint(checkpoint, device="cpu", max_whole_voxels=0).max_whole_voxels == 0
 
 
+@pytest.mark.parametrize(
+    ("bias_correction", "anti_aliasing"),
+    [("model", "model"), (None, True), ("none", "false"), ("n4", False), ("retry", "model"), ("retry", True)],
+)
+def test_one_rule_replaces_the_preprocessing_for_the_predictor_and_the_monai_chain(
+    tmp_path, bias_correction, anti_aliasing
+):
+    """inference.json's MONAI preprocessing (options.inference_preprocessing) and Predictor.from_checkpoint replace
+    the checkpoint's settings alike; "retry" is the first pass, without N4."""
+    from medwidit.data.transforms import check_preprocessing
+    from medwidit.inference.options import inference_preprocessing
+
+    stored = {**PREPROCESSING, "bias_correction": "n4", "num_modalities": 1}
+    path = tmp_path / "model.pt"
+    save_segmenter(tiny_segmenter(), path, extra_config={"preprocessing": stored, "roi_size": [16, 16, 16]})
+    predictor = Predictor.from_checkpoint(
+        path, device="cpu", bias_correction=bias_correction, anti_aliasing=anti_aliasing
+    )
+    chain = check_preprocessing(inference_preprocessing(stored, bias_correction, anti_aliasing))
+    assert chain == predictor.preprocessing
+    expected_bias = "n4" if bias_correction == "model" else ("n4" if bias_correction == "n4" else None)
+    assert chain["bias_correction"] == expected_bias and predictor.bias_retry == (bias_correction == "retry")
+    assert chain["anti_aliasing"] is (anti_aliasing is True)
+    assert inference_preprocessing(None, "model", "model") == {}  # a checkpoint without settings: the defaults
+
+
 def test_every_input_kind_gives_the_same_result(tmp_path, checkpoint, volume):
     source = save_nifti(tmp_path / "case_0000.nii.gz", volume)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")

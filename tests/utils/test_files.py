@@ -98,4 +98,13 @@ def test_options_of_a_constructor_name_the_key_and_what_it_takes():
     with pytest.raises(ValueError, match=r"^net must be a dict of the options of build, got \[\('size', 2\)\]\.$"):
         check_options(build, [("size", 2)], "net")
     assert check_options(lambda **kwargs: None, {"anything": 1}, "net") == {"anything": 1}
+    with pytest.raises(ValueError, match=r"net: 'device' is not an option"):  # what the caller sets, even so
+        check_options(lambda **kwargs: None, {"device": "cuda"}, "net", exclude=("device",))
     assert check_options(max, {"key": len}, "net") == {"key": len}  # a signature inspect cannot read: not checked
+
+    def positional(a, /, b, *layers, c=0):
+        return a
+
+    for key in ("a", "layers"):  # a keyword cannot set them: both passed and then raised a TypeError
+        with pytest.raises(ValueError, match=rf"net: '{key}' is not an option of positional; it takes b, c\."):
+            check_options(positional, {key: 1}, "net")
