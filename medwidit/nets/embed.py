@@ -210,4 +210,5 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freq = self.timestep_embedding(t, self.frequency_embedding_size)  # (B, F) float32
-        return self.mlp(freq)  # (B, hidden)
+        # in the weights' dtype: float32 unless the model itself was cast (a half-precision model failed here)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))  # (B, hidden)

@@ -107,7 +107,7 @@ class SpacingEmbedder(nn.Module):
 
     def forward(self, spacing: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=spacing.device.type, enabled=False):  # log of mm in float32, as time is
-            return self.mlp(spacing.float().log())  # (B, hidden)
+            return self.mlp(spacing.float().log().to(self.mlp[0].weight.dtype))  # (B, hidden); a cast model's dtype
 
 
 #################################################################################
