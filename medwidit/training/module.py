@@ -273,6 +273,23 @@ class DiffusionSegmentationModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
 
+    def on_fit_start(self) -> None:
+        """The data module's preprocessing is the one this module exports for the predictor (``medwidit.json``):
+        built without it, the module kept the defaults (z-scores, no resampling), and a model trained on 2 mm
+        equalised crops was exported to be pre-processed otherwise, without a word."""
+        theirs = getattr(getattr(self.trainer, "datamodule", None), "preprocessing", None)
+        if theirs is None:
+            return
+        ours, theirs = dict(self.hparams.preprocessing), check_preprocessing(theirs)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(
+                f"the training module's preprocessing differs from the data module's in {', '.join(differ)} "
+                f"({', '.join(f'{k}: {ours.get(k)!r} against {theirs.get(k)!r}' for k in differ)}): the exported model "
+                "would be pre-processed unlike its training data; give both the same preprocessing (train.json "
+                "passes @preprocessing to both)."
+            )
+
     def on_train_start(self) -> None:
         """A fresh run whose first validation (every ``check_val_every_n_epoch`` epochs) would come after its end
         (``max_steps``, or ``max_epochs`` whole epochs) is refused: it ended without a validation, a ``best.ckpt`` or

@@ -386,6 +386,22 @@ def test_a_run_that_would_end_before_its_first_validation_is_refused(tmp_path):
         trainer.fit(module, datamodule=dm)  # no --val_interval fits a run shorter than an epoch
 
 
+def test_a_module_whose_preprocessing_is_not_the_data_modules_is_refused(tmp_path):
+    """Built without preprocessing, the module exported the defaults (z-scores, no resampling) for a model trained
+    on the data module's own: inference then pre-processed it otherwise, without a word."""
+    data_list = write_dataset(tmp_path, num_train=2, num_val=1)
+    equalised = {**PREPROCESSING_3D, "intensity": "histogram"}
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=equalised, roi_size=[16, 16, 16],
+                                batch_size=1, num_crops=1, num_workers=0)  # fmt: skip
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
+    module = DiffusionSegmentationModule(tiny_segmenter(), warmup_steps=1)  # the defaults: z-scores
+    with pytest.raises(ValueError, match=r"differs from the data module's in intensity \(intensity: 'zscore_nonzero' "
+                                         r"against 'histogram'\).*give both"):  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0  # refused before the first step
+
+
 def test_a_run_bounded_by_time_alone_names_what_the_schedule_needs(tmp_path):
     """max_steps -1 and max_epochs -1 with max_time: int(inf) was an OverflowError in configure_optimizers."""
     trainer = L.Trainer(max_steps=-1, max_epochs=-1, max_time={"seconds": 5}, logger=False,
