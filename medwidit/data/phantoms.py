@@ -84,8 +84,7 @@ def make_phantom(
     """
     shape = _check_shape(shape)
     check_int("num_classes", num_classes, low=2)
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}.")
+    check_int("max_objects", max_objects)  # 1.5 was taken
     if not object_scale > 0:
         raise ValueError(f"object_scale must be > 0, got {object_scale}.")
     if noise_std < 0 or bias < 0 or texture < 0:
@@ -116,7 +115,7 @@ class PhantomDataset(Dataset):
         self.length = check_int("length", length)
         self.shape = _check_shape(shape)
         self.num_classes = num_classes
-        self.seed = seed
+        self.seed = check_int("seed", seed, low=0)  # -1 or 0.5 failed at the first item, naming no argument
         self.phantom_args = dict(phantom_args)
         make_phantom(self.shape, num_classes=num_classes, seed=0, **self.phantom_args)  # validates the options now
 

@@ -264,12 +264,18 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         if not 0.0 < max_fraction < 1.0:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
+        axes = tuple(axes)
+        if not axes or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in axes):
+            raise ValueError(f"RandFieldOfViewd axes must be spatial axis indices (0, 1, ...), got {axes}.")
         self.image_key, self.label_key = image_key, label_key
-        self.max_fraction, self.axes, self.air, self.background = max_fraction, tuple(axes), air, background
+        self.max_fraction, self.axes, self.air, self.background = max_fraction, axes, air, background
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         self.randomize(None)
+        spatial_dims = d[self.image_key].ndim - 1  # checked on every call, not only on the draws that cut
+        if max(self.axes) >= spatial_dims:
+            raise ValueError(f"RandFieldOfViewd axes {self.axes} must be spatial axes of a {spatial_dims}D image.")
         if not self._do_transform:
             return d
         axis = int(self.R.choice(self.axes))

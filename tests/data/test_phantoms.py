@@ -47,6 +47,11 @@ def test_dataset_items_and_errors():
         make_phantom((4, 4), seed=0)
     with pytest.raises(ValueError, match="num_classes"):
         PhantomDataset(2, (16, 16), num_classes=1)
+    for seed in (-1, 0.5):  # accepted, then a raw error from numpy at the first item
+        with pytest.raises(ValueError, match=rf"seed must be an int >= 0, got {seed!r}"):
+            PhantomDataset(2, (16, 16), seed=seed)
+    with pytest.raises(ValueError, match=r"max_objects must be an int >= 1, got 1.5"):  # was taken
+        make_phantom((16, 16), seed=0, max_objects=1.5)
 
 
 def test_class_contrast_and_object_scale():

@@ -106,6 +106,14 @@ def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_m
     [
         (lambda: RandSliceThicknessd(prob=1.5), r"prob must be in \[0, 1\], got 1.5"),  # MONAI made it 1
         (lambda: RandFieldOfViewd(prob=-0.3), r"prob must be in \[0, 1\], got -0.3"),  # and this 0
+        (lambda: RandFieldOfViewd(axes=(-1,)), r"RandFieldOfViewd axes must be spatial axis indices"),
+        # axis 5 of a 3-D image: an IndexError on the draw that cut, named now on the first call
+        (
+            lambda: RandFieldOfViewd(prob=0.0, axes=(5,))(
+                {"image": torch.zeros(1, 4, 4, 4), "label": torch.zeros(1, 4, 4, 4)}
+            ),
+            r"RandFieldOfViewd axes \(5,\) must be spatial axes of a 3D image",
+        ),
         (lambda: RandContrastRemapd(prob=7), r"prob must be in \[0, 1\], got 7"),
         (lambda: RandCoilFieldd(prob=-1), r"prob must be in \[0, 1\], got -1"),
         (lambda: RandCoilFieldd(coeff_range=(0.5, 0.1)), r"coeff_range must be .* got \(0.5, 0.1\)"),
