@@ -265,8 +265,9 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         if not 0.0 < max_fraction < 1.0:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
         axes = tuple(axes)
-        if not axes or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in axes):
+        if not axes or not all(is_integer(a) and a >= 0 for a in axes):
             raise ValueError(f"RandFieldOfViewd axes must be spatial axis indices (0, 1, ...), got {axes}.")
+        axes = tuple(int(a) for a in axes)
         self.image_key, self.label_key = image_key, label_key
         self.max_fraction, self.axes, self.air, self.background = max_fraction, axes, air, background
 

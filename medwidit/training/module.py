@@ -278,7 +278,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         built without it, the module kept the defaults (z-scores, no resampling), and a model trained on 2 mm
         equalised crops was exported to be pre-processed otherwise, without a word."""
         theirs = getattr(getattr(self.trainer, "datamodule", None), "preprocessing", None)
-        if theirs is None:
+        if not isinstance(theirs, Mapping):  # not a medwidit data module (a transform, or none): nothing to compare
             return
         ours, theirs = dict(self.hparams.preprocessing), check_preprocessing(theirs)
         differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))

@@ -90,11 +90,12 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_int(name: str, value, *, low: int = 1, high: int | None = None, hint: str = "") -> int:
-    """``value`` as an int in ``low..high`` (``high`` None: unbounded), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    """``value`` (an integer, numpy's too, never a bool) as an int in ``low..high`` (``high`` None: unbounded), else a
+    ValueError naming ``name``."""
+    if not is_integer(value) or value < low or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in {low}..{high}"
         raise ValueError(f"{name} must be an int {bounds}{hint}, got {value!r}.")
-    return value
+    return int(value)  # numpy's integers too, as a plain int
 
 
 def check_range(name: str, value, low: float, high: float, *, closed_high: bool = False) -> float:

@@ -52,6 +52,8 @@ def test_dataset_items_and_errors():
             PhantomDataset(2, (16, 16), seed=seed)
     with pytest.raises(ValueError, match=r"max_objects must be an int >= 1, got 1.5"):  # was taken
         make_phantom((16, 16), seed=0, max_objects=1.5)
+    numpy_ints = PhantomDataset(1, (16, 16), seed=np.int64(3), max_objects=np.int64(2))[0]["image"]  # numpy's too
+    assert torch.equal(numpy_ints, PhantomDataset(1, (16, 16), seed=3, max_objects=2)[0]["image"])
 
 
 def test_class_contrast_and_object_scale():

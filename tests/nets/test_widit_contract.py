@@ -212,11 +212,12 @@ def test_bf16_autocast_runs_and_stays_close(tiny, randomize, position):
     assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()
 
 
-@pytest.mark.parametrize("head", ["patch", "pixel"])
-def test_a_model_cast_to_bf16_takes_a_timestep_and_a_spacing(tiny, randomize, head):
+@pytest.mark.parametrize(("head", "position"), [("patch", "relative"), ("pixel", "rope")])
+def test_a_model_cast_to_bf16_takes_a_timestep_and_a_spacing(tiny, randomize, head, position):
     """model.to(torch.bfloat16) (diffusers' torch_dtype too): the float32 sinusoid and log-spacing met bf16 weights
     ("mat1 and mat2 must have the same dtype"); they are cast to the weights' dtype, near the float32 model's output."""
-    model = randomize(tiny(3, window_size=WINDOWS[3], head=head, spacing_conditioning=True), std=0.05)
+    model = tiny(3, window_size=WINDOWS[3], head=head, position=position, spacing_conditioning=True)
+    model = randomize(model, std=0.05)
     x, image, t, spacing = _inputs(3), _inputs(3, seed=1), torch.tensor([4.0, 900.0]), torch.ones(2, 6)
     reference = model(x, t, conditioned=image, spacing=spacing)
     model = model.to(torch.bfloat16)
