@@ -255,11 +255,15 @@ def check_report(output_file: str | os.PathLike | None, overwrite) -> bool:
     that a second evaluation into one report is refused before it samples."""
     overwrite = check_bool("overwrite", overwrite)
     if output_file is not None and not overwrite and Path(output_file).exists():
-        raise FileExistsError(
-            f"{output_file}: already exists; pass overwrite (the bundle: --overwrite true, or another --metrics_file) "
-            "to replace it."
-        )
+        raise _report_exists(output_file)
     return overwrite
+
+
+def _report_exists(path: str | os.PathLike) -> FileExistsError:
+    return FileExistsError(
+        f"{path}: already exists; pass overwrite (the bundle: --overwrite true, or another --metrics_file) to "
+        "replace it."
+    )
 
 
 def evaluate_files(
@@ -320,9 +324,7 @@ def evaluate_files(
         try:
             atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)), overwrite=overwrite)
         except FileExistsError:  # written by another run meanwhile
-            raise FileExistsError(
-                f"{path}: already exists; pass overwrite (the bundle: --overwrite true) to replace it."
-            ) from None
+            raise _report_exists(path) from None
         logger.info("wrote Dice of %d cases to %s (mean foreground %.4f)", len(cases), output_file, mean[1:].mean())
     return report
 
