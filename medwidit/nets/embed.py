@@ -211,10 +211,10 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freq = self.timestep_embedding(t, self.frequency_embedding_size)  # (B, F) float32
         # in the weights' dtype: float32 unless the model itself was cast (a half-precision model failed here)
-        return self.mlp(freq.to(_weight_dtype(self.mlp[0])))  # (B, hidden)
+        return self.mlp(freq.to(weight_dtype(self.mlp[0])))  # (B, hidden)
 
 
-def _weight_dtype(layer: nn.Module) -> torch.dtype:
+def weight_dtype(layer: nn.Module) -> torch.dtype:
     """The dtype of ``layer``'s weight; float32 where its weight is not a tensor (a dynamically quantised Linear's is
     a method)."""
     return getattr(layer.weight, "dtype", torch.float32)

@@ -22,7 +22,7 @@ from medwidit.utils import atomic_write, check_bool, check_int, check_options, i
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
 from .contract import register_network
-from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, _weight_dtype, check_divisible
+from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible, weight_dtype
 from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class SpacingEmbedder(nn.Module):
 
     def forward(self, spacing: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=spacing.device.type, enabled=False):  # log of mm in float32, as time is
-            return self.mlp(spacing.float().log().to(_weight_dtype(self.mlp[0])))  # (B, hidden); a cast model's dtype
+            return self.mlp(spacing.float().log().to(weight_dtype(self.mlp[0])))  # (B, hidden); a cast model's dtype
 
 
 #################################################################################
