@@ -181,13 +181,14 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
 
 
 HEAD_GRAMMAR = (
-    "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>], either with [-t<location>] (logit-normal training "
-    "timesteps) and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, "
-    "pixel-16-1-i2, patch-t1, pixel-16-2-s1)"
+    "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>][-k<kernel>], either with [-t<location>] "
+    "(logit-normal training timesteps) and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. "
+    "p8w4:pixel-8-1, pixel-16-1-i2, pixel-16-2-k5, patch-t1, pixel-16-2-s1)"
 )
 SUFFIXES = {
     "r": ("pixel_mlp_ratio", float),
     "i": ("pixel_image_depth", int),
+    "k": ("pixel_kernel", int),
     "t": ("timestep_location", float),
     "s": ("self_condition", int),
 }
@@ -197,10 +198,11 @@ SEGMENTER_SUFFIXES = {"t", "s"}  # allowed on either head
 
 def head_options(spec: str) -> dict:
     """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
-    pixel_mlp_ratio=2 and ``-i2`` pixel_image_depth=2; ``-t1`` (either head) timestep_location=1: the model trains
-    at logit-normal timesteps of that location (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-s1``
-    (either head) self_condition=1 (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a ``p8w4:``
-    prefix also sets the token path's patch_size=8 and window_size=4."""
+    pixel_mlp_ratio=2, ``-i2`` pixel_image_depth=2 and ``-k5`` pixel_kernel=5; ``-t1`` (either head)
+    timestep_location=1: the model trains at logit-normal timesteps of that location
+    (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-s1`` (either head) self_condition=1
+    (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a ``p8w4:`` prefix also sets the token path's
+    patch_size=8 and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
         prefix, head = spec.split(":", 1)

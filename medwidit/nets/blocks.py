@@ -206,14 +206,15 @@ class ImageBlock(nn.Module):
 
 class PixelHead(nn.Module):
     """Tokens -> voxels through a full-resolution pathway (PixelDiT): a depthwise-separable stem (per-voxel Linear of
-    the noisy input and the image, then a depthwise 3^N convolution) reads the voxels; each patch token (+ timestep)
-    is projected to a shift and scale for every voxel of its patch and every block; ``depth`` :class:`PixelBlock`
-    refine the voxels, a second depthwise 3^N convolution makes neighbours agree, and the seed's :class:`FinalLayer`
-    (RMSNorm + zero Linear) makes the output exactly zero at init. ``image_depth`` :class:`ImageBlock` deepen the
-    image's stem features; they read the image alone, so they are part of :meth:`encode_condition` (once per volume).
+    the noisy input and the image, then a depthwise k^N convolution, ``kernel`` k odd) reads the voxels; each patch
+    token (+ timestep) is projected to a shift and scale for every voxel of its patch and every block; ``depth``
+    :class:`PixelBlock` refine the voxels, a second depthwise k^N convolution makes neighbours agree, and the seed's
+    :class:`FinalLayer` (RMSNorm + zero Linear) makes the output exactly zero at init. ``image_depth``
+    :class:`ImageBlock` (3^N) deepen the image's stem features; they read the image alone, so they are part of
+    :meth:`encode_condition` (once per volume).
 
-    Everything is local: a voxel sees its patch's token and its 2-voxel neighbourhood (2 + ``image_depth`` voxels of
-    the image), so sliding windows stitch it as they stitch the token path. Depthwise rather than full 3^N
+    Everything is local: a voxel sees its patch's token and its (k - 1)-voxel neighbourhood (k - 1 + ``image_depth``
+    voxels of the image), so sliding windows stitch it as they stitch the token path. Depthwise rather than full 3^N
     convolutions, run channels-last: on the CPU a full convolution of a few channels at full resolution costs as much
     as the whole token path.
     """
@@ -231,6 +232,7 @@ class PixelHead(nn.Module):
         mlp_ratio: float = 4.0,
         norm: str = "layernorm",
         image_depth: int = 0,
+        kernel: int = 3,
     ) -> None:
         super().__init__()
         self.patch_size, self.dim = tuple(patch_size), dim
@@ -242,12 +244,12 @@ class PixelHead(nn.Module):
         # steps, so it can be encoded once
         self.stem_c = None if cond_channels is None else nn.Linear(cond_channels, dim, bias=False)
         self.image_blocks = nn.ModuleList(ImageBlock(dim, len(self.patch_size)) for _ in range(image_depth))
-        self.stem_mix = conv(dim, dim, 3, padding=1, groups=dim)
+        self.stem_mix = conv(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.norm_tokens = make_norm(norm, hidden_size)
         # per token: a (shift, scale) pair of width D for each voxel of its patch and each block, in one matmul
         self.modulation = nn.Linear(hidden_size, math.prod(self.patch_size) * 2 * dim * depth)
         self.blocks = nn.ModuleList(PixelBlock(dim, mlp_ratio) for _ in range(depth))
-        self.mix = conv(dim, dim, 3, padding=1, groups=dim)
+        self.mix = conv(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.final = FinalLayer(dim, out_channels)
         self.init_weights()
 

@@ -30,7 +30,10 @@ logger = logging.getLogger(__name__)
 CONDITIONINGS = ("embed", "concat")  # image embedded on its own (hidden split in two), or channels of the one input
 # per head (HEADS): the WiDiT options only it reads, and the module (attribute) that is it; what a fine-tune under a
 # new head (medwidit.training.initial_weights(new_head=True)) leaves as built
-HEAD_OPTIONS = {"patch": ("final",), "pixel": ("pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth")}
+HEAD_OPTIONS = {
+    "patch": ("final",),
+    "pixel": ("pixel_dim", "pixel_depth", "pixel_mlp_ratio", "pixel_image_depth", "pixel_kernel"),
+}
 HEAD_MODULES = {"patch": "final_layer", "pixel": "pixel_head"}
 
 #################################################################################
@@ -133,7 +136,9 @@ class WiDiT(nn.Module):
     its patch's token, so outputs are not tied to the patch grid; its modulation comes from the tokens even without
     a timestep. ``pixel_image_depth`` N > 0 deepens the image's voxel features by N residual depthwise-separable
     convolutions (:class:`ImageBlock`): they read the image alone, so :meth:`encode_condition` computes them once per
-    volume and no denoising step pays for them.
+    volume and no denoising step pays for them. ``pixel_kernel`` k (odd) is the side of the head's two depthwise
+    convolutions (k^N): each voxel's output sees (k - 1) voxels of full-resolution context each way; 5 rather than 3
+    lifted the phantoms' thin tubes (``benchmarks/README.md``), at about k^N / 3^N the convolutions' cost.
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class WiDiT(nn.Module):
         pixel_depth: int = 2,
         pixel_mlp_ratio: float = 4.0,
         pixel_image_depth: int = 0,
+        pixel_kernel: int = 3,
     ) -> None:
         super().__init__()
         spatial_dim, in_channels, hidden_size, depth, num_heads = (
@@ -224,7 +230,10 @@ class WiDiT(nn.Module):
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
             "pixel_mlp_ratio": float(pixel_mlp_ratio),
             "pixel_image_depth": check_int("pixel_image_depth", pixel_image_depth, low=0),
+            "pixel_kernel": check_int("pixel_kernel", pixel_kernel),
         }
+        if self.config["pixel_kernel"] % 2 == 0:  # an even kernel has no centre: no "same" padding keeps the grid
+            raise ValueError(f"pixel_kernel must be odd, got {pixel_kernel}.")
         if self.config["pixel_image_depth"] and (self.config["head"] != "pixel" or not use_conditioning):
             raise ValueError(
                 f"pixel_image_depth={pixel_image_depth} needs head='pixel' and use_conditioning=True "
@@ -266,7 +275,7 @@ class WiDiT(nn.Module):
         self.final_layer = self.pixel_head = None
         if cfg["head"] == "pixel":
             sizes = {"dim": cfg["pixel_dim"], "depth": cfg["pixel_depth"], "mlp_ratio": cfg["pixel_mlp_ratio"]}
-            sizes["image_depth"] = cfg["pixel_image_depth"]
+            sizes.update(image_depth=cfg["pixel_image_depth"], kernel=cfg["pixel_kernel"])
             self.pixel_head = PixelHead(hidden, self.patch_size, *channels, **sizes, norm=norm)
         else:
             self.final_layer = WiDiTFinalLayer(hidden, self.patch_size, channels[2], norm=norm, final=cfg["final"])

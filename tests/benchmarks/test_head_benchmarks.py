@@ -26,6 +26,7 @@ head_cost = load_benchmark("head_cost")
         ("p8w2:patch", 8, 2, "patch", None, None, None, None),
         ("pixel-8-1-i2", 4, 2, "pixel", 8, 1, 32, 2),
         ("pixel-8-1-i1-r2", 4, 2, "pixel", 8, 1, 16, 1),  # suffixes in either order
+        ("pixel-8-1-k5", 4, 2, "pixel", 8, 1, 32, 0),
     ],
 )
 def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units, image_depth):
@@ -37,6 +38,9 @@ def test_head_specs_build_the_named_network(spec, patch, window, head, dim, dept
         assert (net.pixel_head.dim, len(net.pixel_head.blocks)) == (dim, depth)
         assert net.pixel_head.blocks[0].mlp.fc1.out_features == hidden_units
         assert len(net.pixel_head.image_blocks) == config["pixel_image_depth"] == image_depth
+        kernel = 5 if spec.endswith("-k5") else 3
+        assert config["pixel_kernel"] == kernel
+        assert net.pixel_head.stem_mix.kernel_size == net.pixel_head.mix.kernel_size == (kernel,) * 3
 
 
 @pytest.mark.parametrize("spec, net_head", [("patch-t1", "patch"), ("pixel-8-1-t0.5-r2", "pixel")])
@@ -94,7 +98,8 @@ def test_the_mlp_ratio_option_reaches_the_token_blocks():
 @pytest.mark.parametrize(
     "spec",
     ["pixel-8", "pixel-8-1-x", "pixel-8-1-r", "pixel-8-1-r2-3", "q8w4:patch", "p8:patch", "pixel-8-1-i1.5"]
-    + ["pixel-8-1-i1-i2", "pixel-8-1-r2-r3"]  # a non-integer block count, a suffix given twice
+    + ["pixel-8-1-i1-i2", "pixel-8-1-r2-r3", "pixel-8-1-k2.5"]  # not an integer, a suffix given twice
+    + ["patch-k5"]
     + ["patch-r2", "patch-t", "pixel-8-1-t1-t2"],  # the patch head takes only -t
 )
 def test_bad_head_specs_name_the_grammar(spec):

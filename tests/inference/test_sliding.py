@@ -331,6 +331,7 @@ def test_stitched_sampling_has_no_seam(spatial_dims):
 
 PIXEL = {"head": "pixel", "pixel_dim": 4, "pixel_depth": 1}  # PixelDiT's pixel pathway as the head (issue 11)
 PIXEL_IMAGE = {**PIXEL, "pixel_image_depth": 2}  # with two image blocks: a 4-voxel reach into the image
+PIXEL_K5 = {**PIXEL, "pixel_kernel": 5}  # depthwise 5^N convolutions: a 4-voxel reach into both inputs
 
 
 def _random_widit(spatial_dims, scale=0.2, **options):
@@ -365,8 +366,19 @@ def _random_widit(spatial_dims, scale=0.2, **options):
         ((26, 22, 18), 16, 2, 0.25, 0.05, PIXEL),
         ((60, 52), 32, 8, 0.02, 0.025, PIXEL_IMAGE),
         ((26, 22, 18), 16, 2, 0.01, 0.015, PIXEL_IMAGE),
+        ((60, 52), 32, 8, 0.02, 0.07, PIXEL_K5),
+        ((26, 22, 18), 16, 2, 0.25, 0.05, PIXEL_K5),
     ],
-    ids=["patch-2d", "patch-3d", "pixel-2d", "pixel-3d", "pixel-image-2d", "pixel-image-3d"],
+    ids=[
+        "patch-2d",
+        "patch-3d",
+        "pixel-2d",
+        "pixel-3d",
+        "pixel-image-2d",
+        "pixel-image-3d",
+        "pixel-k5-2d",
+        "pixel-k5-3d",
+    ],
 )
 def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tolerance, min_std, head):
     """A tiny random WiDiT attends across its attention windows, up to a whole roi in 3D here. Sizes off the
@@ -374,7 +386,8 @@ def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tol
     (mean 1e-3), on and off window faces alike; independent windows miss by up to 1 (mean 0.07 in 2D). The pixel
     head adds a 2-voxel neighbourhood (zero-padded at a window's faces, where the Gaussian weight is small):
     measured 2D max 4e-4 (mean 2e-5), 3D max 0.18 at one voxel (mean 7e-4, below the patch head's). Two image
-    blocks widen the image's reach to 4 voxels: measured 2D max 4e-4, 3D max 1e-3."""
+    blocks widen the image's reach to 4 voxels: measured 2D max 4e-4, 3D max 1e-3. Depthwise 5^N convolutions widen
+    both inputs' reach to 4 voxels: measured 2D max 5e-3 (mean 1e-4), 3D max 0.09 (mean 2.5e-3)."""
     segmenter = _random_widit(len(shape), **head)
     image = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(2))
     whole, _, error = _stitched_vs_whole(segmenter, image, roi, steps=4 if len(shape) == 2 else 3)
@@ -389,7 +402,7 @@ def test_stitched_sampling_with_a_tiny_widit_has_no_seam(shape, roi, margin, tol
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("head", [PIXEL, PIXEL_IMAGE], ids=["pixel", "pixel-image"])
+@pytest.mark.parametrize("head", [PIXEL, PIXEL_IMAGE, PIXEL_K5], ids=["pixel", "pixel-image", "pixel-k5"])
 def test_one_window_covering_the_volume_equals_the_whole_pixel_widit(spatial_dims, head):
     """The pixel head's convolutions see the same zero padding at the volume's faces in a covering window as in the
     whole-volume call: one window per step reproduces the unwindowed sampler."""

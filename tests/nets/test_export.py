@@ -11,11 +11,15 @@ def _inputs(shape, channels, seed):
 
 
 @pytest.mark.parametrize("position", ["relative", "rope"])
-@pytest.mark.parametrize("head", ["patch", "pixel"])
+@pytest.mark.parametrize(
+    "head",
+    [{"head": "patch"}, {"head": "pixel"}, {"head": "pixel", "pixel_kernel": 5}],
+    ids=["patch", "pixel", "pixel-k5"],
+)
 def test_export_first_then_eager_gives_real_tensors(tiny, randomize, position, head):
     """Shifted windows over a grid that needs padding: both the mask and the position tables are in play. With
     shape-keyed lru_caches the export stored fake tensors that every later eager call returned."""
-    model = randomize(tiny(3, in_channels=2, cond_channels=1, position=position, head=head)).eval()
+    model = randomize(tiny(3, in_channels=2, cond_channels=1, position=position, **head)).eval()
     x, image, t = _inputs((14, 10, 18), 2, 0), _inputs((14, 10, 18), 1, 1), torch.tensor([5.0])
     exported = torch.export.export(model, (x, t), {"conditioned": image})
     with torch.no_grad():

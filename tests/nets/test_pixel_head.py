@@ -1,6 +1,7 @@
 """The pixel head (PixelDiT's pixel pathway, seed 001): exact zero at init, locality, config round trip; the seed's
 PixelMLP and FinalLayer; the default patch head unchanged for the shipped weights."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -47,11 +48,13 @@ def test_without_conditioning_and_with_per_axis_patch(tiny):
 
 
 @pytest.mark.parametrize("spatial_dim", [2, 3])
-def test_pixel_head_is_local(randomize, spatial_dim):
-    """A voxel reads its 2-voxel neighbourhood (two depthwise 3^N convolutions) and, away from its patch's faces, only
-    its own patch's token: what makes sliding windows stitch it as they stitch the token path."""
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_pixel_head_is_local(randomize, spatial_dim, kernel):
+    """A voxel reads its (k - 1)-voxel neighbourhood (two depthwise k^N convolutions) and the tokens of the patches
+    within k // 2 voxels of it (the last convolution's reach; with k = 3, one voxel from its patch's faces, its own
+    patch's token only): what makes sliding windows stitch it as they stitch the token path."""
     patch, grid = (4,) * spatial_dim, (3,) * spatial_dim
-    head = randomize(PixelHead(16, patch, 2, 1, 2, dim=4, depth=2))
+    head = randomize(PixelHead(16, patch, 2, 1, 2, dim=4, depth=2, kernel=kernel))
     shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
     x, image = torch.randn(1, 2, *shape, requires_grad=True), torch.randn(1, 1, *shape)
     tokens, c = torch.randn(1, 3**spatial_dim, 16, requires_grad=True), torch.randn(1, 16)
@@ -61,10 +64,14 @@ def test_pixel_head_is_local(randomize, spatial_dim):
     near = torch.ones(shape, dtype=torch.bool)
     for axis, v in enumerate(voxel):
         index = torch.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(spatial_dim)])
-        near = near & ((index - v).abs() <= 2)
+        near = near & ((index - v).abs() <= kernel - 1)
     assert torch.equal(reach, near)
     token_reach = tokens.grad.abs().sum(dim=(0, 2)) > 0  # (T,)
-    assert token_reach.nonzero().flatten().tolist() == [(3**spatial_dim) // 2]  # the middle token only
+    rows = range((5 - kernel // 2) // 4, (5 + kernel // 2) // 4 + 1)  # token rows within k // 2 of voxel 5, per axis
+    expected = sorted(
+        sum(r * 3**a for a, r in enumerate(reversed(cell))) for cell in itertools.product(rows, repeat=spatial_dim)
+    )
+    assert token_reach.nonzero().flatten().tolist() == expected  # k = 3: the middle token only
 
 
 @pytest.mark.parametrize("image_depth", [1, 2])
@@ -99,12 +106,14 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
             pixel_depth=3,
             pixel_mlp_ratio=2,
             pixel_image_depth=2,
+            pixel_kernel=5,
             position="rope",
         )
     )
     config = json.loads(json.dumps(model.config))
     assert (config["head"], config["pixel_dim"], config["pixel_depth"], config["pixel_mlp_ratio"]) == ("pixel", 4, 3, 2)
     assert config["pixel_image_depth"] == 2 and len(model.pixel_head.image_blocks) == 2
+    assert config["pixel_kernel"] == 5 and model.pixel_head.mix.kernel_size == (5, 5, 5)
     assert len(model.pixel_head.blocks) == 3 and model.pixel_head.dim == 4
     assert model.pixel_head.blocks[0].mlp.fc1.out_features == 8  # pixel_mlp_ratio x pixel_dim
     save_widit(model, tmp_path / "pixel.pt")
@@ -124,6 +133,9 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
         ({"head": "pixel", "pixel_mlp_ratio": float("nan")}, "pixel_mlp_ratio must be positive, got nan"),
         ({"head": "pixel", "pixel_mlp_ratio": True}, "pixel_mlp_ratio must be positive, got True"),
         ({"head": "pixel", "pixel_image_depth": -1}, "pixel_image_depth must be an int >= 0, got -1"),
+        ({"head": "pixel", "pixel_kernel": 4}, "pixel_kernel must be odd, got 4"),
+        ({"head": "pixel", "pixel_kernel": 0}, "pixel_kernel must be an int >= 1, got 0"),
+        ({"head": "pixel", "pixel_kernel": 3.0}, "pixel_kernel must be an int"),
         ({"pixel_image_depth": 1}, r"pixel_image_depth=1 needs head='pixel' and use_conditioning=True \(got head="),
         (
             {"head": "pixel", "pixel_image_depth": 2, "use_conditioning": False},
