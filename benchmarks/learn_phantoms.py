@@ -248,6 +248,16 @@ def input_channels(head: str, classes: int) -> int:
     return classes * (2 if segmenter_options(head).get("self_condition") else 1)
 
 
+def check_heads(args) -> None:
+    """Builds every ``--heads`` entry's network once: a spec the grammar takes but WiDiT refuses (``-k4``, an even
+    kernel) exits naming it before any model trains."""
+    for head in args.heads.split(","):
+        try:
+            widit(args, head)
+        except ValueError as error:
+            raise SystemExit(f"--heads entry {head!r}: {error}") from error
+
+
 def widit(args, head: str = "patch") -> WiDiT:
     sizes = {"patch_size": args.patch, "window_size": args.window}
     return WiDiT(
@@ -376,7 +386,8 @@ def threshold_oracle(test, args, candidates: int = 17) -> dict:
 
 def main() -> None:
     args = parse_args()
-    ensemble_sizes(args.samples)  # a bad --samples fails now, not after the training budget
+    ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
+    check_heads(args)
     torch.set_num_threads(args.threads)  # a script may set threads; one thread keeps CPU time honest under load
     torch.manual_seed(args.seed)
     wall, cpu = time.perf_counter(), time.process_time()

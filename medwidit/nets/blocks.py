@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from medwidit.utils import is_integer
+
 from .attention import make_attention
 from .embed import Unpatchify
 from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate, tracing
@@ -131,6 +133,19 @@ def patches_to_voxels(x: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, 
 #################################################################################
 
 
+def check_kernel(name: str, value) -> int:
+    """``value`` as an odd int >= 1 (a depthwise "same" convolution's side: an even kernel has no centre, so no
+    padding keeps the grid), else a ValueError naming ``name``."""
+    if not is_integer(value) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{name} must be an odd int >= 1, got {value!r}.")
+    return int(value)
+
+
+def depthwise_same(spatial_dim: int, dim: int, kernel: int) -> nn.Module:
+    """A depthwise ``kernel``^N convolution of ``dim`` channels, zero-padded to the input's size (N = 2 or 3)."""
+    return (nn.Conv2d, nn.Conv3d)[spatial_dim - 2](dim, dim, kernel, padding=kernel // 2, groups=dim)
+
+
 class PixelBlock(nn.Module):
     """Pixel-wise adaLN block on a voxel stream (B, *S, D): ``x + PixelMLP(norm(x) * (1 + scale) + shift)`` with a
     shift and scale per voxel (PixelDiT's pixel-wise AdaLN); no gate, the head's zero FinalLayer gives the zero init."""
@@ -192,7 +207,7 @@ class ImageBlock(nn.Module):
 
     def __init__(self, dim: int, spatial_dim: int) -> None:
         super().__init__()
-        self.depthwise = (nn.Conv2d, nn.Conv3d)[spatial_dim - 2](dim, dim, 3, padding=1, groups=dim)
+        self.depthwise = depthwise_same(spatial_dim, dim, 3)
         self.pointwise = nn.Linear(dim, dim)
         self.init_weights()
 
@@ -214,7 +229,7 @@ class PixelHead(nn.Module):
     :meth:`encode_condition` (once per volume).
 
     Everything is local: a voxel sees its patch's token and its (k - 1)-voxel neighbourhood (k - 1 + ``image_depth``
-    voxels of the image), so sliding windows stitch it as they stitch the token path. Depthwise rather than full 3^N
+    voxels of the image), so sliding windows stitch it as they stitch the token path. Depthwise rather than full k^N
     convolutions, run channels-last: on the CPU a full convolution of a few channels at full resolution costs as much
     as the whole token path.
     """
@@ -238,18 +253,18 @@ class PixelHead(nn.Module):
         self.patch_size, self.dim = tuple(patch_size), dim
         if image_depth and cond_channels is None:
             raise ValueError(f"image_depth={image_depth} needs a conditioning image (cond_channels is None).")
-        conv = (nn.Conv2d, nn.Conv3d)[len(self.patch_size) - 2]
+        kernel = check_kernel("kernel", kernel)
         self.stem_x = nn.Linear(in_channels, dim)
         # the image's own projection (bias-free: encode_condition adds stem_x's bias): it does not change across
         # steps, so it can be encoded once
         self.stem_c = None if cond_channels is None else nn.Linear(cond_channels, dim, bias=False)
         self.image_blocks = nn.ModuleList(ImageBlock(dim, len(self.patch_size)) for _ in range(image_depth))
-        self.stem_mix = conv(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.stem_mix = depthwise_same(len(self.patch_size), dim, kernel)
         self.norm_tokens = make_norm(norm, hidden_size)
         # per token: a (shift, scale) pair of width D for each voxel of its patch and each block, in one matmul
         self.modulation = nn.Linear(hidden_size, math.prod(self.patch_size) * 2 * dim * depth)
         self.blocks = nn.ModuleList(PixelBlock(dim, mlp_ratio) for _ in range(depth))
-        self.mix = conv(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.mix = depthwise_same(len(self.patch_size), dim, kernel)
         self.final = FinalLayer(dim, out_channels)
         self.init_weights()
 

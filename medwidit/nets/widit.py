@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from medwidit.utils import atomic_write, check_bool, check_int, check_options, is_integer
 
 from .attention import ATTENTIONS, POSITIONS
-from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer
+from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer, check_kernel
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible, weight_dtype
 from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
@@ -137,8 +137,9 @@ class WiDiT(nn.Module):
     a timestep. ``pixel_image_depth`` N > 0 deepens the image's voxel features by N residual depthwise-separable
     convolutions (:class:`ImageBlock`): they read the image alone, so :meth:`encode_condition` computes them once per
     volume and no denoising step pays for them. ``pixel_kernel`` k (odd) is the side of the head's two depthwise
-    convolutions (k^N): each voxel's output sees (k - 1) voxels of full-resolution context each way; 5 rather than 3
-    lifted the phantoms' thin tubes (``benchmarks/README.md``), at about k^N / 3^N the convolutions' cost.
+    convolutions (k^N; the patch head takes only the default 3): each voxel's output sees (k - 1) voxels of
+    full-resolution context each way. 5 rather than 3 lifted the phantoms' thin tubes; on the brain bundle's head it
+    raised sampling from 1.34 to 1.55 times the patch head's (``benchmarks/README.md``).
     """
 
     def __init__(
@@ -230,15 +231,15 @@ class WiDiT(nn.Module):
             "pixel_depth": check_int("pixel_depth", pixel_depth),  # >= 1: the tokens reach voxels through it
             "pixel_mlp_ratio": float(pixel_mlp_ratio),
             "pixel_image_depth": check_int("pixel_image_depth", pixel_image_depth, low=0),
-            "pixel_kernel": check_int("pixel_kernel", pixel_kernel),
+            "pixel_kernel": check_kernel("pixel_kernel", pixel_kernel),
         }
-        if self.config["pixel_kernel"] % 2 == 0:  # an even kernel has no centre: no "same" padding keeps the grid
-            raise ValueError(f"pixel_kernel must be odd, got {pixel_kernel}.")
         if self.config["pixel_image_depth"] and (self.config["head"] != "pixel" or not use_conditioning):
             raise ValueError(
                 f"pixel_image_depth={pixel_image_depth} needs head='pixel' and use_conditioning=True "
                 f"(got head={head!r}, use_conditioning={use_conditioning})."
             )
+        if self.config["pixel_kernel"] != 3 and self.config["head"] != "pixel":  # it would build nothing
+            raise ValueError(f"pixel_kernel={pixel_kernel} needs head='pixel' (got head={head!r}).")
         self.spatial_dim = spatial_dim
         self.patch_size = tuple(self.config["patch_size"])
         self.in_channels, self.cond_channels, self.out_channels = in_channels, cond_channels, out_channels

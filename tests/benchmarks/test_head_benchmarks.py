@@ -17,19 +17,19 @@ head_cost = load_benchmark("head_cost")
 
 
 @pytest.mark.parametrize(
-    "spec, patch, window, head, dim, depth, hidden_units, image_depth",
+    "spec, patch, window, head, dim, depth, hidden_units, image_depth, kernel",
     [
-        ("patch", 4, 2, "patch", None, None, None, None),
-        ("pixel-8-1", 4, 2, "pixel", 8, 1, 32, 0),  # the seed's MLP ratio 4
-        ("pixel-8-2-r2", 4, 2, "pixel", 8, 2, 16, 0),
-        ("p8w2:pixel-4-1-r1.5", 8, 2, "pixel", 4, 1, 6, 0),
-        ("p8w2:patch", 8, 2, "patch", None, None, None, None),
-        ("pixel-8-1-i2", 4, 2, "pixel", 8, 1, 32, 2),
-        ("pixel-8-1-i1-r2", 4, 2, "pixel", 8, 1, 16, 1),  # suffixes in either order
-        ("pixel-8-1-k5", 4, 2, "pixel", 8, 1, 32, 0),
+        ("patch", 4, 2, "patch", None, None, None, None, None),
+        ("pixel-8-1", 4, 2, "pixel", 8, 1, 32, 0, 3),  # the seed's MLP ratio 4
+        ("pixel-8-2-r2", 4, 2, "pixel", 8, 2, 16, 0, 3),
+        ("p8w2:pixel-4-1-r1.5", 8, 2, "pixel", 4, 1, 6, 0, 3),
+        ("p8w2:patch", 8, 2, "patch", None, None, None, None, None),
+        ("pixel-8-1-i2", 4, 2, "pixel", 8, 1, 32, 2, 3),
+        ("pixel-8-1-i1-r2", 4, 2, "pixel", 8, 1, 16, 1, 3),  # suffixes in either order
+        ("pixel-8-1-k5-i1", 4, 2, "pixel", 8, 1, 32, 1, 5),
     ],
 )
-def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units, image_depth):
+def test_head_specs_build_the_named_network(spec, patch, window, head, dim, depth, hidden_units, image_depth, kernel):
     options = {"patch_size": 4, "window_size": 2, **learn_phantoms.head_options(spec)}
     net = WiDiT(spatial_dim=3, in_channels=2, cond_channels=1, hidden_size=32, depth=1, num_heads=2, **options)
     config = net.config
@@ -38,7 +38,6 @@ def test_head_specs_build_the_named_network(spec, patch, window, head, dim, dept
         assert (net.pixel_head.dim, len(net.pixel_head.blocks)) == (dim, depth)
         assert net.pixel_head.blocks[0].mlp.fc1.out_features == hidden_units
         assert len(net.pixel_head.image_blocks) == config["pixel_image_depth"] == image_depth
-        kernel = 5 if spec.endswith("-k5") else 3
         assert config["pixel_kernel"] == kernel
         assert net.pixel_head.stem_mix.kernel_size == net.pixel_head.mix.kernel_size == (kernel,) * 3
 
@@ -93,6 +92,13 @@ def test_the_mlp_ratio_option_reaches_the_token_blocks():
     args = learn_phantoms.parse_args(["--mlp-ratio", "2", "--hidden", "32", "--depth", "1"])
     net = learn_phantoms.widit(args, "patch")
     assert net.config["mlp_ratio"] == 2.0 and net.blocks[0].mlp.fc1.out_features == 64
+
+
+def test_a_head_the_network_refuses_stops_the_run_before_training():
+    args = learn_phantoms.parse_args(["--heads", "patch,pixel-8-1-k4", "--hidden", "32", "--depth", "1"])
+    with pytest.raises(SystemExit, match=r"--heads entry 'pixel-8-1-k4': pixel_kernel must be an odd int >= 1, got 4"):
+        learn_phantoms.check_heads(args)
+    learn_phantoms.check_heads(learn_phantoms.parse_args(["--heads", "patch,pixel-8-1-k5", "--hidden", "32"]))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from medwidit.nets import FinalLayer, Mlp, PixelHead, PixelMLP, WiDiT, load_widit, save_widit
+from medwidit.nets.blocks import depthwise_same
 
 SHAPES = {2: (8, 12), 3: (8, 4, 12)}
 BUNDLE_WEIGHTS = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation" / "models" / "model.pt"
@@ -133,9 +134,11 @@ def test_pixel_config_rebuilds_and_round_trips(tiny, randomize, tmp_path):
         ({"head": "pixel", "pixel_mlp_ratio": float("nan")}, "pixel_mlp_ratio must be positive, got nan"),
         ({"head": "pixel", "pixel_mlp_ratio": True}, "pixel_mlp_ratio must be positive, got True"),
         ({"head": "pixel", "pixel_image_depth": -1}, "pixel_image_depth must be an int >= 0, got -1"),
-        ({"head": "pixel", "pixel_kernel": 4}, "pixel_kernel must be odd, got 4"),
-        ({"head": "pixel", "pixel_kernel": 0}, "pixel_kernel must be an int >= 1, got 0"),
-        ({"head": "pixel", "pixel_kernel": 3.0}, "pixel_kernel must be an int"),
+        ({"head": "pixel", "pixel_kernel": 4}, "pixel_kernel must be an odd int >= 1, got 4"),
+        ({"head": "pixel", "pixel_kernel": 0}, "pixel_kernel must be an odd int >= 1, got 0"),
+        ({"head": "pixel", "pixel_kernel": 3.0}, "pixel_kernel must be an odd int >= 1, got 3.0"),
+        ({"head": "pixel", "pixel_kernel": True}, "pixel_kernel must be an odd int >= 1, got True"),
+        ({"pixel_kernel": 5}, r"pixel_kernel=5 needs head='pixel' \(got head='patch'\)"),
         ({"pixel_image_depth": 1}, r"pixel_image_depth=1 needs head='pixel' and use_conditioning=True \(got head="),
         (
             {"head": "pixel", "pixel_image_depth": 2, "use_conditioning": False},
@@ -195,10 +198,11 @@ def _plain_head(head, x, image, tokens, c, grid):
     return head.final(h).movedim(-1, 1)
 
 
-def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0, image_depth=0):
+def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0, image_depth=0, kernel=3):
     """A randomized head with its inputs on ``grid`` tokens of ``patch`` voxels (x and tokens require gradients)."""
     torch.manual_seed(seed)
-    head = PixelHead(16, patch, 2, 1 if conditioned else None, 3, dim=4, depth=2, image_depth=image_depth)
+    cond = 1 if conditioned else None
+    head = PixelHead(16, patch, 2, cond, 3, dim=4, depth=2, image_depth=image_depth, kernel=kernel)
     for p in head.parameters():
         torch.nn.init.normal_(p, std=0.2)
     shape = tuple(g * p for g, p in zip(grid, patch, strict=True))
@@ -212,17 +216,17 @@ def _head_case(spatial_dim, conditioned, patch, grid, batch=2, seed=0, image_dep
     [(2, 2), (2, 1), (2, 2, 2), (2, 1, 2), (1, 2, 2)],  # p0 differs from the last axis' size, both ways
 )
 @pytest.mark.parametrize(
-    ("conditioned", "image_depth"), [(True, 0), (False, 0), (True, 2)]
+    ("conditioned", "image_depth", "kernel"), [(True, 0, 3), (False, 0, 3), (True, 2, 3), (True, 2, 5)]
 )  # image blocks need an image
 @pytest.mark.parametrize("rows", [1, 2, None])  # slabs of 1 and 2 token rows (the last one short), and one slab
-def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, conditioned, image_depth, rows):
+def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, conditioned, image_depth, kernel, rows):
     """The head's forward (slabs of token rows, the stem's matmul, the channels-first final layer, the folded
     modulation, the image blocks inside the once-per-volume encoding) computes the plain composition of its modules:
     values and gradients."""
     import medwidit.nets.blocks as blocks
 
     grid = (3, 2, 4)[: len(patch)]
-    head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid, image_depth=image_depth)
+    head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid, image_depth=image_depth, kernel=kernel)
     per_row = 2 * math.prod(x.shape[3:]) * patch[0]  # voxels of one token row, batch of 2
     monkeypatch.setattr(blocks, "SLAB_VOXELS", per_row * rows if rows else 1 << 40)
     out, expected = head(x, image, tokens, c, grid), _plain_head(head, x, image, tokens, c, grid)
@@ -403,14 +407,15 @@ def test_a_segmenter_training_step_through_the_written_backward_equals_pytorchs(
 @pytest.mark.parametrize(
     ("spatial_dim", "grad", "written"), [(3, True, True), (3, True, False), (3, False, False), (2, True, True)]
 )
-def test_depthwise_residual_folds_the_identity_into_the_kernel(monkeypatch, spatial_dim, grad, written):
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_depthwise_residual_folds_the_identity_into_the_kernel(monkeypatch, spatial_dim, grad, written, kernel):
     """``_depthwise(conv, h, residual=True)`` is ``h + conv(h)``: on the CPU in float32 one convolution whose kernel is
     conv's plus one at the centre tap (values and gradients up to rounding, through the written backward and through
     PyTorch's own); in bfloat16 the sum itself, bit for bit (a centre tap plus one would lose the tap's low bits)."""
     import medwidit.nets.blocks as blocks
 
     torch.manual_seed(0)
-    conv = (torch.nn.Conv2d, torch.nn.Conv3d)[spatial_dim - 2](4, 4, 3, padding=1, groups=4)
+    conv = depthwise_same(spatial_dim, 4, kernel)
     h = torch.randn(2, *(6, 5, 7)[:spatial_dim], 4, requires_grad=grad)
     if not written:
         monkeypatch.setattr(blocks, "_fast_backward", lambda conv, x: False)
@@ -422,7 +427,7 @@ def test_depthwise_residual_folds_the_identity_into_the_kernel(monkeypatch, spat
 
     with torch.set_grad_enabled(grad):
         out, want = blocks._depthwise(conv, h, residual=True), plain(conv, h)
-    centre = (slice(None), 0, *(1,) * spatial_dim)
+    centre = (slice(None), 0, *(kernel // 2,) * spatial_dim)
     assert len(kernels) == 1 and torch.equal(kernels[0][centre], conv.weight.detach()[centre] + 1)  # one, folded
     torch.testing.assert_close(out, want)
     if grad:

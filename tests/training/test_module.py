@@ -570,6 +570,15 @@ def test_init_new_head_refuses_a_file_with_the_same_head_and_a_head_option_the_n
     assert all(torch.equal(a, b) for a, b in zip(target.net.parameters(), source.net.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"differs .*\['net.pixel_dim'\]"):  # a pixel head's own options still count
         initial_weights(segmenter(head="pixel", pixel_dim=8, pixel_depth=1), pixel)
+    wider = segmenter(head="pixel", pixel_dim=4, pixel_depth=1, pixel_kernel=5)  # the shipped 3^3 head -> a 5^3 one
+    with pytest.raises(ValueError, match=r"differs .*\['net.pixel_kernel'\].*init_new_head true"):
+        initial_weights(wider, pixel)
+    head = {k: v.clone() for k, v in wider.net.state_dict().items() if k.startswith("pixel_head.")}
+    theirs = initial_weights(segmenter(head="pixel", pixel_dim=4, pixel_depth=1), pixel).net.state_dict()
+    loaded = initial_weights(wider, pixel, new_head=True)
+    assert loaded.net.pixel_head.mix.kernel_size == (5, 5, 5)
+    for key, value in loaded.net.state_dict().items():  # the body from the file, the wider head as built
+        assert torch.equal(value, head[key] if key.startswith("pixel_head.") else theirs[key]), key
 
 
 def test_head_options_name_every_head_and_the_module_that_is_it():
@@ -586,3 +595,5 @@ def test_head_options_name_every_head_and_the_module_that_is_it():
         assert all(key in net.config for key in HEAD_OPTIONS[head])
         built = {name: getattr(net, module) is not None for name, module in HEAD_MODULES.items()}
         assert built == {name: name == head for name in HEADS}
+        pixel_keys = {key for key in net.config if key.startswith("pixel_")}
+        assert pixel_keys == set(HEAD_OPTIONS["pixel"])  # every pixel_* option belongs to the pixel head
