@@ -138,8 +138,9 @@ class WiDiT(nn.Module):
     convolutions (:class:`ImageBlock`): they read the image alone, so :meth:`encode_condition` computes them once per
     volume and no denoising step pays for them. ``pixel_kernel`` k (odd) is the side of the head's two depthwise
     convolutions (k^N; the patch head takes only the default 3): each voxel's output sees (k - 1) voxels of
-    full-resolution context each way. 5 rather than 3 lifted the phantoms' thin tubes; on the brain bundle's head it
-    raised sampling from 1.34 to 1.55 times the patch head's (``benchmarks/README.md``).
+    full-resolution context each way. On the phantoms' thin tubes 5 scored above 3 in one run per budget, and level
+    with it in a paired run; on the brain bundle's head it raised sampling from 1.34 to 1.55 times the patch head's
+    (``benchmarks/README.md``).
     """
 
     def __init__(
