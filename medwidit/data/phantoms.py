@@ -8,13 +8,14 @@ noise. What tells the classes apart is shape (odd classes are ellipsoids, even c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medwidit.utils import check_int
+from medwidit.utils import check_int, check_range
 
 __all__ = ["PhantomDataset", "make_phantom"]
 
@@ -85,10 +86,11 @@ def make_phantom(
     shape = _check_shape(shape)
     check_int("num_classes", num_classes, low=2)
     check_int("max_objects", max_objects)  # 1.5 was taken
+    seed = check_int("seed", seed, low=0)  # -1 failed in numpy's seeding, naming no argument
     if not object_scale > 0:
         raise ValueError(f"object_scale must be > 0, got {object_scale}.")
-    if noise_std < 0 or bias < 0 or texture < 0:
-        raise ValueError(f"noise_std, bias and texture must be >= 0, got {noise_std}, {bias}, {texture}.")
+    for name, value in (("noise_std", noise_std), ("bias", bias), ("texture", texture)):
+        check_range(name, value, 0.0, math.inf)  # NaN passed a "< 0" test and gave an all-NaN image
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) + 0.5 for s in shape], indexing="ij"))  # (d, *S)
     label = np.zeros(shape, dtype=np.int64)

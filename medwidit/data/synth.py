@@ -77,6 +77,15 @@ def _probability(name: str, value) -> float:
     return check_range(name, value, 0, 1, closed_high=True)
 
 
+def _spatial_axes(transform: str, axes) -> tuple[int, ...]:
+    """``axes`` as a non-empty tuple of spatial axis indices (ints >= 0; a negative one would count the channel axis
+    in from the end), else a ValueError naming ``transform``; each call checks them against its image's rank."""
+    axes = tuple(axes) if isinstance(axes, (Sequence, np.ndarray)) and not isinstance(axes, str) else ()
+    if not axes or not all(is_integer(a) and a >= 0 for a in axes):
+        raise ValueError(f"{transform} axes must be spatial axis indices (0, 1, ...), got {axes or None!r}.")
+    return tuple(int(a) for a in axes)
+
+
 class SynthesisError(ValueError):
     """A label map the generator cannot use; the message names the file and the label."""
 
@@ -183,7 +192,7 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         self.thickness_range = check_interval("thickness_range", thickness_range, low=1.0, unit=" in voxels")
-        self.axes = tuple(int(a) for a in axes)
+        self.axes = _spatial_axes("RandSliceThicknessd", axes)
         self.spacing_key = spacing_key
 
     def __call__(self, data: Mapping) -> dict:
@@ -264,10 +273,7 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         if not 0.0 < max_fraction < 1.0:
             raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
-        axes = tuple(axes)
-        if not axes or not all(is_integer(a) and a >= 0 for a in axes):
-            raise ValueError(f"RandFieldOfViewd axes must be spatial axis indices (0, 1, ...), got {axes}.")
-        axes = tuple(int(a) for a in axes)
+        axes = _spatial_axes("RandFieldOfViewd", axes)
         self.image_key, self.label_key = image_key, label_key
         self.max_fraction, self.axes, self.air, self.background = max_fraction, axes, air, background
 
@@ -570,6 +576,9 @@ def synthesis_transforms(
         raise ValueError(
             f"target_labels must give a class for each of the {num_labels} labels, got {len(target_labels)}."
         )
+    if not all(is_integer(t) and t >= 0 for t in target_labels):  # -1 was written as a class, 1.5 became 1
+        raise ValueError(f"target_labels must be task classes, ints >= 0, got {list(target_labels)}.")
+    target_labels = [int(t) for t in target_labels]
     fov_prob, elastic_prob, neck_prob = (
         _probability(name, value)  # a negative one added its transform at probability 0; 1.7 became 1
         for name, value in (("fov_prob", fov_prob), ("elastic_prob", elastic_prob), ("neck_prob", neck_prob))

@@ -35,9 +35,8 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
-from monai.utils import look_up_option
 
-from medwidit.utils import check_bool, check_int, is_finite_number
+from medwidit.utils import check_bool, check_int, choose, is_finite_number
 
 __all__ = [
     "DEFAULT_PREPROCESSING",
@@ -124,7 +123,7 @@ def check_preprocessing(preprocessing: Mapping) -> dict:
         ):
             raise ValueError(f"preprocessing['spacing'] must be 2 or 3 positive numbers or null, got {spacing!r}.")
         out["spacing"] = [float(s) for s in spacing]
-    out["intensity"] = look_up_option(out["intensity"], tuple(INTENSITY_MODES))
+    out["intensity"] = choose("preprocessing['intensity']", out["intensity"], tuple(INTENSITY_MODES))
     if out["bias_correction"] in ("none", "null"):  # the words, as the CLI and a bundle override hand them over
         out["bias_correction"] = None
     if out["bias_correction"] not in BIAS_CORRECTIONS:

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
-from monai.utils import look_up_option
 
-from medwidit.utils import check_int, check_range
+from medwidit.utils import check_int, check_range, choose
 
 from .objectives import (
     GAUSSIAN_OBJECTIVES,
@@ -213,7 +212,7 @@ def _ddpm(*, variance_type: str = "fixed_small", generator: Generators = None) -
     """DDPM ancestral sampling (Ho et al. 2020, alg. 2) on the respaced chain of improved DDPM (sec. 4):
     ``x_s ~ N(mu~(x_t, x0), Sigma)``, Sigma = beta~ (``fixed_small``), beta' (``fixed_large``) or the learned
     log-space mix of eq. 15 (``learned_range``, needs the variance channels); the last step adds no noise."""
-    variance_type = look_up_option(variance_type, VARIANCE_TYPES)
+    variance_type = choose("variance_type", variance_type, VARIANCE_TYPES)
 
     def step(x, x0, eps, frac, a_t, a_s, last):
         if variance_type == "learned_range" and frac is None:
@@ -372,13 +371,10 @@ SAMPLERS = {
 def resolve_sampler(
     name: str, objective: str, *, eta: float = 0.0, variance_type: str | None = None
 ) -> tuple[SamplerSpec, dict]:
-    """Look ``name`` up (nearest valid name on a miss) -> (its entry, the options it takes). It must fit
-    ``objective``; ``eta`` other than 0 is an error for a sampler without it; ``variance_type`` (the model's) goes
-    to the samplers that take it."""
-    try:
-        name = look_up_option(name, tuple(SAMPLERS))
-    except ValueError as e:  # MONAI's line gives the options and the nearest name; this one names the argument
-        raise ValueError(f"sampler: {e}") from e
+    """Look ``name`` up (an unknown one is a ValueError naming ``sampler`` and the nearest valid name) -> (its entry,
+    the options it takes). It must fit ``objective``; ``eta`` other than 0 is an error for a sampler without it;
+    ``variance_type`` (the model's) goes to the samplers that take it."""
+    name = choose("sampler", name, tuple(SAMPLERS))
     spec = SAMPLERS[name]
     if objective not in spec.objectives:
         fitting = [n for n, s in SAMPLERS.items() if objective in s.objectives]

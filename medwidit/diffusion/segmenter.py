@@ -15,10 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler
-from monai.utils import look_up_option
 
 from medwidit.nets.contract import ConditionCache
-from medwidit.utils import check_bool, check_int, check_options, check_range, is_finite_number
+from medwidit.utils import check_bool, check_int, check_options, check_range, choose, is_finite_number, is_integer
 
 from .encoding import encode_labels
 from .ensemble import (
@@ -334,6 +333,12 @@ class DiffusionSegmenter(nn.Module):
             logger.warning("guidance_scale=%s but the model was trained with cond_drop_prob=0.", guidance_scale)
         if image.ndim not in (4, 5):
             raise ValueError(f"image must have shape (B, C_img, *spatial) with 2 or 3 spatial axes, got {image.shape}.")
+        axes = getattr(self.net, "spatial_dim", None)  # WiDiT's; another network's rank is left to it
+        if is_integer(axes) and image.ndim != axes + 2:
+            raise ValueError(
+                f"image must have shape (B, C_img, *spatial) with the network's {axes} spatial axes, got "
+                f"{tuple(image.shape)}."
+            )
         return spec, options
 
     def _denoiser(self, model_fn: ModelFn, cond: torch.Tensor, guidance_scale: float):
@@ -367,17 +372,16 @@ def _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, con
     check_int("num_classes", num_classes, low=2)
     check_int("num_train_timesteps", num_train_timesteps, low=2)
     for name, value in (("aux_weight", aux_weight), ("vlb_weight", vlb_weight)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}.")
-    if not 0.0 <= cond_drop_prob < 1.0:
-        raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
+        check_range(name, value, 0.0, math.inf)
+    check_range("cond_drop_prob", cond_drop_prob, 0.0, 1.0)
 
 
 def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma, variance_type) -> tuple:
-    """Look the option names up (nearest valid name on a miss) and check that they fit together."""
-    objective = look_up_option(objective, OBJECTIVES)
+    """Look the option names up (an unknown one is a ValueError naming the argument and the nearest valid name) and
+    check that they fit together."""
+    objective = choose("objective", objective, OBJECTIVES)
     default_scheduler = "rflow" if objective == "flow" else "ddim"
-    scheduler = look_up_option(scheduler or default_scheduler, SCHEDULERS)
+    scheduler = choose("scheduler", scheduler or default_scheduler, SCHEDULERS)
     if (scheduler == "rflow") != (objective == "flow"):
         raise ValueError(
             f"objective {objective!r} runs on scheduler {default_scheduler!r}, got scheduler={scheduler!r}."
@@ -388,9 +392,11 @@ def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma,
         )
     if learn_sigma and objective == "flow":
         raise ValueError("learn_sigma=True needs a Gaussian objective (sample, epsilon, v_prediction), not flow.")
-    schedule = look_up_option(schedule, NoiseSchedules.names)
+    schedule = choose("schedule", schedule, NoiseSchedules.names)
     _check_schedule_args(schedule, schedule_args)
-    variance_type = look_up_option(variance_type or ("learned_range" if learn_sigma else "fixed_small"), VARIANCE_TYPES)
+    variance_type = choose(
+        "variance_type", variance_type or ("learned_range" if learn_sigma else "fixed_small"), VARIANCE_TYPES
+    )
     if variance_type == "learned_range" and not learn_sigma:
         raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
     return objective, scheduler, schedule, variance_type

@@ -19,9 +19,8 @@ from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
-from monai.utils import look_up_option
 
-from medwidit.utils import itk_ras_affine
+from medwidit.utils import choose, itk_ras_affine
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -256,6 +255,12 @@ def read_nibabel(image, *, spatial_dims: int = 3) -> tuple[np.ndarray, ImageGeom
     _check_real_scalar(image.get_data_dtype(), name)
     data = _squeeze_to(np.asarray(image.dataobj, dtype=np.float32), spatial_dims, name)
     _check_finite(data, name)
+    if image.affine is None:  # nibabel's image made without one: what nibabel would write and read back
+        if not hasattr(image.header, "get_best_affine"):
+            raise InputError(f"{name}: the image has no affine (voxel -> RAS mm); give it one.")
+        zooms = [round(float(z), 4) for z in image.header.get_zooms()[:spatial_dims]]
+        logger.warning("%s: the image has no affine; using its header's (%s mm voxels).", name, zooms)
+        image = type(image)(image.dataobj, image.header.get_best_affine(), image.header)
     _check_affine(image.affine, name)
     header = None
     if isinstance(image, nib.Nifti1Image):  # its .affine may have changed since the header was: as nibabel saves it
@@ -303,12 +308,14 @@ def read_array(array, affine=None, *, spatial_dims: int = 3) -> tuple[np.ndarray
     _check_finite(data, "array")
     if affine is None:
         logger.warning("array: no affine given, assuming 1 mm voxels; pass affine= (voxel -> RAS mm) for its spacing.")
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    if affine.shape not in ((spatial_dims + 1, spatial_dims + 1), (4, 4)):
-        raise InputError(
-            f"affine: expected a {spatial_dims + 1}x{spatial_dims + 1} (or 4x4) voxel -> RAS mm matrix, got shape "
-            f"{affine.shape}."
-        )
+    shapes = {(spatial_dims + 1,) * 2, (4, 4)}
+    expected = " or ".join(f"{n}x{n}" for n, _ in sorted(shapes))
+    try:
+        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"affine: expected a {expected} voxel -> RAS mm matrix of numbers, got {affine!r}.") from None
+    if affine.shape not in shapes:
+        raise InputError(f"affine: expected a {expected} voxel -> RAS mm matrix, got shape {affine.shape}.")
     _check_affine(affine, "array")
     return data, geometry_from_affine(affine, data.shape[1:])
 
@@ -389,7 +396,7 @@ def label_dtype(max_label: int) -> np.dtype:
 
 def _prepare(array, geometry: ImageGeometry, kind: str, max_label: int | None) -> np.ndarray:
     """Cast ``array`` for ``kind``; probabilities arrive channel-first (K, *S) and leave channel-last (*S, K)."""
-    kind = look_up_option(kind, KINDS)
+    kind = choose("kind", kind, KINDS)
     array = np.asarray(array)
     expected = geometry.spatial_dims + (1 if kind == "probabilities" else 0)
     if array.ndim != expected:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.utils import look_up_option
 
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion.samplers import check_shared_steps
-from medwidit.utils import check_bool, check_int, check_range
+from medwidit.utils import check_bool, check_int, check_range, choose
 from medwidit.utils.resources import PACKAGE, shipped_path
 
 from .io import InputError, one_line
@@ -120,7 +119,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     project's AMX CPU, ``benchmarks/results/speed.json``), else float32. ``bfloat16`` runs on any CPU (with a warning
     where it is emulated); float16 autocast is CUDA only; MPS runs float32.
     """
-    look_up_option(precision, PRECISIONS)  # the error names the choices; its return value is the dtype, not the name
+    choose("precision", precision, PRECISIONS)  # an unknown name is an error; the value returned is a dtype
     if device.type == "cuda":
         if precision == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -225,8 +224,9 @@ def check_sampling(*, steps, num_samples, overlap, eta, guidance_scale, shared_s
 
 
 def fit_shared_steps(default: int, steps) -> int:
-    """A model's default ``shared_steps`` for a run of ``steps`` steps: at most ``steps - 1`` (one step cannot be
-    shared, and the shipped bundle shares its first). Only a default is fitted; a caller's own value is checked."""
+    """A model's default ``shared_steps`` for a run of ``steps`` steps: at most ``steps - 1`` (the last step is each
+    member's own; the shipped bundle's default is 0, nothing shared). Only a default is fitted; a caller's own value is
+    checked."""
     if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= default:
         logger.debug("%d steps: the model's default shares the first %d; sharing %d.", steps, default, steps - 1)
         return steps - 1

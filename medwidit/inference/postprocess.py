@@ -28,9 +28,8 @@ from monai.transforms import (
     Lambdad,
 )
 from monai.transforms.utils import generate_spatial_bounding_box
-from monai.utils import look_up_option
 
-from medwidit.utils import is_finite_number, is_integer
+from medwidit.utils import choose, is_finite_number, is_integer
 
 from .options import read_inference_config
 
@@ -63,10 +62,7 @@ def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "la
     for i, step in enumerate(spec):
         if not isinstance(step, Mapping) or "name" not in step:
             raise ValueError(f"{source}[{i}] must be an object with a 'name', got {step!r}.")
-        try:
-            name = look_up_option(step["name"], tuple(LABEL_STEPS))  # a tuple: the name back, not the dict's value
-        except ValueError as e:  # MONAI's line suggests the nearest name; this one says where
-            raise ValueError(f"{source}[{i}]: {e}") from e
+        name = choose(f"{source}[{i}]", step["name"], tuple(LABEL_STEPS))  # a tuple: the name back, not a value
         unknown = set(step) - {"name", "applied_labels"} - LABEL_STEPS[name][2]
         if unknown:
             raise ValueError(f"{source}[{i}] ({name}) has unknown option(s) {sorted(unknown)}.")

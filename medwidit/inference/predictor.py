@@ -302,8 +302,8 @@ class Predictor:
         return tuple(self.sampling_defaults[k] if v is None else v for k, v in given.items())
 
     def resolve_shared_steps(self, shared_steps: int | None, steps: int) -> int:
-        """``shared_steps``, or ``sampling_defaults``'s when None, fitted to ``steps`` (``options.fit_shared_steps``:
-        the shipped default shares 1 step, and ``steps=1`` shares none)."""
+        """``shared_steps``, or ``sampling_defaults``'s when None, fitted to ``steps`` (``options.fit_shared_steps``: a
+        default of k shared steps shares at most ``steps - 1``; the shipped bundle's default shares none)."""
         if shared_steps is not None:
             return shared_steps
         return fit_shared_steps(self.sampling_defaults["shared_steps"], steps)  # checked when the defaults were read

@@ -25,11 +25,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
-from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep, look_up_option
+from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep
 
 from medwidit.diffusion import to_probabilities
 from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
-from medwidit.utils import check_int, is_finite_number
+from medwidit.utils import check_int, choose, is_finite_number
 
 from .localize import fill_core, foreground_share, restrict_to_region
 from .trust import View, apply_view, decompose_entropy, estimated_dice, fit_view, invert_view
@@ -156,7 +156,7 @@ class SlidingWindowDenoiser:
         check_max_whole_voxels(max_whole_voxels)
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
-        self.mode = look_up_option(mode, BlendMode).value
+        self.mode = choose("mode", mode, BlendMode).value
         self.sigma_scale = sigma_scale
         self.max_whole_voxels = max_whole_voxels
         self.sw_device = sw_device

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import choose
+from medwidit.utils import choose
+
 from .window import (
     fit_window,
     pad_tokens,

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medwidit.utils import is_integer
+from medwidit.utils import choose, is_integer
 
 from .attention import make_attention
 from .embed import Unpatchify
-from .layers import FinalLayer, PixelMLP, choose, make_mlp, make_norm, modulate, tracing
+from .layers import FinalLayer, PixelMLP, make_mlp, make_norm, modulate, tracing
 
 FINALS = ("linear", "conv")
 HEADS = ("patch", "pixel")  # WiDiT(head=...): tokens -> voxels by WiDiTFinalLayer, or by the PixelHead

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
-from monai.utils import look_up_option
 from torch import nn
 
-from medwidit.utils import check_int, check_options
+from medwidit.utils import check_int, check_options, choose
 
 __all__ = [
     "NETWORKS",
@@ -87,7 +86,7 @@ def register_network(name: str) -> Callable[[N], N]:
 def build_network(name: str, config: dict[str, Any], source: str = "net config") -> nn.Module:
     """``NETWORKS[name](**config)``; an unknown name is an error that lists the registered ones, and so is a config
     key the network does not take (``check_options``, naming ``source``)."""
-    network = look_up_option(name, NETWORKS)
+    network = choose("network", name, NETWORKS)
     return network(**check_options(network, config, source))
 
 

@@ -10,7 +10,9 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from .layers import WiDiTInputError, choose
+from medwidit.utils import choose
+
+from .layers import WiDiTInputError
 
 UNPATCHIFY_INITS = ("default", "zeros", "fan_in")
 EMBEDS = ("patch", "conv")  # WiDiT(embed=...): one linear projection per patch, or a stride-2 convolutional stem

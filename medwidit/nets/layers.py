@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
-
 import torch
-from monai.utils import look_up_option
 from torch import nn
+
+from medwidit.utils import choose
 
 MLPS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
@@ -16,14 +14,6 @@ NORMS = ("layernorm", "rmsnorm")
 
 class WiDiTInputError(ValueError, AssertionError):
     """Misuse the seed promises to reject with an assertion (e.g. conditioning); also a ValueError (DESIGN 8)."""
-
-
-def choose(argument: str, value: Any, choices: Collection) -> Any:
-    """``monai.utils.look_up_option`` whose error also names the argument (never falls back on a name)."""
-    try:
-        return look_up_option(value, choices)
-    except ValueError as err:
-        raise ValueError(f"{argument}: {str(err).strip()}") from None
 
 
 def tracing() -> bool:

@@ -17,13 +17,13 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write, check_bool, check_int, check_options, is_integer
+from medwidit.utils import atomic_write, check_bool, check_int, check_options, choose, is_integer
 
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer, check_kernel
 from .contract import register_network
 from .embed import EMBEDS, ConvPatchEmbed, PatchEmbed, TimestepEmbedder, check_divisible, weight_dtype
-from .layers import MLPS, NORMS, WiDiTInputError, choose, tracing
+from .layers import MLPS, NORMS, WiDiTInputError, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +342,13 @@ class WiDiT(nn.Module):
         ``conditioning="embed"``, ``"pixel"`` (B, *S, pixel_dim) with ``head="pixel"`` (DESIGN decision 11)."""
         if not self.use_conditioning:
             raise WiDiTInputError("encode_condition needs a WiDiT built with use_conditioning=True.")
+        spatial = tuple(conditioned.shape[2:])
+        if conditioned.dim() != self.spatial_dim + 2 or conditioned.shape[1] != self.cond_channels:
+            raise WiDiTInputError(
+                f"conditioned must be (B, {self.cond_channels}, *spatial) with {self.spatial_dim} spatial axes, "
+                f"got {tuple(conditioned.shape)}."
+            )
+        check_divisible("conditioned", spatial, self.patch_size)
         cache = {}
         if self.c_embedder is not None:
             cache["tokens"] = self.c_embedder(conditioned)  # (B, T, C/2)

@@ -38,7 +38,6 @@ from monai.transforms import (
     RandShiftIntensityd,
     RandZoomd,
 )
-from monai.utils import look_up_option
 from torch.utils.data import ConcatDataset
 
 from medwidit.data.synth import ROTATE_DEGREES as SYNTH_ROTATE_DEGREES
@@ -50,7 +49,7 @@ from medwidit.data.transforms import (
     pad_to_crop,
     preprocessing_transforms,
 )
-from medwidit.utils import check_bool, check_int, check_interval, image_grid, label_values
+from medwidit.utils import check_bool, check_int, check_interval, choose, image_grid, label_values
 
 from .synthetic import (
     check_label_maps,
@@ -349,7 +348,7 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
         if max_val_volumes is not None and int(max_val_volumes) < 1:
             raise ValueError(f"max_val_volumes must be >= 1 or None, got {max_val_volumes}.")
-        self.cache = look_up_option(cache, CACHE_MODES)
+        self.cache = choose("cache", cache, CACHE_MODES)
         if self.cache == "disk" and cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir.")
         self.data_list = Path(data_list)

@@ -3,7 +3,16 @@
 ``files``: atomic, never-silently-overwriting writes; ``checks``: argument checks with messages that name the value.
 """
 
-from .checks import check_bool, check_int, check_interval, check_options, check_range, is_finite_number, is_integer
+from .checks import (
+    check_bool,
+    check_int,
+    check_interval,
+    check_options,
+    check_range,
+    choose,
+    is_finite_number,
+    is_integer,
+)
 from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
 
 __all__ = [
@@ -13,6 +22,7 @@ __all__ = [
     "check_interval",
     "check_options",
     "check_range",
+    "choose",
     "commit",
     "image_grid",
     "label_values",

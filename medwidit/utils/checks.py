@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
+from monai.utils import look_up_option
 
 __all__ = [
     "check_bool",
@@ -16,6 +17,7 @@ __all__ = [
     "check_interval",
     "check_options",
     "check_range",
+    "choose",
     "is_finite_number",
     "is_integer",
 ]
@@ -114,3 +116,12 @@ def check_interval(name: str, value, *, low: float = 0.0, unit: str = "") -> tup
     if len(pair) != 2 or not all(is_finite_number(v) for v in pair) or not low <= pair[0] <= pair[1]:
         raise ValueError(f"{name} must be (low, high){unit} with {low:g} <= low <= high, finite, got {value!r}.")
     return float(pair[0]), float(pair[1])
+
+
+def choose(argument: str, value, choices: Collection):
+    """``monai.utils.look_up_option`` (the entry of ``value`` in ``choices``) whose error also names the argument;
+    it never falls back on a name."""
+    try:
+        return look_up_option(value, choices)
+    except ValueError as err:
+        raise ValueError(f"{argument}: {str(err).strip()}") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai.utils import look_up_option
+from .checks import choose
 
 __all__ = ["SHIPPED_KINDS", "shipped_path"]
 
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # .../medwidit
 def shipped_path(kind: str, name: str) -> Path:
     """``<checkout>/<kind>/<name>`` if it exists, else ``medwidit/<kind>/<name>`` of the installed package; a
     FileNotFoundError naming both places otherwise."""
-    kind = look_up_option(kind, SHIPPED_KINDS)
+    kind = choose("kind", kind, SHIPPED_KINDS)
     places = [PACKAGE.parent / kind / name, PACKAGE / kind / name]
     for place in places:
         if place.exists():

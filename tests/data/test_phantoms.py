@@ -50,6 +50,11 @@ def test_dataset_items_and_errors():
     for seed in (-1, 0.5):  # accepted, then a raw error from numpy at the first item
         with pytest.raises(ValueError, match=rf"seed must be an int >= 0, got {seed!r}"):
             PhantomDataset(2, (16, 16), seed=seed)
+        with pytest.raises(ValueError, match=rf"seed must be an int >= 0, got {seed!r}"):  # numpy's, unnamed
+            make_phantom((16, 16), seed=seed)
+    for name in ("noise_std", "bias", "texture"):  # NaN passed "< 0" and made an all-NaN image
+        with pytest.raises(ValueError, match=rf"{name} must be in \[0.0, inf\), got nan"):
+            make_phantom((16, 16), seed=0, **{name: float("nan")})
     with pytest.raises(ValueError, match=r"max_objects must be an int >= 1, got 1.5"):  # was taken
         make_phantom((16, 16), seed=0, max_objects=1.5)
     numpy_ints = PhantomDataset(1, (16, 16), seed=np.int64(3), max_objects=np.int64(2))[0]["image"]  # numpy's too

@@ -107,6 +107,13 @@ def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_m
         (lambda: RandSliceThicknessd(prob=1.5), r"prob must be in \[0, 1\], got 1.5"),  # MONAI made it 1
         (lambda: RandFieldOfViewd(prob=-0.3), r"prob must be in \[0, 1\], got -0.3"),  # and this 0
         (lambda: RandFieldOfViewd(axes=(-1,)), r"RandFieldOfViewd axes must be spatial axis indices"),
+        # -1 thickened the last axis but recorded the channel axis's size, so no thick slices in the spacing record
+        (lambda: RandSliceThicknessd(axes=(-1,)), r"RandSliceThicknessd axes must be spatial axis indices .* \(-1,\)"),
+        (lambda: RandSliceThicknessd(axes=()), r"RandSliceThicknessd axes must be .* got None"),  # max() of nothing
+        (lambda: RandSliceThicknessd(axes=(1.5,)), r"RandSliceThicknessd axes must be .* got \(1.5,\)"),  # was 1
+        # a class -1 was written into the training labels; 1.5 became class 1
+        (lambda: synthesis_transforms(num_labels=2, target_labels=[0, -1]), r"target_labels must be task classes.*-1"),
+        (lambda: synthesis_transforms(num_labels=2, target_labels=[0, 1.5]), r"target_labels must be .* \[0, 1.5\]"),
         # axis 5 of a 3-D image: an IndexError on the draw that cut, named now on the first call
         (
             lambda: RandFieldOfViewd(prob=0.0, axes=(5,))(

@@ -132,6 +132,14 @@ def test_loss_parts_and_backward(spatial_dim):
         ({"variance_type": "learned_range"}, "learn_sigma"),
         ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
         ({"num_classes": 1}, "num_classes"),
+        # each option is named in the error (MONAI's lookup named only the bad value; a string weight was a TypeError)
+        ({"objective": "x0"}, "^objective: Unsupported option 'x0'"),
+        ({"schedule": "foo"}, "^schedule: Unsupported option 'foo'"),
+        ({"scheduler": "ddim2"}, "^scheduler: "),
+        ({"objective": "sample", "variance_type": "fixed"}, "^variance_type: "),
+        ({"aux_weight": "0.5"}, r"^aux_weight must be in \[0.0, inf\), got '0.5'"),
+        ({"vlb_weight": float("nan")}, "^vlb_weight must be in"),
+        ({"cond_drop_prob": "0.1"}, r"^cond_drop_prob must be in \[0.0, 1.0\), got '0.1'"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
@@ -151,6 +159,26 @@ def test_bad_sampling_arguments_raise():
     ]:
         with pytest.raises(ValueError, match=match):
             segmenter.sample(image, **kwargs)
+
+
+def test_an_image_of_the_wrong_rank_or_channels_is_named_before_the_network_runs():
+    """A WiDiT's sampling names the image's shape (an image without its batch axis failed in zip() inside the patch
+    embedding, one with two channels in a torch convolution: ``encode_condition`` checked nothing)."""
+    from medwidit.nets import WiDiT, WiDiTInputError
+
+    net = WiDiT(spatial_dim=3, patch_size=2, in_channels=2, hidden_size=32, depth=1, num_heads=2, window_size=4,
+                learn_sigma=False, cond_channels=1)  # fmt: skip
+    segmenter = DiffusionSegmenter(net, num_classes=2)
+    with pytest.raises(ValueError, match=r"image must have shape \(B, C_img, \*spatial\) with the network's 3 spatial"):
+        segmenter.sample(torch.randn(1, 8, 8, 8), steps=1)
+    with pytest.raises(
+        WiDiTInputError, match=r"conditioned must be \(B, 1, \*spatial\) with 3 spatial axes, got \(1, 2,"
+    ):
+        segmenter.sample(torch.randn(1, 2, 8, 8, 8), steps=1)
+    with pytest.raises(WiDiTInputError, match=r"conditioned must be .* got \(1, 2, 8, 8, 8\)"):
+        net.encode_condition(torch.randn(1, 2, 8, 8, 8))
+    with pytest.raises(ValueError, match="conditioned has spatial size 7 on axis 2, which is not divisible"):
+        net.encode_condition(torch.randn(1, 1, 8, 8, 7))
 
 
 def test_channel_mismatch_names_learn_sigma():

@@ -264,6 +264,38 @@ def test_a_malformed_affine_is_one_line_naming_it(rng, shape):
         read_input(rng.random((6, 5, 4)).astype(np.float32), affine=np.ones(shape))
 
 
+@pytest.mark.parametrize(
+    "affine, spatial_dims, match",
+    [
+        ("eye", 3, r"^affine: expected a 4x4 voxel -> RAS mm matrix of numbers, got 'eye'\.$"),  # numpy's float error
+        ([[1, 0], [0]], 3, r"^affine: expected a 4x4 voxel -> RAS mm matrix of numbers"),
+        (np.eye(3), 3, r"^affine: expected a 4x4 voxel -> RAS mm matrix, got shape \(3, 3\)\.$"),  # "4x4 (or 4x4)"
+        (np.eye(5), 2, r"^affine: expected a 3x3 or 4x4 voxel -> RAS mm matrix, got shape \(5, 5\)\.$"),
+    ],
+)
+def test_an_affine_that_is_not_a_matrix_of_numbers_is_named(rng, affine, spatial_dims, match):
+    from medwidit.inference.io import read_array
+
+    with pytest.raises(InputError, match=match):
+        read_array(rng.random((6, 5, 4)[:spatial_dims]).astype(np.float32), affine=affine, spatial_dims=spatial_dims)
+
+
+def test_a_nibabel_image_made_without_an_affine_reads_as_nibabel_writes_it(tmp_path, rng, caplog):
+    """``Nifti1Image(data, None)`` (affine None) failed with an IndexError inside the affine check; it now takes the
+    header's affine, the one nibabel writes to a file and reads back, with a warning."""
+    from medwidit.inference.io import read_nibabel
+
+    image = nib.Nifti1Image(rng.random((6, 5, 4)).astype(np.float32), None)
+    image.header.set_zooms((2.0, 1.5, 3.0))
+    with caplog.at_level("WARNING", logger="medwidit.inference.io"):
+        data, geometry = read_nibabel(image)
+    assert "the image has no affine; using its header's ([2.0, 1.5, 3.0] mm voxels)" in caplog.text
+    nib.save(image, tmp_path / "x.nii.gz")
+    expected, on_file = read_image(tmp_path / "x.nii.gz")
+    np.testing.assert_allclose(geometry.affine, on_file.affine, atol=1e-6)
+    np.testing.assert_array_equal(data, expected)
+
+
 def test_affine_with_a_file_or_nibabel_image_is_refused_not_ignored(tmp_path, rng):
     from medwidit.inference.io import read_input
 

@@ -282,6 +282,8 @@ def test_precision_names_map_to_autocast_dtypes_on_cuda(monkeypatch, precision, 
     assert autocast_dtype(torch.device("cuda"), precision) == expected
     with pytest.raises(ValueError, match="bfloat16"):
         autocast_dtype(torch.device("cuda"), "half")
+    with pytest.raises(ValueError, match="^precision: Unsupported option 'fp32'"):  # MONAI's line named no argument
+        autocast_dtype(torch.device("cpu"), "fp32")
 
 
 EMULATED = "precision bfloat16 on a CPU without bf16 matmul hardware: emulated, likely slower than float32."
