@@ -174,7 +174,8 @@ def _running_workflow_configs() -> Path | None:
 def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
     """Absolute folder of bundle ``name``: the bundle of the MONAI workflow parsing this config (call stack), else of
     the first ``--config_file`` in ``argv`` (default ``sys.argv``) with a ``metadata.json`` beside it, else the
-    shipped bundle ``name`` (with a warning where a workflow runs configs that are not in a bundle's folder)."""
+    shipped bundle ``name``, with a warning saying why (a ``ConfigParser`` read by hand knows no file: a copied
+    bundle's config read that way took the shipped bundle's weights and output folder without a word)."""
     configs = _running_workflow_configs()
     if configs is not None and (found := _bundle_of(configs)):
         return found
@@ -189,12 +190,15 @@ def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
             f"--bundle_root <bundle folder> ({e})"
         ) from None
     if configs is not None:  # a workflow whose configs folder is not a bundle's (no metadata.json beside it)
-        logger.warning(
-            "bundle_root: %s is not a bundle's configs/ folder (no metadata.json); using the shipped bundle %s "
-            "(pass bundle_root to choose another).",
-            configs,
-            candidate,
-        )
+        reason = f"{configs} is not a bundle's configs/ folder (no metadata.json)"
+    else:
+        reason = "no MONAI workflow runs this config and no --config_file names a bundle's configs/ file"
+    logger.warning(
+        "bundle_root: %s; using the shipped bundle %s (to choose another: --bundle_root DIR, or "
+        "parser['bundle_root'] = DIR for a ConfigParser).",
+        reason,
+        candidate,
+    )
     return str(candidate)
 
 

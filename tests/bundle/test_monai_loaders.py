@@ -38,6 +38,29 @@ def test_monai_bundle_load_with_default_arguments_gets_every_weight():
     _assert_all_weights(network, expected)
 
 
+def test_monai_bundle_load_works_beside_an_earlier_training_run(tmp_path):
+    """``load`` builds train.json's workflow and runs its ``initialize``: the check that a new run does not reuse an
+    earlier run's checkpoint folder was there, so every bundle that had been trained failed to load. It runs with
+    ``training`` now, and still refuses such a folder there."""
+    import shutil
+
+    copy = tmp_path / BUNDLE.name
+    shutil.copytree(BUNDLE, copy, ignore=shutil.ignore_patterns("runs", "eval"))
+    (copy / "runs" / "checkpoints").mkdir(parents=True)
+    (copy / "runs" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    _assert_all_weights(monai.bundle.load(BUNDLE.name, bundle_dir=str(tmp_path)), _shipped_weights())
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / "train.json"))
+    parser["bundle_root"] = str(copy)
+    assert parser["training"][0] == "$medwidit.training.check_run_folder(@ckpt_dir, @resume, @overwrite_run)"
+    try:
+        parser.get_parsed_content("training#0")
+    except RuntimeError as failed:  # MONAI wraps the expression's error
+        assert "holds an earlier run's checkpoints (last.ckpt)" in str(failed.__cause__)
+    else:
+        raise AssertionError("a new run in an earlier run's checkpoint folder was not refused")
+
+
 def test_monai_label_style_loading_is_strict():
     """MONAI Label's BundleInferTask: ``network.load_state_dict(checkpoint.get("model", checkpoint))``."""
     parser = ConfigParser()

@@ -38,9 +38,17 @@ def test_bundle_root_follows_config_file(tmp_path, form):
     assert find_bundle_root(NAME, argv) == str(bundle.resolve())
 
 
-def test_bundle_root_falls_back_to_the_checkout_and_fails_clearly(tmp_path):
+def test_bundle_root_falls_back_to_the_checkout_and_fails_clearly(tmp_path, caplog):
+    """The fallback says why: a ConfigParser read by hand from a copied bundle took the shipped bundle's weights and
+    output folder without a word."""
     checkout = str(Path(__file__).resolve().parents[2] / "bundles" / NAME)
-    assert find_bundle_root(NAME, ["pytest"]) == checkout
+    with caplog.at_level("WARNING", logger="medwidit.training.bundle"):
+        assert find_bundle_root(NAME, ["pytest"]) == checkout
+    assert [r.getMessage() for r in caplog.records] == [
+        "bundle_root: no MONAI workflow runs this config and no --config_file names a bundle's configs/ file; using "
+        f"the shipped bundle {checkout} (to choose another: --bundle_root DIR, or parser['bundle_root'] = DIR for a "
+        "ConfigParser)."
+    ]
     # a config file outside any bundle's configs/ folder does not count
     assert find_bundle_root(NAME, ["x", "--config_file", str(tmp_path / "a.json")]) == checkout
     with pytest.raises(FileNotFoundError, match="--bundle_root"):
@@ -127,7 +135,8 @@ def test_missing_training_data_is_one_line_before_fit(tmp_path):
         check_training_data(module)
     parser_training = json.loads((Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json")
                                  .read_text())["training"]  # fmt: skip
-    assert parser_training[0] == "$medwidit.training.check_training_data(@datamodule)"
+    check = parser_training.index("$medwidit.training.check_training_data(@datamodule)")
+    assert check < next(i for i, step in enumerate(parser_training) if ".fit(" in step)  # before any training
 
 
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
