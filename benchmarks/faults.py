@@ -3,10 +3,11 @@
 
     python benchmarks/faults.py                      # prints the table, writes benchmarks/results/faults.json
 
-Every case uses a tiny random checkpoint made on the spot (no data, no weights downloaded). Concurrency and the kill
-between commits run real ``medwidit segment`` processes; SIGINT and a full disk are injected in-process (the commit
-raises KeyboardInterrupt, the figure writer raises OSError(ENOSPC)). "files left" lists the visible files of the
-output folder, plus anything but markers left in its hidden ``.medwidit`` folder (staging folders, temporaries).
+Every case uses a tiny random checkpoint made on the spot (no data, no weights downloaded). Concurrency, the kill
+and SIGTERM between commits run real ``medwidit segment`` processes; SIGINT and a full disk are injected in-process
+(the commit raises KeyboardInterrupt, the figure writer raises OSError(ENOSPC)). "files left" lists the visible files
+of the output folder, plus anything but markers left in its hidden ``.medwidit`` folder (staging folders,
+temporaries).
 The tests in ``tests/inference/test_faults.py`` and ``test_messages.py`` assert the same behaviours one by one.
 """
 
@@ -160,7 +161,9 @@ def concurrent_runs(lab: Lab):
     runs = [lab.process(*args, "--seed", str(seed)) for seed in (1, 2)]
     codes = [run.wait(timeout=600) for run in runs]
     loser = [_error(run.stderr.read()) for run in runs]
-    ok = sorted(codes) == [0, 1] and lab.left(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+    reference = lab.root / "reference"  # one run's set: the label map and every uncertainty map
+    lab.cli("-i", str(inputs), "-o", str(reference), "--save-uncertainty")
+    ok = sorted(codes) == [0, 1] and lab.left(out) == lab.left(reference)
     return f"exit codes {codes}; the other: {next((m for m in loser if m), 'none')}", out, ok
 
 
@@ -199,17 +202,32 @@ def kill_between_commits(lab: Lab):
     code = lab.process("-c", KILL, *args).wait(timeout=600)
     after_kill = lab.left(out)  # the visible half, and the staging folder no process could remove
     again, err = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--continue")
+    reference = lab.root / "reference"  # what an uninterrupted run writes (the label map and every uncertainty map)
+    lab.cli("-i", str(inputs), "-o", str(reference), "--save-uncertainty")
     ok = (
         code == -9
         and after_kill[0] == "scan.nii.gz"
         and len(after_kill) == 2
         and again == 0
-        and lab.left(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+        and lab.left(out) == lab.left(reference)
     )
     shown = ", ".join(
         name.split(".staging")[0].rsplit(".", 1)[0] + ".*.staging" if "staging" in name else name for name in after_kill
     )
     return f"killed (signal {-code}) leaving {shown}, no marker; --continue exit {again}, finished the commit", out, ok
+
+
+def sigterm_between_commits(lab: Lab):
+    """A scheduler's time limit: SIGTERM right after the case's first file is committed."""
+    inputs, out = lab.folder("in"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(lab.checkpoint), "--save-uncertainty"]
+    run = lab.process("-c", KILL.replace("signal.SIGKILL", "signal.SIGTERM"), *args, *FAST)
+    code = run.wait(timeout=600)
+    said = _error(run.stderr.read())
+    record = json.loads((out / "medwidit_run.json").read_text()).get("status") if out.is_dir() else None
+    ok = code == 143 and lab.left(out) == [] and record == "interrupted"
+    return f"exit {code}; record {record}; said '{said}'", out, ok
 
 
 def sigint_between_commits(lab: Lab):
@@ -319,7 +337,8 @@ def array_without_affine(lab: Lab):
     handler.emit = records.append
     logging.getLogger("medwidit").addHandler(handler)
     try:
-        lab.predictor.segment(np.ones((12, 10, 8), np.float32), steps=1, num_samples=1)
+        image = np.random.default_rng(0).random((12, 10, 8), dtype=np.float32)  # a constant one is refused as blank
+        lab.predictor.segment(image, steps=1, num_samples=1)
     finally:
         logging.getLogger("medwidit").removeHandler(handler)
     said = next((r.getMessage() for r in records if "affine" in r.getMessage()), "")
@@ -434,6 +453,7 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("2", ".nhdr output names its data file", header_data_file(".nhdr", ".raw.gz", "data file: ")),
     ("3", "kill between the commits of a case", kill_between_commits),
     ("3", "SIGINT between the commits of a case", sigint_between_commits),
+    ("3", "SIGTERM between the commits of a case", sigterm_between_commits),
     ("3", "disk full while the figure is written", disk_full),
     ("3", "--overwrite --continue", overwrite_continue),
     ("4", "an output is another case's input", output_is_another_input),

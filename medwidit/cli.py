@@ -8,9 +8,12 @@ the problem; one bad case never stops the others, and the exit status is non-zer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from medwidit.cli_parser import build_parser, package_version
 
@@ -19,6 +22,33 @@ __all__ = ["build_parser", "main"]
 logger = logging.getLogger("medwidit.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as a shell reports them
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``), handled as Ctrl-C is: the case being written is removed and the
+    run record says interrupted. Python's default ended the process at once, leaving the record "running"."""
+
+    def __init__(self) -> None:
+        super().__init__("terminated by SIGTERM")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the command runs (the main thread only: a handler cannot be set
+    elsewhere); the earlier handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _configure(args: argparse.Namespace) -> None:
@@ -343,14 +373,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medwidit.inference.io import InputError, OutputError
 
     try:
-        return {"segment": _segment, "demo": _demo, "export": _export}[args.command](args)
+        with _sigterm_as_interrupt():
+            return {"segment": _segment, "demo": _demo, "export": _export}[args.command](args)
     except (InputError, OutputError, ValueError, TypeError) as e:  # bad input or options: one line, no traceback
         logger.debug("failed", exc_info=True)
         logger.error("%s", e)
         return EXIT_FAILED
+    except Terminated:
+        logger.error("terminated (SIGTERM).")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:  # the predictor has said which case was cut short and what it removed
         logger.error("interrupted.")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -220,15 +220,26 @@ def _predict_case(
         if existing and not overwrite:
             # each caller's spelling: Python's keywords, medwidit segment's flags, monai.bundle run's keys (a bundle run
             # has no --continue: it took that for an unused key and failed again)
-            hint = (
-                " but the case is unfinished (no completion marker, or other outputs were asked for); pass overwrite "
-                "with resume to redo it (medwidit segment --overwrite --continue; monai.bundle run --overwrite true "
-                "--resume true)"
-                if resume
-                else "; pass overwrite to replace it or resume to skip finished cases (Python: overwrite=True or "
-                "resume=True; medwidit segment: --overwrite or --continue; monai.bundle run: --overwrite true or "
-                "--resume true)"
-            )
+            unmarked = plan.marker is not None and not plan.marker.exists()  # a run killed while committing
+            if resume:
+                hint = (
+                    " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
+                    "overwrite with resume to redo it (medwidit segment --overwrite --continue; monai.bundle run "
+                    "--overwrite true --resume true)"
+                )
+            elif unmarked:
+                hint = (
+                    ", but no run finished this case (no completion marker: a run was interrupted, or is still "
+                    "writing); pass resume to finish or redo it, or overwrite to replace it (Python: resume=True or "
+                    "overwrite=True; medwidit segment: --continue or --overwrite; monai.bundle run: --resume true or "
+                    "--overwrite true)"
+                )
+            else:
+                hint = (
+                    "; pass overwrite to replace it or resume to skip finished cases (Python: overwrite=True or "
+                    "resume=True; medwidit segment: --overwrite or --continue; monai.bundle run: --overwrite true or "
+                    "--resume true)"
+                )
             raise OutputError(f"{existing[0]}: already exists{hint}.")
         result = predictor.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
         _write_case(predictor, case, plan, kinds, result, overwrite)

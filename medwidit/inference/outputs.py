@@ -203,18 +203,22 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
         if final.exists() and _same(staged, final):
             continue  # committed by the interrupted run whose staging folder this is
         link = staging / f".commit-{final.name}"
+        # listed before the commit: an interrupt (Ctrl-C, SIGTERM) between the commit and the append left the file in
+        # place, unlisted, so the writer's cleanup kept it; the cleanup removes only a listed file that is this run's
+        committed.append(final)
         try:
             link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
             commit(link, final, overwrite=overwrite)
         except FileExistsError as e:
+            committed.pop()
             raise OutputError(
                 f"{final}: already exists (written by another run meanwhile?); pass --overwrite to replace it."
             ) from e
         except OSError as e:
+            committed.pop()
             raise OutputError(f"{final}: cannot write ({e.strerror or one_line(e)}).") from e
         finally:
             link.unlink(missing_ok=True)
-        committed.append(final)
     stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
     for path in stale:
         path.unlink(missing_ok=True)

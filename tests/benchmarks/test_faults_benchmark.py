@@ -1,5 +1,5 @@
 """benchmarks/faults.py: the catalogue runs its in-process cases and the table shows case, outcome and files left
-(the whole catalogue, with its two subprocess cases, is the script's run; the tests of issue 15 assert each one)."""
+(the whole catalogue, with its three subprocess cases, is the script's run; the tests of issue 15 assert each one)."""
 
 from benchmark_scripts import load_benchmark
 

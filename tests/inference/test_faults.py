@@ -210,7 +210,11 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert visible(out) == ["scan.nii.gz"]  # one file committed, no marker: the case is unfinished
     assert not (out / ".medwidit" / "scan.json").exists()
     options = {"progress": False, "save_uncertainty": True, **FAST}
-    assert predictor.predict_from_files(inputs, out, **options)[0].status == "failed"  # exists, no --continue
+    (refused,) = predictor.predict_from_files(inputs, out, **options)  # exists, no --continue
+    assert refused.status == "failed"
+    # it said only "already exists", as for a finished case: now that no run finished it, and how to finish it
+    assert "scan.nii.gz: already exists, but no run finished this case (no completion marker" in refused.message
+    assert "pass resume to finish or redo it" in refused.message and "--continue" in refused.message
     (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
     assert result.status == "done" and result.message == "finished an interrupted commit"
     assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
@@ -219,6 +223,25 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     for name in visible(out):
         np.testing.assert_array_equal(nib.load(out / name).get_fdata(), nib.load(reference / name).get_fdata())
     assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
+
+
+SIGTERM_AFTER_FIRST_COMMIT = KILL_AFTER_FIRST_COMMIT.replace("signal.SIGKILL", "signal.SIGTERM")
+
+
+def test_sigterm_is_handled_as_an_interrupt(setup):
+    """A scheduler's time limit (SIGTERM) ended the process at once: its record stayed "running" and no line said
+    why. It now ends as Ctrl-C does, with status 143: the case's committed file removed, the record interrupted."""
+    tmp_path, inputs, _ = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    run = run_cli(["-c", SIGTERM_AFTER_FIRST_COMMIT, *args, "--save-uncertainty"])
+    assert run.wait(timeout=300) == 143
+    err = run.stderr.read()
+    assert "interrupted during case scan (what this run had written of it is removed)" in err, err
+    assert err.strip().endswith("terminated (SIGTERM)."), err
+    assert visible(out) == [] and hidden_leftovers(out) == []
+    record = json.loads((out / "medwidit_run.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "terminated by SIGTERM"
 
 
 def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(setup, tmp_path):

@@ -206,6 +206,8 @@ def test_unwritable_output_folder_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="file/out: output folder is not writable"):
         check_output_dir(tmp_path / "file" / "out")
+    with pytest.raises(OutputError, match=r"file: is an existing file, not a folder; give an output folder\.$"):
+        check_output_dir(tmp_path / "file")  # mkdir's "File exists" was read as "not writable"
     assert check_output_dir(tmp_path / "new" / "out").is_dir()
 
 
