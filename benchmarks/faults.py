@@ -225,7 +225,8 @@ def sigterm_between_commits(lab: Lab):
     run = lab.process("-c", KILL.replace("signal.SIGKILL", "signal.SIGTERM"), *args, *FAST)
     code = run.wait(timeout=600)
     said = _error(run.stderr.read())
-    record = json.loads((out / "medwidit_run.json").read_text()).get("status") if out.is_dir() else None
+    record_file = out / "medwidit_run.json"
+    record = json.loads(record_file.read_text()).get("status") if record_file.is_file() else None
     ok = code == 143 and lab.left(out) == [] and record == "interrupted"
     return f"exit {code}; record {record}; said '{said}'", out, ok
 

@@ -29,19 +29,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, ``kill``), handled as Ctrl-C is: the case being written is removed and the
     run record says interrupted. Python's default ended the process at once, leaving the record "running"."""
 
-    def __init__(self) -> None:
-        super().__init__("terminated by SIGTERM")
+    def __init__(self, *args) -> None:
+        super().__init__(*(args or ("terminated by SIGTERM",)))
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` while the command runs (the main thread only: a handler cannot be set
-    elsewhere); the earlier handler comes back after."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM raises :class:`Terminated` while the command runs, once: a second SIGTERM is ignored while the first
+    one's cleanup runs. Only in the main thread (no other may set a handler), and not where SIGTERM was ignored
+    already (as Python leaves an ignored SIGINT); the earlier handler comes back after."""
+    elsewhere = threading.current_thread() is not threading.main_thread()
+    if elsewhere or signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN, None):  # None: set outside Python, left so
         yield
         return
 
     def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -103,8 +106,7 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--part-id must be in 0..{args.num_parts - 1} (--num-parts {args.num_parts}), got {args.part_id}."
         )
-    if not all(str(path).strip() for path in args.input):
-        raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
+    _check_paths(args)
     model = _resolve_model(args)
     sampling = {
         "steps": args.steps,
@@ -301,9 +303,18 @@ def _start_run_record(args: argparse.Namespace, model: dict, predictor):
     return start_record(check_output_dir(args.output), record)
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """An empty ``-i`` or ``-o`` (a script's unset variable) is an error: ``-o ''`` wrote into the current folder."""
+    if not all(str(path).strip() for path in getattr(args, "input", [])):
+        raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
+    if not str(args.output).strip():
+        raise ValueError(f"-o/--output: the output folder is empty ({args.output!r}); give one ('.' for this folder).")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from medwidit.inference.demo import run_demo
 
+    _check_paths(args)
     model = _resolve_model(args)
     report = run_demo(
         args.output,
@@ -366,7 +377,8 @@ def _warn_other_weight_sets(bundle) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medwidit``; returns the exit status (0 ok, 1 a case or the run failed, 2 bad usage)."""
+    """Entry point of ``medwidit``; returns the exit status (0 ok, 1 a case or the run failed, 2 bad usage, 130
+    interrupted by Ctrl-C, 143 by SIGTERM)."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run record
     _configure(args)

@@ -26,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "-i", "--input", nargs="+", required=True, metavar="PATH", help="image files, folders, DICOM series folders"
     )
-    seg.add_argument(
-        "-o", "--output", type=_folder, required=True, metavar="DIR", help="output folder (created if needed)"
-    )
+    seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     _model_arguments(seg)
     seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
     seg.add_argument(
@@ -135,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shipped bundle bundles/brain_widit_segmentation, as `medwidit segment --save-uncertainty --save-figure` "
         "does, and report the brain volume and the Dice against the example's reference mask.",
     )
-    demo.add_argument(
-        "-o", "--output", type=_folder, required=True, metavar="DIR", help="output folder (created if needed)"
-    )
+    demo.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     demo.add_argument("--bundle", metavar="DIR|NAME", help="bundle folder or shipped bundle name (default: shipped)")
     demo.add_argument("--steps", type=_positive_int, help="denoising steps per sample (default: the bundle's: 3)")
     demo.add_argument(
@@ -302,13 +298,6 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
-
-
-def _folder(text: str) -> str:
-    """A folder path that is not empty: ``-o ''`` (a script's unset variable) wrote into the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r} ('.' for this folder)")
-    return text
 
 
 def _add_export(commands) -> None:

@@ -80,10 +80,14 @@ def _probability(name: str, value) -> float:
 def _spatial_axes(transform: str, axes) -> tuple[int, ...]:
     """``axes`` as a non-empty tuple of spatial axis indices (ints >= 0; a negative one would count the channel axis
     in from the end), else a ValueError naming ``transform``; each call checks them against its image's rank."""
-    axes = tuple(axes) if isinstance(axes, (Sequence, np.ndarray)) and not isinstance(axes, str) else ()
-    if not axes or not all(is_integer(a) and a >= 0 for a in axes):
-        raise ValueError(f"{transform} axes must be spatial axis indices (0, 1, ...), got {axes or None!r}.")
-    return tuple(int(a) for a in axes)
+    try:  # any collection of integers (a list, a set, a numpy array, a tensor), not a string
+        values = None if isinstance(axes, (str, bytes)) else np.asarray(list(axes))
+    except (TypeError, ValueError):
+        values = None
+    indices = values is not None and values.ndim == 1 and values.size and np.issubdtype(values.dtype, np.integer)
+    if not indices or (values < 0).any():
+        raise ValueError(f"{transform} axes must be spatial axis indices (0, 1, ...), got {axes!r}.")
+    return tuple(int(a) for a in values)
 
 
 class SynthesisError(ValueError):

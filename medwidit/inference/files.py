@@ -33,6 +33,7 @@ from .outputs import (
     CasePlan,
     check_plan,
     finish_interrupted,
+    interrupted_commit,
     is_finished,
     output_path,
     plan_case,
@@ -203,6 +204,21 @@ def predict_from_files(
     return results
 
 
+# each caller's spelling of an option: Python's keyword, medwidit segment's flag, monai.bundle run's key (a bundle run
+# has no --continue: it took that for an unused key and failed again)
+SPELLINGS = {  # option -> its spelling by Python, by medwidit segment, by monai.bundle run
+    "overwrite": ("overwrite=True", "--overwrite", "--overwrite true"),
+    "resume": ("resume=True", "--continue", "--resume true"),
+}
+
+
+def _spelled(*options: str, joiner: str = " or ") -> str:
+    """``options`` as each caller spells them: "(Python: ...; medwidit segment: ...; monai.bundle run: ...)"."""
+    callers = ("Python", "medwidit segment", "monai.bundle run")
+    spelled = (f"{caller}: {joiner.join(SPELLINGS[o][i] for o in options)}" for i, caller in enumerate(callers))
+    return f"({'; '.join(spelled)})"
+
+
 def _predict_case(
     predictor: Predictor, case: Case, plan: CasePlan | None, kinds, overwrite, resume, options, seed
 ) -> CaseResult:
@@ -218,27 +234,19 @@ def _predict_case(
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
         if existing and not overwrite:
-            # each caller's spelling: Python's keywords, medwidit segment's flags, monai.bundle run's keys (a bundle run
-            # has no --continue: it took that for an unused key and failed again)
-            unmarked = plan.marker is not None and not plan.marker.exists()  # a run killed while committing
             if resume:
                 hint = (
                     " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
-                    "overwrite with resume to redo it (medwidit segment --overwrite --continue; monai.bundle run "
-                    "--overwrite true --resume true)"
+                    f"overwrite with resume to redo it {_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
-            elif unmarked:
+            elif interrupted_commit(plan):  # a run killed while committing left some of the files
                 hint = (
-                    ", but no run finished this case (no completion marker: a run was interrupted, or is still "
-                    "writing); pass resume to finish or redo it, or overwrite to replace it (Python: resume=True or "
-                    "overwrite=True; medwidit segment: --continue or --overwrite; monai.bundle run: --resume true or "
-                    "--overwrite true)"
+                    ", but an interrupted run left this case unfinished (its staged files are in .medwidit/); pass "
+                    f"resume to finish it {_spelled('resume')}"
                 )
             else:
                 hint = (
-                    "; pass overwrite to replace it or resume to skip finished cases (Python: overwrite=True or "
-                    "resume=True; medwidit segment: --overwrite or --continue; monai.bundle run: --overwrite true or "
-                    "--resume true)"
+                    f"; pass overwrite to replace it or resume to skip finished cases {_spelled('overwrite', 'resume')}"
                 )
             raise OutputError(f"{existing[0]}: already exists{hint}.")
         result = predictor.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)

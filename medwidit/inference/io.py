@@ -457,13 +457,13 @@ def _to_itk(array, geometry: ImageGeometry, kind: str, max_label: int | None):
 def check_output_dir(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed and prove it writable; OutputError with one line otherwise."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():  # mkdir's "File exists" read as "not writable"
-        raise OutputError(f"{folder}: is an existing file, not a folder; give an output folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".medwidit-write-test-{secrets.token_hex(4)}"
         probe.write_bytes(b"")
         probe.unlink()
+    except FileExistsError as e:  # mkdir(exist_ok=True) of a file; it read "not writable (File exists)"
+        raise OutputError(f"{folder}: is an existing file, not a folder; give an output folder.") from e
     except OSError as e:
         raise OutputError(f"{folder}: output folder is not writable ({e.strerror or one_line(e)}).") from e
     return folder

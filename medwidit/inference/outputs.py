@@ -43,6 +43,7 @@ __all__ = [
     "CaseWriter",
     "check_plan",
     "finish_interrupted",
+    "interrupted_commit",
     "image_files",
     "input_files",
     "is_finished",
@@ -203,20 +204,19 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
         if final.exists() and _same(staged, final):
             continue  # committed by the interrupted run whose staging folder this is
         link = staging / f".commit-{final.name}"
-        # listed before the commit: an interrupt (Ctrl-C, SIGTERM) between the commit and the append left the file in
-        # place, unlisted, so the writer's cleanup kept it; the cleanup removes only a listed file that is this run's
+        # listed before the commit: an interrupt (Ctrl-C, SIGTERM) just after the commit, before the append, left the
+        # file behind unlisted; the writer's cleanup removes a listed file only where it is this run's (_same)
         committed.append(final)
         try:
             link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
             commit(link, final, overwrite=overwrite)
-        except FileExistsError as e:
-            committed.pop()
-            raise OutputError(
-                f"{final}: already exists (written by another run meanwhile?); pass --overwrite to replace it."
-            ) from e
         except OSError as e:
             committed.pop()
-            raise OutputError(f"{final}: cannot write ({e.strerror or one_line(e)}).") from e
+            if isinstance(e, FileExistsError):
+                message = "already exists (written by another run meanwhile?); pass --overwrite to replace it"
+            else:
+                message = f"cannot write ({e.strerror or one_line(e)})"
+            raise OutputError(f"{final}: {message}.") from e
         finally:
             link.unlink(missing_ok=True)
     stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
@@ -294,14 +294,27 @@ class CaseWriter:
             self._lock.__exit__(None, None, None)
 
 
+def _stagings(plan: CasePlan) -> list[Path]:
+    """The staging folders of ``plan``'s case in its state folder: a live run's, or an interrupted one's."""
+    found = sorted(plan.state_dir.glob(f"{glob_escape(plan.name)}.*.staging"))
+    return [staging for staging in found if _read_json(staging / MANIFEST).get("case") == plan.name]
+
+
+def interrupted_commit(plan: CasePlan) -> bool:
+    """Whether a run that is gone (its staging folder's flock free) left a staging folder of ``plan``'s case."""
+    for staging in _stagings(plan):
+        with locked(staging / ".lock", blocking=False) as stale:
+            if stale:
+                return True
+    return False
+
+
 def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
     """Complete the commit an interrupted run left for ``plan`` (its staging folder holds every planned file, and what
     it committed is still in place) -> True; stale staging folders of the case are removed either way (only removed,
     without ``finish``). A staging folder whose run is alive (its flock held) is left alone."""
     finished = False
-    for staging in sorted(plan.state_dir.glob(f"{glob_escape(plan.name)}.*.staging")):
-        if _read_json(staging / MANIFEST).get("case") != plan.name:
-            continue
+    for staging in _stagings(plan):
         with locked(staging / ".lock", blocking=False) as stale:
             if not stale:
                 continue  # a live run's

@@ -6,6 +6,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from monai.utils import look_up_option
@@ -118,7 +119,7 @@ def check_interval(name: str, value, *, low: float = 0.0, unit: str = "") -> tup
     return float(pair[0]), float(pair[1])
 
 
-def choose(argument: str, value, choices: Collection):
+def choose(argument: str, value: Any, choices: Collection) -> Any:
     """``monai.utils.look_up_option`` (the entry of ``value`` in ``choices``) whose error also names the argument;
     it never falls back on a name."""
     try:

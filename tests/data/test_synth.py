@@ -109,7 +109,8 @@ def test_thick_slices_leave_a_uniform_crop_uniform_and_record_the_spacing_they_m
         (lambda: RandFieldOfViewd(axes=(-1,)), r"RandFieldOfViewd axes must be spatial axis indices"),
         # -1 thickened the last axis but recorded the channel axis's size, so no thick slices in the spacing record
         (lambda: RandSliceThicknessd(axes=(-1,)), r"RandSliceThicknessd axes must be spatial axis indices .* \(-1,\)"),
-        (lambda: RandSliceThicknessd(axes=()), r"RandSliceThicknessd axes must be .* got None"),  # max() of nothing
+        (lambda: RandSliceThicknessd(axes=()), r"RandSliceThicknessd axes must be .* got \(\)"),  # max() of nothing
+        (lambda: RandSliceThicknessd(axes=2), r"RandSliceThicknessd axes must be .* got 2\."),  # not a collection
         (lambda: RandSliceThicknessd(axes=(1.5,)), r"RandSliceThicknessd axes must be .* got \(1.5,\)"),  # was 1
         # a class -1 was written into the training labels; 1.5 became class 1
         (lambda: synthesis_transforms(num_labels=2, target_labels=[0, -1]), r"target_labels must be task classes.*-1"),
@@ -146,6 +147,13 @@ def test_probabilities_and_ranges_out_of_bounds_are_named(make, match):
     a background label 9 of 5 was an IndexError and -1 painted the brain as air."""
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_axes_may_be_any_collection_of_indices():
+    """Lists, sets, numpy arrays and tensors of indices were taken before the axes were checked, and still are."""
+    for axes in ([2], {2}, np.array([2]), torch.tensor([2]), (np.int64(2),)):
+        assert RandSliceThicknessd(axes=axes).axes == (2,)
+        assert RandFieldOfViewd(axes=axes).axes == (2,)
 
 
 def test_thick_slice_axes_must_be_the_images():

@@ -212,9 +212,9 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     options = {"progress": False, "save_uncertainty": True, **FAST}
     (refused,) = predictor.predict_from_files(inputs, out, **options)  # exists, no --continue
     assert refused.status == "failed"
-    # it said only "already exists", as for a finished case: now that no run finished it, and how to finish it
-    assert "scan.nii.gz: already exists, but no run finished this case (no completion marker" in refused.message
-    assert "pass resume to finish or redo it" in refused.message and "--continue" in refused.message
+    # it said only "already exists", as for a finished case: now that an interrupted run left it, and how to finish it
+    assert "scan.nii.gz: already exists, but an interrupted run left this case unfinished" in refused.message
+    assert "pass resume to finish it (Python: resume=True; medwidit segment: --continue;" in refused.message
     (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
     assert result.status == "done" and result.message == "finished an interrupted commit"
     assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
@@ -225,12 +225,27 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
 
 
+def test_a_file_of_the_same_name_from_elsewhere_is_not_called_an_interrupted_run(setup):
+    """Without a staging folder of the case there was no interrupted run: a file put there by hand or by another
+    tool gets the plain message (the hint for an interrupted commit would send the user to --continue in vain)."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan.nii.gz").write_bytes((inputs / "scan.nii.gz").read_bytes())
+    (refused,) = predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    assert refused.status == "failed" and "interrupted" not in refused.message
+    assert (
+        "scan.nii.gz: already exists; pass overwrite to replace it or resume to skip finished cases" in refused.message
+    )
+
+
 SIGTERM_AFTER_FIRST_COMMIT = KILL_AFTER_FIRST_COMMIT.replace("signal.SIGKILL", "signal.SIGTERM")
 
 
 def test_sigterm_is_handled_as_an_interrupt(setup):
     """A scheduler's time limit (SIGTERM) ended the process at once: its record stayed "running" and no line said
-    why. It now ends as Ctrl-C does, with status 143: the case's committed file removed, the record interrupted."""
+    why. It now ends as Ctrl-C does, with status 143: the case's committed file removed, the record interrupted. (The
+    signal arrives just after the first file's commit, before the writer listed it: that file was left behind.)"""
     tmp_path, inputs, _ = setup
     out = tmp_path / "out"
     args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
@@ -242,6 +257,28 @@ def test_sigterm_is_handled_as_an_interrupt(setup):
     assert visible(out) == [] and hidden_leftovers(out) == []
     record = json.loads((out / "medwidit_run.json").read_text())
     assert record["status"] == "interrupted" and record["error"] == "terminated by SIGTERM"
+
+
+def test_the_cli_puts_back_the_sigterm_handler_it_found(setup):
+    """``main`` handles SIGTERM only while it runs: a notebook's or a caller's own handler comes back, and an
+    ignored SIGTERM stays ignored."""
+    import signal
+
+    from medwidit.cli import main
+
+    tmp_path, inputs, _ = setup
+    args = ["segment", "-i", str(inputs), "--checkpoint", str(tmp_path / "model.pt"), "--quiet", *CLI_FAST]
+    seen = []
+    own = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        for handler, out in ((own, "a"), (signal.SIG_IGN, "b")):
+            signal.signal(signal.SIGTERM, handler)
+            assert main([*args, "-o", str(tmp_path / out)]) == 0
+            seen.append(signal.getsignal(signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [own, signal.SIG_IGN]
 
 
 def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(setup, tmp_path):

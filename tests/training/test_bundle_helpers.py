@@ -100,7 +100,7 @@ def test_bundle_datalist_checks_labels_for_evaluation_and_names_an_empty_split(t
 
 def test_a_new_run_in_an_earlier_runs_checkpoint_folder_is_refused_unless_asked(tmp_path, caplog):
     """It replaced last.ckpt after an epoch while the old best.ckpt lived on until the first validation, so an export
-    in between took the old weights; the bundle's initialize now refuses, naming --resume, --output_dir and
+    in between took the old weights; the bundle's training now refuses, naming --resume, --output_dir and
     --overwrite_run."""
     from medwidit.training import check_run_folder
 
