@@ -21,9 +21,10 @@ percentile without N4).
 
     python benchmarks/histogram_clip.py --base mni152_2mm VAL/mni152_2mm_image.nii.gz VAL/mni152_2mm_label.nii.gz \\
         --base painted_0 VAL/painted_0_image.nii.gz VAL/painted_0_label.nii.gz
-    python benchmarks/histogram_clip.py --percentiles 99 --n4 99 --base ... --output results/bias_correction.json
-    python benchmarks/histogram_clip.py --percentiles 99 --air 0.1 --base ... --clean ... --output \
-        results/histogram_air.json
+    python benchmarks/histogram_clip.py --percentiles 99 --n4 99 --base ... \\
+        --output benchmarks/results/bias_correction.json
+    python benchmarks/histogram_clip.py --percentiles 99 --air 0.1 --base ... --clean ... --output \\
+        benchmarks/results/histogram_air.json
     python benchmarks/histogram_clip.py --quick --output /tmp/clip.json     # seconds: a tiny model and phantom
 
 Writes ``benchmarks/results/histogram_clip.json`` (or ``--output``).

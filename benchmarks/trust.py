@@ -30,7 +30,8 @@ predicted Dice of 0, as the CLI warns about it (``trust.estimated_dice`` alone g
 
     python benchmarks/trust.py                      # the shipped bundle's 2 sets x 3 views at its CLI steps, ~40 min
     python benchmarks/trust.py --quick --output /tmp/trust.json   # seconds: 2 mm example only, cropped, 1 step
-    python benchmarks/trust.py --rescore results/trust_default.json --output results/trust_default.json  # no sampling
+    python benchmarks/trust.py --rescore benchmarks/results/trust_default.json \\
+        --output benchmarks/results/trust_default.json  # no sampling
 
 Writes ``benchmarks/results/trust.json`` and, beside it, ``trust_reliability.png`` and ``trust_dice.png``.
 """
@@ -532,6 +533,8 @@ def resolve_sampling(args, predictor: Predictor) -> None:
 def rescore(args) -> dict:
     """A recorded run scored again by this script's summary (new scores of the same members: the cases' per-ensemble
     entries are kept as sampled), written to ``--output`` with the commit that rescored it."""
+    if not args.rescore.is_file():
+        raise SystemExit(f"trust.py: --rescore {args.rescore}: no such file.")
     result = json.loads(args.rescore.read_text())
     cases = result["cases"]
     for case in cases:  # a run recorded before the cases held the localization's settings: the run's own config

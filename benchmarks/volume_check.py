@@ -9,7 +9,8 @@ Colin27, ITK's head, ROBEX's head, and deepbet's masks of S1 and MRHead), about 
 any row below was read against it. The table counts, per recorded run, the cases whose true Dice is below
 ``--below`` and how many of them the range flags, and the flags on cases above it (false flags).
 
-    python benchmarks/volume_check.py results/validation_shipped.json results/generalisation_real_heads.json ...
+    python benchmarks/volume_check.py benchmarks/results/validation_shipped.json \\
+        benchmarks/results/generalisation_real_heads.json ...
     python benchmarks/volume_check.py --quick --output /tmp/volume.json     # the rows of two invented cases
 
 Writes ``benchmarks/results/volume_check.json`` (or ``--output``).

@@ -150,6 +150,12 @@ def load_data_list(
             _check_exists("data_list", data_list, f"{key}[{index}]", name, item[name])
         where = ("data_list", data_list, f"{key}[{index}]")
         image_geometry = image_grid(item["image"], spatial_dims)
+        if len(image_geometry[0]) < spatial_dims:  # a 2-D slice in a 3-D task failed in MONAI's padding, unnamed
+            raise ValueError(
+                f"data_list {str(data_list)!r}, {key}[{index}]: image {str(item['image'])!r} has "
+                f"{len(image_geometry[0])} axes {image_geometry[0]} where the task's images have {spatial_dims} "
+                "(roi_size)."
+            )
         if grids is not None:
             grids[str(item["image"])] = image_geometry
         _check_same_grid(where, item["image"], image_geometry, item["label"], spatial_dims)

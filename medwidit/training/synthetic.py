@@ -26,16 +26,19 @@ from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
 from medwidit.data.transforms import check_preprocessing, intensity_transforms, pad_to_crop
-from medwidit.utils import check_options, label_values
+from medwidit.utils import check_options, image_grid, label_values
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis", "check_synth_options"]
 
 
 def check_label_maps(maps: list[dict], num_labels: int, target_labels: Sequence[int] | None = None) -> None:
-    """Before training starts: each map holds integer labels in 0..num_labels-1 and, when ``target_labels`` are
-    given, a label of a task class other than 0; the error names the file and the label (the generator would
-    otherwise fail in a worker, minutes into training, or paint all-background crops)."""
+    """Before training starts: each map is one 3-D volume holding integer labels in 0..num_labels-1 and, when
+    ``target_labels`` are given, a label of a task class other than 0; the error names the file and the label (the
+    generator would otherwise fail in a worker, minutes into training, or paint all-background crops)."""
     for item in maps:
+        shape = image_grid(item["label"])[0]  # trailing singleton axes dropped: (X, Y, Z, 1) is one volume
+        if len(shape) != 3:  # the generator is 3-D: a slice or a 4-D map failed inside it, without the file's name
+            raise SynthesisError(f"{item['label']}: the label map must be one 3-D volume, got shape {shape}.")
         values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
         if not np.array_equal(values, np.round(values)):
             raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")

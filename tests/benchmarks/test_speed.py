@@ -127,3 +127,10 @@ def test_ratios_are_of_the_medians_over_rounds_and_of_the_fastest_runs_without_f
     assert ratios["medwidit_over_deepbet_cpu_best"] == pytest.approx(10.0 / 5.0)
     assert ratios["float32_over_medwidit_cpu"] == pytest.approx(26.0 / 20.0)
     assert not any(key.startswith("reference") for key in ratios)  # no reference was timed
+
+
+def test_quick_without_an_output_is_refused_before_it_runs():
+    """``--quick`` without ``--output`` (the docstring's own example) replaced the recorded speed.json the READMEs
+    cite with a random tiny model's timings."""
+    with pytest.raises(SystemExit, match="--quick times a random tiny model: give --output"):
+        speed.main(["--quick"])

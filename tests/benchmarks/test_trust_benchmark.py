@@ -233,3 +233,9 @@ def test_no_atlas_prior_builds_the_predictor_the_cli_builds_without_the_calibrat
     assert off.quality_calibration is None and off.warn_dice == ENSEMBLE_WARN_DICE
     on = trust.build_predictor(trust.parse_args([]))
     assert on.atlas_prior is not None and "log_atlas_dice" in on.quality_calibration["weights"]
+
+
+def test_rescoring_a_missing_record_is_one_line(trust, tmp_path):
+    """``--rescore`` of a path that is not there was a FileNotFoundError traceback."""
+    with pytest.raises(SystemExit, match=r"--rescore .*none.json: no such file"):
+        trust.main(["--rescore", str(tmp_path / "none.json"), "--output", str(tmp_path / "out.json")])

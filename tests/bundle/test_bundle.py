@@ -445,3 +445,43 @@ def test_the_bundles_classes_reach_the_data_module(tmp_path):
     assert "but the task has num_classes=3" in str(failed.value.__cause__)
     parser["synth_ratio"] = 0
     assert parser.get_parsed_content("datamodule", lazy=False).num_classes == 3
+
+
+def test_a_resumed_run_keeps_the_best_checkpoint_it_had(tmp_path):
+    """Validating every epoch, the "best" checkpoint saved at the training epoch's end, after "last" had saved: the
+    last.ckpt of each epoch held the best score of the epoch before, so a run resumed from it took a worse later
+    epoch for an improvement and replaced best.ckpt (and the export) with it. train.json's callbacks, on a module
+    whose validation Dice is 0.1 then 0.3 then 0.2: the checkpoints agree on 0.3 at every step."""
+    import lightning as L
+
+    parser = ConfigParser()
+    parser.read_config(config("train"))
+    parser["ckpt_dir"] = str(tmp_path)
+    checkpoints = [c for c in parser.get_parsed_content("callbacks") if type(c).__name__ == "ModelCheckpoint"]
+    assert [c.filename for c in checkpoints] == ["last", "best"]
+
+    class Scored(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/mean_dice", (0.1, 0.3, 0.2)[self.current_epoch])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    data = torch.utils.data.DataLoader(torch.ones(2, 1), batch_size=1)
+    for epochs in (2, 3):  # the third epoch resumes from the second's last.ckpt, as --resume last does
+        trainer = L.Trainer(max_epochs=epochs, callbacks=checkpoints, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, check_val_every_n_epoch=1)  # fmt: skip
+        resume = str(tmp_path / "last.ckpt") if epochs == 3 else None
+        trainer.fit(Scored(), data, data, ckpt_path=resume, weights_only=False)
+        states = {name: torch.load(tmp_path / f"{name}.ckpt", weights_only=False) for name in ("last", "best")}
+        assert states["best"]["epoch"] == 1  # the 0.3 epoch
+        for state in states.values():
+            (best,) = [v for k, v in state["callbacks"].items() if "val/mean_dice" in k]
+            assert float(best["best_model_score"]) == pytest.approx(0.3)

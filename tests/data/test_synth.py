@@ -8,6 +8,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, HistogramNormalize
 
 from medwidit.data.synth import (
+    CheckLabelMapd,
     RandCoilFieldd,
     RandContrastRemapd,
     RandFieldOfViewd,
@@ -292,6 +293,26 @@ def test_contrast_remap_options_are_checked(options, match):
 def test_unusable_label_maps_name_the_file_and_the_label(label, match):
     with pytest.raises(SynthesisError, match=match):
         RandLabelsToImaged(num_labels=5)({"label": label})
+
+
+def test_the_generator_checks_its_label_map_before_deforming_it():
+    """An unknown label near the border was checked only after the random rotation and scaling, which mostly cut it
+    away (a label 7 at a corner passed 9 draws of 10); a map with another number of axes failed later, unnamed."""
+    from monai.transforms import Compose
+
+    label = _head()
+    label[0, 0, 0, 0] = 7
+    steps = Compose(synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1]))
+    for seed in range(4):
+        steps.set_random_state(seed)
+        with pytest.raises(RuntimeError) as failed:  # MONAI's Compose names the transform; the cause names the file
+            steps({"label": label})
+        assert isinstance(failed.value.__cause__, SynthesisError)
+        assert "head_labels.nii.gz: label 7 is not one of the 5 generation labels" in str(failed.value.__cause__)
+    for shape in ((1, 32, 32), (2, 32, 32, 32)):
+        flat = MetaTensor(torch.ones(shape), meta={"filename_or_obj": "odd.nii.gz"})
+        with pytest.raises(SynthesisError, match=r"odd.nii.gz: the label map must be one 3-D volume .* got shape"):
+            CheckLabelMapd("label", num_labels=5)({"label": flat})
 
 
 def test_target_labels_must_cover_every_generation_label():

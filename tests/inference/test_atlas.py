@@ -222,6 +222,23 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
     assert Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=3), device="cpu", atlas_prior=core).atlas_prior
 
 
+def test_a_core_over_a_model_of_more_than_two_classes_is_warned_about(tmp_path, caplog):
+    """A model for other labels exported into the brain bundle got the registered MNI152 brain as its class 1, over
+    its other classes, without a word; a two-class model (brain extraction) gets no warning."""
+    files = {"image": "head.nii.gz", "label": "mask.nii.gz"}
+    for name in files.values():
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.float32), np.eye(4)), tmp_path / name)
+    core = {key: str(tmp_path / name) for key, name in files.items()} | {"margin_mm": 5, "core_mm": 4}
+    for classes, warned in ((2, False), (3, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medwidit.inference.predictor"):
+            Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=classes), device="cpu", atlas_prior=core)
+        said = [r.getMessage() for r in caplog.records]
+        assert bool(said) == warned, said
+    assert "its core writes class 1 over the inside of the registered template's mask, over any other class" in said[0]
+    assert "this model has 3 classes" in said[0] and "--no-atlas-prior" in said[0]
+
+
 def test_the_regions_the_core_and_the_guard_travel_as_one_label_and_come_back_apart():
     rng = np.random.default_rng(0)
     masks = [rng.random((5, 6, 7)) > share for share in (0.5, 0.3, 0.7, 0.4)]  # region, prior, core, guard

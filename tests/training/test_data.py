@@ -190,6 +190,22 @@ def test_the_grid_tolerance_is_absolute_and_axis_counts_are_named(tmp_path):
         _check_same_grid(where, tmp_path / "flat.nii.gz", geometry, tmp_path / "label.nii.gz", 2)
 
 
+def test_an_image_with_fewer_axes_than_the_task_is_named_at_setup(tmp_path):
+    """A 2-D image and label in a 3-D task passed the grid check (its shape is a prefix) and failed in MONAI's padding,
+    a 147-line traceback without the file."""
+    import nibabel as nib
+    import numpy as np
+
+    data_list = write_dataset(tmp_path)
+    listing = json.loads(data_list.read_text())
+    nib.save(nib.Nifti1Image(np.random.rand(16, 16).astype(np.float32), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((16, 16), np.uint8), np.eye(4)), str(tmp_path / "flat_label.nii.gz"))
+    listing["training"][0] = {"image": "flat.nii.gz", "label": "flat_label.nii.gz"}
+    data_list.write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=r"training\[0\]: image .*flat.nii.gz' has 2 axes \(16, 16\) where the task's"):
+        load_data_list(data_list, "training")
+
+
 def test_bad_split_and_options_are_named(tmp_path):
     data_list = write_dataset(tmp_path)
     with pytest.raises(ValueError, match="'testing'"):

@@ -160,6 +160,17 @@ def test_a_label_map_without_any_target_class_is_named(tmp_path):
         dm.setup("fit")
 
 
+@pytest.mark.parametrize("shape", [(24, 24), (24, 24, 24, 2)])
+def test_a_label_map_that_is_not_one_volume_is_named_at_setup(tmp_path, shape):
+    """A slice or a 4-D map passed the checks and failed inside the generator, in a worker, without the file."""
+    from medwidit.training.synthetic import check_label_maps
+
+    path = tmp_path / "odd_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), np.eye(4)), path)
+    with pytest.raises(SynthesisError, match=r"odd_label.nii.gz: the label map must be one 3-D volume, got shape"):
+        check_label_maps([{"label": str(path)}], 5)
+
+
 def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tmp_path):
     dm = _module(tmp_path, 1.0, synth_num_labels=4, synth_target_labels=TARGETS[:4])
     with pytest.raises(SynthesisError, match=r"head_label.nii.gz: label 4 is not one of the 4 generation labels"):
