@@ -33,10 +33,10 @@ from .outputs import (
     CasePlan,
     check_plan,
     finish_interrupted,
-    interrupted_commit,
     is_finished,
     output_path,
     plan_case,
+    staged_elsewhere,
     write_case,
     write_json,
 )
@@ -239,11 +239,13 @@ def _predict_case(
                     " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
                     f"overwrite with resume to redo it {_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
-            elif interrupted_commit(plan):  # a run killed while committing left some of the files
+            elif (elsewhere := staged_elsewhere(plan)) == "finishable":  # a run killed while committing
                 hint = (
                     ", but an interrupted run left this case unfinished (its staged files are in .medwidit/); pass "
                     f"resume to finish it {_spelled('resume')}"
                 )
+            elif elsewhere == "live":
+                hint = ": another run is writing this case now; let it finish, or write into another folder"
             else:
                 hint = (
                     f"; pass overwrite to replace it or resume to skip finished cases {_spelled('overwrite', 'resume')}"

@@ -43,7 +43,7 @@ __all__ = [
     "CaseWriter",
     "check_plan",
     "finish_interrupted",
-    "interrupted_commit",
+    "staged_elsewhere",
     "image_files",
     "input_files",
     "is_finished",
@@ -300,27 +300,37 @@ def _stagings(plan: CasePlan) -> list[Path]:
     return [staging for staging in found if _read_json(staging / MANIFEST).get("case") == plan.name]
 
 
-def interrupted_commit(plan: CasePlan) -> bool:
-    """Whether a run that is gone (its staging folder's flock free) left a staging folder of ``plan``'s case."""
+def _finishable(plan: CasePlan, staging: Path) -> bool:
+    """Whether the gone run's ``staging`` holds the commit of ``plan`` it had begun: its manifest lists every planned
+    file (written when the commit starts) and each file already in place is its staged copy."""
+    names = sorted(f.name for f in plan.files)
+    ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
+    return ours and _read_json(staging / MANIFEST).get("files") == names
+
+
+def staged_elsewhere(plan: CasePlan) -> str | None:
+    """What another run left staged for ``plan``'s case: "live" (a run writing it now, its flock held), "finishable"
+    (a gone run's commit that :func:`finish_interrupted` completes), or None."""
+    found = None
     for staging in _stagings(plan):
         with locked(staging / ".lock", blocking=False) as stale:
-            if stale:
-                return True
-    return False
+            if not stale:
+                return "live"
+            if _finishable(plan, staging):
+                found = "finishable"
+    return found
 
 
 def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
-    """Complete the commit an interrupted run left for ``plan`` (its staging folder holds every planned file, and what
-    it committed is still in place) -> True; stale staging folders of the case are removed either way (only removed,
-    without ``finish``). A staging folder whose run is alive (its flock held) is left alone."""
+    """Complete the commit an interrupted run left for ``plan`` (:func:`_finishable`) -> True; stale staging folders
+    of the case are removed either way (only removed, without ``finish``). A staging folder whose run is alive (its
+    flock held) is left alone."""
     finished = False
     for staging in _stagings(plan):
         with locked(staging / ".lock", blocking=False) as stale:
             if not stale:
                 continue  # a live run's
-            names = sorted(f.name for f in plan.files)
-            ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
-            if finish and not finished and ours and _read_json(staging / MANIFEST).get("files") == names:
+            if finish and not finished and _finishable(plan, staging):
                 with locked(plan.state_dir / "lock"):
                     _commit_staged(plan, staging, overwrite=overwrite, committed=[])
                 finished = True

@@ -286,15 +286,19 @@ class Predictor:
                     f"atlas_prior: core_label {self.atlas_prior['core_label']} is not a foreground class of a model "
                     f"with {segmenter.num_classes} classes (1 to {segmenter.num_classes - 1})."
                 )
-            if segmenter.num_classes > 2:  # own labels exported into the brain bundle: the core erased the others
-                logger.warning(
-                    "atlas_prior: its core writes class %d over the inside of the registered template's mask, over "
-                    "any other class there, and its region makes every voxel beyond the mask's margin background; "
-                    "this model has %d classes: unless each other class lies where that holds, set atlas_prior to "
-                    "null (medwidit segment --no-atlas-prior), as for any task but the template's structure.",
-                    self.atlas_prior["core_label"],
-                    segmenter.num_classes,
-                )
+
+        if self.atlas_prior is not None and segmenter.num_classes > 2:  # own labels exported into the brain bundle
+            core = self.atlas_prior["core_mm"] is not None
+            logger.warning(
+                "atlas_prior: %sits region makes every voxel beyond the registered template's mask and margin "
+                "background; this model has %d classes: unless each class lies where that holds, set atlas_prior to "
+                "null (medwidit segment --no-atlas-prior), as for any task but the template's structure.",
+                f"its core writes class {self.atlas_prior['core_label']} over the inside of the mask, over any other "
+                "class there, and "
+                if core
+                else "",
+                segmenter.num_classes,
+            )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
         self.bias_retry = check_bool("bias_retry", bias_retry)

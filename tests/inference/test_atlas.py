@@ -235,8 +235,15 @@ def test_a_core_over_a_model_of_more_than_two_classes_is_warned_about(tmp_path, 
             Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=classes), device="cpu", atlas_prior=core)
         said = [r.getMessage() for r in caplog.records]
         assert bool(said) == warned, said
-    assert "its core writes class 1 over the inside of the registered template's mask, over any other class" in said[0]
+    assert "its core writes class 1 over the inside of the mask, over any other class there" in said[0]
     assert "this model has 3 classes" in said[0] and "--no-atlas-prior" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medwidit.inference.predictor"):  # no core: the region alone, said so
+        Predictor(
+            DiffusionSegmenter(ThresholdOracle(), num_classes=3), device="cpu", atlas_prior={**core, "core_mm": None}
+        )
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith("atlas_prior: its region makes every voxel beyond the registered template's mask and margin")
 
 
 def test_the_regions_the_core_and_the_guard_travel_as_one_label_and_come_back_apart():

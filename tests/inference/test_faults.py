@@ -225,18 +225,32 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
 
 
-def test_a_file_of_the_same_name_from_elsewhere_is_not_called_an_interrupted_run(setup):
-    """Without a staging folder of the case there was no interrupted run: a file put there by hand or by another
-    tool gets the plain message (the hint for an interrupted commit would send the user to --continue in vain)."""
+@pytest.mark.parametrize("staging", [None, "stale", "live"])
+def test_a_file_of_the_same_name_from_elsewhere_is_not_called_an_interrupted_run(setup, staging):
+    """Only a gone run's commit that --continue can finish gets the hint to finish it: a file put there by hand or by
+    another tool, beside no staging folder or beside one of a run killed while it wrote (before its commit began),
+    gets the plain message (the hint sent the user to --continue in vain); a live run writing the case is named."""
+    from medwidit.inference.outputs import CaseWriter, plan_case
+
     tmp_path, inputs, predictor = setup
     out = tmp_path / "out"
     out.mkdir()
     (out / "scan.nii.gz").write_bytes((inputs / "scan.nii.gz").read_bytes())
-    (refused,) = predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    writer = None
+    if staging is not None:
+        writer = CaseWriter(plan_case(out, "scan", [out / "scan.nii.gz"]), overwrite=False).__enter__()
+        if staging == "stale":
+            writer._lock.__exit__(None, None, None)  # its process is gone: the flock is released
+    try:
+        (refused,) = predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    finally:
+        if staging == "live":
+            writer.__exit__(None, None, None)
     assert refused.status == "failed" and "interrupted" not in refused.message
-    assert (
-        "scan.nii.gz: already exists; pass overwrite to replace it or resume to skip finished cases" in refused.message
-    )
+    if staging == "live":
+        assert "scan.nii.gz: already exists: another run is writing this case now" in refused.message
+    else:
+        assert "scan.nii.gz: already exists; pass overwrite to replace it or resume to skip" in refused.message
 
 
 SIGTERM_AFTER_FIRST_COMMIT = KILL_AFTER_FIRST_COMMIT.replace("signal.SIGKILL", "signal.SIGTERM")
@@ -259,26 +273,35 @@ def test_sigterm_is_handled_as_an_interrupt(setup):
     assert record["status"] == "interrupted" and record["error"] == "terminated by SIGTERM"
 
 
-def test_the_cli_puts_back_the_sigterm_handler_it_found(setup):
+def test_the_cli_puts_back_the_sigterm_handler_it_found(setup, monkeypatch):
     """``main`` handles SIGTERM only while it runs: a notebook's or a caller's own handler comes back, and an
-    ignored SIGTERM stays ignored."""
+    ignored SIGTERM stays ignored throughout (no handler is set over it, as Python leaves an ignored SIGINT)."""
     import signal
 
     from medwidit.cli import main
 
     tmp_path, inputs, _ = setup
     args = ["segment", "-i", str(inputs), "--checkpoint", str(tmp_path / "model.pt"), "--quiet", *CLI_FAST]
+    real, set_while_ignored = signal.signal, []
+
+    def spy(signum, handler):
+        if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+            set_while_ignored.append(handler)
+        return real(signum, handler)
+
     seen = []
     own = lambda signum, frame: None  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, own)
+    previous = real(signal.SIGTERM, own)
     try:
         for handler, out in ((own, "a"), (signal.SIG_IGN, "b")):
-            signal.signal(signal.SIGTERM, handler)
+            real(signal.SIGTERM, handler)
+            monkeypatch.setattr(signal, "signal", spy)
             assert main([*args, "-o", str(tmp_path / out)]) == 0
+            monkeypatch.setattr(signal, "signal", real)
             seen.append(signal.getsignal(signal.SIGTERM))
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert seen == [own, signal.SIG_IGN]
+        real(signal.SIGTERM, previous)
+    assert seen == [own, signal.SIG_IGN] and set_while_ignored == []
 
 
 def test_overwrite_after_a_kill_redoes_the_case_and_clears_the_stale_staging(setup, tmp_path):
