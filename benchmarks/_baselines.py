@@ -111,8 +111,7 @@ def predict_baseline(net, image_path: str, pre: Compose, inferer, predictor: Pre
     with torch.no_grad():
         image = data["image"].as_tensor()[None].to(predictor.device)
         probability = torch.softmax(inferer(image, net).float(), 1)[0].cpu()  # (K, *S')
-    entropy = -(probability * probability.clamp_min(1e-12).log()).sum(0, keepdim=True)  # (1, *S')
-    probability, entropy = predictor.invert(data, pre, probability, entropy)  # the Predictor's own inversion
+    probability, entropy = predictor.invert(data, pre, probability)  # the Predictor's own inversion, and H(p)
     return {"probability": probability, "entropy": entropy[0], "seconds": time.perf_counter() - start}
 
 

@@ -164,7 +164,7 @@ def medwidit_maps(run: dict, predictor: Predictor, pre: Compose, n: int) -> dict
     start = time.perf_counter()
     summary = summarize_ensemble(run["probabilities"][:n, None])  # (1, K, *S')
     mean = predictor.smooth(summary["mean_probability"][0])  # probability_smoothing, as the predictor writes it
-    probability, entropy = predictor.invert(run["data"], pre, mean, summary["entropy"][0])
+    probability, entropy = predictor.invert(run["data"], pre, mean)
     seconds = run["seconds"] * n / len(run["probabilities"]) + time.perf_counter() - start
     return {"probability": probability, "entropy": entropy[0], "seconds": seconds}
 

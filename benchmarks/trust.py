@@ -68,7 +68,7 @@ from medwidit.inference.localize import (
 )
 from medwidit.inference.metrics import auroc, dice_per_class, expected_calibration_error
 from medwidit.inference.postprocess import apply_label_postprocessing
-from medwidit.inference.predictor import _invert_maps
+from medwidit.inference.predictor import uncertainty_maps
 from medwidit.inference.trust import (
     augmentation_views,
     check_view_options,
@@ -297,8 +297,8 @@ def evaluate(predictor: Predictor, case, args) -> dict:
         summary = summarize_ensemble(members)
         split = decompose_entropy(members, groups=len(groups))
         mean = predictor.smooth(summary["mean_probability"][0])  # probability_smoothing, as the predictor writes it
-        probability, entropy = predictor.invert(data, pre, mean, summary["entropy"][0])
-        maps = {"total": entropy[0], **_invert_maps(data, pre, {k: split[k][0] for k in ("aleatoric", "epistemic")})}
+        probability, entropy = predictor.invert(data, pre, mean)
+        maps = uncertainty_maps(data, pre, entropy[0], split["epistemic"][0])
         scored = dict(maps)  # the quality report's maps, and for the AUROC the localization pass's disagreement
         labels = torch.from_numpy(probability.argmax(0))
         written = apply_label_postprocessing(probability.argmax(0), predictor.label_postprocessing)

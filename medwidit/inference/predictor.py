@@ -87,6 +87,7 @@ from .trust import (
     bundle_view_options,
     check_expected_volumes,
     check_view_options,
+    entropy_of,
     quality_report,
 )
 
@@ -764,9 +765,10 @@ class Predictor:
             )
         finally:
             getattr(callback, "close", lambda: None)()
-        if smooth:  # on the model's grid, where the patches are
-            summary["mean_probability"] = self.smooth(summary["mean_probability"][0])[None]
-        probability, entropy = self.invert(data, pre, summary["mean_probability"][0], summary["entropy"][0])
+        mean = summary["mean_probability"][0]
+        probability, entropy = self.invert(data, pre, self.smooth(mean) if smooth else mean)  # smoothed on the patches
+        if smooth and self.probability_smoothing:  # the uncertainty is the members' as sampled, not smoothed
+            entropy = self.invert(data, pre, mean)[1]
         if tuple(probability.shape[1:]) != geometry.shape:
             raise RuntimeError(f"inverted grid {probability.shape[1:]} differs from the input's {geometry.shape}")
         label_map = apply_label_postprocessing(probability.argmax(0), self.label_postprocessing)  # volumes: as written
@@ -775,8 +777,7 @@ class Predictor:
                 label_map=label_map, probability=probability, entropy=entropy[0], geometry=geometry,
                 num_samples=num_samples, class_names=self.class_names,
             )  # fmt: skip
-        split = _invert_maps(data, pre, {k: summary[k][0] for k in ("aleatoric", "epistemic")})
-        maps = {"total": entropy[0], **split}
+        maps = uncertainty_maps(data, pre, entropy[0], summary["epistemic"][0])
         kept = applied = None
         if region is not None:
             kept, applied = float(summary["region_kept"][0]), bool(summary["region_applied"][0])
@@ -802,8 +803,8 @@ class Predictor:
             entropy=entropy[0],
             geometry=geometry,
             num_samples=num_samples,
-            aleatoric=split["aleatoric"],
-            epistemic=split["epistemic"],
+            aleatoric=maps["aleatoric"],
+            epistemic=maps["epistemic"],
             quality=quality,
             class_names=self.class_names,
         )
@@ -889,22 +890,19 @@ class Predictor:
         ``sample_ensemble(..., wrap_model_fn=predictor.wrap_model_fn)`` samples as :meth:`segment` does."""
         return autocast_model_fn(model_fn, self.device.type, self.autocast_dtype)
 
-    def invert(
-        self, data: dict, pre: Compose, probability: torch.Tensor, entropy: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Undo the preprocessing: probability (K, *S') and entropy (1, *S') on the grid ``pre`` made for ``data``
-        (``data = pre(...)``, its ``"image"`` a MetaTensor carrying the applied transforms) -> float32 (K, *S) and
-        (1, *S) numpy arrays on the input's grid, by MONAI ``Invertd`` (linear interpolation); probabilities are
-        clamped to [0, 1] and renormalised, entropy clamped at 0."""
+    def invert(self, data: dict, pre: Compose, probability: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Undo the preprocessing: probability (K, *S') on the grid ``pre`` made for ``data`` (``data = pre(...)``, its
+        ``"image"`` a MetaTensor carrying the applied transforms) -> float32 (K, *S) numpy probabilities on the input's
+        grid, by MONAI ``Invertd`` (linear interpolation; clamped to [0, 1] and renormalised), and their entropy
+        H(p) (1, *S) in nats. The entropy is computed on the input's grid from the probabilities written, not
+        interpolated: between two confident voxels of different classes an interpolated entropy read 0 where the
+        probabilities read 0.5 / 0.5."""
         image = data["image"]
-        maps = {
-            "probability": MetaTensor(probability.float().cpu(), affine=image.affine),
-            "entropy": MetaTensor(entropy.float().cpu(), affine=image.affine),
-        }
+        maps = {"probability": MetaTensor(probability.float().cpu(), affine=image.affine)}
         inverted = Invertd(list(maps), transform=pre, orig_keys="image", nearest_interp=False)({**data, **maps})
         probability = inverted["probability"].as_tensor().clamp_(0, 1)
         probability /= probability.sum(0, keepdim=True).clamp_min(1e-12)  # interpolation keeps sums, up to rounding
-        return probability.numpy().astype(np.float32), inverted["entropy"].as_tensor().clamp_(min=0).numpy()
+        return probability.numpy().astype(np.float32), entropy_of(probability, dim=0).numpy().astype(np.float32)
 
     ##################################################################################################################
     # files
@@ -952,12 +950,16 @@ def _view_steps(callback: Callable[[dict], None], steps: int, info: dict) -> Non
     callback({**info, "i": info.get("view", 0) * steps + info.get("i", 0)})
 
 
-def _invert_maps(data: dict, pre: Compose, maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """(1, *S') maps on the model's grid -> (*S) float32 >= 0 on the input grid (MONAI ``Invertd``, linear)."""
-    affine = data["image"].affine
-    meta = {k: MetaTensor(v.float().cpu(), affine=affine) for k, v in maps.items()}
+def uncertainty_maps(data: dict, pre: Compose, total: np.ndarray, epistemic: torch.Tensor) -> dict[str, np.ndarray]:
+    """The entropy maps (*S) on the input grid: ``total``, :meth:`Predictor.invert`'s H(p) there; ``epistemic``, the
+    groups' mutual information (1, *S') on the model's grid, taken there by MONAI ``Invertd`` (linear); ``aleatoric``,
+    the rest of the total. Interpolated, the epistemic map stays below H(p) of the interpolated p (entropy is
+    concave), so the rest is >= 0; what resampling adds between voxels (partial volume) counts as aleatoric, and one
+    group's epistemic map stays 0."""
+    meta = {"epistemic": MetaTensor(epistemic.float().cpu(), affine=data["image"].affine)}
     inverted = Invertd(list(meta), transform=pre, orig_keys="image", nearest_interp=False)({**data, **meta})
-    return {k: inverted[k].as_tensor().clamp_(min=0)[0].numpy().astype(np.float32) for k in maps}
+    epistemic = np.minimum(inverted["epistemic"].as_tensor().clamp_(min=0)[0].numpy().astype(np.float32), total)
+    return {"total": total, "aleatoric": total - epistemic, "epistemic": epistemic}
 
 
 def _case_generator(generator: torch.Generator | None) -> torch.Generator:

@@ -54,6 +54,7 @@ __all__ = [
     "check_view_options",
     "coil_field",
     "decompose_entropy",
+    "entropy_of",
     "estimated_dice",
     "expected_dice",
     "fit_view",
@@ -63,7 +64,8 @@ __all__ = [
 ]
 
 
-def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+def entropy_of(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Shannon entropy in nats of probabilities ``p`` along ``dim`` (kept, size 1); 0 log 0 is 0."""
     return -(p * p.clamp_min(1e-12).log()).sum(dim=dim, keepdim=True)
 
 
@@ -75,8 +77,8 @@ def decompose_entropy(probabilities: torch.Tensor, groups: int = 1) -> dict[str,
         raise ValueError(f"{members} members cannot form {groups} groups of equal size.")
     p = probabilities.float()
     grouped = p.reshape(groups, members // groups, *p.shape[1:]).mean(dim=1)  # (G, B, K, *S)
-    total = _entropy(p.mean(dim=0), dim=1)
-    aleatoric = _entropy(grouped, dim=2).mean(dim=0)
+    total = entropy_of(p.mean(dim=0), dim=1)
+    aleatoric = entropy_of(grouped, dim=2).mean(dim=0)
     return {"total": total, "aleatoric": aleatoric, "epistemic": (total - aleatoric).clamp_min(0.0)}
 
 
