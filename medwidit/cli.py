@@ -364,7 +364,13 @@ def _warn_other_weight_sets(bundle) -> None:
     exported weights with ones trained separately; say so, and how to stop it."""
     from medwidit.inference.options import bundle_extra_weights, sampling_defaults
 
-    extra, sets = bundle_extra_weights(bundle), sampling_defaults(bundle)["weight_sets"]
+    sets = sampling_defaults(bundle)["weight_sets"]
+    try:
+        extra = bundle_extra_weights(bundle)
+    except ValueError as e:  # a bundle whose second set is not there: the export is done, so a warning, not exit 1
+        if sets > 1:
+            logger.warning("%s; set weight_sets to 1 in inference.json (and evaluate.json), or add that file.", e)
+        return
     if extra and sets > 1:
         logger.warning(
             "%s: its inference.json (and evaluate.json) also samples %s by default (weight_sets %d), weights trained "

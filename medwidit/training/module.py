@@ -475,10 +475,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLi
             f"{checkpoint} is not a Lightning checkpoint of DiffusionSegmentationModule (no hyper_parameters "
             "'model_config'; checkpoints written before it was saved cannot be exported by this command)."
         )
-    module = DiffusionSegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    segmenter_state_from_checkpoint(checkpoint)  # its weights are there (a KeyError from Lightning otherwise)
+    try:
+        module = DiffusionSegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except (KeyError, RuntimeError) as e:  # missing or mismatched weights: a long traceback of key names
+        raise ValueError(
+            f"{checkpoint} is not a complete DiffusionSegmentationModule checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})."
+        ) from e
     roi_size = state.get("datamodule_hyper_parameters", {}).get("roi_size")
     extra = {} if roi_size is None else {"roi_size": [int(r) for r in roi_size]}
-    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite)
+    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite, checkpoint=checkpoint)
 
 
 def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:

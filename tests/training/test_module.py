@@ -172,7 +172,7 @@ def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callback
 
 
 @pytest.mark.slow
-def test_fit_logs_validates_on_ema_and_exports(tmp_path):
+def test_fit_logs_validates_on_ema_and_exports(tmp_path, capsys):
     data_list = write_dataset(tmp_path / "data", num_train=2)
     sampler = whole_volume_sampler(steps=1)
     seen = []
@@ -215,6 +215,24 @@ def test_fit_logs_validates_on_ema_and_exports(tmp_path):
     assert torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True).keys() == exported.keys()
     assert json.loads((tmp_path / "bundle" / "models" / "medwidit.json").read_text())["config"] == config
     assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle"), "-q"]) == 1  # exists
+    # a bundle whose inference.json samples a second set that is not there: the export is done, so exit 0 and a
+    # warning (it exited 1 after writing both files)
+    (tmp_path / "bundle2" / "configs").mkdir(parents=True)
+    inference = {"extra_weights": ["models/model_b.pt"], "weight_sets": 2}
+    (tmp_path / "bundle2" / "configs" / "inference.json").write_text(json.dumps(inference))
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle2"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "extra_weights names" in err and "set weight_sets to 1 in inference.json" in err and "error" not in err
+    assert (tmp_path / "bundle2" / "models" / "model.pt").is_file()
+    # a checkpoint without its weights: one line naming it, not Lightning's KeyError or a list of missing keys
+    for broken, edit in (("nostate", lambda s: s.pop("state_dict")), ("noweights", lambda s: s["state_dict"].clear())):
+        state = torch.load(tmp_path / "ckpt" / "best.ckpt", weights_only=True)
+        edit(state)
+        torch.save(state, tmp_path / f"{broken}.ckpt")
+        assert main(["export", str(tmp_path / f"{broken}.ckpt"), str(tmp_path / "bundle2"), "-q", "--overwrite"]) == 1
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert line.startswith(f"medwidit: error: {tmp_path / broken}.ckpt") and "Traceback" not in line
 
     # TensorBoard: scalars and images
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
