@@ -475,7 +475,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLi
             f"{checkpoint} is not a Lightning checkpoint of DiffusionSegmentationModule (no hyper_parameters "
             "'model_config'; checkpoints written before it was saved cannot be exported by this command)."
         )
-    segmenter_state_from_checkpoint(checkpoint)  # its weights are there (a KeyError from Lightning otherwise)
+    _segmenter_weights(state, checkpoint)  # its weights are there (a KeyError from Lightning otherwise)
     try:
         module = DiffusionSegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     except (KeyError, RuntimeError) as e:  # missing or mismatched weights: a long traceback of key names
@@ -485,13 +485,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLi
         ) from e
     roi_size = state.get("datamodule_hyper_parameters", {}).get("roi_size")
     extra = {} if roi_size is None else {"roi_size": [int(r) for r in roi_size]}
-    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite, checkpoint=checkpoint)
+    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite)  # the checkpoint's weights
 
 
 def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The segmenter's weights from a Lightning checkpoint of :class:`DiffusionSegmentationModule`, loaded with
     ``weights_only=True`` (its ``state_dict`` holds the EMA weights when the EMA callback was on)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return _segmenter_weights(torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint)
+
+
+def _segmenter_weights(state, checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``segmenter.*`` weights of a loaded Lightning checkpoint ``state``, else a ValueError naming the file."""
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"{checkpoint} is not a Lightning checkpoint (no 'state_dict').")
     prefix = "segmenter."
