@@ -161,30 +161,57 @@ class PixelBlock(nn.Module):
     def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return self.modulated(x, shift, 1 + scale)  # (B, *S, D)
 
-    def modulated(self, x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor) -> torch.Tensor:
+    def modulated(
+        self, x: torch.Tensor, shift: torch.Tensor, scale_plus_one: torch.Tensor, inplace: bool = False
+    ) -> torch.Tensor:
         """:meth:`forward` given ``1 + scale`` (the head folds the 1 into its modulation's bias). ``self.norm``'s
         RMSNorm is written out (:func:`_mean_square`, then one ``addcmul`` for the modulation): fewer passes over the
-        voxels than RMSNorm, a product and a sum, at the same values."""
+        voxels than RMSNorm, a product and a sum, at the same values. ``inplace`` (honoured without gradients only:
+        the backward reads them): ``x``, ``shift`` and ``scale_plus_one`` are the caller's to overwrite, and the
+        result is written into ``x``. The same values, with three fresh voxel maps fewer: on the CPU each is fresh
+        memory, page-faulted in at a cost of several passes over it."""
+        inplace = inplace and not torch.is_grad_enabled()
         mean_square = _mean_square(x, dim=-1)  # (B, *S, 1)
-        u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps).to(x.dtype) * scale_plus_one)
+        if inplace:
+            u = shift.addcmul_(x, scale_plus_one.mul_(mean_square.add_(self.norm.eps).rsqrt_().to(x.dtype)))
+        else:
+            u = torch.addcmul(shift, x, torch.rsqrt(mean_square + self.norm.eps).to(x.dtype) * scale_plus_one)
         mlp = self.mlp
         # fc1 read column-major: with as few input channels as the head's (4), the CPU's GEMM on the (out, in) row-major
         # weight runs at half the speed (0.52 against 0.26 ms a slab on an AMD EPYC, with the bias in the GEMM); the
         # same values up to rounding, and no gain (nor loss beyond the timing noise) at 8 or 16 channels
-        hidden = mlp.act(_linear(u, mlp.fc1.weight.t().contiguous().t(), mlp.fc1.bias))
+        hidden = _linear(u, mlp.fc1.weight.t().contiguous().t(), mlp.fc1.bias)
+        if inplace and isinstance(mlp.act, nn.GELU):
+            hidden = torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
+        else:
+            hidden = mlp.act(hidden)
         out = _linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
+        if inplace and out.dtype == x.dtype:
+            return x.add_(out)
         return out.add_(x) if out.dtype == x.dtype else x + out  # (B, *S, D); under autocast, x's float32 sum
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``nn.functional.linear(x, weight, bias)`` on voxels (B, *S, in). On the CPU in float32, the bias-free product
-    and then the bias added in place: with the head's few channels (4 -> 8 -> 4) about 2x faster than one GEMM with a
-    bias, whose broadcast bias takes a slow path (0.16 against 0.37 ms for 32768 voxels, one thread, Intel Xeon; bit
-    for bit the same values there). Elsewhere (other devices, half precision, autocast: not measured; a rounding
-    between product and bias in half precision) the plain call."""
+    and then the bias added in place (:func:`_add_bias_`): with the head's few channels (4 -> 8 -> 4) about 3x faster
+    than one GEMM with a bias, whose broadcast bias takes a slow path (bit for bit the same values on an Intel Xeon).
+    Elsewhere (other devices, half precision, autocast: not measured; a rounding between product and bias in half
+    precision) the plain call."""
     if not _cpu_float32(x) or bias is None:
         return nn.functional.linear(x, weight, bias)
-    return nn.functional.linear(x, weight).add_(bias)
+    return _add_bias_(nn.functional.linear(x, weight), bias)
+
+
+def _add_bias_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x.add_(bias)`` for a bias along x's last axis, in place; on a contiguous x as rows of 64 values with the bias
+    repeated along them: broadcasting a few channels runs an inner loop as short as the bias, which the CPU's vector
+    lanes do not fill (32768 voxels x 8 channels, one thread, an Intel Xeon: 0.020 against 0.083 ms; x 4 channels:
+    0.011 against 0.088 ms). The same sums, element for element."""
+    width = bias.numel() * max(1, 64 // bias.numel())
+    if not x.is_contiguous() or x.shape[-1] != bias.numel() or x.numel() % width:
+        return x.add_(bias)
+    x.view(-1, width).add_(bias.repeat(width // bias.numel()))
+    return x
 
 
 def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -196,6 +223,13 @@ def _mean_square(x: torch.Tensor, dim: int) -> torch.Tensor:
     d = x.shape[dim]
     if dim == -1:
         return torch.matmul(x * x, x.new_full((d, 1), 1 / d))
+    if d <= 8:
+        # channels first on channels-last memory: a one-row product takes a matrix-vector path about 3x slower than
+        # the same product with a zero second row (0.25 against 0.76 ms at 64^3 with 4 channels, one thread, an Intel
+        # Xeon; 0.46 against 0.62 ms with 8; slower from 16); the same sums up to rounding
+        weights = torch.zeros(2, d, dtype=x.dtype, device=x.device)
+        weights[0] = 1 / d
+        return torch.matmul(weights, x * x)[..., :1, :]
     return torch.matmul(x.new_full((1, d), 1 / d), x * x)
 
 
@@ -312,25 +346,46 @@ class PixelHead(nn.Module):
                 x, conditioned, tokens, c, cond_features = (
                     None if t is None else t.float() for t in (x, conditioned, tokens, c, cond_features)
                 )
-                return self.forward(x, conditioned, tokens, c, grid, cond_features)
+                return self._voxels(x, conditioned, tokens, c, grid, cond_features, torch.get_autocast_dtype("cpu"))
+        return self._voxels(x, conditioned, tokens, c, grid, cond_features)
+
+    def _voxels(
+        self,
+        x: torch.Tensor,
+        conditioned: torch.Tensor | None,
+        tokens: torch.Tensor,
+        c: torch.Tensor | None,
+        grid: tuple[int, ...],
+        cond_features: torch.Tensor | None,
+        product_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s computation; ``product_dtype`` (a CPU autocast's): the modulation's token-level product
+        runs in it, as autocast would run it (a matmul over the tokens' C channels, compute-bound where the voxel
+        work is memory-bound: 0.64 against 1.36 ms for 2048 tokens of 64 channels to 512 values, one thread, an Intel
+        Xeon with AMX, the copy to voxel order into float32 included); the voxel work stays in float32."""
         h = self._stem(x, conditioned, cond_features)  # (B, *S, D)
         h = _depthwise(self.stem_mix, h, residual=True)  # h + stem_mix(h)
         if self.blocks:
             s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
             modulation = self._modulation()
-            rows = _slab_rows(h, grid)
+            if product_dtype is not None:
+                s, modulation = s.to(product_dtype), tuple(t.to(product_dtype) for t in modulation)
+            rows = _slab_rows(h, grid, self.blocks[0].mlp.fc1.out_features)
+            # without gradients the blocks write into h and the modulation maps (both this call's own)
+            inplace = not torch.is_grad_enabled()
             if rows >= grid[0]:
-                h = self._refine(h, s, grid, modulation)
+                h = self._refine(h, s, grid, modulation, inplace)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
                 # split, not h[:, a:b]: each slice's backward would fill a zero tensor of h's whole size (16 of them
                 # at 64^3: the bundle network's training step 0.71 against 0.73 CPU-s); split's backward concatenates
                 row = math.prod(grid[1:])  # tokens per row of the first grid axis
                 parts, conditioning = h.split(rows * self.patch_size[0], dim=1), s.split(rows * row, dim=1)
+                # written in place, each slab's result is in its part of h: no concatenation copies the volume again
                 slabs = [
-                    self._refine(part, cond, (cond.shape[1] // row, *grid[1:]), modulation)
+                    self._refine(part, cond, (cond.shape[1] // row, *grid[1:]), modulation, inplace)
                     for part, cond in zip(parts, conditioning, strict=True)
                 ]
-                h = torch.cat(slabs, dim=1)
+                h = h if inplace else torch.cat(slabs, dim=1)
         h = _depthwise(self.mix, h, residual=True)  # h + mix(h): (B, *S, D)
         return self._final(h)  # (B, out, *S)
 
@@ -361,7 +416,11 @@ class PixelHead(nn.Module):
         norm, linear = self.final.norm, self.final.linear
         mean_square = _mean_square(flat, dim=-2)  # (B, 1, N)
         out = torch.matmul(linear.weight * norm.weight, flat)  # (B, out, N)
-        out = torch.addcmul(linear.bias.view(1, -1, 1), out, torch.rsqrt(mean_square + norm.eps).to(out.dtype))
+        bias = linear.bias.view(1, -1, 1)
+        if torch.is_grad_enabled():
+            out = torch.addcmul(bias, out, torch.rsqrt(mean_square + norm.eps).to(out.dtype))
+        else:  # in place, the same values: two fresh maps fewer (as PixelBlock.modulated)
+            out = torch.addcmul(bias, out, mean_square.add_(norm.eps).rsqrt_().to(out.dtype), out=out)
         return out.view(b, -1, *spatial)
 
     def _modulation(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,19 +437,28 @@ class PixelHead(nn.Module):
         return weight, bias
 
     def _refine(
-        self, h: torch.Tensor, s: torch.Tensor, grid: tuple[int, ...], modulation: tuple[torch.Tensor, torch.Tensor]
+        self,
+        h: torch.Tensor,
+        s: torch.Tensor,
+        grid: tuple[int, ...],
+        modulation: tuple[torch.Tensor, torch.Tensor],
+        inplace: bool = False,
     ) -> torch.Tensor:
         """The pixel blocks on voxels (B, *S, D) under their tokens' conditioning s (B, T, C), S = grid * patch;
-        ``modulation`` = :meth:`_modulation`."""
+        ``modulation`` = :meth:`_modulation`; ``inplace``: the result is written into h
+        (:meth:`PixelBlock.modulated`)."""
         b, nd, pairs = h.shape[0], len(grid), 2 * len(self.blocks)
         m = nn.functional.linear(s, *modulation).view(b, *grid, pairs, *self.patch_size, self.dim)
         order = [nd + 1, 0] + [v for a in range(nd) for v in (1 + a, nd + 2 + a)] + [2 * nd + 2]
-        m = m.permute(order).reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
+        m = m.permute(order)
+        if m.dtype != h.dtype:  # a product in autocast's dtype: the copy to voxel order casts to h's in one pass
+            m = torch.empty(m.shape, dtype=h.dtype, device=h.device).copy_(m)
+        m = m.reshape(pairs, *h.shape)  # (2 depth, B, *S, D): each a contiguous voxel map
         # unbind, not m[i]: each index's backward would fill a zero tensor of m's whole size (24 of a phantom model's
         # 278 ms training step went to those fills); unbind's backward stacks the gradients once
         maps = m.unbind(0)
         for k, block in enumerate(self.blocks):
-            h = block.modulated(h, maps[2 * k], maps[2 * k + 1])  # (B, *S, D)
+            h = block.modulated(h, maps[2 * k], maps[2 * k + 1], inplace)  # (B, *S, D)
         return h
 
 
@@ -404,18 +472,22 @@ def _cpu_float32(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
-SLAB_VOXELS = 1 << 15  # voxels per CPU slab of the pixel blocks: their (voxels, mlp_ratio D) activations stay in cache
+# voxels per CPU slab of the pixel blocks: SLAB_SCALE / (hidden width)^2, at least one token row. Measured on one
+# thread of an Intel Xeon (2 MiB L2): the bundle's head (width 8) sampled at 64^3 in 16.7 ms a call with slabs of
+# 131072 voxels, 17.9 with 32768 and 26.6 with the whole volume; the phantoms' 16-channel head (width 64) at 32^3 in
+# 19.5 ms with 4096 (one token row), 22-24 with 8192 and 26-33 with 16384 or more, and its training step took 0.20
+# against 0.23 CPU-s with 32768. A wide MLP wants its activations in cache, a narrow one fewer, larger calls.
+SLAB_SCALE = 1 << 23
 
 
-def _slab_rows(h: torch.Tensor, grid: tuple[int, ...]) -> int:
-    """Token rows (first grid axis) per slab of the pixel blocks on voxels ``h`` (B, *S, D): on the CPU, as many as
-    fit in ``SLAB_VOXELS`` voxels, at least one (a slab runs about 2x faster than the whole volume at once: its
-    per-voxel MLP activations stay in cache). Other devices, and a trace (export, compile, jit) so that it holds at
-    every size, get one slab."""
+def _slab_rows(h: torch.Tensor, grid: tuple[int, ...], width: int) -> int:
+    """Token rows (first grid axis) per slab of the pixel blocks on voxels ``h`` (B, *S, D) whose MLP is ``width``
+    wide: on the CPU, as many as fit in ``SLAB_SCALE / width^2`` voxels, at least one. Other devices, and a trace
+    (export, compile, jit) so that it holds at every size, get one slab."""
     if h.device.type != "cpu" or tracing():
         return grid[0]
     per_row = math.prod(h.shape[:-1]) // grid[0]  # voxels of one token row, the batch included
-    return max(1, SLAB_VOXELS // per_row)
+    return max(1, SLAB_SCALE // (width * width) // per_row)
 
 
 def _depthwise(conv: nn.Module, h: torch.Tensor, residual: bool = False) -> torch.Tensor:

@@ -35,7 +35,7 @@ def test_dynamic_shape_export_runs_at_other_sizes(tiny, randomize, monkeypatch):
     in slabs of one token row; the export, one slab at every size."""
     import medwidit.nets.blocks as blocks
 
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(blocks, "SLAB_SCALE", 1)
     model = randomize(tiny(2, in_channels=2, cond_channels=1, position="rope", head="pixel")).eval()
     k = [torch.export.Dim(f"k{axis}", min=2, max=16) for axis in range(2)]
     spatial = {2: 8 * k[0], 3: 8 * k[1]}

@@ -228,16 +228,72 @@ def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, cond
     grid = (3, 2, 4)[: len(patch)]
     head, x, image, tokens, c = _head_case(len(patch), conditioned, patch, grid, image_depth=image_depth, kernel=kernel)
     per_row = 2 * math.prod(x.shape[3:]) * patch[0]  # voxels of one token row, batch of 2
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", per_row * rows if rows else 1 << 40)
+    width = head.blocks[0].mlp.fc1.out_features  # slabs of SLAB_SCALE / width^2 voxels
+    monkeypatch.setattr(blocks, "SLAB_SCALE", per_row * rows * width * width if rows else 1 << 40)
     out, expected = head(x, image, tokens, c, grid), _plain_head(head, x, image, tokens, c, grid)
     assert out.shape == expected.shape == (2, 3, *x.shape[2:])
     torch.testing.assert_close(out, expected)
     cached = head(x, image, tokens, c, grid, cond_features=head.encode_condition(image) if conditioned else None)
     assert torch.equal(cached, out)
+    with torch.no_grad():  # without gradients the slabs are written into the stem's voxel map
+        torch.testing.assert_close(head(x, image, tokens, c, grid), expected)
     grads = torch.autograd.grad(out.square().sum(), (x, tokens, *head.parameters()))
     plain = torch.autograd.grad(expected.square().sum(), (x, tokens, *head.parameters()))
     for got, want in zip(grads, plain, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("channels", [4, 8, 16])
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_mean_square_over_channels_either_side(channels, dim):
+    """The head's mean of squares over its channels, channels last (dim -1) or read channels first from
+    channels-last memory (-2, the final layer's: a zero-padded product below 9 channels), equals RMSNorm's."""
+    from medwidit.nets.blocks import _mean_square
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, channels)
+    if dim == -2:
+        x = x.reshape(2, -1, channels).transpose(1, 2)  # (B, D, N) on channels-last memory
+    got = _mean_square(x, dim)
+    assert got.shape == tuple(1 if a == x.dim() + dim else n for a, n in enumerate(x.shape))
+    torch.testing.assert_close(got, x.square().mean(dim, keepdim=True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels", "transposed"),
+    [
+        ((2, 4, 8, 4), 4, False),
+        ((2, 4, 8, 8), 8, False),
+        ((3, 5, 3), 3, False),
+        ((2, 3, 5), 5, False),
+        ((4, 8, 16), 8, True),
+        ((2, 4, 8, 4), 1, False),
+    ],
+)
+def test_add_bias_in_rows_equals_a_broadcast_sum(shape, channels, transposed):
+    """``_add_bias_`` adds a bias along the last axis in place, as ``x + bias`` does element for element: as rows of
+    64 values on contiguous memory (bias repeated), as a broadcast otherwise (strided, a length that is no multiple,
+    a bias that broadcasts from one value)."""
+    from medwidit.nets.blocks import _add_bias_
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    x = x.transpose(-1, -2) if transposed else x
+    bias = torch.randn(channels)
+    expected = x + bias
+    out = _add_bias_(x, bias)
+    assert out is x and torch.equal(out, expected)
+
+
+def test_slab_rows_shrink_with_the_mlp_width_and_keep_one_token_row():
+    """CPU slabs of SLAB_SCALE / width^2 voxels in whole token rows: the bundle's head (MLP width 8, a 64^3 crop of
+    16 token rows) in two slabs of 8 rows, the phantoms' (width 64, 32^3, 8 rows) row by row."""
+    from medwidit.nets.blocks import SLAB_SCALE, _slab_rows
+
+    assert SLAB_SCALE == 1 << 23
+    assert _slab_rows(torch.empty(1, 64, 64, 64, 4), (16, 16, 16), 8) == 8
+    assert _slab_rows(torch.empty(2, 64, 64, 64, 4), (16, 16, 16), 8) == 4  # the batch shares a slab's voxels
+    assert _slab_rows(torch.empty(1, 32, 32, 32, 16), (8, 8, 8), 64) == 1
 
 
 def test_pixel_head_in_half_precision_keeps_large_activations(monkeypatch):
@@ -245,7 +301,7 @@ def test_pixel_head_in_half_precision_keeps_large_activations(monkeypatch):
     as RMSNorm does (an overflowed mean of squares silently dropped the normalisation)."""
     import medwidit.nets.blocks as blocks
 
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(blocks, "SLAB_SCALE", 1)
     patch, grid = (2, 2, 2), (3, 2, 2)
     head, x, image, tokens, c = _head_case(3, True, patch, grid)
     with torch.no_grad():
@@ -260,7 +316,7 @@ def test_pixel_head_traced_at_one_size_runs_at_another(tiny, randomize, monkeypa
     """torch.jit.trace records one slab (a loop over slabs would fix the traced size's slab count and offsets)."""
     import medwidit.nets.blocks as blocks
 
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(blocks, "SLAB_SCALE", 1)
     model = randomize(tiny(2, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=1)).eval()
     t = torch.tensor([5.0])
 
@@ -445,32 +501,70 @@ def test_depthwise_residual_folds_the_identity_into_the_kernel(monkeypatch, spat
 
 
 def test_pixel_head_runs_in_float32_under_a_cpu_autocast(monkeypatch):
-    """Under CPU bf16 autocast the head (and its image encoding) computes in float32, its output too: exactly the
-    float32 head on the same inputs (bf16 tokens, as the token path gives them, taken as they are)."""
+    """Under CPU bf16 autocast the head's voxel work (and its image encoding) computes in float32, its output too;
+    only the modulation's token-level product runs in bf16, as autocast would run it: the float32 head on the same
+    inputs (bf16 tokens, as the token path gives them) up to that product's rounding."""
     import medwidit.nets.blocks as blocks
 
-    monkeypatch.setattr(blocks, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(blocks, "SLAB_SCALE", 1)
     patch, grid = (2, 2, 2), (3, 2, 2)
     head, x, image, tokens, c = _head_case(3, True, patch, grid)
     tokens16, c16 = tokens.detach().bfloat16(), c.bfloat16()
+    products = []  # (output width, dtype) of every linear the head runs
+    linear = F.linear
+    monkeypatch.setattr(
+        torch.nn.functional, "linear", lambda a, w, *r: products.append((w.shape[0], a.dtype)) or linear(a, w, *r)
+    )
     with torch.no_grad():
         expected = head(x, image, tokens16.float(), c16.float(), grid)
         features = head.encode_condition(image)
+        products.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             encoded = head.encode_condition(image)
             got = head(x, image, tokens16, c16, grid)
             cached = head(x, image, tokens16, c16, grid, cond_features=encoded)
     assert encoded.dtype == got.dtype == torch.float32
-    assert torch.equal(encoded, features)
-    assert torch.equal(got, expected) and torch.equal(cached, expected)
+    assert torch.equal(encoded, features) and torch.equal(cached, got)
+    width = head.modulation.out_features
+    assert {dtype for out, dtype in products if out == width} == {torch.bfloat16}
+    assert {dtype for out, dtype in products if out != width} == {torch.float32}  # the pixel MLP's, per voxel
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02 * scale)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # training under autocast (backward outside, as PyTorch asks)
         loss = head(x, image, tokens16, c16, grid).square().sum()
-    grads = torch.autograd.grad(loss, (x, *head.parameters()))  # the float32 head's gradients
+    grads = torch.autograd.grad(loss, (x, *head.parameters()))
     want = torch.autograd.grad(
         head(x, image, tokens16.float(), c16.float(), grid).square().sum(), (x, *head.parameters())
     )
     for a, b in zip(grads, want, strict=True):
-        assert a.dtype == torch.float32 and torch.equal(a, b)
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("channels", [4, 16])
+def test_pixel_block_in_place_without_gradients_gives_the_same_values(channels):
+    """``modulated(..., inplace=True)`` without gradients writes the block's result into x (the head's own voxel map),
+    bit for bit the out-of-place values; with gradients it leaves its inputs alone and gives the same gradients."""
+    from medwidit.nets import PixelBlock
+
+    torch.manual_seed(0)
+    block = PixelBlock(channels, mlp_ratio=2.0)
+    x, shift, scale = (torch.randn(2, 3, 4, 5, channels) for _ in range(3))
+    with torch.no_grad():
+        expected = block.modulated(x, shift, scale + 1)
+        x2, shift2, scale2 = x.clone(), shift.clone(), scale + 1
+        got = block.modulated(x2, shift2, scale2, inplace=True)
+    assert got.data_ptr() == x2.data_ptr() and torch.equal(got, expected)
+    leaf = x.clone().requires_grad_()
+    inputs = (leaf, shift.clone(), scale + 1)
+    out = block.modulated(*inputs, inplace=True)
+    assert torch.equal(inputs[0], x) and torch.equal(inputs[1], shift) and torch.equal(inputs[2], scale + 1)
+    assert torch.equal(out, expected)
+    grads = torch.autograd.grad(out.square().sum(), (leaf, *block.parameters()))
+    leaf2 = x.clone().requires_grad_()
+    want = torch.autograd.grad(block.modulated(leaf2, shift, scale + 1).square().sum(), (leaf2, *block.parameters()))
+    for a, b in zip(grads, want, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_pixel_block_alone_under_cpu_autocast_keeps_a_float32_residual():
