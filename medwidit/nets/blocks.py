@@ -323,7 +323,7 @@ class PixelHead(nn.Module):
         h = self.stem_c(conditioned.movedim(1, -1))  # (B, *S, D)
         for block in self.image_blocks:
             h = block(h)
-        return h + self.stem_x.bias
+        return _add_bias_(h, self.stem_x.bias)  # h is this call's own (its values are in no backward)
 
     def forward(
         self,
