@@ -8,13 +8,14 @@ brain volume and the Dice against the example's reference brain mask.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medwidit.data.example import example_case
 
-from .io import InputError
+from .io import InputError, OutputError
 from .metrics import evaluate_files
 from .options import resolve_bundle
 from .predictor import Predictor
@@ -44,6 +45,15 @@ def run_demo(
             "where bundles/brain_widit_segmentation ships one."
         )
     case = example_case()
+    if not options.get("overwrite"):  # before the model loads, and named once (the case's own error names
+        # medwidit segment's --continue, which the demo does not have)
+        stem = Path(case["image"]).name.removesuffix(".nii.gz")
+        existing = sorted(Path(output_dir).glob(f"{stem}*")) if Path(output_dir).is_dir() else []
+        if existing:
+            raise OutputError(
+                f"{existing[0]}: already exists; pass overwrite to replace the demo's outputs (medwidit demo: "
+                "--overwrite; Python: overwrite=True), or give another output folder."
+            )
     predictor = Predictor.from_bundle(bundle, device=device)
     (result,) = predictor.predict_from_files(
         case["image"],
