@@ -1,10 +1,11 @@
 """Whole ``medwidit segment`` on the shipped example from two checkouts of the code, alternating, in one run.
 
-Each round runs the CLI with its defaults once from each checkout (``--old`` first, ``--new`` second, each a
-``LABEL=PATH`` of a worktree holding that commit), one after the other alone on the machine, under
-``/usr/bin/time``: process CPU seconds (user + system), wall seconds and peak resident memory; the medians over the
-rounds and their ratios new / old. It also reads the masks: Dice against the example's reference label per checkout,
-the voxels where the two checkouts' masks differ, and whether each checkout gave the same mask in every round.
+Each round runs the CLI with its defaults once from each checkout (``--old`` and ``--new``, each a ``LABEL=PATH`` of
+a worktree holding that commit; the old first in odd rounds, the new first in even ones), one after the other alone
+on the machine, under ``/usr/bin/time``: process CPU seconds (user + system), wall seconds and peak resident memory
+per run; the medians of CPU and wall seconds over the rounds and their ratios new / old. It also reads the masks:
+Dice against the example's reference label per checkout, the voxels where the two checkouts' masks differ, and
+whether each checkout gave the same mask in every round.
 Writes benchmarks/results/speed_ab.json unless ``--output`` says otherwise.
 
     git worktree add /tmp/old <commit> && git worktree add /tmp/new HEAD
@@ -59,8 +60,10 @@ def run_once(label: str, folder: Path, out: Path) -> dict:
     }
 
 
-def dice(mask: np.ndarray, reference: np.ndarray) -> float:
-    return round(float(2 * (mask & reference).sum() / (mask.sum() + reference.sum())), 5)
+def dice(mask: np.ndarray, reference: np.ndarray) -> float | None:
+    """Dice of two boolean masks; None where both are empty (undefined)."""
+    total = int(mask.sum() + reference.sum())
+    return round(float(2 * (mask & reference).sum() / total), 5) if total else None
 
 
 def main() -> None:
@@ -79,7 +82,7 @@ def main() -> None:
     rounds, masks = [], {args.old[0]: [], args.new[0]: []}
     with tempfile.TemporaryDirectory() as scratch:
         for number in range(1, args.rounds + 1):
-            for label, folder in (args.old, args.new):
+            for label, folder in (args.old, args.new) if number % 2 else (args.new, args.old):
                 out = Path(scratch) / f"{label}_{number}"
                 rounds.append({"round": number, **run_once(label, folder, out)})
                 masks[label].append(nib.load(out / Path(EXAMPLE).name).get_fdata() > 0)

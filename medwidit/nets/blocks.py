@@ -166,11 +166,12 @@ class PixelBlock(nn.Module):
     ) -> torch.Tensor:
         """:meth:`forward` given ``1 + scale`` (the head folds the 1 into its modulation's bias). ``self.norm``'s
         RMSNorm is written out (:func:`_mean_square`, then one ``addcmul`` for the modulation): fewer passes over the
-        voxels than RMSNorm, a product and a sum, at the same values. ``inplace`` (honoured without gradients only:
-        the backward reads them): ``x``, ``shift`` and ``scale_plus_one`` are the caller's to overwrite, and the
-        result is written into ``x``. The same values, with three fresh voxel maps fewer: on the CPU each is fresh
-        memory, page-faulted in at a cost of several passes over it."""
-        inplace = inplace and not torch.is_grad_enabled()
+        voxels than RMSNorm, a product and a sum, at the same values. ``inplace`` (honoured without gradients and
+        outside a trace only: a backward reads them, and a trace would keep the writes for calls with gradients):
+        ``x``, ``shift`` and ``scale_plus_one`` are the caller's to overwrite, and the result is written into ``x``.
+        The same values, with three fresh voxel maps fewer: on the CPU each is fresh memory, page-faulted in at a
+        cost of several passes over it."""
+        inplace = inplace and _may_write_in_place()
         mean_square = _mean_square(x, dim=-1)  # (B, *S, 1)
         if inplace:
             u = shift.addcmul_(x, scale_plus_one.mul_(mean_square.add_(self.norm.eps).rsqrt_().to(x.dtype)))
@@ -186,7 +187,7 @@ class PixelBlock(nn.Module):
         else:
             hidden = mlp.act(hidden)
         out = _linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
-        if inplace and out.dtype == x.dtype:
+        if inplace and torch.result_type(x, out) == x.dtype:  # a float32 stream takes a bf16 output too
             return x.add_(out)
         return out.add_(x) if out.dtype == x.dtype else x + out  # (B, *S, D); under autocast, x's float32 sum
 
@@ -203,12 +204,13 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def _add_bias_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x.add_(bias)`` for a bias along x's last axis, in place; on a contiguous x as rows of 64 values with the bias
-    repeated along them: broadcasting a few channels runs an inner loop as short as the bias, which the CPU's vector
-    lanes do not fill (32768 voxels x 8 channels, one thread, an Intel Xeon: 0.020 against 0.083 ms; x 4 channels:
-    0.011 against 0.088 ms). The same sums, element for element."""
+    """``x.add_(bias)`` for a bias along x's last axis, in place; on a contiguous x as rows of up to 64 values (a
+    multiple of the bias's length) with the bias repeated along them: broadcasting a few channels runs an inner loop
+    as short as the bias, which the CPU's vector lanes do not fill (32768 voxels x 8 channels, one thread, an Intel
+    Xeon: 0.020 against 0.083 ms; x 4 channels: 0.011 against 0.088 ms). The same sums, element for element. Under a
+    trace the plain broadcast (the rows' width depends on the traced size)."""
     width = bias.numel() * max(1, 64 // bias.numel())
-    if not x.is_contiguous() or x.shape[-1] != bias.numel() or x.numel() % width:
+    if tracing() or not x.is_contiguous() or x.shape[-1] != bias.numel() or x.numel() % width:
         return x.add_(bias)
     x.view(-1, width).add_(bias.repeat(width // bias.numel()))
     return x
@@ -337,10 +339,11 @@ class PixelHead(nn.Module):
         """(B, in, *S), (B, cond, *S) or None, tokens (B, T, C), c (B, C) or None -> (B, out, *S);
         ``cond_features`` = :meth:`encode_condition` (conditioned), when the caller kept it.
 
-        Under a CPU autocast the head runs in float32, its output too: its per-voxel work on a few channels is
-        memory-bound, and autocast's casts at each product add passes over the voxels, so float32 is the faster there
-        (about 30 against 40 ms at 64^3 with 4 channels, one thread, an Intel Xeon with AMX). Other devices keep
-        their autocast (not measured)."""
+        Under a CPU autocast the head's voxel work runs in float32, its output too: its per-voxel work on a few
+        channels is memory-bound, and autocast's casts at each product add passes over the voxels, so float32 is the
+        faster there (about 30 against 40 ms at 64^3 with 4 channels, one thread, an Intel Xeon with AMX); only the
+        modulation's token-level product runs in autocast's dtype (:meth:`_voxels`), in training too. Other devices
+        keep their autocast (not measured)."""
         if _cpu_autocast(x):
             with torch.autocast("cpu", enabled=False):
                 x, conditioned, tokens, c, cond_features = (
@@ -372,7 +375,7 @@ class PixelHead(nn.Module):
                 s, modulation = s.to(product_dtype), tuple(t.to(product_dtype) for t in modulation)
             rows = _slab_rows(h, grid, self.blocks[0].mlp.fc1.out_features)
             # without gradients the blocks write into h and the modulation maps (both this call's own)
-            inplace = not torch.is_grad_enabled()
+            inplace = _may_write_in_place()
             if rows >= grid[0]:
                 h = self._refine(h, s, grid, modulation, inplace)
             else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
@@ -417,9 +420,9 @@ class PixelHead(nn.Module):
         mean_square = _mean_square(flat, dim=-2)  # (B, 1, N)
         out = torch.matmul(linear.weight * norm.weight, flat)  # (B, out, N)
         bias = linear.bias.view(1, -1, 1)
-        if torch.is_grad_enabled():
+        if not _may_write_in_place():
             out = torch.addcmul(bias, out, torch.rsqrt(mean_square + norm.eps).to(out.dtype))
-        else:  # in place, the same values: two fresh maps fewer (as PixelBlock.modulated)
+        else:  # in place, the same values: three fresh maps fewer (as PixelBlock.modulated)
             out = torch.addcmul(bias, out, mean_square.add_(norm.eps).rsqrt_().to(out.dtype), out=out)
         return out.view(b, -1, *spatial)
 
@@ -460,6 +463,12 @@ class PixelHead(nn.Module):
         for k, block in enumerate(self.blocks):
             h = block.modulated(h, maps[2 * k], maps[2 * k + 1], inplace)  # (B, *S, D)
         return h
+
+
+def _may_write_in_place() -> bool:
+    """Whether the head may overwrite the maps it made: no gradients (a backward reads them), and no trace (a trace
+    made without gradients would keep the writes for calls with them)."""
+    return not torch.is_grad_enabled() and not tracing()
 
 
 def _cpu_autocast(x: torch.Tensor) -> bool:

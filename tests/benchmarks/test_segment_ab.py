@@ -42,3 +42,4 @@ def test_dice_of_masks():
     b = a.copy()
     a[:2], b[1:3] = True, True
     assert segment_ab.dice(a, b) == 0.5 and segment_ab.dice(a, a) == 1.0
+    assert segment_ab.dice(a & False, b & False) is None  # undefined, not NaN (which is no JSON)

@@ -312,12 +312,21 @@ def test_pixel_head_in_half_precision_keeps_large_activations(monkeypatch):
     torch.testing.assert_close(half.float(), expected, rtol=0.02, atol=0.02 * float(expected.abs().max()))
 
 
-def test_pixel_head_traced_at_one_size_runs_at_another(tiny, randomize, monkeypatch):
-    """torch.jit.trace records one slab (a loop over slabs would fix the traced size's slab count and offsets)."""
+@pytest.mark.parametrize(
+    ("pixel_dim", "traced_size", "size", "traced_without_grad"),
+    [(4, (16, 16), (32, 16), False), (5, (24, 16), (16, 16), True)],
+)
+def test_pixel_head_traced_at_one_size_runs_at_another(
+    tiny, randomize, monkeypatch, pixel_dim, traced_size, size, traced_without_grad
+):
+    """torch.jit.trace records one slab (a loop over slabs would fix the traced size's slab count and offsets), the
+    biases' plain broadcast (rows of 60 values fit 24 x 16 voxels of 5 channels, not 16 x 16) and, traced without
+    gradients, no in-place writes (a call with gradients failed on them)."""
     import medwidit.nets.blocks as blocks
 
     monkeypatch.setattr(blocks, "SLAB_SCALE", 1)
-    model = randomize(tiny(2, in_channels=2, cond_channels=1, head="pixel", pixel_dim=4, pixel_depth=1)).eval()
+    model = randomize(tiny(2, in_channels=2, cond_channels=1, head="pixel", pixel_dim=pixel_dim, pixel_depth=1))
+    model = model.eval()
     t = torch.tensor([5.0])
 
     class Denoise(torch.nn.Module):
@@ -329,10 +338,18 @@ def test_pixel_head_traced_at_one_size_runs_at_another(tiny, randomize, monkeypa
             return self.model(x, t, conditioned=image)
 
     # both sizes past the window on each axis (2 x 4 tokens), so the traced shifted windows hold at either
-    traced = torch.jit.trace(Denoise(), (torch.randn(1, 2, 16, 16), torch.randn(1, 1, 16, 16)), check_trace=False)
-    x, image = torch.randn(1, 2, 32, 16), torch.randn(1, 1, 32, 16)
+    example = (torch.randn(1, 2, *traced_size), torch.randn(1, 1, *traced_size))
+    with torch.set_grad_enabled(not traced_without_grad):
+        traced = torch.jit.trace(Denoise(), example, check_trace=False)
+    x, image = torch.randn(1, 2, *size), torch.randn(1, 1, *size)
     with torch.no_grad():
-        torch.testing.assert_close(traced(x, image), model(x, t, conditioned=image))
+        expected = model(x, t, conditioned=image)
+        torch.testing.assert_close(traced(x, image), expected)
+    leaf = x.clone().requires_grad_()
+    out = traced(leaf, image)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
 #################################################################################
@@ -565,6 +582,21 @@ def test_pixel_block_in_place_without_gradients_gives_the_same_values(channels):
     want = torch.autograd.grad(block.modulated(leaf2, shift, scale + 1).square().sum(), (leaf2, *block.parameters()))
     for a, b in zip(grads, want, strict=True):
         assert torch.equal(a, b)
+
+
+def test_pixel_block_in_place_under_cpu_autocast_writes_its_bf16_output_into_the_float32_stream():
+    """Alone under CPU autocast (its MLP's output in bf16), ``modulated(..., inplace=True)`` without gradients still
+    writes its result into x, as the head's slabs rely on: the out-of-place values (it returned a fresh sum)."""
+    from medwidit.nets import PixelBlock
+
+    torch.manual_seed(0)
+    block = PixelBlock(8, mlp_ratio=2.0)
+    x, shift, scale = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = block.modulated(x, shift, scale + 1)
+        stream = x.clone()
+        got = block.modulated(stream, shift.clone(), scale + 1, inplace=True)
+    assert got is stream and got.dtype == torch.float32 and torch.equal(got, expected)
 
 
 def test_pixel_block_alone_under_cpu_autocast_keeps_a_float32_residual():
