@@ -237,6 +237,11 @@ def test_pixel_head_forward_equals_its_modules_composed(monkeypatch, patch, cond
     assert torch.equal(cached, out)
     with torch.no_grad():  # without gradients the slabs are written into the stem's voxel map
         torch.testing.assert_close(head(x, image, tokens, c, grid), expected)
+        if conditioned:  # the caller's encoding, kept across denoising steps, is read and never written
+            features = head.encode_condition(image)
+            kept = features.clone()
+            first, second = (head(x, image, tokens, c, grid, cond_features=features) for _ in range(2))
+            assert torch.equal(features, kept) and torch.equal(first, second)
     grads = torch.autograd.grad(out.square().sum(), (x, tokens, *head.parameters()))
     plain = torch.autograd.grad(expected.square().sum(), (x, tokens, *head.parameters()))
     for got, want in zip(grads, plain, strict=True):
