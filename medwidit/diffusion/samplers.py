@@ -41,6 +41,7 @@ from .objectives import (
     learned_log_variance,
     posterior_mean_variance,
     prediction_to_x0_eps,
+    schedule_dtype,
     split_output,
 )
 
@@ -198,10 +199,10 @@ def _named(sample: Callable, update: Callable) -> Callable:
 def _ddim(*, eta: float = 0.0, generator: Generators = None) -> GaussianStep:
     """DDIM (Song et al. 2021): ``x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z`` (eq. 12), with
     ``sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)`` (eq. 16); eta = 0 is deterministic."""
-    check_range("eta", eta, 0.0, math.inf)
+    check_range("eta", eta, 0.0, 1.0, closed_high=True)
 
     def step(x, x0, eps, frac, a_t, a_s, last):
-        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) if eta > 0 else 0.0
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
         return x + sigma * randn_like(x, generator) if sigma > 0 else x
 
@@ -217,7 +218,7 @@ def _ddpm(*, variance_type: str = "fixed_small", generator: Generators = None) -
     def step(x, x0, eps, frac, a_t, a_s, last):
         if variance_type == "learned_range" and frac is None:
             raise ValueError("variance_type='learned_range' needs a denoiser that returns 2K channels (learn_sigma).")
-        a_t, a_s = (torch.tensor(a, dtype=torch.float64, device=x.device) for a in (a_t, a_s))
+        a_t, a_s = (torch.tensor(a, dtype=schedule_dtype(x.device), device=x.device) for a in (a_t, a_s))
         mean, post_var, beta = posterior_mean_variance(x0, x, a_t, a_s)
         if last:
             return mean
@@ -379,7 +380,7 @@ def resolve_sampler(
     if objective not in spec.objectives:
         fitting = [n for n, s in SAMPLERS.items() if objective in s.objectives]
         raise ValueError(f"sampler {name!r} does not fit objective {objective!r}; samplers for it: {fitting}.")
-    eta = check_range("eta", eta, 0.0, math.inf)
+    eta = check_range("eta", eta, 0.0, 1.0, closed_high=True)  # above 1, sigma^2 > 1 - abar_s: over-noised
     if eta != 0 and "eta" not in spec.options:
         takes = [n for n, s in SAMPLERS.items() if "eta" in s.options]
         raise ValueError(f"eta is an option of {takes} only, got eta={eta} with sampler {name!r}.")

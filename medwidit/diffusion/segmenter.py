@@ -136,8 +136,17 @@ class DiffusionSegmenter(nn.Module):
             return RFlowScheduler(num_train_timesteps=self.num_train_timesteps, use_discrete_timesteps=True)
         common = {"clip_sample": self.clip_sample, "prediction_type": self.objective, **self.schedule_args}
         if self.scheduler_name == "ddim":
-            return DDIMScheduler(self.num_train_timesteps, self.schedule, **common)
-        return DDPMScheduler(self.num_train_timesteps, self.schedule, variance_type=self.variance_type, **common)
+            scheduler = DDIMScheduler(self.num_train_timesteps, self.schedule, **common)
+        else:
+            common["variance_type"] = self.variance_type
+            scheduler = DDPMScheduler(self.num_train_timesteps, self.schedule, **common)
+        betas = scheduler.betas
+        if not ((betas > 0) & (betas < 1)).all():  # training ran on them; sampling failed late in a math error
+            raise ValueError(
+                f"schedule {self.schedule!r} with schedule_args {self.schedule_args} gives betas from "
+                f"{float(betas.min()):.4g} to {float(betas.max()):.4g}; every beta must be in (0, 1)."
+            )
+        return scheduler
 
     @property
     def spacing_conditioning(self) -> bool:
@@ -308,6 +317,7 @@ class DiffusionSegmenter(nn.Module):
                 callback = None if callback is None else partial(_offset_steps, callback, shared_steps)
                 x = spec.fn(denoise, x, timesteps[shared_steps:], **schedule, generator=gens, callback=callback,
                             **options)  # fmt: skip
+            check_finite_samples(x)
             samples.append(x.reshape(m, *shape))
         return torch.cat(samples)  # (S, B, K, *S)
 
@@ -400,6 +410,16 @@ def _resolve_options(objective, scheduler, schedule, schedule_args, learn_sigma,
     if variance_type == "learned_range" and not learn_sigma:
         raise ValueError("variance_type='learned_range' needs learn_sigma=True.")
     return objective, scheduler, schedule, variance_type
+
+
+def check_finite_samples(x: torch.Tensor) -> None:
+    """A RuntimeError where sampling gave NaN or infinite values: as probabilities they read as a confident background
+    (every class clamped to 0 is the uniform distribution's branch) with members in perfect agreement."""
+    if not torch.isfinite(x).all():
+        raise RuntimeError(
+            "sampling gave NaN or infinite values: under float16 the network can overflow (use precision "
+            "'bfloat16' or 'float32'), and a noise schedule whose betas leave (0, 1) diverges."
+        )
 
 
 def _check_schedule_args(schedule: str, schedule_args: dict | None) -> None:

@@ -140,6 +140,12 @@ def test_loss_parts_and_backward(spatial_dim):
         ({"aux_weight": "0.5"}, r"^aux_weight must be in \[0.0, inf\), got '0.5'"),
         ({"vlb_weight": float("nan")}, "^vlb_weight must be in"),
         ({"cond_drop_prob": "0.1"}, r"^cond_drop_prob must be in \[0.0, 1.0\), got '0.1'"),
+        # betas outside (0, 1) trained, then sampling failed in a ZeroDivisionError or a math domain error (or, with
+        # ddpm, gave NaN samples that read as a confident background)
+        ({"schedule": "linear_beta", "schedule_args": {"beta_start": 0.0}}, r"betas from 0 to .*must be in \(0, 1\)"),
+        ({"schedule": "linear_beta", "schedule_args": {"beta_start": -0.01}}, r"schedule_args .*betas from -0\.01"),
+        ({"schedule": "linear_beta", "schedule_args": {"beta_end": 1.5}, "scheduler": "ddpm"}, r"to 1\.5; every beta"),
+        ({"schedule_args": {"beta_end": 1.0}}, r"schedule 'scaled_linear_beta' .* to 1; every beta must be in"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
@@ -156,6 +162,7 @@ def test_bad_sampling_arguments_raise():
         ({"num_samples": 0}, "num_samples"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"sampler": "dddim"}, "ddim"),
+        ({"eta": 1.5}, r"^eta must be in \[0.0, 1.0\], got 1.5"),  # sigma^2 > 1 - abar_s: over-noised, silently
     ]:
         with pytest.raises(ValueError, match=match):
             segmenter.sample(image, **kwargs)
@@ -309,3 +316,49 @@ def test_generator_that_is_not_a_generator_is_named():
     for bad in (0, [torch.Generator()]):
         with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got"):
             segmenter.sample(image, steps=2, generator=bad)
+
+
+def test_nan_samples_are_an_error_not_a_confident_background():
+    """A network that overflows (float16) gives NaN: as probabilities every class clamped to 0 reads as the uniform
+    branch, so the labels were background with members in perfect agreement; sampling now says what happened."""
+    segmenter, image = _segmenter(), _image(2)
+
+    def overflowing(x, t, conditioned=None):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(RuntimeError, match=r"NaN or infinite values: under float16 .*'bfloat16' or 'float32'"):
+        segmenter.sample(image, steps=2, num_samples=2, model_fn=overflowing)
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        segmenter.sample(image, steps=2, model_fn=lambda x, t, conditioned=None: torch.full_like(x, float("inf")))
+
+
+@pytest.mark.parametrize(
+    ("objective", "options"),
+    [("sample", {}), ("epsilon", {"sampler": "ddpm", "scheduler": "ddpm"}), ("v_prediction", {"sampler": "dpmpp_2m"})],
+)
+def test_the_schedule_in_float32_where_the_device_has_no_float64(monkeypatch, objective, options):
+    """MPS has no float64 (a float64 tensor there is a TypeError, at the first sampling step): the schedule's
+    arithmetic runs in float32 on it. Here on the CPU, forced to float32: sampling and the losses run and stay
+    within float32 rounding of the float64 schedule's."""
+    import medwidit.diffusion.objectives as objectives
+    import medwidit.diffusion.samplers as samplers
+
+    assert objectives.schedule_dtype("mps") == torch.float32 and objectives.schedule_dtype("cpu") == torch.float64
+    sampler = {"sampler": options["sampler"]} if "sampler" in options else {}
+    build = {k: v for k, v in options.items() if k != "sampler"}
+    learn_sigma = build.get("scheduler") == "ddpm"
+    segmenter, image = _segmenter(objective=objective, learn_sigma=learn_sigma, **build), _image(2)
+    label = torch.randint(0, 3, (2, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        drawn = segmenter.sample(image, steps=3, generator=torch.Generator().manual_seed(0), **sampler)
+        loss = segmenter.loss(image, label, generator=torch.Generator().manual_seed(0))["loss"]
+        return drawn, loss
+
+    exact = run()
+    for module in (objectives, samplers):
+        monkeypatch.setattr(module, "schedule_dtype", lambda device: torch.float32)
+    single = run()
+    for got, want in zip(single, exact, strict=True):
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
