@@ -21,6 +21,8 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.schedulers import Scheduler
 
+from medwidit.utils import wide_float
+
 from .encoding import to_probabilities
 
 __all__ = [
@@ -52,8 +54,8 @@ def _right(v: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def schedule_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype of the noise schedule's arithmetic on ``device``: float64, or float32 on MPS, which has no float64
-    (a float64 tensor there is a TypeError, at the first sampling step)."""
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+    (a float64 tensor there is a TypeError, at the first sampling step): :func:`medwidit.utils.wide_float`."""
+    return wide_float(device)
 
 
 def _alpha_bar(scheduler: Scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

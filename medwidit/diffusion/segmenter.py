@@ -417,8 +417,8 @@ def check_finite_samples(x: torch.Tensor) -> None:
     (every class clamped to 0 is the uniform distribution's branch) with members in perfect agreement."""
     if not torch.isfinite(x).all():
         raise RuntimeError(
-            "sampling gave NaN or infinite values: under float16 the network can overflow (use precision "
-            "'bfloat16' or 'float32'), and a noise schedule whose betas leave (0, 1) diverges."
+            "sampling gave NaN or infinite values: the network's output was not finite (weights that diverged in "
+            "training, or an overflow under float16: use precision 'bfloat16' or 'float32')."
         )
 
 

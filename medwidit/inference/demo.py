@@ -8,16 +8,18 @@ brain volume and the Dice against the example's reference brain mask.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medwidit.data.example import example_case
+from medwidit.utils import check_bool
 
+from .cases import find_cases
 from .io import InputError, OutputError
 from .metrics import evaluate_files
 from .options import resolve_bundle
+from .outputs import ENTROPY_PARTS, output_path
 from .predictor import Predictor
 
 __all__ = ["SHIPPED_BUNDLE", "run_demo"]
@@ -45,10 +47,13 @@ def run_demo(
             "where bundles/brain_widit_segmentation ships one."
         )
     case = example_case()
-    if not options.get("overwrite"):  # before the model loads, and named once (the case's own error names
-        # medwidit segment's --continue, which the demo does not have)
-        stem = Path(case["image"]).name.removesuffix(".nii.gz")
-        existing = sorted(Path(output_dir).glob(f"{stem}*")) if Path(output_dir).is_dir() else []
+    options["overwrite"] = check_bool("overwrite", options.get("overwrite", False))
+    if not options["overwrite"] and not check_bool("resume", options.get("resume", False)):
+        # before the model loads, and named once (the case's own error names medwidit segment's --continue, which
+        # the demo does not have): the files the demo writes, not others beside them
+        (example,) = find_cases([case["image"]])
+        kinds = ("labels", "uncertainty", *ENTROPY_PARTS, "figure")
+        existing = [path for path in (output_path(example, output_dir, kind) for kind in kinds) if path.exists()]
         if existing:
             raise OutputError(
                 f"{existing[0]}: already exists; pass overwrite to replace the demo's outputs (medwidit demo: "

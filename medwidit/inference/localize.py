@@ -25,7 +25,7 @@ import torch
 from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
-from medwidit.utils import is_finite_number
+from medwidit.utils import is_finite_number, wide_float
 from medwidit.utils.checks import check_keys
 
 from .metrics import boundary_distance
@@ -182,8 +182,9 @@ def foreground_share(probabilities: torch.Tensor, mask: torch.Tensor, name: str 
         raise ValueError(f"{name} must be (B, 1, *S) = {expected}, got {tuple(mask.shape)}.")
     foreground = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
     dims = tuple(range(1, foreground.ndim))
-    total = foreground.sum(dims).double()  # float64: the share compares to min_kept as Python compares it
-    inside = (foreground & mask.to(foreground.device, torch.bool)).sum(dims).double()
+    wide = wide_float(foreground.device)  # float64 (float32 on MPS): the share compares to min_kept as Python does
+    total = foreground.sum(dims).to(wide)
+    inside = (foreground & mask.to(foreground.device, torch.bool)).sum(dims).to(wide)
     return torch.where(total > 0, inside / total.clamp_min(1), torch.ones_like(total))
 
 
@@ -227,8 +228,8 @@ def fill_core(
         core = core & applied.to(core.device).view(-1, *([1] * (core.ndim - 1)))
     before = probabilities.mean(0).argmax(1, keepdim=True) > 0  # (B, 1, *S)
     dims = tuple(range(1, before.ndim))
-    added = (core & ~before).sum(dims).double()
-    total = (core | before).sum(dims).double()
+    wide = wide_float(core.device)  # float64 (float32 on MPS)
+    added, total = (core & ~before).sum(dims).to(wide), (core | before).sum(dims).to(wide)
     onehot = torch.zeros_like(probabilities[:1])
     onehot[:, :, label] = 1
     filled = torch.where(total > 0, added / total.clamp_min(1), torch.zeros_like(total))

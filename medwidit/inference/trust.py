@@ -38,7 +38,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from scipy.ndimage import distance_transform_edt
 
 from medwidit.diffusion.encoding import class_index
-from medwidit.utils import check_int, is_finite_number
+from medwidit.utils import check_int, is_finite_number, wide_float
 
 from .options import read_inference_config
 from .statistics import class_statistics
@@ -92,7 +92,8 @@ def estimated_dice(probabilities: torch.Tensor) -> torch.Tensor:
     scores = []
     for k in range(num_classes):
         a, b = (final == k).unsqueeze(0), member == k
-        overlap, size = (a & b).sum(dims).double(), (a.sum(dims) + b.sum(dims)).double()  # (M, B)
+        wide = wide_float(member.device)  # float64 (float32 on MPS)
+        overlap, size = (a & b).sum(dims).to(wide), (a.sum(dims) + b.sum(dims)).to(wide)  # (M, B)
         scores.append(torch.where(size > 0, 2 * overlap / size.clamp_min(1), torch.ones_like(size)).mean(dim=0))
     return torch.stack(scores, dim=1).float()  # (B, K)
 
@@ -106,7 +107,8 @@ def expected_dice(probabilities: torch.Tensor) -> torch.Tensor:
     mean = probabilities.float().mean(dim=0)  # (B, K, *S)
     final = F.one_hot(class_index(mean, 1), mean.shape[1]).movedim(-1, 1).to(mean.dtype)
     dims = tuple(range(2, mean.ndim))
-    overlap, size = (mean * final).sum(dims).double(), (mean.sum(dims) + final.sum(dims)).double()
+    wide = wide_float(mean.device)  # float64 (float32 on MPS)
+    overlap, size = (mean * final).sum(dims).to(wide), (mean.sum(dims) + final.sum(dims)).to(wide)
     return torch.where(size > 0, 2 * overlap / size.clamp_min(1e-12), torch.ones_like(size)).float()
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medwidit.utils import choose
+from medwidit.utils import choose, wide_float
 
 from .window import (
     fit_window,
@@ -51,10 +51,11 @@ def rope_angles(
     active = torch.tensor([a for a, w in enumerate(table_window) if w > 1] or [0], device=device)
     pairs = torch.arange(head_dim // 2, device=device)
     axis = active[pairs % len(active)]  # which axis each pair encodes
-    rank = (pairs // len(active)).double()  # its rank among that axis' pairs
+    wide = wide_float(device)  # float64 (float32 on MPS)
+    rank = (pairs // len(active)).to(wide)  # its rank among that axis' pairs
     per_axis = math.ceil((head_dim // 2) / len(active))
     freq = ROPE_THETA ** (-rank / per_axis)  # (P,)
-    coords = window_coordinates(window, device).double()  # (N, nd)
+    coords = window_coordinates(window, device).to(wide)  # (N, nd)
     return (coords[:, axis] * freq).float()  # (N, P)
 
 

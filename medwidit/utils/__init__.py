@@ -14,6 +14,7 @@ from .checks import (
     is_integer,
 )
 from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
+from .numeric import wide_float
 
 __all__ = [
     "atomic_write",
@@ -31,4 +32,5 @@ __all__ = [
     "itk_ras_affine",
     "sha256_file",
     "temporary_path",
+    "wide_float",
 ]

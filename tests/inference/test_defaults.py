@@ -319,3 +319,33 @@ def test_a_bundle_declares_its_probability_smoothing_and_a_bad_one_names_the_fil
     (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "probability_smoothing": -2}))
     with pytest.raises(InputError, match=r"inference.json: probability_smoothing must be a Gaussian's sigma"):
         Predictor.from_bundle(bundle, device="cpu")
+
+
+class _Loaded(Exception):
+    """Raised in place of loading the model: the demo's pre-check let the run through."""
+
+
+@pytest.mark.parametrize(
+    ("present", "options", "refused"),
+    [
+        (["colin27_head_2mm_image.nii.gz"], {}, True),
+        (["colin27_head_2mm_image_epistemic.nii.gz"], {"overwrite": "false"}, True),  # the string, as an override
+        (["colin27_head_2mm_image_NOTES.txt"], {}, False),  # not the demo's: it would not replace it
+        (["colin27_head_2mm_image.nii.gz"], {"overwrite": "true"}, False),
+        (["colin27_head_2mm_image.nii.gz"], {"resume": True}, False),  # resume finishes or skips the case itself
+    ],
+)
+def test_the_demo_refuses_its_own_outputs_before_the_model_loads(tmp_path, monkeypatch, present, options, refused):
+    """Only the files the demo writes stop it, named once with its own option; overwrite and resume as the
+    predictor reads them (the string 'false' counted as overwrite, a notes file beside them as the demo's output)."""
+    from medwidit.inference import demo
+    from medwidit.inference.io import OutputError
+
+    for name in present:
+        (tmp_path / name).write_text("x")
+    monkeypatch.setattr(demo.Predictor, "from_bundle", lambda *a, **k: (_ for _ in ()).throw(_Loaded()))
+    expected = OutputError if refused else _Loaded
+    with pytest.raises(expected) as error:
+        run_demo(tmp_path, **options)
+    if refused:
+        assert str(tmp_path / present[0]) in str(error.value) and "--overwrite" in str(error.value)
