@@ -326,7 +326,9 @@ def test_nan_samples_are_an_error_not_a_confident_background():
     def overflowing(x, t, conditioned=None):
         return torch.full_like(x, float("nan"))
 
-    with pytest.raises(RuntimeError, match=r"NaN or infinite values: .*diverged .*float16: use precision 'bfloat16' or 'float32'"):
+    with pytest.raises(
+        RuntimeError, match=r"NaN or infinite values: .*diverged .*float16: use precision 'bfloat16' or 'float32'"
+    ):
         segmenter.sample(image, steps=2, num_samples=2, model_fn=overflowing)
     with pytest.raises(RuntimeError, match="NaN or infinite"):
         segmenter.sample(image, steps=2, model_fn=lambda x, t, conditioned=None: torch.full_like(x, float("inf")))
