@@ -169,8 +169,8 @@ class PixelBlock(nn.Module):
         voxels than RMSNorm, a product and a sum, at the same values. ``inplace`` (honoured without gradients and
         outside a trace only: a backward reads them, and a trace would keep the writes for calls with gradients):
         ``x``, ``shift`` and ``scale_plus_one`` are the caller's to overwrite, and the result is written into ``x``.
-        The same values, with three fresh voxel maps fewer: on the CPU each is fresh memory, page-faulted in at a
-        cost of several passes over it."""
+        The same values, with three fresh voxel maps fewer: on the CPU each is a pass over memory out of cache (and
+        partly not yet mapped)."""
         inplace = inplace and _may_write_in_place()
         mean_square = _mean_square(x, dim=-1)  # (B, *S, 1)
         if inplace:
