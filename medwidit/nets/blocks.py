@@ -7,6 +7,7 @@ is ``linear(norm(x))``: no modulation, no gates.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -342,55 +343,50 @@ class PixelHead(nn.Module):
         Under a CPU autocast the head's voxel work runs in float32, its output too: its per-voxel work on a few
         channels is memory-bound, and autocast's casts at each product add passes over the voxels, so float32 is the
         faster there (about 30 against 40 ms at 64^3 with 4 channels, one thread, an Intel Xeon with AMX); only the
-        modulation's token-level product runs in autocast's dtype (:meth:`_voxels`), in training too. Other devices
+        modulation's token-level product runs in autocast's dtype (:meth:`_blocks`), in training too. Other devices
         keep their autocast (not measured)."""
-        if _cpu_autocast(x):
-            with torch.autocast("cpu", enabled=False):
+        autocast = _cpu_autocast(x)
+        product_dtype = torch.get_autocast_dtype("cpu") if autocast else None
+        with torch.autocast("cpu", enabled=False) if autocast else contextlib.nullcontext():
+            if autocast:
                 x, conditioned, tokens, c, cond_features = (
                     None if t is None else t.float() for t in (x, conditioned, tokens, c, cond_features)
                 )
-                return self._voxels(x, conditioned, tokens, c, grid, cond_features, torch.get_autocast_dtype("cpu"))
-        return self._voxels(x, conditioned, tokens, c, grid, cond_features)
+            h = self._stem(x, conditioned, cond_features)  # (B, *S, D)
+            h = _depthwise(self.stem_mix, h, residual=True)  # h + stem_mix(h)
+            if self.blocks:
+                h = self._blocks(h, tokens, c, grid, product_dtype)
+            h = _depthwise(self.mix, h, residual=True)  # h + mix(h): (B, *S, D)
+            return self._final(h)  # (B, out, *S)
 
-    def _voxels(
-        self,
-        x: torch.Tensor,
-        conditioned: torch.Tensor | None,
-        tokens: torch.Tensor,
-        c: torch.Tensor | None,
-        grid: tuple[int, ...],
-        cond_features: torch.Tensor | None,
-        product_dtype: torch.dtype | None = None,
+    def _blocks(
+        self, h: torch.Tensor, tokens: torch.Tensor, c: torch.Tensor | None, grid: tuple[int, ...], product_dtype
     ) -> torch.Tensor:
-        """:meth:`forward`'s computation; ``product_dtype`` (a CPU autocast's): the modulation's token-level product
-        runs in it, as autocast would run it (a matmul over the tokens' C channels, compute-bound where the voxel
-        work is memory-bound: 0.64 against 1.36 ms for 2048 tokens of 64 channels to 512 values, one thread, an Intel
-        Xeon with AMX, the copy to voxel order into float32 included); the voxel work stays in float32."""
-        h = self._stem(x, conditioned, cond_features)  # (B, *S, D)
-        h = _depthwise(self.stem_mix, h, residual=True)  # h + stem_mix(h)
-        if self.blocks:
-            s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
-            modulation = self._modulation()
-            if product_dtype is not None:
-                s, modulation = s.to(product_dtype), tuple(t.to(product_dtype) for t in modulation)
-            rows = _slab_rows(h, grid, self.blocks[0].mlp.fc1.out_features)
-            # without gradients the blocks write into h and the modulation maps (both this call's own)
-            inplace = _may_write_in_place()
-            if rows >= grid[0]:
-                h = self._refine(h, s, grid, modulation, inplace)
-            else:  # voxel by voxel, so slabs of token rows give exactly the whole volume's values
-                # split, not h[:, a:b]: each slice's backward would fill a zero tensor of h's whole size (16 of them
-                # at 64^3: the bundle network's training step 0.71 against 0.73 CPU-s); split's backward concatenates
-                row = math.prod(grid[1:])  # tokens per row of the first grid axis
-                parts, conditioning = h.split(rows * self.patch_size[0], dim=1), s.split(rows * row, dim=1)
-                # written in place, each slab's result is in its part of h: no concatenation copies the volume again
-                slabs = [
-                    self._refine(part, cond, (cond.shape[1] // row, *grid[1:]), modulation, inplace)
-                    for part, cond in zip(parts, conditioning, strict=True)
-                ]
-                h = h if inplace else torch.cat(slabs, dim=1)
-        h = _depthwise(self.mix, h, residual=True)  # h + mix(h): (B, *S, D)
-        return self._final(h)  # (B, out, *S)
+        """The pixel blocks on the stem's voxels h (B, *S, D) under the tokens (B, T, C) and timestep c (B, C) or
+        None. ``product_dtype`` (a CPU autocast's, or None): the modulation's token-level product runs in it, as
+        autocast would run it (a matmul over the tokens' C channels, compute-bound where the voxel work is
+        memory-bound: 0.64 against 1.36 ms for 2048 tokens of 64 channels to 512 values, one thread, an Intel Xeon
+        with AMX, the copy to voxel order into float32 included); the voxel work stays in float32."""
+        s = self.norm_tokens(tokens) if c is None else self.norm_tokens(tokens) + c.unsqueeze(1)  # (B, T, C)
+        modulation = self._modulation()
+        if product_dtype is not None:
+            s, modulation = s.to(product_dtype), tuple(t.to(product_dtype) for t in modulation)
+        rows = _slab_rows(h, grid, self.blocks[0].mlp.fc1.out_features)
+        # without gradients the blocks write into h and the modulation maps (both this call's own)
+        inplace = _may_write_in_place()
+        if rows >= grid[0]:
+            return self._refine(h, s, grid, modulation, inplace)
+        # voxel by voxel, so slabs of token rows give exactly the whole volume's values; split, not h[:, a:b]: each
+        # slice's backward would fill a zero tensor of h's whole size (16 of them at 64^3: the bundle network's
+        # training step 0.71 against 0.73 CPU-s); split's backward concatenates
+        row = math.prod(grid[1:])  # tokens per row of the first grid axis
+        parts, conditioning = h.split(rows * self.patch_size[0], dim=1), s.split(rows * row, dim=1)
+        # written in place, each slab's result is in its part of h: no concatenation copies the volume again
+        slabs = [
+            self._refine(part, cond, (cond.shape[1] // row, *grid[1:]), modulation, inplace)
+            for part, cond in zip(parts, conditioning, strict=True)
+        ]
+        return h if inplace else torch.cat(slabs, dim=1)
 
     # The stem and the final layer below compute stem_x(x) + stem_c(image) and final(h).movedim(-1, 1) with fewer
     # passes over the voxels: a Linear of a few channels on channels-last voxels (and the copy that moves the
