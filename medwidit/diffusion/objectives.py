@@ -52,15 +52,10 @@ def _right(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-def schedule_dtype(device: torch.device | str) -> torch.dtype:
-    """The dtype of the noise schedule's arithmetic on ``device``: float64, or float32 on MPS, which has no float64
-    (a float64 tensor there is a TypeError, at the first sampling step): :func:`medwidit.utils.wide_float`."""
-    return wide_float(device)
-
-
 def _alpha_bar(scheduler: Scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``abar_t`` for integer steps (B,), shaped to broadcast against ``like`` (B, K, *S)."""
-    abar = scheduler.alphas_cumprod.to(dtype=schedule_dtype(like.device)).to(like.device)[t.long().to(like.device)]
+    # float64, float32 on MPS (no float64 there): cast before the move
+    abar = scheduler.alphas_cumprod.to(dtype=wide_float(like.device)).to(like.device)[t.long().to(like.device)]
     return _right(abar, like.ndim)
 
 
@@ -167,7 +162,7 @@ def prediction_to_x0_eps(
     prediction_type: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian prediction -> (x0, eps), from ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` (DDIM eq. 12 / 'v' eq. 8)."""
-    a = torch.as_tensor(alpha_bar, dtype=schedule_dtype(x_t.device), device=x_t.device)
+    a = torch.as_tensor(alpha_bar, dtype=wide_float(x_t.device), device=x_t.device)
     sa, sb = a.sqrt().to(x_t.dtype), (1 - a).sqrt().to(x_t.dtype)
     if prediction_type == "sample":
         return output, (x_t - sa * output) / sb
@@ -266,7 +261,7 @@ def vlb_terms(
     Callers pass ``x0_hat`` detached, so the term trains only the variance channels (improved DDPM, sec. 3.1).
     """
     t = t.long()
-    abar = scheduler.alphas_cumprod.to(dtype=schedule_dtype(x0.device)).to(x0.device)
+    abar = scheduler.alphas_cumprod.to(dtype=wide_float(x0.device)).to(x0.device)
     abar_t = _right(abar[t], x0.ndim)
     abar_s = _right(torch.where(t > 0, abar[(t - 1).clamp_min(0)], torch.ones_like(abar[t])), x0.ndim)
     true_mean, post_var, beta = posterior_mean_variance(x0, x_t, abar_t, abar_s)

@@ -34,14 +34,13 @@ from dataclasses import dataclass
 import torch
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
 
-from medwidit.utils import check_int, check_range, choose
+from medwidit.utils import check_int, check_range, choose, wide_float
 
 from .objectives import (
     GAUSSIAN_OBJECTIVES,
     learned_log_variance,
     posterior_mean_variance,
     prediction_to_x0_eps,
-    schedule_dtype,
     split_output,
 )
 
@@ -218,7 +217,7 @@ def _ddpm(*, variance_type: str = "fixed_small", generator: Generators = None) -
     def step(x, x0, eps, frac, a_t, a_s, last):
         if variance_type == "learned_range" and frac is None:
             raise ValueError("variance_type='learned_range' needs a denoiser that returns 2K channels (learn_sigma).")
-        a_t, a_s = (torch.tensor(a, dtype=schedule_dtype(x.device), device=x.device) for a in (a_t, a_s))
+        a_t, a_s = (torch.tensor(a, dtype=wide_float(x.device), device=x.device) for a in (a_t, a_s))
         mean, post_var, beta = posterior_mean_variance(x0, x, a_t, a_s)
         if last:
             return mean

@@ -89,10 +89,9 @@ def estimated_dice(probabilities: torch.Tensor) -> torch.Tensor:
     final = class_index(probabilities.float().mean(dim=0), 1)  # (B, *S)
     member = class_index(probabilities, 2)  # (M, B, *S)
     dims = tuple(range(2, member.ndim))
-    scores = []
+    scores, wide = [], wide_float(member.device)  # float64 (float32 on MPS)
     for k in range(num_classes):
         a, b = (final == k).unsqueeze(0), member == k
-        wide = wide_float(member.device)  # float64 (float32 on MPS)
         overlap, size = (a & b).sum(dims).to(wide), (a.sum(dims) + b.sum(dims)).to(wide)  # (M, B)
         scores.append(torch.where(size > 0, 2 * overlap / size.clamp_min(1), torch.ones_like(size)).mean(dim=0))
     return torch.stack(scores, dim=1).float()  # (B, K)
