@@ -189,9 +189,12 @@ def _write_marker(plan: CasePlan) -> None:
     atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
 
 
-def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed: list[Path]) -> None:
-    """Commit each staged file of ``plan`` not committed yet from ``staging``, then (with ``overwrite``) remove the
-    ``earlier`` outputs the previous marker lists, then write the marker (the last step)."""
+def _commit_staged(
+    plan: CasePlan, staging: Path, *, overwrite: bool, committed: list[Path], resume: bool = False
+) -> None:
+    """Commit each staged file of ``plan`` from ``staging``, then (with ``overwrite``) remove the ``earlier`` outputs
+    the previous marker lists, then write the marker (the last step). ``resume``: ``staging`` is an interrupted
+    run's, whose files already in place (:func:`_same`) are skipped."""
     previous = set()
     if plan.marker is not None and overwrite:
         listed = _read_json(plan.marker).get("files")
@@ -201,8 +204,10 @@ def _commit_staged(plan: CasePlan, staging: Path, *, overwrite: bool, committed:
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     for final in plan.files:
         staged = staging / final.name
-        if final.exists() and _same(staged, final):
-            continue  # committed by the interrupted run whose staging folder this is
+        if resume and final.exists() and _same(staged, final):
+            # committed by the interrupted run whose staging folder this is; never in a fresh commit: another run's
+            # file of the same bytes (same seed) is not this run's, and taking it let this run replace its marker
+            continue
         link = staging / f".commit-{final.name}"
         # listed before the commit: an interrupt (Ctrl-C, SIGTERM) just after the commit, before the append, left the
         # file behind unlisted; the writer's cleanup removes a listed file only where it is this run's (_same)
@@ -332,7 +337,7 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
                 continue  # a live run's
             if finish and not finished and _finishable(plan, staging):
                 with locked(plan.state_dir / "lock"):
-                    _commit_staged(plan, staging, overwrite=overwrite, committed=[])
+                    _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
                 finished = True
                 logger.info("%s: finished the commit an interrupted run had begun", plan.name)
             shutil.rmtree(staging, ignore_errors=True)

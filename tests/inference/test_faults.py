@@ -151,6 +151,31 @@ def test_the_commit_refuses_what_another_writer_committed_first(tmp_path):
     assert is_finished(plan)  # the refused commit left the first writer's marker: its case still reads as finished
 
 
+def test_a_second_writer_with_the_same_bytes_is_refused_too_and_keeps_the_first_ones_marker(tmp_path):
+    """Two runs of one seed into one folder at once, writing other kinds of output beside the same labels: the
+    second's labels have the first's bytes, and its commit took them as its own, wrote its other map and replaced
+    the first's marker (found by a review)."""
+    from medwidit.inference.io import save_image
+    from medwidit.inference.outputs import CaseWriter, is_finished, plan_case
+
+    geometry = read_image(nifti(tmp_path / "x.nii.gz"))[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    first = plan_case(out, "x", [out / "x.nii.gz", out / "x_probabilities.nii.gz"])
+    second = plan_case(out, "x", [out / "x.nii.gz", out / "x_uncertainty.nii.gz"])
+    with CaseWriter(first, overwrite=False) as a, CaseWriter(second, overwrite=False) as b:
+        for writer, plan in ((a, first), (b, second)):
+            for path in plan.files:
+                item = OutputImage(np.ones(geometry.shape), geometry, path, "labels")
+                writer.write(path, lambda staged, item=item: save_image(item, staged))
+        a.commit()
+        with pytest.raises(OutputError, match="x.nii.gz: already exists"):
+            b.commit()
+    assert visible(out) == ["x.nii.gz", "x_probabilities.nii.gz"]
+    assert is_finished(first) and not is_finished(second)
+    assert hidden_leftovers(out) == []
+
+
 ######################################################################################################################
 # 2. multi-file formats name their final data file
 ######################################################################################################################
