@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +67,17 @@ def commit(temporary: str | os.PathLike, path: str | os.PathLike, *, overwrite: 
         if e.errno not in NO_LINKS:
             raise
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no hard links here: reserve the name
-        os.close(fd)
-        os.replace(temporary, path)
+        try:
+            reserved = os.fstat(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temporary, path)
+        except BaseException:  # an interrupt or error before the replace: the empty reservation is not a result
+            with suppress(OSError):
+                if os.path.samestat(os.stat(path), reserved):
+                    os.unlink(path)
+            raise
         return
     os.unlink(temporary)
 

@@ -108,3 +108,24 @@ def test_options_of_a_constructor_name_the_key_and_what_it_takes():
     for key in ("a", "layers"):  # a keyword cannot set them: both passed and then raised a TypeError
         with pytest.raises(ValueError, match=rf"net: '{key}' is not an option of positional; it takes b, c\."):
             check_options(positional, {key: 1}, "net")
+
+
+def test_without_hard_links_an_interrupt_before_the_replace_leaves_no_empty_file(tmp_path, monkeypatch):
+    """Where the file system has no hard links the commit reserves the name with an empty file, then replaces it:
+    an interrupt in between left that empty file under the final name (found by a review)."""
+    import errno
+
+    def no_link(source, target):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    def interrupted(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.nii.gz", lambda p: p.write_bytes(b"data"), overwrite=False)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    atomic_write(tmp_path / "x.nii.gz", lambda p: p.write_bytes(b"data"), overwrite=False)  # and it commits
+    assert (tmp_path / "x.nii.gz").read_bytes() == b"data"
