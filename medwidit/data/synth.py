@@ -54,7 +54,7 @@ from monai.transforms import (
 )
 
 from medwidit.data.transforms import RecordSpacingd, equalise_channels, gaussian_blur
-from medwidit.utils import check_bool, check_int, check_interval, check_range, is_integer
+from medwidit.utils import check_bool, check_int, check_interval, check_range, is_finite_number, is_integer
 
 __all__ = [
     "CheckLabelMapd",
@@ -142,7 +142,7 @@ class CheckLabelMapd(MapTransform):
                     f"{_source(d, key)}: the label map must be one 3-D volume (1, X, Y, Z) after loading, got shape "
                     f"{shape}."
                 )
-            _label_index(d, key, self.num_labels)
+            d[key] = _label_index(d, key, self.num_labels)  # checked, then int64: a cast before it made 1.5 a 1
         return d
 
 
@@ -173,9 +173,8 @@ class RandLabelsToImaged(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, [label_key])
         RandomizableTransform.__init__(self, prob=1.0)
         check_int("num_labels", num_labels)
-        for name, (low, high) in (("mean_range", mean_range), ("std_range", std_range)):
-            if not low <= high or (name == "std_range" and low < 0):
-                raise ValueError(f"{name} must be (low, high) with low <= high (std >= 0), got {(low, high)}.")
+        mean_range = check_interval("mean_range", mean_range, low=-math.inf)  # a scalar was a bare unpacking error
+        std_range = check_interval("std_range", std_range)  # (0, inf) was an OverflowError at the first draw
         bad = [b for b in background_labels if not is_integer(b) or not 0 <= b < num_labels]
         if bad:  # 9 of 5 labels was an IndexError; -1 painted the last label (the brain) as air
             raise ValueError(f"background_labels must be labels in 0..{num_labels - 1} (num_labels), got {bad[0]!r}.")
@@ -300,8 +299,8 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, [image_key, label_key])
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
-        if not 0.0 < max_fraction < 1.0:
-            raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction}.")
+        if not is_finite_number(max_fraction) or not 0.0 < max_fraction < 1.0:  # a string: a bare TypeError
+            raise ValueError(f"max_fraction must be in (0, 1), got {max_fraction!r}.")
         axes = _spatial_axes("RandFieldOfViewd", axes)
         self.image_key, self.label_key = image_key, label_key
         self.max_fraction, self.axes, self.air, self.background = max_fraction, axes, air, background
@@ -613,6 +612,19 @@ def synthesis_transforms(
         for name, value in (("fov_prob", fov_prob), ("elastic_prob", elastic_prob), ("neck_prob", neck_prob))
     )
     scale_range = check_range("scale_range", scale_range, 0, 1)  # 1.5 gave scales <= 0
+    # checked here under the options' own names: the transforms' messages name their arguments (parts, scale_range,
+    # length_mm), and scale_range is also another option of this function's
+    rotate_degrees = check_range("rotate_degrees", rotate_degrees, 0, 180, closed_high=True)
+    subdivide_parts = check_int("subdivide_parts", subdivide_parts, low=2)
+    subdivide_scale = check_interval("subdivide_scale", subdivide_scale, low=1.0, unit=" voxels")
+    neck_length_mm = check_interval("neck_length_mm", neck_length_mm, unit=" mm")
+    labels = list(subdivide_labels) if isinstance(subdivide_labels, (Sequence, np.ndarray)) else [subdivide_labels]
+    bad = [v for v in labels if not is_integer(v) or not 1 <= v < num_labels]
+    if bad or len(set(labels)) != len(labels) or isinstance(subdivide_labels, str):
+        raise ValueError(
+            f"subdivide_labels must be distinct generation labels in 1..{num_labels - 1} (num_labels {num_labels}; "
+            f"not the background 0), got {subdivide_labels!r}."
+        )
     if neck_prob and (neck_label is None or not 0 <= neck_label < num_labels or target_labels[neck_label] != 0):
         raise ValueError(
             f"neck_prob {neck_prob} needs neck_label: a generation label in 0..{num_labels - 1} whose target class "

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from monai.data import load_decathlon_datalist
 
+from medwidit.data.synth import SynthesisError
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
@@ -254,7 +255,9 @@ def check_training_data(datamodule) -> None:
     except (FileNotFoundError, ValueError) as e:
         lists = [Path(p) for p in (datamodule.data_list, getattr(datamodule, "synth_data_list", None)) if p]
         shipped = any(_is_shipped_list(p) for p in lists)
-        hint = "; build the shipped data with `python -m medwidit.datasets.brain build`" if shipped else ""
+        # not for a label map's labels against the settings (synth_num_labels): rebuilding the data changes nothing
+        data = not isinstance(e, SynthesisError)
+        hint = "; build the shipped data with `python -m medwidit.datasets.brain build`" if shipped and data else ""
         raise MissingDataError(f"medwidit: error: {' '.join(str(e).split()).rstrip('.')}{hint}.") from e
 
 

@@ -230,7 +230,9 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
         if not names:
             raise ValueError(f"synth_data_list {str(data_list)!r}, {key}[{index}] names no label map: {item}.")
         for name in names:  # MONAI resolved "label" (and other maps it found) against base; the rest here
-            path = item[name] if os.path.isabs(item[name]) else base / item[name]
+            path = item[name]
+            if isinstance(path, (str, os.PathLike)) and not os.path.isabs(path):  # else _check_exists names a non-path
+                path = base / path
             _check_exists("synth_data_list", data_list, f"{key}[{index}]", name, path)
             if "image" in item:  # MONAI resolved it against base_dir; its header is read once for all its maps
                 if name == names[0]:

@@ -26,7 +26,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
 from medwidit.data.transforms import check_preprocessing, intensity_transforms, pad_to_crop
-from medwidit.utils import check_options, image_grid, label_values
+from medwidit.utils import check_int, check_options, image_grid, label_values
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis", "check_synth_options"]
 
@@ -40,7 +40,8 @@ def check_label_maps(maps: list[dict], num_labels: int, target_labels: Sequence[
         if len(shape) != 3:  # the generator is 3-D: a slice or a 4-D map failed inside it, without the file's name
             raise SynthesisError(f"{item['label']}: the label map must be one 3-D volume, got shape {shape}.")
         values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
-        if not np.array_equal(values, np.round(values)):
+        # inf rounds to itself, then int(inf) was a bare OverflowError
+        if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
             raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")
         unknown = [int(v) for v in values if not 0 <= v < num_labels]
         if unknown:
@@ -93,6 +94,7 @@ def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_c
                                   ("synth_target_labels", target_labels)) if v is None]  # fmt: skip
         if missing:
             raise ValueError(f"synth_ratio={ratio} needs {', '.join(missing)} (the label maps and their classes).")
+        check_int("synth_num_labels", num_labels, low=2)  # "8" read as 8 labels against a table of 8 ("got 8")
         if len(target_labels) != num_labels:  # checked here, before the label maps' check reads the table
             raise ValueError(
                 f"synth_target_labels must give a class for each of the {num_labels} generation labels "
@@ -128,7 +130,8 @@ def synthetic_train_transforms(
         load.append(Orientationd("label", axcodes=preprocessing["orientation"], labels=None))
     if preprocessing["spacing"] is not None:
         load.append(Spacingd("label", pixdim=preprocessing["spacing"], mode="nearest"))
-    load.append(EnsureTyped("label", dtype=torch.int64, track_meta=True))
+    # no int64 cast here: the generator's first step checks the labels are integers, then casts (a cast before it
+    # made 1.5 a 1)
     generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **dict(options or {}))
     normalise = [
         *intensity_transforms(preprocessing, "image"),

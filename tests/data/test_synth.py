@@ -451,3 +451,36 @@ def test_subdivision_refuses_a_label_it_does_not_know_naming_the_file_and_its_ba
     ):
         with pytest.raises(ValueError, match=match):
             RandSubdivideLabelsd(first_label=5, **options)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("subdivide_scale", 4),
+        ("subdivide_parts", 1),
+        ("subdivide_labels", [0]),
+        ("subdivide_labels", [1, 1]),
+        ("neck_length_mm", 40),
+        ("rotate_degrees", "15"),
+        ("rotate_degrees", float("nan")),
+    ],
+)
+def test_the_generators_options_are_named_as_the_user_set_them(option, value):
+    """The transforms' messages named their own arguments (scale_range, parts, labels, length_mm), and scale_range
+    is another option of the generator; rotate_degrees was not checked at all (found by a review)."""
+    from medwidit.data.synth import synthesis_transforms
+
+    with pytest.raises(ValueError, match=rf"^{option} must"):
+        synthesis_transforms(num_labels=5, target_labels=[0, 1, 1, 0, 0], **{option: value})
+
+
+def test_ranges_of_the_painting_and_the_cut_are_checked_when_built():
+    from medwidit.data.synth import RandFieldOfViewd, RandLabelsToImaged
+
+    with pytest.raises(ValueError, match=r"^mean_range must be \(low, high\)"):
+        RandLabelsToImaged(num_labels=3, mean_range=0.5)
+    with pytest.raises(ValueError, match=r"^std_range must be \(low, high\)"):
+        RandLabelsToImaged(num_labels=3, std_range=(0.0, float("inf")))
+    with pytest.raises(ValueError, match=r"^max_fraction must be in \(0, 1\), got '0.3'"):
+        RandFieldOfViewd(max_fraction="0.3")
+    RandLabelsToImaged(num_labels=3, mean_range=(-1.0, 1.0))  # a negative mean stays allowed

@@ -215,3 +215,66 @@ def test_synth_options_cut_the_non_target_labels_into_blobs_and_keep_the_task_cl
     batch = crops["cut"]
     assert set(batch["label"].unique().tolist()) <= {0, 1} and (batch["label"] == 1).any()
     assert not torch.equal(batch["image"], crops["plain"]["image"])
+
+
+def test_the_training_transforms_refuse_a_fractional_label_map_naming_it(tmp_path):
+    """``synthetic_train_transforms`` cast the map to int64 before the generator's integer check: a brain label 1.5
+    became 1 and the map trained as other labels (found by a review)."""
+    from monai.transforms import Compose
+
+    from medwidit.training.synthetic import synthetic_train_transforms
+
+    path = tmp_path / "half_label.nii.gz"
+    label = np.zeros((24, 24, 24), np.float32)
+    label[6:18, 6:18, 6:18] = 1.5
+    nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    pipeline = Compose(
+        synthetic_train_transforms(PREPROCESSING_3D, [16, 16, 16], num_crops=1, num_labels=5, target_labels=TARGETS)
+    )
+    with pytest.raises(RuntimeError) as error:  # MONAI's Compose wraps a transform's error, the cause kept
+        pipeline({"label": str(path)})
+    assert isinstance(error.value.__cause__, SynthesisError)
+    assert "half_label.nii.gz: the label map must hold integer labels" in str(error.value.__cause__)
+    label[6:18, 6:18, 6:18] = 2.0  # the same map with whole labels paints
+    nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    crop = pipeline({"label": str(path)})[0]
+    assert crop["label"].dtype == torch.int64 and set(torch.unique(crop["label"]).tolist()) <= {0, 1}
+
+
+def test_an_infinite_label_is_named_not_an_overflow(tmp_path):
+    from medwidit.training.synthetic import check_label_maps
+
+    path = tmp_path / "inf_label.nii.gz"
+    label = np.ones((8, 8, 8), np.float32)
+    label[0, 0, 0] = np.inf
+    nib.save(nib.Nifti1Image(label, np.eye(4)), path)
+    with pytest.raises(SynthesisError, match=r"inf_label.nii.gz: the label map must hold integer labels"):
+        check_label_maps([{"label": str(path)}], 5)
+
+
+@pytest.mark.parametrize("entry", [None, 5, ["a.nii.gz"]])
+def test_a_label_entry_that_is_not_a_path_is_named(tmp_path, entry):
+    path = tmp_path / "maps.json"
+    path.write_text(json.dumps({"training": [{"label": entry}]}))
+    with pytest.raises(ValueError, match=r"synth_data_list .*maps.json', training\[0\]: label must be one file path"):
+        load_label_maps(path, "training", base_dir=tmp_path)
+
+
+def test_synth_num_labels_must_be_an_int(tmp_path):
+    with pytest.raises(ValueError, match=r"synth_num_labels must be an int >= 2, got '5'"):
+        _module(tmp_path, 0.5, synth_num_labels="5")
+
+
+def test_a_label_check_against_the_settings_gets_no_build_hint(tmp_path, monkeypatch):
+    """A map's label outside synth_num_labels, with the shipped list, said to rebuild data that is fine."""
+    import medwidit.training.bundle as bundle
+    from medwidit.training import MissingDataError, check_training_data
+
+    dm = _module(tmp_path, 1.0, synth_num_labels=4, synth_target_labels=TARGETS[:4])
+    monkeypatch.setattr(bundle, "_is_shipped_list", lambda path: True)
+    with pytest.raises(MissingDataError, match=r"label 4 is not one of the 4 generation labels") as error:
+        check_training_data(dm)
+    assert "build the shipped data" not in str(error.value)
+    (tmp_path / "real" / "head_label.nii.gz").unlink()  # a missing file of a shipped list still gets it
+    with pytest.raises(MissingDataError, match=r"build the shipped data with"):
+        check_training_data(dm)
