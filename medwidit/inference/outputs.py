@@ -6,7 +6,8 @@ Every file of a case is staged in a private folder inside the output folder unde
 per-case marker is written last. A case without its marker is unfinished: ``--continue`` completes the commit an
 interrupted run left, or redoes the case. The plan of every output path is checked against every input first. An
 overwriting commit replaces the case as one set: the earlier outputs its previous marker lists and this run does not
-write are removed before the new marker.
+write are removed before the new marker; it keeps a second name of each earlier file in its staging folder first, so
+that an error or interrupt puts the earlier set back (a kill: the next ``--overwrite`` or ``--continue`` does).
 
     out/.medwidit/<case>.json                the marker: the case's files, written after all of them
     out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,44 +191,66 @@ def _write_marker(plan: CasePlan) -> None:
     atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
 
 
+KEPT = ".previous-"  # in a staging folder: a second name of an earlier output that an overwriting commit replaces
+
+
 def _commit_staged(
     plan: CasePlan, staging: Path, *, overwrite: bool, committed: list[Path], resume: bool = False
 ) -> None:
     """Commit each staged file of ``plan`` from ``staging``, then (with ``overwrite``) remove the ``earlier`` outputs
     the previous marker lists, then write the marker (the last step). ``resume``: ``staging`` is an interrupted
-    run's, whose files already in place (:func:`_same`) are skipped."""
+    run's, whose files already in place (:func:`_same`) are skipped; that run's overwrite and earlier list (in its
+    manifest) are finished as it began them.
+
+    An overwriting commit first keeps a second name of each earlier output it will replace or remove, and the
+    earlier marker's list, in ``staging`` (:func:`_keep_earlier`): an error or interrupt during the commit puts the
+    earlier set back (:func:`_restore`), and a sweep of a killed run's staging does too (:func:`finish_interrupted`).
+    """
+    manifest = _read_json(staging / MANIFEST)
+    if resume and manifest.get("overwrite"):  # the killed run's commit, as it was asked for
+        overwrite = True
     previous = set()
     if plan.marker is not None and overwrite:
-        listed = _read_json(plan.marker).get("files")
+        listed = manifest.get("previous") if resume and "previous" in manifest else _read_json(plan.marker).get("files")
         previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
+    kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
+    if plan.marker is not None and overwrite:
         plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
     # without overwrite an existing marker stays: this commit can only add missing files, and a run that loses the race
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
-    for final in plan.files:
-        staged = staging / final.name
-        if resume and final.exists() and _same(staged, final):
-            # committed by the interrupted run whose staging folder this is; never in a fresh commit: another run's
-            # file of the same bytes (same seed) is not this run's, and taking it let this run replace its marker
-            continue
-        link = staging / f".commit-{final.name}"
-        # listed before the commit: an interrupt (Ctrl-C, SIGTERM) just after the commit, before the append, left the
-        # file behind unlisted; the writer's cleanup removes a listed file only where it is this run's (_same)
-        committed.append(final)
-        try:
-            link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
-            commit(link, final, overwrite=overwrite)
-        except OSError as e:
-            committed.pop()
-            if isinstance(e, FileExistsError):
-                message = "already exists (written by another run meanwhile?); pass --overwrite to replace it"
-            else:
-                message = f"cannot write ({e.strerror or one_line(e)})"
-            raise OutputError(f"{final}: {message}.") from e
-        finally:
-            link.unlink(missing_ok=True)
-    stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
-    for path in stale:
-        path.unlink(missing_ok=True)
+    try:
+        for final in plan.files:
+            staged = staging / final.name
+            if resume and final.exists() and _same(staged, final):
+                # committed by the interrupted run whose staging folder this is; never in a fresh commit: another
+                # run's file of the same bytes (same seed) is not this run's, and taking it let this run replace its
+                # marker
+                continue
+            link = staging / f".commit-{final.name}"
+            # listed before the commit: an interrupt (Ctrl-C, SIGTERM) just after the commit, before the append,
+            # left the file behind unlisted; the writer's cleanup removes a listed file only where it is this run's
+            committed.append(final)
+            try:
+                link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
+                commit(link, final, overwrite=overwrite)
+            except OSError as e:
+                committed.pop()
+                if isinstance(e, FileExistsError):
+                    message = "already exists (written by another run meanwhile?); pass --overwrite to replace it"
+                else:
+                    message = f"cannot write ({e.strerror or one_line(e)})"
+                raise OutputError(f"{final}: {message}.") from e
+            finally:
+                link.unlink(missing_ok=True)
+        stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if plan.marker is not None:
+            _write_marker(plan)
+    except BaseException:
+        if kept is not None:
+            _restore(plan, staging, committed)
+        raise
     if stale:
         logger.warning(
             "%s: removed the earlier run's %s, which this run does not write (--overwrite replaces a case's outputs "
@@ -234,8 +258,67 @@ def _commit_staged(
             plan.name,
             ", ".join(p.name for p in stale),
         )
-    if plan.marker is not None:
-        _write_marker(plan)
+
+
+def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[str]) -> list[str]:
+    """Before an overwriting commit: a second name in ``staging`` of each earlier output it replaces (the planned
+    files that exist) or removes (``earlier`` files the marker lists), and, in the manifest, their names, the
+    marker's list and the overwrite -> the kept names."""
+    earlier = [f for f in plan.files if f.exists()] + [f for f in plan.earlier if f.name in previous and f.is_file()]
+    for path in earlier:
+        link_or_copy(path, staging / f"{KEPT}{path.name}")
+    marker = None if plan.marker is None else _read_json(plan.marker).get("files")
+    record = {**manifest, "overwrite": True, "previous": sorted(previous), "kept": [p.name for p in earlier]}
+    record["marker"] = marker if isinstance(marker, list) else None
+    atomic_write(staging / MANIFEST, lambda tmp: tmp.write_text(json.dumps(record)))
+    return record["kept"]
+
+
+def _restore(plan: CasePlan, staging: Path, committed: list[Path]) -> None:
+    """Undo an overwriting commit cut short, from what :func:`_keep_earlier` kept in ``staging`` (this run's, or a
+    killed run's): each file that commit planned goes back to its earlier content (or away, where none stood), each
+    earlier output it removed comes back, and so does the earlier marker. ``committed`` is emptied: nothing of this
+    run is left to remove."""
+    manifest = _read_json(staging / MANIFEST)
+    folder = plan.files[0].parent
+    for name in manifest.get("files", []):
+        final, kept = folder / name, staging / f"{KEPT}{name}"
+        if kept.exists():
+            os.replace(kept, final)
+        elif final.exists() and _same(staging / name, final):
+            final.unlink()  # the commit's, where no earlier file stood
+    for name in manifest.get("kept", []):  # earlier outputs the commit had removed
+        kept = staging / f"{KEPT}{name}"
+        if kept.exists() and not (folder / name).exists():
+            os.replace(kept, folder / name)
+    listed = manifest.get("marker")
+    if plan.marker is not None and isinstance(listed, list):
+        content = json.dumps({"case": plan.name, "files": listed}, indent=1)
+        atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
+    committed.clear()
+    logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
+
+
+def _sweep(plan: CasePlan, keep: Path) -> None:
+    """After ``plan``'s commit from ``keep``: remove the staging folders other runs of the case left (their flock
+    free), those killed before their manifest was written too (older than a minute, so that a run starting now is
+    not taken for one)."""
+    pattern = re.compile(rf"{re.escape(plan.name)}\.[a-z0-9_]{{8}}\.staging")
+    try:
+        found = list(plan.state_dir.iterdir())
+    except OSError:  # the case is committed: a leftover is not worth failing it
+        return
+    for staging in found:
+        if staging == keep or not pattern.fullmatch(staging.name) or not staging.is_dir():
+            continue
+        manifest = _read_json(staging / MANIFEST)
+        if manifest.get("case", plan.name) != plan.name:
+            continue
+        if not manifest and time.time() - staging.stat().st_mtime < 60:
+            continue
+        with locked(staging / ".lock", blocking=False) as stale:
+            if stale:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 class CaseWriter:
@@ -284,6 +367,7 @@ class CaseWriter:
         else:
             with locked(self.plan.state_dir / "lock"):
                 _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
+                _sweep(self.plan, keep=self.staging)  # a killed run's leftovers of this case, gigabytes of maps maybe
         return list(self.plan.files)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -328,18 +412,21 @@ def staged_elsewhere(plan: CasePlan) -> str | None:
 
 def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
     """Complete the commit an interrupted run left for ``plan`` (:func:`_finishable`) -> True; stale staging folders
-    of the case are removed either way (only removed, without ``finish``). A staging folder whose run is alive (its
-    flock held) is left alone."""
+    of the case are removed either way (only removed, without ``finish``), and where one is an overwrite killed while
+    committing (its earlier outputs kept, the case without a marker) the case's earlier set is put back first
+    (:func:`_restore`). A staging folder whose run is alive (its flock held) is left alone."""
     finished = False
     for staging in _stagings(plan):
         with locked(staging / ".lock", blocking=False) as stale:
             if not stale:
                 continue  # a live run's
-            if finish and not finished and _finishable(plan, staging):
-                with locked(plan.state_dir / "lock"):
+            with locked(plan.state_dir / "lock"):
+                if finish and not finished and _finishable(plan, staging):
                     _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
-                finished = True
-                logger.info("%s: finished the commit an interrupted run had begun", plan.name)
+                    finished = True
+                    logger.info("%s: finished the commit an interrupted run had begun", plan.name)
+                elif "kept" in _read_json(staging / MANIFEST) and not plan.marker.exists():
+                    _restore(plan, staging, [])  # an overwrite killed while committing: the earlier set back
             shutil.rmtree(staging, ignore_errors=True)
     return finished
 

@@ -633,3 +633,149 @@ def test_the_marker_lists_the_case_files_and_is_written_last(setup, monkeypatch)
     assert order == ["scan.nii.gz", "scan_probabilities.nii.gz", "marker"]
     marker = json.loads((out / ".medwidit" / "scan.json").read_text())
     assert marker == {"case": "scan", "files": ["scan.nii.gz", "scan_probabilities.nii.gz"]}
+
+
+######################################################################################################################
+# 6. an overwrite cut short puts the earlier set back (found by a review)
+######################################################################################################################
+
+
+def _case(out, name, files, others=()):
+    from medwidit.inference.outputs import plan_case
+
+    return plan_case(out, name, [out / f for f in files], [out / f for f in others])
+
+
+def _commit_case(plan, content, *, overwrite):
+    from medwidit.inference.outputs import CaseWriter
+
+    with CaseWriter(plan, overwrite=overwrite) as writer:
+        for path in plan.files:
+            writer.write(path, lambda staged, path=path: staged.write_text(f"{content} {path.name}"))
+        writer.commit()
+
+
+def _contents(out):
+    return {name: (out / name).read_text() for name in visible(out)}
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
+@pytest.mark.parametrize("calls", [1, 2, 3])
+def test_an_overwrite_cut_short_puts_the_earlier_set_back(tmp_path, monkeypatch, failure, calls):
+    """The earlier run wrote labels and uncertainty; an overwrite of labels and probabilities is interrupted (or the
+    disk fills) at its first or second file's commit or at its marker: the earlier labels and uncertainty came back
+    neither, and the earlier marker was gone (so --continue called the complete earlier case unfinished)."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"], others=["x_probabilities.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)
+    before = _contents(out)
+    real, count = outputs.commit, []
+
+    def failing(source, target, *, overwrite):
+        count.append(target)
+        if len(count) == calls:
+            raise failure
+        return real(source, target, overwrite=overwrite)
+
+    def marker(plan, real_marker=outputs._write_marker):  # the third step: after the uncertainty's removal
+        count.append(plan.marker)
+        if len(count) == calls:
+            raise failure
+        real_marker(plan)
+
+    monkeypatch.setattr(outputs, "commit", failing)
+    monkeypatch.setattr(outputs, "_write_marker", marker)
+    new = _case(out, "x", ["x.nii.gz", "x_probabilities.nii.gz"], others=["x_uncertainty.nii.gz"])
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        _commit_case(new, "new", overwrite=True)
+    assert _contents(out) == before
+    assert is_finished(earlier)
+    assert hidden_leftovers(out) == []
+
+
+def _killed_overwrite(out, monkeypatch, after_files):
+    """An overwrite of x's labels and probabilities that dies (no cleanup at all) after committing ``after_files``
+    of its files, the earlier run's labels and uncertainty in place before it."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import CaseWriter
+
+    earlier = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"], others=["x_probabilities.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)
+    new = _case(out, "x", ["x.nii.gz", "x_probabilities.nii.gz"], others=["x_uncertainty.nii.gz"])
+    real, count = outputs.commit, []
+
+    class Killed(BaseException):
+        pass
+
+    def dying(source, target, *, overwrite):
+        if len(count) == after_files:
+            raise Killed
+        count.append(target)
+        return real(source, target, overwrite=overwrite)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "commit", dying)
+        patch.setattr(outputs, "_write_marker", lambda plan: dying(None, None, overwrite=True))
+        patch.setattr(outputs, "_restore", lambda *args: None, raising=False)  # a SIGKILL runs no cleanup
+        writer = CaseWriter(new, overwrite=True).__enter__()
+        for path in new.files:
+            writer.write(path, lambda staged, path=path: staged.write_text(f"new {path.name}"))
+        with pytest.raises(Killed):
+            writer.commit()
+        writer._lock.__exit__(None, None, None)  # the process is gone: its flock with it
+    return earlier, new
+
+
+def test_a_killed_overwrite_is_put_back_by_the_next_overwrite_sweep(tmp_path, monkeypatch):
+    from medwidit.inference.outputs import finish_interrupted, is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier, new = _killed_overwrite(out, monkeypatch, after_files=1)  # new labels in place, the old marker gone
+    assert not is_finished(earlier)
+    assert not finish_interrupted(new, overwrite=True, finish=False)
+    assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
+    assert is_finished(earlier) and hidden_leftovers(out) == []
+    _commit_case(new, "new", overwrite=True)  # the redone overwrite replaces the set, the uncertainty removed
+    assert _contents(out) == {"x.nii.gz": "new x.nii.gz", "x_probabilities.nii.gz": "new x_probabilities.nii.gz"}
+
+
+def test_continue_after_an_overwrite_killed_before_its_marker_removes_the_earlier_extras(tmp_path, monkeypatch):
+    """The overwrite had committed all its files; --continue finished it but kept the earlier run's uncertainty
+    beside the new labels, under a marker that listed only the new files."""
+    from medwidit.inference.outputs import finish_interrupted, is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _, new = _killed_overwrite(out, monkeypatch, after_files=2)
+    assert finish_interrupted(new, overwrite=False, finish=True)
+    assert _contents(out) == {"x.nii.gz": "new x.nii.gz", "x_probabilities.nii.gz": "new x_probabilities.nii.gz"}
+    assert is_finished(new) and hidden_leftovers(out) == []
+
+
+def test_a_commit_sweeps_what_killed_runs_left_of_its_case(tmp_path):
+    """A run killed while staging left its staging folder (full-size maps) through every later run of the case; so
+    did one killed before it wrote its manifest."""
+    from medwidit.inference.outputs import CaseWriter, is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz"])
+    other = _case(out, "x2", ["x2.nii.gz"])
+    killed = CaseWriter(plan, overwrite=False).__enter__()
+    killed.write(out / "x.nii.gz", lambda staged: staged.write_text("half"))
+    killed._lock.__exit__(None, None, None)
+    bare = out / ".medwidit" / "x.abcd_123.staging"
+    bare.mkdir()
+    os.utime(bare, (1e9, 1e9))  # long ago: not a run that is starting now
+    young = out / ".medwidit" / "x.young123.staging"
+    young.mkdir()
+    live = CaseWriter(other, overwrite=False).__enter__()  # another case's live run is not touched
+    _commit_case(plan, "new", overwrite=False)
+    assert is_finished(plan) and (out / "x.nii.gz").read_text() == "new x.nii.gz"
+    assert sorted(p.name for p in (out / ".medwidit").glob("*.staging")) == sorted([young.name, live.staging.name])
+    live.__exit__(None, None, None)
