@@ -41,6 +41,7 @@ from _report import environment, write_json  # noqa: E402
 from medwidit.cli import main as cli  # noqa: E402
 from medwidit.diffusion import DiffusionSegmenter, save_segmenter  # noqa: E402
 from medwidit.inference import Predictor  # noqa: E402
+from medwidit.inference import files as files_module  # noqa: E402
 from medwidit.inference import outputs as outputs_module  # noqa: E402
 from medwidit.nets import WiDiT  # noqa: E402
 
@@ -270,6 +271,58 @@ def disk_full(lab: Lab):
     return f"exit {code}; said '{Path(said.split(':')[0]).name}:{said.split(':', 1)[1]}'", out, ok
 
 
+def sigint_during_overwrite(lab: Lab):
+    inputs, out = lab.folder("in"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty")
+    before = {name: (out / name).read_bytes() for name in lab.left(out)}
+    real, calls = outputs_module.commit, []
+
+    def commit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    outputs_module.commit = commit
+    try:
+        args = ("-i", str(inputs), "-o", str(out), "--overwrite", "--save-probabilities", "--seed", "1")
+        code, _ = lab.cli(*args)
+    finally:
+        outputs_module.commit = real
+    after = {name: (out / name).read_bytes() for name in lab.left(out)}
+    again, _ = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--continue")
+    ok = code == 130 and after == before and again == 0 and lab.left(out) == sorted(before)
+    return f"exit {code}; the earlier {len(before)} files back, byte for byte; --continue skips the case", out, ok
+
+
+def same_seed_runs(lab: Lab):
+    inputs, out = lab.folder("in"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    real, first = files_module.save_image, []
+
+    def save_image(*args, **kwargs):  # run A, start to finish, while run B stages its first file
+        if not first:
+            first.append(None)  # A's own writes go straight through
+            first[0] = lab.cli("-i", str(inputs), "-o", str(out), "--save-probabilities")[0]
+        return real(*args, **kwargs)
+
+    files_module.save_image = save_image
+    try:
+        code, err = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty")
+    finally:
+        files_module.save_image = real
+    again, _ = lab.cli("-i", str(inputs), "-o", str(out), "--save-probabilities", "--continue")
+    said = _error(err)
+    ok = first == [0] and code == 1 and "already exists" in said and again == 0
+    return (
+        f"A exit {first[0]}, B exit {code}: '{Path(said.split(':')[0]).name}: already exists'; "
+        f"A's --continue exit {again}",
+        out,
+        ok,
+    )
+
+
 def overwrite_continue(lab: Lab):
     inputs, out = lab.folder("in"), lab.root / "out"
     lab.nifti(inputs / "a.nii.gz")
@@ -457,6 +510,8 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("3", "SIGTERM between the commits of a case", sigterm_between_commits),
     ("3", "disk full while the figure is written", disk_full),
     ("3", "--overwrite --continue", overwrite_continue),
+    ("3", "SIGINT during an --overwrite's commit", sigint_during_overwrite),
+    ("1", "two runs of one seed, other outputs beside the labels", same_seed_runs),
     ("4", "an output is another case's input", output_is_another_input),
     ("4", "cases x and x_uncertainty collide", cross_case_collision),
     ("5", "an empty folder among the inputs", empty_folder),
