@@ -700,12 +700,19 @@ def test_an_overwrite_cut_short_puts_the_earlier_set_back(tmp_path, monkeypatch,
 def _killed_overwrite(out, monkeypatch, after_files):
     """An overwrite of x's labels and probabilities that dies (no cleanup at all) after committing ``after_files``
     of its files, the earlier run's labels and uncertainty in place before it."""
-    from medwidit.inference import outputs
-    from medwidit.inference.outputs import CaseWriter
-
     earlier = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"], others=["x_probabilities.nii.gz"])
     _commit_case(earlier, "old", overwrite=False)
     new = _case(out, "x", ["x.nii.gz", "x_probabilities.nii.gz"], others=["x_uncertainty.nii.gz"])
+    _kill_overwrite(new, monkeypatch, after_files)
+    return earlier, new
+
+
+def _kill_overwrite(plan, monkeypatch, after_files):
+    """An overwriting commit of ``plan`` that dies after committing ``after_files`` of its files: no cleanup, and
+    its flock gone with its process."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import CaseWriter
+
     real, count = outputs.commit, []
 
     class Killed(BaseException):
@@ -721,13 +728,12 @@ def _killed_overwrite(out, monkeypatch, after_files):
         patch.setattr(outputs, "commit", dying)
         patch.setattr(outputs, "_write_marker", lambda plan: dying(None, None, overwrite=True))
         patch.setattr(outputs, "_restore", lambda *args: None, raising=False)  # a SIGKILL runs no cleanup
-        writer = CaseWriter(new, overwrite=True).__enter__()
-        for path in new.files:
+        writer = CaseWriter(plan, overwrite=True).__enter__()
+        for path in plan.files:
             writer.write(path, lambda staged, path=path: staged.write_text(f"new {path.name}"))
         with pytest.raises(Killed):
             writer.commit()
-        writer._lock.__exit__(None, None, None)  # the process is gone: its flock with it
-    return earlier, new
+        writer._lock.__exit__(None, None, None)
 
 
 def test_a_killed_overwrite_is_put_back_by_the_next_overwrite_sweep(tmp_path, monkeypatch):
@@ -779,3 +785,21 @@ def test_a_commit_sweeps_what_killed_runs_left_of_its_case(tmp_path):
     assert is_finished(plan) and (out / "x.nii.gz").read_text() == "new x.nii.gz"
     assert sorted(p.name for p in (out / ".medwidit").glob("*.staging")) == sorted([young.name, live.staging.name])
     live.__exit__(None, None, None)
+
+
+def test_continue_after_an_overwrite_killed_midway_skips_the_earlier_case_it_puts_back(setup, monkeypatch):
+    """The sweep put the earlier set back, but the case had been judged unfinished just before: --continue said
+    to pass --overwrite for a case that was complete again."""
+    from medwidit.inference.outputs import is_finished, plan_case
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = plan_case(out, "scan", [out / "scan.nii.gz"], [out / "scan_probabilities.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)  # a finished case of labels only
+    new = plan_case(out, "scan", [out / "scan.nii.gz", out / "scan_probabilities.nii.gz"])
+    _kill_overwrite(new, monkeypatch, after_files=1)
+    assert not is_finished(earlier)
+    result = predictor.predict_from_files(inputs, out, resume=True, **FAST)[0]
+    assert result.status == "skipped", result.message
+    assert (out / "scan.nii.gz").read_text() == "old scan.nii.gz" and hidden_leftovers(out) == []
