@@ -214,11 +214,11 @@ def _commit_staged(
         listed = manifest.get("previous") if resume and "previous" in manifest else _read_json(plan.marker).get("files")
         previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
     kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
-    if plan.marker is not None and overwrite:
-        plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
     # without overwrite an existing marker stays: this commit can only add missing files, and a run that loses the race
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     try:
+        if plan.marker is not None and overwrite:
+            plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
         for final in plan.files:
             staged = staging / final.name
             if resume and final.exists() and _same(staged, final):
@@ -249,7 +249,8 @@ def _commit_staged(
             _write_marker(plan)
     except BaseException:
         if kept is not None:
-            _restore(plan, staging, committed)
+            committed.clear()  # from here the restore owns the files: the writer's cleanup must not remove them
+            _restore(plan, staging)
         raise
     if stale:
         logger.warning(
@@ -274,20 +275,20 @@ def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[s
     return record["kept"]
 
 
-def _restore(plan: CasePlan, staging: Path, committed: list[Path]) -> None:
+def _restore(plan: CasePlan, staging: Path) -> None:
     """Undo an overwriting commit cut short, from what :func:`_keep_earlier` kept in ``staging`` (this run's, or a
     killed run's): each file that commit planned goes back to its earlier content (or away, where none stood), each
-    earlier output it removed comes back, and so does the earlier marker. ``committed`` is emptied: nothing of this
-    run is left to remove."""
+    earlier output it removed comes back, and so does the earlier marker; then the manifest drops its ``kept`` list.
+    Safe to run again after it was cut short itself: a name that had an earlier file is never removed."""
     manifest = _read_json(staging / MANIFEST)
-    folder = plan.files[0].parent
+    folder, kept_names = plan.files[0].parent, set(manifest.get("kept", []))
     for name in manifest.get("files", []):
         final, kept = folder / name, staging / f"{KEPT}{name}"
         if kept.exists():
             os.replace(kept, final)
-        elif final.exists() and _same(staging / name, final):
+        elif name not in kept_names and final.exists() and _same(staging / name, final):
             final.unlink()  # the commit's, where no earlier file stood
-    for name in manifest.get("kept", []):  # earlier outputs the commit had removed
+    for name in kept_names:  # earlier outputs the commit had removed
         kept = staging / f"{KEPT}{name}"
         if kept.exists() and not (folder / name).exists():
             os.replace(kept, folder / name)
@@ -295,7 +296,8 @@ def _restore(plan: CasePlan, staging: Path, committed: list[Path]) -> None:
     if plan.marker is not None and isinstance(listed, list):
         content = json.dumps({"case": plan.name, "files": listed}, indent=1)
         atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
-    committed.clear()
+    done = {key: value for key, value in manifest.items() if key != "kept"}
+    atomic_write(staging / MANIFEST, lambda tmp: tmp.write_text(json.dumps(done)))
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
 
 
@@ -309,16 +311,19 @@ def _sweep(plan: CasePlan, keep: Path) -> None:
     except OSError:  # the case is committed: a leftover is not worth failing it
         return
     for staging in found:
-        if staging == keep or not pattern.fullmatch(staging.name) or not staging.is_dir():
+        if staging == keep or not pattern.fullmatch(staging.name):
             continue
         manifest = _read_json(staging / MANIFEST)
         if manifest.get("case", plan.name) != plan.name:
             continue
-        if not manifest and time.time() - staging.stat().st_mtime < 60:
+        try:
+            if not staging.is_dir() or (not manifest and time.time() - staging.stat().st_mtime < 60):
+                continue
+            with locked(staging / ".lock", blocking=False) as stale:
+                if stale:
+                    shutil.rmtree(staging, ignore_errors=True)
+        except OSError:  # gone meanwhile, or another user's: the case is committed, a leftover is not worth failing it
             continue
-        with locked(staging / ".lock", blocking=False) as stale:
-            if stale:
-                shutil.rmtree(staging, ignore_errors=True)
 
 
 class CaseWriter:
@@ -367,7 +372,9 @@ class CaseWriter:
         else:
             with locked(self.plan.state_dir / "lock"):
                 _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
+                self.committed = []  # the case is complete: nothing after this may remove it
                 _sweep(self.plan, keep=self.staging)  # a killed run's leftovers of this case, gigabytes of maps maybe
+        self.committed = []  # a plain write's too
         return list(self.plan.files)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -379,8 +386,16 @@ class CaseWriter:
                         self.removed.append(final)
                 self.replaced = [f for f in self.removed if f in self._existed]
         finally:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            # a restore cut short itself (a second Ctrl-C, a disk still full) left its kept copies and no marker: the
+            # folder stays for the next run's sweep to finish the restore (finish_interrupted)
+            unrestored = "kept" in _read_json(self.staging / MANIFEST) and not self._complete()
+            if not unrestored:
+                shutil.rmtree(self.staging, ignore_errors=True)
             self._lock.__exit__(None, None, None)
+
+    def _complete(self) -> bool:
+        """Whether the case has a marker, or is a plain write (no marker, no later run to finish anything)."""
+        return self.plan.marker is None or self.plan.marker.exists()
 
 
 def _stagings(plan: CasePlan) -> list[Path]:
@@ -426,7 +441,7 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
                     finished = True
                     logger.info("%s: finished the commit an interrupted run had begun", plan.name)
                 elif "kept" in _read_json(staging / MANIFEST) and not plan.marker.exists():
-                    _restore(plan, staging, [])  # an overwrite killed while committing: the earlier set back
+                    _restore(plan, staging)  # an overwrite killed while committing (or its restore): the earlier set
             shutil.rmtree(staging, ignore_errors=True)
     return finished
 

@@ -803,3 +803,77 @@ def test_continue_after_an_overwrite_killed_midway_skips_the_earlier_case_it_put
     result = predictor.predict_from_files(inputs, out, resume=True, **FAST)[0]
     assert result.status == "skipped", result.message
     assert (out / "scan.nii.gz").read_text() == "old scan.nii.gz" and hidden_leftovers(out) == []
+
+
+def test_an_error_after_a_complete_commit_removes_nothing(tmp_path, monkeypatch):
+    """An interrupt in the sweep that follows the marker made the writer's cleanup remove every file just committed,
+    the marker left listing files that no longer existed (found by a review of the change)."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "_sweep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _commit_case(plan, "new", overwrite=False)
+    assert is_finished(plan) and _contents(out) == {name: f"new {name}" for name in visible(out)}
+    assert len(_contents(out)) == 2 and hidden_leftovers(out) == []
+
+
+@pytest.mark.parametrize("content", ["old", "new"])
+def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch, content):
+    """A second Ctrl-C inside the restore (or a disk still full at the earlier marker) removed the earlier files of
+    the same bytes and the kept copies; run again, a restore removed the earlier labels it had put back."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import finish_interrupted, is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+    real_replace, real_marker = os.replace, outputs._write_marker
+
+    def full(plan):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_interrupt(source, target):  # the restore's second file
+        if Path(target).name == "x_uncertainty.nii.gz":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(outputs, "_write_marker", full)
+    monkeypatch.setattr(outputs.os, "replace", second_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _commit_case(plan, content, overwrite=True)
+    monkeypatch.setattr(outputs, "_write_marker", real_marker)
+    monkeypatch.setattr(outputs.os, "replace", real_replace)
+    assert not is_finished(plan) and len(hidden_leftovers(out)) == 1  # the kept copies wait for the next run
+    assert not finish_interrupted(plan, overwrite=True, finish=False)
+    assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
+    assert is_finished(plan) and hidden_leftovers(out) == []
+
+
+def test_an_interrupt_just_after_the_earlier_marker_is_removed_puts_it_back(tmp_path, monkeypatch):
+    from medwidit.inference.outputs import is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        real_unlink(self, missing_ok=missing_ok)
+        if self.name == "x.json":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        _commit_case(plan, "new", overwrite=True)
+    monkeypatch.undo()
+    assert is_finished(plan) and _contents(out) == {"x.nii.gz": "old x.nii.gz"} and hidden_leftovers(out) == []
