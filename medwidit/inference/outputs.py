@@ -245,20 +245,31 @@ def _commit_staged(
         stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
         for path in stale:
             path.unlink(missing_ok=True)
+        if stale:  # said before the marker: an interrupt while it is said still puts the earlier set back
+            logger.warning(
+                "%s: removed the earlier run's %s, which this run does not write (--overwrite replaces a case's "
+                "outputs as one set).",
+                plan.name,
+                ", ".join(p.name for p in stale),
+            )
         if plan.marker is not None:
             _write_marker(plan)
+        committed.clear()  # the case is complete: nothing after this (a sweep) may remove it
     except BaseException:
         if kept is not None:
             committed.clear()  # from here the restore owns the files: the writer's cleanup must not remove them
-            _restore(plan, staging)
+            try:
+                _restore(plan, staging)
+            except BaseException:
+                later = "the next run with --overwrite or --continue puts them back" if plan.marker else "see there"
+                logger.error(
+                    "%s: putting the earlier outputs back was cut short; what is left of them is kept in %s (%s).",
+                    plan.name,
+                    staging,
+                    later,
+                )
+                raise
         raise
-    if stale:
-        logger.warning(
-            "%s: removed the earlier run's %s, which this run does not write (--overwrite replaces a case's outputs "
-            "as one set).",
-            plan.name,
-            ", ".join(p.name for p in stale),
-        )
 
 
 def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[str]) -> list[str]:
@@ -301,6 +312,20 @@ def _restore(plan: CasePlan, staging: Path) -> None:
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
 
 
+def _restore_stale(plan: CasePlan) -> None:
+    """Before a commit of ``plan``: a gone run's restore that was cut short (its copies kept, the case without a
+    marker) is finished first, so that this commit neither lands on half the earlier set nor sweeps the copies."""
+    if plan.marker.exists():
+        return
+    for staging in _stagings(plan):
+        if "kept" not in _read_json(staging / MANIFEST):
+            continue
+        with locked(staging / ".lock", blocking=False) as stale:
+            if stale:
+                _restore(plan, staging)
+                shutil.rmtree(staging, ignore_errors=True)
+
+
 def _sweep(plan: CasePlan, keep: Path) -> None:
     """After ``plan``'s commit from ``keep``: remove the staging folders other runs of the case left (their flock
     free), those killed before their manifest was written too (older than a minute, so that a run starting now is
@@ -339,6 +364,7 @@ class CaseWriter:
         self.staging: Path | None = None
         self._existed: set[Path] = set()
         self._lock = None
+        self._done = False  # the commit completed: nothing may remove the case any more
 
     def __enter__(self) -> CaseWriter:
         self.plan.state_dir.mkdir(exist_ok=True)
@@ -371,10 +397,11 @@ class CaseWriter:
             _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
         else:
             with locked(self.plan.state_dir / "lock"):
+                _restore_stale(self.plan)  # a restore cut short: the earlier set back first, then this commit
                 _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
-                self.committed = []  # the case is complete: nothing after this may remove it
+                self._done = True
                 _sweep(self.plan, keep=self.staging)  # a killed run's leftovers of this case, gigabytes of maps maybe
-        self.committed = []  # a plain write's too
+        self._done = True
         return list(self.plan.files)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -388,14 +415,11 @@ class CaseWriter:
         finally:
             # a restore cut short itself (a second Ctrl-C, a disk still full) left its kept copies and no marker: the
             # folder stays for the next run's sweep to finish the restore (finish_interrupted)
-            unrestored = "kept" in _read_json(self.staging / MANIFEST) and not self._complete()
+            done = self._done or (self.plan.marker is not None and is_finished(self.plan))
+            unrestored = exc_type is not None and not done and "kept" in _read_json(self.staging / MANIFEST)
             if not unrestored:
                 shutil.rmtree(self.staging, ignore_errors=True)
             self._lock.__exit__(None, None, None)
-
-    def _complete(self) -> bool:
-        """Whether the case has a marker, or is a plain write (no marker, no later run to finish anything)."""
-        return self.plan.marker is None or self.plan.marker.exists()
 
 
 def _stagings(plan: CasePlan) -> list[Path]:

@@ -826,7 +826,7 @@ def test_an_error_after_a_complete_commit_removes_nothing(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("content", ["old", "new"])
-def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch, content):
+def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch, caplog, content):
     """A second Ctrl-C inside the restore (or a disk still full at the earlier marker) removed the earlier files of
     the same bytes and the kept copies; run again, a restore removed the earlier labels it had put back."""
     from medwidit.inference import outputs
@@ -842,7 +842,7 @@ def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def second_interrupt(source, target):  # the restore's second file
-        if Path(target).name == "x_uncertainty.nii.gz":
+        if Path(target).name == "x_uncertainty.nii.gz" and Path(source).name.startswith(".previous-"):
             raise KeyboardInterrupt
         real_replace(source, target)
 
@@ -853,6 +853,8 @@ def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch
     monkeypatch.setattr(outputs, "_write_marker", real_marker)
     monkeypatch.setattr(outputs.os, "replace", real_replace)
     assert not is_finished(plan) and len(hidden_leftovers(out)) == 1  # the kept copies wait for the next run
+    said = [r.getMessage() for r in caplog.records if "cut short; what is left" in r.getMessage()]
+    assert said and hidden_leftovers(out)[0] in said[0] and "next run with --overwrite or --continue" in said[0]
     assert not finish_interrupted(plan, overwrite=True, finish=False)
     assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
     assert is_finished(plan) and hidden_leftovers(out) == []
@@ -877,3 +879,85 @@ def test_an_interrupt_just_after_the_earlier_marker_is_removed_puts_it_back(tmp_
         _commit_case(plan, "new", overwrite=True)
     monkeypatch.undo()
     assert is_finished(plan) and _contents(out) == {"x.nii.gz": "old x.nii.gz"} and hidden_leftovers(out) == []
+
+
+def test_an_interrupt_while_the_removed_extras_are_named_puts_the_earlier_set_back(tmp_path, monkeypatch):
+    """The line naming the earlier extras an overwrite removed came after the marker: an interrupt while it was
+    logged removed the case just committed, the earlier set gone too (found by a second review). It is said before
+    the marker now, so the interrupt puts the earlier set back."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _commit_case(_case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"]), "old", overwrite=False)
+    plan = _case(out, "x", ["x.nii.gz"], others=["x_uncertainty.nii.gz"])
+
+    def warning(message, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.logger, "warning", warning)
+    with pytest.raises(KeyboardInterrupt):
+        _commit_case(plan, "new", overwrite=True)
+    assert is_finished(_case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])) and hidden_leftovers(out) == []
+    assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
+
+
+def test_a_commit_finishes_a_restore_cut_short_before_it_sweeps(tmp_path, monkeypatch):
+    """A commit of other outputs of the case swept the kept copies of a restore cut short: the earlier uncertainty
+    the restore had not put back yet was lost (found by a second review)."""
+    from medwidit.inference import outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+    real_replace = os.replace
+
+    def full(plan):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_interrupt(source, target):  # the restore's second file
+        if Path(target).name == "x_uncertainty.nii.gz" and Path(source).name.startswith(".previous-"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "_write_marker", full)
+        patch.setattr(outputs.os, "replace", second_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _commit_case(plan, "new", overwrite=True)
+    assert (out / "x_uncertainty.nii.gz").read_text() == "new x_uncertainty.nii.gz"  # not back yet
+    _commit_case(_case(out, "x", ["x_probabilities.nii.gz"]), "other", overwrite=False)
+    assert (out / "x_uncertainty.nii.gz").read_text() == "old x_uncertainty.nii.gz"
+    assert hidden_leftovers(out) == []
+
+
+def test_a_plain_write_whose_restore_is_cut_short_keeps_the_copies_and_says_where(tmp_path, monkeypatch, caplog):
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import CasePlan, CaseWriter
+
+    files = tuple(tmp_path / f"{name}.nii.gz" for name in "abc")
+    for path in files:
+        path.write_text(f"old {path.name}")
+    real_commit, real_replace = outputs.commit, os.replace
+
+    def failing(source, target, *, overwrite):
+        if Path(target).name == "c.nii.gz":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_commit(source, target, overwrite=overwrite)
+
+    def second_interrupt(source, target):
+        if Path(target).name == "b.nii.gz" and ".previous-" in Path(source).name:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(outputs, "commit", failing)
+    monkeypatch.setattr(outputs.os, "replace", second_interrupt)
+    with pytest.raises(KeyboardInterrupt), CaseWriter(CasePlan("a.nii.gz", files, None), overwrite=True) as writer:
+        for path in files:
+            writer.write(path, lambda staged, path=path: staged.write_text(f"new {path.name}"))
+        writer.commit()
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]
+    assert len(kept) == 1 and (kept[0] / ".previous-b.nii.gz").read_text() == "old b.nii.gz"
+    assert any(str(kept[0]) in r.getMessage() for r in caplog.records)
