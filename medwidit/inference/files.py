@@ -36,6 +36,7 @@ from .outputs import (
     is_finished,
     output_path,
     plan_case,
+    restore_interrupted,
     staged_elsewhere,
     write_case,
     write_json,
@@ -226,6 +227,7 @@ def _predict_case(
     try:
         if case.problem is not None:
             raise InputError(case.problem)
+        restore_interrupted(plan)  # an overwrite cut short (or killed): the case's earlier set back before anything
         if resume and is_finished(plan):
             logger.info("%s: done before, skipped", case.name)
             return CaseResult(case.name, "skipped", outputs)

@@ -45,6 +45,7 @@ __all__ = [
     "CaseWriter",
     "check_plan",
     "finish_interrupted",
+    "restore_interrupted",
     "staged_elsewhere",
     "image_files",
     "input_files",
@@ -62,6 +63,7 @@ logger = logging.getLogger(__name__)
 STATE_DIR = ".medwidit"
 DATA_FILES = {".mhd": ".zraw", ".nhdr": ".raw.gz"}  # the data file SimpleITK writes beside a header (compressed)
 MANIFEST = "manifest.json"
+RESTORING = ".restoring"  # in a staging folder: its overwrite is being undone (:func:`_restore`), not to be finished
 ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic", "disagreement": "_disagreement",
                  "error_score": "_error_score"}  # maps  # fmt: skip
 JSON_SUFFIXES = {"quality": "_quality.json", "statistics": "_statistics.json"}  # per-case JSON outputs
@@ -261,7 +263,7 @@ def _commit_staged(
             try:
                 _restore(plan, staging)
             except BaseException:
-                later = "the next run with --overwrite or --continue puts them back" if plan.marker else "see there"
+                later = "the next run of this case puts them back" if plan.marker else "see there"
                 logger.error(
                     "%s: putting the earlier outputs back was cut short; what is left of them is kept in %s (%s).",
                     plan.name,
@@ -290,7 +292,9 @@ def _restore(plan: CasePlan, staging: Path) -> None:
     """Undo an overwriting commit cut short, from what :func:`_keep_earlier` kept in ``staging`` (this run's, or a
     killed run's): each file that commit planned goes back to its earlier content (or away, where none stood), each
     earlier output it removed comes back, and so does the earlier marker; then the manifest drops its ``kept`` list.
-    Safe to run again after it was cut short itself: a name that had an earlier file is never removed."""
+    Safe to run again after it was cut short itself: a name that had an earlier file is never removed. It marks
+    ``staging`` as restoring first, so that no later run takes a half-restored folder for a commit to finish."""
+    (staging / RESTORING).touch()
     manifest = _read_json(staging / MANIFEST)
     folder, kept_names = plan.files[0].parent, set(manifest.get("kept", []))
     for name in manifest.get("files", []):
@@ -312,18 +316,34 @@ def _restore(plan: CasePlan, staging: Path) -> None:
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
 
 
-def _restore_stale(plan: CasePlan) -> None:
-    """Before a commit of ``plan``: a gone run's restore that was cut short (its copies kept, the case without a
-    marker) is finished first, so that this commit neither lands on half the earlier set nor sweeps the copies."""
+def restore_interrupted(plan: CasePlan) -> bool:
+    """Before anything else is done with ``plan``'s case: put back its earlier set where a gone run's overwrite (or
+    that overwrite's restore) was cut short, its copies kept and the case without a marker (:func:`_restore`) ->
+    whether it did; under the folder's lock."""
+    if plan.marker is None or not plan.state_dir.is_dir():
+        return False
+    with locked(plan.state_dir / "lock"):
+        return _restore_stale(plan)
+
+
+def _restore_stale(plan: CasePlan) -> bool:
+    """:func:`restore_interrupted` for a caller that holds the folder's lock (a commit: so that it neither lands on
+    half the earlier set nor sweeps the copies)."""
     if plan.marker.exists():
-        return
+        return False
+    restored = False
     for staging in _stagings(plan):
         if "kept" not in _read_json(staging / MANIFEST):
             continue
-        with locked(staging / ".lock", blocking=False) as stale:
-            if stale:
-                _restore(plan, staging)
-                shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with locked(staging / ".lock", blocking=False) as stale:
+                if stale:
+                    _restore(plan, staging)
+                    shutil.rmtree(staging, ignore_errors=True)
+                    restored = True
+        except FileNotFoundError:  # removed by another run since it was listed
+            continue
+    return restored
 
 
 def _sweep(plan: CasePlan, keep: Path) -> None:
@@ -431,6 +451,8 @@ def _stagings(plan: CasePlan) -> list[Path]:
 def _finishable(plan: CasePlan, staging: Path) -> bool:
     """Whether the gone run's ``staging`` holds the commit of ``plan`` it had begun: its manifest lists every planned
     file (written when the commit starts) and each file already in place is its staged copy."""
+    if (staging / RESTORING).exists():  # the user's Ctrl-C aborted that commit: its earlier set goes back instead
+        return False
     names = sorted(f.name for f in plan.files)
     ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
     return ours and _read_json(staging / MANIFEST).get("files") == names
@@ -441,11 +463,14 @@ def staged_elsewhere(plan: CasePlan) -> str | None:
     (a gone run's commit that :func:`finish_interrupted` completes), or None."""
     found = None
     for staging in _stagings(plan):
-        with locked(staging / ".lock", blocking=False) as stale:
-            if not stale:
-                return "live"
-            if _finishable(plan, staging):
-                found = "finishable"
+        try:
+            with locked(staging / ".lock", blocking=False) as stale:
+                if not stale:
+                    return "live"
+                if _finishable(plan, staging):
+                    found = "finishable"
+        except FileNotFoundError:  # removed by another run since it was listed
+            continue
     return found
 
 
@@ -455,18 +480,25 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
     committing (its earlier outputs kept, the case without a marker) the case's earlier set is put back first
     (:func:`_restore`). A staging folder whose run is alive (its flock held) is left alone."""
     finished = False
-    for staging in _stagings(plan):
-        with locked(staging / ".lock", blocking=False) as stale:
-            if not stale:
-                continue  # a live run's
-            with locked(plan.state_dir / "lock"):
-                if finish and not finished and _finishable(plan, staging):
-                    _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
-                    finished = True
-                    logger.info("%s: finished the commit an interrupted run had begun", plan.name)
-                elif "kept" in _read_json(staging / MANIFEST) and not plan.marker.exists():
-                    _restore(plan, staging)  # an overwrite killed while committing (or its restore): the earlier set
-            shutil.rmtree(staging, ignore_errors=True)
+    if not plan.state_dir.is_dir():
+        return finished
+    # the folder's lock first, then each staging flock without waiting: the order of a commit (_restore_stale), so
+    # that no commit lands between this run's look at a staging folder and what it does with it
+    with locked(plan.state_dir / "lock"):
+        for staging in _stagings(plan):
+            try:
+                with locked(staging / ".lock", blocking=False) as stale:
+                    if not stale:
+                        continue  # a live run's
+                    if finish and not finished and _finishable(plan, staging):
+                        _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
+                        finished = True
+                        logger.info("%s: finished the commit an interrupted run had begun", plan.name)
+                    elif "kept" in _read_json(staging / MANIFEST) and not plan.marker.exists():
+                        _restore(plan, staging)  # an overwrite killed while committing (or its restore)
+                    shutil.rmtree(staging, ignore_errors=True)
+            except FileNotFoundError:  # removed by another run since it was listed
+                continue
     return finished
 
 

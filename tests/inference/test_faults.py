@@ -854,7 +854,7 @@ def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch
     monkeypatch.setattr(outputs.os, "replace", real_replace)
     assert not is_finished(plan) and len(hidden_leftovers(out)) == 1  # the kept copies wait for the next run
     said = [r.getMessage() for r in caplog.records if "cut short; what is left" in r.getMessage()]
-    assert said and hidden_leftovers(out)[0] in said[0] and "next run with --overwrite or --continue" in said[0]
+    assert said and hidden_leftovers(out)[0] in said[0] and "next run of this case puts them back" in said[0]
     assert not finish_interrupted(plan, overwrite=True, finish=False)
     assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
     assert is_finished(plan) and hidden_leftovers(out) == []
@@ -961,3 +961,102 @@ def test_a_plain_write_whose_restore_is_cut_short_keeps_the_copies_and_says_wher
     kept = [p for p in tmp_path.iterdir() if p.name.endswith(".staging")]
     assert len(kept) == 1 and (kept[0] / ".previous-b.nii.gz").read_text() == "old b.nii.gz"
     assert any(str(kept[0]) in r.getMessage() for r in caplog.records)
+
+
+def test_finish_interrupted_looks_at_the_stagings_under_the_folder_lock(tmp_path, monkeypatch):
+    """It listed the staging folders and took their flocks before the folder's lock: a commit landing meanwhile made
+    it sweep the copies of a restore that commit had skipped, an earlier output lost (found by a third review)."""
+    import fcntl
+
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import finish_interrupted
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+    held, real = [], outputs._stagings
+
+    def stagings(plan):
+        with open(plan.state_dir / "lock", "a") as other:  # another open file: refused while the lock is held
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+                fcntl.flock(other, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(True)
+        return real(plan)
+
+    monkeypatch.setattr(outputs, "_stagings", stagings)
+    finish_interrupted(plan, overwrite=True, finish=True)
+    assert held == [True]
+
+
+def test_a_staging_folder_gone_since_it_was_listed_is_skipped(tmp_path, monkeypatch):
+    """Another run removed it meanwhile: taking its flock raised FileNotFoundError and failed the case."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import finish_interrupted, staged_elsewhere
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+    (out / ".medwidit" / "x.json").unlink()  # no marker: restore_interrupted looks too
+    gone = out / ".medwidit" / "x.abcdefgh.staging"
+    monkeypatch.setattr(outputs, "_stagings", lambda plan: [gone])
+    monkeypatch.setattr(outputs, "_read_json", lambda path: {"case": "x", "kept": []})
+    assert staged_elsewhere(plan) is None
+    assert not finish_interrupted(plan, overwrite=True, finish=True)
+    assert not outputs.restore_interrupted(plan)
+
+
+def test_continue_puts_back_what_a_ctrl_c_aborted_rather_than_finishing_it(tmp_path, monkeypatch):
+    """A restore cut short before the labels went back left a folder that read as a commit to finish: --continue
+    finished the overwrite the user had aborted and the earlier uncertainty was lost (found by a third review)."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import finish_interrupted, is_finished
+
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)
+    new = _case(out, "x", ["x.nii.gz", "x_probabilities.nii.gz"], others=["x_uncertainty.nii.gz"])
+    real_replace = os.replace
+
+    def full(plan):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_interrupt(source, target):  # the restore's first file
+        if Path(source).name.startswith(".previous-"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "_write_marker", full)
+        patch.setattr(outputs.os, "replace", second_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _commit_case(new, "new", overwrite=True)
+    assert not finish_interrupted(new, overwrite=False, finish=True)
+    assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
+    assert is_finished(earlier) and hidden_leftovers(out) == []
+
+
+def test_a_plain_run_after_a_killed_overwrite_puts_the_case_back_before_segmenting(setup, monkeypatch):
+    """It segmented the whole case, then its commit put the earlier set back and refused to replace it."""
+    from medwidit.inference.outputs import is_finished, plan_case
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = plan_case(out, "scan", [out / "scan.nii.gz", out / "scan_uncertainty.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)
+    new = plan_case(out, "scan", [out / "scan.nii.gz", out / "scan_probabilities.nii.gz"])
+    _kill_overwrite(new, monkeypatch, after_files=1)
+
+    def never(*args, **kwargs):
+        raise AssertionError("segmented a case whose outputs exist")
+
+    monkeypatch.setattr(predictor, "segment", never)
+    result = predictor.predict_from_files(inputs, out, save_uncertainty=True, **FAST)[0]
+    assert result.status == "failed" and "scan.nii.gz: already exists" in result.message
+    assert is_finished(earlier) and (out / "scan.nii.gz").read_text() == "old scan.nii.gz"
