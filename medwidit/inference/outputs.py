@@ -7,7 +7,7 @@ per-case marker is written last. A case without its marker is unfinished: ``--co
 interrupted run left, or redoes the case. The plan of every output path is checked against every input first. An
 overwriting commit replaces the case as one set: the earlier outputs its previous marker lists and this run does not
 write are removed before the new marker; it keeps a second name of each earlier file in its staging folder first, so
-that an error or interrupt puts the earlier set back (a kill: the next ``--overwrite`` or ``--continue`` does).
+that an error or interrupt puts the earlier set back (after a kill, the next run of the case does).
 
     out/.medwidit/<case>.json                the marker: the case's files, written after all of them
     out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
@@ -374,7 +374,8 @@ def _sweep(plan: CasePlan, keep: Path) -> None:
 class CaseWriter:
     """Stages one case's files (:meth:`write`), then :meth:`commit` puts them all in place and the marker last. On any
     error, KeyboardInterrupt included, the files this writer committed and its staging folder are removed;
-    ``removed`` lists them and ``replaced`` the earlier files that ``overwrite`` had already replaced."""
+    ``removed`` lists them and ``replaced`` the earlier files that ``overwrite`` had already replaced (an overwriting
+    commit puts the earlier set back itself, :func:`_restore`, and then lists nothing)."""
 
     def __init__(self, plan: CasePlan, *, overwrite: bool) -> None:
         self.plan, self.overwrite = plan, overwrite
@@ -434,7 +435,7 @@ class CaseWriter:
                 self.replaced = [f for f in self.removed if f in self._existed]
         finally:
             # a restore cut short itself (a second Ctrl-C, a disk still full) left its kept copies and no marker: the
-            # folder stays for the next run's sweep to finish the restore (finish_interrupted)
+            # folder stays for the next run of the case to finish the restore (restore_interrupted)
             done = self._done or (self.plan.marker is not None and is_finished(self.plan))
             unrestored = exc_type is not None and not done and "kept" in _read_json(self.staging / MANIFEST)
             if not unrestored:
