@@ -232,9 +232,9 @@ def sigterm_between_commits(lab: Lab):
     return f"exit {code}; record {record}; said '{said}'", out, ok
 
 
-def sigint_between_commits(lab: Lab):
-    inputs, out = lab.folder("in"), lab.root / "out"
-    lab.nifti(inputs / "scan.nii.gz")
+@contextlib.contextmanager
+def _second_commit_interrupted():
+    """Ctrl-C at a case's second file commit: ``outputs.commit`` raises KeyboardInterrupt at its second call."""
     real, calls = outputs_module.commit, []
 
     def commit(*args, **kwargs):
@@ -245,9 +245,16 @@ def sigint_between_commits(lab: Lab):
 
     outputs_module.commit = commit
     try:
-        code, err = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--save-figure")
+        yield
     finally:
         outputs_module.commit = real
+
+
+def sigint_between_commits(lab: Lab):
+    inputs, out = lab.folder("in"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    with _second_commit_interrupted():
+        code, err = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--save-figure")
     said = _error(err)
     ok = code == 130 and lab.left(out) == [] and "removed the 1 output file(s)" in said
     return f"exit {code}; said '{said}'", out, ok
@@ -276,20 +283,8 @@ def sigint_during_overwrite(lab: Lab):
     lab.nifti(inputs / "scan.nii.gz")
     lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty")
     before = {name: (out / name).read_bytes() for name in lab.left(out)}
-    real, calls = outputs_module.commit, []
-
-    def commit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        real(*args, **kwargs)
-
-    outputs_module.commit = commit
-    try:
-        args = ("-i", str(inputs), "-o", str(out), "--overwrite", "--save-probabilities", "--seed", "1")
-        code, _ = lab.cli(*args)
-    finally:
-        outputs_module.commit = real
+    with _second_commit_interrupted():
+        code, _ = lab.cli("-i", str(inputs), "-o", str(out), "--overwrite", "--save-probabilities", "--seed", "1")
     after = {name: (out / name).read_bytes() for name in lab.left(out)}
     again, _ = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--continue")
     ok = code == 130 and after == before and again == 0 and lab.left(out) == sorted(before)

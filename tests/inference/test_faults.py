@@ -825,33 +825,39 @@ def test_an_error_after_a_complete_commit_removes_nothing(tmp_path, monkeypatch)
     assert len(_contents(out)) == 2 and hidden_leftovers(out) == []
 
 
+def _overwrite_with_its_restore_cut_short(plan, monkeypatch, content="new", at=None):
+    """An overwriting commit of ``plan`` whose marker meets a full disk, and whose restore is then interrupted (a
+    second Ctrl-C) as it puts back the earlier ``at`` (a file name; None: the first it puts back)."""
+    from medwidit.inference import outputs
+
+    real_replace = os.replace
+
+    def full(plan):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_interrupt(source, target):
+        if Path(source).name.startswith(outputs.KEPT) and at in (None, Path(target).name):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "_write_marker", full)
+        patch.setattr(outputs.os, "replace", second_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _commit_case(plan, content, overwrite=True)
+
+
 @pytest.mark.parametrize("content", ["old", "new"])
 def test_a_restore_cut_short_is_finished_by_the_next_sweep(tmp_path, monkeypatch, caplog, content):
     """A second Ctrl-C inside the restore (or a disk still full at the earlier marker) removed the earlier files of
     the same bytes and the kept copies; run again, a restore removed the earlier labels it had put back."""
-    from medwidit.inference import outputs
     from medwidit.inference.outputs import finish_interrupted, is_finished
 
     out = tmp_path / "out"
     out.mkdir()
     plan = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
     _commit_case(plan, "old", overwrite=False)
-    real_replace, real_marker = os.replace, outputs._write_marker
-
-    def full(plan):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def second_interrupt(source, target):  # the restore's second file
-        if Path(target).name == "x_uncertainty.nii.gz" and Path(source).name.startswith(".previous-"):
-            raise KeyboardInterrupt
-        real_replace(source, target)
-
-    monkeypatch.setattr(outputs, "_write_marker", full)
-    monkeypatch.setattr(outputs.os, "replace", second_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        _commit_case(plan, content, overwrite=True)
-    monkeypatch.setattr(outputs, "_write_marker", real_marker)
-    monkeypatch.setattr(outputs.os, "replace", real_replace)
+    _overwrite_with_its_restore_cut_short(plan, monkeypatch, content, at="x_uncertainty.nii.gz")
     assert not is_finished(plan) and len(hidden_leftovers(out)) == 1  # the kept copies wait for the next run
     said = [r.getMessage() for r in caplog.records if "cut short; what is left" in r.getMessage()]
     assert said and hidden_leftovers(out)[0] in said[0] and "next run of this case puts them back" in said[0]
@@ -906,27 +912,12 @@ def test_an_interrupt_while_the_removed_extras_are_named_puts_the_earlier_set_ba
 def test_a_commit_finishes_a_restore_cut_short_before_it_sweeps(tmp_path, monkeypatch):
     """A commit of other outputs of the case swept the kept copies of a restore cut short: the earlier uncertainty
     the restore had not put back yet was lost (found by a second review)."""
-    from medwidit.inference import outputs
 
     out = tmp_path / "out"
     out.mkdir()
     plan = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
     _commit_case(plan, "old", overwrite=False)
-    real_replace = os.replace
-
-    def full(plan):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def second_interrupt(source, target):  # the restore's second file
-        if Path(target).name == "x_uncertainty.nii.gz" and Path(source).name.startswith(".previous-"):
-            raise KeyboardInterrupt
-        real_replace(source, target)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(outputs, "_write_marker", full)
-        patch.setattr(outputs.os, "replace", second_interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            _commit_case(plan, "new", overwrite=True)
+    _overwrite_with_its_restore_cut_short(plan, monkeypatch, at="x_uncertainty.nii.gz")
     assert (out / "x_uncertainty.nii.gz").read_text() == "new x_uncertainty.nii.gz"  # not back yet
     _commit_case(_case(out, "x", ["x_probabilities.nii.gz"]), "other", overwrite=False)
     assert (out / "x_uncertainty.nii.gz").read_text() == "old x_uncertainty.nii.gz"
@@ -1013,7 +1004,6 @@ def test_a_staging_folder_gone_since_it_was_listed_is_skipped(tmp_path, monkeypa
 def test_continue_puts_back_what_a_ctrl_c_aborted_rather_than_finishing_it(tmp_path, monkeypatch):
     """A restore cut short before the labels went back left a folder that read as a commit to finish: --continue
     finished the overwrite the user had aborted and the earlier uncertainty was lost (found by a third review)."""
-    from medwidit.inference import outputs
     from medwidit.inference.outputs import finish_interrupted, is_finished
 
     out = tmp_path / "out"
@@ -1021,21 +1011,7 @@ def test_continue_puts_back_what_a_ctrl_c_aborted_rather_than_finishing_it(tmp_p
     earlier = _case(out, "x", ["x.nii.gz", "x_uncertainty.nii.gz"])
     _commit_case(earlier, "old", overwrite=False)
     new = _case(out, "x", ["x.nii.gz", "x_probabilities.nii.gz"], others=["x_uncertainty.nii.gz"])
-    real_replace = os.replace
-
-    def full(plan):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def second_interrupt(source, target):  # the restore's first file
-        if Path(source).name.startswith(".previous-"):
-            raise KeyboardInterrupt
-        real_replace(source, target)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(outputs, "_write_marker", full)
-        patch.setattr(outputs.os, "replace", second_interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            _commit_case(new, "new", overwrite=True)
+    _overwrite_with_its_restore_cut_short(new, monkeypatch)  # cut at its first file
     assert not finish_interrupted(new, overwrite=False, finish=True)
     assert _contents(out) == {"x.nii.gz": "old x.nii.gz", "x_uncertainty.nii.gz": "old x_uncertainty.nii.gz"}
     assert is_finished(earlier) and hidden_leftovers(out) == []
