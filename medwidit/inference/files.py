@@ -227,7 +227,8 @@ def _predict_case(
     try:
         if case.problem is not None:
             raise InputError(case.problem)
-        restore_interrupted(plan)  # an overwrite cut short (or killed): the case's earlier set back before anything
+        # an overwrite cut short (or killed): the case's earlier set back before anything, but what --continue finishes
+        restore_interrupted(plan, finish=resume)
         if resume and is_finished(plan):
             logger.info("%s: done before, skipped", case.name)
             return CaseResult(case.name, "skipped", outputs)

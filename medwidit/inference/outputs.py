@@ -215,7 +215,10 @@ def _commit_staged(
     if plan.marker is not None and overwrite:
         listed = manifest.get("previous") if resume and "previous" in manifest else _read_json(plan.marker).get("files")
         previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
-    kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
+    try:
+        kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
+    except OSError as e:  # nothing replaced yet
+        raise OutputError(f"{plan.files[0]}: cannot keep the earlier outputs to replace ({e.strerror or e}).") from e
     # without overwrite an existing marker stays: this commit can only add missing files, and a run that loses the race
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     try:
@@ -316,24 +319,26 @@ def _restore(plan: CasePlan, staging: Path) -> None:
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
 
 
-def restore_interrupted(plan: CasePlan) -> bool:
+def restore_interrupted(plan: CasePlan, *, finish: bool = False) -> bool:
     """Before anything else is done with ``plan``'s case: put back its earlier set where a gone run's overwrite (or
     that overwrite's restore) was cut short, its copies kept and the case without a marker (:func:`_restore`) ->
-    whether it did; under the folder's lock."""
-    if plan.marker is None or not plan.state_dir.is_dir():
+    whether it did; under the folder's lock. ``finish`` (``--continue``): a killed commit that had placed all its
+    files (:func:`_finishable`) is left for :func:`finish_interrupted` to finish."""
+    # a case with its marker has nothing to put back: no lock taken (another user's lock file may not be writable)
+    if plan.marker is None or plan.marker.exists() or not _stagings(plan):
         return False
     with locked(plan.state_dir / "lock"):
-        return _restore_stale(plan)
+        return _restore_stale(plan, finish=finish)
 
 
-def _restore_stale(plan: CasePlan) -> bool:
+def _restore_stale(plan: CasePlan, *, finish: bool = False) -> bool:
     """:func:`restore_interrupted` for a caller that holds the folder's lock (a commit: so that it neither lands on
     half the earlier set nor sweeps the copies)."""
     if plan.marker.exists():
         return False
     restored = False
     for staging in _stagings(plan):
-        if "kept" not in _read_json(staging / MANIFEST):
+        if "kept" not in _read_json(staging / MANIFEST) or (finish and _finishable(plan, staging)):
             continue
         try:
             with locked(staging / ".lock", blocking=False) as stale:

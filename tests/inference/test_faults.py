@@ -1036,3 +1036,41 @@ def test_a_plain_run_after_a_killed_overwrite_puts_the_case_back_before_segmenti
     result = predictor.predict_from_files(inputs, out, save_uncertainty=True, **FAST)[0]
     assert result.status == "failed" and "scan.nii.gz: already exists" in result.message
     assert is_finished(earlier) and (out / "scan.nii.gz").read_text() == "old scan.nii.gz"
+
+
+def test_continue_from_the_cli_finishes_a_killed_overwrite_that_had_placed_its_files(setup, monkeypatch):
+    """Every run first put back any killed overwrite, so --continue never reached the commit it finishes: the new
+    set was thrown away and the case refused (found by a fourth review; the test above calls finish_interrupted)."""
+    from medwidit.inference.outputs import is_finished, plan_case
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = plan_case(out, "scan", [out / "scan.nii.gz", out / "scan_uncertainty.nii.gz"])
+    _commit_case(earlier, "old", overwrite=False)
+    others = [out / "scan_uncertainty.nii.gz"]
+    new = plan_case(out, "scan", [out / "scan.nii.gz", out / "scan_probabilities.nii.gz"], others)
+    _kill_overwrite(new, monkeypatch, after_files=2)  # both files placed, killed at the marker
+    result = predictor.predict_from_files(inputs, out, save_probabilities=True, resume=True, **FAST)[0]
+    assert (result.status, result.message) == ("done", "finished an interrupted commit")
+    assert _contents(out) == {name: f"new {name}" for name in ("scan.nii.gz", "scan_probabilities.nii.gz")}
+    assert is_finished(new) and hidden_leftovers(out) == []
+
+
+def test_a_finished_case_takes_no_folder_lock_to_look_for_a_restore(tmp_path, monkeypatch):
+    """Every run opened .medwidit/lock for writing for every case: in a shared folder whose lock file a colleague
+    owns, --continue and plain runs failed each case with a permission error (found by a fourth review)."""
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import restore_interrupted
+
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = _case(out, "x", ["x.nii.gz"])
+    _commit_case(plan, "old", overwrite=False)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(out / ".medwidit" / "lock"))
+
+    monkeypatch.setattr(outputs, "locked", denied)
+    assert not restore_interrupted(plan)  # its marker says it is whole
+    assert not restore_interrupted(_case(out, "y", ["y.nii.gz"]))  # nothing staged for it
