@@ -408,12 +408,14 @@ class RandSubdivideLabelsd(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, [label_key])
         RandomizableTransform.__init__(self, prob=_probability("prob", prob))
         check_int("first_label", first_label, low=1)
-        labels = list(labels)
+        labels = (
+            list(labels) if isinstance(labels, (Sequence, np.ndarray)) and not isinstance(labels, str) else [labels]
+        )
         bad = [v for v in labels if not is_integer(v) or not 1 <= v < first_label]
         if bad or len(set(labels)) != len(labels):  # label 0 is the air RandLabelsToImaged paints black
             raise ValueError(
-                f"labels must be distinct generation labels in 1..{first_label - 1} (not the background 0, below "
-                f"first_label), got {bad[0] if bad else labels!r}."
+                f"labels must be distinct generation labels in 1..{first_label - 1} (not the background 0), got "
+                f"{bad[0] if bad else labels!r}."
             )
         self.label_key, self.labels, self.first_label = label_key, [int(v) for v in labels], int(first_label)
         self.parts = check_int("parts", parts, low=2)
@@ -615,16 +617,7 @@ def synthesis_transforms(
     # checked here under the options' own names: the transforms' messages name their arguments (parts, scale_range,
     # length_mm), and scale_range is also another option of this function's
     rotate_degrees = check_range("rotate_degrees", rotate_degrees, 0, 180, closed_high=True)
-    subdivide_parts = check_int("subdivide_parts", subdivide_parts, low=2)
-    subdivide_scale = check_interval("subdivide_scale", subdivide_scale, low=1.0, unit=" voxels")
     neck_length_mm = check_interval("neck_length_mm", neck_length_mm, unit=" mm")
-    labels = list(subdivide_labels) if isinstance(subdivide_labels, (Sequence, np.ndarray)) else [subdivide_labels]
-    bad = [v for v in labels if not is_integer(v) or not 1 <= v < num_labels]
-    if bad or len(set(labels)) != len(labels) or isinstance(subdivide_labels, str):
-        raise ValueError(
-            f"subdivide_labels must be distinct generation labels in 1..{num_labels - 1} (num_labels {num_labels}; "
-            f"not the background 0), got {subdivide_labels!r}."
-        )
     if neck_prob and (neck_label is None or not 0 <= neck_label < num_labels or target_labels[neck_label] != 0):
         raise ValueError(
             f"neck_prob {neck_prob} needs neck_label: a generation label in 0..{num_labels - 1} whose target class "
@@ -642,9 +635,18 @@ def synthesis_transforms(
     if elastic_prob:
         elastic = Rand3DElasticd(label_key, (5, 7), (50, 150), prob=elastic_prob, mode="nearest")
         transforms.append(elastic)
-    subdivide = RandSubdivideLabelsd(
-        label_key, labels=subdivide_labels, first_label=num_labels, parts=subdivide_parts, scale_range=subdivide_scale
-    )
+    try:
+        subdivide = RandSubdivideLabelsd(
+            label_key,
+            labels=subdivide_labels,
+            first_label=num_labels,
+            parts=subdivide_parts,
+            scale_range=subdivide_scale,
+        )
+    except ValueError as e:  # the transform's own check, its arguments named as the user set them here
+        names = {"labels": "subdivide_labels", "parts": "subdivide_parts", "scale_range": "subdivide_scale"}
+        argument, _, rest = str(e).partition(" ")
+        raise ValueError(f"{names.get(argument, argument)} {rest}") from None
     target_labels = [*target_labels, *(target_labels[v] for v in subdivide.labels for _ in range(1, subdivide.parts))]
     transforms += [
         RandAffined(
