@@ -234,9 +234,6 @@ def _predict_case(
             return CaseResult(case.name, "skipped", outputs)
         if (resume or overwrite) and finish_interrupted(plan, overwrite=overwrite, finish=resume):
             return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
-        if resume and is_finished(plan):  # an overwrite killed while committing, its earlier set put back just now
-            logger.info("%s: done before, skipped", case.name)
-            return CaseResult(case.name, "skipped", outputs)
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
         if existing and not overwrite:

@@ -421,13 +421,13 @@ class CaseWriter:
         self._existed = {f for f in self.plan.files if f.exists()}
         if self.plan.marker is None:
             _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
+            self._done = True
         else:
             with locked(self.plan.state_dir / "lock"):
                 _restore_stale(self.plan)  # a restore cut short: the earlier set back first, then this commit
                 _commit_staged(self.plan, self.staging, overwrite=self.overwrite, committed=self.committed)
                 self._done = True
                 _sweep(self.plan, keep=self.staging)  # a killed run's leftovers of this case, gigabytes of maps maybe
-        self._done = True
         return list(self.plan.files)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -491,6 +491,7 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
     # the folder's lock first, then each staging flock without waiting: the order of a commit (_restore_stale), so
     # that no commit lands between this run's look at a staging folder and what it does with it
     with locked(plan.state_dir / "lock"):
+        _restore_stale(plan, finish=finish)  # an overwrite killed while committing (or its restore): put back
         for staging in _stagings(plan):
             try:
                 with locked(staging / ".lock", blocking=False) as stale:
@@ -500,8 +501,6 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
                         _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
                         finished = True
                         logger.info("%s: finished the commit an interrupted run had begun", plan.name)
-                    elif "kept" in _read_json(staging / MANIFEST) and not plan.marker.exists():
-                        _restore(plan, staging)  # an overwrite killed while committing (or its restore)
                     shutil.rmtree(staging, ignore_errors=True)
             except FileNotFoundError:  # removed by another run since it was listed
                 continue
