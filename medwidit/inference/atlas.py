@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -247,11 +248,19 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: boo
     channel of a (C, *S) ``image``, or a 3D ``image``, on the grid of the RAS ``affine``). ``spec``: a checked
     ``atlas_prior``; ``ranked``: :func:`register_template`'s."""
     image = np.asarray(image)
-    case = sitk_image(image[0] if image.ndim == 4 else image, affine)
+    image = image[0] if image.ndim == 4 else image
+    # registered on the grid's RAS-ordered view, then put back: the pyramid's shrink starts at voxel 0 and the
+    # centring reads the grid, so a scan stored in LPS order (the same voxels in the same places) was registered
+    # about a voxel apart from its RAS copy (Dice 0.937 against 0.941 on the example, from a review)
+    orientation = nib.orientations.io_orientation(affine)
+    canonical = nib.orientations.apply_orientation(image, orientation)
+    case = sitk_image(canonical, affine @ nib.orientations.inv_ornt_aff(orientation, image.shape))
     template, label = _load(spec["image"]), sitk.Cast(_load(spec["label"]) > 0, sitk.sitkFloat32)
     transform = register_template(case, template, ranked)
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
+    mask = sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(mask, back))
 
 
 class AtlasFit(NamedTuple):
