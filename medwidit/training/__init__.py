@@ -1,5 +1,6 @@
 """medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
 
+from . import bundle
 from .bundle import (
     RENAMED_KEYS,
     MissingDataError,
@@ -9,7 +10,9 @@ from .bundle import (
     check_training_data,
     find_bundle_root,
     initial_weights,
+    one_line_errors,
     refuse_renamed,
+    release_run_folder,
     require_done,
 )
 from .data import SegmentationDataModule, load_data_list, load_label_maps
@@ -35,9 +38,14 @@ __all__ = [
     "export_checkpoint",
     "find_bundle_root",
     "initial_weights",
+    "one_line_errors",
     "refuse_renamed",
+    "release_run_folder",
     "load_data_list",
     "load_label_maps",
     "require_done",
     "segmenter_state_from_checkpoint",
 ]
+
+if bundle._under_monai_bundle_cli():  # python -m monai.bundle run: medwidit's checks print as one line
+    one_line_errors()

@@ -10,13 +10,16 @@ overrides them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import pickle
+import platform
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,11 +27,11 @@ import torch
 import torch.nn as nn
 from monai.data import load_decathlon_datalist
 
-from medwidit.data.synth import SynthesisError
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
 from medwidit.utils import check_bool
+from medwidit.utils.files import locked
 from medwidit.utils.resources import shipped_path
 
 __all__ = [
@@ -40,7 +43,9 @@ __all__ = [
     "check_training_data",
     "find_bundle_root",
     "initial_weights",
+    "one_line_errors",
     "refuse_renamed",
+    "release_run_folder",
     "require_done",
 ]
 
@@ -160,15 +165,39 @@ def _bundle_of(configs: Path) -> str | None:
 def _running_workflow_configs() -> Path | None:
     """``config_root_path`` of the MONAI ``ConfigWorkflow`` whose config is being parsed, from the call stack: how
     ``monai.bundle.run``/``load`` called from Python, ``ConfigWorkflow`` and ``--args_file`` say which bundle they
-    run (MONAI passes nothing into the config, and ``sys.argv`` names no config file then)."""
+    run (MONAI passes nothing into the config, and ``sys.argv`` names no config file then). A workflow's parser read
+    outside the workflow's methods (``workflow.parser.get_parsed_content(...)`` after ``initialize()``) counts as
+    that workflow's: it took the shipped bundle's weights and output folder for a copied bundle's, from a review."""
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    frame, parser = sys._getframe(1), None
+    while frame is not None:
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, ConfigWorkflow) and getattr(caller, "config_root_path", None) is not None:
+            return Path(caller.config_root_path)
+        if parser is None and isinstance(caller, ConfigParser):
+            parser = caller
+        frame = frame.f_back
+    workflow = None if parser is None else _workflow_of(parser)
+    return None if workflow is None else Path(workflow.config_root_path)
+
+
+def _workflow_of(parser):
+    """The ``ConfigWorkflow`` whose ``parser`` this is, or None (a parser of the user's own)."""
+    import gc
+
     from monai.bundle import ConfigWorkflow
 
-    frame = sys._getframe(1)
-    while frame is not None:
-        workflow = frame.f_locals.get("self")
-        if isinstance(workflow, ConfigWorkflow) and getattr(workflow, "config_root_path", None) is not None:
-            return Path(workflow.config_root_path)
-        frame = frame.f_back
+    def owns(holder) -> bool:
+        return isinstance(holder, ConfigWorkflow) and getattr(holder, "config_root_path", None) is not None
+
+    for holder in gc.get_referrers(parser):
+        if owns(holder) and getattr(holder, "parser", None) is parser:
+            return holder
+        if isinstance(holder, dict) and holder.get("parser") is parser:  # an instance's __dict__
+            for owner in gc.get_referrers(holder):
+                if owns(owner) and getattr(owner, "__dict__", None) is holder:
+                    return owner
     return None
 
 
@@ -203,9 +232,53 @@ def find_bundle_root(name: str, argv: Sequence[str] | None = None) -> str:
     return str(candidate)
 
 
-class MissingDataError(SystemExit):
-    """A bundle's data list names files that are not there: a SystemExit whose message Python prints as one line
-    (exit status 1) instead of a traceback out of ``monai.bundle run``'s config parsing."""
+class MissingDataError(ValueError):
+    """A bundle's data list names files that are not there. An ordinary exception (it was a SystemExit, which a
+    caller's ``except Exception`` let through to end the process); ``monai.bundle run`` prints it as one line
+    (:func:`one_line_errors`)."""
+
+
+def one_line_errors() -> None:
+    """Make this process print an uncaught error that one of medwidit's checks raised (a ValueError or a
+    FileNotFoundError from medwidit's code, wherever in the chain of errors MONAI's config parsing and Lightning
+    wrapped it) as its one line, ``medwidit: error: ...``, exit status 1. A bad option or a folder in use was the
+    middle of an 80- to 190-line traceback ending in MONAI's "Failed to instantiate component". Any other error keeps
+    its traceback, and so does every error with ``MEDWIDIT_TRACEBACK=1``. Installed on import under ``python -m
+    monai.bundle`` (a command line of its own), never in a notebook or a user's script."""
+    if getattr(sys.excepthook, "medwidit", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback) -> None:
+        check = None if os.environ.get("MEDWIDIT_TRACEBACK") else _medwidit_check(error)
+        if check is None:
+            previous(kind, error, traceback)
+            return
+        message = " ".join(str(check).split())
+        print(message if message.startswith("medwidit: error:") else f"medwidit: error: {message}", file=sys.stderr)
+
+    hook.medwidit = True
+    sys.excepthook = hook
+
+
+def _medwidit_check(error: BaseException | None) -> BaseException | None:
+    """The outermost error in ``error``'s chain (causes, then contexts) that medwidit's own code raised as a
+    ValueError or FileNotFoundError, or None."""
+    package, seen = Path(__file__).resolve().parents[1], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ValueError, FileNotFoundError)) and error.__traceback__ is not None:
+            last = error.__traceback__
+            while last.tb_next is not None:
+                last = last.tb_next
+            if Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(package):
+                return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _under_monai_bundle_cli() -> bool:
+    return Path(sys.argv[0] if sys.argv else "").parts[-3:] == ("monai", "bundle", "__main__.py")
 
 
 def bundle_datalist(
@@ -247,17 +320,20 @@ def bundle_datalist(
 
 
 def check_training_data(datamodule) -> None:
-    """train.json's first training step: ``datamodule.check_files()``, a problem as one line (MissingDataError) with
-    the build command when a shipped data list's files are missing. Raised inside ``trainer.fit`` the same error was
-    the middle of an 88-line traceback out of MONAI's config expression."""
+    """train.json's first training step: ``datamodule.check_files()``, a problem as one line (MissingDataError).
+    Raised inside ``trainer.fit`` the same error was the middle of an 88-line traceback out of MONAI's config
+    expression. A missing file of a shipped data list gets the build command; one of the user's own list, where its
+    paths resolve (the build command sent a user whose list's paths were relative to the default ``dataset_dir``,
+    the shipped data's cache, to build brain data, and so did a wrong label of their own beside the shipped list of
+    generation label maps)."""
     try:
         datamodule.check_files()
     except (FileNotFoundError, ValueError) as e:
-        lists = [Path(p) for p in (datamodule.data_list, getattr(datamodule, "synth_data_list", None)) if p]
-        shipped = any(_is_shipped_list(p) for p in lists)
-        # not for a label map's labels against the settings (synth_num_labels): rebuilding the data changes nothing
-        data = not isinstance(e, SynthesisError)
-        hint = "; build the shipped data with `python -m medwidit.datasets.brain build`" if shipped and data else ""
+        owner, hint = getattr(e, "data_list", None), ""
+        if owner is not None and _is_shipped_list(Path(owner)):
+            hint = "; build the shipped data with `python -m medwidit.datasets.brain build`"
+        elif owner is not None and datamodule.dataset_dir is not None and "--dataset_dir" not in str(e):
+            hint = f"; a data list's relative paths resolve against --dataset_dir, here {datamodule.dataset_dir}"
         raise MissingDataError(f"medwidit: error: {' '.join(str(e).split()).rstrip('.')}{hint}.") from e
 
 
@@ -269,23 +345,109 @@ def _is_shipped_list(path: Path) -> bool:
 
 
 def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -> None:
-    """A training run that does not resume starts in a checkpoint folder of its own. A new run in an earlier run's
-    folder replaced its ``last.ckpt`` after one epoch while its ``best.ckpt`` lived until the new run's first
-    validation: ``medwidit export .../best.ckpt`` in between exported the old weights. Such a folder is refused,
-    naming the three ways on; ``overwrite_run`` removes the earlier ``*.ckpt`` first."""
+    """A training run owns its checkpoint folder. Its first rank takes the folder's lock (``.<name>.lock`` beside
+    it) for the run, so a second run into it while this one trains is refused, naming the process: two runs started
+    together both passed the check below (the first checkpoint comes after an epoch) and then wrote each other's
+    ``last.ckpt`` / ``best.ckpt`` and exported model. :func:`release_run_folder` lets go after ``fit``; a process
+    that ends lets go too.
+
+    A run that does not resume starts in a folder of its own: a new run in an earlier run's folder replaced its
+    ``last.ckpt`` after one epoch while its ``best.ckpt`` lived until the new run's first validation, so
+    ``medwidit export .../best.ckpt`` in between exported the old weights. Such a folder is refused, naming the
+    three ways on; ``overwrite_run`` removes the earlier ``*.ckpt`` first. ``resume`` "last" needs a ``last*.ckpt``
+    in the folder (Lightning trained from scratch, with a warning only); a checkpoint file must exist, and one from
+    another folder may not continue into a folder holding other checkpoints unless ``overwrite_run``."""
     folder = Path(ckpt_dir)
-    earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
-    if not earlier or resume is not None:
+    overwrite = check_bool("overwrite_run", overwrite_run)
+    first = _first_rank()
+    if first:
+        _lock_run_folder(folder)
+    try:
+        earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+        if resume is not None:
+            source = _resume_source(folder, resume, earlier)
+            if source is None or not earlier or source.resolve().parent == folder.resolve():
+                return
+            if not overwrite:
+                raise ValueError(
+                    f"--resume {resume} continues another folder's checkpoint into {folder}, which holds other "
+                    f"checkpoints ({', '.join(p.name for p in earlier)}): give another --output_dir DIR, or replace "
+                    "them with --overwrite_run true."
+                )
+        elif not earlier:
+            return
+        elif not overwrite:
+            raise ValueError(
+                f"{folder} holds an earlier run's checkpoints ({', '.join(p.name for p in earlier)}): continue that "
+                "run with --resume last, train into another folder with --output_dir DIR, or replace them with "
+                "--overwrite_run true."
+            )
+    except BaseException:
+        release_run_folder(folder)  # a refused run holds nothing
+        raise
+    if first:  # the folder's lock is the first rank's: the other ranks leave its files alone
+        for path in earlier:
+            path.unlink(missing_ok=True)
+        logger.warning("overwrite_run: removed the earlier run's checkpoints in %s.", folder)
+
+
+def release_run_folder(ckpt_dir: str | os.PathLike) -> None:
+    """Let go of the lock that :func:`check_run_folder` took on ``ckpt_dir`` in this process (nothing if none)."""
+    stack = _RUN_LOCKS.pop(_run_lock_path(Path(ckpt_dir)), None)
+    if stack is not None:
+        stack.close()
+
+
+# lock file -> the ExitStack holding it: a run's lock lives from its check to release_run_folder (or the process's
+# end); a second check in the same process (a notebook training again) keeps the one it holds
+_RUN_LOCKS: dict[str, contextlib.ExitStack] = {}
+
+
+def _run_lock_path(folder: Path) -> str:
+    return str((folder.parent / f".{folder.name}.lock").resolve())  # beside it: Lightning warns of files inside
+
+
+def _lock_run_folder(folder: Path) -> None:
+    path = _run_lock_path(folder)
+    if path in _RUN_LOCKS:
         return
-    if not check_bool("overwrite_run", overwrite_run):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    if not stack.enter_context(locked(path, blocking=False, required=False)):
+        stack.close()
+        holder = Path(path).read_text().strip() if Path(path).is_file() else ""
         raise ValueError(
-            f"{folder} holds an earlier run's checkpoints ({', '.join(p.name for p in earlier)}): continue that run "
-            "with --resume last, train into another folder with --output_dir DIR, or replace them with "
-            "--overwrite_run true."
+            f"{folder} is in use by another training run{f' ({holder})' if holder else ''}: wait for it to end, "
+            "or train into another folder with --output_dir DIR."
         )
-    for path in earlier:
-        path.unlink(missing_ok=True)  # missing_ok: every DDP rank runs this
-    logger.warning("overwrite_run: removed the earlier run's checkpoints in %s.", folder)
+    Path(path).write_text(f"process {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    _RUN_LOCKS[path] = stack
+
+
+def _first_rank() -> bool:
+    """Whether this process is a distributed run's first rank (or no distributed run's): torchrun, Lightning's DDP
+    launcher and SLURM say so in the environment before any process group exists."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip() == "0"
+    return True
+
+
+def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | None:
+    """The checkpoint file ``resume`` names (None for Lightning's "best", "hpc", "registry"), or ValueError."""
+    if resume == "last":
+        last = [p for p in earlier if p.name.startswith("last")]
+        if not last:
+            raise ValueError(
+                f"--resume last: {folder} holds no last.ckpt to continue (is --output_dir the earlier run's?); start "
+                "a new run without --resume, or name a checkpoint file: --resume PATH.ckpt."
+            )
+        return max(last, key=lambda p: p.stat().st_mtime)
+    if resume in ("best", "hpc", "registry") or (isinstance(resume, str) and resume.startswith("registry:")):
+        return None
+    if not isinstance(resume, (str, os.PathLike)) or not Path(resume).is_file():
+        raise ValueError(f"--resume {resume}: no such checkpoint file; give a .ckpt path or last.")
+    return Path(resume)
 
 
 def refuse_renamed(**values) -> None:

@@ -84,7 +84,10 @@ def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str)
     try:
         items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
     except ValueError as e:  # MONAI raises ValueError for a missing key
-        raise ValueError(f"{argument} {str(data_list)!r} has no split {key!r}: {e}") from e
+        raise ValueError(
+            f"{argument} {str(data_list)!r} has no split {key!r} ({e}); add one (the bundle's training reads its "
+            "train_key and val_key splits: 'training' and 'validation' by default)"
+        ) from e
     except TypeError as e:  # a split that is not a list
         raise ValueError(f"{argument} {str(data_list)!r}: split {key!r} must be a list of objects ({e}).") from e
     if not items:
@@ -109,9 +112,11 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
             if argument == "synth_data_list"
             else ""
         )
-        raise FileNotFoundError(
+        error = FileNotFoundError(
             f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist{hint}."
         )
+        error.data_list = data_list  # whose file it is: check_training_data's hint for the shipped lists only
+        raise error
     readers = _monai_readers()
     if not os.path.isdir(path) and not any(reader.verify_suffix(str(path)) for reader in readers):
         raise ValueError(

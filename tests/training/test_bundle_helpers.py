@@ -1,9 +1,14 @@
 """training/bundle: where a bundle lives, the network MONAI's tools see, and case results."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from training_volumes import tiny_segmenter
@@ -75,6 +80,26 @@ def test_bundle_root_is_the_bundle_a_python_workflow_runs(tmp_path, capsys):
     assert line.split()[1:] == [root, root + "/models/model.pt", root + "/eval"]
 
 
+def test_a_workflows_parser_read_first_is_the_workflows_bundle(tmp_path):
+    """From a review: ``ConfigWorkflow(...).initialize()`` then ``workflow.parser.get_parsed_content("ckpt_path")``
+    (outside the workflow's methods) gave the shipped bundle's weights for a copied bundle, with a warning saying
+    that no workflow ran the config, and the shipped folder stayed cached for the run."""
+    import shutil
+
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    shipped = Path(__file__).resolve().parents[2] / "bundles" / NAME
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped / "configs", copy / "configs")
+    workflow = ConfigWorkflow(config_file=str(copy / "configs" / "inference.json"), workflow_type="infer")
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("ckpt_path") == str(copy.resolve() / "models" / "model.pt")
+    assert workflow.bundle_root == str(copy.resolve())
+    parser = ConfigParser()  # a parser of the user's own falls back to the shipped bundle, as before
+    parser.read_config(str(copy / "configs" / "inference.json"))
+    assert parser.get_parsed_content("bundle_root") == str(shipped)
+
+
 def test_bundle_datalist_checks_labels_for_evaluation_and_names_an_empty_split(tmp_path):
     """evaluate.json segmented every case, then failed on a missing "label" (KeyError naming nothing) or label file;
     an empty split was an IndexError inside MONAI."""
@@ -119,9 +144,80 @@ def test_a_new_run_in_an_earlier_runs_checkpoint_folder_is_refused_unless_asked(
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and "removed" in caplog.text
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused_until_the_first_lets_go(tmp_path):
+    """From a review: two runs started together into one output folder both passed the check above (the first
+    checkpoint comes after an epoch), then wrote each other's last.ckpt / best.ckpt and exported model. The first
+    run's check takes the folder's lock for the run; another process holding it refuses the run, naming it."""
+    from medwidit.training import check_run_folder, release_run_folder
+    from medwidit.utils.files import locked
+
+    folder = tmp_path / "runs" / "checkpoints"
+    check_run_folder(folder, None)
+    lock = tmp_path / "runs" / ".checkpoints.lock"
+    assert f"process {os.getpid()}" in lock.read_text()
+    check_run_folder(folder, None)  # the same process again (a notebook training a second time): its own lock
+    with locked(lock, blocking=False) as free:  # another holder (another open file: flock takes turns with it)
+        assert not free
+    release_run_folder(folder)
+    with locked(lock, blocking=False) as free:
+        assert free
+        lock.write_text("process 4242 on elsewhere, since 2026-12-06 20:00:00\n")
+        busy = r"checkpoints is in use by another training run \(process 4242 .*--output_dir"
+        with pytest.raises(ValueError, match=busy):
+            check_run_folder(folder, None)
+        with pytest.raises(ValueError, match="in use"):
+            check_run_folder(folder, "last")  # resuming, too
+    check_run_folder(folder, None)  # the other run ended
+    release_run_folder(folder)
+    release_run_folder(folder)  # nothing held: nothing to do
+
+
+def test_only_the_first_rank_locks_the_run_folder_or_removes_earlier_checkpoints(tmp_path, monkeypatch):
+    """Every DDP rank runs train.json's check: the lock and overwrite_run's removal are the first rank's."""
+    from medwidit.training import check_run_folder
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    monkeypatch.setenv("RANK", "1")
+    check_run_folder(folder, None, "true")
+    assert (folder / "last.ckpt").exists() and not (tmp_path / ".checkpoints.lock").exists()
+    with pytest.raises(ValueError, match="earlier run's checkpoints"):
+        check_run_folder(folder, None)  # every rank refuses alike
+
+
+def test_resume_needs_a_checkpoint_to_continue(tmp_path):
+    """From a review: --resume last into a folder without last.ckpt trained from scratch with only Lightning's
+    warning (whose hint does not apply here); a missing file failed inside fit, in a 104-line traceback; a checkpoint
+    from another folder continued into a folder of other checkpoints."""
+    from medwidit.training import check_run_folder, release_run_folder
+
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(ValueError, match=r"--resume last: .*checkpoints holds no last.ckpt"):
+        check_run_folder(folder, "last")
+    with pytest.raises(ValueError, match=r"--resume .*missing.ckpt: no such checkpoint file"):
+        check_run_folder(folder, str(tmp_path / "missing.ckpt"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "last.ckpt").write_bytes(b"")
+    check_run_folder(folder, str(other / "last.ckpt"))  # into an empty folder: a continued run of its own
+    folder.mkdir()
+    (folder / "best.ckpt").write_bytes(b"")
+    (folder / "last-v1.ckpt").write_bytes(b"")
+    check_run_folder(folder, "last")  # Lightning's last-v1
+    check_run_folder(folder, str(folder / "best.ckpt"))  # the folder's own
+    check_run_folder(folder, "best")  # Lightning's own keys are Lightning's to resolve
+    with pytest.raises(ValueError, match=r"continues another folder's checkpoint into .*best.ckpt, last-v1.ckpt"):
+        check_run_folder(folder, str(other / "last.ckpt"))
+    check_run_folder(folder, str(other / "last.ckpt"), True)
+    assert not list(folder.glob("*.ckpt")) and (other / "last.ckpt").exists()
+    release_run_folder(folder)
+
+
 def test_missing_training_data_is_one_line_before_fit(tmp_path):
     """The data module's check ran inside trainer.fit, inside MONAI's config expression: an 88-line traceback with
-    the useful line in its middle. train.json's first training step now raises it as one line (a SystemExit)."""
+    the useful line in its middle. train.json's first training step now raises it before fit (``monai.bundle run``
+    prints it as one line)."""
     from training_volumes import PREPROCESSING_3D, write_dataset
 
     from medwidit.training import MissingDataError, SegmentationDataModule, check_training_data
@@ -137,6 +233,82 @@ def test_missing_training_data_is_one_line_before_fit(tmp_path):
                                  .read_text())["training"]  # fmt: skip
     check = parser_training.index("$medwidit.training.check_training_data(@datamodule)")
     assert check < next(i for i, step in enumerate(parser_training) if ".fit(" in step)  # before any training
+
+
+def test_the_build_hint_is_for_the_shipped_lists_files_only(tmp_path, monkeypatch):
+    """From a review: with train.json's default synth_data_list (the shipped list, even at synth_ratio 0) every error
+    about a user's own list ended with "build the shipped data", a missing file, a wrong label or grid alike; a
+    user's list whose paths resolved against the default dataset_dir (the shipped data's cache) was sent to build
+    brain data. A user's missing file now names where its paths resolve; a wrong label gets no hint."""
+    from training_volumes import PREPROCESSING_3D, write_dataset
+
+    import medwidit.training.bundle as bundle
+    from medwidit.training import MissingDataError, SegmentationDataModule, check_training_data
+    from medwidit.utils.resources import shipped_path
+
+    data_list = write_dataset(tmp_path, shape=(16, 16, 16), num_classes=2)
+    options = {"preprocessing": PREPROCESSING_3D, "roi_size": [8, 8, 8], "synth_ratio": 0.0,
+               "synth_data_list": shipped_path("data_lists", "head_labels.json")}  # fmt: skip
+    elsewhere = tmp_path / "cache"
+    module = SegmentationDataModule(data_list=data_list, dataset_dir=elsewhere, **options)
+    with pytest.raises(MissingDataError, match=r"which does not exist; a data list's relative paths resolve against "
+                       r"--dataset_dir, here .*cache\.$") as error:  # fmt: skip
+        check_training_data(module)
+    assert "shipped data" not in str(error.value)
+    label = next(tmp_path.glob("*_label.nii.gz"))
+    image = nib.load(label)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3, image.affine), label)
+    module = SegmentationDataModule(data_list=data_list, num_classes=2, **options)
+    with pytest.raises(MissingDataError, match=r"label .* holds \[3\], outside the class indices") as error:
+        check_training_data(module)
+    assert "shipped data" not in str(error.value) and "resolve against" not in str(error.value)
+    monkeypatch.setattr(bundle, "_is_shipped_list", lambda path: Path(path) == Path(data_list))
+    next(tmp_path.glob("*_image.nii.gz")).unlink()  # a missing file of a shipped list gets the build command
+    module = SegmentationDataModule(data_list=data_list, num_classes=2, **options)
+    with pytest.raises(MissingDataError, match=r"does not exist; build the shipped data with"):
+        check_training_data(module)
+
+
+def test_a_bad_option_of_the_bundles_training_is_one_line_from_monai_bundle_run(tmp_path):
+    """From a review: an option medwidit refuses (here synth_ratio 1.5) was the middle of an 85-line traceback
+    ending in MONAI's "Failed to instantiate component"; so was the refusal of a folder in use. ``python -m
+    monai.bundle run`` now prints medwidit's checks as their one line, exit status 1; MEDWIDIT_TRACEBACK=1 gives
+    the whole traceback back."""
+    config = Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(config),
+               "--output_dir", str(tmp_path / "run"), "--synth_ratio", "1.5"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(config.parents[3]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "medwidit: error: synth_ratio must be in [0, 1] (the fraction of synthetic training volumes), got 1.5."
+    )
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "MEDWIDIT_TRACEBACK": "1"}, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" in done.stderr and "Failed to instantiate" in done.stderr
+
+
+def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path):
+    """The outermost ValueError / FileNotFoundError that medwidit's code raised, through MONAI's wrapping; anything
+    else (a ValueError from another library, a bug's TypeError) keeps its traceback. MissingDataError is an
+    ordinary exception now (a SystemExit went through a caller's ``except Exception`` and ended the process)."""
+    from medwidit.training import MissingDataError, check_run_folder
+    from medwidit.training.bundle import _medwidit_check
+
+    def wrapped(call):
+        try:
+            try:
+                call()
+            except Exception as e:
+                raise RuntimeError("Failed to evaluate ConfigExpression") from e
+        except RuntimeError as e:
+            return e
+
+    ours = wrapped(lambda: check_run_folder(tmp_path / "checkpoints", "last"))
+    assert isinstance(_medwidit_check(ours), ValueError) and "holds no last.ckpt" in str(_medwidit_check(ours))
+    assert _medwidit_check(wrapped(lambda: int("x"))) is None  # Python's own ValueError
+    assert _medwidit_check(wrapped(lambda: torch.zeros(2).view(3))) is None
+    assert issubclass(MissingDataError, Exception)
 
 
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
