@@ -26,6 +26,7 @@ from monai.metrics import DiceMetric
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 from medwidit.diffusion.checkpoint import with_config_defaults
+from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool
 
 from .visualize import log_validation_images
@@ -277,7 +278,9 @@ class DiffusionSegmentationModule(L.LightningModule):
         """The data module's preprocessing is the one this module exports for the predictor (``medwidit.json``):
         built without it, the module kept the defaults (z-scores, no resampling), and a model trained on 2 mm
         equalised crops was exported to be pre-processed otherwise, without a word."""
-        theirs = getattr(getattr(self.trainer, "datamodule", None), "preprocessing", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._check_crop(getattr(datamodule, "roi_size", None))
+        theirs = getattr(datamodule, "preprocessing", None)
         if not isinstance(theirs, Mapping):  # not a medwidit data module (a transform, or none): nothing to compare
             return
         ours, theirs = dict(self.hparams.preprocessing), check_preprocessing(theirs)
@@ -288,6 +291,21 @@ class DiffusionSegmentationModule(L.LightningModule):
                 f"({', '.join(f'{k}: {ours.get(k)!r} against {theirs.get(k)!r}' for k in differ)}): the exported model "
                 "would be pre-processed unlike its training data; give both the same preprocessing (train.json "
                 "passes @preprocessing to both)."
+            )
+
+    def _check_crop(self, roi_size) -> None:
+        """The data module's training crop (None: not a medwidit data module) must be a multiple of the network's
+        ``size_multiple`` on every axis: a crop of 18 under patch 4 failed inside the first training step, in the
+        network's message naming its input and not ``roi_size``."""
+        if roi_size is None:
+            return
+        multiple = network_size_multiple(self.segmenter.net)
+        multiple = (multiple,) * len(roi_size) if isinstance(multiple, int) else tuple(multiple)
+        if len(multiple) != len(roi_size) or any(int(r) % m for r, m in zip(roi_size, multiple, strict=True)):
+            raise ValueError(
+                f"roi_size {list(roi_size)} must be a multiple of the network's size multiple {list(multiple)} on "
+                "every axis (its patch; a U-Net's 2^levels), e.g. "
+                f"{[max(m, int(r) // m * m) for r, m in zip(roi_size, multiple, strict=False)]}."
             )
 
     def on_train_start(self) -> None:
@@ -334,7 +352,11 @@ class DiffusionSegmentationModule(L.LightningModule):
             return
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            schedules = [f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)]
+            # one WarmupCosine serves both AdamW groups: each schedule once (its warning named the value it had just
+            # set, the second time)
+            schedules = list(
+                {id(f): f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)}.values()
+            )
             stale = [f for f in schedules if f.total_steps != max(int(total), f.warmup_steps + 1)]
             for schedule in stale:
                 logger.warning(

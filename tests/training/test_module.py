@@ -420,6 +420,21 @@ def test_a_module_whose_preprocessing_is_not_the_data_modules_is_refused(tmp_pat
     assert trainer.global_step == 0  # refused before the first step
 
 
+def test_a_crop_that_is_not_a_multiple_of_the_patch_is_refused_naming_roi_size(tmp_path):
+    """From a review: roi_size [18, 18, 18] under patch 4 failed inside the first training step, in the network's
+    message about its input, 192 lines of traceback from the bundle."""
+    data_list = write_dataset(tmp_path, num_train=2, num_val=1)
+    dm = SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, roi_size=[16, 18, 16],
+                                batch_size=1, num_crops=1, num_workers=0)  # fmt: skip
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
+    module = DiffusionSegmentationModule(tiny_segmenter(), warmup_steps=1, preprocessing=PREPROCESSING_3D)
+    with pytest.raises(ValueError, match=r"roi_size \[16, 18, 16\] must be a multiple of the network's size "
+                                         r"multiple \[4, 4, 4\] .*e.g. \[16, 16, 16\]"):  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0
+
+
 def test_a_run_bounded_by_time_alone_names_what_the_schedule_needs(tmp_path):
     """max_steps -1 and max_epochs -1 with max_time: int(inf) was an OverflowError in configure_optimizers."""
     trainer = L.Trainer(max_steps=-1, max_epochs=-1, max_time={"seconds": 5}, logger=False,
@@ -443,6 +458,10 @@ def test_a_run_resumed_with_more_steps_stretches_its_schedule(tmp_path, caplog):
     trainer, _ = _fit(tmp_path / "a", data_list, epochs=5, sampler=sampler, resume=last)
     schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert schedule.total_steps == 10 and "the cosine decays over 10 from here" in caplog.text
+    # once, naming the checkpoint's length (one schedule serves both AdamW groups: it was said twice, the second
+    # time with the value it had just set)
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed at step")]
+    assert len(resumed) == 1 and "where the checkpoint's schedule had 4:" in resumed[0], resumed
     straight, _ = _fit(tmp_path / "b", data_list, epochs=5, sampler=sampler)
     lr = [g["lr"] for g in trainer.optimizers[0].param_groups]
     assert lr == pytest.approx([g["lr"] for g in straight.optimizers[0].param_groups])
