@@ -89,7 +89,9 @@ class _AboveProgressBars(logging.Handler):
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = "medwidit: error: " if record.levelno >= logging.ERROR else "medwidit: "
-        if record.levelno == logging.WARNING:
+        if getattr(record, "plain", False):  # a run's summary: its level says whether -q shows it, not a kind
+            prefix = "medwidit: "
+        elif record.levelno == logging.WARNING:
             prefix = "medwidit: warning: "
         text = prefix + " ".join(record.getMessage().split())
         if record.exc_info and logger.isEnabledFor(logging.DEBUG):
@@ -193,12 +195,13 @@ def _segment(args: argparse.Namespace) -> int:
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
     logger.log(
-        logging.WARNING if counts["failed"] else logging.INFO,
+        logging.ERROR if counts["failed"] else logging.INFO,  # shown under -q; plain: each failure had its error line
         "%s -> %s: %s (settings in %s)",
         " ".join(args.input),
         args.output,
         summary,
         record_path.name,
+        extra={"plain": True},
     )
     return EXIT_FAILED if counts["failed"] or not results else EXIT_OK
 

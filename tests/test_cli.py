@@ -98,9 +98,12 @@ def test_a_bad_case_gets_one_line_and_the_others_still_run(setup, capsys, proble
     else:
         make(inputs / "bad_0000.nii.gz")
     code = main(["segment", "-i", str(inputs), *extra, "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medwidit: error:")]
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("medwidit: error:")]
     assert code == 1
     assert len(errors) == 1, errors
+    # the run's summary is a plain line (it said "warning:" for a run that exits 1)
+    assert [line for line in lines if "failed (settings in" in line][0].startswith(f"medwidit: {inputs}")
     assert re.search(message, errors[0]), errors[0]
     assert visible(tmp_path / "out") == ["good.nii.gz"]  # nothing partial, nothing else
 

@@ -177,6 +177,14 @@ def _check_real_scalar(dtype, name) -> None:
         raise InputError(f"{name}: complex voxels ({dtype}) where a real image is expected; give its magnitude.")
 
 
+def _gzip_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     image = nib.load(str(path))
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
@@ -237,6 +245,8 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         raise InputError(f"{path}: not enough memory to read the image.") from e
     except Exception as e:  # nibabel/SimpleITK/zlib raise many types for truncated or non-image files
         problem = f"cannot read the image, the file is truncated or not an image ({one_line(e)})"
+        if suffix == ".nii" and _gzip_magic(path):  # nibabel reads a .nii as uncompressed whatever it holds
+            problem = "the file is gzip-compressed but named .nii: rename it to .nii.gz"
         raise InputError(f"{path}: {problem}.") from e
     data = _squeeze_to(data, spatial_dims, path)
     _check_finite(data, path)

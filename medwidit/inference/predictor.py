@@ -592,8 +592,17 @@ class Predictor:
             return None, False
         try:
             return fit_atlas(array, affine, self.atlas_prior), False
-        except RuntimeError as e:  # SimpleITK's
-            logger.warning("%s: no atlas prior: the template did not register (%s)", name or "array", one_line(e))
+        except RuntimeError as e:  # SimpleITK's, whose words name its optimizer's internals (m_Scales, epsilon)
+            extent = " x ".join(
+                f"{v:.0f}" for v in np.asarray(array.shape[-3:]) * np.linalg.norm(affine[:3, :3], axis=0)
+            )
+            logger.warning(
+                "%s: no atlas prior: the template did not register on this field of view (%s mm; the registration "
+                "starts at 16 mm voxels, so a small or thin one cannot take it) (SimpleITK: %s)",
+                name or "array",
+                extent,
+                one_line(e),
+            )
             return None, True
 
     def atlas_entry(

@@ -590,7 +590,10 @@ def test_a_template_that_cannot_register_leaves_the_case_uncut_and_says_so(tmp_p
         "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
     }  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("small.nii.gz: no atlas prior: the template did not register" in line for line in lines), lines
+    assert any(
+        "small.nii.gz: no atlas prior: the template did not register on this field of view (24 x 24 x 24 mm;" in line
+        for line in lines
+    ), lines
     assert not any("\n" in line or "0x" in line or "ITK-prefix" in line for line in lines)  # one line, no addresses
     assert any("small: " in line and "the atlas template did not register: no atlas prior" in line for line in lines)
     assert result.label_map[12, 12, 12] == 1  # segmented all the same

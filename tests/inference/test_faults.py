@@ -359,6 +359,18 @@ def test_overwrite_replaces_a_case_as_one_set_and_removes_no_file_of_the_user(se
     assert "removed the earlier run's scan_uncertainty.nii.gz, scan_aleatoric.nii.gz" in caplog.text
 
 
+def test_an_output_that_cannot_be_kept_before_an_overwrite_is_named(setup, tmp_path):
+    """From a review: a folder under the uncertainty map's name stopped an overwrite (good: nothing replaced), with a
+    line naming the labels file instead of the folder in the way."""
+    _, inputs, predictor = setup
+    out = tmp_path / "out"
+    (out / "scan_uncertainty.nii.gz").mkdir(parents=True)
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, save_uncertainty=True, progress=False, **FAST)
+    assert result.status == "failed"
+    assert result.message.startswith(f"{out / 'scan_uncertainty.nii.gz'}: cannot keep the earlier outputs to replace")
+    assert visible(out) == ["scan_uncertainty.nii.gz"] and hidden_leftovers(out) == []
+
+
 def test_overwrite_removes_no_output_of_another_case_of_the_same_run(setup, tmp_path):
     """Case "scan_uncertainty"'s labels are case "scan"'s uncertainty map by name: an --overwrite run, labels only,
     that writes both cases once removed the first's labels as "scan"'s earlier map (the earlier run's marker lists

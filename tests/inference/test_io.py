@@ -161,6 +161,20 @@ def test_bad_input_files_get_one_line_naming_file_and_problem(tmp_path, rng, pro
     assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
 
 
+def test_a_compressed_nifti_named_nii_is_told_to_be_renamed(tmp_path, rng):
+    """From a review: a gzip-compressed NIfTI named .nii (common after a rename) read as a truncated or non-image
+    file; it says what it is now. A truncated uncompressed .nii keeps the general line."""
+    compressed = save_nifti(tmp_path / "scan.nii.gz", rng.random((4, 4, 4)).astype(np.float32))
+    misnamed = compressed.rename(tmp_path / "sub-03_T1w.nii")
+    with pytest.raises(InputError, match=r"sub-03_T1w.nii: the file is gzip-compressed but named .nii: rename it to "
+                                         r"\.nii\.gz\.$"):  # fmt: skip
+        read_image(misnamed)
+    plain = save_nifti(tmp_path / "plain.nii", rng.random((16, 16, 16)).astype(np.float32))
+    plain.write_bytes(plain.read_bytes()[:500])
+    with pytest.raises(InputError, match="truncated or not an image"):
+        read_image(plain)
+
+
 def test_a_blank_image_or_modality_is_refused_by_name_wherever_it_comes_from(tmp_path, rng):
     """One value in every voxel of any channel: refused by ``read_input`` (what ``Predictor.segment`` reads with),
     naming the file or the array's channel; it was segmented (the shipped model called most of one brain). The
