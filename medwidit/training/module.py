@@ -459,11 +459,13 @@ class DiffusionSegmentationModule(L.LightningModule):
         extra_config: Mapping | None = None,
         *,
         overwrite: bool = False,
+        source: str | os.PathLike | None = None,
     ) -> Path:
         """Write bundle weights into ``models_dir`` (``model.pt``, the net's bare state dict, and ``medwidit.json``:
         config with "preprocessing", "class_names" and ``extra_config``, e.g. the training "roi_size") from a
         Lightning ``checkpoint`` (its ``state_dict``: the EMA weights when the EMA is on) or, when None, from the
-        module's current weights (``medwidit.diffusion.save_bundle_weights``)."""
+        module's current weights (``medwidit.diffusion.save_bundle_weights``); ``source``: where those came from, for
+        the log line (``export_checkpoint``'s module holds a checkpoint's weights)."""
         segmenter = self.segmenter
         if checkpoint is not None:
             segmenter = copy.deepcopy(self.segmenter).cpu()
@@ -471,7 +473,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         extra = {"preprocessing": dict(self.hparams.preprocessing), "class_names": self.class_names}
         extra.update(extra_config or {})
         saved = save_bundle_weights(segmenter, models_dir, extra_config=extra, overwrite=overwrite)
-        logger.info("exported segmenter to %s (weights from %s)", saved, checkpoint or "the current module")
+        logger.info("exported segmenter to %s (weights from %s)", saved, checkpoint or source or "the current module")
         return saved
 
 
@@ -507,7 +509,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, models_dir: str | os.PathLi
         ) from e
     roi_size = state.get("datamodule_hyper_parameters", {}).get("roi_size")
     extra = {} if roi_size is None else {"roi_size": [int(r) for r in roi_size]}
-    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite)  # the checkpoint's weights
+    # the module holds the checkpoint's weights
+    return module.export_segmenter(models_dir, extra_config=extra, overwrite=overwrite, source=checkpoint)
 
 
 def segmenter_state_from_checkpoint(checkpoint: str | os.PathLike) -> dict[str, torch.Tensor]:

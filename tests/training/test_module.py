@@ -211,7 +211,10 @@ def test_fit_logs_validates_on_ema_and_exports(tmp_path, capsys):
     assert reloaded.hparams.preprocessing == module.hparams.preprocessing and reloaded.class_names == NAMES
     assert all(torch.equal(v, best_weights[k]) for k, v in reloaded.segmenter.state_dict().items())
     (tmp_path / "bundle" / "configs").mkdir(parents=True)  # a bundle folder: export refuses any other
-    assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle")]) == 0
+    # the checkpoint named as the source (it said "the current module", from a review)
+    assert f"(weights from {tmp_path / 'ckpt' / 'best.ckpt'})" in capsys.readouterr().err
     assert torch.load(tmp_path / "bundle" / "models" / "model.pt", weights_only=True).keys() == exported.keys()
     assert json.loads((tmp_path / "bundle" / "models" / "medwidit.json").read_text())["config"] == config
     assert main(["export", str(tmp_path / "ckpt" / "best.ckpt"), str(tmp_path / "bundle"), "-q"]) == 1  # exists
