@@ -218,7 +218,8 @@ def _commit_staged(
     try:
         kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
     except OSError as e:  # nothing replaced yet
-        where = e.filename or plan.files[0]  # the output in the way (a folder under an output's name), else the case
+        # the output in the way (a folder under an output's name), else the case (not a staging file's hidden name)
+        where = e.filename if e.filename and Path(e.filename).parent == plan.files[0].parent else plan.files[0]
         raise OutputError(f"{where}: cannot keep the earlier outputs to replace ({e.strerror or e}).") from e
     # without overwrite an existing marker stays: this commit can only add missing files, and a run that loses the race
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end

@@ -14,6 +14,7 @@ from .bundle import (
     refuse_renamed,
     release_run_folder,
     require_done,
+    run_training,
 )
 from .data import SegmentationDataModule, load_data_list, load_label_maps
 from .module import (
@@ -44,6 +45,7 @@ __all__ = [
     "load_data_list",
     "load_label_maps",
     "require_done",
+    "run_training",
     "segmenter_state_from_checkpoint",
 ]
 

@@ -47,6 +47,7 @@ __all__ = [
     "refuse_renamed",
     "release_run_folder",
     "require_done",
+    "run_training",
 ]
 
 logger = logging.getLogger(__name__)
@@ -261,19 +262,28 @@ def one_line_errors() -> None:
     sys.excepthook = hook
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # medwidit/: where its own checks are raised
+
+
 def _medwidit_check(error: BaseException | None) -> BaseException | None:
-    """The outermost error in ``error``'s chain (causes, then contexts) that medwidit's own code raised as a
-    ValueError or FileNotFoundError, or None."""
-    package, seen = Path(__file__).resolve().parents[1], set()
+    """The outermost error in ``error``'s chain of causes (``raise ... from``, as MONAI's config parsing wraps) that a
+    ``raise`` statement of medwidit's own code raised as a ValueError or FileNotFoundError, or None. Not one raised
+    by C code under a medwidit line (numpy's broadcasting, ``int()``: a bug, whose traceback counts), nor one that
+    was being handled when another error came (``__context__``: the other error is the news)."""
+    import linecache
+
+    package, seen = PACKAGE, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, (ValueError, FileNotFoundError)) and error.__traceback__ is not None:
             last = error.__traceback__
             while last.tb_next is not None:
                 last = last.tb_next
-            if Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(package):
+            filename = last.tb_frame.f_code.co_filename
+            own = Path(filename).resolve().is_relative_to(package)
+            if own and linecache.getline(filename, last.tb_lineno).lstrip().startswith("raise"):
                 return error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__
     return None
 
 
@@ -332,9 +342,13 @@ def check_training_data(datamodule) -> None:
         owner, hint = getattr(e, "data_list", None), ""
         if owner is not None and _is_shipped_list(Path(owner)):
             hint = "; build the shipped data with `python -m medwidit.datasets.brain build`"
-        elif owner is not None and datamodule.dataset_dir is not None and "--dataset_dir" not in str(e):
+        elif _under(getattr(e, "missing", None), datamodule.dataset_dir) and "--dataset_dir" not in str(e):
             hint = f"; a data list's relative paths resolve against --dataset_dir, here {datamodule.dataset_dir}"
         raise MissingDataError(f"medwidit: error: {' '.join(str(e).split()).rstrip('.')}{hint}.") from e
+
+
+def _under(path, folder) -> bool:
+    return path is not None and folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 def _is_shipped_list(path: Path) -> bool:
@@ -348,8 +362,8 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
     """A training run owns its checkpoint folder. Its first rank takes the folder's lock (``.<name>.lock`` beside
     it) for the run, so a second run into it while this one trains is refused, naming the process: two runs started
     together both passed the check below (the first checkpoint comes after an epoch) and then wrote each other's
-    ``last.ckpt`` / ``best.ckpt`` and exported model. :func:`release_run_folder` lets go after ``fit``; a process
-    that ends lets go too.
+    ``last.ckpt`` / ``best.ckpt`` and exported model. :func:`release_run_folder` lets go (:func:`run_training`
+    after ``fit``, however it ends); a process that ends lets go too.
 
     A run that does not resume starts in a folder of its own: a new run in an earlier run's folder replaced its
     ``last.ckpt`` after one epoch while its ``best.ckpt`` lived until the new run's first validation, so
@@ -391,6 +405,18 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
         logger.warning("overwrite_run: removed the earlier run's checkpoints in %s.", folder)
 
 
+def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrite_run=False):
+    """train.json's ``training``: the checkpoint folder's check and lock (:func:`check_run_folder`), the data's check
+    (:func:`check_training_data`), then ``trainer.fit``; the lock is let go however that ends (a fit that raised in
+    a notebook kept it, and every other process was refused the folder until the kernel ended)."""
+    check_run_folder(ckpt_dir, resume, overwrite_run)
+    try:
+        check_training_data(datamodule)
+        return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    finally:
+        release_run_folder(ckpt_dir)
+
+
 def release_run_folder(ckpt_dir: str | os.PathLike) -> None:
     """Let go of the lock that :func:`check_run_folder` took on ``ckpt_dir`` in this process (nothing if none)."""
     stack = _RUN_LOCKS.pop(_run_lock_path(Path(ckpt_dir)), None)
@@ -404,7 +430,8 @@ _RUN_LOCKS: dict[str, contextlib.ExitStack] = {}
 
 
 def _run_lock_path(folder: Path) -> str:
-    return str((folder.parent / f".{folder.name}.lock").resolve())  # beside it: Lightning warns of files inside
+    folder = folder.resolve()  # one folder, one lock, through any link or ".."
+    return str(folder.parent / f".{folder.name}.lock")  # beside it: Lightning warns of files inside
 
 
 def _lock_run_folder(folder: Path) -> None:
@@ -420,14 +447,28 @@ def _lock_run_folder(folder: Path) -> None:
             f"{folder} is in use by another training run{f' ({holder})' if holder else ''}: wait for it to end, "
             "or train into another folder with --output_dir DIR."
         )
-    Path(path).write_text(f"process {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    try:  # who holds it, for the refusal's line; a folder where no lock file can be written ran without a lock
+        Path(path).write_text(
+            f"process {os.getpid()} on {platform.node()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+    except OSError:
+        pass
     _RUN_LOCKS[path] = stack
 
 
+# Lightning's order (lightning_fabric's _get_rank): SLURM_PROCID may be set where SLURM does not manage the processes
+# (an interactive srun), where Lightning's launcher gives each child its LOCAL_RANK; then MPI's and LSF's
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
 def _first_rank() -> bool:
-    """Whether this process is a distributed run's first rank (or no distributed run's): torchrun, Lightning's DDP
-    launcher and SLURM say so in the environment before any process group exists."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """Whether this process is a distributed run's first rank (or no distributed run's), from the environment the
+    launchers set before any process group exists: the first rank variable set, and no node but the first
+    (Lightning's launcher on node 1 sets only NODE_RANK in its main process)."""
+    for name in ("NODE_RANK", "GROUP_RANK"):
+        if os.environ.get(name, "").strip() not in ("", "0"):
+            return False
+    for name in RANK_VARIABLES:
         if os.environ.get(name, "").strip():
             return os.environ[name].strip() == "0"
     return True
@@ -444,6 +485,8 @@ def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | None:
             )
         return max(last, key=lambda p: p.stat().st_mtime)
     if resume in ("best", "hpc", "registry") or (isinstance(resume, str) and resume.startswith("registry:")):
+        return None
+    if isinstance(resume, str) and "://" in resume:  # s3://, gs://: Lightning reads them through fsspec
         return None
     if not isinstance(resume, (str, os.PathLike)) or not Path(resume).is_file():
         raise ValueError(f"--resume {resume}: no such checkpoint file; give a .ckpt path or last.")

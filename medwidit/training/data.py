@@ -115,7 +115,7 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
         error = FileNotFoundError(
             f"{argument} {str(data_list)!r}, {where} names {name} file {str(path)!r}, which does not exist{hint}."
         )
-        error.data_list = data_list  # whose file it is: check_training_data's hint for the shipped lists only
+        error.data_list, error.missing = data_list, path  # whose file, which: check_training_data's hints
         raise error
     readers = _monai_readers()
     if not os.path.isdir(path) and not any(reader.verify_suffix(str(path)) for reader in readers):

@@ -124,14 +124,20 @@ def locked(path: str | os.PathLike, *, blocking: bool = True, required: bool = T
     """An exclusive ``flock`` on the file ``path`` (created if missing) while inside; yields False (and holds
     nothing) if not ``blocking`` and taken. Advisory and per machine: it makes writers of one machine take turns;
     correctness across machines rests on the link-based :func:`commit`. Not ``required``: where no lock can be had
-    (a file system without ``flock``, some NFS and FUSE mounts; a lock file that cannot be opened) go on without one,
+    (a file system without ``flock``, some NFS and FUSE mounts; a system without ``fcntl``; a lock file that cannot be
+    opened) go on without one,
     with a warning, yielding True."""
-    import fcntl  # POSIX only: imported where a lock is taken, so the package imports elsewhere
-
     fd, held, problem = None, True, None
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        import fcntl  # POSIX only: imported where a lock is taken, so the package imports elsewhere
+    except ImportError as e:  # Windows: no flock
+        if required:
+            raise
+        problem = OSError(errno.ENOSYS, f"no flock on this system ({e})")
+    try:
+        if problem is None:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
         held = False
     except OSError as e:

@@ -186,6 +186,74 @@ def test_only_the_first_rank_locks_the_run_folder_or_removes_earlier_checkpoints
         check_run_folder(folder, None)  # every rank refuses alike
 
 
+@pytest.mark.parametrize(
+    "env, first",
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+        ({"RANK": "3"}, False),
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # an interactive srun: Lightning's launcher's child
+        ({"SLURM_PROCID": "0"}, True),
+        ({"NODE_RANK": "1"}, False),  # Lightning's launcher's main process on the second node
+        ({"OMPI_COMM_WORLD_RANK": "2"}, False),
+        ({"PMI_RANK": "0"}, True),
+    ],
+)
+def test_the_first_rank_is_read_as_lightning_reads_it(monkeypatch, env, first):
+    """From a review: SLURM_PROCID was read before LOCAL_RANK (Lightning reads it after: an interactive srun sets it
+    where Lightning's launcher runs the ranks, whose children then each took the lock and were refused); a second
+    node's main process and MPI's ranks each counted as the first."""
+    from medwidit.training.bundle import RANK_VARIABLES, _first_rank
+
+    for name in (*RANK_VARIABLES, "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _first_rank() is first
+
+
+def test_the_run_folders_lock_is_one_through_any_path_and_never_stops_a_run_it_cannot_take(tmp_path, monkeypatch):
+    """From a review: a folder named through a link had a lock of its own (a second run through it was accepted); a
+    parent folder where no lock file can be written (/scratch with --output_dir /scratch/$USER) failed the run, and so
+    did a system without fcntl (Windows): they train without a lock, with a warning, as before."""
+    import errno
+    import io
+    import sys
+
+    import medwidit.utils.files as files
+    from medwidit.training import check_run_folder, release_run_folder
+
+    (tmp_path / "runs" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    check_run_folder(tmp_path / "runs" / "checkpoints", None)
+    with files.locked(tmp_path / "runs" / ".checkpoints.lock", blocking=False) as free:
+        assert not free
+    release_run_folder(tmp_path / "link" / "checkpoints")  # the same folder's lock
+    with files.locked(tmp_path / "runs" / ".checkpoints.lock", blocking=False) as free:
+        assert free
+        with pytest.raises(ValueError, match="in use by another training run"):
+            check_run_folder(tmp_path / "link" / ".." / "runs" / "checkpoints", None)
+
+    real_open, real_io_open = files.os.open, io.open
+
+    def refused(opener):  # the lock file's folder is not writable by this user (the tests run as root)
+        def open_(path, *args, **kwargs):
+            if str(path).endswith(".lock"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return opener(path, *args, **kwargs)
+
+        return open_
+
+    monkeypatch.setattr(files.os, "open", refused(real_open))
+    monkeypatch.setattr(io, "open", refused(real_io_open))
+    check_run_folder(tmp_path / "ro" / "checkpoints", None)  # a warning, no lock, the run goes on
+    release_run_folder(tmp_path / "ro" / "checkpoints")
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # no fcntl here
+    check_run_folder(tmp_path / "win" / "checkpoints", None)
+    release_run_folder(tmp_path / "win" / "checkpoints")
+
+
 def test_resume_needs_a_checkpoint_to_continue(tmp_path):
     """From a review: --resume last into a folder without last.ckpt trained from scratch with only Lightning's
     warning (whose hint does not apply here); a missing file failed inside fit, in a 104-line traceback; a checkpoint
@@ -207,6 +275,7 @@ def test_resume_needs_a_checkpoint_to_continue(tmp_path):
     check_run_folder(folder, "last")  # Lightning's last-v1
     check_run_folder(folder, str(folder / "best.ckpt"))  # the folder's own
     check_run_folder(folder, "best")  # Lightning's own keys are Lightning's to resolve
+    check_run_folder(folder, "s3://bucket/run/last.ckpt")  # and remote files (fsspec): it was refused, from a review
     with pytest.raises(ValueError, match=r"continues another folder's checkpoint into .*best.ckpt, last-v1.ckpt"):
         check_run_folder(folder, str(other / "last.ckpt"))
     check_run_folder(folder, str(other / "last.ckpt"), True)
@@ -231,8 +300,38 @@ def test_missing_training_data_is_one_line_before_fit(tmp_path):
         check_training_data(module)
     parser_training = json.loads((Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json")
                                  .read_text())["training"]  # fmt: skip
-    check = parser_training.index("$medwidit.training.check_training_data(@datamodule)")
-    assert check < next(i for i, step in enumerate(parser_training) if ".fit(" in step)  # before any training
+    assert parser_training == [
+        "$medwidit.training.run_training(@train#trainer, @lightning_module, @datamodule, ckpt_dir=@ckpt_dir, "
+        "resume=@resume, overwrite_run=@overwrite_run)"
+    ]  # which checks the folder, then the data, then fits
+
+
+def test_run_training_lets_the_folder_go_however_the_fit_ends(tmp_path):
+    """From a review: the lock's release was train.json's last expression, skipped when the data check or the fit
+    raised; in a notebook every other process was then refused the folder while nothing trained."""
+    from medwidit.training import MissingDataError, run_training
+    from medwidit.utils.files import locked
+
+    class Failing:
+        def fit(self, *args, **kwargs):
+            raise RuntimeError("out of memory")
+
+    class Data:  # a data module whose check passes
+        data_list, dataset_dir = None, None
+
+        def check_files(self):
+            pass
+
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_training(Failing(), None, Data(), ckpt_dir=folder)
+    with locked(tmp_path / ".checkpoints.lock", blocking=False) as free:
+        assert free
+    Data.check_files = lambda self: (_ for _ in ()).throw(FileNotFoundError("data_list 'x': gone"))
+    with pytest.raises(MissingDataError, match="gone"):
+        run_training(Failing(), None, Data(), ckpt_dir=folder)
+    with locked(tmp_path / ".checkpoints.lock", blocking=False) as free:
+        assert free
 
 
 def test_the_build_hint_is_for_the_shipped_lists_files_only(tmp_path, monkeypatch):
@@ -255,6 +354,13 @@ def test_the_build_hint_is_for_the_shipped_lists_files_only(tmp_path, monkeypatc
                        r"--dataset_dir, here .*cache\.$") as error:  # fmt: skip
         check_training_data(module)
     assert "shipped data" not in str(error.value)
+    listing = json.loads(Path(data_list).read_text())  # an absolute path outside dataset_dir: no such hint
+    listing["training"][0]["image"] = str(tmp_path / "elsewhere" / "scan.nii.gz")
+    absolute = tmp_path / "absolute.json"
+    absolute.write_text(json.dumps(listing))
+    module = SegmentationDataModule(data_list=absolute, dataset_dir=elsewhere, **options)
+    with pytest.raises(MissingDataError, match=r"elsewhere/scan.nii.gz', which does not exist\.$"):
+        check_training_data(module)
     label = next(tmp_path.glob("*_label.nii.gz"))
     image = nib.load(label)
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 3, image.affine), label)
@@ -288,7 +394,7 @@ def test_a_bad_option_of_the_bundles_training_is_one_line_from_monai_bundle_run(
     assert done.returncode == 1 and "Traceback" in done.stderr and "Failed to instantiate" in done.stderr
 
 
-def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path):
+def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path, monkeypatch):
     """The outermost ValueError / FileNotFoundError that medwidit's code raised, through MONAI's wrapping; anything
     else (a ValueError from another library, a bug's TypeError) keeps its traceback. MissingDataError is an
     ordinary exception now (a SystemExit went through a caller's ``except Exception`` and ended the process)."""
@@ -308,6 +414,30 @@ def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path):
     assert isinstance(_medwidit_check(ours), ValueError) and "holds no last.ckpt" in str(_medwidit_check(ours))
     assert _medwidit_check(wrapped(lambda: int("x"))) is None  # Python's own ValueError
     assert _medwidit_check(wrapped(lambda: torch.zeros(2).view(3))) is None
+    # from a review: a ValueError raised by C code under a medwidit line (a bug: numpy's broadcasting in a check of
+    # ours) kept no traceback; nor did another error raised while one of ours was being handled (its context)
+    import importlib.util
+
+    import medwidit.training.bundle as bundle
+
+    (tmp_path / "code.py").write_text(
+        'def check(v):\n    raise ValueError(f"bad {v}")\n\n\ndef bug(v):\n    return int(v)\n'
+    )
+    spec = importlib.util.spec_from_file_location("code_under_test", tmp_path / "code.py")
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    monkeypatch.setattr(bundle, "PACKAGE", tmp_path.resolve())  # as if medwidit's
+    assert str(_medwidit_check(wrapped(lambda: code.check("x")))) == "bad x"
+    assert _medwidit_check(wrapped(lambda: code.bug("x"))) is None  # int()'s ValueError under a line of ours
+    monkeypatch.undo()
+
+    def cleanup_bug():
+        try:
+            check_run_folder(tmp_path / "checkpoints", "last")
+        except ValueError:
+            {}["missing"]
+
+    assert _medwidit_check(wrapped(cleanup_bug)) is None
     assert issubclass(MissingDataError, Exception)
 
 
