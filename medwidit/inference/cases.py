@@ -87,6 +87,16 @@ def _stem(path: Path) -> str:
     return _split_name(path, None)[0]
 
 
+def _deeper_series(folder: Path, depth: int = 4) -> Path | None:
+    """The first DICOM series folder more than one level below ``folder`` (up to ``depth``), for the message."""
+    for level in range(2, depth + 1):
+        for candidate in sorted(folder.glob("/".join(["*"] * level))):
+            if candidate.is_dir() and not any(part.startswith(".") for part in candidate.parts[-level:]):
+                if is_dicom_series(candidate):
+                    return candidate
+    return None
+
+
 def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Case]]:
     """Files as given, folders as their image files (sorted; hidden files and other suffixes skipped) and as DICOM
     series (the folder itself and its subfolders that hold DICOM files); a folder with neither becomes a failed case,
@@ -105,8 +115,11 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]
             if not found and not dicom:
                 problem = (
                     f"{path}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)}) and no DICOM "
-                    "series in it or its subfolders."
+                    "series in it or its direct subfolders"
                 )
+                deeper = _deeper_series(path)
+                # from a review: a patient/study/series export read "no DICOM series in it or its subfolders"
+                problem += f"; give the series folders, e.g. {deeper}." if deeper else "."
                 empty.append(Case(path.name or str(path), (path,), problem))
             files.extend(found)
             series.extend(folder if folder.name not in ("", "..") else folder.resolve() for folder in dicom)

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -355,9 +355,15 @@ def read_input(
             "tensors only."
         )
     if not items or not all(isinstance(i, (str, os.PathLike, nib.spatialimages.SpatialImage)) for i in items):
+        # a dict is what MONAI's dictionary transforms give (LoadImaged): its entry is the image
+        hint = (
+            f"; pass one of its entries ({', '.join(map(repr, list(image)[:4]))}), e.g. d['image']"
+            if isinstance(image, Mapping)
+            else ""
+        )
         raise TypeError(
-            "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array, got "
-            f"{type(image).__name__}."
+            "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array or tensor "
+            f"(a MONAI MetaTensor carries its affine), got {type(image).__name__}{hint}."
         )
     channels = [
         read_image(i, spatial_dims=spatial_dims)

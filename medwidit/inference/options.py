@@ -71,6 +71,8 @@ MIN_GRID_SIZE = 4  # refuse a resampled grid with fewer voxels than this along a
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> the first CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (Apple
     silicon) as given, where torch has them. ``auto`` never picks MPS: ask for it (it runs float32)."""
+    if isinstance(device, str):
+        device = device.strip().lower()  # "CPU", "Cuda:0": torch knows lower-case types only
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -78,13 +80,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be {DEVICES}, got {device!r}.") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; use --device cpu.")
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available; use 'cpu' (--device cpu).")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s).")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(
             f"device {str(device)!r} was asked for but MPS is not available (it needs macOS on Apple silicon and a "
-            "torch built with MPS; torch.backends.mps.is_available() is False here); use --device cpu."
+            "torch built with MPS; torch.backends.mps.is_available() is False here); use 'cpu' (--device cpu)."
         )
     if device.type == "mps" and device.index:
         raise ValueError(f"device {str(device)!r} does not exist: MPS has one device, 'mps'.")

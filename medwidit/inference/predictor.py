@@ -8,6 +8,7 @@ CLI and notebooks call.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -852,7 +853,10 @@ class Predictor:
         """The first ``count`` (None: ``sampling_defaults``'s ``weight_sets``) of ``segmenters``; a ValueError naming
         ``weight_sets`` where there are fewer."""
         count = self.sampling_defaults["weight_sets"] if count is None else count
-        hint = f" (this model has {len(self.segmenters)} set(s) of weights)"
+        hint = (  # a bundle may ship more: from_bundle loads as many as asked for
+            f" (this predictor holds {len(self.segmenters)} set(s) of weights; Predictor.from_bundle(weight_sets=N) "
+            "loads N of a bundle's)"
+        )
         check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
         return self.segmenters[:count]
 
@@ -983,6 +987,14 @@ def _coarse_sampling(sampling: dict, augment: int) -> dict:
     return {**sampling, "num_samples": sampling["num_samples"] * augment}
 
 
+# medwidit.segment's options: Predictor.segment's, and the predictor's (from_bundle / from_checkpoint's, which build
+# it: precision, bias correction, anti-aliasing, the bundle's settings) as the CLI passes them
+SEGMENT_OPTIONS = set(inspect.signature(Predictor.segment).parameters) - {"self", "image", "affine"}
+BUILD_OPTIONS = (
+    set(inspect.signature(Predictor.__init__).parameters) - {"self", "segmenter", "device", "extra_segmenters"}
+) | {"bias_correction", "anti_aliasing", "extra_checkpoints"}
+
+
 def segment(
     image, *, checkpoint=None, bundle=None, device: str = "auto", affine=None, seed: int | None = None, **options
 ) -> Segmentation:
@@ -990,7 +1002,8 @@ def segment(
     segment`` (``Predictor.from_checkpoint``, or ``from_bundle`` with a bundle folder, a shipped bundle's name, or by
     default the shipped brain-extraction bundle; then ``Predictor.segment``, whose sampling defaults are the bundle's);
     ``seed`` seeds the ensemble (default 0, as ``medwidit segment --seed``); ``probability_smoothing`` (None: the
-    bundle's) goes to the predictor, as ``medwidit segment --probability-smoothing``; ``localize=False`` and
+    bundle's) goes to the predictor, as ``medwidit segment --probability-smoothing``, and so do the predictor's other
+    settings (``precision``, ``bias_correction``, ``anti_aliasing``, ...); ``localize=False`` and
     ``atlas=False`` skip the bundle's localization pass and atlas prior, as ``--no-localize`` and
     ``--no-atlas-prior``."""
     if checkpoint is not None and bundle is not None:
@@ -999,8 +1012,15 @@ def segment(
         raise ValueError("give seed= or generator=, not both.")
     if seed is not None:
         options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
-    smoothing = options.pop("probability_smoothing", None)
-    built = {} if smoothing is None else {"probability_smoothing": smoothing}
+    unknown = sorted(set(options) - SEGMENT_OPTIONS - BUILD_OPTIONS)
+    if unknown:  # it was Predictor.segment's TypeError, naming a function the caller did not call
+        raise TypeError(
+            f"medwidit.segment() got unknown option(s) {', '.join(unknown)}; it takes the predictor's "
+            f"({', '.join(sorted(BUILD_OPTIONS))}) and Predictor.segment's ({', '.join(sorted(SEGMENT_OPTIONS))})."
+        )
+    built = {name: options.pop(name) for name in list(options) if name in BUILD_OPTIONS}
+    if built.get("probability_smoothing", 0.0) is None:  # None: the bundle's
+        del built["probability_smoothing"]
     predictor = (
         Predictor.from_checkpoint(checkpoint, device=device, **built)
         if checkpoint is not None

@@ -155,6 +155,18 @@ def test_series_inside_an_input_folder_are_cases_named_after_their_folders(tmp_p
     assert cases[0].output_path(tmp_path / "out").name == "t1.nii.gz"
 
 
+def test_a_series_deeper_than_the_folders_children_is_named_in_the_message(tmp_path):
+    """From a review: a patient/study/series export given as its top folder read "no DICOM series in it or its
+    subfolders", which was false; only the folder and its direct subfolders are looked in, and the line says so and
+    names the series folder to give."""
+    write_series(tmp_path / "export" / "patient" / "study" / "t1", _volume(), **OBLIQUE)
+    (case,) = find_cases(tmp_path / "export", num_modalities=1)
+    assert case.problem.endswith(
+        f"no DICOM series in it or its direct subfolders; give the series folders, e.g. "
+        f"{tmp_path / 'export' / 'patient' / 'study' / 't1'}."
+    )
+
+
 def _mixed_sizes(folder):
     write_series(folder, _volume((14, 12, 3)), **OBLIQUE)
     other = write_series(folder.parent / "other", _volume((14, 10, 3)), **OBLIQUE)
@@ -178,7 +190,28 @@ def _two_series(folder):
         shutil.move(path, folder / f"b{path.name}")
 
 
+def _tilted(folder):
+    """Each slice 0.5 mm further along its rows than the last (a CT's gantry tilt): positions along the normal stay
+    evenly spaced, so only the step's direction shows it."""
+    write_series(folder, _volume((14, 12, 4)), **OBLIQUE)
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        for k, path in enumerate(sorted(folder.iterdir())):
+            image = sitk.ReadImage(str(path))
+            origin = np.asarray(image.GetOrigin()) + 0.5 * k * np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 0]
+            image.SetOrigin([float(v) for v in origin])
+            image.SetMetaData("0020|0032", "\\".join(f"{v:.12g}" for v in origin))
+            writer = sitk.ImageFileWriter()
+            writer.SetImageIO("GDCMImageIO")
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(path))
+            writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 BAD = {
+    "gantry tilt": (_tilted, r"DICOM slices step 0.5 mm sideways per 2.5 mm along their normal \(a gantry tilt"),
     "mixed sizes": (_mixed_sizes, r"DICOM slices of different sizes \(14x10, 14x12\)"),
     "one file": (_one_file, r"one DICOM file holding one 2D slice; expected a 3D series"),
     "a missing slice": (_gap, r"slice positions are not evenly spaced \(steps from 2.5 to 5 mm\)"),

@@ -265,6 +265,34 @@ def test_segment_convenience_is_the_predictor(tmp_path, checkpoint, volume):
     np.testing.assert_allclose(oblique_affine(), nib.load(source).affine, atol=1e-6)
 
 
+def test_segment_convenience_takes_the_predictors_settings_and_names_what_it_does_not_know(tmp_path, checkpoint):
+    """From a review: ``medwidit.segment(path, precision=...)`` (or bias_correction, anti_aliasing) failed in
+    Predictor.segment's TypeError, naming a function the caller had not called; the CLI passes them."""
+    source = save_nifti(tmp_path / "case.nii.gz", np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
+    result = segment(source, checkpoint=checkpoint, device="cpu", precision="float32", anti_aliasing=False, **FAST)
+    reference = Predictor.from_checkpoint(checkpoint, device="cpu", precision="float32", anti_aliasing=False)
+    np.testing.assert_array_equal(result.label_map, reference.segment(source, **FAST).label_map)
+    unknown = r"medwidit.segment\(\) got unknown option\(s\) stepz; it takes the predictor's \(.*precision.*\) and "
+    with pytest.raises(TypeError, match=unknown + r"Predictor.segment's \(.*steps"):
+        segment(source, checkpoint=checkpoint, device="cpu", stepz=2)
+
+
+def test_python_errors_speak_python(tmp_path, checkpoint):
+    """From a review: a device error in Python advised a CLI flag only, "CPU" was refused, a MONAI LoadImaged dict
+    was "got dict" without a word on its entries, and weight_sets beyond a predictor loaded with fewer sets said
+    "this model has 1 set(s)" of a bundle that ships 2."""
+    assert resolve_device("CPU") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"CUDA is not available; use 'cpu' \(--device cpu\)"):
+            resolve_device("cuda")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(TypeError, match=r"got dict; pass one of its entries \('image'\), e.g. d\['image'\]"):
+        predictor.segment({"image": np.zeros((8, 8, 8), np.float32)})
+    with pytest.raises(ValueError, match=r"this predictor holds 1 set\(s\) of weights; "
+                                         r"Predictor.from_bundle\(weight_sets=N\) loads N"):  # fmt: skip
+        predictor.segment(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), weight_sets=2, **FAST)
+
+
 @pytest.mark.parametrize(
     "precision, bf16, expected",
     [
