@@ -261,3 +261,16 @@ def test_boundary_distance_is_millimetres_to_the_nearest_interface_on_an_anisotr
     assert distance[10, 10, 2] == pytest.approx(4.0)  # two 2 mm voxels outside along the last
     assert distance[10, 10, 10] == pytest.approx(4.0)  # the centre: 4 voxels of 1 mm in x and y (8 mm in z)
     assert torch.isinf(boundary_distance([torch.ones(6, 6, 6, dtype=torch.long)])).all()
+
+
+def test_hd95_prints_no_warning_about_monais_own_code():
+    """From a review: MONAI 1.5-1.6's compute_hausdorff_distance passes get_mask_edges a deprecated argument, and its
+    FutureWarning (with the install's path) printed into the notebook's stored output at every scoring."""
+    import warnings
+
+    truth = np.zeros((12, 12, 12), dtype=np.int64)
+    truth[3:8, 3:8, 3:8] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = segmentation_metrics(np.roll(truth, 1, axis=0), truth, num_classes=2, spacing=(1.0, 1.0, 1.0))
+    assert scores["hd95"][1] == pytest.approx(1.0)
