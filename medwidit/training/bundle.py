@@ -241,11 +241,12 @@ class MissingDataError(ValueError):
 
 def one_line_errors() -> None:
     """Make this process print an uncaught error that one of medwidit's checks raised (a ValueError or a
-    FileNotFoundError from medwidit's code, wherever in the chain of errors MONAI's config parsing and Lightning
-    wrapped it) as its one line, ``medwidit: error: ...``, exit status 1. A bad option or a folder in use was the
-    middle of an 80- to 190-line traceback ending in MONAI's "Failed to instantiate component". Any other error keeps
-    its traceback, and so does every error with ``MEDWIDIT_TRACEBACK=1``. Installed on import under ``python -m
-    monai.bundle`` (a command line of its own), never in a notebook or a user's script."""
+    FileNotFoundError of a ``raise`` statement in medwidit's code, wherever in the chain of causes MONAI's config
+    parsing wrapped it: :func:`_medwidit_check`) as its one line, ``medwidit: error: ...``, exit status 1. A bad
+    option or a folder in use was the middle of an 80- to 190-line traceback ending in MONAI's "Failed to
+    instantiate component". Any other error keeps its traceback, and so does every error with
+    ``MEDWIDIT_TRACEBACK=1``. Installed on import under ``python -m monai.bundle`` (a command line of its own),
+    never in a notebook or a user's script."""
     if getattr(sys.excepthook, "medwidit", False):
         return
     previous = sys.excepthook
