@@ -87,14 +87,37 @@ def _stem(path: Path) -> str:
     return _split_name(path, None)[0]
 
 
-def _deeper_series(folder: Path, depth: int = 4) -> Path | None:
-    """The first DICOM series folder more than one level below ``folder`` (up to ``depth``), for the message."""
-    for level in range(2, depth + 1):
-        for candidate in sorted(folder.glob("/".join(["*"] * level))):
-            if candidate.is_dir() and not any(part.startswith(".") for part in candidate.parts[-level:]):
+def _deeper_series(folder: Path, depth: int = 4, limit: int = 200) -> Path | None:
+    """The first DICOM series folder two to ``depth`` levels below ``folder``, for the message: breadth first over
+    folders only, dot-folders skipped, at most ``limit`` of them looked into, an unreadable one passed over (a
+    glob of every entry of a BIDS root's 300 subjects opened 10 800 files, from a review)."""
+    level, looked = _subfolders(folder), 0
+    for _ in range(depth - 1):
+        below = []
+        for parent in level:
+            below.extend(_subfolders(parent))
+            looked += 1
+            if looked >= limit:
+                return None
+        for candidate in below:
+            looked += 1
+            if looked >= limit:
+                return None
+            try:
                 if is_dicom_series(candidate):
                     return candidate
+            except OSError:
+                continue
+        level = below
     return None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir())
+    except OSError:
+        return []
 
 
 def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path], list[Case]]:

@@ -356,11 +356,10 @@ def read_input(
         )
     if not items or not all(isinstance(i, (str, os.PathLike, nib.spatialimages.SpatialImage)) for i in items):
         # a dict is what MONAI's dictionary transforms give (LoadImaged): its entry is the image
-        hint = (
-            f"; pass one of its entries ({', '.join(map(repr, list(image)[:4]))}), e.g. d['image']"
-            if isinstance(image, Mapping)
-            else ""
-        )
+        hint = ""
+        if isinstance(image, Mapping) and image:
+            key = "image" if "image" in image else next(iter(image))
+            hint = f"; pass one of its entries ({', '.join(map(repr, list(image)[:4]))}), e.g. d[{key!r}]"
         raise TypeError(
             "image must be a path, a list of modality paths, a nibabel image or a list of them, or an array or tensor "
             f"(a MONAI MetaTensor carries its affine), got {type(image).__name__}{hint}."

@@ -855,7 +855,7 @@ class Predictor:
         count = self.sampling_defaults["weight_sets"] if count is None else count
         hint = (  # a bundle may ship more: from_bundle loads as many as asked for
             f" (this predictor holds {len(self.segmenters)} set(s) of weights; Predictor.from_bundle(weight_sets=N) "
-            "loads N of a bundle's)"
+            "loads N of a bundle's, from_checkpoint(path, extra_checkpoints=[...]) adds sets to a checkpoint)"
         )
         check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
         return self.segmenters[:count]
@@ -991,7 +991,8 @@ def _coarse_sampling(sampling: dict, augment: int) -> dict:
 # it: precision, bias correction, anti-aliasing, the bundle's settings) as the CLI passes them
 SEGMENT_OPTIONS = set(inspect.signature(Predictor.segment).parameters) - {"self", "image", "affine"}
 BUILD_OPTIONS = (
-    set(inspect.signature(Predictor.__init__).parameters) - {"self", "segmenter", "device", "extra_segmenters"}
+    set(inspect.signature(Predictor.__init__).parameters)
+    - {"self", "segmenter", "device", "extra_segmenters", "preprocessing"}  # the weights' own (from_checkpoint)
 ) | {"bias_correction", "anti_aliasing", "extra_checkpoints"}
 
 

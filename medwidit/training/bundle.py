@@ -331,7 +331,7 @@ def bundle_datalist(
 
 
 def check_training_data(datamodule) -> None:
-    """train.json's first training step: ``datamodule.check_files()``, a problem as one line (MissingDataError).
+    """:func:`run_training`'s first step: ``datamodule.check_files()``, a problem as one line (MissingDataError).
     Raised inside ``trainer.fit`` the same error was the middle of an 88-line traceback out of MONAI's config
     expression. A missing file of a shipped data list gets the build command; one of the user's own list, where its
     paths resolve (the build command sent a user whose list's paths were relative to the default ``dataset_dir``,
@@ -374,14 +374,19 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
     another folder may not continue into a folder holding other checkpoints unless ``overwrite_run``."""
     folder = Path(ckpt_dir)
     overwrite = check_bool("overwrite_run", overwrite_run)
+    if "://" in str(ckpt_dir):  # a remote folder (fsspec): no lock file there, and no local listing
+        logger.warning("%s: a remote checkpoint folder; training runs into it take no lock.", ckpt_dir)
+        return
     first = _first_rank()
     if first:
         _lock_run_folder(folder)
     try:
         earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if resume is not None:
-            source = _resume_source(folder, resume, earlier)
-            if source is None or not earlier or source.resolve().parent == folder.resolve():
+            source = _resume_source(folder, resume, earlier)  # a Path, a remote URL (str) or None (Lightning's key)
+            if source is None or not earlier:
+                return
+            if isinstance(source, Path) and source.resolve().parent == folder.resolve():
                 return
             if not overwrite:
                 raise ValueError(
@@ -407,12 +412,12 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
 
 
 def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrite_run=False):
-    """train.json's ``training``: the checkpoint folder's check and lock (:func:`check_run_folder`), the data's check
-    (:func:`check_training_data`), then ``trainer.fit``; the lock is let go however that ends (a fit that raised in
+    """train.json's ``training``: the data's check (:func:`check_training_data`), the checkpoint folder's check and
+    lock (:func:`check_run_folder`), then ``trainer.fit``; the lock is let go however that ends (a fit that raised in
     a notebook kept it, and every other process was refused the folder until the kernel ended)."""
-    check_run_folder(ckpt_dir, resume, overwrite_run)
+    check_training_data(datamodule)  # first: a run refused for its data keeps the folder's checkpoints
+    check_run_folder(ckpt_dir, resume, overwrite_run)  # (overwrite_run removed them, then the data check failed)
     try:
-        check_training_data(datamodule)
         return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     finally:
         release_run_folder(ckpt_dir)
@@ -465,8 +470,8 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "O
 def _first_rank() -> bool:
     """Whether this process is a distributed run's first rank (or no distributed run's), from the environment the
     launchers set before any process group exists: the first rank variable set, and no node but the first
-    (Lightning's launcher on node 1 sets only NODE_RANK in its main process)."""
-    for name in ("NODE_RANK", "GROUP_RANK"):
+    (Lightning's launcher on node 1 sets only NODE_RANK in its main process; SLURM says SLURM_NODEID)."""
+    for name in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID"):  # SLURM_NODEID: an sbatch exporting LOCAL_RANK only
         if os.environ.get(name, "").strip() not in ("", "0"):
             return False
     for name in RANK_VARIABLES:
@@ -475,8 +480,9 @@ def _first_rank() -> bool:
     return True
 
 
-def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | None:
-    """The checkpoint file ``resume`` names (None for Lightning's "best", "hpc", "registry"), or ValueError."""
+def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | str | None:
+    """The checkpoint file ``resume`` names, a remote URL as given, or None for Lightning's "best", "hpc" and
+    "registry"; else ValueError."""
     if resume == "last":
         last = [p for p in earlier if p.name.startswith("last")]
         if not last:
@@ -487,8 +493,10 @@ def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | None:
         return max(last, key=lambda p: p.stat().st_mtime)
     if resume in ("best", "hpc", "registry") or (isinstance(resume, str) and resume.startswith("registry:")):
         return None
-    if isinstance(resume, str) and "://" in resume:  # s3://, gs://: Lightning reads them through fsspec
-        return None
+    if isinstance(resume, str) and resume.startswith("file://"):
+        resume = resume[len("file://") :]
+    elif isinstance(resume, str) and "://" in resume:  # s3://, gs://: Lightning reads them through fsspec
+        return resume
     if not isinstance(resume, (str, os.PathLike)) or not Path(resume).is_file():
         raise ValueError(f"--resume {resume}: no such checkpoint file; give a .ckpt path or last.")
     return Path(resume)

@@ -275,6 +275,8 @@ def test_segment_convenience_takes_the_predictors_settings_and_names_what_it_doe
     unknown = r"medwidit.segment\(\) got unknown option\(s\) stepz; it takes the predictor's \(.*precision.*\) and "
     with pytest.raises(TypeError, match=unknown + r"Predictor.segment's \(.*steps"):
         segment(source, checkpoint=checkpoint, device="cpu", stepz=2)
+    with pytest.raises(TypeError, match="unknown option\\(s\\) preprocessing"):  # the weights' own (a TypeError
+        segment(source, checkpoint=checkpoint, device="cpu", preprocessing={})  # of multiple values, from a review)
 
 
 def test_python_errors_speak_python(tmp_path, checkpoint):
@@ -288,8 +290,11 @@ def test_python_errors_speak_python(tmp_path, checkpoint):
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     with pytest.raises(TypeError, match=r"got dict; pass one of its entries \('image'\), e.g. d\['image'\]"):
         predictor.segment({"image": np.zeros((8, 8, 8), np.float32)})
+    with pytest.raises(TypeError, match=r"got dict; pass one of its entries \('t1', 'label'\), e.g. d\['t1'\]"):
+        predictor.segment({"t1": np.zeros((8, 8, 8), np.float32), "label": None})
     with pytest.raises(ValueError, match=r"this predictor holds 1 set\(s\) of weights; "
-                                         r"Predictor.from_bundle\(weight_sets=N\) loads N"):  # fmt: skip
+                                         r"Predictor.from_bundle\(weight_sets=N\) loads N of a bundle's, "
+                                         r"from_checkpoint\(path, extra_checkpoints="):  # fmt: skip
         predictor.segment(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), weight_sets=2, **FAST)
 
 

@@ -197,6 +197,8 @@ def test_only_the_first_rank_locks_the_run_folder_or_removes_earlier_checkpoints
         ({"NODE_RANK": "1"}, False),  # Lightning's launcher's main process on the second node
         ({"OMPI_COMM_WORLD_RANK": "2"}, False),
         ({"PMI_RANK": "0"}, True),
+        ({"LOCAL_RANK": "0", "SLURM_NODEID": "1"}, False),  # an sbatch exporting LOCAL_RANK only, second node
+        ({"SLURM_PROCID": "0", "SLURM_NODEID": "0"}, True),
     ],
 )
 def test_the_first_rank_is_read_as_lightning_reads_it(monkeypatch, env, first):
@@ -275,12 +277,20 @@ def test_resume_needs_a_checkpoint_to_continue(tmp_path):
     check_run_folder(folder, "last")  # Lightning's last-v1
     check_run_folder(folder, str(folder / "best.ckpt"))  # the folder's own
     check_run_folder(folder, "best")  # Lightning's own keys are Lightning's to resolve
-    check_run_folder(folder, "s3://bucket/run/last.ckpt")  # and remote files (fsspec): it was refused, from a review
+    with pytest.raises(ValueError, match="continues another folder's checkpoint"):  # a remote one is another's too
+        check_run_folder(folder, "s3://bucket/run/last.ckpt")
+    with pytest.raises(ValueError, match="no such checkpoint file"):
+        check_run_folder(folder, f"file://{tmp_path}/missing.ckpt")
+    check_run_folder(folder, f"file://{folder}/best.ckpt")
     with pytest.raises(ValueError, match=r"continues another folder's checkpoint into .*best.ckpt, last-v1.ckpt"):
         check_run_folder(folder, str(other / "last.ckpt"))
     check_run_folder(folder, str(other / "last.ckpt"), True)
     assert not list(folder.glob("*.ckpt")) and (other / "last.ckpt").exists()
     release_run_folder(folder)
+    check_run_folder(tmp_path / "empty", "s3://bucket/run/last.ckpt")  # remote files are Lightning's (fsspec)
+    release_run_folder(tmp_path / "empty")
+    check_run_folder("s3://bucket/run/checkpoints", None)  # a remote folder takes no lock (it made a local "s3:")
+    assert not (Path.cwd() / "s3:").exists()
 
 
 def test_missing_training_data_is_one_line_before_fit(tmp_path):
@@ -328,10 +338,15 @@ def test_run_training_lets_the_folder_go_however_the_fit_ends(tmp_path):
     with locked(tmp_path / ".checkpoints.lock", blocking=False) as free:
         assert free
     Data.check_files = lambda self: (_ for _ in ()).throw(FileNotFoundError("data_list 'x': gone"))
+    folder.mkdir(exist_ok=True)
+    (folder / "last.ckpt").write_bytes(b"")  # an earlier run's
     with pytest.raises(MissingDataError, match="gone"):
-        run_training(Failing(), None, Data(), ckpt_dir=folder)
+        run_training(Failing(), None, Data(), ckpt_dir=folder, overwrite_run=True)
     with locked(tmp_path / ".checkpoints.lock", blocking=False) as free:
         assert free
+    # from a second review: a run refused for its data removed the earlier checkpoints that overwrite_run would
+    # replace; the data is checked first now
+    assert (folder / "last.ckpt").exists()
 
 
 def test_the_build_hint_is_for_the_shipped_lists_files_only(tmp_path, monkeypatch):
