@@ -316,7 +316,8 @@ def atlas_warning(entry: Mapping | None) -> str | None:
     held less than ``min_kept`` of the members' foreground (not applied: most of what the members call the structure
     lies where a registered template does not put it), or its core added more than ``warn_filled`` of the foreground
     (there the answer is the registered template's, not the network's: right where the network failed and the
-    registration held, wrong where the registration failed); None otherwise."""
+    registration held, wrong where the registration failed), or it left the network no voxel (``network_voxels`` 0);
+    None otherwise."""
     if entry is None:
         return None
     if not entry["applied"]:
@@ -330,6 +331,11 @@ def atlas_warning(entry: Mapping | None) -> str | None:
         return (
             f"the atlas prior's region held {entry['kept']:.4f} of the foreground (below min_kept "
             f"{entry['min_kept']:.2f}): not applied"
+        )
+    if entry.get("network_voxels") == 0:
+        return (
+            f"the atlas prior left the network no voxel to decide (voxels coarser than its margin_mm "
+            f"{entry['margin_mm']:g}): the labels are the registered template's, and the maps say nothing of them"
         )
     filled, warn = entry.get("core_filled"), entry.get("warn_filled")
     if filled is not None and warn is not None and filled > warn:

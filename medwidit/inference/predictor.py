@@ -619,7 +619,10 @@ class Predictor:
         registered template's mask (``atlas.template_dice``; both None where the template did not register) and
         ``applied``; with a ``core_mm``, it, ``core_filled``, the share of the foreground the core added
         (``localize.fill_core``; None where the template did not register), and ``warn_filled``; with a
-        ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged."""
+        ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged. :meth:`segment`
+        adds ``network_voxels`` where a core was applied: the voxels of the case's grid left to the network (within
+        the margin, outside the core; 0 where the voxels are coarser than the margin: the labels are the template).
+        """
         entry = {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
                  "template_dice": dice, "applied": applied}  # fmt: skip
         if self.atlas_prior["core_mm"] is not None:
@@ -799,6 +802,10 @@ class Predictor:
             guarded = float(summary["prior_guard_kept"][0]) if "prior_guard_kept" in summary else None
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
                                      template_dice(label_map, prior.mask), filled, guarded)  # fmt: skip
+            if prior.core is not None and atlas["applied"]:
+                # voxels coarser than margin_mm (a 3 mm scan under the 2 mm margin): the region is the core, so no
+                # voxel is the network's and the labels are the registered template, the maps all zero (from a review)
+                atlas["network_voxels"] = int((prior.region & ~prior.core).sum())
             if not atlas["applied"]:
                 share = atlas["kept"] if atlas.get("guard_kept") is None else atlas["guard_kept"]
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, share)

@@ -431,6 +431,29 @@ def test_a_case_whose_core_made_more_than_warn_filled_of_the_brain_gets_a_warnin
     ), lines[1]  # fmt: skip
 
 
+def test_a_prior_that_leaves_the_network_no_voxel_says_so(tmp_path, monkeypatch, caplog):
+    """From a review: on a 3 mm scan the 2 mm margin's region is the 1 mm core (no ring between them on that grid),
+    so every member was the registered template: the labels were the template, every map 0, the predicted Dice 0.974
+    against a true 0.940, and no warning. The report counts the voxels left to the network, and 0 is a warning."""
+    path, ball = _hollow_ball(tmp_path)
+    lines, voxels = [], []
+    for region in (foreground_region(ball.astype(np.uint8), np.eye(4), 5.0), ball):  # a ring, then none
+        predictor = _prior_predictor(tmp_path, monkeypatch, region, mask=ball, core=ball, core_mm=1.0)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medwidit"):
+            (out,) = predictor.predict_from_files(path, tmp_path / f"out{len(lines)}", progress=False, warn_dice=0.01,
+                                                  **FAST)  # fmt: skip
+        voxels.append(out.quality["atlas_prior"]["network_voxels"])
+        lines.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+    assert voxels[0] > 0 and voxels[1] == 0
+    assert not any("no voxel to decide" in line for line in lines[0]), lines[0]
+    assert any(
+        "hollow: the atlas prior left the network no voxel to decide (voxels coarser than its margin_mm 5): the "
+        "labels are the registered template's" in line
+        for line in lines[1]
+    ), lines[1]
+
+
 def test_the_coarse_reference_is_cut_and_filled_as_the_members_are():
     probability = np.full((3, 4, 4, 4), 1 / 3, np.float32)
     region, core = np.zeros((4, 4, 4), bool), np.zeros((4, 4, 4), bool)
