@@ -365,7 +365,9 @@ def test_mps_is_accepted_where_torch_has_it_and_a_clear_error_where_not(monkeypa
     from medwidit.inference.options import resolve_device
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    with pytest.raises(ValueError, match=r"^device 'mps' was asked for but MPS is not available .*; use --device cpu"):
+    with pytest.raises(
+        ValueError, match=r"^device 'mps' was asked for but MPS is not available .*; use 'cpu' \(--device cpu\)"
+    ):
         resolve_device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("mps") == torch.device("mps")

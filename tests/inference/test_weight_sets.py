@@ -79,7 +79,7 @@ def test_the_predictor_samples_the_weight_sets_asked_for_and_names_what_does_not
     assert one.quality["weight_sets"] == 1 and two.quality["weight_sets"] == 2
     assert float(one.epistemic.max()) < 1e-6 < float(two.epistemic.max())
     assert two.quality["predicted_dice"]["1"] < one.quality["predicted_dice"]["1"] == 1.0
-    too_many = r"weight_sets must be an int in 1..2 \(this model has 2 set\(s\) of weights\)"
+    too_many = r"weight_sets must be an int in 1..2 \(this predictor holds 2 set\(s\) of weights; "
     with pytest.raises(ValueError, match=too_many):
         predictor.segment(source, weight_sets=3, **FAST)
     with pytest.raises(ValueError, match="weight_sets"):
