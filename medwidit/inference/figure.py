@@ -5,6 +5,7 @@ Built on matplotlib's object API (``Figure`` + Agg canvas) so that no global bac
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from medwidit.utils import atomic_write
+from medwidit.utils import atomic_write, check_int
 
 AXES = ("sagittal", "coronal", "axial")  # slicing axis 0, 1, 2 of a RAS-ordered (x, y, z) volume
 
@@ -48,10 +49,14 @@ def overlay_figure(
     *,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
+    num_classes: int | None = None,
 ) -> Figure:
     """Three orthogonal slices through the segmentation's centre: image with labels, and the uncertainty beneath.
 
     ``image``, ``labels`` and ``uncertainty`` are 3D arrays on one RAS-ordered voxel grid with ``spacing`` in mm.
+    The uncertainty's colours span 0 to ln K nats, K = ``num_classes`` (None: the labels' count, at least 2), the
+    entropy's range: scaled to each case's own maximum, a case certain to 1e-13 nats was painted as brightly as one
+    at ln 2 (from a review).
     """
     if image.ndim != 3 or image.shape != labels.shape:
         raise ValueError(f"image and labels must be 3D arrays of one shape, got {image.shape} and {labels.shape}.")
@@ -63,7 +68,8 @@ def overlay_figure(
     FigureCanvasAgg(fig)
     lo, hi = np.percentile(image, [1, 99.5])
     cmap = _label_cmap(int(labels.max()) + 1)
-    umax = float(uncertainty.max()) if uncertainty is not None and uncertainty.max() > 0 else 1.0
+    classes = max(2, int(labels.max()) + 1) if num_classes is None else check_int("num_classes", num_classes, low=2)
+    umax = math.log(classes)  # the entropy's range
     for col, axis in enumerate(range(3)):
         # aspect: height / width of a voxel in the plane after rot90 (rows = remaining axis 1, cols = axis 0)
         kept = [a for a in range(3) if a != axis]
@@ -94,14 +100,24 @@ def overlay_figure(
 
 
 def image_figure(
-    image: nib.Nifti1Image, labels: nib.Nifti1Image, uncertainty: nib.Nifti1Image | None = None, *, title: str = ""
+    image: nib.Nifti1Image,
+    labels: nib.Nifti1Image,
+    uncertainty: nib.Nifti1Image | None = None,
+    *,
+    title: str = "",
+    num_classes: int | None = None,
 ) -> Figure:
     """:func:`overlay_figure` of nibabel images on one grid, reoriented to RAS so that every view comes out upright."""
     ras = [nib.as_closest_canonical(img) if img is not None else None for img in (image, labels, uncertainty)]
     arrays = [np.asanyarray(img.dataobj) if img is not None else None for img in ras]
     arrays = [a[..., 0] if a is not None and a.ndim == 4 and a.shape[-1] == 1 else a for a in arrays]
     return overlay_figure(
-        arrays[0].astype(np.float32), arrays[1], arrays[2], spacing=ras[0].header.get_zooms()[:3], title=title
+        arrays[0].astype(np.float32),
+        arrays[1],
+        arrays[2],
+        spacing=ras[0].header.get_zooms()[:3],
+        title=title,
+        num_classes=num_classes,
     )
 
 

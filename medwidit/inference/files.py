@@ -292,9 +292,9 @@ def _write_case(predictor: Predictor, case: Case, plan: CasePlan, kinds, result:
 
 def _figure(case: Case, result: Segmentation, staged: Path) -> None:
     image, geometry = read_image(case.files[0])
-    save_overlay_figure(
-        staged, to_nibabel(image, geometry, "uncertainty"), result.labels, result.uncertainty, title=case.name
-    )
+    image = to_nibabel(image, geometry, "uncertainty")
+    classes = result.probability.shape[0]  # the entropy's range: ln K
+    save_overlay_figure(staged, image, result.labels, result.uncertainty, title=case.name, num_classes=classes)
 
 
 def warning_causes(quality: Mapping) -> list[str]:

@@ -48,3 +48,18 @@ def test_shape_mismatch_is_a_clear_error():
         overlay_figure(image, labels[:-1])
     with pytest.raises(ValueError, match="uncertainty"):
         overlay_figure(image, labels, unc[:, :-1])
+
+
+def test_the_uncertainty_colours_span_the_entropys_range_not_the_cases_maximum():
+    """From a review: scaled to each case's maximum, a case certain to 1e-13 nats was painted as brightly as one at
+    ln 2. The colours span 0 to ln K: the same map painted at two scales of certainty looks different."""
+    import math
+
+    image, labels, unc = _volume()
+    for scale in (1e-13, 0.69):
+        figure = overlay_figure(image, labels, unc / unc.max() * scale, num_classes=3)
+        shown = [a.images[0] for a in figure.axes if a.images and a.get_title().startswith("uncertainty")]
+        assert [im.get_clim() for im in shown] == [(0.0, math.log(3))] * 3
+    figure = overlay_figure(image, labels > 0, unc)  # K from the labels: 2
+    shown = [a.images[0] for a in figure.axes if a.images and a.get_title().startswith("uncertainty")]
+    assert shown[0].get_clim() == (0.0, math.log(2))
