@@ -55,7 +55,7 @@ from medwidit.data.synth import thick_slices
 from medwidit.data.transforms import preprocessing_transforms
 from medwidit.datasets.brain import sources
 from medwidit.inference import Predictor, sample_ensemble, summarize_ensemble
-from medwidit.inference.atlas import atlas_warning, template_dice
+from medwidit.inference.atlas import atlas_warning, network_voxels, template_dice
 from medwidit.inference.io import geometry_from_affine
 from medwidit.inference.localize import (
     decode_regions,
@@ -278,6 +278,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             not failed and bool(run["prior_applied"][0]),
             filled=float(run["core_filled"][0]) if "core_filled" in run else None,
             guard_kept=float(run["prior_guard_kept"][0]) if "prior_guard_kept" in run else None,
+            network_voxels=None if fit is None else network_voxels(fit),
         )
     coarse_probability = coarse_labels = None
     if coarse is not None:  # cut where the members were: the disagreement and scale_dice compare like with like
@@ -318,6 +319,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
                 template_dice(written, fit.mask),
                 atlas.get("core_filled"),
                 atlas.get("guard_kept"),
+                network_voxels=network_voxels(fit),
             )
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,

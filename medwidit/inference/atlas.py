@@ -55,6 +55,7 @@ __all__ = [
     "check_atlas_prior",
     "core_of",
     "fit_atlas",
+    "network_voxels",
     "register_template",
     "sitk_image",
     "template_dice",
@@ -286,6 +287,13 @@ def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
     kept_margin = spec.get("kept_margin_mm")
     guard = None if kept_margin is None else foreground_region(mask.astype(np.uint8), affine, kept_margin)
     return AtlasFit(mask, foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"]), core, guard)
+
+
+def network_voxels(fit: AtlasFit) -> int | None:
+    """The voxels of the case's grid a fit leaves to the network where its core is applied: within its margin and
+    outside its core (None without a core). 0 where the voxels are coarser than the margin (a 3 mm scan under the
+    2 mm margin): the region is then the core, every member the registered template, every map 0 (from a review)."""
+    return None if fit.core is None else int((fit.region & ~fit.core).sum())
 
 
 def core_of(mask: np.ndarray, affine: np.ndarray, core_mm: float) -> np.ndarray:

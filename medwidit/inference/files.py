@@ -8,6 +8,7 @@ The predictor turns one image into a ``Segmentation``; this module is everything
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -299,8 +300,9 @@ def _figure(case: Case, result: Segmentation, staged: Path) -> None:
 
 def warning_causes(quality: Mapping) -> list[str]:
     """What a case's warning line names besides a low predicted Dice, from its quality report: a class with no voxel,
-    a class volume outside the expected range, a localization region that held less than ``warn_kept``
-    (``localize.kept_warning``), an atlas prior that did not register or was not applied (``atlas.atlas_warning``).
+    a class volume outside the expected range, an ensemble of one member (whose agreement estimates nothing), a
+    localization region that held less than ``warn_kept`` (``localize.kept_warning``), an atlas prior that did not
+    register or was not applied (``atlas.atlas_warning``).
     ``benchmarks/quality_calibration.py`` counts the same causes when it chooses ``warn_dice``."""
     empty = quality["empty_classes"]
     causes = [f"no voxel of class {', '.join(map(str, empty))}"] if empty else []
@@ -309,6 +311,11 @@ def warning_causes(quality: Mapping) -> list[str]:
         f"{v['expected_ml'][1]:.0f} mL"
         for k, v in quality.get("unexpected_volumes", {}).items()
     ]
+    members = [quality.get(key) for key in ("views", "samples_per_view", "weight_sets")]
+    if all(isinstance(n, int) for n in members) and math.prod(members) == 1:
+        # one member agrees with itself: its predicted Dice is 1.0 whatever the case, and the Dice warning could
+        # never fire (from a review); the line says there is no estimate instead
+        causes.append("one member (one sample of one set of weights): no estimate of the Dice")
     regions = (kept_warning(quality.get("localization")), atlas_warning(quality.get("atlas_prior")))
     return causes + [text for text in regions if text]
 

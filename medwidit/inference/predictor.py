@@ -30,7 +30,7 @@ from medwidit.diffusion.ensemble import check_generator
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
-from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, template_dice
+from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, network_voxels, template_dice
 from .calibration import (
     ENSEMBLE_WARN_DICE,
     apply_calibration,
@@ -613,16 +613,15 @@ class Predictor:
         dice: float | None = None,
         filled: float | None = None,
         guard_kept: float | None = None,
+        network_voxels: int | None = None,
     ) -> dict:
         """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
         named in the run record), the share ``kept`` and the ``template_dice`` of the written labels with the
         registered template's mask (``atlas.template_dice``; both None where the template did not register) and
         ``applied``; with a ``core_mm``, it, ``core_filled``, the share of the foreground the core added
         (``localize.fill_core``; None where the template did not register), and ``warn_filled``; with a
-        ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged. :meth:`segment`
-        adds ``network_voxels`` where a core was applied: the voxels of the case's grid left to the network (within
-        the margin, outside the core; 0 where the voxels are coarser than the margin: the labels are the template).
-        """
+        ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged; where a core was
+        applied, ``network_voxels`` (``atlas.network_voxels``: 0 where the voxels are coarser than the margin)."""
         entry = {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
                  "template_dice": dice, "applied": applied}  # fmt: skip
         if self.atlas_prior["core_mm"] is not None:
@@ -630,6 +629,8 @@ class Predictor:
                          warn_filled=self.atlas_prior["warn_filled"])  # fmt: skip
         if self.atlas_prior["kept_margin_mm"] is not None:
             entry.update(kept_margin_mm=self.atlas_prior["kept_margin_mm"], guard_kept=guard_kept)
+        if applied and network_voxels is not None:
+            entry["network_voxels"] = network_voxels
         return entry
 
     def localization_pass(
@@ -801,11 +802,8 @@ class Predictor:
             filled = float(summary["core_filled"][0]) if "core_filled" in summary else None
             guarded = float(summary["prior_guard_kept"][0]) if "prior_guard_kept" in summary else None
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
-                                     template_dice(label_map, prior.mask), filled, guarded)  # fmt: skip
-            if prior.core is not None and atlas["applied"]:
-                # voxels coarser than margin_mm (a 3 mm scan under the 2 mm margin): the region is the core, so no
-                # voxel is the network's and the labels are the registered template, the maps all zero (from a review)
-                atlas["network_voxels"] = int((prior.region & ~prior.core).sum())
+                                     template_dice(label_map, prior.mask), filled, guarded,
+                                     network_voxels=network_voxels(prior))  # fmt: skip
             if not atlas["applied"]:
                 share = atlas["kept"] if atlas.get("guard_kept") is None else atlas["guard_kept"]
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, share)

@@ -217,3 +217,23 @@ def test_the_predictor_samples_the_views_its_options_allow(tmp_path, checkpoint,
         Predictor.from_bundle(bundle, device="cpu")
     with pytest.raises(ValueError, match=r"view_options: gamma_range must be \[low, high\]"):
         Predictor.from_checkpoint(checkpoint, device="cpu", view_options={"gamma_range": [2, 1]})
+
+
+def test_a_single_member_says_its_dice_is_no_estimate(tmp_path, caplog):
+    """From a review: one member agrees with itself, so its predicted Dice was 1.0 whatever the case, and the Dice
+    warning could never fire (a model at 0.687 of 0.693 nats of mean entropy passed silently). Its line says there is
+    no estimate; two members say nothing of it."""
+    source = save_nifti(tmp_path / "ball.nii.gz", _ball())
+    predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", roi_size=8,
+                          preprocessing=PREPROCESSING)  # fmt: skip
+    lines = {}
+    for samples in (1, 2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medwidit"):
+            predictor.predict_from_files(source, tmp_path / f"out{samples}", progress=False, steps=2,
+                                         num_samples=samples)  # fmt: skip
+        lines[samples] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines[2] == []
+    assert lines[1] == [
+        "ball: one member (one sample of one set of weights): no estimate of the Dice: check this case before using it."
+    ]
