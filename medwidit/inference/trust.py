@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ __all__ = [
     "check_view_options",
     "coil_field",
     "decompose_entropy",
+    "edge_faces",
     "entropy_of",
     "estimated_dice",
     "expected_dice",
@@ -424,6 +426,28 @@ def boundary_overlap(
     return min(shares) if shares else None
 
 
+ANATOMY = {"R": "right", "L": "left", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
+
+
+def edge_faces(label_map: np.ndarray, affine: np.ndarray, num_classes: int) -> dict[str, list[str]]:
+    """Per foreground class, the faces of the grid its voxels touch, named by the world direction they face (RAS
+    ``affine``: "superior" for the face towards +S): a structure cut by the field of view has a partial volume. From
+    a review: a brain cut at the top by the field of view was 1395 of 1758 mL, inside the expected range, and the
+    report said nothing of it."""
+    labels = np.asarray(label_map)
+    codes = nib.aff2axcodes(np.asarray(affine, dtype=np.float64))
+    opposite = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+    faces = {}
+    for k in range(1, num_classes):
+        touched = []
+        for axis, code in enumerate(codes[: labels.ndim]):
+            for index, direction in ((0, opposite[code]), (-1, code)):  # voxel 0 faces away from the axis's code
+                if (np.take(labels, index, axis=axis) == k).any():
+                    touched.append(ANATOMY[direction])
+        faces[str(k)] = touched
+    return faces
+
+
 def quality_report(
     label_map: np.ndarray,
     affine: np.ndarray,
@@ -443,7 +467,8 @@ def quality_report(
     ``unexpected_volumes``: the classes whose volume lies outside ``expected_volume_ml`` (``check_expected_volumes``),
     each with its volume and the range, the range itself as ``expected_volume_ml``; ``boundary_overlap`` per
     foreground class (``boundary_overlap`` of the class against the rest, with ``image`` (C, *S) on the same grid;
-    None for an empty class; no entry without ``image``)."""
+    None for an empty class; no entry without ``image``); ``edge_faces``: per foreground class, the faces of the
+    field of view it touches (:func:`edge_faces`), where its volume may be partial."""
     num_classes = len(predicted_dice)
     expected = check_expected_volumes(expected_volume_ml, num_classes)
     classes = class_statistics(label_map, affine, num_classes)["classes"]
@@ -459,6 +484,7 @@ def quality_report(
         inside = float(values[foreground].mean()) if foreground.any() else 0.0
         summary[name] = {"mean_foreground_nats": inside, "mean_volume_nats": float(values.mean())}
     dice = [float(d) for d in predicted_dice]
+    edges = edge_faces(label_map, affine, num_classes)
     overlap = {}
     if image is not None:
         labels = np.asarray(label_map)
@@ -472,6 +498,7 @@ def quality_report(
         "unexpected_volumes": unexpected,
         "uncertainty": summary,
         "boundary_overlap": overlap,
+        "edge_faces": edges,
         "views": views,
         "weight_sets": weight_sets,
         "samples_per_view": num_samples,
