@@ -165,19 +165,7 @@ def test_thin_oblique_slices_whose_positions_were_written_rounded_read_quietly(t
         direction = tuple(_rotation(*rng.uniform(-25, 25, 3)).ravel())
         geometry = {"spacing": (1.0, 1.0, 1.0), "origin": tuple(rng.uniform(-100, 100, 3)), "direction": direction}
         write_series(folder, _volume((14, 12, 40)), **geometry)
-        saved = locale.setlocale(locale.LC_ALL)
-        try:
-            for path in sorted(folder.iterdir()):
-                image = sitk.ReadImage(str(path))
-                position = image.GetMetaData("0020|0032").split("\\")
-                image.SetMetaData("0020|0032", "\\".join(f"{float(v):.2f}" for v in position))
-                writer = sitk.ImageFileWriter()
-                writer.SetImageIO("GDCMImageIO")
-                writer.KeepOriginalImageUIDOn()
-                writer.SetFileName(str(path))
-                writer.Execute(image)
-        finally:
-            locale.setlocale(locale.LC_ALL, saved)
+        _move_slices(folder, lambda k, origin: np.round(origin, 2))  # as a scanner writing 2 decimals would
         capfd.readouterr()
         data, geometry_read = read_image(folder)
         assert data.shape == (14, 12, 40)
@@ -232,13 +220,20 @@ def _tilted(folder):
     """Each slice 0.5 mm further along its rows than the last (a CT's gantry tilt): positions along the normal stay
     evenly spaced, so only the step's direction shows it."""
     write_series(folder, _volume((14, 12, 4)), **OBLIQUE)
+    rows = np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 0]
+    _move_slices(folder, lambda k, origin: origin + 0.5 * k * rows)
+
+
+def _move_slices(folder, position):
+    """Each slice of a written series moved to ``position(k, origin)`` (the k-th file's ImagePositionPatient), written
+    back as :func:`write_series` writes (the locale put back)."""
     saved = locale.setlocale(locale.LC_ALL)
     try:
         for k, path in enumerate(sorted(folder.iterdir())):
             image = sitk.ReadImage(str(path))
-            origin = np.asarray(image.GetOrigin()) + 0.5 * k * np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 0]
+            origin = position(k, np.asarray(image.GetOrigin()))
             image.SetOrigin([float(v) for v in origin])
-            image.SetMetaData("0020|0032", "\\".join(f"{v:.12g}" for v in origin))
+            image.SetMetaData("0020|0032", "\\".join(f"{float(v):.12g}" for v in origin))
             writer = sitk.ImageFileWriter()
             writer.SetImageIO("GDCMImageIO")
             writer.KeepOriginalImageUIDOn()
