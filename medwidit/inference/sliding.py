@@ -80,7 +80,7 @@ def _rows_from(spacing: torch.Tensor | None, row: int) -> torch.Tensor | None:
     return None if spacing is None else spacing[row:]
 
 
-def _check_roi_multiple_of_patch(roi_size, patch_size) -> None:
+def check_roi_multiple_of_patch(roi_size, patch_size) -> None:
     """Every roi axis a positive multiple of the patch on that axis (int or per-axis sequences of equal length)."""
     roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
     n = max(len(roi), len(patch))
@@ -144,7 +144,7 @@ class SlidingWindowDenoiser:
         self.net = net
         self.patch_size = network_size_multiple(net) if patch_size is None else patch_size
         self.roi_size = roi_size
-        _check_roi_multiple_of_patch(roi_size, self.patch_size)
+        check_roi_multiple_of_patch(roi_size, self.patch_size)
         self.align = network_alignment(net) if align is None else align
         if not all(isinstance(a, int) and a >= 1 for a in ensure_tuple(self.align)):
             raise ValueError(f"align must be positive integers, got {align!r}.")

@@ -26,6 +26,7 @@ from monai.metrics import DiceMetric
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 from medwidit.diffusion.checkpoint import with_config_defaults
+from medwidit.inference.sliding import check_roi_multiple_of_patch
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool
 
@@ -295,18 +296,10 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def _check_crop(self, roi_size) -> None:
         """The data module's training crop (None: not a medwidit data module) must be a multiple of the network's
-        ``size_multiple`` on every axis: a crop of 18 under patch 4 failed inside the first training step, in the
-        network's message naming its input and not ``roi_size``."""
-        if roi_size is None:
-            return
-        multiple = network_size_multiple(self.segmenter.net)
-        multiple = (multiple,) * len(roi_size) if isinstance(multiple, int) else tuple(multiple)
-        if len(multiple) != len(roi_size) or any(int(r) % m for r, m in zip(roi_size, multiple, strict=True)):
-            raise ValueError(
-                f"roi_size {list(roi_size)} must be a multiple of the network's size multiple {list(multiple)} on "
-                "every axis (its patch; a U-Net's 2^levels), e.g. "
-                f"{[max(m, int(r) // m * m) for r, m in zip(roi_size, multiple, strict=False)]}."
-            )
+        ``size_multiple`` on every axis, as a sliding window's (``sliding.check_roi_multiple_of_patch``): a crop of 18
+        under patch 4 failed inside the first training step, in the network's message naming its input."""
+        if roi_size is not None:
+            check_roi_multiple_of_patch([int(r) for r in roi_size], network_size_multiple(self.segmenter.net))
 
     def on_train_start(self) -> None:
         """A fresh run whose first validation (every ``check_val_every_n_epoch`` epochs) would come after its end
