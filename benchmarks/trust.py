@@ -319,7 +319,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
                 template_dice(written, fit.mask),
                 atlas.get("core_filled"),
                 atlas.get("guard_kept"),
-                network_voxels=network_voxels(fit),
+                network_voxels=atlas.get("network_voxels"),  # the fit's, as counted for the case above
             )
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,

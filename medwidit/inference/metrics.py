@@ -192,15 +192,15 @@ def segmentation_metrics(prediction, truth, *, num_classes: int, spacing=None) -
     truth_1h = one_hot(truth[None, None], num_classes=num_classes, dim=1)
     hd = torch.full((num_classes,), math.nan)
     spacing = _spacing(spacing, prediction.ndim)
-    for k in range(1, num_classes):  # MONAI warns on every empty class; absent classes are set here instead
-        has_truth, has_pred = bool(truth_1h[0, k].any()), bool(pred_1h[0, k].any())
-        if has_truth and not has_pred:
-            hd[k] = math.inf
-        elif has_truth:
-            with warnings.catch_warnings():
-                # MONAI 1.5-1.6's own compute_hausdorff_distance passes get_mask_edges its deprecated argument: the
-                # warning is about MONAI's code, and it printed into every notebook that scored a case
-                warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+    with warnings.catch_warnings():
+        # MONAI 1.5-1.6's own compute_hausdorff_distance passes get_mask_edges its deprecated argument: the warning is
+        # about MONAI's code, and it printed into every notebook that scored a case
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        for k in range(1, num_classes):  # MONAI warns on every empty class; absent classes are set here instead
+            has_truth, has_pred = bool(truth_1h[0, k].any()), bool(pred_1h[0, k].any())
+            if has_truth and not has_pred:
+                hd[k] = math.inf
+            elif has_truth:
                 hd[k] = compute_hausdorff_distance(
                     pred_1h[:, k : k + 1],
                     truth_1h[:, k : k + 1],

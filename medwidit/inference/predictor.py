@@ -992,13 +992,14 @@ def _coarse_sampling(sampling: dict, augment: int) -> dict:
     return {**sampling, "num_samples": sampling["num_samples"] * augment}
 
 
-# medwidit.segment's options: Predictor.segment's, and the predictor's (from_bundle / from_checkpoint's, which build
-# it: precision, bias correction, anti-aliasing, the bundle's settings) as the CLI passes them
+# medwidit.segment's options: Predictor.segment's, and the predictor's (its constructor's and from_checkpoint's:
+# precision, bias correction, anti-aliasing, the bundle's settings) as the CLI passes them; not preprocessing, the
+# weights' own, which from_checkpoint passes
 SEGMENT_OPTIONS = set(inspect.signature(Predictor.segment).parameters) - {"self", "image", "affine"}
-BUILD_OPTIONS = (
-    set(inspect.signature(Predictor.__init__).parameters)
-    - {"self", "segmenter", "device", "extra_segmenters", "preprocessing"}  # the weights' own (from_checkpoint)
-) | {"bias_correction", "anti_aliasing", "extra_checkpoints"}
+BUILD_OPTIONS = {
+    *inspect.signature(Predictor.__init__).parameters,
+    *inspect.signature(Predictor.from_checkpoint).parameters,
+} - {"self", "cls", "path", "options", "segmenter", "device", "extra_segmenters", "preprocessing"}
 
 
 def segment(

@@ -426,7 +426,8 @@ def boundary_overlap(
     return min(shares) if shares else None
 
 
-ANATOMY = {"R": "right", "L": "left", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
+# nibabel's axis labels in world directions: the face towards each axis's positive end, then towards its negative
+FACES = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
 
 
 def edge_faces(label_map: np.ndarray, affine: np.ndarray, num_classes: int) -> dict[str, list[str]]:
@@ -435,17 +436,10 @@ def edge_faces(label_map: np.ndarray, affine: np.ndarray, num_classes: int) -> d
     a review: a brain cut at the top by the field of view was 1395 of 1758 mL, inside the expected range, and the
     report said nothing of it."""
     labels = np.asarray(label_map)
-    codes = nib.aff2axcodes(np.asarray(affine, dtype=np.float64))
-    opposite = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
-    faces = {}
-    for k in range(1, num_classes):
-        touched = []
-        for axis, code in enumerate(codes[: labels.ndim]):
-            for index, direction in ((0, opposite[code]), (-1, code)):  # voxel 0 faces away from the axis's code
-                if (np.take(labels, index, axis=axis) == k).any():
-                    touched.append(ANATOMY[direction])
-        faces[str(k)] = touched
-    return faces
+    last = nib.aff2axcodes(np.asarray(affine, dtype=np.float64), labels=FACES)  # the face of each axis's last slice
+    first = nib.aff2axcodes(np.asarray(affine, dtype=np.float64), labels=[pair[::-1] for pair in FACES])
+    faces = [(np.take(labels, i, axis=a), (first if i == 0 else last)[a]) for a in range(labels.ndim) for i in (0, -1)]
+    return {str(k): [name for face, name in faces if (face == k).any()] for k in range(1, num_classes)}
 
 
 def quality_report(
