@@ -28,7 +28,12 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import BlendMode, ensure_tuple, ensure_tuple_rep
 
 from medwidit.diffusion import to_probabilities
-from medwidit.nets.contract import ConditionCache, network_alignment, network_size_multiple
+from medwidit.nets.contract import (
+    ConditionCache,
+    check_roi_multiple_of_patch,
+    network_alignment,
+    network_size_multiple,
+)
 from medwidit.utils import check_int, choose, is_finite_number
 
 from .localize import fill_core, foreground_share, restrict_to_region
@@ -78,23 +83,6 @@ def _window_key(coordinate, rows: Sequence[int]) -> tuple:
 
 def _rows_from(spacing: torch.Tensor | None, row: int) -> torch.Tensor | None:
     return None if spacing is None else spacing[row:]
-
-
-def check_roi_multiple_of_patch(roi_size, patch_size) -> None:
-    """Every roi axis a positive multiple of the patch on that axis (int or per-axis sequences of equal length)."""
-    roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
-    n = max(len(roi), len(patch))
-    if len(roi) not in (1, n) or len(patch) not in (1, n):
-        raise ValueError(f"roi_size {roi_size!r} and patch_size {patch_size!r} have different numbers of axes.")
-    if not all(isinstance(p, int) and p >= 1 for p in patch):
-        raise ValueError(f"patch_size must be positive integers, got {patch_size!r}.")
-    roi, patch = (roi * n if len(roi) == 1 else roi), (patch * n if len(patch) == 1 else patch)
-    for r, p in zip(roi, patch, strict=True):
-        if not isinstance(r, int) or r < 1 or r % p:
-            raise ValueError(
-                f"roi_size must be positive integers divisible by the network's patch_size {patch_size!r} on every "
-                f"axis, got {roi_size!r}."
-            )
 
 
 def check_max_whole_voxels(value: int | None) -> int | None:

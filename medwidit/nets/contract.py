@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
+from monai.utils import ensure_tuple
 from torch import nn
 
 from medwidit.utils import check_int, check_options, choose
@@ -26,6 +27,7 @@ __all__ = [
     "ConditionCache",
     "DenoisingNetwork",
     "build_network",
+    "check_roi_multiple_of_patch",
     "network_alignment",
     "network_name",
     "network_size_multiple",
@@ -172,3 +174,21 @@ class ConditionCache:
         if self.keeps_masks:
             kwargs["attention_masks"] = self.mask_tables.setdefault(tuple(x.shape), {})
         return self.net(x, t, conditioned=cond, condition_cache=encoding, **kwargs)
+
+
+def check_roi_multiple_of_patch(roi_size, patch_size) -> None:
+    """Every roi axis a positive multiple of the patch (a network's ``size_multiple``) on that axis (int or per-axis
+    sequences of equal length): a sliding window's and a training crop's."""
+    roi, patch = ensure_tuple(roi_size), ensure_tuple(patch_size)
+    n = max(len(roi), len(patch))
+    if len(roi) not in (1, n) or len(patch) not in (1, n):
+        raise ValueError(f"roi_size {roi_size!r} and patch_size {patch_size!r} have different numbers of axes.")
+    if not all(isinstance(p, int) and p >= 1 for p in patch):
+        raise ValueError(f"patch_size must be positive integers, got {patch_size!r}.")
+    roi, patch = (roi * n if len(roi) == 1 else roi), (patch * n if len(patch) == 1 else patch)
+    for r, p in zip(roi, patch, strict=True):
+        if not isinstance(r, int) or r < 1 or r % p:
+            raise ValueError(
+                f"roi_size must be positive integers divisible by the network's patch_size {patch_size!r} on every "
+                f"axis, got {roi_size!r}."
+            )

@@ -26,8 +26,7 @@ from monai.metrics import DiceMetric
 from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 from medwidit.diffusion.checkpoint import with_config_defaults
-from medwidit.inference.sliding import check_roi_multiple_of_patch
-from medwidit.nets.contract import network_size_multiple
+from medwidit.nets.contract import check_roi_multiple_of_patch, network_size_multiple
 from medwidit.utils import check_bool
 
 from .visualize import log_validation_images
@@ -296,8 +295,8 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def _check_crop(self, roi_size) -> None:
         """The data module's training crop (None: not a medwidit data module) must be a multiple of the network's
-        ``size_multiple`` on every axis, as a sliding window's (``sliding.check_roi_multiple_of_patch``): a crop of 18
-        under patch 4 failed inside the first training step, in the network's message naming its input."""
+        ``size_multiple`` on every axis, as a sliding window's (``nets.contract.check_roi_multiple_of_patch``): a
+        crop of 18 under patch 4 failed inside the first training step, in the network's message naming its input."""
         if roi_size is not None:
             check_roi_multiple_of_patch([int(r) for r in roi_size], network_size_multiple(self.segmenter.net))
 
