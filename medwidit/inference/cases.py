@@ -155,9 +155,11 @@ def find_cases(
     """Group files (and the image files of folders) into cases by name; modality order from the ``_NNNN`` suffix.
 
     A file without a ``_NNNN`` suffix, or a DICOM series folder, is a case of one modality. With ``num_modalities``
-    1, a group other than one ``_0000`` file is one case per file. A case with a gap in its modality numbers
-    (``_0000`` and ``_0002``), a modality given twice, a name found in two folders, or a folder without image files
-    carries a ``problem`` instead of failing the others.
+    1, a group other than one ``_0000`` file is one case per file. A name found in several folders is prefixed by the
+    names of the folders that tell them apart (``p1/T1``, ``p2/T1`` -> ``p1_T1``, ``p2_T1``, with a warning). A case
+    with a gap in its modality numbers (``_0000`` and ``_0002``), a modality given twice, a name its folders cannot
+    tell apart (one folder given twice), or a folder without image files carries a ``problem`` instead of failing the
+    others.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -180,7 +182,7 @@ def find_cases(
                 groups.setdefault((path.parent, _stem(path)), {}).setdefault(0, []).append(path)
     for folder in series:  # a DICOM series is one single-modality case named after its folder
         groups.setdefault((folder.parent, folder.name), {}).setdefault(0, []).append(folder)
-    names = [name for _, name in groups]
+    names, apart = _names_apart(list(groups))
     cases = []
     for (folder, name), modalities in groups.items():
         indices = sorted(modalities)
@@ -191,7 +193,44 @@ def find_cases(
             problem = f"{folder / name}: one modality given twice ({', '.join(p.name for p in twice)})."
         elif indices != list(range(len(indices))):
             problem = f"{folder / name}: modality numbers {indices} are not 0..{len(indices) - 1} without gaps."
-        elif names.count(name) > 1:
-            problem = f"{folder / name}: a case of this name comes from another folder too; outputs would collide."
-        cases.append(Case(name, files, problem))
+        else:
+            problem = apart.get((folder, name))
+        cases.append(Case(names[folder, name], files, problem))
     return cases + empty
+
+
+def _names_apart(keys: list[tuple[Path, str]]) -> tuple[dict[tuple[Path, str], str], dict[tuple[Path, str], str]]:
+    """Each case's output name: its own where no other folder gives that name, else prefixed by as many of its
+    folders' names as tell the cases apart (``p1/T1``, ``p2/T1`` -> ``p1_T1``, ``p2_T1``: a patient/series DICOM
+    export names series alike); and the problem of a case that cannot be named apart."""
+    # from a review: same-named series of two patients were refused, with no way to name their outputs apart
+    by_name = collections.defaultdict(list)
+    for folder, name in keys:
+        by_name[name].append(folder)
+    names = {key: key[1] for key in keys}
+    problems = {}
+    for name, folders in by_name.items():
+        places = collections.Counter(os.path.abspath(folder) for folder in folders)
+        for folder in folders:
+            if places[os.path.abspath(folder)] > 1:
+                problems[folder, name] = f"{folder / name}: this case's folder is given twice (as another path)."
+        if len(places) < 2:
+            continue
+        parts = {place: Path(place).parts[1:] for place in places}  # the root ('/', 'C:\\') names nothing
+        for depth in range(1, max(map(len, parts.values())) + 1):
+            prefixes = {place: "_".join(p[-depth:]) for place, p in parts.items()}
+            if len(set(prefixes.values())) == len(prefixes):
+                break
+        for folder in folders:
+            names[folder, name] = f"{prefixes[os.path.abspath(folder)]}_{name}"
+    taken = collections.Counter(names.values())
+    for (folder, name), new in names.items():
+        if new != name and taken[new] > 1 and (folder, name) not in problems:
+            problems[folder, name] = (
+                f"{folder / name}: a case of this name comes from another folder too, and its folder's name for it, "
+                f"{new}, is another case's; outputs would collide."
+            )
+    renamed = [f"{f / n} -> {new}" for (f, n), new in names.items() if new != n and (f, n) not in problems]
+    if renamed:
+        logger.warning("cases of one name in different folders, named apart by their folders: %s.", ", ".join(renamed))
+    return names, problems

@@ -522,6 +522,52 @@ def test_two_cases_whose_outputs_collide_are_an_error_before_the_first_runs(setu
     assert visible(out) == []
 
 
+def test_cases_of_one_name_in_two_folders_are_named_apart_by_their_folders(setup, caplog):
+    """From a review: ``p1/scan`` and ``p2/scan`` (two patients' series of one name) were refused, with no way to name
+    their outputs apart; each output now carries its folder's name, and each map is its own case's."""
+    tmp_path, _, predictor = setup
+    for patient, seed in (("p1", 1), ("p2", 2)):
+        (tmp_path / patient).mkdir()
+        nifti(tmp_path / patient / "scan.nii.gz", seed=seed)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="medwidit.inference.cases"):
+        results = predictor.predict_from_files([tmp_path / "p1", tmp_path / "p2"], out, progress=False, **FAST)
+    assert [(r.name, r.status) for r in results] == [("p1_scan", "done"), ("p2_scan", "done")]
+    assert visible(out) == ["p1_scan.nii.gz", "p2_scan.nii.gz"]
+    assert f"{tmp_path / 'p1' / 'scan'} -> p1_scan" in caplog.text
+    for patient in ("p1", "p2"):
+        alone = predictor.predict_from_files(tmp_path / patient, tmp_path / f"alone_{patient}", progress=False, **FAST)
+        assert alone[0].name == "scan"
+        written = nib.load(str(out / f"{patient}_scan.nii.gz")).get_fdata()
+        assert np.array_equal(written, nib.load(str(tmp_path / f"alone_{patient}" / "scan.nii.gz")).get_fdata())
+
+
+def test_folders_named_apart_go_up_until_they_differ_and_never_take_another_cases_name(tmp_path, monkeypatch):
+    for folder in ("a/x", "b/x", "c"):
+        (tmp_path / folder).mkdir(parents=True)
+    for path in ("a/x/scan.nii.gz", "b/x/scan.nii.gz", "c/x_scan.nii.gz", "c/y.nii.gz"):
+        nifti(tmp_path / path)
+    cases = {case.name: case for case in find_cases([tmp_path / "a/x", tmp_path / "b/x", tmp_path / "c"])}
+    assert sorted(cases) == ["a_x_scan", "b_x_scan", "x_scan", "y"]
+    assert all(case.problem is None for case in cases.values())
+    (tmp_path / "d").mkdir()
+    nifti(tmp_path / "d/y.nii.gz")
+    nifti(tmp_path / "c/d_y.nii.gz")  # "d/y" named apart would be "d_y": another case's name
+    problems = {c.files[0]: c.problem for c in find_cases([tmp_path / "c", tmp_path / "d"]) if c.problem}
+    assert list(problems) == [tmp_path / "d/y.nii.gz"]
+    assert (
+        "its folder's name for it, d_y, is another case's; outputs would collide" in problems[tmp_path / "d/y.nii.gz"]
+    )
+    monkeypatch.chdir(tmp_path)
+    twice = find_cases(["c", tmp_path / "c"])  # one folder, given as two paths
+    given = [Path("c"), tmp_path / "c"]
+    names = ("d_y", "x_scan", "y")
+    expected = [
+        f"{folder / name}: this case's folder is given twice (as another path)." for name in names for folder in given
+    ]
+    assert sorted(case.problem for case in twice) == sorted(expected)
+
+
 ######################################################################################################################
 # 5, 6. empty folders; ID-like names
 ######################################################################################################################
