@@ -586,7 +586,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if split not in self._items:
             if split == "synth":
                 items = load_label_maps(self.synth_data_list, self.synth_key, base_dir=self.dataset_dir)
-                check_label_maps(items, self.synth_num_labels, self.synth_target_labels)
+                check_label_maps(items, self.synth_num_labels, self.synth_target_labels, self.preprocessing)
             else:
                 key = self.train_key if split == "train" else self.val_key
                 items = load_data_list(

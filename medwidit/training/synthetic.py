@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from monai.transforms import (
+    Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -26,36 +27,66 @@ from torch.utils.data import WeightedRandomSampler
 
 from medwidit.data.synth import SynthesisError, synthesis_transforms
 from medwidit.data.transforms import check_preprocessing, intensity_transforms, pad_to_crop
-from medwidit.utils import check_int, check_options, image_grid, label_values
+from medwidit.utils import check_int, check_options, check_range, image_grid, label_values
 
 __all__ = ["check_label_maps", "synthetic_train_transforms", "mixing_sampler", "check_synthesis", "check_synth_options"]
 
 
-def check_label_maps(maps: list[dict], num_labels: int, target_labels: Sequence[int] | None = None) -> None:
+def check_label_maps(
+    maps: list[dict],
+    num_labels: int,
+    target_labels: Sequence[int] | None = None,
+    preprocessing: Mapping | None = None,
+) -> None:
     """Before training starts: each map is one 3-D volume holding integer labels in 0..num_labels-1 and, when
-    ``target_labels`` are given, a label of a task class other than 0; the error names the file and the label (the
-    generator would otherwise fail in a worker, minutes into training, or paint all-background crops)."""
+    ``target_labels`` are given, a label of a task class other than 0, in the file and, with ``preprocessing``, on
+    the working grid it is resampled to; the error names the file and the label (the generator would otherwise fail
+    in a worker, minutes into training, or paint all-background crops)."""
     for item in maps:
-        shape = image_grid(item["label"])[0]  # trailing singleton axes dropped: (X, Y, Z, 1) is one volume
-        if len(shape) != 3:  # the generator is 3-D: a slice or a 4-D map failed inside it, without the file's name
-            raise SynthesisError(f"{item['label']}: the label map must be one 3-D volume, got shape {shape}.")
-        values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
-        # inf rounds to itself, then int(inf) was a bare OverflowError
-        if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
-            raise SynthesisError(f"{item['label']}: the label map must hold integer labels.")
-        unknown = [int(v) for v in values if not 0 <= v < num_labels]
-        if unknown:
-            raise SynthesisError(
-                f"{item['label']}: label {unknown[0]} is not one of the {num_labels} generation labels "
-                f"(0..{num_labels - 1}) given by synth_num_labels."
-            )
-        if values.max(initial=0) == 0:
-            raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
-        if target_labels is not None and not any(target_labels[int(v)] for v in values):
-            raise SynthesisError(
-                f"{item['label']}: none of its labels {[int(v) for v in values]} maps to a task class other than 0 "
-                f"through synth_target_labels {list(target_labels)}: every painted crop would be background."
-            )
+        values = _check_label_map(item, num_labels, target_labels)
+        if preprocessing is not None and check_preprocessing(preprocessing)["spacing"] is not None:
+            # from a review: a 1 mm map whose foreground vanished on the 2 mm grid passed here, then failed in a
+            # DataLoader worker mid-training, reading "the label map is empty" of a file that is not
+            resampled = Compose(_load_transforms(preprocessing))({"label": item["label"]})["label"]
+            kept = np.unique(np.asarray(resampled))
+            lost = [int(v) for v in values if v > 0 and v not in kept]
+            where = f"on the working grid ({check_preprocessing(preprocessing)['spacing']} mm spacing)"
+            if kept.max(initial=0) == 0:
+                raise SynthesisError(
+                    f"{item['label']}: the label map is empty {where}: its labels {lost} are too small to keep a "
+                    "voxel when resampled; use a map with larger structures, or a finer spacing."
+                )
+            if target_labels is not None and not any(target_labels[int(v)] for v in kept):
+                raise SynthesisError(
+                    f"{item['label']}: none of its labels left {where} ({[int(v) for v in kept]}) maps to a task "
+                    f"class other than 0 through synth_target_labels {list(target_labels)} (lost when resampled: "
+                    f"{lost}): every painted crop would be background."
+                )
+
+
+def _check_label_map(item: Mapping, num_labels: int, target_labels: Sequence[int] | None) -> np.ndarray:
+    """One map's checks on its file; its distinct values."""
+    shape = image_grid(item["label"])[0]  # trailing singleton axes dropped: (X, Y, Z, 1) is one volume
+    if len(shape) != 3:  # the generator is 3-D: a slice or a 4-D map failed inside it, without the file's name
+        raise SynthesisError(f"{item['label']}: the label map must be one 3-D volume, got shape {shape}.")
+    values = label_values(item["label"])  # any format: load_label_maps refused those LoadImaged cannot read
+    bad = values[~np.isfinite(values) | (values != np.round(values))]  # inf: int(inf) was a bare OverflowError
+    if bad.size:
+        raise SynthesisError(f"{item['label']}: the label map must hold integer labels (e.g. {bad[:1].tolist()}).")
+    unknown = [int(v) for v in values if not 0 <= v < num_labels]
+    if unknown:
+        raise SynthesisError(
+            f"{item['label']}: label {unknown[0]} is not one of the {num_labels} generation labels "
+            f"(0..{num_labels - 1}) given by synth_num_labels."
+        )
+    if values.max(initial=0) == 0:
+        raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
+    if target_labels is not None and not any(target_labels[int(v)] for v in values):
+        raise SynthesisError(
+            f"{item['label']}: none of its labels {[int(v) for v in values]} maps to a task class other than 0 "
+            f"through synth_target_labels {list(target_labels)}: every painted crop would be background."
+        )
+    return values
 
 
 SET_BY_THE_DATA_MODULE = ("num_labels", "target_labels", "image_key", "label_key", "spacing_key")
@@ -76,6 +107,8 @@ def check_synthesis(ratio: float, data_list, num_labels, target_labels, *, num_c
     """The mixing ratio in [0, 1]; a positive one needs the label maps and the generation -> task label table, whose
     task labels must be class indices (below ``num_classes`` where given)."""
     try:
+        if isinstance(ratio, bool):  # True read as 1.0: every volume synthetic (from a review)
+            raise TypeError
         ratio = float(ratio)
     except (TypeError, ValueError) as e:
         raise ValueError(f"synth_ratio must be a number in [0, 1], got {ratio!r}.") from e
@@ -125,11 +158,7 @@ def synthetic_train_transforms(
     """Label map file -> ``num_crops`` synthetic (image, label) crops on the working grid, intensity-normalised
     like real images. ``options`` go to ``synthesis_transforms`` (thickness_range, fov_prob, elastic_prob, ...)."""
     preprocessing = check_preprocessing(preprocessing)
-    load = [LoadImaged("label", image_only=True), EnsureChannelFirstd("label")]
-    if preprocessing["orientation"] is not None:
-        load.append(Orientationd("label", axcodes=preprocessing["orientation"], labels=None))
-    if preprocessing["spacing"] is not None:
-        load.append(Spacingd("label", pixdim=preprocessing["spacing"], mode="nearest"))
+    load = _load_transforms(preprocessing)
     # no int64 cast here: the generator's first step checks the labels are integers, then casts (a cast before it
     # made 1.5 a 1)
     generate = synthesis_transforms(num_labels=num_labels, target_labels=target_labels, **dict(options or {}))
@@ -152,9 +181,26 @@ def synthetic_train_transforms(
     return [*load, *generate, *normalise, *crop]
 
 
+def _load_transforms(preprocessing: Mapping) -> list[MapTransform]:
+    """Label map file -> the map on the working grid (oriented, resampled by nearest neighbour)."""
+    preprocessing = check_preprocessing(preprocessing)
+    load = [LoadImaged("label", image_only=True), EnsureChannelFirstd("label")]
+    if preprocessing["orientation"] is not None:
+        load.append(Orientationd("label", axcodes=preprocessing["orientation"], labels=None))
+    if preprocessing["spacing"] is not None:
+        load.append(Spacingd("label", pixdim=preprocessing["spacing"], mode="nearest"))
+    return load
+
+
 def mixing_sampler(real: int, synthetic: int, ratio: float, seed: int | None = None) -> WeightedRandomSampler:
     """A sampler over ``ConcatDataset([real, synthetic])`` that draws synthetic items with probability ``ratio``;
-    an epoch is ``real + synthetic`` draws (with replacement). torch draws; only the weights are ours."""
+    an epoch is ``real + synthetic`` draws (with replacement). torch draws; only the weights are ours. A ratio
+    outside [0, 1], or one that asks for volumes of a kind there are none of, is a ValueError (from a review: 1.5
+    failed at the first draw without naming it, and a positive ratio over no synthetic volumes drew none)."""
+    real, synthetic = check_int("real", real, low=0), check_int("synthetic", synthetic, low=0)
+    ratio = check_range("ratio", ratio, 0.0, 1.0, closed_high=True)
+    if (ratio > 0 and synthetic == 0) or (ratio < 1 and real == 0):
+        raise ValueError(f"ratio {ratio} draws from both kinds, but there are {real} real and {synthetic} synthetic.")
     weights = np.concatenate(
         [np.full(real, (1.0 - ratio) / max(real, 1)), np.full(synthetic, ratio / max(synthetic, 1))]
     )

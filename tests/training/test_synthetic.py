@@ -182,6 +182,49 @@ def test_label_map_with_a_label_the_config_does_not_know_names_file_and_label(tm
         dm.setup("fit")
 
 
+def test_a_label_map_whose_labels_vanish_on_the_working_grid_is_named_at_setup(tmp_path):
+    """From a review: a 1 mm map whose only foreground was one voxel passed the setup check (its file is not empty),
+    then failed in a DataLoader worker mid-training, reading "the label map is empty" of a file that is not."""
+    from medwidit.training.synthetic import check_label_maps
+
+    dm = _module(tmp_path, 1.0)
+    dm.preprocessing = {**dm.preprocessing, "spacing": [2.0, 2.0, 2.0]}  # the working grid: 2 mm
+    tiny = np.zeros((48, 48, 48), np.uint8)
+    tiny[21, 21, 21] = 1  # between the 2 mm grid's voxel centres: nearest neighbour keeps none of it
+    for name in ("head_label", "head_other_label", "head_image"):  # maps on their image's 1 mm grid
+        nib.save(nib.Nifti1Image(tiny, np.eye(4)), tmp_path / "real" / f"{name}.nii.gz")
+    with pytest.raises(SynthesisError, match=r"head_label.nii.gz: the label map is empty on the working grid \(\[2"):
+        dm.setup("fit")
+    path = tmp_path / "real" / "head_label.nii.gz"
+    tiny[20:24, 20:24, 20:24] = 1  # a 4 mm cube keeps its voxels
+    nib.save(nib.Nifti1Image(tiny, np.eye(4)), path)
+    check_label_maps([{"label": str(path)}], 5, TARGETS, dm.preprocessing)
+    tiny[:] = 0
+    tiny[4:44, 4:44, 4:44], tiny[21, 21, 21] = 3, 1  # the only task class (1 -> brain) lost, scalp kept
+    nib.save(nib.Nifti1Image(tiny, np.eye(4)), path)
+    lost = r"none of its labels left on the working grid .*\(\[0, 3\]\) .*\(lost when resampled: \[1\]\)"
+    with pytest.raises(SynthesisError, match=lost):
+        check_label_maps([{"label": str(path)}], 5, TARGETS, dm.preprocessing)
+    check_label_maps([{"label": str(path)}], 5, TARGETS, PREPROCESSING_3D)  # no working grid: the file's own
+
+
+def test_a_sampler_ratio_out_of_range_or_over_no_volumes_is_named():
+    """From a review: ratio 1.5 built and failed at the first draw ("invalid multinomial distribution"), naming
+    nothing; a positive ratio over no synthetic volumes drew none, silently; True was read as a ratio of 1."""
+    for ratio in (1.5, -0.1, float("nan"), True):
+        with pytest.raises(ValueError, match=r"ratio must be in \[0.0, 1.0\]"):
+            mixing_sampler(3, 4, ratio)
+    with pytest.raises(ValueError, match="ratio 0.5 draws from both kinds, but there are 3 real and 0 synthetic"):
+        mixing_sampler(3, 0, 0.5)
+    with pytest.raises(ValueError, match="there are 0 real and 4 synthetic"):
+        mixing_sampler(0, 4, 0.5)
+    assert len(list(mixing_sampler(0, 4, 1.0))) == 4 and len(list(mixing_sampler(3, 0, 0.0))) == 3
+    from medwidit.training.synthetic import check_synthesis
+
+    with pytest.raises(ValueError, match="synth_ratio must be a number in \\[0, 1\\], got True"):
+        check_synthesis(True, "list.json", 5, TARGETS)
+
+
 def test_synthetic_crops_carry_spacing_with_spacing_conditioning(tmp_path):
     """The generator's thick slices are recorded for spacing conditioning: the 2 mm working grid (not the label map's
     affine as the random scaling leaves it), and the drawn thickness (2-3 voxels) along the thick axis of the half
@@ -248,7 +291,9 @@ def test_an_infinite_label_is_named_not_an_overflow(tmp_path):
     label = np.ones((8, 8, 8), np.float32)
     label[0, 0, 0] = np.inf
     nib.save(nib.Nifti1Image(label, np.eye(4)), path)
-    with pytest.raises(SynthesisError, match=r"inf_label.nii.gz: the label map must hold integer labels"):
+    with pytest.raises(
+        SynthesisError, match=r"inf_label.nii.gz: the label map must hold integer labels \(e.g. \[inf\]\)"
+    ):
         check_label_maps([{"label": str(path)}], 5)
 
 
