@@ -69,6 +69,11 @@ KEYS = ("image", "label")
 def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str) -> tuple[Path, list[dict]]:
     """MONAI's reading of one split (image and label paths resolved against ``base_dir``), errors naming the list."""
     data_list = Path(data_list)
+    if data_list.is_dir():  # from a review: a folder read "does not exist"
+        raise ValueError(
+            f"{argument} {str(data_list)!r} is a folder; give a JSON data list (a file with a {key!r} list of "
+            "entries, as in data_lists/)."
+        )
     if not data_list.is_file():
         raise FileNotFoundError(f"{argument} {str(data_list)!r} does not exist.")
     try:

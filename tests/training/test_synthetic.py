@@ -208,6 +208,16 @@ def test_a_label_map_whose_labels_vanish_on_the_working_grid_is_named_at_setup(t
     check_label_maps([{"label": str(path)}], 5, TARGETS, PREPROCESSING_3D)  # no working grid: the file's own
 
 
+def test_a_folder_given_as_a_data_list_is_named_as_a_folder(tmp_path):
+    """From a review: ``--synth_data_list data`` (an existing folder) read "does not exist"."""
+    with pytest.raises(ValueError, match=r"synth_data_list '.*' is a folder; give a JSON data list \(a file with a "):
+        load_label_maps(tmp_path, "training")
+    dm = _module(tmp_path, 0.0)
+    dm.data_list = tmp_path / "real"
+    with pytest.raises(ValueError, match=r"data_list '.*real' is a folder; give a JSON data list"):
+        dm.setup("fit")
+
+
 def test_a_sampler_ratio_out_of_range_or_over_no_volumes_is_named():
     """From a review: ratio 1.5 built and failed at the first draw ("invalid multinomial distribution"), naming
     nothing; a positive ratio over no synthetic volumes drew none, silently; True was read as a ratio of 1."""
