@@ -4,15 +4,19 @@ runs the commands). Importing it imports nothing heavy, so that ``medwidit --hel
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["build_parser", "package_version"]
+__all__ = ["build_parser", "package_version", "version_line"]
+
+DEFAULT_BUNDLE = "brain_widit_segmentation"  # inference.options.DEFAULT_BUNDLE (a test checks they agree)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medwidit", description="Segmentation of medical volumes by diffusion.")
-    parser.add_argument("--version", action="version", version=f"medwidit {package_version()}")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,demo,export}")
     seg = commands.add_parser(
         "segment",
@@ -233,6 +237,22 @@ def package_version() -> str:
         from medwidit import __version__
 
         return f"{__version__} (source checkout, not installed)"
+
+
+def version_line() -> str:
+    """``medwidit --version``: the package's version and the default model's bundle version (from a review: "0.1.0"
+    beside docs that speak of 0.9.5, the bundle's), read from its metadata.json without importing medwidit's heavy
+    modules (``utils.shipped_path`` would import torch): the checkout's, else the installed package's."""
+    package = Path(__file__).resolve().parent
+    for place in (package.parent / "bundles", package / "bundles"):
+        path = place / DEFAULT_BUNDLE / "configs" / "metadata.json"
+        if path.is_file():
+            try:
+                bundle = json.loads(path.read_text())["version"]
+            except (OSError, ValueError, KeyError, TypeError):
+                bundle = "unreadable"
+            return f"medwidit {package_version()}; default model: bundle {DEFAULT_BUNDLE} {bundle}"
+    return f"medwidit {package_version()}"
 
 
 def _trust_options(parser: argparse.ArgumentParser) -> None:

@@ -296,7 +296,14 @@ def test_version_comes_from_the_installed_metadata_or_the_source(capsys, monkeyp
 
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
-    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"medwidit {metadata.version('medwidit')}"
+    metadata_file = Path(__file__).resolve().parents[1] / "bundles/brain_widit_segmentation/configs/metadata.json"
+    bundle = json.loads(metadata_file.read_text())["version"]
+    expected = f"medwidit {metadata.version('medwidit')}; default model: bundle brain_widit_segmentation {bundle}"
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == expected  # the bundle's too, from a review
+    from medwidit.cli_parser import DEFAULT_BUNDLE
+    from medwidit.inference.options import DEFAULT_BUNDLE as used
+
+    assert DEFAULT_BUNDLE == used
 
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
