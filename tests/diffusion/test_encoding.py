@@ -73,3 +73,10 @@ def test_probabilities_are_a_distribution_everywhere():
     assert torch.allclose(p.sum(1), torch.ones(3, 8, 8)) and p.min() >= 0
     assert torch.allclose(p[0, :, 0, 0], torch.full((5,), 0.2))
     assert math.isclose(p[0, :, 0, 0].sum().item(), 1.0, rel_tol=1e-6)
+
+
+def test_values_past_plus_one_count_as_certain_not_more():
+    """``p = clamp((x + 1) / 2, 0, 1)`` then renormalised: a class at x = 3 weighs 1, as a clean +1 does; clamping only
+    below let it outweigh a class at x = 0.5 (p = 0.75) by 2 : 0.75 instead of 1 : 0.75."""
+    x = torch.tensor([3.0, 0.5]).reshape(1, 2, 1)  # (B, K, S)
+    torch.testing.assert_close(to_probabilities(x).flatten(), torch.tensor([1 / 1.75, 0.75 / 1.75]))

@@ -8,6 +8,7 @@ from medwidit.diffusion import DiffusionSegmenter, encode_labels
 from medwidit.diffusion.objectives import (
     prediction_to_x0_eps,
     sample_training_timesteps,
+    training_target,
     vlb_terms,
     x0_estimate,
 )
@@ -124,6 +125,21 @@ def test_x0_from_prediction_matches_monai_ddim_step(prediction_type):
     _, monai_x0 = scheduler.step(output, 500, x_t)
     x0, _ = prediction_to_x0_eps(prediction_type, output, x_t, scheduler.alphas_cumprod[500])
     assert torch.allclose(x0, monai_x0, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["sample", "epsilon", "v_prediction", "flow"])
+def test_x0_estimate_of_the_training_target_is_x0(objective):
+    """A network that predicts its training target exactly implies the clean labels: the x0 that the auxiliary loss
+    and self-conditioning read back (a sign slip in the flow velocity sent x0 to the other side of x_t)."""
+    if objective == "flow":
+        scheduler, t = RFlowScheduler(1000, use_discrete_timesteps=False), torch.tensor([1.5, 400.25, 999.0])
+    else:
+        scheduler, t = DDIMScheduler(1000, "scaled_linear_beta"), torch.tensor([0, 400, 999])
+    x0 = encode_labels(torch.randint(0, 3, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0)), 3)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    x_t = scheduler.add_noise(x0, noise, t)
+    target = training_target(objective, scheduler, x0, noise, t)
+    torch.testing.assert_close(x0_estimate(objective, scheduler, target, x_t, t), x0, atol=1e-4, rtol=0)
 
 
 def test_cond_dropout_replaces_the_image_by_zeros():

@@ -2,6 +2,8 @@
 identical samples (``torch.equal``) with and without the image cache, on the whole-volume and the windowed paths, for
 the patch and the pixel heads, and encode the image once per image and window, not once per step or member."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -114,3 +116,19 @@ def test_sampling_under_inference_mode_equals_no_grad():
                                     model_fn=fresh)  # fmt: skip
     assert torch.equal(got, reference) and torch.equal(windowed, stitched)
     assert denoiser.condition_cache.num_encoded == fresh.condition_cache.num_encoded > 0
+
+
+def test_whole_volume_chunks_of_different_images_each_use_their_own_encoding():
+    """Three images x two members in whole-volume chunks of two: a chunk keyed by the first chunk's image classes
+    would reuse the encoding of other images (chunk 2 holds images 3 and 1, chunk 1 images 1 and 2)."""
+    net = _segmenter("patch").net
+    image = torch.randn(3, 1, *SHAPE, generator=torch.Generator().manual_seed(5)).repeat(2, 1, 1, 1, 1)  # (6, ...)
+    x = torch.randn(6, 2, *SHAPE, generator=torch.Generator().manual_seed(6))
+    t = torch.full((6,), 400.0)
+    budget = 2 * math.prod(SHAPE)  # two volumes per call: chunks (0, 1), (2, 0), (1, 2) by image class
+    cached = SlidingWindowDenoiser(net, (8, 8, 8), max_whole_voxels=budget)
+    plain = SlidingWindowDenoiser(_Plain(net), (8, 8, 8), max_whole_voxels=budget)
+    with torch.no_grad():
+        out, reference = cached(x, t, image), plain(x, t, image)
+    assert torch.equal(out, reference)
+    assert cached.num_calls == 3 and cached.condition_cache.num_encoded == 3  # one encoding per chunk

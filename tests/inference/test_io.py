@@ -65,6 +65,22 @@ def test_itk_identity_round_trip_keeps_geometry(tmp_path, rng, suffix):
             assert origin == ref_origin
         np.testing.assert_allclose(read_image(tmp_path / f"labels{suffix}")[1].affine, geometry.affine, atol=1e-13)
     np.testing.assert_allclose(geometry.affine, oblique_affine(), atol=1e-12)  # RAS, like MONAI's ITKReader
+    # the voxels too, on a non-cubic grid: a write in (k, j, i) order keeps the geometry but transposes the data
+    np.testing.assert_array_equal(read_image(tmp_path / f"labels{suffix}")[0], array > 0.5)
+    prob = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"prob{suffix}")))  # (k, j, i, K)
+    np.testing.assert_array_equal(prob.transpose(3, 2, 1, 0), np.stack([array, 1 - array]))
+
+
+def test_nifti_written_from_an_itk_input_carries_its_geometry_in_the_qform_too(tmp_path, rng):
+    """Without an input header the writer builds one whose qform (code 1, scanner) holds the affine as the sform
+    does: at qform code 0 a reader that goes by the qform (NIfTI's method 2) finds no orientation at all."""
+    source = save_itk(tmp_path / "in.mha", rng.random((9, 7, 5)).astype(np.float32))
+    array, geometry = read_image(source)
+    write_image(array > 0.5, geometry, tmp_path / "labels.nii.gz")
+    header = nib.load(tmp_path / "labels.nii.gz").header
+    assert int(header["qform_code"]) == 1
+    np.testing.assert_allclose(header.get_qform(), geometry.affine, atol=1e-5)  # quaternion in float32
+    np.testing.assert_allclose(header.get_sform(), geometry.affine, atol=1e-5)
 
 
 def test_nifti_geometry_matches_monai_loader(tmp_path, rng):

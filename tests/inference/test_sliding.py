@@ -192,6 +192,21 @@ def test_window_step_is_rounded_to_the_alignment():
     assert counts == {1: 3, 8: 4, 16: 3}
 
 
+@pytest.mark.parametrize(("roi", "overlap"), [(48, 0.6), (80, 0.75), (96, 0.6)])  # steps of 16, 16 and 32
+def test_a_step_of_whole_alignments_reaches_monai_unchanged(roi, overlap):
+    """The window step (a multiple of the alignment, 16 here) goes to MONAI as an overlap, which it turns back into
+    int(roi * (1 - overlap)), rounding down: 1 - step / roi came back a voxel short (15 for 16), off the patch grid."""
+    x = torch.randn(2, 3, 131, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, 1, 131, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.full((2,), 7.0)
+    net = PatchMeanNet()
+    net.size_multiple, net.alignment = (2, 2), (16, 16)
+    whole = SlidingWindowDenoiser(net, (roi, 8), max_whole_voxels=10**9)(x, t, cond)
+    windowed = SlidingWindowDenoiser(net, (roi, 8), overlap=overlap, max_whole_voxels=0)
+    torch.testing.assert_close(windowed(x, t, cond), whole, atol=1e-5, rtol=1e-5)
+    assert windowed.num_windows >= 2 * 3  # really windowed: three windows or more per row
+
+
 def test_arguments_are_checked_with_clear_messages():
     with pytest.raises(ValueError, match="divisible by the network's patch_size"):
         SlidingWindowDenoiser(affine_net, (8, 9, 8), patch_size=2)

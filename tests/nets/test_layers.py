@@ -108,6 +108,21 @@ def test_timestep_sinusoid_is_monais_and_identical_to_the_hand_written_one(dim, 
         assert torch.equal(TimestepEmbedder.timestep_embedding(t, dim), ours)  # autocast does not reach it
 
 
+def test_final_layer_modulation_is_shift_then_scale():
+    """The final adaLN chunks are (shift, scale), as in DiT: swapped, a trained model's weights would scale by their
+    shift. A zero weight and a drawn bias make the modulation a constant shift and scale, whatever c is."""
+    layer = WiDiTFinalLayer(8, (2, 2), 1)
+    generator = torch.Generator().manual_seed(0)
+    shift, scale = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
+    with torch.no_grad():
+        layer.adaLN_modulation[-1].bias.copy_(torch.cat([shift, scale]))
+        layer.linear.weight.copy_(torch.randn(4, 8, generator=generator))
+    x, c = torch.randn(2, 6, 8, generator=generator), torch.randn(2, 8, generator=generator)
+    tokens = layer.linear(layer.norm_final(x) * (1 + scale) + shift)  # (B, T, prod(p)), grid (2, 3)
+    expected = tokens.reshape(2, 2, 3, 2, 2).permute(0, 1, 3, 2, 4).reshape(2, 1, 4, 6)  # (B, 1, g0 p0, g1 p1)
+    torch.testing.assert_close(layer(x, c, (2, 3)), expected)
+
+
 @pytest.mark.parametrize("final", ["linear", "conv"])
 def test_final_layer_linear_and_conv_agree_on_layout(final):
     """Same token values land on the same voxels with either head (a head made to copy channel 0 of each token)."""

@@ -31,6 +31,17 @@ def test_pixel_head_outputs_exact_zero_at_init(tiny, spatial_dim, timestep, lear
     assert torch.equal(out, torch.zeros_like(out))  # the seed's FinalLayer: zero Linear, exactly zero
 
 
+def test_pixel_head_modulation_starts_at_zero(tiny, randomize):
+    """PixelDiT's adaLN-Zero: every pixel block starts as a plain RMSNorm (shift 0, scale 0) whatever the tokens; the
+    head's zero output hides a modulation left at PyTorch's random init, so it is checked on the weights themselves,
+    fresh and after ``init_weights`` on drawn weights."""
+    model = tiny(3, in_channels=2, head="pixel", pixel_dim=8, pixel_depth=2)
+    modulation = model.pixel_head.modulation
+    assert not modulation.weight.any() and not modulation.bias.any()
+    randomize(model).init_weights()
+    assert not modulation.weight.any() and not modulation.bias.any()
+
+
 def test_pixel_head_reads_the_voxel_neighbourhood(tiny, randomize):
     """With nonzero weights a voxel's output depends on the input at that voxel and at each of its neighbours directly
     (the pixel pathway), not only through its patch's token."""

@@ -288,6 +288,20 @@ def test_factorized_attention_isolates_borders_and_starts_in_plane(tiny, randomi
 
 
 @pytest.mark.parametrize("position", POSITIONS)
+def test_factorized_attention_reaches_other_rows_of_other_planes(position):
+    """The through-plane branch reads the in-plane result, so a token hears a token in another plane and another row
+    (two hops); a branch reading the raw input would reach only the tokens straight above and below it."""
+    layer = attention_module.make_attention("factorized", 16, 2, (2, 2, 2), False, position)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the through-plane output projection starts at zero: draw every weight
+        for p in layer.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=generator))
+    x = torch.randn(1, 8, 16, generator=generator, requires_grad=True)  # grid (2, 2, 2): token (d, h, w) = 4d + 2h + w
+    layer(x, (2, 2, 2))[0, 6].sum().backward()  # output token (1, 1, 0)
+    assert float(x.grad[0, 0].abs().sum()) > 1e-4  # input token (0, 0, 0): another plane and another row
+
+
+@pytest.mark.parametrize("position", POSITIONS)
 def test_batch_samples_stay_separate_with_masks(tiny, randomize, position):
     """Shifted, padded windows on a batch of 3 give each sample what it gets alone (mask broadcast per window)."""
     model = randomize(tiny(3, window_size=(2, 3, 4), position=position))

@@ -17,6 +17,18 @@ def test_write_lands_whole_with_mode_0644_and_leaves_no_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["a.nii.gz"]
 
 
+def test_mode_is_0644_whatever_the_umask(tmp_path):
+    """Outputs are shared like the data beside them: under a private umask (077) the written file is still 0644, and
+    ``mode`` is honoured; under the usual umask 022 a file is 0644 without the explicit chmod."""
+    previous = os.umask(0o077)
+    try:
+        shared = atomic_write(tmp_path / "shared.nii.gz", lambda p: p.write_bytes(b"x"))
+        own = atomic_write(tmp_path / "own.nii.gz", lambda p: p.write_bytes(b"x"), mode=0o640)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644 and stat.S_IMODE(own.stat().st_mode) == 0o640
+
+
 def test_temporary_keeps_the_suffixes_and_is_hidden(tmp_path):
     name = temporary_path(tmp_path / "scan.nii.gz").name
     assert name.startswith(".scan.") and name.endswith(".partial.nii.gz")
