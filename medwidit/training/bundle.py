@@ -240,8 +240,8 @@ class MissingDataError(ValueError):
 
 
 def one_line_errors() -> None:
-    """Make this process print an uncaught error that one of medwidit's checks raised (a ValueError or a
-    FileNotFoundError of a ``raise`` statement in medwidit's code, wherever in the chain of causes MONAI's config
+    """Make this process print an uncaught error that one of medwidit's checks raised (one of
+    ``ONE_LINE_ERRORS`` of a ``raise`` statement in medwidit's code, wherever in the chain of causes MONAI's config
     parsing wrapped it: :func:`_medwidit_check`) as its one line, ``medwidit: error: ...``, exit status 1. A bad
     option or a folder in use was the middle of an 80- to 190-line traceback ending in MONAI's "Failed to
     instantiate component". Any other error keeps its traceback, and so does every error with
@@ -264,11 +264,14 @@ def one_line_errors() -> None:
 
 
 PACKAGE = Path(__file__).resolve().parents[1]  # medwidit/: where its own checks are raised
+# a refused option or file; FileExistsError: a report or output that may not be replaced (from a review: a second
+# evaluation into one dice.json was a 53-line traceback)
+ONE_LINE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def _medwidit_check(error: BaseException | None) -> BaseException | None:
     """The outermost error in ``error``'s chain of causes (``raise ... from``, as MONAI's config parsing wraps) that a
-    ``raise`` statement of medwidit's own code raised as a ValueError or FileNotFoundError, or None. Not one raised
+    ``raise`` statement of medwidit's own code raised as one of ``ONE_LINE_ERRORS``, or None. Not one raised
     by C code under a medwidit line (numpy's broadcasting, ``int()``: a bug, whose traceback counts), nor one that
     was being handled when another error came (``__context__``: the other error is the news)."""
     import linecache
@@ -276,7 +279,7 @@ def _medwidit_check(error: BaseException | None) -> BaseException | None:
     package, seen = PACKAGE, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (ValueError, FileNotFoundError)) and error.__traceback__ is not None:
+        if isinstance(error, ONE_LINE_ERRORS) and error.__traceback__ is not None:
             last = error.__traceback__
             while last.tb_next is not None:
                 last = last.tb_next

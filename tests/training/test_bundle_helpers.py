@@ -428,6 +428,12 @@ def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path, monkeypatch):
     ours = wrapped(lambda: check_run_folder(tmp_path / "checkpoints", "last"))
     assert isinstance(_medwidit_check(ours), ValueError) and "holds no last.ckpt" in str(_medwidit_check(ours))
     assert _medwidit_check(wrapped(lambda: int("x"))) is None  # Python's own ValueError
+    # from a review: a second evaluation into one report (evaluate.json's check_report) was a 53-line traceback
+    from medwidit.inference.metrics import check_report
+
+    (tmp_path / "dice.json").write_text("{}")
+    refused = _medwidit_check(wrapped(lambda: check_report(tmp_path / "dice.json", "false")))
+    assert isinstance(refused, FileExistsError) and "dice.json: already exists; pass overwrite" in str(refused)
     assert _medwidit_check(wrapped(lambda: torch.zeros(2).view(3))) is None
     # from a review: a ValueError raised by C code under a medwidit line (a bug: numpy's broadcasting in a check of
     # ours) kept no traceback; nor did another error raised while one of ours was being handled (its context)
