@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, HistogramNormalize
+from monai.transforms import Compose, HistogramNormalize, RandFlipd
 
 from medwidit.data.synth import (
     CheckLabelMapd,
@@ -39,6 +39,16 @@ def test_labels_to_image_draws_one_gaussian_per_label():
         assert torch.allclose(inside, inside[0].expand_as(inside))  # zero std: one intensity per label
     second = t({"label": label})["image"]
     assert not torch.allclose(image, second)  # every draw is a new contrast
+
+
+def test_air_is_drawn_without_noise():
+    """From a mutation review: air_prob paints the background labels black, noise included; an air that kept its
+    noise std was not seen by any test (the one above draws with zero std)."""
+    label = _head()
+    t = RandLabelsToImaged(num_labels=5, std_range=(0.01, 0.05), air_prob=1.0)
+    t.set_random_state(0)
+    image = t({"label": label})["image"]
+    assert torch.count_nonzero(image[label == 0]) == 0 and image[label > 0].std() > 0
 
 
 def test_pipeline_is_seeded_and_maps_to_task_classes():
@@ -171,6 +181,19 @@ def test_field_of_view_cuts_image_and_label_together():
     out = t(d)
     cut = (out["image"][0] == 0).all(dim=(1, 2))
     assert cut.any() and (out["label"][0][cut] == 0).all() and not (out["label"][0][~cut] == 0).all()
+
+
+def test_the_generators_flip_moves_the_label_with_the_image():
+    """From a mutation review: the generator's left-right flip on the image alone put every synthetic label map on
+    the mirror side of its image, unseen by any test."""
+    flips = [t for t in synthesis_transforms(num_labels=5, target_labels=[0, 0, 0, 0, 1]) if isinstance(t, RandFlipd)]
+    assert flips
+    label = torch.zeros(1, 8, 6, 4)
+    label[0, :3] = 1  # one side only
+    for flip in flips:
+        flip.prob = 1.0
+        out = flip({"image": label.clone(), "label": label.clone()})
+        assert torch.equal(out["image"], out["label"]) and not torch.equal(out["label"], label)
 
 
 def _cut_head(z_sign: float) -> MetaTensor:

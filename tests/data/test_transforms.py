@@ -219,6 +219,22 @@ def test_histogram_mode_equalises_each_modality_on_its_own():
         assert float(channel.min()) == -1.0 and float(channel.max()) == 1.0 and abs(float(channel.mean())) < 0.05
 
 
+def test_zscore_mode_normalises_each_modality_on_its_own():
+    """From a mutation review: zscore_nonzero over both channels at once (channel_wise off) left a T1-like channel
+    near -1 and a T2-like one near +1, neither of std 1, unseen by any test (all z-scored one channel)."""
+    rng = np.random.default_rng(0)
+    image = torch.zeros(2, 12, 12, 12)
+    image[0, 2:10, 2:10, 2:10] = torch.as_tensor(rng.normal(100, 10, (8, 8, 8)), dtype=torch.float32)
+    image[1, 2:10, 2:10, 2:10] = torch.as_tensor(rng.normal(3000, 500, (8, 8, 8)), dtype=torch.float32)
+    pre = Compose(
+        preprocessing_transforms({"intensity": "zscore_nonzero", "orientation": None, "num_modalities": 2}, load=False)
+    )
+    out = pre({"image": MetaTensor(image, affine=torch.eye(4))})["image"]
+    for channel, raw in zip(out, image, strict=True):
+        inside = channel[raw != 0]
+        assert abs(float(inside.mean())) < 1e-4 and abs(float(inside.std()) - 1) < 1e-2
+
+
 def test_histogram_mode_is_not_squeezed_by_a_few_extreme_voxels():
     """A coil field's bright corner (0.2 % of the voxels at 1000x the head's intensities, as MONAI's RandBiasField
     makes at strength 0.6) must not change how the head is equalised: with bins of equal width up to the maximum, the

@@ -257,6 +257,19 @@ def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses
         predictor.predict_from_files(path, tmp_path / "bad", progress=False, warn_dice="bundle", **FAST)
 
 
+def test_a_predicted_dice_at_warn_dice_is_not_below_it(caplog):
+    """From a mutation review: the line warns of a predicted Dice *below* warn_dice; a Dice equal to it warned too
+    with ``<=`` and no test saw it. At the threshold: no line; just under it: one."""
+    from medwidit.inference.files import CaseResult, _warn_case
+
+    with caplog.at_level(logging.WARNING, logger="medwidit"):
+        _warn_case(CaseResult("at", "done", quality={**_quality(predicted=0.9, kept=None), "empty_classes": []}), 0.9)
+        _warn_case(CaseResult("below", "done", quality={**_quality(0.8999, kept=None), "empty_classes": []}), 0.9)
+    assert [r.getMessage() for r in caplog.records] == [
+        "below: predicted Dice below 0.90 (class 1 0.900): check this case before using it."
+    ]
+
+
 def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
     path = bundle / "configs" / "inference.json"
     config = json.loads(path.read_text())

@@ -243,6 +243,20 @@ def _move_slices(folder, position):
         locale.setlocale(locale.LC_ALL, saved)
 
 
+def test_a_tilt_is_refused_from_half_a_pixel_of_drift_over_the_series(tmp_path):
+    """From a mutation review: the refusal starts where the last slice lies half a pixel sideways (0.45 mm under
+    0.9 mm pixels), below it the series reads; the one tilt tested drifted 1.5 mm, refused at a whole pixel too."""
+    rows = np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 0]
+    for step, refused in ((0.1, False), (0.2, True)):  # 0.3 and 0.6 mm over the series' 3 steps
+        folder = write_series(tmp_path / f"s{step}", _volume((14, 12, 4)), **OBLIQUE)
+        _move_slices(folder, lambda k, origin, step=step: origin + step * k * rows)
+        if refused:
+            with pytest.raises(InputError, match="sideways"):
+                read_image(folder)
+        else:
+            assert read_image(folder)[0].shape == (14, 12, 4)
+
+
 BAD = {
     "gantry tilt": (_tilted, r"DICOM slices step 0.5 mm sideways per 2.5 mm along their normal \(a gantry tilt"),
     "mixed sizes": (_mixed_sizes, r"DICOM slices of different sizes \(14x10, 14x12\)"),

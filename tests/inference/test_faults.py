@@ -470,6 +470,17 @@ def test_a_full_disk_while_the_figure_is_written_leaves_no_part_of_the_case(setu
     assert visible(out) == [] and hidden_leftovers(out) == []
 
 
+def test_continue_redoes_a_finished_case_whose_output_was_deleted(setup):
+    """From a mutation review: a case counts as finished when its marker lists every planned file *and* each exists;
+    trusting the marker alone skipped a case whose label file had since been deleted, leaving it missing."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    assert [r.status for r in predictor.predict_from_files(inputs, out, progress=False, **FAST)] == ["done"]
+    (out / "scan.nii.gz").unlink()  # the marker still lists it
+    (result,) = predictor.predict_from_files(inputs, out, resume=True, progress=False, **FAST)
+    assert result.status == "done" and visible(out) == ["scan.nii.gz"]
+
+
 def test_overwrite_with_continue_redoes_unfinished_and_skips_finished(setup):
     tmp_path, inputs, predictor = setup
     nifti(inputs / "other.nii.gz", seed=3)

@@ -63,3 +63,11 @@ def test_the_uncertainty_colours_span_the_entropys_range_not_the_cases_maximum()
     figure = overlay_figure(image, labels > 0, unc)  # K from the labels: 2
     shown = [a.images[0] for a in figure.axes if a.images and a.get_title().startswith("uncertainty")]
     assert shown[0].get_clim() == (0.0, math.log(2))
+
+
+def test_thick_slices_are_drawn_tall():
+    """From a mutation review: each panel's aspect (a voxel's height / width after rot90) was never checked; inverted,
+    3 mm slices under 1 mm pixels were drawn a third as tall instead of three times."""
+    image, labels, _ = _volume()
+    figure = overlay_figure(image, labels, spacing=(1.0, 2.0, 3.0))
+    assert [a.get_aspect() for a in figure.axes[:3]] == [1.5, 3.0, 2.0]  # sagittal z/y, coronal z/x, axial y/x

@@ -1,6 +1,7 @@
 """Inference split across processes (nnU-Net's --num-parts/--part-id): the parts cover every case exactly once, each
 writes only its own cases, the plan still sees every case's outputs, and bad values get a clear error."""
 
+import json
 import re
 
 import nibabel as nib
@@ -116,3 +117,14 @@ def test_bad_parts_on_the_command_line(setup, capsys, argv, message):
         code = e.code
     assert code in (1, 2)
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_part_with_no_case_records_a_failed_run(setup):
+    """From a mutation review: a part that finds no case (more parts than cases) exits 1, and its run record must say
+    "failed" with no case, not "done" as if it had segmented its share."""
+    tmp_path, inputs, checkpoint = setup
+    out = tmp_path / "out"
+    argv = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", checkpoint, *FAST]
+    assert main([*argv, "--num-parts", "6", "--part-id", "5"]) == 1  # five cases: part 5 of 6 holds none
+    record = json.loads((out / "medwidit_run.json").read_text())
+    assert record["cases"] == [] and record["status"] == "failed"

@@ -37,6 +37,40 @@ def test_training_crops_are_foreground_centred_and_augmented_shapes_hold(tmp_pat
     assert set(batch["label"].unique().tolist()) <= {0, 1, 2}
 
 
+def _crops_of(tmp_path, label, **kwargs):
+    """One batch of 3D crops of one case whose image is its label map (10 per class on 1), augmented only as asked."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image((label * 10.0 + 1.0).astype(np.float32), np.eye(4)), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label.astype(np.int16), np.eye(4)), tmp_path / "label.nii.gz")
+    case = {"image": "image.nii.gz", "label": "label.nii.gz"}
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [case], "validation": [case]}))
+    options = {"cache": "none", "foreground_margin": None, "rotate_prob": 0, "zoom_prob": 0, "intensity_prob": 0}
+    dm = _module(tmp_path / "datalist.json", 3, **options, **kwargs)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_positive_crops_centre_on_foreground_and_negative_ones_on_background(tmp_path):
+    """From a mutation review: pos and neg handed to RandCropByPosNegLabeld the other way round went unseen, as the
+    test volumes' foreground fills most of every crop; here a 6-voxel cube in a 48-voxel volume."""
+    label = np.zeros((48, 48, 48))
+    label[21:27, 21:27, 21:27] = 1
+    positive = _crops_of(tmp_path, label, pos=1.0, neg=0.0, flip_prob=0)["label"]
+    assert all(int(crop[0, 8, 8, 8]) == 1 for crop in positive)  # MONAI puts the sampled centre at roi // 2
+    negative = _crops_of(tmp_path, label, pos=0.0, neg=1.0, flip_prob=0)["label"]
+    assert all(int(crop[0, 8, 8, 8]) == 0 for crop in negative)
+
+
+def test_flips_move_the_label_with_the_image(tmp_path):
+    """From a mutation review: RandFlipd on the image alone left the label unflipped under it, unseen by any test."""
+    label = np.zeros((24, 24, 24))
+    label[4:20, 4:10, 4:8] = 1
+    label[4:8, 4:20, 4:14] = 1  # no mirror symmetry on any axis
+    batch = _crops_of(tmp_path, label, pos=1.0, neg=1.0, flip_prob=1.0)
+    assert torch.equal(batch["image"] > 0, batch["label"] > 0)  # z-scored: the label's voxels above the mean
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_validation_volume_is_the_shared_pre_transforms_output(tmp_path, spatial_dims):
     shape, preprocessing, _ = CASES[spatial_dims]

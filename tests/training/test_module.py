@@ -382,6 +382,19 @@ def test_ema_keeps_integer_buffers_and_follows_the_weights_before_its_start(tmp_
     assert torch.equal(update(torch.arange(5), torch.arange(5), torch.tensor(3)), torch.arange(5))
 
 
+def test_a_run_ending_at_the_ema_start_exports_its_last_weights(tmp_path):
+    """From a mutation review: the average follows the weights through optimizer step `start` (zero-based index
+    start - 1; Lightning's first EMA update is at index start). Comparing global_step itself with the start skipped
+    that step's copy, and a run of exactly `start` steps exported the weights of the step before."""
+    ema = WarmupEMA(decay=0.995, update_starting_at_step=10)
+    trainer = L.Trainer(max_steps=10, callbacks=[ema], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    module = _OneWeightAndIndex()
+    trainer.fit(module)
+    averaged = ema._average_model.module
+    assert float(averaged.w.detach()) == float(module.w.detach()) == pytest.approx(10 * 0.05)  # w after step 10
+
+
 def test_a_run_that_would_end_before_its_first_validation_is_refused(tmp_path):
     """max_steps ended it before epoch check_val_every_n_epoch: no validation, no best.ckpt, no word (the bundle's
     90-epoch interval outlasts its 1080 steps with a data list of 36 volumes)."""
