@@ -238,6 +238,9 @@ def _commit_staged(
             # left the file behind unlisted; the writer's cleanup removes a listed file only where it is this run's
             committed.append(final)
             try:
+                # a killed run's link, left between its making and the commit (from a kill campaign: --continue
+                # failed on it as "already exists"); the staging folder is this run's, or a gone run's it finishes
+                link.unlink(missing_ok=True)
                 link_or_copy(staged, link)  # the staged file stays: it proves which outputs are this run's
                 commit(link, final, overwrite=overwrite)
             except OSError as e:

@@ -250,6 +250,38 @@ def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     assert predictor.predict_from_files(inputs, out, resume=True, **options)[0].status == "skipped"
 
 
+KILL_AT_SECOND_COMMIT = """
+import os, signal, sys
+from medwidit.inference import outputs
+real, calls = outputs.commit, []
+def commit(*args, **kwargs):
+    calls.append(args)
+    if len(calls) == 2:  # the staged file's commit link is made, the file not yet committed
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(*args, **kwargs)
+outputs.commit = commit
+from medwidit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_continue_finishes_a_commit_killed_between_its_link_and_its_file(setup):
+    """From a kill campaign: a kill -9 after a file's commit link was made in the staging folder, before the file was
+    committed, left that link; --continue then failed on it with "already exists (written by another run
+    meanwhile?)", naming the output, and the case stayed half-written until a second --continue."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
+            "--save-uncertainty", *CLI_FAST]  # fmt: skip
+    run = run_cli(["-c", KILL_AT_SECOND_COMMIT, *args])
+    assert run.wait(timeout=300) == -9, run.stderr.read()
+    assert len(visible(out)) == 1  # one file committed, the second's link left in the staging folder
+    options = {"progress": False, "save_uncertainty": True, **FAST}
+    (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
+    assert (result.status, result.message) == ("done", "finished an interrupted commit")
+    assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
+
+
 @pytest.mark.parametrize("staging", [None, "stale", "live"])
 def test_a_file_of_the_same_name_from_elsewhere_is_not_called_an_interrupted_run(setup, staging):
     """Only a gone run's commit that --continue can finish gets the hint to finish it: a file put there by hand or by
