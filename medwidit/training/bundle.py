@@ -387,6 +387,8 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
         earlier = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
         if resume is not None:
             source = _resume_source(folder, resume, earlier)  # a Path, a remote URL (str) or None (Lightning's key)
+            if isinstance(source, Path):
+                _warn_skewed_loop_state(source)
             if source is None or not earlier:
                 return
             if isinstance(source, Path) and source.resolve().parent == folder.resolve():
@@ -481,6 +483,28 @@ def _first_rank() -> bool:
         if os.environ.get(name, "").strip():
             return os.environ[name].strip() == "0"
     return True
+
+
+def _warn_skewed_loop_state(checkpoint: Path) -> None:
+    """A warning where ``checkpoint``'s epoch counters are Lightning's skewed ones (more epochs processed than
+    started), which a run resumed from a stop at ``max_steps`` on an epoch's last batch saves (Lightning issue
+    19617): resumed again, it stopped early or trained nothing, silently (seen on Lightning 2.6: a third run to
+    20 steps from a second one that had stopped at 12 trained no step)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        total = state["loops"]["fit_loop"]["epoch_progress"]["total"]
+        skewed = int(total["processed"]) > int(total["started"])
+    except Exception:  # not Lightning's layout, or unreadable: Lightning's own load says what is wrong
+        return
+    if skewed:
+        logger.warning(
+            "%s: its epoch counters are Lightning's skewed ones after a stop at max_steps on an epoch's last batch "
+            "(Lightning issue 19617); resumed, the run may stop early or train nothing. To train on from its weights, "
+            "export them (medwidit export %s DIR) and start a new run with --init_weights DIR/models/model.pt and "
+            "another --output_dir (a fresh optimizer and schedule).",
+            checkpoint,
+            checkpoint,
+        )
 
 
 def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | str | None:

@@ -256,6 +256,34 @@ def test_the_run_folders_lock_is_one_through_any_path_and_never_stops_a_run_it_c
     release_run_folder(tmp_path / "win" / "checkpoints")
 
 
+def test_resuming_lightnings_skewed_epoch_counters_warns(tmp_path, caplog):
+    """From a review's repro: a run resumed from a stop at max_steps on an epoch's last batch saves epoch counters
+    with more epochs processed than started (Lightning issue 19617; seen on 2.6: a run stopped at 4 steps, resumed to
+    12, saved started 3 / processed 4), and resuming that checkpoint again trained no step, silently."""
+    from medwidit.training import check_run_folder, release_run_folder
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+
+    def save(started, processed):
+        total = {"ready": started, "started": started, "processed": processed, "completed": processed - 1}
+        torch.save({"loops": {"fit_loop": {"epoch_progress": {"total": total}}}}, folder / "last.ckpt")
+
+    save(3, 3)  # Lightning's usual end-of-epoch counters
+    with caplog.at_level("WARNING", logger="medwidit.training.bundle"):
+        check_run_folder(folder, "last")
+        assert "Lightning issue 19617" not in caplog.text
+        save(3, 4)
+        check_run_folder(folder, "last")
+    assert f"{folder / 'last.ckpt'}: its epoch counters are Lightning's skewed ones" in caplog.text
+    assert f"export them (medwidit export {folder / 'last.ckpt'} DIR) and start a new run with --init_weights" in (
+        caplog.text
+    )
+    (folder / "last.ckpt").write_bytes(b"not a checkpoint")
+    check_run_folder(folder, "last")  # unreadable: Lightning's own load says so
+    release_run_folder(folder)
+
+
 def test_resume_needs_a_checkpoint_to_continue(tmp_path):
     """From a review: --resume last into a folder without last.ckpt trained from scratch with only Lightning's
     warning (whose hint does not apply here); a missing file failed inside fit, in a 104-line traceback; a checkpoint
