@@ -362,22 +362,24 @@ class _OneWeightAndIndex(_OneWeight):
         self.register_buffer("index", torch.arange(7, 107, dtype=torch.long), persistent=False)
 
 
+def _fit_with_ema(tmp_path, max_steps: int, **ema_options):
+    """(the EMA's averaged module, the trained module) of ``max_steps`` steps of ``_OneWeightAndIndex``."""
+    ema = WarmupEMA(decay=0.995, **ema_options)
+    trainer = L.Trainer(max_steps=max_steps, callbacks=[ema], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    module = _OneWeightAndIndex()
+    trainer.fit(module)
+    return ema._average_model.module, module
+
+
 def test_ema_keeps_integer_buffers_and_follows_the_weights_before_its_start(tmp_path):
     """Two regressions. The EMA averaged the int64 relative-position index in float and wrote it back truncated: after
     80 steps 1767 of 4096 entries were one lower, so validation ran another network. With update_starting_at_step,
     the average kept the initial weights until the start: validation scored, and a short run exported, them."""
-    ema = WarmupEMA(decay=0.995, update_starting_at_step=10)
-    trainer = L.Trainer(max_steps=8, callbacks=[ema], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    module = _OneWeightAndIndex()
-    trainer.fit(module)
-    averaged = ema._average_model.module
+    averaged, module = _fit_with_ema(tmp_path, 8, update_starting_at_step=10)
     assert float(averaged.w) == pytest.approx(float(module.w)) and float(module.w) > 0.3  # not the initial 0
-    ema = WarmupEMA(decay=0.995)
-    trainer = L.Trainer(max_steps=30, callbacks=[ema], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(_OneWeightAndIndex())
-    assert torch.equal(ema._average_model.module.index, torch.arange(7, 107))
+    averaged, _ = _fit_with_ema(tmp_path, 30)
+    assert torch.equal(averaged.index, torch.arange(7, 107))
     update = ema_warmup_avg_fn(0.9)
     assert torch.equal(update(torch.arange(5), torch.arange(5), torch.tensor(3)), torch.arange(5))
 
@@ -386,12 +388,7 @@ def test_a_run_ending_at_the_ema_start_exports_its_last_weights(tmp_path):
     """From a mutation review: the average follows the weights through optimizer step `start` (zero-based index
     start - 1; Lightning's first EMA update is at index start). Comparing global_step itself with the start skipped
     that step's copy, and a run of exactly `start` steps exported the weights of the step before."""
-    ema = WarmupEMA(decay=0.995, update_starting_at_step=10)
-    trainer = L.Trainer(max_steps=10, callbacks=[ema], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    module = _OneWeightAndIndex()
-    trainer.fit(module)
-    averaged = ema._average_model.module
+    averaged, module = _fit_with_ema(tmp_path, 10, update_starting_at_step=10)
     assert float(averaged.w.detach()) == float(module.w.detach()) == pytest.approx(10 * 0.05)  # w after step 10
 
 
