@@ -112,7 +112,9 @@ def test_a_wheel_in_a_fresh_venv_segments_the_example_with_no_bundle_argument(fr
     assert data_list.startswith(site_packages) and example.startswith(site_packages)
 
     version = run([fresh_venv / "bin" / "medwidit", "--version"])
-    assert version.stdout.strip() == f"medwidit {PYPROJECT['project']['version']}", version.stdout + version.stderr
+    bundle = json.loads((REPOSITORY / "bundles/brain_widit_segmentation/configs/metadata.json").read_text())["version"]
+    expected = f"medwidit {PYPROJECT['project']['version']}; default model: bundle brain_widit_segmentation {bundle}"
+    assert version.stdout.strip() == expected, version.stdout + version.stderr  # the wheel's own bundle
     command = [fresh_venv / "bin" / "medwidit", "segment", "-i", example, "-o", "out", "--steps", "1", "--samples",
                "1", "--save-statistics", "--device", "cpu"]  # fmt: skip
     done = run(command)
