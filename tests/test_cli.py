@@ -647,6 +647,28 @@ def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_es
     assert not own.bias_retry  # a caller's own bias_retry wins over the "retry" a bundle hands over
 
 
+def test_a_retry_that_only_ties_the_first_estimate_keeps_the_first_result(tmp_path, monkeypatch):
+    """From a mutation review: the retry replaces the first result only where its predicted Dice is higher; a tie
+    keeps the first (a ``>=`` kept the N4 pass, which the user did not ask for, for no gain)."""
+    from types import SimpleNamespace
+
+    from medwidit.inference import Predictor
+
+    checkpoint = _image_reading_checkpoint(tmp_path / "model.pt")
+    image = _nifti(tmp_path / "head.nii.gz", _volume((24, 24, 24)))
+    passes = []
+
+    def fake(self, preprocessing, *case):
+        passes.append(preprocessing["bias_correction"])
+        return SimpleNamespace(quality={"min_predicted_dice": 0.5}, which=preprocessing["bias_correction"])
+
+    monkeypatch.setattr(Predictor, "_segment_case", fake)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", warn_dice=0.9, bias_correction="retry")
+    result = predictor.segment(image, steps=1, num_samples=1)
+    assert passes == [None, "n4"] and result.which is None
+    assert result.quality["bias_retry"]["kept"] == "first"
+
+
 def test_a_retry_whose_n4_fails_keeps_the_first_result(tmp_path, monkeypatch, capsys):
     from medwidit.data import transforms
     from medwidit.inference import Predictor

@@ -170,6 +170,19 @@ def test_sampling_defaults_come_from_inference_json_not_the_training_validation(
     assert bundle_options(tmp_path)["roi_size"] == [32, 32, 32]
 
 
+def test_a_bundles_inference_json_wins_over_its_train_json_key_by_key(tmp_path):
+    """From a mutation review: train.json is only a fallback; a later file overwriting keys already found gave the
+    training crop and validation's overlap where inference.json names its own."""
+    from medwidit.inference.options import bundle_options
+
+    (tmp_path / "configs").mkdir()
+    inference = {"roi_size": [16, 16, 16], "overlap": 0.5, "sw_batch_size": "$@x"}
+    (tmp_path / "configs" / "inference.json").write_text(json.dumps(inference))
+    train = {"roi_size": [32] * 3, "overlap": 0.25, "sw_batch_size": 2}
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(train))
+    assert bundle_options(tmp_path) == {"roi_size": [16, 16, 16], "overlap": 0.5, "sw_batch_size": 2}
+
+
 @pytest.mark.parametrize(("value", "error"), [(1, None), (-1, r"shared_steps must be an int >= 0, got -1")])
 def test_shared_steps_default_comes_from_inference_json(tmp_path, value, error):
     """A bundle's ``shared_steps`` is the predictor's and the CLI's default (an argument still wins); a bad one is

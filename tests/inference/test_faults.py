@@ -656,6 +656,26 @@ def test_an_id_split_that_meets_a_case_of_its_name_fails_that_case_and_drops_no_
     )
 
 
+def test_a_lone_id_like_file_is_its_own_case_for_a_one_channel_model(tmp_path):
+    """From a mutation review: one ``patient_0001`` file alone (no ``_0000``) must still split into case
+    ``patient_0001``; a split only of groups of several files left it case ``patient`` with a gap in its channels."""
+    nifti(tmp_path / "patient_0001.nii.gz")
+    nifti(tmp_path / "scan_0000.nii.gz")
+    cases = {c.name: c for c in find_cases(tmp_path, num_modalities=1)}
+    assert sorted(cases) == ["patient_0001", "scan"]
+    assert all(case.problem is None for case in cases.values())
+    (two,) = find_cases(tmp_path / "patient_0001.nii.gz", num_modalities=2)  # several channels: a modality, kept
+    assert two.name == "patient" and two.problem is not None
+
+
+def test_hidden_files_of_a_folder_are_not_cases(tmp_path):
+    """From a mutation review: a folder's hidden files (macOS ``._scan.nii.gz`` resource forks) are skipped; read as
+    images they became failed cases, or a case ``._scan`` whose output ``._scan.nii.gz`` is hidden itself."""
+    nifti(tmp_path / "scan.nii.gz")
+    (tmp_path / "._scan.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert [(c.name, c.problem) for c in find_cases(tmp_path, num_modalities=1)] == [("scan", None)]
+
+
 ######################################################################################################################
 # 7. grid sanity; an array without an affine
 ######################################################################################################################

@@ -92,6 +92,17 @@ def test_checks_name_the_argument():
             check_range("overlap", bad, 0, 1)
 
 
+def test_check_bounds_are_inclusive_where_documented():
+    """From a mutation review: check_int takes both ends of low..high (a ``>=`` on high refused the maximum) and
+    check_range takes ``low`` itself and ``high`` only with closed_high (a ``<`` on low refused an overlap of 0)."""
+    assert check_int("steps", 10, high=10) == 10 and check_int("steps", 1, high=10) == 1
+    assert check_int("steps", 0, low=0) == 0
+    assert check_range("overlap", 0, 0, 1) == 0.0
+    assert check_range("p", 1.0, 0, 1, closed_high=True) == 1.0
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got"):
+        check_range("p", 1.5, 0, 1, closed_high=True)
+
+
 def test_options_of_a_constructor_name_the_key_and_what_it_takes():
     """One check for every dict of options a config hands to a constructor (a network's, the generator's, a noise
     schedule's): the key and the source named; keys the caller sets are refused too; **kwargs take anything."""
