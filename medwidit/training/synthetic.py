@@ -39,33 +39,31 @@ def check_label_maps(
     preprocessing: Mapping | None = None,
 ) -> None:
     """Before training starts: each map is one 3-D volume holding integer labels in 0..num_labels-1 and, when
-    ``target_labels`` are given, a label of a task class other than 0, in the file and, with ``preprocessing``, on
-    the working grid it is resampled to; the error names the file and the label (the generator would otherwise fail
-    in a worker, minutes into training, or paint all-background crops)."""
+    ``target_labels`` are given, a label of a task class other than 0, on the working grid it is resampled to where
+    ``preprocessing`` gives a spacing (else in the file); the error names the file and the label (the generator would
+    otherwise fail in a worker, minutes into training, or paint all-background crops)."""
+    spacing = None if preprocessing is None else check_preprocessing(preprocessing)["spacing"]
+    # from a review: a 1 mm map whose foreground vanished on the 2 mm grid passed a check of the file, then failed in
+    # a DataLoader worker mid-training, reading "the label map is empty" of a file that is not
+    load = None if spacing is None else Compose(_load_transforms(preprocessing))
+    where = "" if spacing is None else f" on the working grid ({spacing} mm spacing)"
     for item in maps:
-        values = _check_label_map(item, num_labels, target_labels)
-        if preprocessing is not None and check_preprocessing(preprocessing)["spacing"] is not None:
-            # from a review: a 1 mm map whose foreground vanished on the 2 mm grid passed here, then failed in a
-            # DataLoader worker mid-training, reading "the label map is empty" of a file that is not
-            resampled = Compose(_load_transforms(preprocessing))({"label": item["label"]})["label"]
-            kept = np.unique(np.asarray(resampled))
-            lost = [int(v) for v in values if v > 0 and v not in kept]
-            where = f"on the working grid ({check_preprocessing(preprocessing)['spacing']} mm spacing)"
-            if kept.max(initial=0) == 0:
-                raise SynthesisError(
-                    f"{item['label']}: the label map is empty {where}: its labels {lost} are too small to keep a "
-                    "voxel when resampled; use a map with larger structures, or a finer spacing."
-                )
-            if target_labels is not None and not any(target_labels[int(v)] for v in kept):
-                raise SynthesisError(
-                    f"{item['label']}: none of its labels left {where} ({[int(v) for v in kept]}) maps to a task "
-                    f"class other than 0 through synth_target_labels {list(target_labels)} (lost when resampled: "
-                    f"{lost}): every painted crop would be background."
-                )
+        values = _label_file_values(item, num_labels)
+        kept = values if load is None else np.unique(np.asarray(load({"label": item["label"]})["label"]))
+        lost = [int(v) for v in values if v > 0 and v not in kept]
+        lost_note = f"; its labels {lost} are too small to keep a voxel when resampled" if lost else ""
+        if kept.max(initial=0) == 0:
+            raise SynthesisError(f"{item['label']}: the label map is empty{where} (every voxel is label 0{lost_note}).")
+        if target_labels is not None and not any(target_labels[int(v)] for v in kept):
+            raise SynthesisError(
+                f"{item['label']}: none of its labels {[int(v) for v in kept]}{where} maps to a task class other than "
+                f"0 through synth_target_labels {list(target_labels)}{lost_note}: every painted crop would be "
+                "background."
+            )
 
 
-def _check_label_map(item: Mapping, num_labels: int, target_labels: Sequence[int] | None) -> np.ndarray:
-    """One map's checks on its file; its distinct values."""
+def _label_file_values(item: Mapping, num_labels: int) -> np.ndarray:
+    """One map file's distinct values, checked: one 3-D volume of integer labels in 0..num_labels-1."""
     shape = image_grid(item["label"])[0]  # trailing singleton axes dropped: (X, Y, Z, 1) is one volume
     if len(shape) != 3:  # the generator is 3-D: a slice or a 4-D map failed inside it, without the file's name
         raise SynthesisError(f"{item['label']}: the label map must be one 3-D volume, got shape {shape}.")
@@ -78,13 +76,6 @@ def _check_label_map(item: Mapping, num_labels: int, target_labels: Sequence[int
         raise SynthesisError(
             f"{item['label']}: label {unknown[0]} is not one of the {num_labels} generation labels "
             f"(0..{num_labels - 1}) given by synth_num_labels."
-        )
-    if values.max(initial=0) == 0:
-        raise SynthesisError(f"{item['label']}: the label map is empty (every voxel is label 0).")
-    if target_labels is not None and not any(target_labels[int(v)] for v in values):
-        raise SynthesisError(
-            f"{item['label']}: none of its labels {[int(v) for v in values]} maps to a task class other than 0 "
-            f"through synth_target_labels {list(target_labels)}: every painted crop would be background."
         )
     return values
 

@@ -193,7 +193,10 @@ def test_a_label_map_whose_labels_vanish_on_the_working_grid_is_named_at_setup(t
     tiny[21, 21, 21] = 1  # between the 2 mm grid's voxel centres: nearest neighbour keeps none of it
     for name in ("head_label", "head_other_label", "head_image"):  # maps on their image's 1 mm grid
         nib.save(nib.Nifti1Image(tiny, np.eye(4)), tmp_path / "real" / f"{name}.nii.gz")
-    with pytest.raises(SynthesisError, match=r"head_label.nii.gz: the label map is empty on the working grid \(\[2"):
+    with pytest.raises(
+        SynthesisError,
+        match=r"head_label.nii.gz: the label map is empty on the working grid \(\[2.*labels \[1\] are too small",
+    ):
         dm.setup("fit")
     path = tmp_path / "real" / "head_label.nii.gz"
     tiny[20:24, 20:24, 20:24] = 1  # a 4 mm cube keeps its voxels
@@ -202,7 +205,7 @@ def test_a_label_map_whose_labels_vanish_on_the_working_grid_is_named_at_setup(t
     tiny[:] = 0
     tiny[4:44, 4:44, 4:44], tiny[21, 21, 21] = 3, 1  # the only task class (1 -> brain) lost, scalp kept
     nib.save(nib.Nifti1Image(tiny, np.eye(4)), path)
-    lost = r"none of its labels left on the working grid .*\(\[0, 3\]\) .*\(lost when resampled: \[1\]\)"
+    lost = r"none of its labels \[0, 3\] on the working grid .* maps to .*; its labels \[1\] are too small"
     with pytest.raises(SynthesisError, match=lost):
         check_label_maps([{"label": str(path)}], 5, TARGETS, dm.preprocessing)
     check_label_maps([{"label": str(path)}], 5, TARGETS, PREPROCESSING_3D)  # no working grid: the file's own
