@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="resume",
         action="store_true",
         help="skip finished cases and finish or redo unfinished ones (with --overwrite: replacing "
-        "an unfinished case's files)",
+        "an unfinished case's files); a case finished with other settings is refused (with --overwrite: redone)",
     )
     seg.add_argument("--num-parts", type=_positive_int, default=1, help="split the cases into N parts (nnU-Net)")
     seg.add_argument(

@@ -32,6 +32,7 @@ from .options import sampling_options
 from .outputs import (
     ENTROPY_PARTS,
     CasePlan,
+    changed_settings,
     check_plan,
     finish_interrupted,
     is_finished,
@@ -99,7 +100,9 @@ def predict_from_files(
 
     Each case is one unit (``outputs``): all its files appear, with a marker written last, or none. A case with
     existing outputs fails unless ``overwrite`` (replace) or ``resume`` (skip finished cases, finish or redo
-    unfinished ones; with ``overwrite`` too, an unfinished case's files are replaced). Options (``steps``,
+    unfinished ones; with ``overwrite`` too, an unfinished case's files are replaced); under ``resume`` a case
+    finished with other settings (``Predictor.output_settings``, kept in its marker) fails, naming them, unless
+    ``overwrite`` too, which segments it again. Options (``steps``,
     ``num_samples``, ``overlap``, ``sampler``, ``eta``, ``guidance_scale``, ``shared_steps``) are checked, and
     every output path is planned against every input, before the first case runs. A bad case fails alone with a
     one-line message.
@@ -166,7 +169,10 @@ def predict_from_files(
         paths = [output_path(case, output_dir, k) for k in ALL_KINDS if k not in kinds]
         return [p for p in paths if os.path.realpath(p) not in kept]
 
-    plans = {c.name: plan_case(output_dir, c.name, outputs[c.name], others(c)) for c in cases if c.problem is None}
+    settings = predictor.output_settings(options, seed=seed, augment=augment, weight_sets=weight_sets)
+    plans = {
+        c.name: plan_case(output_dir, c.name, outputs[c.name], others(c), settings) for c in cases if c.problem is None
+    }
     check_plan(list(plans.values()), [f for c in cases for f in c.files])
     share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
     results: list[CaseResult] = []
@@ -230,9 +236,18 @@ def _predict_case(
             raise InputError(case.problem)
         # an overwrite cut short (or killed): the case's earlier set back before anything, but what --continue finishes
         restore_interrupted(plan, finish=resume)
-        if resume and is_finished(plan):
+        changed = changed_settings(plan) if resume and is_finished(plan) else None
+        if changed == []:
             logger.info("%s: done before, skipped", case.name)
             return CaseResult(case.name, "skipped", outputs)
+        if changed and not overwrite:  # its files are another run's result: skipping it would mix two runs' results
+            raise OutputError(
+                f"{outputs[0]}: finished by a run with other settings ({'; '.join(changed)}); pass overwrite with "
+                f"resume to segment it again {_spelled('overwrite', 'resume', joiner=' and ')}, or write into another "
+                "folder."
+            )
+        if changed:
+            logger.info("%s: finished before with other settings (%s): segmented again", case.name, "; ".join(changed))
         if (resume or overwrite) and finish_interrupted(plan, overwrite=overwrite, finish=resume):
             return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
         case.check_modalities(predictor.num_modalities)

@@ -4,12 +4,13 @@ Every file of a case is staged in a private folder inside the output folder unde
 ``.nhdr`` header names its final data file), then committed file by file with ``medwidit.utils.files.commit``
 (link-based: without overwrite an existing target is refused in one system call, so two runs never both win), and a
 per-case marker is written last. A case without its marker is unfinished: ``--continue`` completes the commit an
-interrupted run left, or redoes the case. The plan of every output path is checked against every input first. An
-overwriting commit replaces the case as one set: the earlier outputs its previous marker lists and this run does not
-write are removed before the new marker; it keeps a second name of each earlier file in its staging folder first, so
-that an error or interrupt puts the earlier set back (after a kill, the next run of the case does).
+interrupted run left, or redoes the case; a finished case whose marker names other settings than the run's
+(:func:`changed_settings`) is not taken for this run's. The plan of every output path is checked against every
+input first. An overwriting commit replaces the case as one set: the earlier outputs its previous marker lists and
+this run does not write are removed before the new marker; it keeps a second name of each earlier file in its staging
+folder first, so that an error or interrupt puts the earlier set back (after a kill, the next run of the case does).
 
-    out/.medwidit/<case>.json                the marker: the case's files, written after all of them
+    out/.medwidit/<case>.json                the marker: the case's files and its run's settings, written last
     out/.medwidit/<case>.<random>.staging/   one run's staged files of one case, removed on success and on error
     out/.medwidit/lock                       held (flock) while a case commits, so commits in a folder never interleave
 
@@ -30,8 +31,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medwidit.utils import atomic_write
@@ -43,6 +44,7 @@ __all__ = [
     "STATE_DIR",
     "CasePlan",
     "CaseWriter",
+    "changed_settings",
     "check_plan",
     "finish_interrupted",
     "restore_interrupted",
@@ -119,12 +121,14 @@ class CasePlan:
     """Where one case goes: its files in commit order (data files before their headers) and its marker (None for a
     plain write: no marker, no folder lock). ``earlier``: the case's outputs of other kinds, which this run does not
     write; an overwriting commit removes those the case's previous marker lists, so that no earlier run's map or
-    report is left beside new labels."""
+    report is left beside new labels. ``settings``: what the case's outputs depend on (JSON values; the marker keeps
+    them, :func:`changed_settings` compares them), None where nothing is compared."""
 
     name: str
     files: tuple[Path, ...]
     marker: Path | None
     earlier: tuple[Path, ...] = ()
+    settings: dict | None = field(default=None, compare=False)
 
     @property
     def state_dir(self) -> Path:
@@ -136,12 +140,14 @@ def plan_case(
     name: str,
     outputs: Sequence[str | os.PathLike],
     others: Sequence[str | os.PathLike] = (),
+    settings: Mapping | None = None,
 ) -> CasePlan:
     """The plan of case ``name`` writing ``outputs`` (main files) into ``output_dir``; ``others``: the case's outputs
-    of the kinds not written this time (``CasePlan.earlier``)."""
+    of the kinds not written this time (``CasePlan.earlier``); ``settings``: the run's (``CasePlan.settings``)."""
     files = tuple(f for path in outputs for f in image_files(path))
     earlier = tuple(f for path in others for f in image_files(path) if f not in files)
-    return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json", earlier)
+    settings = None if settings is None else json.loads(json.dumps(settings))  # as a marker reads them back
+    return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json", earlier, settings)
 
 
 def _key(path: Path) -> str:
@@ -175,6 +181,27 @@ def is_finished(plan: CasePlan) -> bool:
     return isinstance(written, list) and all(f.name in written and f.is_file() for f in plan.files)
 
 
+def _differences(then, now) -> list[str]:
+    """Each setting whose value differs, "name now (then earlier)"; [] where either side has none to compare."""
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return []
+
+    def shown(value) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = sorted(set(then) | set(now))
+    changed = [key for key in keys if then.get(key) != now.get(key)]
+    return [f"{key} {shown(now.get(key))} (then {shown(then.get(key))})" for key in changed]
+
+
+def changed_settings(plan: CasePlan) -> list[str]:
+    """The settings of ``plan``'s run that differ from those its case's marker names (the run that finished it):
+    "steps 3 (then 10)", ...; [] where they agree, or where the plan or the marker names none (a plain write, or a
+    case finished by a medwidit that kept no settings)."""
+    return _differences(_read_json(plan.marker).get("settings"), plan.settings)
+
+
 ######################################################################################################################
 # staging and committing
 ######################################################################################################################
@@ -188,9 +215,14 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _write_marker(plan: CasePlan) -> None:
-    content = json.dumps({"case": plan.name, "files": [f.name for f in plan.files]}, indent=1)
-    atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
+def _marker_text(plan: CasePlan, files: Sequence[str], settings: dict | None) -> str:
+    marker = {"case": plan.name, "files": list(files)} | ({} if settings is None else {"settings": settings})
+    return json.dumps(marker, indent=1) + "\n"
+
+
+def _write_marker(plan: CasePlan, files: Sequence[str], settings: dict | None) -> None:
+    content = _marker_text(plan, files, settings)
+    atomic_write(plan.marker, lambda tmp: tmp.write_text(content))
 
 
 KEPT = ".previous-"  # in a staging folder: a second name of an earlier output that an overwriting commit replaces
@@ -262,8 +294,8 @@ def _commit_staged(
                 plan.name,
                 ", ".join(p.name for p in stale),
             )
-        if plan.marker is not None:
-            _write_marker(plan)
+        if plan.marker is not None:  # a killed run's commit, finished: that run's settings (the same, _finishable)
+            _write_marker(plan, [f.name for f in plan.files], manifest.get("settings") if resume else plan.settings)
         committed.clear()  # the case is complete: nothing after this (a sweep) may remove it
     except BaseException:
         if kept is not None:
@@ -289,9 +321,10 @@ def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[s
     earlier = [f for f in plan.files if f.exists()] + [f for f in plan.earlier if f.name in previous and f.is_file()]
     for path in earlier:
         link_or_copy(path, staging / f"{KEPT}{path.name}")
-    marker = None if plan.marker is None else _read_json(plan.marker).get("files")
+    marker = {} if plan.marker is None else _read_json(plan.marker)
     record = {**manifest, "overwrite": True, "previous": sorted(previous), "kept": [p.name for p in earlier]}
-    record["marker"] = marker if isinstance(marker, list) else None
+    record["marker"] = marker.get("files") if isinstance(marker.get("files"), list) else None
+    record["marker_settings"] = marker.get("settings")
     atomic_write(staging / MANIFEST, lambda tmp: tmp.write_text(json.dumps(record)))
     return record["kept"]
 
@@ -317,8 +350,8 @@ def _restore(plan: CasePlan, staging: Path) -> None:
             os.replace(kept, folder / name)
     listed = manifest.get("marker")
     if plan.marker is not None and isinstance(listed, list):
-        content = json.dumps({"case": plan.name, "files": listed}, indent=1)
-        atomic_write(plan.marker, lambda tmp: tmp.write_text(content + "\n"))
+        content = _marker_text(plan, listed, manifest.get("marker_settings"))
+        atomic_write(plan.marker, lambda tmp: tmp.write_text(content))
     done = {key: value for key, value in manifest.items() if key != "kept"}
     atomic_write(staging / MANIFEST, lambda tmp: tmp.write_text(json.dumps(done)))
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
@@ -421,7 +454,7 @@ class CaseWriter:
         planned = {f.name for f in self.plan.files}
         if staged != planned:  # a writer named a file otherwise than planned: it would be lost or unchecked
             raise OutputError(f"{self.plan.files[-1]}: wrote {sorted(staged)} where {sorted(planned)} were planned.")
-        manifest = json.dumps({"case": self.plan.name, "files": sorted(planned)})
+        manifest = json.dumps({"case": self.plan.name, "files": sorted(planned), "settings": self.plan.settings})
         atomic_write(self.staging / MANIFEST, lambda tmp: tmp.write_text(manifest))
         self._existed = {f for f in self.plan.files if f.exists()}
         if self.plan.marker is None:
@@ -461,12 +494,15 @@ def _stagings(plan: CasePlan) -> list[Path]:
 
 def _finishable(plan: CasePlan, staging: Path) -> bool:
     """Whether the gone run's ``staging`` holds the commit of ``plan`` it had begun: its manifest lists every planned
-    file (written when the commit starts) and each file already in place is its staged copy."""
+    file (written when the commit starts), each file already in place is its staged copy, and it names no other
+    settings than ``plan``'s (a run with other settings is not this run's to finish)."""
     if (staging / RESTORING).exists():  # the user's Ctrl-C aborted that commit: its earlier set goes back instead
         return False
     names = sorted(f.name for f in plan.files)
-    ours = all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
-    return ours and _read_json(staging / MANIFEST).get("files") == names
+    manifest = _read_json(staging / MANIFEST)
+    if manifest.get("files") != names or _differences(manifest.get("settings"), plan.settings):
+        return False
+    return all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
 
 
 def staged_elsewhere(plan: CasePlan) -> str | None:

@@ -8,7 +8,9 @@ CLI and notebooks call.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ from monai.utils import ensure_tuple_rep
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.diffusion.ensemble import check_generator
+from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
 from medwidit.nets.contract import network_size_multiple
 from medwidit.utils import check_bool, check_int
 
@@ -865,6 +868,33 @@ class Predictor:
         check_int("weight_sets", count, high=len(self.segmenters), hint=hint)
         return self.segmenters[:count]
 
+    def output_settings(self, options: Mapping, *, seed: int, augment: int, weight_sets: int) -> dict:
+        """What a case's outputs depend on, as JSON values: a digest of each set of weights sampled, the sampling
+        ``options`` (``sampling_options``'s), ``seed``, ``augment``, ``weight_sets``, and this predictor's pre- and
+        post-processing, views, localization, atlas prior and calibration; not where it runs (device, precision,
+        windows). A case's marker keeps them, so that ``resume`` never takes a case finished otherwise for this
+        run's (``outputs.changed_settings``)."""
+        sampler = options["sampler"] or DEFAULT_SAMPLER[self.segmenter.scheduler_name]
+        prior = self.atlas_prior
+        settings = {
+            **options,
+            "sampler": sampler,
+            "seed": seed,
+            "augment": augment,
+            "weight_sets": weight_sets,
+            "weights": [state_digest(segmenter) for segmenter in self.select_weights(weight_sets)],
+            "preprocessing": self.preprocessing,
+            "label_postprocessing": self.label_postprocessing,
+            "probability_smoothing": self.probability_smoothing,
+            "view_options": self.view_options if augment > 1 else None,
+            "localization": self.localization,
+            # the template's file names, not their folder: one bundle installed elsewhere is the same prior
+            "atlas_prior": None if prior is None else {**prior, **{k: Path(prior[k]).name for k in ("image", "label")}},
+            "quality_calibration": self.quality_calibration,
+            "bias_retry": self.warn_dice if self.bias_retry else None,  # the threshold below which a case is retried
+        }
+        return json.loads(json.dumps(settings, default=str))
+
     def resolve_augment(self, augment: int | None) -> int:
         """Test-time views per case: ``augment``, or ``sampling_defaults``'s when None (a ValueError unless an int
         >= 1)."""
@@ -929,6 +959,17 @@ class Predictor:
     # the case loop over files and folders is .files.predict_from_files, a function of the predictor (this class is
     # about one image); bound here as the method users call, with its signature and docs
     predict_from_files = predict_from_files
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """Hex SHA-256 of a module's state (names, dtypes, shapes and bytes): the same weights, however they were loaded
+    (a bundle, a checkpoint, an object built in a notebook), give the same digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_checkpoint(path: str | os.PathLike) -> tuple[DiffusionSegmenter, dict]:

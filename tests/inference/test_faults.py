@@ -749,11 +749,13 @@ def test_the_marker_lists_the_case_files_and_is_written_last(setup, monkeypatch)
     order = []
     real_commit, real_marker = outputs_module.commit, outputs_module._write_marker
     monkeypatch.setattr(outputs_module, "commit", lambda *a, **k: (order.append(Path(a[1]).name), real_commit(*a, **k)))
-    monkeypatch.setattr(outputs_module, "_write_marker", lambda plan: (order.append("marker"), real_marker(plan)))
+    monkeypatch.setattr(outputs_module, "_write_marker", lambda *a: (order.append("marker"), real_marker(*a)))
     predictor.predict_from_files(inputs, out, save_probabilities=True, progress=False, **FAST)
     assert order == ["scan.nii.gz", "scan_probabilities.nii.gz", "marker"]
     marker = json.loads((out / ".medwidit" / "scan.json").read_text())
+    settings = marker.pop("settings")  # what the outputs depend on, for --continue to compare
     assert marker == {"case": "scan", "files": ["scan.nii.gz", "scan_probabilities.nii.gz"]}
+    assert settings["seed"] == 0 and settings["steps"] == FAST["steps"] and len(settings["weights"]) == 1
 
 
 ######################################################################################################################
@@ -802,11 +804,11 @@ def test_an_overwrite_cut_short_puts_the_earlier_set_back(tmp_path, monkeypatch,
             raise failure
         return real(source, target, overwrite=overwrite)
 
-    def marker(plan, real_marker=outputs._write_marker):  # the third step: after the uncertainty's removal
+    def marker(plan, *args, real_marker=outputs._write_marker):  # the third step: after the uncertainty's removal
         count.append(plan.marker)
         if len(count) == calls:
             raise failure
-        real_marker(plan)
+        real_marker(plan, *args)
 
     monkeypatch.setattr(outputs, "commit", failing)
     monkeypatch.setattr(outputs, "_write_marker", marker)
@@ -847,7 +849,7 @@ def _kill_overwrite(plan, monkeypatch, after_files):
 
     with monkeypatch.context() as patch:
         patch.setattr(outputs, "commit", dying)
-        patch.setattr(outputs, "_write_marker", lambda plan: dying(None, None, overwrite=True))
+        patch.setattr(outputs, "_write_marker", lambda *a: dying(None, None, overwrite=True))
         patch.setattr(outputs, "_restore", lambda *args: None, raising=False)  # a SIGKILL runs no cleanup
         writer = CaseWriter(plan, overwrite=True).__enter__()
         for path in plan.files:
@@ -953,7 +955,7 @@ def _overwrite_with_its_restore_cut_short(plan, monkeypatch, content="new", at=N
 
     real_replace = os.replace
 
-    def full(plan):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def second_interrupt(source, target):
@@ -1195,3 +1197,71 @@ def test_a_finished_case_takes_no_folder_lock_to_look_for_a_restore(tmp_path, mo
     monkeypatch.setattr(outputs, "locked", denied)
     assert not restore_interrupted(plan)  # its marker says it is whole
     assert not restore_interrupted(_case(out, "y", ["y.nii.gz"]))  # nothing staged for it
+
+
+######################################################################################################################
+# 9. --continue takes no case finished with other settings for this run's
+######################################################################################################################
+
+
+def test_continue_with_other_settings_refuses_a_finished_case_and_overwrite_redoes_it(setup):
+    """--continue with another seed skipped every finished case: the folder ended with two runs' results under one
+    run's record (the README said so; nothing refused it)."""
+    from medwidit.inference.outputs import STATE_DIR
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, seed=0, progress=False, **FAST)
+    before = (out / "scan.nii.gz").read_bytes()
+    assert predictor.predict_from_files(inputs, out, resume=True, seed=0, **FAST)[0].status == "skipped"
+
+    refused = predictor.predict_from_files(inputs, out, resume=True, seed=1, progress=False, **FAST)[0]
+    assert refused.status == "failed"
+    assert f"{out / 'scan.nii.gz'}: finished by a run with other settings (seed 1 (then 0))" in refused.message
+    assert "--overwrite and --continue" in refused.message and (out / "scan.nii.gz").read_bytes() == before
+
+    redone = predictor.predict_from_files(inputs, out, resume=True, overwrite=True, seed=1, progress=False, **FAST)
+    assert redone[0].status == "done"
+    fresh = tmp_path / "fresh"
+    predictor.predict_from_files(inputs, fresh, seed=1, progress=False, **FAST)
+    labels = [nib.load(folder / "scan.nii.gz").get_fdata() for folder in (out, fresh)]
+    np.testing.assert_array_equal(*labels)  # the seed-1 result, not the seed-0 one kept
+    assert json.loads((out / STATE_DIR / "scan.json").read_text())["settings"]["seed"] == 1
+    assert predictor.predict_from_files(inputs, out, resume=True, seed=1, **FAST)[0].status == "skipped"
+
+
+def test_continue_skips_a_case_whose_marker_names_no_settings(setup):
+    """A case finished by a medwidit that kept no settings in its marker: nothing to compare, so it stays finished."""
+    from medwidit.inference.outputs import STATE_DIR
+
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    marker = out / STATE_DIR / "scan.json"
+    marker.write_text(json.dumps({"case": "scan", "files": ["scan.nii.gz"]}))
+    assert predictor.predict_from_files(inputs, out, resume=True, seed=3, **FAST)[0].status == "skipped"
+
+
+def test_continue_finishes_no_killed_commit_of_other_settings(tmp_path, monkeypatch):
+    """A killed overwrite had placed all its files; --continue with other settings finished it as its own (the
+    case then read as finished by this run). Now the earlier set goes back, its settings in its marker, and the
+    run with the killed run's own settings still finishes it."""
+    from medwidit.inference.outputs import changed_settings, finish_interrupted, is_finished, plan_case
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files, others = [out / "x.nii.gz", out / "x_probabilities.nii.gz"], [out / "x_uncertainty.nii.gz"]
+    earlier = plan_case(out, "x", [out / "x.nii.gz", out / "x_uncertainty.nii.gz"], settings={"seed": 0})
+    _commit_case(earlier, "old", overwrite=False)
+    killed = plan_case(out, "x", files, others, settings={"seed": 1})
+    _kill_overwrite(killed, monkeypatch, after_files=2)  # both files placed, killed at the marker
+
+    other = plan_case(out, "x", files, others, settings={"seed": 2})
+    assert not finish_interrupted(other, overwrite=False, finish=True)
+    assert _contents(out) == {name: f"old {name}" for name in ("x.nii.gz", "x_uncertainty.nii.gz")}
+    assert is_finished(earlier) and changed_settings(earlier) == [] and hidden_leftovers(out) == []
+
+    _kill_overwrite(killed, monkeypatch, after_files=2)
+    assert finish_interrupted(killed, overwrite=False, finish=True)
+    assert _contents(out) == {name: f"new {name}" for name in ("x.nii.gz", "x_probabilities.nii.gz")}
+    assert is_finished(killed) and changed_settings(killed) == [] and changed_settings(other) == ["seed 2 (then 1)"]

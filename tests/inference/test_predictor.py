@@ -496,3 +496,24 @@ def test_the_entropy_on_a_resampled_input_is_that_of_the_probabilities_written(t
     assert (result.epistemic >= 0).all() and (result.aleatoric >= 0).all()
     np.testing.assert_allclose(result.aleatoric + result.epistemic, result.entropy, atol=1e-6)
     assert result.entropy.shape == image.shape and result.entropy.max() > 0.1  # a map with something in it
+
+
+def test_output_settings_name_the_weights_by_content_and_leave_out_where_it_runs(tmp_path):
+    """The settings a case's marker keeps for --continue to compare: one set of weights gives one digest however it
+    was loaded, one changed weight another; the precision (a property of the machine under "auto") is left out."""
+    from medwidit.inference.options import sampling_options
+
+    segmenter = tiny_segmenter()
+    save_segmenter(segmenter, tmp_path / "model.pt")
+    options = sampling_options(2, 2, 0.25, None, 0.0, 1.0)
+    loaded = Predictor.from_checkpoint(tmp_path / "model.pt", device="cpu", precision="bfloat16")
+    built = Predictor(segmenter, device="cpu", precision="float32")
+    settings = loaded.output_settings(options, seed=0, augment=1, weight_sets=1)
+    assert settings == built.output_settings(options, seed=0, augment=1, weight_sets=1)
+    assert settings["sampler"] == "ddim" and json.loads(json.dumps(settings)) == settings
+    with torch.no_grad():
+        next(segmenter.parameters()).view(-1)[0] += 1e-3
+    changed = Predictor(segmenter, device="cpu").output_settings(options, seed=0, augment=1, weight_sets=1)
+    assert changed["weights"] != settings["weights"] and {k for k in settings if settings[k] != changed[k]} == {
+        "weights"
+    }
