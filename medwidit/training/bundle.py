@@ -279,6 +279,8 @@ def _medwidit_check(error: BaseException | None) -> BaseException | None:
     package, seen = PACKAGE, set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if (check := _worker_check(error)) is not None:
+            return check
         if isinstance(error, ONE_LINE_ERRORS) and error.__traceback__ is not None:
             last = error.__traceback__
             while last.tb_next is not None:
@@ -289,6 +291,54 @@ def _medwidit_check(error: BaseException | None) -> BaseException | None:
                 return error
         error = error.__cause__
     return None
+
+
+# torch's DataLoader re-raises a worker's error in the main process as a new exception whose message is the worker's
+# traceback as text (the exception object itself does not cross the process boundary)
+WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal (Traceback .*)", re.DOTALL)
+CAUSE = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+CONTEXT = "\n\nDuring handling of the above exception, another exception occurred:\n\n"
+FRAME = re.compile(r'  File "(.+)", line \d+, in ')
+RAISED = re.compile(r"([\w.]+): (.*)", re.DOTALL)  # the exception's line: its (qualified) class name and message
+
+
+def _worker_check(error: BaseException) -> BaseException | None:
+    """:func:`_medwidit_check` for an error raised in a DataLoader worker (a generator's check of a label map during
+    training), read from the traceback text torch's re-raised error carries: the outermost exception of the worker's
+    chain of direct causes whose last frame is a ``raise`` line of medwidit's code and whose class is one of
+    ``ONE_LINE_ERRORS`` -> that class with its message, or None."""
+    found = WORKER_ERROR.match(str(error))
+    if found is None:
+        return None
+    parts = re.split(f"({re.escape(CAUSE)}|{re.escape(CONTEXT)})", found.group(1))
+    blocks, links = parts[0::2], parts[1::2]  # innermost first; links[i] joins blocks[i] and blocks[i + 1]
+    for i in range(len(blocks) - 1, -1, -1):
+        if (check := _raised_check(blocks[i])) is not None:
+            return check
+        if i == 0 or links[i - 1] != CAUSE:  # a context, not a cause: the later error is the news
+            return None
+    return None
+
+
+def _raised_check(block: str) -> BaseException | None:
+    """One exception of a traceback's text -> the check it reports (:func:`_worker_check`), or None."""
+    lines = block.rstrip("\n").split("\n")
+    frames = [i for i, line in enumerate(lines) if FRAME.match(line)]
+    if not frames or frames[-1] + 1 >= len(lines):
+        return None
+    last = frames[-1]
+    filename, code = FRAME.match(lines[last]).group(1), lines[last + 1].strip()
+    rest = [line for line in lines[last + 2 :] if not (line.startswith(" ") and set(line.strip()) <= set("^~"))]
+    raised = RAISED.fullmatch("\n".join(rest))
+    if raised is None or not code.startswith("raise") or not Path(filename).resolve().is_relative_to(PACKAGE):
+        return None
+    module, _, name = raised.group(1).rpartition(".")
+    kind = {kind.__name__: kind for kind in ONE_LINE_ERRORS}.get(name) if not module else None
+    if module.startswith("medwidit."):  # one of medwidit's own classes (MissingDataError), where it is a check's
+        kind = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(kind, type) and issubclass(kind, ONE_LINE_ERRORS)):
+        return None
+    return kind(raised.group(2))
 
 
 def _under_monai_bundle_cli() -> bool:

@@ -490,6 +490,68 @@ def test_only_medwidits_own_checks_are_cut_to_one_line(tmp_path, monkeypatch):
     assert issubclass(MissingDataError, Exception)
 
 
+class _WorkerDataset(torch.utils.data.Dataset):
+    """One item whose transform (inside MONAI's Compose, as a training pipeline runs it) calls ``call``."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        from monai.transforms import Compose, Lambdad
+
+        return Compose([Lambdad("x", lambda value: self.call())])({"x": index})
+
+
+def _worker_error(call):
+    try:
+        next(iter(torch.utils.data.DataLoader(_WorkerDataset(call), num_workers=1)))
+    except Exception as e:
+        return e
+    raise AssertionError("the worker raised nothing")
+
+
+def _empty_label_map():
+    from medwidit.data.synth import _label_index
+
+    _label_index({"label": torch.zeros(0)}, "label", 3)
+
+
+def _own_check_then_bug():
+    from medwidit.utils import check_int
+
+    try:
+        check_int("crop_count", -1)
+    except ValueError:
+        {}["missing"]
+
+
+def test_a_check_failing_in_a_dataloader_worker_is_one_line(capsys):
+    """A check of medwidit's raised in a DataLoader worker (a generator's check of a label map mid-training) came
+    back as torch's re-raised RuntimeError, its message the worker's whole traceback as text: monai.bundle run
+    printed both tracebacks (found by a review; left alone then)."""
+    from medwidit.training.bundle import _medwidit_check, one_line_errors
+    from medwidit.utils import check_int
+
+    error = _worker_error(lambda: check_int("crop_count", -1))
+    assert type(error) is RuntimeError and "Original Traceback" in str(error)
+    check = _medwidit_check(error)
+    assert type(check) is ValueError and str(check) == "crop_count must be an int >= 1, got -1."
+    synthesis = _medwidit_check(_worker_error(_empty_label_map))  # one of medwidit's own classes, by its name
+    assert type(synthesis).__name__ == "SynthesisError" and "the label map has no voxels" in str(synthesis)
+    assert _medwidit_check(_worker_error(lambda: int("x"))) is None  # Python's own ValueError: a bug's traceback
+    assert _medwidit_check(_worker_error(_own_check_then_bug)) is None  # a KeyError while ours was handled
+    previous = sys.excepthook
+    try:
+        one_line_errors()
+        sys.excepthook(type(error), error, error.__traceback__)
+    finally:
+        sys.excepthook = previous
+    assert capsys.readouterr().err == "medwidit: error: crop_count must be an int >= 1, got -1.\n"
+
+
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
     segmenter = tiny_segmenter(num_classes=3)
     network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)
