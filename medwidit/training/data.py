@@ -140,10 +140,13 @@ def load_data_list(
     num_classes: int | None = None,
     num_modalities: int | None = None,
     grids: dict | None = None,
+    reoriented: bool = False,
 ) -> list[dict]:
     """Read one split of a decathlon-style data list and check that every file it names exists, that each label
     lies on its image's grid (from the headers) and holds whole class indices (in 0..``num_classes``-1 where given),
-    and that each image has ``num_modalities`` channels where given.
+    and that each image has ``num_modalities`` channels where given. ``reoriented``: the pipeline reorients image and
+    label alike (``preprocessing["orientation"]``), so a label on its image's grid with the voxels stored in another
+    order (LAS against RAS) fits too.
 
     ``grids``, where given, receives each image's ``image_grid`` (shape, affine) by its path, as read for the checks.
 
@@ -168,7 +171,7 @@ def load_data_list(
             )
         if grids is not None:
             grids[str(item["image"])] = image_geometry
-        _check_same_grid(where, item["image"], image_geometry, item["label"], spatial_dims)
+        _check_same_grid(where, item["image"], image_geometry, item["label"], spatial_dims, reordered=reoriented)
         channels = int(np.prod(image_geometry[0][spatial_dims:], dtype=np.int64))
         if num_modalities is not None and channels != num_modalities:
             raise ValueError(
@@ -199,18 +202,51 @@ def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
         )
 
 
-def _check_same_grid(where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3) -> None:
+def _voxel_reorder(shape: tuple, affine: np.ndarray, other_shape: tuple, other_affine: np.ndarray, atol: float) -> bool:
+    """Whether the grid (``other_shape``, ``other_affine``) is the grid (``shape``, ``affine``) with its voxels stored
+    in another order (axes swapped or flipped: one lattice, e.g. LAS against RAS), within ``atol`` mm."""
+    n = len(shape)
+    if len(other_shape) != n or sorted(shape) != sorted(other_shape):
+        return False
+    affine, other_affine = np.asarray(affine, dtype=np.float64), np.asarray(other_affine, dtype=np.float64)
+    # the other grid's voxel axes in this grid's voxel units: a signed permutation where it is a reordering
+    axes = np.linalg.solve(affine[:n, :n], other_affine[:n, :n])
+    order = np.round(axes).astype(int)
+    if sorted(np.abs(order).sum(axis=0).tolist()) != [1] * n or not (np.abs(order).sum(axis=1) == 1).all():
+        return False
+    reorder = np.eye(n + 1)
+    reorder[:n, :n] = order
+    for j in range(n):  # a flipped axis starts at the other end
+        i = int(np.nonzero(order[:, j])[0][0])
+        if other_shape[j] != shape[i]:
+            return False
+        reorder[i, n] = 0 if order[i, j] > 0 else shape[i] - 1
+    return np.allclose(affine @ reorder, other_affine, rtol=0, atol=atol)
+
+
+def _check_same_grid(
+    where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3, *, reordered=False
+) -> None:
     """ValueError unless ``label`` has the spatial shape (``spatial_dims`` axes; the image may add channels) and,
-    within ``atol`` mm, the affine of ``image`` (whose ``image_grid`` the caller read once); ``where`` = (argument,
-    data list, entry) for the message."""
+    within ``atol`` mm, the affine of ``image`` (whose ``image_grid`` the caller read once); with ``reordered`` (the
+    pipeline reorients image and label alike, or never reads the image), also the image's grid with its voxels
+    stored in another order. ``where`` = (argument, data list, entry) for the message."""
     argument, data_list, entry = where
     (image_shape, image_affine), (label_shape, label_affine) = image_geometry, image_grid(label, spatial_dims)
     image_shape = image_shape[:spatial_dims]  # a channel axis after the spatial ones is the image's own
     comparable = image_affine is not None and label_affine is not None  # pictures (PNG, ...) have no world grid
     if image_shape == label_shape and (not comparable or np.allclose(image_affine, label_affine, rtol=0, atol=atol)):
         return
+    same_lattice = comparable and _voxel_reorder(image_shape, image_affine, label_shape, label_affine, atol)
+    if same_lattice and reordered:
+        return
     if len(label_shape) != spatial_dims:
         problem = f"has {len(label_shape)} axes {label_shape} where the task's images have {spatial_dims}"
+    elif same_lattice:
+        problem = (
+            f"is the grid of image {str(image)!r} with its voxels in another order, and preprocessing['orientation'] "
+            "is null (nothing reorients them alike); set an orientation (e.g. 'RAS') or reorient the label"
+        )
     else:
 
         def grid(shape, affine) -> str:
@@ -218,6 +254,8 @@ def _check_same_grid(where: tuple, image, image_geometry: tuple, label, spatial_
 
         problem = f"({grid(label_shape, label_affine)}) is not on the grid of image {str(image)!r} "
         problem += f"({grid(image_shape, image_affine)})"
+    if same_lattice:
+        raise ValueError(f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r} {problem}.")
     nifti = {str(f).lower().endswith((".nii", ".nii.gz")) for f in (image, label)}
     hint = "; a NIfTI's sform and qform may disagree (nibabel reads the sform, ITK the qform)" if len(nifti) > 1 else ""
     raise ValueError(
@@ -249,7 +287,7 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
                     _check_exists("synth_data_list", data_list, f"{key}[{index}]", "image", item["image"])
                     geometry = image_grid(item["image"])
                 where = ("synth_data_list", data_list, f"{key}[{index}] {name}")
-                _check_same_grid(where, item["image"], geometry, path, 3)
+                _check_same_grid(where, item["image"], geometry, path, 3, reordered=True)  # the image is not read
             maps.append({"label": str(path)})
     return maps
 
@@ -597,7 +635,7 @@ class SegmentationDataModule(L.LightningDataModule):
                 items = load_data_list(
                     self.data_list, key, base_dir=self.dataset_dir, spatial_dims=len(self.roi_size),
                     num_classes=self.num_classes, num_modalities=self.preprocessing.get("num_modalities"),
-                    grids=self._grids,
+                    grids=self._grids, reoriented=self.preprocessing.get("orientation") is not None,
                 )  # fmt: skip
             self._items[split] = items
         return self._items[split]

@@ -171,6 +171,50 @@ def test_a_label_off_its_images_grid_fails_at_setup_naming_it(tmp_path, change):
     assert str(data_list) in str(error.value) and item["image"] in str(error.value)
 
 
+def test_a_label_stored_in_another_voxel_order_fits_when_the_pipeline_reorients_both(tmp_path):
+    """A label on its image's grid but stored LPI where the image is RAS (one lattice, as another tool writes it) was
+    refused as "not on the grid", though Orientationd turns both alike; it fits now, and the voxels reach training
+    as the RAS-stored label's do. With orientation null nothing turns them: refused, saying so."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    data_list = write_dataset(tmp_path, num_train=1, num_val=1, shape=(24, 20, 16))
+    listing = json.loads(data_list.read_text())
+    stored = nib.load(str(tmp_path / listing["validation"][0]["label"]))
+    stored = nib.Nifti1Image(np.asarray(stored.dataobj), np.diag([2.0, 1.0, 1.5, 1.0]) @ stored.affine)
+    nib.save(stored, str(tmp_path / "ras_label.nii.gz"))
+    image = nib.load(str(tmp_path / listing["validation"][0]["image"]))
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), stored.affine), str(tmp_path / "ras_image.nii.gz"))
+    reordered = stored.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("PIL")))
+    assert reordered.shape != stored.shape and nib.aff2axcodes(reordered.affine) == ("P", "I", "L")
+    nib.save(reordered, str(tmp_path / "pil_label.nii.gz"))
+
+    def validation_label(label, **preprocessing):
+        case = {"image": "ras_image.nii.gz", "label": label}
+        path = tmp_path / f"list_{label}.json"
+        path.write_text(json.dumps({"training": [case], "validation": [case]}))
+        options = {"batch_size": 1, "num_crops": 1, "num_workers": 0, "cache": "none"}
+        dm = SegmentationDataModule(
+            data_list=path, preprocessing={**PREPROCESSING_3D, **preprocessing}, roi_size=[16, 16, 16], **options
+        )
+        dm.setup("fit")
+        return dm.val_dataset[0]["label"]
+
+    torch.testing.assert_close(validation_label("pil_label.nii.gz"), validation_label("ras_label.nii.gz"))
+    with pytest.raises(ValueError, match=r"pil_label.nii.gz' is the grid of image .* in another order, and prepro"):
+        validation_label("pil_label.nii.gz", orientation=None)
+    moved = nib.Nifti1Image(np.asarray(reordered.dataobj), reordered.affine @ np.diag([1.0, 1.0, -1.0, 1.0]))
+    nib.save(moved, str(tmp_path / "flipped_label.nii.gz"))  # a flip without its shift: another lattice
+    with pytest.raises(ValueError, match=r"flipped_label.nii.gz' \(shape .* is not on the grid of image"):
+        validation_label("flipped_label.nii.gz")
+    # a label-map list for the generator: its image is never read, the map is painted on its own grid
+    from medwidit.training.data import load_label_maps
+
+    maps = tmp_path / "maps.json"
+    maps.write_text(json.dumps({"training": [{"image": "ras_image.nii.gz", "label": "pil_label.nii.gz"}]}))
+    assert load_label_maps(maps, "training") == [{"label": str(tmp_path / "pil_label.nii.gz")}]
+
+
 def test_image_grid_reads_headers_alike_across_formats(tmp_path):
     import nibabel as nib
     import numpy as np
