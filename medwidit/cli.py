@@ -54,10 +54,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _configure(args: argparse.Namespace) -> None:
-    """Process-wide settings live here only: logging, torch threads, cuDNN autotuning."""
-    import torch
-
+def _configure_logging(args: argparse.Namespace) -> None:
+    """medwidit's lines on stderr, one per message, at ``-v`` / ``-q``'s level (before any heavy import, so that an
+    interruption during the imports is said as one too)."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = _AboveProgressBars()
     handler.setFormatter(_OneLine())
@@ -65,6 +64,12 @@ def _configure(args: argparse.Namespace) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def _configure(args: argparse.Namespace) -> None:
+    """Process-wide settings live here only: torch threads, cuDNN autotuning, ITK's own warnings."""
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.verbose:
@@ -390,22 +395,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted by Ctrl-C, 143 by SIGTERM)."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the run record
-    _configure(args)
-    from medwidit.inference.io import InputError, OutputError
-
+    _configure_logging(args)
     try:
+        # the imports take seconds: Ctrl-C there printed Python's traceback, SIGTERM ended the process unsaid
         with _sigterm_as_interrupt():
-            return {"segment": _segment, "demo": _demo, "export": _export}[args.command](args)
-    except (InputError, OutputError, ValueError, TypeError) as e:  # bad input or options: one line, no traceback
-        logger.debug("failed", exc_info=True)
-        logger.error("%s", e)
-        return EXIT_FAILED
+            _configure(args)
+            return _run(args)
     except Terminated:
         logger.error("terminated (SIGTERM).")
         return EXIT_TERMINATED
     except KeyboardInterrupt:  # the predictor has said which case was cut short and what it removed
         logger.error("interrupted.")
         return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command itself; bad input or options are one line, no traceback."""
+    from medwidit.inference.io import InputError, OutputError
+
+    try:
+        return {"segment": _segment, "demo": _demo, "export": _export}[args.command](args)
+    except (InputError, OutputError, ValueError, TypeError) as e:
+        logger.debug("failed", exc_info=True)
+        logger.error("%s", e)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

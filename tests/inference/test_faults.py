@@ -330,6 +330,30 @@ def test_sigterm_is_handled_as_an_interrupt(setup):
     assert record["status"] == "interrupted" and record["error"] == "terminated by SIGTERM"
 
 
+SIGNAL_DURING_START = """
+import os, signal, sys, torch
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background job inherits it ignored)
+torch.set_num_threads = lambda n: os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # while the CLI starts
+from medwidit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("name", "status", "line"), [("SIGTERM", 143, "terminated (SIGTERM)."),
+                                                      ("SIGINT", 130, "interrupted.")])  # fmt: skip
+def test_a_signal_while_the_cli_starts_ends_it_as_during_a_case(setup, name, status, line):
+    """Ctrl-C while the CLI imported torch and set its threads printed Python's traceback, and SIGTERM there ended
+    the process with a raw signal status (-15): the handlers and the one-line report only began after start-up."""
+    tmp_path, inputs, _ = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    run = run_cli(["-c", SIGNAL_DURING_START, name, *args, "--threads", "1"])
+    assert run.wait(timeout=300) == status
+    err = run.stderr.read()
+    assert err.strip().splitlines() == [f"medwidit: error: {line}"], err
+    assert not out.exists()
+
+
 def test_the_cli_puts_back_the_sigterm_handler_it_found(setup, monkeypatch):
     """``main`` handles SIGTERM only while it runs: a notebook's or a caller's own handler comes back, and an
     ignored SIGTERM stays ignored throughout (no handler is set over it, as Python leaves an ignored SIGINT)."""
