@@ -36,7 +36,7 @@ from monai.transforms.utils import distance_transform_edt
 from torchmetrics.functional.classification import binary_auroc
 
 from medwidit.diffusion.encoding import class_index
-from medwidit.utils import atomic_write, check_bool, check_int
+from medwidit.utils import atomic_write, check_bool, check_int, voxel_reorder
 
 __all__ = [
     "auroc",
@@ -284,9 +284,11 @@ def evaluate_files(
     """Dice per class between predicted and ground-truth label files, case by case, on the label's own grid.
 
     A prediction must have its label's shape and affine (within ``atol``: predictions are written with the input's
-    geometry). Returns ``{"num_cases", "class_names", "mean": {name: dice}, "mean_foreground", "cases": [...]}``
-    and writes it as JSON to ``output_file`` (atomically) when given; an existing ``output_file`` is a
-    FileExistsError naming it, before anything is scored, unless ``overwrite``.
+    geometry), or be the label's grid with the voxels in another order (``utils.voxel_reorder``: a label stored LAS
+    beside an RAS image), which is scored voxel by voxel at the same points. Returns ``{"num_cases", "class_names",
+    "mean": {name: dice}, "mean_foreground", "cases": [...]}`` and writes it as JSON to ``output_file``
+    (atomically) when given; an existing ``output_file`` is a FileExistsError naming it, before anything is scored,
+    unless ``overwrite``.
     """
     overwrite = check_report(output_file, overwrite)
     if len(predictions) != len(labels) or not labels:
@@ -308,10 +310,15 @@ def evaluate_files(
                     "needs its 255 mapped to 1."
                 )
         if prediction.shape != label.shape or not np.allclose(pred_affine, label_affine, atol=atol):
-            raise ValueError(
-                f"prediction {pred_path} (shape {tuple(prediction.shape)}) is not on the grid of label {label_path} "
-                f"(shape {tuple(label.shape)}); predictions must keep the input's geometry."
-            )
+            reorder = voxel_reorder(prediction.shape[1:], pred_affine, label.shape[1:], label_affine, atol)
+            if reorder is None:
+                raise ValueError(
+                    f"prediction {pred_path} (shape {tuple(prediction.shape)}) is not on the grid of label "
+                    f"{label_path} (shape {tuple(label.shape)}); predictions must keep the input's geometry."
+                )
+            # the label's lattice in another voxel order (LAS against RAS): its voxels in the prediction's order
+            axes, flips = reorder
+            label = label.permute(0, *(a + 1 for a in axes)).flip([f + 1 for f in flips])
         dice = dice_per_class(prediction[None], label[None], num_classes)[0]  # (K,)
         scores.append(dice)
         cases.append({"prediction": str(pred_path), "label": str(label_path), "dice": _named(dice, names)})

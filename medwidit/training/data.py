@@ -49,7 +49,7 @@ from medwidit.data.transforms import (
     pad_to_crop,
     preprocessing_transforms,
 )
-from medwidit.utils import check_bool, check_int, check_interval, choose, image_grid, label_values
+from medwidit.utils import check_bool, check_int, check_interval, choose, image_grid, label_values, voxel_reorder
 
 from .synthetic import (
     check_label_maps,
@@ -202,28 +202,6 @@ def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
         )
 
 
-def _voxel_reorder(shape: tuple, affine: np.ndarray, other_shape: tuple, other_affine: np.ndarray, atol: float) -> bool:
-    """Whether the grid (``other_shape``, ``other_affine``) is the grid (``shape``, ``affine``) with its voxels stored
-    in another order (axes swapped or flipped: one lattice, e.g. LAS against RAS), within ``atol`` mm."""
-    n = len(shape)
-    if len(other_shape) != n or sorted(shape) != sorted(other_shape):
-        return False
-    affine, other_affine = np.asarray(affine, dtype=np.float64), np.asarray(other_affine, dtype=np.float64)
-    # the other grid's voxel axes in this grid's voxel units: a signed permutation where it is a reordering
-    axes = np.linalg.solve(affine[:n, :n], other_affine[:n, :n])
-    order = np.round(axes).astype(int)
-    if sorted(np.abs(order).sum(axis=0).tolist()) != [1] * n or not (np.abs(order).sum(axis=1) == 1).all():
-        return False
-    reorder = np.eye(n + 1)
-    reorder[:n, :n] = order
-    for j in range(n):  # a flipped axis starts at the other end
-        i = int(np.nonzero(order[:, j])[0][0])
-        if other_shape[j] != shape[i]:
-            return False
-        reorder[i, n] = 0 if order[i, j] > 0 else shape[i] - 1
-    return np.allclose(affine @ reorder, other_affine, rtol=0, atol=atol)
-
-
 def _check_same_grid(
     where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3, *, reordered=False
 ) -> None:
@@ -237,7 +215,7 @@ def _check_same_grid(
     comparable = image_affine is not None and label_affine is not None  # pictures (PNG, ...) have no world grid
     if image_shape == label_shape and (not comparable or np.allclose(image_affine, label_affine, rtol=0, atol=atol)):
         return
-    same_lattice = comparable and _voxel_reorder(image_shape, image_affine, label_shape, label_affine, atol)
+    same_lattice = comparable and voxel_reorder(image_shape, image_affine, label_shape, label_affine, atol) is not None
     if same_lattice and reordered:
         return
     if len(label_shape) != spatial_dims:

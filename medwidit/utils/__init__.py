@@ -13,7 +13,16 @@ from .checks import (
     is_finite_number,
     is_integer,
 )
-from .files import atomic_write, commit, image_grid, itk_ras_affine, label_values, sha256_file, temporary_path
+from .files import (
+    atomic_write,
+    commit,
+    image_grid,
+    itk_ras_affine,
+    label_values,
+    sha256_file,
+    temporary_path,
+    voxel_reorder,
+)
 from .numeric import wide_float
 
 __all__ = [
@@ -32,5 +41,6 @@ __all__ = [
     "itk_ras_affine",
     "sha256_file",
     "temporary_path",
+    "voxel_reorder",
     "wide_float",
 ]

@@ -200,6 +200,42 @@ def label_values(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: cannot read the label map ({' '.join(str(e).split())[-200:]}).") from e
 
 
+def voxel_reorder(
+    shape: tuple, affine, other_shape: tuple, other_affine, atol: float = 1e-3
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Where the grid (``other_shape``, ``other_affine``) is the grid (``shape``, ``affine``) with its voxels stored in
+    another order (axes swapped or flipped: one lattice, e.g. LAS against RAS; within ``atol`` mm): ``(axes, flips)``
+    such that ``np.flip(np.transpose(other, axes), flips)`` holds an array of the other grid in this grid's voxel
+    order; else None. The affines are (d + 1, d + 1) with d >= len(shape) (a 2-D image's is 4 x 4)."""
+    n = len(shape)
+    if len(other_shape) != n or sorted(shape) != sorted(other_shape):
+        return None
+    affine, other_affine = np.asarray(affine, dtype=np.float64), np.asarray(other_affine, dtype=np.float64)
+    if affine.shape != other_affine.shape:
+        return None
+    # the other grid's voxel axes in this grid's voxel units: a signed permutation where it is a reordering
+    try:
+        order = np.round(np.linalg.solve(affine[:n, :n], other_affine[:n, :n])).astype(int)
+    except np.linalg.LinAlgError:  # a singular grid: no lattice to compare
+        return None
+    if not ((np.abs(order).sum(axis=0) == 1).all() and (np.abs(order).sum(axis=1) == 1).all()):
+        return None
+    m = affine.shape[0] - 1  # the translation's column
+    reorder = np.eye(m + 1)
+    reorder[:n, :n] = order
+    axes = [0] * n
+    for j in range(n):  # the other grid's axis j is this grid's axis i, flipped where it starts at the other end
+        i = int(np.flatnonzero(order[:, j])[0])
+        if other_shape[j] != shape[i]:
+            return None
+        axes[i] = j
+        reorder[i, m] = 0 if order[i, j] > 0 else shape[i] - 1
+    if not np.allclose(affine @ reorder, other_affine, rtol=0, atol=atol):
+        return None
+    flips = tuple(i for i in range(n) if order[i, axes[i]] < 0)
+    return tuple(axes), flips
+
+
 def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[int, ...], list[list[float]] | None]:
     """(shape, RAS voxel-to-world affine) of an image from its header alone (NIfTI through nibabel, NRRD/MHA through
     SimpleITK; a DICOM series folder is read whole), so that two files' grids can be compared before any voxels are

@@ -276,3 +276,29 @@ def test_hd95_prints_no_warning_about_monais_own_code():
         warnings.simplefilter("error")
         scores = segmentation_metrics(np.roll(truth, 1, axis=0), truth, num_classes=2, spacing=(1.0, 1.0, 1.0))
     assert scores["hd95"][1] == pytest.approx(1.0)
+
+
+def test_evaluate_files_scores_a_label_stored_in_another_voxel_order_at_the_same_points(tmp_path):
+    """A label on the prediction's lattice but stored PIL against RAS (as another tool writes it) was refused as off
+    the grid; it is scored voxel by voxel at the same points now. A flip without its shift is another lattice."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    affine = np.diag([2.0, 1.0, 1.5, 1.0])
+    affine[:3, 3] = [-20.0, 5.0, 12.0]
+    label = np.zeros((16, 12, 10), np.int16)
+    label[4:12, 3:9, 2:7] = 1
+    label[4:6, 3:5, 2:4] = 2  # a corner: any wrong flip or swap moves it
+    prediction = label.copy()
+    prediction[10:12, 7:9, 5:7] = 0
+    nib.save(nib.Nifti1Image(prediction, affine), tmp_path / "pred.nii.gz")
+    stored = nib.Nifti1Image(label, affine)
+    nib.save(stored, tmp_path / "ras.nii.gz")
+    reordered = stored.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt("PIL")))
+    nib.save(reordered, tmp_path / "pil.nii.gz")
+    scored = [evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / f"{name}.nii.gz"], num_classes=3)["mean"]
+              for name in ("ras", "pil")]  # fmt: skip
+    assert scored[0] == scored[1] and scored[0]["class_2"] == 1.0 and scored[0]["class_1"] < 1.0
+    shifted = nib.Nifti1Image(np.asarray(reordered.dataobj), reordered.affine @ np.diag([1.0, 1.0, -1.0, 1.0]))
+    nib.save(shifted, tmp_path / "shifted.nii.gz")
+    with pytest.raises(ValueError, match=r"shifted.nii.gz \(shape \(1, 12, 10, 16\)\); predictions must keep"):
+        evaluate_files([tmp_path / "pred.nii.gz"], [tmp_path / "shifted.nii.gz"], num_classes=3)

@@ -532,3 +532,32 @@ def test_a_data_list_that_is_not_json_or_not_a_list_of_cases_says_so(tmp_path):
     data_list.write_text(json.dumps(listing))
     with pytest.raises(ValueError, match=r"two_image.nii.gz' has 2 channel\(s\) where .*'num_modalities'\] is 1"):
         _module(data_list, 3).setup("fit")  # it failed in the network's first call, naming neither
+
+
+def test_a_two_dimensional_label_in_another_voxel_order_fits_and_one_off_its_grid_is_named(tmp_path):
+    """From a review: the first version of the reorder check built a 3 x 3 matrix for a 2-D task's 4 x 4 affine, and
+    every label whose in-plane axes were a signed permutation of the image's (a flip, or a plain shift) failed in
+    numpy's matmul, naming no file."""
+    import nibabel as nib
+
+    affine = np.diag([0.8, 0.8, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, 0.0]
+    image = np.random.default_rng(0).random((24, 20)).astype(np.float32)
+    label = (image > 0.5).astype(np.uint8)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    shifted = affine.copy()
+    shifted[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(label, shifted), tmp_path / "shifted.nii.gz")
+    flipped = affine @ np.array([[-1.0, 0, 0, 23], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(label[::-1].copy(), flipped), tmp_path / "flipped.nii.gz")
+
+    def load(name, reoriented):
+        (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": "img.nii.gz", "label": name}]}))
+        return load_data_list(tmp_path / "list.json", "training", spatial_dims=2, reoriented=reoriented)
+
+    assert load("flipped.nii.gz", True)[0]["label"].endswith("flipped.nii.gz")
+    with pytest.raises(ValueError, match=r"flipped.nii.gz' is the grid of image .* in another order"):
+        load("flipped.nii.gz", False)
+    for reoriented in (False, True):
+        with pytest.raises(ValueError, match=r"shifted.nii.gz' \(shape \(24, 20\), affine .* is not on the grid"):
+            load("shifted.nii.gz", reoriented)
