@@ -328,8 +328,10 @@ def _raised_check(block: str) -> BaseException | None:
         return None
     last = frames[-1]
     filename, code = FRAME.match(lines[last]).group(1), lines[last + 1].strip()
-    rest = [line for line in lines[last + 2 :] if not (line.startswith(" ") and set(line.strip()) <= set("^~"))]
-    raised = RAISED.fullmatch("\n".join(rest))
+    # the exception's line is the first one after the frame that is not indented: the frame's code may follow on
+    # several lines (Python 3.13 prints a statement whole, "...<2 lines>..." in its middle) and carets under it
+    starts = [i for i in range(last + 2, len(lines)) if not lines[i].startswith(" ")]
+    raised = RAISED.fullmatch("\n".join(lines[starts[0] :])) if starts else None
     if raised is None or not code.startswith("raise") or not Path(filename).resolve().is_relative_to(PACKAGE):
         return None
     module, _, name = raised.group(1).rpartition(".")
