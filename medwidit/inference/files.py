@@ -35,6 +35,7 @@ from .outputs import (
     changed_settings,
     check_plan,
     finish_interrupted,
+    interrupted_settings,
     is_finished,
     output_path,
     plan_case,
@@ -235,7 +236,7 @@ def _predict_case(
         if case.problem is not None:
             raise InputError(case.problem)
         # an overwrite cut short (or killed): the case's earlier set back before anything, but what --continue finishes
-        restore_interrupted(plan, finish=resume)
+        restore_interrupted(plan, finish=resume, keep_other=resume and not overwrite)
         changed = changed_settings(plan) if resume and is_finished(plan) else None
         if changed == []:
             logger.info("%s: done before, skipped", case.name)
@@ -253,7 +254,13 @@ def _predict_case(
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
         if existing and not overwrite:
-            if resume:
+            if resume and (other := interrupted_settings(plan)):
+                hint = (
+                    f", but an interrupted run with other settings ({'; '.join(other)}) left this case unfinished; "
+                    "run with its settings and resume to finish it, or pass overwrite with resume to segment it again "
+                    f"{_spelled('overwrite', 'resume', joiner=' and ')}"
+                )
+            elif resume:
                 hint = (
                     " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
                     f"overwrite with resume to redo it {_spelled('overwrite', 'resume', joiner=' and ')}"

@@ -47,7 +47,9 @@ __all__ = [
     "changed_settings",
     "check_plan",
     "finish_interrupted",
+    "interrupted_settings",
     "restore_interrupted",
+    "settings_json",
     "staged_elsewhere",
     "image_files",
     "input_files",
@@ -146,7 +148,7 @@ def plan_case(
     of the kinds not written this time (``CasePlan.earlier``); ``settings``: the run's (``CasePlan.settings``)."""
     files = tuple(f for path in outputs for f in image_files(path))
     earlier = tuple(f for path in others for f in image_files(path) if f not in files)
-    settings = None if settings is None else json.loads(json.dumps(settings))  # as a marker reads them back
+    settings = None if settings is None else settings_json(settings)  # as a marker reads them back
     return CasePlan(name, files, Path(output_dir) / STATE_DIR / f"{name}.json", earlier, settings)
 
 
@@ -181,18 +183,34 @@ def is_finished(plan: CasePlan) -> bool:
     return isinstance(written, list) and all(f.name in written and f.is_file() for f in plan.files)
 
 
-def _differences(then, now) -> list[str]:
-    """Each setting whose value differs, "name now (then earlier)"; [] where either side has none to compare."""
-    if not isinstance(then, dict) or not isinstance(now, dict):
+def settings_json(settings: Mapping) -> dict:
+    """``settings`` as a marker holds them and reads them back: JSON values (numpy scalars and arrays as numbers and
+    lists, paths as text), so that one run's settings compare equal to themselves."""
+
+    def plain(value):
+        return value.tolist() if hasattr(value, "tolist") else str(value)
+
+    return json.loads(json.dumps(settings, default=plain))
+
+
+def _differences(then, now, name: str = "") -> list[str]:
+    """Each setting whose value differs, by its path ("preprocessing.bias_correction "n4" (then null)", "weights[1]
+    ..."); [] where either side has none to compare. A key only one side has is passed over: another medwidit
+    version's setting, not a change of this run's."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        keys = sorted(set(then) & set(now))
+        return [line for key in keys for line in _differences(then[key], now[key], f"{name}.{key}" if name else key)]
+    if isinstance(then, list) and isinstance(now, list) and len(then) == len(now) and name:
+        pairs = enumerate(zip(then, now, strict=True))
+        return [line for i, (a, b) in pairs for line in _differences(a, b, f"{name}[{i}]")]
+    if then == now or not name:
         return []
 
     def shown(value) -> str:
         text = json.dumps(value)
         return text if len(text) <= 40 else text[:37] + "..."
 
-    keys = sorted(set(then) | set(now))
-    changed = [key for key in keys if then.get(key) != now.get(key)]
-    return [f"{key} {shown(now.get(key))} (then {shown(then.get(key))})" for key in changed]
+    return [f"{name} {shown(now)} (then {shown(then)})"]
 
 
 def changed_settings(plan: CasePlan) -> list[str]:
@@ -357,26 +375,28 @@ def _restore(plan: CasePlan, staging: Path) -> None:
     logger.warning("%s: an overwrite was cut short; the case's earlier outputs are back in place.", plan.name)
 
 
-def restore_interrupted(plan: CasePlan, *, finish: bool = False) -> bool:
+def restore_interrupted(plan: CasePlan, *, finish: bool = False, keep_other: bool = False) -> bool:
     """Before anything else is done with ``plan``'s case: put back its earlier set where a gone run's overwrite (or
     that overwrite's restore) was cut short, its copies kept and the case without a marker (:func:`_restore`) ->
     whether it did; under the folder's lock. ``finish`` (``--continue``): a killed commit that had placed all its
-    files (:func:`_finishable`) is left for :func:`finish_interrupted` to finish."""
+    files (:func:`_finishable`) is left for :func:`finish_interrupted` to finish; ``keep_other`` (``--continue``
+    without ``--overwrite``): so is one of other settings, for a run with those settings to finish."""
     # a case with its marker has nothing to put back: no lock taken (another user's lock file may not be writable)
     if plan.marker is None or plan.marker.exists() or not _stagings(plan):
         return False
     with locked(plan.state_dir / "lock"):
-        return _restore_stale(plan, finish=finish)
+        return _restore_stale(plan, finish=finish, keep_other=keep_other)
 
 
-def _restore_stale(plan: CasePlan, *, finish: bool = False) -> bool:
+def _restore_stale(plan: CasePlan, *, finish: bool = False, keep_other: bool = False) -> bool:
     """:func:`restore_interrupted` for a caller that holds the folder's lock (a commit: so that it neither lands on
     half the earlier set nor sweeps the copies)."""
     if plan.marker.exists():
         return False
     restored = False
     for staging in _stagings(plan):
-        if "kept" not in _read_json(staging / MANIFEST) or (finish and _finishable(plan, staging)):
+        staged = _staged_commit(plan, staging) if finish or keep_other else None
+        if "kept" not in _read_json(staging / MANIFEST) or (finish and staged == []) or (keep_other and staged):
             continue
         try:
             with locked(staging / ".lock", blocking=False) as stale:
@@ -492,17 +512,25 @@ def _stagings(plan: CasePlan) -> list[Path]:
     return [staging for staging in found if _read_json(staging / MANIFEST).get("case") == plan.name]
 
 
-def _finishable(plan: CasePlan, staging: Path) -> bool:
-    """Whether the gone run's ``staging`` holds the commit of ``plan`` it had begun: its manifest lists every planned
-    file (written when the commit starts), each file already in place is its staged copy, and it names no other
-    settings than ``plan``'s (a run with other settings is not this run's to finish)."""
+def _staged_commit(plan: CasePlan, staging: Path) -> list[str] | None:
+    """Whether the gone run's ``staging`` holds a commit of ``plan``'s files it had begun (its manifest lists every
+    planned file, written when the commit starts, and each file already in place is its staged copy) -> the settings
+    in which that run differs from ``plan``'s (:func:`changed_settings`' lines; [] for none), or None where it does
+    not."""
     if (staging / RESTORING).exists():  # the user's Ctrl-C aborted that commit: its earlier set goes back instead
-        return False
-    names = sorted(f.name for f in plan.files)
+        return None
     manifest = _read_json(staging / MANIFEST)
-    if manifest.get("files") != names or _differences(manifest.get("settings"), plan.settings):
-        return False
-    return all(not f.exists() or _same(staging / f.name, f) for f in plan.files)
+    if manifest.get("files") != sorted(f.name for f in plan.files):
+        return None
+    if not all(not f.exists() or _same(staging / f.name, f) for f in plan.files):
+        return None
+    return _differences(manifest.get("settings"), plan.settings)
+
+
+def _finishable(plan: CasePlan, staging: Path) -> bool:
+    """Whether ``staging`` holds a commit of ``plan`` that this run may finish: one of its own settings (a run with
+    other settings is not this run's to finish)."""
+    return _staged_commit(plan, staging) == []
 
 
 def staged_elsewhere(plan: CasePlan) -> str | None:
@@ -521,23 +549,41 @@ def staged_elsewhere(plan: CasePlan) -> str | None:
     return found
 
 
+def interrupted_settings(plan: CasePlan) -> list[str]:
+    """Where a gone run with other settings left a commit of ``plan``'s case (kept by ``--continue`` without
+    ``--overwrite``, :func:`finish_interrupted`): how its settings differ from ``plan``'s; else []."""
+    for staging in _stagings(plan):
+        try:
+            with locked(staging / ".lock", blocking=False) as stale:
+                if stale and (differences := _staged_commit(plan, staging)):
+                    return differences
+        except FileNotFoundError:  # removed by another run since it was listed
+            continue
+    return []
+
+
 def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) -> bool:
     """Complete the commit an interrupted run left for ``plan`` (:func:`_finishable`) -> True; stale staging folders
     of the case are removed either way (only removed, without ``finish``), and where one is an overwrite killed while
     committing (its earlier outputs kept, the case without a marker) the case's earlier set is put back first
-    (:func:`_restore`). A staging folder whose run is alive (its flock held) is left alone."""
+    (:func:`_restore`). A staging folder whose run is alive (its flock held) is left alone, and so, with ``finish``
+    and without ``overwrite``, is a commit of other settings (:func:`interrupted_settings`): that run's to finish."""
     finished = False
     if not plan.state_dir.is_dir():
         return finished
+    keep_other = finish and not overwrite  # a commit of other settings: that run's to finish, or an overwrite's
     # the folder's lock first, then each staging flock without waiting: the order of a commit (_restore_stale), so
     # that no commit lands between this run's look at a staging folder and what it does with it
     with locked(plan.state_dir / "lock"):
-        _restore_stale(plan, finish=finish)  # an overwrite killed while committing (or its restore): put back
+        # an overwrite killed while committing (or its restore): put back
+        _restore_stale(plan, finish=finish, keep_other=keep_other)
         for staging in _stagings(plan):
             try:
                 with locked(staging / ".lock", blocking=False) as stale:
                     if not stale:
                         continue  # a live run's
+                    if keep_other and _staged_commit(plan, staging):
+                        continue  # interrupted_settings names it
                     if finish and not finished and _finishable(plan, staging):
                         _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
                         finished = True

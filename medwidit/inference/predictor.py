@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.diffusion.ensemble import check_generator
 from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
 from medwidit.nets.contract import network_size_multiple
-from medwidit.utils import check_bool, check_int
+from medwidit.utils import check_bool, check_int, sha256_file
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, network_voxels, template_dice
 from .calibration import (
@@ -75,6 +74,7 @@ from .options import (
     resolve_device,
     sampling_defaults,
 )
+from .outputs import settings_json
 from .postprocess import (
     apply_label_postprocessing,
     bundle_label_postprocessing,
@@ -871,14 +871,19 @@ class Predictor:
     def output_settings(self, options: Mapping, *, seed: int, augment: int, weight_sets: int) -> dict:
         """What a case's outputs depend on, as JSON values: a digest of each set of weights sampled, the sampling
         ``options`` (``sampling_options``'s), ``seed``, ``augment``, ``weight_sets``, and this predictor's pre- and
-        post-processing, views, localization, atlas prior and calibration; not where it runs (device, precision,
-        windows). A case's marker keeps them, so that ``resume`` never takes a case finished otherwise for this
-        run's (``outputs.changed_settings``)."""
-        sampler = options["sampler"] or DEFAULT_SAMPLER[self.segmenter.scheduler_name]
+        post-processing, views, localization, atlas prior (its files by content), calibration, expected volumes and
+        class names; not where it runs (device, precision, windows). A case's marker keeps them, so that ``resume``
+        never takes a case finished otherwise for this run's (``outputs.changed_settings``)."""
         prior = self.atlas_prior
+        if prior is not None:  # by content: one template under another name or folder is the same prior, and the
+            # same name over another file is not
+            prior = {**prior, **{key: sha256_file(prior[key]) for key in ("image", "label")}}
+        calibration = self.quality_calibration
+        if isinstance(calibration, Mapping):  # where it was chosen is a note, not a setting
+            calibration = {key: value for key, value in calibration.items() if key != "chosen_on"}
         settings = {
             **options,
-            "sampler": sampler,
+            "sampler": options["sampler"] or DEFAULT_SAMPLER[self.segmenter.scheduler_name],
             "seed": seed,
             "augment": augment,
             "weight_sets": weight_sets,
@@ -888,12 +893,13 @@ class Predictor:
             "probability_smoothing": self.probability_smoothing,
             "view_options": self.view_options if augment > 1 else None,
             "localization": self.localization,
-            # the template's file names, not their folder: one bundle installed elsewhere is the same prior
-            "atlas_prior": None if prior is None else {**prior, **{k: Path(prior[k]).name for k in ("image", "label")}},
-            "quality_calibration": self.quality_calibration,
+            "atlas_prior": prior,
+            "quality_calibration": calibration,
             "bias_retry": self.warn_dice if self.bias_retry else None,  # the threshold below which a case is retried
+            "expected_volume_ml": self.expected_volume_ml,  # the quality report's and the calibration's
+            "class_names": self.class_names,  # the statistics' names
         }
-        return json.loads(json.dumps(settings, default=str))
+        return settings_json(settings)
 
     def resolve_augment(self, augment: int | None) -> int:
         """Test-time views per case: ``augment``, or ``sampling_defaults``'s when None (a ValueError unless an int

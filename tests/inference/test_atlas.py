@@ -773,3 +773,31 @@ def test_the_report_gives_the_written_labels_dice_with_the_template_mask_whether
     uncut = _prior_predictor(tmp_path, monkeypatch, ~region, mask=mask).segment(path, **FAST)  # holds only the blob
     assert not uncut.quality["atlas_prior"]["applied"] and uncut.label_map[26:].any()
     assert uncut.quality["atlas_prior"]["template_dice"] == pytest.approx(_dice(uncut.label_map > 0, mask))
+
+
+def test_the_output_settings_name_the_atlas_prior_by_its_files_content(tmp_path):
+    """A review found the prior compared by its files' names: an empty brain mask under the bundle's name read as the
+    same settings, and --continue kept cases of the earlier template. By content: the same files under another folder
+    are the same prior, another file under the same name is not."""
+    import shutil
+
+    from medwidit.inference.options import sampling_options
+
+    files, *_ = _template(tmp_path)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    copies = {key: shutil.copy(path, moved / path.name) for key, path in files.items()}
+    options = sampling_options(1, 1, 0.25, None, 0.0, 1.0)
+
+    def settings(prior_files):
+        prior = {**prior_files, "margin_mm": 5}
+        predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), device="cpu", atlas_prior=prior)
+        return predictor.output_settings(options, seed=0, augment=1, weight_sets=1)
+
+    first = settings(files)
+    assert settings(copies) == first and first["atlas_prior"]["margin_mm"] == 5.0
+    label = nib.load(copies["label"])
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), copies["label"])
+    changed = settings(copies)
+    assert changed["atlas_prior"]["label"] != first["atlas_prior"]["label"]
+    assert changed["atlas_prior"]["image"] == first["atlas_prior"]["image"]

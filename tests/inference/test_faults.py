@@ -216,6 +216,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+KILL_AT_THE_MARKER = """
+import os, signal, sys
+from medwidit.inference import outputs
+outputs._write_marker = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # every file placed, no marker yet
+from medwidit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_kill_between_commits_is_unfinished_and_continue_finishes_it(setup):
     tmp_path, inputs, predictor = setup
     out = tmp_path / "out"
@@ -1266,11 +1275,19 @@ def test_continue_skips_a_case_whose_marker_names_no_settings(setup):
     assert predictor.predict_from_files(inputs, out, resume=True, seed=3, **FAST)[0].status == "skipped"
 
 
-def test_continue_finishes_no_killed_commit_of_other_settings(tmp_path, monkeypatch):
-    """A killed overwrite had placed all its files; --continue with other settings finished it as its own (the
-    case then read as finished by this run). Now the earlier set goes back, its settings in its marker, and the
-    run with the killed run's own settings still finishes it."""
-    from medwidit.inference.outputs import changed_settings, finish_interrupted, is_finished, plan_case
+def test_continue_finishes_no_killed_commit_of_other_settings_and_keeps_it_for_its_own(tmp_path, monkeypatch):
+    """A killed overwrite had placed all its files; --continue with other settings finished it as its own (the case
+    then read as finished by this run). It is kept now for a run with its own settings, named by
+    interrupted_settings (a review found the first version deleting it, so that the killed run's own --continue could
+    no longer finish it); --overwrite --continue puts the earlier set back and segments the case again."""
+    from medwidit.inference.outputs import (
+        changed_settings,
+        finish_interrupted,
+        interrupted_settings,
+        is_finished,
+        plan_case,
+        restore_interrupted,
+    )
 
     out = tmp_path / "out"
     out.mkdir()
@@ -1279,13 +1296,87 @@ def test_continue_finishes_no_killed_commit_of_other_settings(tmp_path, monkeypa
     _commit_case(earlier, "old", overwrite=False)
     killed = plan_case(out, "x", files, others, settings={"seed": 1})
     _kill_overwrite(killed, monkeypatch, after_files=2)  # both files placed, killed at the marker
+    placed = _contents(out)
 
     other = plan_case(out, "x", files, others, settings={"seed": 2})
+    assert not restore_interrupted(other, finish=True, keep_other=True)
     assert not finish_interrupted(other, overwrite=False, finish=True)
-    assert _contents(out) == {name: f"old {name}" for name in ("x.nii.gz", "x_uncertainty.nii.gz")}
-    assert is_finished(earlier) and changed_settings(earlier) == [] and hidden_leftovers(out) == []
-
-    _kill_overwrite(killed, monkeypatch, after_files=2)
+    assert _contents(out) == placed and interrupted_settings(other) == ["seed 2 (then 1)"]
+    assert interrupted_settings(killed) == []
     assert finish_interrupted(killed, overwrite=False, finish=True)
     assert _contents(out) == {name: f"new {name}" for name in ("x.nii.gz", "x_probabilities.nii.gz")}
     assert is_finished(killed) and changed_settings(killed) == [] and changed_settings(other) == ["seed 2 (then 1)"]
+    assert hidden_leftovers(out) == []
+
+    earlier = plan_case(out, "x", [out / "x.nii.gz", out / "x_uncertainty.nii.gz"], files[1:], settings={"seed": 0})
+    _commit_case(earlier, "old", overwrite=True)  # the seed-0 set again, then the seed-1 overwrite killed again
+    _kill_overwrite(killed, monkeypatch, after_files=2)
+    assert not finish_interrupted(other, overwrite=True, finish=True)  # --overwrite --continue: the earlier set back
+    assert _contents(out) == {name: f"old {name}" for name in ("x.nii.gz", "x_uncertainty.nii.gz")}
+    assert is_finished(earlier) and changed_settings(earlier) == [] and hidden_leftovers(out) == []
+
+
+def test_continue_with_other_settings_names_a_killed_commit_and_leaves_it_to_its_run(setup):
+    """The review's case end to end: a seed-0 run killed at its marker, then a seed-1 --continue (refused, naming the
+    seeds, the staged commit kept), then the seed-0 --continue, which finishes it."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    killed = run_cli(["-c", KILL_AT_THE_MARKER, *args, "--seed", "0"])
+    assert killed.wait(timeout=300) == -9
+    staged = hidden_leftovers(out)
+    assert len(staged) == 1 and visible(out) == ["scan.nii.gz"]
+
+    refused = predictor.predict_from_files(inputs, out, resume=True, seed=1, progress=False, **FAST)[0]
+    assert refused.status == "failed"
+    assert "an interrupted run with other settings (seed 1 (then 0)) left this case unfinished" in refused.message
+    assert hidden_leftovers(out) == staged
+    finished = predictor.predict_from_files(inputs, out, resume=True, seed=0, progress=False, **FAST)[0]
+    assert (finished.status, finished.message) == ("done", "finished an interrupted commit")
+    assert hidden_leftovers(out) == []
+    redone = predictor.predict_from_files(inputs, out, resume=True, overwrite=True, seed=1, progress=False, **FAST)
+    assert redone[0].status == "done" and redone[0].message is None
+
+
+def test_settings_differences_name_the_changed_leaf_and_pass_over_keys_one_side_lacks():
+    """From a review: each value was cut to 37 characters of JSON, so a change deep in a dict showed the same text on
+    both sides ("preprocessing {"orientation": "RAS", "spacing": [2.... (then ...)"); and a key another medwidit
+    version adds would have marked every finished case as changed."""
+    from medwidit.inference.outputs import _differences
+
+    then = {"preprocessing": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "bias_correction": None},
+            "weights": ["a" * 64, "b" * 64], "seed": 0, "older_key": 1}  # fmt: skip
+    now = {"preprocessing": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "bias_correction": "n4"},
+           "weights": ["a" * 64, "c" * 64], "seed": 0, "newer_key": 2}  # fmt: skip
+    assert _differences(then, now) == [
+        'preprocessing.bias_correction "n4" (then null)',
+        f'weights[1] "{"c" * 36}... (then "{"b" * 36}...)',
+    ]
+    assert _differences(then, then) == [] and _differences(None, now) == [] and _differences(then, {}) == []
+
+
+def test_numpy_settings_compare_equal_to_plain_ones(setup):
+    """From a review: numpy scalars went through json's default=str, so a run with steps=np.int64(1) stored "1" and
+    the same run resumed with steps=1 was refused as "steps 1 (then "1")"."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    first = predictor.predict_from_files(inputs, out, steps=np.int64(1), num_samples=1, eta=np.float32(0.0),
+                                         progress=False)  # fmt: skip
+    assert first[0].status == "done"
+    again = predictor.predict_from_files(inputs, out, resume=True, steps=1, num_samples=1, eta=0.0, progress=False)
+    assert again[0].status == "skipped", again[0].message
+
+
+def test_output_settings_hold_the_expected_volumes_and_class_names(setup):
+    """From a review: both change what is written (the quality report's unexpected volumes and, through the
+    calibration, the retry; the statistics' names), and --continue kept cases written without them."""
+    from medwidit.diffusion import load_segmenter
+    from medwidit.inference.options import sampling_options
+
+    tmp_path, inputs, predictor = setup
+    options = sampling_options(1, 1, 0.25, None, 0.0, 1.0)
+    plain = predictor.output_settings(options, seed=0, augment=1, weight_sets=1)
+    segmenter = load_segmenter(tmp_path / "model.pt")[0]
+    named = Predictor(segmenter, device="cpu", expected_volume_ml={"1": [1, 2]}, class_names=["bg", "a"])
+    other = named.output_settings(options, seed=0, augment=1, weight_sets=1)
+    assert other["expected_volume_ml"] != plain["expected_volume_ml"] and other["class_names"] == ["bg", "a"]
