@@ -142,7 +142,7 @@ def predict_from_files(
     shared_steps = predictor.resolve_shared_steps(shared_steps, sampling[0])
     options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
     predictor.check_options(**options)
-    check_int("seed", seed, low=0)
+    seed = check_int("seed", seed, low=0)  # numpy's integers too: torch's manual_seed takes a plain int
     augment = predictor.resolve_augment(augment)
     weight_sets = len(predictor.select_weights(weight_sets))
     if isinstance(warn_dice, str) and warn_dice != "predictor":
