@@ -91,7 +91,8 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         if not isinstance(spec[key], (str, os.PathLike)):
             raise ValueError(f"{source}: {key} file must be a path, got {spec[key]!r}.")
         path = Path(spec[key])
-        path = path if path.is_absolute() or root is None else Path(root) / path
+        # absolute: the run reads (and its settings digest) the files later, whatever the working folder is then
+        path = (path if path.is_absolute() or root is None else Path(root) / path).absolute()
         if not path.is_file():
             raise ValueError(f"{source}: {key} file {path} does not exist.")
         try:

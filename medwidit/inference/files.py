@@ -254,11 +254,11 @@ def _predict_case(
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
         if existing and not overwrite:
-            if resume and (other := interrupted_settings(plan)):
+            if other := interrupted_settings(plan):
                 hint = (
-                    f", but an interrupted run with other settings ({'; '.join(other)}) left this case unfinished; "
-                    "run with its settings and resume to finish it, or pass overwrite with resume to segment it again "
-                    f"{_spelled('overwrite', 'resume', joiner=' and ')}"
+                    f", but an interrupted run with other settings or outputs ({'; '.join(other)}) left this case "
+                    "unfinished; run with its settings and outputs and resume to finish it, or pass overwrite with "
+                    f"resume to segment it again {_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
             elif resume:
                 hint = (

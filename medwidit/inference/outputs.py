@@ -193,13 +193,21 @@ def settings_json(settings: Mapping) -> dict:
     return json.loads(json.dumps(settings, default=plain))
 
 
+ABSENT = object()  # a key one side of a comparison does not have
+
+
 def _differences(then, now, name: str = "") -> list[str]:
     """Each setting whose value differs, by its path ("preprocessing.bias_correction "n4" (then null)", "weights[1]
-    ..."); [] where either side has none to compare. A key only one side has is passed over: another medwidit
-    version's setting, not a change of this run's."""
+    ..."); [] where either side has none to compare. A setting only one side names is passed over (another medwidit
+    version's setting, not a change of this run's); inside a setting, a key only one side has is a change (an
+    option of the views, a class of the expected volumes)."""
     if isinstance(then, dict) and isinstance(now, dict):
-        keys = sorted(set(then) & set(now))
-        return [line for key in keys for line in _differences(then[key], now[key], f"{name}.{key}" if name else key)]
+        keys = sorted(set(then) & set(now)) if not name else sorted(set(then) | set(now))
+        return [
+            line
+            for key in keys
+            for line in _differences(then.get(key, ABSENT), now.get(key, ABSENT), f"{name}.{key}" if name else key)
+        ]
     if isinstance(then, list) and isinstance(now, list) and len(then) == len(now) and name:
         pairs = enumerate(zip(then, now, strict=True))
         return [line for i, (a, b) in pairs for line in _differences(a, b, f"{name}[{i}]")]
@@ -207,7 +215,7 @@ def _differences(then, now, name: str = "") -> list[str]:
         return []
 
     def shown(value) -> str:
-        text = json.dumps(value)
+        text = "absent" if value is ABSENT else json.dumps(value)
         return text if len(text) <= 40 else text[:37] + "..."
 
     return [f"{name} {shown(now)} (then {shown(then)})"]
@@ -396,7 +404,8 @@ def _restore_stale(plan: CasePlan, *, finish: bool = False, keep_other: bool = F
     restored = False
     for staging in _stagings(plan):
         staged = _staged_commit(plan, staging) if finish or keep_other else None
-        if "kept" not in _read_json(staging / MANIFEST) or (finish and staged == []) or (keep_other and staged):
+        kept_for_its_run = keep_other and staged and not _earlier_is_ours(plan, staging)
+        if "kept" not in _read_json(staging / MANIFEST) or (finish and staged == []) or kept_for_its_run:
             continue
         try:
             with locked(staging / ".lock", blocking=False) as stale:
@@ -513,18 +522,30 @@ def _stagings(plan: CasePlan) -> list[Path]:
 
 
 def _staged_commit(plan: CasePlan, staging: Path) -> list[str] | None:
-    """Whether the gone run's ``staging`` holds a commit of ``plan``'s files it had begun (its manifest lists every
-    planned file, written when the commit starts, and each file already in place is its staged copy) -> the settings
-    in which that run differs from ``plan``'s (:func:`changed_settings`' lines; [] for none), or None where it does
-    not."""
+    """Whether the gone run's ``staging`` holds a commit of ``plan``'s case it had begun (its manifest lists its
+    files, written when the commit starts, and each of them already in place is its staged copy) -> how that run
+    differs from ``plan``'s: the outputs it wrote ("outputs +x_uncertainty.nii.gz" where this run asks for more) and
+    its settings (:func:`changed_settings`' lines); [] for none (:func:`_finishable`), None where it holds no begun
+    commit."""
     if (staging / RESTORING).exists():  # the user's Ctrl-C aborted that commit: its earlier set goes back instead
         return None
+    written = _read_json(staging / MANIFEST).get("files")
+    if not isinstance(written, list) or not all(isinstance(name, str) for name in written):
+        return None
+    folder = plan.files[0].parent
+    if not all(not (folder / name).exists() or _same(staging / name, folder / name) for name in written):
+        return None
+    planned, written = {f.name for f in plan.files}, set(written)
+    outputs = [f"+{name}" for name in sorted(planned - written)] + [f"-{name}" for name in sorted(written - planned)]
+    settings = _differences(_read_json(staging / MANIFEST).get("settings"), plan.settings)
+    return ([f"outputs {', '.join(outputs)}"] if outputs else []) + settings
+
+
+def _earlier_is_ours(plan: CasePlan, staging: Path) -> bool:
+    """Whether the earlier set a killed overwrite in ``staging`` kept is of ``plan``'s settings (or of a medwidit that
+    kept none, as :func:`changed_settings` reads it): then it goes back, rather than wait for the killed run's."""
     manifest = _read_json(staging / MANIFEST)
-    if manifest.get("files") != sorted(f.name for f in plan.files):
-        return None
-    if not all(not f.exists() or _same(staging / f.name, f) for f in plan.files):
-        return None
-    return _differences(manifest.get("settings"), plan.settings)
+    return "kept" in manifest and not _differences(manifest.get("marker_settings"), plan.settings)
 
 
 def _finishable(plan: CasePlan, staging: Path) -> bool:
@@ -550,8 +571,8 @@ def staged_elsewhere(plan: CasePlan) -> str | None:
 
 
 def interrupted_settings(plan: CasePlan) -> list[str]:
-    """Where a gone run with other settings left a commit of ``plan``'s case (kept by ``--continue`` without
-    ``--overwrite``, :func:`finish_interrupted`): how its settings differ from ``plan``'s; else []."""
+    """Where a gone run with other settings or outputs left a commit of ``plan``'s case (kept by ``--continue``
+    without ``--overwrite``, :func:`finish_interrupted`): how it differs from ``plan``'s run; else []."""
     for staging in _stagings(plan):
         try:
             with locked(staging / ".lock", blocking=False) as stale:
@@ -583,7 +604,7 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
                     if not stale:
                         continue  # a live run's
                     if keep_other and _staged_commit(plan, staging):
-                        continue  # interrupted_settings names it
+                        continue  # interrupted_settings names it (an overwrite's earlier set of ours went back)
                     if finish and not finished and _finishable(plan, staging):
                         _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
                         finished = True

@@ -74,7 +74,7 @@ from .options import (
     resolve_device,
     sampling_defaults,
 )
-from .outputs import settings_json
+from .outputs import image_files, settings_json
 from .postprocess import (
     apply_label_postprocessing,
     bundle_label_postprocessing,
@@ -877,7 +877,7 @@ class Predictor:
         prior = self.atlas_prior
         if prior is not None:  # by content: one template under another name or folder is the same prior, and the
             # same name over another file is not
-            prior = {**prior, **{key: sha256_file(prior[key]) for key in ("image", "label")}}
+            prior = {**prior, **{key: [sha256_file(f) for f in image_files(prior[key])] for key in ("image", "label")}}
         calibration = self.quality_calibration
         if isinstance(calibration, Mapping):  # where it was chosen is a note, not a setting
             calibration = {key: value for key, value in calibration.items() if key != "chosen_on"}

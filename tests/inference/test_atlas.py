@@ -775,7 +775,7 @@ def test_the_report_gives_the_written_labels_dice_with_the_template_mask_whether
     assert uncut.quality["atlas_prior"]["template_dice"] == pytest.approx(_dice(uncut.label_map > 0, mask))
 
 
-def test_the_output_settings_name_the_atlas_prior_by_its_files_content(tmp_path):
+def test_the_output_settings_name_the_atlas_prior_by_its_files_content(tmp_path, monkeypatch):
     """A review found the prior compared by its files' names: an empty brain mask under the bundle's name read as the
     same settings, and --continue kept cases of the earlier template. By content: the same files under another folder
     are the same prior, another file under the same name is not."""
@@ -801,3 +801,7 @@ def test_the_output_settings_name_the_atlas_prior_by_its_files_content(tmp_path)
     changed = settings(copies)
     assert changed["atlas_prior"]["label"] != first["atlas_prior"]["label"]
     assert changed["atlas_prior"]["image"] == first["atlas_prior"]["image"]
+    # a relative path is kept absolute: the files are read again when the run starts, wherever its working folder is
+    monkeypatch.chdir(moved)
+    relative = check_atlas_prior({"image": copies["image"].name, "label": copies["label"].name, "margin_mm": 5})
+    assert relative["image"] == copies["image"] and relative["image"].is_absolute()

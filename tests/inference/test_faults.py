@@ -1329,7 +1329,7 @@ def test_continue_with_other_settings_names_a_killed_commit_and_leaves_it_to_its
 
     refused = predictor.predict_from_files(inputs, out, resume=True, seed=1, progress=False, **FAST)[0]
     assert refused.status == "failed"
-    assert "an interrupted run with other settings (seed 1 (then 0)) left this case unfinished" in refused.message
+    assert "an interrupted run with other settings or outputs (seed 1 (then 0)) left this case" in refused.message
     assert hidden_leftovers(out) == staged
     finished = predictor.predict_from_files(inputs, out, resume=True, seed=0, progress=False, **FAST)[0]
     assert (finished.status, finished.message) == ("done", "finished an interrupted commit")
@@ -1353,6 +1353,12 @@ def test_settings_differences_name_the_changed_leaf_and_pass_over_keys_one_side_
         f'weights[1] "{"c" * 36}... (then "{"b" * 36}...)',
     ]
     assert _differences(then, then) == [] and _differences(None, now) == [] and _differences(then, {}) == []
+    # inside a setting, a key one side lacks is a change (a second review: an added view option or expected class
+    # read as the same settings, and --continue kept cases sampled otherwise)
+    views = {"view_options": {"flip_axes": [0]}, "expected_volume_ml": {}}
+    more = {"view_options": {"flip_axes": [0], "max_shift": 3}, "expected_volume_ml": {"1": [900, 2200]}}
+    assert _differences(views, more) == ["expected_volume_ml.1 [900, 2200] (then absent)",
+                                         "view_options.max_shift 3 (then absent)"]  # fmt: skip
 
 
 def test_numpy_settings_compare_equal_to_plain_ones(setup):
@@ -1381,3 +1387,34 @@ def test_output_settings_hold_the_expected_volumes_and_class_names(setup):
     named = Predictor(segmenter, device="cpu", expected_volume_ml={"1": [1, 2]}, class_names=["bg", "a"])
     other = named.output_settings(options, seed=0, augment=1, weight_sets=1)
     assert other["expected_volume_ml"] != plain["expected_volume_ml"] and other["class_names"] == ["bg", "a"]
+
+
+def test_continue_asking_for_other_outputs_keeps_a_killed_commit_for_its_run(setup):
+    """A second review: a refused --continue that asked for more outputs than a killed run had staged deleted that
+    run's commit, so its own --continue could no longer finish it."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    assert run_cli(["-c", KILL_AT_THE_MARKER, *args]).wait(timeout=300) == -9
+    staged = hidden_leftovers(out)
+    refused = predictor.predict_from_files(inputs, out, resume=True, save_uncertainty=True, progress=False, **FAST)[0]
+    assert refused.status == "failed" and "(outputs +scan_aleatoric.nii.gz, +scan_disagreement" in refused.message
+    assert hidden_leftovers(out) == staged
+    finished = predictor.predict_from_files(inputs, out, resume=True, progress=False, **FAST)[0]
+    assert (finished.status, finished.message) == ("done", "finished an interrupted commit")
+
+
+def test_continue_with_the_earlier_sets_settings_puts_it_back_over_a_killed_overwrite(setup):
+    """A second review: seed 0 finished, an --overwrite --seed 1 killed at its marker, then --continue --seed 0 was
+    refused as "other settings (seed 0 (then 1))" where the earlier seed-0 set is this run's: it goes back now and
+    the case is skipped."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, seed=0, progress=False, **FAST)
+    before = (out / "scan.nii.gz").read_bytes()
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"), *CLI_FAST]
+    assert run_cli(["-c", KILL_AT_THE_MARKER, *args, "--overwrite", "--seed", "1"]).wait(timeout=300) == -9
+    assert (out / "scan.nii.gz").read_bytes() != before  # the seed-1 labels in place, no marker
+    again = predictor.predict_from_files(inputs, out, resume=True, seed=0, progress=False, **FAST)[0]
+    assert again.status == "skipped", again.message
+    assert (out / "scan.nii.gz").read_bytes() == before and hidden_leftovers(out) == []
