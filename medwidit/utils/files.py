@@ -213,14 +213,12 @@ def voxel_reorder(
     affine, other_affine = np.asarray(affine, dtype=np.float64), np.asarray(other_affine, dtype=np.float64)
     if affine.shape != other_affine.shape:
         return None
-    # the other grid's voxel axes in this grid's voxel units: a signed permutation where it is a reordering
-    try:
-        order = np.round(np.linalg.solve(affine[:n, :n], other_affine[:n, :n])).astype(int)
-    except np.linalg.LinAlgError:  # a singular grid: no lattice to compare
-        return None
+    m = affine.shape[0] - 1  # the translation's column
+    # the other grid's voxel axes in this grid's voxel units: a signed permutation where it is a reordering (least
+    # squares over every world axis: a 2-D grid's plane may hold world z)
+    order = np.round(np.linalg.lstsq(affine[:m, :n], other_affine[:m, :n], rcond=None)[0]).astype(int)
     if not ((np.abs(order).sum(axis=0) == 1).all() and (np.abs(order).sum(axis=1) == 1).all()):
         return None
-    m = affine.shape[0] - 1  # the translation's column
     reorder = np.eye(m + 1)
     reorder[:n, :n] = order
     axes = [0] * n
@@ -230,7 +228,8 @@ def voxel_reorder(
             return None
         axes[i] = j
         reorder[i, m] = 0 if order[i, j] > 0 else shape[i] - 1
-    if not np.allclose(affine @ reorder, other_affine, rtol=0, atol=atol):
+    columns = [*range(n), m]  # the grid's own axes and its origin: a 2-D grid's slice axis may point either way
+    if not np.allclose((affine @ reorder)[:, columns], other_affine[:, columns], rtol=0, atol=atol):
         return None
     flips = tuple(i for i in range(n) if order[i, axes[i]] < 0)
     return tuple(axes), flips

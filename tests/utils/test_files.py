@@ -154,7 +154,7 @@ def test_without_hard_links_an_interrupt_before_the_replace_leaves_no_empty_file
     assert (tmp_path / "x.nii.gz").read_bytes() == b"data"
 
 
-@pytest.mark.parametrize(("codes", "shape"), [("PIL", (6, 5, 4)), ("LAS", (6, 5, 4)), ("PRS", (6, 5))])
+@pytest.mark.parametrize(("codes", "shape"), [("PIL", (6, 5, 4)), ("LAS", (6, 5, 4)), ("PRS", (6, 5)), ("LAI", (6, 5))])
 def test_voxel_reorder_puts_another_voxel_order_back_and_refuses_other_lattices(codes, shape):
     """One lattice stored in another voxel order (nibabel's as_reoriented) comes back to this grid's order; a 2-D
     grid's affine is 4 x 4 (the first version built a 3 x 3 reorder for it and failed in numpy's matmul)."""
@@ -170,7 +170,7 @@ def test_voxel_reorder_puts_another_voxel_order_back_and_refuses_other_lattices(
     image = nib.Nifti1Image(data.reshape(*shape, *[1] * (3 - len(shape))), affine)  # nibabel reorients 3-D only
     other = image.as_reoriented(ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(codes)))
     other_data = np.asarray(other.dataobj).reshape(other.shape[: len(shape)])
-    assert other_data.shape != shape or codes == "LAS"
+    assert other_data.shape != shape or codes in ("LAS", "LAI")
     axes, flips = voxel_reorder(shape, affine, other_data.shape, other.affine)
     np.testing.assert_array_equal(np.flip(np.transpose(other_data, axes), flips), data)
     assert voxel_reorder(shape, affine, shape, affine) == (tuple(range(len(shape))), ())
@@ -178,3 +178,7 @@ def test_voxel_reorder_puts_another_voxel_order_back_and_refuses_other_lattices(
     moved[:3, 3] += 0.5 * affine[:3, 0]  # half a voxel off: another lattice
     assert voxel_reorder(shape, affine, other_data.shape, moved) is None
     assert voxel_reorder(shape, affine, other_data.shape, other.affine @ np.diag([-1.0, 1, 1, 1])) is None
+    if len(shape) == 2:  # a sagittal plane: world y and z in the image's plane (the in-plane solve was singular)
+        sagittal = np.array([[0.0, 0, 1, 7], [1.5, 0, 0, -3], [0, 0.8, 0, 2], [0, 0, 0, 1]])
+        swapped = sagittal @ np.array([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        assert voxel_reorder(shape, sagittal, shape[::-1], swapped) == ((1, 0), ())
