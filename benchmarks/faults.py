@@ -329,6 +329,20 @@ def overwrite_continue(lab: Lab):
     return f"exit {code}: finished case a skipped, unfinished case b redone", out, ok
 
 
+def continue_other_settings(lab: Lab):
+    inputs, out = lab.folder("in"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    lab.cli("-i", str(inputs), "-o", str(out))
+    before = (out / "scan.nii.gz").read_bytes()
+    refused, err = lab.cli("-i", str(inputs), "-o", str(out), "--continue", "--seed", "1")
+    kept = (out / "scan.nii.gz").read_bytes() == before
+    redone, _ = lab.cli("-i", str(inputs), "-o", str(out), "--continue", "--overwrite", "--seed", "1")
+    said = _error(err)
+    ok = refused == 1 and kept and "seed 1 (then 0)" in said and redone == 0
+    outcome = said.split(": ", 1)[1].split(";")[0] if ": " in said else said
+    return f"exit {refused}, files kept: '{outcome}'; --overwrite --continue exit {redone}", out, ok
+
+
 def output_is_another_input(lab: Lab):
     inputs, source = lab.folder("in"), lab.folder("src")
     lab.nifti(source / "scan.nii.gz")
@@ -506,6 +520,7 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("3", "disk full while the figure is written", disk_full),
     ("3", "--overwrite --continue", overwrite_continue),
     ("3", "SIGINT during an --overwrite's commit", sigint_during_overwrite),
+    ("3", "--continue with another --seed", continue_other_settings),
     ("1", "two runs of one seed, other outputs beside the labels", same_seed_runs),
     ("4", "an output is another case's input", output_is_another_input),
     ("4", "cases x and x_uncertainty collide", cross_case_collision),
