@@ -863,9 +863,9 @@ def _killed_overwrite(out, monkeypatch, after_files):
     return earlier, new
 
 
-def _kill_overwrite(plan, monkeypatch, after_files):
-    """An overwriting commit of ``plan`` that dies after committing ``after_files`` of its files: no cleanup, and
-    its flock gone with its process."""
+def _kill_overwrite(plan, monkeypatch, after_files, overwrite=True):
+    """An overwriting commit of ``plan`` (a plain one with ``overwrite`` False) that dies after committing
+    ``after_files`` of its files: no cleanup, and its flock gone with its process."""
     from medwidit.inference import outputs
     from medwidit.inference.outputs import CaseWriter
 
@@ -882,9 +882,9 @@ def _kill_overwrite(plan, monkeypatch, after_files):
 
     with monkeypatch.context() as patch:
         patch.setattr(outputs, "commit", dying)
-        patch.setattr(outputs, "_write_marker", lambda *a: dying(None, None, overwrite=True))
+        patch.setattr(outputs, "_write_marker", lambda *a: dying(None, None, overwrite=overwrite))
         patch.setattr(outputs, "_restore", lambda *args: None, raising=False)  # a SIGKILL runs no cleanup
-        writer = CaseWriter(plan, overwrite=True).__enter__()
+        writer = CaseWriter(plan, overwrite=overwrite).__enter__()
         for path in plan.files:
             writer.write(path, lambda staged, path=path: staged.write_text(f"new {path.name}"))
         with pytest.raises(Killed):
@@ -1418,3 +1418,83 @@ def test_continue_with_the_earlier_sets_settings_puts_it_back_over_a_killed_over
     again = predictor.predict_from_files(inputs, out, resume=True, seed=0, progress=False, **FAST)[0]
     assert again.status == "skipped", again.message
     assert (out / "scan.nii.gz").read_bytes() == before and hidden_leftovers(out) == []
+
+
+######################################################################################################################
+# from a mutation review of the settings comparison: each test failed on a bug the suite had let through
+######################################################################################################################
+
+
+def test_plan_case_keeps_its_settings_as_json_values(tmp_path):
+    from medwidit.inference.outputs import plan_case
+
+    plan = plan_case(tmp_path, "x", [tmp_path / "x.nii.gz"], settings={"spacing": (2.0, 2.0), "steps": np.int64(3)})
+    assert plan.settings == {"spacing": [2.0, 2.0], "steps": 3}
+
+
+def test_settings_lists_of_other_lengths_are_one_change():
+    """--continue --weight-sets 2 into a folder of one set: without the length check the comparison failed in zip."""
+    from medwidit.inference.outputs import _differences
+
+    assert _differences({"weights": ["a"]}, {"weights": ["a", "b"]}) == ['weights ["a", "b"] (then ["a"])']
+
+
+def test_overwrite_continue_finishes_a_killed_overwrite_of_its_own_settings(tmp_path, monkeypatch):
+    from medwidit.inference.outputs import (
+        changed_settings,
+        finish_interrupted,
+        is_finished,
+        plan_case,
+        restore_interrupted,
+    )
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _commit_case(plan_case(out, "x", [out / "x.nii.gz"], settings={"seed": 0}), "old", overwrite=False)
+    killed = plan_case(out, "x", [out / "x.nii.gz"], settings={"seed": 1})
+    _kill_overwrite(killed, monkeypatch, after_files=1)  # its file placed, killed at the marker
+    assert not restore_interrupted(killed, finish=True, keep_other=False)  # left for finish_interrupted
+    assert finish_interrupted(killed, overwrite=True, finish=True)
+    assert _contents(out) == {"x.nii.gz": "new x.nii.gz"} and is_finished(killed) and changed_settings(killed) == []
+
+
+def test_a_staging_whose_placed_file_was_replaced_since_is_no_interrupted_commit(tmp_path, monkeypatch):
+    from medwidit.inference.outputs import interrupted_settings, plan_case
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files = [out / "x.nii.gz", out / "x_probabilities.nii.gz"]
+    _kill_overwrite(plan_case(out, "x", files, settings={"seed": 1}), monkeypatch, after_files=2)
+    (out / "foreign").write_text("another tool's")
+    os.replace(out / "foreign", out / "x.nii.gz")
+    assert interrupted_settings(plan_case(out, "x", files, settings={"seed": 2})) == []
+
+
+def test_a_live_runs_staging_is_not_called_interrupted(tmp_path, monkeypatch):
+    from medwidit.inference import outputs
+    from medwidit.inference.outputs import interrupted_settings, plan_case
+
+    out = tmp_path / "out"
+    out.mkdir()
+    files = [out / "x.nii.gz", out / "x_probabilities.nii.gz"]
+    other = plan_case(out, "x", files, settings={"seed": 2})
+    seen, real = [], outputs.commit
+
+    def looking(source, target, *, overwrite):  # while the live run commits, its flock held
+        seen.append(interrupted_settings(other))
+        return real(source, target, overwrite=overwrite)
+
+    monkeypatch.setattr(outputs, "commit", looking)
+    _commit_case(plan_case(out, "x", files, settings={"seed": 1}), "new", overwrite=False)
+    assert seen == [[], []]
+
+
+def test_overwrite_continue_removes_a_killed_plain_commit_of_other_settings(tmp_path, monkeypatch):
+    from medwidit.inference.outputs import finish_interrupted, plan_case
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _kill_overwrite(plan_case(out, "x", [out / "x.nii.gz"], settings={"seed": 1}), monkeypatch, 1, overwrite=False)
+    assert hidden_leftovers(out) != []
+    assert not finish_interrupted(plan_case(out, "x", [out / "x.nii.gz"], settings={"seed": 2}), overwrite=True)
+    assert hidden_leftovers(out) == []

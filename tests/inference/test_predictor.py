@@ -517,3 +517,21 @@ def test_output_settings_name_the_weights_by_content_and_leave_out_where_it_runs
     assert changed["weights"] != settings["weights"] and {k for k in settings if settings[k] != changed[k]} == {
         "weights"
     }
+
+
+def test_output_settings_hold_views_only_when_sampled_and_the_calibration_by_its_numbers():
+    """From a mutation review: unused view options (augment 1) must not refuse finished cases, and a calibration
+    that differs only in its note (chosen_on) is the same one, where another intercept is not."""
+    from medwidit.inference.options import sampling_options
+
+    segmenter, options, one = tiny_segmenter(), sampling_options(1, 1, 0.25, None, 0.0, 1.0), {"seed": 0}
+    one |= {"augment": 1, "weight_sets": 1}
+    plain = Predictor(segmenter, device="cpu").output_settings(options, **one)
+    assert Predictor(segmenter, device="cpu", view_options={"max_shift": 3}).output_settings(options, **one) == plain
+    calibration = {"intercept": 0.1, "weights": {"log_ensemble_dice": 1.0}, "chosen_on": "a"}
+
+    def settings(**changes):
+        predictor = Predictor(segmenter, device="cpu", quality_calibration={**calibration, **changes})
+        return predictor.output_settings(options, **one)["quality_calibration"]
+
+    assert settings() == settings(chosen_on="b") != settings(intercept=0.2)

@@ -566,6 +566,19 @@ def test_a_check_failing_in_a_dataloader_worker_is_one_line(capsys):
     assert capsys.readouterr().err == "medwidit: error: crop_count must be an int >= 1, got -1.\n"
 
 
+def test_a_worker_traceback_is_one_line_only_for_a_raise_of_medwidits_read_whole():
+    """From a mutation review: a worker's bug on a line of medwidit's (int(text)) must keep its traceback, and a
+    check's message of several lines is read whole."""
+    from medwidit.training.bundle import PACKAGE, _raised_check
+
+    frame = f'Traceback (most recent call last):\n  File "{PACKAGE}/training/synthetic.py", line 10, in f\n'
+    block = frame + "    n = int(text)\n        ^^^^^^^^^\nValueError: invalid literal for int() with base 10: 'a'\n"
+    assert _raised_check(block) is None
+    assert isinstance(_raised_check(block.replace("n = int(text)", "raise ValueError(text)")), ValueError)
+    lines = frame + "    raise ValueError(text)\nValueError: first line\nsecond line\n"
+    assert str(_raised_check(lines)) == "first line\nsecond line"
+
+
 def test_segmentation_network_shares_the_net_weights_under_their_own_names(tmp_path):
     segmenter = tiny_segmenter(num_classes=3)
     network = SegmentationNetwork(segmenter, steps=2, num_samples=2, seed=3)

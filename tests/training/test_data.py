@@ -561,3 +561,13 @@ def test_a_two_dimensional_label_in_another_voxel_order_fits_and_one_off_its_gri
     for reoriented in (False, True):
         with pytest.raises(ValueError, match=r"shifted.nii.gz' \(shape \(24, 20\), affine .* is not on the grid"):
             load("shifted.nii.gz", reoriented)
+
+
+def test_pictures_of_transposed_shapes_get_the_grid_message(monkeypatch):
+    """From a mutation review: pictures have no affine to compare, so no reordering is tried (it failed on the
+    missing affine with an IndexError)."""
+    from medwidit.training import data
+
+    monkeypatch.setattr(data, "image_grid", lambda path, dims=3: ((32, 64), None))
+    with pytest.raises(ValueError, match="not on the grid"):
+        data._check_same_grid(("data_list", "list.json", "training[0]"), "a.png", ((64, 32), None), "b.png", 2)

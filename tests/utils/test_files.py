@@ -174,6 +174,8 @@ def test_voxel_reorder_puts_another_voxel_order_back_and_refuses_other_lattices(
     axes, flips = voxel_reorder(shape, affine, other_data.shape, other.affine)
     np.testing.assert_array_equal(np.flip(np.transpose(other_data, axes), flips), data)
     assert voxel_reorder(shape, affine, shape, affine) == (tuple(range(len(shape))), ())
+    swapped_sizes = (shape[1], shape[0], *shape[2:])  # one affine, the sizes of two axes swapped: another grid
+    assert voxel_reorder(shape, affine, swapped_sizes, affine) is None
     moved = other.affine.copy()
     moved[:3, 3] += 0.5 * affine[:3, 0]  # half a voxel off: another lattice
     assert voxel_reorder(shape, affine, other_data.shape, moved) is None
