@@ -529,7 +529,8 @@ def _staged_commit(plan: CasePlan, staging: Path) -> list[str] | None:
     commit."""
     if (staging / RESTORING).exists():  # the user's Ctrl-C aborted that commit: its earlier set goes back instead
         return None
-    written = _read_json(staging / MANIFEST).get("files")
+    manifest = _read_json(staging / MANIFEST)
+    written = manifest.get("files")
     if not isinstance(written, list) or not all(isinstance(name, str) for name in written):
         return None
     folder = plan.files[0].parent
@@ -537,7 +538,7 @@ def _staged_commit(plan: CasePlan, staging: Path) -> list[str] | None:
         return None
     planned, written = {f.name for f in plan.files}, set(written)
     outputs = [f"+{name}" for name in sorted(planned - written)] + [f"-{name}" for name in sorted(written - planned)]
-    settings = _differences(_read_json(staging / MANIFEST).get("settings"), plan.settings)
+    settings = _differences(manifest.get("settings"), plan.settings)
     return ([f"outputs {', '.join(outputs)}"] if outputs else []) + settings
 
 

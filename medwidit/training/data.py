@@ -232,14 +232,11 @@ def _check_same_grid(
 
         problem = f"({grid(label_shape, label_affine)}) is not on the grid of image {str(image)!r} "
         problem += f"({grid(image_shape, image_affine)})"
-    if same_lattice:
-        raise ValueError(f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r} {problem}.")
-    nifti = {str(f).lower().endswith((".nii", ".nii.gz")) for f in (image, label)}
-    hint = "; a NIfTI's sform and qform may disagree (nibabel reads the sform, ITK the qform)" if len(nifti) > 1 else ""
-    raise ValueError(
-        f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r} {problem}; resample the label onto its image "
-        f"(nearest neighbour){hint}."
-    )
+    if not same_lattice:  # one lattice needs reorienting, not resampling
+        problem += "; resample the label onto its image (nearest neighbour)"
+        if len({str(f).lower().endswith((".nii", ".nii.gz")) for f in (image, label)}) > 1:
+            problem += "; a NIfTI's sform and qform may disagree (nibabel reads the sform, ITK the qform)"
+    raise ValueError(f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r} {problem}.")
 
 
 def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None) -> list[dict]:

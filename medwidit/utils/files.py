@@ -207,6 +207,8 @@ def voxel_reorder(
     another order (axes swapped or flipped: one lattice, e.g. LAS against RAS; within ``atol`` mm): ``(axes, flips)``
     such that ``np.flip(np.transpose(other, axes), flips)`` holds an array of the other grid in this grid's voxel
     order; else None. The affines are (d + 1, d + 1) with d >= len(shape) (a 2-D image's is 4 x 4)."""
+    # by hand: nibabel.orientations' io_orientation takes the nearest axes of any grid (oblique too) and is 3-D only;
+    # this checks that the two are one lattice within atol, for 2-D grids as well
     n = len(shape)
     if len(other_shape) != n or sorted(shape) != sorted(other_shape):
         return None
