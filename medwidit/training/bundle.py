@@ -473,11 +473,65 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
     lock (:func:`check_run_folder`), then ``trainer.fit``; the lock is let go however that ends (a fit that raised in
     a notebook kept it, and every other process was refused the folder until the kernel ended)."""
     check_training_data(datamodule)  # first: a run refused for its data keeps the folder's checkpoints
+    exports = _export_folders(trainer)
+    for models_dir in exports:  # a bundle's models/ is refused before overwrite_run removes anything
+        _refuse_bundle_models(Path(models_dir))
     check_run_folder(ckpt_dir, resume, overwrite_run)  # (overwrite_run removed them, then the data check failed)
     try:
+        for models_dir in exports:  # under the run folder's lock
+            check_export_folder(models_dir, resume, overwrite_run)
         return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     finally:
         release_run_folder(ckpt_dir)
+
+
+def _export_folders(trainer) -> list[Path]:
+    """The folders the trainer's :class:`~medwidit.training.ExportSegmenter` callbacks write at the end of fit."""
+    from medwidit.training.module import ExportSegmenter  # Lightning's side, imported where a run starts
+
+    return [c.models_dir for c in getattr(trainer, "callbacks", ()) if isinstance(c, ExportSegmenter)]
+
+
+EXPORTED_FILES = ("model.pt", "medwidit.json")  # what ExportSegmenter writes (save_bundle_weights)
+
+
+def check_export_folder(models_dir: str | os.PathLike, resume, overwrite_run=False) -> None:
+    """The folder a run exports its weights into at the end (``ExportSegmenter``, train.json's ``export_dir``) is the
+    run's own. A bundle's ``models/`` (a folder beside ``configs/``, e.g. ``--output_dir`` pointed at a bundle) is
+    refused whatever the options: only ``medwidit export`` changes it, and a run there had replaced the bundle's
+    ``model.pt`` (the default model of ``medwidit segment`` for the shipped one) without a word. An earlier run's
+    export in the folder is refused unless the run resumes (the run's own) or ``overwrite_run`` (then removed now: a
+    run that fails before its export must not leave the earlier run's weights beside its own checkpoints)."""
+    folder = Path(models_dir)
+    if "://" in str(models_dir) or not folder.is_dir():
+        return
+    _refuse_bundle_models(folder)
+    earlier = [folder / name for name in EXPORTED_FILES if (folder / name).exists()]
+    if not earlier or resume is not None:
+        return
+    if not check_bool("overwrite_run", overwrite_run):
+        raise ValueError(
+            f"{folder} holds an earlier run's exported weights ({', '.join(p.name for p in earlier)}): train into "
+            "another folder with --output_dir DIR, or replace them with --overwrite_run true."
+        )
+    if _first_rank():
+        for path in earlier:
+            path.unlink(missing_ok=True)
+        logger.warning("overwrite_run: removed the earlier run's exported weights in %s.", folder)
+
+
+def _refuse_bundle_models(folder: Path) -> None:
+    """A ValueError where ``folder`` is a bundle's models folder (beside a ``configs/`` with train.json or
+    inference.json) holding weights: see :func:`check_export_folder`."""
+    if "://" in str(folder) or not folder.is_dir():
+        return
+    held = [name for name in EXPORTED_FILES if (folder / name).exists()]
+    if held and any((folder.parent / "configs" / name).is_file() for name in ("train.json", "inference.json")):
+        raise ValueError(
+            f"{folder} is a bundle's models folder (it holds {', '.join(held)}; configs/ is beside it): a training "
+            "run exports into a folder of its own, so give --output_dir another folder (e.g. the bundle's runs/), "
+            "then make its weights the bundle's with `medwidit export RUN/checkpoints/best.ckpt BUNDLE --overwrite`."
+        )
 
 
 def release_run_folder(ckpt_dir: str | os.PathLike) -> None:

@@ -634,3 +634,49 @@ def test_refuse_renamed_names_the_new_key_and_knows_its_keys():
     # Lightning's name for train.json's "epochs": `--max_epochs 1` ran all 1080 steps without a word
     with pytest.raises(ValueError, match=r"'max_epochs' is now 'epochs' \(--epochs 1\)"):
         refuse_renamed(steps=None, max_epochs=1)
+
+
+def test_a_run_exporting_into_a_bundles_models_or_over_an_earlier_export_is_refused(tmp_path, caplog):
+    """From a review: ``--output_dir`` pointed at a bundle folder trained into it and exported over the bundle's
+    ``models/model.pt`` (the shipped one: ``medwidit segment``'s default model) without a word, and a new run into a
+    folder whose checkpoints were gone replaced the earlier run's export. A bundle's models folder is refused whatever
+    the options, before anything is removed; an earlier export is the run's own when it resumes, else refused unless
+    --overwrite_run, which removes it at the start."""
+    from medwidit.training.bundle import check_export_folder, run_training
+    from medwidit.training.module import ExportSegmenter
+
+    bundle = tmp_path / "my_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "inference.json").write_text("{}")
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"shipped")
+    (bundle / "checkpoints").mkdir()
+    (bundle / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+    class Trainer:
+        callbacks = [ExportSegmenter(bundle / "models")]
+
+        def fit(self, *args, **kwargs):
+            raise AssertionError("trained into a bundle's models folder")
+
+    for resume, overwrite in ((None, False), (None, True), ("last", False)):
+        with pytest.raises(ValueError, match=r"my_bundle/models is a bundle's models folder .*medwidit export"):
+            run_training(Trainer(), None, type("Data", (), {"check_files": lambda self: None})(),
+                         ckpt_dir=bundle / "checkpoints", resume=resume, overwrite_run=overwrite)  # fmt: skip
+    assert (bundle / "models" / "model.pt").read_bytes() == b"shipped"
+    assert (bundle / "checkpoints" / "last.ckpt").exists()  # overwrite_run removed nothing
+
+    run = tmp_path / "runs" / "models"
+    check_export_folder(run, None)  # no folder yet
+    run.mkdir(parents=True)
+    check_export_folder(run, None)  # nothing exported in it
+    (run / "model.pt").write_bytes(b"earlier")
+    (run / "medwidit.json").write_text("{}")
+    with pytest.raises(
+        ValueError, match=r"earlier run's exported weights \(model.pt, medwidit.json\).*--overwrite_run"
+    ):
+        check_export_folder(run, None, "false")
+    check_export_folder(run, "last")  # resuming: the run's own export
+    assert (run / "model.pt").exists()
+    check_export_folder(run, None, "true")
+    assert list(run.iterdir()) == [] and "removed the earlier run's exported weights" in caplog.text
