@@ -7,6 +7,7 @@ The predictor turns one image into a ``Segmentation``; this module is everything
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from medwidit.utils import check_bool, check_int
+from medwidit.utils.files import sha256_file
 
 from .atlas import atlas_warning
 from .calibration import case_warn_dice, check_warn_dice
@@ -35,6 +37,7 @@ from .outputs import (
     changed_settings,
     check_plan,
     finish_interrupted,
+    input_files,
     interrupted_settings,
     is_finished,
     output_path,
@@ -172,7 +175,9 @@ def predict_from_files(
 
     settings = predictor.output_settings(options, seed=seed, augment=augment, weight_sets=weight_sets)
     plans = {
-        c.name: plan_case(output_dir, c.name, outputs[c.name], others(c), settings) for c in cases if c.problem is None
+        c.name: plan_case(output_dir, c.name, outputs[c.name], others(c), {**settings, "input": _input_digest(c)})
+        for c in cases
+        if c.problem is None
     }
     check_plan(list(plans.values()), [f for c in cases for f in c.files])
     share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
@@ -213,6 +218,25 @@ def predict_from_files(
     return results
 
 
+def _input_digest(case: Case) -> list[str]:
+    """What the case is segmented from: each modality's content, as the first 16 hex digits of a SHA-256 over its
+    files' bytes (a header and its data file; a DICOM series' files by name). In the case's marker, it makes
+    ``--continue`` refuse a finished case whose input was since replaced by another of the same name (it had kept the
+    other scan's labels, on that scan's grid); an unreadable file reads as "unreadable" (reading the case says why)."""
+    digests = []
+    for path in case.files:
+        digest = hashlib.sha256()
+        try:
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else input_files(path)
+            for file in files:
+                digest.update(f"{file.relative_to(path) if path.is_dir() else ''}:{sha256_file(file)};".encode())
+        except OSError:
+            digests.append("unreadable")
+            continue
+        digests.append(digest.hexdigest()[:16])
+    return digests
+
+
 # each caller's spelling of an option: Python's keyword, medwidit segment's flag, monai.bundle run's key (a bundle run
 # has no --continue: it took that for an unused key and failed again)
 SPELLINGS = {  # option -> its spelling by Python, by medwidit segment, by monai.bundle run
@@ -242,8 +266,10 @@ def _predict_case(
             logger.info("%s: done before, skipped", case.name)
             return CaseResult(case.name, "skipped", outputs)
         if changed and not overwrite:  # its files are another run's result: skipping it would mix two runs' results
+            inputs = any(line.startswith("input") for line in changed)
+            by = "from another input file of this name" if inputs else "by a run with other settings"
             raise OutputError(
-                f"{outputs[0]}: finished by a run with other settings ({'; '.join(changed)}); pass overwrite with "
+                f"{outputs[0]}: finished {by} ({'; '.join(changed)}); pass overwrite with "
                 f"resume to segment it again {_spelled('overwrite', 'resume', joiner=' and ')}, or write into another "
                 "folder."
             )

@@ -1263,6 +1263,32 @@ def test_continue_with_other_settings_refuses_a_finished_case_and_overwrite_redo
     assert predictor.predict_from_files(inputs, out, resume=True, seed=1, **FAST)[0].status == "skipped"
 
 
+def test_continue_refuses_a_finished_case_whose_input_was_replaced_by_another_of_the_same_name(setup):
+    """From a review: --continue after scan.nii.gz was replaced by another scan of the same name (a corrected file,
+    another patient) skipped the case, keeping the first scan's labels on the first scan's grid. The marker names the
+    input's content: the same content (a copy) is still finished; another is refused, named, and --overwrite
+    --continue segments it."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    copy = inputs / "scan.nii.gz"
+    copy.write_bytes(copy.read_bytes())  # rewritten, the same content: still the case that finished
+    assert predictor.predict_from_files(inputs, out, resume=True, **FAST)[0].status == "skipped"
+
+    before = (out / "scan.nii.gz").read_bytes()
+    flipped = np.diag([-2.0, 2.0, 2.0, 1.0])
+    nifti(inputs / "scan.nii.gz", affine=flipped, seed=5)  # another scan under the same name
+    refused = predictor.predict_from_files(inputs, out, resume=True, progress=False, **FAST)[0]
+    assert refused.status == "failed" and (out / "scan.nii.gz").read_bytes() == before
+    assert f"{out / 'scan.nii.gz'}: finished from another input file of this name (input[0] " in refused.message
+    assert "--overwrite and --continue" in refused.message
+
+    redone = predictor.predict_from_files(inputs, out, resume=True, overwrite=True, progress=False, **FAST)[0]
+    assert redone.status == "done"
+    np.testing.assert_array_equal(nib.load(out / "scan.nii.gz").affine, flipped)
+    assert predictor.predict_from_files(inputs, out, resume=True, **FAST)[0].status == "skipped"
+
+
 def test_continue_skips_a_case_whose_marker_names_no_settings(setup):
     """A case finished by a medwidit that kept no settings in its marker: nothing to compare, so it stays finished."""
     from medwidit.inference.outputs import STATE_DIR
