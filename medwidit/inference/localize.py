@@ -73,15 +73,20 @@ def bundle_localization(bundle_dir, spatial_dims: int = 3) -> dict | None:
 
 
 MAX_BALL_SHIFTS = 256  # foreground_region dilates by the ball with up to this many shifted ORs, else scipy's EDT
+# a distance this much (relative) past the margin is within it: a header's voxel size of 2.0000005 mm (float32
+# rounding, or a NIfTI in metres) put the next voxel 1e-6 mm past a 2 mm margin, so the atlas prior left the network
+# no voxel, and a 1 mm scan's core grew by a voxel all round (+2 % volume); float32 spacings are good to about 1e-7
+DISTANCE_RTOL = 1e-5
 
 
 def foreground_region(label_map: np.ndarray, affine: np.ndarray, margin_mm: float) -> np.ndarray:
     """The voxels of ``label_map`` (*S, on the grid of ``affine``) within ``margin_mm`` of a foreground voxel (label
     > 0), as bool (*S): a Euclidean distance in mm with the grid's voxel sizes (which a voxel-count dilation would get
-    wrong on thick slices), measured as scipy's exact transform measures it."""
+    wrong on thick slices), measured as scipy's exact transform measures it, up to ``DISTANCE_RTOL`` of the margin."""
     foreground = np.asarray(label_map) > 0
     if margin_mm == 0 or not foreground.any():  # no foreground: no region (a transform of nothing measures nothing)
         return foreground
+    margin_mm = margin_mm * (1 + DISTANCE_RTOL)
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, : foreground.ndim], axis=0)
     # only the foreground's bounding box, grown by the margin, can be within it: the work happens there, not on the
     # whole input grid
