@@ -18,6 +18,7 @@ import os
 import pickle
 import platform
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from monai.data import load_decathlon_datalist
 
 from medwidit.data.transforms import batch_spacing
@@ -481,6 +483,13 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
         for models_dir in exports:  # under the run folder's lock
             check_export_folder(models_dir, resume, overwrite_run)
         return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SIGTERMException as e:  # a SystemExit without a code: a scheduler's time limit ended the run with status 0
+        logger.error(
+            "medwidit: error: training stopped by SIGTERM at step %s, before its end: nothing was exported; continue "
+            "it with --resume last (its last.ckpt is from the end of the last whole epoch).",
+            getattr(trainer, "global_step", "?"),
+        )
+        raise SystemExit(128 + signal.SIGTERM) from e
     finally:
         release_run_folder(ckpt_dir)
 

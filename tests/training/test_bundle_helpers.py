@@ -680,3 +680,28 @@ def test_a_run_exporting_into_a_bundles_models_or_over_an_earlier_export_is_refu
     assert (run / "model.pt").exists()
     check_export_folder(run, None, "true")
     assert list(run.iterdir()) == [] and "removed the earlier run's exported weights" in caplog.text
+
+
+def test_a_run_stopped_by_sigterm_exits_143_and_says_how_to_continue(tmp_path, caplog):
+    """From a review: Lightning ends a fit on SIGTERM (a scheduler's time limit) with its SIGTERMException, a
+    SystemExit without a code, so `monai.bundle run training` exited 0 with nothing exported, and a job chain on
+    success went on to export and evaluate an unfinished run. The run now exits 143, as `medwidit segment` does, with
+    one line naming --resume last; the folder's lock is let go."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from medwidit.training.bundle import _run_lock_path, run_training
+    from medwidit.utils.files import locked
+
+    class Trainer:
+        callbacks, global_step = [], 7
+
+        def fit(self, *args, **kwargs):
+            raise SIGTERMException()
+
+    data = type("Data", (), {"check_files": lambda self: None})()
+    with pytest.raises(SystemExit) as stopped:
+        run_training(Trainer(), None, data, ckpt_dir=tmp_path / "checkpoints")
+    assert stopped.value.code == 143
+    assert "training stopped by SIGTERM at step 7" in caplog.text and "--resume last" in caplog.text
+    with locked(_run_lock_path(tmp_path / "checkpoints"), blocking=False) as free:
+        assert free
