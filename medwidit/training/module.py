@@ -334,11 +334,13 @@ class DiffusionSegmentationModule(L.LightningModule):
             "train longer."
         )
 
-    @staticmethod
-    def _resize_schedule(trainer) -> None:
-        """A run resumed with another length keeps the checkpoint's schedule (LambdaLR restores its numbers): resumed
-        with a larger ``max_steps`` it trained every added step at the floor. The cosine is stretched to the run's
-        length from here on, with a warning, and the current rate set from it."""
+    def _resize_schedule(self, trainer) -> None:
+        """A resumed run gets the checkpoint's optimizer and schedule back (LambdaLR and AdamW restore their numbers),
+        which this run's options must still set: resumed with a larger ``max_steps`` it trained every added step at
+        the floor, and resumed with another ``lr`` (or weight decay, betas, warm-up, floor) it trained on at the old
+        one while its hparams.yaml recorded the new one (from a review). So the cosine is stretched to the run's
+        length from here on, this run's optimizer options replace the checkpoint's, each change is named in a
+        warning, and the current rate is set from them."""
         total = trainer.estimated_stepping_batches
         if trainer.global_step == 0 or not math.isfinite(total):
             return
@@ -349,6 +351,7 @@ class DiffusionSegmentationModule(L.LightningModule):
             schedules = list(
                 {id(f): f for f in getattr(scheduler, "lr_lambdas", []) if isinstance(f, WarmupCosine)}.values()
             )
+            changes = self._apply_options(scheduler, schedules)
             stale = [f for f in schedules if f.total_steps != max(int(total), f.warmup_steps + 1)]
             for schedule in stale:
                 logger.warning(
@@ -360,10 +363,44 @@ class DiffusionSegmentationModule(L.LightningModule):
                     int(total),
                 )
                 schedule.total_steps = max(int(total), schedule.warmup_steps + 1)
-            if stale:
+            if changes:
+                logger.warning(
+                    "resumed at step %d with other optimizer options than the checkpoint's run: %s; this run's apply "
+                    "from here.",
+                    trainer.global_step,
+                    "; ".join(changes),
+                )
+            if stale or changes:
                 for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
                                            strict=True):  # fmt: skip
                     group["lr"] = base * fn(scheduler.last_epoch)
+
+    def _apply_options(self, scheduler, schedules: list[WarmupCosine]) -> list[str]:
+        """This run's lr, weight_decay, betas, warmup_steps and min_lr_ratio into a restored ``scheduler`` (its
+        optimizer's groups, its base rates) and its ``schedules``: each change as "lr 1e-05 (then 0.002)"."""
+        hp, changes = self.hparams, {}  # an ordered set: both groups share the betas
+
+        def changed(name, now, then) -> bool:
+            if now != then:
+                changes[f"{name} {now} (then {then})"] = None
+            return now != then
+
+        for schedule in schedules:
+            if changed("warmup_steps", int(hp.warmup_steps), schedule.warmup_steps):
+                schedule.warmup_steps = int(hp.warmup_steps)
+            if changed("min_lr_ratio", float(hp.min_lr_ratio), schedule.min_ratio):
+                schedule.min_ratio = float(hp.min_lr_ratio)
+        lr, betas = float(hp.lr), [float(b) for b in hp.betas]
+        if any(changed("lr", lr, base) for base in scheduler.base_lrs):
+            scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+        for group in scheduler.optimizer.param_groups:
+            group["initial_lr"] = lr
+            decays = group.get("name", PARAM_GROUPS[0]) == PARAM_GROUPS[0]  # the other group keeps no decay
+            if decays and changed("weight_decay", float(hp.weight_decay), group["weight_decay"]):
+                group["weight_decay"] = float(hp.weight_decay)
+            if changed("betas", betas, list(group["betas"])):
+                group["betas"] = tuple(betas)
+        return list(changes)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Name the AdamW groups of a checkpoint saved before they had names: torch's ``load_state_dict`` keeps the

@@ -130,7 +130,8 @@ class StepCounter(Callback):
         self.steps += 1
 
 
-def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None, progress_bar=False):
+def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None, progress_bar=False,
+         **options):  # fmt: skip
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
         data_list=data_list,
@@ -142,8 +143,7 @@ def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callback
     )
     module = DiffusionSegmentationModule(
         tiny_segmenter(),
-        lr=1e-2,
-        warmup_steps=1,
+        **{"lr": 1e-2, "warmup_steps": 1, **options},
         ema_decay=ema_decay,
         validation_sampler=sampler,
         class_names=NAMES,
@@ -478,6 +478,29 @@ def test_a_run_resumed_with_more_steps_stretches_its_schedule(tmp_path, caplog):
     straight, _ = _fit(tmp_path / "b", data_list, epochs=5, sampler=sampler)
     lr = [g["lr"] for g in trainer.optimizers[0].param_groups]
     assert lr == pytest.approx([g["lr"] for g in straight.optimizers[0].param_groups])
+
+
+def test_a_run_resumed_with_other_optimizer_options_trains_with_them_and_says_so(tmp_path, caplog):
+    """From a review: `--resume last --lr 1e-5` went on at the checkpoint's 2e-3 (LambdaLR and AdamW restore their
+    numbers) while hparams.yaml recorded 1e-5. The resumed run's lr, weight decay, betas, warm-up and floor apply from
+    the step it resumes at, as in a run started with them (the same schedule at that step), each named once."""
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    sampler = whole_volume_sampler(steps=1)
+    _fit(tmp_path / "a", data_list, epochs=2, sampler=sampler)
+    last = str(tmp_path / "a" / "ckpt" / "last.ckpt")
+    new = {"lr": 1e-4, "weight_decay": 0.2, "betas": (0.8, 0.9), "warmup_steps": 2, "min_lr_ratio": 0.3}
+    trainer, _ = _fit(tmp_path / "a", data_list, epochs=4, sampler=sampler, resume=last, **new)
+    named = [r.getMessage() for r in caplog.records if "other optimizer options" in r.getMessage()]
+    assert len(named) == 1, named
+    for change in ("lr 0.0001 (then 0.01)", "weight_decay 0.2 (then", "betas [0.8, 0.9] (then [0.9, 0.999])",
+                   "warmup_steps 2 (then 1)", "min_lr_ratio 0.3 (then"):  # fmt: skip
+        assert change in named[0], named[0]
+    straight, _ = _fit(tmp_path / "b", data_list, epochs=4, sampler=sampler, **new)
+    for resumed, fresh in zip(trainer.optimizers[0].param_groups, straight.optimizers[0].param_groups, strict=True):
+        assert resumed["lr"] == pytest.approx(fresh["lr"]) and resumed["initial_lr"] == fresh["initial_lr"] == 1e-4
+        assert resumed["weight_decay"] == fresh["weight_decay"] and tuple(resumed["betas"]) == (0.8, 0.9)
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 0.2
+    assert trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0  # the no-decay group keeps none
 
 
 def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr_tags():
