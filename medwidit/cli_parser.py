@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="network autocast (default auto: bfloat16 on CUDA where supported, else float16; bfloat16 on a CPU with "
         "bf16 matmul hardware, AMX or AVX512-BF16; float32 elsewhere)",
     )
-    seg.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of every case's ensemble, >= 0 (default 0)"
-    )
+    seg.add_argument("--seed", type=_seed, default=0, help="seed of every case's ensemble, 0..2**64-1 (default 0)")
     seg.add_argument("--save-probabilities", action="store_true", help="also write case_probabilities (float32, K)")
     seg.add_argument(
         "--save-uncertainty",
@@ -346,15 +344,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``; anything else is a usage error saying ``expected``."""
+def _int_at_least(low: int, expected: str, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (and <= ``high``); anything else is a usage error saying
+    ``expected``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = low - 1
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -379,5 +378,6 @@ def _float_where(accept: Callable[[float], bool], expected: str) -> Callable[[st
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
+_seed = _int_at_least(0, "an integer in 0..2**64-1", 2**64 - 1)  # utils.checks.SEED_HIGH (nothing heavy imported here)
 _unit_float = _float_where(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 _non_negative_float = _float_where(lambda v: 0.0 <= v < math.inf, "a finite number >= 0")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from medwidit.utils import check_bool, check_int
+from medwidit.utils import check_bool, check_int, check_seed
 from medwidit.utils.files import sha256_file
 
 from .atlas import atlas_warning
@@ -145,7 +145,7 @@ def predict_from_files(
     shared_steps = predictor.resolve_shared_steps(shared_steps, sampling[0])
     options = sampling_options(*sampling, sampler, eta, guidance_scale, shared_steps)
     predictor.check_options(**options)
-    seed = check_int("seed", seed, low=0)  # numpy's integers too: torch's manual_seed takes a plain int
+    seed = check_seed(seed)  # numpy's integers too: torch's manual_seed takes a plain int
     augment = predictor.resolve_augment(augment)
     weight_sets = len(predictor.select_weights(weight_sets))
     if isinstance(warn_dice, str) and warn_dice != "predictor":

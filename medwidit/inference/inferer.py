@@ -20,7 +20,7 @@ from monai.inferers import Inferer
 
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter
-from medwidit.utils import check_int
+from medwidit.utils import check_int, check_seed
 
 from .options import SAMPLING_DEFAULTS, autocast_dtype, autocast_model_fn, sampling_options
 from .sliding import check_max_whole_voxels, sample_ensemble
@@ -56,7 +56,7 @@ class DiffusionSamplingInferer(Inferer):
         options = sampling_options(steps, num_samples, overlap, sampler, eta, guidance_scale, shared_steps)
         self.roi_size = roi_size
         self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_seed(seed)
         self.precision = precision
         self.options = {**options, "max_whole_voxels": check_max_whole_voxels(max_whole_voxels)}
         self.extra_segmenters = list(extra_segmenters)

@@ -30,7 +30,7 @@ from medwidit.diffusion import DiffusionSegmenter, load_segmenter
 from medwidit.diffusion.ensemble import check_generator
 from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
 from medwidit.nets.contract import network_size_multiple
-from medwidit.utils import check_bool, check_int, sha256_file
+from medwidit.utils import check_bool, check_int, check_seed, sha256_file
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, network_voxels, template_dice
 from .calibration import (
@@ -1065,7 +1065,7 @@ def segment(
     if seed is not None and options.get("generator") is not None:
         raise ValueError("give seed= or generator=, not both.")
     if seed is not None:
-        options["generator"] = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+        options["generator"] = torch.Generator().manual_seed(check_seed(seed))
     unknown = sorted(set(options) - SEGMENT_OPTIONS - BUILD_OPTIONS)
     if unknown:  # it was Predictor.segment's TypeError, naming a function the caller did not call
         raise TypeError(

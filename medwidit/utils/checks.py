@@ -101,6 +101,14 @@ def check_int(name: str, value, *, low: int = 1, high: int | None = None, hint: 
     return int(value)  # numpy's integers too, as a plain int
 
 
+SEED_HIGH = 2**64 - 1  # torch.Generator.manual_seed's largest; a larger seed failed every case, blaming the image
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` as a seed for torch's and numpy's generators: an int in 0..2**64-1, else a ValueError naming it."""
+    return check_int(name, value, low=0, high=SEED_HIGH, hint=" (2**64 - 1)")
+
+
 def check_range(name: str, value, low: float, high: float, *, closed_high: bool = False) -> float:
     """``value`` as a float in ``[low, high)`` (``[low, high]`` with ``closed_high``), else a ValueError."""
     number = is_finite_number(value)

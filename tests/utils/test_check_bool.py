@@ -1,6 +1,8 @@
 """utils.check_bool: a command-line "false" is False (bool("false") is True, which once turned spacing conditioning
 on in a run meant to train without it); anything else that is not a boolean is named."""
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -33,3 +35,22 @@ def test_check_interval_takes_a_finite_ordered_pair_above_its_floor_and_names_it
             check_interval("r", bad, unit=" mm")
     with pytest.raises(ValueError, match="with 1 <= low"):
         check_interval("thickness_range", (0.5, 2.0), low=1.0)
+
+
+def test_a_seed_is_an_int_torch_can_take_and_the_cli_parser_agrees():
+    """From a review: --seed 99999999999999999999 passed every check and then failed each case in torch's
+    manual_seed ("Overflow when unpacking long long"), the message naming the image. 0..2**64-1 is what torch takes;
+    the CLI's parser (which imports nothing heavy) keeps the same bound."""
+    import torch
+
+    from medwidit.cli_parser import _seed
+    from medwidit.utils import check_seed
+    from medwidit.utils.checks import SEED_HIGH
+
+    torch.Generator().manual_seed(check_seed(SEED_HIGH))
+    assert check_seed(np.uint64(SEED_HIGH)) == SEED_HIGH and _seed(str(SEED_HIGH)) == SEED_HIGH
+    for bad in (SEED_HIGH + 1, -1, 1.0, True):
+        with pytest.raises(ValueError, match=r"seed must be an int in 0\.\.18446744073709551615 \(2\*\*64 - 1\)"):
+            check_seed(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"0\.\.2\*\*64-1"):
+        _seed(str(SEED_HIGH + 1))
