@@ -198,9 +198,12 @@ def _segment(args: argparse.Namespace) -> int:
         raise
     finish_record(record_path, record, results)
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
+    empty_part = not results and args.num_parts > 1  # more parts than cases: nothing failed (an array job's task)
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
+    summary += f" in part {args.part_id} of {args.num_parts} (the cases went to other parts)" if empty_part else ""
     logger.log(
-        logging.ERROR if counts["failed"] else logging.INFO,  # shown under -q; plain: each failure had its error line
+        # shown under -q, as a part that did nothing is; plain: each failure had its error line
+        logging.ERROR if counts["failed"] else logging.WARNING if empty_part else logging.INFO,
         "%s -> %s: %s (settings in %s)",
         " ".join(args.input),
         args.output,
@@ -208,7 +211,7 @@ def _segment(args: argparse.Namespace) -> int:
         record_path.name,
         extra={"plain": True},
     )
-    return EXIT_FAILED if counts["failed"] or not results else EXIT_OK
+    return EXIT_FAILED if counts["failed"] or not (results or empty_part) else EXIT_OK
 
 
 ######################################################################################################################

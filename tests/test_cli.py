@@ -770,3 +770,16 @@ def test_anti_aliasing_reaches_the_predictor_and_the_run_record(setup, capsys, m
     assert Predictor.from_checkpoint(checkpoint, anti_aliasing=True).preprocessing["anti_aliasing"] is True
     with pytest.raises(InputError, match=r"anti_aliasing: preprocessing\['anti_aliasing'\] must be true or false"):
         Predictor.from_checkpoint(checkpoint, anti_aliasing="on")
+
+
+def test_a_part_that_holds_no_case_ends_well_and_says_so(setup, capsys):
+    """From a review: --num-parts 3 --part-id 2 over one case exited 1 saying "no cases", so an array job with more
+    tasks than cases showed failed tasks where nothing failed. It exits 0, saying the cases went to other parts; the
+    part that holds the case segments it."""
+    tmp_path, inputs, checkpoint = setup
+    base = ["segment", "-i", str(inputs), "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST]
+    assert main([*base, "--num-parts", "3", "--part-id", "2"]) == 0
+    assert "no cases in part 2 of 3 (the cases went to other parts)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "good.nii.gz").exists()
+    assert main([*base, "--num-parts", "3", "--part-id", "0"]) == 0
+    assert (tmp_path / "out" / "good.nii.gz").exists()
