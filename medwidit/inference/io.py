@@ -185,6 +185,31 @@ def _gzip_magic(path: Path) -> bool:
         return False
 
 
+def _nifti_magic(path: Path) -> bool:
+    """The file starts as an uncompressed NIfTI-1 or -2 header (sizeof_hdr 348 or 540, either byte order)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and {int.from_bytes(head, "little"), int.from_bytes(head, "big")} & {348, 540} != set()
+
+
+def _check_float32_range(data, path) -> None:
+    """An InputError where finite values lie beyond float32's range (the model computes in float32; the cast made
+    them infinite, and the error then called them "NaN or infinite", after numpy's overflow warning)."""
+    data = np.asanyarray(data)
+    if data.dtype.kind != "f" or data.dtype.itemsize <= 4:
+        return
+    finite = np.abs(data[np.isfinite(data)])
+    limit = float(np.finfo(np.float32).max)
+    if finite.size and float(finite.max()) > limit:
+        raise InputError(
+            f"{path}: {int((finite > limit).sum())} voxel(s) reach {float(finite.max()):.3g}, beyond float32's range "
+            f"(+-{limit:.3g}) that medwidit computes in; rescale the image."
+        )
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     image = nib.load(str(path))
     if not isinstance(image, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
@@ -236,6 +261,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
             data, image = _read_nifti(path)
         else:
             data, image = _read_itk(path)
+        _check_float32_range(data, path)
         data = np.asarray(data, dtype=np.float32)
     except InputError:
         raise
@@ -247,6 +273,8 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         problem = f"cannot read the image, the file is truncated or not an image ({one_line(e)})"
         if suffix == ".nii" and _gzip_magic(path):  # nibabel reads a .nii as uncompressed whatever it holds
             problem = "the file is gzip-compressed but named .nii: rename it to .nii.gz"
+        elif suffix == ".nii.gz" and _nifti_magic(path):
+            problem = "the file is an uncompressed NIfTI but named .nii.gz: rename it to .nii"
         raise InputError(f"{path}: {problem}.") from e
     data = _squeeze_to(data, spatial_dims, path)
     _check_finite(data, path)

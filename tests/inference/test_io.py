@@ -1,6 +1,7 @@
 """inference/io: exact geometry through load -> identity -> save, atomic writes, one-line errors for bad files."""
 
 import gzip
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -189,6 +190,41 @@ def test_a_compressed_nifti_named_nii_is_told_to_be_renamed(tmp_path, rng):
     plain.write_bytes(plain.read_bytes()[:500])
     with pytest.raises(InputError, match="truncated or not an image"):
         read_image(plain)
+
+
+def test_an_uncompressed_nifti_named_nii_gz_is_told_to_be_renamed(tmp_path, rng):
+    """From a review: the opposite mix-up (an uncompressed NIfTI named .nii.gz) said "truncated or not an image (File
+    ... is not a gzip file)"; it says what it is, for NIfTI-1 and NIfTI-2 alike. A gzip file that is no image keeps
+    the general line."""
+    data = rng.random((4, 4, 4)).astype(np.float32)
+    for kind in (nib.Nifti1Image, nib.Nifti2Image):
+        plain = tmp_path / f"{kind.__name__}.nii"
+        nib.save(kind(data, np.eye(4)), str(plain))
+        misnamed = plain.rename(tmp_path / f"{kind.__name__}.nii.gz")
+        told = r"\.nii\.gz: the file is an uncompressed NIfTI but named \.nii\.gz: rename it to \.nii\.$"
+        with pytest.raises(InputError, match=told):
+            read_image(misnamed)
+    other = tmp_path / "other.nii.gz"
+    other.write_bytes(gzip.compress(b"not an image at all" * 40))
+    with pytest.raises(InputError, match="truncated or not an image"):
+        read_image(other)
+
+
+def test_finite_values_beyond_float32_are_named_as_such(tmp_path):
+    """From a review: float64 voxels up to 2.5e302, all finite, printed numpy's overflow warning and then "voxel(s) are
+    NaN or infinite" (the cast to float32 had made them so). They are named as beyond float32's range, with no
+    warning; float64 values within it still read."""
+    data = np.ones((6, 6, 6))
+    data[0, 0, :2] = [2.5e302, -1e40]
+    path = tmp_path / "huge.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"huge.nii.gz: 2 voxel\(s\) reach 2.5e\+302, beyond float32's range"):
+            read_image(path)
+    data[0, 0, :2] = [1e30, 2.0]
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    assert read_image(path)[0].max() == np.float32(1e30)
 
 
 def test_a_blank_image_or_modality_is_refused_by_name_wherever_it_comes_from(tmp_path, rng):
