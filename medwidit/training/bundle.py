@@ -32,7 +32,7 @@ from monai.data import load_decathlon_datalist
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
-from medwidit.utils import check_bool
+from medwidit.utils import check_bool, is_integer
 from medwidit.utils.files import locked
 from medwidit.utils.resources import shipped_path
 
@@ -266,9 +266,13 @@ def one_line_errors() -> None:
 
 
 PACKAGE = Path(__file__).resolve().parents[1]  # medwidit/: where its own checks are raised
+class CasesFailedError(RuntimeError):
+    """Cases of a bundle's inference failed; each had its own error line (:func:`require_done`)."""
+
+
 # a refused option or file; FileExistsError: a report or output that may not be replaced (from a review: a second
-# evaluation into one dice.json was a 53-line traceback)
-ONE_LINE_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+# evaluation into one dice.json was a 53-line traceback); CasesFailedError: cases that each said why
+ONE_LINE_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CasesFailedError)
 
 
 def _medwidit_check(error: BaseException | None) -> BaseException | None:
@@ -416,7 +420,7 @@ def _is_shipped_list(path: Path) -> bool:
         return False
 
 
-def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -> None:
+def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -> Path | str | None:
     """A training run owns its checkpoint folder. Its first rank takes the folder's lock (``.<name>.lock`` beside
     it) for the run, so a second run into it while this one trains is refused, naming the process: two runs started
     together both passed the check below (the first checkpoint comes after an epoch) and then wrote each other's
@@ -428,7 +432,8 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
     ``medwidit export .../best.ckpt`` in between exported the old weights. Such a folder is refused, naming the
     three ways on; ``overwrite_run`` removes the earlier ``*.ckpt`` first. ``resume`` "last" needs a ``last*.ckpt``
     in the folder (Lightning trained from scratch, with a warning only); a checkpoint file must exist, and one from
-    another folder may not continue into a folder holding other checkpoints unless ``overwrite_run``."""
+    another folder may not continue into a folder holding other checkpoints unless ``overwrite_run``. Returns the
+    checkpoint a resumed run continues from (a Path, a remote URL, or None for Lightning's own keys and new runs)."""
     folder = Path(ckpt_dir)
     overwrite = check_bool("overwrite_run", overwrite_run)
     if "://" in str(ckpt_dir):  # a remote folder (fsspec): no lock file there, and no local listing
@@ -444,9 +449,9 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
             if isinstance(source, Path):
                 _warn_skewed_loop_state(source)
             if source is None or not earlier:
-                return
+                return source
             if isinstance(source, Path) and source.resolve().parent == folder.resolve():
-                return
+                return source
             if not overwrite:
                 raise ValueError(
                     f"--resume {resume} continues another folder's checkpoint into {folder}, which holds other "
@@ -454,7 +459,7 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
                     "them with --overwrite_run true."
                 )
         elif not earlier:
-            return
+            return None
         elif not overwrite:
             raise ValueError(
                 f"{folder} holds an earlier run's checkpoints ({', '.join(p.name for p in earlier)}): continue that "
@@ -468,6 +473,7 @@ def check_run_folder(ckpt_dir: str | os.PathLike, resume, overwrite_run=False) -
         for path in earlier:
             path.unlink(missing_ok=True)
         logger.warning("overwrite_run: removed the earlier run's checkpoints in %s.", folder)
+    return source if resume is not None else None
 
 
 def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrite_run=False):
@@ -478,10 +484,12 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
     exports = _export_folders(trainer)
     for models_dir in exports:  # a bundle's models/ is refused before overwrite_run removes anything
         _refuse_bundle_models(Path(models_dir))
-    check_run_folder(ckpt_dir, resume, overwrite_run)  # (overwrite_run removed them, then the data check failed)
+    source = check_run_folder(ckpt_dir, resume, overwrite_run)  # (overwrite_run removed them, then the data failed)
     try:
         for models_dir in exports:  # under the run folder's lock
             check_export_folder(models_dir, resume, overwrite_run)
+        if isinstance(source, Path):
+            _check_resumed_network(module, source)
         return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     except SIGTERMException as e:  # a SystemExit without a code: a scheduler's time limit ended the run with status 0
         logger.error(
@@ -492,6 +500,33 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
         raise SystemExit(128 + signal.SIGTERM) from e
     finally:
         release_run_folder(ckpt_dir)
+
+
+def _check_resumed_network(module, checkpoint: Path) -> None:
+    """A ValueError naming the checkpoint and the first differing weights where its network is not this run's (an
+    override such as ``--hidden_size 32`` beside ``--resume last``): Lightning's load printed 157 lines of
+    ``Error(s) in loading state_dict`` after the whole setup (from a review)."""
+    ours = getattr(module, "state_dict", dict)()
+    try:
+        theirs = torch.load(checkpoint, map_location="cpu", weights_only=True).get("state_dict", {})
+    except Exception:  # unreadable: Lightning's load says why
+        return
+    if not ours or not isinstance(theirs, dict):
+        return
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = [
+        f"{k} {tuple(theirs[k].shape)} (this run: {tuple(v.shape)})"
+        for k, v in ours.items()
+        if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    parts = [f"shapes {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''}"] if shapes else []
+    for what, keys in (("weights this run lacks", unexpected), ("weights it lacks", missing)):
+        parts += [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"] if keys else []
+    if parts:
+        raise ValueError(
+            f"--resume: {checkpoint} holds another network than this run builds ({'; '.join(parts)}): resume with the "
+            "run's own settings (its hparams.yaml), or start a new run, from these weights with --init_weights."
+        )
 
 
 def _export_folders(trainer) -> list[Path]:
@@ -644,6 +679,23 @@ def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | str | No
     return Path(resume)
 
 
+def check_run_options(*, seed, epochs, max_steps, val_interval, device) -> None:
+    """train.json's options that Lightning and torch read before any medwidit code, each checked by name (from a
+    review, each was a traceback: ``--seed abc`` in ``seed_everything``, ``--epochs abc`` a TypeError, ``--val_interval
+    0`` a ZeroDivisionError in Lightning's loop, ``--device gpu`` torch's RuntimeError listing its device types)."""
+    if not (is_integer(seed) and 0 <= seed <= 2**32 - 1):
+        raise ValueError(f"seed must be an int in 0..2**32-1 (Lightning's seed_everything), got {seed!r}.")
+    for name, value in (("epochs", epochs), ("max_steps", max_steps)):
+        if value is not None and not (is_integer(value) and (value >= 1 or value == -1)):
+            raise ValueError(f"{name} must be an int >= 1, or -1 for no limit, got {value!r}.")
+    if val_interval is not None and not (is_integer(val_interval) and val_interval >= 1):
+        raise ValueError(f"val_interval must be an int >= 1 (validate every that many epochs), got {val_interval!r}.")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}.") from None
+
+
 def refuse_renamed(**values) -> None:
     """Raise ValueError naming the new key for every renamed ``train.json`` key (``RENAMED_KEYS``) that an override
     set: an override of a key that nothing reads would otherwise be ignored without a word."""
@@ -657,15 +709,16 @@ def refuse_renamed(**values) -> None:
 
 
 def require_done(results: Sequence) -> list:
-    """Raise RuntimeError naming every failed case of ``Predictor.predict_from_files``'s results (objects with
-    ``name``, ``status`` and ``message``), so that a bundle run with a failed case does not end as a success."""
+    """Raise CasesFailedError naming every failed case of ``Predictor.predict_from_files``'s results (objects with
+    ``name``, ``status`` and ``message``), so that a bundle run with a failed case does not end as a success; under
+    ``monai.bundle run`` it prints as one line, after each case's own (it was a 58-line traceback)."""
     results = list(results)
     failed = [r for r in results if getattr(r, "status", None) == "failed"]
     if failed:
         lines = "\n".join(f"  {r.name}: {r.message}" for r in failed)
-        raise RuntimeError(f"{len(failed)} of {len(results)} case(s) failed:\n{lines}")
+        raise CasesFailedError(f"{len(failed)} of {len(results)} case(s) failed:\n{lines}")
     if not results:
-        raise RuntimeError("no case was segmented: the data list split is empty.")
+        raise CasesFailedError("no case was segmented: the data list split is empty.")
     return results
 
 

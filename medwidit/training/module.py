@@ -27,7 +27,7 @@ from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 from medwidit.diffusion.checkpoint import with_config_defaults
 from medwidit.nets.contract import check_roi_multiple_of_patch, network_size_multiple
-from medwidit.utils import check_bool
+from medwidit.utils import check_bool, is_finite_number
 
 from .visualize import log_validation_images
 
@@ -158,19 +158,19 @@ class DiffusionSegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         segmenter = _segmenter_from(segmenter, model_config)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}.")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
-        if int(warmup_steps) < 0 or int(ema_start_step) < 0 or int(log_images) < 0:
-            raise ValueError(
-                f"warmup_steps, ema_start_step and log_images must be >= 0, got {warmup_steps}, {ema_start_step}, "
-                f"{log_images}."
-            )
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}.")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}.")
+        # numbers of any type, checked by name: `--lr fast` was a TypeError of the comparison (from a review)
+        if not (is_finite_number(lr) and lr > 0):
+            raise ValueError(f"lr must be a number > 0, got {lr!r}.")
+        if not (is_finite_number(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
+        for name, value in (("warmup_steps", warmup_steps), ("ema_start_step", ema_start_step),
+                            ("log_images", log_images)):  # fmt: skip
+            if not (is_finite_number(value) and value >= 0 and float(value).is_integer()):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        if not (is_finite_number(min_lr_ratio) and 0.0 <= min_lr_ratio <= 1.0):
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}.")
+        if ema_decay is not None and not (is_finite_number(ema_decay) and 0.0 <= ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}.")
         num_classes = segmenter.num_classes
         class_names = list(class_names) if class_names is not None else [f"class_{k}" for k in range(num_classes)]
         if len(class_names) != num_classes:
@@ -180,8 +180,8 @@ class DiffusionSegmentationModule(L.LightningModule):
         tags = [_tag(name) for name in class_names]
         if len(set(tags)) != len(tags):  # 'grey matter' and 'grey-matter' logged one Dice under one tag, dropping one
             raise ValueError(f"class_names {class_names} give the same metric tag twice ({tags}): name them apart.")
-        if len(betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {betas}.")
+        if isinstance(betas, str) or len(betas) != 2 or not all(is_finite_number(b) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}.")
         preprocessing = check_preprocessing(preprocessing or {})
         self.segmenter = segmenter
         self.validation_sampler = validation_sampler

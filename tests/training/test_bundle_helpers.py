@@ -613,14 +613,67 @@ def test_segmentation_network_shares_steps_as_the_segmenter_does():
         SegmentationNetwork(segmenter, steps=3, num_samples=2, shared_steps=3)
 
 
-def test_require_done_names_failed_cases():
+def test_require_done_names_failed_cases_in_one_line(capsys):
+    """From a review: an inference.json run with a missing image printed its useful error line, then a 58-line
+    traceback of require_done's RuntimeError. It is one of the one-line errors now."""
+    from medwidit.training.bundle import CasesFailedError, _medwidit_check, one_line_errors
+
     done = SimpleNamespace(name="a", status="done", message=None)
     failed = SimpleNamespace(name="b", status="failed", message="b.nii.gz: truncated file")
     assert require_done([done]) == [done]
-    with pytest.raises(RuntimeError, match=r"(?s)1 of 2 case.*b: b.nii.gz: truncated file"):
+    with pytest.raises(CasesFailedError, match=r"(?s)1 of 2 case.*b: b.nii.gz: truncated file") as raised:
         require_done([done, failed])
-    with pytest.raises(RuntimeError, match="empty"):
+    assert isinstance(raised.value, RuntimeError) and _medwidit_check(raised.value) is raised.value
+    previous = sys.excepthook
+    try:
+        one_line_errors()
+        sys.excepthook(type(raised.value), raised.value, raised.value.__traceback__)
+    finally:
+        sys.excepthook = previous
+    assert capsys.readouterr().err == "medwidit: error: 1 of 2 case(s) failed: b: b.nii.gz: truncated file\n"
+    with pytest.raises(CasesFailedError, match="empty"):
         require_done([])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("seed", "abc", r"seed must be an int in 0\.\.2\*\*32-1 .*, got 'abc'"),
+        ("seed", 2**32, r"seed must be an int in 0\.\.2\*\*32-1"),
+        ("epochs", "abc", r"epochs must be an int >= 1, or -1 for no limit, got 'abc'"),
+        ("max_steps", 0, r"max_steps must be an int >= 1, or -1 for no limit, got 0"),
+        ("val_interval", 0, r"val_interval must be an int >= 1 \(validate every that many epochs\), got 0"),
+        ("device", "gpu", r"device must be cpu, cuda or cuda:N, got 'gpu'"),
+    ],
+)
+def test_run_options_lightning_reads_first_are_checked_by_name(option, value, message):
+    """From a review: each was a traceback from Lightning or torch (a ZeroDivisionError for val_interval 0)."""
+    from medwidit.training import check_run_options
+
+    good = {"seed": 0, "epochs": 1200, "max_steps": 1080, "val_interval": 90, "device": torch.device("cpu")}
+    check_run_options(**good)
+    check_run_options(**{**good, "epochs": None, "max_steps": -1, "val_interval": None, "device": "cuda:1"})
+    with pytest.raises(ValueError, match=message):
+        check_run_options(**{**good, option: value})
+
+
+def test_train_json_checks_its_run_options_before_seeding(tmp_path):
+    """The bundle's initialize runs the check before Lightning's seed_everything, and passes on the shipped values
+    (monai.bundle.load runs initialize too)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json"))
+    parser["bundle_root"] = str(tmp_path)
+    steps = parser["initialize"]
+    assert "check_run_options" in steps[1] and "seed_everything" in steps[2]
+    parser.get_parsed_content("initialize")  # the shipped values pass
+    parser["val_interval"] = 0
+    with pytest.raises(Exception) as raised:
+        parser.get_parsed_content("initialize", lazy=False)
+    from medwidit.training.bundle import _medwidit_check
+
+    assert "val_interval must be an int >= 1" in str(_medwidit_check(raised.value))
 
 
 def test_refuse_renamed_names_the_new_key_and_knows_its_keys():

@@ -670,3 +670,49 @@ def test_head_options_name_every_head_and_the_module_that_is_it():
         assert built == {name: name == head for name in HEADS}
         pixel_keys = {key for key in net.config if key.startswith("pixel_")}
         assert pixel_keys == set(HEAD_OPTIONS["pixel"])  # every pixel_* option belongs to the pixel head
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("lr", "fast", r"lr must be a number > 0, got 'fast'"),
+        ("lr", 0, r"lr must be a number > 0, got 0"),
+        ("weight_decay", "x", r"weight_decay must be a number >= 0, got 'x'"),
+        ("warmup_steps", 2.5, r"warmup_steps must be an integer >= 0, got 2.5"),
+        ("log_images", "1", r"log_images must be an integer >= 0, got '1'"),
+        ("min_lr_ratio", None, r"min_lr_ratio must be in \[0, 1\], got None"),
+        ("ema_decay", "0.9", r"ema_decay must be in \[0, 1\) or None, got '0.9'"),
+        ("betas", "ab", r"betas must be two numbers in \[0, 1\), got 'ab'"),
+        ("betas", (0.9, 1.5), r"betas must be two numbers in \[0, 1\)"),
+    ],
+)
+def test_optimizer_options_of_any_type_are_refused_by_name(option, value, message):
+    """From a review: `--lr fast` was a TypeError of the comparison inside MONAI's "Failed to instantiate component";
+    every optimizer option is refused by name, whatever its type (an override's text too). 100.0 warm-up steps, as
+    JSON may give them, still count."""
+    from medwidit.training.module import DiffusionSegmentationModule
+
+    DiffusionSegmentationModule(tiny_segmenter(), warmup_steps=100.0)
+    with pytest.raises(ValueError, match=message):
+        DiffusionSegmentationModule(tiny_segmenter(), **{option: value})
+
+
+def test_a_resume_into_another_network_is_refused_naming_the_weights(tmp_path):
+    """From a review: `--resume last --hidden_size 32` printed 157 lines of load_state_dict's error after the whole
+    setup. The run is refused before fit, naming the checkpoint, the first differing shapes and how to go on."""
+    from medwidit.training.bundle import _check_resumed_network
+    from medwidit.training.module import DiffusionSegmentationModule
+
+    module = DiffusionSegmentationModule(tiny_segmenter())
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict()}, checkpoint)
+    _check_resumed_network(module, checkpoint)  # the same network
+    other = DiffusionSegmentationModule(tiny_segmenter(num_classes=2))  # another task: other in and out channels
+    with pytest.raises(ValueError, match=r"--resume: .*last.ckpt holds another network than this run builds \(shapes "
+                                         r"segmenter\.net\..* \(this run: .*--init_weights"):  # fmt: skip
+        _check_resumed_network(other, checkpoint)
+    state = module.state_dict()
+    state["segmenter.extra"] = torch.zeros(1)
+    torch.save({"state_dict": state}, checkpoint)
+    with pytest.raises(ValueError, match=r"weights this run lacks segmenter\.extra"):
+        _check_resumed_network(module, checkpoint)
