@@ -367,7 +367,61 @@ def _export(args: argparse.Namespace) -> int:
         raise OutputError(str(e)) from e
     logger.info("%s -> %s (and %s)", checkpoint, weights, weights.with_name("medwidit.json"))
     _warn_other_weight_sets(bundle)
+    _warn_monai_network(bundle, weights.with_name("medwidit.json"))
     return EXIT_OK
+
+
+# train.json's keys that build the network (net, segmenter) -> where medwidit.json's config keeps each
+NET_KEYS = "hidden_size depth num_heads patch_size window_size embed position spacing_conditioning head pixel_dim"
+NETWORK_KEYS = {
+    "num_classes": ("segmenter", "num_classes"),
+    "self_condition": ("segmenter", "self_condition"),
+    "objective": ("segmenter", "objective"),
+} | {key: ("net", key) for key in (*NET_KEYS.split(), "pixel_depth", "pixel_mlp_ratio")}
+
+
+def _warn_monai_network(bundle, exported) -> None:
+    """After ``export``: MONAI's loaders (``monai.bundle.load`` with its defaults, ``ckpt_export``,
+    ``verify_net_in_out``) build ``train.json``'s ``network_def`` and copy in only the weights whose shapes fit it,
+    so a copy of the brain bundle with weights for three classes loaded 76 of 80 tensors, the others left random,
+    without an error (from a review). Name each plain train.json value that differs from the exported network's
+    (expressions are not evaluated: a bundle's configs run code)."""
+    import json
+
+    try:
+        train = json.loads((bundle / "configs" / "train.json").read_text())
+        config = json.loads(exported.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no train.json (a bundle for inference only), or none to compare with
+
+    def plain(value) -> bool:
+        return not (isinstance(value, str) and value.startswith(("$", "@", "%")))
+
+    def same(ours, theirs) -> bool:  # a patch size 4 is [4, 4, 4]
+        if isinstance(ours, list) and not isinstance(theirs, list):
+            theirs = [theirs] * len(ours)
+        elif isinstance(theirs, list) and not isinstance(ours, list):
+            ours = [ours] * len(theirs)
+        return ours == theirs
+
+    differ = []
+    for key, (part, name) in NETWORK_KEYS.items():
+        if key in train and plain(train[key]) and name in config.get(part, {}):
+            if not same(train[key], config[part][name]):
+                differ.append(f"{key} {json.dumps(train[key])} (the export's {json.dumps(config[part][name])})")
+    if "class_names" in train and plain(train["class_names"]) and train["class_names"] != config.get("class_names"):
+        differ.append(
+            f"class_names {json.dumps(train['class_names'])} (the export's {json.dumps(config['class_names'])})"
+        )
+    if differ:
+        logger.warning(
+            "%s: its configs/train.json builds another network than the exported one (%s): MONAI's loaders "
+            "(monai.bundle.load, ckpt_export, verify_net_in_out) build train.json's network_def and load only the "
+            "weights whose shapes fit it; set these in train.json (and metadata.json's network_data_format) so that "
+            "they load every weight.",
+            bundle,
+            "; ".join(differ),
+        )
 
 
 def _warn_other_weight_sets(bundle) -> None:

@@ -716,3 +716,37 @@ def test_a_resume_into_another_network_is_refused_naming_the_weights(tmp_path):
     torch.save({"state_dict": state}, checkpoint)
     with pytest.raises(ValueError, match=r"weights this run lacks segmenter\.extra"):
         _check_resumed_network(module, checkpoint)
+
+
+def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_to_set(tmp_path, capsys):
+    """From a review: a copy of the brain bundle with exported weights for three classes loaded 76 of 80 tensors in
+    `monai.bundle.load` and `ckpt_export` (which build train.json's network_def), the rest left random, with no
+    error. The export names each plain train.json value that differs from the exported network, and says nothing
+    where they agree."""
+    import shutil
+    from pathlib import Path
+
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    _fit(tmp_path, data_list, epochs=1, sampler=whole_volume_sampler(steps=1))
+    shipped = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation" / "configs"
+    bundle = tmp_path / "my_bundle"
+    shutil.copytree(shipped, bundle / "configs")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "ckpt" / "last.ckpt"), str(bundle), "-q"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its configs/train.json builds another network than the exported one (num_classes 2 (the export's 3);" in err
+    for differs in (
+        "hidden_size 64 (the export's 32)",
+        "depth 4 (the export's 1)",
+        'class_names ["background", "brain"]',
+    ):
+        assert differs in err, err
+    assert "patch_size" not in err  # 4 against [4, 4, 4]: the same
+    config = json.loads((bundle / "models" / "medwidit.json").read_text())["config"]
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    train.update(num_classes=3, class_names=config["class_names"], **{k: config["net"][k] for k in ("hidden_size",
+                 "depth", "num_heads", "window_size", "embed", "position", "head", "pixel_dim", "pixel_depth",
+                 "pixel_mlp_ratio", "spacing_conditioning")})  # fmt: skip
+    (bundle / "configs" / "train.json").write_text(json.dumps(train))
+    assert main(["export", str(tmp_path / "ckpt" / "last.ckpt"), str(bundle), "-q", "--overwrite"]) == 0
+    assert "builds another network" not in capsys.readouterr().err
