@@ -11,13 +11,13 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, load_decathlon_datalist
-from monai.data.utils import json_hashing
+from monai.data.utils import json_hashing, pickle_hashing
 from monai.transforms import (
     CastToTyped,
     Compose,
@@ -265,6 +265,19 @@ def load_label_maps(data_list: str | os.PathLike, key: str, base_dir: str | os.P
                 _check_same_grid(where, item["image"], geometry, path, 3, reordered=True)  # the image is not read
             maps.append({"label": str(path)})
     return maps
+
+
+def _item_key(item: Mapping) -> bytes:
+    """``PersistentDataset``'s key of one item: its entries and, for each that names a file, the file's size and
+    modification time. MONAI's default hashes the entries alone, so a label corrected in place was read back from
+    the cache as it was before, --overwrite_run or not (from a review)."""
+    stamps = {}
+    for key, value in sorted(item.items()):
+        for i, path in enumerate(value if isinstance(value, (list, tuple)) else [value]):  # modalities' lists too
+            if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+                stat = os.stat(path)
+                stamps[f"{key}[{i}]"] = [stat.st_size, stat.st_mtime_ns]
+    return pickle_hashing({**item, "_files": stamps})
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -563,14 +576,21 @@ class SegmentationDataModule(L.LightningDataModule):
             # keyed by the settings too: a cache made with others (another intensity mode or spacing, without the
             # spacing record) is not read back as if it were this one's
             folder = Path(self.cache_dir) / split
-            return PersistentDataset(items, transform, cache_dir=folder, hash_transform=self._cache_key)
+            return PersistentDataset(
+                items, transform, cache_dir=folder, hash_func=_item_key, hash_transform=self._cache_key
+            )
         return Dataset(items, transform)
 
     def _cache_key(self, transforms: Sequence) -> bytes:
         """``PersistentDataset``'s key of the deterministic transforms: MONAI's ``json_hashing`` cannot serialise
         transform objects and falls back to their class names alone, so the settings they were built from go in."""
         names = [type(t).__name__ for t in transforms]
-        return json_hashing({"transforms": names, "preprocessing": self.preprocessing, "spacing_key": self.spacing_key})
+        # the training crop's cached prefix also crops to the foreground and pads to roi_size (from a review: a cache
+        # made with another margin or crop was read back as this run's)
+        settings = {"foreground_margin": self.foreground_margin, "roi_size": [int(r) for r in self.roi_size]}
+        return json_hashing(
+            {"transforms": names, "preprocessing": self.preprocessing, "spacing_key": self.spacing_key, **settings}
+        )
 
     def _synthetic(self) -> list[MapTransform]:
         return synthetic_train_transforms(

@@ -3,6 +3,7 @@ validation volumes are the shared pre-transforms' output and nothing else."""
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -327,6 +328,33 @@ def test_a_disk_cache_of_other_preprocessing_settings_is_not_read_back(tmp_path)
     lps = validation_image({**PREPROCESSING_3D, "orientation": "LPS"})
     assert not torch.equal(ras, lps)
     assert torch.equal(lps, validation_image({**PREPROCESSING_3D, "orientation": "LPS"}, cache="none"))
+
+
+def test_a_disk_cache_is_not_read_back_for_a_file_changed_in_place_or_another_crop(tmp_path):
+    """From a review: a validation label corrected in place was read back from the disk cache as before (MONAI keys
+    an item by its entries, the paths), --overwrite_run or not; and a cache made with another foreground margin or
+    roi_size was read back as this run's (the training prefix crops and pads with them)."""
+    data_list = write_dataset(tmp_path, num_train=1, num_val=1)
+    options = {"num_crops": 1, "num_workers": 0, "cache": "disk", "cache_dir": tmp_path / "cache"}
+
+    def module(**more):
+        return SegmentationDataModule(data_list=data_list, preprocessing=PREPROCESSING_3D, **{"roi_size": [8, 8, 8],
+                                      **options, **more})  # fmt: skip
+
+    label_path = load_data_list(data_list, "validation")[0]["label"]
+    before = module().val_dataset[0]["label"]
+    label = nib.load(label_path)
+    corrected = np.zeros(label.shape, np.uint8)
+    corrected[2:5, 2:5, 2:5] = 1
+    nib.save(nib.Nifti1Image(corrected, label.affine), label_path)
+    after = module().val_dataset[0]["label"]
+    assert not torch.equal(before, after) and int(after.sum()) == 27
+
+    keys = {
+        name: module(**more)._cache_key([])
+        for name, more in {"base": {}, "margin": {"foreground_margin": 2}, "roi": {"roi_size": [16, 16, 16]}}.items()
+    }
+    assert len(set(keys.values())) == 3
 
 
 @pytest.mark.parametrize("intensity", list(INTENSITY_MODES))  # every mode, a new one included
