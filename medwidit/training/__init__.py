@@ -1,5 +1,7 @@
 """medwidit.training: Lightning module and data module, and the glue the MONAI bundles reference."""
 
+import sys
+
 from . import bundle
 from .bundle import (
     RENAMED_KEYS,
@@ -53,3 +55,4 @@ __all__ = [
 
 if bundle._under_monai_bundle_cli():  # python -m monai.bundle run: medwidit's checks print as one line
     one_line_errors()
+    bundle.exit_on_unknown_overrides(sys.argv)

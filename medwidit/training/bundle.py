@@ -266,6 +266,8 @@ def one_line_errors() -> None:
 
 
 PACKAGE = Path(__file__).resolve().parents[1]  # medwidit/: where its own checks are raised
+
+
 class CasesFailedError(RuntimeError):
     """Cases of a bundle's inference failed; each had its own error line (:func:`require_done`)."""
 
@@ -351,6 +353,64 @@ def _raised_check(block: str) -> BaseException | None:
 
 def _under_monai_bundle_cli() -> bool:
     return Path(sys.argv[0] if sys.argv else "").parts[-3:] == ("monai", "bundle", "__main__.py")
+
+
+# monai.bundle run's own arguments (monai.bundle.scripts.run), not overrides of a config's keys
+RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+
+
+def exit_on_unknown_overrides(argv: Sequence[str]) -> None:
+    """:func:`refuse_unknown_overrides` as ``python -m monai.bundle run`` imports medwidit's training glue: its one
+    line, then exit status 1. On import, since no config key is read in every run (``--output_dir`` alone leaves
+    ``bundle_root`` unread), and as an exit, since MONAI imports a config's modules through ``optional_import``,
+    which turns an import's error into a missing module."""
+    try:
+        refuse_unknown_overrides(argv)
+    except ValueError as e:
+        print(f"medwidit: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def refuse_unknown_overrides(argv: Sequence[str]) -> None:
+    """``python -m monai.bundle run ... --key value``: a ValueError naming each override whose key (its first part
+    before ``#``) no config file of the run has. MONAI adds such a key and nothing reads it, so a misspelt override
+    (``--learning_rate 1e-5`` for ``--lr``) trained with the default without a word (from a review). Nothing is
+    checked where the configs cannot be read here (MONAI says why) or an ``--args_file`` may hold overrides."""
+    import ast
+    import difflib
+
+    if len(argv) < 2 or argv[1] != "run":
+        return
+    names, files = [], None
+    for i, token in enumerate(argv[2:], start=2):
+        if not token.startswith("--"):
+            continue
+        name, _, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name == "config_file":
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                files = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                files = value
+        names.append(name)
+    if files is None or "args_file" in names:
+        return
+    from monai.bundle import ConfigParser
+
+    try:
+        keys = set(ConfigParser.load_config_files(files))
+    except Exception:  # unreadable or missing: MONAI's own run says why
+        return
+    for name in names:
+        first = name.split("#")[0]
+        if name in RUN_ARGUMENTS or first in keys:
+            continue
+        close = difflib.get_close_matches(first, sorted(keys), n=1)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise ValueError(
+            f"--{name}: the run's configs ({files}) have no key {first!r}, so nothing would read it{hint}."
+        )
 
 
 def bundle_datalist(

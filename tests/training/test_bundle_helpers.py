@@ -758,3 +758,35 @@ def test_a_run_stopped_by_sigterm_exits_143_and_says_how_to_continue(tmp_path, c
     assert "training stopped by SIGTERM at step 7" in caplog.text and "--resume last" in caplog.text
     with locked(_run_lock_path(tmp_path / "checkpoints"), blocking=False) as free:
         assert free
+
+
+def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_path):
+    """From a review: `--learning_rate 1e-5 --synth_ration 0.5` trained with the defaults without a word (MONAI adds
+    a key nothing reads). Every override's first part must be a key of the run's configs; monai.bundle run's own
+    arguments pass; nothing is checked where an --args_file may hold overrides or the configs cannot be read."""
+    from medwidit.training.bundle import refuse_unknown_overrides
+
+    configs = Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs"
+    train, evaluate = str(configs / "train.json"), str(configs / "evaluate.json")
+    base = ["__main__.py", "run", "training", "--config_file", train]
+    refuse_unknown_overrides([*base, "--lr", "1e-5", "--preprocessing#air_threshold", "$None", "--meta_file", "m"])
+    refuse_unknown_overrides(["__main__.py", "run", f"--config_file=['{train}', '{evaluate}']", "--metrics_file", "x"])
+    closest = r"'synth_ration', so nothing would read it \(did you mean --synth_ratio\?\)"
+    with pytest.raises(ValueError, match=r"--synth_ration: the run's configs \(.*train.json\) have no key " + closest):
+        refuse_unknown_overrides([*base, "--synth_ration", "0.5"])
+    with pytest.raises(ValueError, match=r"--metrics_file: .* no key 'metrics_file'"):  # evaluate.json's key
+        refuse_unknown_overrides([*base, "--metrics_file", "x"])
+    refuse_unknown_overrides([*base, "--synth_ration", "0.5", "--args_file", "a.json"])
+    refuse_unknown_overrides(["__main__.py", "run", "--config_file", str(tmp_path / "none.json"), "--x", "1"])
+    refuse_unknown_overrides(["__main__.py", "verify_metadata", "--config_file", train, "--x", "1"])
+
+
+@pytest.mark.slow
+def test_monai_bundle_run_with_a_misspelt_override_stops_in_one_line(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+               str(Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json"),
+               "--learning_rate", "1e-5", "--output_dir", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("medwidit: error: --learning_rate: the run's configs (")
+    assert not (tmp_path / "runs").exists()
