@@ -414,7 +414,12 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
 
 
 def bundle_datalist(
-    data_list: str | os.PathLike, key: str, base_dir: str | os.PathLike, *, labels: bool = False
+    data_list: str | os.PathLike,
+    key: str,
+    base_dir: str | os.PathLike,
+    *,
+    labels: bool = False,
+    num_classes: int | None = None,
 ) -> list[dict]:
     """``monai.data.load_decathlon_datalist`` of split ``key``, or MissingDataError (one line: how to build the data
     or how to segment other files) when the list, its split or any of its images is missing; with ``labels``
@@ -448,6 +453,11 @@ def bundle_datalist(
             f"{base_dir} (first: {missing[0]}); build them with `python -m medwidit.datasets.brain build`, or "
             "segment your own files with --images \"['scan.nii.gz']\" (or medwidit segment)."
         )
+    if labels:  # before any case is sampled: a label off its image's grid or of other values failed after all of them
+        from .data import check_label_file  # the training data's checks (data.py builds on MONAI's transforms)
+
+        for index, item in enumerate(items):
+            check_label_file(("data_list", data_list, f"{key}[{index}]"), item["image"], item["label"], num_classes)
     return items
 
 

@@ -182,6 +182,14 @@ def load_data_list(
     return items
 
 
+def check_label_file(where: tuple, image, label, num_classes: int | None, spatial_dims: int = 3) -> None:
+    """A label to score a prediction of ``image`` against (evaluate.json): on the image's grid, its voxels in any
+    order (the prediction keeps the image's grid, and the scoring reorders such a label), holding class indices in
+    0..``num_classes``-1; else a ValueError naming it. ``where`` = (argument, data list, entry)."""
+    _check_same_grid(where, image, image_grid(image, spatial_dims), label, spatial_dims, reordered=True)
+    _check_label_values(where, label, num_classes)
+
+
 def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
     """ValueError unless ``label`` holds whole class indices >= 0 (below ``num_classes`` where given)."""
     argument, data_list, entry = where

@@ -790,3 +790,40 @@ def test_monai_bundle_run_with_a_misspelt_override_stops_in_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("medwidit: error: --learning_rate: the run's configs (")
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluation_checks_each_labels_grid_and_values_before_sampling(tmp_path):
+    """From a review: evaluate.json segmented every case, then refused a label off its image's grid (blaming the
+    prediction: "predictions must keep the input's geometry") or a 0/255 mask, and the next run found the failed
+    run's predictions in its way. bundle_datalist checks both when it reads the list, with the model's classes;
+    a label on its image's lattice in another voxel order is scored, so it passes."""
+    from medwidit.training import bundle_datalist
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine), str(tmp_path / "scan.nii.gz"))
+    labels = {
+        "good": (np.zeros((8, 8, 8), np.uint8), affine),
+        "las": (np.zeros((8, 8, 8), np.uint8), np.diag([-2.0, 2.0, 2.0, 1.0]) + np.eye(4) * 0),
+        "short": (np.zeros((6, 8, 8), np.uint8), affine),
+        "mask255": (np.full((8, 8, 8), 255, np.uint8), affine),
+    }
+    labels["las"][1][0, 3] = 14.0  # the same lattice, x stored the other way
+    for name, (data, grid) in labels.items():
+        nib.save(nib.Nifti1Image(data, grid), str(tmp_path / f"{name}.nii.gz"))
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"test": [{"image": "scan.nii.gz", "label": f"{name}.nii.gz"}]})
+        )
+    for name in ("good", "las"):
+        assert len(bundle_datalist(tmp_path / f"{name}.json", "test", tmp_path, labels=True, num_classes=2)) == 1
+    with pytest.raises(
+        ValueError, match=r"test\[0\]: label .*short.nii.gz' \(shape \(6, 8, 8\).*is not on the grid of image"
+    ):
+        bundle_datalist(tmp_path / "short.json", "test", tmp_path, labels=True, num_classes=2)
+    with pytest.raises(
+        ValueError, match=r"mask255.nii.gz' holds \[255\], outside the class indices 0..1 \(num_classes=2\)"
+    ):
+        bundle_datalist(tmp_path / "mask255.json", "test", tmp_path, labels=True, num_classes=2)
+    evaluate = json.loads(
+        (Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "evaluate.json").read_text()
+    )
+    assert "labels=True, num_classes=@predictor.num_classes" in evaluate["dataset_data"]
