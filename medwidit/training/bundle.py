@@ -749,10 +749,13 @@ def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | str | No
     return Path(resume)
 
 
-def check_run_options(*, seed, epochs, max_steps, val_interval, device) -> None:
+def check_run_options(*, seed, epochs, max_steps, val_interval, device, num_classes=None) -> None:
     """train.json's options that Lightning and torch read before any medwidit code, each checked by name (from a
     review, each was a traceback: ``--seed abc`` in ``seed_everything``, ``--epochs abc`` a TypeError, ``--val_interval
-    0`` a ZeroDivisionError in Lightning's loop, ``--device gpu`` torch's RuntimeError listing its device types)."""
+    0`` a ZeroDivisionError in Lightning's loop, ``--device gpu`` torch's RuntimeError listing its device types;
+    ``--num_classes 3.5`` named the network's in_channels, which it sets)."""
+    if num_classes is not None and not (is_integer(num_classes) and num_classes >= 2):
+        raise ValueError(f"num_classes must be an int >= 2 (background and at least one class), got {num_classes!r}.")
     if not (is_integer(seed) and 0 <= seed <= 2**32 - 1):
         raise ValueError(f"seed must be an int in 0..2**32-1 (Lightning's seed_everything), got {seed!r}.")
     for name, value in (("epochs", epochs), ("max_steps", max_steps)):

@@ -219,6 +219,12 @@ def _check_same_grid(
     stored in another order. ``where`` = (argument, data list, entry) for the message."""
     argument, data_list, entry = where
     (image_shape, image_affine), (label_shape, label_affine) = image_geometry, image_grid(label, spatial_dims)
+    if len(label_shape) > spatial_dims and tuple(image_shape) == tuple(label_shape):  # both N-D: the task is not
+        raise ValueError(  # (from a review: a 2-value roi_size on 3-D data read "resample the label onto its image")
+            f"{argument} {str(data_list)!r}, {entry}: image {str(image)!r} and label {str(label)!r} both have "
+            f"{len(label_shape)} axes {label_shape} where roi_size has {spatial_dims} values: give roi_size one value "
+            "per axis of the images."
+        )
     image_shape = image_shape[:spatial_dims]  # a channel axis after the spatial ones is the image's own
     comparable = image_affine is not None and label_affine is not None  # pictures (PNG, ...) have no world grid
     if image_shape == label_shape and (not comparable or np.allclose(image_affine, label_affine, rtol=0, atol=atol)):

@@ -644,6 +644,7 @@ def test_require_done_names_failed_cases_in_one_line(capsys):
         ("max_steps", 0, r"max_steps must be an int >= 1, or -1 for no limit, got 0"),
         ("val_interval", 0, r"val_interval must be an int >= 1 \(validate every that many epochs\), got 0"),
         ("device", "gpu", r"device must be cpu, cuda or cuda:N, got 'gpu'"),
+        ("num_classes", 3.5, r"num_classes must be an int >= 2 \(background and at least one class\), got 3.5"),
     ],
 )
 def test_run_options_lightning_reads_first_are_checked_by_name(option, value, message):

@@ -267,6 +267,13 @@ def test_the_grid_tolerance_is_absolute_and_axis_counts_are_named(tmp_path):
         ValueError, match=r"label .*label.nii.gz' has 3 axes \(4, 5, 6\) where the task's images have 2"
     ):
         _check_same_grid(where, tmp_path / "flat.nii.gz", geometry, tmp_path / "label.nii.gz", 2)
+    # from a review: 3-D image and label under a 2-value roi_size blamed the label ("resample it onto its image")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "image.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), str(tmp_path / "label.nii.gz"))
+    with pytest.raises(ValueError, match=r"image .* and label .* both have 3 axes \(4, 5, 6\) where roi_size has 2 "
+                                         r"values: give roi_size one value per axis"):  # fmt: skip
+        _check_same_grid(where, tmp_path / "image.nii.gz", image_grid(tmp_path / "image.nii.gz", 2),
+                         tmp_path / "label.nii.gz", 2)  # fmt: skip
 
 
 def test_an_image_with_fewer_axes_than_the_task_is_named_at_setup(tmp_path):
