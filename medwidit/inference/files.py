@@ -37,6 +37,7 @@ from .outputs import (
     changed_settings,
     check_plan,
     finish_interrupted,
+    finished_with_others,
     input_files,
     interrupted_settings,
     is_finished,
@@ -286,10 +287,17 @@ def _predict_case(
                     "unfinished; run with its settings and outputs and resume to finish it, or pass overwrite with "
                     f"resume to segment it again {_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
+            elif resume and (written := finished_with_others(plan)):
+                asked = ", ".join(sorted(f.name for f in plan.files if f.name not in written))
+                hint = (
+                    f" and the case was finished with other outputs ({', '.join(written)}), where this run asks for "
+                    f"{asked or 'fewer'}; pass overwrite with resume to segment it again with these "
+                    f"{_spelled('overwrite', 'resume', joiner=' and ')}"
+                )
             elif resume:
                 hint = (
-                    " but the case is unfinished (no completion marker, or other outputs were asked for); pass "
-                    f"overwrite with resume to redo it {_spelled('overwrite', 'resume', joiner=' and ')}"
+                    " but the case is unfinished (no completion marker); pass overwrite with resume to redo it "
+                    f"{_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
             elif (elsewhere := staged_elsewhere(plan)) == "finishable":  # a run killed while committing
                 hint = (

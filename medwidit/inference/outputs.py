@@ -183,6 +183,17 @@ def is_finished(plan: CasePlan) -> bool:
     return isinstance(written, list) and all(f.name in written and f.is_file() for f in plan.files)
 
 
+def finished_with_others(plan: CasePlan) -> list[str]:
+    """The files of the case's marker (a case finished by an earlier run) that this plan lacks, or those it adds,
+    where the case finished with other outputs than this plan's: what it wrote, by name ([] where it finished
+    with these, or did not finish)."""
+    written = _read_json(plan.marker).get("files")
+    if not isinstance(written, list) or not all(isinstance(name, str) and (plan.marker.parent.parent / name).is_file()
+                                                for name in written):  # fmt: skip
+        return []
+    return list(written) if sorted(written) != sorted(f.name for f in plan.files) else []
+
+
 def settings_json(settings: Mapping) -> dict:
     """``settings`` as a marker holds them and reads them back: JSON values (numpy scalars and arrays as numbers and
     lists, paths as text), so that one run's settings compare equal to themselves."""

@@ -1289,6 +1289,23 @@ def test_continue_refuses_a_finished_case_whose_input_was_replaced_by_another_of
     assert predictor.predict_from_files(inputs, out, resume=True, **FAST)[0].status == "skipped"
 
 
+def test_continue_asking_for_more_outputs_of_a_finished_case_says_it_finished_with_others(setup):
+    """From a review: --continue --save-probabilities over a case finished without them said it was "unfinished (no
+    completion marker, or other outputs were asked for)". It names what the case was finished with and what this run
+    adds; --overwrite --continue writes them all."""
+    tmp_path, inputs, predictor = setup
+    out = tmp_path / "out"
+    predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    more = predictor.predict_from_files(inputs, out, resume=True, save_probabilities=True, progress=False, **FAST)[0]
+    assert more.status == "failed" and "unfinished" not in more.message
+    assert ("already exists and the case was finished with other outputs (scan.nii.gz), where this run asks for "
+            "scan_probabilities.nii.gz; pass overwrite with resume") in more.message  # fmt: skip
+    redone = predictor.predict_from_files(
+        inputs, out, resume=True, overwrite=True, save_probabilities=True, progress=False, **FAST
+    )[0]
+    assert redone.status == "done" and visible(out) == ["scan.nii.gz", "scan_probabilities.nii.gz"]
+
+
 def test_continue_skips_a_case_whose_marker_names_no_settings(setup):
     """A case finished by a medwidit that kept no settings in its marker: nothing to compare, so it stays finished."""
     from medwidit.inference.outputs import STATE_DIR
