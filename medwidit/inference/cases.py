@@ -143,6 +143,10 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]
             series.extend(folder if folder.name not in ("", "..") else folder.resolve() for folder in dicom)
         else:
             files.append(path)  # missing or non-image files fail when their case is read, with the file's name
+    # one file given twice (a folder and a file in it, as a shell glob gives; ./a and a) is one input, not two
+    # modalities of a case (from a review: "one modality given twice (a.nii.gz, a.nii.gz)")
+    seen: set[str] = set()
+    files = [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
     return files, series, empty
 
 
@@ -190,7 +194,11 @@ def find_cases(
         problem = None
         if any(len(paths) > 1 for paths in modalities.values()):
             twice = next(paths for paths in modalities.values() if len(paths) > 1)
-            problem = f"{folder / name}: one modality given twice ({', '.join(p.name for p in twice)})."
+            listed = ", ".join(p.name for p in twice)
+            if all(_split_name(p, regex)[1] is None for p in twice):  # no modality number: two cases of one name
+                problem = f"{folder / name}: two files of one case name ({listed}); their outputs would share names."
+            else:
+                problem = f"{folder / name}: one modality given twice ({listed})."
         elif indices != list(range(len(indices))):
             problem = f"{folder / name}: modality numbers {indices} are not 0..{len(indices) - 1} without gaps."
         else:

@@ -689,6 +689,26 @@ def test_an_id_split_that_meets_a_case_of_its_name_fails_that_case_and_drops_no_
     )
 
 
+def test_one_file_given_twice_is_one_case_and_two_files_of_one_name_are_named_as_such(tmp_path):
+    """From a review: a folder and a file in it (as a shell glob gives) or ./a and a failed the case as "one modality
+    given twice (a.nii.gz, a.nii.gz)"; one file is one input. Two different files of one case name (scan.nii.gz and
+    scan.nrrd, with or without modality numbers) are refused as what they are."""
+    nifti(tmp_path / "a.nii.gz")
+    for inputs in ([tmp_path, tmp_path / "a.nii.gz"], [tmp_path / "a.nii.gz", tmp_path / "." / "a.nii.gz"]):
+        (case,) = find_cases(inputs, num_modalities=1)
+        assert case.problem is None and case.files == (tmp_path / "a.nii.gz",)
+    other = tmp_path / "b"
+    other.mkdir()
+    nifti(other / "scan.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32)), str(other / "scan.nrrd"))
+    for pattern in ("default", None):
+        options = {} if pattern == "default" else {"modality_pattern": None}
+        (case,) = find_cases(other, num_modalities=1, **options)
+        assert case.problem == (
+            f"{other / 'scan'}: two files of one case name (scan.nii.gz, scan.nrrd); their outputs would share names."
+        )
+
+
 def test_a_lone_id_like_file_is_its_own_case_for_a_one_channel_model(tmp_path):
     """From a mutation review: one ``patient_0001`` file alone (no ``_0000``) must still split into case
     ``patient_0001``; a split only of groups of several files left it case ``patient`` with a gap in its channels."""
