@@ -196,9 +196,9 @@ def _segment(args: argparse.Namespace) -> int:
     except BaseException:  # refused before any case ran (the plan is checked first): no outputs, so no record
         record_path.unlink(missing_ok=True)
         raise
-    finish_record(record_path, record, results)
-    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     empty_part = not results and args.num_parts > 1  # more parts than cases: nothing failed (an array job's task)
+    finish_record(record_path, record, results, share_empty=empty_part)
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no cases"
     summary += f" in part {args.part_id} of {args.num_parts} (the cases went to other parts)" if empty_part else ""
     logger.log(

@@ -145,9 +145,13 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]
             files.append(path)  # missing or non-image files fail when their case is read, with the file's name
     # one file given twice (a folder and a file in it, as a shell glob gives; ./a and a) is one input, not two
     # modalities of a case (from a review: "one modality given twice (a.nii.gz, a.nii.gz)")
+    return _once(files), _once(series), empty
+
+
+def _once(paths: list[Path]) -> list[Path]:
+    """``paths`` without a path to a file or folder already listed (by its real path), in order."""
     seen: set[str] = set()
-    files = [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
-    return files, series, empty
+    return [p for p in paths if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]
 
 
 def find_cases(
@@ -218,10 +222,7 @@ def _names_apart(keys: list[tuple[Path, str]]) -> tuple[dict[tuple[Path, str], s
     names = {key: key[1] for key in keys}
     problems = {}
     for name, folders in by_name.items():
-        places = collections.Counter(os.path.abspath(folder) for folder in folders)
-        for folder in folders:
-            if places[os.path.abspath(folder)] > 1:
-                problems[folder, name] = f"{folder / name}: this case's folder is given twice (as another path)."
+        places = collections.Counter(os.path.abspath(folder) for folder in folders)  # one each: _expand's _once
         if len(places) < 2:
             continue
         parts = {place: Path(place).parts[1:] for place in places}  # the root ('/', 'C:\\') names nothing

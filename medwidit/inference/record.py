@@ -99,7 +99,9 @@ def runtime_settings(predictor) -> dict:
     }
 
 
-def finish_record(path: str | os.PathLike, record: dict, results: list, error: BaseException | None = None) -> str:
+def finish_record(
+    path: str | os.PathLike, record: dict, results: list, error: BaseException | None = None, *, share_empty=False
+) -> str:
     """Replace this run's own record (``start_record``'s) by ``record`` with its end time, one entry per case of
     ``predict_from_files``' ``results`` and its status (done, failed, interrupted) -> the status."""
     from .io import one_line
@@ -108,7 +110,8 @@ def finish_record(path: str | os.PathLike, record: dict, results: list, error: B
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         record = {**record, "error": one_line(error)}
     else:
-        status = "failed" if not results or any(r.status == "failed" for r in results) else "done"
+        # a part of --num-parts that holds no case (more parts than cases) did all it had to
+        status = "failed" if not (results or share_empty) or any(r.status == "failed" for r in results) else "done"
     cases = [
         {
             "name": r.name,

@@ -205,7 +205,9 @@ def test_files_statuses_overwrite_and_resume(tmp_path, checkpoint, volume):
     with pytest.raises(ValueError, match="overwrite must be true or false, got 'no'"):
         run(overwrite="no")
     partial = run(resume=True, save_uncertainty=True)["good"]  # uncertainty missing: nothing is replaced
-    assert partial.status == "failed" and "good.nii.gz: already exists but the case is unfinished" in partial.message
+    assert partial.status == "failed" and "good.nii.gz: already exists and the case was finished with other" in (
+        partial.message
+    )
     assert run(overwrite=True, resume=True, save_uncertainty=True)["good"].status == "done"
     assert visible(out) == [  # the earlier run's probabilities went with its labels: a case is one set
         f"good{s}.nii.gz" for s in ("", "_aleatoric", "_disagreement", "_epistemic", "_error_score", "_uncertainty")
