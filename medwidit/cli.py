@@ -409,6 +409,13 @@ def _warn_monai_network(bundle, exported) -> None:
         if key in train and plain(train[key]) and name in config.get(part, {}):
             if not same(train[key], config[part][name]):
                 differ.append(f"{key} {json.dumps(train[key])} (the export's {json.dumps(config[part][name])})")
+    ours, theirs = train.get("preprocessing"), config.get("preprocessing")  # cond_channels: the image's channels
+    if isinstance(ours, dict) and isinstance(theirs, dict) and plain(ours.get("num_modalities")):
+        if ours.get("num_modalities") != theirs.get("num_modalities"):
+            differ.append(
+                f"preprocessing#num_modalities {json.dumps(ours.get('num_modalities'))} "
+                f"(the export's {json.dumps(theirs.get('num_modalities'))})"
+            )
     if "class_names" in train and plain(train["class_names"]) and train["class_names"] != config.get("class_names"):
         differ.append(
             f"class_names {json.dumps(train['class_names'])} (the export's {json.dumps(config['class_names'])})"

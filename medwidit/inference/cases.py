@@ -149,9 +149,11 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]
 
 
 def _once(paths: list[Path]) -> list[Path]:
-    """``paths`` without a path to a file or folder already listed (by its real path), in order."""
+    """``paths`` without one already listed (the same absolute path: ``./a`` and ``a``, a folder and a file in it), in
+    order. Not by real path: two names linked to one file are two cases, or two modalities (from a review: merged,
+    one case vanished without a word)."""
     seen: set[str] = set()
-    return [p for p in paths if not (os.path.realpath(p) in seen or seen.add(os.path.realpath(p)))]
+    return [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
 
 
 def find_cases(

@@ -54,7 +54,7 @@ def is_dicom_series(folder: str | os.PathLike) -> bool:
     return any(p.is_file() and is_dicom_file(p) for p in candidates)  # NIfTI/NRRD files are not opened
 
 
-def _series_files(folder: Path) -> list[str]:
+def series_files(folder: Path) -> list[str]:
     """The files of the one series in ``folder``, in slice order (GDCM sorts them by position)."""
     import SimpleITK as sitk
 
@@ -136,7 +136,7 @@ def read_dicom_series(folder: str | os.PathLike, *, spatial_dims: int = 3):
     if not is_dicom_series(folder):
         raise InputError(f"{folder}: a folder without DICOM files; expected an image file or a DICOM series folder.")
     try:
-        files = _series_files(folder)
+        files = series_files(folder)
         if len(files) == 1:  # a multi-frame file holds the whole volume; a lone 2D slice does not
             image = sitk.ReadImage(files[0])
             if image.GetDimension() != 3 or image.GetSize()[2] < 2:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from medwidit.utils.files import sha256_file
 from .atlas import atlas_warning
 from .calibration import case_warn_dice, check_warn_dice
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
+from .dicom import series_files
 from .figure import save_overlay_figure
 from .io import InputError, OutputError, OutputImage, check_output_dir, one_line, read_image, save_image, to_nibabel
 from .localize import kept_warning
@@ -41,6 +42,7 @@ from .outputs import (
     input_files,
     interrupted_settings,
     is_finished,
+    missing_outputs,
     output_path,
     plan_case,
     restore_interrupted,
@@ -176,20 +178,21 @@ def predict_from_files(
 
     settings = predictor.output_settings(options, seed=seed, augment=augment, weight_sets=weight_sets)
     plans = {
-        c.name: plan_case(output_dir, c.name, outputs[c.name], others(c), {**settings, "input": _input_digest(c)})
-        for c in cases
-        if c.problem is None
+        c.name: plan_case(output_dir, c.name, outputs[c.name], others(c), settings) for c in cases if c.problem is None
     }
     check_plan(list(plans.values()), [f for c in cases for f in c.files])
     share = {id(c) for c in sorted(cases, key=lambda c: c.name)[part_id::num_parts]}
     results: list[CaseResult] = []
     for case in (c for c in cases if id(c) in share):
         start = time.perf_counter()
+        plan = plans.get(case.name)
+        if plan is not None:  # what the case is segmented from: read for this part's cases only, as each comes
+            plan = replace(plan, settings={**plan.settings, "input": _input_digest(case)})
         try:
             result = _predict_case(
                 predictor,
                 case,
-                plans.get(case.name),
+                plan,
                 kinds,
                 overwrite,
                 resume,
@@ -227,11 +230,11 @@ def _input_digest(case: Case) -> list[str]:
     digests = []
     for path in case.files:
         digest = hashlib.sha256()
-        try:
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else input_files(path)
+        try:  # a series folder: the files its reader reads (from a review: all below it, outputs written there too)
+            files = [Path(f) for f in series_files(path)] if path.is_dir() else input_files(path)
             for file in files:
-                digest.update(f"{file.relative_to(path) if path.is_dir() else ''}:{sha256_file(file)};".encode())
-        except OSError:
+                digest.update(f"{file.name if path.is_dir() else ''}:{sha256_file(file)};".encode())
+        except (OSError, InputError):
             digests.append("unreadable")
             continue
         digests.append(digest.hexdigest()[:16])
@@ -294,9 +297,13 @@ def _predict_case(
                     f"{asked or 'fewer'}; pass overwrite with resume to segment it again with these "
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
-            elif resume:
+            elif resume:  # from a review: "no completion marker" where the marker was there, an output gone
+                gone = missing_outputs(plan)
+                why = (
+                    f"its earlier outputs are incomplete: {', '.join(gone)} missing" if gone else "no completion marker"
+                )
                 hint = (
-                    " but the case is unfinished (no completion marker); pass overwrite with resume to redo it "
+                    f" but the case is unfinished ({why}); pass overwrite with resume to redo it "
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
             elif (elsewhere := staged_elsewhere(plan)) == "finishable":  # a run killed while committing

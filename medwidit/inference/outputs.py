@@ -194,6 +194,14 @@ def finished_with_others(plan: CasePlan) -> list[str]:
     return list(written) if sorted(written) != sorted(f.name for f in plan.files) else []
 
 
+def missing_outputs(plan: CasePlan) -> list[str]:
+    """The files the case's marker lists that are gone ([] where it has no marker, or none is gone)."""
+    written = _read_json(plan.marker).get("files")
+    if not isinstance(written, list):
+        return []
+    return [name for name in written if isinstance(name, str) and not (plan.marker.parent.parent / name).is_file()]
+
+
 def settings_json(settings: Mapping) -> dict:
     """``settings`` as a marker holds them and reads them back: JSON values (numpy scalars and arrays as numbers and
     lists, paths as text), so that one run's settings compare equal to themselves."""

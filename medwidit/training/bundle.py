@@ -355,8 +355,12 @@ def _under_monai_bundle_cli() -> bool:
     return Path(sys.argv[0] if sys.argv else "").parts[-3:] == ("monai", "bundle", "__main__.py")
 
 
-# monai.bundle run's own arguments (monai.bundle.scripts.run), not overrides of a config's keys
-RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+# monai.bundle run's own arguments (monai.bundle.scripts.run, and the ConfigWorkflow / create_workflow keywords it
+# passes on: from a review, --workflow_type train was refused), not overrides of a config's keys
+RUN_ARGUMENTS = {
+    *("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"),
+    *("workflow_type", "workflow_name", "properties_path"),
+}
 
 
 def exit_on_unknown_overrides(argv: Sequence[str]) -> None:
@@ -383,6 +387,8 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
         return
     names, files = [], None
     for i, token in enumerate(argv[2:], start=2):
+        if token == "--":  # Fire's separator: what follows are Fire's own flags
+            break
         if not token.startswith("--"):
             continue
         name, _, value = token[2:].partition("=")
@@ -404,7 +410,7 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
         return
     for name in names:
         first = name.split("#")[0]
-        if name in RUN_ARGUMENTS or first in keys:
+        if name in RUN_ARGUMENTS or first in keys or first == "_meta_":  # _meta_: the metadata file's keys
             continue
         close = difflib.get_close_matches(first, sorted(keys), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""

@@ -186,7 +186,7 @@ def check_label_file(where: tuple, image, label, num_classes: int | None, spatia
     """A label to score a prediction of ``image`` against (evaluate.json): on the image's grid, its voxels in any
     order (the prediction keeps the image's grid, and the scoring reorders such a label), holding class indices in
     0..``num_classes``-1; else a ValueError naming it. ``where`` = (argument, data list, entry)."""
-    _check_same_grid(where, image, image_grid(image, spatial_dims), label, spatial_dims, reordered=True)
+    _check_same_grid(where, image, image_grid(image, spatial_dims), label, spatial_dims, reordered=True, axes_from=None)
     _check_label_values(where, label, num_classes)
 
 
@@ -210,20 +210,41 @@ def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
         )
 
 
+MAX_CHANNELS = 8  # a trailing axis this long or shorter reads as channels (modalities, one-hot classes), not space
+
+
 def _check_same_grid(
-    where: tuple, image, image_geometry: tuple, label, spatial_dims: int, atol: float = 1e-3, *, reordered=False
+    where: tuple,
+    image,
+    image_geometry: tuple,
+    label,
+    spatial_dims: int,
+    atol: float = 1e-3,
+    *,
+    reordered=False,
+    axes_from: str | None = "roi_size",
 ) -> None:
     """ValueError unless ``label`` has the spatial shape (``spatial_dims`` axes; the image may add channels) and,
     within ``atol`` mm, the affine of ``image`` (whose ``image_grid`` the caller read once); with ``reordered`` (the
     pipeline reorients image and label alike, or never reads the image), also the image's grid with its voxels
-    stored in another order. ``where`` = (argument, data list, entry) for the message."""
+    stored in another order. ``where`` = (argument, data list, entry) for the message; ``axes_from``: the option
+    that sets ``spatial_dims`` (None where none does)."""
     argument, data_list, entry = where
     (image_shape, image_affine), (label_shape, label_affine) = image_geometry, image_grid(label, spatial_dims)
-    if len(label_shape) > spatial_dims and tuple(image_shape) == tuple(label_shape):  # both N-D: the task is not
-        raise ValueError(  # (from a review: a 2-value roi_size on 3-D data read "resample the label onto its image")
-            f"{argument} {str(data_list)!r}, {entry}: image {str(image)!r} and label {str(label)!r} both have "
-            f"{len(label_shape)} axes {label_shape} where roi_size has {spatial_dims} values: give roi_size one value "
-            "per axis of the images."
+    start = f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r}"
+    extra = label_shape[spatial_dims:]
+    # from a review: 3-D data under a 2-value roi_size read "resample the label onto its image"; an axis as long as a
+    # spatial one, in image and label alike, is the task's axis count (roi_size's length), not a channel
+    if extra and axes_from and tuple(image_shape) == tuple(label_shape) and min(extra) > MAX_CHANNELS:
+        raise ValueError(
+            f"{start} and its image both have {len(label_shape)} axes {label_shape} where {axes_from} has "
+            f"{spatial_dims} values: give {axes_from} one value per axis of the images."
+        )
+    if extra and max(extra) <= MAX_CHANNELS:  # (8, 8, 8, 2): one-hot or per-class maps
+        raise ValueError(
+            f"{start} has {len(label_shape)} axes {label_shape} where the task's images have {spatial_dims} spatial "
+            "axes: a label map holds one class index per voxel, with no channel axis (take the argmax of one-hot or "
+            "per-class maps)."
         )
     image_shape = image_shape[:spatial_dims]  # a channel axis after the spatial ones is the image's own
     comparable = image_affine is not None and label_affine is not None  # pictures (PNG, ...) have no world grid

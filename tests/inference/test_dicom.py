@@ -292,3 +292,16 @@ def test_a_dicom_file_given_alone_says_to_give_its_folder(tmp_path):
         InputError, match=r"IM0000: not a supported image format .* it is a DICOM file: give its series"
     ):
         read_image(folder / "IM0000")
+
+
+def test_continue_over_a_series_reads_only_the_series_own_files(tmp_path, checkpoint):
+    """From a review: a series folder's input digest took every file below it, so outputs written into the series
+    folder (or a .DS_Store) made a second --continue refuse the unchanged case as another input. The digest reads
+    the files the series reader reads; a changed slice is another input."""
+    folder = write_series(tmp_path / "head", _volume(), **OBLIQUE)
+    args = ["segment", "-i", str(folder), "-o", str(folder / "seg"), "--checkpoint", checkpoint, *FAST]
+    assert main(args) == 0
+    (folder / ".DS_Store").write_bytes(b"finder")
+    assert main([*args, "--continue"]) == 0
+    write_series(folder, _volume(seed=3), **OBLIQUE)  # the same files, other pixels
+    assert main([*args, "--continue"]) == 1

@@ -693,6 +693,12 @@ def test_one_file_given_twice_is_one_case_and_two_files_of_one_name_are_named_as
     for inputs in ([tmp_path, tmp_path / "a.nii.gz"], [tmp_path / "a.nii.gz", tmp_path / "." / "a.nii.gz"]):
         (case,) = find_cases(inputs, num_modalities=1)
         assert case.problem is None and case.files == (tmp_path / "a.nii.gz",)
+    # from a second review: two names linked to one file are two cases (merged by real path, one vanished)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("patA.nii.gz", "patB.nii.gz"):
+        (linked / name).symlink_to(tmp_path / "a.nii.gz")
+    assert sorted(c.name for c in find_cases(linked, num_modalities=1) if c.problem is None) == ["patA", "patB"]
     other = tmp_path / "b"
     other.mkdir()
     nifti(other / "scan.nii.gz")
@@ -1320,6 +1326,27 @@ def test_continue_asking_for_more_outputs_of_a_finished_case_says_it_finished_wi
         inputs, out, resume=True, overwrite=True, save_probabilities=True, progress=False, **FAST
     )[0]
     assert redone.status == "done" and visible(out) == ["scan.nii.gz", "scan_probabilities.nii.gz"]
+    # from a second review: an output gone since said "no completion marker" beside the marker
+    (out / "scan_probabilities.nii.gz").unlink()
+    gone = predictor.predict_from_files(inputs, out, resume=True, save_probabilities=True, progress=False, **FAST)[0]
+    assert gone.status == "failed" and (
+        "the case is unfinished (its earlier outputs are incomplete: scan_probabilities.nii.gz missing)" in gone.message
+    )
+
+
+def test_the_input_digest_reads_only_this_parts_cases(setup, monkeypatch):
+    """From a second review: every part hashed every case's input before its first case (an array job of N tasks read
+    the data N times). Each case's input is read as it comes, in its own part only."""
+    from medwidit.inference import files as files_module
+
+    tmp_path, inputs, predictor = setup
+    for i in range(3):
+        nifti(inputs / f"more{i}.nii.gz", seed=i + 1)
+    hashed = []
+    real = files_module.sha256_file
+    monkeypatch.setattr(files_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    (done,) = predictor.predict_from_files(inputs, tmp_path / "parts", num_parts=4, part_id=0, progress=False, **FAST)
+    assert hashed == [done.outputs[0].name]  # this part's one case, not all four
 
 
 def test_continue_skips_a_case_whose_marker_names_no_settings(setup):

@@ -777,6 +777,10 @@ def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_pa
         refuse_unknown_overrides([*base, "--synth_ration", "0.5"])
     with pytest.raises(ValueError, match=r"--metrics_file: .* no key 'metrics_file'"):  # evaluate.json's key
         refuse_unknown_overrides([*base, "--metrics_file", "x"])
+    # from a second review: MONAI's workflow keywords, Fire's "--" separator and the metadata's keys pass
+    refuse_unknown_overrides([*base, "--workflow_type", "train", "--properties_path", "p.json", "--workflow_name", "w"])
+    refuse_unknown_overrides([*base, "--lr", "1e-5", "--", "--verbose"])
+    refuse_unknown_overrides([*base, "--_meta_#version", "1.0"])
     refuse_unknown_overrides([*base, "--synth_ration", "0.5", "--args_file", "a.json"])
     refuse_unknown_overrides(["__main__.py", "run", "--config_file", str(tmp_path / "none.json"), "--x", "1"])
     refuse_unknown_overrides(["__main__.py", "verify_metadata", "--config_file", train, "--x", "1"])

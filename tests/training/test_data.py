@@ -268,12 +268,22 @@ def test_the_grid_tolerance_is_absolute_and_axis_counts_are_named(tmp_path):
     ):
         _check_same_grid(where, tmp_path / "flat.nii.gz", geometry, tmp_path / "label.nii.gz", 2)
     # from a review: 3-D image and label under a 2-value roi_size blamed the label ("resample it onto its image")
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), str(tmp_path / "image.nii.gz"))
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), affine), str(tmp_path / "label.nii.gz"))
-    with pytest.raises(ValueError, match=r"image .* and label .* both have 3 axes \(4, 5, 6\) where roi_size has 2 "
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 16), np.float32), affine), str(tmp_path / "image.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 16), np.uint8), affine), str(tmp_path / "label.nii.gz"))
+    with pytest.raises(ValueError, match=r"label .* and its image both have 3 axes \(12, 10, 16\) where roi_size has 2 "
                                          r"values: give roi_size one value per axis"):  # fmt: skip
         _check_same_grid(where, tmp_path / "image.nii.gz", image_grid(tmp_path / "image.nii.gz", 2),
                          tmp_path / "label.nii.gz", 2)  # fmt: skip
+    # ...but a one-hot label beside a two-modality image (8, 8, 8, 2) has a channel axis: roi_size is right (review)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), affine), str(tmp_path / "image.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.uint8), affine), str(tmp_path / "label.nii.gz"))
+    one_hot = (
+        r"has 4 axes \(8, 8, 8, 2\) where the task's images have 3 spatial axes: a label map holds one class index"
+    )
+    for axes_from in ("roi_size", None):  # evaluate.json has no roi_size
+        with pytest.raises(ValueError, match=one_hot + " per voxel, with no channel axis"):
+            _check_same_grid(where, tmp_path / "image.nii.gz", image_grid(tmp_path / "image.nii.gz", 3),
+                             tmp_path / "label.nii.gz", 3, axes_from=axes_from)  # fmt: skip
 
 
 def test_an_image_with_fewer_axes_than_the_task_is_named_at_setup(tmp_path):

@@ -750,3 +750,27 @@ def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_
     (bundle / "configs" / "train.json").write_text(json.dumps(train))
     assert main(["export", str(tmp_path / "ckpt" / "last.ckpt"), str(bundle), "-q", "--overwrite"]) == 0
     assert "builds another network" not in capsys.readouterr().err
+
+
+def test_the_export_warning_compares_the_image_channels_too(tmp_path, caplog):
+    """From a second review: train.json builds the network's cond_channels from preprocessing's num_modalities, a
+    nested value the warning did not compare, so an export for two modalities into a one-modality train.json (the
+    conditioning embedder left random by MONAI's loaders) said nothing."""
+    from pathlib import Path
+
+    from medwidit.cli import _warn_monai_network
+
+    shipped = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation"
+    train = json.loads((shipped / "configs" / "train.json").read_text())
+    config = json.loads((shipped / "models" / "medwidit.json").read_text())
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps(train))
+    exported = tmp_path / "medwidit.json"
+    exported.write_text(json.dumps(config))
+    _warn_monai_network(tmp_path, exported)
+    assert "builds another network" not in caplog.text  # the shipped pair agrees
+    config["config"]["preprocessing"]["num_modalities"] = 2
+    config["config"]["net"]["cond_channels"] = 2
+    exported.write_text(json.dumps(config))
+    _warn_monai_network(tmp_path, exported)
+    assert "(preprocessing#num_modalities 1 (the export's 2))" in caplog.text
