@@ -184,9 +184,8 @@ def is_finished(plan: CasePlan) -> bool:
 
 
 def finished_with_others(plan: CasePlan) -> list[str]:
-    """The files of the case's marker (a case finished by an earlier run) that this plan lacks, or those it adds,
-    where the case finished with other outputs than this plan's: what it wrote, by name ([] where it finished
-    with these, or did not finish)."""
+    """What the case's marker lists, by name, where an earlier run finished the case (every listed file is there)
+    with other outputs than this plan's; [] where it finished with these, or did not finish."""
     written = _read_json(plan.marker).get("files")
     if not isinstance(written, list) or not all(isinstance(name, str) and (plan.marker.parent.parent / name).is_file()
                                                 for name in written):  # fmt: skip

@@ -596,7 +596,7 @@ def _check_resumed_network(module, checkpoint: Path) -> None:
         if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
     ]
     parts = [f"shapes {', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''}"] if shapes else []
-    for what, keys in (("weights this run lacks", unexpected), ("weights it lacks", missing)):
+    for what, keys in (("weights this run lacks", unexpected), ("weights the checkpoint lacks", missing)):
         parts += [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"] if keys else []
     if parts:
         raise ValueError(
