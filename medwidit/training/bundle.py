@@ -380,26 +380,13 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
     before ``#``) no config file of the run has. MONAI adds such a key and nothing reads it, so a misspelt override
     (``--learning_rate 1e-5`` for ``--lr``) trained with the default without a word (from a review). Nothing is
     checked where the configs cannot be read here (MONAI says why) or an ``--args_file`` may hold overrides."""
-    import ast
     import difflib
 
     if len(argv) < 2 or argv[1] != "run":
         return
-    names, files = [], None
-    for i, token in enumerate(argv[2:], start=2):
-        if token == "--":  # Fire's separator: what follows are Fire's own flags
-            break
-        if not token.startswith("--"):
-            continue
-        name, _, value = token[2:].partition("=")
-        name = name.replace("-", "_")
-        if name == "config_file":
-            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                files = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                files = value
-        names.append(name)
+    argv = argv[: argv.index("--")] if "--" in argv else argv  # Fire's separator: then Fire's own flags
+    names = [token[2:].partition("=")[0].replace("-", "_") for token in argv[2:] if token.startswith("--")]
+    files = _config_files_in(argv) or None  # as find_bundle_root reads them
     if files is None or "args_file" in names:
         return
     from monai.bundle import ConfigParser
@@ -415,7 +402,7 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
         close = difflib.get_close_matches(first, sorted(keys), n=1)
         hint = f" (did you mean --{close[0]}?)" if close else ""
         raise ValueError(
-            f"--{name}: the run's configs ({files}) have no key {first!r}, so nothing would read it{hint}."
+            f"--{name}: the run's configs ({', '.join(files)}) have no key {first!r}, so nothing would read it{hint}."
         )
 
 
