@@ -183,22 +183,24 @@ def is_finished(plan: CasePlan) -> bool:
     return isinstance(written, list) and all(f.name in written and f.is_file() for f in plan.files)
 
 
-def finished_with_others(plan: CasePlan) -> list[str]:
-    """What the case's marker lists, by name, where an earlier run finished the case (every listed file is there)
-    with other outputs than this plan's; [] where it finished with these, or did not finish."""
+def _listed(plan: CasePlan) -> list[str]:
+    """The file names the case's marker lists ([] without a marker)."""
     written = _read_json(plan.marker).get("files")
-    if not isinstance(written, list) or not all(isinstance(name, str) and (plan.marker.parent.parent / name).is_file()
-                                                for name in written):  # fmt: skip
-        return []
-    return list(written) if sorted(written) != sorted(f.name for f in plan.files) else []
+    return [name for name in written if isinstance(name, str)] if isinstance(written, list) else []
 
 
 def missing_outputs(plan: CasePlan) -> list[str]:
     """The files the case's marker lists that are gone ([] where it has no marker, or none is gone)."""
-    written = _read_json(plan.marker).get("files")
-    if not isinstance(written, list):
+    return [name for name in _listed(plan) if not (plan.marker.parent.parent / name).is_file()]
+
+
+def finished_with_others(plan: CasePlan) -> list[str]:
+    """What the case's marker lists, by name, where an earlier run finished the case (every listed file is there)
+    with other outputs than this plan's; [] where it finished with these, or did not finish."""
+    written = _listed(plan)
+    if not written or missing_outputs(plan) or sorted(written) == sorted(f.name for f in plan.files):
         return []
-    return [name for name in written if isinstance(name, str) and not (plan.marker.parent.parent / name).is_file()]
+    return written
 
 
 def settings_json(settings: Mapping) -> dict:
