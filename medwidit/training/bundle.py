@@ -148,15 +148,27 @@ def _weight_defining(config: dict) -> dict:
     return {key: config.get(key) for key in WEIGHT_DEFINING}
 
 
-def _config_files_in(argv: Sequence[str]) -> list[str]:
-    """Paths given to ``--config_file`` in a command line (one path, a list literal or a comma-separated list)."""
+def _option_values(argv: Sequence[str], option: str) -> list[str]:
+    """The values given to ``--option`` in a command line, as ``--option value`` or ``--option=value``."""
     values = []
     for i, arg in enumerate(argv):
-        if arg == "--config_file" and i + 1 < len(argv):
+        if arg == f"--{option}" and i + 1 < len(argv):
             values.append(argv[i + 1])
-        elif arg.startswith("--config_file="):
+        elif arg.startswith(f"--{option}="):
             values.append(arg.split("=", 1)[1])
-    return [path for value in values for path in re.findall(r"[^\[\]'\",\s]+\.(?:json|yaml|yml)", value)]
+    return values
+
+
+def _config_paths(value) -> list[str]:
+    """The config paths of one ``config_file`` value: one path, a list literal or a comma-separated list (a string),
+    or a list of paths (an ``--args_file``'s)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [path for v in values for path in re.findall(r"[^\[\]'\",\s]+\.(?:json|yaml|yml)", str(v))]
+
+
+def _config_files_in(argv: Sequence[str]) -> list[str]:
+    """Paths given to ``--config_file`` in a command line (one path, a list literal or a comma-separated list)."""
+    return [path for value in _option_values(argv, "config_file") for path in _config_paths(value)]
 
 
 def _bundle_of(configs: Path) -> str | None:
@@ -379,30 +391,42 @@ def refuse_unknown_overrides(argv: Sequence[str]) -> None:
     """``python -m monai.bundle run ... --key value``: a ValueError naming each override whose key (its first part
     before ``#``) no config file of the run has. MONAI adds such a key and nothing reads it, so a misspelt override
     (``--learning_rate 1e-5`` for ``--lr``) trained with the default without a word (from a review). Nothing is
-    checked where the configs cannot be read here (MONAI says why) or an ``--args_file`` may hold overrides."""
+    checked where the configs cannot be read here (MONAI says why). An ``--args_file``'s keys are overrides too
+    (MONAI reads its ``config_file`` and override pairs under the command line's), checked the same way."""
     import difflib
 
     if len(argv) < 2 or argv[1] != "run":
         return
     argv = argv[: argv.index("--")] if "--" in argv else argv  # Fire's separator: then Fire's own flags
     names = [token[2:].partition("=")[0].replace("-", "_") for token in argv[2:] if token.startswith("--")]
-    files = _config_files_in(argv) or None  # as find_bundle_root reads them
-    if files is None or "args_file" in names:
-        return
+    names = [(name, f"--{name}", "--") for name in names]  # (the key, how the message names it, a key's prefix)
+    files = _config_files_in(argv)  # as find_bundle_root reads them
     from monai.bundle import ConfigParser
 
+    for args_file in _option_values(argv, "args_file")[-1:]:
+        try:
+            defaults = ConfigParser.load_config_file(args_file)
+        except Exception:  # unreadable or missing: MONAI's own run says why
+            return
+        if not isinstance(defaults, dict):
+            return  # MONAI's own run says why
+        # from a review: a misspelt key in an args file was trained past without a word, as on the command line
+        names += [(str(key), f"--args_file {args_file}: key {str(key)!r}", "") for key in defaults]
+        files = files or _config_paths(defaults.get("config_file", ""))
+    if not files:
+        return
     try:
         keys = set(ConfigParser.load_config_files(files))
     except Exception:  # unreadable or missing: MONAI's own run says why
         return
-    for name in names:
+    for name, shown, prefix in names:
         first = name.split("#")[0]
         if name in RUN_ARGUMENTS or first in keys or first == "_meta_":  # _meta_: the metadata file's keys
             continue
         close = difflib.get_close_matches(first, sorted(keys), n=1)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         raise ValueError(
-            f"--{name}: the run's configs ({', '.join(files)}) have no key {first!r}, so nothing would read it{hint}."
+            f"{shown}: the run's configs ({', '.join(files)}) have no key {first!r}, so nothing would read it{hint}."
         )
 
 

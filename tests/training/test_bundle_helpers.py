@@ -764,7 +764,7 @@ def test_a_run_stopped_by_sigterm_exits_143_and_says_how_to_continue(tmp_path, c
 def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_path):
     """From a review: `--learning_rate 1e-5 --synth_ration 0.5` trained with the defaults without a word (MONAI adds
     a key nothing reads). Every override's first part must be a key of the run's configs; monai.bundle run's own
-    arguments pass; nothing is checked where an --args_file may hold overrides or the configs cannot be read."""
+    arguments pass; nothing is checked where the configs cannot be read."""
     from medwidit.training.bundle import refuse_unknown_overrides
 
     configs = Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs"
@@ -781,9 +781,34 @@ def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_pa
     refuse_unknown_overrides([*base, "--workflow_type", "train", "--properties_path", "p.json", "--workflow_name", "w"])
     refuse_unknown_overrides([*base, "--lr", "1e-5", "--", "--verbose"])
     refuse_unknown_overrides([*base, "--_meta_#version", "1.0"])
-    refuse_unknown_overrides([*base, "--synth_ration", "0.5", "--args_file", "a.json"])
+    refuse_unknown_overrides([*base, "--args_file", str(tmp_path / "absent.json")])  # MONAI's run says why
     refuse_unknown_overrides(["__main__.py", "run", "--config_file", str(tmp_path / "none.json"), "--x", "1"])
     refuse_unknown_overrides(["__main__.py", "verify_metadata", "--config_file", train, "--x", "1"])
+
+
+def test_an_args_file_key_no_config_has_is_refused_like_an_override(tmp_path):
+    """From a review: an ``--args_file`` (MONAI's defaults for ``config_file`` and override pairs) was not checked,
+    so a misspelt key in it (``synth_ration``) trained with the default without a word. Its keys are overrides of
+    the configs it or the command line names; the command line's own keys still are."""
+    from medwidit.training.bundle import refuse_unknown_overrides
+
+    train = str(Path(__file__).resolve().parents[2] / "bundles" / NAME / "configs" / "train.json")
+    good, bad = tmp_path / "good.json", tmp_path / "bad.yaml"
+    good.write_text(
+        json.dumps({"config_file": train, "run_id": "training", "lr": 1e-5, "preprocessing#air_threshold": 0.2})
+    )
+    bad.write_text(f"config_file: [{train}]\nsynth_ration: 0.5\n")
+    refuse_unknown_overrides(["__main__.py", "run", "--args_file", str(good)])
+    with pytest.raises(
+        ValueError,
+        match=r"--args_file .*bad.yaml: key 'synth_ration': the run's configs \(.*train"
+        r".json\) have no key 'synth_ration', so nothing would read it \(did you mean synth_ratio\?\)",
+    ):
+        refuse_unknown_overrides(["__main__.py", "run", "--args_file", str(bad)])
+    with pytest.raises(ValueError, match=r"^--learning_rate: .*train.json\) have no key 'learning_rate'"):
+        refuse_unknown_overrides(["__main__.py", "run", "--args_file", str(good), "--learning_rate", "1e-5"])
+    with pytest.raises(ValueError, match=r"key 'synth_ration'"):  # a command line's config_file, the file's keys
+        refuse_unknown_overrides(["__main__.py", "run", "--config_file", train, "--args_file=" + str(bad)])
 
 
 @pytest.mark.slow
