@@ -220,11 +220,13 @@ def score(mask_path, truth_path) -> dict:
         p if isinstance(p, nib.spatialimages.SpatialImage) else nib.load(str(p)) for p in (truth_path, mask_path)
     )
     if mask.shape[:3] != truth.shape[:3] or not np.allclose(mask.affine, truth.affine, atol=1e-4):
-        mask = resample_from_to(mask, (truth.shape[:3], truth.affine), order=0)
+        # "grid-constant": a truth voxel past the last thick-slice centre but inside that slice takes its value;
+        # scipy's "constant" made it background (from a review: a 12-slice grid lost its last two base slices)
+        mask = resample_from_to(mask, (truth.shape[:3], truth.affine), order=0, mode="grid-constant")
     prediction = (np.asarray(mask.dataobj) > 0).astype(np.int64)
     reference = (np.asarray(truth.dataobj) > 0).astype(np.int64)
-    spacing = truth.header.get_zooms()[:3]
-    metrics = segmentation_metrics(prediction, reference, num_classes=2, spacing=spacing)
+    spacing = nib.affines.voxel_sizes(truth.affine)[:3]  # the affine's, as the resampling: not the header's pixdim
+    metrics = segmentation_metrics(prediction, reference, num_classes=2, spacing=tuple(float(v) for v in spacing))
     voxel_ml = float(np.prod(spacing)) / 1000
     return {
         "dice": metrics["dice"][1],
@@ -371,13 +373,18 @@ def print_row(row: dict) -> None:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per tool: mean and minimum Dice, mean HD95, mean CPU seconds over the cases it finished."""
+    """Per tool: mean and minimum Dice, mean HD95, mean CPU seconds over the cases it finished, and the cases it
+    wrote no mask for (``failed``: a failure is worse than any Dice, so a mean or minimum without it reads with it)."""
     out = {}
     for tool in dict.fromkeys(row["tool"] for row in rows):
         done = [r for r in rows if r["tool"] == tool and "error" not in r]
-        if done:
+        failed = [r["case"] for r in rows if r["tool"] == tool and "error" in r]
+        if not done:
+            out[tool] = {"cases": 0, "failed": failed}
+        else:
             out[tool] = {
                 "cases": len(done),
+                "failed": failed,
                 "mean_dice": float(np.mean([r["dice"] for r in done])),
                 "min_dice": float(np.min([r["dice"] for r in done])),
                 "mean_hd95_mm": float(np.mean([r["hd95_mm"] for r in done])),

