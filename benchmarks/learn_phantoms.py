@@ -71,6 +71,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--patch", type=int, default=4)
     parser.add_argument("--window", type=int, default=4)
+    parser.add_argument(
+        "--embed", choices=("patch", "conv"), default="patch", help="the token path's patch embedding (WiDiT embed=)"
+    )
+    parser.add_argument(
+        "--position",
+        choices=("relative", "rope"),
+        default="relative",
+        help="the token path's positions (WiDiT position=)",
+    )
     parser.add_argument("--objectives", default="sample,epsilon,v_prediction,flow")
     parser.add_argument("--x0-steps", default="1,2,5,10,25", help="DDIM step counts for the x0 model")
     parser.add_argument(
@@ -262,6 +271,8 @@ def widit(args, head: str = "patch") -> WiDiT:
     sizes = {"patch_size": args.patch, "window_size": args.window}
     return WiDiT(
         **{**sizes, **network_options(head)},
+        embed=args.embed,  # the recorded runs before these options: "patch" and "relative", WiDiT's defaults
+        position=args.position,
         spatial_dim=3,
         in_channels=input_channels(head, args.classes),
         out_channels=args.classes,
