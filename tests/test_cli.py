@@ -356,6 +356,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
             "outputs": ["good.nii.gz"],
             "seconds": pytest.approx(1, abs=60),
             "message": None,
+            "warnings": ["one member (one sample of one set of weights): no estimate of the Dice"],  # the line's
         }
     ]
     assert first["started"] <= first["finished"]
@@ -632,7 +633,9 @@ def test_bias_retry_segments_a_warned_case_again_with_n4_and_keeps_the_higher_es
     better = n4 if second > first else plain
     np.testing.assert_array_equal(result.label_map, better.label_map)
     np.testing.assert_array_equal(result.probability, better.probability)
-    assert {k: v for k, v in result.quality.items() if k != "bias_retry"} == better.quality  # its coarse pass too
+    kept = {k: v for k, v in result.quality.items() if k not in ("bias_retry", "warnings")}
+    assert kept == {k: v for k, v in better.quality.items() if k != "warnings"}  # its coarse pass too
+    assert result.quality["warnings"][-1].startswith("retried with N4 (predicted Dice ")  # the verdict says so
     assert result.quality["bias_retry"] == {
         "correction": "n4",
         "first_predicted_dice": first,
@@ -662,13 +665,44 @@ def test_a_retry_that_only_ties_the_first_estimate_keeps_the_first_result(tmp_pa
 
     def fake(self, preprocessing, *case):
         passes.append(preprocessing["bias_correction"])
-        return SimpleNamespace(quality={"min_predicted_dice": 0.5}, which=preprocessing["bias_correction"])
+        quality = {"min_predicted_dice": 0.5, "predicted_dice": {"1": 0.5}, "empty_classes": []}
+        return SimpleNamespace(quality=quality, which=preprocessing["bias_correction"])
 
     monkeypatch.setattr(Predictor, "_segment_case", fake)
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", warn_dice=0.9, bias_correction="retry")
     result = predictor.segment(image, steps=1, num_samples=1)
     assert passes == [None, "n4"] and result.which is None
     assert result.quality["bias_retry"]["kept"] == "first"
+
+
+def test_a_given_warn_dice_is_the_retrys_threshold_as_the_warning_lines_on_an_uncalibrated_case(tmp_path, monkeypatch):
+    """From a review: with ``--warn-dice 0.9`` a case whose calibration was skipped (the template did not register)
+    was retried with N4 below 0.955, the ensemble's threshold, while its warning line judged it by 0.9. A given
+    threshold now judges both as it is; without one, such a case is judged by the ensemble's threshold in both."""
+    from types import SimpleNamespace
+
+    from medwidit.inference import Predictor
+    from medwidit.inference.calibration import ENSEMBLE_WARN_DICE
+
+    checkpoint = _image_reading_checkpoint(tmp_path / "model.pt")
+    image = _nifti(tmp_path / "head.nii.gz", _volume((24, 24, 24)))
+    passes = []
+    uncalibrated = {"min_predicted_dice": 0.93, "predicted_dice": {"1": 0.93}, "empty_classes": []}
+    uncalibrated["calibration"] = {"skipped": ["log_atlas_dice"]}
+
+    def fake(self, preprocessing, *case):
+        passes.append(preprocessing["bias_correction"])
+        return SimpleNamespace(quality=dict(uncalibrated))
+
+    monkeypatch.setattr(Predictor, "_segment_case", fake)
+    given = Predictor.from_checkpoint(checkpoint, device="cpu", warn_dice=0.9, bias_correction="retry")
+    given.segment(image, steps=1, num_samples=1)
+    assert passes == [None]  # 0.93 clears the given 0.9: not retried
+    assert given.case_warn_dice(uncalibrated) == 0.9  # the warning line's threshold (files.py asks the predictor)
+    passes.clear()
+    default = Predictor.from_checkpoint(checkpoint, device="cpu", bias_correction="retry")
+    default.segment(image, steps=1, num_samples=1)
+    assert passes == [None, "n4"] and default.case_warn_dice(uncalibrated) == ENSEMBLE_WARN_DICE
 
 
 def test_a_retry_whose_n4_fails_keeps_the_first_result(tmp_path, monkeypatch, capsys):
@@ -706,6 +740,31 @@ def test_bias_retry_needs_a_first_pass_without_n4(setup):
     message = r"must be one of \[None, 'n4'\], got 'Retry'. It also takes 'retry' \(N4 only where a case warns\)"
     with pytest.raises(InputError, match=message):
         Predictor.from_checkpoint(checkpoint, bias_correction="Retry")
+
+
+def test_a_cases_warning_is_kept_in_its_quality_json_and_the_run_record(setup, capsys):
+    """From a review: the warning line was only printed, so a batch's warned cases could not be found afterwards
+    (each record entry read "done", the quality JSON had no verdict). Both now hold the line's causes; [] for a case
+    that does not warn, and nothing where no warning is judged (--warn-dice 0)."""
+    import json
+
+    tmp_path, inputs, _ = setup
+    checkpoint = _image_reading_checkpoint(tmp_path / "random.pt")
+    base = ["segment", "-i", str(inputs), "--checkpoint", checkpoint, *FAST, "--samples", "2", "--save-quality"]
+    for name, threshold in (("warned", "1"), ("quiet", "0.001"), ("off", "0")):
+        assert main([*base, "-o", str(tmp_path / name), "--warn-dice", threshold]) == 0
+    line = capsys.readouterr().err
+    warned = json.loads((tmp_path / "warned" / "good_quality.json").read_text())["warnings"]
+    assert warned and warned[0].startswith("predicted Dice below 1.00 (class 1 ")
+    assert f"good: {'; '.join(warned)}: check this case before using it." in line  # the same words
+    record = json.loads((tmp_path / "warned" / "medwidit_run.json").read_text())
+    assert record["cases"][0]["warnings"] == warned
+    quiet = json.loads((tmp_path / "quiet" / "medwidit_run.json").read_text())
+    assert quiet["cases"][0]["warnings"] == []
+    assert json.loads((tmp_path / "quiet" / "good_quality.json").read_text())["warnings"] == []
+    off = json.loads((tmp_path / "off" / "medwidit_run.json").read_text())
+    assert "warnings" not in off["cases"][0]
+    assert json.loads((tmp_path / "off" / "good_quality.json").read_text())["warnings"] is None
 
 
 def test_bias_retry_from_the_cli_is_recorded_and_named_in_the_warning_line(setup, capsys):

@@ -25,7 +25,7 @@ from medwidit.utils import check_bool, check_int, check_seed
 from medwidit.utils.files import sha256_file
 
 from .atlas import atlas_warning
-from .calibration import case_warn_dice, check_warn_dice
+from .calibration import check_warn_dice
 from .cases import DEFAULT_MODALITY_PATTERN, Case, find_cases
 from .dicom import series_files
 from .figure import save_overlay_figure
@@ -196,6 +196,7 @@ def predict_from_files(
                 kinds,
                 overwrite,
                 resume,
+                lambda quality: predictor.case_warn_dice(quality) if own_threshold else warn_dice,
                 {
                     **options,
                     "progress": progress,
@@ -205,7 +206,7 @@ def predict_from_files(
                 },
                 seed,
             )
-            _warn_case(result, case_warn_dice(result.quality, warn_dice) if own_threshold else warn_dice)
+            _warn_case(result)
         except KeyboardInterrupt:
             done = sum(r.status == "done" for r in results)
             logger.error(
@@ -257,8 +258,10 @@ def _spelled(*options: str, joiner: str = " or ") -> str:
 
 
 def _predict_case(
-    predictor: Predictor, case: Case, plan: CasePlan | None, kinds, overwrite, resume, options, seed
+    predictor: Predictor, case: Case, plan: CasePlan | None, kinds, overwrite, resume, judge, options, seed
 ) -> CaseResult:
+    """One case, segmented and written whole, or skipped or failed with its reason; ``judge`` maps its quality
+    report to the Dice threshold of its warning (None: no warning), whose verdict the report keeps as ``warnings``."""
     outputs = [output_path(case, plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
     try:
         if case.problem is not None:
@@ -319,6 +322,9 @@ def _predict_case(
                 )
             raise OutputError(f"{existing[0]}: already exists{hint}.")
         result = predictor.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
+        # the verdict travels with the case: in its quality JSON and the run record, not only on the console (from a
+        # review: a batch's warned cases could not be found afterwards); None where no warning is judged
+        result.quality = {**result.quality, "warnings": case_warnings(result.quality, judge(result.quality))}
         _write_case(predictor, case, plan, kinds, result, overwrite)
     except (InputError, OSError) as e:
         logger.error("%s", e)
@@ -383,25 +389,31 @@ def warning_causes(quality: Mapping) -> list[str]:
     return causes + [text for text in regions if text]
 
 
-def _warn_case(result: CaseResult, warn_dice: float | None) -> None:
-    """One warning line for a segmented case whose predicted Dice of a foreground class is below ``warn_dice``, that
-    has no voxel of a class, whose class volume lies outside the expected range, or whose localization region held
-    less than ``warn_kept`` of the full-resolution foreground, or whose atlas prior did not register or held less than
-    its ``min_kept`` (``atlas.atlas_warning``); ``warn_dice`` None: none. A case the predictor segmented again with
-    N4 (``bias_retry``) says so and which result it kept."""
-    if warn_dice is None or result.quality is None:
-        return
-    dice = result.quality["predicted_dice"]
+def case_warnings(quality: dict | None, warn_dice: float | None) -> list[str] | None:
+    """The causes of a segmented case's warning line, [] where it has none, None where ``warn_dice`` is None (no
+    warning judged): a predicted Dice of a foreground class below ``warn_dice``, no voxel of a class, a class volume
+    outside the expected range, a localization region that held less than ``warn_kept`` of the full-resolution
+    foreground, an atlas prior that did not register or held less than its ``min_kept`` (``atlas.atlas_warning``).
+    A case the predictor segmented again with N4 (``bias_retry``) says so and which result it kept."""
+    if warn_dice is None or quality is None:
+        return None
+    dice = quality["predicted_dice"]
     low = [f"class {k} {v:.3f}" for k, v in dice.items() if k != "0" and v < warn_dice]
     shown = f"{warn_dice:.2f}" if round(warn_dice, 2) == warn_dice else f"{warn_dice:.3f}"  # 0.915 not as 0.92
     problems = [f"predicted Dice below {shown} ({', '.join(low)})"] if low else []
-    problems += warning_causes(result.quality)
-    retry = result.quality.get("bias_retry")
+    problems += warning_causes(quality)
+    retry = quality.get("bias_retry")
     if problems and retry and "failed" in retry:
         problems.append(f"the retry with N4 failed ({retry['failed']})")
     elif problems and retry:  # what the retry tried is not a cause: it says N4 did not clear the warning
         first, second = retry["first_predicted_dice"], retry["retry_predicted_dice"]
         kept = "N4's" if retry["kept"] == "retry" else "the first"
         problems.append(f"retried with N4 (predicted Dice {first:.3f} without, {second:.3f} with; {kept} kept)")
+    return problems
+
+
+def _warn_case(result: CaseResult) -> None:
+    """The warning line of a segmented case whose quality report holds warnings (:func:`case_warnings`)."""
+    problems = (result.quality or {}).get("warnings")
     if problems:
         logger.warning("%s: %s: check this case before using it.", result.name, "; ".join(problems))

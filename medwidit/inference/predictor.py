@@ -43,7 +43,7 @@ from .calibration import (
     check_warn_dice,
     missing_evidence,
 )
-from .files import CaseResult, predict_from_files
+from .files import CaseResult, case_warnings, predict_from_files
 from .io import ImageGeometry, InputError, one_line, read_input, to_nibabel
 from .localize import (
     bundle_localization,
@@ -306,6 +306,7 @@ class Predictor:
             )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
+        self.warn_dice_given = False  # from_checkpoint / from_bundle: True where the caller gave warn_dice
         self.bias_retry = check_bool("bias_retry", bias_retry)
         if self.bias_retry and self.preprocessing["bias_correction"] is not None:
             raise ValueError(
@@ -395,6 +396,7 @@ class Predictor:
             raise InputError(f"{given[0]}: {e}{retry}" if given else f"{path}: {e}") from e
         predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
+        predictor.warn_dice_given = "warn_dice" in options  # the caller's number judges every case as it is
         return predictor
 
     @classmethod
@@ -533,9 +535,9 @@ class Predictor:
         prior = self.register_prior(array, geometry.affine, geometry.path) if atlas else (None, False)
         case = (array, geometry, sampling, generator, augment, localize, prior, progress)
         result = self._segment_case(self.preprocessing, *case)
-        threshold = case_warn_dice(result.quality, self.warn_dice)
+        threshold = self.case_warn_dice(result.quality)
         if start is None or threshold is None or result.quality["min_predicted_dice"] >= threshold:
-            return result
+            return self._judged(result)
         name = geometry.path or "array"
         logger.info("%s: predicted Dice below %s: segmenting again with N4", name, threshold)
         generator.set_state(start)  # the retry draws what a run with N4 from the first would
@@ -547,7 +549,7 @@ class Predictor:
                 cause = cause.__cause__
             logger.warning("%s: the retry with N4 failed (%s); the first result is kept", name, one_line(cause))
             result.quality["bias_retry"] = {"correction": BIAS_RETRY_CORRECTION, "failed": one_line(cause)}
-            return result
+            return self._judged(result)
         first, second = (r.quality["min_predicted_dice"] for r in (result, retry))
         kept = retry if second > first else result
         kept.quality["bias_retry"] = {
@@ -556,7 +558,18 @@ class Predictor:
             "retry_predicted_dice": second,
             "kept": "retry" if kept is retry else "first",
         }
-        return kept
+        return self._judged(kept)
+
+    def _judged(self, result: Segmentation) -> Segmentation:
+        """``result`` whose quality report holds ``warnings``: the causes of its warning line at this predictor's
+        threshold (``files.case_warnings``: [] none, None without a threshold), as ``medwidit segment`` prints them;
+        a run of ``predict_from_files`` with its own ``warn_dice`` judges again there (from a review: the verdict
+        was only printed)."""
+        result.quality = {
+            **result.quality,
+            "warnings": case_warnings(result.quality, self.case_warn_dice(result.quality)),
+        }
+        return result
 
     def _segment_case(
         self, preprocessing: dict, array, geometry, sampling: dict, generator, augment: int, localize: bool,
@@ -586,6 +599,13 @@ class Predictor:
             )  # fmt: skip
             result.disagreement = scale_disagreement(result.probability, reference)
         return result
+
+    def case_warn_dice(self, quality: dict | None) -> float | None:
+        """The threshold a case's predicted Dice is judged by, for its warning line and the N4 retry alike: a
+        ``warn_dice`` the caller gave (``from_checkpoint`` / ``from_bundle``, ``medwidit segment --warn-dice``) as it
+        is; else ``calibration.case_warn_dice``'s (the ensemble's threshold where the case's calibration was skipped).
+        From a review: with ``--warn-dice 0.9`` such a case was retried below 0.955 and warned below 0.9."""
+        return self.warn_dice if self.warn_dice_given else case_warn_dice(quality, self.warn_dice)
 
     def register_prior(self, array: np.ndarray, affine: np.ndarray, name=None) -> tuple[AtlasFit | None, bool]:
         """(the ``atlas_prior``'s template registered onto the case's grid (``atlas.AtlasFit``: its mask and the

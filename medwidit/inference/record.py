@@ -121,6 +121,8 @@ def finish_record(
             "message": r.message,
             # a case segmented again with N4 (bias_retry): both estimates and which result was written
             **({"bias_retry": r.quality["bias_retry"]} if r.quality and "bias_retry" in r.quality else {}),
+            # its warning line's causes ([] none; absent where none was judged or the case was not segmented)
+            **({"warnings": r.quality["warnings"]} if r.quality and r.quality.get("warnings") is not None else {}),
         }
         for r in results
     ]

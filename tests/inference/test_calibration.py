@@ -247,6 +247,7 @@ def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses
         predictor.warn_dice = None
         predictor.predict_from_files(path, tmp_path / "never", progress=False, **FAST)
     assert result.quality == calibrated.quality
+    assert result.quality["warnings"] == ["predicted Dice below 0.75 (class 1 0.700)"]  # the verdict is kept
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["scan: predicted Dice below 0.75 (class 1 0.700): check this case before using it."]
     with pytest.raises(ValueError, match=r"quality_calibration: unknown feature"):
@@ -260,14 +261,12 @@ def test_the_predictor_reports_the_calibrated_estimate_and_the_warning_line_uses
 def test_a_predicted_dice_at_warn_dice_is_not_below_it(caplog):
     """From a mutation review: the line warns of a predicted Dice *below* warn_dice; a Dice equal to it warned too
     with ``<=`` and no test saw it. At the threshold: no line; just under it: one."""
-    from medwidit.inference.files import CaseResult, _warn_case
+    from medwidit.inference.files import case_warnings
 
-    with caplog.at_level(logging.WARNING, logger="medwidit"):
-        _warn_case(CaseResult("at", "done", quality={**_quality(predicted=0.9, kept=None), "empty_classes": []}), 0.9)
-        _warn_case(CaseResult("below", "done", quality={**_quality(0.8999, kept=None), "empty_classes": []}), 0.9)
-    assert [r.getMessage() for r in caplog.records] == [
-        "below: predicted Dice below 0.90 (class 1 0.900): check this case before using it."
-    ]
+    at, below = ({**_quality(predicted=dice, kept=None), "empty_classes": []} for dice in (0.9, 0.8999))
+    assert case_warnings(at, 0.9) == []
+    assert case_warnings(below, 0.9) == ["predicted Dice below 0.90 (class 1 0.900)"]
+    assert case_warnings(below, None) is None  # no threshold: nothing judged
 
 
 def test_a_bundle_declares_it_and_a_caller_or_a_bad_entry_overrides_or_stops_it(bundle):
@@ -374,7 +373,10 @@ def test_a_case_whose_calibration_was_skipped_is_judged_at_the_ensembles_thresho
     predictor = Predictor(DiffusionSegmenter(ThresholdOracle(), num_classes=2), preprocessing=PREPROCESSING,
                           roi_size=16, device="cpu", quality_calibration=calibration, warn_dice=0.84)  # fmt: skip
     judged = []
-    monkeypatch.setattr(files, "_warn_case", lambda result, warn_dice: judged.append(warn_dice))
+    original = files.case_warnings
+    monkeypatch.setattr(
+        files, "case_warnings", lambda quality, warn_dice: judged.append(warn_dice) or original(quality, warn_dice)
+    )
     (result,) = predictor.predict_from_files(path, tmp_path / "a", progress=False, **FAST)
     predictor.predict_from_files(path, tmp_path / "b", progress=False, warn_dice=0.5, **FAST)
     assert result.quality["calibration"] == {"skipped": ["log_atlas_dice"]}
