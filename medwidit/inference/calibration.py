@@ -37,7 +37,9 @@ The features (per foreground class k, from ``trust.quality_report``'s dict):
     log_boundary           log((1 - boundary_overlap) / (1 - BOUNDARY_KNEE)), at most 0: 0 while at most 80% of
                            the voxels within 3 mm outside the class look like those within 3 mm inside it (every
                            validation case above Dice 0.85 stayed below 0.70), falling as its boundary stops
-                           separating anything; 0 without the report's ``boundary_overlap`` (no evidence). Not in
+                           separating anything; 0 without the report's ``boundary_overlap`` (no evidence). A
+                           boundary no edge supports reads about 0.8 (``trust.boundary_overlap``), so the knee sits
+                           at "no edge" and the feature cannot tell it from a weak edge (from a review). Not in
                            the shipped bundle's calibration: its fit lowered the validation error and raised the
                            trust cases' (``benchmarks/results/trust_boundary.json``)
     log_atlas_kept         log of the share of the members' foreground the atlas prior's region held
