@@ -279,6 +279,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
             filled=float(run["core_filled"][0]) if "core_filled" in run else None,
             guard_kept=float(run["prior_guard_kept"][0]) if "prior_guard_kept" in run else None,
             network_voxels=None if fit is None else network_voxels(fit),
+            information=None if fit is None else fit.information,
         )
     coarse_probability = coarse_labels = None
     if coarse is not None:  # cut where the members were: the disagreement and scale_dice compare like with like
@@ -320,6 +321,7 @@ def evaluate(predictor: Predictor, case, args) -> dict:
                 atlas.get("core_filled"),
                 atlas.get("guard_kept"),
                 network_voxels=atlas.get("network_voxels"),  # the fit's, as counted for the case above
+                information=fit.information,
             )
         quality = predictor.case_quality(
             written, affine, estimated_dice(members)[0].tolist(), maps, views=v, num_samples=args.samples,

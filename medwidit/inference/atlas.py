@@ -28,6 +28,7 @@ region (not where the region held less than ``min_kept``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -59,12 +60,13 @@ __all__ = [
     "register_template",
     "sitk_image",
     "template_dice",
+    "template_information",
 ]
 
 logger = logging.getLogger(__name__)
 
 ATLAS_PRIOR_KEYS = ("image", "label", "margin_mm")  # required; the others are optional
-ATLAS_PRIOR_OPTIONAL = ("min_kept", "core_mm", "core_label", "warn_filled", "kept_margin_mm")
+ATLAS_PRIOR_OPTIONAL = ("min_kept", "core_mm", "core_label", "warn_filled", "kept_margin_mm", "warn_information")
 DEFAULT_MIN_KEPT = 0.5
 REGISTRATION_SEED = 1  # the metric's fixed draw of voxels (SimpleITK's seed 0 is the wall clock: a new draw each run)
 REGISTRATION_MM = 4.0  # both images are smoothed and shrunk to about this voxel size before they are registered
@@ -80,7 +82,9 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
     warning): the warning line names a case whose core added more than that share of its foreground;
     ``kept_margin_mm`` >= 0 or null (default: ``margin_mm``; below ``margin_mm`` it is ``margin_mm``): ``min_kept``
     judges the share of the members' foreground within that distance of the template's structure, so a tight cut does
-    not switch the prior off where a looser one applied. A ValueError names ``source``."""
+    not switch the prior off where a looser one applied; ``warn_information`` >= 0 nats or null (default: no
+    warning): the warning line names a case whose :func:`template_information` is below it (an image that is not
+    what the template shows, or a registration that ran away). A ValueError names ``source``."""
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
@@ -114,9 +118,11 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         raise ValueError(f"{source}: core_mm must be null or a number of mm >= 0, got {core!r}.")
     if isinstance(core_label, bool) or not isinstance(core_label, (int, np.integer)) or core_label < 1:
         raise ValueError(f"{source}: core_label must be a class index >= 1, got {core_label!r}.")
-    warn_filled = spec.get("warn_filled")
+    warn_filled, warn_information = spec.get("warn_filled"), spec.get("warn_information")
     if warn_filled is not None and (not is_finite_number(warn_filled) or not 0 <= warn_filled <= 1):
         raise ValueError(f"{source}: warn_filled must be null or a share in [0, 1], got {warn_filled!r}.")
+    if warn_information is not None and (not is_finite_number(warn_information) or warn_information < 0):
+        raise ValueError(f"{source}: warn_information must be null or a number of nats >= 0, got {warn_information!r}.")
     kept_margin = spec.get("kept_margin_mm")
     if kept_margin is not None and (not is_finite_number(kept_margin) or kept_margin < 0):
         raise ValueError(f"{source}: kept_margin_mm must be null or a number of mm >= 0, got {kept_margin!r}.")
@@ -124,6 +130,7 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         **files, "margin_mm": float(margin), "min_kept": float(min_kept),
         "core_mm": None if core is None else float(core), "core_label": int(core_label),
         "warn_filled": None if warn_filled is None else float(warn_filled),
+        "warn_information": None if warn_information is None else float(warn_information),
         # never tighter than the cut (a tighter guard would switch a prior on whose cut holds too little)
         "kept_margin_mm": None if kept_margin is None else float(max(kept_margin, margin)),
     }  # fmt: skip
@@ -215,16 +222,27 @@ def register_template(case: sitk.Image, template: sitk.Image, ranked: bool = Tru
     a similarity (rotation, translation, one scale) from the images' centres, then an affine from it, on the images'
     ranks (``ranked`` False: their intensities, the registration of 0.7.0-0.7.1, which ``benchmarks/registration.py
     --raw`` scores). SimpleITK's global thread count is 1 while it runs, and restored after, whatever happens."""
+    with _one_thread():  # threads sum in any order, and the optimizer amplifies that
+        return _register(*_working_images(case, template, ranked))
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """SimpleITK's global thread count 1 inside, restored after whatever happens."""
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # threads sum in any order, and the optimizer amplifies that
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        return _register(sitk.Cast(case, sitk.sitkFloat32), sitk.Cast(template, sitk.sitkFloat32), ranked)
+        yield
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _register(case: sitk.Image, template: sitk.Image, ranked: bool = True) -> sitk.Transform:
-    fixed, moving = _coarse(case, ranked), _coarse(template, ranked)
+def _working_images(case: sitk.Image, template: sitk.Image, ranked: bool = True) -> tuple[sitk.Image, sitk.Image]:
+    """The registration's working images (:func:`_coarse`) of a case and a template."""
+    return _coarse(sitk.Cast(case, sitk.sitkFloat32), ranked), _coarse(sitk.Cast(template, sitk.sitkFloat32), ranked)
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     similarity = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
@@ -249,6 +267,37 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: boo
     """The template's structure (its label > 0) registered onto a case, as bool on the case's grid (the first
     channel of a (C, *S) ``image``, or a 3D ``image``, on the grid of the RAS ``affine``). ``spec``: a checked
     ``atlas_prior``; ``ranked``: :func:`register_template`'s."""
+    return _registered(image, affine, spec, ranked, information=False)[0]
+
+
+def template_information(case: sitk.Image, template: sitk.Image, label: sitk.Image, transform) -> float:
+    """How much the case's image tells of the registered template's image inside the template's structure: Mattes
+    mutual information (nats, 32 bins; SimpleITK's, as the registration's metric) between the two images' ranks on
+    the registration's 4 mm working grid, over the points the ``transform`` carries into ``label`` > 0. Real heads of
+    any contrast, noise, slice thickness or field of view hold 0.16-1.2 nats inside the brain (brain, CSF and
+    ventricles line up with the template's); a featureless ball of head size, noise or a smooth shelled blob hold
+    0.00-0.10, and so does a registration that ran away (ITK's head under a coil field, 0.06): the atlas prior then
+    writes the template's brain into what is not one (from a review: a uniform sphere got a predicted Dice of 0.93
+    and no warning). ``benchmarks/template_information.py`` measures it."""
+    with _one_thread():
+        return _information(*_working_images(case, template), label, transform)
+
+
+def _information(fixed: sitk.Image, moving: sitk.Image, label: sitk.Image, transform: sitk.Transform) -> float:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.NONE)  # every point: a value, not a draw
+    method.SetInterpolator(sitk.sitkLinear)
+    inside = sitk.Resample(sitk.Cast(label > 0, sitk.sitkUInt8), moving, sitk.Transform(), sitk.sitkNearestNeighbor)
+    method.SetMetricMovingMask(sitk.Cast(inside, sitk.sitkUInt8))
+    method.SetInitialTransform(transform)
+    return max(0.0, -float(method.MetricEvaluate(fixed, moving)))  # SimpleITK minimises minus the information
+
+
+def _registered(
+    image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: bool = True, *, information: bool = True
+) -> tuple[np.ndarray, float | None]:
+    """(:func:`atlas_mask`, :func:`template_information` or None without ``information``) of one registration."""
     image = np.asarray(image)
     image = image[0] if image.ndim == 4 else image
     # registered on the grid's RAS-ordered view, then put back: the pyramid's shrink starts at voxel 0 and the
@@ -258,11 +307,17 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: boo
     canonical = nib.orientations.apply_orientation(image, orientation)
     case = sitk_image(canonical, affine @ nib.orientations.inv_ornt_aff(orientation, image.shape))
     template, label = _load(spec["image"]), sitk.Cast(_load(spec["label"]) > 0, sitk.sitkFloat32)
-    transform = register_template(case, template, ranked)
+    with _one_thread():  # register_template's, on working images the measure shares
+        fixed, moving = _working_images(case, template, ranked)
+        transform = _register(fixed, moving)
+        measured = None
+        if information:  # on the ranked working images, which the default registration shares
+            images = (fixed, moving) if ranked else _working_images(case, template)
+            measured = _information(*images, label, transform)
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     mask = sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)
-    return np.ascontiguousarray(nib.orientations.apply_orientation(mask, back))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(mask, back)), measured
 
 
 class AtlasFit(NamedTuple):
@@ -275,6 +330,7 @@ class AtlasFit(NamedTuple):
     region: np.ndarray
     core: np.ndarray | None = None
     guard: np.ndarray | None = None
+    information: float | None = None  # template_information (None: not measured)
 
 
 def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
@@ -283,11 +339,12 @@ def fit_atlas(image: np.ndarray, affine: np.ndarray, spec: Mapping) -> AtlasFit:
     None) the voxels within that of it. A registration that SimpleITK
     cannot run (a field of view too small for the 16 mm level of the pyramid, a slab a few voxels thick) is a
     RuntimeError."""
-    mask = atlas_mask(image, affine, spec)
+    mask, information = _registered(image, affine, spec)
     core = None if spec.get("core_mm") is None else core_of(mask, affine, spec["core_mm"])
     kept_margin = spec.get("kept_margin_mm")
     guard = None if kept_margin is None else foreground_region(mask.astype(np.uint8), affine, kept_margin)
-    return AtlasFit(mask, foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"]), core, guard)
+    region = foreground_region(mask.astype(np.uint8), affine, spec["margin_mm"])
+    return AtlasFit(mask, region, core, guard, information)
 
 
 def network_voxels(fit: AtlasFit) -> int | None:
@@ -321,14 +378,27 @@ def template_dice(label_map: np.ndarray, mask: np.ndarray) -> float:
 
 
 def atlas_warning(entry: Mapping | None) -> str | None:
+    """:func:`_region_warning`'s text and, where the entry's ``template_information`` is below its
+    ``warn_information``, a cause that says the image holds little of the template's structure, joined."""
+    if entry is None:
+        return None
+    information, floor = entry.get("template_information"), entry.get("warn_information")
+    causes = [_region_warning(entry)]
+    if information is not None and floor is not None and information < floor:
+        causes.append(
+            f"the image holds {information:.3f} nats of the registered template's structure (below "
+            f"warn_information {floor:g}): not the kind of scan the template is, or a registration that ran away"
+        )
+    return "; ".join(cause for cause in causes if cause) or None
+
+
+def _region_warning(entry: Mapping) -> str | None:
     """The warning-line text for a case's quality ``atlas_prior`` entry: the template did not register, its region
     held less than ``min_kept`` of the members' foreground (not applied: most of what the members call the structure
     lies where a registered template does not put it), or its core added more than ``warn_filled`` of the foreground
     (there the answer is the registered template's, not the network's: right where the network failed and the
     registration held, wrong where the registration failed), or it left the network no voxel (``network_voxels`` 0);
     None otherwise."""
-    if entry is None:
-        return None
     if not entry["applied"]:
         if entry["kept"] is None:
             return "the atlas template did not register: no atlas prior"

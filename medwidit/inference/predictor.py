@@ -637,6 +637,7 @@ class Predictor:
         filled: float | None = None,
         guard_kept: float | None = None,
         network_voxels: int | None = None,
+        information: float | None = None,
     ) -> dict:
         """The quality report's ``atlas_prior``: the margin, ``min_kept`` (the template's files are the bundle's,
         named in the run record), the share ``kept`` and the ``template_dice`` of the written labels with the
@@ -644,7 +645,9 @@ class Predictor:
         ``applied``; with a ``core_mm``, it, ``core_filled``, the share of the foreground the core added
         (``localize.fill_core``; None where the template did not register), and ``warn_filled``; with a
         ``kept_margin_mm``, it and ``guard_kept``, the share within it, which ``min_kept`` judged; where a core was
-        applied, ``network_voxels`` (``atlas.network_voxels``: 0 where the voxels are coarser than the margin)."""
+        applied, ``network_voxels`` (``atlas.network_voxels``: 0 where the voxels are coarser than the margin);
+        ``template_information`` (``atlas.template_information``; None where the template did not register) and,
+        where the prior sets one, ``warn_information``."""
         entry = {"margin_mm": self.atlas_prior["margin_mm"], "min_kept": self.atlas_prior["min_kept"], "kept": kept,
                  "template_dice": dice, "applied": applied}  # fmt: skip
         if self.atlas_prior["core_mm"] is not None:
@@ -654,6 +657,9 @@ class Predictor:
             entry.update(kept_margin_mm=self.atlas_prior["kept_margin_mm"], guard_kept=guard_kept)
         if applied and network_voxels is not None:
             entry["network_voxels"] = network_voxels
+        entry["template_information"] = information
+        if self.atlas_prior.get("warn_information") is not None:
+            entry["warn_information"] = self.atlas_prior["warn_information"]
         return entry
 
     def localization_pass(
@@ -826,7 +832,7 @@ class Predictor:
             guarded = float(summary["prior_guard_kept"][0]) if "prior_guard_kept" in summary else None
             atlas = self.atlas_entry(float(summary["prior_kept"][0]), bool(summary["prior_applied"][0]),
                                      template_dice(label_map, prior.mask), filled, guarded,
-                                     network_voxels=network_voxels(prior))  # fmt: skip
+                                     network_voxels=network_voxels(prior), information=prior.information)  # fmt: skip
             if not atlas["applied"]:
                 share = atlas["kept"] if atlas.get("guard_kept") is None else atlas["guard_kept"]
                 logger.info("%s: no atlas prior: its region holds %.4f of the foreground", name, share)

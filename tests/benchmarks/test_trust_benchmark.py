@@ -218,6 +218,7 @@ def test_trust_segments_a_case_whose_template_does_not_register_as_the_predictor
     assert scored["atlas_prior"] == {
         "margin_mm": 2.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False, "core_mm": 1.0,
         "core_filled": None, "warn_filled": 0.25, "kept_margin_mm": 5.0, "guard_kept": None,
+        "template_information": None, "warn_information": 0.149,
     }  # fmt: skip
     assert trust._kept_flag(scored)  # the warning line names it
 

@@ -207,7 +207,8 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
     assert check_atlas_prior(None) is None
     spec = check_atlas_prior({"image": "head.nii.gz", "label": "brain.nii.gz", "margin_mm": 5}, root=tmp_path)
     assert spec == {"image": files["image"], "label": files["label"], "margin_mm": 5.0, "min_kept": 0.5,
-                    "core_mm": None, "core_label": 1, "warn_filled": None, "kept_margin_mm": None}  # fmt: skip
+                    "core_mm": None, "core_label": 1, "warn_filled": None, "kept_margin_mm": None,
+                    "warn_information": None}  # fmt: skip
     with_core = check_atlas_prior({**files, "margin_mm": 5, "core_mm": 4, "core_label": np.int64(2)})
     assert (with_core["core_mm"], with_core["core_label"]) == (4.0, 2) and type(with_core["core_label"]) is int
     assert check_atlas_prior({**files, "margin_mm": 5, "kept_margin_mm": 2})["kept_margin_mm"] == 5.0  # never tighter
@@ -225,6 +226,10 @@ def test_settings_are_checked_and_name_what_is_wrong(tmp_path):
         ({**files, "margin_mm": 5, "core_label": True}, r"core_label must be a class index >= 1, got True"),
         ({**files, "margin_mm": 5, "core_label": 1.5}, r"core_label must be a class index >= 1, got 1\.5"),
         ({**files, "margin_mm": 5, "warn_filled": 2}, r"warn_filled must be null or a share in \[0, 1\], got 2"),
+        (
+            {**files, "margin_mm": 5, "warn_information": -0.1},
+            r"warn_information must be null or a number of nats >= 0, got -0\.1",
+        ),
         (
             {**files, "margin_mm": 5, "kept_margin_mm": -1},
             r"kept_margin_mm must be null or a number of mm >= 0, got -1",
@@ -370,6 +375,7 @@ def test_foreground_outside_the_atlas_region_is_removed_and_the_rest_is_untouche
     assert held.quality["atlas_prior"] == {
         "margin_mm": 5.0, "min_kept": 0.5, "kept": pytest.approx(ball / (ball + blob)),
         "template_dice": pytest.approx(_dice(held.label_map > 0, region)), "applied": True,
+        "template_information": None,  # the stand-in fit measured none
     }  # fmt: skip
     assert free.quality["atlas_prior"] is None
     skipped = predictor.segment(path, atlas=False, **FAST)
@@ -429,6 +435,50 @@ def test_a_case_whose_core_made_more_than_warn_filled_of_the_brain_gets_a_warnin
         "hollow: the atlas prior's core made 0.2" in line and "of the foreground (above warn_filled 0.05): there the "
         "answer is the registered template's, not the network's" in line for line in lines[1]
     ), lines[1]  # fmt: skip
+
+
+def test_a_head_holds_information_about_the_registered_template_and_a_ball_holds_none(tmp_path):
+    """From a review: a uniform ball of head size got a predicted Dice of 0.93 and no warning: the atlas prior
+    registered the template onto it and its core wrote the template's brain into it. ``fit_atlas`` measures how much
+    the case tells of the registered template inside its structure (``template_information``): a moved copy of the
+    template holds it in either contrast, a noisy uniform ball of its size holds none."""
+    files, image, brain, affine = _template(tmp_path)
+    spec = check_atlas_prior({**files, "margin_mm": 2.0})
+    values = {}
+    for invert in (False, True):
+        case, _, case_affine = _moved_case(image, brain, affine, invert=invert)
+        values[invert] = fit_atlas(case, case_affine, spec).information
+    grid = np.stack(np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in image.shape), indexing="ij")) * 2.0
+    rng = np.random.default_rng(0)
+    ball = np.where(np.sqrt((grid**2).sum(0)) < 40.0, 0.6, 0.0) + rng.normal(0.0, 0.02, image.shape)
+    featureless = fit_atlas(ball.astype(np.float32), affine, spec).information
+    assert min(values.values()) > 0.2 and featureless < 0.05, (values, featureless)
+
+
+def test_a_case_that_holds_little_of_the_template_gets_a_warning_line(tmp_path, monkeypatch, caplog):
+    """``warn_information``: a case whose ``template_information`` is below it gets a warning line naming it,
+    whatever the prior did; the quality report records both, and no line without the setting."""
+    path, ball = _hollow_ball(tmp_path)
+    region = foreground_region(ball.astype(np.uint8), np.eye(4), 5.0)
+    lines, entries = [], []
+    fit = AtlasFit(ball, region, information=0.03)
+    for name, spec in (("plain", {}), ("high", {"warn_information": 0.1}), ("low", {"warn_information": 0.01})):
+        predictor = _prior_predictor(tmp_path, monkeypatch, region, mask=ball, **spec)
+        monkeypatch.setattr(predictor_module, "fit_atlas", lambda array, affine, spec: fit)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medwidit"):
+            (out,) = predictor.predict_from_files(path, tmp_path / name, progress=False, warn_dice=0.01, **FAST)
+        lines.append([r.getMessage() for r in caplog.records if r.levelno == logging.WARNING])
+        entries.append(out.quality["atlas_prior"])
+    assert lines[0] == [] and lines[2] == []
+    assert [e["template_information"] for e in entries] == [0.03] * 3
+    assert "warn_information" not in entries[0] and entries[1]["warn_information"] == 0.1
+    (line,) = lines[1]
+    assert (
+        "hollow: the image holds 0.030 nats of the registered template's structure (below warn_information 0.1): not "
+        "the kind of scan the template is, or a registration that ran away" in line
+    )
+    assert atlas_warning({**entries[1], "applied": False, "kept": None}).startswith("the atlas template did not")
 
 
 def test_a_prior_that_leaves_the_network_no_voxel_says_so(tmp_path, monkeypatch, caplog):
@@ -525,7 +575,8 @@ def test_a_bundle_declares_it_with_its_own_files_and_a_caller_or_a_bad_entry_ove
     own = {"image": "atlas/mni152nlin6asym_2mm_head.nii.gz", "label": "atlas/mni152nlin6asym_2mm_brain.nii.gz",
            "margin_mm": 3}  # a caller's, its files relative to the bundle as the bundle's are  # fmt: skip
     given = Predictor.from_bundle(bundle, device="cpu", weight_sets=1, atlas_prior=own).atlas_prior
-    assert given == {**shipped, "margin_mm": 3.0, "core_mm": None, "warn_filled": None, "kept_margin_mm": None}
+    assert given == {**shipped, "margin_mm": 3.0, "core_mm": None, "warn_filled": None, "kept_margin_mm": None,
+                     "warn_information": None}  # fmt: skip
     set_inference_key(bundle, "atlas_prior", None)
     assert Predictor.from_bundle(bundle, device="cpu", weight_sets=1).atlas_prior is None
     set_inference_key(
@@ -553,7 +604,7 @@ def test_the_cli_applies_the_bundles_atlas_prior_and_records_it_and_no_atlas_pri
     assert record == {"image": str(bundle / "atlas" / "mni152nlin6asym_2mm_head.nii.gz"),
                       "label": str(bundle / "atlas" / "mni152nlin6asym_2mm_brain.nii.gz"),
                       "margin_mm": 2.0, "min_kept": 0.5, "core_mm": 1.0, "core_label": 1,
-                      "warn_filled": 0.25, "kept_margin_mm": 5.0}  # fmt: skip
+                      "warn_filled": 0.25, "kept_margin_mm": 5.0, "warn_information": 0.149}  # fmt: skip
     assert json.loads((tmp_path / "b" / "medwidit_run.json").read_text())["sampling"]["atlas_prior"] is None
     assert json.loads((tmp_path / "b" / "scan_quality.json").read_text())["atlas_prior"] is None
     entry = json.loads((tmp_path / "a" / "scan_quality.json").read_text())["atlas_prior"]
@@ -610,7 +661,8 @@ def test_a_template_that_cannot_register_leaves_the_case_uncut_and_says_so(tmp_p
         result = predictor.segment(path, **FAST)
         predictor.predict_from_files(path, tmp_path / "out", progress=False, warn_dice=0.01, **FAST)
     assert result.quality["atlas_prior"] == {
-        "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False
+        "margin_mm": 5.0, "min_kept": 0.5, "kept": None, "template_dice": None, "applied": False,
+        "template_information": None,
     }  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
