@@ -70,7 +70,7 @@ def evaluate(predictor: Predictor, args) -> dict:
     image = nib.load(args.image)
     truth = np.asarray(nib.load(args.label).dataobj).astype(np.int64)
     truth = (truth > 0).astype(np.int64)
-    spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(image.affine)[:3])  # the affine's, as generalisation.py
     working = predictor.preprocessing["spacing"]
     if working is not None and not np.allclose(spacing, working):  # faces are counted on the input's grid
         raise SystemExit(f"--image {args.image}: spacing {spacing} mm, not the model's grid {working}; the patch-grid "

@@ -51,7 +51,7 @@ VARIANTS = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="conditioning,spacing")
     parser.add_argument("--seeds", default="0,1,2", help="one model per option and seed")
@@ -77,7 +77,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schedule", default="linear_beta")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time = work, no spin-waits)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 #######################################################################################################################
@@ -132,7 +132,9 @@ def build_net(options: dict, seed: int, args) -> WiDiT:
     """learn_phantoms' architecture with ``options`` on top. Every weight whose shape the option leaves alone is the
     seed's draw of the plain net, so a pair starts alike but for its option (the spacing MLP starts at zero output)."""
     torch.manual_seed(seed)
-    plain = lp.widit(args)
+    # learn_phantoms' defaults for the options this script does not take (mlp_ratio, embed, position): widit read
+    # them from this script's arguments and failed with an AttributeError (from a review)
+    plain = lp.widit(argparse.Namespace(**{**vars(lp.parse_args([])), **vars(args)}))
     net = WiDiT(**{**plain.config, **options})
     own = net.state_dict()
     net.load_state_dict(

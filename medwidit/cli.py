@@ -152,6 +152,9 @@ def _segment(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
         predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
+    # --warn-dice judges every case as it is, the N4 retry too; a bundle's own (inference.json passes it on) is for
+    # its calibrated estimate, and a case whose calibration was skipped is judged at the ensemble's threshold
+    predictor.warn_dice_given = args.warn_dice is not None
     if args.no_atlas_core and predictor.atlas_prior is not None:  # the cut stays, the core goes
         predictor.atlas_prior = {**predictor.atlas_prior, "core_mm": None}
     elif args.no_atlas_core:

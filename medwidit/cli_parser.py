@@ -296,9 +296,9 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
         help="print a warning line for a case whose predicted Dice (case_quality.json) of a foreground class is "
         "below D, that has no voxel of a foreground class, whose class volume lies outside the bundle's "
         "expected_volume_ml, whose localization region held less than the bundle's warn_kept of the foreground, or "
-        "whose atlas prior did not register or held less than its min_kept within its kept_margin_mm (not applied), or "
-        "whose atlas core made "
-        "more than the bundle's warn_filled of the foreground (default: the bundle's "
+        "whose atlas prior did not register or held less than its min_kept within its kept_margin_mm (not applied), "
+        "whose image holds less than the bundle's warn_information of the registered template, or whose atlas core "
+        "made more than the bundle's warn_filled of the foreground (default: the bundle's "
         "warn_dice, which belongs to its calibrated Dice estimate, shipped 0.80; a bare checkpoint's 0.955, for the "
         "ensemble's own estimate; 0 never warns); also the threshold below which --bias-correction retry "
         "segments a case again with N4 (0: never)",

@@ -696,6 +696,10 @@ def test_a_given_warn_dice_is_the_retrys_threshold_as_the_warning_lines_on_an_un
 
     monkeypatch.setattr(Predictor, "_segment_case", fake)
     given = Predictor.from_checkpoint(checkpoint, device="cpu", warn_dice=0.9, bias_correction="retry")
+    # a second review: a bundle's inference.json passes its own warn_dice to from_checkpoint, which judged its
+    # uncalibrated cases at 0.8 then; a number there stays the calibration's, only --warn-dice is taken as it is
+    assert not given.warn_dice_given and given.case_warn_dice(uncalibrated) == ENSEMBLE_WARN_DICE
+    given.warn_dice_given = True  # as medwidit segment --warn-dice 0.9 sets it
     given.segment(image, steps=1, num_samples=1)
     assert passes == [None]  # 0.93 clears the given 0.9: not retried
     assert given.case_warn_dice(uncalibrated) == 0.9  # the warning line's threshold (files.py asks the predictor)
@@ -740,6 +744,24 @@ def test_bias_retry_needs_a_first_pass_without_n4(setup):
     message = r"must be one of \[None, 'n4'\], got 'Retry'. It also takes 'retry' \(N4 only where a case warns\)"
     with pytest.raises(InputError, match=message):
         Predictor.from_checkpoint(checkpoint, bias_correction="Retry")
+
+
+def test_only_the_command_lines_warn_dice_is_taken_as_given(setup, monkeypatch):
+    """--warn-dice D judges every case at D, the retry too; without it a bundle's own warn_dice (which inference.json
+    passes to from_checkpoint) stays its calibration's, and an uncalibrated case is judged at 0.955."""
+    from medwidit.inference import Predictor
+
+    tmp_path, inputs, _ = setup
+    checkpoint = _image_reading_checkpoint(tmp_path / "random.pt")
+    seen, original = [], Predictor.case_warn_dice
+    monkeypatch.setattr(
+        Predictor, "case_warn_dice", lambda self, q: seen.append(self.warn_dice_given) or original(self, q)
+    )
+    base = ["segment", "-i", str(inputs), "--checkpoint", checkpoint, *FAST, "--samples", "2"]
+    assert main([*base, "-o", str(tmp_path / "given"), "--warn-dice", "0.9"]) == 0
+    given, seen[:] = list(seen), []
+    assert main([*base, "-o", str(tmp_path / "own")]) == 0
+    assert given and all(given) and seen and not any(seen)
 
 
 def test_a_cases_warning_is_kept_in_its_quality_json_and_the_run_record(setup, capsys):

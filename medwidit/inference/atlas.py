@@ -130,9 +130,11 @@ def check_atlas_prior(spec: Mapping | None, root: str | os.PathLike | None = Non
         **files, "margin_mm": float(margin), "min_kept": float(min_kept),
         "core_mm": None if core is None else float(core), "core_label": int(core_label),
         "warn_filled": None if warn_filled is None else float(warn_filled),
-        "warn_information": None if warn_information is None else float(warn_information),
         # never tighter than the cut (a tighter guard would switch a prior on whose cut holds too little)
         "kept_margin_mm": None if kept_margin is None else float(max(kept_margin, margin)),
+        # only where set: the run's settings digest holds the spec, and a key of None would make every case an
+        # earlier version finished "changed" for --continue (from a review)
+        **({} if warn_information is None else {"warn_information": float(warn_information)}),
     }  # fmt: skip
 
 
@@ -273,12 +275,14 @@ def atlas_mask(image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: boo
 def template_information(case: sitk.Image, template: sitk.Image, label: sitk.Image, transform) -> float:
     """How much the case's image tells of the registered template's image inside the template's structure: Mattes
     mutual information (nats, 32 bins; SimpleITK's, as the registration's metric) between the two images' ranks on
-    the registration's 4 mm working grid, over the points the ``transform`` carries into ``label`` > 0. Real heads of
-    any contrast, noise, slice thickness or field of view hold 0.16-1.2 nats inside the brain (brain, CSF and
-    ventricles line up with the template's); a featureless ball of head size, noise or a smooth shelled blob hold
-    0.00-0.10, and so does a registration that ran away (ITK's head under a coil field, 0.06): the atlas prior then
-    writes the template's brain into what is not one (from a review: a uniform sphere got a predicted Dice of 0.93
-    and no warning). ``benchmarks/template_information.py`` measures it."""
+    the registration's 4 mm working grid, over the points the ``transform`` carries into ``label`` > 0. The
+    validation heads the shipped default segments right hold 0.19-2.04 nats inside the brain (grey and white matter,
+    ventricles and CSF line up with the template's, whatever the contrast; a coil field lowers it most); a
+    featureless ball of head size, noise, a phantom or a smooth shelled blob hold 0.003-0.115, and so does a
+    registration that ran away (ITK's head under a coil field, 0.063): the atlas prior then writes the template's
+    brain into what is not one (from a review: a uniform sphere got a predicted Dice of 0.93 and no warning).
+    ``benchmarks/template_information.py`` measures it. 0.0 where no point of the case maps into the template
+    (a registration far off: SimpleITK's metric refuses to evaluate)."""
     with _one_thread():
         return _information(*_working_images(case, template), label, transform)
 
@@ -291,7 +295,10 @@ def _information(fixed: sitk.Image, moving: sitk.Image, label: sitk.Image, trans
     inside = sitk.Resample(sitk.Cast(label > 0, sitk.sitkUInt8), moving, sitk.Transform(), sitk.sitkNearestNeighbor)
     method.SetMetricMovingMask(sitk.Cast(inside, sitk.sitkUInt8))
     method.SetInitialTransform(transform)
-    return max(0.0, -float(method.MetricEvaluate(fixed, moving)))  # SimpleITK minimises minus the information
+    try:
+        return max(0.0, -float(method.MetricEvaluate(fixed, moving)))  # SimpleITK minimises minus the information
+    except RuntimeError:  # "all samples map outside moving image buffer": nothing of the template's brain is there
+        return 0.0  # a review: the error discarded a registration that had run, as if it had failed
 
 
 def _registered(

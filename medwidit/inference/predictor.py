@@ -193,12 +193,13 @@ class Predictor:
             coarse foreground, unless that region holds less than ``min_kept`` of the full pass's foreground (then
             nothing is cut, with a warning); below ``warn_kept`` the CLI's warning line names the case. None: off.
         atlas_prior: ``{"image": template head, "label": its mask, "margin_mm": mm, "min_kept": share, ...}``
-            (``atlas.check_atlas_prior``, which names the optional ``core_mm``, ``core_label``, ``warn_filled`` and
-            ``kept_margin_mm``; a bundle's ``inference.json`` declares it, its files in the bundle): the template is
-            registered to each case (affine, mutual information) and the full-resolution ensemble is background
-            farther than ``margin_mm`` from its registered mask and ``core_label`` deeper than ``core_mm`` inside it,
-            unless the region within ``kept_margin_mm`` holds less than ``min_kept`` of the members' foreground (then
-            nothing is cut or filled). The quality report records it as ``atlas_prior``. None: off.
+            (``atlas.check_atlas_prior``, which names the optional ``core_mm``, ``core_label``, ``warn_filled``,
+            ``kept_margin_mm`` and ``warn_information``; a bundle's ``inference.json`` declares it, its files in the
+            bundle): the template is registered to each case (affine, mutual information) and the full-resolution
+            ensemble is background farther than ``margin_mm`` from its registered mask and ``core_label`` deeper than
+            ``core_mm`` inside it, unless the region within ``kept_margin_mm`` holds less than ``min_kept`` of the
+            members' foreground (then nothing is cut or filled). The quality report records it as ``atlas_prior``. None:
+            off.
         quality_calibration: ``{"intercept": a, "weights": {feature: w}}`` (``calibration.check_calibration``; a
             bundle's ``inference.json`` declares it, fitted on validation cases): the quality report's
             ``predicted_dice`` of each foreground class is ``exp(intercept + sum(weight * feature))`` of the case's
@@ -214,9 +215,9 @@ class Predictor:
             from the same random state with N4 bias-field correction in front of the intensity normalisation
             (``preprocessing["bias_correction"]`` "n4"), and whichever of the two has the higher minimum predicted
             Dice is kept (ties: the first); the quality report records both estimates as ``bias_retry`` (or the N4
-            pass's error, which keeps the first). The threshold is the warning line's for the predictor's own
-            estimate (``calibration.case_warn_dice``: ``ENSEMBLE_WARN_DICE`` where a case's calibration was
-            skipped); ``warn_dice`` None retries nothing. For weights whose first pass runs without N4
+            pass's error, which keeps the first). The threshold is the warning line's, :meth:`case_warn_dice`
+            (``ENSEMBLE_WARN_DICE`` where a case's calibration was skipped, unless ``warn_dice_given``); ``warn_dice``
+            None retries nothing. For weights whose first pass runs without N4
             (``preprocessing`` without it): a strong coil field breaks them where N4 would have rescued it, and N4
             on every case costs where it is not needed (``from_checkpoint(bias_correction="retry")``,
             ``medwidit segment --bias-correction retry``).
@@ -306,7 +307,10 @@ class Predictor:
             )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
-        self.warn_dice_given = False  # from_checkpoint / from_bundle: True where the caller gave warn_dice
+        # True: warn_dice judges every case as it is (medwidit segment --warn-dice); False: a case whose calibration
+        # was skipped is judged at the ensemble's threshold (calibration.case_warn_dice), as a bundle's own warn_dice,
+        # which inference.json passes on to from_checkpoint, belongs to its calibrated estimate (from a review)
+        self.warn_dice_given = False
         self.bias_retry = check_bool("bias_retry", bias_retry)
         if self.bias_retry and self.preprocessing["bias_correction"] is not None:
             raise ValueError(
@@ -396,7 +400,6 @@ class Predictor:
             raise InputError(f"{given[0]}: {e}{retry}" if given else f"{path}: {e}") from e
         predictor = cls(segmenter, preprocessing=preprocessing or None, extra_segmenters=extras, **options)
         predictor.extra_weight_files = [Path(p) for p in extra_checkpoints]
-        predictor.warn_dice_given = "warn_dice" in options  # the caller's number judges every case as it is
         return predictor
 
     @classmethod
@@ -601,10 +604,10 @@ class Predictor:
         return result
 
     def case_warn_dice(self, quality: dict | None) -> float | None:
-        """The threshold a case's predicted Dice is judged by, for its warning line and the N4 retry alike: a
-        ``warn_dice`` the caller gave (``from_checkpoint`` / ``from_bundle``, ``medwidit segment --warn-dice``) as it
-        is; else ``calibration.case_warn_dice``'s (the ensemble's threshold where the case's calibration was skipped).
-        From a review: with ``--warn-dice 0.9`` such a case was retried below 0.955 and warned below 0.9."""
+        """The threshold a case's predicted Dice is judged by, for its warning line and the N4 retry alike:
+        ``warn_dice`` as it is where ``warn_dice_given`` (``medwidit segment --warn-dice``); else
+        ``calibration.case_warn_dice``'s (the ensemble's threshold where the case's calibration was skipped). From a
+        review: with ``--warn-dice 0.9`` such a case was retried with N4 below 0.955 and warned below 0.9."""
         return self.warn_dice if self.warn_dice_given else case_warn_dice(quality, self.warn_dice)
 
     def register_prior(self, array: np.ndarray, affine: np.ndarray, name=None) -> tuple[AtlasFit | None, bool]:

@@ -284,7 +284,7 @@ def test_hd_bet_runs_its_defaults_or_its_cpu_advice_and_the_record_says_which(tm
 def test_a_thick_slice_mask_covers_the_base_slices_inside_its_last_slice(tmp_path):
     """From a review: a thick-slice mask brought back to its truth's grid with scipy's "constant" mode made every
     base slice past the last thick-slice centre background, though it lies inside that thick slice; on a grid of
-    3k + 3 slices the truth's own every-third-slice copy lost its last two slices (Dice 0.889, not 1)."""
+    3k + 3 slices the truth's own every-third-slice copy lost the base slice inside its last thick slice."""
     truth_data = np.zeros((8, 8, 12), np.uint8)
     truth_data[2:6, 2:6, :11] = 1  # a bar through slices 0-10; slice 11 lies past the thick grid's last slice
     truth = nib.Nifti1Image(truth_data, np.diag([2.0, 2.0, 2.0, 1.0]))
