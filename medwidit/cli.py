@@ -138,6 +138,7 @@ def _segment(args: argparse.Namespace) -> int:
         options["bias_correction"] = args.bias_correction
     if args.warn_dice is not None:  # the predictor's too: a case below it is retried with N4 under "retry"
         options["warn_dice"] = args.warn_dice or None
+        options["warn_dice_given"] = True  # every case judged at it (a bundle's own keeps its calibration's rule)
     if args.anti_aliasing is not None:
         options["anti_aliasing"] = args.anti_aliasing == "on"
     if args.probability_smoothing is not None:
@@ -152,9 +153,6 @@ def _segment(args: argparse.Namespace) -> int:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
         predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
-    # --warn-dice judges every case as it is, the N4 retry too; a bundle's own (inference.json passes it on) is for
-    # its calibrated estimate, and a case whose calibration was skipped is judged at the ensemble's threshold
-    predictor.warn_dice_given = args.warn_dice is not None
     if args.no_atlas_core and predictor.atlas_prior is not None:  # the cut stays, the core goes
         predictor.atlas_prior = {**predictor.atlas_prior, "core_mm": None}
     elif args.no_atlas_core:

@@ -699,7 +699,9 @@ def test_a_given_warn_dice_is_the_retrys_threshold_as_the_warning_lines_on_an_un
     # a second review: a bundle's inference.json passes its own warn_dice to from_checkpoint, which judged its
     # uncalibrated cases at 0.8 then; a number there stays the calibration's, only --warn-dice is taken as it is
     assert not given.warn_dice_given and given.case_warn_dice(uncalibrated) == ENSEMBLE_WARN_DICE
-    given.warn_dice_given = True  # as medwidit segment --warn-dice 0.9 sets it
+    # as medwidit segment --warn-dice 0.9 builds it
+    given = Predictor.from_checkpoint(checkpoint, device="cpu", warn_dice=0.9, warn_dice_given=True,
+                                      bias_correction="retry")  # fmt: skip
     given.segment(image, steps=1, num_samples=1)
     assert passes == [None]  # 0.93 clears the given 0.9: not retried
     assert given.case_warn_dice(uncalibrated) == 0.9  # the warning line's threshold (files.py asks the predictor)

@@ -304,7 +304,8 @@ def _information(fixed: sitk.Image, moving: sitk.Image, label: sitk.Image, trans
 def _registered(
     image: np.ndarray, affine: np.ndarray, spec: Mapping, ranked: bool = True, *, information: bool = True
 ) -> tuple[np.ndarray, float | None]:
-    """(:func:`atlas_mask`, :func:`template_information` or None without ``information``) of one registration."""
+    """(:func:`atlas_mask`, :func:`template_information`) of one registration; None for the second without
+    ``information`` or ``ranked``."""
     image = np.asarray(image)
     image = image[0] if image.ndim == 4 else image
     # registered on the grid's RAS-ordered view, then put back: the pyramid's shrink starts at voxel 0 and the
@@ -317,10 +318,8 @@ def _registered(
     with _one_thread():  # register_template's, on working images the measure shares
         fixed, moving = _working_images(case, template, ranked)
         transform = _register(fixed, moving)
-        measured = None
-        if information:  # on the ranked working images, which the default registration shares
-            images = (fixed, moving) if ranked else _working_images(case, template)
-            measured = _information(*images, label, transform)
+        # on the registration's own working images: ranked, as warn_information was chosen (None on raw ones)
+        measured = _information(fixed, moving, label, transform) if information and ranked else None
     warped = sitk.Resample(label, case, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     mask = sitk.GetArrayFromImage(warped).transpose(2, 1, 0) >= 0.5
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), orientation)

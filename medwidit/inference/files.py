@@ -196,7 +196,7 @@ def predict_from_files(
                 kinds,
                 overwrite,
                 resume,
-                lambda quality: predictor.case_warn_dice(quality) if own_threshold else warn_dice,
+                "predictor" if own_threshold else warn_dice,
                 {
                     **options,
                     "progress": progress,
@@ -258,10 +258,11 @@ def _spelled(*options: str, joiner: str = " or ") -> str:
 
 
 def _predict_case(
-    predictor: Predictor, case: Case, plan: CasePlan | None, kinds, overwrite, resume, judge, options, seed
+    predictor: Predictor, case: Case, plan: CasePlan | None, kinds, overwrite, resume, warn_dice, options, seed
 ) -> CaseResult:
-    """One case, segmented and written whole, or skipped or failed with its reason; ``judge`` maps its quality
-    report to the Dice threshold of its warning (None: no warning), whose verdict the report keeps as ``warnings``."""
+    """One case, segmented and written whole, or skipped or failed with its reason. Its quality report keeps the
+    verdict of its warning as ``warnings``: the predictor's (``warn_dice`` "predictor"), or judged again at this
+    run's ``warn_dice`` (None: no warning)."""
     outputs = [output_path(case, plan.state_dir.parent, kind) for kind in kinds] if plan is not None else []
     try:
         if case.problem is not None:
@@ -323,8 +324,9 @@ def _predict_case(
             raise OutputError(f"{existing[0]}: already exists{hint}.")
         result = predictor.segment(list(case.files), generator=torch.Generator().manual_seed(seed), **options)
         # the verdict travels with the case: in its quality JSON and the run record, not only on the console (from a
-        # review: a batch's warned cases could not be found afterwards); None where no warning is judged
-        result.quality = {**result.quality, "warnings": case_warnings(result.quality, judge(result.quality))}
+        # review: a batch's warned cases could not be found afterwards); the predictor judged it at its own threshold
+        if warn_dice != "predictor":
+            result.quality = {**result.quality, "warnings": case_warnings(result.quality, warn_dice)}
         _write_case(predictor, case, plan, kinds, result, overwrite)
     except (InputError, OSError) as e:
         logger.error("%s", e)

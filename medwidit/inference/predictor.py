@@ -221,6 +221,10 @@ class Predictor:
             (``preprocessing`` without it): a strong coil field breaks them where N4 would have rescued it, and N4
             on every case costs where it is not needed (``from_checkpoint(bias_correction="retry")``,
             ``medwidit segment --bias-correction retry``).
+        warn_dice_given: True: ``warn_dice`` judges every case as it is (``medwidit segment --warn-dice``); False
+            (default): a case whose calibration was skipped is judged at the ensemble's threshold
+            (``calibration.case_warn_dice``), since a bundle's own ``warn_dice``, which ``inference.json`` passes on
+            to :meth:`from_checkpoint`, belongs to its calibrated estimate (from a review).
 
     ``sampling_defaults`` (``steps``, ``num_samples``, ``overlap``, ``shared_steps``, ``weight_sets``, ``augment``)
     fill every sampling argument left at None: ``options.SAMPLING_DEFAULTS``, or, for :meth:`from_bundle`, the bundle's
@@ -248,6 +252,7 @@ class Predictor:
         quality_calibration: Mapping | None = None,
         warn_dice: float | None = DEFAULT_WARN_DICE,
         bias_retry: bool = False,
+        warn_dice_given: bool = False,
     ) -> None:
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"segmenter must be a DiffusionSegmenter, got {type(segmenter).__name__}.")
@@ -307,10 +312,7 @@ class Predictor:
             )
         self.quality_calibration = check_calibration(quality_calibration)
         self.warn_dice = check_warn_dice(warn_dice)
-        # True: warn_dice judges every case as it is (medwidit segment --warn-dice); False: a case whose calibration
-        # was skipped is judged at the ensemble's threshold (calibration.case_warn_dice), as a bundle's own warn_dice,
-        # which inference.json passes on to from_checkpoint, belongs to its calibrated estimate (from a review)
-        self.warn_dice_given = False
+        self.warn_dice_given = check_bool("warn_dice_given", warn_dice_given)
         self.bias_retry = check_bool("bias_retry", bias_retry)
         if self.bias_retry and self.preprocessing["bias_correction"] is not None:
             raise ValueError(

@@ -362,6 +362,7 @@ def test_a_case_whose_calibration_was_skipped_is_judged_at_the_ensembles_thresho
     case keeps the ensemble's own estimate, and the warning line judges it at ``ENSEMBLE_WARN_DICE``, not at the
     calibration's 0.84, below which the ensemble's estimate never falls. A caller's own threshold still wins."""
     import medwidit.inference.files as files
+    import medwidit.inference.predictor as predictor_module
     from medwidit.inference.calibration import ENSEMBLE_WARN_DICE, case_warn_dice
 
     assert case_warn_dice({"calibration": {"skipped": ["log_atlas_dice"]}}, 0.84) == ENSEMBLE_WARN_DICE
@@ -374,10 +375,11 @@ def test_a_case_whose_calibration_was_skipped_is_judged_at_the_ensembles_thresho
                           roi_size=16, device="cpu", quality_calibration=calibration, warn_dice=0.84)  # fmt: skip
     judged = []
     original = files.case_warnings
-    monkeypatch.setattr(
-        files, "case_warnings", lambda quality, warn_dice: judged.append(warn_dice) or original(quality, warn_dice)
-    )
+    for module in (files, predictor_module):  # the predictor judges each case; a run's own threshold judges again
+        monkeypatch.setattr(
+            module, "case_warnings", lambda quality, warn_dice: judged.append(warn_dice) or original(quality, warn_dice)
+        )
     (result,) = predictor.predict_from_files(path, tmp_path / "a", progress=False, **FAST)
     predictor.predict_from_files(path, tmp_path / "b", progress=False, warn_dice=0.5, **FAST)
     assert result.quality["calibration"] == {"skipped": ["log_atlas_dice"]}
-    assert judged == [ENSEMBLE_WARN_DICE, 0.5]
+    assert judged == [ENSEMBLE_WARN_DICE, ENSEMBLE_WARN_DICE, 0.5]
