@@ -9,7 +9,8 @@ MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, 
 per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L; a
 ``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning),
 each for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only
-then read on the test split. Writes benchmarks/results/learn_phantoms.json.
+then read on the test split (``--fit-phantoms N`` also scores every model on its first N training phantoms: a model
+that scores low there under-fits). Writes benchmarks/results/learn_phantoms.json.
 
 Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
 striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),
@@ -60,6 +61,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-pool", type=int, default=192, help="training phantoms (seeds 0..n-1)")
     parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds 10^6 + i)")
     parser.add_argument("--val", type=int, default=8, help="validation phantoms for choosing a head (seeds 2*10^6 + i)")
+    parser.add_argument(
+        "--fit-phantoms",
+        type=int,
+        default=0,
+        help="also score every model on the first N training phantoms ('fit_dice'): how well it fits what it trained "
+        "on, against its validation Dice (under-fitting or a generalisation gap)",
+    )
     parser.add_argument("--heads", default="patch,pixel-16-2", help=f"x0-model heads, comma-separated: {HEAD_GRAMMAR}")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -285,7 +293,7 @@ def widit(args, head: str = "patch") -> WiDiT:
     )
 
 
-def run_objective(objective: str, train, test, args, head: str = "patch", val=None) -> dict:
+def run_objective(objective: str, train, test, args, head: str = "patch", val=None, fit=None) -> dict:
     torch.manual_seed(args.seed)
     net = widit(args, head)
     segmenter = DiffusionSegmenter(
@@ -316,12 +324,14 @@ def run_objective(objective: str, train, test, args, head: str = "patch", val=No
             if name == "dice":
                 key = ensemble_key(steps, members)
                 record.setdefault("sample_seconds", {})[key] = round(time.perf_counter() - start, 2)
-    if val is not None:
-        record["val_dice"] = {}
+    for key, split, seed in (("val_dice", val, 2), ("fit_dice", fit, 3)):
+        if split is None:
+            continue
+        record[key] = {}
         for steps in step_counts:
-            noise = torch.Generator().manual_seed(2)
-            samples = ema.sample(val[0], steps=steps, num_samples=max(sizes), generator=noise)
-            record["val_dice"].update(ensemble_dice(samples, val[1], steps, sizes, args.classes))
+            noise = torch.Generator().manual_seed(seed)
+            samples = ema.sample(split[0], steps=steps, num_samples=max(sizes), generator=noise)
+            record[key].update(ensemble_dice(samples, split[1], steps, sizes, args.classes))
     record["parameters"] = sum(p.numel() for p in net.parameters())
     return record
 
@@ -366,7 +376,7 @@ def select_on_validation(heads: dict) -> dict:
     }
 
 
-def run_unet(train, test, args) -> dict:
+def run_unet(train, test, args, val=None, fit=None) -> dict:
     torch.manual_seed(args.seed)
     net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=args.classes, features=(16, 16, 32, 64, 128, 16))
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -375,7 +385,9 @@ def run_unet(train, test, args) -> dict:
     )
     net.eval()
     with torch.no_grad():
-        record["dice"] = dice_per_class(net(test[0]).argmax(1, keepdim=True), test[1], args.classes)
+        for key, split in (("dice", test), ("val_dice", val), ("fit_dice", fit)):
+            if split is not None:
+                record[key] = dice_per_class(net(split[0]).argmax(1, keepdim=True), split[1], args.classes)
     return record
 
 
@@ -398,6 +410,8 @@ def threshold_oracle(test, args, candidates: int = 17) -> dict:
 def main() -> None:
     args = parse_args()
     ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
+    if not 0 <= args.fit_phantoms <= args.train_pool:
+        raise SystemExit(f"--fit-phantoms must be 0..--train-pool ({args.train_pool}), got {args.fit_phantoms}.")
     check_heads(args)
     torch.set_num_threads(args.threads)  # a script may set threads; one thread keeps CPU time honest under load
     torch.manual_seed(args.seed)
@@ -405,6 +419,7 @@ def main() -> None:
     train = phantoms(range(args.train_pool), args)
     test = phantoms(range(10**6, 10**6 + args.test), args)
     val = phantoms(range(2 * 10**6, 2 * 10**6 + args.val), args)
+    fit = (train[0][: args.fit_phantoms], train[1][: args.fit_phantoms]) if args.fit_phantoms > 0 else None
     fractions = torch.bincount(test[1].flatten(), minlength=args.classes).float() / test[1].numel()
     print(
         f"data: {args.train_pool} train / {args.test} test phantoms {args.size}^3, class fractions "
@@ -413,14 +428,14 @@ def main() -> None:
     )
     results = {"objectives": {}, "heads": {}} if args.add_to is None else earlier_results(args)
     for head in args.heads.split(","):  # the x0 model once per head, all for the same budget
-        results["heads"][head] = run_objective("sample", train, test, args, head=head, val=val)
+        results["heads"][head] = run_objective("sample", train, test, args, head=head, val=val, fit=fit)
         print("x0", head, json.dumps(results["heads"][head]), flush=True)
     results["selected_on_validation"] = select_on_validation(results["heads"])
     for objective in [o for o in args.objectives.split(",") if o and o != "sample"]:
         results["objectives"][objective] = run_objective(objective, train, test, args)
         print(objective, json.dumps(results["objectives"][objective]), flush=True)
     if not args.no_unet:
-        results["basic_unet_dice_ce"] = run_unet(train, test, args)
+        results["basic_unet_dice_ce"] = run_unet(train, test, args, val=val, fit=fit)
         print("BasicUNet", json.dumps(results["basic_unet_dice_ce"]), flush=True)
     results["intensity_threshold_oracle"] = threshold_oracle(test, args)
     run = {"heads": args.heads, "wall_clock_seconds": round(time.perf_counter() - wall, 1)}
@@ -445,7 +460,7 @@ def main() -> None:
 def earlier_results(args) -> dict:
     """The results file ``--add-to`` names, checked to hold the same data, budget and model settings."""
     results = json.loads(args.add_to.read_text())
-    ignored = {"heads", "objectives", "no_unet", "out", "add_to"}
+    ignored = {"heads", "objectives", "no_unet", "out", "add_to", "fit_phantoms"}  # the last scores, trains nothing
     defaults = vars(parse_args([]))  # a setting added since that file was written had its default then
     different = {
         k: (v, results["settings"].get(k, defaults[k]))

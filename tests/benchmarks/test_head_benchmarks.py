@@ -203,3 +203,30 @@ def test_schedule_args_reach_the_segmenters_noise_scheduler(monkeypatch, capsys)
         with pytest.raises(SystemExit):
             learn_phantoms.parse_args(["--schedule-args", bad])
         assert "--schedule-args must be a JSON object" in capsys.readouterr().err
+
+
+def test_fit_phantoms_scores_each_model_on_its_first_training_phantoms(monkeypatch, tmp_path, capsys):
+    """``--fit-phantoms N``: the WiDiT (per step count) and BasicUNet are also scored on the first N training phantoms
+    ("fit_dice"), BasicUNet on the validation split too; N outside 0..--train-pool stops the run before training."""
+    out = tmp_path / "phantoms.json"
+    tiny = ["--size", "32", "--train-pool", "3", "--test", "1", "--val", "1", "--heads", "pixel-4-1", "--hidden", "32"]
+    tiny += ["--depth", "1", "--window", "2", "--x0-seconds", "0.05", "--x0-steps", "1", "--objectives", "sample"]
+    scored, dice_per_class = [], learn_phantoms.dice_per_class
+
+    def record(pred, label, num_classes):
+        scored.append(label)
+        return dice_per_class(pred, label, num_classes)
+
+    monkeypatch.setattr(learn_phantoms, "dice_per_class", record)
+    monkeypatch.setattr("sys.argv", ["learn_phantoms.py", *tiny, "--fit-phantoms", "2", "--out", str(out)])
+    learn_phantoms.main()
+    results = json.loads(out.read_text())
+    widit, unet = results["heads"]["pixel-4-1"], results["basic_unet_dice_ce"]
+    assert set(widit["fit_dice"]) == set(widit["val_dice"]) == {"1"} and len(widit["fit_dice"]["1"]) == 2
+    assert len(unet["fit_dice"]) == len(unet["val_dice"]) == len(unet["dice"]) == 2
+    first_two = learn_phantoms.phantoms(range(2), learn_phantoms.parse_args(tiny))[1]
+    assert sum(torch.equal(label, first_two) for label in scored) == 2  # the WiDiT's and BasicUNet's fit splits
+    for bad in ("-1", "4"):
+        monkeypatch.setattr("sys.argv", ["learn_phantoms.py", *tiny, "--fit-phantoms", bad, "--out", str(out)])
+        with pytest.raises(SystemExit, match=f"--fit-phantoms must be 0..--train-pool \\(3\\), got {bad}"):
+            learn_phantoms.main()
