@@ -198,8 +198,8 @@ class Predictor:
             bundle): the template is registered to each case (affine, mutual information) and the full-resolution
             ensemble is background farther than ``margin_mm`` from its registered mask and ``core_label`` deeper than
             ``core_mm`` inside it, unless the region within ``kept_margin_mm`` holds less than ``min_kept`` of the
-            members' foreground (then nothing is cut or filled). The quality report records it as ``atlas_prior``. None:
-            off.
+            members' foreground (then nothing is cut or filled). The quality report records it as ``atlas_prior``.
+            None: off.
         quality_calibration: ``{"intercept": a, "weights": {feature: w}}`` (``calibration.check_calibration``; a
             bundle's ``inference.json`` declares it, fitted on validation cases): the quality report's
             ``predicted_dice`` of each foreground class is ``exp(intercept + sum(weight * feature))`` of the case's
