@@ -10,7 +10,8 @@ per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pix
 ``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning),
 each for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only
 then read on the test split (``--fit-phantoms N`` also scores every model on its first N training phantoms: a model
-that scores low there under-fits). Writes benchmarks/results/learn_phantoms.json.
+that scores low there under-fits; each test phantom's Dice is kept too, ``dice_per_case``, for paired comparisons;
+``--unet-batch`` trains BasicUNet at a batch of its own). Writes benchmarks/results/learn_phantoms.json.
 
 Phantoms (``medwidit.data.phantoms``, 32^3, K = 3): class 1 ellipsoids at mean intensity 1.0, class 2 tubes at 1.8
 striped by a multiplicative texture 1 +- 0.6 (so their voxels span 0.7..2.9 and overlap class 1 and background),
@@ -70,6 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--heads", default="patch,pixel-16-2", help=f"x0-model heads, comma-separated: {HEAD_GRAMMAR}")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument(
+        "--unet-batch",
+        type=int,
+        default=None,
+        help="BasicUNet's batch (default: --batch), so that each model trains at its better batch size in one run",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
         "--x0-seconds", type=float, default=200.0, help="CPU-second budget of the x0 model and of the UNet"
@@ -145,11 +152,21 @@ def phantoms(seeds, args) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (N, 1, D, H, W)
 
 
+def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The Dice of each foreground class in each volume (argmax labels (N, 1, *S)): (N, K-1), NaN where a class is
+    absent from both."""
+    onehot = lambda x: F.one_hot(x[:, 0].long(), num_classes).movedim(-1, 1)  # noqa: E731
+    return compute_dice(onehot(pred), onehot(label), include_background=False)
+
+
 def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> list[float]:
     """Mean over volumes of the Dice of each foreground class (argmax labels (N, 1, *S))."""
-    onehot = lambda x: F.one_hot(x[:, 0].long(), num_classes).movedim(-1, 1)  # noqa: E731
-    dice = compute_dice(onehot(pred), onehot(label), include_background=False)  # (N, K-1)
-    return [round(float(v), 4) for v in torch.nanmean(dice, dim=0)]
+    return [round(float(v), 4) for v in torch.nanmean(case_dice(pred, label, num_classes), dim=0)]
+
+
+def rounded_cases(dice: torch.Tensor) -> list[list[float]]:
+    """Per-volume Dice (N, K-1) as JSON rows (NaN as None)."""
+    return [[None if math.isnan(v) else round(v, 4) for v in row] for row in dice.tolist()]
 
 
 def cosine_lr(optimizer, base_lr: float, fraction: float, warmup: float = 0.05) -> None:
@@ -320,7 +337,9 @@ def run_objective(objective: str, train, test, args, head: str = "patch", val=No
             members = max(sizes) if name == "dice" else 1
             noise = torch.Generator().manual_seed(1)
             samples = model.sample(test[0], steps=steps, num_samples=members, generator=noise)
-            record[name].update(ensemble_dice(samples, test[1], steps, sizes if name == "dice" else [1], args.classes))
+            cases = record.setdefault("dice_per_case", {}) if name == "dice" else None
+            counts = sizes if name == "dice" else [1]
+            record[name].update(ensemble_dice(samples, test[1], steps, counts, args.classes, per_case=cases))
             if name == "dice":
                 key = ensemble_key(steps, members)
                 record.setdefault("sample_seconds", {})[key] = round(time.perf_counter() - start, 2)
@@ -352,12 +371,19 @@ def ensemble_key(steps: int, members: int) -> str:
     return str(steps) if members == 1 else f"{steps}x{members}"
 
 
-def ensemble_dice(samples: torch.Tensor, label: torch.Tensor, steps: int, sizes, num_classes: int) -> dict:
-    """Dice per class of the mean probabilities of the first N members of ``samples`` (S, B, K, *S), per N."""
+def ensemble_dice(
+    samples: torch.Tensor, label: torch.Tensor, steps: int, sizes, num_classes: int, per_case: dict | None = None
+) -> dict:
+    """Dice per class of the mean probabilities of the first N members of ``samples`` (S, B, K, *S), per N;
+    ``per_case``, when given, also receives each volume's Dice under the same keys."""
     probabilities = to_probabilities(samples, dim=2)
-    return {
-        ensemble_key(steps, n): dice_per_class(to_labels(probabilities[:n].mean(0)), label, num_classes) for n in sizes
-    }
+    dice = {}
+    for n in sizes:
+        pred = to_labels(probabilities[:n].mean(0))
+        dice[ensemble_key(steps, n)] = dice_per_class(pred, label, num_classes)
+        if per_case is not None:
+            per_case[ensemble_key(steps, n)] = rounded_cases(case_dice(pred, label, num_classes))
+    return dice
 
 
 def select_on_validation(heads: dict) -> dict:
@@ -380,15 +406,30 @@ def run_unet(train, test, args, val=None, fit=None) -> dict:
     torch.manual_seed(args.seed)
     net = BasicUNet(spatial_dims=3, in_channels=1, out_channels=args.classes, features=(16, 16, 32, 64, 128, 16))
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+    batch = unet_batch(args)
     record = train_for(
-        net, lambda x, y: criterion(net(x), y), train, args.x0_seconds, args, torch.Generator().manual_seed(args.seed)
+        net,
+        lambda x, y: criterion(net(x), y),
+        train,
+        args.x0_seconds,
+        argparse.Namespace(**{**vars(args), "batch": batch}),
+        torch.Generator().manual_seed(args.seed),
     )
+    record["batch"] = batch
     net.eval()
     with torch.no_grad():
         for key, split in (("dice", test), ("val_dice", val), ("fit_dice", fit)):
             if split is not None:
-                record[key] = dice_per_class(net(split[0]).argmax(1, keepdim=True), split[1], args.classes)
+                pred = net(split[0]).argmax(1, keepdim=True)
+                record[key] = dice_per_class(pred, split[1], args.classes)
+                if key == "dice":
+                    record["dice_per_case"] = rounded_cases(case_dice(pred, split[1], args.classes))
     return record
+
+
+def unet_batch(args) -> int:
+    """BasicUNet's batch: ``--unet-batch``, else ``--batch``."""
+    return args.batch if args.unet_batch is None else args.unet_batch
 
 
 def threshold_oracle(test, args, candidates: int = 17) -> dict:
@@ -412,6 +453,9 @@ def main() -> None:
     ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
     if not 0 <= args.fit_phantoms <= args.train_pool:
         raise SystemExit(f"--fit-phantoms must be 0..--train-pool ({args.train_pool}), got {args.fit_phantoms}.")
+    for option, value in (("--batch", args.batch), ("--unet-batch", unet_batch(args))):
+        if value < 1:
+            raise SystemExit(f"{option} must be a batch size >= 1, got {value}.")
     check_heads(args)
     torch.set_num_threads(args.threads)  # a script may set threads; one thread keeps CPU time honest under load
     torch.manual_seed(args.seed)

@@ -230,3 +230,43 @@ def test_fit_phantoms_scores_each_model_on_its_first_training_phantoms(monkeypat
         monkeypatch.setattr("sys.argv", ["learn_phantoms.py", *tiny, "--fit-phantoms", bad, "--out", str(out)])
         with pytest.raises(SystemExit, match=f"--fit-phantoms must be 0..--train-pool \\(3\\), got {bad}"):
             learn_phantoms.main()
+
+
+def test_unet_batch_trains_basic_unet_at_its_own_batch_and_each_test_phantom_is_kept(monkeypatch, tmp_path):
+    """``--unet-batch 1`` beside ``--batch 2``: every BasicUNet training call sees one phantom, every WiDiT call two;
+    ``dice_per_case`` holds one row per test phantom whose mean is the reported Dice; a batch below 1 stops the run
+    before training, naming the option."""
+    out = tmp_path / "phantoms.json"
+    tiny = ["--size", "32", "--train-pool", "3", "--test", "2", "--val", "1", "--heads", "pixel-4-1", "--hidden", "32"]
+    tiny += ["--depth", "1", "--window", "2", "--x0-seconds", "0.3", "--x0-steps", "1", "--objectives", "sample"]
+    batches = {"unet": set(), "widit": set()}
+
+    class CountingUNet(learn_phantoms.BasicUNet):
+        def forward(self, x):
+            if self.training:
+                batches["unet"].add(x.shape[0])
+            return super().forward(x)
+
+    class CountingWiDiT(learn_phantoms.WiDiT):
+        def forward(self, x, *args, **kwargs):
+            if torch.is_grad_enabled():
+                batches["widit"].add(x.shape[0])
+            return super().forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(learn_phantoms, "BasicUNet", CountingUNet)
+    monkeypatch.setattr(learn_phantoms, "WiDiT", CountingWiDiT)
+    argv = ["learn_phantoms.py", *tiny, "--batch", "2", "--unet-batch", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    learn_phantoms.main()
+    assert batches == {"unet": {1}, "widit": {2}}
+    results = json.loads(out.read_text())
+    widit, unet = results["heads"]["pixel-4-1"], results["basic_unet_dice_ce"]
+    assert unet["batch"] == 1 and results["settings"]["unet_batch"] == 1
+    for cases, dice in ((widit["dice_per_case"]["1"], widit["dice"]["1"]), (unet["dice_per_case"], unet["dice"])):
+        assert len(cases) == 2 and all(len(row) == 2 for row in cases)
+        means = np.nanmean(np.array(cases, dtype=float), axis=0)
+        assert np.allclose(means, dice, atol=1e-4, equal_nan=True)
+    for option, bad in (("--batch", ["--batch", "0"]), ("--unet-batch", ["--unet-batch", "0"])):
+        monkeypatch.setattr("sys.argv", ["learn_phantoms.py", *tiny, *bad, "--out", str(out)])
+        with pytest.raises(SystemExit, match=f"{option} must be a batch size >= 1, got 0"):
+            learn_phantoms.main()
