@@ -60,7 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--object-scale", type=float, default=2.0, help="phantom object size factor")
     parser.add_argument("--class-contrast", type=float, default=0.8, help="mean intensity step between classes")
     parser.add_argument("--train-pool", type=int, default=192, help="training phantoms (seeds 0..n-1)")
-    parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds 10^6 + i)")
+    parser.add_argument("--test", type=int, default=8, help="held-out phantoms (seeds --test-start + i)")
+    parser.add_argument(
+        "--test-start",
+        type=int,
+        default=10**6,
+        help="the first test phantom's seed: a fresh held-out split for a new question (0..10^6 - 1 and 2*10^6 "
+        "onwards are the training and validation seeds)",
+    )
     parser.add_argument("--val", type=int, default=8, help="validation phantoms for choosing a head (seeds 2*10^6 + i)")
     parser.add_argument(
         "--fit-phantoms",
@@ -216,27 +223,30 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
 
 HEAD_GRAMMAR = (
     "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>][-k<kernel>], either with [-t<location>] "
-    "(logit-normal training timesteps) and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. "
-    "p8w4:pixel-8-1, pixel-16-1-i2, pixel-16-2-k5, patch-t1, pixel-16-2-s1)"
+    "(logit-normal training timesteps) or [-n<share>] (that share of them at the noisiest time, the rest uniform), "
+    "and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, pixel-16-1-i2, "
+    "pixel-16-2-k5, patch-t1, pixel-16-2-n0.5, pixel-16-2-s1)"
 )
 SUFFIXES = {
     "r": ("pixel_mlp_ratio", float),
     "i": ("pixel_image_depth", int),
     "k": ("pixel_kernel", int),
     "t": ("timestep_location", float),
+    "n": ("noisiest_share", float),
     "s": ("self_condition", int),
 }
-TRAINING_OPTIONS = ("timestep_location", "self_condition")  # the segmenter's, not the network's
-SEGMENTER_SUFFIXES = {"t", "s"}  # allowed on either head
+TRAINING_OPTIONS = ("timestep_location", "noisiest_share", "self_condition")  # the segmenter's, not the network's
+SEGMENTER_SUFFIXES = {"t", "n", "s"}  # allowed on either head
 
 
 def head_options(spec: str) -> dict:
     """``patch`` -> {}; ``pixel-16-2`` -> head="pixel", pixel_dim=16, pixel_depth=2; ``pixel-8-1-r2`` adds
     pixel_mlp_ratio=2, ``-i2`` pixel_image_depth=2 and ``-k5`` pixel_kernel=5; ``-t1`` (either head)
     timestep_location=1: the model trains at logit-normal timesteps of that location
-    (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-s1`` (either head) self_condition=1
-    (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a ``p8w4:`` prefix also sets the token path's
-    patch_size=8 and window_size=4."""
+    (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-n0.5`` (either head, not with ``-t``)
+    noisiest_share=0.5: half its training rows at the noisiest time (``timestep_sampling="noisiest_share"``);
+    ``-s1`` (either head) self_condition=1 (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a
+    ``p8w4:`` prefix also sets the token path's patch_size=8 and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
         prefix, head = spec.split(":", 1)
@@ -259,6 +269,8 @@ def head_options(spec: str) -> dict:
         if key is None or key in options or not digits or (key == "self_condition" and value not in ("0", "1")):
             raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
         options[key] = kind(value)
+    if "timestep_location" in options and "noisiest_share" in options:
+        raise ValueError(f"--heads entries take -t or -n, not both: {spec!r}.")
     return options
 
 
@@ -271,9 +283,11 @@ def segmenter_options(head: str) -> dict:
     """The DiffusionSegmenter arguments a head spec names (its ``-t`` and ``-s`` suffixes)."""
     options = head_options(head)
     segmenter = {"self_condition": True} if options.get("self_condition") else {}
-    location = options.get("timestep_location")
+    location, share = options.get("timestep_location"), options.get("noisiest_share")
     if location is not None:
         segmenter.update(timestep_sampling="logit_normal", timestep_args={"location": location, "scale": 1.0})
+    if share is not None:
+        segmenter.update(timestep_sampling="noisiest_share", timestep_args={"share": share})
     return segmenter
 
 
@@ -453,6 +467,17 @@ def main() -> None:
     ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
     if not 0 <= args.fit_phantoms <= args.train_pool:
         raise SystemExit(f"--fit-phantoms must be 0..--train-pool ({args.train_pool}), got {args.fit_phantoms}.")
+    test, train, val = (
+        range(args.test_start, args.test_start + args.test),
+        range(args.train_pool),
+        range(2 * 10**6, 2 * 10**6 + args.val),
+    )
+    for name, split in (("training", train), ("validation", val)):
+        if test.start < split.stop and split.start < test.stop:
+            raise SystemExit(
+                f"--test-start {args.test_start} with --test {args.test} takes seeds of the {name} phantoms "
+                f"({split.start}..{split.stop - 1}): choose a start outside them."
+            )
     for option, value in (("--batch", args.batch), ("--unet-batch", unet_batch(args))):
         if value < 1:
             raise SystemExit(f"{option} must be a batch size >= 1, got {value}.")
@@ -461,7 +486,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     wall, cpu = time.perf_counter(), time.process_time()
     train = phantoms(range(args.train_pool), args)
-    test = phantoms(range(10**6, 10**6 + args.test), args)
+    test = phantoms(range(args.test_start, args.test_start + args.test), args)
     val = phantoms(range(2 * 10**6, 2 * 10**6 + args.val), args)
     fit = (train[0][: args.fit_phantoms], train[1][: args.fit_phantoms]) if args.fit_phantoms > 0 else None
     fractions = torch.bincount(test[1].flatten(), minlength=args.classes).float() / test[1].numel()

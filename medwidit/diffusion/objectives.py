@@ -43,8 +43,8 @@ __all__ = [
 
 GAUSSIAN_OBJECTIVES = ("sample", "epsilon", "v_prediction")
 OBJECTIVES = (*GAUSSIAN_OBJECTIVES, "flow")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")  # the first is DiffusionSegmenter's default
-TIMESTEP_ARGS = {"uniform": {}, "logit_normal": {"location": 0.0, "scale": 1.0}}
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "noisiest_share")  # the first is DiffusionSegmenter's default
+TIMESTEP_ARGS = {"uniform": {}, "logit_normal": {"location": 0.0, "scale": 1.0}, "noisiest_share": {"share": 0.5}}
 
 
 def _right(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -80,6 +80,8 @@ def check_timestep_sampling(sampling: str = TIMESTEP_SAMPLINGS[0], args: dict | 
     args = {**TIMESTEP_ARGS[sampling], **{k: float(v) for k, v in args.items()}}
     if sampling == "logit_normal" and not args["scale"] > 0:
         raise ValueError(f"timestep_args needs a scale > 0, got {args}.")
+    if sampling == "noisiest_share" and not 0 <= args["share"] <= 1:
+        raise ValueError(f"timestep_args needs a share in [0, 1], got {args}.")
     return args
 
 
@@ -97,12 +99,19 @@ def sample_training_timesteps(
 
     ``sampling`` ``uniform``: t/T uniform. ``logit_normal``: t/T = sigmoid(location + scale * z), z ~ N(0, 1)
     (Esser et al. 2024, SD3, sec. 3.1); a positive ``location`` spends training where the noise hides most of the
-    label, the steps a few-step sampler calls the network at (3 DDIM steps: t = 999, 500, 0). Hand-written: MONAI's
-    ``RFlowScheduler(sample_method="logit-normal")`` draws them for flow only and without a generator, and its DDPM
-    and DDIM schedulers leave training timesteps to the caller.
+    label, the steps a few-step sampler calls the network at (3 DDIM steps: t = 999, 500, 0). ``noisiest_share``:
+    each row, with probability ``share``, at the noisiest time (T - 1; flow: just below T), where every sampler's
+    first call is and the image alone decides; the other rows uniform, so the later, refining calls keep their whole
+    range. Hand-written: MONAI's ``RFlowScheduler(sample_method="logit-normal")`` draws them for flow only and without
+    a generator, and its DDPM and DDIM schedulers leave training timesteps to the caller.
     """
     args = check_timestep_sampling(sampling, args)
     gen_device = generator.device if generator is not None else "cpu"
+    if sampling == "noisiest_share":
+        noisiest = torch.rand(batch, generator=generator, device=gen_device) < args["share"]
+        t = sample_training_timesteps(objective, num_train_timesteps, batch, generator=generator, device=gen_device)
+        top = num_train_timesteps * (1 - 1e-6) if objective == "flow" else num_train_timesteps - 1
+        return torch.where(noisiest, torch.full_like(t, top), t).to(device)
     if sampling == "logit_normal":
         u = torch.sigmoid(args["location"] + args["scale"] * torch.randn(batch, generator=generator, device=gen_device))
         if objective == "flow":  # continuous, below T even where the sigmoid rounds to 1

@@ -78,9 +78,11 @@ class DiffusionSegmenter(nn.Module):
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
         clip_sample: clip x0 estimates to [-1, 1] while sampling.
-        timestep_sampling, timestep_args: the training timesteps' distribution, ``uniform`` (default) or
+        timestep_sampling, timestep_args: the training timesteps' distribution, ``uniform`` (default),
             ``logit_normal`` with ``{"location": m, "scale": s}`` (SD3; m > 0 trains more where few-step samplers
-            call the network; ``medwidit.diffusion.objectives.sample_training_timesteps``).
+            call the network) or ``noisiest_share`` with ``{"share": p}`` (a share p of the rows at the noisiest
+            time, where the first sampler call is, the rest uniform); see
+            ``medwidit.diffusion.objectives.sample_training_timesteps``.
         self_condition: the network also reads its own previous clean estimate (Chen et al. 2022; the net takes 2K
             input channels, ``cat(x_t, x0_prev)``; ``medwidit.diffusion.self_condition``).
 

@@ -54,6 +54,29 @@ def test_timestep_suffix_reaches_the_segmenter_not_the_network(spec, net_head):
     assert learn_phantoms.segmenter_options("pixel-8-1") == {}
 
 
+def test_noisiest_share_suffix_reaches_the_segmenter_and_excludes_the_logit_normal_one():
+    args = learn_phantoms.parse_args(["--hidden", "32", "--depth", "1"])
+    assert learn_phantoms.widit(args, "pixel-8-1-n0.5-k5").config["pixel_kernel"] == 5
+    assert learn_phantoms.segmenter_options("pixel-8-1-n0.5-k5") == {
+        "timestep_sampling": "noisiest_share",
+        "timestep_args": {"share": 0.5},
+    }
+    for spec in ("pixel-8-1-n0.5-t1", "patch-t1-n1"):
+        with pytest.raises(ValueError, match="take -t or -n, not both"):
+            learn_phantoms.head_options(spec)
+
+
+@pytest.mark.parametrize("start, split", [("0", "training"), ("2000007", "validation"), ("1999999", "validation")])
+def test_a_test_split_that_overlaps_the_training_or_validation_seeds_is_refused(monkeypatch, start, split):
+    """--test-start moves the test split to fresh seeds; one that takes training or validation seeds stops the run
+    before any phantom is made, naming the option and the split."""
+    monkeypatch.setattr(learn_phantoms, "phantoms", lambda *a: pytest.fail("a phantom was made"))
+    argv = ["learn_phantoms.py", "--test-start", start, "--test", "8", "--val", "8", "--heads", "patch"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match=f"--test-start {start} with --test 8 takes seeds of the {split} phantoms"):
+        learn_phantoms.main()
+
+
 def test_head_cost_builds_a_spec_with_a_timestep_suffix():
     """head_cost.py shares the grammar: a -t spec once reached WiDiT as an unknown keyword (TypeError)."""
     train_step, _ = head_cost.build({"model": "phantoms", "head": "patch-t1", "batch": 1, "steps": 1})

@@ -201,3 +201,25 @@ def test_aux_x0_estimate_keeps_its_value_and_bounds_its_gradient(objective):
     if objective == "epsilon":  # without the bound the noisiest sample's gradient is ~100x
         (raw,) = torch.autograd.grad(plain.sum(), output)
         assert raw[2].abs().max() > 50
+
+
+@pytest.mark.parametrize("objective", ["sample", "flow"])
+def test_noisiest_share_puts_that_share_at_the_noisiest_time_and_the_rest_uniform(objective):
+    """A share p of the rows at T - 1 (flow: just below T), the others uniform over [0, T); p = 0 is uniform, p = 1
+    all noisiest; a share outside [0, 1] is refused naming it."""
+    g = torch.Generator().manual_seed(0)
+    t = sample_training_timesteps(objective, 1000, 20000, generator=g, sampling="noisiest_share", args={"share": 0.3})
+    top = 1000 * (1 - 1e-6) if objective == "flow" else 999
+    at_top = t == top
+    assert t.dtype == (torch.float32 if objective == "flow" else torch.int64) and t.max() < 1000 and t.min() >= 0
+    assert at_top.float().mean().item() == pytest.approx(0.3 + 0.7 / 1000 * (objective != "flow"), abs=0.01)
+    rest = t[~at_top].double() / 1000
+    for q in (0.1, 0.5, 0.9):  # uniform below
+        assert torch.quantile(rest, q).item() == pytest.approx(q, abs=0.02)
+    for share, expected in ((0.0, 0), (1.0, 64)):
+        t = sample_training_timesteps(objective, 1000, 64, sampling="noisiest_share", args={"share": share})
+        assert int((t == top).sum()) in ((expected,) if objective == "flow" or share else range(0, 3))
+    with pytest.raises(ValueError, match="share in \\[0, 1\\]"):
+        sample_training_timesteps(objective, 1000, 4, sampling="noisiest_share", args={"share": 1.5})
+    with pytest.raises(ValueError, match="takes \\['share'\\]"):
+        sample_training_timesteps(objective, 1000, 4, sampling="noisiest_share", args={"location": 1.0})
