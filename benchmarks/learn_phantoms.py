@@ -280,7 +280,7 @@ def network_options(head: str) -> dict:
 
 
 def segmenter_options(head: str) -> dict:
-    """The DiffusionSegmenter arguments a head spec names (its ``-t`` and ``-s`` suffixes)."""
+    """The DiffusionSegmenter arguments a head spec names (its ``-t``, ``-n`` and ``-s`` suffixes)."""
     options = head_options(head)
     segmenter = {"self_condition": True} if options.get("self_condition") else {}
     location, share = options.get("timestep_location"), options.get("noisiest_share")
@@ -467,13 +467,9 @@ def main() -> None:
     ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
     if not 0 <= args.fit_phantoms <= args.train_pool:
         raise SystemExit(f"--fit-phantoms must be 0..--train-pool ({args.train_pool}), got {args.fit_phantoms}.")
-    test, train, val = (
-        range(args.test_start, args.test_start + args.test),
-        range(args.train_pool),
-        range(2 * 10**6, 2 * 10**6 + args.val),
-    )
-    for name, split in (("training", train), ("validation", val)):
-        if test.start < split.stop and split.start < test.stop:
+    test_seeds = range(args.test_start, args.test_start + args.test)
+    for name, split in (("training", range(args.train_pool)), ("validation", range(2 * 10**6, 2 * 10**6 + args.val))):
+        if test_seeds.start < split.stop and split.start < test_seeds.stop:
             raise SystemExit(
                 f"--test-start {args.test_start} with --test {args.test} takes seeds of the {name} phantoms "
                 f"({split.start}..{split.stop - 1}): choose a start outside them."
@@ -486,7 +482,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     wall, cpu = time.perf_counter(), time.process_time()
     train = phantoms(range(args.train_pool), args)
-    test = phantoms(range(args.test_start, args.test_start + args.test), args)
+    test = phantoms(test_seeds, args)
     val = phantoms(range(2 * 10**6, 2 * 10**6 + args.val), args)
     fit = (train[0][: args.fit_phantoms], train[1][: args.fit_phantoms]) if args.fit_phantoms > 0 else None
     fractions = torch.bincount(test[1].flatten(), minlength=args.classes).float() / test[1].numel()
