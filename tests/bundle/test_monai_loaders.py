@@ -9,7 +9,7 @@ from pathlib import Path
 
 import monai.bundle
 import torch
-from bundle_data import BUNDLE, REPOSITORY, config, run_evaluating
+from bundle_data import BUNDLE, REPOSITORY, config, run_evaluating, write_random_cases
 from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from monai.transforms import Compose, FillHolesd, KeepLargestConnectedComponentd
@@ -52,6 +52,10 @@ def test_monai_bundle_load_works_beside_an_earlier_training_run(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(copy / "configs" / "train.json"))
     parser["bundle_root"] = str(copy)
+    # data of its own: the data's check comes before the folder's, and a fresh machine has no built cache
+    parser["data_list"] = str(write_random_cases(tmp_path / "data"))
+    parser["dataset_dir"] = str(tmp_path / "data")
+    parser["synth_ratio"] = 0.0  # the shipped recipe also paints volumes from the cache's head label maps
     assert parser["training"][0].startswith("$medwidit.training.run_training(")  # check_run_folder first
     try:
         parser.get_parsed_content("training#0")
