@@ -48,6 +48,7 @@ from _report import write_json  # noqa: E402  (benchmarks/ is on sys.path when a
 
 from medwidit.data.phantoms import make_phantom  # noqa: E402
 from medwidit.diffusion import DiffusionSegmenter, to_labels, to_probabilities  # noqa: E402
+from medwidit.diffusion.objectives import check_timestep_sampling  # noqa: E402
 from medwidit.nets import WiDiT  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "learn_phantoms.json"
@@ -160,8 +161,8 @@ def phantoms(seeds, args) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The Dice of each foreground class in each volume (argmax labels (N, 1, *S)): (N, K-1), NaN where a class is
-    absent from both."""
+    """The Dice of each foreground class in each volume (argmax labels (N, 1, *S)): (N, K-1), NaN where the label
+    lacks the class (MONAI's ``compute_dice``, whatever the prediction holds)."""
     onehot = lambda x: F.one_hot(x[:, 0].long(), num_classes).movedim(-1, 1)  # noqa: E731
     return compute_dice(onehot(pred), onehot(label), include_background=False)
 
@@ -297,11 +298,14 @@ def input_channels(head: str, classes: int) -> int:
 
 
 def check_heads(args) -> None:
-    """Builds every ``--heads`` entry's network once: a spec the grammar takes but WiDiT refuses (``-k4``, an even
-    kernel) exits naming it before any model trains."""
+    """Builds every ``--heads`` entry's network once and checks its training timesteps: a spec the grammar takes but
+    WiDiT or the segmenter refuses (``-k4``, an even kernel; ``-n2``, a share above 1) exits naming it before any
+    model trains."""
     for head in args.heads.split(","):
         try:
             widit(args, head)
+            options = segmenter_options(head)
+            check_timestep_sampling(options.get("timestep_sampling", "uniform"), options.get("timestep_args"))
         except ValueError as error:
             raise SystemExit(f"--heads entry {head!r}: {error}") from error
 
@@ -467,6 +471,8 @@ def main() -> None:
     ensemble_sizes(args.samples)  # a bad --samples or --heads entry fails now, not after a training budget
     if not 0 <= args.fit_phantoms <= args.train_pool:
         raise SystemExit(f"--fit-phantoms must be 0..--train-pool ({args.train_pool}), got {args.fit_phantoms}.")
+    if args.test_start < 0:
+        raise SystemExit(f"--test-start must be a seed >= 0, got {args.test_start}.")
     test_seeds = range(args.test_start, args.test_start + args.test)
     for name, split in (("training", range(args.train_pool)), ("validation", range(2 * 10**6, 2 * 10**6 + args.val))):
         if test_seeds.start < split.stop and split.start < test_seeds.stop:
@@ -527,11 +533,10 @@ def earlier_results(args) -> dict:
     results = json.loads(args.add_to.read_text())
     ignored = {"heads", "objectives", "no_unet", "out", "add_to", "fit_phantoms"}  # the last scores, trains nothing
     defaults = vars(parse_args([]))  # a setting added since that file was written had its default then
-    different = {
-        k: (v, results["settings"].get(k, defaults[k]))
-        for k, v in vars(args).items()
-        if k not in ignored and results["settings"].get(k, defaults[k]) != v
-    }
+    then = {**defaults, **results["settings"]}
+    then["unet_batch"] = unet_batch(argparse.Namespace(**then))  # unset and the batch's value are the same setting
+    now = {**vars(args), "unet_batch": unet_batch(args)}
+    different = {k: (v, then[k]) for k, v in now.items() if k not in ignored and then[k] != v}
     if different:
         raise ValueError(f"--add-to {args.add_to} was run with other settings (now, then): {different}.")
     first = {k: results[k] for k in ("wall_clock_seconds", "cpu_seconds")}

@@ -53,7 +53,10 @@ def run_pairs(path: Path) -> dict:
     if pairs[0].shape != pairs[1].shape:
         raise SystemExit(f"{path}: the WiDiT scored {pairs[0].shape} and BasicUNet {pairs[1].shape} phantoms x classes")
     settings = results.get("settings", {})
+    split = {k: settings.get(k) for k in ("size", "classes", "object_scale", "class_contrast", "test")}
+    split["test_start"] = settings.get("test_start", 10**6)  # the only test split before --test-start
     return {
+        "split": split,
         "file": str(path),
         "seed": settings.get("seed"),
         "head": chosen["head"],
@@ -66,9 +69,16 @@ def run_pairs(path: Path) -> dict:
 
 def compare(runs: list[dict]) -> dict:
     """Per class: each run's mean difference, their mean over runs, and the pooled paired statistics."""
+    for run in runs[1:]:
+        if run["split"] != runs[0]["split"]:
+            raise SystemExit(
+                f"{run['file']}: its test split {run['split']} is not {runs[0]['file']}'s {runs[0]['split']}"
+            )
     classes = runs[0]["widit"].shape[1]
-    if any(r["widit"].shape[1] != classes for r in runs):
-        raise SystemExit(f"the runs score different numbers of classes: {[r['widit'].shape[1] for r in runs]}")
+    pooled = np.concatenate([r["widit"] - r["basic_unet"] for r in runs])
+    for c in range(classes):
+        if not np.isfinite(pooled[:, c]).any():
+            raise SystemExit(f"class {c + 1} is absent from every test phantom: no pair to compare")
     per_run = [
         {
             **{k: r[k] for k in ("file", "seed", "head", "cell", "training_steps")},
@@ -79,7 +89,6 @@ def compare(runs: list[dict]) -> dict:
         }
         for r in runs
     ]
-    pooled = np.concatenate([r["widit"] - r["basic_unet"] for r in runs])
     summary = []
     for c in range(classes):
         d = pooled[:, c][np.isfinite(pooled[:, c])]

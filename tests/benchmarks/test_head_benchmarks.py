@@ -66,15 +66,56 @@ def test_noisiest_share_suffix_reaches_the_segmenter_and_excludes_the_logit_norm
             learn_phantoms.head_options(spec)
 
 
-@pytest.mark.parametrize("start, split", [("0", "training"), ("2000007", "validation"), ("1999999", "validation")])
-def test_a_test_split_that_overlaps_the_training_or_validation_seeds_is_refused(monkeypatch, start, split):
-    """--test-start moves the test split to fresh seeds; one that takes training or validation seeds stops the run
-    before any phantom is made, naming the option and the split."""
-    monkeypatch.setattr(learn_phantoms, "phantoms", lambda *a: pytest.fail("a phantom was made"))
+@pytest.mark.parametrize(
+    "start, refused",
+    [
+        ("0", "takes seeds of the training phantoms"),
+        ("185", "takes seeds of the training phantoms"),  # 185..192 holds the last training seed, 191
+        ("2000007", "takes seeds of the validation phantoms"),
+        ("1999993", "takes seeds of the validation phantoms"),  # ..2000000, the first validation seed
+        ("-1", "must be a seed >= 0"),
+        ("192", None),  # right after the training seeds
+        ("1999992", None),  # right before the validation seeds
+    ],
+)
+def test_a_test_split_that_overlaps_the_training_or_validation_seeds_is_refused(monkeypatch, start, refused):
+    """--test-start moves the test split to fresh seeds; one that takes training or validation seeds (or a negative
+    one) stops the run before any phantom is made, naming the option; the seeds right beside them are taken."""
+
+    class Made(Exception):
+        pass
+
+    def phantoms(*args):
+        raise Made
+
+    monkeypatch.setattr(learn_phantoms, "phantoms", phantoms)
     argv = ["learn_phantoms.py", "--test-start", start, "--test", "8", "--val", "8", "--heads", "patch"]
     monkeypatch.setattr("sys.argv", argv)
-    with pytest.raises(SystemExit, match=f"--test-start {start} with --test 8 takes seeds of the {split} phantoms"):
+    with pytest.raises(Made if refused is None else SystemExit, match=None if refused is None else "--test-start"):
         learn_phantoms.main()
+    if refused is not None:
+        with pytest.raises(SystemExit, match=refused):
+            learn_phantoms.main()
+
+
+def test_a_timestep_share_outside_0_1_stops_the_run_before_any_model_trains(monkeypatch):
+    monkeypatch.setattr(learn_phantoms, "phantoms", lambda *a: pytest.fail("a phantom was made"))
+    monkeypatch.setattr("sys.argv", ["learn_phantoms.py", "--heads", "patch,patch-n2", "--hidden", "32"])
+    with pytest.raises(SystemExit, match="--heads entry 'patch-n2': .*share in \\[0, 1\\]"):
+        learn_phantoms.main()
+
+
+def test_add_to_takes_an_unset_unet_batch_as_the_batch(tmp_path):
+    """``--add-to``: a run that left ``--unet-batch`` unset and one that gives it at the batch's value trained
+    BasicUNet alike; another value is refused."""
+    earlier = tmp_path / "earlier.json"
+    settings = {**vars(learn_phantoms.parse_args([])), "out": "x", "add_to": None}
+    earlier.write_text(json.dumps({"settings": settings, "wall_clock_seconds": 1, "cpu_seconds": 1, "heads": {}}))
+    same = learn_phantoms.parse_args(["--add-to", str(earlier), "--unet-batch", str(settings["batch"])])
+    assert learn_phantoms.earlier_results(same)["heads"] == {}
+    other = learn_phantoms.parse_args(["--add-to", str(earlier), "--unet-batch", str(settings["batch"] + 1)])
+    with pytest.raises(ValueError, match="unet_batch"):
+        learn_phantoms.earlier_results(other)
 
 
 def test_head_cost_builds_a_spec_with_a_timestep_suffix():
@@ -262,6 +303,7 @@ def test_unet_batch_trains_basic_unet_at_its_own_batch_and_each_test_phantom_is_
     out = tmp_path / "phantoms.json"
     tiny = ["--size", "32", "--train-pool", "3", "--test", "2", "--val", "1", "--heads", "pixel-4-1", "--hidden", "32"]
     tiny += ["--depth", "1", "--window", "2", "--x0-seconds", "0.3", "--x0-steps", "1", "--objectives", "sample"]
+    tiny += ["--samples", "1,2"]
     batches = {"unet": set(), "widit": set()}
 
     class CountingUNet(learn_phantoms.BasicUNet):
@@ -285,10 +327,13 @@ def test_unet_batch_trains_basic_unet_at_its_own_batch_and_each_test_phantom_is_
     results = json.loads(out.read_text())
     widit, unet = results["heads"]["pixel-4-1"], results["basic_unet_dice_ce"]
     assert unet["batch"] == 1 and results["settings"]["unet_batch"] == 1
-    for cases, dice in ((widit["dice_per_case"]["1"], widit["dice"]["1"]), (unet["dice_per_case"], unet["dice"])):
+    assert set(widit["dice_per_case"]) == set(widit["dice"]) == {"1", "1x2"}
+    pairs = [(widit["dice_per_case"][key], widit["dice"][key]) for key in ("1", "1x2")]
+    for cases, dice in (*pairs, (unet["dice_per_case"], unet["dice"])):
         assert len(cases) == 2 and all(len(row) == 2 for row in cases)
         means = np.nanmean(np.array(cases, dtype=float), axis=0)
         assert np.allclose(means, dice, atol=1e-4, equal_nan=True)
+    monkeypatch.setattr(learn_phantoms, "phantoms", lambda *a: pytest.fail("a phantom was made"))
     for option, bad in (("--batch", ["--batch", "0"]), ("--unet-batch", ["--unet-batch", "0"])):
         monkeypatch.setattr("sys.argv", ["learn_phantoms.py", *tiny, *bad, "--out", str(out)])
         with pytest.raises(SystemExit, match=f"{option} must be a batch size >= 1, got 0"):

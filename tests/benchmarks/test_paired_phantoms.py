@@ -10,11 +10,12 @@ from benchmark_scripts import load_benchmark
 paired = load_benchmark("paired_phantoms")
 
 
-def results_file(path, seed, widit_cases, unet_cases, cell="5x8", with_unet=True):
+def results_file(path, seed, widit_cases, unet_cases, cell="5x8", with_unet=True, test_start=None):
     steps, _, members = cell.partition("x")
     widit = {"steps": 100, "dice_per_case": {"10": [[0.0, 0.0]] * len(widit_cases), cell: widit_cases}}
+    split = {"size": 32, "classes": 3, "object_scale": 2.0, "class_contrast": 0.8, "test": len(widit_cases)}
     results = {
-        "settings": {"seed": seed},
+        "settings": {"seed": seed, **split, **({} if test_start is None else {"test_start": test_start})},
         "selected_on_validation": {"head": "pixel-16-2-k5", "steps": int(steps), "samples": int(members or 1)},
         "heads": {"pixel-16-2-k5": widit},
     }
@@ -26,21 +27,21 @@ def results_file(path, seed, widit_cases, unet_cases, cell="5x8", with_unet=True
 
 def test_differences_are_read_at_the_chosen_cell_per_run_and_pooled_over_phantoms(tmp_path, capsys):
     a = results_file(tmp_path / "a.json", 0, [[0.9, 0.8], [0.9, 0.9]], [[0.8, 0.9], [0.8, 0.9]])
-    b = results_file(tmp_path / "b.json", 1, [[0.9, 0.9], [0.9, 0.9], [0.9, 0.9]], [[0.9, 0.8]] * 3, cell="2")
+    b = results_file(tmp_path / "b.json", 1, [[0.9, 0.9], [0.9, 0.9]], [[0.9, 0.8]] * 2, cell="2")
     out = tmp_path / "paired.json"
     result = paired.main([str(a), str(b), "--output", str(out)])
     runs, (first, second) = result["runs"], result["summary"]
     assert [r["cell"] for r in runs] == ["5x8", "2"]  # the chosen cells, not the "10" rows
     assert np.allclose(runs[0]["difference"], [0.1, -0.05]) and np.allclose(runs[1]["difference"], [0.0, 0.1])
     assert np.isclose(first["mean_over_runs"], 0.05) and np.isclose(second["mean_over_runs"], 0.025)
-    assert first["pairs"] == second["pairs"] == 5
-    assert np.isclose(first["paired_mean"], 0.04) and np.isclose(second["paired_mean"], (-0.1 + 0.3) / 5)
+    assert first["pairs"] == second["pairs"] == 4
+    assert np.isclose(first["paired_mean"], 0.05) and np.isclose(second["paired_mean"], 0.025)
     assert (first["widit_wins"], first["basic_unet_wins"]) == (2, 0)
-    assert (second["widit_wins"], second["basic_unet_wins"]) == (3, 1)
+    assert (second["widit_wins"], second["basic_unet_wins"]) == (2, 1)
     low, high = second["paired_mean_95"]
     assert low <= second["paired_mean"] <= high and low < high
-    assert json.loads(out.read_text())["summary"][1]["widit_wins"] == 3
-    assert "| 2 | 0.0250 | 5 |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["summary"][1]["basic_unet_wins"] == 1
+    assert "| 2 | 0.0250 | 4 |" in capsys.readouterr().out
 
 
 def test_a_run_without_what_the_pairing_needs_is_refused_by_name(tmp_path):
@@ -57,3 +58,21 @@ def test_a_run_without_what_the_pairing_needs_is_refused_by_name(tmp_path):
     (tmp_path / "text.json").write_text("not json")
     with pytest.raises(SystemExit, match="text.json: not a learn_phantoms.py results file"):
         paired.main([str(tmp_path / "text.json"), "--output", str(tmp_path / "o.json")])
+
+
+def test_a_class_missing_from_a_phantom_leaves_that_pair_out_and_runs_on_other_splits_are_refused(tmp_path):
+    """A class a phantom's label lacks (None in the JSON, NaN) is left out of that class's pairs; a class absent from
+    every phantom, or runs scored on different test splits (an unset --test-start was 10^6), stop with a message."""
+    cases = [[0.9, None], [0.8, 0.7]]
+    a = results_file(tmp_path / "a.json", 0, cases, [[0.85, None], [0.9, 0.6]])
+    b = results_file(tmp_path / "b.json", 1, cases, [[0.85, None], [0.9, 0.6]], test_start=10**6)
+    result = paired.main([str(a), str(b), "--output", str(tmp_path / "o.json")])
+    first, second = result["summary"]
+    assert (first["pairs"], second["pairs"]) == (4, 2)
+    assert np.isclose(first["paired_mean"], -0.025) and np.isclose(second["paired_mean"], 0.1)
+    fresh = results_file(tmp_path / "fresh.json", 1, cases, [[0.85, None], [0.9, 0.6]], test_start=3 * 10**6)
+    with pytest.raises(SystemExit, match="fresh.json: its test split .* is not .*a.json's"):
+        paired.main([str(a), str(fresh), "--output", str(tmp_path / "o.json")])
+    empty = results_file(tmp_path / "empty.json", 0, [[0.9, None]], [[0.9, None]])
+    with pytest.raises(SystemExit, match="class 2 is absent from every test phantom"):
+        paired.main([str(empty), "--output", str(tmp_path / "o.json")])

@@ -85,20 +85,22 @@ def test_uniform_timesteps_draw_as_before_the_option_existed():
 
 
 @pytest.mark.parametrize("objective", ["sample", "flow"])
-def test_segmenter_trains_at_the_timesteps_its_sampling_draws(objective):
+@pytest.mark.parametrize("sampling, args", [("logit_normal", {"location": 2.0}), ("noisiest_share", {"share": 0.5})])
+def test_segmenter_trains_at_the_timesteps_its_sampling_draws(objective, sampling, args):
     """The segmenter's loss sees exactly the draws of its configured distribution, on the same generator."""
     shape = (4, 1, 8, 8)
     label, image = torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(1)), torch.randn(shape)
-    options = {"timestep_sampling": "logit_normal", "timestep_args": {"location": 2.0}}
+    options = {"timestep_sampling": sampling, "timestep_args": args}
     g = torch.Generator().manual_seed(5)
-    t = sample_training_timesteps(objective, 1000, 4, generator=g, sampling="logit_normal", args={"location": 2.0})
+    t = sample_training_timesteps(objective, 1000, 4, generator=g, sampling=sampling, args=args)
     x0 = encode_labels(label, 2)
     net = TargetNet(objective, x0, randn_like(x0, g), t)
     segmenter = DiffusionSegmenter(net, num_classes=2, objective=objective, aux_weight=0.0, **options)
     segmenter.loss(image, label, generator=torch.Generator().manual_seed(5))
     assert torch.equal(net.seen["t"], t.float())
-    assert segmenter.config["timestep_sampling"] == "logit_normal"
-    assert segmenter.config["timestep_args"] == {"location": 2.0, "scale": 1.0}  # defaults filled in
+    assert segmenter.config["timestep_sampling"] == sampling
+    filled = {"location": 2.0, "scale": 1.0} if sampling == "logit_normal" else {"share": 0.5}  # defaults filled in
+    assert segmenter.config["timestep_args"] == filled
 
 
 @pytest.mark.parametrize(
