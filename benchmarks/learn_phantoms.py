@@ -169,12 +169,18 @@ def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torc
 
 def dice_per_class(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> list[float]:
     """Mean over volumes of the Dice of each foreground class (argmax labels (N, 1, *S))."""
-    return [round(float(v), 4) for v in torch.nanmean(case_dice(pred, label, num_classes), dim=0)]
+    return class_means(case_dice(pred, label, num_classes))
 
 
-def rounded_cases(dice: torch.Tensor) -> list[list[float]]:
-    """Per-volume Dice (N, K-1) as JSON rows (NaN as None)."""
-    return [[None if math.isnan(v) else round(v, 4) for v in row] for row in dice.tolist()]
+def class_means(cases: torch.Tensor) -> list[float]:
+    """Per-volume Dice (N, K-1) -> each class's mean over the volumes that hold it."""
+    return [round(float(v), 4) for v in torch.nanmean(cases, dim=0)]
+
+
+def per_case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[list[float], list[list]]:
+    """The class means and the per-volume rows (NaN rows are written as null by ``write_json``), one Dice pass."""
+    cases = case_dice(pred, label, num_classes)
+    return class_means(cases), cases.double().round(decimals=4).tolist()
 
 
 def cosine_lr(optimizer, base_lr: float, fraction: float, warmup: float = 0.05) -> None:
@@ -397,10 +403,11 @@ def ensemble_dice(
     probabilities = to_probabilities(samples, dim=2)
     dice = {}
     for n in sizes:
-        pred = to_labels(probabilities[:n].mean(0))
-        dice[ensemble_key(steps, n)] = dice_per_class(pred, label, num_classes)
-        if per_case is not None:
-            per_case[ensemble_key(steps, n)] = rounded_cases(case_dice(pred, label, num_classes))
+        pred, key = to_labels(probabilities[:n].mean(0)), ensemble_key(steps, n)
+        if per_case is None:
+            dice[key] = dice_per_class(pred, label, num_classes)
+        else:
+            dice[key], per_case[key] = per_case_dice(pred, label, num_classes)
     return dice
 
 
@@ -439,9 +446,10 @@ def run_unet(train, test, args, val=None, fit=None) -> dict:
         for key, split in (("dice", test), ("val_dice", val), ("fit_dice", fit)):
             if split is not None:
                 pred = net(split[0]).argmax(1, keepdim=True)
-                record[key] = dice_per_class(pred, split[1], args.classes)
                 if key == "dice":
-                    record["dice_per_case"] = rounded_cases(case_dice(pred, split[1], args.classes))
+                    record[key], record["dice_per_case"] = per_case_dice(pred, split[1], args.classes)
+                else:
+                    record[key] = dice_per_class(pred, split[1], args.classes)
     return record
 
 
