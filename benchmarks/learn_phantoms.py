@@ -7,7 +7,8 @@ with the EMA weights (DDIM 1/2/5/10/25 steps for the x0 model, 10 steps for the 
 MONAI BasicUNet trained with DiceCE for the x0 model's budget is the reference, and an intensity-threshold oracle
 (thresholds tuned on the test set itself) shows what intensity alone achieves. ``--heads`` trains the x0 model once
 per output head (``patch``: WiDiT's final layer; ``pixel-D-L``: the PixelDiT pixel head of width D and depth L; a
-``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning),
+``-tM`` suffix trains at logit-normal timesteps of location M instead of uniform ones, ``-s1`` with self-conditioning,
+``-x1`` with softmax logits as the x0 output),
 each for the same budget; the best head and step count are chosen on a validation split (seeds 2*10^6 + i) and only
 then read on the test split (``--fit-phantoms N`` also scores every model on its first N training phantoms: a model
 that scores low there under-fits; each test phantom's Dice is kept too, ``dice_per_case``, for paired comparisons;
@@ -231,8 +232,8 @@ def train_for(model, loss_fn, data, seconds: float, args, generator, ema=None) -
 HEAD_GRAMMAR = (
     "patch or pixel-<dim>-<depth>[-r<mlp ratio>][-i<image blocks>][-k<kernel>], either with [-t<location>] "
     "(logit-normal training timesteps) or [-n<share>] (that share of them at the noisiest time, the rest uniform), "
-    "and [-s1] (self-conditioning), optionally after p<patch>w<window>: (e.g. p8w4:pixel-8-1, pixel-16-1-i2, "
-    "pixel-16-2-k5, patch-t1, pixel-16-2-n0.5, pixel-16-2-s1)"
+    "and [-s1] (self-conditioning) and [-x1] (softmax logits as the x0 output), optionally after p<patch>w<window>: "
+    "(e.g. p8w4:pixel-8-1, pixel-16-1-i2, pixel-16-2-k5, patch-t1, pixel-16-2-n0.5, pixel-16-2-s1, pixel-16-2-x1)"
 )
 SUFFIXES = {
     "r": ("pixel_mlp_ratio", float),
@@ -241,9 +242,11 @@ SUFFIXES = {
     "t": ("timestep_location", float),
     "n": ("noisiest_share", float),
     "s": ("self_condition", int),
+    "x": ("x0_softmax", int),
 }
-TRAINING_OPTIONS = ("timestep_location", "noisiest_share", "self_condition")  # the segmenter's, not the network's
-SEGMENTER_SUFFIXES = {"t", "n", "s"}  # allowed on either head
+TRAINING_OPTIONS = ("timestep_location", "noisiest_share", "self_condition", "x0_softmax")  # the segmenter's
+SEGMENTER_SUFFIXES = {"t", "n", "s", "x"}  # allowed on either head
+SWITCHES = ("self_condition", "x0_softmax")  # suffixes that take 0 or 1
 
 
 def head_options(spec: str) -> dict:
@@ -252,7 +255,8 @@ def head_options(spec: str) -> dict:
     timestep_location=1: the model trains at logit-normal timesteps of that location
     (``DiffusionSegmenter(timestep_sampling="logit_normal")``); ``-n0.5`` (either head, not with ``-t``)
     noisiest_share=0.5: half its training rows at the noisiest time (``timestep_sampling="noisiest_share"``);
-    ``-s1`` (either head) self_condition=1 (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); a
+    ``-s1`` (either head) self_condition=1 (``DiffusionSegmenter(self_condition=True)``; ``-s0`` is plain); ``-x1``
+    (either head) x0_softmax=1 (``DiffusionSegmenter(x0_activation="softmax")``; ``-x0`` is plain); a
     ``p8w4:`` prefix also sets the token path's patch_size=8 and window_size=4."""
     options, head = {}, spec
     if ":" in spec:
@@ -273,7 +277,7 @@ def head_options(spec: str) -> dict:
         key, kind = SUFFIXES.get(part[:1], (None, None)) if part[:1] in allowed else (None, None)
         value = part[1:]
         digits = value.replace(".", "", 1 if kind is float else 0).isdigit()
-        if key is None or key in options or not digits or (key == "self_condition" and value not in ("0", "1")):
+        if key is None or key in options or not digits or (key in SWITCHES and value not in ("0", "1")):
             raise ValueError(f"--heads entries must be {HEAD_GRAMMAR}, got {spec!r}.")
         options[key] = kind(value)
     if "timestep_location" in options and "noisiest_share" in options:
@@ -287,9 +291,11 @@ def network_options(head: str) -> dict:
 
 
 def segmenter_options(head: str) -> dict:
-    """The DiffusionSegmenter arguments a head spec names (its ``-t``, ``-n`` and ``-s`` suffixes)."""
+    """The DiffusionSegmenter arguments a head spec names (its ``-t``, ``-n``, ``-s`` and ``-x`` suffixes)."""
     options = head_options(head)
     segmenter = {"self_condition": True} if options.get("self_condition") else {}
+    if options.get("x0_softmax"):
+        segmenter["x0_activation"] = "softmax"
     location, share = options.get("timestep_location"), options.get("noisiest_share")
     if location is not None:
         segmenter.update(timestep_sampling="logit_normal", timestep_args={"location": location, "scale": 1.0})

@@ -9,6 +9,9 @@ flow: ``x_t = (1 - t/T) x0 + (t/T) eps``). The network sees ``t`` on the discret
   ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, eq. 8; MONAI ``get_velocity``);
 - ``flow``: predict the velocity ``x0 - eps`` of the linear path, integrated from t = T (noise) to 0 (data).
 
+An x0 model's output is the estimate itself (``x0_activation`` ``none``) or K class logits whose softmax gives it,
+``x0 = 2 softmax - 1`` (``softmax``: :func:`activate_x0`).
+
 With a learned variance the improved-DDPM hybrid loss adds ``lambda * L_vlb`` with the mean frozen
 (Nichol & Dhariwal 2021, sec. 3.1, eq. 15 for the interpolated log-variance).
 """
@@ -29,8 +32,11 @@ __all__ = [
     "GAUSSIAN_OBJECTIVES",
     "OBJECTIVES",
     "TIMESTEP_SAMPLINGS",
+    "X0_ACTIVATIONS",
+    "activate_x0",
     "aux_dice_ce",
     "check_timestep_sampling",
+    "check_x0_activation",
     "learned_log_variance",
     "posterior_mean_variance",
     "prediction_to_x0_eps",
@@ -43,6 +49,7 @@ __all__ = [
 
 GAUSSIAN_OBJECTIVES = ("sample", "epsilon", "v_prediction")
 OBJECTIVES = (*GAUSSIAN_OBJECTIVES, "flow")
+X0_ACTIVATIONS = ("none", "softmax")  # the first is DiffusionSegmenter's default
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "noisiest_share")  # the first is DiffusionSegmenter's default
 TIMESTEP_ARGS = {"uniform": {}, "logit_normal": {"location": 0.0, "scale": 1.0}, "noisiest_share": {"share": 0.5}}
 
@@ -208,15 +215,48 @@ def x0_estimate(
     return x0
 
 
-def aux_dice_ce(x0_hat: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+def aux_dice_ce(x0_hat: torch.Tensor, label: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
     """Dice + cross-entropy of ``to_probabilities(x0_hat)`` against the integer label (B, 1, *S).
 
     MONAI's DiceCELoss takes logits; ``log p`` are logits whose softmax is ``p`` itself, so Dice is computed on p and
-    the cross-entropy is ``-log p[label]``.
+    the cross-entropy is ``-log p[label]``. Where p is clamped to 0 (an estimate at or below -1) neither term has a
+    gradient. ``logits`` (B, K, *S), the network's own when x0_hat is ``2 softmax(logits) - 1``
+    (:func:`activate_x0`), are read instead: the same p, and a gradient everywhere.
     """
-    p = to_probabilities(x0_hat)
-    logits = p.clamp_min(1e-6).log()
-    return DiceCELoss(to_onehot_y=True, softmax=True)(logits, label.long())
+    if logits is None:
+        logits = to_probabilities(x0_hat).clamp_min(1e-6).log()
+    return DiceCELoss(to_onehot_y=True, softmax=True)(logits.float(), label.long())
+
+
+def check_x0_activation(activation: str, objective: str) -> str:
+    """``activation`` if it is one of :data:`X0_ACTIVATIONS` and fits ``objective`` (``softmax`` turns an x0
+    prediction into the estimate: objective ``sample``), else a ValueError naming the argument."""
+    if activation not in X0_ACTIVATIONS:
+        raise ValueError(f"x0_activation must be one of {X0_ACTIVATIONS}, got {activation!r}.")
+    if activation != "none" and objective != "sample":
+        raise ValueError(
+            f"x0_activation={activation!r} makes the network's output an x0 estimate: it needs objective 'sample', "
+            f"got objective={objective!r}."
+        )
+    return activation
+
+
+def activate_x0(output: torch.Tensor, num_classes: int, activation: str) -> torch.Tensor:
+    """The network's raw output (B, K or 2K, *S) -> the prediction the objective reads, in float32.
+
+    ``none``: the output itself. ``softmax``: its first K channels are class logits and become ``2 softmax - 1``, the
+    expectation of the one-hot code in {-1, +1} under the class probabilities (the score interpolation of CDCD,
+    Dieleman et al. 2022): an estimate inside the codes' simplex, whose probabilities (:func:`to_probabilities`) are
+    the softmax itself; variance channels (learn_sigma) pass unchanged.
+    """
+    if activation == "none":
+        return output
+    estimate = (
+        2 * torch.softmax(output[:, :num_classes].float(), dim=1) - 1
+    )  # out of place: softmax's backward reads its output
+    if output.shape[1] == num_classes:
+        return estimate
+    return torch.cat([estimate, output[:, num_classes:].float()], dim=1)
 
 
 ##################################################################################

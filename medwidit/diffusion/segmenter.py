@@ -33,8 +33,11 @@ from .ensemble import (
 from .objectives import (
     OBJECTIVES,
     TIMESTEP_SAMPLINGS,
+    X0_ACTIVATIONS,
+    activate_x0,
     aux_dice_ce,
     check_timestep_sampling,
+    check_x0_activation,
     sample_training_timesteps,
     split_output,
     training_target,
@@ -85,6 +88,11 @@ class DiffusionSegmenter(nn.Module):
             ``medwidit.diffusion.objectives.sample_training_timesteps``.
         self_condition: the network also reads its own previous clean estimate (Chen et al. 2022; the net takes 2K
             input channels, ``cat(x_t, x0_prev)``; ``medwidit.diffusion.self_condition``).
+        x0_activation: ``none`` (default): an x0 model's output is the estimate itself, its probabilities clamped
+            from it; ``softmax`` (objective ``sample`` only): the output is K class logits and the estimate is
+            ``2 softmax - 1`` (CDCD's score interpolation), so the probabilities are the softmax and the aux
+            Dice + CE reads the logits, as a plain segmentation network's loss does
+            (``medwidit.diffusion.objectives.activate_x0``).
 
     Attributes: ``noise_scheduler`` is the MONAI scheduler object that ``scheduler`` names (``scheduler_name``).
     """
@@ -108,6 +116,7 @@ class DiffusionSegmenter(nn.Module):
         timestep_sampling: str = TIMESTEP_SAMPLINGS[0],
         timestep_args: dict | None = None,
         self_condition: bool = False,
+        x0_activation: str = X0_ACTIVATIONS[0],
     ) -> None:
         super().__init__()
         _check_numbers(num_classes, num_train_timesteps, aux_weight, vlb_weight, cond_drop_prob)
@@ -130,6 +139,7 @@ class DiffusionSegmenter(nn.Module):
         self.timestep_sampling = timestep_sampling
         self.timestep_args = check_timestep_sampling(timestep_sampling, timestep_args)
         self.self_condition = check_self_condition(self_condition, net, num_classes, self.learn_sigma)
+        self.x0_activation = check_x0_activation(x0_activation, objective)
         # schedulers hold plain tensors and RFlowScheduler skips nn.Module.__init__: keep it out of the module tree
         object.__setattr__(self, "noise_scheduler", self._build_noise_scheduler())
 
@@ -175,6 +185,7 @@ class DiffusionSegmenter(nn.Module):
             "timestep_sampling": self.timestep_sampling,
             "timestep_args": dict(self.timestep_args),
             "self_condition": self.self_condition,
+            "x0_activation": self.x0_activation,
         }
 
     ##################################################################################
@@ -209,14 +220,18 @@ class DiffusionSegmenter(nn.Module):
         inputs = x_t
         if self.self_condition:  # the rows that read their own estimate run the net once more, without gradient
             rows_call = partial(call_rows, self.net, spacing, t.float(), cond)
-            inputs = training_input(rows_call, x_t, t, self.objective, self.noise_scheduler, generator)
-        prediction, frac = split_output(call_net(self.net, spacing, inputs, t.float(), cond), x0, self.learn_sigma)
-        prediction = prediction.float()
+            activated = lambda x, rows: self._activate(rows_call(x, rows))  # noqa: E731
+            inputs = training_input(activated, x_t, t, self.objective, self.noise_scheduler, generator)
+        output, frac = split_output(call_net(self.net, spacing, inputs, t.float(), cond), x0, self.learn_sigma)
+        prediction = self._activate(output).float()
+        logits = output if self.x0_activation == "softmax" else None  # the aux loss reads them (aux_dice_ce)
         parts = {
             "diffusion": F.mse_loss(prediction, training_target(self.objective, self.noise_scheduler, x0, noise, t))
         }
         x0_hat = x0_estimate(self.objective, self.noise_scheduler, prediction, x_t, t, bounded_gradient=True)
-        parts["aux"] = aux_dice_ce(x0_hat, label.to(image.device)) if self.aux_weight > 0 else x0_hat.new_zeros(())
+        parts["aux"] = (
+            aux_dice_ce(x0_hat, label.to(image.device), logits) if self.aux_weight > 0 else x0_hat.new_zeros(())
+        )
         total = parts["diffusion"] + self.aux_weight * parts["aux"]
         if self.learn_sigma:
             frozen = x0_estimate(self.objective, self.noise_scheduler, prediction.detach(), x_t, t)
@@ -368,9 +383,13 @@ class DiffusionSegmenter(nn.Module):
                 conditional, unconditional = both.float().chunk(2)
                 output = unconditional + guidance_scale * (conditional - unconditional)
             split_output(output, x[:, :channels], self.learn_sigma)  # the channels must match learn_sigma
-            return output.float()
+            return self._activate(output).float()  # guidance above mixes the logits of a softmax x0 model
 
         return denoise
+
+    def _activate(self, output: torch.Tensor) -> torch.Tensor:
+        """The network's raw output -> the prediction its objective reads (``x0_activation``; K or 2K channels)."""
+        return activate_x0(output, self.num_classes, self.x0_activation)
 
     def _self_conditioned(self, denoise, start: torch.Tensor | None = None):
         """``denoise`` itself, or with ``self_condition`` a fresh :class:`SelfConditioned` over it for one sampling

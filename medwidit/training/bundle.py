@@ -141,6 +141,7 @@ WEIGHT_DEFINING = (
     "schedule_args",
     "learn_sigma",
     "self_condition",
+    "x0_activation",
 )
 
 

@@ -66,6 +66,21 @@ def test_noisiest_share_suffix_reaches_the_segmenter_and_excludes_the_logit_norm
             learn_phantoms.head_options(spec)
 
 
+def test_softmax_suffix_reaches_the_segmenter_on_either_head():
+    args = learn_phantoms.parse_args(["--hidden", "32", "--depth", "1"])
+    assert learn_phantoms.widit(args, "pixel-8-1-k5-t9-x1").config["pixel_kernel"] == 5  # WiDiT never sees -x
+    assert learn_phantoms.segmenter_options("pixel-8-1-k5-t9-x1") == {
+        "x0_activation": "softmax",
+        "timestep_sampling": "logit_normal",
+        "timestep_args": {"location": 9.0, "scale": 1.0},
+    }
+    assert learn_phantoms.segmenter_options("patch-x1") == {"x0_activation": "softmax"}
+    assert learn_phantoms.segmenter_options("patch-x0") == {}
+    for spec in ("pixel-8-1-x2", "patch-x0.5", "patch-x1-x1"):
+        with pytest.raises(ValueError, match=rf"--heads entries must be .*got '{spec}'"):
+            learn_phantoms.head_options(spec)
+
+
 @pytest.mark.parametrize(
     "start, refused",
     [

@@ -575,6 +575,8 @@ def test_init_weights_loads_a_matching_checkpoint_and_names_what_differs(tmp_pat
         initial_weights(tiny_segmenter(num_classes=2), path)
     with pytest.raises(ValueError, match=r"differs .*\['segmenter.objective'\]"):
         initial_weights(tiny_segmenter(objective="epsilon"), path)
+    with pytest.raises(ValueError, match=r"differs .*\['segmenter.x0_activation'\]"):  # logits, not estimates
+        initial_weights(tiny_segmenter(x0_activation="softmax"), path)
     fine_tune = initial_weights(tiny_segmenter(timestep_sampling="logit_normal", aux_weight=2.0), path)
     assert torch.equal(next(fine_tune.net.parameters()), next(source.net.parameters()))  # training-only keys may differ
     (tmp_path / "notes.txt").write_text("not weights")
