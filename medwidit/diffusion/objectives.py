@@ -24,7 +24,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.schedulers import Scheduler
 
-from medwidit.utils import wide_float
+from medwidit.utils import choose, wide_float
 
 from .encoding import to_probabilities
 
@@ -230,9 +230,8 @@ def aux_dice_ce(x0_hat: torch.Tensor, label: torch.Tensor, logits: torch.Tensor 
 
 def check_x0_activation(activation: str, objective: str) -> str:
     """``activation`` if it is one of :data:`X0_ACTIVATIONS` and fits ``objective`` (``softmax`` turns an x0
-    prediction into the estimate: objective ``sample``), else a ValueError naming the argument."""
-    if activation not in X0_ACTIVATIONS:
-        raise ValueError(f"x0_activation must be one of {X0_ACTIVATIONS}, got {activation!r}.")
+    prediction into the estimate: objective ``sample``), else a ValueError naming the argument (``choose``)."""
+    activation = choose("x0_activation", activation, X0_ACTIVATIONS)
     if activation != "none" and objective != "sample":
         raise ValueError(
             f"x0_activation={activation!r} makes the network's output an x0 estimate: it needs objective 'sample', "
@@ -251,9 +250,8 @@ def activate_x0(output: torch.Tensor, num_classes: int, activation: str) -> torc
     """
     if activation == "none":
         return output
-    estimate = (
-        2 * torch.softmax(output[:, :num_classes].float(), dim=1) - 1
-    )  # out of place: softmax's backward reads its output
+    # out of place: softmax's backward reads its output
+    estimate = 2 * torch.softmax(output[:, :num_classes].float(), dim=1) - 1
     if output.shape[1] == num_classes:
         return estimate
     return torch.cat([estimate, output[:, num_classes:].float()], dim=1)

@@ -4,9 +4,11 @@ A Gaussian sampler is ``sampler(denoise, x, timesteps, alphas_cumprod, *, predic
 final_alpha_cumprod=1.0, generator=None, callback=None, **options)``; a flow sampler is ``sampler(denoise, x, timesteps,
 num_train_timesteps, *, generator=None, callback=None, **options)``:
 
-- ``denoise(x_t (B, K, *S), t: int | float) -> raw network output`` (B, K, *S), or (B, 2K, *S) with a learned
-  variance; for Gaussian samplers its meaning is ``prediction_type`` (MONAI's names: sample, epsilon, v_prediction),
-  for flow samplers it is the velocity ``x0 - eps`` of the linear path ``x_t = (1 - t/T) x0 + (t/T) eps``;
+- ``denoise(x_t (B, K, *S), t: int | float) -> the network's prediction`` (B, K, *S), or (B, 2K, *S) with a learned
+  variance (its raw output, or for an x0 model with softmax logits the estimate: ``DiffusionSegmenter``'s
+  ``x0_activation``); for Gaussian samplers its meaning is ``prediction_type`` (MONAI's names: sample, epsilon,
+  v_prediction), for flow samplers it is the velocity ``x0 - eps`` of the linear path
+  ``x_t = (1 - t/T) x0 + (t/T) eps``;
 - ``x`` is the starting noise x_T; the result is the clean estimate (B, K, *S);
 - ``timesteps`` is the list of network times, noisiest first, built once by :func:`timestep_list` (MONAI's
   ``set_timesteps`` on a private copy of the scheduler) and indexed: the step after ``timesteps[i]`` is

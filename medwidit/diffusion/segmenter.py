@@ -77,7 +77,7 @@ class DiffusionSegmenter(nn.Module):
             objectives only; the schedule decides how much of training happens at low signal-to-noise).
         learn_sigma: the net returns 2K channels, the second K interpolate the log-variance (improved DDPM).
         variance_type: DDPM sampler variance; default ``learned_range`` with ``learn_sigma``, else ``fixed_small``.
-        aux_weight: weight of Dice + CE on the x0 estimate.
+        aux_weight: weight of Dice + CE on the x0 estimate (on the logits with ``x0_activation="softmax"``).
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
         clip_sample: clip x0 estimates to [-1, 1] while sampling.
@@ -220,7 +220,10 @@ class DiffusionSegmenter(nn.Module):
         inputs = x_t
         if self.self_condition:  # the rows that read their own estimate run the net once more, without gradient
             rows_call = partial(call_rows, self.net, spacing, t.float(), cond)
-            activated = lambda x, rows: self._activate(rows_call(x, rows))  # noqa: E731
+
+            def activated(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                return self._activate(rows_call(x, rows))
+
             inputs = training_input(activated, x_t, t, self.objective, self.noise_scheduler, generator)
         output, frac = split_output(call_net(self.net, spacing, inputs, t.float(), cond), x0, self.learn_sigma)
         prediction = self._activate(output).float()
@@ -279,7 +282,8 @@ class DiffusionSegmenter(nn.Module):
         a batch gets the samples it gets alone with the same ``generator``. The image may have any real dtype (it is
         sampled in float32).
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
-        w = 1 is plain conditional sampling without the unconditional pass. ``model_fn(x_t, t, cond)`` replaces
+        w = 1 is plain conditional sampling without the unconditional pass; with ``x0_activation="softmax"`` the
+        channels mixed are the logits, before the softmax. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
         ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass); with a
         ``model_fn``, as ``model_fn(x_t, t, cond, spacing=...)`` (SlidingWindowDenoiser takes it so).

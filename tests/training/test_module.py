@@ -776,3 +776,33 @@ def test_the_export_warning_compares_the_image_channels_too(tmp_path, caplog):
     exported.write_text(json.dumps(config))
     _warn_monai_network(tmp_path, exported)
     assert "(preprocessing#num_modalities 1 (the export's 2))" in caplog.text
+
+
+def test_the_export_warning_names_softmax_logits_that_train_json_would_read_as_estimates(tmp_path, caplog):
+    """x0_activation changes no tensor's shape: MONAI's loaders load softmax weights into train.json's network whole,
+    and with train.json's "none" the model would read its logits as estimates. An export that predates the key meant
+    "none" (the shipped medwidit.json holds no such key and agrees with train.json)."""
+    from pathlib import Path
+
+    from medwidit.cli import _warn_monai_network
+
+    shipped = Path(__file__).resolve().parents[2] / "bundles" / "brain_widit_segmentation"
+    train = json.loads((shipped / "configs" / "train.json").read_text())
+    config = json.loads((shipped / "models" / "medwidit.json").read_text())
+    assert "x0_activation" not in config["config"]["segmenter"] and train["x0_activation"] == "none"
+    (tmp_path / "configs").mkdir()
+    exported = tmp_path / "medwidit.json"
+    for train_value, export_value, warned in [
+        ("none", "softmax", True),
+        ("softmax", None, True),
+        ("none", None, False),
+    ]:
+        caplog.clear()
+        (tmp_path / "configs" / "train.json").write_text(json.dumps({**train, "x0_activation": train_value}))
+        segmenter = {k: v for k, v in config["config"]["segmenter"].items() if k != "x0_activation"}
+        if export_value is not None:
+            segmenter["x0_activation"] = export_value
+        exported.write_text(json.dumps({**config, "config": {**config["config"], "segmenter": segmenter}}))
+        _warn_monai_network(tmp_path, exported)
+        expected = f'x0_activation "{train_value}" (the export\'s "{export_value or "none"}")'
+        assert (expected in caplog.text) is warned, caplog.text
