@@ -380,11 +380,6 @@ NETWORK_KEYS = {
     "objective": ("segmenter", "objective"),
     "x0_activation": ("segmenter", "x0_activation"),
 } | {key: ("net", key) for key in (*NET_KEYS.split(), "pixel_depth", "pixel_mlp_ratio")}
-# what an export written before a key existed meant by it (its segmenter's default then)
-EXPORT_DEFAULTS = {("segmenter", "x0_activation"): "none"}
-
-
-_ABSENT = object()  # a key the export's config does not hold and has no default for: nothing to compare
 
 
 def _warn_monai_network(bundle, exported) -> None:
@@ -395,9 +390,12 @@ def _warn_monai_network(bundle, exported) -> None:
     (expressions are not evaluated: a bundle's configs run code)."""
     import json
 
+    from medwidit.diffusion.checkpoint import with_config_defaults
+
     try:
         train = json.loads((bundle / "configs" / "train.json").read_text())
-        config = json.loads(exported.read_text())["config"]
+        # a segmenter key the export predates reads as its default then (x0_activation: "none")
+        config = with_config_defaults(json.loads(exported.read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no train.json (a bundle for inference only), or none to compare with
 
@@ -413,10 +411,9 @@ def _warn_monai_network(bundle, exported) -> None:
 
     differ = []
     for key, (part, name) in NETWORK_KEYS.items():
-        exported_value = config.get(part, {}).get(name, EXPORT_DEFAULTS.get((part, name), _ABSENT))
-        if key in train and plain(train[key]) and exported_value is not _ABSENT:
-            if not same(train[key], exported_value):
-                differ.append(f"{key} {json.dumps(train[key])} (the export's {json.dumps(exported_value)})")
+        if key in train and plain(train[key]) and name in config.get(part, {}):
+            if not same(train[key], config[part][name]):
+                differ.append(f"{key} {json.dumps(train[key])} (the export's {json.dumps(config[part][name])})")
     ours, theirs = train.get("preprocessing"), config.get("preprocessing")  # cond_channels: the image's channels
     if isinstance(ours, dict) and isinstance(theirs, dict) and plain(ours.get("num_modalities")):
         if ours.get("num_modalities") != theirs.get("num_modalities"):

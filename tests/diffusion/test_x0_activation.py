@@ -36,7 +36,7 @@ def test_the_estimates_probabilities_are_the_softmax_and_variance_channels_pass(
     estimate = activate_x0(logits, 4, "softmax")
     torch.testing.assert_close(to_probabilities(estimate), torch.softmax(logits, dim=1))
     assert float(estimate.min()) >= -1 and float(estimate.max()) <= 1
-    torch.testing.assert_close(estimate.sum(1), torch.full((2, 5, 6, 3), 4 * (2 / 4) - 4.0))  # sum_K (2p - 1) = 2 - K
+    torch.testing.assert_close(estimate.sum(1), torch.full((2, 5, 6, 3), 2.0 - 4))  # sum_K (2p - 1) = 2 - K
     frac = torch.randn(2, 4, 5, 6, 3)
     both = activate_x0(torch.cat([logits, frac], dim=1), 4, "softmax")
     torch.testing.assert_close(both[:, :4], estimate)
