@@ -281,9 +281,11 @@ class DiffusionSegmenter(nn.Module):
         its noise from its own generator, seeded from ``generator``, so chunking never changes the result; a case of
         a batch gets the samples it gets alone with the same ``generator``. The image may have any real dtype (it is
         sampled in float32).
-        ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on every output channel (Ho & Salimans 2022);
-        w = 1 is plain conditional sampling without the unconditional pass; with ``x0_activation="softmax"`` the
-        channels mixed are the logits, before the softmax. ``model_fn(x_t, t, cond)`` replaces
+        ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on the prediction's K channels (Ho & Salimans
+        2022); a learned variance (``learn_sigma``) is the conditional pass's, as in DiT and GLIDE, since mixing its
+        interpolation coefficient would leave [-1, 1] and draw noise beyond beta; w = 1 is plain conditional sampling
+        without the unconditional pass; with ``x0_activation="softmax"`` the channels mixed are the logits, before
+        the softmax. ``model_fn(x_t, t, cond)`` replaces
         ``net(x_t, t, conditioned=cond)``; ``progress`` receives the sampler's callback dict plus ``"chunk"``.
         ``spacing`` (B, 2N), when given, goes to the net, repeated as the image is (members, guidance's pass); with a
         ``model_fn``, as ``model_fn(x_t, t, cond, spacing=...)`` (SlidingWindowDenoiser takes it so).
@@ -385,7 +387,9 @@ class DiffusionSegmenter(nn.Module):
             else:
                 both = model_fn(torch.cat([x, x]), torch.cat([t_vec, t_vec]), pair)
                 conditional, unconditional = both.float().chunk(2)
-                output = unconditional + guidance_scale * (conditional - unconditional)
+                k = self.num_classes  # the prediction's channels; learned variance channels follow them
+                guided = unconditional[:, :k] + guidance_scale * (conditional[:, :k] - unconditional[:, :k])
+                output = torch.cat([guided, conditional[:, k:]], dim=1)  # variance: the conditional pass's (DiT)
             split_output(output, x[:, :channels], self.learn_sigma)  # the channels must match learn_sigma
             return self._activate(output).float()  # guidance above mixes the logits of a softmax x0 model
 

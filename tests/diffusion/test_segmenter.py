@@ -78,7 +78,7 @@ def test_guidance_scale_one_is_unguided_and_skips_the_unconditional_pass():
 
 
 @pytest.mark.parametrize("scale", [0.0, 1.5, 3.0])
-def test_guidance_mixes_every_channel(scale):
+def test_guidance_mixes_every_prediction_channel(scale):
     segmenter, image = _segmenter(cond_drop_prob=0.1, clip_sample=False), _image(2) + 3
     model_fn = CountingModelFn(3)
     # one DDIM step from t = 999 returns the x0 prediction itself: uncond + w (cond - uncond) on all K channels
@@ -86,6 +86,43 @@ def test_guidance_mixes_every_channel(scale):
     expected = model_fn.b + scale * (model_fn.a - model_fn.b)
     assert torch.allclose(x0, torch.full_like(x0, expected), atol=1e-6)
     assert model_fn.batches == [4]  # conditional and unconditional in one doubled batch
+
+
+class VarianceModelFn:
+    """A learned-sigma model_fn: prediction channels ``a`` / ``b`` (image / zeros) plus ``slope`` x_t (so the noise
+    drawn at each step reaches the result), variance channels ``v_cond`` where the condition is the image and
+    ``v_uncond`` where it is zeros."""
+
+    def __init__(self, num_classes, v_uncond, slope=0.1):
+        self.num_classes, self.v_uncond, self.slope = num_classes, v_uncond, slope
+        self.a, self.b, self.v_cond = 0.4, -0.2, 0.3
+
+    def __call__(self, x, t, cond):
+        k = self.num_classes
+        unconditional = (cond.flatten(1).abs().sum(1) == 0).reshape((-1,) + (1,) * (x.ndim - 1))
+        shape = (x.shape[0], k, *x.shape[2:])
+        prediction = torch.where(unconditional, self.b, self.a).expand(shape) + self.slope * x[:, :k]
+        variance = torch.where(unconditional, self.v_uncond, self.v_cond).expand(shape)
+        return torch.cat([prediction, variance], 1).clone()
+
+
+def test_guidance_keeps_the_conditional_variance_channels():
+    """Guidance mixes the prediction, not a learned variance's interpolation coefficient v: at w = 3 a mix of v = 0.3
+    and -1 would be 2.9, outside learned_range's [-1, 1], and DDPM would draw noise beyond beta. The conditional
+    pass's variance is used (DiT, GLIDE), so what the unconditional pass says about it changes nothing."""
+    segmenter = _segmenter(learn_sigma=True, scheduler="ddpm", cond_drop_prob=0.1, clip_sample=False)
+    image = _image(2) + 3
+
+    def draw(v_uncond):
+        fn = VarianceModelFn(3, v_uncond)
+        return segmenter.sample(
+            image, steps=3, guidance_scale=3.0, model_fn=fn, generator=torch.Generator().manual_seed(0)
+        )
+
+    first = draw(-1.0)
+    assert torch.equal(first, draw(0.3)) and torch.equal(first, draw(1.0))
+    one_step = segmenter.sample(image, steps=1, guidance_scale=3.0, model_fn=VarianceModelFn(3, -1.0, slope=0.0))
+    assert torch.allclose(one_step, torch.full_like(one_step, -0.2 + 3.0 * (0.4 + 0.2)), atol=1e-6)  # mixed
 
 
 def test_model_fn_replaces_the_network():
