@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medwidit.utils import check_int, check_range
+from medwidit.utils import check_int, check_range, is_finite_number
 
 __all__ = ["PhantomDataset", "make_phantom"]
 
@@ -91,6 +91,8 @@ def make_phantom(
         raise ValueError(f"object_scale must be > 0, got {object_scale}.")
     for name, value in (("noise_std", noise_std), ("bias", bias), ("texture", texture)):
         check_range(name, value, 0.0, math.inf)  # NaN passed a "< 0" test and gave an all-NaN image
+    if not is_finite_number(class_contrast):  # NaN made every object voxel NaN
+        raise ValueError(f"class_contrast must be a finite number, got {class_contrast!r}.")
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) + 0.5 for s in shape], indexing="ij"))  # (d, *S)
     label = np.zeros(shape, dtype=np.int64)

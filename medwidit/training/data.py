@@ -195,7 +195,7 @@ def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
     argument, data_list, entry = where
     values = label_values(label)
     start = f"{argument} {str(data_list)!r}, {entry}: label {str(label)!r}"
-    fractional = values[values != np.round(values)]
+    fractional = values[~np.isfinite(values) | (values != np.round(values))]  # inf: int(inf) was an OverflowError
     if fractional.size:
         raise ValueError(
             f"{start} holds non-integer values (e.g. {fractional[:3].tolist()}); a label map holds whole class "
@@ -208,6 +208,9 @@ def _check_label_values(where: tuple, label, num_classes: int | None) -> None:
             f"{start} holds {[int(v) for v in outside[:8]]}, outside the class indices {expected}; map its values "
             "to class indices first (e.g. 255 -> 1)."
         )
+    if values.max(initial=0) == 0:  # a case without the structure is data (a lesion task's healthy scan), not an
+        # error; from a review: only MONAI's crop sampler said so, naming no file
+        logger.warning("%s holds only background (0): every crop of it is background.", start)
 
 
 MAX_CHANNELS = 8  # a trailing axis this long or shorter reads as channels (modalities, one-hot classes), not space
@@ -433,12 +436,22 @@ class SegmentationDataModule(L.LightningDataModule):
         self.data_list = Path(data_list)
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
         self.preprocessing = check_preprocessing(preprocessing)  # every key present, intensity mode known
+        for key in ("orientation", "spacing"):  # from a review: 'RA' on 3-D crops failed in MONAI at the first load
+            value = self.preprocessing[key]
+            if value is not None and len(value) < len(roi_size):
+                raise ValueError(
+                    f"preprocessing[{key!r}] {value!r} has {len(value)} axes and roi_size {roi_size} has "
+                    f"{len(roi_size)}: give one per spatial axis of the task."
+                )
         self.roi_size = roi_size
         self.save_hyperparameters({"roi_size": roi_size})  # in Lightning checkpoints: the export's default window
         self.train_key, self.val_key = train_key, val_key
         self.batch_size, self.num_crops = batch_size, num_crops
         self.pos, self.neg = float(pos), float(neg)
-        self.foreground_margin = foreground_margin
+        # from a review: -4 failed in MONAI at the first load, naming no option; 2.7 was truncated to 2
+        self.foreground_margin = (
+            None if foreground_margin is None else check_int("foreground_margin", foreground_margin, low=0)
+        )
         self.flip_prob, self.rotate_prob, self.zoom_prob = float(flip_prob), float(rotate_prob), float(zoom_prob)
         self.intensity_prob = float(intensity_prob)
         self.rotate_degrees = float(rotate_degrees)
@@ -548,7 +561,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     KEYS,
                     source_key="image",
                     select_fn=INTENSITY_MODES[self.preprocessing["intensity"]].foreground,
-                    margin=int(self.foreground_margin),
+                    margin=self.foreground_margin,
                     allow_smaller=True,
                     start_coord_key=None,
                     end_coord_key=None,

@@ -69,3 +69,6 @@ def test_class_contrast_and_object_scale():
     assert image[label == 2].mean() - image[label == 1].mean() > 0.5
     with pytest.raises(ValueError, match="object_scale"):
         make_phantom((16, 16), seed=0, object_scale=0.0)
+    for value in (float("nan"), float("inf")):  # NaN made every object voxel NaN, class 1's too
+        with pytest.raises(ValueError, match=rf"class_contrast must be a finite number, got {value!r}"):
+            make_phantom((16, 16), seed=0, class_contrast=value)

@@ -493,6 +493,8 @@ def _relabel(tmp_path, data_list, split, values, dtype):
     [  # a linearly resampled mask: cast to int, every 0.999 was background, silently
         ("training", [0.0, 0.999, 1.999], "float32", r"holds non-integer values \(e.g. \[0.99"),
         ("training", [0, 255, 255], "uint8", r"holds \[255\], outside the class indices 0..2 \(num_classes=3\)"),
+        # an OverflowError (int(inf)) that named no file
+        ("training", [0.0, np.inf, 1.0], "float32", r"holds non-integer values \(e.g. \[inf\]"),
         # only validation wrong: training ran and scored Dice 0 on every validation volume
         ("validation", [0, 1, 7], "int16", r"validation\[0\]: label .* holds \[7\], outside"),
     ],
@@ -505,6 +507,17 @@ def test_label_values_are_checked_at_setup_naming_the_file(tmp_path, split, valu
     assert name in str(error.value) and str(data_list) in str(error.value)
     if split == "training" and dtype == "uint8":
         _module(data_list, 3).setup("fit")  # without num_classes only whole indices >= 0 are asked for
+
+
+def test_a_label_of_background_alone_is_named_in_a_warning(tmp_path, caplog):
+    """A case without the structure is allowed (a lesion task's healthy scan); only MONAI's crop sampler said so,
+    naming no file."""
+    data_list = write_dataset(tmp_path)
+    name = _relabel(tmp_path, data_list, "training", [0, 0, 0], "uint8")
+    with caplog.at_level("WARNING", logger="medwidit.training.data"):
+        _module(data_list, 3, num_classes=3).setup("fit")
+    (line,) = [r.getMessage() for r in caplog.records if "only background" in r.getMessage()]
+    assert name in line and "training[0]" in line
 
 
 def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_path):
@@ -542,6 +555,14 @@ def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_
             r"synth_options: 'image_key' is not an option",
         ),  # accepted, broke later steps
         ({"synth_options": [("neck_prob", 0.8)]}, r"synth_options must be a dict"),
+        # from a review: each failed inside MONAI at the first load, naming no option (2.7 was truncated to 2)
+        (
+            {"preprocessing": {**PREPROCESSING_3D, "orientation": "RA"}},
+            r"preprocessing\['orientation'\] 'RA' has 2 axes and roi_size \[16, 16, 16\] has 3",
+        ),
+        ({"preprocessing": {**PREPROCESSING_3D, "spacing": [2.0, 2.0]}}, r"preprocessing\['spacing'\] \[2.0, 2.0\]"),
+        ({"foreground_margin": -4}, r"foreground_margin must be an int >= 0, got -4"),
+        ({"foreground_margin": 2.7}, r"foreground_margin must be an int >= 0, got 2.7"),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_argument(tmp_path, options, match):
