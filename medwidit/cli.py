@@ -372,14 +372,10 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# train.json's keys that build the network (net, segmenter) -> where medwidit.json's config keeps each
+# train.json's keys that build the network; with the segmenter's WEIGHT_DEFINING keys, the train.json keys that
+# _warn_monai_network compares with the export's config
 NET_KEYS = "hidden_size depth num_heads patch_size window_size embed position spacing_conditioning head pixel_dim"
-NETWORK_KEYS = {
-    "num_classes": ("segmenter", "num_classes"),
-    "self_condition": ("segmenter", "self_condition"),
-    "objective": ("segmenter", "objective"),
-    "x0_activation": ("segmenter", "x0_activation"),
-} | {key: ("net", key) for key in (*NET_KEYS.split(), "pixel_depth", "pixel_mlp_ratio")}
+NET_KEYS += " pixel_depth pixel_mlp_ratio"
 
 
 def _warn_monai_network(bundle, exported) -> None:
@@ -390,7 +386,7 @@ def _warn_monai_network(bundle, exported) -> None:
     (expressions are not evaluated: a bundle's configs run code)."""
     import json
 
-    from medwidit.diffusion.checkpoint import with_config_defaults
+    from medwidit.diffusion.checkpoint import WEIGHT_DEFINING, with_config_defaults
 
     try:
         train = json.loads((bundle / "configs" / "train.json").read_text())
@@ -409,8 +405,10 @@ def _warn_monai_network(bundle, exported) -> None:
             ours = [ours] * len(theirs)
         return ours == theirs
 
+    # from a review: the schedule (schedule, schedule_args) was missing from a hand-kept list of the segmenter's keys
+    keys = {key: ("segmenter", key) for key in WEIGHT_DEFINING} | {key: ("net", key) for key in NET_KEYS.split()}
     differ = []
-    for key, (part, name) in NETWORK_KEYS.items():
+    for key, (part, name) in keys.items():
         if key in train and plain(train[key]) and name in config.get(part, {}):
             if not same(train[key], config[part][name]):
                 differ.append(f"{key} {json.dumps(train[key])} (the export's {json.dumps(config[part][name])})")

@@ -32,6 +32,7 @@ __all__ = [
     "save_bundle_weights",
     "save_segmenter",
     "segmenter_config",
+    "WEIGHT_DEFINING",
     "with_config_defaults",
 ]
 
@@ -39,6 +40,18 @@ logger = logging.getLogger(__name__)
 
 SIDECAR = "medwidit.json"  # beside a bare state dict: the config that rebuilds its network and segmenter
 RESERVED = {"network", "net", "segmenter"}
+# the segmenter settings that give a network's output its meaning; the others only shape training
+WEIGHT_DEFINING = (
+    "num_classes",
+    "objective",
+    "scheduler",
+    "num_train_timesteps",
+    "schedule",
+    "schedule_args",
+    "learn_sigma",
+    "self_condition",
+    "x0_activation",
+)
 
 
 def segmenter_config(segmenter: DiffusionSegmenter, extra_config: Mapping | None = None) -> dict:

@@ -26,13 +26,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from monai.data import load_decathlon_datalist
 
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
+from medwidit.diffusion.checkpoint import WEIGHT_DEFINING, with_config_defaults
 from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
-from medwidit.utils import check_bool, is_integer
+from medwidit.utils import check_bool, check_int, check_range, is_integer
 from medwidit.utils.files import locked
 from medwidit.utils.resources import shipped_path
 
@@ -86,14 +89,9 @@ def initial_weights(
         raise ValueError(
             f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
         ) from e
-    ignored = HEAD_KEYS if new_head else ()
-    ours = {"net": _used_options(segmenter.net.config), "segmenter": _weight_defining(segmenter.config)}
-    theirs = {"net": _used_options(loaded.net.config), "segmenter": _weight_defining(loaded.config)}
-    different = sorted(
-        f"{part}.{key}"
-        for part in ours
-        for key in set(ours[part]) | set(theirs[part])
-        if ours[part].get(key) != theirs[part].get(key) and not (part == "net" and key in ignored)
+    ours = {"net": segmenter.net.config, "segmenter": segmenter.config}
+    different = model_differences(
+        ours, {"net": loaded.net.config, "segmenter": loaded.config}, HEAD_KEYS if new_head else ()
     )
     if type(loaded.net) is not type(segmenter.net) or different:
         hint = "" if new_head else " (init_new_head true lets only the output head differ)"
@@ -105,8 +103,8 @@ def initial_weights(
         segmenter.net.load_state_dict(loaded.net.state_dict())
         logger.info("Initial weights from %s.", path)
         return segmenter
-    head = {k: v for k, v in ours["net"].items() if k in HEAD_KEYS}
-    if head == {k: v for k, v in theirs["net"].items() if k in HEAD_KEYS}:
+    head = {k: v for k, v in _used_options(ours["net"]).items() if k in HEAD_KEYS}
+    if head == {k: v for k, v in _used_options(loaded.net.config).items() if k in HEAD_KEYS}:
         raise ValueError(
             f"init_weights {path}: its output head is train.json's own ({head}); init_new_head true would throw its "
             "trained head away: set init_new_head false to load all of it."
@@ -131,22 +129,25 @@ def _used_options(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in unused}
 
 
-# the segmenter settings that give a network's output its meaning; the others only shape training
-WEIGHT_DEFINING = (
-    "num_classes",
-    "objective",
-    "scheduler",
-    "num_train_timesteps",
-    "schedule",
-    "schedule_args",
-    "learn_sigma",
-    "self_condition",
-    "x0_activation",
-)
-
-
 def _weight_defining(config: dict) -> dict:
     return {key: config.get(key) for key in WEIGHT_DEFINING}
+
+
+def model_differences(ours: dict, theirs: dict, ignored: Sequence[str] = ()) -> list[str]:
+    """``part.key`` for each setting in which two segmenter configs (``segmenter_config``'s ``net`` and ``segmenter``)
+    build networks whose weights mean different things: the options the network uses (``ignored`` aside) and the
+    ``WEIGHT_DEFINING`` segmenter keys (a key a config predates at its default)."""
+    ours, theirs = with_config_defaults(ours), with_config_defaults(theirs)
+    parts = {
+        part: (pick(ours.get(part, {})), pick(theirs.get(part, {})))
+        for part, pick in (("net", _used_options), ("segmenter", _weight_defining))
+    }
+    return sorted(
+        f"{part}.{key}"
+        for part, (a, b) in parts.items()
+        for key in set(a) | set(b)
+        if a.get(key) != b.get(key) and not (part == "net" and key in ignored)
+    )
 
 
 def _option_values(argv: Sequence[str], option: str) -> list[str]:
@@ -576,9 +577,21 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
     try:
         for models_dir in exports:  # under the run folder's lock
             check_export_folder(models_dir, resume, overwrite_run)
+        start = None
         if isinstance(source, Path):
             _check_resumed_network(module, source)
-        return trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            start = _resumed_step(source, getattr(trainer, "max_steps", -1))
+        result = trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        if start is not None and getattr(trainer, "global_step", start + 1) <= start:
+            logger.warning(  # from a review: a resume whose epoch limit was already reached trained nothing, exit 0
+                "--resume: the run trained no step: %s was at step %d and its epoch counters had already reached "
+                "this run's epochs (%s); raise --epochs (a run stopped at max_steps on an epoch's last batch counts "
+                "that epoch again: Lightning issue 19617).",
+                source,
+                start,
+                getattr(trainer, "max_epochs", "?"),
+            )
+        return result
     except SIGTERMException as e:  # a SystemExit without a code: a scheduler's time limit ended the run with status 0
         logger.error(
             "medwidit: error: training stopped by SIGTERM at step %s, before its end: nothing was exported; continue "
@@ -593,10 +606,13 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
 def _check_resumed_network(module, checkpoint: Path) -> None:
     """A ValueError naming the checkpoint and the first differing weights where its network is not this run's (an
     override such as ``--hidden_size 32`` beside ``--resume last``): Lightning's load printed 157 lines of
-    ``Error(s) in loading state_dict`` after the whole setup (from a review)."""
+    ``Error(s) in loading state_dict`` after the whole setup (from a review). Then the same for the settings that give
+    the weights their meaning (:func:`model_differences`, as ``init_weights`` refuses them): a later review resumed
+    an x0 run with ``--objective epsilon`` and it trained on, exit 0, and exported weights labelled epsilon."""
     ours = getattr(module, "state_dict", dict)()
     try:
-        theirs = torch.load(checkpoint, map_location="cpu", weights_only=True).get("state_dict", {})
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        theirs = state.get("state_dict", {})
     except Exception:  # unreadable: Lightning's load says why
         return
     if not ours or not isinstance(theirs, dict):
@@ -615,6 +631,30 @@ def _check_resumed_network(module, checkpoint: Path) -> None:
             f"--resume: {checkpoint} holds another network than this run builds ({'; '.join(parts)}): resume with the "
             "run's own settings (its hparams.yaml), or start a new run, from these weights with --init_weights."
         )
+    config = (state.get("hyper_parameters") or {}).get("model_config")
+    own = (getattr(module, "hparams", None) or {}).get("model_config")
+    different = model_differences(own, config) if isinstance(config, dict) and isinstance(own, dict) else []
+    if different:
+        raise ValueError(
+            f"--resume: {checkpoint} was trained with other settings in {different}, which give its weights their "
+            "meaning: resume with the run's own settings (its hparams.yaml; set those overrides to the checkpoint's "
+            "values), or train a new run with them from scratch."
+        )
+
+
+def _resumed_step(checkpoint: Path, max_steps) -> int | None:
+    """The optimizer step ``checkpoint`` (a Lightning checkpoint) was saved at, or None where it is unreadable
+    (Lightning's load says why); a ValueError where ``max_steps`` leaves the resumed run nothing to train."""
+    try:
+        step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:
+        return None
+    if is_integer(max_steps) and max_steps != -1 and step >= max_steps:
+        raise ValueError(
+            f"--resume: {checkpoint} is at step {step} and max_steps is {max_steps}: nothing to train; give a "
+            "larger --max_steps."
+        )
+    return step
 
 
 def _export_folders(trainer) -> list[Path]:
@@ -767,11 +807,40 @@ def _resume_source(folder: Path, resume, earlier: list[Path]) -> Path | str | No
     return Path(resume)
 
 
-def check_run_options(*, seed, epochs, max_steps, val_interval, device, num_classes=None) -> None:
+def check_run_options(
+    *,
+    seed,
+    epochs,
+    max_steps,
+    val_interval,
+    device,
+    num_classes=None,
+    val_steps=None,
+    val_samples=None,
+    overlap=None,
+    sw_batch_size=None,
+    max_time=None,
+) -> None:
     """train.json's options that Lightning and torch read before any medwidit code, each checked by name (from a
     review, each was a traceback: ``--seed abc`` in ``seed_everything``, ``--epochs abc`` a TypeError, ``--val_interval
     0`` a ZeroDivisionError in Lightning's loop, ``--device gpu`` torch's RuntimeError listing its device types;
-    ``--num_classes 3.5`` named the network's in_channels, which it sets)."""
+    ``--num_classes 3.5`` named the network's in_channels, which it sets). The validation sampler's ``val_steps``,
+    ``val_samples``, ``overlap`` and ``sw_batch_size`` (a later review: each failed only at the first validation,
+    after the training before it, naming the sampler's argument) and Lightning's ``max_time`` (its error was buried in
+    an 89-line traceback) are checked too, where given."""
+    for name, value in (("val_steps", val_steps), ("val_samples", val_samples), ("sw_batch_size", sw_batch_size)):
+        if value is not None:
+            check_int(name, value)
+    if overlap is not None:
+        check_range("overlap", overlap, 0.0, 1.0)
+    if max_time is not None:
+        try:
+            Timer(duration=max_time)  # Lightning's own reading of a duration
+        except (MisconfigurationException, ValueError, TypeError, AttributeError):  # 5: an AttributeError
+            raise ValueError(
+                f"max_time must be a duration 'DD:HH:MM:SS' (e.g. '00:12:00:00') or a dict such as {{'hours': 12}}, "
+                f"got {max_time!r}."
+            ) from None
     if num_classes is not None and not (is_integer(num_classes) and num_classes >= 2):
         raise ValueError(f"num_classes must be an int >= 2 (background and at least one class), got {num_classes!r}.")
     if not (is_integer(seed) and 0 <= seed <= 2**32 - 1):

@@ -645,6 +645,14 @@ def test_require_done_names_failed_cases_in_one_line(capsys):
         ("val_interval", 0, r"val_interval must be an int >= 1 \(validate every that many epochs\), got 0"),
         ("device", "gpu", r"device must be cpu, cuda or cuda:N, got 'gpu'"),
         ("num_classes", 3.5, r"num_classes must be an int >= 2 \(background and at least one class\), got 3.5"),
+        # a later review: each failed only at the first validation, after the training before it, naming the
+        # sampler's argument (and max_time: Lightning's message inside an 89-line traceback)
+        ("val_samples", 0, r"val_samples must be an int >= 1, got 0"),
+        ("val_steps", 0, r"val_steps must be an int >= 1, got 0"),
+        ("sw_batch_size", 0, r"sw_batch_size must be an int >= 1, got 0"),
+        ("overlap", 1.5, r"overlap must be in \[0.0, 1.0\), got 1.5"),
+        ("max_time", "abc", r"max_time must be a duration 'DD:HH:MM:SS' .*got 'abc'"),
+        ("max_time", 5, r"max_time must be a duration"),
     ],
 )
 def test_run_options_lightning_reads_first_are_checked_by_name(option, value, message):
@@ -654,6 +662,9 @@ def test_run_options_lightning_reads_first_are_checked_by_name(option, value, me
     good = {"seed": 0, "epochs": 1200, "max_steps": 1080, "val_interval": 90, "device": torch.device("cpu")}
     check_run_options(**good)
     check_run_options(**{**good, "epochs": None, "max_steps": -1, "val_interval": None, "device": "cuda:1"})
+    validation = {"val_steps": 5, "val_samples": 1, "overlap": 0.25, "sw_batch_size": 4}
+    check_run_options(**good, **validation, max_time="00:12:00:00")
+    check_run_options(**good, **validation, max_time={"hours": 12})
     with pytest.raises(ValueError, match=message):
         check_run_options(**{**good, option: value})
 
@@ -675,6 +686,10 @@ def test_train_json_checks_its_run_options_before_seeding(tmp_path):
     from medwidit.training.bundle import _medwidit_check
 
     assert "val_interval must be an int >= 1" in str(_medwidit_check(raised.value))
+    parser["val_interval"], parser["val_samples"] = 1, 0  # passed on too: refused before any training
+    with pytest.raises(Exception) as raised:
+        parser.get_parsed_content("initialize", lazy=False)
+    assert "val_samples must be an int >= 1, got 0" in str(_medwidit_check(raised.value))
 
 
 def test_refuse_renamed_names_the_new_key_and_knows_its_keys():
@@ -759,6 +774,38 @@ def test_a_run_stopped_by_sigterm_exits_143_and_says_how_to_continue(tmp_path, c
     assert "training stopped by SIGTERM at step 7" in caplog.text and "--resume last" in caplog.text
     with locked(_run_lock_path(tmp_path / "checkpoints"), blocking=False) as free:
         assert free
+
+
+def test_a_resume_with_nothing_left_to_train_is_refused_or_named(tmp_path, caplog):
+    """From a review: a run stopped at max_steps on an epoch's last batch, resumed with --max_steps 4 --epochs 2,
+    trained no step (Lightning counts that epoch again) and exited 0 with its export rewritten, without a word. A
+    max_steps the checkpoint has reached is refused before fit; a fit that trains no step is named after it."""
+    from medwidit.training.bundle import run_training
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    torch.save({"global_step": 2, "state_dict": {}}, folder / "last.ckpt")
+    data = type("Data", (), {"check_files": lambda self: None})()
+
+    class Trainer:
+        callbacks, global_step, max_epochs = [], 2, 2
+
+        def __init__(self, max_steps, trains):
+            self.max_steps, self.trains, self.fitted = max_steps, trains, False
+
+        def fit(self, *args, **kwargs):
+            self.fitted = True
+            self.global_step += self.trains
+
+    stopped = Trainer(max_steps=2, trains=0)
+    with pytest.raises(ValueError, match=r"last.ckpt is at step 2 and max_steps is 2: nothing to train"):
+        run_training(stopped, None, data, ckpt_dir=folder, resume="last")
+    assert not stopped.fitted
+    with caplog.at_level("WARNING", logger="medwidit.training.bundle"):
+        run_training(Trainer(max_steps=4, trains=2), None, data, ckpt_dir=folder, resume="last")
+        assert "trained no step" not in caplog.text
+        run_training(Trainer(max_steps=4, trains=0), None, data, ckpt_dir=folder, resume="last")
+    assert "the run trained no step: " in caplog.text and "at step 2" in caplog.text and "raise --epochs" in caplog.text
 
 
 def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_path):

@@ -720,6 +720,25 @@ def test_a_resume_into_another_network_is_refused_naming_the_weights(tmp_path):
         _check_resumed_network(module, checkpoint)
 
 
+def test_a_resume_with_settings_that_change_what_the_weights_mean_is_refused(tmp_path):
+    """From a review: `--resume last --objective epsilon` on an x0 run kept training its weights as epsilon, exit 0,
+    and exported them labelled epsilon (and so with --x0_activation softmax); init_weights refuses the same change.
+    Settings that only shape training (the aux weight, the timestep sampling) may change."""
+    from medwidit.training.bundle import _check_resumed_network
+    from medwidit.training.module import DiffusionSegmentationModule
+
+    module = DiffusionSegmentationModule(tiny_segmenter())
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, checkpoint)
+    _check_resumed_network(module, checkpoint)
+    _check_resumed_network(DiffusionSegmentationModule(tiny_segmenter(aux_weight=3.0)), checkpoint)
+    for options, key in (({"objective": "epsilon"}, "objective"), ({"x0_activation": "softmax"}, "x0_activation")):
+        other = DiffusionSegmentationModule(tiny_segmenter(**options))
+        with pytest.raises(ValueError, match=rf"--resume: .*last.ckpt was trained with other settings in "
+                                             rf"\['segmenter\.{key}'\]"):  # fmt: skip
+            _check_resumed_network(other, checkpoint)
+
+
 def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_to_set(tmp_path, capsys):
     """From a review: a copy of the brain bundle with exported weights for three classes loaded 76 of 80 tensors in
     `monai.bundle.load` and `ckpt_export` (which build train.json's network_def), the rest left random, with no
@@ -741,6 +760,7 @@ def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_
         "hidden_size 64 (the export's 32)",
         "depth 4 (the export's 1)",
         'class_names ["background", "brain"]',
+        'schedule_args {"beta_start": 0.0001, "beta_end": 0.035} (the export\'s {}',  # a later review: not named
     ):
         assert differs in err, err
     assert "patch_size" not in err  # 4 against [4, 4, 4]: the same
@@ -748,7 +768,8 @@ def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_
     train = json.loads((bundle / "configs" / "train.json").read_text())
     train.update(num_classes=3, class_names=config["class_names"], **{k: config["net"][k] for k in ("hidden_size",
                  "depth", "num_heads", "window_size", "embed", "position", "head", "pixel_dim", "pixel_depth",
-                 "pixel_mlp_ratio", "spacing_conditioning")})  # fmt: skip
+                 "pixel_mlp_ratio", "spacing_conditioning")}, **{k: config["segmenter"][k] for k in ("schedule",
+                 "schedule_args")})  # fmt: skip
     (bundle / "configs" / "train.json").write_text(json.dumps(train))
     assert main(["export", str(tmp_path / "ckpt" / "last.ckpt"), str(bundle), "-q", "--overwrite"]) == 0
     assert "builds another network" not in capsys.readouterr().err
