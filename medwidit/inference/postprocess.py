@@ -52,8 +52,12 @@ LABEL_STEPS = {
 }
 
 
-def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "label_postprocessing") -> list[dict]:
-    """Validate a spec -> a list of ``{"name", "applied_labels", ...}`` (ValueError naming ``source`` and the step)."""
+def check_label_postprocessing(
+    spec: Sequence[Mapping] | None, source: str = "label_postprocessing", num_classes: int | None = None
+) -> list[dict]:
+    """Validate a spec -> a list of ``{"name", "applied_labels", ...}`` (ValueError naming ``source`` and the step);
+    with ``num_classes``, applied labels must be foreground classes below it (from a review: a class the model lacks,
+    or an empty list, was accepted and MONAI did nothing, where ``expected_volume_ml`` refuses the same class)."""
     if spec is None:
         return []
     if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
@@ -72,11 +76,14 @@ def check_label_postprocessing(spec: Sequence[Mapping] | None, source: str = "la
         if labels is not None and (
             not isinstance(labels, Sequence)
             or isinstance(labels, str)
+            or not labels
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in labels)
+            or (num_classes is not None and max(labels) >= num_classes)
         ):
+            classes = "ints > 0" if num_classes is None else f"1 to {num_classes - 1}"
             raise ValueError(
-                f"{source}[{i}] ({name}): applied_labels must be foreground labels (ints > 0), got "
-                f"{step.get('applied_labels')!r}."
+                f"{source}[{i}] ({name}): applied_labels must be a non-empty list of the model's foreground classes "
+                f"({classes}), or null for all of them, got {step.get('applied_labels')!r}."
             )
         connectivity = step.get("connectivity")
         if connectivity is not None and not (is_integer(connectivity) and 1 <= connectivity <= 3):

@@ -280,7 +280,7 @@ class Predictor:
         )  # checks
         self.precision = precision
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.label_postprocessing = check_label_postprocessing(label_postprocessing)
+        self.label_postprocessing = check_label_postprocessing(label_postprocessing, num_classes=segmenter.num_classes)
         self.probability_smoothing = check_probability_smoothing(probability_smoothing)
         if class_names is not None and len(class_names) != segmenter.num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {segmenter.num_classes} classes.")

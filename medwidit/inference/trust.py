@@ -261,7 +261,9 @@ def apply_view(image: torch.Tensor, view: View, value_range: Sequence[float] | N
     if value_range is None:
         low, high = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)  # (B, C, 1...)
     else:
-        low, high = (torch.full((1,) * image.ndim, float(v), dtype=image.dtype) for v in value_range)
+        low, high = (
+            torch.full((1,) * image.ndim, float(v), dtype=image.dtype, device=image.device) for v in value_range
+        )
     out = image
     if view.gamma != 1.0 or view.bias_range:
         u = ((image - low) / (high - low).clamp_min(1e-12)).clamp(0, 1)

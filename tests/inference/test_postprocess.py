@@ -131,11 +131,25 @@ def test_connectivity_is_checked_in_the_spec_and_against_the_maps_axes():
             r"\[0\] \(fill_holes\): applied_labels .* got 1.5",
         ),  # TypeError
         ([{"name": "fill_holes", "applied_labels": True}], "ints > 0"),
+        ([{"name": "fill_holes", "applied_labels": []}], r"non-empty list .* got \[\]"),  # MONAI did nothing
     ],
 )
 def test_bad_specs_name_the_step(spec, match):
     with pytest.raises(ValueError, match=match):
         check_label_postprocessing(spec)
+
+
+def test_applied_labels_must_be_the_models_classes():
+    """From a review: a class the model lacks was accepted and MONAI cleaned nothing, where expected_volume_ml refuses
+    the same class; the predictor checks them against its model's classes."""
+    steps = [{"name": "keep_largest_component", "applied_labels": [2]}]
+    assert check_label_postprocessing(steps, num_classes=3) == steps
+    with pytest.raises(
+        ValueError, match=r"\[0\] \(keep_largest_component\): .*foreground classes \(1 to 1\).* got \[2\]"
+    ):
+        check_label_postprocessing(steps, num_classes=2)
+    with pytest.raises(ValueError, match=r"label_postprocessing\[0\] .* got \[2\]"):
+        Predictor(random_tiny_segmenter(classes=2), device="cpu", label_postprocessing=steps)
 
 
 def test_one_applied_label_may_be_an_int_as_monai_takes_it():

@@ -172,6 +172,8 @@ def test_coil_field_views_multiply_by_monai_fields_and_leave_the_air_and_the_oth
     assert seen.min() >= -1.0 and seen.max() <= 2.0
     assert torch.equal(apply_view(image, view, value_range=(-1.0, 2.0)), seen)  # seeded: the same field every time
     assert torch.equal(invert_view(seen, view), seen)  # nothing spatial to undo
+    # from a review: the range's bounds were built on the CPU whatever the image's device (meta: the same rule)
+    assert apply_view(image.to("meta"), view, value_range=(-1.0, 2.0)).device.type == "meta"
 
 
 def test_a_shifted_view_pads_air_before_each_axis_and_crops_it_off():
