@@ -42,8 +42,10 @@ from .outputs import (
     input_files,
     interrupted_settings,
     is_finished,
+    left_behind,
     missing_outputs,
     output_path,
+    output_path_variants,
     plan_case,
     restore_interrupted,
     staged_elsewhere,
@@ -172,8 +174,8 @@ def predict_from_files(
     kept = {os.path.realpath(f) for c in cases for f in c.files}
     kept |= {os.path.realpath(p) for paths in outputs.values() for p in paths}
 
-    def others(case: Case) -> list[Path]:
-        paths = [output_path(case, output_dir, k) for k in ALL_KINDS if k not in kinds]
+    def others(case: Case) -> list[Path]:  # every kind in every format: an earlier run's, from a.nii where now a.nii.gz
+        paths = [p for k in ALL_KINDS for p in output_path_variants(case, output_dir, k)]
         return [p for p in paths if os.path.realpath(p) not in kept]
 
     settings = predictor.output_settings(options, seed=seed, augment=augment, weight_sets=weight_sets)
@@ -287,6 +289,12 @@ def _predict_case(
             return CaseResult(case.name, "done", outputs, message="finished an interrupted commit")
         case.check_modalities(predictor.num_modalities)
         existing = [path for path in plan.files if path.exists()]
+        if not existing and not overwrite and (behind := left_behind(plan)):  # its marker would list these no more
+            raise OutputError(
+                f"{plan.state_dir.parent / behind[0]}: case {case.name!r} was written by an earlier run "
+                f"({', '.join(behind)}; another format or other outputs), which this run would leave behind; pass "
+                f"overwrite to replace that case {_spelled('overwrite')}, or write into another folder."
+            )
         if existing and not overwrite:
             if other := interrupted_settings(plan):
                 hint = (

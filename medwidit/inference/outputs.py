@@ -54,7 +54,9 @@ __all__ = [
     "image_files",
     "input_files",
     "is_finished",
+    "left_behind",
     "output_path",
+    "output_path_variants",
     "plan_case",
     "write_case",
     "write_image",
@@ -111,6 +113,18 @@ def output_path(case, output_dir: str | os.PathLike, kind: str) -> Path:
     if kind in ENTROPY_PARTS:
         return Path(output_dir) / f"{case.name}{ENTROPY_PARTS[kind]}{case.suffix.lower()}"
     return case.output_path(output_dir, kind)
+
+
+def output_path_variants(case, output_dir: str | os.PathLike, kind: str) -> list[Path]:
+    """:func:`output_path` of ``kind`` in every image format (itself first): the names an earlier run of a case of
+    this name wrote from another format (``a.nii`` where this run writes ``a.nii.gz``; from a review, an overwrite
+    left such a set behind, unlisted). A JSON or PNG output has one name."""
+    path = output_path(case, output_dir, kind)
+    suffix = image_suffix(path)
+    if suffix is None:
+        return [path]
+    stem = path.name[: len(path.name) - len(suffix)]
+    return [path, *(path.with_name(stem + other) for other in IMAGE_SUFFIXES if other != suffix.lower())]
 
 
 def write_json(content: dict, staged: Path) -> None:
@@ -187,6 +201,37 @@ def _listed(plan: CasePlan) -> list[str]:
     """The file names the case's marker lists ([] without a marker)."""
     written = _read_json(plan.marker).get("files")
     return [name for name in written if isinstance(name, str)] if isinstance(written, list) else []
+
+
+def left_behind(plan: CasePlan) -> list[str]:
+    """The files the case's marker lists, by name, that are there and that this plan does not write: an earlier
+    set that a commit without overwrite would leave behind, no longer listed by any marker (the new one replaces it);
+    from a review, ``a.nii`` then ``a.nii.gz`` into one folder."""
+    if plan.marker is None:
+        return []
+    ours = {f.name for f in plan.files}
+    return [name for name in _listed(plan) if name not in ours and (plan.marker.parent.parent / name).is_file()]
+
+
+def _listed_by_other_cases(plan: CasePlan) -> set[str]:
+    """Every file name another case's marker in the folder lists (an earlier output of this case may since have been
+    replaced by another case's, e.g. case ``scan``'s ``scan_uncertainty.nii.gz`` by case ``scan_uncertainty``'s
+    labels)."""
+    names = set()
+    for marker in plan.marker.parent.glob("*.json"):
+        if marker != plan.marker:
+            listed = _read_json(marker).get("files")
+            names |= {n for n in listed if isinstance(n, str)} if isinstance(listed, list) else set()
+    return names
+
+
+def _stale(plan: CasePlan, previous: set[str]) -> list[Path]:
+    """The ``earlier`` outputs an overwriting commit removes: those the case's previous marker lists (``previous``)
+    that are there, and that no other case's marker lists (from a review: an overwrite of case ``scan`` removed
+    case ``scan_uncertainty``'s labels, which had replaced its uncertainty map)."""
+    stale = [f for f in plan.earlier if f.name in previous and f.is_file()]
+    others = _listed_by_other_cases(plan) if stale and plan.marker is not None else set()
+    return [f for f in stale if f.name not in others]
 
 
 def missing_outputs(plan: CasePlan) -> list[str]:
@@ -330,7 +375,7 @@ def _commit_staged(
                 raise OutputError(f"{final}: {message}.") from e
             finally:
                 link.unlink(missing_ok=True)
-        stale = [f for f in plan.earlier if f.name in previous and f.is_file()]  # an earlier run's, by its marker
+        stale = _stale(plan, previous)  # an earlier run's, by its marker
         for path in stale:
             path.unlink(missing_ok=True)
         if stale:  # said before the marker: an interrupt while it is said still puts the earlier set back
@@ -364,7 +409,7 @@ def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[s
     """Before an overwriting commit: a second name in ``staging`` of each earlier output it replaces (the planned
     files that exist) or removes (``earlier`` files the marker lists), and, in the manifest, their names, the
     marker's list and the overwrite -> the kept names."""
-    earlier = [f for f in plan.files if f.exists()] + [f for f in plan.earlier if f.name in previous and f.is_file()]
+    earlier = [f for f in plan.files if f.exists()] + _stale(plan, previous)
     for path in earlier:
         link_or_copy(path, staging / f"{KEPT}{path.name}")
     marker = {} if plan.marker is None else _read_json(plan.marker)

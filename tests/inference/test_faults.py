@@ -424,6 +424,45 @@ def test_overwrite_replaces_a_case_as_one_set_and_removes_no_file_of_the_user(se
     assert "removed the earlier run's scan_uncertainty.nii.gz, scan_aleatoric.nii.gz" in caplog.text
 
 
+def test_a_case_of_one_name_in_another_format_is_refused_then_replaced_as_one_set(setup, tmp_path, caplog):
+    """From a review: the case's marker is keyed by its name, and its files by name and format. `in1/scan.nii` then
+    `in2/scan.nii.gz` into one folder, without --overwrite, took scan.nii's marker and left scan.nii behind, unlisted
+    (a later --continue of in1 then failed a finished case); with --overwrite the earlier set stayed beside the new
+    labels. The second run is refused; with --overwrite it replaces the earlier set whole."""
+    _, _, predictor = setup
+    first, second, out = tmp_path / "in1", tmp_path / "in2", tmp_path / "out"
+    first.mkdir(), second.mkdir()
+    nifti(first / "scan.nii"), nifti(second / "scan.nii.gz", seed=1)
+    predictor.predict_from_files(first, out, save_uncertainty=True, progress=False, **FAST)
+    earlier = [name.replace(".nii.gz", ".nii") for name in UNCERTAINTY_OUTPUTS]
+    (result,) = predictor.predict_from_files(second, out, progress=False, **FAST)
+    assert result.status == "failed" and "case 'scan' was written by an earlier run (scan.nii, " in result.message
+    listed = json.loads((out / ".medwidit" / "scan.json").read_text())["files"]
+    assert visible(out) == earlier and sorted(listed) == earlier  # the earlier set, still listed by its marker
+    (result,) = predictor.predict_from_files(first, out, resume=True, save_uncertainty=True, progress=False, **FAST)
+    assert result.status == "skipped"  # still its own, finished
+    (result,) = predictor.predict_from_files(second, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done" and visible(out) == ["scan.nii.gz"]
+    assert "removed the earlier run's scan.nii, " in caplog.text
+
+
+def test_an_overwrite_removes_no_output_that_another_cases_marker_lists(setup, tmp_path):
+    """From a review: case scan's uncertainty map, scan_uncertainty.nii.gz, was replaced (--overwrite) by the labels
+    of another scan named scan_uncertainty; a later --overwrite of scan without maps removed them as scan's earlier
+    map, though case scan_uncertainty's marker lists them."""
+    _, inputs, predictor = setup
+    other, out = tmp_path / "in2", tmp_path / "out"
+    other.mkdir()
+    nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    predictor.predict_from_files(inputs, out, save_uncertainty=True, progress=False, **FAST)
+    (result,) = predictor.predict_from_files(other, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done"
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done" and visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+    (result,) = predictor.predict_from_files(other, out, resume=True, progress=False, **FAST)
+    assert result.status == "skipped"  # case scan_uncertainty is still finished
+
+
 def test_an_output_that_cannot_be_kept_before_an_overwrite_is_named(setup, tmp_path):
     """From a review: a folder under the uncertainty map's name stopped an overwrite (good: nothing replaced), with a
     line naming the labels file instead of the folder in the way."""
