@@ -135,10 +135,10 @@ def write_json(content: dict, staged: Path) -> None:
 @dataclass(frozen=True)
 class CasePlan:
     """Where one case goes: its files in commit order (data files before their headers) and its marker (None for a
-    plain write: no marker, no folder lock). ``earlier``: the case's outputs of other kinds, which this run does not
-    write; an overwriting commit removes those the case's previous marker lists, so that no earlier run's map or
-    report is left beside new labels. ``settings``: what the case's outputs depend on (JSON values; the marker keeps
-    them, :func:`changed_settings` compares them), None where nothing is compared."""
+    plain write: no marker, no folder lock). ``earlier``: the case's outputs of other kinds or other formats, which
+    this run does not write; an overwriting commit removes those the case's previous marker lists, so that no
+    earlier run's map or report is left beside new labels. ``settings``: what the case's outputs depend on (JSON
+    values; the marker keeps them, :func:`changed_settings` compares them), None where nothing is compared."""
 
     name: str
     files: tuple[Path, ...]
@@ -159,7 +159,8 @@ def plan_case(
     settings: Mapping | None = None,
 ) -> CasePlan:
     """The plan of case ``name`` writing ``outputs`` (main files) into ``output_dir``; ``others``: the case's outputs
-    of the kinds not written this time (``CasePlan.earlier``); ``settings``: the run's (``CasePlan.settings``)."""
+    of the kinds or formats not written this time (``CasePlan.earlier``); ``settings``: the run's
+    (``CasePlan.settings``)."""
     files = tuple(f for path in outputs for f in image_files(path))
     earlier = tuple(f for path in others for f in image_files(path) if f not in files)
     settings = None if settings is None else settings_json(settings)  # as a marker reads them back
@@ -204,25 +205,31 @@ def _listed(plan: CasePlan) -> list[str]:
 
 
 def left_behind(plan: CasePlan) -> list[str]:
-    """The files the case's marker lists, by name, that are there and that this plan does not write: an earlier
-    set that a commit without overwrite would leave behind, no longer listed by any marker (the new one replaces it);
-    from a review, ``a.nii`` then ``a.nii.gz`` into one folder."""
+    """The files the case's marker lists, by name, that are there, that this plan does not write and that no other
+    case's marker lists: an earlier set that a commit without overwrite would leave behind, listed by no marker (the
+    new one replaces it); from a review, ``a.nii`` then ``a.nii.gz`` into one folder."""
     if plan.marker is None:
         return []
     ours = {f.name for f in plan.files}
-    return [name for name in _listed(plan) if name not in ours and (plan.marker.parent.parent / name).is_file()]
+    names = [name for name in _listed(plan) if name not in ours and (plan.marker.parent.parent / name).is_file()]
+    others = _listed_by_other_cases(plan, names)
+    return [name for name in names if name not in others]
 
 
-def _listed_by_other_cases(plan: CasePlan) -> set[str]:
-    """Every file name another case's marker in the folder lists (an earlier output of this case may since have been
-    replaced by another case's, e.g. case ``scan``'s ``scan_uncertainty.nii.gz`` by case ``scan_uncertainty``'s
-    labels)."""
-    names = set()
-    for marker in plan.marker.parent.glob("*.json"):
-        if marker != plan.marker:
-            listed = _read_json(marker).get("files")
-            names |= {n for n in listed if isinstance(n, str)} if isinstance(listed, list) else set()
-    return names
+def _listed_by_other_cases(plan: CasePlan, names: Sequence[str]) -> set[str]:
+    """Those of ``names`` (files of the case's folder) that another case's marker lists: an earlier output of this
+    case may since have been replaced by another case's (case ``scan``'s ``scan_uncertainty.nii.gz`` by case
+    ``scan_uncertainty``'s labels). Only a case whose name begins a file's can list it, so only the markers of those
+    names are read, not the folder's every marker (a bulk overwrite read N^2)."""
+    if plan.marker is None or not names:
+        return set()
+    cases = {name[:i] for name in names for i in range(1, len(name))} - {plan.name}
+    listed = set()
+    for case in cases:
+        marker = plan.marker.parent / f"{case}.json"
+        files = _read_json(marker).get("files") if marker.is_file() else None
+        listed |= {n for n in files if isinstance(n, str)} if isinstance(files, list) else set()
+    return listed & set(names)
 
 
 def _stale(plan: CasePlan, previous: set[str]) -> list[Path]:
@@ -230,7 +237,7 @@ def _stale(plan: CasePlan, previous: set[str]) -> list[Path]:
     that are there, and that no other case's marker lists (from a review: an overwrite of case ``scan`` removed
     case ``scan_uncertainty``'s labels, which had replaced its uncertainty map)."""
     stale = [f for f in plan.earlier if f.name in previous and f.is_file()]
-    others = _listed_by_other_cases(plan) if stale and plan.marker is not None else set()
+    others = _listed_by_other_cases(plan, [f.name for f in stale])
     return [f for f in stale if f.name not in others]
 
 

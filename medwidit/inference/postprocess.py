@@ -190,7 +190,8 @@ def postprocessing_transforms(
     return Compose(transforms)
 
 
-def bundle_label_postprocessing(bundle_dir) -> list[dict]:
-    """The checked ``label_postprocessing`` of a bundle's ``configs/inference.json`` ([] where it has none)."""
+def bundle_label_postprocessing(bundle_dir, num_classes: int | None = None) -> list[dict]:
+    """The checked ``label_postprocessing`` of a bundle's ``configs/inference.json`` ([] where it has none), its
+    labels below ``num_classes`` where given (the error then names the file)."""
     path, config = read_inference_config(bundle_dir)
-    return check_label_postprocessing(config.get("label_postprocessing"), f"{path}: label_postprocessing")
+    return check_label_postprocessing(config.get("label_postprocessing"), f"{path}: label_postprocessing", num_classes)

@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,10 +28,11 @@ from monai.utils import ensure_tuple_rep
 
 from medwidit.data.transforms import check_preprocessing, preprocessing_transforms
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter
+from medwidit.diffusion.checkpoint import read_model_config
 from medwidit.diffusion.ensemble import check_generator
 from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
 from medwidit.nets.contract import network_size_multiple
-from medwidit.utils import check_bool, check_int, check_seed, sha256_file
+from medwidit.utils import check_bool, check_int, check_seed, is_integer, sha256_file
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, network_voxels, template_dice
 from .calibration import (
@@ -149,6 +151,16 @@ class Segmentation:
         return error_score(
             self.entropy, self.disagreement, self.num_classes, self.label_map, spacing=self.geometry.spacing
         )
+
+
+def _checkpoint_classes(checkpoint) -> int | None:
+    """The ``num_classes`` a checkpoint's config names (None where it names none or cannot be read: loading it says
+    why)."""
+    try:
+        classes = read_model_config(checkpoint)["segmenter"]["num_classes"]
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError):
+        return None
+    return classes if is_integer(classes) else None
 
 
 class Predictor:
@@ -450,9 +462,13 @@ class Predictor:
                 bundle_atlas_prior(bundle_dir) if "atlas_prior" not in options
                 else check_atlas_prior(given, root=bundle_dir)
             )  # fmt: skip
-            options.setdefault("label_postprocessing", bundle_label_postprocessing(bundle_dir))
+            # the model's classes, so that a class inference.json names and the model lacks is named with the file
+            num_classes = _checkpoint_classes(checkpoint)
+            if "label_postprocessing" not in options:
+                options["label_postprocessing"] = bundle_label_postprocessing(bundle_dir, num_classes)
             options.setdefault("probability_smoothing", bundle_probability_smoothing(bundle_dir))
-            options.setdefault("expected_volume_ml", bundle_expected_volumes(bundle_dir))
+            if "expected_volume_ml" not in options:
+                options["expected_volume_ml"] = bundle_expected_volumes(bundle_dir, num_classes)
         except ValueError as e:
             raise InputError(str(e)) from e
         predictor = cls.from_checkpoint(checkpoint, **options)

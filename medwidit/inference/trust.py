@@ -374,10 +374,11 @@ def outside_expected(volume_ml: float, bounds: Sequence[float] | None) -> bool:
     return bounds is not None and not bounds[0] <= volume_ml <= bounds[1]
 
 
-def bundle_expected_volumes(bundle_dir) -> dict[str, list[float]]:
-    """The checked ``expected_volume_ml`` of a bundle's ``configs/inference.json`` ({} where it has none)."""
+def bundle_expected_volumes(bundle_dir, num_classes: int | None = None) -> dict[str, list[float]]:
+    """The checked ``expected_volume_ml`` of a bundle's ``configs/inference.json`` ({} where it has none), its
+    classes below ``num_classes`` where given (the error then names the file)."""
     path, config = read_inference_config(bundle_dir)
-    return check_expected_volumes(config.get("expected_volume_ml"), source=f"{path}: expected_volume_ml")
+    return check_expected_volumes(config.get("expected_volume_ml"), num_classes, f"{path}: expected_volume_ml")
 
 
 BOUNDARY_MM = 3.0  # the shells' depth: a few voxels at 1-2 mm; at 4 mm a tight mask's outer shell reached the air

@@ -11,6 +11,7 @@ overrides them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import logging
@@ -34,6 +35,7 @@ from monai.data import load_decathlon_datalist
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.diffusion.checkpoint import WEIGHT_DEFINING, with_config_defaults
+from medwidit.nets import NETWORKS
 from medwidit.nets.widit import HEAD_MODULES, HEAD_OPTIONS
 from medwidit.utils import check_bool, check_int, check_range, is_integer
 from medwidit.utils.files import locked
@@ -90,9 +92,8 @@ def initial_weights(
             f"init_weights {path}: could not be read as a medwidit checkpoint or bundle weights ({e})."
         ) from e
     ours = {"net": segmenter.net.config, "segmenter": segmenter.config}
-    different = model_differences(
-        ours, {"net": loaded.net.config, "segmenter": loaded.config}, HEAD_KEYS if new_head else ()
-    )
+    theirs = {"net": loaded.net.config, "segmenter": loaded.config}
+    different = model_differences(ours, theirs, HEAD_KEYS if new_head else ())
     if type(loaded.net) is not type(segmenter.net) or different:
         hint = "" if new_head else " (init_new_head true lets only the output head differ)"
         raise ValueError(
@@ -133,14 +134,28 @@ def _weight_defining(config: dict) -> dict:
     return {key: config.get(key) for key in WEIGHT_DEFINING}
 
 
+RUNTIME_NET_OPTIONS = ("grad_checkpointing",)  # how a network computes, not what: free to change between runs
+
+
+def _net_options(config: dict) -> dict:
+    """A segmenter config's ``net`` part as JSON values, with an option the config predates at the registered
+    network's default (a checkpoint from before ``pixel_kernel`` built the network its default builds; from a review,
+    such a checkpoint was refused a resume), less the options its head does not use and the runtime ones."""
+    network = NETWORKS.get(config.get("network"))
+    signature = inspect.signature(network).parameters.items() if network is not None else ()
+    defaults = {k: p.default for k, p in signature if p.default is not inspect.Parameter.empty}
+    net = json.loads(json.dumps({**defaults, **config.get("net", {})}, default=str))  # (4, 4, 4) is [4, 4, 4]
+    return {k: v for k, v in _used_options(net).items() if k not in RUNTIME_NET_OPTIONS}
+
+
 def model_differences(ours: dict, theirs: dict, ignored: Sequence[str] = ()) -> list[str]:
-    """``part.key`` for each setting in which two segmenter configs (``segmenter_config``'s ``net`` and ``segmenter``)
-    build networks whose weights mean different things: the options the network uses (``ignored`` aside) and the
-    ``WEIGHT_DEFINING`` segmenter keys (a key a config predates at its default)."""
+    """``part.key`` for each setting in which two segmenter configs (``segmenter_config``'s) build networks whose
+    weights mean different things: the options the network uses (``ignored`` and the runtime ones aside) and the
+    ``WEIGHT_DEFINING`` segmenter keys, each part with the keys a config predates at their defaults."""
     ours, theirs = with_config_defaults(ours), with_config_defaults(theirs)
     parts = {
-        part: (pick(ours.get(part, {})), pick(theirs.get(part, {})))
-        for part, pick in (("net", _used_options), ("segmenter", _weight_defining))
+        "net": (_net_options(ours), _net_options(theirs)),
+        "segmenter": (_weight_defining(ours.get("segmenter", {})), _weight_defining(theirs.get("segmenter", {}))),
     }
     return sorted(
         f"{part}.{key}"
@@ -577,19 +592,17 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
     try:
         for models_dir in exports:  # under the run folder's lock
             check_export_folder(models_dir, resume, overwrite_run)
-        start = None
-        if isinstance(source, Path):
-            _check_resumed_network(module, source)
-            start = _resumed_step(source, getattr(trainer, "max_steps", -1))
+        start = _check_resumed_network(module, source, getattr(trainer, "max_steps", -1)) if source else None
         result = trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if start is not None and getattr(trainer, "global_step", start + 1) <= start:
             logger.warning(  # from a review: a resume whose epoch limit was already reached trained nothing, exit 0
-                "--resume: the run trained no step: %s was at step %d and its epoch counters had already reached "
-                "this run's epochs (%s); raise --epochs (a run stopped at max_steps on an epoch's last batch counts "
-                "that epoch again: Lightning issue 19617).",
+                "--resume: the run trained no step: %s, at step %d, had already reached one of this run's limits, "
+                "epochs (%s; a run stopped at max_steps on an epoch's last batch counts that epoch again: Lightning "
+                "issue 19617) or max_time (%s); raise it.",
                 source,
                 start,
                 getattr(trainer, "max_epochs", "?"),
+                _trainer_max_time(trainer),
             )
         return result
     except SIGTERMException as e:  # a SystemExit without a code: a scheduler's time limit ended the run with status 0
@@ -603,18 +616,33 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
         release_run_folder(ckpt_dir)
 
 
-def _check_resumed_network(module, checkpoint: Path) -> None:
+def _check_resumed_network(module, checkpoint, max_steps=-1) -> int | None:
     """A ValueError naming the checkpoint and the first differing weights where its network is not this run's (an
     override such as ``--hidden_size 32`` beside ``--resume last``): Lightning's load printed 157 lines of
     ``Error(s) in loading state_dict`` after the whole setup (from a review). Then the same for the settings that give
     the weights their meaning (:func:`model_differences`, as ``init_weights`` refuses them): a later review resumed
-    an x0 run with ``--objective epsilon`` and it trained on, exit 0, and exported weights labelled epsilon."""
-    ours = getattr(module, "state_dict", dict)()
+    an x0 run with ``--objective epsilon`` and it trained on, exit 0, and exported weights labelled epsilon. Then
+    one where ``max_steps`` leaves the resumed run nothing to train. -> the checkpoint's step, None where it is not a
+    local file or unreadable (Lightning's load says why)."""
+    if not isinstance(checkpoint, Path):  # a remote URL or Lightning's own key: Lightning reads it
+        return None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        theirs = state.get("state_dict", {})
-    except Exception:  # unreadable: Lightning's load says why
-        return
+        theirs, step = state.get("state_dict", {}), int(state.get("global_step", 0))
+    except Exception:
+        return None
+    _check_same_network(module, checkpoint, state, theirs)
+    if is_integer(max_steps) and max_steps != -1 and step >= max_steps:
+        raise ValueError(
+            f"--resume: {checkpoint} is at step {step} and max_steps is {max_steps}: nothing to train; give a "
+            "larger --max_steps."
+        )
+    return step
+
+
+def _check_same_network(module, checkpoint: Path, state: dict, theirs) -> None:
+    """:func:`_check_resumed_network`'s comparison of the weights (``theirs``) and then the settings."""
+    ours = getattr(module, "state_dict", dict)()
     if not ours or not isinstance(theirs, dict):
         return
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
@@ -642,19 +670,10 @@ def _check_resumed_network(module, checkpoint: Path) -> None:
         )
 
 
-def _resumed_step(checkpoint: Path, max_steps) -> int | None:
-    """The optimizer step ``checkpoint`` (a Lightning checkpoint) was saved at, or None where it is unreadable
-    (Lightning's load says why); a ValueError where ``max_steps`` leaves the resumed run nothing to train."""
-    try:
-        step = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:
-        return None
-    if is_integer(max_steps) and max_steps != -1 and step >= max_steps:
-        raise ValueError(
-            f"--resume: {checkpoint} is at step {step} and max_steps is {max_steps}: nothing to train; give a "
-            "larger --max_steps."
-        )
-    return step
+def _trainer_max_time(trainer) -> str:
+    """The duration of the trainer's Lightning ``Timer`` callback (``max_time``), as text ("none" without one)."""
+    seconds = [c._duration for c in getattr(trainer, "callbacks", ()) if isinstance(c, Timer) and c._duration]
+    return f"{seconds[0]:.0f} s" if seconds else "none"
 
 
 def _export_folders(trainer) -> list[Path]:

@@ -49,7 +49,16 @@ from medwidit.data.transforms import (
     pad_to_crop,
     preprocessing_transforms,
 )
-from medwidit.utils import check_bool, check_int, check_interval, choose, image_grid, label_values, voxel_reorder
+from medwidit.utils import (
+    check_bool,
+    check_int,
+    check_interval,
+    choose,
+    image_grid,
+    is_finite_number,
+    label_values,
+    voxel_reorder,
+)
 
 from .synthetic import (
     check_label_maps,
@@ -448,7 +457,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_key, self.val_key = train_key, val_key
         self.batch_size, self.num_crops = batch_size, num_crops
         self.pos, self.neg = float(pos), float(neg)
-        # from a review: -4 failed in MONAI at the first load, naming no option; 2.7 was truncated to 2
+        # from a review: -4 failed in MONAI at the first load, naming no option; 2.7 was truncated to 2 (8.0, as JSON
+        # may give it, still counts)
+        if is_finite_number(foreground_margin) and float(foreground_margin).is_integer():
+            foreground_margin = int(foreground_margin)
         self.foreground_margin = (
             None if foreground_margin is None else check_int("foreground_margin", foreground_margin, low=0)
         )

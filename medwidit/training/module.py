@@ -27,7 +27,7 @@ from medwidit.data.transforms import check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, build_segmenter, save_bundle_weights, segmenter_config
 from medwidit.diffusion.checkpoint import with_config_defaults
 from medwidit.nets.contract import check_roi_multiple_of_patch, network_size_multiple
-from medwidit.utils import check_bool, is_finite_number
+from medwidit.utils import check_bool, check_int, is_finite_number
 
 from .visualize import log_validation_images
 
@@ -182,6 +182,9 @@ class DiffusionSegmentationModule(L.LightningModule):
             raise ValueError(f"class_names {class_names} give the same metric tag twice ({tags}): name them apart.")
         if isinstance(betas, str) or len(betas) != 2 or not all(is_finite_number(b) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}.")
+        steps = getattr(validation_sampler, "keywords", {}).get("steps")  # train.json's val_steps, in its partial
+        if steps is not None:  # from a review: --val_steps 2000 failed only at the first validation, after training
+            check_int("val_steps", steps, high=segmenter.num_train_timesteps, hint=" (the segmenter's timesteps)")
         preprocessing = check_preprocessing(preprocessing or {})
         self.segmenter = segmenter
         self.validation_sampler = validation_sampler

@@ -314,6 +314,19 @@ def test_a_bundle_declares_the_expected_volume_that_flags_a_case(tmp_path, caplo
     (bundle / "configs" / "inference.json").write_text(json.dumps({**config, "expected_volume_ml": {"1": [2, 1]}}))
     with pytest.raises(InputError, match=r"inference.json: expected_volume_ml\['1'\] must be \[low, high\] in mL"):
         Predictor.from_bundle(bundle, device="cpu")
+    # a review: a class the two-class model lacks was named without the file (the predictor's check), or, for the
+    # post-processing, not at all
+    for key, value, match in (
+        ("expected_volume_ml", {"2": [1, 2]}, r"inference.json: expected_volume_ml: '2' is not a foreground class"),
+        (
+            "label_postprocessing",
+            [{"name": "fill_holes", "applied_labels": [2]}],
+            r"inference.json: label_postprocessing\[0\] \(fill_holes\): .*\(1 to 1\)",
+        ),
+    ):
+        (bundle / "configs" / "inference.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(InputError, match=match):
+            Predictor.from_bundle(bundle, device="cpu")
 
 
 def test_a_bundle_declares_its_probability_smoothing_and_a_bad_one_names_the_file(tmp_path):

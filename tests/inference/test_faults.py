@@ -463,6 +463,22 @@ def test_an_overwrite_removes_no_output_that_another_cases_marker_lists(setup, t
     assert result.status == "skipped"  # case scan_uncertainty is still finished
 
 
+def test_what_a_run_would_leave_behind_excludes_what_another_case_lists(tmp_path):
+    """A second review: the refusal without --overwrite named a file that another case's marker lists, which the
+    overwrite it asks for then keeps; both read the same exclusion."""
+    from medwidit.inference.outputs import left_behind, plan_case
+
+    out, state = tmp_path / "out", tmp_path / "out" / ".medwidit"
+    state.mkdir(parents=True)
+    for name in ("scan.nii", "scan_uncertainty.nii.gz"):
+        (out / name).write_bytes(b"x")
+    (state / "scan.json").write_text(json.dumps({"case": "scan", "files": ["scan.nii", "scan_uncertainty.nii.gz"]}))
+    assert left_behind(plan_case(out, "scan", [out / "scan.nii.gz"])) == ["scan.nii", "scan_uncertainty.nii.gz"]
+    other = {"case": "scan_uncertainty", "files": ["scan_uncertainty.nii.gz"]}
+    (state / "scan_uncertainty.json").write_text(json.dumps(other))
+    assert left_behind(plan_case(out, "scan", [out / "scan.nii.gz"])) == ["scan.nii"]
+
+
 def test_an_output_that_cannot_be_kept_before_an_overwrite_is_named(setup, tmp_path):
     """From a review: a folder under the uncertainty map's name stopped an overwrite (good: nothing replaced), with a
     line naming the labels file instead of the folder in the way."""

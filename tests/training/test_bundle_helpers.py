@@ -780,6 +780,8 @@ def test_a_resume_with_nothing_left_to_train_is_refused_or_named(tmp_path, caplo
     """From a review: a run stopped at max_steps on an epoch's last batch, resumed with --max_steps 4 --epochs 2,
     trained no step (Lightning counts that epoch again) and exited 0 with its export rewritten, without a word. A
     max_steps the checkpoint has reached is refused before fit; a fit that trains no step is named after it."""
+    from lightning.pytorch.callbacks import Timer
+
     from medwidit.training.bundle import run_training
 
     folder = tmp_path / "checkpoints"
@@ -804,8 +806,11 @@ def test_a_resume_with_nothing_left_to_train_is_refused_or_named(tmp_path, caplo
     with caplog.at_level("WARNING", logger="medwidit.training.bundle"):
         run_training(Trainer(max_steps=4, trains=2), None, data, ckpt_dir=folder, resume="last")
         assert "trained no step" not in caplog.text
-        run_training(Trainer(max_steps=4, trains=0), None, data, ckpt_dir=folder, resume="last")
-    assert "the run trained no step: " in caplog.text and "at step 2" in caplog.text and "raise --epochs" in caplog.text
+        timed = Trainer(max_steps=4, trains=0)  # a run stopped by max_time, resumed with it: Lightning's Timer stops
+        timed.callbacks = [Timer(duration="00:00:01:00")]
+        run_training(timed, None, data, ckpt_dir=folder, resume="last")
+    assert "the run trained no step: " in caplog.text and "at step 2, had already reached" in caplog.text
+    assert "epochs (2; " in caplog.text and "or max_time (60 s); raise it" in caplog.text
 
 
 def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_path):

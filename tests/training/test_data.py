@@ -563,6 +563,7 @@ def test_a_crop_padded_beyond_the_image_is_air_in_the_intensity_modes_range(tmp_
         ({"preprocessing": {**PREPROCESSING_3D, "spacing": [2.0, 2.0]}}, r"preprocessing\['spacing'\] \[2.0, 2.0\]"),
         ({"foreground_margin": -4}, r"foreground_margin must be an int >= 0, got -4"),
         ({"foreground_margin": 2.7}, r"foreground_margin must be an int >= 0, got 2.7"),
+        ({"foreground_margin": True}, r"foreground_margin must be an int >= 0, got True"),
     ],
 )
 def test_bad_overrides_are_one_line_naming_the_argument(tmp_path, options, match):

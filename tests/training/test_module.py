@@ -699,6 +699,21 @@ def test_optimizer_options_of_any_type_are_refused_by_name(option, value, messag
         DiffusionSegmentationModule(tiny_segmenter(), **{option: value})
 
 
+def test_validation_steps_beyond_the_segmenters_timesteps_are_refused_when_the_module_is_built():
+    """A second review: check_run_options checks val_steps >= 1 only (it does not know the segmenter), and
+    --val_steps 2000 failed at the first validation, after the training before it."""
+    import functools
+
+    from medwidit.inference import sample_ensemble
+    from medwidit.training.module import DiffusionSegmentationModule
+
+    DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=functools.partial(sample_ensemble, steps=1000))
+    with pytest.raises(
+        ValueError, match=r"val_steps must be an int in 1\.\.1000 \(the segmenter's timesteps\), got 2000"
+    ):
+        DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=functools.partial(sample_ensemble, steps=2000))
+
+
 def test_a_resume_into_another_network_is_refused_naming_the_weights(tmp_path):
     """From a review: `--resume last --hidden_size 32` printed 157 lines of load_state_dict's error after the whole
     setup. The run is refused before fit, naming the checkpoint, the first differing shapes and how to go on."""
@@ -730,8 +745,21 @@ def test_a_resume_with_settings_that_change_what_the_weights_mean_is_refused(tmp
     module = DiffusionSegmentationModule(tiny_segmenter())
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, checkpoint)
-    _check_resumed_network(module, checkpoint)
+    assert _check_resumed_network(module, checkpoint) == 0  # the checkpoint's step (none saved: 0)
     _check_resumed_network(DiffusionSegmentationModule(tiny_segmenter(aux_weight=3.0)), checkpoint)
+    # a second review: a checkpoint that predates a network option (pixel_kernel) was refused; it built the network
+    # the option's default builds. Gradient checkpointing and a tuple for a list change nothing either.
+    hparams = dict(module.hparams)
+    config = hparams["model_config"] = {**hparams["model_config"], "net": dict(hparams["model_config"]["net"])}
+    del config["net"]["conditioning"]  # as a config from before the option
+    config["net"].update(grad_checkpointing=True, patch_size=tuple(config["net"]["patch_size"]))
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, checkpoint)
+    _check_resumed_network(module, checkpoint)
+    config["net"]["conditioning"] = "concat"  # not the default: another network
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, checkpoint)
+    with pytest.raises(ValueError, match=r"other settings in \['net\.conditioning'\]"):
+        _check_resumed_network(module, checkpoint)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, checkpoint)
     for options, key in (({"objective": "epsilon"}, "objective"), ({"x0_activation": "softmax"}, "x0_activation")):
         other = DiffusionSegmentationModule(tiny_segmenter(**options))
         with pytest.raises(ValueError, match=rf"--resume: .*last.ckpt was trained with other settings in "
