@@ -374,8 +374,10 @@ def _export(args: argparse.Namespace) -> int:
 
 # train.json's keys that build the network; with the segmenter's WEIGHT_DEFINING keys, the train.json keys that
 # _warn_monai_network compares with the export's config
-NET_KEYS = "hidden_size depth num_heads patch_size window_size embed position spacing_conditioning head pixel_dim"
-NET_KEYS += " pixel_depth pixel_mlp_ratio"
+NET_KEYS = (
+    "hidden_size depth num_heads patch_size window_size embed position spacing_conditioning head pixel_dim pixel_depth "
+    "pixel_mlp_ratio"
+)
 
 
 def _warn_monai_network(bundle, exported) -> None:

@@ -628,10 +628,10 @@ def _check_resumed_network(module, checkpoint, max_steps=-1) -> int | None:
         return None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        theirs, step = state.get("state_dict", {}), int(state.get("global_step", 0))
+        step = int(state.get("global_step", 0))
     except Exception:
         return None
-    _check_same_network(module, checkpoint, state, theirs)
+    _check_same_network(module, checkpoint, state)
     if is_integer(max_steps) and max_steps != -1 and step >= max_steps:
         raise ValueError(
             f"--resume: {checkpoint} is at step {step} and max_steps is {max_steps}: nothing to train; give a "
@@ -640,9 +640,9 @@ def _check_resumed_network(module, checkpoint, max_steps=-1) -> int | None:
     return step
 
 
-def _check_same_network(module, checkpoint: Path, state: dict, theirs) -> None:
-    """:func:`_check_resumed_network`'s comparison of the weights (``theirs``) and then the settings."""
-    ours = getattr(module, "state_dict", dict)()
+def _check_same_network(module, checkpoint: Path, state: dict) -> None:
+    """:func:`_check_resumed_network`'s comparison of the weights (``state``'s) and then the settings."""
+    ours, theirs = getattr(module, "state_dict", dict)(), state.get("state_dict", {})
     if not ours or not isinstance(theirs, dict):
         return
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
@@ -834,7 +834,6 @@ def check_run_options(
     val_interval,
     device,
     num_classes=None,
-    val_steps=None,
     val_samples=None,
     overlap=None,
     sw_batch_size=None,
@@ -843,11 +842,12 @@ def check_run_options(
     """train.json's options that Lightning and torch read before any medwidit code, each checked by name (from a
     review, each was a traceback: ``--seed abc`` in ``seed_everything``, ``--epochs abc`` a TypeError, ``--val_interval
     0`` a ZeroDivisionError in Lightning's loop, ``--device gpu`` torch's RuntimeError listing its device types;
-    ``--num_classes 3.5`` named the network's in_channels, which it sets). The validation sampler's ``val_steps``,
-    ``val_samples``, ``overlap`` and ``sw_batch_size`` (a later review: each failed only at the first validation,
-    after the training before it, naming the sampler's argument) and Lightning's ``max_time`` (its error was buried in
-    an 89-line traceback) are checked too, where given."""
-    for name, value in (("val_steps", val_steps), ("val_samples", val_samples), ("sw_batch_size", sw_batch_size)):
+    ``--num_classes 3.5`` named the network's in_channels, which it sets). The validation sampler's ``val_samples``,
+    ``overlap`` and ``sw_batch_size`` (a later review: each failed only at the first validation, after the training
+    before it, naming the sampler's argument; ``val_steps``, bounded by the segmenter's timesteps, is the training
+    module's check) and Lightning's ``max_time`` (its error was buried in an 89-line traceback) are checked too, where
+    given."""
+    for name, value in (("val_samples", val_samples), ("sw_batch_size", sw_batch_size)):
         if value is not None:
             check_int(name, value)
     if overlap is not None:

@@ -648,7 +648,6 @@ def test_require_done_names_failed_cases_in_one_line(capsys):
         # a later review: each failed only at the first validation, after the training before it, naming the
         # sampler's argument (and max_time: Lightning's message inside an 89-line traceback)
         ("val_samples", 0, r"val_samples must be an int >= 1, got 0"),
-        ("val_steps", 0, r"val_steps must be an int >= 1, got 0"),
         ("sw_batch_size", 0, r"sw_batch_size must be an int >= 1, got 0"),
         ("overlap", 1.5, r"overlap must be in \[0.0, 1.0\), got 1.5"),
         ("max_time", "abc", r"max_time must be a duration 'DD:HH:MM:SS' .*got 'abc'"),
@@ -662,7 +661,7 @@ def test_run_options_lightning_reads_first_are_checked_by_name(option, value, me
     good = {"seed": 0, "epochs": 1200, "max_steps": 1080, "val_interval": 90, "device": torch.device("cpu")}
     check_run_options(**good)
     check_run_options(**{**good, "epochs": None, "max_steps": -1, "val_interval": None, "device": "cuda:1"})
-    validation = {"val_steps": 5, "val_samples": 1, "overlap": 0.25, "sw_batch_size": 4}
+    validation = {"val_samples": 1, "overlap": 0.25, "sw_batch_size": 4}
     check_run_options(**good, **validation, max_time="00:12:00:00")
     check_run_options(**good, **validation, max_time={"hours": 12})
     with pytest.raises(ValueError, match=message):

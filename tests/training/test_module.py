@@ -700,18 +700,18 @@ def test_optimizer_options_of_any_type_are_refused_by_name(option, value, messag
 
 
 def test_validation_steps_beyond_the_segmenters_timesteps_are_refused_when_the_module_is_built():
-    """A second review: check_run_options checks val_steps >= 1 only (it does not know the segmenter), and
-    --val_steps 2000 failed at the first validation, after the training before it."""
+    """From a review: --val_steps 0 or 2000 failed only at the first validation, after the training before it; the
+    module, which knows the segmenter's timesteps, checks it when train.json builds it."""
     import functools
 
     from medwidit.inference import sample_ensemble
     from medwidit.training.module import DiffusionSegmentationModule
 
     DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=functools.partial(sample_ensemble, steps=1000))
-    with pytest.raises(
-        ValueError, match=r"val_steps must be an int in 1\.\.1000 \(the segmenter's timesteps\), got 2000"
-    ):
-        DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=functools.partial(sample_ensemble, steps=2000))
+    for steps in (2000, 0):
+        sampler = functools.partial(sample_ensemble, steps=steps)
+        with pytest.raises(ValueError, match=rf"val_steps must be an int in 1\.\.1000 .*, got {steps}"):
+            DiffusionSegmentationModule(tiny_segmenter(), validation_sampler=sampler)
 
 
 def test_a_resume_into_another_network_is_refused_naming_the_weights(tmp_path):
