@@ -329,6 +329,35 @@ def overwrite_continue(lab: Lab):
     return f"exit {code}: finished case a skipped, unfinished case b redone", out, ok
 
 
+def one_name_two_formats(lab: Lab):
+    first, second, out = lab.folder("in1"), lab.folder("in2"), lab.root / "out"
+    lab.nifti(first / "scan.nii")
+    lab.nifti(second / "scan.nii.gz", seed=1)
+    lab.cli("-i", str(first), "-o", str(out), "--save-uncertainty")
+    earlier = lab.left(out)
+    refused, err = lab.cli("-i", str(second), "-o", str(out))
+    kept = lab.left(out) == earlier
+    replaced, _ = lab.cli("-i", str(second), "-o", str(out), "--overwrite")
+    ok = refused == 1 and kept and "written by an earlier run" in err and lab.left(out) == ["scan.nii.gz"]
+    outcome = f"exit {refused}, the earlier set kept; --overwrite exit {replaced}, one set left"
+    return outcome, out, ok
+
+
+def overwrite_keeps_another_cases_files(lab: Lab):
+    inputs, other, out = lab.folder("in"), lab.folder("in2"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    lab.nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty")
+    lab.cli("-i", str(other), "-o", str(out), "--overwrite")  # case scan_uncertainty takes scan's map's name
+    labels = (out / "scan_uncertainty.nii.gz").stat()  # a redone case is a new file: a new inode
+    code, _ = lab.cli("-i", str(inputs), "-o", str(out), "--overwrite")  # scan again, without maps
+    skipped, _ = lab.cli("-i", str(other), "-o", str(out), "--continue")  # finished: nothing to redo
+    after = (out / "scan_uncertainty.nii.gz").stat()
+    kept = (after.st_ino, after.st_mtime_ns) == (labels.st_ino, labels.st_mtime_ns)
+    ok = code == 0 and skipped == 0 and kept and lab.left(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
+    return f"exit {code}; case scan_uncertainty's labels kept: {kept}; its --continue exit {skipped}", out, ok
+
+
 def continue_other_settings(lab: Lab):
     inputs, out = lab.folder("in"), lab.root / "out"
     lab.nifti(inputs / "scan.nii.gz")
@@ -521,6 +550,8 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("3", "--overwrite --continue", overwrite_continue),
     ("3", "SIGINT during an --overwrite's commit", sigint_during_overwrite),
     ("3", "--continue with another --seed", continue_other_settings),
+    ("3", "one case name in two formats (.nii, then .nii.gz)", one_name_two_formats),
+    ("3", "--overwrite beside another case's listed file", overwrite_keeps_another_cases_files),
     ("1", "two runs of one seed, other outputs beside the labels", same_seed_runs),
     ("4", "an output is another case's input", output_is_another_input),
     ("4", "cases x and x_uncertainty collide", cross_case_collision),
