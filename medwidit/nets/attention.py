@@ -92,6 +92,10 @@ class WindowAttention(nn.Module):
         global_attention: bool = False,
     ) -> None:
         super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads (a positive int), got {dim} and {num_heads}.")
+        if not isinstance(window_size, (tuple, list)):
+            raise ValueError(f"window_size must be a tuple with one size per spatial axis, got {window_size!r}.")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_size = tuple(window_size)
@@ -115,6 +119,22 @@ class WindowAttention(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to``, ``.half``, ``.to_empty`` move the position tables as they move any buffer; then they are
+        written again from the window, where they now lie and in their new dtype: ``to_empty`` leaves them
+        uninitialised and a round trip through bf16 rounds them, and ``load_state_dict`` never restores them
+        (they are not saved)."""
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            if self.position == "relative":
+                index = self.relative_index
+                index.copy_(relative_position_index(self.window_size, self.window_size, index.device))
+            else:
+                angles = rope_angles(self.window_size, self.window_size, self.head_dim, self.rope_cos.device)
+                self.rope_cos.copy_(angles.cos())
+                self.rope_sin.copy_(angles.sin())
+        return self
 
     def _relative_index(self, window: tuple, device: torch.device | None = None) -> torch.Tensor:
         """(N, N) index of ``window``'s offsets into the bias table; the buffer for the configured window."""

@@ -49,7 +49,8 @@ class WiDiTBlock(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Xavier inside attention and MLP; adaLN-Zero: the modulation starts at zero, so the block is the identity."""
+        """Xavier inside attention and MLP; adaLN-Zero: the modulation starts at zero, so with a timestep the block
+        is the identity (without one, ``c`` is None and the block is a plain pre-norm residual)."""
         self.attn.init_weights()
         self.mlp.init_weights()
         nn.init.zeros_(self.adaLN_modulation[-1].weight)

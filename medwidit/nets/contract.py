@@ -20,7 +20,7 @@ import torch
 from monai.utils import ensure_tuple
 from torch import nn
 
-from medwidit.utils import check_int, check_options, choose
+from medwidit.utils import check_int, check_options, choose, is_integer
 
 __all__ = [
     "NETWORKS",
@@ -183,11 +183,11 @@ def check_roi_multiple_of_patch(roi_size, patch_size) -> None:
     n = max(len(roi), len(patch))
     if len(roi) not in (1, n) or len(patch) not in (1, n):
         raise ValueError(f"roi_size {roi_size!r} and patch_size {patch_size!r} have different numbers of axes.")
-    if not all(isinstance(p, int) and p >= 1 for p in patch):
+    if not all(is_integer(p) and p >= 1 for p in patch):
         raise ValueError(f"patch_size must be positive integers, got {patch_size!r}.")
     roi, patch = (roi * n if len(roi) == 1 else roi), (patch * n if len(patch) == 1 else patch)
     for r, p in zip(roi, patch, strict=True):
-        if not isinstance(r, int) or r < 1 or r % p:
+        if not is_integer(r) or r < 1 or r % p:
             raise ValueError(
                 f"roi_size must be positive integers divisible by the network's patch_size {patch_size!r} on every "
                 f"axis, got {roi_size!r}."

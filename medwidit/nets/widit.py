@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -68,7 +69,7 @@ def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[
 
 
 def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:  # numpy too
         raise ValueError(f"{name} must be positive, got {value}.")
 
 
@@ -302,6 +303,13 @@ class WiDiT(nn.Module):
                 f"got {tuple(x.shape)}."
             )
         check_divisible("input_tensor", x.shape[2:], self.patch_size)
+        weights = next(self.x_embedder.parameters()).dtype  # a convolution: dynamic quantisation keeps it float
+        for name, tensor in (("input_tensor", x), ("conditioned", conditioned)):
+            if tensor is not None and tensor.dtype != weights and not torch.is_autocast_enabled(tensor.device.type):
+                raise WiDiTInputError(
+                    f"{name} is {tensor.dtype} but the network's weights are {weights}: cast the input "
+                    f"(e.g. .to({weights})) or the network, or run under torch.autocast."
+                )
         if self.use_conditioning and conditioned is None:
             raise WiDiTInputError("conditioned is required: this WiDiT was built with use_conditioning=True.")
         if not self.use_conditioning and conditioned is not None:
@@ -444,7 +452,8 @@ def save_widit(model: WiDiT, path: str | os.PathLike) -> None:
 
 def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> WiDiT:
     """Rebuild a WiDiT from a :func:`save_widit` checkpoint alone (``torch.load(weights_only=True)``)."""
-    checkpoint_ = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    target = map_location if isinstance(map_location, (str, torch.device)) else None  # else torch.load's mapping
+    checkpoint_ = torch.load(os.fspath(path), map_location=map_location if target is None else "cpu", weights_only=True)
     if not isinstance(checkpoint_, dict) or not {"state_dict", "config"} <= checkpoint_.keys():
         raise ValueError(f"{path} is not a WiDiT checkpoint: expected a dict with 'state_dict' and 'config'.")
     if {"net", "segmenter"} <= set(checkpoint_["config"]):
@@ -453,7 +462,9 @@ def load_widit(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             "medwidit.diffusion.load_segmenter (its .net is the WiDiT)."
         )
     model = WiDiT(**check_options(WiDiT, checkpoint_["config"], f"{path}: config"))
-    model.load_state_dict(checkpoint_["state_dict"])
+    model.load_state_dict(checkpoint_["state_dict"])  # into a model built on the CPU: moved where asked after
+    if target is not None:
+        model = model.to(target)
     logger.info("loaded WiDiT from %s (version %s)", path, checkpoint_.get("version"))
     return model
 

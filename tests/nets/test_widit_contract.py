@@ -258,3 +258,66 @@ def test_load_widit_on_a_segmenter_checkpoint_says_which_loader(tmp_path):
     save_segmenter(DiffusionSegmenter(net, num_classes=2), tmp_path / "seg.pt")
     with pytest.raises(ValueError, match="segmenter's checkpoint, not a bare WiDiT's: load it with .*load_segmenter"):
         load_widit(tmp_path / "seg.pt")  # was: TypeError unexpected keyword argument 'network'
+
+
+@pytest.mark.parametrize("position", ["relative", "rope"])
+def test_position_tables_are_rebuilt_when_the_model_moves(position):
+    """From a review: the tables are unsaved buffers, so load_state_dict never restores them. Built on the meta device
+    and moved with to_empty (accelerate's empty init), a relative index held garbage (IndexError) and rope tables
+    NaN; a round trip through bf16 left the rope tables rounded (outputs off by 5e-4)."""
+    options = dict(spatial_dim=2, in_channels=1, hidden_size=16, depth=2, num_heads=2, window_size=4)
+    torch.manual_seed(0)
+    reference = WiDiT(**options, position=position)
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([3.0])
+    expected = reference(x, t, conditioned=x)
+    with torch.device("meta"):
+        empty = WiDiT(**options, position=position)
+    empty = empty.to_empty(device="cpu")
+    empty.load_state_dict(reference.state_dict(), strict=True)
+    assert torch.equal(empty(x, t, conditioned=x), expected)
+    trip = WiDiT(**options, position=position)
+    trip.to(torch.bfloat16).float().load_state_dict(reference.state_dict())
+    assert torch.equal(trip(x, t, conditioned=x), expected)
+
+
+def test_load_widit_puts_the_model_where_map_location_says(tmp_path):
+    """From a review: the model was built on the CPU and load_state_dict copied the weights into it, so a model
+    loaded with map_location='cuda' stayed on the CPU ('meta' stands in for another device here)."""
+    model = WiDiT(spatial_dim=2, hidden_size=16, depth=1, num_heads=2, window_size=4)
+    save_widit(model, tmp_path / "w.pt")
+    loaded = load_widit(tmp_path / "w.pt", map_location="meta")  # was: 'Cannot copy out of meta tensor'
+    assert {p.device.type for p in loaded.parameters()} == {"meta"}
+    loaded = load_widit(tmp_path / "w.pt", map_location=torch.device("cpu"))
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+
+
+def test_an_input_of_another_dtype_than_the_weights_is_named():
+    """From a review: a float64 image (nibabel's get_fdata) failed inside the first convolution, naming neither
+    argument; under autocast the inputs stay free."""
+    model = WiDiT(spatial_dim=2, hidden_size=16, depth=1, num_heads=2, window_size=4)
+    x, t = torch.randn(1, 1, 8, 8), torch.tensor([3.0])
+    with pytest.raises(
+        WiDiTInputError, match=r"conditioned is torch.float64 but the network's weights are torch.float32"
+    ):
+        model(x, t, conditioned=x.double())
+    with pytest.raises(WiDiTInputError, match=r"input_tensor is torch.int64 but"):
+        model(x.long(), t, conditioned=x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.bfloat16(), t, conditioned=x).shape == (1, 2, 8, 8)
+
+
+def test_numpy_scalars_are_accepted_as_sizes_and_ratios():
+    """From a review: np.float32(4.0) as mlp_ratio was 'must be positive, got 4.0', and numpy ints as a roi or
+    patch size 'must be positive integers'."""
+    import numpy as np
+
+    from medwidit.nets.contract import check_roi_multiple_of_patch
+
+    model = WiDiT(spatial_dim=2, hidden_size=16, depth=1, num_heads=2, window_size=4, mlp_ratio=np.float32(4.0))
+    assert model.blocks[0].mlp.fc1.out_features == 64
+    check_roi_multiple_of_patch(np.array([64, 64, 32]), (2, 2, 2))
+    check_roi_multiple_of_patch((64, 64, 32), np.int64(2))
+    with pytest.raises(ValueError, match="divisible by the network's patch_size"):
+        check_roi_multiple_of_patch(np.array([64, 63, 32]), (2, 2, 2))

@@ -311,3 +311,11 @@ def test_batch_samples_stay_separate_with_masks(tiny, randomize, position):
     for i in range(3):
         alone = model(x[i : i + 1], t[i : i + 1], conditioned=image[i : i + 1])
         torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-4)  # outputs are O(10) here
+
+
+def test_window_attention_names_a_bad_head_count_or_window():
+    """From a review: dim 10 over 3 heads failed in a reshape at the first call, an int window with 'not iterable'."""
+    with pytest.raises(ValueError, match="dim must be divisible by num_heads"):
+        WindowAttention(10, 3, (2, 2))
+    with pytest.raises(ValueError, match="window_size must be a tuple with one size per spatial axis, got 4"):
+        WindowAttention(16, 2, 4)
