@@ -53,11 +53,9 @@ class DiffusionUNet(nn.Module):
         num_head_channels: int = 8,
     ) -> None:
         super().__init__()
-        if spatial_dim not in (2, 3):
-            raise ValueError(f"spatial_dim must be 2 or 3, got {spatial_dim}.")
-        check_int("in_channels", in_channels)
-        check_int("cond_channels", cond_channels)
-        out_channels = in_channels if out_channels is None else out_channels
+        spatial_dim = check_int("spatial_dim", spatial_dim, low=2, high=3)
+        in_channels, cond_channels = check_int("in_channels", in_channels), check_int("cond_channels", cond_channels)
+        out_channels = in_channels if out_channels is None else check_int("out_channels", out_channels)
         attention_levels = [False] * len(channels) if attention_levels is None else list(attention_levels)
         self.config: dict[str, Any] = {
             "spatial_dim": spatial_dim,
@@ -97,6 +95,11 @@ class DiffusionUNet(nn.Module):
         """(B, in_channels, *S), (B,), conditioned (B, cond_channels, *S) -> (B, out_channels, *S)."""
         if conditioned is None:
             raise WiDiTInputError("conditioned is required: DiffusionUNet is conditioned on the image.")
+        if input_tensor.dim() != self.spatial_dim + 2 or input_tensor.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input_tensor must be (B, {self.in_channels}, *spatial) with {self.spatial_dim} spatial axes, "
+                f"got {tuple(input_tensor.shape)}."
+            )
         expected = (input_tensor.shape[0], self.cond_channels, *input_tensor.shape[2:])
         if tuple(conditioned.shape) != expected:
             raise WiDiTInputError(f"conditioned must have shape {expected}, got {tuple(conditioned.shape)}.")
@@ -105,5 +108,10 @@ class DiffusionUNet(nn.Module):
         for axis, (size, multiple) in enumerate(zip(input_tensor.shape[2:], self.size_multiple, strict=True)):
             if size % multiple:
                 raise ValueError(f"input_tensor axis {axis} has {size} voxels, not a multiple of {multiple}.")
-        timestep = torch.as_tensor(timestep, device=input_tensor.device).expand(input_tensor.shape[0])
+        timestep = torch.as_tensor(timestep, device=input_tensor.device)
+        if timestep.dim() > 1 or timestep.numel() not in (1, input_tensor.shape[0]):
+            raise ValueError(
+                f"timestep must be a scalar or have shape ({input_tensor.shape[0]},), got {tuple(timestep.shape)}."
+            )
+        timestep = timestep.reshape(-1).expand(input_tensor.shape[0])
         return self.unet(torch.cat([input_tensor, conditioned.to(input_tensor.dtype)], dim=1), timestep)

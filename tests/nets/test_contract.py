@@ -129,3 +129,26 @@ def test_unknown_names_and_unregistered_nets_fail_with_what_to_do(tmp_path):
         register_network("plain")(Plain)
     with pytest.raises(ValueError, match="already registered"):
         register_network("widit")(DiffusionUNet)
+
+
+def test_diffusion_unet_names_a_bad_argument_or_input():
+    """From a review: out_channels 0 was accepted, spatial_dim 2.0 failed in size_multiple, and a wrong input rank,
+    input channel count or timestep length failed deep in MONAI or torch (zip() argument 2 is shorter...)."""
+    options = dict(spatial_dim=2, in_channels=2, channels=(8, 8), norm_num_groups=4)
+    for bad, message in (
+        ({"out_channels": 0}, "out_channels must be an int >= 1"),
+        ({"spatial_dim": 2.0}, "spatial_dim must be an int in 2..3"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            DiffusionUNet(**{**options, **bad})
+    net, t = DiffusionUNet(**options), torch.tensor([1.0, 2.0])
+    image = torch.randn(2, 1, 8, 8)
+    with pytest.raises(
+        ValueError, match=r"input_tensor must be \(B, 2, \*spatial\) with 2 spatial axes, got \(2, 2, 8, 8, 8\)"
+    ):
+        net(torch.randn(2, 2, 8, 8, 8), t, conditioned=torch.randn(2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"input_tensor must be \(B, 2, \*spatial\).*got \(2, 3, 8, 8\)"):
+        net(torch.randn(2, 3, 8, 8), t, conditioned=image)
+    with pytest.raises(ValueError, match=r"timestep must be a scalar or have shape \(2,\), got \(3,\)"):
+        net(torch.randn(2, 2, 8, 8), torch.tensor([1.0, 2.0, 3.0]), conditioned=image)
+    assert net(torch.randn(2, 2, 8, 8), torch.tensor(5.0), conditioned=image).shape == (2, 2, 8, 8)
