@@ -14,8 +14,8 @@ here because no kept library does them the way synthesis needs (measured in ``be
 - :class:`RandFieldOfViewd`: a scan that ends inside the head (the image is air and the label background beyond
   a random plane near the top or bottom of an axis);
 - :class:`RandNeckExtensiond`: a scan that goes on below the head the label map ends in (the neck of a real head
-  coil's field of view); MONAI's ``BorderPad`` extends the map (keeping its affine) and ``MapLabelValue`` relabels
-  the extension; which face is inferior, read from the affine, is ours;
+  coil's field of view); MONAI's ``BorderPad`` extends the map (moving its affine's origin with it) and
+  ``MapLabelValue`` relabels the extension; which face is inferior, read from the affine, is ours;
 - :class:`RandContrastRemapd`: another sequence's contrast on a real crop that the pipeline has equalised already
   (MONAI's ``RandHistogramShift`` draws monotone curves only, its ``IntensityRemap`` keeps a linear trend and maps a
   signed range onto [min, 0]; neither re-equalises);
@@ -53,7 +53,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from medwidit.data.transforms import RecordSpacingd, equalise_channels, gaussian_blur
+from medwidit.data.transforms import EdgePaddedd, RecordSpacingd, equalise_channels, gaussian_blur
 from medwidit.utils import check_bool, check_int, check_interval, check_range, is_finite_number, is_integer
 
 __all__ = [
@@ -110,7 +110,8 @@ def _label_index(data: Mapping, key: Hashable, num_labels: int) -> torch.Tensor:
         raise SynthesisError(f"{_source(data, key)}: the label map has no voxels (shape {tuple(label.shape)}).")
     index = label.long()
     if not torch.equal(index.to(label.dtype), label):  # NaN and inf too
-        raise SynthesisError(f"{_source(data, key)}: the label map must hold integer labels.")
+        bad = label[index.to(label.dtype) != label].flatten()[:3].tolist()
+        raise SynthesisError(f"{_source(data, key)}: the label map must hold integer labels (e.g. {bad}).")
     low, high = int(index.min()), int(index.max())
     if high == 0:  # nothing to paint but air: no anatomy, no target
         raise SynthesisError(f"{_source(data, key)}: the label map is empty (every voxel is label 0).")
@@ -659,7 +660,11 @@ def synthesis_transforms(
         ),
         *([subdivide] if subdivide.labels else []),
         RandLabelsToImaged(label_key, image_key, num_labels=len(target_labels)),
-        RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
+        EdgePaddedd(  # partial volume; MONAI's filter pads with zeros, which darkened the faces of a grey background
+            RandGaussianSmoothd(image_key, prob=0.5, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
+            image_key,
+            margin=4,
+        ),
         RandSliceThicknessd(image_key, prob=0.5, thickness_range=thickness_range, spacing_key=spacing_key),
         RandBiasFieldd(image_key, prob=0.5, coeff_range=check_interval("bias_coeff_range", bias_coeff_range)),
         ScaleIntensityRangePercentilesd(image_key, lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),

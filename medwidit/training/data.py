@@ -345,8 +345,8 @@ class SegmentationDataModule(L.LightningDataModule):
             level of the intensity mode: 0 for z-scores, -1 for the [-1, 1] modes) before patches are cropped;
             None disables it.
         flip_prob, rotate_prob, rotate_degrees, zoom_prob, intensity_prob: augmentation (flip per axis, small
-            rotations, zoom 0.85-1.15, intensity scale and shift by up to 10 %, gamma 0.7-1.5, bias field, Gaussian
-            noise, smoothing or sharpening); a probability of 0 removes the transform.
+            rotations, zoom 0.85-1.15, intensity scale by up to 10 % and shift by up to 0.1, gamma 0.7-1.5, bias
+            field, Gaussian noise, smoothing or sharpening); a probability of 0 removes the transform.
         cache: "memory" (`CacheDataset`), "disk" (`PersistentDataset` in `cache_dir`) or "none".
         cache_rate: fraction of volumes kept in memory with cache="memory".
         num_workers: DataLoader workers (and CacheDataset's loading threads).
@@ -543,7 +543,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     prob=self.zoom_prob,
                     min_zoom=0.85,
                     max_zoom=1.15,
-                    mode=(image_mode, "nearest"),
+                    mode=(image_mode, "nearest-exact"),  # torch's "nearest" rounds down: half a voxel off the image
                     keep_size=True,
                 )
             )
