@@ -80,7 +80,8 @@ class DiffusionSegmenter(nn.Module):
         aux_weight: weight of Dice + CE on the x0 estimate (on the logits with ``x0_activation="softmax"``).
         vlb_weight: lambda of the hybrid loss ``L_simple + lambda L_vlb`` (improved DDPM: 0.001).
         cond_drop_prob: probability of replacing the image by zeros in training (classifier-free guidance).
-        clip_sample: clip x0 estimates to [-1, 1] while sampling.
+        clip_sample: clip x0 estimates to [-1, 1] while sampling (the Gaussian objectives' samplers; ``"flow"``
+            integrates its velocity unclipped, and its result is clamped when read as probabilities).
         timestep_sampling, timestep_args: the training timesteps' distribution, ``uniform`` (default),
             ``logit_normal`` with ``{"location": m, "scale": s}`` (SD3; m > 0 trains more where few-step samplers
             call the network) or ``noisiest_share`` with ``{"share": p}`` (a share p of the rows at the noisiest
@@ -278,8 +279,9 @@ class DiffusionSegmenter(nn.Module):
         see the class); ``eta`` is DDIM's noise (an error with any other sampler unless 0); ``steps`` is the length of
         the timestep list (Heun calls the network 2 * steps - 1 times).
         Ensemble members are sampled ``chunk_size`` at a time (default: all together) as one batch; each member draws
-        its noise from its own generator, seeded from ``generator``, so chunking never changes the result; a case of
-        a batch gets the samples it gets alone with the same ``generator``. The image may have any real dtype (it is
+        its noise from its own generator, seeded from ``generator``, so chunking changes no draw (the values move by
+        float rounding of batched kernels, ~1e-7); a case of a batch gets the samples it gets alone with the same
+        ``generator``, to the same rounding. The image may have any real dtype (it is
         sampled in float32).
         ``guidance_scale`` w gives ``uncond + w (cond - uncond)`` on the prediction's K channels (Ho & Salimans
         2022); a learned variance (``learn_sigma``) is the conditional pass's, as in DiT and GLIDE, since mixing its
@@ -303,6 +305,9 @@ class DiffusionSegmenter(nn.Module):
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         image, spacing = _float_image(image, spacing)
+        if not torch.isfinite(image).all():  # else sampling failed at its end, blaming the network's weights
+            bad = int((~torch.isfinite(image)).sum())
+            raise ValueError(f"image holds {bad} NaN or infinite values: give a finite image (e.g. nan_to_num).")
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
         check_shared_steps(shared_steps, steps)
         timesteps, schedule = timestep_list(self.noise_scheduler, steps), schedule_arguments(self.noise_scheduler)

@@ -102,7 +102,7 @@ class SlidingWindowDenoiser:
         sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default 0.125).
         max_whole_voxels: the network runs on the whole volume at once when batch x voxels is at most this
             memory budget; None means ``DEFAULT_WHOLE_VOXELS`` (2^20 voxels, whatever ``sw_batch_size`` is, so that
-            the batch size never changes the result); 0 forces windows.
+            the batch size never changes which windows run; values move by float rounding only); 0 forces windows.
         patch_size: the network's patch size; None reads the network's ``size_multiple`` (the contract). The whole
             volume is padded up to a multiple of it and cropped back.
         align: windows start on multiples of this many voxels per axis, so that they cut the volume on the

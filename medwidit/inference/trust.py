@@ -43,6 +43,7 @@ from medwidit.utils import check_int, is_finite_number, wide_float
 
 from .options import read_inference_config
 from .statistics import class_statistics
+from .uncertainty import check_probabilities
 
 __all__ = [
     "View",
@@ -78,6 +79,7 @@ def decompose_entropy(probabilities: torch.Tensor, groups: int = 1) -> dict[str,
     if members % groups:
         raise ValueError(f"{members} members cannot form {groups} groups of equal size.")
     p = probabilities.float()
+    check_probabilities(p, dim=2)
     grouped = p.reshape(groups, members // groups, *p.shape[1:]).mean(dim=1)  # (G, B, K, *S)
     total = entropy_of(p.mean(dim=0), dim=1)
     aleatoric = entropy_of(grouped, dim=2).mean(dim=0)

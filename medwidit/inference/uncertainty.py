@@ -6,7 +6,17 @@ import torch
 
 from medwidit.diffusion.encoding import to_labels
 
-__all__ = ["summarize_ensemble"]
+__all__ = ["check_probabilities", "summarize_ensemble"]
+
+
+def check_probabilities(p: torch.Tensor, *, dim: int, atol: float = 1e-3) -> None:
+    """A ValueError unless ``p`` is finite, >= 0 and sums to 1 over ``dim`` (to ``atol``); NaN fails every
+    comparison, so the test is written to pass only on good values."""
+    if p.numel() and not (p.min() >= -atol and (p.sum(dim=dim) - 1).abs().max() <= atol):
+        raise ValueError(
+            f"probabilities must be finite, >= 0 and sum to 1 over the class axis (dim {dim}); "
+            f"convert diffusion-space samples with to_probabilities(samples, dim={dim})."
+        )
 
 
 def summarize_ensemble(probabilities: torch.Tensor, *, atol: float = 1e-3) -> dict[str, torch.Tensor]:
@@ -26,11 +36,7 @@ def summarize_ensemble(probabilities: torch.Tensor, *, atol: float = 1e-3) -> di
             f"got {tuple(probabilities.shape)}."
         )
     p = probabilities.float()
-    if p.numel() and (p.min() < -atol or (p.sum(dim=2) - 1).abs().max() > atol):
-        raise ValueError(
-            "probabilities must be >= 0 and sum to 1 over the class axis (dim 2); "
-            "convert diffusion-space samples with to_probabilities(samples, dim=2)."
-        )
+    check_probabilities(p, dim=2, atol=atol)
     mean = p.mean(dim=0)  # (B, K, *S)
     labels = to_labels(mean, dim=1)  # (B, 1, *S)
     entropy = torch.special.entr(mean.clamp(0, 1)).sum(dim=1, keepdim=True)  # 0 .. log K: the check allows +-atol

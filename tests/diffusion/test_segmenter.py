@@ -371,6 +371,22 @@ def test_nan_samples_are_an_error_not_a_confident_background():
         segmenter.sample(image, steps=2, model_fn=lambda x, t, conditioned=None: torch.full_like(x, float("inf")))
 
 
+def test_a_non_finite_image_is_named_before_sampling():
+    """From a review: one NaN voxel in the image ran the whole sampling and then blamed the network's weights."""
+    segmenter, image = _segmenter(), _image(2)
+    image[0, 0, 3, 4] = float("nan")
+    image[1, 0, 0, 0] = float("inf")
+    calls = []
+
+    def network(x, t, conditioned=None):
+        calls.append(t)
+        return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match=r"image holds 2 NaN or infinite values"):
+        segmenter.sample(image, steps=2, model_fn=network)
+    assert calls == []
+
+
 @pytest.mark.parametrize(
     ("objective", "options"),
     [("sample", {}), ("epsilon", {"sampler": "ddpm", "scheduler": "ddpm"}), ("v_prediction", {"sampler": "dpmpp_2m"})],

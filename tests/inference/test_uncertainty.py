@@ -77,3 +77,18 @@ def test_sample_ensemble_returns_members_whose_prefix_is_the_smaller_ensemble():
     assert "members" not in two
     torch.testing.assert_close(summarize_ensemble(three["members"][:2])["mean_probability"], two["mean_probability"])
     assert not torch.allclose(other["mean_probability"], two["mean_probability"])  # another seed, other members
+
+
+def test_nan_or_unnormalised_probabilities_are_refused_by_the_summary_and_the_decomposition():
+    """From a review: NaN fails every comparison, so the summary's check passed NaN probabilities and reported NaN
+    entropy with full agreement; decompose_entropy checked nothing (0.4 x 3 gave an entropy above log 3)."""
+    from medwidit.inference.trust import decompose_entropy
+
+    nan = torch.full((2, 1, 2, 2, 2, 2), 0.5)
+    nan[0, 0, :, 0, 0, 0] = float("nan")
+    unnormalised = torch.full((2, 1, 3, 2, 2, 2), 0.4)
+    for bad in (nan, unnormalised):
+        with pytest.raises(ValueError, match=r"probabilities must be finite, >= 0 and sum to 1 over the class axis"):
+            summarize_ensemble(bad)
+        with pytest.raises(ValueError, match=r"probabilities must be finite, >= 0 and sum to 1 over the class axis"):
+            decompose_entropy(bad)
