@@ -1,4 +1,5 @@
-"""Label-map post-processing with MONAI transforms (``KeepLargestConnectedComponent``, ``FillHoles``), declared as
+"""Label-map post-processing with MONAI transforms (``KeepLargestConnectedComponent``, ``FillHoles`` with the holes
+of a class read as the background it alone encloses: :func:`fill_class_holes`), declared as
 plain data in a bundle's ``inference.json`` (``label_postprocessing``) so that ``medwidit segment --bundle`` and
 ``python -m monai.bundle run`` apply the same steps, and the MONAI ``postprocessing`` chain of the bundle; and the
 optional smoothing of the class probabilities on the model's grid before the argmax (``probability_smoothing``).
@@ -15,7 +16,7 @@ from functools import partial
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, get_track_meta
 from monai.transforms import (
     AsDiscreted,
     Compose,
@@ -28,6 +29,8 @@ from monai.transforms import (
     Lambdad,
 )
 from monai.transforms.utils import generate_spatial_bounding_box
+from monai.utils import convert_data_type, convert_to_dst_type, convert_to_tensor
+from scipy import ndimage
 
 from medwidit.utils import choose, is_finite_number, is_integer
 
@@ -35,20 +38,63 @@ from .options import read_inference_config
 
 __all__ = [
     "LABEL_STEPS",
+    "FillClassHoles",
+    "FillClassHolesd",
     "apply_label_postprocessing",
     "bundle_label_postprocessing",
     "bundle_probability_smoothing",
     "check_label_postprocessing",
     "check_probability_smoothing",
+    "fill_class_holes",
     "postprocessing_transforms",
     "run_label_steps",
     "smooth_probability",
 ]
 
+
+def fill_class_holes(label_map: np.ndarray, applied_labels=None, connectivity: int | None = None) -> np.ndarray:
+    """(*S) -> (*S): each applied class (None: every foreground class, in order) takes the background regions it
+    alone encloses: regions of voxels not of that class that touch neither the grid's faces nor another class.
+    By hand because MONAI's ``fill_holes`` fills every region the class encloses, other classes included (a class 2
+    inside class 1 became class 1); on a map of one foreground class the two are the same (tested)."""
+    out = np.array(label_map, copy=True)
+    structure = ndimage.generate_binary_structure(out.ndim, connectivity or out.ndim)
+    classes = sorted(set(np.unique(out).tolist()) - {0}) if applied_labels is None else list(applied_labels)
+    for label in classes:
+        others = out != label
+        regions, count = ndimage.label(others, structure)
+        if not count:
+            continue
+        faces = [regions.take(i, axis=a) for a in range(out.ndim) for i in (0, -1)]
+        kept = np.union1d(np.concatenate([f.ravel() for f in faces]), regions[others & (out != 0)])  # open or mixed
+        out[others & ~np.isin(regions, kept)] = label
+    return out
+
+
+class FillClassHoles(FillHoles):
+    """MONAI's ``FillHoles`` (its options and its one-hot path) whose label-map path is :func:`fill_class_holes`."""
+
+    def __call__(self, img):
+        if np.shape(img)[0] != 1:  # one-hot channels: MONAI's, a class per channel
+            return super().__call__(img)
+        img = convert_to_tensor(img, track_meta=get_track_meta())
+        labels, *_ = convert_data_type(img, np.ndarray)
+        out, *_ = convert_to_dst_type(fill_class_holes(labels[0], self.applied_labels, self.connectivity)[None], img)
+        return out
+
+
+class FillClassHolesd(FillHolesd):
+    """:class:`FillClassHoles` on ``keys``: the bundle chain's step, so ``monai.bundle run`` fills as the CLI does."""
+
+    def __init__(self, keys, applied_labels=None, connectivity: int | None = None, allow_missing_keys: bool = False):
+        super().__init__(keys, applied_labels, connectivity, allow_missing_keys)
+        self.converter = FillClassHoles(applied_labels=applied_labels, connectivity=connectivity)
+
+
 # step name -> (array transform, dictionary transform, the options it takes besides applied_labels)
 LABEL_STEPS = {
     "keep_largest_component": (KeepLargestConnectedComponent, KeepLargestConnectedComponentd, {"connectivity"}),
-    "fill_holes": (FillHoles, FillHolesd, {"connectivity"}),
+    "fill_holes": (FillClassHoles, FillClassHolesd, {"connectivity"}),
 }
 
 
@@ -103,8 +149,9 @@ def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -
     """Apply the spec's MONAI array transforms (checked: ``check_label_postprocessing``) to a label map (*S) -> (*S)
     of the same dtype, within the labels' bounding box. Both steps only remove or fill labelled voxels' components
     inside it, and every background voxel on its faces lies next to the outside (or on the grid's face), so it is
-    open there as in the whole grid: the result is the whole grid's (tested). MONAI's fill dilates to convergence
-    over every voxel it is given (13 s of gpu.py's 512x512x300 volume on the H200 machine's host)."""
+    open there as in the whole grid: the result is the whole grid's (tested). The steps label every voxel they are
+    given (MONAI's fill, which dilated to convergence, took 13 s of gpu.py's 512x512x300 volume on the H200
+    machine's host)."""
     spec = check_label_postprocessing(spec)
     if not spec:
         return label_map
@@ -126,7 +173,9 @@ def apply_label_postprocessing(label_map: np.ndarray, spec: Sequence[Mapping]) -
 
 def run_label_steps(label_map: np.ndarray, spec: Sequence[Mapping]) -> np.ndarray:
     """The spec's MONAI array transforms over all of ``label_map`` (*S) -> a new (*S) of its dtype."""
-    labels = torch.from_numpy(np.array(label_map, copy=True, order="C"))[None]  # (1, *S); MONAI's steps write in place
+    array = np.asarray(label_map)  # torch has no uint16/uint32 fill and no big-endian arrays: native int64 labels
+    work = array.astype(np.int64) if array.dtype.kind in "ui" else array.astype(array.dtype.newbyteorder("="))
+    labels = torch.from_numpy(np.ascontiguousarray(work))[None]  # (1, *S), a copy: MONAI's steps write in place
     for step in spec:
         labels = LABEL_STEPS[step["name"]][0](**_arguments(step))(labels)
     return np.asarray(labels[0], dtype=label_map.dtype)

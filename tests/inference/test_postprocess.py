@@ -353,3 +353,48 @@ def test_numpy_numbers_are_sigmas_and_the_predictor_smooths_in_the_probabilities
     smoothed = Predictor(random_tiny_segmenter(classes=2), device="cpu", probability_smoothing=1.0).smooth(probability)
     assert smoothed.dtype == torch.bfloat16 and not torch.equal(smoothed, probability)
     assert Predictor(random_tiny_segmenter(classes=2), device="cpu").smooth(probability) is probability
+
+
+def test_filling_a_class_keeps_the_classes_it_encloses():
+    """From a review: MONAI's fill_holes fills every region a class encloses, so fill_holes on class 1 turned a class 2
+    inside it (a ventricle, a tumour inside brain) into class 1, with or without applied_labels. A hole of a class
+    is now the background it alone encloses, in the CLI's steps and in the bundle chain."""
+    from medwidit.inference.postprocess import FillClassHolesd
+
+    m = np.zeros((12, 12, 12), np.uint8)
+    m[1:11, 1:11, 1:11] = 1
+    m[5:8, 5:8, 5:8] = 2
+    m[6, 6, 6] = 0  # a hole of class 2
+    m[2, 2, 2] = 0  # a hole of class 1
+    for spec in ([{"name": "fill_holes", "applied_labels": [1]}], [{"name": "fill_holes"}]):
+        out = apply_label_postprocessing(m, spec)
+        assert out[2, 2, 2] == 1 and (out == 2).sum() == (m == 2).sum() + (spec[0].get("applied_labels") is None)
+        assert out[6, 6, 6] == (0 if "applied_labels" in spec[0] else 2)  # class 2's, never class 1's
+    chain = FillClassHolesd("label", applied_labels=[1])({"label": MetaTensor(torch.as_tensor(m[None]))})["label"]
+    expected = apply_label_postprocessing(m, [{"name": "fill_holes", "applied_labels": [1]}])
+    assert isinstance(chain, MetaTensor) and np.array_equal(chain[0].numpy(), expected)
+    (step,) = postprocessing_transforms([{"name": "fill_holes", "applied_labels": [1]}], key="label").transforms[-1:]
+    assert isinstance(step, FillClassHolesd)
+
+
+@pytest.mark.parametrize("connectivity", [1, 2, 3])
+def test_on_one_foreground_class_the_fill_is_monais(connectivity):
+    from monai.transforms import FillHoles
+
+    rng = np.random.default_rng(connectivity)
+    for _ in range(10):
+        m = (rng.random((10, 9, 8)) < 0.6).astype(np.int64)
+        ours = apply_label_postprocessing(m, [{"name": "fill_holes", "connectivity": connectivity}])
+        monai = FillHoles(connectivity=connectivity)(torch.as_tensor(m[None]))[0].numpy()
+        assert np.array_equal(ours, monai)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.uint32, ">i2"])
+def test_the_steps_take_any_integer_label_dtype_and_keep_it(dtype):
+    """From a review: uint16 and uint32 maps failed in torch ('masked_fill' not implemented), big-endian ones
+    (nibabel's dataobj) on their byte order."""
+    m = np.zeros((10, 10, 10), np.int64)
+    m[2:8, 2:8, 2:8], m[4, 4, 4], m[0, 0, 9], m[9, 9, 9] = 1, 0, 1, 2
+    spec = [{"name": "keep_largest_component", "applied_labels": [1]}, {"name": "fill_holes", "applied_labels": [1]}]
+    out = apply_label_postprocessing(m.astype(dtype), spec)
+    assert out.dtype == np.dtype(dtype) and (out == 1).sum() == 216 and out[9, 9, 9] == 2
