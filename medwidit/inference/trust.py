@@ -472,6 +472,14 @@ def quality_report(
     None for an empty class; no entry without ``image``); ``edge_faces``: per foreground class, the faces of the
     field of view it touches (:func:`edge_faces`), where its volume may be partial."""
     num_classes = len(predicted_dice)
+    high = int(np.max(label_map)) if np.size(label_map) else 0
+    if high >= num_classes:  # else class_statistics blamed the label map's values
+        raise ValueError(
+            f"predicted_dice has {num_classes} entries, one per class, but the label map holds class {high}."
+        )
+    for name, values in maps.items():
+        if np.shape(values) != np.shape(label_map):
+            raise ValueError(f"maps[{name!r}] has shape {np.shape(values)}, not the label map's {np.shape(label_map)}.")
     expected = check_expected_volumes(expected_volume_ml, num_classes)
     classes = class_statistics(label_map, affine, num_classes)["classes"]
     unexpected = {

@@ -334,3 +334,16 @@ def test_a_class_volume_outside_the_expected_range_is_listed_with_its_range():
 def test_expected_volumes_are_checked_with_their_source_named(spec, message):
     with pytest.raises(ValueError, match=f"^where{message}"):
         check_expected_volumes(spec, 2, source="where")
+
+
+def test_quality_report_names_a_short_dice_list_or_a_map_off_the_grid():
+    """From a review: one Dice estimate too few read as 'label map values must be in 0..K-1', and a map on another
+    grid failed in a bare boolean index."""
+    labels = np.zeros((4, 4, 4), np.int64)
+    labels[1:3, 1:3, 1:3] = 2
+    with pytest.raises(
+        ValueError, match="predicted_dice has 2 entries, one per class, but the label map holds class 2"
+    ):
+        quality_report(labels, np.eye(4), [0.9, 0.8], {}, views=1, num_samples=2)
+    with pytest.raises(ValueError, match=r"maps\['total'\] has shape \(4, 4\), not the label map's \(4, 4, 4\)"):
+        quality_report(labels, np.eye(4), [0.9, 0.8, 0.7], {"total": np.zeros((4, 4))}, views=1, num_samples=2)
