@@ -109,6 +109,19 @@ def _check_slices(folder: Path, files: list[str]) -> None:
             f"{folder}: DICOM slice positions are not evenly spaced (steps from {steps.min():.4g} to {steps.max():.4g}"
             " mm): a missing or repeated slice; expected one complete series."
         )
+    # and on one even grid: ITK spaces the slices (last - first) / (n - 1) apart, so a series whose step changes part
+    # way through (0.55 then 0.5 mm) had every step within the tolerance and slices up to 1.25 mm off (a review)
+    ordered_positions = np.sort(positions)
+    even = ordered_positions[0] + np.arange(len(positions)) * (ordered_positions[-1] - ordered_positions[0]) / max(
+        len(positions) - 1, 1
+    )
+    off = np.abs(ordered_positions - even)
+    if off.max() > max(SLICE_GAP_TOLERANCE * median, POSITION_ROUNDING_MM):
+        raise InputError(
+            f"{folder}: DICOM slice positions are not evenly spaced: slice {int(off.argmax()) + 1} of "
+            f"{len(positions)} lies {off.max():.3g} mm off an even grid (steps from {steps.min():.4g} to "
+            f"{steps.max():.4g} mm); resample it to a regular grid first."
+        )
     # each slice's origin one step along the normal from the last's: a gantry tilt (or a sheared series) steps
     # sideways too, which ITK read as a longer spacing on a grid without shear, every slice but the first misplaced
     # (65 mm at the top of a head stepping 0.73 mm sideways a slice, from a review). Judged on the whole series'

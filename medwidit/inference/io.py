@@ -218,10 +218,16 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return np.asanyarray(image.dataobj), image
 
 
-def _read_itk(path: Path):
+ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
+def _read_itk(path: Path, suffix: str):
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(ITK_IMAGE_IO[suffix])  # ITK picks its reader by a case-sensitive suffix: SCAN.MHA had none
+    reader.SetFileName(str(path))
+    image = reader.Execute()
     while image.GetDimension() > 3 and image.GetSize()[-1] == 1:  # a 4D singleton, as NIfTI's are accepted
         image = sitk.Extract(image, [*image.GetSize()[:-1], 0], [0] * image.GetDimension())
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -256,11 +262,18 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
             f"{path}: not a supported image format (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM series "
             f"folder){hint}."
         )
+    from .outputs import input_files  # builds on this module
+
+    for part in input_files(path)[1:]:  # a header's data file: ITK's error named the header, which is there
+        if not part.is_file():
+            raise InputError(
+                f"{path}: its data file {part.name} (the header's data file line) is not in {part.parent}."
+            )
     try:
         if suffix in NIFTI_SUFFIXES:
             data, image = _read_nifti(path)
         else:
-            data, image = _read_itk(path)
+            data, image = _read_itk(path, suffix)
         _check_float32_range(data, path)
         data = np.asarray(data, dtype=np.float32)
     except InputError:
@@ -462,8 +475,10 @@ def to_nibabel(array, geometry: ImageGeometry, kind: str = "labels", *, max_labe
         cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         image = cls(data, header.get_best_affine(), header=header)  # the header's own affine: qform, sform untouched
     else:
-        image = nib.Nifti1Image(data, geometry.affine)
+        image = nib.Nifti1Image(data, geometry.affine)  # a DICOM series' or an ITK file's: scanner mm
         image.header.set_qform(geometry.affine, code=1)
+        image.header.set_sform(geometry.affine, code=1)
+        image.header.set_xyzt_units("mm")
     image.header.set_slope_inter(None, None)
     image.header.set_data_dtype(data.dtype)
     _describe(image.header, kind, data, geometry.spatial_dims)

@@ -305,3 +305,24 @@ def test_continue_over_a_series_reads_only_the_series_own_files(tmp_path, checkp
     assert main([*args, "--continue"]) == 0
     write_series(folder, _volume(seed=3), **OBLIQUE)  # the same files, other pixels
     assert main([*args, "--continue"]) == 1
+
+
+def test_a_step_that_changes_part_way_is_refused_though_each_step_is_within_the_tolerance(tmp_path):
+    """From a review: steps of 0.55 mm, then of 0.5 mm, each within the tolerance of the median step, passed; ITK
+    spaced the slices evenly, and slice 51 of 101 lay 1.25 mm off its place. Here 2.54 mm steps, then 2.5 mm ones
+    (each 0.04 mm from the median, under the positions' rounding allowance): the middle slice lies 0.16 mm off."""
+    normal = np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 2]
+    shift = np.r_[0.0, np.cumsum([2.54] * 8 + [2.5] * 8)] - np.arange(17) * OBLIQUE["spacing"][2]
+    folder = write_series(tmp_path / "drift", _volume((6, 5, 17)), **OBLIQUE)
+    _move_slices(folder, lambda k, origin: origin + shift[k] * normal)
+    with pytest.raises(InputError, match=r"not evenly spaced: slice 9 of 17 lies 0.16 mm off an even grid"):
+        read_image(folder)
+
+
+def test_a_series_written_as_nifti_says_millimetres_and_scanner_coordinates(tmp_path, checkpoint):
+    """From a review: a DICOM series' NIfTI output had units 'unknown' and sform code 2 (aligned), where ITK and
+    dcm2niix write mm and scanner coordinates."""
+    folder = write_series(tmp_path / "in" / "head", _volume(), **OBLIQUE)
+    assert main(["segment", "-i", str(folder), "-o", str(tmp_path / "out"), "--checkpoint", checkpoint, *FAST]) == 0
+    header = nib.load(tmp_path / "out" / "head.nii.gz").header
+    assert header.get_xyzt_units()[0] == "mm" and (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)

@@ -425,3 +425,22 @@ def test_nifti_spatial_units_are_read_as_mm_and_outputs_keep_the_inputs(tmp_path
     out = to_nibabel(np.zeros((8, 9, 10), np.uint8), geometry, "labels", max_label=1).header
     np.testing.assert_allclose(out.get_best_affine(), image.header.get_best_affine())
     assert out.get_xyzt_units()[0] == unit
+
+
+def test_upper_case_metaimage_and_nrrd_suffixes_read(tmp_path, rng):
+    """From a review: ITK picks its reader by a case-sensitive suffix, so SCAN.MHA, which medwidit accepts as an
+    image, failed as 'truncated or not an image'."""
+    data = rng.random((6, 5, 4)).astype(np.float32)
+    for name in ("SCAN.MHA", "SCAN.NRRD"):
+        sitk.WriteImage(sitk.GetImageFromArray(data.transpose(2, 1, 0)), str(tmp_path / name.lower()))
+        (tmp_path / name.lower()).rename(tmp_path / name)
+        np.testing.assert_array_equal(read_image(tmp_path / name)[0], data)
+
+
+def test_a_header_whose_data_file_is_missing_names_the_data_file(tmp_path, rng):
+    """From a review: b.mhd without its b.raw read as 'b.mhd: cannot read the image, the file is truncated or not an
+    image (... b.mhd ... No such file or directory)', about a file that is there."""
+    sitk.WriteImage(sitk.GetImageFromArray(rng.random((4, 5, 6)).astype(np.float32)), str(tmp_path / "b.mhd"))
+    (tmp_path / "b.raw").unlink()
+    with pytest.raises(InputError, match=r"b.mhd: its data file b.raw \(the header's data file line\) is not in"):
+        read_image(tmp_path / "b.mhd")
