@@ -32,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     _model_arguments(seg)
-    seg.add_argument("--roi-size", type=_positive_int, nargs="+", metavar="N", help="window size (default: model's)")
+    seg.add_argument(
+        "--roi-size",
+        type=_positive_int,
+        nargs="+",
+        metavar="N",
+        help="window size (default: the bundle's inference.json roi_size; with --checkpoint, its training crop)",
+    )
     seg.add_argument(
         "--sw-batch-size",
         type=_positive_int,

@@ -188,9 +188,11 @@ SPLITS: dict[str, dict] = {
         "validation": ["mni152nlin6asym_2mm"],
         "test": ["colin27_1mm"],
         "rationale": (
-            "The brain task's split, for the same reason (two whole-head anatomies; Colin27 is the held-out "
-            "individual). Each case carries one head label map per atlas (Desikan-Killiany as `label`, "
-            "Neuromorphometrics as `neuromorphometrics_label`): two seeds per anatomy for a label-to-image "
+            "The brain task's templates, for the same reason (two whole-head anatomies; Colin27 is the held-out "
+            "individual): train MNI152NLin6Asym 1 mm, validate its 2 mm file, test Colin27; the brain task's ROBEX "
+            "and ITK heads have no head label maps. Each case carries one head label map per atlas "
+            "(Desikan-Killiany as `label`, Neuromorphometrics as `neuromorphometrics_label`): two seeds per "
+            "anatomy for a label-to-image "
             "generator. The brain target is labels 1-4; Colin27's map exists only to score a model trained on "
             "synthetic images, never to train one."
         ),
