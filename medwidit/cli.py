@@ -152,7 +152,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.checkpoint:
         predictor = Predictor.from_checkpoint(args.checkpoint, **options)
     else:
-        predictor = Predictor.from_bundle(model["bundle"], weight_sets=args.weight_sets, **options)
+        predictor = Predictor.from_bundle(model["bundle"], weight_sets=model["weight_sets"], **options)
     if args.no_atlas_core and predictor.atlas_prior is not None:  # the cut stays, the core goes
         predictor.atlas_prior = {**predictor.atlas_prior, "core_mm": None}
     elif args.no_atlas_core:
@@ -231,6 +231,7 @@ def _resolve_model(args: argparse.Namespace) -> dict:
     bundle = None if getattr(args, "checkpoint", None) else resolve_bundle(args.bundle)
     defaults = sampling_defaults(bundle)
     shared_by_model = getattr(args, "shared_steps", None) is None
+    sets_given = getattr(args, "weight_sets", None) is not None
     names = (("steps", "steps"), ("samples", "num_samples"), ("overlap", "overlap"), ("shared_steps",) * 2)
     for name, key in (*names, ("weight_sets",) * 2, ("augment",) * 2):
         if getattr(args, name, None) is None:
@@ -239,7 +240,13 @@ def _resolve_model(args: argparse.Namespace) -> dict:
         args.shared_steps = fit_shared_steps(args.shared_steps, args.steps)
     weights = Path(args.checkpoint) if bundle is None else bundle / "models" / "model.pt"
     default = bundle is not None and args.bundle is None
-    return {"bundle": bundle, "weights": weights, "default": default, "name": DEFAULT_BUNDLE if default else None}
+    return {
+        "bundle": bundle,
+        "weights": weights,
+        "default": default,
+        "name": DEFAULT_BUNDLE if default else None,
+        "weight_sets": args.weight_sets if sets_given else None,  # None: the bundle's, its errors name inference.json
+    }
 
 
 def _model_line(args: argparse.Namespace, model: dict, predictor) -> str:

@@ -28,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of each run are recorded in OUTPUT/medwidit_run.json (then _2, _3, ...; earlier records are never replaced).",
     )
     seg.add_argument(
-        "-i", "--input", nargs="+", required=True, metavar="PATH", help="image files, folders, DICOM series folders"
+        "-i",
+        "--input",
+        nargs="+",
+        action="extend",  # -i a -i b: both (the last list alone was kept)
+        required=True,
+        metavar="PATH",
+        help="image files, folders, DICOM series folders (-i may be given more than once)",
     )
     seg.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if needed)")
     _model_arguments(seg)

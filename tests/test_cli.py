@@ -866,3 +866,32 @@ def test_a_part_that_holds_no_case_ends_well_and_says_so(setup, capsys):
     assert not (tmp_path / "out" / "good.nii.gz").exists()
     assert main([*base, "--num-parts", "3", "--part-id", "0"]) == 0
     assert (tmp_path / "out" / "good.nii.gz").exists()
+
+
+def test_input_given_twice_segments_both(setup):
+    """From a review: -i a -i b kept the last list alone: b was segmented, a dropped, exit 0."""
+    tmp_path, inputs, checkpoint = setup
+    other = tmp_path / "other"
+    other.mkdir()
+    _nifti(other / "second.nii.gz", _volume())
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-i", str(other / "second.nii.gz"), "-o", str(out), "--checkpoint"]
+    assert main([*args, checkpoint, "--steps", "1", "--samples", "1", "--quiet"]) == 0
+    assert visible(out) == ["good.nii.gz", "second.nii.gz"]
+
+
+def test_an_explicit_none_window_is_the_models_and_a_bad_one_is_named(setup):
+    """From a review: Predictor.from_checkpoint(roi_size=None) ran 96-voxel windows where the CLI ran the training
+    crop; roi_size 16.0 failed as 'float object is not iterable', [16.9, 16, 16] was cut to 16 and "16" read [1, 6]."""
+    from medwidit.inference import Predictor
+
+    _, _, checkpoint = setup
+    default = Predictor.from_checkpoint(checkpoint, device="cpu").roi_size
+    assert Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=None).roi_size == default != [96, 96, 96]
+    for bad, message in (
+        (16.0, "roi_size must be an int or have 3 entries"),
+        ([16.9, 16, 16], "roi_size must hold ints"),
+        ("16", "roi_size must be an int or have 3 entries"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=bad)

@@ -312,15 +312,16 @@ def read_inference_config(bundle_dir: str | os.PathLike) -> tuple[Path, dict]:
     return path, config if isinstance(config, dict) else {}
 
 
-def bundle_extra_weights(bundle_dir: str | os.PathLike) -> list[Path]:
+def bundle_extra_weights(bundle_dir: str | os.PathLike, used: int | None = None) -> list[Path]:
     """A bundle's further weights: ``configs/inference.json``'s ``extra_weights``, a list of files relative to the
-    bundle (e.g. ``["models/model_b.pt"]``; none where the key is absent), each checked to exist."""
+    bundle (e.g. ``["models/model_b.pt"]``; none where the key is absent), each checked to exist (with ``used``, the
+    first ``used`` of them: the ones a run loads)."""
     path, config = read_inference_config(bundle_dir)
     names = config.get("extra_weights", [])
     if not isinstance(names, list) or not all(isinstance(n, str) and n and n[0] not in "$@%/" for n in names):
         raise InputError(f"{path}: extra_weights must be a list of files relative to the bundle, got {names!r}.")
     files = [Path(bundle_dir) / name for name in names]
-    missing = [str(f) for f in files if not f.is_file()]
+    missing = [str(f) for f in files[:used] if not f.is_file()]
     if missing:
         raise InputError(f"{path}: extra_weights names {', '.join(missing)}, which does not exist.")
     return files

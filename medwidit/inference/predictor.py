@@ -32,7 +32,7 @@ from medwidit.diffusion.checkpoint import read_model_config
 from medwidit.diffusion.ensemble import check_generator
 from medwidit.diffusion.segmenter import DEFAULT_SAMPLER
 from medwidit.nets.contract import network_size_multiple
-from medwidit.utils import check_bool, check_int, check_seed, is_integer, sha256_file
+from medwidit.utils import check_bool, check_int, check_per_axis, check_seed, is_integer, sha256_file
 
 from .atlas import AtlasFit, bundle_atlas_prior, check_atlas_prior, fit_atlas, network_voxels, template_dice
 from .calibration import (
@@ -285,7 +285,7 @@ class Predictor:
         patch = ensure_tuple_rep(network_size_multiple(segmenter.net), self.spatial_dims)
         if roi_size is None:  # the smallest multiple of the patch from 96 up
             roi_size = [math.ceil(DEFAULT_ROI / p) * p for p in patch]
-        self.roi_size = [int(roi_size)] * self.spatial_dims if isinstance(roi_size, int) else [int(r) for r in roi_size]
+        self.roi_size = list(check_per_axis("roi_size", roi_size, self.spatial_dims))  # 16.9 was cut to 16, "16" [1, 6]
         self.sw_batch_size, self.max_whole_voxels = sw_batch_size, max_whole_voxels
         SlidingWindowDenoiser(
             segmenter.net, self.roi_size, sw_batch_size=sw_batch_size, max_whole_voxels=max_whole_voxels
@@ -398,7 +398,8 @@ class Predictor:
             except ValueError as e:
                 raise InputError(f"{extra_path} beside {path}: {e}") from e
             extras.append(extra)
-        options.setdefault("roi_size", config.get("roi_size"))
+        if options.get("roi_size") is None:  # an explicit None too: else 96, where the CLI ran the training crop
+            options["roi_size"] = config.get("roi_size")
         options.setdefault("class_names", config.get("class_names"))
         if isinstance(bias_correction, str) and bias_correction == BIAS_RETRY:  # the first pass without N4
             options.setdefault("bias_retry", True)  # a caller's own bias_retry=False wins over a bundle's "retry"
@@ -441,7 +442,7 @@ class Predictor:
         defaults = sampling_defaults(bundle_dir)
         sets = defaults["weight_sets"] if weight_sets is None else check_int("weight_sets", weight_sets)
         given = options.get("extra_checkpoints")  # a caller's own further weights replace the bundle's
-        extra = bundle_extra_weights(bundle_dir) if given is None else list(given)
+        extra = bundle_extra_weights(bundle_dir, used=sets - 1) if given is None else list(given)
         if sets > len(extra) + 1:
             where = (
                 f"{bundle_dir / 'configs' / 'inference.json'}: weight_sets" if weight_sets is None else "weight_sets"
@@ -452,8 +453,8 @@ class Predictor:
             )
         options["extra_checkpoints"] = extra[: sets - 1]
         for key, value in bundle_options(bundle_dir).items():
-            if key in ("roi_size", "sw_batch_size"):
-                options.setdefault(key, value)
+            if key in ("roi_size", "sw_batch_size") and options.get(key) is None:  # an explicit None: the bundle's
+                options[key] = value
         for key, value in bundle_preprocessing_overrides(bundle_dir).items():  # as `monai.bundle run` reads them
             options.setdefault(key, value)
         try:  # the bundle's atlas prior, or a caller's with its files relative to the bundle

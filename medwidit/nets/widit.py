@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.utils import ensure_tuple_rep
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medwidit.utils import atomic_write, check_bool, check_int, check_options, choose, is_integer
+from medwidit.utils import atomic_write, check_bool, check_int, check_options, check_per_axis, choose, is_integer
 
 from .attention import ATTENTIONS, POSITIONS
 from .blocks import FINALS, HEADS, PixelHead, WiDiTBlock, WiDiTFinalLayer, check_kernel
@@ -50,22 +49,6 @@ def _count(name: str, value) -> int:
     if value < 1:
         raise ValueError(f"{name} must be positive, got {value}.")
     return int(value)
-
-
-def _per_axis(name: str, value: int | Sequence[int], spatial_dim: int) -> tuple[int, ...]:
-    """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
-    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a numpy array or tensor of sizes
-        value = value.tolist()
-    if not is_integer(value) and (
-        isinstance(value, (str, bool)) or not isinstance(value, Sequence) or len(value) != spatial_dim
-    ):
-        raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value!r}.")
-    if not all(is_integer(v) for v in ensure_tuple_rep(value, spatial_dim)):
-        raise ValueError(f"{name} must hold ints, got {value!r}.")
-    out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dim))
-    if any(v < 1 for v in out):
-        raise ValueError(f"{name} must be positive on every axis, got {value}.")
-    return out
 
 
 def _positive(name: str, value: float) -> None:
@@ -208,12 +191,12 @@ class WiDiT(nn.Module):
         _positive("pixel_mlp_ratio", pixel_mlp_ratio)
         self.config: dict[str, Any] = {
             "spatial_dim": spatial_dim,
-            "patch_size": list(_per_axis("patch_size", patch_size, spatial_dim)),
+            "patch_size": list(check_per_axis("patch_size", patch_size, spatial_dim)),
             "in_channels": in_channels,
             "hidden_size": hidden_size,
             "depth": depth,
             "num_heads": num_heads,
-            "window_size": list(_per_axis("window_size", window_size, spatial_dim)),
+            "window_size": list(check_per_axis("window_size", window_size, spatial_dim)),
             "mlp_ratio": float(mlp_ratio),
             "learn_sigma": learn_sigma,
             "use_conditioning": use_conditioning,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from monai.utils import look_up_option
+from monai.utils import ensure_tuple_rep, look_up_option
 
 __all__ = [
     "check_bool",
@@ -17,6 +17,7 @@ __all__ = [
     "check_keys",
     "check_interval",
     "check_options",
+    "check_per_axis",
     "check_range",
     "choose",
     "is_finite_number",
@@ -134,3 +135,19 @@ def choose(argument: str, value: Any, choices: Collection) -> Any:
         return look_up_option(value, choices)
     except ValueError as err:
         raise ValueError(f"{argument}: {str(err).strip()}") from None
+
+
+def check_per_axis(name: str, value, spatial_dim: int) -> tuple[int, ...]:
+    """``value`` as a tuple of ``spatial_dim`` positive ints, or a ValueError naming ``name``."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a numpy array or tensor of sizes
+        value = value.tolist()
+    if not is_integer(value) and (
+        isinstance(value, (str, bool)) or not isinstance(value, Sequence) or len(value) != spatial_dim
+    ):
+        raise ValueError(f"{name} must be an int or have {spatial_dim} entries (spatial_dim), got {value!r}.")
+    if not all(is_integer(v) for v in ensure_tuple_rep(value, spatial_dim)):
+        raise ValueError(f"{name} must hold ints, got {value!r}.")
+    out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dim))
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name} must be positive on every axis, got {value}.")
+    return out

@@ -204,3 +204,23 @@ def test_an_unrelated_error_is_not_blamed_on_the_extra_weights(bundle_with_extra
     with pytest.raises(ValueError) as failure:
         Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=2, sw_batch_size=0)
     assert "model_second" not in str(failure.value) and "sw_batch_size" in str(failure.value)
+
+
+def test_a_bundle_whose_further_weights_are_missing_runs_with_one_set_and_the_cli_names_inference_json(
+    tmp_path, bundle_with_extra, capsys
+):
+    """From a review: export's warning says 'set weight_sets to 1 in inference.json, or add that file', but a
+    missing extra file was refused whatever weight_sets said; and the CLI, which passed the bundle's own weight_sets
+    on as if typed, named no file in its refusal."""
+    inference = bundle_with_extra / "configs" / "inference.json"
+    config = json.loads(inference.read_text())
+    (bundle_with_extra / "models" / "model_second.pt").unlink()
+    inference.write_text(json.dumps({**config, "weight_sets": 1}))
+    assert len(Predictor.from_bundle(bundle_with_extra, device="cpu").segmenters) == 1
+    with pytest.raises(InputError, match="model_second.pt, which does not exist"):
+        Predictor.from_bundle(bundle_with_extra, device="cpu", weight_sets=2)
+    inference.write_text(json.dumps({**config, "extra_weights": [], "weight_sets": 2}))
+    source = save_nifti(tmp_path / "scan.nii.gz", _ball((24, 24, 24)))
+    args = ["segment", "-i", str(source), "-o", str(tmp_path / "out"), "--bundle", str(bundle_with_extra), "--quiet"]
+    assert main([*args, "--device", "cpu"]) != 0
+    assert "configs/inference.json: weight_sets is 2 but there are 1 set(s) of weights" in capsys.readouterr().err
