@@ -53,6 +53,7 @@ from medwidit.utils import (
     check_bool,
     check_int,
     check_interval,
+    check_range,
     choose,
     image_grid,
     is_finite_number,
@@ -432,13 +433,13 @@ class SegmentationDataModule(L.LightningDataModule):
             "contrast_prob": contrast_prob,
             "coil_prob": coil_prob,
         }
-        for name, value in probabilities.items():
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}.")
-        if int(num_workers) < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
-        if max_val_volumes is not None and int(max_val_volumes) < 1:
-            raise ValueError(f"max_val_volumes must be >= 1 or None, got {max_val_volumes}.")
+        for name, value in probabilities.items():  # from a review: "high" or None failed in float(), unnamed
+            check_range(name, value, 0.0, 1.0, closed_high=True)
+        check_int("num_workers", num_workers, low=0)  # 1.5 was cut to 1, "two" failed in int()
+        if max_val_volumes is not None:
+            check_int("max_val_volumes", max_val_volumes, hint=" or None")
+        check_range("rotate_degrees", rotate_degrees, 0.0, 180.0, closed_high=True)  # NaN turned rotation off
+        check_range("cache_rate", cache_rate, 0.0, 1.0, closed_high=True)
         self.cache = choose("cache", cache, CACHE_MODES)
         if self.cache == "disk" and cache_dir is None:
             raise ValueError("cache='disk' needs a cache_dir.")

@@ -407,10 +407,19 @@ class DiffusionSegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Name the AdamW groups of a checkpoint saved before they had names: torch's ``load_state_dict`` keeps the
-        saved group dicts, and a resumed run would log ``train/lr/pg1`` instead of ``train/lr/decay``."""
+        saved group dicts, and a resumed run would log ``train/lr/pg1`` instead of ``train/lr/decay``. A checkpoint
+        saved with the EMA holds the averaged weights as ``state_dict`` and the trained ones beside them; resumed
+        without the EMA (``ema_decay`` 0), training goes on from the trained ones, which the optimizer's moments
+        belong to (from a review: it went on from the average, silently)."""
         for state in checkpoint.get("optimizer_states", []):
             for group, name in zip(state.get("param_groups", []), PARAM_GROUPS, strict=False):
                 group.setdefault("name", name)
+        if not self.hparams.get("ema_decay") and "current_model_state" in checkpoint:
+            checkpoint["state_dict"] = checkpoint.pop("current_model_state")
+            logger.warning(
+                "this run has no EMA (ema_decay 0) and its checkpoint was saved with one: training goes on from the "
+                "trained weights; the checkpoint's averaged weights are dropped."
+            )
 
     def configure_callbacks(self) -> list[Callback]:
         """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``); with a

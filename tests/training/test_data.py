@@ -663,3 +663,22 @@ def test_the_zoom_keeps_a_label_on_its_image(tmp_path):
     for _ in range(4):
         out = zoom({"image": cube.clone(), "label": cube.long().clone()})
         assert torch.allclose(centre(out["label"]), centre(out["image"]), atol=0.15), (zoom.rand_zoom._zoom,)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("num_workers", "two", r"num_workers must be an int >= 0, got 'two'"),
+        ("num_workers", 1.5, r"num_workers must be an int >= 0, got 1.5"),
+        ("thickness_prob", "high", r"thickness_prob must be in \[0.0, 1.0\], got 'high'"),
+        ("contrast_prob", None, r"contrast_prob must be in \[0.0, 1.0\], got None"),
+        ("max_val_volumes", "all", r"max_val_volumes must be an int >= 1 or None, got 'all'"),
+        ("rotate_degrees", float("nan"), r"rotate_degrees must be in \[0.0, 180.0\], got nan"),
+        ("cache_rate", 2, r"cache_rate must be in \[0.0, 1.0\], got 2"),
+    ],
+)
+def test_a_bad_data_option_is_named(tmp_path, option, value, message):
+    """From a review: float() and int() ran before any named check ('could not convert string to float: high'),
+    1.5 workers were cut to 1 and a NaN rotation turned rotation off."""
+    with pytest.raises(ValueError, match=message):
+        _module(write_dataset(tmp_path), 3, **{option: value})

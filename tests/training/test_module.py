@@ -4,6 +4,7 @@ writes TensorBoard scalars and images, weights-only checkpoints and an exported 
 import functools
 import json
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -508,8 +509,29 @@ def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr
     from medwidit.training.module import PARAM_GROUPS, DiffusionSegmentationModule
 
     checkpoint = {"optimizer_states": [{"param_groups": [{"lr": 1e-3}, {"lr": 1e-3, "name": "kept"}]}]}
-    DiffusionSegmentationModule.on_load_checkpoint(None, checkpoint)  # uses nothing of the module
+    DiffusionSegmentationModule.on_load_checkpoint(SimpleNamespace(hparams={"ema_decay": 0.5}), checkpoint)
     assert [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == [PARAM_GROUPS[0], "kept"]
+
+
+def test_a_run_resumed_without_the_ema_goes_on_from_the_trained_weights(tmp_path, caplog):
+    """From a review: an EMA checkpoint holds the average as state_dict and the trained weights beside it; resumed
+    with ema_decay 0, Lightning loaded the average as the live weights, with AdamW's moments of the trained ones,
+    and said nothing."""
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    sampler = whole_volume_sampler(steps=1)
+    _fit(tmp_path / "a", data_list, epochs=2, sampler=sampler)
+    last = tmp_path / "a" / "ckpt" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    started = {}
+
+    class Probe(Callback):
+        def on_train_start(self, trainer, module):
+            started.update({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+    _fit(tmp_path / "a", data_list, epochs=3, sampler=sampler, ema_decay=0, resume=str(last), callbacks=[Probe()])
+    assert all(torch.equal(started[k], v) for k, v in saved["current_model_state"].items())
+    assert any(not torch.equal(started[k], v) for k, v in saved["state_dict"].items())
+    assert "training goes on from the trained weights" in caplog.text
 
 
 def _spacing_segmenter():
