@@ -432,7 +432,10 @@ class DiffusionSegmentationModule(L.LightningModule):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.hparams.ema_decay:
             start = self.hparams.ema_start_step or None
-            callbacks.append(WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start))
+            # the trainer's device: Lightning builds the average in the setup hook, before the strategy moves the
+            # model, so on a GPU it stayed on the CPU and every step averaged there, through a device copy
+            device = trainer.strategy.root_device if trainer is not None else None
+            callbacks.append(WarmupEMA(decay=self.hparams.ema_decay, update_starting_at_step=start, device=device))
         return callbacks
 
     ##################################################################################################################

@@ -534,6 +534,18 @@ def test_a_run_resumed_without_the_ema_goes_on_from_the_trained_weights(tmp_path
     assert "training goes on from the trained weights" in caplog.text
 
 
+def test_the_ema_is_kept_on_the_trainers_device():
+    """From a review: Lightning builds the average in the setup hook, before the strategy moves the model to the
+    accelerator, so a GPU run kept it on the CPU and averaged there every step, through a device copy."""
+    from medwidit.training.module import WarmupEMA
+
+    module = DiffusionSegmentationModule(tiny_segmenter(), ema_decay=0.9, preprocessing=PREPROCESSING_3D)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    module.trainer = trainer
+    (ema,) = [c for c in module.configure_callbacks() if isinstance(c, WarmupEMA)]
+    assert ema._device == trainer.strategy.root_device
+
+
 def _spacing_segmenter():
     net = tiny_segmenter().net
     config = {**net.config, "spacing_conditioning": True}
