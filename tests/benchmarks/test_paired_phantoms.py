@@ -34,14 +34,14 @@ def test_differences_are_read_at_the_chosen_cell_per_run_and_pooled_over_phantom
     assert [r["cell"] for r in runs] == ["5x8", "2"]  # the chosen cells, not the "10" rows
     assert np.allclose(runs[0]["difference"], [0.1, -0.05]) and np.allclose(runs[1]["difference"], [0.0, 0.1])
     assert np.isclose(first["mean_over_runs"], 0.05) and np.isclose(second["mean_over_runs"], 0.025)
-    assert first["pairs"] == second["pairs"] == 4
+    assert first["phantoms"] == second["phantoms"] == 2  # each phantom once, its runs averaged
     assert np.isclose(first["paired_mean"], 0.05) and np.isclose(second["paired_mean"], 0.025)
     assert (first["widit_wins"], first["basic_unet_wins"]) == (2, 0)
-    assert (second["widit_wins"], second["basic_unet_wins"]) == (2, 1)
+    assert (second["widit_wins"], second["basic_unet_wins"]) == (1, 0)  # phantom 1: -0.1 then +0.1, a tie
     low, high = second["paired_mean_95"]
     assert low <= second["paired_mean"] <= high and low < high
-    assert json.loads(out.read_text())["summary"][1]["basic_unet_wins"] == 1
-    assert "| 2 | 0.0250 | 4 |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["summary"][1]["widit_wins"] == 1
+    assert "| 2 | 0.0250 | 2 |" in capsys.readouterr().out
 
 
 def test_a_run_without_what_the_pairing_needs_is_refused_by_name(tmp_path):
@@ -68,7 +68,7 @@ def test_a_class_missing_from_a_phantom_leaves_that_pair_out_and_runs_on_other_s
     b = results_file(tmp_path / "b.json", 1, cases, [[0.85, None], [0.9, 0.6]], test_start=10**6)
     result = paired.main([str(a), str(b), "--output", str(tmp_path / "o.json")])
     first, second = result["summary"]
-    assert (first["pairs"], second["pairs"]) == (4, 2)
+    assert (first["phantoms"], second["phantoms"]) == (2, 1)
     assert np.isclose(first["paired_mean"], -0.025) and np.isclose(second["paired_mean"], 0.1)
     fresh = results_file(tmp_path / "fresh.json", 1, cases, [[0.85, None], [0.9, 0.6]], test_start=3 * 10**6)
     with pytest.raises(SystemExit, match="fresh.json: its test split .* is not .*a.json's"):
@@ -76,3 +76,29 @@ def test_a_class_missing_from_a_phantom_leaves_that_pair_out_and_runs_on_other_s
     empty = results_file(tmp_path / "empty.json", 0, [[0.9, None]], [[0.9, None]])
     with pytest.raises(SystemExit, match="class 2 is absent from every test phantom"):
         paired.main([str(empty), "--output", str(tmp_path / "o.json")])
+
+
+def test_a_phantom_is_one_unit_however_many_seeds_scored_it(tmp_path):
+    """From a review: the runs share one test split, and each (run, phantom) pair was resampled as if independent, so
+    two seeds made the interval about 1/sqrt(2) as wide: two copies of one run gave a narrower interval than the run
+    alone. A phantom is resampled once, with its runs' mean difference."""
+    rng = np.random.default_rng(0)
+    widit, unet = rng.uniform(0.8, 1.0, (16, 2)).tolist(), rng.uniform(0.8, 1.0, (16, 2)).tolist()
+    one = paired.main([str(results_file(tmp_path / "a.json", 0, widit, unet)), "--output", str(tmp_path / "1.json")])
+    copy = results_file(tmp_path / "b.json", 1, widit, unet)
+    two = paired.main([str(tmp_path / "a.json"), str(copy), "--output", str(tmp_path / "2.json")])
+    for alone, both in zip(one["summary"], two["summary"], strict=True):
+        assert both["paired_mean_95"] == alone["paired_mean_95"] and both["phantoms"] == alone["phantoms"] == 16
+
+
+def test_runs_of_one_seed_or_of_other_settings_are_refused(tmp_path):
+    cases = [[0.9, 0.9], [0.8, 0.7]]
+    a = results_file(tmp_path / "a.json", 0, cases, cases)
+    with pytest.raises(SystemExit, match=r"each run must be another training seed, got seeds \[0, 0\]"):
+        paired.main([str(a), str(a), "--output", str(tmp_path / "o.json")])
+    other = results_file(tmp_path / "other.json", 1, cases, cases)
+    results = json.loads(other.read_text())
+    results["settings"]["x0_seconds"] = 400.0
+    other.write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match=r"other.json: its settings differ from .*a.json's in \['x0_seconds'\]"):
+        paired.main([str(a), str(other), "--output", str(tmp_path / "o.json")])
