@@ -313,9 +313,11 @@ def main(argv=None) -> dict:
     if not bases:
         raise SystemExit("no base scan: --no-colin27 needs at least one --base NAME IMAGE LABEL.")
     python = {tool: sys.executable if tool == "medwidit" else None for tool in args.tools}
+    versions = None
     if any(tool in PEERS for tool in args.tools):
         peer = peers_python(args.peers_python)
         python.update({tool: peer for tool in args.tools if tool in PEERS})
+        versions = installed_versions(peer, args.tools)
     restricted = {tool: names for tool, *names in args.restrict}
     segment_args = ["--bias-correction", args.bias_correction] if args.bias_correction else []
     segment_args += ["--anti-aliasing", args.anti_aliasing] if args.anti_aliasing else []
@@ -344,7 +346,8 @@ def main(argv=None) -> dict:
         "bundle_weights_sha256": weights,
         "bundle_extra_weights_sha256": extra,
         "threads": args.threads,
-        "tools": {t: tool_description(t) for t in args.tools},
+        "tools": {t: tool_description(t, versions) for t in args.tools},
+        "peer_versions": versions,  # as installed where the peers ran (torch's too)
         "restricted": restricted,
         "rows": rows,
         "summary": summary(rows),
@@ -353,11 +356,33 @@ def main(argv=None) -> dict:
     return record
 
 
-def tool_description(tool: str) -> str:
-    """What ran as ``tool``: the package and, where the runner sets them, its settings."""
+def installed_versions(python: str, tools: list[str]) -> dict[str, str | None]:
+    """The version of each peer's package, and torch's, in the interpreter that runs them (None where absent): a
+    reused environment (``--peers-python``, an earlier ``.cache/peers-venv``) may hold other versions than the pins."""
+    packages = sorted({PEERS[t].split("==")[0] for t in tools if t in PEERS} | {"torch"})
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "def v(p):\n"
+        "    try:\n        return m.version(p)\n"
+        "    except m.PackageNotFoundError:\n        return None\n"
+        "print(json.dumps({p: v(p) for p in sys.argv[1:]}))"
+    )
+    done = subprocess.run([python, "-c", code, *packages], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def tool_description(tool: str, versions: dict | None = None) -> str:
+    """What ran as ``tool``: the package, at the version its interpreter holds (``versions``; the pin where not
+    read), and, where the runner sets them, its settings."""
     if tool not in PEERS:
         return "medwidit (this checkout)"
-    return f"{PEERS[tool]} ({PEER_SETTINGS[tool]})" if tool in PEER_SETTINGS else PEERS[tool]
+    package, pin = PEERS[tool].split("==")
+    found = (versions or {}).get(package, pin)
+    if found is None:
+        name = f"{package} (not installed where the peers ran; pinned {pin})"
+    else:
+        name = f"{package}=={found}" + ("" if found == pin else f" (not the pinned {pin})")
+    return f"{name} ({PEER_SETTINGS[tool]})" if tool in PEER_SETTINGS else name
 
 
 def print_row(row: dict) -> None:
@@ -374,7 +399,9 @@ def print_row(row: dict) -> None:
 
 def summary(rows: list[dict]) -> dict:
     """Per tool: mean and minimum Dice, mean HD95, mean CPU seconds over the cases it finished, and the cases it
-    wrote no mask for (``failed``: a failure is worse than any Dice, so a mean or minimum without it reads with it)."""
+    wrote no mask for (``failed``: a failure is worse than any Dice, so a mean or minimum without it reads with it);
+    ``empty_masks``, the finished cases whose mask held no brain (HD95 infinite: the mean HD95 is over the others, so
+    one empty mask no longer turns it into a null)."""
     out = {}
     for tool in dict.fromkeys(row["tool"] for row in rows):
         done = [r for r in rows if r["tool"] == tool and "error" not in r]
@@ -387,10 +414,16 @@ def summary(rows: list[dict]) -> dict:
                 "failed": failed,
                 "mean_dice": float(np.mean([r["dice"] for r in done])),
                 "min_dice": float(np.min([r["dice"] for r in done])),
-                "mean_hd95_mm": float(np.mean([r["hd95_mm"] for r in done])),
+                "mean_hd95_mm": _mean_finite([r["hd95_mm"] for r in done]),
+                "empty_masks": [r["case"] for r in done if not np.isfinite(r["hd95_mm"])],
                 "mean_cpu_seconds": float(np.mean([r["cpu_seconds"] for r in done])),
             }
     return out
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 if __name__ == "__main__":

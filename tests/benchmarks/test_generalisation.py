@@ -4,10 +4,12 @@ MONAI's on the truth's grid (thick-slice masks brought back to it)."""
 import hashlib
 import json
 import shutil
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from benchmark_scripts import load_benchmark
 
 from medwidit.inference.options import bundle_extra_weights, resolve_bundle
@@ -357,3 +359,23 @@ def test_the_runner_reports_the_tools_own_peak_memory_not_its_parents(tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0 < report["peak_memory_mb"] < 200  # numpy and nibabel's, not the parent's 600 MB nor torch's
     assert 0 < report["wall_seconds"] and 0 < report["cpu_seconds"]
+
+
+def test_an_empty_mask_is_named_and_leaves_the_mean_hd95_of_the_others():
+    """From a review: one empty mask (HD95 infinite) made the tool's mean HD95 infinite, written as null."""
+    rows = [
+        {"case": "a", "tool": "x", "dice": 0.9, "hd95_mm": 4.0, "cpu_seconds": 1.0},
+        {"case": "b", "tool": "x", "dice": 0.0, "hd95_mm": float("inf"), "cpu_seconds": 1.0},
+    ]
+    out = generalisation.summary(rows)["x"]
+    assert out["mean_hd95_mm"] == 4.0 and out["empty_masks"] == ["b"] and out["mean_dice"] == 0.45
+
+
+def test_the_record_names_the_peer_versions_that_ran(tmp_path):
+    """From a review: the pins were written into the record whatever a reused environment held. The versions are
+    read from the peers' interpreter; one other than the pin is said so."""
+    versions = generalisation.installed_versions(sys.executable, ["deepbet", "bet"])
+    assert set(versions) == {"deepbet", "brainextractor", "torch"} and versions["torch"] == torch.__version__
+    assert generalisation.tool_description("deepbet", {"deepbet": "1.0.2"}) == "deepbet==1.0.2"
+    assert generalisation.tool_description("deepbet", {"deepbet": "1.0.1"}) == "deepbet==1.0.1 (not the pinned 1.0.2)"
+    assert generalisation.tool_description("bet", {"brainextractor": None}).startswith("brainextractor (not installed")
