@@ -4,10 +4,10 @@
 Both models' test Dice per phantom comes from the runs' ``dice_per_case`` (kept since ``--unet-batch`` was added).
 Per class the summary gives each run's mean difference (WiDiT minus BasicUNet) and the mean of those over the runs;
 then, per test phantom, the difference averaged over the runs (the runs share one test split, so a phantom is one
-unit however many seeds scored it: pooling its runs as separate pairs made the interval 25-45 % too narrow), a
-bootstrap 95 % interval of their mean over the phantoms, and on how many phantoms each model is ahead. The runs must
-share the split and every setting but the seed. No decision is taken here: a rule written before the runs says
-which number decides.
+unit however many seeds scored it: pooling its runs as separate pairs made most intervals about a quarter too
+narrow), a bootstrap 95 % interval of their mean over the phantoms, and on how many phantoms each model is ahead. The
+runs must share the split and every setting but the seed (a setting a run predates reads as its default). No
+decision is taken here: a rule written before the runs says which number decides.
 
     python benchmarks/paired_phantoms.py SEED0.json SEED1.json --output benchmarks/results/learn_phantoms_paired.json
 
@@ -21,6 +21,7 @@ import json
 import warnings
 from pathlib import Path
 
+import learn_phantoms
 import numpy as np
 import torch
 from _report import ROOT, environment, fmt, write_json
@@ -59,7 +60,10 @@ def run_pairs(path: Path) -> dict:
     settings = results.get("settings", {})
     split = {k: settings.get(k) for k in ("size", "classes", "object_scale", "class_contrast", "test")}
     split["test_start"] = settings.get("test_start", 10**6)  # the only test split before --test-start
-    same = {k: v for k, v in settings.items() if k not in ("seed", "out", "add_to", *split)}  # the runs' protocol
+    # the runs' protocol; a setting added since a run was written had its default then (learn_phantoms' own rule)
+    known = {**vars(learn_phantoms.parse_args([])), **settings}
+    known["unet_batch"] = learn_phantoms.unet_batch(argparse.Namespace(**known))  # unset: the batch's value
+    same = {k: v for k, v in known.items() if k not in ("seed", "out", "add_to", *split)}
     return {
         "split": split,
         "settings": same,

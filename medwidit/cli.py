@@ -450,7 +450,7 @@ def _warn_other_weight_sets(bundle) -> None:
 
     sets = sampling_defaults(bundle)["weight_sets"]
     try:
-        extra = bundle_extra_weights(bundle)
+        extra = bundle_extra_weights(bundle, used=sets - 1)  # a missing file that weight_sets never loads is no matter
     except ValueError as e:  # a bundle whose second set is not there: the export is done, so a warning, not exit 1
         if sets > 1:
             logger.warning("%s; set weight_sets to 1 in inference.json (and evaluate.json), or add that file.", e)

@@ -888,6 +888,7 @@ def test_an_explicit_none_window_is_the_models_and_a_bad_one_is_named(setup):
     _, _, checkpoint = setup
     default = Predictor.from_checkpoint(checkpoint, device="cpu").roi_size
     assert Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=None).roi_size == default != [96, 96, 96]
+    assert Predictor.from_checkpoint(checkpoint, device="cpu", roi_size=[16]).roi_size == [16, 16, 16]  # one size
     for bad, message in (
         (16.0, "roi_size must be an int or have 3 entries"),
         ([16.9, 16, 16], "roi_size must hold ints"),

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from medwidit.utils import choose, itk_ras_affine
+from medwidit.utils.files import itk_reader
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -218,16 +219,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     return np.asanyarray(image.dataobj), image
 
 
-ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
-
-
-def _read_itk(path: Path, suffix: str):
+def _read_itk(path: Path):
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO(ITK_IMAGE_IO[suffix])  # ITK picks its reader by a case-sensitive suffix: SCAN.MHA had none
-    reader.SetFileName(str(path))
-    image = reader.Execute()
+    image = itk_reader(path).Execute()  # its ImageIO named by the suffix in any case (SCAN.MHA)
     while image.GetDimension() > 3 and image.GetSize()[-1] == 1:  # a 4D singleton, as NIfTI's are accepted
         image = sitk.Extract(image, [*image.GetSize()[:-1], 0], [0] * image.GetDimension())
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -273,7 +268,7 @@ def read_image(path: str | os.PathLike, *, spatial_dims: int = 3) -> tuple[np.nd
         if suffix in NIFTI_SUFFIXES:
             data, image = _read_nifti(path)
         else:
-            data, image = _read_itk(path, suffix)
+            data, image = _read_itk(path)
         _check_float32_range(data, path)
         data = np.asarray(data, dtype=np.float32)
     except InputError:

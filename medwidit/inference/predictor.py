@@ -285,6 +285,8 @@ class Predictor:
         patch = ensure_tuple_rep(network_size_multiple(segmenter.net), self.spatial_dims)
         if roi_size is None:  # the smallest multiple of the patch from 96 up
             roi_size = [math.ceil(DEFAULT_ROI / p) * p for p in patch]
+        if isinstance(roi_size, (list, tuple)) and len(roi_size) == 1:  # [96]: one size for every axis
+            roi_size = roi_size[0]
         self.roi_size = list(check_per_axis("roi_size", roi_size, self.spatial_dims))  # 16.9 was cut to 16, "16" [1, 6]
         self.sw_batch_size, self.max_whole_voxels = sw_batch_size, max_whole_voxels
         SlidingWindowDenoiser(

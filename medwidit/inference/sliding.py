@@ -441,7 +441,7 @@ def sample_ensemble(
     probabilities, prior_kept, prior_applied = restrict_to_region(probabilities, prior, prior_min_kept, prior_guard)
     probabilities, core_filled = fill_core(probabilities, core, core_label, prior_applied)
     summary = summarize_ensemble(probabilities)
-    split = decompose_entropy(probabilities, groups=len(groups))
+    split = decompose_entropy(probabilities, groups=len(groups), check=False)  # summarize_ensemble checked them
     summary.update(aleatoric=split["aleatoric"], epistemic=split["epistemic"])
     summary["estimated_dice"] = estimated_dice(probabilities)
     if kept is not None:

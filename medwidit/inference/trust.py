@@ -72,14 +72,16 @@ def entropy_of(p: torch.Tensor, dim: int) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(dim=dim, keepdim=True)
 
 
-def decompose_entropy(probabilities: torch.Tensor, groups: int = 1) -> dict[str, torch.Tensor]:
-    """Members (G*S, B, K, *S), group-major -> ``total``, ``aleatoric``, ``epistemic`` maps (B, 1, *S) in nats."""
+def decompose_entropy(probabilities: torch.Tensor, groups: int = 1, *, check: bool = True) -> dict[str, torch.Tensor]:
+    """Members (G*S, B, K, *S), group-major -> ``total``, ``aleatoric``, ``epistemic`` maps (B, 1, *S) in nats;
+    ``check=False`` where the caller has checked the probabilities already (a pass over every member's voxels)."""
     members = probabilities.shape[0]
     check_int("groups", groups)
     if members % groups:
         raise ValueError(f"{members} members cannot form {groups} groups of equal size.")
     p = probabilities.float()
-    check_probabilities(p, dim=2)
+    if check:
+        check_probabilities(p, dim=2)
     grouped = p.reshape(groups, members // groups, *p.shape[1:]).mean(dim=1)  # (G, B, K, *S)
     total = entropy_of(p.mean(dim=0), dim=1)
     aleatoric = entropy_of(grouped, dim=2).mean(dim=0)

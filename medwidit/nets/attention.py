@@ -126,14 +126,14 @@ class WindowAttention(nn.Module):
         uninitialised and a round trip through bf16 rounds them, and ``load_state_dict`` never restores them
         (they are not saved)."""
         super()._apply(fn, recurse)
-        with torch.no_grad():
+        with torch.no_grad():  # new tensors, not copy_: a buffer made under inference_mode takes no in-place write
             if self.position == "relative":
                 index = self.relative_index
-                index.copy_(relative_position_index(self.window_size, self.window_size, index.device))
+                self.relative_index = relative_position_index(self.window_size, self.window_size, index.device)
             else:
-                angles = rope_angles(self.window_size, self.window_size, self.head_dim, self.rope_cos.device)
-                self.rope_cos.copy_(angles.cos())
-                self.rope_sin.copy_(angles.sin())
+                cos = self.rope_cos
+                angles = rope_angles(self.window_size, self.window_size, self.head_dim, cos.device)
+                self.rope_cos, self.rope_sin = angles.cos().to(cos.dtype), angles.sin().to(cos.dtype)
         return self
 
     def _relative_index(self, window: tuple, device: torch.device | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from monai.metrics import DiceMetric
 
 from medwidit.data.transforms import check_preprocessing
@@ -414,7 +415,8 @@ class DiffusionSegmentationModule(L.LightningModule):
         for state in checkpoint.get("optimizer_states", []):
             for group, name in zip(state.get("param_groups", []), PARAM_GROUPS, strict=False):
                 group.setdefault("name", name)
-        if not self.hparams.get("ema_decay") and "current_model_state" in checkpoint:
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # a resume, not a load
+        if fitting and not self.hparams.get("ema_decay") and "current_model_state" in checkpoint:
             checkpoint["state_dict"] = checkpoint.pop("current_model_state")
             logger.warning(
                 "this run has no EMA (ema_decay 0) and its checkpoint was saved with one: training goes on from the "

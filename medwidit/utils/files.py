@@ -177,6 +177,22 @@ def itk_ras_affine(spacing, origin, direction) -> np.ndarray:
     return affine
 
 
+ITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+
+
+def itk_reader(path: str | os.PathLike):
+    """A SimpleITK ``ImageFileReader`` of ``path`` with its ImageIO named by the suffix in any case: ITK picks its
+    reader by a case-sensitive suffix, so ``SCAN.MHA`` had none."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    io = ITK_IMAGE_IO.get(os.path.splitext(str(path))[1].lower())
+    if io is not None:
+        reader.SetImageIO(io)
+    reader.SetFileName(str(path))
+    return reader
+
+
 def label_values(path: str | os.PathLike) -> np.ndarray:
     """The distinct voxel values of a label file, sorted, read by the readers of :func:`image_grid` (NIfTI through
     nibabel, with its scaling as MONAI's loader applies it; NRRD/MHA and DICOM through SimpleITK; pictures through
@@ -194,8 +210,11 @@ def label_values(path: str | os.PathLike) -> np.ndarray:
             return np.unique(np.asanyarray(nib.load(str(path)).dataobj))
         import SimpleITK as sitk
 
-        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))) if os.path.isdir(path) else str(path)
-        return np.unique(sitk.GetArrayFromImage(sitk.ReadImage(files)))  # a copy: a view dies with its image
+        if os.path.isdir(path):
+            image = sitk.ReadImage(list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))))
+        else:
+            image = itk_reader(path).Execute()
+        return np.unique(sitk.GetArrayFromImage(image))  # a copy: a view dies with its image
     except Exception as e:  # nibabel/SimpleITK/PIL raise many types for a truncated or non-image file
         raise ValueError(f"{path}: cannot read the label map ({' '.join(str(e).split())[-200:]}).") from e
 
@@ -261,8 +280,7 @@ def image_grid(path: str | os.PathLike, spatial_dims: int = 3) -> tuple[tuple[in
             if os.path.isdir(path):
                 info = sitk.ReadImage(list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))))
             else:
-                info = sitk.ImageFileReader()
-                info.SetFileName(str(path))
+                info = itk_reader(path)
                 info.ReadImageInformation()
             shape = tuple(int(s) for s in info.GetSize())
             n = min(len(shape), 3)

@@ -102,3 +102,8 @@ def test_runs_of_one_seed_or_of_other_settings_are_refused(tmp_path):
     other.write_text(json.dumps(results))
     with pytest.raises(SystemExit, match=r"other.json: its settings differ from .*a.json's in \['x0_seconds'\]"):
         paired.main([str(a), str(other), "--output", str(tmp_path / "o.json")])
+    newer = results_file(tmp_path / "newer.json", 1, cases, cases)  # written after --unet-ema was added
+    results = json.loads(newer.read_text())
+    results["settings"]["unet_ema"] = False
+    newer.write_text(json.dumps(results))
+    paired.main([str(a), str(newer), "--output", str(tmp_path / "o.json")])  # an option a run predates: its default

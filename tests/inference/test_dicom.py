@@ -310,7 +310,8 @@ def test_continue_over_a_series_reads_only_the_series_own_files(tmp_path, checkp
 def test_a_step_that_changes_part_way_is_refused_though_each_step_is_within_the_tolerance(tmp_path):
     """From a review: steps of 0.55 mm, then of 0.5 mm, each within the tolerance of the median step, passed; ITK
     spaced the slices evenly, and slice 51 of 101 lay 1.25 mm off its place. Here 2.54 mm steps, then 2.5 mm ones
-    (each 0.04 mm from the median, under the positions' rounding allowance): the middle slice lies 0.16 mm off."""
+    (each 0.02 mm from the median, 2.52 mm, under the positions' rounding allowance): the middle slice lies 0.16 mm
+    off."""
     normal = np.asarray(OBLIQUE["direction"]).reshape(3, 3)[:, 2]
     shift = np.r_[0.0, np.cumsum([2.54] * 8 + [2.5] * 8)] - np.arange(17) * OBLIQUE["spacing"][2]
     folder = write_series(tmp_path / "drift", _volume((6, 5, 17)), **OBLIQUE)

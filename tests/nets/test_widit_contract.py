@@ -321,3 +321,15 @@ def test_numpy_scalars_are_accepted_as_sizes_and_ratios():
     check_roi_multiple_of_patch((64, 64, 32), np.int64(2))
     with pytest.raises(ValueError, match="divisible by the network's patch_size"):
         check_roi_multiple_of_patch(np.array([64, 63, 32]), (2, 2, 2))
+
+
+def test_a_model_made_under_inference_mode_still_moves_outside_it():
+    """From a review of the rebuilt tables: written in place, a buffer made under torch.inference_mode refused the
+    write outside it, so .to() or .float() of such a model failed."""
+    for position in ("relative", "rope"):
+        with torch.inference_mode():
+            model = WiDiT(spatial_dim=2, hidden_size=16, depth=1, num_heads=2, window_size=4, position=position)
+        model.to("cpu").float()
+        x = torch.randn(1, 1, 8, 8)
+        with torch.inference_mode():
+            assert model(x, torch.tensor([3.0]), conditioned=x).shape == (1, 2, 8, 8)

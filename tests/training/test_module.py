@@ -522,6 +522,8 @@ def test_a_run_resumed_without_the_ema_goes_on_from_the_trained_weights(tmp_path
     _fit(tmp_path / "a", data_list, epochs=2, sampler=sampler)
     last = tmp_path / "a" / "ckpt" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
+    kept = tmp_path / "ema.ckpt"  # the resumed run writes last.ckpt again
+    kept.write_bytes(last.read_bytes())
     started = {}
 
     class Probe(Callback):
@@ -532,6 +534,10 @@ def test_a_run_resumed_without_the_ema_goes_on_from_the_trained_weights(tmp_path
     assert all(torch.equal(started[k], v) for k, v in saved["current_model_state"].items())
     assert any(not torch.equal(started[k], v) for k, v in saved["state_dict"].items())
     assert "training goes on from the trained weights" in caplog.text
+    caplog.clear()  # a load outside a fit keeps what the checkpoint calls its weights: the average
+    loaded = DiffusionSegmentationModule.load_from_checkpoint(kept, ema_decay=0, weights_only=True)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved["state_dict"].items())
+    assert "training goes on" not in caplog.text
 
 
 def test_the_ema_is_kept_on_the_trainers_device():

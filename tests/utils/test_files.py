@@ -184,3 +184,20 @@ def test_voxel_reorder_puts_another_voxel_order_back_and_refuses_other_lattices(
         sagittal = np.array([[0.0, 0, 1, 7], [1.5, 0, 0, -3], [0, 0.8, 0, 2], [0, 0, 0, 1]])
         swapped = sagittal @ np.array([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
         assert voxel_reorder(shape, sagittal, shape[::-1], swapped) == ((1, 0), ())
+
+
+def test_upper_case_itk_suffixes_read_for_the_grid_and_the_label_values(tmp_path):
+    """From a review of the fix that made read_image take SCAN.MHA: the training data checks (image_grid,
+    label_values) still let ITK choose a reader by the case-sensitive suffix, and failed on the same files."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medwidit.utils.files import image_grid, label_values
+
+    data = np.zeros((4, 5, 6), np.uint8)
+    data[1:3, 1:3, 1:3] = 2
+    for name in ("LABEL.MHA", "LABEL.NRRD"):
+        sitk.WriteImage(sitk.GetImageFromArray(data), str(tmp_path / name.lower()))
+        (tmp_path / name.lower()).rename(tmp_path / name)
+        assert image_grid(tmp_path / name)[0] == (6, 5, 4)
+        assert label_values(tmp_path / name).tolist() == [0, 2]
