@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler
 
 from medwidit.nets.contract import ConditionCache
+from medwidit.nets.layers import tracing
 from medwidit.utils import check_bool, check_int, check_options, check_range, choose, is_finite_number, is_integer
 
 from .encoding import encode_labels
@@ -305,7 +306,7 @@ class DiffusionSegmenter(nn.Module):
             image, steps=steps, num_samples=num_samples, sampler=sampler, eta=eta, guidance_scale=guidance_scale
         )
         image, spacing = _float_image(image, spacing)
-        if not torch.isfinite(image).all():  # else sampling failed at its end, blaming the network's weights
+        if not tracing() and not torch.isfinite(image).all():  # else sampling failed at its end, blaming the weights
             bad = int((~torch.isfinite(image)).sum())
             raise ValueError(f"image holds {bad} NaN or infinite values: give a finite image (e.g. nan_to_num).")
         chunk_size = num_samples if chunk_size is None else check_int("chunk_size", chunk_size, hint=" or None")
