@@ -348,6 +348,7 @@ def test_each_run_records_its_settings_beside_the_outputs_and_never_replaces_a_r
         "bias_retry": False,  # a bare checkpoint segments each case once
     }
     assert first["runtime"]["device"] == "cpu" and first["runtime"]["roi_size"] == [16, 16, 16]
+    assert first["runtime"]["max_whole_voxels"] == 4 * 64**3  # the default that applied (it read null)
     assert {"torch", "monai", "python"} <= set(first["environment"]) and first["medwidit"]
     assert first["cases"] == [
         {

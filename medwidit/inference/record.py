@@ -87,6 +87,8 @@ def runtime_settings(predictor) -> dict:
     """Where and how a ``Predictor`` runs: device, autocast dtype, windows, memory budget, torch threads."""
     import torch
 
+    from .sliding import DEFAULT_WHOLE_VOXELS  # the budget that applied where none was given (it read null)
+
     dtype = predictor.autocast_dtype
     return {
         "device": str(predictor.device),
@@ -94,7 +96,7 @@ def runtime_settings(predictor) -> dict:
         "autocast_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
         "roi_size": list(predictor.roi_size),
         "sw_batch_size": predictor.sw_batch_size,
-        "max_whole_voxels": predictor.max_whole_voxels,
+        "max_whole_voxels": DEFAULT_WHOLE_VOXELS if predictor.max_whole_voxels is None else predictor.max_whole_voxels,
         "threads": torch.get_num_threads(),
     }
 
