@@ -509,7 +509,9 @@ def test_a_checkpoint_saved_before_the_groups_had_names_resumes_with_the_same_lr
     from medwidit.training.module import PARAM_GROUPS, DiffusionSegmentationModule
 
     checkpoint = {"optimizer_states": [{"param_groups": [{"lr": 1e-3}, {"lr": 1e-3, "name": "kept"}]}]}
-    DiffusionSegmentationModule.on_load_checkpoint(SimpleNamespace(hparams={"ema_decay": 0.5}), checkpoint)
+    DiffusionSegmentationModule.on_load_checkpoint(
+        SimpleNamespace(hparams={"ema_decay": 0.5}, _trainer=None), checkpoint
+    )
     assert [g["name"] for g in checkpoint["optimizer_states"][0]["param_groups"]] == [PARAM_GROUPS[0], "kept"]
 
 
