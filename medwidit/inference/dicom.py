@@ -112,10 +112,7 @@ def _check_slices(folder: Path, files: list[str]) -> None:
     # and on one even grid: ITK spaces the slices (last - first) / (n - 1) apart, so a series whose step changes part
     # way through (0.55 then 0.5 mm) had every step within the tolerance and slices up to 1.25 mm off (a review)
     ordered_positions = np.sort(positions)
-    even = ordered_positions[0] + np.arange(len(positions)) * (ordered_positions[-1] - ordered_positions[0]) / max(
-        len(positions) - 1, 1
-    )
-    off = np.abs(ordered_positions - even)
+    off = np.abs(ordered_positions - np.linspace(ordered_positions[0], ordered_positions[-1], len(positions)))
     if off.max() > max(SLICE_GAP_TOLERANCE * median, POSITION_ROUNDING_MM):
         raise InputError(
             f"{folder}: DICOM slice positions are not evenly spaced: slice {int(off.argmax()) + 1} of "
