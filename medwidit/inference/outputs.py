@@ -73,7 +73,8 @@ RESTORING = ".restoring"  # in a staging folder: its overwrite is being undone (
 ENTROPY_PARTS = {"aleatoric": "_aleatoric", "epistemic": "_epistemic", "disagreement": "_disagreement",
                  "error_score": "_error_score"}  # maps  # fmt: skip
 JSON_SUFFIXES = {"quality": "_quality.json", "statistics": "_statistics.json"}  # per-case JSON outputs
-DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE)
+# the rest of the line: a data file's name may hold spaces (from a review: "b c.raw.gz" went unprotected)
+DATA_FILE_LINE = re.compile(r"^(?:ElementDataFile\s*=|data file:)[ \t]*(.+?)[ \t\r]*$", re.MULTILINE | re.IGNORECASE)
 
 
 ######################################################################################################################
@@ -96,7 +97,8 @@ def input_files(path: str | os.PathLike) -> list[Path]:
         return [path]
     try:
         with open(path, "rb") as f:
-            match = DATA_FILE_LINE.search(f.read(65536).decode("latin-1"))
+            # the file system's encoding, as SimpleITK opens the name (from a review: "héad.zraw" read as latin-1)
+            match = DATA_FILE_LINE.search(os.fsdecode(f.read(65536)))
     except OSError:  # unreadable: reading the case reports it
         return [path]
     if match is None or match[1].upper() in ("LOCAL", "LIST") or "%" in match[1]:

@@ -12,7 +12,7 @@ from monai.transforms import LoadImage
 
 from medwidit.inference.io import InputError, OutputError, check_output_dir, label_dtype, read_image, to_nibabel
 from medwidit.inference.io import OutputImage as Out
-from medwidit.inference.outputs import write_image, write_images
+from medwidit.inference.outputs import input_files, write_image, write_images
 
 
 @pytest.fixture
@@ -444,3 +444,16 @@ def test_a_header_whose_data_file_is_missing_names_the_data_file(tmp_path, rng):
     (tmp_path / "b.raw").unlink()
     with pytest.raises(InputError, match=r"b.mhd: its data file b.raw \(the header's data file line\) is not in"):
         read_image(tmp_path / "b.mhd")
+
+
+@pytest.mark.parametrize("name", ["my scan", "héad"])
+def test_a_header_names_its_data_file_with_spaces_or_non_ascii_letters(tmp_path, rng, name):
+    """From a review: the data file line was read up to its first space and decoded as latin-1, so 'héad.mhd' was
+    refused ("its data file hÃ©ad.raw is not in ...") and 'my scan.raw' left out of what an output may not replace."""
+    header = tmp_path / f"{name}.mhd"
+    data = rng.random((4, 5, 6)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(data), str(header))
+    assert input_files(header) == [header, tmp_path / f"{name}.raw"]
+    np.testing.assert_array_equal(read_image(header)[0], data.transpose(2, 1, 0))
+    header.write_bytes(header.read_bytes().replace(b"\n", b"\r\n"))  # written on Windows
+    assert input_files(header) == [header, tmp_path / f"{name}.raw"]
