@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .dicom import is_dicom_series
 from .io import IMAGE_SUFFIXES, InputError, image_suffix
+from .outputs import written_here
 
 __all__ = ["DEFAULT_MODALITY_PATTERN", "Case", "find_cases", "modality_regex"]
 
@@ -128,6 +129,10 @@ def _expand(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
+            written = written_here(path)  # a folder given as -i and -o both: its earlier outputs are not inputs
+            if outputs := [p for p in found if p.name in written]:
+                logger.info("%s: %d earlier outputs of medwidit here are not inputs: skipped.", path, len(outputs))
+                found = [p for p in found if p not in outputs]
             folders = [path, *sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))]
             dicom = [folder for folder in folders if is_dicom_series(folder)]
             if not found and not dicom:

@@ -47,6 +47,7 @@ from .outputs import (
     output_path,
     output_path_variants,
     plan_case,
+    replaced_outputs,
     restore_interrupted,
     staged_elsewhere,
     write_case,
@@ -310,10 +311,12 @@ def _predict_case(
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
             elif resume:  # from a review: "no completion marker" where the marker was there, an output gone
-                gone = missing_outputs(plan)
+                gone, replaced = missing_outputs(plan), replaced_outputs(plan)
                 why = (
                     f"its earlier outputs are incomplete: {', '.join(gone)} missing" if gone else "no completion marker"
                 )
+                if replaced:
+                    why = "; ".join(f"{name} was replaced by case {by!r}'s output" for name, by in replaced.items())
                 hint = (
                     f" but the case is unfinished ({why}); pass overwrite with resume to redo it "
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"

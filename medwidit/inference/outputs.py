@@ -58,10 +58,12 @@ __all__ = [
     "output_path",
     "output_path_variants",
     "plan_case",
+    "replaced_outputs",
     "write_case",
     "write_image",
     "write_images",
     "write_json",
+    "written_here",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,6 +196,18 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def written_here(folder: str | os.PathLike) -> set[str]:
+    """The file names that the markers in ``folder``'s state folder list: outputs of earlier runs into ``folder``,
+    never a case's inputs (from a review: after ``-i d -o d`` every later run there, ``--continue`` too, took the
+    label map for a modality of its own case and the uncertainty maps for cases)."""
+    state = Path(folder) / STATE_DIR
+    names: set[str] = set()
+    for marker in sorted(state.glob("*.json")) if state.is_dir() else ():
+        files = _read_json(marker).get("files")
+        names |= {name for name in files if isinstance(name, str)} if isinstance(files, list) else set()
+    return names
+
+
 def is_finished(plan: CasePlan) -> bool:
     """Whether the case's marker lists every planned file (it may list more) and all of them exist."""
     written = _read_json(plan.marker).get("files")
@@ -209,29 +223,52 @@ def _listed(plan: CasePlan) -> list[str]:
 def left_behind(plan: CasePlan) -> list[str]:
     """The files the case's marker lists, by name, that are there, that this plan does not write and that no other
     case's marker lists: an earlier set that a commit without overwrite would leave behind, listed by no marker (the
-    new one replaces it); from a review, ``a.nii`` then ``a.nii.gz`` into one folder."""
+    new one replaces it); from a review, ``a.nii`` then ``a.nii.gz`` into one folder. Also those a killed run's
+    begun commit placed (:func:`_placed`; from a review: they stayed beside the new set, listed by nothing)."""
     if plan.marker is None:
         return []
     ours = {f.name for f in plan.files}
     names = [name for name in _listed(plan) if name not in ours and (plan.marker.parent.parent / name).is_file()]
     others = _listed_by_other_cases(plan, names)
-    return [name for name in names if name not in others]
+    behind = [name for name in names if name not in others]
+    for staging in _stagings(plan) if plan.state_dir.is_dir() else ():
+        try:
+            with locked(staging / ".lock", blocking=False) as stale:
+                placed = _placed(plan, staging) if stale else []
+        except FileNotFoundError:  # removed by another run since it was listed
+            continue
+        behind += [path.name for path in placed if path.name not in behind]
+    return behind
 
 
-def _listed_by_other_cases(plan: CasePlan, names: Sequence[str]) -> set[str]:
-    """Those of ``names`` (files of the case's folder) that another case's marker lists: an earlier output of this
-    case may since have been replaced by another case's (case ``scan``'s ``scan_uncertainty.nii.gz`` by case
-    ``scan_uncertainty``'s labels). Only a case whose name begins a file's can list it, so only the markers of those
-    names are read, not the folder's every marker (a bulk overwrite read N^2)."""
+def _placed(plan: CasePlan, staging: Path) -> list[Path]:
+    """The outputs a gone run's begun commit in ``staging`` had placed (its staged copies) that ``plan`` does not
+    write and that no marker lists: removing its staging folder would leave them in the folder as nobody's."""
+    written = _read_json(staging / MANIFEST).get("files")
+    if (staging / RESTORING).exists() or not isinstance(written, list):
+        return []
+    folder, ours = plan.files[0].parent, {f.name for f in plan.files}
+    names = [n for n in written if isinstance(n, str) and n not in ours and _same(staging / n, folder / n)]
+    listed = set(_listed(plan)) | set(_listed_by_other_cases(plan, names))
+    return [folder / name for name in names if name not in listed]
+
+
+def _listed_by_other_cases(plan: CasePlan, names: Sequence[str]) -> dict[str, str]:
+    """Those of ``names`` (files of the case's folder) that another case's marker lists -> the case listing each: an
+    earlier output of this case may since have been replaced by another case's (case ``scan``'s
+    ``scan_uncertainty.nii.gz`` by case ``scan_uncertainty``'s labels). Only a case whose name begins a file's can
+    list it, so only the markers of those names are read, not the folder's every marker (a bulk overwrite read N^2)."""
     if plan.marker is None or not names:
-        return set()
-    cases = {name[:i] for name in names for i in range(1, len(name))} - {plan.name}
-    listed = set()
+        return {}
+    cases = sorted({name[:i] for name in names for i in range(1, len(name))} - {plan.name})
+    listed: dict[str, str] = {}
     for case in cases:
         marker = plan.marker.parent / f"{case}.json"
         files = _read_json(marker).get("files") if marker.is_file() else None
-        listed |= {n for n in files if isinstance(n, str)} if isinstance(files, list) else set()
-    return listed & set(names)
+        for name in files if isinstance(files, list) else ():
+            if isinstance(name, str) and name in names:
+                listed.setdefault(name, case)
+    return listed
 
 
 def _stale(plan: CasePlan, previous: set[str]) -> list[Path]:
@@ -246,6 +283,12 @@ def _stale(plan: CasePlan, previous: set[str]) -> list[Path]:
 def missing_outputs(plan: CasePlan) -> list[str]:
     """The files the case's marker lists that are gone ([] where it has no marker, or none is gone)."""
     return [name for name in _listed(plan) if not (plan.marker.parent.parent / name).is_file()]
+
+
+def replaced_outputs(plan: CasePlan) -> dict[str, str]:
+    """The case's outputs that another case's overwriting commit replaced -> that case (:func:`_release`)."""
+    replaced = _read_json(plan.marker).get("replaced") if plan.marker is not None else None
+    return {k: v for k, v in replaced.items() if isinstance(v, str)} if isinstance(replaced, dict) else {}
 
 
 def finished_with_others(plan: CasePlan) -> list[str]:
@@ -343,12 +386,21 @@ def _commit_staged(
     manifest = _read_json(staging / MANIFEST)
     if resume and manifest.get("overwrite"):  # the killed run's commit, as it was asked for
         overwrite = True
-    previous = set()
+    there = any(f.exists() for f in plan.files)  # then the commit's first link is refused: "already exists"
+    if not overwrite and not resume and not there and (behind := left_behind(plan)):
+        # under the folder's lock: another run committed the case meanwhile, in another format or with other outputs
+        # (from a review: two runs at once, a/scan.nii.gz and b/scan.nii, both exited 0, one marker listing one)
+        raise OutputError(
+            f"{plan.state_dir.parent / behind[0]}: case {plan.name!r} was written by another run "
+            f"({', '.join(behind)}), which this commit would leave behind; pass --overwrite to replace that case."
+        )
+    previous, taken = set(), {}
     if plan.marker is not None and overwrite:
         listed = manifest.get("previous") if resume and "previous" in manifest else _read_json(plan.marker).get("files")
         previous = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
+        taken = _listed_by_other_cases(plan, [f.name for f in plan.files if f.exists()])
     try:
-        kept = _keep_earlier(plan, staging, manifest, previous) if overwrite and not resume else None
+        kept = _keep_earlier(plan, staging, manifest, previous, taken) if overwrite and not resume else None
     except OSError as e:  # nothing replaced yet
         # the output in the way (a folder under an output's name), else the case (not a staging file's hidden name)
         where = e.filename if e.filename and Path(e.filename).parent == plan.files[0].parent else plan.files[0]
@@ -357,6 +409,7 @@ def _commit_staged(
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     try:
         if plan.marker is not None and overwrite:
+            _release(plan, taken)
             plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
         for final in plan.files:
             staged = staging / final.name
@@ -387,6 +440,14 @@ def _commit_staged(
         stale = _stale(plan, previous)  # an earlier run's, by its marker
         for path in stale:
             path.unlink(missing_ok=True)
+        for case in sorted(set(taken.values())):
+            logger.warning(
+                "%s: replaced %s, case %r's output from an earlier run (--overwrite); case %r is unfinished now.",
+                plan.name,
+                ", ".join(name for name, owner in sorted(taken.items()) if owner == case),
+                case,
+                case,
+            )
         if stale:  # said before the marker: an interrupt while it is said still puts the earlier set back
             logger.warning(
                 "%s: removed the earlier run's %s, which this run does not write (--overwrite replaces a case's "
@@ -414,19 +475,44 @@ def _commit_staged(
         raise
 
 
-def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[str]) -> list[str]:
+def _keep_earlier(plan: CasePlan, staging: Path, manifest: dict, previous: set[str], taken: dict) -> list[str]:
     """Before an overwriting commit: a second name in ``staging`` of each earlier output it replaces (the planned
     files that exist) or removes (``earlier`` files the marker lists), and, in the manifest, their names, the
-    marker's list and the overwrite -> the kept names."""
+    marker's list, the other cases' outputs it replaces (``taken``, :func:`_release`) and the overwrite -> the kept
+    names."""
     earlier = [f for f in plan.files if f.exists()] + _stale(plan, previous)
     for path in earlier:
         link_or_copy(path, staging / f"{KEPT}{path.name}")
     marker = {} if plan.marker is None else _read_json(plan.marker)
     record = {**manifest, "overwrite": True, "previous": sorted(previous), "kept": [p.name for p in earlier]}
+    record["taken"] = taken
     record["marker"] = marker.get("files") if isinstance(marker.get("files"), list) else None
     record["marker_settings"] = marker.get("settings")
     atomic_write(staging / MANIFEST, lambda tmp: tmp.write_text(json.dumps(record)))
     return record["kept"]
+
+
+def _release(plan: CasePlan, taken: Mapping[str, str], *, back: bool = False) -> None:
+    """Take the files an overwriting commit of ``plan`` replaces out of the other cases' markers that list them
+    (``taken``: file name -> that case), so that none calls its case finished on this case's file (from a review:
+    ``--overwrite`` of case ``scan`` replaced case ``scan_uncertainty``'s labels, whose marker then listed an entropy
+    map, and ``--continue`` skipped it); each marker keeps ``replaced``: name -> the case that replaced it.
+    ``back``: put them back (the overwrite undone, :func:`_restore`)."""
+    for case in sorted(set(taken.values())):
+        marker = plan.state_dir / f"{case}.json"
+        content, names = _read_json(marker), {name for name, owner in taken.items() if owner == case}
+        if not isinstance(content.get("files"), list):
+            continue
+        replaced = content.get("replaced") if isinstance(content.get("replaced"), dict) else {}
+        if back:
+            content["files"] = content["files"] + sorted(names - set(content["files"]))
+            replaced = {name: by for name, by in replaced.items() if name not in names}
+        else:
+            content["files"] = [name for name in content["files"] if name not in names]
+            replaced = {**replaced, **dict.fromkeys(sorted(names), plan.name)}
+        content = {key: value for key, value in content.items() if key != "replaced"}
+        text = json.dumps(content | ({"replaced": replaced} if replaced else {}), indent=1) + "\n"
+        atomic_write(marker, lambda tmp, text=text: tmp.write_text(text))
 
 
 def _restore(plan: CasePlan, staging: Path) -> None:
@@ -448,6 +534,8 @@ def _restore(plan: CasePlan, staging: Path) -> None:
         kept = staging / f"{KEPT}{name}"
         if kept.exists() and not (folder / name).exists():
             os.replace(kept, folder / name)
+    if plan.marker is not None and isinstance(manifest.get("taken"), dict):
+        _release(plan, manifest["taken"], back=True)
     listed = manifest.get("marker")
     if plan.marker is not None and isinstance(listed, list):
         content = _marker_text(plan, listed, manifest.get("marker_settings"))
@@ -684,6 +772,15 @@ def finish_interrupted(plan: CasePlan, *, overwrite: bool, finish: bool = True) 
                         _commit_staged(plan, staging, overwrite=overwrite, committed=[], resume=True)
                         finished = True
                         logger.info("%s: finished the commit an interrupted run had begun", plan.name)
+                    elif overwrite and (placed := _placed(plan, staging)):  # else nobody's, beside the new set
+                        for path in placed:
+                            path.unlink(missing_ok=True)
+                        logger.warning(
+                            "%s: removed %s, placed by an interrupted run's commit (--overwrite replaces a case's "
+                            "outputs as one set).",
+                            plan.name,
+                            ", ".join(path.name for path in placed),
+                        )
                     shutil.rmtree(staging, ignore_errors=True)
             except FileNotFoundError:  # removed by another run since it was listed
                 continue

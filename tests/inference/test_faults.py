@@ -176,6 +176,27 @@ def test_a_second_writer_with_the_same_bytes_is_refused_too_and_keeps_the_first_
     assert hidden_leftovers(out) == []
 
 
+def test_a_second_writer_of_the_case_in_another_format_is_refused_and_keeps_the_first_ones_marker(tmp_path):
+    """From a review: two runs at once, of a/scan.nii.gz and b/scan.nii, into one folder both exited 0; the folder
+    held both label maps and the marker listed the last committer's alone (run one after the other, the second was
+    refused). The commit checks again, under the folder's lock, what it would leave behind."""
+    from medwidit.inference.io import save_image
+    from medwidit.inference.outputs import CaseWriter, is_finished, plan_case
+
+    geometry = read_image(nifti(tmp_path / "x.nii.gz"))[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    first, second = plan_case(out, "x", [out / "x.nii.gz"]), plan_case(out, "x", [out / "x.nii"])
+    with CaseWriter(first, overwrite=False) as a, CaseWriter(second, overwrite=False) as b:
+        for writer, plan in ((a, first), (b, second)):
+            item = OutputImage(np.ones(geometry.shape), geometry, plan.files[0], "labels")
+            writer.write(plan.files[0], lambda staged, item=item: save_image(item, staged))
+        a.commit()
+        with pytest.raises(OutputError, match=r"x.nii.gz: case 'x' was written by another run \(x.nii.gz\), which"):
+            b.commit()
+    assert visible(out) == ["x.nii.gz"] and is_finished(first) and hidden_leftovers(out) == []
+
+
 ######################################################################################################################
 # 2. multi-file formats name their final data file
 ######################################################################################################################
@@ -289,6 +310,47 @@ def test_continue_finishes_a_commit_killed_between_its_link_and_its_file(setup):
     (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
     assert (result.status, result.message) == ("done", "finished an interrupted commit")
     assert visible(out) == UNCERTAINTY_OUTPUTS and hidden_leftovers(out) == []
+
+
+def test_a_folder_given_as_input_and_output_reads_its_earlier_outputs_as_outputs(setup, tmp_path):
+    """From a review: after -i d -o d, every later run in d took the earlier outputs for inputs: --continue failed on
+    "one modality given twice (scan.nii.gz, scan_0000.nii.gz)", and with the maps the whole run was refused (an output
+    of case 'scan_aleatoric' is also the input). Files that a marker there lists are outputs, not cases."""
+    _, _, predictor = setup
+    folder = tmp_path / "d"
+    folder.mkdir()
+    nifti(folder / "scan_0000.nii.gz")
+    options = {"save_uncertainty": True, "progress": False, **FAST}
+    (result,) = predictor.predict_from_files(folder, folder, **options)
+    assert result.status == "done"
+    nifti(folder / "new_0000.nii.gz", seed=3)  # a scan added later
+    results = predictor.predict_from_files(folder, folder, resume=True, **options)
+    assert [(r.name, r.status) for r in results] == [("new", "done"), ("scan", "skipped")]
+
+
+def test_what_a_killed_commit_placed_is_not_left_beside_a_later_set(setup, tmp_path, caplog):
+    """From a review: a run killed after two of its files' commits left them and its staging folder; a later
+    --overwrite of the labels alone removed the staging folder (the only record of them) and left the killed run's
+    uncertainty map beside the new labels, listed by no marker; a later run from scan.nii (another format, no flags)
+    committed beside the killed run's scan.nii.gz. The first is now refused, naming them; the overwrite removes them."""
+    _, inputs, predictor = setup
+    out = tmp_path / "out"
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
+            "--save-uncertainty", *CLI_FAST]  # fmt: skip
+    run = run_cli(["-c", KILL_AT_SECOND_COMMIT.replace("len(calls) == 2", "len(calls) == 3"), *args])
+    assert run.wait(timeout=300) == -9, run.stderr.read()
+    placed = visible(out)
+    assert len(placed) == 2 and "scan.nii.gz" in placed
+    extra = next(name for name in placed if name != "scan.nii.gz")
+    other = tmp_path / "other"
+    other.mkdir()
+    nib.save(nib.load(inputs / "scan.nii.gz"), other / "scan.nii")
+    (refused,) = predictor.predict_from_files(other, out, progress=False, **FAST)
+    assert refused.status == "failed" and "which this run would leave behind" in refused.message
+    assert "scan.nii.gz" in refused.message and extra in refused.message
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done" and visible(out) == ["scan.nii.gz"] and hidden_leftovers(out) == []
+    assert f"removed {extra}, placed by an interrupted run's commit" in caplog.text
 
 
 @pytest.mark.parametrize("staging", [None, "stale", "live"])
@@ -461,6 +523,44 @@ def test_an_overwrite_removes_no_output_that_another_cases_marker_lists(setup, t
     assert result.status == "done" and visible(out) == ["scan.nii.gz", "scan_uncertainty.nii.gz"]
     (result,) = predictor.predict_from_files(other, out, resume=True, progress=False, **FAST)
     assert result.status == "skipped"  # case scan_uncertainty is still finished
+
+
+def test_an_overwrite_that_replaces_another_cases_output_takes_it_out_of_that_cases_marker(setup, tmp_path, caplog):
+    """From a review: case scan_uncertainty's labels, written by an earlier run, were replaced by case scan's
+    uncertainty map (--overwrite), and scan_uncertainty's marker still listed them: --continue skipped that case as
+    finished on an entropy map. Its marker now drops the file and says which case replaced it; an overwrite cut short
+    puts the file and the marker's list back."""
+    _, inputs, predictor = setup
+    other, out = tmp_path / "in2", tmp_path / "out"
+    other.mkdir()
+    nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    predictor.predict_from_files(other, out, progress=False, **FAST)
+    labels = (out / "scan_uncertainty.nii.gz").read_bytes()
+    marker = out / ".medwidit" / "scan_uncertainty.json"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    from medwidit.inference import outputs as outputs_module
+
+    real = outputs_module._stale
+    outputs_module._stale = interrupted  # after the files are committed, before the marker
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            predictor.predict_from_files(inputs, out, overwrite=True, save_uncertainty=True, progress=False, **FAST)
+    finally:
+        outputs_module._stale = real
+    assert (out / "scan_uncertainty.nii.gz").read_bytes() == labels
+    assert json.loads(marker.read_text())["files"] == ["scan_uncertainty.nii.gz"]
+    assert "replaced" not in json.loads(marker.read_text())
+    (result,) = predictor.predict_from_files(inputs, out, overwrite=True, save_uncertainty=True, progress=False, **FAST)
+    assert result.status == "done" and (out / "scan_uncertainty.nii.gz").read_bytes() != labels
+    assert "replaced scan_uncertainty.nii.gz, case 'scan_uncertainty''s output from an earlier run" in caplog.text
+    content = json.loads(marker.read_text())
+    assert content["files"] == [] and content["replaced"] == {"scan_uncertainty.nii.gz": "scan"}
+    (result,) = predictor.predict_from_files(other, out, resume=True, progress=False, **FAST)
+    assert result.status == "failed"  # not skipped as finished
+    assert "scan_uncertainty.nii.gz was replaced by case 'scan''s output" in result.message
 
 
 def test_what_a_run_would_leave_behind_excludes_what_another_case_lists(tmp_path):
@@ -1152,7 +1252,10 @@ def test_a_commit_finishes_a_restore_cut_short_before_it_sweeps(tmp_path, monkey
     _commit_case(plan, "old", overwrite=False)
     _overwrite_with_its_restore_cut_short(plan, monkeypatch, at="x_uncertainty.nii.gz")
     assert (out / "x_uncertainty.nii.gz").read_text() == "new x_uncertainty.nii.gz"  # not back yet
-    _commit_case(_case(out, "x", ["x_probabilities.nii.gz"]), "other", overwrite=False)
+    # the restore first; then this commit, which would leave the earlier set behind, is refused (from a review: two
+    # runs at once, one committed beside the other's set in another format)
+    with pytest.raises(OutputError, match="x.nii.gz: case 'x' was written by another run .* would leave behind"):
+        _commit_case(_case(out, "x", ["x_probabilities.nii.gz"]), "other", overwrite=False)
     assert (out / "x_uncertainty.nii.gz").read_text() == "old x_uncertainty.nii.gz"
     assert hidden_leftovers(out) == []
 
