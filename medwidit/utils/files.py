@@ -136,7 +136,10 @@ def locked(path: str | os.PathLike, *, blocking: bool = True, required: bool = T
         problem = OSError(errno.ENOSYS, f"no flock on this system ({e})")
     try:
         if problem is None:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:  # the umask decides who may write the lock file (a group's shared folder: 0o664 under umask 002)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+            except PermissionError:  # another user's: flock needs no write access (from a review: Errno 13 at commit)
+                fd = os.open(path, os.O_RDONLY)
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
         held = False

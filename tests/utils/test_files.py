@@ -3,6 +3,7 @@
 import multiprocessing as mp
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,43 @@ def test_upper_case_itk_suffixes_read_for_the_grid_and_the_label_values(tmp_path
         (tmp_path / name.lower()).rename(tmp_path / name)
         assert image_grid(tmp_path / name)[0] == (6, 5, 4)
         assert label_values(tmp_path / name).tolist() == [0, 2]
+
+
+def test_a_lock_file_another_user_owns_is_locked_read_only(tmp_path, monkeypatch):
+    """From a review: a second user of a shared output folder failed every commit with "[Errno 13] Permission denied:
+    '.medwidit/lock'": the lock file was another user's (mode 0644) and opened for writing, which flock never needs."""
+    import fcntl
+
+    from medwidit.utils.files import locked
+
+    path = tmp_path / "lock"
+    path.touch()
+    real_open = os.open
+
+    def others(file, flags, *args):  # as a user without write access to the lock file sees it
+        if Path(file) == path and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(os, "open", others)
+    with locked(path) as held:
+        assert held
+        fd = real_open(path, os.O_RDONLY)
+        try:  # the lock is really held: another descriptor cannot take it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
+def test_a_new_lock_file_is_writable_as_the_umask_allows(tmp_path):
+    """A group's shared folder (umask 002): the lock file another member of the group must open is group-writable."""
+    from medwidit.utils.files import locked
+
+    old = os.umask(0o002)
+    try:
+        with locked(tmp_path / "lock"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "lock").stat().st_mode & 0o777 == 0o664
