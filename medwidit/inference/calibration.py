@@ -154,7 +154,11 @@ def case_features(quality: Mapping, k: int | str, boundary_knee: float = BOUNDAR
         below = 0.0 if low <= 0 else math.log(low / volume) if volume > 0 else MAX_VOLUME_OUTSIDE  # a range from 0
         outside = min(MAX_VOLUME_OUTSIDE, max(0.0, below, math.log(max(volume, 1e-12) / high)))
     atlas = quality.get("atlas_prior") or {}
-    atlas_kept = 1.0 if atlas.get("kept") is None else max(float(atlas["kept"]), float(atlas.get("min_kept", 0.0)))
+    atlas_kept = 1.0 if atlas.get("kept") is None else float(atlas["kept"])
+    if not atlas.get("applied", True):  # nothing was cut: below min_kept the share tells no more (as log_kept's)
+        atlas_kept = max(atlas_kept, float(atlas.get("min_kept", 0.0)))
+    # where it was cut, the share of its region: since 0.8.0 the guard (guard_kept, within kept_margin_mm) decides
+    # the cut, and the 2 mm region may hold less than min_kept (from a review: an applied 0.30 read as 0.5)
     atlas_dice = 1.0 if atlas.get("template_dice") is None else float(atlas["template_dice"])
     maps = quality.get("uncertainty", {})
     overlap = (quality.get("boundary_overlap") or {}).get(key)

@@ -108,6 +108,8 @@ def test_the_features_come_from_the_quality_report():
     for entry, expected in [
         ({**atlas, "kept": 0.7, "applied": True}, math.log(0.7)),
         ({**atlas, "kept": 0.2, "applied": False}, math.log(0.5)),  # not cut: at least min_kept
+        # cut, the guard within kept_margin_mm holding min_kept: the 2 mm region's own share (from a review: 0.5)
+        ({**atlas, "kept": 0.3, "guard_kept": 0.6, "applied": True}, math.log(0.3)),
         ({**atlas, "kept": None, "applied": False}, 0.0),
     ]:  # did not register: no evidence
         assert case_features({**_quality(), "atlas_prior": entry}, 1)["log_atlas_kept"] == pytest.approx(expected)
