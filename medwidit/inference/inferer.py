@@ -20,9 +20,10 @@ from monai.inferers import Inferer
 
 from medwidit.data.transforms import batch_spacing
 from medwidit.diffusion import DiffusionSegmenter
-from medwidit.utils import check_int, check_seed
+from medwidit.utils import check_int, check_seed, choose
+from medwidit.utils.checks import check_per_axis
 
-from .options import SAMPLING_DEFAULTS, autocast_dtype, autocast_model_fn, sampling_options
+from .options import PRECISIONS, SAMPLING_DEFAULTS, autocast_dtype, autocast_model_fn, sampling_options
 from .sliding import check_max_whole_voxels, sample_ensemble
 
 __all__ = ["DiffusionSamplingInferer"]
@@ -57,6 +58,7 @@ class DiffusionSamplingInferer(Inferer):
         self.roi_size = roi_size
         self.sw_batch_size = check_int("sw_batch_size", sw_batch_size)
         self.seed = check_seed(seed)
+        choose("precision", precision, PRECISIONS)  # named here, not at the first batch
         self.precision = precision
         self.options = {**options, "max_whole_voxels": check_max_whole_voxels(max_whole_voxels)}
         self.extra_segmenters = list(extra_segmenters)
@@ -71,7 +73,8 @@ class DiffusionSamplingInferer(Inferer):
         if not isinstance(segmenter, DiffusionSegmenter):
             raise TypeError(f"network must be a DiffusionSegmenter or hold one as .segmenter, got {type(network)}.")
         spatial_dims = inputs.ndim - 2
-        roi = [self.roi_size] * spatial_dims if isinstance(self.roi_size, int) else list(self.roi_size)
+        one = isinstance(self.roi_size, Sequence) and len(self.roi_size) == 1  # [96]: every axis, as the predictor
+        roi = list(check_per_axis("roi_size", self.roi_size[0] if one else self.roi_size, spatial_dims))
         dtype = autocast_dtype(inputs.device, self.precision)
 
         spacing = batch_spacing(inputs).to(inputs.device) if segmenter.spacing_conditioning else None

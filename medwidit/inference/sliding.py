@@ -300,12 +300,15 @@ class SlidingWindowDenoiser:
     ##################################################################################################################
 
     def _roi_tuple(self, spatial_dims: int | None) -> tuple[int, ...]:
-        if isinstance(self.roi_size, Sequence):
+        # one entry is one size for every axis, as the predictor and check_roi_multiple_of_patch read it (from a
+        # review: [16] passed both and failed on the first volume over the whole-volume budget)
+        if isinstance(self.roi_size, Sequence) and len(self.roi_size) != 1:
             roi = tuple(self.roi_size)
             if spatial_dims is not None and len(roi) != spatial_dims:
                 raise ValueError(f"roi_size {roi} has {len(roi)} axes but the volume has {spatial_dims}.")
             return roi
-        return ensure_tuple_rep(self.roi_size, spatial_dims or 1)
+        roi = self.roi_size[0] if isinstance(self.roi_size, Sequence) else self.roi_size
+        return ensure_tuple_rep(roi, spatial_dims or 1)
 
     def _inferer(self, spatial_dims: int) -> tuple[SlidingWindowInferer, tuple[int, ...]]:
         """MONAI's inferer for ``spatial_dims`` axes, with the overlap that puts window starts on the alignment."""

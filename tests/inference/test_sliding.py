@@ -505,3 +505,25 @@ def test_spacing_of_the_wrong_shape_is_refused():
     denoiser = SlidingWindowDenoiser(spacing_net, 8)
     with pytest.raises(ValueError, match=r"spacing must be \(B, 2 \* spatial dims\) = \(2, 6\) mm.*got \(2, 3\)"):
         denoiser(x, t, cond, spacing=torch.ones(2, 3))
+
+
+def test_a_one_entry_window_is_that_size_on_every_axis_windowed_too():
+    """From a review: roi_size [16] (one size for every axis, as the predictor and the patch check read it) passed
+    every check and failed on the windowed path ("roi_size (16,) has 1 axes but the volume has 3"), so a bundle's
+    inference.json [64] failed on the first volume over the whole-volume budget; the MONAI inferer too."""
+    from medwidit.inference import DiffusionSamplingInferer
+
+    segmenter, image = _segmenter_and_image(3, (24, 16, 16))
+    runs = {}
+    for roi in (8, [8], (8, 8, 8)):
+        summary = sample_ensemble(
+            segmenter, image, steps=2, num_samples=1, roi_size=roi, max_whole_voxels=0,
+            generator=torch.Generator().manual_seed(1),
+        )  # fmt: skip
+        runs[str(roi)] = summary["mean_probability"]
+        inferer = DiffusionSamplingInferer(roi, steps=2, num_samples=1, max_whole_voxels=0, precision="float32")
+        runs[f"inferer {roi}"] = inferer(image, segmenter)
+    for key, value in runs.items():
+        torch.testing.assert_close(value, runs["8" if "inferer" not in key else "inferer 8"], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="precision"):  # at construction, not at the first batch
+        DiffusionSamplingInferer(8, precision="bf16")
