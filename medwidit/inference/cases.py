@@ -38,6 +38,7 @@ class Case:
     name: str
     files: tuple[Path, ...]
     problem: str | None = None  # why the files cannot form this case (a gap, a duplicate); reported, others go on
+    stem: str | None = None  # the name its files share where ``name`` tells it apart from others (p1/T1 -> p1_T1)
 
     @property
     def suffix(self) -> str:
@@ -54,9 +55,10 @@ class Case:
         """InputError unless the case has exactly modalities ``_0000`` .. ``_{expected-1:04d}``."""
         if len(self.files) != expected:
             names = ", ".join(path.name for path in self.files)
-            wanted = ", ".join(f"{self.name}_{c:04d}" for c in range(expected))
+            stem = self.stem or self.name  # the files' own name (from a review: p1/p1_T1_0001 for p1/T1_0001)
+            wanted = ", ".join(f"{stem}_{c:04d}" for c in range(expected))
             raise InputError(
-                f"{self.files[0].parent / self.name}: {len(self.files)} modality file(s) ({names}) where the model "
+                f"{self.files[0].parent / stem}: {len(self.files)} modality file(s) ({names}) where the model "
                 f"expects {expected} ({wanted})."
             )
 
@@ -214,7 +216,7 @@ def find_cases(
             problem = f"{folder / name}: modality numbers {indices} are not 0..{len(indices) - 1} without gaps."
         else:
             problem = apart.get((folder, name))
-        cases.append(Case(names[folder, name], files, problem))
+        cases.append(Case(names[folder, name], files, problem, stem=name))
     return cases + empty
 
 

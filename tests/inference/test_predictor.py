@@ -2,6 +2,7 @@
 input kind; files with per-case status, never-overwrite, resume; a bundle; clear errors."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -159,6 +160,15 @@ def test_two_modalities_are_stacked_in_order_and_checked(tmp_path, volume):
     other = save_nifti(tmp_path / "d_0001.nii.gz", volume, affine=np.diag([1.0, 1.0, 1.0, 1.0]))
     with pytest.raises(InputError, match="d_0001.nii.gz: grid differs from the first modality"):
         predictor.segment([a, other], **FAST)
+    # cases of one name in two folders are named apart (p1_T1): the message names the files' own name (from a
+    # review: it asked for p1/p1_T1_0001, where the file to add is p1/T1_0001)
+    for patient in ("p1", "p2"):
+        (tmp_path / patient).mkdir()
+        save_nifti(tmp_path / patient / "T1_0000.nii.gz", volume)
+    case = next(c for c in find_cases([tmp_path / "p1", tmp_path / "p2"], num_modalities=2) if c.name == "p1_T1")
+    expected = f"{tmp_path / 'p1' / 'T1'}: 1 modality file(s) (T1_0000.nii.gz) where the model expects 2 (T1_0000, "
+    with pytest.raises(InputError, match=re.escape(expected)):
+        case.check_modalities(2)
 
 
 def test_nrrd_in_nrrd_out_with_its_geometry(tmp_path, checkpoint, volume):
