@@ -39,7 +39,8 @@ DEFAULT_WARN_KEPT = 0.85  # below it the case gets a warning line: chosen on val
 def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "localization") -> dict | None:
     """A bundle's or a caller's ``localization`` -> ``{"spacing": [mm] * spatial_dims, "margin_mm": mm, "min_kept":
     share, "warn_kept": share}`` or None (off). ``spacing``: one positive number or one per axis; ``margin_mm`` >= 0;
-    ``min_kept`` <= ``warn_kept`` in [0, 1] (defaults ``DEFAULT_MIN_KEPT``, ``DEFAULT_WARN_KEPT``). A ValueError
+    ``min_kept`` <= ``warn_kept`` in [0, 1] (defaults ``DEFAULT_MIN_KEPT``, ``DEFAULT_WARN_KEPT`` or ``min_kept`` where
+    that is larger). A ValueError
     names ``source``."""
     if spec is None:
         return None
@@ -60,6 +61,8 @@ def check_localization(spec: Mapping | None, spatial_dims: int, source: str = "l
     for key, value in shares.items():
         if not is_finite_number(value) or not 0 <= value <= 1:
             raise ValueError(f"{source}: {key} must be a share in [0, 1], got {value!r}.")
+    if "warn_kept" not in spec:  # the default never below the min_kept given (from a review: 0.9 was refused, naming a
+        shares["warn_kept"] = max(shares["warn_kept"], shares["min_kept"])  # warn_kept the user had not set)
     if shares["min_kept"] > shares["warn_kept"]:
         raise ValueError(f"{source}: min_kept {shares['min_kept']} is above warn_kept {shares['warn_kept']}.")
     out = {"spacing": [float(s) for s in spacing], "margin_mm": float(margin)}

@@ -27,7 +27,10 @@ def test_settings_are_checked_and_name_what_is_wrong():
         "spacing": [3.0, 4.0], "margin_mm": 0.0, "min_kept": 1.0, "warn_kept": 1.0,
     }  # fmt: skip
     with pytest.raises(ValueError, match=r"min_kept 0.9 is above warn_kept 0.85"):
-        check_localization({"spacing": 4, "margin_mm": 6, "min_kept": 0.9}, 3)
+        check_localization({"spacing": 4, "margin_mm": 6, "min_kept": 0.9, "warn_kept": 0.85}, 3)
+    # a min_kept alone above the default warn_kept raises the default with it (from a review: refused, naming a
+    # warn_kept the user had not set); every case the region does not cut is still warned
+    assert check_localization({"spacing": 4, "margin_mm": 6, "min_kept": 0.9}, 3)["warn_kept"] == 0.9
     with pytest.raises(ValueError, match=r"warn_kept must be a share in \[0, 1\], got -0.1"):
         check_localization({"spacing": 4, "margin_mm": 6, "warn_kept": -0.1}, 3)
     bad = [
