@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from monai.data import load_decathlon_datalist
 
-from medwidit.data.transforms import batch_spacing
+from medwidit.data.transforms import batch_spacing, check_preprocessing
 from medwidit.diffusion import DiffusionSegmenter, load_segmenter, to_probabilities
 from medwidit.diffusion.checkpoint import WEIGHT_DEFINING, with_config_defaults
 from medwidit.nets import NETWORKS
@@ -662,6 +662,13 @@ def _check_same_network(module, checkpoint: Path, state: dict) -> None:
     config = (state.get("hyper_parameters") or {}).get("model_config")
     own = (getattr(module, "hparams", None) or {}).get("model_config")
     different = model_differences(own, config) if isinstance(config, dict) and isinstance(own, dict) else []
+    # the preprocessing too: the export writes this run's beside the checkpoint's weights (from a review: a resume
+    # with --preprocessing#spacing [1,1,1] exported 2 mm weights described as 1 mm ones, exit 0)
+    saved = (state.get("hyper_parameters") or {}).get("preprocessing")
+    ours = (getattr(module, "hparams", None) or {}).get("preprocessing")
+    if isinstance(saved, dict) and isinstance(ours, dict):
+        saved, ours = check_preprocessing(saved), check_preprocessing(ours)
+        different += [f"preprocessing.{k}" for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
     if different:
         raise ValueError(
             f"--resume: {checkpoint} was trained with other settings in {different}, which give its weights their "

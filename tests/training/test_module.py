@@ -807,6 +807,11 @@ def test_a_resume_with_settings_that_change_what_the_weights_mean_is_refused(tmp
         with pytest.raises(ValueError, match=rf"--resume: .*last.ckpt was trained with other settings in "
                                              rf"\['segmenter\.{key}'\]"):  # fmt: skip
             _check_resumed_network(other, checkpoint)
+    # the preprocessing gives the weights their meaning too (from a review: a resume with another spacing exported
+    # the checkpoint's 2 mm weights described as 1 mm ones)
+    other = DiffusionSegmentationModule(tiny_segmenter(), preprocessing={"spacing": [1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"other settings in \['preprocessing\.spacing'\]"):
+        _check_resumed_network(other, checkpoint)
 
 
 def test_export_into_a_bundle_whose_train_json_builds_another_network_says_what_to_set(tmp_path, capsys):
