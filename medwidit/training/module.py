@@ -14,11 +14,13 @@ import copy
 import logging
 import math
 import os
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -311,6 +313,11 @@ class DiffusionSegmentationModule(L.LightningModule):
         with the shipped lists, more than its 1080 with a data list of 36 volumes). Validation within an epoch
         (``val_check_interval`` other than 1.0) is left to Lightning."""
         trainer = self.trainer
+        if (states := getattr(self, "_resumed_rng_states", None)) is not None:
+            # again after the data loaders are built: MONAI's DataLoader without workers re-seeds torch's generator
+            # with its initial seed when built (the bundle's seed), and the first epoch's noise came back
+            set_rng_states(states, rank=trainer.global_rank)
+            self._resumed_rng_states = None
         self._resize_schedule(trainer)
         every, batches = trainer.check_val_every_n_epoch, trainer.num_training_batches
         if (
@@ -416,12 +423,22 @@ class DiffusionSegmentationModule(L.LightningModule):
             for group, name in zip(state.get("param_groups", []), PARAM_GROUPS, strict=False):
                 group.setdefault("name", name)
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # a resume, not a load
+        if fitting and isinstance(checkpoint.get("rng_states"), dict):
+            # now, so that the data loaders built next seed their transforms from them, and at on_train_start
+            self._resumed_rng_states = checkpoint["rng_states"]
+            set_rng_states(self._resumed_rng_states, rank=getattr(self.trainer, "global_rank", 0))
         if fitting and not self.hparams.get("ema_decay") and "current_model_state" in checkpoint:
             checkpoint["state_dict"] = checkpoint.pop("current_model_state")
             logger.warning(
                 "this run has no EMA (ema_decay 0) and its checkpoint was saved with one: training goes on from the "
                 "trained weights; the checkpoint's averaged weights are dropped."
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The random states go with the checkpoint, so that a resumed run goes on drawing where it stopped: Lightning
+        saves none, and the bundle seeds every run alike, so a resume replayed the first epoch's crops, augmentations,
+        timesteps and noise (from a review)."""
+        checkpoint["rng_states"] = rng_states()
 
     def configure_callbacks(self) -> list[Callback]:
         """The EMA of the weights belongs to the model: Lightning's ``EMAWeightAveraging`` (``AveragedModel``); with a
@@ -574,6 +591,46 @@ def _segmenter_weights(state, checkpoint: str | os.PathLike) -> dict[str, torch.
     if not weights:
         raise ValueError(f"{checkpoint} holds no '{prefix}*' weights; is it a DiffusionSegmentationModule checkpoint?")
     return weights
+
+
+def rng_states() -> dict:
+    """torch's (and CUDA's), numpy's and Python's global random states, as a checkpoint loaded with
+    ``weights_only=True`` holds them (tensors, ints, strings)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [
+            name,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(position),
+            int(has_gauss),
+            float(gauss),
+        ],
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping, rank: int = 0) -> None:
+    """Put back what :func:`rng_states` saved; on rank ``rank`` > 0 of a multi-process run (the checkpoint holds rank
+    0's states) a stream of its own, seeded from them, so that ranks do not draw alike."""
+    if isinstance(states.get("torch"), torch.Tensor):
+        torch.set_rng_state(states["torch"])
+    numpy = states.get("numpy")
+    if isinstance(numpy, (list, tuple)) and len(numpy) == 5:
+        name, keys, position, has_gauss, gauss = numpy
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(position), int(has_gauss), float(gauss)))
+    python = states.get("python")
+    if isinstance(python, (list, tuple)) and len(python) == 3:
+        version, internal, gauss = python
+        random.setstate((version, tuple(internal), gauss))
+    cuda = states.get("cuda")
+    if isinstance(cuda, (list, tuple)) and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if rank:
+        L.seed_everything(int(torch.randint(0, 2**31 - 1 - rank, (1,))) + rank, workers=True, verbose=False)
 
 
 class ExportSegmenter(Callback):

@@ -481,6 +481,40 @@ def test_a_run_resumed_with_more_steps_stretches_its_schedule(tmp_path, caplog):
     assert lr == pytest.approx([g["lr"] for g in straight.optimizers[0].param_groups])
 
 
+class _Draws(Callback):
+    """Each training batch's crop and the global torch random state at its start."""
+
+    def __init__(self):
+        self.draws = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.draws.append(
+            (trainer.current_epoch, float(batch["image"].sum()), hash(torch.get_rng_state().numpy().tobytes()))
+        )
+
+
+def test_a_resumed_run_goes_on_drawing_where_it_stopped(tmp_path):
+    """From a review: Lightning saves no random states and every run is seeded alike, so a run resumed after its
+    first epoch replayed that epoch's crops and random state bit for bit. The checkpoint now holds them: the resumed
+    epoch draws anew, and alike from one checkpoint. (Not as the uninterrupted run's second epoch: MONAI's DataLoader
+    seeds the transforms once, when it is built, and a resumed run builds it again.)"""
+    import shutil
+
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    sampler = whole_volume_sampler(steps=1)
+    first, resumed, again = _Draws(), _Draws(), _Draws()
+    _fit(tmp_path / "b", data_list, epochs=1, sampler=sampler, callbacks=[first])
+    shutil.copy(tmp_path / "b" / "ckpt" / "last.ckpt", tmp_path / "saved.ckpt")
+    for draws in (resumed, again):
+        _fit(
+            tmp_path / "b", data_list, epochs=2, sampler=sampler, callbacks=[draws], resume=str(tmp_path / "saved.ckpt")
+        )
+    assert len(resumed.draws) == len(first.draws) == 2
+    for (_, crop, state), (_, crop0, state0) in zip(resumed.draws, first.draws, strict=True):
+        assert crop != crop0 and state != state0  # not the first epoch again
+    assert resumed.draws == again.draws
+
+
 def test_a_run_resumed_with_other_optimizer_options_trains_with_them_and_says_so(tmp_path, caplog):
     """From a review: `--resume last --lr 1e-5` went on at the checkpoint's 2e-3 (LambdaLR and AdamW restore their
     numbers) while hparams.yaml recorded 1e-5. The resumed run's lr, weight decay, betas, warm-up and floor apply from
