@@ -423,7 +423,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if num_classes is not None:
             check_int("num_classes", num_classes, low=2)
         check_int("batch_size", batch_size)
-        check_int("num_crops", num_crops)
+        check_int("num_crops (train.json: crops_per_volume)", num_crops)
         probabilities = {
             "flip_prob": flip_prob,
             "rotate_prob": rotate_prob,

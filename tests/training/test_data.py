@@ -675,6 +675,8 @@ def test_the_zoom_keeps_a_label_on_its_image(tmp_path):
         ("max_val_volumes", "all", r"max_val_volumes must be an int >= 1 or None, got 'all'"),
         ("rotate_degrees", float("nan"), r"rotate_degrees must be in \[0.0, 180.0\], got nan"),
         ("cache_rate", 2, r"cache_rate must be in \[0.0, 1.0\], got 2"),
+        # from a review: the bundle key a user sets is crops_per_volume, which the message did not name
+        ("num_crops", 0, r"num_crops \(train.json: crops_per_volume\) must be an int >= 1, got 0"),
     ],
 )
 def test_a_bad_data_option_is_named(tmp_path, option, value, message):
