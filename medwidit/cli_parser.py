@@ -58,13 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget: run the whole volume at once up to batch x voxels N, else windows (default "
         "2^20 = 4 x 64^3, whatever --sw-batch-size is; 0 forces windows)",
     )
-    seg.add_argument("--sampler", help="sampler name (default: the model's scheduler's own: ddim, ddpm or flow_euler)")
+    seg.add_argument(
+        "--sampler",
+        help="sampler name: ddim, ddpm or dpmpp_2m for a noise model, flow_euler, heun or euler_maruyama for a flow "
+        "model (default: the model's scheduler's own: ddim, ddpm or flow_euler)",
+    )
     seg.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity in [0, 1] (default 0: deterministic)")
     seg.add_argument(
         "--guidance-scale",
         type=float,
         default=1.0,
-        help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling)",
+        help="classifier-free guidance weight >= 0 (default 1: plain conditional sampling); for a model trained with "
+        "cond_drop_prob > 0 (the shipped one was not)",
     )
     seg.add_argument(
         "--shared-steps",
