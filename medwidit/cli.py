@@ -328,6 +328,11 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise ValueError("-i/--input: an input path is empty (''); give files or folders ('.' for this folder).")
     if not str(args.output).strip():
         raise ValueError(f"-o/--output: the output folder is empty ({args.output!r}); give one ('.' for this folder).")
+    pattern = getattr(args, "modality_pattern", None)
+    if pattern is not None and pattern.lower() != "none":  # before the output folder is made (from an audit)
+        from medwidit.inference.cases import modality_regex
+
+        modality_regex(pattern)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -184,6 +184,7 @@ def test_bundle_config_errors_name_the_file(tmp_path, checkpoint, config, messag
         (["--eta", "0.5", "--sampler", "ddpm"], r"eta is an option of \[.ddim.\] only"),
         (["--guidance-scale", "-1"], "guidance_scale must be a number >= 0"),
         (["--steps", "3", "--shared-steps", "3"], r"shared_steps must be an int in 0..2 \(fewer than steps\), got 3"),
+        (["--modality-pattern", "abc"], "modality_pattern must hold exactly one group"),
     ],
 )
 def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint, capsys, monkeypatch, option, message):
@@ -207,6 +208,7 @@ def test_option_errors_are_one_line_before_any_case_is_read(tmp_path, checkpoint
     )
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 1 and len(errors) == 1 and re.search(message, errors[0]), errors
+    assert not (tmp_path / "out").exists()  # from an audit: a bad --modality-pattern left an empty output folder
 
 
 def test_an_empty_input_path_is_an_error(tmp_path, checkpoint, capsys, monkeypatch):
