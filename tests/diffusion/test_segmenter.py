@@ -416,3 +416,13 @@ def test_the_schedule_in_float32_where_the_device_has_no_float64(monkeypatch, ob
     for got, want in zip(single, exact, strict=True):
         assert got.dtype == torch.float32 and torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_on_a_model_without_an_unconditional_branch_is_warned_once(caplog):
+    """From an audit: the warning was printed at every check, six times for one case of the shipped bundle (two
+    sets, the localization pass and the full one)."""
+    segmenter, image = _segmenter(), _image(2)
+    for _ in range(3):
+        segmenter.check_sampling(image, steps=2, num_samples=1, sampler=None, eta=0.0, guidance_scale=2.75)
+    lines = [r for r in caplog.records if "guidance_scale=2.75" in r.getMessage()]
+    assert len(lines) == 1 and "cond_drop_prob=0" in lines[0].getMessage()
