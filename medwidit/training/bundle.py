@@ -804,8 +804,9 @@ def _warn_skewed_loop_state(checkpoint: Path) -> None:
         logger.warning(
             "%s: its epoch counters are Lightning's skewed ones after a stop at max_steps on an epoch's last batch "
             "(Lightning issue 19617); resumed, the run may stop early or train nothing. To train on from its weights, "
-            "export them (medwidit export %s DIR) and start a new run with --init_weights DIR/models/model.pt and "
-            "another --output_dir (a fresh optimizer and schedule).",
+            "export them into a copy of the bundle's folder (medwidit export %s BUNDLE_COPY; from a review: another "
+            "folder is refused as not a bundle) and start a new run with --init_weights BUNDLE_COPY/models/model.pt "
+            "and another --output_dir (a fresh optimizer and schedule).",
             checkpoint,
             checkpoint,
         )
