@@ -303,6 +303,12 @@ def _predict_case(
                     "unfinished; run with its settings and outputs and resume to finish it, or pass overwrite with "
                     f"resume to segment it again {_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
+            elif resume and (replaced := replaced_outputs(plan)):  # before "finished with other outputs" (a review)
+                hint = (
+                    " but the case is unfinished ("
+                    + "; ".join(f"{name} was replaced by case {by!r}'s output" for name, by in replaced.items())
+                    + f"); pass overwrite with resume to redo it {_spelled('overwrite', 'resume', joiner=' and ')}"
+                )
             elif resume and (written := finished_with_others(plan)):
                 asked = ", ".join(sorted(f.name for f in plan.files if f.name not in written))
                 hint = (
@@ -311,12 +317,10 @@ def _predict_case(
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"
                 )
             elif resume:  # from a review: "no completion marker" where the marker was there, an output gone
-                gone, replaced = missing_outputs(plan), replaced_outputs(plan)
+                gone = missing_outputs(plan)
                 why = (
                     f"its earlier outputs are incomplete: {', '.join(gone)} missing" if gone else "no completion marker"
                 )
-                if replaced:
-                    why = "; ".join(f"{name} was replaced by case {by!r}'s output" for name, by in replaced.items())
                 hint = (
                     f" but the case is unfinished ({why}); pass overwrite with resume to redo it "
                     f"{_spelled('overwrite', 'resume', joiner=' and ')}"

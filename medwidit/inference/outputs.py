@@ -103,7 +103,7 @@ def input_files(path: str | os.PathLike) -> list[Path]:
             match = DATA_FILE_LINE.search(os.fsdecode(f.read(65536)))
     except OSError:  # unreadable: reading the case reports it
         return [path]
-    if match is None or match[1].upper() in ("LOCAL", "LIST") or "%" in match[1]:
+    if match is None or match[1].split()[0].upper() in ("LOCAL", "LIST") or "%" in match[1]:  # "LIST 2D"
         return [path]
     return [path, path.parent / match[1]]
 
@@ -205,6 +205,13 @@ def written_here(folder: str | os.PathLike) -> set[str]:
     for marker in sorted(state.glob("*.json")) if state.is_dir() else ():
         files = _read_json(marker).get("files")
         names |= {name for name in files if isinstance(name, str)} if isinstance(files, list) else set()
+    # and what a killed run's commit placed or kept (its marker gone or never written): else the next run there took
+    # them for cases and refused to run, the earlier set never put back (from a review)
+    for staging in sorted(state.glob("*.staging")) if state.is_dir() else ():
+        manifest = _read_json(staging / MANIFEST)
+        for key in ("files", "kept", "marker"):
+            listed = manifest.get(key)
+            names |= {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
     return names
 
 
@@ -409,8 +416,10 @@ def _commit_staged(
     # to another (its first link refused) must leave the winner's marker; the new marker replaces it at the end
     try:
         if plan.marker is not None and overwrite:
-            _release(plan, taken)
             plan.marker.unlink(missing_ok=True)  # until the new marker is written, the case reads as unfinished
+            # after it: a kill between the two leaves no marker, so the next run's restore puts the list back (a
+            # review: killed the other way round, the other case's marker stayed without its file for good)
+            _release(plan, taken)
         for final in plan.files:
             staged = staging / final.name
             if resume and final.exists() and _same(staged, final):
@@ -600,6 +609,8 @@ def _sweep(plan: CasePlan, keep: Path) -> None:
                 continue
             with locked(staging / ".lock", blocking=False) as stale:
                 if stale:
+                    for path in _placed(plan, staging):  # a run killed while this one ran (from a review)
+                        path.unlink(missing_ok=True)
                     shutil.rmtree(staging, ignore_errors=True)
         except OSError:  # gone meanwhile, or another user's: the case is committed, a leftover is not worth failing it
             continue

@@ -328,6 +328,86 @@ def test_a_folder_given_as_input_and_output_reads_its_earlier_outputs_as_outputs
     assert [(r.name, r.status) for r in results] == [("new", "done"), ("scan", "skipped")]
 
 
+def test_a_folder_given_as_input_and_output_recovers_from_a_killed_overwrite(setup, tmp_path):
+    """A second review: after a kill -9 of an overwrite into a folder given as -i and -o, the killed run's marker was
+    gone, so its outputs read as cases and every later run there was refused ("this output of case 'scan_aleatoric'
+    is also the input"); the earlier set never came back. The staging folder's lists count as outputs too."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    nifti(folder / "scan_0000.nii.gz")
+    _, _, predictor = setup
+    options = {"save_uncertainty": True, "progress": False, **FAST}
+    predictor.predict_from_files(folder, folder, **options)
+    earlier = {name: (folder / name).read_bytes() for name in visible(folder) if name != "scan_0000.nii.gz"}
+    args = ["segment", "-i", str(folder), "-o", str(folder), "--checkpoint", str(tmp_path / "model.pt"),
+            "--save-uncertainty", "--overwrite", "--seed", "5", *CLI_FAST]  # fmt: skip
+    run = run_cli(["-c", KILL_AT_SECOND_COMMIT, *args])
+    assert run.wait(timeout=300) == -9, run.stderr.read()
+    results = predictor.predict_from_files(folder, folder, resume=True, **options)
+    assert [(r.name, r.status) for r in results] == [("scan", "skipped")]  # its earlier set, back and finished
+    assert {name: (folder / name).read_bytes() for name in earlier} == earlier
+
+
+def test_an_overwrite_killed_after_taking_its_marker_leaves_the_other_cases_marker_whole(setup, tmp_path):
+    """A second review: the other case's marker was edited before the case's own marker was removed, and a kill
+    between the two left it without its file for good (the own marker stood, so nothing was put back). The own
+    marker goes first: a kill there is an overwrite cut short, whose restore leaves the other marker as it was."""
+    _, inputs, predictor = setup
+    other, out = tmp_path / "in2", tmp_path / "out"
+    other.mkdir()
+    nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    predictor.predict_from_files(other, out, progress=False, **FAST)
+    predictor.predict_from_files(inputs, out, progress=False, **FAST)
+    kill_at_release = KILL_AT_SECOND_COMMIT.replace(
+        "real, calls = outputs.commit, []", "real = outputs._release"
+    ).replace(
+        "outputs.commit = commit",
+        "outputs._release = lambda *a, **k: (real(*a, **k), os.kill(os.getpid(), signal.SIGKILL))",
+    )  # the other marker edited, then the kill
+    args = ["segment", "-i", str(inputs), "-o", str(out), "--checkpoint", str(tmp_path / "model.pt"),
+            "--save-uncertainty", "--overwrite", *CLI_FAST]  # fmt: skip
+    run = run_cli(["-c", kill_at_release, *args])
+    assert run.wait(timeout=300) == -9, run.stderr.read()
+    (result,) = predictor.predict_from_files(inputs, out, resume=True, progress=False, **FAST)
+    assert result.status == "skipped"  # its earlier set back
+    assert json.loads((out / ".medwidit" / "scan_uncertainty.json").read_text())["files"] == ["scan_uncertainty.nii.gz"]
+    (result,) = predictor.predict_from_files(other, out, resume=True, progress=False, **FAST)
+    assert result.status == "skipped"
+
+
+def test_a_case_that_lost_a_file_to_another_cases_overwrite_says_so_on_continue(setup, tmp_path):
+    """A second review: where the case kept other files, --continue said it was "finished with other outputs",
+    not which file another case's overwrite had replaced."""
+    _, inputs, predictor = setup
+    other, out = tmp_path / "in2", tmp_path / "out"
+    other.mkdir()
+    nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    options = {"save_uncertainty": True, "progress": False, **FAST}
+    predictor.predict_from_files(inputs, out, **options)
+    (result,) = predictor.predict_from_files(other, out, overwrite=True, progress=False, **FAST)
+    assert result.status == "done"
+    (result,) = predictor.predict_from_files(inputs, out, resume=True, **options)
+    assert result.status == "failed"
+    assert "scan_uncertainty.nii.gz was replaced by case 'scan_uncertainty''s output" in result.message
+
+
+def test_a_commit_sweeps_what_a_run_killed_meanwhile_had_placed(tmp_path):
+    """A second review: a run killed while an --overwrite of the case was segmenting left a file placed; the
+    overwrite's commit swept that run's staging folder and left the file, listed by no marker."""
+    import os as os_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _commit_case(_case(out, "x", ["x.nii.gz"]), "old", overwrite=False)
+    staging = out / ".medwidit" / "x.abcd1234.staging"
+    staging.mkdir()
+    (staging / "manifest.json").write_text(json.dumps({"case": "x", "files": ["x.nii.gz", "x_uncertainty.nii.gz"]}))
+    (staging / "x_uncertainty.nii.gz").write_text("killed x_uncertainty.nii.gz")
+    os_module.link(staging / "x_uncertainty.nii.gz", out / "x_uncertainty.nii.gz")  # placed, then the kill
+    _commit_case(_case(out, "x", ["x.nii.gz"]), "new", overwrite=True)
+    assert visible(out) == ["x.nii.gz"] and hidden_leftovers(out) == []
+
+
 def test_what_a_killed_commit_placed_is_not_left_beside_a_later_set(setup, tmp_path, caplog):
     """From a review: a run killed after two of its files' commits left them and its staging folder; a later
     --overwrite of the labels alone removed the staging folder (the only record of them) and left the killed run's

@@ -457,3 +457,10 @@ def test_a_header_names_its_data_file_with_spaces_or_non_ascii_letters(tmp_path,
     np.testing.assert_array_equal(read_image(header)[0], data.transpose(2, 1, 0))
     header.write_bytes(header.read_bytes().replace(b"\n", b"\r\n"))  # written on Windows
     assert input_files(header) == [header, tmp_path / f"{name}.raw"]
+
+
+def test_a_header_whose_data_files_are_a_list_names_no_single_data_file(tmp_path):
+    """A second review: read to the line's end, "LIST 2D" was taken for a file name and such headers refused."""
+    header = tmp_path / "scan.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nElementType = MET_FLOAT\nElementDataFile = LIST 2D\na.raw\n")
+    assert input_files(header) == [header]
