@@ -98,10 +98,15 @@ def _read_split(data_list: str | os.PathLike, key: str, base_dir, argument: str)
         )
     try:
         items = load_decathlon_datalist(data_list, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    except ValueError as e:  # MONAI raises ValueError for a missing key
+    except ValueError as e:  # MONAI raises ValueError for a missing key (a review: a synth_data_list's named train_key)
         raise ValueError(
-            f"{argument} {str(data_list)!r} has no split {key!r} ({e}); add one (the bundle's training reads its "
-            "train_key and val_key splits: 'training' and 'validation' by default)"
+            f"{argument} {str(data_list)!r} has no split {key!r} ({e}); add one "
+            + (
+                "(synth_key selects the split of label maps: 'training' by default)"
+                if argument == "synth_data_list"
+                else "(the bundle's training reads its train_key and val_key splits: 'training' and 'validation' by "
+                "default)"
+            )
         ) from e
     except TypeError as e:  # a split that is not a list
         raise ValueError(f"{argument} {str(data_list)!r}: split {key!r} must be a list of objects ({e}).") from e
@@ -122,8 +127,8 @@ def _check_exists(argument: str, data_list: Path, where: str, name: str, path) -
         raise ValueError(f"{argument} {str(data_list)!r}, {where}: {name} must be one file path, got {path!r}.")
     if not os.path.exists(path):
         hint = (
-            " (its paths are relative to --dataset_dir; to train without painted volumes pass --synth_ratio 0, or give "
-            "a synth_data_list of your label maps)"
+            " (its paths are relative to --dataset_dir, else to the list's own folder; to train without painted "
+            "volumes pass --synth_ratio 0, or give a synth_data_list of your label maps)"
             if argument == "synth_data_list"
             else ""
         )

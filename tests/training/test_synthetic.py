@@ -61,7 +61,9 @@ def test_every_label_entry_is_a_map_and_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="other_label file .*head_other_label.nii.gz") as error:
         load_label_maps(path, "training", base_dir=tmp_path)
     # the bundle's default paints from the brain cache: with a --dataset_dir of one's own, say how to go without
-    assert "relative to --dataset_dir; to train without painted volumes pass --synth_ratio 0" in str(error.value)
+    assert "relative to --dataset_dir, else to the list's own folder; to train without painted volumes" in str(
+        error.value
+    )
 
 
 def test_label_maps_of_a_list_given_by_relative_paths(tmp_path, monkeypatch):
@@ -351,3 +353,11 @@ def test_a_label_check_against_the_settings_gets_no_build_hint(tmp_path, monkeyp
     (tmp_path / "real" / "head_label.nii.gz").unlink()  # a missing file of a shipped list still gets it
     with pytest.raises(MissingDataError, match=r"build the shipped data with"):
         check_training_data(dm)
+
+
+def test_a_missing_split_of_label_maps_names_synth_key(tmp_path):
+    """From a review: a synth_data_list without the split asked for pointed at train_key and val_key, which choose the
+    real data list's splits; synth_key chooses this one."""
+    path = _label_maps(tmp_path)
+    with pytest.raises(ValueError, match=r"has no split 'heads' .*synth_key selects the split of label maps"):
+        load_label_maps(path, "heads", base_dir=tmp_path)
