@@ -73,6 +73,11 @@ from medwidit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+KILL_AFTER_TWO = KILL.replace("real = outputs.commit", "real, calls = outputs.commit, []").replace(
+    "    os.kill(os.getpid(), signal.SIGKILL)",
+    "    calls.append(args)\n    if len(calls) == 2:  # two files placed\n        os.kill(os.getpid(), signal.SIGKILL)",
+)
+
 
 class Lab:
     """A fresh folder per case, the tiny checkpoint, and helpers that run the CLI and list what is left."""
@@ -358,6 +363,43 @@ def overwrite_keeps_another_cases_files(lab: Lab):
     return f"exit {code}; case scan_uncertainty's labels kept: {kept}; its --continue exit {skipped}", out, ok
 
 
+def overwrite_takes_another_cases_file(lab: Lab):
+    """Case scan's --overwrite with maps writes over case scan_uncertainty's labels: that case's marker drops them."""
+    inputs, other, out = lab.folder("in"), lab.folder("in2"), lab.root / "out"
+    lab.nifti(inputs / "scan.nii.gz")
+    lab.nifti(other / "scan_uncertainty.nii.gz", seed=1)
+    lab.cli("-i", str(other), "-o", str(out))
+    code, _ = lab.cli("-i", str(inputs), "-o", str(out), "--save-uncertainty", "--overwrite")
+    again, err = lab.cli("-i", str(other), "-o", str(out), "--continue")  # not skipped as finished
+    ok = code == 0 and again == 1 and "was replaced by case 'scan''s output" in err
+    return f"exit {code}; case scan_uncertainty's --continue exit {again}, naming the replaced file", out, ok
+
+
+def input_folder_is_output_folder(lab: Lab):
+    """-i d -o d, then a scan added and --continue: the earlier outputs are not cases."""
+    folder = lab.folder("d")
+    lab.nifti(folder / "scan_0000.nii.gz")
+    first, _ = lab.cli("-i", str(folder), "-o", str(folder), "--save-uncertainty")
+    lab.nifti(folder / "new_0000.nii.gz", seed=2)
+    again, err = lab.cli("-i", str(folder), "-o", str(folder), "--save-uncertainty", "--continue")
+    ok = first == 0 and again == 0 and (folder / "new.nii.gz").is_file() and not err.count("error")
+    return f"exit {first}; a scan added, --continue exit {again}: the new case done, the earlier skipped", folder, ok
+
+
+def killed_commit_then_another_format(lab: Lab):
+    """A run killed after two of its files' commits, then the case from scan.nii: refused; --overwrite: one set."""
+    first, second, out = lab.folder("in1"), lab.folder("in2"), lab.root / "out"
+    lab.nifti(first / "scan.nii.gz")
+    lab.nifti(second / "scan.nii", seed=1)
+    args = ["segment", "-i", str(first), "-o", str(out), "--checkpoint", str(lab.checkpoint), "--save-uncertainty",
+            *FAST]  # fmt: skip
+    killed = lab.process("-c", KILL_AFTER_TWO, *args).wait(timeout=600)
+    refused, err = lab.cli("-i", str(second), "-o", str(out))
+    replaced, _ = lab.cli("-i", str(second), "-o", str(out), "--overwrite")
+    ok = killed == -9 and refused == 1 and "would leave behind" in err and lab.left(out) == ["scan.nii"]
+    return f"killed; exit {refused}, naming what it left; --overwrite exit {replaced}, one set left", out, ok
+
+
 def continue_other_settings(lab: Lab):
     inputs, out = lab.folder("in"), lab.root / "out"
     lab.nifti(inputs / "scan.nii.gz")
@@ -552,6 +594,9 @@ CATALOGUE: list[tuple[str, str, Callable[[Lab], tuple]]] = [
     ("3", "--continue with another --seed", continue_other_settings),
     ("3", "one case name in two formats (.nii, then .nii.gz)", one_name_two_formats),
     ("3", "--overwrite beside another case's listed file", overwrite_keeps_another_cases_files),
+    ("3", "--overwrite over another case's listed file", overwrite_takes_another_cases_file),
+    ("3", "a killed commit's files, then the case in another format", killed_commit_then_another_format),
+    ("4", "-i and -o one folder, a scan added, --continue", input_folder_is_output_folder),
     ("1", "two runs of one seed, other outputs beside the labels", same_seed_runs),
     ("4", "an output is another case's input", output_is_another_input),
     ("4", "cases x and x_uncertainty collide", cross_case_collision),
