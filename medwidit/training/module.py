@@ -313,6 +313,7 @@ class DiffusionSegmentationModule(L.LightningModule):
         with the shipped lists, more than its 1080 with a data list of 36 volumes). Validation within an epoch
         (``val_check_interval`` other than 1.0) is left to Lightning."""
         trainer = self.trainer
+        _count_the_restored_epoch_end_once(trainer)
         if (states := getattr(self, "_resumed_rng_states", None)) is not None:
             # again after the data loaders are built: MONAI's DataLoader without workers re-seeds torch's generator
             # with its initial seed when built (the bundle's seed), and the first epoch's noise came back
@@ -591,6 +592,21 @@ def _segmenter_weights(state, checkpoint: str | os.PathLike) -> dict[str, torch.
     if not weights:
         raise ValueError(f"{checkpoint} holds no '{prefix}*' weights; is it a DiffusionSegmentationModule checkpoint?")
     return weights
+
+
+def _count_the_restored_epoch_end_once(trainer) -> None:
+    """Lightning, resuming from a checkpoint saved at an epoch's end (``last.ckpt``) under ``max_steps``, runs that
+    epoch's end again and counts it a second time: a run resumed to 3 epochs after 1 trained one more, not two, and
+    its counters came out skewed (more epochs processed than started: Lightning issue 19617). Where the fit loop is
+    in that state, its processed count steps back one, so that the replayed end brings it back (from a review)."""
+    loop = getattr(trainer, "fit_loop", None)
+    progress = getattr(loop, "epoch_progress", None)
+    if progress is None or not getattr(loop, "restarted_on_epoch_end", False):
+        return
+    total, current = progress.total, progress.current
+    if total.processed == total.started and total.completed == total.processed - 1 and current.processed > 0:
+        total.processed -= 1
+        current.processed -= 1
 
 
 def rng_states() -> dict:

@@ -132,7 +132,7 @@ class StepCounter(Callback):
 
 
 def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callbacks=(), resume=None, progress_bar=False,
-         **options):  # fmt: skip
+         max_steps=-1, **options):  # fmt: skip
     L.seed_everything(0, verbose=False)
     dm = SegmentationDataModule(
         data_list=data_list,
@@ -158,6 +158,7 @@ def _fit(tmp_path, data_list, *, epochs=2, sampler=None, ema_decay=0.5, callback
     ]
     trainer = L.Trainer(
         max_epochs=epochs,
+        max_steps=max_steps,
         accelerator="cpu",
         devices=1,
         logger=TensorBoardLogger(tmp_path, name="tb", version=0),
@@ -513,6 +514,22 @@ def test_a_resumed_run_goes_on_drawing_where_it_stopped(tmp_path):
     for (_, crop, state), (_, crop0, state0) in zip(resumed.draws, first.draws, strict=True):
         assert crop != crop0 and state != state0  # not the first epoch again
     assert resumed.draws == again.draws
+
+
+def test_a_run_resumed_from_an_epochs_end_under_max_steps_trains_the_epochs_asked_for(tmp_path):
+    """From a review: under max_steps (train.json's default), Lightning ran the saved epoch's end again on a resume
+    and counted it twice, so a run resumed to 3 epochs after 1 trained one more, not two, and its counters came out
+    skewed (Lightning issue 19617)."""
+    data_list = write_dataset(tmp_path / "data", num_train=2, num_val=1)
+    sampler = whole_volume_sampler(steps=1)
+    first, resumed = _Draws(), _Draws()
+    _fit(tmp_path / "a", data_list, epochs=1, sampler=sampler, callbacks=[first], max_steps=1000)
+    trainer, _ = _fit(tmp_path / "a", data_list, epochs=3, sampler=sampler, callbacks=[resumed], max_steps=1000,
+                      resume=str(tmp_path / "a" / "ckpt" / "last.ckpt"))  # fmt: skip
+    assert sorted({d[0] for d in first.draws}) == [0] and sorted({d[0] for d in resumed.draws}) == [1, 2]
+    assert trainer.global_step == 3 * len(first.draws)
+    total = trainer.fit_loop.epoch_progress.total
+    assert total.started == total.processed == total.completed == 3  # not skewed: a later resume reads it right
 
 
 def test_a_run_resumed_with_other_optimizer_options_trains_with_them_and_says_so(tmp_path, caplog):
