@@ -597,8 +597,7 @@ def run_training(trainer, module, datamodule, *, ckpt_dir, resume=None, overwrit
         if start is not None and getattr(trainer, "global_step", start + 1) <= start:
             logger.warning(  # from a review: a resume whose epoch limit was already reached trained nothing, exit 0
                 "--resume: the run trained no step: %s, at step %d, had already reached one of this run's limits, "
-                "epochs (%s; a run stopped at max_steps on an epoch's last batch counts that epoch again: Lightning "
-                "issue 19617) or max_time (%s); raise it.",
+                "epochs (%s) or max_time (%s); raise it.",
                 source,
                 start,
                 getattr(trainer, "max_epochs", "?"),

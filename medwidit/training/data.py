@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, load_decathlon_datalist
 from monai.data.utils import json_hashing, pickle_hashing
 from monai.transforms import (
@@ -763,4 +764,12 @@ class SegmentationDataModule(L.LightningDataModule):
         return DataLoader(ConcatDataset([real, synthetic]), batch_size=self.batch_size, sampler=sampler, **options)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=1, shuffle=False, num_workers=min(self.num_workers, 1))
+        # a generator of its own: without workers MONAI's DataLoader re-seeds the one it is given, and the global one
+        # re-seeded at a first validation mid-run replayed the first epoch's timesteps and noise (from a review)
+        return DataLoader(
+            self.val_dataset,
+            batch_size=1,
+            shuffle=False,
+            num_workers=min(self.num_workers, 1),
+            generator=torch.Generator(),
+        )

@@ -807,7 +807,7 @@ def test_a_resume_with_nothing_left_to_train_is_refused_or_named(tmp_path, caplo
         timed.callbacks = [Timer(duration="00:00:01:00")]
         run_training(timed, None, data, ckpt_dir=folder, resume="last")
     assert "the run trained no step: " in caplog.text and "at step 2, had already reached" in caplog.text
-    assert "epochs (2; " in caplog.text and "or max_time (60 s); raise it" in caplog.text
+    assert "epochs (2) " in caplog.text and "or max_time (60 s); raise it" in caplog.text
 
 
 def test_an_override_of_a_key_no_config_has_is_refused_naming_the_closest(tmp_path):

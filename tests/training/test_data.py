@@ -684,3 +684,16 @@ def test_a_bad_data_option_is_named(tmp_path, option, value, message):
     1.5 workers were cut to 1 and a NaN rotation turned rotation off."""
     with pytest.raises(ValueError, match=message):
         _module(write_dataset(tmp_path), 3, **{option: value})
+
+
+def test_building_the_validation_loader_leaves_the_global_random_state(tmp_path):
+    """From a review: without workers MONAI's DataLoader re-seeds the generator it is given with its initial seed; the
+    validation loader, first built at a first validation mid-run, re-seeded torch's global one, and a resume from
+    then replayed the first epoch's timesteps and noise. It has a generator of its own."""
+    module = _module(write_dataset(tmp_path), 3, num_workers=0)
+    module.setup("fit")
+    torch.manual_seed(0)
+    torch.rand(5)
+    before = torch.get_rng_state()
+    module.val_dataloader()
+    assert torch.equal(torch.get_rng_state(), before)
